@@ -1,0 +1,1 @@
+"""trajscope.store"""

@@ -1,0 +1,181 @@
+"""A store root: a local directory or any fsspec URL, and the runs under it.
+
+:class:`StoreRoot` is the single place that turns a root and a run id into a Zarr store, reads and
+writes whole metadata documents atomically, and lists runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from trajscope.store.errors import RunNotFound, UserError
+from trajscope.store.layout import RUN_SUFFIX, validate_run_id
+
+DEFAULT_ROOT = "runs"
+ROOT_ENV = "TRAJSCOPE_ROOT"
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+class StoreRoot:
+    """A directory of runs, local (``./runs``) or remote (``s3://bucket/prefix``, ``memory://x``).
+
+    Parameters
+    ----------
+    location
+        Local path or fsspec URL; ``None`` means ``$TRAJSCOPE_ROOT`` or ``./runs``.
+    storage_options
+        Passed to fsspec for remote roots (credentials, ``endpoint_url``...).
+    """
+
+    def __init__(self, location: str | os.PathLike | None = None, storage_options: dict | None = None):
+        location = os.fspath(location) if location is not None else os.environ.get(ROOT_ENV, DEFAULT_ROOT)
+        if location.startswith("file://"):
+            location = location[len("file://") :]
+        self.is_local = not _is_url(location)
+        self.storage_options = dict(storage_options or {})
+        if self.is_local:
+            self.location = str(Path(location).expanduser().resolve())
+            self.fs = fsspec.filesystem("file")
+        else:
+            self.location = location.rstrip("/")
+            self.fs, _ = fsspec.core.url_to_fs(self.location, **self.storage_options)
+
+    def __repr__(self) -> str:
+        return f"StoreRoot({self.location!r})"
+
+    # -- paths ------------------------------------------------------------------------------------
+    def run_url(self, run_id: str) -> str:
+        """Path or URL of a run's group."""
+        validate_run_id(run_id)
+        return f"{self.location}/{run_id}{RUN_SUFFIX}"
+
+    def _fs_path(self, run_id: str, key: str = "") -> str:
+        url = self.run_url(run_id) + (f"/{key}" if key else "")
+        return url if self.is_local else self.fs._strip_protocol(url)
+
+    def zarr_store(self, run_id: str, *, read_only: bool = False):
+        """A zarr-python v3 store rooted at the run's group."""
+        from zarr.storage import FsspecStore, LocalStore
+
+        if self.is_local:
+            return LocalStore(self.run_url(run_id), read_only=read_only)
+        return FsspecStore.from_url(
+            self.run_url(run_id), storage_options=self.storage_options or None, read_only=read_only
+        )
+
+    def exists(self, run_id: str) -> bool:
+        """True when the run's group metadata exists."""
+        return self.fs.exists(self._fs_path(run_id, "zarr.json"))
+
+    def run_ids(self) -> list[str]:
+        """Ids of the runs under the root (entries named ``*.zarr`` with group metadata), sorted."""
+        base = self.location if self.is_local else self.fs._strip_protocol(self.location)
+        try:
+            entries = self.fs.ls(base, detail=False)
+        except FileNotFoundError:
+            return []
+        ids = []
+        for entry in entries:
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if name.endswith(RUN_SUFFIX):
+                run_id = name[: -len(RUN_SUFFIX)]
+                try:
+                    validate_run_id(run_id)
+                except UserError:
+                    continue
+                ids.append(run_id)
+        return sorted(ids)
+
+    # -- whole documents ----------------------------------------------------------------------------
+    def read_bytes(self, run_id: str, key: str) -> bytes:
+        """The bytes of one key of a run's store (``zarr.json``, ``W/zarr.json``, ``W/c/0/0/0``...)."""
+        try:
+            return self.fs.cat_file(self._fs_path(run_id, key))
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def write_bytes(self, run_id: str, key: str, data: bytes) -> None:
+        """Replace one key atomically: local files are written to a temporary file, then renamed."""
+        path = self._fs_path(run_id, key)
+        if not self.is_local:
+            self.fs.pipe_file(path, data)
+            return
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def read_group_metadata(self, run_id: str) -> dict[str, Any]:
+        """The run's group ``zarr.json`` (fresh, never cached); :class:`RunNotFound` when absent."""
+        try:
+            raw = self.read_bytes(run_id, "zarr.json")
+        except KeyError:
+            raise RunNotFound(f"no run {run_id!r} under {self.location}: `trajscope ls` lists the runs") from None
+        return json.loads(raw)
+
+    def read_attrs(self, run_id: str) -> dict[str, Any]:
+        """The run's root attributes."""
+        return self.read_group_metadata(run_id).get("attributes", {})
+
+    def write_attrs(self, run_id: str, attrs: dict[str, Any]) -> None:
+        """Write the group ``zarr.json`` with these attributes in one atomic write.
+
+        Any consolidated metadata is dropped: it is written again when the run finishes.
+        """
+        document = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
+        self.write_bytes(run_id, "zarr.json", json.dumps(document, indent=2, allow_nan=False).encode())
+
+    def size_bytes(self, run_id: str) -> int:
+        """Bytes the run occupies."""
+        try:
+            return int(self.fs.du(self._fs_path(run_id), total=True))
+        except FileNotFoundError:
+            return 0
+
+    def delete(self, run_id: str) -> None:
+        """Remove a run and everything under it."""
+        if not self.exists(run_id):
+            raise RunNotFound(f"no run {run_id!r} under {self.location}")
+        self.fs.rm(self._fs_path(run_id), recursive=True)
+
+    # -- locks --------------------------------------------------------------------------------------
+    def lock_path(self, run_id: str) -> str:
+        """Local lock file of a run's writer (local roots only)."""
+        validate_run_id(run_id)
+        return os.path.join(self.location, ".locks", f"{run_id}.lock")
+
+
+def resolve_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | None = None) -> tuple[StoreRoot, str]:
+    """Turn ``run`` (a run id under ``root``, or a path/URL ending in ``.zarr``) into ``(root, run_id)``."""
+    run = os.fspath(run)
+    if isinstance(root, StoreRoot):
+        store_root = root
+    else:
+        store_root = None
+    trimmed = run.rstrip("/")
+    if trimmed.endswith(RUN_SUFFIX):
+        parent, _, name = trimmed.rpartition("/")
+        if not _is_url(trimmed) and os.sep != "/":  # pragma: no cover - windows
+            parent, name = os.path.split(trimmed)
+        if store_root is None:
+            store_root = StoreRoot(parent or ".", getattr(root, "storage_options", None))
+        return store_root, validate_run_id(name[: -len(RUN_SUFFIX)])
+    if store_root is None:
+        store_root = StoreRoot(root)
+    return store_root, validate_run_id(run)

@@ -1,0 +1,119 @@
+"""Shared helpers of the analysis: step selection, config look-ups, chunk hygiene.
+
+Nothing here does I/O; everything keeps dask arrays lazy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+StepSel = slice | None
+
+UNKNOWN = "unknown"
+
+
+def select(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
+    """Restrict ``ds`` to recorded states ``step=slice(a, b, s)``.
+
+    ``a`` and ``b`` are values of the ``step`` coordinate (optimizer steps, both ends included, as in
+    ``ds.sel(step=slice(a, b))``; they need not be recorded steps); ``s`` is a stride over the
+    *recorded* states that remain (positional: every ``s``-th recorded state, starting at the first).
+    ``None`` keeps everything.
+    """
+    if step is None:
+        return ds
+    if not isinstance(step, slice):
+        raise TypeError(f"step must be a slice or None, not {type(step).__name__}")
+    out = ds
+    if step.start is not None or step.stop is not None:
+        out = out.sel(step=slice(step.start, step.stop))
+    if step.step is not None:
+        if int(step.step) < 1:
+            from trajscope.store.errors import UserError
+
+            raise UserError(f"step stride must be a positive integer, got {step.step}")
+        out = out.isel(step=slice(None, None, int(step.step)))
+    return out
+
+
+def cfg(ds: xr.Dataset, *path: str, default: Any = None) -> Any:
+    """``ds.attrs['config'][path...]`` or ``default`` when any level is missing."""
+    node: Any = ds.attrs.get("config")
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+def lr(ds: xr.Dataset) -> float | None:
+    """Learning rate ``η`` from the config, else inferred from the ``t`` and ``step`` coordinates."""
+    value = cfg(ds, "train", "lr")
+    if value is not None:
+        return float(value)
+    if "t" in ds.coords and ds.sizes.get("step", 0) >= 2:
+        s = np.asarray(ds["step"].values[:2], dtype=float)
+        t = np.asarray(ds["t"].values[:2], dtype=float)
+        if s[1] != s[0]:
+            return float((t[1] - t[0]) / (s[1] - s[0]))
+    return None
+
+
+def loss_reduction(ds: xr.Dataset) -> str | None:
+    """``"sum"`` or ``"mean"`` (the run's loss convention), ``None`` when unknown."""
+    value = cfg(ds, "loss", "reduction")
+    return str(value) if value in ("sum", "mean") else None
+
+
+def loss_kind(ds: xr.Dataset) -> str | None:
+    """``"exp"`` or ``"logistic"``, ``None`` when unknown."""
+    value = cfg(ds, "loss", "kind")
+    return str(value) if value in ("exp", "logistic") else None
+
+
+def run_name(ds: xr.Dataset) -> str:
+    """A name for titles: the run id, else ``"run"``."""
+    return str(ds.attrs.get("run_id") or ds.attrs.get("name") or "run")
+
+
+def weights(ds: xr.Dataset) -> xr.DataArray:
+    """``W`` with ``neuron`` and ``feature`` in one chunk each (chunking along ``step`` only)."""
+    W = ds["W"]
+    if W.chunks is not None:
+        W = W.chunk({"neuron": -1, "feature": -1})
+    return W
+
+
+def inputs(ds: xr.Dataset) -> xr.DataArray:
+    """``X`` as one chunk (it is small next to ``W``: one state's worth of data)."""
+    X = ds["X"]
+    if X.chunks is not None:
+        X = X.chunk({"sample": -1, "feature": -1})
+    return X
+
+
+def labels(ds: xr.Dataset) -> np.ndarray:
+    """Labels ``y`` as a numpy int8 array of ±1 (small; loaded)."""
+    y = np.asarray(ds["y"].values)
+    return np.where(y > 0, 1, -1).astype(np.int8)
+
+
+def time_coord(ds: xr.Dataset) -> xr.DataArray:
+    """Gradient-flow time of each recorded state: the ``t`` coordinate, else ``step · η``, else step."""
+    if "t" in ds.coords:
+        return ds["t"]
+    eta = lr(ds)
+    if eta is not None:
+        return ds["step"] * eta
+    return ds["step"].astype(float)
+
+
+def scalar(value: Any, **attrs: Any) -> xr.DataArray:
+    """A 0-d DataArray carrying ``attrs`` (used for headline numbers)."""
+    da = value if isinstance(value, xr.DataArray) else xr.DataArray(value)
+    da = da.drop_vars(list(da.coords)) if da.coords else da
+    da.attrs.update(attrs)
+    return da

@@ -1,0 +1,80 @@
+"""Alignment of neurons with the class sums (DESIGN §2, the paper's Fig. 5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from trajscope.analysis._common import StepSel, select, weights
+from trajscope.analysis.geometry import class_sums
+
+
+def neuron_norms(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
+    """``||w_j(t)||``; dims ``(step, neuron)``."""
+    W = weights(select(ds, step)).astype(np.float64)
+    out = np.sqrt((W**2).sum("feature"))
+    out.name = "neuron_norms"
+    return out
+
+
+def cos_to_class_sums(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
+    """``cos(w_j(t), x±) = <w_j, x±> / (||w_j|| ||x±||)``; dims ``(step, neuron, label)``.
+
+    NaN where ``w_j = 0``.
+    """
+    sel = select(ds, step)
+    W = weights(sel).astype(np.float64)
+    s = class_sums(ds)
+    s_norm = np.sqrt((s**2).sum("feature"))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = xr.dot(W, s, dim="feature") / (neuron_norms(sel) * s_norm)
+    out.name = "cos_to_class_sums"
+    return out.transpose("step", "neuron", "label")
+
+
+def target_alignment(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
+    """``cos(w_j(t), x_{sign v_j(t)})``: alignment with the class sum the neuron's sign targets.
+
+    ``x_{+1} = x+``, ``x_{-1} = x-``; NaN where ``v_j = 0``. Dims ``(step, neuron)``.
+    """
+    sel = select(ds, step)
+    c = cos_to_class_sums(ds, step)
+    v = sel["v"]
+    out = xr.where(v > 0, c.sel(label=1, drop=True), xr.where(v < 0, c.sel(label=-1, drop=True), np.nan))
+    out.name = "target_alignment"
+    return out.transpose("step", "neuron")
+
+
+def mean_neuron_alignment(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
+    """Mean-neuron alignment and its min–max band over ``V±(t)``.
+
+    ``V+ = {j : v_j(t) > 0}``, ``V- = {j : v_j(t) < 0}`` (re-evaluated at every step, so correct for a
+    non-balanced init), ``w̄± = mean_{j∈V±} w_j``:
+
+    - ``mean``: ``cos(w̄±(t), x±)``; dims ``(step, label)``
+    - ``min``/``max``: ``min/max_{j∈V±} cos(w_j(t), x±)`` (the band)
+    - ``count``: ``|V±(t)|``
+
+    NaN where ``V±`` is empty.
+    """
+    sel = select(ds, step)
+    W = weights(sel).astype(np.float64)
+    v = sel["v"]
+    member = xr.concat([v > 0, v < 0], dim="label").assign_coords(label=np.array([1, -1], dtype=np.int8))
+    count = member.sum("neuron")
+    wbar = xr.dot(W, member.astype(np.float64), dim="neuron") / count
+    s = class_sums(ds)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = (wbar * s).sum("feature") / np.sqrt((wbar**2).sum("feature") * (s**2).sum("feature"))
+    c = cos_to_class_sums(ds, step)
+    band = c.where(member)
+    out = xr.Dataset(
+        {
+            "mean": mean.transpose("step", "label"),
+            "min": band.min("neuron").transpose("step", "label"),
+            "max": band.max("neuron").transpose("step", "label"),
+            "count": count.transpose("step", "label"),
+        }
+    )
+    out["mean"].attrs["long_name"] = "cos(w̄±, x±)"
+    return out

@@ -1,0 +1,85 @@
+"""Cone membership of the neurons (DESIGN §2): ``S+``, ``S-``, ``S_dead`` or other, per step."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from trajscope.analysis._common import StepSel, inputs, select, weights
+from trajscope.analysis._kernels import activation_counts_block
+from trajscope.analysis.geometry import _onehot, class_counts
+
+CONES = ("S+", "S-", "dead", "other")
+"""Cone codes: ``0 = S+``, ``1 = S-``, ``2 = S_dead``, ``3 = other``."""
+
+
+def activation_counts(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
+    """Activation counts ``Σ_{i∈I±} a_ij(t)`` with ``a_ij = 1[<x_i, w_j(t)> > 0]``.
+
+    Dims ``(step, neuron, label)``: how many positive (``label=+1``) and negative (``label=-1``)
+    samples activate neuron ``j``. Computed chunk by chunk (one ``X Wᵀ`` per step).
+    """
+    W = weights(select(ds, step))
+    out = xr.apply_ufunc(
+        activation_counts_block,
+        W,
+        inputs(ds),
+        _onehot(ds),
+        input_core_dims=[["neuron", "feature"], ["sample", "feature"], ["sample", "label"]],
+        output_core_dims=[["neuron", "label"]],
+        dask="parallelized",
+        output_dtypes=[np.int32],
+    )
+    out = out.assign_coords(label=np.array([1, -1], dtype=np.int8))
+    out.name = "activation_counts"
+    return out.transpose("step", "neuron", "label")
+
+
+def cone_membership(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
+    """Cone of each neuron per step, as a code into :data:`CONES`; dims ``(step, neuron)``, int8.
+
+    - ``S+ = {z : <x_i, z> > 0 ⇔ y_i = +1 ∀i}`` (code 0)
+    - ``S- = {z : <x_i, z> > 0 ⇔ y_i = -1 ∀i}`` (code 1)
+    - ``S_dead = {z : <x_i, z> ≤ 0 ∀i}`` (code 2; takes precedence when a class is empty)
+    - anything else (code 3)
+    """
+    c = activation_counts(ds, step)
+    n = class_counts(ds)
+    pos, neg = c.sel(label=1, drop=True), c.sel(label=-1, drop=True)
+    n_pos, n_neg = int(n.sel(label=1)), int(n.sel(label=-1))
+    code = xr.where(
+        (pos == 0) & (neg == 0),
+        2,
+        xr.where((pos == n_pos) & (neg == 0), 0, xr.where((pos == 0) & (neg == n_neg), 1, 3)),
+    ).astype(np.int8)
+    code.name = "cone"
+    code.attrs.update(flag_values=[0, 1, 2, 3], flag_meanings="S+ S- dead other")
+    return code
+
+
+def in_target_or_dead(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
+    """Whether neuron ``j`` is in its target cone ``S_{sign v_j(t)}`` or in ``S_dead``; ``(step, neuron)``.
+
+    A neuron with ``v_j = 0`` counts only when dead.
+    """
+    code = cone_membership(ds, step)
+    v = select(ds, step)["v"]
+    out = (code == 2) | ((v > 0) & (code == 0)) | ((v < 0) & (code == 1))
+    out.name = "in_target_or_dead"
+    return out
+
+
+def aligned_fraction(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
+    """Fraction of neurons in their target cone or dead: ``(1/h) Σ_j 1[w_j ∈ S_{sign v_j} ∪ S_dead]``."""
+    out = in_target_or_dead(ds, step).mean("neuron")
+    out.name = "aligned_fraction"
+    return out
+
+
+def cone_fractions(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
+    """Fraction of neurons in ``S+``, ``S-``, ``S_dead`` and other per step; dims ``(step, cone)``."""
+    code = cone_membership(ds, step)
+    parts = [(code == k).mean("neuron") for k in range(len(CONES))]
+    out = xr.concat(parts, dim="cone").assign_coords(cone=list(CONES)).transpose("step", "cone")
+    out.name = "cone_fractions"
+    return out

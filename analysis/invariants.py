@@ -1,0 +1,44 @@
+"""Conserved quantities of gradient flow (a check on the integration, DESIGN §2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from trajscope.analysis._common import StepSel, select, weights
+
+
+def balance(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
+    """``δ_j(t) = v_j(t)² - ||w_j(t)||²`` (conserved by gradient flow); dims ``(step, neuron)``."""
+    sel = select(ds, step)
+    W = weights(sel).astype(np.float64)
+    out = sel["v"].astype(np.float64) ** 2 - (W**2).sum("feature")
+    out.name = "balance"
+    return out
+
+
+def balance_drift(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
+    """``δ_j(t) - δ_j(t_0)`` with ``t_0`` the first selected state; dims ``(step, neuron)``."""
+    b = balance(ds, step)
+    out = b - b.isel(step=0, drop=True)
+    out.name = "balance_drift"
+    return out
+
+
+def max_balance_drift(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
+    """``max_j |δ_j(t) - δ_j(t_0)|`` per step; dims ``(step,)``."""
+    out = abs(balance_drift(ds, step)).max("neuron")
+    out.name = "max_balance_drift"
+    return out
+
+
+def sign_flips(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
+    """Number of changes of ``sign(v_j)`` between consecutive recorded states; dims ``(neuron,)``.
+
+    ``Σ_k 1[sign v_j(t_{k+1}) ≠ sign v_j(t_k)]`` over the selected states (a stride can hide flips).
+    Zero for a balanced init under gradient flow.
+    """
+    s = np.sign(select(ds, step)["v"])
+    out = (s.diff("step") != 0).sum("step")
+    out.name = "sign_flips"
+    return out

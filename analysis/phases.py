@@ -1,0 +1,97 @@
+"""Phase boundaries measured on the trajectory: empirical ``t1``, ``t2`` and the post-``t2`` rate.
+
+Rules (all on the selected recorded states, so a stride coarsens them):
+
+- ``t1``: the first recorded step from which **every** neuron stays, at every later recorded step of
+  the selection, in its target cone ``S_{sign v_j}`` or in ``S_dead``. NaN ("not reached") when the
+  last recorded state is not aligned.
+- ``t2``: the first recorded step at which the loss has fallen to ``(1 - drop) · L(t_0)``, ``t_0`` the
+  first selected state, ``drop = 0.05`` by default (the onset of the loss decrease). NaN when never.
+- post-``t2`` slope: least-squares slope of ``log L`` against ``log(t - t2)`` over the recorded states
+  in the last decade of ``t - t2``, i.e. ``(t_last - t2)/10 ≤ t - t2 ≤ t_last - t2`` (at least 3
+  states, else NaN). Theory: ``-1`` or steeper.
+
+Steps are optimizer steps (the ``step`` coordinate); times are gradient-flow times (the ``t``
+coordinate, ``t = step · η``) in the run's loss convention.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from trajscope.analysis._common import StepSel, select, time_coord
+from trajscope.analysis.cones import in_target_or_dead
+
+T2_DROP = 0.05
+
+
+def all_aligned(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
+    """``1[∀j: w_j(t) ∈ S_{sign v_j(t)} ∪ S_dead]`` per step; dims ``(step,)``."""
+    out = in_target_or_dead(ds, step).all("neuron")
+    out.name = "all_aligned"
+    return out
+
+
+def _first_from(ok: xr.DataArray, sel: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray]:
+    steps = sel["step"].astype(np.float64)
+    times = time_coord(sel).astype(np.float64)
+    last_bad = xr.where(~ok, steps, -np.inf).max("step")
+    after = steps > last_bad
+    return (
+        xr.where(after, steps, np.nan).min("step").drop_vars(["step", "t"], errors="ignore"),
+        xr.where(after, times, np.nan).min("step").drop_vars(["step", "t"], errors="ignore"),
+    )
+
+
+def t1(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
+    """Empirical alignment time ``t1`` (rule in the module docstring): ``t1_step``, ``t1_time``."""
+    sel = select(ds, step)
+    s, t = _first_from(all_aligned(ds, step), sel)
+    out = xr.Dataset({"t1_step": s, "t1_time": t})
+    out["t1_step"].attrs.update(long_name="empirical t1", units="optimizer steps")
+    out["t1_time"].attrs.update(long_name="empirical t1", units="gradient-flow time")
+    return out
+
+
+def t2(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.Dataset:
+    """Empirical loss-decrease onset ``t2 = min{t_k : L(t_k) ≤ (1 - drop) L(t_0)}``: ``t2_step``, ``t2_time``."""
+    sel = select(ds, step)
+    L = sel["loss"]
+    hit = L <= (1.0 - drop) * L.isel(step=0)
+    steps = sel["step"].astype(np.float64)
+    times = time_coord(sel).astype(np.float64)
+    s = xr.where(hit, steps, np.nan).min("step").drop_vars(["step", "t"], errors="ignore")
+    t = xr.where(hit, times, np.nan).min("step").drop_vars(["step", "t"], errors="ignore")
+    out = xr.Dataset({"t2_step": s, "t2_time": t})
+    out["t2_step"].attrs.update(long_name=f"empirical t2 (loss ≤ {1 - drop:g}·L(t0))", units="optimizer steps")
+    out["t2_time"].attrs.update(long_name=f"empirical t2 (loss ≤ {1 - drop:g}·L(t0))", units="gradient-flow time")
+    return out
+
+
+def post_t2_slope(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.DataArray:
+    """Log-log slope ``d log L / d log(t - t2)`` over the last decade of ``t - t2`` (least squares)."""
+    sel = select(ds, step)
+    t2_time = t2(ds, step, drop=drop)["t2_time"]
+    times = time_coord(sel).astype(np.float64)
+    dt = times - t2_time
+    span = dt.max("step")
+    use = (dt > 0) & (dt >= span / 10.0) & (sel["loss"] > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = xr.where(use, np.log(xr.where(dt > 0, dt, 1.0)), np.nan)
+        y = xr.where(use, np.log(xr.where(sel["loss"] > 0, sel["loss"], 1.0)), np.nan)
+    n = use.sum("step")
+    xm = x.mean("step")
+    ym = y.mean("step")
+    slope = ((x - xm) * (y - ym)).sum("step") / ((x - xm) ** 2).sum("step")
+    out = xr.where(n >= 3, slope, np.nan).drop_vars(["step", "t"], errors="ignore")
+    out.name = "post_t2_slope"
+    out.attrs.update(long_name="log-log slope of L against t - t2 (last decade)", units="1")
+    return out
+
+
+def phases(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.Dataset:
+    """``t1`` and ``t2`` (steps and gradient-flow time) and the post-``t2`` slope in one dataset."""
+    out = xr.merge([t1(ds, step), t2(ds, step, drop=drop)])
+    out["post_t2_slope"] = post_t2_slope(ds, step, drop=drop)
+    return out

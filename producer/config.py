@@ -1,0 +1,219 @@
+"""Typed run configuration: pydantic models, YAML loading and ``--set a.b=c`` overrides.
+
+Every field has a default, so ``RunConfig()`` is a valid (quickstart-like) run. Unknown fields and
+invalid values are rejected with one line naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trajscope.store.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticData(_Strict):
+    """Well-separated data ``z_i = y_i x_i = a e + sqrt(1 - a²) u_i`` hitting a target separation ``μ``.
+
+    ``e`` is a fixed unit vector, ``u_i`` random unit vectors orthogonal to it; ``a`` is solved so that
+    ``min_{i,j} cos(z_i, z_j) = μ`` exactly (up to float32 rounding); norms ``||x_i||`` are spread
+    uniformly in ``[1 - norm_spread/2, 1 + norm_spread/2]``.
+    """
+
+    kind: Literal["synthetic"] = "synthetic"
+    n: int = Field(100, ge=2)
+    dim: int = Field(20, ge=2)
+    mu: float = Field(0.1, gt=-1.0, lt=1.0)
+    positive_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    norm_spread: float = Field(0.5, ge=0.0, lt=2.0)
+    center: bool = False
+    seed: int | None = None
+
+
+class Toy2DData(_Strict):
+    """Points in the plane: positives at angles in ``positive_degrees``, negatives in ``negative_degrees``."""
+
+    kind: Literal["toy2d"] = "toy2d"
+    n: int = Field(20, ge=2)
+    positive_degrees: tuple[float, float] = (30.0, 90.0)
+    negative_degrees: tuple[float, float] = (200.0, 250.0)
+    norm_spread: float = Field(0.5, ge=0.0, lt=2.0)
+    center: bool = False
+    seed: int | None = None
+
+
+class NpzData(_Strict):
+    """User arrays from an ``.npz`` file with ``X`` (n, D) and ``y`` (n,) in {+1, -1}."""
+
+    kind: Literal["npz"] = "npz"
+    path: str = "data.npz"
+    center: bool = False
+
+
+class MnistData(_Strict):
+    """Two MNIST digits (first = +1), pixels in [0, 1], optional per-class subsample and centring."""
+
+    kind: Literal["mnist"] = "mnist"
+    digits: tuple[int, int] = (0, 1)
+    per_class: int | None = Field(None, ge=1)
+    path: str | None = None
+    split: Literal["train", "test"] = "train"
+    center: bool = True
+    seed: int | None = None
+
+
+DataConfig = Annotated[Union[SyntheticData, Toy2DData, NpzData, MnistData], Field(discriminator="kind")]
+
+
+class ModelConfig(_Strict):
+    """The two-layer bias-free ReLU network ``f(x) = Σ_j v_j max(<w_j, x>, 0)`` of width ``h``."""
+
+    width: int = Field(50, ge=1)
+
+
+class InitConfig(_Strict):
+    """Small initialization: ``balanced`` (``W = ε W0``, ``v_j = s_j ||w_j||``) or ``gaussian`` (``N(0, α²)``)."""
+
+    kind: Literal["balanced", "gaussian"] = "balanced"
+    scale: float = Field(1e-4, gt=0.0)
+
+
+class LossConfig(_Strict):
+    """``L = R Σ_i ℓ(y_i f(x_i))`` with ``ℓ = exp(-z)`` or ``log(1 + exp(-z))``; ``R = 1`` (sum) or ``1/n`` (mean)."""
+
+    kind: Literal["exp", "logistic"] = "exp"
+    reduction: Literal["sum", "mean"] = "sum"
+
+
+class TrainConfig(_Strict):
+    """Gradient descent with step ``lr`` for ``steps`` steps (full batch unless ``batch_size``)."""
+
+    lr: float = Field(1e-3, gt=0.0)
+    steps: int = Field(3000, ge=0)
+    batch_size: int | None = Field(None, ge=1)
+    train_v: bool = True
+    stop_loss: float | None = None
+    device: str = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+    threads: int | None = Field(None, ge=1)
+
+
+class RecordConfig(_Strict):
+    """What to record: every step by default; ``every`` > 1 or a log-spaced ``schedule`` as options."""
+
+    every: int = Field(1, ge=1)
+    schedule: Literal["linear", "log"] = "linear"
+    log_points: int = Field(1000, ge=2)
+    chunk_mib: float = Field(8.0, gt=0.0)
+    compressor: Literal["none", "zstd"] = "none"
+    buffers: int = Field(3, ge=2)
+
+
+class RunConfig(_Strict):
+    """A full run: data, model, initialization, loss, training and recording."""
+
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=SyntheticData)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    init: InitConfig = Field(default_factory=InitConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    record: RecordConfig = Field(default_factory=RecordConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_data_kind(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("data"), dict) and "kind" not in raw["data"]:
+            raw = {**raw, "data": {"kind": "synthetic", **raw["data"]}}
+        return raw
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunConfig":
+        if self.train.batch_size is not None and getattr(self.data, "n", None) is not None:
+            if self.train.batch_size > self.data.n:
+                raise ValueError(f"train.batch_size {self.train.batch_size} exceeds data.n {self.data.n}")
+        return self
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and p in {"synthetic", "toy2d", "npz", "mnist"}))
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown field (check the spelling; `trajscope config` prints every field)"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"invalid config {source}: {where or 'config'}: {message}{more}"
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"a.b=c"`` → ``(["a", "b"], value)`` with the value parsed as YAML (numbers, bools, lists)."""
+    if "=" not in item:
+        raise UserError(f"bad --set {item!r}: use --set section.field=value, e.g. --set train.lr=0.01")
+    key, _, raw = item.partition("=")
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise UserError(f"bad --set {item!r}: the field name is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``--set`` items to a raw config dict (before validation)."""
+    for item in overrides or []:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"bad --set {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(
+    source: str | os.PathLike | dict[str, Any] | RunConfig | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """Load a config from a YAML file, a dict or a :class:`RunConfig`, then apply ``--set`` overrides."""
+    label = "(defaults)"
+    if isinstance(source, RunConfig):
+        raw = source.model_dump(mode="json")
+        label = "(object)"
+    elif isinstance(source, dict):
+        raw = dict(source)
+        label = "(dict)"
+    elif source is None:
+        raw = {}
+    else:
+        path = Path(source)
+        label = str(path)
+        if not path.is_file():
+            raise UserError(f"config file {path} not found: pass a YAML file, e.g. configs/quickstart.yaml")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise UserError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"config file {path} must hold a mapping of sections (data, model, train...)")
+    raw = apply_overrides(raw, overrides)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_one_line(err, label)) from None

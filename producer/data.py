@@ -1,0 +1,134 @@
+"""Training data: ``synthetic`` (target separation μ), ``toy2d``, ``npz`` (user arrays) and ``mnist``.
+
+Every builder returns ``X`` (n, D) float64 and ``y`` (n,) int8 in {+1, -1}; :func:`build_dataset`
+applies the optional centring ``x_i <- x_i - mean_i x_i`` and reports the data's geometry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trajscope.producer.config import MnistData, NpzData, RunConfig, SyntheticData, Toy2DData
+from trajscope.store.errors import UserError
+
+
+def separation(X: np.ndarray, y: np.ndarray) -> float:
+    """``μ = min_{i,j} <y_i x_i, y_j x_j> / (||x_i|| ||x_j||)`` (Assumption 1 holds iff μ > 0)."""
+    z = (y[:, None] * X).astype(np.float64)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    return float((z @ z.T).min())
+
+
+def _norms(rng: np.random.Generator, n: int, spread: float) -> np.ndarray:
+    return rng.uniform(1.0 - spread / 2.0, 1.0 + spread / 2.0, size=n)
+
+
+def _labels(n: int, positive_fraction: float) -> np.ndarray:
+    n_pos = int(round(n * positive_fraction))
+    n_pos = min(max(n_pos, 1), n - 1)
+    return np.concatenate([np.ones(n_pos), -np.ones(n - n_pos)]).astype(np.int8)
+
+
+def synthetic(cfg: SyntheticData, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Well-separated data with ``min_{i,j} cos(y_i x_i, y_j x_j) = μ``.
+
+    ``z_i = a e + sqrt(1 - a²) u_i`` with ``u_i ⟂ e`` random unit vectors: ``cos(z_i, z_j) = a² +
+    (1 - a²) <u_i, u_j>``, so with ``m = min_{i≠j} <u_i, u_j>`` the choice ``a² = (μ - m) / (1 - m)``
+    makes the minimum exactly μ. Needs ``m < μ`` (true unless ``n`` is tiny and ``D`` huge).
+    """
+    rng = np.random.default_rng(seed)
+    n, dim = cfg.n, cfg.dim
+    y = _labels(n, cfg.positive_fraction)
+    e = np.zeros(dim)
+    e[0] = 1.0
+    u = rng.standard_normal((n, dim))
+    u[:, 0] = 0.0
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    gram = u @ u.T
+    np.fill_diagonal(gram, np.inf)
+    m = gram.min()
+    if m >= cfg.mu:
+        raise UserError(
+            f"synthetic data: cannot reach mu={cfg.mu} with n={n}, dim={dim} (random directions are "
+            f"already {m:.3f} apart); raise data.mu above {m:.3f}, raise data.n or lower data.dim"
+        )
+    a = np.sqrt((cfg.mu - m) / (1.0 - m))
+    z = a * e + np.sqrt(1.0 - a**2) * u
+    X = y[:, None] * z * _norms(rng, n, cfg.norm_spread)[:, None]
+    return X, y
+
+
+def toy2d(cfg: Toy2DData, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points in the plane at random angles inside the two configured arcs (degrees)."""
+    rng = np.random.default_rng(seed)
+    y = _labels(cfg.n, 0.5)
+    lo = np.where(y > 0, cfg.positive_degrees[0], cfg.negative_degrees[0])
+    hi = np.where(y > 0, cfg.positive_degrees[1], cfg.negative_degrees[1])
+    theta = np.deg2rad(rng.uniform(lo, hi))
+    X = np.stack([np.cos(theta), np.sin(theta)], axis=1) * _norms(rng, cfg.n, cfg.norm_spread)[:, None]
+    return X, y
+
+
+def npz(cfg: NpzData) -> tuple[np.ndarray, np.ndarray]:
+    """User arrays ``X`` (n, D) and ``y`` (n,) with labels ±1, validated."""
+    path = Path(cfg.path).expanduser()
+    if not path.is_file():
+        raise UserError(f"npz data file {path} not found: set data.path to an .npz holding X (n, D) and y (n,)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = {"X", "y"} - set(archive.files)
+            if missing:
+                raise UserError(f"npz data file {path} lacks {', '.join(sorted(missing))}: it must hold arrays X and y")
+            X, y = archive["X"], archive["y"]
+    except (ValueError, OSError) as exc:
+        raise UserError(f"npz data file {path} cannot be read ({exc}); save it with numpy.savez(path, X=X, y=y)") from None
+    if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0] or X.shape[0] < 2:
+        raise UserError(f"npz data {path}: X must be (n, D) and y (n,) with n >= 2; got X {X.shape}, y {y.shape}")
+    if not np.issubdtype(X.dtype, np.number) or not np.isfinite(X).all():
+        raise UserError(f"npz data {path}: X must be finite numbers (found NaN, inf or non-numeric values)")
+    labels = set(np.unique(y).tolist())
+    if not labels <= {1, -1}:
+        raise UserError(f"npz data {path}: labels must be +1 or -1, found {sorted(labels)[:5]}")
+    if len(labels) < 2:
+        raise UserError(f"npz data {path}: both classes +1 and -1 are needed")
+    return X.astype(np.float64), y.astype(np.int8)
+
+
+def mnist(cfg: MnistData, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two MNIST digits (see :mod:`trajscope.producer.mnist`)."""
+    from trajscope.producer.mnist import load_mnist_pair
+
+    X, y = load_mnist_pair(tuple(cfg.digits), path=cfg.path, per_class=cfg.per_class, seed=seed, split=cfg.split)
+    return np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.int8)
+
+
+def build_dataset(config: RunConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Build ``X``, ``y`` for a run and describe them (n, D, n±, achieved μ, norms)."""
+    cfg = config.data
+    seed = cfg.seed if getattr(cfg, "seed", None) is not None else config.seed
+    if isinstance(cfg, SyntheticData):
+        X, y = synthetic(cfg, seed)
+    elif isinstance(cfg, Toy2DData):
+        X, y = toy2d(cfg, seed)
+    elif isinstance(cfg, NpzData):
+        X, y = npz(cfg)
+    else:
+        X, y = mnist(cfg, seed)
+    if cfg.center:
+        X = X - X.mean(axis=0, keepdims=True)
+    norms = np.linalg.norm(X, axis=1)
+    if (norms == 0).any():
+        raise UserError("the data hold a zero vector (after centring?); remove it or disable data.center")
+    info = {
+        "n": int(X.shape[0]),
+        "dim": int(X.shape[1]),
+        "n_pos": int((y > 0).sum()),
+        "n_neg": int((y < 0).sum()),
+        "mu": separation(X.astype(np.float32), y),
+        "x_min": float(norms.min()),
+        "x_max": float(norms.max()),
+    }
+    return X, y, info

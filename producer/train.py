@@ -1,0 +1,268 @@
+"""Training and recording a run: :func:`produce` starts one, :func:`resume` continues one.
+
+The recorded state at index ``k`` is the state after ``schedule[k]`` gradient steps (index 0 = the
+initialization); its gradient-flow time is ``t = step * lr``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from trajscope.producer.config import RunConfig, load_config
+from trajscope.producer.data import build_dataset
+from trajscope.producer.model import State, TwoLayerReLU, initialize
+from trajscope.producer.recorder import Recorder
+from trajscope.store import RunWriter, StoreRoot, resolve_run, two_layer_variables
+from trajscope.store.errors import UserError
+
+TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class RunResult:
+    """What a finished (or stopped) :func:`produce`/:func:`resume` call left on disk."""
+
+    run_id: str
+    location: str
+    status: str
+    committed_steps: int
+    last_step: int
+    final_loss: float | None
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; otherwise the named device (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown train.device {name!r}: use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is cuda but no CUDA device is available: use train.device=auto or cpu")
+    return device
+
+
+def recording_schedule(config: RunConfig) -> np.ndarray:
+    """Steps whose state is recorded: every ``record.every`` steps (default every step) or log-spaced.
+
+    Step 0 (the initialization) and the last step are always included.
+    """
+    steps, rec = config.train.steps, config.record
+    if rec.schedule == "log" and steps > 0:
+        points = np.unique(np.round(np.geomspace(1, steps, rec.log_points)).astype(np.int64))
+        schedule = np.concatenate([[0], points])
+    else:
+        schedule = np.arange(0, steps + 1, rec.every, dtype=np.int64)
+    if schedule[-1] != steps:
+        schedule = np.append(schedule, steps)
+    return np.unique(schedule).astype(np.int64)
+
+
+def _device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+def _default_run_id(config: RunConfig, root: StoreRoot) -> str:
+    base = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_id, suffix = base, 1
+    while root.exists(run_id):
+        suffix += 1
+        run_id = f"{base}-{suffix}"
+    return run_id
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Treat SIGTERM like Ctrl-C while training (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+def produce(
+    config: str | os.PathLike | dict | RunConfig | None = None,
+    *,
+    root: str | os.PathLike | StoreRoot | None = None,
+    name: str | None = None,
+    overrides: list[str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> RunResult:
+    """Train the configured network and record its trajectory as a new run under ``root``."""
+    cfg = load_config(config, overrides)
+    store_root = root if isinstance(root, StoreRoot) else StoreRoot(root)
+    run_id = name or _default_run_id(cfg, store_root)
+    device = resolve_device(cfg.train.device)
+    X, y, data_info = build_dataset(cfg)
+    if cfg.train.batch_size is not None and cfg.train.batch_size > X.shape[0]:
+        raise UserError(f"train.batch_size {cfg.train.batch_size} exceeds the {X.shape[0]} samples")
+    dtype = cfg.train.dtype
+    schedule = recording_schedule(cfg)
+    attrs = {
+        "config": cfg.model_dump(mode="json"),
+        "data_info": data_info,
+        "device": _device_label(device),
+        "time_convention": "t = step * lr (gradient-flow time); under reduction 'mean' this time is n times "
+        "the time of the 'sum' loss",
+    }
+    writer = RunWriter.create(
+        store_root,
+        run_id,
+        variables=two_layer_variables(dtype),
+        sizes={"neuron": cfg.model.width, "feature": X.shape[1], "sample": X.shape[0]},
+        capacity=len(schedule),
+        static={"X": X.astype(dtype), "y": y},
+        attrs=attrs,
+        compressor=cfg.record.compressor,
+        chunk_bytes=int(cfg.record.chunk_mib * 2**20),
+    )
+    state = initialize(cfg.init, cfg.model.width, X.shape[1], train_v=cfg.train.train_v, seed=cfg.seed,
+                       dtype=TORCH_DTYPES[dtype])
+    return _train(cfg, writer, state, X.astype(dtype), y, schedule, device, start_index=0, progress=progress)
+
+
+def resume(
+    run: str | os.PathLike,
+    *,
+    root: str | os.PathLike | StoreRoot | None = None,
+    progress: ProgressCallback | None = None,
+) -> RunResult:
+    """Continue an unfinished run from its last committed state.
+
+    On the CPU the finished trajectory is bit-identical to the one an uninterrupted run would have
+    recorded: the state is stored exactly (same dtype as training), minibatches depend only on
+    ``(seed, step)``, and the partial last chunk is rewritten whole.
+    """
+    store_root, run_id = resolve_run(run, root)
+    writer = RunWriter.reopen(store_root, run_id)
+    try:
+        cfg = load_config(writer.attrs["config"])
+        device = resolve_device(cfg.train.device)
+        X = writer.group["X"][...]
+        y = writer.group["y"][...]
+        schedule = recording_schedule(cfg)
+        committed = writer.committed_steps
+        chunk_start = (committed // writer.chunk_steps) * writer.chunk_steps
+        preload = writer.read_states(chunk_start, committed) if committed % writer.chunk_steps else None
+        if committed == 0:
+            state = initialize(cfg.init, cfg.model.width, X.shape[1], train_v=cfg.train.train_v, seed=cfg.seed,
+                               dtype=TORCH_DTYPES[cfg.train.dtype])
+        else:
+            last = writer.read_states(committed - 1, committed)
+            if int(last["step"][0]) != int(schedule[committed - 1]):
+                raise UserError(f"run {run_id!r}: stored steps do not match its recording schedule; cannot resume")
+            state = State(W=torch.from_numpy(last["W"][0].copy()), v=torch.from_numpy(last["v"][0].copy()))
+    except BaseException:
+        writer.lock.release()
+        raise
+    return _train(cfg, writer, state, X, y, schedule, device, start_index=committed, preload=preload,
+                  progress=progress)
+
+
+def _train(
+    cfg: RunConfig,
+    writer: RunWriter,
+    state: State,
+    X: np.ndarray,
+    y: np.ndarray,
+    schedule: np.ndarray,
+    device: torch.device,
+    *,
+    start_index: int,
+    preload: dict[str, np.ndarray] | None = None,
+    progress: ProgressCallback | None = None,
+) -> RunResult:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    dtype = TORCH_DTYPES[cfg.train.dtype]
+    h, dim, n = cfg.model.width, X.shape[1], X.shape[0]
+    model = TwoLayerReLU(torch.from_numpy(X).to(device), torch.from_numpy(y.astype(X.dtype)).to(device), cfg.loss)
+    state = State(W=state.W.to(device=device, dtype=dtype), v=state.v.to(device=device, dtype=dtype))
+    shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,), "step": (), "t": ()}
+    dtypes = {"W": dtype, "v": dtype, "loss": torch.float64, "output": dtype, "step": torch.int64, "t": torch.float64}
+    lr, batch = cfg.train.lr, cfg.train.batch_size
+    index = start_index
+    # a fresh run records its initial state; a resumed one already holds the state it restarts from
+    step = int(schedule[index - 1]) if index > 0 else 0
+    status, error, loss, started = "complete", None, None, time.perf_counter()
+    last_report = 0.0
+    recorder = Recorder(writer, shapes, dtypes, device, start_index=start_index, preload=preload,
+                        buffers=cfg.record.buffers)
+    try:
+        with _sigterm_as_interrupt():
+            while True:
+                pre, out = model.forward(state) if (batch is None or
+                                                    (index < len(schedule) and schedule[index] == step)) else (None, None)
+                if index < len(schedule) and schedule[index] == step:
+                    loss = model.loss_value(out)
+                    recorder.record(W=state.W, v=state.v, loss=loss, output=out, step=step, t=step * lr)
+                    index += 1
+                    if cfg.train.stop_loss is not None and float(loss) <= cfg.train.stop_loss:
+                        break
+                if step >= cfg.train.steps:
+                    break
+                if batch is None:
+                    grad_W, grad_v = model.gradient(state, pre, out)
+                else:
+                    rows = torch.from_numpy(
+                        np.random.default_rng([cfg.seed, step]).choice(n, size=batch, replace=False)
+                    ).to(device)
+                    pre_b, out_b = model.forward(state, rows)
+                    grad_W, grad_v = model.gradient(state, pre_b, out_b, rows)
+                state = State(W=state.W - lr * grad_W, v=state.v - lr * grad_v if cfg.train.train_v else state.v)
+                step += 1
+                now = time.perf_counter()
+                if progress is not None and now - last_report > 0.25:
+                    last_report = now
+                    progress({"step": step, "steps": cfg.train.steps, "loss": None if loss is None else float(loss),
+                              "committed": recorder.committed, "elapsed": now - started})
+    except KeyboardInterrupt:
+        status = "interrupted"
+    except Exception as exc:  # noqa: BLE001 - stored with the run, then re-raised
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+    try:
+        committed = recorder.close()
+    except Exception as exc:  # noqa: BLE001
+        committed = recorder.committed
+        status, error = "failed", error or f"writer: {exc}"
+    final_loss = None if loss is None else float(loss)
+    writer.finish(status, error, final_loss=final_loss, last_step=int(schedule[committed - 1]) if committed else 0)
+    result = RunResult(
+        run_id=writer.run_id,
+        location=writer.root.run_url(writer.run_id),
+        status=status,
+        committed_steps=committed,
+        last_step=int(schedule[committed - 1]) if committed else 0,
+        final_loss=final_loss,
+        seconds=time.perf_counter() - started,
+    )
+    if progress is not None:
+        progress({"step": result.last_step, "steps": cfg.train.steps, "loss": final_loss, "committed": committed,
+                  "elapsed": result.seconds, "done": True})
+    if status == "failed":
+        raise RuntimeError(f"run {writer.run_id!r} failed: {error}")
+    return result

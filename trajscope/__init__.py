@@ -30,3 +30,4 @@ def __getattr__(name: str):
 
         return getattr(producer, name)
     raise AttributeError(f"module 'trajscope' has no attribute {name!r}")
+from trajscope.analysis import accessor as _accessor  # noqa: F401,E402  (registers ds.traj)

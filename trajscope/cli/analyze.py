@@ -1,7 +1,95 @@
-"""Placeholder: commands of this group are added by their own issue."""
+"""``trajscope show`` and ``trajscope plot``: a run's headline numbers and its figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+from trajscope.errors import UserError
+
+STEP_HELP = "Recorded states to use, a:b:s (a, b: optimizer steps, both included; s: stride over recorded states)."
+ROOT_HELP = "Store root (directory or fsspec URL); default $TRAJSCOPE_ROOT or ./runs."
+
+
+def parse_step(text: str | None) -> slice | None:
+    """``"a:b:s"`` (any part may be empty) → ``slice(a, b, s)``; ``None`` → ``None``."""
+    if text is None or text.strip() in ("", ":"):
+        return None
+    parts = text.split(":")
+    if len(parts) > 3:
+        raise UserError(f"--step {text!r}: use a:b:s, e.g. 0:5000:10")
+    try:
+        values = [int(p) if p.strip() else None for p in parts] + [None] * (3 - len(parts))
+    except ValueError:
+        raise UserError(f"--step {text!r}: a, b and s must be integers, e.g. 0:5000:10") from None
+    if values[2] is not None and values[2] < 1:
+        raise UserError(f"--step {text!r}: the stride s must be a positive integer")
+    if len(parts) == 1:  # a single step
+        return slice(values[0], values[0])
+    return slice(*values)
+
+
+def _open(run: str, root: str | None):
+    from trajscope.store import open_run
+
+    ds = open_run(run, root=root)
+    if ds.sizes.get("step", 0) == 0:
+        raise UserError(f"run {run!r} has no committed steps yet: wait for the producer to commit a chunk")
+    return ds
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app`` (none yet)."""
+    """Add ``show`` and ``plot`` to ``app``."""
+
+    @app.command("show")
+    def show(
+        run: str = typer.Argument(..., help="Run id under --root, or a path/URL of a run."),
+        root: Optional[str] = typer.Option(None, "--root", help=ROOT_HELP),
+        step: Optional[str] = typer.Option(None, "--step", help=STEP_HELP),
+    ) -> None:
+        """Print a run's headline numbers: data geometry, measurements and the theory side by side."""
+        from rich.console import Console
+        from rich.table import Table
+
+        import trajscope.analysis.accessor  # noqa: F401
+        from trajscope.analysis.summary import summary, summary_rows
+
+        ds = _open(run, root)
+        sel = parse_step(step)
+        s = summary(ds, sel)
+        table = Table(title=f"run {s.attrs.get('run_id', run)} ({ds.attrs.get('status', 'unknown status')})")
+        for col, kw in (("quantity", {}), ("measured", {"justify": "right"}), ("theory", {"justify": "right"}),
+                        ("unit", {}), ("theory is a", {})):
+            table.add_column(col, **kw)
+        for row in summary_rows(s):
+            table.add_row(row["quantity"], row["measured"], row["theory"], row["unit"], row["note"])
+        console = Console()
+        console.print(table)
+        console.print(
+            f"t1: first recorded step from which every neuron stays in S_(sign v_j) or S_dead; "
+            f"t2: first recorded step with L ≤ {1 - s.attrs['t2_drop']:g}·L(first state). "
+            "Theory values are scales and bounds, not predictions of the exact step."
+        )
+
+    @app.command("plot")
+    def plot_cmd(
+        run: str = typer.Argument(..., help="Run id under --root, or a path/URL of a run."),
+        kind: str = typer.Argument(..., help="Figure: gram, alignment, loss, mean_neurons, plane, spectra, cones, direction_field."),
+        output: Path = typer.Option(..., "-o", "--output", help="Output file, .png or .svg."),
+        root: Optional[str] = typer.Option(None, "--root", help=ROOT_HELP),
+        step: Optional[str] = typer.Option(None, "--step", help=STEP_HELP),
+    ) -> None:
+        """Draw one of the paper's figures for a run into a PNG or SVG file."""
+        from trajscope.analysis.plots import PLOT_FORMATS, PLOT_KINDS, plot, save
+
+        if kind not in PLOT_KINDS:
+            raise UserError(f"unknown plot kind {kind!r}: choose one of {', '.join(PLOT_KINDS)}")
+        if output.suffix.lower().lstrip(".") not in PLOT_FORMATS:
+            raise UserError(f"cannot write {output.name!r}: the output file must end in .png or .svg")
+        if output.parent and not output.parent.exists():
+            raise UserError(f"directory {str(output.parent)!r} does not exist: create it or choose another -o")
+        ds = _open(run, root)
+        save(plot(ds, kind, parse_step(step)), output)
+        typer.echo(f"wrote {output}")

@@ -1,7 +1,56 @@
-"""Placeholder: commands of this group are added by their own issue."""
+"""``trajscope serve``: the HTTP API, the dashboard and the raw store of the runs under a root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from trajscope.errors import UserError
+
+
+def read_token(path: Path | None) -> str | None:
+    """The token in ``path`` (first line, stripped); ``None`` without a file."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text().strip()
+    except OSError as err:
+        raise UserError(f"cannot read the token file {str(path)!r}: {err.strerror}") from None
+    token = text.splitlines()[0].strip() if text else ""
+    if len(token) < 8:
+        raise UserError(f"the token in {str(path)!r} is empty or shorter than 8 characters")
+    return token
+
+
+def serve(
+    root: Annotated[Optional[str], typer.Option("--root", help="store root: a directory or an fsspec URL "
+                                                "(s3://bucket/prefix); default $TRAJSCOPE_ROOT or ./runs")] = None,
+    host: Annotated[str, typer.Option(help="interface to bind; 127.0.0.1 keeps it on this machine, "
+                                      "0.0.0.0 exposes it")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    token_file: Annotated[Optional[Path], typer.Option("--token-file", help="file holding a token; enables "
+                                                       "DELETE /api/runs/RUN with 'Authorization: Bearer "
+                                                       "TOKEN'. Without it the API is read-only")] = None,
+    max_response_mib: Annotated[float, typer.Option(help="size cap of one slice or analysis response")] = 32.0,
+) -> None:
+    """Serve runs, slices, analyses, figures, a dashboard (/) and the raw Zarr store (/zarr/RUN)."""
+    import uvicorn
+
+    from trajscope.api.app import create_app
+    from trajscope.store import StoreRoot
+
+    if not 0 < port < 65536:
+        raise UserError(f"--port {port} is not a TCP port (1-65535)")
+    token = read_token(token_file)
+    store_root = StoreRoot(root)
+    app = create_app(store_root, token=token, max_response_bytes=int(max_response_mib * 2**20))
+    typer.echo(f"trajscope: serving {store_root.location} on http://{host}:{port} "
+               f"({'deletes enabled by token' if token else 'read-only'})", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app`` (none yet)."""
+    """Add ``trajscope serve`` to ``app``."""
+    app.command("serve")(serve)

@@ -1,0 +1,103 @@
+"""``/api/runs/{run_id}/analysis``: every quantity of ``trajscope.analysis.QUANTITIES`` as JSON."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Callable
+
+import xarray as xr
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+
+from trajscope.api import registry, selectors
+from trajscope.api.deps import Run, RunDep, State
+from trajscope.api.models import AnalysisResult, ErrorBody, Listing
+from trajscope.api.serialize import dumps, jsonable, nbytes_of
+from trajscope.store import UserError
+
+log = logging.getLogger("trajscope.api")
+router = APIRouter(prefix="/api/runs/{run_id}/analysis", tags=["analysis"],
+                   responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+
+STEP_HELP = "optimizer steps a:b:s (both ends included, stride over recorded states); default all"
+
+
+def step_slice(text: str | None) -> slice | None:
+    """The ``step`` query parameter as the ``slice`` the analysis functions take."""
+    sel = selectors.parse("step", text)
+    if sel.kind == "list":
+        if not sel.scalar:
+            raise UserError(f"step={text}: the analysis takes a range a:b:s or a single step, not a list")
+        return slice(sel.values[0], sel.values[0])
+    return sel.as_slice()
+
+
+def call(run: Run, fn: Callable, what: str, step: slice | None, kwargs: dict[str, Any]) -> Any:
+    """Run an analysis function on the run's dataset; its failures become 4xx, never 500."""
+    ds = run.dataset()
+    if step is not None:
+        steps = ds["step"].values
+        if steps.size == 0:
+            raise UserError(f"run {run.run_id!r} has no committed states yet")
+        lo, hi = step.start, step.stop
+        if (lo is not None and lo > steps[-1]) or (hi is not None and hi < steps[0]) or (
+                lo is not None and hi is not None and hi < lo):
+            raise UserError(f"step={lo if lo is not None else ''}:{hi if hi is not None else ''} selects no "
+                            f"recorded state: recorded steps run from {steps[0]} to {steps[-1]}")
+    if ds.sizes.get("step", 0) == 0:
+        raise HTTPException(422, f"run {run.run_id!r} has no committed states yet: retry when it has")
+    try:
+        if step is not None and registry.accepts_step(fn):
+            kwargs = {**kwargs, "step": step}
+        result = fn(ds, **kwargs)
+        if isinstance(result, (xr.DataArray, xr.Dataset)):
+            result = result.compute()
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - an analysis that cannot run on this run is not a server crash
+        log.exception("%s failed on run %s", what, run.run_id)
+        raise HTTPException(422, f"{what} could not be computed for run {run.run_id!r}: "
+                                 f"{type(err).__name__}: {err}") from None
+    return result
+
+
+@router.get("", response_model=Listing, summary="The analysis quantities available")
+def list_quantities(run: RunDep) -> dict[str, Any]:
+    items = registry.quantities()
+    return {"run_id": run.run_id,
+            "items": {name: f"/api/runs/{run.run_id}/analysis/{name}" for name in sorted(items)},
+            "params": {name: registry.options(fn) for name, fn in sorted(items.items())}}
+
+
+@router.get("/{quantity}", response_model=AnalysisResult, summary="One analysis quantity (JSON)")
+def quantity_result(
+    run: RunDep,
+    state: State,
+    quantity: str,
+    request: Request,
+    step: Annotated[str | None, Query(description=STEP_HELP)] = None,
+) -> Response:
+    fn = _lookup(registry.quantities(), quantity, "analysis quantity", run.run_id)
+    extra = {k: v for k, v in request.query_params.items() if k != "step"}
+    kwargs = registry.bind(fn, extra, f"quantity {quantity!r}")
+    sl = step_slice(step)
+    key = run.cache_key("analysis", quantity, str(sl), tuple(sorted(kwargs.items())))
+
+    def build() -> bytes:
+        result = call(run, fn, f"quantity {quantity!r}", sl, kwargs)
+        if nbytes_of(result) > state.max_response_bytes:
+            raise HTTPException(413, f"quantity {quantity!r} over the whole selection is over the cap of "
+                                     f"{state.max_response_bytes // 2**20} MiB: narrow it with step=a:b:s "
+                                     "(e.g. a stride ::10)")
+        return dumps({"run_id": run.run_id, "quantity": quantity, "committed_steps": run.committed,
+                      "params": jsonable({"step": None if sl is None else [sl.start, sl.stop, sl.step], **kwargs}),
+                      "result": jsonable(result)})
+
+    body, hit = state.responses.get_or_build(key, build, len)
+    return Response(body, media_type="application/json", headers={"X-Trajscope-Cache": "hit" if hit else "miss"})
+
+
+def _lookup(items: dict[str, Callable], name: str, what: str, run_id: str) -> Callable:
+    try:
+        return registry.lookup(items, name, what, run_id)
+    except LookupError as err:
+        raise HTTPException(404, str(err)) from None

@@ -1,0 +1,124 @@
+"""``/api/runs/{run_id}/plots/{kind}.png|.svg``: the figures of ``trajscope.analysis.PLOT_KINDS``.
+
+Computed in parallel, rendered with matplotlib's Agg backend under one lock, and cached per
+(run, committed steps, kind, format, parameters): a finished run's figure is drawn once.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any, Callable
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+
+from trajscope.api import registry
+from trajscope.api.deps import Run, RunDep, State
+from trajscope.api.models import ErrorBody, Listing
+from trajscope.api.routes_analysis import STEP_HELP, _lookup, call, step_slice
+from trajscope.api.state import ApiState
+from trajscope.store import UserError
+
+log = logging.getLogger("trajscope.api")
+
+router = APIRouter(prefix="/api/runs/{run_id}/plots", tags=["plots"],
+                   responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+
+FORMATS = {"png": "image/png", "svg": "image/svg+xml"}
+_RENDER = threading.Lock()
+
+
+def render(figure: Any, fmt: str) -> bytes:
+    """Bytes of a matplotlib Figure (or Axes, or an object with ``savefig``) in ``fmt``; closes it."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if isinstance(figure, (bytes, bytearray)):
+        return bytes(figure)
+    fig = getattr(figure, "figure", None) if not hasattr(figure, "savefig") else figure
+    if fig is None and hasattr(figure, "flat"):  # an array of Axes
+        fig = figure.flat[0].figure
+    if fig is None or not hasattr(fig, "savefig"):
+        raise TypeError(f"the plot function returned {type(figure).__name__}, not a matplotlib figure")
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format=fmt, dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
+
+
+def figure(run: Run, state: ApiState, kind: str, fn: Callable, fmt: str, sl: slice | None,
+           kwargs: dict[str, Any]) -> tuple[bytes, bool]:
+    """The figure's bytes and whether they came from the cache; failures are cached too (same run
+    version), so a figure that cannot be drawn for a run is not recomputed on every request."""
+    key = run.cache_key("plot", kind, fmt, str(sl), tuple(sorted(kwargs.items())))
+
+    def build() -> tuple[int, bytes | str]:
+        try:
+            result = call(run, fn, f"figure {kind!r}", sl, kwargs)
+            with _RENDER:
+                return 200, render(result, fmt)
+        except HTTPException as err:
+            return err.status_code, str(err.detail)
+        except UserError as err:
+            return 400, str(err)
+        except Exception as err:  # noqa: BLE001 - a figure that cannot be drawn is not a server crash
+            log.exception("figure %s failed to render for run %s", kind, run.run_id)
+            return 422, f"figure {kind!r} could not be drawn for run {run.run_id!r}: {type(err).__name__}: {err}"
+
+    (status, body), hit = state.responses.get_or_build(key, build, lambda v: len(v[1]))
+    if status != 200:
+        raise HTTPException(status, body)
+    return body, hit
+
+
+@router.get("", response_model=Listing, summary="The figure kinds available")
+def list_plots(
+    run: RunDep,
+    state: State,
+    check: Annotated[bool, Query(description="draw each figure (cached) and list only those this run can "
+                                 "show; the others go to 'unavailable' with the reason")] = False,
+) -> dict[str, Any]:
+    kinds = registry.plot_kinds()
+    items = {k: f"/api/runs/{run.run_id}/plots/{k}.png" for k in sorted(kinds)}
+    unavailable: dict[str, str] = {}
+    if check:
+        if run.committed == 0:
+            unavailable = {k: "no committed states yet" for k in items}
+        else:
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                futures = {k: pool.submit(figure, run, state, k, kinds[k], "png", None, {}) for k in items}
+            for k, fut in futures.items():
+                try:
+                    fut.result()
+                except HTTPException as err:
+                    unavailable[k] = str(err.detail)
+        items = {k: u for k, u in items.items() if k not in unavailable}
+    return {"run_id": run.run_id, "items": items, "unavailable": unavailable,
+            "params": {k: registry.options(fn) for k, fn in sorted(kinds.items())}}
+
+
+@router.get("/{filename}", summary="One figure, as KIND.png or KIND.svg",
+            responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}}})
+def plot(
+    run: RunDep,
+    state: State,
+    filename: str,
+    request: Request,
+    step: Annotated[str | None, Query(description=STEP_HELP)] = None,
+) -> Response:
+    kind, dot, fmt = filename.rpartition(".")
+    if not dot or fmt not in FORMATS:
+        raise HTTPException(404, f"figure {filename!r}: name it KIND.png or KIND.svg "
+                                 f"(GET /api/runs/{run.run_id}/plots lists the kinds)")
+    fn = _lookup(registry.plot_kinds(), kind, "figure kind", run.run_id)
+    extra = {k: v for k, v in request.query_params.items() if k != "step"}
+    kwargs = registry.bind(fn, extra, f"figure {kind!r}")
+    body, hit = figure(run, state, kind, fn, fmt, step_slice(step), kwargs)
+    return Response(body, media_type=FORMATS[fmt],
+                    headers={"X-Trajscope-Cache": "hit" if hit else "miss", "Cache-Control": "no-cache"})

@@ -1,0 +1,98 @@
+"""``/api/runs``: list, describe and (with a token) delete runs."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query
+
+from trajscope.api.deps import RunDep, State
+from trajscope.api.models import ErrorBody, RunDetail, RunList, RunSummary, VariableInfo
+from trajscope.api.serialize import jsonable
+from trajscope.store import RunInfo, UserError, describe_run, list_runs
+from trajscope.store.layout import STATUSES
+
+router = APIRouter(prefix="/api/runs", tags=["runs"], responses={404: {"model": ErrorBody}, 400: {"model": ErrorBody}})
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; keeps scalar leaves and short lists."""
+    out: dict[str, Any] = {}
+    if isinstance(config, dict):
+        for key, value in config.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+    elif isinstance(config, (list, tuple)):
+        if len(config) <= 8 and all(not isinstance(v, (dict, list)) for v in config):
+            out[prefix[:-1]] = jsonable(list(config))
+    else:
+        out[prefix[:-1]] = jsonable(config)
+    return out
+
+
+def summary(info: RunInfo, size: bool) -> dict[str, Any]:
+    base = f"/api/runs/{info.run_id}"
+    return {
+        "run_id": info.run_id,
+        "status": info.status,
+        "committed_steps": info.committed_steps,
+        "capacity": info.capacity,
+        "progress": (info.committed_steps / info.capacity) if info.capacity else None,
+        "created": info.created,
+        "updated": info.updated,
+        "size_bytes": info.size_bytes if size else None,
+        "config": flatten(info.config),
+        "error": info.error,
+        "links": {"self": base, "analysis": f"{base}/analysis", "plots": f"{base}/plots",
+                  "zarr": f"/zarr/{info.run_id}", "dashboard": f"/#/run/{info.run_id}"},
+    }
+
+
+@router.get("", response_model=RunList, summary="List the runs under the served root")
+def runs(
+    state: State,
+    status: Annotated[str | None, Query(description=f"keep only runs with this status: {', '.join(STATUSES)}")] = None,
+    size: Annotated[bool, Query(description="compute each run's size on storage (slower on object stores)")] = True,
+) -> dict[str, Any]:
+    if status is not None and status not in STATUSES:
+        raise UserError(f"status={status!r} is not a run status: use one of {', '.join(STATUSES)}")
+    infos = list_runs(state.root, with_size=size)
+    return {"root": state.root.location,
+            "runs": [summary(i, size) for i in infos if status is None or i.status == status]}
+
+
+@router.get("/{run_id}", response_model=RunDetail, summary="Describe one run: attributes and variables")
+def run_detail(run: RunDep, state: State) -> dict[str, Any]:
+    info = describe_run(run.run_id, state.root)
+    ds = run.dataset()
+    variables = []
+    for name, var in ds.variables.items():
+        chunks = var.encoding.get("preferred_chunks") or {}
+        variables.append(VariableInfo(
+            name=str(name), dims=[str(d) for d in var.dims], shape=list(var.shape),
+            chunks=[int(chunks[d]) for d in var.dims] if all(d in chunks for d in var.dims) else None,
+            dtype=str(var.dtype), coordinate=name in ds.coords))
+    body = summary(info, True)
+    body["links"].update({f"var:{v.name}": f"/api/runs/{run.run_id}/vars/{v.name}" for v in variables})
+    return {**body, "attrs": jsonable(run.attrs), "variables": variables}
+
+
+@router.delete("/{run_id}", status_code=200, summary="Delete a run (only with the configured token)",
+               responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+def delete_run(
+    run: RunDep,
+    state: State,
+    authorization: Annotated[str | None, Header(description="Bearer TOKEN")] = None,
+    force: Annotated[bool, Query(description="delete even while the run's status is running")] = False,
+) -> dict[str, Any]:
+    if not state.token:
+        raise HTTPException(403, "the API is read-only: start `trajscope serve --token-file F` to allow deletes")
+    presented = (authorization or "").removeprefix("Bearer ").strip()
+    if not presented or not hmac.compare_digest(presented.encode(), state.token.encode()):
+        raise HTTPException(401, "missing or wrong token: send the header 'Authorization: Bearer TOKEN'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if run.status == "running" and not force:
+        raise HTTPException(409, f"run {run.run_id!r} is running: stop it first, or pass force=true")
+    state.root.delete(run.run_id)
+    state.forget(run.run_id)
+    return {"deleted": run.run_id}

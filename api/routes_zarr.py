@@ -1,0 +1,81 @@
+"""``/zarr/{run_id}/{key}``: the run's store, read-only, for ``xr.open_zarr("http://host/zarr/RUN")``.
+
+GET and HEAD, single byte ranges (``Range: bytes=a-b``, ``a-``, ``-n``). The root ``zarr.json`` is a
+snapshot consolidated on the fly and trimmed to ``committed_steps`` (see
+:mod:`trajscope.store.snapshot`), so a remote reader sees a consistent view of a live run.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Request, Response
+
+from trajscope.api.deps import State, load_run
+from trajscope.api.models import ErrorBody
+from trajscope.store.snapshot import KeyNotServed, parse_key, read_key
+
+router = APIRouter(prefix="/zarr", tags=["zarr"], responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody},
+                                                              416: {"model": ErrorBody}})
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def byte_range(header: str, size: int) -> tuple[int, int]:
+    """``[start, end)`` of a single-range ``Range`` header; 416 when it cannot be satisfied."""
+    match = _RANGE.match(header.strip())
+    if not match or match.groups() == ("", ""):
+        raise HTTPException(416, f"Range {header!r} is not supported: use one range bytes=a-b, bytes=a- or bytes=-n",
+                            headers={"Content-Range": f"bytes */{size}"})
+    first, last = match.groups()
+    if first == "":
+        start, end = max(size - int(last), 0), size
+    else:
+        start = int(first)
+        end = size if last == "" else min(int(last) + 1, size)
+    if start >= size or end <= start:
+        raise HTTPException(416, f"Range {header!r} is outside the {size} bytes of this key",
+                            headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+def _media(key: str) -> str:
+    return "application/json" if key.endswith("zarr.json") else "application/octet-stream"
+
+
+@router.api_route("/{run_id}/{key:path}", methods=["GET", "HEAD"], summary="A key of the run's Zarr store")
+def zarr_key(
+    state: State,
+    request: Request,
+    run_id: str,
+    key: str,
+    range: Annotated[str | None, Header(description="bytes=a-b (one range)")] = None,
+) -> Response:
+    run = load_run(state, run_id)
+    try:
+        info = parse_key(key)
+        data = read_key(state.root, run.run_id, key, info)
+    except KeyNotServed as err:
+        raise HTTPException(404, str(err)) from None
+    except (KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise HTTPException(404, f"run {run_id!r} has no key {key!r} in its committed snapshot") from None
+    size = len(data)
+    headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"}
+    status = 200
+    if range is not None:
+        start, end = byte_range(range, size)
+        data = data[start:end]
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        status = 206
+    headers["Content-Length"] = str(len(data))
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=_media(key))
+    return Response(data, status_code=status, headers=headers, media_type=_media(key))
+
+
+@router.api_route("/{run_id}", methods=["GET", "HEAD"], include_in_schema=False)
+def zarr_run(state: State, run_id: str) -> Response:
+    """The bare run URL: point readers at the group metadata."""
+    load_run(state, run_id)
+    raise HTTPException(404, f"open this URL with xr.open_zarr('.../zarr/{run_id}'); its keys are "
+                             f"/zarr/{run_id}/zarr.json and below")

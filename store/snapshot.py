@@ -1,0 +1,183 @@
+"""A consistent, read-only snapshot of a run's store for remote readers (``/zarr/{run_id}/{key}``).
+
+The HTTP pass-through serves a run key by key so that ``xr.open_zarr("http://host/zarr/RUN")`` works
+without trajscope. Two things make a live run safe to read that way, and both live here because only
+``store`` knows the layout:
+
+* :func:`snapshot_metadata` — the root ``zarr.json`` consolidated on the fly: the root attributes
+  (read first, fresh) plus every array's metadata with the ``step`` length cut to ``committed_steps``.
+  A reader that opens the snapshot never asks for a state that was not committed when it opened.
+* :func:`read_key` — validates a key against the layout (``zarr.json``, ``NAME/zarr.json``,
+  ``NAME/c/i/j/...``) before touching storage, refuses chunks that start at or past the committed
+  length (they may hold states not yet committed) and, for local roots, refuses any file whose real
+  path leaves the store root (symlinks). Chunk objects are replaced atomically by the writer, so a
+  chunk read is never torn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from trajscope.store.errors import UserError
+from trajscope.store.layout import COMMITTED, STEP_DIM
+from trajscope.store.root import StoreRoot
+
+METADATA_KEY = "zarr.json"
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}"
+_ARRAY_META = re.compile(rf"^({_NAME})/zarr\.json$")
+_CHUNK = re.compile(rf"^({_NAME})/c((?:/[0-9]{{1,12}})+)$")
+
+
+class KeyNotServed(UserError):
+    """A key the pass-through does not serve (malformed, not in the layout, or past the snapshot)."""
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A validated key: its kind (``root``, ``array``, ``chunk``), array name and chunk indices."""
+
+    key: str
+    kind: str
+    array: str | None = None
+    chunk: tuple[int, ...] = ()
+
+
+def parse_key(key: str) -> KeyInfo:
+    """Validate ``key`` against the run layout; :class:`KeyNotServed` names what is wrong."""
+    if key == METADATA_KEY:
+        return KeyInfo(key, "root")
+    match = _ARRAY_META.match(key)
+    if match:
+        return KeyInfo(key, "array", match.group(1))
+    match = _CHUNK.match(key)
+    if match:
+        indices = tuple(int(i) for i in match.group(2).strip("/").split("/"))
+        return KeyInfo(key, "chunk", match.group(1), indices)
+    raise KeyNotServed(
+        f"key {key!r} is not part of a run's store: keys are zarr.json, NAME/zarr.json or NAME/c/i/j/..."
+    )
+
+
+def _array_names(root: StoreRoot, run_id: str, group: dict[str, Any]) -> list[str]:
+    consolidated = (group.get("consolidated_metadata") or {}).get("metadata")
+    if consolidated:
+        return sorted(name for name, meta in consolidated.items() if meta.get("node_type") == "array")
+    base = root.run_url(run_id) if root.is_local else root.fs._strip_protocol(root.run_url(run_id))
+    names = []
+    for entry in root.fs.ls(base, detail=False):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if re.fullmatch(_NAME, name):
+            names.append(name)
+    return sorted(names)
+
+
+def _trim(meta: dict[str, Any], committed: int) -> dict[str, Any]:
+    dims = meta.get("dimension_names") or []
+    if meta.get("node_type") == "array" and dims and dims[0] == STEP_DIM:
+        meta = dict(meta)
+        shape = list(meta["shape"])
+        shape[0] = min(int(shape[0]), committed)
+        meta["shape"] = shape
+    return meta
+
+
+@dataclass
+class Snapshot:
+    """The root attributes and the trimmed metadata of every array, as read at one moment."""
+
+    attrs: dict[str, Any]
+    arrays: dict[str, dict[str, Any]]
+
+    @property
+    def committed(self) -> int:
+        return int(self.attrs.get(COMMITTED, 0))
+
+    def document(self) -> dict[str, Any]:
+        """The root ``zarr.json`` with inline consolidated metadata (the form zarr-python reads)."""
+        return {
+            "zarr_format": 3,
+            "node_type": "group",
+            "attributes": self.attrs,
+            "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": self.arrays},
+        }
+
+
+def snapshot(root: StoreRoot, run_id: str) -> Snapshot:
+    """Read the root attributes first, then each array's metadata, trimmed to ``committed_steps``.
+
+    Arrays are created at full capacity and only shrink to the committed length when the run
+    finishes, so every array read after the attributes is at least ``committed_steps`` long.
+    """
+    group = root.read_group_metadata(run_id)  # RunNotFound when absent
+    attrs = dict(group.get("attributes", {}))
+    committed = int(attrs.get(COMMITTED, 0))
+    consolidated = (group.get("consolidated_metadata") or {}).get("metadata") or {}
+    arrays: dict[str, dict[str, Any]] = {}
+    for name in _array_names(root, run_id, group):
+        meta = consolidated.get(name)
+        if meta is None:
+            try:
+                meta = json.loads(root.read_bytes(run_id, f"{name}/{METADATA_KEY}"))
+            except KeyError:
+                continue
+        if meta.get("node_type") == "array":
+            arrays[name] = _trim(meta, committed)
+    return Snapshot(attrs, arrays)
+
+
+def snapshot_metadata(root: StoreRoot, run_id: str) -> bytes:
+    """The bytes served as ``/zarr/{run_id}/zarr.json``."""
+    return json.dumps(snapshot(root, run_id).document(), allow_nan=False).encode()
+
+
+def _check_inside(root: StoreRoot, run_id: str, key: str) -> None:
+    """Local roots: the file's real path must stay under the root's real path (no symlink escapes)."""
+    if not root.is_local:
+        return
+    base = os.path.realpath(root.location)
+    real = os.path.realpath(os.path.join(root.run_url(run_id), key))
+    if os.path.commonpath([base, real]) != base:
+        raise KeyNotServed(f"key {key!r} of run {run_id!r} resolves outside the store root")
+
+
+def _chunk_steps(meta: dict[str, Any]) -> int | None:
+    grid = meta.get("chunk_grid") or {}
+    shape = (grid.get("configuration") or {}).get("chunk_shape")
+    return int(shape[0]) if shape else None
+
+
+def read_key(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None = None) -> bytes:
+    """The bytes of ``key`` as the pass-through serves them; :class:`KeyError` when there is none.
+
+    ``zarr.json`` is the trimmed snapshot; ``NAME/zarr.json`` the array metadata trimmed to the
+    committed length read now; a chunk is served only when its first step is committed.
+    """
+    info = info or parse_key(key)
+    if info.kind == "root":
+        return snapshot_metadata(root, run_id)
+    _check_inside(root, run_id, key)
+    attrs = root.read_attrs(run_id)  # fresh, before the array metadata or the chunk
+    committed = int(attrs.get(COMMITTED, 0))
+    meta = json.loads(root.read_bytes(run_id, f"{info.array}/{METADATA_KEY}"))
+    if meta.get("node_type") != "array":
+        raise KeyError(key)
+    if info.kind == "array":
+        return json.dumps(_trim(meta, committed), allow_nan=False).encode()
+    dims = meta.get("dimension_names") or []
+    if len(info.chunk) != len(meta.get("shape", ())):
+        raise KeyNotServed(f"chunk key {key!r} has {len(info.chunk)} indices; array {info.array!r} has "
+                           f"{len(meta.get('shape', ()))} dimensions")
+    if dims and dims[0] == STEP_DIM:
+        steps = _chunk_steps(meta)
+        if steps is not None and info.chunk[0] * steps >= committed:
+            raise KeyError(key)  # not committed yet: a reader of the snapshot never asks for it
+    return root.read_bytes(run_id, key)
+
+
+def key_size(root: StoreRoot, run_id: str, key: str) -> int:
+    """Size in bytes of ``key`` as served (HEAD)."""
+    return len(read_key(root, run_id, key))

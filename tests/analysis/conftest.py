@@ -110,7 +110,7 @@ def simulate(
 def small_run() -> xr.Dataset:
     """A balanced, small-init run that aligns and then converges (sum exp loss)."""
     X, y = separated_data(n=24, D=5, spread=0.5, seed=3)
-    return simulate(X, y, h=10, scale=1e-4, lr=2e-2, steps=1200, seed=4)
+    return simulate(X, y, h=10, scale=1e-4, lr=2e-3, steps=1500, seed=4)
 
 
 @pytest.fixture(scope="session")

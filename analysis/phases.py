@@ -83,7 +83,8 @@ def post_t2_slope(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP
     n = use.sum("step")
     xm = x.mean("step")
     ym = y.mean("step")
-    slope = ((x - xm) * (y - ym)).sum("step") / ((x - xm) ** 2).sum("step")
+    den = ((x - xm) ** 2).sum("step")
+    slope = ((x - xm) * (y - ym)).sum("step") / xr.where(den > 0, den, np.nan)
     out = xr.where(n >= 3, slope, np.nan).drop_vars(["step", "t"], errors="ignore")
     out.name = "post_t2_slope"
     out.attrs.update(long_name="log-log slope of L against t - t2 (last decade)", units="1")

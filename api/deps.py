@@ -10,6 +10,7 @@ from fastapi import Depends, Path, Request
 
 from trajscope.api.state import ApiState
 from trajscope.store import COMMITTED, RunNotFound, UserError, validate_run_id
+from trajscope.store.snapshot import inside_root
 
 
 def get_state(request: Request) -> ApiState:
@@ -52,6 +53,8 @@ class Run:
 def load_run(state: ApiState, run_id: str) -> Run:
     """Validate ``run_id`` and read its attributes (404 when there is no such run)."""
     validate_run_id(run_id)
+    if not inside_root(state.root, run_id):
+        raise RunNotFound(f"run {run_id!r} resolves outside the served root; it is not served")
     try:
         attrs = state.root.read_attrs(run_id)
     except RunNotFound:

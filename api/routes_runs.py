@@ -10,7 +10,8 @@ from fastapi import APIRouter, Header, HTTPException, Query
 from trajscope.api.deps import RunDep, State
 from trajscope.api.models import ErrorBody, RunDetail, RunList, RunSummary, VariableInfo
 from trajscope.api.serialize import jsonable
-from trajscope.store import RunInfo, UserError, describe_run, list_runs
+from trajscope.store import RunInfo, UserError, describe_run
+from trajscope.store.snapshot import inside_root
 from trajscope.store.layout import STATUSES
 
 router = APIRouter(prefix="/api/runs", tags=["runs"], responses={404: {"model": ErrorBody}, 400: {"model": ErrorBody}})
@@ -56,7 +57,14 @@ def runs(
 ) -> dict[str, Any]:
     if status is not None and status not in STATUSES:
         raise UserError(f"status={status!r} is not a run status: use one of {', '.join(STATUSES)}")
-    infos = list_runs(state.root, with_size=size)
+    infos = []
+    for run_id in state.root.run_ids():
+        if not inside_root(state.root, run_id):
+            continue  # a symlink out of the root: never read
+        try:
+            infos.append(describe_run(run_id, state.root, with_size=size))
+        except (KeyError, ValueError):  # half-created or unreadable: skipped, as the store's catalog does
+            continue
     return {"root": state.root.location,
             "runs": [summary(i, size) for i in infos if status is None or i.status == status]}
 

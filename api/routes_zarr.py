@@ -43,7 +43,8 @@ def _media(key: str) -> str:
     return "application/json" if key.endswith("zarr.json") else "application/octet-stream"
 
 
-@router.api_route("/{run_id}/{key:path}", methods=["GET", "HEAD"], summary="A key of the run's Zarr store")
+@router.head("/{run_id}/{key:path}", include_in_schema=False)
+@router.get("/{run_id}/{key:path}", summary="A key of the run's Zarr store (GET and HEAD, byte ranges)")
 def zarr_key(
     state: State,
     request: Request,
@@ -73,7 +74,8 @@ def zarr_key(
     return Response(data, status_code=status, headers=headers, media_type=_media(key))
 
 
-@router.api_route("/{run_id}", methods=["GET", "HEAD"], include_in_schema=False)
+@router.head("/{run_id}", include_in_schema=False)
+@router.get("/{run_id}", include_in_schema=False)
 def zarr_run(state: State, run_id: str) -> Response:
     """The bare run URL: point readers at the group metadata."""
     load_run(state, run_id)

@@ -28,8 +28,8 @@ from trajscope.store.root import StoreRoot
 
 METADATA_KEY = "zarr.json"
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}"
-_ARRAY_META = re.compile(rf"^({_NAME})/zarr\.json$")
-_CHUNK = re.compile(rf"^({_NAME})/c((?:/[0-9]{{1,12}})+)$")
+_ARRAY_META = re.compile(rf"({_NAME})/zarr\.json")
+_CHUNK = re.compile(rf"({_NAME})/c((?:/[0-9]{{1,12}})+)")
 
 
 class KeyNotServed(UserError):
@@ -50,10 +50,10 @@ def parse_key(key: str) -> KeyInfo:
     """Validate ``key`` against the run layout; :class:`KeyNotServed` names what is wrong."""
     if key == METADATA_KEY:
         return KeyInfo(key, "root")
-    match = _ARRAY_META.match(key)
+    match = _ARRAY_META.fullmatch(key)
     if match:
         return KeyInfo(key, "array", match.group(1))
-    match = _CHUNK.match(key)
+    match = _CHUNK.fullmatch(key)
     if match:
         indices = tuple(int(i) for i in match.group(2).strip("/").split("/"))
         return KeyInfo(key, "chunk", match.group(1), indices)
@@ -140,7 +140,7 @@ def _check_inside(root: StoreRoot, run_id: str, key: str) -> None:
         return
     base = os.path.realpath(root.location)
     real = os.path.realpath(os.path.join(root.run_url(run_id), key))
-    if os.path.commonpath([base, real]) != base:
+    if os.path.commonpath([base, real]) != base or not inside_root(root, run_id):
         raise KeyNotServed(f"key {key!r} of run {run_id!r} resolves outside the store root")
 
 
@@ -181,3 +181,12 @@ def read_key(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None = None
 def key_size(root: StoreRoot, run_id: str, key: str) -> int:
     """Size in bytes of ``key`` as served (HEAD)."""
     return len(read_key(root, run_id, key))
+
+
+def inside_root(root: StoreRoot, run_id: str) -> bool:
+    """False when a local run's directory resolves (through symlinks) outside the store root."""
+    if not root.is_local:
+        return True
+    base = os.path.realpath(root.location)
+    real = os.path.realpath(root.run_url(run_id))
+    return os.path.commonpath([base, real]) == base

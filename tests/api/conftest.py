@@ -117,7 +117,7 @@ def expected(local_root) -> dict:
 
 @pytest.fixture(scope="session")
 def server(local_root) -> Iterator[LiveServer]:
-    with serving(local_root, token="s3cret-token", max_response_bytes=64 * 1024) as srv:
+    with serving(local_root, token="s3cret-token", max_response_bytes=16 * 1024) as srv:
         yield srv
 
 
@@ -152,3 +152,15 @@ def s3_env() -> Iterator[str]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def write_run():
+    """:func:`make_run` (test modules cannot import this conftest under --import-mode=importlib)."""
+    return make_run
+
+
+@pytest.fixture(scope="session")
+def serve():
+    """:func:`serving`: a context manager starting another server on a root."""
+    return serving

@@ -1,0 +1,156 @@
+"""Runs, variables, health and deletes over HTTP against a real uvicorn server."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import numpy as np
+import pytest
+
+from trajscope.store import StoreRoot
+
+
+def test_health_and_openapi(client, local_root):
+    body = client.get("/health").json()
+    assert body["status"] == "ok" and body["root"] == local_root.location and body["writable"] is True
+    spec = client.get("/openapi.json").json()
+    for path in ("/api/runs", "/api/runs/{run_id}", "/api/runs/{run_id}/vars/{name}",
+                 "/api/runs/{run_id}/analysis/{quantity}", "/api/runs/{run_id}/plots/{filename}",
+                 "/zarr/{run_id}/{key}", "/health"):
+        assert path in spec["paths"], path
+    assert client.get("/docs").status_code == 200
+
+
+def test_list_runs_status_progress_and_filter(client):
+    runs = {r["run_id"]: r for r in client.get("/api/runs").json()["runs"]}
+    assert set(runs) == {"done", "live", "bad"}
+    assert runs["done"]["status"] == "complete" and runs["done"]["committed_steps"] == 40
+    assert runs["live"]["status"] == "running" and runs["live"]["committed_steps"] == 20
+    assert runs["live"]["progress"] == pytest.approx(20 / 48)
+    assert runs["done"]["config"]["model.width"] == 6 and runs["done"]["size_bytes"] > 0
+    running = client.get("/api/runs", params={"status": "running"}).json()["runs"]
+    assert [r["run_id"] for r in running] == ["live"]
+    r = client.get("/api/runs", params={"status": "sleeping"})
+    assert r.status_code == 400 and "status='sleeping'" in r.json()["detail"] and "running" in r.json()["detail"]
+
+
+def test_describe_run_lists_variables_with_shapes_and_chunks(client):
+    body = client.get("/api/runs/live").json()
+    assert body["attrs"]["committed_steps"] == 20 and body["attrs"]["status"] == "running"
+    variables = {v["name"]: v for v in body["variables"]}
+    assert variables["W"]["dims"] == ["step", "neuron", "feature"]
+    assert variables["W"]["shape"] == [20, 6, 4]  # trimmed to the committed steps, not the capacity 48
+    assert variables["W"]["chunks"] == [8, 6, 4]
+    assert variables["step"]["coordinate"] is True and variables["X"]["shape"] == [10, 4]
+
+
+@pytest.mark.parametrize("query, index", [
+    ({"step": "2:9:3", "neuron": "1,4", "feature": "0"}, (slice(2, 10, 3), [1, 4], 0)),
+    ({"step": "5"}, (5,)),
+    ({"step": "37:", "neuron": "-1"}, (slice(37, None), -1)),
+    ({"neuron": ":3", "feature": "::2"}, (slice(None), slice(0, 3), slice(None, None, 2))),
+])
+def test_slice_of_W_matches_the_stored_values_json(client, expected, query, index):
+    body = client.get("/api/runs/done/vars/W", params=query).json()
+    want = expected["done"]["W"].values
+    want = want[index[0]]
+    # apply the remaining selectors one axis at a time (orthogonal indexing, like the API)
+    axis = 0 if isinstance(index[0], int) else 1
+    for sel in index[1:]:
+        want = np.take(want, sel, axis=axis) if not isinstance(sel, slice) else want[(slice(None),) * axis + (sel,)]
+        axis += 0 if isinstance(sel, int) else 1
+    got = np.asarray(body["values"], dtype=np.float32)
+    np.testing.assert_array_equal(got, want)
+    assert body["shape"] == list(want.shape)
+
+
+def test_slice_coords_and_dims_come_with_the_values(client, expected):
+    body = client.get("/api/runs/done/vars/W", params={"step": "10:20:5", "neuron": "2,3"}).json()
+    assert body["dims"] == ["step", "neuron", "feature"]
+    assert body["coords"]["step"] == [10, 15, 20]  # a:b includes both ends (step values)
+    np.testing.assert_allclose(body["coords"]["t"], expected["done"]["t"].values[[10, 15, 20]])
+    assert body["coords"]["neuron"] == [2, 3] and body["coords"]["feature"] == [0, 1, 2, 3]
+
+
+def test_npy_format_roundtrips_exactly(client, expected):
+    r = client.get("/api/runs/live/vars/output", params={"step": "0:19:2", "format": "npy"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-npy"
+    assert r.headers["x-trajscope-dims"] == "step,sample"
+    got = np.load(io.BytesIO(r.content), allow_pickle=False)
+    np.testing.assert_array_equal(got, expected["live"]["output"].values[0:20:2])
+
+
+def test_nan_travels_as_null_in_json(client, expected):
+    body = client.get("/api/runs/bad/vars/W", params={"step": "3", "neuron": "0"}).json()
+    assert body["values"][0] is None
+    np.testing.assert_array_equal(body["values"][1:], expected["bad"]["W"].values[3, 0, 1:])
+
+
+def test_live_run_slices_stop_at_committed_steps(client, expected):
+    body = client.get("/api/runs/live/vars/loss").json()
+    assert len(body["values"]) == 20 and body["coords"]["step"][-1] == 19
+    r = client.get("/api/runs/live/vars/loss", params={"step": "25"})
+    assert r.status_code == 400 and "step=25 is not a recorded step" in r.json()["detail"]
+    assert "0 to 19" in r.json()["detail"]
+
+
+def test_second_identical_slice_is_served_from_cache(client):
+    params = {"step": "0:7", "neuron": "0"}
+    client.get("/api/runs/done/vars/v", params=params)
+    r = client.get("/api/runs/done/vars/v", params=params)
+    assert r.headers["x-trajscope-cache"] == "hit"
+
+
+@pytest.mark.parametrize("path, params, status, words", [
+    ("/api/runs/nope", {}, 404, ["'nope'"]),
+    ("/api/runs/nope/vars/W", {}, 404, ["'nope'"]),
+    ("/api/runs/done/vars/Q", {}, 404, ["'Q'", "variables are"]),
+    ("/api/runs/done/vars/W", {"step": "abc"}, 400, ["step='abc'", "a:b:s"]),
+    ("/api/runs/done/vars/W", {"step": "0:10:0"}, 400, ["step=0:10:0", "stride"]),
+    ("/api/runs/done/vars/W", {"step": "500:600"}, 400, ["step=500:600", "0 to 39"]),
+    ("/api/runs/done/vars/W", {"neuron": "6"}, 400, ["neuron=6", "0 to 5"]),
+    ("/api/runs/done/vars/W", {"neuron": "10:20"}, 400, ["neuron=10:20", "0 to 5"]),
+    ("/api/runs/done/vars/W", {"feature": "1.5"}, 400, ["feature='1.5'"]),
+    ("/api/runs/done/vars/loss", {"neuron": "1"}, 400, ["neuron=", "(step)"]),
+    ("/api/runs/done/vars/W", {"format": "csv"}, 400, ["format='csv'", "json, npy"]),
+    ("/api/runs/-bad/vars/W", {}, 400, ["invalid run id", "'-bad'"]),
+    ("/api/runs/bad..id/vars/W", {}, 404, ["no run 'bad..id'"]),
+    ("/api/runs/done/nothing", {}, 404, ["no endpoint"]),
+    ("/api/runs", {"size": "maybe"}, 422, ["size"]),
+])
+def test_bad_input_gets_a_4xx_naming_the_problem(client, path, params, status, words):
+    r = client.get(path, params=params)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    for word in words:
+        assert word in detail, (word, detail)
+
+
+def test_oversized_selection_is_413_with_how_to_narrow(client):
+    r = client.get("/api/runs/done/vars/W")  # 40*6*4 values * 20 B > the 16 KiB cap of this server
+    assert r.status_code == 413
+    detail = r.json()["detail"]
+    assert "960 values" in detail and "step=a:b:s" in detail and "format=npy" in detail and "open_zarr" in detail
+    assert client.get("/api/runs/done/vars/W", params={"step": "::4"}).status_code == 200
+
+
+def test_delete_needs_the_token(tmp_path, write_run, serve):
+    root = StoreRoot(tmp_path)
+    write_run(root, "victim", steps=8, chunk_steps=8)
+    write_run(root, "busy", steps=8, chunk_steps=8, finish=None)
+    with serve(root) as ro:
+        r = httpx.delete(f"{ro.url}/api/runs/victim")
+        assert r.status_code == 403 and "read-only" in r.json()["detail"] and "--token-file" in r.json()["detail"]
+    with serve(root, token="right-token") as srv:
+        r = httpx.delete(f"{srv.url}/api/runs/victim")
+        assert r.status_code == 401 and "Authorization: Bearer" in r.json()["detail"]
+        r = httpx.delete(f"{srv.url}/api/runs/victim", headers={"Authorization": "Bearer wrong-token"})
+        assert r.status_code == 401 and root.exists("victim")
+        r = httpx.delete(f"{srv.url}/api/runs/busy", headers={"Authorization": "Bearer right-token"})
+        assert r.status_code == 409 and "running" in r.json()["detail"] and root.exists("busy")
+        r = httpx.delete(f"{srv.url}/api/runs/victim", headers={"Authorization": "Bearer right-token"})
+        assert r.status_code == 200 and r.json() == {"deleted": "victim"} and not root.exists("victim")
+        assert httpx.get(f"{srv.url}/api/runs/victim").status_code == 404
+        r = httpx.delete(f"{srv.url}/api/runs/victim", headers={"Authorization": "Bearer right-token"})
+        assert r.status_code == 404

@@ -1,0 +1,157 @@
+"""The ``/zarr`` pass-through: remote ``xr.open_zarr`` equals local ``open_run``; snapshots of live runs;
+HEAD and byte ranges; path tricks never leave the store root."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+
+import httpx
+import numpy as np
+import pytest
+import xarray as xr
+
+from trajscope.store import RunWriter, StoreRoot, open_run
+
+
+def remote(url: str) -> xr.Dataset:
+    return xr.open_zarr(url, zarr_format=3)
+
+
+def assert_same(remote_ds: xr.Dataset, local_ds: xr.Dataset) -> None:
+    xr.testing.assert_identical(remote_ds.drop_attrs().load(), local_ds.drop_attrs().load())
+    for key in ("status", "committed_steps", "config"):
+        assert remote_ds.attrs[key] == local_ds.attrs[key]
+
+
+@pytest.mark.parametrize("run_id", ["done", "bad"])
+def test_open_zarr_over_http_equals_open_run_finished(server, local_root, run_id):
+    ds = remote(f"{server.url}/zarr/{run_id}")
+    assert_same(ds, open_run(run_id, local_root))
+
+
+def test_open_zarr_over_http_of_a_live_run_is_trimmed(server, local_root, expected):
+    ds = remote(f"{server.url}/zarr/live")
+    assert ds.sizes["step"] == 20 and ds.attrs["status"] == "running"
+    assert_same(ds, open_run("live", local_root))
+    np.testing.assert_array_equal(ds["W"].values, expected["live"]["W"].values)
+
+
+def test_snapshot_metadata_and_chunks_past_the_commit(client, local_root):
+    meta = client.get("/zarr/live/zarr.json").json()
+    arrays = meta["consolidated_metadata"]["metadata"]
+    assert arrays["W"]["shape"] == [20, 6, 4] and arrays["X"]["shape"] == [10, 4]
+    assert client.get("/zarr/live/W/zarr.json").json()["shape"] == [20, 6, 4]  # non-consolidated readers too
+    # on disk the array still has its capacity (48): the trim is the server's
+    assert json.loads(local_root.read_bytes("live", "W/zarr.json"))["shape"] == [48, 6, 4]
+    assert client.get("/zarr/live/W/c/2/0/0").status_code == 200  # steps 16..23, starts before 20
+    r = client.get("/zarr/live/W/c/3/0/0")  # steps 24..31: written to disk but not committed
+    assert r.status_code == 404 and "'W/c/3/0/0'" in r.json()["detail"]
+
+
+def test_live_run_grows_between_snapshots(tmp_path, write_run, serve):
+    root = StoreRoot(tmp_path)
+    data = write_run(root, "grow", steps=32, chunk_steps=8, finish=None, commit_to=8)
+    with serve(root) as srv:
+        first = remote(f"{srv.url}/zarr/grow")
+        assert first.sizes["step"] == 8
+        writer = RunWriter.reopen(root, "grow")
+        try:
+            writer.commit(24)
+        finally:
+            writer.lock.release()
+        second = remote(f"{srv.url}/zarr/grow")
+        assert second.sizes["step"] == 24
+        np.testing.assert_array_equal(second["W"].values, data["W"][:24])
+        np.testing.assert_array_equal(first["loss"].values, data["loss"][:8])  # the old snapshot stays valid
+        assert httpx.get(f"{srv.url}/api/runs/grow/vars/loss").json()["coords"]["step"][-1] == 23
+
+
+def test_head_and_byte_ranges(client):
+    full = client.get("/zarr/done/W/c/0/0/0")
+    assert full.status_code == 200 and full.headers["accept-ranges"] == "bytes"
+    head = client.head("/zarr/done/W/c/0/0/0")
+    assert head.status_code == 200 and int(head.headers["content-length"]) == len(full.content) and not head.content
+    part = client.get("/zarr/done/W/c/0/0/0", headers={"Range": "bytes=4-13"})
+    assert part.status_code == 206 and part.content == full.content[4:14]
+    assert part.headers["content-range"] == f"bytes 4-13/{len(full.content)}"
+    tail = client.get("/zarr/done/W/c/0/0/0", headers={"Range": "bytes=-4"})  # the crc32c
+    assert tail.status_code == 206 and tail.content == full.content[-4:]
+    r = client.get("/zarr/done/W/c/0/0/0", headers={"Range": f"bytes={len(full.content)}-"})
+    assert r.status_code == 416 and "outside" in r.json()["detail"]
+    r = client.get("/zarr/done/W/c/0/0/0", headers={"Range": "bytes=0-1,4-5"})
+    assert r.status_code == 416 and "one range" in r.json()["detail"]
+    assert client.head("/zarr/done/W/c/9/0/0").status_code == 404
+
+
+@pytest.mark.parametrize("key, words", [
+    (".zgroup", ["'.zgroup'", "zarr.json"]),
+    ("W/c/0/0", ["3 dimensions"]),
+    ("W/c/a/b/c", ["'W/c/a/b/c'"]),
+    ("nothing/zarr.json", ["'nothing/zarr.json'"]),
+    ("W/c/0/0/0/extra", ["'W/c/0/0/0/extra'"]),
+])
+def test_unknown_keys_are_404_naming_the_key(client, key, words):
+    r = client.get(f"/zarr/done/{key}")
+    assert r.status_code == 404
+    for word in words:
+        assert word in r.json()["detail"]
+
+
+def raw_get(url: str, path: str) -> tuple[int, bytes]:
+    """GET ``path`` byte for byte (httpx would normalise dot segments before sending)."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def secret_root(tmp_path_factory, write_run):
+    """A root whose run has a chunk symlinked to a file outside it, plus a run directory symlinked out."""
+    base = tmp_path_factory.mktemp("secret")
+    secret = base / "secret.txt"
+    secret.write_bytes(b"TOP-SECRET-OUTSIDE-THE-ROOT")
+    root = StoreRoot(base / "runs")
+    write_run(root, "linked", steps=8, chunk_steps=8)
+    chunk = os.path.join(root.location, "linked.zarr", "loss", "c", "0")
+    os.unlink(chunk)
+    os.symlink(secret, chunk)
+    outside = StoreRoot(base / "elsewhere")
+    write_run(outside, "escape", steps=8, chunk_steps=8)
+    os.symlink(os.path.join(outside.location, "escape.zarr"), os.path.join(root.location, "escape.zarr"))
+    return root
+
+
+@pytest.mark.parametrize("path", [
+    "/zarr/linked/../../secret.txt",
+    "/zarr/linked/..%2F..%2Fsecret.txt",
+    "/zarr/linked/loss/..%2F..%2F..%2Fsecret.txt",
+    "/zarr/linked/%2Fetc%2Fpasswd",
+    "/zarr/linked//etc/passwd",
+    "/zarr/..%2Fsecret.txt/zarr.json",
+    "/zarr/%2E%2E/zarr.json",
+    "/zarr/linked/loss/c/0",
+    "/zarr/linked/loss/c/0%00",
+    "/zarr/escape/zarr.json",
+    "/zarr/escape/loss/c/0",
+    "/api/runs/escape",
+    "/api/runs/..%2Fsecret.txt",
+    "/api/runs/linked/vars/..%2F..%2Fsecret.txt",
+    "/static/..%2F..%2F..%2Fsecret.txt",
+])
+def test_path_tricks_never_read_outside_the_root(secret_root, serve, path):
+    with serve(secret_root) as srv:
+        status, body = raw_get(srv.url, path)
+        assert 400 <= status < 500, (path, status, body[:200])
+        assert b"TOP-SECRET" not in body
+        detail = json.loads(body)["detail"]
+        assert detail  # says what was wrong
+        runs = httpx.get(f"{srv.url}/api/runs").json()["runs"]
+        assert [r["run_id"] for r in runs] == ["linked"]  # the symlinked-out run is not listed

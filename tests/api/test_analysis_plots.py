@@ -1,0 +1,126 @@
+"""Every analysis quantity and every figure kind over HTTP, against direct calls on ``open_run``."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+import xarray as xr
+
+from trajscope.analysis import PLOT_KINDS, QUANTITIES
+from trajscope.store import RunWriter, StoreRoot, open_run
+
+
+def values(body) -> np.ndarray:
+    return np.asarray([np.nan if v is None else v for v in np.ravel(np.asarray(body["values"], dtype=object))],
+                      dtype=float)
+
+
+def assert_matches(served: dict, direct) -> None:
+    if isinstance(direct, xr.Dataset):
+        assert set(served["variables"]) == set(map(str, direct.data_vars))
+        for name, var in direct.data_vars.items():
+            assert_matches(served["variables"][str(name)], var)
+        return
+    assert served["dims"] == [str(d) for d in direct.dims]
+    got, want = values(served), np.ravel(np.asarray(direct.values, dtype=float))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12, equal_nan=True)
+
+
+def test_every_quantity_is_listed(client):
+    items = client.get("/api/runs/done/analysis").json()["items"]
+    assert set(items) == set(QUANTITIES) and QUANTITIES
+
+
+@pytest.mark.parametrize("quantity", sorted(QUANTITIES))
+def test_every_quantity_over_http_equals_the_direct_call(client, local_root, quantity):
+    r = client.get(f"/api/runs/done/analysis/{quantity}")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["quantity"] == quantity and body["committed_steps"] == 40
+    direct = QUANTITIES[quantity](open_run("done", local_root))
+    assert_matches(body["result"], direct.compute())
+
+
+@pytest.mark.parametrize("quantity", ["target_alignment", "stable_rank", "loss_envelope"])
+def test_step_ranges_and_strides_reach_the_analysis(client, local_root, quantity):
+    body = client.get(f"/api/runs/done/analysis/{quantity}", params={"step": "10:20:2"}).json()
+    direct = QUANTITIES[quantity](open_run("done", local_root), step=slice(10, 20, 2)).compute()
+    assert body["result"]["coords"]["step"] == [10, 12, 14, 16, 18, 20]
+    assert_matches(body["result"], direct)
+    assert body["params"]["step"] == [10, 20, 2]
+
+
+def test_analysis_of_a_live_run_uses_the_committed_steps(client, local_root):
+    body = client.get("/api/runs/live/analysis/stable_rank").json()
+    assert body["committed_steps"] == 20 and len(body["result"]["values"]) == 20
+
+
+def test_analysis_results_are_cached(client):
+    client.get("/api/runs/done/analysis/spectral_norm_sq")
+    assert client.get("/api/runs/done/analysis/spectral_norm_sq").headers["x-trajscope-cache"] == "hit"
+
+
+@pytest.mark.parametrize("path, params, status, words", [
+    ("/api/runs/done/analysis/nope", {}, 404, ["'nope'", "summary"]),
+    ("/api/runs/nope/analysis/summary", {}, 404, ["'nope'"]),
+    ("/api/runs/done/analysis/t1", {"step": "x:y"}, 400, ["step='x:y'"]),
+    ("/api/runs/done/analysis/t1", {"step": "1,2,3"}, 400, ["step=1,2,3", "not a list"]),
+    ("/api/runs/done/analysis/t1", {"step": "100:200"}, 400, ["step=100:200", "0 to 39"]),
+    ("/api/runs/done/analysis/t1", {"steps": "1:2"}, 400, ["'steps'", "accepts step"]),
+    ("/api/runs/done/analysis/summary", {"drop": "lots"}, 400, ["drop='lots'", "float"]),
+    ("/api/runs/done/plots/nope.png", {}, 404, ["'nope'", "loss"]),
+    ("/api/runs/done/plots/loss.gif", {}, 404, ["'loss.gif'", "KIND.png"]),
+    ("/api/runs/done/plots/loss", {}, 404, ["'loss'", "KIND.svg"]),
+    ("/api/runs/done/plots/plane.png", {}, 400, ["2-D"]),
+    ("/api/runs/done/plots/spectra.png", {"top": "-"}, 400, ["top='-'", "int"]),
+])
+def test_bad_analysis_and_plot_requests(client, path, params, status, words):
+    r = client.get(path, params=params)
+    assert r.status_code == status, r.text
+    for word in words:
+        assert word in r.json()["detail"], (word, r.json()["detail"])
+
+
+def test_plot_listing_checks_what_a_run_can_show(client):
+    body = client.get("/api/runs/done/plots", params={"check": "true"}).json()
+    assert set(body["items"]) | set(body["unavailable"]) == set(PLOT_KINDS)
+    assert "plane" in body["unavailable"] and "2-D" in body["unavailable"]["plane"]  # D = 4 here
+    assert "loss" in body["items"]
+
+
+@pytest.mark.parametrize("kind", sorted(k for k in PLOT_KINDS if k != "plane"))
+def test_every_figure_kind_as_png_and_svg(client, kind):
+    png = client.get(f"/api/runs/done/plots/{kind}.png")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png", png.text[:200]
+    assert png.content.startswith(b"\x89PNG\r\n\x1a\n") and len(png.content) > 2000
+    svg = client.get(f"/api/runs/done/plots/{kind}.svg")
+    assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+    assert b"<svg" in svg.content[:2000]
+    assert client.get(f"/api/runs/done/plots/{kind}.png").headers["x-trajscope-cache"] == "hit"
+
+
+def test_plane_figure_for_two_dimensional_data(tmp_path, write_run, serve):
+    root = StoreRoot(tmp_path)
+    write_run(root, "flat", steps=8, chunk_steps=8, D=2)
+    with serve(root) as srv:
+        r = httpx.get(f"{srv.url}/api/runs/flat/plots/plane.png", timeout=60)
+        assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
+
+
+def test_figures_of_a_live_run_are_recomputed_when_it_commits(tmp_path, write_run, serve):
+    root = StoreRoot(tmp_path)
+    write_run(root, "grow", steps=24, chunk_steps=8, finish=None, commit_to=8)
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        first = c.get("/api/runs/grow/plots/loss.png")
+        assert first.headers["x-trajscope-cache"] == "miss"
+        assert c.get("/api/runs/grow/plots/loss.png").headers["x-trajscope-cache"] == "hit"
+        writer = RunWriter.reopen(root, "grow")
+        try:
+            writer.commit(16)
+        finally:
+            writer.lock.release()
+        again = c.get("/api/runs/grow/plots/loss.png")
+        assert again.headers["x-trajscope-cache"] == "miss" and again.content != first.content
+        body = c.get("/api/runs/grow/analysis/stable_rank").json()
+        assert body["committed_steps"] == 16 and len(body["result"]["values"]) == 16

@@ -1,0 +1,46 @@
+"""An object-storage root: runs on a real S3-compatible server (moto, loopback) served over HTTP."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+import xarray as xr
+
+from trajscope.store import StoreRoot, open_run
+
+
+@pytest.fixture(scope="module")
+def s3_root(s3_env, write_run):
+    root = StoreRoot("s3://trajscope/api-tests")
+    assert not root.is_local
+    data = {"done": write_run(root, "done", steps=24, chunk_steps=8),
+            "live": write_run(root, "live", steps=24, chunk_steps=8, finish=None, commit_to=12, seed=3)}
+    return root, data
+
+
+def test_the_root_really_is_on_the_s3_server(s3_root, s3_env):
+    import boto3
+
+    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_env).list_objects_v2(
+        Bucket="trajscope", Prefix="api-tests/done.zarr/")["Contents"]]
+    assert "api-tests/done.zarr/zarr.json" in keys and "api-tests/done.zarr/W/c/0/0/0" in keys
+
+
+def test_s3_root_served_over_http(s3_root, serve):
+    root, data = s3_root
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        runs = {r["run_id"]: r for r in c.get("/api/runs").json()["runs"]}
+        assert set(runs) == {"done", "live"} and runs["live"]["committed_steps"] == 12
+        assert c.get("/health").json()["root"] == "s3://trajscope/api-tests"
+        body = c.get("/api/runs/done/vars/v", params={"step": "3:5", "neuron": "2"}).json()
+        np.testing.assert_array_equal(np.asarray(body["values"], dtype=np.float32), data["done"]["v"][3:6, 2])
+        assert c.get("/api/runs/done/plots/loss.png").content.startswith(b"\x89PNG")
+        for run_id, steps in (("done", 24), ("live", 12)):
+            ds = xr.open_zarr(f"{srv.url}/zarr/{run_id}", zarr_format=3)
+            assert ds.sizes["step"] == steps
+            xr.testing.assert_identical(ds.drop_attrs().load(), open_run(run_id, root).drop_attrs().load())
+        assert c.get("/zarr/live/W/c/2/0/0").status_code == 404  # steps 16..23: not committed
+        r = c.get("/zarr/done/W/c/0/0/0", headers={"Range": "bytes=0-7"})
+        assert r.status_code == 206 and len(r.content) == 8
+        assert c.get("/zarr/done/..%2F..%2Fother/zarr.json").status_code in (400, 404)

@@ -6,9 +6,22 @@ whatever the number of samples.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
+from trajscope.analysis._blas import single_threaded
+
 _TEMP_ELEMENTS = 4_000_000  # size of the largest temporary (elements) a kernel allocates
+
+
+def _one_blas_thread(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with single_threaded():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _batches(k: int, per_step: int):
@@ -17,6 +30,7 @@ def _batches(k: int, per_step: int):
         yield slice(s, min(k, s + per))
 
 
+@_one_blas_thread
 def activation_counts_block(W: np.ndarray, X: np.ndarray, onehot: np.ndarray) -> np.ndarray:
     """``(k, h, D), (n, D), (n, 2) -> (k, h, 2)``: ``Σ_{i∈I±} 1[<x_i, w_j> > 0]`` per step and neuron."""
     k, h, _ = W.shape
@@ -30,6 +44,7 @@ def activation_counts_block(W: np.ndarray, X: np.ndarray, onehot: np.ndarray) ->
     return out
 
 
+@_one_blas_thread
 def singular_values_block(W: np.ndarray, method: str = "gram") -> np.ndarray:
     """``(k, h, D) -> (k, min(h, D))`` singular values of each ``W(t)``, descending.
 
@@ -50,6 +65,7 @@ def singular_values_block(W: np.ndarray, method: str = "gram") -> np.ndarray:
     return out
 
 
+@_one_blas_thread
 def direction_field_block(
     W0: np.ndarray, W1: np.ndarray, v0: np.ndarray, dt: np.ndarray, X: np.ndarray, y: np.ndarray,
     coef: float,
@@ -79,4 +95,29 @@ def direction_field_block(
             pn = np.linalg.norm(pred, axis=-1)
             err = np.linalg.norm(meas - pred, axis=-1) / pn
             out[b] = np.where((pn > 0) & np.isfinite(err), err, np.nan)
+    return out
+
+
+@_one_blas_thread
+def neuron_stats_block(W: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """``(k, h, D), (2, D) -> (k, h, 3)``: ``[||w_j||², <w_j, x+>, <w_j, x->]`` in float64, one pass."""
+    k, h, _ = W.shape
+    S64 = np.ascontiguousarray(S.astype(np.float64, copy=False).T)
+    out = np.empty((k, h, 3), np.float64)
+    for b in _batches(k, 2 * h * W.shape[2]):
+        w = W[b].astype(np.float64, copy=False)
+        out[b, :, 0] = np.einsum("khd,khd->kh", w, w)
+        out[b, :, 1:] = w @ S64
+    return out
+
+
+@_one_blas_thread
+def class_mean_block(W: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``(k, h, D), (k, h) -> (k, 2, D)``: mean neurons ``w̄± = mean_{j: ±v_j > 0} w_j`` (NaN if none)."""
+    k, h, D = W.shape
+    out = np.empty((k, 2, D), np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for b in _batches(k, 2 * h * D):
+            m = np.stack([v[b] > 0, v[b] < 0], axis=1).astype(np.float64)  # (b, 2, h)
+            out[b] = (m @ W[b].astype(np.float64, copy=False)) / m.sum(-1, keepdims=True)
     return out

@@ -6,13 +6,31 @@ import numpy as np
 import xarray as xr
 
 from trajscope.analysis._common import StepSel, select, weights
+from trajscope.analysis._kernels import class_mean_block, neuron_stats_block
 from trajscope.analysis.geometry import class_sums
+
+
+def neuron_stats(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
+    """Per neuron and step: ``||w_j||²``, ``<w_j, x+>``, ``<w_j, x->`` (one pass over ``W``, float64).
+
+    Dims ``(step, neuron, stat)`` with ``stat = ["sq_norm", "dot_pos", "dot_neg"]``.
+    """
+    W = weights(select(ds, step))
+    out = xr.apply_ufunc(
+        neuron_stats_block, W, class_sums(ds).rename(label="stat"),
+        input_core_dims=[["neuron", "feature"], ["stat", "feature"]],
+        output_core_dims=[["neuron", "stat"]],
+        dask="parallelized", output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"stat": 3}}, exclude_dims={"stat"},
+    )
+    out = out.assign_coords(stat=["sq_norm", "dot_pos", "dot_neg"])
+    out.name = "neuron_stats"
+    return out.transpose("step", "neuron", "stat")
 
 
 def neuron_norms(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``||w_j(t)||``; dims ``(step, neuron)``."""
-    W = weights(select(ds, step)).astype(np.float64)
-    out = np.sqrt((W**2).sum("feature"))
+    out = np.sqrt(neuron_stats(ds, step).sel(stat="sq_norm", drop=True))
     out.name = "neuron_norms"
     return out
 
@@ -22,12 +40,13 @@ def cos_to_class_sums(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
 
     NaN where ``w_j = 0``.
     """
-    sel = select(ds, step)
-    W = weights(sel).astype(np.float64)
+    st = neuron_stats(ds, step)
     s = class_sums(ds)
     s_norm = np.sqrt((s**2).sum("feature"))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = xr.dot(W, s, dim="feature") / (neuron_norms(sel) * s_norm)
+    dots = xr.concat([st.sel(stat="dot_pos", drop=True), st.sel(stat="dot_neg", drop=True)], dim="label")
+    dots = dots.assign_coords(label=s["label"].values)
+    norm = np.sqrt(st.sel(stat="sq_norm", drop=True))
+    out = dots / xr.where(norm > 0, norm, np.nan) / s_norm
     out.name = "cos_to_class_sums"
     return out.transpose("step", "neuron", "label")
 
@@ -58,11 +77,14 @@ def mean_neuron_alignment(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     NaN where ``V±`` is empty.
     """
     sel = select(ds, step)
-    W = weights(sel).astype(np.float64)
     v = sel["v"]
     member = xr.concat([v > 0, v < 0], dim="label").assign_coords(label=np.array([1, -1], dtype=np.int8))
     count = member.sum("neuron")
-    wbar = xr.dot(W, member.astype(np.float64), dim="neuron") / count
+    wbar = xr.apply_ufunc(
+        class_mean_block, weights(sel), v,
+        input_core_dims=[["neuron", "feature"], ["neuron"]], output_core_dims=[["label", "feature"]],
+        dask="parallelized", output_dtypes=[np.float64], dask_gufunc_kwargs={"output_sizes": {"label": 2}},
+    ).assign_coords(label=np.array([1, -1], dtype=np.int8))
     s = class_sums(ds)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = (wbar * s).sum("feature") / np.sqrt((wbar**2).sum("feature") * (s**2).sum("feature"))

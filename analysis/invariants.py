@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from trajscope.analysis._common import StepSel, select, weights
+from trajscope.analysis._common import StepSel, select
+from trajscope.analysis.alignment import neuron_stats
 
 
 def balance(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``δ_j(t) = v_j(t)² - ||w_j(t)||²`` (conserved by gradient flow); dims ``(step, neuron)``."""
-    sel = select(ds, step)
-    W = weights(sel).astype(np.float64)
-    out = sel["v"].astype(np.float64) ** 2 - (W**2).sum("feature")
+    sq = neuron_stats(ds, step).sel(stat="sq_norm", drop=True)
+    out = select(ds, step)["v"].astype(np.float64) ** 2 - sq
     out.name = "balance"
     return out
 

@@ -7,6 +7,7 @@ import xarray as xr
 
 from trajscope.analysis._common import StepSel, select, weights
 from trajscope.analysis._kernels import singular_values_block
+from trajscope.analysis.alignment import neuron_stats
 
 
 def singular_values(ds: xr.Dataset, step: StepSel = None, *, method: str = "gram") -> xr.DataArray:
@@ -43,8 +44,7 @@ def spectral_norm_sq(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
 
 def frobenius_norm_sq(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``||W(t)||_F² = Σ_jk W_jk(t)²``; dims ``(step,)``."""
-    W = weights(select(ds, step)).astype(np.float64)
-    out = (W**2).sum(("neuron", "feature"))
+    out = neuron_stats(ds, step).sel(stat="sq_norm", drop=True).sum("neuron")
     out.name = "frobenius_norm_sq"
     return out
 

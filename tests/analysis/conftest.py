@@ -121,3 +121,24 @@ def random_run() -> xr.Dataset:
     y = np.where(rng.normal(size=20) > 0, 1, -1).astype(np.int8)
     return simulate(X, y, h=9, scale=0.3, lr=5e-2, steps=120, seed=5, init="gaussian",
                     reduction="mean", record_every=3, chunk=7)
+
+
+@pytest.fixture(scope="session")
+def real_root(tmp_path_factory):
+    """A store root with real produced runs (quickstart-sized): ``img`` (D = 16) and ``plane`` (toy2d)."""
+    producer = pytest.importorskip("trajscope.producer")
+    root = tmp_path_factory.mktemp("runs")
+    producer.produce({"data": {"kind": "synthetic", "n": 40, "dim": 16, "mu": 0.2}, "model": {"width": 20},
+                      "init": {"kind": "balanced", "scale": 1e-4}, "train": {"lr": 2e-3, "steps": 400}},
+                     root=str(root), name="img")
+    producer.produce({"data": {"kind": "toy2d", "n": 20}, "model": {"width": 10},
+                      "init": {"kind": "balanced", "scale": 1e-3}, "train": {"lr": 5e-3, "steps": 300}},
+                     root=str(root), name="plane")
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_run(real_root):
+    from trajscope.store import open_run
+
+    return open_run("img", root=str(real_root))

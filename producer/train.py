@@ -86,7 +86,10 @@ def _default_run_id(config: RunConfig, root: StoreRoot) -> str:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
-    """Treat SIGTERM like Ctrl-C while training (main thread only)."""
+    """Treat SIGINT (Ctrl-C) and SIGTERM as an interrupt while training (main thread only).
+
+    SIGINT's handler is set explicitly: a process started in the background inherits SIGINT ignored.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -94,11 +97,12 @@ def _sigterm_as_interrupt():
     def handler(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 ProgressCallback = Callable[[dict[str, Any]], None]

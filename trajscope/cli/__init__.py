@@ -29,7 +29,9 @@ for _module in (produce, analyze, serve, experiments):
 def main() -> None:
     """Entry point of the ``trajscope`` script: user errors become one line on stderr, exit 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns (not raises) the code of typer.Exit here
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
     except UserError as err:
         print(f"trajscope: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

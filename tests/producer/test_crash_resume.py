@@ -1,0 +1,170 @@
+"""Killed, interrupted and failing producers: committed data survive, resume is bit-identical."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from trajscope import open_run
+from trajscope.producer import produce, resume
+from trajscope.store import RunLocked, RunWriter, StoreRoot
+
+VARIABLES = ("W", "v", "loss", "output", "step", "t")
+
+
+def slow_config(small_config, **sections):
+    """A run long enough (several seconds) to be stopped mid-way, with small chunks (many commits)."""
+    base = small_config(
+        data={"n": 60, "dim": 12, "mu": 0.1},
+        model={"width": 24},
+        init={"kind": "gaussian", "scale": 0.01},
+        train={"lr": 0.002, "steps": 8000, "batch_size": 20},
+        record={"chunk_mib": 0.02},
+    )
+    for key, value in sections.items():
+        base[key] = {**base[key], **value}
+    return base
+
+
+def start_producer(tmp_path, config, name, env):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.Popen(
+        ["trajscope", "produce", str(path), "--root", str(tmp_path / "runs"), "--name", name, "--quiet"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_commits(tmp_path, name, at_least, proc, timeout=60.0):
+    meta = tmp_path / "runs" / f"{name}.zarr" / "zarr.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if meta.exists():
+            committed = json.loads(meta.read_text())["attributes"].get("committed_steps", 0)
+            if committed >= at_least:
+                return committed
+        time.sleep(0.02)
+    raise AssertionError("the producer did not commit in time")
+
+
+def assert_same_trajectory(a, b):
+    assert a.sizes == b.sizes
+    for name in VARIABLES:
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, small_config):
+    """The uninterrupted run of :func:`slow_config` (computed once for the module)."""
+    root = tmp_path_factory.mktemp("ref")
+    produce(slow_config(small_config), root=root, name="ref")
+    return open_run("ref", root).load()
+
+
+def test_sigkill_leaves_committed_steps_and_resume_is_bit_identical(tmp_path, small_config, python_env, reference):
+    proc = start_producer(tmp_path, slow_config(small_config), "killed", python_env)
+    wait_for_commits(tmp_path, "killed", 1500, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ds = open_run("killed", tmp_path / "runs")
+    assert ds.attrs["status"] == "running"  # nobody could say otherwise
+    committed = ds.attrs["committed_steps"]
+    assert 1500 <= committed < 8001 and ds.sizes["step"] == committed
+    loaded = ds.load()  # decoding verifies every chunk's crc32c
+    for name in ("W", "v", "loss", "output"):
+        assert np.isfinite(loaded[name].values).all(), name
+    np.testing.assert_array_equal(loaded.step.values, np.arange(committed))
+    np.testing.assert_array_equal(loaded.W.values, reference.W.values[:committed])
+
+    result = resume("killed", root=tmp_path / "runs")
+    assert result.status == "complete" and result.committed_steps == 8001
+    assert_same_trajectory(open_run("killed", tmp_path / "runs").load(), reference)
+
+
+def test_sigint_ends_as_interrupted_with_everything_committed(tmp_path, small_config, python_env, reference):
+    proc = start_producer(tmp_path, slow_config(small_config), "stopped", python_env)
+    wait_for_commits(tmp_path, "stopped", 1000, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    ds = open_run("stopped", tmp_path / "runs")
+    assert ds.attrs["status"] == "interrupted" and "interrupted" in out
+    committed = ds.attrs["committed_steps"]
+    assert ds.attrs["last_step"] == committed - 1
+    np.testing.assert_array_equal(ds.W.values, reference.W.values[:committed])
+    # the stop flushed a partial chunk; resuming rewrites that chunk whole and continues
+    subprocess.run(["trajscope", "resume", "stopped", "--root", str(tmp_path / "runs"), "--quiet"],
+                   check=True, env=python_env, capture_output=True, timeout=120)
+    finished = open_run("stopped", tmp_path / "runs")
+    assert finished.attrs["status"] == "complete"
+    assert_same_trajectory(finished.load(), reference)
+
+
+def test_resume_refuses_complete_and_locked_runs(make_run):
+    make_run("done")
+    with pytest.raises(Exception, match="complete; nothing to resume"):
+        resume("done", root=make_run.root)
+    root = StoreRoot(make_run.root)
+    attrs = root.read_attrs("done")
+    attrs["status"] = "interrupted"
+    root.write_attrs("done", attrs)
+    held = RunWriter.reopen(root, "done")
+    try:
+        with pytest.raises(RunLocked):
+            resume("done", root=make_run.root)
+    finally:
+        held.finish("interrupted")
+
+
+def test_exception_in_training_marks_the_run_failed(tmp_path, small_config, monkeypatch):
+    from trajscope.producer import model
+
+    calls = {"n": 0}
+    original = model.TwoLayerReLU.gradient
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise FloatingPointError("boom at 25")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(model.TwoLayerReLU, "gradient", flaky)
+    with pytest.raises(RuntimeError, match="boom at 25"):
+        produce(small_config(), root=tmp_path, name="fails")
+    ds = open_run("fails", tmp_path)
+    assert ds.attrs["status"] == "failed" and "FloatingPointError: boom at 25" in ds.attrs["error"]
+    assert ds.sizes["step"] == 25  # states 0..24 were recorded before the failing update
+    assert np.isfinite(ds.W.values).all()
+
+
+def test_writer_failure_marks_the_run_failed(tmp_path, small_config, monkeypatch):
+    def broken(self, start, values):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(RunWriter, "write_block", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        produce(small_config(train={"steps": 200}), root=tmp_path, name="nowrite")
+    attrs = StoreRoot(tmp_path).read_attrs("nowrite")
+    assert attrs["status"] == "failed" and "disk full" in attrs["error"] and attrs["committed_steps"] == 0
+
+
+def test_back_pressure_never_drops_steps(tmp_path, small_config, monkeypatch):
+    original = RunWriter.write_block
+
+    def slow(self, start, values):
+        time.sleep(0.01)
+        return original(self, start, values)
+
+    monkeypatch.setattr(RunWriter, "write_block", slow)
+    produce(small_config(train={"steps": 300}, record={"chunk_mib": 0.0005, "buffers": 2}), root=tmp_path, name="bp")
+    ds = open_run("bp", tmp_path)
+    assert ds.attrs["chunk_steps"] <= 3  # many more chunks than buffers
+    np.testing.assert_array_equal(ds.step.values, np.arange(301))
+    assert np.isfinite(ds.W.values).all()

@@ -1,0 +1,184 @@
+"""The store contract: layout, commit protocol, trimming, checksums, plain zarr/xarray access, roots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from trajscope.store import (
+    RunLocked,
+    RunNotFound,
+    RunWriter,
+    StoreRoot,
+    UserError,
+    WriterLock,
+    list_runs,
+    open_run,
+    two_layer_variables,
+    validate_run_id,
+)
+
+
+def new_writer(root, run_id="r", capacity=50, h=3, dim=4, n=5, chunk_bytes=3 * 4 * 4 * 8):
+    rng = np.random.default_rng(0)
+    return RunWriter.create(
+        root, run_id, variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
+        capacity=capacity, static={"X": rng.normal(size=(n, dim)), "y": np.array([1, -1, 1, -1, 1])},
+        attrs={"config": {"train": {"lr": 0.1}}}, chunk_bytes=chunk_bytes,
+    )
+
+
+def block(start, count, h=3, dim=4, n=5):
+    rng = np.random.default_rng(start)
+    steps = np.arange(start, start + count)
+    return {"W": rng.normal(size=(count, h, dim)), "v": rng.normal(size=(count, h)), "loss": rng.random(count),
+            "output": rng.normal(size=(count, n)), "step": steps, "t": steps * 0.1}
+
+
+def test_layout_chunks_codecs_and_attributes(tmp_path):
+    root = StoreRoot(tmp_path)
+    writer = new_writer(root)
+    assert writer.chunk_steps == 8  # 3*4 float32 = 48 bytes a step, 384-byte chunks
+    meta = json.loads((tmp_path / "r.zarr" / "W" / "zarr.json").read_text())
+    assert meta["dimension_names"] == ["step", "neuron", "feature"]
+    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [8, 3, 4]
+    assert [c["name"] for c in meta["codecs"]] == ["bytes", "crc32c"]
+    assert meta["data_type"] == "float32"
+    for name, dims in {"v": ["step", "neuron"], "loss": ["step"], "output": ["step", "sample"], "X": ["sample", "feature"],
+                       "y": ["sample"], "step": ["step"], "t": ["step"]}.items():
+        assert json.loads((tmp_path / "r.zarr" / name / "zarr.json").read_text())["dimension_names"] == dims
+    attrs = root.read_attrs("r")
+    assert attrs["status"] == "running" and attrs["committed_steps"] == 0
+    assert {"trajscope", "zarr", "numpy", "python", "torch"} <= set(attrs["versions"])
+    writer.finish("complete")
+
+
+def test_readers_trim_to_committed_steps_and_see_fresh_metadata(tmp_path):
+    root = StoreRoot(tmp_path)
+    writer = new_writer(root)
+    first, second = block(0, 8), block(8, 8)
+    writer.write_block(0, first)
+    writer.commit(8)
+    writer.write_block(8, second)  # written but not committed: invisible
+    ds = open_run("r", root)
+    assert ds.sizes["step"] == 8
+    np.testing.assert_allclose(ds.W.values, first["W"].astype(np.float32))
+    writer.commit(16)
+    ds = open_run("r", root)
+    assert ds.sizes["step"] == 16 and ds.attrs["status"] == "running"
+    np.testing.assert_allclose(ds.loss.values[8:], second["loss"])
+    writer.write_block(16, block(16, 3))  # the final partial chunk
+    writer.commit(19)
+    writer.finish("complete")
+    ds = open_run(str(tmp_path / "r.zarr"))
+    assert ds.sizes["step"] == 19 and ds.attrs["status"] == "complete"
+    assert ds.W.shape == (19, 3, 4)
+    np.testing.assert_array_equal(ds.step.values, np.arange(19))
+    assert "t" in ds.coords and ds.W.chunks[0] == (8, 8, 3)
+
+
+def test_writes_must_be_whole_chunks_within_capacity(tmp_path):
+    writer = new_writer(StoreRoot(tmp_path), capacity=20)
+    with pytest.raises(ValueError, match="not within one chunk"):
+        writer.write_block(3, block(3, 2))
+    with pytest.raises(ValueError, match="exceeds the run's capacity"):
+        writer.write_block(16, block(16, 8))
+    writer.finish("failed", error="test")
+
+
+def test_corrupted_chunk_is_detected_not_returned(tmp_path):
+    root = StoreRoot(tmp_path)
+    writer = new_writer(root)
+    writer.write_block(0, block(0, 8))
+    writer.commit(8)
+    writer.finish("complete")
+    chunk = tmp_path / "r.zarr" / "W" / "c" / "0" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[10] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    ds = open_run("r", root)
+    np.testing.assert_array_equal(ds.v.values, block(0, 8)["v"].astype(np.float32))  # other arrays intact
+    with pytest.raises(Exception, match="(?i)checksum|crc"):
+        ds.W.values
+
+
+def test_one_writer_per_run(tmp_path, python_env):
+    root = StoreRoot(tmp_path)
+    writer = new_writer(root)
+    with pytest.raises(RunLocked, match="already being written"):
+        RunWriter.reopen(root, "r")
+    with pytest.raises(UserError, match="already exists"):
+        new_writer(root)
+    writer.commit(0)
+    writer.lock.release()
+    # another process holds the lock: refused with a message naming it
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from trajscope.store import StoreRoot, WriterLock; "
+         f"WriterLock(StoreRoot({str(tmp_path)!r}), 'r').acquire(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env=python_env,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLocked, match=r"being written by pid \d+"):
+            RunWriter.reopen(root, "r")
+    finally:
+        holder.kill()
+        holder.wait()
+    reopened = RunWriter.reopen(root, "r")  # the dead holder's lock is gone
+    reopened.finish("interrupted")
+
+
+def test_plain_zarr_and_xarray_open_a_finished_run_without_trajscope(make_run, python_env):
+    ds = make_run("plain")
+    path = make_run.root / "plain.zarr"
+    code = f"""
+import sys, numpy as np, xarray as xr, zarr
+ds = xr.open_zarr({str(path)!r})
+g = zarr.open_group({str(path)!r}, mode="r")
+assert not any(m.startswith("trajscope") for m in sys.modules), "trajscope was imported"
+assert dict(ds.sizes) == {{"step": {ds.sizes['step']}, "neuron": 8, "feature": 6, "sample": 30}}, dict(ds.sizes)
+assert ds.W.dims == ("step", "neuron", "feature") and ds.output.dims == ("step", "sample")
+assert "t" in ds.coords and "step" in ds.coords
+assert g["W"].shape == ({ds.sizes['step']}, 8, 6) and g.attrs["status"] == "complete"
+np.save(sys.argv[1], ds.W.values)
+"""
+    out = make_run.root / "w.npy"
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True, env=python_env, timeout=120)
+    np.testing.assert_array_equal(np.load(out), ds.W.values)
+
+
+def test_memory_root_and_catalog(small_config):
+    from trajscope.producer import produce
+
+    root = StoreRoot("memory://trajscope-test-catalog")
+    produce(small_config(), root=root, name="m1")
+    produce(small_config(train={"steps": 5}), root=root, name="m2")
+    infos = {info.run_id: info for info in list_runs(root)}
+    assert set(infos) == {"m1", "m2"}
+    assert infos["m2"].committed_steps == 6 and infos["m2"].status == "complete" and infos["m2"].size_bytes > 0
+    ds = open_run("m1", root)
+    assert ds.sizes["step"] == 41 and np.isfinite(ds.W.values).all()
+    root.delete("m2")
+    assert [info.run_id for info in list_runs(root)] == ["m1"]
+
+
+def test_unknown_runs_and_bad_ids(tmp_path):
+    with pytest.raises(RunNotFound, match="no run 'nope'"):
+        open_run("nope", tmp_path)
+    for bad in ["../etc", "a/b", "", ".hidden", "x" * 200, "r.zarr"]:
+        with pytest.raises(UserError, match="invalid run id"):
+            validate_run_id(bad)
+    assert list_runs(tmp_path / "does-not-exist") == []
+
+
+def test_writer_lock_context_manager(tmp_path):
+    root = StoreRoot(tmp_path)
+    with WriterLock(root, "x"):
+        with pytest.raises(RunLocked):
+            WriterLock(root, "x").acquire()
+    WriterLock(root, "x").acquire().release()

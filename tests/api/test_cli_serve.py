@@ -1,0 +1,59 @@
+"""``trajscope serve`` as a user runs it: a subprocess, 127.0.0.1 by default, the token file."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import pytest
+
+from trajscope.store import StoreRoot
+
+CLI = [sys.executable, "-c", "from trajscope.cli import main; main()", "serve"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_binds_loopback_by_default_and_enables_delete_with_a_token(tmp_path, write_run):
+    root = StoreRoot(tmp_path / "runs")
+    write_run(root, "a", steps=8, chunk_steps=8)
+    token = tmp_path / "token"
+    token.write_text("a-long-enough-token\n")
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "--root", root.location, "--port", str(port), "--token-file", str(token)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.2)
+        assert health["root"] == root.location and health["writable"] is True
+        listening = {c.laddr for c in psutil.Process(proc.pid).net_connections() if c.status == psutil.CONN_LISTEN}
+        assert listening == {("127.0.0.1", port)}
+        r = httpx.delete(f"http://127.0.0.1:{port}/api/runs/a", headers={"Authorization": "Bearer a-long-enough-token"})
+        assert r.status_code == 200 and not root.exists("a")
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+@pytest.mark.parametrize("content, words", [("", "shorter than 8"), (None, "cannot read the token file")])
+def test_serve_refuses_a_bad_token_file(tmp_path, content, words):
+    token = tmp_path / "token"
+    if content is not None:
+        token.write_text(content)
+    r = subprocess.run([*CLI, "--root", str(tmp_path), "--port", str(free_port()), "--token-file", str(token)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and words in r.stderr

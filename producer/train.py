@@ -187,6 +187,24 @@ def resume(
                   progress=progress)
 
 
+def minibatch_rows(seed: int, step: int, n: int, batch: int) -> np.ndarray:
+    """Sample indices of the minibatch used at ``step``: a function of ``(seed, step)`` alone."""
+    return np.random.default_rng([seed, step]).choice(n, size=batch, replace=False)
+
+
+def gradient_step(model: TwoLayerReLU, state: State, cfg: RunConfig, step: int,
+                  pre: torch.Tensor | None, out: torch.Tensor | None) -> State:
+    """One update ``θ <- θ - lr ∇L(θ)`` (full batch from the forward pass ``pre, out``, or a minibatch)."""
+    lr, batch = cfg.train.lr, cfg.train.batch_size
+    if batch is None:
+        grad_W, grad_v = model.gradient(state, pre, out)
+    else:
+        rows = torch.from_numpy(minibatch_rows(cfg.seed, step, model.n, batch)).to(model.X.device)
+        pre_b, out_b = model.forward(state, rows)
+        grad_W, grad_v = model.gradient(state, pre_b, out_b, rows)
+    return State(W=state.W - lr * grad_W, v=state.v - lr * grad_v if cfg.train.train_v else state.v)
+
+
 def _train(
     cfg: RunConfig,
     writer: RunWriter,
@@ -200,8 +218,9 @@ def _train(
     preload: dict[str, np.ndarray] | None = None,
     progress: ProgressCallback | None = None,
 ) -> RunResult:
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 2) - 1))
+        torch.set_flush_denormal(cfg.train.flush_denormal)
     dtype = TORCH_DTYPES[cfg.train.dtype]
     h, dim, n = cfg.model.width, X.shape[1], X.shape[0]
     model = TwoLayerReLU(torch.from_numpy(X).to(device), torch.from_numpy(y.astype(X.dtype)).to(device), cfg.loss)
@@ -229,15 +248,7 @@ def _train(
                         break
                 if step >= cfg.train.steps:
                     break
-                if batch is None:
-                    grad_W, grad_v = model.gradient(state, pre, out)
-                else:
-                    rows = torch.from_numpy(
-                        np.random.default_rng([cfg.seed, step]).choice(n, size=batch, replace=False)
-                    ).to(device)
-                    pre_b, out_b = model.forward(state, rows)
-                    grad_W, grad_v = model.gradient(state, pre_b, out_b, rows)
-                state = State(W=state.W - lr * grad_W, v=state.v - lr * grad_v if cfg.train.train_v else state.v)
+                state = gradient_step(model, state, cfg, step, pre, out)
                 step += 1
                 now = time.perf_counter()
                 if progress is not None and now - last_report > 0.25:
@@ -248,6 +259,9 @@ def _train(
         status = "interrupted"
     except Exception as exc:  # noqa: BLE001 - stored with the run, then re-raised
         status, error = "failed", f"{type(exc).__name__}: {exc}"
+    finally:
+        if device.type == "cpu":
+            torch.set_flush_denormal(False)  # the flag is per thread: leave the caller's numerics alone
     try:
         committed = recorder.close()
     except Exception as exc:  # noqa: BLE001

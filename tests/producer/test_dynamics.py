@@ -69,7 +69,7 @@ def test_minibatch_sgd_uses_the_documented_batches(make_run):
     X, y = ds.X.values.astype(np.float64), ds.y.values
     seed = ds.attrs["config"]["seed"]
     for k in (0, 4):
-        rows = np.random.default_rng([seed, k]).choice(30, size=10, replace=False)
+        rows = np.random.default_rng([seed, k]).choice(30, size=10, replace=False)  # the documented rule
         _, grad_W, grad_v, _ = numpy_loss_and_gradient(ds.W.values[k], ds.v.values[k], X[rows], y[rows], "exp", "sum")
         scale = 30 / 10  # the batch sum is rescaled to estimate the full-batch gradient
         np.testing.assert_allclose(ds.W.values[k + 1] - ds.W.values[k], -0.05 * scale * grad_W,

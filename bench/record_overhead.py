@@ -1,0 +1,144 @@
+"""Recording overhead: steps/s of training with trajscope recording every step, against the same loop
+without recording and against two hand-written baselines (``np.save`` / ``torch.save`` of each step).
+
+Reference config (issue 2): h = 100, D = 784, n = 1000, 2000 steps, CPU, float32, full-batch GD.
+The variants are run interleaved ``--repeats`` times and the median is reported, so a busy machine
+affects all of them alike. Ratios are against the no-recording loop measured in the same run.
+
+    python bench/record_overhead.py [--steps 2000] [--repeats 3] [--write BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trajscope.producer import load_config, produce
+from trajscope.producer.data import build_dataset
+from trajscope.producer.model import TwoLayerReLU, initialize
+from trajscope.producer.train import gradient_step, resolve_device
+
+REFERENCE = {
+    "name": "bench",
+    "data": {"kind": "synthetic", "n": 1000, "dim": 784, "mu": 0.05},
+    "model": {"width": 100},
+    "init": {"kind": "gaussian", "scale": 1e-3},
+    "loss": {"kind": "exp", "reduction": "mean"},
+    "train": {"lr": 0.05, "steps": 2000},
+}
+
+
+def plain_loop(cfg, save=None) -> float:
+    """The producer's training math with no recorder; ``save(step, W, v, loss, out)`` if given.
+
+    Timed from the dataset build on, like :func:`trajscope_run` (which also creates and closes the run).
+    """
+    start = time.perf_counter()
+    X, y, _ = build_dataset(cfg)
+    device = resolve_device(cfg.train.device)
+    torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 2) - 1))
+    torch.set_flush_denormal(cfg.train.flush_denormal)
+    model = TwoLayerReLU(torch.from_numpy(X.astype(np.float32)), torch.from_numpy(y.astype(np.float32)), cfg.loss)
+    state = initialize(cfg.init, cfg.model.width, X.shape[1], train_v=True, seed=cfg.seed, dtype=torch.float32)
+    for step in range(cfg.train.steps + 1):
+        pre, out = model.forward(state)
+        loss = model.loss_value(out)
+        if save is not None:
+            save(step, state.W, state.v, loss, out)
+        if step < cfg.train.steps:
+            state = gradient_step(model, state, cfg, step, pre, out)
+    float(loss)
+    torch.set_flush_denormal(False)
+    return time.perf_counter() - start
+
+
+def np_save_loop(cfg, directory: Path) -> float:
+    def save(step, W, v, loss, out):
+        np.save(directory / f"W_{step}.npy", W.numpy())
+        np.save(directory / f"v_{step}.npy", v.numpy())
+        np.save(directory / f"out_{step}.npy", out.numpy())
+        np.save(directory / f"loss_{step}.npy", loss.numpy())
+
+    return plain_loop(cfg, save)
+
+
+def torch_save_loop(cfg, directory: Path) -> float:
+    def save(step, W, v, loss, out):
+        torch.save({"W": W, "v": v, "loss": loss, "output": out}, directory / f"state_{step}.pt")
+
+    return plain_loop(cfg, save)
+
+
+def trajscope_run(cfg, directory: Path) -> float:
+    start = time.perf_counter()
+    produce(cfg, root=directory, name="bench")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compressor", default="none", choices=["none", "zstd"])
+    parser.add_argument("--write", type=Path, default=None, help="update this BENCHMARKS.md section")
+    args = parser.parse_args()
+    cfg = load_config(REFERENCE, [f"train.steps={args.steps}", f"record.compressor={args.compressor}"])
+    variants = {
+        "no recording (baseline)": lambda d: plain_loop(cfg),
+        "trajscope, every step": lambda d: trajscope_run(cfg, d),
+        "np.save every step": lambda d: np_save_loop(cfg, d),
+        "torch.save every step": lambda d: torch_save_loop(cfg, d),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.repeats):
+        for name, run in variants.items():
+            with tempfile.TemporaryDirectory(dir=os.environ.get("TRAJSCOPE_BENCH_DIR")) as tmp:
+                times[name].append(run(Path(tmp)))
+    base = statistics.median(times["no recording (baseline)"])
+    state_kb = (100 * 784 + 100 + 1000) * 4 / 1000
+    rows = []
+    for name, values in times.items():
+        median = statistics.median(values)
+        rows.append((name, (args.steps + 1) / median, median / base, min(values), max(values)))
+    header = f"| variant | steps/s (median of {args.repeats}) | time ratio vs baseline | min s | max s |"
+    lines = [header, "|---|---:|---:|---:|---:|"]
+    lines += [f"| {n} | {sps:,.0f} | {ratio:.3f} | {lo:.2f} | {hi:.2f} |" for n, sps, ratio, lo, hi in rows]
+    table = "\n".join(lines)
+    print(table)
+    print(f"\none recorded state: {state_kb:.0f} kB (W, v, output, loss); {args.steps + 1} states a run")
+    if args.write:
+        command = f"python bench/record_overhead.py --steps {args.steps} --repeats {args.repeats}"
+        if args.compressor != "none":
+            command += f" --compressor {args.compressor}"
+        section = (
+            f"## Recording overhead\n\n`{command}` — h=100, D=784, n=1000, full-batch GD, float32, CPU "
+            f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"Python {sys.version.split()[0]}), measured {time.strftime('%Y-%m-%d')}.\n\n{table}\n\n"
+            "Goal: trajscope's ratio ≤ 1.10.\n"
+        )
+        replace_section(args.write, "## Recording overhead", section)
+
+
+def replace_section(path: Path, heading: str, section: str) -> None:
+    """Replace (or append) the ``heading`` section of a Markdown file."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures are ratios against a baseline measured in the same run.\n"
+    start = text.find(heading)
+    if start == -1:
+        text = text.rstrip() + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + section.rstrip() + "\n" + (text[end:] if end != -1 else "")
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

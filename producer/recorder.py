@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
@@ -29,7 +29,47 @@ class _Slot:
     event: object | None = None
     start: int = 0
     count: int = 0
-    extra: dict = field(default_factory=dict)
+
+
+class HostStaging:
+    """CPU training: the chunk buffer is host memory already; nothing to copy or wait for."""
+
+    def host_buffers(self, device: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], object | None]:
+        """Host buffers the writer reads (here: the buffers themselves) and a completion handle."""
+        return device, None
+
+    def start_copy(self, slot: _Slot) -> None:
+        """Begin moving a full buffer to the host (no-op)."""
+
+    def wait(self, slot: _Slot) -> None:
+        """Block (writer thread) until the copy of ``slot`` is complete (no-op)."""
+
+
+class CudaStaging(HostStaging):
+    """GPU training: pinned host buffers filled by asynchronous copies on a side stream.
+
+    The copy stream first waits for the compute stream (the buffer's last writes), copies with
+    ``non_blocking=True`` and records an event; the writer thread waits on that event, so the training
+    loop never synchronizes with the host.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+
+    def host_buffers(self, device):
+        host = {n: torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for n, t in device.items()}
+        return host, torch.cuda.Event()
+
+    def start_copy(self, slot):
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            for name, tensor in slot.device.items():
+                slot.host[name].copy_(tensor, non_blocking=True)
+            slot.event.record(self.stream)
+
+    def wait(self, slot):
+        slot.event.synchronize()
 
 
 class Recorder:
@@ -50,6 +90,9 @@ class Recorder:
         the chunk is rewritten whole.
     buffers
         Number of chunk buffers (≥ 2): the bound on memory and on work queued for the writer.
+    staging
+        How full buffers reach host memory: :class:`CudaStaging` on a GPU, :class:`HostStaging` on the
+        CPU (default: chosen from ``device``).
     """
 
     def __init__(
@@ -62,11 +105,12 @@ class Recorder:
         start_index: int = 0,
         preload: Mapping[str, np.ndarray] | None = None,
         buffers: int = 3,
+        staging: HostStaging | None = None,
     ):
         self.writer = writer
         self.chunk = writer.chunk_steps
         self.device = device
-        self.cuda = device.type == "cuda"
+        self.staging = staging or (CudaStaging(device) if device.type == "cuda" else HostStaging())
         self.committed = start_index
         self.index = start_index
         self._slots = [self._make_slot(shapes, dtypes) for _ in range(buffers)]
@@ -76,7 +120,6 @@ class Recorder:
         self._filled: queue.Queue[int | None] = queue.Queue()
         self._current: int | None = None
         self._error: BaseException | None = None
-        self._copy_stream = torch.cuda.Stream(device) if self.cuda else None
         self._thread = threading.Thread(target=self._write_loop, name="trajscope-writer", daemon=True)
         self._thread.start()
         if preload is not None and start_index % self.chunk:
@@ -86,10 +129,8 @@ class Recorder:
 
     def _make_slot(self, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, torch.dtype]) -> _Slot:
         device = {n: torch.empty((self.chunk, *s), dtype=dtypes[n], device=self.device) for n, s in shapes.items()}
-        if not self.cuda:
-            return _Slot(device=device, host=device)
-        host = {n: torch.empty_like(t, device="cpu").pin_memory() for n, t in device.items()}
-        return _Slot(device=device, host=host, event=torch.cuda.Event())
+        host, event = self.staging.host_buffers(device)
+        return _Slot(device=device, host=host, event=event)
 
     # -- training-thread side -----------------------------------------------------------------------
     def _raise_if_failed(self) -> None:
@@ -124,12 +165,7 @@ class Recorder:
     def _hand_off(self, count: int) -> None:
         slot = self._slots[self._current]
         slot.count = count
-        if self.cuda:
-            self._copy_stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(self._copy_stream):
-                for name, tensor in slot.device.items():
-                    slot.host[name].copy_(tensor, non_blocking=True)
-                slot.event.record(self._copy_stream)
+        self.staging.start_copy(slot)
         self._filled.put(self._current)
         self._current = None
 
@@ -170,8 +206,7 @@ class Recorder:
             self._error = exc
 
     def _write_slot(self, slot: _Slot) -> None:
-        if slot.event is not None:
-            slot.event.synchronize()
+        self.staging.wait(slot)
         values = {name: tensor[: slot.count].numpy() for name, tensor in slot.host.items()}
         self.writer.write_block(slot.start, values)
         self.committed = slot.start + slot.count

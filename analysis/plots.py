@@ -69,6 +69,17 @@ def _mark_phases(ax, ds: xr.Dataset, step: slice, *, with_t1: bool = True) -> No
             ax.axvline(x, color=color, linestyle=":", label=label)
 
 
+def _finish(fig: Figure, ax, ds: xr.Dataset, step: slice, xlabel: str, ylabel: str, ylim: tuple, title: str) -> Figure:
+    """Phase marks, labels, limits, legend and title shared by the cosine/fraction plots."""
+    _mark_phases(ax, ds, step)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(*ylim)
+    _time_axis(ax, ds, xlabel)
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title(title)
+    return fig
+
+
 def plot_alignment(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None) -> Figure:
     """Mean-neuron alignment ``cos(w̄±, x±)`` with the min–max band over ``V±``; ``t1``, ``t2`` marked."""
     step = thinned(ds, step)
@@ -80,13 +91,8 @@ def plot_alignment(ds: xr.Dataset, step: StepSel = None, *, title: str | None = 
         ax.plot(x, a["mean"].sel(label=lab).values, color=color, label=f"cos(w̄{name}, x{name})")
         ax.fill_between(x, a["min"].sel(label=lab).values, a["max"].sel(label=lab).values, color=color,
                         alpha=0.2, label=f"min–max over V{name}")
-    _mark_phases(ax, ds, step)
-    ax.set_ylabel("cosine")
-    ax.set_ylim(-1.05, 1.05)
-    _time_axis(ax, ds, xlabel)
-    ax.legend(loc="lower right", fontsize="small")
-    ax.set_title(_title(ds, "neuron alignment with the class sums", title))
-    return fig
+    return _finish(fig, ax, ds, step, xlabel, "cosine", (-1.05, 1.05),
+                   _title(ds, "neuron alignment with the class sums", title))
 
 
 def plot_loss(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None) -> Figure:
@@ -147,13 +153,7 @@ def plot_cones(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None
     ax.stackplot(x, *[frac.sel(cone=c).values for c in CONES], labels=[f"in {c}" for c in CONES],
                  colors=colors, alpha=0.6)
     ax.plot(x, al.values, color="black", label="in target cone or dead")
-    _mark_phases(ax, ds, step)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("fraction of neurons")
-    _time_axis(ax, ds, xlabel)
-    ax.legend(loc="lower right", fontsize="small")
-    ax.set_title(_title(ds, "cone membership", title))
-    return fig
+    return _finish(fig, ax, ds, step, xlabel, "fraction of neurons", (0, 1), _title(ds, "cone membership", title))
 
 
 def plot_direction_field(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None) -> Figure:

@@ -1,0 +1,49 @@
+"""The produce / ls / config commands end to end, as a user runs them."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from trajscope import open_run
+from trajscope.producer import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args, env, check=True):
+    proc = subprocess.run(["trajscope", *args], capture_output=True, text=True, env=env, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_produce_then_ls(tmp_path, small_config, python_env):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(small_config(train={"steps": 25})))
+    root = tmp_path / "runs"
+    out = run_cli("produce", str(config), "--root", str(root), "--name", "cli-run", "--set", "model.width=5",
+                  env=python_env).stdout
+    assert "cli-run" in out and "complete" in out and str(root / "cli-run.zarr") in out
+    ds = open_run("cli-run", root)
+    assert ds.sizes["step"] == 26 and ds.sizes["neuron"] == 5 and ds.attrs["config"]["model"]["width"] == 5
+    listing = run_cli("ls", "--root", str(root), env=python_env).stdout
+    assert "cli-run" in listing and "complete" in listing and "26/26" in listing
+    again = run_cli("produce", str(config), "--root", str(root), "--name", "cli-run", env=python_env, check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_config_command_prints_every_field(python_env):
+    out = run_cli("config", str(REPO / "configs" / "quickstart.yaml"), "--set", "train.steps=7", env=python_env).stdout
+    printed = yaml.safe_load(out)
+    assert printed["train"]["steps"] == 7 and printed["name"] == "quickstart"
+    assert set(printed) == {"name", "seed", "data", "model", "init", "loss", "train", "record"}
+    assert load_config(printed).model_dump(mode="json") == printed
+
+
+def test_quickstart_config_is_valid_and_in_the_theorems_setting():
+    cfg = load_config(REPO / "configs" / "quickstart.yaml")
+    assert cfg.data.kind == "synthetic" and cfg.data.mu > 0
+    assert cfg.init.kind == "balanced" and cfg.loss.reduction == "sum" and cfg.record.every == 1

@@ -182,3 +182,15 @@ def test_writer_lock_context_manager(tmp_path):
         with pytest.raises(RunLocked):
             WriterLock(root, "x").acquire()
     WriterLock(root, "x").acquire().release()
+
+
+def test_xarray_backend_trims_a_live_run(tmp_path):
+    root = StoreRoot(tmp_path)
+    writer = new_writer(root)
+    writer.write_block(0, block(0, 8))
+    writer.commit(5)  # e.g. a partial flush: 5 of 8 rows committed
+    ds = xr.open_dataset(tmp_path / "r.zarr", engine="trajscope")
+    assert ds.sizes["step"] == 5 and ds.attrs["status"] == "running"
+    np.testing.assert_allclose(ds.v.values, block(0, 8)["v"][:5].astype(np.float32))
+    assert "loss" not in xr.open_dataset(tmp_path / "r.zarr", engine="trajscope", drop_variables="loss")
+    writer.finish("complete")

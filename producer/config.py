@@ -70,7 +70,31 @@ class MnistData(_Strict):
     seed: int | None = None
 
 
-DataConfig = Annotated[Union[SyntheticData, Toy2DData, NpzData, MnistData], Field(discriminator="kind")]
+class TwoPointData(_Strict):
+    """Two samples, ``x1`` (label +1) and ``x2`` (label -1), the paper's two-point separability study.
+
+    ``z1 = y1 x1`` and ``z2 = y2 x2`` make the angle ``π/2 - angle`` (radians), so the separation is
+    ``μ = cos(z1, z2) = sin(angle)``: ``angle = 0`` is the orthogonal (borderline, ``μ = 0``) case and a
+    small ``angle`` a barely well-separated pair. The points lie in the first two coordinates of
+    ``R^dim`` with norms ``norms``.
+    """
+
+    kind: Literal["two_point"] = "two_point"
+    angle: float = Field(0.1, ge=-1.5707963267948966, le=1.5707963267948966)
+    dim: int = Field(2, ge=2)
+    norms: tuple[float, float] = (1.0, 1.0)
+    center: bool = False
+
+    @model_validator(mode="after")
+    def _positive_norms(self) -> "TwoPointData":
+        if min(self.norms) <= 0:
+            raise ValueError(f"norms must be positive, got {list(self.norms)}")
+        return self
+
+
+DataConfig = Annotated[
+    Union[SyntheticData, Toy2DData, NpzData, MnistData, TwoPointData], Field(discriminator="kind")
+]
 
 
 class ModelConfig(_Strict):
@@ -152,7 +176,7 @@ class RunConfig(_Strict):
 
 def _one_line(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and p in {"synthetic", "toy2d", "npz", "mnist"}))
+    where = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and p in {"synthetic", "toy2d", "npz", "mnist", "two_point"}))
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown field (check the spelling; `trajscope config` prints every field)"

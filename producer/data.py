@@ -1,4 +1,5 @@
-"""Training data: ``synthetic`` (target separation μ), ``toy2d``, ``npz`` (user arrays) and ``mnist``.
+"""Training data: ``synthetic`` (target separation μ), ``toy2d``, ``npz`` (user arrays), ``mnist`` and
+``two_point`` (the paper's two-point separability study).
 
 Every builder returns ``X`` (n, D) float64 and ``y`` (n,) int8 in {+1, -1}; :func:`build_dataset`
 applies the optional centring ``x_i <- x_i - mean_i x_i`` and reports the data's geometry.
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from trajscope.producer.config import MnistData, NpzData, RunConfig, SyntheticData, Toy2DData
+from trajscope.producer.config import MnistData, NpzData, RunConfig, SyntheticData, Toy2DData, TwoPointData
 from trajscope.store.errors import UserError
 
 
@@ -105,6 +106,16 @@ def mnist(cfg: MnistData, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.int8)
 
 
+def two_point(cfg: TwoPointData) -> tuple[np.ndarray, np.ndarray]:
+    """``x1 = r1 e1`` (y = +1) and ``x2 = -r2 (sin(angle) e1 + cos(angle) e2)`` (y = -1), so that
+    ``cos(y1 x1, y2 x2) = sin(angle) = μ``."""
+    X = np.zeros((2, cfg.dim))
+    X[0, 0] = cfg.norms[0]
+    X[1, 0] = -cfg.norms[1] * np.sin(cfg.angle)
+    X[1, 1] = -cfg.norms[1] * np.cos(cfg.angle)
+    return X, np.array([1, -1], dtype=np.int8)
+
+
 def build_dataset(config: RunConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Build ``X``, ``y`` for a run and describe them (n, D, n±, achieved μ, norms)."""
     cfg = config.data
@@ -115,6 +126,8 @@ def build_dataset(config: RunConfig) -> tuple[np.ndarray, np.ndarray, dict[str, 
         X, y = toy2d(cfg, seed)
     elif isinstance(cfg, NpzData):
         X, y = npz(cfg)
+    elif isinstance(cfg, TwoPointData):
+        X, y = two_point(cfg)
     else:
         X, y = mnist(cfg, seed)
     if cfg.center:

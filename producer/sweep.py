@@ -1,0 +1,434 @@
+"""Sweeps: one run per point of a grid (or list) over any config fields, on a process pool or a cluster.
+
+A sweep spec (YAML)::
+
+    name: alignment_time            # run ids start with it
+    base: ../quickstart.yaml        # a run config: a path (relative to the spec) or an inline mapping
+    set: {train.steps: 4000}        # dotted overrides applied to every point
+    grid:                           # cartesian product over dotted config fields
+      data.n: [16, 64, 256]
+      data.mu: [0.02, 0.1, 0.4]
+    points: []                      # optional explicit list of {dotted: value}, crossed with the grid
+    seeds: [0, 1]                   # the run's `seed` (data and init), crossed with everything
+    quick:                          # --quick replaces set (merged), grid keys, points and seeds
+      grid: {data.n: [16, 256]}
+      seeds: [0]
+
+Run ids are deterministic: ``<name>-<varied values>-<hash>``, the hash covering the resolved config
+(except the CPU thread count, device and run name), so re-running a sweep finds its runs again:
+finished ones are skipped, interrupted or killed ones resumed, a changed config gets a new id.
+
+Execution: :func:`run_points` runs each point in its own process (``ProcessPoolExecutor``, spawned
+workers) or, given a ``dask.distributed`` scheduler address, as one cluster task per run. Each task
+produces (or resumes) the run and returns one table row: what it did plus the run's headline numbers
+(:func:`trajscope.analysis.sweep.summary_record`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trajscope.producer.config import RunConfig, load_config
+from trajscope.store.errors import RunLocked, UserError
+
+HASH_EXCLUDE = {("name",), ("train", "threads"), ("train", "device")}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QuickSpec(_Strict):
+    """Reductions applied by ``--quick``: ``set`` is merged, grid keys replaced, points/seeds replaced."""
+
+    set: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    points: list[dict[str, Any]] | None = None
+    seeds: list[int] | None = None
+
+
+class SweepSpec(_Strict):
+    """A sweep: a base run config, overrides, a grid and/or list of points, and seeds."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    base: str | dict[str, Any] = Field(default_factory=dict)
+    set: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    points: list[dict[str, Any]] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    quick: QuickSpec | None = None
+    description: str = ""
+
+
+@dataclass
+class SweepPoint:
+    """One run of a sweep: its id, resolved config and the values that vary."""
+
+    run_id: str
+    config: RunConfig
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "spec"
+    message = "unknown field (known: name, base, set, grid, points, seeds, quick, description)" \
+        if first["type"] == "extra_forbidden" else first["msg"]
+    return f"invalid sweep spec {source}: {where}: {message}"
+
+
+def load_sweep(source: str | os.PathLike | dict[str, Any]) -> tuple[SweepSpec, Path | None]:
+    """Read and validate a sweep spec (YAML file or dict); returns the spec and its folder."""
+    if isinstance(source, dict):
+        raw, label, folder = source, "(dict)", None
+    else:
+        path = Path(source)
+        label, folder = str(path), path.resolve().parent
+        if not path.is_file():
+            raise UserError(f"sweep spec {path} not found: pass a YAML file, e.g. configs/sweeps/alignment_time.yaml")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise UserError(f"sweep spec {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"sweep spec {path} must be a mapping with name, base and grid (or points)")
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_one_line(err, label)) from None
+    for key, values in {**spec.grid, **(spec.quick.grid if spec.quick else {})}.items():
+        if not values:
+            raise UserError(f"sweep spec {label}: grid.{key} is empty; give at least one value")
+    return spec, folder
+
+
+def set_path(raw: dict[str, Any], dotted: str, value: Any, *, where: str = "") -> None:
+    """``raw[a][b] = value`` for ``dotted = "a.b"`` (creating sections); a leaf in the way is an error."""
+    parts = [p for p in dotted.split(".") if p]
+    if not parts:
+        raise UserError(f"sweep {where}: empty field name")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"sweep {where}: {dotted!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _base_raw(spec: SweepSpec, folder: Path | None) -> dict[str, Any]:
+    if isinstance(spec.base, dict):
+        return copy.deepcopy(spec.base)
+    path = Path(spec.base)
+    if not path.is_absolute() and folder is not None:
+        path = folder / path
+    return load_config(path).model_dump(mode="json")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "x".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def config_hash(config: RunConfig) -> str:
+    """8 hex digits of the resolved config, ignoring fields that do not change the trajectory's identity."""
+    raw = config.model_dump(mode="json")
+    for path in HASH_EXCLUDE:
+        node = raw
+        for part in path[:-1]:
+            node = node.get(part, {})
+        node.pop(path[-1], None)
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def point_run_id(prefix: str, values: dict[str, Any], config: RunConfig) -> str:
+    """``<prefix>-<leaf><value>_...-<hash>``, restricted to the run-id alphabet and 128 characters."""
+    label = "_".join(f"{key.rsplit('.', 1)[-1]}{_fmt(val)}" for key, val in values.items())
+    label = re.sub(r"[^A-Za-z0-9._-]+", "-", label)
+    digest = config_hash(config)
+    room = 128 - len(prefix) - len(digest) - 2
+    label = label[: max(room, 0)].strip("-_.")
+    return f"{prefix}-{label}-{digest}" if label else f"{prefix}-{digest}"
+
+
+def expand(spec: SweepSpec, folder: Path | None = None, *, quick: bool = False) -> list[SweepPoint]:
+    """All points of the sweep (validated), in a deterministic order: seeds × points × grid."""
+    overrides, grid, points, seeds = dict(spec.set), dict(spec.grid), list(spec.points), list(spec.seeds)
+    if quick and spec.quick is not None:
+        overrides.update(spec.quick.set)
+        grid.update(spec.quick.grid)
+        points = list(spec.quick.points) if spec.quick.points is not None else points
+        seeds = list(spec.quick.seeds) if spec.quick.seeds is not None else seeds
+    if not seeds:
+        raise UserError(f"sweep {spec.name}: seeds is empty; give at least one seed, e.g. seeds: [0]")
+    base = _base_raw(spec, folder)
+    for key, value in overrides.items():
+        set_path(base, key, value, where=f"{spec.name} set")
+    keys = list(grid)
+    out: list[SweepPoint] = []
+    seen: dict[str, str] = {}
+    for seed in seeds:
+        for point in points or [{}]:
+            for combo in itertools.product(*(grid[k] for k in keys)):
+                values = {**point, **dict(zip(keys, combo))}
+                raw = copy.deepcopy(base)
+                for key, value in values.items():
+                    set_path(raw, key, value, where=f"{spec.name} point {values}")
+                raw["seed"] = seed
+                label = {**values, "seed": seed}
+                try:
+                    config = load_config(raw)
+                except UserError as err:
+                    raise UserError(f"sweep {spec.name} point {_fmt_values(label)}: {err}") from None
+                run_id = point_run_id(spec.name, label, config)
+                config.name = run_id
+                if run_id in seen:
+                    continue  # the same config twice (e.g. a point repeating a grid value)
+                seen[run_id] = run_id
+                out.append(SweepPoint(run_id, config, label))
+    return out
+
+
+def _fmt_values(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+
+
+# -- executing one point (in a worker process or a cluster task) ------------------------------------------------
+
+
+def execute_point(config: dict[str, Any], run_id: str, root: str, storage_options: dict | None = None,
+                  summarize: bool = True) -> dict[str, Any]:
+    """Produce, resume or skip one run, then summarize it. Runs in a worker; returns a table row.
+
+    ``action``: ``produced`` (new run), ``resumed`` (an unfinished run continued from its last
+    committed state), ``skipped`` (already complete), ``restarted`` (an empty husk from a run killed
+    while being created, removed and produced anew) or ``busy`` (another live writer holds it).
+    """
+    import dask
+
+    from trajscope.producer.train import produce, resume
+    from trajscope.store import StoreRoot, WriterLock, open_run
+
+    store_root = StoreRoot(root, storage_options)
+    started = time.perf_counter()
+    row: dict[str, Any] = {"run_id": run_id, "action": "", "status": "", "error": None}
+    try:
+        if store_root.exists(run_id):
+            attrs = store_root.read_attrs(run_id)
+            if attrs.get("status") == "complete":
+                row["action"] = "skipped"
+            elif "status" not in attrs or "config" not in attrs:
+                with WriterLock(store_root, run_id):  # refuses when a creator is still alive
+                    store_root.delete(run_id)
+                produce(config, root=store_root, name=run_id)
+                row["action"] = "restarted"
+            else:
+                resume(run_id, root=store_root)
+                row["action"] = "resumed"
+        else:
+            produce(config, root=store_root, name=run_id)
+            row["action"] = "produced"
+    except RunLocked as err:
+        row.update(action="busy", error=str(err))
+    except Exception as err:  # noqa: BLE001 - reported per point, the sweep goes on
+        row.update(action=row["action"] or "failed", error=f"{type(err).__name__}: {err}")
+    try:
+        row["status"] = store_root.read_attrs(run_id).get("status", "unknown")
+    except Exception:  # noqa: BLE001
+        row["status"] = "missing"
+    row["seconds"] = time.perf_counter() - started
+    if summarize and row["status"] == "complete":
+        from trajscope.analysis.sweep import summary_record
+
+        with dask.config.set(scheduler="threads"):  # never the cluster from inside a cluster task
+            try:
+                row.update(summary_record(open_run(run_id, store_root)))
+            except Exception as err:  # noqa: BLE001
+                row["error"] = f"summary: {type(err).__name__}: {err}"
+    return row
+
+
+def _with_threads(config: RunConfig, threads: int) -> dict[str, Any]:
+    raw = config.model_dump(mode="json")
+    if raw["train"].get("threads") is None:
+        raw["train"]["threads"] = threads
+    return raw
+
+
+Progress = Callable[[dict[str, Any], int, int], None]
+
+
+def run_points(
+    points: list[SweepPoint],
+    *,
+    root: str | os.PathLike | None = None,
+    storage_options: dict | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    summarize: bool = True,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Run every point (skip finished, resume unfinished) and return one row per point, in order.
+
+    Local: ``workers`` processes (default: one per CPU core, at most one per point); each run's
+    training uses ``cores // workers`` threads unless its config sets ``train.threads``.
+    ``scheduler``: the address of a ``dask.distributed`` scheduler; each run is one task (one thread
+    per run unless configured), written to ``root``, which the workers must be able to reach.
+    """
+    from trajscope.store import StoreRoot
+
+    store_root = StoreRoot(root, storage_options)
+    location = store_root.location
+    if not points:
+        return []
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers}: give a positive number of worker processes")
+    results: dict[str, dict[str, Any]] = {}
+    if scheduler:
+        results = _run_on_cluster(points, location, storage_options, scheduler, summarize, progress)
+    else:
+        cores = os.cpu_count() or 1
+        n_workers = max(1, min(workers or cores, len(points)))
+        threads = max(1, cores // n_workers)
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
+            futures = {
+                pool.submit(execute_point, _with_threads(p.config, threads), p.run_id, location, storage_options,
+                            summarize): p for p in points
+            }
+            for done, future in enumerate(cf.as_completed(futures), 1):
+                point = futures[future]
+                try:
+                    row = future.result()
+                except Exception as err:  # noqa: BLE001 - a worker died (killed, out of memory)
+                    row = {"run_id": point.run_id, "action": "failed", "status": "unknown",
+                           "error": f"worker: {type(err).__name__}: {err}"}
+                results[point.run_id] = row
+                if progress is not None:
+                    progress(row, done, len(points))
+    return [{**{f"param.{k}": v for k, v in p.values.items()}, **results[p.run_id]} for p in points]
+
+
+def _run_on_cluster(points, location, storage_options, scheduler, summarize, progress) -> dict[str, dict]:
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise UserError("--scheduler needs dask.distributed: pip install 'trajscope[distributed]'") from None
+    try:
+        client = Client(scheduler, timeout="10s", set_as_default=False)
+    except (OSError, TimeoutError) as err:
+        raise UserError(f"cannot reach the dask scheduler at {scheduler} ({err}); start one with "
+                        "`dask scheduler` or drop --scheduler to use local processes") from None
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        futures = {
+            client.submit(execute_point, _with_threads(p.config, 1), p.run_id, location, storage_options, summarize,
+                          key=f"trajscope-run-{p.run_id}-{uuid.uuid4().hex[:6]}", pure=False): p
+            for p in points
+        }
+        for done, future in enumerate(as_completed(list(futures)), 1):
+            point = futures[future]
+            try:
+                row = future.result()
+            except Exception as err:  # noqa: BLE001
+                row = {"run_id": point.run_id, "action": "failed", "status": "unknown",
+                       "error": f"task: {type(err).__name__}: {err}"}
+            results[point.run_id] = row
+            if progress is not None:
+                progress(row, done, len(points))
+    finally:
+        client.close()
+    return results
+
+
+def table_name(spec_name: str, quick: bool) -> str:
+    """File stem of a sweep's table next to its runs."""
+    return f"{spec_name}{'-quick' if quick else ''}.sweep"
+
+
+def write_table(table, root: str | os.PathLike | None, stem: str, storage_options: dict | None = None) -> list[str]:
+    """Write the sweep table next to the runs as CSV (and Parquet when pyarrow is installed)."""
+    from trajscope.store import StoreRoot
+
+    store_root = StoreRoot(root, storage_options)
+    base = f"{store_root.location}/{stem}"
+    if store_root.is_local:
+        os.makedirs(store_root.location, exist_ok=True)
+    written = []
+    with store_root.fs.open(base + ".csv", "w") as handle:
+        table.to_csv(handle, index=False)
+    written.append(base + ".csv")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return written
+    with store_root.fs.open(base + ".parquet", "wb") as handle:
+        table.to_parquet(handle, index=False)
+    written.append(base + ".parquet")
+    return written
+
+
+@dataclass
+class SweepResult:
+    """What :func:`run_sweep` did: one row per run and the files holding the table."""
+
+    spec: SweepSpec
+    rows: list[dict[str, Any]]
+    table: Any  # pandas.DataFrame
+    files: list[str]
+    seconds: float
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        """Rows whose run did not finish."""
+        return [r for r in self.rows if r.get("status") != "complete"]
+
+
+def run_sweep(
+    source: str | os.PathLike | dict[str, Any] | SweepSpec,
+    *,
+    root: str | os.PathLike | None = None,
+    storage_options: dict | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    quick: bool = False,
+    progress: Progress | None = None,
+) -> SweepResult:
+    """Expand, run (skipping finished and resuming unfinished runs), tabulate and write a sweep."""
+    from trajscope.analysis.sweep import sweep_table
+
+    started = time.perf_counter()
+    if isinstance(source, SweepSpec):
+        spec, folder = source, None
+    else:
+        spec, folder = load_sweep(source)
+    points = expand(spec, folder, quick=quick)
+    rows = run_points(points, root=root, storage_options=storage_options, workers=workers, scheduler=scheduler,
+                      progress=progress)
+    table = sweep_table(rows)
+    files = write_table(table, root, table_name(spec.name, quick), storage_options)
+    return SweepResult(spec, rows, table, files, time.perf_counter() - started)

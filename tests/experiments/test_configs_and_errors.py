@@ -1,0 +1,103 @@
+"""Paper configs validate (and the small ones run), the two-point data kind, one-line sweep errors."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trajscope.producer import load_config, produce
+from trajscope.producer.data import build_dataset
+from trajscope.producer.sweep import expand, load_sweep
+from trajscope.store import open_run
+from trajscope.store.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+PAPER = sorted((REPO / "configs" / "paper").glob("*.yaml"))
+SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
+
+
+def test_the_paper_set_is_complete():
+    names = {p.stem for p in PAPER}
+    assert {"fig5_mnist01", "mnist38", "mnist17", "mnist01_sgd", "mnist01_w_only", "mnist01_balanced", "toy_r2",
+            "two_point_0p1", "two_point_0p001", "two_point_orthogonal"} <= names
+
+
+@pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
+def test_paper_config_validates_and_states_the_paper(path, tmp_path):
+    config = load_config(path)
+    assert config.name == path.stem
+    assert any(line.startswith("# paper") for line in path.read_text().splitlines()), "say what the paper reports"
+    if config.data.kind == "mnist":
+        assert config.model.width == 50 and config.train.lr == 2e-3 and config.train.steps == 15000
+        assert config.loss.reduction == "mean" and config.data.center
+        return
+    produce(config, root=tmp_path, name="few", overrides=["train.steps=5"])
+    ds = open_run("few", tmp_path)
+    assert ds.attrs["status"] == "complete" and ds.sizes["step"] == 6
+
+
+def test_fig5_is_the_papers_setting():
+    c = load_config(REPO / "configs" / "paper" / "fig5_mnist01.yaml")
+    assert (c.data.digits, c.init.kind, c.init.scale, c.loss.kind, c.train.batch_size, c.train.train_v) == \
+        ((0, 1), "gaussian", 1e-6, "exp", None, True)
+    assert load_config(REPO / "configs" / "paper" / "mnist01_sgd.yaml").train.batch_size == 2000
+    assert load_config(REPO / "configs" / "paper" / "mnist01_w_only.yaml").train.train_v is False
+    assert load_config(REPO / "configs" / "paper" / "mnist01_balanced.yaml").init.kind == "balanced"
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_sweep_specs_expand(path):
+    spec, folder = load_sweep(path)
+    full, quick = expand(spec, folder), expand(spec, folder, quick=True)
+    assert len(quick) < len(full) and len({p.run_id for p in full}) == len(full)
+
+
+@pytest.mark.parametrize("angle", [0.1, 0.001, 0.0])
+def test_two_point_data_has_mu_sin_angle(angle):
+    X, y, info = build_dataset(load_config({"data": {"kind": "two_point", "angle": angle, "dim": 3, "norms": [1, 2]}}))
+    assert X.shape == (2, 3) and list(y) == [1, -1]
+    z = y[:, None] * X
+    cos = z[0] @ z[1] / (np.linalg.norm(z[0]) * np.linalg.norm(z[1]))
+    assert math.isclose(cos, math.sin(angle), abs_tol=1e-12)
+    assert math.isclose(info["mu"], math.sin(angle), abs_tol=1e-6)
+    assert np.allclose(np.linalg.norm(X, axis=1), [1, 2])
+
+
+def test_two_point_rejects_bad_norms():
+    with pytest.raises(UserError, match="norms"):
+        load_config({"data": {"kind": "two_point", "norms": [1, 0]}})
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"grid": {"data.nn": [1, 2]}}, "data.nn"),
+        ({"grid": {"data.mu": []}}, "grid.data.mu is empty"),
+        ({"grids": {}}, "unknown field"),
+        ({"name": "bad name!"}, "name"),
+        ({"grid": {"data.n": [1]}}, "data.n"),
+        ({"seeds": []}, "seeds is empty"),
+        ({"base": "no-such-config.yaml"}, "not found"),
+    ],
+)
+def test_spec_mistakes_are_one_line_user_errors(spec_factory, change, message):
+    with pytest.raises(UserError) as info:
+        spec, folder = load_sweep(spec_factory(**change))
+        expand(spec, folder)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_sweep_errors_are_one_line(tmp_path, python_env):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ngrid: [1, 2\n")
+    for args in (["sweep", str(bad)], ["sweep", str(tmp_path / "missing.yaml")]):
+        proc = subprocess.run([sys.executable, "-c", "from trajscope.cli import main; main()", *args], capture_output=True, text=True,
+                              env=python_env, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("trajscope: error: ")

@@ -1,0 +1,109 @@
+"""Sweeps end to end: expansion, the local process pool, skip-and-resume after a kill, the table."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from trajscope.producer.sweep import expand, load_sweep, run_sweep
+from trajscope.store import StoreRoot, describe_run
+
+KILL_STEPS = 400_000
+
+
+def test_expansion_is_deterministic_and_ids_follow_the_config(spec_factory):
+    spec, _ = load_sweep(spec_factory(grid={"data.mu": [0.2, 0.4], "model.width": [4, 6]}, seeds=[0, 1]))
+    first = expand(spec)
+    again = expand(spec)
+    assert [p.run_id for p in first] == [p.run_id for p in again]
+    assert len(first) == 8 and len({p.run_id for p in first}) == 8
+    assert first[0].run_id.startswith("tiny-mu0.2_width4_seed0-")
+    assert {p.config.model.width for p in first} == {4, 6} and {p.config.seed for p in first} == {0, 1}
+    changed, _ = load_sweep(spec_factory(grid={"data.mu": [0.2, 0.4], "model.width": [4, 6]}, seeds=[0, 1],
+                                         set={"train.lr": 0.1}))
+    assert not {p.run_id for p in expand(changed)} & {p.run_id for p in first}  # a new config, new ids
+    spec_q, _ = load_sweep(spec_factory(quick={"grid": {"data.mu": [0.3]}, "set": {"train.steps": 50}}))
+    quick = expand(spec_q, quick=True)
+    assert len(quick) == 1 and quick[0].config.data.mu == 0.3 and quick[0].config.train.steps == 50
+
+
+def _kill_midway(point, root: str, env: dict) -> None:
+    """Start producing ``point`` (with many steps) in a subprocess, SIGKILL it after a commit."""
+    code = (
+        "import sys, json; from trajscope.producer import produce; "
+        "produce(json.loads(sys.argv[1]), root=sys.argv[2], name=sys.argv[3])"
+    )
+    import json
+
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(point.config.model_dump(mode="json")), root,
+                             point.run_id], env=env)
+    store_root = StoreRoot(root)
+    deadline = time.time() + 60
+    try:
+        while time.time() < deadline:
+            if store_root.exists(point.run_id):
+                attrs = store_root.read_attrs(point.run_id)
+                if attrs.get("committed_steps", 0) > 0:
+                    break
+            assert proc.poll() is None, "the producer ended before it could be killed"
+            time.sleep(0.02)
+        else:
+            pytest.fail("no commit within 60 s")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_local_pool_skips_finished_and_resumes_killed(tmp_path, spec_factory, python_env):
+    root = str(tmp_path / "runs")
+    spec = spec_factory(points=[{"train.steps": 300}, {"train.steps": KILL_STEPS}], grid={"data.mu": [0.3]},
+                        quick={"points": [{"train.steps": 300}]})
+    # 1. the short point alone (quick mode lists only it), on the local pool
+    first = run_sweep(spec, root=root, quick=True, workers=1)
+    assert [r["action"] for r in first.rows] == ["produced"] and not first.failed
+    short_id = first.rows[0]["run_id"]
+    short_before = StoreRoot(root).read_attrs(short_id)
+    # 2. the long point is killed midway by SIGKILL: its status stays "running", some states committed
+    spec_obj, _ = load_sweep(spec)
+    long_point = [p for p in expand(spec_obj) if p.config.train.steps == KILL_STEPS][0]
+    _kill_midway(long_point, root, python_env)
+    killed = StoreRoot(root).read_attrs(long_point.run_id)
+    assert killed["status"] == "running" and 0 < killed["committed_steps"] < killed["capacity"]
+    # 3. the full sweep: the finished point is skipped (untouched), the killed one resumed to the end
+    second = run_sweep(spec, root=root, workers=2)
+    actions = {r["run_id"]: r["action"] for r in second.rows}
+    assert actions == {short_id: "skipped", long_point.run_id: "resumed"}
+    short_after = StoreRoot(root).read_attrs(short_id)
+    assert short_after["finished"] == short_before["finished"] and short_after["updated"] == short_before["updated"]
+    resumed = StoreRoot(root).read_attrs(long_point.run_id)
+    assert resumed["created"] == killed["created"]  # the same run, continued, not re-created
+    assert resumed["status"] == "complete" and resumed["committed_steps"] == resumed["capacity"] == KILL_STEPS + 1
+    assert resumed["updated"] > killed["updated"]
+    # 4. the table: one row per run, config and measurements, next to the runs
+    table = pd.read_csv(os.path.join(root, "tiny.sweep.csv"))
+    assert list(table["run_id"]) == [r["run_id"] for r in second.rows]
+    assert set(table["status"]) == {"complete"}
+    assert {"param.train.steps", "t1_step", "t2_step", "post_t2_slope", "stable_rank_final",
+            "mean_alignment_pos_final", "t1_scale_time", "t2_scale_time"} <= set(table.columns)
+    assert table["t2_step"].notna().all() and (table["stable_rank_final"] >= 1).all()
+    assert os.path.exists(os.path.join(root, "tiny.sweep.parquet"))
+    assert describe_run(long_point.run_id, root).committed_steps == KILL_STEPS + 1
+
+
+def test_sweep_on_a_dask_localcluster(tmp_path, spec_factory):
+    distributed = pytest.importorskip("distributed")
+    root = str(tmp_path / "runs")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        result = run_sweep(spec_factory(name="dask"), root=root, scheduler=cluster.scheduler_address)
+        assert [r["action"] for r in result.rows] == ["produced", "produced"]
+        assert all(r["status"] == "complete" for r in result.rows)
+        assert result.table["t2_step"].notna().all()
+        again = run_sweep(spec_factory(name="dask"), root=root, scheduler=cluster.scheduler_address)
+    assert [r["action"] for r in again.rows] == ["skipped", "skipped"]
+    assert sorted(StoreRoot(root).run_ids()) == sorted(r["run_id"] for r in result.rows)

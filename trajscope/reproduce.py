@@ -1,0 +1,427 @@
+"""``trajscope reproduce``: run (or reuse) the paper's experiments and sweeps, write a report.
+
+The report folder holds ``REPORT.md`` and ``figures/``. Its first table puts each claim of Min,
+Mallada & Vidal (ICLR 2024) beside what was measured here and says whether it holds; every row has a
+measured value or an explicit "not applicable" with the reason. Runs are ordinary runs under the store
+root with deterministic ids, so a second call reuses finished runs and resumes interrupted ones.
+
+``quick=True`` subsamples MNIST (500 images per digit), shortens the appendix runs and the sweeps
+(the reductions are listed in :data:`QUICK` and printed in the report).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from trajscope.producer.config import RunConfig, load_config
+from trajscope.producer.sweep import (
+    SweepPoint,
+    expand,
+    load_sweep,
+    point_run_id,
+    run_points,
+    table_name,
+    write_table,
+)
+from trajscope.store.errors import UserError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# key -> config file under configs/paper
+EXPERIMENTS: dict[str, str] = {
+    "fig5": "fig5_mnist01.yaml",
+    "mnist38": "mnist38.yaml",
+    "mnist17": "mnist17.yaml",
+    "sgd": "mnist01_sgd.yaml",
+    "w_only": "mnist01_w_only.yaml",
+    "balanced": "mnist01_balanced.yaml",
+    "toy_r2": "toy_r2.yaml",
+    "two_point_0p1": "two_point_0p1.yaml",
+    "two_point_0p001": "two_point_0p001.yaml",
+    "two_point_orthogonal": "two_point_orthogonal.yaml",
+}
+SWEEPS: dict[str, str] = {"alignment_time": "alignment_time.yaml", "epsilon": "epsilon.yaml"}
+
+_MNIST_QUICK = ["data.per_class=500"]
+QUICK: dict[str, list[str]] = {
+    "fig5": _MNIST_QUICK,
+    "mnist38": _MNIST_QUICK + ["train.steps=10000"],
+    "mnist17": _MNIST_QUICK + ["train.steps=10000"],
+    "sgd": _MNIST_QUICK + ["train.steps=10000", "train.batch_size=160"],
+    "w_only": _MNIST_QUICK + ["train.steps=10000"],
+    "balanced": _MNIST_QUICK + ["train.steps=10000"],
+}
+"""``--quick`` overrides per experiment (sweeps use their own ``quick:`` section). Batch 160 keeps the
+paper's batch fraction 2000/12665 on the 1000-image subsample."""
+
+ALIGN_LEVEL = 0.8  # "good alignment": both mean-neuron cosines at or above this from then on
+PLATEAU_RATIO = 0.5  # two phases: t2(5 % drop) / t2(50 % drop) at or above this
+RATE_TOLERANCE = 0.1  # O(1/t) holds when the post-t2 slope is <= -1 + this
+
+
+@dataclass
+class Experiment:
+    """One paper experiment: its key, config, the paper's statements and its run's row."""
+
+    key: str
+    config: RunConfig
+    paper: list[str]
+    source: str
+    row: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.row) and self.row.get("status") == "complete" and "t2_step" in self.row
+
+
+def _paper_lines(path: Path) -> list[str]:
+    lines = []
+    for line in path.read_text().splitlines():
+        if line.startswith("# paper"):
+            lines.append(line.split(":", 1)[1].strip())
+        elif lines and line.startswith("#   "):
+            lines[-1] += " " + line[1:].strip()
+    return lines
+
+
+def _load_experiments(experiments: dict[str, Any] | None, configs: Path, quick: bool) -> list[Experiment]:
+    out = []
+    for key, source in (experiments or {k: configs / "paper" / f for k, f in EXPERIMENTS.items()}).items():
+        overrides = QUICK.get(key, []) if quick else []
+        if isinstance(source, (dict, RunConfig)):
+            config, paper, label = load_config(source, overrides), [], "(given)"
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise UserError(f"paper config {path} not found: run from the repository or pass --configs DIR")
+            config, paper, label = load_config(path, overrides), _paper_lines(path), str(path)
+        out.append(Experiment(key, config, paper, label))
+    return out
+
+
+def _points(exps: list[Experiment], sweeps: dict[str, Any], quick: bool) -> tuple[list[SweepPoint], dict]:
+    points = []
+    for exp in exps:
+        prefix = f"paper-{exp.key}{'-quick' if quick else ''}"
+        run_id = point_run_id(prefix, {}, exp.config)
+        config = exp.config.model_copy(deep=True)
+        config.name = run_id
+        points.append(SweepPoint(run_id, config, {"experiment": exp.key}))
+    sweep_points = {}
+    for key, source in sweeps.items():
+        spec, folder = load_sweep(source)
+        sweep_points[key] = (spec, expand(spec, folder, quick=quick))
+        points.extend(sweep_points[key][1])
+    return points, sweep_points
+
+
+# -- measurements beyond the per-run summary (analysis functions, combined) ---------------------------------------
+
+
+def _alignment_onset(ds) -> float:
+    """First recorded step from which both mean-neuron cosines stay ≥ ALIGN_LEVEL (NaN if never)."""
+    from trajscope.analysis.alignment import mean_neuron_alignment
+
+    mean = mean_neuron_alignment(ds)["mean"].compute()
+    good = (mean >= ALIGN_LEVEL).all("label").values
+    steps = ds["step"].values
+    bad = np.nonzero(~good)[0]
+    first = 0 if bad.size == 0 else bad[-1] + 1
+    return float(steps[first]) if first < len(steps) else math.nan
+
+
+def _half_loss_step(ds) -> float:
+    from trajscope.analysis.phases import t2
+
+    return float(t2(ds, drop=0.5)["t2_step"].compute())
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if math.isnan(v):
+        return "—"
+    if v.is_integer() and abs(v) < 1e9:
+        return str(int(v))
+    return f"{v:.{digits}g}"
+
+
+def _na(why: str) -> tuple[str, str]:
+    return f"not applicable: {why}", "n/a"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+# -- the report ---------------------------------------------------------------------------------------------
+
+
+def reproduce(
+    out: str | os.PathLike = "report",
+    *,
+    root: str | os.PathLike | None = None,
+    quick: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    configs: str | os.PathLike | None = None,
+    experiments: dict[str, Any] | None = None,
+    sweeps: dict[str, Any] | None = None,
+    progress: Callable[[dict[str, Any], int, int], None] | None = None,
+) -> Path:
+    """Run or reuse every experiment and sweep, then write ``<out>/REPORT.md`` and its figures.
+
+    ``experiments``/``sweeps`` replace the default sets (key → config path/dict, key → sweep path/dict);
+    the claims look for the keys ``fig5``, ``w_only`` (experiments) and ``alignment_time``, ``epsilon``
+    (sweeps) and say "not applicable" when one is absent.
+    """
+    import pandas as pd
+
+    from trajscope.analysis.sweep import sweep_table
+    from trajscope.store import StoreRoot
+
+    started = time.perf_counter()
+    configs_dir = Path(configs) if configs is not None else CONFIGS
+    if (experiments is None or sweeps is None) and not configs_dir.is_dir():
+        raise UserError(f"configs folder {configs_dir} not found: run from the repository or pass --configs DIR")
+    exps = _load_experiments(experiments, configs_dir, quick)
+    sweep_sources = sweeps if sweeps is not None else {k: configs_dir / "sweeps" / f for k, f in SWEEPS.items()}
+    points, sweep_points = _points(exps, sweep_sources, quick)
+    store_root = StoreRoot(root)
+    rows = run_points(points, root=store_root.location, workers=workers, scheduler=scheduler, progress=progress)
+    by_id = {row["run_id"]: row for row in rows}
+    for exp, point in zip(exps, points):
+        exp.row = by_id.get(point.run_id)
+    tables: dict[str, pd.DataFrame] = {}
+    for key, (spec, pts) in sweep_points.items():
+        tables[key] = sweep_table([by_id[p.run_id] for p in pts])
+        write_table(tables[key], store_root.location, table_name(spec.name, quick))
+    out_dir = Path(out)
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    extra = _extras(exps, store_root)
+    figures = _figures(exps, tables, store_root, out_dir / "figures")
+    claims = _claims({e.key: e for e in exps}, tables, extra)
+    seconds = time.perf_counter() - started
+    text = _markdown(exps, tables, claims, extra, figures, quick=quick, seconds=seconds, rows=rows,
+                     root=store_root.location)
+    (out_dir / "REPORT.md").write_text(text)
+    for key, table in tables.items():
+        table.to_csv(out_dir / f"{key}.csv", index=False)
+    return out_dir / "REPORT.md"
+
+
+def _open(store_root, exp: Experiment):
+    from trajscope.store import open_run
+
+    return open_run(exp.row["run_id"], store_root)
+
+
+def _extras(exps: list[Experiment], store_root) -> dict[str, dict[str, float]]:
+    extra = {}
+    for exp in exps:
+        if not exp.ok:
+            continue
+        ds = _open(store_root, exp)
+        extra[exp.key] = {"align_onset_step": _alignment_onset(ds), "half_loss_step": _half_loss_step(ds)}
+    return extra
+
+
+def _figures(exps, tables, store_root, folder: Path) -> list[tuple[str, str]]:
+    from trajscope.analysis.plots import PLOT_KINDS, save
+    from trajscope.analysis.sweep import plot_against_log_inv_eps, plot_t1_vs_scale
+
+    made = []
+    wanted = {"fig5": ["alignment", "loss", "mean_neurons"], "w_only": ["loss", "alignment"],
+              "balanced": ["alignment", "loss"], "toy_r2": ["plane", "alignment", "loss"],
+              "two_point_0p001": ["alignment"], "mnist38": ["alignment", "loss"], "mnist17": ["alignment", "loss"],
+              "sgd": ["loss"]}
+    for exp in exps:
+        if not exp.ok:
+            continue
+        ds = _open(store_root, exp)
+        for kind in wanted.get(exp.key, ["loss"]):
+            name = f"{exp.key}_{kind}.png"
+            try:
+                save(PLOT_KINDS[kind](ds), folder / name)
+            except UserError:  # e.g. "plane" on data that are not 2-D
+                continue
+            made.append((f"{exp.key}: {kind}", name))
+    if "alignment_time" in tables and tables["alignment_time"]["t1_sum"].notna().any():
+        save(plot_t1_vs_scale(tables["alignment_time"]), folder / "sweep_t1_vs_scale.png")
+        made.append(("alignment_time sweep: measured t1 vs log n/(√μ X_min)", "sweep_t1_vs_scale.png"))
+    if "epsilon" in tables and tables["epsilon"]["t2_time"].notna().any():
+        save(plot_against_log_inv_eps(tables["epsilon"]), folder / "sweep_eps.png")
+        made.append(("epsilon sweep: t1, t2 vs log(1/ε)", "sweep_eps.png"))
+    return made
+
+
+def _claims(exps: dict[str, Experiment], tables, extra) -> list[dict[str, str]]:
+    """Rows ``claim, paper, measured, holds`` (holds: yes / no / n/a)."""
+    from trajscope.analysis.sweep import fit_linear, fit_t1_scaling
+
+    rows = []
+
+    def add(claim: str, paper: str, measured: str, holds: str) -> None:
+        rows.append({"claim": claim, "paper": paper, "measured": measured, "holds": holds})
+
+    fig5 = exps.get("fig5")
+    f5 = fig5.row if fig5 is not None and fig5.ok else None
+    # 1. alignment before the loss falls
+    if f5 is not None:
+        onset, t2s = extra["fig5"]["align_onset_step"], f5["t2_step"]
+        add("Alignment before the loss falls (Fig. 5 setting)",
+            "good alignment after ~2000 iterations, loss falls after ~3000",
+            f"mean-neuron cos ≥ {ALIGN_LEVEL} from step {_fmt(onset)}; loss 5 % down at step {_fmt(t2s)}; "
+            f"t1 (all neurons in target cone or dead) {_fmt(f5['t1_step']) if not math.isnan(f5['t1_step']) else 'not reached (μ = ' + _fmt(f5['mu']) + ' ≤ 0: cones need μ > 0)'}",
+            _yes(bool(onset < t2s)) if not (math.isnan(onset) or math.isnan(t2s)) else "no")
+    else:
+        add("Alignment before the loss falls (Fig. 5 setting)", "alignment ~2000 it., loss falls ~3000 it.",
+            *_na("the fig5 run is missing or did not finish"))
+    at = tables.get("alignment_time")
+    if at is not None and len(at) and at["t1_step"].notna().any():
+        both = at.dropna(subset=["t1_step", "t2_step"])
+        frac = float((both["t1_step"] < both["t2_step"]).mean()) if len(both) else math.nan
+        add("Alignment before the loss falls (synthetic, μ > 0, every neuron)", "t1 < t2 (Theorem 1, then 2)",
+            f"t1 < t2 in {_fmt(100 * frac)} % of {len(both)} runs with both measured "
+            f"({int(at['t1_step'].isna().sum())} of {len(at)} runs never all aligned)", _yes(frac == 1.0))
+    else:
+        add("Alignment before the loss falls (synthetic, μ > 0, every neuron)", "t1 < t2",
+            *_na("no alignment_time sweep with a measured t1"))
+    # 2. t1 scaling
+    if at is not None and len(at) and at["t1_sum"].notna().sum() >= 4:
+        fit = fit_t1_scaling(at, "t1_sum")
+        fit_own = fit_t1_scaling(at, "t1_time")
+        a, b = fit["exponents"]["log n"], fit["exponents"]["1/√μ"]
+        sa, sb = fit["stderr"]["log n"], fit["stderr"]["1/√μ"]
+        ok = a <= 1 + 2 * sa and b <= 1 + 2 * sb
+        add("t1 scales as log n / √μ (an upper bound)", "t1 = O(log n / √μ): exponents ≤ 1",
+            f"fit t1 ∝ (log n)^a (1/√μ)^b over {fit['n']} runs (sum-loss time): a = {_fmt(a)} ± {_fmt(sa)}, "
+            f"b = {_fmt(b)} ± {_fmt(sb)}, R² = {_fmt(fit['r2'])}; in the run's mean-loss time "
+            f"a = {_fmt(fit_own['exponents']['log n'])}, b = {_fmt(fit_own['exponents']['1/√μ'])}",
+            _yes(ok) if not (math.isnan(a) or math.isnan(b)) else "no")
+    else:
+        add("t1 scales as log n / √μ (an upper bound)", "t1 = O(log n / √μ)",
+            *_na("no alignment_time sweep with at least 4 measured t1"))
+    ep = tables.get("epsilon")
+    if ep is not None and len(ep) and ep["t2_time"].notna().sum() >= 3:
+        x = np.log(1.0 / ep["epsilon"].astype(float))
+        f2, f1 = fit_linear(ep, "t2_time", x), fit_linear(ep, "t1_time", x)
+        add("t2 grows linearly with log(1/ε)", "t2 = Θ((1/n) log(1/(√h ε)))",
+            f"dt2/dlog(1/ε) = {_fmt(f2['slope'])} ± {_fmt(f2['stderr'])} (R² = {_fmt(f2['r2'])}); "
+            f"dt1/dlog(1/ε) = {_fmt(f1['slope'])} over {f2['n']} runs",
+            _yes(f2["slope"] > 0 and f2["r2"] >= 0.9))
+    else:
+        add("t2 grows linearly with log(1/ε)", "t2 = Θ((1/n) log(1/(√h ε)))",
+            *_na("no epsilon sweep with at least 3 measured t2"))
+    # 3. O(1/t) after t2
+    slopes = []
+    if f5 is not None and not math.isnan(f5["post_t2_slope"]):
+        slopes.append(("Fig. 5", f5["post_t2_slope"]))
+    if at is not None and len(at) and at["post_t2_slope"].notna().any():
+        slopes.append((f"median of {int(at['post_t2_slope'].notna().sum())} synthetic runs",
+                       float(at["post_t2_slope"].median())))
+    if slopes:
+        add("Loss decays at least as fast as O(1/t) after t2", "log-log slope ≤ -1",
+            "; ".join(f"{k}: {_fmt(v)}" for k, v in slopes),
+            _yes(all(v <= -1 + RATE_TOLERANCE for _, v in slopes)))
+    else:
+        add("Loss decays at least as fast as O(1/t) after t2", "slope ≤ -1", *_na("no run reached t2"))
+    # 4. stable rank
+    both_layers = [e for e in exps.values() if e.ok and e.config.train.train_v and not math.isnan(e.row["t2_step"])]
+    if both_layers:
+        worst = max(both_layers, key=lambda e: e.row["stable_rank_final"])
+        measured = (f"Fig. 5: {_fmt(f5['stable_rank_final'])}; " if f5 is not None else "") + \
+            f"max over {len(both_layers)} runs training both layers: {_fmt(worst.row['stable_rank_final'])} ({worst.key})"
+        add("Final stable rank ≤ 2 (≈ 1.1 on 0 vs 1)", "||W||_F²/||W||_2² → ≤ 2; ≈ 1.1 on MNIST 0 vs 1", measured,
+            _yes(worst.row["stable_rank_final"] <= 2.0))
+    else:
+        add("Final stable rank ≤ 2 (≈ 1.1 on 0 vs 1)", "≤ 2", *_na("no finished run that trains both layers"))
+    # 5. final mean-neuron alignment on 0 vs 1
+    if f5 is not None:
+        p, n = f5["mean_alignment_pos_final"], f5["mean_alignment_neg_final"]
+        add("Final mean-neuron alignment on 0 vs 1", "cos(w̄±, x±) ≈ 0.93–0.95",
+            f"cos(w̄+, x+) = {_fmt(p)}, cos(w̄-, x-) = {_fmt(n)}", _yes(min(p, n) >= 0.9))
+    else:
+        add("Final mean-neuron alignment on 0 vs 1", "≈ 0.93–0.95", *_na("the fig5 run is missing or did not finish"))
+    # 6. two phases with both layers, none with W only
+    wo = exps.get("w_only")
+    if f5 is not None and wo is not None and wo.ok:
+        r5 = f5["t2_step"] / extra["fig5"]["half_loss_step"]
+        rw = wo.row["t2_step"] / extra["w_only"]["half_loss_step"]
+        add("Two phases when both layers train, none when only W trains",
+            "plateau then fast decrease (both layers); loss falls at once with v = ±1 fixed",
+            f"plateau ratio t(5 % drop)/t(50 % drop): both layers {_fmt(r5)}, W only {_fmt(rw)} "
+            f"(two phases when ≥ {PLATEAU_RATIO})",
+            _yes(r5 >= PLATEAU_RATIO and rw < PLATEAU_RATIO) if not (math.isnan(r5) or math.isnan(rw)) else "no")
+    else:
+        add("Two phases when both layers train, none when only W trains", "present / absent",
+            *_na("the fig5 or w_only run is missing or did not finish"))
+    return rows
+
+
+def _markdown(exps, tables, claims, extra, figures, *, quick, seconds, rows, root) -> str:
+    import trajscope
+
+    lines = ["# Reproduction report: Early Neuron Alignment in Two-layer ReLU Networks with Small Initialization",
+             "", "Min, Mallada & Vidal, ICLR 2024 (arXiv 2307.12851); produced by `trajscope reproduce"
+             + (" --quick`." if quick else "`."), ""]
+    if quick:
+        lines += ["> **Quick mode.** MNIST is subsampled to 500 images per digit; the appendix MNIST runs are "
+                  "shortened to 10000 iterations (SGD: batch 160, the paper's batch fraction); the sweeps use their "
+                  "`quick:` grids. Numbers differ from the full run; run `trajscope reproduce` for the full version.",
+                  ""]
+    actions = {}
+    for row in rows:
+        actions[row.get("action", "?")] = actions.get(row.get("action", "?"), 0) + 1
+    lines += [f"Runtime: {seconds:.0f} s on {os.cpu_count()} CPU cores ({platform.machine()}), trajscope "
+              f"{trajscope.__version__}; runs: {len(rows)} ("
+              + ", ".join(f"{v} {k}" for k, v in sorted(actions.items())) + f") under `{root}`.", ""]
+    lines += ["## Claims", "", "| claim | paper | measured | holds? |", "|---|---|---|---|"]
+    for c in claims:
+        lines.append(f"| {c['claim']} | {c['paper']} | {c['measured']} | {c['holds']} |")
+    lines += ["", f"Rules: t1 = first recorded step from which every neuron stays in S_(sign v_j) or S_dead; t2 = first "
+              f"step with L ≤ 0.95·L(0); alignment onset = first step from which both mean-neuron cosines stay ≥ "
+              f"{ALIGN_LEVEL}; O(1/t) holds when the post-t2 log-log slope ≤ {-1 + RATE_TOLERANCE:g}; plateau ratio = "
+              f"t2 / (first step with L ≤ 0.5·L(0)). Theory values are bounds and scales, not predictions of the "
+              "exact step.", ""]
+    lines += ["## Experiments", "",
+              "| experiment | run | status | n | μ | t1 step | t2 step | post-t2 slope | stable rank | cos(w̄+,x+) | "
+              "cos(w̄-,x-) | final loss | paper reports |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e in exps:
+        r = e.row or {}
+        paper = "; ".join(e.paper) or "—"
+        if not e.ok:
+            lines.append(f"| {e.key} | {r.get('run_id', '—')} | {r.get('status', 'missing')} "
+                         f"{(r.get('error') or '')[:80]} | | | | | | | | | | {paper} |")
+            continue
+        lines.append(f"| {e.key} | `{r['run_id']}` | {r['status']} | {_fmt(r['n'])} | {_fmt(r['mu'])} | "
+                     f"{_fmt(r['t1_step'])} | {_fmt(r['t2_step'])} | {_fmt(r['post_t2_slope'])} | "
+                     f"{_fmt(r['stable_rank_final'])} | {_fmt(r['mean_alignment_pos_final'])} | "
+                     f"{_fmt(r['mean_alignment_neg_final'])} | {_fmt(r['loss_final'])} | {paper} |")
+    lines += ["", "Configs: " + ", ".join(f"{e.key} = `{e.source}`" for e in exps), ""]
+    for key, table in tables.items():
+        lines += [f"## Sweep `{key}`", "", f"{len(table)} runs; table also at `{key}.csv` here and next to the runs.", ""]
+        cols = [c for c in table.columns if c.startswith("param.")] + ["n", "mu", "epsilon", "t1_step", "t2_step",
+                                                                     "t1_sum", "t2_sum", "post_t2_slope",
+                                                                     "stable_rank_final", "status"]
+        cols = list(dict.fromkeys(c for c in cols if c in table.columns))
+        lines.append("| " + " | ".join(cols) + " |")
+        lines.append("|" + "---|" * len(cols))
+        for _, r in table.iterrows():
+            lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+        lines.append("")
+    if figures:
+        lines += ["## Figures", ""]
+        for title, name in figures:
+            lines += [f"### {title}", "", f"![{title}](figures/{name})", ""]
+    return "\n".join(lines)

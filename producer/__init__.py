@@ -1,7 +1,26 @@
-"""trajscope.producer: configs, datasets, the model, the training loop and the recorder pipeline."""
+"""trajscope.producer: configs, datasets, the model, the training loop and the recorder pipeline.
 
-from trajscope.producer.config import RunConfig, load_config
-from trajscope.producer.recorder import Recorder
-from trajscope.producer.train import RunResult, produce, recording_schedule, resume
+Names are imported lazily, so reading a config (``trajscope config``, config errors) does not load torch.
+"""
 
-__all__ = ["Recorder", "RunConfig", "RunResult", "load_config", "produce", "recording_schedule", "resume"]
+from __future__ import annotations
+
+from importlib import import_module
+
+_EXPORTS = {
+    "RunConfig": "config",
+    "load_config": "config",
+    "Recorder": "recorder",
+    "RunResult": "train",
+    "produce": "train",
+    "recording_schedule": "train",
+    "resume": "train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"trajscope.producer.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'trajscope.producer' has no attribute {name!r}")

@@ -80,7 +80,7 @@ COORDINATES = ("t",)
 
 def validate_run_id(run_id: str) -> str:
     """Return ``run_id`` if it is a legal run id, else raise :class:`UserError`."""
-    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id) or run_id.endswith(RUN_SUFFIX):
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id) or run_id.endswith(RUN_SUFFIX):
         raise UserError(
             f"invalid run id {run_id!r}: use 1-128 characters from A-Z a-z 0-9 . _ -, starting with a "
             "letter or digit, without the .zarr suffix"

@@ -170,7 +170,7 @@ def test_memory_root_and_catalog(small_config):
 def test_unknown_runs_and_bad_ids(tmp_path):
     with pytest.raises(RunNotFound, match="no run 'nope'"):
         open_run("nope", tmp_path)
-    for bad in ["../etc", "a/b", "", ".hidden", "x" * 200, "r.zarr"]:
+    for bad in ["../etc", "a/b", "", ".hidden", "x" * 200, "r.zarr", "done\n"]:
         with pytest.raises(UserError, match="invalid run id"):
             validate_run_id(bad)
     assert list_runs(tmp_path / "does-not-exist") == []

@@ -1,0 +1,5 @@
+"""``python -m trajscope.cli`` runs the CLI."""
+
+from trajscope.cli import main
+
+main()

@@ -350,7 +350,7 @@ def _run_on_cluster(points, location, storage_options, scheduler, summarize, pro
                           key=f"trajscope-run-{p.run_id}-{uuid.uuid4().hex[:6]}", pure=False): p
             for p in points
         }
-        for done, future in enumerate(as_completed(list(futures)), 1):
+        for done, future in enumerate(as_completed(list(futures), loop=client.loop), 1):
             point = futures[future]
             try:
                 row = future.result()

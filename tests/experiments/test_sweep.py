@@ -14,7 +14,7 @@ import pytest
 from trajscope.producer.sweep import expand, load_sweep, run_sweep
 from trajscope.store import StoreRoot, describe_run
 
-KILL_STEPS = 400_000
+KILL_STEPS = 20_000
 
 
 def test_expansion_is_deterministic_and_ids_follow_the_config(spec_factory):

@@ -144,9 +144,16 @@ def _fmt(x: Any, digits: int = 3) -> str:
         return str(x)
     if math.isnan(v):
         return "—"
+    if abs(v) < 1e-12:
+        return "0"
     if v.is_integer() and abs(v) < 1e9:
         return str(int(v))
     return f"{v:.{digits}g}"
+
+
+def _cell(text: Any) -> str:
+    """Markdown table cell: pipes (as in ||W||) escaped."""
+    return str(text).replace("|", "\\|")
 
 
 def _na(why: str) -> tuple[str, str]:
@@ -384,7 +391,7 @@ def _markdown(exps, tables, claims, extra, figures, *, quick, seconds, rows, roo
               + ", ".join(f"{v} {k}" for k, v in sorted(actions.items())) + f") under `{root}`.", ""]
     lines += ["## Claims", "", "| claim | paper | measured | holds? |", "|---|---|---|---|"]
     for c in claims:
-        lines.append(f"| {c['claim']} | {c['paper']} | {c['measured']} | {c['holds']} |")
+        lines.append("| " + " | ".join(_cell(c[k]) for k in ("claim", "paper", "measured", "holds")) + " |")
     lines += ["", f"Rules: t1 = first recorded step from which every neuron stays in S_(sign v_j) or S_dead; t2 = first "
               f"step with L ≤ 0.95·L(0); alignment onset = first step from which both mean-neuron cosines stay ≥ "
               f"{ALIGN_LEVEL}; O(1/t) holds when the post-t2 log-log slope ≤ {-1 + RATE_TOLERANCE:g}; two phases = alignment onset before "
@@ -395,7 +402,7 @@ def _markdown(exps, tables, claims, extra, figures, *, quick, seconds, rows, roo
               "cos(w̄-,x-) | final loss | paper reports |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in exps:
         r = e.row or {}
-        paper = "; ".join(e.paper) or "—"
+        paper = _cell("; ".join(e.paper) or "—")
         if not e.ok:
             lines.append(f"| {e.key} | {r.get('run_id', '—')} | {r.get('status', 'missing')} "
                          f"{(r.get('error') or '')[:80]} | | | | | | | | | | {paper} |")

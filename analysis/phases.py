@@ -46,8 +46,15 @@ def _first_from(ok: xr.DataArray, sel: xr.Dataset) -> tuple[xr.DataArray, xr.Dat
 
 def t1(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """Empirical alignment time ``t1`` (rule in the module docstring): ``t1_step``, ``t1_time``."""
-    sel = select(ds, step)
-    s, t = _first_from(all_aligned(ds, step), sel)
+    return t1_from(all_aligned(ds, step), select(ds, step))
+
+
+def t1_from(aligned: xr.DataArray, sel: xr.Dataset) -> xr.Dataset:
+    """``t1`` from an :func:`all_aligned` series over the selected states ``sel`` (a reduction).
+
+    ``t1 = min{t_k : t_k > max{t_l : not all_aligned(t_l)}}``; NaN when the last state is not aligned.
+    """
+    s, t = _first_from(aligned, sel)
     out = xr.Dataset({"t1_step": s, "t1_time": t})
     out["t1_step"].attrs.update(long_name="empirical t1", units="optimizer steps")
     out["t1_time"].attrs.update(long_name="empirical t1", units="gradient-flow time")

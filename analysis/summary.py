@@ -9,41 +9,74 @@ import numpy as np
 import xarray as xr
 
 from trajscope.analysis._common import StepSel, select
-from trajscope.analysis.alignment import mean_neuron_alignment
-from trajscope.analysis.cones import aligned_fraction, cone_fractions
 from trajscope.analysis.geometry import data_geometry
-from trajscope.analysis.invariants import max_balance_drift, sign_flips
-from trajscope.analysis.phases import T2_DROP, phases
-from trajscope.analysis.spectra import effective_rank, frobenius_norm_sq, spectral_norm_sq, stable_rank
-from trajscope.analysis.theory import loss_envelope, stable_rank_bound, theory
+from trajscope.analysis.invariants import sign_flips
+from trajscope.analysis.phases import T2_DROP, post_t2_slope, t1_from, t2
+from trajscope.analysis.series import SERIES, step_series
+from trajscope.analysis.theory import loss_envelope, stable_rank_bound_from, theory
+
+
+_LIGHT_BYTES = 4 * 2**20
+"""Target bytes per dask chunk of the small per-step data (``v``, ``loss``, ``t``, the series)."""
+
+
+def _light_steps(sel: xr.Dataset) -> int | None:
+    """States per dask chunk for the small per-step data: about ``_LIGHT_BYTES`` of ``v`` or of the series.
+
+    The reductions over per-step scalars (``t1``, ``t2``, the slope, sign flips, maxima) then cost a
+    few dask tasks per ~4 MiB of series instead of a few per chunk of ``W`` (which holds only tens of
+    states); memory stays bounded by that chunk size. ``None`` when ``W`` is not dask-backed.
+    """
+    if sel["W"].chunks is None:
+        return None
+    per_step = max(4 * sel.sizes.get("neuron", 1), 8 * len(SERIES))
+    return max(max(sel["W"].chunks[0]), _LIGHT_BYTES // per_step)
 
 
 def _measured(ds: xr.Dataset, step: StepSel, drop: float) -> xr.Dataset:
+    """The measured headline numbers, lazily, from ONE fused kernel per time chunk of ``W``.
+
+    ``t1`` and ``max_t max_j |δ_j(t) - δ_j(t_0)|`` are reductions over the small per-step series of
+    :func:`~trajscope.analysis.series.step_series` (without the alignment and spectral series, which
+    the summary needs only at the last state, computed there alone); ``t2``, the slope, sign flips and
+    the envelope read only ``loss``, ``t`` and ``v``. All but the kernel work on large step chunks
+    (:func:`_light_steps`).
+    """
     sel = select(ds, step)
     last = {"step": -1}
-    mna = mean_neuron_alignment(ds, step)["mean"].isel(last, drop=True)
-    cones = cone_fractions(ds, step).isel(last, drop=True)
-    out = phases(ds, step, drop=drop)
+    steps = _light_steps(sel)
+    light = sel.drop_vars([n for n in ("W", "output") if n in sel.variables])
+    light = light.chunk({"step": steps}) if steps else light
+    if "t" in light.coords:
+        # load the time coordinate (8 bytes per state, like the step index): lazy, xarray compares it
+        # (reading it whole) every time two operands' coordinates are merged
+        light = light.assign_coords(t=light["t"].compute())
+    series = step_series(ds, step, detail="none", chunk_steps=steps)
+    series = series.assign_coords({c: light[c] for c in ("t",) if c in series.coords})
+    # every series at the last state (shares the read of W's last chunk with the kernel above)
+    final = step_series(sel.isel(step=slice(-1, None))).isel(step=0, drop=True)
+    out = xr.merge([t1_from(series["all_aligned"], light), t2(light, drop=drop)])
+    out["post_t2_slope"] = post_t2_slope(light, drop=drop)
     out = out.assign(
         first_step=sel["step"].isel(step=0, drop=True).astype(np.float64),
         last_step=sel["step"].isel(last, drop=True).astype(np.float64),
-        loss_initial=sel["loss"].isel(step=0, drop=True),
-        loss_final=sel["loss"].isel(last, drop=True),
-        aligned_fraction_final=aligned_fraction(ds, step).isel(last, drop=True),
-        mean_alignment_pos_final=mna.sel(label=1, drop=True),
-        mean_alignment_neg_final=mna.sel(label=-1, drop=True),
-        frac_S_pos_final=cones.sel(cone="S+", drop=True),
-        frac_S_neg_final=cones.sel(cone="S-", drop=True),
-        frac_dead_final=cones.sel(cone="dead", drop=True),
-        frac_other_final=cones.sel(cone="other", drop=True),
-        spectral_norm_sq_final=spectral_norm_sq(ds, step).isel(last, drop=True),
-        frobenius_norm_sq_final=frobenius_norm_sq(ds, step).isel(last, drop=True),
-        stable_rank_final=stable_rank(ds, step).isel(last, drop=True),
-        effective_rank_final=effective_rank(ds, step).isel(last, drop=True),
-        max_balance_drift=max_balance_drift(ds, step).max("step"),
-        sign_flips_total=sign_flips(ds, step).sum("neuron"),
-        loss_envelope_final=loss_envelope(ds, step, drop=drop).isel(last, drop=True),
-        stable_rank_bound_final=stable_rank_bound(ds, step).isel(last, drop=True),
+        loss_initial=light["loss"].isel(step=0, drop=True),
+        loss_final=light["loss"].isel(last, drop=True),
+        aligned_fraction_final=final["aligned_fraction"],
+        mean_alignment_pos_final=final["mean_alignment_pos"],
+        mean_alignment_neg_final=final["mean_alignment_neg"],
+        frac_S_pos_final=final["frac_S_pos"],
+        frac_S_neg_final=final["frac_S_neg"],
+        frac_dead_final=final["frac_dead"],
+        frac_other_final=final["frac_other"],
+        spectral_norm_sq_final=final["spectral_norm_sq"],
+        frobenius_norm_sq_final=final["frobenius_norm_sq"],
+        stable_rank_final=final["stable_rank"],
+        effective_rank_final=final["effective_rank"],
+        max_balance_drift=series["max_balance_drift"].max("step"),
+        sign_flips_total=sign_flips(light).sum("neuron"),
+        loss_envelope_final=loss_envelope(light, drop=drop).isel(last, drop=True),
+        stable_rank_bound_final=stable_rank_bound_from(ds, final["spectral_norm_sq"]),
     )
     return out.drop_vars([c for c in out.coords], errors="ignore")
 

@@ -32,6 +32,24 @@ def _scalar(value: float, status: str, long_name: str, units: str = "1") -> xr.D
     return out
 
 
+_W0_CACHE: dict[str, xr.DataArray] = {}
+
+
+def first_weights(ds: xr.Dataset) -> xr.DataArray:
+    """``W(0)`` (the first recorded state, float64, loaded): read once per distinct lazy ``W``."""
+    W = ds["W"]
+    if W.chunks is None:
+        return W.isel(step=0).astype(np.float64)
+    from dask.base import tokenize
+
+    key = tokenize(W.data)
+    if key not in _W0_CACHE:
+        if len(_W0_CACHE) > 8:
+            _W0_CACHE.clear()
+        _W0_CACHE[key] = W.isel(step=0).astype(np.float64).compute()
+    return _W0_CACHE[key]
+
+
 def _mu_status(ds: xr.Dataset) -> tuple[float, str]:
     mu = mu_value(ds)
     if not mu > 0:
@@ -81,7 +99,7 @@ def zeta2(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     Evaluated at the first recorded state (the init). ``max(0, ·)``: a neuron pointing away from the
     wrong class sum does not shrink ``ζ2``.
     """
-    W0 = ds["W"].isel(step=0).astype(np.float64).compute()
+    W0 = first_weights(ds)
     v0 = ds["v"].isel(step=0).compute()
     s = class_sums(ds).compute()
     norms = np.sqrt((W0**2).sum("feature")) * np.sqrt((s**2).sum("feature"))
@@ -103,8 +121,8 @@ def epsilon(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     gaussian)."""
     if cfg(ds, "init", "kind") == "balanced" and cfg(ds, "init", "scale") is not None:
         return _scalar(float(cfg(ds, "init", "scale")), OK, "initialization scale ε (config)")
-    W0 = ds["W"].isel(step=0).astype(np.float64)
-    rms = float(np.sqrt((W0**2).sum("feature").mean()).compute())
+    W0 = first_weights(ds)
+    rms = float(np.sqrt((W0**2).sum("feature").mean()))
     return _scalar(rms, "approximate: ε estimated as rms_j ||w_j(0)||", "initialization scale ε")
 
 
@@ -186,14 +204,20 @@ def loss_envelope(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP
 def stable_rank_bound(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``||W||_F²/||W||_2² ≤ 2 + 4√h ε W_max² / ||W(t)||_2²`` with ``W_max = max_j ||w_j(0)|| / ε``
     (the row-norm maximum of ``W0``); tends to 2 as ``||W||_2`` grows. Dims ``(step,)``."""
+    return stable_rank_bound_from(ds, spectral_norm_sq(ds, step))
+
+
+def stable_rank_bound_from(ds: xr.Dataset, spectral_norm_sq: xr.DataArray) -> xr.DataArray:
+    """:func:`stable_rank_bound` from given values of ``||W(t)||_2²`` (e.g. only the final one):
+    ``2 + c / ||W(t)||_2²`` with ``c = 4√h ε W_max² = 4√h max_j ||w_j(0)||² / ε``."""
     eps = epsilon(ds)
     status = _worst(eps.attrs["status"], _init_note(ds))
-    W0 = ds["W"].isel(step=0).astype(np.float64)
-    wmax0_sq = float((W0**2).sum("feature").max().compute())  # max_j ||w_j(0)||² = ε² W_max²
+    W0 = first_weights(ds)
+    wmax0_sq = float((W0**2).sum("feature").max())  # max_j ||w_j(0)||² = ε² W_max²
     h = ds.sizes["neuron"]
     e = float(eps)
     coef = 4.0 * math.sqrt(h) * wmax0_sq / e if e > 0 else np.nan
-    out = 2.0 + coef / spectral_norm_sq(ds, step)
+    out = 2.0 + coef / spectral_norm_sq
     out.name = "stable_rank_bound"
     out.attrs.update(kind="theory", status=status, long_name="stable-rank bound 2 + 4√h ε W_max²/||W||_2²",
                      units="1")

@@ -1,0 +1,123 @@
+"""The fused per-step kernel (``step_series``) against the per-quantity functions; the summary reads W once."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+
+from trajscope.analysis import alignment, cones, invariants, phases, spectra
+from trajscope.analysis.series import DETAIL, SERIES, step_series
+from trajscope.analysis.summary import summary
+
+HERE = Path(__file__).parent
+
+
+def _per_quantity(ds: xr.Dataset, step) -> dict[str, xr.DataArray]:
+    """Every series of ``step_series`` computed one quantity at a time (each its own graph)."""
+    fr = cones.cone_fractions(ds, step)
+    mna = alignment.mean_neuron_alignment(ds, step)
+    ta = alignment.target_alignment(ds, step)
+    out = {
+        "aligned_fraction": cones.aligned_fraction(ds, step),
+        "all_aligned": phases.all_aligned(ds, step),
+        "target_alignment_mean": ta.mean("neuron"),
+        "target_alignment_min": ta.min("neuron"),
+        "frobenius_norm_sq": spectra.frobenius_norm_sq(ds, step),
+        "spectral_norm_sq": spectra.spectral_norm_sq(ds, step),
+        "stable_rank": spectra.stable_rank(ds, step),
+        "effective_rank": spectra.effective_rank(ds, step),
+        "max_balance_drift": invariants.max_balance_drift(ds, step),
+    }
+    for cone, name in (("S+", "frac_S_pos"), ("S-", "frac_S_neg"), ("dead", "frac_dead"), ("other", "frac_other")):
+        out[name] = fr.sel(cone=cone, drop=True)
+    for label, lab in ((1, "pos"), (-1, "neg")):
+        out[f"mean_alignment_{lab}"] = mna["mean"].sel(label=label, drop=True)
+        out[f"band_min_{lab}"] = mna["min"].sel(label=label, drop=True)
+        out[f"band_max_{lab}"] = mna["max"].sel(label=label, drop=True)
+        out[f"count_{lab}"] = mna["count"].sel(label=label, drop=True)
+    return out
+
+
+@pytest.mark.parametrize("name,step", [("small_run", slice(None, 500)), ("random_run", None),
+                                       ("random_run", slice(9, None, 2))])
+def test_fused_series_equal_the_per_quantity_functions(request, name, step):
+    ds = request.getfixturevalue(name)
+    fused = step_series(ds, step)
+    assert fused["aligned_fraction"].chunks is not None  # lazy
+    fused = fused.compute()
+    expected = _per_quantity(ds, step)
+    assert set(expected) == set(SERIES) == set(fused.data_vars)
+    (expected,) = dask.compute(expected)
+    for key, want in expected.items():
+        got = fused[key]
+        assert got.dims == ("step",) and np.array_equal(got["step"], want["step"]), key
+        if key == "target_alignment_mean":  # a nan-mean: sum then divide, as dask does, up to rounding
+            np.testing.assert_allclose(got, want, rtol=1e-13, equal_nan=True, err_msg=key)
+        else:  # the same floating-point operations in the same order: equal, not merely close
+            np.testing.assert_array_equal(got.values, want.values.astype(got.dtype), err_msg=key)
+
+
+def test_detail_levels_and_chunking(random_run):
+    full = step_series(random_run).compute()
+    last = step_series(random_run, detail="last", chunk_steps=20)
+    assert last["aligned_fraction"].chunks[0] == (20, 20, 1)
+    last = last.compute()
+    none = step_series(random_run, detail="none").compute()
+    ends = np.cumsum(random_run["W"].chunks[0]) - 1  # the last state of each time chunk
+    for name in SERIES:
+        if name in DETAIL:
+            np.testing.assert_array_equal(last[name][ends], full[name][ends])
+            assert np.isnan(np.delete(last[name].values, ends)).all() and np.isnan(none[name]).all()
+        else:
+            np.testing.assert_array_equal(last[name], full[name])
+            np.testing.assert_array_equal(none[name], full[name])
+    with pytest.raises(ValueError, match="detail"):
+        step_series(random_run, detail="some")
+
+
+def test_summary_final_values_are_the_series_at_the_last_state(random_run):
+    s = summary(random_run)
+    full = step_series(random_run).isel(step=-1).compute()
+    assert float(s["stable_rank_final"]) == float(full["stable_rank"])
+    assert float(s["frac_other_final"]) == float(full["frac_other"])
+    assert float(s["mean_alignment_neg_final"]) == pytest.approx(float(full["mean_alignment_neg"]), nan_ok=True)
+    drift = invariants.max_balance_drift(random_run).max("step")
+    assert float(s["max_balance_drift"]) == float(drift)
+    t1 = phases.t1(random_run)
+    assert float(s["t1_step"]) == pytest.approx(float(t1["t1_step"]), nan_ok=True)
+
+
+def test_summary_reads_each_chunk_of_W_once(tmp_path, monkeypatch):
+    """Count the zarr reads of ``W`` during a summary: one per stored chunk, none repeated."""
+    import zarr
+
+    import trajscope
+    from trajscope.analysis.theory import first_weights
+
+    sys.path.insert(0, str(HERE))
+    from bigrun import write_big_run
+
+    write_big_run(str(tmp_path), "r", steps=300, h=10, D=20, n=16, chunk_mib=0.01)
+    ds = trajscope.open_run("r", root=str(tmp_path))
+    nchunks = ds["W"].data.npartitions
+    assert nchunks >= 10
+    first_weights(ds)  # the theory's W(0) (read once per run, cached)
+    reads: list = []
+    orig = zarr.Array.__getitem__
+
+    def counting(self, sel):
+        if self.shape == ds["W"].shape:
+            reads.append(sel)
+        return orig(self, sel)
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", counting)
+    s = summary(ds)
+    assert int(s["n_states"]) == 300
+    assert len(reads) == nchunks, (len(reads), nchunks)
+    starts = sorted(r[0].start for r in reads)
+    assert starts == sorted(set(starts))  # no chunk twice

@@ -52,9 +52,15 @@ def singular_values_block(W: np.ndarray, method: str = "gram") -> np.ndarray:
     (fast; absolute accuracy about ``1e-8 σ_1``). ``method="svd"``: batched ``numpy.linalg.svd``.
     """
     W64 = W.astype(np.float64, copy=False)
+    k, h, D = W.shape
+    finite = np.isfinite(W64).all(axis=(1, 2))
+    if not finite.all():  # a diverged state has no spectrum: NaN there, the others as usual
+        out = np.full((k, min(h, D)), np.nan)
+        if finite.any():
+            out[finite] = singular_values_block(W64[finite], method)
+        return out
     if method == "svd":
         return np.linalg.svd(W64, compute_uv=False)
-    k, h, D = W.shape
     out = np.empty((k, min(h, D)), np.float64)
     for b in _batches(k, h * D):
         Wb = W64[b]

@@ -186,3 +186,16 @@ def test_step_selection_by_value_and_stride(random_run):
     assert list(s["step"].values) == expected
     full = spectra.stable_rank(random_run).compute()
     np.testing.assert_allclose(s.values, full.sel(step=expected).values)
+
+
+@pytest.mark.parametrize("method", ["gram", "svd"])
+def test_spectra_of_a_diverged_state_are_nan_not_an_error(method):
+    from trajscope.analysis._kernels import singular_values_block
+
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(4, 3, 5))
+    W[2, 1, 0] = np.nan
+    out = singular_values_block(W, method)
+    assert np.isnan(out[2]).all()
+    for k in (0, 1, 3):
+        np.testing.assert_allclose(out[k], np.linalg.svd(W[k], compute_uv=False), rtol=1e-7)

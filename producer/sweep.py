@@ -221,7 +221,7 @@ def _fmt_values(values: dict[str, Any]) -> str:
 
 
 def execute_point(config: dict[str, Any], run_id: str, root: str, storage_options: dict | None = None,
-                  summarize: bool = True) -> dict[str, Any]:
+                  summarize: bool = True, parent_pid: int | None = None) -> dict[str, Any]:
     """Produce, resume or skip one run, then summarize it. Runs in a worker; returns a table row.
 
     ``action``: ``produced`` (new run), ``resumed`` (an unfinished run continued from its last
@@ -236,6 +236,8 @@ def execute_point(config: dict[str, Any], run_id: str, root: str, storage_option
     store_root = StoreRoot(root, storage_options)
     started = time.perf_counter()
     row: dict[str, Any] = {"run_id": run_id, "action": "", "status": "", "error": None}
+    if parent_pid is not None and os.getppid() != parent_pid:
+        return {**row, "action": "abandoned", "status": "not started", "seconds": 0.0}
     try:
         if store_root.exists(run_id):
             attrs = store_root.read_attrs(run_id)
@@ -318,7 +320,7 @@ def run_points(
         with cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
             futures = {
                 pool.submit(execute_point, _with_threads(p.config, threads), p.run_id, location, storage_options,
-                            summarize): p for p in points
+                            summarize, os.getpid()): p for p in points
             }
             for done, future in enumerate(cf.as_completed(futures), 1):
                 point = futures[future]

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import trajscope
 from trajscope.api import routes_analysis, routes_dashboard, routes_plots, routes_runs, routes_vars, routes_zarr
-from trajscope.api.state import DEFAULT_CACHE_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ApiState, ByteLRU
+from trajscope.api.state import DEFAULT_ATTRS_TTL, DEFAULT_CACHE_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ApiState, ByteLRU
 from trajscope.store import RunNotFound, StoreRoot, UserError
 
 log = logging.getLogger("trajscope.api")
@@ -36,12 +36,14 @@ def create_app(
     *,
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
+    attrs_ttl: float = DEFAULT_ATTRS_TTL,
 ) -> FastAPI:
     """The trajscope HTTP API over the store ``root`` (a directory or fsspec URL).
 
     ``token`` enables ``DELETE /api/runs/{run_id}`` for requests that present it as a bearer token;
     without it the API is read-only. ``max_response_bytes`` caps slices and analysis results (413
-    beyond); ``cache_bytes`` bounds the cache of slices, analyses and figures.
+    beyond); ``cache_bytes`` bounds the cache of slices, analyses and figures; ``attrs_ttl`` is the
+    longest a run's root attributes (its ``committed_steps``) are reused before they are read again.
     """
     store_root = root if isinstance(root, StoreRoot) else StoreRoot(root)
     app = FastAPI(
@@ -50,7 +52,7 @@ def create_app(
         description="Runs, slices, analyses, figures and the raw Zarr store of recorded training trajectories.",
     )
     app.state.trajscope = ApiState(store_root, token=token or None, max_response_bytes=max_response_bytes,
-                                   responses=ByteLRU(cache_bytes))
+                                   responses=ByteLRU(cache_bytes), attrs_ttl=attrs_ttl)
 
     @app.exception_handler(RunNotFound)
     async def _not_found(request: Request, exc: RunNotFound) -> JSONResponse:

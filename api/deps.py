@@ -1,4 +1,8 @@
-"""FastAPI dependencies: the app state and a run (validated id, fresh attributes, cached dataset)."""
+"""FastAPI dependencies: the app state and a run (validated id, attributes, cached dataset).
+
+Both are ``async``: a request whose run attributes are cached (see :meth:`ApiState.cached_attrs`)
+resolves its run on the event loop without a thread-pool hop; otherwise the read goes to a thread.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,14 @@ from typing import Annotated, Any
 
 import xarray as xr
 from fastapi import Depends, Path, Request
+from starlette.concurrency import run_in_threadpool
 
 from trajscope.api.state import ApiState
 from trajscope.store import COMMITTED, RunNotFound, UserError, validate_run_id
 from trajscope.store.snapshot import inside_root
 
 
-def get_state(request: Request) -> ApiState:
+async def get_state(request: Request) -> ApiState:
     """The :class:`ApiState` of the app serving ``request``."""
     return request.app.state.trajscope
 
@@ -23,7 +28,8 @@ State = Annotated[ApiState, Depends(get_state)]
 
 @dataclass
 class Run:
-    """A run as one request sees it: the attributes read once, fresh, at the start of the request."""
+    """A run as one request sees it: the attributes taken once at the start of the request (read
+    fresh, or cached as :meth:`ApiState.cached_attrs` allows)."""
 
     run_id: str
     attrs: dict[str, Any]
@@ -51,12 +57,12 @@ class Run:
 
 
 def load_run(state: ApiState, run_id: str) -> Run:
-    """Validate ``run_id`` and read its attributes (404 when there is no such run)."""
+    """Validate ``run_id`` and read its attributes now (404 when there is no such run)."""
     validate_run_id(run_id)
     if not inside_root(state.root, run_id):
         raise RunNotFound(f"run {run_id!r} resolves outside the served root; it is not served")
     try:
-        attrs = state.root.read_attrs(run_id)
+        attrs = state.read_attrs(run_id)
     except RunNotFound:
         raise RunNotFound(f"no run {run_id!r} under the served root: GET /api/runs lists the runs") from None
     except ValueError as err:  # unreadable JSON
@@ -64,8 +70,13 @@ def load_run(state: ApiState, run_id: str) -> Run:
     return Run(run_id, attrs, state)
 
 
-def get_run(state: State, run_id: Annotated[str, Path(description="run id, as listed by GET /api/runs")]) -> Run:
-    return load_run(state, run_id)
+async def get_run(state: State,
+                  run_id: Annotated[str, Path(description="run id, as listed by GET /api/runs")]) -> Run:
+    validate_run_id(run_id)
+    attrs = state.cached_attrs(run_id)
+    if attrs is not None:
+        return Run(run_id, attrs, state)
+    return await run_in_threadpool(load_run, state, run_id)
 
 
 RunDep = Annotated[Run, Depends(get_run)]

@@ -8,6 +8,7 @@ plain ``bool``/``int``/``float``/``str`` become query parameters of its endpoint
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from typing import Any, Callable, Mapping
@@ -49,6 +50,14 @@ def lookup(registry: Mapping[str, Callable], name: str, what: str, run_id: str) 
 
 def options(fn: Callable) -> dict[str, Any]:
     """Extra simple keyword parameters of ``fn`` and their defaults."""
+    try:
+        return dict(_options(fn))
+    except TypeError:  # an unhashable callable
+        return _options.__wrapped__(fn)
+
+
+@functools.lru_cache(maxsize=512)
+def _options(fn: Callable) -> dict[str, Any]:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):

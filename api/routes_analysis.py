@@ -7,6 +7,7 @@ from typing import Annotated, Any, Callable
 
 import xarray as xr
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from trajscope.api import registry, selectors
 from trajscope.api.deps import Run, RunDep, State
@@ -69,7 +70,7 @@ def list_quantities(run: RunDep) -> dict[str, Any]:
 
 
 @router.get("/{quantity}", response_model=AnalysisResult, summary="One analysis quantity (JSON)")
-def quantity_result(
+async def quantity_result(
     run: RunDep,
     state: State,
     quantity: str,
@@ -92,7 +93,10 @@ def quantity_result(
                       "params": jsonable({"step": None if sl is None else [sl.start, sl.stop, sl.step], **kwargs}),
                       "result": jsonable(result)})
 
-    body, hit = state.responses.get_or_build(key, build, len)
+    body = state.responses.get(key)  # a hit is answered on the event loop
+    hit = body is not None
+    if not hit:
+        body, hit = await run_in_threadpool(state.responses.get_or_build, key, build, len)
     return Response(body, media_type="application/json", headers={"X-Trajscope-Cache": "hit" if hit else "miss"})
 
 

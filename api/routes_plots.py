@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Callable
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from trajscope.api import registry
 from trajscope.api.deps import Run, RunDep, State
@@ -52,11 +53,15 @@ def render(figure: Any, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+def _key(run: Run, kind: str, fmt: str, sl: slice | None, kwargs: dict[str, Any]) -> tuple:
+    return run.cache_key("plot", kind, fmt, str(sl), tuple(sorted(kwargs.items())))
+
+
 def figure(run: Run, state: ApiState, kind: str, fn: Callable, fmt: str, sl: slice | None,
            kwargs: dict[str, Any]) -> tuple[bytes, bool]:
     """The figure's bytes and whether they came from the cache; failures are cached too (same run
     version), so a figure that cannot be drawn for a run is not recomputed on every request."""
-    key = run.cache_key("plot", kind, fmt, str(sl), tuple(sorted(kwargs.items())))
+    key = _key(run, kind, fmt, sl, kwargs)
 
     def build() -> tuple[int, bytes | str]:
         try:
@@ -105,7 +110,7 @@ def list_plots(
 
 @router.get("/{filename}", summary="One figure, as KIND.png or KIND.svg",
             responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}}})
-def plot(
+async def plot(
     run: RunDep,
     state: State,
     filename: str,
@@ -119,6 +124,11 @@ def plot(
     fn = _lookup(registry.plot_kinds(), kind, "figure kind", run.run_id)
     extra = {k: v for k, v in request.query_params.items() if k != "step"}
     kwargs = registry.bind(fn, extra, f"figure {kind!r}")
-    body, hit = figure(run, state, kind, fn, fmt, step_slice(step), kwargs)
+    sl = step_slice(step)
+    cached = state.responses.get(_key(run, kind, fmt, sl, kwargs))  # a hit is answered on the event loop
+    if cached is not None and cached[0] == 200:
+        body, hit = cached[1], True
+    else:
+        body, hit = await run_in_threadpool(figure, run, state, kind, fn, fmt, sl, kwargs)
     return Response(body, media_type=FORMATS[fmt],
                     headers={"X-Trajscope-Cache": "hit" if hit else "miss", "Cache-Control": "no-cache"})

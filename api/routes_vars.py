@@ -6,10 +6,12 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Response
+from starlette.concurrency import run_in_threadpool
 
 from trajscope.api import selectors
-from trajscope.api.deps import RunDep, State
+from trajscope.api.deps import Run, RunDep, State
 from trajscope.api.models import ErrorBody, VarSlice
+from trajscope.api.state import ApiState
 from trajscope.api.serialize import JSON_BYTES_PER_VALUE, array_values, dumps, npy_bytes
 from trajscope.store import UserError
 
@@ -35,7 +37,7 @@ def _human(n: float) -> str:
     responses={200: {"content": {"application/x-npy": {}}}, 400: {"model": ErrorBody}, 404: {"model": ErrorBody},
                413: {"model": ErrorBody}},
 )
-def var_slice(
+async def var_slice(
     run: RunDep,
     state: State,
     name: str,
@@ -52,10 +54,16 @@ def var_slice(
     raw = {"step": step, "neuron": neuron, "sample": sample, "feature": feature}
     key = run.cache_key("var", name, format, tuple(sorted((k, v) for k, v in raw.items() if v)))
     media = "application/json" if format == "json" else "application/x-npy"
-    cached = state.responses.get(key)
+    cached = state.responses.get(key)  # a hit is answered on the event loop, with the bytes of the miss
     if cached is not None:
         return Response(cached[0], media_type=media, headers={**cached[1], "X-Trajscope-Cache": "hit"})
+    body, headers = await run_in_threadpool(_build, run, state, name, raw, format, key)
+    return Response(body, media_type=media, headers={**headers, "X-Trajscope-Cache": "miss"})
 
+
+def _build(run: Run, state: ApiState, name: str, raw: dict[str, str | None], format: str,
+           key: tuple) -> tuple[bytes, dict[str, str]]:
+    """Read, shape and cache the slice (in a worker thread)."""
     ds = run.dataset()
     if name not in ds.variables:
         raise HTTPException(404, f"run {run.run_id!r} has no variable {name!r}: variables are "
@@ -104,4 +112,4 @@ def var_slice(
                       "shape": list(values.shape), "dtype": str(values.dtype), "coords": coords,
                       "values": array_values(values)})
     state.responses.put(key, (body, headers), len(body))
-    return Response(body, media_type=media, headers={**headers, "X-Trajscope-Cache": "miss"})
+    return body, headers

@@ -1,13 +1,22 @@
-"""What the app holds between requests: the store root, the limits, and two bounded caches.
+"""What the app holds between requests: the store root, the limits, and three bounded caches.
 
-Every cache key starts with the run's *version* — ``(run_id, status, committed_steps, updated)`` read
-fresh from the root attributes on each request — so a live run that commits more steps gets fresh
-results, while a finished run's datasets, slices, analyses and plots are computed once.
+Every cache key starts with the run's *version* — ``(run_id, status, committed_steps, updated)`` from
+the run's root attributes — so a live run that commits more steps gets fresh results, while a finished
+run's datasets, slices, analyses and plots are computed once.
+
+The root attributes themselves are cached per run for at most :data:`DEFAULT_ATTRS_TTL` seconds
+(:meth:`ApiState.cached_attrs`). On a local root every request also ``stat``-checks the run's ``zarr.json``
+(a few microseconds) and re-reads it as soon as the writer has replaced it, so a commit is seen at
+once; the TTL bounds the staleness everywhere else (object stores, or a replacement the ``stat`` cannot
+tell apart). Either way a response never shows more than ``committed_steps`` as read, and never a
+snapshot older than the TTL.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
@@ -18,6 +27,8 @@ from trajscope.store import StoreRoot, open_run
 
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 2**20
 DEFAULT_CACHE_BYTES = 256 * 2**20
+#: seconds the root attributes of a run are reused before they are read again (see the module doc)
+DEFAULT_ATTRS_TTL = 0.25
 
 
 class ByteLRU:
@@ -87,6 +98,57 @@ class ApiState:
     _datasets: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     max_datasets: int = 32
+    attrs_ttl: float = DEFAULT_ATTRS_TTL
+    _attrs: OrderedDict = field(default_factory=OrderedDict)
+    max_attrs: int = 1024
+
+    def _stamp(self, run_id: str) -> tuple | None:
+        """Identity of a local run's ``zarr.json`` (inode, mtime, size); ``None`` for remote roots.
+
+        :class:`FileNotFoundError` when it is gone."""
+        if not self.root.is_local:
+            return None
+        st = os.stat(os.path.join(self.root.run_url(run_id), "zarr.json"))
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def cached_attrs(self, run_id: str) -> dict[str, Any] | None:
+        """The run's root attributes if read less than :attr:`attrs_ttl` seconds ago and (local roots)
+        its ``zarr.json`` is unchanged since; ``None`` means: read them with :meth:`read_attrs`.
+
+        Never does remote I/O, so it is safe on the event loop. ``run_id`` must be validated."""
+        entry = self._attrs.get(run_id)
+        if entry is None:
+            return None
+        attrs, read_at, stamp = entry
+        if time.monotonic() - read_at >= self.attrs_ttl:
+            return None
+        if stamp is not None:
+            try:
+                if self._stamp(run_id) != stamp:
+                    return None
+            except OSError:
+                self._attrs.pop(run_id, None)
+                return None
+        return attrs
+
+    def read_attrs(self, run_id: str) -> dict[str, Any]:
+        """Read the run's root attributes now (and remember them for :meth:`cached_attrs`).
+
+        :class:`RunNotFound` when there is no such run. The caller has checked that ``run_id`` is
+        valid and inside the root (:func:`trajscope.api.deps.load_run`)."""
+        read_at = time.monotonic()  # before the read: the entry can only look older than it is
+        try:
+            stamp = self._stamp(run_id)  # before the read: a replacement after it changes the stamp
+        except OSError:
+            stamp = None
+        attrs = self.root.read_attrs(run_id)
+        if stamp is not None or not self.root.is_local:
+            with self._lock:
+                self._attrs[run_id] = (attrs, read_at, stamp)
+                self._attrs.move_to_end(run_id)
+                while len(self._attrs) > self.max_attrs:
+                    self._attrs.popitem(last=False)
+        return attrs
 
     def dataset(self, run_id: str, version: tuple) -> xr.Dataset:
         """The lazy dataset of a run at ``version`` (opened once per version)."""
@@ -110,7 +172,8 @@ class ApiState:
         return ds
 
     def forget(self, run_id: str) -> None:
-        """Drop the cached datasets of a run (after it is deleted)."""
+        """Drop the cached attributes and datasets of a run (after it is deleted)."""
         with self._lock:
+            self._attrs.pop(run_id, None)
             for key in [k for k in self._datasets if k[0] == run_id]:
                 del self._datasets[key]

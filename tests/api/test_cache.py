@@ -1,0 +1,113 @@
+"""The cache-hit fast path: hits answer the bytes of the miss, and a live run is never served a snapshot
+older than the documented interval (a commit on a local root is seen at once)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from trajscope.api.state import DEFAULT_ATTRS_TTL, ApiState
+from trajscope.store import RunWriter, StoreRoot, two_layer_variables
+
+from .conftest import make_run, serving
+
+H, D, N, T = 3, 2, 4, 4
+
+
+@pytest.mark.parametrize("url", [
+    "/api/runs/done/vars/W?step=0:15&neuron=1:3&format=json",
+    "/api/runs/done/vars/v?step=8:23:2&format=npy",
+    "/api/runs/done/analysis/stable_rank?step=0:30:2",
+    "/api/runs/done/plots/loss.png?step=0:17",
+])
+def test_a_cache_hit_answers_the_bytes_and_headers_of_the_miss(tmp_path, url):
+    root = StoreRoot(tmp_path)
+    make_run(root, "done", steps=40, chunk_steps=8)
+    with serving(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        miss, hit, again = c.get(url), c.get(url), c.get(url)
+    assert miss.status_code == hit.status_code == again.status_code == 200, miss.text
+    assert miss.headers["x-trajscope-cache"] == "miss"
+    assert hit.headers["x-trajscope-cache"] == again.headers["x-trajscope-cache"] == "hit"
+    assert hit.content == miss.content == again.content
+    drop = {"x-trajscope-cache", "date"}
+    assert {k: v for k, v in hit.headers.items() if k not in drop} == {
+        k: v for k, v in miss.headers.items() if k not in drop}
+
+
+def _writer(root: StoreRoot, rng) -> RunWriter:
+    return RunWriter.create(root, "live", variables=two_layer_variables(), sizes={"neuron": H, "feature": D,
+                            "sample": N}, capacity=4 * T, static={"X": rng.normal(size=(N, D)),
+                            "y": np.where(np.arange(N) % 2, 1, -1)}, chunk_bytes=H * D * 4 * T,
+                            attrs={"config": {"seed": 0}})
+
+
+def _block(rng, start: int) -> dict[str, np.ndarray]:
+    return {"W": rng.normal(size=(T, H, D)).astype(np.float32), "v": rng.normal(size=(T, H)).astype(np.float32),
+            "loss": np.ones(T), "output": rng.normal(size=(T, N)).astype(np.float32),
+            "step": np.arange(start, start + T), "t": np.arange(start, start + T) * 1e-3}
+
+
+def test_a_commit_to_a_live_run_is_served_at_once_on_a_local_root(tmp_path):
+    root, rng = StoreRoot(tmp_path), np.random.default_rng(0)
+    writer = _writer(root, rng)
+    written = []
+    with serving(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        for k in range(4):
+            block = _block(rng, k * T)
+            written.append(block["W"])
+            writer.write_block(k * T, block)
+            writer.commit((k + 1) * T)
+            # asked right away, twice (the second from the cache): the new steps are there
+            for _ in range(2):
+                r = c.get("/api/runs/live/vars/W?format=json")
+                assert r.status_code == 200, r.text
+                assert r.headers["x-trajscope-committed-steps"] == str((k + 1) * T)
+                np.testing.assert_array_equal(np.asarray(r.json()["values"], dtype=np.float32),
+                                              np.concatenate(written))
+                assert c.get("/api/runs/live").json()["committed_steps"] == (k + 1) * T
+        writer.finish("complete")
+        assert c.get("/api/runs/live").json()["status"] == "complete"
+
+
+def test_a_live_run_is_never_staler_than_the_documented_interval(tmp_path, monkeypatch):
+    """Where a replacement of ``zarr.json`` cannot be told by its ``stat`` (object stores, coarse
+    timestamps), the attributes are still read again after ``attrs_ttl`` seconds."""
+    monkeypatch.setattr(ApiState, "_stamp", lambda self, run_id: ("blind",))
+    root, rng = StoreRoot(tmp_path), np.random.default_rng(1)
+    writer = _writer(root, rng)
+    writer.write_block(0, _block(rng, 0))
+    writer.commit(T)
+    ttl = 0.5
+    with serving(root, attrs_ttl=ttl) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        assert c.get("/api/runs/live/vars/v").headers["x-trajscope-committed-steps"] == str(T)
+        writer.write_block(T, _block(rng, T))
+        writer.commit(2 * T)
+        committed = time.monotonic()
+        seen = None
+        while seen != str(2 * T):
+            r = c.get("/api/runs/live/vars/v")
+            assert r.status_code == 200, r.text
+            seen = r.headers["x-trajscope-committed-steps"]
+            assert seen in (str(T), str(2 * T))
+            assert time.monotonic() - committed < ttl + 0.5, "a stale snapshot outlived attrs_ttl"
+        r = c.get(f"/api/runs/live/vars/v?step=0:{2 * T - 1}&format=npy")
+        assert r.status_code == 200 and r.headers["x-trajscope-shape"] == f"{2 * T},{H}"
+    writer.finish("complete")
+
+
+def test_the_documented_interval_is_a_quarter_second():
+    assert DEFAULT_ATTRS_TTL == 0.25
+
+
+def test_a_deleted_run_is_gone_at_once(tmp_path):
+    root = StoreRoot(tmp_path)
+    make_run(root, "gone", steps=8, chunk_steps=8)
+    with serving(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        url = "/api/runs/gone/vars/loss"
+        assert c.get(url).status_code == 200 and c.get(url).headers["x-trajscope-cache"] == "hit"
+        root.delete("gone")  # by another process: the server is not told
+        r = c.get(url)
+        assert r.status_code == 404 and "gone" in r.json()["detail"]

@@ -85,6 +85,9 @@ class Recorder:
         Where the training tensors live.
     start_index
         First recorded index to write (``committed_steps`` when resuming).
+    columns
+        Time-varying variables known in advance (e.g. ``step`` and ``t`` from the recording schedule),
+        as full arrays indexed by recorded index: the writer takes their slices, the loop copies nothing.
     preload
         When resuming inside a chunk: the committed rows ``chunk_start:start_index`` of that chunk, so
         the chunk is rewritten whole.
@@ -103,6 +106,7 @@ class Recorder:
         device: torch.device,
         *,
         start_index: int = 0,
+        columns: Mapping[str, np.ndarray] | None = None,
         preload: Mapping[str, np.ndarray] | None = None,
         buffers: int = 3,
         staging: HostStaging | None = None,
@@ -113,6 +117,7 @@ class Recorder:
         self.staging = staging or (CudaStaging(device) if device.type == "cuda" else HostStaging())
         self.committed = start_index
         self.index = start_index
+        self.columns = dict(columns or {})
         self._slots = [self._make_slot(shapes, dtypes) for _ in range(buffers)]
         self._free: queue.Queue[int] = queue.Queue()
         for i in range(buffers):
@@ -125,6 +130,8 @@ class Recorder:
         if preload is not None and start_index % self.chunk:
             slot = self._slots[self._begin_chunk()]
             for name, rows in preload.items():
+                if name in self.columns:
+                    continue
                 slot.device[name][: len(rows)].copy_(torch.from_numpy(np.asarray(rows)))
 
     def _make_slot(self, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, torch.dtype]) -> _Slot:
@@ -208,6 +215,7 @@ class Recorder:
     def _write_slot(self, slot: _Slot) -> None:
         self.staging.wait(slot)
         values = {name: tensor[: slot.count].numpy() for name, tensor in slot.host.items()}
+        values.update({name: column[slot.start : slot.start + slot.count] for name, column in self.columns.items()})
         self.writer.write_block(slot.start, values)
         self.committed = slot.start + slot.count
         self.writer.commit(self.committed)

@@ -225,15 +225,16 @@ def _train(
     h, dim, n = cfg.model.width, X.shape[1], X.shape[0]
     model = TwoLayerReLU(torch.from_numpy(X).to(device), torch.from_numpy(y.astype(X.dtype)).to(device), cfg.loss)
     state = State(W=state.W.to(device=device, dtype=dtype), v=state.v.to(device=device, dtype=dtype))
-    shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,), "step": (), "t": ()}
-    dtypes = {"W": dtype, "v": dtype, "loss": torch.float64, "output": dtype, "step": torch.int64, "t": torch.float64}
+    shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)}
+    dtypes = {"W": dtype, "v": dtype, "loss": torch.float64, "output": dtype}
+    columns = {"step": schedule, "t": schedule * cfg.train.lr}  # known in advance: nothing to copy per step
     lr, batch = cfg.train.lr, cfg.train.batch_size
     index = start_index
     # a fresh run records its initial state; a resumed one already holds the state it restarts from
     step = int(schedule[index - 1]) if index > 0 else 0
     status, error, loss, started = "complete", None, None, time.perf_counter()
     last_report = 0.0
-    recorder = Recorder(writer, shapes, dtypes, device, start_index=start_index, preload=preload,
+    recorder = Recorder(writer, shapes, dtypes, device, start_index=start_index, columns=columns, preload=preload,
                         buffers=cfg.record.buffers)
     try:
         with _sigterm_as_interrupt():
@@ -242,7 +243,7 @@ def _train(
                                                     (index < len(schedule) and schedule[index] == step)) else (None, None)
                 if index < len(schedule) and schedule[index] == step:
                     loss = model.loss_value(out)
-                    recorder.record(W=state.W, v=state.v, loss=loss, output=out, step=step, t=step * lr)
+                    recorder.record(W=state.W, v=state.v, loss=loss, output=out)
                     index += 1
                     if cfg.train.stop_loss is not None and float(loss) <= cfg.train.stop_loss:
                         break

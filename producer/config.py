@@ -203,16 +203,21 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
     """Apply ``--set`` items to a raw config dict (before validation)."""
     for item in overrides or []:
         path, value = parse_override(item)
-        node = raw
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise UserError(f"bad --set {item!r}: {part!r} is not a section")
-            node = child
-        node[path[-1]] = value
+        set_dotted(raw, path, value, label=f"bad --set {item!r}")
     return raw
+
+
+def set_dotted(raw: dict[str, Any], path: list[str], value: Any, *, label: str) -> None:
+    """``raw[a][b] = value`` for ``path = ["a", "b"]``, creating sections; a value in the way is an error."""
+    node = raw
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"{label}: {part!r} is not a section")
+        node = child
+    node[path[-1]] = value
 
 
 def load_config(

@@ -43,7 +43,7 @@ from typing import Any, Callable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trajscope.producer.config import RunConfig, load_config
+from trajscope.producer.config import RunConfig, load_config, set_dotted
 from trajscope.store.errors import RunLocked, UserError
 
 HASH_EXCLUDE = {("name",), ("train", "threads"), ("train", "device")}
@@ -124,15 +124,7 @@ def set_path(raw: dict[str, Any], dotted: str, value: Any, *, where: str = "") -
     parts = [p for p in dotted.split(".") if p]
     if not parts:
         raise UserError(f"sweep {where}: empty field name")
-    node = raw
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise UserError(f"sweep {where}: {dotted!r}: {part!r} is a value, not a section")
-        node = child
-    node[parts[-1]] = copy.deepcopy(value)
+    set_dotted(raw, parts, copy.deepcopy(value), label=f"sweep {where}: {dotted!r}")
 
 
 def _base_raw(spec: SweepSpec, folder: Path | None) -> dict[str, Any]:

@@ -220,6 +220,21 @@ def set_dotted(raw: dict[str, Any], path: list[str], value: Any, *, label: str) 
     node[path[-1]] = value
 
 
+def read_yaml_mapping(path: Path, what: str, *, example: str, shape: str) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; one-line :class:`UserError` otherwise (empty file: ``{}``)."""
+    if not path.is_file():
+        raise UserError(f"{what} {path} not found: pass a YAML file, e.g. {example}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{what} {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{what} {path} must hold {shape}")
+    return raw
+
+
 def load_config(
     source: str | os.PathLike | dict[str, Any] | RunConfig | None = None,
     overrides: list[str] | None = None,
@@ -237,16 +252,8 @@ def load_config(
     else:
         path = Path(source)
         label = str(path)
-        if not path.is_file():
-            raise UserError(f"config file {path} not found: pass a YAML file, e.g. configs/quickstart.yaml")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise UserError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"config file {path} must hold a mapping of sections (data, model, train...)")
+        raw = read_yaml_mapping(path, "config file", example="configs/quickstart.yaml",
+                                shape="a mapping of sections (data, model, train...)")
     raw = apply_overrides(raw, overrides)
     try:
         return RunConfig.model_validate(raw)

@@ -40,10 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trajscope.producer.config import RunConfig, load_config, set_dotted
+from trajscope.producer.config import RunConfig, load_config, read_yaml_mapping, set_dotted
 from trajscope.store.errors import RunLocked, UserError
 
 HASH_EXCLUDE = {("name",), ("train", "threads"), ("train", "device")}
@@ -99,16 +98,8 @@ def load_sweep(source: str | os.PathLike | dict[str, Any]) -> tuple[SweepSpec, P
     else:
         path = Path(source)
         label, folder = str(path), path.resolve().parent
-        if not path.is_file():
-            raise UserError(f"sweep spec {path} not found: pass a YAML file, e.g. configs/sweeps/alignment_time.yaml")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise UserError(f"sweep spec {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"sweep spec {path} must be a mapping with name, base and grid (or points)")
+        raw = read_yaml_mapping(path, "sweep spec", example="configs/sweeps/alignment_time.yaml",
+                                shape="a mapping with name, base and grid (or points)")
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as err:

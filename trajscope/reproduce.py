@@ -364,7 +364,7 @@ def _claims(exps: dict[str, Experiment], tables, extra) -> list[dict[str, str]]:
             "alignment while the loss stays flat, then the decrease (both layers); with v = ±1 fixed the loss "
             "falls at once, before the neurons align",
             f"both layers: aligned (mean cos ≥ {ALIGN_LEVEL}) at step {_fmt(a5)}, loss 5 % down at step {_fmt(t5)}; "
-            f"W only: aligned at step {_fmt(aw) if not math.isnan(aw) else 'never'}, loss 5 % down at step {_fmt(tw)}",
+            f"W only: {'aligned at step ' + _fmt(aw) if not math.isnan(aw) else 'never aligned'}, loss 5 % down at step {_fmt(tw)}",
             _yes(two5 and not twow))
     else:
         add("Two phases when both layers train, none when only W trains", "present / absent",

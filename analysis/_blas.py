@@ -1,7 +1,7 @@
 """Run chunk kernels with a single-threaded BLAS.
 
 Dask already runs one kernel per core; a multi-threaded OpenBLAS inside each kernel oversubscribes the
-cores, and on small matrices (``eigvalsh`` of ``h × h``) its thread hand-offs make LAPACK ~10× slower.
+cores, and on small matrices (``eigvalsh`` of ``h × h``) its thread hand-offs make LAPACK many times slower.
 :func:`single_threaded` sets the OpenBLAS thread count to 1 while any kernel runs and restores it when
 the last one leaves. It does nothing when the BLAS is not an OpenBLAS it can find.
 """

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -195,12 +194,3 @@ def plot(ds: xr.Dataset, kind: str, step: StepSel = None, **kwargs) -> Figure:
         raise UserError(f"unknown plot kind {kind!r}: choose one of {', '.join(PLOT_KINDS)}")
     return PLOT_KINDS[kind](ds, step, **kwargs)
 
-
-def save(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` to ``path``; the suffix picks the format (``.png`` or ``.svg``)."""
-    path = Path(path)
-    fmt = path.suffix.lower().lstrip(".")
-    if fmt not in PLOT_FORMATS:
-        raise UserError(f"cannot write {path.name!r}: the output file must end in .png or .svg")
-    fig.savefig(path, format=fmt, dpi=120)
-    return path

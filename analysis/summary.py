@@ -136,8 +136,8 @@ DATA_ROWS: list[tuple[str, str]] = [
 ]
 
 
-def fmt(value: Any) -> str:
-    """Format a number for tables: 4 significant digits, integers plain, NaN as ``"—"``."""
+def fmt(value: Any, digits: int = 4) -> str:
+    """Format a number for tables: ``digits`` significant digits, integers plain, NaN as ``"—"``."""
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
     try:
@@ -148,7 +148,7 @@ def fmt(value: Any) -> str:
         return "—"
     if x.is_integer() and abs(x) < 1e15:
         return str(int(x))
-    return f"{x:.4g}"
+    return f"{x:.{digits}g}"
 
 
 def _theory_text(s: xr.Dataset, name: str) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Query
 
 from trajscope.api.deps import RunDep, State
-from trajscope.api.models import ErrorBody, RunDetail, RunList, RunSummary, VariableInfo
+from trajscope.api.models import ErrorBody, RunDetail, RunList, VariableInfo
 from trajscope.api.serialize import jsonable
 from trajscope.store import RunInfo, UserError, describe_run
 from trajscope.store.snapshot import inside_root

@@ -25,7 +25,7 @@ import torch
 from trajscope.producer import load_config, produce
 from trajscope.producer.data import build_dataset
 from trajscope.producer.model import TwoLayerReLU, initialize
-from trajscope.producer.train import gradient_step, resolve_device
+from trajscope.producer.train import cpu_threads, gradient_step
 
 REFERENCE = {
     "name": "bench",
@@ -44,8 +44,7 @@ def plain_loop(cfg, save=None) -> float:
     """
     start = time.perf_counter()
     X, y, _ = build_dataset(cfg)
-    device = resolve_device(cfg.train.device)
-    torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 2) - 1))
+    torch.set_num_threads(cpu_threads(cfg))
     torch.set_flush_denormal(cfg.train.flush_denormal)
     model = TwoLayerReLU(torch.from_numpy(X.astype(np.float32)), torch.from_numpy(y.astype(np.float32)), cfg.loss)
     state = initialize(cfg.init, cfg.model.width, X.shape[1], train_v=True, seed=cfg.seed, dtype=torch.float32)

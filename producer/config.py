@@ -122,7 +122,7 @@ class TrainConfig(_Strict):
 
     ``threads``: CPU threads for the training math (default: one core fewer than the machine has, so
     the writer thread keeps a core). ``flush_denormal``: flush float values below ~1e-38 to zero on the
-    CPU (shrinking neurons otherwise slow every matmul tenfold; the trajectory stays deterministic).
+    CPU (denormal weights of shrinking neurons make CPU matmuls much slower; the trajectory stays deterministic).
     """
 
     lr: float = Field(1e-3, gt=0.0)

@@ -187,6 +187,12 @@ def resume(
                   progress=progress)
 
 
+def cpu_threads(config: RunConfig) -> int:
+    """Training threads on the CPU: ``train.threads``, else one core fewer than the machine has
+    (the recorder's writer keeps a core)."""
+    return config.train.threads or max(1, (os.cpu_count() or 2) - 1)
+
+
 def minibatch_rows(seed: int, step: int, n: int, batch: int) -> np.ndarray:
     """Sample indices of the minibatch used at ``step``: a function of ``(seed, step)`` alone."""
     return np.random.default_rng([seed, step]).choice(n, size=batch, replace=False)
@@ -219,7 +225,7 @@ def _train(
     progress: ProgressCallback | None = None,
 ) -> RunResult:
     if device.type == "cpu":
-        torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 2) - 1))
+        torch.set_num_threads(cpu_threads(cfg))
         torch.set_flush_denormal(cfg.train.flush_denormal)
     dtype = TORCH_DTYPES[cfg.train.dtype]
     h, dim, n = cfg.model.width, X.shape[1], X.shape[0]
@@ -228,7 +234,7 @@ def _train(
     shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)}
     dtypes = {"W": dtype, "v": dtype, "loss": torch.float64, "output": dtype}
     columns = {"step": schedule, "t": schedule * cfg.train.lr}  # known in advance: nothing to copy per step
-    lr, batch = cfg.train.lr, cfg.train.batch_size
+    batch = cfg.train.batch_size
     index = start_index
     # a fresh run records its initial state; a resumed one already holds the state it restarts from
     step = int(schedule[index - 1]) if index > 0 else 0

@@ -163,19 +163,10 @@ class StoreRoot:
 
 def resolve_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | None = None) -> tuple[StoreRoot, str]:
     """Turn ``run`` (a run id under ``root``, or a path/URL ending in ``.zarr``) into ``(root, run_id)``."""
-    run = os.fspath(run)
-    if isinstance(root, StoreRoot):
-        store_root = root
-    else:
-        store_root = None
-    trimmed = run.rstrip("/")
+    trimmed = os.fspath(run).rstrip("/")
     if trimmed.endswith(RUN_SUFFIX):
         parent, _, name = trimmed.rpartition("/")
-        if not _is_url(trimmed) and os.sep != "/":  # pragma: no cover - windows
-            parent, name = os.path.split(trimmed)
-        if store_root is None:
-            store_root = StoreRoot(parent or ".", getattr(root, "storage_options", None))
+        store_root = StoreRoot(parent or ".", getattr(root, "storage_options", None))
         return store_root, validate_run_id(name[: -len(RUN_SUFFIX)])
-    if store_root is None:
-        store_root = StoreRoot(root)
-    return store_root, validate_run_id(run)
+    store_root = root if isinstance(root, StoreRoot) else StoreRoot(root)
+    return store_root, validate_run_id(trimmed)

@@ -138,17 +138,15 @@ def _alignment_onset(ds) -> float:
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
+    """Report numbers: :func:`trajscope.analysis.summary.fmt` with 3 digits, fit noise below 1e-12 as 0."""
+    from trajscope.analysis.summary import fmt
+
     try:
-        v = float(x)
+        if abs(float(x)) < 1e-12:
+            return "0"
     except (TypeError, ValueError):
-        return str(x)
-    if math.isnan(v):
-        return "—"
-    if abs(v) < 1e-12:
-        return "0"
-    if v.is_integer() and abs(v) < 1e9:
-        return str(int(v))
-    return f"{v:.{digits}g}"
+        pass
+    return fmt(x, digits)
 
 
 def _cell(text: Any) -> str:
@@ -237,7 +235,8 @@ def _extras(exps: list[Experiment], store_root) -> dict[str, dict[str, float]]:
 
 
 def _figures(exps, tables, store_root, folder: Path) -> list[tuple[str, str]]:
-    from trajscope.analysis.plots import PLOT_KINDS, save
+    from trajscope.analysis.plots import PLOT_KINDS
+    from trajscope.figures import save_figure as save
     from trajscope.analysis.sweep import plot_against_log_inv_eps, plot_t1_vs_scale
 
     made = []

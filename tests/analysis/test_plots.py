@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trajscope.analysis.plots import PLOT_KINDS, plot, save
+from trajscope.analysis.plots import PLOT_KINDS, plot
+from trajscope.figures import save_figure as save
 from trajscope.store import open_run
 from trajscope.store.errors import UserError
 

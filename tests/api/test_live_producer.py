@@ -8,7 +8,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 import xarray as xr
 
 from trajscope.store import StoreRoot, describe_run, open_run

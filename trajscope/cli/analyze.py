@@ -82,7 +82,8 @@ def register(app: typer.Typer) -> None:
         step: Optional[str] = typer.Option(None, "--step", help=STEP_HELP),
     ) -> None:
         """Draw one of the paper's figures for a run into a PNG or SVG file."""
-        from trajscope.analysis.plots import PLOT_FORMATS, PLOT_KINDS, plot, save
+        from trajscope.analysis.plots import PLOT_FORMATS, PLOT_KINDS, plot
+        from trajscope.figures import save_figure as save
 
         if kind not in PLOT_KINDS:
             raise UserError(f"unknown plot kind {kind!r}: choose one of {', '.join(PLOT_KINDS)}")

@@ -1,0 +1,20 @@
+"""Writing figures to files (the I/O that ``analysis``, pure xarray → figures, does not do)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from trajscope.analysis.plots import PLOT_FORMATS
+from trajscope.store.errors import UserError
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` to ``path``; the suffix picks the format (``.png`` or ``.svg``)."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in PLOT_FORMATS:
+        raise UserError(f"cannot write {path.name!r}: the output file must end in .png or .svg")
+    fig.savefig(path, format=fmt, dpi=120)
+    return path

@@ -1,0 +1,52 @@
+"""Named points of the commit protocol, where a test can stop the writer (fault injection).
+
+The writer calls :func:`checkpoint` at each named step of create, write, commit, finish and resume.
+Normally it does nothing. With ``TRAJSCOPE_FAULT=POINT[:ACTION[:N]]`` in the environment the writer
+stops at the ``N``-th time (default 1) it reaches ``POINT``: ``kill`` (default) sends itself SIGKILL, as a
+crash or power cut would; ``raise`` raises :class:`InjectedFault`, as an exception inside the writer
+would. The crash tests visit every point of :data:`POINTS`; a random-time kill would miss short windows.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "TRAJSCOPE_FAULT"
+
+#: every named point, in protocol order (tests iterate over this tuple)
+POINTS: tuple[str, ...] = (
+    "create.locked",  # the writer lock is held, nothing written yet
+    "create.arrays",  # the arrays and static data exist, the root attributes do not
+    "create.attrs",  # the root attributes are written (status running, 0 committed)
+    "write.chunk",  # one chunk's data is written, not yet committed
+    "commit.attrs",  # the root attributes raising committed_steps are written
+    "finish.shrunk",  # arrays shrunk to the committed length, status still running
+    "finish.status",  # final status written, metadata not yet consolidated
+    "finish.consolidated",  # consolidated metadata written, lock not yet released
+    "resume.reopened",  # status set back to running by resume
+    "resume.regrown",  # arrays grown back to capacity by resume
+)
+
+_hits: dict[str, int] = {}
+
+
+class InjectedFault(RuntimeError):
+    """Raised at a fault point when ``TRAJSCOPE_FAULT`` asks for ``raise``."""
+
+
+def checkpoint(name: str) -> None:
+    """Mark that the writer reached the named point; stop here if ``TRAJSCOPE_FAULT`` says so."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    point, _, rest = spec.partition(":")
+    if point != name:
+        return
+    action, _, nth = rest.partition(":")
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] < int(nth or 1):
+        return
+    if action in ("", "kill"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise InjectedFault(f"injected fault at {name}")

@@ -15,8 +15,14 @@ name       dims                        dtype     meaning
 ``t``      (step,)                     float64   coordinate: gradient-flow time ``step * lr``
 =========  ==========================  ========  ==============================================
 
-Every time-varying array shares one time chunk length (:func:`chunk_steps_for`); every chunk carries
-a crc32c checksum; only codecs that plain zarr-python decodes are used.
+Chunking (:func:`chunk_plan`): the largest time-varying variable (``W``) has chunks of ``chunk_steps``
+states, about ``record.chunk_mib`` each (at least :data:`MIN_LARGE_CHUNK_STEPS` states for large states,
+while a chunk stays under :data:`MAX_CHUNK_FILE_BYTES`; a single state above that is also split along its
+second dimension). ``chunk_steps`` is the commit unit. Small per-step variables (``v``, ``loss``,
+``output``, ``step``, ``t``: a ``chunk_steps`` chunk under :data:`SMALL_CHUNK_BYTES`) have longer time
+chunks, a multiple of ``chunk_steps`` of about :data:`SMALL_CHUNK_BYTES`, so they cost a few files per
+run instead of one per ``W`` chunk. Every chunk carries a crc32c checksum; only codecs that plain
+zarr-python decodes are used, so ``xr.open_zarr`` reads every layout.
 """
 
 from __future__ import annotations
@@ -43,6 +49,13 @@ TARGET_CHUNK_BYTES = 8 * 2**20
 MAX_CHUNK_STEPS = 1024
 
 COMPRESSORS = ("none", "zstd")
+
+#: chunk policy (:func:`chunk_plan`): the largest chunk file, the minimum states per chunk of a large
+#: state, the size of a small variable's chunk and the longest time chunk of a small variable
+MAX_CHUNK_FILE_BYTES = 64 * 2**20
+MIN_LARGE_CHUNK_STEPS = 4
+SMALL_CHUNK_BYTES = 2**20
+MAX_SMALL_CHUNK_STEPS = 8192
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,48 @@ def chunk_steps_for(bytes_per_step: int, target_bytes: int = TARGET_CHUNK_BYTES)
     ``T = clip(target_bytes // bytes_per_step, 1, MAX_CHUNK_STEPS)``.
     """
     return int(np.clip(target_bytes // max(int(bytes_per_step), 1), 1, MAX_CHUNK_STEPS))
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Chunk shapes of a run's time-varying variables and the commit unit ``chunk_steps``."""
+
+    chunk_steps: int
+    chunks: dict[str, tuple[int, ...]]
+
+
+def chunk_plan(step_shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], capacity: int,
+               target_bytes: int = TARGET_CHUNK_BYTES) -> ChunkPlan:
+    """Chunk shapes for time-varying variables with per-step shapes ``step_shapes``.
+
+    With ``B_v`` the bytes of one state of variable ``v`` and ``B = max_v B_v``:
+
+    - ``T = chunk_steps_for(B, target_bytes)``, raised to ``min(MIN_LARGE_CHUNK_STEPS,
+      MAX_CHUNK_FILE_BYTES // B)`` when that is larger (large states get larger files);
+    - the largest variable, and any with ``T · B_v >= SMALL_CHUNK_BYTES``, has chunks ``(T, *shape)``; if one state is above
+      ``MAX_CHUNK_FILE_BYTES`` its second dimension is split into ``max(1, MAX_CHUNK_FILE_BYTES // (T · row))``
+      rows per chunk (``row`` = bytes of one index of that dimension);
+    - a smaller variable has chunks ``(k T, *shape)`` with
+      ``k = clip(SMALL_CHUNK_BYTES // (T · B_v), 1, MAX_SMALL_CHUNK_STEPS // T)``, and ``k T`` at most
+      ``ceil(capacity / T) · T``.
+    """
+    sizes = {n: int(np.prod(s, dtype=np.int64)) * np.dtype(dtypes[n]).itemsize for n, s in step_shapes.items()}
+    largest = max(sizes.values(), default=1)
+    steps = chunk_steps_for(largest, target_bytes)
+    steps = max(steps, min(MIN_LARGE_CHUNK_STEPS, MAX_CHUNK_FILE_BYTES // max(largest, 1)))
+    whole = -(-max(int(capacity), 1) // steps) * steps
+    chunks = {}
+    for name, shape in step_shapes.items():
+        shape = tuple(int(d) for d in shape)
+        if steps * sizes[name] >= SMALL_CHUNK_BYTES or sizes[name] == largest:
+            if sizes[name] > MAX_CHUNK_FILE_BYTES and shape:
+                row = max(sizes[name] // max(shape[0], 1), 1)
+                shape = (max(1, min(shape[0], MAX_CHUNK_FILE_BYTES // (steps * row))),) + shape[1:]
+            chunks[name] = (steps,) + shape
+        else:
+            k = int(np.clip(SMALL_CHUNK_BYTES // max(steps * sizes[name], 1), 1, max(MAX_SMALL_CHUNK_STEPS // steps, 1)))
+            chunks[name] = (min(k * steps, whole),) + shape
+    return ChunkPlan(steps, {n: tuple(max(int(c), 1) for c in ch) for n, ch in chunks.items()})
 
 
 def codecs_for(compressor: str) -> tuple[object, tuple[object, ...]]:

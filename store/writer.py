@@ -19,14 +19,17 @@ from typing import Any, Mapping
 import numpy as np
 import zarr
 
+from trajscope.store import faults
+from trajscope.store.chunkio import DURABILITY_LEVELS, FsspecSink, LocalSink
 from trajscope.store.errors import UserError
+from trajscope.store.hotpath import BlockWrite, HotPath
 from trajscope.store.layout import (
     COMMITTED,
     COORDINATES,
     FORMAT_VERSION,
     STATUSES,
     VariableSpec,
-    chunk_steps_for,
+    chunk_plan,
     codecs_for,
     fill_value_for,
 )
@@ -100,18 +103,17 @@ class RunWriter:
         lock = WriterLock(root, run_id).acquire()
         try:
             serializer, compressors = codecs_for(compressor)
-            step_bytes = max(
-                int(np.prod([sizes[d] for d in spec.dims[1:]], dtype=np.int64)) * np.dtype(spec.dtype).itemsize
-                for spec in variables.values()
-                if spec.time_varying
-            )
-            chunk_steps = chunk_steps_for(step_bytes, **({"target_bytes": chunk_bytes} if chunk_bytes else {}))
+            timed = [spec for spec in variables.values() if spec.time_varying]
+            plan = chunk_plan({s.name: tuple(sizes[d] for d in s.dims[1:]) for s in timed},
+                              {s.name: s.dtype for s in timed}, capacity,
+                              **({"target_bytes": chunk_bytes} if chunk_bytes else {}))
+            chunk_steps = plan.chunk_steps
             group = zarr.open_group(root.zarr_store(run_id), mode="w-", zarr_format=3)
             time_variables = []
             for spec in variables.values():
                 shape = tuple(capacity if d == spec.dims[0] and spec.time_varying else sizes[d] for d in spec.dims)
                 if spec.time_varying:
-                    chunks = (chunk_steps,) + shape[1:]
+                    chunks = plan.chunks[spec.name]
                     time_variables.append(spec.name)
                 else:
                     chunks = shape
@@ -186,29 +188,108 @@ class RunWriter:
         """Values of every time-varying variable for recorded indices ``start:stop``."""
         return {name: array[start:stop] for name, array in self.arrays.items()}
 
-    # -- writing ------------------------------------------------------------------------------------
-    def write_block(self, start: int, values: Mapping[str, np.ndarray]) -> None:
-        """Write recorded indices ``start : start + len`` of every time-varying variable.
+    # -- writing (the hot path: store/hotpath.py, store/chunkio.py) ---------------------------------
+    #: ``process`` (survives a killed process) or ``fsync`` (also power loss / kernel crash; local roots)
+    durability: str = "process"
+    #: threads that encode and write chunk files
+    write_threads: int = 4
+    #: :meth:`commit_if_due` commits at most this often (the bound on a live reader's extra latency)
+    commit_seconds: float = 0.5
+    _hotpath: HotPath | None = None
+    _tree_durable: bool = False
 
-        ``start`` must be a chunk boundary; the block is a whole chunk except at the final flush.
+    def set_write_options(self, *, durability: str | None = None, threads: int | None = None,
+                          commit_seconds: float | None = None) -> None:
+        """Choose the durability level, the write threads and the commit interval (before the first write)."""
+        if durability is not None:
+            if durability not in DURABILITY_LEVELS:
+                raise UserError(f"unknown durability {durability!r}: use one of {', '.join(DURABILITY_LEVELS)}")
+            self.durability = durability
+        if threads is not None:
+            self.write_threads = max(1, int(threads))
+        if commit_seconds is not None:
+            self.commit_seconds = max(0.0, float(commit_seconds))
+        if self._hotpath is not None and (durability is not None or threads is not None):
+            raise RuntimeError("set_write_options: durability and threads must be set before the first write")
+
+    def _hot(self) -> HotPath:
+        if self._hotpath is None:
+            if self.root.is_local:
+                sink = LocalSink(self.root.run_url(self.run_id), self.durability)
+            else:
+                sink = FsspecSink(self.root.fs, self.root._fs_path(self.run_id))
+            self._hotpath = HotPath(sink, self.arrays, self.chunk_steps, self.committed_steps, self.write_threads)
+        return self._hotpath
+
+    @property
+    def written_steps(self) -> int:
+        """Recorded states fully written (every block below it), committed or not."""
+        return self._hot().frontier.written
+
+    def write_block(self, start: int, values: Mapping[str, np.ndarray]) -> BlockWrite:
+        """Write recorded indices ``start : start + len`` of every time-varying variable, concurrently.
+
+        ``start`` must be a chunk boundary; the block is a whole chunk except at the final flush (or when
+        rewriting a partially committed chunk at resume). Returns at once with a
+        :class:`~trajscope.store.hotpath.BlockWrite` handle; the arrays in ``values`` must stay unchanged
+        until it is done (``handle.wait()``) or until a :meth:`commit` covering the block has returned.
         """
         count = len(next(iter(values.values())))
         if start % self.chunk_steps or count > self.chunk_steps:
             raise ValueError(f"block {start}+{count} is not within one chunk of {self.chunk_steps}")
         if start + count > self.capacity:
             raise ValueError(f"block {start}+{count} exceeds the run's capacity {self.capacity}")
-        for name in self.arrays:
-            self.arrays[name][start : start + count] = values[name]
+        return self._hot().submit(start, count, values)
 
-    def commit(self, committed_steps: int, **extra: Any) -> None:
-        """Raise ``committed_steps`` (after the data is written) in one write of the root attributes."""
+    def commit(self, committed_steps: int | None = None, **extra: Any) -> None:
+        """Raise ``committed_steps`` in one write of the root attributes, after the data is on storage.
+
+        Waits until every block below ``committed_steps`` (default: everything written so far) is written,
+        writes the small variables' chunks through it, then the attributes. With durability ``fsync`` the
+        chunk files and their directories are fsynced before the attributes are written, and the
+        attributes document (and its directory) after.
+        """
+        hot = self._hot()
+        target = hot.frontier.written if committed_steps is None else int(committed_steps)
+        hot.frontier.wait_for(target)
+        hot.flush_buffered(target)
+        if not self._tree_durable:  # once: what create wrote (array metadata, static data)
+            hot.sink.durable_tree()
+            self._tree_durable = True
         with self._attrs_guard:
-            self.attrs[COMMITTED] = int(committed_steps)
+            self.attrs[COMMITTED] = target
             self.attrs.update(extra)
             self.attrs["updated"] = _now()
             self.attrs["writer"] = self.lock.lease()
             self.root.write_attrs(self.run_id, self.attrs)
+            hot.sink.durable_document("zarr.json")
             self._last_write = time.monotonic()
+        faults.checkpoint("commit.attrs")
+
+    def commit_if_due(self, *, force: bool = False) -> bool:
+        """Commit everything written if that raises ``committed_steps`` and the last commit is at least
+        :attr:`commit_seconds` old (or ``force``). True when it committed.
+
+        A live reader therefore sees a written chunk at most ``commit_seconds`` (plus one commit) after it
+        is written, while the attributes are rewritten at most ``1 / commit_seconds`` times a second.
+        """
+        written = self.written_steps
+        if written <= self.committed_steps:
+            return False
+        if not force and time.monotonic() - self._last_write < self.commit_seconds:
+            return False
+        self.commit(written)
+        return True
+
+    def seconds_until_commit_due(self) -> float:
+        """Seconds before :meth:`commit_if_due` would commit (0 when it would now)."""
+        return max(0.0, self.commit_seconds - (time.monotonic() - self._last_write))
+
+    def close_writes(self) -> None:
+        """Wait for every chunk write in flight and stop the write threads (``finish`` calls it)."""
+        if self._hotpath is not None:
+            self._hotpath.close()
+            self._hotpath = None
 
     def heartbeat_due(self) -> bool:
         """True when the lease should be refreshed (no commit for :data:`HEARTBEAT_SECONDS`)."""
@@ -219,6 +300,7 @@ class RunWriter:
         if status not in STATUSES or status == "running":
             raise ValueError(f"cannot finish with status {status!r}")
         try:
+            self.close_writes()
             committed = self.committed_steps
             for array in self.arrays.values():
                 if array.shape[0] != committed:

@@ -1,0 +1,217 @@
+"""Chunk bytes and chunk files: the store's own encoder for its codec pipeline, and where the bytes go.
+
+The store writes time chunks itself instead of going through ``zarr.Array.__setitem__``: the bytes are
+exactly what zarr-python's codec pipeline of the array produces (``tests/store/test_chunkio.py`` proves
+it for every dtype and codec the store uses, including a partial last chunk), so plain zarr and
+``xr.open_zarr`` read them as if zarr had written them.
+
+Encoding of one chunk (``c`` = the chunk's values, padded to the full chunk shape with the array's
+fill value, as zarr pads edge and partially written chunks)::
+
+    payload = bytes(c as little-endian, C order)        # BytesCodec(endian="little")
+    payload = zstd(payload, level)                      # ZstdCodec, only with compressor "zstd"
+    stored  = payload ‖ uint32_le(crc32c(payload))      # Crc32cCodec
+
+``crc32c`` (google-crc32c), zstd (numcodecs) and file writes release the GIL, so several chunks are
+encoded and written at once by a thread pool (:mod:`trajscope.store.hotpath`).
+
+Sinks put the bytes of one key: :class:`LocalSink` writes a temporary file in the key's directory and
+renames it over the key (a reader sees the old or the new chunk, never a torn one); with durability
+``fsync`` it fsyncs the temporary file before the rename and the directory (and any directory it had to
+create, up to the run's root) after it. :class:`FsspecSink` does one ``pipe_file`` (a single PUT on
+object stores, which is atomic and durable once acknowledged; ``fsync`` does not apply).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Sequence
+
+import google_crc32c
+import numpy as np
+
+#: durability levels: ``process`` survives a killed process, ``fsync`` also a power loss or kernel crash
+DURABILITY_LEVELS = ("process", "fsync")
+
+
+class ChunkEncoder:
+    """Encodes chunks of one zarr v3 array exactly as its codec pipeline would.
+
+    Parameters
+    ----------
+    array
+        An open ``zarr.Array`` (v3) whose codecs are ``bytes`` (little-endian), optionally ``zstd``,
+        then ``crc32c`` — the pipelines of :func:`trajscope.store.layout.codecs_for`. Any other pipeline
+        is refused (``ValueError``), so the store never writes bytes zarr would not.
+    """
+
+    def __init__(self, array) -> None:
+        from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
+
+        codecs = list(array.metadata.codecs)
+        names = [type(c).__name__ for c in codecs]
+        if len(codecs) < 2 or not isinstance(codecs[0], BytesCodec) or not isinstance(codecs[-1], Crc32cCodec):
+            raise ValueError(f"array {array.name}: codec pipeline {names} is not bytes[+zstd]+crc32c")
+        middle = codecs[1:-1]
+        if codecs[0].endian is not None and codecs[0].endian.value != "little":
+            raise ValueError(f"array {array.name}: big-endian storage is not supported by the hot write path")
+        self.zstd = None
+        if middle:
+            if len(middle) != 1 or not isinstance(middle[0], ZstdCodec) or middle[0].checksum:
+                raise ValueError(f"array {array.name}: codec pipeline {names} is not bytes[+zstd]+crc32c")
+            from numcodecs import Zstd
+
+            self.zstd = Zstd(level=middle[0].level, checksum=False)
+        self.dtype = np.dtype(array.dtype).newbyteorder("<")
+        self.chunk_shape: tuple[int, ...] = tuple(array.metadata.chunk_grid.chunk_shape)
+        self.fill_value = array.fill_value
+        self._encode_key = array.metadata.encode_chunk_key
+        self._prefix = f"{array.path}/" if array.path else ""
+
+    def key(self, coords: Sequence[int]) -> str:
+        """The key of chunk ``coords`` under the run's group (``W/c/i/j/k`` with zarr's default encoding)."""
+        return self._prefix + self._encode_key(tuple(int(c) for c in coords))
+
+    def full(self) -> np.ndarray:
+        """A chunk-shaped array of the fill value."""
+        return np.full(self.chunk_shape, self.fill_value, dtype=self.dtype)
+
+    def pad(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (a corner of a chunk) as a full, C-contiguous, little-endian chunk."""
+        values = np.asarray(values)
+        if values.shape == self.chunk_shape:
+            return np.ascontiguousarray(values, dtype=self.dtype)
+        chunk = self.full()
+        chunk[tuple(slice(0, n) for n in values.shape)] = values
+        return chunk
+
+    def encode(self, values: np.ndarray) -> list:
+        """The stored bytes of one chunk, as a list of buffers to be written one after the other.
+
+        No copy is made when ``values`` already is a full C-contiguous little-endian chunk (the
+        recorder's host buffers are): the payload is a view of it and only the 4 checksum bytes are new.
+        """
+        chunk = self.pad(values)
+        payload = chunk.reshape(-1).view(np.uint8)
+        if self.zstd is not None:
+            payload = self.zstd.encode(payload)
+        return [payload, int(google_crc32c.value(payload)).to_bytes(4, "little")]
+
+
+class LocalSink:
+    """Puts chunk files under a local run directory: temporary file + rename, fsynced on request."""
+
+    def __init__(self, base: str, durability: str = "process") -> None:
+        if durability not in DURABILITY_LEVELS:
+            raise ValueError(f"unknown durability {durability!r}: use one of {', '.join(DURABILITY_LEVELS)}")
+        self.base = os.path.abspath(base)
+        self.fsync = durability == "fsync"
+        self._known_dirs: set[str] = set()
+        self._lock = threading.Lock()
+
+    def put(self, key: str, parts: Sequence) -> None:
+        """Replace ``key`` atomically with the concatenation of ``parts``."""
+        path = os.path.join(self.base, key)
+        directory = os.path.dirname(path)
+        self._ensure_dir(directory)
+        tmp = os.path.join(directory, f".tmp-{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, parts)
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        if self.fsync:
+            fsync_dir(directory)
+
+    def _ensure_dir(self, directory: str) -> None:
+        if directory in self._known_dirs:
+            return
+        os.makedirs(directory, exist_ok=True)
+        if self.fsync:  # a new directory's entry lives in its parent: fsync the chain up to the run root
+            current = directory
+            while True:
+                fsync_dir(current)
+                if current == self.base or len(current) <= len(self.base):
+                    break
+                current = os.path.dirname(current)
+        with self._lock:
+            self._known_dirs.add(directory)
+
+    def durable_tree(self) -> None:
+        """fsync every file and directory under the run (what ``create`` wrote: metadata, static arrays)."""
+        if not self.fsync:
+            return
+        for directory, _, files in os.walk(self.base):
+            for name in files:
+                if not name.startswith(".tmp-"):
+                    _fsync_file(os.path.join(directory, name))
+            fsync_dir(directory)
+
+    def durable_document(self, key: str) -> None:
+        """fsync a document written by someone else (the root attributes) and its directory."""
+        if not self.fsync:
+            return
+        path = os.path.join(self.base, key)
+        _fsync_file(path)
+        fsync_dir(os.path.dirname(path))
+
+
+class FsspecSink:
+    """Puts chunk objects through an fsspec filesystem (one ``pipe_file`` per key)."""
+
+    def __init__(self, fs, base: str) -> None:
+        self.fs = fs
+        self.base = base.rstrip("/")
+
+    def put(self, key: str, parts: Sequence) -> None:
+        """Write ``key`` in one request."""
+        self.fs.pipe_file(f"{self.base}/{key}", b"".join(bytes(p) if not isinstance(p, bytes) else p for p in parts))
+
+    def durable_tree(self) -> None:
+        """Nothing to do: an object store acknowledges a PUT once it is stored."""
+
+    def durable_document(self, key: str) -> None:
+        """Nothing to do: an object store acknowledges a PUT once it is stored."""
+
+
+def fsync_dir(directory: str) -> None:
+    """fsync a directory, so the entries created or renamed in it survive a power loss."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, parts: Sequence) -> None:
+    views = [memoryview(p).cast("B") for p in parts]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,292 @@
+"""The hot write path of a run: blocks of recorded states in, chunk files out, several at a time.
+
+:class:`HotPath` is what :meth:`RunWriter.write_block` and :meth:`RunWriter.commit` use. A block (the
+rows ``start:stop`` of every time-varying variable, one commit chunk of ``chunk_steps`` states) is
+split into chunk files, encoded by :class:`~trajscope.store.chunkio.ChunkEncoder` and written by a
+thread pool; :meth:`HotPath.submit` returns at once with a :class:`BlockWrite` handle.
+
+Two kinds of variables (the chunk policy of :func:`trajscope.store.layout.chunk_plan`):
+
+- *direct* variables (``W``, and any variable whose chunk of ``chunk_steps`` states is large) have
+  chunks of ``chunk_steps`` states: each block writes its chunk files once, concurrently.
+- *buffered* variables (the small per-step ones: ``v``, ``loss``, ``output``, ``step``, ``t``...) have
+  chunks of a multiple of ``chunk_steps`` states: their rows are kept in memory and their current chunk
+  is rewritten (whole, padded with the fill value) at each commit, so they cost one file per commit,
+  not one per block, and a finished run holds few of them.
+
+Ordering: :class:`WrittenFrontier` tracks which blocks are fully written; ``written`` is the end of the
+longest run of written blocks from the last commit, whatever order the writes complete in. A commit
+to ``n`` waits until ``written >= n``, then writes the buffered variables through row ``n`` (rows
+``>= n`` are left at the fill value), so ``committed_steps`` never covers a chunk not fully written.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Mapping
+
+import numpy as np
+
+from trajscope.store import faults
+from trajscope.store.chunkio import ChunkEncoder, FsspecSink, LocalSink
+
+
+class WriteFailed(RuntimeError):
+    """A chunk write failed; nothing after it is ever committed."""
+
+
+class BlockWrite:
+    """Handle of one submitted block: ``done()``, ``wait()``, ``add_done_callback(fn)``."""
+
+    def __init__(self, start: int, stop: int, parts: int) -> None:
+        self.start, self.stop = start, stop
+        self.exception: BaseException | None = None
+        self._remaining = parts
+        self._lock = threading.Lock()
+        self._event = threading.Event()
+        self._callbacks: list[Callable[["BlockWrite"], None]] = []
+
+    def done(self) -> bool:
+        """True once every chunk of the block is written (or one failed)."""
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the block is written; raise :class:`WriteFailed` if a chunk failed."""
+        if not self._event.wait(timeout):
+            raise TimeoutError(f"block {self.start}:{self.stop} not written after {timeout} s")
+        if self.exception is not None:
+            raise WriteFailed(f"writing states {self.start}:{self.stop} failed: {self.exception}") from self.exception
+
+    def add_done_callback(self, fn: Callable[["BlockWrite"], None]) -> None:
+        """Call ``fn(self)`` when the block is done (at once if it already is)."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def _part_done(self, exc: BaseException | None) -> bool:
+        """Record one finished chunk; True when this call finished the block."""
+        with self._lock:
+            if exc is not None and self.exception is None:
+                self.exception = exc
+            self._remaining -= 1
+            return self._remaining == 0
+
+    def _finish(self) -> None:
+        with self._lock:
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            fn(self)
+
+
+class WrittenFrontier:
+    """``written``: every recorded index below it is on storage (blocks may complete in any order).
+
+    Starts at the run's committed count; a finished block ``[start, stop)`` with ``start <= written``
+    raises it to ``stop`` (a rewrite of an already committed chunk, as at resume, is allowed).
+    """
+
+    def __init__(self, written: int) -> None:
+        self.written = int(written)
+        self.error: BaseException | None = None
+        self._done: dict[int, int] = {}
+        self._cond = threading.Condition()
+
+    def block_done(self, start: int, stop: int) -> None:
+        with self._cond:
+            self._done[start] = max(stop, self._done.get(start, stop))
+            advanced = True
+            while advanced:
+                advanced = False
+                for s, e in list(self._done.items()):
+                    if e <= self.written:
+                        del self._done[s]
+                    elif s <= self.written:
+                        self.written = e
+                        del self._done[s]
+                        advanced = True
+            self._cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        with self._cond:
+            if self.error is None:
+                self.error = exc
+            self._cond.notify_all()
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise WriteFailed(f"a chunk write failed: {self.error}") from self.error
+
+    def wait_for(self, n: int) -> None:
+        """Block until ``written >= n``; raise :class:`WriteFailed` if a write failed first."""
+        with self._cond:
+            while self.written < n and self.error is None:
+                self._cond.wait(1.0)
+        if self.written < n:
+            self.raise_if_failed()
+
+
+def _chunk_grid(encoder: ChunkEncoder, shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Chunk coordinates along the non-step dimensions (one ``()`` when only ``step`` is chunked)."""
+    counts = [math.ceil(n / c) for n, c in zip(shape[1:], encoder.chunk_shape[1:])]
+    return list(itertools.product(*(range(k) for k in counts)))
+
+
+class HotPath:
+    """Concurrent chunk writes of one run (see the module docstring).
+
+    Parameters
+    ----------
+    sink
+        A :class:`LocalSink` or :class:`FsspecSink` rooted at the run's group.
+    arrays
+        The run's time-varying ``zarr.Array`` objects, by name.
+    chunk_steps
+        States per block (the commit chunk).
+    committed
+        ``committed_steps`` when the writer was opened (rows below it are on storage already).
+    threads
+        Size of the write pool.
+    """
+
+    def __init__(self, sink: LocalSink | FsspecSink, arrays: Mapping, chunk_steps: int, committed: int,
+                 threads: int = 4) -> None:
+        self.sink = sink
+        self.arrays = dict(arrays)
+        self.chunk_steps = int(chunk_steps)
+        self.encoders = {name: ChunkEncoder(array) for name, array in self.arrays.items()}
+        self.shapes = {name: tuple(array.shape) for name, array in self.arrays.items()}
+        self.direct = [n for n, e in self.encoders.items() if e.chunk_shape[0] == self.chunk_steps]
+        self.buffered = [n for n, e in self.encoders.items() if e.chunk_shape[0] != self.chunk_steps]
+        for name in self.buffered:
+            if self.encoders[name].chunk_shape[0] % self.chunk_steps:
+                raise ValueError(f"{name}: time chunk {self.encoders[name].chunk_shape[0]} is not a multiple "
+                                 f"of chunk_steps {self.chunk_steps}")
+        self.grids = {name: _chunk_grid(self.encoders[name], self.shapes[name]) for name in self.arrays}
+        self.frontier = WrittenFrontier(committed)
+        self._base_committed = int(committed)
+        self._buffers: dict[str, dict[int, np.ndarray]] = {name: {} for name in self.buffered}
+        self._flushed: dict[str, dict[int, int]] = {name: {} for name in self.buffered}
+        self._pool = ThreadPoolExecutor(max(1, int(threads)), thread_name_prefix="trajscope-chunk")
+        self._outstanding: set[BlockWrite] = set()
+        self._outstanding_lock = threading.Lock()
+
+    # -- blocks -------------------------------------------------------------------------------------
+    def submit(self, start: int, count: int, values: Mapping[str, np.ndarray]) -> BlockWrite:
+        """Write rows ``start:start+count`` of every variable; returns at once.
+
+        The direct variables' arrays in ``values`` are read by the pool threads: they must stay
+        unchanged until the returned handle is done. The buffered variables' rows are copied now.
+        """
+        self.frontier.raise_if_failed()
+        stop = start + count
+        jobs = []
+        for name in self.direct:
+            encoder, data = self.encoders[name], values[name]
+            t = start // encoder.chunk_shape[0]
+            for coords in self.grids[name]:
+                piece = data[(slice(None),) + self._cells(encoder, coords)]
+                jobs.append((encoder, encoder.key((t,) + coords), piece))
+        for name in self.buffered:
+            self._buffer_rows(name, start, np.asarray(values[name]))
+        block = BlockWrite(start, stop, len(jobs))
+        with self._outstanding_lock:
+            self._outstanding.add(block)
+        if not jobs:
+            self._complete(block)
+        for encoder, key, piece in jobs:
+            self._pool.submit(self._write_piece, block, encoder, key, piece)
+        return block
+
+    @staticmethod
+    def _cells(encoder: ChunkEncoder, coords: tuple[int, ...]) -> tuple[slice, ...]:
+        return tuple(slice(i * c, (i + 1) * c) for i, c in zip(coords, encoder.chunk_shape[1:]))
+
+    def _write_piece(self, block: BlockWrite, encoder: ChunkEncoder, key: str, piece: np.ndarray) -> None:
+        error = None
+        try:
+            self.sink.put(key, encoder.encode(piece))
+        except BaseException as exc:  # noqa: BLE001 - reported through the handle and the frontier
+            error = exc
+        if block._part_done(error):
+            self._complete(block)
+
+    def _complete(self, block: BlockWrite) -> None:
+        if block.exception is None:
+            try:
+                faults.checkpoint("write.chunk")  # the block's chunks are written, not yet committed
+            except BaseException as exc:  # noqa: BLE001
+                block.exception = exc
+        if block.exception is None:
+            self.frontier.block_done(block.start, block.stop)
+        else:
+            self.frontier.fail(block.exception)
+        with self._outstanding_lock:
+            self._outstanding.discard(block)
+        block._finish()
+
+    # -- buffered (small) variables -----------------------------------------------------------------
+    def _buffer_rows(self, name: str, start: int, rows: np.ndarray) -> None:
+        span = self.encoders[name].chunk_shape[0]
+        index = start // span
+        buffer = self._buffers[name].get(index)
+        if buffer is None:
+            buffer = self._buffers[name][index] = self._new_buffer(name, index)
+        offset = start - index * span
+        buffer[offset : offset + len(rows)] = rows
+
+    def _new_buffer(self, name: str, index: int) -> np.ndarray:
+        encoder = self.encoders[name]
+        span = encoder.chunk_shape[0]
+        buffer = np.full((span,) + self.shapes[name][1:], encoder.fill_value, dtype=encoder.dtype)
+        lo, hi = index * span, min(self._base_committed, (index + 1) * span)
+        if hi > lo:  # resuming inside this chunk: its committed rows are on storage
+            buffer[: hi - lo] = self.arrays[name][lo:hi]
+        self._flushed[name][index] = max(lo, hi)
+        return buffer
+
+    def flush_buffered(self, n: int) -> None:
+        """Write the buffered variables' chunks through row ``n`` (rows ``>= n`` at the fill value)."""
+        jobs = []
+        for name in self.buffered:
+            encoder = self.encoders[name]
+            span = encoder.chunk_shape[0]
+            for index in sorted(self._buffers[name]):
+                lo = index * span
+                through = min(n, lo + span)
+                if through <= self._flushed[name][index]:
+                    continue
+                chunk = self._buffers[name][index].copy()
+                chunk[through - lo :] = encoder.fill_value
+                for coords in self.grids[name]:
+                    jobs.append((name, index, through, encoder, encoder.key((index,) + coords),
+                                 chunk[(slice(None),) + self._cells(encoder, coords)]))
+        futures = [self._pool.submit(self.sink.put, key, encoder.encode(piece))
+                   for _, _, _, encoder, key, piece in jobs]
+        for future in futures:
+            exc = future.exception()
+            if exc is not None:
+                self.frontier.fail(exc)
+                raise WriteFailed(f"writing a chunk failed: {exc}") from exc
+        for name, index, through, encoder, _, _ in jobs:
+            self._flushed[name][index] = through
+            if through == (index + 1) * encoder.chunk_shape[0]:
+                self._buffers[name].pop(index, None)
+
+    # -- draining -----------------------------------------------------------------------------------
+    def drain(self) -> None:
+        """Wait until every submitted block is done (written or failed)."""
+        with self._outstanding_lock:
+            pending = list(self._outstanding)
+        for block in pending:
+            block._event.wait()
+
+    def close(self) -> None:
+        """Drain and stop the pool's threads."""
+        self.drain()
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,288 @@
+"""The store's own chunk encoding and concurrent writes: bytes identical to zarr's, ordered commits, fsync order."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from trajscope.store import RunWriter, StoreRoot, open_run, two_layer_variables
+from trajscope.store.chunkio import ChunkEncoder, LocalSink
+from trajscope.store.layout import SMALL_CHUNK_BYTES, chunk_plan, codecs_for, fill_value_for
+
+DTYPES = ("float32", "float64", "int64", "int8")
+
+
+def _zarr_array(path: Path, dtype: str, compressor: str, shape=(10, 3, 5), chunks=(4, 3, 5)):
+    serializer, compressors = codecs_for(compressor)
+    group = zarr.open_group(zarr.storage.LocalStore(path), mode="w", zarr_format=3)
+    return group.create_array("a", shape=shape, chunks=chunks, dtype=dtype, serializer=serializer,
+                              compressors=compressors, filters=None, fill_value=fill_value_for(dtype))
+
+
+def _values(rng, shape, dtype):
+    if np.dtype(dtype).kind == "f":
+        return rng.normal(size=shape).astype(dtype)
+    return rng.integers(-100, 100, size=shape).astype(dtype)
+
+
+@pytest.mark.parametrize("compressor", ["none", "zstd"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_encoded_bytes_equal_zarrs_own_and_zarr_decodes_them(tmp_path, dtype, compressor):
+    rng = np.random.default_rng(1)
+    # chunks split the second dimension too, so edge chunks are padded along it
+    array = _zarr_array(tmp_path / "z.zarr", dtype, compressor, shape=(10, 5, 3), chunks=(4, 2, 3))
+    encoder = ChunkEncoder(array)
+    data = _values(rng, (10, 5, 3), dtype)
+    array[0:4] = data[0:4]  # whole chunks in time
+    array[8:10] = data[8:10]  # the last chunk, partly written (rows 10, 11 are beyond the shape)
+    for t, rows in ((0, slice(0, 4)), (2, slice(8, 10))):
+        for j in range(3):  # neuron chunks 0..2, the last one an edge chunk (1 of 2 rows)
+            cells = data[rows, 2 * j : 2 * j + 2]
+            key = encoder.key((t, j, 0))
+            stored = (tmp_path / "z.zarr" / key).read_bytes()
+            assert b"".join(bytes(p) for p in encoder.encode(cells)) == stored, key
+    # and the other way round: zarr decodes what the encoder writes, for a partially written chunk
+    other = _zarr_array(tmp_path / "o.zarr", dtype, compressor, shape=(12, 5, 3), chunks=(4, 2, 3))
+    sink = LocalSink(str(tmp_path / "o.zarr"))
+    enc = ChunkEncoder(other)
+    part = _values(rng, (3, 5, 3), dtype)  # rows 8..10 of 12: row 11 stays at the fill value
+    for j in range(3):
+        sink.put(enc.key((2, j, 0)), enc.encode(part[:, 2 * j : 2 * j + 2]))
+    back = zarr.open_array(zarr.storage.LocalStore(tmp_path / "o.zarr" / "a"), mode="r")
+    np.testing.assert_array_equal(back[8:11], part)
+    fill = back[11]
+    if np.dtype(dtype).kind == "f":
+        assert np.isnan(fill).all()
+    else:
+        assert (fill == 0).all()
+    # zarr's own write of the same partial chunk gives the same bytes
+    array2 = _zarr_array(tmp_path / "p.zarr", dtype, compressor, shape=(12, 5, 3), chunks=(4, 2, 3))
+    array2[8:11] = part
+    for j in range(3):
+        key = enc.key((2, j, 0))
+        assert (tmp_path / "p.zarr" / key).read_bytes() == (tmp_path / "o.zarr" / key).read_bytes()
+
+
+def test_other_codec_pipelines_are_refused(tmp_path):
+    from zarr.codecs import BytesCodec, GzipCodec
+
+    group = zarr.open_group(zarr.storage.LocalStore(tmp_path / "g.zarr"), mode="w", zarr_format=3)
+    array = group.create_array("a", shape=(4,), chunks=(2,), dtype="float32", serializer=BytesCodec(),
+                               compressors=(GzipCodec(),))
+    with pytest.raises(ValueError, match="not bytes"):
+        ChunkEncoder(array)
+
+
+def test_chunk_plan_by_state_size():
+    f4 = {"W": "float32", "v": "float32", "loss": "float64", "output": "float32"}
+    # the reference run: W 313 kB a state, 8 MiB chunks of 26 states; small variables in ~1 MiB chunks
+    plan = chunk_plan({"W": (100, 784), "v": (100,), "loss": (), "output": (1000,)}, f4, capacity=2001)
+    T = plan.chunk_steps
+    assert T == 8 * 2**20 // (100 * 784 * 4) == 26
+    assert plan.chunks["W"] == (T, 100, 784)
+    for name, per_step in (("v", 400), ("output", 4000), ("loss", 8)):
+        steps = plan.chunks[name][0]
+        assert steps % T == 0 and steps > T
+        assert steps * per_step <= SMALL_CHUNK_BYTES or steps == T
+    assert plan.chunks["loss"][0] <= -(-2001 // T) * T  # never longer than the run
+    # a large state (6.3 MB): at least 4 states a chunk
+    plan = chunk_plan({"W": (2000, 784), "v": (2000,)}, f4, capacity=10_000)
+    assert plan.chunk_steps == 4 and plan.chunks["W"] == (4, 2000, 784)
+    # a state above 64 MiB is split along its second dimension
+    plan = chunk_plan({"W": (20_000, 1000)}, f4, capacity=10)
+    assert plan.chunk_steps == 1 and plan.chunks["W"][1] < 20_000 and plan.chunks["W"][2] == 1000
+    assert plan.chunks["W"][1] * 1000 * 4 <= 64 * 2**20
+
+
+def _writer(root, run_id="r", capacity=60, h=3, dim=4, n=5, chunk_bytes=3 * 4 * 4 * 8, **kwargs):
+    rng = np.random.default_rng(0)
+    return RunWriter.create(
+        root, run_id, variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
+        capacity=capacity, static={"X": rng.normal(size=(n, dim)), "y": np.array([1, -1, 1, -1, 1])},
+        attrs={}, chunk_bytes=chunk_bytes, **kwargs,
+    )
+
+
+def _block(start, count, h=3, dim=4, n=5):
+    rng = np.random.default_rng(start)
+    steps = np.arange(start, start + count)
+    return {"W": rng.normal(size=(count, h, dim)).astype(np.float32),
+            "v": rng.normal(size=(count, h)).astype(np.float32), "loss": rng.random(count),
+            "output": rng.normal(size=(count, n)).astype(np.float32), "step": steps, "t": steps * 0.1}
+
+
+class GatedSink:
+    """Wraps a sink; writes of the keys in ``held`` wait until ``gate`` is set."""
+
+    def __init__(self, sink, held):
+        self.sink, self.held, self.gate = sink, set(held), threading.Event()
+        self.put_keys: list[str] = []
+
+    def put(self, key, parts):
+        if key in self.held:
+            assert self.gate.wait(20)
+        self.sink.put(key, parts)
+        self.put_keys.append(key)
+
+    def __getattr__(self, name):  # durable_tree, durable_document
+        return getattr(self.sink, name)
+
+
+def test_commits_never_cover_a_block_not_fully_written(tmp_path):
+    root = StoreRoot(tmp_path)
+    writer = _writer(root)
+    T = writer.chunk_steps
+    hot = writer._hot()
+    hot.sink = gated = GatedSink(hot.sink, held={"W/c/0/0/0"})  # the first block's W chunk is slow
+    blocks = [_block(k * T, T) for k in range(3)]
+    handles = [writer.write_block(k * T, blocks[k]) for k in range(3)]
+    handles[1].wait(20)
+    handles[2].wait(20)  # later blocks complete first...
+    assert not handles[0].done()
+    assert writer.written_steps == 0  # ...but nothing is written "through" them
+    writer.commit()  # commits what is written: nothing
+    assert root.read_attrs("r")["committed_steps"] == 0 and open_run("r", root).sizes["step"] == 0
+    committer = threading.Thread(target=writer.commit, args=(2 * T,))
+    committer.start()  # waits for block 0
+    committer.join(0.3)
+    assert committer.is_alive() and root.read_attrs("r")["committed_steps"] == 0
+    gated.gate.set()
+    committer.join(20)
+    assert root.read_attrs("r")["committed_steps"] == 2 * T
+    assert writer.written_steps == 3 * T
+    assert writer.commit_if_due(force=True) and root.read_attrs("r")["committed_steps"] == 3 * T
+    ds = open_run("r", root)
+    np.testing.assert_array_equal(ds.W.values, np.concatenate([b["W"] for b in blocks]))
+    np.testing.assert_array_equal(ds.v.values, np.concatenate([b["v"] for b in blocks]))
+    np.testing.assert_array_equal(ds.step.values, np.arange(3 * T))
+    # the small variables have longer chunks than W (a few files per run), and plain zarr reads them
+    assert ds.v.encoding["chunks"][0] > T and ds.W.encoding["chunks"][0] == T
+    assert sum(1 for k in gated.put_keys if k.startswith("v/")) <= 3  # one rewrite per commit, not per block
+    writer.finish("complete")
+    plain = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")
+    np.testing.assert_array_equal(plain["loss"][:], np.concatenate([b["loss"] for b in blocks]))
+
+
+def test_a_failed_chunk_write_is_never_committed(tmp_path):
+    root = StoreRoot(tmp_path)
+    writer = _writer(root)
+    T = writer.chunk_steps
+    hot = writer._hot()
+
+    class Broken:
+        def put(self, key, parts):
+            if key.startswith("W/c/1/"):
+                raise OSError("disk full (simulated)")
+            hot_sink.put(key, parts)
+
+        def __getattr__(self, name):
+            return getattr(hot_sink, name)
+
+    hot_sink, hot.sink = hot.sink, Broken()
+    writer.write_block(0, _block(0, T)).wait(20)
+    bad = writer.write_block(T, _block(T, T))
+    with pytest.raises(Exception, match="disk full"):
+        bad.wait(20)
+    with pytest.raises(Exception, match="disk full"):
+        writer.commit(2 * T)
+    writer.commit(T)  # what was written before the failure still commits
+    assert root.read_attrs("r")["committed_steps"] == T
+    with pytest.raises(Exception, match="disk full"):
+        writer.write_block(2 * T, _block(2 * T, T))
+    writer.finish("failed", error="test")
+
+
+def test_resume_inside_a_small_variables_chunk_keeps_its_committed_rows(tmp_path):
+    root = StoreRoot(tmp_path)
+    writer = _writer(root)
+    T = writer.chunk_steps
+    data = [_block(k * T, T) for k in range(4)]
+    for k in range(2):
+        writer.write_block(k * T, data[k])
+    writer.commit(2 * T)
+    writer.finish("interrupted")
+    again = RunWriter.reopen(root, "r")
+    assert again.arrays["v"].chunks[0] > 2 * T  # the rows 0..2T sit in the same small chunk
+    for k in range(2, 4):
+        again.write_block(k * T, data[k])
+    again.commit(4 * T)
+    again.finish("complete")
+    ds = open_run("r", root)
+    np.testing.assert_array_equal(ds.v.values, np.concatenate([b["v"] for b in data]))
+    np.testing.assert_array_equal(ds.output.values, np.concatenate([b["output"] for b in data]))
+
+
+def test_memory_root_writes_through_fsspec():
+    root = StoreRoot("memory://hotpath-test")
+    writer = _writer(root, run_id="m")
+    T = writer.chunk_steps
+    data = [_block(k * T, T) for k in range(2)] + [_block(2 * T, 3)]
+    for k, block in enumerate(data):
+        writer.write_block(k * T, block)
+    writer.commit(2 * T + 3)
+    writer.finish("complete")
+    ds = open_run("m", root)
+    np.testing.assert_array_equal(ds.W.values, np.concatenate([b["W"] for b in data]))
+    np.testing.assert_allclose(ds.t.values, np.arange(2 * T + 3) * 0.1)
+    root.delete("m")
+
+
+def test_fsync_durability_fsyncs_chunks_and_directories_before_the_commit_then_the_attributes(tmp_path, monkeypatch):
+    root = StoreRoot(tmp_path)
+    writer = _writer(root)
+    writer.set_write_options(durability="fsync")
+    T = writer.chunk_steps
+    log: list[tuple[str, str]] = []
+    real_fsync = os.fsync
+
+    def logging_fsync(fd):
+        log.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    real_write_attrs = StoreRoot.write_attrs
+
+    def logging_write_attrs(self, run_id, attrs):
+        log.append(("attrs", str(attrs["committed_steps"])))
+        real_write_attrs(self, run_id, attrs)
+
+    monkeypatch.setattr(os, "fsync", logging_fsync)
+    monkeypatch.setattr(StoreRoot, "write_attrs", logging_write_attrs)
+    writer.write_block(0, _block(0, T))
+    writer.write_block(T, _block(T, T))
+    writer.commit(2 * T)
+    run_dir = str(tmp_path / "r.zarr")
+    commit_at = log.index(("attrs", str(2 * T)))
+    before, after = log[:commit_at], log[commit_at + 1 :]
+    fsynced_before = {path for kind, path in before}
+    files = [str(p) for p in Path(run_dir).rglob("*") if p.is_file() and p.name != "zarr.json" or
+             p.name == "zarr.json" and p.parent != Path(run_dir)]
+    assert sum("/W/c/" in f for f in files) == 2 and any("/X/c/" in f for f in files)
+    for path in files:
+        directory, name = os.path.split(path)
+        # the file's data (chunks: fsynced as their temporary file, before the rename) and its directory
+        assert path in fsynced_before or any(
+            p.startswith(os.path.join(directory, ".tmp-")) and p.endswith("-" + name) for p in fsynced_before), path
+        assert directory in fsynced_before, directory
+        # every new directory's entry: its parents up to the run directory
+        parent = os.path.dirname(directory)
+        while len(parent) >= len(run_dir):
+            assert parent in fsynced_before, parent
+            parent = os.path.dirname(parent)
+    assert ("fsync", os.path.join(run_dir, "zarr.json")) in after and ("fsync", run_dir) in after
+    assert after.index(("fsync", os.path.join(run_dir, "zarr.json"))) < after.index(("fsync", run_dir))
+    writer.finish("complete")
+
+
+def test_process_durability_does_not_fsync(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd))
+    writer = _writer(StoreRoot(tmp_path))
+    writer.write_block(0, _block(0, writer.chunk_steps))
+    writer.commit(writer.chunk_steps)
+    assert calls == []
+    writer.finish("complete")

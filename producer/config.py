@@ -137,7 +137,14 @@ class TrainConfig(_Strict):
 
 
 class RecordConfig(_Strict):
-    """What to record: every step by default; ``every`` > 1 or a log-spaced ``schedule`` as options."""
+    """What to record: every step by default; ``every`` > 1 or a log-spaced ``schedule`` as options.
+
+    ``durability``: ``process`` (default) — committed states survive a killed process; ``fsync`` — chunk
+    files and their directories are fsynced before the commit that covers them and the attributes after
+    it, so committed states also survive a power loss or kernel crash (local roots). ``commit_seconds``:
+    written states are committed at most this often, so a live reader sees a written chunk within this
+    time. ``write_threads``: threads encoding and writing chunk files.
+    """
 
     every: int = Field(1, ge=1)
     schedule: Literal["linear", "log"] = "linear"
@@ -145,6 +152,9 @@ class RecordConfig(_Strict):
     chunk_mib: float = Field(8.0, gt=0.0)
     compressor: Literal["none", "zstd"] = "none"
     buffers: int = Field(3, ge=2)
+    durability: Literal["process", "fsync"] = "process"
+    commit_seconds: float = Field(0.5, ge=0.0, le=60.0)
+    write_threads: int = Field(4, ge=1, le=64)
 
 
 class RunConfig(_Strict):

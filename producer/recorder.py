@@ -1,11 +1,15 @@
-"""The recording pipeline: chunk buffers → bounded hand-off → writer thread → store.
+"""The recording pipeline: chunk buffers → bounded hand-off → writer thread → store's write pool.
 
 The training loop calls :meth:`Recorder.record` once per recorded state. The state is copied into the
-current chunk buffer (device memory on a GPU, so no host sync per step). A full buffer is handed to the
-writer thread — on a GPU after an asynchronous copy into pinned host memory on a side stream — and the
-loop continues in the next free buffer. There are ``buffers`` of them; when none is free the loop waits
-(back-pressure), so nothing is ever dropped and memory stays bounded. The writer thread writes each
-chunk through :class:`~trajscope.store.RunWriter` and then commits it.
+current chunk buffer with one multi-tensor copy (``torch._foreach_copy_``: on a GPU one kernel launch
+for every variable of the state, and no host sync). A full buffer is handed to the writer thread — on a
+GPU after an asynchronous copy into pinned host memory on a side stream — and the loop continues in the
+next free buffer. There are ``buffers`` of them (device and pinned buffers are allocated once and
+reused); when none is free the loop waits (back-pressure), so nothing is ever dropped and memory stays
+bounded. The writer thread hands each chunk to :meth:`RunWriter.write_block`, which encodes and writes
+its chunk files on the store's thread pool and returns at once; the buffer is free again when its files
+are written, so several chunks are in flight. The writer thread commits what is written at most every
+``commit_seconds`` (:meth:`RunWriter.commit_if_due`), and everything at :meth:`Recorder.close`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,14 @@ from trajscope.store import RunWriter
 from trajscope.store.locks import HEARTBEAT_SECONDS
 
 
+#: torch dtypes whose CPU tensors have numpy views
+_NUMPY_DTYPES = {torch.float16, torch.float32, torch.float64, torch.int8, torch.int16, torch.int32, torch.int64,
+                 torch.uint8, torch.bool, torch.complex64, torch.complex128}
+
+#: queue item that only wakes the writer thread (a block finished writing)
+_WAKE = -1
+
+
 @dataclass
 class _Slot:
     device: dict[str, torch.Tensor]
@@ -29,6 +41,7 @@ class _Slot:
     event: object | None = None
     start: int = 0
     count: int = 0
+    rows: list[dict[str, torch.Tensor]] | None = None  # per position: a view of each variable's row
 
 
 class HostStaging:
@@ -117,8 +130,10 @@ class Recorder:
         self.staging = staging or (CudaStaging(device) if device.type == "cuda" else HostStaging())
         self.committed = start_index
         self.index = start_index
+        self._handed = start_index  # recorded indices handed to the writer (writing or written)
         self.columns = dict(columns or {})
         self._slots = [self._make_slot(shapes, dtypes) for _ in range(buffers)]
+        self._numpy_rows = bool(self._slots) and isinstance(next(iter(self._slots[0].rows[0].values()), None), np.ndarray)
         self._free: queue.Queue[int] = queue.Queue()
         for i in range(buffers):
             self._free.put(i)
@@ -137,7 +152,12 @@ class Recorder:
     def _make_slot(self, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, torch.dtype]) -> _Slot:
         device = {n: torch.empty((self.chunk, *s), dtype=dtypes[n], device=self.device) for n, s in shapes.items()}
         host, event = self.staging.host_buffers(device)
-        return _Slot(device=device, host=host, event=event)
+        if self.device.type == "cpu" and all(t.dtype in _NUMPY_DTYPES for t in device.values()):
+            arrays = {n: t.numpy() for n, t in device.items()}  # numpy views: plain memcpy, no OpenMP
+            rows = [{n: a[i] for n, a in arrays.items()} for i in range(self.chunk)]
+        else:
+            rows = [{n: t[i] for n, t in device.items()} for i in range(self.chunk)]
+        return _Slot(device=device, host=host, event=event, rows=rows)
 
     # -- training-thread side -----------------------------------------------------------------------
     def _raise_if_failed(self) -> None:
@@ -163,11 +183,39 @@ class Recorder:
             self._begin_chunk()
         slot = self._slots[self._current]
         position = self.index - slot.start
-        for name, value in values.items():
-            slot.device[name][position] = value
+        rows = slot.rows[position]
+        if self._numpy_rows:
+            self._copy_host(slot, position, rows, values)
+        else:
+            targets, sources = [], []
+            for name, value in values.items():
+                if isinstance(value, torch.Tensor) and value.shape == rows[name].shape:
+                    targets.append(rows[name])
+                    sources.append(value)
+                else:  # Python numbers, and tensors that need broadcasting (e.g. shape (1,) into ())
+                    slot.device[name][position] = value
+            if sources:
+                torch._foreach_copy_(targets, sources)  # one launch for the whole state, no host sync
         self.index += 1
         if position + 1 == self.chunk:
             self._hand_off(self.chunk)
+
+    @staticmethod
+    def _copy_host(slot: _Slot, position: int, rows: dict[str, np.ndarray], values) -> None:
+        """CPU: copy each value into its row with numpy (a single-threaded memcpy: torch's intra-op
+        threads would compete with the training step for the cores)."""
+        for name, value in values.items():
+            row = rows[name]
+            try:
+                if isinstance(value, torch.Tensor):
+                    source = value.detach().numpy()
+                    if source.shape != row.shape:
+                        raise ValueError("needs broadcasting")
+                    np.copyto(row, source, casting="unsafe")
+                else:
+                    row[...] = value
+            except (TypeError, ValueError, RuntimeError):  # e.g. shape (1,) into (), a GPU tensor
+                slot.device[name][position] = value
 
     def _hand_off(self, count: int) -> None:
         slot = self._slots[self._current]
@@ -194,28 +242,67 @@ class Recorder:
     # -- writer-thread side -------------------------------------------------------------------------
     def _write_loop(self) -> None:
         while True:
+            timeout = HEARTBEAT_SECONDS / 2
+            if self._error is None and getattr(self.writer, "written_steps", 0) > self.committed:
+                timeout = min(timeout, max(self._seconds_until_commit(), 0.005))  # commit when due
             try:
-                item = self._filled.get(timeout=HEARTBEAT_SECONDS / 2)
+                item = self._filled.get(timeout=timeout)
             except queue.Empty:
-                if self._error is None and self.writer.heartbeat_due():
-                    self._guard(lambda: self.writer.commit(self.committed))
-                continue
+                item = _WAKE
             if item is None:
-                return
+                break
+            if item != _WAKE:
+                if self._error is None:
+                    self._guard(lambda: self._submit(item))
+                else:
+                    self._free.put(item)
             if self._error is None:
-                self._guard(lambda: self._write_slot(self._slots[item]))
-            self._free.put(item)
+                self._guard(self._commit_if_due)
+        if self._error is None:  # closing: everything handed off is written, then committed
+            self._guard(self._commit_all)
 
     def _guard(self, action) -> None:
         try:
             action()
         except BaseException as exc:  # noqa: BLE001 - reported to the training thread
-            self._error = exc
+            if self._error is None:
+                self._error = exc
 
-    def _write_slot(self, slot: _Slot) -> None:
-        self.staging.wait(slot)
-        values = {name: tensor[: slot.count].numpy() for name, tensor in slot.host.items()}
-        values.update({name: column[slot.start : slot.start + slot.count] for name, column in self.columns.items()})
-        self.writer.write_block(slot.start, values)
-        self.committed = slot.start + slot.count
-        self.writer.commit(self.committed)
+    def _submit(self, index: int) -> None:
+        slot = self._slots[index]
+        try:
+            self.staging.wait(slot)
+            values = {name: tensor[: slot.count].numpy() for name, tensor in slot.host.items()}
+            values.update({name: column[slot.start : slot.start + slot.count]
+                           for name, column in self.columns.items()})
+            handle = self.writer.write_block(slot.start, values)
+        except BaseException:
+            self._free.put(index)
+            raise
+        self._handed = max(self._handed, slot.start + slot.count)
+        if handle is None:  # a writer that writes synchronously
+            self._free.put(index)
+        else:  # the buffer is reused only once its chunk files are written
+            handle.add_done_callback(lambda h, i=index: self._block_written(i, h))
+
+    def _block_written(self, index: int, handle) -> None:
+        if handle.exception is not None and self._error is None:
+            self._error = handle.exception
+        self._free.put(index)
+        self._filled.put(_WAKE)
+
+    def _seconds_until_commit(self) -> float:
+        due = getattr(self.writer, "seconds_until_commit_due", None)
+        return due() if due is not None else 0.0
+
+    def _commit_if_due(self) -> None:
+        commit_if_due = getattr(self.writer, "commit_if_due", None)
+        if commit_if_due is not None and commit_if_due():
+            self.committed = self.writer.committed_steps
+        elif self.writer.heartbeat_due():
+            self.writer.commit(self.committed)
+
+    def _commit_all(self) -> None:
+        if self._handed > self.committed:
+            self.writer.commit(self._handed)
+            self.committed = self._handed

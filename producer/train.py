@@ -240,6 +240,8 @@ def _train(
     step = int(schedule[index - 1]) if index > 0 else 0
     status, error, loss, started = "complete", None, None, time.perf_counter()
     last_report = 0.0
+    writer.set_write_options(durability=cfg.record.durability, threads=cfg.record.write_threads,
+                             commit_seconds=cfg.record.commit_seconds)
     recorder = Recorder(writer, shapes, dtypes, device, start_index=start_index, columns=columns, preload=preload,
                         buffers=cfg.record.buffers)
     try:

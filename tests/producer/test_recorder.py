@@ -68,3 +68,49 @@ def test_async_staging_keeps_every_state_intact(tmp_path):
     np.testing.assert_array_equal(ds.step.values, np.arange(states))
     np.testing.assert_allclose(ds.loss.values, np.arange(states) / 10)
     np.testing.assert_array_equal(ds.output.values[:, 0], -np.arange(states))
+
+
+def _count_commits(monkeypatch):
+    commits = []
+    original = RunWriter.commit
+
+    def counting(self, committed_steps=None, **extra):
+        original(self, committed_steps, **extra)
+        commits.append(self.committed_steps)
+
+    monkeypatch.setattr(RunWriter, "commit", counting)
+    return commits
+
+
+def test_commits_are_batched_by_time(tmp_path, small_config, monkeypatch):
+    from trajscope.producer import produce
+
+    commits = _count_commits(monkeypatch)
+    config = small_config(train={"steps": 120}, record={"chunk_mib": 0.0005, "commit_seconds": 60})
+    produce(config, root=tmp_path, name="batched")
+    ds = open_run("batched", tmp_path)
+    chunks = -(-121 // ds.attrs["chunk_steps"])
+    assert chunks > 20 and commits == [121]  # one commit at the end instead of one per chunk
+    np.testing.assert_array_equal(ds.step.values, np.arange(121))
+    commits.clear()
+    produce({**config, "record": {"chunk_mib": 0.0005, "commit_seconds": 0}}, root=tmp_path, name="eager")
+    assert len(commits) > 3 and commits == sorted(commits) and commits[-1] == 121
+    eager = open_run("eager", tmp_path)
+    for name in ("W", "v", "loss", "output"):
+        np.testing.assert_array_equal(eager[name].values, ds[name].values)
+
+
+def test_durability_level_reaches_the_store(tmp_path, small_config, monkeypatch):
+    import os
+
+    from trajscope.producer import produce
+
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd)))
+    produce(small_config(), root=tmp_path, name="fast")
+    assert calls == []
+    produce(small_config(record={"chunk_mib": 0.001, "durability": "fsync"}), root=tmp_path, name="safe")
+    assert len(calls) > 10
+    assert open_run("safe", tmp_path).attrs["config"]["record"]["durability"] == "fsync"
+    np.testing.assert_array_equal(open_run("safe", tmp_path).W.values, open_run("fast", tmp_path).W.values)

@@ -1,0 +1,258 @@
+"""The recording ceiling: how fast states reach a store root with no training at all.
+
+For each root (a local directory, tmpfs ``/dev/shm`` if present, ``memory://``), in one run, the
+reference trajectory's states (h=100, D=784, n=1000: ``W``, ``v``, ``loss``, ``output``, ``step``,
+``t``; 318 kB a state) are moved four ways; each figure is MB of states per second (1 MB = 1e6 bytes):
+
+- **raw parallel**: the chunk files of ``T`` states per variable (``T`` = the store's chunk length,
+  8 MiB of ``W``), each with its crc32c appended, written by ``--threads`` threads (open/write/close,
+  no rename; ``pipe_file`` for ``memory://``) — what the hardware and the OS give;
+- **plain zarr**: a zarr-python v3 array per variable with the store's codecs, one chunk per call;
+- **store write path**: :meth:`RunWriter.write_block` per block, commits as the recorder makes them;
+- **recorder**: :class:`trajscope.producer.recorder.Recorder` fed one state per call (CPU tensors,
+  no training), closed at the end (everything committed).
+
+Each is the median of ``--repeats`` interleaved runs. ``--json`` prints one JSON object (with key
+``recorder_over_raw`` = recorder MB/s / raw parallel MB/s on the local-dir root).
+
+    python bench/record_ceiling.py [--quick] [--mb 512] [--repeats 3] [--json] [--write BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+
+H, D, N = 100, 784, 1000
+SHAPES = {"W": (H, D), "v": (H,), "loss": (), "output": (N,), "step": (), "t": ()}
+DTYPES = {"W": "float32", "v": "float32", "loss": "float64", "output": "float32", "step": "int64", "t": "float64"}
+STATE_BYTES = sum(int(np.prod(s, dtype=np.int64)) * np.dtype(DTYPES[n]).itemsize for n, s in SHAPES.items())
+
+
+def chunk_steps() -> int:
+    from trajscope.store.layout import chunk_steps_for
+
+    return chunk_steps_for(H * D * 4)
+
+
+def blocks(T: int) -> dict[str, np.ndarray]:
+    """One block of ``T`` states of every variable (random values: incompressible, like weights)."""
+    rng = np.random.default_rng(0)
+    return {n: (rng.normal(size=(T, *s)).astype(DTYPES[n]) if DTYPES[n] != "int64" else np.arange(T))
+            for n, s in SHAPES.items()}
+
+
+class Root:
+    """A fresh, empty store root of one kind; ``close`` removes it."""
+
+    def __init__(self, kind: str, local_dir: str | None):
+        self.kind = kind
+        if kind == "memory":
+            self.location = f"memory://ceiling-{uuid.uuid4().hex[:8]}"
+        else:
+            base = "/dev/shm" if kind == "tmpfs" else local_dir
+            self.location = tempfile.mkdtemp(prefix="ts-ceiling-", dir=base)
+
+    def fs_and_base(self):
+        import fsspec
+
+        if self.kind == "memory":
+            fs, path = fsspec.core.url_to_fs(self.location)
+            return fs, path
+        return None, self.location
+
+    def close(self) -> None:
+        if self.kind == "memory":
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(self.location)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+        else:
+            shutil.rmtree(self.location, ignore_errors=True)
+
+
+def raw_parallel(root: Root, states: int, T: int, threads: int) -> float:
+    data = blocks(T)
+    fs, base = root.fs_and_base()
+    payloads = {n: a.reshape(-1).view(np.uint8) for n, a in data.items()}
+
+    def put(name: str, index: int) -> None:
+        payload = payloads[name]
+        crc = int(google_crc32c.value(payload)).to_bytes(4, "little")
+        key = f"{base}/raw/{name}/c/{index}"
+        if fs is not None:
+            fs.pipe_file(key, bytes(payload) + crc)
+            return
+        with open(key, "wb") as handle:
+            handle.write(payload)
+            handle.write(crc)
+
+    chunks = -(-states // T)
+    if fs is None:
+        for name in SHAPES:
+            os.makedirs(f"{base}/raw/{name}/c", exist_ok=True)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda job: put(*job), [(n, i) for i in range(chunks) for n in SHAPES]))
+    return time.perf_counter() - start
+
+
+def plain_zarr(root: Root, states: int, T: int) -> float:
+    import zarr
+
+    from trajscope.store.layout import codecs_for, fill_value_for
+
+    data = blocks(T)
+    serializer, compressors = codecs_for("none")
+    location = f"{root.location}/plain-{uuid.uuid4().hex[:6]}.zarr"
+    store = zarr.storage.FsspecStore.from_url(location) if root.kind == "memory" else zarr.storage.LocalStore(location)
+    group = zarr.open_group(store, mode="w", zarr_format=3)
+    arrays = {n: group.create_array(n, shape=(states, *s), chunks=(T, *s), dtype=DTYPES[n], serializer=serializer,
+                                    compressors=compressors, filters=None, fill_value=fill_value_for(DTYPES[n]))
+              for n, s in SHAPES.items()}
+    start = time.perf_counter()
+    for lo in range(0, states, T):
+        hi = min(lo + T, states)
+        for name, array in arrays.items():
+            array[lo:hi] = data[name][: hi - lo]
+    return time.perf_counter() - start
+
+
+def _writer(root: Root, states: int):
+    from trajscope.store import RunWriter, StoreRoot, two_layer_variables
+
+    return RunWriter.create(
+        StoreRoot(root.location), f"r{uuid.uuid4().hex[:6]}", variables=two_layer_variables(),
+        sizes={"neuron": H, "feature": D, "sample": N}, capacity=states,
+        static={"X": np.zeros((N, D), np.float32), "y": np.ones(N, np.int8)}, attrs={},
+    )
+
+
+def store_path(root: Root, states: int, T: int) -> float:
+    writer = _writer(root, states)
+    assert writer.chunk_steps == T
+    data = blocks(T)
+    start = time.perf_counter()
+    for lo in range(0, states, T):
+        hi = min(lo + T, states)
+        writer.write_block(lo, {n: a[: hi - lo] for n, a in data.items()})
+        writer.commit_if_due()
+    writer.commit(states)
+    seconds = time.perf_counter() - start
+    writer.finish("complete")
+    return seconds
+
+
+def recorder(root: Root, states: int, T: int) -> float:
+    import torch
+
+    from trajscope.producer.recorder import Recorder
+
+    writer = _writer(root, states)
+    data = blocks(T)
+    shapes = {n: SHAPES[n] for n in ("W", "v", "loss", "output")}
+    dtypes = {n: getattr(torch, DTYPES[n]) for n in shapes}
+    state = {n: torch.from_numpy(np.array(data[n][0])) for n in shapes}
+    columns = {"step": np.arange(states), "t": np.arange(states) * 0.01}
+    start = time.perf_counter()
+    rec = Recorder(writer, shapes, dtypes, torch.device("cpu"), columns=columns)
+    for _ in range(states):
+        rec.record(**state)
+    rec.close()
+    seconds = time.perf_counter() - start
+    writer.finish("complete")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="96 MB per measurement, one repeat (< 1 min)")
+    parser.add_argument("--mb", type=float, default=512.0, help="MB of states per measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=4, help="threads of the raw parallel write")
+    parser.add_argument("--dir", default=os.environ.get("TRAJSCOPE_BENCH_DIR", "."), help="the local-dir root's parent")
+    parser.add_argument("--roots", default="local,tmpfs,memory")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--write", type=Path, default=None, help="update this BENCHMARKS.md section")
+    args = parser.parse_args()
+    if args.quick:
+        args.mb, args.repeats = 96.0, 1
+    states = max(int(args.mb * 1e6 // STATE_BYTES), 1)
+    T = chunk_steps()
+    kinds = [k for k in args.roots.split(",") if k != "tmpfs" or os.path.isdir("/dev/shm")]
+    methods = {"raw parallel": lambda r: raw_parallel(r, states, T, args.threads),
+               "plain zarr": lambda r: plain_zarr(r, states, T),
+               "store write path": lambda r: store_path(r, states, T),
+               "recorder": lambda r: recorder(r, states, T)}
+    seconds: dict[tuple[str, str], list[float]] = {}
+    warm = {"raw parallel": lambda r: raw_parallel(r, 2 * T, T, args.threads),
+            "plain zarr": lambda r: plain_zarr(r, 2 * T, T), "store write path": lambda r: store_path(r, 2 * T, T),
+            "recorder": lambda r: recorder(r, 2 * T, T)}
+    for kind in kinds:  # untimed: imports, first allocations, thread pools
+        for method in warm.values():
+            root = Root(kind, args.dir)
+            try:
+                method(root)
+            finally:
+                root.close()
+    for _ in range(args.repeats):
+        for kind in kinds:
+            for name, method in methods.items():
+                root = Root(kind, args.dir)
+                try:
+                    seconds.setdefault((kind, name), []).append(method(root))
+                finally:
+                    root.close()
+    mbs = {key: states * STATE_BYTES / 1e6 / statistics.median(values) for key, values in seconds.items()}
+    result = {
+        "states": states, "state_bytes": STATE_BYTES, "chunk_steps": T, "repeats": args.repeats,
+        "cpus": os.cpu_count(),
+        "mb_per_s": {kind: {name: round(mbs[(kind, name)], 1) for name in methods} for kind in kinds},
+        "recorder_over_raw": round(mbs[("local", "recorder")] / mbs[("local", "raw parallel")], 3)
+        if "local" in kinds else None,
+        "store_over_raw": round(mbs[("local", "store write path")] / mbs[("local", "raw parallel")], 3)
+        if "local" in kinds else None,
+    }
+    header = "| path | " + " | ".join(f"MB/s {k}" for k in kinds) + " | × raw (" + "/".join(kinds) + ") |"
+    lines = [header, "|---|" + "---:|" * (len(kinds) + 1)]
+    for name in methods:
+        ratios = "/".join(f"{mbs[(k, name)] / mbs[(k, 'raw parallel')]:.2f}" for k in kinds)
+        lines.append(f"| {name} | " + " | ".join(f"{mbs[(k, name)]:,.0f}" for k in kinds) + f" | {ratios} |")
+    table = "\n".join(lines)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(table)
+        print(f"\n{states} states of {STATE_BYTES / 1e3:.0f} kB, chunks of {T} states, median of {args.repeats}; "
+              f"recorder / raw parallel on the local dir: {result['recorder_over_raw']}")
+    if args.write:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from record_overhead import replace_section
+
+        command = f"python bench/record_ceiling.py --mb {args.mb:g} --repeats {args.repeats}"
+        section = (
+            f"## Recording ceiling\n\n`{command}` — the reference states (h=100, D=784, n=1000, "
+            f"{STATE_BYTES / 1e3:.0f} kB a state, {states} states, chunks of {T}) with no training, "
+            f"{os.cpu_count()} cores, measured {time.strftime('%Y-%m-%d')}; MB/s of states, median of "
+            f"{args.repeats} interleaved runs; the last column is each path over the raw parallel rate of the "
+            f"same root.\n\n{table}\n\nrecorder / raw parallel on the local dir: **{result['recorder_over_raw']}** "
+            "(goal ≥ 0.8).\n"
+        )
+        replace_section(args.write, "## Recording ceiling", section)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,8 @@ reference trajectory's states (h=100, D=784, n=1000: ``W``, ``v``, ``loss``, ``o
 - **recorder**: :class:`trajscope.producer.recorder.Recorder` fed one state per call (CPU tensors,
   no training), closed at the end (everything committed).
 
-Each is the median of ``--repeats`` interleaved runs. ``--json`` prints one JSON object (with key
+Each is the median of ``--repeats`` interleaved runs (the order rotates between repeats; ``sync`` before
+each, untimed, so none pays for another's dirty pages). ``--json`` prints one JSON object (with key
 ``recorder_over_raw`` = recorder MB/s / raw parallel MB/s on the local-dir root).
 
     python bench/record_ceiling.py [--quick] [--mb 512] [--repeats 3] [--json] [--write BENCHMARKS.md]
@@ -208,12 +209,14 @@ def main() -> None:
                 method(root)
             finally:
                 root.close()
-    for _ in range(args.repeats):
+    names = list(methods)
+    for repeat in range(args.repeats):
         for kind in kinds:
-            for name, method in methods.items():
+            for name in names[repeat % len(names):] + names[: repeat % len(names)]:  # rotate the order
                 root = Root(kind, args.dir)
                 try:
-                    seconds.setdefault((kind, name), []).append(method(root))
+                    os.sync()  # every method starts with no dirty pages to write back (untimed)
+                    seconds.setdefault((kind, name), []).append(methods[name](root))
                 finally:
                     root.close()
     mbs = {key: states * STATE_BYTES / 1e6 / statistics.median(values) for key, values in seconds.items()}

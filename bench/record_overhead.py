@@ -6,7 +6,8 @@ Configs (``--config``), full-batch GD, float32, synthetic data:
 ``reference`` h = 100, D = 784, n = 1000 (313 kB a state); ``mnist-like`` h = 50, D = 784, n = 10000
 (157 kB); ``wide`` h = 2000, D = 784, n = 10000 (6.3 MB). ``--device cpu|cuda``.
 The variants are run interleaved ``--repeats`` times and the median is reported, so a busy machine
-affects all of them alike. Ratios are against the bare loop measured in the same run. "durability fsync"
+affects all of them alike. Ratios are against the bare loop measured in the same run; the CPU-time
+ratio (process CPU time, all threads) is the steadier figure on a machine shared with other work. "durability fsync"
 is trajscope with ``record.durability: fsync`` (chunks, directories and attributes fsynced).
 
     python bench/record_overhead.py [--config reference] [--device cpu] [--steps 2000] [--repeats 3]
@@ -153,19 +154,26 @@ def main() -> None:
         variants["np.save every step"] = lambda d: np_save_loop(cfg, d)
         variants["torch.save every step"] = lambda d: torch_save_loop(cfg, d)
     times: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name, run in variants.items():
             with tempfile.TemporaryDirectory(dir=os.environ.get("TRAJSCOPE_BENCH_DIR")) as tmp:
+                cpu_start = time.process_time()
                 times[name].append(run(Path(tmp)))
+                cpu[name].append(time.process_time() - cpu_start)
     base = statistics.median(times["no recording (baseline)"])
+    cpu_base = statistics.median(cpu["no recording (baseline)"])
     state_kb = (h * cfg.data.dim + h + n) * 4 / 1000
     rows = []
     for name, values in times.items():
         median = statistics.median(values)
-        rows.append((name, (args.steps + 1) / median, median / base, min(values), max(values)))
-    header = f"| variant | steps/s (median of {args.repeats}) | time ratio vs baseline | min s | max s |"
-    lines = [header, "|---|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {sps:,.0f} | {ratio:.3f} | {lo:.2f} | {hi:.2f} |" for n, sps, ratio, lo, hi in rows]
+        rows.append((name, (args.steps + 1) / median, median / base, min(values), max(values),
+                     statistics.median(cpu[name]) / cpu_base))
+    header = (f"| variant | steps/s (median of {args.repeats}) | time ratio vs baseline | min s | max s "
+              "| CPU-time ratio vs baseline |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {n} | {sps:,.0f} | {ratio:.3f} | {lo:.2f} | {hi:.2f} | {c:.3f} |"
+              for n, sps, ratio, lo, hi, c in rows]
     table = "\n".join(lines)
     print(table)
     print(f"\none recorded state: {state_kb:.0f} kB (W, v, output, loss); {args.steps + 1} states a run")

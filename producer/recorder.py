@@ -1,8 +1,9 @@
 """The recording pipeline: chunk buffers → bounded hand-off → writer thread → store's write pool.
 
 The training loop calls :meth:`Recorder.record` once per recorded state. The state is copied into the
-current chunk buffer with one multi-tensor copy (``torch._foreach_copy_``: on a GPU one kernel launch
-for every variable of the state, and no host sync). A full buffer is handed to the writer thread — on a
+current chunk buffer with one call: on a GPU one multi-tensor copy (``torch._foreach_copy_``, one kernel
+launch for every variable of the state, no host sync); on the CPU one numpy memcpy per variable (torch's
+intra-op threads would compete with the training step for the cores). A full buffer is handed to the writer thread — on a
 GPU after an asynchronous copy into pinned host memory on a side stream — and the loop continues in the
 next free buffer. There are ``buffers`` of them (device and pinned buffers are allocated once and
 reused); when none is free the loop waits (back-pressure), so nothing is ever dropped and memory stays

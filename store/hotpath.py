@@ -173,6 +173,7 @@ class HotPath:
         self._buffers: dict[str, dict[int, np.ndarray]] = {name: {} for name in self.buffered}
         self._flushed: dict[str, dict[int, int]] = {name: {} for name in self.buffered}
         self._pool = ThreadPoolExecutor(max(1, int(threads)), thread_name_prefix="trajscope-chunk")
+        self.submitted = int(committed)  # end of the furthest block submitted (or the opening commit)
         self._outstanding: set[BlockWrite] = set()
         self._outstanding_lock = threading.Lock()
 
@@ -185,6 +186,7 @@ class HotPath:
         """
         self.frontier.raise_if_failed()
         stop = start + count
+        self.submitted = max(self.submitted, stop)
         jobs = []
         for name in self.direct:
             encoder, data = self.encoders[name], values[name]

@@ -244,14 +244,16 @@ class RunWriter:
     def commit(self, committed_steps: int | None = None, **extra: Any) -> None:
         """Raise ``committed_steps`` in one write of the root attributes, after the data is on storage.
 
-        Waits until every block below ``committed_steps`` (default: everything written so far) is written,
-        writes the small variables' chunks through it, then the attributes. With durability ``fsync`` the
+        Waits until every block this writer was given below ``committed_steps`` (default: everything
+        written so far) is written, writes the small variables' chunks through it, then the attributes. With durability ``fsync`` the
         chunk files and their directories are fsynced before the attributes are written, and the
         attributes document (and its directory) after.
         """
         hot = self._hot()
         target = hot.frontier.written if committed_steps is None else int(committed_steps)
-        hot.frontier.wait_for(target)
+        # every block this writer submitted below the target; rows it never received (written by an
+        # earlier writer of the run) are the caller's word, as with any explicit commit
+        hot.frontier.wait_for(min(target, hot.submitted))
         hot.flush_buffered(target)
         if not self._tree_durable:  # once: what create wrote (array metadata, static data)
             hot.sink.durable_tree()

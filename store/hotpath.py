@@ -10,14 +10,15 @@ Two kinds of variables (the chunk policy of :func:`trajscope.store.layout.chunk_
 - *direct* variables (``W``, and any variable whose chunk of ``chunk_steps`` states is large) have
   chunks of ``chunk_steps`` states: each block writes its chunk files once, concurrently.
 - *buffered* variables (the small per-step ones: ``v``, ``loss``, ``output``, ``step``, ``t``...) have
-  chunks of a multiple of ``chunk_steps`` states: their rows are kept in memory and their current chunk
-  is rewritten (whole, padded with the fill value) at each commit, so they cost one file per commit,
-  not one per block, and a finished run holds few of them.
+  chunks of a multiple of ``chunk_steps`` states: their rows are kept in memory and each block rewrites
+  their current chunk whole (the rows so far, the rest at the fill value), so a finished run holds a few
+  of their files instead of one per block. Rewrites of one key are ordered by version (the block's end):
+  a write whose rows a newer version already holds is skipped, so the file never goes back in time.
 
 Ordering: :class:`WrittenFrontier` tracks which blocks are fully written; ``written`` is the end of the
 longest run of written blocks from the last commit, whatever order the writes complete in. A commit
-to ``n`` waits until ``written >= n``, then writes the buffered variables through row ``n`` (rows
-``>= n`` are left at the fill value), so ``committed_steps`` never covers a chunk not fully written.
+to ``n`` waits until ``written >= n`` (blocks of this writer), so ``committed_steps`` never covers a
+chunk not fully written. Every submitted block is on storage once written, committed or not.
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ class HotPath:
         self.frontier = WrittenFrontier(committed)
         self._base_committed = int(committed)
         self._buffers: dict[str, dict[int, np.ndarray]] = {name: {} for name in self.buffered}
-        self._flushed: dict[str, dict[int, int]] = {name: {} for name in self.buffered}
+        self._landed: dict[str, int] = {}  # key -> version (rows through) of its last write
+        self._key_locks: dict[str, threading.Lock] = {}
         self._pool = ThreadPoolExecutor(max(1, int(threads)), thread_name_prefix="trajscope-chunk")
         self.submitted = int(committed)  # end of the furthest block submitted (or the opening commit)
         self._outstanding: set[BlockWrite] = set()
@@ -193,26 +195,37 @@ class HotPath:
             t = start // encoder.chunk_shape[0]
             for coords in self.grids[name]:
                 piece = data[(slice(None),) + self._cells(encoder, coords)]
-                jobs.append((encoder, encoder.key((t,) + coords), piece))
+                jobs.append((encoder, encoder.key((t,) + coords), piece, None))
         for name in self.buffered:
-            self._buffer_rows(name, start, np.asarray(values[name]))
+            encoder = self.encoders[name]
+            index, chunk = self._buffer_rows(name, start, np.asarray(values[name]), stop)
+            for coords in self.grids[name]:
+                jobs.append((encoder, encoder.key((index,) + coords), chunk[(slice(None),) + self._cells(encoder, coords)],
+                             stop))
         block = BlockWrite(start, stop, len(jobs))
         with self._outstanding_lock:
             self._outstanding.add(block)
         if not jobs:
             self._complete(block)
-        for encoder, key, piece in jobs:
-            self._pool.submit(self._write_piece, block, encoder, key, piece)
+        for encoder, key, piece, version in jobs:
+            self._pool.submit(self._write_piece, block, encoder, key, piece, version)
         return block
 
     @staticmethod
     def _cells(encoder: ChunkEncoder, coords: tuple[int, ...]) -> tuple[slice, ...]:
         return tuple(slice(i * c, (i + 1) * c) for i, c in zip(coords, encoder.chunk_shape[1:]))
 
-    def _write_piece(self, block: BlockWrite, encoder: ChunkEncoder, key: str, piece: np.ndarray) -> None:
+    def _write_piece(self, block: BlockWrite, encoder: ChunkEncoder, key: str, piece: np.ndarray,
+                     version: int | None) -> None:
         error = None
         try:
-            self.sink.put(key, encoder.encode(piece))
+            if version is None:
+                self.sink.put(key, encoder.encode(piece))
+            else:  # a rewritten chunk: never replace a newer version by an older one
+                with self._key_lock(key):
+                    if version > self._landed.get(key, -1):
+                        self.sink.put(key, encoder.encode(piece))
+                        self._landed[key] = version
         except BaseException as exc:  # noqa: BLE001 - reported through the handle and the frontier
             error = exc
         if block._part_done(error):
@@ -233,14 +246,26 @@ class HotPath:
         block._finish()
 
     # -- buffered (small) variables -----------------------------------------------------------------
-    def _buffer_rows(self, name: str, start: int, rows: np.ndarray) -> None:
-        span = self.encoders[name].chunk_shape[0]
+    def _key_lock(self, key: str) -> threading.Lock:
+        with self._outstanding_lock:
+            return self._key_locks.setdefault(key, threading.Lock())
+
+    def _buffer_rows(self, name: str, start: int, rows: np.ndarray, stop: int) -> tuple[int, np.ndarray]:
+        """Put rows ``start:stop`` into the variable's current chunk; return its index and a snapshot
+        holding the rows below ``stop`` (the rest at the fill value)."""
+        encoder = self.encoders[name]
+        span = encoder.chunk_shape[0]
         index = start // span
         buffer = self._buffers[name].get(index)
         if buffer is None:
+            for old in [i for i in self._buffers[name] if i < index]:  # chunks behind are complete
+                del self._buffers[name][old]
             buffer = self._buffers[name][index] = self._new_buffer(name, index)
         offset = start - index * span
         buffer[offset : offset + len(rows)] = rows
+        snapshot = buffer.copy()
+        snapshot[stop - index * span :] = encoder.fill_value
+        return index, snapshot
 
     def _new_buffer(self, name: str, index: int) -> np.ndarray:
         encoder = self.encoders[name]
@@ -249,36 +274,7 @@ class HotPath:
         lo, hi = index * span, min(self._base_committed, (index + 1) * span)
         if hi > lo:  # resuming inside this chunk: its committed rows are on storage
             buffer[: hi - lo] = self.arrays[name][lo:hi]
-        self._flushed[name][index] = max(lo, hi)
         return buffer
-
-    def flush_buffered(self, n: int) -> None:
-        """Write the buffered variables' chunks through row ``n`` (rows ``>= n`` at the fill value)."""
-        jobs = []
-        for name in self.buffered:
-            encoder = self.encoders[name]
-            span = encoder.chunk_shape[0]
-            for index in sorted(self._buffers[name]):
-                lo = index * span
-                through = min(n, lo + span)
-                if through <= self._flushed[name][index]:
-                    continue
-                chunk = self._buffers[name][index].copy()
-                chunk[through - lo :] = encoder.fill_value
-                for coords in self.grids[name]:
-                    jobs.append((name, index, through, encoder, encoder.key((index,) + coords),
-                                 chunk[(slice(None),) + self._cells(encoder, coords)]))
-        futures = [self._pool.submit(self.sink.put, key, encoder.encode(piece))
-                   for _, _, _, encoder, key, piece in jobs]
-        for future in futures:
-            exc = future.exception()
-            if exc is not None:
-                self.frontier.fail(exc)
-                raise WriteFailed(f"writing a chunk failed: {exc}") from exc
-        for name, index, through, encoder, _, _ in jobs:
-            self._flushed[name][index] = through
-            if through == (index + 1) * encoder.chunk_shape[0]:
-                self._buffers[name].pop(index, None)
 
     # -- draining -----------------------------------------------------------------------------------
     def drain(self) -> None:

@@ -18,10 +18,10 @@ name       dims                        dtype     meaning
 Chunking (:func:`chunk_plan`): the largest time-varying variable (``W``) has chunks of ``chunk_steps``
 states, about ``record.chunk_mib`` each (at least :data:`MIN_LARGE_CHUNK_STEPS` states for states of
 1 MiB or more while a chunk stays under :data:`MAX_CHUNK_FILE_BYTES`; a single state above that is also
-split along its second dimension). ``chunk_steps`` is the commit unit. Small per-step variables (``v``, ``loss``,
-``output``, ``step``, ``t``: a ``chunk_steps`` chunk under :data:`SMALL_CHUNK_BYTES`) have longer time
-chunks, a multiple of ``chunk_steps`` of about :data:`SMALL_CHUNK_BYTES`, so they cost a few files per
-run instead of one per ``W`` chunk. Every chunk carries a crc32c checksum; only codecs that plain
+split along its second dimension). ``chunk_steps`` is the commit unit. Small per-step variables (``v``,
+``loss``, ``output``, ``step``, ``t``: a ``chunk_steps`` chunk under :data:`SMALL_CHUNK_BYTES`, 256 KiB)
+have longer time chunks, a multiple of ``chunk_steps`` of about :data:`SMALL_CHUNK_BYTES`, so a run holds
+a few files of them instead of one per ``W`` chunk (their current chunk is rewritten by every block). Every chunk carries a crc32c checksum; only codecs that plain
 zarr-python decodes are used, so ``xr.open_zarr`` reads every layout.
 """
 
@@ -54,7 +54,8 @@ COMPRESSORS = ("none", "zstd")
 #: state, the size of a small variable's chunk and the longest time chunk of a small variable
 MAX_CHUNK_FILE_BYTES = 64 * 2**20
 MIN_LARGE_CHUNK_STEPS = 4
-SMALL_CHUNK_BYTES = 2**20
+LARGE_STATE_BYTES = 2**20
+SMALL_CHUNK_BYTES = 2**18
 MAX_SMALL_CHUNK_STEPS = 8192
 
 
@@ -123,9 +124,10 @@ def chunk_plan(step_shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], 
 
     With ``B_v`` the bytes of one state of variable ``v`` and ``B = max_v B_v``:
 
-    - ``T = chunk_steps_for(B, target_bytes)``; for a large state (``B >= SMALL_CHUNK_BYTES``) raised to
+    - ``T = chunk_steps_for(B, target_bytes)``; for a large state (``B >= LARGE_STATE_BYTES``) raised to
       ``min(MIN_LARGE_CHUNK_STEPS, MAX_CHUNK_FILE_BYTES // B)`` when that is larger (larger files);
-    - the largest variable, and any with ``T · B_v >= SMALL_CHUNK_BYTES``, has chunks ``(T, *shape)``; if one state is above
+    - the largest variable, and any with ``T · B_v >= SMALL_CHUNK_BYTES``, has chunks ``(T, *shape)``; if
+      one state is above
       ``MAX_CHUNK_FILE_BYTES`` its second dimension is split into ``max(1, MAX_CHUNK_FILE_BYTES // (T · row))``
       rows per chunk (``row`` = bytes of one index of that dimension);
     - a smaller variable has chunks ``(k T, *shape)`` with
@@ -135,7 +137,7 @@ def chunk_plan(step_shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], 
     sizes = {n: int(np.prod(s, dtype=np.int64)) * np.dtype(dtypes[n]).itemsize for n, s in step_shapes.items()}
     largest = max(sizes.values(), default=1)
     steps = chunk_steps_for(largest, target_bytes)
-    if largest >= SMALL_CHUNK_BYTES:  # a large state: fewer, larger files
+    if largest >= LARGE_STATE_BYTES:  # a large state: fewer, larger files
         steps = max(steps, min(MIN_LARGE_CHUNK_STEPS, MAX_CHUNK_FILE_BYTES // largest))
     whole = -(-max(int(capacity), 1) // steps) * steps
     chunks = {}

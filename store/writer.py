@@ -245,7 +245,7 @@ class RunWriter:
         """Raise ``committed_steps`` in one write of the root attributes, after the data is on storage.
 
         Waits until every block this writer was given below ``committed_steps`` (default: everything
-        written so far) is written, writes the small variables' chunks through it, then the attributes. With durability ``fsync`` the
+        written so far) is written, then writes the attributes. With durability ``fsync`` the
         chunk files and their directories are fsynced before the attributes are written, and the
         attributes document (and its directory) after.
         """
@@ -254,7 +254,6 @@ class RunWriter:
         # every block this writer submitted below the target; rows it never received (written by an
         # earlier writer of the run) are the caller's word, as with any explicit commit
         hot.frontier.wait_for(min(target, hot.submitted))
-        hot.flush_buffered(target)
         if not self._tree_durable:  # once: what create wrote (array metadata, static data)
             hot.sink.durable_tree()
             self._tree_durable = True

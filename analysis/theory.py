@@ -286,15 +286,17 @@ def loss_envelope(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP
 
 
 def envelope_ratio_max(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.DataArray:
-    """``max_{t_k ≥ t2} L(t_k) / envelope(t_k)``: the O(1/t) theorem holds on the run iff this is ``≤ 1``
-    (up to :data:`ENVELOPE_RTOL`). NaN when the theorem does not apply or ``t2`` is not reached.
+    """``max_{t_k > t2} L(t_k) / envelope(t_k)``: the O(1/t) theorem holds on the run iff this is ``≤ 1``
+    (up to :data:`ENVELOPE_RTOL`). NaN when the theorem does not apply, ``t2`` is not reached or no state
+    follows it.
 
-    Equal to 1 at ``t2`` itself (the envelope starts at ``L(t2)``); below 1 afterwards when the loss falls
-    faster than the envelope. Attrs: ``status`` of the envelope.
+    ``t2`` itself is left out (there the envelope equals ``L(t2)``, the ratio 1 by construction); the
+    value says how far below the envelope the loss stays. Attrs: ``status`` of the envelope.
     """
     sel = select(ds, step)
     env = loss_envelope(ds, step, drop=drop)
-    ratio = (sel["loss"].astype(np.float64) / env).max("step", skipna=True)
+    after = time_coord(sel) > t2(ds, step, drop=drop)["t2_time"]
+    ratio = xr.where(after, sel["loss"].astype(np.float64) / env, np.nan).max("step", skipna=True)
     out = ratio.drop_vars(["step", "t"], errors="ignore")
     out.name = "envelope_ratio_max"
     out.attrs.update(kind="measured", status=env.attrs["status"],
@@ -302,7 +304,7 @@ def envelope_ratio_max(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2
     return out
 
 
-RATE_RULE = ("holds iff L(t) ≤ L(t2)/(L(t2)·α·(t − t2) + 1)·(1 + 1e-6) at every recorded t ≥ t2, "
+RATE_RULE = ("holds iff L(t) ≤ L(t2)/(L(t2)·α·(t − t2) + 1)·(1 + 1e-6) at every recorded t > t2, "
              "α = (μ X_min)²/(32 X_max), t2 = first step with L ≤ 0.95·L(first state); applies only where the "
              "theorem's hypotheses hold: μ > 0, both layers train, full-batch GD, S+ and S- each hold a neuron at "
              "the measured t1 (balanced init and exp loss, else noted as approximate)")
@@ -326,10 +328,10 @@ def rate_verdict(status: str, ratio: float, t1_step: float, t2_step: float, frac
                                   f"S-: {frac_neg_t1:.0%} of neurons)")
     note = "" if status == OK else f" ({status})"
     if not np.isfinite(t2_step) or not np.isfinite(ratio):
-        return "undecided", "t2 not reached: the loss never fell 5 %" + note
+        return "undecided", "t2 not reached (the loss never fell 5 %) or no recorded state after it" + note
     if ratio <= 1.0 + ENVELOPE_RTOL:
-        return "holds", f"max L/envelope over t ≥ t2 = {ratio:.4g} ≤ 1" + note
-    return "fails", f"max L/envelope over t ≥ t2 = {ratio:.4g} > 1" + note
+        return "holds", f"max L/envelope over t > t2 = {ratio:.4g} ≤ 1" + note
+    return "fails", f"max L/envelope over t > t2 = {ratio:.4g} > 1" + note
 
 
 def stable_rank_bound(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:

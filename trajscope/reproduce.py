@@ -292,10 +292,12 @@ def _rate_claim(exps: dict[str, Experiment], tables) -> tuple[str, str]:
     parts = []
     if judged:
         worst = max(judged, key=lambda kr: kr[1]["envelope_ratio_max"])
+        finals = [r["loss_final"] / r["loss_envelope_final"] for _, r in judged]
         approx = sorted({str(r.get("envelope_status", "")).removeprefix("approximate: ") for _, r in judged
                          if str(r.get("envelope_status", "")).startswith("approximate")})
         parts.append(f"{len(by[HOLDS])} of {len(judged)} applicable runs stay under the envelope "
-                     f"(largest max over t > t2 of L/envelope: {_fmt(worst[1]['envelope_ratio_max'], 4)}, {worst[0]})"
+                     f"(largest max over t > t2 of L/envelope: {_fmt(worst[1]['envelope_ratio_max'], 4)}, {worst[0]}; "
+                     f"final L/envelope: median {_fmt(float(np.median(finals)), 3)})"
                      + (f"; hypotheses met approximately in some: {'; '.join(approx)}" if approx else ""))
     if by["undecided"]:
         parts.append(f"{len(by['undecided'])} undecided (t2 not reached)")

@@ -188,15 +188,16 @@ class Recorder:
         if self._numpy_rows:
             self._copy_host(slot, position, rows, values)
         else:
-            targets, sources = [], []
-            for name, value in values.items():
-                if isinstance(value, torch.Tensor) and value.shape == rows[name].shape:
-                    targets.append(rows[name])
-                    sources.append(value)
-                else:  # Python numbers, and tensors that need broadcasting (e.g. shape (1,) into ())
-                    slot.device[name][position] = value
-            if sources:
-                torch._foreach_copy_(targets, sources)  # one launch for the whole state, no host sync
+            with torch.no_grad():  # parameters are copied without their graph
+                targets, sources = [], []
+                for name, value in values.items():
+                    if isinstance(value, torch.Tensor) and value.shape == rows[name].shape:
+                        targets.append(rows[name])
+                        sources.append(value)
+                    else:  # Python numbers, and tensors that need broadcasting (e.g. shape (1,) into ())
+                        slot.device[name][position] = value
+                if sources:
+                    torch._foreach_copy_(targets, sources)  # one launch for the whole state, no host sync
         self.index += 1
         if position + 1 == self.chunk:
             self._hand_off(self.chunk)
@@ -216,7 +217,8 @@ class Recorder:
                 else:
                     row[...] = value
             except (TypeError, ValueError, RuntimeError):  # e.g. shape (1,) into (), a GPU tensor
-                slot.device[name][position] = value
+                with torch.no_grad():
+                    slot.device[name][position] = value
 
     def _hand_off(self, count: int) -> None:
         slot = self._slots[self._current]

@@ -6,6 +6,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from trajscope.producer.recorder import HostStaging, Recorder
@@ -114,3 +115,44 @@ def test_durability_level_reaches_the_store(tmp_path, small_config, monkeypatch)
     assert len(calls) > 10
     assert open_run("safe", tmp_path).attrs["config"]["record"]["durability"] == "fsync"
     np.testing.assert_array_equal(open_run("safe", tmp_path).W.values, open_run("fast", tmp_path).W.values)
+
+
+class CollectingWriter:
+    """Keeps a copy of every block (a writer that writes synchronously, as a stand-in for the store)."""
+
+    def __init__(self, chunk_steps):
+        self.chunk_steps, self.blocks, self.committed_steps = chunk_steps, {}, 0
+
+    def write_block(self, start, values):
+        self.blocks[start] = {n: np.array(v) for n, v in values.items()}
+
+    def commit(self, committed_steps=None):
+        self.committed_steps = committed_steps
+
+    def heartbeat_due(self):
+        return False
+
+
+@pytest.mark.parametrize("path", ["numpy", "foreach"])
+def test_one_call_copies_keep_every_value(monkeypatch, path):
+    from trajscope.producer import recorder as recorder_module
+
+    if path == "foreach":  # the GPU's multi-tensor copy, exercised on the CPU
+        monkeypatch.setattr(recorder_module, "_NUMPY_DTYPES", set())
+    writer = CollectingWriter(4)
+    shapes = {"W": (3, 2), "v": (3,), "loss": ()}
+    dtypes = {"W": torch.float32, "v": torch.float32, "loss": torch.float64}
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=2)
+    assert recorder._numpy_rows == (path == "numpy")
+    expected = []
+    for k in range(10):
+        W = torch.arange(6, dtype=torch.float32).reshape(3, 2) * k
+        v = torch.full((3,), -float(k), requires_grad=True)  # a parameter: copied without its graph
+        loss = torch.tensor([k / 3], dtype=torch.float64) if k % 2 else k / 3  # shape (1,) or a number
+        recorder.record(W=W, v=v, loss=loss)
+        expected.append((W.numpy().copy(), np.full(3, -float(k)), k / 3))
+    assert recorder.close() == 10 and writer.committed_steps == 10
+    got = {n: np.concatenate([writer.blocks[s][n] for s in sorted(writer.blocks)]) for n in shapes}
+    np.testing.assert_array_equal(got["W"], np.stack([e[0] for e in expected]))
+    np.testing.assert_array_equal(got["v"], np.stack([e[1] for e in expected]))
+    np.testing.assert_allclose(got["loss"], [e[2] for e in expected])

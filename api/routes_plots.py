@@ -21,6 +21,7 @@ from trajscope.api.models import ErrorBody, Listing
 from trajscope.api.routes_analysis import STEP_HELP, _lookup, call, step_slice
 from trajscope.api.state import ApiState
 from trajscope.store import UserError
+from trajscope.store.integrity import is_checksum_error
 
 log = logging.getLogger("trajscope.api")
 
@@ -73,6 +74,8 @@ def figure(run: Run, state: ApiState, kind: str, fn: Callable, fmt: str, sl: sli
         except UserError as err:
             return 400, str(err)
         except Exception as err:  # noqa: BLE001 - a figure that cannot be drawn is not a server crash
+            if is_checksum_error(err):
+                raise  # not cached: corrupt stored data is answered by api.errors (503)
             log.exception("figure %s failed to render for run %s", kind, run.run_id)
             return 422, f"figure {kind!r} could not be drawn for run {run.run_id!r}: {type(err).__name__}: {err}"
 

@@ -1,24 +1,32 @@
 """``/zarr/{run_id}/{key}``: the run's store, read-only, for ``xr.open_zarr("http://host/zarr/RUN")``.
 
-GET and HEAD, single byte ranges (``Range: bytes=a-b``, ``a-``, ``-n``). The root ``zarr.json`` is a
+GET and HEAD, single byte ranges (``Range: bytes=a-b``, ``a-``, ``-n``). A chunk of a local root is
+streamed from its file (Starlette's :class:`FileResponse` serves the range), its path coming from
+:func:`trajscope.store.served.chunk_file` after the store's checks; everything else is read whole. The root ``zarr.json`` is a
 snapshot consolidated on the fly and trimmed to ``committed_steps`` (see
 :mod:`trajscope.store.snapshot`), so a remote reader sees a consistent view of a live run.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Request, Response
+from fastapi.responses import FileResponse
 
 from trajscope.api.deps import State, load_run
 from trajscope.api.models import ErrorBody
+from trajscope.store.served import chunk_file
 from trajscope.store.snapshot import KeyNotServed, parse_key, read_key
 
 router = APIRouter(prefix="/zarr", tags=["zarr"], responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody},
                                                               416: {"model": ErrorBody}})
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
+#: more digits than any object size has; longer numbers are refused before ``int()`` (which raises
+#: past 4300 digits and would be slow well before)
+MAX_RANGE_DIGITS = 19
 
 
 def byte_range(header: str, size: int) -> tuple[int, int]:
@@ -28,6 +36,9 @@ def byte_range(header: str, size: int) -> tuple[int, int]:
         raise HTTPException(416, f"Range {header!r} is not supported: use one range bytes=a-b, bytes=a- or bytes=-n",
                             headers={"Content-Range": f"bytes */{size}"})
     first, last = match.groups()
+    if max(len(first), len(last)) > MAX_RANGE_DIGITS:
+        raise HTTPException(416, f"Range has a number of more than {MAX_RANGE_DIGITS} digits: this key has {size} bytes",
+                            headers={"Content-Range": f"bytes */{size}"})
     if first == "":
         start, end = max(size - int(last), 0), size
     else:
@@ -53,15 +64,22 @@ def zarr_key(
     range: Annotated[str | None, Header(description="bytes=a-b (one range)")] = None,
 ) -> Response:
     run = load_run(state, run_id)
+    headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"}
     try:
         info = parse_key(key)
-        data = read_key(state.root, run.run_id, key, info)
+        path = chunk_file(state.root, run.run_id, key, info)  # local chunks: streamed from their file
+        if path is None:
+            data = read_key(state.root, run.run_id, key, info)
     except KeyNotServed as err:
         raise HTTPException(404, str(err)) from None
     except (KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise HTTPException(404, f"run {run_id!r} has no key {key!r} in its committed snapshot") from None
+    if path is not None:
+        stat = os.stat(path)
+        if range is not None:
+            byte_range(range, stat.st_size)  # our checks and messages; FileResponse then serves the range
+        return FileResponse(path, headers=headers, media_type=_media(key), stat_result=stat)
     size = len(data)
-    headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"}
     status = 200
     if range is not None:
         start, end = byte_range(range, size)

@@ -7,7 +7,7 @@ import os
 from fastapi import FastAPI
 
 import trajscope
-from trajscope.api import errors, routes_analysis, routes_dashboard, routes_plots, routes_runs, routes_vars, routes_zarr
+from trajscope.api import docs, errors, routes_analysis, routes_dashboard, routes_plots, routes_runs, routes_vars, routes_zarr
 from trajscope.api.state import DEFAULT_ATTRS_TTL, DEFAULT_CACHE_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ApiState, ByteLRU
 from trajscope.store import StoreRoot
 
@@ -32,11 +32,13 @@ def create_app(
         title="trajscope",
         version=trajscope.__version__,
         description="Runs, slices, analyses, figures and the raw Zarr store of recorded training trajectories.",
+        docs_url=None, redoc_url=None,  # /docs is served offline by trajscope.api.docs
     )
     app.state.trajscope = ApiState(store_root, token=token or None, max_response_bytes=max_response_bytes,
                                    responses=ByteLRU(cache_bytes), attrs_ttl=attrs_ttl)
 
     errors.install(app)
+    docs.install(app)
     for module in (routes_runs, routes_vars, routes_analysis, routes_plots, routes_zarr, routes_dashboard):
         app.include_router(module.router)
     return app

@@ -1,7 +1,8 @@
 """``/api/runs/{run_id}/plots/{kind}.png|.svg``: the figures of ``trajscope.analysis.PLOT_KINDS``.
 
-Computed in parallel, rendered with matplotlib's Agg backend under one lock, and cached per
-(run, committed steps, kind, format, parameters): a finished run's figure is drawn once.
+Rendered with matplotlib's Agg backend under one lock, and cached per (run, committed steps, kind,
+format, parameters): a finished run's figure is drawn once. The listing never draws: with
+``check=true`` it reports the kinds already known not to apply to the run.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Callable
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -54,6 +54,11 @@ def render(figure: Any, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+def _identity(run: Run) -> tuple:
+    """A run as a whole, whatever it has committed: what a figure needs of it does not change as it grows."""
+    return (run.run_id, run.attrs.get("created"))
+
+
 def _key(run: Run, kind: str, fmt: str, sl: slice | None, kwargs: dict[str, Any]) -> tuple:
     return run.cache_key("plot", kind, fmt, str(sl), tuple(sorted(kwargs.items())))
 
@@ -80,6 +85,8 @@ def figure(run: Run, state: ApiState, kind: str, fn: Callable, fmt: str, sl: sli
             return 422, f"figure {kind!r} could not be drawn for run {run.run_id!r}: {type(err).__name__}: {err}"
 
     (status, body), hit = state.responses.get_or_build(key, build, lambda v: len(v[1]))
+    if status in (400, 422) and sl is None and not kwargs:  # the run cannot show this kind: remembered
+        state.figure_failures.setdefault(_identity(run), {})[kind] = str(body)
     if status != 200:
         raise HTTPException(status, body)
     return body, hit
@@ -88,24 +95,19 @@ def figure(run: Run, state: ApiState, kind: str, fn: Callable, fmt: str, sl: sli
 @router.get("", response_model=Listing, summary="The figure kinds available")
 def list_plots(
     run: RunDep,
-    state: State,
-    check: Annotated[bool, Query(description="draw each figure (cached) and list only those this run can "
-                                 "show; the others go to 'unavailable' with the reason")] = False,
+    check: Annotated[bool, Query(description="list under 'unavailable' the kinds this run cannot show, as far "
+                                 "as known without drawing: every kind while nothing is committed, and kinds "
+                                 "whose figure already failed for this run (with the reason)")] = False,
 ) -> dict[str, Any]:
     kinds = registry.plot_kinds()
     items = {k: f"/api/runs/{run.run_id}/plots/{k}.png" for k in sorted(kinds)}
     unavailable: dict[str, str] = {}
-    if check:
+    if check:  # never draws: O(number of kinds), whatever the run's length (issue 8 item 8)
         if run.committed == 0:
             unavailable = {k: "no committed states yet" for k in items}
         else:
-            with ThreadPoolExecutor(max_workers=4) as pool:
-                futures = {k: pool.submit(figure, run, state, k, kinds[k], "png", None, {}) for k in items}
-            for k, fut in futures.items():
-                try:
-                    fut.result()
-                except HTTPException as err:
-                    unavailable[k] = str(err.detail)
+            known = run.state.figure_failures.get(_identity(run)) or {}
+            unavailable = {k: reason for k, reason in known.items() if k in items}
         items = {k: u for k, u in items.items() if k not in unavailable}
     return {"run_id": run.run_id, "items": items, "unavailable": unavailable,
             "params": {k: registry.options(fn) for k, fn in sorted(kinds.items())}}

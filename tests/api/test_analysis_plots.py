@@ -82,11 +82,20 @@ def test_bad_analysis_and_plot_requests(client, path, params, status, words):
         assert word in r.json()["detail"], (word, r.json()["detail"])
 
 
-def test_plot_listing_checks_what_a_run_can_show(client):
-    body = client.get("/api/runs/done/plots", params={"check": "true"}).json()
-    assert set(body["items"]) | set(body["unavailable"]) == set(PLOT_KINDS)
-    assert "plane" in body["unavailable"] and "2-D" in body["unavailable"]["plane"]  # D = 4 here
-    assert "loss" in body["items"]
+def test_plot_listing_check_draws_nothing_and_reports_what_failed(tmp_path, write_run, serve):
+    root = StoreRoot(tmp_path)
+    write_run(root, "done", steps=40, chunk_steps=8)  # D = 4: the 'plane' figure needs 2-D data
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        responses = srv.app.state.trajscope.responses
+        body = c.get("/api/runs/done/plots", params={"check": "true"}).json()
+        assert set(body["items"]) == set(PLOT_KINDS) and body["unavailable"] == {}
+        assert len(responses) == 0  # the listing drew no figure (issue 8 item 8: it drew all of them)
+        r = c.get("/api/runs/done/plots/plane.png")
+        assert r.status_code == 422 and "2-D" in r.json()["detail"]
+        body = c.get("/api/runs/done/plots", params={"check": "true"}).json()
+        assert set(body["items"]) | set(body["unavailable"]) == set(PLOT_KINDS)
+        assert "2-D" in body["unavailable"]["plane"] and "loss" in body["items"]
+        assert "plane" in c.get("/api/runs/done/plots").json()["items"]  # without check: every kind
 
 
 @pytest.mark.parametrize("kind", sorted(k for k in PLOT_KINDS if k != "plane"))

@@ -91,7 +91,7 @@ def test_plot_listing_check_draws_nothing_and_reports_what_failed(tmp_path, writ
         assert set(body["items"]) == set(PLOT_KINDS) and body["unavailable"] == {}
         assert len(responses) == 0  # the listing drew no figure (issue 8 item 8: it drew all of them)
         r = c.get("/api/runs/done/plots/plane.png")
-        assert r.status_code == 422 and "2-D" in r.json()["detail"]
+        assert r.status_code == 400 and "2-D" in r.json()["detail"]
         body = c.get("/api/runs/done/plots", params={"check": "true"}).json()
         assert set(body["items"]) | set(body["unavailable"]) == set(PLOT_KINDS)
         assert "2-D" in body["unavailable"]["plane"] and "loss" in body["items"]

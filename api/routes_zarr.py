@@ -54,8 +54,14 @@ def _media(key: str) -> str:
     return "application/json" if key.endswith("zarr.json") else "application/octet-stream"
 
 
+_BYTES = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+          "application/json": {"schema": {"type": "object"}}}
+
+
 @router.head("/{run_id}/{key:path}", include_in_schema=False)
-@router.get("/{run_id}/{key:path}", summary="A key of the run's Zarr store (GET and HEAD, byte ranges)")
+@router.get("/{run_id}/{key:path}", summary="A key of the run's Zarr store (GET and HEAD, byte ranges)",
+            responses={200: {"description": "the key's bytes (metadata keys are JSON)", "content": _BYTES},
+                       206: {"description": "the requested byte range", "content": _BYTES}})
 def zarr_key(
     state: State,
     request: Request,

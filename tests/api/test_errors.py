@@ -186,3 +186,15 @@ def test_health_and_listing_do_not_reveal_the_absolute_root(client, local_root):
     for path in ("/health", "/api/runs", "/api/runs/done"):
         text = client.get(path).text
         assert local_root.location not in text, path
+
+
+def test_a_corrupt_coordinate_chunk_is_named_even_when_the_run_is_opened(tmp_path):
+    root = StoreRoot(tmp_path)
+    make_run(root, "r", steps=16, chunk_steps=8)
+    _flip_byte(root, "step/c/1", offset=3)  # the step coordinate is read when the run is opened
+    with serving(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        for path in ("/api/runs/r", "/api/runs/r/vars/loss", "/api/runs/r/analysis/stable_rank"):
+            r = c.get(path)
+            assert r.status_code == 503, (path, r.text[:300])
+            assert r.json()["chunks"] == ["step/c/1"] and r.json()["variables"] == ["step"]
+        assert c.get("/api/runs").status_code == 200  # the listing reads attributes only

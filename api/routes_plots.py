@@ -1,8 +1,9 @@
 """``/api/runs/{run_id}/plots/{kind}.png|.svg``: the figures of ``trajscope.analysis.PLOT_KINDS``.
 
 Rendered with matplotlib's Agg backend under one lock, and cached per (run, committed steps, kind,
-format, parameters): a finished run's figure is drawn once. The listing never draws: with
-``check=true`` it reports the kinds already known not to apply to the run.
+format, parameters): a finished run's figure is drawn once. With ``check=true`` the listing reports
+the kinds that do not apply to the run, found once per run on its first state (:func:`probe`) plus
+any whose drawing already failed; it never draws the run's figures.
 """
 
 from __future__ import annotations
@@ -92,22 +93,52 @@ def figure(run: Run, state: ApiState, kind: str, fn: Callable, fmt: str, sl: sli
     return body, hit
 
 
+def _close(result: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = result if hasattr(result, "savefig") else getattr(result, "figure", None)
+    if fig is not None:
+        plt.close(fig)
+
+
+def probe(run: Run, kinds: dict[str, Callable]) -> dict[str, str]:
+    """Kinds this run cannot show, with the reason: each figure function is called on the run's
+    *first* recorded state only and nothing is rendered, so the cost does not grow with the run; a
+    :class:`UserError` (what a figure raises when the run lacks what it needs, e.g. 2-D data) marks
+    the kind unavailable, anything else is left to the real request."""
+    ds = run.dataset()
+    first = int(ds["step"].values[0])
+    out: dict[str, str] = {}
+    for kind, fn in kinds.items():
+        try:
+            with _RENDER:  # matplotlib's state is shared
+                _close(fn(ds, step=slice(first, first)))
+        except UserError as err:
+            out[kind] = str(err)
+        except Exception as err:  # noqa: BLE001 - one state may not be enough: the real request will tell
+            if is_checksum_error(err):
+                raise
+    return out
+
+
 @router.get("", response_model=Listing, summary="The figure kinds available")
 def list_plots(
     run: RunDep,
-    check: Annotated[bool, Query(description="list under 'unavailable' the kinds this run cannot show, as far "
-                                 "as known without drawing: every kind while nothing is committed, and kinds "
-                                 "whose figure already failed for this run (with the reason)")] = False,
+    state: State,
+    check: Annotated[bool, Query(description="list under 'unavailable' the kinds this run cannot show, with the "
+                                 "reason (checked once per run on its first state; never draws a figure)")] = False,
 ) -> dict[str, Any]:
     kinds = registry.plot_kinds()
     items = {k: f"/api/runs/{run.run_id}/plots/{k}.png" for k in sorted(kinds)}
     unavailable: dict[str, str] = {}
-    if check:  # never draws: O(number of kinds), whatever the run's length (issue 8 item 8)
+    if check:  # issue 8 item 8: this drew every figure of the whole run, again after every commit
         if run.committed == 0:
             unavailable = {k: "no committed states yet" for k in items}
         else:
-            known = run.state.figure_failures.get(_identity(run)) or {}
-            unavailable = {k: reason for k, reason in known.items() if k in items}
+            probed, _ = state.responses.get_or_build(("plots-probe", *_identity(run), tuple(sorted(kinds))),
+                                                     lambda: probe(run, kinds), lambda v: 64 * (len(v) + 1))
+            unavailable = {**probed, **(state.figure_failures.get(_identity(run)) or {})}
+            unavailable = {k: reason for k, reason in unavailable.items() if k in items}
         items = {k: u for k, u in items.items() if k not in unavailable}
     return {"run_id": run.run_id, "items": items, "unavailable": unavailable,
             "params": {k: registry.options(fn) for k, fn in sorted(kinds.items())}}

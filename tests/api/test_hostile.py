@@ -111,7 +111,8 @@ def test_hostile_headers(hostile):
 
 
 @pytest.mark.parametrize("auth", ["Bearer " + "x" * 10000, "Bearer \x7f", "bearer",
-                                  "Bearer hostile-token hostile-token", "Basic aG9zdGlsZS10b2tlbg=="])
+                                  "Bearer hostile-token hostile-token", "Basic aG9zdGlsZS10b2tlbg=="],
+                         ids=["10000-char-token", "DEL-char", "scheme-only", "token-twice", "basic-scheme"])
 def test_hostile_delete_never_deletes(hostile, auth):
     conn, root = hostile
     for seg in ("done", "..", "%2e%2e", "done%00", "x" * 3000):

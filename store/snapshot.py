@@ -109,12 +109,20 @@ class Snapshot:
 def snapshot(root: StoreRoot, run_id: str) -> Snapshot:
     """Read the root attributes first, then each array's metadata, trimmed to ``committed_steps``.
 
-    Arrays are created at full capacity and only shrink to the committed length when the run
-    finishes, so every array read after the attributes is at least ``committed_steps`` long.
+    Every array is at least ``committed_steps`` long at any moment (created at capacity, shrunk only to
+    the committed length, after the final document is written); arrays of differing lengths (a finish
+    or resume stopped half-way) all come out cut to ``committed_steps``.
     """
     group = root.read_group_metadata(run_id)  # RunNotFound when absent
     attrs = dict(group.get("attributes", {}))
-    committed = int(attrs.get(COMMITTED, 0))
+    return Snapshot(attrs, array_metadata(root, run_id, int(attrs.get(COMMITTED, 0)), group))
+
+
+def array_metadata(root: StoreRoot, run_id: str, committed: int,
+                   group: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Every array's metadata, ``step`` cut to ``committed``: from the group's consolidated metadata when
+    ``group`` has it, else each ``NAME/zarr.json`` read now (through the root's safe reads)."""
+    group = group or {}
     consolidated = (group.get("consolidated_metadata") or {}).get("metadata") or {}
     arrays: dict[str, dict[str, Any]] = {}
     for name in _array_names(root, run_id, group):
@@ -126,7 +134,7 @@ def snapshot(root: StoreRoot, run_id: str) -> Snapshot:
                 continue
         if meta.get("node_type") == "array":
             arrays[name] = _trim(meta, committed)
-    return Snapshot(attrs, arrays)
+    return arrays
 
 
 def snapshot_metadata(root: StoreRoot, run_id: str) -> bytes:

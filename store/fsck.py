@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from trajscope.store.errors import RunLocked, UserError
+from trajscope.store.errors import PathOutsideRoot, RunLocked, UserError
 from trajscope.store.layout import COMMITTED, CREATING, STATUSES, STEP_DIM
 from trajscope.store.locks import WriterLock
 from trajscope.store.root import StoreRoot
@@ -111,14 +111,17 @@ def _verify_chunks(root: StoreRoot, run_id: str, arrays: dict[str, dict[str, Any
     for name, meta in sorted(arrays.items()):
         time_varying = (meta.get("dimension_names") or [None])[0] == STEP_DIM
         keys = _chunk_keys(name, meta, committed if time_varying else None)
-        missing = []
+        missing, outside = [], []
         for key in keys:
             try:
                 root.read_bytes(run_id, key)
             except KeyError:
                 missing.append(key)
+            except PathOutsideRoot:
+                outside.append(key)  # reported with the links
         if missing:
             report.problems.append(f"{len(missing)} committed chunk(s) of {name} are missing, e.g. {missing[0]}")
+        if missing or outside:
             continue
         if group is None:
             group = zarr.open_group(root.zarr_store(run_id, read_only=True), mode="r", use_consolidated=False)
@@ -159,6 +162,8 @@ def fsck_run(root: StoreRoot, run_id: str, *, repair: bool = False) -> FsckRepor
         return report  # nothing of it is read
     try:
         group = root.read_group_metadata(run_id)
+    except PathOutsideRoot:
+        return report  # reported with the links
     except ValueError as err:
         report.problems.append(f"the root zarr.json is not valid JSON: {err}")
         return report

@@ -130,6 +130,6 @@ def list_runs(root: str | os.PathLike | StoreRoot | None = None, *, with_size: b
     for run_id in store_root.run_ids():
         try:
             infos.append(describe_run(run_id, store_root, with_size=with_size))
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, UserError):  # unreadable, or refused (a link out of the root)
             continue
     return infos

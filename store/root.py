@@ -92,8 +92,8 @@ class StoreRoot:
         ids = []
         for entry in entries:
             name = entry.rstrip("/").rsplit("/", 1)[-1]
-            if self.is_local and not is_inside(self.location, os.path.join(self.location, name)):
-                continue  # a link out of the root: never listed, never read
+            if self.is_local and not is_inside(self.location, os.path.join(self.location, name, "zarr.json")):
+                continue  # the run, or its root document, links out of the root: never listed, never read
             if name.endswith(RUN_SUFFIX):
                 run_id = name[: -len(RUN_SUFFIX)]
                 try:

@@ -25,6 +25,7 @@ from typing import Any
 from trajscope.store.errors import UserError
 from trajscope.store.layout import COMMITTED, STEP_DIM
 from trajscope.store.root import StoreRoot
+from trajscope.store.safe import is_inside, resolve_inside
 
 METADATA_KEY = "zarr.json"
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}"
@@ -143,13 +144,9 @@ def snapshot_metadata(root: StoreRoot, run_id: str) -> bytes:
 
 
 def _check_inside(root: StoreRoot, run_id: str, key: str) -> None:
-    """Local roots: the file's real path must stay under the root's real path (no symlink escapes)."""
-    if not root.is_local:
-        return
-    base = os.path.realpath(root.location)
-    real = os.path.realpath(os.path.join(root.run_url(run_id), key))
-    if os.path.commonpath([base, real]) != base or not inside_root(root, run_id):
-        raise KeyNotServed(f"key {key!r} of run {run_id!r} resolves outside the store root")
+    """Local roots: :class:`PathOutsideRoot` when the key's real path leaves the root (a link out of it)."""
+    if root.is_local:
+        resolve_inside(root.location, os.path.join(root.run_url(run_id), key), f"key {key!r} of run {run_id!r}")
 
 
 def _chunk_steps(meta: dict[str, Any]) -> int | None:
@@ -193,8 +190,4 @@ def key_size(root: StoreRoot, run_id: str, key: str) -> int:
 
 def inside_root(root: StoreRoot, run_id: str) -> bool:
     """False when a local run's directory resolves (through symlinks) outside the store root."""
-    if not root.is_local:
-        return True
-    base = os.path.realpath(root.location)
-    real = os.path.realpath(root.run_url(run_id))
-    return os.path.commonpath([base, real]) == base
+    return not root.is_local or is_inside(root.location, root.run_url(run_id))

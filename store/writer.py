@@ -274,6 +274,8 @@ def _refuse_existing(root: StoreRoot, run_id: str) -> bool:
         status = None
     if status == CREATING:
         return True
+    if status == "running":  # a live writer is named ("being written by ..."); a dead one is resumable
+        WriterLock(root, run_id).acquire().release()
     raise UserError(
         f"run {run_id!r} already exists under {root.location}: choose another --name, "
         f"or continue it with `trajscope resume {run_id}`"

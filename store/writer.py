@@ -269,11 +269,12 @@ def _refuse_existing(root: StoreRoot, run_id: str) -> bool:
     if not root.exists(run_id):
         return False
     try:
-        status = root.read_attrs(run_id).get("status")
+        attrs = root.read_attrs(run_id)
     except (KeyError, ValueError):
-        status = None
-    if status == CREATING:
-        return True
+        attrs = {"status": "unreadable"}
+    status = attrs.get("status")
+    if status == CREATING or (status is None and "time_variables" not in attrs):
+        return True  # half-created (or left so by an older trajscope: a group without attributes)
     if status == "running":  # a live writer is named ("being written by ..."); a dead one is resumable
         WriterLock(root, run_id).acquire().release()
     raise UserError(

@@ -1,11 +1,11 @@
 """Reads that never leave the store root (local roots).
 
 Rule: a reader opens a file only when its resolved path lies under the store root's resolved path.
-:func:`resolve_inside` resolves the path (``os.path.realpath``) and checks containment; :func:`read_inside`
-then opens the *resolved* path one component at a time from a descriptor of the root, each with
-``O_NOFOLLOW``, so a link swapped in between the check and the open is refused too (no window for a
-race). Links that stay inside the root are followed; anything that leaves it raises
-:class:`~trajscope.store.errors.PathOutsideRoot` naming the key.
+:func:`open_inside` opens a path one component at a time from a descriptor of the root, each with
+``O_NOFOLLOW``; only when it meets a link does it resolve the path (``os.path.realpath``), check that it
+stays under the root and walk the resolved path the same way, so a link swapped in between the check and
+the open is refused too. Links that stay inside the root are followed; anything that leaves it raises
+:class:`~trajscope.store.errors.PathOutsideRoot` naming the key. Only regular files are read.
 
 :class:`RootedLocalStore` is zarr's ``LocalStore`` with every read, listing and size going through these
 checks, so ``xr.open_zarr`` through :func:`trajscope.open_run` cannot be led outside the root either.
@@ -17,6 +17,7 @@ import asyncio
 import errno
 import io
 import os
+import stat
 from pathlib import Path
 from typing import AsyncIterator, Iterable
 
@@ -28,7 +29,7 @@ from zarr.storage import LocalStore
 from trajscope.store.errors import PathOutsideRoot
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-_FILE_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def is_inside(base: str, path: str) -> bool:
@@ -45,13 +46,12 @@ def resolve_inside(base: str, path: str, what: str) -> str:
     return real
 
 
-def open_inside(base: str, path: str, what: str) -> int:
-    """A read-only descriptor of ``path``, opened without following any link below ``base``.
+class _LinkMet(Exception):
+    """A component of the walked path is a symbolic link."""
 
-    :class:`FileNotFoundError` when there is no such file, :class:`PathOutsideRoot` when it leaves ``base``.
-    """
-    real = resolve_inside(base, path, what)
-    parts = Path(os.path.relpath(real, base)).parts if real != base else ()
+
+def _walk(base: str, parts: tuple[str, ...]) -> int:
+    """Open ``base/parts...`` one component at a time, each with ``O_NOFOLLOW`` (:class:`_LinkMet` on a link)."""
     fd = os.open(base, _DIR_FLAGS)
     try:
         for i, part in enumerate(parts):
@@ -59,8 +59,13 @@ def open_inside(base: str, path: str, what: str) -> int:
             try:
                 new = os.open(part, _FILE_FLAGS if last else _DIR_FLAGS, dir_fd=fd)
             except OSError as err:
-                if err.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(os.path.join(base, *parts[: i + 1])):  # ELOOP/ENOTDIR
-                    raise PathOutsideRoot(f"{what} changed into a link while it was opened; it is not read") from None
+                if err.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                    try:
+                        link = stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode)
+                    except OSError:
+                        link = False
+                    if link:
+                        raise _LinkMet(part) from None
                 raise
             os.close(fd)
             fd = new
@@ -68,6 +73,35 @@ def open_inside(base: str, path: str, what: str) -> int:
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_inside(base: str, path: str, what: str) -> int:
+    """A read-only descriptor of the regular file ``path``, never opened through a link that leaves ``base``.
+
+    Fast path: the path is opened component by component from ``base`` with ``O_NOFOLLOW`` (no link met:
+    done). When a component is a link, the path is resolved and must lie under ``base``
+    (:class:`PathOutsideRoot` otherwise); the resolved path is then walked the same way, so a link swapped
+    in meanwhile is refused too. :class:`FileNotFoundError` when there is no such file,
+    :class:`IsADirectoryError` when it is not a regular file (a FIFO or device is never read).
+    """
+    rel = os.path.relpath(path, base)
+    parts = () if rel == "." else Path(rel).parts
+    fd = None
+    if ".." not in parts:
+        try:
+            fd = _walk(base, parts)
+        except _LinkMet:
+            fd = None
+    if fd is None:
+        real = resolve_inside(base, path, what)
+        try:
+            fd = _walk(base, Path(os.path.relpath(real, base)).parts if real != base else ())
+        except _LinkMet:
+            raise PathOutsideRoot(f"{what} changed into a link while it was opened; it is not read") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IsADirectoryError(path)
+    return fd
 
 
 def read_inside(base: str, path: str, what: str, byte_range: ByteRequest | None = None) -> bytes:

@@ -45,6 +45,20 @@ def start(args: list[str], root: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+def wait_for_lock(proc: subprocess.Popen, root: Path, timeout: float = 600.0) -> bool:
+    """Wait until ``proc`` holds the run's writer lock (its pid is written in the lock file) or exits."""
+    lock = root / ".locks" / f"{'ref' if root.name == 'ref' else 'r'}.lock"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if lock.read_text().startswith(f"pid {proc.pid} "):
+                return True
+        except OSError:
+            pass
+        time.sleep(0.005)
+    return False
+
+
 def check(root: Path, ref, counts: dict, last_committed: int) -> tuple[str | None, int]:
     """Check the run after a kill; returns its status (None: not visible) and committed steps."""
     from trajscope import open_run
@@ -90,13 +104,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="crash-campaign-"))
     config = work / "crash.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch, trajscope.cli, trajscope.producer"], check=True)
-    startup = time.perf_counter() - started  # kills before this instant would only hit the imports
-    started = time.perf_counter()
     proc = start(["produce", str(config), "--name", "ref"], work / "ref")
+    wait_for_lock(proc, work / "ref")
+    started = time.perf_counter()
     assert proc.wait() == 0, proc.stderr.read()
-    lifetime = time.perf_counter() - started
+    lifetime = time.perf_counter() - started  # from taking the lock (create) to the end of finish
     ref = open_run("ref", work / "ref").load()
     root = work / "runs"
     counts = dict.fromkeys([
@@ -120,9 +132,11 @@ def main() -> None:
         phase = "produce" if status in (None, "creating") else "resume"
         cmd = ["produce", str(config), "--name", "r"] if phase == "produce" else ["resume", "r"]
         proc = start(cmd, root)
-        # a kill lands between the end of the imports and a little past the expected end of this phase
+        # a kill lands after the lock is taken (the imports are of no interest), up to a little past the
+        # expected end of this phase: create, write, commit, finish and resume are all hit
+        wait_for_lock(proc, root)
         remaining = 1.0 if phase == "produce" else 1.0 - last_committed / ref.sizes["step"]
-        time.sleep(rng.uniform(0.8 * startup, startup + 1.1 * remaining * (lifetime - startup)))
+        time.sleep(rng.uniform(0.0, 1.1 * remaining * lifetime))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -153,8 +167,8 @@ def main() -> None:
 
         section = (f"## Crash campaign\n\n`python bench/crash_campaign.py --kills {args.kills} --seed {args.seed}` — "
                    f"random SIGKILLs over `trajscope produce` and `trajscope resume` of a {CONFIG['train']['steps']}-step "
-                   f"run (uninterrupted: {lifetime:.1f} s including {startup:.1f} s of start-up; each kill drawn uniformly "
-                   f"from 0.8 × start-up to start-up + 1.1 × the phase's remaining share of the training time), each kill followed by the checks of "
+                   f"run ({lifetime:.1f} s uninterrupted from taking the writer lock to the end; each kill drawn uniformly "
+                   f"from the moment the process takes the lock to 1.1 × the phase's remaining share of that time), each kill followed by the checks of "
                    f"the script's docstring; measured {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs shared with "
                    f"other work.\n\n{table}\n")
         ro.replace_section(args.write, "## Crash campaign", section)

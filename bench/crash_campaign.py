@@ -1,7 +1,8 @@
 """Crash campaign: random SIGKILLs over ``trajscope produce`` and ``trajscope resume`` of one run.
 
-A producer (or, once the run exists, a resume) is started as a subprocess and killed at a random
-instant, ``--kills`` times. After every kill the run is checked against an uninterrupted reference run
+A producer (or, once the run exists, a resume) is started as a process (``trajscope produce`` /
+``trajscope resume``, forked from a forkserver that has imported torch already) and killed by SIGKILL at
+a random instant after it took the writer lock, ``--kills`` times. After every kill the run is checked against an uninterrupted reference run
 of the same config: it must open (or, killed while being created, be invisible or marked ``creating``),
 every committed state must still be there (committed never goes down), decode (crc32c) and equal the
 reference bit for bit. A run that completes is compared whole, then removed and started again.
@@ -14,11 +15,11 @@ All counts but ``kills`` and ``completed runs`` should be zero.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,12 +41,43 @@ CONFIG = {
 VARIABLES = ("W", "v", "loss", "output", "step", "t")
 
 
-def start(args: list[str], root: Path) -> subprocess.Popen:
-    return subprocess.Popen(["trajscope", *args, "--root", str(root), "--quiet"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+class Child:
+    """``trajscope ARGS`` in a process forked from a forkserver that has imported torch and trajscope
+    already, so a cycle costs the command, not the interpreter's start-up. Same code path as the CLI."""
+
+    def __init__(self, ctx, args: list[str], root: Path, log: Path):
+        self.log = log
+        self.process = ctx.Process(target=_run_cli, args=([*args, "--root", str(root), "--quiet"], str(log)))
+        self.process.start()
+        self.pid = self.process.pid
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    def wait(self) -> int:
+        self.process.join()
+        return self.process.exitcode
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        self.process.join()
+
+    def stderr(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
 
 
-def wait_for_lock(proc: subprocess.Popen, root: Path, timeout: float = 600.0) -> bool:
+def _run_cli(argv: list[str], log: str) -> None:
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    from trajscope.cli import main as cli_main
+
+    sys.argv = ["trajscope", *argv]
+    cli_main()
+
+
+def wait_for_lock(proc: Child, root: Path, timeout: float = 600.0) -> bool:
     """Wait until ``proc`` holds the run's writer lock (its pid is written in the lock file) or exits."""
     lock = root / ".locks" / f"{'ref' if root.name == 'ref' else 'r'}.lock"
     deadline = time.monotonic() + timeout
@@ -104,10 +136,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="crash-campaign-"))
     config = work / "crash.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
-    proc = start(["produce", str(config), "--name", "ref"], work / "ref")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "trajscope.cli", "trajscope.producer", "trajscope.store"])
+    log = work / "stderr.txt"
+    proc = Child(ctx, ["produce", str(config), "--name", "ref"], work / "ref", log)
     wait_for_lock(proc, work / "ref")
     started = time.perf_counter()
-    assert proc.wait() == 0, proc.stderr.read()
+    assert proc.wait() == 0, proc.stderr()
     lifetime = time.perf_counter() - started  # from taking the lock (create) to the end of finish
     ref = open_run("ref", work / "ref").load()
     root = work / "runs"
@@ -131,21 +166,19 @@ def main() -> None:
     while counts["kills"] < args.kills:
         phase = "produce" if status in (None, "creating") else "resume"
         cmd = ["produce", str(config), "--name", "r"] if phase == "produce" else ["resume", "r"]
-        proc = start(cmd, root)
+        proc = Child(ctx, cmd, root, log)
         # a kill lands after the lock is taken (the imports are of no interest), up to a little past the
         # expected end of this phase: create, write, commit, finish and resume are all hit
         wait_for_lock(proc, root)
         remaining = 1.0 if phase == "produce" else 1.0 - last_committed / ref.sizes["step"]
         time.sleep(rng.uniform(0.0, 1.1 * remaining * lifetime))
         if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            proc.kill()
             counts["kills"] += 1
             counts[f"kills during {phase}"] += 1
         else:
-            stderr = proc.stderr.read()
-            if proc.returncode != 0:
-                raise SystemExit(f"{phase} exited {proc.returncode}: {stderr}")
+            if proc.poll() != 0:
+                raise SystemExit(f"{phase} exited {proc.poll()}: {proc.stderr()}")
         status, committed = check(root, ref, counts, last_committed)
         last_committed = max(committed, last_committed) if status not in (None, "creating") else 0
         if status == "complete":
@@ -153,7 +186,7 @@ def main() -> None:
         print(f"\r{counts['kills']}/{args.kills} kills, {counts['completed runs']} completed runs   ", end="",
               file=sys.stderr, flush=True)
     while status not in (None, "creating", "complete"):  # finish the last run and compare it too
-        assert start(["resume", "r"], root).wait() == 0
+        assert Child(ctx, ["resume", "r"], root, log).wait() == 0
         status, committed = check(root, ref, counts, last_committed)
     if status == "complete":
         completed()

@@ -170,8 +170,8 @@ def main() -> None:
         # a kill lands after the lock is taken (the imports are of no interest), up to a little past the
         # expected end of this phase: create, write, commit, finish and resume are all hit
         wait_for_lock(proc, root)
-        remaining = 1.0 if phase == "produce" else 1.0 - last_committed / ref.sizes["step"]
-        time.sleep(rng.uniform(0.0, 1.1 * remaining * lifetime))
+        remaining = 1.0 if phase == "produce" else max(1.0 - last_committed / ref.sizes["step"], 0.3)
+        time.sleep(rng.uniform(0.0, 1.1 * remaining * lifetime))  # at least 0.3: a resume's fixed costs
         if proc.poll() is None:
             proc.kill()
             counts["kills"] += 1
@@ -201,7 +201,8 @@ def main() -> None:
         section = (f"## Crash campaign\n\n`python bench/crash_campaign.py --kills {args.kills} --seed {args.seed}` — "
                    f"random SIGKILLs over `trajscope produce` and `trajscope resume` of a {CONFIG['train']['steps']}-step "
                    f"run ({lifetime:.1f} s uninterrupted from taking the writer lock to the end; each kill drawn uniformly "
-                   f"from the moment the process takes the lock to 1.1 × the phase's remaining share of that time), each kill followed by the checks of "
+                   f"from the moment the process takes the lock to 1.1 × the phase's remaining share of that time, at least "
+                   f"0.3), each kill followed by the checks of "
                    f"the script's docstring; measured {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs shared with "
                    f"other work.\n\n{table}\n")
         ro.replace_section(args.write, "## Crash campaign", section)

@@ -28,7 +28,9 @@ NTH = {"write.chunk": 3, "commit.attrs": 3}
 
 
 def base_config(small_config, stop_loss=None):
-    return small_config(train={"lr": 0.01, "steps": 60, "stop_loss": stop_loss}, record={"chunk_mib": 0.001})
+    # commit_seconds 0: commit as soon as a block is written (the default batches commits by 0.5 s)
+    return small_config(train={"lr": 0.01, "steps": 60, "stop_loss": stop_loss},
+                        record={"chunk_mib": 0.001, "commit_seconds": 0})
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +90,10 @@ def check_stopped_run(root, name, point, ref):
             open_run(name, root)
         return
     attrs = assert_committed_prefix(root, name, ref)
-    if point in ("write.chunk", "commit.attrs"):
+    if point == "commit.attrs":
         assert attrs["committed_steps"] >= 2 * attrs["chunk_steps"]
+    # at "write.chunk" blocks are written concurrently with the commits of earlier ones: any committed
+    # prefix (even 0) is legitimate; what matters is checked above (nothing committed lost) and below
     if point.startswith("finish"):
         assert attrs["status"] in ("complete", "failed") and attrs["committed_steps"] == ref.sizes["step"]
         plain = xr.open_zarr(store.run_url(name), zarr_format=3)  # the consolidated metadata is cut already

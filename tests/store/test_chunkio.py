@@ -104,7 +104,7 @@ def _writer(root, run_id="r", capacity=60, h=3, dim=4, n=5, chunk_bytes=3 * 4 * 
     return RunWriter.create(
         root, run_id, variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
         capacity=capacity, static={"X": rng.normal(size=(n, dim)), "y": np.array([1, -1, 1, -1, 1])},
-        attrs={}, chunk_bytes=chunk_bytes, **kwargs,
+        attrs={"config": {}}, chunk_bytes=chunk_bytes, **kwargs,
     )
 
 

@@ -115,8 +115,12 @@ def produce(
     name: str | None = None,
     overrides: list[str] | None = None,
     progress: ProgressCallback | None = None,
+    labels: dict[str, Any] | None = None,
 ) -> RunResult:
-    """Train the configured network and record its trajectory as a new run under ``root``."""
+    """Train the configured network and record its trajectory as a new run under ``root``.
+
+    ``labels`` (``tags``, ``note``; see :func:`trajscope.store.run_attrs.labels`) are stored with the run.
+    """
     cfg = load_config(config, overrides)
     store_root = root if isinstance(root, StoreRoot) else StoreRoot(root)
     run_id = name or _default_run_id(cfg, store_root)
@@ -132,6 +136,7 @@ def produce(
         "device": _device_label(device),
         "time_convention": "t = step * lr (gradient-flow time); under reduction 'mean' this time is n times "
         "the time of the 'sum' loss",
+        **(labels or {}),
     }
     writer = RunWriter.create(
         store_root,

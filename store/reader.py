@@ -9,6 +9,7 @@ from typing import Any
 
 import xarray as xr
 
+from trajscope.store.export import drop_chunk_encoding
 from trajscope.store.layout import COMMITTED, STEP_DIM
 from trajscope.store.root import StoreRoot, resolve_run
 
@@ -46,7 +47,7 @@ def open_run(
             chunks={} if chunks is None else chunks,
             zarr_format=3,
         )
-    ds = ds.isel({STEP_DIM: slice(0, committed)})
+    ds = drop_chunk_encoding(ds.isel({STEP_DIM: slice(0, committed)}))  # so ds.sel(...).to_zarr(...) works
     ds.attrs = dict(attrs)
     ds.attrs["run_id"] = run_id
     ds.attrs["root"] = store_root.location

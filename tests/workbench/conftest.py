@@ -1,0 +1,29 @@
+"""Helpers for the researcher's-workbench tests: the CLI as a user runs it, in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+BLOCK_TORCH = "import sys; sys.modules['torch'] = None; "  # `import torch` now raises ImportError
+
+
+def cli(*args: str, prelude: str = "", input: str | None = None, env: dict | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``trajscope ARGS`` (``prelude`` is Python run first, e.g. to block an import)."""
+    code = prelude + "from trajscope.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, input=input,
+                          env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory, small_config):
+    """A store root holding two small finished runs, ``a`` (lr 0.01) and ``b`` (lr 0.02, width 6)."""
+    from trajscope.producer import produce
+
+    root = tmp_path_factory.mktemp("workbench") / "runs"
+    produce(small_config(), root=root, name="a", labels={"tags": ["base"], "note": "the reference"})
+    produce(small_config(train={"lr": 0.02, "steps": 40}, model={"width": 6}), root=root, name="b")
+    return root

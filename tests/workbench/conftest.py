@@ -27,3 +27,24 @@ def tiny_root(tmp_path_factory, small_config):
     produce(small_config(), root=root, name="a", labels={"tags": ["base"], "note": "the reference"})
     produce(small_config(train={"lr": 0.02, "steps": 40}, model={"width": 6}), root=root, name="b")
     return root
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """``run_cli(*args, input=None)``: the CLI's ``main`` in this process (fast), as a CompletedProcess."""
+    import io
+
+    from trajscope.cli import main
+
+    def _run(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "stdin", io.StringIO(input or ""))
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["trajscope", *args], code, out, err)
+
+    return _run

@@ -70,6 +70,15 @@ def _duration(seconds: float | None) -> str:
     return str(dt.timedelta(seconds=round(seconds)))
 
 
+def _console():
+    """stdout console; a pipe or file gets wide lines, so a table is never folded for lack of 80 columns."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 400)
+
+
 def _open_selected(run: str, root: str | None, step: str | None, variables: list[str] | None = None):
     from trajscope.cli.analyze import parse_step
     from trajscope.store import open_run
@@ -92,7 +101,6 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
     ) -> None:
         """List the runs under the store root: status, states, final loss, duration, tags, config fields."""
-        from rich.console import Console
         from rich.table import Table
 
         from trajscope.store import StoreRoot
@@ -117,7 +125,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(rows, indent=2, default=str))
             return
-        console = Console(soft_wrap=True)
+        console = _console()
         if not rows:
             console.print(f"no runs in {store_root.location}" + (f" tagged {', '.join(tag)}" if tag else ""))
             return
@@ -134,19 +142,20 @@ def register(app: typer.Typer) -> None:
     @app.command("tag")
     def tag_command(
         run: Annotated[str, typer.Argument(help="Run id under --root, or the path/URL of a run.")],
-        tags: Annotated[Optional[list[str]], typer.Argument(help="Tags to add; -TAG removes one.")] = None,
+        tags: Annotated[Optional[list[str]], typer.Argument(help="Tags to add.")] = None,
+        remove: Annotated[Optional[list[str]], typer.Option("--remove", help="A tag to remove (repeatable).")] = None,
         note: Annotated[Optional[str], typer.Option("--note", help="Replace the run's note ('' clears it).")] = None,
         root: RootOption = None,
     ) -> None:
-        """Add or remove tags (``trajscope tag RUN baseline -old``) and set a note; refused while a run is written."""
+        """Add tags (``trajscope tag RUN baseline lr-sweep``), remove some (``--remove``), set a note.
+
+        Refused while the run is being written: the writer rewrites the run's attributes at every commit.
+        """
         from trajscope.store.run_attrs import tag_run
 
-        tags = tags or []
-        if not tags and note is None:
-            raise UserError("nothing to change: give tags (TAG adds, -TAG removes) and/or --note TEXT")
-        add = [t for t in tags if not t.startswith("-")]
-        remove = [t[1:] for t in tags if t.startswith("-")]
-        attrs = tag_run(run, root, add=add, remove=remove, note=note)
+        if not tags and not remove and note is None:
+            raise UserError("nothing to change: give tags to add, --remove TAG and/or --note TEXT")
+        attrs = tag_run(run, root, add=tags or [], remove=remove or [], note=note)
         typer.echo(f"{attrs.get('run_id', run)}: tags {_fmt(attrs.get('tags'))}; note {attrs.get('note') or '-'}")
 
     @app.command("rm")
@@ -177,7 +186,6 @@ def register(app: typer.Typer) -> None:
         all_fields: Annotated[bool, typer.Option("--all", help="Show every config field, not only those that differ.")] = False,
     ) -> None:
         """Runs side by side: the config fields that differ, then the measured quantities of each."""
-        from rich.console import Console
         from rich.table import Table
 
         from trajscope.analysis.summary import summary, summary_rows
@@ -191,7 +199,7 @@ def register(app: typer.Typer) -> None:
         configs = [flatten(ds.attrs.get("config") or {}) for ds in datasets]
         keys = list(dict.fromkeys(k for c in configs for k in c))
         differing = [k for k in keys if all_fields or len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
-        console = Console(soft_wrap=True)
+        console = _console()
         table = Table(title="config" + ("" if all_fields else " (fields that differ)"))
         table.add_column("field")
         for name in names:

@@ -19,21 +19,24 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from rich.console import Console
+from rich.table import Column
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 INTERVAL_ENV = "TRAJSCOPE_PROGRESS_SECONDS"
 DEFAULT_INTERVAL = 10.0
 
 
-def _columns(bar: bool) -> list:
+def _columns(*, bar: bool, label: bool) -> list:
+    """Steps, steps/s, loss, committed states, elapsed, ETA; the times never shrink (``min_width``)."""
+    times = {"table_column": Column(no_wrap=True, min_width=7)}
     columns = [
-        TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn(("step " if label else "") + "{task.completed:.0f}/{task.total:.0f}"),
         TextColumn("{task.fields[rate]:.0f} steps/s"),
         TextColumn("loss {task.fields[loss]}"),
         TextColumn("committed {task.fields[committed]}"),
-        TimeElapsedColumn(),
+        TimeElapsedColumn(**times),
         TextColumn("ETA"),
-        TimeRemainingColumn(),
+        TimeRemainingColumn(**times),
     ]
     return ([BarColumn(bar_width=None)] if bar else []) + columns
 
@@ -47,8 +50,9 @@ class ProgressDisplay:
         if interval is None:
             interval = float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL))
         self.interval = interval
-        # a log line must not wrap or be cut: give the line console room whatever COLUMNS says
-        self.progress = Progress(*_columns(self.live), console=console, transient=False, expand=False,
+        # on a terminal narrower than 100 columns the bar would squeeze the numbers: leave it out
+        columns = _columns(bar=self.live and console.width >= 100, label=not self.live or console.width >= 100)
+        self.progress = Progress(*columns, console=console, transient=False, expand=False,
                                  auto_refresh=self.live, disable=False)
         self.task: Any = None
         self.first: tuple[int, float] | None = None

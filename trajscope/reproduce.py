@@ -31,9 +31,10 @@ from trajscope.producer.sweep import (
     table_name,
     write_table,
 )
+from trajscope.resources import configs_dir
 from trajscope.store.errors import UserError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = configs_dir()  # the repository's configs/, shipped as package data
 
 # key -> config file under configs/paper
 EXPERIMENTS: dict[str, str] = {

@@ -75,3 +75,15 @@ def test_serve_without_torch(tiny_root):
         proc.terminate()
         proc.wait(20)
     assert proc.returncode is not None
+
+
+def test_produce_without_torch_says_which_extra_to_install(tmp_path, small_config):
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(small_config()))
+    proc = cli("produce", str(config), "--root", str(tmp_path / "runs"), prelude=BLOCK_TORCH)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "trajscope: error: recording needs torch, which is not installed: pip install 'trajscope[producer]' "
+        "(reading, analysis and serving do not need it)"]

@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     except typer.Abort:
         raise SystemExit(130) from None
+    except ImportError as err:
+        if err.name != "torch":
+            raise
+        print("trajscope: error: recording needs torch, which is not installed: "
+              "pip install 'trajscope[producer]' (reading, analysis and serving do not need it)", file=sys.stderr)
+        raise SystemExit(2) from None
     except typer.TyperException as err:  # typer's vendored click: usage errors, bad parameters, no such file
         if hasattr(err, "format_message"):
             print(f"trajscope: error: {_usage_line(err)}", file=sys.stderr)

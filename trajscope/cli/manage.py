@@ -219,12 +219,13 @@ def register(app: typer.Typer) -> None:
             table.add_column(name, justify="right")
         table.add_column("unit")
         extra = [("status", [ds.attrs.get("status", "-") for ds in datasets]),
-                 ("recorded states", [str(ds.sizes["step"]) for ds in datasets]),
                  ("duration", [_duration(_seconds(ds.attrs)) for ds in datasets])]
         for label, values in extra:
             table.add_row(label, *values, "")
         for quantity in dict.fromkeys(q for m in measured for q in m):
             values = [m.get(quantity, ("-", ""))[0] for m in measured]
+            if not any(v.strip() for v in values):  # a theory-only row (`trajscope show` has those)
+                continue
             unit = next((m[quantity][1] for m in measured if quantity in m), "")
             table.add_row(quantity, *values, unit)
         console.print(table)

@@ -19,8 +19,10 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from rich.console import Console
-from rich.table import Column
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
+
+from trajscope.errors import UserError
 
 INTERVAL_ENV = "TRAJSCOPE_PROGRESS_SECONDS"
 DEFAULT_INTERVAL = 10.0
@@ -48,7 +50,11 @@ class ProgressDisplay:
         self.console = console
         self.live = console.is_terminal
         if interval is None:
-            interval = float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL))
+            text = os.environ.get(INTERVAL_ENV, str(DEFAULT_INTERVAL))
+            try:
+                interval = float(text)
+            except ValueError:
+                raise UserError(f"{INTERVAL_ENV}={text!r} is not a number of seconds: set it to e.g. 30") from None
         self.interval = interval
         # on a terminal narrower than 100 columns the bar would squeeze the numbers: leave it out
         columns = _columns(bar=self.live and console.width >= 100, label=not self.live or console.width >= 100)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -26,6 +28,25 @@ def _report(console: Console, result) -> None:
     console.print(f'open it: python -c "import trajscope; print(trajscope.open_run(\'{result.location}\'))"')
 
 
+@contextlib.contextmanager
+def _data_warnings_to(console: Console):
+    """Print each :class:`~trajscope.producer.data.DataWarning` as one ``warning:`` line when it is raised."""
+    from trajscope.producer.data import DataWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        default = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):
+            if issubclass(category, DataWarning):
+                console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True, highlight=False)
+            else:
+                default(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        yield
+
+
 def register(app: typer.Typer) -> None:
     """Add ``produce``, ``config`` and ``resume``."""
 
@@ -46,11 +67,12 @@ def register(app: typer.Typer) -> None:
 
         resolved = load_config(config, set_)  # config errors surface before any display starts
         extra = labels(tag, note)
-        if quiet:
-            result = run_produce(resolved, root=root, name=name, labels=extra)
-        else:
-            with progress_display() as display:
-                result = run_produce(resolved, root=root, name=name, progress=display, labels=extra)
+        with _data_warnings_to(Console(stderr=True)):
+            if quiet:
+                result = run_produce(resolved, root=root, name=name, labels=extra)
+            else:
+                with progress_display() as display:
+                    result = run_produce(resolved, root=root, name=name, progress=display, labels=extra)
         _report(Console(soft_wrap=True), result)
         if result.status != "complete":
             raise typer.Exit(130 if result.status == "interrupted" else 1)

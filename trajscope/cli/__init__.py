@@ -43,9 +43,9 @@ def _root(
     """Record, analyse and serve full-resolution training trajectories."""
 
 
-from trajscope.cli import analyze, experiments, manage, produce, serve  # noqa: E402
+from trajscope.cli import analyze, experiments, fsck, manage, produce, serve  # noqa: E402
 
-for _module in (produce, analyze, manage, serve, experiments):
+for _module in (produce, analyze, manage, serve, experiments, fsck):
     _module.register(app)
 
 

@@ -107,9 +107,9 @@ def minmax_downsample(x: np.ndarray, values: np.ndarray, points: int, scale: str
     return Downsampled(out_x, out_v[:, 0] if flat else out_v, False)
 
 
-def _label(value: object) -> str:
-    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
-        return f"{int(value):+d}" if int(value) in (1, -1) else str(int(value))
+def _label(value: object, dim: str) -> str:
+    if dim == "label" and isinstance(value, (np.integer, int)) and int(value) in (1, -1):
+        return f"{int(value):+d}"  # class labels read +1 / -1
     return str(value.item() if isinstance(value, np.generic) else value)
 
 
@@ -134,6 +134,7 @@ def columns(result: xr.DataArray | xr.Dataset, name: str) -> dict[str, np.ndarra
         labels = stacked["_col"].values if "_col" in stacked.coords else np.arange(stacked.sizes["_col"])
         values = np.asarray(stacked.values, dtype=np.float64)
         for j, lab in enumerate(labels):
-            text = ",".join(_label(v) for v in lab) if isinstance(lab, tuple) else _label(lab)
+            text = (",".join(_label(v, d) for v, d in zip(lab, other)) if isinstance(lab, tuple)
+                    else _label(lab, other[0]))
             out[f"{vname}[{text}]"] = values[:, j]
     return out

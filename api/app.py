@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import trajscope
 from trajscope.api import routes_analysis, routes_dashboard, routes_plots, routes_runs, routes_vars, routes_zarr
+from trajscope.api import routes_series
 from trajscope.api.state import DEFAULT_ATTRS_TTL, DEFAULT_CACHE_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ApiState, ByteLRU
 from trajscope.store import RunNotFound, StoreRoot, UserError
 
@@ -80,4 +81,5 @@ def create_app(
 
     for module in (routes_runs, routes_vars, routes_analysis, routes_plots, routes_zarr, routes_dashboard):
         app.include_router(module.router)
+    app.include_router(routes_series.router)
     return app

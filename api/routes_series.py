@@ -30,6 +30,7 @@ router = APIRouter(prefix="/api/runs/{run_id}/series", tags=["series"],
 FORMATS = {"json": "application/json", "csv": "text/csv; charset=utf-8", "npy": "application/x-npy"}
 MAX_POINTS = 20_000
 MAX_COLUMNS = 64
+MAX_VALUES = 2**20  # 2 · points · columns: bounds a response at roughly 20 MiB of JSON
 OWN = {"step", "points", "scale", "neuron", "tail", "format", "v"}
 
 
@@ -105,6 +106,12 @@ def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail:
     return np.asarray(result["step"].values), cols, attrs
 
 
+def check_size(points: int, ncols: int) -> None:
+    if 2 * points * ncols > MAX_VALUES:
+        raise UserError(f"points={points} for {ncols} series is over the limit of {MAX_VALUES} values per "
+                        f"response: ask for at most points={MAX_VALUES // (2 * ncols)}")
+
+
 @router.get("/{quantity}", summary="A per-step series, min–max downsampled to about `points` points",
             responses={200: {"content": {"text/csv": {}, "application/x-npy": {}}}})
 async def series(
@@ -133,6 +140,7 @@ async def series(
         kwargs = registry.bind(fn, fn_kwargs, f"series {quantity!r}") if fn_kwargs else {}
         steps, cols, attrs = table(run, quantity, sl, neuron, tail, kwargs)
         names = list(cols)
+        check_size(points, len(names))
         out = minmax_downsample(steps, np.stack([cols[c] for c in names], axis=1), points, scale)
         if format == "npy":
             return npy_bytes(np.column_stack([out.x.astype(np.float64), out.values]))

@@ -31,7 +31,7 @@ FORMATS = {"json": "application/json", "csv": "text/csv; charset=utf-8", "npy": 
 MAX_POINTS = 20_000
 MAX_COLUMNS = 64
 MAX_VALUES = 2**20  # 2 · points · columns: bounds a response at roughly 20 MiB of JSON
-OWN = {"step", "points", "scale", "neuron", "tail", "format", "v"}
+OWN = {"step", "points", "scale", "neuron", "tail", "first", "format", "v"}
 
 
 def extra() -> dict[str, Callable]:
@@ -125,12 +125,14 @@ async def series(
     scale: Annotated[str, Query(pattern="^(linear|log)$", description="bucket spacing along the steps")] = "linear",
     neuron: Annotated[str | None, Query(description="neurons to keep first: 3, 0,4,9 or 0:8")] = None,
     tail: Annotated[int | None, Query(ge=1, description="only the last `tail` recorded states (live updates)")] = None,
+    first: Annotated[int | None, Query(ge=1, le=MAX_COLUMNS, description="keep only the first `first` series "
+                                                                         "(e.g. the largest singular values)")] = None,
     format: Annotated[str, Query(pattern="^(json|csv|npy)$", description="json, csv or npy (columns step, "
                                                                           "then each series)")] = "json",
 ) -> Response:
     fn_kwargs = {k: v for k, v in request.query_params.items() if k not in OWN}
     sl = step_slice(step)
-    key = run.cache_key("series", quantity, str(sl), points, scale, neuron, tail, format,
+    key = run.cache_key("series", quantity, str(sl), points, scale, neuron, tail, first, format,
                         tuple(sorted(fn_kwargs.items())))
 
     def build() -> bytes:
@@ -139,7 +141,7 @@ async def series(
         fn = source(run, quantity)
         kwargs = registry.bind(fn, fn_kwargs, f"series {quantity!r}") if fn_kwargs else {}
         steps, cols, attrs = table(run, quantity, sl, neuron, tail, kwargs)
-        names = list(cols)
+        names = list(cols)[:first]
         check_size(points, len(names))
         out = minmax_downsample(steps, np.stack([cols[c] for c in names], axis=1), points, scale)
         if format == "npy":

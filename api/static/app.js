@@ -40,7 +40,8 @@ function rangeParam(range) {
   return range ? `${range[0]}:${range[1]}` : null;
 }
 
-async function loadSources(p, keys) {
+async function loadSources(p, keys, progressive) {
+  // fetch the sources in parallel; with `progressive`, draw as each arrives (the loss comes first)
   const scale = p.logx ? "log" : "linear";
   await Promise.all(keys.map(async (key) => {
     const entry = p.sources.get(key);
@@ -52,6 +53,7 @@ async function loadSources(p, keys) {
       entry.data = null;
       entry.error = err.message;
     }
+    if (progressive) draw(p);
   }));
 }
 
@@ -87,16 +89,18 @@ function draw(p) {
     const { x, cols, errors } = chartColumns(p, chart.spec);
     chart.note.textContent = errors.length ? `unavailable: ${[...new Set(errors)].join("; ")}` : "";
     chart.setData(x, cols);
+    if (x.length && !window.trajscope.firstChartAt) window.trajscope.firstChartAt = performance.now();
   }
   const shown = p.range ? `steps ${p.range[0]}–${p.range[1]}` : "all steps";
   setText("#range-note", `${shown}, min–max per pixel bucket (${p.points} buckets)`);
 }
 
 async function reload(p) {
-  await loadSources(p, [...p.sources.keys()]);
+  await loadSources(p, [...p.sources.keys()], true);
   if (page !== p) return;
   draw(p);
   p.loadedAt = performance.now();
+  window.trajscope.loadedAt = p.loadedAt;
   window.trajscope.loads = (window.trajscope.loads || 0) + 1;
 }
 
@@ -126,13 +130,14 @@ async function loadMarkers(p) {
 async function appendNew(p) {
   const scale = p.logx ? "log" : "linear";
   let grown = false;
-  await Promise.all([...p.sources.values()].map(async (entry) => {
-    if (!entry.data) return;
+  // sources computed over the whole run (the envelope: its t2 needs the start) are refreshed with the
+  // t1/t2 markers, not on every commit
+  await Promise.all([...p.sources.values()].filter((e) => e.data && !e.src.whole).map(async (entry) => {
     const last = entry.data.x.length ? entry.data.x[entry.data.x.length - 1] : -1;
-    const params = entry.src.whole ? { points: p.points, scale } : { step: `${last + 1}:`, points: p.points, scale };
     let body;
-    try { body = await fetchSeries(p.runId, entry.src, params); } catch (err) { return; }
-    if (entry.src.whole) { entry.data = { x: body.x, series: body.series }; return; }
+    try {
+      body = await fetchSeries(p.runId, entry.src, { step: `${last + 1}:`, points: p.points, scale });
+    } catch (err) { return; }
     entry.data.x = entry.data.x.concat(body.x);
     for (const [k, vals] of Object.entries(body.series)) entry.data.series[k] = (entry.data.series[k] || []).concat(vals);
     if (entry.data.x.length > 4 * p.points) grown = true;
@@ -149,6 +154,7 @@ async function poll(p) {
     const list = await api("/api/runs?size=false");
     const run = list.runs.find((r) => r.run_id === p.runId);
     if (run && (run.committed_steps !== p.committed || run.status !== p.status)) {
+      const detected = performance.now();
       const first = p.committed === 0;
       const finished = run.status !== p.status;
       p.committed = run.committed_steps;
@@ -161,7 +167,15 @@ async function poll(p) {
       } else {
         await appendNew(p);
       }
-      if (finished || performance.now() - (p.markersAt || 0) > MARKER_MS) loadMarkers(p);
+      window.trajscope.lastUpdate = { committed: run.committed_steps, detected, drawn: performance.now() };
+      if (finished || performance.now() - (p.markersAt || 0) > MARKER_MS) {
+        p.markersAt = performance.now();
+        loadMarkers(p);
+        if (!p.range && !finished) {
+          const whole = [...p.sources].filter(([, e]) => e.src.whole).map(([k]) => k);
+          loadSources(p, whole, false).then(() => draw(p));
+        }
+      }
     }
     if (page === p) setText("#live", p.status === "running" ? "live: following the run" : "");
   } catch (err) {

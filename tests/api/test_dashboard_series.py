@@ -36,6 +36,10 @@ def test_tail_and_multi_column_quantities(client, expected, local_root):
     ss = client.get("/api/runs/done/series/step_series", params={"points": 10}).json()
     assert {"mean_alignment_pos", "band_min_pos", "stable_rank", "frac_S_pos"} <= set(ss["series"])
     assert all(len(v) == len(ss["x"]) <= 20 for v in ss["series"].values())
+    sv = client.get("/api/runs/done/series/singular_values", params={"first": 2}).json()
+    W = expected["done"]["W"].values.astype(np.float64)
+    np.testing.assert_allclose(np.array(list(sv["series"].values())).T, np.linalg.svd(W, compute_uv=False)[:, :2],
+                               rtol=1e-5)
 
 
 def test_neuron_angles_of_chosen_neurons(client, expected):

@@ -43,7 +43,12 @@ import numpy as np
 import uvicorn
 
 from trajscope.api.app import create_app
-from trajscope.store import RunWriter, StoreRoot, open_run, two_layer_variables
+from trajscope.store import RunWriter, StoreRoot, open_run
+
+try:  # the two-layer variables moved out of the store with the model adapters
+    from trajscope.producer.two_layer import variables as two_layer_variables
+except ImportError:
+    from trajscope.store import two_layer_variables
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -117,6 +122,18 @@ def commit(root: StoreRoot, run_id: str, upto: int) -> None:
         writer.lock.release()
 
 
+def shot(page, path: Path) -> None:
+    """A full-page screenshot, reduced to a 256-colour palette (small enough to commit)."""
+    page.screenshot(path=str(path), full_page=True)
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
+
+
 def load_page(page, url: str) -> dict[str, float]:
     page.goto(url)
     page.wait_for_function("(window.trajscope.loads || 0) >= 1", timeout=600_000)
@@ -153,7 +170,7 @@ def measure(root: StoreRoot, browser, name: str, repeats: int, shots: Path | Non
             out["warm_all"].append(warm["all"] / 1e3)
             if shots is not None and r == 0 and name == "s6001":
                 page.wait_for_function("document.querySelector('#phases').textContent.includes('t1')", timeout=600_000)
-                page.screenshot(path=str(shots / "run-page.png"), full_page=True)
+                shot(page, shots / "run-page.png")
             ctx.close()
         run_id, committed, total = live_copy(root, name)
         with Server(root) as srv:
@@ -167,7 +184,7 @@ def measure(root: StoreRoot, browser, name: str, repeats: int, shots: Path | Non
             upd = page.evaluate("window.trajscope.lastUpdate")
             out["apply"].append((upd["drawn"] - upd["detected"]) / 1e3)
             if shots is not None and r == 0 and name == "s6001":
-                page.screenshot(path=str(shots / "live-run.png"), full_page=True)
+                shot(page, shots / "live-run.png")
             ctx.close()
             out["png_after"].append(figures(srv.url, run_id))
     return {k: statistics.median(v) for k, v in out.items()}
@@ -179,7 +196,7 @@ def compare_shot(root: StoreRoot, browser, shots: Path) -> None:
         page = ctx.new_page()
         page.goto(f"{srv.url}/#/compare/s6001,s6001-lr")
         page.wait_for_function("(window.trajscope.loads || 0) >= 1", timeout=600_000)
-        page.screenshot(path=str(shots / "comparison.png"), full_page=True)
+        shot(page, shots / "comparison.png")
         ctx.close()
 
 

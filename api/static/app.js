@@ -63,7 +63,8 @@ function chartColumns(p, spec) {
   if (cols === "all") {
     const entry = p.sources.get(keyOf(spec.source));
     const names = entry.data ? Object.keys(entry.data.series).filter(spec.filter || (() => true)) : [];
-    cols = names.slice(0, spec.maxSeries || 64).map((n, i) => [spec.source, n, n, { color: COLORS[i % COLORS.length] }]);
+    cols = names.slice(0, spec.maxSeries || 64).map((n, i) => [spec.source, n, spec.label ? spec.label(n) : n,
+      { color: COLORS[i % COLORS.length] }]);
   }
   const groups = new Map();
   const errors = [];
@@ -132,7 +133,10 @@ async function appendNew(p) {
   let grown = false;
   // sources computed over the whole run (the envelope: its t2 needs the start) are refreshed with the
   // t1/t2 markers, not on every commit
-  await Promise.all([...p.sources.values()].filter((e) => e.data && !e.src.whole).map(async (entry) => {
+  const tails = [...p.sources.values()].filter((e) => e.data && !e.src.whole);
+  // the loss first: it is cheap and opens the run's new version on the server, which the others reuse
+  const order = [tails.filter((e) => e.src.q === "loss"), tails.filter((e) => e.src.q !== "loss")];
+  for (const batch of order) await Promise.all(batch.map(async (entry) => {
     const last = entry.data.x.length ? entry.data.x[entry.data.x.length - 1] : -1;
     let body;
     try {
@@ -151,8 +155,10 @@ async function appendNew(p) {
 async function poll(p) {
   if (page !== p) return;
   try {
-    const list = await api("/api/runs?size=false");
-    const run = list.runs.find((r) => r.run_id === p.runId);
+    // only the running runs are described (cheap on a root with many runs); once ours is not among
+    // them any more, one full listing gives its final status
+    let run = (await api("/api/runs?size=false&status=running")).runs.find((r) => r.run_id === p.runId);
+    if (!run) run = (await api("/api/runs?size=false")).runs.find((r) => r.run_id === p.runId);
     if (run && (run.committed_steps !== p.committed || run.status !== p.status)) {
       const detected = performance.now();
       const first = p.committed === 0;
@@ -238,7 +244,8 @@ async function showRun(runId) {
       cols: "all", source: { q: name }, maxSeries: 32 });
   }
   const hasNeurons = W && "cos_to_class_sums" in listing.items;
-  if (hasNeurons) specs.push({ id: "neurons", title: "neurons: angle over time (degrees)", logx: true, needs: [], cols: "all", source: null });
+  if (hasNeurons) specs.push({ id: "neurons", title: "neurons: angle over time (degrees)", logx: true, needs: [], cols: "all", source: null,
+    label: (name) => name.replace(/^.*\[(\d+)\]$/, "neuron $1") });
   const onZoom = (range) => zoom(p, range);
   p.charts = specs.map((spec) => new Chart(spec, { onZoom, markers: () => p.markers }));
   for (const spec of specs) {

@@ -35,7 +35,8 @@ const RUN_CHARTS = [
     cols: [[STEP_SERIES, "spectral_norm_sq", "‖W‖₂²", { color: COLORS[3], width: 1.5 }],
       [STEP_SERIES, "frobenius_norm_sq", "‖W‖F²", { color: COLORS[8] }]] },
   { id: "singular", title: "singular values of W", logx: true, logy: true, needs: ["singular_values"],
-    cols: "all", source: { q: "singular_values", first: 16 }, maxSeries: 16 },
+    cols: "all", source: { q: "singular_values", first: 16 }, maxSeries: 16,
+    label: (name) => name.replace(/^.*\[(\d+)\]$/, "σ$1") },
 ];
 // any-model quantities (per-parameter norms, update norms...): drawn with all their columns when the
 // run's analysis listing offers them

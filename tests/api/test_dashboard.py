@@ -225,3 +225,24 @@ def test_comparing_two_runs_overlays_both(server, page, expected, tmp_path):
     page.screenshot(path=str(artifacts(tmp_path) / "comparison.png"), full_page=True)
     only_local(page, server.url)
     assert page.errors == []
+
+
+def test_failed_run_and_a_run_without_commits(tmp_path, server, page, write_run, serve):
+    page.goto(f"{server.url}/#/run/bad")
+    loaded(page)
+    assert page.inner_text("#status") == "failed"
+    assert len(page.evaluate("window.trajscope.charts.loss.u.data[0]")) == 7  # NaN in W does not stop the page
+    assert page.errors == []
+    only_local(page, server.url)
+    page.requests.clear()
+    root = StoreRoot(tmp_path / "runs")
+    write_run(root, "fresh", steps=16, chunk_steps=8, finish=None, commit_to=0)
+    with serve(root) as srv:
+        page.goto(f"{srv.url}/#/run/fresh")
+        page.wait_for_selector("#waiting")
+        assert page.evaluate("window.trajscope.loads || 0") == 0  # nothing asked of a run with no states
+        _commit(root, "fresh", 8)
+        loaded(page)
+        assert page.evaluate("window.trajscope.charts.loss.u.data[0]") == list(range(1, 8))
+        only_local(page, srv.url)
+    assert page.errors == []

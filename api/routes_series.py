@@ -42,6 +42,14 @@ def extra() -> dict[str, Callable]:
     return {"step_series": step_series, "neuron_angles": neuron_angles}
 
 
+def _applicable(ds) -> dict[str, Callable]:
+    """The registry's quantities that apply to the run (all of them where the registry cannot tell)."""
+    try:
+        return registry.quantities(ds)
+    except TypeError:  # a registry without per-run requirements
+        return registry.quantities()
+
+
 def _variable(name: str) -> Callable:
     from trajscope.analysis._common import select
 
@@ -56,7 +64,7 @@ def source(run: Run, quantity: str) -> Callable:
     per_step = sorted(str(k) for k, v in ds.data_vars.items() if "step" in v.dims)
     if quantity in per_step:
         return _variable(quantity)
-    items = {**registry.quantities(), **extra()}
+    items = {**_applicable(ds), **extra()}
     if quantity in items:
         return items[quantity]
     raise HTTPException(404, f"unknown series {quantity!r} for run {run.run_id!r}: available are the run's "

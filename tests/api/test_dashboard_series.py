@@ -89,3 +89,15 @@ def test_too_many_columns_asks_for_neurons(tmp_path, write_run, serve):
         r = c.get("/api/runs/wide/series/neuron_angles")
         assert r.status_code == 400 and "neuron=" in r.json()["detail"]
         assert len(c.get("/api/runs/wide/series/neuron_angles", params={"neuron": "0:8"}).json()["series"]) == 16
+
+
+def test_static_assets_are_served_from_the_package_only(client):
+    js = client.get("/static/vendor/uPlot.iife.min.js")
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript") and "uPlot" in js.text
+    assert client.get("/static/vendor/uPlot.min.css").headers["content-type"].startswith("text/css")
+    assert "MIT" in client.get("/static/vendor/uPlot.LICENSE").text
+    page = client.get("/").text
+    for src in ("/static/vendor/uPlot.iife.min.js", "/static/app.js", "/static/charts.js"):
+        assert src in page and client.get(src).status_code == 200
+    for bad in ("/static/../app.py", "/static/vendor/../../routes_series.py", "/static/nope.js", "/static/%2e%2e/app.py"):
+        assert client.get(bad).status_code == 404, bad

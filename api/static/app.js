@@ -97,7 +97,11 @@ function draw(p) {
 }
 
 async function reload(p) {
-  await loadSources(p, [...p.sources.keys()], true);
+  // the loss first (cheap): the first chart is not kept waiting behind the heavier analyses
+  const keys = [...p.sources.keys()];
+  const cheap = keys.filter((k) => p.sources.get(k).src.q === "loss");
+  await loadSources(p, cheap, true);
+  await loadSources(p, keys.filter((k) => !cheap.includes(k)), true);
   if (page !== p) return;
   draw(p);
   p.loadedAt = performance.now();

@@ -69,7 +69,7 @@ def source(run: Run, quantity: str) -> Callable:
         return items[quantity]
     raise HTTPException(404, f"unknown series {quantity!r} for run {run.run_id!r}: available are the run's "
                              f"per-step variables ({', '.join(per_step)}), step_series, neuron_angles and the "
-                             "analysis quantities with a step dim (GET /api/runs/{run_id}/analysis)")
+                             f"analysis quantities with a step dim (GET /api/runs/{run.run_id}/analysis)")
 
 
 def _with_neurons(fn: Callable, index: Any) -> Callable:
@@ -82,8 +82,9 @@ def _with_neurons(fn: Callable, index: Any) -> Callable:
 
 
 def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail: int | None,
-          kwargs: dict[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, dict]]:
-    """``(steps, columns, attrs)`` of ``quantity`` over the selection, computed by the analysis."""
+          kwargs: dict[str, Any], first: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, dict]]:
+    """``(steps, columns, attrs)`` of ``quantity`` over the selection, computed by the analysis
+    (only the first ``first`` columns when given)."""
     from trajscope.analysis.downsample import columns
 
     fn = source(run, quantity)
@@ -103,11 +104,13 @@ def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail:
         raise HTTPException(422, f"{quantity!r} is not a per-step series (it has no step dim): "
                                  f"use GET /api/runs/{run.run_id}/analysis/{quantity}")
     cols = columns(result, quantity)
+    if first is not None:
+        cols = dict(list(cols.items())[:first])
     if not cols:
         raise HTTPException(422, f"{quantity!r} has no per-step variable: use GET /api/runs/{run.run_id}/analysis/{quantity}")
     if len(cols) > MAX_COLUMNS:
-        raise UserError(f"{quantity!r} has {len(cols)} series, over the limit of {MAX_COLUMNS}: pick some "
-                        "neurons with neuron=0,3,7 or a range neuron=0:8")
+        raise UserError(f"{quantity!r} has {len(cols)} series, over the limit of {MAX_COLUMNS}: keep the first "
+                        "few with first=16, or pick neurons with neuron=0,3,7 or neuron=0:8")
     variables = {str(result.name or quantity): result} if not hasattr(result, "data_vars") else result.data_vars
     attrs = {str(k): jsonable({a: v.attrs[a] for a in ("long_name", "units", "kind", "status") if a in v.attrs})
              for k, v in variables.items()}
@@ -148,8 +151,8 @@ async def series(
 
         fn = source(run, quantity)
         kwargs = registry.bind(fn, fn_kwargs, f"series {quantity!r}") if fn_kwargs else {}
-        steps, cols, attrs = table(run, quantity, sl, neuron, tail, kwargs)
-        names = list(cols)[:first]
+        steps, cols, attrs = table(run, quantity, sl, neuron, tail, kwargs, first)
+        names = list(cols)
         check_size(points, len(names))
         out = minmax_downsample(steps, np.stack([cols[c] for c in names], axis=1), points, scale)
         if format == "npy":

@@ -89,6 +89,7 @@ def test_too_many_columns_asks_for_neurons(tmp_path, write_run, serve):
         r = c.get("/api/runs/wide/series/neuron_angles")
         assert r.status_code == 400 and "neuron=" in r.json()["detail"]
         assert len(c.get("/api/runs/wide/series/neuron_angles", params={"neuron": "0:8"}).json()["series"]) == 16
+        assert len(c.get("/api/runs/wide/series/neuron_angles", params={"first": 5}).json()["series"]) == 5
 
 
 def test_static_assets_are_served_from_the_package_only(client):

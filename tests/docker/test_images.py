@@ -71,6 +71,21 @@ def test_producer_image_records_into_s3_and_api_image_serves_it(images, moto_ser
     np.testing.assert_array_equal(direct.W.values, here.W.values)
     np.testing.assert_array_equal(direct.loss.values, here.loss.values)
 
+    # a mounted root (the image's default root /runs), writable by the image's user
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    if os.geteuid() == 0:
+        os.chown(mounted, 10001, 10001)  # the image's user, as the README tells users to do
+    else:
+        mounted.chmod(0o777)
+    name = f"ts-producer-mounted-{os.getpid()}"
+    containers.append(name)
+    podman("run", "--name", name, "-v", f"{mounted}:/runs", images["producer"], "configs/quickstart.yaml",
+           "--name", "short", "--quiet", "--set", "train.steps=20", timeout=900)
+    short = open_run("short", StoreRoot(mounted))
+    assert short.attrs["status"] == "complete" and short.sizes["step"] == 21
+    np.testing.assert_array_equal(short.W.values, here.W.values[:21])
+
     # the API: no torch, non-root, token from a secret file, health check, the bucket over HTTP
     no_torch = podman("run", "--rm", "--entrypoint", "python", images["api"], "-c",
                       "import importlib.util as u; print(u.find_spec('torch') is None)")

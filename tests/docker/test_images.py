@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from trajscope.api.state import public_root  # what /health says of a root (s3://…/runs)
+from trajscope.store import StoreRoot, open_run
+
 pytestmark = pytest.mark.containers
 
 RUN = "quickstart"
@@ -59,7 +62,6 @@ def test_producer_image_records_into_s3_and_api_image_serves_it(images, moto_ser
 
     # the run, read straight from the bucket on the host, equals the same config trained here
     from trajscope.producer import load_config, produce
-    from trajscope.store import StoreRoot, open_run
 
     bucket = StoreRoot("s3://trajscope/runs", storage_options={
         "endpoint_url": moto_server, "key": "testing", "secret": "testing"})
@@ -103,7 +105,7 @@ def test_producer_image_records_into_s3_and_api_image_serves_it(images, moto_ser
                "--secret", secret, "-e", f"TRAJSCOPE_TOKEN_FILE=/run/secrets/{secret}", images["api"])
         url = f"http://127.0.0.1:{port}"
         health = wait_healthy(url)
-        assert health["status"] == "ok" and health["root"] == "s3://trajscope/runs"
+        assert health["status"] == "ok" and health["root"] == public_root(bucket)  # the bucket, not /runs
         assert health["writable"] is True  # the token was read from the secret file
         assert podman("healthcheck", "run", api, check=False).returncode == 0
         assert podman("exec", api, "id", "-u").stdout.strip() not in ("", "0")
@@ -150,11 +152,10 @@ def test_compose_stack(images, helpers, host_env, tmp_path):
         assert code == "0", podman("logs", producer, check=False).stdout[-3000:]
         url = f"http://127.0.0.1:{ports['API']}"
         health = wait_healthy(url)
-        assert health["root"] == "s3://trajscope/runs" and health["writable"] is True
+        assert health["root"] == public_root(StoreRoot("s3://trajscope/runs")) and health["writable"] is True
         assert podman("healthcheck", "run", f"{project}_api_1", check=False).returncode == 0
         host_env.update(helpers.s3_env(f"http://127.0.0.1:{ports['S3']}"))
         import fsspec
-        from trajscope.store import StoreRoot, open_run
 
         fsspec.get_filesystem_class("s3").clear_instance_cache()
         direct = open_run(RUN, StoreRoot("s3://trajscope/runs"))

@@ -14,6 +14,7 @@ from trajscope.analysis.invariants import sign_flips
 from trajscope.analysis.phases import T2_DROP, post_t2_slope, t1_from, t2
 from trajscope.analysis.series import SERIES, step_series
 from trajscope.analysis.theory import loss_envelope, stable_rank_bound_from, theory
+from trajscope.analysis.registry import TWO_LAYER, quantity
 
 
 _LIGHT_BYTES = 4 * 2**20
@@ -81,6 +82,7 @@ def _measured(ds: xr.Dataset, step: StepSel, drop: float) -> xr.Dataset:
     return out.drop_vars([c for c in out.coords], errors="ignore")
 
 
+@quantity(requires=TWO_LAYER)
 def summary(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.Dataset:
     """All headline numbers of a run as a dataset of 0-d variables (computed, one pass over ``W``).
 

@@ -89,7 +89,7 @@ def list_plots(
     check: Annotated[bool, Query(description="draw each figure (cached) and list only those this run can "
                                  "show; the others go to 'unavailable' with the reason")] = False,
 ) -> dict[str, Any]:
-    kinds = registry.plot_kinds()
+    kinds = registry.plot_kinds(run.dataset())
     items = {k: f"/api/runs/{run.run_id}/plots/{k}.png" for k in sorted(kinds)}
     unavailable: dict[str, str] = {}
     if check:
@@ -121,7 +121,7 @@ async def plot(
     if not dot or fmt not in FORMATS:
         raise HTTPException(404, f"figure {filename!r}: name it KIND.png or KIND.svg "
                                  f"(GET /api/runs/{run.run_id}/plots lists the kinds)")
-    fn = _lookup(registry.plot_kinds(), kind, "figure kind", run.run_id)
+    fn = _lookup(registry.plot_kinds(await run_in_threadpool(run.dataset)), kind, "figure kind", run.run_id)
     extra = {k: v for k, v in request.query_params.items() if k != "step"}
     kwargs = registry.bind(fn, extra, f"figure {kind!r}")
     sl = step_slice(step)

@@ -31,7 +31,7 @@ def _lines(ax, result: xr.Dataset, names: list[str]) -> None:
         ax.plot(da["step"].values, np.asarray(da.values, dtype=float), label=n,
                 color="black" if n == TOTAL else None, linewidth=2 if n == TOTAL else 1)
     ax.set_xlabel("optimizer step")
-    ax.set_yscale("symlog", linthresh=1e-12)
+    ax.set_yscale("log", nonpositive="mask")  # a zero (the initial distance) is left out
     ax.legend(fontsize="x-small", ncol=2)
 
 

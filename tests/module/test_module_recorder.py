@@ -133,3 +133,52 @@ def test_recording_needs_a_module_and_a_valid_name(tmp_path):
     with pytest.raises(UserError):
         trajscope.ModuleRecorder(MLP(), root=tmp_path, name="x", every=0)
     assert not StoreRoot(tmp_path).run_ids()
+
+
+def _train_run(root, name, steps, *, interrupt_at=None, resume=False):
+    torch.manual_seed(7)
+    model = MLP()
+    x, y = data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    try:
+        with trajscope.ModuleRecorder(model, root=root, name=name, resume=resume, chunk_mib=0.004) as rec:
+            if resume:
+                rec.last_state()
+                start = rec.step
+            else:
+                rec.record()
+                start = 1
+            for step in range(start, steps + 1):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                rec.record(loss=loss)
+                if step == interrupt_at:
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    return rec
+
+
+def test_an_interrupted_run_resumes_mid_chunk_to_the_uninterrupted_trajectory(tmp_path):
+    ref = _train_run(tmp_path, "ref", 21)
+    first = _train_run(tmp_path, "cut", 21, interrupt_at=9)
+    cut = trajscope.open_run(tmp_path / "cut.zarr")
+    assert cut.attrs["status"] == "interrupted" and cut.attrs["committed_steps"] == 10
+    assert 10 % cut.attrs["chunk_steps"] != 0  # the partial chunk is rewritten whole on resume
+    assert first.status == "interrupted"
+    _train_run(tmp_path, "cut", 21, resume=True)
+    done, expected = trajscope.open_run(tmp_path / "cut.zarr"), trajscope.open_run(tmp_path / "ref.zarr")
+    assert done.attrs["status"] == "complete" and ref.status == "complete"
+    for name in expected.data_vars:
+        np.testing.assert_array_equal(done[name].values, expected[name].values, err_msg=name)
+
+
+def test_resume_refuses_another_model(tmp_path):
+    _train_run(tmp_path, "cut", 5, interrupt_at=2)
+    with pytest.raises(UserError, match="shape"):
+        trajscope.ModuleRecorder(MLP(hidden=8), root=tmp_path, name="cut", resume=True)
+    # the refused resume released the writer lock: the right model resumes
+    _train_run(tmp_path, "cut", 5, resume=True)
+    assert trajscope.open_run(tmp_path / "cut.zarr").attrs["committed_steps"] == 6

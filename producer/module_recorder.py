@@ -121,6 +121,9 @@ class ModuleRecorder:
         self.status: str | None = None
         if resume and self.root.exists(self.run_id):
             self._reopen()
+        elif self.root.exists(self.run_id):
+            raise UserError(f"run {self.run_id!r} already exists under {self.root.location}: choose another name, "
+                            "or continue it with ModuleRecorder(..., resume=True)")
 
     # -- context manager ----------------------------------------------------------------------------
     def __enter__(self) -> "ModuleRecorder":
@@ -144,7 +147,6 @@ class ModuleRecorder:
         if self._closed:
             raise RuntimeError(f"run {self.run_id!r}: record() after close()")
         values = {name: adapter.as_tensor(v) for name, v in extra.items()}
-        step, self.step = self.step, self.step + 1
         if self.recorder is None:
             for name, value in values.items():
                 self._extras_seen.setdefault(name, value)
@@ -152,8 +154,9 @@ class ModuleRecorder:
             unknown = sorted(set(values) - set(self.specs))
             if unknown:
                 raise UserError(
-                    f"record({unknown[0]}=...) is new at step {step}: a run's variables are fixed by its first two "
-                    "record() calls; pass it from the start (it may be missing from some calls)")
+                    f"record({unknown[0]}=...) is new at step {self.step}: a run's variables are fixed by its first "
+                    "two record() calls; pass it from the start (it may be missing from some calls)")
+        step, self.step = self.step, self.step + 1
         if step % self.every == 0:
             with torch.no_grad():
                 state = self._state(values)

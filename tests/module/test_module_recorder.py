@@ -182,3 +182,12 @@ def test_resume_refuses_another_model(tmp_path):
     # the refused resume released the writer lock: the right model resumes
     _train_run(tmp_path, "cut", 5, resume=True)
     assert trajscope.open_run(tmp_path / "cut.zarr").attrs["committed_steps"] == 6
+
+
+def test_an_existing_run_is_refused_before_training(tmp_path):
+    with trajscope.ModuleRecorder(MLP(), root=tmp_path, name="once") as rec:
+        rec.record()
+    with pytest.raises(UserError, match="already exists"):
+        trajscope.ModuleRecorder(MLP(), root=tmp_path, name="once")
+    with pytest.raises(UserError, match="complete"):
+        trajscope.ModuleRecorder(MLP(), root=tmp_path, name="once", resume=True)

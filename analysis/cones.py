@@ -81,6 +81,27 @@ def aligned_fraction(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out
 
 
+def cone_agreement(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
+    """How close each neuron is to its target cone or ``S_dead``, as a fraction of samples; ``(step, neuron)``.
+
+    ``max(g_j, d_j)`` with ``g_j = (c+_j + n- - c-_j)/n`` for ``v_j > 0`` (samples whose activation
+    ``1[<x_i, w_j> > 0]`` matches ``S+``: positives active, negatives not), ``(c-_j + n+ - c+_j)/n`` for
+    ``v_j < 0``, 0 for ``v_j = 0``, and ``d_j = 1 - (c+_j + c-_j)/n`` (samples inactive, as in ``S_dead``);
+    ``c±_j`` are the :func:`activation_counts`. It is 1 exactly when :func:`in_target_or_dead` holds, and
+    says how far from it a neuron is when no neuron ever enters a cone.
+    """
+    c = activation_counts(ds, step)
+    n = class_counts(ds)
+    pos, neg = c.sel(label=1, drop=True), c.sel(label=-1, drop=True)
+    n_pos, n_neg = int(n.sel(label=1)), int(n.sel(label=-1))
+    n_all = n_pos + n_neg
+    v = select(ds, step)["v"]
+    target = xr.where(v > 0, (pos + (n_neg - neg)) / n_all, xr.where(v < 0, (neg + (n_pos - pos)) / n_all, 0.0))
+    out = np.maximum(target, (n_all - pos - neg) / n_all)
+    out.name = "cone_agreement"
+    return out
+
+
 @quantity(requires=TWO_LAYER)
 def cone_fractions(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Fraction of neurons in ``S+``, ``S-``, ``S_dead`` and other per step; dims ``(step, cone)``."""

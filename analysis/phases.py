@@ -3,8 +3,10 @@
 Rules (all on the selected recorded states, so a stride coarsens them):
 
 - ``t1``: the first recorded step from which **every** neuron stays, at every later recorded step of
-  the selection, in its target cone ``S_{sign v_j}`` or in ``S_dead``. NaN ("not reached") when the
-  last recorded state is not aligned.
+  the selection, in its target cone ``S_{sign v_j}`` or in ``S_dead``. NaN when the last recorded state
+  is not aligned; :func:`t1_state` then tells "not reached" (some neuron has been in a cone) from
+  "undefined" (no neuron is in ``S+``, ``S-`` or ``S_dead`` at any recorded state: the question "when
+  are all neurons in their cones" has no answer on this trajectory, e.g. MNIST 0 vs 1 centred).
 - ``t2``: the first recorded step at which the loss has fallen to ``(1 - drop) · L(t_0)``, ``t_0`` the
   first selected state, ``drop = 0.05`` by default (the onset of the loss decrease). NaN when never.
 - post-``t2`` slope: least-squares slope of ``log L`` against ``log(t - t2)`` over the recorded states
@@ -25,6 +27,39 @@ from trajscope.analysis.cones import in_target_or_dead
 from trajscope.analysis.registry import TWO_LAYER, quantity
 
 T2_DROP = 0.05
+
+REACHED, NOT_REACHED, UNDEFINED = "reached", "not reached", "undefined"
+
+
+def t1_state(t1_step: float, in_cone_fraction_max: float) -> str:
+    """``"reached"`` (``t1`` is a step), ``"undefined"`` (no neuron was ever in ``S+``, ``S-`` or
+    ``S_dead``: ``max_t (1 - frac_other(t)) = 0``) or ``"not reached"`` (some neuron was in a cone, but the
+    last recorded state is not aligned)."""
+    if np.isfinite(t1_step):
+        return REACHED
+    return UNDEFINED if in_cone_fraction_max == 0 else NOT_REACHED
+
+
+def t1_text(m) -> str:
+    """``t1`` in words from a summary (dataset or sweep row): the step, or why there is none, with the
+    closest state's figures. Reads ``t1_step``, ``in_cone_fraction_max``, ``aligned_fraction_max``,
+    ``cone_agreement_best``, ``cone_agreement_best_step``, ``cone_agreement_min_at_best``."""
+    def get(key: str) -> float:
+        try:
+            return float(m[key])
+        except (KeyError, TypeError, ValueError):
+            return float("nan")
+
+    state = t1_state(get("t1_step"), get("in_cone_fraction_max"))
+    if state == REACHED:
+        return f"step {get('t1_step'):.0f}"
+    closest = (f"closest state: step {get('cone_agreement_best_step'):.0f}, where neurons agree with the activation "
+               f"pattern of S_(sign v_j) or S_dead on {100 * get('cone_agreement_best'):.1f} % of samples on average "
+               f"(worst neuron {100 * get('cone_agreement_min_at_best'):.1f} %); at most "
+               f"{100 * get('aligned_fraction_max'):.0f} % of neurons were ever in S_(sign v_j) ∪ S_dead")
+    if state == UNDEFINED:
+        return "undefined (no neuron ever enters a cone S+, S- or S_dead); " + closest
+    return "not reached (the last recorded state is not all aligned); " + closest
 
 
 @quantity(requires=TWO_LAYER)

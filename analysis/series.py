@@ -31,6 +31,7 @@ SERIES: tuple[str, ...] = (
     "count_pos", "count_neg",
     "frobenius_norm_sq", "spectral_norm_sq", "stable_rank", "effective_rank",
     "max_balance_drift",
+    "cone_agreement_mean", "cone_agreement_min",
 )
 """Names of the per-step series, in the order of the last axis of :func:`fused_block`'s output."""
 
@@ -79,6 +80,9 @@ def fused_block(W: np.ndarray, v: np.ndarray, X: np.ndarray, onehot: np.ndarray,
       ``effective_rank = exp(-Σ_k p_k log p_k)``, ``p_k = σ_k / Σ_l σ_l`` (``σ`` from ``eigvalsh`` of
       ``W Wᵀ`` or ``Wᵀ W``, the smaller)
     - ``max_balance_drift = max_j |δ_j(t) - δ_j(t_0)|``, ``δ_j = v_j² - ||w_j||²``
+    - ``cone_agreement_mean/min``: mean/min over ``j`` of the cone agreement
+      (:func:`~trajscope.analysis.cones.cone_agreement`), ``max(g_j, d_j)`` with ``g_j`` the fraction of
+      samples whose activation matches ``S_{sign v_j}`` and ``d_j = 1 - (c+_j + c-_j)/n`` (0 for ``v_j = 0``)
 
     Each is computed with the same floating-point operations as the per-quantity kernels
     (:mod:`~trajscope.analysis._kernels`) and xarray expressions, so the results are equal.
@@ -103,6 +107,12 @@ def fused_block(W: np.ndarray, v: np.ndarray, X: np.ndarray, onehot: np.ndarray,
         out[:, _IX["all_aligned"]] = ok.all(axis=1)
         for c, name in enumerate(("frac_S_pos", "frac_S_neg", "frac_dead", "frac_other")):
             out[:, _IX[name]] = (code == c).mean(axis=1)
+        n_all = n_pos + n_neg
+        agree = np.maximum(np.where(v > 0, (pos + (n_neg - neg)) / n_all,
+                                    np.where(v < 0, (neg + (n_pos - pos)) / n_all, 0.0)),
+                           (n_all - pos - neg) / n_all)
+        out[:, _IX["cone_agreement_mean"]] = agree.mean(axis=1)
+        out[:, _IX["cone_agreement_min"]] = agree.min(axis=1)
         out[:, _IX["count_pos"]] = (v > 0).sum(axis=1)
         out[:, _IX["count_neg"]] = (v < 0).sum(axis=1)
         frob = np.nansum(sq, axis=1)

@@ -8,12 +8,21 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from trajscope.analysis._common import StepSel, select
+from trajscope.analysis._common import StepSel, cfg, select
 from trajscope.analysis.geometry import data_geometry
 from trajscope.analysis.invariants import sign_flips
-from trajscope.analysis.phases import T2_DROP, post_t2_slope, t1_from, t2
+from trajscope.analysis.phases import T2_DROP, post_t2_slope, t1_from, t1_state, t1_text, t2
 from trajscope.analysis.series import SERIES, step_series
-from trajscope.analysis.theory import loss_envelope, stable_rank_bound_from, theory
+from trajscope.analysis.theory import (
+    OK,
+    RATE_RULE,
+    envelope_ratio_max,
+    loss_envelope,
+    rate_verdict,
+    stable_rank_bound_from,
+    theory,
+    two_layer_status,
+)
 from trajscope.analysis.registry import TWO_LAYER, quantity
 
 
@@ -58,6 +67,10 @@ def _measured(ds: xr.Dataset, step: StepSel, drop: float) -> xr.Dataset:
     final = step_series(sel.isel(step=slice(-1, None))).isel(step=0, drop=True)
     out = xr.merge([t1_from(series["all_aligned"], light), t2(light, drop=drop)])
     out["post_t2_slope"] = post_t2_slope(light, drop=drop)
+    steps_f = series["step"].astype(np.float64)
+    agreement = series["cone_agreement_mean"]
+    best_step = xr.where(agreement == agreement.max("step"), steps_f, np.nan).min("step")
+    at_t1 = steps_f == out["t1_step"]
     out = out.assign(
         first_step=sel["step"].isel(step=0, drop=True).astype(np.float64),
         last_step=sel["step"].isel(last, drop=True).astype(np.float64),
@@ -77,9 +90,45 @@ def _measured(ds: xr.Dataset, step: StepSel, drop: float) -> xr.Dataset:
         max_balance_drift=series["max_balance_drift"].max("step"),
         sign_flips_total=sign_flips(light).sum("neuron"),
         loss_envelope_final=loss_envelope(light, drop=drop).isel(last, drop=True),
+        envelope_ratio_max=envelope_ratio_max(light, drop=drop),
+        aligned_fraction_max=series["aligned_fraction"].max("step"),
+        in_cone_fraction_max=(1.0 - series["frac_other"]).max("step"),
+        cone_agreement_best=agreement.max("step"),
+        cone_agreement_best_step=best_step,
+        cone_agreement_min_at_best=xr.where(steps_f == best_step, series["cone_agreement_min"], np.nan).max("step"),
+        frac_S_pos_at_t1=xr.where(at_t1, series["frac_S_pos"], np.nan).max("step"),
+        frac_S_neg_at_t1=xr.where(at_t1, series["frac_S_neg"], np.nan).max("step"),
         stable_rank_bound_final=stable_rank_bound_from(ds, final["spectral_norm_sq"]),
     )
     return out.drop_vars([c for c in out.coords], errors="ignore")
+
+
+def data_warnings(ds: xr.Dataset) -> list[str]:
+    """Warnings about the data a run trained on, for ``show`` and reports.
+
+    The producer stores them in ``data_info["warnings"]``; for runs recorded before that, the one rule
+    is re-derived here: centring (``data.center``) moved the separation ``μ`` away from the value the
+    config asked for (``data.mu`` of synthetic data, ``sin(angle)`` of two-point data) by more than 1 %.
+    """
+    info = ds.attrs.get("data_info") or {}
+    if "warnings" in info:
+        return [str(w) for w in info["warnings"]]
+    kind, center = cfg(ds, "data", "kind"), cfg(ds, "data", "center")
+    requested = cfg(ds, "data", "mu") if kind == "synthetic" else (
+        math.sin(float(cfg(ds, "data", "angle"))) if kind == "two_point" and cfg(ds, "data", "angle") is not None
+        else None)
+    achieved = info.get("mu")
+    if not center or requested is None or achieved is None:
+        return []
+    if abs(float(achieved) - float(requested)) <= 0.01 * abs(float(requested)):
+        return []
+    return [f"data.center changed μ: the config asks for μ = {float(requested):.4g}, the run trained on "
+            f"μ = {float(achieved):.4g} (centring moves every sample); set data.center: false to keep the requested μ"]
+
+
+V_FIXED_DRIFT = ("not applicable: v_j² - ||w_j||² is conserved only when v trains; with v fixed it changes by "
+                 "||w_j(t)||² - ||w_j(0)||²")
+V_FIXED_FLIPS = "not applicable: v is fixed (train.train_v = false), its signs cannot change"
 
 
 @quantity(requires=TWO_LAYER)
@@ -89,6 +138,12 @@ def summary(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> x
     Each variable has attrs ``kind`` (``"data"``, ``"measured"`` or ``"theory"``) and, for theory,
     ``status``. The measured part is computed in a single ``dask.compute`` so each chunk of ``W`` is
     read once; memory stays a few chunks.
+
+    Readings added as attrs: ``t1_step.attrs["status"]`` (:func:`~trajscope.analysis.phases.t1_state`),
+    ``envelope_ratio_max.attrs["verdict"]``/``["reason"]`` (the O(1/t) test,
+    :data:`~trajscope.analysis.theory.RATE_RULE`), ``attrs["warnings"]`` (:func:`data_warnings`). On a run
+    that trains ``W`` only, ``max_balance_drift`` and ``sign_flips_total`` are NaN with a "not applicable"
+    status, as are the theory quantities of the small initialization.
     """
     sel = select(ds, step)
     data = data_geometry(ds)
@@ -101,9 +156,20 @@ def summary(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> x
         measured[name].attrs.setdefault("kind", "data" if name in data else "measured")
     for name in ("loss_envelope_final", "stable_rank_bound_final"):
         measured[name].attrs.update(kind="theory")
+    if two_layer_status(ds) != OK:
+        for name, why in (("max_balance_drift", V_FIXED_DRIFT), ("sign_flips_total", V_FIXED_FLIPS)):
+            measured[name] = xr.DataArray(np.nan, attrs={"kind": "measured", "status": why})
     out = measured.merge(th)
+    out["t1_step"].attrs["status"] = t1_state(float(out["t1_step"]), float(out["in_cone_fraction_max"]))
+    verdict, reason = rate_verdict(out["envelope_ratio_max"].attrs["status"], float(out["envelope_ratio_max"]),
+                                   float(out["t1_step"]), float(out["t2_step"]), float(out["frac_S_pos_at_t1"]),
+                                   float(out["frac_S_neg_at_t1"]))
+    out["envelope_ratio_max"].attrs.update(verdict=verdict, reason=reason, rule=RATE_RULE)
+    info = ds.attrs.get("data_info") or {}
     out.attrs.update(run_id=ds.attrs.get("run_id", "run"), t2_drop=drop,
-                     step_selection=str(step) if step is not None else "all")
+                     step_selection=str(step) if step is not None else "all", warnings=data_warnings(ds))
+    if info.get("mu_requested") is not None:
+        out.attrs["mu_requested"] = float(info["mu_requested"])
     return out
 
 
@@ -114,8 +180,9 @@ SIDE_BY_SIDE: list[tuple[str, str | None, str | None, str]] = [
     ("t1 bound 16 log n/(min{ζ,ξ}√μ X_min)", None, "t1_bound_time", "gradient-flow time"),
     ("t2 loss onset", "t2_step", "t2_scale_step", "steps"),
     ("t2 loss onset", "t2_time", "t2_scale_time", "gradient-flow time"),
-    ("post-t2 log-log slope", "post_t2_slope", "≤ -1", ""),
+    ("O(1/t): max L/envelope after t2", "envelope_ratio_max", "≤ 1", ""),
     ("loss (final) vs O(1/t) envelope", "loss_final", "loss_envelope_final", "loss"),
+    ("post-t2 log-log slope (description)", "post_t2_slope", None, ""),
     ("stable rank (final) vs bound", "stable_rank_final", "stable_rank_bound_final", ""),
     ("stable rank limit", None, "stable_rank_limit", ""),
     ("effective rank (final)", "effective_rank_final", None, ""),
@@ -153,21 +220,60 @@ def fmt(value: Any, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
+def _status(s: xr.Dataset, name: str) -> str:
+    return str(s[name].attrs.get("status", "ok")) if name in s else "ok"
+
+
+def _usable(status: str) -> bool:
+    return status == "ok" or status.startswith("approximate")
+
+
 def _theory_text(s: xr.Dataset, name: str) -> str:
-    var = s[name]
-    status = var.attrs.get("status", "ok")
-    if status == "ok" or status.startswith("approximate"):
-        text = fmt(var.values)
+    status = _status(s, name)
+    if _usable(status):
+        text = fmt(s[name].values)
         return text + (" (approx.)" if status.startswith("approximate") else "")
     return status
 
 
-_BOUNDS = ("t1_bound_time", "loss_envelope_final", "stable_rank_bound_final", "≤ -1")
+_BOUNDS = ("t1_bound_time", "loss_envelope_final", "stable_rank_bound_final", "≤ 1")
+_T1_VARS = ("t1_step", "t1_time")
+
+
+def _measured_text(s: xr.Dataset, m: str) -> str:
+    if m == "cones":
+        return " / ".join(fmt(s[k].values) for k in ("frac_S_pos_final", "frac_S_neg_final",
+                                                     "frac_dead_final", "frac_other_final"))
+    if m == "loss_range":
+        return f"{fmt(s['loss_initial'].values)} → {fmt(s['loss_final'].values)}"
+    if m in _T1_VARS and math.isnan(float(s[m])):
+        return t1_text(s) if m == "t1_step" else s["t1_step"].attrs.get("status", "not reached")
+    if m in ("t2_step", "t2_time") and math.isnan(float(s[m])):
+        return "not reached"
+    if m == "envelope_ratio_max":
+        attrs = s[m].attrs
+        if attrs.get("verdict") in ("not applicable", "undecided"):
+            return f"{attrs['verdict']}: {attrs.get('reason', '')}"
+        return f"{fmt(s[m].values)} ({attrs.get('verdict', '?')})"
+    return fmt(s[m].values)
 
 
 def summary_rows(s: xr.Dataset) -> list[dict[str, str]]:
-    """Rows ``{quantity, measured, theory, unit, note}`` of a :func:`summary` for tables (CLI, API)."""
+    """Rows ``{quantity, measured, theory, unit, note}`` of a :func:`summary` for tables (CLI, API).
+
+    Only what applies is shown: a quantity whose value is "not applicable" (W-only runs: the theory of
+    the small initialization, the balancedness drift, the sign flips) is left out of its row and listed
+    at the end under "not shown", with the reason.
+    """
     rows: list[dict[str, str]] = []
+    hidden: dict[str, list[str]] = {}
+
+    def hide(label: str, status: str) -> None:
+        reason = status.removeprefix("not applicable: ")
+        hidden.setdefault(reason, [])
+        if label not in hidden[reason]:
+            hidden[reason].append(label)
+
     for label, key in DATA_ROWS:
         if key == "counts":
             val = f"{fmt(s['n'].values)} ({fmt(s['n_pos'].values)} / {fmt(s['n_neg'].values)})"
@@ -175,29 +281,40 @@ def summary_rows(s: xr.Dataset) -> list[dict[str, str]]:
             val = f"{fmt(s['n_states'].values)} (steps {fmt(s['first_step'].values)}–{fmt(s['last_step'].values)})"
         elif key == "mu":
             val = f"{fmt(s['mu'].values)} ({'holds' if bool(s['assumption1']) else 'fails'})"
+            if "mu_requested" in s.attrs:
+                val += f"; config asked for {fmt(s.attrs['mu_requested'])}"
         else:
             val = fmt(s[key].values)
         rows.append({"quantity": label, "measured": val, "theory": "", "unit": "", "note": "data"})
     for label, m, t, unit in SIDE_BY_SIDE:
-        if m == "cones":
-            mv = " / ".join(fmt(s[k].values) for k in ("frac_S_pos_final", "frac_S_neg_final",
-                                                       "frac_dead_final", "frac_other_final"))
-        elif m == "loss_range":
-            mv = f"{fmt(s['loss_initial'].values)} → {fmt(s['loss_final'].values)}"
-        elif m is None:
-            mv = ""
-        else:
-            mv = fmt(s[m].values)
-            if m in ("t1_step", "t1_time", "t2_step", "t2_time") and math.isnan(float(s[m])):
-                mv = "not reached"
-        if t is None:
-            tv = ""
-        elif t == "zetas":
-            tv = f"{_theory_text(s, 'zeta1')}, {_theory_text(s, 'zeta2')}"
-        elif t in s:
-            tv = _theory_text(s, t)
-        else:
+        mv, m_hidden = "", False
+        if m is not None:
+            if m in s and _status(s, m).startswith("not applicable"):
+                hide(label, _status(s, m))
+                m_hidden = True
+            else:
+                mv = _measured_text(s, m)
+        tv = ""
+        if t == "zetas":
+            shown = [f"ζ{k[-1]} = {_theory_text(s, k)}" for k in ("zeta1", "zeta2") if _usable(_status(s, k))]
+            for k in ("zeta1", "zeta2"):
+                if _status(s, k).startswith("not applicable"):
+                    hide(f"ζ{k[-1]}", _status(s, k))
+            tv = ", ".join(shown)
+        elif t is not None and t in s:
+            if _status(s, t).startswith("not applicable"):
+                hide(f"{label} (theory)" if m else label, _status(s, t))
+            else:
+                tv = _theory_text(s, t)
+        elif t is not None and not m_hidden:
             tv = t
-        note = "scale (order of magnitude)" if t and "scale" in t else ("bound" if t in _BOUNDS else "")
+        if not mv and not tv:
+            continue
+        note = "scale (order of magnitude)" if t and "scale" in t else ("bound" if t in _BOUNDS and tv else "")
+        if m == "post_t2_slope":
+            note = "description, not a test (O(1/t) is judged by the envelope)"
         rows.append({"quantity": label, "measured": mv, "theory": tv, "unit": unit, "note": note})
+    for reason, labels in hidden.items():
+        rows.append({"quantity": "not shown: " + ", ".join(labels), "measured": "", "theory": "", "unit": "",
+                     "note": reason})
     return rows

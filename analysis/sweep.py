@@ -28,7 +28,13 @@ SUMMARY_FIELDS = (
     "max_balance_drift", "sign_flips_total", "last_step",
     "epsilon", "zeta1", "zeta2", "t1_scale_time", "t1_scale_step", "t2_scale_time", "t2_scale_step",
     "envelope_alpha",
+    "envelope_ratio_max", "loss_envelope_final", "frac_S_pos_at_t1", "frac_S_neg_at_t1",
+    "aligned_fraction_max", "in_cone_fraction_max", "cone_agreement_best", "cone_agreement_best_step",
+    "cone_agreement_min_at_best",
 )
+# readings of the summary kept as text: column -> (variable, attribute)
+SUMMARY_TEXTS = {"t1_status": ("t1_step", "status"), "envelope_status": ("envelope_ratio_max", "status"),
+                 "rate_verdict": ("envelope_ratio_max", "verdict"), "rate_reason": ("envelope_ratio_max", "reason")}
 
 
 def _float(value: Any) -> float:
@@ -61,6 +67,9 @@ def summary_record(ds: xr.Dataset, s: xr.Dataset | None = None) -> dict[str, Any
     }
     for name in SUMMARY_FIELDS:
         row[name] = _float(s[name].values) if name in s else math.nan
+    for column, (name, attr) in SUMMARY_TEXTS.items():
+        row[column] = str(s[name].attrs.get(attr, "")) if name in s else ""
+    row["data_warnings"] = "; ".join(s.attrs.get("warnings", []))
     n = row["n"]
     factor = n if row["reduction"] == "mean" else 1.0
     for name in ("t1_time", "t2_time", "t1_scale_time", "t2_scale_time"):

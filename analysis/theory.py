@@ -1,13 +1,19 @@
 """What the paper predicts, labelled as theory (bounds and scales, never measurements).
 
 Every scalar is a 0-d DataArray with attrs ``kind="theory"``, ``status`` (``"ok"``, ``"approximate:
-…"``, ``"assumption fails: …"``, ``"unknown: …"`` or ``"not computed: …"``), ``long_name``, ``units``.
+…"``, ``"not applicable: …"``, ``"assumption fails: …"``, ``"unknown: …"`` or ``"not computed: …"``),
+``long_name``, ``units``.
 When the status is not ``ok``/``approximate`` the value is NaN. Scalars depend only on ``X``, ``y``,
 ``W(0)`` and the config and are computed eagerly; the per-step curves are lazy.
 
 Time conversions: the theorems use the sum loss, whose gradient-flow time ``τ`` relates to the time
 ``t`` of a mean-loss run by ``τ = t / n``; scales are reported in the run's own convention and in
 optimizer steps (``t / η``).
+
+Runs that train ``W`` only (``train.train_v = false``, ``v_j = ±1`` fixed) are outside every theorem:
+their network is not a small initialization (``v`` is of order 1) and ``v_j² - ||w_j||²`` is not
+conserved, so every theory quantity that involves the initialization or the dynamics is "not applicable"
+there (:func:`two_layer_status`); only the data geometry (``μ``, ``X_min``, ``X_max``, ``ζ1``) remains.
 """
 
 from __future__ import annotations
@@ -66,6 +72,15 @@ def _time_factor(ds: xr.Dataset) -> tuple[float, str]:
     return (float(ds.sizes["sample"]) if red == "mean" else 1.0), OK
 
 
+TWO_LAYER_NA = ("not applicable: v is fixed (train.train_v = false); the theorems train both layers from a "
+                "small balanced init")
+
+
+def two_layer_status(ds: xr.Dataset) -> str:
+    """``ok``, or "not applicable" for a run that trains ``W`` only (``train.train_v = false``)."""
+    return TWO_LAYER_NA if cfg(ds, "train", "train_v") is False else OK
+
+
 def _init_note(ds: xr.Dataset) -> str:
     kind = cfg(ds, "init", "kind")
     notes = []
@@ -77,7 +92,7 @@ def _init_note(ds: xr.Dataset) -> str:
 
 
 def _worst(*statuses: str) -> str:
-    for prefix in ("assumption fails", "unknown", "not computed"):
+    for prefix in ("not applicable", "assumption fails", "unknown", "not computed"):
         for s in statuses:
             if s.startswith(prefix):
                 return s
@@ -87,21 +102,39 @@ def _worst(*statuses: str) -> str:
 
 @quantity(requires=TWO_LAYER)
 def zeta1(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
-    """``ζ1 = min_i min(cos²(x_i, x+), cos²(x_i, x-))``: ``sin²`` of the half-angle of the largest cap
-    around ``x±`` inside ``S±`` (the nearest sample hyperplane ``x_i^⊥`` bounds it)."""
+    """``ζ1 = min_i min(cos²(x_i, x+), cos²(x_i, x-))``, the minimum over **all** samples ``i`` (both
+    classes) against **both** class sums.
+
+    Reading: ``ζ1`` is ``sin²`` of the half-angle of the largest cap around ``x+`` (resp. ``x-``) that lies
+    inside ``S+`` (resp. ``S-``). The cone ``S+ = {z : <x_i, z> > 0 ⇔ y_i = +1}`` is bounded by the
+    hyperplanes ``x_i^⊥`` of *every* sample, positive and negative, and the angle from a direction
+    ``u`` to ``x_i^⊥`` is ``arcsin |cos(u, x_i)|``. So the cap of half-angle ``θ`` around ``x+`` stays in
+    ``S+`` iff ``sin θ ≤ min_i |cos(x_i, x+)|`` over all ``i``. The class-matched reading
+    (``min_{i∈I±} cos²(x_i, x±)``) ignores the other class's hyperplanes, which bound the same cone, and
+    can exceed the true cap (tested on a case where the two differ).
+    """
     s = class_sums(ds)
     X = inputs(ds).astype(np.float64)
     c = xr.dot(X, s, dim="feature") / (sample_norms(ds) * np.sqrt((s**2).sum("feature")))
-    return _scalar(float((c**2).min().compute()), OK, "ζ1 = min_i cos²(x_i, x±)")
+    return _scalar(float((c**2).min().compute()), OK, "ζ1 = min_i cos²(x_i, x±) (all samples, both class sums)")
 
 
 @quantity(requires=TWO_LAYER)
 def zeta2(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``ζ2 = 1 - max(0, m)²`` with ``m = max(max_{j∈V+} cos(w_j(0), x-), max_{j∈V-} cos(w_j(0), x+))``.
 
-    Evaluated at the first recorded state (the init). ``max(0, ·)``: a neuron pointing away from the
-    wrong class sum does not shrink ``ζ2``.
+    Evaluated at the first recorded state (the init). Reading of the paper's definition: ``ζ2`` bounds
+    from below how fast a neuron leaves the *wrong* class sum. A neuron ``j ∈ V+`` inside the cap around
+    ``x-`` moves with ``d/dt cos(w_j, x-) ≈ -||x-|| (1 - cos²(w_j, x-))`` (sum loss, exp, early phase), so
+    the rate factor is ``sin²`` of its angle to ``x-`` — small only when it starts close to ``x-``, i.e.
+    with ``cos > 0``. A neuron with ``cos(w_j(0), x-) ≤ 0`` is at least 90° from ``x-``; it is not slowed
+    down by it (under ``μ > 0`` the direction ``-x-`` even lies in ``S+``, the target cone, already at
+    ``t = 0``). Hence the clip ``max(0, m)``: the design notes' ``1 - m²`` differs only when every
+    cross-cosine is negative, and there it would shrink ``ζ2`` towards 0 (``m → -1``) for the
+    best-placed initializations, which the bound does not need. Not applicable to ``W``-only runs.
     """
+    if two_layer_status(ds) != OK:
+        return _scalar(np.nan, two_layer_status(ds), "ζ2")
     W0 = first_weights(ds)
     v0 = ds["v"].isel(step=0).compute()
     s = class_sums(ds).compute()
@@ -122,7 +155,9 @@ def zeta2(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
 def epsilon(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Initialization scale ``ε``: the config's ``init.scale`` for a balanced init, otherwise the rms
     neuron norm ``sqrt(mean_j ||w_j(0)||²)`` (equal to ``ε`` in expectation for balanced, ``α√D`` for
-    gaussian)."""
+    gaussian). Not applicable to ``W``-only runs (``v_j = ±1`` is not a small init)."""
+    if two_layer_status(ds) != OK:
+        return _scalar(np.nan, two_layer_status(ds), "initialization scale ε")
     if cfg(ds, "init", "kind") == "balanced" and cfg(ds, "init", "scale") is not None:
         return _scalar(float(cfg(ds, "init", "scale")), OK, "initialization scale ε (config)")
     W0 = first_weights(ds)
@@ -140,7 +175,7 @@ def t1_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     mu, st_mu = _mu_status(ds)
     fac, st_f = _time_factor(ds)
     n = ds.sizes["sample"]
-    status = _worst(st_mu, st_f, _init_note(ds))
+    status = _worst(two_layer_status(ds), st_mu, st_f, _init_note(ds))
     value = fac * math.log(n) / (math.sqrt(mu) * float(x_min(ds))) if status in (OK,) or status.startswith("approximate") else np.nan
     eta = lr(ds)
     return xr.Dataset(
@@ -148,7 +183,8 @@ def t1_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
             "t1_scale_time": _scalar(value, status, "t1 scale log n/(√μ X_min)", "gradient-flow time"),
             "t1_scale_step": _scalar(value / eta if eta else np.nan, status if eta else "unknown: lr missing",
                                      "t1 scale log n/(√μ X_min)", "optimizer steps"),
-            "t1_bound_time": _scalar(np.nan, "not computed: the cone margin ξ of the bound is not derived",
+            "t1_bound_time": _scalar(np.nan, _worst(two_layer_status(ds),
+                                                     "not computed: the cone margin ξ of the bound is not derived"),
                                      "t1 bound 16 log n/(min{ζ,ξ} √μ X_min)", "gradient-flow time"),
         }
     )
@@ -164,7 +200,7 @@ def t2_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     n = ds.sizes["sample"]
     arg = math.sqrt(h) * float(eps) if np.isfinite(float(eps)) else np.nan
     st_small = OK if arg < 1 else f"assumption fails: √h ε = {arg:.3g} ≥ 1 (init not small)"
-    status = _worst(st_f, st_small, eps.attrs["status"], _init_note(ds))
+    status = _worst(eps.attrs["status"], st_f, st_small, _init_note(ds))
     ok = status == OK or status.startswith("approximate")
     value = fac * math.log(1.0 / arg) / n if ok else np.nan
     eta = lr(ds)
@@ -181,32 +217,129 @@ def t2_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
 def envelope_alpha(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Rate constant of the ``O(1/t)`` envelope: ``α = (μ X_min)² / (32 X_max)``."""
     mu, st = _mu_status(ds)
-    status = _worst(st, _init_note(ds))
+    status = _worst(two_layer_status(ds), st, _init_note(ds))
     ok = status == OK or status.startswith("approximate")
     value = (mu * float(x_min(ds))) ** 2 / (32.0 * float(x_max(ds))) if ok else np.nan
     return _scalar(value, status, "α = (μ X_min)²/(32 X_max)")
 
 
+ENVELOPE_RTOL = 1e-6
+"""Relative slack of the envelope test: the recorded loss is a float32 network output put through
+``exp``, so ``L(t) ≤ envelope(t) · (1 + 1e-6)`` absorbs rounding, nothing more."""
+
+
+def envelope_assumptions(ds: xr.Dataset) -> list[tuple[str, str]]:
+    """The hypotheses of the ``O(1/t)`` theorem that the config and the data decide, each with its state.
+
+    Returns ``(hypothesis, state)`` pairs, ``state`` one of ``"holds"``, ``"fails: …"``,
+    ``"approximate: …"`` or ``"unknown: …"``. Failing any of the first three makes the envelope not
+    applicable; the approximations are reported beside the verdict. The theorem's remaining hypotheses
+    are checked on the trajectory by the summary (``S+`` and ``S-`` each hold a neuron at ``t1``) or
+    are not checkable (``ε`` small enough). The loss convention does not matter: with ``L_sum = n L_mean``
+    and ``τ = t/n`` the envelope reads the same in the run's own ``L`` and ``t``.
+    """
+    mu = mu_value(ds)
+    train_v = cfg(ds, "train", "train_v")
+    batch = cfg(ds, "train", "batch_size")
+    init = cfg(ds, "init", "kind")
+    loss = loss_kind(ds)
+    return [
+        ("μ > 0 (Assumption 1)", "holds" if mu > 0 else f"fails: μ = {mu:.3g} ≤ 0"),
+        ("both layers train", "fails: v is fixed (train.train_v = false)" if train_v is False else "holds"),
+        ("full-batch gradient descent (standing for gradient flow)",
+         f"fails: minibatch SGD (batch {batch})" if batch else "holds"),
+        ("balanced initialization", "holds" if init == "balanced" else
+         (f"approximate: {init} init (balanced only up to O(ε²))" if init else "unknown: init kind missing")),
+        ("exponential loss", "holds" if loss == "exp" else
+         (f"approximate: {loss} loss (the theorem is stated for exp)" if loss else "unknown: loss kind missing")),
+    ]
+
+
+def envelope_status(ds: xr.Dataset) -> str:
+    """``"not applicable: …"`` (a hypothesis of :func:`envelope_assumptions` fails), else
+    ``"approximate: …"`` listing the approximations, else ``"unknown: …"``."""
+    states = envelope_assumptions(ds)
+    fails = [f"{name}: {st[len('fails: '):]}" for name, st in states if st.startswith("fails")]
+    if fails:
+        return "not applicable: " + "; ".join(fails)
+    unknown = [st[len("unknown: "):] for _, st in states if st.startswith("unknown")]
+    if unknown:
+        return "unknown: " + "; ".join(unknown)
+    approx = [st[len("approximate: "):] for _, st in states if st.startswith("approximate")]
+    return "approximate: " + "; ".join(approx) if approx else OK
+
+
 @quantity(requires=TWO_LAYER)
 def loss_envelope(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.DataArray:
     """The ``O(1/t)`` envelope ``L(t2) / (L(t2) α (t - t2) + 1)`` for ``t ≥ t2`` (NaN before), from the
-    empirical ``t2``; dims ``(step,)``.
+    empirical ``t2``; dims ``(step,)``. ``α = (μ X_min)² / (32 X_max)``.
 
     The same expression holds for a mean-loss run in its own ``L`` and ``t`` (``L_sum = n L_mean`` and
-    ``τ = t/n`` cancel). Attrs carry the ``status``.
+    ``τ = t/n`` cancel). Attrs carry the ``status`` (:func:`envelope_status`); NaN everywhere when the
+    theorem does not apply.
     """
     sel = select(ds, step)
     alpha = envelope_alpha(ds)
+    status = _worst(envelope_status(ds), alpha.attrs["status"])
+    a = float(alpha) if status == OK or status.startswith("approximate") else np.nan
     ph = t2(ds, step, drop=drop)
     times = time_coord(sel).astype(np.float64)
     L = sel["loss"].astype(np.float64)
     L2 = xr.where(sel["step"] == ph["t2_step"], L, np.nan).max("step")
-    env = L2 / (L2 * float(alpha) * (times - ph["t2_time"]) + 1.0)
+    env = L2 / (L2 * a * (times - ph["t2_time"]) + 1.0)
     out = xr.where(times >= ph["t2_time"], env, np.nan)
     out.name = "loss_envelope"
-    out.attrs.update(kind="theory", status=alpha.attrs["status"], long_name="O(1/t) loss envelope from t2",
-                     units="loss")
+    out.attrs.update(kind="theory", status=status, long_name="O(1/t) loss envelope from t2", units="loss")
     return out
+
+
+def envelope_ratio_max(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.DataArray:
+    """``max_{t_k > t2} L(t_k) / envelope(t_k)``: the O(1/t) theorem holds on the run iff this is ``≤ 1``
+    (up to :data:`ENVELOPE_RTOL`). NaN when the theorem does not apply, ``t2`` is not reached or no state
+    follows it.
+
+    ``t2`` itself is left out (there the envelope equals ``L(t2)``, the ratio 1 by construction); the
+    value says how far below the envelope the loss stays. Attrs: ``status`` of the envelope.
+    """
+    sel = select(ds, step)
+    env = loss_envelope(ds, step, drop=drop)
+    after = time_coord(sel) > t2(ds, step, drop=drop)["t2_time"]
+    ratio = xr.where(after, sel["loss"].astype(np.float64) / env, np.nan).max("step", skipna=True)
+    out = ratio.drop_vars(["step", "t"], errors="ignore")
+    out.name = "envelope_ratio_max"
+    out.attrs.update(kind="measured", status=env.attrs["status"],
+                     long_name="max over t ≥ t2 of L(t) / (L(t2)/(L(t2) α (t - t2) + 1))", units="1")
+    return out
+
+
+RATE_RULE = ("holds iff L(t) ≤ L(t2)/(L(t2)·α·(t − t2) + 1)·(1 + 1e-6) at every recorded t > t2, "
+             "α = (μ X_min)²/(32 X_max), t2 = first step with L ≤ 0.95·L(first state); applies only where the "
+             "theorem's hypotheses hold: μ > 0, both layers train, full-batch GD, S+ and S- each hold a neuron at "
+             "the measured t1 (balanced init and exp loss, else noted as approximate)")
+"""The O(1/t) test, written out for tables and reports."""
+
+
+def rate_verdict(status: str, ratio: float, t1_step: float, t2_step: float, frac_pos_t1: float,
+                 frac_neg_t1: float) -> tuple[str, str]:
+    """Verdict of the ``O(1/t)`` theorem on one run: ``("holds" | "fails" | "not applicable" |
+    "undecided", reason)`` by :data:`RATE_RULE`.
+
+    ``status``: :func:`envelope_status`; ``ratio``: :func:`envelope_ratio_max`; ``frac_pos_t1``,
+    ``frac_neg_t1``: fractions of neurons in ``S+``, ``S-`` at the measured ``t1``.
+    """
+    if not (status == OK or status.startswith("approximate")):
+        return "not applicable", status.removeprefix("not applicable: ")
+    if not np.isfinite(t1_step):
+        return "not applicable", "t1 not reached: the rate is proven only after the alignment phase"
+    if not (frac_pos_t1 > 0 and frac_neg_t1 > 0):
+        return "not applicable", (f"S+ and S- do not both hold a neuron at t1 (S+: {frac_pos_t1:.0%}, "
+                                  f"S-: {frac_neg_t1:.0%} of neurons)")
+    note = "" if status == OK else f" ({status})"
+    if not np.isfinite(t2_step) or not np.isfinite(ratio):
+        return "undecided", "t2 not reached (the loss never fell 5 %) or no recorded state after it" + note
+    if ratio <= 1.0 + ENVELOPE_RTOL:
+        return "holds", f"max L/envelope over t > t2 = {ratio:.4g} ≤ 1" + note
+    return "fails", f"max L/envelope over t > t2 = {ratio:.4g} > 1" + note
 
 
 @quantity(requires=TWO_LAYER)
@@ -240,5 +373,5 @@ def theory(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     out = xr.Dataset({"zeta1": zeta1(ds), "zeta2": zeta2(ds), "epsilon": epsilon(ds),
                       "envelope_alpha": envelope_alpha(ds)})
     out = out.merge(t1_scale(ds)).merge(t2_scale(ds))
-    out["stable_rank_limit"] = _scalar(2.0, _init_note(ds), "stable-rank limit (t → ∞)")
+    out["stable_rank_limit"] = _scalar(2.0, _worst(two_layer_status(ds), _init_note(ds)), "stable-rank limit (t → ∞)")
     return out

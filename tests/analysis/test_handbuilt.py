@@ -178,7 +178,7 @@ def test_theory_mean_convention_and_failed_assumptions():
     th = theory.theory(bad)
     for k in ("t1_scale_time", "envelope_alpha"):
         assert math.isnan(float(th[k])) and th[k].attrs["status"].startswith("assumption fails")
-    assert theory.loss_envelope(bad).attrs["status"].startswith("assumption fails")
+    assert theory.loss_envelope(bad).attrs["status"].startswith("not applicable: μ > 0")
     # missing config: "unknown", not a crash
     bare = _theory_run()
     bare.attrs = {}

@@ -32,6 +32,8 @@ def _per_quantity(ds: xr.Dataset, step) -> dict[str, xr.DataArray]:
         "stable_rank": spectra.stable_rank(ds, step),
         "effective_rank": spectra.effective_rank(ds, step),
         "max_balance_drift": invariants.max_balance_drift(ds, step),
+        "cone_agreement_mean": cones.cone_agreement(ds, step).mean("neuron"),
+        "cone_agreement_min": cones.cone_agreement(ds, step).min("neuron"),
     }
     for cone, name in (("S+", "frac_S_pos"), ("S-", "frac_S_neg"), ("dead", "frac_dead"), ("other", "frac_other")):
         out[name] = fr.sel(cone=cone, drop=True)
@@ -56,7 +58,7 @@ def test_fused_series_equal_the_per_quantity_functions(request, name, step):
     for key, want in expected.items():
         got = fused[key]
         assert got.dims == ("step",) and np.array_equal(got["step"], want["step"]), key
-        if key == "target_alignment_mean":  # a nan-mean: sum then divide, as dask does, up to rounding
+        if key in ("target_alignment_mean", "cone_agreement_mean"):  # a nan-mean: sum then divide, as dask does, up to rounding
             np.testing.assert_allclose(got, want, rtol=1e-13, equal_nan=True, err_msg=key)
         else:  # the same floating-point operations in the same order: equal, not merely close
             np.testing.assert_array_equal(got.values, want.values.astype(got.dtype), err_msg=key)

@@ -58,16 +58,23 @@ def test_report_has_every_claim_filled(tiny_report):
     path, _, _, _ = tiny_report
     text = path.read_text()
     assert "Quick mode" in text and "Runtime:" in text
+    assert "| claim | paper | measured | rule | verdict |" in text
     rows = _claim_rows(text)
     for claim in CLAIMS:
         assert any(claim in row[0] for row in rows), f"claim missing: {claim}"
-    for claim, paper, measured, holds in rows:
+    for claim, paper, measured, rule, verdict in rows:
         assert paper and measured, claim
-        assert holds in ("yes", "no", "n/a"), claim
+        assert verdict in ("holds", "fails", "not applicable"), claim
         assert re.search(r"\d", measured) or measured.startswith("not applicable"), (claim, measured)
-        assert (holds == "n/a") == measured.startswith("not applicable"), claim
+        assert re.search(r"holds iff", rule), (claim, rule)  # the rule is written out, not only the verdict
+        if measured.startswith("not applicable"):
+            assert verdict == "not applicable", claim
     # every claim of this configuration has what it needs: none is "not applicable"
-    assert all(row[3] != "n/a" for row in rows), rows
+    assert all(row[4] != "not applicable" for row in rows), rows
+    rate = next(row for row in rows if "O(1/t)" in row[0])
+    assert "L(t2)/(L(t2)·α·(t − t2) + 1)" in rate[3] and "μ > 0" in rate[3]
+    assert "applicable runs stay under the envelope" in rate[2] and "a description, not the test" in rate[2]
+    assert "w_only" in rate[2] and "v is fixed" in rate[2]  # W-only: not applicable, with the reason
     assert "## Experiments" in text and "## Sweep `alignment_time`" in text and "## Sweep `epsilon`" in text
     assert (path.parent / "alignment_time.csv").exists() and (path.parent / "figures" / "fig5_loss.png").exists()
     assert "![" in text
@@ -81,9 +88,9 @@ def test_report_reuses_runs_and_marks_missing_claims(tiny_report):
                       experiments={"fig5": experiments["fig5"]}, sweeps={})
     text = again.read_text()
     rows = {row[0]: row for row in _claim_rows(text)}
-    assert rows["Two phases when both layers train, none when only W trains"][3] == "n/a"
+    assert rows["Two phases when both layers train, none when only W trains"][4] == "not applicable"
     assert rows["t1 scales as log n / √μ (an upper bound)"][2].startswith("not applicable")
-    assert rows["Final mean-neuron alignment on 0 vs 1"][3] in ("yes", "no")
+    assert rows["Final mean-neuron alignment on 0 vs 1"][4] in ("holds", "fails")
     assert "1 skipped" in text
     fig5_meta = [n for n in created if n.startswith("paper-fig5-quick")][0]
     assert (tmp / "runs" / fig5_meta / "zarr.json").stat().st_mtime == created[fig5_meta]

@@ -71,9 +71,12 @@ def register(app: typer.Typer) -> None:
             table.add_row(row["quantity"], row["measured"], row["theory"], row["unit"], row["note"])
         console = Console()
         console.print(table)
+        for text in s.attrs.get("warnings", []):
+            console.print(f"[yellow]warning:[/yellow] {text}", soft_wrap=True, highlight=False)
         console.print(
             f"t1: first recorded step from which every neuron stays in S_(sign v_j) or S_dead; "
             f"t2: first recorded step with L ≤ {1 - s.attrs['t2_drop']:g}·L(first state). "
+            "O(1/t): the loss must stay under the theorem's envelope after t2 (the slope is only a description). "
             "Theory values are scales and bounds, not predictions of the exact step."
         )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -62,6 +64,25 @@ def _report(console: Console, result) -> None:
     console.print(f'open it: python -c "import trajscope; print(trajscope.open_run(\'{result.location}\'))"')
 
 
+@contextlib.contextmanager
+def _data_warnings_to(console: Console):
+    """Print each :class:`~trajscope.producer.data.DataWarning` as one ``warning:`` line when it is raised."""
+    from trajscope.producer.data import DataWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        default = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):
+            if issubclass(category, DataWarning):
+                console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True, highlight=False)
+            else:
+                default(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        yield
+
+
 def register(app: typer.Typer) -> None:
     """Add ``produce``, ``resume`` and ``ls``."""
 
@@ -78,11 +99,13 @@ def register(app: typer.Typer) -> None:
         from trajscope.producer import produce as run_produce
 
         resolved = load_config(config, set_)  # config errors surface before any display starts
-        if quiet:
-            result = run_produce(resolved, root=root, name=name)
-        else:
-            with _ProgressDisplay(Console(stderr=True)) as display:
-                result = run_produce(resolved, root=root, name=name, progress=display)
+        err = Console(stderr=True)
+        with _data_warnings_to(err):
+            if quiet:
+                result = run_produce(resolved, root=root, name=name)
+            else:
+                with _ProgressDisplay(err) as display:
+                    result = run_produce(resolved, root=root, name=name, progress=display)
         _report(Console(soft_wrap=True), result)
         if result.status != "complete":
             raise typer.Exit(130 if result.status == "interrupted" else 1)

@@ -1,0 +1,54 @@
+"""The claim rules on fabricated summary rows: every verdict follows from the written-out rule."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pandas as pd
+
+from trajscope.analysis.separability import CONE_CONDITION
+from trajscope.claims import _rate_claim, _t1_words
+
+
+def _exp(**row):
+    base = {"status": "complete", "post_t2_slope": -1.2, "loss_final": 0.01, "loss_envelope_final": 0.5,
+            "envelope_status": "ok"}
+    return SimpleNamespace(ok=True, row={**base, **row})
+
+
+def test_rate_claim_fails_when_any_applicable_run_exceeds_the_envelope():
+    exps = {"fig5": _exp(rate_verdict="not applicable", rate_reason="μ > 0 (Assumption 1): μ = -0.85 ≤ 0",
+                         envelope_ratio_max=float("nan"), post_t2_slope=-0.896),
+            "w_only": _exp(rate_verdict="not applicable", rate_reason="both layers train: v is fixed",
+                           envelope_ratio_max=float("nan"))}
+    table = pd.DataFrame([
+        {"run_id": "a", "status": "complete", "rate_verdict": "holds", "envelope_ratio_max": 0.99,
+         "loss_final": 0.1, "loss_envelope_final": 1.0, "envelope_status": "ok", "post_t2_slope": -1.5},
+        {"run_id": "b", "status": "complete", "rate_verdict": "fails", "envelope_ratio_max": 1.2,
+         "loss_final": 0.9, "loss_envelope_final": 0.5, "envelope_status": "approximate: logistic loss",
+         "post_t2_slope": -0.5},
+    ])
+    measured, verdict = _rate_claim(exps, {"alignment_time": table})
+    assert verdict == "fails"
+    assert "1 of 2 applicable runs" in measured and "1.2" in measured and "alignment_time:b" in measured
+    assert "fig5 (μ > 0 (Assumption 1): μ = -0.85 ≤ 0)" in measured and "w_only (both layers train" in measured
+    assert "fig5: -0.896" in measured and "a description, not the test" in measured
+    assert "approximately in some: logistic loss" in measured
+    # only inapplicable runs: the claim itself is not applicable, whatever the slopes say
+    measured, verdict = _rate_claim(exps, {})
+    assert verdict == "not applicable" and measured.startswith("not applicable: ")
+    # every applicable run under the envelope: holds
+    measured, verdict = _rate_claim(exps, {"alignment_time": table.iloc[:1]})
+    assert verdict == "holds" and "1 of 1 applicable runs" in measured
+
+
+def test_t1_words_give_the_reading_and_the_condition():
+    undefined = {"t1_step": float("nan"), "t1_status": "undefined", "in_cone_fraction_max": 0.0,
+                 "aligned_fraction_max": 0.0, "cone_agreement_best": 0.93, "cone_agreement_best_step": 2000.0,
+                 "cone_agreement_min_at_best": 0.71}
+    text = _t1_words(undefined, {})
+    assert text.startswith("undefined (no neuron ever enters a cone")
+    assert "step 2000" in text and "93.0 %" in text and "71.0 %" in text and CONE_CONDITION in text
+    assert "cones need μ > 0" not in text
+    assert _t1_words(undefined, {"cone_condition": "on these data S+ is empty"}).endswith("(on these data S+ is empty)")
+    assert _t1_words({"t1_step": 31.0, "t1_status": "reached", "in_cone_fraction_max": 1.0}, {}) == "step 31"

@@ -13,6 +13,26 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+class ValidationIssue(BaseModel):
+    loc: list[str] = Field(description="where: ['query', 'step'], ['path', 'run_id'], ['header', ...]")
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(ErrorBody):
+    """422: a parameter failed validation; ``detail`` says it in one line, ``errors`` item by item."""
+
+    errors: list[ValidationIssue] = Field(default_factory=list)
+
+
+class CorruptDataBody(ErrorBody):
+    """503: stored data of the run fails its crc32c checksum; it is not served until repaired."""
+
+    run_id: str
+    variables: list[str] = Field(description="variables with a failing chunk")
+    chunks: list[str] = Field(description="store keys of the failing chunks (e.g. W/c/1/0/0)")
+
+
 class RunSummary(BaseModel):
     run_id: str
     status: str = Field(description="running, complete, failed or interrupted")
@@ -28,7 +48,7 @@ class RunSummary(BaseModel):
 
 
 class RunList(BaseModel):
-    root: str
+    root: str = Field(description="name of the served root (its last path component; never its absolute path)")
     runs: list[RunSummary]
 
 
@@ -89,6 +109,6 @@ class Listing(BaseModel):
 class Health(BaseModel):
     status: str
     version: str
-    root: str
+    root: str = Field(description="name of the served root (its last path component; never its absolute path)")
     writable: bool
     analysis: bool

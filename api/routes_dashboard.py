@@ -10,6 +10,7 @@ import trajscope
 from trajscope.api import registry
 from trajscope.api.deps import State
 from trajscope.api.models import Health
+from trajscope.api.state import public_root
 
 router = APIRouter(tags=["dashboard"])
 
@@ -34,5 +35,5 @@ def static(name: str) -> Response:
 
 @router.get("/health", response_model=Health, summary="Liveness: version, root, whether deletes are enabled")
 def health(state: State) -> Health:
-    return Health(status="ok", version=trajscope.__version__, root=state.root.location,
+    return Health(status="ok", version=trajscope.__version__, root=public_root(state.root),
                   writable=bool(state.token), analysis=bool(registry.quantities() or registry.plot_kinds()))

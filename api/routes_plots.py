@@ -1,7 +1,9 @@
 """``/api/runs/{run_id}/plots/{kind}.png|.svg``: the figures of ``trajscope.analysis.PLOT_KINDS``.
 
-Computed in parallel, rendered with matplotlib's Agg backend under one lock, and cached per
-(run, committed steps, kind, format, parameters): a finished run's figure is drawn once.
+Rendered with matplotlib's Agg backend under one lock, and cached per (run, committed steps, kind,
+format, parameters): a finished run's figure is drawn once. With ``check=true`` the listing reports
+the kinds that do not apply to the run, found once per run on its first state (:func:`probe`) plus
+any whose drawing already failed; it never draws the run's figures.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Callable
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -21,6 +22,7 @@ from trajscope.api.models import ErrorBody, Listing
 from trajscope.api.routes_analysis import STEP_HELP, _lookup, call, step_slice
 from trajscope.api.state import ApiState
 from trajscope.store import UserError
+from trajscope.store.integrity import is_checksum_error
 
 log = logging.getLogger("trajscope.api")
 
@@ -53,6 +55,11 @@ def render(figure: Any, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+def _identity(run: Run) -> tuple:
+    """A run as a whole, whatever it has committed: what a figure needs of it does not change as it grows."""
+    return (run.run_id, run.attrs.get("created"))
+
+
 def _key(run: Run, kind: str, fmt: str, sl: slice | None, kwargs: dict[str, Any]) -> tuple:
     return run.cache_key("plot", kind, fmt, str(sl), tuple(sorted(kwargs.items())))
 
@@ -73,36 +80,65 @@ def figure(run: Run, state: ApiState, kind: str, fn: Callable, fmt: str, sl: sli
         except UserError as err:
             return 400, str(err)
         except Exception as err:  # noqa: BLE001 - a figure that cannot be drawn is not a server crash
+            if is_checksum_error(err):
+                raise  # not cached: corrupt stored data is answered by api.errors (503)
             log.exception("figure %s failed to render for run %s", kind, run.run_id)
             return 422, f"figure {kind!r} could not be drawn for run {run.run_id!r}: {type(err).__name__}: {err}"
 
     (status, body), hit = state.responses.get_or_build(key, build, lambda v: len(v[1]))
+    if status in (400, 422) and sl is None and not kwargs:  # the run cannot show this kind: remembered
+        state.figure_failures.setdefault(_identity(run), {})[kind] = str(body)
     if status != 200:
         raise HTTPException(status, body)
     return body, hit
+
+
+def _close(result: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = result if hasattr(result, "savefig") else getattr(result, "figure", None)
+    if fig is not None:
+        plt.close(fig)
+
+
+def probe(run: Run, kinds: dict[str, Callable]) -> dict[str, str]:
+    """Kinds this run cannot show, with the reason: each figure function is called on the run's
+    *first* recorded state only and nothing is rendered, so the cost does not grow with the run; a
+    :class:`UserError` (what a figure raises when the run lacks what it needs, e.g. 2-D data) marks
+    the kind unavailable, anything else is left to the real request."""
+    ds = run.dataset()
+    first = int(ds["step"].values[0])
+    out: dict[str, str] = {}
+    for kind, fn in kinds.items():
+        try:
+            with _RENDER:  # matplotlib's state is shared
+                _close(fn(ds, step=slice(first, first)))
+        except UserError as err:
+            out[kind] = str(err)
+        except Exception as err:  # noqa: BLE001 - one state may not be enough: the real request will tell
+            if is_checksum_error(err):
+                raise
+    return out
 
 
 @router.get("", response_model=Listing, summary="The figure kinds available")
 def list_plots(
     run: RunDep,
     state: State,
-    check: Annotated[bool, Query(description="draw each figure (cached) and list only those this run can "
-                                 "show; the others go to 'unavailable' with the reason")] = False,
+    check: Annotated[bool, Query(description="list under 'unavailable' the kinds this run cannot show, with the "
+                                 "reason (checked once per run on its first state; never draws a figure)")] = False,
 ) -> dict[str, Any]:
     kinds = registry.plot_kinds(run.dataset())
     items = {k: f"/api/runs/{run.run_id}/plots/{k}.png" for k in sorted(kinds)}
     unavailable: dict[str, str] = {}
-    if check:
+    if check:  # issue 8 item 8: this drew every figure of the whole run, again after every commit
         if run.committed == 0:
             unavailable = {k: "no committed states yet" for k in items}
         else:
-            with ThreadPoolExecutor(max_workers=4) as pool:
-                futures = {k: pool.submit(figure, run, state, k, kinds[k], "png", None, {}) for k in items}
-            for k, fut in futures.items():
-                try:
-                    fut.result()
-                except HTTPException as err:
-                    unavailable[k] = str(err.detail)
+            probed, _ = state.responses.get_or_build(("plots-probe", *_identity(run), tuple(sorted(kinds))),
+                                                     lambda: probe(run, kinds), lambda v: 64 * (len(v) + 1))
+            unavailable = {**probed, **(state.figure_failures.get(_identity(run)) or {})}
+            unavailable = {k: reason for k, reason in unavailable.items() if k in items}
         items = {k: u for k, u in items.items() if k not in unavailable}
     return {"run_id": run.run_id, "items": items, "unavailable": unavailable,
             "params": {k: registry.options(fn) for k, fn in sorted(kinds.items())}}

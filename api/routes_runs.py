@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import hmac
+import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query
+from fastapi import APIRouter, Header, HTTPException, Path, Query
+from starlette.concurrency import run_in_threadpool
 
-from trajscope.api.deps import RunDep, State
+from trajscope.api.deps import RunDep, State, load_run
 from trajscope.api.models import ErrorBody, RunDetail, RunList, VariableInfo
 from trajscope.api.serialize import jsonable
+from trajscope.api.state import ApiState, public_root
 from trajscope.store import RunInfo, UserError, describe_run
 from trajscope.store.snapshot import inside_root
 from trajscope.store.layout import STATUSES
 
+REALM = "trajscope"
 router = APIRouter(prefix="/api/runs", tags=["runs"], responses={404: {"model": ErrorBody}, 400: {"model": ErrorBody}})
 
 
@@ -65,7 +68,7 @@ def runs(
             infos.append(describe_run(run_id, state.root, with_size=size))
         except (KeyError, ValueError):  # half-created or unreadable: skipped, as the store's catalog does
             continue
-    return {"root": state.root.location,
+    return {"root": public_root(state.root),
             "runs": [summary(i, size) for i in infos if status is None or i.status == status]}
 
 
@@ -85,22 +88,43 @@ def run_detail(run: RunDep, state: State) -> dict[str, Any]:
     return {**body, "attrs": jsonable(run.attrs), "variables": variables}
 
 
-@router.delete("/{run_id}", status_code=200, summary="Delete a run (only with the configured token)",
-               responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 409: {"model": ErrorBody}})
-def delete_run(
-    run: RunDep,
-    state: State,
-    authorization: Annotated[str | None, Header(description="Bearer TOKEN")] = None,
-    force: Annotated[bool, Query(description="delete even while the run's status is running")] = False,
-) -> dict[str, Any]:
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header (RFC 6750 §2.1), else ``None``.
+
+    The scheme is case-insensitive; the token is taken exactly as sent (no trimming inside it)."""
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credentials.lstrip(" ") or None
+
+
+def check_token(state: ApiState, authorization: str | None) -> None:
+    """403 on a read-only server, 401 without the configured bearer token (compared in constant time)."""
     if not state.token:
         raise HTTPException(403, "the API is read-only: start `trajscope serve --token-file F` to allow deletes")
-    presented = (authorization or "").removeprefix("Bearer ").strip()
-    if not presented or not hmac.compare_digest(presented.encode(), state.token.encode()):
-        raise HTTPException(401, "missing or wrong token: send the header 'Authorization: Bearer TOKEN'",
-                            headers={"WWW-Authenticate": "Bearer"})
+    presented = bearer_token(authorization)
+    if presented is None:
+        raise HTTPException(401, "a bearer token is required: send the header 'Authorization: Bearer TOKEN'",
+                            headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'})
+    if not secrets.compare_digest(presented.encode(), state.token.encode()):
+        raise HTTPException(401, "the bearer token is not the one this server was started with",
+                            headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_token"'})
+
+
+@router.delete("/{run_id}", status_code=200, summary="Delete a run (only with the configured token)",
+               responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+async def delete_run(
+    state: State,
+    run_id: Annotated[str, Path(description="run id, as listed by GET /api/runs")],
+    authorization: Annotated[str | None, Header(description="Bearer TOKEN (RFC 6750)")] = None,
+    force: Annotated[bool, Query(description="delete even while the run's status is running")] = False,
+) -> dict[str, Any]:
+    check_token(state, authorization)  # before the run is looked up: no 404 tells a stranger what exists
+    run = await run_in_threadpool(load_run, state, run_id)
     if run.status == "running" and not force:
         raise HTTPException(409, f"run {run.run_id!r} is running: stop it first, or pass force=true")
-    state.root.delete(run.run_id)
+    await run_in_threadpool(state.root.delete, run.run_id)
     state.forget(run.run_id)
     return {"deleted": run.run_id}

@@ -1,4 +1,4 @@
-"""What the app holds between requests: the store root, the limits, and three bounded caches.
+"""What the app holds between requests: the store root, the limits, and bounded caches (``cachetools``).
 
 Every cache key starts with the run's *version* — ``(run_id, status, committed_steps, updated)`` from
 the run's root attributes — so a live run that commits more steps gets fresh results, while a finished
@@ -17,11 +17,11 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 import xarray as xr
+from cachetools import LRUCache, TLRUCache
 
 from trajscope.store import StoreRoot, open_run
 
@@ -32,34 +32,26 @@ DEFAULT_ATTRS_TTL = 0.25
 
 
 class ByteLRU:
-    """A thread-safe LRU of ``bytes``-like values bounded by their total size."""
+    """A thread-safe LRU of ``bytes``-like values bounded by their total size (``cachetools.LRUCache``
+    with ``getsizeof``), and a single-flight :meth:`get_or_build`. Values over a quarter of the bound
+    are not kept (one huge answer must not flush the cache)."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
-        self._bytes = 0
+        self._items: LRUCache = LRUCache(maxsize=max(int(max_bytes), 1), getsizeof=lambda item: item[1])
         self._lock = threading.Lock()
         self._building: dict[Hashable, threading.Lock] = {}
 
     def get(self, key: Hashable) -> Any | None:
         with self._lock:
             item = self._items.get(key)
-            if item is None:
-                return None
-            self._items.move_to_end(key)
-            return item[0]
+        return None if item is None else item[0]
 
     def put(self, key: Hashable, value: Any, size: int) -> None:
         if size > self.max_bytes // 4:
             return
         with self._lock:
-            if key in self._items:
-                self._bytes -= self._items.pop(key)[1]
-            self._items[key] = (value, size)
-            self._bytes += size
-            while self._bytes > self.max_bytes and self._items:
-                _, (_, old) = self._items.popitem(last=False)
-                self._bytes -= old
+            self._items[key] = (value, max(int(size), 1))
 
     def get_or_build(self, key: Hashable, build: Callable[[], Any], size: Callable[[Any], int]) -> tuple[Any, bool]:
         """The cached value, or ``build()`` once even when many requests ask at the same time.
@@ -87,6 +79,22 @@ class ByteLRU:
         return len(self._items)
 
 
+@dataclass(frozen=True)
+class _Attrs:
+    attrs: dict[str, Any]
+    read_at: float  # time.monotonic() taken *before* the read
+    stamp: tuple | None
+
+
+def public_root(root: StoreRoot) -> str:
+    """What responses may say about the served root: its last path component (``runs``), and the
+    scheme for a remote one (``s3://…/prefix``) — never the absolute path on the server."""
+    if root.is_local:
+        return os.path.basename(root.location.rstrip(os.sep)) or "/"
+    scheme, _, path = root.location.partition("://")
+    return f"{scheme}://…/{path.rstrip('/').rsplit('/', 1)[-1]}"
+
+
 @dataclass
 class ApiState:
     """Configuration and caches of one app."""
@@ -95,12 +103,21 @@ class ApiState:
     token: str | None = None
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     responses: ByteLRU = field(default_factory=lambda: ByteLRU(DEFAULT_CACHE_BYTES))
-    _datasets: OrderedDict = field(default_factory=OrderedDict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
     max_datasets: int = 32
     attrs_ttl: float = DEFAULT_ATTRS_TTL
-    _attrs: OrderedDict = field(default_factory=OrderedDict)
     max_attrs: int = 1024
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _datasets: LRUCache = field(init=False)
+    _attrs: TLRUCache = field(init=False)
+    #: kinds of figure a run (``(run_id, created)``) cannot show, with the reason, as learnt by drawing
+    figure_failures: LRUCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._datasets = LRUCache(maxsize=self.max_datasets)
+        # an entry expires ``attrs_ttl`` after the moment *before* its read (not its insertion)
+        self._attrs = TLRUCache(maxsize=self.max_attrs, ttu=lambda _k, v, _now: v.read_at + self.attrs_ttl,
+                                timer=time.monotonic)
+        self.figure_failures = LRUCache(maxsize=256)
 
     def _stamp(self, run_id: str) -> tuple | None:
         """Identity of a local run's ``zarr.json`` (inode, mtime, size); ``None`` for remote roots.
@@ -116,20 +133,19 @@ class ApiState:
         its ``zarr.json`` is unchanged since; ``None`` means: read them with :meth:`read_attrs`.
 
         Never does remote I/O, so it is safe on the event loop. ``run_id`` must be validated."""
-        entry = self._attrs.get(run_id)
+        with self._lock:
+            entry = self._attrs.get(run_id)
         if entry is None:
             return None
-        attrs, read_at, stamp = entry
-        if time.monotonic() - read_at >= self.attrs_ttl:
-            return None
-        if stamp is not None:
+        if entry.stamp is not None:
             try:
-                if self._stamp(run_id) != stamp:
+                if self._stamp(run_id) != entry.stamp:
                     return None
             except OSError:
-                self._attrs.pop(run_id, None)
+                with self._lock:
+                    self._attrs.pop(run_id, None)
                 return None
-        return attrs
+        return entry.attrs
 
     def read_attrs(self, run_id: str) -> dict[str, Any]:
         """Read the run's root attributes now (and remember them for :meth:`cached_attrs`).
@@ -144,10 +160,7 @@ class ApiState:
         attrs = self.root.read_attrs(run_id)
         if stamp is not None or not self.root.is_local:
             with self._lock:
-                self._attrs[run_id] = (attrs, read_at, stamp)
-                self._attrs.move_to_end(run_id)
-                while len(self._attrs) > self.max_attrs:
-                    self._attrs.popitem(last=False)
+                self._attrs[run_id] = _Attrs(attrs, read_at, stamp)
         return attrs
 
     def dataset(self, run_id: str, version: tuple) -> xr.Dataset:
@@ -155,20 +168,17 @@ class ApiState:
         key = (run_id, version)
         with self._lock:
             ds = self._datasets.get(key)
-            if ds is not None:
-                self._datasets.move_to_end(key)
-                return ds
+        if ds is not None:
+            return ds
         ds = open_run(run_id, self.root)
         committed = int(version[1])
         if ds.sizes.get("step", 0) > committed:  # the run moved on since ``version`` was read
             ds = ds.isel(step=slice(0, committed))
             ds.attrs["committed_steps"] = committed
         with self._lock:
-            self._datasets[key] = ds
             for old in [k for k in self._datasets if k[0] == run_id and k != key]:
                 del self._datasets[old]
-            while len(self._datasets) > self.max_datasets:
-                self._datasets.popitem(last=False)
+            self._datasets[key] = ds
         return ds
 
     def forget(self, run_id: str) -> None:
@@ -177,3 +187,5 @@ class ApiState:
             self._attrs.pop(run_id, None)
             for key in [k for k in self._datasets if k[0] == run_id]:
                 del self._datasets[key]
+            for key in [k for k in self.figure_failures if k[0] == run_id]:
+                del self.figure_failures[key]

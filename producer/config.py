@@ -17,7 +17,8 @@ from trajscope.store.errors import UserError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # every float field must be finite: an infinite or NaN lr, scale or mu is refused before anything is created
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SyntheticData(_Strict):

@@ -17,12 +17,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from trajscope.producer.budget import check_budget, data_shape
 from trajscope.producer.config import RunConfig, load_config
 from trajscope.producer.data import build_dataset
 from trajscope.producer.model import State, TwoLayerReLU, initialize
 from trajscope.producer.recorder import Recorder
 from trajscope.producer import two_layer
-from trajscope.store import RunWriter, StoreRoot, resolve_run
+from trajscope.store import RunWriter, StoreRoot, resolve_run, validate_run_id
 from trajscope.store.errors import UserError
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -119,12 +120,18 @@ def produce(
 ) -> RunResult:
     """Train the configured network and record its trajectory as a new run under ``root``."""
     cfg = load_config(config, overrides)
+    if name is not None:
+        validate_run_id(name)  # an empty or malformed --name is refused, never replaced by the default
     store_root = root if isinstance(root, StoreRoot) else StoreRoot(root)
-    run_id = name or _default_run_id(cfg, store_root)
     device = resolve_device(cfg.train.device)
+    shape = data_shape(cfg)
+    if shape is not None:  # sizes known from the config: checked before the data are built
+        check_budget(cfg, store_root, *shape)
     X, y, data_info = build_dataset(cfg)
     if cfg.train.batch_size is not None and cfg.train.batch_size > X.shape[0]:
         raise UserError(f"train.batch_size {cfg.train.batch_size} exceeds the {X.shape[0]} samples")
+    check_budget(cfg, store_root, X.shape[0], X.shape[1])
+    run_id = name if name is not None else _default_run_id(cfg, store_root)
     dtype = cfg.train.dtype
     schedule = recording_schedule(cfg)
     attrs = {

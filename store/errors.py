@@ -18,3 +18,7 @@ class RunNotFound(UserError, KeyError):
 
 class RunLocked(UserError):
     """Another writer holds the run."""
+
+
+class PathOutsideRoot(UserError):
+    """A key of a run resolves (through a symbolic link) outside the store root; it is never opened."""

@@ -17,13 +17,12 @@ ENV = "TRAJSCOPE_FAULT"
 #: every named point, in protocol order (tests iterate over this tuple)
 POINTS: tuple[str, ...] = (
     "create.locked",  # the writer lock is held, nothing written yet
-    "create.arrays",  # the arrays and static data exist, the root attributes do not
+    "create.arrays",  # root document says status creating; the arrays and static data exist
     "create.attrs",  # the root attributes are written (status running, 0 committed)
     "write.chunk",  # one chunk's data is written, not yet committed
     "commit.attrs",  # the root attributes raising committed_steps are written
-    "finish.shrunk",  # arrays shrunk to the committed length, status still running
-    "finish.status",  # final status written, metadata not yet consolidated
-    "finish.consolidated",  # consolidated metadata written, lock not yet released
+    "finish.status",  # final status + consolidated metadata (cut to committed) in one write, arrays not shrunk
+    "finish.shrunk",  # arrays shrunk to the committed length, lock not yet released
     "resume.reopened",  # status set back to running by resume
     "resume.regrown",  # arrays grown back to capacity by resume
 )

@@ -27,6 +27,8 @@ STEP_DIM = "step"
 #: root attribute holding the number of recorded states a reader may trust
 COMMITTED = "committed_steps"
 STATUSES = ("running", "complete", "failed", "interrupted")
+#: status of a run whose creation has begun but not completed: readers refuse it, ``produce --name`` replaces it
+CREATING = "creating"
 
 #: default size of one ``W`` chunk, and the bounds on the time chunk length
 TARGET_CHUNK_BYTES = 8 * 2**20

@@ -2,15 +2,18 @@
 
 * Local roots: an exclusive ``flock`` on ``<root>/.locks/<run_id>.lock``. The kernel releases it when
   the writer process dies (even by SIGKILL), so a crashed run can be resumed at once.
-* Remote roots (object stores have no locks): a lease in the root attributes. The writer stamps
-  ``writer.heartbeat`` at every commit and at least every :data:`HEARTBEAT_SECONDS`; another writer is
-  refused while the run is ``running`` with a heartbeat younger than :data:`LEASE_SECONDS`. Within one
-  process a registry refuses a second writer at once. Two writers starting within the same instant on
-  an object store can both win — documented, not hidden.
+* Remote roots (object stores have no locks): a lease object ``<root>/.locks/<run_id>.lease`` created
+  with an atomic conditional PUT (``If-None-Match: *``): of two writers starting at the same instant,
+  exactly one creates it, the other is refused. The holder refreshes the lease's ``heartbeat`` at least
+  every :data:`HEARTBEAT_SECONDS` while it commits; a lease without a heartbeat for :data:`LEASE_SECONDS`
+  (its writer died) is taken over with a conditional PUT on its ETag (``If-Match``), so of two writers
+  taking over the same dead lease, exactly one wins too. Within one process a registry refuses a second
+  writer at once.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -37,10 +40,17 @@ class WriterLock:
         self.token = uuid.uuid4().hex
         self._fd: int | None = None
         self._key = (root.location, run_id)
+        self._lease_written = 0.0
+        self._held_lease = False
 
     def lease(self) -> dict[str, Any]:
-        """The ``writer`` attribute stamped into the run at each commit."""
-        return {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+        """The ``writer`` attribute stamped into the run at each commit (remote roots: also refreshes the
+        lease object when its heartbeat is older than :data:`HEARTBEAT_SECONDS`)."""
+        stamp = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+        if self._held_lease and stamp["heartbeat"] - self._lease_written > HEARTBEAT_SECONDS:
+            self.root.fs.pipe_file(self._lease_path(), json.dumps(stamp).encode())
+            self._lease_written = stamp["heartbeat"]
+        return stamp
 
     def acquire(self) -> "WriterLock":
         """Take the lock or raise :class:`RunLocked` naming the holder."""
@@ -77,23 +87,67 @@ class WriterLock:
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
         self._fd = fd
 
+    def _lease_path(self) -> str:
+        return self.root.fs._strip_protocol(f"{self.root.location}/.locks/{self.run_id}.lease")
+
+    def _write_lease(self, **conditions: Any) -> None:
+        stamp = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+        self.root.fs.pipe_file(self._lease_path(), json.dumps(stamp).encode(), **conditions)
+        self._lease_written = stamp["heartbeat"]
+        self._held_lease = True
+
+    def _refused(self, holder: dict[str, Any], age: float) -> RunLocked:
+        return RunLocked(
+            f"run {self.run_id!r} is being written by pid {holder.get('pid')} on {holder.get('host')} "
+            f"(heartbeat {age:.0f} s ago); wait for it to finish, or retry after {LEASE_SECONDS:.0f} s without "
+            "a heartbeat"
+        )
+
     def _check_lease(self) -> None:
-        if not self.root.exists(self.run_id):
+        """Take the lease object with an atomic create, or take over a dead one atomically (see module)."""
+        path = self._lease_path()
+        try:
+            self._write_lease(mode="create")  # If-None-Match: *
             return
-        attrs = self.root.read_attrs(self.run_id)
-        writer = attrs.get("writer") or {}
-        age = time.time() - float(writer.get("heartbeat", 0))
-        if attrs.get("status") == "running" and age < LEASE_SECONDS:
-            raise RunLocked(
-                f"run {self.run_id!r} is being written by pid {writer.get('pid')} on {writer.get('host')} "
-                f"(heartbeat {age:.0f} s ago); retry after {LEASE_SECONDS:.0f} s without a heartbeat"
-            )
+        except FileExistsError:
+            pass
+        self.root.fs.invalidate_cache(path)
+        try:
+            info = self.root.fs.info(path)
+            holder = json.loads(self.root.fs.cat_file(path))
+        except (FileNotFoundError, ValueError):  # released (or unreadable) meanwhile: one more atomic create
+            holder, info = None, None
+        if holder is not None:
+            age = time.time() - float(holder.get("heartbeat", 0))
+            if age < LEASE_SECONDS:
+                raise self._refused(holder, age)
+        try:
+            if info is not None and info.get("ETag"):  # a dead writer's lease: replace exactly that object
+                self._write_lease(IfMatch=info["ETag"])
+            else:  # gone meanwhile, or a file system without ETags (memory://): remove, then create atomically
+                if info is not None:
+                    self.root.fs.rm(path)
+                self._write_lease(mode="create")
+        except (FileExistsError, OSError):
+            try:
+                holder = json.loads(self.root.fs.cat_file(path))
+            except (FileNotFoundError, ValueError):
+                holder = {}
+            raise self._refused(holder, time.time() - float(holder.get("heartbeat", 0))) from None
 
     def release(self) -> None:
         """Give the lock back (idempotent)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._held_lease:
+            self._held_lease = False
+            try:
+                path = self._lease_path()
+                if json.loads(self.root.fs.cat_file(path)).get("token") == self.token:
+                    self.root.fs.rm(path)
+            except (OSError, ValueError):
+                pass  # gone already, or unreachable: it expires after LEASE_SECONDS
         with _HELD_GUARD:
             _HELD.discard(self._key)
 

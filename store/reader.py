@@ -2,15 +2,51 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import xarray as xr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.storage import WrapperStore
 
-from trajscope.store.layout import COMMITTED, STEP_DIM
+from trajscope.store.errors import UserError
+from trajscope.store.layout import COMMITTED, CREATING, STEP_DIM
 from trajscope.store.root import StoreRoot, resolve_run
+from trajscope.store.snapshot import METADATA_KEY, Snapshot, snapshot
+
+
+class SnapshotStore(WrapperStore):
+    """A run's zarr store whose root ``zarr.json`` is a :class:`~trajscope.store.snapshot.Snapshot`.
+
+    The snapshot carries every array's metadata with ``step`` cut to ``committed_steps`` (consolidated
+    inline), so zarr and xarray see one consistent length even while arrays differ on disk: a live run
+    (arrays at capacity), a finish killed half-way through shrinking, or a resume killed while regrowing.
+    Chunks are read from the wrapped store as they are.
+    """
+
+    def __init__(self, store, document: bytes | None = None):
+        super().__init__(store)
+        self._document = document
+
+    def _with_store(self, store) -> "SnapshotStore":
+        return type(self)(store, self._document)
+
+    async def get(self, key, prototype=None, byte_range=None):
+        if key == METADATA_KEY and self._document is not None and byte_range is None:
+            return (prototype or default_buffer_prototype()).buffer.from_bytes(self._document)
+        return await self._store.get(key, prototype or default_buffer_prototype(), byte_range)
+
+
+def check_openable(run_id: str, attrs: dict[str, Any]) -> None:
+    """:class:`UserError` for a run whose creation never completed (nothing in it can be read yet)."""
+    if attrs.get("status") == CREATING:
+        raise UserError(
+            f"run {run_id!r} was never fully created (its producer stopped while creating it): start it again "
+            f"with `trajscope produce CONFIG --name {run_id}`, which replaces it"
+        )
 
 
 def open_run(
@@ -30,22 +66,20 @@ def open_run(
     chunks
         Dask chunks; default: the stored chunks (one time chunk per dask block).
 
-    The root attributes are read first and fresh, then the arrays; every time-varying variable is cut
-    to ``committed_steps``, so a run that is being written is seen as a consistent snapshot. Finished
-    runs are opened through their consolidated metadata, live ones through fresh metadata.
+    The root attributes are read first and fresh, then each array's metadata (from the consolidated
+    metadata when the run has it), and every time-varying variable is cut to ``committed_steps``
+    (:func:`trajscope.store.snapshot.snapshot`): a run being written, or one whose finish or resume was
+    killed half-way, is seen as one consistent snapshot. Local roots: nothing outside the root is read.
     """
     store_root, run_id = resolve_run(run, root)
-    attrs = store_root.read_attrs(run_id)
-    committed = int(attrs.get(COMMITTED, 0))
-    consolidated = attrs.get("status") != "running" and "finished" in attrs
+    snap: Snapshot = snapshot(store_root, run_id)
+    attrs = snap.attrs
+    check_openable(run_id, attrs)
+    committed = snap.committed
+    store = SnapshotStore(store_root.zarr_store(run_id, read_only=True), json.dumps(snap.document()).encode())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr's note that consolidated v3 metadata is not in the spec
-        ds = xr.open_zarr(
-            store_root.zarr_store(run_id, read_only=True),
-            consolidated=consolidated,
-            chunks={} if chunks is None else chunks,
-            zarr_format=3,
-        )
+        ds = xr.open_zarr(store, consolidated=True, chunks={} if chunks is None else chunks, zarr_format=3)
     ds = ds.isel({STEP_DIM: slice(0, committed)})
     ds.attrs = dict(attrs)
     ds.attrs["run_id"] = run_id
@@ -96,6 +130,6 @@ def list_runs(root: str | os.PathLike | StoreRoot | None = None, *, with_size: b
     for run_id in store_root.run_ids():
         try:
             infos.append(describe_run(run_id, store_root, with_size=with_size))
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, UserError):  # unreadable, or refused (a link out of the root)
             continue
     return infos

@@ -2,6 +2,9 @@
 
 :class:`StoreRoot` is the single place that turns a root and a run id into a Zarr store, reads and
 writes whole metadata documents atomically, and lists runs.
+
+On a local root nothing is read whose resolved path leaves the root (see :mod:`trajscope.store.safe`):
+``read_bytes``, the read side of ``zarr_store``, ``run_ids`` and ``size_bytes`` refuse or skip links out of it.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from typing import Any
 
 import fsspec
 
-from trajscope.store.errors import RunNotFound, UserError
+from trajscope.store.errors import PathOutsideRoot, RunNotFound, UserError
 from trajscope.store.layout import RUN_SUFFIX, validate_run_id
+from trajscope.store.safe import is_inside, read_inside, tree_size
 
 DEFAULT_ROOT = "runs"
 ROOT_ENV = "TRAJSCOPE_ROOT"
@@ -63,11 +67,13 @@ class StoreRoot:
         return url if self.is_local else self.fs._strip_protocol(url)
 
     def zarr_store(self, run_id: str, *, read_only: bool = False):
-        """A zarr-python v3 store rooted at the run's group."""
-        from zarr.storage import FsspecStore, LocalStore
+        """A zarr-python v3 store rooted at the run's group (local roots: reads never leave the root)."""
+        from zarr.storage import FsspecStore
 
         if self.is_local:
-            return LocalStore(self.run_url(run_id), read_only=read_only)
+            from trajscope.store.safe import RootedLocalStore
+
+            return RootedLocalStore(self.run_url(run_id), base=self.location, read_only=read_only)
         return FsspecStore.from_url(
             self.run_url(run_id), storage_options=self.storage_options or None, read_only=read_only
         )
@@ -86,6 +92,8 @@ class StoreRoot:
         ids = []
         for entry in entries:
             name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if self.is_local and not is_inside(self.location, os.path.join(self.location, name, "zarr.json")):
+                continue  # the run, or its root document, links out of the root: never listed, never read
             if name.endswith(RUN_SUFFIX):
                 run_id = name[: -len(RUN_SUFFIX)]
                 try:
@@ -97,10 +105,17 @@ class StoreRoot:
 
     # -- whole documents ----------------------------------------------------------------------------
     def read_bytes(self, run_id: str, key: str) -> bytes:
-        """The bytes of one key of a run's store (``zarr.json``, ``W/zarr.json``, ``W/c/0/0/0``...)."""
+        """The bytes of one key of a run's store (``zarr.json``, ``W/zarr.json``, ``W/c/0/0/0``...).
+
+        :class:`KeyError` when absent; on a local root :class:`PathOutsideRoot` when the key resolves
+        outside the root.
+        """
+        path = self._fs_path(run_id, key)
         try:
-            return self.fs.cat_file(self._fs_path(run_id, key))
-        except FileNotFoundError:
+            if self.is_local:
+                return read_inside(self.location, path, f"key {key!r} of run {run_id!r}")
+            return self.fs.cat_file(path)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise KeyError(key) from None
 
     def write_bytes(self, run_id: str, key: str, data: bytes) -> None:
@@ -142,7 +157,9 @@ class StoreRoot:
         self.write_bytes(run_id, "zarr.json", json.dumps(document, indent=2, allow_nan=False).encode())
 
     def size_bytes(self, run_id: str) -> int:
-        """Bytes the run occupies."""
+        """Bytes the run occupies (local roots: regular files only, never through a link)."""
+        if self.is_local:
+            return tree_size(self.location, self._fs_path(run_id))
         try:
             return int(self.fs.du(self._fs_path(run_id), total=True))
         except FileNotFoundError:
@@ -152,6 +169,8 @@ class StoreRoot:
         """Remove a run and everything under it."""
         if not self.exists(run_id):
             raise RunNotFound(f"no run {run_id!r} under {self.location}")
+        if self.is_local and not is_inside(self.location, self._fs_path(run_id)):
+            raise PathOutsideRoot(f"run {run_id!r} resolves outside the store root; remove the link by hand")
         self.fs.rm(self._fs_path(run_id), recursive=True)
 
     # -- locks --------------------------------------------------------------------------------------

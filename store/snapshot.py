@@ -25,6 +25,7 @@ from typing import Any
 from trajscope.store.errors import UserError
 from trajscope.store.layout import COMMITTED, STEP_DIM
 from trajscope.store.root import StoreRoot
+from trajscope.store.safe import is_inside, resolve_inside
 
 METADATA_KEY = "zarr.json"
 #: an array name: parameter names keep their dots (``fc1.weight``); never ``.``/``..`` or a path
@@ -110,12 +111,20 @@ class Snapshot:
 def snapshot(root: StoreRoot, run_id: str) -> Snapshot:
     """Read the root attributes first, then each array's metadata, trimmed to ``committed_steps``.
 
-    Arrays are created at full capacity and only shrink to the committed length when the run
-    finishes, so every array read after the attributes is at least ``committed_steps`` long.
+    Every array is at least ``committed_steps`` long at any moment (created at capacity, shrunk only to
+    the committed length, after the final document is written); arrays of differing lengths (a finish
+    or resume stopped half-way) all come out cut to ``committed_steps``.
     """
     group = root.read_group_metadata(run_id)  # RunNotFound when absent
     attrs = dict(group.get("attributes", {}))
-    committed = int(attrs.get(COMMITTED, 0))
+    return Snapshot(attrs, array_metadata(root, run_id, int(attrs.get(COMMITTED, 0)), group))
+
+
+def array_metadata(root: StoreRoot, run_id: str, committed: int,
+                   group: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Every array's metadata, ``step`` cut to ``committed``: from the group's consolidated metadata when
+    ``group`` has it, else each ``NAME/zarr.json`` read now (through the root's safe reads)."""
+    group = group or {}
     consolidated = (group.get("consolidated_metadata") or {}).get("metadata") or {}
     arrays: dict[str, dict[str, Any]] = {}
     for name in _array_names(root, run_id, group):
@@ -127,7 +136,7 @@ def snapshot(root: StoreRoot, run_id: str) -> Snapshot:
                 continue
         if meta.get("node_type") == "array":
             arrays[name] = _trim(meta, committed)
-    return Snapshot(attrs, arrays)
+    return arrays
 
 
 def snapshot_metadata(root: StoreRoot, run_id: str) -> bytes:
@@ -136,13 +145,9 @@ def snapshot_metadata(root: StoreRoot, run_id: str) -> bytes:
 
 
 def _check_inside(root: StoreRoot, run_id: str, key: str) -> None:
-    """Local roots: the file's real path must stay under the root's real path (no symlink escapes)."""
-    if not root.is_local:
-        return
-    base = os.path.realpath(root.location)
-    real = os.path.realpath(os.path.join(root.run_url(run_id), key))
-    if os.path.commonpath([base, real]) != base or not inside_root(root, run_id):
-        raise KeyNotServed(f"key {key!r} of run {run_id!r} resolves outside the store root")
+    """Local roots: :class:`PathOutsideRoot` when the key's real path leaves the root (a link out of it)."""
+    if root.is_local:
+        resolve_inside(root.location, os.path.join(root.run_url(run_id), key), f"key {key!r} of run {run_id!r}")
 
 
 def _chunk_steps(meta: dict[str, Any]) -> int | None:
@@ -186,8 +191,4 @@ def key_size(root: StoreRoot, run_id: str, key: str) -> int:
 
 def inside_root(root: StoreRoot, run_id: str) -> bool:
     """False when a local run's directory resolves (through symlinks) outside the store root."""
-    if not root.is_local:
-        return True
-    base = os.path.realpath(root.location)
-    real = os.path.realpath(root.run_url(run_id))
-    return os.path.commonpath([base, real]) == base
+    return not root.is_local or is_inside(root.location, root.run_url(run_id))

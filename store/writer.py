@@ -3,27 +3,40 @@
 Commit protocol (DESIGN §3): the data of a chunk is written first (each chunk object replaced
 atomically), then one write of the root attributes raises ``committed_steps``. Arrays are created at
 their full capacity up front, so no array metadata changes while the run is written; a reader trims
-every variable to ``committed_steps``. When the run ends the arrays are shrunk to the committed length
-and the metadata is consolidated.
+every variable to ``committed_steps``.
+
+Every step leaves a run that opens (each is a named fault point of :mod:`trajscope.store.faults`):
+
+* **create**: the lock is taken, then the root document is written with ``status: creating`` (readers
+  refuse such a run with a message; ``produce --name`` replaces it), then the arrays and the static data,
+  then the full attributes with ``status: running``.
+* **finish**: one atomic write of the root document sets the final status *and* the consolidated
+  metadata with every array already cut to ``committed_steps``; only then are the arrays shrunk, one by
+  one. A reader (even plain ``xr.open_zarr``, which reads the consolidated metadata) sees one length
+  whatever the shrinking has reached.
+* **resume**: the status goes back to ``running`` (which drops the consolidated metadata), then the
+  arrays grow back to capacity; readers trim to ``committed_steps`` meanwhile.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import platform
 import threading
 import time
-import warnings
 from importlib import metadata as _metadata
 from typing import Any, Mapping
 
 import numpy as np
 import zarr
 
+from trajscope.store import faults
 from trajscope.store.errors import UserError
 from trajscope.store.layout import (
     COMMITTED,
     COORDINATES,
+    CREATING,
     FORMAT_VERSION,
     STATUSES,
     VariableSpec,
@@ -88,15 +101,22 @@ class RunWriter:
         """Create a new run with room for ``capacity`` recorded states and write its static arrays.
 
         ``sizes`` gives the length of every non-step dimension; ``static`` the values of the variables
-        without a ``step`` dimension. Refuses to overwrite an existing run.
+        without a ``step`` dimension. Refuses to overwrite an existing run, except one left
+        ``creating`` by a producer that died while creating it (that one is replaced).
         """
-        if root.exists(run_id):
-            raise UserError(
-                f"run {run_id!r} already exists under {root.location}: choose another --name, "
-                f"or continue it with `trajscope resume {run_id}`"
-            )
+        try:
+            json.dumps(dict(attrs), allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"run {run_id!r}: its attributes cannot be stored as JSON ({err}); nothing was created") from None
+        _refuse_existing(root, run_id)
         lock = WriterLock(root, run_id).acquire()
         try:
+            faults.checkpoint("create.locked")
+            if _refuse_existing(root, run_id):  # a half-created run whose creator is gone: replace it
+                root.delete(run_id)
+            root.write_attrs(run_id, {"format_version": FORMAT_VERSION, "run_id": run_id, "status": CREATING,
+                                      "created": _now(), "updated": _now(), COMMITTED: 0,
+                                      "writer": lock.lease()})
             serializer, compressors = codecs_for(compressor)
             step_bytes = max(
                 int(np.prod([sizes[d] for d in spec.dims[1:]], dtype=np.int64)) * np.dtype(spec.dtype).itemsize
@@ -105,7 +125,7 @@ class RunWriter:
             )
             target = {"target_bytes": chunk_bytes} if chunk_bytes else {}
             chunk_steps = chunk_steps_for(step_bytes, **target)
-            group = zarr.open_group(root.zarr_store(run_id), mode="w-", zarr_format=3)
+            group = zarr.open_group(root.zarr_store(run_id), mode="r+", zarr_format=3, use_consolidated=False)
             time_variables = []
             for spec in variables.values():
                 shape = tuple(capacity if d == spec.dims[0] and spec.time_varying else sizes[d] for d in spec.dims)
@@ -132,6 +152,7 @@ class RunWriter:
                 )
                 if not spec.time_varying:
                     array[...] = np.asarray(static[spec.name], dtype=spec.dtype)
+            faults.checkpoint("create.arrays")
             full_attrs = {
                 "format_version": FORMAT_VERSION,
                 "run_id": run_id,
@@ -149,6 +170,7 @@ class RunWriter:
                 "writer": lock.lease(),
             }
             root.write_attrs(run_id, full_attrs)
+            faults.checkpoint("create.attrs")
         except BaseException:
             lock.release()
             raise
@@ -162,15 +184,26 @@ class RunWriter:
             attrs = root.read_attrs(run_id)
             if attrs.get("status") == "complete":
                 raise UserError(f"run {run_id!r} is complete; nothing to resume")
+            if attrs.get("status") == CREATING:
+                raise UserError(f"run {run_id!r} was never fully created (its producer stopped while creating it): "
+                                f"start it again with `trajscope produce CONFIG --name {run_id}`, which replaces it")
+            # a run with a schema describes itself; one written before the schema needs its producer config
+            needed = ("time_variables", "chunk_steps", "capacity") + (() if "schema" in attrs else ("config",))
+            missing = [k for k in needed if k not in attrs]
+            if missing:
+                raise UserError(f"run {run_id!r} lacks the attributes {', '.join(missing)}; it cannot be resumed "
+                                f"(`trajscope fsck {run_id}` lists its problems)")
             attrs["status"] = "running"
             attrs["error"] = None
             attrs["writer"] = lock.lease()
             attrs["updated"] = _now()
             root.write_attrs(run_id, attrs)  # drops stale consolidated metadata first
+            faults.checkpoint("resume.reopened")
             writer = cls(root, run_id, lock, attrs)
             for array in writer.arrays.values():
                 if array.shape[0] != writer.capacity:
                     array.resize((writer.capacity,) + array.shape[1:])
+            faults.checkpoint("resume.regrown")
         except BaseException:
             lock.release()
             raise
@@ -222,6 +255,7 @@ class RunWriter:
             raise ValueError(f"block {start}+{count} exceeds the run's capacity {self.capacity}")
         for name in self.arrays:
             self.arrays[name][start : start + count] = values[name]
+        faults.checkpoint("write.chunk")
 
     def commit(self, committed_steps: int, **extra: Any) -> None:
         """Raise ``committed_steps`` (after the data is written) in one write of the root attributes."""
@@ -231,6 +265,7 @@ class RunWriter:
             self.attrs["updated"] = _now()
             self.attrs["writer"] = self.lock.lease()
             self.root.write_attrs(self.run_id, self.attrs)
+            faults.checkpoint("commit.attrs")
             self._last_write = time.monotonic()
 
     def heartbeat_due(self) -> bool:
@@ -238,21 +273,61 @@ class RunWriter:
         return time.monotonic() - self._last_write > HEARTBEAT_SECONDS
 
     def finish(self, status: str, error: str | None = None, **extra: Any) -> None:
-        """End the run: shrink arrays to the committed length, set the status, consolidate, unlock."""
+        """End the run: status and consolidated metadata in one write, then shrink the arrays, unlock."""
         if status not in STATUSES or status == "running":
             raise ValueError(f"cannot finish with status {status!r}")
         try:
-            committed = self.committed_steps
-            for array in self.arrays.values():
-                if array.shape[0] != committed:
-                    array.resize((committed,) + array.shape[1:])
             with self._attrs_guard:
                 self.attrs.update(extra)
                 self.attrs.update(status=status, error=error, updated=_now(), finished=_now())
                 self.attrs.pop("writer", None)
-                self.root.write_attrs(self.run_id, self.attrs)
-            with warnings.catch_warnings():  # consolidated v3 metadata: zarr-python reads it fine
-                warnings.simplefilter("ignore")
-                zarr.consolidate_metadata(self.root.zarr_store(self.run_id))
+                write_final_document(self.root, self.run_id, self.attrs)
+            faults.checkpoint("finish.status")
+            shrink_arrays(self.root, self.run_id, self.committed_steps, self.arrays)
+            faults.checkpoint("finish.shrunk")
         finally:
             self.lock.release()
+
+
+def _refuse_existing(root: StoreRoot, run_id: str) -> bool:
+    """Raise when ``run_id`` exists and is not a half-created run; True when it is one (replaceable)."""
+    if not root.exists(run_id):
+        return False
+    try:
+        attrs = root.read_attrs(run_id)
+    except (KeyError, ValueError):
+        attrs = {"status": "unreadable"}
+    status = attrs.get("status")
+    if status == CREATING or (status is None and "time_variables" not in attrs):
+        return True  # half-created (or left so by an older trajscope: a group without attributes)
+    if status == "running":  # a live writer is named ("being written by ..."); a dead one is resumable
+        WriterLock(root, run_id).acquire().release()
+    raise UserError(
+        f"run {run_id!r} already exists under {root.location}: choose another --name, "
+        f"or continue it with `trajscope resume {run_id}`"
+    )
+
+
+def final_document(root: StoreRoot, run_id: str, attrs: dict[str, Any]) -> dict[str, Any]:
+    """The root ``zarr.json`` of a finished run: ``attrs`` plus every array's metadata, consolidated
+    inline, with the ``step`` length cut to ``attrs["committed_steps"]`` (what shrinking will leave)."""
+    from trajscope.store.snapshot import Snapshot, array_metadata
+
+    committed = int(attrs.get(COMMITTED, 0))
+    return Snapshot(dict(attrs), array_metadata(root, run_id, committed)).document()
+
+
+def write_final_document(root: StoreRoot, run_id: str, attrs: dict[str, Any]) -> None:
+    """Write :func:`final_document` in one atomic replace of the root ``zarr.json``."""
+    document = final_document(root, run_id, attrs)
+    root.write_bytes(run_id, "zarr.json", json.dumps(document, indent=2, allow_nan=False).encode())
+
+
+def shrink_arrays(root: StoreRoot, run_id: str, committed: int, arrays: Mapping[str, Any] | None = None) -> None:
+    """Cut every time-varying array to ``committed`` states (deleting the chunks past it), one by one."""
+    if arrays is None:
+        group = zarr.open_group(root.zarr_store(run_id), mode="r+", use_consolidated=False)
+        arrays = {name: group[name] for name in root.read_attrs(run_id).get("time_variables", [])}
+    for array in arrays.values():
+        if array.shape[0] != committed:
+            array.resize((committed,) + array.shape[1:])

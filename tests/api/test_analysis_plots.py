@@ -82,11 +82,24 @@ def test_bad_analysis_and_plot_requests(client, path, params, status, words):
         assert word in r.json()["detail"], (word, r.json()["detail"])
 
 
-def test_plot_listing_checks_what_a_run_can_show(client):
-    body = client.get("/api/runs/done/plots", params={"check": "true"}).json()
-    assert set(body["items"]) | set(body["unavailable"]) == set(PLOT_KINDS)
-    assert "plane" in body["unavailable"] and "2-D" in body["unavailable"]["plane"]  # D = 4 here
-    assert "loss" in body["items"]
+def test_plot_listing_check_is_cheap_and_reports_what_cannot_be_shown(tmp_path, write_run, serve):
+    root = StoreRoot(tmp_path)
+    write_run(root, "grow", steps=24, chunk_steps=8, finish=None, commit_to=8)  # D = 4: no 'plane'
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        responses = srv.app.state.trajscope.responses
+        body = c.get("/api/runs/grow/plots", params={"check": "true"}).json()
+        assert set(body["items"]) | set(body["unavailable"]) == set(PLOT_KINDS)
+        assert "2-D" in body["unavailable"]["plane"] and "loss" in body["items"]
+        assert not [k for k in responses._items if "plot" in k]  # no figure of the run was drawn
+        writer = RunWriter.reopen(root, "grow")
+        try:
+            writer.commit(16)
+        finally:
+            writer.lock.release()
+        probes = len(responses)
+        again = c.get("/api/runs/grow/plots", params={"check": "true"}).json()
+        assert again["unavailable"] == body["unavailable"] and len(responses) == probes  # not redone per commit
+        assert "plane" in c.get("/api/runs/grow/plots").json()["items"]  # without check: every kind
 
 
 @pytest.mark.parametrize("kind", sorted(k for k in PLOT_KINDS if k != "plane"))

@@ -32,7 +32,7 @@ def test_s3_root_served_over_http(s3_root, serve):
     with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
         runs = {r["run_id"]: r for r in c.get("/api/runs").json()["runs"]}
         assert set(runs) == {"done", "live"} and runs["live"]["committed_steps"] == 12
-        assert c.get("/health").json()["root"] == "s3://trajscope/api-tests"
+        assert c.get("/health").json()["root"] == "s3://…/api-tests"
         body = c.get("/api/runs/done/vars/v", params={"step": "3:5", "neuron": "2"}).json()
         np.testing.assert_array_equal(np.asarray(body["values"], dtype=np.float32), data["done"]["v"][3:6, 2])
         assert c.get("/api/runs/done/plots/loss.png").content.startswith(b"\x89PNG")

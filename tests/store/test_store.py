@@ -112,7 +112,7 @@ def test_one_writer_per_run(tmp_path, python_env):
     writer = new_writer(root)
     with pytest.raises(RunLocked, match="already being written"):
         RunWriter.reopen(root, "r")
-    with pytest.raises(UserError, match="already exists"):
+    with pytest.raises(RunLocked, match="being written"):  # a live run: its writer is named
         new_writer(root)
     writer.commit(0)
     writer.lock.release()

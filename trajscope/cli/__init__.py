@@ -20,9 +20,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from trajscope.cli import analyze, experiments, produce, serve  # noqa: E402
+from trajscope.cli import analyze, experiments, fsck, produce, serve  # noqa: E402
 
-for _module in (produce, analyze, serve, experiments):
+for _module in (produce, analyze, serve, experiments, fsck):
     _module.register(app)
 
 

@@ -1,0 +1,276 @@
+"""``fsck``: verify a run end to end, and finish what a crash left half done.
+
+:func:`fsck_run` checks, in order:
+
+1. **links**: no file or directory of the run resolves outside the store root (local roots);
+2. **attributes**: the root document parses, ``status`` is known, ``0 <= committed_steps <= capacity``,
+   ``chunk_steps``/``time_variables`` present; a run left ``creating`` or ``running`` by a dead writer;
+3. **shapes**: every array's metadata parses, time-varying arrays hold at least ``committed_steps``
+   states (exactly that many once finished), every other dimension has one length across arrays, and a
+   finished run's root document carries consolidated metadata matching its arrays;
+4. **chunks**: every chunk covering a committed state (and every chunk of the static arrays) is present
+   and decodes with a valid crc32c checksum.
+
+``repair=True`` (under the writer lock, so never against a live writer) finishes what an interrupted
+create, finish or resume leaves: a half-created run is removed (nothing was recorded in it), a
+``running`` run whose writer died is finished as ``interrupted`` (then ``trajscope resume`` continues it),
+a finished run gets its final document and shrunk arrays. Lost or corrupt committed chunks cannot be
+repaired; they are reported.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from trajscope.store.errors import PathOutsideRoot, RunLocked, UserError
+from trajscope.store.layout import COMMITTED, CREATING, STATUSES, STEP_DIM
+from trajscope.store.locks import WriterLock
+from trajscope.store.root import StoreRoot
+from trajscope.store.safe import is_inside
+from trajscope.store.snapshot import METADATA_KEY, _array_names
+
+
+@dataclass
+class FsckReport:
+    """What :func:`fsck_run` found (``problems``, after any repair) and did (``repaired``)."""
+
+    run_id: str
+    status: str = "unknown"
+    committed: int = 0
+    chunks_verified: int = 0
+    problems: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem remains."""
+        return not self.problems
+
+    def summary(self) -> str:
+        """One line: the verdict, the status, the committed states and the chunks verified."""
+        verdict = "ok" if self.ok else f"{len(self.problems)} problem{'s' * (len(self.problems) != 1)}"
+        fixed = f", {len(self.repaired)} repaired" if self.repaired else ""
+        return (f"run {self.run_id!r}: {verdict}{fixed} (status {self.status}, {self.committed} states committed, "
+                f"{self.chunks_verified} chunks verified)")
+
+
+def _links_leaving(root: StoreRoot, run_id: str) -> list[str]:
+    if not root.is_local:
+        return []
+    run_dir = root.run_url(run_id)
+    if not is_inside(root.location, run_dir):
+        return [f"the run directory links outside the store root (-> {os.path.realpath(run_dir)})"]
+    found = []
+    for directory, dirs, files in os.walk(run_dir, followlinks=False):
+        for name in dirs + files:
+            path = os.path.join(directory, name)
+            if os.path.islink(path) and not is_inside(root.location, path):
+                key = os.path.relpath(path, run_dir)
+                found.append(f"{key} links outside the store root (-> {os.readlink(path)}); it is never read")
+    return found
+
+
+def _writer_alive(root: StoreRoot, run_id: str) -> bool:
+    """True when some writer holds the run now (local: its flock; remote: a fresh lease)."""
+    try:
+        WriterLock(root, run_id).acquire().release()
+    except RunLocked:
+        return True
+    return False
+
+
+def _chunk_keys(name: str, meta: dict[str, Any], stop: int | None) -> list[str]:
+    """Keys of the chunks covering ``[0, stop)`` along the first axis (all of them when ``stop`` is None)."""
+    shape = meta["shape"]
+    chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    encoding = meta.get("chunk_key_encoding") or {}
+    separator = (encoding.get("configuration") or {}).get("separator", "/")
+    counts = [math.ceil(s / c) for s, c in zip(shape, chunks)]
+    if stop is not None:
+        counts[0] = math.ceil(min(stop, shape[0]) / chunks[0])
+    keys = []
+    for index in itertools.product(*(range(n) for n in counts)):
+        parts = [str(i) for i in index]
+        key = separator.join(parts) if encoding.get("name") == "v2" else separator.join(["c", *parts])
+        keys.append(f"{name}/{key}")
+    return keys
+
+
+def _verify_chunks(root: StoreRoot, run_id: str, arrays: dict[str, dict[str, Any]], committed: int,
+                   report: FsckReport) -> None:
+    import zarr
+
+    group = None
+    for name, meta in sorted(arrays.items()):
+        time_varying = (meta.get("dimension_names") or [None])[0] == STEP_DIM
+        keys = _chunk_keys(name, meta, committed if time_varying else None)
+        missing, outside = [], []
+        for key in keys:
+            try:
+                root.read_bytes(run_id, key)
+            except KeyError:
+                missing.append(key)
+            except PathOutsideRoot:
+                outside.append(key)  # reported with the links
+        if missing:
+            report.problems.append(f"{len(missing)} committed chunk(s) of {name} are missing, e.g. {missing[0]}")
+        if missing or outside:
+            continue
+        if group is None:
+            group = zarr.open_group(root.zarr_store(run_id, read_only=True), mode="r", use_consolidated=False)
+        array = group[name]
+        step = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+        stop = committed if time_varying else int(meta["shape"][0])
+        for start in range(0, stop, step):
+            try:
+                np.asarray(array[start:min(start + step, stop)])  # the codec pipeline verifies the crc32c
+            except Exception as err:  # noqa: BLE001 - a checksum or decode error names the corruption
+                report.problems.append(f"chunk of {name} at index {start} does not decode: {type(err).__name__}: {err}")
+        report.chunks_verified += len(keys)
+
+
+def _read_arrays(root: StoreRoot, run_id: str, report: FsckReport) -> dict[str, dict[str, Any]]:
+    arrays = {}
+    for name in _array_names(root, run_id, {}):
+        try:
+            meta = json.loads(root.read_bytes(run_id, f"{name}/{METADATA_KEY}"))
+        except KeyError:
+            continue
+        except (ValueError, UserError) as err:
+            report.problems.append(f"metadata of {name} is unreadable: {err}")
+            continue
+        if meta.get("node_type") == "array":
+            arrays[name] = meta
+    return arrays
+
+
+def fsck_run(root: StoreRoot, run_id: str, *, repair: bool = False) -> FsckReport:
+    """Verify run ``run_id`` under ``root`` (see the module doc); with ``repair``, finish what a crash left.
+
+    Returns a :class:`FsckReport`; raises :class:`~trajscope.store.errors.RunNotFound` when there is no run.
+    """
+    report = FsckReport(run_id)
+    report.problems.extend(_links_leaving(root, run_id))
+    if root.is_local and not is_inside(root.location, root.run_url(run_id)):
+        return report  # nothing of it is read
+    try:
+        group = root.read_group_metadata(run_id)
+    except PathOutsideRoot:
+        return report  # reported with the links
+    except ValueError as err:
+        report.problems.append(f"the root zarr.json is not valid JSON: {err}")
+        return report
+    attrs = group.get("attributes") or {}
+    status = report.status = str(attrs.get("status", "unknown"))
+    report.committed = committed = int(attrs.get(COMMITTED, 0) or 0)
+    alive = status in ("running", CREATING) and _writer_alive(root, run_id)
+    if status == CREATING:
+        if alive:
+            report.problems.append("the run is being created right now; check again when its producer has started")
+        elif repair:
+            return _repair_creating(root, run_id, report)
+        else:
+            report.problems.append("the run was never fully created (its producer died while creating it): "
+                                   "--repair removes it, or `trajscope produce CONFIG --name` replaces it")
+        return report
+    if status not in STATUSES:
+        report.problems.append(f"status {status!r} is not one of {', '.join(STATUSES)}")
+    for key in ("time_variables", "chunk_steps", "capacity") + (() if "schema" in attrs else ("config",)):
+        if key not in attrs:
+            report.problems.append(f"root attribute {key!r} is missing")
+    capacity = int(attrs.get("capacity", 0) or 0)
+    if not 0 <= committed <= capacity:
+        report.problems.append(f"committed_steps {committed} is outside 0..capacity {capacity}")
+    arrays = _read_arrays(root, run_id, report)
+    for name in attrs.get("time_variables", []):
+        if name not in arrays:
+            report.problems.append(f"time-varying array {name} is missing")
+    unfinished = _check_shapes(group, attrs, arrays, committed, status, alive, report)
+    if unfinished and repair:
+        _repair_unfinished(root, run_id, attrs, committed, status, unfinished, report)
+        group = root.read_group_metadata(run_id)
+        arrays = _read_arrays(root, run_id, report)
+    _verify_chunks(root, run_id, arrays, committed, report)
+    return report
+
+
+def _check_shapes(group: dict[str, Any], attrs: dict[str, Any], arrays: dict[str, dict[str, Any]], committed: int,
+                  status: str, alive: bool, report: FsckReport) -> list[str]:
+    """Shape problems; returns the unfinished-protocol problems that ``repair`` can finish."""
+    unfinished = []
+    sizes: dict[str, tuple[int, str]] = {}
+    finished = status != "running"
+    for name, meta in sorted(arrays.items()):
+        dims = meta.get("dimension_names") or []
+        shape = meta.get("shape") or []
+        for dim, length in zip(dims, shape):
+            if dim == STEP_DIM:
+                continue
+            if dim in sizes and sizes[dim][0] != length:
+                report.problems.append(f"dimension {dim!r} is {length} long in {name} but {sizes[dim][0]} in "
+                                       f"{sizes[dim][1]}")
+            sizes.setdefault(dim, (length, name))
+        if dims and dims[0] == STEP_DIM:
+            if shape[0] < committed:
+                report.problems.append(f"{name} holds {shape[0]} states, fewer than the {committed} committed")
+            elif finished and shape[0] != committed:
+                unfinished.append(f"{name} holds {shape[0]} states but the finished run committed {committed} "
+                                  "(its finish stopped while shrinking)")
+    if status == "running" and not alive:
+        unfinished.append("status is running but no writer holds the run (its producer died): `trajscope resume` "
+                          "continues it, --repair marks it interrupted")
+    if finished and status in STATUSES:
+        consolidated = (group.get("consolidated_metadata") or {}).get("metadata")
+        if not consolidated:
+            unfinished.append("the finished run has no consolidated metadata (its finish was stopped)")
+        else:
+            stale = [n for n, m in arrays.items() if (consolidated.get(n) or {}).get("shape") not in
+                     (m.get("shape"), [committed] + list(m.get("shape", [])[1:]))]
+            if stale:
+                unfinished.append(f"consolidated metadata disagrees with the arrays {', '.join(sorted(stale))}")
+    report.problems.extend(unfinished)
+    return unfinished
+
+
+def _repair_creating(root: StoreRoot, run_id: str, report: FsckReport) -> FsckReport:
+    try:
+        with WriterLock(root, run_id):
+            root.delete(run_id)
+    except RunLocked as err:
+        report.problems.append(f"not repaired: {err}")
+        return report
+    report.repaired.append("removed the half-created run (nothing had been recorded in it)")
+    report.status = "removed"
+    return report
+
+
+def _repair_unfinished(root: StoreRoot, run_id: str, attrs: dict[str, Any], committed: int, status: str,
+                       unfinished: list[str], report: FsckReport) -> None:
+    from trajscope.store.writer import _now, shrink_arrays, write_final_document
+
+    try:
+        lock = WriterLock(root, run_id).acquire()
+    except RunLocked as err:
+        report.problems.append(f"not repaired: {err}")
+        return
+    try:
+        attrs = root.read_attrs(run_id)  # again, under the lock
+        if attrs.get("status") == "running":
+            attrs.update(status="interrupted", error=None, updated=_now(), finished=_now())
+            attrs.pop("writer", None)
+        write_final_document(root, run_id, attrs)
+        shrink_arrays(root, run_id, int(attrs.get(COMMITTED, 0)))
+    finally:
+        lock.release()
+    for problem in unfinished:
+        report.problems.remove(problem)
+        report.repaired.append(problem)
+    report.status = str(attrs.get("status"))
+

@@ -1,0 +1,87 @@
+"""Planted links over HTTP: no route of a real uvicorn server returns anything from outside the root.
+
+One link per case (the run's ``zarr.json``, ``W/zarr.json``, the ``loss/`` directory, the chunk
+``W/c/0/0/0``, the run directory itself) points at the same key of a run *outside* the root whose values
+and metadata carry a marker. Every route (listed from the server's own listings of an untouched twin
+run) must answer below 500, never with the marker, and a figure it draws must be the twin's figure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import httpx
+import numpy as np
+import pytest
+import zarr
+
+from trajscope.store import StoreRoot
+
+MARKER = 12345.678
+BAD = (b"OUTSIDE-SECRET", np.float32(MARKER).tobytes(), np.float64(MARKER).tobytes(), b"12345.67")
+CASES = ["zarr.json", "W/zarr.json", "loss", "W/c/0/0/0", ""]
+
+
+@pytest.fixture(scope="module")
+def outside_run(tmp_path_factory, write_run):
+    """A live run outside every served root, its values and metadata carrying the marker."""
+    root = StoreRoot(tmp_path_factory.mktemp("outside"))
+    write_run(root, "r", steps=24, chunk_steps=8, finish=None, seed=7)
+    group = zarr.open_group(root.zarr_store("r"), mode="r+", use_consolidated=False)
+    for name in ("W", "v", "loss", "output"):
+        group[name][...] = MARKER
+        group[name].attrs["secret"] = "OUTSIDE-SECRET"
+    attrs = root.read_attrs("r")
+    root.write_attrs("r", {**attrs, "secret": "OUTSIDE-SECRET"})
+    return root.run_url("r")
+
+
+def make_root(path, write_run) -> StoreRoot:
+    root = StoreRoot(path)
+    write_run(root, "r", steps=24, chunk_steps=8, finish=None, seed=1)  # live: metadata read file by file
+    write_run(root, "ok", steps=16, chunk_steps=8, seed=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory, write_run, serve):
+    """The untouched twin root and the requests to make, taken from its server's own listings."""
+    root = make_root(tmp_path_factory.mktemp("twin"), write_run)
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=120) as c:
+        quantities = sorted(c.get("/api/runs/r/analysis").json()["items"])
+        kinds = sorted(c.get("/api/runs/r/plots").json()["items"])
+        paths = ["/health", "/api/runs", "/api/runs/r", "/api/runs/r/analysis", "/api/runs/r/plots"]
+        for name in ("W", "v", "loss", "output", "X", "y", "step", "t"):
+            paths += [f"/api/runs/r/vars/{name}?format=json", f"/api/runs/r/vars/{name}?format=npy"]
+        paths += [f"/api/runs/r/analysis/{q}" for q in quantities]
+        paths += [f"/api/runs/r/plots/{k}.png" for k in kinds]
+        run_dir = root.run_url("r")
+        for directory, _, files in os.walk(run_dir):
+            paths += [f"/zarr/r/{os.path.relpath(os.path.join(directory, f), run_dir)}" for f in files]
+        figures = {p: c.get(p) for p in paths if p.endswith(".png")}
+    return paths, {p: r.content for p, r in figures.items() if r.status_code == 200}
+
+
+@pytest.mark.parametrize("key", CASES)
+def test_no_route_serves_outside_data(key, tmp_path, write_run, serve, outside_run, twin):
+    paths, figures = twin
+    root = make_root(tmp_path / "root", write_run)
+    target = os.path.join(root.run_url("r"), key) if key else root.run_url("r")
+    shutil.rmtree(target) if os.path.isdir(target) else os.unlink(target)
+    os.symlink(os.path.join(outside_run, key) if key else outside_run, target)
+    refused = 0
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=120) as c:
+        for path in paths:
+            r = c.get(path)
+            assert r.status_code < 500, (path, r.status_code, r.text[:300])
+            for marker in BAD:
+                assert marker not in r.content, (path, marker)
+            if r.status_code >= 400:
+                refused += 1
+            elif path.endswith(".png"):
+                assert r.content == figures[path], path  # drawn from the inside data only
+        runs = c.get("/api/runs").json()["runs"]
+        assert "ok" in [run["run_id"] for run in runs]
+        assert c.get("/api/runs/ok/vars/W").status_code == 200  # the other run is served as before
+    assert refused > 0  # the planted link was met, and refused

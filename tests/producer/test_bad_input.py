@@ -1,0 +1,74 @@
+"""Bad configs and absurd sizes are refused before anything is built or created (issue 8, items 3 and 6)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import yaml
+
+from trajscope.cli import main
+from trajscope.producer import load_config, produce
+from trajscope.producer.budget import check_budget, estimate
+from trajscope.store import StoreRoot, UserError, open_run
+
+
+def cli(monkeypatch, capsys, *args) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["trajscope", *args])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    return stop.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override", ["train.lr=.inf", "train.lr=.nan", "train.lr=0", "train.lr=-0.1",
+                                      "init.scale=.inf", "init.scale=.nan", "data.mu=.nan", "train.stop_loss=.inf"])
+def test_non_finite_or_non_positive_values_are_refused_before_anything_exists(override, tmp_path, small_config):
+    with pytest.raises(UserError, match=override.split("=")[0]):
+        produce(small_config(), root=tmp_path / "runs", name="r", overrides=[override])
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("override, field", [
+    ("model.width=1000000000", "model.width"), ("data.n=1000000000", "data.n"),
+    ("data.dim=1000000000", "data.dim"), ("train.steps=1000000000000", "train.steps")])
+def test_absurd_sizes_are_refused_in_one_line_and_leave_nothing(override, field, tmp_path, small_config, monkeypatch,
+                                                                 capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(small_config()))
+    code, err = cli(monkeypatch, capsys, "produce", str(config), "--root", str(tmp_path / "runs"), "--name", "r",
+                    "--set", override, "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and field in err and "nothing was created" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_empty_name_is_refused(tmp_path, small_config, monkeypatch, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(small_config()))
+    code, err = cli(monkeypatch, capsys, "produce", str(config), "--root", str(tmp_path / "runs"), "--name", "",
+                    "--quiet")
+    assert code == 2 and "invalid run id ''" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_budget_against_independent_sizes(small_config, tmp_path):
+    cfg = load_config(small_config(model={"width": 10}, train={"steps": 99}, data={"n": 30, "dim": 6}))
+    budget = estimate(cfg, 30, 6)
+    per_state = 4 * (10 * 6 + 10 + 30) + 8 * 3  # W, v, output (float32) + loss, step, t
+    assert budget.states == 100 and budget.disk_bytes == 100 * per_state + 4 * 30 * 6 + 30
+    root = StoreRoot(tmp_path / "runs")
+    check_budget(cfg, root, 30, 6, memory=2**30, disk=2**30)
+    with pytest.raises(UserError, match="would write about .* free under"):
+        check_budget(cfg, root, 30, 6, memory=2**30, disk=budget.disk_bytes)
+    with pytest.raises(UserError, match="of memory"):
+        check_budget(cfg, root, 30, 6, memory=budget.memory_bytes, disk=2**30)
+
+
+def test_a_half_created_run_is_replaced_by_produce_name(tmp_path, small_config):
+    root = StoreRoot(tmp_path)
+    root.write_attrs("r", {})  # what an older trajscope left when killed while creating
+    with pytest.raises(UserError, match="lacks the attributes"):
+        from trajscope.producer import resume
+
+        resume("r", root=tmp_path)
+    result = produce(small_config(), root=tmp_path, name="r")
+    assert result.status == "complete" and open_run("r", tmp_path).sizes["step"] == 41

@@ -1,0 +1,126 @@
+"""States a crash can leave between protocol steps open, and fsck finishes them (issue 8, items 2 and 4).
+
+These states are built by hand (as an older trajscope, or a kill at an unlucky instant, left them);
+the named fault points of the writer are visited in tests/producer/test_fault_points.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from trajscope.producer.two_layer import variables as two_layer_variables
+from trajscope.store import RunWriter, StoreRoot, open_run
+from trajscope.store.fsck import fsck_run
+
+H, D, N, CAPACITY, CHUNK = 3, 4, 5, 40, 4
+
+
+def written_run(root: StoreRoot, run_id: str = "r", commit: int = 22) -> tuple[RunWriter, dict]:
+    """A run of capacity 40 with ``commit`` states written and committed, its writer still open."""
+    rng = np.random.default_rng(1)
+    writer = RunWriter.create(
+        root, run_id, variables=two_layer_variables(), sizes={"neuron": H, "feature": D, "sample": N},
+        capacity=CAPACITY, static={"X": rng.normal(size=(N, D)), "y": np.array([1, -1, 1, -1, 1])},
+        attrs={"config": {"train": {"lr": 0.1}}}, chunk_bytes=H * D * 4 * CHUNK)
+    values = {"W": rng.normal(size=(commit, H, D)).astype(np.float32), "v": rng.normal(size=(commit, H)).astype(np.float32),
+              "loss": rng.random(commit), "output": rng.normal(size=(commit, N)).astype(np.float32),
+              "step": np.arange(commit), "t": np.arange(commit) * 0.1}
+    for start in range(0, commit, CHUNK):
+        writer.write_block(start, {k: v[start:start + CHUNK] for k, v in values.items()})
+        writer.commit(min(start + CHUNK, commit))
+    return writer, values
+
+
+def assert_values(ds, values):
+    assert ds.sizes["step"] == len(values["step"])
+    for name, expected in values.items():
+        np.testing.assert_array_equal(ds[name].values, expected, err_msg=name)
+
+
+def test_killed_after_status_before_consolidation_opens_and_is_repaired(tmp_path):
+    """What the old finish left when killed between its status write and the consolidation."""
+    root = StoreRoot(tmp_path)
+    writer, values = written_run(root)
+    for array in writer.arrays.values():
+        array.resize((22,) + array.shape[1:])
+    attrs = {**writer.attrs, "status": "complete", "finished": "now"}
+    attrs.pop("writer")
+    root.write_attrs("r", attrs)  # no consolidated metadata
+    writer.lock.release()
+    assert_values(open_run("r", root).load(), values)
+    report = fsck_run(root, "r")
+    assert any("no consolidated metadata" in p for p in report.problems)
+    repaired = fsck_run(root, "r", repair=True)
+    assert repaired.ok and repaired.repaired, repaired.problems
+    group = json.loads((tmp_path / "r.zarr" / "zarr.json").read_text())
+    assert group["consolidated_metadata"]["metadata"]["W"]["shape"][0] == 22
+    assert_values(xr.open_zarr(root.run_url("r"), zarr_format=3).load(), values)
+
+
+@pytest.mark.parametrize("status", ["running", "interrupted"])
+def test_partly_shrunk_arrays_open_and_are_repaired(tmp_path, status):
+    """SIGTERM then SIGKILL during the old shrink: W cut to 22 states, the others still at 40."""
+    root = StoreRoot(tmp_path)
+    writer, values = written_run(root)
+    writer.arrays["W"].resize((22, H, D))
+    if status != "running":
+        attrs = {**writer.attrs, "status": status}
+        root.write_attrs("r", attrs)
+    writer.lock.release()
+    assert_values(open_run("r", root).load(), values)  # no "conflicting sizes for dimension 'step'"
+    report = fsck_run(root, "r")
+    assert not report.ok
+    repaired = fsck_run(root, "r", repair=True)
+    assert repaired.ok, repaired.problems
+    assert repaired.status == "interrupted"
+    assert_values(xr.open_zarr(root.run_url("r"), zarr_format=3).load(), values)
+    assert fsck_run(root, "r").ok
+
+
+def test_finish_writes_the_final_document_before_shrinking(tmp_path, monkeypatch):
+    """A finish stopped after shrinking some arrays: readers (even plain xarray) see one length."""
+    from trajscope.store import writer as writer_module
+
+    root = StoreRoot(tmp_path)
+    writer, values = written_run(root)
+    original = writer_module.shrink_arrays
+
+    def stops_half_way(root_, run_id, committed, arrays=None):
+        original(root_, run_id, committed, {"W": arrays["W"], "v": arrays["v"]})
+        raise KeyboardInterrupt  # the rest never shrinks
+
+    monkeypatch.setattr(writer_module, "shrink_arrays", stops_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        writer.finish("complete")
+    shapes = {n: json.loads((tmp_path / "r.zarr" / n / "zarr.json").read_text())["shape"][0] for n in ("W", "loss")}
+    assert shapes == {"W": 22, "loss": 40}
+    assert_values(open_run("r", root).load(), values)
+    assert_values(xr.open_zarr(root.run_url("r"), zarr_format=3).load(), values)
+    monkeypatch.undo()
+    assert fsck_run(root, "r", repair=True).ok
+    assert json.loads((tmp_path / "r.zarr" / "loss" / "zarr.json").read_text())["shape"][0] == 22
+
+
+def test_fsck_finds_a_corrupt_and_a_missing_chunk(tmp_path, python_env):
+    root = StoreRoot(tmp_path)
+    writer, values = written_run(root)
+    writer.finish("complete")
+    assert subprocess.run(["trajscope", "fsck", "r", "--root", str(tmp_path)], env=python_env,
+                          capture_output=True, text=True).returncode == 0
+    chunk = tmp_path / "r.zarr" / "W" / "c" / "2" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[5] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    (tmp_path / "r.zarr" / "loss" / "c" / "1").unlink()
+    proc = subprocess.run(["trajscope", "fsck", "r", "--root", str(tmp_path), "--repair"], env=python_env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("run 'r': 2 problems")
+    assert any("W at index 8" in line and "does not decode" in line for line in lines[1:])
+    assert any("chunk(s) of loss are missing, e.g. loss/c/1" in line for line in lines[1:])

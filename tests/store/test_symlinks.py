@@ -1,0 +1,152 @@
+"""Links planted inside a store root never lead a reader outside it (issue 8, item 1).
+
+Each case plants one symbolic link, pointing at a valid run *outside* the root whose values are a marker,
+and checks that trajscope's readers (``open_run``, the xarray backend, the snapshot, raw reads, the
+catalog, sizes, fsck) refuse it with :class:`PathOutsideRoot` or skip it, and never return the marker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from trajscope.producer.two_layer import variables as two_layer_variables
+from trajscope.store import RunWriter, StoreRoot, list_runs, open_run
+from trajscope.store.errors import PathOutsideRoot
+from trajscope.store.fsck import fsck_run
+from trajscope.store.snapshot import read_key, snapshot
+
+MARKER = 12345.678
+
+
+def write_run(root: StoreRoot, run_id: str, fill: float | None = None, steps: int = 16, chunk: int = 4,
+              live: bool = False) -> None:
+    h, dim, n = 3, 4, 5
+    rng = np.random.default_rng(0)
+    writer = RunWriter.create(
+        root, run_id, variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
+        capacity=steps, static={"X": rng.normal(size=(n, dim)), "y": np.array([1, -1, 1, -1, 1])},
+        attrs={"config": {"train": {"lr": 0.1}}, "secret": "OUTSIDE-SECRET" if fill is not None else "inside"},
+        chunk_bytes=h * dim * 4 * chunk,
+    )
+    values = {"W": rng.normal(size=(steps, h, dim)), "v": rng.normal(size=(steps, h)), "loss": rng.random(steps),
+              "output": rng.normal(size=(steps, n)), "step": np.arange(steps), "t": np.arange(steps) * 0.1}
+    if fill is not None:
+        values = {k: np.full_like(v, fill) if k in ("W", "v", "loss", "output") else v for k, v in values.items()}
+    for start in range(0, steps, chunk):
+        writer.write_block(start, {k: v[start:start + chunk] for k, v in values.items()})
+        writer.commit(start + chunk)
+    if live:  # still "running": readers list the arrays and read each NAME/zarr.json
+        writer.lock.release()
+    else:
+        writer.finish("complete")
+
+
+@pytest.fixture(params=["live", "finished"])
+def roots(tmp_path, request):
+    """``(inside root, outside run dir)``: the root holds run ``r`` (live or finished) and ``ok``;
+    ``outside/r.zarr`` is a marker run."""
+    outside = StoreRoot(tmp_path / "outside")
+    write_run(outside, "r", fill=MARKER)
+    inside = StoreRoot(tmp_path / "root")
+    write_run(inside, "r", live=request.param == "live")
+    write_run(inside, "ok")
+    return inside, tmp_path / "outside" / "r.zarr"
+
+
+def plant(inside: StoreRoot, outside_run, key: str) -> None:
+    """Replace ``r.zarr/KEY`` (a file or a directory) by a link to the same key of the outside run."""
+    target = os.path.join(inside.run_url("r"), key) if key else inside.run_url("r")
+    if os.path.isdir(target):
+        shutil.rmtree(target)
+    else:
+        os.unlink(target)
+    os.symlink(os.path.join(outside_run, key) if key else outside_run, target)
+
+
+def assert_no_marker(ds: xr.Dataset) -> None:
+    assert "OUTSIDE-SECRET" not in str(ds.attrs)
+    for name in ("W", "v", "loss", "output"):
+        assert not np.any(ds[name].values == np.float32(MARKER)), name
+
+
+def refused_or_clean(read):
+    """``read()`` either raises :class:`PathOutsideRoot` or returns data without the marker.
+
+    (A finished run is opened through the consolidated metadata of its root document: its
+    ``W/zarr.json`` is then never read at all.)"""
+    try:
+        result = read()
+        if isinstance(result, xr.Dataset):
+            assert_no_marker(result)  # reads every value
+    except PathOutsideRoot as err:
+        assert "outside the store root" in str(err) or "link" in str(err)
+        return None
+    if not isinstance(result, xr.Dataset):
+        assert b"OUTSIDE-SECRET" not in result and np.float32(MARKER).tobytes() not in result
+    return result
+
+
+@pytest.mark.parametrize("key", ["zarr.json", "W/zarr.json", "loss"])
+def test_metadata_links_out_of_the_root_are_refused(roots, key):
+    inside, outside_run = roots
+    live = inside.read_attrs("r")["status"] == "running"
+    plant(inside, outside_run, key)
+    opened = refused_or_clean(lambda: open_run("r", inside))
+    if live or key == "zarr.json":
+        assert opened is None  # the linked metadata had to be read: refused
+    refused_or_clean(lambda: xr.open_dataset(inside.run_url("r"), engine="trajscope"))
+    refused_or_clean(lambda: read_key(inside, "r", "zarr.json"))
+    refused_or_clean(lambda: read_key(inside, "r", "W/zarr.json"))
+    refused_or_clean(lambda: read_key(inside, "r", "loss/c/0"))
+    with pytest.raises(PathOutsideRoot):
+        inside.read_bytes("r", key if key != "loss" else "loss/zarr.json")
+    report = fsck_run(inside, "r")
+    assert not report.ok and any("links outside the store root" in p for p in report.problems)
+    listed = [info.run_id for info in list_runs(inside)]
+    assert "ok" in listed and ("r" not in listed if key == "zarr.json" else True)
+    assert_no_marker(open_run("ok", inside).load())  # the other run is unaffected
+
+
+def test_a_chunk_link_out_of_the_root_is_refused_when_read(roots):
+    inside, outside_run = roots
+    plant(inside, outside_run, "W/c/0/0/0")
+    ds = open_run("r", inside)
+    assert ds.v.notnull().all()  # the other variables still read
+    with pytest.raises(PathOutsideRoot, match="W/c/0/0/0"):
+        ds.W.isel(step=slice(0, 4)).values
+    assert ds.W.isel(step=slice(4, 16)).notnull().all()  # chunks 1..3 are real and inside
+    with pytest.raises(PathOutsideRoot):
+        read_key(inside, "r", "W/c/0/0/0")
+    before = inside.size_bytes("r")
+    assert before < inside.size_bytes("ok")  # the linked chunk is not counted
+    report = fsck_run(inside, "r")
+    assert any("W/c/0/0/0 links outside" in p for p in report.problems)
+
+
+def test_a_run_directory_linking_out_is_not_listed_nor_read(roots):
+    inside, outside_run = roots
+    plant(inside, outside_run, "")
+    assert [info.run_id for info in list_runs(inside)] == ["ok"]
+    assert inside.run_ids() == ["ok"]
+    with pytest.raises(PathOutsideRoot):
+        open_run("r", inside)
+    assert inside.size_bytes("r") == 0
+    with pytest.raises(PathOutsideRoot):
+        inside.delete("r")
+    assert os.path.exists(os.path.join(outside_run, "zarr.json"))  # nothing outside was touched
+
+
+def test_links_that_stay_inside_the_root_are_followed(tmp_path):
+    root = StoreRoot(tmp_path / "root")
+    write_run(root, "ok")
+    os.makedirs(tmp_path / "root" / "archive")
+    os.rename(root.run_url("ok"), tmp_path / "root" / "archive" / "ok.zarr")
+    os.symlink(tmp_path / "root" / "archive" / "ok.zarr", root.run_url("ok"))
+    ds = open_run("ok", root).load()
+    assert ds.sizes["step"] == 16 and np.isfinite(ds.W.values).all()
+    assert fsck_run(root, "ok").ok

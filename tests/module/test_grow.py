@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trajscope.producer.two_layer import variables
+from trajscope.producer.two_layer import schema, variables
 from trajscope.store import RunWriter, StoreRoot, open_run
 from trajscope.store.layout import chunk_shape_for
 
 
 def _writer(root, name="g"):
     return RunWriter.create(root, name, variables=variables(), sizes={"neuron": 3, "feature": 2, "sample": 4},
-                            capacity=4, static={"X": np.ones((4, 2)), "y": np.ones(4)}, attrs={}, chunk_bytes=48)
+                            capacity=4, static={"X": np.ones((4, 2)), "y": np.ones(4)}, attrs={"schema": schema()},
+                            chunk_bytes=48)
 
 
 def _block(k, n):

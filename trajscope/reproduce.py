@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from trajscope.producer.config import RunConfig, load_config
-from trajscope.producer.sweep import (
+from trajscope.experiments.sweep import (
     SweepPoint,
     expand,
     load_sweep,

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from trajscope.producer.recorder import HostStaging, Recorder
-from trajscope.store import RunWriter, StoreRoot, open_run, two_layer_variables
+from trajscope.store import RunWriter, StoreRoot, open_run
+from trajscope.producer.two_layer import variables as two_layer_variables
 
 
 class DeferredStaging(HostStaging):

@@ -64,6 +64,10 @@ def register(app: typer.Typer) -> None:
 
         sel = parse_step(step)
         ds = _open(run, root, sel)
+        from trajscope.analysis.show_generic import show_generic
+
+        if show_generic(ds, sel, run):  # a run of another model: the generic table (show_generic.py)
+            return
         s = summary(ds, sel)
         table = Table(title=f"run {s.attrs.get('run_id', run)} ({ds.attrs.get('status', 'unknown status')})")
         for col, kw in (("quantity", {}), ("measured", {"justify": "right"}), ("theory", {"justify": "right"}),
@@ -103,5 +107,8 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"directory {str(output.parent)!r} does not exist: create it or choose another -o")
         sel = parse_step(step)
         ds = _open(run, root, sel)
+        from trajscope.analysis.registry import check_applies
+
+        check_applies("plot", kind, ds)
         save(plot(ds, kind, sel), output)
         typer.echo(f"wrote {output}")

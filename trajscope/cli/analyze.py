@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
 
         sel = parse_step(step)
         ds = _open(run, root, sel)
-        from trajscope.analysis.show_generic import show_generic
+        from trajscope.cli.show_generic import show_generic
 
         if show_generic(ds, sel, run):  # a run of another model: the generic table (show_generic.py)
             return

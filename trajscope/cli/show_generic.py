@@ -1,6 +1,6 @@
 """What ``trajscope show`` prints for a run that is not a two-layer run: one row per parameter.
 
-(The table is built here, next to the quantities; the CLI only calls :func:`show_generic`.)
+(Printing is the CLI's job, so it lives here; the numbers come from :func:`trajscope.analysis.generic.parameter_summary`.)
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """The ``ds.traj`` accessor: every entry of :data:`trajscope.analysis.QUANTITIES` as a method.
 
-``ds.traj.stable_rank(step=slice(0, None, 10))``, ``ds.traj.summary()``, ``ds.traj.plot("loss")``.
+``ds.traj.stable_rank(step=slice(0, None, 10))``, ``ds.traj.summary()``, ``ds.traj.plot("loss")``;
+on any run ``ds.traj.frobenius_norms()``, ``ds.traj.distance_from_init()``, ``ds.traj.quantities()``.
+It is registered on ``xr.Dataset`` by ``import trajscope`` (a lazy factory in ``trajscope/_traj.py``);
+a quantity that does not apply to the run raises a message naming those that do.
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ from typing import Any
 import xarray as xr
 
 from trajscope.analysis import QUANTITIES, select
+from trajscope.analysis.registry import applicable, check_applies
 
 
-@xr.register_dataset_accessor("traj")
 class TrajAccessor:
-    """Analysis of a two-layer run (see :mod:`trajscope.analysis`)."""
+    """Analysis of a run (see :mod:`trajscope.analysis`)."""
 
     def __init__(self, ds: xr.Dataset):
         self._ds = ds
@@ -28,7 +31,19 @@ class TrajAccessor:
         """Draw the figure ``kind`` (a key of ``PLOT_KINDS``); returns the matplotlib Figure."""
         from trajscope.analysis.plots import plot
 
-        return plot(self._ds, kind, step=step, **kwargs)
+        if kind in applicable(self._ds, "plot") or kind not in self.plot_kinds(all_kinds=True):
+            return plot(self._ds, kind, step=step, **kwargs)
+        check_applies("plot", kind, self._ds)
+
+    def quantities(self) -> list[str]:
+        """Names of the quantities that apply to this run."""
+        return sorted(applicable(self._ds))
+
+    def plot_kinds(self, all_kinds: bool = False) -> list[str]:
+        """Names of the figures that apply to this run (``all_kinds``: every registered one)."""
+        from trajscope.analysis.plots import PLOT_KINDS
+
+        return sorted(PLOT_KINDS) if all_kinds else sorted(applicable(self._ds, "plot"))
 
     def __dir__(self):
         return sorted(set(super().__dir__()) | set(QUANTITIES))
@@ -37,6 +52,7 @@ class TrajAccessor:
 def _method(name: str, fn):
     @functools.wraps(fn)
     def method(self: TrajAccessor, step: slice | None = None, **kwargs: Any):
+        check_applies("quantity", name, self._ds)
         return fn(self._ds, step, **kwargs)
 
     method.__name__ = name

@@ -8,6 +8,7 @@ import xarray as xr
 from trajscope.analysis._common import StepSel, select, weights
 from trajscope.analysis._kernels import class_mean_block, neuron_stats_block
 from trajscope.analysis.geometry import class_sums
+from trajscope.analysis.registry import TWO_LAYER, quantity
 
 
 def neuron_stats(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
@@ -28,6 +29,7 @@ def neuron_stats(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out.transpose("step", "neuron", "stat")
 
 
+@quantity(requires=TWO_LAYER)
 def neuron_norms(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``||w_j(t)||``; dims ``(step, neuron)``."""
     out = np.sqrt(neuron_stats(ds, step).sel(stat="sq_norm", drop=True))
@@ -35,6 +37,7 @@ def neuron_norms(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out
 
 
+@quantity(requires=TWO_LAYER)
 def cos_to_class_sums(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``cos(w_j(t), x±) = <w_j, x±> / (||w_j|| ||x±||)``; dims ``(step, neuron, label)``.
 
@@ -51,6 +54,7 @@ def cos_to_class_sums(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out.transpose("step", "neuron", "label")
 
 
+@quantity(requires=TWO_LAYER)
 def target_alignment(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``cos(w_j(t), x_{sign v_j(t)})``: alignment with the class sum the neuron's sign targets.
 
@@ -64,6 +68,7 @@ def target_alignment(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out.transpose("step", "neuron")
 
 
+@quantity(requires=TWO_LAYER)
 def mean_neuron_alignment(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """Mean-neuron alignment and its min–max band over ``V±(t)``.
 

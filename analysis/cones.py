@@ -8,11 +8,13 @@ import xarray as xr
 from trajscope.analysis._common import StepSel, inputs, select, weights
 from trajscope.analysis._kernels import activation_counts_block
 from trajscope.analysis.geometry import _onehot, class_counts
+from trajscope.analysis.registry import TWO_LAYER, quantity
 
 CONES = ("S+", "S-", "dead", "other")
 """Cone codes: ``0 = S+``, ``1 = S-``, ``2 = S_dead``, ``3 = other``."""
 
 
+@quantity(requires=TWO_LAYER)
 def activation_counts(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Activation counts ``Σ_{i∈I±} a_ij(t)`` with ``a_ij = 1[<x_i, w_j(t)> > 0]``.
 
@@ -35,6 +37,7 @@ def activation_counts(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out.transpose("step", "neuron", "label")
 
 
+@quantity(requires=TWO_LAYER)
 def cone_membership(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Cone of each neuron per step, as a code into :data:`CONES`; dims ``(step, neuron)``, int8.
 
@@ -57,6 +60,7 @@ def cone_membership(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return code
 
 
+@quantity(requires=TWO_LAYER)
 def in_target_or_dead(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Whether neuron ``j`` is in its target cone ``S_{sign v_j(t)}`` or in ``S_dead``; ``(step, neuron)``.
 
@@ -69,6 +73,7 @@ def in_target_or_dead(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out
 
 
+@quantity(requires=TWO_LAYER)
 def aligned_fraction(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Fraction of neurons in their target cone or dead: ``(1/h) Σ_j 1[w_j ∈ S_{sign v_j} ∪ S_dead]``."""
     out = in_target_or_dead(ds, step).mean("neuron")
@@ -97,6 +102,7 @@ def cone_agreement(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out
 
 
+@quantity(requires=TWO_LAYER)
 def cone_fractions(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Fraction of neurons in ``S+``, ``S-``, ``S_dead`` and other per step; dims ``(step, cone)``."""
     code = cone_membership(ds, step)

@@ -13,6 +13,7 @@ import xarray as xr
 
 from trajscope.analysis._common import StepSel, inputs, labels, loss_kind, loss_reduction, select, time_coord, weights
 from trajscope.analysis._kernels import direction_field_block
+from trajscope.analysis.registry import TWO_LAYER, quantity
 
 
 def _coef(ds: xr.Dataset) -> float:
@@ -20,6 +21,7 @@ def _coef(ds: xr.Dataset) -> float:
     return r * (0.5 if loss_kind(ds) == "logistic" else 1.0)
 
 
+@quantity(requires=TWO_LAYER)
 def direction_field_error(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """Relative error of the predicted direction change, per pair of consecutive recorded states.
 

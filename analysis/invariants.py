@@ -7,8 +7,10 @@ import xarray as xr
 
 from trajscope.analysis._common import StepSel, select
 from trajscope.analysis.alignment import neuron_stats
+from trajscope.analysis.registry import TWO_LAYER, quantity
 
 
+@quantity(requires=TWO_LAYER)
 def balance(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``δ_j(t) = v_j(t)² - ||w_j(t)||²`` (conserved by gradient flow); dims ``(step, neuron)``."""
     sq = neuron_stats(ds, step).sel(stat="sq_norm", drop=True)
@@ -17,6 +19,7 @@ def balance(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out
 
 
+@quantity(requires=TWO_LAYER)
 def balance_drift(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``δ_j(t) - δ_j(t_0)`` with ``t_0`` the first selected state; dims ``(step, neuron)``."""
     b = balance(ds, step)
@@ -25,6 +28,7 @@ def balance_drift(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out
 
 
+@quantity(requires=TWO_LAYER)
 def max_balance_drift(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``max_j |δ_j(t) - δ_j(t_0)|`` per step; dims ``(step,)``."""
     out = abs(balance_drift(ds, step)).max("neuron")
@@ -32,6 +36,7 @@ def max_balance_drift(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out
 
 
+@quantity(requires=TWO_LAYER)
 def sign_flips(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Number of changes of ``sign(v_j)`` between consecutive recorded states; dims ``(neuron,)``.
 

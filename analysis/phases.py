@@ -24,6 +24,7 @@ import xarray as xr
 
 from trajscope.analysis._common import StepSel, select, time_coord
 from trajscope.analysis.cones import in_target_or_dead
+from trajscope.analysis.registry import TWO_LAYER, quantity
 
 T2_DROP = 0.05
 
@@ -61,6 +62,7 @@ def t1_text(m) -> str:
     return "not reached (the last recorded state is not all aligned); " + closest
 
 
+@quantity(requires=TWO_LAYER)
 def all_aligned(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``1[∀j: w_j(t) ∈ S_{sign v_j(t)} ∪ S_dead]`` per step; dims ``(step,)``."""
     out = in_target_or_dead(ds, step).all("neuron")
@@ -79,6 +81,7 @@ def _first_from(ok: xr.DataArray, sel: xr.Dataset) -> tuple[xr.DataArray, xr.Dat
     )
 
 
+@quantity(requires=TWO_LAYER)
 def t1(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """Empirical alignment time ``t1`` (rule in the module docstring): ``t1_step``, ``t1_time``."""
     return t1_from(all_aligned(ds, step), select(ds, step))
@@ -96,6 +99,7 @@ def t1_from(aligned: xr.DataArray, sel: xr.Dataset) -> xr.Dataset:
     return out
 
 
+@quantity(requires=TWO_LAYER)
 def t2(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.Dataset:
     """Empirical loss-decrease onset ``t2 = min{t_k : L(t_k) ≤ (1 - drop) L(t_0)}``: ``t2_step``, ``t2_time``."""
     sel = select(ds, step)
@@ -111,6 +115,7 @@ def t2(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.Dat
     return out
 
 
+@quantity(requires=TWO_LAYER)
 def post_t2_slope(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.DataArray:
     """Log-log slope ``d log L / d log(t - t2)`` over the last decade of ``t - t2`` (least squares)."""
     sel = select(ds, step)
@@ -133,6 +138,7 @@ def post_t2_slope(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP
     return out
 
 
+@quantity(requires=TWO_LAYER)
 def phases(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.Dataset:
     """``t1`` and ``t2`` (steps and gradient-flow time) and the post-``t2`` slope in one dataset."""
     out = xr.merge([t1(ds, step), t2(ds, step, drop=drop)])

@@ -22,6 +22,7 @@ from trajscope.analysis.direction_field import direction_field_error
 from trajscope.analysis.phases import t1, t2
 from trajscope.analysis.spectra import singular_values, spectral_norm_sq, stable_rank
 from trajscope.analysis.theory import loss_envelope
+from trajscope.analysis.registry import TWO_LAYER, plot_kind
 from trajscope.store.errors import UserError
 
 MAX_POINTS = 2000
@@ -79,6 +80,7 @@ def _finish(fig: Figure, ax, ds: xr.Dataset, step: slice, xlabel: str, ylabel: s
     return fig
 
 
+@plot_kind("alignment", requires=TWO_LAYER)
 def plot_alignment(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None) -> Figure:
     """Mean-neuron alignment ``cos(w̄±, x±)`` with the min–max band over ``V±``; ``t1``, ``t2`` marked."""
     step = thinned(ds, step)
@@ -94,6 +96,7 @@ def plot_alignment(ds: xr.Dataset, step: StepSel = None, *, title: str | None = 
                    _title(ds, "neuron alignment with the class sums", title))
 
 
+@plot_kind("loss", requires=TWO_LAYER)
 def plot_loss(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None) -> Figure:
     """Loss, ``||W||_2²`` (log scale) and stable rank (right axis) on one time axis, with the envelope."""
     step = thinned(ds, step)
@@ -124,6 +127,7 @@ def plot_loss(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None)
     return fig
 
 
+@plot_kind("spectra", requires=TWO_LAYER)
 def plot_spectra(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None, top: int = 10) -> Figure:
     """Singular values ``σ_k(W(t))`` over time (the ``top`` largest), log scale."""
     step = thinned(ds, step)
@@ -141,6 +145,7 @@ def plot_spectra(ds: xr.Dataset, step: StepSel = None, *, title: str | None = No
     return fig
 
 
+@plot_kind("cones", requires=TWO_LAYER)
 def plot_cones(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None) -> Figure:
     """Stacked fractions of neurons in ``S+``, ``S-``, ``S_dead`` and other, and the aligned fraction."""
     step = thinned(ds, step)
@@ -155,6 +160,7 @@ def plot_cones(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None
     return _finish(fig, ax, ds, step, xlabel, "fraction of neurons", (0, 1), _title(ds, "cone membership", title))
 
 
+@plot_kind("direction_field", requires=TWO_LAYER)
 def plot_direction_field(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None) -> Figure:
     """Median relative error of the early-phase direction field ``sign(v_j) P_w x_a(w)`` over time."""
     step = thinned(ds, step)
@@ -175,17 +181,12 @@ def plot_direction_field(ds: xr.Dataset, step: StepSel = None, *, title: str | N
 
 from trajscope.analysis.plots_data import plot_gram, plot_mean_neurons, plot_plane  # noqa: E402
 
-PLOT_KINDS: dict[str, Callable[..., Figure]] = {
-    "gram": plot_gram,
-    "alignment": plot_alignment,
-    "loss": plot_loss,
-    "mean_neurons": plot_mean_neurons,
-    "plane": plot_plane,
-    "spectra": plot_spectra,
-    "cones": plot_cones,
-    "direction_field": plot_direction_field,
-}
-"""Plot kind → ``fn(ds, step=None, *, title=None) -> Figure``. Stable names (CLI and API)."""
+from trajscope.analysis import plots_generic  # noqa: E402,F401  (registers the generic figures)
+from trajscope.analysis.registry import PLOTS as PLOT_KINDS  # noqa: E402
+
+PLOT_KINDS: dict[str, Callable[..., Figure]]
+"""Plot kind → ``fn(ds, step=None, *, title=None) -> Figure``, filled by :func:`~trajscope.analysis.registry.plot_kind`.
+Stable names (CLI and API)."""
 
 
 def plot(ds: xr.Dataset, kind: str, step: StepSel = None, **kwargs) -> Figure:

@@ -8,8 +8,10 @@ import xarray as xr
 from trajscope.analysis._common import StepSel, select, weights
 from trajscope.analysis._kernels import singular_values_block
 from trajscope.analysis.alignment import neuron_stats
+from trajscope.analysis.registry import TWO_LAYER, quantity
 
 
+@quantity(requires=TWO_LAYER)
 def singular_values(ds: xr.Dataset, step: StepSel = None, *, method: str = "gram") -> xr.DataArray:
     """Singular values ``σ_1(t) ≥ … ≥ σ_r(t)`` of ``W(t)``, ``r = min(h, D)``; dims ``(step, sv)``.
 
@@ -35,6 +37,7 @@ def singular_values(ds: xr.Dataset, step: StepSel = None, *, method: str = "gram
     return out
 
 
+@quantity(requires=TWO_LAYER)
 def spectral_norm_sq(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``||W(t)||_2² = σ_1(t)²``; dims ``(step,)``."""
     out = singular_values(ds, step).isel(sv=0, drop=True) ** 2
@@ -42,6 +45,7 @@ def spectral_norm_sq(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out
 
 
+@quantity(requires=TWO_LAYER)
 def frobenius_norm_sq(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``||W(t)||_F² = Σ_jk W_jk(t)²``; dims ``(step,)``."""
     out = neuron_stats(ds, step).sel(stat="sq_norm", drop=True).sum("neuron")
@@ -49,6 +53,7 @@ def frobenius_norm_sq(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out
 
 
+@quantity(requires=TWO_LAYER)
 def stable_rank(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Stable rank ``||W(t)||_F² / ||W(t)||_2²`` (between 1 and ``rank W``); dims ``(step,)``."""
     out = frobenius_norm_sq(ds, step) / spectral_norm_sq(ds, step)
@@ -56,6 +61,7 @@ def stable_rank(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out
 
 
+@quantity(requires=TWO_LAYER)
 def effective_rank(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Effective rank of Roy & Vetterli (2007): ``exp(-Σ_k p_k log p_k)``, ``p_k = σ_k / Σ_l σ_l``.
 
@@ -70,6 +76,7 @@ def effective_rank(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out
 
 
+@quantity(requires=TWO_LAYER)
 def spectra(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """Singular values, ``||W||_2²``, ``||W||_F²``, stable rank and effective rank in one dataset."""
     return xr.Dataset(

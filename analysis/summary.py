@@ -23,6 +23,7 @@ from trajscope.analysis.theory import (
     theory,
     two_layer_status,
 )
+from trajscope.analysis.registry import TWO_LAYER, quantity
 
 
 _LIGHT_BYTES = 4 * 2**20
@@ -130,6 +131,7 @@ V_FIXED_DRIFT = ("not applicable: v_j² - ||w_j||² is conserved only when v tra
 V_FIXED_FLIPS = "not applicable: v is fixed (train.train_v = false), its signs cannot change"
 
 
+@quantity(requires=TWO_LAYER)
 def summary(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.Dataset:
     """All headline numbers of a run as a dataset of 0-d variables (computed, one pass over ``W``).
 

@@ -27,6 +27,7 @@ from trajscope.analysis._common import StepSel, cfg, loss_kind, loss_reduction, 
 from trajscope.analysis.geometry import class_sums, inputs, mu_value, sample_norms, x_max, x_min
 from trajscope.analysis.phases import T2_DROP, t2
 from trajscope.analysis.spectra import spectral_norm_sq
+from trajscope.analysis.registry import TWO_LAYER, quantity
 
 OK = "ok"
 
@@ -99,6 +100,7 @@ def _worst(*statuses: str) -> str:
     return approx[0] if approx else OK
 
 
+@quantity(requires=TWO_LAYER)
 def zeta1(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``ζ1 = min_i min(cos²(x_i, x+), cos²(x_i, x-))``, the minimum over **all** samples ``i`` (both
     classes) against **both** class sums.
@@ -117,6 +119,7 @@ def zeta1(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return _scalar(float((c**2).min().compute()), OK, "ζ1 = min_i cos²(x_i, x±) (all samples, both class sums)")
 
 
+@quantity(requires=TWO_LAYER)
 def zeta2(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``ζ2 = 1 - max(0, m)²`` with ``m = max(max_{j∈V+} cos(w_j(0), x-), max_{j∈V-} cos(w_j(0), x+))``.
 
@@ -148,6 +151,7 @@ def zeta2(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return _scalar(1.0 - m**2, OK, "ζ2 = 1 - max(0, max cos(w_j(0), x_∓))²")
 
 
+@quantity(requires=TWO_LAYER)
 def epsilon(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Initialization scale ``ε``: the config's ``init.scale`` for a balanced init, otherwise the rms
     neuron norm ``sqrt(mean_j ||w_j(0)||²)`` (equal to ``ε`` in expectation for balanced, ``α√D`` for
@@ -161,6 +165,7 @@ def epsilon(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return _scalar(rms, "approximate: ε estimated as rms_j ||w_j(0)||", "initialization scale ε")
 
 
+@quantity(requires=TWO_LAYER)
 def t1_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """Alignment time scale ``log n / (√μ X_min)`` (sum-loss time; ×n for a mean-loss run).
 
@@ -185,6 +190,7 @@ def t1_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     )
 
 
+@quantity(requires=TWO_LAYER)
 def t2_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """Convergence onset scale ``(1/n) log(1/(√h ε))`` (sum-loss time; ×n, i.e. ``log(1/(√h ε))``, for
     a mean-loss run). Needs ``√h ε < 1``."""
@@ -207,6 +213,7 @@ def t2_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     )
 
 
+@quantity(requires=TWO_LAYER)
 def envelope_alpha(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Rate constant of the ``O(1/t)`` envelope: ``α = (μ X_min)² / (32 X_max)``."""
     mu, st = _mu_status(ds)
@@ -262,6 +269,7 @@ def envelope_status(ds: xr.Dataset) -> str:
     return "approximate: " + "; ".join(approx) if approx else OK
 
 
+@quantity(requires=TWO_LAYER)
 def loss_envelope(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.DataArray:
     """The ``O(1/t)`` envelope ``L(t2) / (L(t2) α (t - t2) + 1)`` for ``t ≥ t2`` (NaN before), from the
     empirical ``t2``; dims ``(step,)``. ``α = (μ X_min)² / (32 X_max)``.
@@ -334,6 +342,7 @@ def rate_verdict(status: str, ratio: float, t1_step: float, t2_step: float, frac
     return "fails", f"max L/envelope over t > t2 = {ratio:.4g} > 1" + note
 
 
+@quantity(requires=TWO_LAYER)
 def stable_rank_bound(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``||W||_F²/||W||_2² ≤ 2 + 4√h ε W_max² / ||W(t)||_2²`` with ``W_max = max_j ||w_j(0)|| / ε``
     (the row-norm maximum of ``W0``); tends to 2 as ``||W||_2`` grows. Dims ``(step,)``."""
@@ -357,6 +366,7 @@ def stable_rank_bound_from(ds: xr.Dataset, spectral_norm_sq: xr.DataArray) -> xr
     return out
 
 
+@quantity(requires=TWO_LAYER)
 def theory(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """All theory scalars: ``ζ1``, ``ζ2``, ``ε``, ``t1`` scale (and the uncomputed bound), ``t2`` scale,
     ``α``, the stable-rank limit 2."""

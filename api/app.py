@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 import trajscope
 from trajscope.api import docs, errors, routes_analysis, routes_dashboard, routes_plots, routes_runs, routes_vars, routes_zarr
+from trajscope.api import routes_series
 from trajscope.api.state import DEFAULT_ATTRS_TTL, DEFAULT_CACHE_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ApiState, ByteLRU
 from trajscope.store import StoreRoot
 
@@ -41,4 +42,5 @@ def create_app(
     docs.install(app)
     for module in (routes_runs, routes_vars, routes_analysis, routes_plots, routes_zarr, routes_dashboard):
         app.include_router(module.router)
+    app.include_router(routes_series.router)
     return app

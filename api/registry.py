@@ -30,21 +30,32 @@ def _registry(name: str) -> dict[str, Callable]:
     return dict(getattr(analysis, name, None) or {})
 
 
-def quantities() -> dict[str, Callable]:
-    """Analysis quantities by name (``{}`` when the analysis is not installed)."""
-    return _registry("QUANTITIES")
+def _applicable(items: dict[str, Callable], ds: Any, what: str) -> dict[str, Callable]:
+    """The entries that apply to the run ``ds`` (each declares its requirements in the analysis registry)."""
+    if ds is None or not items:
+        return items
+    from trajscope.analysis.registry import applies, features
+
+    have = features(ds)
+    return {name: fn for name, fn in items.items() if applies(what, name, ds, have)}
 
 
-def plot_kinds() -> dict[str, Callable]:
-    """Figure kinds by name (``{}`` when the analysis is not installed)."""
-    return _registry("PLOT_KINDS")
+def quantities(ds: Any = None) -> dict[str, Callable]:
+    """Analysis quantities by name, only those that apply to the run ``ds`` when given (``{}`` when the
+    analysis is not installed)."""
+    return _applicable(_registry("QUANTITIES"), ds, "quantity")
+
+
+def plot_kinds(ds: Any = None) -> dict[str, Callable]:
+    """Figure kinds by name, only those that apply to the run ``ds`` when given."""
+    return _applicable(_registry("PLOT_KINDS"), ds, "plot")
 
 
 def lookup(registry: Mapping[str, Callable], name: str, what: str, run_id: str) -> Callable:
     """The function named ``name``, or :class:`LookupError` (a 404) listing what exists."""
     if name not in registry:
         known = ", ".join(sorted(registry)) or "none (the analysis package provides none)"
-        raise LookupError(f"unknown {what} {name!r} for run {run_id!r}: available are {known}")
+        raise LookupError(f"{what} {name!r} is unknown or does not apply to run {run_id!r}: available are {known}")
     return registry[name]
 
 

@@ -66,7 +66,7 @@ def call(run: Run, fn: Callable, what: str, step: slice | None, kwargs: dict[str
 
 @router.get("", response_model=Listing, summary="The analysis quantities available")
 def list_quantities(run: RunDep) -> dict[str, Any]:
-    items = registry.quantities()
+    items = registry.quantities(run.dataset())
     return {"run_id": run.run_id,
             "items": {name: f"/api/runs/{run.run_id}/analysis/{name}" for name in sorted(items)},
             "params": {name: registry.options(fn) for name, fn in sorted(items.items())}}
@@ -80,7 +80,7 @@ async def quantity_result(
     request: Request,
     step: Annotated[str | None, Query(description=STEP_HELP)] = None,
 ) -> Response:
-    fn = _lookup(registry.quantities(), quantity, "analysis quantity", run.run_id)
+    fn = _lookup(registry.quantities(await run_in_threadpool(run.dataset)), quantity, "analysis quantity", run.run_id)
     extra = {k: v for k, v in request.query_params.items() if k != "step"}
     kwargs = registry.bind(fn, extra, f"quantity {quantity!r}")
     sl = step_slice(step)

@@ -14,11 +14,34 @@ from trajscope.api.state import public_root
 
 router = APIRouter(tags=["dashboard"])
 
-STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
+MEDIA = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+         ".css": "text/css; charset=utf-8", ".png": "image/png", "LICENSE": "text/plain; charset=utf-8"}
+
+
+def _files() -> dict[str, str]:
+    """Every shipped static file (``app.js``, ``vendor/uPlot.iife.min.js``, ...) and its media type.
+
+    Only these names are ever served: a request cannot name a path outside the package's folder."""
+    out: dict[str, str] = {}
+    top = resources.files("trajscope.api").joinpath("static")
+    stack = [(top, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        for entry in folder.iterdir():
+            if entry.is_dir():
+                stack.append((entry, f"{prefix}{entry.name}/"))
+                continue
+            media = next((m for suffix, m in MEDIA.items() if entry.name.endswith(suffix)), None)
+            if media:
+                out[prefix + entry.name] = media
+    return out
+
+
+STATIC = _files()
 
 
 def _static(name: str) -> bytes:
-    return resources.files("trajscope.api").joinpath("static", name).read_bytes()
+    return resources.files("trajscope.api").joinpath("static", *name.split("/")).read_bytes()
 
 
 @router.get("/", include_in_schema=False)
@@ -26,11 +49,12 @@ def dashboard() -> Response:
     return Response(_static("index.html"), media_type=STATIC["index.html"], headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/static/{name}", include_in_schema=False)
+@router.get("/static/{name:path}", include_in_schema=False)
 def static(name: str) -> Response:
     if name not in STATIC:
         raise HTTPException(404, f"no static file {name!r}")
-    return Response(_static(name), media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+    cache = "max-age=86400" if name.startswith("vendor/") else "no-cache"  # vendored files change with the package
+    return Response(_static(name), media_type=STATIC[name], headers={"Cache-Control": cache})
 
 
 @router.get("/health", response_model=Health, summary="Liveness: version, root, whether deletes are enabled")

@@ -128,7 +128,7 @@ def list_plots(
     check: Annotated[bool, Query(description="list under 'unavailable' the kinds this run cannot show, with the "
                                  "reason (checked once per run on its first state; never draws a figure)")] = False,
 ) -> dict[str, Any]:
-    kinds = registry.plot_kinds()
+    kinds = registry.plot_kinds(run.dataset())
     items = {k: f"/api/runs/{run.run_id}/plots/{k}.png" for k in sorted(kinds)}
     unavailable: dict[str, str] = {}
     if check:  # issue 8 item 8: this drew every figure of the whole run, again after every commit
@@ -157,7 +157,7 @@ async def plot(
     if not dot or fmt not in FORMATS:
         raise HTTPException(404, f"figure {filename!r}: name it KIND.png or KIND.svg "
                                  f"(GET /api/runs/{run.run_id}/plots lists the kinds)")
-    fn = _lookup(registry.plot_kinds(), kind, "figure kind", run.run_id)
+    fn = _lookup(registry.plot_kinds(await run_in_threadpool(run.dataset)), kind, "figure kind", run.run_id)
     extra = {k: v for k, v in request.query_params.items() if k != "step"}
     kwargs = registry.bind(fn, extra, f"figure {kind!r}")
     sl = step_slice(step)

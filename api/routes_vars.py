@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from trajscope.api import selectors
@@ -41,6 +41,7 @@ async def var_slice(
     run: RunDep,
     state: State,
     name: str,
+    request: Request,
     step: Annotated[str | None, Query(description="optimizer steps: a value, a list, or a:b:s with both "
                                       "ends included and a stride over recorded states")] = None,
     neuron: Annotated[str | None, Query(description=SELECTOR_HELP)] = None,
@@ -52,6 +53,8 @@ async def var_slice(
     if format not in FORMATS:
         raise UserError(f"format={format!r} is not supported: use one of {', '.join(FORMATS)}")
     raw = {"step": step, "neuron": neuron, "sample": sample, "feature": feature}
+    # any other dimension by its name (module runs: fc1.weight.dim0=3); "v" is the dashboard's cache tag
+    raw.update({k: v for k, v in request.query_params.items() if k not in raw and k not in ("format", "v")})
     key = run.cache_key("var", name, format, tuple(sorted((k, v) for k, v in raw.items() if v)))
     media = "application/json" if format == "json" else "application/x-npy"
     cached = state.responses.get(key)  # a hit is answered on the event loop, with the bytes of the miss
@@ -71,7 +74,8 @@ def _build(run: Run, state: ApiState, name: str, raw: dict[str, str | None], for
     var = ds[name]
     for dim, text in raw.items():
         if text is not None and dim not in var.dims:
-            raise UserError(f"{dim}= does not apply: {name} has dimensions ({', '.join(map(str, var.dims))})")
+            raise UserError(f"{dim}= does not apply: {name} has dimensions ({', '.join(map(str, var.dims))}); "
+                            "select along any of them by name")
     index = {}
     for dim in var.dims:
         sel = selectors.parse(dim, raw.get(dim))

@@ -48,7 +48,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from trajscope.store import RunWriter, StoreRoot, open_run, two_layer_variables
+from trajscope.store import RunWriter, StoreRoot, open_run
+from trajscope.producer.two_layer import variables as two_layer_variables
 
 SECTION = "## API latency"
 CASES = ("slice", "analysis", "plot cached", "plot cold")

@@ -30,7 +30,8 @@ STEP_SECONDS = 0.0031
 
 def write_chunks(stop, directory: str) -> None:
     """Write reference-sized chunks at the training loop's rate until ``stop`` is set."""
-    from trajscope.store import RunWriter, StoreRoot, two_layer_variables
+    from trajscope.store import RunWriter, StoreRoot
+    from trajscope.producer.two_layer import variables as two_layer_variables
 
     writer = RunWriter.create(
         StoreRoot(directory), "bench", variables=two_layer_variables(),

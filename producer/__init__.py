@@ -10,6 +10,7 @@ from importlib import import_module
 _EXPORTS = {
     "RunConfig": "config",
     "load_config": "config",
+    "ModuleRecorder": "module_recorder",
     "Recorder": "recorder",
     "RunResult": "train",
     "produce": "train",

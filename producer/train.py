@@ -22,7 +22,8 @@ from trajscope.producer.config import RunConfig, load_config
 from trajscope.producer.data import build_dataset
 from trajscope.producer.model import State, TwoLayerReLU, initialize
 from trajscope.producer.recorder import Recorder
-from trajscope.store import RunWriter, StoreRoot, resolve_run, two_layer_variables, validate_run_id
+from trajscope.producer import two_layer
+from trajscope.store import RunWriter, StoreRoot, resolve_run, validate_run_id
 from trajscope.store.errors import UserError
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -116,8 +117,12 @@ def produce(
     name: str | None = None,
     overrides: list[str] | None = None,
     progress: ProgressCallback | None = None,
+    labels: dict[str, Any] | None = None,
 ) -> RunResult:
-    """Train the configured network and record its trajectory as a new run under ``root``."""
+    """Train the configured network and record its trajectory as a new run under ``root``.
+
+    ``labels`` (``tags``, ``note``; see :func:`trajscope.store.run_attrs.labels`) are stored with the run.
+    """
     cfg = load_config(config, overrides)
     if name is not None:
         validate_run_id(name)  # an empty or malformed --name is refused, never replaced by the default
@@ -135,15 +140,17 @@ def produce(
     schedule = recording_schedule(cfg)
     attrs = {
         "config": cfg.model_dump(mode="json"),
+        "schema": two_layer.schema(dtype),
         "data_info": data_info,
         "device": _device_label(device),
         "time_convention": "t = step * lr (gradient-flow time); under reduction 'mean' this time is n times "
         "the time of the 'sum' loss",
+        **(labels or {}),
     }
     writer = RunWriter.create(
         store_root,
         run_id,
-        variables=two_layer_variables(dtype),
+        variables=two_layer.variables(dtype),
         sizes={"neuron": cfg.model.width, "feature": X.shape[1], "sample": X.shape[0]},
         capacity=len(schedule),
         static={"X": X.astype(dtype), "y": y},
@@ -151,8 +158,7 @@ def produce(
         compressor=cfg.record.compressor,
         chunk_bytes=int(cfg.record.chunk_mib * 2**20),
     )
-    state = initialize(cfg.init, cfg.model.width, X.shape[1], train_v=cfg.train.train_v, seed=cfg.seed,
-                       dtype=TORCH_DTYPES[dtype])
+    state = two_layer.init(cfg, X.shape[1], TORCH_DTYPES[dtype])
     return _train(cfg, writer, state, X.astype(dtype), y, schedule, device, start_index=0, progress=progress)
 
 
@@ -258,13 +264,13 @@ def _train(
                                                     (index < len(schedule) and schedule[index] == step)) else (None, None)
                 if index < len(schedule) and schedule[index] == step:
                     loss = model.loss_value(out)
-                    recorder.record(W=state.W, v=state.v, loss=loss, output=out)
+                    recorder.record(**two_layer.record_values(state, loss, out))
                     index += 1
                     if cfg.train.stop_loss is not None and float(loss) <= cfg.train.stop_loss:
                         break
                 if step >= cfg.train.steps:
                     break
-                state = gradient_step(model, state, cfg, step, pre, out)
+                state = two_layer.step(model, state, cfg, step, pre, out)
                 step += 1
                 now = time.perf_counter()
                 if progress is not None and now - last_report > 0.25:

@@ -182,7 +182,7 @@ def fsck_run(root: StoreRoot, run_id: str, *, repair: bool = False) -> FsckRepor
         return report
     if status not in STATUSES:
         report.problems.append(f"status {status!r} is not one of {', '.join(STATUSES)}")
-    for key in ("time_variables", "chunk_steps", "capacity", "config"):
+    for key in ("time_variables", "chunk_steps", "capacity") + (() if "schema" in attrs else ("config",)):
         if key not in attrs:
             report.problems.append(f"root attribute {key!r} is missing")
     capacity = int(attrs.get("capacity", 0) or 0)

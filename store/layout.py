@@ -1,19 +1,9 @@
 """The on-disk layout of a run: names, dimensions, dtypes, chunking and codecs.
 
-A run is one Zarr v3 group at ``<root>/<run_id>.zarr`` holding
-
-=========  ==========================  ========  ==============================================
-name       dims                        dtype     meaning
-=========  ==========================  ========  ==============================================
-``W``      (step, neuron, feature)     float32   first-layer weights, row = neuron
-``v``      (step, neuron)              float32   second-layer weights
-``loss``   (step,)                     float64   loss at the recorded state
-``output`` (step, sample)              float32   network outputs ``f(x_i)`` at the recorded state
-``X``      (sample, feature)           float32   training inputs as used (after preprocessing)
-``y``      (sample,)                   int8      labels ±1
-``step``   (step,)                     int64     coordinate: optimizer step (0 = init)
-``t``      (step,)                     float64   coordinate: gradient-flow time ``step * lr``
-=========  ==========================  ========  ==============================================
+A run is one Zarr v3 group at ``<root>/<run_id>.zarr``. The store knows no model: the producer
+passes the variables (:class:`VariableSpec`: name, dims, dtype, role) and the run's attributes carry
+them as a ``schema`` (:mod:`trajscope.store.schema`). Time-varying variables have ``step`` as their
+first dimension; the ``step`` variable (int64) is the coordinate of the recorded states.
 
 Chunking (:func:`chunk_plan`): the largest time-varying variable (``W``) has chunks of ``chunk_steps``
 states, about ``record.chunk_mib`` each (at least :data:`MIN_LARGE_CHUNK_STEPS` states for states of
@@ -63,31 +53,21 @@ MAX_SMALL_CHUNK_STEPS = 8192
 
 @dataclass(frozen=True)
 class VariableSpec:
-    """One variable of a run: its dims (the first is ``step`` when it varies in time) and dtype."""
+    """One variable of a run: its dims (the first is ``step`` when it varies in time), dtype and role.
+
+    ``role`` is one of :data:`trajscope.store.schema.ROLES` (``parameter``, ``scalar``, ``output``,
+    ``data``, ...); the store only records it in the run's schema, it never interprets it.
+    """
 
     name: str
     dims: tuple[str, ...]
     dtype: str
+    role: str = ""
 
     @property
     def time_varying(self) -> bool:
         """True when the first dimension is ``step``."""
         return bool(self.dims) and self.dims[0] == STEP_DIM
-
-
-def two_layer_variables(float_dtype: str = "float32") -> dict[str, VariableSpec]:
-    """The variables of a two-layer run, keyed by name (``float_dtype`` applies to the weights)."""
-    specs = [
-        VariableSpec("W", (STEP_DIM, "neuron", "feature"), float_dtype),
-        VariableSpec("v", (STEP_DIM, "neuron"), float_dtype),
-        VariableSpec("loss", (STEP_DIM,), "float64"),
-        VariableSpec("output", (STEP_DIM, "sample"), float_dtype),
-        VariableSpec("step", (STEP_DIM,), "int64"),
-        VariableSpec("t", (STEP_DIM,), "float64"),
-        VariableSpec("X", ("sample", "feature"), float_dtype),
-        VariableSpec("y", ("sample",), "int8"),
-    ]
-    return {spec.name: spec for spec in specs}
 
 
 #: non-dimension coordinates, listed in each time-varying variable's ``coordinates`` attribute
@@ -154,6 +134,28 @@ def chunk_plan(step_shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], 
             k = int(np.clip(SMALL_CHUNK_BYTES // max(steps * sizes[name], 1), 1, max(MAX_SMALL_CHUNK_STEPS // steps, 1)))
             chunks[name] = (min(k * steps, whole),) + shape
     return ChunkPlan(steps, {n: tuple(max(int(c), 1) for c in ch) for n, ch in chunks.items()})
+
+
+def chunk_shape_for(step_shape: tuple[int, ...], itemsize: int, chunk_steps: int,
+                    target_bytes: int = TARGET_CHUNK_BYTES) -> tuple[int, ...]:
+    """Chunk shape ``(T, ...)`` of a time-varying array whose one state has shape ``step_shape``.
+
+    A state that fits in ``target_bytes`` is one chunk along its own dims: ``(T, *step_shape)``.
+    A larger state (``T = 1`` then) is split along its leading dims, each chunk holding at most
+    ``target_bytes``: the first dim ``d0`` is cut into blocks of ``max(1, target // bytes(one row))``
+    rows; when a single row is still too large the next dim is cut the same way, and so on.
+    """
+    shape = [max(int(d), 1) for d in step_shape]
+    chunks = list(shape)
+    budget = max(int(target_bytes), 1)
+    for axis in range(len(shape)):
+        row_bytes = int(np.prod(chunks[axis + 1:], dtype=np.int64)) * itemsize
+        if chunks[axis] * row_bytes <= budget:
+            break
+        chunks[axis] = max(1, budget // max(row_bytes, 1))
+        if chunks[axis] > 1 or row_bytes <= budget:
+            break
+    return (max(int(chunk_steps), 1), *chunks)
 
 
 def codecs_for(compressor: str) -> tuple[object, tuple[object, ...]]:

@@ -13,6 +13,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import WrapperStore
 
 from trajscope.store.errors import UserError
+from trajscope.store.export import drop_chunk_encoding
 from trajscope.store.layout import COMMITTED, CREATING, STEP_DIM
 from trajscope.store.root import StoreRoot, resolve_run
 from trajscope.store.snapshot import METADATA_KEY, Snapshot, snapshot
@@ -80,7 +81,7 @@ def open_run(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr's note that consolidated v3 metadata is not in the spec
         ds = xr.open_zarr(store, consolidated=True, chunks={} if chunks is None else chunks, zarr_format=3)
-    ds = ds.isel({STEP_DIM: slice(0, committed)})
+    ds = drop_chunk_encoding(ds.isel({STEP_DIM: slice(0, committed)}))  # so ds.sel(...).to_zarr(...) works
     ds.attrs = dict(attrs)
     ds.attrs["run_id"] = run_id
     ds.attrs["root"] = store_root.location

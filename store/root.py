@@ -51,7 +51,11 @@ class StoreRoot:
             self.fs = fsspec.filesystem("file")
         else:
             self.location = location.rstrip("/")
-            self.fs, _ = fsspec.core.url_to_fs(self.location, **self.storage_options)
+            try:
+                self.fs, _ = fsspec.core.url_to_fs(self.location, **self.storage_options)
+            except ImportError as err:  # fsspec's "Install s3fs to access S3": a fix for the user, not a bug
+                raise UserError(f"cannot open the store root {self.location!r}: {err} "
+                                "(for s3:// roots: pip install 'trajscope[s3]')") from None
 
     def __repr__(self) -> str:
         return f"StoreRoot({self.location!r})"

@@ -28,7 +28,8 @@ from trajscope.store.root import StoreRoot
 from trajscope.store.safe import is_inside, resolve_inside
 
 METADATA_KEY = "zarr.json"
-_NAME = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}"
+#: an array name: parameter names keep their dots (``fc1.weight``); never ``.``/``..`` or a path
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _ARRAY_META = re.compile(rf"({_NAME})/zarr\.json")
 _CHUNK = re.compile(rf"({_NAME})/c((?:/[0-9]{{1,12}})+)")
 

@@ -25,6 +25,7 @@ import json
 import platform
 import threading
 import time
+from importlib import metadata as _metadata
 from typing import Any, Mapping
 
 import numpy as np
@@ -54,17 +55,13 @@ def _now() -> str:
 
 
 def library_versions() -> dict[str, str]:
-    """Versions recorded with every run."""
-    import trajscope
-
-    versions = {"trajscope": trajscope.__version__, "zarr": zarr.__version__, "numpy": np.__version__,
-                "python": platform.python_version()}
-    try:
-        import torch
-
-        versions["torch"] = torch.__version__
-    except ImportError:  # pragma: no cover - the producer always has torch
-        pass
+    """Versions recorded with every run (read from the installed distributions; nothing is imported)."""
+    versions = {"zarr": zarr.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    for dist in ("trajscope", "torch"):
+        try:
+            versions[dist] = _metadata.version(dist)
+        except _metadata.PackageNotFoundError:  # pragma: no cover - a source tree, or a reader without torch
+            pass
     return versions
 
 
@@ -137,8 +134,9 @@ class RunWriter:
                 else:
                     chunks = shape
                 array_attrs = {}
-                if spec.time_varying and spec.name not in COORDINATES and spec.name != "step":
-                    array_attrs["coordinates"] = " ".join(COORDINATES)
+                coords = [c for c in COORDINATES if c in variables]
+                if spec.time_varying and coords and spec.name not in COORDINATES and spec.name != "step":
+                    array_attrs["coordinates"] = " ".join(coords)
                 array = group.create_array(
                     spec.name,
                     shape=shape,
@@ -188,7 +186,9 @@ class RunWriter:
             if attrs.get("status") == CREATING:
                 raise UserError(f"run {run_id!r} was never fully created (its producer stopped while creating it): "
                                 f"start it again with `trajscope produce CONFIG --name {run_id}`, which replaces it")
-            missing = [k for k in ("time_variables", "chunk_steps", "capacity", "config") if k not in attrs]
+            # a run with a schema describes itself; one written before the schema needs its producer config
+            needed = ("time_variables", "chunk_steps", "capacity") + (() if "schema" in attrs else ("config",))
+            missing = [k for k in needed if k not in attrs]
             if missing:
                 raise UserError(f"run {run_id!r} lacks the attributes {', '.join(missing)}; it cannot be resumed "
                                 f"(`trajscope fsck {run_id}` lists its problems)")
@@ -207,6 +207,29 @@ class RunWriter:
             lock.release()
             raise
         return writer
+
+    # -- growth (runs of unknown length) ---------------------------------------------------------------
+    def grow(self, capacity: int) -> None:
+        """Make room for ``capacity`` recorded states (never shrinks; a no-op when there is room).
+
+        Arrays are resized first (only the ``step`` length changes: existing chunks keep their keys),
+        then the root attributes record the new ``capacity`` in the same write that a commit would do.
+        A crash in between leaves arrays longer than ``capacity``; readers trim to ``committed_steps``
+        and :meth:`reopen` resizes them back, so every intermediate state opens.
+        Callers grow in large increments (e.g. doubling) so metadata is rewritten rarely.
+        """
+        capacity = int(capacity)
+        if capacity <= self.capacity:
+            return
+        for array in self.arrays.values():
+            array.resize((capacity,) + array.shape[1:])
+        with self._attrs_guard:
+            self.capacity = capacity
+            self.attrs["capacity"] = capacity
+            self.attrs["updated"] = _now()
+            self.attrs["writer"] = self.lock.lease()
+            self.root.write_attrs(self.run_id, self.attrs)
+            self._last_write = time.monotonic()
 
     # -- reading back (resume) ----------------------------------------------------------------------
     @property

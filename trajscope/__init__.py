@@ -3,8 +3,13 @@
 Public face::
 
     import trajscope
-    ds = trajscope.open_run("runs/quickstart.zarr")   # lazy xr.Dataset, trimmed to committed steps
-    ds.traj.summary()                                  # the analysis accessor
+    with trajscope.ModuleRecorder(model, root="runs", name="mlp") as rec:   # any torch.nn.Module
+        ...
+    ds = trajscope.open_run("runs/mlp.zarr")   # lazy xr.Dataset, trimmed to committed steps
+    ds.traj.norms()                            # the analysis accessor
+
+Importing ``trajscope`` (or ``trajscope.store``) loads neither the analysis nor dask nor torch: the
+``ds.traj`` accessor is registered here as a thin factory that imports the analysis on first use.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ try:
 except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "open_run", "list_runs", "Recorder", "produce", "load_config"]
+__all__ = ["__version__", "open_run", "list_runs", "ModuleRecorder", "Recorder", "produce", "load_config"]
 
 
 def __getattr__(name: str):
@@ -25,9 +30,11 @@ def __getattr__(name: str):
         from trajscope import store
 
         return getattr(store, name)
-    if name in ("Recorder", "produce", "load_config"):
+    if name in ("ModuleRecorder", "Recorder", "produce", "load_config"):
         from trajscope import producer
 
         return getattr(producer, name)
     raise AttributeError(f"module 'trajscope' has no attribute {name!r}")
-from trajscope.analysis import accessor as _accessor  # noqa: F401,E402  (registers ds.traj)
+
+
+from trajscope import _traj as _traj  # noqa: E402,F401  (registers ds.traj lazily)

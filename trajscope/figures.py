@@ -6,15 +6,16 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from trajscope.analysis.plots import PLOT_FORMATS
 from trajscope.store.errors import UserError
+
+FILE_FORMATS = ("png", "svg", "pdf")
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` to ``path``; the suffix picks the format (``.png`` or ``.svg``)."""
+    """Write ``fig`` to ``path``; the suffix picks the format (``.png``, ``.svg`` or ``.pdf``)."""
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
-    if fmt not in PLOT_FORMATS:
-        raise UserError(f"cannot write {path.name!r}: the output file must end in .png or .svg")
+    if fmt not in FILE_FORMATS:
+        raise UserError(f"cannot write {path.name!r}: the output file must end in .png, .svg or .pdf")
     fig.savefig(path, format=fmt, dpi=120)
     return path

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from trajscope.producer.config import RunConfig, load_config
-from trajscope.producer.sweep import (
+from trajscope.experiments.sweep import (
     SweepPoint,
     expand,
     load_sweep,
@@ -33,9 +33,10 @@ from trajscope.producer.sweep import (
     write_table,
 )
 from trajscope.claims import ALIGN_LEVEL, _claims, _fmt
+from trajscope.resources import configs_dir
 from trajscope.store.errors import UserError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = configs_dir()  # the repository's configs/, shipped as package data
 
 # key -> config file under configs/paper
 EXPERIMENTS: dict[str, str] = {

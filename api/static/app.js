@@ -1,45 +1,20 @@
-// trajscope dashboard: the runs, and per run its summary and figures. Plain JS, no build step.
-// A live run (status "running") is polled and its figures redrawn when more steps are committed.
+// trajscope dashboard: the router and the run page (interactive charts fed by the JSON API).
+// A live run is polled (its committed_steps) and new states are appended to the charts in place.
 "use strict";
 
-const REFRESH_MS = 3000;
+const POLL_MS = 1000;
+const MARKER_MS = 10000;
+let page = null; // the run or compare page on screen
 let timer = null;
-let shown = null; // {run, committed, status} of the run page on screen
 
-const $ = (sel) => document.querySelector(sel);
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v; else node.setAttribute(k, v);
-  }
-  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  return node;
+function schedule(fn, ms) {
+  clearTimeout(timer);
+  timer = setTimeout(fn, ms);
 }
 
-async function getJSON(url) {
-  const r = await fetch(url, { cache: "no-store" });
-  const body = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(body.detail || `${url}: HTTP ${r.status}`);
-  return body;
-}
-
-function fmt(v) {
-  if (v === null || v === undefined) return "–";
-  if (typeof v === "number") {
-    if (Number.isInteger(v)) return v.toLocaleString("en");
-    return Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-3 && v !== 0) ? v.toExponential(3) : v.toPrecision(4);
-  }
-  if (Array.isArray(v)) return v.map(fmt).join(", ");
-  return String(v);
-}
-
-function bytes(n) {
-  if (n === null || n === undefined) return "–";
-  const u = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let i = 0;
-  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
-  return `${i ? n.toFixed(1) : n} ${u[i]}`;
+function api(path) {
+  window.trajscope.requests.push(path);
+  return getJSON(path);
 }
 
 function statusCell(run) {
@@ -48,100 +23,315 @@ function statusCell(run) {
   return td;
 }
 
-function schedule(fn) {
-  clearTimeout(timer);
-  timer = setTimeout(fn, REFRESH_MS);
+const keyOf = (src) => JSON.stringify(src, Object.keys(src).filter((k) => !["whole", "optional"].includes(k)).sort());
+
+function points(chartWidth) {
+  return Math.max(100, Math.min(4000, Math.round(chartWidth || 600)));
 }
 
-async function showRuns() {
-  shown = null;
-  const data = await getJSON("/api/runs?size=true");
-  $("#root").textContent = data.root;
-  const rows = data.runs.map((run) => el("tr", { "data-run": run.run_id },
-    el("td", {}, el("a", { href: `#/run/${encodeURIComponent(run.run_id)}` }, run.run_id)),
-    statusCell(run),
-    el("td", { class: "num" }, `${fmt(run.committed_steps)} / ${fmt(run.capacity)}`),
-    el("td", {}, el("progress", { max: "1", value: String(run.progress ?? 0) })),
-    el("td", {}, run.created ?? "–"),
-    el("td", { class: "num" }, bytes(run.size_bytes)),
-  ));
-  const table = el("table", { id: "runs" },
-    el("thead", {}, el("tr", {}, ...["run", "status", "steps", "progress", "created", "size"].map((h) => el("th", {}, h)))),
-    el("tbody", {}, ...rows));
-  const view = $("#view");
-  view.replaceChildren(data.runs.length ? table : el("p", { class: "muted" }, "no runs under this root yet"));
-  const live = data.runs.some((r) => r.status === "running");
-  $("#live").textContent = live ? "live: refreshing" : "";
-  schedule(route);
+async function fetchSeries(runId, src, params) {
+  const { q, whole, optional, ...extra } = src;
+  return api(`/api/runs/${encodeURIComponent(runId)}/series/${q}${qs({ ...extra, ...params })}`);
+}
+
+// ---- the run page -------------------------------------------------------------------------------
+
+function rangeParam(range) {
+  return range ? `${range[0]}:${range[1]}` : null;
+}
+
+async function loadSources(p, keys, progressive) {
+  // fetch the sources in parallel; with `progressive`, draw as each arrives (the loss comes first)
+  const scale = p.logx ? "log" : "linear";
+  await Promise.all(keys.map(async (key) => {
+    const entry = p.sources.get(key);
+    try {
+      const body = await fetchSeries(p.runId, entry.src, { step: rangeParam(p.range), points: p.points, scale });
+      entry.data = { x: body.x, series: body.series };
+      entry.error = null;
+    } catch (err) {
+      entry.data = null;
+      entry.error = err.message;
+    }
+    if (progressive) draw(p);
+  }));
+}
+
+function chartColumns(p, spec) {
+  // the chart's columns, joined on steps across its sources
+  let cols = spec.cols;
+  if (cols === "all") {
+    const entry = p.sources.get(keyOf(spec.source));
+    const names = entry.data ? Object.keys(entry.data.series).filter(spec.filter || (() => true)) : [];
+    cols = names.slice(0, spec.maxSeries || 64).map((n, i) => [spec.source, n, spec.label ? spec.label(n) : n,
+      { color: COLORS[i % COLORS.length] }]);
+  }
+  const groups = new Map();
+  const errors = [];
+  for (const [src, name, label, style] of cols) {
+    const entry = p.sources.get(keyOf(src));
+    if (!entry || !entry.data) { if (entry && entry.error && !src.optional) errors.push(entry.error); continue; }
+    if (!(name in entry.data.series)) continue;
+    const g = groups.get(entry) || { x: entry.data.x, ys: [], labels: [] };
+    g.ys.push(entry.data.series[name]);
+    g.labels.push({ label, style });
+    groups.set(entry, g);
+  }
+  const parts = [...groups.values()];
+  if (!parts.length) return { x: [], cols: [], errors };
+  const joined = joinSources(parts);
+  const labels = parts.flatMap((g) => g.labels);
+  return { x: joined[0], cols: labels.map((l, i) => ({ ...l, values: joined[i + 1] })), errors };
+}
+
+function draw(p) {
+  if (page !== p) return;
+  for (const chart of p.charts) {
+    const { x, cols, errors } = chartColumns(p, chart.spec);
+    chart.note.textContent = errors.length ? `unavailable: ${[...new Set(errors)].join("; ")}` : "";
+    chart.setData(x, cols);
+    if (x.length && !window.trajscope.firstChartAt) window.trajscope.firstChartAt = performance.now();
+  }
+  const shown = p.range ? `steps ${p.range[0]}–${p.range[1]}` : "all steps";
+  setText("#range-note", `${shown}, min–max per pixel bucket (${p.points} buckets)`);
+}
+
+async function reload(p) {
+  // the loss first (cheap): the first chart is not kept waiting behind the heavier analyses
+  const keys = [...p.sources.keys()];
+  const cheap = keys.filter((k) => p.sources.get(k).src.q === "loss");
+  await loadSources(p, cheap, true);
+  await loadSources(p, keys.filter((k) => !cheap.includes(k)), true);
+  if (page !== p) return;
+  draw(p);
+  p.loadedAt = performance.now();
+  window.trajscope.loadedAt = p.loadedAt;
+  window.trajscope.loads = (window.trajscope.loads || 0) + 1;
+}
+
+function zoom(p, range) {
+  p.range = range;
+  $("#step-from").value = range ? range[0] : "";
+  $("#step-to").value = range ? range[1] : "";
+  reload(p);
+}
+
+async function loadMarkers(p) {
+  if (!p.listing.items.phases || p.committed === 0) return;
+  try {
+    const body = await api(`/api/runs/${encodeURIComponent(p.runId)}/analysis/phases`);
+    const v = body.result.variables;
+    p.markers = [{ step: v.t1_step && v.t1_step.values, label: "t1", color: "#2a2" },
+      { step: v.t2_step && v.t2_step.values, label: "t2", color: "#c60" }];
+    p.markersAt = performance.now();
+    for (const c of p.charts) if (c.u) c.u.redraw(false);
+    setText("#phases", `empirical t1 = ${fmt(p.markers[0].step)}, t2 = ${fmt(p.markers[1].step)} (steps)`);
+  } catch (err) {
+    setText("#phases", `phases unavailable: ${err.message}`);
+  }
+}
+
+// Live: append the states committed since the last poll to every source, in place.
+async function appendNew(p) {
+  const scale = p.logx ? "log" : "linear";
+  let grown = false;
+  // sources computed over the whole run (the envelope: its t2 needs the start) are refreshed with the
+  // t1/t2 markers, not on every commit
+  const tails = [...p.sources.values()].filter((e) => e.data && !e.src.whole);
+  // the loss first: it is cheap and opens the run's new version on the server, which the others reuse
+  const order = [tails.filter((e) => e.src.q === "loss"), tails.filter((e) => e.src.q !== "loss")];
+  for (const batch of order) await Promise.all(batch.map(async (entry) => {
+    const last = entry.data.x.length ? entry.data.x[entry.data.x.length - 1] : -1;
+    let body;
+    try {
+      body = await fetchSeries(p.runId, entry.src, { step: `${last + 1}:`, points: p.points, scale });
+    } catch (err) { return; }
+    entry.data.x = entry.data.x.concat(body.x);
+    for (const [k, vals] of Object.entries(body.series)) entry.data.series[k] = (entry.data.series[k] || []).concat(vals);
+    if (entry.data.x.length > 4 * p.points) grown = true;
+  }));
+  if (page !== p) return;
+  if (grown) { await reload(p); return; } // too many raw points appended: downsample again
+  draw(p);
+  window.trajscope.appends = (window.trajscope.appends || 0) + 1;
+}
+
+async function poll(p) {
+  if (page !== p) return;
+  try {
+    // only the running runs are described (cheap on a root with many runs); once ours is not among
+    // them any more, one full listing gives its final status
+    let run = (await api("/api/runs?size=false&status=running")).runs.find((r) => r.run_id === p.runId);
+    if (!run) run = (await api("/api/runs?size=false")).runs.find((r) => r.run_id === p.runId);
+    if (run && (run.committed_steps !== p.committed || run.status !== p.status)) {
+      const detected = performance.now();
+      const first = p.committed === 0;
+      const finished = run.status !== p.status;
+      p.committed = run.committed_steps;
+      p.status = run.status;
+      setText("#committed", `${fmt(run.committed_steps)} / ${fmt(run.capacity)}`);
+      const status = $("#status");
+      if (status) status.replaceChildren(statusCell(run));
+      if (first || finished || p.range) {
+        if (!p.range || finished) await reload(p);
+      } else {
+        await appendNew(p);
+      }
+      window.trajscope.lastUpdate = { committed: run.committed_steps, detected, drawn: performance.now() };
+      if (finished || performance.now() - (p.markersAt || 0) > MARKER_MS) {
+        p.markersAt = performance.now();
+        loadMarkers(p);
+        if (!p.range && !finished) {
+          const whole = [...p.sources].filter(([, e]) => e.src.whole).map(([k]) => k);
+          loadSources(p, whole, false).then(() => draw(p));
+        }
+      }
+    }
+    if (page === p) setText("#live", p.status === "running" ? "live: following the run" : "");
+  } catch (err) {
+    if (page === p) setText("#error", err.message);
+  }
+  if (page === p && p.status === "running") schedule(() => poll(p), POLL_MS);
 }
 
 function summaryTable(result) {
   const vars = (result && result.variables) || {};
-  const rows = Object.entries(vars)
-    .filter(([, v]) => v.shape.length === 0)
-    .map(([name, v]) => el("tr", {},
-      el("td", {}, name),
-      el("td", { class: "num" }, fmt(v.values)),
-      el("td", { class: `kind-${v.attrs.kind || ""}` }, v.attrs.kind || ""),
-      el("td", { class: "muted" }, v.attrs.status || v.attrs.units || "")));
+  const rows = Object.entries(vars).filter(([, v]) => v.shape.length === 0).map(([name, v]) => el("tr", {},
+    el("td", {}, name), el("td", { class: "num" }, fmt(v.values)),
+    el("td", { class: `kind-${v.attrs.kind || ""}` }, v.attrs.kind || ""),
+    el("td", { class: "muted" }, v.attrs.status || v.attrs.units || "")));
   return el("table", { id: "summary" },
     el("thead", {}, el("tr", {}, ...["quantity", "value", "kind", "note"].map((h) => el("th", {}, h)))),
     el("tbody", {}, ...rows));
 }
 
-async function showRun(runId) {
-  const run = await getJSON(`/api/runs/${encodeURIComponent(runId)}`);
-  const again = shown && shown.run === runId;
-  const changed = !again || shown.committed !== run.committed_steps || shown.status !== run.status;
-  $("#live").textContent = run.status === "running" ? "live: refreshing" : "";
-  if (!changed) { schedule(route); return; }
-  shown = { run: runId, committed: run.committed_steps, status: run.status };
-  const version = `${run.status}-${run.committed_steps}`;
-  const info = el("table", { id: "info" }, el("tbody", {},
-    el("tr", {}, el("th", {}, "status"), statusCell(run)),
-    el("tr", {}, el("th", {}, "steps committed"), el("td", { class: "num", id: "committed" }, `${fmt(run.committed_steps)} / ${fmt(run.capacity)}`)),
-    el("tr", {}, el("th", {}, "created"), el("td", {}, run.created ?? "–")),
-    el("tr", {}, el("th", {}, "size"), el("td", {}, bytes(run.size_bytes))),
-    el("tr", {}, el("th", {}, "open remotely"), el("td", {}, el("code", {}, `xr.open_zarr("${location.origin}/zarr/${run.run_id}")`))),
-    ...Object.entries(run.config).map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, fmt(v))))));
-  const parts = [el("h2", {}, run.run_id), info];
-  if (run.error) parts.push(el("p", { id: "run-error", class: "status-failed" }, run.error));
-  const [quantities, plots] = await Promise.all([
-    getJSON(`/api/runs/${encodeURIComponent(runId)}/analysis`),
-    getJSON(`/api/runs/${encodeURIComponent(runId)}/plots?check=true`),
-  ]);
-  if (run.committed_steps > 0 && quantities.items.summary) {
-    try {
-      const s = await getJSON(`${quantities.items.summary}?v=${version}`);
-      parts.push(el("h3", {}, "summary"), summaryTable(s.result));
-    } catch (err) {
-      parts.push(el("p", { class: "muted" }, `summary unavailable: ${err.message}`));
-    }
-  }
-  const figures = run.committed_steps > 0 ? Object.entries(plots.items).map(([kind, url]) =>
-    el("figure", {}, el("img", { src: `${url}?v=${version}`, alt: kind, loading: "eager" }), el("figcaption", {}, kind))) : [];
-  parts.push(el("h3", {}, "figures"), figures.length ? el("div", { class: "figures" }, ...figures)
-    : el("p", { class: "muted" }, run.committed_steps > 0 ? "no figure kinds available" : "no committed steps yet"));
-  const skipped = Object.entries(plots.unavailable || {});
-  if (skipped.length) {
-    parts.push(el("details", { id: "unavailable" }, el("summary", { class: "muted" }, `${skipped.length} figure(s) not shown`),
-      el("ul", {}, ...skipped.map(([k, why]) => el("li", {}, el("b", {}, k), `: ${why}`)))));
-  }
-  $("#view").replaceChildren(...parts);
-  if (run.status === "running") schedule(route); else clearTimeout(timer);
+function neuronControls(p, D) {
+  const modes = [["to_target", "angle to x± (its class sum)"], ["to_init", "angle to its initial direction"]];
+  if (D === 2) modes.push(["polar", "direction in the plane"]);
+  return el("div", { class: "toolbar" },
+    el("label", {}, "neurons ", el("input", { id: "neurons", value: p.neurons, title: "e.g. 0,3,7 or 0:8" })),
+    el("select", { id: "angle-mode" }, ...modes.map(([v, t]) => el("option", { value: v, selected: v === p.angleMode }, t))),
+    el("button", { id: "apply-neurons", onclick: () => {
+      p.neurons = $("#neurons").value.trim() || p.neurons;
+      p.angleMode = $("#angle-mode").value;
+      setupNeuronChart(p);
+      reload(p);
+    } }, "show"));
 }
+
+function setupNeuronChart(p) {
+  const src = { q: "neuron_angles", neuron: p.neurons };
+  for (const [k, e] of [...p.sources]) if (e.src.q === "neuron_angles") p.sources.delete(k);
+  p.sources.set(keyOf(src), { src, data: null });
+  const chart = p.charts.find((c) => c.spec.id === "neurons");
+  chart.spec.source = src;
+  chart.spec.filter = (name) => name.startsWith(`${p.angleMode}[`);
+}
+
+async function showRun(runId) {
+  const [run, listing] = await Promise.all([
+    api(`/api/runs/${encodeURIComponent(runId)}`),
+    api(`/api/runs/${encodeURIComponent(runId)}/analysis`),
+  ]);
+  const vars = new Set(run.variables.map((v) => v.name));
+  const W = run.variables.find((v) => v.name === "W");
+  const p = { runId, name: runId, listing, committed: run.committed_steps, status: run.status, range: null,
+    logx: true, points: 600, sources: new Map(), charts: [], markers: [],
+    neurons: W ? `0:${Math.min(6, W.shape[1])}` : "", angleMode: "to_target" };
+  page = p;
+  window.trajscope.page = p;
+  window.trajscope.charts = {};
+  const usable = (spec) => spec.needs.every((n) => n in listing.items) && (spec.vars || []).every((v) => vars.has(v));
+  const specs = RUN_CHARTS.filter(usable).map((s) => ({ ...s }));
+  for (const name of GENERIC_CHARTS) {
+    if (name in listing.items) specs.push({ id: name, title: name.replace(/_/g, " "), logx: true, logy: true, needs: [],
+      cols: "all", source: { q: name }, maxSeries: 32 });
+  }
+  const hasNeurons = W && "cos_to_class_sums" in listing.items;
+  if (hasNeurons) specs.push({ id: "neurons", title: "neurons: angle over time (degrees)", logx: true, needs: [], cols: "all", source: null,
+    label: (name) => name.replace(/^.*\[(\d+)\]$/, "neuron $1") });
+  const onZoom = (range) => zoom(p, range);
+  p.charts = specs.map((spec) => new Chart(spec, { onZoom, markers: () => p.markers }));
+  for (const spec of specs) {
+    const srcs = spec.cols === "all" ? (spec.source ? [spec.source] : []) : spec.cols.map((c) => c[0]);
+    for (const src of srcs) if (!src.optional || src.optional in listing.items) p.sources.set(keyOf(src), { src, data: null });
+  }
+  if (hasNeurons) setupNeuronChart(p);
+
+  const origin = location.origin;
+  const head = el("div", {},
+    el("h2", {}, run.run_id),
+    el("table", { id: "info" }, el("tbody", {},
+      el("tr", {}, el("th", {}, "status"), el("td", { id: "status" }, statusCell(run)),
+        el("th", {}, "steps committed"), el("td", { class: "num", id: "committed" }, `${fmt(run.committed_steps)} / ${fmt(run.capacity)}`),
+        el("th", {}, "created"), el("td", {}, run.created ?? "–"), el("th", {}, "size"), el("td", {}, bytes(run.size_bytes))))),
+    run.error ? el("p", { id: "run-error", class: "status-failed" }, run.error) : null,
+    el("div", { class: "toolbar" },
+      el("label", {}, "steps ", el("input", { id: "step-from", class: "steps", placeholder: "from" })),
+      el("label", {}, "to ", el("input", { id: "step-to", class: "steps", placeholder: "to" })),
+      el("button", { id: "apply-range", onclick: () => {
+        const a = parseInt($("#step-from").value, 10), b = parseInt($("#step-to").value, 10);
+        zoom(p, Number.isFinite(a) && Number.isFinite(b) && b >= a ? [a, b] : null);
+      } }, "show range"),
+      el("button", { id: "reset-range", onclick: () => zoom(p, null) }, "all steps"),
+      el("span", { class: "muted", id: "range-note" }),
+      el("span", { class: "muted" }, "drag on a chart to zoom, double-click to show all"),
+      el("span", { id: "phases", class: "muted" })));
+  const parts = [head];
+  if (run.committed_steps === 0) parts.push(el("p", { class: "muted", id: "waiting" }, "no committed steps yet: the charts appear with the first commit"));
+  parts.push(el("div", { class: "charts" }, ...p.charts.filter((c) => c.spec.id !== "neurons").map((c) => c.card)));
+  if (hasNeurons) {
+    parts.push(el("h3", {}, "neuron view"), neuronControls(p, W.shape[2]),
+      el("div", { class: "charts" }, p.charts.find((c) => c.spec.id === "neurons").card));
+  }
+  const unavailable = RUN_CHARTS.filter((s) => !usable(s));
+  if (unavailable.length) {
+    parts.push(el("p", { class: "muted", id: "unavailable" }, `not shown (do not apply to this run): ${unavailable.map((s) => s.id).join(", ")}`));
+  }
+  parts.push(el("h3", {}, "open this run remotely"),
+    el("code", { class: "snippet", id: "snippet" }, `import xarray as xr\nds = xr.open_zarr("${origin}/zarr/${run.run_id}")  # trimmed to committed steps`));
+  const summaryBox = el("details", { id: "summary-box" }, el("summary", {}, "summary (computed on opening)"), el("div", { id: "summary-body" }));
+  summaryBox.addEventListener("toggle", async () => {
+    if (!summaryBox.open || !listing.items.summary || p.committed === 0) return;
+    if (summaryBox.dataset.loaded === `${p.status}-${p.committed}`) return;
+    summaryBox.dataset.loaded = `${p.status}-${p.committed}`;
+    $("#summary-body").replaceChildren(el("p", { class: "muted" }, "computing…"));
+    try {
+      const s = await api(`${listing.items.summary}?v=${p.status}-${p.committed}`);
+      $("#summary-body").replaceChildren(summaryTable(s.result));
+    } catch (err) {
+      $("#summary-body").replaceChildren(el("p", { class: "muted" }, `summary unavailable: ${err.message}`));
+    }
+  });
+  parts.push(summaryBox, el("details", { id: "config-box" }, el("summary", {}, `config (${Object.keys(run.config).length} fields)`),
+    el("table", { id: "config" }, el("tbody", {}, ...Object.entries(run.config).map(([k, v]) =>
+      el("tr", {}, el("th", {}, k), el("td", {}, fmt(v))))))));
+  $("#view").replaceChildren(...parts.filter(Boolean));
+  $("#live").textContent = run.status === "running" ? "live: following the run" : "";
+  if (run.committed_steps > 0) {
+    await reload(p);
+    loadMarkers(p);
+  }
+  if (run.status === "running") schedule(() => poll(p), POLL_MS);
+}
+
+// ---- router -------------------------------------------------------------------------------------
 
 async function route() {
+  clearTimeout(timer);
+  page = null;
   const hash = location.hash || "#/";
-  const m = hash.match(/^#\/run\/(.+)$/);
+  const run = hash.match(/^#\/run\/(.+)$/);
+  const compare = hash.match(/^#\/compare\/(.+)$/);
   try {
     $("#error").textContent = "";
-    if (m) await showRun(decodeURIComponent(m[1])); else await showRuns();
+    if (run) await showRun(decodeURIComponent(run[1]));
+    else if (compare) await showCompare(compare[1].split(",").map(decodeURIComponent));
+    else await showRuns();
   } catch (err) {
     $("#error").textContent = err.message;
-    schedule(route);
   }
 }
 
-window.addEventListener("hashchange", () => { shown = null; route(); });
+window.addEventListener("hashchange", route);
 route();

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from trajscope.store import RunWriter, StoreRoot, two_layer_variables
+from trajscope.store import RunWriter, StoreRoot
+from trajscope.producer.two_layer import variables as two_layer_variables
 
 
 def write_big_run(root: str, run_id: str, *, steps: int, h: int, D: int, n: int = 64, lr: float = 1e-3,

@@ -95,7 +95,7 @@ def test_plot_errors_and_stride(real_run, real_root):
         plot(real_run, "plane")
     with pytest.raises(UserError, match="choose one of"):
         plot(real_run, "nope")
-    with pytest.raises(UserError, match="png or .svg"):
-        save(plot(real_run, "spectra"), "x.pdf")
+    with pytest.raises(UserError, match=r"\.png, \.svg or \.pdf"):
+        save(plot(real_run, "spectra"), "x.gif")
     fig = plot(real_run, "loss", step=slice(100, 300, 10))
     assert len(_line(fig, "loss L(t)").get_ydata()) == 21

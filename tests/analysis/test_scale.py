@@ -98,7 +98,7 @@ def test_cli_show_and_plot(real_root, real_run, tmp_path):
     assert out.returncode == 0, out.stderr
     assert png.read_bytes()[:4] == b"\x89PNG"
     for args, msg in ((("plot", "img", "nope", "-o", str(png)), "choose one of"),
-                      (("plot", "img", "loss", "-o", str(tmp_path / "a.pdf")), ".png or .svg"),
+                      (("plot", "img", "loss", "-o", str(tmp_path / "a.gif")), ".svg or .pdf"),
                       (("show", "img", "--step", "a:b"), "integers")):
         out = _cli(*args, "--root", str(real_root))
         assert out.returncode == 2 and msg in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

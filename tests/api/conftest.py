@@ -15,7 +15,8 @@ import pytest
 import uvicorn
 
 from trajscope.api.app import create_app
-from trajscope.store import RunWriter, StoreRoot, two_layer_variables
+from trajscope.store import RunWriter, StoreRoot
+from trajscope.producer.two_layer import variables as two_layer_variables
 
 
 def make_run(root: StoreRoot, run_id: str, *, steps: int = 40, h: int = 6, D: int = 4, n: int = 10,

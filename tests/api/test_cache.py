@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from trajscope.api.state import DEFAULT_ATTRS_TTL, ApiState
-from trajscope.store import RunWriter, StoreRoot, two_layer_variables
+from trajscope.store import RunWriter, StoreRoot
+from trajscope.producer.two_layer import variables as two_layer_variables
 
 from .conftest import make_run, serving
 

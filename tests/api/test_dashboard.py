@@ -1,9 +1,18 @@
-"""The dashboard in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright)."""
+"""The interactive dashboard in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright).
+
+Chart contents are read from the uPlot instances (``window.trajscope.charts[id].u.data``), never from
+pixels, and checked against the stored arrays and independent numpy. Screenshots go to
+``$TRAJSCOPE_ARTIFACTS`` (default: the test's tmp folder).
+"""
 
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
+import numpy as np
 import pytest
 
 from trajscope.store import RunWriter, StoreRoot
@@ -13,6 +22,9 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run"]
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
+
+DATA = "Object.fromEntries(Object.entries(window.trajscope.charts).map(([k, c]) => [k, c.u ? c.u.data : null]))"
+LABELS = "id => window.trajscope.charts[id].u.series.slice(1).map(s => s.label)"
 
 
 @pytest.fixture(scope="module")
@@ -28,57 +40,209 @@ def browser():
 
 
 @pytest.fixture()
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+def page(browser, tmp_path):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     pg = context.new_page()
     pg.errors = []
+    pg.requests = []
     pg.on("console", lambda msg: pg.errors.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
     pg.on("pageerror", lambda exc: pg.errors.append(f"page error: {exc}"))
     pg.on("requestfailed", lambda req: pg.errors.append(f"request failed: {req.url}"))
+    pg.on("request", lambda req: pg.requests.append(req.url))
     yield pg
     context.close()
 
 
-def figures_loaded(page) -> list[dict]:
-    page.wait_for_selector("figure img", timeout=60_000)
-    page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=60_000)
-    return page.eval_on_selector_all("figure img", "els => els.map(i => ({src: i.src, w: i.naturalWidth, "
-                                                   "h: i.naturalHeight, ok: i.complete}))")
+def artifacts(tmp_path: Path) -> Path:
+    out = Path(os.environ.get("TRAJSCOPE_ARTIFACTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
-def test_dashboard_lists_runs_and_shows_a_runs_figures(server, page):
+def loaded(page, n: int = 1) -> None:
+    page.wait_for_function(f"(window.trajscope.loads || 0) >= {n}", timeout=60_000)
+
+
+def only_local(page, url: str) -> None:
+    others = [u for u in page.requests if not (u.startswith(url) or u.startswith("data:") or u.startswith("blob:"))]
+    assert others == [], others
+
+
+def test_run_list_status_final_loss_filter_sort(server, page, expected):
     page.goto(server.url + "/")
     page.wait_for_selector("#runs tbody tr")
+    page.wait_for_function("document.querySelector('#runs tr[data-run=done] .final-loss').textContent !== '–'")
     rows = page.eval_on_selector_all("#runs tbody tr", "els => els.map(e => e.dataset.run)")
     assert rows == ["bad", "done", "live"]
     assert "running" in page.inner_text("#runs tr[data-run=live]")
-    assert "complete" in page.inner_text("#runs tr[data-run=done]")
-    page.click("text=done")
-    page.wait_for_selector("#summary tbody tr", timeout=60_000)
-    images = figures_loaded(page)
-    assert len(images) >= 5, images
-    assert all(i["ok"] and i["w"] > 0 and i["h"] > 0 for i in images), images
-    assert "plane" in page.text_content("#unavailable")  # D = 4: listed as not shown, not a broken image
-    assert int(page.eval_on_selector_all("#summary tbody tr", "els => els.length")) > 10
+    assert "20 / 48" in page.inner_text("#runs tr[data-run=live] .steps")
+    final = float(page.inner_text("#runs tr[data-run=done] .final-loss"))
+    assert final == pytest.approx(float(expected["done"]["loss"].values[-1]), rel=1e-3)
+    page.fill("#filter", "running")
+    assert page.eval_on_selector_all("#runs tbody tr", "els => els.map(e => e.dataset.run)") == ["live"]
+    page.fill("#filter", "")
+    page.click("#runs th[data-sort=committed_steps]")
+    page.click("#runs th[data-sort=committed_steps]")  # descending
+    assert page.eval_on_selector_all("#runs tbody tr", "els => els.map(e => e.dataset.run)") == ["done", "live", "bad"]
+    only_local(page, server.url)
     assert page.errors == []
 
 
-def test_live_run_page_refreshes_by_itself(tmp_path, write_run, serve, page):
-    root = StoreRoot(tmp_path)
-    write_run(root, "grow", steps=24, chunk_steps=8, finish=None, commit_to=8)
-    with serve(root) as srv:
-        page.goto(f"{srv.url}/#/run/grow")
-        page.wait_for_selector("#committed")
-        assert page.inner_text("#committed").startswith("8 /")
-        first = {i["src"] for i in figures_loaded(page)}
-        writer = RunWriter.reopen(root, "grow")
-        try:
-            writer.commit(16)
-        finally:
+def test_run_page_draws_each_chart_from_the_api(server, page, expected, tmp_path):
+    page.goto(f"{server.url}/#/run/done")
+    loaded(page)
+    page.wait_for_function("document.querySelector('#phases').textContent.includes('t1')")
+    data = page.evaluate(DATA)
+    ds = expected["done"]
+    steps = ds["step"].values
+    # log time by default: step 0 is not drawn, every other recorded state is (40 states < 2·points)
+    for chart, nseries in {"loss": 2, "alignment": 6, "cones": 5, "rank": 2, "norms": 2, "singular": 4, "neurons": 6}.items():
+        assert len(data[chart]) == 1 + nseries, chart
+        assert data[chart][0] == steps[1:].tolist(), chart
+        assert all(len(s) == len(steps) - 1 for s in data[chart][1:]), chart
+    np.testing.assert_allclose(data["loss"][1], ds["loss"].values[1:])
+    W = ds["W"].values.astype(np.float64)[1:]
+    sv = np.linalg.svd(W, compute_uv=False)
+    np.testing.assert_allclose(data["rank"][1], (W**2).sum((1, 2)) / sv[:, 0] ** 2, rtol=1e-6)
+    np.testing.assert_allclose(np.array(data["singular"][1:]).T, sv, rtol=1e-5)
+    assert page.evaluate(LABELS, "loss") == ["loss L(t)", "O(1/t) envelope from t2 (theory)"]
+    # hover shows values in the legend
+    box = page.locator("#chart-loss .u-over").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    assert page.locator("#chart-loss .u-legend .u-value").nth(1).inner_text() not in ("", "--")
+    # log/linear toggle: linear time draws step 0 too
+    page.uncheck("#chart-loss .toggle-logx")
+    assert page.evaluate("window.trajscope.charts.loss.u.data[0].length") == len(steps)
+    # downloads hold what the chart shows
+    with page.expect_download() as dl:
+        page.click("#chart-cones .dl-csv")
+    lines = Path(dl.value.path()).read_text().strip().splitlines()
+    assert lines[0].split(",")[0] == "step" and len(lines) == len(steps) - 1 + 1
+    with page.expect_download() as dl:
+        page.click("#chart-rank .dl-npy")
+    arr = np.load(dl.value.path())
+    assert arr.shape == (len(steps) - 1, 3)
+    np.testing.assert_allclose(arr[:, 1], data["rank"][1])
+    assert "/zarr/done" in page.inner_text("#snippet")
+    assert page.evaluate("!document.querySelector('#summary-box').open && !document.querySelector('#config-box').open")
+    page.click("#summary-box > summary")
+    page.wait_for_selector("#summary tbody tr", timeout=60_000)
+    page.screenshot(path=str(artifacts(tmp_path) / "run-page.png"), full_page=True)
+    only_local(page, server.url)
+    assert page.errors == []
+
+
+def test_zoom_and_step_range_request_a_narrower_range(server, page):
+    page.goto(f"{server.url}/#/run/done")
+    loaded(page)
+    page.requests.clear()
+    box = page.locator("#chart-loss .u-over").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.55, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.9, y, steps=5)
+    page.mouse.up()
+    loaded(page, 2)
+    ranges = [parse_qs(urlparse(u).query).get("step", [None])[0] for u in page.requests if "/series/" in u]
+    assert ranges and all(r is not None for r in ranges), page.requests
+    a, b = (int(v) for v in ranges[0].split(":"))
+    assert 0 < a < b < 39
+    x = page.evaluate("window.trajscope.charts.loss.u.data[0]")
+    assert x[0] >= a and x[-1] <= b and len(x) == b - a + 1
+    page.fill("#step-from", "10")
+    page.fill("#step-to", "20")
+    page.click("#apply-range")
+    loaded(page, 3)
+    assert page.evaluate("window.trajscope.charts.cones.u.data[0]") == list(range(10, 21))
+    page.dblclick("#chart-loss .u-over")
+    loaded(page, 4)
+    assert len(page.evaluate("window.trajscope.charts.loss.u.data[0]")) == 39
+    assert page.errors == []
+
+
+def _commit(root: StoreRoot, run_id: str, upto: int, finish: str | None = None) -> None:
+    writer = RunWriter.reopen(root, run_id)
+    try:
+        writer.commit(upto)
+        if finish:
+            writer.finish(finish)
+    finally:
+        if not finish:
             writer.lock.release()
-        page.wait_for_function("document.querySelector('#committed').textContent.startsWith('16 /')",
-                               timeout=30_000)
-        images = figures_loaded(page)
-        assert all(i["w"] > 0 for i in images) and not first & {i["src"] for i in images}  # redrawn
-        assert "live" in page.inner_text("#live")
+
+
+def test_a_run_produced_while_the_page_is_open_appears_and_grows(tmp_path, write_run, serve, page):
+    root = StoreRoot(tmp_path / "runs")
+    with serve(root) as srv:
+        page.goto(srv.url + "/")
+        page.wait_for_selector("#empty")
+        write_run(root, "grow", steps=32, chunk_steps=8, finish=None, commit_to=8)
+        page.wait_for_selector("#runs tr[data-run=grow]", timeout=30_000)  # appears without a reload
+        page.evaluate("window.__sameDocument = true")
+        page.click("#runs tr[data-run=grow] a")
+        loaded(page)
+        assert page.evaluate("window.trajscope.charts.loss.u.data[0]") == list(range(1, 8))
+        _commit(root, "grow", 16)
+        page.wait_for_function("window.trajscope.charts.loss.u.data[0].length === 15", timeout=30_000)
+        _commit(root, "grow", 24)
+        page.wait_for_function("window.trajscope.charts.loss.u.data[0].length === 23", timeout=30_000)
+        assert page.evaluate("window.trajscope.appends") >= 2 and page.evaluate("window.trajscope.loads") == 1
+        data = page.evaluate(DATA)
+        assert all(len(s) == 23 for s in data["alignment"]) and data["cones"][0] == list(range(1, 24))
+        assert page.inner_text("#committed").startswith("24 /") and "live" in page.inner_text("#live")
+        page.screenshot(path=str(artifacts(tmp_path) / "live-run.png"), full_page=True)
+        _commit(root, "grow", 32, finish="complete")
+        page.wait_for_function("document.querySelector('#status').textContent === 'complete'", timeout=30_000)
+        page.wait_for_function("window.trajscope.charts.loss.u.data[0].length === 31", timeout=30_000)
+        time.sleep(1.5)  # settled: no more polling once the run is complete
+        n = len(page.requests)
+        time.sleep(2.5)
+        assert len(page.requests) == n
+        assert page.evaluate("window.__sameDocument") is True  # never reloaded
+        only_local(page, srv.url)
         assert page.errors == []
+
+
+def test_comparing_two_runs_overlays_both(server, page, expected, tmp_path):
+    page.goto(server.url + "/")
+    page.wait_for_selector("#runs tbody tr")
+    page.check("#runs tr[data-run=done] .pick")
+    page.check("#runs tr[data-run=live] .pick")
+    page.click("#compare")
+    loaded(page)
+    data = page.evaluate(DATA)
+    labels = page.evaluate(LABELS, "cmp-loss")
+    assert len(data["cmp-loss"]) == 3 and len(labels) == 2
+    assert labels[0].startswith("done (") and "seed=0" in labels[0] and "seed=1" in labels[1]
+    x = np.array(data["cmp-loss"][0])
+    assert x.tolist() == list(range(1, 40))  # done: 40 states, live: 20 committed; joined on steps
+    done, live = (np.array([np.nan if v is None else v for v in s]) for s in data["cmp-loss"][1:])
+    np.testing.assert_allclose(done, expected["done"]["loss"].values[1:])
+    np.testing.assert_allclose(live[:19], expected["live"]["loss"].values[1:20])
+    assert np.isnan(live[19:]).all()
+    assert len(data["cmp-alignment"]) == 5 and len(data["cmp-rank"]) == 3
+    assert "seed" in page.inner_text("#differing")
+    page.screenshot(path=str(artifacts(tmp_path) / "comparison.png"), full_page=True)
+    only_local(page, server.url)
+    assert page.errors == []
+
+
+def test_failed_run_and_a_run_without_commits(tmp_path, server, page, write_run, serve):
+    page.goto(f"{server.url}/#/run/bad")
+    loaded(page)
+    assert page.inner_text("#status") == "failed"
+    assert len(page.evaluate("window.trajscope.charts.loss.u.data[0]")) == 7  # NaN in W does not stop the page
+    assert page.errors == []
+    only_local(page, server.url)
+    page.requests.clear()
+    root = StoreRoot(tmp_path / "runs")
+    write_run(root, "fresh", steps=16, chunk_steps=8, finish=None, commit_to=0)
+    with serve(root) as srv:
+        page.goto(f"{srv.url}/#/run/fresh")
+        page.wait_for_selector("#waiting")
+        assert page.evaluate("window.trajscope.loads || 0") == 0  # nothing asked of a run with no states
+        _commit(root, "fresh", 8)
+        loaded(page)
+        assert page.evaluate("window.trajscope.charts.loss.u.data[0]") == list(range(1, 8))
+        only_local(page, srv.url)
+    assert page.errors == []

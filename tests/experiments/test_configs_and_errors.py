@@ -12,7 +12,7 @@ import pytest
 
 from trajscope.producer import load_config, produce
 from trajscope.producer.data import build_dataset
-from trajscope.producer.sweep import expand, load_sweep
+from trajscope.experiments.sweep import expand, load_sweep
 from trajscope.store import open_run
 from trajscope.store.errors import UserError
 

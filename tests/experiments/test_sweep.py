@@ -11,7 +11,7 @@ import time
 import pandas as pd
 import pytest
 
-from trajscope.producer.sweep import expand, load_sweep, run_sweep
+from trajscope.experiments.sweep import expand, load_sweep, run_sweep
 from trajscope.store import StoreRoot, describe_run
 
 KILL_STEPS = 20_000

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from trajscope.producer.recorder import HostStaging, Recorder
-from trajscope.store import RunWriter, StoreRoot, open_run, two_layer_variables
+from trajscope.store import RunWriter, StoreRoot, open_run
+from trajscope.producer.two_layer import variables as two_layer_variables
 
 
 class DeferredStaging(HostStaging):

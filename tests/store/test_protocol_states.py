@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from trajscope.store import RunWriter, StoreRoot, open_run, two_layer_variables
+from trajscope.producer.two_layer import variables as two_layer_variables
+from trajscope.store import RunWriter, StoreRoot, open_run
 from trajscope.store.fsck import fsck_run
 
 H, D, N, CAPACITY, CHUNK = 3, 4, 5, 40, 4

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from trajscope.producer.two_layer import variables as two_layer_variables
 from trajscope.store import (
     RunLocked,
     RunNotFound,
@@ -19,7 +20,6 @@ from trajscope.store import (
     WriterLock,
     list_runs,
     open_run,
-    two_layer_variables,
     validate_run_id,
 )
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from trajscope.store import RunWriter, StoreRoot, list_runs, open_run, two_layer_variables
+from trajscope.producer.two_layer import variables as two_layer_variables
+from trajscope.store import RunWriter, StoreRoot, list_runs, open_run
 from trajscope.store.errors import PathOutsideRoot
 from trajscope.store.fsck import fsck_run
 from trajscope.store.snapshot import read_key, snapshot

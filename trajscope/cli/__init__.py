@@ -1,12 +1,15 @@
 """The ``trajscope`` command line: one typer app, one module per group of commands.
 
-Each module exposes ``register(app)`` that adds its commands; errors a user can fix are raised as
-:class:`trajscope.errors.UserError` and printed as one line (exit code 2).
+Each module exposes ``register(app)`` that adds its commands. Every error a user can fix — a
+:class:`trajscope.errors.UserError` raised by our code, or a usage error found by typer's parser (an
+unknown command or option, a missing argument, a bad value) — is printed as ONE line on stderr and
+ends the process with exit code 2; ``trajscope --help`` / ``-h`` and ``--version`` exit 0.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Annotated, Optional
 
 import typer
 
@@ -18,18 +21,50 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain help text: rich markup would turn 'a:b:s' into an emoji (':b:') and wrap tables in boxes
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-from trajscope.cli import analyze, experiments, fsck, produce, serve  # noqa: E402
 
-for _module in (produce, analyze, serve, experiments, fsck):
+def _print_version(value: bool) -> None:
+    if value:
+        import trajscope
+
+        typer.echo(f"trajscope {trajscope.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_print_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    """Record, analyse and serve full-resolution training trajectories."""
+
+
+from trajscope.cli import analyze, experiments, fsck, manage, produce, serve  # noqa: E402
+
+for _module in (produce, analyze, manage, serve, experiments, fsck):
     _module.register(app)
 
 
-def main() -> None:
+def _usage_line(err: Exception) -> str:
+    """One line for a usage error of typer's parser: what is wrong, and where the help is."""
+    message = " ".join(err.format_message().split())  # type: ignore[attr-defined]
+    ctx = getattr(err, "ctx", None)
+    path = ctx.command_path if ctx is not None else "trajscope"
+    return f"{message} (`{path} --help` shows the usage)"
+
+
+def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``trajscope`` script: user errors become one line on stderr, exit 2."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:  # bare `trajscope`: the help, and the exit code of a usage error
+        app(["--help"], prog_name="trajscope", standalone_mode=False)
+        raise SystemExit(2)
     try:
-        code = app(standalone_mode=False)  # click returns (not raises) the code of typer.Exit here
+        code = app(args, prog_name="trajscope", standalone_mode=False)  # returns the code of typer.Exit
         if isinstance(code, int) and code:
             raise SystemExit(code)
     except UserError as err:
@@ -37,12 +72,16 @@ def main() -> None:
         raise SystemExit(2) from None
     except typer.Abort:
         raise SystemExit(130) from None
-    except Exception as err:  # click usage errors and the like
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            raise SystemExit(err.exit_code) from None
-        if isinstance(err, click.exceptions.Exit):
-            raise SystemExit(err.exit_code) from None
+    except ImportError as err:
+        if err.name != "torch":
+            raise
+        print("trajscope: error: recording needs torch, which is not installed: "
+              "pip install 'trajscope[producer]' (reading, analysis and serving do not need it)", file=sys.stderr)
+        raise SystemExit(2) from None
+    except typer.TyperException as err:  # typer's vendored click: usage errors, bad parameters, no such file
+        if hasattr(err, "format_message"):
+            print(f"trajscope: error: {_usage_line(err)}", file=sys.stderr)
+            raise SystemExit(2) from None
         raise
+    except typer.Exit as err:
+        raise SystemExit(err.exit_code) from None

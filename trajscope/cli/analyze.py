@@ -26,17 +26,23 @@ def parse_step(text: str | None) -> slice | None:
         raise UserError(f"--step {text!r}: a, b and s must be integers, e.g. 0:5000:10") from None
     if values[2] is not None and values[2] < 1:
         raise UserError(f"--step {text!r}: the stride s must be a positive integer")
+    if values[0] is not None and values[1] is not None and values[0] > values[1]:
+        raise UserError(f"--step {text!r}: the first step a must not exceed the last step b, e.g. "
+                        f"{values[1]}:{values[0]}")
     if len(parts) == 1:  # a single step
         return slice(values[0], values[0])
     return slice(*values)
 
 
-def _open(run: str, root: str | None):
+def _open(run: str, root: str | None, step: slice | None = None):
+    """The run, checked to hold committed states (and one in ``step``, when given)."""
     from trajscope.store import open_run
+    from trajscope.store.export import select
 
     ds = open_run(run, root=root)
     if ds.sizes.get("step", 0) == 0:
         raise UserError(f"run {run!r} has no committed steps yet: wait for the producer to commit a chunk")
+    select(ds, step)  # a UserError naming the run's steps when the range holds no recorded state
     return ds
 
 
@@ -56,8 +62,12 @@ def register(app: typer.Typer) -> None:
         import trajscope.analysis.accessor  # noqa: F401
         from trajscope.analysis.summary import summary, summary_rows
 
-        ds = _open(run, root)
         sel = parse_step(step)
+        ds = _open(run, root, sel)
+        from trajscope.cli.show_generic import show_generic
+
+        if show_generic(ds, sel, run):  # a run of another model: the generic table (show_generic.py)
+            return
         s = summary(ds, sel)
         table = Table(title=f"run {s.attrs.get('run_id', run)} ({ds.attrs.get('status', 'unknown status')})")
         for col, kw in (("quantity", {}), ("measured", {"justify": "right"}), ("theory", {"justify": "right"}),
@@ -80,20 +90,25 @@ def register(app: typer.Typer) -> None:
     def plot_cmd(
         run: str = typer.Argument(..., help="Run id under --root, or a path/URL of a run."),
         kind: str = typer.Argument(..., help="Figure: gram, alignment, loss, mean_neurons, plane, spectra, cones, direction_field."),
-        output: Path = typer.Option(..., "-o", "--output", help="Output file, .png or .svg."),
+        output: Path = typer.Option(..., "-o", "--output", help="Output file: .png, .svg or .pdf."),
         root: Optional[str] = typer.Option(None, "--root", help=ROOT_HELP),
         step: Optional[str] = typer.Option(None, "--step", help=STEP_HELP),
     ) -> None:
-        """Draw one of the paper's figures for a run into a PNG or SVG file."""
-        from trajscope.analysis.plots import PLOT_FORMATS, PLOT_KINDS, plot
+        """Draw one of the paper's figures for a run into a PNG, SVG or PDF file."""
+        from trajscope.analysis.plots import PLOT_KINDS, plot
+        from trajscope.figures import FILE_FORMATS
         from trajscope.figures import save_figure as save
 
         if kind not in PLOT_KINDS:
             raise UserError(f"unknown plot kind {kind!r}: choose one of {', '.join(PLOT_KINDS)}")
-        if output.suffix.lower().lstrip(".") not in PLOT_FORMATS:
-            raise UserError(f"cannot write {output.name!r}: the output file must end in .png or .svg")
+        if output.suffix.lower().lstrip(".") not in FILE_FORMATS:
+            raise UserError(f"cannot write {output.name!r}: the output file must end in .png, .svg or .pdf")
         if output.parent and not output.parent.exists():
             raise UserError(f"directory {str(output.parent)!r} does not exist: create it or choose another -o")
-        ds = _open(run, root)
-        save(plot(ds, kind, parse_step(step)), output)
+        sel = parse_step(step)
+        ds = _open(run, root, sel)
+        from trajscope.analysis.registry import check_applies
+
+        check_applies("plot", kind, ds)
+        save(plot(ds, kind, sel), output)
         typer.echo(f"wrote {output}")

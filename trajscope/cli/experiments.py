@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         """Run one training run per point of a grid; finished runs are skipped, unfinished ones resumed."""
         from rich.console import Console
 
-        from trajscope.producer.sweep import run_sweep
+        from trajscope.experiments.sweep import run_sweep
 
         console = Console(soft_wrap=True)
         result = run_sweep(spec, root=root, workers=workers, scheduler=scheduler, quick=quick,

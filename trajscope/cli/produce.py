@@ -1,4 +1,4 @@
-"""``trajscope produce``, ``trajscope resume`` and ``trajscope ls``."""
+"""``trajscope produce``, ``trajscope config`` and ``trajscope resume``."""
 
 from __future__ import annotations
 
@@ -9,48 +9,12 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+
+from trajscope.cli.progress import progress_display
 
 RootOption = Annotated[
     Optional[str], typer.Option("--root", help="Store root: a directory or fsspec URL (default $TRAJSCOPE_ROOT or ./runs).")
 ]
-
-
-class _ProgressDisplay:
-    """A rich progress bar fed by the training loop's progress callback (steps/s, loss, committed)."""
-
-    def __init__(self, console: Console):
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("step {task.completed:>8.0f}/{task.total:.0f}"),
-            TextColumn("{task.fields[rate]:>8.0f} steps/s"),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("committed {task.fields[committed]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        )
-        self.task = None
-        self.first: tuple[int, float] | None = None
-
-    def __enter__(self) -> "_ProgressDisplay":
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def __call__(self, info: dict) -> None:
-        if self.task is None:
-            self.task = self.progress.add_task("training", total=info["steps"], rate=0.0, loss="-", committed=0)
-            self.first = (info["step"], info["elapsed"])
-        done_steps = info["step"] - self.first[0]
-        seconds = info["elapsed"] - self.first[1]
-        loss = "-" if info["loss"] is None else f"{info['loss']:.4g}"
-        self.progress.update(self.task, completed=info["step"], rate=done_steps / seconds if seconds > 0 else 0.0,
-                             loss=loss, committed=info["committed"])
 
 
 def _report(console: Console, result) -> None:
@@ -84,7 +48,7 @@ def _data_warnings_to(console: Console):
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``produce``, ``resume`` and ``ls``."""
+    """Add ``produce``, ``config`` and ``resume``."""
 
     @app.command()
     def produce(
@@ -93,19 +57,22 @@ def register(app: typer.Typer) -> None:
         root: RootOption = None,
         name: Annotated[Optional[str], typer.Option("--name", help="Run id (default: <config name>-<timestamp>).")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+        tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Tag the run (repeatable); `trajscope ls --tag T` filters.")] = None,
+        note: Annotated[Optional[str], typer.Option("--note", help="A free-text note stored with the run.")] = None,
     ) -> None:
         """Train the configured network and record every step of its trajectory."""
         from trajscope.producer import load_config
         from trajscope.producer import produce as run_produce
+        from trajscope.store.run_attrs import labels
 
         resolved = load_config(config, set_)  # config errors surface before any display starts
-        err = Console(stderr=True)
-        with _data_warnings_to(err):
+        extra = labels(tag, note)
+        with _data_warnings_to(Console(stderr=True)):
             if quiet:
-                result = run_produce(resolved, root=root, name=name)
+                result = run_produce(resolved, root=root, name=name, labels=extra)
             else:
-                with _ProgressDisplay(err) as display:
-                    result = run_produce(resolved, root=root, name=name, progress=display)
+                with progress_display() as display:
+                    result = run_produce(resolved, root=root, name=name, progress=display, labels=extra)
         _report(Console(soft_wrap=True), result)
         if result.status != "complete":
             raise typer.Exit(130 if result.status == "interrupted" else 1)
@@ -134,23 +101,8 @@ def register(app: typer.Typer) -> None:
         if quiet:
             result = run_resume(run, root=root)
         else:
-            with _ProgressDisplay(Console(stderr=True)) as display:
+            with progress_display() as display:
                 result = run_resume(run, root=root, progress=display)
         _report(Console(soft_wrap=True), result)
         if result.status != "complete":
             raise typer.Exit(130 if result.status == "interrupted" else 1)
-
-    @app.command("ls")
-    def list_command(root: RootOption = None) -> None:
-        """List the runs under the store root: status, recorded states, size, created."""
-        from trajscope.store import StoreRoot, list_runs
-
-        store_root = StoreRoot(root)
-        runs = list_runs(store_root)
-        table = Table(title=f"runs in {store_root.location}")
-        for column in ("run", "status", "states", "size", "created"):
-            table.add_column(column, justify="right" if column in ("states", "size") else "left")
-        for info in runs:
-            table.add_row(info.run_id, info.status, f"{info.committed_steps}/{info.capacity}",
-                          f"{info.size_bytes / 2**20:.1f} MiB", info.created or "-")
-        Console(soft_wrap=True).print(table if runs else f"no runs in {store_root.location}")

@@ -1,0 +1,122 @@
+"""The registry of analysis quantities and figures: each declares what a run must have for it to apply.
+
+Quantities and figures register where they are defined::
+
+    @quantity(requires=TWO_LAYER)                 # the paper's quantities: two-layer runs only
+    def target_alignment(ds, step=None): ...
+
+    @quantity(requires=PARAMETERS)               # generic: every run with recorded parameters
+    def distance_from_init(ds, step=None): ...
+
+    @plot_kind("loss", requires=TWO_LAYER)
+    def plot_loss(ds, step=None, *, title=None): ...
+
+A requirement is a feature of the run (:func:`features`): ``two_layer`` (its schema's model kind, with
+``W``, ``v``, ``X``, ``y``), ``parameters`` (at least one variable with role ``parameter``),
+``matrices`` (a parameter with two or more dims besides ``step``), ``loss`` (a ``loss`` scalar).
+The API, the CLI and the dashboard list :func:`applicable` entries only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import xarray as xr
+
+from trajscope.store.errors import UserError
+from trajscope.store.schema import TWO_LAYER as _KIND_TWO_LAYER
+from trajscope.store.schema import read_schema
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: requirement sets (use these in decorators)
+TWO_LAYER = ("two_layer",)
+PARAMETERS = ("parameters",)
+MATRICES = ("matrices",)
+LOSS = ("loss",)
+
+#: quantity name → ``fn(ds, step=None, **options) -> xr.DataArray | xr.Dataset``
+QUANTITIES: dict[str, Callable[..., Any]] = {}
+#: figure kind → ``fn(ds, step=None, *, title=None, **options) -> matplotlib Figure``
+PLOTS: dict[str, Callable[..., Any]] = {}
+#: name → requirements, for both registries (keyed by ``("quantity"|"plot", name)``)
+REQUIRES: dict[tuple[str, str], tuple[str, ...]] = {}
+
+
+def _register(table: dict[str, Callable], what: str, name: str | None, requires: tuple[str, ...]):
+    def decorate(fn: F) -> F:
+        key = name or fn.__name__
+        if key in table and table[key] is not fn:
+            raise ValueError(f"{what} {key!r} is registered twice ({table[key].__module__} and {fn.__module__})")
+        table[key] = fn
+        REQUIRES[(what, key)] = tuple(requires)
+        fn.requires = tuple(requires)  # type: ignore[attr-defined]
+        return fn
+
+    return decorate
+
+
+def quantity(name: str | None = None, *, requires: tuple[str, ...] = TWO_LAYER) -> Callable[[F], F]:
+    """Register an analysis quantity (default name: the function's) that applies to runs with ``requires``."""
+    return _register(QUANTITIES, "quantity", name, requires)
+
+
+def plot_kind(name: str, *, requires: tuple[str, ...] = TWO_LAYER) -> Callable[[F], F]:
+    """Register a figure kind that applies to runs with ``requires``."""
+    return _register(PLOTS, "plot", name, requires)
+
+
+def run_schema(ds: xr.Dataset) -> dict[str, Any]:
+    """The run's schema (legacy runs without one are read as two-layer runs)."""
+    return read_schema(ds.attrs, {str(n): tuple(map(str, v.dims)) for n, v in ds.variables.items()})
+
+
+def parameter_names(ds: xr.Dataset) -> list[str]:
+    """Variables of ``ds`` with role ``parameter``, in schema order."""
+    variables = run_schema(ds).get("variables", {})
+    return [n for n, v in variables.items() if v.get("role") == "parameter" and n in ds.data_vars]
+
+
+def features(ds: xr.Dataset) -> set[str]:
+    """What the run offers, as requirement tokens (see the module docstring)."""
+    schema = run_schema(ds)
+    out: set[str] = set()
+    if schema.get("kind") == _KIND_TWO_LAYER and all(n in ds.variables for n in ("W", "v", "X", "y")):
+        out.add("two_layer")
+    params = parameter_names(ds)
+    if params:
+        out.add("parameters")
+    if any(ds[n].ndim >= 3 for n in params):  # step + at least two own dims
+        out.add("matrices")
+    if "loss" in ds.data_vars:
+        out.add("loss")
+    return out
+
+
+def applies(what: str, name: str, ds: xr.Dataset, have: set[str] | None = None) -> bool:
+    """True when ``what`` (``quantity``/``plot``) ``name`` applies to the run ``ds``."""
+    have = features(ds) if have is None else have
+    return set(REQUIRES.get((what, name), ())) <= have
+
+
+def applicable(ds: xr.Dataset, what: str = "quantity") -> dict[str, Callable[..., Any]]:
+    """The registered quantities (or figures, ``what="plot"``) that apply to ``ds``, by name."""
+    table = QUANTITIES if what == "quantity" else PLOTS
+    have = features(ds)
+    return {name: fn for name, fn in table.items() if applies(what, name, ds, have)}
+
+
+def check_applies(what: str, name: str, ds: xr.Dataset) -> None:
+    """:class:`UserError` naming what ``name`` needs and what applies instead, when it does not apply."""
+    if applies(what, name, ds):
+        return
+    needs = ", ".join(REQUIRES.get((what, name), ()))
+    others = ", ".join(sorted(applicable(ds, what))) or "none"
+    raise UserError(f"{what} {name!r} needs a run with {needs}; this run ({run_schema(ds).get('kind')}) "
+                    f"offers: {others}")
+
+
+def requirements(what: str = "quantity") -> Mapping[str, tuple[str, ...]]:
+    """Name → requirements of every registered quantity (or figure)."""
+    return {name: req for (kind, name), req in REQUIRES.items() if kind == what}

@@ -1,0 +1,181 @@
+"""``/api/runs/{run_id}/series/{quantity}``: per-step series for charts, min–max downsampled on the server.
+
+A *quantity* is a per-step variable of the run (``loss``), a quantity of the analysis registry whose
+result has a ``step`` dim (``cone_fractions``, ``singular_values``, ``loss_envelope``…), or one of
+:data:`EXTRA` (``step_series``: every summary series from one pass over ``W``; ``neuron_angles``).
+Its columns (other dims flattened, e.g. ``cone_fractions[S+]``) over the selected steps are reduced
+to at most ``2 · points`` rows by :func:`trajscope.analysis.downsample.minmax_downsample`, so a spike
+survives every zoom level. ``format=csv|npy`` returns the same table as a file (the dashboard's
+downloads).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Callable
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from trajscope.api import registry, selectors
+from trajscope.api.deps import Run, RunDep, State
+from trajscope.api.models import ErrorBody
+from trajscope.api.routes_analysis import call, step_slice
+from trajscope.api.serialize import array_values, dumps, jsonable, npy_bytes
+from trajscope.store import UserError
+
+router = APIRouter(prefix="/api/runs/{run_id}/series", tags=["series"],
+                   responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+
+FORMATS = {"json": "application/json", "csv": "text/csv; charset=utf-8", "npy": "application/x-npy"}
+MAX_POINTS = 20_000
+MAX_COLUMNS = 64
+MAX_VALUES = 2**20  # 2 · points · columns: bounds a response at roughly 20 MiB of JSON
+OWN = {"step", "points", "scale", "neuron", "tail", "first", "format", "v"}
+
+
+def extra() -> dict[str, Callable]:
+    """Series sources beyond the registry: the fused summary series and the per-neuron angles."""
+    from trajscope.analysis.neurons import neuron_angles
+    from trajscope.analysis.series import step_series
+
+    return {"step_series": step_series, "neuron_angles": neuron_angles}
+
+
+def _applicable(ds) -> dict[str, Callable]:
+    """The registry's quantities that apply to the run (all of them where the registry cannot tell)."""
+    try:
+        return registry.quantities(ds)
+    except TypeError:  # a registry without per-run requirements
+        return registry.quantities()
+
+
+def _variable(name: str) -> Callable:
+    from trajscope.analysis._common import select
+
+    def fn(ds, step=None):
+        return select(ds, step)[name]
+    return fn
+
+
+def source(run: Run, quantity: str) -> Callable:
+    """The function computing ``quantity`` on the run's dataset (404 naming what exists)."""
+    ds = run.dataset()
+    per_step = sorted(str(k) for k, v in ds.data_vars.items() if "step" in v.dims)
+    if quantity in per_step:
+        return _variable(quantity)
+    items = {**_applicable(ds), **extra()}
+    if quantity in items:
+        return items[quantity]
+    raise HTTPException(404, f"unknown series {quantity!r} for run {run.run_id!r}: available are the run's "
+                             f"per-step variables ({', '.join(per_step)}), step_series, neuron_angles and the "
+                             f"analysis quantities with a step dim (GET /api/runs/{run.run_id}/analysis)")
+
+
+def _with_neurons(fn: Callable, index: Any) -> Callable:
+    def sub(ds, step=None, **kwargs):
+        sub_ds = ds.isel(neuron=index)
+        if "neuron" not in ds.coords:  # keep the neurons' numbers in the column names
+            sub_ds = sub_ds.assign_coords(neuron=np.arange(ds.sizes["neuron"])[index])
+        return fn(sub_ds, step=step, **kwargs)
+    return sub
+
+
+def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail: int | None,
+          kwargs: dict[str, Any], first: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, dict]]:
+    """``(steps, columns, attrs)`` of ``quantity`` over the selection, computed by the analysis
+    (only the first ``first`` columns when given)."""
+    from trajscope.analysis.downsample import columns
+
+    fn = source(run, quantity)
+    ds = run.dataset()
+    if tail is not None:
+        steps = ds["step"].values
+        if steps.size == 0:
+            raise HTTPException(422, f"run {run.run_id!r} has no committed states yet: retry when it has")
+        step = slice(int(steps[max(0, steps.size - tail)]), None, None)
+    if neuron is not None:
+        if "neuron" not in ds.dims:
+            raise UserError(f"neuron={neuron}: run {run.run_id!r} has no neuron dimension")
+        index = selectors.positional("neuron", selectors.parse("neuron", neuron), ds.sizes["neuron"])
+        fn = _with_neurons(fn, [index] if isinstance(index, int) else index)
+    result = call(run, fn, f"series {quantity!r}", step, kwargs)
+    if not hasattr(result, "dims") or "step" not in result.coords:
+        raise HTTPException(422, f"{quantity!r} is not a per-step series (it has no step dim): "
+                                 f"use GET /api/runs/{run.run_id}/analysis/{quantity}")
+    cols = columns(result, quantity)
+    if first is not None:
+        cols = dict(list(cols.items())[:first])
+    if not cols:
+        raise HTTPException(422, f"{quantity!r} has no per-step variable: use GET /api/runs/{run.run_id}/analysis/{quantity}")
+    if len(cols) > MAX_COLUMNS:
+        raise UserError(f"{quantity!r} has {len(cols)} series, over the limit of {MAX_COLUMNS}: keep the first "
+                        "few with first=16, or pick neurons with neuron=0,3,7 or neuron=0:8")
+    variables = {str(result.name or quantity): result} if not hasattr(result, "data_vars") else result.data_vars
+    attrs = {str(k): jsonable({a: v.attrs[a] for a in ("long_name", "units", "kind", "status") if a in v.attrs})
+             for k, v in variables.items()}
+    return np.asarray(result["step"].values), cols, attrs
+
+
+def check_size(points: int, ncols: int) -> None:
+    if 2 * points * ncols > MAX_VALUES:
+        raise UserError(f"points={points} for {ncols} series is over the limit of {MAX_VALUES} values per "
+                        f"response: ask for at most points={MAX_VALUES // (2 * ncols)}")
+
+
+@router.get("/{quantity}", summary="A per-step series, min–max downsampled to about `points` points",
+            responses={200: {"content": {"text/csv": {}, "application/x-npy": {}}}})
+async def series(
+    run: RunDep,
+    state: State,
+    quantity: str,
+    request: Request,
+    step: Annotated[str | None, Query(description="optimizer steps a:b (both ends included); default all")] = None,
+    points: Annotated[int, Query(ge=1, le=MAX_POINTS, description="buckets (chart width in pixels): at most "
+                                                                   "2·points rows come back")] = 1000,
+    scale: Annotated[str, Query(pattern="^(linear|log)$", description="bucket spacing along the steps")] = "linear",
+    neuron: Annotated[str | None, Query(description="neurons to keep first: 3, 0,4,9 or 0:8")] = None,
+    tail: Annotated[int | None, Query(ge=1, description="only the last `tail` recorded states (live updates)")] = None,
+    first: Annotated[int | None, Query(ge=1, le=MAX_COLUMNS, description="keep only the first `first` series "
+                                                                         "(e.g. the largest singular values)")] = None,
+    format: Annotated[str, Query(pattern="^(json|csv|npy)$", description="json, csv or npy (columns step, "
+                                                                          "then each series)")] = "json",
+) -> Response:
+    fn_kwargs = {k: v for k, v in request.query_params.items() if k not in OWN}
+    sl = step_slice(step)
+    key = run.cache_key("series", quantity, str(sl), points, scale, neuron, tail, first, format,
+                        tuple(sorted(fn_kwargs.items())))
+
+    def build() -> bytes:
+        from trajscope.analysis.downsample import minmax_downsample
+
+        fn = source(run, quantity)
+        kwargs = registry.bind(fn, fn_kwargs, f"series {quantity!r}") if fn_kwargs else {}
+        steps, cols, attrs = table(run, quantity, sl, neuron, tail, kwargs, first)
+        names = list(cols)
+        check_size(points, len(names))
+        out = minmax_downsample(steps, np.stack([cols[c] for c in names], axis=1), points, scale)
+        if format == "npy":
+            return npy_bytes(np.column_stack([out.x.astype(np.float64), out.values]))
+        if format == "csv":
+            rows = [",".join(["step", *names])]
+            rows += [",".join([str(int(x)), *("" if np.isnan(v) else repr(float(v)) for v in row)])
+                     for x, row in zip(out.x, out.values)]
+            return ("\n".join(rows) + "\n").encode()
+        return dumps({
+            "run_id": run.run_id, "quantity": quantity, "status": run.status, "committed_steps": run.committed,
+            "selection": {"first": int(steps[0]) if steps.size else None,
+                          "last": int(steps[-1]) if steps.size else None, "states": int(steps.size)},
+            "points": points, "scale": scale, "exact": out.exact,
+            "x": out.x.tolist(), "series": {n: array_values(out.values[:, i]) for i, n in enumerate(names)},
+            "attrs": attrs,
+        })
+
+    body = state.responses.get(key)
+    hit = body is not None
+    if not hit:
+        body, hit = await run_in_threadpool(state.responses.get_or_build, key, build, len)
+    headers = {"X-Trajscope-Cache": "hit" if hit else "miss"}
+    if format != "json":
+        headers["Content-Disposition"] = f'attachment; filename="{run.run_id}-{quantity}.{format}"'
+    return Response(body, media_type=FORMATS[format], headers=headers)

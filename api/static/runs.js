@@ -1,0 +1,188 @@
+// trajscope dashboard: the run list (status, progress, final loss, duration, tags; filter, sort, select)
+// and the comparison page (several runs overlaid, legend keyed by the config fields that differ).
+"use strict";
+
+const LIST_MS = 2000;
+const list = { filter: "", sort: "run_id", dir: 1, selected: new Set(), runs: [], finalLoss: new Map(), sizes: new Map() };
+
+function tagsOf(run) {
+  const t = run.tags ?? (run.config && (run.config.tags ?? run.config["run.tags"]));
+  if (t === undefined || t === null || t === "") return [];
+  return Array.isArray(t) ? t.map(String) : String(t).split(",").map((s) => s.trim()).filter(Boolean);
+}
+
+const COLUMNS = [
+  ["run_id", "run", (r) => r.run_id],
+  ["status", "status", (r) => r.status],
+  ["committed_steps", "steps", (r) => r.committed_steps],
+  ["progress", "progress", (r) => r.progress ?? 0],
+  ["final_loss", "final loss", (r) => (list.finalLoss.get(r.run_id) || {}).value ?? Infinity],
+  ["duration", "duration", (r) => seconds(r) ?? -1],
+  ["created", "created", (r) => r.created || ""],
+  ["tags", "tags", (r) => tagsOf(r).join(",")],
+  ["size", "size", (r) => list.sizes.get(r.run_id) ?? -1],
+];
+
+function matches(run, text) {
+  if (!text) return true;
+  const hay = [run.run_id, run.status, ...tagsOf(run), ...Object.entries(run.config || {}).map(([k, v]) => `${k}=${v}`)]
+    .join(" ").toLowerCase();
+  return text.toLowerCase().split(/\s+/).every((w) => hay.includes(w));
+}
+
+function runRow(run) {
+  const loss = list.finalLoss.get(run.run_id);
+  return el("tr", { "data-run": run.run_id },
+    el("td", {}, el("input", { type: "checkbox", class: "pick", checked: list.selected.has(run.run_id),
+      onchange: (e) => { if (e.target.checked) list.selected.add(run.run_id); else list.selected.delete(run.run_id); compareButton(); } })),
+    el("td", {}, el("a", { href: `#/run/${encodeURIComponent(run.run_id)}` }, run.run_id)),
+    statusCell(run),
+    el("td", { class: "num steps" }, `${fmt(run.committed_steps)} / ${fmt(run.capacity)}`),
+    el("td", {}, el("progress", { max: "1", value: String(run.progress ?? 0) })),
+    el("td", { class: "num final-loss" }, loss ? fmt(loss.value) : "–"),
+    el("td", { class: "num" }, duration(seconds(run))),
+    el("td", {}, run.created ?? "–"),
+    el("td", {}, ...tagsOf(run).map((t) => el("span", { class: "tag" }, t))),
+    el("td", { class: "num" }, bytes(list.sizes.get(run.run_id))));
+}
+
+function renderRows() {
+  const col = COLUMNS.find((c) => c[0] === list.sort) || COLUMNS[0];
+  const rows = list.runs.filter((r) => matches(r, list.filter)).sort((a, b) => {
+    const x = col[2](a), y = col[2](b);
+    return (x < y ? -1 : x > y ? 1 : 0) * list.dir || a.run_id.localeCompare(b.run_id);
+  });
+  const tbody = $("#runs tbody");
+  if (tbody) tbody.replaceChildren(...rows.map(runRow));
+  for (const th of document.querySelectorAll("#runs th[data-sort]")) {
+    th.className = th.dataset.sort === list.sort ? (list.dir > 0 ? "sorted-asc" : "sorted-desc") : "";
+  }
+}
+
+function compareButton() {
+  const b = $("#compare");
+  if (b) { b.disabled = list.selected.size < 2; b.textContent = `compare selected (${list.selected.size})`; }
+}
+
+async function finalLosses() {
+  // the last recorded loss of each run, fetched again only when the run has committed more
+  await Promise.all(list.runs.filter((r) => r.committed_steps > 0).map(async (r) => {
+    const known = list.finalLoss.get(r.run_id);
+    if (known && known.committed === r.committed_steps) return;
+    try {
+      const body = await api(`/api/runs/${encodeURIComponent(r.run_id)}/series/loss?tail=1`);
+      list.finalLoss.set(r.run_id, { committed: r.committed_steps, value: body.series.loss[0] });
+    } catch (err) {
+      list.finalLoss.set(r.run_id, { committed: r.committed_steps, value: null });
+    }
+  }));
+}
+
+async function refreshRuns(first) {
+  const data = await api(`/api/runs?size=${first ? "true" : "false"}`);
+  $("#root").textContent = data.root;
+  if (first) for (const r of data.runs) list.sizes.set(r.run_id, r.size_bytes);
+  const before = JSON.stringify(list.runs.map((r) => [r.run_id, r.status, r.committed_steps]));
+  list.runs = data.runs;
+  const changed = first || before !== JSON.stringify(list.runs.map((r) => [r.run_id, r.status, r.committed_steps]));
+  if (changed) {
+    renderRows();
+    await finalLosses();
+    renderRows();
+  }
+  setText("#live", data.runs.some((r) => r.status === "running") ? "live: following running runs" : "");
+}
+
+async function showRuns() {
+  const p = { name: "runs" };
+  page = p;
+  window.trajscope.page = p;
+  list.runs = [];
+  const view = $("#view");
+  view.replaceChildren(
+    el("div", { class: "toolbar" },
+      el("input", { id: "filter", placeholder: "filter: id, status, tag, key=value", value: list.filter,
+        oninput: (e) => { list.filter = e.target.value; renderRows(); } }),
+      el("button", { id: "compare", disabled: true, onclick: () => {
+        location.hash = `#/compare/${[...list.selected].map(encodeURIComponent).join(",")}`;
+      } }, "compare selected")),
+    el("table", { id: "runs" },
+      el("thead", {}, el("tr", {}, el("th", {}, ""), ...COLUMNS.map(([key, label]) => el("th", { "data-sort": key,
+        onclick: () => { list.dir = list.sort === key ? -list.dir : 1; list.sort = key; renderRows(); } }, label)))),
+      el("tbody", {})),
+    el("p", { class: "muted", id: "empty" }));
+  compareButton();
+  await refreshRuns(true);
+  $("#empty").textContent = list.runs.length ? "" : "no runs under this root yet";
+  const tick = async () => {
+    if (page !== p) return;
+    try {
+      await refreshRuns(false);
+      $("#empty").textContent = list.runs.length ? "" : "no runs under this root yet";
+    } catch (err) { $("#error").textContent = err.message; }
+    if (page === p) schedule(tick, LIST_MS);
+  };
+  schedule(tick, LIST_MS);
+}
+
+// ---- comparison ---------------------------------------------------------------------------------
+
+const COMPARE_CHARTS = [
+  { id: "cmp-loss", title: "loss", logx: true, logy: true, q: "loss", col: "loss" },
+  { id: "cmp-alignment", title: "alignment cos(w̄+, x+) (solid) and cos(w̄−, x−) (dashed)", logx: true, q: "step_series",
+    col: ["mean_alignment_pos", "mean_alignment_neg"], needs: "mean_neuron_alignment" },
+  { id: "cmp-rank", title: "stable rank", logx: true, q: "step_series", col: "stable_rank", needs: "stable_rank" },
+];
+
+function differing(runs) {
+  // config fields whose values are not the same in all runs (run ids alone when none differ)
+  const keys = new Set(runs.flatMap((r) => Object.keys(r.config || {})));
+  return [...keys].filter((k) => new Set(runs.map((r) => JSON.stringify((r.config || {})[k]))).size > 1).sort();
+}
+
+async function showCompare(ids) {
+  const p = { name: `compare-${ids.join("+")}` };
+  page = p;
+  window.trajscope.page = p;
+  window.trajscope.charts = {};
+  const data = await api("/api/runs?size=false");
+  const runs = ids.map((id) => data.runs.find((r) => r.run_id === id)).filter(Boolean);
+  const missing = ids.filter((id) => !runs.some((r) => r.run_id === id));
+  const keys = differing(runs);
+  const shownKeys = keys.filter((k) => k !== "name").slice(0, 3);
+  const legend = (r) => shownKeys.length ? `${r.run_id} (${shownKeys.map((k) => `${k}=${fmt(r.config[k])}`).join(", ")})` : r.run_id;
+  const usable = runs.filter((r) => r.committed_steps > 0);
+  const listings = await Promise.all(usable.map((r) => api(`/api/runs/${encodeURIComponent(r.run_id)}/analysis`)));
+  const charts = COMPARE_CHARTS.map((spec) => new Chart(spec, {}));
+  $("#view").replaceChildren(el("div", {},
+    el("h2", {}, `comparing ${runs.length} runs`),
+    el("p", { class: "muted", id: "differing" }, keys.length ? `legend keyed by the config fields that differ: ${keys.join(", ")}` : "the runs' configs are identical"),
+    missing.length ? el("p", { class: "status-failed" }, `not found: ${missing.join(", ")}`) : null,
+    el("div", { class: "charts" }, ...charts.map((c) => c.card))));
+  const fetched = new Map();
+  const get = (r, q) => {
+    const key = `${r.run_id}/${q}`;
+    if (!fetched.has(key)) fetched.set(key, fetchSeries(r.run_id, { q }, { points: 600, scale: "log" }).catch((err) => ({ error: err.message })));
+    return fetched.get(key);
+  };
+  await Promise.all(charts.map(async (chart) => {
+    const spec = chart.spec;
+    const parts = [], labels = [], notes = [];
+    await Promise.all(usable.map(async (r, i) => {
+      if (spec.needs && !(spec.needs in listings[i].items)) { notes.push(`${r.run_id}: not applicable`); return; }
+      const body = await get(r, spec.q);
+      if (body.error) { notes.push(`${r.run_id}: ${body.error}`); return; }
+      const cols = Array.isArray(spec.col) ? spec.col : [spec.col];
+      parts[i] = { x: body.x, ys: cols.map((c) => body.series[c]) };
+      labels[i] = cols.map((c, j) => ({ label: cols.length > 1 ? `${legend(r)} ${c.endsWith("neg") ? "−" : "+"}` : legend(r),
+        style: { color: COLORS[i % COLORS.length], width: 1.5, dash: j ? [5, 4] : undefined } }));
+    }));
+    const present = parts.map((part, i) => [part, labels[i]]).filter(([part]) => part);
+    chart.note.textContent = notes.join("; ");
+    if (!present.length) return;
+    const joined = joinSources(present.map(([part]) => part));
+    const flat = present.flatMap(([, l]) => l);
+    chart.setData(joined[0], flat.map((l, i) => ({ ...l, values: joined[i + 1] })));
+  }));
+  window.trajscope.loads = (window.trajscope.loads || 0) + 1;
+}

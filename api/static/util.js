@@ -1,0 +1,114 @@
+// trajscope dashboard: small helpers (DOM, fetch, formatting, downloads). Plain JS, no build step.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+function setText(sel, text) {
+  // set a node's text if it is still on screen (a late answer may arrive after navigating away)
+  const node = document.querySelector(sel);
+  if (node) node.textContent = text;
+}
+
+function axisNumber(v) {
+  if (v === null || v === undefined) return "";
+  const a = Math.abs(v);
+  if (a !== 0 && (a < 1e-2 || a >= 1e5)) return v.toExponential(0);
+  return Number.isInteger(v) ? v.toLocaleString("en") : String(+v.toPrecision(3));
+}
+
+async function getJSON(url) {
+  const r = await fetch(url, { cache: "no-store" });
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(body.detail || `${url}: HTTP ${r.status}`);
+  return body;
+}
+
+function qs(params) {
+  const parts = Object.entries(params).filter(([, v]) => v !== null && v !== undefined && v !== "")
+    .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`);
+  return parts.length ? `?${parts.join("&")}` : "";
+}
+
+function fmt(v) {
+  if (v === null || v === undefined) return "–";
+  if (typeof v === "number") {
+    if (Number.isInteger(v)) return v.toLocaleString("en");
+    return Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-3 && v !== 0) ? v.toExponential(3) : v.toPrecision(4);
+  }
+  if (Array.isArray(v)) return v.map(fmt).join(", ");
+  return String(v);
+}
+
+function bytes(n) {
+  if (n === null || n === undefined) return "–";
+  const u = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+  return `${i ? n.toFixed(1) : n} ${u[i]}`;
+}
+
+function seconds(run) {
+  // wall-clock duration: created → updated (finished runs) or → now (running runs)
+  const t0 = Date.parse(run.created || "");
+  const t1 = run.status === "running" ? Date.now() : Date.parse(run.updated || "");
+  return Number.isFinite(t0) && Number.isFinite(t1) && t1 >= t0 ? (t1 - t0) / 1000 : null;
+}
+
+function duration(s) {
+  if (s === null || s === undefined) return "–";
+  if (s < 60) return `${s.toFixed(1)} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+  return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+}
+
+function save(name, blob) {
+  const a = el("a", { href: URL.createObjectURL(blob), download: name });
+  document.body.append(a);
+  a.click();
+  setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 0);
+}
+
+function tableCSV(names, columns) {
+  // columns: arrays of equal length; null → empty cell
+  const rows = [names.join(",")];
+  for (let i = 0; i < columns[0].length; i++) {
+    rows.push(columns.map((c) => (c[i] === null || c[i] === undefined ? "" : String(c[i]))).join(","));
+  }
+  return rows.join("\n") + "\n";
+}
+
+function tableNPY(columns) {
+  // a (rows, columns) float64 array in NumPy's .npy format 1.0 (null → NaN)
+  const rows = columns[0].length, cols = columns.length;
+  let header = `{'descr': '<f8', 'fortran_order': False, 'shape': (${rows}, ${cols}), }`;
+  const pad = 64 - ((10 + header.length + 1) % 64);
+  header += " ".repeat(pad % 64) + "\n";
+  const buf = new ArrayBuffer(10 + header.length + 8 * rows * cols);
+  const bytesView = new Uint8Array(buf);
+  bytesView.set([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59, 1, 0], 0);
+  new DataView(buf).setUint16(8, header.length, true);
+  for (let i = 0; i < header.length; i++) bytesView[10 + i] = header.charCodeAt(i);
+  const data = new Float64Array(buf, 10 + header.length);
+  for (let i = 0; i < rows; i++) {
+    for (let j = 0; j < cols; j++) {
+      const v = columns[j][i];
+      data[i * cols + j] = v === null || v === undefined ? NaN : v;
+    }
+  }
+  return new Blob([buf], { type: "application/x-npy" });
+}

@@ -1,0 +1,124 @@
+"""The generic model adapter: the variables of any ``torch.nn.Module`` and what one state holds.
+
+Naming (the run's contract for module runs):
+
+* a parameter or buffer keeps its ``named_parameters()``/``named_buffers()`` name, dots included:
+  ``fc1.weight``, ``layers.0.bias``, ``bn.running_mean``;
+* axis ``i`` of a tensor ``NAME`` is the dimension ``NAME.dim{i}`` — ``fc1.weight`` has dims
+  ``(step, fc1.weight.dim0, fc1.weight.dim1)``: for ``nn.Linear`` ``dim0`` is the output unit (row =
+  neuron) and ``dim1`` the input; for ``nn.Conv2d`` ``(out_channel, in_channel, kh, kw)``. No such name
+  can clash with a variable: ``fc1.weight.dim0`` would need ``fc1.weight`` to be a module;
+* the gradient of ``NAME`` (option ``gradients=True``) is ``NAME.grad`` and shares ``NAME``'s dims;
+* an extra passed to ``record(name=value)`` is ``name``: a scalar has dims ``(step,)`` (float64), a tensor
+  ``(step, name.dim0, ...)`` unless ``dims={"name": ("sample", "class")}`` names them;
+* ``step`` (int64) is the coordinate: the number of ``record()`` calls before this state (0 = initial).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from trajscope.store.layout import STEP_DIM, VariableSpec
+from trajscope.store.schema import MODULE, make_schema
+
+KIND = MODULE
+RESERVED = ("step", "t")
+
+#: torch dtype → (stored dtype, dtype of the recording buffer)
+_DTYPES: dict[torch.dtype, tuple[str, torch.dtype]] = {
+    torch.float64: ("float64", torch.float64),
+    torch.float32: ("float32", torch.float32),
+    torch.float16: ("float16", torch.float16),
+    torch.bfloat16: ("float32", torch.float32),  # zarr has no bfloat16: stored exactly as float32
+    torch.int64: ("int64", torch.int64),
+    torch.int32: ("int32", torch.int32),
+    torch.int16: ("int16", torch.int16),
+    torch.int8: ("int8", torch.int8),
+    torch.uint8: ("uint8", torch.uint8),
+    torch.bool: ("bool", torch.bool),
+}
+
+
+def axis_dims(name: str, ndim: int) -> tuple[str, ...]:
+    """The dims of one state of tensor ``name``: ``(name.dim0, name.dim1, ...)``."""
+    return tuple(f"{name}.dim{i}" for i in range(ndim))
+
+
+def stored_dtype(dtype: torch.dtype) -> tuple[str, torch.dtype]:
+    """``(stored numpy dtype name, recording buffer torch dtype)`` for a tensor of ``dtype``."""
+    if dtype not in _DTYPES:
+        raise TypeError(f"cannot record tensors of dtype {dtype}: use a real floating, integer or bool dtype")
+    return _DTYPES[dtype]
+
+
+def fill_for(dtype: torch.dtype) -> float | int | bool:
+    """What a state holds for a tensor that was not given (a gradient before the first backward)."""
+    return math.nan if dtype.is_floating_point else (False if dtype == torch.bool else 0)
+
+
+def select(named: Iterable[tuple[str, torch.Tensor]], patterns: Sequence[str] | None) -> dict[str, torch.Tensor]:
+    """The tensors whose name matches one of the ``fnmatch`` ``patterns`` (all when ``None``)."""
+    out = {}
+    for name, tensor in named:
+        if patterns is None or any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            out[name] = tensor
+    return out
+
+
+def tracked(module: torch.nn.Module, parameters: Sequence[str] | None, buffers: bool | Sequence[str],
+            gradients: bool) -> dict[str, tuple[str, torch.Tensor]]:
+    """Name → (role, tensor) of everything recorded from ``module`` (gradients are read at record time)."""
+    params = select(module.named_parameters(), parameters)
+    if parameters is not None and not params:
+        names = ", ".join(n for n, _ in module.named_parameters()) or "none"
+        raise ValueError(f"no parameter matches {list(parameters)}: the module's parameters are {names}")
+    out: dict[str, tuple[str, torch.Tensor]] = {n: ("parameter", p) for n, p in params.items()}
+    if buffers:
+        patterns = None if buffers is True else list(buffers)
+        for n, b in select(module.named_buffers(), patterns).items():
+            if b.dtype in _DTYPES:
+                out[n] = ("buffer", b)
+    if gradients:
+        for n, p in params.items():
+            out[f"{n}.grad"] = ("gradient", p)
+    return out
+
+
+def variables(tracked_tensors: Mapping[str, tuple[str, torch.Tensor]], extras: Mapping[str, torch.Tensor],
+              extra_dims: Mapping[str, Sequence[str]] | None = None) -> dict[str, VariableSpec]:
+    """The run's variables: ``step``, every tracked tensor, every extra (see the module docstring)."""
+    extra_dims = dict(extra_dims or {})
+    specs = {"step": VariableSpec("step", (STEP_DIM,), "int64", "coordinate")}
+    for name, (role, tensor) in tracked_tensors.items():
+        base = name[: -len(".grad")] if role == "gradient" else name
+        specs[name] = VariableSpec(name, (STEP_DIM, *axis_dims(base, tensor.ndim)), stored_dtype(tensor.dtype)[0], role)
+    for name, value in extras.items():
+        if name in specs or name in RESERVED:
+            raise ValueError(f"record({name}=...) clashes with a recorded variable: rename the extra")
+        if value.ndim == 0:
+            specs[name] = VariableSpec(name, (STEP_DIM,), "float64", "scalar")
+            continue
+        dims = tuple(extra_dims.get(name) or axis_dims(name, value.ndim))
+        if len(dims) != value.ndim:
+            raise ValueError(f"dims for {name!r} name {len(dims)} axes; the tensor has {value.ndim}")
+        specs[name] = VariableSpec(name, (STEP_DIM, *dims), stored_dtype(value.dtype)[0], "tensor")
+    return specs
+
+
+def schema(specs: Mapping[str, VariableSpec]) -> dict[str, Any]:
+    """The ``schema`` root attribute of a module run."""
+    return make_schema(KIND, specs)
+
+
+def as_tensor(value: Any) -> torch.Tensor:
+    """An extra as a detached tensor (Python numbers become float64 scalars)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (bool, int, float, np.floating, np.integer)):
+        return torch.tensor(float(value), dtype=torch.float64)
+    return torch.as_tensor(np.asarray(value))

@@ -1,0 +1,320 @@
+"""``trajscope.ModuleRecorder``: record any ``torch.nn.Module`` from the user's own training loop.
+
+::
+
+    with trajscope.ModuleRecorder(model, root="runs", name="mlp") as rec:
+        rec.record()                      # the initial state (step 0)
+        for step in range(1, steps + 1):
+            ...; opt.step()
+            rec.record(loss=loss)         # every parameter after this step, plus named extras
+
+It is built on :class:`~trajscope.producer.recorder.Recorder` (chunk buffers on the model's device,
+asynchronous copies, a writer thread, the store's commit protocol), so a GPU model is recorded with no
+host sync per step. The total number of steps need not be known: the run's capacity grows in large
+increments (doubling) through :meth:`RunWriter.grow`; readers always trim to ``committed_steps``.
+
+The run is created at the second ``record`` call (or at :meth:`close`), so the extras of the first two
+calls (``rec.record()`` then ``rec.record(loss=...)``) become its variables; an extra first seen later is
+refused with a message. An extra missing from a call is stored as NaN (0 for integers) at that state.
+Optimizer state is **not** recorded: to resume exactly, restore it yourself (or use plain SGD).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from trajscope.producer import module as adapter
+from trajscope.producer.recorder import Recorder
+from trajscope.store import RunWriter, StoreRoot
+from trajscope.store.errors import UserError
+from trajscope.store.layout import validate_run_id
+from trajscope.store.schema import MODULE, read_schema
+
+#: first capacity, in time chunks, when the caller gives no ``expected_steps``
+INITIAL_CHUNKS = 8
+
+
+class ModuleRecorder:
+    """Record every state of ``module`` into the run ``<root>/<name>.zarr``.
+
+    Parameters
+    ----------
+    module
+        The model; its ``named_parameters()`` are recorded (all, or those matching ``parameters``).
+    root, name
+        Store root (directory or fsspec URL; default ``$TRAJSCOPE_ROOT`` or ``./runs``) and run id
+        (default ``<ClassName>-<time>``).
+    every
+        Record one ``record()`` call in ``every`` (the first call, step 0, always). Default: every step.
+    parameters
+        ``fnmatch`` patterns of parameter names to record (e.g. ``["fc*.weight"]``); default all.
+    buffers
+        Also record buffers (``True``: all; or a list of patterns), e.g. BatchNorm running statistics.
+    gradients
+        Also record each parameter's ``.grad`` as ``NAME.grad`` (NaN where there is none yet): the
+        gradient stored with a state is the one its preceding optimizer step used.
+    dims
+        Dim names of tensor extras, e.g. ``{"logits": ("sample", "class")}``.
+    resume
+        Append to the unfinished run ``name`` (after a crash or an interrupt) instead of creating it;
+        restore your model with :meth:`last_state` and continue from :attr:`step`. A run that does not
+        exist yet is created.
+    expected_steps
+        A hint for the first capacity (the run grows past it anyway).
+    attrs
+        JSON-ready metadata stored with the run under ``attrs["user"]``.
+    compressor, chunk_mib, queue_chunks
+        Codec (``none``/``zstd``), target size of a chunk of the largest variable, and number of chunk
+        buffers (bound on memory and on work queued for the writer).
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        root: str | os.PathLike | StoreRoot | None = None,
+        name: str | None = None,
+        *,
+        every: int = 1,
+        parameters: Sequence[str] | None = None,
+        buffers: bool | Sequence[str] = False,
+        gradients: bool = False,
+        dims: Mapping[str, Sequence[str]] | None = None,
+        resume: bool = False,
+        expected_steps: int | None = None,
+        attrs: Mapping[str, Any] | None = None,
+        compressor: str = "none",
+        chunk_mib: float | None = None,
+        queue_chunks: int = 3,
+    ):
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"ModuleRecorder records a torch.nn.Module, not {type(module).__name__}")
+        if int(every) < 1:
+            raise UserError(f"every={every}: record every N-th call, N a positive integer")
+        self.module = module
+        self.root = root if isinstance(root, StoreRoot) else StoreRoot(root)
+        self.run_id = validate_run_id(name or f"{type(module).__name__}-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.every = int(every)
+        self.dims = dict(dims or {})
+        self.expected_steps = expected_steps
+        self.user_attrs = dict(attrs or {})
+        self.compressor = compressor
+        self.chunk_mib = chunk_mib
+        self.queue_chunks = queue_chunks
+        self.tracked = adapter.tracked(module, parameters, buffers, gradients)
+        self.options = {"every": self.every, "parameters": None if parameters is None else list(parameters),
+                        "buffers": buffers if isinstance(buffers, bool) else list(buffers), "gradients": gradients}
+        first = next(iter(self.tracked.values()), (None, torch.empty(0)))[1]
+        self.device = first.device
+        #: the step number the next ``record()`` call records (the calls made so far)
+        self.step = 0
+        self.writer: RunWriter | None = None
+        self.recorder: Recorder | None = None
+        self.specs: dict[str, Any] = {}
+        self._pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+        self._extras_seen: dict[str, torch.Tensor] = {}
+        self._closed = False
+        self.status: str | None = None
+        if resume and self.root.exists(self.run_id):
+            self._reopen()
+        elif self.root.exists(self.run_id):
+            raise UserError(f"run {self.run_id!r} already exists under {self.root.location}: choose another name, "
+                            "or continue it with ModuleRecorder(..., resume=True)")
+
+    # -- context manager ----------------------------------------------------------------------------
+    def __enter__(self) -> "ModuleRecorder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close("complete")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close("interrupted")
+        else:
+            self.close("failed", f"{exc_type.__name__}: {exc}")
+
+    # -- recording ----------------------------------------------------------------------------------
+    def record(self, **extra: Any) -> None:
+        """Record the module's current state (and the named scalars/tensors in ``extra``).
+
+        Call it once for the initial state and once after every optimizer step; with ``every=N`` only
+        every N-th call is stored. Returns immediately: copies go to a device buffer.
+        """
+        if self._closed:
+            raise RuntimeError(f"run {self.run_id!r}: record() after close()")
+        values = {name: adapter.as_tensor(v) for name, v in extra.items()}
+        if self.recorder is None:
+            for name, value in values.items():
+                self._extras_seen.setdefault(name, value)
+        else:
+            unknown = sorted(set(values) - set(self.specs))
+            if unknown:
+                raise UserError(
+                    f"record({unknown[0]}=...) is new at step {self.step}: a run's variables are fixed by its first "
+                    "two record() calls; pass it from the start (it may be missing from some calls)")
+        step, self.step = self.step, self.step + 1
+        if step % self.every == 0:
+            with torch.no_grad():
+                state = self._state(values)
+                if self.recorder is None:
+                    self._pending.append((step, {n: t.clone() for n, t in state.items()}))
+                else:
+                    self._record(step, state)
+        if self.recorder is None and step >= 1:  # the first two calls fixed the variables
+            with torch.no_grad():
+                self._start()
+
+    def _state(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        state = {}
+        for name, (role, tensor) in self.tracked.items():
+            state[name] = tensor.grad if role == "gradient" else tensor
+        state.update(values)
+        return {n: t.detach() for n, t in state.items() if t is not None}
+
+    def _record(self, step: int, state: Mapping[str, torch.Tensor]) -> None:
+        index = self.recorder.index
+        if index >= self.writer.capacity:
+            self.writer.grow(max(2 * self.writer.capacity, index + self.writer.chunk_steps))
+        values: dict[str, Any] = {"step": step}
+        for name, spec in self.specs.items():
+            if name == "step":
+                continue
+            value = state.get(name)
+            values[name] = adapter.fill_for(self._buffer_dtypes[name]) if value is None else value
+        self.recorder.record(**values)
+
+    # -- creation / resumption ----------------------------------------------------------------------
+    def _start(self) -> None:
+        """Create the run (variables: tracked tensors + the extras seen so far) and replay pending states."""
+        state0 = {n: (t.grad if role == "gradient" and t.grad is not None else t)
+                  for n, (role, t) in self.tracked.items()}
+        specs = adapter.variables({n: (r, state0[n]) for n, (r, _) in self.tracked.items()}, self._extras_seen,
+                                  self.dims)
+        sizes: dict[str, int] = {}
+        for name, spec in specs.items():
+            tensor = state0.get(name, self._extras_seen.get(name))
+            for dim, size in zip(spec.dims[1:], () if tensor is None else tensor.shape):
+                if sizes.setdefault(dim, int(size)) != int(size):
+                    raise ValueError(f"dim {dim!r} has size {sizes[dim]} and {int(size)}: give the extra its own dims")
+        chunk_bytes = int(self.chunk_mib * 2**20) if self.chunk_mib else None
+        from trajscope.store.layout import TARGET_CHUNK_BYTES, chunk_steps_for
+
+        step_bytes = max(int(np.prod([sizes[d] for d in s.dims[1:]], dtype=np.int64)) * np.dtype(s.dtype).itemsize
+                         for s in specs.values())
+        chunk = chunk_steps_for(step_bytes, chunk_bytes or TARGET_CHUNK_BYTES)
+        wanted = self.expected_steps // self.every + 1 if self.expected_steps else INITIAL_CHUNKS * chunk
+        capacity = max(chunk, -(-wanted // chunk) * chunk)
+        attrs = {
+            "schema": adapter.schema(specs),
+            "module": f"{type(self.module).__module__}.{type(self.module).__qualname__}",
+            "recording": self.options,
+            "device": str(self.device),
+            "user": self.user_attrs,
+        }
+        self.writer = RunWriter.create(self.root, self.run_id, variables=specs, sizes=sizes, capacity=capacity,
+                                       static={}, attrs=attrs, compressor=self.compressor, chunk_bytes=chunk_bytes)
+        self._begin(specs, start_index=0, preload=None)
+        pending, self._pending = self._pending, []
+        for step, state in pending:
+            self._record(step, state)
+
+    def _begin(self, specs, *, start_index: int, preload) -> None:
+        self.specs = dict(specs)
+        shapes, dtypes = {}, {}
+        sizes = {}
+        for name, array in self.writer.arrays.items():
+            sizes[name] = tuple(array.shape[1:])
+        for name, spec in self.specs.items():
+            if name == "step":
+                continue
+            shapes[name] = sizes[name]
+            dtypes[name] = torch.from_numpy(np.zeros(0, dtype=spec.dtype)).dtype
+        shapes["step"], dtypes["step"] = (), torch.int64
+        self._buffer_dtypes = dtypes
+        try:
+            self.recorder = Recorder(self.writer, shapes, dtypes, self.device, start_index=start_index,
+                                     preload=preload, buffers=self.queue_chunks)
+        except BaseException:
+            self.writer.lock.release()
+            raise
+
+    def _reopen(self) -> None:
+        writer = RunWriter.reopen(self.root, self.run_id)
+        try:
+            schema = read_schema(writer.attrs)
+            if schema.get("kind") != MODULE:
+                raise UserError(f"run {self.run_id!r} is a {schema.get('kind')} run, not a module run: "
+                                "resume it with `trajscope resume`")
+            stored = {n: v for n, v in schema["variables"].items()}
+            for name, (_, tensor) in self.tracked.items():
+                if name not in stored:
+                    raise UserError(f"run {self.run_id!r} has no variable {name!r}: resume with the same model "
+                                    "and the same recording options")
+                shape = tuple(writer.arrays[name].shape[1:])
+                if shape != tuple(tensor.shape):
+                    raise UserError(f"{name}: the run stores shape {shape}, the module has {tuple(tensor.shape)}")
+            committed = writer.committed_steps
+            chunk_start = (committed // writer.chunk_steps) * writer.chunk_steps
+            preload = writer.read_states(chunk_start, committed) if committed % writer.chunk_steps else None
+            last = int(writer.arrays["step"][committed - 1]) if committed else -1
+        except BaseException:
+            writer.lock.release()
+            raise
+        from trajscope.store.layout import VariableSpec
+
+        self.writer = writer
+        specs = {n: VariableSpec(n, tuple(v["dims"]), v["dtype"], v["role"]) for n, v in stored.items()}
+        self._begin(specs, start_index=committed, preload=preload)
+        self.step = last + 1
+
+    # -- resume helpers -----------------------------------------------------------------------------
+    def last_state(self, load: bool = True) -> dict[str, torch.Tensor]:
+        """The last committed state of the recorded parameters and buffers (on the CPU).
+
+        With ``load=True`` they are copied into the module (``torch.no_grad``), so training continues
+        from exactly the stored state; :attr:`step` is the step the next ``record()`` records.
+        Optimizer state is not part of the run: restore it yourself.
+        """
+        if self.writer is None or self.writer.committed_steps == 0:
+            raise UserError(f"run {self.run_id!r} has no committed state to load")
+        k = self.writer.committed_steps - 1
+        out = {}
+        for name, (role, tensor) in self.tracked.items():
+            if role == "gradient":
+                continue
+            out[name] = torch.from_numpy(np.ascontiguousarray(self.writer.arrays[name][k]))
+            if load:
+                with torch.no_grad():
+                    tensor.copy_(out[name].reshape(tensor.shape))
+        return out
+
+    # -- the end --------------------------------------------------------------------------------------
+    @property
+    def committed_steps(self) -> int:
+        """States a reader may trust so far."""
+        return 0 if self.recorder is None else self.recorder.committed
+
+    @property
+    def location(self) -> str:
+        """Path or URL of the run's ``.zarr`` group."""
+        return self.root.run_url(self.run_id)
+
+    def close(self, status: str = "complete", error: str | None = None) -> str:
+        """Flush, commit everything recorded, end the run with ``status``; returns the run's location."""
+        if self._closed:
+            return self.location
+        self._closed = True
+        if self.recorder is None:
+            self._start()
+        try:
+            committed = self.recorder.close()
+        except Exception as exc:  # noqa: BLE001 - the writer failed: the run says so
+            committed, status, error = self.recorder.committed, "failed", error or f"writer: {exc}"
+        last = int(self.writer.arrays["step"][committed - 1]) if committed else 0
+        self.writer.finish(status, error, last_step=last)
+        self.status = status
+        return self.location

@@ -1,0 +1,175 @@
+"""Exporting a run (or a slice of it) to netCDF, Zarr or ``.npz``, and reading such a file back.
+
+A run's root attributes hold nested mappings (the resolved config, library versions...), ``None`` and
+booleans, which netCDF attributes cannot hold, and netCDF-3 has no 64-bit integers. :func:`portable`
+therefore writes every attribute that is not a plain ASCII string or a number as JSON text and names
+those attributes (and any variable whose dtype netCDF-3 would change) in the attribute
+:data:`MARKER`; :func:`restore` undoes both, so ``restore(open(export(ds)))`` equals ``ds``.
+Zarr keeps nested attributes as they are; only the stored chunk encoding is replaced by the
+dataset's own (uniform) dask chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from numbers import Number
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import xarray as xr
+
+from trajscope.store.errors import UserError
+
+MARKER = "trajscope_export"
+FORMATS = {".nc": "netcdf", ".nc4": "netcdf", ".netcdf": "netcdf", ".zarr": "zarr", ".npz": "npz"}
+
+
+def drop_chunk_encoding(ds: xr.Dataset) -> xr.Dataset:
+    """Forget the stored chunk shape of every variable (in place; returns ``ds``).
+
+    After a selection the dask chunks no longer line up with the stored ones and xarray's ``to_zarr``
+    refuses the stored ``encoding['chunks']``; without it, ``to_zarr`` writes the dask chunks.
+    """
+    for var in ds.variables.values():
+        var.encoding.pop("chunks", None)
+    return ds
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, str):
+        return value.isascii()
+    return isinstance(value, (Number, np.number))
+
+
+def _encode_attrs(attrs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    out, encoded = {}, []
+    for key, value in attrs.items():
+        if _plain(value):
+            out[key] = value
+        else:
+            out[key] = json.dumps(value, default=_json_default, allow_nan=True)
+            encoded.append(key)
+    return out, encoded
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"attribute value {value!r} cannot be exported")
+
+
+def portable(ds: xr.Dataset) -> xr.Dataset:
+    """A copy of ``ds`` that any netCDF writer accepts: attributes as above, no backend encodings."""
+    out = ds.copy(deep=False)
+    marker: dict[str, Any] = {"attrs": {}, "dtypes": {}}
+    out.attrs, marker["attrs"][""] = _encode_attrs(ds.attrs)
+    for name, var in out.variables.items():
+        var.attrs, encoded = _encode_attrs(dict(ds[name].attrs))
+        if encoded:
+            marker["attrs"][str(name)] = encoded
+        var.encoding = {}
+        if var.dtype in (np.int64, np.uint64, np.uint32, np.uint16, np.bool_):  # netCDF-3 changes these
+            marker["dtypes"][str(name)] = var.dtype.str
+    out.attrs[MARKER] = json.dumps(marker)
+    return out
+
+
+def restore(ds: xr.Dataset) -> xr.Dataset:
+    """Undo :func:`portable` on a dataset read back from a file (a no-op on other datasets)."""
+    if MARKER not in ds.attrs:
+        return ds
+    out = ds.copy(deep=False)
+    marker = json.loads(out.attrs.pop(MARKER))
+    for name, keys in marker["attrs"].items():
+        attrs = out.attrs if name == "" else out[name].attrs
+        for key in keys:
+            attrs[key] = json.loads(attrs[key])
+    for name, dtype in marker["dtypes"].items():
+        if out[name].dtype != np.dtype(dtype):
+            out[name] = out[name].astype(dtype)
+    for var in out.variables.values():
+        var.encoding = {}
+    return out
+
+
+def select(ds: xr.Dataset, step: slice | None = None, variables: Iterable[str] | None = None) -> xr.Dataset:
+    """The variables ``variables`` (all when ``None``; coordinates always kept) of the states in ``step``.
+
+    ``step`` is ``slice(a, b, s)``: optimizer steps ``a`` to ``b`` (both included), every ``s``-th
+    recorded state. An empty selection or an unknown variable is a :class:`UserError`.
+    """
+    out = ds
+    if variables:
+        names = list(dict.fromkeys(variables))
+        unknown = [v for v in names if v not in ds.data_vars]
+        if unknown:
+            raise UserError(f"no variable {', '.join(map(repr, unknown))} in the run: "
+                            f"choose from {', '.join(map(str, ds.data_vars))}")
+        out = out[names]
+    if step is not None and "step" in out.dims:
+        out = out.sel(step=slice(step.start, step.stop)).isel(step=slice(None, None, step.step))
+        if out.sizes["step"] == 0:
+            first, last = int(ds["step"][0]), int(ds["step"][-1])
+            raise UserError(f"no recorded state in steps {step.start}:{step.stop}: the run has steps {first} to {last}")
+    return out
+
+
+def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
+    """Write ``ds`` to ``path``; the suffix picks the format: ``.nc`` (netCDF), ``.zarr`` or ``.npz``.
+
+    netCDF and ``.npz`` files go through :func:`portable` (read them back with :func:`read_export`);
+    a Zarr export is a plain Zarr v3 group with the run's attributes, which ``trajscope.open_run`` and
+    ``xr.open_zarr`` open. ``committed_steps`` is set to the number of exported states. Refuses to
+    overwrite an existing file.
+    """
+    path = Path(path)
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise UserError(f"cannot export to {path.name!r}: the file name must end in "
+                        f"{', '.join(sorted(set(FORMATS)))}")
+    if path.exists():
+        raise UserError(f"{str(path)!r} exists: remove it or choose another output file")
+    if not path.parent.exists():
+        raise UserError(f"directory {str(path.parent)!r} does not exist: create it or choose another output file")
+    ds = ds.copy(deep=False)
+    if "step" in ds.dims:
+        ds.attrs["committed_steps"] = int(ds.sizes["step"])
+        chunk = int(ds.attrs.get("chunk_steps") or 0) or None
+        ds = ds.chunk({"step": chunk or "auto"})  # uniform chunks, as Zarr needs
+    drop_chunk_encoding(ds)
+    if kind == "zarr":
+        ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True)
+    elif kind == "netcdf":
+        portable(ds).to_netcdf(path)
+    else:
+        flat = portable(ds)
+        arrays = {str(name): var.values for name, var in flat.variables.items()}
+        layout = {str(name): {"dims": list(var.dims), "attrs": var.attrs} for name, var in flat.variables.items()}
+        np.savez(path, __layout__=np.array(json.dumps({"attrs": flat.attrs, "variables": layout,
+                                                       "coords": [str(c) for c in flat.coords]})), **arrays)
+    return path
+
+
+def read_export(path: str | os.PathLike) -> xr.Dataset:
+    """Read a file written by :func:`export` back into the dataset that was exported."""
+    path = Path(path)
+    kind = FORMATS.get(path.suffix.lower())
+    if kind == "zarr":
+        return xr.open_zarr(path, zarr_format=3)
+    if kind == "netcdf":
+        with xr.open_dataset(path) as opened:
+            return restore(opened.load())
+    if kind == "npz":
+        with np.load(path, allow_pickle=False) as data:
+            layout = json.loads(str(data["__layout__"]))
+            variables = {name: xr.Variable(spec["dims"], data[name], spec["attrs"])
+                         for name, spec in layout["variables"].items()}
+        coords = {name: variables.pop(name) for name in layout["coords"]}
+        return restore(xr.Dataset(variables, coords=coords, attrs=layout["attrs"]))
+    raise UserError(f"cannot read {path.name!r}: not a .nc, .zarr or .npz export")

@@ -1,0 +1,90 @@
+"""Editing a run after the fact: its user labels (tags, a note), and deleting it.
+
+The writer of a run keeps the run's root attributes in memory and rewrites them whole at every commit,
+so an edit made beside a live writer would be lost at its next commit, or would clobber it. Every
+function here therefore takes the run's writer lock first (:class:`~trajscope.store.locks.WriterLock`):
+a run that is being written is refused with the holder named, and no writer can start while the edit
+lasts. The group's ``zarr.json`` is then read fresh, its ``attributes`` changed and the whole document
+written back in one atomic write, so a finished run keeps its consolidated metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Callable, Iterable
+
+from trajscope.store.errors import UserError
+from trajscope.store.locks import WriterLock
+from trajscope.store.root import StoreRoot, resolve_run
+
+TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=+-]{0,63}")
+USER_ATTRS = ("tags", "note")
+
+
+def validate_tag(tag: str) -> str:
+    """A tag is 1–64 characters: letters, digits and ``. _ : = + -``, starting with a letter or digit."""
+    if not isinstance(tag, str) or not TAG_PATTERN.fullmatch(tag):
+        raise UserError(f"invalid tag {tag!r}: use 1-64 letters, digits or . _ : = + - (e.g. baseline, lr=0.01)")
+    return tag
+
+
+def labels(tags: Iterable[str] | None = None, note: str | None = None) -> dict[str, Any]:
+    """The attributes a run is created with when the user labels it at ``produce`` time."""
+    out: dict[str, Any] = {}
+    if tags:
+        out["tags"] = sorted({validate_tag(t) for t in tags})
+    if note is not None:
+        out["note"] = str(note)
+    return out
+
+
+def edit_attrs(
+    run: str | os.PathLike,
+    root: str | os.PathLike | StoreRoot | None,
+    change: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Apply ``change`` (which edits the attribute dict in place) to a run that is not being written.
+
+    Raises :class:`~trajscope.store.errors.RunLocked` while a writer holds the run and
+    :class:`~trajscope.store.errors.RunNotFound` when there is no such run. Returns the new attributes.
+    """
+    store_root, run_id = resolve_run(run, root)
+    store_root.read_group_metadata(run_id)  # RunNotFound before a lock file is made for a typo
+    with WriterLock(store_root, run_id):
+        document = store_root.read_group_metadata(run_id)  # fresh, under the lock
+        attrs = document.setdefault("attributes", {})
+        change(attrs)
+        store_root.write_bytes(run_id, "zarr.json", json.dumps(document, indent=2, allow_nan=False).encode())
+    return attrs
+
+
+def tag_run(
+    run: str | os.PathLike,
+    root: str | os.PathLike | StoreRoot | None = None,
+    *,
+    add: Iterable[str] = (),
+    remove: Iterable[str] = (),
+    note: str | None = None,
+) -> dict[str, Any]:
+    """Add and remove tags and/or replace the note of a run (``note=""`` clears it). Returns the attributes."""
+    add = [validate_tag(t) for t in add]
+    remove = list(remove)
+
+    def change(attrs: dict[str, Any]) -> None:
+        tags = (set(attrs.get("tags") or []) | set(add)) - set(remove)
+        attrs["tags"] = sorted(tags)
+        if note is not None:
+            attrs["note"] = note or None
+
+    return edit_attrs(run, root, change)
+
+
+def delete_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | None = None) -> str:
+    """Delete a run that is not being written (its writer lock is held while it is removed); returns its id."""
+    store_root, run_id = resolve_run(run, root)
+    store_root.read_group_metadata(run_id)
+    with WriterLock(store_root, run_id):
+        store_root.delete(run_id)
+    return run_id

@@ -1,0 +1,145 @@
+"""Generic quantities against independent numpy / torch.linalg computations, on a module run (MLP and a
+conv net, recorded with ModuleRecorder) and on a legacy two-layer dataset (no schema); applicability."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import trajscope
+from trajscope.analysis import applicable, features, generic
+from trajscope.store.errors import UserError
+
+
+class ConvNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 5, 3)
+        self.fc = torch.nn.Linear(5 * 4 * 4, 3)
+        self.scale = torch.nn.Parameter(torch.tensor(1.5))  # a 0-d parameter
+
+    def forward(self, x):
+        return self.scale * self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generic")
+    torch.manual_seed(5)
+    model, x = ConvNet(), torch.randn(16, 2, 6, 6)
+    y = torch.randint(0, 3, (16,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    with trajscope.ModuleRecorder(model, root=root, name="conv", chunk_mib=0.004) as rec:
+        rec.record()
+        for _ in range(21):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            rec.record(loss=loss)
+    ds = trajscope.open_run(root / "conv.zarr")
+    params = {n: torch.from_numpy(ds[n].values).double() for n, _ in model.named_parameters()}
+    return ds, params
+
+
+def _values(result: xr.Dataset, name: str) -> np.ndarray:
+    return np.asarray(result[name].compute().values)
+
+
+def test_norms_against_torch_linalg(run):
+    ds, params = run
+    fro = generic.frobenius_norms(ds).compute()
+    spec = generic.spectral_norms(ds).compute()
+    total = np.zeros(ds.sizes["step"])
+    for n, p in params.items():
+        flat = p.reshape(len(p), -1) if p.ndim > 1 else p.reshape(len(p), -1)
+        np.testing.assert_allclose(fro[n].values, torch.linalg.vector_norm(flat, dim=1).numpy(), rtol=1e-12)
+        total += (flat ** 2).sum(1).numpy()
+        if p.ndim >= 3:
+            mat = p.reshape(p.shape[0], p.shape[1], -1)
+            np.testing.assert_allclose(spec[n].values, torch.linalg.matrix_norm(mat, ord=2).numpy(), rtol=1e-10)
+        else:
+            np.testing.assert_allclose(spec[n].values, torch.linalg.vector_norm(flat, dim=1).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(fro["(all)"].values, np.sqrt(total), rtol=1e-12)
+
+
+def test_singular_values_and_stable_rank_of_every_matrix(run):
+    ds, params = run
+    sv = generic.param_singular_values(ds).compute()
+    sr = generic.param_stable_ranks(ds).compute()
+    gram = generic.param_singular_values(ds, method="gram").compute()
+    assert set(sv.data_vars) == {"conv.weight", "fc.weight"}  # the matrices (conv read as (out, in·kh·kw))
+    for n in sv.data_vars:
+        mat = params[n].reshape(params[n].shape[0], params[n].shape[1], -1)
+        expected = torch.linalg.svdvals(mat).numpy()
+        np.testing.assert_allclose(sv[n].values, expected, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(gram[n].values, expected, rtol=1e-6, atol=1e-7 * expected.max())
+        np.testing.assert_allclose(sr[n].values, (expected ** 2).sum(1) / expected[:, 0] ** 2, rtol=1e-10)
+        assert sv[n].dims == ("step", f"{n}.sv")
+
+
+def test_updates_distance_and_row_cosines(run):
+    ds, params = run
+    sel = slice(3, 17, 2)
+    upd = generic.update_norms(ds, sel).compute()
+    dist = generic.distance_from_init(ds, sel).compute()
+    cos = generic.row_cosines_to_init(ds, sel).compute()
+    steps = ds["step"].values
+    keep = np.flatnonzero((steps >= 3) & (steps <= 17))[::2]
+    tot_u, tot_d = 0.0, 0.0
+    for n, p in params.items():
+        flat = p.reshape(len(p), -1).numpy()
+        u = np.linalg.norm(flat[keep[1:]] - flat[keep[:-1]], axis=1)
+        d = np.linalg.norm(flat[keep] - flat[0], axis=1)
+        np.testing.assert_allclose(upd[n].values, u, rtol=1e-12, atol=1e-15)
+        np.testing.assert_array_equal(upd[n]["step"].values, steps[keep[1:]])
+        np.testing.assert_allclose(dist[n].values, d, rtol=1e-12, atol=1e-15)
+        tot_u, tot_d = tot_u + u ** 2, tot_d + d ** 2
+        if p.ndim >= 3:
+            rows = p.reshape(p.shape[0], p.shape[1], -1).numpy()
+            c = np.einsum("krc,rc->kr", rows[keep], rows[0]) / (
+                np.linalg.norm(rows[keep], axis=2) * np.linalg.norm(rows[0], axis=1))
+            np.testing.assert_allclose(cos[n].values, c, rtol=1e-12)
+            assert cos[n].dims == ("step", f"{n}.dim0")
+    np.testing.assert_allclose(upd["(all)"].values, np.sqrt(tot_u), rtol=1e-12)
+    np.testing.assert_allclose(dist["(all)"].values, np.sqrt(tot_d), rtol=1e-12)
+    assert set(cos.data_vars) == {"conv.weight", "fc.weight"}
+
+
+def test_parameter_pattern_and_lazy_results(run):
+    ds, _ = run
+    out = generic.frobenius_norms(ds, parameter="fc.*, scale")
+    assert set(out.data_vars) == {"fc.weight", "fc.bias", "scale", "(all)"}
+    assert out["fc.weight"].chunks is not None  # lazy (dask) until computed
+    with pytest.raises(UserError, match="matches none"):
+        generic.frobenius_norms(ds, parameter="nope*")
+
+
+def test_applicability_and_the_accessor(run):
+    ds, _ = run
+    assert features(ds) == {"parameters", "matrices", "loss"}
+    names = set(applicable(ds))
+    assert "distance_from_init" in names and "stable_rank" not in names and "t1" not in names
+    assert ds.traj.distance_from_init()["(all)"].sizes["step"] == ds.sizes["step"]
+    with pytest.raises(UserError, match="two_layer"):
+        ds.traj.stable_rank()
+    assert "param_norms" in ds.traj.plot_kinds() and "alignment" not in ds.traj.plot_kinds()
+    fig = ds.traj.plot("param_updates")
+    assert len(fig.axes) == 2
+
+
+def test_a_legacy_two_layer_dataset_gets_both_families(small_run):
+    ds = small_run
+    assert "schema" not in ds.attrs
+    have = features(ds)
+    assert {"two_layer", "parameters", "matrices"} <= have
+    names = set(applicable(ds))
+    assert {"stable_rank", "t1", "frobenius_norms", "row_cosines_to_init"} <= names
+    W = ds["W"].values.astype(np.float64)
+    np.testing.assert_allclose(generic.param_stable_ranks(ds)["W"].values, ds.traj.stable_rank().values, rtol=1e-6)
+    cos = generic.row_cosines_to_init(ds)["W"].values
+    expected = (W * W[0]).sum(2) / (np.linalg.norm(W, axis=2) * np.linalg.norm(W[0], axis=1))
+    np.testing.assert_allclose(cos, expected, rtol=1e-12)
+    assert set(generic.row_cosines_to_init(ds).data_vars) == {"W"}  # v is a vector

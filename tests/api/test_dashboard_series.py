@@ -1,0 +1,104 @@
+"""``/api/runs/{id}/series/{quantity}`` (the dashboard's data) over a real uvicorn server and real runs."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from trajscope.analysis import cones
+from trajscope.analysis.downsample import minmax_downsample
+from trajscope.store import StoreRoot, open_run
+
+
+def test_loss_series_is_exact_when_short_and_min_max_downsampled_when_long(client, expected):
+    loss = expected["done"]["loss"].values
+    body = client.get("/api/runs/done/series/loss", params={"points": 100}).json()
+    assert body["exact"] and body["x"] == list(range(40)) and np.allclose(body["series"]["loss"], loss)
+    assert body["selection"] == {"first": 0, "last": 39, "states": 40}
+    small = client.get("/api/runs/done/series/loss", params={"points": 4, "step": "5:30"}).json()
+    ref = minmax_downsample(np.arange(5, 31), loss[5:31], 4)
+    assert not small["exact"] and small["x"] == ref.x.tolist() and len(small["x"]) <= 8
+    np.testing.assert_allclose(small["series"]["loss"], ref.values)
+    assert small["selection"] == {"first": 5, "last": 30, "states": 26}
+
+
+def test_tail_and_multi_column_quantities(client, expected, local_root):
+    tail = client.get("/api/runs/live/series/loss", params={"tail": 3}).json()
+    assert tail["x"] == [17, 18, 19] and tail["committed_steps"] == 20  # never past committed_steps
+    fr = client.get("/api/runs/done/series/cone_fractions", params={"step": "10:19"}).json()
+    ref = cones.cone_fractions(open_run("done", local_root), slice(10, 19)).compute()
+    assert len(fr["series"]) == ref.sizes["cone"]
+    for name, values in fr["series"].items():
+        cone = name.split("[", 1)[1][:-1]
+        np.testing.assert_allclose(values, ref.sel(cone=cone).values)
+    ss = client.get("/api/runs/done/series/step_series", params={"points": 10}).json()
+    assert {"mean_alignment_pos", "band_min_pos", "stable_rank", "frac_S_pos"} <= set(ss["series"])
+    assert all(len(v) == len(ss["x"]) <= 20 for v in ss["series"].values())
+    sv = client.get("/api/runs/done/series/singular_values", params={"first": 2}).json()
+    W = expected["done"]["W"].values.astype(np.float64)
+    np.testing.assert_allclose(np.array(list(sv["series"].values())).T, np.linalg.svd(W, compute_uv=False)[:, :2],
+                               rtol=1e-5)
+
+
+def test_neuron_angles_of_chosen_neurons(client, expected):
+    body = client.get("/api/runs/done/series/neuron_angles", params={"neuron": "1,4", "step": ":9"}).json()
+    assert set(body["series"]) == {"to_target[1]", "to_target[4]", "to_init[1]", "to_init[4]"}
+    W = expected["done"]["W"].values.astype(np.float64)
+    cos0 = (W[:10, 4] * W[0, 4]).sum(-1) / np.linalg.norm(W[:10, 4], axis=-1) / np.linalg.norm(W[0, 4])
+    np.testing.assert_allclose(body["series"]["to_init[4]"], np.degrees(np.arccos(np.clip(cos0, -1, 1))), atol=1e-6)
+    assert body["attrs"]["to_init"]["units"] == "degree"
+
+
+def test_csv_and_npy_downloads_hold_the_same_table(client):
+    js = client.get("/api/runs/done/series/cone_fractions", params={"points": 5}).json()
+    csv = client.get("/api/runs/done/series/cone_fractions", params={"points": 5, "format": "csv"})
+    assert csv.headers["content-type"].startswith("text/csv") and "attachment" in csv.headers["content-disposition"]
+    lines = csv.text.strip().splitlines()
+    assert lines[0].split(",") == ["step", *js["series"]]
+    npy = np.load(io.BytesIO(client.get("/api/runs/done/series/cone_fractions",
+                                        params={"points": 5, "format": "npy"}).content))
+    assert npy.shape == (len(js["x"]), 1 + len(js["series"])) == (len(lines) - 1, len(lines[0].split(",")))
+    np.testing.assert_array_equal(npy[:, 0], js["x"])
+    np.testing.assert_allclose(npy[:, 1:], np.array(list(js["series"].values())).T)
+
+
+@pytest.mark.parametrize("url,status,words", [
+    ("/api/runs/done/series/nope", 404, "unknown series"),
+    ("/api/runs/done/series/mu", 422, "not a per-step series"),
+    ("/api/runs/done/series/loss?points=0", 422, "points"),
+    ("/api/runs/done/series/loss?scale=cubic", 422, "scale"),
+    ("/api/runs/done/series/loss?step=100:200", 400, "selects no recorded state"),
+    ("/api/runs/done/series/neuron_angles?neuron=9", 400, "out of range"),
+    ("/api/runs/done/series/loss?bogus=1", 400, "unknown parameter"),
+    ("/api/runs/nope/series/loss", 404, "no run"),
+])
+def test_bad_requests_say_what_is_wrong(client, url, status, words):
+    r = client.get(url)
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"]
+
+
+def test_too_many_columns_asks_for_neurons(tmp_path, write_run, serve):
+    import httpx
+
+    root = StoreRoot(tmp_path)
+    write_run(root, "wide", steps=8, h=40, chunk_steps=8)
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        r = c.get("/api/runs/wide/series/neuron_angles")
+        assert r.status_code == 400 and "neuron=" in r.json()["detail"]
+        assert len(c.get("/api/runs/wide/series/neuron_angles", params={"neuron": "0:8"}).json()["series"]) == 16
+        assert len(c.get("/api/runs/wide/series/neuron_angles", params={"first": 5}).json()["series"]) == 5
+
+
+def test_static_assets_are_served_from_the_package_only(client):
+    js = client.get("/static/vendor/uPlot.iife.min.js")
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript") and "uPlot" in js.text
+    assert client.get("/static/vendor/uPlot.min.css").headers["content-type"].startswith("text/css")
+    assert "MIT" in client.get("/static/vendor/uPlot.LICENSE").text
+    page = client.get("/").text
+    for src in ("/static/vendor/uPlot.iife.min.js", "/static/app.js", "/static/charts.js"):
+        assert src in page and client.get(src).status_code == 200
+    for bad in ("/static/../app.py", "/static/vendor/../../routes_series.py", "/static/nope.js", "/static/%2e%2e/app.py"):
+        assert client.get(bad).status_code == 404, bad

@@ -1,0 +1,96 @@
+"""A run recorded with ModuleRecorder over a real uvicorn server: its dotted variables, any dimension
+by name, only the analyses and figures that apply (the generic ones), plots, and the raw store."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+import trajscope
+from trajscope.analysis import QUANTITIES
+from trajscope.store import StoreRoot
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(5, 7)
+        self.out = torch.nn.Linear(7, 2)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.fc1(x)))
+
+
+@pytest.fixture(scope="module")
+def module_root(tmp_path_factory) -> StoreRoot:
+    root = StoreRoot(tmp_path_factory.mktemp("modruns"))
+    torch.manual_seed(3)
+    model, x = Net(), torch.randn(20, 5)
+    y = torch.randint(0, 2, (20,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with trajscope.ModuleRecorder(model, root=root, name="mlp") as rec:
+        rec.record()
+        for _ in range(12):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            rec.record(loss=loss)
+    return root
+
+
+@pytest.fixture(scope="module")
+def api(module_root, serve):
+    with serve(module_root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        yield c
+
+
+def test_variables_with_dots_and_any_dimension_by_name(api, module_root):
+    ds = trajscope.open_run("mlp", module_root)
+    r = api.get("/api/runs/mlp/vars/fc1.weight", params={"step": "2:6:2", "fc1.weight.dim0": "3"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["dims"] == ["step", "fc1.weight.dim1"]
+    np.testing.assert_array_equal(np.asarray(body["values"], dtype=np.float32),
+                                  ds["fc1.weight"].sel(step=[2, 4, 6]).isel({"fc1.weight.dim0": 3}).values)
+    bad = api.get("/api/runs/mlp/vars/fc1.weight", params={"neuron": "1"})
+    assert bad.status_code == 400 and "fc1.weight.dim0" in bad.json()["detail"]
+    meta = api.get("/zarr/mlp/fc1.weight/zarr.json")
+    assert meta.status_code == 200 and json.loads(meta.content)["dimension_names"][1] == "fc1.weight.dim0"
+    chunk = api.get("/zarr/mlp/out.bias/c/0/0")
+    assert chunk.status_code == 200 and len(chunk.content) > 0
+
+
+def test_only_applicable_quantities_are_listed_and_served(api, module_root):
+    items = api.get("/api/runs/mlp/analysis").json()["items"]
+    assert {"frobenius_norms", "spectral_norms", "update_norms", "distance_from_init", "row_cosines_to_init",
+            "param_singular_values", "param_stable_ranks"} <= set(items)
+    assert "stable_rank" not in items and "target_alignment" not in items and "t1" not in items
+    assert set(items) < set(QUANTITIES)
+    missing = api.get("/api/runs/mlp/analysis/stable_rank")
+    assert missing.status_code == 404 and "does not apply" in missing.json()["detail"]
+
+    ds = trajscope.open_run("mlp", module_root)
+    r = api.get("/api/runs/mlp/analysis/distance_from_init", params={"step": "0:10:2", "parameter": "fc1.*"})
+    assert r.status_code == 200, r.text
+    result = r.json()["result"]
+    w = ds["fc1.weight"].values.astype(np.float64)
+    expected = np.linalg.norm((w - w[0]).reshape(len(w), -1), axis=1)[0:11:2]
+    assert set(result["variables"]) == {"fc1.weight", "fc1.bias", "(all)"}
+    got = result["variables"]["fc1.weight"]["values"]
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_generic_figures_are_listed_and_drawn(api):
+    kinds = api.get("/api/runs/mlp/plots").json()["items"]
+    assert {"param_norms", "param_updates", "param_spectrum"} <= set(kinds)
+    assert "alignment" not in kinds and "gram" not in kinds
+    for kind in ("param_norms", "param_updates", "param_spectrum"):
+        r = api.get(f"/api/runs/mlp/plots/{kind}.png")
+        assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n", r.text[:200]
+    r = api.get("/api/runs/mlp/plots/param_spectrum.svg", params={"parameter": "out.weight"})
+    assert r.status_code == 200 and b"out.weight" in r.content

@@ -1,0 +1,63 @@
+"""RunWriter.grow: capacity for runs of unknown length; every intermediate state opens."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trajscope.producer.two_layer import schema, variables
+from trajscope.store import RunWriter, StoreRoot, open_run
+from trajscope.store.layout import chunk_shape_for
+
+
+def _writer(root, name="g"):
+    return RunWriter.create(root, name, variables=variables(), sizes={"neuron": 3, "feature": 2, "sample": 4},
+                            capacity=4, static={"X": np.ones((4, 2)), "y": np.ones(4)}, attrs={"schema": schema()},
+                            chunk_bytes=48)
+
+
+def _block(k, n):
+    return {"W": np.full((n, 3, 2), k, np.float32), "v": np.zeros((n, 3), np.float32), "loss": np.ones(n),
+            "output": np.zeros((n, 4), np.float32), "step": np.arange(k, k + n), "t": np.zeros(n)}
+
+
+def test_grow_makes_room_and_readers_still_trim(tmp_path):
+    root = StoreRoot(tmp_path)
+    w = _writer(root)
+    assert w.chunk_steps == 2 and w.capacity == 4
+    w.write_block(0, _block(0, 2))
+    w.commit(2)
+    with pytest.raises(ValueError, match="capacity"):
+        w.write_block(4, _block(4, 2))
+    w.grow(10)
+    w.grow(6)  # never shrinks
+    assert w.capacity == 10 and root.read_attrs("g")["capacity"] == 10
+    assert open_run("g", root).sizes["step"] == 2  # trimmed to committed, not to capacity
+    for k in (2, 4, 6, 8):
+        w.write_block(k, _block(k, 2))
+    w.commit(10)
+    w.finish("complete")
+    ds = open_run("g", root)
+    np.testing.assert_array_equal(ds["step"].values, np.arange(10))
+    assert ds["W"].shape == (10, 3, 2)
+
+
+def test_a_crash_between_resize_and_attrs_opens_and_resumes(tmp_path):
+    root = StoreRoot(tmp_path)
+    w = _writer(root)
+    w.write_block(0, _block(0, 2))
+    w.commit(2)
+    for array in w.arrays.values():  # grow's first half only: arrays resized, attributes not yet
+        array.resize((12,) + array.shape[1:])
+    w.lock.release()
+    assert open_run("g", root).sizes["step"] == 2
+    again = RunWriter.reopen(root, "g")
+    assert again.capacity == 4 and all(a.shape[0] == 4 for a in again.arrays.values())
+    again.finish("interrupted")
+
+
+def test_chunk_shape_splits_only_states_larger_than_the_target():
+    assert chunk_shape_for((16, 8), 4, 32, target_bytes=1 << 20) == (32, 16, 8)
+    assert chunk_shape_for((64, 32), 4, 1, target_bytes=2048) == (1, 16, 32)  # 16 rows of 128 B
+    assert chunk_shape_for((4, 1024), 4, 1, target_bytes=2048) == (1, 1, 512)  # one row too big: split it
+    assert chunk_shape_for((), 8, 5) == (5,)

@@ -1,0 +1,193 @@
+"""ModuleRecorder: every recorded state equals a synchronous copy; growth; names; plain xarray reads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import trajscope
+from trajscope.store import StoreRoot, read_schema
+from trajscope.store.errors import UserError
+
+from .models import MLP, SmallCNN, data, train
+
+
+def _record(model, x, y, root, name, steps, **kw):
+    copies = [{n: p.detach().clone() for n, p in model.named_parameters()}]
+    with trajscope.ModuleRecorder(model, root=root, name=name, **kw) as rec:
+        rec.record()
+        train(model, x, y, steps, rec, copies=copies)
+    return copies
+
+
+@pytest.mark.parametrize("make, shape", [(MLP, (12,)), (SmallCNN, (1, 8, 8))])
+def test_every_step_equals_a_synchronous_copy(tmp_path, make, shape):
+    torch.manual_seed(0)
+    model = make()
+    x, y = data(shape=shape)
+    steps = 37
+    # a small chunk target forces several chunks and capacity growth past the first capacity
+    copies = _record(model, x, y, tmp_path, "m", steps, chunk_mib=0.002)
+    ds = trajscope.open_run(tmp_path / "m.zarr")
+    assert ds.attrs["status"] == "complete" and ds.attrs["committed_steps"] == steps + 1
+    assert ds.attrs["chunk_steps"] < steps + 1  # really several chunks
+    np.testing.assert_array_equal(ds["step"].values, np.arange(steps + 1))
+    for name, param in model.named_parameters():
+        stored = ds[name].values
+        expected = np.stack([c[name].numpy() for c in copies])
+        np.testing.assert_array_equal(stored, expected)
+        assert ds[name].dims == ("step", *(f"{name}.dim{i}" for i in range(param.ndim)))
+    assert np.isnan(ds["loss"].values[0])  # the initial record() had no loss
+    np.testing.assert_allclose(ds["loss"].values[1:], [c["loss"] for c in copies[1:]], rtol=1e-6)
+    schema = read_schema(ds.attrs)
+    assert schema["kind"] == "module"
+    assert {n for n, v in schema["variables"].items() if v["role"] == "parameter"} == \
+        {n for n, _ in model.named_parameters()}
+    assert schema["variables"]["loss"]["role"] == "scalar"
+
+
+def test_plain_xr_open_zarr_reads_a_module_run(tmp_path):
+    torch.manual_seed(1)
+    model = MLP()
+    x, y = data()
+    copies = _record(model, x, y, tmp_path, "plain", 5)
+    ds = xr.open_zarr(tmp_path / "plain.zarr")
+    assert set(n for n, _ in model.named_parameters()) <= set(ds.data_vars)
+    np.testing.assert_array_equal(ds["fc2.weight"].values[-1], copies[-1]["fc2.weight"].numpy())
+
+
+def test_options_every_subset_buffers_gradients_extras(tmp_path):
+    torch.manual_seed(2)
+    model = SmallCNN()
+    x, y = data(shape=(1, 8, 8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    grads, states = [], []
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="opts", every=2, parameters=["conv*.weight"],
+                                  buffers=["bn.running_*"], gradients=True, dims={"logits": ("sample", "class")}) as rec:
+        rec.record()
+        states.append(model.conv1.weight.detach().clone())
+        grads.append(None)
+        for step in range(1, 8):
+            logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            rec.record(loss=loss, logits=logits)
+            states.append(model.conv1.weight.detach().clone())
+            grads.append(model.conv1.weight.grad.detach().clone())
+            if step == 6:
+                running = model.bn.running_mean.detach().clone()
+    ds = trajscope.open_run(tmp_path / "opts.zarr")
+    np.testing.assert_array_equal(ds["step"].values, [0, 2, 4, 6])
+    assert "conv1.weight" in ds and "conv2.weight" in ds and "head.weight" not in ds and "conv1.bias" not in ds
+    for i, k in enumerate([0, 2, 4, 6]):
+        np.testing.assert_array_equal(ds["conv1.weight"].values[i], states[k].numpy())
+        if k:
+            np.testing.assert_array_equal(ds["conv1.weight.grad"].values[i], grads[k].numpy())
+    assert np.isnan(ds["conv1.weight.grad"].values[0]).all()
+    assert ds["conv1.weight.grad"].dims == ds["conv1.weight"].dims
+    np.testing.assert_array_equal(ds["bn.running_mean"].values[-1], running.numpy())
+    assert ds["logits"].dims == ("step", "sample", "class") and ds.sizes["sample"] == x.shape[0]
+    roles = {n: v["role"] for n, v in read_schema(ds.attrs)["variables"].items()}
+    assert roles["bn.running_mean"] == "buffer" and roles["conv1.weight.grad"] == "gradient"
+    assert roles["logits"] == "tensor"
+
+
+def test_an_extra_first_seen_late_is_refused_and_the_run_stays_readable(tmp_path):
+    model = MLP()
+    rec = trajscope.ModuleRecorder(model, root=tmp_path, name="late")
+    rec.record()
+    rec.record(loss=1.0)
+    with pytest.raises(UserError, match="acc"):
+        rec.record(loss=0.5, acc=0.9)
+    rec.close()
+    ds = trajscope.open_run(tmp_path / "late.zarr")
+    assert ds.attrs["committed_steps"] == 2 and "acc" not in ds
+
+
+def test_a_state_larger_than_a_chunk_is_chunked_along_its_own_dims(tmp_path):
+    model = torch.nn.Linear(64, 32)  # 8 KiB of weights per state
+    copies = []
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="big", chunk_mib=2 / 1024) as rec:
+        for _ in range(3):
+            rec.record()
+            copies.append(model.weight.detach().clone())
+            with torch.no_grad():
+                model.weight.add_(1.0)
+    import zarr
+
+    arr = zarr.open_array(tmp_path / "big.zarr" / "weight", mode="r")
+    assert arr.chunks[0] == 1 and arr.chunks[1] < 32 and arr.chunks[1] * 64 * 4 <= 2048
+    ds = trajscope.open_run(tmp_path / "big.zarr")
+    np.testing.assert_array_equal(ds["weight"].values, np.stack([c.numpy() for c in copies]))
+
+
+def test_recording_needs_a_module_and_a_valid_name(tmp_path):
+    with pytest.raises(TypeError):
+        trajscope.ModuleRecorder(object(), root=tmp_path, name="x")
+    with pytest.raises(UserError):
+        trajscope.ModuleRecorder(MLP(), root=tmp_path, name="../escape")
+    with pytest.raises(UserError):
+        trajscope.ModuleRecorder(MLP(), root=tmp_path, name="x", every=0)
+    assert not StoreRoot(tmp_path).run_ids()
+
+
+def _train_run(root, name, steps, *, interrupt_at=None, resume=False):
+    torch.manual_seed(7)
+    model = MLP()
+    x, y = data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    try:
+        with trajscope.ModuleRecorder(model, root=root, name=name, resume=resume, chunk_mib=0.004) as rec:
+            if resume:
+                rec.last_state()
+                start = rec.step
+            else:
+                rec.record()
+                start = 1
+            for step in range(start, steps + 1):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                rec.record(loss=loss)
+                if step == interrupt_at:
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    return rec
+
+
+def test_an_interrupted_run_resumes_mid_chunk_to_the_uninterrupted_trajectory(tmp_path):
+    ref = _train_run(tmp_path, "ref", 21)
+    first = _train_run(tmp_path, "cut", 21, interrupt_at=9)
+    cut = trajscope.open_run(tmp_path / "cut.zarr")
+    assert cut.attrs["status"] == "interrupted" and cut.attrs["committed_steps"] == 10
+    assert 10 % cut.attrs["chunk_steps"] != 0  # the partial chunk is rewritten whole on resume
+    assert first.status == "interrupted"
+    _train_run(tmp_path, "cut", 21, resume=True)
+    done, expected = trajscope.open_run(tmp_path / "cut.zarr"), trajscope.open_run(tmp_path / "ref.zarr")
+    assert done.attrs["status"] == "complete" and ref.status == "complete"
+    for name in expected.data_vars:
+        np.testing.assert_array_equal(done[name].values, expected[name].values, err_msg=name)
+
+
+def test_resume_refuses_another_model(tmp_path):
+    _train_run(tmp_path, "cut", 5, interrupt_at=2)
+    with pytest.raises(UserError, match="shape"):
+        trajscope.ModuleRecorder(MLP(hidden=8), root=tmp_path, name="cut", resume=True)
+    # the refused resume released the writer lock: the right model resumes
+    _train_run(tmp_path, "cut", 5, resume=True)
+    assert trajscope.open_run(tmp_path / "cut.zarr").attrs["committed_steps"] == 6
+
+
+def test_an_existing_run_is_refused_before_training(tmp_path):
+    with trajscope.ModuleRecorder(MLP(), root=tmp_path, name="once") as rec:
+        rec.record()
+    with pytest.raises(UserError, match="already exists"):
+        trajscope.ModuleRecorder(MLP(), root=tmp_path, name="once")
+    with pytest.raises(UserError, match="complete"):
+        trajscope.ModuleRecorder(MLP(), root=tmp_path, name="once", resume=True)

@@ -1,0 +1,107 @@
+"""The import layers of DESIGN §1, checked on the source (every import statement, including those inside
+functions) and at run time (what ``import trajscope.store`` and ``import trajscope`` load).
+
+=====================  =================================================================
+folder (package)       may import, of the project
+=====================  =================================================================
+store/                 trajscope.store only (and no torch, no dask)
+producer/              trajscope.producer, trajscope.store
+analysis/              trajscope.analysis, trajscope.store (no torch)
+api/                   trajscope.api, trajscope.store, trajscope.analysis
+trajscope/experiments  trajscope.experiments, producer, analysis, store
+=====================  =================================================================
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OURS = ("trajscope.store", "trajscope.producer", "trajscope.analysis", "trajscope.api", "trajscope.cli",
+        "trajscope.experiments", "trajscope.reproduce", "trajscope.figures", "trajscope.errors", "trajscope")
+
+RULES = {
+    "store": ({"trajscope.store"}, {"torch", "dask", "distributed"}),
+    "producer": ({"trajscope.producer", "trajscope.store"}, set()),
+    "analysis": ({"trajscope.analysis", "trajscope.store"}, {"torch"}),
+    "api": ({"trajscope.api", "trajscope.store", "trajscope.analysis"}, {"torch"}),
+    "trajscope/experiments": ({"trajscope.experiments", "trajscope.producer", "trajscope.analysis",
+                               "trajscope.store"}, set()),
+}
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.append((node.lineno, node.module))
+            if node.module == "trajscope":  # from trajscope import analysis
+                out += [(node.lineno, f"trajscope.{alias.name}") for alias in node.names]
+    return out
+
+
+def _layer(module: str) -> str | None:
+    for prefix in OURS:
+        if module == prefix or module.startswith(prefix + "."):
+            return prefix
+    return None
+
+
+@pytest.mark.parametrize("folder", sorted(RULES))
+def test_no_import_crosses_a_layer(folder):
+    allowed, forbidden_third_party = RULES[folder]
+    problems = []
+    files = sorted((REPO / folder).rglob("*.py"))
+    assert files, f"no sources under {folder}"
+    for path in files:
+        for line, module in _imports(path):
+            layer = _layer(module)
+            if layer is not None and layer not in allowed and module != "trajscope":
+                problems.append(f"{path.relative_to(REPO)}:{line} imports {module}")
+            if module.split(".")[0] in forbidden_third_party:
+                problems.append(f"{path.relative_to(REPO)}:{line} imports {module}")
+    assert not problems, "layer violations:\n" + "\n".join(problems)
+
+
+def _python(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          timeout=300).stdout.strip()
+
+
+def test_importing_the_store_loads_no_analysis_dask_or_torch():
+    out = _python("import sys, trajscope.store, trajscope; "
+                  "print(sorted(m for m in ('dask', 'torch', 'trajscope.analysis', 'trajscope.producer', "
+                  "'matplotlib') if m in sys.modules))")
+    assert out == "[]"
+
+
+def test_ds_traj_works_after_import_trajscope_and_open_run(tmp_path):
+    import numpy as np
+
+    from trajscope.producer.two_layer import variables
+    from trajscope.store import RunWriter, StoreRoot
+
+    root = StoreRoot(tmp_path)
+    writer = RunWriter.create(root, "r", variables=variables(), sizes={"neuron": 3, "feature": 2, "sample": 4},
+                              capacity=4, static={"X": np.ones((4, 2)), "y": np.ones(4)}, attrs={})
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(4, 3, 2)).astype(np.float32)
+    writer.write_block(0, {"W": W, "v": rng.normal(size=(4, 3)), "loss": np.ones(4),
+                           "output": np.ones((4, 4)), "step": np.arange(4), "t": np.arange(4) * 0.1})
+    writer.commit(4)
+    writer.finish("complete")
+    out = _python("import sys, trajscope; ds = trajscope.open_run('r', %r); "
+                  "before = 'trajscope.analysis' in sys.modules; "
+                  "n = float(ds.traj.frobenius_norms()['W'][-1]); "
+                  "print(before, 'trajscope.analysis' in sys.modules, round(n, 6))" % str(tmp_path))
+    before, after, norm = out.split()
+    assert (before, after) == ("False", "True")
+    assert float(norm) == pytest.approx(np.linalg.norm(W[-1].astype(np.float64)), abs=1e-6)

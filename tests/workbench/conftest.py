@@ -1,0 +1,50 @@
+"""Helpers for the researcher's-workbench tests: the CLI as a user runs it, in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+BLOCK_TORCH = "import sys; sys.modules['torch'] = None; "  # `import torch` now raises ImportError
+
+
+def cli(*args: str, prelude: str = "", input: str | None = None, env: dict | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``trajscope ARGS`` (``prelude`` is Python run first, e.g. to block an import)."""
+    code = prelude + "from trajscope.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, input=input,
+                          env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory, small_config):
+    """A store root holding two small finished runs, ``a`` (lr 0.01) and ``b`` (lr 0.02, width 6)."""
+    from trajscope.producer import produce
+
+    root = tmp_path_factory.mktemp("workbench") / "runs"
+    produce(small_config(), root=root, name="a", labels={"tags": ["base"], "note": "the reference"})
+    produce(small_config(train={"lr": 0.02, "steps": 40}, model={"width": 6}), root=root, name="b")
+    return root
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """``run_cli(*args, input=None)``: the CLI's ``main`` in this process (fast), as a CompletedProcess."""
+    import io
+
+    from trajscope.cli import main
+
+    def _run(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "stdin", io.StringIO(input or ""))
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["trajscope", *args], code, out, err)
+
+    return _run

@@ -1,0 +1,49 @@
+"""``xr.open_dataset(url, engine="trajscope", storage_options=...)`` on a real S3-compatible server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint(monkeypatch_module):
+    from moto.server import ThreadedMotoServer
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch_module.delenv(name, raising=False)  # only the storage_options may say where S3 is
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def test_engine_trajscope_passes_storage_options(moto_endpoint, small_config):
+    import boto3
+
+    from trajscope.producer import produce
+    from trajscope.store import StoreRoot, open_run
+
+    options = {"endpoint_url": moto_endpoint, "key": "testing", "secret": "testing",
+               "client_kwargs": {"region_name": "us-east-1"}}
+    boto3.client("s3", endpoint_url=moto_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                 region_name="us-east-1").create_bucket(Bucket="runs")
+    root = StoreRoot("s3://runs/exp", storage_options=options)
+    produce(small_config(), root=root, name="remote")
+    ds = xr.open_dataset("s3://runs/exp/remote.zarr", engine="trajscope", storage_options=options,
+                         drop_variables="output")
+    local = open_run("remote", root)
+    assert "output" not in ds and ds.sizes["step"] == 41 and ds.attrs["status"] == "complete"
+    np.testing.assert_array_equal(ds["W"].values, local["W"].values)
+    with pytest.raises(Exception):  # without them the bucket is not reachable: the options really were used
+        xr.open_dataset("s3://runs/exp/remote.zarr", engine="trajscope",
+                        storage_options={"key": "testing", "secret": "testing", "endpoint_url": "http://127.0.0.1:9",
+                                         "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}})

@@ -1,0 +1,65 @@
+"""Every user error of the CLI is one line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from trajscope import __version__
+
+from .conftest import cli
+
+
+def one_line_error(proc, *words: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trajscope: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def test_version_prints_the_package_version():
+    proc = cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"trajscope {__version__}" and not proc.stderr
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_flags_list_the_commands(flag):
+    proc = cli(flag)
+    assert proc.returncode == 0 and not proc.stderr
+    for command in ("produce", "show", "plot", "export", "ls", "rm", "tag", "compare", "serve"):
+        assert f"  {command} " in proc.stdout
+
+
+def test_bare_command_prints_the_help_and_exits_2():
+    proc = cli()
+    assert proc.returncode == 2 and "Usage: trajscope" in proc.stdout and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["lss"], ["No such command 'lss'", "Did you mean 'ls'", "trajscope --help"]),
+    (["produce"], ["Missing argument", "config", "trajscope produce --help"]),
+    (["ls", "--colums", "x"], ["No such option", "--colums"]),
+    (["serve", "--port", "http"], ["Invalid value for '--port'", "valid integer"]),
+])
+def test_usage_errors_are_one_line(args, words):
+    one_line_error(cli(*args), *words)
+
+
+def test_a_reversed_step_range_is_one_line(tiny_root):
+    one_line_error(cli("show", "a", "--root", str(tiny_root), "--step", "100:50"), "100:50", "50:100")
+
+
+def test_a_step_range_without_states_names_the_run_s_steps(tiny_root):
+    one_line_error(cli("show", "a", "--root", str(tiny_root), "--step", "100:200"), "100:200", "0 to 40")
+
+
+def test_an_s3_root_without_s3fs_is_one_line():
+    proc = cli("ls", "--root", "s3://bucket/runs", prelude="import sys; sys.modules['s3fs'] = None; ")
+    one_line_error(proc, "s3fs", "pip install 'trajscope[s3]'")
+
+
+def test_step_help_is_not_turned_into_an_emoji():
+    proc = cli("show", "--help", env=None)
+    assert proc.returncode == 0 and "a:b:s" in proc.stdout and "\N{NEGATIVE SQUARED LATIN CAPITAL LETTER B}" not in proc.stdout

@@ -1,0 +1,68 @@
+"""Export: a run opened with open_run round-trips through Zarr, netCDF and .npz unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from trajscope import open_run
+from trajscope.store.export import export, read_export
+
+
+
+def test_plain_to_zarr_of_an_opened_run_round_trips(tiny_root, tmp_path):
+    ds = open_run("a", tiny_root)
+    ds.to_zarr(tmp_path / "copy.zarr", zarr_format=3)
+    back = xr.open_zarr(tmp_path / "copy.zarr")
+    xr.testing.assert_identical(back, ds)
+    assert back.attrs["config"] == ds.attrs["config"]  # nested attributes kept as they are
+    part = ds.sel(step=slice(3, 20)).chunk(step=7)  # chunks that do not line up with the stored ones (5)
+    part.to_zarr(tmp_path / "part.zarr", zarr_format=3)
+    xr.testing.assert_identical(xr.open_zarr(tmp_path / "part.zarr"), part)
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr", ".npz"])
+def test_export_round_trips_equal_the_original(tiny_root, tmp_path, suffix):
+    ds = open_run("a", tiny_root)
+    path = export(ds, tmp_path / f"a{suffix}")
+    back = read_export(path)
+    expected = ds.copy()
+    xr.testing.assert_identical(back.load(), expected.load())
+    assert back["step"].dtype == np.int64 and back["y"].dtype == np.int8 and back.attrs["config"]["seed"] == 3
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr", ".npz"])
+def test_export_command_with_steps_and_variables(run_cli, tiny_root, tmp_path, suffix):
+    out = tmp_path / f"part{suffix}"
+    proc = run_cli("export", "a", "--root", str(tiny_root), "-o", str(out), "--step", "5:30:5", "--vars", "W,loss")
+    assert proc.returncode == 0, proc.stderr
+    back = read_export(out).load()
+    ds = open_run("a", tiny_root)
+    expected = ds[["W", "loss"]].sel(step=slice(5, 30)).isel(step=slice(None, None, 5)).load()
+    assert list(back["step"].values) == [5, 10, 15, 20, 25, 30]
+    np.testing.assert_array_equal(back["W"].values, expected["W"].values)
+    np.testing.assert_array_equal(back["loss"].values, expected["loss"].values)
+    assert set(back.data_vars) == {"W", "loss"} and back.attrs["committed_steps"] == 6
+    if suffix == ".zarr":  # a Zarr export is itself a run trajscope opens
+        xr.testing.assert_identical(open_run(out).drop_attrs(), back.drop_attrs())
+    again = run_cli("export", "a", "--root", str(tiny_root), "-o", str(out))
+    assert again.returncode == 2 and "exists" in again.stderr  # never overwrites
+
+
+@pytest.mark.parametrize("args, words", [
+    (["-o", "x.csv"], ".nc"), (["-o", "x.nc", "--vars", "nope"], "no variable 'nope'"),
+    (["-o", "x.nc", "--step", "500:600"], "no recorded state"),
+])
+def test_export_errors_are_one_line(run_cli, tiny_root, tmp_path, args, words):
+    proc = run_cli("export", "a", "--root", str(tiny_root), *[a.replace("x.", str(tmp_path / "x.")) for a in args])
+    assert proc.returncode == 2 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("suffix", ["pdf", "svg"])
+def test_plot_writes_pdf_and_svg(run_cli, tiny_root, tmp_path, suffix):
+    out = tmp_path / f"loss.{suffix}"
+    proc = run_cli("plot", "a", "loss", "-o", str(out), "--root", str(tiny_root))
+    assert proc.returncode == 0, proc.stderr
+    head = out.read_bytes()[:200]
+    assert head.startswith(b"%PDF") if suffix == "pdf" else b"<svg" in out.read_bytes()[:2000]

@@ -1,0 +1,89 @@
+"""Reading, analysing, plotting and serving work where torch cannot be imported (the light install)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+
+from trajscope import open_run
+
+from .conftest import BLOCK_TORCH, cli
+
+READ_WITHOUT_TORCH = BLOCK_TORCH + """
+import json, trajscope
+ds = trajscope.open_run(sys.argv[1], root=sys.argv[2])
+out = {
+    "stable_rank": float(ds.traj.stable_rank().isel(step=-1)),
+    "spectral_sq": float(ds.traj.spectral_norm_sq().isel(step=-1)),
+    "mu": float(ds.traj.mu()),
+    "t2": float(ds.traj.summary()["t2_step"]),
+    "torch": sorted(m for m in sys.modules if m.startswith("torch") and sys.modules[m] is not None),
+}
+print(json.dumps(out))
+"""
+
+
+def test_open_run_and_the_accessor_without_torch(tiny_root):
+    proc = subprocess.run([sys.executable, "-c", READ_WITHOUT_TORCH, "a", str(tiny_root)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["torch"] == []
+    W = open_run("a", tiny_root)["W"].values[-1].astype(np.float64)  # independent numpy
+    s = np.linalg.svd(W, compute_uv=False)
+    assert np.isclose(got["stable_rank"], (s**2).sum() / s[0] ** 2, rtol=1e-5)
+    assert np.isclose(got["spectral_sq"], s[0] ** 2, rtol=1e-5)
+    assert np.isfinite(got["mu"]) and np.isfinite(got["t2"])
+
+
+def test_show_and_plot_without_torch(tiny_root, tmp_path):
+    shown = cli("show", "a", "--root", str(tiny_root), prelude=BLOCK_TORCH)
+    assert shown.returncode == 0 and "stable rank" in shown.stdout.lower(), shown.stderr
+    out = tmp_path / "loss.png"
+    plotted = cli("plot", "a", "loss", "-o", str(out), "--root", str(tiny_root), prelude=BLOCK_TORCH)
+    assert plotted.returncode == 0 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plotted.stderr
+
+
+def test_serve_without_torch(tiny_root):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = BLOCK_TORCH + "from trajscope.cli import main; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--root", str(tiny_root), "--port", str(port)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.3)
+        assert health.status_code == 200 and health.json()["root"] in (str(tiny_root), tiny_root.name)
+        runs = httpx.get(f"http://127.0.0.1:{port}/api/runs", timeout=30).json()
+        assert {r["run_id"] for r in runs["runs"]} == {"a", "b"}
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert proc.returncode is not None
+
+
+def test_produce_without_torch_says_which_extra_to_install(tmp_path, small_config):
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(small_config()))
+    proc = cli("produce", str(config), "--root", str(tmp_path / "runs"), prelude=BLOCK_TORCH)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "trajscope: error: recording needs torch, which is not installed: pip install 'trajscope[producer]' "
+        "(reading, analysis and serving do not need it)"]

@@ -1,0 +1,98 @@
+"""Run management from the CLI: ls with columns/tags/JSON, tag, rm (asks; refuses a live run), compare."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from trajscope import open_run
+from trajscope.store import RunLocked, StoreRoot
+from trajscope.store.run_attrs import delete_run, tag_run
+
+
+
+def test_ls_json_has_final_loss_duration_tags_and_config_columns(run_cli, tiny_root):
+    proc = run_cli("ls", "--root", str(tiny_root), "--columns", "train.lr,model.width", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["run"]: r for r in json.loads(proc.stdout)}
+    assert set(rows) == {"a", "b"}
+    for name, lr, width in (("a", 0.01, 8), ("b", 0.02, 6)):
+        ds = open_run(name, tiny_root)
+        assert rows[name]["train.lr"] == lr and rows[name]["model.width"] == width
+        assert rows[name]["final_loss"] == pytest.approx(float(ds["loss"][-1]))
+        assert rows[name]["committed_steps"] == ds.sizes["step"] == 41 and rows[name]["status"] == "complete"
+        assert rows[name]["seconds"] is not None and rows[name]["seconds"] >= 0
+    assert rows["a"]["tags"] == ["base"] and rows["a"]["note"] == "the reference" and rows["b"]["tags"] == []
+
+
+def test_ls_table_and_tag_filter(run_cli, tiny_root):
+    table = run_cli("ls", "--root", str(tiny_root), "--columns", "train.lr", "--tag", "base")
+    assert table.returncode == 0 and " a " in table.stdout and " b " not in table.stdout and "0.01" in table.stdout
+    assert "final loss" in table.stdout and "duration" in table.stdout
+
+
+def test_tag_adds_removes_and_notes_and_keeps_the_run_readable(run_cli, tmp_path, make_run):
+    make_run("t")
+    root = str(make_run.root)
+    before = open_run("t", root)
+    proc = run_cli("tag", "t", "keep", "lr-sweep", "--note", "first try", "--root", root)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("tag", "t", "--remove", "keep", "--root", root)
+    assert proc.returncode == 0 and "lr-sweep" in proc.stdout
+    after = open_run("t", root)
+    assert after.attrs["tags"] == ["lr-sweep"] and after.attrs["note"] == "first try"
+    np.testing.assert_array_equal(after["W"].values, before["W"].values)  # finished run: consolidated metadata kept
+    assert "consolidated_metadata" in json.loads((make_run.root / "t.zarr" / "zarr.json").read_text())
+    assert run_cli("tag", "t", "bad tag!", "--root", root).returncode == 2
+
+
+def test_edits_and_deletes_are_refused_while_a_writer_holds_the_run(run_cli, make_run):
+    make_run("live")
+    root = StoreRoot(make_run.root)
+    attrs_before = root.read_attrs("live")
+    holder = subprocess.Popen(  # another process holds the writer lock, as a running producer does
+        [sys.executable, "-c", "import sys, time; from trajscope.store import StoreRoot, WriterLock; "
+         f"WriterLock(StoreRoot({root.location!r}), 'live').acquire(); print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLocked, match=f"pid {holder.pid}"):
+            tag_run("live", root, add=["x"])
+        with pytest.raises(RunLocked):
+            delete_run("live", root)
+        proc = run_cli("rm", "live", "--yes", "--root", root.location)
+        assert proc.returncode == 2 and "being written" in proc.stderr
+        proc = run_cli("tag", "live", "x", "--root", root.location)
+        assert proc.returncode == 2 and "being written" in proc.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert root.read_attrs("live") == attrs_before and root.exists("live")
+
+
+def test_rm_asks_first_and_deletes_only_on_yes(run_cli, make_run):
+    make_run("r1")
+    make_run("r2")
+    root = str(make_run.root)
+    no = run_cli("rm", "r1", "r2", "--root", root, input="n\n")
+    assert no.returncode == 1 and StoreRoot(root).exists("r1") and StoreRoot(root).exists("r2")
+    yes = run_cli("rm", "r1", "--root", root, input="y\n")
+    assert yes.returncode == 0 and not StoreRoot(root).exists("r1") and StoreRoot(root).exists("r2")
+    missing = run_cli("rm", "r2", "nope", "--yes", "--root", root)
+    assert missing.returncode == 2 and "nope" in missing.stderr and StoreRoot(root).exists("r2")
+
+
+def test_compare_shows_config_differences_and_measurements(run_cli, tiny_root):
+    proc = run_cli("compare", "a", "b", "--root", str(tiny_root))
+    assert proc.returncode == 0, proc.stderr
+    config, measured = proc.stdout.split("measured", 1)
+    assert "train.lr" in config and "model.width" in config and "data.n" not in config  # only what differs
+    assert "0.01" in config and "0.02" in config
+    for name in ("a", "b"):
+        final = float(open_run(name, tiny_root)["loss"][-1])
+        assert f"{final:.4g}" in measured
+    assert run_cli("compare", "a", "--root", str(tiny_root)).returncode == 2

@@ -1,0 +1,247 @@
+"""Run management: ``ls``, ``tag``, ``rm``, ``compare`` and ``export``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from trajscope.errors import UserError
+
+RootOption = Annotated[
+    Optional[str], typer.Option("--root", help="Store root: a directory or fsspec URL (default $TRAJSCOPE_ROOT or ./runs).")
+]
+RunsArgument = Annotated[list[str], typer.Argument(help="Run ids under --root, or paths/URLs of runs.")]
+STEP_HELP = "Recorded states to use, a:b:s (a, b: optimizer steps, both included; s: stride over recorded states)."
+
+
+def flatten(mapping: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}}`` → ``{"train.lr": 0.1}`` (lists and scalars are leaves)."""
+    if not isinstance(mapping, dict):
+        return {prefix: mapping} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _seconds(attrs: dict[str, Any]) -> float | None:
+    start, end = attrs.get("created"), attrs.get("finished") or attrs.get("updated")
+    try:
+        return (dt.datetime.fromisoformat(end) - dt.datetime.fromisoformat(start)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+
+
+def catalog_row(run_id: str, attrs: dict[str, Any], size_bytes: int, columns: list[str]) -> dict[str, Any]:
+    """One run of ``trajscope ls``: status, progress, final loss, duration, tags, note, chosen config fields."""
+    config = flatten(attrs.get("config") or {})
+    return {
+        "run": run_id,
+        "status": attrs.get("status", "unknown"),
+        "committed_steps": int(attrs.get("committed_steps", 0)),
+        "capacity": int(attrs.get("capacity", 0)),
+        "final_loss": attrs.get("final_loss"),
+        "seconds": _seconds(attrs),
+        "size_bytes": size_bytes,
+        "created": attrs.get("created"),
+        "tags": list(attrs.get("tags") or []),
+        "note": attrs.get("note"),
+        **{column: config.get(column) for column in columns},
+    }
+
+
+def _fmt(value: Any) -> str:
+    from trajscope.analysis.summary import fmt
+
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "-"
+    return fmt(value) if isinstance(value, float) else str(value)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return str(dt.timedelta(seconds=round(seconds)))
+
+
+def _console():
+    """stdout console; a pipe or file gets wide lines, so a table is never folded for lack of 80 columns."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 400)
+
+
+def _open_selected(run: str, root: str | None, step: str | None, variables: list[str] | None = None):
+    from trajscope.cli.analyze import parse_step
+    from trajscope.store import open_run
+    from trajscope.store.export import select
+
+    ds = open_run(run, root=root)
+    if ds.sizes.get("step", 0) == 0:
+        raise UserError(f"run {run!r} has no committed steps yet: wait for the producer to commit a chunk")
+    return select(ds, parse_step(step), variables)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``ls``, ``tag``, ``rm``, ``compare`` and ``export`` to ``app``."""
+
+    @app.command("ls")
+    def list_command(
+        root: RootOption = None,
+        columns: Annotated[Optional[str], typer.Option("--columns", help="Config fields to show, comma-separated dotted names, e.g. train.lr,data.n,model.width.")] = None,
+        tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Only runs with this tag (repeatable: all must match).")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+    ) -> None:
+        """List the runs under the store root: status, states, final loss, duration, tags, config fields."""
+        from rich.table import Table
+
+        from trajscope.store import StoreRoot
+
+        store_root = StoreRoot(root)
+        fields = [c.strip() for c in (columns or "").split(",") if c.strip()]
+        rows = []
+        for run_id in store_root.run_ids():
+            try:
+                attrs = store_root.read_attrs(run_id)
+            except (KeyError, ValueError):  # half-created or unreadable: skipped, as the catalog does
+                continue
+            if fields:
+                known = flatten(attrs.get("config") or {})
+                unknown = [f for f in fields if f not in known]
+                if unknown and known:
+                    raise UserError(f"--columns: no config field {', '.join(map(repr, unknown))}; "
+                                    f"`trajscope config` prints the fields (e.g. {', '.join(list(known)[:3])})")
+            if tag and not set(tag) <= set(attrs.get("tags") or []):
+                continue
+            rows.append(catalog_row(run_id, attrs, store_root.size_bytes(run_id), fields))
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2, default=str))
+            return
+        console = _console()
+        if not rows:
+            console.print(f"no runs in {store_root.location}" + (f" tagged {', '.join(tag)}" if tag else ""))
+            return
+        table = Table(title=f"runs in {store_root.location}")
+        right = {"states", "final loss", "duration", "size"}
+        for column in ["run", "status", "states", "final loss", "duration", "size", "created", "tags", *fields]:
+            table.add_column(column, justify="right" if column in right or column in fields else "left")
+        for r in rows:
+            table.add_row(r["run"], r["status"], f"{r['committed_steps']}/{r['capacity']}", _fmt(r["final_loss"]),
+                          _duration(r["seconds"]), f"{r['size_bytes'] / 2**20:.1f} MiB", r["created"] or "-",
+                          _fmt(r["tags"]), *(_fmt(r[f]) for f in fields))
+        console.print(table)
+
+    @app.command("tag")
+    def tag_command(
+        run: Annotated[str, typer.Argument(help="Run id under --root, or the path/URL of a run.")],
+        tags: Annotated[Optional[list[str]], typer.Argument(help="Tags to add.")] = None,
+        remove: Annotated[Optional[list[str]], typer.Option("--remove", help="A tag to remove (repeatable).")] = None,
+        note: Annotated[Optional[str], typer.Option("--note", help="Replace the run's note ('' clears it).")] = None,
+        root: RootOption = None,
+    ) -> None:
+        """Add tags (``trajscope tag RUN baseline lr-sweep``), remove some (``--remove``), set a note.
+
+        Refused while the run is being written: the writer rewrites the run's attributes at every commit.
+        """
+        from trajscope.store.run_attrs import tag_run
+
+        if not tags and not remove and note is None:
+            raise UserError("nothing to change: give tags to add, --remove TAG and/or --note TEXT")
+        attrs = tag_run(run, root, add=tags or [], remove=remove or [], note=note)
+        typer.echo(f"{attrs.get('run_id', run)}: tags {_fmt(attrs.get('tags'))}; note {attrs.get('note') or '-'}")
+
+    @app.command("rm")
+    def remove_command(
+        runs: RunsArgument,
+        root: RootOption = None,
+        yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    ) -> None:
+        """Delete runs and everything recorded in them (asks first unless --yes; refuses a run being written)."""
+        from trajscope.store import describe_run
+        from trajscope.store.run_attrs import delete_run
+
+        infos = [describe_run(run, root) for run in runs]  # every run must exist before anything is deleted
+        if not yes:
+            listing = ", ".join(f"{i.run_id} ({i.status}, {i.committed_steps} states, {i.size_bytes / 2**20:.1f} MiB)"
+                                for i in infos)
+            if not typer.confirm(f"delete {listing}?", default=False):
+                typer.echo("nothing deleted")
+                raise typer.Exit(1)
+        for run in runs:
+            typer.echo(f"deleted {delete_run(run, root)}")
+
+    @app.command("compare")
+    def compare_command(
+        runs: RunsArgument,
+        root: RootOption = None,
+        step: Annotated[Optional[str], typer.Option("--step", help=STEP_HELP)] = None,
+        all_fields: Annotated[bool, typer.Option("--all", help="Show every config field, not only those that differ.")] = False,
+    ) -> None:
+        """Runs side by side: the config fields that differ, then the measured quantities of each."""
+        from rich.table import Table
+
+        from trajscope.analysis.summary import summary, summary_rows
+        from trajscope.cli.analyze import parse_step
+        from trajscope.store import open_run
+
+        if len(runs) < 2:
+            raise UserError("compare needs at least two runs: trajscope compare RUN_A RUN_B ...")
+        datasets = [open_run(run, root=root) for run in runs]
+        names = [ds.attrs.get("run_id", run) for ds, run in zip(datasets, runs)]
+        configs = [flatten(ds.attrs.get("config") or {}) for ds in datasets]
+        keys = list(dict.fromkeys(k for c in configs for k in c))
+        differing = [k for k in keys if all_fields or len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+        console = _console()
+        table = Table(title="config" + ("" if all_fields else " (fields that differ)"))
+        table.add_column("field")
+        for name in names:
+            table.add_column(name, justify="right")
+        for key in differing:
+            table.add_row(key, *(_fmt(c.get(key)) for c in configs))
+        console.print(table if differing else "config: identical")
+        sel = parse_step(step)
+        measured = []
+        for ds, run in zip(datasets, runs):
+            if ds.sizes.get("step", 0) == 0:
+                raise UserError(f"run {run!r} has no committed steps yet: wait for the producer to commit a chunk")
+            measured.append({r["quantity"]: (r["measured"], r["unit"]) for r in summary_rows(summary(ds, sel))})
+        table = Table(title="measured")
+        table.add_column("quantity")
+        for name in names:
+            table.add_column(name, justify="right")
+        table.add_column("unit")
+        extra = [("status", [ds.attrs.get("status", "-") for ds in datasets]),
+                 ("duration", [_duration(_seconds(ds.attrs)) for ds in datasets])]
+        for label, values in extra:
+            table.add_row(label, *values, "")
+        for quantity in dict.fromkeys(q for m in measured for q in m):
+            values = [m.get(quantity, ("-", ""))[0] for m in measured]
+            if not any(v.strip() for v in values):  # a theory-only row (`trajscope show` has those)
+                continue
+            unit = next((m[quantity][1] for m in measured if quantity in m), "")
+            table.add_row(quantity, *values, unit)
+        console.print(table)
+
+    @app.command("export")
+    def export_command(
+        run: Annotated[str, typer.Argument(help="Run id under --root, or the path/URL of a run.")],
+        output: Annotated[Path, typer.Option("-o", "--output", help="Output file: .nc (netCDF), .zarr or .npz.")],
+        root: RootOption = None,
+        step: Annotated[Optional[str], typer.Option("--step", help=STEP_HELP)] = None,
+        variables: Annotated[Optional[list[str]], typer.Option("--vars", help="Variables to export (repeatable or comma-separated; default all).")] = None,
+    ) -> None:
+        """Write a run, or a step range / some variables of it, to a netCDF, Zarr or .npz file."""
+        from trajscope.store.export import export
+
+        names = [v.strip() for item in (variables or []) for v in item.split(",") if v.strip()]
+        ds = _open_selected(run, root, step, names)
+        export(ds, output)
+        typer.echo(f"wrote {output} ({ds.sizes.get('step', 0)} states, {', '.join(map(str, ds.data_vars))})")

@@ -1,0 +1,37 @@
+"""What ``trajscope show`` prints for a run that is not a two-layer run: one row per parameter.
+
+(Printing is the CLI's job, so it lives here; the numbers come from :func:`trajscope.analysis.generic.parameter_summary`.)
+"""
+
+from __future__ import annotations
+
+import xarray as xr
+
+from trajscope.analysis._common import StepSel
+from trajscope.analysis.generic import parameter_summary
+from trajscope.analysis.registry import applicable, features, run_schema
+
+
+def show_generic(ds: xr.Dataset, step: StepSel, run: str) -> bool:
+    """Print the per-parameter table and the applicable quantities when ``ds`` is not a two-layer run;
+    return False (printing nothing) for a two-layer run."""
+    if "two_layer" in features(ds):
+        return False
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"run {ds.attrs.get('run_id', run)} ({run_schema(ds).get('kind')} run, "
+                        f"{ds.attrs.get('status', 'unknown status')}, {ds.sizes['step']} states)")
+    for col in ("parameter", "shape", "‖θ‖_F (last)", "‖θ − θ(0)‖", "relative change"):
+        table.add_column(col, justify="left" if col == "parameter" else "right")
+    s = parameter_summary(ds, step).compute()
+    for i, name in enumerate(s["parameter"].values):
+        shape = "×".join(str(ds.sizes[d]) for d in ds[str(name)].dims[1:]) or "scalar"
+        table.add_row(str(name), shape, f"{float(s['frobenius_norm'][i]):.4g}",
+                      f"{float(s['distance_from_init'][i]):.4g}", f"{float(s['relative_change'][i]):.3g}")
+    console = Console()
+    console.print(table)
+    if "loss" in ds.data_vars:
+        console.print(f"loss at the last state: {float(ds['loss'][-1]):.6g}")
+    console.print("analyses for this run: " + ", ".join(sorted(applicable(ds))))
+    return True

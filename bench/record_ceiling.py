@@ -133,7 +133,8 @@ def plain_zarr(root: Root, states: int, T: int) -> float:
 
 
 def _writer(root: Root, states: int):
-    from trajscope.store import RunWriter, StoreRoot, two_layer_variables
+    from trajscope.producer.two_layer import variables as two_layer_variables
+    from trajscope.store import RunWriter, StoreRoot
 
     return RunWriter.create(
         StoreRoot(root.location), f"r{uuid.uuid4().hex[:6]}", variables=two_layer_variables(),

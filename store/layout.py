@@ -112,6 +112,7 @@ def chunk_plan(step_shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], 
       one state is above
       ``MAX_CHUNK_FILE_BYTES`` its second dimension is split into ``max(1, MAX_CHUNK_FILE_BYTES // (T · row))``
       rows per chunk (``row`` = bytes of one index of that dimension);
+    - when ``T = 1`` and one state is above ``target_bytes``, :func:`chunk_shape_for` splits it;
     - a smaller variable has chunks ``(k T, *shape)`` with
       ``k = clip(SMALL_CHUNK_BYTES // (T · B_v), 1, MAX_SMALL_CHUNK_STEPS // T)``, and ``k T`` at most
       ``ceil(capacity / T) · T``.
@@ -126,6 +127,9 @@ def chunk_plan(step_shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], 
     for name, shape in step_shapes.items():
         shape = tuple(int(d) for d in shape)
         if steps * sizes[name] >= SMALL_CHUNK_BYTES or sizes[name] == largest:
+            if steps == 1 and sizes[name] > target_bytes:  # one state above the target: split its own dims
+                chunks[name] = chunk_shape_for(shape, np.dtype(dtypes[name]).itemsize, 1, target_bytes)
+                continue
             if sizes[name] > MAX_CHUNK_FILE_BYTES and shape:
                 row = max(sizes[name] // max(shape[0], 1), 1)
                 shape = (max(1, min(shape[0], MAX_CHUNK_FILE_BYTES // (steps * row))),) + shape[1:]

@@ -134,7 +134,8 @@ class Recorder:
         self._handed = start_index  # recorded indices handed to the writer (writing or written)
         self.columns = dict(columns or {})
         self._slots = [self._make_slot(shapes, dtypes) for _ in range(buffers)]
-        self._numpy_rows = bool(self._slots) and isinstance(next(iter(self._slots[0].rows[0].values()), None), np.ndarray)
+        self._numpy_rows = bool(self._slots) and all(
+            isinstance(row, np.ndarray) for row in self._slots[0].rows[0].values())
         self._free: queue.Queue[int] = queue.Queue()
         for i in range(buffers):
             self._free.put(i)
@@ -155,7 +156,7 @@ class Recorder:
         host, event = self.staging.host_buffers(device)
         if self.device.type == "cpu" and all(t.dtype in _NUMPY_DTYPES for t in device.values()):
             arrays = {n: t.numpy() for n, t in device.items()}  # numpy views: plain memcpy, no OpenMP
-            rows = [{n: a[i] for n, a in arrays.items()} for i in range(self.chunk)]
+            rows = [{n: a[i, ...] for n, a in arrays.items()} for i in range(self.chunk)]  # views, 0-d too
         else:
             rows = [{n: t[i] for n, t in device.items()} for i in range(self.chunk)]
         return _Slot(device=device, host=host, event=event, rows=rows)

@@ -69,9 +69,19 @@ def frobenius_norms(ds: xr.Dataset, step: StepSel = None, *, parameter: str = ""
 
 
 def _singular_values_block(block: np.ndarray, method: str = "svd") -> np.ndarray:
-    """Singular values (descending) of each matrix ``block[..., :, :]`` (trailing axes flattened)."""
+    """Singular values (descending) of each matrix ``block[..., :, :]`` (trailing axes flattened).
+
+    A matrix with a non-finite entry (a diverged or unwritten state) gets NaN singular values instead
+    of a ``LinAlgError`` for the whole block.
+    """
     a = np.asarray(block, dtype=np.float64)
-    return np.linalg.svd(a, compute_uv=False) if method == "svd" else _gram_sv(a)
+    finite = np.isfinite(a).all(axis=(-2, -1))
+    if not finite.all():
+        a = np.where(finite[..., None, None], a, 0.0)
+    sv = np.linalg.svd(a, compute_uv=False) if method == "svd" else _gram_sv(a)
+    if not finite.all():
+        sv = np.where(finite[..., None], sv, np.nan)
+    return sv
 
 
 def _gram_sv(a: np.ndarray) -> np.ndarray:

@@ -143,3 +143,15 @@ def test_a_legacy_two_layer_dataset_gets_both_families(small_run):
     expected = (W * W[0]).sum(2) / (np.linalg.norm(W, axis=2) * np.linalg.norm(W[0], axis=1))
     np.testing.assert_allclose(cos, expected, rtol=1e-12)
     assert set(generic.row_cosines_to_init(ds).data_vars) == {"W"}  # v is a vector
+
+
+def test_a_non_finite_state_gets_nan_singular_values_not_an_error():
+    rng = np.random.default_rng(3)
+    mats = rng.normal(size=(4, 3, 5))
+    mats[2, 1, 4] = np.nan  # a diverged state among finite ones
+    da = xr.DataArray(mats, dims=("step", "p.dim0", "p.dim1"), name="p").chunk({"step": 2})
+    for method in ("svd", "gram"):
+        sv = generic.matrix_singular_values(da, method=method).values
+        assert np.isnan(sv[2]).all()
+        for k in (0, 1, 3):
+            np.testing.assert_allclose(sv[k], np.linalg.svd(mats[k], compute_uv=False), rtol=1e-10)

@@ -14,7 +14,7 @@ CHECK = """
 import sys, trajscope
 from pathlib import Path
 from trajscope.producer import load_config
-from trajscope.producer.sweep import expand, load_sweep
+from trajscope.experiments.sweep import expand, load_sweep
 from trajscope.reproduce import CONFIGS, EXPERIMENTS
 assert Path(trajscope.__file__).is_relative_to(sys.argv[1]), trajscope.__file__
 assert CONFIGS.is_relative_to(sys.argv[1]), CONFIGS

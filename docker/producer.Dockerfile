@@ -19,6 +19,7 @@ COPY store /src/store
 COPY producer /src/producer
 COPY analysis /src/analysis
 COPY api /src/api
+COPY configs /src/configs
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels /src
 
 # -- the image

@@ -12,6 +12,8 @@ import trajscope
 from trajscope.analysis import applicable, features, generic
 from trajscope.store.errors import UserError
 
+from tests.module.models import train
+
 
 class ConvNet(torch.nn.Module):
     def __init__(self):
@@ -30,15 +32,9 @@ def run(tmp_path_factory):
     torch.manual_seed(5)
     model, x = ConvNet(), torch.randn(16, 2, 6, 6)
     y = torch.randint(0, 3, (16,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.2)
     with trajscope.ModuleRecorder(model, root=root, name="conv", chunk_mib=0.004) as rec:
         rec.record()
-        for _ in range(21):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            rec.record(loss=loss)
+        train(model, x, y, 21, rec, lr=0.2)
     ds = trajscope.open_run(root / "conv.zarr")
     params = {n: torch.from_numpy(ds[n].values).double() for n, _ in model.named_parameters()}
     return ds, params

@@ -14,6 +14,8 @@ import trajscope
 from trajscope.analysis import QUANTITIES
 from trajscope.store import StoreRoot
 
+from tests.module.models import train
+
 
 class Net(torch.nn.Module):
     def __init__(self):
@@ -31,15 +33,9 @@ def module_root(tmp_path_factory) -> StoreRoot:
     torch.manual_seed(3)
     model, x = Net(), torch.randn(20, 5)
     y = torch.randint(0, 2, (20,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with trajscope.ModuleRecorder(model, root=root, name="mlp") as rec:
         rec.record()
-        for _ in range(12):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            rec.record(loss=loss)
+        train(model, x, y, 12, rec, lr=0.1)
     return root
 
 

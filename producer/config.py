@@ -149,7 +149,12 @@ class RecordConfig(_Strict):
     files and their directories are fsynced before the commit that covers them and the attributes after
     it, so committed states also survive a power loss or kernel crash (local roots). ``commit_seconds``:
     written states are committed at most this often, so a live reader sees a written chunk within this
-    time. ``write_threads``: threads encoding and writing chunk files.
+    time. ``write_threads``: threads encoding and writing chunk files. ``writer``: where the store's
+    writing runs — ``thread`` (a thread of the training process), ``process`` (a long-lived writer
+    process fed through shared memory: the store's Python work stays off the training process's GIL;
+    CPU training on a local root only, else the thread is used), or ``auto`` (default: the process for
+    CPU runs on a local root recording at least ``AUTO_PROCESS_BYTES``, 64 MB; the thread otherwise,
+    where starting an interpreter would cost more than it saves).
     """
 
     every: int = Field(1, ge=1)
@@ -161,6 +166,7 @@ class RecordConfig(_Strict):
     durability: Literal["process", "fsync"] = "process"
     commit_seconds: float = Field(0.5, ge=0.0, le=60.0)
     write_threads: int = Field(4, ge=1, le=64)
+    writer: Literal["auto", "thread", "process"] = "auto"
 
 
 class RunConfig(_Strict):

@@ -11,6 +11,11 @@ bounded. The writer thread hands each chunk to :meth:`RunWriter.write_block`, wh
 its chunk files on the store's thread pool and returns at once; the buffer is free again when its files
 are written, so several chunks are in flight. The writer thread commits what is written at most every
 ``commit_seconds`` (:meth:`RunWriter.commit_if_due`), and everything at :meth:`Recorder.close`.
+
+With a writer *process* (``process=``, CPU runs on a local root; :mod:`trajscope.store.writer_process`)
+the chunk buffers live in shared memory, a full buffer is handed off with one small message, and the
+writer process does what the writer thread does (write, commit when due, free the buffer when written),
+so none of the store's Python work runs under the training process's GIL.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 
 from trajscope.store import RunWriter
 from trajscope.store.locks import HEARTBEAT_SECONDS
+from trajscope.store.writer_process import SharedChunks, WriterProcess
 
 
 #: torch dtypes whose CPU tensors have numpy views
@@ -110,6 +116,9 @@ class Recorder:
     staging
         How full buffers reach host memory: :class:`CudaStaging` on a GPU, :class:`HostStaging` on the
         CPU (default: chosen from ``device``).
+    process
+        A started :class:`~trajscope.store.writer_process.WriterProcess` to write through (CPU only):
+        the buffers are then shared memory and no writer thread runs in this process.
     """
 
     def __init__(
@@ -124,6 +133,7 @@ class Recorder:
         preload: Mapping[str, np.ndarray] | None = None,
         buffers: int = 3,
         staging: HostStaging | None = None,
+        process: WriterProcess | None = None,
     ):
         self.writer = writer
         self.chunk = writer.chunk_steps
@@ -133,7 +143,15 @@ class Recorder:
         self.index = start_index
         self._handed = start_index  # recorded indices handed to the writer (writing or written)
         self.columns = dict(columns or {})
-        self._slots = [self._make_slot(shapes, dtypes) for _ in range(buffers)]
+        self._process = process
+        self._shared = None
+        if process is not None:
+            if self.device.type != "cpu" or any(dtypes[n] not in _NUMPY_DTYPES for n in shapes):
+                process.kill()
+                raise ValueError("a writer process records CPU tensors of numpy dtypes only")
+            self._shared = SharedChunks(shapes, {n: str(torch.empty(0, dtype=dtypes[n]).numpy().dtype)
+                                                 for n in shapes}, self.chunk, buffers)
+        self._slots = [self._make_slot(shapes, dtypes, i) for i in range(buffers)]
         self._numpy_rows = bool(self._slots) and all(
             isinstance(row, np.ndarray) for row in self._slots[0].rows[0].values())
         self._free: queue.Queue[int] = queue.Queue()
@@ -142,8 +160,12 @@ class Recorder:
         self._filled: queue.Queue[int | None] = queue.Queue()
         self._current: int | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._write_loop, name="trajscope-writer", daemon=True)
-        self._thread.start()
+        if process is None:
+            self._thread = threading.Thread(target=self._write_loop, name="trajscope-writer", daemon=True)
+            self._thread.start()
+        else:
+            process.open(writer, self._shared, self.columns, on_free=self._free.put,
+                         on_commit=self._process_committed, on_error=self._process_failed)
         if preload is not None and start_index % self.chunk:
             slot = self._slots[self._begin_chunk()]
             for name, rows in preload.items():
@@ -151,8 +173,11 @@ class Recorder:
                     continue
                 slot.device[name][: len(rows)].copy_(torch.from_numpy(np.asarray(rows)))
 
-    def _make_slot(self, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, torch.dtype]) -> _Slot:
-        device = {n: torch.empty((self.chunk, *s), dtype=dtypes[n], device=self.device) for n, s in shapes.items()}
+    def _make_slot(self, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, torch.dtype], index: int) -> _Slot:
+        if self._shared is not None:  # the writer process reads these pages
+            device = {n: torch.from_numpy(a) for n, a in self._shared.views(index).items()}
+        else:
+            device = {n: torch.empty((self.chunk, *s), dtype=dtypes[n], device=self.device) for n, s in shapes.items()}
         host, event = self.staging.host_buffers(device)
         if self.device.type == "cpu" and all(t.dtype in _NUMPY_DTYPES for t in device.values()):
             arrays = {n: t.numpy() for n, t in device.items()}  # numpy views: plain memcpy, no OpenMP
@@ -164,7 +189,16 @@ class Recorder:
     # -- training-thread side -----------------------------------------------------------------------
     def _raise_if_failed(self) -> None:
         if self._error is not None:
+            if self._process is not None:
+                raise RuntimeError(str(self._error)) from self._error
             raise RuntimeError(f"the writer thread failed: {self._error}") from self._error
+
+    def _process_committed(self, committed: int) -> None:
+        self.committed = max(self.committed, int(committed))
+
+    def _process_failed(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
 
     def _begin_chunk(self) -> int:
         while True:  # back-pressure: wait for a free buffer, but notice a dead writer
@@ -224,6 +258,10 @@ class Recorder:
     def _hand_off(self, count: int) -> None:
         slot = self._slots[self._current]
         slot.count = count
+        if self._process is not None:
+            self._process.submit(self._current, slot.start, count)
+            self._current = None
+            return
         self.staging.start_copy(slot)
         self._filled.put(self._current)
         self._current = None
@@ -238,6 +276,11 @@ class Recorder:
             else:
                 self._free.put(self._current)
                 self._current = None
+        if self._process is not None:
+            self._process.close()
+            self.committed = self.writer.reload_committed()  # what the writer process left committed
+            self._raise_if_failed()
+            return self.committed
         self._filled.put(None)
         self._thread.join()
         self._raise_if_failed()
@@ -310,3 +353,24 @@ class Recorder:
         if self._handed > self.committed:
             self.writer.commit(self._handed)
             self.committed = self._handed
+
+
+#: ``record.writer: auto`` uses a writer process for runs recording at least this many bytes
+AUTO_PROCESS_BYTES = 64e6
+
+
+def start_writer_process(choice: str, root, device: torch.device, recorded_bytes: float | None) -> WriterProcess | None:
+    """Start a writer process if ``record.writer`` (``choice``) asks for one and it applies here.
+
+    ``process``: on a CPU device and a local root (else ``None``: the writer thread). ``auto``: the same,
+    and only when the run records at least :data:`AUTO_PROCESS_BYTES` (``recorded_bytes``; ``None`` when
+    not yet known counts as large). Started as early as possible, so its start-up overlaps the caller's.
+    """
+    from trajscope.store import writer_process
+
+    if choice == "thread" or device.type != "cpu" or not root.is_local or not writer_process.available():
+        return None
+    if choice == "auto" and recorded_bytes is not None and recorded_bytes < AUTO_PROCESS_BYTES:
+        return None
+    return WriterProcess.start()
+

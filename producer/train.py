@@ -21,7 +21,7 @@ from trajscope.producer.budget import check_budget, data_shape
 from trajscope.producer.config import RunConfig, load_config
 from trajscope.producer.data import build_dataset
 from trajscope.producer.model import State, TwoLayerReLU, initialize
-from trajscope.producer.recorder import Recorder
+from trajscope.producer.recorder import Recorder, start_writer_process
 from trajscope.producer import two_layer
 from trajscope.store import RunWriter, StoreRoot, resolve_run, validate_run_id
 from trajscope.store.errors import UserError
@@ -131,6 +131,26 @@ def produce(
     shape = data_shape(cfg)
     if shape is not None:  # sizes known from the config: checked before the data are built
         check_budget(cfg, store_root, *shape)
+    # started now, so its start-up overlaps the dataset build; owned by the recorder once it exists
+    process = start_writer_process(cfg.record.writer, store_root, device, _recorded_bytes(cfg, shape))
+    try:
+        return _produce(cfg, store_root, device, name, labels, progress, process)
+    except BaseException:
+        if process is not None:
+            process.kill()
+        raise
+
+
+def _recorded_bytes(cfg: RunConfig, shape: tuple[int, int] | None) -> float | None:
+    """Bytes of every recorded state of the run (``None`` when the data's size is not known yet)."""
+    if shape is None:
+        return None
+    n, dim = shape
+    item = 8 if cfg.train.dtype == "float64" else 4
+    return float(len(recording_schedule(cfg))) * ((cfg.model.width * (dim + 1) + n) * item + 8)
+
+
+def _produce(cfg, store_root, device, name, labels, progress, process) -> RunResult:
     X, y, data_info = build_dataset(cfg)
     if cfg.train.batch_size is not None and cfg.train.batch_size > X.shape[0]:
         raise UserError(f"train.batch_size {cfg.train.batch_size} exceeds the {X.shape[0]} samples")
@@ -159,7 +179,8 @@ def produce(
         chunk_bytes=int(cfg.record.chunk_mib * 2**20),
     )
     state = two_layer.init(cfg, X.shape[1], TORCH_DTYPES[dtype])
-    return _train(cfg, writer, state, X.astype(dtype), y, schedule, device, start_index=0, progress=progress)
+    return _train(cfg, writer, state, X.astype(dtype), y, schedule, device, start_index=0, progress=progress,
+                  process=process)
 
 
 def resume(
@@ -176,9 +197,13 @@ def resume(
     """
     store_root, run_id = resolve_run(run, root)
     writer = RunWriter.reopen(store_root, run_id)
+    process = None
     try:
         cfg = load_config(writer.attrs["config"])
         device = resolve_device(cfg.train.device)
+        remaining = max(len(recording_schedule(cfg)) - writer.committed_steps, 0)
+        process = start_writer_process(cfg.record.writer, store_root, device,
+                                       remaining * sum(a.nbytes // max(a.shape[0], 1) for a in writer.arrays.values()))
         X = writer.group["X"][...]
         y = writer.group["y"][...]
         schedule = recording_schedule(cfg)
@@ -194,10 +219,12 @@ def resume(
                 raise UserError(f"run {run_id!r}: stored steps do not match its recording schedule; cannot resume")
             state = State(W=torch.from_numpy(last["W"][0].copy()), v=torch.from_numpy(last["v"][0].copy()))
     except BaseException:
+        if process is not None:
+            process.kill()
         writer.lock.release()
         raise
     return _train(cfg, writer, state, X, y, schedule, device, start_index=committed, preload=preload,
-                  progress=progress)
+                  progress=progress, process=process)
 
 
 def cpu_threads(config: RunConfig) -> int:
@@ -236,6 +263,7 @@ def _train(
     start_index: int,
     preload: dict[str, np.ndarray] | None = None,
     progress: ProgressCallback | None = None,
+    process=None,
 ) -> RunResult:
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(cfg))
@@ -256,7 +284,7 @@ def _train(
     writer.set_write_options(durability=cfg.record.durability, threads=cfg.record.write_threads,
                              commit_seconds=cfg.record.commit_seconds)
     recorder = Recorder(writer, shapes, dtypes, device, start_index=start_index, columns=columns, preload=preload,
-                        buffers=cfg.record.buffers)
+                        buffers=cfg.record.buffers, process=process)
     try:
         with _sigterm_as_interrupt():
             while True:

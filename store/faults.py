@@ -28,6 +28,13 @@ POINTS: tuple[str, ...] = (
 )
 
 _hits: dict[str, int] = {}
+_also_kill: list[int] = []
+
+
+def also_kill(pid: int) -> None:
+    """At a ``kill`` fault, SIGKILL ``pid`` first (a writer process takes its trainer with it, as a crash
+    of the producer would stop both)."""
+    _also_kill.append(int(pid))
 
 
 class InjectedFault(RuntimeError):
@@ -47,5 +54,10 @@ def checkpoint(name: str) -> None:
     if _hits[name] < int(nth or 1):
         return
     if action in ("", "kill"):
+        for pid in _also_kill:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         os.kill(os.getpid(), signal.SIGKILL)
     raise InjectedFault(f"injected fault at {name}")

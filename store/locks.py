@@ -26,6 +26,8 @@ from trajscope.store.root import StoreRoot
 
 HEARTBEAT_SECONDS = 10.0
 LEASE_SECONDS = 60.0
+#: how long a local lock whose named holder is dead is waited for (its writer process is exiting)
+EXIT_GRACE_SECONDS = 5.0
 
 _HELD: set[tuple[str, str]] = set()
 _HELD_GUARD = threading.Lock()
@@ -75,14 +77,19 @@ class WriterLock:
         path = self.root.lock_path(self.run_id)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise RunLocked(
-                f"run {self.run_id!r} is being written by {holder}; wait for it to finish or stop it first"
-            ) from None
+        deadline = time.monotonic() + EXIT_GRACE_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                if _holder_alive(holder) or time.monotonic() > deadline:
+                    os.close(fd)
+                    raise RunLocked(
+                        f"run {self.run_id!r} is being written by {holder}; wait for it to finish or stop it first"
+                    ) from None
+                time.sleep(0.02)  # the named holder is dead; its writer process (same flock) is exiting
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
         self._fd = fd
@@ -156,3 +163,17 @@ class WriterLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _holder_alive(holder: str) -> bool:
+    """False only when the lock file names a process of this host that no longer exists."""
+    parts = holder.split()
+    if len(parts) != 4 or parts[0] != "pid" or parts[2] != "on" or parts[3] != socket.gethostname():
+        return True
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return True

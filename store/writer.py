@@ -345,6 +345,16 @@ class RunWriter:
             self._hotpath.close()
             self._hotpath = None
 
+    def reload_committed(self) -> int:
+        """Take ``committed_steps`` from storage (after a writer process committed on this writer's
+        behalf, :mod:`trajscope.store.writer_process`); returns it."""
+        stored = self.root.read_attrs(self.run_id)
+        with self._attrs_guard:
+            self.attrs[COMMITTED] = int(stored.get(COMMITTED, 0))
+            self.attrs["updated"] = stored.get("updated", self.attrs.get("updated"))
+            self._last_write = time.monotonic()
+        return self.committed_steps
+
     def heartbeat_due(self) -> bool:
         """True when the lease should be refreshed (no commit for :data:`HEARTBEAT_SECONDS`)."""
         return time.monotonic() - self._last_write > HEARTBEAT_SECONDS

@@ -146,9 +146,10 @@ class Recorder:
         self._process = process
         self._shared = None
         if process is not None:
-            if self.device.type != "cpu" or any(dtypes[n] not in _NUMPY_DTYPES for n in shapes):
+            if (self.device.type != "cpu" or any(dtypes[n] not in _NUMPY_DTYPES for n in shapes)
+                    or not writer.root.is_local):
                 process.kill()
-                raise ValueError("a writer process records CPU tensors of numpy dtypes only")
+                raise ValueError("a writer process records CPU tensors of numpy dtypes into a local root only")
             self._shared = SharedChunks(shapes, {n: str(torch.empty(0, dtype=dtypes[n]).numpy().dtype)
                                                  for n in shapes}, self.chunk, buffers)
         self._slots = [self._make_slot(shapes, dtypes, i) for i in range(buffers)]

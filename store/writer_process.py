@@ -33,6 +33,10 @@ called when the run exists. The child imports only the store's writing modules: 
 ``trajscope`` and ``trajscope.store`` packages before importing them, so neither package's
 ``__init__`` (which loads the readers: xarray, pandas) runs there.
 
+Signals: the writer process ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group); the
+trainer turns them into an interrupt, hands off its partial chunk and closes the writer process, which
+commits everything handed off, as the writer thread would.
+
 Local roots only (object stores keep the writer thread: their leases are refreshed by the holder).
 """
 
@@ -56,7 +60,9 @@ _ALIGN = 64
 
 #: the child's boot code: bare packages (no ``__init__`` runs), then the writer loop
 _BOOT = """
-import sys, types
+import signal, sys, types
+for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C reaches the whole process group: the trainer decides
+    signal.signal(sig, signal.SIG_IGN)
 for name, path in (("trajscope", sys.argv[1]), ("trajscope.store", sys.argv[2])):
     module = types.ModuleType(name)
     module.__path__ = [path]

@@ -125,3 +125,24 @@ def test_a_kill_fault_in_the_writer_process_stops_the_producer(point, tmp_path, 
     np.testing.assert_array_equal(ds.load().W.values, reference_process.W.values[:committed])
     resume("r", root=tmp_path / "runs")
     assert_same_trajectory(open_run("r", tmp_path / "runs").load(), reference_process)
+
+
+def test_ctrl_c_to_the_process_group_interrupts_with_everything_committed(tmp_path, small_config, python_env,
+                                                                           reference_process):
+    import os
+    import subprocess
+
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(slow_config(small_config, record=PROCESS)))
+    proc = subprocess.Popen(["trajscope", "produce", str(path), "--root", str(tmp_path / "runs"), "--name", "c",
+                             "--quiet"], env=python_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal's job
+    wait_for_commits(tmp_path, "c", 1000, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the trainer and its writer process both get it
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    ds = open_run("c", tmp_path / "runs")
+    assert ds.attrs["status"] == "interrupted" and ds.attrs["last_step"] == ds.attrs["committed_steps"] - 1
+    np.testing.assert_array_equal(ds.W.values, reference_process.W.values[: ds.attrs["committed_steps"]])

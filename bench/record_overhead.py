@@ -9,8 +9,7 @@ The variants are run interleaved ``--repeats`` times and the median is reported,
 affects all of them alike. Ratios are against the bare loop measured in the same run; the CPU-time
 ratio (CPU time of the process, all threads, and of its writer process) is the steadier figure on a machine shared with other work. "durability fsync"
 is trajscope with ``record.durability: fsync`` (chunks, directories and attributes fsynced); "writer thread" /
-"writer process" force ``record.writer`` (the default ``auto`` row uses the process for CPU runs of at least
-64 MB of states).
+"writer process" force ``record.writer`` (the default, "every step", is the thread).
 
     python bench/record_overhead.py [--config reference] [--device cpu] [--steps 2000] [--repeats 3]
                                     [--write BENCHMARKS.md]

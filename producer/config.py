@@ -152,9 +152,10 @@ class RecordConfig(_Strict):
     time. ``write_threads``: threads encoding and writing chunk files. ``writer``: where the store's
     writing runs — ``thread`` (a thread of the training process), ``process`` (a long-lived writer
     process fed through shared memory: the store's Python work stays off the training process's GIL;
-    CPU training on a local root only, else the thread is used), or ``auto`` (default: the process for
-    CPU runs on a local root recording at least ``AUTO_PROCESS_BYTES``, 64 MB; the thread otherwise,
-    where starting an interpreter would cost more than it saves).
+    CPU training on a local root only, else the thread is used), or ``auto`` (the process for CPU runs
+    on a local root recording at least ``AUTO_PROCESS_BYTES``, 64 MB; the thread otherwise, where
+    starting an interpreter would cost more than it saves). Default ``thread``: the process has not yet
+    been shown faster on a quiet machine (BENCHMARKS.md, "Recording overhead").
     """
 
     every: int = Field(1, ge=1)
@@ -166,7 +167,7 @@ class RecordConfig(_Strict):
     durability: Literal["process", "fsync"] = "process"
     commit_seconds: float = Field(0.5, ge=0.0, le=60.0)
     write_threads: int = Field(4, ge=1, le=64)
-    writer: Literal["auto", "thread", "process"] = "auto"
+    writer: Literal["auto", "thread", "process"] = "thread"
 
 
 class RunConfig(_Strict):

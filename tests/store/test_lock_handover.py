@@ -1,0 +1,64 @@
+"""The local writer lock when its holder has a writer process: a dead named holder's lock is waited for.
+
+A trainer with a writer process shares one ``flock`` with it. When the trainer is SIGKILLed, the lock
+stays held until the writer process has seen end-of-file and exited; a new writer (``resume``) waits a
+short grace period for that instead of being refused. A live named holder is refused at once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from trajscope.store import RunLocked, StoreRoot, WriterLock
+
+#: holds the run's flock, names ``pid`` as its holder, exits after ``seconds``
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0)
+os.pwrite(fd, f"pid {sys.argv[2]} on {sys.argv[3]}".encode(), 0)
+print("held", flush=True)
+time.sleep(float(sys.argv[4]))
+"""
+
+
+def hold(root: StoreRoot, run_id: str, named_pid: int, seconds: float) -> subprocess.Popen:
+    path = root.lock_path(run_id)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, path, str(named_pid), socket.gethostname(), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_dead_holders_lock_is_waited_for_until_its_writer_process_exits(tmp_path):
+    root = StoreRoot(tmp_path)
+    holder = hold(root, "r", dead_pid(), 1.0)  # the named trainer is dead, "its writer process" exits in 1 s
+    lock = WriterLock(root, "r").acquire()  # refused without the grace period: the flock is still held
+    try:
+        assert holder.poll() is not None or holder.wait(5) == 0  # taken only once the holder was gone
+    finally:
+        lock.release()
+
+
+def test_a_live_holder_is_refused_at_once_naming_it(tmp_path):
+    root = StoreRoot(tmp_path)
+    holder = hold(root, "r", os.getpid(), 1.0)  # gone after 1 s: waiting for a live holder would get the lock
+    try:
+        with pytest.raises(RunLocked, match=f"pid {os.getpid()} on"):
+            WriterLock(root, "r").acquire()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -90,9 +90,9 @@ def state_bytes(ds) -> int:
                if "step" in v.dims)
 
 
-def _in_memory(fn: Callable) -> Callable:
-    """``fn`` (a ``pointwise`` quantity) on the selected states and the run's first state, loaded, when
-    the selection ``step=slice(a, b)`` is small; else on the lazy dataset."""
+def _in_memory(fn: Callable, load: Callable) -> Callable:
+    """``fn`` (a ``pointwise`` quantity) on the selected states and the run's first state, loaded by
+    ``load(ds, index)``, when the selection ``step=slice(a, b)`` is small; else on the lazy dataset."""
     def on_states(ds, step=None, **kwargs):
         steps = ds["step"].values
         lo = 0 if step.start is None else int(np.searchsorted(steps, step.start, "left"))
@@ -100,16 +100,28 @@ def _in_memory(fn: Callable) -> Callable:
         if hi - lo > MEMORY_STATES or (hi - lo) * state_bytes(ds) > MEMORY_BYTES:
             return fn(ds, step=step, **kwargs)
         index = np.r_[0, np.arange(max(lo, 1), hi)] if hi > 0 else np.arange(0)
-        return fn(ds.isel(step=index).load(), step=step, **kwargs)
+        return fn(load(ds, index), step=step, **kwargs)
     return on_states
 
 
+def loader(run: Run, state: Any) -> Callable:
+    """``load(ds, index)``: the states ``index`` of the run in memory, shared by the requests of one
+    live update (cached by run version and states; built once when several ask at the same time)."""
+    def load(ds, index: np.ndarray):
+        key = run.cache_key("states", int(index[0]) if index.size else -1, int(index[-1]) if index.size else -1,
+                            int(index.size))
+        value, _ = state.responses.get_or_build(key, lambda: ds.isel(step=index).load(), lambda d: d.nbytes)
+        return value
+    return load
+
+
 def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail: int | None,
-          kwargs: dict[str, Any], first: int | None = None,
-          row: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, dict]]:
+          kwargs: dict[str, Any], first: int | None = None, row: str | None = None,
+          load: Callable | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, dict]]:
     """``(steps, columns, attrs)`` of ``quantity`` over the selection, computed by the analysis
     (only the first ``first`` columns when given; only the neurons ``neuron`` or the rows ``row`` of the
-    parameter named by ``kwargs["parameter"]``)."""
+    parameter named by ``kwargs["parameter"]``). ``load(ds, index)`` (see :func:`loader`) lets a small
+    step range of a ``pointwise`` quantity be computed in memory."""
     from trajscope.analysis.downsample import columns
 
     fn = fn_source = source(run, quantity)
@@ -132,8 +144,8 @@ def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail:
         dim = ds[name].dims[1]
         index = selectors.positional("row", selectors.parse("row", row), ds.sizes[dim])
         fn = _with_rows(fn, dim, [index] if isinstance(index, int) else index)
-    if getattr(fn_source, "pointwise", False) and step is not None and step.step is None:
-        fn = _in_memory(fn)
+    if load is not None and getattr(fn_source, "pointwise", False) and step is not None and step.step is None:
+        fn = _in_memory(fn, load)
     result = call(run, fn, f"series {quantity!r}", step, kwargs)
     if not hasattr(result, "dims") or "step" not in result.coords:
         raise HTTPException(422, f"{quantity!r} is not a per-step series (it has no step dim): "
@@ -188,7 +200,7 @@ async def series(
 
         fn = source(run, quantity)
         kwargs = registry.bind(fn, fn_kwargs, f"series {quantity!r}") if fn_kwargs else {}
-        steps, cols, attrs = table(run, quantity, sl, neuron, tail, kwargs, first, row)
+        steps, cols, attrs = table(run, quantity, sl, neuron, tail, kwargs, first, row, loader(run, state))
         names = list(cols)
         check_size(points, len(names))
         out = minmax_downsample(steps, np.stack([cols[c] for c in names], axis=1), points, scale)

@@ -147,6 +147,8 @@ const COMPARE_CHARTS = [
   { id: "cmp-alignment", title: "alignment cos(w̄+, x+) (solid) and cos(w̄−, x−) (dashed)", logx: true, q: "step_series",
     col: ["mean_alignment_pos", "mean_alignment_neg"], needs: "mean_neuron_alignment" },
   { id: "cmp-rank", title: "stable rank", logx: true, q: "step_series", col: "stable_rank", needs: "stable_rank" },
+  { id: "cmp-distance", title: "distance from initialization ‖θ(k) − θ(0)‖ (all parameters)", logx: true, logy: true,
+    q: "distance_from_init", col: "(all)", needs: "distance_from_init" },
 ];
 
 function differing(runs) {
@@ -167,6 +169,11 @@ async function showCompare(ids) {
   const shownKeys = keys.filter((k) => k !== "name").slice(0, 3);
   const legend = (r) => shownKeys.length ? `${r.run_id} (${shownKeys.map((k) => `${k}=${fmt(r.config[k])}`).join(", ")})` : r.run_id;
   const listings = await Promise.all(runs.map((r) => api(`/api/runs/${encodeURIComponent(r.run_id)}/analysis`)));
+  const offered = await Promise.all(runs.map((r) => api(`/api/runs/${encodeURIComponent(r.run_id)}/series`)));
+  // a chart applies to a run when the run records its variable (a module run may have no loss) or the
+  // analysis offers its quantity
+  const applies = (spec, i) => (spec.needs ? spec.needs in listings[i].items
+    : spec.q in offered[i].variables || spec.q in offered[i].quantities);
   const charts = COMPARE_CHARTS.map((spec) => new Chart(spec, {}));
   $("#view").replaceChildren(el("div", {},
     el("h2", {}, `comparing ${runs.length} runs`),
@@ -175,7 +182,7 @@ async function showCompare(ids) {
     el("div", { class: "charts" }, ...charts.map((c) => c.card))));
   // per run and series quantity: its data ({x, series}) or {error}; a running run's grow in place
   const store = new Map();
-  const needed = (i) => [...new Set(COMPARE_CHARTS.filter((spec) => !spec.needs || spec.needs in listings[i].items).map((spec) => spec.q))];
+  const needed = (i) => [...new Set(COMPARE_CHARTS.filter((spec) => applies(spec, i)).map((spec) => spec.q))];
   const fetchAll = (i, tail) => Promise.all(needed(i).map(async (q) => {
     const key = `${runs[i].run_id}/${q}`;
     const have = store.get(key);
@@ -196,7 +203,7 @@ async function showCompare(ids) {
       const spec = chart.spec;
       const present = [], notes = [];
       runs.forEach((r, i) => {
-        if (spec.needs && !(spec.needs in listings[i].items)) { notes.push(`${r.run_id}: not applicable`); return; }
+        if (!applies(spec, i)) { notes.push(`${r.run_id}: not recorded or not applicable`); return; }
         const got = store.get(`${r.run_id}/${spec.q}`);
         if (!got) return;
         if (got.error) { notes.push(`${r.run_id}: ${got.error}`); return; }

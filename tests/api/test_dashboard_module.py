@@ -200,3 +200,25 @@ def test_the_client_downsamples_as_the_server_does(server, page, scale):
     assert 40.0 in got["series"]["s0"]
     assert page.evaluate("([d]) => minmaxDownsample(d, 400, 'log') === d", [data])  # short enough: unchanged
     assert page.errors == []
+
+
+def test_comparing_module_runs_with_and_without_a_loss(module_server, module_root, page):
+    page.goto(f"{module_server.url}/#/compare/noloss,mlp")
+    loaded(page)
+    data = page.evaluate(DATA)
+    assert page.evaluate(LABELS, "cmp-loss") == ["mlp"] and len(data["cmp-loss"]) == 2  # noloss records none
+    assert "noloss: not recorded" in page.inner_text("#chart-cmp-loss .note")
+    assert data["cmp-alignment"] is None and data["cmp-rank"] is None  # two-layer quantities: nothing to draw
+    assert page.evaluate(LABELS, "cmp-distance") == ["noloss", "mlp"]
+    x = data["cmp-distance"][0]
+    assert x == list(range(1, STEPS + 1))
+    for i, run_id in enumerate(("noloss", "mlp")):
+        ds = trajscope.open_run(run_id, module_root)
+        theta = np.concatenate([ds[n].values.astype(np.float64).reshape(ds.sizes["step"], -1) for n in ds.data_vars
+                                if n != "loss"], axis=1)
+        want = np.linalg.norm(theta - theta[0], axis=1)[1:]
+        got = np.array([np.nan if v is None else v for v in data["cmp-distance"][1 + i]], dtype=float)
+        np.testing.assert_allclose(got[:len(want)], want, rtol=1e-9)
+        assert np.isnan(got[len(want):]).all()
+    only_local(page, module_server.url)
+    assert page.errors == []

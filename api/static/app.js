@@ -271,6 +271,9 @@ async function showRun(runId) {
   const usable = (spec) => spec.needs.every((n) => n in listing.items) && (spec.vars || []).every((v) => vars.has(v));
   const specs = RUN_CHARTS.filter(usable).map((s) => ({ ...s }));
   for (const name of GENERIC_CHARTS) {
+    // on a two-layer run the W chart already shows what a generic one would (‖W‖₂, the stable rank of W;
+    // v is a vector: its spectral norm is its Frobenius norm): not computed twice
+    if (COVERED[name] && specs.some((s) => s.id === COVERED[name])) continue;
     if (name in listing.items) specs.push({ id: name, title: GENERIC_TITLES[name] || name.replace(/_/g, " "), logx: true,
       logy: true, needs: [], cols: "all", source: { q: name }, maxSeries: 32 });
   }

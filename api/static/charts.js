@@ -41,6 +41,8 @@ const RUN_CHARTS = [
 // any-model quantities (per-parameter norms, update norms...): drawn with all their columns when the
 // run's analysis listing offers them
 const GENERIC_CHARTS = ["frobenius_norms", "spectral_norms", "update_norms", "distance_from_init", "param_stable_ranks"];
+// generic charts a two-layer chart already covers (generic chart -> the two-layer chart's id)
+const COVERED = { spectral_norms: "norms", param_stable_ranks: "rank" };
 const GENERIC_TITLES = {
   frobenius_norms: "Frobenius norm of each parameter ‖θp‖F (and of all: (all))",
   spectral_norms: "spectral norm of each parameter ‖P‖₂ (a vector's: its norm)",

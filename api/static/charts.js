@@ -44,11 +44,11 @@ const GENERIC_CHARTS = ["frobenius_norms", "spectral_norms", "update_norms", "di
 // generic charts a two-layer chart already covers (generic chart -> the two-layer chart's id)
 const COVERED = { spectral_norms: "norms", param_stable_ranks: "rank" };
 const GENERIC_TITLES = {
-  frobenius_norms: "Frobenius norm of each parameter ‖θp‖F (and of all: (all))",
-  spectral_norms: "spectral norm of each parameter ‖P‖₂ (a vector's: its norm)",
+  frobenius_norms: "Frobenius norm ‖θp‖F per parameter",
+  spectral_norms: "spectral norm ‖P‖₂ per parameter",
   update_norms: "update norms ‖θp(k) − θp(k−1)‖F",
-  distance_from_init: "distance from initialization ‖θp(k) − θp(0)‖F",
-  param_stable_ranks: "stable rank ‖P‖F²/‖P‖₂² of each matrix parameter",
+  distance_from_init: "distance from init ‖θp(k) − θp(0)‖F",
+  param_stable_ranks: "stable rank ‖P‖F²/‖P‖₂² per matrix",
 };
 
 class Chart {

@@ -36,7 +36,9 @@ def page(browser, tmp_path):
     pg.requests = []
     pg.on("console", lambda msg: pg.errors.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
     pg.on("pageerror", lambda exc: pg.errors.append(f"page error: {exc}"))
-    pg.on("requestfailed", lambda req: pg.errors.append(f"request failed: {req.url}"))
+    # a request the browser aborted (the page navigated away, or the app cancelled it) is not a failure
+    pg.on("requestfailed", lambda req: None if "ERR_ABORTED" in (req.failure or "")
+          else pg.errors.append(f"request failed: {req.url} ({req.failure})"))
     pg.on("request", lambda req: pg.requests.append(req.url))
     yield pg
     context.close()

@@ -135,6 +135,12 @@ class SharedChunks:
         """Map the buffers described by another process's :attr:`spec` from ``fd``."""
         return cls(spec["shapes"], spec["dtypes"], spec["chunk_steps"], spec["slots"], fd=fd)
 
+    def release_fd(self) -> None:
+        """Close the file descriptor (the mapping stays; the memory is freed once every view is gone)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
     def views(self, slot: int) -> dict[str, np.ndarray]:
         """The arrays of one slot, by variable (writable views of the shared memory)."""
         return self._views[slot]
@@ -200,6 +206,8 @@ class WriterProcess:
             socket.send_fds(self._sock, [b"F"], fds)
         except OSError as exc:
             raise self._died(f"could not reach it ({exc})") from None
+        finally:
+            shared.release_fd()  # the writer process has its own copy now
         self._receiver = threading.Thread(target=self._receive, name="trajscope-writer-process", daemon=True)
         self._receiver.start()
 
@@ -351,6 +359,7 @@ def _serve(conn: Connection, send_lock: threading.Lock, message: dict, fds: list
     committed = handed = int(message["attrs"].get("committed_steps", 0))
     try:
         shared = SharedChunks.from_spec(message["shared"], fds[0])
+        shared.release_fd()
         columns = message["columns"]
         writer = RunWriter(StoreRoot(message["location"]), message["run_id"],
                            _BorrowedLock(message["lease"], fds[1] if len(fds) > 1 else None), message["attrs"])

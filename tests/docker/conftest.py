@@ -174,13 +174,13 @@ def compose_env(settings: dict[str, str]) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not FOREIGN.search(k)}, **settings}
 
 
-def compose_executable() -> str:
-    """podman-compose beside this Python (the test extra installs it), else on PATH; or skip."""
-    beside = Path(sys.executable).with_name("podman-compose")
-    found = str(beside) if beside.exists() else shutil.which("podman-compose")
-    if not found:
+def compose_command() -> list[str]:
+    """podman-compose run by this Python (the test extra installs it; no PATH or pyenv shim between), or skip."""
+    import importlib.util
+
+    if importlib.util.find_spec("podman_compose") is None:
         pytest.skip("podman-compose is not installed (pip install podman-compose; the test extra has it)")
-    return found
+    return [sys.executable, "-m", "podman_compose"]
 
 
 class ComposeProject:
@@ -193,7 +193,7 @@ class ComposeProject:
     def __init__(self, settings: dict[str, str], profiles: tuple[str, ...] = ("cpu",)):
         self.name = f"tstest{os.getpid()}{secrets.token_hex(3)}"
         self.env = compose_env(settings)
-        self.base = [compose_executable(), "-f", str(COMPOSE_FILE), "-p", self.name,
+        self.base = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", self.name,
                      *(arg for profile in profiles for arg in ("--profile", profile))]
 
     def __call__(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
@@ -257,5 +257,4 @@ def helpers():
     """Module functions (tests cannot import this conftest under --import-mode=importlib)."""
     import types
 
-    return types.SimpleNamespace(podman=podman, free_port=free_port, s3_env=s3_env, repo=REPO,
-                                 compose_variables=compose_variables)
+    return types.SimpleNamespace(podman=podman, free_port=free_port, s3_env=s3_env, repo=REPO)

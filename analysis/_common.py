@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from trajscope.store.dataset_attrs import run_attr
+
 StepSel = slice | None
 
 UNKNOWN = "unknown"
@@ -40,8 +42,8 @@ def select(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
 
 
 def cfg(ds: xr.Dataset, *path: str, default: Any = None) -> Any:
-    """``ds.attrs['config'][path...]`` or ``default`` when any level is missing."""
-    node: Any = ds.attrs.get("config")
+    """``config[path...]`` of the run (its decoded ``config`` attribute) or ``default`` when any level is missing."""
+    node: Any = run_attr(ds, "config")
     for key in path:
         if not isinstance(node, dict) or key not in node:
             return default

@@ -1,6 +1,7 @@
 """The ``ds.traj`` accessor: every entry of :data:`trajscope.analysis.QUANTITIES` as a method.
 
-``ds.traj.stable_rank(step=slice(0, None, 10))``, ``ds.traj.summary()``, ``ds.traj.plot("loss")``;
+``ds.traj.stable_rank(step=slice(0, None, 10))``, ``ds.traj.summary()``, ``ds.traj.plot("loss")``,
+``ds.traj.config`` and ``ds.traj.attrs`` (the run's attributes decoded);
 on any run ``ds.traj.frobenius_norms()``, ``ds.traj.distance_from_init()``, ``ds.traj.quantities()``.
 It is registered on ``xr.Dataset`` by ``import trajscope`` (a lazy factory in ``trajscope/_traj.py``);
 a quantity that does not apply to the run raises a message naming those that do.
@@ -15,6 +16,7 @@ import xarray as xr
 
 from trajscope.analysis import QUANTITIES, select
 from trajscope.analysis.registry import applicable, check_applies
+from trajscope.store.dataset_attrs import decode_attrs, run_attr
 
 
 class TrajAccessor:
@@ -22,6 +24,20 @@ class TrajAccessor:
 
     def __init__(self, ds: xr.Dataset):
         self._ds = ds
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The run's attributes decoded: ``config``, ``schema``, ``data_info``, ``tags``... as Python objects.
+
+        ``ds.attrs`` itself holds them as JSON text so that ``ds.to_netcdf()`` works
+        (see :mod:`trajscope.store.dataset_attrs`).
+        """
+        return decode_attrs(self._ds.attrs)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's resolved config (``{}`` when the run has none), e.g. ``ds.traj.config["train"]["lr"]``."""
+        return run_attr(self._ds, "config") or {}
 
     def sel(self, step: slice | None = None) -> xr.Dataset:
         """The dataset restricted to ``step=slice(a, b, s)`` (see :func:`trajscope.analysis.select`)."""

@@ -24,6 +24,7 @@ from trajscope.analysis.theory import (
     two_layer_status,
 )
 from trajscope.analysis.registry import TWO_LAYER, quantity
+from trajscope.store.dataset_attrs import run_attr
 
 
 _LIGHT_BYTES = 4 * 2**20
@@ -110,7 +111,7 @@ def data_warnings(ds: xr.Dataset) -> list[str]:
     is re-derived here: centring (``data.center``) moved the separation ``μ`` away from the value the
     config asked for (``data.mu`` of synthetic data, ``sin(angle)`` of two-point data) by more than 1 %.
     """
-    info = ds.attrs.get("data_info") or {}
+    info = run_attr(ds, "data_info") or {}
     if "warnings" in info:
         return [str(w) for w in info["warnings"]]
     kind, center = cfg(ds, "data", "kind"), cfg(ds, "data", "center")
@@ -165,7 +166,7 @@ def summary(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> x
                                    float(out["t1_step"]), float(out["t2_step"]), float(out["frac_S_pos_at_t1"]),
                                    float(out["frac_S_neg_at_t1"]))
     out["envelope_ratio_max"].attrs.update(verdict=verdict, reason=reason, rule=RATE_RULE)
-    info = ds.attrs.get("data_info") or {}
+    info = run_attr(ds, "data_info") or {}
     out.attrs.update(run_id=ds.attrs.get("run_id", "run"), t2_drop=drop,
                      step_selection=str(step) if step is not None else "all", warnings=data_warnings(ds))
     if info.get("mu_requested") is not None:

@@ -17,6 +17,8 @@ import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
 
+from trajscope.store.dataset_attrs import run_attr
+
 # summary variables copied into each row (all 0-d)
 SUMMARY_FIELDS = (
     "n", "n_pos", "n_neg", "D", "h", "mu", "X_min", "X_max",
@@ -53,7 +55,7 @@ def summary_record(ds: xr.Dataset, s: xr.Dataset | None = None) -> dict[str, Any
         from trajscope.analysis.summary import summary
 
         s = summary(ds)
-    config = ds.attrs.get("config", {}) or {}
+    config = run_attr(ds, "config") or {}
     row: dict[str, Any] = {
         "lr": _float(config.get("train", {}).get("lr")),
         "reduction": config.get("loss", {}).get("reduction"),

@@ -1,9 +1,11 @@
 """``/zarr/{run_id}/{key}``: the run's store, read-only, for ``xr.open_zarr("http://host/zarr/RUN")``.
 
 GET and HEAD, single byte ranges (``Range: bytes=a-b``, ``a-``, ``-n``). A range of a chunk of a local
-root is served by Starlette's :class:`FileResponse` (only the range is read), from the path
-:func:`trajscope.store.served.chunk_file` returns after the store's checks; whole keys are read in one
-piece and sent in one piece (bench/api_versions.py: faster than streaming an 8 MiB chunk). The root ``zarr.json`` is a
+root is read with ``os.pread`` (only the range) from the descriptor
+:func:`trajscope.store.served.open_chunk_file` opened after the store's checks: the file read is the file
+checked, whatever is renamed or linked meanwhile. (Starlette's ``FileResponse``, used before, reopens a
+*path*, which left a window for a link swapped in between the check and the open.) Whole keys are read
+in one piece and sent in one piece (bench/api_versions.py: faster than streaming an 8 MiB chunk). The root ``zarr.json`` is a
 snapshot consolidated on the fly and trimmed to ``committed_steps`` (see
 :mod:`trajscope.store.snapshot`), so a remote reader sees a consistent view of a live run.
 """
@@ -15,11 +17,10 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Request, Response
-from fastapi.responses import FileResponse
 
 from trajscope.api.deps import State, load_run
 from trajscope.api.models import ErrorBody
-from trajscope.store.served import chunk_file
+from trajscope.store.served import open_chunk_file
 from trajscope.store.snapshot import KeyNotServed, parse_key, read_key
 
 router = APIRouter(prefix="/zarr", tags=["zarr"], responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody},
@@ -55,13 +56,6 @@ def _media(key: str) -> str:
     return "application/json" if key.endswith("zarr.json") else "application/octet-stream"
 
 
-class ChunkFileResponse(FileResponse):
-    """A chunk file streamed in 1 MiB reads (Starlette's default, 64 KiB, costs a thread hop per read:
-    128 for an 8 MiB chunk)."""
-
-    chunk_size = 1 << 20
-
-
 _BYTES = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
           "application/json": {"schema": {"type": "object"}}}
 
@@ -79,21 +73,29 @@ def zarr_key(
 ) -> Response:
     run = load_run(state, run_id)
     headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"}
-    path = None
+    fd = None
     try:
         info = parse_key(key)
         if range is not None:  # a range of a local chunk: only those bytes are read, from the checked file
-            path = chunk_file(state.root, run.run_id, key, info)
-        if path is None:  # a whole key is one read and one send (measured faster than streaming it)
+            fd = open_chunk_file(state.root, run.run_id, key, info)
+        if fd is None:  # a whole key is one read and one send (measured faster than streaming it)
             data = read_key(state.root, run.run_id, key, info)
     except KeyNotServed as err:
         raise HTTPException(404, str(err)) from None
     except (KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise HTTPException(404, f"run {run_id!r} has no key {key!r} in its committed snapshot") from None
-    if path is not None:
-        stat = os.stat(path)
-        byte_range(range, stat.st_size)  # our checks and messages; FileResponse then serves the same range
-        return ChunkFileResponse(path, headers=headers, media_type=_media(key), stat_result=stat)
+    if fd is not None:
+        try:
+            size = os.fstat(fd).st_size
+            start, end = byte_range(range, size)
+            data = b"" if request.method == "HEAD" else os.pread(fd, end - start, start)
+        finally:
+            os.close(fd)
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        headers["Content-Length"] = str(end - start)
+        if request.method == "HEAD":
+            return Response(status_code=206, headers=headers, media_type=_media(key))
+        return Response(data, status_code=206, headers=headers, media_type=_media(key))
     size = len(data)
     status = 200
     if range is not None:

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from trajscope.store.dataset_attrs import decode_attrs
+
 #: rough bytes per value in a JSON body, used to apply the size cap before loading anything
 JSON_BYTES_PER_VALUE = 20
 
@@ -65,7 +67,7 @@ def dataarray_body(da: xr.DataArray) -> dict[str, Any]:
 
 def dataset_body(ds: xr.Dataset) -> dict[str, Any]:
     """A computed Dataset: its data variables as DataArray bodies, and its attrs."""
-    return {"variables": {str(k): dataarray_body(v) for k, v in ds.data_vars.items()}, "attrs": jsonable(dict(ds.attrs))}
+    return {"variables": {str(k): dataarray_body(v) for k, v in ds.data_vars.items()}, "attrs": jsonable(decode_attrs(ds.attrs))}
 
 
 def dumps(body: Any) -> bytes:

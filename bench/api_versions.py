@@ -134,8 +134,8 @@ def main() -> None:
                 f"subprocesses on 127.0.0.1 over one root, the baseline's `api/` from `git archive`; one keep-alive "
                 f"httpx client per server, sequential requests alternating between the servers; {n} requests per cell; req/s = requests / time spent in them; W chunk "
                 f"{chunk / 2**20:.1f} MiB). The baseline reads the whole chunk to answer a range and keeps "
-                "hand-written caches; this API streams the range with Starlette's FileResponse from a path the "
-                "store checked, and its caches are `cachetools` (LRUCache with getsizeof, TLRUCache).\n\n"
+                "hand-written caches; this API reads only the range (os.pread) from the descriptor the store's "
+                "check opened, and its caches are `cachetools` (LRUCache with getsizeof, TLRUCache).\n\n"
                 f"{table}\n")
         path = HERE.parent / "BENCHMARKS.md"
         old = path.read_text()

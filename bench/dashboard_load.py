@@ -43,7 +43,7 @@ import numpy as np
 import uvicorn
 
 from trajscope.api.app import create_app
-from trajscope.store import RunWriter, StoreRoot, open_run
+from trajscope.store import RunWriter, StoreRoot, open_run, run_attr
 
 try:  # the two-layer variables moved out of the store with the model adapters
     from trajscope.producer.two_layer import variables as two_layer_variables
@@ -102,7 +102,7 @@ def live_copy(root: StoreRoot, name: str) -> tuple[str, int, int]:
     sizes = {d: src.sizes[d] for d in ("neuron", "feature", "sample")}
     writer = RunWriter.create(root, run_id, variables=two_layer_variables(), sizes=sizes, capacity=n,
                               static={"X": src["X"].values, "y": src["y"].values},
-                              attrs={"config": src.attrs["config"]},
+                              attrs={"config": run_attr(src, "config")},
                               chunk_bytes=chunk * sizes["neuron"] * sizes["feature"] * 4)
     chunk = writer.chunk_steps
     arrays = {k: src[k].values for k in ("W", "v", "loss", "output", "step", "t")}

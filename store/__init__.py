@@ -3,6 +3,7 @@
 Only this package knows paths, chunk shapes, codecs and the commit protocol.
 """
 
+from trajscope.store.dataset_attrs import decode_attrs, run_attr
 from trajscope.store.errors import RunLocked, RunNotFound, UserError
 from trajscope.store.layout import COMMITTED, VariableSpec, validate_run_id
 from trajscope.store.locks import WriterLock
@@ -21,12 +22,14 @@ __all__ = [
     "UserError",
     "VariableSpec",
     "WriterLock",
+    "decode_attrs",
     "describe_run",
     "list_runs",
     "make_schema",
     "open_run",
     "read_schema",
     "resolve_run",
+    "run_attr",
     "validate_run_id",
 ]
 

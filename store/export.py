@@ -1,11 +1,13 @@
 """Exporting a run (or a slice of it) to netCDF, Zarr or ``.npz``, and reading such a file back.
 
-A run's root attributes hold nested mappings (the resolved config, library versions...), ``None`` and
-booleans, which netCDF attributes cannot hold, and netCDF-3 has no 64-bit integers. :func:`portable`
-therefore writes every attribute that is not a plain ASCII string or a number as JSON text and names
-those attributes (and any variable whose dtype netCDF-3 would change) in the attribute
-:data:`MARKER`; :func:`restore` undoes both, so ``restore(open(export(ds)))`` equals ``ds``.
-Zarr keeps nested attributes as they are; only the stored chunk encoding is replaced by the
+A dataset from :func:`~trajscope.store.reader.open_run` already carries plain attributes
+(:mod:`trajscope.store.dataset_attrs`), so ``ds.to_netcdf()`` and ``ds.to_zarr()`` work on it directly.
+:func:`export` adds what a plain call does not: a step/variable selection, one command for three formats,
+and files that round-trip any dataset. :func:`portable` writes every attribute that is not a plain ASCII
+string or a number as JSON text (a dataset opened with plain ``xr.open_zarr`` still has nested ones) and
+names those attributes (and any variable whose dtype netCDF-3 would change, for a machine whose only
+netCDF writer is scipy's) in the attribute :data:`MARKER`; :func:`restore` undoes both, so
+``restore(open(export(ds)))`` equals ``ds``. A Zarr export replaces only the stored chunk encoding by the
 dataset's own (uniform) dask chunks.
 """
 
@@ -13,13 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-from numbers import Number
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import xarray as xr
 
+from trajscope.store.dataset_attrs import is_plain, json_default
 from trajscope.store.errors import UserError
 
 MARKER = "trajscope_export"
@@ -37,31 +39,15 @@ def drop_chunk_encoding(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def _plain(value: Any) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return False
-    if isinstance(value, str):
-        return value.isascii()
-    return isinstance(value, (Number, np.number))
-
-
 def _encode_attrs(attrs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     out, encoded = {}, []
     for key, value in attrs.items():
-        if _plain(value):
+        if is_plain(value):
             out[key] = value
         else:
-            out[key] = json.dumps(value, default=_json_default, allow_nan=True)
+            out[key] = json.dumps(value, default=json_default, allow_nan=True)
             encoded.append(key)
     return out, encoded
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"attribute value {value!r} cannot be exported")
 
 
 def portable(ds: xr.Dataset) -> xr.Dataset:

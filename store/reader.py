@@ -12,6 +12,7 @@ import xarray as xr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import WrapperStore
 
+from trajscope.store.dataset_attrs import encode_attrs, run_attr
 from trajscope.store.errors import UserError
 from trajscope.store.export import drop_chunk_encoding
 from trajscope.store.layout import COMMITTED, CREATING, STEP_DIM
@@ -71,6 +72,10 @@ def open_run(
     metadata when the run has it), and every time-varying variable is cut to ``committed_steps``
     (:func:`trajscope.store.snapshot.snapshot`): a run being written, or one whose finish or resume was
     killed half-way, is seen as one consistent snapshot. Local roots: nothing outside the root is read.
+
+    The attributes are plain (numbers and strings; nested values as JSON text, see
+    :mod:`trajscope.store.dataset_attrs`), so ``ds.to_netcdf()`` and ``ds.to_zarr()`` take the dataset as
+    it is; read them decoded with ``ds.traj.attrs``, ``ds.traj.config`` or :func:`run_attr`.
     """
     store_root, run_id = resolve_run(run, root)
     snap: Snapshot = snapshot(store_root, run_id)
@@ -82,9 +87,7 @@ def open_run(
         warnings.simplefilter("ignore")  # zarr's note that consolidated v3 metadata is not in the spec
         ds = xr.open_zarr(store, consolidated=True, chunks={} if chunks is None else chunks, zarr_format=3)
     ds = drop_chunk_encoding(ds.isel({STEP_DIM: slice(0, committed)}))  # so ds.sel(...).to_zarr(...) works
-    ds.attrs = dict(attrs)
-    ds.attrs["run_id"] = run_id
-    ds.attrs["root"] = store_root.location
+    ds.attrs = encode_attrs({**attrs, "run_id": run_id, "root": store_root.location})
     return ds
 
 
@@ -119,7 +122,7 @@ def describe_run(run: str, root: str | os.PathLike | StoreRoot | None = None, *,
         created=attrs.get("created"),
         updated=attrs.get("updated"),
         size_bytes=store_root.size_bytes(run_id) if with_size else 0,
-        config=attrs.get("config", {}),
+        config=run_attr(attrs, "config", {}),
         error=attrs.get("error"),
     )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.layout import STEP_DIM, VariableSpec
 
 SCHEMA_VERSION = 1
@@ -58,7 +59,7 @@ def _legacy_role(name: str, dims: tuple[str, ...]) -> str:
 def read_schema(attrs: Mapping[str, Any], dims: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
     """The run's schema from its root ``attrs``; for a run without one, a ``two_layer`` schema derived
     from ``dims`` (variable name → dims, e.g. ``{n: v.dims for n, v in ds.variables.items()}``)."""
-    schema = attrs.get(SCHEMA_ATTR)
+    schema = run_attr(attrs, SCHEMA_ATTR)
     if isinstance(schema, Mapping) and "kind" in schema:
         return dict(schema)
     variables = {str(n): {"dims": list(d), "dtype": "", "role": _legacy_role(str(n), tuple(d))}

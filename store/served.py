@@ -1,9 +1,10 @@
-"""The local file behind a served chunk key, for responses that stream a file (with byte ranges)
-instead of reading the chunk into memory.
+"""The local file behind a served chunk key, opened for a response that reads only a byte range of it.
 
-Same checks as :func:`trajscope.store.snapshot.read_key` — the key is in the layout, its real path
-stays under the root (no symlink out), and the chunk's first state is committed — then the *real*
-path of the file is returned, so the caller opens exactly the file that was checked.
+Same checks as :func:`trajscope.store.snapshot.read_key` — the key is in the layout, the file stays under
+the root (no symlink out), and the chunk's first state is committed — then the file is *opened* by
+:func:`trajscope.store.safe.open_inside` (component by component, ``O_NOFOLLOW``) and the descriptor is
+returned: the caller reads exactly the file that was checked, and a link swapped in between the check
+and the read is never followed (a path returned instead would leave that gap).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import os
 
 from trajscope.store.layout import COMMITTED, STEP_DIM
 from trajscope.store.root import StoreRoot
+from trajscope.store.safe import open_inside
 from trajscope.store.snapshot import METADATA_KEY, KeyInfo, KeyNotServed, _check_inside, _chunk_steps, parse_key
 
 
-def chunk_file(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None = None) -> str | None:
-    """Real path of the committed chunk file ``key`` of a run on a local root.
+def open_chunk_file(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None = None) -> int | None:
+    """A read-only descriptor of the committed chunk file ``key`` of a run on a local root (close it).
 
     ``None`` when the root is not local or ``key`` is not a chunk (serve it with ``read_key``);
     :class:`KeyError` when the chunk is not stored or not committed; :class:`KeyNotServed` when the
@@ -39,8 +41,7 @@ def chunk_file(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None = No
         steps = _chunk_steps(meta)
         if steps is not None and info.chunk[0] * steps >= committed:
             raise KeyError(key)
-    path = os.path.realpath(os.path.join(root.run_url(run_id), key))
-    _check_inside(root, run_id, key)  # again, next to the use: a link planted meanwhile is refused
-    if not os.path.isfile(path):
-        raise KeyError(key)
-    return path
+    try:  # PathOutsideRoot passes through, as from the check above
+        return open_inside(root.location, os.path.join(root.run_url(run_id), key), f"key {key!r} of run {run_id!r}")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise KeyError(key) from None

@@ -155,7 +155,7 @@ def test_invariants_against_loops(run):
 def test_direction_field_against_loops(run):
     W, v, X, y = _np(run)
     t = run["t"].values
-    cfg = run.attrs["config"]["loss"]
+    cfg = run.traj.config["loss"]
     coef = (1.0 / len(y) if cfg["reduction"] == "mean" else 1.0) * (0.5 if cfg["kind"] == "logistic" else 1.0)
     err = direction_field.direction_field_error(run).compute()
     assert err["error"].sizes["step"] == W.shape[0] - 1

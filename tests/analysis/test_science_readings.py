@@ -237,7 +237,7 @@ def test_w_only_runs_show_only_what_applies():
     t1_row = next(r for r in rows if r["quantity"] == "t1 alignment" and r["unit"] == "steps")
     assert t1_row["measured"] == "0" and t1_row["theory"] == ""  # the measurement stays, the theory goes
     # the same run training both layers keeps every row
-    both = summary_rows(summary(ds.assign_attrs(config={**ds.attrs["config"], "train": {"lr": 1.0, "train_v": True}})))
+    both = summary_rows(summary(ds.assign_attrs(config={**ds.traj.config, "train": {"lr": 1.0, "train_v": True}})))
     assert "ε (init scale)" in [r["quantity"] for r in both]
     assert not any(r["quantity"].startswith("not shown") for r in both)
 

@@ -85,3 +85,28 @@ def test_no_route_serves_outside_data(key, tmp_path, write_run, serve, outside_r
         assert "ok" in [run["run_id"] for run in runs]
         assert c.get("/api/runs/ok/vars/W").status_code == 200  # the other run is served as before
     assert refused > 0  # the planted link was met, and refused
+
+
+def test_a_range_reads_the_file_that_was_checked(tmp_path, write_run, serve, outside_run, monkeypatch):
+    """A chunk swapped for a link out of the root right after the server's checks is not what is read:
+    the range comes from the descriptor opened by the check (a path reopened later would follow the link)."""
+    import trajscope.store.served as served
+
+    root = make_root(tmp_path / "root", write_run)
+    key = "W/c/0/0/0"
+    chunk = os.path.join(root.run_url("r"), key)
+    original = open(chunk, "rb").read()
+    real_open = served.open_inside
+
+    def open_then_swap(base, path, what):
+        fd = real_open(base, path, what)
+        os.replace(chunk, chunk + ".moved")  # the checked file leaves; a link out of the root takes its name
+        os.symlink(os.path.join(outside_run, key), chunk)
+        return fd
+
+    monkeypatch.setattr(served, "open_inside", open_then_swap)
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=120) as c:
+        r = c.get(f"/zarr/r/{key}", headers={"Range": "bytes=0-99"})
+    assert r.status_code == 206 and r.headers["Content-Range"] == f"bytes 0-99/{len(original)}"
+    assert r.content == original[:100]
+    assert os.path.islink(chunk)  # the swap did happen

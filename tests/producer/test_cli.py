@@ -28,7 +28,7 @@ def test_produce_then_ls(tmp_path, small_config, python_env):
                   env=python_env).stdout
     assert "cli-run" in out and "complete" in out and str(root / "cli-run.zarr") in out
     ds = open_run("cli-run", root)
-    assert ds.sizes["step"] == 26 and ds.sizes["neuron"] == 5 and ds.attrs["config"]["model"]["width"] == 5
+    assert ds.sizes["step"] == 26 and ds.sizes["neuron"] == 5 and ds.traj.config["model"]["width"] == 5
     listing = run_cli("ls", "--root", str(root), env=python_env).stdout
     assert "cli-run" in listing and "complete" in listing and "26/26" in listing
     again = run_cli("produce", str(config), "--root", str(root), "--name", "cli-run", env=python_env, check=False)

@@ -67,7 +67,7 @@ def test_float64_runs_match_to_double_precision(make_run):
 def test_minibatch_sgd_uses_the_documented_batches(make_run):
     ds = make_run("sgd", init={"kind": "gaussian", "scale": 0.3}, train={"lr": 0.05, "steps": 6, "batch_size": 10}).load()
     X, y = ds.X.values.astype(np.float64), ds.y.values
-    seed = ds.attrs["config"]["seed"]
+    seed = ds.traj.config["seed"]
     for k in (0, 4):
         rows = np.random.default_rng([seed, k]).choice(30, size=10, replace=False)  # the documented rule
         _, grad_W, grad_v, _ = numpy_loss_and_gradient(ds.W.values[k], ds.v.values[k], X[rows], y[rows], "exp", "sum")

@@ -114,7 +114,7 @@ def test_durability_level_reaches_the_store(tmp_path, small_config, monkeypatch)
     assert calls == []
     produce(small_config(record={"chunk_mib": 0.001, "durability": "fsync"}), root=tmp_path, name="safe")
     assert len(calls) > 10
-    assert open_run("safe", tmp_path).attrs["config"]["record"]["durability"] == "fsync"
+    assert open_run("safe", tmp_path).traj.config["record"]["durability"] == "fsync"
     np.testing.assert_array_equal(open_run("safe", tmp_path).W.values, open_run("fast", tmp_path).W.values)
 
 

@@ -7,19 +7,53 @@ import pytest
 import xarray as xr
 
 from trajscope import open_run
+from trajscope.store import StoreRoot
 from trajscope.store.export import export, read_export
 
+
+
+def _assert_same(back: xr.Dataset, ds: xr.Dataset) -> None:
+    """Equal values, dims, coords and attributes (xarray's ``identical``), and equal dtypes too."""
+    xr.testing.assert_identical(back, ds)
+    assert {n: v.dtype for n, v in back.variables.items()} == {n: v.dtype for n, v in ds.variables.items()}
 
 
 def test_plain_to_zarr_of_an_opened_run_round_trips(tiny_root, tmp_path):
     ds = open_run("a", tiny_root)
     ds.to_zarr(tmp_path / "copy.zarr", zarr_format=3)
     back = xr.open_zarr(tmp_path / "copy.zarr")
-    xr.testing.assert_identical(back, ds)
-    assert back.attrs["config"] == ds.attrs["config"]  # nested attributes kept as they are
+    _assert_same(back, ds)
+    assert back.traj.config == ds.traj.config and back.traj.config["seed"] == 3
     part = ds.sel(step=slice(3, 20)).chunk(step=7)  # chunks that do not line up with the stored ones (5)
     part.to_zarr(tmp_path / "part.zarr", zarr_format=3)
-    xr.testing.assert_identical(xr.open_zarr(tmp_path / "part.zarr"), part)
+    _assert_same(xr.open_zarr(tmp_path / "part.zarr"), part)
+
+
+def test_plain_to_netcdf_of_an_opened_run_round_trips(tiny_root, tmp_path):
+    ds = open_run("a", tiny_root)
+    ds.to_netcdf(tmp_path / "a.nc")  # raised TypeError on the nested config attribute before
+    with xr.open_dataset(tmp_path / "a.nc") as back:
+        _assert_same(back.load(), ds.load())
+        attrs = back.traj.attrs
+    raw = StoreRoot(tiny_root).read_attrs("a")  # what the producer wrote, read independently of open_run
+    for key in ("config", "schema", "data_info", "versions", "tags", "time_variables", "note", "status"):
+        assert attrs[key] == raw[key], key
+    part = ds.sel(step=slice(10, 30))[["W", "loss"]]
+    part.to_netcdf(tmp_path / "part.nc")
+    with xr.open_dataset(tmp_path / "part.nc") as back:
+        _assert_same(back.load(), part.load())
+
+
+def test_an_exported_zarr_opens_as_a_run(tiny_root, tmp_path):
+    """A plain ``to_zarr`` copy of an opened run is itself a run: open_run and the catalog read it."""
+    from trajscope.store import describe_run
+
+    ds = open_run("a", tiny_root)
+    ds.to_zarr(tmp_path / "copy" / "c.zarr", zarr_format=3)
+    again = open_run("c", tmp_path / "copy")
+    assert again.traj.config == ds.traj.config and again.traj.attrs["tags"] == ["base"]
+    np.testing.assert_array_equal(again["W"].values, ds["W"].values)
+    assert describe_run("c", tmp_path / "copy").config["train"]["lr"] == ds.traj.config["train"]["lr"]
 
 
 @pytest.mark.parametrize("suffix", [".nc", ".zarr", ".npz"])
@@ -29,7 +63,7 @@ def test_export_round_trips_equal_the_original(tiny_root, tmp_path, suffix):
     back = read_export(path)
     expected = ds.copy()
     xr.testing.assert_identical(back.load(), expected.load())
-    assert back["step"].dtype == np.int64 and back["y"].dtype == np.int8 and back.attrs["config"]["seed"] == 3
+    assert back["step"].dtype == np.int64 and back["y"].dtype == np.int8 and back.traj.config["seed"] == 3
 
 
 @pytest.mark.parametrize("suffix", [".nc", ".zarr", ".npz"])

@@ -44,7 +44,7 @@ def test_tag_adds_removes_and_notes_and_keeps_the_run_readable(run_cli, tmp_path
     proc = run_cli("tag", "t", "--remove", "keep", "--root", root)
     assert proc.returncode == 0 and "lr-sweep" in proc.stdout
     after = open_run("t", root)
-    assert after.attrs["tags"] == ["lr-sweep"] and after.attrs["note"] == "first try"
+    assert after.traj.attrs["tags"] == ["lr-sweep"] and after.attrs["note"] == "first try"
     np.testing.assert_array_equal(after["W"].values, before["W"].values)  # finished run: consolidated metadata kept
     assert "consolidated_metadata" in json.loads((make_run.root / "t.zarr" / "zarr.json").read_text())
     assert run_cli("tag", "t", "bad tag!", "--root", root).returncode == 2

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from trajscope.errors import UserError
+from trajscope.store.dataset_attrs import run_attr
 
 RootOption = Annotated[
     Optional[str], typer.Option("--root", help="Store root: a directory or fsspec URL (default $TRAJSCOPE_ROOT or ./runs).")
@@ -38,7 +39,7 @@ def _seconds(attrs: dict[str, Any]) -> float | None:
 
 def catalog_row(run_id: str, attrs: dict[str, Any], size_bytes: int, columns: list[str]) -> dict[str, Any]:
     """One run of ``trajscope ls``: status, progress, final loss, duration, tags, note, chosen config fields."""
-    config = flatten(attrs.get("config") or {})
+    config = flatten(run_attr(attrs, "config") or {})
     return {
         "run": run_id,
         "status": attrs.get("status", "unknown"),
@@ -48,8 +49,8 @@ def catalog_row(run_id: str, attrs: dict[str, Any], size_bytes: int, columns: li
         "seconds": _seconds(attrs),
         "size_bytes": size_bytes,
         "created": attrs.get("created"),
-        "tags": list(attrs.get("tags") or []),
-        "note": attrs.get("note"),
+        "tags": list(run_attr(attrs, "tags") or []),
+        "note": run_attr(attrs, "note"),
         **{column: config.get(column) for column in columns},
     }
 
@@ -114,12 +115,12 @@ def register(app: typer.Typer) -> None:
             except (KeyError, ValueError):  # half-created or unreadable: skipped, as the catalog does
                 continue
             if fields:
-                known = flatten(attrs.get("config") or {})
+                known = flatten(run_attr(attrs, "config") or {})
                 unknown = [f for f in fields if f not in known]
                 if unknown and known:
                     raise UserError(f"--columns: no config field {', '.join(map(repr, unknown))}; "
                                     f"`trajscope config` prints the fields (e.g. {', '.join(list(known)[:3])})")
-            if tag and not set(tag) <= set(attrs.get("tags") or []):
+            if tag and not set(tag) <= set(run_attr(attrs, "tags") or []):
                 continue
             rows.append(catalog_row(run_id, attrs, store_root.size_bytes(run_id), fields))
         if as_json:
@@ -196,7 +197,7 @@ def register(app: typer.Typer) -> None:
             raise UserError("compare needs at least two runs: trajscope compare RUN_A RUN_B ...")
         datasets = [open_run(run, root=root) for run in runs]
         names = [ds.attrs.get("run_id", run) for ds, run in zip(datasets, runs)]
-        configs = [flatten(ds.attrs.get("config") or {}) for ds in datasets]
+        configs = [flatten(run_attr(ds, "config") or {}) for ds in datasets]
         keys = list(dict.fromkeys(k for c in configs for k in c))
         differing = [k for k in keys if all_fields or len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
         console = _console()

@@ -1,0 +1,89 @@
+"""The attributes of an opened run: plain values only, so any xarray writer takes the dataset as it is.
+
+A run's root attributes (``zarr.json``) hold nested mappings (``config``, ``schema``, ``data_info``,
+``versions``, ``writer``), lists (``tags``, ``time_variables``), ``None`` and booleans. netCDF attributes can
+hold none of these, so ``ds.to_netcdf()`` of a dataset carrying them raises ``TypeError``.
+:func:`trajscope.open_run` therefore hands out the attributes through :func:`encode_attrs`: every value that
+is not a number or an ASCII string becomes its JSON text, and the attribute :data:`JSON_ATTRS` names those
+attributes (space-separated). ``ds.to_netcdf(f)``, ``ds.to_zarr(f)`` and reading either back give the same
+attributes, byte for byte.
+
+Read a value with :func:`run_attr` (``run_attr(ds, "config")`` is the mapping) or all of them with
+:func:`decode_attrs` (``ds.traj.attrs`` in the accessor); both also take the raw attributes of a run opened
+with plain ``xr.open_zarr``, where the values are still mappings.
+"""
+
+from __future__ import annotations
+
+import json
+from numbers import Number
+from typing import Any, Mapping
+
+import numpy as np
+
+JSON_ATTRS = "trajscope_json_attrs"
+
+
+def is_plain(value: Any) -> bool:
+    """Whether ``value`` is an attribute every netCDF writer keeps as it is: a number or an ASCII string."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, str):
+        return value.isascii()
+    return isinstance(value, (Number, np.number))
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps`` hook for numpy scalars and arrays; anything else is refused with ``TypeError``."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"attribute value {value!r} cannot be written as JSON")
+
+
+def _encoded_names(attrs: Mapping[str, Any]) -> set[str]:
+    listed = attrs.get(JSON_ATTRS)
+    return set(listed.split()) if isinstance(listed, str) else set()
+
+
+def encode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """``attrs`` with every non-plain value as JSON text, named in ``attrs[JSON_ATTRS]``.
+
+    Idempotent: attributes already encoded (listed in :data:`JSON_ATTRS`) stay as they are.
+    """
+    already = _encoded_names(attrs)
+    out: dict[str, Any] = {}
+    names = []
+    for key, value in attrs.items():
+        if key == JSON_ATTRS:
+            continue
+        if key in already and isinstance(value, str):
+            out[key], encoded = value, True
+        elif is_plain(value):
+            out[key], encoded = value, False
+        else:
+            out[key], encoded = json.dumps(value, default=json_default, allow_nan=True), True
+        if encoded:
+            names.append(key)
+    if names:
+        out[JSON_ATTRS] = " ".join(names)
+    return out
+
+
+def decode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`encode_attrs` (values that are not JSON text pass through unchanged)."""
+    names = _encoded_names(attrs)
+    return {key: (json.loads(value) if key in names and isinstance(value, str) else value)
+            for key, value in attrs.items() if key != JSON_ATTRS}
+
+
+def run_attr(source: Any, key: str, default: Any = None) -> Any:
+    """The decoded attribute ``key`` of a dataset (or of an attribute mapping); ``default`` when absent."""
+    attrs: Mapping[str, Any] = getattr(source, "attrs", source)
+    if key not in attrs:
+        return default
+    value = attrs[key]
+    if isinstance(value, str) and key in _encoded_names(attrs):
+        return json.loads(value)
+    return value

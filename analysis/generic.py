@@ -55,7 +55,7 @@ def _sum_sq(da: xr.DataArray) -> xr.DataArray:
     return (_f64(da) ** 2).sum(_own(da))
 
 
-@quantity(requires=PARAMETERS)
+@quantity(requires=PARAMETERS, pointwise=True)
 def frobenius_norms(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "") -> xr.Dataset:
     """Frobenius norm of every parameter, ``||θ_p(k)||_F = sqrt(Σ_i θ_p,i(k)²)``, and of all of them
     (``(all)``: ``||θ(k)|| = sqrt(Σ_p ||θ_p(k)||_F²)``); dims ``(step,)``."""
@@ -113,7 +113,7 @@ def matrix_singular_values(da: xr.DataArray, method: str = "svd") -> xr.DataArra
     return out.assign_coords({sv_dim: np.arange(1, r + 1)})
 
 
-@quantity(requires=MATRICES)
+@quantity(requires=MATRICES, pointwise=True)
 def param_singular_values(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "",
                           method: str = "svd") -> xr.Dataset:
     """Singular values ``σ_1(k) ≥ … ≥ σ_r(k)`` of every matrix parameter ``P(k)``, ``r = min(d0, d1·…)``;
@@ -127,7 +127,7 @@ def param_singular_values(ds: xr.Dataset, step: StepSel = None, *, parameter: st
                       attrs={"quantity": "param_singular_values"})
 
 
-@quantity(requires=PARAMETERS)
+@quantity(requires=PARAMETERS, pointwise=True)
 def spectral_norms(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "") -> xr.Dataset:
     """Spectral norm ``||P(k)||_2 = σ_1(k)`` of every parameter (a vector's: its Euclidean norm); dims ``(step,)``."""
     sel = select(ds, step)
@@ -139,7 +139,7 @@ def spectral_norms(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "")
     return xr.Dataset(out, attrs={"quantity": "spectral_norms"})
 
 
-@quantity(requires=MATRICES)
+@quantity(requires=MATRICES, pointwise=True)
 def param_stable_ranks(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "") -> xr.Dataset:
     """Stable rank ``||P(k)||_F² / ||P(k)||_2² = Σ_i σ_i² / σ_1²`` of every matrix parameter; dims ``(step,)``."""
     sv = param_singular_values(ds, step, parameter=parameter)
@@ -147,7 +147,7 @@ def param_stable_ranks(ds: xr.Dataset, step: StepSel = None, *, parameter: str =
     return xr.Dataset(out, attrs={"quantity": "param_stable_ranks"})
 
 
-@quantity(requires=PARAMETERS)
+@quantity(requires=PARAMETERS, pointwise=True)
 def update_norms(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "") -> xr.Dataset:
     """Size of each update, ``||θ_p(k_{i+1}) − θ_p(k_i)||_F`` between consecutive selected states, per
     parameter and for ``θ`` (``(all)``); labelled by the later state's step (dims ``(step,)``, one fewer)."""
@@ -165,7 +165,7 @@ def _initial(ds: xr.Dataset, name: str) -> xr.DataArray:
     return _f64(ds[name].isel({STEP: 0}, drop=True))
 
 
-@quantity(requires=PARAMETERS)
+@quantity(requires=PARAMETERS, pointwise=True)
 def distance_from_init(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "") -> xr.Dataset:
     """Distance from initialization ``||θ_p(k) − θ_p(0)||_F`` per parameter and for ``θ`` (``(all)``),
     ``θ(0)`` being the run's first recorded state; dims ``(step,)``."""
@@ -178,7 +178,7 @@ def distance_from_init(ds: xr.Dataset, step: StepSel = None, *, parameter: str =
     return xr.Dataset(out, attrs={"quantity": "distance_from_init"})
 
 
-@quantity(requires=MATRICES)
+@quantity(requires=MATRICES, pointwise=True)
 def row_cosines_to_init(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "") -> xr.Dataset:
     """Cosine of each row (neuron) with its initial direction,
     ``cos(p_j(k), p_j(0)) = <p_j(k), p_j(0)> / (||p_j(k)|| ||p_j(0)||)`` for every matrix parameter

@@ -57,9 +57,23 @@ def _register(table: dict[str, Callable], what: str, name: str | None, requires:
     return decorate
 
 
-def quantity(name: str | None = None, *, requires: tuple[str, ...] = TWO_LAYER) -> Callable[[F], F]:
-    """Register an analysis quantity (default name: the function's) that applies to runs with ``requires``."""
-    return _register(QUANTITIES, "quantity", name, requires)
+def quantity(name: str | None = None, *, requires: tuple[str, ...] = TWO_LAYER,
+             pointwise: bool = False) -> Callable[[F], F]:
+    """Register an analysis quantity (default name: the function's) that applies to runs with ``requires``.
+
+    ``pointwise=True`` declares that ``fn(ds, step=slice(a, b))`` reads only the selected states, the
+    run's first state and the static variables: it equals ``fn(sub, step=slice(a, b))`` for ``sub`` holding
+    just those states, so a caller may compute it on ``sub`` loaded in memory (the dashboard's live
+    tails). It is kept as ``fn.pointwise``.
+    """
+    register = _register(QUANTITIES, "quantity", name, requires)
+
+    def decorate(fn: F) -> F:
+        fn = register(fn)
+        fn.pointwise = pointwise  # type: ignore[attr-defined]
+        return fn
+
+    return decorate
 
 
 def plot_kind(name: str, *, requires: tuple[str, ...] = TWO_LAYER) -> Callable[[F], F]:

@@ -21,6 +21,7 @@ from trajscope.analysis._common import StepSel, inputs, select, weights
 from trajscope.analysis._kernels import _batches, _one_blas_thread, singular_values_block
 from trajscope.analysis.geometry import _onehot, class_counts, class_sums
 from trajscope.analysis.invariants import balance
+from trajscope.analysis.registry import TWO_LAYER, quantity
 
 SERIES: tuple[str, ...] = (
     "aligned_fraction", "all_aligned",
@@ -174,6 +175,7 @@ def _nanmean(a: np.ndarray) -> np.ndarray:
         return np.where(n > 0, np.nansum(a, axis=1) / n, np.nan)
 
 
+@quantity(requires=TWO_LAYER, pointwise=True)
 def step_series(ds: xr.Dataset, step: StepSel = None, *, detail: str = "all",
                 chunk_steps: int | None = None) -> xr.Dataset:
     """All per-step series of the summary in one pass over ``W``: one kernel per time chunk.

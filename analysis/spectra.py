@@ -11,7 +11,7 @@ from trajscope.analysis.alignment import neuron_stats
 from trajscope.analysis.registry import TWO_LAYER, quantity
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, pointwise=True)
 def singular_values(ds: xr.Dataset, step: StepSel = None, *, method: str = "gram") -> xr.DataArray:
     """Singular values ``σ_1(t) ≥ … ≥ σ_r(t)`` of ``W(t)``, ``r = min(h, D)``; dims ``(step, sv)``.
 

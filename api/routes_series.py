@@ -1,12 +1,16 @@
 """``/api/runs/{run_id}/series/{quantity}``: per-step series for charts, min–max downsampled on the server.
 
-A *quantity* is a per-step variable of the run (``loss``), a quantity of the analysis registry whose
-result has a ``step`` dim (``cone_fractions``, ``singular_values``, ``loss_envelope``…), or one of
-:data:`EXTRA` (``step_series``: every summary series from one pass over ``W``; ``neuron_angles``).
-Its columns (other dims flattened, e.g. ``cone_fractions[S+]``) over the selected steps are reduced
-to at most ``2 · points`` rows by :func:`trajscope.analysis.downsample.minmax_downsample`, so a spike
-survives every zoom level. ``format=csv|npy`` returns the same table as a file (the dashboard's
-downloads).
+A *quantity* is a per-step variable of the run (``loss``) or a quantity of the analysis registry that
+applies to the run and whose result has a ``step`` dim (``step_series``, ``cone_fractions``,
+``singular_values``, ``row_angles``…); ``GET /api/runs/{run_id}/series`` lists them, read from the run
+and the registry (nothing here names a quantity). Its columns (other dims flattened, e.g.
+``cone_fractions[S+]``) over the selected steps are reduced to at most ``2 · points`` rows by
+:func:`trajscope.analysis.downsample.minmax_downsample`, so a spike survives every zoom level.
+``format=csv|npy`` returns the same table as a file (the dashboard's downloads).
+
+A quantity registered ``pointwise`` asked for a step range (the dashboard's live tails and zooms) of at
+most :data:`MEMORY_STATES` states and :data:`MEMORY_BYTES` is computed on those states and the run's
+first state loaded in memory: the same numbers without building a lazy graph over the whole run.
 """
 
 from __future__ import annotations
@@ -31,15 +35,9 @@ FORMATS = {"json": "application/json", "csv": "text/csv; charset=utf-8", "npy": 
 MAX_POINTS = 20_000
 MAX_COLUMNS = 64
 MAX_VALUES = 2**20  # 2 · points · columns: bounds a response at roughly 20 MiB of JSON
-OWN = {"step", "points", "scale", "neuron", "tail", "first", "format", "v"}
-
-
-def extra() -> dict[str, Callable]:
-    """Series sources beyond the registry: the fused summary series and the per-neuron angles."""
-    from trajscope.analysis.neurons import neuron_angles
-    from trajscope.analysis.series import step_series
-
-    return {"step_series": step_series, "neuron_angles": neuron_angles}
+OWN = {"step", "points", "scale", "neuron", "row", "tail", "first", "format", "v"}
+MEMORY_STATES = 8192
+MEMORY_BYTES = 64 * 2**20
 
 
 def _applicable(ds) -> dict[str, Callable]:
@@ -58,36 +56,75 @@ def _variable(name: str) -> Callable:
     return fn
 
 
+def per_step_variables(ds) -> list[str]:
+    return sorted(str(k) for k, v in ds.data_vars.items() if "step" in v.dims)
+
+
 def source(run: Run, quantity: str) -> Callable:
     """The function computing ``quantity`` on the run's dataset (404 naming what exists)."""
     ds = run.dataset()
-    per_step = sorted(str(k) for k, v in ds.data_vars.items() if "step" in v.dims)
+    per_step = per_step_variables(ds)
     if quantity in per_step:
         return _variable(quantity)
-    items = {**_applicable(ds), **extra()}
+    items = _applicable(ds)
     if quantity in items:
         return items[quantity]
     raise HTTPException(404, f"unknown series {quantity!r} for run {run.run_id!r}: available are the run's "
-                             f"per-step variables ({', '.join(per_step)}), step_series, neuron_angles and the "
-                             f"analysis quantities with a step dim (GET /api/runs/{run.run_id}/analysis)")
+                             f"per-step variables ({', '.join(per_step)}) and the analysis quantities with a step "
+                             f"dim that apply to it (GET /api/runs/{run.run_id}/series)")
 
 
-def _with_neurons(fn: Callable, index: Any) -> Callable:
+def _with_rows(fn: Callable, dim: str, index: Any) -> Callable:
+    """``fn`` on the rows ``index`` of dim ``dim`` only (their numbers kept as the dim's coordinate)."""
     def sub(ds, step=None, **kwargs):
-        sub_ds = ds.isel(neuron=index)
-        if "neuron" not in ds.coords:  # keep the neurons' numbers in the column names
-            sub_ds = sub_ds.assign_coords(neuron=np.arange(ds.sizes["neuron"])[index])
+        sub_ds = ds.isel({dim: index})
+        if dim not in ds.coords:  # keep the rows' numbers in the column names
+            sub_ds = sub_ds.assign_coords({dim: np.arange(ds.sizes[dim])[index]})
         return fn(sub_ds, step=step, **kwargs)
     return sub
 
 
+def state_bytes(ds) -> int:
+    """Bytes of one recorded state (every variable with a ``step`` dim)."""
+    return sum(v.dtype.itemsize * (v.size // max(1, v.sizes["step"])) for v in ds.data_vars.values()
+               if "step" in v.dims)
+
+
+def _in_memory(fn: Callable, load: Callable) -> Callable:
+    """``fn`` (a ``pointwise`` quantity) on the selected states and the run's first state, loaded by
+    ``load(ds, index)``, when the selection ``step=slice(a, b)`` is small; else on the lazy dataset."""
+    def on_states(ds, step=None, **kwargs):
+        steps = ds["step"].values
+        lo = 0 if step.start is None else int(np.searchsorted(steps, step.start, "left"))
+        hi = steps.size if step.stop is None else int(np.searchsorted(steps, step.stop, "right"))
+        if hi - lo > MEMORY_STATES or (hi - lo) * state_bytes(ds) > MEMORY_BYTES:
+            return fn(ds, step=step, **kwargs)
+        index = np.r_[0, np.arange(max(lo, 1), hi)] if hi > 0 else np.arange(0)
+        return fn(load(ds, index), step=step, **kwargs)
+    return on_states
+
+
+def loader(run: Run, state: Any) -> Callable:
+    """``load(ds, index)``: the states ``index`` of the run in memory, shared by the requests of one
+    live update (cached by run version and states; built once when several ask at the same time)."""
+    def load(ds, index: np.ndarray):
+        key = run.cache_key("states", int(index[0]) if index.size else -1, int(index[-1]) if index.size else -1,
+                            int(index.size))
+        value, _ = state.responses.get_or_build(key, lambda: ds.isel(step=index).load(), lambda d: d.nbytes)
+        return value
+    return load
+
+
 def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail: int | None,
-          kwargs: dict[str, Any], first: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, dict]]:
+          kwargs: dict[str, Any], first: int | None = None, row: str | None = None,
+          load: Callable | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, dict]]:
     """``(steps, columns, attrs)`` of ``quantity`` over the selection, computed by the analysis
-    (only the first ``first`` columns when given)."""
+    (only the first ``first`` columns when given; only the neurons ``neuron`` or the rows ``row`` of the
+    parameter named by ``kwargs["parameter"]``). ``load(ds, index)`` (see :func:`loader`) lets a small
+    step range of a ``pointwise`` quantity be computed in memory."""
     from trajscope.analysis.downsample import columns
 
-    fn = source(run, quantity)
+    fn = fn_source = source(run, quantity)
     ds = run.dataset()
     if tail is not None:
         steps = ds["step"].values
@@ -98,7 +135,17 @@ def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail:
         if "neuron" not in ds.dims:
             raise UserError(f"neuron={neuron}: run {run.run_id!r} has no neuron dimension")
         index = selectors.positional("neuron", selectors.parse("neuron", neuron), ds.sizes["neuron"])
-        fn = _with_neurons(fn, [index] if isinstance(index, int) else index)
+        fn = _with_rows(fn, "neuron", [index] if isinstance(index, int) else index)
+    if row is not None:
+        name = kwargs.get("parameter")
+        if not name or name not in ds.data_vars or ds[name].ndim < 3 or ds[name].dims[0] != "step":
+            raise UserError(f"row={row} selects rows of a matrix parameter: name it with parameter=NAME "
+                            f"(got {name!r})")
+        dim = ds[name].dims[1]
+        index = selectors.positional("row", selectors.parse("row", row), ds.sizes[dim])
+        fn = _with_rows(fn, dim, [index] if isinstance(index, int) else index)
+    if load is not None and getattr(fn_source, "pointwise", False) and step is not None and step.step is None:
+        fn = _in_memory(fn, load)
     result = call(run, fn, f"series {quantity!r}", step, kwargs)
     if not hasattr(result, "dims") or "step" not in result.coords:
         raise HTTPException(422, f"{quantity!r} is not a per-step series (it has no step dim): "
@@ -135,6 +182,8 @@ async def series(
                                                                    "2·points rows come back")] = 1000,
     scale: Annotated[str, Query(pattern="^(linear|log)$", description="bucket spacing along the steps")] = "linear",
     neuron: Annotated[str | None, Query(description="neurons to keep first: 3, 0,4,9 or 0:8")] = None,
+    row: Annotated[str | None, Query(description="rows of the matrix parameter named by `parameter` to keep "
+                                                 "first (row_angles): 3, 0,4,9 or 0:8")] = None,
     tail: Annotated[int | None, Query(ge=1, description="only the last `tail` recorded states (live updates)")] = None,
     first: Annotated[int | None, Query(ge=1, le=MAX_COLUMNS, description="keep only the first `first` series "
                                                                          "(e.g. the largest singular values)")] = None,
@@ -143,7 +192,7 @@ async def series(
 ) -> Response:
     fn_kwargs = {k: v for k, v in request.query_params.items() if k not in OWN}
     sl = step_slice(step)
-    key = run.cache_key("series", quantity, str(sl), points, scale, neuron, tail, first, format,
+    key = run.cache_key("series", quantity, str(sl), points, scale, neuron, row, tail, first, format,
                         tuple(sorted(fn_kwargs.items())))
 
     def build() -> bytes:
@@ -151,7 +200,7 @@ async def series(
 
         fn = source(run, quantity)
         kwargs = registry.bind(fn, fn_kwargs, f"series {quantity!r}") if fn_kwargs else {}
-        steps, cols, attrs = table(run, quantity, sl, neuron, tail, kwargs, first)
+        steps, cols, attrs = table(run, quantity, sl, neuron, tail, kwargs, first, row, loader(run, state))
         names = list(cols)
         check_size(points, len(names))
         out = minmax_downsample(steps, np.stack([cols[c] for c in names], axis=1), points, scale)
@@ -179,3 +228,23 @@ async def series(
     if format != "json":
         headers["Content-Disposition"] = f'attachment; filename="{run.run_id}-{quantity}.{format}"'
     return Response(body, media_type=FORMATS[format], headers=headers)
+
+
+@router.get("", summary="What the run offers as per-step series: its variables and the applicable quantities")
+def listing(run: RunDep) -> dict[str, Any]:
+    """``variables`` (per-step variables), ``quantities`` (the applicable analysis quantities; those with a
+    ``step`` dim are series) and ``matrices``: each matrix parameter's row dim, rows and row length (what
+    ``row_angles`` follows, rows picked with ``row=``)."""
+    from trajscope.analysis.registry import parameter_names
+
+    ds = run.dataset()
+    base = f"/api/runs/{run.run_id}/series"
+    matrices = {}
+    for name in parameter_names(ds):
+        da = ds[name]
+        if da.ndim >= 3 and da.dims[0] == "step":
+            matrices[name] = {"dim": da.dims[1], "rows": int(da.shape[1]), "row_length": int(np.prod(da.shape[2:]))}
+    return {"run_id": run.run_id, "committed_steps": run.committed,
+            "variables": {name: f"{base}/{name}" for name in per_step_variables(ds)},
+            "quantities": {name: f"{base}/{name}" for name in sorted(_applicable(ds))},
+            "matrices": matrices}

@@ -16,20 +16,26 @@ Measured, per run (median over ``--repeats``, each on a fresh server so its resp
 * ``first chart``: navigation start → the first chart has data (``window.trajscope.firstChartAt``);
 * ``all charts``: navigation start → every chart drawn (``window.trajscope.loadedAt``);
 * ``warm reload``: the same, reloading the page on the same server (responses cached);
-* ``live update``: one more time chunk committed → drawn: ``apply`` is the page's own time from
-  noticing the new ``committed_steps`` to the charts drawn; ``commit→drawn`` adds the polling delay
-  (the page polls once a second).
+* ``live update``: the live copy is left :data:`UPDATES` time chunks short; they are committed one at a
+  time, each once the page has drawn the previous one: ``apply`` is the page's own time from noticing
+  the new ``committed_steps`` to the charts drawn (median over the updates and repeats);
+  ``commit→drawn`` adds the polling delay (the page polls once a second).
+* ``live apply, lazy tails``: the same updates with the series route's in-memory path for small
+  step ranges turned off (``routes_series.MEMORY_STATES = 0``): every tail computed on the lazy dataset,
+  as the dashboard did before it — the baseline of the live update, measured in the same run.
 
 Baseline, measured in the same run: the previous dashboard's way, every server-drawn figure of the run
 (``GET /api/runs/<run>/plots/<kind>.png`` for each kind, in parallel, fresh server) for a page load,
 and the same figures again after the commit (the previous page redrew them all on each commit).
-Timings on the shared 2-core machine are noisy: compare the ratios, not the seconds.
+Timings on the shared 2-core machine are noisy: compare the ratios, not the seconds; the load average
+is printed before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import os
 import statistics
 import subprocess
 import sys
@@ -42,6 +48,7 @@ import httpx
 import numpy as np
 import uvicorn
 
+from trajscope.api import routes_series
 from trajscope.api.app import create_app
 from trajscope.store import RunWriter, StoreRoot, open_run, run_attr
 
@@ -54,6 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
+UPDATES = 3
 RUNS = {
     "s6001": [],
     "s100k": ["--set", "train.steps=99999", "--set", "data.n=20", "--set", "data.dim=4", "--set", "model.width=4"],
@@ -89,10 +97,10 @@ def produce(root: Path) -> None:
         subprocess.run(cmd, check=True)
 
 
-def live_copy(root: StoreRoot, name: str) -> tuple[str, int, int]:
-    """``live-<name>``: the run's arrays rewritten through the writer, committed one chunk short.
+def live_copy(root: StoreRoot, name: str, short: int = UPDATES) -> tuple[str, int, int, int]:
+    """``live-<name>``: the run's arrays rewritten through the writer, committed ``short`` chunks short.
 
-    Returns ``(run_id, committed, total)``."""
+    Returns ``(run_id, committed, total, chunk)``."""
     run_id = f"live-{name}"
     src = open_run(name, root)
     n = src.sizes["step"]
@@ -108,10 +116,10 @@ def live_copy(root: StoreRoot, name: str) -> tuple[str, int, int]:
     arrays = {k: src[k].values for k in ("W", "v", "loss", "output", "step", "t")}
     for a in range(0, n, chunk):
         writer.write_block(a, {k: v[a:a + chunk] for k, v in arrays.items()})
-    committed = (n - 1) // chunk * chunk
+    committed = max(1, n - short * chunk)
     writer.commit(committed)
     writer.lock.release()
-    return run_id, committed, n
+    return run_id, committed, n, chunk
 
 
 def commit(root: StoreRoot, run_id: str, upto: int) -> None:
@@ -153,7 +161,8 @@ def figures(url: str, run_id: str) -> float:
 
 def measure(root: StoreRoot, browser, name: str, repeats: int, shots: Path | None) -> dict[str, float]:
     out: dict[str, list[float]] = {k: [] for k in ("first", "all", "warm_first", "warm_all", "png", "apply",
-                                                   "commit_drawn", "png_after")}
+                                                   "apply_lazy", "commit_drawn", "png_after")}
+    memory_states = routes_series.MEMORY_STATES
     for r in range(repeats):
         with Server(root) as srv:
             out["png"].append(figures(srv.url, name))
@@ -172,22 +181,38 @@ def measure(root: StoreRoot, browser, name: str, repeats: int, shots: Path | Non
                 page.wait_for_function("document.querySelector('#phases').textContent.includes('t1')", timeout=600_000)
                 shot(page, shots / "run-page.png")
             ctx.close()
-        run_id, committed, total = live_copy(root, name)
+        for lazy in (False, True):
+            routes_series.MEMORY_STATES = 0 if lazy else memory_states
+            applies, delays = live_updates(root, browser, name, shots if (r == 0 and not lazy) else None)
+            out["apply_lazy" if lazy else "apply"] += applies
+            if not lazy:
+                out["commit_drawn"] += delays
+        routes_series.MEMORY_STATES = memory_states
         with Server(root) as srv:
-            ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-            page = ctx.new_page()
-            load_page(page, f"{srv.url}/#/run/{run_id}")
-            t0 = time.perf_counter()
-            commit(root, run_id, total)
-            page.wait_for_function(f"(window.trajscope.lastUpdate || {{}}).committed === {total}", timeout=600_000)
-            out["commit_drawn"].append(time.perf_counter() - t0)
-            upd = page.evaluate("window.trajscope.lastUpdate")
-            out["apply"].append((upd["drawn"] - upd["detected"]) / 1e3)
-            if shots is not None and r == 0 and name == "s6001":
-                shot(page, shots / "live-run.png")
-            ctx.close()
-            out["png_after"].append(figures(srv.url, run_id))
+            out["png_after"].append(figures(srv.url, f"live-{name}"))
     return {k: statistics.median(v) for k, v in out.items()}
+
+
+def live_updates(root: StoreRoot, browser, name: str, shots: Path | None) -> tuple[list[float], list[float]]:
+    """Open ``live-<name>`` (left :data:`UPDATES` chunks short), commit one chunk at a time; per update the
+    page's apply time and the commit→drawn time (seconds)."""
+    run_id, committed, total, chunk = live_copy(root, name)
+    applies, delays = [], []
+    with Server(root) as srv:
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = ctx.new_page()
+        load_page(page, f"{srv.url}/#/run/{run_id}")
+        for upto in [min(total, committed + (i + 1) * chunk) for i in range(UPDATES)]:
+            t0 = time.perf_counter()
+            commit(root, run_id, upto)
+            page.wait_for_function(f"(window.trajscope.lastUpdate || {{}}).committed === {upto}", timeout=600_000)
+            delays.append(time.perf_counter() - t0)
+            upd = page.evaluate("window.trajscope.lastUpdate")
+            applies.append((upd["drawn"] - upd["detected"]) / 1e3)
+        if shots is not None and name == "s6001":
+            shot(page, shots / "live-run.png")
+        ctx.close()
+    return applies, delays
 
 
 def compare_shot(root: StoreRoot, browser, shots: Path) -> None:
@@ -206,6 +231,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--screenshots", type=Path, help="also save run-page, live-run and comparison PNGs here")
     args = ap.parse_args()
+    load0 = os.getloadavg()
     tmp = None
     if args.root is None:
         tmp = tempfile.TemporaryDirectory(prefix="trajscope-dashboard-")
@@ -230,13 +256,17 @@ def main() -> None:
         if args.screenshots:
             compare_shot(root, browser, args.screenshots)
         browser.close()
-    print(f"\nmedian of {args.repeats}; seconds; baseline = every server-drawn figure of the run (previous dashboard)\n")
+    print(f"\nmedian of {args.repeats} (live: of {args.repeats} x {UPDATES} updates); seconds; load average "
+          f"{load0[0]:.1f} before, {os.getloadavg()[0]:.1f} after; baselines: every server-drawn figure of the run "
+          "(previous dashboard), lazy tails (live updates without the in-memory path)\n")
     print("| run | states | first chart | all charts | baseline: all figures | all charts / baseline | warm reload: first / all "
-          "| live: apply | live: commit→drawn | baseline: figures again | commit→drawn / baseline |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| live: apply | baseline: apply, lazy tails | apply / lazy | live: commit→drawn | baseline: figures again "
+          "| commit→drawn / figures |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, states, m in rows:
         print(f"| {name} | {states} | {m['first']:.2f} | {m['all']:.2f} | {m['png']:.2f} | {m['all'] / m['png']:.2f} "
-              f"| {m['warm_first']:.2f} / {m['warm_all']:.2f} | {m['apply']:.3f} | {m['commit_drawn']:.2f} "
+              f"| {m['warm_first']:.2f} / {m['warm_all']:.2f} | {m['apply']:.3f} | {m['apply_lazy']:.3f} "
+              f"| {m['apply'] / m['apply_lazy']:.2f} | {m['commit_drawn']:.2f} "
               f"| {m['png_after']:.2f} | {m['commit_drawn'] / m['png_after']:.2f} |")
     if tmp is not None:
         tmp.cleanup()

@@ -134,24 +134,23 @@ async function loadMarkers(p) {
 // Live: append the states committed since the last poll to every source, in place.
 async function appendNew(p) {
   const scale = p.logx ? "log" : "linear";
-  let grown = false;
   // sources computed over the whole run (the envelope: its t2 needs the start) are refreshed with the
   // t1/t2 markers, not on every commit
   const tails = [...p.sources.values()].filter((e) => e.data && !e.src.whole);
-  // the loss first: it is cheap and opens the run's new version on the server, which the others reuse
-  const order = [tails.filter((e) => e.src.q === "loss"), tails.filter((e) => e.src.q !== "loss")];
-  for (const batch of order) await Promise.all(batch.map(async (entry) => {
-    const last = entry.data.x.length ? entry.data.x[entry.data.x.length - 1] : -1;
+  // one request first: it opens the run's new version on the server, which the others then reuse
+  for (const batch of [tails.slice(0, 1), tails.slice(1)]) await Promise.all(batch.map(async (entry) => {
+    const last = entry.data.x.length ? entry.data.x[entry.data.x.length - 1] : null;
     let body;
     try {
-      body = await fetchSeries(p.runId, entry.src, { step: `${last + 1}:`, points: p.points, scale });
+      // from the last drawn state on: one state of overlap, so a quantity of consecutive states (the
+      // update norms) has its first new value; rows up to `last` are dropped
+      body = await fetchSeries(p.runId, entry.src, { step: last === null ? null : `${last}:`, points: p.points, scale });
     } catch (err) { return; }
-    entry.data.x = entry.data.x.concat(body.x);
-    for (const [k, vals] of Object.entries(body.series)) entry.data.series[k] = (entry.data.series[k] || []).concat(vals);
-    if (entry.data.x.length > 4 * p.points) grown = true;
+    appendRows(entry.data, body, last);
+    // too many rows appended: downsample again here (min–max per pixel bucket), not on the server
+    if (entry.data.x.length > 4 * p.points) entry.data = minmaxDownsample(entry.data, p.points, scale);
   }));
   if (page !== p) return;
-  if (grown) { await reload(p); return; } // too many raw points appended: downsample again
   draw(p);
   window.trajscope.appends = (window.trajscope.appends || 0) + 1;
 }
@@ -205,14 +204,37 @@ function summaryTable(result) {
     el("tbody", {}, ...rows));
 }
 
-function neuronControls(p, D) {
-  const modes = [["to_target", "angle to x± (its class sum)"], ["to_init", "angle to its initial direction"]];
-  if (D === 2) modes.push(["polar", "direction in the plane"]);
+function angleModes(p) {
+  // what the rows of the chosen parameter can be followed by (a two-layer run's W: also the angle to x±)
+  const m = p.matrices[p.param] || {};
+  const modes = [];
+  if (p.param === "W" && "neuron_angles" in p.listing.items) modes.push(["to_target", "angle to x± (its class sum)"]);
+  modes.push(["to_init", "angle to its initial direction"]);
+  if (m.row_length === 2) modes.push(["polar", "direction in the plane"]);
+  return modes;
+}
+
+function defaultRows(p) {
+  return `0:${Math.min(6, (p.matrices[p.param] || {}).rows || 6)}`;
+}
+
+function neuronControls(p) {
+  const modeSelect = el("select", { id: "angle-mode" });
+  const fillModes = () => modeSelect.replaceChildren(...angleModes(p).map(([v, t]) =>
+    el("option", { value: v, selected: v === p.angleMode }, t)));
+  fillModes();
+  const params = Object.keys(p.matrices);
   return el("div", { class: "toolbar" },
-    el("label", {}, "neurons ", el("input", { id: "neurons", value: p.neurons, title: "e.g. 0,3,7 or 0:8" })),
-    el("select", { id: "angle-mode" }, ...modes.map(([v, t]) => el("option", { value: v, selected: v === p.angleMode }, t))),
+    el("label", {}, "parameter ", el("select", { id: "row-param", onchange: (e) => {
+      p.param = e.target.value;
+      p.angleMode = angleModes(p)[0][0];
+      $("#neurons").value = defaultRows(p);
+      fillModes();
+    } }, ...params.map((n) => el("option", { value: n, selected: n === p.param }, n)))),
+    el("label", {}, "rows ", el("input", { id: "neurons", value: p.neurons, title: "e.g. 0,3,7 or 0:8" })),
+    modeSelect,
     el("button", { id: "apply-neurons", onclick: () => {
-      p.neurons = $("#neurons").value.trim() || p.neurons;
+      p.neurons = $("#neurons").value.trim() || defaultRows(p);
       p.angleMode = $("#angle-mode").value;
       setupNeuronChart(p);
       reload(p);
@@ -220,36 +242,43 @@ function neuronControls(p, D) {
 }
 
 function setupNeuronChart(p) {
-  const src = { q: "neuron_angles", neuron: p.neurons };
-  for (const [k, e] of [...p.sources]) if (e.src.q === "neuron_angles") p.sources.delete(k);
+  const src = { q: "row_angles", parameter: p.param, row: p.neurons };
+  for (const [k, e] of [...p.sources]) if (e.src.q === "row_angles") p.sources.delete(k);
   p.sources.set(keyOf(src), { src, data: null });
   const chart = p.charts.find((c) => c.spec.id === "neurons");
   chart.spec.source = src;
   chart.spec.filter = (name) => name.startsWith(`${p.angleMode}[`);
+  const what = p.param === "W" && p.matrices.W && p.matrices.W.dim === "neuron" ? "neuron" : "row";
+  chart.spec.label = (name) => name.replace(/^.*\[(\d+)\]$/, `${what} $1`);
+  chart.setTitle(`${p.param}: ${what}s' ${(angleModes(p).find(([v]) => v === p.angleMode) || [, ""])[1]} (degrees)`);
 }
 
 async function showRun(runId) {
-  const [run, listing] = await Promise.all([
+  const [run, listing, offered] = await Promise.all([
     api(`/api/runs/${encodeURIComponent(runId)}`),
     api(`/api/runs/${encodeURIComponent(runId)}/analysis`),
+    api(`/api/runs/${encodeURIComponent(runId)}/series`),
   ]);
-  const vars = new Set(run.variables.map((v) => v.name));
-  const W = run.variables.find((v) => v.name === "W");
+  const vars = new Set(Object.keys(offered.variables));
+  const matrices = offered.matrices || {};
+  const param = "W" in matrices ? "W" : Object.keys(matrices)[0];
   const p = { runId, name: runId, listing, committed: run.committed_steps, status: run.status, range: null,
-    logx: true, points: 600, sources: new Map(), charts: [], markers: [],
-    neurons: W ? `0:${Math.min(6, W.shape[1])}` : "", angleMode: "to_target" };
+    logx: true, points: 600, sources: new Map(), charts: [], markers: [], matrices, param, neurons: "", angleMode: "" };
+  if (param) { p.neurons = defaultRows(p); p.angleMode = angleModes(p)[0][0]; }
   page = p;
   window.trajscope.page = p;
   window.trajscope.charts = {};
   const usable = (spec) => spec.needs.every((n) => n in listing.items) && (spec.vars || []).every((v) => vars.has(v));
   const specs = RUN_CHARTS.filter(usable).map((s) => ({ ...s }));
   for (const name of GENERIC_CHARTS) {
-    if (name in listing.items) specs.push({ id: name, title: name.replace(/_/g, " "), logx: true, logy: true, needs: [],
-      cols: "all", source: { q: name }, maxSeries: 32 });
+    // on a two-layer run the W chart already shows what a generic one would (‖W‖₂, the stable rank of W;
+    // v is a vector: its spectral norm is its Frobenius norm): not computed twice
+    if (COVERED[name] && specs.some((s) => s.id === COVERED[name])) continue;
+    if (name in listing.items) specs.push({ id: name, title: GENERIC_TITLES[name] || name.replace(/_/g, " "), logx: true,
+      logy: true, needs: [], cols: "all", source: { q: name }, maxSeries: 32 });
   }
-  const hasNeurons = W && "cos_to_class_sums" in listing.items;
-  if (hasNeurons) specs.push({ id: "neurons", title: "neurons: angle over time (degrees)", logx: true, needs: [], cols: "all", source: null,
-    label: (name) => name.replace(/^.*\[(\d+)\]$/, "neuron $1") });
+  const hasNeurons = param && "row_angles" in listing.items;
+  if (hasNeurons) specs.push({ id: "neurons", title: "rows: angle over time (degrees)", logx: true, needs: [], cols: "all", source: null });
   const onZoom = (range) => zoom(p, range);
   p.charts = specs.map((spec) => new Chart(spec, { onZoom, markers: () => p.markers }));
   for (const spec of specs) {
@@ -281,7 +310,7 @@ async function showRun(runId) {
   if (run.committed_steps === 0) parts.push(el("p", { class: "muted", id: "waiting" }, "no committed steps yet: the charts appear with the first commit"));
   parts.push(el("div", { class: "charts" }, ...p.charts.filter((c) => c.spec.id !== "neurons").map((c) => c.card)));
   if (hasNeurons) {
-    parts.push(el("h3", {}, "neuron view"), neuronControls(p, W.shape[2]),
+    parts.push(el("h3", {}, "neuron view: follow rows of a parameter"), neuronControls(p),
       el("div", { class: "charts" }, p.charts.find((c) => c.spec.id === "neurons").card));
   }
   const unavailable = RUN_CHARTS.filter((s) => !usable(s));

@@ -41,6 +41,15 @@ const RUN_CHARTS = [
 // any-model quantities (per-parameter norms, update norms...): drawn with all their columns when the
 // run's analysis listing offers them
 const GENERIC_CHARTS = ["frobenius_norms", "spectral_norms", "update_norms", "distance_from_init", "param_stable_ranks"];
+// generic charts a two-layer chart already covers (generic chart -> the two-layer chart's id)
+const COVERED = { spectral_norms: "norms", param_stable_ranks: "rank" };
+const GENERIC_TITLES = {
+  frobenius_norms: "Frobenius norm ‖θp‖F per parameter",
+  spectral_norms: "spectral norm ‖P‖₂ per parameter",
+  update_norms: "update norms ‖θp(k) − θp(k−1)‖F",
+  distance_from_init: "distance from init ‖θp(k) − θp(0)‖F",
+  param_stable_ranks: "stable rank ‖P‖F²/‖P‖₂² per matrix",
+};
 
 class Chart {
   constructor(spec, { onZoom, markers } = {}) {
@@ -54,7 +63,7 @@ class Chart {
     const toggle = (label, key) => el("label", {}, el("input", { type: "checkbox", class: `toggle-${key}`,
       checked: this[key], onchange: (e) => { this[key] = e.target.checked; this.rebuild(); } }), ` ${label}`);
     this.card = el("section", { class: "chart", id: `chart-${spec.id}`, "data-chart": spec.id },
-      el("h3", {}, spec.title, el("span", { class: "tools" },
+      el("h3", {}, this.titleEl = el("span", { class: "title" }, spec.title), el("span", { class: "tools" },
         toggle("log time", "logx"), toggle("log y", "logy"),
         el("a", { href: "#", class: "dl-csv", onclick: (e) => { e.preventDefault(); this.download("csv"); } }, "CSV"),
         el("a", { href: "#", class: "dl-npy", onclick: (e) => { e.preventDefault(); this.download("npy"); } }, "npy"))),
@@ -64,6 +73,10 @@ class Chart {
     this.cols = [];
     this.u = null;
     window.trajscope.charts[spec.id] = this;
+  }
+
+  setTitle(text) {
+    this.titleEl.textContent = text;
   }
 
   // x: steps; cols: [{label, values, style}] (values aligned with x, null = missing)

@@ -3,7 +3,8 @@
 "use strict";
 
 const LIST_MS = 2000;
-const list = { filter: "", sort: "run_id", dir: 1, selected: new Set(), runs: [], finalLoss: new Map(), sizes: new Map() };
+const list = { filter: "", sort: "run_id", dir: 1, selected: new Set(), runs: [], finalLoss: new Map(), sizes: new Map(),
+  variables: new Map() };
 
 function tagsOf(run) {
   const t = run.tags ?? (run.config && (run.config.tags ?? run.config["run.tags"]));
@@ -64,11 +65,25 @@ function compareButton() {
   if (b) { b.disabled = list.selected.size < 2; b.textContent = `compare selected (${list.selected.size})`; }
 }
 
+async function seriesVariables(run) {
+  // the run's per-step variables (fixed when the run is created), asked once per run
+  const key = `${run.run_id}@${run.created}`;
+  if (!list.variables.has(key)) {
+    list.variables.set(key, api(`/api/runs/${encodeURIComponent(run.run_id)}/series`)
+      .then((b) => Object.keys(b.variables)).catch(() => { list.variables.delete(key); return []; }));
+  }
+  return list.variables.get(key);
+}
+
 async function finalLosses() {
-  // the last recorded loss of each run, fetched again only when the run has committed more
+  // the last recorded loss of each run that records one, fetched again only when the run has committed more
   await Promise.all(list.runs.filter((r) => r.committed_steps > 0).map(async (r) => {
     const known = list.finalLoss.get(r.run_id);
     if (known && known.committed === r.committed_steps) return;
+    if (!(await seriesVariables(r)).includes("loss")) {
+      list.finalLoss.set(r.run_id, { committed: r.committed_steps, value: null });
+      return;
+    }
     try {
       const body = await api(`/api/runs/${encodeURIComponent(r.run_id)}/series/loss?tail=1`);
       list.finalLoss.set(r.run_id, { committed: r.committed_steps, value: body.series.loss[0] });
@@ -132,6 +147,8 @@ const COMPARE_CHARTS = [
   { id: "cmp-alignment", title: "alignment cos(w̄+, x+) (solid) and cos(w̄−, x−) (dashed)", logx: true, q: "step_series",
     col: ["mean_alignment_pos", "mean_alignment_neg"], needs: "mean_neuron_alignment" },
   { id: "cmp-rank", title: "stable rank", logx: true, q: "step_series", col: "stable_rank", needs: "stable_rank" },
+  { id: "cmp-distance", title: "distance from initialization ‖θ(k) − θ(0)‖ (all parameters)", logx: true, logy: true,
+    q: "distance_from_init", col: "(all)", needs: "distance_from_init" },
 ];
 
 function differing(runs) {
@@ -151,38 +168,90 @@ async function showCompare(ids) {
   const keys = differing(runs);
   const shownKeys = keys.filter((k) => k !== "name").slice(0, 3);
   const legend = (r) => shownKeys.length ? `${r.run_id} (${shownKeys.map((k) => `${k}=${fmt(r.config[k])}`).join(", ")})` : r.run_id;
-  const usable = runs.filter((r) => r.committed_steps > 0);
-  const listings = await Promise.all(usable.map((r) => api(`/api/runs/${encodeURIComponent(r.run_id)}/analysis`)));
+  const listings = await Promise.all(runs.map((r) => api(`/api/runs/${encodeURIComponent(r.run_id)}/analysis`)));
+  const offered = await Promise.all(runs.map((r) => api(`/api/runs/${encodeURIComponent(r.run_id)}/series`)));
+  // a chart applies to a run when the run records its variable (a module run may have no loss) or the
+  // analysis offers its quantity
+  const applies = (spec, i) => (spec.needs ? spec.needs in listings[i].items
+    : spec.q in offered[i].variables || spec.q in offered[i].quantities);
   const charts = COMPARE_CHARTS.map((spec) => new Chart(spec, {}));
   $("#view").replaceChildren(el("div", {},
     el("h2", {}, `comparing ${runs.length} runs`),
     el("p", { class: "muted", id: "differing" }, keys.length ? `legend keyed by the config fields that differ: ${keys.join(", ")}` : "the runs' configs are identical"),
     missing.length ? el("p", { class: "status-failed" }, `not found: ${missing.join(", ")}`) : null,
     el("div", { class: "charts" }, ...charts.map((c) => c.card))));
-  const fetched = new Map();
-  const get = (r, q) => {
-    const key = `${r.run_id}/${q}`;
-    if (!fetched.has(key)) fetched.set(key, fetchSeries(r.run_id, { q }, { points: 600, scale: "log" }).catch((err) => ({ error: err.message })));
-    return fetched.get(key);
-  };
-  await Promise.all(charts.map(async (chart) => {
-    const spec = chart.spec;
-    const parts = [], labels = [], notes = [];
-    await Promise.all(usable.map(async (r, i) => {
-      if (spec.needs && !(spec.needs in listings[i].items)) { notes.push(`${r.run_id}: not applicable`); return; }
-      const body = await get(r, spec.q);
-      if (body.error) { notes.push(`${r.run_id}: ${body.error}`); return; }
-      const cols = Array.isArray(spec.col) ? spec.col : [spec.col];
-      parts[i] = { x: body.x, ys: cols.map((c) => body.series[c]) };
-      labels[i] = cols.map((c, j) => ({ label: cols.length > 1 ? `${legend(r)} ${c.endsWith("neg") ? "−" : "+"}` : legend(r),
-        style: { color: COLORS[i % COLORS.length], width: 1.5, dash: j ? [5, 4] : undefined } }));
-    }));
-    const present = parts.map((part, i) => [part, labels[i]]).filter(([part]) => part);
-    chart.note.textContent = notes.join("; ");
-    if (!present.length) return;
-    const joined = joinSources(present.map(([part]) => part));
-    const flat = present.flatMap(([, l]) => l);
-    chart.setData(joined[0], flat.map((l, i) => ({ ...l, values: joined[i + 1] })));
+  // per run and series quantity: its data ({x, series}) or {error}; a running run's grow in place
+  const store = new Map();
+  const needed = (i) => [...new Set(COMPARE_CHARTS.filter((spec) => applies(spec, i)).map((spec) => spec.q))];
+  const fetchAll = (i, tail) => Promise.all(needed(i).map(async (q) => {
+    const key = `${runs[i].run_id}/${q}`;
+    const have = store.get(key);
+    const last = tail && have && have.x && have.x.length ? have.x[have.x.length - 1] : null;
+    try {
+      const body = await fetchSeries(runs[i].run_id, { q }, { points: 600, scale: "log", step: last === null ? null : `${last}:` });
+      if (last === null) store.set(key, { x: body.x, series: body.series });
+      else {
+        appendRows(have, body, last);
+        if (have.x.length > 2400) store.set(key, minmaxDownsample(have, 600, "log"));
+      }
+    } catch (err) {
+      if (last === null) store.set(key, { error: err.message });
+    }
   }));
+  const redraw = () => {
+    for (const chart of charts) {
+      const spec = chart.spec;
+      const present = [], notes = [];
+      runs.forEach((r, i) => {
+        if (!applies(spec, i)) { notes.push(`${r.run_id}: not recorded or not applicable`); return; }
+        const got = store.get(`${r.run_id}/${spec.q}`);
+        if (!got) return;
+        if (got.error) { notes.push(`${r.run_id}: ${got.error}`); return; }
+        const cols = Array.isArray(spec.col) ? spec.col : [spec.col];
+        present.push([{ x: got.x, ys: cols.map((c) => got.series[c]) }, cols.map((c, j) => ({
+          label: cols.length > 1 ? `${legend(r)} ${c.endsWith("neg") ? "−" : "+"}` : legend(r),
+          style: { color: COLORS[i % COLORS.length], width: 1.5, dash: j ? [5, 4] : undefined } }))]);
+      });
+      chart.note.textContent = notes.join("; ");
+      if (!present.length) continue;
+      const joined = joinSources(present.map(([part]) => part));
+      const flat = present.flatMap(([, l]) => l);
+      chart.setData(joined[0], flat.map((l, i) => ({ ...l, values: joined[i + 1] })));
+    }
+  };
+  await Promise.all(runs.map((r, i) => (r.committed_steps > 0 ? fetchAll(i, false) : null)));
+  if (page !== p) return;
+  redraw();
   window.trajscope.loads = (window.trajscope.loads || 0) + 1;
+  // live: the running runs among them are polled; states committed since are appended, as on a run page
+  const follow = async () => {
+    if (page !== p) return;
+    try {
+      const running = (await api("/api/runs?size=false&status=running")).runs;
+      let latest = running;
+      if (runs.some((r) => r.status === "running" && !running.some((x) => x.run_id === r.run_id))) {
+        latest = (await api("/api/runs?size=false")).runs; // one of ours ended: its final status
+      }
+      const moved = [];
+      runs.forEach((r, i) => {
+        const now = latest.find((x) => x.run_id === r.run_id);
+        if (now && (now.committed_steps !== r.committed_steps || now.status !== r.status)) {
+          moved.push(fetchAll(i, r.committed_steps > 0));
+          runs[i] = now;
+        }
+      });
+      if (moved.length) {
+        await Promise.all(moved);
+        if (page !== p) return;
+        redraw();
+        window.trajscope.appends = (window.trajscope.appends || 0) + 1;
+      }
+      setText("#live", runs.some((r) => r.status === "running") ? "live: following the running runs" : "");
+    } catch (err) {
+      if (page === p) setText("#error", err.message);
+    }
+    if (page === p && runs.some((r) => r.status === "running")) schedule(follow, POLL_MS);
+  };
+  setText("#live", runs.some((r) => r.status === "running") ? "live: following the running runs" : "");
+  if (runs.some((r) => r.status === "running")) schedule(follow, POLL_MS);
 }

@@ -112,3 +112,56 @@ function tableNPY(columns) {
   }
   return new Blob([buf], { type: "application/x-npy" });
 }
+
+// Append a series answer ({x, series}) to a source's data, keeping only rows after step `last` (null: all).
+// A column missing on one side is filled with null, so every column stays aligned with x.
+function appendRows(data, body, last) {
+  const keep = body.x.map((x) => last === null || x > last);
+  const n = keep.filter(Boolean).length;
+  if (!n) return;
+  const pick = (arr) => arr.filter((_, i) => keep[i]);
+  const before = data.x.length;
+  data.x = data.x.concat(pick(body.x));
+  for (const k of new Set([...Object.keys(data.series), ...Object.keys(body.series)])) {
+    const old = data.series[k] || new Array(before).fill(null);
+    data.series[k] = old.concat(body.series[k] ? pick(body.series[k]) : new Array(n).fill(null));
+  }
+}
+
+// Min–max downsampling of {x, series} to at most 2·points rows, as the server's
+// trajscope.analysis.downsample.minmax_downsample: `points` equal buckets on u(x) = x - x0 (linear) or
+// log(1 + x - x0) (log); per bucket its first and last x, and per series the bucket's min and max in
+// the order they occur (null/NaN ignored; a bucket of one row keeps that row).
+function minmaxDownsample(data, points, scale) {
+  const x = data.x, n = x.length;
+  if (n <= 2 * points) return data;
+  const x0 = x[0];
+  const u = (v) => (scale === "log" ? Math.log1p(v - x0) : v - x0);
+  const span = u(x[n - 1]);
+  const starts = [];
+  let prev = -1;
+  for (let i = 0; i < n; i++) {
+    const b = span > 0 ? Math.min(points - 1, Math.floor((points * u(x[i])) / span)) : 0;
+    if (b !== prev) { starts.push(i); prev = b; }
+  }
+  const out = { x: [], series: {} };
+  for (const k of Object.keys(data.series)) out.series[k] = [];
+  for (let s = 0; s < starts.length; s++) {
+    const a = starts[s], e = (s + 1 < starts.length ? starts[s + 1] : n) - 1;
+    out.x.push(x[a]);
+    if (e > a) out.x.push(x[e]);
+    for (const [k, vals] of Object.entries(data.series)) {
+      let lo = null, hi = null, ilo = -1, ihi = -1;
+      for (let i = a; i <= e; i++) {
+        const v = vals[i];
+        if (v === null || v === undefined || Number.isNaN(v)) continue;
+        if (lo === null || v < lo) { lo = v; ilo = i; }
+        if (hi === null || v > hi) { hi = v; ihi = i; }
+      }
+      if (e === a) out.series[k].push(lo);
+      else if (ilo <= ihi) out.series[k].push(lo, hi);
+      else out.series[k].push(hi, lo);
+    }
+  }
+  return out;
+}

@@ -35,10 +35,14 @@ def test_every_quantity_is_listed(client):
 @pytest.mark.parametrize("quantity", sorted(QUANTITIES))
 def test_every_quantity_over_http_equals_the_direct_call(client, local_root, quantity):
     r = client.get(f"/api/runs/done/analysis/{quantity}")
+    step = None
+    if r.status_code == 413:  # over this server's 16 KiB cap (step_series: 23 series): every 4th state
+        step = slice(None, None, 4)
+        r = client.get(f"/api/runs/done/analysis/{quantity}", params={"step": "::4"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["quantity"] == quantity and body["committed_steps"] == 40
-    direct = QUANTITIES[quantity](open_run("done", local_root))
+    direct = QUANTITIES[quantity](open_run("done", local_root), **({"step": step} if step else {}))
     assert_matches(body["result"], direct.compute())
 
 

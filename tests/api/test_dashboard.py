@@ -17,55 +17,11 @@ import pytest
 
 from trajscope.store import RunWriter, StoreRoot
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+from tests.api.dashboard_browser import (  # noqa: F401  (fixtures)
+    CHROMIUM, DATA, LABELS, artifacts, browser, loaded, only_local, page,
+)
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
-
-DATA = "Object.fromEntries(Object.entries(window.trajscope.charts).map(([k, c]) => [k, c.u ? c.u.data : null]))"
-LABELS = "id => window.trajscope.charts[id].u.series.slice(1).map(s => s.label)"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture()
-def page(browser, tmp_path):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    pg = context.new_page()
-    pg.errors = []
-    pg.requests = []
-    pg.on("console", lambda msg: pg.errors.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
-    pg.on("pageerror", lambda exc: pg.errors.append(f"page error: {exc}"))
-    pg.on("requestfailed", lambda req: pg.errors.append(f"request failed: {req.url}"))
-    pg.on("request", lambda req: pg.requests.append(req.url))
-    yield pg
-    context.close()
-
-
-def artifacts(tmp_path: Path) -> Path:
-    out = Path(os.environ.get("TRAJSCOPE_ARTIFACTS") or tmp_path)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def loaded(page, n: int = 1) -> None:
-    page.wait_for_function(f"(window.trajscope.loads || 0) >= {n}", timeout=60_000)
-
-
-def only_local(page, url: str) -> None:
-    others = [u for u in page.requests if not (u.startswith(url) or u.startswith("data:") or u.startswith("blob:"))]
-    assert others == [], others
 
 
 def test_run_list_status_final_loss_filter_sort(server, page, expected):
@@ -176,7 +132,7 @@ def test_a_run_produced_while_the_page_is_open_appears_and_grows(tmp_path, write
     with serve(root) as srv:
         page.goto(srv.url + "/")
         page.wait_for_selector("#empty")
-        write_run(root, "grow", steps=32, chunk_steps=8, finish=None, commit_to=8)
+        arrays = write_run(root, "grow", steps=32, chunk_steps=8, finish=None, commit_to=8)
         page.wait_for_selector("#runs tr[data-run=grow]", timeout=30_000)  # appears without a reload
         page.evaluate("window.__sameDocument = true")
         page.click("#runs tr[data-run=grow] a")
@@ -189,6 +145,13 @@ def test_a_run_produced_while_the_page_is_open_appears_and_grows(tmp_path, write
         assert page.evaluate("window.trajscope.appends") >= 2 and page.evaluate("window.trajscope.loads") == 1
         data = page.evaluate(DATA)
         assert all(len(s) == 23 for s in data["alignment"]) and data["cones"][0] == list(range(1, 24))
+        # update norms need the state before each new one: appended from the last drawn state on, every
+        # update from step 1 to 23 is there, the first of each appended range included
+        assert data["update_norms"][0] == list(range(1, 24))
+        labels = page.evaluate(LABELS, "update_norms")
+        W = arrays["W"].astype(np.float64)[:24]
+        np.testing.assert_allclose(data["update_norms"][1 + labels.index("W")],
+                                   np.linalg.norm(np.diff(W, axis=0).reshape(23, -1), axis=1), rtol=1e-9)
         assert page.inner_text("#committed").startswith("24 /") and "live" in page.inner_text("#live")
         page.screenshot(path=str(artifacts(tmp_path) / "live-run.png"), full_page=True)
         _commit(root, "grow", 32, finish="complete")

@@ -102,3 +102,47 @@ def test_static_assets_are_served_from_the_package_only(client):
         assert src in page and client.get(src).status_code == 200
     for bad in ("/static/../app.py", "/static/vendor/../../routes_series.py", "/static/nope.js", "/static/%2e%2e/app.py"):
         assert client.get(bad).status_code == 404, bad
+
+
+def test_the_run_lists_its_series_from_the_registry(client, local_root):
+    from trajscope.analysis import applicable
+
+    body = client.get("/api/runs/done/series").json()
+    assert set(body["variables"]) == {"loss", "output", "W", "v"}
+    assert {"step_series", "neuron_angles", "row_angles", "singular_values"} <= set(body["quantities"])
+    assert set(body["quantities"]) == set(applicable(open_run("done", local_root)))
+    assert body["matrices"] == {"W": {"dim": "neuron", "rows": 6, "row_length": 4}}
+
+
+@pytest.mark.parametrize("run_id", ["done", "live"])
+def test_small_ranges_of_pointwise_quantities_equal_the_lazy_computation(client, local_root, run_id):
+    """A step range of a ``pointwise`` quantity is computed on those states in memory: the same numbers
+    as the lazy computation over the whole run (which a quantity reading other states would break)."""
+    from trajscope.analysis import QUANTITIES, applicable
+    from trajscope.analysis.downsample import columns
+
+    ds = open_run(run_id, local_root)
+    last = int(ds["step"].values[-1])
+    names = [n for n, fn in applicable(ds).items() if getattr(fn, "pointwise", False)]
+    assert {"step_series", "update_norms", "distance_from_init", "row_angles"} <= set(names)
+    for name in names:
+        for a, b in ((last - 5, None), (3, 9)):
+            step = f"{a}:{'' if b is None else b}"
+            body = client.get(f"/api/runs/{run_id}/series/{name}", params={"step": step, "points": 1000}).json()
+            want = columns(QUANTITIES[name](ds, slice(a, b)).compute(), name)
+            assert list(body["series"]) == list(want), name
+            for col, values in body["series"].items():
+                got = np.array([np.nan if v is None else v for v in values], dtype=float)
+                np.testing.assert_allclose(got, want[col], rtol=1e-12, atol=1e-12, equal_nan=True, err_msg=f"{name} {col}")
+
+
+def test_rows_of_a_parameter_and_what_is_wrong(client, expected):
+    body = client.get("/api/runs/done/series/row_angles", params={"parameter": "W", "row": "2,5", "step": "30:"}).json()
+    assert {"to_target[2]", "to_target[5]", "to_init[2]", "to_init[5]"} == set(body["series"])
+    W = expected["done"]["W"].values.astype(np.float64)
+    cos0 = (W[30:, 5] * W[0, 5]).sum(-1) / np.linalg.norm(W[30:, 5], axis=-1) / np.linalg.norm(W[0, 5])
+    np.testing.assert_allclose(body["series"]["to_init[5]"], np.degrees(np.arccos(np.clip(cos0, -1, 1))), atol=1e-6)
+    for params, words in (({"row": "0:2"}, "parameter=NAME"), ({"row": "0:2", "parameter": "loss"}, "parameter=NAME"),
+                          ({"row": "9", "parameter": "W"}, "out of range"), ({"parameter": "v"}, "not a matrix parameter")):
+        r = client.get("/api/runs/done/series/row_angles", params=params)
+        assert r.status_code == 400 and words in r.json()["detail"], (params, r.text)

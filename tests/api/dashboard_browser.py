@@ -1,0 +1,59 @@
+"""Shared pieces of the dashboard's browser tests: Debian's Chromium driven by Playwright, a page that
+records console errors and every request, and readers of the uPlot charts' data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+DATA = "Object.fromEntries(Object.entries(window.trajscope.charts).map(([k, c]) => [k, c.u ? c.u.data : null]))"
+LABELS = "id => window.trajscope.charts[id].u.series.slice(1).map(s => s.label)"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture()
+def page(browser, tmp_path):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    pg = context.new_page()
+    pg.errors = []
+    pg.requests = []
+    pg.on("console", lambda msg: pg.errors.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
+    pg.on("pageerror", lambda exc: pg.errors.append(f"page error: {exc}"))
+    # a request the browser aborted (the page navigated away, or the app cancelled it) is not a failure
+    pg.on("requestfailed", lambda req: None if "ERR_ABORTED" in (req.failure or "")
+          else pg.errors.append(f"request failed: {req.url} ({req.failure})"))
+    pg.on("request", lambda req: pg.requests.append(req.url))
+    yield pg
+    context.close()
+
+
+def artifacts(tmp_path: Path) -> Path:
+    out = Path(os.environ.get("TRAJSCOPE_ARTIFACTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def loaded(page, n: int = 1) -> None:
+    page.wait_for_function(f"(window.trajscope.loads || 0) >= {n}", timeout=60_000)
+
+
+def only_local(page, url: str) -> None:
+    others = [u for u in page.requests if not (u.startswith(url) or u.startswith("data:") or u.startswith("blob:"))]
+    assert others == [], others

@@ -1,5 +1,10 @@
 """Fixtures of the container tests: podman (or a clear skip), the images built once per session, a
-moto S3 server on 127.0.0.1, free ports, and containers that are always removed.
+moto S3 server on 127.0.0.1, free ports, containers that are always removed, and compose projects of
+docker/compose.yaml that run in an environment of their own and are always taken down.
+
+Every podman and podman-compose call is bounded in time (its whole process group is killed past the
+limit, stdin is closed), and a failing compose call raises with the project's containers and their logs,
+so a hang explains itself instead of holding CI.
 
 The images are built with ``--build-arg BASE=$TS_PYTHON_IMAGE`` and the flags in ``$TS_BUILD_FLAGS``
 (``source <(bash ../shared/containers/setup.sh)`` sets both: a local stand-in for the official Python
@@ -11,10 +16,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
+import secrets
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -23,15 +32,31 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = ("api", "producer", "moto")
+COMPOSE_FILE = REPO / "docker" / "compose.yaml"
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "containers: builds and runs the docker/ images with podman (minutes)")
 
 
+def bounded(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``cmd`` with stdin closed, in a process group of its own; past ``timeout`` seconds the whole
+    group is killed (podman-compose's ``podman wait`` children too) and the return code is 124."""
+    with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True, **kwargs) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            code, err = 124, f"{err}\n[killed: still running after {timeout:.0f} s]"
+    return subprocess.CompletedProcess(cmd, code, out, err)
+
+
 def podman(*args: str, check: bool = True, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-    """Run ``podman ARGS``; a failure raises with podman's own message."""
-    result = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+    """Run ``podman ARGS`` (bounded, see :func:`bounded`); a failure raises with podman's own message."""
+    result = bounded(["podman", *args], timeout, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"podman {shlex.join(args)[:300]} failed ({result.returncode}):\n"
                              f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
@@ -127,6 +152,104 @@ def host_env() -> Iterator[dict]:
     yield os.environ
     os.environ.clear()
     os.environ.update(saved)
+
+
+def compose_variables() -> set[str]:
+    """Every variable compose.yaml interpolates (``${NAME:-default}``)."""
+    return set(re.findall(r"\$\{(\w+)", COMPOSE_FILE.read_text()))
+
+
+# What the shell may hold that compose.yaml, podman-compose or podman would pick up by accident: during the
+# test suite the API tests' session fixture exports AWS_ENDPOINT_URL=http://127.0.0.1:<port>, which
+# compose.yaml's ${AWS_ENDPOINT_URL:-http://s3:5000} took in, so the bucket job waited on the containers'
+# own loopback and `up -d` hung (the first CI failure); podman passes *_proxy variables into containers.
+FOREIGN = re.compile(r"^(AWS_|TRAJSCOPE_|COMPOSE_|PODMAN_COMPOSE_|DOCKER_)|_proxy$", re.IGNORECASE)
+
+
+def compose_env(settings: dict[str, str]) -> dict[str, str]:
+    """podman-compose's environment: the host's, less anything foreign (:data:`FOREIGN`), plus
+    ``settings``, which must name every variable compose.yaml reads, so that none comes from the shell."""
+    missing = compose_variables() - set(settings)
+    assert not missing, f"compose settings lack {sorted(missing)}"
+    return {**{k: v for k, v in os.environ.items() if not FOREIGN.search(k)}, **settings}
+
+
+def compose_command() -> list[str]:
+    """podman-compose run by this Python (the test extra installs it; no PATH or pyenv shim between), or skip."""
+    import importlib.util
+
+    if importlib.util.find_spec("podman_compose") is None:
+        pytest.skip("podman-compose is not installed (pip install podman-compose; the test extra has it)")
+    return [sys.executable, "-m", "podman_compose"]
+
+
+class ComposeProject:
+    """docker/compose.yaml as one podman-compose project with a name of its own.
+
+    Calls are bounded in time; a failing one raises with :meth:`state` (the containers, their logs).
+    :meth:`remove` takes everything down and returns what it could not remove.
+    """
+
+    def __init__(self, settings: dict[str, str], profiles: tuple[str, ...] = ("cpu",)):
+        self.name = f"tstest{os.getpid()}{secrets.token_hex(3)}"
+        self.env = compose_env(settings)
+        self.base = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", self.name,
+                     *(arg for profile in profiles for arg in ("--profile", profile))]
+
+    def __call__(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+        result = bounded([*self.base, *args], timeout, env=self.env, cwd=REPO)
+        if check and result.returncode != 0:
+            raise AssertionError(f"podman-compose {shlex.join(args)} failed ({result.returncode}):\n"
+                                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}\n{self.state()}")
+        return result
+
+    def container(self, service: str) -> str:
+        return f"{self.name}_{service}_1"
+
+    def containers(self) -> list[str]:
+        listed = podman("ps", "-a", "--filter", f"label=io.podman.compose.project={self.name}",
+                        "--format", "{{.Names}}", check=False, timeout=60)
+        return listed.stdout.split()
+
+    def state(self) -> str:
+        """``podman ps -a`` of the project and the last lines of each container's log."""
+        lines = [f"--- compose project {self.name}:",
+                 podman("ps", "-a", "--filter", f"label=io.podman.compose.project={self.name}",
+                        "--format", "{{.Names}}  {{.Status}}  {{.Ports}}", check=False, timeout=60).stdout]
+        for name in self.containers():
+            logs = podman("logs", "--tail", "30", name, check=False, timeout=60)
+            lines.append(f"--- {name}:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}")
+        return "\n".join(lines)
+
+    def remove(self) -> list[str]:
+        """``down -v``, then whatever it left (containers, the network, volumes) by label and name."""
+        self("down", "-v", "-t", "2", timeout=180, check=False)
+        for name in self.containers():
+            podman("rm", "--force", "--volumes", "--time", "2", name, check=False, timeout=120)
+        podman("network", "rm", "--force", f"{self.name}_default", check=False, timeout=60)
+        volumes = podman("volume", "ls", "-q", "--filter", f"label=io.podman.compose.project={self.name}",
+                         check=False, timeout=60).stdout.split()
+        for volume in volumes:
+            podman("volume", "rm", "--force", volume, check=False, timeout=60)
+        left = self.containers()
+        if podman("network", "exists", f"{self.name}_default", check=False, timeout=60).returncode == 0:
+            left.append(f"network {self.name}_default")
+        return left
+
+
+@pytest.fixture
+def compose_project() -> Iterator:
+    """``compose_project(settings, profiles)`` makes a :class:`ComposeProject`; all are removed after
+    the test, which fails if anything of theirs is left."""
+    made: list[ComposeProject] = []
+
+    def make(settings: dict[str, str], profiles: tuple[str, ...] = ("cpu",)) -> ComposeProject:
+        made.append(ComposeProject(settings, profiles))
+        return made[-1]
+
+    yield make
+    left = [item for project in made for item in project.remove()]
+    assert not left, f"left behind: {left}"
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,8 @@ Skipped, with the reason, where podman or a base image is missing (see tests/doc
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
+import shutil
 import time
 
 import httpx
@@ -23,6 +21,7 @@ from trajscope.store import StoreRoot, open_run
 pytestmark = pytest.mark.containers
 
 RUN = "quickstart"
+PRODUCE = ["configs/quickstart.yaml", "--name", RUN, "--quiet"]  # compose.yaml's producer command, too
 SHORT = ["--set", "train.steps=600"]  # the quickstart config, shortened: 601 states, ~13 MiB
 
 
@@ -56,7 +55,7 @@ def test_producer_image_records_into_s3_and_api_image_serves_it(images, moto_ser
     name = f"ts-producer-{os.getpid()}"
     containers.append(name)
     produced = podman("run", "--name", name, "--network", "host", *env_args, images["producer"],
-                      "configs/quickstart.yaml", "--name", RUN, "--quiet", *SHORT, check=False, timeout=900)
+                      *PRODUCE, *SHORT, check=False, timeout=900)
     assert produced.returncode == 0, produced.stdout + produced.stderr
     assert "complete, 601 states recorded" in produced.stdout
 
@@ -121,44 +120,85 @@ def test_producer_image_records_into_s3_and_api_image_serves_it(images, moto_ser
         podman("secret", "rm", secret, check=False)
 
 
-# the images' Debian Python and the host's may differ in the patch release only: dask warns, nothing breaks
-@pytest.mark.filterwarnings("ignore::distributed.versions.VersionMismatchWarning")
-@pytest.mark.skipif(
-    os.environ.get("TRAJSCOPE_COMPOSE_TEST") != "1",
-    reason="compose stack test is opt-in (TRAJSCOPE_COMPOSE_TEST=1): `podman-compose up` once hung past "
-    "600 s in a CI-like run on this machine; the images' commands are tested by the test above",
-)
-def test_compose_stack(images, helpers, host_env, tmp_path):
-    """compose.yaml as written: s3 + bucket + api + the cpu producer + dask scheduler and workers;
-    a client on the host (a notebook) analyses the run on the workers, reading the bucket."""
-    import shutil
-
-    compose = shutil.which("podman-compose") or str(os.path.join(os.path.dirname(sys.executable), "podman-compose"))
-    if not os.path.exists(compose):
-        pytest.skip("podman-compose is not installed (pip install podman-compose; the test extra has it)")
-    podman = helpers.podman
-    project = f"tstest{os.getpid()}"
-    ports = {k: helpers.free_port() for k in ("S3", "API", "SCHEDULER", "DASHBOARD")}
+def stack_settings(tmp_path, ports: dict[str, int] | None = None) -> dict[str, str]:
+    """Every variable compose.yaml reads, set explicitly (the shell's stay out: conftest.compose_env)."""
     token = tmp_path / "token"
     token.write_text("compose-token-5678\n")
-    env = {**os.environ, **{f"TRAJSCOPE_{k}_PORT": str(v) for k, v in ports.items()},
-           "TRAJSCOPE_TOKEN_SECRET": str(token), "TRAJSCOPE_RUN": RUN}
-    base = [compose, "-f", str(helpers.repo / "docker/compose.yaml"), "-p", project, "--profile", "cpu"]
+    ports = ports or dict.fromkeys(("S3", "API", "SCHEDULER", "DASHBOARD"), 0)
+    return {"TRAJSCOPE_BUCKET": "trajscope", "AWS_ENDPOINT_URL": "http://s3:5000", "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "TRAJSCOPE_S3_WAIT": "60",
+            "TRAJSCOPE_TOKEN_SECRET": str(token), "TRAJSCOPE_CONFIG": PRODUCE[0], "TRAJSCOPE_RUN": RUN,
+            **{f"TRAJSCOPE_{k}_PORT": str(v) for k, v in ports.items()}}
 
-    def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        result = subprocess.run([*base, *args], env=env, capture_output=True, text=True, timeout=timeout)
-        assert result.returncode == 0, f"podman-compose {' '.join(args)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        return result
 
+def test_compose_file_resolves_to_the_commands_the_image_test_runs(compose_project, tmp_path, monkeypatch):
+    """Both profiles parse; the shell's AWS_* / TRAJSCOPE_* / COMPOSE_* variables do not leak in (they hung
+    `up` once); the GPU producer has the documented device reservation and the CPU producer's command
+    plus train.device=cuda; the producer and API run as the image test runs them."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (podman-compose needs it even to resolve the file)")
+    import yaml
+
+    for name, value in {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "TRAJSCOPE_BUCKET": "elsewhere",
+                        "TRAJSCOPE_RUN": "other", "COMPOSE_PROFILES": "gpu"}.items():
+        monkeypatch.setenv(name, value)
+    settings = stack_settings(tmp_path)
+    project = compose_project(settings, profiles=("cpu", "gpu"))
+    resolved = yaml.safe_load(project("config", timeout=120).stdout)
+    services = resolved["services"]
+    assert set(services) == {"s3", "bucket", "api", "producer-cpu", "producer-gpu", "dask-scheduler", "dask-worker"}
+    for name, service in services.items():
+        env = service.get("environment", {})
+        if name != "s3":
+            assert env["AWS_ENDPOINT_URL"] == "http://s3:5000" and env["TRAJSCOPE_ROOT"] == "s3://trajscope/runs", name
+
+    cpu, gpu = services["producer-cpu"], services["producer-gpu"]
+    assert cpu["command"] == PRODUCE and cpu["image"] == "localhost/trajscope-producer"
+    assert gpu["command"] == PRODUCE + ["--set", "train.device=cuda"] and gpu["profiles"] == ["gpu"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]  # the README's, docker compose's syntax
+    assert "deploy" not in cpu and cpu["profiles"] == ["cpu"]
+    for job in ("bucket", "producer-cpu", "producer-gpu"):
+        assert services[job]["restart"] == "no"
+    for waiting in ("api", "producer-cpu", "producer-gpu"):
+        assert services[waiting]["depends_on"]["bucket"]["condition"] == "service_completed_successfully"
+    api = services["api"]
+    assert "command" not in api and "entrypoint" not in api  # the image's serve.sh, as the image test runs it
+    assert api["environment"]["TRAJSCOPE_TOKEN_FILE"] == "/run/secrets/trajscope_token"
+    assert resolved["secrets"]["trajscope_token"]["file"] == settings["TRAJSCOPE_TOKEN_SECRET"]
+
+    # what podman-compose would run (--dry-run creates only the project's network, removed after the test)
+    dry = project("--verbose", "--dry-run", "up", "--no-build", "-d", timeout=120)
+    creates = {line.split("--name=")[1].split()[0]: line for line in (dry.stdout + dry.stderr).splitlines()
+               if "podman create" in line}
+    assert creates[project.container("producer-cpu")].endswith("localhost/trajscope-producer " + " ".join(PRODUCE))
+    assert "--device nvidia.com/gpu=0" in creates[project.container("producer-gpu")]  # count: 1, as CDI
+    assert creates[project.container("api")].endswith(" localhost/trajscope-api")
+    assert "--entrypoint" not in creates[project.container("api")]
+
+
+# the images' Debian Python and the host's may differ in the patch release only: dask warns, nothing breaks
+@pytest.mark.filterwarnings("ignore::distributed.versions.VersionMismatchWarning")
+def test_compose_stack(images, compose_project, helpers, host_env, tmp_path, monkeypatch):
+    """compose.yaml as written: s3 + bucket + api + the cpu producer + dask scheduler and workers;
+    a client on the host (a notebook) analyses the run on the workers, reading the bucket."""
+    podman = helpers.podman
+    # the API tests' session fixture leaves AWS_ENDPOINT_URL=http://127.0.0.1:<its port> in os.environ
+    # until the session ends; compose_env keeps it (and the like) out of the stack: this makes sure of it
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    ports = {k: helpers.free_port() for k in ("S3", "API", "SCHEDULER", "DASHBOARD")}
+    stack = compose_project(stack_settings(tmp_path, ports))
     try:
-        run("up", "-d", "--no-build")
-        producer = f"{project}_producer-cpu_1"
+        stack("up", "-d", "--no-build", timeout=300)
+        # podman-compose starts the bucket's dependents once it has stopped, whatever its exit code
+        assert podman("wait", stack.container("bucket"), timeout=120).stdout.strip() == "0"
+        producer = stack.container("producer-cpu")
         code = podman("wait", producer, timeout=900).stdout.strip()
         assert code == "0", podman("logs", producer, check=False).stdout[-3000:]
         url = f"http://127.0.0.1:{ports['API']}"
         health = wait_healthy(url)
         assert health["root"] == public_root(StoreRoot("s3://trajscope/runs")) and health["writable"] is True
-        assert podman("healthcheck", "run", f"{project}_api_1", check=False).returncode == 0
+        assert podman("healthcheck", "run", stack.container("api"), check=False).returncode == 0
         host_env.update(helpers.s3_env(f"http://127.0.0.1:{ports['S3']}"))
         import fsspec
 
@@ -182,5 +222,6 @@ def test_compose_stack(images, helpers, host_env, tmp_path):
         W = sub.W.values.astype(np.float64)
         s = np.linalg.svd(W, compute_uv=False)
         np.testing.assert_allclose(on_cluster.values, (s**2).sum(-1) / s[:, 0] ** 2, rtol=1e-5)
-    finally:
-        subprocess.run([*base, "down", "-v", "-t", "2"], env=env, capture_output=True, text=True, timeout=300)
+    except BaseException:
+        print(stack.state())  # pytest shows it with the failure
+        raise

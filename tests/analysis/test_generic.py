@@ -12,7 +12,7 @@ import trajscope
 from trajscope.analysis import applicable, features, generic
 from trajscope.store.errors import UserError
 
-from tests.module.models import train
+from tests.module.models import record_training
 
 
 class ConvNet(torch.nn.Module):
@@ -32,9 +32,7 @@ def run(tmp_path_factory):
     torch.manual_seed(5)
     model, x = ConvNet(), torch.randn(16, 2, 6, 6)
     y = torch.randint(0, 3, (16,))
-    with trajscope.ModuleRecorder(model, root=root, name="conv", chunk_mib=0.004) as rec:
-        rec.record()
-        train(model, x, y, 21, rec, lr=0.2)
+    record_training(model, x, y, 21, root=root, name="conv", lr=0.2, chunk_mib=0.004)
     ds = trajscope.open_run(root / "conv.zarr")
     params = {n: torch.from_numpy(ds[n].values).double() for n, _ in model.named_parameters()}
     return ds, params

@@ -11,7 +11,7 @@ import trajscope
 from trajscope.analysis import QUANTITIES, neurons
 from trajscope.store.errors import UserError
 
-from tests.module.models import train
+from tests.module.models import record_training
 
 
 class Net(torch.nn.Module):
@@ -32,9 +32,7 @@ def ds(tmp_path_factory):
     torch.manual_seed(7)
     model, x = Net(), torch.randn(12, 1, 3, 3)
     y = torch.randint(0, 2, (12,))
-    with trajscope.ModuleRecorder(model, root=root, name="rows", chunk_mib=0.001) as rec:
-        rec.record()
-        train(model, x, y, 17, rec, lr=0.3)
+    record_training(model, x, y, 17, root=root, name="rows", lr=0.3, chunk_mib=0.001)
     return trajscope.open_run(root / "rows.zarr")
 
 

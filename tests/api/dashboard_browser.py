@@ -57,3 +57,17 @@ def loaded(page, n: int = 1) -> None:
 def only_local(page, url: str) -> None:
     others = [u for u in page.requests if not (u.startswith(url) or u.startswith("data:") or u.startswith("blob:"))]
     assert others == [], others
+
+
+def commit(root, run_id: str, upto: int, finish: str | None = None) -> None:
+    """Raise a live run's ``committed_steps`` to ``upto`` as its writer would (and finish it if asked)."""
+    from trajscope.store import RunWriter
+
+    writer = RunWriter.reopen(root, run_id)
+    try:
+        writer.commit(upto)
+        if finish:
+            writer.finish(finish)
+    finally:
+        if not finish:
+            writer.lock.release()

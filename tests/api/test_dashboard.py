@@ -15,10 +15,10 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 
-from trajscope.store import RunWriter, StoreRoot
+from trajscope.store import StoreRoot
 
 from tests.api.dashboard_browser import (  # noqa: F401  (fixtures)
-    CHROMIUM, DATA, LABELS, artifacts, browser, loaded, only_local, page,
+    CHROMIUM, DATA, LABELS, artifacts, browser, commit, loaded, only_local, page,
 )
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
@@ -116,17 +116,6 @@ def test_zoom_and_step_range_request_a_narrower_range(server, page):
     assert page.errors == []
 
 
-def _commit(root: StoreRoot, run_id: str, upto: int, finish: str | None = None) -> None:
-    writer = RunWriter.reopen(root, run_id)
-    try:
-        writer.commit(upto)
-        if finish:
-            writer.finish(finish)
-    finally:
-        if not finish:
-            writer.lock.release()
-
-
 def test_a_run_produced_while_the_page_is_open_appears_and_grows(tmp_path, write_run, serve, page):
     root = StoreRoot(tmp_path / "runs")
     with serve(root) as srv:
@@ -138,9 +127,9 @@ def test_a_run_produced_while_the_page_is_open_appears_and_grows(tmp_path, write
         page.click("#runs tr[data-run=grow] a")
         loaded(page)
         assert page.evaluate("window.trajscope.charts.loss.u.data[0]") == list(range(1, 8))
-        _commit(root, "grow", 16)
+        commit(root, "grow", 16)
         page.wait_for_function("window.trajscope.charts.loss.u.data[0].length === 15", timeout=30_000)
-        _commit(root, "grow", 24)
+        commit(root, "grow", 24)
         page.wait_for_function("window.trajscope.charts.loss.u.data[0].length === 23", timeout=30_000)
         assert page.evaluate("window.trajscope.appends") >= 2 and page.evaluate("window.trajscope.loads") == 1
         data = page.evaluate(DATA)
@@ -154,7 +143,7 @@ def test_a_run_produced_while_the_page_is_open_appears_and_grows(tmp_path, write
                                    np.linalg.norm(np.diff(W, axis=0).reshape(23, -1), axis=1), rtol=1e-9)
         assert page.inner_text("#committed").startswith("24 /") and "live" in page.inner_text("#live")
         page.screenshot(path=str(artifacts(tmp_path) / "live-run.png"), full_page=True)
-        _commit(root, "grow", 32, finish="complete")
+        commit(root, "grow", 32, finish="complete")
         page.wait_for_function("document.querySelector('#status').textContent === 'complete'", timeout=30_000)
         page.wait_for_function("window.trajscope.charts.loss.u.data[0].length === 31", timeout=30_000)
         time.sleep(1.5)  # settled: no more polling once the run is complete
@@ -204,7 +193,7 @@ def test_failed_run_and_a_run_without_commits(tmp_path, server, page, write_run,
         page.goto(f"{srv.url}/#/run/fresh")
         page.wait_for_selector("#waiting")
         assert page.evaluate("window.trajscope.loads || 0") == 0  # nothing asked of a run with no states
-        _commit(root, "fresh", 8)
+        commit(root, "fresh", 8)
         loaded(page)
         assert page.evaluate("window.trajscope.charts.loss.u.data[0]") == list(range(1, 8))
         only_local(page, srv.url)

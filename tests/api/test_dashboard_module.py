@@ -13,12 +13,12 @@ import torch
 
 import trajscope
 from trajscope.analysis.downsample import minmax_downsample
-from trajscope.store import RunWriter, StoreRoot
+from trajscope.store import StoreRoot
 
 from tests.api.dashboard_browser import (  # noqa: F401  (fixtures)
-    CHROMIUM, DATA, LABELS, artifacts, browser, loaded, only_local, page,
+    CHROMIUM, DATA, LABELS, artifacts, browser, commit, loaded, only_local, page,
 )
-from tests.module.models import train
+from tests.module.models import record_training
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
 STEPS = 20
@@ -51,10 +51,7 @@ def module_root(tmp_path_factory) -> StoreRoot:
             loss.backward()
             opt.step()
             rec.record()
-    model = Net()
-    with trajscope.ModuleRecorder(model, root=root, name="mlp") as rec:
-        rec.record()
-        train(model, x, y, 8, rec, lr=0.3)
+    record_training(Net(), x, y, 8, root=root, name="mlp", lr=0.3)
     return root
 
 
@@ -141,17 +138,6 @@ def test_module_run_page_draws_per_parameter_norms_and_update_norms(module_serve
     assert page.errors == []
 
 
-def _commit(root: StoreRoot, run_id: str, upto: int, finish: str | None = None) -> None:
-    writer = RunWriter.reopen(root, run_id)
-    try:
-        writer.commit(upto)
-        if finish:
-            writer.finish(finish)
-    finally:
-        if not finish:
-            writer.lock.release()
-
-
 def test_compare_page_follows_running_runs_without_reload(tmp_path, write_run, serve, page):
     root = StoreRoot(tmp_path / "runs")
     done = write_run(root, "ref", steps=24, chunk_steps=8)
@@ -162,10 +148,10 @@ def test_compare_page_follows_running_runs_without_reload(tmp_path, write_run, s
         page.evaluate("window.__sameDocument = true")
         assert page.evaluate("window.trajscope.charts['cmp-loss'].u.data[0]") == list(range(1, 24))
         assert page.evaluate("window.trajscope.charts['cmp-loss'].u.data[2][7]") is None  # grow: 8 states so far
-        _commit(root, "grow", 24)
+        commit(root, "grow", 24)
         page.wait_for_function("window.trajscope.charts['cmp-loss'].u.data[2][22] !== null", timeout=30_000)
         assert page.evaluate("window.trajscope.charts['cmp-loss'].u.data[0].length") == 23
-        _commit(root, "grow", 32, finish="complete")
+        commit(root, "grow", 32, finish="complete")
         page.wait_for_function("window.trajscope.charts['cmp-loss'].u.data[0].length === 31", timeout=30_000)
         data = page.evaluate(DATA)
         ref, live = (np.array([np.nan if v is None else v for v in s], dtype=float) for s in data["cmp-loss"][1:])

@@ -14,7 +14,7 @@ import trajscope
 from trajscope.analysis import QUANTITIES
 from trajscope.store import StoreRoot
 
-from tests.module.models import train
+from tests.module.models import record_training
 
 
 class Net(torch.nn.Module):
@@ -33,9 +33,7 @@ def module_root(tmp_path_factory) -> StoreRoot:
     torch.manual_seed(3)
     model, x = Net(), torch.randn(20, 5)
     y = torch.randint(0, 2, (20,))
-    with trajscope.ModuleRecorder(model, root=root, name="mlp") as rec:
-        rec.record()
-        train(model, x, y, 12, rec, lr=0.1)
+    record_training(model, x, y, 12, root=root, name="mlp", lr=0.1)
     return root
 
 

@@ -57,3 +57,12 @@ def train(model, x, y, steps, rec=None, *, lr=0.05, start=1, copies=None, stop_a
             copies.append({n: p.detach().clone() for n, p in model.named_parameters()} | {"loss": loss.item()})
         if stop_after is not None and step == stop_after:
             return
+
+
+def record_training(model, x, y, steps, *, root, name, lr=0.05, **recorder_options):
+    """Record the initial state and ``steps`` steps of :func:`train` into run ``name`` under ``root``."""
+    import trajscope
+
+    with trajscope.ModuleRecorder(model, root=root, name=name, **recorder_options) as rec:
+        rec.record()
+        train(model, x, y, steps, rec, lr=lr)

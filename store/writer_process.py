@@ -170,14 +170,14 @@ class WriterProcess:
     @classmethod
     def start(cls) -> "WriterProcess":
         """Launch the writer process (it imports the store while the caller goes on)."""
-        import trajscope
-        import trajscope.store as store
+        package = sys.modules["trajscope"]  # the parent package, loaded before any of its subpackages
+        store = sys.modules["trajscope.store"]
 
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, os.path.dirname(trajscope.__file__),
-                 os.path.dirname(store.__file__), str(child.fileno())],
+                [sys.executable, "-c", _BOOT, list(package.__path__)[0],
+                 list(store.__path__)[0], str(child.fileno())],
                 pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
             )
         finally:
@@ -215,8 +215,12 @@ class WriterProcess:
         """Hand off slot ``slot`` holding states ``start : start + count`` (filled completely)."""
         try:
             self._send(("block", slot, start, count))
-        except OSError:
-            self._report(self._died("it stopped reading"))
+        except OSError:  # the socket broke: the process died (or closed it), whichever side notices first
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            self._report(self._died("exited unexpectedly" if self.proc.poll() is not None else "stopped reading"))
 
     def close(self, timeout: float = 600.0) -> int:
         """Ask for the final commit, wait for it and for the process to exit; returns ``committed_steps``

@@ -57,14 +57,22 @@ def _register(table: dict[str, Callable], what: str, name: str | None, requires:
     return decorate
 
 
+def is_pointwise(fn: Callable, kwargs: dict[str, Any]) -> bool:
+    """Whether ``fn(ds, step=slice(a, b), **kwargs)`` reads only the selected states (see :func:`quantity`)."""
+    flag = getattr(fn, "pointwise", False)
+    return bool(flag(kwargs) if callable(flag) else flag)
+
+
 def quantity(name: str | None = None, *, requires: tuple[str, ...] = TWO_LAYER,
-             pointwise: bool = False) -> Callable[[F], F]:
+             pointwise: bool | Callable[[dict[str, Any]], bool] = False) -> Callable[[F], F]:
     """Register an analysis quantity (default name: the function's) that applies to runs with ``requires``.
 
     ``pointwise=True`` declares that ``fn(ds, step=slice(a, b))`` reads only the selected states, the
     run's first state and the static variables: it equals ``fn(sub, step=slice(a, b))`` for ``sub`` holding
     just those states, so a caller may compute it on ``sub`` loaded in memory (the dashboard's live
-    tails). It is kept as ``fn.pointwise``.
+    tails). A predicate on the call's keyword arguments says it for some calls only (e.g. a ``detail``
+    option whose result depends on the dask chunking). It is kept as ``fn.pointwise``; read it with
+    :func:`is_pointwise`.
     """
     register = _register(QUANTITIES, "quantity", name, requires)
 

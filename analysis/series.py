@@ -175,7 +175,7 @@ def _nanmean(a: np.ndarray) -> np.ndarray:
         return np.where(n > 0, np.nansum(a, axis=1) / n, np.nan)
 
 
-@quantity(requires=TWO_LAYER, pointwise=True)
+@quantity(requires=TWO_LAYER, pointwise=lambda kwargs: kwargs.get("detail", "all") == "all")
 def step_series(ds: xr.Dataset, step: StepSel = None, *, detail: str = "all",
                 chunk_steps: int | None = None) -> xr.Dataset:
     """All per-step series of the summary in one pass over ``W``: one kernel per time chunk.

@@ -26,6 +26,7 @@ from trajscope.api.deps import Run, RunDep, State
 from trajscope.api.models import ErrorBody
 from trajscope.api.routes_analysis import call, step_slice
 from trajscope.api.serialize import array_values, dumps, jsonable, npy_bytes
+from trajscope.analysis.registry import is_pointwise
 from trajscope.store import UserError
 
 router = APIRouter(prefix="/api/runs/{run_id}/series", tags=["series"],
@@ -110,7 +111,13 @@ def loader(run: Run, state: Any) -> Callable:
     def load(ds, index: np.ndarray):
         key = run.cache_key("states", int(index[0]) if index.size else -1, int(index[-1]) if index.size else -1,
                             int(index.size))
-        value, _ = state.responses.get_or_build(key, lambda: ds.isel(step=index).load(), lambda d: d.nbytes)
+        per_step = per_step_variables(ds)
+
+        def build():  # only the per-step variables: static ones (X, y) stay lazy, read if a quantity needs them
+            states = ds.isel(step=index)
+            return states.assign(states[per_step].load().data_vars)
+
+        value, _ = state.responses.get_or_build(key, build, lambda d: sum(d[n].nbytes for n in per_step))
         return value
     return load
 
@@ -144,7 +151,7 @@ def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail:
         dim = ds[name].dims[1]
         index = selectors.positional("row", selectors.parse("row", row), ds.sizes[dim])
         fn = _with_rows(fn, dim, [index] if isinstance(index, int) else index)
-    if load is not None and getattr(fn_source, "pointwise", False) and step is not None and step.step is None:
+    if load is not None and is_pointwise(fn_source, kwargs) and step is not None and step.step is None:
         fn = _in_memory(fn, load)
     result = call(run, fn, f"series {quantity!r}", step, kwargs)
     if not hasattr(result, "dims") or "step" not in result.coords:

@@ -30,7 +30,7 @@ import torch
 
 from trajscope.store import RunWriter
 from trajscope.store.locks import HEARTBEAT_SECONDS
-from trajscope.store.writer_process import SharedChunks, WriterProcess
+from trajscope.store.writer_process import SharedChunks, WriterProcess, WriterProcessError
 
 
 #: torch dtypes whose CPU tensors have numpy views
@@ -278,9 +278,13 @@ class Recorder:
                 self._free.put(self._current)
                 self._current = None
         if self._process is not None:
-            self._process.close()
+            said = self._process.close()
             self.committed = self.writer.reload_committed()  # what the writer process left committed
             self._raise_if_failed()
+            if said < 0:  # it never confirmed the final commit: states handed off may not be on disk
+                raise WriterProcessError(
+                    f"the writer process never confirmed its final commit ({self.committed} of {self.index} "
+                    "states committed): the run is not complete; `trajscope resume` continues it")
             return self.committed
         self._filled.put(None)
         self._thread.join()

@@ -223,8 +223,13 @@ def resume(
             process.kill()
         writer.lock.release()
         raise
-    return _train(cfg, writer, state, X, y, schedule, device, start_index=committed, preload=preload,
-                  progress=progress, process=process)
+    try:
+        return _train(cfg, writer, state, X, y, schedule, device, start_index=committed, preload=preload,
+                      progress=progress, process=process)
+    except BaseException:  # as in produce: a writer process never outlives a failed start
+        if process is not None:
+            process.kill()
+        raise
 
 
 def cpu_threads(config: RunConfig) -> int:

@@ -92,10 +92,12 @@ def test_two_layer_W_rows_are_the_neuron_angles(random_run):
 
 def test_dashboard_series_are_registered_where_defined():
     from trajscope.analysis import generic, series
+    from trajscope.analysis.registry import is_pointwise
 
     assert QUANTITIES["step_series"] is series.step_series and QUANTITIES["neuron_angles"] is neurons.neuron_angles
     assert QUANTITIES["row_angles"] is neurons.row_angles
     for name in ("step_series", "neuron_angles", "row_angles", "singular_values", "update_norms", "distance_from_init"):
-        assert QUANTITIES[name].pointwise, name
-    assert not QUANTITIES["loss_envelope"].pointwise  # its t2 reads the whole loss
-    assert generic.frobenius_norms.pointwise
+        assert is_pointwise(QUANTITIES[name], {}), name
+    assert not is_pointwise(QUANTITIES["loss_envelope"], {})  # its t2 reads the whole loss
+    assert not is_pointwise(series.step_series, {"detail": "last"})  # filled at each dask chunk's last step
+    assert is_pointwise(generic.frobenius_norms, {})

@@ -125,11 +125,13 @@ def test_small_ranges_of_pointwise_quantities_equal_the_lazy_computation(client,
     last = int(ds["step"].values[-1])
     names = [n for n, fn in applicable(ds).items() if getattr(fn, "pointwise", False)]
     assert {"step_series", "update_norms", "distance_from_init", "row_angles"} <= set(names)
-    for name in names:
+    calls = [(name, {}) for name in names] + [("step_series", {"detail": "last"})]  # not pointwise: lazy path
+    for name, options in calls:
         for a, b in ((last - 5, None), (3, 9)):
             step = f"{a}:{'' if b is None else b}"
-            body = client.get(f"/api/runs/{run_id}/series/{name}", params={"step": step, "points": 1000}).json()
-            want = columns(QUANTITIES[name](ds, slice(a, b)).compute(), name)
+            body = client.get(f"/api/runs/{run_id}/series/{name}",
+                              params={"step": step, "points": 1000, **options}).json()
+            want = columns(QUANTITIES[name](ds, slice(a, b), **options).compute(), name)
             assert list(body["series"]) == list(want), name
             for col, values in body["series"].items():
                 got = np.array([np.nan if v is None else v for v in values], dtype=float)
@@ -146,3 +148,35 @@ def test_rows_of_a_parameter_and_what_is_wrong(client, expected):
                           ({"row": "9", "parameter": "W"}, "out of range"), ({"parameter": "v"}, "not a matrix parameter")):
         r = client.get("/api/runs/done/series/row_angles", params=params)
         assert r.status_code == 400 and words in r.json()["detail"], (params, r.text)
+
+
+def test_states_loaded_for_a_live_tail_hold_the_per_step_variables_only(local_root):
+    """The in-memory states of a tail are the selected rows of the per-step variables; the static data
+    (``X``, ``y``: the whole training set) stay lazy, and the cache is charged for what was loaded."""
+    import dask.array as da
+
+    from trajscope.api.routes_series import loader, per_step_variables
+
+    charged = {}
+
+    class Run:
+        def cache_key(self, *parts):
+            return parts
+
+    class Responses:
+        def get_or_build(self, key, build, size):
+            value = build()
+            charged[key] = size(value)
+            return value, False
+
+    class State:
+        responses = Responses()
+
+    ds = open_run("done", local_root)
+    index = np.r_[0, np.arange(10, 15)]
+    states = loader(Run(), State())(ds, index)
+    per_step = per_step_variables(ds)
+    assert all(isinstance(states[n].data, np.ndarray) for n in per_step)
+    assert {"X", "y"} <= set(states.data_vars) and isinstance(states["X"].data, da.Array)
+    assert list(charged.values()) == [sum(ds[n].isel(step=index).nbytes for n in per_step)]
+    np.testing.assert_array_equal(states["W"].values, ds["W"].values[index])

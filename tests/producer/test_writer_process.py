@@ -146,3 +146,18 @@ def test_ctrl_c_to_the_process_group_interrupts_with_everything_committed(tmp_pa
     ds = open_run("c", tmp_path / "runs")
     assert ds.attrs["status"] == "interrupted" and ds.attrs["last_step"] == ds.attrs["committed_steps"] - 1
     np.testing.assert_array_equal(ds.W.values, reference_process.W.values[: ds.attrs["committed_steps"]])
+
+
+def test_a_close_the_writer_process_never_confirms_fails_the_run(tmp_path, small_config, monkeypatch):
+    """Without the writer process's final word the states handed off last may not be on disk: the run
+    ends ``failed`` (resumable), never ``complete``."""
+    original = writer_process.WriterProcess.close
+
+    def close_without_final(self, timeout=600.0):
+        original(self, timeout)
+        return -1
+
+    monkeypatch.setattr(writer_process.WriterProcess, "close", close_without_final)
+    with pytest.raises(RuntimeError, match="never confirmed its final commit"):
+        produce(slow_config(small_config, record=PROCESS), root=tmp_path, name="unsaid")
+    assert open_run("unsaid", tmp_path).attrs["status"] == "failed"

@@ -10,9 +10,15 @@ reference trajectory's states (h=100, D=784, n=1000: ``W``, ``v``, ``loss``, ``o
 - **plain zarr**: a zarr-python v3 array per variable with the store's codecs, one chunk per call;
 - **store write path**: :meth:`RunWriter.write_block` per block, commits as the recorder makes them;
 - **recorder**: :class:`trajscope.producer.recorder.Recorder` fed one state per call (CPU tensors,
-  no training), closed at the end (everything committed), writing from a thread of this process;
-- **recorder, writer process**: the same with ``record.writer: process`` (local roots only): the
-  buffers are shared memory and a second process writes and commits. The process is started before the
+  no training), closed at the end (everything committed), writing from a thread of this process, the
+  way the two-layer producer records on the CPU: by reference (the states are kept, not copied, and the
+  chunk files are written from them). The states fed are ``2 T`` distinct tensors made before the clock
+  starts, fed in turn (a training loop hands a new tensor every step; one constant tensor would stay in
+  the cache);
+- **recorder, copying**: the same, each state copied into the chunk buffers (what ``ModuleRecorder``
+  does, whose optimizer changes parameters in place, and the GPU path before its device-to-host copy);
+- **recorder, writer process**: copying into shared-memory buffers, with ``record.writer: process``
+  (local roots only): a second process writes and commits. The process is started before the
   clock starts (``produce`` starts it before building the dataset, so its start-up overlaps that).
 
 Each is the median of ``--repeats`` interleaved runs (the order rotates between repeats; ``sync`` before
@@ -38,7 +44,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import google_crc32c
+import crc32c
 import numpy as np
 
 H, D, N = 100, 784, 1000
@@ -97,7 +103,7 @@ def raw_parallel(root: Root, states: int, T: int, threads: int) -> float:
 
     def put(name: str, index: int) -> None:
         payload = payloads[name]
-        crc = int(google_crc32c.value(payload)).to_bytes(4, "little")
+        crc = int(crc32c.crc32c(payload)).to_bytes(4, "little")
         key = f"{base}/raw/{name}/c/{index}"
         if fs is not None:
             fs.pipe_file(key, bytes(payload) + crc)
@@ -163,7 +169,7 @@ def store_path(root: Root, states: int, T: int) -> float:
     return seconds
 
 
-def recorder(root: Root, states: int, T: int, process: bool = False) -> float:
+def recorder(root: Root, states: int, T: int, process: bool = False, by_reference: bool = True) -> float:
     import torch
 
     from trajscope.producer.recorder import Recorder
@@ -175,15 +181,16 @@ def recorder(root: Root, states: int, T: int, process: bool = False) -> float:
     writer = _writer(root, states)
     if handle is not None:
         time.sleep(1.0)  # untimed: the interpreter's start-up (produce overlaps it with the dataset build)
-    data = blocks(T)
+    data = blocks(2 * T)
     shapes = {n: SHAPES[n] for n in ("W", "v", "loss", "output")}
     dtypes = {n: getattr(torch, DTYPES[n]) for n in shapes}
-    state = {n: torch.from_numpy(np.array(data[n][0])) for n in shapes}
+    pool = [{n: torch.from_numpy(np.array(data[n][i])) for n in shapes} for i in range(2 * T)]
     columns = {"step": np.arange(states), "t": np.arange(states) * 0.01}
     start = time.perf_counter()
-    rec = Recorder(writer, shapes, dtypes, torch.device("cpu"), columns=columns, process=handle)
-    for _ in range(states):
-        rec.record(**state)
+    rec = Recorder(writer, shapes, dtypes, torch.device("cpu"), columns=columns, process=handle,
+                   by_reference=by_reference and handle is None)
+    for i in range(states):
+        rec.record(**pool[i % len(pool)])
     rec.close()
     seconds = time.perf_counter() - start
     writer.finish("complete")
@@ -210,11 +217,13 @@ def main() -> None:
                "plain zarr": lambda r: plain_zarr(r, states, T),
                "store write path": lambda r: store_path(r, states, T),
                "recorder": lambda r: recorder(r, states, T),
+               "recorder, copying": lambda r: recorder(r, states, T, by_reference=False),
                "recorder, writer process": lambda r: recorder(r, states, T, process=True)}
     seconds: dict[tuple[str, str], list[float]] = {}
     warm = {"raw parallel": lambda r: raw_parallel(r, 2 * T, T, args.threads),
             "plain zarr": lambda r: plain_zarr(r, 2 * T, T), "store write path": lambda r: store_path(r, 2 * T, T),
             "recorder": lambda r: recorder(r, 2 * T, T),
+            "recorder, copying": lambda r: recorder(r, 2 * T, T, by_reference=False),
             "recorder, writer process": lambda r: recorder(r, 2 * T, T, process=True)}
     for kind in kinds:  # untimed: imports, first allocations, thread pools
         for method in warm.values():
@@ -241,6 +250,8 @@ def main() -> None:
         "mb_per_s": {kind: {name: None if math.isnan(mbs[(kind, name)]) else round(mbs[(kind, name)], 1)
                             for name in methods} for kind in kinds},
         "recorder_over_raw": round(mbs[("local", default)] / mbs[("local", "raw parallel")], 3)
+        if "local" in kinds else None,
+        "recorder_copying_over_raw": round(mbs[("local", "recorder, copying")] / mbs[("local", "raw parallel")], 3)
         if "local" in kinds else None,
         "recorder_process_over_raw": round(mbs[("local", "recorder, writer process")] / mbs[("local", "raw parallel")], 3)
         if "local" in kinds else None,

@@ -5,8 +5,12 @@ without recording (the bare loop, measured in the same run) and against two hand
 Configs (``--config``), full-batch GD, float32, synthetic data:
 ``reference`` h = 100, D = 784, n = 1000 (313 kB a state); ``mnist-like`` h = 50, D = 784, n = 10000
 (157 kB); ``wide`` h = 2000, D = 784, n = 10000 (6.3 MB). ``--device cpu|cuda``.
-The variants are run interleaved ``--repeats`` times and the median is reported, so a busy machine
-affects all of them alike. Ratios are against the bare loop measured in the same run; the CPU-time
+The variants are run interleaved ``--repeats`` times (the order rotates between repeats); each ratio is
+the median over the repeats of the variant's time over the baseline's time *in the same repeat* (min and
+max of those ratios beside it), so a slow drift of a shared machine cancels; each run starts after an untimed ``sync``, so none pays for the write-back of
+an earlier run's files (the kernel writes a run's pages back about 30 s after they were written, i.e.
+during whichever run comes later; that write-back is a cost of every variant that writes, trajscope's
+and the hand-written baselines' alike, and is not in these figures). Ratios are against the bare loop measured in the same run; the CPU-time
 ratio (CPU time of the process, all threads, and of its writer process) is the steadier figure on a machine shared with other work. "durability fsync"
 is trajscope with ``record.durability: fsync`` (chunks, directories and attributes fsynced); "writer thread" /
 "writer process" force ``record.writer`` (the default, "every step", is the thread).
@@ -32,7 +36,7 @@ import torch
 from trajscope.producer import load_config, produce
 from trajscope.producer.data import build_dataset
 from trajscope.producer.model import TwoLayerReLU, initialize
-from trajscope.producer.train import cpu_threads, gradient_step
+from trajscope.producer.train import cpu_threads, gradient_step, resolve_device
 
 REFERENCE = {
     "name": "bench",
@@ -55,7 +59,7 @@ def plain_loop(cfg, save=None) -> float:
     X, y, _ = build_dataset(cfg)
     torch.set_num_threads(cpu_threads(cfg))
     torch.set_flush_denormal(cfg.train.flush_denormal)
-    device = torch.device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
     model = TwoLayerReLU(torch.from_numpy(X.astype(np.float32)).to(device),
                          torch.from_numpy(y.astype(np.float32)).to(device), cfg.loss)
     state = initialize(cfg.init, cfg.model.width, X.shape[1], train_v=True, seed=cfg.seed, dtype=torch.float32)
@@ -112,8 +116,9 @@ def recorder_only_loop(cfg, chunk_steps: int) -> float:
     h, dim, n = cfg.model.width, cfg.data.dim, cfg.data.n
     shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)}
     dtypes = {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32}
-    recorder = Recorder(_DiscardingWriter(chunk_steps), shapes, dtypes, torch.device(cfg.train.device),
-                        buffers=cfg.record.buffers)
+    device = resolve_device(cfg.train.device)
+    recorder = Recorder(_DiscardingWriter(chunk_steps), shapes, dtypes, device, buffers=cfg.record.buffers,
+                        by_reference=device.type == "cpu")  # as the producer records on the CPU
     seconds = plain_loop(cfg, lambda step, W, v, loss, out: recorder.record(W=W, v=v, loss=loss, output=out))
     start = time.perf_counter()
     recorder.close()
@@ -160,24 +165,28 @@ def main() -> None:
         variants["torch.save every step"] = lambda d: torch_save_loop(cfg, d)
     times: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, run in variants.items():
+    names = list(variants)
+    for repeat in range(args.repeats):
+        for name in names[repeat % len(names):] + names[: repeat % len(names)]:  # rotate the order
+            run = variants[name]
             with tempfile.TemporaryDirectory(dir=os.environ.get("TRAJSCOPE_BENCH_DIR")) as tmp:
+                os.sync()  # untimed: no run pays for the write-back of an earlier run's dirty pages
                 cpu_start = cpu_seconds()
                 times[name].append(run(Path(tmp)))
                 cpu[name].append(cpu_seconds() - cpu_start)
-    base = statistics.median(times["no recording (baseline)"])
-    cpu_base = statistics.median(cpu["no recording (baseline)"])
+    baseline = "no recording (baseline)"
     state_kb = (h * cfg.data.dim + h + n) * 4 / 1000
     rows = []
     for name, values in times.items():
-        median = statistics.median(values)
-        rows.append((name, (args.steps + 1) / median, median / base, min(values), max(values),
-                     statistics.median(cpu[name]) / cpu_base))
-    header = (f"| variant | steps/s (median of {args.repeats}) | time ratio vs baseline | min s | max s "
+        # each repeat's time over the baseline's in the same repeat: a slow drift of the machine cancels
+        ratios = [t / b for t, b in zip(values, times[baseline])]
+        cpu_ratios = [c / b for c, b in zip(cpu[name], cpu[baseline])]
+        rows.append((name, (args.steps + 1) / statistics.median(values), statistics.median(ratios), min(ratios),
+                     max(ratios), statistics.median(cpu_ratios)))
+    header = (f"| variant | steps/s (median of {args.repeats}) | time ratio vs baseline | min ratio | max ratio "
               "| CPU-time ratio vs baseline |")
     lines = [header, "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {sps:,.0f} | {ratio:.3f} | {lo:.2f} | {hi:.2f} | {c:.3f} |"
+    lines += [f"| {n} | {sps:,.0f} | {ratio:.3f} | {lo:.3f} | {hi:.3f} | {c:.3f} |"
               for n, sps, ratio, lo, hi, c in rows]
     table = "\n".join(lines)
     print(table)

@@ -12,6 +12,12 @@ its chunk files on the store's thread pool and returns at once; the buffer is fr
 are written, so several chunks are in flight. The writer thread commits what is written at most every
 ``commit_seconds`` (:meth:`RunWriter.commit_if_due`), and everything at :meth:`Recorder.close`.
 
+By reference (``by_reference=True``, CPU only, used by the two-layer producer, whose step makes new
+tensors and never changes a recorded one in place): :meth:`Recorder.record` keeps a numpy view of each
+value instead of copying it, and the store writes the chunk files from those rows (``writev``, the
+checksum chained over the rows): nothing is copied in the training loop, and no chunk buffers exist. The
+states of at most ``buffers`` chunks are kept alive, the same bound as the buffers.
+
 With a writer *process* (``process=``, CPU runs on a local root; :mod:`trajscope.store.writer_process`)
 the chunk buffers live in shared memory, a full buffer is handed off with one small message, and the
 writer process does what the writer thread does (write, commit when due, free the buffer when written),
@@ -20,6 +26,7 @@ so none of the store's Python work runs under the training process's GIL.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from dataclasses import dataclass
@@ -29,6 +36,7 @@ import numpy as np
 import torch
 
 from trajscope.store import RunWriter
+from trajscope.store.chunkio import StateRows
 from trajscope.store.locks import HEARTBEAT_SECONDS
 from trajscope.store.writer_process import SharedChunks, WriterProcess, WriterProcessError
 
@@ -49,6 +57,7 @@ class _Slot:
     start: int = 0
     count: int = 0
     rows: list[dict[str, torch.Tensor]] | None = None  # per position: a view of each variable's row
+    refs: list[dict[str, np.ndarray] | None] | None = None  # by reference: per position, the state's values
 
 
 class HostStaging:
@@ -119,6 +128,11 @@ class Recorder:
     process
         A started :class:`~trajscope.store.writer_process.WriterProcess` to write through (CPU only):
         the buffers are then shared memory and no writer thread runs in this process.
+    by_reference
+        Keep a view of each recorded CPU tensor instead of copying it (no chunk buffers). Only for a
+        caller that never changes a recorded tensor in place afterwards (an optimizer's in-place
+        ``step()`` does: :class:`~trajscope.producer.module_recorder.ModuleRecorder` copies). CPU
+        tensors of numpy dtypes, writer thread only.
     """
 
     def __init__(
@@ -134,7 +148,11 @@ class Recorder:
         buffers: int = 3,
         staging: HostStaging | None = None,
         process: WriterProcess | None = None,
+        by_reference: bool = False,
     ):
+        if by_reference and (device.type != "cpu" or process is not None
+                             or any(dtypes[n] not in _NUMPY_DTYPES for n in shapes)):
+            raise ValueError("recording by reference takes CPU tensors of numpy dtypes, written by the writer thread")
         self.writer = writer
         self.chunk = writer.chunk_steps
         self.device = device
@@ -145,6 +163,10 @@ class Recorder:
         self.columns = dict(columns or {})
         self._process = process
         self._shared = None
+        self._by_reference = by_reference
+        if by_reference:
+            self._shapes = {n: tuple(s) for n, s in shapes.items()}
+            self._numpy_dtypes = {n: torch.empty(0, dtype=dtypes[n]).numpy().dtype for n in shapes}
         if process is not None:
             if (self.device.type != "cpu" or any(dtypes[n] not in _NUMPY_DTYPES for n in shapes)
                     or not writer.root.is_local):
@@ -153,7 +175,7 @@ class Recorder:
             self._shared = SharedChunks(shapes, {n: str(torch.empty(0, dtype=dtypes[n]).numpy().dtype)
                                                  for n in shapes}, self.chunk, buffers)
         self._slots = [self._make_slot(shapes, dtypes, i) for i in range(buffers)]
-        self._numpy_rows = bool(self._slots) and all(
+        self._numpy_rows = bool(self._slots) and not by_reference and all(
             isinstance(row, np.ndarray) for row in self._slots[0].rows[0].values())
         self._free: queue.Queue[int] = queue.Queue()
         for i in range(buffers):
@@ -169,12 +191,18 @@ class Recorder:
                          on_commit=self._process_committed, on_error=self._process_failed)
         if preload is not None and start_index % self.chunk:
             slot = self._slots[self._begin_chunk()]
+            if by_reference:
+                for i in range(start_index - slot.start):
+                    slot.refs[i] = {n: np.asarray(preload[n])[i] for n in self._shapes}
+                preload = {}
             for name, rows in preload.items():
                 if name in self.columns:
                     continue
                 slot.device[name][: len(rows)].copy_(torch.from_numpy(np.asarray(rows)))
 
     def _make_slot(self, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, torch.dtype], index: int) -> _Slot:
+        if self._by_reference:  # no buffers: each position holds the recorded values themselves
+            return _Slot(device={}, host={}, refs=[None] * self.chunk)
         if self._shared is not None:  # the writer process reads these pages
             device = {n: torch.from_numpy(a) for n, a in self._shared.views(index).items()}
         else:
@@ -220,6 +248,12 @@ class Recorder:
             self._begin_chunk()
         slot = self._slots[self._current]
         position = self.index - slot.start
+        if self._by_reference:
+            slot.refs[position] = self._references(values)
+            self.index += 1
+            if position + 1 == self.chunk:
+                self._hand_off(self.chunk)
+            return
         rows = slot.rows[position]
         if self._numpy_rows:
             self._copy_host(slot, position, rows, values)
@@ -237,6 +271,27 @@ class Recorder:
         self.index += 1
         if position + 1 == self.chunk:
             self._hand_off(self.chunk)
+
+    def _references(self, values: dict) -> dict:
+        """By reference: the values themselves (the writer thread takes their numpy views, off the loop)."""
+        if values.keys() != self._shapes.keys():
+            missing, extra = sorted(self._shapes.keys() - values.keys()), sorted(values.keys() - self._shapes.keys())
+            raise ValueError(f"a recorded state has the variables {sorted(self._shapes)}: missing {missing}, unknown {extra}")
+        return values
+
+    def _row(self, name: str, value) -> np.ndarray:
+        """(writer thread) One recorded value as a numpy array of the variable's per-state shape (a view
+        of a CPU tensor; a number or a shape-(1,) tensor for a scalar variable is reshaped)."""
+        shape = self._shapes[name]
+        if isinstance(value, torch.Tensor):
+            if value.device.type != "cpu":
+                raise ValueError(f"{name}: recording by reference takes CPU tensors, not {value.device}")
+            array = value.detach().numpy() if value.requires_grad else value.numpy()
+        else:
+            array = np.asarray(value, dtype=self._numpy_dtypes[name])
+        if array.shape != shape:  # same values in another shape, or broadcast (raises if impossible)
+            array = array.reshape(shape) if array.size == math.prod(shape) else np.broadcast_to(array, shape)
+        return array
 
     @staticmethod
     def _copy_host(slot: _Slot, position: int, rows: dict[str, np.ndarray], values) -> None:
@@ -307,7 +362,7 @@ class Recorder:
                 if self._error is None:
                     self._guard(lambda: self._submit(item))
                 else:
-                    self._free.put(item)
+                    self._release(item)
             if self._error is None:
                 self._guard(self._commit_if_due)
         if self._error is None:  # closing: everything handed off is written, then committed
@@ -324,24 +379,35 @@ class Recorder:
         slot = self._slots[index]
         try:
             self.staging.wait(slot)
-            values = {name: tensor[: slot.count].numpy() for name, tensor in slot.host.items()}
+            if self._by_reference:
+                values = {name: StateRows([self._row(name, slot.refs[i][name]) for i in range(slot.count)])
+                          for name in self._shapes}
+            else:
+                values = {name: tensor[: slot.count].numpy() for name, tensor in slot.host.items()}
             values.update({name: column[slot.start : slot.start + slot.count]
                            for name, column in self.columns.items()})
             handle = self.writer.write_block(slot.start, values)
         except BaseException:
-            self._free.put(index)
+            self._release(index)
             raise
         self._handed = max(self._handed, slot.start + slot.count)
         if handle is None:  # a writer that writes synchronously
-            self._free.put(index)
+            self._release(index)
         else:  # the buffer is reused only once its chunk files are written
             handle.add_done_callback(lambda h, i=index: self._block_written(i, h))
 
     def _block_written(self, index: int, handle) -> None:
         if handle.exception is not None and self._error is None:
             self._error = handle.exception
-        self._free.put(index)
+        self._release(index)
         self._filled.put(_WAKE)
+
+    def _release(self, index: int) -> None:
+        """The slot's chunk is written (or dropped): drop its references, make it free again."""
+        slot = self._slots[index]
+        if slot.refs is not None:
+            slot.refs = [None] * self.chunk
+        self._free.put(index)
 
     def _seconds_until_commit(self) -> float:
         due = getattr(self.writer, "seconds_until_commit_due", None)

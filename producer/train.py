@@ -288,8 +288,10 @@ def _train(
     last_report = 0.0
     writer.set_write_options(durability=cfg.record.durability, threads=cfg.record.write_threads,
                              commit_seconds=cfg.record.commit_seconds)
+    # the step makes new tensors and never changes a recorded one: on the CPU they are kept, not copied
     recorder = Recorder(writer, shapes, dtypes, device, start_index=start_index, columns=columns, preload=preload,
-                        buffers=cfg.record.buffers, process=process)
+                        buffers=cfg.record.buffers, process=process,
+                        by_reference=device.type == "cpu" and process is None)
     try:
         with _sigterm_as_interrupt():
             while True:

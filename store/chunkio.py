@@ -12,8 +12,14 @@ fill value, as zarr pads edge and partially written chunks)::
     payload = zstd(payload, level)                      # ZstdCodec, only with compressor "zstd"
     stored  = payload ‖ uint32_le(crc32c(payload))      # Crc32cCodec
 
-``crc32c`` (google-crc32c), zstd (numcodecs) and file writes release the GIL, so several chunks are
-encoded and written at once by a thread pool (:mod:`trajscope.store.hotpath`).
+The checksum is computed with the ``crc32c`` package, which releases the GIL (google-crc32c, which
+zarr's codec uses, holds it: a training thread waited behind every checksum); zstd (numcodecs) and file
+writes release it too, so several chunks are encoded and written at once by a thread pool
+(:mod:`trajscope.store.hotpath`) while the training thread keeps running.
+
+A block may be given as :class:`StateRows` (one array per state, as the recorder holds them when it
+keeps states by reference): the rows are written one after the other with ``writev`` and the checksum
+is chained over them, so the file holds exactly the bytes of the stacked chunk and nothing is copied.
 
 Sinks put the bytes of one key: :class:`LocalSink` writes a temporary file in the key's directory and
 renames it over the key (a reader sees the old or the new chunk, never a torn one); with durability
@@ -24,15 +30,42 @@ object stores, which is atomic and durable once acknowledged; ``fsync`` does not
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from typing import Sequence
 
-import google_crc32c
+import crc32c
 import numpy as np
 
 #: durability levels: ``process`` survives a killed process, ``fsync`` also a power loss or kernel crash
 DURABILITY_LEVELS = ("process", "fsync")
+
+
+class StateRows:
+    """The rows of a block given as one array per state instead of one stacked array.
+
+    ``rows[i]`` is the value of state ``start + i`` (any array-like of the per-state shape). ``np.asarray``
+    stacks them (a copy); :meth:`ChunkEncoder.encode` writes them without one.
+    """
+
+    def __init__(self, rows: Sequence) -> None:
+        self.rows = list(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:  # noqa: ARG002 - always a new array
+        return np.stack([np.asarray(row) for row in self.rows]).astype(dtype or np.asarray(self.rows[0]).dtype,
+                                                                     copy=False)
+
+
+def checksum(parts: Sequence) -> bytes:
+    """``le32(crc32c(parts[0] ‖ parts[1] ‖ …))``, chained over the parts (no concatenation)."""
+    value = 0
+    for part in parts:
+        value = crc32c.crc32c(part, value)
+    return int(value).to_bytes(4, "little")
 
 
 class ChunkEncoder:
@@ -86,17 +119,33 @@ class ChunkEncoder:
         chunk[tuple(slice(0, n) for n in values.shape)] = values
         return chunk
 
-    def encode(self, values: np.ndarray) -> list:
+    def encode(self, values: np.ndarray | StateRows) -> list:
         """The stored bytes of one chunk, as a list of buffers to be written one after the other.
 
         No copy is made when ``values`` already is a full C-contiguous little-endian chunk (the
         recorder's host buffers are): the payload is a view of it and only the 4 checksum bytes are new.
+        Nor when it is :class:`StateRows` of a chunk that spans the whole state (without zstd): the
+        payload is the rows' own memory, then the fill value for the rows a partial chunk lacks.
         """
+        if isinstance(values, StateRows):
+            if self.zstd is None and len(values) <= self.chunk_shape[0]:
+                payload = [self._row_bytes(row) for row in values.rows]
+                if len(values) < self.chunk_shape[0]:
+                    payload.append(self.full()[len(values):].reshape(-1).view(np.uint8))
+                return payload + [checksum(payload)]
+            values = np.asarray(values)
         chunk = self.pad(values)
         payload = chunk.reshape(-1).view(np.uint8)
         if self.zstd is not None:
             payload = self.zstd.encode(payload)
-        return [payload, int(google_crc32c.value(payload)).to_bytes(4, "little")]
+        return [payload, checksum([payload])]
+
+    def _row_bytes(self, row) -> np.ndarray:
+        """One state's bytes as stored (a view when the row already is C-contiguous little-endian)."""
+        row, shape = np.asarray(row), self.chunk_shape[1:]
+        if row.shape != shape:
+            row = row.reshape(shape) if row.size == math.prod(shape) else np.broadcast_to(row, shape)
+        return np.ascontiguousarray(row, dtype=self.dtype).reshape(-1).view(np.uint8)
 
 
 class LocalSink:
@@ -173,7 +222,7 @@ class FsspecSink:
 
     def put(self, key: str, parts: Sequence) -> None:
         """Write ``key`` in one request."""
-        self.fs.pipe_file(f"{self.base}/{key}", b"".join(bytes(p) if not isinstance(p, bytes) else p for p in parts))
+        self.fs.pipe_file(f"{self.base}/{key}", b"".join(memoryview(p).cast("B") for p in parts))
 
     def durable_tree(self) -> None:
         """Nothing to do: an object store acknowledges a PUT once it is stored."""
@@ -199,10 +248,15 @@ def _fsync_file(path: str) -> None:
         os.close(fd)
 
 
+#: most buffers one ``writev`` call takes (``IOV_MAX`` on Linux)
+_IOV_MAX = 1024
+
+
 def _write_all(fd: int, parts: Sequence) -> None:
     views = [memoryview(p).cast("B") for p in parts]
+    views = [v for v in views if len(v)]
     while views:
-        written = os.writev(fd, views)
+        written = os.writev(fd, views[:_IOV_MAX])
         while views and written >= len(views[0]):
             written -= len(views[0])
             views.pop(0)

@@ -10,15 +10,19 @@ Two kinds of variables (the chunk policy of :func:`trajscope.store.layout.chunk_
 - *direct* variables (``W``, and any variable whose chunk of ``chunk_steps`` states is large) have
   chunks of ``chunk_steps`` states: each block writes its chunk files once, concurrently.
 - *buffered* variables (the small per-step ones: ``v``, ``loss``, ``output``, ``step``, ``t``...) have
-  chunks of a multiple of ``chunk_steps`` states: their rows are kept in memory and each block rewrites
-  their current chunk whole (the rows so far, the rest at the fill value), so a finished run holds a few
-  of their files instead of one per block. Rewrites of one key are ordered by version (the block's end):
-  a write whose rows a newer version already holds is skipped, so the file never goes back in time.
+  chunks of a multiple of ``chunk_steps`` states: their rows are kept in memory, so a finished run holds a
+  few of their files instead of one per block. A chunk is written once by the block that completes it;
+  until then :meth:`HotPath.flush` (called by every commit, before the attributes) writes it whole (the
+  rows so far, the rest at the fill value) — at most once per commit, not once per block, which is what a
+  fast loop's small files cost before. Writes of one key are ordered by version (the rows they hold): a
+  write whose rows a newer version already holds is skipped, so the file never goes back in time.
 
-Ordering: :class:`WrittenFrontier` tracks which blocks are fully written; ``written`` is the end of the
-longest run of written blocks from the last commit, whatever order the writes complete in. A commit
-to ``n`` waits until ``written >= n`` (blocks of this writer), so ``committed_steps`` never covers a
-chunk not fully written. Every submitted block is on storage once written, committed or not.
+Ordering: :class:`WrittenFrontier` tracks which blocks are written (their direct chunks and the
+buffered chunks they complete); ``written`` is the end of the longest run of written blocks from the last
+commit, whatever order the writes complete in. A commit to ``n`` waits until ``written >= n`` (blocks of
+this writer) and :meth:`HotPath.flush` has written the buffered rows below ``n``, so ``committed_steps``
+never covers a chunk not fully written. Rows of a partial buffered chunk that no commit covered may
+never reach storage (a crash loses them, as it loses anything uncommitted).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from trajscope.store import faults
-from trajscope.store.chunkio import ChunkEncoder, FsspecSink, LocalSink
+from trajscope.store.chunkio import ChunkEncoder, FsspecSink, LocalSink, StateRows
 
 
 class WriteFailed(RuntimeError):
@@ -172,6 +176,8 @@ class HotPath:
         self.frontier = WrittenFrontier(committed)
         self._base_committed = int(committed)
         self._buffers: dict[str, dict[int, np.ndarray]] = {name: {} for name in self.buffered}
+        self._received: dict[str, int] = {}  # buffered variable -> rows received through (its current chunk)
+        self._buffer_lock = threading.Lock()
         self._landed: dict[str, int] = {}  # key -> version (rows through) of its last write
         self._key_locks: dict[str, threading.Lock] = {}
         self._pool = ThreadPoolExecutor(max(1, int(threads)), thread_name_prefix="trajscope-chunk")
@@ -183,7 +189,8 @@ class HotPath:
     def submit(self, start: int, count: int, values: Mapping[str, np.ndarray]) -> BlockWrite:
         """Write rows ``start:start+count`` of every variable; returns at once.
 
-        The direct variables' arrays in ``values`` are read by the pool threads: they must stay
+        The direct variables' arrays in ``values`` (or :class:`~trajscope.store.chunkio.StateRows`, one
+        array per state, written without stacking them) are read by the pool threads: they must stay
         unchanged until the returned handle is done. The buffered variables' rows are copied now.
         """
         self.frontier.raise_if_failed()
@@ -193,15 +200,17 @@ class HotPath:
         for name in self.direct:
             encoder, data = self.encoders[name], values[name]
             t = start // encoder.chunk_shape[0]
+            whole = len(self.grids[name]) == 1  # one chunk spans the whole state
+            if isinstance(data, StateRows) and not whole:
+                data = np.asarray(data)  # chunked along a state dimension too: cut from the stacked block
             for coords in self.grids[name]:
-                piece = data[(slice(None),) + self._cells(encoder, coords)]
+                piece = data if whole else data[(slice(None),) + self._cells(encoder, coords)]
                 jobs.append((encoder, encoder.key((t,) + coords), piece, None))
-        for name in self.buffered:
-            encoder = self.encoders[name]
-            index, chunk = self._buffer_rows(name, start, np.asarray(values[name]), stop)
-            for coords in self.grids[name]:
-                jobs.append((encoder, encoder.key((index,) + coords), chunk[(slice(None),) + self._cells(encoder, coords)],
-                             stop))
+        with self._buffer_lock:
+            for name in self.buffered:
+                index, complete = self._buffer_rows(name, start, np.asarray(values[name]), stop)
+                if complete:  # its last row arrived: written now, once, as part of this block
+                    jobs += self._buffered_jobs(name, index, stop)
         block = BlockWrite(start, stop, len(jobs))
         with self._outstanding_lock:
             self._outstanding.add(block)
@@ -250,9 +259,9 @@ class HotPath:
         with self._outstanding_lock:
             return self._key_locks.setdefault(key, threading.Lock())
 
-    def _buffer_rows(self, name: str, start: int, rows: np.ndarray, stop: int) -> tuple[int, np.ndarray]:
-        """Put rows ``start:stop`` into the variable's current chunk; return its index and a snapshot
-        holding the rows below ``stop`` (the rest at the fill value)."""
+    def _buffer_rows(self, name: str, start: int, rows: np.ndarray, stop: int) -> tuple[int, bool]:
+        """Put rows ``start:stop`` into the variable's current chunk; return its index and whether the
+        chunk is complete (its last row, or the array's last row, arrived)."""
         encoder = self.encoders[name]
         span = encoder.chunk_shape[0]
         index = start // span
@@ -263,9 +272,45 @@ class HotPath:
             buffer = self._buffers[name][index] = self._new_buffer(name, index)
         offset = start - index * span
         buffer[offset : offset + len(rows)] = rows
-        snapshot = buffer.copy()
-        snapshot[stop - index * span :] = encoder.fill_value
-        return index, snapshot
+        self._received[name] = stop
+        return index, stop >= min((index + 1) * span, self.shapes[name][0])
+
+    def _buffered_jobs(self, name: str, index: int, stop: int) -> list[tuple]:
+        """Write jobs of the variable's chunk ``index`` as it holds the rows below ``stop`` (the rest at
+        the fill value); the version of the writes is ``stop``."""
+        encoder = self.encoders[name]
+        chunk = self._buffers[name][index].copy()
+        chunk[stop - index * encoder.chunk_shape[0]:] = encoder.fill_value
+        return [(encoder, encoder.key((index,) + coords), chunk[(slice(None),) + self._cells(encoder, coords)], stop)
+                for coords in self.grids[name]]
+
+    def flush(self, n: int) -> None:
+        """Write the buffered variables' partial chunks that lack rows below ``n``; wait for them.
+
+        Called by a commit to ``n`` before it writes the attributes. Raises :class:`WriteFailed` if a
+        write fails.
+        """
+        jobs = []
+        with self._buffer_lock:
+            for name in self.buffered:
+                stop = self._received.get(name, 0)
+                index = (stop - 1) // self.encoders[name].chunk_shape[0] if stop else -1
+                if index < 0 or index not in self._buffers[name] or stop <= index * self.encoders[name].chunk_shape[0]:
+                    continue
+                keys = [self.encoders[name].key((index,) + coords) for coords in self.grids[name]]
+                if min(self._landed.get(key, -1) for key in keys) >= min(stop, n):
+                    continue  # storage holds these rows already
+                if index * self.encoders[name].chunk_shape[0] >= n:
+                    continue  # none of its rows is being committed
+                jobs += self._buffered_jobs(name, index, stop)
+        if not jobs:
+            return
+        block = BlockWrite(-1, -1, len(jobs))
+        with self._outstanding_lock:
+            self._outstanding.add(block)
+        for encoder, key, piece, version in jobs:
+            self._pool.submit(self._write_piece, block, encoder, key, piece, version)
+        block.wait()
 
     def _new_buffer(self, name: str, index: int) -> np.ndarray:
         encoder = self.encoders[name]

@@ -276,7 +276,8 @@ class RunWriter:
 
     @property
     def written_steps(self) -> int:
-        """Recorded states fully written (every block below it), committed or not."""
+        """Recorded states written (every block below it), committed or not; the small variables' rows of
+        a chunk not yet complete are written by the next :meth:`commit`, before its attributes."""
         return self._hot().frontier.written
 
     def write_block(self, start: int, values: Mapping[str, np.ndarray]) -> BlockWrite:
@@ -307,6 +308,7 @@ class RunWriter:
         # every block this writer submitted below the target; rows it never received (written by an
         # earlier writer of the run) are the caller's word, as with any explicit commit
         hot.frontier.wait_for(min(target, hot.submitted))
+        hot.flush(target)  # the small variables' partial chunks: written once per commit, not per block
         if not self._tree_durable:  # once: what create wrote (array metadata, static data)
             hot.sink.durable_tree()
             self._tree_durable = True

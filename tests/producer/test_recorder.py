@@ -157,3 +157,69 @@ def test_one_call_copies_keep_every_value(monkeypatch, path):
     np.testing.assert_array_equal(got["W"], np.stack([e[0] for e in expected]))
     np.testing.assert_array_equal(got["v"], np.stack([e[1] for e in expected]))
     np.testing.assert_allclose(got["loss"], [e[2] for e in expected])
+
+
+def _small_run(tmp_path, run_id, states, h=4, dim=3, n=5):
+    writer = RunWriter.create(
+        StoreRoot(tmp_path), run_id, variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
+        capacity=states, static={"X": np.ones((n, dim)), "y": np.array([1, -1, 1, -1, 1])}, attrs={},
+        chunk_bytes=h * dim * 4 * 5,
+    )
+    shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)}
+    dtypes = {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32}
+    return writer, shapes, dtypes
+
+
+def test_by_reference_writes_the_recorded_tensors_own_memory_and_then_lets_them_go(tmp_path):
+    import gc
+    import weakref
+
+    h, dim, n, states = 4, 3, 5, 23
+    writer, shapes, dtypes = _small_run(tmp_path, "ref", states, h, dim, n)
+    handed = []
+    original = writer.write_block
+
+    def capture(start, values):
+        handed.append(values)
+        return original(start, values)
+
+    writer.write_block = capture
+    steps = np.arange(states)
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=2, by_reference=True,
+                        columns={"step": steps, "t": steps * 0.5})
+    W, kept, alive, first = torch.zeros(h, dim), [], [], []
+    for k in range(states):
+        W = W + k  # a new tensor each step, never changed afterwards
+        kept.append(W.numpy().copy())
+        if k < 5:
+            first.append(W)
+        alive.append(weakref.ref(W))
+        # the scalar as a shape-(1,) tensor and as a Python number: both fine
+        loss = torch.tensor([k / 10], dtype=torch.float64) if k % 2 else k / 10
+        recorder.record(W=W, v=torch.full((h,), float(k)), loss=loss, output=torch.full((n,), -float(k)))
+    assert recorder.close() == states
+    writer.finish("complete")
+    ds = open_run("ref", root=StoreRoot(tmp_path))
+    np.testing.assert_array_equal(ds.W.values, np.stack(kept))
+    np.testing.assert_allclose(ds.loss.values, steps / 10)
+    np.testing.assert_array_equal(ds.v.values[:, 0], steps)
+    np.testing.assert_array_equal(ds.output.values[:, 1], -steps)
+    np.testing.assert_array_equal(ds.step.values, steps)
+    # nothing was copied for the writer: the rows handed over are the tensors' memory
+    assert len(handed) == 5 and all(len(v["W"]) == 5 for v in handed[:4]) and len(handed[4]["W"]) == 3
+    assert all(np.shares_memory(row, tensor.numpy()) for row, tensor in zip(handed[0]["W"].rows, first))
+    # ... and the recorder keeps no state once its chunk is written (memory stays bounded)
+    del W, handed, first
+    gc.collect()
+    assert not [ref for ref in alive if ref() is not None]
+
+
+def test_by_reference_refuses_what_it_cannot_keep(tmp_path):
+    writer, shapes, dtypes = _small_run(tmp_path, "bad", 10)
+    with pytest.raises(ValueError, match="CPU tensors"):
+        Recorder(writer, shapes, dtypes, torch.device("cuda"), by_reference=True)
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=True)
+    with pytest.raises(ValueError, match=r"missing \['output'\]"):
+        recorder.record(W=torch.zeros(4, 3), v=torch.zeros(4), loss=0.0)
+    recorder.close()
+    writer.finish("failed", error="test")

@@ -12,7 +12,7 @@ import zarr
 
 from trajscope.producer.two_layer import variables as two_layer_variables
 from trajscope.store import RunWriter, StoreRoot, open_run
-from trajscope.store.chunkio import ChunkEncoder, LocalSink
+from trajscope.store.chunkio import ChunkEncoder, LocalSink, StateRows, checksum
 from trajscope.store.layout import SMALL_CHUNK_BYTES, chunk_plan, codecs_for, fill_value_for
 
 DTYPES = ("float32", "float64", "int64", "int8")
@@ -69,6 +69,43 @@ def test_encoded_bytes_equal_zarrs_own_and_zarr_decodes_them(tmp_path, dtype, co
         assert (tmp_path / "p.zarr" / key).read_bytes() == (tmp_path / "o.zarr" / key).read_bytes()
 
 
+@pytest.mark.parametrize("compressor", ["none", "zstd"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_given_one_per_state_encode_to_zarrs_bytes_without_stacking(tmp_path, dtype, compressor):
+    """The recorder's by-reference hand-off: one array per state, written as zarr writes the stacked chunk."""
+    rng = np.random.default_rng(2)
+    array = _zarr_array(tmp_path / "z.zarr", dtype, compressor, shape=(10, 3, 5), chunks=(4, 3, 5))
+    encoder = ChunkEncoder(array)
+    data = _values(rng, (10, 3, 5), dtype)
+    array[0:4] = data[0:4]
+    array[8:10] = data[8:10]  # a partial last chunk: zarr pads rows 10, 11 with the fill value
+    for t, rows in ((0, range(0, 4)), (2, range(8, 10))):
+        # separate arrays, as a training loop makes them; one is not C-contiguous, one has the other byte order
+        states = [np.array(data[i]) for i in rows]
+        states[0] = np.asfortranarray(states[0])
+        if np.dtype(dtype).itemsize > 1:
+            states[-1] = states[-1].astype(np.dtype(dtype).newbyteorder(">"))
+        parts = encoder.encode(StateRows(states))
+        stored = (tmp_path / "z.zarr" / encoder.key((t, 0, 0))).read_bytes()
+        assert b"".join(bytes(p) for p in parts) == stored
+        if compressor == "none":  # no copy: the payload is the rows themselves, one buffer each
+            assert len(parts) >= len(states) + 1
+            middle = states[1] if len(states) > 2 else None
+            if middle is not None:
+                assert np.shares_memory(parts[1], middle)
+    # the checksum is chained over the parts, equal to google-crc32c (zarr's) over their concatenation
+    import google_crc32c
+
+    pieces = [rng.bytes(n) for n in (0, 1, 7, 4096, 33)]
+    assert checksum(pieces) == int(google_crc32c.value(b"".join(pieces))).to_bytes(4, "little")
+    # written through the sink, plain zarr decodes them
+    other = _zarr_array(tmp_path / "o.zarr", dtype, compressor, shape=(10, 3, 5), chunks=(4, 3, 5))
+    sink, enc = LocalSink(str(tmp_path / "o.zarr")), ChunkEncoder(other)
+    sink.put(enc.key((1, 0, 0)), enc.encode(StateRows([data[i] for i in range(4, 7)])))
+    back = zarr.open_array(zarr.storage.LocalStore(tmp_path / "o.zarr" / "a"), mode="r")
+    np.testing.assert_array_equal(back[4:7], data[4:7])
+
+
 def test_other_codec_pipelines_are_refused(tmp_path):
     from zarr.codecs import BytesCodec, GzipCodec
 
@@ -104,7 +141,7 @@ def _writer(root, run_id="r", capacity=60, h=3, dim=4, n=5, chunk_bytes=3 * 4 * 
     rng = np.random.default_rng(0)
     return RunWriter.create(
         root, run_id, variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
-        capacity=capacity, static={"X": rng.normal(size=(n, dim)), "y": np.array([1, -1, 1, -1, 1])},
+        capacity=capacity, static={"X": rng.normal(size=(n, dim)), "y": np.where(np.arange(n) % 2, -1, 1)},
         attrs={"config": {}}, chunk_bytes=chunk_bytes, **kwargs,
     )
 
@@ -168,6 +205,59 @@ def test_commits_never_cover_a_block_not_fully_written(tmp_path):
     writer.finish("complete")
     plain = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")
     np.testing.assert_array_equal(plain["loss"][:], np.concatenate([b["loss"] for b in blocks]))
+
+
+def test_small_variables_are_written_once_per_commit_not_per_block(tmp_path):
+    """A partial chunk of a small variable is written by the commit that covers its rows (before the
+    attributes), and a complete one once, by the block that completes it: not one rewrite per block."""
+    root = StoreRoot(tmp_path)
+    sizes = {"h": 80, "dim": 100, "n": 3000}  # W 32 kB a state, output 12 kB: output's chunk spans 10 blocks
+    writer = _writer(root, capacity=60, chunk_bytes=80 * 100 * 4 * 2, **sizes)
+    T, span = writer.chunk_steps, writer.arrays["output"].chunks[0]
+    assert (T, span) == (2, 20)
+    hot = writer._hot()
+    hot.sink = counted = GatedSink(hot.sink, held=set())
+    blocks = [_block(k * T, T, **sizes) for k in range(span // T + 2)]
+    for k in range(3):
+        writer.write_block(k * T, blocks[k]).wait(20)
+    assert writer.written_steps == 3 * T  # the blocks are written ...
+    assert not [k for k in counted.put_keys if not k.startswith("W/")]  # ... the small variables' rows wait
+    writer.commit()
+    assert counted.put_keys.count("output/c/0/0") == 1  # one write for three blocks
+    # what the commit covers is on storage, read by plain zarr (not through trajscope)
+    plain = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")
+    np.testing.assert_array_equal(plain["output"][: 3 * T], np.concatenate([b["output"] for b in blocks[:3]]))
+    np.testing.assert_array_equal(plain["step"][: 3 * T], np.arange(3 * T))
+    writer.commit(3 * T)  # nothing new: no write
+    assert counted.put_keys.count("output/c/0/0") == 1
+    for k in range(3, len(blocks)):  # the block that completes output's first chunk writes it, once
+        writer.write_block(k * T, blocks[k]).wait(20)
+    assert counted.put_keys.count("output/c/0/0") == 2 and "output/c/1/0" not in counted.put_keys
+    writer.commit()
+    assert counted.put_keys.count("output/c/0/0") == 2 and counted.put_keys.count("output/c/1/0") == 1
+    writer.finish("complete")
+    ds = open_run("r", root)
+    np.testing.assert_array_equal(ds.output.values, np.concatenate([b["output"] for b in blocks]))
+    np.testing.assert_array_equal(ds.loss.values, np.concatenate([b["loss"] for b in blocks]))
+
+
+def test_a_commit_waits_for_the_small_variables_rows_it_covers(tmp_path):
+    """committed_steps never covers rows of a small variable that are not on storage."""
+    root = StoreRoot(tmp_path)
+    writer = _writer(root, capacity=400)
+    T = writer.chunk_steps
+    hot = writer._hot()
+    hot.sink = gated = GatedSink(hot.sink, held={"output/c/0/0"})
+    writer.write_block(0, _block(0, T)).wait(20)
+    committer = threading.Thread(target=writer.commit, args=(T,))
+    committer.start()
+    committer.join(0.3)
+    assert committer.is_alive() and root.read_attrs("r")["committed_steps"] == 0
+    gated.gate.set()
+    committer.join(20)
+    assert root.read_attrs("r")["committed_steps"] == T
+    np.testing.assert_array_equal(open_run("r", root).output.values, _block(0, T)["output"])
+    writer.finish("complete")
 
 
 def test_a_failed_chunk_write_is_never_committed(tmp_path):

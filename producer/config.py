@@ -149,9 +149,13 @@ class RecordConfig(_Strict):
     files and their directories are fsynced before the commit that covers them and the attributes after
     it, so committed states also survive a power loss or kernel crash (local roots). ``commit_seconds``:
     written states are committed at most this often, so a live reader sees a written chunk within this
-    time. ``write_threads``: threads encoding and writing chunk files. ``writer``: where the store's
+    time. ``buffers``: chunks in flight between the training loop and the store (chunk buffers; on the
+    CPU with the writer thread, the states of that many chunks kept by reference): the bound on memory,
+    and the loop waits when all are full. ``write_threads``: threads encoding and writing chunk files.
+    ``writer``: where the store's
     writing runs — ``thread`` (a thread of the training process), ``process`` (a long-lived writer
-    process fed through shared memory: the store's Python work stays off the training process's GIL;
+    process fed through shared memory, each state copied into it: the store's Python work stays off the
+    training process's GIL;
     CPU training on a local root only, else the thread is used), or ``auto`` (the process for CPU runs
     on a local root recording at least ``AUTO_PROCESS_BYTES``, 64 MB; the thread otherwise, where
     starting an interpreter would cost more than it saves). Default ``thread``: the process has not yet

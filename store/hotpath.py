@@ -273,7 +273,7 @@ class HotPath:
         offset = start - index * span
         buffer[offset : offset + len(rows)] = rows
         self._received[name] = stop
-        return index, stop >= min((index + 1) * span, self.shapes[name][0])
+        return index, stop >= min((index + 1) * span, self.arrays[name].shape[0])  # (capacity may grow)
 
     def _buffered_jobs(self, name: str, index: int, stop: int) -> list[tuple]:
         """Write jobs of the variable's chunk ``index`` as it holds the rows below ``stop`` (the rest at

@@ -31,16 +31,22 @@ def _values(rng, shape, dtype):
     return rng.integers(-100, 100, size=shape).astype(dtype)
 
 
+def _written_by_zarr(tmp_path, dtype, compressor, shape, chunks, seed):
+    """A zarr array of 10 steps (time chunks of 4) whose rows 0:4 (a whole chunk) and 8:10 (the last
+    chunk, partly written: rows 10, 11 are beyond the shape) zarr itself wrote; its encoder, the values."""
+    rng = np.random.default_rng(seed)
+    array = _zarr_array(tmp_path / "z.zarr", dtype, compressor, shape=shape, chunks=chunks)
+    data = _values(rng, shape, dtype)
+    array[0:4] = data[0:4]
+    array[8:10] = data[8:10]
+    return ChunkEncoder(array), data, rng
+
+
 @pytest.mark.parametrize("compressor", ["none", "zstd"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_encoded_bytes_equal_zarrs_own_and_zarr_decodes_them(tmp_path, dtype, compressor):
-    rng = np.random.default_rng(1)
     # chunks split the second dimension too, so edge chunks are padded along it
-    array = _zarr_array(tmp_path / "z.zarr", dtype, compressor, shape=(10, 5, 3), chunks=(4, 2, 3))
-    encoder = ChunkEncoder(array)
-    data = _values(rng, (10, 5, 3), dtype)
-    array[0:4] = data[0:4]  # whole chunks in time
-    array[8:10] = data[8:10]  # the last chunk, partly written (rows 10, 11 are beyond the shape)
+    encoder, data, rng = _written_by_zarr(tmp_path, dtype, compressor, (10, 5, 3), (4, 2, 3), seed=1)
     for t, rows in ((0, slice(0, 4)), (2, slice(8, 10))):
         for j in range(3):  # neuron chunks 0..2, the last one an edge chunk (1 of 2 rows)
             cells = data[rows, 2 * j : 2 * j + 2]
@@ -73,12 +79,7 @@ def test_encoded_bytes_equal_zarrs_own_and_zarr_decodes_them(tmp_path, dtype, co
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rows_given_one_per_state_encode_to_zarrs_bytes_without_stacking(tmp_path, dtype, compressor):
     """The recorder's by-reference hand-off: one array per state, written as zarr writes the stacked chunk."""
-    rng = np.random.default_rng(2)
-    array = _zarr_array(tmp_path / "z.zarr", dtype, compressor, shape=(10, 3, 5), chunks=(4, 3, 5))
-    encoder = ChunkEncoder(array)
-    data = _values(rng, (10, 3, 5), dtype)
-    array[0:4] = data[0:4]
-    array[8:10] = data[8:10]  # a partial last chunk: zarr pads rows 10, 11 with the fill value
+    encoder, data, rng = _written_by_zarr(tmp_path, dtype, compressor, (10, 3, 5), (4, 3, 5), seed=2)
     for t, rows in ((0, range(0, 4)), (2, range(8, 10))):
         # separate arrays, as a training loop makes them; one is not C-contiguous, one has the other byte order
         states = [np.array(data[i]) for i in rows]

@@ -47,9 +47,10 @@ def write_chunks(stop, directory: str) -> None:
     while not stop.is_set():
         started = time.perf_counter()
         writer.write_block(index * T, block)
-        writer.commit((index + 1) * T)
+        writer.commit_if_due()  # as the recorder commits: at most every record.commit_seconds
         index += 1
         time.sleep(max(0.0, T * STEP_SECONDS - (time.perf_counter() - started)))
+    writer.commit(index * T)
     writer.finish("complete")
 
 

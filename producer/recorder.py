@@ -166,6 +166,7 @@ class Recorder:
         self._by_reference = by_reference
         if by_reference:
             self._shapes = {n: tuple(s) for n, s in shapes.items()}
+            self._torch_dtypes = dict(dtypes)
             self._numpy_dtypes = {n: torch.empty(0, dtype=dtypes[n]).numpy().dtype for n in shapes}
         if process is not None:
             if (self.device.type != "cpu" or any(dtypes[n] not in _NUMPY_DTYPES for n in shapes)
@@ -273,25 +274,38 @@ class Recorder:
             self._hand_off(self.chunk)
 
     def _references(self, values: dict) -> dict:
-        """By reference: the values themselves (the writer thread takes their numpy views, off the loop)."""
+        """By reference: the values themselves, checked here on the training thread (the names, and each
+        tensor's device and shape: no sync); the writer thread takes their numpy views, off the loop.
+        A Python number, or a tensor of another dtype, is converted now (a small copy)."""
         if values.keys() != self._shapes.keys():
             missing, extra = sorted(self._shapes.keys() - values.keys()), sorted(values.keys() - self._shapes.keys())
             raise ValueError(f"a recorded state has the variables {sorted(self._shapes)}: missing {missing}, unknown {extra}")
+        for name, value in values.items():
+            shape = self._shapes[name]
+            if isinstance(value, torch.Tensor):
+                if value.device.type != "cpu":
+                    raise ValueError(f"{name}: recording by reference takes CPU tensors, not {value.device}")
+                if value.shape != shape and not (value.numel() == 1 and math.prod(shape) == 1):
+                    raise ValueError(f"{name}: a state of shape {tuple(value.shape)}, the variable's is {shape}")
+                if value.dtype != self._torch_dtypes[name]:
+                    values[name] = value.detach().to(self._torch_dtypes[name])
+            else:
+                try:
+                    array = np.asarray(value, dtype=self._numpy_dtypes[name])
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{name}: {value!r} is not a number of dtype {self._numpy_dtypes[name]}") from exc
+                if array.shape != shape and not (array.size == 1 and math.prod(shape) == 1):
+                    raise ValueError(f"{name}: a state of shape {array.shape}, the variable's is {shape}")
+                values[name] = array
         return values
 
     def _row(self, name: str, value) -> np.ndarray:
-        """(writer thread) One recorded value as a numpy array of the variable's per-state shape (a view
-        of a CPU tensor; a number or a shape-(1,) tensor for a scalar variable is reshaped)."""
-        shape = self._shapes[name]
+        """(writer thread) One checked value as a numpy array of the variable's per-state shape (a view of a
+        CPU tensor; a one-element value of a scalar variable is reshaped)."""
         if isinstance(value, torch.Tensor):
-            if value.device.type != "cpu":
-                raise ValueError(f"{name}: recording by reference takes CPU tensors, not {value.device}")
-            array = value.detach().numpy() if value.requires_grad else value.numpy()
-        else:
-            array = np.asarray(value, dtype=self._numpy_dtypes[name])
-        if array.shape != shape:  # same values in another shape, or broadcast (raises if impossible)
-            array = array.reshape(shape) if array.size == math.prod(shape) else np.broadcast_to(array, shape)
-        return array
+            value = value.detach().numpy() if value.requires_grad else value.numpy()
+        shape = self._shapes[name]
+        return value if value.shape == shape else value.reshape(shape)
 
     @staticmethod
     def _copy_host(slot: _Slot, position: int, rows: dict[str, np.ndarray], values) -> None:

@@ -56,8 +56,8 @@ class StateRows:
         return len(self.rows)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:  # noqa: ARG002 - always a new array
-        return np.stack([np.asarray(row) for row in self.rows]).astype(dtype or np.asarray(self.rows[0]).dtype,
-                                                                     copy=False)
+        stacked = np.stack([np.asarray(row) for row in self.rows])  # mixed dtypes promote
+        return stacked if dtype is None else stacked.astype(dtype, copy=False)
 
 
 def checksum(parts: Sequence) -> bytes:
@@ -144,7 +144,9 @@ class ChunkEncoder:
         """One state's bytes as stored (a view when the row already is C-contiguous little-endian)."""
         row, shape = np.asarray(row), self.chunk_shape[1:]
         if row.shape != shape:
-            row = row.reshape(shape) if row.size == math.prod(shape) else np.broadcast_to(row, shape)
+            if not (row.size == 1 and math.prod(shape) == 1):
+                raise ValueError(f"a state of shape {row.shape} in chunks of states of shape {shape}")
+            row = row.reshape(shape)
         return np.ascontiguousarray(row, dtype=self.dtype).reshape(-1).view(np.uint8)
 
 
@@ -253,15 +255,15 @@ _IOV_MAX = 1024
 
 
 def _write_all(fd: int, parts: Sequence) -> None:
-    views = [memoryview(p).cast("B") for p in parts]
-    views = [v for v in views if len(v)]
-    while views:
-        written = os.writev(fd, views[:_IOV_MAX])
-        while views and written >= len(views[0]):
-            written -= len(views[0])
-            views.pop(0)
-        if views and written:
-            views[0] = views[0][written:]
+    views = [v for v in (memoryview(p).cast("B") for p in parts) if len(v)]
+    first = 0  # views[first:] remain to be written
+    while first < len(views):
+        written = os.writev(fd, views[first : first + _IOV_MAX])
+        while first < len(views) and written >= len(views[first]):
+            written -= len(views[first])
+            first += 1
+        if first < len(views) and written:
+            views[first] = views[first][written:]
 
 
 def _unlink_quietly(path: str) -> None:

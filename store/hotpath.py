@@ -46,8 +46,9 @@ class WriteFailed(RuntimeError):
 class BlockWrite:
     """Handle of one submitted block: ``done()``, ``wait()``, ``add_done_callback(fn)``."""
 
-    def __init__(self, start: int, stop: int, parts: int) -> None:
+    def __init__(self, start: int, stop: int, parts: int, *, advances: bool = True) -> None:
         self.start, self.stop = start, stop
+        self.advances = advances  # False for a commit's flush: it rewrites rows, it adds no block
         self.exception: BaseException | None = None
         self._remaining = parts
         self._lock = threading.Lock()
@@ -176,7 +177,7 @@ class HotPath:
         self.frontier = WrittenFrontier(committed)
         self._base_committed = int(committed)
         self._buffers: dict[str, dict[int, np.ndarray]] = {name: {} for name in self.buffered}
-        self._received: dict[str, int] = {}  # buffered variable -> rows received through (its current chunk)
+        self._held: dict[str, dict[int, int]] = {name: {} for name in self.buffered}  # chunk -> rows held through
         self._buffer_lock = threading.Lock()
         self._landed: dict[str, int] = {}  # key -> version (rows through) of its last write
         self._key_locks: dict[str, threading.Lock] = {}
@@ -241,15 +242,15 @@ class HotPath:
             self._complete(block)
 
     def _complete(self, block: BlockWrite) -> None:
-        if block.exception is None:
+        if block.exception is None and block.advances:
             try:
                 faults.checkpoint("write.chunk")  # the block's chunks are written, not yet committed
             except BaseException as exc:  # noqa: BLE001
                 block.exception = exc
-        if block.exception is None:
-            self.frontier.block_done(block.start, block.stop)
-        else:
+        if block.exception is not None:
             self.frontier.fail(block.exception)
+        elif block.advances:
+            self.frontier.block_done(block.start, block.stop)
         with self._outstanding_lock:
             self._outstanding.discard(block)
         block._finish()
@@ -267,13 +268,19 @@ class HotPath:
         index = start // span
         buffer = self._buffers[name].get(index)
         if buffer is None:
-            for old in [i for i in self._buffers[name] if i < index]:  # chunks behind are complete
-                del self._buffers[name][old]
+            for old in [i for i in self._buffers[name] if i < index]:  # chunks behind: dropped once on storage
+                if self._landed_through(name, old) >= self._held[name][old]:
+                    del self._buffers[name][old], self._held[name][old]
             buffer = self._buffers[name][index] = self._new_buffer(name, index)
         offset = start - index * span
         buffer[offset : offset + len(rows)] = rows
-        self._received[name] = stop
+        self._held[name][index] = max(stop, self._held[name].get(index, 0))
         return index, stop >= min((index + 1) * span, self.arrays[name].shape[0])  # (capacity may grow)
+
+    def _landed_through(self, name: str, index: int) -> int:
+        """Rows of the variable's chunk ``index`` on storage (the version of its last write; -1 if none)."""
+        encoder = self.encoders[name]
+        return min(self._landed.get(encoder.key((index,) + coords), -1) for coords in self.grids[name])
 
     def _buffered_jobs(self, name: str, index: int, stop: int) -> list[tuple]:
         """Write jobs of the variable's chunk ``index`` as it holds the rows below ``stop`` (the rest at
@@ -285,27 +292,23 @@ class HotPath:
                 for coords in self.grids[name]]
 
     def flush(self, n: int) -> None:
-        """Write the buffered variables' partial chunks that lack rows below ``n``; wait for them.
+        """Write the buffered variables' chunks that lack rows below ``n`` on storage; wait for them.
 
-        Called by a commit to ``n`` before it writes the attributes. Raises :class:`WriteFailed` if a
-        write fails.
+        Called by a commit to ``n`` before it writes the attributes. Every chunk still held is checked,
+        not only the current one: the block that completes an earlier chunk may still be in flight when
+        the commit comes (its write and this one carry the same rows; whichever lands second is skipped).
+        Raises :class:`WriteFailed` if a write fails.
         """
         jobs = []
         with self._buffer_lock:
             for name in self.buffered:
-                stop = self._received.get(name, 0)
-                index = (stop - 1) // self.encoders[name].chunk_shape[0] if stop else -1
-                if index < 0 or index not in self._buffers[name] or stop <= index * self.encoders[name].chunk_shape[0]:
-                    continue
-                keys = [self.encoders[name].key((index,) + coords) for coords in self.grids[name]]
-                if min(self._landed.get(key, -1) for key in keys) >= min(stop, n):
-                    continue  # storage holds these rows already
-                if index * self.encoders[name].chunk_shape[0] >= n:
-                    continue  # none of its rows is being committed
-                jobs += self._buffered_jobs(name, index, stop)
+                span = self.encoders[name].chunk_shape[0]
+                for index, held in sorted(self._held[name].items()):
+                    if min(n, held) > index * span and self._landed_through(name, index) < min(n, held):
+                        jobs += self._buffered_jobs(name, index, held)
         if not jobs:
             return
-        block = BlockWrite(-1, -1, len(jobs))
+        block = BlockWrite(0, n, len(jobs), advances=False)
         with self._outstanding_lock:
             self._outstanding.add(block)
         for encoder, key, piece, version in jobs:

@@ -218,8 +218,21 @@ def test_by_reference_refuses_what_it_cannot_keep(tmp_path):
     writer, shapes, dtypes = _small_run(tmp_path, "bad", 10)
     with pytest.raises(ValueError, match="CPU tensors"):
         Recorder(writer, shapes, dtypes, torch.device("cuda"), by_reference=True)
-    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=True)
+    steps = np.arange(10)
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=True,
+                        columns={"step": steps, "t": steps * 0.5})
     with pytest.raises(ValueError, match=r"missing \['output'\]"):
         recorder.record(W=torch.zeros(4, 3), v=torch.zeros(4), loss=0.0)
-    recorder.close()
-    writer.finish("failed", error="test")
+    good = {"v": torch.zeros(4), "loss": 0.0, "output": torch.zeros(5)}
+    # same number of values, other shape: refused at once, never stored reshaped
+    with pytest.raises(ValueError, match=r"W: a state of shape \(3, 4\), the variable's is \(4, 3\)"):
+        recorder.record(**{**good, "W": torch.zeros(3, 4)})
+    with pytest.raises(ValueError, match="loss: 'low' is not a number"):
+        recorder.record(**{**good, "W": torch.zeros(4, 3), "loss": "low"})
+    with pytest.raises(ValueError, match="loss: a state of shape"):
+        recorder.record(**{**good, "W": torch.zeros(4, 3), "loss": torch.zeros(2)})
+    assert recorder.index == 0  # nothing refused was recorded
+    recorder.record(**{**good, "W": torch.ones(4, 3, dtype=torch.float64)})  # another dtype: converted
+    assert recorder.close() == 1
+    np.testing.assert_array_equal(open_run("bad", root=StoreRoot(tmp_path)).W.values, np.ones((1, 4, 3)))
+    writer.finish("complete")

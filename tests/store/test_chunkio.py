@@ -261,6 +261,35 @@ def test_a_commit_waits_for_the_small_variables_rows_it_covers(tmp_path):
     writer.finish("complete")
 
 
+def test_a_commit_covers_an_earlier_small_chunk_whose_completing_write_is_still_in_flight(tmp_path):
+    """The block that completes a small variable's chunk is slow; a later block has started the next
+    chunk; a commit at the written frontier must not write the attributes before the first chunk lands."""
+    root = StoreRoot(tmp_path)
+    sizes = {"h": 80, "dim": 100, "n": 3000}
+    writer = _writer(root, capacity=60, chunk_bytes=80 * 100 * 4 * 2, **sizes)
+    T, span = writer.chunk_steps, writer.arrays["output"].chunks[0]
+    hot = writer._hot()
+    hot.sink = gated = GatedSink(hot.sink, held={"output/c/0/0"})
+    blocks = [_block(k * T, T, **sizes) for k in range(span // T + 1)]
+    for k in range(span // T - 1):
+        writer.write_block(k * T, blocks[k]).wait(20)
+    completing = writer.write_block(span - T, blocks[span // T - 1])  # its output chunk write is held back
+    writer.write_block(span, blocks[span // T]).wait(20)  # the next chunk has begun
+    assert not completing.done() and writer.written_steps == span - T
+    committer = threading.Thread(target=writer.commit_if_due, kwargs={"force": True})
+    committer.start()
+    committer.join(0.3)
+    assert committer.is_alive() and root.read_attrs("r")["committed_steps"] == 0
+    gated.gate.set()
+    committer.join(20)
+    assert root.read_attrs("r")["committed_steps"] == span - T
+    plain = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")  # what is on storage, not what is held
+    np.testing.assert_array_equal(plain["output"][: span - T], np.concatenate([b["output"] for b in blocks[:-2]]))
+    writer.commit()
+    np.testing.assert_array_equal(open_run("r", root).output.values, np.concatenate([b["output"] for b in blocks]))
+    writer.finish("complete")
+
+
 def test_a_failed_chunk_write_is_never_committed(tmp_path):
     root = StoreRoot(tmp_path)
     writer = _writer(root)

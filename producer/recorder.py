@@ -13,8 +13,8 @@ are written, so several chunks are in flight. The writer thread commits what is 
 ``commit_seconds`` (:meth:`RunWriter.commit_if_due`), and everything at :meth:`Recorder.close`.
 
 By reference (``by_reference=True``, CPU only, used by the two-layer producer, whose step makes new
-tensors and never changes a recorded one in place): :meth:`Recorder.record` keeps a numpy view of each
-value instead of copying it, and the store writes the chunk files from those rows (``writev``, the
+tensors and never changes a recorded one in place): :meth:`Recorder.record` checks each value and keeps
+it instead of copying it (the writer thread takes its numpy view), and the store writes the chunk files from those rows (``writev``, the
 checksum chained over the rows): nothing is copied in the training loop, and no chunk buffers exist. The
 states of at most ``buffers`` chunks are kept alive, the same bound as the buffers.
 
@@ -57,7 +57,7 @@ class _Slot:
     start: int = 0
     count: int = 0
     rows: list[dict[str, torch.Tensor]] | None = None  # per position: a view of each variable's row
-    refs: list[dict[str, np.ndarray] | None] | None = None  # by reference: per position, the state's values
+    refs: list[dict[str, torch.Tensor | np.ndarray] | None] | None = None  # by reference: each position's values
 
 
 class HostStaging:
@@ -129,7 +129,7 @@ class Recorder:
         A started :class:`~trajscope.store.writer_process.WriterProcess` to write through (CPU only):
         the buffers are then shared memory and no writer thread runs in this process.
     by_reference
-        Keep a view of each recorded CPU tensor instead of copying it (no chunk buffers). Only for a
+        Keep each recorded CPU tensor instead of copying it (no chunk buffers). Only for a
         caller that never changes a recorded tensor in place afterwards (an optimizer's in-place
         ``step()`` does: :class:`~trajscope.producer.module_recorder.ModuleRecorder` copies). CPU
         tensors of numpy dtypes, writer thread only.

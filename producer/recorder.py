@@ -303,7 +303,7 @@ class Recorder:
         """(writer thread) One checked value as a numpy array of the variable's per-state shape (a view of a
         CPU tensor; a one-element value of a scalar variable is reshaped)."""
         if isinstance(value, torch.Tensor):
-            value = value.detach().numpy() if value.requires_grad else value.numpy()
+            value = value.detach().numpy()
         shape = self._shapes[name]
         return value if value.shape == shape else value.reshape(shape)
 

@@ -12,7 +12,7 @@ fill value, as zarr pads edge and partially written chunks)::
     payload = zstd(payload, level)                      # ZstdCodec, only with compressor "zstd"
     stored  = payload ‖ uint32_le(crc32c(payload))      # Crc32cCodec
 
-The checksum is computed with the ``crc32c`` package, which releases the GIL (google-crc32c, which
+The checksum is computed with the ``crc32c`` package, which releases the GIL (``bench/crc32c_gil.py``; google-crc32c, which
 zarr's codec uses, holds it: a training thread waited behind every checksum); zstd (numcodecs) and file
 writes release it too, so several chunks are encoded and written at once by a thread pool
 (:mod:`trajscope.store.hotpath`) while the training thread keeps running.

@@ -17,8 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
-import crc32c
 
+from trajscope.store.chunkio import checksum
 from trajscope.store.root import StoreRoot
 from trajscope.store.snapshot import snapshot
 
@@ -78,7 +78,7 @@ def chunk_ok(stored: bytes) -> bool:
     """Whether a stored chunk's last 4 bytes are ``le32(crc32c(rest))``."""
     if len(stored) < 4:
         return False
-    return int(crc32c.crc32c(memoryview(stored)[:-4])).to_bytes(4, "little") == bytes(stored[-4:])
+    return checksum([memoryview(stored)[:-4]]) == bytes(stored[-4:])
 
 
 def _chunk_grid(meta: dict) -> tuple[list[int], list[int]]:

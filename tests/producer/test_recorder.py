@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from trajscope.producer.recorder import HostStaging, Recorder
+from trajscope.producer.recorder import STACK_MAX_VALUES, HostStaging, Recorder
 from trajscope.store import RunWriter, StoreRoot, open_run
 from trajscope.producer.two_layer import variables as two_layer_variables
 
@@ -174,7 +174,8 @@ def test_by_reference_writes_the_recorded_tensors_own_memory_and_then_lets_them_
     import gc
     import weakref
 
-    h, dim, n, states = 4, 3, 5, 23
+    h, dim, n, states = 200, 40, 5, 23  # a chunk of W (5 states) holds more values than STACK_MAX_VALUES
+    assert 5 * h * dim > STACK_MAX_VALUES
     writer, shapes, dtypes = _small_run(tmp_path, "ref", states, h, dim, n)
     handed = []
     original = writer.write_block
@@ -208,6 +209,9 @@ def test_by_reference_writes_the_recorded_tensors_own_memory_and_then_lets_them_
     # nothing was copied for the writer: the rows handed over are the tensors' memory
     assert len(handed) == 5 and all(len(v["W"]) == 5 for v in handed[:4]) and len(handed[4]["W"]) == 3
     assert all(np.shares_memory(row, tensor.numpy()) for row, tensor in zip(handed[0]["W"].rows, first))
+    # the small variables arrive stacked, one array per block (a copy of a few values)
+    assert all(isinstance(v[name], np.ndarray) and len(v[name]) == len(v["W"])
+               for v in handed for name in ("v", "loss", "output"))
     # ... and the recorder keeps no state once its chunk is written (memory stays bounded)
     del W, handed, first
     gc.collect()

@@ -21,6 +21,13 @@ reference trajectory's states (h=100, D=784, n=1000: ``W``, ``v``, ``loss``, ``o
   (local roots only): a second process writes and commits. The process is started before the
   clock starts (``produce`` starts it before building the dataset, so its start-up overlaps that).
 
+Every path moves the same ``2 T`` distinct states (two blocks, taken in turn), made before the clock
+starts: the raw write, plain zarr and the store path write block ``i % 2`` as chunk ``i``, the recorders
+are fed the same states one by one. (Until 2026-11-28 the first three wrote one block over and over,
+which stays in the CPU cache while the recorders' states did not.) ``--write-threads`` sets the store's
+write threads (store path and recorders; default: the store's own choice, one per core, at most 4, on a
+local root).
+
 Each is the median of ``--repeats`` interleaved runs (the order rotates between repeats; ``sync`` before
 each, untimed, so none pays for another's dirty pages). ``--json`` prints one JSON object (with key
 ``recorder_over_raw`` = MB/s of the recorder with its default writer (the thread) / raw parallel MB/s on the
@@ -96,13 +103,19 @@ class Root:
             shutil.rmtree(self.location, ignore_errors=True)
 
 
+def two_blocks(T: int) -> list[dict[str, np.ndarray]]:
+    """The ``2 T`` distinct states every path moves, as two blocks of ``T``."""
+    data = blocks(2 * T)
+    return [{n: a[:T] for n, a in data.items()}, {n: a[T:] for n, a in data.items()}]
+
+
 def raw_parallel(root: Root, states: int, T: int, threads: int) -> float:
-    data = blocks(T)
     fs, base = root.fs_and_base()
-    payloads = {n: a.reshape(-1).view(np.uint8) for n, a in data.items()}
+    payloads = [{n: np.ascontiguousarray(a).reshape(-1).view(np.uint8) for n, a in block.items()}
+                for block in two_blocks(T)]
 
     def put(name: str, index: int) -> None:
-        payload = payloads[name]
+        payload = payloads[index % 2][name]
         crc = int(crc32c.crc32c(payload)).to_bytes(4, "little")
         key = f"{base}/raw/{name}/c/{index}"
         if fs is not None:
@@ -127,7 +140,7 @@ def plain_zarr(root: Root, states: int, T: int) -> float:
 
     from trajscope.store.layout import codecs_for, fill_value_for
 
-    data = blocks(T)
+    data = two_blocks(T)
     serializer, compressors = codecs_for("none")
     location = f"{root.location}/plain-{uuid.uuid4().hex[:6]}.zarr"
     store = zarr.storage.FsspecStore.from_url(location) if root.kind == "memory" else zarr.storage.LocalStore(location)
@@ -139,29 +152,31 @@ def plain_zarr(root: Root, states: int, T: int) -> float:
     for lo in range(0, states, T):
         hi = min(lo + T, states)
         for name, array in arrays.items():
-            array[lo:hi] = data[name][: hi - lo]
+            array[lo:hi] = data[(lo // T) % 2][name][: hi - lo]
     return time.perf_counter() - start
 
 
-def _writer(root: Root, states: int):
+def _writer(root: Root, states: int, write_threads: int | None = None):
     from trajscope.producer.two_layer import variables as two_layer_variables
     from trajscope.store import RunWriter, StoreRoot
 
-    return RunWriter.create(
+    writer = RunWriter.create(
         StoreRoot(root.location), f"r{uuid.uuid4().hex[:6]}", variables=two_layer_variables(),
         sizes={"neuron": H, "feature": D, "sample": N}, capacity=states,
         static={"X": np.zeros((N, D), np.float32), "y": np.ones(N, np.int8)}, attrs={},
     )
+    writer.set_write_options(threads=write_threads)
+    return writer
 
 
-def store_path(root: Root, states: int, T: int) -> float:
-    writer = _writer(root, states)
+def store_path(root: Root, states: int, T: int, write_threads: int | None = None) -> float:
+    writer = _writer(root, states, write_threads)
     assert writer.chunk_steps == T
-    data = blocks(T)
+    data = two_blocks(T)
     start = time.perf_counter()
     for lo in range(0, states, T):
         hi = min(lo + T, states)
-        writer.write_block(lo, {n: a[: hi - lo] for n, a in data.items()})
+        writer.write_block(lo, {n: a[: hi - lo] for n, a in data[(lo // T) % 2].items()})
         writer.commit_if_due()
     writer.commit(states)
     seconds = time.perf_counter() - start
@@ -169,7 +184,8 @@ def store_path(root: Root, states: int, T: int) -> float:
     return seconds
 
 
-def recorder(root: Root, states: int, T: int, process: bool = False, by_reference: bool = True) -> float:
+def recorder(root: Root, states: int, T: int, process: bool = False, by_reference: bool = True,
+             write_threads: int | None = None) -> float:
     import torch
 
     from trajscope.producer.recorder import Recorder
@@ -178,7 +194,7 @@ def recorder(root: Root, states: int, T: int, process: bool = False, by_referenc
     if process and root.kind == "memory":
         return float("nan")  # a writer process writes local roots only
     handle = WriterProcess.start() if process else None
-    writer = _writer(root, states)
+    writer = _writer(root, states, write_threads)
     if handle is not None:
         time.sleep(1.0)  # untimed: the interpreter's start-up (produce overlaps it with the dataset build)
     data = blocks(2 * T)
@@ -203,6 +219,8 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=512.0, help="MB of states per measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=4, help="threads of the raw parallel write")
+    parser.add_argument("--write-threads", type=int, default=None,
+                        help="the store's write threads (default: its own choice for the root)")
     parser.add_argument("--dir", default=os.environ.get("TRAJSCOPE_BENCH_DIR", "."), help="the local-dir root's parent")
     parser.add_argument("--roots", default="local,tmpfs,memory")
     parser.add_argument("--json", action="store_true")
@@ -213,18 +231,22 @@ def main() -> None:
     states = max(int(args.mb * 1e6 // STATE_BYTES), 1)
     T = chunk_steps()
     kinds = [k for k in args.roots.split(",") if k != "tmpfs" or os.path.isdir("/dev/shm")]
-    methods = {"raw parallel": lambda r: raw_parallel(r, states, T, args.threads),
-               "plain zarr": lambda r: plain_zarr(r, states, T),
-               "store write path": lambda r: store_path(r, states, T),
-               "recorder": lambda r: recorder(r, states, T),
-               "recorder, copying": lambda r: recorder(r, states, T, by_reference=False),
-               "recorder, writer process": lambda r: recorder(r, states, T, process=True)}
+    from trajscope.store.hotpath import default_write_threads
+
+    wt = args.write_threads
+
+    def paths(n: int) -> dict:
+        """Each path moving ``n`` states."""
+        return {"raw parallel": lambda r: raw_parallel(r, n, T, args.threads),
+                "plain zarr": lambda r: plain_zarr(r, n, T),
+                "store write path": lambda r: store_path(r, n, T, wt),
+                "recorder": lambda r: recorder(r, n, T, write_threads=wt),
+                "recorder, copying": lambda r: recorder(r, n, T, by_reference=False, write_threads=wt),
+                "recorder, writer process": lambda r: recorder(r, n, T, process=True, write_threads=wt)}
+
+    methods = paths(states)
     seconds: dict[tuple[str, str], list[float]] = {}
-    warm = {"raw parallel": lambda r: raw_parallel(r, 2 * T, T, args.threads),
-            "plain zarr": lambda r: plain_zarr(r, 2 * T, T), "store write path": lambda r: store_path(r, 2 * T, T),
-            "recorder": lambda r: recorder(r, 2 * T, T),
-            "recorder, copying": lambda r: recorder(r, 2 * T, T, by_reference=False),
-            "recorder, writer process": lambda r: recorder(r, 2 * T, T, process=True)}
+    warm = paths(2 * T)
     for kind in kinds:  # untimed: imports, first allocations, thread pools
         for method in warm.values():
             root = Root(kind, args.dir)
@@ -246,7 +268,7 @@ def main() -> None:
     default = "recorder"  # record.writer's default: thread
     result = {
         "states": states, "state_bytes": STATE_BYTES, "chunk_steps": T, "repeats": args.repeats,
-        "cpus": os.cpu_count(),
+        "cpus": os.cpu_count(), "write_threads": {k: wt or default_write_threads(k != "memory") for k in kinds},
         "mb_per_s": {kind: {name: None if math.isnan(mbs[(kind, name)]) else round(mbs[(kind, name)], 1)
                             for name in methods} for kind in kinds},
         "recorder_over_raw": round(mbs[("local", default)] / mbs[("local", "raw parallel")], 3)
@@ -269,19 +291,22 @@ def main() -> None:
         print(json.dumps(result))
     else:
         print(table)
-        print(f"\n{states} states of {STATE_BYTES / 1e3:.0f} kB, chunks of {T} states, median of {args.repeats}; "
+        print(f"\n{states} states of {STATE_BYTES / 1e3:.0f} kB, chunks of {T} states, median of {args.repeats}, "
+              f"store write threads {result['write_threads']}; "
               f"recorder (default writer: thread) / raw parallel on the local dir: {result['recorder_over_raw']}")
     if args.write:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from record_overhead import replace_section
 
-        command = f"python bench/record_ceiling.py --mb {args.mb:g} --repeats {args.repeats}"
+        command = f"python bench/record_ceiling.py --mb {args.mb:g} --repeats {args.repeats}" + (
+            f" --write-threads {wt}" if wt else "")
         section = (
             f"## Recording ceiling\n\n`{command}` — the reference states (h=100, D=784, n=1000, "
             f"{STATE_BYTES / 1e3:.0f} kB a state, {states} states, chunks of {T}) with no training, "
             f"{os.cpu_count()} cores, measured {time.strftime('%Y-%m-%d')}; MB/s of states, median of "
-            f"{args.repeats} interleaved runs; the last column is each path over the raw parallel rate of the "
-            f"same root.\n\n{table}\n\nrecorder (default writer: {default}) / raw parallel on the local dir: "
+            f"{args.repeats} interleaved runs, the store's write threads {result['write_threads']}; every path "
+            f"moves the same {2 * T} distinct states; the last column is each path over the raw parallel rate of "
+            f"the same root.\n\n{table}\n\nrecorder (default writer: {default}) / raw parallel on the local dir: "
             f"**{result['recorder_over_raw']}** (goal ≥ 0.8; with the writer process: {result['recorder_process_over_raw']}).\n"
         )
         replace_section(args.write, "## Recording ceiling", section)

@@ -151,7 +151,8 @@ class RecordConfig(_Strict):
     written states are committed at most this often, so a live reader sees a written chunk within this
     time. ``buffers``: chunks in flight between the training loop and the store (chunk buffers; on the
     CPU with the writer thread, the states of that many chunks kept by reference): the bound on memory,
-    and the loop waits when all are full. ``write_threads``: threads encoding and writing chunk files.
+    and the loop waits when all are full. ``write_threads``: threads encoding and writing chunk files
+    (default: one per core, at most 4, on a local root; 4 on an object store).
     ``writer``: where the store's
     writing runs — ``thread`` (a thread of the training process), ``process`` (a long-lived writer
     process fed through shared memory, each state copied into it: the store's Python work stays off the
@@ -170,7 +171,7 @@ class RecordConfig(_Strict):
     buffers: int = Field(3, ge=2)
     durability: Literal["process", "fsync"] = "process"
     commit_seconds: float = Field(0.5, ge=0.0, le=60.0)
-    write_threads: int = Field(4, ge=1, le=64)
+    write_threads: int | None = Field(None, ge=1, le=64)
     writer: Literal["auto", "thread", "process"] = "thread"
 
 

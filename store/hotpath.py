@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Mapping
@@ -37,6 +38,30 @@ import numpy as np
 
 from trajscope.store import faults
 from trajscope.store.chunkio import ChunkEncoder, FsspecSink, LocalSink, StateRows
+
+
+#: most threads writing a local root (see :func:`default_write_threads`)
+LOCAL_WRITE_THREADS_MAX = 4
+#: threads writing an object store or another fsspec filesystem
+REMOTE_WRITE_THREADS = 4
+
+
+def default_write_threads(local: bool) -> int:
+    """Threads writing chunk files when the run asks for no number.
+
+    On a local root, one per core this process may run on, at most :data:`LOCAL_WRITE_THREADS_MAX`:
+    a write there is a copy into the page cache, bound by the CPU, and more threads than cores only take
+    turns with the training loop and with each other. Elsewhere :data:`REMOTE_WRITE_THREADS`: a request
+    there waits on the network. ``bench/record_ceiling.py --write-threads N`` measures other choices
+    (BENCHMARKS.md, "Recording ceiling").
+    """
+    if not local:
+        return REMOTE_WRITE_THREADS
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(LOCAL_WRITE_THREADS_MAX, cores))
 
 
 class WriteFailed(RuntimeError):

@@ -34,7 +34,7 @@ import zarr
 from trajscope.store import faults
 from trajscope.store.chunkio import DURABILITY_LEVELS, FsspecSink, LocalSink
 from trajscope.store.errors import UserError
-from trajscope.store.hotpath import BlockWrite, HotPath
+from trajscope.store.hotpath import BlockWrite, HotPath, default_write_threads
 from trajscope.store.layout import (
     COMMITTED,
     COORDINATES,
@@ -244,8 +244,8 @@ class RunWriter:
     # -- writing (the hot path: store/hotpath.py, store/chunkio.py) ---------------------------------
     #: ``process`` (survives a killed process) or ``fsync`` (also power loss / kernel crash; local roots)
     durability: str = "process"
-    #: threads that encode and write chunk files
-    write_threads: int = 4
+    #: threads that encode and write chunk files (``None``: :func:`default_write_threads` of the root)
+    write_threads: int | None = None
     #: :meth:`commit_if_due` commits at most this often (the bound on a live reader's extra latency)
     commit_seconds: float = 0.5
     _hotpath: HotPath | None = None
@@ -271,7 +271,8 @@ class RunWriter:
                 sink = LocalSink(self.root.run_url(self.run_id), self.durability)
             else:
                 sink = FsspecSink(self.root.fs, self.root._fs_path(self.run_id))
-            self._hotpath = HotPath(sink, self.arrays, self.chunk_steps, self.committed_steps, self.write_threads)
+            threads = self.write_threads or default_write_threads(self.root.is_local)
+            self._hotpath = HotPath(sink, self.arrays, self.chunk_steps, self.committed_steps, threads)
         return self._hotpath
 
     @property

@@ -354,6 +354,24 @@ def test_memory_root_writes_through_fsspec():
     root.delete("m")
 
 
+def test_write_threads_default_to_the_cores_on_a_local_root_and_to_four_elsewhere(tmp_path, monkeypatch):
+    from trajscope.store import hotpath
+
+    def pool_size(root, run_id, threads=None):
+        writer = _writer(root, run_id=run_id)
+        writer.set_write_options(threads=threads)
+        size = writer._hot()._pool._max_workers
+        writer.finish("complete")
+        return size
+
+    for cores, expected in ((1, 1), (2, 2), (3, 3), (16, 4)):
+        monkeypatch.setattr(hotpath.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert hotpath.default_write_threads(local=True) == expected
+        assert pool_size(StoreRoot(tmp_path), f"c{cores}") == expected
+    assert pool_size(StoreRoot(tmp_path), "asked", threads=7) == 7  # an explicit number wins
+    assert pool_size(StoreRoot("memory://write-threads"), "m") == hotpath.REMOTE_WRITE_THREADS == 4
+
+
 def test_fsync_durability_fsyncs_chunks_and_directories_before_the_commit_then_the_attributes(tmp_path, monkeypatch):
     root = StoreRoot(tmp_path)
     writer = _writer(root)

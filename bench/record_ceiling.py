@@ -2,7 +2,7 @@
 
 For each root (a local directory, tmpfs ``/dev/shm`` if present, ``memory://``), in one run, the
 reference trajectory's states (h=100, D=784, n=1000: ``W``, ``v``, ``loss``, ``output``, ``step``,
-``t``; 318 kB a state) are moved four ways; each figure is MB of states per second (1 MB = 1e6 bytes):
+``t``; 318 kB a state) are moved seven ways; each figure is MB of states per second (1 MB = 1e6 bytes):
 
 - **raw parallel**: the chunk files of ``T`` states per variable (``T`` = the store's chunk length,
   8 MiB of ``W``), each with its crc32c appended, written by ``--threads`` threads (open/write/close,
@@ -40,7 +40,8 @@ local-dir root; ``recorder_over_raw_from_states`` the same over raw parallel fro
 ``recorder_process_over_raw`` with the writer process; ``over_raw`` and ``over_raw_from_states`` every
 path on every root).
 
-    python bench/record_ceiling.py [--quick] [--mb 512] [--repeats 3] [--json] [--write BENCHMARKS.md]
+    python bench/record_ceiling.py [--quick] [--mb 512] [--repeats 3] [--write-threads N] [--roots local,tmpfs,memory]
+                                   [--json] [--write BENCHMARKS.md]
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from trajscope.store.chunkio import ChunkEncoder, FsspecSink, LocalSink, StateRo
 
 #: most threads writing a local root (see :func:`default_write_threads`)
 LOCAL_WRITE_THREADS_MAX = 4
-#: threads writing an object store or another fsspec filesystem
+#: threads writing an fsspec root (an object store, ``memory://``)
 REMOTE_WRITE_THREADS = 4
 
 
@@ -51,10 +51,11 @@ def default_write_threads(local: bool) -> int:
 
     On a local root, one per core this process may run on, at most :data:`LOCAL_WRITE_THREADS_MAX`:
     a write there is a copy into the page cache, bound by the CPU, and more threads than cores only take
-    turns with the training loop and with each other. Elsewhere :data:`REMOTE_WRITE_THREADS`: a request
-    there waits on the network. ``bench/record_ceiling.py --write-threads N`` measures other choices
-    (BENCHMARKS.md, "Recording ceiling": on 2 cores the recorder moved 0.86 of the raw rate on tmpfs with
-    2 threads, 0.69 with 4; on ``memory://`` 0.72 with 4, 0.60 with 2).
+    turns with the training loop and with each other (BENCHMARKS.md, "Recording ceiling": on 2 cores
+    the recorder moved 0.86 of the raw rate on tmpfs with 2 threads, 0.69 with 4). On an fsspec root
+    (an object store, ``memory://``) :data:`REMOTE_WRITE_THREADS`: a request there waits on the network,
+    not on a core (on ``memory://`` this machine did not settle 2 against 4).
+    ``bench/record_ceiling.py --write-threads N`` measures other choices.
     """
     if not local:
         return REMOTE_WRITE_THREADS

@@ -33,6 +33,18 @@ def test_expansion_is_deterministic_and_ids_follow_the_config(spec_factory):
     assert len(quick) == 1 and quick[0].config.data.mu == 0.3 and quick[0].config.train.steps == 50
 
 
+def test_a_changed_default_keeps_the_run_ids_made_before():
+    """``record.write_threads`` defaulted to 4 and now to ``None`` (chosen per root): a config that leaves it
+    unset still hashes as it did, so a sweep rerun after an upgrade finds its finished runs."""
+    from trajscope.experiments.sweep import config_hash
+    from trajscope.producer.config import RunConfig
+
+    default, former = RunConfig(), RunConfig.model_validate({"record": {"write_threads": 4}})
+    assert default.record.write_threads is None
+    assert config_hash(default) == config_hash(former)
+    assert config_hash(RunConfig.model_validate({"record": {"write_threads": 2}})) != config_hash(default)
+
+
 def _kill_midway(point, root: str, env: dict) -> None:
     """Start producing ``point`` (with many steps) in a subprocess, SIGKILL it after a commit."""
     code = (

@@ -12,6 +12,7 @@ import torch
 from trajscope.producer.recorder import STACK_MAX_VALUES, HostStaging, Recorder
 from trajscope.store import RunWriter, StoreRoot, open_run
 from trajscope.producer.two_layer import variables as two_layer_variables
+from trajscope.store.chunkio import StateRows
 
 
 class DeferredStaging(HostStaging):
@@ -159,10 +160,10 @@ def test_one_call_copies_keep_every_value(monkeypatch, path):
     np.testing.assert_allclose(got["loss"], [e[2] for e in expected])
 
 
-def _small_run(tmp_path, run_id, states, h=4, dim=3, n=5):
+def _small_run(tmp_path, run_id, states, h=4, dim=3, n=5, attrs=None):
     writer = RunWriter.create(
         StoreRoot(tmp_path), run_id, variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
-        capacity=states, static={"X": np.ones((n, dim)), "y": np.array([1, -1, 1, -1, 1])}, attrs={},
+        capacity=states, static={"X": np.ones((n, dim)), "y": np.array([1, -1, 1, -1, 1])}, attrs=attrs or {},
         chunk_bytes=h * dim * 4 * 5,
     )
     shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)}
@@ -189,6 +190,8 @@ def test_by_reference_writes_the_recorded_tensors_own_memory_and_then_lets_them_
     recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=2, by_reference=True,
                         columns={"step": steps, "t": steps * 0.5})
     W, kept, alive, first = torch.zeros(h, dim), [], [], []
+    rng = torch.Generator().manual_seed(0)
+    vs, outputs = [], []
     for k in range(states):
         W = W + k  # a new tensor each step, never changed afterwards
         kept.append(W.numpy().copy())
@@ -197,14 +200,22 @@ def test_by_reference_writes_the_recorded_tensors_own_memory_and_then_lets_them_
         alive.append(weakref.ref(W))
         # the scalar as a shape-(1,) tensor and as a Python number: both fine
         loss = torch.tensor([k / 10], dtype=torch.float64) if k % 2 else k / 10
-        recorder.record(W=W, v=torch.full((h,), float(k)), loss=loss, output=torch.full((n,), -float(k)))
+        v = torch.randn(h, generator=rng)  # distinct values in every element: an order mix-up shows
+        if k % 3 == 1:
+            v = v.double()  # another dtype: converted in record(), then stacked with the rest
+        elif k % 3 == 2:
+            v.requires_grad_(True)  # a parameter: stacked without its graph
+        output = torch.randn(n, generator=rng)
+        vs.append(v.detach().float().numpy().copy())
+        outputs.append(output.numpy().copy())
+        recorder.record(W=W, v=v, loss=loss, output=output)
     assert recorder.close() == states
     writer.finish("complete")
     ds = open_run("ref", root=StoreRoot(tmp_path))
     np.testing.assert_array_equal(ds.W.values, np.stack(kept))
     np.testing.assert_allclose(ds.loss.values, steps / 10)
-    np.testing.assert_array_equal(ds.v.values[:, 0], steps)
-    np.testing.assert_array_equal(ds.output.values[:, 1], -steps)
+    np.testing.assert_array_equal(ds.v.values, np.stack(vs))
+    np.testing.assert_array_equal(ds.output.values, np.stack(outputs))
     np.testing.assert_array_equal(ds.step.values, steps)
     # nothing was copied for the writer: the rows handed over are the tensors' memory
     assert len(handed) == 5 and all(len(v["W"]) == 5 for v in handed[:4]) and len(handed[4]["W"]) == 3
@@ -216,6 +227,42 @@ def test_by_reference_writes_the_recorded_tensors_own_memory_and_then_lets_them_
     del W, handed, first
     gc.collect()
     assert not [ref for ref in alive if ref() is not None]
+
+
+def test_by_reference_resumes_inside_a_chunk_whose_rows_are_written_from_memory(tmp_path):
+    """Resuming at 7 in chunks of 5: the committed rows 5, 6 come back as ``preload`` and are written again
+    with the new states 7.. from their memory (``StateRows``), next to the new states' own tensors."""
+    h, dim, n, states = 200, 40, 5, 13
+    writer, shapes, dtypes = _small_run(tmp_path, "resume", states, h, dim, n, attrs={"config": {"name": "resume"}})
+    rng = torch.Generator().manual_seed(1)
+    values = [{"W": torch.randn(h, dim, generator=rng), "v": torch.randn(h, generator=rng), "loss": k / 7,
+               "output": torch.randn(n, generator=rng)} for k in range(states)]
+    steps = np.arange(states)
+    columns = {"step": steps, "t": steps * 0.5}
+    first = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=True, columns=columns)
+    for k in range(7):
+        first.record(**values[k])
+    assert first.close() == 7
+    writer.finish("interrupted")
+
+    writer = RunWriter.reopen(StoreRoot(tmp_path), "resume")
+    assert writer.committed_steps == 7 and writer.chunk_steps == 5
+    preload = writer.read_states(5, 7)
+    handed = []
+    original = writer.write_block
+    writer.write_block = lambda start, block: (handed.append((start, block)), original(start, block))[1]
+    second = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=True, columns=columns,
+                      start_index=7, preload=preload)
+    for k in range(7, states):
+        second.record(**values[k])
+    assert second.close() == states
+    writer.finish("complete")
+    assert handed[0][0] == 5 and isinstance(handed[0][1]["W"], StateRows) and len(handed[0][1]["W"]) == 5
+    ds = open_run("resume", root=StoreRoot(tmp_path))
+    for name in ("W", "v", "output"):
+        np.testing.assert_array_equal(ds[name].values, np.stack([v[name].numpy() for v in values]), err_msg=name)
+    np.testing.assert_allclose(ds.loss.values, steps / 7)
+    np.testing.assert_array_equal(ds.step.values, steps)
 
 
 def test_by_reference_refuses_what_it_cannot_keep(tmp_path):

@@ -365,11 +365,13 @@ def test_write_threads_default_to_the_cores_on_a_local_root_and_to_four_elsewher
         return size
 
     for cores, expected in ((1, 1), (2, 2), (3, 3), (16, 4)):
-        monkeypatch.setattr(hotpath.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        monkeypatch.setattr(hotpath.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
         assert hotpath.default_write_threads(local=True) == expected
         assert pool_size(StoreRoot(tmp_path), f"c{cores}") == expected
     assert pool_size(StoreRoot(tmp_path), "asked", threads=7) == 7  # an explicit number wins
-    assert pool_size(StoreRoot("memory://write-threads"), "m") == hotpath.REMOTE_WRITE_THREADS == 4
+    memory = StoreRoot("memory://write-threads")
+    assert pool_size(memory, "m") == hotpath.REMOTE_WRITE_THREADS == 4
+    memory.delete("m")
 
 
 def test_fsync_durability_fsyncs_chunks_and_directories_before_the_commit_then_the_attributes(tmp_path, monkeypatch):

@@ -47,6 +47,10 @@ from trajscope.store.errors import RunLocked, UserError
 
 HASH_EXCLUDE = {("name",), ("train", "threads"), ("train", "device")}
 
+#: fields whose default changed, hashed as their former default so that the ids of runs made before stay
+#: the same: ``record.write_threads`` was 4 until its default became ``None`` (one per core, at most 4)
+HASH_AS_FORMER_DEFAULT = {("record", "write_threads"): (None, 4)}
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -145,6 +149,12 @@ def config_hash(config: RunConfig) -> str:
         for part in path[:-1]:
             node = node.get(part, {})
         node.pop(path[-1], None)
+    for path, (new_default, former) in HASH_AS_FORMER_DEFAULT.items():
+        node = raw
+        for part in path[:-1]:
+            node = node.get(part, {})
+        if path[-1] in node and node[path[-1]] == new_default:
+            node[path[-1]] = former
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:8]
 
 

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The GPU table of the recording benchmarks, in one prepared run (BENCHMARKS.md, "GPU table").
+#
+#   bash bench/gpu_check.sh wheels   # here, with pip and a package registry: the wheels a GPU machine
+#                                    # without zarr, pydantic... needs, for CPython 3.12, into .whl/
+#   bash bench/gpu_check.sh run      # there, from the repository root: installs what is missing from
+#                                    # .whl/, then record_overhead (reference, wide) and record_ceiling;
+#                                    # every table lands in $OUT (default ./gpu-check)
+#
+# Environment: DEVICE (cuda; cpu rehearses the run on a machine without a GPU), STEPS (reference config,
+# 3000), WIDE_STEPS (wide config, 300), REPEATS (3), CEILING_MB (512), PYVER (3.12, for `wheels`).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+# what a machine with torch, numpy, fsspec, xarray, pandas, rich, typer, yaml has and the benches lack
+MISSING="zarr numcodecs donfig crc32c google-crc32c pydantic pydantic-core annotated-types typing-inspection"
+
+case "${1:-}" in
+wheels)
+  mkdir -p .whl
+  for name in $MISSING; do
+    version=$(python3 -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$name") || {
+      echo "gpu_check: $name is not installed here; install the project first (pip install -e .)" >&2; exit 2; }
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version "${PYVER:-3.12}" \
+      --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d .whl "$name==$version" \
+      || { echo "gpu_check: no wheel of $name==$version for CPython ${PYVER:-3.12}" >&2; exit 2; }
+  done
+  ls -l .whl
+  ;;
+run)
+  out=${OUT:-gpu-check}
+  mkdir -p "$out"
+  export PYTHONUNBUFFERED=1
+  # install only what does not import (a machine that has the project's environment installs nothing)
+  absent=$(python3 - $MISSING <<'EOF'
+import importlib.util, sys
+modules = {"pydantic-core": "pydantic_core", "annotated-types": "annotated_types", "google-crc32c": "google_crc32c",
+           "typing-inspection": "typing_inspection"}
+print(" ".join(n for n in sys.argv[1:] if importlib.util.find_spec(modules.get(n, n)) is None))
+EOF
+)
+  if [ -n "$absent" ]; then
+    wheels=$(for n in $absent; do ls .whl/"${n//-/_}"-*.whl 2>/dev/null; done)
+    [ -n "$wheels" ] || { echo "gpu_check: missing $absent and no wheels in .whl/ (run 'bash bench/gpu_check.sh wheels' first)" >&2; exit 2; }
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels || exit 2
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  python3 -c "import trajscope" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . \
+    || { echo "gpu_check: could not install the project (pip install -e .)" >&2; exit 2; }
+  device=${DEVICE:-cuda}
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+    nproc; } > "$out/machine.txt"
+  export TRAJSCOPE_BENCH_DIR=${TRAJSCOPE_BENCH_DIR:-$PWD}
+  status=0
+  python3 bench/record_overhead.py --device "$device" --config reference --steps "${STEPS:-3000}" \
+    --repeats "${REPEATS:-3}" 2>&1 | tee "$out/overhead_reference.md" || status=1
+  python3 bench/record_overhead.py --device "$device" --config wide --steps "${WIDE_STEPS:-300}" \
+    --repeats "${REPEATS:-3}" --no-baselines 2>&1 | tee "$out/overhead_wide.md" || status=1
+  python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}" \
+    > "$out/ceiling.md" 2>&1 || status=1
+  cat "$out/ceiling.md"
+  exit $status
+  ;;
+*)
+  echo "usage: bash bench/gpu_check.sh wheels|run   (see the header of bench/gpu_check.sh)" >&2
+  exit 2
+  ;;
+esac

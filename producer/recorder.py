@@ -48,10 +48,10 @@ _NUMPY_DTYPES = {torch.float16, torch.float32, torch.float64, torch.int8, torch.
 #: queue item that only wakes the writer thread (a block finished writing)
 _WAKE = -1
 
-#: by reference, a variable whose chunk holds at most this many values is stacked per block (one small
+#: by reference, a variable whose chunk holds fewer values than this is stacked per block (one small
 #: copy); a larger one is written from the recorded tensors' memory. 32768 is torch's grain size: below it
 #: ``torch.stack`` copies serially, on the writer thread, without waking the intra-op threads
-STACK_MAX_VALUES = 32768
+STACK_BELOW_VALUES = 32768
 
 
 @dataclass
@@ -173,7 +173,7 @@ class Recorder:
             self._shapes = {n: tuple(s) for n, s in shapes.items()}
             self._torch_dtypes = dict(dtypes)
             self._numpy_dtypes = {n: torch.empty(0, dtype=dtypes[n]).numpy().dtype for n in shapes}
-            self._stacked = {n for n, s in self._shapes.items() if self.chunk * math.prod(s) <= STACK_MAX_VALUES}
+            self._stacked = {n for n, s in self._shapes.items() if self.chunk * math.prod(s) < STACK_BELOW_VALUES}
         if process is not None:
             if (self.device.type != "cpu" or any(dtypes[n] not in _NUMPY_DTYPES for n in shapes)
                     or not writer.root.is_local):
@@ -316,9 +316,9 @@ class Recorder:
     def _block_values(self, slot: _Slot) -> dict[str, np.ndarray | StateRows]:
         """(writer thread) By reference: each variable's rows of the slot's block, as the store takes them.
 
-        A large variable (a chunk of more than :data:`STACK_MAX_VALUES` values) is :class:`StateRows`: the
+        A large variable (a chunk of :data:`STACK_BELOW_VALUES` values or more) is :class:`StateRows`: the
         rows' own memory, written without a copy. A small one (``v``, ``loss``, ``output``...) is stacked
-        into one array with a single ``torch.stack``: the copy is at most 32768 values, and it spares a
+        into one array with a single ``torch.stack``: the copy is under 32768 values, and it spares a
         numpy view per row (2–3 µs each, under the GIL the training thread needs).
         """
         values: dict[str, np.ndarray | StateRows] = {}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from trajscope.producer.recorder import STACK_MAX_VALUES, HostStaging, Recorder
+from trajscope.producer.recorder import STACK_BELOW_VALUES, HostStaging, Recorder
 from trajscope.store import RunWriter, StoreRoot, open_run
 from trajscope.producer.two_layer import variables as two_layer_variables
 from trajscope.store.chunkio import StateRows
@@ -175,8 +175,8 @@ def test_by_reference_writes_the_recorded_tensors_own_memory_and_then_lets_them_
     import gc
     import weakref
 
-    h, dim, n, states = 200, 40, 5, 23  # a chunk of W (5 states) holds more values than STACK_MAX_VALUES
-    assert 5 * h * dim > STACK_MAX_VALUES
+    h, dim, n, states = 200, 40, 5, 23  # a chunk of W (5 states) holds more values than STACK_BELOW_VALUES
+    assert 5 * h * dim >= STACK_BELOW_VALUES
     writer, shapes, dtypes = _small_run(tmp_path, "ref", states, h, dim, n)
     handed = []
     original = writer.write_block

@@ -46,7 +46,9 @@ EOF
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels || exit 2
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
-  python3 -c "import trajscope" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . \
+  # from another directory: here ./trajscope would import, but not trajscope.store (its folder is ./store)
+  (cd / && python3 -c "import trajscope.store, trajscope.producer") 2>/dev/null \
+    || python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . \
     || { echo "gpu_check: could not install the project (pip install -e .)" >&2; exit 2; }
   device=${DEVICE:-cuda}
   { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"

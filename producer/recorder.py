@@ -309,7 +309,7 @@ class Recorder:
         """(writer thread) One checked value as a numpy array of the variable's per-state shape (a view of a
         CPU tensor; a one-element value of a scalar variable is reshaped)."""
         if isinstance(value, torch.Tensor):
-            value = value.detach().numpy() if value.requires_grad else value.numpy()  # detach: 1.5 µs more
+            value = value.detach().numpy() if value.requires_grad else value.numpy()  # detach makes a new tensor
         shape = self._shapes[name]
         return value if value.shape == shape else value.reshape(shape)
 
@@ -319,7 +319,7 @@ class Recorder:
         A large variable (a chunk of :data:`STACK_BELOW_VALUES` values or more) is :class:`StateRows`: the
         rows' own memory, written without a copy. A small one (``v``, ``loss``, ``output``...) is stacked
         into one array with a single ``torch.stack``: the copy is under 32768 values, and it spares a
-        numpy view per row (2–3 µs each, under the GIL the training thread needs).
+        numpy view per row (Python calls, under the GIL the training thread needs).
         """
         values: dict[str, np.ndarray | StateRows] = {}
         for name, shape in self._shapes.items():

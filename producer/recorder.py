@@ -291,18 +291,18 @@ class Recorder:
             if isinstance(value, torch.Tensor):
                 if value.device.type != "cpu":
                     raise ValueError(f"{name}: recording by reference takes CPU tensors, not {value.device}")
-                if value.shape != shape and not (value.numel() == 1 and math.prod(shape) == 1):
-                    raise ValueError(f"{name}: a state of shape {tuple(value.shape)}, the variable's is {shape}")
-                if value.dtype != self._torch_dtypes[name]:
-                    values[name] = value.detach().to(self._torch_dtypes[name])
+                size = value.numel()
             else:
                 try:
-                    array = np.asarray(value, dtype=self._numpy_dtypes[name])
+                    value = np.asarray(value, dtype=self._numpy_dtypes[name])
                 except (TypeError, ValueError) as exc:
                     raise ValueError(f"{name}: {value!r} is not a number of dtype {self._numpy_dtypes[name]}") from exc
-                if array.shape != shape and not (array.size == 1 and math.prod(shape) == 1):
-                    raise ValueError(f"{name}: a state of shape {array.shape}, the variable's is {shape}")
-                values[name] = array
+                size = value.size
+            if tuple(value.shape) != shape and not (size == 1 and math.prod(shape) == 1):
+                raise ValueError(f"{name}: a state of shape {tuple(value.shape)}, the variable's is {shape}")
+            if isinstance(value, torch.Tensor) and value.dtype != self._torch_dtypes[name]:
+                value = value.detach().to(self._torch_dtypes[name])
+            values[name] = value
         return values
 
     def _row(self, name: str, value) -> np.ndarray:

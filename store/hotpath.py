@@ -52,9 +52,9 @@ def default_write_threads(local: bool) -> int:
     On a local root, one per core this process may run on, at most :data:`LOCAL_WRITE_THREADS_MAX`:
     a write there is a copy into the page cache, bound by the CPU, and more threads than cores only take
     turns with the training loop and with each other (BENCHMARKS.md, "Recording ceiling": on 2 cores
-    the recorder moved 0.86 of the raw rate on tmpfs with 2 threads, 0.69 with 4). On an fsspec root
-    (an object store, ``memory://``) :data:`REMOTE_WRITE_THREADS`: a request there waits on the network,
-    not on a core (on ``memory://`` this machine did not settle 2 against 4).
+    and tmpfs the recorder moved 0.71–0.86 of the raw rate with 2 threads over three runs, 0.69 with 4).
+    On an fsspec root (an object store, ``memory://``) :data:`REMOTE_WRITE_THREADS`: a request there
+    waits on the network, not on a core (on ``memory://`` this machine did not settle 2 against 4).
     ``bench/record_ceiling.py --write-threads N`` measures other choices.
     """
     if not local:
@@ -239,7 +239,10 @@ class HotPath:
                 index, complete = self._buffer_rows(name, start, np.asarray(values[name]), stop)
                 if complete:  # its last row arrived: written now, once, as part of this block
                     jobs += self._buffered_jobs(name, index, stop)
-        block = BlockWrite(start, stop, len(jobs))
+        return self._launch(BlockWrite(start, stop, len(jobs)), jobs)
+
+    def _launch(self, block: BlockWrite, jobs: list[tuple]) -> BlockWrite:
+        """Hand the block's write jobs ``(encoder, key, piece, version)`` to the pool; track the block."""
         with self._outstanding_lock:
             self._outstanding.add(block)
         if not jobs:
@@ -333,14 +336,8 @@ class HotPath:
                 for index, held in sorted(self._held[name].items()):
                     if min(n, held) > index * span and self._landed_through(name, index) < min(n, held):
                         jobs += self._buffered_jobs(name, index, held)
-        if not jobs:
-            return
-        block = BlockWrite(0, n, len(jobs), advances=False)
-        with self._outstanding_lock:
-            self._outstanding.add(block)
-        for encoder, key, piece, version in jobs:
-            self._pool.submit(self._write_piece, block, encoder, key, piece, version)
-        block.wait()
+        if jobs:
+            self._launch(BlockWrite(0, n, len(jobs), advances=False), jobs).wait()
 
     def _new_buffer(self, name: str, index: int) -> np.ndarray:
         encoder = self.encoders[name]

@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
-
 from trajscope.store.chunkio import checksum
 from trajscope.store.root import StoreRoot
 from trajscope.store.snapshot import snapshot

@@ -144,15 +144,17 @@ def _fmt(value: Any) -> str:
 def config_hash(config: RunConfig) -> str:
     """8 hex digits of the resolved config, ignoring fields that do not change the trajectory's identity."""
     raw = config.model_dump(mode="json")
+
+    def parent(path: tuple[str, ...]) -> dict:
+        node = raw
+        for part in path[:-1]:
+            node = node.get(part, {})
+        return node
+
     for path in HASH_EXCLUDE:
-        node = raw
-        for part in path[:-1]:
-            node = node.get(part, {})
-        node.pop(path[-1], None)
+        parent(path).pop(path[-1], None)
     for path, (new_default, former) in HASH_AS_FORMER_DEFAULT.items():
-        node = raw
-        for part in path[:-1]:
-            node = node.get(part, {})
+        node = parent(path)
         if path[-1] in node and node[path[-1]] == new_default:
             node[path[-1]] = former
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:8]

@@ -38,7 +38,8 @@ ratios against a raw path of the same root and repeat. ``--json`` prints one JSO
 ``recorder_over_raw`` = the recorder with its default writer (the thread) over raw parallel on the
 local-dir root; ``recorder_over_raw_from_states`` the same over raw parallel from the states;
 ``recorder_process_over_raw`` with the writer process; ``over_raw`` and ``over_raw_from_states`` every
-path on every root).
+path on every root; ``recorder_ratio_range`` the lowest and highest single-repeat ratio of the recorder over
+raw parallel, per root).
 
     python bench/record_ceiling.py [--quick] [--mb 512] [--repeats 3] [--write-threads N] [--roots local,tmpfs,memory]
                                    [--json] [--write BENCHMARKS.md]
@@ -314,6 +315,9 @@ def main() -> None:
                      for kind, by in ratios[raw].items()},
         "over_raw_from_states": {kind: {n: None if math.isnan(r) else round(r, 3) for n, r in by.items()}
                                  for kind, by in ratios[raw_states].items()},
+        "recorder_ratio_range": {kind: [round(min(b / x for b, x in zip(seconds[(kind, raw)], seconds[(kind, default)])), 3),
+                                        round(max(b / x for b, x in zip(seconds[(kind, raw)], seconds[(kind, default)])), 3)]
+                                 for kind in kinds},
         "recorder_over_raw": local(raw, default),
         "recorder_over_raw_from_states": local(raw_states, default),
         "recorder_copying_over_raw": local(raw, "recorder, copying"),
@@ -336,7 +340,8 @@ def main() -> None:
         print(f"\n{states} states of {STATE_BYTES / 1e3:.0f} kB, chunks of {T} states, median of {args.repeats}, "
               f"store write threads {result['write_threads']}; recorder (default writer: thread) on the local dir: "
               f"{result['recorder_over_raw']} × raw parallel, {result['recorder_over_raw_from_states']} × raw "
-              f"parallel from the states")
+              f"parallel from the states; single repeats of the recorder over raw parallel ranged "
+              f"{result['recorder_ratio_range']}")
     if args.write:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from record_overhead import replace_section

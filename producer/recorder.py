@@ -13,10 +13,15 @@ are written, so several chunks are in flight. The writer thread commits what is 
 ``commit_seconds`` (:meth:`RunWriter.commit_if_due`), and everything at :meth:`Recorder.close`.
 
 By reference (``by_reference=True``, CPU only, used by the two-layer producer, whose step makes new
-tensors and never changes a recorded one in place): :meth:`Recorder.record` checks each value and keeps
-it instead of copying it (the writer thread takes its numpy view), and the store writes the chunk files from those rows (``writev``, the
-checksum chained over the rows): nothing is copied in the training loop, and no chunk buffers exist. The
-states of at most ``buffers`` chunks are kept alive, the same bound as the buffers.
+tensors and never changes a recorded one in place): :meth:`Recorder.record` checks each value (one quick
+test per value when it is a CPU tensor of the variable's own shape and dtype, the usual case) and keeps it
+instead of copying it. A full chunk goes to :meth:`RunWriter.write_block` from the training thread itself
+(numpy views of the large variables' rows, the small ones stacked), and the
+store writes the chunk files from those rows (``writev``, the checksum chained over the rows): nothing is
+copied in the training loop, no chunk buffers exist, and the writer thread only commits. The states of at
+most ``buffers`` chunks are kept alive, the same bound as the buffers. (Handing the chunk to the writer
+thread instead cost more than it saved: the hop is Python under the interpreter lock that the store's
+write threads need between their system calls; BENCHMARKS.md, "Recording ceiling".)
 
 With a writer *process* (``process=``, CPU runs on a local root; :mod:`trajscope.store.writer_process`)
 the chunk buffers live in shared memory, a full buffer is handed off with one small message, and the
@@ -50,7 +55,7 @@ _WAKE = -1
 
 #: by reference, a variable whose chunk holds fewer values than this is stacked per block (one small
 #: copy); a larger one is written from the recorded tensors' memory. 32768 is torch's grain size: below it
-#: ``torch.stack`` copies serially, on the writer thread, without waking the intra-op threads
+#: ``torch.stack`` copies serially, without waking the intra-op threads
 STACK_BELOW_VALUES = 32768
 
 
@@ -63,6 +68,7 @@ class _Slot:
     count: int = 0
     rows: list[dict[str, torch.Tensor]] | None = None  # per position: a view of each variable's row
     refs: list[dict[str, torch.Tensor | np.ndarray] | None] | None = None  # by reference: each position's values
+    exact: bool = True  # by reference: every value kept is a CPU tensor of its variable's shape and dtype
 
 
 class HostStaging:
@@ -137,7 +143,8 @@ class Recorder:
         Keep each recorded CPU tensor instead of copying it (no chunk buffers). Only for a
         caller that never changes a recorded tensor in place afterwards (an optimizer's in-place
         ``step()`` does: :class:`~trajscope.producer.module_recorder.ModuleRecorder` copies). CPU
-        tensors of numpy dtypes, writer thread only.
+        tensors of numpy dtypes, writer thread only. A full chunk is handed to the store by the
+        :meth:`record` call that completes it; a failed write raises there (or at the next call).
     """
 
     def __init__(
@@ -173,6 +180,7 @@ class Recorder:
             self._shapes = {n: tuple(s) for n, s in shapes.items()}
             self._torch_dtypes = dict(dtypes)
             self._numpy_dtypes = {n: torch.empty(0, dtype=dtypes[n]).numpy().dtype for n in shapes}
+            self._expected = {n: (torch.Size(s), dtypes[n]) for n, s in self._shapes.items()}
             self._stacked = {n for n, s in self._shapes.items() if self.chunk * math.prod(s) < STACK_BELOW_VALUES}
         if process is not None:
             if (self.device.type != "cpu" or any(dtypes[n] not in _NUMPY_DTYPES for n in shapes)
@@ -201,6 +209,7 @@ class Recorder:
             if by_reference:
                 for i in range(start_index - slot.start):
                     slot.refs[i] = {n: np.asarray(preload[n])[i] for n in self._shapes}
+                slot.exact = False
                 preload = {}
             for name, rows in preload.items():
                 if name in self.columns:
@@ -227,7 +236,7 @@ class Recorder:
         if self._error is not None:
             if self._process is not None:
                 raise RuntimeError(str(self._error)) from self._error
-            raise RuntimeError(f"the writer thread failed: {self._error}") from self._error
+            raise RuntimeError(f"writing the recorded states failed: {self._error}") from self._error
 
     def _process_committed(self, committed: int) -> None:
         self.committed = max(self.committed, int(committed))
@@ -246,6 +255,7 @@ class Recorder:
                 continue
         slot = self._slots[slot_index]
         slot.start = (self.index // self.chunk) * self.chunk
+        slot.exact = True
         self._current = slot_index
         return slot_index
 
@@ -256,7 +266,7 @@ class Recorder:
         slot = self._slots[self._current]
         position = self.index - slot.start
         if self._by_reference:
-            slot.refs[position] = self._references(values)
+            slot.refs[position] = self._keep(slot, values)
             self.index += 1
             if position + 1 == self.chunk:
                 self._hand_off(self.chunk)
@@ -279,9 +289,25 @@ class Recorder:
         if position + 1 == self.chunk:
             self._hand_off(self.chunk)
 
+    def _keep(self, slot: _Slot, values: dict) -> dict:
+        """By reference: the state to keep. A state of CPU tensors of the variables' own shapes and dtypes (what a
+        training loop hands over) passes one quick check per value: in the ceiling bench (no training) each
+        microsecond per state held the interpreter lock the write threads need. Anything else takes
+        :meth:`_references` (conversions, or a clear error)."""
+        expected = self._expected
+        if values.keys() == expected.keys():
+            for name, value in values.items():
+                shape, dtype = expected[name]
+                if type(value) is not torch.Tensor or value.dtype is not dtype or value.shape != shape or not value.is_cpu:
+                    break
+            else:
+                return values
+        slot.exact = False
+        return self._references(values)
+
     def _references(self, values: dict) -> dict:
         """By reference: the values themselves, checked here on the training thread (the names, and each
-        tensor's device and shape: no sync); the writer thread takes their numpy views, off the loop.
+        tensor's device and shape: no sync); their numpy views are taken once per block.
         A Python number, or a tensor of another dtype, is converted now (a small copy)."""
         if values.keys() != self._shapes.keys():
             missing, extra = sorted(self._shapes.keys() - values.keys()), sorted(values.keys() - self._shapes.keys())
@@ -306,7 +332,7 @@ class Recorder:
         return values
 
     def _row(self, name: str, value) -> np.ndarray:
-        """(writer thread) One checked value as a numpy array of the variable's per-state shape (a view of a
+        """One checked value as a numpy array of the variable's per-state shape (a view of a
         CPU tensor; a one-element value of a scalar variable is reshaped)."""
         if isinstance(value, torch.Tensor):
             value = value.detach().numpy() if value.requires_grad else value.numpy()  # detach makes a new tensor
@@ -314,21 +340,25 @@ class Recorder:
         return value if value.shape == shape else value.reshape(shape)
 
     def _block_values(self, slot: _Slot) -> dict[str, np.ndarray | StateRows]:
-        """(writer thread) By reference: each variable's rows of the slot's block, as the store takes them.
+        """By reference (at the hand-off): each variable's rows of the slot's block, as the store takes them.
 
         A large variable (a chunk of :data:`STACK_BELOW_VALUES` values or more) is :class:`StateRows`: the
         rows' own memory, written without a copy. A small one (``v``, ``loss``, ``output``...) is stacked
         into one array with a single ``torch.stack``: the copy is under 32768 values, and it spares a
-        numpy view per row (Python calls, under the GIL the training thread needs).
+        numpy view per row (Python calls, under the interpreter lock the write threads need).
         """
         values: dict[str, np.ndarray | StateRows] = {}
+        states = slot.refs[: slot.count]
         for name, shape in self._shapes.items():
-            refs = [slot.refs[i][name] for i in range(slot.count)]
-            if name in self._stacked and all(isinstance(r, torch.Tensor) and r.shape == shape for r in refs):
-                with torch.no_grad():
-                    values[name] = torch.stack(refs).numpy()
-            elif name in self._stacked:  # numbers, or one-element tensors of a scalar variable
-                values[name] = np.stack([self._row(name, r) for r in refs])
+            refs = [state[name] for state in states]
+            if name in self._stacked:
+                if slot.exact or all(isinstance(r, torch.Tensor) and r.shape == shape for r in refs):
+                    with torch.no_grad():
+                        values[name] = torch.stack(refs).numpy()
+                else:  # numbers, or one-element tensors of a scalar variable
+                    values[name] = np.stack([self._row(name, r) for r in refs])
+            elif slot.exact:  # CPU tensors of the variable's shape and dtype (checked by _keep)
+                values[name] = StateRows([r.detach().numpy() if r.requires_grad else r.numpy() for r in refs])
             else:
                 values[name] = StateRows([self._row(name, r) for r in refs])
         return values
@@ -358,9 +388,18 @@ class Recorder:
             self._process.submit(self._current, slot.start, count)
             self._current = None
             return
+        index, self._current = self._current, None
+        if self._by_reference:  # nothing to wait for: the block goes to the store's write pool from here
+            self._raise_if_failed()
+            try:
+                self._submit(index)
+            except BaseException as exc:
+                if self._error is None:
+                    self._error = exc
+                self._raise_if_failed()
+            return  # the writer thread commits when due (a written block wakes it)
         self.staging.start_copy(slot)
-        self._filled.put(self._current)
-        self._current = None
+        self._filled.put(index)
 
     def close(self) -> int:
         """Flush the partial chunk, wait for the writer thread, return ``committed_steps``."""

@@ -82,6 +82,7 @@ class RunWriter:
         self.chunk_steps: int = int(attrs["chunk_steps"])
         self.capacity: int = int(attrs["capacity"])
         self._attrs_guard = threading.Lock()
+        self._hot_guard = threading.Lock()  # the hot path is made once, whichever thread asks first
         self._last_write = time.monotonic()
 
     # -- creation -----------------------------------------------------------------------------------
@@ -266,14 +267,18 @@ class RunWriter:
             raise RuntimeError("set_write_options: durability and threads must be set before the first write")
 
     def _hot(self) -> HotPath:
-        if self._hotpath is None:
-            if self.root.is_local:
-                sink = LocalSink(self.root.run_url(self.run_id), self.durability)
-            else:
-                sink = FsspecSink(self.root.fs, self.root._fs_path(self.run_id))
-            threads = self.write_threads or default_write_threads(self.root.is_local)
-            self._hotpath = HotPath(sink, self.arrays, self.chunk_steps, self.committed_steps, threads)
-        return self._hotpath
+        hot = self._hotpath
+        if hot is not None:
+            return hot
+        with self._hot_guard:  # a recorder submits from one thread and commits from another
+            if self._hotpath is None:
+                if self.root.is_local:
+                    sink = LocalSink(self.root.run_url(self.run_id), self.durability)
+                else:
+                    sink = FsspecSink(self.root.fs, self.root._fs_path(self.run_id))
+                threads = self.write_threads or default_write_threads(self.root.is_local)
+                self._hotpath = HotPath(sink, self.arrays, self.chunk_steps, self.committed_steps, threads)
+            return self._hotpath
 
     @property
     def written_steps(self) -> int:

@@ -287,3 +287,55 @@ def test_by_reference_refuses_what_it_cannot_keep(tmp_path):
     assert recorder.close() == 1
     np.testing.assert_array_equal(open_run("bad", root=StoreRoot(tmp_path)).W.values, np.ones((1, 4, 3)))
     writer.finish("complete")
+
+
+def test_by_reference_takes_a_training_loops_tensors_as_they_are_and_hands_blocks_over_from_its_thread(tmp_path):
+    """States of exact tensors (the quick check in ``record``), some ``W`` requiring grad: written from their
+    memory, detached, in order; each full block reaches ``write_block`` from the training thread itself."""
+    h, dim, n, states = 200, 40, 5, 17
+    writer, shapes, dtypes = _small_run(tmp_path, "exact", states, h, dim, n)
+    threads, original = [], writer.write_block
+    writer.write_block = lambda start, block: (threads.append(threading.current_thread()), original(start, block))[1]
+    steps = np.arange(states)
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=True,
+                        columns={"step": steps, "t": steps * 0.5})
+    rng = torch.Generator().manual_seed(2)
+    states_in = [{"W": torch.randn(h, dim, generator=rng).requires_grad_(k % 4 == 1), "v": torch.randn(h, generator=rng),
+                  "loss": torch.tensor(k / 9, dtype=torch.float64), "output": torch.randn(n, generator=rng)}
+                 for k in range(states)]
+    for k, state in enumerate(states_in):
+        recorder.record(**state)
+        if k == 4:  # the first block (5 states) was handed over by this call, on this thread
+            assert threads == [threading.current_thread()]
+    assert recorder.close() == states
+    writer.finish("complete")
+    ds = open_run("exact", root=StoreRoot(tmp_path))
+    for name in ("W", "v", "loss", "output"):
+        np.testing.assert_array_equal(ds[name].values, np.stack([s[name].detach().numpy() for s in states_in]),
+                                      err_msg=name)
+
+
+def test_by_reference_reports_a_failed_block_to_the_training_loop(tmp_path):
+    writer, shapes, dtypes = _small_run(tmp_path, "fails", 20)
+    original, calls = writer.write_block, []
+
+    def failing(start, block):
+        calls.append(start)
+        if start >= 5:
+            raise OSError("disk full")
+        return original(start, block)
+
+    writer.write_block = failing
+    steps = np.arange(20)
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=True,
+                        columns={"step": steps, "t": steps * 0.5})
+    state = {"W": torch.zeros(4, 3), "v": torch.zeros(4), "loss": 0.5, "output": torch.zeros(5)}
+    for _ in range(9):
+        recorder.record(**state)
+    with pytest.raises(RuntimeError, match="writing the recorded states failed: disk full"):
+        recorder.record(**state)  # the 10th state completes the second block, whose write fails
+    with pytest.raises(RuntimeError, match="disk full"):
+        recorder.record(**state)  # and the recorder stays failed
+    with pytest.raises(RuntimeError, match="disk full"):
+        recorder.close()
+    assert calls == [0, 5] and writer.committed_steps <= 5

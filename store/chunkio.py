@@ -25,7 +25,8 @@ Sinks put the bytes of one key: :class:`LocalSink` writes a temporary file in th
 renames it over the key (a reader sees the old or the new chunk, never a torn one); with durability
 ``fsync`` it fsyncs the temporary file before the rename and the directory (and any directory it had to
 create, up to the run's root) after it. :class:`FsspecSink` does one ``pipe_file`` (a single PUT on
-object stores, which is atomic and durable once acknowledged; ``fsync`` does not apply).
+object stores, which is atomic and durable once acknowledged; ``fsync`` does not apply), of one ``bytes``
+object made by :func:`joined`, which copies the parts without holding the GIL.
 """
 
 from __future__ import annotations
@@ -224,13 +225,54 @@ class FsspecSink:
 
     def put(self, key: str, parts: Sequence) -> None:
         """Write ``key`` in one request."""
-        self.fs.pipe_file(f"{self.base}/{key}", b"".join(memoryview(p).cast("B") for p in parts))
+        self.fs.pipe_file(f"{self.base}/{key}", joined(parts))
 
     def durable_tree(self) -> None:
         """Nothing to do: an object store acknowledges a PUT once it is stored."""
 
     def durable_document(self, key: str) -> None:
         """Nothing to do: an object store acknowledges a PUT once it is stored."""
+
+
+#: :func:`joined` makes a smaller object with ``b"".join`` (a short copy: releasing the GIL would cost more)
+JOIN_HOLDING_GIL_BELOW = 1 << 16
+
+_new_bytes = None  # CPython's PyBytes_FromStringAndSize through ctypes, once looked up (False: not available)
+
+
+def joined(parts: Sequence) -> bytes:
+    """The concatenation of ``parts`` (C-contiguous buffers) as one new ``bytes`` object.
+
+    An fsspec filesystem takes a chunk as one ``bytes`` (``memory://`` keeps it as it is, without another
+    copy). ``b"".join`` makes it while holding the GIL, page faults of the fresh memory included, so the
+    write threads took turns and the training thread waited behind them. Here, on CPython, the ``bytes``
+    object is allocated uninitialised (``PyBytes_FromStringAndSize(NULL, n)``, as C code builds one) and
+    filled with ``ctypes.memmove``, which releases the GIL; nothing else can see the object before it is
+    full. Elsewhere it is ``b"".join``. BENCHMARKS.md, "Recording ceiling", has the rates on ``memory://``.
+    """
+    global _new_bytes
+    views = [memoryview(p).cast("B") for p in parts]
+    if _new_bytes is None:
+        try:
+            import ctypes
+
+            function = ctypes.pythonapi.PyBytes_FromStringAndSize
+            function.restype, function.argtypes = ctypes.py_object, (ctypes.c_void_p, ctypes.c_ssize_t)
+            _new_bytes = (function, ctypes)
+        except (ImportError, AttributeError):  # not CPython
+            _new_bytes = False
+    total = sum(len(view) for view in views)
+    if not _new_bytes or total < JOIN_HOLDING_GIL_BELOW:
+        return b"".join(views)
+    new, ctypes = _new_bytes
+    out = new(None, total)
+    address = ctypes.cast(ctypes.c_char_p(out), ctypes.c_void_p).value
+    for view in views:
+        if len(view):
+            source = np.frombuffer(view, np.uint8).__array_interface__["data"][0]
+            ctypes.memmove(address, source, len(view))
+            address += len(view)
+    return out
 
 
 def fsync_dir(directory: str) -> None:

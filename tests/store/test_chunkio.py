@@ -12,7 +12,7 @@ import zarr
 
 from trajscope.producer.two_layer import variables as two_layer_variables
 from trajscope.store import RunWriter, StoreRoot, open_run
-from trajscope.store.chunkio import ChunkEncoder, LocalSink, StateRows, checksum
+from trajscope.store.chunkio import JOIN_HOLDING_GIL_BELOW, ChunkEncoder, LocalSink, StateRows, checksum, joined
 from trajscope.store.layout import SMALL_CHUNK_BYTES, chunk_plan, codecs_for, fill_value_for
 
 DTYPES = ("float32", "float64", "int64", "int8")
@@ -352,6 +352,45 @@ def test_memory_root_writes_through_fsspec():
     np.testing.assert_array_equal(ds.W.values, np.concatenate([b["W"] for b in data]))
     np.testing.assert_allclose(ds.t.values, np.arange(2 * T + 3) * 0.1)
     root.delete("m")
+
+
+def test_joined_is_the_concatenation_as_a_new_bytes_object():
+    """What an fsspec root is given per chunk: equal to ``b"".join`` for any mix of buffers, above and below
+    the size copied without the GIL, and a copy (later changes to a part do not reach it)."""
+    rng = np.random.default_rng(3)
+    big = rng.normal(size=(40, 500)).astype(np.float32)  # 80 kB: copied with the GIL released
+    assert big.nbytes > JOIN_HOLDING_GIL_BELOW
+    rows = [np.array(big[i]) for i in range(40)]  # one buffer per state, as StateRows gives them
+    for parts in ([big, b"\x01\x02\x03\x04"], rows + [b"", memoryview(b"tail")], [b"abc", np.arange(3)], [], [b""]):
+        expected = b"".join(memoryview(p).cast("B") for p in parts)
+        got = joined(parts)
+        assert type(got) is bytes and got == expected and hash(got) == hash(expected)
+    first = joined([big, b"crc!"])
+    before = big[0, :1].tobytes()
+    big[0, 0] += 1.0  # the source changes after the put: the stored object does not
+    assert first[:4] == before != big[0, :1].tobytes()
+    second = joined([big, b"crc!"])
+    assert second is not first and second[:4] == big[0, :1].tobytes() and second[4:] == first[4:]
+
+
+def test_memory_root_stores_chunks_above_the_gil_free_size_exactly(tmp_path):
+    """Chunks larger than ``JOIN_HOLDING_GIL_BELOW`` through ``memory://``, given as rows and as blocks."""
+    root = StoreRoot("memory://hotpath-large")
+    h, dim = 40, 100  # 16 kB a state, chunks of 8 states: 128 kB files
+    writer = _writer(root, run_id="big", capacity=20, h=h, dim=dim, chunk_bytes=h * dim * 4 * 8)
+    T = writer.chunk_steps
+    assert T * h * dim * 4 > JOIN_HOLDING_GIL_BELOW
+    data = [_block(k * T, T, h=h, dim=dim) for k in range(2)] + [_block(2 * T, 20 - 2 * T, h=h, dim=dim)]
+    for k, block in enumerate(data):
+        if k == 1:  # one array per state, as the recorder hands them over
+            block = {**block, "W": StateRows([np.array(row) for row in block["W"]])}
+        writer.write_block(k * T, block)
+    writer.commit(20)
+    writer.finish("complete")
+    ds = open_run("big", root)
+    np.testing.assert_array_equal(ds.W.values, np.concatenate([np.asarray(b["W"]) for b in data]))
+    np.testing.assert_array_equal(ds.output.values, np.concatenate([b["output"] for b in data]))
+    root.delete("big")
 
 
 def test_write_threads_default_to_the_cores_on_a_local_root_and_to_four_elsewhere(tmp_path, monkeypatch):

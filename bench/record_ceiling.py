@@ -16,13 +16,15 @@ reference trajectory's states (h=100, D=784, n=1000: ``W``, ``v``, ``loss``, ``o
 - **plain zarr**: a zarr-python v3 array per variable with the store's codecs, one chunk per call;
 - **store write path**: :meth:`RunWriter.write_block` per block, commits as the recorder makes them;
 - **recorder**: :class:`trajscope.producer.recorder.Recorder` fed one state per call (CPU tensors,
-  no training), closed at the end (everything committed), writing from a thread of this process, the
-  way the two-layer producer records on the CPU: by reference (the states are kept, not copied, and the
-  chunk files are written from them). The states fed are ``2 T`` distinct tensors made before the clock
+  no training), closed at the end (everything committed), with the store's write threads in this
+  process, the way the two-layer producer records on the CPU: by reference (the states are kept, not
+  copied, the ``record()`` call completing a chunk hands it to the write pool, and the chunk files are
+  written from the states' memory). The states fed are ``2 T`` distinct tensors made before the clock
   starts, fed in turn (a training loop hands a new tensor every step; one constant tensor would stay in
   the cache);
-- **recorder, copying**: the same, each state copied into the chunk buffers (what ``ModuleRecorder``
-  does, whose optimizer changes parameters in place, and the GPU path before its device-to-host copy);
+- **recorder, copying**: the same, each state copied into the chunk buffers, which a writer thread hands
+  to the write pool (what ``ModuleRecorder`` does, whose optimizer changes parameters in place, and the
+  GPU path before its device-to-host copy);
 - **recorder, writer process**: copying into shared-memory buffers, with ``record.writer: process``
   (local roots only): a second process writes and commits. The process is started before the
   clock starts (``produce`` starts it before building the dataset, so its start-up overlaps that).

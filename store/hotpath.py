@@ -54,7 +54,8 @@ def default_write_threads(local: bool) -> int:
     turns with the training loop and with each other (BENCHMARKS.md, "Recording ceiling": on 2 cores
     and tmpfs the recorder moved 0.71–0.86 of the raw rate with 2 threads over three runs, 0.69 with 4).
     On an fsspec root (an object store, ``memory://``) :data:`REMOTE_WRITE_THREADS`: a request there
-    waits on the network, not on a core (on ``memory://`` this machine did not settle 2 against 4).
+    waits on the network, not on a core (on ``memory://``, whose copies release the GIL, 4 beat 2 and 3 in a
+    scratch run on 2 cores; BENCHMARKS.md).
     ``bench/record_ceiling.py --write-threads N`` measures other choices.
     """
     if not local:

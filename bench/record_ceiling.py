@@ -7,7 +7,8 @@ reference trajectory's states (h=100, D=784, n=1000: ``W``, ``v``, ``loss``, ``o
 - **raw parallel**: the chunk files of ``T`` states per variable (``T`` = the store's chunk length,
   8 MiB of ``W``), each with its crc32c appended, written by ``--threads`` threads (open/write/close,
   no rename; for ``memory://`` one ``pipe_file`` of the bytes made by the store's ``joined``, which copies
-  without holding the GIL as the store does: ``b"".join`` held it, and the store beat that baseline 1.9×)
+  without holding the GIL as the store does: ``b"".join`` holds it, and a baseline that copies more slowly
+  than the store is no ceiling)
   — what the hardware and the OS give;
 - **raw parallel, from the states**: the same chunk files, their bytes gathered with one ``writev`` from the
   per-state arrays the recorders are fed (each state its own allocation, as a training loop hands them

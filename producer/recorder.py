@@ -17,8 +17,9 @@ tensors and never changes a recorded one in place): :meth:`Recorder.record` chec
 test per value when it is a CPU tensor of the variable's own shape and dtype, the usual case) and keeps it
 instead of copying it. A full chunk goes to :meth:`RunWriter.write_block` from the training thread itself
 (numpy views of the large variables' rows, the small ones stacked), and the
-store writes the chunk files from those rows (``writev``, the checksum chained over the rows): nothing is
-copied in the training loop, no chunk buffers exist, and the writer thread only commits. The states of at
+store writes the chunk files from those rows (``writev``, the checksum chained over the rows): ``W`` is
+never copied, only the small variables are (the stack, and the store's rows of their longer chunks), no
+chunk buffers exist, and the writer thread only commits. The states of at
 most ``buffers`` chunks are kept alive, the same bound as the buffers. (Handing the chunk to the writer
 thread instead cost more than it saved: the hop is Python under the interpreter lock that the store's
 write threads need between their system calls; BENCHMARKS.md, "Recording ceiling".)
@@ -143,8 +144,9 @@ class Recorder:
         Keep each recorded CPU tensor instead of copying it (no chunk buffers). Only for a
         caller that never changes a recorded tensor in place afterwards (an optimizer's in-place
         ``step()`` does: :class:`~trajscope.producer.module_recorder.ModuleRecorder` copies). CPU
-        tensors of numpy dtypes, writer thread only. A full chunk is handed to the store by the
-        :meth:`record` call that completes it; a failed write raises there (or at the next call).
+        tensors of numpy dtypes, not with a writer process. A full chunk is handed to the store by the
+        :meth:`record` call that completes it; a write that fails there raises there, one that fails
+        later (on a write thread) at the next chunk's hand-off or at :meth:`close`.
     """
 
     def __init__(
@@ -164,7 +166,7 @@ class Recorder:
     ):
         if by_reference and (device.type != "cpu" or process is not None
                              or any(dtypes[n] not in _NUMPY_DTYPES for n in shapes)):
-            raise ValueError("recording by reference takes CPU tensors of numpy dtypes, written by the writer thread")
+            raise ValueError("recording by reference takes CPU tensors of numpy dtypes, without a writer process")
         self.writer = writer
         self.chunk = writer.chunk_steps
         self.device = device
@@ -390,10 +392,12 @@ class Recorder:
             return
         index, self._current = self._current, None
         if self._by_reference:  # nothing to wait for: the block goes to the store's write pool from here
-            self._raise_if_failed()
+            if self._error is not None:
+                self._release(index)
+                self._raise_if_failed()
             try:
-                self._submit(index)
-            except BaseException as exc:
+                self._submit(index)  # releases the slot itself if it raises
+            except Exception as exc:  # noqa: BLE001 - a Ctrl-C (KeyboardInterrupt) is not a failed write
                 if self._error is None:
                     self._error = exc
                 self._raise_if_failed()
@@ -402,15 +406,25 @@ class Recorder:
         self._filled.put(index)
 
     def close(self) -> int:
-        """Flush the partial chunk, wait for the writer thread, return ``committed_steps``."""
-        if self._current is not None:
-            slot = self._slots[self._current]
-            count = self.index - slot.start
-            if count > 0:
-                self._hand_off(count)
-            else:
-                self._free.put(self._current)
-                self._current = None
+        """Flush the partial chunk, wait for the writer thread, return ``committed_steps``.
+
+        The writer thread is stopped (after committing what was handed over) even when handing over the
+        partial chunk raises.
+        """
+        try:
+            if self._current is not None:
+                slot = self._slots[self._current]
+                count = self.index - slot.start
+                if count > 0:
+                    self._hand_off(count)
+                else:
+                    self._free.put(self._current)
+                    self._current = None
+        except BaseException:
+            if self._process is None:
+                self._filled.put(None)
+                self._thread.join()
+            raise
         if self._process is not None:
             said = self._process.close()
             self.committed = self.writer.reload_committed()  # what the writer process left committed
@@ -425,7 +439,8 @@ class Recorder:
         self._raise_if_failed()
         return self.committed
 
-    # -- writer-thread side -------------------------------------------------------------------------
+    # -- writer-thread side (and the hand-off: _submit runs on the training thread by reference; the
+    # -- done-callbacks _block_written and _release on the store's write threads) ---------------------
     def _write_loop(self) -> None:
         while True:
             timeout = HEARTBEAT_SECONDS / 2

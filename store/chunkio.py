@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 from typing import Sequence
 
@@ -253,14 +254,13 @@ def joined(parts: Sequence) -> bytes:
     global _new_bytes
     views = [memoryview(p).cast("B") for p in parts]
     if _new_bytes is None:
-        try:
+        _new_bytes = False
+        if sys.implementation.name == "cpython":  # elsewhere a c_char_p of a bytes object may be a copy
             import ctypes
 
-            function = ctypes.pythonapi.PyBytes_FromStringAndSize
-            function.restype, function.argtypes = ctypes.py_object, (ctypes.c_void_p, ctypes.c_ssize_t)
-            _new_bytes = (function, ctypes)
-        except (ImportError, AttributeError):  # not CPython
-            _new_bytes = False
+            # a private prototype: the shared ctypes.pythonapi function object is left as it is
+            prototype = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_ssize_t)
+            _new_bytes = (prototype(("PyBytes_FromStringAndSize", ctypes.pythonapi)), ctypes)
     total = sum(len(view) for view in views)
     if not _new_bytes or total < JOIN_HOLDING_GIL_BELOW:
         return b"".join(views)

@@ -174,6 +174,10 @@ def _chunk_grid(encoder: ChunkEncoder, shape: tuple[int, ...]) -> list[tuple[int
 class HotPath:
     """Concurrent chunk writes of one run (see the module docstring).
 
+    Threads: blocks are submitted by one thread at a time (a recorder's training thread, or its writer
+    thread), commits and :meth:`flush` may come from another (the recorder's writer thread); the write pool's
+    threads finish blocks and run their callbacks.
+
     Parameters
     ----------
     sink
@@ -248,8 +252,16 @@ class HotPath:
             self._outstanding.add(block)
         if not jobs:
             self._complete(block)
-        for encoder, key, piece, version in jobs:
-            self._pool.submit(self._write_piece, block, encoder, key, piece, version)
+        try:
+            for encoder, key, piece, version in jobs:
+                self._pool.submit(self._write_piece, block, encoder, key, piece, version)
+        except BaseException:
+            # e.g. Ctrl-C on the training thread (the recorder submits from there): some jobs may never run,
+            # so the block may never finish. It never advances the frontier then (nothing is committed over
+            # it), and draining must not wait for it; the jobs that were queued still run before close.
+            with self._outstanding_lock:
+                self._outstanding.discard(block)
+            raise
         return block
 
     @staticmethod

@@ -68,8 +68,9 @@ def library_versions() -> dict[str, str]:
 class RunWriter:
     """The single writer of one run. Create with :meth:`create` or reopen with :meth:`reopen`.
 
-    All methods are called from one thread (the recorder's writer thread) except :meth:`finish`,
-    which the owner calls after that thread has stopped.
+    A recorder calls :meth:`write_block` from one thread (its training thread when it records by reference,
+    else its writer thread) and :meth:`commit`, :meth:`commit_if_due` and :attr:`written_steps` from its
+    writer thread; the owner calls :meth:`finish` after both have stopped.
     """
 
     def __init__(self, root: StoreRoot, run_id: str, lock: WriterLock, attrs: dict[str, Any]):
@@ -349,9 +350,10 @@ class RunWriter:
 
     def close_writes(self) -> None:
         """Wait for every chunk write in flight and stop the write threads (``finish`` calls it)."""
-        if self._hotpath is not None:
-            self._hotpath.close()
-            self._hotpath = None
+        with self._hot_guard:
+            if self._hotpath is not None:
+                self._hotpath.close()
+                self._hotpath = None
 
     def reload_committed(self) -> int:
         """Take ``committed_steps`` from storage (after a writer process committed on this writer's

@@ -299,6 +299,9 @@ def test_by_reference_takes_a_training_loops_tensors_as_they_are_and_hands_block
     steps = np.arange(states)
     recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=True,
                         columns={"step": steps, "t": steps * 0.5})
+    full_checks = []
+    full_check = recorder._references
+    recorder._references = lambda values: (full_checks.append(1), full_check(values))[1]
     rng = torch.Generator().manual_seed(2)
     states_in = [{"W": torch.randn(h, dim, generator=rng).requires_grad_(k % 4 == 1), "v": torch.randn(h, generator=rng),
                   "loss": torch.tensor(k / 9, dtype=torch.float64), "output": torch.randn(n, generator=rng)}
@@ -308,6 +311,9 @@ def test_by_reference_takes_a_training_loops_tensors_as_they_are_and_hands_block
         if k == 4:  # the first block (5 states) was handed over by this call, on this thread
             assert threads == [threading.current_thread()]
     assert recorder.close() == states
+    assert not full_checks  # every state took the quick check
+    recorder._references = full_check
+    recorder.record(**{**states_in[0], "loss": 0.5})  # a Python number: the full check converts it
     writer.finish("complete")
     ds = open_run("exact", root=StoreRoot(tmp_path))
     for name in ("W", "v", "loss", "output"):
@@ -338,4 +344,63 @@ def test_by_reference_reports_a_failed_block_to_the_training_loop(tmp_path):
         recorder.record(**state)  # and the recorder stays failed
     with pytest.raises(RuntimeError, match="disk full"):
         recorder.close()
-    assert calls == [0, 5] and writer.committed_steps <= 5
+    # after a failure nothing more is committed (a time-based commit may have covered the first block before
+    # it), the failed block never; the writer thread has stopped
+    assert calls == [0, 5] and writer.committed_steps in (0, 5) and not recorder._thread.is_alive()
+    writer.close_writes()  # the first block's write may still be finishing
+    assert all(slot.refs == [None] * 5 for slot in recorder._slots)  # every state let go
+    writer.finish("failed", "disk full")
+
+
+def test_by_reference_reports_a_chunk_write_that_fails_on_a_write_thread_and_close_stops_the_writer(tmp_path):
+    """A chunk file whose write fails on the store's write pool (after ``write_block`` returned): raised at
+    the next hand-off or at close, and close stops the writer thread even with a partial chunk left."""
+    writer, shapes, dtypes = _small_run(tmp_path, "pool", 20)
+    hot = writer._hot()
+    put = hot.sink.put
+
+    def failing_put(key, parts):
+        if key.startswith("W/c/1/"):  # the second chunk of W
+            raise OSError("no space left")
+        put(key, parts)
+
+    hot.sink.put = failing_put
+    steps = np.arange(20)
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=True,
+                        columns={"step": steps, "t": steps * 0.5})
+    state = {"W": torch.ones(4, 3), "v": torch.zeros(4), "loss": 0.5, "output": torch.zeros(5)}
+    with pytest.raises(RuntimeError, match="no space left"):
+        for _ in range(20):  # the failure shows at a later hand-off, never silently
+            recorder.record(**state)
+            time.sleep(0.01)
+    assert recorder.index < 20
+    with pytest.raises(RuntimeError, match="no space left"):
+        recorder.close()
+    assert not recorder._thread.is_alive() and writer.committed_steps <= 5
+    writer.finish("failed", "no space left")
+    assert open_run("pool", root=StoreRoot(tmp_path)).sizes["step"] == writer.committed_steps
+
+
+def test_by_reference_ctrl_c_during_a_hand_off_is_an_interrupt_not_a_failed_write(tmp_path):
+    """A KeyboardInterrupt while the training thread hands a chunk over propagates as itself; the recorder is
+    not failed, and close commits every chunk handed over before it."""
+    writer, shapes, dtypes = _small_run(tmp_path, "ctrl-c", 20)
+    original = writer.write_block
+
+    def interrupted(start, block):
+        if start == 5:
+            raise KeyboardInterrupt
+        return original(start, block)
+
+    writer.write_block = interrupted
+    steps = np.arange(20)
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=True,
+                        columns={"step": steps, "t": steps * 0.5})
+    state = {"W": torch.ones(4, 3), "v": torch.zeros(4), "loss": 0.5, "output": torch.zeros(5)}
+    with pytest.raises(KeyboardInterrupt):
+        for _ in range(10):
+            recorder.record(**state)
+    assert recorder._error is None and recorder.index == 10
+    assert recorder.close() == 5 and writer.committed_steps == 5
+    writer.finish("interrupted")
+    np.testing.assert_array_equal(open_run("ctrl-c", root=StoreRoot(tmp_path)).W.values, np.ones((5, 4, 3)))

@@ -371,6 +371,11 @@ def test_joined_is_the_concatenation_as_a_new_bytes_object():
     assert first[:4] == before != big[0, :1].tobytes()
     second = joined([big, b"crc!"])
     assert second is not first and second[:4] == big[0, :1].tobytes() and second[4:] == first[4:]
+    import sys
+
+    import trajscope.store.chunkio as chunkio
+
+    assert bool(chunkio._new_bytes) == (sys.implementation.name == "cpython")  # the GIL-free copy ran here
 
 
 def test_memory_root_stores_chunks_above_the_gil_free_size_exactly(tmp_path):
@@ -391,6 +396,35 @@ def test_memory_root_stores_chunks_above_the_gil_free_size_exactly(tmp_path):
     np.testing.assert_array_equal(ds.W.values, np.concatenate([np.asarray(b["W"]) for b in data]))
     np.testing.assert_array_equal(ds.output.values, np.concatenate([b["output"] for b in data]))
     root.delete("big")
+
+
+def test_an_interrupt_while_a_block_is_launched_never_hangs_draining_nor_commits_the_block(tmp_path):
+    """Ctrl-C on the thread submitting a block (the recorder's training thread) while its jobs go to the pool:
+    the block may never finish, so it is never committed over and closing the writer does not wait for it."""
+    writer = _writer(StoreRoot(tmp_path), run_id="ctrl-c")
+    T = writer.chunk_steps
+    writer.write_block(0, _block(0, T)).wait()
+    hot = writer._hot()
+    submit, calls = hot._pool.submit, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return submit(*args, **kwargs)
+
+    hot._pool.submit = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        writer.write_block(T, _block(T, T))
+    hot._pool.submit = submit
+    writer.commit(T)  # what was written before is committed
+    assert writer.written_steps == T
+    closing = threading.Thread(target=writer.close_writes, daemon=True)
+    closing.start()
+    closing.join(20)
+    assert not closing.is_alive()  # draining did not wait for the interrupted block
+    writer.finish("interrupted")
+    assert open_run("ctrl-c", StoreRoot(tmp_path)).sizes["step"] == T
 
 
 def test_write_threads_default_to_the_cores_on_a_local_root_and_to_four_elsewhere(tmp_path, monkeypatch):

@@ -321,21 +321,27 @@ def test_by_reference_takes_a_training_loops_tensors_as_they_are_and_hands_block
                                       err_msg=name)
 
 
-def test_by_reference_reports_a_failed_block_to_the_training_loop(tmp_path):
-    writer, shapes, dtypes = _small_run(tmp_path, "fails", 20)
+def _raising_at_the_second_block(tmp_path, run_id, exc):
+    """A by-reference recorder of 20 states (chunks of 5) whose ``write_block`` raises ``exc`` for the block at 5;
+    the writer, the recorder, the starts ``write_block`` was called with, and a state to record."""
+    writer, shapes, dtypes = _small_run(tmp_path, run_id, 20)
     original, calls = writer.write_block, []
 
-    def failing(start, block):
+    def raising(start, block):
         calls.append(start)
-        if start >= 5:
-            raise OSError("disk full")
+        if start == 5:
+            raise exc
         return original(start, block)
 
-    writer.write_block = failing
+    writer.write_block = raising
     steps = np.arange(20)
     recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=True,
                         columns={"step": steps, "t": steps * 0.5})
-    state = {"W": torch.zeros(4, 3), "v": torch.zeros(4), "loss": 0.5, "output": torch.zeros(5)}
+    return writer, recorder, calls, {"W": torch.ones(4, 3), "v": torch.zeros(4), "loss": 0.5, "output": torch.zeros(5)}
+
+
+def test_by_reference_reports_a_failed_block_to_the_training_loop(tmp_path):
+    writer, recorder, calls, state = _raising_at_the_second_block(tmp_path, "fails", OSError("disk full"))
     for _ in range(9):
         recorder.record(**state)
     with pytest.raises(RuntimeError, match="writing the recorded states failed: disk full"):
@@ -384,19 +390,7 @@ def test_by_reference_reports_a_chunk_write_that_fails_on_a_write_thread_and_clo
 def test_by_reference_ctrl_c_during_a_hand_off_is_an_interrupt_not_a_failed_write(tmp_path):
     """A KeyboardInterrupt while the training thread hands a chunk over propagates as itself; the recorder is
     not failed, and close commits every chunk handed over before it."""
-    writer, shapes, dtypes = _small_run(tmp_path, "ctrl-c", 20)
-    original = writer.write_block
-
-    def interrupted(start, block):
-        if start == 5:
-            raise KeyboardInterrupt
-        return original(start, block)
-
-    writer.write_block = interrupted
-    steps = np.arange(20)
-    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=True,
-                        columns={"step": steps, "t": steps * 0.5})
-    state = {"W": torch.ones(4, 3), "v": torch.zeros(4), "loss": 0.5, "output": torch.zeros(5)}
+    writer, recorder, calls, state = _raising_at_the_second_block(tmp_path, "ctrl-c", KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         for _ in range(10):
             recorder.record(**state)

@@ -197,7 +197,7 @@ def resume(
     """
     store_root, run_id = resolve_run(run, root)
     writer = RunWriter.reopen(store_root, run_id)
-    process = None
+    process, stopped_loss = None, None
     try:
         cfg = load_config(writer.attrs["config"])
         device = resolve_device(cfg.train.device)
@@ -218,6 +218,8 @@ def resume(
             if int(last["step"][0]) != int(schedule[committed - 1]):
                 raise UserError(f"run {run_id!r}: stored steps do not match its recording schedule; cannot resume")
             state = State(W=torch.from_numpy(last["W"][0].copy()), v=torch.from_numpy(last["v"][0].copy()))
+            if cfg.train.stop_loss is not None and float(last["loss"][0]) <= cfg.train.stop_loss:
+                stopped_loss = float(last["loss"][0])  # the run had reached its stop point: nothing to train
     except BaseException:
         if process is not None:
             process.kill()
@@ -225,7 +227,7 @@ def resume(
         raise
     try:
         return _train(cfg, writer, state, X, y, schedule, device, start_index=committed, preload=preload,
-                      progress=progress, process=process)
+                      progress=progress, process=process, stopped_loss=stopped_loss)
     except BaseException:  # as in produce: a writer process never outlives a failed start
         if process is not None:
             process.kill()
@@ -269,7 +271,11 @@ def _train(
     preload: dict[str, np.ndarray] | None = None,
     progress: ProgressCallback | None = None,
     process=None,
+    stopped_loss: float | None = None,
 ) -> RunResult:
+    """Train from ``state`` and record on the schedule from ``start_index``. ``stopped_loss``: the loss of the
+    last committed state of a resumed run that had already met ``train.stop_loss`` there (a run killed or
+    failed after its final commit): nothing more is trained or recorded, the run is finished as complete."""
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(cfg))
         torch.set_flush_denormal(cfg.train.flush_denormal)
@@ -284,7 +290,7 @@ def _train(
     index = start_index
     # a fresh run records its initial state; a resumed one already holds the state it restarts from
     step = int(schedule[index - 1]) if index > 0 else 0
-    status, error, loss, started = "complete", None, None, time.perf_counter()
+    status, error, loss, started = "complete", None, stopped_loss, time.perf_counter()
     last_report = 0.0
     writer.set_write_options(durability=cfg.record.durability, threads=cfg.record.write_threads,
                              commit_seconds=cfg.record.commit_seconds)
@@ -294,7 +300,7 @@ def _train(
                         by_reference=device.type == "cpu" and process is None)
     try:
         with _sigterm_as_interrupt():
-            while True:
+            while stopped_loss is None:  # (a resumed run already at its stop point records nothing more)
                 pre, out = model.forward(state) if (batch is None or
                                                     (index < len(schedule) and schedule[index] == step)) else (None, None)
                 if index < len(schedule) and schedule[index] == step:

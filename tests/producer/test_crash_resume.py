@@ -168,3 +168,32 @@ def test_back_pressure_never_drops_steps(tmp_path, small_config, monkeypatch):
     assert ds.attrs["chunk_steps"] <= 3  # many more chunks than buffers
     np.testing.assert_array_equal(ds.step.values, np.arange(301))
     assert np.isfinite(ds.W.values).all()
+
+
+def test_resume_of_a_run_that_died_after_its_final_commit_trains_nothing_more(tmp_path, small_config, monkeypatch):
+    """A run that met ``train.stop_loss``, committed every state and died before its final status write: the
+    uninterrupted run stops there, so resume finishes it as it is instead of training one more step."""
+    produce(small_config(train={"lr": 0.01, "steps": 60}), root=tmp_path, name="full")
+    stop = float(open_run("full", tmp_path).loss.values[30])
+    config = small_config(train={"lr": 0.01, "steps": 60, "stop_loss": stop})
+    produce(config, root=tmp_path, name="ref")
+    ref = open_run("ref", tmp_path).load()
+    assert ref.sizes["step"] < 61 and float(ref.loss.values[-1]) <= stop
+
+    def dies_before_the_status(self, status, error=None, **extra):
+        self.close_writes()
+        self.lock.release()  # as a killed process's lock is
+        raise SystemError("killed after the final commit")
+
+    monkeypatch.setattr(RunWriter, "finish", dies_before_the_status)
+    with pytest.raises(SystemError):
+        produce(config, root=tmp_path, name="r")
+    monkeypatch.undo()
+    attrs = StoreRoot(tmp_path).read_attrs("r")
+    assert attrs["status"] == "running" and attrs["committed_steps"] == ref.sizes["step"]
+    result = resume("r", root=tmp_path)
+    assert result.status == "complete" and result.committed_steps == ref.sizes["step"]
+    final = open_run("r", tmp_path).load()
+    assert final.attrs["status"] == "complete" and final.sizes == ref.sizes
+    for name in VARIABLES:
+        np.testing.assert_array_equal(final[name].values, ref[name].values, err_msg=name)

@@ -65,7 +65,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import crc32c
 import numpy as np
 
 H, D, N = 100, 784, 1000
@@ -133,7 +132,7 @@ def state_pool(T: int) -> list[dict[str, np.ndarray]]:
 def raw_parallel(root: Root, states: int, T: int, threads: int, from_states: bool = False) -> float:
     """Raw chunk files written by ``threads`` threads: each block's contiguous bytes, or (``from_states``)
     the same bytes gathered from the per-state arrays of :func:`state_pool` with one ``writev``."""
-    from trajscope.store.chunkio import joined
+    from trajscope.store.chunkio import checksum, joined
 
     fs, base = root.fs_and_base()
     payloads = [{n: np.ascontiguousarray(a).reshape(-1).view(np.uint8) for n, a in block.items()}
@@ -145,17 +144,16 @@ def raw_parallel(root: Root, states: int, T: int, threads: int, from_states: boo
             parts = [payloads[index % 2][name]]
         else:
             parts = [pool[(index * T + j) % (2 * T)][name].reshape(-1).view(np.uint8) for j in range(T)]
-        value = 0
-        for part in parts:
-            value = crc32c.crc32c(part, value)
-        parts.append(int(value).to_bytes(4, "little"))
+        parts.append(checksum(parts))  # the store's own: crc32c chained over the parts
         key = f"{base}/raw/{name}/c/{index}"
         if fs is not None:
             fs.pipe_file(key, joined(parts))
             return
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.writev(fd, parts)  # 27 buffers at most: one call writes them (a regular file, no signal)
+            written = os.writev(fd, parts)  # 27 buffers at most: one call writes a regular file whole
+            if written != sum(len(memoryview(p).cast("B")) for p in parts):
+                raise OSError(f"short write of {key}: {written} bytes")
         finally:
             os.close(fd)
 

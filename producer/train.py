@@ -220,6 +220,7 @@ def resume(
             state = State(W=torch.from_numpy(last["W"][0].copy()), v=torch.from_numpy(last["v"][0].copy()))
             if cfg.train.stop_loss is not None and float(last["loss"][0]) <= cfg.train.stop_loss:
                 stopped_loss = float(last["loss"][0])  # the run had reached its stop point: nothing to train
+                preload = None  # nor any chunk to rewrite
     except BaseException:
         if process is not None:
             process.kill()

@@ -235,7 +235,8 @@ class FsspecSink:
         """Nothing to do: an object store acknowledges a PUT once it is stored."""
 
 
-#: :func:`joined` makes a smaller object with ``b"".join`` (a short copy: releasing the GIL would cost more)
+#: :func:`joined` makes a smaller object with ``b"".join`` (a short copy, not worth a ctypes call per part;
+#: a choice, not a measured threshold)
 JOIN_HOLDING_GIL_BELOW = 1 << 16
 
 _new_bytes = None  # CPython's PyBytes_FromStringAndSize through ctypes, once looked up (False: not available)

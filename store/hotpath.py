@@ -51,11 +51,9 @@ def default_write_threads(local: bool) -> int:
 
     On a local root, one per core this process may run on, at most :data:`LOCAL_WRITE_THREADS_MAX`:
     a write there is a copy into the page cache, bound by the CPU, and more threads than cores only take
-    turns with the training loop and with each other (BENCHMARKS.md, "Recording ceiling": on 2 cores
-    and tmpfs the recorder moved 0.71–0.86 of the raw rate with 2 threads over three runs, 0.69 with 4).
-    On an fsspec root (an object store, ``memory://``) :data:`REMOTE_WRITE_THREADS`: a request there
-    waits on the network, not on a core (on ``memory://``, whose copies release the GIL, 4 beat 2 and 3 in a
-    scratch run on 2 cores; BENCHMARKS.md).
+    turns with the training loop and with each other. On an fsspec root (an object store, ``memory://``)
+    :data:`REMOTE_WRITE_THREADS`: a request there waits on the network, not on a core. The measurements
+    behind both choices, which were small and noisy on 2 cores, are in BENCHMARKS.md, "Recording ceiling".
     ``bench/record_ceiling.py --write-threads N`` measures other choices.
     """
     if not local:

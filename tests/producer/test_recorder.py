@@ -307,13 +307,13 @@ def test_by_reference_takes_a_training_loops_tensors_as_they_are_and_hands_block
                   "loss": torch.tensor(k / 9, dtype=torch.float64), "output": torch.randn(n, generator=rng)}
                  for k in range(states)]
     for k, state in enumerate(states_in):
+        if k == 12:  # a Python number for once: the full check converts it (the other states: the quick one)
+            state = {**state, "loss": float(state["loss"])}
         recorder.record(**state)
         if k == 4:  # the first block (5 states) was handed over by this call, on this thread
             assert threads == [threading.current_thread()]
     assert recorder.close() == states
-    assert not full_checks  # every state took the quick check
-    recorder._references = full_check
-    recorder.record(**{**states_in[0], "loss": 0.5})  # a Python number: the full check converts it
+    assert full_checks == [1]  # only the state with a Python number took the full check
     writer.finish("complete")
     ds = open_run("exact", root=StoreRoot(tmp_path))
     for name in ("W", "v", "loss", "output"):
@@ -363,10 +363,11 @@ def test_by_reference_reports_a_chunk_write_that_fails_on_a_write_thread_and_clo
     the next hand-off or at close, and close stops the writer thread even with a partial chunk left."""
     writer, shapes, dtypes = _small_run(tmp_path, "pool", 20)
     hot = writer._hot()
-    put = hot.sink.put
+    put, gate = hot.sink.put, threading.Event()
 
     def failing_put(key, parts):
-        if key.startswith("W/c/1/"):  # the second chunk of W
+        if key.startswith("W/c/1/"):  # the second chunk of W: fails once the test opens the gate
+            assert gate.wait(20)
             raise OSError("no space left")
         put(key, parts)
 
@@ -375,13 +376,15 @@ def test_by_reference_reports_a_chunk_write_that_fails_on_a_write_thread_and_clo
     recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=True,
                         columns={"step": steps, "t": steps * 0.5})
     state = {"W": torch.ones(4, 3), "v": torch.zeros(4), "loss": 0.5, "output": torch.zeros(5)}
+    for _ in range(12):  # the second chunk (states 5..9) is handed over; 10, 11 start the third
+        recorder.record(**state)
+    gate.set()  # now its write fails, on a write thread
+    deadline = time.monotonic() + 20
+    while recorder._error is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert recorder._error is not None and recorder._current is not None  # a partial chunk is open
     with pytest.raises(RuntimeError, match="no space left"):
-        for _ in range(20):  # the failure shows at a later hand-off, never silently
-            recorder.record(**state)
-            time.sleep(0.01)
-    assert recorder.index < 20
-    with pytest.raises(RuntimeError, match="no space left"):
-        recorder.close()
+        recorder.close()  # handing over the partial chunk raises; the writer thread is stopped all the same
     assert not recorder._thread.is_alive() and writer.committed_steps <= 5
     writer.finish("failed", "no space left")
     assert open_run("pool", root=StoreRoot(tmp_path)).sizes["step"] == writer.committed_steps

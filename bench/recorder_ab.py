@@ -1,0 +1,122 @@
+"""Two versions of the recorder side by side, in one process: this checkout's against a git revision's.
+
+``producer/recorder.py`` of ``--base`` (default ``ac819d1``, the recorder whose writer thread took every
+chunk) is loaded from git as a module and swapped in for ``Recorder`` in turn with this checkout's, run
+after run, interleaved with the raw baseline of the same repeat:
+
+- ``--what ceiling``: the recorder of ``bench/record_ceiling.py`` (reference states, no training) on one
+  root (``--root tmpfs``), each over the raw parallel write of the same repeat;
+- ``--what overhead``: ``produce`` of the reference config (``bench/record_overhead.py``), each over the
+  bare training loop of the same repeat.
+
+Whole-bench runs an hour apart differ by more than one change to the recorder; side by side they do not.
+Prints the median and range of the per-repeat ratios.
+
+    python bench/recorder_ab.py [--what ceiling|overhead] [--base ac819d1] [--repeats 15] [--mb 1024] [--steps 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def recorder_at(revision: str):
+    """``Recorder`` of ``producer/recorder.py`` as it was at ``revision``."""
+    source = subprocess.run(["git", "-C", str(HERE.parent), "show", f"{revision}:producer/recorder.py"],
+                            check=True, capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="ts-ab-")) / "recorder_base.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("recorder_base", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["recorder_base"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.Recorder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--what", choices=["ceiling", "overhead"], default="ceiling")
+    parser.add_argument("--base", default="ac819d1")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--mb", type=float, default=1024.0, help="ceiling: MB of states per run")
+    parser.add_argument("--root", default="tmpfs", choices=["local", "tmpfs", "memory"], help="ceiling: the root")
+    parser.add_argument("--steps", type=int, default=2000, help="overhead: steps per run")
+    args = parser.parse_args()
+
+    import trajscope.producer.recorder as recorder_module
+    import trajscope.producer.train as train_module
+
+    current, base = recorder_module.Recorder, recorder_at(args.base)
+
+    def using(recorder, run):
+        def swapped(*a):
+            recorder_module.Recorder = train_module.Recorder = recorder
+            try:
+                return run(*a)
+            finally:
+                recorder_module.Recorder = train_module.Recorder = current
+        return swapped
+
+    if args.what == "ceiling":
+        import record_ceiling as rc
+
+        T = rc.chunk_steps()
+        states = max(int(args.mb * 1e6 // rc.STATE_BYTES), 1)
+        runs = {"raw": lambda root: rc.raw_parallel(root, states, T, 4),
+                "this checkout": using(current, lambda root: rc.recorder(root, states, T)),
+                args.base: using(base, lambda root: rc.recorder(root, states, T))}
+
+        def once(name):
+            root = rc.Root(args.root, os.environ.get("TRAJSCOPE_BENCH_DIR", "."))
+            try:
+                os.sync()
+                return runs[name](root)
+            finally:
+                root.close()
+        for name in runs:  # untimed: imports, first allocations
+            once(name)
+    else:
+        import record_overhead as ro
+        from trajscope.producer import load_config
+
+        cfg = load_config(ro.REFERENCE, [f"train.steps={args.steps}"])
+        runs = {"raw": lambda d: ro.plain_loop(cfg),
+                "this checkout": using(current, lambda d: ro.trajscope_run(cfg, d)),
+                args.base: using(base, lambda d: ro.trajscope_run(cfg, d))}
+
+        def once(name):
+            with tempfile.TemporaryDirectory(dir=os.environ.get("TRAJSCOPE_BENCH_DIR")) as tmp:
+                os.sync()
+                return runs[name](Path(tmp))
+
+    names = list(runs)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(args.repeats):
+        for name in names[repeat % 3:] + names[: repeat % 3]:  # rotate the order
+            seconds[name].append(once(name))
+    baseline = "raw write" if args.what == "ceiling" else "bare loop"
+    # ceiling: rate over the raw rate (higher is better); overhead: time over the bare loop's (lower is better)
+    print(f"| recorder | {'× raw write (rate)' if args.what == 'ceiling' else 'time × bare loop'} | min | max |")
+    print("|---|---:|---:|---:|")
+    for name in names[1:]:
+        if args.what == "ceiling":
+            ratios = [r / x for r, x in zip(seconds["raw"], seconds[name])]
+        else:
+            ratios = [x / r for r, x in zip(seconds["raw"], seconds[name])]
+        print(f"| {name} | {statistics.median(ratios):.3f} | {min(ratios):.3f} | {max(ratios):.3f} |")
+    print(f"\n{args.what}, {args.repeats} interleaved repeats, each against the {baseline} of the same repeat"
+          + (f", root {args.root}, {args.mb:g} MB" if args.what == "ceiling" else f", {args.steps} steps"))
+
+
+if __name__ == "__main__":
+    main()

@@ -20,7 +20,11 @@ instead of copying it. A full chunk goes to :meth:`RunWriter.write_block` from t
 store writes the chunk files from those rows (``writev``, the checksum chained over the rows): ``W`` is
 never copied, only the small variables are (the stack, and the store's rows of their longer chunks), no
 chunk buffers exist, and the writer thread only commits. The states of at
-most ``buffers`` chunks are kept alive, the same bound as the buffers. (Handing the chunk to the writer
+most ``buffers`` chunks are kept alive, the same bound as the buffers. The training step may also write
+a large variable straight into the recorder's rows (:meth:`Recorder.row`: the two-layer producer writes
+each recorded ``W`` there): a chunk of such rows is one contiguous buffer, written as one piece, where a
+chunk of one allocation per state is written from 26 pieces of 4 kB pages; a buffer is reused once its
+chunk is written and nothing else holds a view of it. (Handing the chunk to the writer
 thread instead cost more than it saved: the hop is Python under the interpreter lock that the store's
 write threads need between their system calls; BENCHMARKS.md, "Recording ceiling".)
 
@@ -59,6 +63,26 @@ _WAKE = -1
 #: ``torch.stack`` copies serially, without waking the intra-op threads
 STACK_BELOW_VALUES = 32768
 
+#: torch's count of the holders of a tensor storage (its tensors and their views, numpy views included):
+#: a chunk buffer whose rows were handed out by :meth:`Recorder.row` is reused only when nothing but the
+#: recorder holds it. ``None`` on a torch without it: then no rows are handed out
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
+def _holders(tensor: torch.Tensor) -> int:
+    """How many tensors (and numpy views) hold ``tensor``'s storage."""
+    return _storage_use_count(tensor.untyped_storage()._cdata)
+
+
+@dataclass
+class _RowBuffer:
+    """By reference: one variable's chunk buffer whose rows the training step writes in place."""
+
+    array: np.ndarray  # (chunk, *shape), C-contiguous: what the store writes when every row was written in place
+    tensor: torch.Tensor  # the same memory, for torch
+    rows: list[torch.Tensor]  # rows[i]: the view handed out for position i
+    holders: int  # _holders(tensor) with nobody but the recorder holding it
+
 
 @dataclass
 class _Slot:
@@ -70,6 +94,7 @@ class _Slot:
     rows: list[dict[str, torch.Tensor]] | None = None  # per position: a view of each variable's row
     refs: list[dict[str, torch.Tensor | np.ndarray] | None] | None = None  # by reference: each position's values
     exact: bool = True  # by reference: every value kept is a CPU tensor of its variable's shape and dtype
+    in_place: dict[str, _RowBuffer] | None = None  # by reference: buffers of the rows handed out by row()
 
 
 class HostStaging:
@@ -219,8 +244,8 @@ class Recorder:
                 slot.device[name][: len(rows)].copy_(torch.from_numpy(np.asarray(rows)))
 
     def _make_slot(self, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, torch.dtype], index: int) -> _Slot:
-        if self._by_reference:  # no buffers: each position holds the recorded values themselves
-            return _Slot(device={}, host={}, refs=[None] * self.chunk)
+        if self._by_reference:  # each position holds the recorded values themselves (buffers only for row())
+            return _Slot(device={}, host={}, refs=[None] * self.chunk, in_place={})
         if self._shared is not None:  # the writer process reads these pages
             device = {n: torch.from_numpy(a) for n, a in self._shared.views(index).items()}
         else:
@@ -258,8 +283,51 @@ class Recorder:
         slot = self._slots[slot_index]
         slot.start = (self.index // self.chunk) * self.chunk
         slot.exact = True
+        if slot.in_place:  # a row of the last chunk still held outside (a view kept by the caller): a new buffer
+            for name, buffer in list(slot.in_place.items()):
+                if _holders(buffer.tensor) != buffer.holders:
+                    del slot.in_place[name]
         self._current = slot_index
         return slot_index
+
+    def row(self, name: str) -> torch.Tensor | None:
+        """Where the training step may write the next recorded state's ``name`` in place (by reference).
+
+        A CPU tensor of the variable's shape and dtype: row ``i`` of a C-contiguous chunk buffer that the
+        recorder owns and reuses (its pages are touched once, when it is made). When :meth:`record` then gets
+        this very tensor as ``name``, it is kept like any other (nothing is copied), and a chunk whose rows
+        were all written in place is written from the buffer as one piece, as ``write_block`` of a stacked
+        array is: from one allocation per state the same chunk file is written more slowly
+        (BENCHMARKS.md, "Recording ceiling"). Until it is recorded the row may be written again. A buffer
+        is reused only after its chunk is written and when nothing else holds a view of it (a caller
+        that keeps a recorded tensor gets its value kept: the recorder makes a new buffer instead).
+
+        ``None`` where rows are not offered: not recording by reference, a small variable (stacked per
+        chunk), an unknown name, or a torch that does not count a storage's holders.
+
+        Parameters
+        ----------
+        name
+            A time-varying variable of the run (e.g. ``"W"``).
+        """
+        if not self._by_reference or name in self._stacked or name not in self._shapes or _storage_use_count is None:
+            return None
+        if self._current is None:
+            self._begin_chunk()
+        slot = self._slots[self._current]
+        buffer = slot.in_place.get(name)
+        if buffer is None:
+            buffer = slot.in_place[name] = self._row_buffer(name)
+        return buffer.rows[self.index - slot.start]
+
+    def _row_buffer(self, name: str) -> _RowBuffer:
+        """A new chunk buffer of ``name`` for :meth:`row`: numpy's allocation (a large one gets huge pages where
+        the kernel gives them on request), every page touched now rather than by a training step."""
+        array = np.empty((self.chunk, *self._shapes[name]), dtype=self._numpy_dtypes[name])
+        array.fill(0)
+        tensor = torch.from_numpy(array)
+        rows = list(tensor.unbind(0))
+        return _RowBuffer(array=array, tensor=tensor, rows=rows, holders=_holders(tensor))
 
     def record(self, **values: torch.Tensor | float | int) -> None:
         """Copy one state (every time-varying variable) into the current chunk buffer."""
@@ -344,8 +412,9 @@ class Recorder:
     def _block_values(self, slot: _Slot) -> dict[str, np.ndarray | StateRows]:
         """By reference (at the hand-off): each variable's rows of the slot's block, as the store takes them.
 
-        A large variable (a chunk of :data:`STACK_BELOW_VALUES` values or more) is :class:`StateRows`: the
-        rows' own memory, written without a copy. A small one (``v``, ``loss``, ``output``...) is stacked
+        A large variable (a chunk of :data:`STACK_BELOW_VALUES` values or more) is the first rows of its
+        :meth:`row` buffer when the training step wrote every state of the block there, else
+        :class:`StateRows`: the rows' own memory, written without a copy. A small one (``v``, ``loss``, ``output``...) is stacked
         into one array with a single ``torch.stack``: the copy is under 32768 values, and it spares a
         numpy view per row (Python calls, under the interpreter lock the write threads need).
         """
@@ -359,10 +428,14 @@ class Recorder:
                         values[name] = torch.stack(refs).numpy()
                 else:  # numbers, or one-element tensors of a scalar variable
                     values[name] = np.stack([self._row(name, r) for r in refs])
-            elif slot.exact:  # CPU tensors of the variable's shape and dtype (checked by _keep)
-                values[name] = StateRows([r.detach().numpy() if r.requires_grad else r.numpy() for r in refs])
             else:
-                values[name] = StateRows([self._row(name, r) for r in refs])
+                buffer = slot.in_place.get(name)
+                written = [buffer is not None and r is row for r, row in zip(refs, buffer.rows if buffer else refs)]
+                if all(written):  # every row written in place (row()): the chunk is the buffer's first rows
+                    values[name] = buffer.array[: slot.count]
+                else:  # a row written in place is a numpy view of the buffer (no torch view outlives the write)
+                    values[name] = StateRows([buffer.array[i] if in_place else self._row(name, r)
+                                              for i, (r, in_place) in enumerate(zip(refs, written))])
         return values
 
     @staticmethod

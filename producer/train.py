@@ -25,6 +25,7 @@ from trajscope.producer.recorder import Recorder, start_writer_process
 from trajscope.producer import two_layer
 from trajscope.store import RunWriter, StoreRoot, resolve_run, validate_run_id
 from trajscope.store.errors import UserError
+from trajscope.store.hotpath import usable_cores
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -238,7 +239,7 @@ def resume(
 def cpu_threads(config: RunConfig) -> int:
     """Training threads on the CPU: ``train.threads``, else one core fewer than the machine has
     (the recorder's writer keeps a core)."""
-    return config.train.threads or max(1, (os.cpu_count() or 2) - 1)
+    return config.train.threads or max(1, usable_cores() - 1)
 
 
 def minibatch_rows(seed: int, step: int, n: int, batch: int) -> np.ndarray:
@@ -247,8 +248,12 @@ def minibatch_rows(seed: int, step: int, n: int, batch: int) -> np.ndarray:
 
 
 def gradient_step(model: TwoLayerReLU, state: State, cfg: RunConfig, step: int,
-                  pre: torch.Tensor | None, out: torch.Tensor | None) -> State:
-    """One update ``θ <- θ - lr ∇L(θ)`` (full batch from the forward pass ``pre, out``, or a minibatch)."""
+                  pre: torch.Tensor | None, out: torch.Tensor | None, *, W_into: torch.Tensor | None = None) -> State:
+    """One update ``θ <- θ - lr ∇L(θ)`` (full batch from the forward pass ``pre, out``, or a minibatch).
+
+    ``W_into``: where the new ``W`` is written (the recorder's :meth:`~trajscope.producer.recorder.Recorder.row`
+    for the next recorded state); the same operations as without it, so the same bits.
+    """
     lr, batch = cfg.train.lr, cfg.train.batch_size
     if batch is None:
         grad_W, grad_v = model.gradient(state, pre, out)
@@ -256,7 +261,8 @@ def gradient_step(model: TwoLayerReLU, state: State, cfg: RunConfig, step: int,
         rows = torch.from_numpy(minibatch_rows(cfg.seed, step, model.n, batch)).to(model.X.device)
         pre_b, out_b = model.forward(state, rows)
         grad_W, grad_v = model.gradient(state, pre_b, out_b, rows)
-    return State(W=state.W - lr * grad_W, v=state.v - lr * grad_v if cfg.train.train_v else state.v)
+    W = state.W - lr * grad_W if W_into is None else torch.sub(state.W, lr * grad_W, out=W_into)
+    return State(W=W, v=state.v - lr * grad_v if cfg.train.train_v else state.v)
 
 
 def _train(
@@ -312,7 +318,9 @@ def _train(
                         break
                 if step >= cfg.train.steps:
                     break
-                state = two_layer.step(model, state, cfg, step, pre, out)
+                # the next state is recorded: its W is written into the recorder's chunk buffer (None: not offered)
+                W_into = recorder.row("W") if index < len(schedule) and schedule[index] == step + 1 else None
+                state = two_layer.step(model, state, cfg, step, pre, out, W_into=W_into)
                 step += 1
                 now = time.perf_counter()
                 if progress is not None and now - last_report > 0.25:

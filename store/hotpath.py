@@ -46,6 +46,15 @@ LOCAL_WRITE_THREADS_MAX = 4
 REMOTE_WRITE_THREADS = 4
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity on Linux, e.g. a container's ``--cpuset-cpus``;
+    ``os.cpu_count()`` elsewhere, which counts the machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def default_write_threads(local: bool) -> int:
     """Threads writing chunk files when the run asks for no number.
 
@@ -58,11 +67,7 @@ def default_write_threads(local: bool) -> int:
     """
     if not local:
         return REMOTE_WRITE_THREADS
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(LOCAL_WRITE_THREADS_MAX, cores))
+    return max(1, min(LOCAL_WRITE_THREADS_MAX, usable_cores()))
 
 
 class WriteFailed(RuntimeError):

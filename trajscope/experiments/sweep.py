@@ -308,7 +308,9 @@ def run_points(
     if scheduler:
         results = _run_on_cluster(points, location, storage_options, scheduler, summarize, progress)
     else:
-        cores = os.cpu_count() or 1
+        from trajscope.store.hotpath import usable_cores
+
+        cores = usable_cores()
         n_workers = max(1, min(workers or cores, len(points)))
         threads = max(1, cores // n_workers)
         ctx = multiprocessing.get_context("spawn")

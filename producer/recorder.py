@@ -19,12 +19,12 @@ instead of copying it. A full chunk goes to :meth:`RunWriter.write_block` from t
 (numpy views of the large variables' rows, the small ones stacked), and the
 store writes the chunk files from those rows (``writev``, the checksum chained over the rows): ``W`` is
 never copied, only the small variables are (the stack, and the store's rows of their longer chunks), no
-chunk buffers exist, and the writer thread only commits. The states of at
+copying chunk buffers exist, and the writer thread only commits. The states of at
 most ``buffers`` chunks are kept alive, the same bound as the buffers. The training step may also write
 a large variable straight into the recorder's rows (:meth:`Recorder.row`: the two-layer producer writes
 each recorded ``W`` there): a chunk of such rows is one contiguous buffer, written as one piece, where a
-chunk of one allocation per state is written from 26 pieces of 4 kB pages; a buffer is reused once its
-chunk is written and nothing else holds a view of it. (Handing the chunk to the writer
+chunk of one allocation per state (313 kB each at the reference size, in 4 kB pages) is gathered from as
+many pieces; a buffer is reused once its chunk is written and nobody else holds one of its rows. (Handing the chunk to the writer
 thread instead cost more than it saved: the hop is Python under the interpreter lock that the store's
 write threads need between their system calls; BENCHMARKS.md, "Recording ceiling".)
 
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import queue
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Mapping
@@ -69,9 +70,17 @@ STACK_BELOW_VALUES = 32768
 _storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
 
 
-def _holders(tensor: torch.Tensor) -> int:
-    """How many tensors (and numpy views) hold ``tensor``'s storage."""
-    return _storage_use_count(tensor.untyped_storage()._cdata)
+#: byte alignment of a row buffer: torch's CPU allocator aligns tensors to 64 bytes, and BLAS results may
+#: depend on the alignment of their operands (MKL promises reproducible results for aligned data only), so a
+#: step reading ``W`` from a row computes what it computed from a tensor of its own (every row is aligned
+#: when a state's bytes are a multiple of 64, as at the reference size: 313 600)
+_ROW_ALIGNMENT = 64
+
+
+def _holders(buffer: "_RowBuffer") -> tuple[int, list[int]]:
+    """Who holds a row buffer: the tensors (and numpy views) of its storage, and the Python references to
+    each row tensor handed out (a caller keeping the row itself makes no new tensor)."""
+    return _storage_use_count(buffer.tensor.untyped_storage()._cdata), [sys.getrefcount(r) for r in buffer.rows]
 
 
 @dataclass
@@ -81,7 +90,7 @@ class _RowBuffer:
     array: np.ndarray  # (chunk, *shape), C-contiguous: what the store writes when every row was written in place
     tensor: torch.Tensor  # the same memory, for torch
     rows: list[torch.Tensor]  # rows[i]: the view handed out for position i
-    holders: int  # _holders(tensor) with nobody but the recorder holding it
+    holders: tuple[int, list[int]] | None = None  # _holders(self) with nobody but the recorder holding it
 
 
 @dataclass
@@ -166,7 +175,8 @@ class Recorder:
         A started :class:`~trajscope.store.writer_process.WriterProcess` to write through (CPU only):
         the buffers are then shared memory and no writer thread runs in this process.
     by_reference
-        Keep each recorded CPU tensor instead of copying it (no chunk buffers). Only for a
+        Keep each recorded CPU tensor instead of copying it (no copying chunk buffers; :meth:`row` offers
+        buffers the step writes into). Only for a
         caller that never changes a recorded tensor in place afterwards (an optimizer's in-place
         ``step()`` does: :class:`~trajscope.producer.module_recorder.ModuleRecorder` copies). CPU
         tensors of numpy dtypes, not with a writer process. A full chunk is handed to the store by the
@@ -283,9 +293,9 @@ class Recorder:
         slot = self._slots[slot_index]
         slot.start = (self.index // self.chunk) * self.chunk
         slot.exact = True
-        if slot.in_place:  # a row of the last chunk still held outside (a view kept by the caller): a new buffer
+        if slot.in_place:  # a row of its last chunk still held by the caller (itself or a view): a new buffer
             for name, buffer in list(slot.in_place.items()):
-                if _holders(buffer.tensor) != buffer.holders:
+                if _holders(buffer) != buffer.holders:
                     del slot.in_place[name]
         self._current = slot_index
         return slot_index
@@ -299,8 +309,9 @@ class Recorder:
         were all written in place is written from the buffer as one piece, as ``write_block`` of a stacked
         array is: from one allocation per state the same chunk file is written more slowly
         (BENCHMARKS.md, "Recording ceiling"). Until it is recorded the row may be written again. A buffer
-        is reused only after its chunk is written and when nothing else holds a view of it (a caller
-        that keeps a recorded tensor gets its value kept: the recorder makes a new buffer instead).
+        is reused only after its chunk is written and when nothing else holds one of its rows or a view of
+        one (tensor or numpy): a caller that keeps a recorded tensor keeps its value, the recorder makes a
+        new buffer instead. (A caller holding only the storage object, ``untyped_storage()``, is not seen.)
 
         ``None`` where rows are not offered: not recording by reference, a small variable (stacked per
         chunk), an unknown name, or a torch that does not count a storage's holders.
@@ -322,12 +333,17 @@ class Recorder:
 
     def _row_buffer(self, name: str) -> _RowBuffer:
         """A new chunk buffer of ``name`` for :meth:`row`: numpy's allocation (a large one gets huge pages where
-        the kernel gives them on request), every page touched now rather than by a training step."""
-        array = np.empty((self.chunk, *self._shapes[name]), dtype=self._numpy_dtypes[name])
+        the kernel gives them on request), 64-byte aligned, every page touched now rather than by a
+        training step."""
+        dtype, shape = self._numpy_dtypes[name], (self.chunk, *self._shapes[name])
+        raw = np.empty(math.prod(shape) * dtype.itemsize + _ROW_ALIGNMENT, dtype=np.uint8)
+        skip = -raw.ctypes.data % _ROW_ALIGNMENT  # aligned as torch aligns its own CPU tensors
+        array = raw[skip : skip + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
         array.fill(0)
         tensor = torch.from_numpy(array)
-        rows = list(tensor.unbind(0))
-        return _RowBuffer(array=array, tensor=tensor, rows=rows, holders=_holders(tensor))
+        buffer = _RowBuffer(array=array, tensor=tensor, rows=list(tensor.unbind(0)))
+        buffer.holders = _holders(buffer)
+        return buffer
 
     def record(self, **values: torch.Tensor | float | int) -> None:
         """Copy one state (every time-varying variable) into the current chunk buffer."""

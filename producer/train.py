@@ -237,8 +237,8 @@ def resume(
 
 
 def cpu_threads(config: RunConfig) -> int:
-    """Training threads on the CPU: ``train.threads``, else one core fewer than the machine has
-    (the recorder's writer keeps a core)."""
+    """Training threads on the CPU: ``train.threads``, else one core fewer than the process may run on
+    (:func:`~trajscope.store.hotpath.usable_cores`; the recorder's writer keeps a core)."""
     return config.train.threads or max(1, usable_cores() - 1)
 
 

@@ -71,10 +71,38 @@ def test_resume_of_a_run_recorded_in_rows_is_bit_identical(tmp_path, small_confi
     handed_W.clear()
     assert resume("r", root=tmp_path).status == "complete"
     assert "ndarray" in handed_W  # the resumed run records in rows too
-    ref, final = open_run("ref", tmp_path).load(), open_run("r", tmp_path).load()
-    assert final.sizes == ref.sizes
+    assert_same_run(open_run("r", tmp_path).load(), open_run("ref", tmp_path).load())
+
+
+def test_resume_inside_a_chunk_recorded_in_rows_is_bit_identical(tmp_path, small_config, monkeypatch, handed_W):
+    """Ctrl-C after state 24 commits 25 states (chunks of 10): resume rewrites chunk 2 from its committed
+    rows 20-24 (read back) and the new states, written in rows."""
+    from trajscope.producer import model
+
+    config = wide_config(small_config)
+    produce(config, root=tmp_path, name="ref")
+    calls, original = {"n": 0}, model.TwoLayerReLU.gradient
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(model.TwoLayerReLU, "gradient", interrupted)
+    assert produce(config, root=tmp_path, name="r").status == "interrupted"
+    monkeypatch.setattr(model.TwoLayerReLU, "gradient", original)
+    assert StoreRoot(tmp_path).read_attrs("r")["committed_steps"] == 25
+    handed_W.clear()
+    assert resume("r", root=tmp_path).status == "complete"
+    assert handed_W[0] == "StateRows" and "ndarray" in handed_W[1:]  # chunk 2: read-back rows, then rows
+    assert_same_run(open_run("r", tmp_path).load(), open_run("ref", tmp_path).load())
+
+
+def assert_same_run(a, b):
+    assert a.sizes == b.sizes
     for name in VARIABLES:
-        np.testing.assert_array_equal(final[name].values, ref[name].values, err_msg=name)
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
 
 
 def _recorder(tmp_path, states, buffers=2):
@@ -91,27 +119,63 @@ def _recorder(tmp_path, states, buffers=2):
                             columns={"step": steps, "t": steps * 0.5})
 
 
-def test_a_buffer_is_reused_unless_the_caller_keeps_a_view_of_it(tmp_path):
-    states = 40
+def test_a_buffer_is_reused_unless_the_caller_keeps_a_row_or_a_view_of_it(tmp_path):
+    states = 50
     writer, recorder = _recorder(tmp_path, states)
     rng = torch.Generator().manual_seed(5)
     values = [torch.randn(200, 40, generator=rng) for _ in range(states)]
-    buffers, kept = [], None
+    buffers, kept = [], {}
     for k in range(states):
         row = recorder.row("W")
         assert row.shape == (200, 40) and row.dtype == torch.float32
+        assert row.data_ptr() % 64 == 0  # aligned as torch's own tensors (32000-byte rows keep the alignment)
         if k % 5 == 0:
-            buffers.append(row.data_ptr())  # position 0: the start of the chunk's buffer
+            buffers.append(recorder._slots[recorder._current].in_place["W"])  # the chunk's buffer (kept alive here)
         torch.add(values[k], 0.0, out=row)  # a step writing its result in place
         if k == 7:
-            kept = row[1:3]  # a view the caller keeps (e.g. a checkpoint of W)
+            kept[k] = row[1:3]  # a view the caller keeps (e.g. part of a checkpoint)
+        if k == 21:
+            kept[k] = row  # the row itself
         recorder.record(W=row, v=torch.zeros(200), loss=float(k), output=torch.zeros(5))
     assert recorder.close() == states
     writer.finish("complete")
-    np.testing.assert_array_equal(kept.numpy(), values[7][1:3].numpy())  # not overwritten by a later chunk
+    np.testing.assert_array_equal(kept[7].numpy(), values[7][1:3].numpy())  # not overwritten by a later chunk
+    np.testing.assert_array_equal(kept[21].numpy(), values[21].numpy())
     np.testing.assert_array_equal(open_run("rows", StoreRoot(tmp_path)).W.values, torch.stack(values).numpy())
-    assert buffers[1] not in buffers[2:]  # chunk 1 (states 5-9) holds the kept view: its buffer is never reused
-    assert buffers[0] in buffers[2:]  # ... while the others are (two buffers: chunks alternate between them)
+    # chunks 1 (states 5-9) and 4 (20-24) hold the kept tensors: their buffers are never used again
+    assert not any(b is buffers[1] for b in buffers[2:]) and not any(b is buffers[4] for b in buffers[5:])
+    # ... while the others are (two buffers: chunks alternate between them)
+    assert any(b is earlier for i, b in enumerate(buffers) for earlier in buffers[:i])
+
+
+def test_a_buffer_is_not_reused_before_its_chunk_file_is_written(tmp_path, monkeypatch):
+    """The first chunk's write is held back while the loop records three more chunks (two buffers: they go
+    to the other one, each time it is written): every state is stored as recorded."""
+    import threading
+
+    from trajscope.store.chunkio import LocalSink
+
+    gate, original = threading.Event(), LocalSink.put
+
+    def held(self, key, parts):
+        if key.startswith("W/c/0/"):
+            assert gate.wait(30)
+        return original(self, key, parts)
+
+    monkeypatch.setattr(LocalSink, "put", held)
+    states = 20
+    writer, recorder = _recorder(tmp_path, states)
+    values = [torch.full((200, 40), float(k)) for k in range(states)]
+    for k in range(states):
+        row = recorder.row("W")
+        if k == 19:  # chunks 1-3 were recorded while chunk 0's file was not yet written
+            assert not (tmp_path / "rows.zarr" / "W" / "c" / "0" / "0" / "0").exists()
+            gate.set()
+        torch.add(values[k], 0.0, out=row)
+        recorder.record(W=row, v=torch.zeros(200), loss=float(k), output=torch.zeros(5))
+    assert recorder.close() == states
+    writer.finish("complete")
+    np.testing.assert_array_equal(open_run("rows", StoreRoot(tmp_path)).W.values, torch.stack(values).numpy())
 
 
 def test_rows_are_offered_only_where_they_can_be_used(tmp_path):

@@ -18,17 +18,11 @@ reference trajectory's states (h=100, D=784, n=1000: ``W``, ``v``, ``loss``, ``o
 - **store write path**: :meth:`RunWriter.write_block` per block, commits as the recorder makes them;
 - **recorder**: :class:`trajscope.producer.recorder.Recorder` fed one state per call (CPU tensors,
   no training), closed at the end (everything committed), with the store's write threads in this
-  process, the way the two-layer producer records on the CPU: ``W`` is the recorder's own row
-  (:meth:`Recorder.row`, where the producer's step writes each recorded ``W``), the small variables are
-  kept by reference, the ``record()`` call completing a chunk hands it to the write pool, and the chunk
-  file of ``W`` is written from the recorder's buffer as one piece. Nothing trains, so nothing writes the
-  rows: they keep the zeros they were made with (the pages are touched when the buffer is made; with no
-  compression the write and the checksum cost the same for any bytes). The cost of writing ``W`` into
-  the row is the training step's, in the bare loop too (``bench/record_overhead.py``);
-- **recorder, by reference**: the same, every variable kept by reference, ``W`` included: the chunk file is
-  written from the ``T`` states' own memory (what a producer that does not write into the rows gets). The
-  states fed are ``2 T`` distinct tensors made before the clock starts, fed in turn (a training loop hands a
-  new tensor every step; one constant tensor would stay in the cache);
+  process, the way the two-layer producer records on the CPU: by reference (the states are kept, not
+  copied, the ``record()`` call completing a chunk hands it to the write pool, and the chunk files are
+  written from the states' memory). The states fed are ``2 T`` distinct tensors made before the clock
+  starts, fed in turn (a training loop hands a new tensor every step; one constant tensor would stay in
+  the cache);
 - **recorder, copying**: the same, each state copied into the chunk buffers, which a writer thread hands
   to the write pool (what ``ModuleRecorder`` does, whose optimizer changes parameters in place, and the
   GPU path before its device-to-host copy);
@@ -38,8 +32,7 @@ reference trajectory's states (h=100, D=784, n=1000: ``W``, ``v``, ``loss``, ``o
 
 Every path moves the same ``2 T`` distinct states (two blocks, taken in turn), made before the clock
 starts: the raw write, plain zarr and the store path write block ``i % 2`` as chunk ``i``, the recorders
-are fed the same states one by one (but for ``W`` in the **recorder** path, which is its rows: its
-``record.buffers`` chunk buffers, taken in turn, as the raw write takes its two blocks). (Until 2026-11-28 the first three wrote one block over and over,
+are fed the same states one by one. (Until 2026-11-28 the first three wrote one block over and over,
 which stays in the CPU cache while the recorders' states did not.) ``--write-threads`` sets the store's
 write threads (store path and recorders; default: the store's own choice, one per core, at most 4, on a
 local root).
@@ -224,7 +217,7 @@ def store_path(root: Root, states: int, T: int, write_threads: int | None = None
 
 
 def recorder(root: Root, states: int, T: int, process: bool = False, by_reference: bool = True,
-             write_threads: int | None = None, rows: bool = False) -> float:
+             write_threads: int | None = None) -> float:
     import torch
 
     from trajscope.producer.recorder import Recorder
@@ -243,13 +236,8 @@ def recorder(root: Root, states: int, T: int, process: bool = False, by_referenc
     start = time.perf_counter()
     rec = Recorder(writer, shapes, dtypes, torch.device("cpu"), columns=columns, process=handle,
                    by_reference=by_reference and handle is None)
-    if rows:  # W "made" in the recorder's rows: nothing trains, so they keep the zeros they were made with
-        for i in range(states):
-            state = pool[i % len(pool)]
-            rec.record(W=rec.row("W"), v=state["v"], loss=state["loss"], output=state["output"])
-    else:
-        for i in range(states):
-            rec.record(**pool[i % len(pool)])
+    for i in range(states):
+        rec.record(**pool[i % len(pool)])
     rec.close()
     seconds = time.perf_counter() - start
     writer.finish("complete")
@@ -284,8 +272,7 @@ def main() -> None:
                 "raw parallel, from the states": lambda r: raw_parallel(r, n, T, args.threads, from_states=True),
                 "plain zarr": lambda r: plain_zarr(r, n, T),
                 "store write path": lambda r: store_path(r, n, T, wt),
-                "recorder": lambda r: recorder(r, n, T, write_threads=wt, rows=True),
-                "recorder, by reference": lambda r: recorder(r, n, T, write_threads=wt),
+                "recorder": lambda r: recorder(r, n, T, write_threads=wt),
                 "recorder, copying": lambda r: recorder(r, n, T, by_reference=False, write_threads=wt),
                 "recorder, writer process": lambda r: recorder(r, n, T, process=True, write_threads=wt)}
 

@@ -19,12 +19,8 @@ instead of copying it. A full chunk goes to :meth:`RunWriter.write_block` from t
 (numpy views of the large variables' rows, the small ones stacked), and the
 store writes the chunk files from those rows (``writev``, the checksum chained over the rows): ``W`` is
 never copied, only the small variables are (the stack, and the store's rows of their longer chunks), no
-copying chunk buffers exist, and the writer thread only commits. The states of at
-most ``buffers`` chunks are kept alive, the same bound as the buffers. The training step may also write
-a large variable straight into the recorder's rows (:meth:`Recorder.row`: the two-layer producer writes
-each recorded ``W`` there): a chunk of such rows is one contiguous buffer, written as one piece, where a
-chunk of one allocation per state (313 kB each at the reference size, in 4 kB pages) is gathered from as
-many pieces; a buffer is reused once its chunk is written and nobody else holds one of its rows. (Handing the chunk to the writer
+chunk buffers exist, and the writer thread only commits. The states of at
+most ``buffers`` chunks are kept alive, the same bound as the buffers. (Handing the chunk to the writer
 thread instead cost more than it saved: the hop is Python under the interpreter lock that the store's
 write threads need between their system calls; BENCHMARKS.md, "Recording ceiling".)
 
@@ -38,7 +34,6 @@ from __future__ import annotations
 
 import math
 import queue
-import sys
 import threading
 from dataclasses import dataclass
 from typing import Mapping
@@ -64,34 +59,6 @@ _WAKE = -1
 #: ``torch.stack`` copies serially, without waking the intra-op threads
 STACK_BELOW_VALUES = 32768
 
-#: torch's count of the holders of a tensor storage (its tensors and their views, numpy views included):
-#: a chunk buffer whose rows were handed out by :meth:`Recorder.row` is reused only when nothing but the
-#: recorder holds it. ``None`` on a torch without it: then no rows are handed out
-_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
-
-
-#: byte alignment of a row buffer: torch's CPU allocator aligns tensors to 64 bytes, and BLAS results may
-#: depend on the alignment of their operands (MKL promises reproducible results for aligned data only), so a
-#: step reading ``W`` from a row computes what it computed from a tensor of its own (every row is aligned
-#: when a state's bytes are a multiple of 64, as at the reference size: 313 600)
-_ROW_ALIGNMENT = 64
-
-
-def _holders(buffer: "_RowBuffer") -> tuple[int, list[int]]:
-    """Who holds a row buffer: the tensors (and numpy views) of its storage, and the Python references to
-    each row tensor handed out (a caller keeping the row itself makes no new tensor)."""
-    return _storage_use_count(buffer.tensor.untyped_storage()._cdata), [sys.getrefcount(r) for r in buffer.rows]
-
-
-@dataclass
-class _RowBuffer:
-    """By reference: one variable's chunk buffer whose rows the training step writes in place."""
-
-    array: np.ndarray  # (chunk, *shape), C-contiguous: what the store writes when every row was written in place
-    tensor: torch.Tensor  # the same memory, for torch
-    rows: list[torch.Tensor]  # rows[i]: the view handed out for position i
-    holders: tuple[int, list[int]] | None = None  # _holders(self) with nobody but the recorder holding it
-
 
 @dataclass
 class _Slot:
@@ -103,7 +70,6 @@ class _Slot:
     rows: list[dict[str, torch.Tensor]] | None = None  # per position: a view of each variable's row
     refs: list[dict[str, torch.Tensor | np.ndarray] | None] | None = None  # by reference: each position's values
     exact: bool = True  # by reference: every value kept is a CPU tensor of its variable's shape and dtype
-    in_place: dict[str, _RowBuffer] | None = None  # by reference: buffers of the rows handed out by row()
 
 
 class HostStaging:
@@ -175,8 +141,7 @@ class Recorder:
         A started :class:`~trajscope.store.writer_process.WriterProcess` to write through (CPU only):
         the buffers are then shared memory and no writer thread runs in this process.
     by_reference
-        Keep each recorded CPU tensor instead of copying it (no copying chunk buffers; :meth:`row` offers
-        buffers the step writes into). Only for a
+        Keep each recorded CPU tensor instead of copying it (no chunk buffers). Only for a
         caller that never changes a recorded tensor in place afterwards (an optimizer's in-place
         ``step()`` does: :class:`~trajscope.producer.module_recorder.ModuleRecorder` copies). CPU
         tensors of numpy dtypes, not with a writer process. A full chunk is handed to the store by the
@@ -254,8 +219,8 @@ class Recorder:
                 slot.device[name][: len(rows)].copy_(torch.from_numpy(np.asarray(rows)))
 
     def _make_slot(self, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, torch.dtype], index: int) -> _Slot:
-        if self._by_reference:  # each position holds the recorded values themselves (buffers only for row())
-            return _Slot(device={}, host={}, refs=[None] * self.chunk, in_place={})
+        if self._by_reference:  # no buffers: each position holds the recorded values themselves
+            return _Slot(device={}, host={}, refs=[None] * self.chunk)
         if self._shared is not None:  # the writer process reads these pages
             device = {n: torch.from_numpy(a) for n, a in self._shared.views(index).items()}
         else:
@@ -293,57 +258,8 @@ class Recorder:
         slot = self._slots[slot_index]
         slot.start = (self.index // self.chunk) * self.chunk
         slot.exact = True
-        if slot.in_place:  # a row of its last chunk still held by the caller (itself or a view): a new buffer
-            for name, buffer in list(slot.in_place.items()):
-                if _holders(buffer) != buffer.holders:
-                    del slot.in_place[name]
         self._current = slot_index
         return slot_index
-
-    def row(self, name: str) -> torch.Tensor | None:
-        """Where the training step may write the next recorded state's ``name`` in place (by reference).
-
-        A CPU tensor of the variable's shape and dtype: row ``i`` of a C-contiguous chunk buffer that the
-        recorder owns and reuses (its pages are touched once, when it is made). When :meth:`record` then gets
-        this very tensor as ``name``, it is kept like any other (nothing is copied), and a chunk whose rows
-        were all written in place is written from the buffer as one piece, as ``write_block`` of a stacked
-        array is: from one allocation per state the same chunk file is written more slowly
-        (BENCHMARKS.md, "Recording ceiling"). Until it is recorded the row may be written again. A buffer
-        is reused only after its chunk is written and when nothing else holds one of its rows or a view of
-        one (tensor or numpy): a caller that keeps a recorded tensor keeps its value, the recorder makes a
-        new buffer instead. (A caller holding only the storage object, ``untyped_storage()``, is not seen.)
-
-        ``None`` where rows are not offered: not recording by reference, a small variable (stacked per
-        chunk), an unknown name, or a torch that does not count a storage's holders.
-
-        Parameters
-        ----------
-        name
-            A time-varying variable of the run (e.g. ``"W"``).
-        """
-        if not self._by_reference or name in self._stacked or name not in self._shapes or _storage_use_count is None:
-            return None
-        if self._current is None:
-            self._begin_chunk()
-        slot = self._slots[self._current]
-        buffer = slot.in_place.get(name)
-        if buffer is None:
-            buffer = slot.in_place[name] = self._row_buffer(name)
-        return buffer.rows[self.index - slot.start]
-
-    def _row_buffer(self, name: str) -> _RowBuffer:
-        """A new chunk buffer of ``name`` for :meth:`row`: numpy's allocation (a large one gets huge pages where
-        the kernel gives them on request), 64-byte aligned, every page touched now rather than by a
-        training step."""
-        dtype, shape = self._numpy_dtypes[name], (self.chunk, *self._shapes[name])
-        raw = np.empty(math.prod(shape) * dtype.itemsize + _ROW_ALIGNMENT, dtype=np.uint8)
-        skip = -raw.ctypes.data % _ROW_ALIGNMENT  # aligned as torch aligns its own CPU tensors
-        array = raw[skip : skip + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
-        array.fill(0)
-        tensor = torch.from_numpy(array)
-        buffer = _RowBuffer(array=array, tensor=tensor, rows=list(tensor.unbind(0)))
-        buffer.holders = _holders(buffer)
-        return buffer
 
     def record(self, **values: torch.Tensor | float | int) -> None:
         """Copy one state (every time-varying variable) into the current chunk buffer."""
@@ -428,9 +344,8 @@ class Recorder:
     def _block_values(self, slot: _Slot) -> dict[str, np.ndarray | StateRows]:
         """By reference (at the hand-off): each variable's rows of the slot's block, as the store takes them.
 
-        A large variable (a chunk of :data:`STACK_BELOW_VALUES` values or more) is the first rows of its
-        :meth:`row` buffer when the training step wrote every state of the block there, else
-        :class:`StateRows`: the rows' own memory, written without a copy. A small one (``v``, ``loss``, ``output``...) is stacked
+        A large variable (a chunk of :data:`STACK_BELOW_VALUES` values or more) is :class:`StateRows`: the
+        rows' own memory, written without a copy. A small one (``v``, ``loss``, ``output``...) is stacked
         into one array with a single ``torch.stack``: the copy is under 32768 values, and it spares a
         numpy view per row (Python calls, under the interpreter lock the write threads need).
         """
@@ -444,14 +359,10 @@ class Recorder:
                         values[name] = torch.stack(refs).numpy()
                 else:  # numbers, or one-element tensors of a scalar variable
                     values[name] = np.stack([self._row(name, r) for r in refs])
+            elif slot.exact:  # CPU tensors of the variable's shape and dtype (checked by _keep)
+                values[name] = StateRows([r.detach().numpy() if r.requires_grad else r.numpy() for r in refs])
             else:
-                buffer = slot.in_place.get(name)
-                written = [buffer is not None and r is row for r, row in zip(refs, buffer.rows if buffer else refs)]
-                if all(written):  # every row written in place (row()): the chunk is the buffer's first rows
-                    values[name] = buffer.array[: slot.count]
-                else:  # a row written in place is a numpy view of the buffer (no torch view outlives the write)
-                    values[name] = StateRows([buffer.array[i] if in_place else self._row(name, r)
-                                              for i, (r, in_place) in enumerate(zip(refs, written))])
+                values[name] = StateRows([self._row(name, r) for r in refs])
         return values
 
     @staticmethod

@@ -219,7 +219,7 @@ def resume(
             if int(last["step"][0]) != int(schedule[committed - 1]):
                 raise UserError(f"run {run_id!r}: stored steps do not match its recording schedule; cannot resume")
             state = State(W=torch.from_numpy(last["W"][0].copy()), v=torch.from_numpy(last["v"][0].copy()))
-            if cfg.train.stop_loss is not None and float(last["loss"][0]) <= cfg.train.stop_loss:
+            if reached_stop_loss(cfg, last["loss"][0]):
                 stopped_loss = float(last["loss"][0])  # the run had reached its stop point: nothing to train
                 preload = None  # nor any chunk to rewrite
     except BaseException:
@@ -236,6 +236,11 @@ def resume(
         raise
 
 
+def reached_stop_loss(config: RunConfig, loss) -> bool:
+    """Whether a recorded state's loss ends the run: ``loss <= train.stop_loss`` (never without one)."""
+    return config.train.stop_loss is not None and float(loss) <= config.train.stop_loss
+
+
 def cpu_threads(config: RunConfig) -> int:
     """Training threads on the CPU: ``train.threads``, else one core fewer than the process may run on
     (:func:`~trajscope.store.hotpath.usable_cores`; the recorder's writer keeps a core)."""
@@ -248,12 +253,8 @@ def minibatch_rows(seed: int, step: int, n: int, batch: int) -> np.ndarray:
 
 
 def gradient_step(model: TwoLayerReLU, state: State, cfg: RunConfig, step: int,
-                  pre: torch.Tensor | None, out: torch.Tensor | None, *, W_into: torch.Tensor | None = None) -> State:
-    """One update ``θ <- θ - lr ∇L(θ)`` (full batch from the forward pass ``pre, out``, or a minibatch).
-
-    ``W_into``: where the new ``W`` is written (the recorder's :meth:`~trajscope.producer.recorder.Recorder.row`
-    for the next recorded state); the same operations as without it, so the same bits.
-    """
+                  pre: torch.Tensor | None, out: torch.Tensor | None) -> State:
+    """One update ``θ <- θ - lr ∇L(θ)`` (full batch from the forward pass ``pre, out``, or a minibatch)."""
     lr, batch = cfg.train.lr, cfg.train.batch_size
     if batch is None:
         grad_W, grad_v = model.gradient(state, pre, out)
@@ -261,8 +262,7 @@ def gradient_step(model: TwoLayerReLU, state: State, cfg: RunConfig, step: int,
         rows = torch.from_numpy(minibatch_rows(cfg.seed, step, model.n, batch)).to(model.X.device)
         pre_b, out_b = model.forward(state, rows)
         grad_W, grad_v = model.gradient(state, pre_b, out_b, rows)
-    W = state.W - lr * grad_W if W_into is None else torch.sub(state.W, lr * grad_W, out=W_into)
-    return State(W=W, v=state.v - lr * grad_v if cfg.train.train_v else state.v)
+    return State(W=state.W - lr * grad_W, v=state.v - lr * grad_v if cfg.train.train_v else state.v)
 
 
 def _train(
@@ -314,13 +314,11 @@ def _train(
                     loss = model.loss_value(out)
                     recorder.record(**two_layer.record_values(state, loss, out))
                     index += 1
-                    if cfg.train.stop_loss is not None and float(loss) <= cfg.train.stop_loss:
+                    if reached_stop_loss(cfg, loss):
                         break
                 if step >= cfg.train.steps:
                     break
-                # the next state is recorded: its W is written into the recorder's chunk buffer (None: not offered)
-                W_into = recorder.row("W") if index < len(schedule) and schedule[index] == step + 1 else None
-                state = two_layer.step(model, state, cfg, step, pre, out, W_into=W_into)
+                state = two_layer.step(model, state, cfg, step, pre, out)
                 step += 1
                 now = time.perf_counter()
                 if progress is not None and now - last_report > 0.25:

@@ -64,11 +64,11 @@ def init(cfg: "RunConfig", dim: int, dtype: "torch.dtype") -> "State":
     return initialize(cfg.init, cfg.model.width, dim, train_v=cfg.train.train_v, seed=cfg.seed, dtype=dtype)
 
 
-def step(model: "TwoLayerReLU", state: "State", cfg: "RunConfig", k: int, pre, out, *, W_into=None) -> "State":
+def step(model: "TwoLayerReLU", state: "State", cfg: "RunConfig", k: int, pre, out) -> "State":
     """One optimizer step from step ``k`` (see :func:`trajscope.producer.train.gradient_step`)."""
     from trajscope.producer.train import gradient_step
 
-    return gradient_step(model, state, cfg, k, pre, out, W_into=W_into)
+    return gradient_step(model, state, cfg, k, pre, out)
 
 
 def record_values(state: "State", loss: "torch.Tensor", out: "torch.Tensor") -> dict[str, "torch.Tensor"]:

@@ -1,10 +1,13 @@
 """Cost of recording a user's model with ModuleRecorder against the same loop without it (CPU).
 
-    python bench/module_overhead.py [--steps 200] [--repeats 3] [--width 256]
+    python bench/module_overhead.py [--steps 200] [--repeats 3] [--width 256] [--threads N]
 
 An MLP 784-W-W-10 trained by minibatch SGD (batch 256) on random data; each repeat runs the bare loop
 and the recorded loop back to back (every parameter recorded at every step into a temporary local
 root), and the table reports their medians and the ratio recorded / bare measured in the same run.
+``--threads N`` sets torch's intra-op threads for both loops (default: torch's own, one per core): the
+recorder's copies and the store's writes take a core, and torch's parallel ops wait for the slowest of
+their threads, so a loop using every core pays for recording more than one that leaves a core free.
 Also: the import time of ``trajscope.store`` against ``trajscope.analysis`` (fresh interpreters).
 """
 
@@ -53,7 +56,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--width", type=int, default=256)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x, y = torch.randn(4096, 784), torch.randint(0, 10, (4096,))
 
@@ -72,7 +78,7 @@ def main() -> None:
     b, r = statistics.median(bare), statistics.median(recorded)
     store_s, analysis_s = import_seconds("trajscope.store"), import_seconds("trajscope.analysis")
     print(f"MLP 784-{args.width}-{args.width}-10, {state_mib:.2f} MiB per state, {args.steps} steps, "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}, {torch.get_num_threads()} torch threads")
     print("| measure | value |\n|---|---|")
     print(f"| bare loop | {b:.2f} s ({args.steps / b:.0f} steps/s) |")
     print(f"| recorded every step | {r:.2f} s ({args.steps / r:.0f} steps/s, {state_mib * args.steps / r:.0f} MiB/s) |")

@@ -23,9 +23,10 @@ reference trajectory's states (h=100, D=784, n=1000: ``W``, ``v``, ``loss``, ``o
   written from the states' memory). The states fed are ``2 T`` distinct tensors made before the clock
   starts, fed in turn (a training loop hands a new tensor every step; one constant tensor would stay in
   the cache);
-- **recorder, copying**: the same, each state copied into the chunk buffers, which a writer thread hands
-  to the write pool (what ``ModuleRecorder`` does, whose optimizer changes parameters in place, and the
-  GPU path before its device-to-host copy);
+- **recorder, copying**: the same, each state copied into the chunk buffers, the ``record()`` call that
+  fills one handing it to the write pool (what ``ModuleRecorder`` does on the CPU, whose optimizer changes
+  parameters in place; the GPU path copies the same way, then its writer thread hands the chunk over after
+  the device-to-host copy);
 - **recorder, writer process**: copying into shared-memory buffers, with ``record.writer: process``
   (local roots only): a second process writes and commits. The process is started before the
   clock starts (``produce`` starts it before building the dataset, so its start-up overlaps that).

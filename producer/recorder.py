@@ -3,14 +3,17 @@
 The training loop calls :meth:`Recorder.record` once per recorded state. The state is copied into the
 current chunk buffer with one call: on a GPU one multi-tensor copy (``torch._foreach_copy_``, one kernel
 launch for every variable of the state, no host sync); on the CPU one numpy memcpy per variable (torch's
-intra-op threads would compete with the training step for the cores). A full buffer is handed to the writer thread — on a
-GPU after an asynchronous copy into pinned host memory on a side stream — and the loop continues in the
-next free buffer. There are ``buffers`` of them (device and pinned buffers are allocated once and
-reused); when none is free the loop waits (back-pressure), so nothing is ever dropped and memory stays
-bounded. The writer thread hands each chunk to :meth:`RunWriter.write_block`, which encodes and writes
-its chunk files on the store's thread pool and returns at once; the buffer is free again when its files
-are written, so several chunks are in flight. The writer thread commits what is written at most every
-``commit_seconds`` (:meth:`RunWriter.commit_if_due`), and everything at :meth:`Recorder.close`.
+intra-op threads would compete with the training step for the cores). On a GPU a full buffer is handed
+to the writer thread after an asynchronous copy into pinned host memory on a side stream; on the CPU,
+where the buffer is host memory already, the :meth:`Recorder.record` call that fills it hands it to the
+store itself (the hop to the writer thread was Python under the interpreter lock the store's write threads
+need, see "By reference" below). The loop continues in the next free buffer. There are ``buffers`` of them
+(device and pinned buffers are allocated once and reused); when none is free the loop waits
+(back-pressure), so nothing is ever dropped and memory stays bounded. Each chunk goes to
+:meth:`RunWriter.write_block`, which encodes and writes its chunk files on the store's thread pool and
+returns at once; the buffer is free again when its files are written, so several chunks are in flight.
+The writer thread commits what is written at most every ``commit_seconds``
+(:meth:`RunWriter.commit_if_due`), and everything at :meth:`Recorder.close`.
 
 By reference (``by_reference=True``, CPU only, used by the two-layer producer, whose step makes new
 tensors and never changes a recorded one in place): :meth:`Recorder.record` checks each value (one quick
@@ -178,6 +181,9 @@ class Recorder:
         self._process = process
         self._shared = None
         self._by_reference = by_reference
+        # a full chunk needs no copy to finish (the CPU): the record() call that completes it hands it to the
+        # store's write pool itself; on a GPU the writer thread does, once the copy to pinned memory is done
+        self._direct = process is None and (by_reference or type(self.staging) is HostStaging)
         if by_reference:
             self._shapes = {n: tuple(s) for n, s in shapes.items()}
             self._torch_dtypes = dict(dtypes)
@@ -391,7 +397,7 @@ class Recorder:
             self._current = None
             return
         index, self._current = self._current, None
-        if self._by_reference:  # nothing to wait for: the block goes to the store's write pool from here
+        if self._direct:  # nothing to wait for: the block goes to the store's write pool from here
             if self._error is not None:
                 self._release(index)
                 self._raise_if_failed()

@@ -321,6 +321,32 @@ def test_by_reference_takes_a_training_loops_tensors_as_they_are_and_hands_block
                                       err_msg=name)
 
 
+def test_copying_on_the_cpu_hands_blocks_over_from_the_training_thread_and_the_gpu_path_from_the_writer(tmp_path):
+    """A CPU recorder that copies (``ModuleRecorder``'s) hands each full buffer to the store from the ``record()``
+    that fills it; with a staging step that finishes later (the GPU's), the writer thread does, after it."""
+    h, dim, n, states = 4, 3, 5, 12
+    for staging, expected in ((None, "training"), (DeferredStaging(), "writer")):
+        run_id = f"copy-{expected}"
+        writer, shapes, dtypes = _small_run(tmp_path, run_id, states, h, dim, n)
+        threads, original = [], writer.write_block
+        writer.write_block = lambda start, block: (threads.append(threading.current_thread()), original(start, block))[1]
+        steps = np.arange(states)
+        recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=staging,
+                            columns={"step": steps, "t": steps * 0.5})
+        W = torch.zeros(h, dim)
+        for k in range(states):
+            W.add_(1.0)  # changed in place after each record, as an optimizer does: the copy keeps each value
+            recorder.record(W=W, v=torch.full((h,), float(k)), loss=k / 10, output=torch.zeros(n))
+        assert recorder.close() == states
+        writer.finish("complete")
+        main = threading.current_thread()
+        assert threads and all((t is main) == (expected == "training") for t in threads), (expected, threads)
+        ds = open_run(run_id, root=StoreRoot(tmp_path))
+        np.testing.assert_array_equal(ds.W.values, np.arange(1, states + 1, dtype=np.float32)[:, None, None]
+                                      * np.ones((states, h, dim), np.float32))
+        np.testing.assert_array_equal(ds.v.values[:, 0], np.arange(states, dtype=np.float32))
+
+
 def _raising_at_the_second_block(tmp_path, run_id, exc):
     """A by-reference recorder of 20 states (chunks of 5) whose ``write_block`` raises ``exc`` for the block at 5;
     the writer, the recorder, the starts ``write_block`` was called with, and a state to record."""

@@ -58,7 +58,9 @@ def main() -> None:
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
     args = p.parse_args()
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error(f"--threads {args.threads}: give a positive number of threads")
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x, y = torch.randn(4096, 784), torch.randint(0, 10, (4096,))

@@ -142,7 +142,8 @@ class ModuleRecorder:
         """Record the module's current state (and the named scalars/tensors in ``extra``).
 
         Call it once for the initial state and once after every optimizer step; with ``every=N`` only
-        every N-th call is stored. Returns immediately: copies go to a device buffer.
+        every N-th call is stored. Copies go to a buffer on the model's device (no host sync); on the CPU the
+        call that fills a buffer also hands it to the store's write pool, which writes it in the background.
         """
         if self._closed:
             raise RuntimeError(f"run {self.run_id!r}: record() after close()")

@@ -1,4 +1,4 @@
-"""The recording pipeline: chunk buffers → bounded hand-off → writer thread → store's write pool.
+"""The recording pipeline: chunk buffers → bounded hand-off → store's write pool (→ commits by a writer thread).
 
 The training loop calls :meth:`Recorder.record` once per recorded state. The state is copied into the
 current chunk buffer with one call: on a GPU one multi-tensor copy (``torch._foreach_copy_``, one kernel
@@ -177,6 +177,7 @@ class Recorder:
         self.committed = start_index
         self.index = start_index
         self._handed = start_index  # recorded indices handed to the writer (writing or written)
+        self._cut: int | None = None  # first index a Ctrl-C kept from the store (nothing from it is committed)
         self.columns = dict(columns or {})
         self._process = process
         self._shared = None
@@ -269,6 +270,9 @@ class Recorder:
 
     def record(self, **values: torch.Tensor | float | int) -> None:
         """Copy one state (every time-varying variable) into the current chunk buffer."""
+        if self._cut is not None:
+            raise RuntimeError(f"a Ctrl-C interrupted handing states {self._cut}.. to the store: close this recorder "
+                               f"(the states before {self._cut} are kept) and resume the run to go on")
         if self._current is None:
             self._begin_chunk()
         slot = self._slots[self._current]
@@ -407,6 +411,10 @@ class Recorder:
                 if self._error is None:
                     self._error = exc
                 self._raise_if_failed()
+            except BaseException:  # a Ctrl-C: this chunk may never be written, so nothing from it is committed
+                if self._cut is None:
+                    self._cut = slot.start
+                raise
             return  # the writer thread commits when due (a written block wakes it)
         self.staging.start_copy(slot)
         self._filled.put(index)
@@ -421,7 +429,7 @@ class Recorder:
             if self._current is not None:
                 slot = self._slots[self._current]
                 count = self.index - slot.start
-                if count > 0:
+                if count > 0 and self._cut is None:
                     self._hand_off(count)
                 else:
                     self._free.put(self._current)
@@ -445,7 +453,7 @@ class Recorder:
         self._raise_if_failed()
         return self.committed
 
-    # -- writer-thread side (and the hand-off: _submit runs on the training thread by reference; the
+    # -- writer-thread side (and the hand-off: _submit runs on the training thread on the CPU; the
     # -- done-callbacks _block_written and _release on the store's write threads) ---------------------
     def _write_loop(self) -> None:
         while True:
@@ -520,9 +528,10 @@ class Recorder:
             self.writer.commit(self.committed)
 
     def _commit_all(self) -> None:
-        if self._handed > self.committed:
-            self.writer.commit(self._handed)
-            self.committed = self._handed
+        target = self._handed if self._cut is None else min(self._handed, self._cut)
+        if target > self.committed:
+            self.writer.commit(target)
+            self.committed = target
 
 
 #: ``record.writer: auto`` uses a writer process for runs recording at least this many bytes

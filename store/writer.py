@@ -68,8 +68,8 @@ def library_versions() -> dict[str, str]:
 class RunWriter:
     """The single writer of one run. Create with :meth:`create` or reopen with :meth:`reopen`.
 
-    A recorder calls :meth:`write_block` from one thread (its training thread when it records by reference,
-    else its writer thread) and :meth:`commit`, :meth:`commit_if_due` and :attr:`written_steps` from its
+    A recorder calls :meth:`write_block` from one thread (its training thread on the CPU, its writer thread
+    on a GPU, after the copy to the host) and :meth:`commit`, :meth:`commit_if_due` and :attr:`written_steps` from its
     writer thread; the owner calls :meth:`finish` after both have stopped.
     """
 

@@ -321,17 +321,24 @@ def test_by_reference_takes_a_training_loops_tensors_as_they_are_and_hands_block
                                       err_msg=name)
 
 
-def test_copying_on_the_cpu_hands_blocks_over_from_the_training_thread_and_the_gpu_path_from_the_writer(tmp_path):
+def test_copying_on_the_cpu_hands_blocks_over_from_the_training_thread_and_the_gpu_path_from_the_writer(
+        tmp_path, monkeypatch):
     """A CPU recorder that copies (``ModuleRecorder``'s) hands each full buffer to the store from the ``record()``
-    that fills it; with a staging step that finishes later (the GPU's), the writer thread does, after it."""
-    h, dim, n, states = 4, 3, 5, 12
+    that fills it; with a staging step that finishes later (the GPU's), the writer thread does, after it. Two
+    buffers, slow chunk writes, ``W`` changed in place after each record: a buffer reused before its chunk
+    file is written would store later values."""
+    from trajscope.store.chunkio import LocalSink
+
+    put = LocalSink.put
+    monkeypatch.setattr(LocalSink, "put", lambda self, key, parts: (time.sleep(0.005), put(self, key, parts))[1])
+    h, dim, n, states = 4, 3, 5, 53
     for staging, expected in ((None, "training"), (DeferredStaging(), "writer")):
         run_id = f"copy-{expected}"
         writer, shapes, dtypes = _small_run(tmp_path, run_id, states, h, dim, n)
         threads, original = [], writer.write_block
         writer.write_block = lambda start, block: (threads.append(threading.current_thread()), original(start, block))[1]
         steps = np.arange(states)
-        recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=staging,
+        recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=staging, buffers=2,
                             columns={"step": steps, "t": steps * 0.5})
         W = torch.zeros(h, dim)
         for k in range(states):
@@ -345,6 +352,39 @@ def test_copying_on_the_cpu_hands_blocks_over_from_the_training_thread_and_the_g
         np.testing.assert_array_equal(ds.W.values, np.arange(1, states + 1, dtype=np.float32)[:, None, None]
                                       * np.ones((states, h, dim), np.float32))
         np.testing.assert_array_equal(ds.v.values[:, 0], np.arange(states, dtype=np.float32))
+
+
+@pytest.mark.parametrize("by_reference", [True, False])
+def test_recording_after_a_ctrl_c_in_a_hand_off_is_refused_and_close_commits_what_came_before(tmp_path, by_reference):
+    """A Ctrl-C while the chunk at 5 is handed over (chunks of 5): a caller that goes on recording (a notebook's
+    next cell) gets a clear error, and ``close`` commits states 0-4 (it used to wait forever for chunk 5)."""
+    writer, shapes, dtypes = _small_run(tmp_path, f"cut-{by_reference}", 20)
+    original, raised = writer.write_block, []
+
+    def interrupted(start, block):
+        if start == 5 and not raised:
+            raised.append(start)
+            raise KeyboardInterrupt
+        return original(start, block)
+
+    writer.write_block = interrupted
+    steps = np.arange(20)
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=by_reference,
+                        columns={"step": steps, "t": steps * 0.5})
+    state = lambda k: {"W": torch.full((4, 3), float(k)), "v": torch.zeros(4), "loss": k / 10, "output": torch.zeros(5)}
+    with pytest.raises(KeyboardInterrupt):
+        for k in range(10):
+            recorder.record(**state(k))
+    with pytest.raises(RuntimeError, match="Ctrl-C interrupted handing states 5.. to the store"):
+        recorder.record(**state(10))
+    closed = []
+    closing = threading.Thread(target=lambda: closed.append(recorder.close()), daemon=True)
+    closing.start()
+    closing.join(20)
+    assert closed == [5]
+    writer.finish("interrupted")
+    ds = open_run(f"cut-{by_reference}", root=StoreRoot(tmp_path))
+    np.testing.assert_array_equal(ds.W.values[:, 0, 0], np.arange(5, dtype=np.float32))
 
 
 def _raising_at_the_second_block(tmp_path, run_id, exc):

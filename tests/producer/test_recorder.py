@@ -358,19 +358,8 @@ def test_copying_on_the_cpu_hands_blocks_over_from_the_training_thread_and_the_g
 def test_recording_after_a_ctrl_c_in_a_hand_off_is_refused_and_close_commits_what_came_before(tmp_path, by_reference):
     """A Ctrl-C while the chunk at 5 is handed over (chunks of 5): a caller that goes on recording (a notebook's
     next cell) gets a clear error, and ``close`` commits states 0-4 (it used to wait forever for chunk 5)."""
-    writer, shapes, dtypes = _small_run(tmp_path, f"cut-{by_reference}", 20)
-    original, raised = writer.write_block, []
-
-    def interrupted(start, block):
-        if start == 5 and not raised:
-            raised.append(start)
-            raise KeyboardInterrupt
-        return original(start, block)
-
-    writer.write_block = interrupted
-    steps = np.arange(20)
-    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=by_reference,
-                        columns={"step": steps, "t": steps * 0.5})
+    writer, recorder, _, _ = _raising_at_the_second_block(tmp_path, f"cut-{by_reference}", KeyboardInterrupt(),
+                                                          by_reference=by_reference)
     state = lambda k: {"W": torch.full((4, 3), float(k)), "v": torch.zeros(4), "loss": k / 10, "output": torch.zeros(5)}
     with pytest.raises(KeyboardInterrupt):
         for k in range(10):
@@ -387,9 +376,9 @@ def test_recording_after_a_ctrl_c_in_a_hand_off_is_refused_and_close_commits_wha
     np.testing.assert_array_equal(ds.W.values[:, 0, 0], np.arange(5, dtype=np.float32))
 
 
-def _raising_at_the_second_block(tmp_path, run_id, exc):
-    """A by-reference recorder of 20 states (chunks of 5) whose ``write_block`` raises ``exc`` for the block at 5;
-    the writer, the recorder, the starts ``write_block`` was called with, and a state to record."""
+def _raising_at_the_second_block(tmp_path, run_id, exc, by_reference=True):
+    """A CPU recorder of 20 states (chunks of 5; by reference unless told) whose ``write_block`` raises ``exc``
+    for the block at 5; the writer, the recorder, the starts ``write_block`` was called with, and a state."""
     writer, shapes, dtypes = _small_run(tmp_path, run_id, 20)
     original, calls = writer.write_block, []
 
@@ -401,7 +390,7 @@ def _raising_at_the_second_block(tmp_path, run_id, exc):
 
     writer.write_block = raising
     steps = np.arange(20)
-    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=True,
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=by_reference,
                         columns={"step": steps, "t": steps * 0.5})
     return writer, recorder, calls, {"W": torch.ones(4, 3), "v": torch.zeros(4), "loss": 0.5, "output": torch.zeros(5)}
 

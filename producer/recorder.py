@@ -139,7 +139,10 @@ class Recorder:
         Number of chunk buffers (≥ 2): the bound on memory and on work queued for the writer.
     staging
         How full buffers reach host memory: :class:`CudaStaging` on a GPU, :class:`HostStaging` on the
-        CPU (default: chosen from ``device``).
+        CPU (default: chosen from ``device``). With :class:`HostStaging` (and by reference) the
+        :meth:`record` call that completes a chunk hands it to the store: a write that fails there raises
+        there, one that fails later (on a write thread) at the next chunk's hand-off or at :meth:`close`;
+        after a Ctrl-C there nothing more is recorded, and :meth:`close` commits what came before.
     process
         A started :class:`~trajscope.store.writer_process.WriterProcess` to write through (CPU only):
         the buffers are then shared memory and no writer thread runs in this process.
@@ -147,9 +150,8 @@ class Recorder:
         Keep each recorded CPU tensor instead of copying it (no chunk buffers). Only for a
         caller that never changes a recorded tensor in place afterwards (an optimizer's in-place
         ``step()`` does: :class:`~trajscope.producer.module_recorder.ModuleRecorder` copies). CPU
-        tensors of numpy dtypes, not with a writer process. A full chunk is handed to the store by the
-        :meth:`record` call that completes it; a write that fails there raises there, one that fails
-        later (on a write thread) at the next chunk's hand-off or at :meth:`close`.
+        tensors of numpy dtypes, not with a writer process. Chunks are handed over as with
+        :class:`HostStaging` (see ``staging``).
     """
 
     def __init__(

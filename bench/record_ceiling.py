@@ -36,7 +36,8 @@ starts: the raw write, plain zarr and the store path write block ``i % 2`` as ch
 are fed the same states one by one. (Until 2026-11-28 the first three wrote one block over and over,
 which stays in the CPU cache while the recorders' states did not.) ``--write-threads`` sets the store's
 write threads (store path and recorders; default: the store's own choice, one per core, at most 4, on a
-local root).
+local root); ``--buffers`` the recorders' chunk buffers (default: theirs, one per write thread plus one, at
+least 3; ``--buffers 3`` is the default before 2026-11-28).
 
 Each MB/s is the median of ``--repeats`` interleaved runs (the order rotates between repeats; ``sync``
 before each, untimed, so none pays for another's dirty pages); each ratio is the median of the per-repeat
@@ -47,7 +48,7 @@ local-dir root; ``recorder_over_raw_from_states`` the same over raw parallel fro
 path on every root; ``recorder_ratio_range`` the lowest and highest single-repeat ratio of the recorder over
 raw parallel, per root).
 
-    python bench/record_ceiling.py [--quick] [--mb 512] [--repeats 3] [--write-threads N] [--roots local,tmpfs,memory]
+    python bench/record_ceiling.py [--quick] [--mb 512] [--repeats 3] [--write-threads N] [--buffers N] [--roots local,tmpfs,memory]
                                    [--json] [--write BENCHMARKS.md]
 """
 
@@ -218,7 +219,7 @@ def store_path(root: Root, states: int, T: int, write_threads: int | None = None
 
 
 def recorder(root: Root, states: int, T: int, process: bool = False, by_reference: bool = True,
-             write_threads: int | None = None) -> float:
+             write_threads: int | None = None, buffers: int | None = None) -> float:
     import torch
 
     from trajscope.producer.recorder import Recorder
@@ -236,7 +237,7 @@ def recorder(root: Root, states: int, T: int, process: bool = False, by_referenc
     columns = {"step": np.arange(states), "t": np.arange(states) * 0.01}
     start = time.perf_counter()
     rec = Recorder(writer, shapes, dtypes, torch.device("cpu"), columns=columns, process=handle,
-                   by_reference=by_reference and handle is None)
+                   by_reference=by_reference and handle is None, buffers=buffers)
     for i in range(states):
         rec.record(**pool[i % len(pool)])
     rec.close()
@@ -253,6 +254,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4, help="threads of the raw parallel write")
     parser.add_argument("--write-threads", type=int, default=None,
                         help="the store's write threads (default: its own choice for the root)")
+    parser.add_argument("--buffers", type=int, default=None,
+                        help="the recorders' chunk buffers (default: their own choice, write threads + 1, at least 3)")
     parser.add_argument("--dir", default=os.environ.get("TRAJSCOPE_BENCH_DIR", "."), help="the local-dir root's parent")
     parser.add_argument("--roots", default="local,tmpfs,memory")
     parser.add_argument("--json", action="store_true")
@@ -263,9 +266,12 @@ def main() -> None:
     states = max(int(args.mb * 1e6 // STATE_BYTES), 1)
     T = chunk_steps()
     kinds = [k for k in args.roots.split(",") if k != "tmpfs" or os.path.isdir("/dev/shm")]
+    from trajscope.producer.recorder import default_buffers
     from trajscope.store.hotpath import default_write_threads
 
-    wt = args.write_threads
+    wt, nb = args.write_threads, args.buffers
+    if nb is not None and nb < 2:
+        parser.error(f"--buffers {nb}: a recorder needs at least 2 chunk buffers")
 
     def paths(n: int) -> dict:
         """Each path moving ``n`` states."""
@@ -273,9 +279,9 @@ def main() -> None:
                 "raw parallel, from the states": lambda r: raw_parallel(r, n, T, args.threads, from_states=True),
                 "plain zarr": lambda r: plain_zarr(r, n, T),
                 "store write path": lambda r: store_path(r, n, T, wt),
-                "recorder": lambda r: recorder(r, n, T, write_threads=wt),
-                "recorder, copying": lambda r: recorder(r, n, T, by_reference=False, write_threads=wt),
-                "recorder, writer process": lambda r: recorder(r, n, T, process=True, write_threads=wt)}
+                "recorder": lambda r: recorder(r, n, T, write_threads=wt, buffers=nb),
+                "recorder, copying": lambda r: recorder(r, n, T, by_reference=False, write_threads=wt, buffers=nb),
+                "recorder, writer process": lambda r: recorder(r, n, T, process=True, write_threads=wt, buffers=nb)}
 
     methods = paths(states)
     seconds: dict[tuple[str, str], list[float]] = {}
@@ -315,6 +321,7 @@ def main() -> None:
     result = {
         "states": states, "state_bytes": STATE_BYTES, "chunk_steps": T, "repeats": args.repeats,
         "cpus": os.cpu_count(), "write_threads": {k: wt or default_write_threads(k != "memory") for k in kinds},
+        "buffers": {k: nb or default_buffers(wt or default_write_threads(k != "memory")) for k in kinds},
         "mb_per_s": {kind: {name: None if math.isnan(mbs[(kind, name)]) else round(mbs[(kind, name)], 1)
                             for name in methods} for kind in kinds},
         "over_raw": {kind: {n: None if math.isnan(r) else round(r, 3) for n, r in by.items()}
@@ -344,7 +351,7 @@ def main() -> None:
     else:
         print(table)
         print(f"\n{states} states of {STATE_BYTES / 1e3:.0f} kB, chunks of {T} states, median of {args.repeats}, "
-              f"store write threads {result['write_threads']}; recorder (default writer: thread) on the local dir: "
+              f"store write threads {result['write_threads']}, recorder buffers {result['buffers']}; recorder (default writer: thread) on the local dir: "
               f"{result['recorder_over_raw']} × raw parallel, {result['recorder_over_raw_from_states']} × raw "
               f"parallel from the states; single repeats of the recorder over raw parallel ranged "
               f"{result['recorder_ratio_range']}")
@@ -353,12 +360,13 @@ def main() -> None:
         from record_overhead import replace_section
 
         command = f"python bench/record_ceiling.py --mb {args.mb:g} --repeats {args.repeats}" + (
-            f" --write-threads {wt}" if wt else "")
+            f" --write-threads {wt}" if wt else "") + (f" --buffers {nb}" if nb else "")
         section = (
             f"## Recording ceiling\n\n`{command}` — the reference states (h=100, D=784, n=1000, "
             f"{STATE_BYTES / 1e3:.0f} kB a state, {states} states, chunks of {T}) with no training, "
             f"{os.cpu_count()} cores, measured {time.strftime('%Y-%m-%d')}; MB/s of states, median of "
-            f"{args.repeats} interleaved runs, the store's write threads {result['write_threads']}; every path "
+            f"{args.repeats} interleaved runs, the store's write threads {result['write_threads']}, the recorders' "
+            f"chunk buffers {result['buffers']}; every path "
             f"moves the same {2 * T} distinct states; the ratios are medians of per-repeat ratios against the raw "
             f"parallel rates of the same root and repeat.\n\n{table}\n\nrecorder (default writer: {default}) on the "
             f"local dir: **{result['recorder_over_raw']} × raw parallel** (goal ≥ 0.8), "

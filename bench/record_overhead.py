@@ -96,6 +96,8 @@ def torch_save_loop(cfg, directory: Path) -> float:
 class _DiscardingWriter:
     """Stands in for the store: takes whole chunks and drops them (isolates the recorder's own cost)."""
 
+    write_pool_size = 1  # it writes at once: the recorder's default buffers are then its fewest
+
     def __init__(self, chunk_steps: int):
         self.chunk_steps = chunk_steps
 

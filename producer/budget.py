@@ -4,7 +4,9 @@ An absurd size (``model.width=1000000000``, ``train.steps=1000000000000``...) is
 naming the largest item and the field to lower, before the data are built or the run is created.
 
 Estimates (bytes; ``s`` = itemsize of ``train.dtype``, ``h`` width, ``n`` samples, ``D`` features,
-``S`` recorded states, ``T`` time chunk length, ``B`` = ``record.buffers``):
+``S`` recorded states, ``T`` time chunk length, ``B`` = ``record.buffers``, by default the most the
+recorder chooses: :func:`~trajscope.producer.recorder.default_buffers` of ``record.write_threads`` or of 4
+threads, the most any root gets by default):
 
 * one recorded state ``b = s (h D + h + n) + 24`` (``W``, ``v``, ``output``; ``loss``, ``step``, ``t``);
 * data ``8 (4 n D + 2 n²)`` (float64 copies while building, the ``n × n`` Gram of the separation);
@@ -22,8 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from trajscope.producer.config import RunConfig
+from trajscope.producer.recorder import default_buffers
 from trajscope.store import StoreRoot
 from trajscope.store.errors import UserError
+from trajscope.store.hotpath import LOCAL_WRITE_THREADS_MAX, REMOTE_WRITE_THREADS
 from trajscope.store.layout import chunk_steps_for
 
 #: fraction of the available memory / free disk a run may plan to use
@@ -70,13 +74,20 @@ def estimate(config: RunConfig, n: int, dim: int) -> Budget:
     step_bytes = s * (h * dim + h + n) + 24
     chunk = chunk_steps_for(s * h * dim, int(config.record.chunk_mib * 2**20))
     items = {
-        "recorder chunk buffers (model.width × data dim × record.buffers)": config.record.buffers * chunk * step_bytes,
+        "recorder chunk buffers (model.width × data dim × record.buffers)": chunk_buffers(config) * chunk * step_bytes,
         "data (data.n × data.dim, and data.n² for the separation)": 8 * (4 * n * dim + 2 * n * n),
         "training (model.width × data.n × data.dim)": s * (4 * h * dim + 3 * n * h + n * dim),
         "recording schedule (train.steps / record.every)": 24 * states,
     }
     largest = max(items, key=items.get)
     return Budget(states, int(sum(items.values())), int(states * step_bytes + s * n * dim + n), largest)
+
+
+def chunk_buffers(config: RunConfig) -> int:
+    """``B`` of the estimate: ``record.buffers``, else the most the recorder would choose (its default for
+    ``record.write_threads``, or for the most write threads any root gets by default)."""
+    threads = config.record.write_threads or max(LOCAL_WRITE_THREADS_MAX, REMOTE_WRITE_THREADS)
+    return config.record.buffers or default_buffers(threads)
 
 
 def available_memory() -> int:

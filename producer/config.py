@@ -151,7 +151,8 @@ class RecordConfig(_Strict):
     written states are committed at most this often, so a live reader sees a written chunk within this
     time. ``buffers``: chunks in flight between the training loop and the store (chunk buffers; on the
     CPU with the writer thread, the states of that many chunks kept by reference): the bound on memory,
-    and the loop waits when all are full. ``write_threads``: threads encoding and writing chunk files
+    and the loop waits when all are full (default: one per write thread plus the one being filled, at
+    least 3, so every write thread can have a chunk). ``write_threads``: threads encoding and writing chunk files
     (default: one per core, at most 4, on a local root; 4 on an fsspec root).
     ``writer``: where the store's
     writing runs — ``thread`` (a thread of the training process), ``process`` (a long-lived writer
@@ -168,7 +169,7 @@ class RecordConfig(_Strict):
     log_points: int = Field(1000, ge=2)
     chunk_mib: float = Field(8.0, gt=0.0)
     compressor: Literal["none", "zstd"] = "none"
-    buffers: int = Field(3, ge=2)
+    buffers: int | None = Field(None, ge=2)
     durability: Literal["process", "fsync"] = "process"
     commit_seconds: float = Field(0.5, ge=0.0, le=60.0)
     write_threads: int | None = Field(None, ge=1, le=64)

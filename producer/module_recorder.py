@@ -70,7 +70,8 @@ class ModuleRecorder:
         JSON-ready metadata stored with the run under ``attrs["user"]``.
     compressor, chunk_mib, queue_chunks
         Codec (``none``/``zstd``), target size of a chunk of the largest variable, and number of chunk
-        buffers (bound on memory and on work queued for the writer).
+        buffers (bound on memory and on work queued for the writer; default: one per write thread of the
+        store plus one, at least 3, :func:`~trajscope.producer.recorder.default_buffers`).
     """
 
     def __init__(
@@ -89,7 +90,7 @@ class ModuleRecorder:
         attrs: Mapping[str, Any] | None = None,
         compressor: str = "none",
         chunk_mib: float | None = None,
-        queue_chunks: int = 3,
+        queue_chunks: int | None = None,
     ):
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"ModuleRecorder records a torch.nn.Module, not {type(module).__name__}")

@@ -62,6 +62,22 @@ _WAKE = -1
 #: ``torch.stack`` copies serially, without waking the intra-op threads
 STACK_BELOW_VALUES = 32768
 
+#: fewest chunk buffers a recorder keeps (:func:`default_buffers`)
+MIN_BUFFERS = 3
+
+
+def default_buffers(write_threads: int) -> int:
+    """Chunk buffers when none are asked for: one per write thread, plus the one being filled (at least
+    :data:`MIN_BUFFERS`).
+
+    One buffer is being filled while the others' chunks are copied or written, so at most ``buffers - 1``
+    chunks are in flight: with fewer buffers than write threads, threads sit idle while the loop waits for
+    a free buffer (3 buffers left 2 of the 4 threads of an fsspec root, or of a local root on 4 cores or
+    more, idle). By reference a buffer is the states of a chunk, kept alive; otherwise a chunk of host (on a
+    GPU, pinned) and device memory.
+    """
+    return max(MIN_BUFFERS, int(write_threads) + 1)
+
 
 @dataclass
 class _Slot:
@@ -136,7 +152,8 @@ class Recorder:
         When resuming inside a chunk: the committed rows ``chunk_start:start_index`` of that chunk, so
         the chunk is rewritten whole.
     buffers
-        Number of chunk buffers (≥ 2): the bound on memory and on work queued for the writer.
+        Number of chunk buffers (≥ 2): the bound on memory and on work queued for the writer (default:
+        :func:`default_buffers` of the writer's write threads, ``writer.write_pool_size``).
     staging
         How full buffers reach host memory: :class:`CudaStaging` on a GPU, :class:`HostStaging` on the
         CPU (default: chosen from ``device``). With :class:`HostStaging` (and by reference) the
@@ -164,7 +181,7 @@ class Recorder:
         start_index: int = 0,
         columns: Mapping[str, np.ndarray] | None = None,
         preload: Mapping[str, np.ndarray] | None = None,
-        buffers: int = 3,
+        buffers: int | None = None,
         staging: HostStaging | None = None,
         process: WriterProcess | None = None,
         by_reference: bool = False,
@@ -175,6 +192,10 @@ class Recorder:
         self.writer = writer
         self.chunk = writer.chunk_steps
         self.device = device
+        if buffers is None:
+            buffers = default_buffers(writer.write_pool_size)
+        #: chunk buffers (see :func:`default_buffers`)
+        self.buffers = int(buffers)
         self.staging = staging or (CudaStaging(device) if device.type == "cuda" else HostStaging())
         self.committed = start_index
         self.index = start_index

@@ -277,9 +277,14 @@ class RunWriter:
                     sink = LocalSink(self.root.run_url(self.run_id), self.durability)
                 else:
                     sink = FsspecSink(self.root.fs, self.root._fs_path(self.run_id))
-                threads = self.write_threads or default_write_threads(self.root.is_local)
-                self._hotpath = HotPath(sink, self.arrays, self.chunk_steps, self.committed_steps, threads)
+                self._hotpath = HotPath(sink, self.arrays, self.chunk_steps, self.committed_steps,
+                                        self.write_pool_size)
             return self._hotpath
+
+    @property
+    def write_pool_size(self) -> int:
+        """Threads writing chunk files: ``write_threads``, else :func:`default_write_threads` of the root."""
+        return self.write_threads or default_write_threads(self.root.is_local)
 
     @property
     def written_steps(self) -> int:

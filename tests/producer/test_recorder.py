@@ -445,3 +445,34 @@ def test_by_reference_reports_a_chunk_write_that_fails_on_a_write_thread_and_clo
     writer.finish("failed", "no space left")
     assert open_run("pool", root=StoreRoot(tmp_path)).sizes["step"] == writer.committed_steps
 
+
+
+@pytest.mark.parametrize("mode", ["by reference", "copying", "gpu-like staging"])
+def test_by_default_every_write_thread_can_have_a_chunk(tmp_path, monkeypatch, mode):
+    """With 4 write threads the default buffers let 4 chunks be written at once (one more buffer is filled
+    meanwhile). ``W``'s chunk files are written only when 4 of them are being written together: with the old
+    default of 3 buffers at most 2 were, and the run failed here (the barrier broke)."""
+    from trajscope.store.chunkio import LocalSink
+
+    put, together = LocalSink.put, threading.Barrier(4, timeout=30)
+
+    def put_four_at_a_time(self, key, parts):
+        if key.startswith("W/"):
+            together.wait()
+        put(self, key, parts)
+
+    monkeypatch.setattr(LocalSink, "put", put_four_at_a_time)
+    states = 40  # 8 chunks of 5: twice four at a time
+    writer, shapes, dtypes = _small_run(tmp_path, "four", states)
+    writer.set_write_options(threads=4)
+    steps = np.arange(states)
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=mode == "by reference",
+                        staging=DeferredStaging() if mode == "gpu-like staging" else None,
+                        columns={"step": steps, "t": steps * 0.5})
+    assert recorder.buffers == 5
+    for k in range(states):
+        recorder.record(W=torch.full((4, 3), float(k)), v=torch.zeros(4), loss=k / 10, output=torch.zeros(5))
+    assert recorder.close() == states
+    writer.finish("complete")
+    ds = open_run("four", root=StoreRoot(tmp_path))
+    np.testing.assert_array_equal(ds.W.values[:, 0, 0], np.arange(states, dtype=np.float32))

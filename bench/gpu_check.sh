@@ -4,7 +4,8 @@
 #   bash bench/gpu_check.sh wheels   # here, with pip and a package registry: the wheels a GPU machine
 #                                    # without zarr, pydantic... needs, for CPython 3.12, into .whl/
 #   bash bench/gpu_check.sh run      # there, from the repository root: installs what is missing from
-#                                    # .whl/, then record_overhead (reference, wide) and record_ceiling;
+#                                    # .whl/, then record_overhead (reference, wide) and record_ceiling
+#                                    # (the default chunk buffers, then --buffers 3);
 #                                    # every table lands in $OUT (default ./gpu-check)
 #
 # Environment: DEVICE (cuda; cpu rehearses the run on a machine without a GPU), STEPS (reference config,
@@ -63,6 +64,10 @@ EOF
   python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}" \
     > "$out/ceiling.md" 2>&1 || status=1
   cat "$out/ceiling.md"
+  # the recorders with the former fixed 3 chunk buffers (2 chunks in flight) against the default above
+  python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}" --buffers 3 \
+    > "$out/ceiling_buffers3.md" 2>&1 || status=1
+  cat "$out/ceiling_buffers3.md"
   exit $status
   ;;
 *)

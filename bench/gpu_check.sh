@@ -65,7 +65,7 @@ EOF
     > "$out/ceiling.md" 2>&1 || status=1
   cat "$out/ceiling.md"
   # the recorders with the former fixed 3 chunk buffers (2 chunks in flight) against the default above
-  python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}" --buffers 3 \
+  python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}" --buffers 3 --roots local,memory \
     > "$out/ceiling_buffers3.md" 2>&1 || status=1
   cat "$out/ceiling_buffers3.md"
   exit $status

@@ -9,8 +9,9 @@ not written (the store's sink drops them: the recorder's copies, the checksums a
 without the file system). Before each loop, untimed, ``os.sync()`` writes back the dirty pages of the
 loops before it, and a recorded run is deleted after its loop: a loop that writes more than the kernel
 keeps dirty (``vm.dirty_background_ratio``, e.g. a long ``--steps``) pays for the write-back of its own
-files, as a long training run does. The table reports the medians of each loop's time and process CPU time and the
-ratios to the bare loop of the same repeat. ``--threads N`` sets torch's intra-op threads for all loops
+files, as a long training run does. The table reports the medians of each loop's time and process CPU time, and the
+median and range of its ratios to the bare loop of the same repeat (a median of ratios, not the ratio of
+the median times: a repeat where the machine is slow is slow for all three loops). ``--threads N`` sets torch's intra-op threads for all loops
 (default: torch's own, one per core). Each recorded loop includes creating and closing its run.
 Also: the import time of ``trajscope.store`` against ``trajscope.analysis`` (fresh interpreters).
 """
@@ -117,13 +118,15 @@ def main() -> None:
     store_s, analysis_s = import_seconds("trajscope.store"), import_seconds("trajscope.analysis")
     print(f"MLP 784-{args.width}-{args.width}-10, {state_mib:.2f} MiB per state, {args.steps} steps, "
           f"median of {args.repeats}, {torch.get_num_threads()} torch threads, runs under {os.path.dirname(root)}")
-    print("| loop | time | CPU time | time / bare |\n|---|---|---|---:|")
+    print("| loop | time | CPU time | time / bare (median; range over repeats) |\n|---|---|---|---:|")
     for name in names:
         t = statistics.median(seconds[name])
-        ratio = statistics.median(r / b for r, b in zip(seconds[name], bare))
+        ratios = [r / b for r, b in zip(seconds[name], bare)]
+        ratio = statistics.median(ratios)
         rate = f", {state_mib * args.steps / t:.0f} MiB/s" if name != "bare loop" else ""
         print(f"| {name} | {t:.2f} s ({args.steps / t:.0f} steps/s{rate}) | {statistics.median(cpu[name]):.2f} s | "
-              f"{'**' if name == 'recorded every step' else ''}{ratio:.3f}{'**' if name == 'recorded every step' else ''} |")
+              f"{'**' if name == 'recorded every step' else ''}{ratio:.3f}{'**' if name == 'recorded every step' else ''} "
+              f"({min(ratios):.2f}–{max(ratios):.2f}) |")
     print(f"\nimport trajscope.store / import trajscope.analysis: {store_s:.2f} s / {analysis_s:.2f} s "
           f"= {store_s / analysis_s:.2f}")
 

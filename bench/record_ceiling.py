@@ -37,7 +37,7 @@ are fed the same states one by one. (Until 2026-11-28 the first three wrote one 
 which stays in the CPU cache while the recorders' states did not.) ``--write-threads`` sets the store's
 write threads (store path and recorders; default: the store's own choice, one per core, at most 4, on a
 local root); ``--buffers`` the recorders' chunk buffers (default: theirs, one per write thread plus one, at
-least 3; ``--buffers 3`` is the default before 2026-11-28).
+least 3; ``--buffers 3`` is the default before commit fec39c2).
 
 Each MB/s is the median of ``--repeats`` interleaved runs (the order rotates between repeats; ``sync``
 before each, untimed, so none pays for another's dirty pages); each ratio is the median of the per-repeat
@@ -236,8 +236,9 @@ def recorder(root: Root, states: int, T: int, process: bool = False, by_referenc
     pool = [{n: torch.from_numpy(state[n]) for n in shapes} for state in state_pool(T)]
     columns = {"step": np.arange(states), "t": np.arange(states) * 0.01}
     start = time.perf_counter()
+    options = {} if buffers is None else {"buffers": buffers}  # (a revision before fec39c2 takes no None)
     rec = Recorder(writer, shapes, dtypes, torch.device("cpu"), columns=columns, process=handle,
-                   by_reference=by_reference and handle is None, buffers=buffers)
+                   by_reference=by_reference and handle is None, **options)
     for i in range(states):
         rec.record(**pool[i % len(pool)])
     rec.close()
@@ -321,7 +322,7 @@ def main() -> None:
     result = {
         "states": states, "state_bytes": STATE_BYTES, "chunk_steps": T, "repeats": args.repeats,
         "cpus": os.cpu_count(), "write_threads": {k: wt or default_write_threads(k != "memory") for k in kinds},
-        "buffers": {k: nb or default_buffers(wt or default_write_threads(k != "memory")) for k in kinds},
+        "buffers": {k: nb or default_buffers(wt or default_write_threads(k != "memory")) for k in kinds},  # W: 1 file a block
         "mb_per_s": {kind: {name: None if math.isnan(mbs[(kind, name)]) else round(mbs[(kind, name)], 1)
                             for name in methods} for kind in kinds},
         "over_raw": {kind: {n: None if math.isnan(r) else round(r, 3) for n, r in by.items()}

@@ -96,10 +96,13 @@ def torch_save_loop(cfg, directory: Path) -> float:
 class _DiscardingWriter:
     """Stands in for the store: takes whole chunks and drops them (isolates the recorder's own cost)."""
 
-    write_pool_size = 1  # it writes at once: the recorder's default buffers are then its fewest
+    block_files = 1  # the reference run's W: one chunk file a block
 
     def __init__(self, chunk_steps: int):
+        from trajscope.store.hotpath import default_write_threads
+
         self.chunk_steps = chunk_steps
+        self.write_pool_size = default_write_threads(True)  # the recorder keeps the buffers a local run would
 
     def write_block(self, start, values):
         return None  # done at once

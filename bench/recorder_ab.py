@@ -40,7 +40,18 @@ def recorder_at(revision: str):
     module = importlib.util.module_from_spec(spec)
     sys.modules["recorder_base"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    return module.Recorder
+    base = module.Recorder
+
+    def recorder(writer, *args, buffers=None, **kwargs):
+        """The base revision's recorder with this checkout's default buffers when none are given (before
+        fec39c2 the default was a fixed 3, and ``None`` was no value): both sides keep as many."""
+        from trajscope.producer.recorder import default_buffers
+
+        if buffers is None:
+            buffers = default_buffers(writer.write_pool_size, writer.block_files)
+        return base(writer, *args, buffers=buffers, **kwargs)
+
+    return recorder
 
 
 def main() -> None:

@@ -70,6 +70,17 @@ def default_write_threads(local: bool) -> int:
     return max(1, min(LOCAL_WRITE_THREADS_MAX, usable_cores()))
 
 
+def block_files(arrays: Mapping, chunk_steps: int) -> int:
+    """Chunk files one block writes at once: those of the variables chunked by ``chunk_steps`` states (a
+    state larger than a chunk file is split along its own dimensions, several files a block); at least 1."""
+    files = 0
+    for array in arrays.values():
+        chunks = tuple(array.metadata.chunk_grid.chunk_shape)
+        if chunks[0] == chunk_steps:
+            files += math.prod(math.ceil(n / c) for n, c in zip(array.shape[1:], chunks[1:]))
+    return max(files, 1)
+
+
 class WriteFailed(RuntimeError):
     """A chunk write failed; nothing after it is ever committed."""
 

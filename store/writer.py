@@ -34,7 +34,7 @@ import zarr
 from trajscope.store import faults
 from trajscope.store.chunkio import DURABILITY_LEVELS, FsspecSink, LocalSink
 from trajscope.store.errors import UserError
-from trajscope.store.hotpath import BlockWrite, HotPath, default_write_threads
+from trajscope.store.hotpath import BlockWrite, HotPath, block_files, default_write_threads
 from trajscope.store.layout import (
     COMMITTED,
     COORDINATES,
@@ -256,6 +256,8 @@ class RunWriter:
     def set_write_options(self, *, durability: str | None = None, threads: int | None = None,
                           commit_seconds: float | None = None) -> None:
         """Choose the durability level, the write threads and the commit interval (before the first write)."""
+        if self._hotpath is not None and (durability is not None or threads is not None):
+            raise RuntimeError("set_write_options: durability and threads must be set before the first write")
         if durability is not None:
             if durability not in DURABILITY_LEVELS:
                 raise UserError(f"unknown durability {durability!r}: use one of {', '.join(DURABILITY_LEVELS)}")
@@ -264,8 +266,6 @@ class RunWriter:
             self.write_threads = max(1, int(threads))
         if commit_seconds is not None:
             self.commit_seconds = max(0.0, float(commit_seconds))
-        if self._hotpath is not None and (durability is not None or threads is not None):
-            raise RuntimeError("set_write_options: durability and threads must be set before the first write")
 
     def _hot(self) -> HotPath:
         hot = self._hotpath
@@ -285,6 +285,11 @@ class RunWriter:
     def write_pool_size(self) -> int:
         """Threads writing chunk files: ``write_threads``, else :func:`default_write_threads` of the root."""
         return self.write_threads or default_write_threads(self.root.is_local)
+
+    @property
+    def block_files(self) -> int:
+        """Chunk files a block of ``chunk_steps`` states writes at once (:func:`~trajscope.store.hotpath.block_files`)."""
+        return block_files(self.arrays, self.chunk_steps)
 
     @property
     def written_steps(self) -> int:

@@ -476,3 +476,31 @@ def test_by_default_every_write_thread_can_have_a_chunk(tmp_path, monkeypatch, m
     writer.finish("complete")
     ds = open_run("four", root=StoreRoot(tmp_path))
     np.testing.assert_array_equal(ds.W.values[:, 0, 0], np.arange(states, dtype=np.float32))
+
+
+def test_default_buffers_follow_the_files_a_block_writes(tmp_path):
+    """Blocks in flight times the files each writes cover the write threads: a state split into several chunk
+    files a block (here ``W`` above the chunk size) keeps the fewest buffers, one file a block gets one buffer
+    per thread plus the one being filled."""
+    from trajscope.producer.recorder import MIN_BUFFERS, default_buffers
+
+    assert [default_buffers(t) for t in (1, 2, 3, 4, 8)] == [3, 3, 4, 5, 9]
+    assert default_buffers(4, block_files=2) == 3 and default_buffers(8, block_files=2) == 5
+    assert default_buffers(4, block_files=4) == MIN_BUFFERS
+    h, dim, n = 4, 3, 5
+    for chunk_bytes in (h * dim * 4 * 5, 16):  # 5 states a chunk, W one file; W (48 B) above the chunk size
+        run_id = f"files-{chunk_bytes}"
+        writer = RunWriter.create(
+            StoreRoot(tmp_path), run_id, variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
+            capacity=20, static={"X": np.ones((n, dim)), "y": np.array([1, -1, 1, -1, 1])}, attrs={},
+            chunk_bytes=chunk_bytes)
+        writer.set_write_options(threads=4)
+        W = writer.arrays["W"]
+        files = int(np.prod([-(-s // c) for s, c in zip(W.shape[1:], W.chunks[1:])]))  # W's files a block
+        assert writer.block_files == files and (files == 1) == (chunk_bytes > 16) and (chunk_bytes > 16 or files >= 4)
+        recorder = Recorder(writer, {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)},
+                            {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32},
+                            torch.device("cpu"), by_reference=True, columns={"step": np.arange(20), "t": np.arange(20.0)})
+        assert recorder.buffers == (5 if files == 1 else MIN_BUFFERS)
+        recorder.close()
+        writer.finish("complete")

@@ -15,8 +15,13 @@ ratio (CPU time of the process, all threads, and of its writer process) is the s
 is trajscope with ``record.durability: fsync`` (chunks, directories and attributes fsynced); "writer thread" /
 "writer process" force ``record.writer`` (the default, "every step", is the thread).
 
+``--variants`` runs only some variants (besides the baseline, always run), so more repeats fit in the same
+time: ``every,thread,process,fsync,dropped,npsave,torchsave`` (default: all). The "95% CI" column is a
+bootstrap interval of the median time ratio (10 000 resamples of the repeats, percentile method, seed 0):
+with a goal inside the run-to-run noise, it says whether the repeats support meeting it.
+
     python bench/record_overhead.py [--config reference] [--device cpu] [--steps 2000] [--repeats 3]
-                                    [--write BENCHMARKS.md]
+                                    [--variants every,dropped,npsave] [--write BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ REFERENCE = {
     "loss": {"kind": "exp", "reduction": "mean"},
     "train": {"lr": 0.05, "steps": 2000},
 }
+#: ``--variants`` key -> variant (the baseline always runs)
+VARIANT_KEYS = {"every": "trajscope, every step", "thread": "trajscope, writer thread",
+                "process": "trajscope, writer process", "fsync": "trajscope, durability fsync",
+                "dropped": "trajscope recorder, writes dropped", "npsave": "np.save every step",
+                "torchsave": "torch.save every step"}
 #: ``--config`` name -> (h, n); D = 784 for all
 CONFIGS = {"reference": (100, 1000), "mnist-like": (50, 10000), "wide": (2000, 10000)}
 
@@ -144,6 +154,8 @@ def main() -> None:
     parser.add_argument("--config", default="reference", choices=sorted(CONFIGS))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--no-baselines", action="store_true", help="skip np.save / torch.save")
+    parser.add_argument("--variants", default=None,
+                        help=f"comma-separated, besides the baseline: {','.join(VARIANT_KEYS)} (default: all)")
     parser.add_argument("--write", type=Path, default=None, help="update this BENCHMARKS.md section")
     args = parser.parse_args()
     h, n = CONFIGS[args.config]
@@ -168,6 +180,13 @@ def main() -> None:
     if not args.no_baselines:
         variants["np.save every step"] = lambda d: np_save_loop(cfg, d)
         variants["torch.save every step"] = lambda d: torch_save_loop(cfg, d)
+    if args.variants is not None:
+        keys = [k.strip() for k in args.variants.split(",") if k.strip()]
+        unknown = [k for k in keys if k not in VARIANT_KEYS]
+        if unknown or not keys:
+            parser.error(f"--variants {args.variants}: use some of {','.join(VARIANT_KEYS)}")
+        chosen = {VARIANT_KEYS[k] for k in keys} | {"no recording (baseline)"}
+        variants = {name: run for name, run in variants.items() if name in chosen}
     times: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
@@ -187,17 +206,19 @@ def main() -> None:
         ratios = [t / b for t, b in zip(values, times[baseline])]
         cpu_ratios = [c / b for c, b in zip(cpu[name], cpu[baseline])]
         rows.append((name, (args.steps + 1) / statistics.median(values), statistics.median(ratios), min(ratios),
-                     max(ratios), statistics.median(cpu_ratios)))
-    header = (f"| variant | steps/s (median of {args.repeats}) | time ratio vs baseline | min ratio | max ratio "
-              "| CPU-time ratio vs baseline |")
-    lines = [header, "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {sps:,.0f} | {ratio:.3f} | {lo:.3f} | {hi:.3f} | {c:.3f} |"
-              for n, sps, ratio, lo, hi, c in rows]
+                     max(ratios), median_interval(ratios), statistics.median(cpu_ratios)))
+    header = (f"| variant | steps/s (median of {args.repeats}) | time ratio vs baseline | 95% CI | min ratio | "
+              "max ratio | CPU-time ratio vs baseline |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {n} | {sps:,.0f} | {ratio:.3f} | {ci[0]:.3f}–{ci[1]:.3f} | {lo:.3f} | {hi:.3f} | {c:.3f} |"
+              for n, sps, ratio, lo, hi, ci, c in rows]
     table = "\n".join(lines)
     print(table)
     print(f"\none recorded state: {state_kb:.0f} kB (W, v, output, loss); {args.steps + 1} states a run")
     if args.write:
         command = f"python bench/record_overhead.py --steps {args.steps} --repeats {args.repeats}"
+        if args.variants is not None:
+            command += f" --variants {args.variants}"
         if args.compressor != "none":
             command += f" --compressor {args.compressor}"
         if args.config != "reference" or args.device != "cpu":
@@ -218,6 +239,15 @@ def main() -> None:
             "store (encoding, crc32c, file writes, commits) and creating/closing the run.\n"
         )
         replace_section(args.write, heading, section)
+
+
+def median_interval(ratios: list[float], resamples: int = 10_000, level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval of the median of ``ratios``: the ``(1 ± level) / 2`` quantiles of the medians of
+    ``resamples`` resamples with replacement (percentile method, seed 0)."""
+    values = np.asarray(ratios, dtype=float)
+    draws = np.random.default_rng(0).choice(values, size=(resamples, len(values)), replace=True)
+    low, high = np.quantile(np.median(draws, axis=1), [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
 
 
 def cpu_seconds() -> float:

@@ -9,10 +9,11 @@ not written (the store's sink drops them: the recorder's copies, the checksums a
 without the file system). Before each loop, untimed, ``os.sync()`` writes back the dirty pages of the
 loops before it, and a recorded run is deleted after its loop: a loop that writes more than the kernel
 keeps dirty (``vm.dirty_background_ratio``, e.g. a long ``--steps``) pays for the write-back of its own
-files, as a long training run does. The table reports the medians of each loop's time and process CPU time, and the
-median and range of its ratios to the bare loop of the same repeat (a median of ratios, not the ratio of
-the median times: a repeat where the machine is slow is slow for all three loops). ``--threads N`` sets torch's intra-op threads for all loops
-(default: torch's own, one per core). Each recorded loop includes creating and closing its run.
+files, as a long training run does. The table reports the medians of each loop's time and process CPU
+time, and the median and range of its ratios to the bare loop of the same repeat (a median of ratios, not
+the ratio of the median times: a repeat where the machine is slow is slow for all three loops).
+``--threads N`` sets torch's intra-op threads for all loops (default: torch's own, one per core). Each
+recorded loop includes creating and closing its run.
 Also: the import time of ``trajscope.store`` against ``trajscope.analysis`` (fresh interpreters).
 """
 

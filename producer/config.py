@@ -152,8 +152,9 @@ class RecordConfig(_Strict):
     time. ``buffers``: chunks in flight between the training loop and the store (chunk buffers; on the
     CPU with the writer thread, the states of that many chunks kept by reference): the bound on memory,
     and the loop waits when all are full (default: enough that every write thread can have a chunk file,
-    plus the one being filled, at least 3; ``producer/recorder.py: default_buffers``). ``write_threads``: threads encoding and writing chunk files
-    (default: one per core, at most 4, on a local root; 4 on an fsspec root).
+    plus the one being filled, at least 3; ``producer/recorder.py: default_buffers``). ``write_threads``:
+    threads encoding and writing chunk files (default: one per core, at most 4, on a local root; 4 on an
+    fsspec root).
     ``writer``: where the store's
     writing runs — ``thread`` (a thread of the training process), ``process`` (a long-lived writer
     process fed through shared memory, each state copied into it: the store's Python work stays off the

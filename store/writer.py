@@ -288,7 +288,8 @@ class RunWriter:
 
     @property
     def block_files(self) -> int:
-        """Chunk files a block of ``chunk_steps`` states writes at once (:func:`~trajscope.store.hotpath.block_files`)."""
+        """Chunk files a block of ``chunk_steps`` states writes at once
+        (:func:`~trajscope.store.hotpath.block_files`)."""
         return block_files(self.arrays, self.chunk_steps)
 
     @property

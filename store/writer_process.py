@@ -195,7 +195,8 @@ class WriterProcess:
         stamp = lock.lease()
         message = {
             "location": writer.root.location, "run_id": writer.run_id, "attrs": writer.attrs,
-            "options": {"durability": writer.durability, "threads": writer.write_pool_size,  # as this side sized the buffers
+            # the threads this side sized the shared buffers for
+            "options": {"durability": writer.durability, "threads": writer.write_pool_size,
                         "commit_seconds": writer.commit_seconds},
             "lease": {k: stamp[k] for k in ("token", "host", "pid")},
             "shared": shared.spec, "columns": {n: np.asarray(c) for n, c in columns.items()},

@@ -446,7 +446,6 @@ def test_by_reference_reports_a_chunk_write_that_fails_on_a_write_thread_and_clo
     assert open_run("pool", root=StoreRoot(tmp_path)).sizes["step"] == writer.committed_steps
 
 
-
 @pytest.mark.parametrize("mode", ["by reference", "copying", "gpu-like staging"])
 def test_by_default_every_write_thread_can_have_a_chunk(tmp_path, monkeypatch, mode):
     """With 4 write threads the default buffers let 4 chunks be written at once (one more buffer is filled

@@ -106,7 +106,7 @@ def torch_save_loop(cfg, directory: Path) -> float:
 class _DiscardingWriter:
     """Stands in for the store: takes whole chunks and drops them (isolates the recorder's own cost)."""
 
-    block_files = 1  # the reference run's W: one chunk file a block
+    block_threads = 1  # the configs' W: one chunk file a block, far larger than the others
 
     def __init__(self, chunk_steps: int):
         from trajscope.store.hotpath import default_write_threads

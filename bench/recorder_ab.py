@@ -48,7 +48,7 @@ def recorder_at(revision: str):
         from trajscope.producer.recorder import default_buffers
 
         if buffers is None:
-            buffers = default_buffers(writer.write_pool_size, writer.block_files)
+            buffers = default_buffers(writer.write_pool_size, writer.block_threads)
         return base(writer, *args, buffers=buffers, **kwargs)
 
     return recorder

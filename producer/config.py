@@ -151,8 +151,8 @@ class RecordConfig(_Strict):
     written states are committed at most this often, so a live reader sees a written chunk within this
     time. ``buffers``: chunks in flight between the training loop and the store (chunk buffers; on the
     CPU with the writer thread, the states of that many chunks kept by reference): the bound on memory,
-    and the loop waits when all are full (default: enough that every write thread can have a chunk file,
-    plus the one being filled, at least 3; ``producer/recorder.py: default_buffers``). ``write_threads``:
+    and the loop waits when all are full (default: enough to keep every write thread busy, plus the one
+    being filled, at least 3; ``producer/recorder.py: default_buffers``). ``write_threads``:
     threads encoding and writing chunk files (default: one per core, at most 4, on a local root; 4 on an
     fsspec root).
     ``writer``: where the store's

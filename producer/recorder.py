@@ -66,20 +66,21 @@ STACK_BELOW_VALUES = 32768
 MIN_BUFFERS = 3
 
 
-def default_buffers(write_threads: int, block_files: int = 1) -> int:
+def default_buffers(write_threads: int, block_threads: int = 1) -> int:
     """Chunk buffers when none are asked for: enough blocks in flight for every write thread, plus the one
-    being filled, ``max(MIN_BUFFERS, ceil(write_threads / block_files) + 1)``.
+    being filled, ``max(MIN_BUFFERS, ceil(write_threads / block_threads) + 1)``.
 
     One buffer is being filled while the others' chunks are copied or written, so at most ``buffers - 1``
-    blocks are in flight, each writing ``block_files`` chunk files at once (one for ``W`` of the reference
-    run; several when a large state is split, or for a module's many parameters). With fewer files in
-    flight than write threads, threads sit idle while the loop waits for a free buffer: 3 buffers left 2 of
-    the 4 threads of an fsspec root, or of a local root on 4 cores or more, idle, when a block is one
-    file. By reference a buffer is the states of a chunk, kept alive; otherwise a chunk of host (on a GPU,
-    pinned) and device memory, which is why a block of several files gets no more than
-    :data:`MIN_BUFFERS`.
+    blocks are in flight, each keeping ``block_threads`` write threads busy
+    (:func:`~trajscope.store.hotpath.block_threads`: 1 for the reference run's one ``W`` file a block;
+    more when a large state is split into several files, or for a module's several large parameters).
+    With fewer busy threads in flight than write threads, threads sit idle while the loop waits for a
+    free buffer: 3 buffers left 2 of the 4 threads of an fsspec root, or of a local root on 4 cores or
+    more, idle, when a block is one file. By reference a buffer is the states of a chunk, kept alive;
+    otherwise a chunk of host (on a GPU, pinned) and device memory, which is why a block that keeps several
+    threads busy gets no more buffers than it needs.
     """
-    return max(MIN_BUFFERS, -(-int(write_threads) // max(int(block_files), 1)) + 1)
+    return max(MIN_BUFFERS, -(-int(write_threads) // max(int(block_threads), 1)) + 1)
 
 
 @dataclass
@@ -156,8 +157,8 @@ class Recorder:
         the chunk is rewritten whole.
     buffers
         Number of chunk buffers (≥ 2): the bound on memory and on work queued for the writer (default:
-        :func:`default_buffers` of the writer's write threads and files a block,
-        ``writer.write_pool_size`` and ``writer.block_files``).
+        :func:`default_buffers` of the writer's write threads and the threads a block keeps busy,
+        ``writer.write_pool_size`` and ``writer.block_threads``).
     staging
         How full buffers reach host memory: :class:`CudaStaging` on a GPU, :class:`HostStaging` on the
         CPU (default: chosen from ``device``). With :class:`HostStaging` (and by reference) the
@@ -197,7 +198,7 @@ class Recorder:
         self.chunk = writer.chunk_steps
         self.device = device
         if buffers is None:
-            buffers = default_buffers(writer.write_pool_size, writer.block_files)
+            buffers = default_buffers(writer.write_pool_size, writer.block_threads)
         #: chunk buffers (see :func:`default_buffers`)
         self.buffers = int(buffers)
         self.staging = staging or (CudaStaging(device) if device.type == "cuda" else HostStaging())

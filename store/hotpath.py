@@ -70,15 +70,24 @@ def default_write_threads(local: bool) -> int:
     return max(1, min(LOCAL_WRITE_THREADS_MAX, usable_cores()))
 
 
-def block_files(arrays: Mapping, chunk_steps: int) -> int:
-    """Chunk files one block writes at once: those of the variables chunked by ``chunk_steps`` states (a
-    state larger than a chunk file is split along its own dimensions, several files a block); at least 1."""
-    files = 0
+def block_threads(arrays: Mapping, chunk_steps: int) -> int:
+    """Write threads one block keeps busy: the bytes of its chunk files over those of its largest file,
+    rounded down, at least 1 (``⌊Σ files / max file⌋``).
+
+    A block writes one file per chunk of each variable chunked by ``chunk_steps`` states: one ``W`` file
+    for the reference run (1), a ``W`` file beside a much smaller ``output`` file (still 1: the small one
+    is written long before the large one), a state larger than a chunk file split along its own dimensions
+    into ``k`` files of one size (``k``), or a module's several large parameters.
+    """
+    total, largest = 0, 0
     for array in arrays.values():
         chunks = tuple(array.metadata.chunk_grid.chunk_shape)
-        if chunks[0] == chunk_steps:
-            files += math.prod(math.ceil(n / c) for n, c in zip(array.shape[1:], chunks[1:]))
-    return max(files, 1)
+        if chunks[0] != chunk_steps:
+            continue
+        file_bytes = math.prod(chunks) * np.dtype(array.dtype).itemsize
+        total += file_bytes * math.prod(math.ceil(n / c) for n, c in zip(array.shape[1:], chunks[1:]))
+        largest = max(largest, file_bytes)
+    return max(1, total // largest) if largest else 1
 
 
 class WriteFailed(RuntimeError):

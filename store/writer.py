@@ -34,7 +34,7 @@ import zarr
 from trajscope.store import faults
 from trajscope.store.chunkio import DURABILITY_LEVELS, FsspecSink, LocalSink
 from trajscope.store.errors import UserError
-from trajscope.store.hotpath import BlockWrite, HotPath, block_files, default_write_threads
+from trajscope.store.hotpath import BlockWrite, HotPath, block_threads, default_write_threads
 from trajscope.store.layout import (
     COMMITTED,
     COORDINATES,
@@ -287,10 +287,10 @@ class RunWriter:
         return self.write_threads or default_write_threads(self.root.is_local)
 
     @property
-    def block_files(self) -> int:
-        """Chunk files a block of ``chunk_steps`` states writes at once
-        (:func:`~trajscope.store.hotpath.block_files`)."""
-        return block_files(self.arrays, self.chunk_steps)
+    def block_threads(self) -> int:
+        """Write threads one block of ``chunk_steps`` states keeps busy
+        (:func:`~trajscope.store.hotpath.block_threads`)."""
+        return block_threads(self.arrays, self.chunk_steps)
 
     @property
     def written_steps(self) -> int:

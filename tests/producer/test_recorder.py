@@ -477,15 +477,33 @@ def test_by_default_every_write_thread_can_have_a_chunk(tmp_path, monkeypatch, m
     np.testing.assert_array_equal(ds.W.values[:, 0, 0], np.arange(states, dtype=np.float32))
 
 
-def test_default_buffers_follow_the_files_a_block_writes(tmp_path):
-    """Blocks in flight times the files each writes cover the write threads: a state split into several chunk
-    files a block (here ``W`` above the chunk size) keeps the fewest buffers, one file a block gets one buffer
-    per thread plus the one being filled."""
+def test_default_buffers_follow_the_threads_a_block_keeps_busy(tmp_path):
+    """Blocks in flight times the write threads each keeps busy cover the write threads: a state split into
+    several chunk files of one size keeps the fewest buffers; a block of one large file (beside small ones)
+    gets one buffer per thread plus the one being filled."""
+    import zarr
+
     from trajscope.producer.recorder import MIN_BUFFERS, default_buffers
+    from trajscope.store.hotpath import block_threads
 
     assert [default_buffers(t) for t in (1, 2, 3, 4, 8)] == [3, 3, 4, 5, 9]
-    assert default_buffers(4, block_files=2) == 3 and default_buffers(8, block_files=2) == 5
-    assert default_buffers(4, block_files=4) == MIN_BUFFERS
+    assert default_buffers(4, block_threads=2) == 3 and default_buffers(8, block_threads=2) == 5
+    assert default_buffers(4, block_threads=4) == MIN_BUFFERS
+
+    def arrays(**specs):  # name -> (shape, chunks), float32, in memory
+        group = zarr.group(store=zarr.storage.MemoryStore())
+        return {n: group.create_array(n, shape=shape, chunks=chunks, dtype="float32") for n, (shape, chunks) in specs.items()}
+
+    # the wide config: a 25 MB W file and a 160 kB output file a block; small v buffered over 8 blocks
+    wide = arrays(W=((40, 2000, 784), (4, 2000, 784)), output=((40, 10000), (4, 10000)), v=((40, 2000), (32, 2000)))
+    assert block_threads(wide, 4) == 1
+    # mnist-like: W 8.3 MB and output 2.1 MB a block: the small file is done long before the large one
+    assert block_threads(arrays(W=((106, 50, 784), (53, 50, 784)), output=((106, 10000), (53, 10000))), 53) == 1
+    # a large state split into 4 files of one size (and a remainder file of the same chunk shape)
+    assert block_threads(arrays(W=((2, 4000, 1000), (1, 1000, 1000))), 1) == 4
+    assert block_threads(arrays(W=((2, 4500, 1000), (1, 1000, 1000))), 1) == 5
+    assert block_threads(arrays(v=((64, 10), (32, 10))), 1) == 1  # no variable chunked by the block: 1
+
     h, dim, n = 4, 3, 5
     for chunk_bytes in (h * dim * 4 * 5, 16):  # 5 states a chunk, W one file; W (48 B) above the chunk size
         run_id = f"files-{chunk_bytes}"
@@ -496,7 +514,8 @@ def test_default_buffers_follow_the_files_a_block_writes(tmp_path):
         writer.set_write_options(threads=4)
         W = writer.arrays["W"]
         files = int(np.prod([-(-s // c) for s, c in zip(W.shape[1:], W.chunks[1:])]))  # W's files a block
-        assert writer.block_files == files and (files == 1) == (chunk_bytes > 16) and (chunk_bytes > 16 or files >= 4)
+        assert (files == 1) == (chunk_bytes > 16) and (chunk_bytes > 16 or files >= 4)
+        assert writer.block_threads == files
         recorder = Recorder(writer, {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)},
                             {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32},
                             torch.device("cpu"), by_reference=True, columns={"step": np.arange(20), "t": np.arange(20.0)})

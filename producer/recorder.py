@@ -73,7 +73,8 @@ def default_buffers(write_threads: int, block_threads: int = 1) -> int:
     One buffer is being filled while the others' chunks are copied or written, so at most ``buffers - 1``
     blocks are in flight, each keeping ``block_threads`` write threads busy
     (:func:`~trajscope.store.hotpath.block_threads`: 1 for the reference run's one ``W`` file a block;
-    more when a large state is split into several files, or for a module's several large parameters).
+    more when a large state is split into several files, or for a module's parameters whose files together
+    are at least twice its largest).
     With fewer busy threads in flight than write threads, threads sit idle while the loop waits for a
     free buffer: 3 buffers left 2 of the 4 threads of an fsspec root, or of a local root on 4 cores or
     more, idle, when a block is one file. By reference a buffer is the states of a chunk, kept alive;

@@ -77,15 +77,17 @@ def block_threads(arrays: Mapping, chunk_steps: int) -> int:
     A block writes one file per chunk of each variable chunked by ``chunk_steps`` states: one ``W`` file
     for the reference run (1), a ``W`` file beside a much smaller ``output`` file (still 1: the small one
     is written long before the large one), a state larger than a chunk file split along its own dimensions
-    into ``k`` files of one size (``k``), or a module's several large parameters.
+    into ``k`` files of one size (``k``), or a module's parameters whose files together are at least twice
+    its largest.
     """
     total, largest = 0, 0
     for array in arrays.values():
         chunks = tuple(array.metadata.chunk_grid.chunk_shape)
-        if chunks[0] != chunk_steps:
+        files = math.prod(math.ceil(n / c) for n, c in zip(array.shape[1:], chunks[1:]))
+        if chunks[0] != chunk_steps or files == 0:  # not written per block, or empty (a zero-size dim)
             continue
         file_bytes = math.prod(chunks) * np.dtype(array.dtype).itemsize
-        total += file_bytes * math.prod(math.ceil(n / c) for n, c in zip(array.shape[1:], chunks[1:]))
+        total += file_bytes * files
         largest = max(largest, file_bytes)
     return max(1, total // largest) if largest else 1
 

@@ -503,6 +503,14 @@ def test_default_buffers_follow_the_threads_a_block_keeps_busy(tmp_path):
     assert block_threads(arrays(W=((2, 4000, 1000), (1, 1000, 1000))), 1) == 4
     assert block_threads(arrays(W=((2, 4500, 1000), (1, 1000, 1000))), 1) == 5
     assert block_threads(arrays(v=((64, 10), (32, 10))), 1) == 1  # no variable chunked by the block: 1
+    # bytes, not elements: a float64 file beside a float32 file of the same shape is one thread's work
+    group = zarr.group(store=zarr.storage.MemoryStore())
+    mixed = {"a": group.create_array("a", shape=(8, 1000), chunks=(4, 1000), dtype="float64"),
+             "b": group.create_array("b", shape=(8, 1000), chunks=(4, 1000), dtype="float32")}
+    assert block_threads(mixed, 4) == 1
+    # an empty variable (a zero-size dim) writes no file and does not count as the largest
+    assert block_threads(arrays(W=((8, 50, 784), (4, 50, 784)), W2=((8, 50, 784), (4, 50, 784)),
+                                e=((8, 0, 100000), (4, 1, 100000))), 4) == 2
 
     h, dim, n = 4, 3, 5
     for chunk_bytes in (h * dim * 4 * 5, 16):  # 5 states a chunk, W one file; W (48 B) above the chunk size

@@ -127,8 +127,9 @@ class TrainConfig(_Strict):
     """Gradient descent with step ``lr`` for ``steps`` steps (full batch unless ``batch_size``).
 
     ``threads``: CPU threads for the training math (default: one core fewer than the process may run
-    on, its CPU affinity, so the writer thread keeps a core). ``flush_denormal``: flush float values below ~1e-38 to zero on the
-    CPU (denormal weights of shrinking neurons make CPU matmuls much slower; the trajectory stays deterministic).
+    on, its CPU affinity, so the writer thread keeps a core). ``flush_denormal``: flush float values below
+    ~1e-38 to zero on the CPU (denormal weights of shrinking neurons make CPU matmuls much slower; the
+    trajectory stays deterministic).
     """
 
     lr: float = Field(1e-3, gt=0.0)

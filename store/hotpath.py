@@ -83,7 +83,7 @@ def block_threads(arrays: Mapping, chunk_steps: int) -> int:
     total, largest = 0, 0
     for array in arrays.values():
         chunks = tuple(array.metadata.chunk_grid.chunk_shape)
-        files = math.prod(math.ceil(n / c) for n, c in zip(array.shape[1:], chunks[1:]))
+        files = math.prod(_chunk_counts(tuple(array.shape), chunks))
         if chunks[0] != chunk_steps or files == 0:  # not written per block, or empty (a zero-size dim)
             continue
         file_bytes = math.prod(chunks) * np.dtype(array.dtype).itemsize
@@ -190,10 +190,14 @@ class WrittenFrontier:
             self.raise_if_failed()
 
 
+def _chunk_counts(shape: tuple[int, ...], chunk_shape: tuple[int, ...]) -> list[int]:
+    """Chunks along each non-step dimension of an array of ``shape`` in chunks of ``chunk_shape``."""
+    return [math.ceil(n / c) for n, c in zip(shape[1:], chunk_shape[1:])]
+
+
 def _chunk_grid(encoder: ChunkEncoder, shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Chunk coordinates along the non-step dimensions (one ``()`` when only ``step`` is chunked)."""
-    counts = [math.ceil(n / c) for n, c in zip(shape[1:], encoder.chunk_shape[1:])]
-    return list(itertools.product(*(range(k) for k in counts)))
+    return list(itertools.product(*(range(k) for k in _chunk_counts(shape, encoder.chunk_shape))))
 
 
 class HotPath:

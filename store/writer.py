@@ -69,8 +69,8 @@ class RunWriter:
     """The single writer of one run. Create with :meth:`create` or reopen with :meth:`reopen`.
 
     A recorder calls :meth:`write_block` from one thread (its training thread on the CPU, its writer thread
-    on a GPU, after the copy to the host) and :meth:`commit`, :meth:`commit_if_due` and :attr:`written_steps` from its
-    writer thread; the owner calls :meth:`finish` after both have stopped.
+    on a GPU, after the copy to the host) and :meth:`commit`, :meth:`commit_if_due` and
+    :attr:`written_steps` from its writer thread; the owner calls :meth:`finish` after both have stopped.
     """
 
     def __init__(self, root: StoreRoot, run_id: str, lock: WriterLock, attrs: dict[str, Any]):

@@ -530,3 +530,16 @@ def test_default_buffers_follow_the_threads_a_block_keeps_busy(tmp_path):
         assert recorder.buffers == (5 if files == 1 else MIN_BUFFERS)
         recorder.close()
         writer.finish("complete")
+
+
+def test_training_threads_leave_the_writer_one_of_the_cores_this_process_may_use(monkeypatch):
+    """``cpu_threads`` counts the cores of the process's affinity (a container's ``--cpuset-cpus``), as the
+    store's write threads do, not the machine's."""
+    from trajscope.producer.config import load_config
+    from trajscope.producer.train import cpu_threads
+    from trajscope.store import hotpath
+
+    for cores in (1, 2, 3, 16):
+        monkeypatch.setattr(hotpath.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        assert cpu_threads(load_config({})) == max(1, cores - 1)
+    assert cpu_threads(load_config({"train": {"threads": 5}})) == 5  # an explicit number wins

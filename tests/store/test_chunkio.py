@@ -441,11 +441,6 @@ def test_write_threads_default_to_the_cores_on_a_local_root_and_to_four_elsewher
         monkeypatch.setattr(hotpath.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
         assert hotpath.default_write_threads(local=True) == expected
         assert pool_size(StoreRoot(tmp_path), f"c{cores}") == expected
-        # the training threads count the same cores (one is left to the writer)
-        from trajscope.producer.config import load_config
-        from trajscope.producer.train import cpu_threads
-
-        assert cpu_threads(load_config({})) == max(1, cores - 1)
     assert pool_size(StoreRoot(tmp_path), "asked", threads=7) == 7  # an explicit number wins
     memory = StoreRoot("memory://write-threads")
     assert pool_size(memory, "m") == hotpath.REMOTE_WRITE_THREADS == 4

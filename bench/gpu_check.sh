@@ -5,11 +5,13 @@
 #                                    # without zarr, pydantic... needs, for CPython 3.12, into .whl/
 #   bash bench/gpu_check.sh run      # there, from the repository root: installs what is missing from
 #                                    # .whl/, then record_overhead (reference, wide) and record_ceiling
-#                                    # (the default chunk buffers, then --buffers 3);
+#                                    # (the default chunk buffers, then --buffers 3, then the wide
+#                                    # config's states);
 #                                    # every table lands in $OUT (default ./gpu-check)
 #
 # Environment: DEVICE (cuda; cpu rehearses the run on a machine without a GPU), STEPS (reference config,
-# 3000), WIDE_STEPS (wide config, 300), REPEATS (3), CEILING_MB (512), PYVER (3.12, for `wheels`).
+# 3000), WIDE_STEPS (wide config, 300), REPEATS (3), CEILING_MB (512), WIDE_CEILING_MB (1024),
+# PYVER (3.12, for `wheels`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -68,6 +70,10 @@ EOF
   python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}" --buffers 3 --roots local,memory \
     > "$out/ceiling_buffers3.md" 2>&1 || status=1
   cat "$out/ceiling_buffers3.md"
+  # the wide config's 6.3 MB states (chunks of 4): the store path a GPU recorder writes through
+  python3 bench/record_ceiling.py --config wide --mb "${WIDE_CEILING_MB:-1024}" --repeats "${REPEATS:-3}" \
+    > "$out/ceiling_wide.md" 2>&1 || status=1
+  cat "$out/ceiling_wide.md"
   exit $status
   ;;
 *)

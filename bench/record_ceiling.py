@@ -2,10 +2,12 @@
 
 For each root (a local directory, tmpfs ``/dev/shm`` if present, ``memory://``), in one run, the
 reference trajectory's states (h=100, D=784, n=1000: ``W``, ``v``, ``loss``, ``output``, ``step``,
-``t``; 318 kB a state) are moved seven ways; each figure is MB of states per second (1 MB = 1e6 bytes):
+``t``; 318 kB a state; ``--config wide``: h=2000, n=10000, 6.3 MB a state, the issue's 8× config;
+``--config mnist-like``: h=50, n=10000) are moved seven ways; each figure is MB of states per second
+(1 MB = 1e6 bytes):
 
 - **raw parallel**: the chunk files of ``T`` states per variable (``T`` = the store's chunk length,
-  8 MiB of ``W``), each with its crc32c appended, written by ``--threads`` threads (open/write/close,
+  8 MiB of ``W``, or 4 states of a large one), each with its crc32c appended, written by ``--threads`` threads (open/write/close,
   no rename; for ``memory://`` one ``pipe_file`` of the bytes made by the store's ``joined``, which copies
   without holding the GIL as the store does: ``b"".join`` holds it, and a baseline that copies more slowly
   than the store is no ceiling)
@@ -48,7 +50,7 @@ local-dir root; ``recorder_over_raw_from_states`` the same over raw parallel fro
 path on every root; ``recorder_ratio_range`` the lowest and highest single-repeat ratio of the recorder over
 raw parallel, per root).
 
-    python bench/record_ceiling.py [--quick] [--mb 512] [--repeats 3] [--write-threads N] [--buffers N] [--roots local,tmpfs,memory]
+    python bench/record_ceiling.py [--config reference|mnist-like|wide] [--quick] [--mb 512] [--repeats 3] [--write-threads N] [--buffers N] [--roots local,tmpfs,memory]
                                    [--json] [--write BENCHMARKS.md]
 """
 
@@ -69,16 +71,28 @@ from pathlib import Path
 
 import numpy as np
 
-H, D, N = 100, 784, 1000
-SHAPES = {"W": (H, D), "v": (H,), "loss": (), "output": (N,), "step": (), "t": ()}
+#: ``--config`` name -> (h, n); D = 784 for all (the configs of ``record_overhead.py`` and the issue's table)
+CONFIGS = {"reference": (100, 1000), "mnist-like": (50, 10000), "wide": (2000, 10000)}
+D = 784
 DTYPES = {"W": "float32", "v": "float32", "loss": "float64", "output": "float32", "step": "int64", "t": "float64"}
-STATE_BYTES = sum(int(np.prod(s, dtype=np.int64)) * np.dtype(DTYPES[n]).itemsize for n, s in SHAPES.items())
+
+
+def use_config(name: str) -> None:
+    """Set the states every path moves (module globals ``H``, ``N``, ``SHAPES``, ``STATE_BYTES``) to a config's."""
+    global H, N, SHAPES, STATE_BYTES
+    H, N = CONFIGS[name]
+    SHAPES = {"W": (H, D), "v": (H,), "loss": (), "output": (N,), "step": (), "t": ()}
+    STATE_BYTES = sum(int(np.prod(s, dtype=np.int64)) * np.dtype(DTYPES[n]).itemsize for n, s in SHAPES.items())
+
+
+use_config("reference")
 
 
 def chunk_steps() -> int:
-    from trajscope.store.layout import chunk_steps_for
+    """The store's commit unit for these states: the time length of a ``W`` chunk (its chunk policy)."""
+    from trajscope.store.layout import chunk_plan
 
-    return chunk_steps_for(H * D * 4)
+    return chunk_plan(SHAPES, DTYPES, capacity=1).chunk_steps
 
 
 def blocks(T: int) -> dict[str, np.ndarray]:
@@ -249,6 +263,8 @@ def recorder(root: Root, states: int, T: int, process: bool = False, by_referenc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="reference", choices=list(CONFIGS),
+                        help="the states: reference (313 kB of W), mnist-like (157 kB), wide (6.3 MB)")
     parser.add_argument("--quick", action="store_true", help="96 MB per measurement, one repeat (< 1 min)")
     parser.add_argument("--mb", type=float, default=512.0, help="MB of states per measurement")
     parser.add_argument("--repeats", type=int, default=3)
@@ -262,6 +278,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--write", type=Path, default=None, help="update this BENCHMARKS.md section")
     args = parser.parse_args()
+    use_config(args.config)
     if args.quick:
         args.mb, args.repeats = 96.0, 1
     states = max(int(args.mb * 1e6 // STATE_BYTES), 1)
@@ -320,7 +337,7 @@ def main() -> None:
         return None if value is None or math.isnan(value) else round(value, 3)
 
     result = {
-        "states": states, "state_bytes": STATE_BYTES, "chunk_steps": T, "repeats": args.repeats,
+        "config": args.config, "states": states, "state_bytes": STATE_BYTES, "chunk_steps": T, "repeats": args.repeats,
         "cpus": os.cpu_count(), "write_threads": {k: wt or default_write_threads(k != "memory") for k in kinds},
         "buffers": {k: nb or default_buffers(wt or default_write_threads(k != "memory")) for k in kinds},  # W: 1 file a block
         "mb_per_s": {kind: {name: None if math.isnan(mbs[(kind, name)]) else round(mbs[(kind, name)], 1)
@@ -351,7 +368,7 @@ def main() -> None:
         print(json.dumps(result))
     else:
         print(table)
-        print(f"\n{states} states of {STATE_BYTES / 1e3:.0f} kB, chunks of {T} states, median of {args.repeats}, "
+        print(f"\n{states} {args.config} states of {STATE_BYTES / 1e3:,.0f} kB, chunks of {T} states, median of {args.repeats}, "
               f"store write threads {result['write_threads']}, recorder buffers {result['buffers']}; recorder (default writer: thread) on the local dir: "
               f"{result['recorder_over_raw']} × raw parallel, {result['recorder_over_raw_from_states']} × raw "
               f"parallel from the states; single repeats of the recorder over raw parallel ranged "
@@ -360,11 +377,13 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from record_overhead import replace_section
 
-        command = f"python bench/record_ceiling.py --mb {args.mb:g} --repeats {args.repeats}" + (
+        config = "" if args.config == "reference" else f" --config {args.config}"
+        command = f"python bench/record_ceiling.py{config} --mb {args.mb:g} --repeats {args.repeats}" + (
             f" --write-threads {wt}" if wt else "") + (f" --buffers {nb}" if nb else "")
+        heading = "## Recording ceiling" + ("" if args.config == "reference" else f" ({args.config} states)")
         section = (
-            f"## Recording ceiling\n\n`{command}` — the reference states (h=100, D=784, n=1000, "
-            f"{STATE_BYTES / 1e3:.0f} kB a state, {states} states, chunks of {T}) with no training, "
+            f"{heading}\n\n`{command}` — the {args.config} states (h={H}, D={D}, n={N}, "
+            f"{STATE_BYTES / 1e3:,.0f} kB a state, {states} states, chunks of {T}) with no training, "
             f"{os.cpu_count()} cores, measured {time.strftime('%Y-%m-%d')}; MB/s of states, median of "
             f"{args.repeats} interleaved runs, the store's write threads {result['write_threads']}, the recorders' "
             f"chunk buffers {result['buffers']}; every path "
@@ -374,7 +393,7 @@ def main() -> None:
             f"{result['recorder_over_raw_from_states']} × raw parallel from the states; with the writer process "
             f"{result['recorder_process_over_raw']} × raw parallel.\n"
         )
-        replace_section(args.write, "## Recording ceiling", section)
+        replace_section(args.write, heading, section)
 
 
 if __name__ == "__main__":

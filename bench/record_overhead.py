@@ -43,6 +43,9 @@ from trajscope.producer.data import build_dataset
 from trajscope.producer.model import TwoLayerReLU, initialize
 from trajscope.producer.train import cpu_threads, gradient_step, resolve_device
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_ceiling import CONFIGS  # noqa: E402 - ``--config`` name -> (h, n); D = 784 for all
+
 REFERENCE = {
     "name": "bench",
     "data": {"kind": "synthetic", "n": 1000, "dim": 784, "mu": 0.05},
@@ -56,8 +59,6 @@ VARIANT_KEYS = {"every": "trajscope, every step", "thread": "trajscope, writer t
                 "process": "trajscope, writer process", "fsync": "trajscope, durability fsync",
                 "dropped": "trajscope recorder, writes dropped", "npsave": "np.save every step",
                 "torchsave": "torch.save every step"}
-#: ``--config`` name -> (h, n); D = 784 for all
-CONFIGS = {"reference": (100, 1000), "mnist-like": (50, 10000), "wide": (2000, 10000)}
 
 
 def plain_loop(cfg, save=None) -> float:

@@ -1,18 +1,37 @@
 """Where the recording overhead comes from: the store's writing work beside the training loop, in a
 thread of the same process (as the recorder does now) or in a separate process.
 
-The training loop is the reference config of ``record_overhead.py`` with no recording. Beside it, a
-writer writes whole chunks of the reference shapes through :class:`~trajscope.store.RunWriter` at the
-rate a recorder would (one chunk per ``chunk_steps`` training steps of ~3.1 ms). Ratios are against the
-loop alone, medians of ``--repeats`` interleaved runs.
+Beside the training loop, a writer writes whole chunks of the reference shapes through
+:class:`~trajscope.store.RunWriter` at the rate a recorder would (one chunk per ``chunk_steps`` steps),
+committing as the recorder does. Ratios are the loop's time against the loop alone, medians of
+``--repeats`` interleaved runs (min and max of the per-repeat ratios beside them).
 
-    python bench/writer_isolation.py [--steps 1000] [--repeats 3] [--write BENCHMARKS.md]
+``--loop``:
+
+- ``reference`` (default): the reference config of ``record_overhead.py`` on this CPU, no recording;
+  the writer paces one chunk per ``chunk_steps`` steps of 3.1 ms;
+- ``launch-bound``: a proxy for a GPU's training loop. On a GPU the reference step is a few dozen small
+  kernel launches (3772 steps/s, 265 µs a step, on the issue's H200): Python and dispatch, each op
+  releasing and taking back the interpreter lock, with the arithmetic on the device. Here the same
+  two-layer code runs on tiny tensors (h=16, D=32, n=64), so each op is a short dispatch under the same
+  lock, and the writer writes the *reference* chunks at ``--pace-us`` (default 265) per step, the rate a
+  recorder on that GPU must write (1.2 GB/s). What it measures is the share of the loop the store's Python
+  takes when it runs in the loop's process (the writer thread) and when it does not (a writer process).
+  What it leaves out: the loop's own ``record()`` call per step, and the device and its copies.
+
+``--pin`` (Linux, 2 cores or more) runs the loop on the first core and the writer on the last one, as on
+a machine with cores to spare (a GPU machine): the loop then shares only the interpreter lock, the caches
+and the memory bus with the writer, not a core.
+
+    python bench/writer_isolation.py [--loop reference|launch-bound] [--steps N] [--repeats 3]
+                                     [--pace-us 265] [--pin] [--dir /dev/shm] [--write BENCHMARKS.md]
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import tempfile
@@ -25,11 +44,27 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import record_overhead as ro  # noqa: E402
 
+#: seconds a reference step takes on this CPU (the writer's pace for ``--loop reference``)
 STEP_SECONDS = 0.0031
+#: the reference state (W, v, output, loss, step, t) and the store's chunk length for it
+STATE_BYTES = (100 * 784 + 100 + 1000) * 4 + 3 * 8
+CHUNK_STEPS = 26
+#: the launch-bound proxy's training problem: the reference code on tiny tensors
+TINY = dict(ro.REFERENCE, data={"kind": "synthetic", "n": 64, "dim": 32, "mu": 0.05}, model={"width": 16})
 
 
-def write_chunks(stop, directory: str) -> None:
-    """Write reference-sized chunks at the training loop's rate until ``stop`` is set."""
+#: blocks the writer keeps in flight at most (the recorder's default chunk buffers on 4 write threads, less
+#: the one being filled): behind its pace it writes as fast as it can, it does not queue without bound
+IN_FLIGHT = 4
+
+
+def write_chunks(stop, directory: str, step_seconds: float = STEP_SECONDS, cpu: int | None = None,
+                 blocks=None) -> None:
+    """Write reference-sized chunks at one chunk per ``chunk_steps`` steps of ``step_seconds`` until ``stop``
+    is set (on core ``cpu`` only, if given; the store's write threads, started from here, inherit it),
+    at most :data:`IN_FLIGHT` blocks in flight; ``blocks`` (a shared counter) counts the blocks handed over."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     from trajscope.store import RunWriter, StoreRoot
     from trajscope.producer.two_layer import variables as two_layer_variables
 
@@ -39,62 +74,100 @@ def write_chunks(stop, directory: str) -> None:
         static={"X": np.zeros((1000, 784)), "y": np.ones(1000)}, attrs={},
     )
     T = writer.chunk_steps
+    assert T == CHUNK_STEPS, f"the store's chunk length for the reference state is {T}, not {CHUNK_STEPS}"
     rng = np.random.default_rng(0)
     block = {"W": rng.random((T, 100, 784), dtype=np.float32), "v": rng.random((T, 100), dtype=np.float32),
              "loss": rng.random(T), "output": rng.random((T, 1000), dtype=np.float32),
              "step": np.arange(T), "t": np.arange(T) * 1.0}
-    index = 0
+    index, handles = 0, []
     while not stop.is_set():
         started = time.perf_counter()
-        writer.write_block(index * T, block)
+        if len(handles) >= IN_FLIGHT:
+            handles.pop(0).wait()
+        handles.append(writer.write_block(index * T, block))
+        if blocks is not None:
+            with blocks.get_lock():
+                blocks.value += 1
         writer.commit_if_due()  # as the recorder commits: at most every record.commit_seconds
         index += 1
-        time.sleep(max(0.0, T * STEP_SECONDS - (time.perf_counter() - started)))
+        time.sleep(max(0.0, T * step_seconds - (time.perf_counter() - started)))
     writer.commit(index * T)
     writer.finish("complete")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--loop", choices=["reference", "launch-bound"], default="reference")
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (1000; launch-bound 40000)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pace-us", type=float, default=265.0,
+                        help="launch-bound: µs per step of the writer's pace (the H200's reference step)")
+    parser.add_argument("--pin", action="store_true", help="the loop on the first core, the writer on the last")
+    parser.add_argument("--dir", default=None, help="where the writer's runs go (default: the system's temp dir)")
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()
-    cfg = ro.load_config(ro.REFERENCE, [f"train.steps={args.steps}"])
-    times: dict[str, list[float]] = {"training alone (baseline)": [], "writer in a thread": [],
-                                     "writer in a process": []}
+    launch_bound = args.loop == "launch-bound"
+    steps = args.steps or (40_000 if launch_bound else 1000)
+    cfg = ro.load_config(TINY if launch_bound else ro.REFERENCE, [f"train.steps={steps}"])
+    pace = args.pace_us * 1e-6 if launch_bound else STEP_SECONDS
+    writer_cpu = None
+    if args.pin:
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            parser.error("--pin needs at least 2 cores")
+        os.sched_setaffinity(0, {cores[0]})  # this thread (the loop); the writer's threads go to the last core
+        writer_cpu = cores[-1]
+    ro.plain_loop(ro.load_config(TINY if launch_bound else ro.REFERENCE, ["train.steps=200"]))  # untimed warm-up
+    names = ["training alone (baseline)", "writer in a thread", "writer in a process"]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    written: dict[str, list[float]] = {name: [] for name in names[1:]}  # GB/s handed to the store during the loop
     spawn = mp.get_context("spawn")
-    for _ in range(args.repeats):
-        times["training alone (baseline)"].append(ro.plain_loop(cfg))
-        for name in ("writer in a thread", "writer in a process"):
-            with tempfile.TemporaryDirectory() as directory:
+    for repeat in range(args.repeats):
+        for name in names[repeat % 3:] + names[: repeat % 3]:  # rotate the order
+            if name == names[0]:
+                times[name].append(ro.plain_loop(cfg))
+                continue
+            with tempfile.TemporaryDirectory(dir=args.dir) as directory:
+                blocks = spawn.Value("q", 0)
+                job = (directory, pace, writer_cpu, blocks)
                 if name.endswith("thread"):
                     stop = threading.Event()
-                    worker = threading.Thread(target=write_chunks, args=(stop, directory))
+                    worker = threading.Thread(target=write_chunks, args=(stop, *job))
                 else:
                     stop = spawn.Event()
-                    worker = spawn.Process(target=write_chunks, args=(stop, directory))
+                    worker = spawn.Process(target=write_chunks, args=(stop, *job))
                 worker.start()
                 time.sleep(2.0)  # let the writer start (imports, run creation)
+                before = blocks.value
                 times[name].append(ro.plain_loop(cfg))
+                written[name].append((blocks.value - before) * CHUNK_STEPS * STATE_BYTES / times[name][-1] / 1e9)
                 stop.set()
                 worker.join()
-    base = statistics.median(times["training alone (baseline)"])
-    lines = [f"| variant | time ratio vs baseline (median of {args.repeats}) |", "|---|---:|"]
-    lines += [f"| {name} | {statistics.median(values) / base:.3f} |" for name, values in times.items()]
+    base = times[names[0]]
+    lines = [f"| variant | time ratio vs baseline (median of {args.repeats}) | min | max | GB/s written meanwhile |",
+             "|---|---:|---:|---:|---:|"]
+    for name in names:
+        ratios = [x / b for x, b in zip(times[name], base)]
+        rate_cell = f"{statistics.median(written[name]):.2f}" if name in written else "—"
+        lines.append(f"| {name} | {statistics.median(ratios):.3f} | {min(ratios):.3f} | {max(ratios):.3f} | {rate_cell} |")
     table = "\n".join(lines)
+    step_us = statistics.median(base) / steps * 1e6
+    rate = STATE_BYTES / pace / 1e9  # bytes of a reference state per step of the writer's pace
     print(table)
+    print(f"\n{args.loop} loop, {steps} steps of {step_us:.0f} µs alone; the writer paced at {pace * 1e6:.0f} µs "
+          f"a step ({rate:.2f} GB/s of reference states; the last column: what it handed over while the loop ran, "
+          f"less where it could not keep that pace){', pinned' if args.pin else ''}")
     if args.write:
+        command = (f"python bench/writer_isolation.py --loop {args.loop} --steps {steps} --repeats {args.repeats}"
+                   + (f" --pace-us {args.pace_us:g}" if launch_bound else "") + (" --pin" if args.pin else "")
+                   + (f" --dir {args.dir}" if args.dir else ""))
+        heading = "## Writer isolation" + (" (launch-bound loop)" if launch_bound else "")
         section = (
-            "## Writer isolation\n\n"
-            f"`python bench/writer_isolation.py --steps {args.steps} --repeats {args.repeats}` — the reference "
-            "training loop with the store's chunk writing (same shapes and rate as a recorder) beside it, in a "
-            f"thread or in a separate process; measured {time.strftime('%Y-%m-%d')}.\n\n{table}\n\n"
-            "The same writing costs the training loop markedly more from a thread of its own process than "
-            "from another process (GIL and same-process contention): a writer process fed through shared "
-            "memory is the way to bring the recording overhead under 1.10.\n"
+            f"{heading}\n\n`{command}` — the {args.loop} training loop with the store's chunk writing (reference "
+            f"shapes, {rate:.2f} GB/s) beside it, in a thread or in a separate process; measured "
+            f"{time.strftime('%Y-%m-%d')}.\n\n{table}\n"
         )
-        ro.replace_section(args.write, "## Writer isolation", section)
+        ro.replace_section(args.write, heading, section)
 
 
 if __name__ == "__main__":

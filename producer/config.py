@@ -158,12 +158,13 @@ class RecordConfig(_Strict):
     fsspec root).
     ``writer``: where the store's
     writing runs — ``thread`` (a thread of the training process), ``process`` (a long-lived writer
-    process fed through shared memory, each state copied into it: the store's Python work stays off the
-    training process's GIL;
-    CPU training on a local root only, else the thread is used), or ``auto`` (the process for CPU runs
-    on a local root recording at least ``AUTO_PROCESS_BYTES``, 64 MB; the thread otherwise, where
-    starting an interpreter would cost more than it saves). Default ``thread``: the process has not yet
-    been shown faster on a quiet machine (BENCHMARKS.md, "Recording overhead").
+    process fed through shared memory, each chunk copied into it: the store's Python work stays off the
+    training process's GIL; CPU or CUDA training on a local root only, else the thread is used), or
+    ``auto``, the default: the process for CUDA runs on a local root recording at least
+    ``AUTO_PROCESS_BYTES``, 64 MB, the thread otherwise (on the CPU the thread, which keeps the states by
+    reference, measured faster than the process, BENCHMARKS.md "Recording overhead"; on a GPU the process
+    keeps the store's Python off the lock a launch-bound loop takes back at every kernel launch,
+    BENCHMARKS.md "Writer isolation (launch-bound loop)"; a small run does not repay an interpreter).
     """
 
     every: int = Field(1, ge=1)
@@ -175,7 +176,7 @@ class RecordConfig(_Strict):
     durability: Literal["process", "fsync"] = "process"
     commit_seconds: float = Field(0.5, ge=0.0, le=60.0)
     write_threads: int | None = Field(None, ge=1, le=64)
-    writer: Literal["auto", "thread", "process"] = "thread"
+    writer: Literal["auto", "thread", "process"] = "auto"
 
 
 class RunConfig(_Strict):

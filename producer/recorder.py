@@ -27,10 +27,14 @@ most ``buffers`` chunks are kept alive, the same bound as the buffers. (Handing 
 thread instead cost more than it saved: the hop is Python under the interpreter lock that the store's
 write threads need between their system calls; BENCHMARKS.md, "Recording ceiling".)
 
-With a writer *process* (``process=``, CPU runs on a local root; :mod:`trajscope.store.writer_process`)
-the chunk buffers live in shared memory, a full buffer is handed off with one small message, and the
-writer process does what the writer thread does (write, commit when due, free the buffer when written),
-so none of the store's Python work runs under the training process's GIL.
+With a writer *process* (``process=``, a local root; :mod:`trajscope.store.writer_process`) the chunk
+buffers live in shared memory, a full buffer is handed off with one small message, and the writer process
+does what the writer thread does (write, commit when due, free the buffer when written), so none of the
+store's Python work runs under the training process's GIL. On the CPU the loop copies each state into the
+shared buffers. On a GPU the loop copies into device buffers as without a process, and the writer thread
+only waits for each chunk's copy to pinned memory, copies it into its shared buffer (numpy, without the
+GIL) and sends the message: the store's Python per chunk (the write pool's bookkeeping, the commits), which
+a launch-bound training loop waits for at every kernel launch, runs in the other process.
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ class _Slot:
     rows: list[dict[str, torch.Tensor]] | None = None  # per position: a view of each variable's row
     refs: list[dict[str, torch.Tensor | np.ndarray] | None] | None = None  # by reference: each position's values
     exact: bool = True  # by reference: every value kept is a CPU tensor of its variable's shape and dtype
+    shared: dict[str, np.ndarray] | None = None  # a writer process behind a staging (a GPU): the slot's shared buffers
 
 
 class HostStaging:
@@ -167,8 +172,10 @@ class Recorder:
         there, one that fails later (on a write thread) at the next chunk's hand-off or at :meth:`close`;
         after a Ctrl-C there nothing more is recorded, and :meth:`close` commits what came before.
     process
-        A started :class:`~trajscope.store.writer_process.WriterProcess` to write through (CPU only):
-        the buffers are then shared memory and no writer thread runs in this process.
+        A started :class:`~trajscope.store.writer_process.WriterProcess` to write through (a local root,
+        numpy dtypes). With :class:`HostStaging` (the CPU) the buffers are shared memory and no writer thread
+        runs in this process; with another staging (a GPU) the writer thread copies each chunk that reached
+        the host into its shared buffer and hands it to the process, which writes and commits.
     by_reference
         Keep each recorded CPU tensor instead of copying it (no chunk buffers). Only for a
         caller that never changes a recorded tensor in place afterwards (an optimizer's in-place
@@ -214,6 +221,8 @@ class Recorder:
         # a full chunk needs no copy to finish (the CPU): the record() call that completes it hands it to the
         # store's write pool itself; on a GPU the writer thread does, once the copy to pinned memory is done
         self._direct = process is None and (by_reference or type(self.staging) is HostStaging)
+        # a writer process behind a staging (a GPU): the writer thread moves each chunk into shared memory
+        self._process_staged = process is not None and type(self.staging) is not HostStaging
         if by_reference:
             self._shapes = {n: tuple(s) for n, s in shapes.items()}
             self._torch_dtypes = dict(dtypes)
@@ -221,10 +230,9 @@ class Recorder:
             self._expected = {n: (torch.Size(s), dtypes[n]) for n, s in self._shapes.items()}
             self._stacked = {n for n, s in self._shapes.items() if self.chunk * math.prod(s) < STACK_BELOW_VALUES}
         if process is not None:
-            if (self.device.type != "cpu" or any(dtypes[n] not in _NUMPY_DTYPES for n in shapes)
-                    or not writer.root.is_local):
+            if any(dtypes[n] not in _NUMPY_DTYPES for n in shapes) or not writer.root.is_local:
                 process.kill()
-                raise ValueError("a writer process records CPU tensors of numpy dtypes into a local root only")
+                raise ValueError("a writer process records tensors of numpy dtypes into a local root only")
             self._shared = SharedChunks(shapes, {n: str(torch.empty(0, dtype=dtypes[n]).numpy().dtype)
                                                  for n in shapes}, self.chunk, buffers)
         self._slots = [self._make_slot(shapes, dtypes, i) for i in range(buffers)]
@@ -236,12 +244,12 @@ class Recorder:
         self._filled: queue.Queue[int | None] = queue.Queue()
         self._current: int | None = None
         self._error: BaseException | None = None
-        if process is None:
-            self._thread = threading.Thread(target=self._write_loop, name="trajscope-writer", daemon=True)
-            self._thread.start()
-        else:
+        if process is not None:
             process.open(writer, self._shared, self.columns, on_free=self._free.put,
                          on_commit=self._process_committed, on_error=self._process_failed)
+        if process is None or self._process_staged:
+            self._thread = threading.Thread(target=self._write_loop, name="trajscope-writer", daemon=True)
+            self._thread.start()
         if preload is not None and start_index % self.chunk:
             slot = self._slots[self._begin_chunk()]
             if by_reference:
@@ -257,7 +265,7 @@ class Recorder:
     def _make_slot(self, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, torch.dtype], index: int) -> _Slot:
         if self._by_reference:  # no buffers: each position holds the recorded values themselves
             return _Slot(device={}, host={}, refs=[None] * self.chunk)
-        if self._shared is not None:  # the writer process reads these pages
+        if self._shared is not None and not self._process_staged:  # the writer process reads these pages
             device = {n: torch.from_numpy(a) for n, a in self._shared.views(index).items()}
         else:
             device = {n: torch.empty((self.chunk, *s), dtype=dtypes[n], device=self.device) for n, s in shapes.items()}
@@ -267,7 +275,8 @@ class Recorder:
             rows = [{n: a[i, ...] for n, a in arrays.items()} for i in range(self.chunk)]  # views, 0-d too
         else:
             rows = [{n: t[i] for n, t in device.items()} for i in range(self.chunk)]
-        return _Slot(device=device, host=host, event=event, rows=rows)
+        shared = self._shared.views(index) if self._process_staged else None
+        return _Slot(device=device, host=host, event=event, rows=rows, shared=shared)
 
     # -- training-thread side -----------------------------------------------------------------------
     def _raise_if_failed(self) -> None:
@@ -425,7 +434,7 @@ class Recorder:
     def _hand_off(self, count: int) -> None:
         slot = self._slots[self._current]
         slot.count = count
-        if self._process is not None:
+        if self._process is not None and not self._process_staged:
             self._process.submit(self._current, slot.start, count)
             self._current = None
             return
@@ -464,11 +473,14 @@ class Recorder:
                     self._free.put(self._current)
                     self._current = None
         except BaseException:
-            if self._process is None:
+            if self._process is None or self._process_staged:
                 self._filled.put(None)
                 self._thread.join()
             raise
         if self._process is not None:
+            if self._process_staged:  # every chunk handed to the writer thread reaches the process first
+                self._filled.put(None)
+                self._thread.join()
             said = self._process.close()
             self.committed = self.writer.reload_committed()  # what the writer process left committed
             self._raise_if_failed()
@@ -487,7 +499,8 @@ class Recorder:
     def _write_loop(self) -> None:
         while True:
             timeout = HEARTBEAT_SECONDS / 2
-            if self._error is None and getattr(self.writer, "written_steps", 0) > self.committed:
+            committing = self._error is None and self._process is None  # (a writer process commits itself)
+            if committing and getattr(self.writer, "written_steps", 0) > self.committed:
                 timeout = min(timeout, max(self._seconds_until_commit(), 0.005))  # commit when due
             try:
                 item = self._filled.get(timeout=timeout)
@@ -500,9 +513,9 @@ class Recorder:
                     self._guard(lambda: self._submit(item))
                 else:
                     self._release(item)
-            if self._error is None:
+            if self._error is None and self._process is None:  # (a writer process commits itself)
                 self._guard(self._commit_if_due)
-        if self._error is None:  # closing: everything handed off is written, then committed
+        if self._error is None and self._process is None:  # closing: everything handed off written, then committed
             self._guard(self._commit_all)
 
     def _guard(self, action) -> None:
@@ -514,6 +527,9 @@ class Recorder:
 
     def _submit(self, index: int) -> None:
         slot = self._slots[index]
+        if self._process_staged:
+            self._submit_to_process(index, slot)
+            return
         try:
             self.staging.wait(slot)
             if self._by_reference:
@@ -531,6 +547,20 @@ class Recorder:
             self._release(index)
         else:  # the buffer is reused only once its chunk files are written
             handle.add_done_callback(lambda h, i=index: self._block_written(i, h))
+
+    def _submit_to_process(self, index: int, slot: _Slot) -> None:
+        """A writer process behind a staging: once the chunk is in host memory, copy its rows into the slot's
+        shared buffers (``np.copyto`` releases the GIL for a large copy) and hand the slot to the process;
+        the process frees it when its chunk files are written."""
+        try:
+            self.staging.wait(slot)
+            for name, shared in slot.shared.items():
+                np.copyto(shared[: slot.count], slot.host[name][: slot.count].numpy())
+            self._process.submit(index, slot.start, slot.count)
+        except BaseException:
+            self._release(index)
+            raise
+        self._handed = max(self._handed, slot.start + slot.count)
 
     def _block_written(self, index: int, handle) -> None:
         if handle.exception is not None and self._error is None:
@@ -563,22 +593,30 @@ class Recorder:
             self.committed = target
 
 
-#: ``record.writer: auto`` uses a writer process for runs recording at least this many bytes
+#: ``record.writer: auto`` uses a writer process for GPU runs recording at least this many bytes
 AUTO_PROCESS_BYTES = 64e6
 
 
 def start_writer_process(choice: str, root, device: torch.device, recorded_bytes: float | None) -> WriterProcess | None:
     """Start a writer process if ``record.writer`` (``choice``) asks for one and it applies here.
 
-    ``process``: on a CPU device and a local root (else ``None``: the writer thread). ``auto``: the same,
-    and only when the run records at least :data:`AUTO_PROCESS_BYTES` (``recorded_bytes``; ``None`` when
-    not yet known counts as large). Started as early as possible, so its start-up overlaps the caller's.
+    ``process``: on a CPU or CUDA device and a local root (else ``None``: the writer thread). ``auto`` (the
+    default): a process for a CUDA run on a local root recording at least :data:`AUTO_PROCESS_BYTES`
+    (``recorded_bytes``; ``None`` when not yet known counts as large), the thread otherwise. On the CPU the
+    thread keeps the states by reference, where a process must copy each into its shared memory: it read
+    1.035–1.080× the bare loop against 1.087–1.104× for the process (BENCHMARKS.md, "Recording overhead").
+    A launch-bound GPU loop takes the interpreter lock back after every kernel launch, and the writer
+    thread's Python per chunk competes for it: in ``bench/writer_isolation.py --loop launch-bound --pin``
+    the thread cost the loop 1.07× and fell behind the rate it had to write, the process 0.98× at that rate.
+    Started as early as possible, so its start-up overlaps the caller's.
     """
     from trajscope.store import writer_process
 
-    if choice == "thread" or device.type != "cpu" or not root.is_local or not writer_process.available():
+    if (choice == "thread" or device.type not in ("cpu", "cuda") or not root.is_local
+            or not writer_process.available()):
         return None
-    if choice == "auto" and recorded_bytes is not None and recorded_bytes < AUTO_PROCESS_BYTES:
+    if choice == "auto" and (device.type != "cuda" or (recorded_bytes is not None
+                                                       and recorded_bytes < AUTO_PROCESS_BYTES)):
         return None
     return WriterProcess.start()
 

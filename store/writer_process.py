@@ -1,14 +1,15 @@
-"""A long-lived writer process: the store's chunk writing off the training process's GIL (CPU runs).
+"""A long-lived writer process: the store's chunk writing off the training process's GIL.
 
-On a CPU the training loop and the store's writing share two things when they live in one process:
-the cores and the GIL. Encoding, crc32c and file writes release the GIL, but the Python around them
+The training loop and the store's writing share two things when they live in one process: the cores
+and the GIL (on a GPU, a launch-bound loop takes the GIL back after every kernel launch). Encoding, crc32c and file writes release the GIL, but the Python around them
 (the write pool, the commits) does not, and it interrupts the training thread. This module moves all of
 that to a second process:
 
 - **Shared chunk buffers.** :class:`SharedChunks` lays ``slots`` chunk buffers (one array of
   ``chunk_steps`` states per time-varying variable) in one anonymous shared memory file
-  (``memfd_create``). The trainer fills a slot (one memcpy per variable per state, as before) and hands
-  it off with one small message ``(slot, start, count)``; the writer process reads the same pages.
+  (``memfd_create``). The trainer fills a slot (on the CPU one memcpy per variable per state; on a GPU
+  one copy per variable per chunk, from the pinned buffer the device copied it to) and hands it off with
+  one small message ``(slot, start, count)``; the writer process reads the same pages.
 - **Messages** go over a Unix socket pair (:class:`multiprocessing.connection.Connection` framing);
   the shared memory and the run's lock file descriptor are passed with ``SCM_RIGHTS``.
 - **The writer process** (:func:`child_main`) opens the run with its own :class:`RunWriter` (same

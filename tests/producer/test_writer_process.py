@@ -161,3 +161,106 @@ def test_a_close_the_writer_process_never_confirms_fails_the_run(tmp_path, small
     with pytest.raises(RuntimeError, match="never confirmed its final commit"):
         produce(slow_config(small_config, record=PROCESS), root=tmp_path, name="unsaid")
     assert open_run("unsaid", tmp_path).attrs["status"] == "failed"
+
+
+_recorder_tests = importlib.util.spec_from_file_location("_recorder_tests", Path(__file__).with_name("test_recorder.py"))
+_staging = importlib.util.module_from_spec(_recorder_tests)
+_recorder_tests.loader.exec_module(_staging)
+
+
+def _record_staged(root, name, states, process, capacity=None):
+    """Record ``states`` made-up states through an emulated GPU staging (separate host buffers filled later
+    by another thread, as the copy to pinned memory is); returns the states and the staging."""
+    import torch
+
+    from trajscope.producer.recorder import Recorder
+    from trajscope.producer.two_layer import variables as two_layer_variables
+
+    h, dim, n = 4, 3, 5
+    writer = RunWriter.create(
+        root, name, variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
+        capacity=capacity or states, static={"X": np.ones((n, dim)), "y": np.array([1, -1, 1, -1, 1])}, attrs={},
+        chunk_bytes=h * dim * 4 * 5,
+    )
+    staging = _staging.DeferredStaging()
+    shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)}
+    dtypes = {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32}
+    columns = {"step": np.arange(capacity or states) * 3, "t": np.arange(capacity or states) * 0.5}
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=2, staging=staging, columns=columns,
+                        process=writer_process.WriterProcess.start() if process else None)
+    expected = []
+    W = torch.zeros(h, dim)
+    for k in range(states):
+        W = W + k  # a new tensor each step, as in training
+        recorder.record(W=W, v=torch.arange(h, dtype=torch.float32) * k, loss=torch.tensor(k / 10, dtype=torch.float64),
+                        output=torch.full((n,), float(-k)))
+        expected.append(W.clone())
+    return recorder, writer, torch.stack(expected).numpy(), staging
+
+
+def test_a_gpu_like_staging_hands_its_chunks_to_the_writer_process(tmp_path):
+    """On a GPU with a writer process, the writer thread waits for each chunk's copy to the host, copies it
+    into the slot's shared buffers and hands the slot to the process, which writes and commits: the same
+    bytes as the writer thread writes, every chunk (two buffers, so each is reused several times)."""
+    root, states = StoreRoot(tmp_path), 53
+    for name in ("thread", "process"):
+        recorder, writer, expected, staging = _record_staged(root, name, states, process=name == "process")
+        assert recorder.close() == states
+        writer.finish("complete")
+        assert staging.copies == 11  # ten whole chunks and the final partial one
+        ds = open_run(name, root)
+        assert ds.attrs["committed_steps"] == states and ds.attrs["status"] == "complete"
+        np.testing.assert_array_equal(ds.W.values, expected)
+        np.testing.assert_array_equal(ds.step.values, np.arange(states) * 3)
+        np.testing.assert_allclose(ds.loss.values, np.arange(states) / 10)
+        np.testing.assert_array_equal(ds.output.values[:, 0], -np.arange(states))
+    for variable in ("W", "v", "loss", "output", "step", "t"):  # the chunk files themselves, byte for byte
+        keys = sorted(p.relative_to(tmp_path / "thread.zarr") for p in (tmp_path / "thread.zarr" / variable).rglob("*")
+                      if p.is_file())
+        assert keys, variable
+        for key in keys:
+            assert (tmp_path / "process.zarr" / key).read_bytes() == (tmp_path / "thread.zarr" / key).read_bytes(), key
+
+
+def test_a_dead_writer_process_behind_a_staging_stops_the_recorder(tmp_path):
+    """The writer process dies mid-run: the next chunk's hand-off fails (the writer thread's send, or the
+    receiver's end-of-file) and record() raises within a few chunks; nothing is committed past what the
+    process committed."""
+    root = StoreRoot(tmp_path)
+    recorder, writer, _, _ = _record_staged(root, "orphan", 10, process=True, capacity=2000)
+    recorder._process.proc.kill()
+    recorder._process.proc.wait()
+    import torch
+
+    with pytest.raises(RuntimeError, match=r"writer process \(pid \d+\) exited unexpectedly"):
+        for k in range(1000):
+            recorder.record(W=torch.zeros(4, 3), v=torch.zeros(4), loss=torch.tensor(0.0, dtype=torch.float64),
+                            output=torch.zeros(5))
+    with pytest.raises(RuntimeError):
+        recorder.close()
+    assert open_run("orphan", root).attrs["committed_steps"] <= 10  # the states the process was handed
+
+
+def test_the_default_writer_is_a_process_only_for_large_gpu_runs_on_a_local_root(tmp_path):
+    """``record.writer: auto`` (the default): a CUDA run on a local root recording at least 64 MB gets a
+    writer process; a CPU run (recorded by reference), a small run and an object store keep the thread.
+    An explicit ``process`` applies on a CPU or CUDA device and a local root."""
+    import torch
+
+    from trajscope.producer.config import RecordConfig
+    from trajscope.producer.recorder import AUTO_PROCESS_BYTES, start_writer_process
+
+    assert RecordConfig().writer == "auto"
+    local, remote, large = StoreRoot(tmp_path), StoreRoot("memory://writer-rule"), 2 * AUTO_PROCESS_BYTES
+    cases = [("auto", local, "cuda", large, True), ("auto", local, "cuda", None, True),
+             ("auto", local, "cuda", AUTO_PROCESS_BYTES / 2, False), ("auto", local, "cpu", large, False),
+             ("auto", remote, "cuda", large, False), ("thread", local, "cuda", large, False),
+             ("process", local, "cpu", 1.0, True), ("process", local, "cuda", 1.0, True),
+             ("process", remote, "cpu", large, False), ("process", local, "mps", large, False)]
+    for choice, root, device, recorded, started in cases:
+        process = start_writer_process(choice, root, torch.device(device), recorded)
+        try:
+            assert (process is not None) == started, (choice, root.location, device, recorded)
+        finally:
+            if process is not None:
+                process.kill()

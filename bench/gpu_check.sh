@@ -70,7 +70,8 @@ EOF
   python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}" --buffers 3 --roots local,memory \
     > "$out/ceiling_buffers3.md" 2>&1 || status=1
   cat "$out/ceiling_buffers3.md"
-  # the wide config's 6.3 MB states (chunks of 4): the store path a GPU recorder writes through
+  # the wide config's 6.3 MB states (chunks of 4): the store path a GPU recorder's writer thread writes
+  # through (record.writer auto keeps the thread for states of 1 MiB or more)
   python3 bench/record_ceiling.py --config wide --mb "${WIDE_CEILING_MB:-1024}" --repeats "${REPEATS:-3}" \
     > "$out/ceiling_wide.md" 2>&1 || status=1
   cat "$out/ceiling_wide.md"

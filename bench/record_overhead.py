@@ -13,7 +13,8 @@ during whichever run comes later; that write-back is a cost of every variant tha
 and the hand-written baselines' alike, and is not in these figures). Ratios are against the bare loop measured in the same run; the CPU-time
 ratio (CPU time of the process, all threads, and of its writer process) is the steadier figure on a machine shared with other work. "durability fsync"
 is trajscope with ``record.durability: fsync`` (chunks, directories and attributes fsynced); "writer thread" /
-"writer process" force ``record.writer`` (the default, "every step", is the thread).
+"writer process" force ``record.writer`` (the default, "every step", is ``auto``: the thread on the CPU and for
+large states, a writer process for a GPU run of states under 1 MiB recording at least 64 MB).
 
 ``--variants`` runs only some variants (besides the baseline, always run), so more repeats fit in the same
 time: ``every,thread,process,fsync,dropped,npsave,torchsave`` (default: all). The "95% CI" column is a

@@ -1,5 +1,7 @@
 """Where the recording overhead comes from: the store's writing work beside the training loop, in a
-thread of the same process (as the recorder does now) or in a separate process.
+thread of the same process, in a separate process, or in a writer process fed from a thread of the loop's
+process (what the recorder does with ``record.writer: process`` on a GPU: a copy per variable into
+shared memory and one message per block, the process writing and committing).
 
 Beside the training loop, a writer writes whole chunks of the reference shapes through
 :class:`~trajscope.store.RunWriter` at the rate a recorder would (one chunk per ``chunk_steps`` steps),
@@ -16,8 +18,9 @@ committing as the recorder does. Ratios are the loop's time against the loop alo
   two-layer code runs on tiny tensors (h=16, D=32, n=64), so each op is a short dispatch under the same
   lock, and the writer writes the *reference* chunks at ``--pace-us`` (default 265) per step, the rate a
   recorder on that GPU must write (1.2 GB/s). What it measures is the share of the loop the store's Python
-  takes when it runs in the loop's process (the writer thread) and when it does not (a writer process).
-  What it leaves out: the loop's own ``record()`` call per step, and the device and its copies.
+  takes when it runs in the loop's process (the writer thread), when it does not (a writer process), and
+  when only the hand-off to a writer process does. What it leaves out: the loop's own ``record()`` call
+  per step (on a GPU one ``_foreach_copy_`` launch), and the device and its copies.
 
 ``--pin`` (Linux, 2 cores or more) runs the loop on the first core and the writer on the last one, as on
 a machine with cores to spare (a GPU machine): the loop then shares only the interpreter lock, the caches
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue
 import statistics
 import sys
 import tempfile
@@ -53,24 +57,21 @@ CHUNK_STEPS = 26
 TINY = dict(ro.REFERENCE, data={"kind": "synthetic", "n": 64, "dim": 32, "mu": 0.05}, model={"width": 16})
 
 
+#: states a writer's run can hold (a launch-bound run hands over about 20 000)
+CAPACITY = 1_000_000
 #: blocks the writer keeps in flight at most (the recorder's default chunk buffers on 4 write threads, less
 #: the one being filled): behind its pace it writes as fast as it can, it does not queue without bound
 IN_FLIGHT = 4
 
 
-def write_chunks(stop, directory: str, step_seconds: float = STEP_SECONDS, cpu: int | None = None,
-                 blocks=None) -> None:
-    """Write reference-sized chunks at one chunk per ``chunk_steps`` steps of ``step_seconds`` until ``stop``
-    is set (on core ``cpu`` only, if given; the store's write threads, started from here, inherit it),
-    at most :data:`IN_FLIGHT` blocks in flight; ``blocks`` (a shared counter) counts the blocks handed over."""
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
+def _reference_writer(directory: str):
+    """A new run of the reference shapes, and one block of made-up states for it."""
     from trajscope.store import RunWriter, StoreRoot
     from trajscope.producer.two_layer import variables as two_layer_variables
 
     writer = RunWriter.create(
         StoreRoot(directory), "bench", variables=two_layer_variables(),
-        sizes={"neuron": 100, "feature": 784, "sample": 1000}, capacity=1_000_000,
+        sizes={"neuron": 100, "feature": 784, "sample": 1000}, capacity=CAPACITY,
         static={"X": np.zeros((1000, 784)), "y": np.ones(1000)}, attrs={},
     )
     T = writer.chunk_steps
@@ -79,19 +80,81 @@ def write_chunks(stop, directory: str, step_seconds: float = STEP_SECONDS, cpu: 
     block = {"W": rng.random((T, 100, 784), dtype=np.float32), "v": rng.random((T, 100), dtype=np.float32),
              "loss": rng.random(T), "output": rng.random((T, 1000), dtype=np.float32),
              "step": np.arange(T), "t": np.arange(T) * 1.0}
-    index, handles = 0, []
+    return writer, block
+
+
+def _paced(stop, step_seconds: float, blocks, hand_over) -> int:
+    """Call ``hand_over(index)`` once per ``CHUNK_STEPS`` steps of ``step_seconds`` until ``stop`` is set
+    (counting the blocks in ``blocks``, a shared counter); returns the blocks handed over."""
+    index = 0
     while not stop.is_set():
         started = time.perf_counter()
-        if len(handles) >= IN_FLIGHT:
-            handles.pop(0).wait()
-        handles.append(writer.write_block(index * T, block))
+        hand_over(index)
         if blocks is not None:
             with blocks.get_lock():
                 blocks.value += 1
-        writer.commit_if_due()  # as the recorder commits: at most every record.commit_seconds
         index += 1
-        time.sleep(max(0.0, T * step_seconds - (time.perf_counter() - started)))
-    writer.commit(index * T)
+        time.sleep(max(0.0, CHUNK_STEPS * step_seconds - (time.perf_counter() - started)))
+    return index
+
+
+def write_chunks(stop, directory: str, step_seconds: float = STEP_SECONDS, cpu: int | None = None,
+                 blocks=None) -> None:
+    """Write reference-sized chunks at one chunk per ``chunk_steps`` steps of ``step_seconds`` until ``stop``
+    is set (on core ``cpu`` only, if given; the store's write threads, started from here, inherit it),
+    at most :data:`IN_FLIGHT` blocks in flight, committing as the recorder does; ``blocks`` (a shared
+    counter) counts the blocks handed over."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    writer, block = _reference_writer(directory)
+    handles = []
+
+    def hand_over(index: int) -> None:
+        if len(handles) >= IN_FLIGHT:
+            handles.pop(0).wait()
+        handles.append(writer.write_block(index * CHUNK_STEPS, block))
+        writer.commit_if_due()  # as the recorder commits: at most every record.commit_seconds
+
+    count = _paced(stop, step_seconds, blocks, hand_over)
+    writer.commit(count * CHUNK_STEPS)
+    writer.finish("complete")
+
+
+def feed_writer_process(stop, directory: str, step_seconds: float = STEP_SECONDS, cpu: int | None = None,
+                        blocks=None) -> None:
+    """What the recorder's writer thread does for a writer process on a GPU, from a thread of the loop's
+    process: per block, a free slot of the shared chunk buffers, one ``np.copyto`` per variable into it
+    (the copy from the pinned buffer), one message; a :class:`~trajscope.store.writer_process.WriterProcess`
+    writes and commits, and its receiver thread here takes the ``free`` and ``committed`` messages."""
+    if cpu is not None:  # this thread, and the receiver thread and the process it starts
+        os.sched_setaffinity(0, {cpu})
+    from trajscope.store.writer_process import SharedChunks, WriterProcess
+
+    process = WriterProcess.start()
+    writer, block = _reference_writer(directory)
+    variables = [n for n in block if n not in ("step", "t")]
+    shared = SharedChunks({n: block[n].shape[1:] for n in variables}, {n: str(block[n].dtype) for n in variables},
+                          CHUNK_STEPS, IN_FLIGHT + 1)
+    free: queue.Queue[int] = queue.Queue()
+    for slot in range(IN_FLIGHT + 1):
+        free.put(slot)
+    errors: list[BaseException] = []
+    process.open(writer, shared, {"step": np.arange(CAPACITY), "t": np.arange(CAPACITY) * 1.0},
+                 on_free=free.put, on_commit=lambda committed: None, on_error=errors.append)
+
+    def hand_over(index: int) -> None:
+        if errors:
+            raise errors[0]
+        slot = free.get()
+        for name, view in shared.views(slot).items():
+            np.copyto(view, block[name])
+        process.submit(slot, index * CHUNK_STEPS, CHUNK_STEPS)
+
+    try:
+        _paced(stop, step_seconds, blocks, hand_over)
+    finally:
+        process.close()
+    writer.reload_committed()
     writer.finish("complete")
 
 
@@ -118,24 +181,26 @@ def main() -> None:
         os.sched_setaffinity(0, {cores[0]})  # this thread (the loop); the writer's threads go to the last core
         writer_cpu = cores[-1]
     ro.plain_loop(ro.load_config(TINY if launch_bound else ro.REFERENCE, ["train.steps=200"]))  # untimed warm-up
-    names = ["training alone (baseline)", "writer in a thread", "writer in a process"]
+    names = ["training alone (baseline)", "writer in a thread", "writer in a process",
+             "writer process fed from a thread"]
+    targets = {names[1]: write_chunks, names[2]: write_chunks, names[3]: feed_writer_process}
     times: dict[str, list[float]] = {name: [] for name in names}
     written: dict[str, list[float]] = {name: [] for name in names[1:]}  # GB/s handed to the store during the loop
     spawn = mp.get_context("spawn")
     for repeat in range(args.repeats):
-        for name in names[repeat % 3:] + names[: repeat % 3]:  # rotate the order
+        for name in names[repeat % len(names):] + names[: repeat % len(names)]:  # rotate the order
             if name == names[0]:
                 times[name].append(ro.plain_loop(cfg))
                 continue
             with tempfile.TemporaryDirectory(dir=args.dir) as directory:
                 blocks = spawn.Value("q", 0)
                 job = (directory, pace, writer_cpu, blocks)
-                if name.endswith("thread"):
+                if name != "writer in a process":  # a thread of the loop's process
                     stop = threading.Event()
-                    worker = threading.Thread(target=write_chunks, args=(stop, *job))
+                    worker = threading.Thread(target=targets[name], args=(stop, *job))
                 else:
                     stop = spawn.Event()
-                    worker = spawn.Process(target=write_chunks, args=(stop, *job))
+                    worker = spawn.Process(target=targets[name], args=(stop, *job))
                 worker.start()
                 time.sleep(2.0)  # let the writer start (imports, run creation)
                 before = blocks.value

@@ -161,10 +161,11 @@ class RecordConfig(_Strict):
     process fed through shared memory, each chunk copied into it: the store's Python work stays off the
     training process's GIL; CPU or CUDA training on a local root only, else the thread is used), or
     ``auto``, the default: the process for CUDA runs on a local root recording at least
-    ``AUTO_PROCESS_BYTES``, 64 MB, the thread otherwise (on the CPU the thread, which keeps the states by
-    reference, measured faster than the process, BENCHMARKS.md "Recording overhead"; on a GPU the process
-    keeps the store's Python off the lock a launch-bound loop takes back at every kernel launch,
-    BENCHMARKS.md "Writer isolation (launch-bound loop)"; a small run does not repay an interpreter).
+    ``AUTO_PROCESS_BYTES``, 64 MB, of states under 1 MiB each, the thread otherwise (on the CPU the
+    thread, which keeps the states by reference, measured faster than the process, BENCHMARKS.md
+    "Recording overhead"; on a GPU the process keeps the store's Python off the lock a launch-bound loop
+    takes back at every kernel launch, BENCHMARKS.md "Writer isolation (launch-bound loop)"; a large
+    state makes a compute-bound loop, and a small run does not repay an interpreter).
     """
 
     every: int = Field(1, ge=1)

@@ -281,7 +281,7 @@ class Recorder:
     # -- training-thread side -----------------------------------------------------------------------
     def _raise_if_failed(self) -> None:
         if self._error is not None:
-            if self._process is not None:
+            if isinstance(self._error, WriterProcessError):  # its own one line
                 raise RuntimeError(str(self._error)) from self._error
             raise RuntimeError(f"writing the recorded states failed: {self._error}") from self._error
 
@@ -476,6 +476,8 @@ class Recorder:
             if self._process is None or self._process_staged:
                 self._filled.put(None)
                 self._thread.join()
+            if self._process is not None:  # what the process committed is the run's: never finish over it
+                self._stop_process()
             raise
         if self._process is not None:
             if self._process_staged:  # every chunk handed to the writer thread reaches the process first
@@ -493,6 +495,18 @@ class Recorder:
         self._thread.join()
         self._raise_if_failed()
         return self.committed
+
+    def _stop_process(self) -> None:
+        """Handing over the partial chunk failed (e.g. a GPU's copy raised after a device error): let the
+        writer process commit what it was handed (or kill it if that fails too), and take its
+        ``committed_steps``, so that finishing the run neither shrinks it below them nor races the process."""
+        try:
+            self._process.close()
+        except BaseException:
+            self._process.kill()
+            raise
+        finally:
+            self.committed = self.writer.reload_committed()
 
     # -- writer-thread side (and the hand-off: _submit runs on the training thread on the CPU; the
     # -- done-callbacks _block_written and _release on the store's write threads) ---------------------
@@ -597,26 +611,39 @@ class Recorder:
 AUTO_PROCESS_BYTES = 64e6
 
 
-def start_writer_process(choice: str, root, device: torch.device, recorded_bytes: float | None) -> WriterProcess | None:
+def start_writer_process(choice: str, root, device: torch.device, recorded_bytes: float | None,
+                         largest_state_bytes: int | None = None) -> WriterProcess | None:
     """Start a writer process if ``record.writer`` (``choice``) asks for one and it applies here.
 
     ``process``: on a CPU or CUDA device and a local root (else ``None``: the writer thread). ``auto`` (the
     default): a process for a CUDA run on a local root recording at least :data:`AUTO_PROCESS_BYTES`
-    (``recorded_bytes``; ``None`` when not yet known counts as large), the thread otherwise. On the CPU the
-    thread keeps the states by reference, where a process must copy each into its shared memory: it read
-    1.035–1.080× the bare loop against 1.087–1.104× for the process (BENCHMARKS.md, "Recording overhead").
-    A launch-bound GPU loop takes the interpreter lock back after every kernel launch, and the writer
-    thread's Python per chunk competes for it: in ``bench/writer_isolation.py --loop launch-bound --pin``
-    the thread cost the loop 1.07× and fell behind the rate it had to write, the process 0.98× at that rate.
+    (``recorded_bytes``) whose largest variable is under
+    :data:`~trajscope.store.layout.LARGE_STATE_BYTES` a state (``largest_state_bytes``; ``None`` when not
+    yet known counts as large a run and as small a state); the thread otherwise.
+
+    - On the CPU the thread keeps the states by reference, where a process must copy each into its shared
+      memory: it read 1.037–1.080× the bare loop against 1.087–1.104× for the process (BENCHMARKS.md,
+      "Recording overhead").
+    - A GPU loop of small states is launch-bound: it takes the interpreter lock back after every kernel
+      launch, and the writer thread's Python per chunk competes for it. In ``bench/writer_isolation.py
+      --loop launch-bound --pin`` the thread cost the loop 1.08–1.16× and fell behind the rate it had to
+      write; a writer process fed as the recorder feeds it, 1.04–1.05× (BENCHMARKS.md, "Writer isolation
+      (launch-bound loop)").
+    - A large state (the wide config's 6.3 MB) makes a compute-bound loop, which leaves the lock free, and
+      a process would add a host copy of every chunk to a write rate of GB/s: the thread, until a GPU
+      measures otherwise.
+
     Started as early as possible, so its start-up overlaps the caller's.
     """
     from trajscope.store import writer_process
+    from trajscope.store.layout import LARGE_STATE_BYTES
 
     if (choice == "thread" or device.type not in ("cpu", "cuda") or not root.is_local
             or not writer_process.available()):
         return None
-    if choice == "auto" and (device.type != "cuda" or (recorded_bytes is not None
-                                                       and recorded_bytes < AUTO_PROCESS_BYTES)):
+    if choice == "auto" and (device.type != "cuda"
+                             or (recorded_bytes is not None and recorded_bytes < AUTO_PROCESS_BYTES)
+                             or (largest_state_bytes is not None and largest_state_bytes >= LARGE_STATE_BYTES)):
         return None
     return WriterProcess.start()
 

@@ -133,7 +133,8 @@ def produce(
     if shape is not None:  # sizes known from the config: checked before the data are built
         check_budget(cfg, store_root, *shape)
     # started now, so its start-up overlaps the dataset build; owned by the recorder once it exists
-    process = start_writer_process(cfg.record.writer, store_root, device, _recorded_bytes(cfg, shape))
+    process = start_writer_process(cfg.record.writer, store_root, device, _recorded_bytes(cfg, shape),
+                                   _largest_state_bytes(cfg, shape))
     try:
         return _produce(cfg, store_root, device, name, labels, progress, process)
     except BaseException:
@@ -149,6 +150,14 @@ def _recorded_bytes(cfg: RunConfig, shape: tuple[int, int] | None) -> float | No
     n, dim = shape
     item = 8 if cfg.train.dtype == "float64" else 4
     return float(len(recording_schedule(cfg))) * ((cfg.model.width * (dim + 1) + n) * item + 8)
+
+
+def _largest_state_bytes(cfg: RunConfig, shape: tuple[int, int] | None) -> int | None:
+    """Bytes of one state of the largest recorded variable (``W``, ``model.width × dim``; ``None`` when the
+    data's size is not known yet)."""
+    if shape is None:
+        return None
+    return cfg.model.width * shape[1] * (8 if cfg.train.dtype == "float64" else 4)
 
 
 def _produce(cfg, store_root, device, name, labels, progress, process) -> RunResult:
@@ -203,8 +212,9 @@ def resume(
         cfg = load_config(writer.attrs["config"])
         device = resolve_device(cfg.train.device)
         remaining = max(len(recording_schedule(cfg)) - writer.committed_steps, 0)
-        process = start_writer_process(cfg.record.writer, store_root, device,
-                                       remaining * sum(a.nbytes // max(a.shape[0], 1) for a in writer.arrays.values()))
+        state_bytes = [a.nbytes // max(a.shape[0], 1) for a in writer.arrays.values()]
+        process = start_writer_process(cfg.record.writer, store_root, device, remaining * sum(state_bytes),
+                                       max(state_bytes, default=0))
         X = writer.group["X"][...]
         y = writer.group["y"][...]
         schedule = recording_schedule(cfg)

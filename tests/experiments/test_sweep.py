@@ -34,15 +34,18 @@ def test_expansion_is_deterministic_and_ids_follow_the_config(spec_factory):
 
 
 def test_a_changed_default_keeps_the_run_ids_made_before():
-    """``record.write_threads`` defaulted to 4 and now to ``None`` (chosen per root): a config that leaves it
-    unset still hashes as it did, so a sweep rerun after an upgrade finds its finished runs."""
+    """``record.write_threads`` defaulted to 4 and now to ``None`` (chosen per root), ``record.writer`` to
+    ``thread`` and now to ``auto``: a config that leaves them unset still hashes as it did, so a sweep rerun
+    after an upgrade finds its finished runs."""
     from trajscope.experiments.sweep import config_hash
     from trajscope.producer.config import RunConfig
 
-    default, former = RunConfig(), RunConfig.model_validate({"record": {"write_threads": 4}})
-    assert default.record.write_threads is None
+    default = RunConfig()
+    former = RunConfig.model_validate({"record": {"write_threads": 4, "writer": "thread"}})
+    assert default.record.write_threads is None and default.record.writer == "auto"
     assert config_hash(default) == config_hash(former)
     assert config_hash(RunConfig.model_validate({"record": {"write_threads": 2}})) != config_hash(default)
+    assert config_hash(RunConfig.model_validate({"record": {"writer": "process"}})) != config_hash(default)
 
 
 def _kill_midway(point, root: str, env: dict) -> None:

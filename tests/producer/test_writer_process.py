@@ -168,9 +168,10 @@ _staging = importlib.util.module_from_spec(_recorder_tests)
 _recorder_tests.loader.exec_module(_staging)
 
 
-def _record_staged(root, name, states, process, capacity=None):
+def _record_staged(root, name, states, process, capacity=None, staging=None):
     """Record ``states`` made-up states through an emulated GPU staging (separate host buffers filled later
-    by another thread, as the copy to pinned memory is); returns the states and the staging."""
+    by another thread, as the copy to pinned memory is); returns the recorder (not closed), the writer, the
+    recorded ``W`` and the staging."""
     import torch
 
     from trajscope.producer.recorder import Recorder
@@ -182,7 +183,7 @@ def _record_staged(root, name, states, process, capacity=None):
         capacity=capacity or states, static={"X": np.ones((n, dim)), "y": np.array([1, -1, 1, -1, 1])}, attrs={},
         chunk_bytes=h * dim * 4 * 5,
     )
-    staging = _staging.DeferredStaging()
+    staging = staging or _staging.DeferredStaging()
     shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)}
     dtypes = {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32}
     columns = {"step": np.arange(capacity or states) * 3, "t": np.arange(capacity or states) * 0.5}
@@ -238,17 +239,21 @@ def test_a_dead_writer_process_behind_a_staging_stops_the_recorder(tmp_path):
                             output=torch.zeros(5))
     with pytest.raises(RuntimeError):
         recorder.close()
-    assert open_run("orphan", root).attrs["committed_steps"] <= 10  # the states the process was handed
+    writer.finish("failed", "writer process died", last_step=0)
+    ds = open_run("orphan", root)
+    assert ds.attrs["committed_steps"] == recorder.committed <= 10 and ds.sizes["step"] == recorder.committed
 
 
-def test_the_default_writer_is_a_process_only_for_large_gpu_runs_on_a_local_root(tmp_path):
-    """``record.writer: auto`` (the default): a CUDA run on a local root recording at least 64 MB gets a
-    writer process; a CPU run (recorded by reference), a small run and an object store keep the thread.
-    An explicit ``process`` applies on a CPU or CUDA device and a local root."""
+def test_the_default_writer_is_a_process_only_for_large_gpu_runs_of_small_states_on_a_local_root(tmp_path):
+    """``record.writer: auto`` (the default): a CUDA run on a local root recording at least 64 MB of states
+    under 1 MiB each gets a writer process; a CPU run (recorded by reference), a small run, a large state
+    and an object store keep the thread. An explicit ``process`` applies on a CPU or CUDA device and a
+    local root."""
     import torch
 
     from trajscope.producer.config import RecordConfig
     from trajscope.producer.recorder import AUTO_PROCESS_BYTES, start_writer_process
+    from trajscope.store.layout import LARGE_STATE_BYTES
 
     assert RecordConfig().writer == "auto"
     local, remote, large = StoreRoot(tmp_path), StoreRoot("memory://writer-rule"), 2 * AUTO_PROCESS_BYTES
@@ -257,10 +262,36 @@ def test_the_default_writer_is_a_process_only_for_large_gpu_runs_on_a_local_root
              ("auto", remote, "cuda", large, False), ("thread", local, "cuda", large, False),
              ("process", local, "cpu", 1.0, True), ("process", local, "cuda", 1.0, True),
              ("process", remote, "cpu", large, False), ("process", local, "mps", large, False)]
-    for choice, root, device, recorded, started in cases:
-        process = start_writer_process(choice, root, torch.device(device), recorded)
+    cases += [("auto", local, "cuda", large, True, 313_600), ("auto", local, "cuda", large, False, 6_272_000),
+              ("auto", local, "cuda", large, False, LARGE_STATE_BYTES), ("process", local, "cuda", large, True, 6_272_000)]
+    for choice, root, device, recorded, started, *state in cases:
+        process = start_writer_process(choice, root, torch.device(device), recorded, *state)
         try:
             assert (process is not None) == started, (choice, root.location, device, recorded)
         finally:
             if process is not None:
                 process.kill()
+
+
+def test_a_failed_copy_while_closing_keeps_what_the_writer_process_committed(tmp_path):
+    """The copy of the last partial chunk raises when the recorder closes (on a GPU: a device error is
+    raised again by every later CUDA call). The writer process still commits the chunks it was handed, the
+    recorder takes its ``committed_steps``, and finishing the run as failed keeps them: it neither shrinks
+    the run to the recorder's stale count nor races the process's own commits."""
+
+    class FailingLast(_staging.DeferredStaging):
+        def start_copy(self, slot):
+            if slot.count < 5:  # the final, partial chunk
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            super().start_copy(slot)
+
+    root = StoreRoot(tmp_path)
+    recorder, writer, expected, _ = _record_staged(root, "cut", 53, process=True, staging=FailingLast())
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        recorder.close()
+    assert recorder.committed == 50  # ten whole chunks, handed off before the failure
+    assert recorder._process.proc.poll() is not None  # the process is gone, nothing more to race
+    writer.finish("failed", "CUDA error", last_step=49)
+    ds = open_run("cut", root)
+    assert ds.attrs["status"] == "failed" and ds.attrs["committed_steps"] == 50 and ds.sizes["step"] == 50
+    np.testing.assert_array_equal(ds.W.values, expected[:50])

@@ -168,7 +168,7 @@ _staging = importlib.util.module_from_spec(_recorder_tests)
 _recorder_tests.loader.exec_module(_staging)
 
 
-def _record_staged(root, name, states, process, capacity=None, staging=None):
+def _record_staged(root, name, states, process, capacity=None, staging=None, start=0, writer=None):
     """Record ``states`` made-up states through an emulated GPU staging (separate host buffers filled later
     by another thread, as the copy to pinned memory is); returns the recorder (not closed), the writer, the
     recorded ``W`` and the staging."""
@@ -178,20 +178,23 @@ def _record_staged(root, name, states, process, capacity=None, staging=None):
     from trajscope.producer.two_layer import variables as two_layer_variables
 
     h, dim, n = 4, 3, 5
-    writer = RunWriter.create(
+    writer = writer or RunWriter.create(
         root, name, variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
-        capacity=capacity or states, static={"X": np.ones((n, dim)), "y": np.array([1, -1, 1, -1, 1])}, attrs={},
+        capacity=capacity or states, static={"X": np.ones((n, dim)), "y": np.array([1, -1, 1, -1, 1])},
+        attrs={"config": {}},  # (reopening a run without a schema checks its producer config is there)
         chunk_bytes=h * dim * 4 * 5,
     )
+    preload = writer.read_states((start // 5) * 5, start) if start % 5 else None
     staging = staging or _staging.DeferredStaging()
     shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)}
     dtypes = {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32}
     columns = {"step": np.arange(capacity or states) * 3, "t": np.arange(capacity or states) * 0.5}
     recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=2, staging=staging, columns=columns,
-                        process=writer_process.WriterProcess.start() if process else None)
+                        process=writer_process.WriterProcess.start() if process else None, start_index=start,
+                        preload=preload)
     expected = []
-    W = torch.zeros(h, dim)
-    for k in range(states):
+    W = torch.zeros(h, dim) + sum(range(start))
+    for k in range(start, states):
         W = W + k  # a new tensor each step, as in training
         recorder.record(W=W, v=torch.arange(h, dtype=torch.float32) * k, loss=torch.tensor(k / 10, dtype=torch.float64),
                         output=torch.full((n,), float(-k)))
@@ -206,7 +209,11 @@ def test_a_gpu_like_staging_hands_its_chunks_to_the_writer_process(tmp_path):
     root, states = StoreRoot(tmp_path), 53
     for name in ("thread", "process"):
         recorder, writer, expected, staging = _record_staged(root, name, states, process=name == "process")
+        trainer_commits = []
+        commit = writer.commit
+        writer.commit = lambda *a, **k: (trainer_commits.append(a), commit(*a, **k))
         assert recorder.close() == states
+        assert (not trainer_commits) == (name == "process")  # with a process, it alone commits
         writer.finish("complete")
         assert staging.copies == 11  # ten whole chunks and the final partial one
         ds = open_run(name, root)
@@ -295,3 +302,25 @@ def test_a_failed_copy_while_closing_keeps_what_the_writer_process_committed(tmp
     ds = open_run("cut", root)
     assert ds.attrs["status"] == "failed" and ds.attrs["committed_steps"] == 50 and ds.sizes["step"] == 50
     np.testing.assert_array_equal(ds.W.values, expected[:50])
+
+
+def test_resuming_inside_a_chunk_through_a_staging_and_a_writer_process(tmp_path):
+    """A run cut after 7 states (chunk 5: the second chunk half written) resumes with a writer process
+    behind a staging: the committed rows of the cut chunk are preloaded into the device buffer, copied
+    to the host with the new ones and written whole; the run equals one recorded without a cut."""
+    root, states = StoreRoot(tmp_path), 23
+    first, writer, head, _ = _record_staged(root, "cut", 7, process=False, capacity=states)
+    assert first.close() == 7
+    writer.finish("interrupted")
+    writer = RunWriter.reopen(root, "cut")
+    recorder, writer, tail, _ = _record_staged(root, "cut", states, process=True, start=7, writer=writer)
+    assert recorder.close() == states
+    writer.finish("complete")
+    whole, whole_writer, expected, _ = _record_staged(root, "whole", states, process=False)
+    whole.close()
+    whole_writer.finish("complete")
+    np.testing.assert_array_equal(np.concatenate([head, tail]), expected)  # the made-up states continue
+    cut, reference = open_run("cut", root).load(), open_run("whole", root).load()
+    assert cut.attrs["committed_steps"] == states
+    for variable in ("W", "v", "loss", "output", "step", "t"):
+        np.testing.assert_array_equal(cut[variable].values, reference[variable].values)

@@ -148,7 +148,7 @@ def _recorded_bytes(cfg: RunConfig, shape: tuple[int, int] | None) -> float | No
     if shape is None:
         return None
     n, dim = shape
-    item = 8 if cfg.train.dtype == "float64" else 4
+    item = np.dtype(cfg.train.dtype).itemsize
     return float(len(recording_schedule(cfg))) * ((cfg.model.width * (dim + 1) + n) * item + 8)
 
 
@@ -157,7 +157,7 @@ def _largest_state_bytes(cfg: RunConfig, shape: tuple[int, int] | None) -> int |
     data's size is not known yet)."""
     if shape is None:
         return None
-    return cfg.model.width * shape[1] * (8 if cfg.train.dtype == "float64" else 4)
+    return cfg.model.width * shape[1] * np.dtype(cfg.train.dtype).itemsize
 
 
 def _produce(cfg, store_root, device, name, labels, progress, process) -> RunResult:

@@ -1,9 +1,9 @@
 """A long-lived writer process: the store's chunk writing off the training process's GIL.
 
 The training loop and the store's writing share two things when they live in one process: the cores
-and the GIL (on a GPU, a launch-bound loop takes the GIL back after every kernel launch). Encoding, crc32c and file writes release the GIL, but the Python around them
-(the write pool, the commits) does not, and it interrupts the training thread. This module moves all of
-that to a second process:
+and the GIL (on a GPU, a launch-bound loop takes the GIL back after every kernel launch). Encoding,
+crc32c and file writes release the GIL, but the Python around them (the write pool, the commits) does
+not, and it interrupts the training thread. This module moves all of that to a second process:
 
 - **Shared chunk buffers.** :class:`SharedChunks` lays ``slots`` chunk buffers (one array of
   ``chunk_steps`` states per time-varying variable) in one anonymous shared memory file

@@ -29,6 +29,15 @@ pytestmark = pytest.mark.skipif(not writer_process.available(), reason="needs me
 PROCESS = {"writer": "process"}
 
 
+def assert_same_chunk_files(run: Path, reference: Path) -> None:
+    """Every chunk file of every time-varying variable of ``reference`` exists in ``run`` with the same bytes."""
+    for name in ("W", "v", "loss", "output", "step", "t"):
+        keys = sorted(p.relative_to(reference) for p in (reference / name).rglob("*") if p.is_file())
+        assert keys, name
+        for key in keys:
+            assert (run / key).read_bytes() == (reference / key).read_bytes(), key
+
+
 def test_process_and_thread_record_the_same_bytes(tmp_path, small_config):
     for writer in ("thread", "process"):
         produce(small_config(train={"steps": 120}, record={"writer": writer, "commit_seconds": 0}),
@@ -37,12 +46,7 @@ def test_process_and_thread_record_the_same_bytes(tmp_path, small_config):
     assert by_process.attrs["status"] == "complete" and by_process.attrs["committed_steps"] == 121
     assert by_process.attrs["chunk_steps"] < 20  # several chunks, so several hand-offs and buffer reuses
     assert_same_trajectory(by_process, by_thread)
-    for name in ("W", "v", "loss", "output", "step", "t"):  # the chunk files themselves, byte for byte
-        keys = sorted(p.relative_to(tmp_path / "thread.zarr") for p in (tmp_path / "thread.zarr" / name).rglob("*")
-                      if p.is_file())
-        assert keys, name
-        for key in keys:
-            assert (tmp_path / "process.zarr" / key).read_bytes() == (tmp_path / "thread.zarr" / key).read_bytes(), key
+    assert_same_chunk_files(tmp_path / "process.zarr", tmp_path / "thread.zarr")
 
 
 def test_sigkill_of_the_trainer_leaves_a_resumable_run(tmp_path, small_config, python_env, reference_process):
@@ -222,12 +226,7 @@ def test_a_gpu_like_staging_hands_its_chunks_to_the_writer_process(tmp_path):
         np.testing.assert_array_equal(ds.step.values, np.arange(states) * 3)
         np.testing.assert_allclose(ds.loss.values, np.arange(states) / 10)
         np.testing.assert_array_equal(ds.output.values[:, 0], -np.arange(states))
-    for variable in ("W", "v", "loss", "output", "step", "t"):  # the chunk files themselves, byte for byte
-        keys = sorted(p.relative_to(tmp_path / "thread.zarr") for p in (tmp_path / "thread.zarr" / variable).rglob("*")
-                      if p.is_file())
-        assert keys, variable
-        for key in keys:
-            assert (tmp_path / "process.zarr" / key).read_bytes() == (tmp_path / "thread.zarr" / key).read_bytes(), key
+    assert_same_chunk_files(tmp_path / "process.zarr", tmp_path / "thread.zarr")
 
 
 def test_a_dead_writer_process_behind_a_staging_stops_the_recorder(tmp_path):

@@ -7,8 +7,8 @@ reference trajectory's states (h=100, D=784, n=1000: ``W``, ``v``, ``loss``, ``o
 (1 MB = 1e6 bytes):
 
 - **raw parallel**: the chunk files of ``T`` states per variable (``T`` = the store's chunk length,
-  8 MiB of ``W``, or 4 states of a large one), each with its crc32c appended, written by ``--threads`` threads (open/write/close,
-  no rename; for ``memory://`` one ``pipe_file`` of the bytes made by the store's ``joined``, which copies
+  8 MiB of ``W``, or 4 states of a large one), each with its crc32c appended, written by ``--threads``
+  threads (open/write/close, no rename; for ``memory://`` one ``pipe_file`` of the bytes made by the store's ``joined``, which copies
   without holding the GIL as the store does: ``b"".join`` holds it, and a baseline that copies more slowly
   than the store is no ceiling)
   — what the hardware and the OS give;
@@ -50,7 +50,8 @@ local-dir root; ``recorder_over_raw_from_states`` the same over raw parallel fro
 path on every root; ``recorder_ratio_range`` the lowest and highest single-repeat ratio of the recorder over
 raw parallel, per root).
 
-    python bench/record_ceiling.py [--config reference|mnist-like|wide] [--quick] [--mb 512] [--repeats 3] [--write-threads N] [--buffers N] [--roots local,tmpfs,memory]
+    python bench/record_ceiling.py [--config reference|mnist-like|wide] [--quick] [--mb 512] [--repeats 3]
+                                   [--write-threads N] [--buffers N] [--roots local,tmpfs,memory]
                                    [--json] [--write BENCHMARKS.md]
 """
 

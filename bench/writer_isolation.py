@@ -134,18 +134,23 @@ def feed_writer_process(stop, directory: str, step_seconds: float = STEP_SECONDS
     writer, block = _reference_writer(directory)
     variables = [n for n in block if n not in ("step", "t")]
     shared = SharedChunks({n: block[n].shape[1:] for n in variables}, {n: str(block[n].dtype) for n in variables},
-                          CHUNK_STEPS, IN_FLIGHT + 1)
+                          CHUNK_STEPS, IN_FLIGHT)
     free: queue.Queue[int] = queue.Queue()
-    for slot in range(IN_FLIGHT + 1):
+    for slot in range(IN_FLIGHT):  # as many blocks in flight as the other variants
         free.put(slot)
     errors: list[BaseException] = []
     process.open(writer, shared, {"step": np.arange(CAPACITY), "t": np.arange(CAPACITY) * 1.0},
                  on_free=free.put, on_commit=lambda committed: None, on_error=errors.append)
 
     def hand_over(index: int) -> None:
-        if errors:
-            raise errors[0]
-        slot = free.get()
+        while True:  # a free slot, but notice a dead writer process (as the recorder does)
+            if errors:
+                raise errors[0]
+            try:
+                slot = free.get(timeout=0.5)
+                break
+            except queue.Empty:
+                continue
         for name, view in shared.views(slot).items():
             np.copyto(view, block[name])
         process.submit(slot, index * CHUNK_STEPS, CHUNK_STEPS)
@@ -214,7 +219,8 @@ def main() -> None:
     for name in names:
         ratios = [x / b for x, b in zip(times[name], base)]
         rate_cell = f"{statistics.median(written[name]):.2f}" if name in written else "—"
-        lines.append(f"| {name} | {statistics.median(ratios):.3f} | {min(ratios):.3f} | {max(ratios):.3f} | {rate_cell} |")
+        lines.append(f"| {name} | {statistics.median(ratios):.3f} | {min(ratios):.3f} | {max(ratios):.3f} "
+                     f"| {rate_cell} |")
     table = "\n".join(lines)
     step_us = statistics.median(base) / steps * 1e6
     rate = STATE_BYTES / pace / 1e9  # bytes of a reference state per step of the writer's pace
@@ -229,7 +235,8 @@ def main() -> None:
         heading = "## Writer isolation" + (" (launch-bound loop)" if launch_bound else "")
         section = (
             f"{heading}\n\n`{command}` — the {args.loop} training loop with the store's chunk writing (reference "
-            f"shapes, {rate:.2f} GB/s) beside it, in a thread or in a separate process; measured "
+            f"shapes, {rate:.2f} GB/s) beside it, in a thread, in a separate process, or in a writer process fed "
+            f"from a thread; measured "
             f"{time.strftime('%Y-%m-%d')}.\n\n{table}\n"
         )
         ro.replace_section(args.write, heading, section)

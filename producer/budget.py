@@ -11,9 +11,9 @@ threads, the most any root gets by default):
 * one recorded state ``b = s (h D + h + n) + 24`` (``W``, ``v``, ``output``; ``loss``, ``step``, ``t``);
 * data ``8 (4 n D + 2 n²)`` (float64 copies while building, the ``n × n`` Gram of the separation);
 * training ``s (4 h D + 3 n h + n D)`` (weights, gradients, pre-activations, inputs on the device);
-* recorder ``B T b`` (the chunk buffers; ``2 B T b`` when ``record.writer`` may start a writer process
-  on a GPU, whose chunks are copied from pinned buffers into shared ones) and ``24 S`` (the schedule and
-  its times);
+* recorder ``B T b`` (the chunk buffers; ``2 B T b`` unless ``record.writer`` is ``thread``: an upper
+  bound, for a writer process on a GPU copies its chunks from pinned buffers into shared ones) and
+  ``24 S`` (the schedule and its times);
 * disk ``S b + s n D + n`` (every state, uncompressed, and the static data).
 """
 

@@ -164,8 +164,8 @@ class RecordConfig(_Strict):
     ``AUTO_PROCESS_BYTES``, 64 MB, of states under 1 MiB each, the thread otherwise (on the CPU the
     thread, which keeps the states by reference, measured faster than the process, BENCHMARKS.md
     "Recording overhead"; on a GPU the process keeps the store's Python off the lock a launch-bound loop
-    takes back at every kernel launch, BENCHMARKS.md "Writer isolation (launch-bound loop)"; a large
-    state makes a compute-bound loop, and a small run does not repay an interpreter).
+    takes back at every kernel launch, BENCHMARKS.md "Writer isolation (launch-bound loop)"; for a large
+    state a process would add a host copy at GB/s, and a small run does not repay an interpreter).
     """
 
     every: int = Field(1, ge=1)

@@ -483,8 +483,10 @@ class Recorder:
             if self._process_staged:  # every chunk handed to the writer thread reaches the process first
                 self._filled.put(None)
                 self._thread.join()
-            said = self._process.close()
-            self.committed = self.writer.reload_committed()  # what the writer process left committed
+            try:
+                said = self._process.close()
+            finally:
+                self.committed = self.writer.reload_committed()  # what the writer process left committed
             self._raise_if_failed()
             if said < 0:  # it never confirmed the final commit: states handed off may not be on disk
                 raise WriterProcessError(
@@ -626,12 +628,14 @@ def start_writer_process(choice: str, root, device: torch.device, recorded_bytes
       "Recording overhead").
     - A GPU loop of small states is launch-bound: it takes the interpreter lock back after every kernel
       launch, and the writer thread's Python per chunk competes for it. In ``bench/writer_isolation.py
-      --loop launch-bound --pin`` the thread cost the loop 1.08–1.16× and fell behind the rate it had to
-      write; a writer process fed as the recorder feeds it, 1.04–1.05× (BENCHMARKS.md, "Writer isolation
-      (launch-bound loop)").
-    - A large state (the wide config's 6.3 MB) makes a compute-bound loop, which leaves the lock free, and
-      a process would add a host copy of every chunk to a write rate of GB/s: the thread, until a GPU
-      measures otherwise.
+      --loop launch-bound --pin`` (medians of 9 noisy repeats) the thread cost the loop 1.16× against
+      1.04× for a writer process fed as the recorder feeds it, both writing 0.6 GB/s; at the H200's
+      1.2 GB/s, 1.08× against 1.05×, the thread writing 0.59 GB/s and the process 0.72 on these 2 cores
+      (BENCHMARKS.md, "Writer isolation (launch-bound loop)").
+    - A large state keeps the thread: a process would add a host copy of every chunk to a write rate of
+      GB/s (the wide config needs 3.7 GB/s, about what one core copies), and the wide config's loop
+      (n = 10 000) is compute-bound, which leaves the lock free. Nothing measures that case yet: the thread,
+      until a GPU does.
 
     Started as early as possible, so its start-up overlaps the caller's.
     """

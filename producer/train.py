@@ -153,11 +153,12 @@ def _recorded_bytes(cfg: RunConfig, shape: tuple[int, int] | None) -> float | No
 
 
 def _largest_state_bytes(cfg: RunConfig, shape: tuple[int, int] | None) -> int | None:
-    """Bytes of one state of the largest recorded variable (``W``, ``model.width × dim``; ``None`` when the
-    data's size is not known yet)."""
+    """Bytes of one state of the largest recorded variable (``W``, ``v`` or ``output``: ``model.width × dim``,
+    ``model.width`` or ``n`` values; ``None`` when the data's size is not known yet)."""
     if shape is None:
         return None
-    return cfg.model.width * shape[1] * np.dtype(cfg.train.dtype).itemsize
+    n, dim = shape
+    return max(cfg.model.width * dim, cfg.model.width, n) * np.dtype(cfg.train.dtype).itemsize
 
 
 def _produce(cfg, store_root, device, name, labels, progress, process) -> RunResult:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 from trajscope import open_run
 from trajscope.producer import produce, resume
@@ -167,12 +168,14 @@ def test_a_close_the_writer_process_never_confirms_fails_the_run(tmp_path, small
     assert open_run("unsaid", tmp_path).attrs["status"] == "failed"
 
 
-_recorder_tests = importlib.util.spec_from_file_location("_recorder_tests", Path(__file__).with_name("test_recorder.py"))
+_recorder_tests = importlib.util.spec_from_file_location("_recorder_tests",
+                                                         Path(__file__).with_name("test_recorder.py"))
 _staging = importlib.util.module_from_spec(_recorder_tests)
 _recorder_tests.loader.exec_module(_staging)
 
 
-def _record_staged(root, name, states, process, capacity=None, staging=None, start=0, writer=None):
+def _record_staged(root, name, states, process, capacity=None, staging=None, start=0, writer=None,
+                   trainer_commits=None):
     """Record ``states`` made-up states through an emulated GPU staging (separate host buffers filled later
     by another thread, as the copy to pinned memory is); returns the recorder (not closed), the writer, the
     recorded ``W`` and the staging."""
@@ -189,6 +192,9 @@ def _record_staged(root, name, states, process, capacity=None, staging=None, sta
         chunk_bytes=h * dim * 4 * 5,
     )
     preload = writer.read_states((start // 5) * 5, start) if start % 5 else None
+    if trainer_commits is not None:  # every commit the trainer's own writer makes, from the start
+        commit = writer.commit
+        writer.commit = lambda *a, **k: (trainer_commits.append(a), commit(*a, **k))
     staging = staging or _staging.DeferredStaging()
     shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)}
     dtypes = {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32}
@@ -212,10 +218,9 @@ def test_a_gpu_like_staging_hands_its_chunks_to_the_writer_process(tmp_path):
     bytes as the writer thread writes, every chunk (two buffers, so each is reused several times)."""
     root, states = StoreRoot(tmp_path), 53
     for name in ("thread", "process"):
-        recorder, writer, expected, staging = _record_staged(root, name, states, process=name == "process")
         trainer_commits = []
-        commit = writer.commit
-        writer.commit = lambda *a, **k: (trainer_commits.append(a), commit(*a, **k))
+        recorder, writer, expected, staging = _record_staged(root, name, states, process=name == "process",
+                                                             trainer_commits=trainer_commits)
         assert recorder.close() == states
         assert (not trainer_commits) == (name == "process")  # with a process, it alone commits
         writer.finish("complete")
@@ -245,9 +250,11 @@ def test_a_dead_writer_process_behind_a_staging_stops_the_recorder(tmp_path):
                             output=torch.zeros(5))
     with pytest.raises(RuntimeError):
         recorder.close()
+    on_storage = writer.reload_committed()  # what the process committed before it died
+    assert recorder.committed == on_storage <= 10
     writer.finish("failed", "writer process died", last_step=0)
-    ds = open_run("orphan", root)
-    assert ds.attrs["committed_steps"] == recorder.committed <= 10 and ds.sizes["step"] == recorder.committed
+    assert open_run("orphan", root).attrs["committed_steps"] == on_storage
+    assert zarr.open_array(str(tmp_path / "orphan.zarr" / "W"), mode="r").shape[0] == on_storage
 
 
 def test_the_default_writer_is_a_process_only_for_large_gpu_runs_of_small_states_on_a_local_root(tmp_path):
@@ -269,7 +276,8 @@ def test_the_default_writer_is_a_process_only_for_large_gpu_runs_of_small_states
              ("process", local, "cpu", 1.0, True), ("process", local, "cuda", 1.0, True),
              ("process", remote, "cpu", large, False), ("process", local, "mps", large, False)]
     cases += [("auto", local, "cuda", large, True, 313_600), ("auto", local, "cuda", large, False, 6_272_000),
-              ("auto", local, "cuda", large, False, LARGE_STATE_BYTES), ("process", local, "cuda", large, True, 6_272_000)]
+              ("auto", local, "cuda", large, False, LARGE_STATE_BYTES),
+              ("process", local, "cuda", large, True, 6_272_000)]
     for choice, root, device, recorded, started, *state in cases:
         process = start_writer_process(choice, root, torch.device(device), recorded, *state)
         try:
@@ -299,7 +307,8 @@ def test_a_failed_copy_while_closing_keeps_what_the_writer_process_committed(tmp
     assert recorder._process.proc.poll() is not None  # the process is gone, nothing more to race
     writer.finish("failed", "CUDA error", last_step=49)
     ds = open_run("cut", root)
-    assert ds.attrs["status"] == "failed" and ds.attrs["committed_steps"] == 50 and ds.sizes["step"] == 50
+    assert ds.attrs["status"] == "failed" and ds.attrs["committed_steps"] == 50
+    assert zarr.open_array(str(tmp_path / "cut.zarr" / "W"), mode="r").shape[0] == 50  # not shrunk on storage
     np.testing.assert_array_equal(ds.W.values, expected[:50])
 
 
@@ -323,3 +332,22 @@ def test_resuming_inside_a_chunk_through_a_staging_and_a_writer_process(tmp_path
     assert cut.attrs["committed_steps"] == states
     for variable in ("W", "v", "loss", "output", "step", "t"):
         np.testing.assert_array_equal(cut[variable].values, reference[variable].values)
+
+
+def test_the_rule_gets_the_run_size_and_the_largest_state_from_the_config():
+    """produce() feeds ``start_writer_process`` the bytes of every recorded state and of the largest one
+    (``W``, ``v`` or ``output``): the reference config's 313.6 kB ``W``, the wide config's 6.27 MB, and an
+    ``output`` of many samples when it is the largest."""
+    from trajscope.producer.config import load_config
+    from trajscope.producer.train import _largest_state_bytes, _recorded_bytes
+
+    def config(width, n, steps=2000, dtype="float32"):
+        return load_config({"model": {"width": width}, "data": {"kind": "synthetic", "n": n, "dim": 784},
+                            "train": {"steps": steps, "dtype": dtype}})
+
+    assert _largest_state_bytes(config(100, 1000), (1000, 784)) == 100 * 784 * 4
+    assert _largest_state_bytes(config(2000, 10000), (10000, 784)) == 2000 * 784 * 4
+    assert _largest_state_bytes(config(2, 400_000), (400_000, 2)) == 400_000 * 4  # output is the largest
+    assert _largest_state_bytes(config(100, 1000, dtype="float64"), (1000, 784)) == 100 * 784 * 8
+    assert _largest_state_bytes(config(100, 1000), None) is None
+    assert _recorded_bytes(config(100, 1000), (1000, 784)) == 2001 * ((100 * 785 + 1000) * 4 + 8)

@@ -613,11 +613,11 @@ class Recorder:
 AUTO_PROCESS_BYTES = 64e6
 
 
-def start_writer_process(choice: str, root, device: torch.device, recorded_bytes: float | None,
-                         largest_state_bytes: int | None = None) -> WriterProcess | None:
-    """Start a writer process if ``record.writer`` (``choice``) asks for one and it applies here.
+def wants_writer_process(choice: str, root, device: torch.device, recorded_bytes: float | None,
+                         largest_state_bytes: int | None = None) -> bool:
+    """Whether ``record.writer`` (``choice``) asks for a writer process and it applies here.
 
-    ``process``: on a CPU or CUDA device and a local root (else ``None``: the writer thread). ``auto`` (the
+    ``process``: on a CPU or CUDA device and a local root (else the writer thread). ``auto`` (the
     default): a process for a CUDA run on a local root recording at least :data:`AUTO_PROCESS_BYTES`
     (``recorded_bytes``) whose largest variable is under
     :data:`~trajscope.store.layout.LARGE_STATE_BYTES` a state (``largest_state_bytes``; ``None`` when not
@@ -637,17 +637,26 @@ def start_writer_process(choice: str, root, device: torch.device, recorded_bytes
       (n = 10 000) is compute-bound, which leaves the lock free. Nothing measures that case yet: the thread,
       until a GPU does.
 
-    Started as early as possible, so its start-up overlaps the caller's.
     """
     from trajscope.store import writer_process
     from trajscope.store.layout import LARGE_STATE_BYTES
 
     if (choice == "thread" or device.type not in ("cpu", "cuda") or not root.is_local
             or not writer_process.available()):
-        return None
-    if choice == "auto" and (device.type != "cuda"
-                             or (recorded_bytes is not None and recorded_bytes < AUTO_PROCESS_BYTES)
-                             or (largest_state_bytes is not None and largest_state_bytes >= LARGE_STATE_BYTES)):
+        return False
+    return choice == "process" or (device.type == "cuda"
+                                   and (recorded_bytes is None or recorded_bytes >= AUTO_PROCESS_BYTES)
+                                   and (largest_state_bytes is None or largest_state_bytes < LARGE_STATE_BYTES))
+
+
+def start_writer_process(choice: str, root, device: torch.device, recorded_bytes: float | None,
+                         largest_state_bytes: int | None = None) -> WriterProcess | None:
+    """A started writer process if :func:`wants_writer_process` says so, else ``None`` (the writer thread).
+
+    Started as early as possible, so its start-up overlaps the caller's; a caller that did not know the
+    sizes yet asks :func:`wants_writer_process` again once it does.
+    """
+    if not wants_writer_process(choice, root, device, recorded_bytes, largest_state_bytes):
         return None
     return WriterProcess.start()
 

@@ -21,7 +21,7 @@ from trajscope.producer.budget import check_budget, data_shape
 from trajscope.producer.config import RunConfig, load_config
 from trajscope.producer.data import build_dataset
 from trajscope.producer.model import State, TwoLayerReLU, initialize
-from trajscope.producer.recorder import Recorder, start_writer_process
+from trajscope.producer.recorder import Recorder, start_writer_process, wants_writer_process
 from trajscope.producer import two_layer
 from trajscope.store import RunWriter, StoreRoot, resolve_run, validate_run_id
 from trajscope.store.errors import UserError
@@ -166,6 +166,10 @@ def _produce(cfg, store_root, device, name, labels, progress, process) -> RunRes
     if cfg.train.batch_size is not None and cfg.train.batch_size > X.shape[0]:
         raise UserError(f"train.batch_size {cfg.train.batch_size} exceeds the {X.shape[0]} samples")
     check_budget(cfg, store_root, X.shape[0], X.shape[1])
+    if process is not None and not wants_writer_process(
+            cfg.record.writer, store_root, device, _recorded_bytes(cfg, X.shape), _largest_state_bytes(cfg, X.shape)):
+        process.kill()  # started before the data's size was known (npz data), and the sizes say thread
+        process = None
     run_id = name if name is not None else _default_run_id(cfg, store_root)
     dtype = cfg.train.dtype
     schedule = recording_schedule(cfg)

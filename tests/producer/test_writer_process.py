@@ -351,3 +351,32 @@ def test_the_rule_gets_the_run_size_and_the_largest_state_from_the_config():
     assert _largest_state_bytes(config(100, 1000, dtype="float64"), (1000, 784)) == 100 * 784 * 8
     assert _largest_state_bytes(config(100, 1000), None) is None
     assert _recorded_bytes(config(100, 1000), (1000, 784)) == 2001 * ((100 * 785 + 1000) * 4 + 8)
+
+
+def test_a_writer_process_started_before_the_data_size_was_known_is_stopped_when_it_says_thread(
+        tmp_path, small_config, monkeypatch):
+    """npz data: ``produce`` starts the writer process before reading the file (sizes unknown count as a
+    process, for a GPU run), then asks the rule again with the real sizes; when those say thread, the
+    process is killed before the run is created and the run is recorded by the thread."""
+    from trajscope.producer import recorder, train
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", X=rng.normal(size=(30, 6)), y=np.where(np.arange(30) % 2, 1, -1))
+    asked = []
+
+    def rule(choice, root, device, recorded_bytes, largest_state_bytes=None):  # a GPU's auto, sizes known: thread
+        asked.append(largest_state_bytes)
+        return largest_state_bytes is None
+
+    killed = []
+    kill = writer_process.WriterProcess.kill
+    monkeypatch.setattr(recorder, "wants_writer_process", rule)
+    monkeypatch.setattr(train, "wants_writer_process", rule)
+    monkeypatch.setattr(writer_process.WriterProcess, "kill", lambda self: (killed.append(self), kill(self)))
+    config = small_config()
+    config["data"] = {"kind": "npz", "path": str(tmp_path / "data.npz")}
+    result = produce(config, root=tmp_path / "runs", name="npz")
+    assert asked == [None, 8 * 6 * 4]  # unknown, then W's 8 × 6 float32 once the file was read
+    assert len(killed) == 1 and killed[0].proc.poll() is not None
+    assert result.status == "complete" and result.committed_steps == 41
+    assert open_run("npz", tmp_path / "runs").attrs["committed_steps"] == 41

@@ -628,8 +628,8 @@ def wants_writer_process(choice: str, root, device: torch.device, recorded_bytes
       "Recording overhead").
     - A GPU loop of small states is launch-bound: it takes the interpreter lock back after every kernel
       launch, and the writer thread's Python per chunk competes for it. In ``bench/writer_isolation.py
-      --loop launch-bound --pin`` (medians of 9 noisy repeats) the thread cost the loop 1.16× against
-      1.04× for a writer process fed as the recorder feeds it, both writing 0.6 GB/s; at the H200's
+      --loop launch-bound --pin`` (medians of 9 and 15 noisy repeats) the thread cost the loop 1.16×
+      against 1.04–1.09× for a writer process fed as the recorder feeds it, both writing 0.6 GB/s; at the H200's
       1.2 GB/s, 1.08× against 1.05×, the thread writing 0.59 GB/s and the process 0.72 on these 2 cores
       (BENCHMARKS.md, "Writer isolation (launch-bound loop)").
     - A large state keeps the thread: a process would add a host copy of every chunk to a write rate of

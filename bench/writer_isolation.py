@@ -42,17 +42,19 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import record_ceiling as rc  # noqa: E402
 import record_overhead as ro  # noqa: E402
 
 #: seconds a reference step takes on this CPU (the writer's pace for ``--loop reference``)
 STEP_SECONDS = 0.0031
-#: the reference state (W, v, output, loss, step, t) and the store's chunk length for it
-STATE_BYTES = (100 * 784 + 100 + 1000) * 4 + 3 * 8
-CHUNK_STEPS = 26
+#: the reference state (W, v, output, loss, step, t) and the store's chunk length for it (record_ceiling's)
+STATE_BYTES = rc.STATE_BYTES
+CHUNK_STEPS = rc.chunk_steps()
 #: the launch-bound proxy's training problem: the reference code on tiny tensors
 TINY = dict(ro.REFERENCE, data={"kind": "synthetic", "n": 64, "dim": 32, "mu": 0.05}, model={"width": 16})
 
@@ -65,22 +67,10 @@ IN_FLIGHT = 4
 
 
 def _reference_writer(directory: str):
-    """A new run of the reference shapes, and one block of made-up states for it."""
-    from trajscope.store import RunWriter, StoreRoot
-    from trajscope.producer.two_layer import variables as two_layer_variables
-
-    writer = RunWriter.create(
-        StoreRoot(directory), "bench", variables=two_layer_variables(),
-        sizes={"neuron": 100, "feature": 784, "sample": 1000}, capacity=CAPACITY,
-        static={"X": np.zeros((1000, 784)), "y": np.ones(1000)}, attrs={},
-    )
-    T = writer.chunk_steps
-    assert T == CHUNK_STEPS, f"the store's chunk length for the reference state is {T}, not {CHUNK_STEPS}"
-    rng = np.random.default_rng(0)
-    block = {"W": rng.random((T, 100, 784), dtype=np.float32), "v": rng.random((T, 100), dtype=np.float32),
-             "loss": rng.random(T), "output": rng.random((T, 1000), dtype=np.float32),
-             "step": np.arange(T), "t": np.arange(T) * 1.0}
-    return writer, block
+    """A new run of the reference shapes in ``directory``, and one block of made-up states for it (those of
+    ``record_ceiling.py``)."""
+    writer = rc._writer(SimpleNamespace(location=directory), CAPACITY)
+    return writer, rc.blocks(CHUNK_STEPS)
 
 
 def _paced(stop, step_seconds: float, blocks, hand_over) -> int:

@@ -143,22 +143,26 @@ def produce(
         raise
 
 
-def _recorded_bytes(cfg: RunConfig, shape: tuple[int, int] | None) -> float | None:
-    """Bytes of every recorded state of the run (``None`` when the data's size is not known yet)."""
+def _state_bytes(cfg: RunConfig, shape: tuple[int, int] | None) -> list[int] | None:
+    """Bytes one state of each array-valued recorded variable takes (``W``, ``v``, ``output``:
+    ``model.width × dim``, ``model.width`` and ``n`` values); ``None`` when the data's size is not known yet."""
     if shape is None:
         return None
     n, dim = shape
     item = np.dtype(cfg.train.dtype).itemsize
-    return float(len(recording_schedule(cfg))) * ((cfg.model.width * (dim + 1) + n) * item + 8)
+    return [cfg.model.width * dim * item, cfg.model.width * item, n * item]
+
+
+def _recorded_bytes(cfg: RunConfig, shape: tuple[int, int] | None) -> float | None:
+    """Bytes of every recorded state of the run (``None`` when the data's size is not known yet)."""
+    sizes = _state_bytes(cfg, shape)
+    return None if sizes is None else float(len(recording_schedule(cfg))) * (sum(sizes) + 8)
 
 
 def _largest_state_bytes(cfg: RunConfig, shape: tuple[int, int] | None) -> int | None:
-    """Bytes of one state of the largest recorded variable (``W``, ``v`` or ``output``: ``model.width × dim``,
-    ``model.width`` or ``n`` values; ``None`` when the data's size is not known yet)."""
-    if shape is None:
-        return None
-    n, dim = shape
-    return max(cfg.model.width * dim, cfg.model.width, n) * np.dtype(cfg.train.dtype).itemsize
+    """Bytes of one state of the largest recorded variable (``None`` when the data's size is not known yet)."""
+    sizes = _state_bytes(cfg, shape)
+    return None if sizes is None else max(sizes)
 
 
 def _produce(cfg, store_root, device, name, labels, progress, process) -> RunResult:

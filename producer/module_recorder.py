@@ -302,6 +302,13 @@ class ModuleRecorder:
         return 0 if self.recorder is None else self.recorder.committed
 
     @property
+    def store_wait_seconds(self) -> float:
+        """Seconds :meth:`record` waited for the store so far (every chunk buffer still being written): the
+        time the store, not the training, set the pace. :meth:`close` adds nothing to it (its own wait for the
+        last writes is the recorder's ``closing_seconds``)."""
+        return 0.0 if self.recorder is None else self.recorder.waited_seconds
+
+    @property
     def location(self) -> str:
         """Path or URL of the run's ``.zarr`` group."""
         return self.root.run_url(self.run_id)

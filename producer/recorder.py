@@ -9,7 +9,9 @@ where the buffer is host memory already, the :meth:`Recorder.record` call that f
 store itself (the hop to the writer thread was Python under the interpreter lock the store's write threads
 need, see "By reference" below). The loop continues in the next free buffer. There are ``buffers`` of them
 (device and pinned buffers are allocated once and reused); when none is free the loop waits
-(back-pressure), so nothing is ever dropped and memory stays bounded. Each chunk goes to
+(back-pressure), so nothing is ever dropped and memory stays bounded. The recorder counts that wait
+(:attr:`Recorder.waited_seconds`, :attr:`Recorder.waits`) and the time :meth:`Recorder.close` takes to
+finish the last writes (:attr:`Recorder.closing_seconds`): a run whose loop waited is bound by the store. Each chunk goes to
 :meth:`RunWriter.write_block`, which encodes and writes its chunk files on the store's thread pool and
 returns at once; the buffer is free again when its files are written, so several chunks are in flight.
 The writer thread commits what is written at most every ``commit_seconds``
@@ -42,6 +44,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -244,6 +247,10 @@ class Recorder:
         self._filled: queue.Queue[int | None] = queue.Queue()
         self._current: int | None = None
         self._error: BaseException | None = None
+        #: seconds the training loop waited for a free chunk buffer (the store was behind), and how often
+        self.waited_seconds, self.waits = 0.0, 0
+        #: seconds :meth:`close` took: the last chunks written and committed
+        self.closing_seconds = 0.0
         if process is not None:
             process.open(writer, self._shared, self.columns, on_free=self._free.put,
                          on_commit=self._process_committed, on_error=self._process_failed)
@@ -293,18 +300,30 @@ class Recorder:
             self._error = exc
 
     def _begin_chunk(self) -> int:
-        while True:  # back-pressure: wait for a free buffer, but notice a dead writer
-            self._raise_if_failed()
-            try:
-                slot_index = self._free.get(timeout=0.5)
-                break
-            except queue.Empty:
-                continue
+        self._raise_if_failed()
+        try:
+            slot_index = self._free.get_nowait()
+        except queue.Empty:
+            slot_index = self._wait_for_free()
         slot = self._slots[slot_index]
         slot.start = (self.index // self.chunk) * self.chunk
         slot.exact = True
         self._current = slot_index
         return slot_index
+
+    def _wait_for_free(self) -> int:
+        """Back-pressure: wait for a free buffer (counted in :attr:`waited_seconds`), noticing a dead writer."""
+        started = time.perf_counter()
+        try:
+            while True:
+                self._raise_if_failed()
+                try:
+                    return self._free.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+        finally:
+            self.waits += 1
+            self.waited_seconds += time.perf_counter() - started
 
     def record(self, **values: torch.Tensor | float | int) -> None:
         """Copy one state (every time-varying variable) into the current chunk buffer."""
@@ -461,8 +480,15 @@ class Recorder:
         """Flush the partial chunk, wait for the writer thread, return ``committed_steps``.
 
         The writer thread is stopped (after committing what was handed over) even when handing over the
-        partial chunk raises.
+        partial chunk raises. The time it takes is :attr:`closing_seconds`.
         """
+        started = time.perf_counter()
+        try:
+            return self._close()
+        finally:
+            self.closing_seconds = time.perf_counter() - started
+
+    def _close(self) -> int:
         try:
             if self._current is not None:
                 slot = self._slots[self._current]

@@ -41,6 +41,11 @@ class RunResult:
     last_step: int
     final_loss: float | None
     seconds: float
+    #: seconds the training loop waited for the store (a free chunk buffer): the part of ``seconds`` the
+    #: store was behind the training (:attr:`~trajscope.producer.recorder.Recorder.waited_seconds`)
+    store_wait_seconds: float = 0.0
+    #: seconds the last chunks took to be written and committed after the last step
+    store_close_seconds: float = 0.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -366,6 +371,8 @@ def _train(
         last_step=int(schedule[committed - 1]) if committed else 0,
         final_loss=final_loss,
         seconds=time.perf_counter() - started,
+        store_wait_seconds=recorder.waited_seconds,
+        store_close_seconds=recorder.closing_seconds,
     )
     if progress is not None:
         progress({"step": result.last_step, "steps": cfg.train.steps, "loss": final_loss, "committed": committed,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -191,3 +193,30 @@ def test_an_existing_run_is_refused_before_training(tmp_path):
         trajscope.ModuleRecorder(MLP(), root=tmp_path, name="once")
     with pytest.raises(UserError, match="complete"):
         trajscope.ModuleRecorder(MLP(), root=tmp_path, name="once", resume=True)
+
+
+def test_a_slow_store_shows_in_the_wait_for_it(tmp_path, monkeypatch):
+    """Every chunk file of a weight takes 10 ms: the loop outruns the store, waits for free chunk buffers,
+    and says for how long; everything recorded is still stored."""
+    from trajscope.store.chunkio import LocalSink
+
+    put = LocalSink.put
+
+    def slow_put(self, key, parts):
+        if ".weight/" in key:
+            time.sleep(0.01)
+        put(self, key, parts)
+
+    monkeypatch.setattr(LocalSink, "put", slow_put)
+    torch.manual_seed(4)
+    model = MLP()
+    x, y = data()
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="slow", chunk_mib=0.002) as rec:
+        assert rec.store_wait_seconds == 0.0
+        rec.record()
+        train(model, x, y, 40, rec)
+        waited = rec.store_wait_seconds
+    assert waited > 0
+    ds = trajscope.open_run(tmp_path / "slow.zarr")
+    assert ds.attrs["committed_steps"] == 41 and ds.attrs["chunk_steps"] < 10
+    np.testing.assert_array_equal(ds["fc2.weight"].values[-1], model.fc2.weight.detach().numpy())

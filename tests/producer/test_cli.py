@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
@@ -27,6 +28,8 @@ def test_produce_then_ls(tmp_path, small_config, python_env):
     out = run_cli("produce", str(config), "--root", str(root), "--name", "cli-run", "--set", "model.width=5",
                   env=python_env).stdout
     assert "cli-run" in out and "complete" in out and str(root / "cli-run.zarr") in out
+    assert "store: the training loop waited" in out  # a small run on a local disk: never store-bound
+    assert "the store set the pace" not in out
     ds = open_run("cli-run", root)
     assert ds.sizes["step"] == 26 and ds.sizes["neuron"] == 5 and ds.traj.config["model"]["width"] == 5
     listing = run_cli("ls", "--root", str(root), env=python_env).stdout
@@ -47,3 +50,26 @@ def test_quickstart_config_is_valid_and_in_the_theorems_setting():
     cfg = load_config(REPO / "configs" / "quickstart.yaml")
     assert cfg.data.kind == "synthetic" and cfg.data.mu > 0
     assert cfg.init.kind == "balanced" and cfg.loss.reduction == "sum" and cfg.record.every == 1
+
+
+def test_a_store_bound_run_says_so(tmp_path, small_config, monkeypatch):
+    """A store slower than the training (every ``W`` chunk file takes 30 ms, one write thread, 2 buffers):
+    the run says how long its loop waited and what to change; the recorded trajectory is whole."""
+    from trajscope.cli.produce import store_wait_line
+    from trajscope.producer import produce
+    from trajscope.store.chunkio import LocalSink
+
+    put = LocalSink.put
+
+    def slow_put(self, key, parts):
+        if key.startswith("W/"):
+            time.sleep(0.03)
+        put(self, key, parts)
+
+    monkeypatch.setattr(LocalSink, "put", slow_put)
+    cfg = load_config(small_config(train={"steps": 60}, record={"chunk_mib": 0.001, "buffers": 2, "write_threads": 1}))
+    result = produce(cfg, root=tmp_path, name="slow")
+    assert result.committed_steps == 61 and open_run("slow", tmp_path).sizes["step"] == 61
+    assert 0 < result.store_wait_seconds < result.seconds and result.store_close_seconds > 0
+    line = store_wait_line(result)
+    assert f"{result.store_wait_seconds:.2f} s" in line and "the store set the pace" in line

@@ -543,3 +543,45 @@ def test_training_threads_leave_the_writer_one_of_the_cores_this_process_may_use
         monkeypatch.setattr(hotpath.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
         assert cpu_threads(load_config({})) == max(1, cores - 1)
     assert cpu_threads(load_config({"train": {"threads": 5}})) == 5  # an explicit number wins
+
+
+def _slow_w_writes(monkeypatch, seconds):
+    """Every ``W`` chunk file takes at least ``seconds`` to write (a slow store)."""
+    from trajscope.store.chunkio import LocalSink
+
+    put = LocalSink.put
+
+    def slow_put(self, key, parts):
+        if key.startswith("W/"):
+            time.sleep(seconds)
+        put(self, key, parts)
+
+    monkeypatch.setattr(LocalSink, "put", slow_put)
+
+
+@pytest.mark.parametrize("by_reference", [True, False])
+def test_the_recorder_counts_the_loops_wait_for_a_slow_store(tmp_path, monkeypatch, by_reference):
+    """One write thread, 50 ms a ``W`` chunk, 2 buffers, 6 chunks of 5 states: chunk k (k ≥ 2) needs chunk
+    k - 2 written first, so the loop waits 4 times, and chunk 5 cannot start before 4 writes (200 ms) are done;
+    the last 2 chunks are written while :meth:`close` waits. With more buffers than chunks it never waits."""
+    _slow_w_writes(monkeypatch, 0.05)
+    counts = {}
+    for buffers in (2, 7):
+        states = 30
+        writer, shapes, dtypes = _small_run(tmp_path, f"slow{buffers}", states)
+        writer.set_write_options(threads=1)
+        steps = np.arange(states)
+        recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=buffers, by_reference=by_reference,
+                            columns={"step": steps, "t": steps * 0.5})
+        started = time.perf_counter()
+        for k in range(states):
+            recorder.record(W=torch.full((4, 3), float(k)), v=torch.zeros(4), loss=k / 10, output=torch.zeros(5))
+        recording = time.perf_counter() - started
+        assert recorder.close() == states
+        writer.finish("complete")
+        counts[buffers] = (recorder.waits, recorder.waited_seconds, recording, recorder.closing_seconds)
+        np.testing.assert_array_equal(open_run(f"slow{buffers}", root=StoreRoot(tmp_path)).W.values[:, 0, 0], steps)
+    waits, waited, recording, closing = counts[2]
+    assert waits == 4 and 0.15 <= waited <= recording and closing >= 0.05
+    waits, waited, recording, closing = counts[7]
+    assert waits == 0 and waited == 0.0 and closing >= 0.1  # 5 or 6 of the writes after the last record()

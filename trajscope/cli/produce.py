@@ -24,8 +24,31 @@ def _report(console: Console, result) -> None:
         if result.final_loss is not None
         else f"run {result.run_id}: {result.status}"
     )
+    line = store_wait_line(result)
+    if line:
+        console.print(line, highlight=False)
     console.print(f"stored at {result.location}")
     console.print(f'open it: python -c "import trajscope; print(trajscope.open_run(\'{result.location}\'))"')
+
+
+#: a run whose loop waited for the store at least this share of its time gets a hint on what to change
+STORE_BOUND_SHARE = 0.05
+
+
+def store_wait_line(result) -> str | None:
+    """One line on how long the training loop waited for the store, or ``None`` for a run that recorded
+    nothing. The wait is back-pressure (every chunk buffer still being written): above
+    :data:`STORE_BOUND_SHARE` of the run the store, not the training, set the pace, and the line says what
+    to change."""
+    if not result.committed_steps or not result.seconds:
+        return None
+    share = result.store_wait_seconds / result.seconds
+    line = (f"store: the training loop waited {result.store_wait_seconds:.2f} s for free chunk buffers "
+            f"({share:.1%} of the run); the last writes took {result.store_close_seconds:.2f} s")
+    if share >= STORE_BOUND_SHARE:
+        line += ("; the store set the pace: record to a faster root (a local disk), raise record.chunk_mib "
+                 "or record.write_threads, or record fewer steps (record.every)")
+    return line
 
 
 @contextlib.contextmanager

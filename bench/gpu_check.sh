@@ -4,12 +4,14 @@
 #   bash bench/gpu_check.sh wheels   # here, with pip and a package registry: the wheels a GPU machine
 #                                    # without zarr, pydantic... needs, for CPython 3.12, into .whl/
 #   bash bench/gpu_check.sh run      # there, from the repository root: installs what is missing from
-#                                    # .whl/, then record_overhead (reference, wide) and record_ceiling
+#                                    # .whl/, runs tests/gpu (the GPU path's correctness, on the GPU), then
+#                                    # record_overhead (reference, wide) and record_ceiling
 #                                    # (the default chunk buffers, then --buffers 3, then the wide
 #                                    # config's states);
 #                                    # every table lands in $OUT (default ./gpu-check)
 #
-# Environment: DEVICE (cuda; cpu rehearses the run on a machine without a GPU), STEPS (reference config,
+# Environment: DEVICE (cuda; cpu rehearses the run on a machine without a GPU), TESTS_TIMEOUT (seconds for
+# tests/gpu, 300), TRAJSCOPE_TEST_GPU_STEPS (steps of its killed run, 30000), STEPS (reference config,
 # 3000), WIDE_STEPS (wide config, 300), REPEATS (3), CEILING_MB (512), WIDE_CEILING_MB (1024),
 # PYVER (3.12, for `wheels`).
 set -uo pipefail
@@ -59,6 +61,10 @@ EOF
     nproc; } > "$out/machine.txt"
   export TRAJSCOPE_BENCH_DIR=${TRAJSCOPE_BENCH_DIR:-$PWD}
   status=0
+  # first what must hold on the GPU itself: recorded states equal synchronous copies, SIGKILL + resume is
+  # bit-identical, with the writer thread and the writer process (tests/gpu; skipped on a CPU-only machine)
+  TRAJSCOPE_TEST_DEVICE=$device timeout "${TESTS_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider tests/gpu \
+    2>&1 | tee "$out/gpu_tests.txt" || status=1
   python3 bench/record_overhead.py --device "$device" --config reference --steps "${STEPS:-3000}" \
     --repeats "${REPEATS:-3}" 2>&1 | tee "$out/overhead_reference.md" || status=1
   python3 bench/record_overhead.py --device "$device" --config wide --steps "${WIDE_STEPS:-300}" \

@@ -1,0 +1,129 @@
+"""Recording on a CUDA device: what the GPU path must keep, checked on the GPU itself.
+
+Skipped without CUDA (this project's CI machine has none); ``bench/gpu_check.sh run`` runs these first on a
+lent GPU machine, before its benchmarks. ``TRAJSCOPE_TEST_DEVICE=cpu`` runs them on the CPU instead, which
+checks the tests themselves (the CPU paths have their own tests elsewhere).
+
+- Every recorded state equals a copy taken synchronously in the same loop, with the writer thread and with
+  the writer process behind it, while the loop changes the recorded tensor in place right after each
+  ``record()`` and only two chunk buffers take turns (the asynchronous copies to pinned memory and the
+  buffers' reuse are what could go wrong).
+- SIGKILL of a recording ``trajscope produce`` on the GPU, then ``resume``: the run equals an uninterrupted
+  one bit for bit, with either writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from trajscope.producer import load_config, produce, resume
+from trajscope.producer.recorder import Recorder
+from trajscope.producer.two_layer import variables as two_layer_variables
+from trajscope.store import RunWriter, StoreRoot, open_run
+from trajscope.store import writer_process
+
+DEVICE = os.environ.get("TRAJSCOPE_TEST_DEVICE", "cuda")
+
+pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device")
+
+WRITERS = ["thread", pytest.param("process", marks=pytest.mark.skipif(
+    not writer_process.available(), reason="needs memfd_create and fd passing (Linux)"))]
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_every_recorded_state_equals_a_synchronous_copy(tmp_path, writer):
+    device = torch.device(DEVICE)
+    h, dim, n, states = 64, 48, 40, 301
+    run = RunWriter.create(
+        StoreRoot(tmp_path), writer, variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
+        capacity=states, static={"X": np.zeros((n, dim), np.float32), "y": np.ones(n, np.int8)}, attrs={},
+        chunk_bytes=h * dim * 4 * 7,  # 7 states a chunk: 43 chunks through 2 buffers
+    )
+    assert run.chunk_steps == 7
+    shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)}
+    dtypes = {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32}
+    steps = np.arange(states)
+    recorder = Recorder(run, shapes, dtypes, device, buffers=2, columns={"step": steps, "t": steps * 0.1},
+                        process=writer_process.WriterProcess.start() if writer == "process" else None)
+    generator = torch.Generator(device=device).manual_seed(0)
+    W = torch.randn(h, dim, device=device, generator=generator)
+    v = torch.randn(h, device=device, generator=generator)
+    X = torch.randn(n, dim, device=device, generator=generator)
+    copies = []  # the same values, copied on the device in the loop's own stream order
+    for _ in range(states):
+        output = torch.relu(X @ W.T) @ v
+        loss = torch.exp(-output).mean().double()
+        recorder.record(W=W, v=v, loss=loss, output=output)
+        copies.append([t.clone() for t in (W, v, loss, output)])
+        W.mul_(0.999).add_(torch.randn(h, dim, device=device, generator=generator), alpha=1e-3)  # in place, at once
+        v.add_(1.0)
+    assert recorder.close() == states
+    run.finish("complete")
+    ds = open_run(writer, StoreRoot(tmp_path)).load()
+    assert ds.attrs["committed_steps"] == states and ds.attrs["status"] == "complete"
+    for i, name in enumerate(("W", "v", "loss", "output")):
+        expected = torch.stack([c[i] for c in copies]).cpu().numpy()
+        np.testing.assert_array_equal(ds[name].values, expected, err_msg=name)
+    np.testing.assert_array_equal(ds.step.values, steps)
+
+
+def _config(writer: str, name: str) -> dict:
+    """Long enough on a GPU (about 30 000 launch-bound minibatch steps) to be killed mid-way."""
+    return {
+        "name": name, "seed": 5,
+        "data": {"kind": "synthetic", "n": 60, "dim": 12, "mu": 0.1},
+        "model": {"width": 24},
+        "init": {"kind": "gaussian", "scale": 0.01},
+        "loss": {"kind": "exp", "reduction": "mean"},
+        "train": {"lr": 0.002, "steps": int(os.environ.get("TRAJSCOPE_TEST_GPU_STEPS", 30000)), "batch_size": 20,
+                  "device": DEVICE},
+        "record": {"chunk_mib": 0.02, "writer": writer, "commit_seconds": 0.05},
+    }
+
+
+def _committed(run: str) -> int:
+    meta = os.path.join(run, "zarr.json")
+    if not os.path.exists(meta):
+        return 0
+    with open(meta) as f:
+        return json.load(f)["attributes"].get("committed_steps", 0)
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, writer):
+    cfg = _config(writer, "gpu")
+    steps = cfg["train"]["steps"]
+    root = tmp_path / "runs"
+    reference = produce(load_config(cfg), root=root, name="reference")
+    assert reference.committed_steps == steps + 1
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "trajscope", "produce", str(tmp_path / "c.yaml"), "--root",
+                             str(root), "--name", "killed", "--quiet"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _committed(str(root / "killed.zarr")) < steps // 10:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the producer did not commit in time"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = open_run("killed", root)
+    committed = killed.attrs["committed_steps"]
+    assert killed.attrs["status"] == "running" and steps // 10 <= committed < steps + 1, committed
+    expected = open_run("reference", root).load()
+    np.testing.assert_array_equal(killed.W.values, expected.W.values[:committed])
+    result = resume("killed", root=root)
+    assert result.status == "complete" and result.committed_steps == steps + 1
+    resumed = open_run("killed", root).load()
+    for name in ("W", "v", "loss", "output", "step", "t"):
+        np.testing.assert_array_equal(resumed[name].values, expected[name].values, err_msg=name)

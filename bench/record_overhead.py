@@ -142,12 +142,13 @@ def recorder_only_loop(cfg, chunk_steps: int) -> float:
     return seconds + time.perf_counter() - start
 
 
-def trajscope_run(cfg, directory: Path) -> tuple[float, float]:
-    """Seconds of a ``produce`` run, and the share of them its loop waited for the store (back-pressure)."""
+def trajscope_run(cfg, directory: Path) -> tuple[float, tuple[float, float]]:
+    """Seconds of a ``produce`` run, and the shares of them its loop waited for free chunk buffers: behind the
+    store (the chunk in host memory, still being written), and behind the device (a GPU loop ahead of it)."""
     start = time.perf_counter()
     result = produce(cfg, root=directory, name="bench")
     seconds = time.perf_counter() - start
-    return seconds, result.store_wait_seconds / seconds
+    return seconds, (result.store_wait_seconds / seconds, result.device_wait_seconds / seconds)
 
 
 def main() -> None:
@@ -193,7 +194,7 @@ def main() -> None:
         variants = {name: run for name, run in variants.items() if name in chosen}
     times: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
-    waits: dict[str, list[float]] = {name: [] for name in variants}  # trajscope's runs: share of time waited
+    waits: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}  # trajscope's: shares waited
     names = list(variants)
     for repeat in range(args.repeats):
         for name in names[repeat % len(names):] + names[: repeat % len(names)]:  # rotate the order
@@ -214,11 +215,12 @@ def main() -> None:
         # each repeat's time over the baseline's in the same repeat: a slow drift of the machine cancels
         ratios = [t / b for t, b in zip(values, times[baseline])]
         cpu_ratios = [c / b for c, b in zip(cpu[name], cpu[baseline])]
-        waited = f"{statistics.median(waits[name]):.1%}" if waits[name] else "—"
+        waited = (f"{statistics.median(w[0] for w in waits[name]):.1%} / "
+                  f"{statistics.median(w[1] for w in waits[name]):.1%}") if waits[name] else "—"
         rows.append((name, (args.steps + 1) / statistics.median(values), statistics.median(ratios), min(ratios),
                      max(ratios), median_interval(ratios), statistics.median(cpu_ratios), waited))
     header = (f"| variant | steps/s (median of {args.repeats}) | time ratio vs baseline | 95% CI | min ratio | "
-              "max ratio | CPU-time ratio vs baseline | loop waited for the store |")
+              "max ratio | CPU-time ratio vs baseline | loop waited: store / device |")
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {n} | {sps:,.0f} | {ratio:.3f} | {ci[0]:.3f}–{ci[1]:.3f} | {lo:.3f} | {hi:.3f} | {c:.3f} | {w} |"
               for n, sps, ratio, lo, hi, ci, c, w in rows]
@@ -246,9 +248,9 @@ def main() -> None:
             "Goal: trajscope's ratio ≤ 1.05 on the CPU. \"writes dropped\" runs the same recorder (chunk buffers, "
             "writer thread) but discards each chunk instead of writing it: the difference to the baseline is "
             "the cost of copying every state out of the training loop; the rest of trajscope's ratio is the "
-            "store (encoding, crc32c, file writes, commits) and creating/closing the run. \"loop waited for the "
-            "store\" is the median share of a run's time its loop waited for a free chunk buffer (back-pressure: "
-            "the store behind the training; the rest of the cost is in the loop or on shared cores).\n"
+            "store (encoding, crc32c, file writes, commits) and creating/closing the run. \"loop waited: "
+            "store / device\" are the median shares of a run's time its loop waited for a free chunk buffer, after "
+            "its chunk had reached host memory (the store behind) and before (a GPU loop ahead of its device).\n"
         )
         replace_section(args.write, heading, section)
 

@@ -49,7 +49,11 @@ def recorder_at(revision: str):
 
         if buffers is None:
             buffers = default_buffers(writer.write_pool_size, writer.block_threads)
-        return base(writer, *args, buffers=buffers, **kwargs)
+        made = base(writer, *args, buffers=buffers, **kwargs)
+        for name in ("waited_seconds", "device_waited_seconds", "closing_seconds"):  # read by a run's result;
+            if not hasattr(made, name):  # a revision before them has none
+                setattr(made, name, 0.0)
+        return made
 
     return recorder
 
@@ -102,8 +106,8 @@ def main() -> None:
 
         cfg = load_config(ro.REFERENCE, [f"train.steps={args.steps}"])
         runs = {"raw": lambda d: ro.plain_loop(cfg),
-                "this checkout": using(current, lambda d: ro.trajscope_run(cfg, d)),
-                args.base: using(base, lambda d: ro.trajscope_run(cfg, d))}
+                "this checkout": using(current, lambda d: ro.trajscope_run(cfg, d)[0]),
+                args.base: using(base, lambda d: ro.trajscope_run(cfg, d)[0])}
 
         def once(name):
             with tempfile.TemporaryDirectory(dir=os.environ.get("TRAJSCOPE_BENCH_DIR")) as tmp:

@@ -303,9 +303,10 @@ class ModuleRecorder:
 
     @property
     def store_wait_seconds(self) -> float:
-        """Seconds :meth:`record` waited for the store so far (every chunk buffer still being written): the
-        time the store, not the training, set the pace. :meth:`close` adds nothing to it (its own wait for the
-        last writes is the recorder's ``closing_seconds``)."""
+        """Seconds :meth:`record` waited for the store so far: for a free chunk buffer whose chunk had
+        reached host memory and was still being written (on a GPU, a wait for the device's own computation is
+        the recorder's ``device_waited_seconds``). :meth:`close` adds nothing to it (its wait for the last
+        writes is the recorder's ``closing_seconds``)."""
         return 0.0 if self.recorder is None else self.recorder.waited_seconds
 
     @property

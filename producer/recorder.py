@@ -9,9 +9,11 @@ where the buffer is host memory already, the :meth:`Recorder.record` call that f
 store itself (the hop to the writer thread was Python under the interpreter lock the store's write threads
 need, see "By reference" below). The loop continues in the next free buffer. There are ``buffers`` of them
 (device and pinned buffers are allocated once and reused); when none is free the loop waits
-(back-pressure), so nothing is ever dropped and memory stays bounded. The recorder counts that wait
-(:attr:`Recorder.waited_seconds`, :attr:`Recorder.waits`) and the time :meth:`Recorder.close` takes to
-finish the last writes (:attr:`Recorder.closing_seconds`): a run whose loop waited is bound by the store. Each chunk goes to
+(back-pressure), so nothing is ever dropped and memory stays bounded. The recorder counts that wait:
+:attr:`Recorder.waited_seconds` is the part of it after the chunk that ended it had reached host memory
+(the store was behind), :attr:`Recorder.device_waited_seconds` the part before (on a GPU, a loop that ran
+ahead of the device's computation waits here for it; always 0 on the CPU), and
+:attr:`Recorder.closing_seconds` the time :meth:`Recorder.close` takes to finish the last writes. Each chunk goes to
 :meth:`RunWriter.write_block`, which encodes and writes its chunk files on the store's thread pool and
 returns at once; the buffer is free again when its files are written, so several chunks are in flight.
 The writer thread commits what is written at most every ``commit_seconds``
@@ -102,6 +104,7 @@ class _Slot:
     refs: list[dict[str, torch.Tensor | np.ndarray] | None] | None = None  # by reference: each position's values
     exact: bool = True  # by reference: every value kept is a CPU tensor of its variable's shape and dtype
     shared: dict[str, np.ndarray] | None = None  # a writer process behind a staging (a GPU): the slot's shared buffers
+    copied_at: float = 0.0  # perf_counter() when its chunk reached host memory (on the CPU: its hand-off)
 
 
 class HostStaging:
@@ -247,8 +250,11 @@ class Recorder:
         self._filled: queue.Queue[int | None] = queue.Queue()
         self._current: int | None = None
         self._error: BaseException | None = None
-        #: seconds the training loop waited for a free chunk buffer (the store was behind), and how often
+        #: seconds the training loop waited for a free chunk buffer after that chunk had reached host memory
+        #: (the store was behind), and how many chunks it waited for
         self.waited_seconds, self.waits = 0.0, 0
+        #: seconds it waited before that: for the device to compute and copy the chunk (a GPU run ahead)
+        self.device_waited_seconds = 0.0
         #: seconds :meth:`close` took: the last chunks written and committed
         self.closing_seconds = 0.0
         if process is not None:
@@ -312,18 +318,23 @@ class Recorder:
         return slot_index
 
     def _wait_for_free(self) -> int:
-        """Back-pressure: wait for a free buffer (counted in :attr:`waited_seconds`), noticing a dead writer."""
+        """Back-pressure: wait for a free buffer, noticing a dead writer. The wait is counted once a buffer
+        is free: the part after its chunk reached host memory in :attr:`waited_seconds`, the rest in
+        :attr:`device_waited_seconds`."""
         started = time.perf_counter()
-        try:
-            while True:
-                self._raise_if_failed()
-                try:
-                    return self._free.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-        finally:
-            self.waits += 1
-            self.waited_seconds += time.perf_counter() - started
+        while True:
+            self._raise_if_failed()
+            try:
+                slot_index = self._free.get(timeout=0.5)
+                break
+            except queue.Empty:
+                continue
+        ended = time.perf_counter()
+        behind_store = ended - max(started, min(self._slots[slot_index].copied_at, ended))
+        self.waits += 1
+        self.waited_seconds += behind_store
+        self.device_waited_seconds += (ended - started) - behind_store
+        return slot_index
 
     def record(self, **values: torch.Tensor | float | int) -> None:
         """Copy one state (every time-varying variable) into the current chunk buffer."""
@@ -454,6 +465,7 @@ class Recorder:
         slot = self._slots[self._current]
         slot.count = count
         if self._process is not None and not self._process_staged:
+            slot.copied_at = time.perf_counter()  # the rows are in shared host memory already
             self._process.submit(self._current, slot.start, count)
             self._current = None
             return
@@ -574,6 +586,7 @@ class Recorder:
             return
         try:
             self.staging.wait(slot)
+            slot.copied_at = time.perf_counter()
             if self._by_reference:
                 values = self._block_values(slot)
             else:
@@ -596,6 +609,7 @@ class Recorder:
         the process frees it when its chunk files are written."""
         try:
             self.staging.wait(slot)
+            slot.copied_at = time.perf_counter()
             for name, shared in slot.shared.items():
                 np.copyto(shared[: slot.count], slot.host[name][: slot.count].numpy())
             self._process.submit(index, slot.start, slot.count)

@@ -41,11 +41,14 @@ class RunResult:
     last_step: int
     final_loss: float | None
     seconds: float
-    #: seconds the training loop waited for the store (a free chunk buffer): the part of ``seconds`` the
-    #: store was behind the training (:attr:`~trajscope.producer.recorder.Recorder.waited_seconds`)
+    #: seconds the training loop waited for the store: for a free chunk buffer whose chunk had reached host
+    #: memory (:attr:`~trajscope.producer.recorder.Recorder.waited_seconds`)
     store_wait_seconds: float = 0.0
     #: seconds the last chunks took to be written and committed after the last step
     store_close_seconds: float = 0.0
+    #: seconds it waited for a free buffer whose chunk the device was still computing or copying (a GPU loop
+    #: that ran ahead of its device; 0 on the CPU)
+    device_wait_seconds: float = 0.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -373,6 +376,7 @@ def _train(
         seconds=time.perf_counter() - started,
         store_wait_seconds=recorder.waited_seconds,
         store_close_seconds=recorder.closing_seconds,
+        device_wait_seconds=recorder.device_waited_seconds,
     )
     if progress is not None:
         progress({"step": result.last_step, "steps": cfg.train.steps, "loss": final_loss, "committed": committed,

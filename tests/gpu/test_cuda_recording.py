@@ -1,15 +1,17 @@
 """Recording on a CUDA device: what the GPU path must keep, checked on the GPU itself.
 
-Skipped without CUDA (this project's CI machine has none); ``bench/gpu_check.sh run`` runs these first on a
-lent GPU machine, before its benchmarks. ``TRAJSCOPE_TEST_DEVICE=cpu`` runs them on the CPU instead, which
-checks the tests themselves (the CPU paths have their own tests elsewhere).
+Each test runs on the CPU and, where CUDA is present, on the GPU (this project's CI machine has none, so
+there the CPU cases keep the tests themselves from going stale; the CPU paths have their own tests
+elsewhere). ``bench/gpu_check.sh run`` runs the CUDA cases first on a lent GPU machine, before its
+benchmarks, with ``TRAJSCOPE_TEST_REQUIRE_CUDA=1``: there a missing CUDA device fails instead of skipping.
 
-- Every recorded state equals a copy taken synchronously in the same loop, with the writer thread and with
-  the writer process behind it, while the loop changes the recorded tensor in place right after each
-  ``record()`` and only two chunk buffers take turns (the asynchronous copies to pinned memory and the
-  buffers' reuse are what could go wrong).
-- SIGKILL of a recording ``trajscope produce`` on the GPU, then ``resume``: the run equals an uninterrupted
-  one bit for bit, with either writer.
+- Every recorded state equals a copy of the same tensors taken in the loop (on the GPU a clone on the
+  device, in stream order), with the writer thread and with the writer process behind it. The loop changes
+  the recorded tensors in place right after each ``record()``, only two chunk buffers take turns, and on the
+  GPU each step first keeps the device busy for a while, so the host runs ahead of it: the asynchronous
+  copies to pinned memory and the reuse of the buffers are what could go wrong.
+- SIGKILL of a recording ``trajscope produce``, then ``resume``: the run equals an uninterrupted one bit
+  for bit, with either writer.
 """
 
 from __future__ import annotations
@@ -32,17 +34,19 @@ from trajscope.producer.two_layer import variables as two_layer_variables
 from trajscope.store import RunWriter, StoreRoot, open_run
 from trajscope.store import writer_process
 
-DEVICE = os.environ.get("TRAJSCOPE_TEST_DEVICE", "cuda")
+if os.environ.get("TRAJSCOPE_TEST_REQUIRE_CUDA") == "1" and not torch.cuda.is_available():
+    raise RuntimeError("TRAJSCOPE_TEST_REQUIRE_CUDA=1 but torch sees no CUDA device")
 
-pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device")
-
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                reason="needs a CUDA device"))]
 WRITERS = ["thread", pytest.param("process", marks=pytest.mark.skipif(
     not writer_process.available(), reason="needs memfd_create and fd passing (Linux)"))]
 
 
 @pytest.mark.parametrize("writer", WRITERS)
-def test_every_recorded_state_equals_a_synchronous_copy(tmp_path, writer):
-    device = torch.device(DEVICE)
+@pytest.mark.parametrize("device_name", DEVICES)
+def test_every_recorded_state_equals_a_copy_taken_in_the_loop(tmp_path, device_name, writer):
+    device = torch.device(device_name)
     h, dim, n, states = 64, 48, 40, 301
     run = RunWriter.create(
         StoreRoot(tmp_path), writer, variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
@@ -61,6 +65,8 @@ def test_every_recorded_state_equals_a_synchronous_copy(tmp_path, writer):
     X = torch.randn(n, dim, device=device, generator=generator)
     copies = []  # the same values, copied on the device in the loop's own stream order
     for _ in range(states):
+        if device.type == "cuda":
+            torch.cuda._sleep(1_000_000)  # about half a millisecond of device time: the host runs ahead
         output = torch.relu(X @ W.T) @ v
         loss = torch.exp(-output).mean().double()
         recorder.record(W=W, v=v, loss=loss, output=output)
@@ -77,16 +83,16 @@ def test_every_recorded_state_equals_a_synchronous_copy(tmp_path, writer):
     np.testing.assert_array_equal(ds.step.values, steps)
 
 
-def _config(writer: str, name: str) -> dict:
-    """Long enough on a GPU (about 30 000 launch-bound minibatch steps) to be killed mid-way."""
+def _config(device: str, writer: str, name: str) -> dict:
+    """Long enough to be killed mid-way: minibatch steps, 10 000 on a GPU (launch-bound), 6 000 on the CPU."""
+    steps = int(os.environ.get("TRAJSCOPE_TEST_GPU_STEPS", 10000)) if device == "cuda" else 6000
     return {
         "name": name, "seed": 5,
         "data": {"kind": "synthetic", "n": 60, "dim": 12, "mu": 0.1},
         "model": {"width": 24},
         "init": {"kind": "gaussian", "scale": 0.01},
         "loss": {"kind": "exp", "reduction": "mean"},
-        "train": {"lr": 0.002, "steps": int(os.environ.get("TRAJSCOPE_TEST_GPU_STEPS", 30000)), "batch_size": 20,
-                  "device": DEVICE},
+        "train": {"lr": 0.002, "steps": steps, "batch_size": 20, "device": device},
         "record": {"chunk_mib": 0.02, "writer": writer, "commit_seconds": 0.05},
     }
 
@@ -100,8 +106,9 @@ def _committed(run: str) -> int:
 
 
 @pytest.mark.parametrize("writer", WRITERS)
-def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, writer):
-    cfg = _config(writer, "gpu")
+@pytest.mark.parametrize("device_name", DEVICES)
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, device_name, writer):
+    cfg = _config(device_name, writer, "killed")
     steps = cfg["train"]["steps"]
     root = tmp_path / "runs"
     reference = produce(load_config(cfg), root=root, name="reference")

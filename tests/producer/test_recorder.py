@@ -561,10 +561,11 @@ def _slow_w_writes(monkeypatch, seconds):
 
 @pytest.mark.parametrize("by_reference", [True, False])
 def test_the_recorder_counts_the_loops_wait_for_a_slow_store(tmp_path, monkeypatch, by_reference):
-    """One write thread, 50 ms a ``W`` chunk, 2 buffers, 6 chunks of 5 states: chunk k (k ≥ 2) needs chunk
-    k - 2 written first, so the loop waits 4 times, and chunk 5 cannot start before 4 writes (200 ms) are done;
-    the last 2 chunks are written while :meth:`close` waits. With more buffers than chunks it never waits."""
-    _slow_w_writes(monkeypatch, 0.05)
+    """One write thread, 100 ms a ``W`` chunk, 2 buffers, 6 chunks of 5 states: chunk k (k ≥ 2) needs chunk
+    k - 2 written first, so the loop waits 4 times, about 400 ms in all, all of it behind the store (on the CPU
+    a chunk is in host memory from its hand-off); the last 2 chunks are written while :meth:`close` waits.
+    With more buffers than chunks it never waits, and :meth:`close` waits for all 6 writes."""
+    _slow_w_writes(monkeypatch, 0.1)
     counts = {}
     for buffers in (2, 7):
         states = 30
@@ -580,8 +581,43 @@ def test_the_recorder_counts_the_loops_wait_for_a_slow_store(tmp_path, monkeypat
         assert recorder.close() == states
         writer.finish("complete")
         counts[buffers] = (recorder.waits, recorder.waited_seconds, recording, recorder.closing_seconds)
+        assert recorder.device_waited_seconds == 0.0  # nothing to copy on the CPU
         np.testing.assert_array_equal(open_run(f"slow{buffers}", root=StoreRoot(tmp_path)).W.values[:, 0, 0], steps)
     waits, waited, recording, closing = counts[2]
-    assert waits == 4 and 0.15 <= waited <= recording and closing >= 0.05
+    assert 3 <= waits <= 4 and 0.25 <= waited <= recording and closing >= 0.1
     waits, waited, recording, closing = counts[7]
-    assert waits == 0 and waited == 0.0 and closing >= 0.1  # 5 or 6 of the writes after the last record()
+    assert waits == 0 and waited == 0.0 and closing >= 0.3  # at least 4 of the 6 writes after the last record()
+
+
+class SlowCopyStaging(DeferredStaging):
+    """A device whose copy to the host ends 100 ms after it starts (a GPU still computing the chunk)."""
+
+    def start_copy(self, slot):
+        done = threading.Event()
+        slot.event = done
+
+        def copy_later():
+            time.sleep(0.1)
+            for name, tensor in slot.device.items():
+                slot.host[name].copy_(tensor)
+            done.set()
+
+        threading.Thread(target=copy_later, daemon=True).start()
+
+
+def test_a_wait_for_the_device_is_not_counted_as_the_stores(tmp_path):
+    """The writes are fast, each chunk's copy to the host ends 100 ms after its hand-off (the copies of
+    the two buffers overlap): the loop waits about 100 ms for each pair of chunks after the first, 200 ms or
+    more in all, and those waits are the device's, not the store's."""
+    states = 30
+    writer, shapes, dtypes = _small_run(tmp_path, "device", states)
+    steps = np.arange(states)
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=2, staging=SlowCopyStaging(),
+                        columns={"step": steps, "t": steps * 0.5})
+    for k in range(states):
+        recorder.record(W=torch.full((4, 3), float(k)), v=torch.zeros(4), loss=k / 10, output=torch.zeros(5))
+    assert recorder.close() == states
+    writer.finish("complete")
+    assert recorder.waits >= 2 and recorder.device_waited_seconds >= 0.15
+    assert recorder.waited_seconds < recorder.device_waited_seconds / 2  # a write takes far less than a copy
+    np.testing.assert_array_equal(open_run("device", root=StoreRoot(tmp_path)).W.values[:, 0, 0], steps)

@@ -31,23 +31,34 @@ def _report(console: Console, result) -> None:
     console.print(f'open it: python -c "import trajscope; print(trajscope.open_run(\'{result.location}\'))"')
 
 
-#: a run whose loop waited for the store at least this share of its time gets a hint on what to change
+#: a run whose loop waited for the store (and for its last writes) at least this share of its time, and at
+#: least :data:`STORE_BOUND_SECONDS`, gets a hint on what to change
 STORE_BOUND_SHARE = 0.05
+STORE_BOUND_SECONDS = 0.5
 
 
 def store_wait_line(result) -> str | None:
     """One line on how long the training loop waited for the store, or ``None`` for a run that recorded
-    nothing. The wait is back-pressure (every chunk buffer still being written): above
-    :data:`STORE_BOUND_SHARE` of the run the store, not the training, set the pace, and the line says what
-    to change."""
+    nothing.
+
+    The store's share is ``(store_wait_seconds + store_close_seconds) / seconds``: the loop's waits for a
+    free chunk buffer whose chunk had reached host memory (back-pressure), and the wait for the last writes
+    at the end. From :data:`STORE_BOUND_SHARE` of the run and :data:`STORE_BOUND_SECONDS` on, the store,
+    not the training, set the pace, and the line says what to change for the next run. A GPU loop that ran
+    ahead of its device's computation is not the store's doing: that wait is named apart.
+    """
     if not result.committed_steps or not result.seconds:
         return None
-    share = result.store_wait_seconds / result.seconds
-    line = (f"store: the training loop waited {result.store_wait_seconds:.2f} s for free chunk buffers "
-            f"({share:.1%} of the run); the last writes took {result.store_close_seconds:.2f} s")
-    if share >= STORE_BOUND_SHARE:
-        line += ("; the store set the pace: record to a faster root (a local disk), raise record.chunk_mib "
-                 "or record.write_threads, or record fewer steps (record.every)")
+    behind = result.store_wait_seconds + result.store_close_seconds
+    line = (f"store: the training loop waited {result.store_wait_seconds:.2f} s for free chunk buffers and "
+            f"{result.store_close_seconds:.2f} s for the last writes ({behind / result.seconds:.1%} of the run)")
+    device = result.device_wait_seconds
+    if device > 0.005:
+        line += f"; {device:.2f} s more for the device's computation"
+    if behind >= STORE_BOUND_SHARE * result.seconds and behind >= STORE_BOUND_SECONDS:
+        line += ("; the store set the pace. For the next run: a faster root (a local disk), a larger "
+                 "record.chunk_mib, more record.write_threads (up to the cores on a local disk), or fewer "
+                 "recorded steps (record.every)")
     return line
 
 

@@ -18,8 +18,8 @@ from trajscope.store.chunkio import StateRows
 class DeferredStaging(HostStaging):
     """Like CudaStaging: separate host buffers, filled later by another thread; ``wait`` blocks on it."""
 
-    def __init__(self):
-        self.copies = 0
+    def __init__(self, delay: float = 0.01):
+        self.copies, self.delay = 0, delay
 
     def host_buffers(self, device):
         return {n: torch.full_like(t, -7) for n, t in device.items()}, None
@@ -29,7 +29,7 @@ class DeferredStaging(HostStaging):
         slot.event = done
 
         def copy_later():
-            time.sleep(0.01)
+            time.sleep(self.delay)
             for name, tensor in slot.device.items():
                 slot.host[name].copy_(tensor)
             self.copies += 1
@@ -589,22 +589,6 @@ def test_the_recorder_counts_the_loops_wait_for_a_slow_store(tmp_path, monkeypat
     assert waits == 0 and waited == 0.0 and closing >= 0.3  # at least 4 of the 6 writes after the last record()
 
 
-class SlowCopyStaging(DeferredStaging):
-    """A device whose copy to the host ends 100 ms after it starts (a GPU still computing the chunk)."""
-
-    def start_copy(self, slot):
-        done = threading.Event()
-        slot.event = done
-
-        def copy_later():
-            time.sleep(0.1)
-            for name, tensor in slot.device.items():
-                slot.host[name].copy_(tensor)
-            done.set()
-
-        threading.Thread(target=copy_later, daemon=True).start()
-
-
 def test_a_wait_for_the_device_is_not_counted_as_the_stores(tmp_path):
     """The writes are fast, each chunk's copy to the host ends 100 ms after its hand-off (the copies of
     the two buffers overlap): the loop waits about 100 ms for each pair of chunks after the first, 200 ms or
@@ -612,7 +596,8 @@ def test_a_wait_for_the_device_is_not_counted_as_the_stores(tmp_path):
     states = 30
     writer, shapes, dtypes = _small_run(tmp_path, "device", states)
     steps = np.arange(states)
-    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=2, staging=SlowCopyStaging(),
+    staging = DeferredStaging(delay=0.1)  # a GPU still computing each chunk
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=2, staging=staging,
                         columns={"step": steps, "t": steps * 0.5})
     for k in range(states):
         recorder.record(W=torch.full((4, 3), float(k)), v=torch.zeros(4), loss=k / 10, output=torch.zeros(5))

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from trajscope.producer import module as adapter
-from trajscope.producer.recorder import Recorder
+from trajscope.producer.recorder import Recorder, recording_waits
 from trajscope.store import RunWriter, StoreRoot
+from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.errors import UserError
 from trajscope.store.layout import validate_run_id
 from trajscope.store.schema import MODULE, read_schema
@@ -239,6 +240,7 @@ class ModuleRecorder:
         shapes["step"], dtypes["step"] = (), torch.int64
         self._buffer_dtypes = dtypes
         try:
+            self._recording_started = time.perf_counter()
             self.recorder = Recorder(self.writer, shapes, dtypes, self.device, start_index=start_index,
                                      preload=preload, buffers=self.queue_chunks)
         except BaseException:
@@ -326,6 +328,8 @@ class ModuleRecorder:
         except Exception as exc:  # noqa: BLE001 - the writer failed: the run says so
             committed, status, error = self.recorder.committed, "failed", error or f"writer: {exc}"
         last = int(self.writer.arrays["step"][committed - 1]) if committed else 0
-        self.writer.finish(status, error, last_step=last)
+        waits = recording_waits(run_attr(self.writer.attrs, "recording_waits"), self.recorder,
+                                time.perf_counter() - self._recording_started)
+        self.writer.finish(status, error, last_step=last, recording_waits=waits)
         self.status = status
         return self.location

@@ -21,9 +21,10 @@ from trajscope.producer.budget import check_budget, data_shape
 from trajscope.producer.config import RunConfig, load_config
 from trajscope.producer.data import build_dataset
 from trajscope.producer.model import State, TwoLayerReLU, initialize
-from trajscope.producer.recorder import Recorder, start_writer_process, wants_writer_process
+from trajscope.producer.recorder import Recorder, recording_waits, start_writer_process, wants_writer_process
 from trajscope.producer import two_layer
 from trajscope.store import RunWriter, StoreRoot, resolve_run, validate_run_id
+from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.errors import UserError
 from trajscope.store.hotpath import usable_cores
 
@@ -365,7 +366,9 @@ def _train(
         committed = recorder.committed
         status, error = "failed", error or f"writer: {exc}"
     final_loss = None if loss is None else float(loss)
-    writer.finish(status, error, final_loss=final_loss, last_step=int(schedule[committed - 1]) if committed else 0)
+    waits = recording_waits(run_attr(writer.attrs, "recording_waits"), recorder, time.perf_counter() - started)
+    writer.finish(status, error, final_loss=final_loss, last_step=int(schedule[committed - 1]) if committed else 0,
+                  recording_waits=waits)
     result = RunResult(
         run_id=writer.run_id,
         location=writer.root.run_url(writer.run_id),

@@ -11,6 +11,7 @@ import xarray as xr
 
 import trajscope
 from trajscope.store import StoreRoot, read_schema
+from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.errors import UserError
 
 from .models import MLP, SmallCNN, data, train
@@ -218,5 +219,7 @@ def test_a_slow_store_shows_in_the_wait_for_it(tmp_path, monkeypatch):
         waited = rec.store_wait_seconds
     assert waited > 0
     ds = trajscope.open_run(tmp_path / "slow.zarr")
+    stored = run_attr(ds.attrs, "recording_waits")  # the run keeps the waits of its recording
+    assert stored["store_seconds"] == pytest.approx(waited, abs=1e-6) and stored["seconds"] > waited
     assert ds.attrs["committed_steps"] == 41 and ds.attrs["chunk_steps"] < 10
     np.testing.assert_array_equal(ds["fc2.weight"].values[-1], model.fc2.weight.detach().numpy())

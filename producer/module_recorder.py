@@ -121,6 +121,7 @@ class ModuleRecorder:
         self._pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         self._extras_seen: dict[str, torch.Tensor] = {}
         self._closed = False
+        self._recording_started: float | None = None  # the first record() call
         self.status: str | None = None
         if resume and self.root.exists(self.run_id):
             self._reopen()
@@ -150,6 +151,8 @@ class ModuleRecorder:
         """
         if self._closed:
             raise RuntimeError(f"run {self.run_id!r}: record() after close()")
+        if self._recording_started is None:
+            self._recording_started = time.perf_counter()
         values = {name: adapter.as_tensor(v) for name, v in extra.items()}
         if self.recorder is None:
             for name, value in values.items():
@@ -240,7 +243,6 @@ class ModuleRecorder:
         shapes["step"], dtypes["step"] = (), torch.int64
         self._buffer_dtypes = dtypes
         try:
-            self._recording_started = time.perf_counter()
             self.recorder = Recorder(self.writer, shapes, dtypes, self.device, start_index=start_index,
                                      preload=preload, buffers=self.queue_chunks)
         except BaseException:
@@ -328,8 +330,9 @@ class ModuleRecorder:
         except Exception as exc:  # noqa: BLE001 - the writer failed: the run says so
             committed, status, error = self.recorder.committed, "failed", error or f"writer: {exc}"
         last = int(self.writer.arrays["step"][committed - 1]) if committed else 0
+        started = self._recording_started if self._recording_started is not None else time.perf_counter()
         waits = recording_waits(run_attr(self.writer.attrs, "recording_waits"), self.recorder,
-                                time.perf_counter() - self._recording_started)
+                                time.perf_counter() - started)
         self.writer.finish(status, error, last_step=last, recording_waits=waits)
         self.status = status
         return self.location

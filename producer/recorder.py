@@ -652,13 +652,18 @@ class Recorder:
 def recording_waits(previous: Mapping | None, recorder: "Recorder", seconds: float) -> dict[str, float]:
     """The run attribute ``recording_waits``: the seconds a run's loop waited for the store
     (``store_seconds``, :attr:`Recorder.waited_seconds`), for its last writes (``close_seconds``), for its
-    device (``device_seconds``), and the seconds it recorded (``seconds``), added to ``previous`` (what the
-    segments of the run before this one, e.g. before a ``resume``, left there). A segment killed before
-    it finished left nothing, so the sums cover the segments that finished."""
-    previous = previous if isinstance(previous, Mapping) else {}
+    device (``device_seconds``), and the seconds it recorded (``seconds``, up to the run's final write),
+    added to ``previous`` (what the segments of the run before this one, e.g. before a ``resume``, left
+    there). A segment killed before it finished left nothing, so the sums cover the segments that finished.
+    A previous value that is not a number counts as 0; keys this version does not know are kept."""
+    previous = dict(previous) if isinstance(previous, Mapping) else {}
     segment = {"store_seconds": recorder.waited_seconds, "close_seconds": recorder.closing_seconds,
                "device_seconds": recorder.device_waited_seconds, "seconds": seconds}
-    return {name: round(float(previous.get(name, 0.0)) + value, 6) for name, value in segment.items()}
+    for name, value in segment.items():
+        before = previous.get(name)
+        before = float(before) if isinstance(before, (int, float)) and not isinstance(before, bool) else 0.0
+        previous[name] = round(before + value, 6)
+    return previous
 
 
 #: ``record.writer: auto`` uses a writer process for GPU runs recording at least this many bytes

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ import yaml
 
 from trajscope import open_run
 from trajscope.producer import load_config
+from trajscope.store.dataset_attrs import run_attr
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,31 +76,7 @@ def test_a_store_bound_run_says_so(tmp_path, small_config, monkeypatch):
     line = store_wait_line(result)
     assert f"waited {result.store_wait_seconds:.2f} s" in line and "the store set the pace" in line
     # ... and the run keeps it (rounded to the microsecond)
-    stored = json.loads(open_run("slow", tmp_path).attrs["recording_waits"])
+    stored = run_attr(open_run("slow", tmp_path).attrs, "recording_waits")
     assert stored["store_seconds"] == pytest.approx(result.store_wait_seconds, abs=1e-6)
     assert stored["close_seconds"] == pytest.approx(result.store_close_seconds, abs=1e-6)
     assert stored["device_seconds"] == 0.0 and 0 < stored["seconds"] <= result.seconds
-
-
-def test_the_waits_of_an_interrupted_run_and_its_resume_add_up(tmp_path, small_config, monkeypatch):
-    """A Ctrl-C at the 30th update ends the run ``interrupted`` with its waits stored; ``resume`` adds its own."""
-    from trajscope.producer import model, produce, resume
-
-    calls, original = {"n": 0}, model.TwoLayerReLU.gradient
-
-    def interrupted_once(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 30:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(model.TwoLayerReLU, "gradient", interrupted_once)
-    first = produce(load_config(small_config(train={"steps": 80})), root=tmp_path, name="twice")
-    assert first.status == "interrupted"
-    before = json.loads(open_run("twice", tmp_path).attrs["recording_waits"])
-    second = resume("twice", root=tmp_path)
-    assert second.status == "complete" and second.committed_steps == 81
-    after = json.loads(open_run("twice", tmp_path).attrs["recording_waits"])
-    assert after["seconds"] == pytest.approx(before["seconds"] + second.seconds, abs=0.05)
-    assert after["close_seconds"] == pytest.approx(before["close_seconds"] + second.store_close_seconds, abs=1e-5)
-    assert after["store_seconds"] == pytest.approx(before["store_seconds"] + second.store_wait_seconds, abs=1e-5)

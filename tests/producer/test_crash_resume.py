@@ -197,3 +197,31 @@ def test_resume_of_a_run_that_died_after_its_final_commit_trains_nothing_more(tm
     assert final.attrs["status"] == "complete" and final.sizes == ref.sizes
     for name in VARIABLES:
         np.testing.assert_array_equal(final[name].values, ref[name].values, err_msg=name)
+
+
+def test_the_waits_of_an_interrupted_run_and_its_resume_add_up(tmp_path, small_config, monkeypatch):
+    """A Ctrl-C at the 30th update ends the run ``interrupted`` with its loop's waits stored in the run
+    (``recording_waits``); ``resume`` adds its own to them."""
+    from trajscope.producer import model
+    from trajscope.store.dataset_attrs import run_attr
+
+    calls, original = {"n": 0}, model.TwoLayerReLU.gradient
+
+    def interrupted_once(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(model.TwoLayerReLU, "gradient", interrupted_once)
+    first = produce(small_config(train={"steps": 80}), root=tmp_path, name="twice")
+    assert first.status == "interrupted"
+    before = run_attr(open_run("twice", tmp_path).attrs, "recording_waits")
+    assert before["close_seconds"] > 0 and before["seconds"] > 0
+    second = resume("twice", root=tmp_path)
+    assert second.status == "complete" and second.committed_steps == 81
+    after = run_attr(open_run("twice", tmp_path).attrs, "recording_waits")
+    # a segment's stored seconds end before its final write, its RunResult's after it
+    assert before["seconds"] + second.store_close_seconds < after["seconds"] <= before["seconds"] + second.seconds
+    assert after["close_seconds"] == pytest.approx(before["close_seconds"] + second.store_close_seconds, abs=1e-5)
+    assert after["store_seconds"] == pytest.approx(before["store_seconds"] + second.store_wait_seconds, abs=1e-5)

@@ -606,3 +606,17 @@ def test_a_wait_for_the_device_is_not_counted_as_the_stores(tmp_path):
     assert recorder.waits >= 2 and recorder.device_waited_seconds >= 0.15
     assert recorder.waited_seconds < recorder.device_waited_seconds / 2  # a write takes far less than a copy
     np.testing.assert_array_equal(open_run("device", root=StoreRoot(tmp_path)).W.values[:, 0, 0], steps)
+
+
+def test_recording_waits_add_to_what_a_run_holds_and_keep_what_they_do_not_know():
+    from types import SimpleNamespace
+
+    from trajscope.producer.recorder import recording_waits
+
+    segment = SimpleNamespace(waited_seconds=1.5, closing_seconds=0.25, device_waited_seconds=0.0)
+    assert recording_waits(None, segment, 10.0) == {"store_seconds": 1.5, "close_seconds": 0.25,
+                                                    "device_seconds": 0.0, "seconds": 10.0}
+    # a value that is not a number counts as 0 (a run never fails to finish over it); unknown keys stay
+    previous = {"store_seconds": 2.0, "close_seconds": None, "device_seconds": "x", "seconds": 5, "later": [1]}
+    assert recording_waits(previous, segment, 10.0) == {"store_seconds": 3.5, "close_seconds": 0.25,
+                                                        "device_seconds": 0.0, "seconds": 15.0, "later": [1]}

@@ -330,7 +330,7 @@ class Recorder:
             except queue.Empty:
                 continue
         ended = time.perf_counter()
-        behind_store = ended - max(started, min(self._slots[slot_index].copied_at, ended))
+        behind_store = ended - max(started, self._slots[slot_index].copied_at)  # (copied before it was freed)
         self.waits += 1
         self.waited_seconds += behind_store
         self.device_waited_seconds += (ended - started) - behind_store
@@ -649,7 +649,7 @@ class Recorder:
             self.committed = target
 
 
-def recording_waits(previous: Mapping | None, recorder: "Recorder", seconds: float) -> dict[str, float]:
+def recording_waits(previous: Mapping | None, recorder: "Recorder", seconds: float) -> dict:
     """The run attribute ``recording_waits``: the seconds a run's loop waited for the store
     (``store_seconds``, :attr:`Recorder.waited_seconds`), for its last writes (``close_seconds``), for its
     device (``device_seconds``), and the seconds it recorded (``seconds``, up to the run's final write),

@@ -23,8 +23,11 @@ from trajscope.store import faults
 from trajscope.store.fsck import fsck_run
 
 VARIABLES = ("W", "v", "loss", "output", "step", "t")
-#: which hit of a point to stop at: the 3rd chunk write / commit, so some steps are committed before
-NTH = {"write.chunk": 3, "commit.attrs": 3}
+#: which hit of a point to stop at: the 3rd chunk write, the 2nd commit (each commit raises ``committed_steps``
+#: by at least one chunk, so the 2nd covers two or more). Not the 3rd commit: the writer thread commits whatever
+#: is written when it wakes, so on a loaded machine a run may need only two commits, the last at close, and
+#: never reach a 3rd: the likely cause of a failure seen once in about 30 runs with both cores kept busy.
+NTH = {"write.chunk": 3, "commit.attrs": 2}
 
 
 def base_config(small_config, stop_loss=None):

@@ -196,9 +196,8 @@ def test_an_existing_run_is_refused_before_training(tmp_path):
         trajscope.ModuleRecorder(MLP(), root=tmp_path, name="once", resume=True)
 
 
-def test_a_slow_store_shows_in_the_wait_for_it(tmp_path, monkeypatch):
-    """Every chunk file of a weight takes 10 ms: the loop outruns the store, waits for free chunk buffers,
-    and says for how long; everything recorded is still stored."""
+def _slow_weight_files(monkeypatch):
+    """Every chunk file of a weight takes 10 ms to write: a loop of the small models outruns the store."""
     from trajscope.store.chunkio import LocalSink
 
     put = LocalSink.put
@@ -209,6 +208,12 @@ def test_a_slow_store_shows_in_the_wait_for_it(tmp_path, monkeypatch):
         put(self, key, parts)
 
     monkeypatch.setattr(LocalSink, "put", slow_put)
+
+
+def test_a_slow_store_shows_in_the_wait_for_it(tmp_path, monkeypatch):
+    """The loop outruns the store, waits for free chunk buffers, and says for how long; everything recorded
+    is still stored."""
+    _slow_weight_files(monkeypatch)
     torch.manual_seed(4)
     model = MLP()
     x, y = data()
@@ -223,3 +228,27 @@ def test_a_slow_store_shows_in_the_wait_for_it(tmp_path, monkeypatch):
     assert stored["store_seconds"] == pytest.approx(waited, abs=1e-6) and stored["seconds"] > waited
     assert ds.attrs["committed_steps"] == 41 and ds.attrs["chunk_steps"] < 10
     np.testing.assert_array_equal(ds["fc2.weight"].values[-1], model.fc2.weight.detach().numpy())
+
+
+def test_a_resumed_run_adds_its_waits_to_the_first_part(tmp_path, monkeypatch):
+    """``recording_waits`` of a run continued with ``resume=True`` holds both parts' waits."""
+    _slow_weight_files(monkeypatch)
+    torch.manual_seed(4)
+    model = MLP()
+    x, y = data()
+    first = trajscope.ModuleRecorder(model, root=tmp_path, name="twice", chunk_mib=0.002)
+    first.record()
+    train(model, x, y, 30, first)
+    first_wait = first.store_wait_seconds
+    first.close("interrupted")
+    before = run_attr(trajscope.open_run(tmp_path / "twice.zarr").attrs, "recording_waits")
+    assert first_wait > 0 and before["store_seconds"] == pytest.approx(first_wait, abs=1e-6)
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="twice", chunk_mib=0.002, resume=True) as second:
+        second.last_state()
+        train(model, x, y, 60, second, start=second.step)
+        second_wait = second.store_wait_seconds
+    ds = trajscope.open_run(tmp_path / "twice.zarr")
+    after = run_attr(ds.attrs, "recording_waits")
+    assert second_wait > 0 and ds.attrs["status"] == "complete" and ds.attrs["committed_steps"] == 61
+    assert after["store_seconds"] == pytest.approx(before["store_seconds"] + second_wait, abs=1e-6)
+    assert after["seconds"] > before["seconds"] + second_wait

@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Mapping
@@ -350,9 +351,11 @@ class HotPath:
         return index, stop >= min((index + 1) * span, self.arrays[name].shape[0])  # (capacity may grow)
 
     def _landed_through(self, name: str, index: int) -> int:
-        """Rows of the variable's chunk ``index`` on storage (the version of its last write; -1 if none)."""
+        """Rows of the variable's chunk ``index`` on storage (the version of its last write; -1 if none).
+        A variable of no values (a zero-size dimension) has no chunk files: all its rows are on storage."""
         encoder = self.encoders[name]
-        return min(self._landed.get(encoder.key((index,) + coords), -1) for coords in self.grids[name])
+        return min((self._landed.get(encoder.key((index,) + coords), -1) for coords in self.grids[name]),
+                   default=sys.maxsize)
 
     def _buffered_jobs(self, name: str, index: int, stop: int) -> list[tuple]:
         """Write jobs of the variable's chunk ``index`` as it holds the rows below ``stop`` (the rest at

@@ -252,3 +252,17 @@ def test_a_resumed_run_adds_its_waits_to_the_first_part(tmp_path, monkeypatch):
     assert second_wait > 0 and ds.attrs["status"] == "complete" and ds.attrs["committed_steps"] == 61
     assert after["store_seconds"] == pytest.approx(before["store_seconds"] + second_wait, abs=1e-6)
     assert after["seconds"] > before["seconds"] + second_wait
+
+
+def test_a_parameter_of_no_values_is_recorded_with_the_rest(tmp_path):
+    """A module with an empty parameter (shape (0, 12)) records to the end: the empty variable has no chunk
+    files, and the commits cover the others' states."""
+    torch.manual_seed(5)
+    model = MLP()
+    model.unused = torch.nn.Parameter(torch.empty(0, 12))
+    x, y = data()
+    copies = _record(model, x, y, tmp_path, "empty", 30, chunk_mib=0.002)
+    ds = trajscope.open_run(tmp_path / "empty.zarr")
+    assert ds.attrs["status"] == "complete" and ds.attrs["committed_steps"] == 31 and ds.attrs["chunk_steps"] < 31
+    assert ds["unused"].shape == (31, 0, 12)
+    np.testing.assert_array_equal(ds["fc2.weight"].values, np.stack([c["fc2.weight"].numpy() for c in copies]))

@@ -242,6 +242,24 @@ def test_small_variables_are_written_once_per_commit_not_per_block(tmp_path):
     np.testing.assert_array_equal(ds.loss.values, np.concatenate([b["loss"] for b in blocks]))
 
 
+def test_a_variable_of_no_values_is_committed_over(tmp_path):
+    """A variable with a zero-size dimension (here ``output`` of a run of no samples) has no chunk files: a
+    commit finds all of its rows on storage instead of failing, and the run reads back."""
+    root = StoreRoot(tmp_path)
+    writer = _writer(root, capacity=40, n=0)
+    T = writer.chunk_steps
+    blocks = [_block(k * T, T, n=0) for k in range(3)]
+    for k, block in enumerate(blocks):
+        writer.write_block(k * T, block).wait(20)
+        writer.commit()
+        assert root.read_attrs("r")["committed_steps"] == (k + 1) * T
+    writer.finish("complete")
+    ds = open_run("r", root)
+    assert ds.output.shape == (3 * T, 0)
+    np.testing.assert_array_equal(ds.W.values, np.concatenate([b["W"] for b in blocks]))
+    np.testing.assert_array_equal(ds.loss.values, np.concatenate([b["loss"] for b in blocks]))
+
+
 def test_a_commit_waits_for_the_small_variables_rows_it_covers(tmp_path):
     """committed_steps never covers rows of a small variable that are not on storage."""
     root = StoreRoot(tmp_path)

@@ -40,8 +40,12 @@ from typing import Sequence
 import crc32c
 import numpy as np
 
+from trajscope.store import faults
+
 #: durability levels: ``process`` survives a killed process, ``fsync`` also a power loss or kernel crash
 DURABILITY_LEVELS = ("process", "fsync")
+#: names of the files being written before their rename (chunk files here, documents in ``root.write_bytes``)
+TEMPORARY_PREFIX = ".tmp-"
 
 
 class StateRows:
@@ -168,17 +172,18 @@ class LocalSink:
         path = os.path.join(self.base, key)
         directory = os.path.dirname(path)
         self._ensure_dir(directory)
-        tmp = os.path.join(directory, f".tmp-{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}")
+        tmp = os.path.join(directory, f"{TEMPORARY_PREFIX}{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            _write_all(fd, parts)
-            if self.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
+            try:
+                _write_all(fd, parts)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            faults.checkpoint("write.renaming")
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException:  # e.g. a full disk: no partial file is left behind
             _unlink_quietly(tmp)
             raise
         if self.fsync:
@@ -204,7 +209,7 @@ class LocalSink:
             return
         for directory, _, files in os.walk(self.base):
             for name in files:
-                if not name.startswith(".tmp-"):
+                if not name.startswith(TEMPORARY_PREFIX):
                     _fsync_file(os.path.join(directory, name))
             fsync_dir(directory)
 
@@ -274,6 +279,23 @@ def joined(parts: Sequence) -> bytes:
             ctypes.memmove(address, source, len(view))
             address += len(view)
     return out
+
+
+def stale_temporaries(directory: str) -> list[str]:
+    """The temporary files under a local run directory (links not followed). With no writer running they
+    are what a writer killed in mid-write left: never renamed, never read, safe to remove under the lock."""
+    found = []
+    for current, _, files in os.walk(directory):
+        found += [os.path.join(current, name) for name in files if name.startswith(TEMPORARY_PREFIX)]
+    return sorted(found)
+
+
+def remove_stale_temporaries(directory: str) -> int:
+    """Remove :func:`stale_temporaries` (call it holding the run's writer lock); returns how many."""
+    found = stale_temporaries(directory)
+    for path in found:
+        _unlink_quietly(path)
+    return len(found)
 
 
 def fsync_dir(directory: str) -> None:

@@ -19,6 +19,7 @@ POINTS: tuple[str, ...] = (
     "create.locked",  # the writer lock is held, nothing written yet
     "create.arrays",  # root document says status creating; the arrays and static data exist
     "create.attrs",  # the root attributes are written (status running, 0 committed)
+    "write.renaming",  # a chunk file's bytes are in its temporary file, not yet renamed to its key (local roots)
     "write.chunk",  # one chunk's data is written, not yet committed
     "commit.attrs",  # the root attributes raising committed_steps are written
     "finish.status",  # final status + consolidated metadata (cut to committed) in one write, arrays not shrunk

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from trajscope.store.chunkio import remove_stale_temporaries, stale_temporaries
 from trajscope.store.errors import PathOutsideRoot, RunLocked, UserError
 from trajscope.store.layout import COMMITTED, CREATING, STATUSES, STEP_DIM
 from trajscope.store.locks import WriterLock
@@ -197,8 +198,30 @@ def fsck_run(root: StoreRoot, run_id: str, *, repair: bool = False) -> FsckRepor
         _repair_unfinished(root, run_id, attrs, committed, status, unfinished, report)
         group = root.read_group_metadata(run_id)
         arrays = _read_arrays(root, run_id, report)
+    if root.is_local and not alive:
+        _check_temporaries(root, run_id, repair, report)
     _verify_chunks(root, run_id, arrays, committed, report)
     return report
+
+
+def _check_temporaries(root: StoreRoot, run_id: str, repair: bool, report: FsckReport) -> None:
+    """Temporary files a writer killed in mid-write left (no writer is running): reported; removed by repair."""
+    run_dir = root.run_url(run_id)
+    found = stale_temporaries(run_dir)
+    if not found:
+        return
+    problem = (f"{len(found)} temporary file(s) left by a writer stopped in mid-write, e.g. "
+               f"{os.path.relpath(found[0], run_dir)}: --repair or `trajscope resume` removes them")
+    if not repair:
+        report.problems.append(problem)
+        return
+    try:
+        with WriterLock(root, run_id):
+            remove_stale_temporaries(run_dir)
+    except RunLocked as err:
+        report.problems.append(f"{problem} (not repaired: {err})")
+        return
+    report.repaired.append(problem)
 
 
 def _check_shapes(group: dict[str, Any], attrs: dict[str, Any], arrays: dict[str, dict[str, Any]], committed: int,

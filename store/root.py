@@ -122,23 +122,37 @@ class StoreRoot:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise KeyError(key) from None
 
-    def write_bytes(self, run_id: str, key: str, data: bytes) -> None:
-        """Replace one key atomically: local files are written to a temporary file, then renamed."""
+    def write_bytes(self, run_id: str, key: str, data: bytes, *, durable: bool = False) -> None:
+        """Replace one key atomically: local files are written to a temporary file, then renamed.
+
+        The file gets the mode a plain ``open`` would give it (``0o666`` less the umask), so readers running
+        as another user (a server's container) can read it. ``durable`` (durability ``fsync``, local roots):
+        the temporary file is fsynced before the rename and the directory after it, so after a power loss
+        the key holds the old or the new bytes, never an empty file.
+        """
         path = self._fs_path(run_id, key)
         if not self.is_local:
             self.fs.pipe_file(path, data)
             return
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")  # (chunkio.TEMPORARY_PREFIX: fsck finds it)
         try:
             with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), 0o666 & ~_umask())  # mkstemp makes it 0o600
                 handle.write(data)
+                if durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        if durable:
+            from trajscope.store.chunkio import fsync_dir
+
+            fsync_dir(directory)
 
     def read_group_metadata(self, run_id: str) -> dict[str, Any]:
         """The run's group ``zarr.json`` (fresh, never cached); :class:`RunNotFound` when absent."""
@@ -152,13 +166,14 @@ class StoreRoot:
         """The run's root attributes."""
         return self.read_group_metadata(run_id).get("attributes", {})
 
-    def write_attrs(self, run_id: str, attrs: dict[str, Any]) -> None:
-        """Write the group ``zarr.json`` with these attributes in one atomic write.
+    def write_attrs(self, run_id: str, attrs: dict[str, Any], *, durable: bool = False) -> None:
+        """Write the group ``zarr.json`` with these attributes in one atomic write (fsynced: ``durable``).
 
         Any consolidated metadata is dropped: it is written again when the run finishes.
         """
         document = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
-        self.write_bytes(run_id, "zarr.json", json.dumps(document, indent=2, allow_nan=False).encode())
+        self.write_bytes(run_id, "zarr.json", json.dumps(document, indent=2, allow_nan=False).encode(),
+                         durable=durable)
 
     def size_bytes(self, run_id: str) -> int:
         """Bytes the run occupies (local roots: regular files only, never through a link)."""
@@ -193,3 +208,15 @@ def resolve_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | No
         return store_root, validate_run_id(name[: -len(RUN_SUFFIX)])
     store_root = root if isinstance(root, StoreRoot) else StoreRoot(root)
     return store_root, validate_run_id(trimmed)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` sets it, racing other threads' files)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022

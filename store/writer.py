@@ -32,7 +32,7 @@ import numpy as np
 import zarr
 
 from trajscope.store import faults
-from trajscope.store.chunkio import DURABILITY_LEVELS, FsspecSink, LocalSink
+from trajscope.store.chunkio import DURABILITY_LEVELS, FsspecSink, LocalSink, remove_stale_temporaries
 from trajscope.store.errors import UserError
 from trajscope.store.hotpath import BlockWrite, HotPath, block_threads, default_write_threads
 from trajscope.store.layout import (
@@ -194,6 +194,8 @@ class RunWriter:
             if missing:
                 raise UserError(f"run {run_id!r} lacks the attributes {', '.join(missing)}; it cannot be resumed "
                                 f"(`trajscope fsck {run_id}` lists its problems)")
+            if root.is_local:  # what a writer killed in mid-write left (nothing else writes under the lock)
+                remove_stale_temporaries(root.run_url(run_id))
             attrs["status"] = "running"
             attrs["error"] = None
             attrs["writer"] = lock.lease()
@@ -225,12 +227,15 @@ class RunWriter:
             return
         for array in self.arrays.values():
             array.resize((capacity,) + array.shape[1:])
+        if self._durable and self._tree_durable:  # (before, the first commit fsyncs the whole tree)
+            for name in self.arrays:
+                self._hot().sink.durable_document(f"{name}/zarr.json")
         with self._attrs_guard:
             self.capacity = capacity
             self.attrs["capacity"] = capacity
             self.attrs["updated"] = _now()
             self.attrs["writer"] = self.lock.lease()
-            self.root.write_attrs(self.run_id, self.attrs)
+            self.root.write_attrs(self.run_id, self.attrs, durable=self._durable)
             self._last_write = time.monotonic()
 
     # -- reading back (resume) ----------------------------------------------------------------------
@@ -280,6 +285,11 @@ class RunWriter:
                 self._hotpath = HotPath(sink, self.arrays, self.chunk_steps, self.committed_steps,
                                         self.write_pool_size)
             return self._hotpath
+
+    @property
+    def _durable(self) -> bool:
+        """Durability ``fsync`` on a local root: documents are fsynced as they are replaced."""
+        return self.durability == "fsync" and self.root.is_local
 
     @property
     def write_pool_size(self) -> int:
@@ -335,8 +345,7 @@ class RunWriter:
             self.attrs.update(extra)
             self.attrs["updated"] = _now()
             self.attrs["writer"] = self.lock.lease()
-            self.root.write_attrs(self.run_id, self.attrs)
-            hot.sink.durable_document("zarr.json")
+            self.root.write_attrs(self.run_id, self.attrs, durable=self._durable)
             self._last_write = time.monotonic()
         faults.checkpoint("commit.attrs")
 
@@ -390,7 +399,7 @@ class RunWriter:
                 self.attrs.update(extra)
                 self.attrs.update(status=status, error=error, updated=_now(), finished=_now())
                 self.attrs.pop("writer", None)
-                write_final_document(self.root, self.run_id, self.attrs)
+                write_final_document(self.root, self.run_id, self.attrs, durable=self._durable)
             faults.checkpoint("finish.status")
             shrink_arrays(self.root, self.run_id, self.committed_steps, self.arrays)
             faults.checkpoint("finish.shrunk")
@@ -426,10 +435,10 @@ def final_document(root: StoreRoot, run_id: str, attrs: dict[str, Any]) -> dict[
     return Snapshot(dict(attrs), array_metadata(root, run_id, committed)).document()
 
 
-def write_final_document(root: StoreRoot, run_id: str, attrs: dict[str, Any]) -> None:
-    """Write :func:`final_document` in one atomic replace of the root ``zarr.json``."""
+def write_final_document(root: StoreRoot, run_id: str, attrs: dict[str, Any], *, durable: bool = False) -> None:
+    """Write :func:`final_document` in one atomic replace of the root ``zarr.json`` (fsynced: ``durable``)."""
     document = final_document(root, run_id, attrs)
-    root.write_bytes(run_id, "zarr.json", json.dumps(document, indent=2, allow_nan=False).encode())
+    root.write_bytes(run_id, "zarr.json", json.dumps(document, indent=2, allow_nan=False).encode(), durable=durable)
 
 
 def shrink_arrays(root: StoreRoot, run_id: str, committed: int, arrays: Mapping[str, Any] | None = None) -> None:

@@ -9,6 +9,7 @@ bit-identically. The run stops early (``stop_loss``) so that finishing really sh
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import numpy as np
@@ -20,6 +21,7 @@ from trajscope import open_run
 from trajscope.producer import produce, resume
 from trajscope.store import StoreRoot, UserError, list_runs
 from trajscope.store import faults
+from trajscope.store.chunkio import stale_temporaries
 from trajscope.store.fsck import fsck_run
 
 VARIABLES = ("W", "v", "loss", "output", "step", "t")
@@ -27,7 +29,7 @@ VARIABLES = ("W", "v", "loss", "output", "step", "t")
 #: by at least one chunk, so the 2nd covers two or more). Not the 3rd commit: the writer thread commits whatever
 #: is written when it wakes, so on a loaded machine a run may need only two commits, the last at close, and
 #: never reach a 3rd: the likely cause of a failure seen once in about 30 runs with both cores kept busy.
-NTH = {"write.chunk": 3, "commit.attrs": 2}
+NTH = {"write.chunk": 3, "commit.attrs": 2, "write.renaming": 5}
 
 
 def base_config(small_config, stop_loss=None):
@@ -70,6 +72,7 @@ def complete_and_compare(root, name, config, ref):
         produce(config, root=root, name=name)  # replaces a half-created run
     elif status != "complete":
         resume(name, root=root)
+    assert stale_temporaries(store.run_url(name)) == []  # resume removed what a kill left in mid-write
     report = fsck_run(store, name, repair=True)
     assert report.ok, report.problems
     assert fsck_run(store, name).ok
@@ -139,6 +142,10 @@ def test_sigkill_at_point(point, tmp_path, reference, python_env, monkeypatch):
     else:
         run_cli(["produce", str(path), "--name", "r"], python_env, point, tmp_path)
     check_stopped_run(tmp_path, "r", point, ref)
+    if point == "write.renaming":  # killed between writing a chunk's temporary file and renaming it
+        left = stale_temporaries(StoreRoot(tmp_path).run_url("r"))
+        assert left and all(os.path.basename(p).startswith(".tmp-") for p in left)
+        assert [p for p in fsck_run(StoreRoot(tmp_path), "r").problems if "temporary file" in p]
     complete_and_compare(tmp_path, "r", config, ref)
 
 
@@ -155,5 +162,7 @@ def test_exception_at_point(point, tmp_path, reference, monkeypatch):
         else:
             produce(config, root=tmp_path, name="r")
     monkeypatch.delenv(faults.ENV)
+    if StoreRoot(tmp_path).exists("r"):  # a failed write removes its temporary file: none is ever left
+        assert stale_temporaries(StoreRoot(tmp_path).run_url("r")) == []
     check_stopped_run(tmp_path, "r", point, ref)
     complete_and_compare(tmp_path, "r", config, ref)

@@ -479,9 +479,9 @@ def test_fsync_durability_fsyncs_chunks_and_directories_before_the_commit_then_t
 
     real_write_attrs = StoreRoot.write_attrs
 
-    def logging_write_attrs(self, run_id, attrs):
+    def logging_write_attrs(self, run_id, attrs, **kwargs):
         log.append(("attrs", str(attrs["committed_steps"])))
-        real_write_attrs(self, run_id, attrs)
+        real_write_attrs(self, run_id, attrs, **kwargs)
 
     monkeypatch.setattr(os, "fsync", logging_fsync)
     monkeypatch.setattr(StoreRoot, "write_attrs", logging_write_attrs)
@@ -506,9 +506,21 @@ def test_fsync_durability_fsyncs_chunks_and_directories_before_the_commit_then_t
         while len(parent) >= len(run_dir):
             assert parent in fsynced_before, parent
             parent = os.path.dirname(parent)
-    assert ("fsync", os.path.join(run_dir, "zarr.json")) in after and ("fsync", run_dir) in after
-    assert after.index(("fsync", os.path.join(run_dir, "zarr.json"))) < after.index(("fsync", run_dir))
-    writer.finish("complete")
+    # the attributes document: its data fsynced as its temporary file, before the rename; then the directory
+    document_data = [i for i, (kind, path) in enumerate(after)
+                     if os.path.dirname(path) == run_dir and os.path.basename(path).startswith(".tmp-")]
+    assert document_data and ("fsync", run_dir) in after and document_data[0] < after.index(("fsync", run_dir))
+    # growing: every array's metadata is fsynced after its resize, before the attributes name the capacity
+    log.clear()
+    writer.grow(2 * writer.capacity)
+    grown_at = log.index(("attrs", str(2 * T)))
+    for name in writer.arrays:
+        assert ("fsync", os.path.join(run_dir, name, "zarr.json")) in log[:grown_at], name
+    assert any(os.path.basename(path).startswith(".tmp-") for _, path in log[grown_at:])
+    log.clear()
+    writer.finish("complete")  # the final document too
+    assert any(os.path.dirname(p) == run_dir and os.path.basename(p).startswith(".tmp-") for _, p in log)
+    assert ("fsync", run_dir) in log
 
 
 def test_process_durability_does_not_fsync(tmp_path, monkeypatch):
@@ -517,5 +529,6 @@ def test_process_durability_does_not_fsync(tmp_path, monkeypatch):
     writer = _writer(StoreRoot(tmp_path))
     writer.write_block(0, _block(0, writer.chunk_steps))
     writer.commit(writer.chunk_steps)
-    assert calls == []
+    writer.grow(2 * writer.capacity)
     writer.finish("complete")
+    assert calls == []

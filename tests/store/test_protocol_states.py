@@ -126,3 +126,22 @@ def test_fsck_finds_a_corrupt_and_a_missing_chunk(tmp_path, python_env):
     assert lines[0].startswith("run 'r': 2 problems")
     assert any("W at index 8" in line and "does not decode" in line for line in lines[1:])
     assert any(f"chunk(s) of loss are missing, e.g. {loss_key}" in line for line in lines[1:])
+
+
+def test_fsck_reports_temporary_files_a_killed_writer_left_and_repair_removes_them(tmp_path, python_env):
+    """A writer killed between writing a chunk's temporary file and renaming it leaves that file (the named
+    fault point ``write.renaming`` does it for real in tests/producer/test_fault_points.py); here the run was
+    never resumed, so ``fsck --repair`` removes it, and the data are untouched."""
+    root = StoreRoot(tmp_path)
+    writer, values = written_run(root)
+    writer.finish("interrupted")
+    left = tmp_path / "r.zarr" / "W" / "c" / "5" / "0" / ".tmp-4242-1-0"
+    left.parent.mkdir(parents=True, exist_ok=True)
+    left.write_bytes(b"half a chunk")
+    report = fsck_run(root, "r")
+    assert [p for p in report.problems if "1 temporary file(s)" in p and "W/c/5/0/.tmp-4242-1-0" in p]
+    proc = subprocess.run(["trajscope", "fsck", "r", "--root", str(tmp_path), "--repair"], env=python_env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not left.exists() and fsck_run(root, "r").ok
+    assert_values(open_run("r", root).load(), values)

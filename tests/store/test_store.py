@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -56,6 +58,23 @@ def test_layout_chunks_codecs_and_attributes(tmp_path):
     assert attrs["status"] == "running" and attrs["committed_steps"] == 0
     assert {"trajscope", "zarr", "numpy", "python", "torch"} <= set(attrs["versions"])
     writer.finish("complete")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_files_get_the_mode_a_plain_open_gives_them(tmp_path, umask, mode):
+    """The root document, array metadata and chunk files are readable by other users unless the umask says
+    otherwise (a server in a container may run as another user than the producer)."""
+    old = os.umask(umask)
+    try:
+        writer = new_writer(StoreRoot(tmp_path))
+        writer.write_block(0, block(0, writer.chunk_steps)).wait(20)
+        writer.commit()
+        writer.finish("complete")
+    finally:
+        os.umask(old)
+    run = tmp_path / "r.zarr"
+    for path in (run / "zarr.json", run / "W" / "zarr.json", run / "W" / "c" / "0" / "0" / "0"):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
 
 
 def test_readers_trim_to_committed_steps_and_see_fresh_metadata(tmp_path):

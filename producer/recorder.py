@@ -551,10 +551,13 @@ class Recorder:
     # -- writer-thread side (and the hand-off: _submit runs on the training thread on the CPU; the
     # -- done-callbacks _block_written and _release on the store's write threads) ---------------------
     def _write_loop(self) -> None:
+        """The writer thread: hands staged chunks to the store, commits when due. Whatever raises here is the
+        run's error (the training thread raises it at its next hand-off or wait), and the thread keeps taking
+        hand-offs, freeing their buffers, until :meth:`close`: a loop never waits on a dead thread."""
         while True:
             timeout = HEARTBEAT_SECONDS / 2
             committing = self._error is None and self._process is None  # (a writer process commits itself)
-            if committing and getattr(self.writer, "written_steps", 0) > self.committed:
+            if committing and self._behind_commit():
                 timeout = min(timeout, max(self._seconds_until_commit(), 0.005))  # commit when due
             try:
                 item = self._filled.get(timeout=timeout)
@@ -571,6 +574,15 @@ class Recorder:
                 self._guard(self._commit_if_due)
         if self._error is None and self._process is None:  # closing: everything handed off written, then committed
             self._guard(self._commit_all)
+
+    def _behind_commit(self) -> bool:
+        """Whether states are written but not committed (the first call builds the store's write path)."""
+        try:
+            return getattr(self.writer, "written_steps", 0) > self.committed
+        except BaseException as exc:  # noqa: BLE001 - reported to the training thread
+            if self._error is None:
+                self._error = exc
+            return False
 
     def _guard(self, action) -> None:
         try:

@@ -620,3 +620,36 @@ def test_recording_waits_add_to_what_a_run_holds_and_keep_what_they_do_not_know(
     previous = {"store_seconds": 2.0, "close_seconds": None, "device_seconds": "x", "seconds": 5, "later": [1]}
     assert recording_waits(previous, segment, 10.0) == {"store_seconds": 3.5, "close_seconds": 0.25,
                                                         "device_seconds": 0.0, "seconds": 15.0, "later": [1]}
+
+
+class StoreFailingOnFirstUse(CollectingWriter):
+    """A writer whose write path fails to build when first touched (``written_steps``, as RunWriter builds its
+    HotPath there): on a GPU only the recorder's writer thread touches it."""
+
+    write_pool_size, block_threads = 2, 1
+
+    @property
+    def written_steps(self):
+        raise OSError("the store's write path could not be built")
+
+
+def test_a_writer_thread_failing_outside_a_write_fails_the_run_instead_of_hanging_it():
+    writer = StoreFailingOnFirstUse(2)
+    shapes, dtypes = {"W": (3, 2)}, {"W": torch.float32}
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=2, staging=DeferredStaging(0.0))
+    outcome = []
+
+    def loop():
+        try:
+            for k in range(40):  # 20 chunks through 2 buffers: needs the writer thread to free them
+                recorder.record(W=torch.full((3, 2), float(k)))
+            recorder.close()
+            outcome.append("finished")
+        except RuntimeError as exc:
+            outcome.append(str(exc))
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive(), "the training loop hung on a dead writer thread"
+    assert outcome and "could not be built" in outcome[0], outcome

@@ -260,20 +260,29 @@ class Recorder:
         if process is not None:
             process.open(writer, self._shared, self.columns, on_free=self._free.put,
                          on_commit=self._process_committed, on_error=self._process_failed)
-        if process is None or self._process_staged:
+        try:
+            if preload is not None and start_index % self.chunk:
+                self._preload(preload, start_index)
+        except BaseException:
+            if process is not None:  # nothing was handed to it: nothing of it is the run's
+                process.kill()
+            raise
+        if process is None or self._process_staged:  # last: a recorder that failed to build leaves no thread
             self._thread = threading.Thread(target=self._write_loop, name="trajscope-writer", daemon=True)
             self._thread.start()
-        if preload is not None and start_index % self.chunk:
-            slot = self._slots[self._begin_chunk()]
-            if by_reference:
-                for i in range(start_index - slot.start):
-                    slot.refs[i] = {n: np.asarray(preload[n])[i] for n in self._shapes}
-                slot.exact = False
-                preload = {}
-            for name, rows in preload.items():
-                if name in self.columns:
-                    continue
-                slot.device[name][: len(rows)].copy_(torch.from_numpy(np.asarray(rows)))
+
+    def _preload(self, preload: Mapping[str, np.ndarray], start_index: int) -> None:
+        """Resuming inside a chunk: its committed rows (read back from the store) fill the chunk's start."""
+        slot = self._slots[self._begin_chunk()]
+        if self._by_reference:
+            for i in range(start_index - slot.start):
+                slot.refs[i] = {n: np.asarray(preload[n])[i] for n in self._shapes}
+            slot.exact = False
+            preload = {}
+        for name, rows in preload.items():
+            if name in self.columns:
+                continue
+            slot.device[name][: len(rows)].copy_(torch.from_numpy(np.asarray(rows)))
 
     def _make_slot(self, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, torch.dtype], index: int) -> _Slot:
         if self._by_reference:  # no buffers: each position holds the recorded values themselves

@@ -653,3 +653,17 @@ def test_a_writer_thread_failing_outside_a_write_fails_the_run_instead_of_hangin
     thread.join(20)
     assert not thread.is_alive(), "the training loop hung on a dead writer thread"
     assert outcome and "could not be built" in outcome[0], outcome
+
+
+def test_a_recorder_that_fails_to_build_leaves_no_writer_thread():
+    """Resuming inside a chunk with rows of the wrong shape fails in the constructor, and no writer thread
+    outlives it (one would go on rewriting the run's attributes with its heartbeat)."""
+    def writer_threads():
+        return [t for t in threading.enumerate() if t.name == "trajscope-writer" and t.is_alive()]
+
+    before = len(writer_threads())
+    writer = CollectingWriter(4)
+    with pytest.raises(RuntimeError):
+        Recorder(writer, {"W": (3, 2)}, {"W": torch.float32}, torch.device("cpu"), buffers=2,
+                 staging=DeferredStaging(0.0), start_index=2, preload={"W": np.zeros((2, 5, 5), np.float32)})
+    assert len(writer_threads()) == before

@@ -325,14 +325,20 @@ class ModuleRecorder:
         self._closed = True
         if self.recorder is None:
             self._start()
+        interrupt = None
         try:
             committed = self.recorder.close()
+        except KeyboardInterrupt as exc:  # while the last chunks were written: end the run, then stop
+            committed, interrupt = self.recorder.committed, exc
+            status = "interrupted" if status == "complete" else status
         except Exception as exc:  # noqa: BLE001 - the writer failed: the run says so
             committed, status, error = self.recorder.committed, "failed", error or f"writer: {exc}"
         last = int(self.writer.arrays["step"][committed - 1]) if committed else 0
         started = self._recording_started if self._recording_started is not None else time.perf_counter()
         waits = recording_waits(run_attr(self.writer.attrs, "recording_waits"), self.recorder,
                                 time.perf_counter() - started)
-        self.writer.finish(status, error, last_step=last, recording_waits=waits)
+        self.writer.finish(status, error, last_step=last, recording_waits=waits)  # (releases the lock)
         self.status = status
+        if interrupt is not None:
+            raise interrupt
         return self.location

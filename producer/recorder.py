@@ -500,6 +500,8 @@ class Recorder:
     def close(self) -> int:
         """Flush the partial chunk, wait for the writer thread, return ``committed_steps``.
 
+        A Ctrl-C (``KeyboardInterrupt``) during close is raised after the writer thread has stopped: the
+        caller ends the run ``interrupted`` over :attr:`committed`.
         The writer thread is stopped (after committing what was handed over) even when handing over the
         partial chunk raises. The time it takes is :attr:`closing_seconds`.
         """
@@ -522,14 +524,14 @@ class Recorder:
         except BaseException:
             if self._process is None or self._process_staged:
                 self._filled.put(None)
-                self._thread.join()
+                self._join_writer_thread()
             if self._process is not None:  # what the process committed is the run's: never finish over it
                 self._stop_process()
             raise
         if self._process is not None:
             if self._process_staged:  # every chunk handed to the writer thread reaches the process first
                 self._filled.put(None)
-                self._thread.join()
+                self._join_writer_thread()
             try:
                 said = self._process.close()
             finally:
@@ -541,9 +543,19 @@ class Recorder:
                     "states committed): the run is not complete; `trajscope resume` continues it")
             return self.committed
         self._filled.put(None)
-        self._thread.join()
+        self._join_writer_thread()
         self._raise_if_failed()
         return self.committed
+
+    def _join_writer_thread(self) -> None:
+        """Wait for the writer thread to write and commit what it was handed (a few chunks at most). A Ctrl-C
+        meanwhile is raised once it has, so the caller ends the run over what is committed and no thread
+        commits behind its back; a second Ctrl-C is raised at once."""
+        try:
+            self._thread.join()
+        except KeyboardInterrupt:
+            self._thread.join()
+            raise
 
     def _stop_process(self) -> None:
         """Handing over the partial chunk failed (e.g. a GPU's copy raised after a device error): let the

@@ -362,6 +362,8 @@ def _train(
             torch.set_flush_denormal(False)  # the flag is per thread: leave the caller's numerics alone
     try:
         committed = recorder.close()
+    except KeyboardInterrupt:  # while the last chunks were written: the run ends over what is committed
+        committed, status = recorder.committed, "interrupted" if status == "complete" else status
     except Exception as exc:  # noqa: BLE001
         committed = recorder.committed
         status, error = "failed", error or f"writer: {exc}"

@@ -64,3 +64,35 @@ def python_env() -> dict:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture
+def interrupt_writer_join(monkeypatch):
+    """``interrupt_writer_join()`` makes the first wait for a recorder's writer thread raise
+    ``KeyboardInterrupt`` while that thread still commits (its final commit is delayed 0.3 s): a user's
+    Ctrl-C during ``close``, without a real signal. Returns the log ``["interrupted", "committed"]`` fills."""
+    import threading
+    import time
+
+    from trajscope.producer.recorder import Recorder
+
+    def arm(commit_delay: float = 0.3) -> list[str]:
+        log: list[str] = []
+        join, commit_all = threading.Thread.join, Recorder._commit_all
+
+        def interrupted_join(self, timeout=None):
+            if self.name == "trajscope-writer" and "interrupted" not in log:
+                log.append("interrupted")
+                raise KeyboardInterrupt
+            return join(self, timeout)
+
+        def slow_commit_all(self):
+            time.sleep(commit_delay)
+            commit_all(self)
+            log.append("committed")
+
+        monkeypatch.setattr(threading.Thread, "join", interrupted_join)
+        monkeypatch.setattr(Recorder, "_commit_all", slow_commit_all)
+        return log
+
+    return arm

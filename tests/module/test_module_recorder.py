@@ -266,3 +266,28 @@ def test_a_parameter_of_no_values_is_recorded_with_the_rest(tmp_path):
     assert ds.attrs["status"] == "complete" and ds.attrs["committed_steps"] == 31 and ds.attrs["chunk_steps"] < 31
     assert ds["unused"].shape == (31, 0, 12)
     np.testing.assert_array_equal(ds["fc2.weight"].values, np.stack([c["fc2.weight"].numpy() for c in copies]))
+
+
+def test_a_ctrl_c_while_closing_ends_the_run_interrupted_over_everything_written(tmp_path, monkeypatch,
+                                                                                interrupt_writer_join):
+    """The interrupt is raised after the writer thread has committed what it was handed; the run ends
+    ``interrupted`` (not left ``running`` with its lock held), and resumes in the same process."""
+    torch.manual_seed(6)
+    model = MLP()
+    x, y = data()
+    rec = trajscope.ModuleRecorder(model, root=tmp_path, name="cut", chunk_mib=0.002)
+    rec.record()
+    train(model, x, y, 20, rec)
+    log = interrupt_writer_join()
+    with pytest.raises(KeyboardInterrupt):
+        rec.close()
+    assert log == ["interrupted", "committed"]
+    ds = trajscope.open_run(tmp_path / "cut.zarr")
+    assert ds.attrs["status"] == "interrupted" and ds.attrs["committed_steps"] == 21 and rec.status == "interrupted"
+    np.testing.assert_array_equal(ds["fc2.weight"].values[-1], model.fc2.weight.detach().numpy())
+    monkeypatch.undo()
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="cut", chunk_mib=0.002, resume=True) as again:
+        again.last_state()
+        train(model, x, y, 25, again, start=again.step)
+    done = trajscope.open_run(tmp_path / "cut.zarr")
+    assert done.attrs["status"] == "complete" and done.attrs["committed_steps"] == 26

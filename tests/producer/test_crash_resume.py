@@ -225,3 +225,23 @@ def test_the_waits_of_an_interrupted_run_and_its_resume_add_up(tmp_path, small_c
     assert before["seconds"] + second.store_close_seconds < after["seconds"] <= before["seconds"] + second.seconds
     assert after["close_seconds"] == pytest.approx(before["close_seconds"] + second.store_close_seconds, abs=1e-5)
     assert after["store_seconds"] == pytest.approx(before["store_seconds"] + second.store_wait_seconds, abs=1e-5)
+
+
+def test_a_ctrl_c_while_the_last_chunks_are_written_ends_the_run_interrupted(tmp_path, small_config,
+                                                                             interrupt_writer_join):
+    """``produce`` treats a Ctrl-C during its recorder's close like one in the loop: the run ends ``interrupted``
+    over everything the writer thread committed (not ``running`` with its lock held)."""
+    config = small_config(train={"steps": 80})
+    produce(config, root=tmp_path, name="ref")
+    ref = open_run("ref", tmp_path).load()
+    log = interrupt_writer_join()
+    try:
+        result = produce(config, root=tmp_path, name="r")
+    except KeyboardInterrupt:  # (not left to stop the whole test session)
+        pytest.fail("the Ctrl-C during close escaped produce instead of ending the run interrupted")
+    assert log == ["interrupted", "committed"]
+    assert result.status == "interrupted" and result.committed_steps == ref.sizes["step"] == 81
+    ds = open_run("r", tmp_path)
+    assert ds.attrs["status"] == "interrupted" and ds.attrs["committed_steps"] == 81
+    for name in VARIABLES:
+        np.testing.assert_array_equal(ds[name].values, ref[name].values, err_msg=name)

@@ -593,8 +593,11 @@ class Recorder:
                     self._release(item)
             if self._error is None and self._process is None:  # (a writer process commits itself)
                 self._guard(self._commit_if_due)
-        if self._error is None and self._process is None:  # closing: everything handed off written, then committed
-            self._guard(self._commit_all)
+        if self._process is None:  # closing: everything handed off written, then committed
+            if self._error is None:
+                self._guard(self._commit_all)
+            else:
+                self._salvage()
 
     def _behind_commit(self) -> bool:
         """Whether states are written but not committed (the first call builds the store's write path)."""
@@ -674,6 +677,23 @@ class Recorder:
             self.committed = self.writer.committed_steps
         elif self.writer.heartbeat_due():
             self.writer.commit(self.committed)
+
+    def _salvage(self) -> None:
+        """After a failure: commit the states that every block before it holds, all fully written (the
+        frontier never passes a failed block). Best effort: if this fails too, the last commit stands."""
+        try:
+            drain = getattr(self.writer, "drain_writes", None)
+            if drain is not None:
+                drain()  # the blocks handed over before the failure finish (or fail) first
+            written = getattr(self.writer, "written_steps", None)
+            if written is None:
+                return
+            target = min(written, self._handed if self._cut is None else min(self._handed, self._cut))
+            if target > self.committed:
+                self.writer.commit(target)
+                self.committed = target
+        except Exception:  # noqa: BLE001 - the run already fails with the first error
+            pass
 
     def _commit_all(self) -> None:
         target = self._handed if self._cut is None else min(self._handed, self._cut)

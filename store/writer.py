@@ -368,6 +368,12 @@ class RunWriter:
         """Seconds before :meth:`commit_if_due` would commit (0 when it would now)."""
         return max(0.0, self.commit_seconds - (time.monotonic() - self._last_write))
 
+    def drain_writes(self) -> None:
+        """Wait for every chunk write in flight to end (written or failed); the write threads keep running."""
+        hot = self._hotpath
+        if hot is not None:
+            hot.drain()
+
     def close_writes(self) -> None:
         """Wait for every chunk write in flight and stop the write threads (``finish`` calls it)."""
         with self._hot_guard:

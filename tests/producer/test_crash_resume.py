@@ -245,3 +245,32 @@ def test_a_ctrl_c_while_the_last_chunks_are_written_ends_the_run_interrupted(tmp
     assert ds.attrs["status"] == "interrupted" and ds.attrs["committed_steps"] == 81
     for name in VARIABLES:
         np.testing.assert_array_equal(ds[name].values, ref[name].values, err_msg=name)
+
+
+def test_a_full_disk_keeps_every_chunk_written_before_it(tmp_path, small_config, monkeypatch):
+    """The 4th chunk file of ``W`` fails (no space left) in a run that would commit only at its end: the run
+    fails, and the three blocks written before the failure are committed all the same, equal to an
+    uninterrupted run's; nothing of the failed block is."""
+    import errno
+
+    from trajscope.store.chunkio import LocalSink
+
+    config = small_config(train={"steps": 80}, record={"chunk_mib": 0.002, "commit_seconds": 60})
+    produce(config, root=tmp_path, name="ref")
+    ref = open_run("ref", tmp_path).load()
+    chunk = ref.attrs["chunk_steps"]
+    assert 81 > 4 * chunk
+    put = LocalSink.put
+
+    def disk_full_at_the_fourth_chunk(self, key, parts):
+        if key.startswith("W/c/3/"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        put(self, key, parts)
+
+    monkeypatch.setattr(LocalSink, "put", disk_full_at_the_fourth_chunk)
+    with pytest.raises(RuntimeError, match="No space left"):
+        produce(config, root=tmp_path, name="full")
+    ds = open_run("full", tmp_path).load()
+    assert ds.attrs["status"] == "failed" and ds.attrs["committed_steps"] == 3 * chunk
+    for name in VARIABLES:
+        np.testing.assert_array_equal(ds[name].values, ref[name].values[: 3 * chunk], err_msg=name)

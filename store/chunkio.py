@@ -181,7 +181,7 @@ class LocalSink:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            faults.checkpoint("write.renaming")
+            faults.checkpoint("write.renaming", key)
             os.replace(tmp, path)
         except BaseException:  # e.g. a full disk: no partial file is left behind
             _unlink_quietly(tmp)

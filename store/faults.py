@@ -1,10 +1,13 @@
 """Named points of the commit protocol, where a test can stop the writer (fault injection).
 
 The writer calls :func:`checkpoint` at each named step of create, write, commit, finish and resume.
-Normally it does nothing. With ``TRAJSCOPE_FAULT=POINT[:ACTION[:N]]`` in the environment the writer
-stops at the ``N``-th time (default 1) it reaches ``POINT``: ``kill`` (default) sends itself SIGKILL, as a
-crash or power cut would; ``raise`` raises :class:`InjectedFault`, as an exception inside the writer
-would. The crash tests visit every point of :data:`POINTS`; a random-time kill would miss short windows.
+Normally it does nothing. With ``TRAJSCOPE_FAULT=POINT[:ACTION[:N[:PREFIX]]]`` in the environment the
+writer stops at the ``N``-th time (default 1) it reaches ``POINT``, and every time after:
+``kill`` (default) sends itself SIGKILL, as a crash or power cut would; ``raise`` raises
+:class:`InjectedFault`, as an exception inside the writer would. With ``PREFIX`` only visits whose detail
+(at ``write.renaming``, the chunk's key) starts with it count: ``write.renaming:raise:1:W/c/3/`` fails the
+4th chunk file of ``W`` alone, as a disk that fills up there would. The crash tests visit every point of
+:data:`POINTS`; a random-time kill would miss short windows.
 """
 
 from __future__ import annotations
@@ -42,15 +45,19 @@ class InjectedFault(RuntimeError):
     """Raised at a fault point when ``TRAJSCOPE_FAULT`` asks for ``raise``."""
 
 
-def checkpoint(name: str) -> None:
-    """Mark that the writer reached the named point; stop here if ``TRAJSCOPE_FAULT`` says so."""
+def checkpoint(name: str, detail: str = "") -> None:
+    """Mark that the writer reached the named point (``detail``: what it is at, e.g. a key); stop here if
+    ``TRAJSCOPE_FAULT`` says so."""
     spec = os.environ.get(ENV)
     if not spec:
         return
     point, _, rest = spec.partition(":")
     if point != name:
         return
-    action, _, nth = rest.partition(":")
+    action, _, rest = rest.partition(":")
+    nth, _, prefix = rest.partition(":")
+    if not detail.startswith(prefix):
+        return
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] < int(nth or 1):
         return

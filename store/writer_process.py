@@ -421,6 +421,14 @@ def _serve(conn: Connection, send_lock: threading.Lock, message: dict, fds: list
             error.append(exc)
             send(("error", _one_line(exc)))
     elif writer is not None:
+        try:  # best effort: every block written before the failure is committed all the same
+            writer.drain_writes()
+            target = min(writer.written_steps, handed)
+            if target > committed:
+                writer.commit(target)
+                committed = target
+        except Exception:  # noqa: BLE001 - the first error is the one reported
+            pass
         try:
             writer.close_writes()
         except Exception:  # noqa: BLE001 - the first error is the one reported

@@ -380,3 +380,24 @@ def test_a_writer_process_started_before_the_data_size_was_known_is_stopped_when
     assert len(killed) == 1 and killed[0].proc.poll() is not None
     assert result.status == "complete" and result.committed_steps == 41
     assert open_run("npz", tmp_path / "runs").attrs["committed_steps"] == 41
+
+
+def test_a_failed_chunk_write_in_the_writer_process_keeps_the_blocks_written_before_it(tmp_path, small_config,
+                                                                                        monkeypatch):
+    """The 4th chunk file of ``W`` fails in the writer process, in a run that would commit only at its end: the
+    blocks written before the failure are committed all the same (the process drains, then commits them),
+    equal to the thread's run; nothing of the failed block is."""
+    config = small_config(train={"steps": 200}, record={"writer": "process", "commit_seconds": 60,
+                                                        "chunk_mib": 0.002})
+    monkeypatch.setenv(faults.ENV, "write.renaming:raise:1:W/c/3/")  # inherited by the writer process
+    with pytest.raises(RuntimeError, match="injected fault at write.renaming"):
+        produce(config, root=tmp_path, name="broken")
+    monkeypatch.delenv(faults.ENV)
+    ds = open_run("broken", tmp_path).load()
+    committed, chunk = ds.attrs["committed_steps"], ds.attrs["chunk_steps"]
+    assert ds.attrs["status"] == "failed" and committed == 3 * chunk
+    produce(small_config(train={"steps": 200}, record={"writer": "thread", "chunk_mib": 0.002}), root=tmp_path,
+            name="whole")
+    whole = open_run("whole", tmp_path).load()
+    for name in ("W", "v", "loss", "output", "step", "t"):
+        np.testing.assert_array_equal(ds[name].values, whole[name].values[:committed], err_msg=name)

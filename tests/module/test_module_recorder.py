@@ -230,15 +230,22 @@ def test_a_slow_store_shows_in_the_wait_for_it(tmp_path, monkeypatch):
     np.testing.assert_array_equal(ds["fc2.weight"].values[-1], model.fc2.weight.detach().numpy())
 
 
+def _recording_open(root, name, steps, *, seed):
+    """A fresh MLP trained ``steps`` SGD steps, each recorded by a ModuleRecorder left open (small chunks):
+    the model, the data and the recorder."""
+    torch.manual_seed(seed)
+    model = MLP()
+    x, y = data()
+    rec = trajscope.ModuleRecorder(model, root=root, name=name, chunk_mib=0.002)
+    rec.record()
+    train(model, x, y, steps, rec)
+    return model, x, y, rec
+
+
 def test_a_resumed_run_adds_its_waits_to_the_first_part(tmp_path, monkeypatch):
     """``recording_waits`` of a run continued with ``resume=True`` holds both parts' waits."""
     _slow_weight_files(monkeypatch)
-    torch.manual_seed(4)
-    model = MLP()
-    x, y = data()
-    first = trajscope.ModuleRecorder(model, root=tmp_path, name="twice", chunk_mib=0.002)
-    first.record()
-    train(model, x, y, 30, first)
+    model, x, y, first = _recording_open(tmp_path, "twice", 30, seed=4)
     first_wait = first.store_wait_seconds
     first.close("interrupted")
     before = run_attr(trajscope.open_run(tmp_path / "twice.zarr").attrs, "recording_waits")
@@ -272,12 +279,7 @@ def test_a_ctrl_c_while_closing_ends_the_run_interrupted_over_everything_written
                                                                                 interrupt_writer_join):
     """The interrupt is raised after the writer thread has committed what it was handed; the run ends
     ``interrupted`` (not left ``running`` with its lock held), and resumes in the same process."""
-    torch.manual_seed(6)
-    model = MLP()
-    x, y = data()
-    rec = trajscope.ModuleRecorder(model, root=tmp_path, name="cut", chunk_mib=0.002)
-    rec.record()
-    train(model, x, y, 20, rec)
+    model, x, y, rec = _recording_open(tmp_path, "cut", 20, seed=6)
     log = interrupt_writer_join()
     with pytest.raises(KeyboardInterrupt):
         rec.close()

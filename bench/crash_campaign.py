@@ -96,9 +96,12 @@ def check(root: Path, ref, counts: dict, last_committed: int) -> tuple[str | Non
     from trajscope import open_run
     from trajscope.store import StoreRoot, UserError
 
+    from trajscope.store.chunkio import stale_temporaries
+
     store = StoreRoot(root)
     if not store.exists("r"):
         return None, 0
+    counts["temporary files a kill left (resume removes them)"] += len(stale_temporaries(store.run_url("r")))
     try:
         ds = open_run("r", root)
     except UserError as err:
@@ -130,6 +133,7 @@ def main() -> None:
     args = parser.parse_args()
     from trajscope import open_run
     from trajscope.store import StoreRoot
+    from trajscope.store.chunkio import stale_temporaries
     from trajscope.store.fsck import fsck_run
 
     rng = random.Random(args.seed)
@@ -149,11 +153,14 @@ def main() -> None:
     counts = dict.fromkeys([
         "kills", "kills during produce", "kills during resume", "killed while creating (refused, replaceable)",
         "lost committed steps", "torn chunks (runs failing to decode)", "unopenable runs",
-        "non-identical committed prefixes", "completed runs", "non-identical completed runs"], 0)
+        "non-identical committed prefixes", "completed runs", "non-identical completed runs",
+        "temporary files a kill left (resume removes them)", "temporary files left in completed runs"], 0)
     last_committed, status = 0, None
 
     def completed() -> None:
         nonlocal last_committed, status
+        # a resume removes what a kill left in mid-write: a completed run holds no temporary file
+        counts["temporary files left in completed runs"] += len(stale_temporaries(StoreRoot(root).run_url("r")))
         report = fsck_run(StoreRoot(root), "r", repair=True)  # finishes a finish killed after its status write
         final = open_run("r", root).load()
         counts["completed runs"] += 1

@@ -329,6 +329,8 @@ class ModuleRecorder:
         try:
             committed = self.recorder.close()
         except KeyboardInterrupt as exc:  # while the last chunks were written: end the run, then stop
+            if not self.recorder.stopped:  # a second Ctrl-C while its writer still runs: `resume` ends the run
+                raise
             committed, interrupt = self.recorder.committed, exc
             status = "interrupted" if status == "complete" else status
         except Exception as exc:  # noqa: BLE001 - the writer failed: the run says so

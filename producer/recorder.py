@@ -500,8 +500,9 @@ class Recorder:
     def close(self) -> int:
         """Flush the partial chunk, wait for the writer thread, return ``committed_steps``.
 
-        A Ctrl-C (``KeyboardInterrupt``) during close is raised after the writer thread has stopped: the
-        caller ends the run ``interrupted`` over :attr:`committed`.
+        A Ctrl-C (``KeyboardInterrupt``) during close is raised after the writer thread (or process) has
+        stopped: the caller ends the run ``interrupted`` over :attr:`committed`. After a second Ctrl-C the
+        thread may still run (:attr:`stopped` is False): the caller leaves the run to ``resume``.
         The writer thread is stopped (after committing what was handed over) even when handing over the
         partial chunk raises. The time it takes is :attr:`closing_seconds`.
         """
@@ -522,20 +523,28 @@ class Recorder:
                     self._free.put(self._current)
                     self._current = None
         except BaseException:
-            if self._process is None or self._process_staged:
-                self._filled.put(None)
-                self._join_writer_thread()
-            if self._process is not None:  # what the process committed is the run's: never finish over it
-                self._stop_process()
+            try:
+                if self._process is None or self._process_staged:
+                    self._filled.put(None)
+                    self._join_writer_thread()
+            finally:
+                if self._process is not None:  # what the process committed is the run's: never finish over it
+                    self._stop_process()
             raise
         if self._process is not None:
+            interrupt = None
             if self._process_staged:  # every chunk handed to the writer thread reaches the process first
                 self._filled.put(None)
-                self._join_writer_thread()
+                try:
+                    self._join_writer_thread()
+                except KeyboardInterrupt as exc:
+                    interrupt = exc  # (a second one left the thread running: the process is closed all the same)
             try:
-                said = self._process.close()
+                said = self._close_process()
             finally:
                 self.committed = self.writer.reload_committed()  # what the writer process left committed
+            if interrupt is not None:
+                raise interrupt
             self._raise_if_failed()
             if said < 0:  # it never confirmed the final commit: states handed off may not be on disk
                 raise WriterProcessError(
@@ -550,12 +559,35 @@ class Recorder:
     def _join_writer_thread(self) -> None:
         """Wait for the writer thread to write and commit what it was handed (a few chunks at most). A Ctrl-C
         meanwhile is raised once it has, so the caller ends the run over what is committed and no thread
-        commits behind its back; a second Ctrl-C is raised at once."""
+        commits behind its back; a second Ctrl-C is raised at once (then :attr:`stopped` is False while the
+        thread still runs, and the caller must not end the run: ``resume`` does, later)."""
         try:
             self._thread.join()
         except KeyboardInterrupt:
             self._thread.join()
             raise
+
+    def _close_process(self) -> int:
+        """The writer process's final commit and exit (its ``committed_steps``, -1 if it never said). A Ctrl-C
+        meanwhile waits for them all the same and is raised after; a second one kills the process at once
+        (nothing more is committed)."""
+        try:
+            return self._process.close()
+        except KeyboardInterrupt:
+            try:
+                self._process.close()
+            except KeyboardInterrupt:
+                self._process.kill()
+            raise
+
+    @property
+    def stopped(self) -> bool:
+        """Nothing of this recorder writes or commits any more: its writer process has exited (with one, the
+        writer thread never commits), or else its writer thread has ended. A run is ended only then."""
+        if self._process is not None:
+            return self._process.proc.poll() is not None
+        thread = getattr(self, "_thread", None)
+        return thread is None or not thread.is_alive()
 
     def _stop_process(self) -> None:
         """Handing over the partial chunk failed (e.g. a GPU's copy raised after a device error): let the

@@ -363,6 +363,8 @@ def _train(
     try:
         committed = recorder.close()
     except KeyboardInterrupt:  # while the last chunks were written: the run ends over what is committed
+        if not recorder.stopped:  # a second Ctrl-C while its writer still runs: `resume` ends the run later
+            raise
         committed, status = recorder.committed, "interrupted" if status == "complete" else status
     except Exception as exc:  # noqa: BLE001
         committed = recorder.committed

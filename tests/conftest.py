@@ -70,18 +70,19 @@ PYTHON = sys.executable
 def interrupt_writer_join(monkeypatch):
     """``interrupt_writer_join()`` makes the first wait for a recorder's writer thread raise
     ``KeyboardInterrupt`` while that thread still commits (its final commit is delayed 0.3 s): a user's
-    Ctrl-C during ``close``, without a real signal. Returns the log ``["interrupted", "committed"]`` fills."""
+    Ctrl-C during ``close``, without a real signal (``interrupts=2``: the second wait too, a second Ctrl-C).
+    Returns the log that ``"interrupted"`` and ``"committed"`` fill."""
     import threading
     import time
 
     from trajscope.producer.recorder import Recorder
 
-    def arm(commit_delay: float = 0.3) -> list[str]:
+    def arm(commit_delay: float = 0.3, interrupts: int = 1) -> list[str]:
         log: list[str] = []
         join, commit_all = threading.Thread.join, Recorder._commit_all
 
         def interrupted_join(self, timeout=None):
-            if self.name == "trajscope-writer" and "interrupted" not in log:
+            if self.name == "trajscope-writer" and log.count("interrupted") < interrupts:
                 log.append("interrupted")
                 raise KeyboardInterrupt
             return join(self, timeout)

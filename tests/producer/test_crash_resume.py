@@ -274,3 +274,20 @@ def test_a_full_disk_keeps_every_chunk_written_before_it(tmp_path, small_config,
     assert ds.attrs["status"] == "failed" and ds.attrs["committed_steps"] == 3 * chunk
     for name in VARIABLES:
         np.testing.assert_array_equal(ds[name].values, ref[name].values[: 3 * chunk], err_msg=name)
+
+
+def test_a_second_ctrl_c_while_closing_leaves_the_run_to_resume(tmp_path, small_config, interrupt_writer_join):
+    """Two Ctrl-Cs while the writer thread still commits: ``produce`` raises the interrupt at once and does
+    not end the run under the running thread (whose commit would land after a shrink). The thread commits;
+    the run is left ``running``, everything committed, for ``resume``."""
+    import threading
+
+    config = small_config(train={"steps": 80})
+    log = interrupt_writer_join(interrupts=2)
+    with pytest.raises(KeyboardInterrupt):
+        produce(config, root=tmp_path, name="r")
+    for thread in [t for t in threading.enumerate() if t.name == "trajscope-writer"]:
+        thread.join(20)
+    assert log == ["interrupted", "interrupted", "committed"]
+    ds = open_run("r", tmp_path)
+    assert ds.attrs["status"] == "running" and ds.attrs["committed_steps"] == 81 and ds.sizes["step"] == 81

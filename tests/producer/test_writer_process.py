@@ -401,3 +401,44 @@ def test_a_failed_chunk_write_in_the_writer_process_keeps_the_blocks_written_bef
     whole = open_run("whole", tmp_path).load()
     for name in ("W", "v", "loss", "output", "step", "t"):
         np.testing.assert_array_equal(ds[name].values, whole[name].values[:committed], err_msg=name)
+
+
+def test_a_ctrl_c_while_the_writer_process_closes_waits_for_its_final_commit(tmp_path, small_config, monkeypatch):
+    """A Ctrl-C while ``produce`` waits for the writer process's final commit: it is waited for all the same,
+    then the run ends ``interrupted`` over everything the process committed (never over a stale count, which
+    would shrink the arrays below the committed states)."""
+    config = small_config(train={"steps": 80}, record={"writer": "process", "commit_seconds": 60})
+    produce(small_config(train={"steps": 80}, record={"writer": "thread"}), root=tmp_path, name="ref")
+    ref = open_run("ref", tmp_path).load()
+    close, calls = writer_process.WriterProcess.close, []
+
+    def interrupted_close(self, *args, **kwargs):
+        calls.append(self.proc.pid)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # as a Ctrl-C while waiting for the process would
+        return close(self, *args, **kwargs)
+
+    monkeypatch.setattr(writer_process.WriterProcess, "close", interrupted_close)
+    try:
+        result = produce(config, root=tmp_path, name="r")
+    except KeyboardInterrupt:  # (not left to stop the whole test session)
+        pytest.fail("the Ctrl-C while closing escaped produce instead of ending the run interrupted")
+    assert len(calls) == 2 and result.status == "interrupted" and result.committed_steps == 81
+    ds = open_run("r", tmp_path).load()
+    assert ds.attrs["status"] == "interrupted" and ds.attrs["committed_steps"] == 81
+    assert_same_trajectory(ds, ref)
+
+
+def test_a_ctrl_c_while_the_staging_thread_ends_still_closes_the_writer_process(tmp_path, interrupt_writer_join):
+    """GPU-like staging with a writer process: a Ctrl-C while waiting for the writer thread is raised only
+    after the thread has handed every chunk over and the process has committed them and exited."""
+    root, states = StoreRoot(tmp_path), 23
+    recorder, writer, expected, _ = _record_staged(root, "cut", states, process=True)
+    log = interrupt_writer_join()
+    with pytest.raises(KeyboardInterrupt):
+        recorder.close()
+    assert log[0] == "interrupted" and recorder.stopped and recorder.committed == states
+    writer.finish("interrupted")
+    ds = open_run("cut", root)
+    assert ds.attrs["committed_steps"] == states
+    np.testing.assert_array_equal(ds.W.values, expected)

@@ -13,6 +13,7 @@ from trajscope.api.models import ErrorBody, RunDetail, RunList, VariableInfo
 from trajscope.api.serialize import jsonable
 from trajscope.api.state import ApiState, public_root
 from trajscope.store import RunInfo, UserError, describe_run
+from trajscope.store.run_attrs import delete_run as remove_run
 from trajscope.store.snapshot import inside_root
 from trajscope.store.layout import STATUSES
 
@@ -119,12 +120,15 @@ async def delete_run(
     state: State,
     run_id: Annotated[str, Path(description="run id, as listed by GET /api/runs")],
     authorization: Annotated[str | None, Header(description="Bearer TOKEN (RFC 6750)")] = None,
-    force: Annotated[bool, Query(description="delete even while the run's status is running")] = False,
+    force: Annotated[bool, Query(description="delete a run whose status is running but whose writer is gone "
+                                             "(a crashed producer); a run being written is never deleted")] = False,
 ) -> dict[str, Any]:
     check_token(state, authorization)  # before the run is looked up: no 404 tells a stranger what exists
     run = await run_in_threadpool(load_run, state, run_id)
     if run.status == "running" and not force:
         raise HTTPException(409, f"run {run.run_id!r} is running: stop it first, or pass force=true")
-    await run_in_threadpool(state.root.delete, run.run_id)
+    # under the run's writer lock, as `trajscope rm` deletes: a live writer (one that is creating or resuming the
+    # run too) is a 409 RunLocked naming it, and no writer can start while the files go
+    await run_in_threadpool(remove_run, run.run_id, state.root)
     state.forget(run.run_id)
     return {"deleted": run.run_id}

@@ -20,11 +20,12 @@ from fastapi import APIRouter, Header, HTTPException, Request, Response
 
 from trajscope.api.deps import State, load_run
 from trajscope.api.models import ErrorBody
+from trajscope.store.layout import CREATING
 from trajscope.store.served import open_chunk_file
 from trajscope.store.snapshot import KeyNotServed, parse_key, read_key
 
 router = APIRouter(prefix="/zarr", tags=["zarr"], responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody},
-                                                              416: {"model": ErrorBody}})
+                                                              409: {"model": ErrorBody}, 416: {"model": ErrorBody}})
 _RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
 #: more digits than any object size has; longer numbers are refused before ``int()`` (which raises
 #: past 4300 digits and would be slow well before)
@@ -72,6 +73,9 @@ def zarr_key(
     range: Annotated[str | None, Header(description="bytes=a-b (one range)")] = None,
 ) -> Response:
     run = load_run(state, run_id)
+    if run.attrs.get("status") == CREATING:  # its arrays and static data may not exist yet: nothing is served
+        raise HTTPException(409, f"run {run_id!r} is being created, or its producer stopped while creating it: "
+                                 "nothing of it can be read yet; `trajscope produce CONFIG --name` replaces it")
     headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"}
     fd = None
     try:

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from trajscope.store import StoreRoot
+from trajscope.store import RunWriter, StoreRoot, open_run
 
 
 def test_health_and_openapi(client, local_root):
@@ -152,6 +152,19 @@ def test_delete_needs_the_token(tmp_path, write_run, serve):
         assert r.status_code == 401 and root.exists("victim")
         r = httpx.delete(f"{srv.url}/api/runs/busy", headers={"Authorization": "Bearer right-token"})
         assert r.status_code == 409 and "running" in r.json()["detail"] and root.exists("busy")
+        # force=true is for a crashed run: one whose writer is alive (here, a resume holding its lock) is never
+        # deleted; once that writer is gone it is
+        writer = RunWriter.reopen(root, "busy")
+        try:
+            r = httpx.delete(f"{srv.url}/api/runs/busy", params={"force": "true"},
+                             headers={"Authorization": "Bearer right-token"})
+            assert r.status_code == 409 and "being written" in r.json()["detail"] and root.exists("busy")
+            assert open_run("busy", root).sizes["step"] == 8
+        finally:
+            writer.lock.release()
+        r = httpx.delete(f"{srv.url}/api/runs/busy", params={"force": "true"},
+                         headers={"Authorization": "Bearer right-token"})
+        assert r.status_code == 200 and not root.exists("busy")
         r = httpx.delete(f"{srv.url}/api/runs/victim", headers={"Authorization": "Bearer right-token"})
         assert r.status_code == 200 and r.json() == {"deleted": "victim"} and not root.exists("victim")
         assert httpx.get(f"{srv.url}/api/runs/victim").status_code == 404

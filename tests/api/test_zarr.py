@@ -68,6 +68,22 @@ def test_live_run_grows_between_snapshots(tmp_path, write_run, serve):
         assert httpx.get(f"{srv.url}/api/runs/grow/vars/loss").json()["coords"]["step"][-1] == 23
 
 
+def test_a_run_being_created_is_refused_not_served_as_fill_values(tmp_path, write_run, serve):
+    """A run whose creation never completed (or is under way) has no arrays or static data to read yet:
+    every key of it is a 409 saying so, as ``open_run`` refuses it, instead of 404s that a remote
+    ``xr.open_zarr`` would read as fill values."""
+    root = StoreRoot(tmp_path)
+    write_run(root, "half", steps=8, chunk_steps=8)
+    attrs = root.read_attrs("half")
+    root.write_attrs("half", {**attrs, "status": "creating"})  # as a producer killed while creating leaves it
+    with serve(root) as srv:
+        for key in ("zarr.json", "W/zarr.json", "X/c/0/0", "W/c/0/0/0"):
+            r = httpx.get(f"{srv.url}/zarr/half/{key}")
+            assert r.status_code == 409 and "being created" in r.json()["detail"], (key, r.text)
+        with pytest.raises(Exception):
+            remote(f"{srv.url}/zarr/half").load()
+
+
 def test_head_and_byte_ranges(client):
     full = client.get("/zarr/done/W/c/0/0/0")
     assert full.status_code == 200 and full.headers["accept-ranges"] == "bytes"

@@ -206,9 +206,24 @@ def _produce(cfg, store_root, device, name, labels, progress, process) -> RunRes
         compressor=cfg.record.compressor,
         chunk_bytes=int(cfg.record.chunk_mib * 2**20),
     )
-    state = two_layer.init(cfg, X.shape[1], TORCH_DTYPES[dtype])
+    try:
+        state = two_layer.init(cfg, X.shape[1], TORCH_DTYPES[dtype])
+    except BaseException as exc:
+        _end_unstarted(writer, exc)
+        raise
     return _train(cfg, writer, state, X.astype(dtype), y, schedule, device, start_index=0, progress=progress,
                   process=process)
+
+
+def _end_unstarted(writer: RunWriter, exc: BaseException) -> None:
+    """End a run that failed before its recorder existed (nothing new was recorded): ``failed`` with the
+    error (``interrupted`` for a Ctrl-C), its lock released, so that ``resume`` takes it up again. Without
+    this a long-lived process (a notebook, a sweep's worker) kept the run locked after the error."""
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    try:
+        writer.finish("interrupted" if interrupted else "failed", None if interrupted else f"{type(exc).__name__}: {exc}")
+    except Exception:  # noqa: BLE001 - the first error is the one raised (finish releases the lock regardless)
+        pass
 
 
 def resume(
@@ -311,13 +326,8 @@ def _train(
     """Train from ``state`` and record on the schedule from ``start_index``. ``stopped_loss``: the loss of the
     last committed state of a resumed run that had already met ``train.stop_loss`` there (a run killed or
     failed after its final commit): nothing more is trained or recorded, the run is finished as complete."""
-    if device.type == "cpu":
-        torch.set_num_threads(cpu_threads(cfg))
-        torch.set_flush_denormal(cfg.train.flush_denormal)
     dtype = TORCH_DTYPES[cfg.train.dtype]
     h, dim, n = cfg.model.width, X.shape[1], X.shape[0]
-    model = TwoLayerReLU(torch.from_numpy(X).to(device), torch.from_numpy(y.astype(X.dtype)).to(device), cfg.loss)
-    state = State(W=state.W.to(device=device, dtype=dtype), v=state.v.to(device=device, dtype=dtype))
     shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)}
     dtypes = {"W": dtype, "v": dtype, "loss": torch.float64, "output": dtype}
     columns = {"step": schedule, "t": schedule * cfg.train.lr}  # known in advance: nothing to copy per step
@@ -327,12 +337,23 @@ def _train(
     step = int(schedule[index - 1]) if index > 0 else 0
     status, error, loss, started = "complete", None, stopped_loss, time.perf_counter()
     last_report = 0.0
-    writer.set_write_options(durability=cfg.record.durability, threads=cfg.record.write_threads,
-                             commit_seconds=cfg.record.commit_seconds)
-    # the step makes new tensors and never changes a recorded one: on the CPU they are kept, not copied
-    recorder = Recorder(writer, shapes, dtypes, device, start_index=start_index, columns=columns, preload=preload,
-                        buffers=cfg.record.buffers, process=process,
-                        by_reference=device.type == "cpu" and process is None)
+    try:  # (e.g. the device out of memory for the data or the chunk buffers)
+        if device.type == "cpu":
+            torch.set_num_threads(cpu_threads(cfg))
+            torch.set_flush_denormal(cfg.train.flush_denormal)
+        model = TwoLayerReLU(torch.from_numpy(X).to(device), torch.from_numpy(y.astype(X.dtype)).to(device), cfg.loss)
+        state = State(W=state.W.to(device=device, dtype=dtype), v=state.v.to(device=device, dtype=dtype))
+        writer.set_write_options(durability=cfg.record.durability, threads=cfg.record.write_threads,
+                                 commit_seconds=cfg.record.commit_seconds)
+        # the step makes new tensors and never changes a recorded one: on the CPU they are kept, not copied
+        recorder = Recorder(writer, shapes, dtypes, device, start_index=start_index, columns=columns, preload=preload,
+                            buffers=cfg.record.buffers, process=process,
+                            by_reference=device.type == "cpu" and process is None)
+    except BaseException as exc:
+        if device.type == "cpu":
+            torch.set_flush_denormal(False)
+        _end_unstarted(writer, exc)
+        raise
     try:
         with _sigterm_as_interrupt():
             while stopped_loss is None:  # (a resumed run already at its stop point records nothing more)

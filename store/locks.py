@@ -90,8 +90,12 @@ class WriterLock:
                         f"run {self.run_id!r} is being written by {holder}; wait for it to finish or stop it first"
                     ) from None
                 time.sleep(0.02)  # the named holder is dead; its writer process (same flock) is exiting
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        except BaseException:  # e.g. a full disk or quota: the lock is not taken, nor its descriptor kept
+            os.close(fd)
+            raise
         self._fd = fd
 
     def _lease_path(self) -> str:

@@ -291,3 +291,28 @@ def test_a_second_ctrl_c_while_closing_leaves_the_run_to_resume(tmp_path, small_
     assert log == ["interrupted", "interrupted", "committed"]
     ds = open_run("r", tmp_path)
     assert ds.attrs["status"] == "running" and ds.attrs["committed_steps"] == 81 and ds.sizes["step"] == 81
+
+
+def test_a_failure_before_recording_starts_ends_the_run_and_unlocks_it(tmp_path, small_config, monkeypatch):
+    """The recorder cannot be built (as with a device out of memory for its buffers): ``produce`` raises, the
+    run ends ``failed`` with the error and is unlocked, so ``resume`` in the same process takes it up (a
+    notebook or a sweep worker would otherwise hold it until it exits); once the cause is gone the resumed run
+    equals an uninterrupted one."""
+    from trajscope.producer.recorder import Recorder
+
+    config = small_config(train={"steps": 40})
+
+    def no_memory(self, *args, **kwargs):
+        raise RuntimeError("out of memory for the chunk buffers (made up)")
+
+    monkeypatch.setattr(Recorder, "__init__", no_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        produce(config, root=tmp_path, name="r")
+    attrs = open_run("r", tmp_path).attrs
+    assert attrs["status"] == "failed" and "out of memory" in attrs["error"] and attrs["committed_steps"] == 0
+    with pytest.raises(RuntimeError, match="out of memory"):  # not RunLocked: the lock was released
+        resume("r", root=tmp_path)
+    monkeypatch.undo()
+    assert resume("r", root=tmp_path).status == "complete"
+    produce(config, root=tmp_path, name="whole")
+    assert_same_trajectory(open_run("r", tmp_path).load(), open_run("whole", tmp_path).load())

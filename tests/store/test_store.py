@@ -203,6 +203,26 @@ def test_writer_lock_context_manager(tmp_path):
     WriterLock(root, "x").acquire().release()
 
 
+def test_a_lock_that_cannot_name_its_holder_is_not_taken_and_keeps_no_descriptor(tmp_path, monkeypatch):
+    """Writing the holder's name into the lock file fails (a full disk): the lock is not taken, its file
+    descriptor (which held the flock) is closed, and the next attempt takes it."""
+    import errno
+
+    root = StoreRoot(tmp_path)
+    WriterLock(root, "x").acquire().release()  # the lock file exists already
+    descriptors = len(os.listdir("/proc/self/fd"))
+
+    def disk_full(fd, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "ftruncate", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        WriterLock(root, "x").acquire()
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    monkeypatch.undo()
+    WriterLock(root, "x").acquire().release()
+
+
 def test_xarray_backend_trims_a_live_run(tmp_path):
     root = StoreRoot(tmp_path)
     writer = new_writer(root)

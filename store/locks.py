@@ -44,14 +44,18 @@ class WriterLock:
         self._key = (root.location, run_id)
         self._lease_written = 0.0
         self._held_lease = False
+        self._etag: str | None = None  # of the lease object this writer last wrote (remote roots)
+        #: why this writer lost the run (its lease taken over), or None: it then writes nothing more
+        self.lost: str | None = None
 
     def lease(self) -> dict[str, Any]:
         """The ``writer`` attribute stamped into the run at each commit (remote roots: also refreshes the
         lease object when its heartbeat is older than :data:`HEARTBEAT_SECONDS`)."""
+        if self.lost is not None:
+            raise RunLocked(self.lost)
         stamp = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
         if self._held_lease and stamp["heartbeat"] - self._lease_written > HEARTBEAT_SECONDS:
-            self.root.fs.pipe_file(self._lease_path(), json.dumps(stamp).encode())
-            self._lease_written = stamp["heartbeat"]
+            self._refresh_lease(stamp)
         return stamp
 
     def acquire(self) -> "WriterLock":
@@ -103,9 +107,46 @@ class WriterLock:
 
     def _write_lease(self, **conditions: Any) -> None:
         stamp = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
-        self.root.fs.pipe_file(self._lease_path(), json.dumps(stamp).encode(), **conditions)
-        self._lease_written = stamp["heartbeat"]
+        self._put_lease(stamp, **conditions)
         self._held_lease = True
+
+    def _put_lease(self, stamp: dict[str, Any], **conditions: Any) -> None:
+        """Write the lease object; remember its ETag (the version a refresh must still find)."""
+        path = self._lease_path()
+        result = self.root.fs.pipe_file(path, json.dumps(stamp).encode(), **conditions)
+        etag = result.get("ETag") if isinstance(result, dict) else None
+        if etag is None:
+            try:
+                etag = self.root.fs.info(path).get("ETag")
+            except (OSError, ValueError):
+                etag = None
+        self._etag = etag
+        self._lease_written = stamp["heartbeat"]
+
+    def _refresh_lease(self, stamp: dict[str, Any]) -> None:
+        """Refresh the lease only if it is still the object this writer wrote (``If-Match`` its ETag): a writer
+        that stalled past :data:`LEASE_SECONDS` (a paused process, a network partition) and was taken over
+        by a ``resume`` elsewhere is told so and stops, instead of overwriting the new writer's lease and
+        attributes. Without ETags (``memory://``) the lease is rewritten as it is."""
+        if self._etag is None:
+            self._put_lease(stamp)
+            return
+        try:
+            self._put_lease(stamp, IfMatch=self._etag)
+        except (FileExistsError, OSError) as refused:
+            try:
+                holder = json.loads(self.root.fs.cat_file(self._lease_path()))
+            except FileNotFoundError:
+                holder = {}  # removed: a writer that took over has released it since
+            except (OSError, ValueError):
+                raise refused from None  # the store unreachable: the refresh's own error stands
+            if holder.get("token") == self.token:
+                raise refused from None  # still ours: another failure
+            self._held_lease = False
+            self.lost = (f"run {self.run_id!r}: this writer's lease was taken over by pid {holder.get('pid')} on "
+                         f"{holder.get('host')} after {LEASE_SECONDS:.0f} s without a heartbeat from this one (a "
+                         "paused process?); it stops writing, and the run is the new writer's")
+            raise RunLocked(self.lost) from None
 
     def _refused(self, holder: dict[str, Any], age: float) -> RunLocked:
         return RunLocked(

@@ -33,7 +33,7 @@ import zarr
 
 from trajscope.store import faults
 from trajscope.store.chunkio import DURABILITY_LEVELS, FsspecSink, LocalSink, remove_stale_temporaries
-from trajscope.store.errors import UserError
+from trajscope.store.errors import RunLocked, UserError
 from trajscope.store.hotpath import BlockWrite, HotPath, block_threads, default_write_threads
 from trajscope.store.layout import (
     COMMITTED,
@@ -401,6 +401,8 @@ class RunWriter:
             raise ValueError(f"cannot finish with status {status!r}")
         try:
             self.close_writes()
+            if self.lock.lost is not None:  # another writer holds the run now: nothing of this one is written
+                raise RunLocked(self.lock.lost)
             with self._attrs_guard:
                 self.attrs.update(extra)
                 self.attrs.update(status=status, error=error, updated=_now(), finished=_now())

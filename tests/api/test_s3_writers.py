@@ -72,3 +72,37 @@ def test_two_producers_started_together_on_s3(s3_env, tmp_path, small_config, py
     assert len(loser_err.strip().splitlines()) == 1 and "being written by" in loser_err, loser_err
     ds = open_run("same", StoreRoot("s3://trajscope/race"))
     assert ds.attrs["status"] == "complete" and ds.sizes["step"] == 401
+
+
+def test_a_stalled_writer_whose_lease_was_taken_over_stops_instead_of_overwriting_it(s3_env, monkeypatch):
+    """Writer A stalls past the lease (a paused process); B takes the lease over. A's next heartbeat finds
+    the lease changed (``If-Match`` its ETag fails) and raises RunLocked naming B; from then on A writes
+    nothing, not even when it ends its run (no final document, no shrinking); B's lease is left intact."""
+    import json
+
+    import numpy as np
+
+    from trajscope.producer.two_layer import variables as two_layer_variables
+    from trajscope.store import RunWriter, locks
+
+    root = StoreRoot("s3://trajscope/lease-stalled")
+    stalled = RunWriter.create(root, "r", variables=two_layer_variables(), sizes={"neuron": 2, "feature": 3,
+                               "sample": 4}, capacity=8, static={"X": np.zeros((4, 3)), "y": np.ones(4)},
+                               attrs={}, chunk_bytes=2 * 3 * 8 * 4)
+    locks._HELD.discard(stalled.lock._key)  # (B runs in this process too: not refused as "this process")
+    monkeypatch.setattr(locks, "LEASE_SECONDS", 0.0)  # A's heartbeat is too old
+    taker = WriterLock(root, "r").acquire()
+    monkeypatch.setattr(locks, "LEASE_SECONDS", 60.0)
+    before = root.read_bytes("r", "zarr.json")
+    stalled.lock._lease_written = 0.0  # A wakes up: its heartbeat is due
+    with pytest.raises(RunLocked, match="taken over by pid"):
+        stalled.commit(0)
+    with pytest.raises(RunLocked, match="taken over by pid"):
+        stalled.lock.lease()  # and stays stopped
+    with pytest.raises(RunLocked, match="taken over by pid"):
+        stalled.finish("failed", "stalled")
+    assert root.read_bytes("r", "zarr.json") == before  # not a byte of A's after the take-over
+    assert json.loads(root.fs.cat_file(taker._lease_path()))["token"] == taker.token
+    taker._lease_written = 0.0
+    assert taker.lease()["token"] == taker.token  # B's own heartbeats still go through
+    taker.release()

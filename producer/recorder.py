@@ -550,6 +550,10 @@ class Recorder:
                 raise WriterProcessError(
                     f"the writer process never confirmed its final commit ({self.committed} of {self.index} "
                     "states committed): the run is not complete; `trajscope resume` continues it")
+            if self._cut is None and self.committed < self.index:  # never a run complete with states missing
+                raise WriterProcessError(
+                    f"the writer process committed {self.committed} of the {self.index} states recorded: the run "
+                    "is not complete; `trajscope resume` continues it")
             return self.committed
         self._filled.put(None)
         self._join_writer_thread()
@@ -628,7 +632,7 @@ class Recorder:
         if self._process is None:  # closing: everything handed off written, then committed
             if self._error is None:
                 self._guard(self._commit_all)
-            else:
+            if self._error is not None:  # (also a block that failed during that last commit)
                 self._salvage()
 
     def _behind_commit(self) -> bool:

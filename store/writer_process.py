@@ -419,8 +419,9 @@ def _serve(conn: Connection, send_lock: threading.Lock, message: dict, fds: list
             writer.close_writes()
         except Exception as exc:  # noqa: BLE001
             error.append(exc)
-            send(("error", _one_line(exc)))
-    elif writer is not None:
+    if error and not reported:  # (a block that failed after the last message, or during the final commit)
+        send(("error", _one_line(error[0])))
+    if error and writer is not None:
         try:  # best effort: every block written before the failure is committed all the same
             writer.drain_writes()
             target = min(writer.written_steps, handed)

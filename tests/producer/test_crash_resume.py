@@ -316,3 +316,26 @@ def test_a_failure_before_recording_starts_ends_the_run_and_unlocks_it(tmp_path,
     assert resume("r", root=tmp_path).status == "complete"
     produce(config, root=tmp_path, name="whole")
     assert_same_trajectory(open_run("r", tmp_path).load(), open_run("whole", tmp_path).load())
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_full_disk_at_the_last_chunk_keeps_every_chunk_written_before_it(tmp_path, small_config, monkeypatch,
+                                                                            writer):
+    """The last chunk file of ``W`` fails late, while the run closes (its final commit meets the failure): the
+    chunks before it are committed all the same, by the writer thread or the writer process."""
+    from trajscope.store import faults
+
+    config = small_config(train={"steps": 80}, record={"chunk_mib": 0.002, "commit_seconds": 60, "writer": writer})
+    produce(config, root=tmp_path, name="ref")
+    ref = open_run("ref", tmp_path).load()
+    chunk = ref.attrs["chunk_steps"]
+    last = (ref.sizes["step"] - 1) // chunk
+    assert last >= 3
+    monkeypatch.setenv(faults.ENV, f"write.renaming:raise:1:W/c/{last}/")  # (the writer process inherits it)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        produce(config, root=tmp_path, name="full")
+    monkeypatch.delenv(faults.ENV)
+    ds = open_run("full", tmp_path).load()
+    assert ds.attrs["status"] == "failed" and ds.attrs["committed_steps"] == last * chunk
+    for name in VARIABLES:
+        np.testing.assert_array_equal(ds[name].values, ref[name].values[: last * chunk], err_msg=name)

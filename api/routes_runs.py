@@ -129,6 +129,10 @@ async def delete_run(
         raise HTTPException(409, f"run {run.run_id!r} is running: stop it first, or pass force=true")
     # under the run's writer lock, as `trajscope rm` deletes: a live writer (one that is creating or resuming the
     # run too) is a 409 RunLocked naming it, and no writer can start while the files go
-    await run_in_threadpool(remove_run, run.run_id, state.root)
+    try:
+        await run_in_threadpool(remove_run, run.run_id, state.root)
+    except PermissionError as err:  # e.g. the producer's user owns the lock file or the run, not the server's
+        raise HTTPException(403, f"run {run.run_id!r} cannot be deleted by this server's user ({err.strerror}: "
+                                 f"{err.filename}); delete it as its owner with `trajscope rm {run.run_id}`") from None
     state.forget(run.run_id)
     return {"deleted": run.run_id}

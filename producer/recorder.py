@@ -585,6 +585,11 @@ class Recorder:
             raise
 
     @property
+    def error(self) -> BaseException | None:
+        """The first failure of the store's writing (a chunk write, a commit, the writer process), or None."""
+        return self._error
+
+    @property
     def stopped(self) -> bool:
         """Nothing of this recorder writes or commits any more: its writer process has exited (with one, the
         writer thread never commits), or else its writer thread has ended. A run is ended only then."""

@@ -386,7 +386,11 @@ def _train(
     except KeyboardInterrupt:  # while the last chunks were written: the run ends over what is committed
         if not recorder.stopped:  # a second Ctrl-C while its writer still runs: `resume` ends the run later
             raise
-        committed, status = recorder.committed, "interrupted" if status == "complete" else status
+        committed = recorder.committed
+        if recorder.error is not None:  # the writing had failed as well: that is what the run says
+            status, error = "failed", error or f"writer: {recorder.error}"
+        elif status == "complete":
+            status = "interrupted"
     except Exception as exc:  # noqa: BLE001
         committed = recorder.committed
         status, error = "failed", error or f"writer: {exc}"

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import threading
 from typing import Sequence
@@ -46,6 +47,8 @@ from trajscope.store import faults
 DURABILITY_LEVELS = ("process", "fsync")
 #: names of the files being written before their rename (chunk files here, documents in ``root.write_bytes``)
 TEMPORARY_PREFIX = ".tmp-"
+#: zarr-python 3's ``LocalStore`` (array metadata, the static arrays' chunks) writes ``<key stem>.<uuid hex>.partial``
+ZARR_TEMPORARY = re.compile(r".+\.[0-9a-f]{32}\.partial")
 
 
 class StateRows:
@@ -282,11 +285,13 @@ def joined(parts: Sequence) -> bytes:
 
 
 def stale_temporaries(directory: str) -> list[str]:
-    """The temporary files under a local run directory (links not followed). With no writer running they
-    are what a writer killed in mid-write left: never renamed, never read, safe to remove under the lock."""
+    """The temporary files under a local run directory (links not followed): the store's own and zarr's.
+    With no writer running they are what a writer killed in mid-write left: never renamed, never read, safe
+    to remove under the lock."""
     found = []
     for current, _, files in os.walk(directory):
-        found += [os.path.join(current, name) for name in files if name.startswith(TEMPORARY_PREFIX)]
+        found += [os.path.join(current, name) for name in files
+                  if name.startswith(TEMPORARY_PREFIX) or ZARR_TEMPORARY.fullmatch(name)]
     return sorted(found)
 
 

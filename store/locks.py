@@ -105,6 +105,15 @@ class WriterLock:
     def _lease_path(self) -> str:
         return self.root.fs._strip_protocol(f"{self.root.location}/.locks/{self.run_id}.lease")
 
+    def check(self) -> None:
+        """Raise :class:`RunLocked` if this writer has lost the run. On an object store whose lease this writer
+        last refreshed over half a lease ago (its process was paused), the lease is verified first: a writer
+        taken over meanwhile learns it before it writes, not at its next commit."""
+        if self.lost is None and self._held_lease and time.time() - self._lease_written > LEASE_SECONDS / 2:
+            self.lease()
+        if self.lost is not None:
+            raise RunLocked(self.lost)
+
     def _write_lease(self, **conditions: Any) -> None:
         stamp = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
         self._put_lease(stamp, **conditions)
@@ -140,8 +149,9 @@ class WriterLock:
                 holder = {}  # removed: a writer that took over has released it since
             except (OSError, ValueError):
                 raise refused from None  # the store unreachable: the refresh's own error stands
-            if holder.get("token") == self.token:
-                raise refused from None  # still ours: another failure
+            if holder.get("token") == self.token:  # still ours (a retried PUT that had landed, or a store
+                self._put_lease(stamp)  # refusing If-Match): rewritten as before, and its ETag taken anew
+                return
             self._held_lease = False
             self.lost = (f"run {self.run_id!r}: this writer's lease was taken over by pid {holder.get('pid')} on "
                          f"{holder.get('host')} after {LEASE_SECONDS:.0f} s without a heartbeat from this one (a "

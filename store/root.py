@@ -139,7 +139,10 @@ class StoreRoot:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")  # (chunkio.TEMPORARY_PREFIX: fsck finds it)
         try:
             with os.fdopen(fd, "wb") as handle:
-                os.fchmod(handle.fileno(), 0o666 & ~_umask())  # mkstemp makes it 0o600
+                try:
+                    os.fchmod(handle.fileno(), 0o666 & ~_umask())  # mkstemp makes it 0o600
+                except OSError:  # a file system without modes (vfat...): its own stand
+                    pass
                 handle.write(data)
                 if durable:
                     handle.flush()

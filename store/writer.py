@@ -200,7 +200,9 @@ class RunWriter:
             attrs["error"] = None
             attrs["writer"] = lock.lease()
             attrs["updated"] = _now()
-            root.write_attrs(run_id, attrs)  # drops stale consolidated metadata first
+            # (a run recorded with durability fsync: this document, its committed count included, is fsynced too)
+            durable = root.is_local and ((attrs.get("config") or {}).get("record") or {}).get("durability") == "fsync"
+            root.write_attrs(run_id, attrs, durable=durable)  # drops stale consolidated metadata first
             faults.checkpoint("resume.reopened")
             writer = cls(root, run_id, lock, attrs)
             for array in writer.arrays.values():
@@ -225,6 +227,7 @@ class RunWriter:
         capacity = int(capacity)
         if capacity <= self.capacity:
             return
+        lease = self.lock.lease()  # first: a writer whose lease was taken over resizes nothing (RunLocked)
         for array in self.arrays.values():
             array.resize((capacity,) + array.shape[1:])
         if self._durable and self._tree_durable:  # (before, the first commit fsyncs the whole tree)
@@ -234,7 +237,7 @@ class RunWriter:
             self.capacity = capacity
             self.attrs["capacity"] = capacity
             self.attrs["updated"] = _now()
-            self.attrs["writer"] = self.lock.lease()
+            self.attrs["writer"] = lease
             self.root.write_attrs(self.run_id, self.attrs, durable=self._durable)
             self._last_write = time.monotonic()
 
@@ -321,6 +324,7 @@ class RunWriter:
             raise ValueError(f"block {start}+{count} is not within one chunk of {self.chunk_steps}")
         if start + count > self.capacity:
             raise ValueError(f"block {start}+{count} exceeds the run's capacity {self.capacity}")
+        self.lock.check()  # a writer taken over while paused writes no chunk over the new writer's
         return self._hot().submit(start, count, values)
 
     def commit(self, committed_steps: int | None = None, **extra: Any) -> None:
@@ -336,6 +340,7 @@ class RunWriter:
         # every block this writer submitted below the target; rows it never received (written by an
         # earlier writer of the run) are the caller's word, as with any explicit commit
         hot.frontier.wait_for(min(target, hot.submitted))
+        lease = self.lock.lease()  # first: a writer whose lease was taken over flushes nothing (RunLocked)
         hot.flush(target)  # the small variables' partial chunks: written once per commit, not per block
         if not self._tree_durable:  # once: what create wrote (array metadata, static data)
             hot.sink.durable_tree()
@@ -344,7 +349,7 @@ class RunWriter:
             self.attrs[COMMITTED] = target
             self.attrs.update(extra)
             self.attrs["updated"] = _now()
-            self.attrs["writer"] = self.lock.lease()
+            self.attrs["writer"] = lease
             self.root.write_attrs(self.run_id, self.attrs, durable=self._durable)
             self._last_write = time.monotonic()
         faults.checkpoint("commit.attrs")

@@ -302,12 +302,18 @@ class _BorrowedLock:
     """The trainer's lock, seen from the writer process: the same ``flock`` (a duplicate of its file
     descriptor, kept open until exit) and the trainer's identity in every ``writer`` stamp."""
 
+    #: (local roots only: a flock is never taken over)
+    lost = None
+
     def __init__(self, lease: Mapping[str, Any], fd: int | None) -> None:
         self._lease = dict(lease)
         self._fd = fd
 
     def lease(self) -> dict[str, Any]:
         return {**self._lease, "heartbeat": time.time()}
+
+    def check(self) -> None:
+        pass
 
     def release(self) -> None:  # the trainer releases the lock
         pass

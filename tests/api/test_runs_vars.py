@@ -170,3 +170,22 @@ def test_delete_needs_the_token(tmp_path, write_run, serve):
         assert httpx.get(f"{srv.url}/api/runs/victim").status_code == 404
         r = httpx.delete(f"{srv.url}/api/runs/victim", headers={"Authorization": "Bearer right-token"})
         assert r.status_code == 404
+
+
+def test_a_delete_the_servers_user_may_not_do_is_a_403_naming_the_way(tmp_path, write_run, serve, monkeypatch):
+    """The run's writer lock (or its files) belongs to another user than the server's: a 403 saying so and
+    naming `trajscope rm`, not a 500; the run stays."""
+    import errno
+
+    from trajscope.api import routes_runs
+
+    def not_yours(run_id, root):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".locks" / "victim.lock"))
+
+    monkeypatch.setattr(routes_runs, "remove_run", not_yours)
+    root = StoreRoot(tmp_path)
+    write_run(root, "victim", steps=8, chunk_steps=8)
+    with serve(root, token="right-token") as srv:
+        r = httpx.delete(f"{srv.url}/api/runs/victim", headers={"Authorization": "Bearer right-token"})
+    assert r.status_code == 403 and "trajscope rm victim" in r.json()["detail"] and "victim.lock" in r.json()["detail"]
+    assert root.exists("victim")

@@ -94,7 +94,13 @@ def test_a_stalled_writer_whose_lease_was_taken_over_stops_instead_of_overwritin
     taker = WriterLock(root, "r").acquire()
     monkeypatch.setattr(locks, "LEASE_SECONDS", 60.0)
     before = root.read_bytes("r", "zarr.json")
-    stalled.lock._lease_written = 0.0  # A wakes up: its heartbeat is due
+    stalled.lock._lease_written = 0.0  # A wakes up after a long pause: its lease is verified before it writes
+    block = {"W": np.ones((4, 2, 3)), "v": np.ones((4, 2)), "loss": np.ones(4), "output": np.ones((4, 4)),
+             "step": np.arange(4), "t": np.arange(4.0)}
+    with pytest.raises(RunLocked, match="taken over by pid"):
+        stalled.write_block(0, block)
+    assert root.fs.exists(f"{root.run_url('r')}/W/zarr.json")  # (the path is right)
+    assert not root.fs.exists(f"{root.run_url('r')}/W/c/0/0/0")  # no chunk of A's over B's
     with pytest.raises(RunLocked, match="taken over by pid"):
         stalled.commit(0)
     with pytest.raises(RunLocked, match="taken over by pid"):

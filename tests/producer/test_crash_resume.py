@@ -339,3 +339,24 @@ def test_a_full_disk_at_the_last_chunk_keeps_every_chunk_written_before_it(tmp_p
     assert ds.attrs["status"] == "failed" and ds.attrs["committed_steps"] == last * chunk
     for name in VARIABLES:
         np.testing.assert_array_equal(ds[name].values, ref[name].values[: last * chunk], err_msg=name)
+
+
+def test_a_ctrl_c_while_closing_a_run_whose_writing_failed_ends_it_failed(tmp_path, small_config, monkeypatch,
+                                                                          interrupt_writer_join):
+    """The last chunk's write fails and a Ctrl-C comes while the run closes: the failure is what the run says
+    (``failed``, with the error, and produce raises it), not a plain ``interrupted``; the chunks written before
+    it are committed."""
+    from trajscope.store import faults
+
+    config = small_config(train={"steps": 80}, record={"chunk_mib": 0.002, "commit_seconds": 60})
+    produce(config, root=tmp_path, name="ref")
+    chunk = open_run("ref", tmp_path).attrs["chunk_steps"]
+    last = 80 // chunk
+    monkeypatch.setenv(faults.ENV, f"write.renaming:raise:1:W/c/{last}/")
+    log = interrupt_writer_join()
+    with pytest.raises(RuntimeError, match="injected fault"):
+        produce(config, root=tmp_path, name="both")
+    assert log[0] == "interrupted"
+    attrs = open_run("both", tmp_path).attrs
+    assert attrs["status"] == "failed" and "injected fault" in attrs["error"]
+    assert attrs["committed_steps"] == last * chunk

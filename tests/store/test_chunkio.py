@@ -532,3 +532,26 @@ def test_process_durability_does_not_fsync(tmp_path, monkeypatch):
     writer.grow(2 * writer.capacity)
     writer.finish("complete")
     assert calls == []
+
+
+@pytest.mark.parametrize("durability", ["fsync", "process"])
+def test_resume_writes_its_status_as_durably_as_the_run_was_recorded(tmp_path, monkeypatch, durability):
+    """Reopening for resume rewrites the root document (status running) before any commit: for a run recorded
+    with durability fsync that write is fsynced (temporary file, then the directory), else not."""
+    root = StoreRoot(tmp_path)
+    rng = np.random.default_rng(0)
+    writer = RunWriter.create(root, "r", variables=two_layer_variables(), sizes={"neuron": 3, "feature": 4, "sample": 5},
+                              capacity=20, static={"X": rng.normal(size=(5, 4)), "y": np.ones(5)},
+                              attrs={"config": {"record": {"durability": durability}}}, chunk_bytes=3 * 4 * 4 * 8)
+    writer.finish("interrupted")
+    fsynced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    again = RunWriter.reopen(root, "r")
+    again.lock.release()
+    run_dir = str(tmp_path / "r.zarr")
+    if durability == "fsync":
+        assert any(os.path.dirname(p) == run_dir and os.path.basename(p).startswith(".tmp-") for p in fsynced)
+        assert run_dir in fsynced
+    else:
+        assert fsynced == []

@@ -138,10 +138,12 @@ def test_fsck_reports_temporary_files_a_killed_writer_left_and_repair_removes_th
     left = tmp_path / "r.zarr" / "W" / "c" / "5" / "0" / ".tmp-4242-1-0"
     left.parent.mkdir(parents=True, exist_ok=True)
     left.write_bytes(b"half a chunk")
+    zarrs = tmp_path / "r.zarr" / "W" / f"zarr.{'ab12' * 8}.partial"  # zarr's own, of the array's metadata
+    zarrs.write_bytes(b"{")
     report = fsck_run(root, "r")
-    assert [p for p in report.problems if "1 temporary file(s)" in p and "W/c/5/0/.tmp-4242-1-0" in p]
+    assert [p for p in report.problems if "2 temporary file(s)" in p and "W/c/5/0/.tmp-4242-1-0" in p]
     proc = subprocess.run(["trajscope", "fsck", "r", "--root", str(tmp_path), "--repair"], env=python_env,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert not left.exists() and fsck_run(root, "r").ok
+    assert not left.exists() and not zarrs.exists() and fsck_run(root, "r").ok
     assert_values(open_run("r", root).load(), values)

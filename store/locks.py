@@ -31,6 +31,26 @@ EXIT_GRACE_SECONDS = 5.0
 
 _HELD: set[tuple[str, str]] = set()
 _HELD_GUARD = threading.Lock()
+#: the descriptors of the flocks this process holds, closed in a child made by ``fork`` (see below)
+_HELD_FDS: set[int] = set()
+
+
+def _drop_held_locks_in_child() -> None:
+    """In a child made by ``fork`` without ``exec`` (a DataLoader's workers beside a ``ModuleRecorder``): close
+    its copies of the writer locks' descriptors. A flock belongs to the open file, which every copy keeps
+    alive, so a long-lived child held the run locked after its writer released it. (The writer process gets
+    its descriptor on purpose, by ``SCM_RIGHTS``, and is started by ``exec``: no ``fork`` hook runs there.)"""
+    for fd in list(_HELD_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_FDS.clear()
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_held_locks_in_child)
 
 
 class WriterLock:
@@ -101,6 +121,7 @@ class WriterLock:
             os.close(fd)
             raise
         self._fd = fd
+        _HELD_FDS.add(fd)
 
     def _lease_path(self) -> str:
         return self.root.fs._strip_protocol(f"{self.root.location}/.locks/{self.run_id}.lease")
@@ -200,6 +221,7 @@ class WriterLock:
     def release(self) -> None:
         """Give the lock back (idempotent)."""
         if self._fd is not None:
+            _HELD_FDS.discard(self._fd)
             os.close(self._fd)
             self._fd = None
         if self._held_lease:

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -221,6 +222,28 @@ def test_a_lock_that_cannot_name_its_holder_is_not_taken_and_keeps_no_descriptor
     assert len(os.listdir("/proc/self/fd")) == descriptors
     monkeypatch.undo()
     WriterLock(root, "x").acquire().release()
+
+
+def test_a_forked_child_does_not_keep_the_run_locked(tmp_path, python_env):
+    """A child forked while the lock is held (as a DataLoader's workers are) closes its copy of the lock's
+    descriptor: once the writer releases the lock, another process takes it while the child still lives."""
+    root = StoreRoot(tmp_path)
+    lock = WriterLock(root, "x").acquire()
+    child = os.fork()
+    if child == 0:  # the child: lives on for a while, as a worker would, then leaves without cleanup
+        time.sleep(5)
+        os._exit(0)
+    try:
+        lock.release()
+        take = ("from trajscope.store import StoreRoot, WriterLock; import sys; "
+                f"WriterLock(StoreRoot(sys.argv[1]), 'x').acquire().release(); print('taken')")
+        proc = subprocess.run([sys.executable, "-c", take, str(tmp_path)], env=python_env, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0 and "taken" in proc.stdout, proc.stderr[-2000:]
+        assert os.waitpid(child, os.WNOHANG) == (0, 0)  # the child was alive all along
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
 
 
 def test_xarray_backend_trims_a_live_run(tmp_path):

@@ -332,10 +332,7 @@ class ModuleRecorder:
             if not self.recorder.stopped:  # a second Ctrl-C while its writer still runs: `resume` ends the run
                 raise
             committed, interrupt = self.recorder.committed, exc
-            if self.recorder.error is not None:  # the writing had failed as well: that is what the run says
-                status, error = "failed", error or f"writer: {self.recorder.error}"
-            elif status == "complete":
-                status = "interrupted"
+            status, error = self.recorder.outcome_of_interrupted_close(status, error)
         except Exception as exc:  # noqa: BLE001 - the writer failed: the run says so
             committed, status, error = self.recorder.committed, "failed", error or f"writer: {exc}"
         last = int(self.writer.arrays["step"][committed - 1]) if committed else 0

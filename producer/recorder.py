@@ -584,10 +584,12 @@ class Recorder:
                 self._process.kill()
             raise
 
-    @property
-    def error(self) -> BaseException | None:
-        """The first failure of the store's writing (a chunk write, a commit, the writer process), or None."""
-        return self._error
+    def outcome_of_interrupted_close(self, status: str, error: str | None) -> tuple[str, str | None]:
+        """A run's status and error after a Ctrl-C during :meth:`close` (once :attr:`stopped`): ``failed``
+        with the writer's error if its writing failed too, else ``interrupted``; a run already failed stays so."""
+        if self._error is not None:
+            return "failed", error or f"writer: {self._error}"
+        return ("interrupted" if status == "complete" else status), error
 
     @property
     def stopped(self) -> bool:
@@ -722,22 +724,21 @@ class Recorder:
     def _salvage(self) -> None:
         """After a failure: commit the states that every block before it holds, all fully written (the
         frontier never passes a failed block). Best effort: if this fails too, the last commit stands."""
+        commit_written = getattr(self.writer, "commit_written", None)  # (a stand-in writer may lack it)
+        if commit_written is None:
+            return
         try:
-            drain = getattr(self.writer, "drain_writes", None)
-            if drain is not None:
-                drain()  # the blocks handed over before the failure finish (or fail) first
-            written = getattr(self.writer, "written_steps", None)
-            if written is None:
-                return
-            target = min(written, self._handed if self._cut is None else min(self._handed, self._cut))
-            if target > self.committed:
-                self.writer.commit(target)
-                self.committed = target
+            self.committed = max(self.committed, commit_written(self._handed_target))
         except Exception:  # noqa: BLE001 - the run already fails with the first error
             pass
 
+    @property
+    def _handed_target(self) -> int:
+        """States handed to the store that may be committed (none from a chunk a Ctrl-C cut)."""
+        return self._handed if self._cut is None else min(self._handed, self._cut)
+
     def _commit_all(self) -> None:
-        target = self._handed if self._cut is None else min(self._handed, self._cut)
+        target = self._handed_target
         if target > self.committed:
             self.writer.commit(target)
             self.committed = target

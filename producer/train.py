@@ -387,10 +387,7 @@ def _train(
         if not recorder.stopped:  # a second Ctrl-C while its writer still runs: `resume` ends the run later
             raise
         committed = recorder.committed
-        if recorder.error is not None:  # the writing had failed as well: that is what the run says
-            status, error = "failed", error or f"writer: {recorder.error}"
-        elif status == "complete":
-            status = "interrupted"
+        status, error = recorder.outcome_of_interrupted_close(status, error)
     except Exception as exc:  # noqa: BLE001
         committed = recorder.committed
         status, error = "failed", error or f"writer: {exc}"

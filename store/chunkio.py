@@ -42,11 +42,10 @@ import crc32c
 import numpy as np
 
 from trajscope.store import faults
+from trajscope.store.layout import TEMPORARY_PREFIX
 
 #: durability levels: ``process`` survives a killed process, ``fsync`` also a power loss or kernel crash
 DURABILITY_LEVELS = ("process", "fsync")
-#: names of the files being written before their rename (chunk files here, documents in ``root.write_bytes``)
-TEMPORARY_PREFIX = ".tmp-"
 #: zarr-python 3's ``LocalStore`` (array metadata, the static arrays' chunks) writes ``<key stem>.<uuid hex>.partial``
 ZARR_TEMPORARY = re.compile(r".+\.[0-9a-f]{32}\.partial")
 

@@ -28,6 +28,8 @@ FORMAT_VERSION = 1
 RUN_SUFFIX = ".zarr"
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 LOCK_DIR = ".locks"
+#: names of files being written, before their rename over their key (chunk files, the root document)
+TEMPORARY_PREFIX = ".tmp-"
 STEP_DIM = "step"
 
 #: root attribute holding the number of recorded states a reader may trust

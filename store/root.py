@@ -18,7 +18,7 @@ from typing import Any
 import fsspec
 
 from trajscope.store.errors import PathOutsideRoot, RunNotFound, UserError
-from trajscope.store.layout import RUN_SUFFIX, validate_run_id
+from trajscope.store.layout import RUN_SUFFIX, TEMPORARY_PREFIX, validate_run_id
 from trajscope.store.safe import is_inside, read_inside, tree_size
 
 DEFAULT_ROOT = "runs"
@@ -136,7 +136,7 @@ class StoreRoot:
             return
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")  # (chunkio.TEMPORARY_PREFIX: fsck finds it)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMPORARY_PREFIX)
         try:
             with os.fdopen(fd, "wb") as handle:
                 try:

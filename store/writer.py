@@ -200,9 +200,8 @@ class RunWriter:
             attrs["error"] = None
             attrs["writer"] = lock.lease()
             attrs["updated"] = _now()
-            # (a run recorded with durability fsync: this document, its committed count included, is fsynced too)
-            durable = root.is_local and ((attrs.get("config") or {}).get("record") or {}).get("durability") == "fsync"
-            root.write_attrs(run_id, attrs, durable=durable)  # drops stale consolidated metadata first
+            # a run recorded with durability fsync: this document, its committed count included, is fsynced too
+            root.write_attrs(run_id, attrs, durable=root.is_local and attrs.get("durability") == "fsync")  # drops stale consolidated metadata first
             faults.checkpoint("resume.reopened")
             writer = cls(root, run_id, lock, attrs)
             for array in writer.arrays.values():
@@ -270,6 +269,7 @@ class RunWriter:
             if durability not in DURABILITY_LEVELS:
                 raise UserError(f"unknown durability {durability!r}: use one of {', '.join(DURABILITY_LEVELS)}")
             self.durability = durability
+            self.attrs["durability"] = durability  # (stored at the next commit: resume honours it from the start)
         if threads is not None:
             self.write_threads = max(1, int(threads))
         if commit_seconds is not None:
@@ -373,11 +373,15 @@ class RunWriter:
         """Seconds before :meth:`commit_if_due` would commit (0 when it would now)."""
         return max(0.0, self.commit_seconds - (time.monotonic() - self._last_write))
 
-    def drain_writes(self) -> None:
-        """Wait for every chunk write in flight to end (written or failed); the write threads keep running."""
-        hot = self._hotpath
-        if hot is not None:
-            hot.drain()
+    def commit_written(self, limit: int) -> int:
+        """After a failed write: wait for the writes in flight to end, then commit the states below ``limit``
+        that are written (the written frontier never passes a failed block). Returns ``committed_steps``."""
+        if self._hotpath is not None:
+            self._hotpath.drain()
+        target = min(self.written_steps, int(limit))
+        if target > self.committed_steps:
+            self.commit(target)
+        return self.committed_steps
 
     def close_writes(self) -> None:
         """Wait for every chunk write in flight and stop the write threads (``finish`` calls it)."""

@@ -429,11 +429,7 @@ def _serve(conn: Connection, send_lock: threading.Lock, message: dict, fds: list
         send(("error", _one_line(error[0])))
     if error and writer is not None:
         try:  # best effort: every block written before the failure is committed all the same
-            writer.drain_writes()
-            target = min(writer.written_steps, handed)
-            if target > committed:
-                writer.commit(target)
-                committed = target
+            committed = writer.commit_written(handed)
         except Exception:  # noqa: BLE001 - the first error is the one reported
             pass
         try:

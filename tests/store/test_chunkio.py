@@ -542,8 +542,12 @@ def test_resume_writes_its_status_as_durably_as_the_run_was_recorded(tmp_path, m
     rng = np.random.default_rng(0)
     writer = RunWriter.create(root, "r", variables=two_layer_variables(), sizes={"neuron": 3, "feature": 4, "sample": 5},
                               capacity=20, static={"X": rng.normal(size=(5, 4)), "y": np.ones(5)},
-                              attrs={"config": {"record": {"durability": durability}}}, chunk_bytes=3 * 4 * 4 * 8)
+                              attrs={"config": {}}, chunk_bytes=3 * 4 * 4 * 8)
+    writer.set_write_options(durability=durability)  # kept with the run from its first commit on
+    writer.write_block(0, _block(0, writer.chunk_steps)).wait(20)
+    writer.commit()
     writer.finish("interrupted")
+    assert root.read_attrs("r")["durability"] == durability
     fsynced = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))

@@ -108,11 +108,15 @@ class WriterLock:
                 break
             except BlockingIOError:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                if _holder_alive(holder) or time.monotonic() > deadline:
+                alive = _holder_alive(holder)
+                if alive or time.monotonic() > deadline:
                     os.close(fd)
-                    raise RunLocked(
-                        f"run {self.run_id!r} is being written by {holder}; wait for it to finish or stop it first"
-                    ) from None
+                    if alive:
+                        raise RunLocked(f"run {self.run_id!r} is being written by {holder}; wait for it to "
+                                        "finish or stop it first") from None
+                    raise RunLocked(  # its writer process is still in a slow last commit (an fsync)
+                        f"run {self.run_id!r} is still locked by the writer process of {holder}, which has exited: "
+                        f"that writer process is finishing its last commit; retry in a few seconds") from None
                 time.sleep(0.02)  # the named holder is dead; its writer process (same flock) is exiting
         try:
             os.ftruncate(fd, 0)

@@ -62,3 +62,20 @@ def test_a_live_holder_is_refused_at_once_naming_it(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_dead_holder_still_locked_after_the_grace_period_is_refused_saying_to_retry(tmp_path, monkeypatch):
+    """A writer process inside a slow last commit (an fsync) can outlast the grace period: the refusal names
+    the dead trainer and says the lock is transient, instead of asking to stop a process that is gone."""
+    from trajscope.store import locks
+
+    monkeypatch.setattr(locks, "EXIT_GRACE_SECONDS", 0.2)
+    root = StoreRoot(tmp_path)
+    named = dead_pid()
+    holder = hold(root, "r", named, 30.0)
+    try:
+        with pytest.raises(RunLocked, match=f"writer process of pid {named} on .* has exited.*retry in a few seconds"):
+            WriterLock(root, "r").acquire()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from trajscope.api.state import ApiState
 from trajscope.store import COMMITTED, RunNotFound, UserError, validate_run_id
+from trajscope.store.layout import RUN_UID
 from trajscope.store.snapshot import inside_root
 
 
@@ -45,8 +46,10 @@ class Run:
 
     @property
     def version(self) -> tuple:
-        """Changes whenever the run commits, finishes or is rewritten."""
-        return (self.status, self.committed, self.attrs.get("updated"), self.attrs.get("created"))
+        """Changes whenever the run commits, finishes or is rewritten (``run_uid``: also when it is deleted and
+        created again under the same id within the one second that ``created`` and ``updated`` resolve)."""
+        return (self.status, self.committed, self.attrs.get("updated"), self.attrs.get("created"),
+                self.attrs.get(RUN_UID))
 
     def dataset(self) -> xr.Dataset:
         """The lazy dataset trimmed to :attr:`committed` (cached per version)."""

@@ -23,6 +23,7 @@ from trajscope.api.routes_analysis import STEP_HELP, _lookup, call, step_slice
 from trajscope.api.state import ApiState
 from trajscope.store import UserError
 from trajscope.store.integrity import is_checksum_error
+from trajscope.store.layout import RUN_UID
 
 log = logging.getLogger("trajscope.api")
 
@@ -56,8 +57,10 @@ def render(figure: Any, fmt: str) -> bytes:
 
 
 def _identity(run: Run) -> tuple:
-    """A run as a whole, whatever it has committed: what a figure needs of it does not change as it grows."""
-    return (run.run_id, run.attrs.get("created"))
+    """A run as a whole, whatever it has committed: what a figure needs of it does not change as it grows.
+    A run still being written is another identity than the same run finished, so a figure that could not be
+    drawn from its first few states is tried again once it has ended."""
+    return (run.run_id, run.attrs.get("created"), run.attrs.get(RUN_UID), run.status == "running")
 
 
 def _key(run: Run, kind: str, fmt: str, sl: slice | None, kwargs: dict[str, Any]) -> tuple:

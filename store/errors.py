@@ -1,5 +1,9 @@
 """Errors of trajscope. They live in ``store`` (which imports nothing of ours) so every layer can use them."""
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 
 class UserError(Exception):
     """Something the user can fix (bad config, bad input, unknown run).
@@ -22,3 +26,45 @@ class RunLocked(UserError):
 
 class PathOutsideRoot(UserError):
     """A key of a run resolves (through a symbolic link) outside the store root; it is never opened."""
+
+
+@dataclass(frozen=True)
+class CorruptChunk:
+    """One chunk whose checksum fails, or (``missing``) a committed chunk that is not stored at all: its
+    variable, key and the steps it holds (if any)."""
+
+    variable: str
+    key: str
+    steps: tuple[int, int] | None = None  # [first, last] state index the chunk covers
+    missing: bool = False
+
+    def describe(self) -> str:
+        where = f" (states {self.steps[0]}–{self.steps[1]})" if self.steps else ""
+        return f"{self.key}{where}"
+
+
+class CorruptData(Exception):
+    """Stored data of a run fails its checksum, or a committed chunk is not stored: it is never returned as
+    numbers.
+
+    Not a :class:`UserError`: the request was fine, the stored bytes are not. ``chunks`` lists the failing
+    chunks found (may be empty when the bytes changed again since).
+    """
+
+    def __init__(self, run_id: str, chunks: list[CorruptChunk]):
+        self.run_id = run_id
+        self.chunks = chunks
+        if chunks:
+            names = ", ".join(c.describe() for c in chunks[:4]) + (" …" if len(chunks) > 4 else "")
+            failure = ("is missing (committed, but not stored)" if all(c.missing for c in chunks)
+                       else "fails its crc32c checksum or is missing" if any(c.missing for c in chunks)
+                       else "fails its crc32c checksum")
+            what = f"variable {', '.join(sorted({c.variable for c in chunks}))}: chunk {names} {failure}"
+        else:
+            what = "a chunk failed its crc32c checksum while it was read"
+        super().__init__(f"run {run_id!r} has corrupt stored data: {what}; the data is not served. "
+                         f"Check the run with `trajscope fsck {run_id}` and restore it or record it again")
+
+    @property
+    def variables(self) -> list[str]:
+        return sorted({c.variable for c in self.chunks})

@@ -99,6 +99,8 @@ def select(ds: xr.Dataset, step: slice | None = None, variables: Iterable[str] |
                             f"choose from {', '.join(map(str, ds.data_vars))}")
         out = out[names]
     if step is not None and "step" in out.dims:
+        if ds.sizes["step"] == 0:
+            raise UserError("the run has no recorded state yet: there is no step to select")
         out = out.sel(step=slice(step.start, step.stop)).isel(step=slice(None, None, step.step))
         if out.sizes["step"] == 0:
             first, last = int(ds["step"][0]), int(ds["step"][-1])
@@ -130,7 +132,8 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         ds = ds.chunk({"step": chunk or "auto"})  # uniform chunks, as Zarr needs
     drop_chunk_encoding(ds)
     if kind == "zarr":
-        ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True)
+        # every chunk stored, an all-NaN one too: a reader takes a missing committed chunk for a lost one
+        ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True, write_empty_chunks=True)
     elif kind == "netcdf":
         portable(ds).to_netcdf(path)
     else:

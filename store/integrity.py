@@ -14,52 +14,15 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import dataclass
 from typing import Iterable
 
 from trajscope.store.chunkio import checksum
+from trajscope.store.errors import CorruptChunk, CorruptData
 from trajscope.store.root import StoreRoot
-from trajscope.store.snapshot import snapshot
+from trajscope.store.snapshot import missing_committed_chunk, snapshot
 
 #: the text zarr's crc32c codec puts in the ValueError it raises on a mismatch
 _MISMATCH = "checksum do not match"
-
-
-@dataclass(frozen=True)
-class CorruptChunk:
-    """One stored chunk whose checksum fails: its variable, key and the steps it holds (if any)."""
-
-    variable: str
-    key: str
-    steps: tuple[int, int] | None = None  # [first, last] state index the chunk covers
-
-    def describe(self) -> str:
-        where = f" (states {self.steps[0]}–{self.steps[1]})" if self.steps else ""
-        return f"{self.key}{where}"
-
-
-class CorruptData(Exception):
-    """Stored data of a run fails its checksum: it is never returned as numbers.
-
-    Not a :class:`~trajscope.store.errors.UserError`: the request was fine, the stored bytes are not.
-    ``chunks`` lists the failing chunks found (may be empty when the bytes changed again since).
-    """
-
-    def __init__(self, run_id: str, chunks: list[CorruptChunk]):
-        self.run_id = run_id
-        self.chunks = chunks
-        if chunks:
-            names = ", ".join(c.describe() for c in chunks[:4]) + (" …" if len(chunks) > 4 else "")
-            what = (f"variable {', '.join(sorted({c.variable for c in chunks}))}: chunk "
-                    f"{names} fails its crc32c checksum")
-        else:
-            what = "a chunk failed its crc32c checksum while it was read"
-        super().__init__(f"run {run_id!r} has corrupt stored data: {what}; the data is not served. "
-                         f"Check the run with `trajscope fsck {run_id}` and restore it or record it again")
-
-    @property
-    def variables(self) -> list[str]:
-        return sorted({c.variable for c in self.chunks})
 
 
 def is_checksum_error(exc: BaseException | None) -> bool:
@@ -105,7 +68,8 @@ def find_corrupt_chunks(root: StoreRoot, run_id: str, variables: Iterable[str] |
     """The committed chunks of ``run_id`` whose checksum fails (at most ``limit``).
 
     ``variables`` narrows the search (the named ones are checked first, then no others); ``None``
-    checks every array. Missing chunks are not corrupt (zarr reads them as the fill value).
+    checks every array. A committed chunk that is not stored counts too where the run says every chunk is
+    stored (:func:`~trajscope.store.snapshot.missing_committed_chunk`).
     Reads every committed chunk it checks: cost is one pass over those bytes.
     """
     snap = snapshot(root, run_id)
@@ -119,6 +83,11 @@ def find_corrupt_chunks(root: StoreRoot, run_id: str, variables: Iterable[str] |
             try:
                 stored = root.read_bytes(run_id, key)
             except (KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                lost = missing_committed_chunk(snap.attrs, snap.arrays, key)
+                if lost is not None:
+                    found.append(lost)
+                    if len(found) >= limit:
+                        return found
                 continue
             if not chunk_ok(stored):
                 found.append(CorruptChunk(name, key, steps))
@@ -135,4 +104,5 @@ def corrupt_data(root: StoreRoot, run_id: str, variables: Iterable[str] | None =
     return CorruptData(run_id, chunks)
 
 
-__all__ = ["CorruptChunk", "CorruptData", "chunk_ok", "corrupt_data", "find_corrupt_chunks", "is_checksum_error"]
+__all__ = ["CorruptChunk", "CorruptData", "chunk_ok", "corrupt_data", "find_corrupt_chunks", "is_checksum_error",
+           "missing_committed_chunk"]

@@ -37,6 +37,14 @@ COMMITTED = "committed_steps"
 STATUSES = ("running", "complete", "failed", "interrupted")
 #: status of a run whose creation has begun but not completed: readers refuse it, ``produce --name`` replaces it
 CREATING = "creating"
+#: root attribute: a random id given at creation, so a run deleted and created again under the same id (within
+#: the one-second resolution of ``created``) is told apart by readers that cache by run
+RUN_UID = "run_uid"
+#: root attribute (true) of a run whose writer stores every chunk of every time-varying array below
+#: ``committed_steps``, an all-fill one too: readers take such a chunk found missing for a loss, not for fill
+#: values. ``open_run`` leaves it out of the dataset's attributes, so a plain copy (``ds.to_zarr``, which
+#: skips all-fill chunks) does not claim it.
+ALL_CHUNKS_STORED = "all_chunks_stored"
 
 #: default size of one ``W`` chunk, and the bounds on the time chunk length
 TARGET_CHUNK_BYTES = 8 * 2**20

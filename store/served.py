@@ -9,13 +9,14 @@ and the read is never followed (a path returned instead would leave that gap).
 
 from __future__ import annotations
 
-import json
 import os
 
+from trajscope.store.errors import CorruptData
 from trajscope.store.layout import COMMITTED, STEP_DIM
 from trajscope.store.root import StoreRoot
 from trajscope.store.safe import open_inside
-from trajscope.store.snapshot import METADATA_KEY, KeyInfo, KeyNotServed, _check_inside, _chunk_steps, parse_key
+from trajscope.store.snapshot import (KeyInfo, KeyNotServed, _check_inside, _chunk_steps,
+                                      missing_committed_chunk, parse_key, read_array_metadata)
 
 
 def open_chunk_file(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None = None) -> int | None:
@@ -29,10 +30,9 @@ def open_chunk_file(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None
     if not root.is_local or info.kind != "chunk":
         return None
     _check_inside(root, run_id, key)
-    committed = int(root.read_attrs(run_id).get(COMMITTED, 0))  # fresh, before the array metadata
-    meta = json.loads(root.read_bytes(run_id, f"{info.array}/{METADATA_KEY}"))
-    if meta.get("node_type") != "array":
-        raise KeyError(key)
+    attrs = root.read_attrs(run_id)  # fresh, before the array metadata
+    committed = int(attrs.get(COMMITTED, 0))
+    meta = read_array_metadata(root, run_id, info.array)
     if len(info.chunk) != len(meta.get("shape", ())):
         raise KeyNotServed(f"chunk key {key!r} has {len(info.chunk)} indices; array {info.array!r} has "
                            f"{len(meta.get('shape', ()))} dimensions")
@@ -44,4 +44,7 @@ def open_chunk_file(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None
     try:  # PathOutsideRoot passes through, as from the check above
         return open_inside(root.location, os.path.join(root.run_url(run_id), key), f"key {key!r} of run {run_id!r}")
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        lost = missing_committed_chunk(attrs, {info.array: meta}, key)
+        if lost is not None:  # committed but not stored: corrupt, not absent (see read_key)
+            raise CorruptData(run_id, [lost]) from None
         raise KeyError(key) from None

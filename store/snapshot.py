@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from trajscope.store.errors import UserError
-from trajscope.store.layout import COMMITTED, STEP_DIM
+from trajscope.store.errors import CorruptChunk, CorruptData, PathOutsideRoot, RunNotFound, UserError
+from trajscope.store.layout import ALL_CHUNKS_STORED, COMMITTED, STEP_DIM
 from trajscope.store.root import StoreRoot
 from trajscope.store.safe import is_inside, resolve_inside
 
@@ -117,7 +117,10 @@ def snapshot(root: StoreRoot, run_id: str) -> Snapshot:
     """
     group = root.read_group_metadata(run_id)  # RunNotFound when absent
     attrs = dict(group.get("attributes", {}))
-    return Snapshot(attrs, array_metadata(root, run_id, int(attrs.get(COMMITTED, 0)), group))
+    try:
+        return Snapshot(attrs, array_metadata(root, run_id, int(attrs.get(COMMITTED, 0)), group))
+    except (FileNotFoundError, NotADirectoryError):  # the run's folder listed after its deletion
+        raise RunNotFound(f"no run {run_id!r} under {root.location}: it was deleted while it was read") from None
 
 
 def array_metadata(root: StoreRoot, run_id: str, committed: int,
@@ -126,17 +129,47 @@ def array_metadata(root: StoreRoot, run_id: str, committed: int,
     ``group`` has it, else each ``NAME/zarr.json`` read now (through the root's safe reads)."""
     group = group or {}
     consolidated = (group.get("consolidated_metadata") or {}).get("metadata") or {}
+    own = _named_arrays(group.get("attributes") or {})
     arrays: dict[str, dict[str, Any]] = {}
     for name in _array_names(root, run_id, group):
         meta = consolidated.get(name)
         if meta is None:
             try:
-                meta = json.loads(root.read_bytes(run_id, f"{name}/{METADATA_KEY}"))
-            except KeyError:
+                meta = read_array_metadata(root, run_id, name)
+            except KeyError:  # a folder that is not an array (a stray one, an unreadable document)
                 continue
-        if meta.get("node_type") == "array":
+            except PathOutsideRoot:
+                if name in own:  # one of the run's own arrays leads out of the root: refused, loudly
+                    raise
+                continue  # a stray link beside the arrays: skipped (fsck reports it), the run stays readable
+        if isinstance(meta, dict) and meta.get("node_type") == "array":
             arrays[name] = _trim(meta, committed)
     return arrays
+
+
+def _named_arrays(attrs: dict[str, Any]) -> set[str]:
+    """The arrays the run's attributes name (``time_variables``, and the schema's variables)."""
+    names = {str(n) for n in attrs.get("time_variables") or [] if isinstance(n, str)}
+    schema = attrs.get("schema")
+    if isinstance(schema, dict) and isinstance(schema.get("variables"), dict):
+        names.update(str(n) for n in schema["variables"])
+    return names
+
+
+def read_array_metadata(root: StoreRoot, run_id: str, name: str) -> dict[str, Any]:
+    """The ``NAME/zarr.json`` of an array of the run, read now (through the root's safe reads).
+
+    :class:`KeyError` when there is none, or when it is not an array's metadata (not JSON, not an object,
+    another node type): a folder that is not an array is no key of the run.
+    :class:`~trajscope.store.errors.PathOutsideRoot` passes through."""
+    key = f"{name}/{METADATA_KEY}"
+    try:
+        meta = json.loads(root.read_bytes(run_id, key))
+    except (ValueError, UnicodeDecodeError):
+        raise KeyError(key) from None
+    if not isinstance(meta, dict) or meta.get("node_type") != "array":
+        raise KeyError(key)
+    return meta
 
 
 def snapshot_metadata(root: StoreRoot, run_id: str) -> bytes:
@@ -156,6 +189,34 @@ def _chunk_steps(meta: dict[str, Any]) -> int | None:
     return int(shape[0]) if shape else None
 
 
+def missing_committed_chunk(attrs: dict[str, Any], arrays: dict[str, dict], key: str) -> CorruptChunk | None:
+    """The :class:`CorruptChunk` (``missing``) that ``key`` names when the store has no object for it but must.
+
+    A run whose root attributes say :data:`~trajscope.store.layout.ALL_CHUNKS_STORED` has every chunk of a
+    time-varying array below ``committed_steps`` stored (its chunk files land before the commit that covers
+    them; nothing skips an all-fill chunk), so such a chunk found absent was lost (removed by hand, a run
+    deleted while it was read), and reading it as the fill value, zarr's rule, would return made-up numbers.
+    Other runs (a plain ``ds.to_zarr`` copy stores no file for an all-NaN chunk; runs written before the
+    attribute) are read as zarr reads them. ``attrs`` and ``arrays`` are the snapshot's root attributes and
+    array metadata. ``None`` for every other key (metadata, static arrays, chunks at or past the committed
+    steps)."""
+    if attrs.get(ALL_CHUNKS_STORED) is not True:
+        return None
+    try:
+        info = parse_key(key)
+    except KeyNotServed:
+        return None
+    meta = arrays.get(info.array) if info.kind == "chunk" else None
+    if meta is None or not info.chunk or (meta.get("dimension_names") or [None])[0] != STEP_DIM:
+        return None
+    committed = int(attrs.get(COMMITTED, 0))
+    steps = _chunk_steps(meta) or 1
+    first = info.chunk[0] * steps
+    if first >= committed:
+        return None
+    return CorruptChunk(info.array, key, (first, min(first + steps, committed) - 1), missing=True)
+
+
 def read_key(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None = None) -> bytes:
     """The bytes of ``key`` as the pass-through serves them; :class:`KeyError` when there is none.
 
@@ -168,9 +229,7 @@ def read_key(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None = None
     _check_inside(root, run_id, key)
     attrs = root.read_attrs(run_id)  # fresh, before the array metadata or the chunk
     committed = int(attrs.get(COMMITTED, 0))
-    meta = json.loads(root.read_bytes(run_id, f"{info.array}/{METADATA_KEY}"))
-    if meta.get("node_type") != "array":
-        raise KeyError(key)
+    meta = read_array_metadata(root, run_id, info.array)
     if info.kind == "array":
         return json.dumps(_trim(meta, committed), allow_nan=False).encode()
     dims = meta.get("dimension_names") or []
@@ -181,7 +240,13 @@ def read_key(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None = None
         steps = _chunk_steps(meta)
         if steps is not None and info.chunk[0] * steps >= committed:
             raise KeyError(key)  # not committed yet: a reader of the snapshot never asks for it
-    return root.read_bytes(run_id, key)
+    try:
+        return root.read_bytes(run_id, key)
+    except (KeyError, FileNotFoundError):
+        lost = missing_committed_chunk(attrs, {info.array: meta}, key)
+        if lost is not None:  # a 404 would read as the fill value in the client's zarr: made-up numbers
+            raise CorruptData(run_id, [lost]) from None
+        raise
 
 
 def key_size(root: StoreRoot, run_id: str, key: str) -> int:

@@ -25,6 +25,7 @@ import json
 import platform
 import threading
 import time
+import uuid
 from importlib import metadata as _metadata
 from typing import Any, Mapping
 
@@ -36,10 +37,12 @@ from trajscope.store.chunkio import DURABILITY_LEVELS, FsspecSink, LocalSink, re
 from trajscope.store.errors import RunLocked, UserError
 from trajscope.store.hotpath import BlockWrite, HotPath, block_threads, default_write_threads
 from trajscope.store.layout import (
+    ALL_CHUNKS_STORED,
     COMMITTED,
     COORDINATES,
     CREATING,
     FORMAT_VERSION,
+    RUN_UID,
     STATUSES,
     VariableSpec,
     chunk_plan,
@@ -117,8 +120,9 @@ class RunWriter:
             faults.checkpoint("create.locked")
             if _refuse_existing(root, run_id):  # a half-created run whose creator is gone: replace it
                 root.delete(run_id)
-            root.write_attrs(run_id, {"format_version": FORMAT_VERSION, "run_id": run_id, "status": CREATING,
-                                      "created": _now(), "updated": _now(), COMMITTED: 0,
+            uid = uuid.uuid4().hex
+            root.write_attrs(run_id, {"format_version": FORMAT_VERSION, "run_id": run_id, RUN_UID: uid,
+                                      "status": CREATING, "created": _now(), "updated": _now(), COMMITTED: 0,
                                       "writer": lock.lease()})
             serializer, compressors = codecs_for(compressor)
             timed = [spec for spec in variables.values() if spec.time_varying]
@@ -150,6 +154,7 @@ class RunWriter:
                     fill_value=fill_value_for(spec.dtype),
                     dimension_names=list(spec.dims),
                     attributes=array_attrs,
+                    config={"write_empty_chunks": True},  # every chunk stored: a missing one is always a loss
                 )
                 if not spec.time_varying:
                     array[...] = np.asarray(static[spec.name], dtype=spec.dtype)
@@ -158,6 +163,8 @@ class RunWriter:
                 "format_version": FORMAT_VERSION,
                 "run_id": run_id,
                 **dict(attrs),
+                RUN_UID: uid,
+                ALL_CHUNKS_STORED: True,
                 "versions": library_versions(),
                 "created": _now(),
                 "updated": _now(),

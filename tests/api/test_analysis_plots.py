@@ -141,3 +141,20 @@ def test_figures_of_a_live_run_are_recomputed_when_it_commits(tmp_path, write_ru
         assert again.headers["x-trajscope-cache"] == "miss" and again.content != first.content
         body = c.get("/api/runs/grow/analysis/stable_rank").json()
         assert body["committed_steps"] == 16 and len(body["result"]["values"]) == 16
+
+
+def test_a_figure_a_live_run_could_not_show_yet_is_tried_again_once_it_has_ended(tmp_path, write_run, serve):
+    """Figures that fail on a live run's first states are remembered while it runs (not redone per commit),
+    and forgotten when it ends: the finished run is probed again."""
+    root = StoreRoot(tmp_path)
+    write_run(root, "young", steps=24, chunk_steps=8, finish=None, commit_to=0)  # nothing committed yet
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        assert c.get("/api/runs/young/plots/loss.png").status_code in (400, 422)
+        body = c.get("/api/runs/young/plots", params={"check": "true"}).json()
+        assert "loss" in body["unavailable"]
+        writer = RunWriter.reopen(root, "young")
+        writer.commit(24)
+        writer.finish("complete")
+        again = c.get("/api/runs/young/plots", params={"check": "true"}).json()
+        assert "loss" in again["items"] and "loss" not in again["unavailable"], again["unavailable"]
+        assert c.get("/api/runs/young/plots/loss.png").status_code == 200

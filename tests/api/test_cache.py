@@ -112,3 +112,24 @@ def test_a_deleted_run_is_gone_at_once(tmp_path):
         root.delete("gone")  # by another process: the server is not told
         r = c.get(url)
         assert r.status_code == 404 and "gone" in r.json()["detail"]
+
+
+def test_a_run_deleted_and_created_again_within_a_second_is_not_served_from_the_cache(tmp_path, monkeypatch):
+    """``created`` and ``updated`` resolve one second: a run deleted (``trajscope rm``, by another process) and
+    created again under the same id within it looked like the same version, and its old answers were served.
+    The fixed clock below makes every timestamp equal; ``run_uid`` tells the two runs apart."""
+    from trajscope.store import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "_now", lambda: "2026-01-01T00:00:00+00:00")
+    root = StoreRoot(tmp_path)
+    first = make_run(root, "again", steps=8, chunk_steps=8, seed=1)
+    with serving(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        url = "/api/runs/again/vars/W?step=0"
+        assert c.get(url).json()["values"] == first["W"][0].tolist()
+        assert c.get(url).headers["x-trajscope-cache"] == "hit"
+        root.delete("again")
+        second = make_run(root, "again", steps=8, chunk_steps=8, seed=2)
+        assert not np.array_equal(first["W"][0], second["W"][0])
+        r = c.get(url)
+        assert r.headers["x-trajscope-cache"] == "miss" and r.json()["values"] == second["W"][0].tolist()
+        assert c.get("/api/runs/again/vars/W?step=7").json()["values"] == second["W"][7].tolist()

@@ -9,6 +9,7 @@ import json
 import os
 
 import httpx
+import numpy as np
 import pytest
 
 from trajscope.store import StoreRoot
@@ -198,3 +199,56 @@ def test_a_corrupt_coordinate_chunk_is_named_even_when_the_run_is_opened(tmp_pat
             assert r.status_code == 503, (path, r.text[:300])
             assert r.json()["chunks"] == ["step/c/0"] and r.json()["variables"] == ["step"]
         assert c.get("/api/runs").status_code == 200  # the listing reads attributes only
+
+
+def test_a_committed_chunk_that_is_missing_is_a_503_not_fill_values(tmp_path):
+    """A chunk below ``committed_steps`` that is not stored (removed by hand, lost by the file system) would
+    read as the fill value (NaN for W, 0 for step): the routes, ``/zarr`` and ``open_run`` refuse it."""
+    import xarray as xr
+
+    from trajscope.store import open_run
+    from trajscope.store.integrity import CorruptData, find_corrupt_chunks
+
+    root = StoreRoot(tmp_path)
+    expected = make_run(root, "r", steps=40, chunk_steps=8)
+    os.remove(os.path.join(root.run_url("r"), "W", "c", "1", "0", "0"))  # states 8..15 of W
+    with pytest.raises(CorruptData, match=r"W/c/1/0/0 \(states 8–15\) is missing"):
+        open_run("r", root)["W"].values
+    np.testing.assert_array_equal(open_run("r", root)["W"][16:].values, expected["W"][16:])  # the rest reads
+    assert [(c.key, c.missing) for c in find_corrupt_chunks(root, "r")] == [("W/c/1/0/0", True)]
+    with serving(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        for path in ("/api/runs/r/vars/W?step=8:9", "/api/runs/r/analysis/stable_rank", "/zarr/r/W/c/1/0/0"):
+            r = c.get(path)
+            assert r.status_code == 503, (path, r.text[:300])
+            assert r.json()["chunks"] == ["W/c/1/0/0"] and "missing" in r.json()["detail"], path
+        assert c.get("/zarr/r/W/c/1/0/0", headers={"Range": "bytes=0-3"}).status_code == 503
+        assert c.get("/api/runs/r/vars/W?step=16:17").status_code == 200
+        remote = xr.open_zarr(f"{srv.url}/zarr/r", zarr_format=3)  # plain zarr over HTTP: an error, not NaN
+        with pytest.raises(Exception) as raised:
+            remote["W"][8:16].values
+        assert not np.isnan(remote["W"][16:24].values).any()
+        assert "503" in str(raised.value) or "Service Unavailable" in str(raised.value), raised.value
+
+
+def test_a_missing_chunk_past_the_committed_steps_is_not_corrupt(tmp_path):
+    """A live run's chunks past ``committed_steps`` may not exist yet: the snapshot never asks for them."""
+    from trajscope.store import open_run
+
+    root = StoreRoot(tmp_path)
+    make_run(root, "r", steps=40, chunk_steps=8, finish=None, commit_to=16)
+    os.remove(os.path.join(root.run_url("r"), "W", "c", "3", "0", "0"))  # states 24..31: not committed
+    assert open_run("r", root)["W"].shape[0] == 16 and not np.isnan(open_run("r", root)["W"].values).any()
+
+
+def test_a_stray_folder_with_a_malformed_document_is_a_404_and_the_run_is_served(tmp_path):
+    """A folder beside a live run's arrays whose zarr.json is not JSON gave a 500 on every key of the run."""
+    root = StoreRoot(tmp_path)
+    make_run(root, "r", steps=16, chunk_steps=8, finish=None, commit_to=16)
+    os.makedirs(os.path.join(root.run_url("r"), "notes"))
+    with open(os.path.join(root.run_url("r"), "notes", "zarr.json"), "w") as f:
+        f.write("x")
+    with serving(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        document = c.get("/zarr/r/zarr.json")
+        assert document.status_code == 200 and "notes" not in document.json()["consolidated_metadata"]["metadata"]
+        assert c.get("/zarr/r/notes/zarr.json").status_code == 404
+        assert c.get("/api/runs/r/vars/W?step=0").status_code == 200

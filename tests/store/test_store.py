@@ -256,3 +256,22 @@ def test_xarray_backend_trims_a_live_run(tmp_path):
     np.testing.assert_allclose(ds.v.values, block(0, 8)["v"][:5].astype(np.float32))
     assert "loss" not in xr.open_dataset(tmp_path / "r.zarr", engine="trajscope", drop_variables="loss")
     writer.finish("complete")
+
+
+def test_a_static_array_equal_to_its_fill_value_is_stored_and_fsck_is_clean(tmp_path):
+    """zarr skips a chunk that is all fill value unless told otherwise; an all-zero static array then had no
+    chunk file and fsck reported it missing. The writer stores every chunk."""
+    from trajscope.store.fsck import fsck_run
+
+    root = StoreRoot(tmp_path)
+    writer = RunWriter.create(
+        root, "r", variables=two_layer_variables(), sizes={"neuron": 3, "feature": 4, "sample": 5}, capacity=8,
+        static={"X": np.zeros((5, 4)), "y": np.zeros(5)}, attrs={"config": {"train": {"lr": 0.1}}},
+        chunk_bytes=3 * 4 * 4 * 8)
+    writer.write_block(0, block(0, 8)).wait(20)
+    writer.commit()
+    writer.finish("complete")
+    assert (tmp_path / "r.zarr" / "y" / "c" / "0").exists() and (tmp_path / "r.zarr" / "X" / "c" / "0" / "0").exists()
+    report = fsck_run(root, "r")
+    assert report.problems == [], report.problems
+    np.testing.assert_array_equal(open_run("r", root)["y"].values, np.zeros(5))

@@ -150,3 +150,43 @@ def test_links_that_stay_inside_the_root_are_followed(tmp_path):
     ds = open_run("ok", root).load()
     assert ds.sizes["step"] == 16 and np.isfinite(ds.W.values).all()
     assert fsck_run(root, "ok").ok
+
+
+@pytest.mark.parametrize("stray", ["link out", "dangling link", "not JSON", "a list"])
+def test_a_stray_entry_beside_a_live_runs_arrays_leaves_the_run_readable(tmp_path, stray):
+    """A live run's arrays are found by listing its folder. A stray entry there (a link out of the root, a
+    dangling link, a folder whose ``zarr.json`` is not an array's metadata) is skipped; before, it made the
+    whole run unreadable (every read of it failed, the HTTP routes answered 404 or 500)."""
+    root = StoreRoot(tmp_path / "root")
+    write_run(root, "r", live=True)
+    extra = os.path.join(root.run_url("r"), "extra")
+    if stray == "link out":
+        write_run(StoreRoot(tmp_path / "outside"), "o", fill=MARKER)
+        os.symlink(tmp_path / "outside" / "o.zarr" / "W", extra)
+    elif stray == "dangling link":
+        os.symlink(tmp_path / "nowhere", extra)
+    else:
+        os.makedirs(extra)
+        with open(os.path.join(extra, "zarr.json"), "w") as f:
+            f.write("x" if stray == "not JSON" else "[1, 2]")
+    ds = open_run("r", root)
+    assert "extra" not in ds and ds["W"].shape[0] == 16
+    assert_no_marker(ds)
+    assert set(snapshot(root, "r").arrays) == {"W", "v", "loss", "output", "step", "t", "X", "y"}
+    with pytest.raises((KeyError, PathOutsideRoot)):
+        read_key(root, "r", "extra/zarr.json")
+
+
+def test_a_run_deleted_between_its_document_and_its_listing_is_not_found(tmp_path, monkeypatch):
+    """A request reading a live run that is deleted meanwhile gets RunNotFound (a 404), not a 500."""
+    from trajscope.store import RunNotFound
+
+    root = StoreRoot(tmp_path)
+    write_run(root, "r", live=True)
+
+    def gone(*args, **kwargs):
+        raise FileNotFoundError(root.run_url("r"))
+
+    monkeypatch.setattr(type(root.fs), "ls", gone)
+    with pytest.raises(RunNotFound, match="deleted while it was read"):
+        snapshot(root, "r")

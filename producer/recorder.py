@@ -1,8 +1,9 @@
 """The recording pipeline: chunk buffers → bounded hand-off → store's write pool (→ commits by a writer thread).
 
 The training loop calls :meth:`Recorder.record` once per recorded state. The state is copied into the
-current chunk buffer with one call: on a GPU one multi-tensor copy (``torch._foreach_copy_``, one kernel
-launch for every variable of the state, no host sync); on the CPU one numpy memcpy per variable (torch's
+current chunk buffer with one call: on a GPU one multi-tensor copy per dtype (``torch._foreach_copy_``, one
+kernel launch for all the variables of one dtype, e.g. two for float32 weights and a float64 loss; no host
+sync); on the CPU one numpy memcpy per variable (torch's
 intra-op threads would compete with the training step for the cores). On a GPU a full buffer is handed
 to the writer thread after an asynchronous copy into pinned host memory on a side stream; on the CPU,
 where the buffer is host memory already, the :meth:`Recorder.record` call that fills it hands it to the
@@ -135,7 +136,9 @@ class CudaStaging(HostStaging):
 
     def host_buffers(self, device):
         host = {n: torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for n, t in device.items()}
-        return host, torch.cuda.Event()
+        # blocking: the writer thread's wait sleeps instead of spinning a core (CUDA's default for an event
+        # synchronize) while the loop runs ahead by up to ``buffers`` chunks
+        return host, torch.cuda.Event(blocking=True)
 
     def start_copy(self, slot):
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -365,15 +368,23 @@ class Recorder:
             self._copy_host(slot, position, rows, values)
         else:
             with torch.no_grad():  # parameters are copied without their graph
-                targets, sources = [], []
+                groups: dict = {}
                 for name, value in values.items():
-                    if isinstance(value, torch.Tensor) and value.shape == rows[name].shape:
-                        targets.append(rows[name])
-                        sources.append(value)
+                    row = rows[name]
+                    if isinstance(value, torch.Tensor) and value.shape == row.shape and value.device == row.device:
+                        group = groups.get((value.dtype, row.dtype))
+                        if group is None:
+                            group = groups[(value.dtype, row.dtype)] = ([], [])
+                        group[0].append(row)
+                        group[1].append(value)
+                    elif isinstance(value, torch.Tensor) and value.numel() == 1 and value.device.type == "cpu":
+                        # a number held in a CPU tensor (ModuleRecorder's extras) written into a device row: as
+                        # a number (a fill kernel), since a copy from pageable host memory waits for the device
+                        slot.device[name][position] = value.item()
                     else:  # Python numbers, and tensors that need broadcasting (e.g. shape (1,) into ())
                         slot.device[name][position] = value
-                if sources:
-                    torch._foreach_copy_(targets, sources)  # one launch for the whole state, no host sync
+                for targets, sources in groups.values():  # one launch per pair of dtypes (torch's multi-tensor
+                    torch._foreach_copy_(targets, sources)  # copy takes one dtype a launch), no host sync
         self.index += 1
         if position + 1 == self.chunk:
             self._hand_off(self.chunk)
@@ -632,7 +643,11 @@ class Recorder:
             if item != _WAKE:
                 if self._error is None:
                     self._guard(lambda: self._submit(item))
-                else:
+                else:  # nothing of it is committed; its copy to the host is still waited for, so a buffer
+                    try:  # is never refilled while a copy out of it may be pending
+                        self.staging.wait(self._slots[item])
+                    except BaseException:  # noqa: BLE001 - the first error stands; the buffer is freed anyway
+                        pass
                     self._release(item)
             if self._error is None and self._process is None:  # (a writer process commits itself)
                 self._guard(self._commit_if_due)

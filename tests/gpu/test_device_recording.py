@@ -47,11 +47,11 @@ WRITERS = ["thread", pytest.param("process", marks=pytest.mark.skipif(
 @pytest.mark.parametrize("device_name", DEVICES)
 def test_every_recorded_state_equals_a_copy_taken_in_the_loop(tmp_path, device_name, writer):
     device = torch.device(device_name)
-    h, dim, n, states = 64, 48, 40, 301
+    h, dim, n, states = 64, 48, 40, 300
     run = RunWriter.create(
         StoreRoot(tmp_path), writer, variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
         capacity=states, static={"X": np.zeros((n, dim), np.float32), "y": np.ones(n, np.int8)}, attrs={},
-        chunk_bytes=h * dim * 4 * 7,  # 7 states a chunk: 43 chunks through 2 buffers
+        chunk_bytes=h * dim * 4 * 7,  # 7 states a chunk: 42 full chunks and a partial one through 2 buffers
     )
     assert run.chunk_steps == 7
     shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)}
@@ -134,3 +134,53 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, device_name, 
     resumed = open_run("killed", root).load()
     for name in ("W", "v", "loss", "output", "step", "t"):
         np.testing.assert_array_equal(resumed[name].values, expected[name].values, err_msg=name)
+
+
+@pytest.mark.parametrize("device_name", DEVICES)
+def test_the_recording_loop_never_waits_for_the_device(tmp_path, device_name):
+    """No host sync in a minibatch step nor in ``record()``: on the GPU the loop runs under
+    ``torch.cuda.set_sync_debug_mode("error")``, where anything that waits for the device (a copy from
+    pageable memory, ``.item()`` of a device tensor) raises. The states mix dtypes (float32 rows, a float64
+    loss) and hand the loss over as a device tensor, as a number in a CPU tensor (what ``ModuleRecorder``
+    makes of a Python number) and as a Python number; the recorded values are checked after."""
+    from trajscope.producer.model import TwoLayerReLU, initialize
+    from trajscope.producer.train import gradient_step
+
+    device = torch.device(device_name)
+    cfg = load_config(_config(device_name, "thread", "sync"))
+    n, dim, width, states = 60, 12, 24, 40
+    generator = torch.Generator().manual_seed(0)
+    X = torch.randn(n, dim, generator=generator).to(device)
+    y = torch.where(torch.arange(n) % 2 == 0, 1.0, -1.0).to(device)
+    model = TwoLayerReLU(X, y, cfg.loss)
+    state = initialize(cfg.init, width, dim, train_v=True, seed=0, dtype=torch.float32)
+    state = type(state)(W=state.W.to(device), v=state.v.to(device))
+    run = RunWriter.create(
+        StoreRoot(tmp_path), "sync", variables=two_layer_variables(), sizes={"neuron": width, "feature": dim, "sample": n},
+        capacity=states, static={"X": X.cpu().numpy(), "y": np.ones(n, np.int8)}, attrs={},
+        chunk_bytes=width * dim * 4 * 8)
+    steps = np.arange(states)
+    recorder = Recorder(run, {"W": (width, dim), "v": (width,), "loss": (), "output": (n,)},
+                        {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32},
+                        device, columns={"step": steps, "t": steps * 0.1})
+    losses, kept = [], []
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(states):
+            pre, out = model.forward(state)
+            loss = [model.loss_value(out).double(), torch.tensor(0.25 * step), 0.5 * step][step % 3]
+            recorder.record(W=state.W, v=state.v, loss=loss, output=out)
+            losses.append(loss.clone() if isinstance(loss, torch.Tensor) else loss)
+            kept.append(state.W.clone())
+            state = gradient_step(model, state, cfg, step, pre, out)  # a minibatch step (batch_size 20)
+    finally:
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+    assert recorder.close() == states
+    run.finish("complete")
+    ds = open_run("sync", StoreRoot(tmp_path)).load()
+    np.testing.assert_array_equal(ds.W.values, torch.stack(kept).cpu().numpy())
+    expected = [float(v.item()) if isinstance(v, torch.Tensor) else v for v in losses]
+    np.testing.assert_array_equal(ds.loss.values, np.array(expected, np.float64))

@@ -63,16 +63,20 @@ def store_wait_line(result) -> str | None:
 
 
 @contextlib.contextmanager
-def _data_warnings_to(console: Console):
-    """Print each :class:`~trajscope.producer.data.DataWarning` as one ``warning:`` line when it is raised."""
+def _user_warnings_to(console: Console):
+    """Print each :class:`~trajscope.producer.data.DataWarning` (and
+    :class:`~trajscope.producer.train.ResumeWarning`) as one ``warning:`` line when it is raised."""
     from trajscope.producer.data import DataWarning
+    from trajscope.producer.train import ResumeWarning
 
+    shown = (DataWarning, ResumeWarning)
     with warnings.catch_warnings():
-        warnings.simplefilter("always", DataWarning)
+        for category in shown:
+            warnings.simplefilter("always", category)
         default = warnings.showwarning
 
         def show(message, category, *args, **kwargs):
-            if issubclass(category, DataWarning):
+            if issubclass(category, shown):
                 console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True, highlight=False)
             else:
                 default(message, category, *args, **kwargs)
@@ -101,7 +105,7 @@ def register(app: typer.Typer) -> None:
 
         resolved = load_config(config, set_)  # config errors surface before any display starts
         extra = labels(tag, note)
-        with _data_warnings_to(Console(stderr=True)):
+        with _user_warnings_to(Console(stderr=True)):
             if quiet:
                 result = run_produce(resolved, root=root, name=name, labels=extra)
             else:
@@ -132,11 +136,12 @@ def register(app: typer.Typer) -> None:
         """Continue a killed or interrupted run from its last committed state."""
         from trajscope.producer import resume as run_resume
 
-        if quiet:
-            result = run_resume(run, root=root)
-        else:
-            with progress_display() as display:
-                result = run_resume(run, root=root, progress=display)
+        with _user_warnings_to(Console(stderr=True)):
+            if quiet:
+                result = run_resume(run, root=root)
+            else:
+                with progress_display() as display:
+                    result = run_resume(run, root=root, progress=display)
         _report(Console(soft_wrap=True), result)
         if result.status != "complete":
             raise typer.Exit(130 if result.status == "interrupted" else 1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import time
 
 import httpx
 import numpy as np
@@ -231,13 +232,25 @@ def test_a_committed_chunk_that_is_missing_is_a_503_not_fill_values(tmp_path):
 
 
 def test_a_missing_chunk_past_the_committed_steps_is_not_corrupt(tmp_path):
-    """A live run's chunks past ``committed_steps`` may not exist yet: the snapshot never asks for them."""
+    """A live run's chunks past ``committed_steps`` may not exist yet: the snapshot never asks for them, a
+    remote reader asking anyway gets a 404, and only the committed ones count as lost."""
     from trajscope.store import open_run
+    from trajscope.store.snapshot import missing_committed_chunk, snapshot
 
     root = StoreRoot(tmp_path)
     make_run(root, "r", steps=40, chunk_steps=8, finish=None, commit_to=16)
-    os.remove(os.path.join(root.run_url("r"), "W", "c", "3", "0", "0"))  # states 24..31: not committed
+    late = os.path.join(root.run_url("r"), "W", "c", "3", "0", "0")  # states 24..31: not committed
+    for _ in range(200):  # make_run leaves without waiting for its last writes: let them land, then remove one
+        if os.path.exists(late):
+            break
+        time.sleep(0.01)
+    os.remove(late)
     assert open_run("r", root)["W"].shape[0] == 16 and not np.isnan(open_run("r", root)["W"].values).any()
+    snap = snapshot(root, "r")
+    assert missing_committed_chunk(snap.attrs, snap.arrays, "W/c/3/0/0") is None
+    assert missing_committed_chunk(snap.attrs, snap.arrays, "W/c/1/0/0").steps == (8, 15)
+    with serving(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        assert c.get("/zarr/r/W/c/3/0/0").status_code == 404
 
 
 def test_a_stray_folder_with_a_malformed_document_is_a_404_and_the_run_is_served(tmp_path):

@@ -58,9 +58,15 @@ class Child:
         self.process.join()
         return self.process.exitcode
 
-    def kill(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)
+    def kill(self) -> bool:
+        """SIGKILL it; False when it had exited meanwhile (the forkserver reaps it, so its pid is gone)."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            self.process.join()
+            return False
         self.process.join()
+        return True
 
     def stderr(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
@@ -179,8 +185,7 @@ def main() -> None:
         wait_for_lock(proc, root)
         remaining = 1.0 if phase == "produce" else max(1.0 - last_committed / ref.sizes["step"], 0.3)
         time.sleep(rng.uniform(0.0, 1.1 * remaining * lifetime))  # at least 0.3: a resume's fixed costs
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None and proc.kill():
             counts["kills"] += 1
             counts[f"kills during {phase}"] += 1
         else:

@@ -56,14 +56,20 @@ class CorruptData(Exception):
         self.chunks = chunks
         if chunks:
             names = ", ".join(c.describe() for c in chunks[:4]) + (" …" if len(chunks) > 4 else "")
-            failure = ("is missing (committed, but not stored)" if all(c.missing for c in chunks)
+            metadata = all(c.key.endswith("zarr.json") for c in chunks)
+            failure = ("is missing or unreadable" if metadata
+                       else "is missing (committed, but not stored)" if all(c.missing for c in chunks)
                        else "fails its crc32c checksum or is missing" if any(c.missing for c in chunks)
                        else "fails its crc32c checksum")
-            what = f"variable {', '.join(sorted({c.variable for c in chunks}))}: chunk {names} {failure}"
+            what = (f"variable {', '.join(sorted({c.variable for c in chunks}))}: {'metadata' if metadata else 'chunk'} "
+                    f"{names} {failure}")
         else:
             what = "a chunk failed its crc32c checksum while it was read"
         super().__init__(f"run {run_id!r} has corrupt stored data: {what}; the data is not served. "
                          f"Check the run with `trajscope fsck {run_id}` and restore it or record it again")
+
+    def __reduce__(self):  # picklable (a dask task's error crossing processes): the arguments, not the message
+        return (type(self), (self.run_id, self.chunks))
 
     @property
     def variables(self) -> list[str]:

@@ -132,7 +132,7 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         ds = ds.chunk({"step": chunk or "auto"})  # uniform chunks, as Zarr needs
     drop_chunk_encoding(ds)
     if kind == "zarr":
-        # every chunk stored, an all-NaN one too: a reader takes a missing committed chunk for a lost one
+        # every chunk stored, an all-NaN one too, as the store's writer does (fsck then finds none missing)
         ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True, write_empty_chunks=True)
     elif kind == "netcdf":
         portable(ds).to_netcdf(path)

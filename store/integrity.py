@@ -19,7 +19,7 @@ from typing import Iterable
 from trajscope.store.chunkio import checksum
 from trajscope.store.errors import CorruptChunk, CorruptData
 from trajscope.store.root import StoreRoot
-from trajscope.store.snapshot import missing_committed_chunk, snapshot
+from trajscope.store.snapshot import all_chunks_stored, missing_committed_chunk, snapshot
 
 #: the text zarr's crc32c codec puts in the ValueError it raises on a mismatch
 _MISMATCH = "checksum do not match"
@@ -68,13 +68,14 @@ def find_corrupt_chunks(root: StoreRoot, run_id: str, variables: Iterable[str] |
     """The committed chunks of ``run_id`` whose checksum fails (at most ``limit``).
 
     ``variables`` narrows the search (the named ones are checked first, then no others); ``None``
-    checks every array. A committed chunk that is not stored counts too where the run says every chunk is
-    stored (:func:`~trajscope.store.snapshot.missing_committed_chunk`).
+    checks every array. A committed chunk that is not stored counts too where the run stores every chunk
+    (:func:`~trajscope.store.snapshot.all_chunks_stored`).
     Reads every committed chunk it checks: cost is one pass over those bytes.
     """
     snap = snapshot(root, run_id)
     names = list(snap.arrays) if variables is None else [v for v in variables if v in snap.arrays]
     found: list[CorruptChunk] = []
+    complete = all_chunks_stored(root, run_id)
     for name in names:
         meta = snap.arrays[name]
         if "crc32c" not in json.dumps(meta.get("codecs", [])):
@@ -83,7 +84,7 @@ def find_corrupt_chunks(root: StoreRoot, run_id: str, variables: Iterable[str] |
             try:
                 stored = root.read_bytes(run_id, key)
             except (KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                lost = missing_committed_chunk(snap.attrs, snap.arrays, key)
+                lost = missing_committed_chunk(snap.committed, snap.arrays, key) if complete else None
                 if lost is not None:
                     found.append(lost)
                     if len(found) >= limit:
@@ -104,5 +105,4 @@ def corrupt_data(root: StoreRoot, run_id: str, variables: Iterable[str] | None =
     return CorruptData(run_id, chunks)
 
 
-__all__ = ["CorruptChunk", "CorruptData", "chunk_ok", "corrupt_data", "find_corrupt_chunks", "is_checksum_error",
-           "missing_committed_chunk"]
+__all__ = ["CorruptChunk", "CorruptData", "chunk_ok", "corrupt_data", "find_corrupt_chunks", "is_checksum_error"]

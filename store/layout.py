@@ -40,11 +40,12 @@ CREATING = "creating"
 #: root attribute: a random id given at creation, so a run deleted and created again under the same id (within
 #: the one-second resolution of ``created``) is told apart by readers that cache by run
 RUN_UID = "run_uid"
-#: root attribute (true) of a run whose writer stores every chunk of every time-varying array below
-#: ``committed_steps``, an all-fill one too: readers take such a chunk found missing for a loss, not for fill
-#: values. ``open_run`` leaves it out of the dataset's attributes, so a plain copy (``ds.to_zarr``, which
-#: skips all-fill chunks) does not claim it.
-ALL_CHUNKS_STORED = "all_chunks_stored"
+#: key of a small object beside a run's arrays, written at creation: its writer stores every chunk of every
+#: time-varying array below ``committed_steps``, an all-fill one too, so readers take such a chunk found missing
+#: for a loss, not for fill values. An object of its own rather than a root attribute: a plain copy of the
+#: run through xarray (``ds.to_zarr``, which stores no file for an all-NaN chunk) copies the attributes but
+#: not this, while a copy of the files (``cp -r``, ``aws s3 sync``) keeps it, and is complete.
+ALL_CHUNKS_STORED_KEY = ".all_chunks_stored"
 
 #: default size of one ``W`` chunk, and the bounds on the time chunk length
 TARGET_CHUNK_BYTES = 8 * 2**20

@@ -116,7 +116,8 @@ class WriterLock:
                                         "finish or stop it first") from None
                     raise RunLocked(  # its writer process is still in a slow last commit (an fsync)
                         f"run {self.run_id!r} is still locked by the writer process of {holder}, which has exited: "
-                        f"that writer process is finishing its last commit; retry in a few seconds") from None
+                        f"that writer process is finishing its last commit; retry in a few seconds (if it persists, "
+                        f"another process inherited the lock: `fuser {path}` names it)") from None
                 time.sleep(0.02)  # the named holder is dead; its writer process (same flock) is exiting
         try:
             os.ftruncate(fd, 0)

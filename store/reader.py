@@ -15,10 +15,9 @@ from zarr.storage import WrapperStore
 from trajscope.store.dataset_attrs import encode_attrs, run_attr
 from trajscope.store.errors import UserError
 from trajscope.store.export import drop_chunk_encoding
-from trajscope.store.integrity import CorruptData, missing_committed_chunk
-from trajscope.store.layout import ALL_CHUNKS_STORED, COMMITTED, CREATING, STEP_DIM
+from trajscope.store.layout import COMMITTED, CREATING, STEP_DIM
 from trajscope.store.root import StoreRoot, resolve_run
-from trajscope.store.snapshot import METADATA_KEY, Snapshot, snapshot
+from trajscope.store.snapshot import METADATA_KEY, Snapshot, refuse_lost_chunk, snapshot
 
 
 class SnapshotStore(WrapperStore):
@@ -28,27 +27,28 @@ class SnapshotStore(WrapperStore):
     inline), so zarr and xarray see one consistent length even while arrays differ on disk: a live run
     (arrays at capacity), a finish killed half-way through shrinking, or a resume killed while regrowing.
     Chunks are read from the wrapped store as they are; a committed chunk of a time-varying array that is
-    not stored raises :class:`~trajscope.store.integrity.CorruptData` instead of reading as the fill value
-    (zarr's rule for an absent chunk), which would return made-up numbers.
+    not stored raises :class:`~trajscope.store.errors.CorruptData` (or ``RunNotFound``, the run deleted
+    meanwhile) instead of reading as the fill value, zarr's rule for an absent chunk, where the run stores
+    every such chunk (:func:`~trajscope.store.snapshot.refuse_lost_chunk`).
     """
 
-    def __init__(self, store, document: bytes | None = None, snap: Snapshot | None = None, run_id: str = "?"):
+    def __init__(self, store, document: bytes | None = None, snap: Snapshot | None = None,
+                 root: StoreRoot | None = None, run_id: str = "?"):
         super().__init__(store)
         self._document = document
         self._snap = snap
+        self._root = root
         self._run_id = run_id
 
     def _with_store(self, store) -> "SnapshotStore":
-        return type(self)(store, self._document, self._snap, self._run_id)
+        return type(self)(store, self._document, self._snap, self._root, self._run_id)
 
     async def get(self, key, prototype=None, byte_range=None):
         if key == METADATA_KEY and self._document is not None and byte_range is None:
             return (prototype or default_buffer_prototype()).buffer.from_bytes(self._document)
         value = await self._store.get(key, prototype or default_buffer_prototype(), byte_range)
-        if value is None and self._snap is not None:
-            lost = missing_committed_chunk(self._snap.attrs, self._snap.arrays, key)
-            if lost is not None:
-                raise CorruptData(self._run_id, [lost])
+        if value is None and self._snap is not None and self._root is not None:
+            refuse_lost_chunk(self._root, self._run_id, self._snap.committed, self._snap.arrays, key)
         return value
 
 
@@ -93,14 +93,12 @@ def open_run(
     check_openable(run_id, attrs)
     committed = snap.committed
     store = SnapshotStore(store_root.zarr_store(run_id, read_only=True), json.dumps(snap.document()).encode(),
-                          snap, run_id)
+                          snap, store_root, run_id)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr's note that consolidated v3 metadata is not in the spec
         ds = xr.open_zarr(store, consolidated=True, chunks={} if chunks is None else chunks, zarr_format=3)
     ds = drop_chunk_encoding(ds.isel({STEP_DIM: slice(0, committed)}))  # so ds.sel(...).to_zarr(...) works
-    # all_chunks_stored describes this store, not the data: a plain copy (ds.to_zarr) must not claim it
-    ds.attrs = encode_attrs({**{k: v for k, v in attrs.items() if k != ALL_CHUNKS_STORED}, "run_id": run_id,
-                             "root": store_root.location})
+    ds.attrs = encode_attrs({**attrs, "run_id": run_id, "root": store_root.location})
     return ds
 
 

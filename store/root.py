@@ -122,6 +122,10 @@ class StoreRoot:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise KeyError(key) from None
 
+    def has_key(self, run_id: str, key: str) -> bool:
+        """Whether a key of a run's store exists (nothing is read)."""
+        return self.fs.exists(self._fs_path(run_id, key))
+
     def write_bytes(self, run_id: str, key: str, data: bytes, *, durable: bool = False) -> None:
         """Replace one key atomically: local files are written to a temporary file, then renamed.
 

@@ -16,6 +16,7 @@ without trajscope. Two things make a live run safe to read that way, and both li
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trajscope.store.errors import CorruptChunk, CorruptData, PathOutsideRoot, RunNotFound, UserError
-from trajscope.store.layout import ALL_CHUNKS_STORED, COMMITTED, STEP_DIM
+from trajscope.store.layout import ALL_CHUNKS_STORED_KEY, COMMITTED, STEP_DIM
 from trajscope.store.root import StoreRoot
 from trajscope.store.safe import is_inside, resolve_inside
 
@@ -126,7 +127,9 @@ def snapshot(root: StoreRoot, run_id: str) -> Snapshot:
 def array_metadata(root: StoreRoot, run_id: str, committed: int,
                    group: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Every array's metadata, ``step`` cut to ``committed``: from the group's consolidated metadata when
-    ``group`` has it, else each ``NAME/zarr.json`` read now (through the root's safe reads)."""
+    ``group`` has it, else each ``NAME/zarr.json`` read now (through the root's safe reads). An entry the run's
+    attributes (``group["attributes"]``) do not name is skipped when it is not a readable array inside the
+    root; one they name raises (``PathOutsideRoot``, or ``CorruptData`` for lost or unreadable metadata)."""
     group = group or {}
     consolidated = (group.get("consolidated_metadata") or {}).get("metadata") or {}
     own = _named_arrays(group.get("attributes") or {})
@@ -136,8 +139,10 @@ def array_metadata(root: StoreRoot, run_id: str, committed: int,
         if meta is None:
             try:
                 meta = read_array_metadata(root, run_id, name)
-            except KeyError:  # a folder that is not an array (a stray one, an unreadable document)
-                continue
+            except KeyError:
+                if name in own:  # one of the run's own arrays lost its metadata: refused, loudly
+                    raise CorruptData(run_id, [CorruptChunk(name, f"{name}/{METADATA_KEY}", missing=True)]) from None
+                continue  # a folder that is not an array (a stray one, an unreadable document)
             except PathOutsideRoot:
                 if name in own:  # one of the run's own arrays leads out of the root: refused, loudly
                     raise
@@ -189,19 +194,12 @@ def _chunk_steps(meta: dict[str, Any]) -> int | None:
     return int(shape[0]) if shape else None
 
 
-def missing_committed_chunk(attrs: dict[str, Any], arrays: dict[str, dict], key: str) -> CorruptChunk | None:
-    """The :class:`CorruptChunk` (``missing``) that ``key`` names when the store has no object for it but must.
+def missing_committed_chunk(committed: int, arrays: dict[str, dict], key: str) -> CorruptChunk | None:
+    """The :class:`CorruptChunk` (``missing``) ``key`` names if it is a committed chunk of a time-varying array
+    (its first state below ``committed``, every index inside the array's chunk grid), else ``None``.
 
-    A run whose root attributes say :data:`~trajscope.store.layout.ALL_CHUNKS_STORED` has every chunk of a
-    time-varying array below ``committed_steps`` stored (its chunk files land before the commit that covers
-    them; nothing skips an all-fill chunk), so such a chunk found absent was lost (removed by hand, a run
-    deleted while it was read), and reading it as the fill value, zarr's rule, would return made-up numbers.
-    Other runs (a plain ``ds.to_zarr`` copy stores no file for an all-NaN chunk; runs written before the
-    attribute) are read as zarr reads them. ``attrs`` and ``arrays`` are the snapshot's root attributes and
-    array metadata. ``None`` for every other key (metadata, static arrays, chunks at or past the committed
-    steps)."""
-    if attrs.get(ALL_CHUNKS_STORED) is not True:
-        return None
+    Only the rule: whether such a chunk may be absent is the run's to say (:func:`all_chunks_stored`;
+    :func:`refuse_lost_chunk` applies both). ``arrays`` are the snapshot's array metadata (``step`` trimmed)."""
     try:
         info = parse_key(key)
     except KeyNotServed:
@@ -209,12 +207,63 @@ def missing_committed_chunk(attrs: dict[str, Any], arrays: dict[str, dict], key:
     meta = arrays.get(info.array) if info.kind == "chunk" else None
     if meta is None or not info.chunk or (meta.get("dimension_names") or [None])[0] != STEP_DIM:
         return None
-    committed = int(attrs.get(COMMITTED, 0))
-    steps = _chunk_steps(meta) or 1
+    shape = [int(n) for n in meta.get("shape", ())]
+    chunk = ((meta.get("chunk_grid") or {}).get("configuration") or {}).get("chunk_shape") or shape
+    if len(info.chunk) != len(shape) or any(i * max(int(c), 1) >= max(n, 1) for i, n, c in
+                                            zip(info.chunk[1:], shape[1:], chunk[1:])):
+        return None  # not a key of the array's grid (a crawler, a typo): absent, not lost
+    steps = max(int(chunk[0]), 1)
     first = info.chunk[0] * steps
     if first >= committed:
         return None
     return CorruptChunk(info.array, key, (first, min(first + steps, committed) - 1), missing=True)
+
+
+def all_chunks_stored(root: StoreRoot, run_id: str) -> bool:
+    """Whether the run's writer stores every committed chunk (:data:`~trajscope.store.layout.ALL_CHUNKS_STORED_KEY`,
+    written at creation since that key exists; runs before it, and plain ``ds.to_zarr`` copies, have none)."""
+    try:
+        return json.loads(root.read_bytes(run_id, ALL_CHUNKS_STORED_KEY)).get("all_chunks_stored") is True
+    except (KeyError, ValueError, AttributeError, UserError):
+        return False
+
+
+def refuse_lost_chunk(root: StoreRoot, run_id: str, committed: int, arrays: dict[str, dict], key: str) -> None:
+    """Called when ``key`` was not found: raise if reading it as the fill value would return made-up numbers.
+
+    :class:`~trajscope.store.errors.RunNotFound` when the run itself is gone (deleted while it was read);
+    :class:`~trajscope.store.errors.CorruptData` when ``key`` is a committed chunk of a time-varying array of a
+    run that stores every such chunk (removed by hand, lost by the file system). Otherwise it returns: the
+    chunk is absent (past the committed steps, or a run that may skip all-fill chunks) and zarr's fill value
+    is its value. Costs nothing on the path of a chunk that is found."""
+    lost = missing_committed_chunk(committed, arrays, key)
+    if lost is None:
+        return
+    if not root.exists(run_id):
+        raise RunNotFound(f"no run {run_id!r} under {root.location}: it was deleted while it was read")
+    if all_chunks_stored(root, run_id):
+        raise CorruptData(run_id, [lost])
+
+
+def lost_last_chunks(root: StoreRoot, run_id: str, committed: int, names: list[str]) -> list[CorruptChunk]:
+    """The chunks holding the last committed state (index ``committed - 1``) of the arrays ``names`` that are not
+    stored, in a run that stores every committed chunk: what ``resume`` reads back to go on (the last state,
+    the partial chunk it rewrites whole) and would otherwise take as fill values, then store as data."""
+    if committed <= 0 or not all_chunks_stored(root, run_id):
+        return []
+    lost = []
+    for name in names:
+        meta = read_array_metadata(root, run_id, name)
+        shape = [int(n) for n in meta.get("shape", ())]
+        chunk = [max(int(c), 1) for c in meta["chunk_grid"]["configuration"]["chunk_shape"]]
+        separator = ((meta.get("chunk_key_encoding") or {}).get("configuration") or {}).get("separator", "/")
+        first = (committed - 1) // chunk[0]
+        for rest in itertools.product(*(range(-(-n // c)) for n, c in zip(shape[1:], chunk[1:]))):
+            key = f"{name}/c{separator}" + separator.join(str(i) for i in (first, *rest))
+            if not root.has_key(run_id, key):
+                lost.append(CorruptChunk(name, key, (first * chunk[0], min((first + 1) * chunk[0], committed) - 1),
+                                         missing=True))
+    return lost
 
 
 def read_key(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None = None) -> bytes:
@@ -242,10 +291,8 @@ def read_key(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None = None
             raise KeyError(key)  # not committed yet: a reader of the snapshot never asks for it
     try:
         return root.read_bytes(run_id, key)
-    except (KeyError, FileNotFoundError):
-        lost = missing_committed_chunk(attrs, {info.array: meta}, key)
-        if lost is not None:  # a 404 would read as the fill value in the client's zarr: made-up numbers
-            raise CorruptData(run_id, [lost]) from None
+    except (KeyError, FileNotFoundError):  # (a 404 of a lost chunk reads as the fill value in the client's zarr)
+        refuse_lost_chunk(root, run_id, committed, {info.array: _trim(meta, committed)}, key)
         raise
 
 

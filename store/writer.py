@@ -34,10 +34,10 @@ import zarr
 
 from trajscope.store import faults
 from trajscope.store.chunkio import DURABILITY_LEVELS, FsspecSink, LocalSink, remove_stale_temporaries
-from trajscope.store.errors import RunLocked, UserError
+from trajscope.store.errors import CorruptData, RunLocked, UserError
 from trajscope.store.hotpath import BlockWrite, HotPath, block_threads, default_write_threads
 from trajscope.store.layout import (
-    ALL_CHUNKS_STORED,
+    ALL_CHUNKS_STORED_KEY,
     COMMITTED,
     COORDINATES,
     CREATING,
@@ -51,6 +51,7 @@ from trajscope.store.layout import (
 )
 from trajscope.store.locks import HEARTBEAT_SECONDS, WriterLock
 from trajscope.store.root import StoreRoot
+from trajscope.store.snapshot import lost_last_chunks
 
 
 def _now() -> str:
@@ -158,13 +159,13 @@ class RunWriter:
                 )
                 if not spec.time_varying:
                     array[...] = np.asarray(static[spec.name], dtype=spec.dtype)
+            root.write_bytes(run_id, ALL_CHUNKS_STORED_KEY, b'{"all_chunks_stored": true}\n')
             faults.checkpoint("create.arrays")
             full_attrs = {
                 "format_version": FORMAT_VERSION,
                 "run_id": run_id,
                 **dict(attrs),
                 RUN_UID: uid,
-                ALL_CHUNKS_STORED: True,
                 "versions": library_versions(),
                 "created": _now(),
                 "updated": _now(),
@@ -201,6 +202,9 @@ class RunWriter:
             if missing:
                 raise UserError(f"run {run_id!r} lacks the attributes {', '.join(missing)}; it cannot be resumed "
                                 f"(`trajscope fsck {run_id}` lists its problems)")
+            lost = lost_last_chunks(root, run_id, int(attrs.get(COMMITTED, 0)), list(attrs["time_variables"]))
+            if lost:  # read back as fill values, then stored whole, they would become the run's data
+                raise CorruptData(run_id, lost)
             if root.is_local:  # what a writer killed in mid-write left (nothing else writes under the lock)
                 remove_stale_temporaries(root.run_url(run_id))
             attrs["status"] = "running"
@@ -456,7 +460,8 @@ def final_document(root: StoreRoot, run_id: str, attrs: dict[str, Any]) -> dict[
     from trajscope.store.snapshot import Snapshot, array_metadata
 
     committed = int(attrs.get(COMMITTED, 0))
-    return Snapshot(dict(attrs), array_metadata(root, run_id, committed)).document()
+    arrays = array_metadata(root, run_id, committed, {"attributes": attrs})  # the run's own arrays: all or raise
+    return Snapshot(dict(attrs), arrays).document()
 
 
 def write_final_document(root: StoreRoot, run_id: str, attrs: dict[str, Any], *, durable: bool = False) -> None:

@@ -57,7 +57,8 @@ def make_run(root: StoreRoot, run_id: str, *, steps: int = 40, h: int = 6, D: in
         writer.commit(commit_to)
     if finish is not None:
         writer.finish(finish)
-    else:
+    else:  # a writer that stopped: its writes landed, its threads are gone, the lock is free
+        writer.close_writes()
         writer.lock.release()
     return {**data, "X": X, "y": y}
 

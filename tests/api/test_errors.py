@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import time
 
 import httpx
 import numpy as np
@@ -207,8 +206,9 @@ def test_a_committed_chunk_that_is_missing_is_a_503_not_fill_values(tmp_path):
     read as the fill value (NaN for W, 0 for step): the routes, ``/zarr`` and ``open_run`` refuse it."""
     import xarray as xr
 
-    from trajscope.store import open_run
+    from trajscope.store import RunNotFound, open_run
     from trajscope.store.integrity import CorruptData, find_corrupt_chunks
+    from trajscope.store.snapshot import refuse_lost_chunk, snapshot
 
     root = StoreRoot(tmp_path)
     expected = make_run(root, "r", steps=40, chunk_steps=8)
@@ -229,6 +229,13 @@ def test_a_committed_chunk_that_is_missing_is_a_503_not_fill_values(tmp_path):
             remote["W"][8:16].values
         assert not np.isnan(remote["W"][16:24].values).any()
         assert "503" in str(raised.value) or "Service Unavailable" in str(raised.value), raised.value
+        assert c.get("/zarr/r/W/c/0/99/0").status_code == 404  # not a key of W's grid: absent, not lost
+    snap = snapshot(root, "r")
+    os.remove(os.path.join(root.run_url("r"), ".all_chunks_stored"))  # a run from before the marker (or a copy
+    assert np.isnan(open_run("r", root)["W"][8:16].values).all()  # by ds.to_zarr): zarr's fill values, as before
+    root.delete("r")  # deleted while a reader held its snapshot: not found, not corrupt
+    with pytest.raises(RunNotFound, match="deleted while it was read"):
+        refuse_lost_chunk(root, "r", snap.committed, snap.arrays, "W/c/1/0/0")
 
 
 def test_a_missing_chunk_past_the_committed_steps_is_not_corrupt(tmp_path):
@@ -239,16 +246,12 @@ def test_a_missing_chunk_past_the_committed_steps_is_not_corrupt(tmp_path):
 
     root = StoreRoot(tmp_path)
     make_run(root, "r", steps=40, chunk_steps=8, finish=None, commit_to=16)
-    late = os.path.join(root.run_url("r"), "W", "c", "3", "0", "0")  # states 24..31: not committed
-    for _ in range(200):  # make_run leaves without waiting for its last writes: let them land, then remove one
-        if os.path.exists(late):
-            break
-        time.sleep(0.01)
-    os.remove(late)
+    os.remove(os.path.join(root.run_url("r"), "W", "c", "3", "0", "0"))  # states 24..31: not committed
     assert open_run("r", root)["W"].shape[0] == 16 and not np.isnan(open_run("r", root)["W"].values).any()
     snap = snapshot(root, "r")
-    assert missing_committed_chunk(snap.attrs, snap.arrays, "W/c/3/0/0") is None
-    assert missing_committed_chunk(snap.attrs, snap.arrays, "W/c/1/0/0").steps == (8, 15)
+    assert missing_committed_chunk(snap.committed, snap.arrays, "W/c/3/0/0") is None
+    assert missing_committed_chunk(snap.committed, snap.arrays, "W/c/1/0/0").steps == (8, 15)
+    assert missing_committed_chunk(snap.committed, snap.arrays, "W/c/1/9/0") is None  # outside the grid
     with serving(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
         assert c.get("/zarr/r/W/c/3/0/0").status_code == 404
 

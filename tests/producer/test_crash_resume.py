@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -401,3 +402,37 @@ def test_a_resume_on_another_device_warns_and_records_each_segment(tmp_path, sma
     segments = run_attr(open_run("moved", tmp_path).attrs, "resumed")
     assert [s["device"] for s in segments] == ["cpu", "cpu"] and segments[1]["state"] > segments[0]["state"]
     assert segments[0]["torch"] == attrs["versions"]["torch"]
+
+
+def test_resume_refuses_a_run_whose_last_chunk_is_lost(tmp_path, small_config, monkeypatch):
+    """resume reads back the chunk holding the last committed state (the state to go on from, the partial chunk
+    it rewrites whole). Lost (removed by hand, lost by the file system), it read as fill values, and the
+    rewrite stored them as the run's data, hiding the loss. It is refused now, and nothing is written."""
+    import shutil
+
+    from trajscope.producer import model
+    from trajscope.store.errors import CorruptData
+
+    calls, original = {"n": 0}, model.TwoLayerReLU.gradient
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(model.TwoLayerReLU, "gradient", interrupted)
+    assert produce(small_config(train={"steps": 80}), root=tmp_path, name="lost").status == "interrupted"
+    monkeypatch.setattr(model.TwoLayerReLU, "gradient", original)
+    root = StoreRoot(tmp_path)
+    before = root.read_attrs("lost")
+    last = (before["committed_steps"] - 1) // before["chunk_steps"]
+    shutil.rmtree(tmp_path / "lost.zarr" / "W" / "c" / str(last))
+    with pytest.raises(CorruptData, match=rf"W/c/{last}/0/0 .* is missing"):
+        resume("lost", root=tmp_path)
+    after = root.read_attrs("lost")
+    assert after["status"] == "interrupted" and after["committed_steps"] == before["committed_steps"]
+    assert not (tmp_path / "lost.zarr" / "W" / "c" / str(last)).exists()  # nothing rewritten over the loss
+    cli = subprocess.run([sys.executable, "-m", "trajscope", "resume", "lost", "--root", str(tmp_path), "--quiet"],
+                         capture_output=True, text=True)
+    assert cli.returncode == 1 and cli.stderr.count("\n") == 1 and "is missing" in cli.stderr, cli.stderr

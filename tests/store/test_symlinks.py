@@ -190,3 +190,36 @@ def test_a_run_deleted_between_its_document_and_its_listing_is_not_found(tmp_pat
     monkeypatch.setattr(type(root.fs), "ls", gone)
     with pytest.raises(RunNotFound, match="deleted while it was read"):
         snapshot(root, "r")
+
+
+def test_an_own_array_with_lost_metadata_is_refused_not_dropped(tmp_path):
+    """Stray entries are skipped, but an array the run's attributes name never is: unreadable metadata of
+    ``W`` makes reads fail naming it (not a dataset without ``W``), and the final document of a finish is
+    refused (the run stays resumable) instead of being written without ``W`` for good."""
+    from trajscope.store.errors import CorruptData
+    from trajscope.store.writer import final_document
+
+    root = StoreRoot(tmp_path / "root")
+    write_run(root, "r", live=True)
+    with open(os.path.join(root.run_url("r"), "W", "zarr.json"), "w") as f:
+        f.write("x")
+    with pytest.raises(CorruptData, match=r"metadata W/zarr.json is missing or unreadable"):
+        open_run("r", root)
+    with pytest.raises(CorruptData):
+        final_document(root, "r", root.read_attrs("r"))
+    write_run(StoreRoot(tmp_path / "outside"), "o", fill=MARKER)
+    os.remove(os.path.join(root.run_url("r"), "W", "zarr.json"))
+    os.symlink(tmp_path / "outside" / "o.zarr" / "W" / "zarr.json", os.path.join(root.run_url("r"), "W", "zarr.json"))
+    with pytest.raises(PathOutsideRoot):
+        final_document(root, "r", root.read_attrs("r"))
+
+
+def test_corrupt_data_crosses_processes():
+    """Raised inside a dask task, CorruptData may be pickled (a process scheduler): it comes back whole."""
+    import pickle
+
+    from trajscope.store.errors import CorruptChunk, CorruptData
+
+    error = CorruptData("r", [CorruptChunk("W", "W/c/1/0/0", (8, 15), missing=True)])
+    back = pickle.loads(pickle.dumps(error))
+    assert str(back) == str(error) and back.chunks == error.chunks and back.run_id == "r"

@@ -104,28 +104,35 @@ def test_plot_writes_pdf_and_svg(run_cli, tiny_root, tmp_path, suffix):
 
 def test_a_plain_copy_without_its_all_nan_chunks_still_opens_as_a_run(tiny_root, tmp_path):
     """zarr stores no file for a chunk that is all fill value (a diverged run's NaN states). A plain
-    ``to_zarr`` copy read back with ``open_run`` gives those NaNs, not a missing-chunk error: only the
-    store's own arrays (codecs ending in crc32c) have every committed chunk stored. ``export`` stores them."""
+    ``to_zarr`` copy read back with ``open_run`` gives those NaNs, not a missing-chunk error: the marker
+    that every committed chunk is stored is an object of the run's own (``.all_chunks_stored``), which
+    xarray does not copy, whether the copy comes from ``open_run`` or from a plain ``xr.open_zarr`` of the
+    run's folder. ``export`` stores every chunk all the same."""
     import os
 
-    ds = open_run("a", tiny_root)
-    ds["W"][:5] = np.nan  # the first chunk of W (5 states), all NaN: zarr writes no file for it
-    ds.to_zarr(tmp_path / "copy" / "c.zarr", zarr_format=3)
-    assert not os.path.exists(tmp_path / "copy" / "c.zarr" / "W" / "c" / "0" / "0" / "0")
-    again = open_run("c", tmp_path / "copy")
-    assert np.isnan(again["W"][:5].values).all()
-    np.testing.assert_array_equal(again["W"][5:].values, ds["W"][5:].values)
+    assert os.path.exists(tiny_root / "a.zarr" / ".all_chunks_stored")
+    for source, name in ((open_run("a", tiny_root), "c"), (xr.open_zarr(tiny_root / "a.zarr"), "d")):
+        ds = source.copy()
+        ds["W"][:5] = np.nan  # the first chunk of W (5 states), all NaN: zarr writes no file for it
+        ds.to_zarr(tmp_path / "copy" / f"{name}.zarr", zarr_format=3)
+        assert not os.path.exists(tmp_path / "copy" / f"{name}.zarr" / ".all_chunks_stored")
+        assert not os.path.exists(tmp_path / "copy" / f"{name}.zarr" / "W" / "c" / "0" / "0" / "0")
+        again = open_run(name, tmp_path / "copy")
+        assert np.isnan(again["W"][:5].values).all()
+        np.testing.assert_array_equal(again["W"][5:].values, ds["W"][5:].values)
     export(ds, tmp_path / "e.zarr")
     assert os.path.exists(tmp_path / "e.zarr" / "W" / "c" / "0" / "0" / "0")  # export keeps every chunk
 
 
 def test_selecting_steps_of_a_run_with_no_state_yet_is_a_user_error(tmp_path):
     """A library caller's select() on a run with nothing committed: a UserError, not an IndexError."""
-    from tests.api.conftest import make_run
-    from trajscope.store import UserError
+    from trajscope.producer.two_layer import variables as two_layer_variables
+    from trajscope.store import RunWriter, UserError
     from trajscope.store.export import select
 
     root = StoreRoot(tmp_path)
-    make_run(root, "empty", steps=8, chunk_steps=8, finish=None, commit_to=0)
+    writer = RunWriter.create(root, "empty", variables=two_layer_variables(), sizes={"neuron": 3, "feature": 4, "sample": 5},
+                              capacity=8, static={"X": np.zeros((5, 4)), "y": np.ones(5)}, attrs={})
+    writer.lock.release()  # nothing committed: a live run of no states
     with pytest.raises(UserError, match="no recorded state yet"):
         select(open_run("empty", root), step=slice(0, 5))

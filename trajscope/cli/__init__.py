@@ -3,7 +3,9 @@
 Each module exposes ``register(app)`` that adds its commands. Every error a user can fix — a
 :class:`trajscope.errors.UserError` raised by our code, or a usage error found by typer's parser (an
 unknown command or option, a missing argument, a bad value) — is printed as ONE line on stderr and
-ends the process with exit code 2; ``trajscope --help`` / ``-h`` and ``--version`` exit 0.
+ends the process with exit code 2; a run whose stored data is corrupt or lost
+(:class:`~trajscope.store.errors.CorruptData`) is one line too, with exit code 1; ``trajscope --help`` / ``-h``
+and ``--version`` exit 0.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from trajscope.errors import UserError
+from trajscope.store.errors import CorruptData
 
 app = typer.Typer(
     name="trajscope",
@@ -70,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         print(f"trajscope: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except CorruptData as err:  # the command was fine, the stored run is not: one line too, and exit 1
+        print(f"trajscope: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     except typer.Abort:
         raise SystemExit(130) from None
     except ImportError as err:

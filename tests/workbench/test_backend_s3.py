@@ -47,3 +47,30 @@ def test_engine_trajscope_passes_storage_options(moto_endpoint, small_config):
         xr.open_dataset("s3://runs/exp/remote.zarr", engine="trajscope",
                         storage_options={"key": "testing", "secret": "testing", "endpoint_url": "http://127.0.0.1:9",
                                          "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}})
+
+
+def test_a_lost_chunk_on_s3_is_refused_not_read_as_fill_values(moto_endpoint, small_config):
+    """The missing-chunk rule on an object store: the marker object and the run's existence are read from
+    inside zarr's asynchronous reads (no deadlock between zarr's and fsspec's event loops), and a lost
+    chunk of ``W`` is CorruptData while a run without the marker reads fill values as before."""
+    import boto3
+
+    from trajscope.producer import produce
+    from trajscope.store import StoreRoot, open_run
+    from trajscope.store.errors import CorruptData
+
+    options = {"endpoint_url": moto_endpoint, "key": "testing", "secret": "testing",
+               "client_kwargs": {"region_name": "us-east-1"}}
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                      region_name="us-east-1")
+    s3.create_bucket(Bucket="lost")
+    root = StoreRoot("s3://lost/exp", storage_options=options)
+    produce(small_config(), root=root, name="r")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lost", Prefix="exp/r.zarr/")["Contents"]]
+    assert "exp/r.zarr/.all_chunks_stored" in keys
+    chunk = sorted(k for k in keys if k.startswith("exp/r.zarr/W/c/"))[0]
+    s3.delete_object(Bucket="lost", Key=chunk)
+    with pytest.raises(CorruptData, match="is missing"):
+        open_run("r", StoreRoot("s3://lost/exp", storage_options=options))["W"].values
+    s3.delete_object(Bucket="lost", Key="exp/r.zarr/.all_chunks_stored")
+    assert np.isnan(open_run("r", StoreRoot("s3://lost/exp", storage_options=options))["W"].values).any()

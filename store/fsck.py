@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from trajscope.store.chunkio import remove_stale_temporaries, stale_temporaries
-from trajscope.store.errors import PathOutsideRoot, RunLocked, UserError
+from trajscope.store.errors import CorruptData, PathOutsideRoot, RunLocked, UserError
 from trajscope.store.layout import COMMITTED, CREATING, STATUSES, STEP_DIM
 from trajscope.store.locks import WriterLock
 from trajscope.store.root import StoreRoot
@@ -288,7 +288,11 @@ def _repair_unfinished(root: StoreRoot, run_id: str, attrs: dict[str, Any], comm
         if attrs.get("status") == "running":
             attrs.update(status="interrupted", error=None, updated=_now(), finished=_now())
             attrs.pop("writer", None)
-        write_final_document(root, run_id, attrs)
+        try:
+            write_final_document(root, run_id, attrs)
+        except (CorruptData, PathOutsideRoot) as err:  # an own array lost or leading out: nothing is finished
+            report.problems.append(f"not repaired: {err}")
+            return
         shrink_arrays(root, run_id, int(attrs.get(COMMITTED, 0)))
     finally:
         lock.release()

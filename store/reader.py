@@ -17,7 +17,7 @@ from trajscope.store.errors import UserError
 from trajscope.store.export import drop_chunk_encoding
 from trajscope.store.layout import COMMITTED, CREATING, STEP_DIM
 from trajscope.store.root import StoreRoot, resolve_run
-from trajscope.store.snapshot import METADATA_KEY, Snapshot, refuse_lost_chunk, snapshot
+from trajscope.store.snapshot import METADATA_KEY, LostChunkCheck, Snapshot, snapshot
 
 
 class SnapshotStore(WrapperStore):
@@ -29,26 +29,23 @@ class SnapshotStore(WrapperStore):
     Chunks are read from the wrapped store as they are; a committed chunk of a time-varying array that is
     not stored raises :class:`~trajscope.store.errors.CorruptData` (or ``RunNotFound``, the run deleted
     meanwhile) instead of reading as the fill value, zarr's rule for an absent chunk, where the run stores
-    every such chunk (:func:`~trajscope.store.snapshot.refuse_lost_chunk`).
+    every such chunk (:class:`~trajscope.store.snapshot.LostChunkCheck`).
     """
 
-    def __init__(self, store, document: bytes | None = None, snap: Snapshot | None = None,
-                 root: StoreRoot | None = None, run_id: str = "?"):
+    def __init__(self, store, document: bytes | None = None, lost: LostChunkCheck | None = None):
         super().__init__(store)
         self._document = document
-        self._snap = snap
-        self._root = root
-        self._run_id = run_id
+        self._lost = lost
 
     def _with_store(self, store) -> "SnapshotStore":
-        return type(self)(store, self._document, self._snap, self._root, self._run_id)
+        return type(self)(store, self._document, self._lost)
 
     async def get(self, key, prototype=None, byte_range=None):
         if key == METADATA_KEY and self._document is not None and byte_range is None:
             return (prototype or default_buffer_prototype()).buffer.from_bytes(self._document)
         value = await self._store.get(key, prototype or default_buffer_prototype(), byte_range)
-        if value is None and self._snap is not None and self._root is not None:
-            refuse_lost_chunk(self._root, self._run_id, self._snap.committed, self._snap.arrays, key)
+        if value is None and self._lost is not None:
+            self._lost(key)
         return value
 
 
@@ -93,7 +90,7 @@ def open_run(
     check_openable(run_id, attrs)
     committed = snap.committed
     store = SnapshotStore(store_root.zarr_store(run_id, read_only=True), json.dumps(snap.document()).encode(),
-                          snap, store_root, run_id)
+                          LostChunkCheck(store_root, run_id, snap.attrs, snap.arrays))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr's note that consolidated v3 metadata is not in the spec
         ds = xr.open_zarr(store, consolidated=True, chunks={} if chunks is None else chunks, zarr_format=3)

@@ -123,8 +123,12 @@ class StoreRoot:
             raise KeyError(key) from None
 
     def has_key(self, run_id: str, key: str) -> bool:
-        """Whether a key of a run's store exists (nothing is read)."""
-        return self.fs.exists(self._fs_path(run_id, key))
+        """Whether a key of a run's store exists now (nothing is read; an object store is asked, not the
+        listing fsspec may have cached before the key was written)."""
+        path = self._fs_path(run_id, key)
+        if not self.is_local:
+            self.fs.invalidate_cache(path)
+        return self.fs.exists(path)
 
     def write_bytes(self, run_id: str, key: str, data: bytes, *, durable: bool = False) -> None:
         """Replace one key atomically: local files are written to a temporary file, then renamed.
@@ -197,7 +201,20 @@ class StoreRoot:
             raise RunNotFound(f"no run {run_id!r} under {self.location}")
         if self.is_local and not is_inside(self.location, self._fs_path(run_id)):
             raise PathOutsideRoot(f"run {run_id!r} resolves outside the store root; remove the link by hand")
-        self.fs.rm(self._fs_path(run_id), recursive=True)
+        # the root document first: from then on a reader finds no run (RunNotFound), never a run losing its
+        # chunks one by one (an object store removes keys in batches, a local rmtree in directory order)
+        self.fs.rm(self._fs_path(run_id, "zarr.json"))
+        self.remove_leftovers(run_id)
+
+    def remove_leftovers(self, run_id: str) -> None:
+        """Remove what is left of a run without its root document (a deletion stopped half-way), if anything."""
+        path = self._fs_path(run_id)
+        if self.is_local and os.path.islink(path):  # never followed: what it points at is not the run's
+            raise PathOutsideRoot(f"run {run_id!r} is a link; remove the link by hand")
+        if not self.is_local:
+            self.fs.invalidate_cache(path)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
 
     # -- locks --------------------------------------------------------------------------------------
     def lock_path(self, run_id: str) -> str:

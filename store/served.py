@@ -15,7 +15,7 @@ from trajscope.store.layout import COMMITTED, STEP_DIM
 from trajscope.store.root import StoreRoot
 from trajscope.store.safe import open_inside
 from trajscope.store.snapshot import (KeyInfo, KeyNotServed, _check_inside, _chunk_steps,
-                                      parse_key, read_array_metadata, refuse_lost_chunk)
+                                      parse_key, read_array_metadata, LostChunkCheck)
 
 
 def open_chunk_file(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None = None) -> int | None:
@@ -29,7 +29,8 @@ def open_chunk_file(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None
     if not root.is_local or info.kind != "chunk":
         return None
     _check_inside(root, run_id, key)
-    committed = int(root.read_attrs(run_id).get(COMMITTED, 0))  # fresh, before the array metadata
+    attrs = root.read_attrs(run_id)  # fresh, before the array metadata
+    committed = int(attrs.get(COMMITTED, 0))
     meta = read_array_metadata(root, run_id, info.array)
     if len(info.chunk) != len(meta.get("shape", ())):
         raise KeyNotServed(f"chunk key {key!r} has {len(info.chunk)} indices; array {info.array!r} has "
@@ -42,5 +43,5 @@ def open_chunk_file(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None
     try:  # PathOutsideRoot passes through, as from the check above
         return open_inside(root.location, os.path.join(root.run_url(run_id), key), f"key {key!r} of run {run_id!r}")
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        refuse_lost_chunk(root, run_id, committed, {info.array: meta}, key)  # committed: corrupt, not absent
+        LostChunkCheck(root, run_id, attrs, {info.array: meta})(key)  # committed: corrupt, not absent
         raise KeyError(key) from None

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trajscope.store.errors import CorruptChunk, CorruptData, PathOutsideRoot, RunNotFound, UserError
-from trajscope.store.layout import ALL_CHUNKS_STORED_KEY, COMMITTED, STEP_DIM
+from trajscope.store.layout import ALL_CHUNKS_STORED_KEY, COMMITTED, RUN_UID, STEP_DIM
 from trajscope.store.root import StoreRoot
 from trajscope.store.safe import is_inside, resolve_inside
 
@@ -149,6 +149,10 @@ def array_metadata(root: StoreRoot, run_id: str, committed: int,
                 continue  # a stray link beside the arrays: skipped (fsck reports it), the run stays readable
         if isinstance(meta, dict) and meta.get("node_type") == "array":
             arrays[name] = _trim(meta, committed)
+    if not consolidated:  # listed: an array the run names whose whole folder is gone is lost, not absent
+        gone = sorted(own - set(arrays))
+        if gone:
+            raise CorruptData(run_id, [CorruptChunk(name, f"{name}/{METADATA_KEY}", missing=True) for name in gone])
     return arrays
 
 
@@ -199,7 +203,7 @@ def missing_committed_chunk(committed: int, arrays: dict[str, dict], key: str) -
     (its first state below ``committed``, every index inside the array's chunk grid), else ``None``.
 
     Only the rule: whether such a chunk may be absent is the run's to say (:func:`all_chunks_stored`;
-    :func:`refuse_lost_chunk` applies both). ``arrays`` are the snapshot's array metadata (``step`` trimmed)."""
+    :class:`LostChunkCheck` applies both). ``arrays`` are the snapshot's array metadata (``step`` trimmed)."""
     try:
         info = parse_key(key)
     except KeyNotServed:
@@ -209,7 +213,7 @@ def missing_committed_chunk(committed: int, arrays: dict[str, dict], key: str) -
         return None
     shape = [int(n) for n in meta.get("shape", ())]
     chunk = ((meta.get("chunk_grid") or {}).get("configuration") or {}).get("chunk_shape") or shape
-    if len(info.chunk) != len(shape) or any(i * max(int(c), 1) >= max(n, 1) for i, n, c in
+    if len(info.chunk) != len(shape) or any(i * max(int(c), 1) >= n for i, n, c in
                                             zip(info.chunk[1:], shape[1:], chunk[1:])):
         return None  # not a key of the array's grid (a crawler, a typo): absent, not lost
     steps = max(int(chunk[0]), 1)
@@ -228,21 +232,46 @@ def all_chunks_stored(root: StoreRoot, run_id: str) -> bool:
         return False
 
 
-def refuse_lost_chunk(root: StoreRoot, run_id: str, committed: int, arrays: dict[str, dict], key: str) -> None:
-    """Called when ``key`` was not found: raise if reading it as the fill value would return made-up numbers.
+class LostChunkCheck:
+    """Called with a key that was not found: raises if reading it as the fill value would return made-up
+    numbers. Costs nothing on the path of a chunk that is found.
 
-    :class:`~trajscope.store.errors.RunNotFound` when the run itself is gone (deleted while it was read);
-    :class:`~trajscope.store.errors.CorruptData` when ``key`` is a committed chunk of a time-varying array of a
-    run that stores every such chunk (removed by hand, lost by the file system). Otherwise it returns: the
-    chunk is absent (past the committed steps, or a run that may skip all-fill chunks) and zarr's fill value
-    is its value. Costs nothing on the path of a chunk that is found."""
-    lost = missing_committed_chunk(committed, arrays, key)
-    if lost is None:
-        return
-    if not root.exists(run_id):
-        raise RunNotFound(f"no run {run_id!r} under {root.location}: it was deleted while it was read")
-    if all_chunks_stored(root, run_id):
-        raise CorruptData(run_id, [lost])
+    - :class:`~trajscope.store.errors.RunNotFound` when the run is gone, or was replaced by another run of the
+      same id (``run_uid``), since ``attrs`` were read (deleted while it was read);
+    - :class:`~trajscope.store.errors.CorruptData` when the key is a committed chunk of a time-varying array
+      (:func:`missing_committed_chunk`) of a run that stores every such chunk (:func:`all_chunks_stored`):
+      removed by hand, lost by the file system;
+    - otherwise it returns: the chunk is absent (past the committed steps, outside the grid, or a run that may
+      skip all-fill chunks) and zarr's fill value is its value.
+
+    The run's root document is read fresh (never an ``exists`` answered from an fsspec listing cache, which
+    on an object store may predate the chunk), and the marker once per check object.
+    """
+
+    def __init__(self, root: StoreRoot, run_id: str, attrs: dict[str, Any], arrays: dict[str, dict]):
+        self.root, self.run_id, self.arrays = root, run_id, arrays
+        self.committed = int(attrs.get(COMMITTED, 0))
+        self.uid = attrs.get(RUN_UID)
+        self._marker: bool | None = None
+
+    def __call__(self, key: str) -> None:
+        lost = missing_committed_chunk(self.committed, self.arrays, key)
+        if lost is None or self._marker is False:
+            return
+        marker = all_chunks_stored(self.root, self.run_id) if self._marker is None else True
+        self._same_run()  # a run deleted meanwhile has no marker either: it is gone, not an older run
+        self._marker = marker
+        if marker:
+            raise CorruptData(self.run_id, [lost])
+
+    def _same_run(self) -> None:
+        try:
+            current = self.root.read_attrs(self.run_id)
+        except (KeyError, ValueError):  # (RunNotFound is a KeyError)
+            current = None
+        if current is None or (self.uid is not None and current.get(RUN_UID) != self.uid):
+            raise RunNotFound(f"no run {self.run_id!r} under {self.root.location}: it was deleted (or replaced) "
+                              "while it was read; open it again")
 
 
 def lost_last_chunks(root: StoreRoot, run_id: str, committed: int, names: list[str]) -> list[CorruptChunk]:
@@ -253,7 +282,11 @@ def lost_last_chunks(root: StoreRoot, run_id: str, committed: int, names: list[s
         return []
     lost = []
     for name in names:
-        meta = read_array_metadata(root, run_id, name)
+        try:
+            meta = read_array_metadata(root, run_id, name)
+        except KeyError:
+            lost.append(CorruptChunk(name, f"{name}/{METADATA_KEY}", missing=True))
+            continue
         shape = [int(n) for n in meta.get("shape", ())]
         chunk = [max(int(c), 1) for c in meta["chunk_grid"]["configuration"]["chunk_shape"]]
         separator = ((meta.get("chunk_key_encoding") or {}).get("configuration") or {}).get("separator", "/")
@@ -292,7 +325,7 @@ def read_key(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None = None
     try:
         return root.read_bytes(run_id, key)
     except (KeyError, FileNotFoundError):  # (a 404 of a lost chunk reads as the fill value in the client's zarr)
-        refuse_lost_chunk(root, run_id, committed, {info.array: _trim(meta, committed)}, key)
+        LostChunkCheck(root, run_id, attrs, {info.array: _trim(meta, committed)})(key)
         raise
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import threading
 import time
@@ -121,6 +122,8 @@ class RunWriter:
             faults.checkpoint("create.locked")
             if _refuse_existing(root, run_id):  # a half-created run whose creator is gone: replace it
                 root.delete(run_id)
+            elif not root.is_local or os.path.lexists(root.run_url(run_id)):  # a deletion stopped half-way:
+                root.remove_leftovers(run_id)  # its chunks must not lie under the new run's arrays
             uid = uuid.uuid4().hex
             root.write_attrs(run_id, {"format_version": FORMAT_VERSION, "run_id": run_id, RUN_UID: uid,
                                       "status": CREATING, "created": _now(), "updated": _now(), COMMITTED: 0,

@@ -208,7 +208,7 @@ def test_a_committed_chunk_that_is_missing_is_a_503_not_fill_values(tmp_path):
 
     from trajscope.store import RunNotFound, open_run
     from trajscope.store.integrity import CorruptData, find_corrupt_chunks
-    from trajscope.store.snapshot import refuse_lost_chunk, snapshot
+    from trajscope.store.snapshot import LostChunkCheck, snapshot
 
     root = StoreRoot(tmp_path)
     expected = make_run(root, "r", steps=40, chunk_steps=8)
@@ -234,8 +234,14 @@ def test_a_committed_chunk_that_is_missing_is_a_503_not_fill_values(tmp_path):
     os.remove(os.path.join(root.run_url("r"), ".all_chunks_stored"))  # a run from before the marker (or a copy
     assert np.isnan(open_run("r", root)["W"][8:16].values).all()  # by ds.to_zarr): zarr's fill values, as before
     root.delete("r")  # deleted while a reader held its snapshot: not found, not corrupt
-    with pytest.raises(RunNotFound, match="deleted while it was read"):
-        refuse_lost_chunk(root, "r", snap.committed, snap.arrays, "W/c/1/0/0")
+    with pytest.raises(RunNotFound, match="deleted .* while it was read"):
+        LostChunkCheck(root, "r", snap.attrs, snap.arrays)("W/c/1/0/0")
+    make_run(root, "r", steps=40, chunk_steps=8, seed=3)  # replaced by another run of the same id
+    os.remove(os.path.join(root.run_url("r"), "W", "c", "1", "0", "0"))
+    with pytest.raises(RunNotFound, match="replaced"):
+        LostChunkCheck(root, "r", snap.attrs, snap.arrays)("W/c/1/0/0")
+    with pytest.raises(CorruptData):  # the new run's own reader: its own loss
+        open_run("r", root)["W"].values
 
 
 def test_a_missing_chunk_past_the_committed_steps_is_not_corrupt(tmp_path):

@@ -223,3 +223,55 @@ def test_corrupt_data_crosses_processes():
     error = CorruptData("r", [CorruptChunk("W", "W/c/1/0/0", (8, 15), missing=True)])
     back = pickle.loads(pickle.dumps(error))
     assert str(back) == str(error) and back.chunks == error.chunks and back.run_id == "r"
+
+
+def test_an_own_array_whose_folder_is_gone_is_refused_and_fsck_repair_says_so(tmp_path):
+    """A live run is read by listing its folder: an array the run names whose whole folder is gone was simply
+    not listed (a dataset without ``W``, and a finish or ``fsck --repair`` that wrote the final document
+    without it for good). It is CorruptData now; ``fsck --repair`` reports it instead of stopping."""
+    from trajscope.store.errors import CorruptData
+    from trajscope.store.snapshot import lost_last_chunks
+
+    root = StoreRoot(tmp_path)
+    write_run(root, "r", live=True)
+    shutil.rmtree(os.path.join(root.run_url("r"), "W"))
+    with pytest.raises(CorruptData, match="metadata W/zarr.json is missing"):
+        open_run("r", root)
+    report = fsck_run(root, "r", repair=True)
+    assert any("not repaired" in p and "W/zarr.json" in p for p in report.problems), report.problems
+    assert root.read_attrs("r")["status"] == "running"  # nothing finished over the loss
+    assert [c.key for c in lost_last_chunks(root, "r", 16, ["W", "v"])] == ["W/zarr.json"]  # no KeyError
+
+
+def test_a_deletion_removes_the_root_document_first_and_create_clears_what_one_left(tmp_path):
+    """``delete`` removes ``zarr.json`` before the rest, so a reader meanwhile finds no run rather than a run
+    losing chunks; a deletion stopped after that leaves a folder without it, which the next ``create`` of the
+    same id clears before writing (its old chunks never lie under the new run's arrays)."""
+    from trajscope.store.snapshot import missing_committed_chunk, snapshot
+
+    root = StoreRoot(tmp_path)
+    write_run(root, "r")
+    removed = []
+    original = type(root.fs).rm
+
+    def rm(self, path, *args, **kwargs):
+        removed.append(os.path.relpath(path, root.run_url("r")))
+        return original(self, path, *args, **kwargs)
+
+    type(root.fs).rm = rm
+    try:
+        root.delete("r")
+    finally:
+        type(root.fs).rm = original
+    assert removed[0] == "zarr.json" and not os.path.exists(root.run_url("r"))
+    write_run(root, "r")
+    os.remove(os.path.join(root.run_url("r"), "zarr.json"))  # a deletion that stopped after its first step
+    stale = os.path.join(root.run_url("r"), "W", "c", "9", "0", "0")  # a chunk no new run of 16 states writes
+    os.makedirs(os.path.dirname(stale))
+    with open(stale, "wb") as f:
+        f.write(b"old")
+    write_run(root, "r")
+    assert not os.path.exists(stale) and open_run("r", root)["W"].shape[0] == 16
+    snap = snapshot(root, "r")
+    zero = {"z": {**snap.arrays["W"], "shape": [16, 0, 4]}}  # a parameter of no values: no key is in its grid
+    assert missing_committed_chunk(16, zero, "z/c/0/0/0") is None

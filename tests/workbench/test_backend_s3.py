@@ -74,3 +74,54 @@ def test_a_lost_chunk_on_s3_is_refused_not_read_as_fill_values(moto_endpoint, sm
         open_run("r", StoreRoot("s3://lost/exp", storage_options=options))["W"].values
     s3.delete_object(Bucket="lost", Key="exp/r.zarr/.all_chunks_stored")
     assert np.isnan(open_run("r", StoreRoot("s3://lost/exp", storage_options=options))["W"].values).any()
+
+
+#: another process (its own fsspec instance and listing cache) reopens run ``r``, writes states 8..15, commits
+WRITE_ELSEWHERE = """
+import json, sys
+import numpy as np
+from trajscope.store import RunWriter, StoreRoot
+writer = RunWriter.reopen(StoreRoot(sys.argv[1], storage_options=json.loads(sys.argv[2])), "r")
+writer.write_block(8, {"step": np.arange(8, 16), "loss": np.arange(8, 16) / 10})
+writer.commit(16)
+writer.close_writes()
+writer.lock.release()
+"""
+
+
+def test_a_resume_on_s3_sees_chunks_written_after_a_cached_listing(moto_endpoint):
+    """fsspec caches S3 listings (``list_runs`` sizes every run with one). A chunk another process wrote after
+    that was absent from this process's cache, and reopening the run took the chunk holding its last state
+    for lost (CorruptData), as did a lost-chunk check. Existence is asked of the store itself."""
+    import json
+    import subprocess
+    import sys
+
+    import boto3
+
+    from trajscope.store import RunWriter, StoreRoot, list_runs
+    from trajscope.store.layout import VariableSpec
+
+    options = {"endpoint_url": moto_endpoint, "key": "testing", "secret": "testing",
+               "client_kwargs": {"region_name": "us-east-1"}}
+    boto3.client("s3", endpoint_url=moto_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                 region_name="us-east-1").create_bucket(Bucket="cached")
+    root = StoreRoot("s3://cached/exp", storage_options=options)
+    variables = {"step": VariableSpec("step", ("step",), "int64"), "loss": VariableSpec("loss", ("step",), "float64")}
+    writer = RunWriter.create(root, "r", variables=variables, sizes={}, capacity=64, static={}, attrs={"config": {}},
+                              chunk_bytes=64)
+    assert writer.chunk_steps == 8  # 8 int64 or float64 states a chunk: loss/c/0, loss/c/1, ...
+    writer.write_block(0, {"step": np.arange(8), "loss": np.arange(8) / 10})
+    writer.commit(8)
+    writer.close_writes()
+    writer.lock.release()
+    assert [info.run_id for info in list_runs(root)] == ["r"]  # this process now caches the run's listing
+    elsewhere = subprocess.run([sys.executable, "-c", WRITE_ELSEWHERE, "s3://cached/exp", json.dumps(options)],
+                               capture_output=True, text=True, timeout=120)
+    assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
+    assert root.read_attrs("r")["committed_steps"] == 16
+    writer = RunWriter.reopen(root, "r")  # refused ("loss/c/1 is missing") when the cache answered
+    try:
+        np.testing.assert_array_equal(writer.read_states(8, 16)["loss"], np.arange(8, 16) / 10)
+    finally:
+        writer.lock.release()

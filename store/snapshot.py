@@ -70,6 +70,8 @@ def _array_names(root: StoreRoot, run_id: str, group: dict[str, Any]) -> list[st
     if consolidated:
         return sorted(name for name, meta in consolidated.items() if meta.get("node_type") == "array")
     base = root.run_url(run_id) if root.is_local else root.fs._strip_protocol(root.run_url(run_id))
+    if not root.is_local:  # the store's listing now, not one fsspec cached before arrays were added
+        root.fs.invalidate_cache(base)
     names = []
     for entry in root.fs.ls(base, detail=False):
         name = entry.rstrip("/").rsplit("/", 1)[-1]
@@ -129,30 +131,31 @@ def array_metadata(root: StoreRoot, run_id: str, committed: int,
     """Every array's metadata, ``step`` cut to ``committed``: from the group's consolidated metadata when
     ``group`` has it, else each ``NAME/zarr.json`` read now (through the root's safe reads). An entry the run's
     attributes (``group["attributes"]``) do not name is skipped when it is not a readable array inside the
-    root; one they name raises (``PathOutsideRoot``, or ``CorruptData`` for lost or unreadable metadata)."""
+    root; one they name raises ``PathOutsideRoot``, or ``CorruptData`` when its metadata is lost or unreadable
+    in a run that stores all it names (:func:`all_chunks_stored`)."""
     group = group or {}
     consolidated = (group.get("consolidated_metadata") or {}).get("metadata") or {}
     own = _named_arrays(group.get("attributes") or {})
     arrays: dict[str, dict[str, Any]] = {}
+    unreadable = []
     for name in _array_names(root, run_id, group):
         meta = consolidated.get(name)
         if meta is None:
             try:
                 meta = read_array_metadata(root, run_id, name)
-            except KeyError:
-                if name in own:  # one of the run's own arrays lost its metadata: refused, loudly
-                    raise CorruptData(run_id, [CorruptChunk(name, f"{name}/{METADATA_KEY}", missing=True)]) from None
-                continue  # a folder that is not an array (a stray one, an unreadable document)
+            except KeyError:  # a folder that is not an array (a stray one, an unreadable document): skipped,
+                unreadable.append(name)  # unless the run names it (below)
+                continue
             except PathOutsideRoot:
                 if name in own:  # one of the run's own arrays leads out of the root: refused, loudly
                     raise
                 continue  # a stray link beside the arrays: skipped (fsck reports it), the run stays readable
         if isinstance(meta, dict) and meta.get("node_type") == "array":
             arrays[name] = _trim(meta, committed)
-    if not consolidated:  # listed: an array the run names whose whole folder is gone is lost, not absent
-        gone = sorted(own - set(arrays))
-        if gone:
-            raise CorruptData(run_id, [CorruptChunk(name, f"{name}/{METADATA_KEY}", missing=True) for name in gone])
+    if not consolidated:  # listed: an array the run names that is unreadable or gone is lost, not absent, in a
+        lost = sorted(own - set(arrays))  # run whose writer made every array it names (a plain subset copy,
+        if lost and all_chunks_stored(root, run_id):  # ds[["W"]].to_zarr(consolidated=False), names others)
+            raise CorruptData(run_id, [CorruptChunk(name, f"{name}/{METADATA_KEY}", missing=True) for name in lost])
     return arrays
 
 
@@ -256,9 +259,10 @@ class LostChunkCheck:
 
     def __call__(self, key: str) -> None:
         lost = missing_committed_chunk(self.committed, self.arrays, key)
-        if lost is None or self._marker is False:
+        known = self._marker  # (read once: zarr may call from more than one thread)
+        if lost is None or known is False:  # a run without the marker: zarr's fill value, one check per reader
             return
-        marker = all_chunks_stored(self.root, self.run_id) if self._marker is None else True
+        marker = all_chunks_stored(self.root, self.run_id) if known is None else True
         self._same_run()  # a run deleted meanwhile has no marker either: it is gone, not an older run
         self._marker = marker
         if marker:

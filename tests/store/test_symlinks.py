@@ -275,3 +275,27 @@ def test_a_deletion_removes_the_root_document_first_and_create_clears_what_one_l
     snap = snapshot(root, "r")
     zero = {"z": {**snap.arrays["W"], "shape": [16, 0, 4]}}  # a parameter of no values: no key is in its grid
     assert missing_committed_chunk(16, zero, "z/c/0/0/0") is None
+
+
+def test_removing_a_run_that_is_a_link_inside_the_root_removes_the_link_only(tmp_path):
+    """``a.zarr -> b.zarr`` (a link that stays inside the root, followed by readers): deleting ``a`` removes the
+    link and leaves ``b`` whole (its root document was removed through the link before)."""
+    root = StoreRoot(tmp_path)
+    write_run(root, "b")
+    os.symlink(root.run_url("b"), root.run_url("a"))
+    root.delete("a")
+    assert not os.path.lexists(root.run_url("a")) and open_run("b", root)["W"].shape[0] == 16
+    assert [info.run_id for info in list_runs(root)] == ["b"]
+
+
+def test_what_a_stopped_deletion_left_is_removed_by_rm_and_a_subset_copy_opens(tmp_path):
+    """A deletion stopped after the root document leaves a folder ``rm`` now finishes; a plain copy of some of
+    a run's variables, written without consolidated metadata, names arrays it lacks and still opens."""
+    root = StoreRoot(tmp_path)
+    write_run(root, "r")
+    os.remove(os.path.join(root.run_url("r"), "zarr.json"))
+    root.delete("r")
+    assert not os.path.exists(root.run_url("r"))
+    write_run(root, "full")
+    open_run("full", root)[["W", "loss"]].to_zarr(root.run_url("part"), zarr_format=3, consolidated=False)
+    assert set(open_run("part", root).data_vars) == {"W", "loss"}

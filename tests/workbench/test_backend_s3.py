@@ -125,3 +125,46 @@ def test_a_resume_on_s3_sees_chunks_written_after_a_cached_listing(moto_endpoint
         np.testing.assert_array_equal(writer.read_states(8, 16)["loss"], np.arange(8, 16) / 10)
     finally:
         writer.lock.release()
+
+
+#: another process creates run ``r`` (two 1-D arrays), commits 8 states
+CREATE_ELSEWHERE = """
+import json, sys
+import numpy as np
+from trajscope.store import RunWriter, StoreRoot
+from trajscope.store.layout import VariableSpec
+variables = {"step": VariableSpec("step", ("step",), "int64"), "loss": VariableSpec("loss", ("step",), "float64")}
+writer = RunWriter.create(StoreRoot(sys.argv[1], storage_options=json.loads(sys.argv[2])), "r", variables=variables,
+                          sizes={}, capacity=16, static={}, attrs={"config": {}}, chunk_bytes=64)
+writer.write_block(0, {"step": np.arange(8), "loss": np.arange(8) / 10})
+writer.commit(8)
+writer.close_writes()
+writer.lock.release()
+"""
+
+
+def test_a_live_run_created_after_a_cached_listing_is_read_whole_on_s3(moto_endpoint):
+    """A live run's arrays are found by listing its folder. Listed (sized) by this process while another one was
+    still creating it, the cached listing lacked its arrays: the run read as missing them. It is listed anew."""
+    import json
+    import subprocess
+    import sys
+
+    import boto3
+
+    from trajscope.store import StoreRoot
+    from trajscope.store.snapshot import snapshot
+
+    options = {"endpoint_url": moto_endpoint, "key": "testing", "secret": "testing",
+               "client_kwargs": {"region_name": "us-east-1"}}
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                      region_name="us-east-1")
+    s3.create_bucket(Bucket="creating")
+    root = StoreRoot("s3://creating/exp", storage_options=options)
+    s3.put_object(Bucket="creating", Key="exp/r.zarr/zarr.json", Body=json.dumps(
+        {"zarr_format": 3, "node_type": "group", "attributes": {"status": "creating", "committed_steps": 0}}).encode())
+    root.size_bytes("r")  # as list_runs does: this process caches the folder's listing, without arrays
+    elsewhere = subprocess.run([sys.executable, "-c", CREATE_ELSEWHERE, "s3://creating/exp", json.dumps(options)],
+                               capture_output=True, text=True, timeout=120)
+    assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
+    assert sorted(snapshot(root, "r").arrays) == ["loss", "step"]

@@ -14,8 +14,8 @@ import os
 from trajscope.store.layout import COMMITTED, STEP_DIM
 from trajscope.store.root import StoreRoot
 from trajscope.store.safe import open_inside
-from trajscope.store.snapshot import (KeyInfo, KeyNotServed, _check_inside, _chunk_steps,
-                                      parse_key, read_array_metadata, LostChunkCheck)
+from trajscope.store.snapshot import (KeyInfo, KeyNotServed, LostChunkCheck, _check_inside, _chunk_steps,
+                                      parse_key, read_array_metadata)
 
 
 def open_chunk_file(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None = None) -> int | None:

@@ -137,15 +137,13 @@ def array_metadata(root: StoreRoot, run_id: str, committed: int,
     consolidated = (group.get("consolidated_metadata") or {}).get("metadata") or {}
     own = _named_arrays(group.get("attributes") or {})
     arrays: dict[str, dict[str, Any]] = {}
-    unreadable = []
     for name in _array_names(root, run_id, group):
         meta = consolidated.get(name)
         if meta is None:
             try:
                 meta = read_array_metadata(root, run_id, name)
             except KeyError:  # a folder that is not an array (a stray one, an unreadable document): skipped,
-                unreadable.append(name)  # unless the run names it (below)
-                continue
+                continue  # unless the run names it (below)
             except PathOutsideRoot:
                 if name in own:  # one of the run's own arrays leads out of the root: refused, loudly
                     raise

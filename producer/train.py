@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -105,8 +106,6 @@ def _record_segment(writer: RunWriter, device: torch.device) -> None:
     changed = [f"{what} {before.get(what)} → {now[what]}" for what in ("device", "torch")
                if before.get(what) is not None and before.get(what) != now[what]]
     if changed:
-        import warnings
-
         warnings.warn(ResumeWarning(
             f"run {writer.run_id!r} continues from state {now['state']} with another {', '.join(changed)}: the "
             "states from there on are exact gradient steps, but not bit-identical to an uninterrupted run (resume "
@@ -333,8 +332,6 @@ def gradient_step(model: TwoLayerReLU, state: State, cfg: RunConfig, step: int,
         rows = torch.from_numpy(minibatch_rows(cfg.seed, step, model.n, batch))
         if model.X.device.type == "cuda":  # from pinned memory, asynchronously: a copy from pageable memory
             rows = rows.pin_memory().to(model.X.device, non_blocking=True)  # waits for the device every step
-        else:
-            rows = rows.to(model.X.device)
         pre_b, out_b = model.forward(state, rows)
         grad_W, grad_v = model.gradient(state, pre_b, out_b, rows)
     return State(W=state.W - lr * grad_W, v=state.v - lr * grad_v if cfg.train.train_v else state.v)

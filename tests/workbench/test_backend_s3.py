@@ -26,16 +26,27 @@ def monkeypatch_module():
         yield mp
 
 
-def test_engine_trajscope_passes_storage_options(moto_endpoint, small_config):
+def s3_options(endpoint: str) -> dict:
+    """The storage options of the moto server at ``endpoint``."""
+    return {"endpoint_url": endpoint, "key": "testing", "secret": "testing", "client_kwargs": {"region_name": "us-east-1"}}
+
+
+def s3_bucket(endpoint: str, name: str):
+    """A new bucket on the moto server; returns a boto3 client (to look at or change objects behind fsspec)."""
     import boto3
 
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")
+    client.create_bucket(Bucket=name)
+    return client
+
+
+def test_engine_trajscope_passes_storage_options(moto_endpoint, small_config):
     from trajscope.producer import produce
     from trajscope.store import StoreRoot, open_run
 
-    options = {"endpoint_url": moto_endpoint, "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "us-east-1"}}
-    boto3.client("s3", endpoint_url=moto_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket="runs")
+    options = s3_options(moto_endpoint)
+    s3_bucket(moto_endpoint, "runs")
     root = StoreRoot("s3://runs/exp", storage_options=options)
     produce(small_config(), root=root, name="remote")
     ds = xr.open_dataset("s3://runs/exp/remote.zarr", engine="trajscope", storage_options=options,
@@ -53,17 +64,12 @@ def test_a_lost_chunk_on_s3_is_refused_not_read_as_fill_values(moto_endpoint, sm
     """The missing-chunk rule on an object store: the marker object and the run's existence are read from
     inside zarr's asynchronous reads (no deadlock between zarr's and fsspec's event loops), and a lost
     chunk of ``W`` is CorruptData while a run without the marker reads fill values as before."""
-    import boto3
-
     from trajscope.producer import produce
     from trajscope.store import StoreRoot, open_run
     from trajscope.store.errors import CorruptData
 
-    options = {"endpoint_url": moto_endpoint, "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "us-east-1"}}
-    s3 = boto3.client("s3", endpoint_url=moto_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                      region_name="us-east-1")
-    s3.create_bucket(Bucket="lost")
+    options = s3_options(moto_endpoint)
+    s3 = s3_bucket(moto_endpoint, "lost")
     root = StoreRoot("s3://lost/exp", storage_options=options)
     produce(small_config(), root=root, name="r")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lost", Prefix="exp/r.zarr/")["Contents"]]
@@ -97,15 +103,11 @@ def test_a_resume_on_s3_sees_chunks_written_after_a_cached_listing(moto_endpoint
     import subprocess
     import sys
 
-    import boto3
-
     from trajscope.store import RunWriter, StoreRoot, list_runs
     from trajscope.store.layout import VariableSpec
 
-    options = {"endpoint_url": moto_endpoint, "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "us-east-1"}}
-    boto3.client("s3", endpoint_url=moto_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket="cached")
+    options = s3_options(moto_endpoint)
+    s3_bucket(moto_endpoint, "cached")
     root = StoreRoot("s3://cached/exp", storage_options=options)
     variables = {"step": VariableSpec("step", ("step",), "int64"), "loss": VariableSpec("loss", ("step",), "float64")}
     writer = RunWriter.create(root, "r", variables=variables, sizes={}, capacity=64, static={}, attrs={"config": {}},
@@ -150,16 +152,11 @@ def test_a_live_run_created_after_a_cached_listing_is_read_whole_on_s3(moto_endp
     import subprocess
     import sys
 
-    import boto3
-
     from trajscope.store import StoreRoot
     from trajscope.store.snapshot import snapshot
 
-    options = {"endpoint_url": moto_endpoint, "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "us-east-1"}}
-    s3 = boto3.client("s3", endpoint_url=moto_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                      region_name="us-east-1")
-    s3.create_bucket(Bucket="creating")
+    options = s3_options(moto_endpoint)
+    s3 = s3_bucket(moto_endpoint, "creating")
     root = StoreRoot("s3://creating/exp", storage_options=options)
     s3.put_object(Bucket="creating", Key="exp/r.zarr/zarr.json", Body=json.dumps(
         {"zarr_format": 3, "node_type": "group", "attributes": {"status": "creating", "committed_steps": 0}}).encode())

@@ -30,6 +30,7 @@ import torch
 
 from trajscope.producer import module as adapter
 from trajscope.producer.recorder import Recorder, recording_waits
+from trajscope.producer.segments import record_segment
 from trajscope.store import RunWriter, StoreRoot
 from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.errors import UserError
@@ -265,6 +266,7 @@ class ModuleRecorder:
                 if shape != tuple(tensor.shape):
                     raise UserError(f"{name}: the run stores shape {shape}, the module has {tuple(tensor.shape)}")
             committed = writer.committed_steps
+            record_segment(writer, str(self.device))
             chunk_start = (committed // writer.chunk_steps) * writer.chunk_steps
             preload = writer.read_states(chunk_start, committed) if committed % writer.chunk_steps else None
             last = int(writer.arrays["step"][committed - 1]) if committed else -1

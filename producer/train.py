@@ -11,7 +11,6 @@ import os
 import signal
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -23,12 +22,12 @@ from trajscope.producer.config import RunConfig, load_config
 from trajscope.producer.data import build_dataset
 from trajscope.producer.model import State, TwoLayerReLU, initialize
 from trajscope.producer.recorder import Recorder, recording_waits, start_writer_process, wants_writer_process
+from trajscope.producer.segments import record_segment
 from trajscope.producer import two_layer
 from trajscope.store import RunWriter, StoreRoot, resolve_run, validate_run_id
 from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.errors import UserError
 from trajscope.store.hotpath import usable_cores
-from trajscope.store.writer import library_versions
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -87,30 +86,6 @@ def _device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return "cpu"
-
-
-class ResumeWarning(UserWarning):
-    """A run resumed where its numbers cannot match an uninterrupted run's bit for bit (another device or
-    another torch version than the segment before)."""
-
-
-def _record_segment(writer: RunWriter, device: torch.device) -> None:
-    """Append this resume's segment to the run's ``resumed`` attribute (stored with its next commit): the
-    first state it records, its device and torch version. Warns (:class:`ResumeWarning`) when either differs
-    from the segment before (``device`` and ``versions`` of the run, or the last ``resumed`` entry): the states
-    from here on are exact gradient steps on the new device, but not bit-identical to an uninterrupted run."""
-    segments = list(writer.attrs.get("resumed") or [])
-    before = segments[-1] if segments else {"device": writer.attrs.get("device"),
-                                            "torch": (writer.attrs.get("versions") or {}).get("torch")}
-    now = {"state": writer.committed_steps, "device": _device_label(device), "torch": library_versions().get("torch")}
-    changed = [f"{what} {before.get(what)} → {now[what]}" for what in ("device", "torch")
-               if before.get(what) is not None and before.get(what) != now[what]]
-    if changed:
-        warnings.warn(ResumeWarning(
-            f"run {writer.run_id!r} continues from state {now['state']} with another {', '.join(changed)}: the "
-            "states from there on are exact gradient steps, but not bit-identical to an uninterrupted run (resume "
-            "it where it was recorded for that); the run's 'resumed' attribute records each segment"), stacklevel=3)
-    writer.attrs["resumed"] = [*segments, now]
 
 
 def _default_run_id(config: RunConfig, root: StoreRoot) -> str:
@@ -270,7 +245,7 @@ def resume(
     try:
         cfg = load_config(writer.attrs["config"])
         device = resolve_device(cfg.train.device)
-        _record_segment(writer, device)
+        record_segment(writer, _device_label(device))
         remaining = max(len(recording_schedule(cfg)) - writer.committed_steps, 0)
         state_bytes = [a.nbytes // max(a.shape[0], 1) for a in writer.arrays.values()]
         process = start_writer_process(cfg.record.writer, store_root, device, remaining * sum(state_bytes),

@@ -293,3 +293,26 @@ def test_a_ctrl_c_while_closing_ends_the_run_interrupted_over_everything_written
         train(model, x, y, 25, again, start=again.step)
     done = trajscope.open_run(tmp_path / "cut.zarr")
     assert done.attrs["status"] == "complete" and done.attrs["committed_steps"] == 26
+
+
+def test_a_module_run_resumed_on_another_device_warns_and_records_its_segments(tmp_path):
+    """As for the two-layer producer: each resume appends {state, device, torch} to ``resumed``, and a resume on
+    another device than the segment before warns (the run is made to look recorded on a GPU)."""
+    import warnings
+
+    from trajscope.producer.segments import ResumeWarning
+    from trajscope.store import StoreRoot
+    from trajscope.store.dataset_attrs import run_attr
+
+    _train_run(tmp_path, "moved", 12, interrupt_at=4)
+    root = StoreRoot(tmp_path)
+    attrs = root.read_attrs("moved")
+    assert attrs["device"] == "cpu"
+    root.write_attrs("moved", {**attrs, "device": "cuda:0"})
+    with pytest.warns(ResumeWarning, match="device cuda:0 → cpu"):
+        _train_run(tmp_path, "moved", 12, interrupt_at=8, resume=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResumeWarning)
+        _train_run(tmp_path, "moved", 12, resume=True)
+    segments = run_attr(trajscope.open_run(tmp_path / "moved.zarr").attrs, "resumed")
+    assert [(s["state"], s["device"]) for s in segments] == [(5, "cpu"), (9, "cpu")]

@@ -370,7 +370,7 @@ def test_a_resume_on_another_device_warns_and_records_each_segment(tmp_path, sma
     import warnings
 
     from trajscope.producer import model
-    from trajscope.producer.train import ResumeWarning
+    from trajscope.producer.segments import ResumeWarning
     from trajscope.store.dataset_attrs import run_attr
 
     calls, original = {"n": 0}, model.TwoLayerReLU.gradient

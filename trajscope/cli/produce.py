@@ -67,7 +67,7 @@ def _user_warnings_to(console: Console):
     """Print each :class:`~trajscope.producer.data.DataWarning` (and
     :class:`~trajscope.producer.train.ResumeWarning`) as one ``warning:`` line when it is raised."""
     from trajscope.producer.data import DataWarning
-    from trajscope.producer.train import ResumeWarning
+    from trajscope.producer.segments import ResumeWarning
 
     shown = (DataWarning, ResumeWarning)
     with warnings.catch_warnings():

@@ -363,39 +363,43 @@ def test_a_ctrl_c_while_closing_a_run_whose_writing_failed_ends_it_failed(tmp_pa
     assert attrs["committed_steps"] == last * chunk
 
 
+def ctrl_c_at_update(monkeypatch, n: int) -> None:
+    """The ``n``-th gradient computed from now raises ``KeyboardInterrupt`` (a Ctrl-C in the loop)."""
+    from trajscope.producer import model
+
+    calls, original = {"n": 0}, model.TwoLayerReLU.gradient
+
+    def gradient(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(model.TwoLayerReLU, "gradient", gradient)
+
+
 def test_a_resume_on_another_device_warns_and_records_each_segment(tmp_path, small_config, monkeypatch):
     """A run recorded on a GPU and resumed where there is none (``train.device: auto``) goes on, but its states
     from there on cannot be bit-identical to an uninterrupted run: the resume says so, and the run's
     ``resumed`` attribute records each segment's first state, device and torch version."""
     import warnings
 
-    from trajscope.producer import model
     from trajscope.producer.segments import ResumeWarning
     from trajscope.store.dataset_attrs import run_attr
 
-    calls, original = {"n": 0}, model.TwoLayerReLU.gradient
-
-    def interrupted_at(stop):
-        def gradient(self, *args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == stop:
-                raise KeyboardInterrupt
-            return original(self, *args, **kwargs)
-        return gradient
-
-    monkeypatch.setattr(model.TwoLayerReLU, "gradient", interrupted_at(30))
+    ctrl_c_at_update(monkeypatch, 30)
     assert produce(small_config(train={"steps": 80}), root=tmp_path, name="moved").status == "interrupted"
     root = StoreRoot(tmp_path)
     attrs = root.read_attrs("moved")
     root.write_attrs("moved", {**attrs, "device": "cuda:0 (NVIDIA H200)"})  # as if recorded on a GPU
     first_state = attrs["committed_steps"]
-    calls["n"] = 0
-    monkeypatch.setattr(model.TwoLayerReLU, "gradient", interrupted_at(20))
+    monkeypatch.undo()
+    ctrl_c_at_update(monkeypatch, 20)
     with pytest.warns(ResumeWarning, match=r"from state \d+ with another device cuda:0 \(NVIDIA H200\) → cpu"):
         assert resume("moved", root=tmp_path).status == "interrupted"
     segments = run_attr(open_run("moved", tmp_path).attrs, "resumed")
     assert [(s["state"], s["device"]) for s in segments] == [(first_state, "cpu")]
-    monkeypatch.setattr(model.TwoLayerReLU, "gradient", original)
+    monkeypatch.undo()
     with warnings.catch_warnings():
         warnings.simplefilter("error", ResumeWarning)  # the same device as the segment before: no warning
         assert resume("moved", root=tmp_path).status == "complete"
@@ -410,20 +414,11 @@ def test_resume_refuses_a_run_whose_last_chunk_is_lost(tmp_path, small_config, m
     rewrite stored them as the run's data, hiding the loss. It is refused now, and nothing is written."""
     import shutil
 
-    from trajscope.producer import model
     from trajscope.store.errors import CorruptData
 
-    calls, original = {"n": 0}, model.TwoLayerReLU.gradient
-
-    def interrupted(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 30:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(model.TwoLayerReLU, "gradient", interrupted)
+    ctrl_c_at_update(monkeypatch, 30)
     assert produce(small_config(train={"steps": 80}), root=tmp_path, name="lost").status == "interrupted"
-    monkeypatch.setattr(model.TwoLayerReLU, "gradient", original)
+    monkeypatch.undo()
     root = StoreRoot(tmp_path)
     before = root.read_attrs("lost")
     last = (before["committed_steps"] - 1) // before["chunk_steps"]

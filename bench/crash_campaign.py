@@ -101,7 +101,6 @@ def check(root: Path, ref, counts: dict, last_committed: int) -> tuple[str | Non
     """Check the run after a kill; returns its status (None: not visible) and committed steps."""
     from trajscope import open_run
     from trajscope.store import StoreRoot, UserError
-
     from trajscope.store.chunkio import stale_temporaries
 
     store = StoreRoot(root)

@@ -73,7 +73,7 @@ class WriterLock:
         lease object when its heartbeat is older than :data:`HEARTBEAT_SECONDS`)."""
         if self.lost is not None:
             raise RunLocked(self.lost)
-        stamp = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+        stamp = self._stamp()
         if self._held_lease and stamp["heartbeat"] - self._lease_written > HEARTBEAT_SECONDS:
             self._refresh_lease(stamp)
         return stamp
@@ -140,9 +140,12 @@ class WriterLock:
         if self.lost is not None:
             raise RunLocked(self.lost)
 
+    def _stamp(self) -> dict[str, Any]:
+        """This writer's identity and the time: the lease object's content and the ``writer`` attribute."""
+        return {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+
     def _write_lease(self, **conditions: Any) -> None:
-        stamp = {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
-        self._put_lease(stamp, **conditions)
+        self._put_lease(self._stamp(), **conditions)
         self._held_lease = True
 
     def _put_lease(self, stamp: dict[str, Any], **conditions: Any) -> None:

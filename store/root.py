@@ -201,15 +201,16 @@ class StoreRoot:
     def delete(self, run_id: str) -> None:
         """Remove a run and everything under it (a run that is a link inside the root: the link only; what is
         left of a run whose deletion stopped after its root document: that)."""
+        path = self._fs_path(run_id)
         if not self.exists(run_id):
-            if self.is_local and not os.path.islink(self._fs_path(run_id)) and os.path.isdir(self._fs_path(run_id)):
+            if self.is_local and not os.path.islink(path) and os.path.isdir(path):
                 self.remove_leftovers(run_id)  # a deletion stopped half-way: finished now
                 return
             raise RunNotFound(f"no run {run_id!r} under {self.location}")
-        if self.is_local and not is_inside(self.location, self._fs_path(run_id)):
+        if self.is_local and not is_inside(self.location, path):
             raise PathOutsideRoot(f"run {run_id!r} resolves outside the store root; remove the link by hand")
-        if self.is_local and os.path.islink(self._fs_path(run_id)):  # the run is this link: the run it points
-            os.unlink(self._fs_path(run_id))  # at (inside the root) is another, left as it is
+        if self.is_local and os.path.islink(path):  # the run is this link: the run it points at (inside the
+            os.unlink(path)  # root) is another, left as it is
             return
         # the root document first: from then on a reader finds no run (RunNotFound), never a run losing its
         # chunks one by one (an object store removes keys in batches, a local rmtree in directory order)

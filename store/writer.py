@@ -214,8 +214,9 @@ class RunWriter:
             attrs["error"] = None
             attrs["writer"] = lock.lease()
             attrs["updated"] = _now()
-            # a run recorded with durability fsync: this document, its committed count included, is fsynced too
-            root.write_attrs(run_id, attrs, durable=root.is_local and attrs.get("durability") == "fsync")  # drops stale consolidated metadata first
+            # drops stale consolidated metadata first; a run recorded with durability fsync: this document, its
+            # committed count included, is fsynced too
+            root.write_attrs(run_id, attrs, durable=root.is_local and attrs.get("durability") == "fsync")
             faults.checkpoint("resume.reopened")
             writer = cls(root, run_id, lock, attrs)
             for array in writer.arrays.values():

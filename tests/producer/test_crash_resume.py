@@ -400,12 +400,22 @@ def test_a_resume_on_another_device_warns_and_records_each_segment(tmp_path, sma
     segments = run_attr(open_run("moved", tmp_path).attrs, "resumed")
     assert [(s["state"], s["device"]) for s in segments] == [(first_state, "cpu")]
     monkeypatch.undo()
+    ctrl_c_at_update(monkeypatch, 10)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ResumeWarning)  # the same device as the segment before: no warning
-        assert resume("moved", root=tmp_path).status == "complete"
+        assert resume("moved", root=tmp_path).status == "interrupted"
     segments = run_attr(open_run("moved", tmp_path).attrs, "resumed")
     assert [s["device"] for s in segments] == ["cpu", "cpu"] and segments[1]["state"] > segments[0]["state"]
     assert segments[0]["torch"] == attrs["versions"]["torch"]
+    stored = root.read_attrs("moved")  # the last segment made to look recorded on a GPU: the CLI says so
+    root.write_attrs("moved", {**stored, "resumed": [*stored["resumed"][:-1], {**stored["resumed"][-1],
+                                                                                "device": "cuda:0 (NVIDIA H200)"}]})
+    cli = subprocess.run([sys.executable, "-m", "trajscope", "resume", "moved", "--root", str(tmp_path), "--quiet"],
+                         capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    assert [line for line in cli.stderr.splitlines() if line.startswith("warning:")] == [
+        line for line in cli.stderr.splitlines() if "another device cuda:0 (NVIDIA H200) → cpu" in line], cli.stderr
+    assert "another device" in cli.stderr
 
 
 def test_resume_refuses_a_run_whose_last_chunk_is_lost(tmp_path, small_config, monkeypatch):

@@ -65,7 +65,7 @@ def store_wait_line(result) -> str | None:
 @contextlib.contextmanager
 def _user_warnings_to(console: Console):
     """Print each :class:`~trajscope.producer.data.DataWarning` (and
-    :class:`~trajscope.producer.train.ResumeWarning`) as one ``warning:`` line when it is raised."""
+    :class:`~trajscope.producer.segments.ResumeWarning`) as one ``warning:`` line when it is raised."""
     from trajscope.producer.data import DataWarning
     from trajscope.producer.segments import ResumeWarning
 

@@ -11,7 +11,9 @@ committing as the recorder does. Ratios are the loop's time against the loop alo
 ``--loop``:
 
 - ``reference`` (default): the reference config of ``record_overhead.py`` on this CPU, no recording;
-  the writer paces one chunk per ``chunk_steps`` steps of 3.1 ms;
+  the writer paces one chunk per ``chunk_steps`` steps of the loop's own step time, measured in an untimed
+  run first (``--pace-us`` to set it; until 2026-11-29 a constant 3.1 ms, the step of the machines of the
+  earlier sessions, which on a faster machine wrote below the loop's rate);
 - ``launch-bound``: a proxy for a GPU's training loop. On a GPU the reference step is a few dozen small
   kernel launches (3772 steps/s, 265 µs a step, on the issue's H200): Python and dispatch, each op
   releasing and taking back the interpreter lock, with the arithmetic on the device. Here the same
@@ -50,8 +52,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import record_ceiling as rc  # noqa: E402
 import record_overhead as ro  # noqa: E402
 
-#: seconds a reference step takes on this CPU (the writer's pace for ``--loop reference``)
-STEP_SECONDS = 0.0031
 #: the reference state (W, v, output, loss, step, t) and the store's chunk length for it (record_ceiling's)
 STATE_BYTES = rc.STATE_BYTES
 CHUNK_STEPS = rc.chunk_steps()
@@ -88,7 +88,7 @@ def _paced(stop, step_seconds: float, blocks, hand_over) -> int:
     return index
 
 
-def write_chunks(stop, directory: str, step_seconds: float = STEP_SECONDS, cpu: int | None = None,
+def write_chunks(stop, directory: str, step_seconds: float, cpu: int | None = None,
                  blocks=None) -> None:
     """Write reference-sized chunks at one chunk per ``chunk_steps`` steps of ``step_seconds`` until ``stop``
     is set (on core ``cpu`` only, if given; the store's write threads, started from here, inherit it),
@@ -110,7 +110,7 @@ def write_chunks(stop, directory: str, step_seconds: float = STEP_SECONDS, cpu: 
     writer.finish("complete")
 
 
-def feed_writer_process(stop, directory: str, step_seconds: float = STEP_SECONDS, cpu: int | None = None,
+def feed_writer_process(stop, directory: str, step_seconds: float, cpu: int | None = None,
                         blocks=None) -> None:
     """What the recorder's writer thread does for a writer process on a GPU, from a thread of the loop's
     process: per block, a free slot of the shared chunk buffers, one ``np.copyto`` per variable into it
@@ -158,8 +158,9 @@ def main() -> None:
     parser.add_argument("--loop", choices=["reference", "launch-bound"], default="reference")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (1000; launch-bound 40000)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--pace-us", type=float, default=265.0,
-                        help="launch-bound: µs per step of the writer's pace (the H200's reference step)")
+    parser.add_argument("--pace-us", type=float, default=None,
+                        help="µs per step of the writer's pace (launch-bound: 265, the H200's reference step; "
+                             "reference: the loop's own step, measured first)")
     parser.add_argument("--pin", action="store_true", help="the loop on the first core, the writer on the last")
     parser.add_argument("--dir", default=None, help="where the writer's runs go (default: the system's temp dir)")
     parser.add_argument("--write", type=Path, default=None)
@@ -167,7 +168,6 @@ def main() -> None:
     launch_bound = args.loop == "launch-bound"
     steps = args.steps or (40_000 if launch_bound else 1000)
     cfg = ro.load_config(TINY if launch_bound else ro.REFERENCE, [f"train.steps={steps}"])
-    pace = args.pace_us * 1e-6 if launch_bound else STEP_SECONDS
     writer_cpu = None
     if args.pin:
         cores = sorted(os.sched_getaffinity(0))
@@ -176,6 +176,12 @@ def main() -> None:
         os.sched_setaffinity(0, {cores[0]})  # this thread (the loop); the writer's threads go to the last core
         writer_cpu = cores[-1]
     ro.plain_loop(ro.load_config(TINY if launch_bound else ro.REFERENCE, ["train.steps=200"]))  # untimed warm-up
+    if args.pace_us is not None:
+        pace = args.pace_us * 1e-6
+    elif launch_bound:
+        pace = 265e-6
+    else:  # untimed: the loop's own step, so the writer keeps the rate a recorder of this loop must keep
+        pace = ro.plain_loop(cfg) / (steps + 1)
     names = ["training alone (baseline)", "writer in a thread", "writer in a process",
              "writer process fed from a thread"]
     targets = {names[1]: write_chunks, names[2]: write_chunks, names[3]: feed_writer_process}
@@ -220,7 +226,7 @@ def main() -> None:
           f"less where it could not keep that pace){', pinned' if args.pin else ''}")
     if args.write:
         command = (f"python bench/writer_isolation.py --loop {args.loop} --steps {steps} --repeats {args.repeats}"
-                   + (f" --pace-us {args.pace_us:g}" if launch_bound else "") + (" --pin" if args.pin else "")
+                   + (f" --pace-us {args.pace_us:g}" if args.pace_us is not None else "") + (" --pin" if args.pin else "")
                    + (f" --dir {args.dir}" if args.dir else ""))
         heading = "## Writer isolation" + (" (launch-bound loop)" if launch_bound else "")
         section = (

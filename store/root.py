@@ -203,7 +203,7 @@ class StoreRoot:
         left of a run whose deletion stopped after its root document: that)."""
         path = self._fs_path(run_id)
         if not self.exists(run_id):
-            if self.is_local and not os.path.islink(path) and os.path.isdir(path):
+            if self.has_leftovers(run_id):
                 self.remove_leftovers(run_id)  # a deletion stopped half-way: finished now
                 return
             raise RunNotFound(f"no run {run_id!r} under {self.location}")
@@ -216,6 +216,18 @@ class StoreRoot:
         # chunks one by one (an object store removes keys in batches, a local rmtree in directory order)
         self.fs.rm(self._fs_path(run_id, "zarr.json"))
         self.remove_leftovers(run_id)
+
+    def has_leftovers(self, run_id: str) -> bool:
+        """Whether something is left of a run without its root document: a deletion stopped after removing
+        it (or a creation stopped before writing it; :meth:`delete` and ``create`` clear either, holding the
+        run's writer lock). A link on a local root is never such a leftover."""
+        if self.exists(run_id):
+            return False
+        path = self._fs_path(run_id)
+        if self.is_local:
+            return os.path.isdir(path) and not os.path.islink(path)
+        self.fs.invalidate_cache(path)
+        return bool(self.fs.exists(path))
 
     def remove_leftovers(self, run_id: str) -> None:
         """Remove what is left of a run without its root document (a deletion stopped half-way), if anything."""

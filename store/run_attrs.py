@@ -82,9 +82,11 @@ def tag_run(
 
 
 def delete_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | None = None) -> str:
-    """Delete a run that is not being written (its writer lock is held while it is removed); returns its id."""
+    """Delete a run that is not being written (its writer lock is held while it is removed), or what a deletion
+    stopped half-way left of one; returns its id."""
     store_root, run_id = resolve_run(run, root)
-    store_root.read_group_metadata(run_id)
+    if not store_root.has_leftovers(run_id):
+        store_root.read_group_metadata(run_id)  # RunNotFound: nothing of that id
     with WriterLock(store_root, run_id):
         store_root.delete(run_id)
     return run_id

@@ -289,13 +289,32 @@ def test_removing_a_run_that_is_a_link_inside_the_root_removes_the_link_only(tmp
 
 
 def test_what_a_stopped_deletion_left_is_removed_by_rm_and_a_subset_copy_opens(tmp_path):
-    """A deletion stopped after the root document leaves a folder ``rm`` now finishes; a plain copy of some of
+    """A deletion stopped after the root document leaves a folder ``delete`` and ``delete_run`` now finish
+    (on a local root and on an object store; never through a link); a plain copy of some of
     a run's variables, written without consolidated metadata, names arrays it lacks and still opens."""
+    from trajscope.store.errors import RunNotFound
+    from trajscope.store.run_attrs import delete_run
+
     root = StoreRoot(tmp_path)
     write_run(root, "r")
+    assert not root.has_leftovers("r")  # a whole run is not a leftover
     os.remove(os.path.join(root.run_url("r"), "zarr.json"))
+    assert root.has_leftovers("r") and "r" not in [i.run_id for i in list_runs(root)]
     root.delete("r")
-    assert not os.path.exists(root.run_url("r"))
+    assert not os.path.exists(root.run_url("r")) and not root.has_leftovers("r")
+    write_run(root, "r")  # the same through delete_run (what `trajscope rm` calls): under the writer lock
+    os.remove(os.path.join(root.run_url("r"), "zarr.json"))
+    assert delete_run("r", root) == "r" and not os.path.exists(root.run_url("r"))
+    with pytest.raises(RunNotFound):
+        delete_run("r", root)  # nothing left: not found, as before
+    write_run(root, "real")
+    os.symlink(os.path.join(root.run_url("real"), "W"), root.run_url("link"))  # a link is never a leftover
+    assert not root.has_leftovers("link") and os.path.exists(os.path.join(root.run_url("real"), "W"))
+    memory = StoreRoot(f"memory://leftovers-{os.getpid()}")  # an object store: a prefix without its root document
+    write_run(memory, "m")
+    memory.fs.rm(memory._fs_path("m", "zarr.json"))
+    assert memory.has_leftovers("m") and delete_run("m", memory) == "m"
+    assert not memory.has_leftovers("m") and not memory.fs.exists(memory._fs_path("m"))
     write_run(root, "full")
     open_run("full", root)[["W", "loss"]].to_zarr(root.run_url("part"), zarr_format=3, consolidated=False)
     assert set(open_run("part", root).data_vars) == {"W", "loss"}

@@ -86,6 +86,25 @@ def test_rm_asks_first_and_deletes_only_on_yes(run_cli, make_run):
     assert missing.returncode == 2 and "nope" in missing.stderr and StoreRoot(root).exists("r2")
 
 
+def test_ls_names_what_a_stopped_deletion_left_and_rm_removes_it(run_cli, make_run):
+    """A run folder without its root document (a deletion stopped half-way) is no run: ``ls`` names it with the
+    command that removes it, and ``rm`` (which looked runs up first) removes it, asking first."""
+    make_run("kept")
+    make_run("gone")
+    root = StoreRoot(str(make_run.root))
+    (make_run.root / "gone.zarr" / "zarr.json").unlink()
+    listed = run_cli("ls", "--root", str(make_run.root))
+    assert listed.returncode == 0 and "kept" in listed.stdout
+    assert "gone: left by a stopped deletion" in listed.stdout and "trajscope rm gone" in listed.stdout
+    assert [row["run"] for row in json.loads(run_cli("ls", "--json", "--root", str(make_run.root)).stdout)] == ["kept"]
+    no = run_cli("rm", "gone", "--root", str(make_run.root), input="n\n")
+    assert no.returncode == 1 and "left by a stopped deletion" in no.stdout and root.has_leftovers("gone")
+    yes = run_cli("rm", "gone", "--root", str(make_run.root), input="y\n")
+    assert yes.returncode == 0 and "deleted gone" in yes.stdout
+    assert not (make_run.root / "gone.zarr").exists() and root.exists("kept")
+    assert "stopped deletion" not in run_cli("ls", "--root", str(make_run.root)).stdout
+
+
 def test_compare_shows_config_differences_and_measurements(run_cli, tiny_root):
     proc = run_cli("compare", "a", "b", "--root", str(tiny_root))
     assert proc.returncode == 0, proc.stderr

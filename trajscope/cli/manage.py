@@ -80,6 +80,13 @@ def _console():
     return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 400)
 
 
+def _print_leftovers(console, run_ids: list[str]) -> None:
+    """One line per folder a stopped deletion (or creation) left without its root document."""
+    for run_id in run_ids:
+        console.print(f"{run_id}: left by a stopped deletion (no root document); `trajscope rm {run_id}` removes it",
+                      markup=False, highlight=False)
+
+
 def _open_selected(run: str, root: str | None, step: str | None, variables: list[str] | None = None):
     from trajscope.cli.analyze import parse_step
     from trajscope.store import open_run
@@ -108,11 +115,13 @@ def register(app: typer.Typer) -> None:
 
         store_root = StoreRoot(root)
         fields = [c.strip() for c in (columns or "").split(",") if c.strip()]
-        rows = []
+        rows, leftovers = [], []
         for run_id in store_root.run_ids():
             try:
                 attrs = store_root.read_attrs(run_id)
             except (KeyError, ValueError):  # half-created or unreadable: skipped, as the catalog does
+                if store_root.has_leftovers(run_id):
+                    leftovers.append(run_id)
                 continue
             if fields:
                 known = flatten(run_attr(attrs, "config") or {})
@@ -129,6 +138,7 @@ def register(app: typer.Typer) -> None:
         console = _console()
         if not rows:
             console.print(f"no runs in {store_root.location}" + (f" tagged {', '.join(tag)}" if tag else ""))
+            _print_leftovers(console, leftovers)
             return
         table = Table(title=f"runs in {store_root.location}")
         right = {"states", "final loss", "duration", "size"}
@@ -139,6 +149,7 @@ def register(app: typer.Typer) -> None:
                           _duration(r["seconds"]), f"{r['size_bytes'] / 2**20:.1f} MiB", r["created"] or "-",
                           _fmt(r["tags"]), *(_fmt(r[f]) for f in fields))
         console.print(table)
+        _print_leftovers(console, leftovers)
 
     @app.command("tag")
     def tag_command(
@@ -166,13 +177,23 @@ def register(app: typer.Typer) -> None:
         yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     ) -> None:
         """Delete runs and everything recorded in them (asks first unless --yes; refuses a run being written)."""
-        from trajscope.store import describe_run
+        from trajscope.store import describe_run, resolve_run
+        from trajscope.store.errors import RunNotFound
         from trajscope.store.run_attrs import delete_run
 
-        infos = [describe_run(run, root) for run in runs]  # every run must exist before anything is deleted
+        described = []  # every run must exist (or be what a stopped deletion left) before anything is deleted
+        for run in runs:
+            try:
+                info = describe_run(run, root)
+                described.append(f"{info.run_id} ({info.status}, {info.committed_steps} states, "
+                                 f"{info.size_bytes / 2**20:.1f} MiB)")
+            except RunNotFound:
+                store_root, run_id = resolve_run(run, root)
+                if not store_root.has_leftovers(run_id):
+                    raise
+                described.append(f"{run_id} (left by a stopped deletion, {store_root.size_bytes(run_id) / 2**20:.1f} MiB)")
         if not yes:
-            listing = ", ".join(f"{i.run_id} ({i.status}, {i.committed_steps} states, {i.size_bytes / 2**20:.1f} MiB)"
-                                for i in infos)
+            listing = ", ".join(described)
             if not typer.confirm(f"delete {listing}?", default=False):
                 typer.echo("nothing deleted")
                 raise typer.Exit(1)

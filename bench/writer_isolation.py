@@ -11,8 +11,8 @@ committing as the recorder does. Ratios are the loop's time against the loop alo
 ``--loop``:
 
 - ``reference`` (default): the reference config of ``record_overhead.py`` on this CPU, no recording;
-  the writer paces one chunk per ``chunk_steps`` steps of the loop's own step time, measured in an untimed
-  run first (``--pace-us`` to set it; until 2026-11-29 a constant 3.1 ms, the step of the machines of the
+  the writer paces one chunk per ``chunk_steps`` steps of the loop's own step time, measured in two untimed
+  runs first (the faster; its time includes the dataset build, under 1%) (``--pace-us`` to set it; until 2026-11-29 a constant 3.1 ms, the step of the machines of the
   earlier sessions, which on a faster machine wrote below the loop's rate);
 - ``launch-bound``: a proxy for a GPU's training loop. On a GPU the reference step is a few dozen small
   kernel launches (3772 steps/s, 265 µs a step, on the issue's H200): Python and dispatch, each op
@@ -180,8 +180,8 @@ def main() -> None:
         pace = args.pace_us * 1e-6
     elif launch_bound:
         pace = 265e-6
-    else:  # untimed: the loop's own step, so the writer keeps the rate a recorder of this loop must keep
-        pace = ro.plain_loop(cfg) / (steps + 1)
+    else:  # untimed: the loop's own step (the faster of two runs, whose time includes the dataset build), so
+        pace = min(ro.plain_loop(cfg) for _ in range(2)) / (steps + 1)  # the writer keeps a recorder's rate
     names = ["training alone (baseline)", "writer in a thread", "writer in a process",
              "writer process fed from a thread"]
     targets = {names[1]: write_chunks, names[2]: write_chunks, names[3]: feed_writer_process}
@@ -218,7 +218,7 @@ def main() -> None:
         lines.append(f"| {name} | {statistics.median(ratios):.3f} | {min(ratios):.3f} | {max(ratios):.3f} "
                      f"| {rate_cell} |")
     table = "\n".join(lines)
-    step_us = statistics.median(base) / steps * 1e6
+    step_us = statistics.median(base) / (steps + 1) * 1e6
     rate = STATE_BYTES / pace / 1e9  # bytes of a reference state per step of the writer's pace
     print(table)
     print(f"\n{args.loop} loop, {steps} steps of {step_us:.0f} µs alone; the writer paced at {pace * 1e6:.0f} µs "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 import fsspec
 
 from trajscope.store.errors import PathOutsideRoot, RunNotFound, UserError
-from trajscope.store.layout import RUN_SUFFIX, TEMPORARY_PREFIX, validate_run_id
+from trajscope.store.layout import (ALL_CHUNKS_STORED_KEY, DELETING_KEY, RUN_SUFFIX, TEMPORARY_PREFIX,
+                                     validate_run_id)
 from trajscope.store.safe import is_inside, read_inside, tree_size
 
 DEFAULT_ROOT = "runs"
@@ -213,29 +215,45 @@ class StoreRoot:
             os.unlink(path)  # root) is another, left as it is
             return
         # the root document first: from then on a reader finds no run (RunNotFound), never a run losing its
-        # chunks one by one (an object store removes keys in batches, a local rmtree in directory order)
+        # chunks one by one (an object store removes keys in batches, a local rmtree in directory order); the
+        # marker before it, so what a deletion stopped half-way leaves is known for a run's (has_leftovers)
+        self.write_bytes(run_id, DELETING_KEY, b"")
         self.fs.rm(self._fs_path(run_id, "zarr.json"))
         self.remove_leftovers(run_id)
 
     def has_leftovers(self, run_id: str) -> bool:
-        """Whether something is left of a run without its root document: a deletion stopped after removing
-        it (or a creation stopped before writing it; :meth:`delete` and ``create`` clear either, holding the
-        run's writer lock). A link on a local root is never such a leftover."""
+        """Whether what is under the run's name is what a deletion stopped half-way left of a run: no root
+        document, and one of the run's own markers (:data:`DELETING_KEY`, which :meth:`delete` writes first
+        and :meth:`remove_leftovers` removes last, or :data:`ALL_CHUNKS_STORED_KEY`). Any other folder named
+        ``*.zarr`` (a Zarr v2 dataset, a user's files) is not, and neither is a link on a local root."""
         if self.exists(run_id):
             return False
         path = self._fs_path(run_id)
-        if self.is_local:
-            return os.path.isdir(path) and not os.path.islink(path)
-        self.fs.invalidate_cache(path)
-        return bool(self.fs.exists(path))
+        if self.is_local and (os.path.islink(path) or not os.path.isdir(path)):
+            return False
+        return self.has_key(run_id, DELETING_KEY) or self.has_key(run_id, ALL_CHUNKS_STORED_KEY)
 
     def remove_leftovers(self, run_id: str) -> None:
-        """Remove what is left of a run without its root document (a deletion stopped half-way), if anything."""
+        """Remove what is left of a run without its root document (a deletion stopped half-way), if anything:
+        its markers last, so a removal stopped again still leaves a folder :meth:`has_leftovers` knows."""
         path = self._fs_path(run_id)
         if self.is_local and os.path.islink(path):  # never followed: what it points at is not the run's
             raise PathOutsideRoot(f"run {run_id!r} is a link; remove the link by hand")
         if not self.is_local:
             self.fs.invalidate_cache(path)
+        if not self.fs.exists(path):
+            return
+        markers = [self._fs_path(run_id, key) for key in (DELETING_KEY, ALL_CHUNKS_STORED_KEY)]
+        if self.is_local:
+            for entry in [e.path for e in os.scandir(path) if e.path not in markers] + markers:
+                if os.path.lexists(entry):
+                    _remove_entry(entry)
+            os.rmdir(path)
+            return
+        rest = [key for key in self.fs.find(path) if key not in markers]
+        if rest:
+            self.fs.rm(rest)
+        self.fs.invalidate_cache(path)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
@@ -244,6 +262,15 @@ class StoreRoot:
         """Local lock file of a run's writer (local roots only)."""
         validate_run_id(run_id)
         return os.path.join(self.location, ".locks", f"{run_id}.lock")
+
+
+def _remove_entry(path: str) -> None:
+    """Remove one entry of a local run folder: a folder with everything under it, or a file or a link (links
+    are removed, never followed)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
 
 
 def resolve_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | None = None) -> tuple[StoreRoot, str]:

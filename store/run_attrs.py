@@ -16,6 +16,7 @@ import re
 from typing import Any, Callable, Iterable
 
 from trajscope.store.errors import UserError
+from trajscope.store.layout import RUN_UID
 from trajscope.store.locks import WriterLock
 from trajscope.store.root import StoreRoot, resolve_run
 
@@ -81,12 +82,35 @@ def tag_run(
     return edit_attrs(run, root, change)
 
 
-def delete_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | None = None) -> str:
+#: ``delete_run(expect=...)``: what a deletion stopped half-way left, not a run
+LEFTOVERS = "leftovers"
+_UNCHECKED = object()
+
+
+def run_identity(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | None = None) -> str | None:
+    """What :func:`delete_run` is told to expect of ``run``: :data:`LEFTOVERS` for what a stopped deletion
+    left, else the run's ``run_uid`` (``None`` for a run written before it existed); RunNotFound otherwise."""
+    store_root, run_id = resolve_run(run, root)
+    if store_root.has_leftovers(run_id):
+        return LEFTOVERS
+    return store_root.read_attrs(run_id).get(RUN_UID)
+
+
+def delete_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | None = None, *,
+               expect: str | None | object = _UNCHECKED) -> str:
     """Delete a run that is not being written (its writer lock is held while it is removed), or what a deletion
-    stopped half-way left of one; returns its id."""
+    stopped half-way left of one; returns its id.
+
+    ``expect``: what :func:`run_identity` gave when the run was shown to the user (``trajscope rm`` asks
+    first); checked again under the lock, so a run created again under the same id meanwhile is not deleted
+    in its place (a :class:`UserError`, nothing deleted).
+    """
     store_root, run_id = resolve_run(run, root)
     if not store_root.has_leftovers(run_id):
         store_root.read_group_metadata(run_id)  # RunNotFound: nothing of that id
     with WriterLock(store_root, run_id):
+        if expect is not _UNCHECKED and run_identity(run_id, store_root) != expect:
+            raise UserError(f"run {run_id!r} changed since it was listed (created again meanwhile): nothing "
+                            "deleted; list it again (trajscope ls) and repeat the command if it should go")
         store_root.delete(run_id)
     return run_id

@@ -277,6 +277,67 @@ def test_a_deletion_removes_the_root_document_first_and_create_clears_what_one_l
     assert missing_committed_chunk(16, zero, "z/c/0/0/0") is None
 
 
+def test_a_deletion_stopped_half_way_leaves_a_folder_known_by_its_marker_and_rm_checks_what_it_showed(tmp_path,
+                                                                                                     monkeypatch):
+    """``delete`` writes its marker before removing the root document and removes the markers last, so a
+    deletion stopped anywhere after that leaves a folder ``has_leftovers`` knows (also for a run written before
+    ``.all_chunks_stored`` existed); ``delete_run(expect=...)`` deletes nothing when the id was created again
+    since it was shown."""
+    import trajscope.store.root as root_module
+    from trajscope.store.errors import UserError
+    from trajscope.store.layout import ALL_CHUNKS_STORED_KEY, DELETING_KEY
+    from trajscope.store.run_attrs import LEFTOVERS, delete_run, run_identity
+
+    root = StoreRoot(tmp_path)
+    for older in (False, True):  # a run of this version, and one written before .all_chunks_stored existed
+        for stop_at in range(1, 100):  # the deletion stops at its stop_at-th removal of an entry of the folder
+            write_run(root, "r")
+            if older:
+                os.remove(os.path.join(root.run_url("r"), ALL_CHUNKS_STORED_KEY))
+            calls = []
+
+            def stopping(path, calls=calls, stop_at=stop_at):
+                calls.append(os.path.basename(path))
+                if len(calls) == stop_at:
+                    raise KeyboardInterrupt
+                original_remove(path)
+
+            original_remove = root_module._remove_entry
+            monkeypatch.setattr(root_module, "_remove_entry", stopping)
+            try:
+                root.delete("r")
+                finished = True
+            except KeyboardInterrupt:
+                finished = False
+            monkeypatch.undo()
+            assert not root.exists("r")  # the root document went first, whatever came after
+            left = os.listdir(root.run_url("r")) if os.path.exists(root.run_url("r")) else []
+            assert not left or (root.has_leftovers("r") and run_identity("r", root) == LEFTOVERS), (stop_at, left)
+            if left:
+                assert delete_run("r", root, expect=LEFTOVERS) == "r"
+            if os.path.exists(root.run_url("r")):  # emptied, its folder left: the next create clears it
+                os.rmdir(root.run_url("r"))
+            if finished:
+                markers = [DELETING_KEY] if older else [DELETING_KEY, ALL_CHUNKS_STORED_KEY]
+                assert calls[-len(markers):] == markers and not set(markers) & set(calls[:-len(markers)])
+                break
+        assert stop_at > 3  # the folder's entries, then the markers
+    write_run(root, "again")  # shown as one run, created again under its id before the deletion's turn
+    shown = run_identity("again", root)
+    root.delete("again")
+    write_run(root, "again")
+    with pytest.raises(UserError, match="changed since it was listed"):
+        delete_run("again", root, expect=shown)
+    assert root.exists("again")
+    write_run(root, "gone")  # shown as what a deletion left, created again meanwhile: kept
+    os.remove(os.path.join(root.run_url("gone"), "zarr.json"))
+    shown = run_identity("gone", root)
+    write_run(root, "gone")
+    with pytest.raises(UserError, match="changed since it was listed"):
+        delete_run("gone", root, expect=shown)
+    assert root.exists("gone") and delete_run("gone", root, expect=run_identity("gone", root)) == "gone"
+
+
 def test_removing_a_run_that_is_a_link_inside_the_root_removes_the_link_only(tmp_path):
     """``a.zarr -> b.zarr`` (a link that stays inside the root, followed by readers): deleting ``a`` removes the
     link and leaves ``b`` whole (its root document was removed through the link before)."""
@@ -293,6 +354,7 @@ def test_what_a_stopped_deletion_left_is_removed_by_rm_and_a_subset_copy_opens(t
     (on a local root and on an object store; never through a link); a plain copy of some of
     a run's variables, written without consolidated metadata, names arrays it lacks and still opens."""
     from trajscope.store.errors import RunNotFound
+    from trajscope.store.layout import ALL_CHUNKS_STORED_KEY
     from trajscope.store.run_attrs import delete_run
 
     root = StoreRoot(tmp_path)
@@ -308,8 +370,20 @@ def test_what_a_stopped_deletion_left_is_removed_by_rm_and_a_subset_copy_opens(t
     with pytest.raises(RunNotFound):
         delete_run("r", root)  # nothing left: not found, as before
     write_run(root, "real")
-    os.symlink(os.path.join(root.run_url("real"), "W"), root.run_url("link"))  # a link is never a leftover
-    assert not root.has_leftovers("link") and os.path.exists(os.path.join(root.run_url("real"), "W"))
+    target = os.path.join(root.run_url("real"), "W", "c")  # a folder without a root document
+    os.symlink(target, root.run_url("link"))  # a link is never a leftover, nor followed
+    os.symlink(root.run_url("real"), os.path.join(target, ALL_CHUNKS_STORED_KEY))  # (a marker seen through it)
+    assert not root.has_leftovers("link")
+    with pytest.raises(RunNotFound):
+        delete_run("link", root)
+    assert os.listdir(target) and open_run("real", root)["W"].shape[0] == 16
+    foreign = tmp_path / "v2.zarr"  # a folder named *.zarr that no trajscope run left: a Zarr v2 dataset
+    (foreign / "x" / "0").mkdir(parents=True)
+    (foreign / ".zgroup").write_text('{"zarr_format": 2}')
+    assert not root.has_leftovers("v2")
+    with pytest.raises(RunNotFound):
+        delete_run(str(foreign))  # by path too
+    assert (foreign / ".zgroup").exists() and (foreign / "x" / "0").exists()
     memory = StoreRoot(f"memory://leftovers-{os.getpid()}")  # an object store: a prefix without its root document
     write_run(memory, "m")
     memory.fs.rm(memory._fs_path("m", "zarr.json"))

@@ -95,7 +95,9 @@ def test_ls_names_what_a_stopped_deletion_left_and_rm_removes_it(run_cli, make_r
     (make_run.root / "gone.zarr" / "zarr.json").unlink()
     listed = run_cli("ls", "--root", str(make_run.root))
     assert listed.returncode == 0 and "kept" in listed.stdout
-    assert "gone: left by a stopped deletion" in listed.stdout and "trajscope rm gone" in listed.stdout
+    assert "gone: left by a stopped deletion" in listed.stdout
+    assert f"trajscope rm gone --root {make_run.root}`" in listed.stdout  # the root it was listed under
+    assert "stopped deletion" not in run_cli("ls", "--tag", "x", "--root", str(make_run.root)).stdout
     assert [row["run"] for row in json.loads(run_cli("ls", "--json", "--root", str(make_run.root)).stdout)] == ["kept"]
     no = run_cli("rm", "gone", "--root", str(make_run.root), input="n\n")
     assert no.returncode == 1 and "left by a stopped deletion" in no.stdout and root.has_leftovers("gone")

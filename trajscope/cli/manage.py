@@ -80,11 +80,14 @@ def _console():
     return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 400)
 
 
-def _print_leftovers(console, run_ids: list[str]) -> None:
-    """One line per folder a stopped deletion (or creation) left without its root document."""
+def _print_leftovers(console, run_ids: list[str], root: str | None) -> None:
+    """One line per folder a stopped deletion left without its root document, with the command removing it."""
+    import shlex
+
+    where = f" --root {shlex.quote(str(root))}" if root is not None else ""
     for run_id in run_ids:
-        console.print(f"{run_id}: left by a stopped deletion (no root document); `trajscope rm {run_id}` removes it",
-                      markup=False, highlight=False)
+        console.print(f"{run_id}: left by a stopped deletion (no root document); `trajscope rm {run_id}{where}` "
+                      "removes it", markup=False, highlight=False)
 
 
 def _open_selected(run: str, root: str | None, step: str | None, variables: list[str] | None = None):
@@ -120,7 +123,7 @@ def register(app: typer.Typer) -> None:
             try:
                 attrs = store_root.read_attrs(run_id)
             except (KeyError, ValueError):  # half-created or unreadable: skipped, as the catalog does
-                if store_root.has_leftovers(run_id):
+                if not tag and store_root.has_leftovers(run_id):  # (it has no tags to match)
                     leftovers.append(run_id)
                 continue
             if fields:
@@ -138,7 +141,7 @@ def register(app: typer.Typer) -> None:
         console = _console()
         if not rows:
             console.print(f"no runs in {store_root.location}" + (f" tagged {', '.join(tag)}" if tag else ""))
-            _print_leftovers(console, leftovers)
+            _print_leftovers(console, leftovers, root)
             return
         table = Table(title=f"runs in {store_root.location}")
         right = {"states", "final loss", "duration", "size"}
@@ -149,7 +152,7 @@ def register(app: typer.Typer) -> None:
                           _duration(r["seconds"]), f"{r['size_bytes'] / 2**20:.1f} MiB", r["created"] or "-",
                           _fmt(r["tags"]), *(_fmt(r[f]) for f in fields))
         console.print(table)
-        _print_leftovers(console, leftovers)
+        _print_leftovers(console, leftovers, root)
 
     @app.command("tag")
     def tag_command(
@@ -178,27 +181,27 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Delete runs and everything recorded in them (asks first unless --yes; refuses a run being written)."""
         from trajscope.store import describe_run, resolve_run
-        from trajscope.store.errors import RunNotFound
-        from trajscope.store.run_attrs import delete_run
+        from trajscope.store.run_attrs import LEFTOVERS, delete_run, run_identity
 
-        described = []  # every run must exist (or be what a stopped deletion left) before anything is deleted
-        for run in runs:
-            try:
+        # every run must exist (or be what a stopped deletion left) before anything is deleted; what each was
+        # when shown is checked again under its lock (a run created again under that id meanwhile stays)
+        identities = [run_identity(run, root) for run in runs]
+        described = []
+        for run, identity in zip(runs, identities):
+            if identity == LEFTOVERS:
+                store_root, run_id = resolve_run(run, root)
+                described.append(f"{run_id} (left by a stopped deletion, {store_root.size_bytes(run_id) / 2**20:.1f} MiB)")
+            else:
                 info = describe_run(run, root)
                 described.append(f"{info.run_id} ({info.status}, {info.committed_steps} states, "
                                  f"{info.size_bytes / 2**20:.1f} MiB)")
-            except RunNotFound:
-                store_root, run_id = resolve_run(run, root)
-                if not store_root.has_leftovers(run_id):
-                    raise
-                described.append(f"{run_id} (left by a stopped deletion, {store_root.size_bytes(run_id) / 2**20:.1f} MiB)")
         if not yes:
             listing = ", ".join(described)
             if not typer.confirm(f"delete {listing}?", default=False):
                 typer.echo("nothing deleted")
                 raise typer.Exit(1)
-        for run in runs:
-            typer.echo(f"deleted {delete_run(run, root)}")
+        for run, identity in zip(runs, identities):
+            typer.echo(f"deleted {delete_run(run, root, expect=identity)}")
 
     @app.command("compare")
     def compare_command(

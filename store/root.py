@@ -233,6 +233,26 @@ class StoreRoot:
             return False
         return self.has_key(run_id, DELETING_KEY) or self.has_key(run_id, ALL_CHUNKS_STORED_KEY)
 
+    def clear_for_create(self, run_id: str) -> None:
+        """Before a run is created under ``run_id`` (its writer lock held, no root document there): remove what
+        a stopped deletion left (:meth:`has_leftovers`) or a stopped creation (an empty folder, or one holding
+        only temporary files); refuse anything else under that name, a folder that is not a run's (UserError)."""
+        path = self._fs_path(run_id)
+        if self.is_local:
+            if os.path.islink(path):
+                raise PathOutsideRoot(f"run {run_id!r} is a link; remove the link by hand")
+            if not os.path.lexists(path):
+                return
+            names = os.listdir(path) if os.path.isdir(path) else [os.path.basename(path)]
+        else:
+            self.fs.invalidate_cache(path)
+            names = [key.rsplit("/", 1)[-1] for key in self.fs.find(path)]
+        if not names or self.has_leftovers(run_id) or all(n.startswith(TEMPORARY_PREFIX) for n in names):
+            self.remove_leftovers(run_id)
+            return
+        raise UserError(f"{self.run_url(run_id)} is in the way and is not a trajscope run (no zarr.json, none of a "
+                        f"run's markers): move it away or choose another name; nothing was created")
+
     def remove_leftovers(self, run_id: str) -> None:
         """Remove what is left of a run without its root document (a deletion stopped half-way), if anything:
         its markers last, so a removal stopped again still leaves a folder :meth:`has_leftovers` knows."""

@@ -122,8 +122,8 @@ class RunWriter:
             faults.checkpoint("create.locked")
             if _refuse_existing(root, run_id):  # a half-created run whose creator is gone: replace it
                 root.delete(run_id)
-            elif not root.is_local or os.path.lexists(root.run_url(run_id)):  # a deletion stopped half-way:
-                root.remove_leftovers(run_id)  # its chunks must not lie under the new run's arrays
+            else:  # a deletion stopped half-way: its chunks must not lie under the new run's arrays
+                root.clear_for_create(run_id)
             uid = uuid.uuid4().hex
             root.write_attrs(run_id, {"format_version": FORMAT_VERSION, "run_id": run_id, RUN_UID: uid,
                                       "status": CREATING, "created": _now(), "updated": _now(), COMMITTED: 0,

@@ -351,10 +351,11 @@ def test_removing_a_run_that_is_a_link_inside_the_root_removes_the_link_only(tmp
 
 def test_what_a_stopped_deletion_left_is_removed_by_rm_and_a_subset_copy_opens(tmp_path):
     """A deletion stopped after the root document leaves a folder ``delete`` and ``delete_run`` now finish
-    (on a local root and on an object store; never through a link); a plain copy of some of
+    (on a local root and on an object store; never through a link), and a new run of that name clears; a
+    folder of that name that no run left is neither deleted nor cleared; a plain copy of some of
     a run's variables, written without consolidated metadata, names arrays it lacks and still opens."""
-    from trajscope.store.errors import RunNotFound
-    from trajscope.store.layout import ALL_CHUNKS_STORED_KEY
+    from trajscope.store.errors import RunNotFound, UserError
+    from trajscope.store.layout import ALL_CHUNKS_STORED_KEY, TEMPORARY_PREFIX
     from trajscope.store.run_attrs import delete_run
 
     root = StoreRoot(tmp_path)
@@ -384,11 +385,25 @@ def test_what_a_stopped_deletion_left_is_removed_by_rm_and_a_subset_copy_opens(t
     with pytest.raises(RunNotFound):
         delete_run(str(foreign))  # by path too
     assert (foreign / ".zgroup").exists() and (foreign / "x" / "0").exists()
+    with pytest.raises(UserError, match="not a trajscope run"):  # nor does a new run of that name clear it
+        write_run(root, "v2")
+    assert (foreign / ".zgroup").exists() and (foreign / "x" / "0").exists()
+    (tmp_path / "stopped.zarr").mkdir()  # what a creation stopped before its root document leaves: cleared
+    (tmp_path / "stopped.zarr" / f"{TEMPORARY_PREFIX}abc").write_bytes(b"{")
+    write_run(root, "stopped")
+    assert open_run("stopped", root)["W"].shape[0] == 16
+    (tmp_path / "empty.zarr").mkdir()
+    write_run(root, "empty")
+    assert root.exists("empty")
     memory = StoreRoot(f"memory://leftovers-{os.getpid()}")  # an object store: a prefix without its root document
     write_run(memory, "m")
     memory.fs.rm(memory._fs_path("m", "zarr.json"))
     assert memory.has_leftovers("m") and delete_run("m", memory) == "m"
     assert not memory.has_leftovers("m") and not memory.fs.exists(memory._fs_path("m"))
+    memory.fs.pipe_file(memory._fs_path("theirs", "data.bin"), b"not a run's")  # the same on an object store
+    with pytest.raises(UserError, match="not a trajscope run"):
+        write_run(memory, "theirs")
+    assert memory.fs.cat_file(memory._fs_path("theirs", "data.bin")) == b"not a run's"
     write_run(root, "full")
     open_run("full", root)[["W", "loss"]].to_zarr(root.run_url("part"), zarr_format=3, consolidated=False)
     assert set(open_run("part", root).data_vars) == {"W", "loss"}

@@ -9,6 +9,7 @@ On a local root nothing is read whose resolved path leaves the root (see :mod:`t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -224,13 +225,15 @@ class StoreRoot:
     def has_leftovers(self, run_id: str) -> bool:
         """Whether what is under the run's name is what a deletion stopped half-way left of a run: no root
         document, and one of the run's own markers (:data:`DELETING_KEY`, which :meth:`delete` writes first
-        and :meth:`remove_leftovers` removes last, or :data:`ALL_CHUNKS_STORED_KEY`). Any other folder named
-        ``*.zarr`` (a Zarr v2 dataset, a user's files) is not, and neither is a link on a local root."""
+        and :meth:`remove_leftovers` removes last, or :data:`ALL_CHUNKS_STORED_KEY`), or an empty folder.
+        Any other folder named ``*.zarr`` (a Zarr v2 dataset, a user's files) is not, nor a local link."""
         if self.exists(run_id):
             return False
         path = self._fs_path(run_id)
         if self.is_local and (os.path.islink(path) or not os.path.isdir(path)):
             return False
+        if self.is_local and not os.listdir(path):  # emptied, its folder left: nothing in it to lose
+            return True
         return self.has_key(run_id, DELETING_KEY) or self.has_key(run_id, ALL_CHUNKS_STORED_KEY)
 
     def clear_for_create(self, run_id: str) -> None:
@@ -243,11 +246,14 @@ class StoreRoot:
                 raise PathOutsideRoot(f"run {run_id!r} is a link; remove the link by hand")
             if not os.path.lexists(path):
                 return
-            names = os.listdir(path) if os.path.isdir(path) else [os.path.basename(path)]
-        else:
+            # what create writes before its root document: the folder, then temporary files in it (write_bytes)
+            stopped_creation = os.path.isdir(path) and all(
+                entry.name.startswith(TEMPORARY_PREFIX) and entry.is_file(follow_symlinks=False)
+                for entry in os.scandir(path))
+        else:  # (an object store's create writes its root document first: nothing before it)
             self.fs.invalidate_cache(path)
-            names = [key.rsplit("/", 1)[-1] for key in self.fs.find(path)]
-        if not names or self.has_leftovers(run_id) or all(n.startswith(TEMPORARY_PREFIX) for n in names):
+            stopped_creation = not self.fs.find(path)
+        if stopped_creation or self.has_leftovers(run_id):
             self.remove_leftovers(run_id)
             return
         raise UserError(f"{self.run_url(run_id)} is in the way and is not a trajscope run (no zarr.json, none of a "
@@ -265,10 +271,13 @@ class StoreRoot:
             return
         markers = [self._fs_path(run_id, key) for key in (DELETING_KEY, ALL_CHUNKS_STORED_KEY)]
         if self.is_local:
+            if not os.path.isdir(path):
+                raise UserError(f"{path} is not a run's folder; remove it by hand")
             for entry in [e.path for e in os.scandir(path) if e.path not in markers] + markers:
                 if os.path.lexists(entry):
                     _remove_entry(entry)
-            os.rmdir(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(path)
             return
         rest = [key for key in self.fs.find(path) if key not in markers]
         if rest:
@@ -285,12 +294,13 @@ class StoreRoot:
 
 
 def _remove_entry(path: str) -> None:
-    """Remove one entry of a local run folder: a folder with everything under it, or a file or a link (links
-    are removed, never followed)."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
+    """Remove one entry of a local run folder, if it is still there: a folder with everything under it, or a
+    file or a link (links are removed, never followed)."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
 
 
 def resolve_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | None = None) -> tuple[StoreRoot, str]:

@@ -110,7 +110,7 @@ def delete_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | Non
         store_root.read_group_metadata(run_id)  # RunNotFound: nothing of that id
     with WriterLock(store_root, run_id):
         if expect is not _UNCHECKED and run_identity(run_id, store_root) != expect:
-            raise UserError(f"run {run_id!r} changed since it was listed (created again meanwhile): nothing "
+            raise UserError(f"run {run_id!r} changed since it was listed (deleted or created again meanwhile): nothing "
                             "deleted; list it again (trajscope ls) and repeat the command if it should go")
         store_root.delete(run_id)
     return run_id

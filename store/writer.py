@@ -448,8 +448,11 @@ def _refuse_existing(root: StoreRoot, run_id: str) -> bool:
     except (KeyError, ValueError):
         attrs = {"status": "unreadable"}
     status = attrs.get("status")
-    if status == CREATING or (status is None and "time_variables" not in attrs):
+    if status == CREATING or not attrs or (status is None and "run_id" in attrs and "time_variables" not in attrs):
         return True  # half-created (or left so by an older trajscope: a group without attributes)
+    if status is None and "run_id" not in attrs and "time_variables" not in attrs:  # someone else's Zarr group
+        raise UserError(f"{root.run_url(run_id)} is in the way and is not a trajscope run (a Zarr group without a "
+                        "run's attributes): move it away or choose another name; nothing was created")
     if status == "running":  # a live writer is named ("being written by ..."); a dead one is resumable
         WriterLock(root, run_id).acquire().release()
     raise UserError(

@@ -122,3 +122,17 @@ def test_sweep_on_a_dask_localcluster(tmp_path, spec_factory):
         again = run_sweep(spec_factory(name="dask"), root=root, scheduler=cluster.scheduler_address)
     assert [r["action"] for r in again.rows] == ["skipped", "skipped"]
     assert sorted(StoreRoot(root).run_ids()) == sorted(r["run_id"] for r in result.rows)
+
+
+def test_a_point_whose_name_holds_someone_elses_zarr_group_keeps_it(tmp_path):
+    """A sweep restarts an empty husk of its own run, but a Zarr group that is no trajscope run under the
+    point's id is reported as the point's error and left as it is (it used to be deleted as a husk)."""
+    import zarr
+
+    from trajscope.experiments.sweep import execute_point
+
+    theirs = zarr.open_group(str(tmp_path / "p1.zarr"), mode="w", zarr_format=3)
+    theirs.attrs["title"] = "not a run"
+    row = execute_point({"name": "p1"}, "p1", str(tmp_path), summarize=False)
+    assert row["action"] == "failed" and "not a trajscope run" in row["error"]
+    assert zarr.open_group(str(tmp_path / "p1.zarr"), mode="r").attrs["title"] == "not a run"

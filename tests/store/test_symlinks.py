@@ -289,6 +289,15 @@ def test_a_deletion_stopped_half_way_leaves_a_folder_known_by_its_marker_and_rm_
     from trajscope.store.run_attrs import LEFTOVERS, delete_run, run_identity
 
     root = StoreRoot(tmp_path)
+    write_run(root, "marked")  # the marker is in place before the root document goes
+    seen = []
+    original_rm = type(root.fs).rm
+    monkeypatch.setattr(type(root.fs), "rm", lambda fs, path, *a, **k: (
+        seen.append((os.path.basename(path), os.path.exists(os.path.join(root.run_url("marked"), DELETING_KEY)))),
+        original_rm(fs, path, *a, **k))[1])
+    root.delete("marked")
+    monkeypatch.undo()
+    assert seen[0] == ("zarr.json", True) and not os.path.exists(root.run_url("marked"))
     for older in (False, True):  # a run of this version, and one written before .all_chunks_stored existed
         for stop_at in range(1, 100):  # the deletion stops at its stop_at-th removal of an entry of the folder
             write_run(root, "r")
@@ -315,8 +324,8 @@ def test_a_deletion_stopped_half_way_leaves_a_folder_known_by_its_marker_and_rm_
             assert not left or (root.has_leftovers("r") and run_identity("r", root) == LEFTOVERS), (stop_at, left)
             if left:
                 assert delete_run("r", root, expect=LEFTOVERS) == "r"
-            if os.path.exists(root.run_url("r")):  # emptied, its folder left: the next create clears it
-                os.rmdir(root.run_url("r"))
+            if os.path.exists(root.run_url("r")):  # emptied, its folder left: rm (and the next create) clear it
+                assert root.has_leftovers("r") and delete_run("r", root, expect=LEFTOVERS) == "r"
             if finished:
                 markers = [DELETING_KEY] if older else [DELETING_KEY, ALL_CHUNKS_STORED_KEY]
                 assert calls[-len(markers):] == markers and not set(markers) & set(calls[:-len(markers)])
@@ -392,9 +401,23 @@ def test_what_a_stopped_deletion_left_is_removed_by_rm_and_a_subset_copy_opens(t
     (tmp_path / "stopped.zarr" / f"{TEMPORARY_PREFIX}abc").write_bytes(b"{")
     write_run(root, "stopped")
     assert open_run("stopped", root)["W"].shape[0] == 16
-    (tmp_path / "empty.zarr").mkdir()
+    (tmp_path / "empty.zarr").mkdir()  # an emptied folder (a removal stopped before its last step): no run, clearable
+    assert root.has_leftovers("empty") and "empty" not in [i.run_id for i in list_runs(root)]
     write_run(root, "empty")
     assert root.exists("empty")
+    (tmp_path / "cache.zarr" / f"{TEMPORARY_PREFIX}dir").mkdir(parents=True)  # temporaries are files, not this
+    (tmp_path / "cache.zarr" / f"{TEMPORARY_PREFIX}dir" / "precious.bin").write_bytes(b"keep")
+    with pytest.raises(UserError, match="not a trajscope run"):
+        write_run(root, "cache")
+    assert (tmp_path / "cache.zarr" / f"{TEMPORARY_PREFIX}dir" / "precious.bin").read_bytes() == b"keep"
+    import zarr
+
+    theirs = zarr.open_group(str(tmp_path / "v3.zarr"), mode="w", zarr_format=3)  # someone else's Zarr v3 group
+    theirs.attrs["title"] = "not a run"
+    theirs.create_array("x", shape=(3,), dtype="int8")
+    with pytest.raises(UserError, match="not a trajscope run"):
+        write_run(root, "v3")
+    assert zarr.open_group(str(tmp_path / "v3.zarr"), mode="r").attrs["title"] == "not a run"
     memory = StoreRoot(f"memory://leftovers-{os.getpid()}")  # an object store: a prefix without its root document
     write_run(memory, "m")
     memory.fs.rm(memory._fs_path("m", "zarr.json"))

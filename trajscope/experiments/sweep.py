@@ -239,6 +239,9 @@ def execute_point(config: dict[str, Any], run_id: str, root: str, storage_option
             attrs = store_root.read_attrs(run_id)
             if attrs.get("status") == "complete":
                 row["action"] = "skipped"
+            elif attrs and "run_id" not in attrs and "status" not in attrs:  # someone else's Zarr group: kept
+                raise UserError(f"{store_root.run_url(run_id)} is in the way and is not a trajscope run: move it "
+                                "away or sweep into another root; nothing was changed")
             elif "status" not in attrs or "config" not in attrs:
                 with WriterLock(store_root, run_id):  # refuses when a creator is still alive
                     store_root.delete(run_id)

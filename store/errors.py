@@ -24,6 +24,15 @@ class RunLocked(UserError):
     """Another writer holds the run."""
 
 
+class NotARun(UserError):
+    """Something under a run's name that no trajscope run left (a Zarr v2 dataset, someone else's Zarr group, a
+    user's files): never cleared or replaced. ``NotARun(location, why, instead)``: one line naming the way out."""
+
+    def __init__(self, location: str, why: str, instead: str = "choose another name") -> None:
+        super().__init__(f"{location} is in the way and is not a trajscope run ({why}): move it away or {instead}; "
+                         "nothing was changed")
+
+
 class PathOutsideRoot(UserError):
     """A key of a run resolves (through a symbolic link) outside the store root; it is never opened."""
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -50,6 +51,12 @@ ALL_CHUNKS_STORED_KEY = ".all_chunks_stored"
 #: a folder a deletion stopped half-way left is recognised by it (or by :data:`ALL_CHUNKS_STORED_KEY`), so no
 #: other folder named ``*.zarr`` (a Zarr v2 dataset, a user's files) is ever taken for one and removed
 DELETING_KEY = ".trajscope_deleting"
+
+def is_foreign_group(attrs: Mapping[str, Any]) -> bool:
+    """Whether a Zarr group's root attributes are someone else's: not empty (an older trajscope began a run with
+    a group of no attributes) and none of a run's (``run_id``, ``status``, ``time_variables``)."""
+    return bool(attrs) and not {"run_id", "status", "time_variables"} & attrs.keys()
+
 
 #: default size of one ``W`` chunk, and the bounds on the time chunk length
 TARGET_CHUNK_BYTES = 8 * 2**20

@@ -19,7 +19,7 @@ from typing import Any
 
 import fsspec
 
-from trajscope.store.errors import PathOutsideRoot, RunNotFound, UserError
+from trajscope.store.errors import NotARun, PathOutsideRoot, RunNotFound, UserError
 from trajscope.store.layout import (ALL_CHUNKS_STORED_KEY, DELETING_KEY, RUN_SUFFIX, TEMPORARY_PREFIX,
                                      validate_run_id)
 from trajscope.store.safe import is_inside, read_inside, tree_size
@@ -256,8 +256,7 @@ class StoreRoot:
         if stopped_creation or self.has_leftovers(run_id):
             self.remove_leftovers(run_id)
             return
-        raise UserError(f"{self.run_url(run_id)} is in the way and is not a trajscope run (no zarr.json, none of a "
-                        f"run's markers): move it away or choose another name; nothing was created")
+        raise NotARun(self.run_url(run_id), "no zarr.json, none of a run's markers")
 
     def remove_leftovers(self, run_id: str) -> None:
         """Remove what is left of a run without its root document (a deletion stopped half-way), if anything:

@@ -35,7 +35,7 @@ import zarr
 
 from trajscope.store import faults
 from trajscope.store.chunkio import DURABILITY_LEVELS, FsspecSink, LocalSink, remove_stale_temporaries
-from trajscope.store.errors import CorruptData, RunLocked, UserError
+from trajscope.store.errors import CorruptData, NotARun, RunLocked, UserError
 from trajscope.store.hotpath import BlockWrite, HotPath, block_threads, default_write_threads
 from trajscope.store.layout import (
     ALL_CHUNKS_STORED_KEY,
@@ -49,6 +49,7 @@ from trajscope.store.layout import (
     chunk_plan,
     codecs_for,
     fill_value_for,
+    is_foreign_group,
 )
 from trajscope.store.locks import HEARTBEAT_SECONDS, WriterLock
 from trajscope.store.root import StoreRoot
@@ -448,11 +449,10 @@ def _refuse_existing(root: StoreRoot, run_id: str) -> bool:
     except (KeyError, ValueError):
         attrs = {"status": "unreadable"}
     status = attrs.get("status")
-    if status == CREATING or not attrs or (status is None and "run_id" in attrs and "time_variables" not in attrs):
+    if is_foreign_group(attrs):
+        raise NotARun(root.run_url(run_id), "a Zarr group without a run's attributes")
+    if status == CREATING or (status is None and "time_variables" not in attrs):
         return True  # half-created (or left so by an older trajscope: a group without attributes)
-    if status is None and "run_id" not in attrs and "time_variables" not in attrs:  # someone else's Zarr group
-        raise UserError(f"{root.run_url(run_id)} is in the way and is not a trajscope run (a Zarr group without a "
-                        "run's attributes): move it away or choose another name; nothing was created")
     if status == "running":  # a live writer is named ("being written by ..."); a dead one is resumable
         WriterLock(root, run_id).acquire().release()
     raise UserError(

@@ -170,6 +170,13 @@ def test_delete_needs_the_token(tmp_path, write_run, serve):
         assert httpx.get(f"{srv.url}/api/runs/victim").status_code == 404
         r = httpx.delete(f"{srv.url}/api/runs/victim", headers={"Authorization": "Bearer right-token"})
         assert r.status_code == 404
+        write_run(root, "husk", steps=8, chunk_steps=8)  # what a stopped deletion leaves: no run to the server,
+        os.remove(os.path.join(root.run_url("husk"), "zarr.json"))  # which leaves it to `trajscope rm` (README)
+        assert root.has_leftovers("husk")
+        assert "husk" not in [run["run_id"] for run in httpx.get(f"{srv.url}/api/runs").json()["runs"]]
+        assert httpx.get(f"{srv.url}/api/runs/husk").status_code == 404
+        r = httpx.delete(f"{srv.url}/api/runs/husk", headers={"Authorization": "Bearer right-token"})
+        assert r.status_code == 404 and root.has_leftovers("husk")
 
 
 def test_a_delete_the_servers_user_may_not_do_is_a_403_naming_the_way(tmp_path, write_run, serve, monkeypatch):

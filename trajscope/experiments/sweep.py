@@ -43,7 +43,8 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trajscope.producer.config import RunConfig, load_config, read_yaml_mapping, set_dotted
-from trajscope.store.errors import RunLocked, UserError
+from trajscope.store.errors import NotARun, RunLocked, UserError
+from trajscope.store.layout import is_foreign_group
 
 HASH_EXCLUDE = {("name",), ("train", "threads"), ("train", "device")}
 
@@ -239,9 +240,9 @@ def execute_point(config: dict[str, Any], run_id: str, root: str, storage_option
             attrs = store_root.read_attrs(run_id)
             if attrs.get("status") == "complete":
                 row["action"] = "skipped"
-            elif attrs and "run_id" not in attrs and "status" not in attrs:  # someone else's Zarr group: kept
-                raise UserError(f"{store_root.run_url(run_id)} is in the way and is not a trajscope run: move it "
-                                "away or sweep into another root; nothing was changed")
+            elif is_foreign_group(attrs):  # someone else's Zarr group: kept
+                raise NotARun(store_root.run_url(run_id), "a Zarr group without a run's attributes",
+                              "sweep into another root")
             elif "status" not in attrs or "config" not in attrs:
                 with WriterLock(store_root, run_id):  # refuses when a creator is still alive
                     store_root.delete(run_id)

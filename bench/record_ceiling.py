@@ -146,14 +146,23 @@ def state_pool(T: int) -> list[dict[str, np.ndarray]]:
     return [{n: np.array(data[n][i]) for n in SHAPES} for i in range(2 * T)]
 
 
-def raw_parallel(root: Root, states: int, T: int, threads: int, from_states: bool = False) -> float:
+def raw_parallel(root: Root, states: int, T: int, threads: int, from_states: bool = False,
+                 direct: bool = False) -> float:
     """Raw chunk files written by ``threads`` threads: each block's contiguous bytes, or (``from_states``)
-    the same bytes gathered from the per-state arrays of :func:`state_pool` with one ``writev``."""
-    from trajscope.store.chunkio import checksum, joined
+    the same bytes gathered from the per-state arrays of :func:`state_pool` with one ``writev``; ``direct``:
+    each block's bytes from page-aligned memory, a file's aligned prefix written with ``O_DIRECT``."""
+    from trajscope.store.chunkio import aligned_empty, checksum, direct_bytes, joined, write_direct
 
     fs, base = root.fs_and_base()
+    if direct and fs is not None:
+        return float("nan")  # direct I/O is a local filesystem's
     payloads = [{n: np.ascontiguousarray(a).reshape(-1).view(np.uint8) for n, a in block.items()}
                 for block in two_blocks(T)]
+    if direct:
+        for block in payloads:
+            for name, data in block.items():
+                block[name] = aligned_empty(data.shape, np.uint8)
+                block[name][...] = data
     pool = state_pool(T) if from_states else None
 
     def put(name: str, index: int) -> None:
@@ -168,6 +177,9 @@ def raw_parallel(root: Root, states: int, T: int, threads: int, from_states: boo
             return
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
+            size = direct_bytes(parts) if direct else 0
+            if size and write_direct(fd, parts, size):
+                return
             written = os.writev(fd, parts)  # 27 buffers at most: one call writes a regular file whole
             if written != sum(len(memoryview(p).cast("B")) for p in parts):
                 raise OSError(f"short write of {key}: {written} bytes")
@@ -205,7 +217,7 @@ def plain_zarr(root: Root, states: int, T: int) -> float:
     return time.perf_counter() - start
 
 
-def _writer(root: Root, states: int, write_threads: int | None = None):
+def _writer(root: Root, states: int, write_threads: int | None = None, io: str = "buffered"):
     from trajscope.producer.two_layer import variables as two_layer_variables
     from trajscope.store import RunWriter, StoreRoot
 
@@ -214,7 +226,7 @@ def _writer(root: Root, states: int, write_threads: int | None = None):
         sizes={"neuron": H, "feature": D, "sample": N}, capacity=states,
         static={"X": np.zeros((N, D), np.float32), "y": np.ones(N, np.int8)}, attrs={},
     )
-    writer.set_write_options(threads=write_threads)
+    writer.set_write_options(threads=write_threads, io=io)
     return writer
 
 
@@ -233,17 +245,24 @@ def store_path(root: Root, states: int, T: int, write_threads: int | None = None
     return seconds
 
 
-def recorder(root: Root, states: int, T: int, process: bool = False, by_reference: bool = True,
-             write_threads: int | None = None, buffers: int | None = None) -> float:
+def recorder(root: Root, states: int, T: int, process: bool = False, by_reference: bool | None = None,
+             write_threads: int | None = None, buffers: int | None = None, io: str = "auto") -> float:
+    """The recorder fed ``states`` states; ``io`` and ``by_reference`` default to the producer's choice on the
+    CPU (``record.io: auto``: direct I/O on a local root, the states copied into aligned chunk buffers;
+    by reference, written through the page cache, elsewhere)."""
     import torch
 
-    from trajscope.producer.recorder import Recorder
+    from trajscope.producer.recorder import Recorder, write_io
+    from trajscope.store import StoreRoot
     from trajscope.store.writer_process import WriterProcess
 
     if process and root.kind == "memory":
         return float("nan")  # a writer process writes local roots only
+    io = write_io(io, StoreRoot(root.location), torch.device("cpu"))
+    if by_reference is None:
+        by_reference = io == "buffered"
     handle = WriterProcess.start() if process else None
-    writer = _writer(root, states, write_threads)
+    writer = _writer(root, states, write_threads, io)
     if handle is not None:
         time.sleep(1.0)  # untimed: the interpreter's start-up (produce overlaps it with the dataset build)
     shapes = {n: SHAPES[n] for n in ("W", "v", "loss", "output")}
@@ -296,10 +315,14 @@ def main() -> None:
         """Each path moving ``n`` states."""
         return {"raw parallel": lambda r: raw_parallel(r, n, T, args.threads),
                 "raw parallel, from the states": lambda r: raw_parallel(r, n, T, args.threads, from_states=True),
+                "raw parallel, direct I/O": lambda r: raw_parallel(r, n, T, args.threads, direct=True),
                 "plain zarr": lambda r: plain_zarr(r, n, T),
                 "store write path": lambda r: store_path(r, n, T, wt),
                 "recorder": lambda r: recorder(r, n, T, write_threads=wt, buffers=nb),
-                "recorder, copying": lambda r: recorder(r, n, T, by_reference=False, write_threads=wt, buffers=nb),
+                "recorder, by reference, buffered": lambda r: recorder(r, n, T, by_reference=True, io="buffered",
+                                                                       write_threads=wt, buffers=nb),
+                "recorder, copying, buffered": lambda r: recorder(r, n, T, by_reference=False, io="buffered",
+                                                                  write_threads=wt, buffers=nb),
                 "recorder, writer process": lambda r: recorder(r, n, T, process=True, write_threads=wt, buffers=nb)}
 
     methods = paths(states)

@@ -166,6 +166,12 @@ class RecordConfig(_Strict):
     "Recording overhead"; on a GPU the process keeps the store's Python off the lock a launch-bound loop
     takes back at every kernel launch, BENCHMARKS.md "Writer isolation (launch-bound loop)"; for a large
     state a process would add a host copy at GB/s, and a small run does not repay an interpreter).
+    ``io``: how chunk files are written on a local root — ``buffered`` (through the page cache), ``direct``
+    (``O_DIRECT`` from page-aligned chunk buffers: the kernel copies nothing, the CPU recorder copies each state
+    into those buffers instead of keeping it by reference; a filesystem that refuses it gets buffered writes),
+    or ``auto``, the default: ``direct`` for CPU training on a disk, ``buffered`` for a GPU run, on a
+    filesystem in memory (tmpfs) and on object stores (``producer/recorder.py: write_io``; BENCHMARKS.md,
+    "Recording overhead" and "Recording ceiling").
     """
 
     every: int = Field(1, ge=1)
@@ -178,6 +184,7 @@ class RecordConfig(_Strict):
     commit_seconds: float = Field(0.5, ge=0.0, le=60.0)
     write_threads: int | None = Field(None, ge=1, le=64)
     writer: Literal["auto", "thread", "process"] = "auto"
+    io: Literal["auto", "buffered", "direct"] = "auto"
 
 
 class RunConfig(_Strict):

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from trajscope.store import RunWriter
-from trajscope.store.chunkio import StateRows
+from trajscope.store.chunkio import MEMORY_FILESYSTEMS, StateRows, aligned_empty, filesystem_type
 from trajscope.store.locks import HEARTBEAT_SECONDS
 from trajscope.store.writer_process import SharedChunks, WriterProcess, WriterProcessError
 
@@ -293,7 +293,7 @@ class Recorder:
         if self._shared is not None and not self._process_staged:  # the writer process reads these pages
             device = {n: torch.from_numpy(a) for n, a in self._shared.views(index).items()}
         else:
-            device = {n: torch.empty((self.chunk, *s), dtype=dtypes[n], device=self.device) for n, s in shapes.items()}
+            device = {n: self._chunk_buffer((self.chunk, *s), dtypes[n]) for n, s in shapes.items()}
         host, event = self.staging.host_buffers(device)
         if self.device.type == "cpu" and all(t.dtype in _NUMPY_DTYPES for t in device.values()):
             arrays = {n: t.numpy() for n, t in device.items()}  # numpy views: plain memcpy, no OpenMP
@@ -302,6 +302,13 @@ class Recorder:
             rows = [{n: t[i] for n, t in device.items()} for i in range(self.chunk)]
         shared = self._shared.views(index) if self._process_staged else None
         return _Slot(device=device, host=host, event=event, rows=rows, shared=shared)
+
+    def _chunk_buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """One variable's chunk buffer; on the CPU page-aligned (:func:`~trajscope.store.chunkio.aligned_empty`),
+        so a store writing with direct I/O takes it as it is."""
+        if self.device.type == "cpu" and dtype in _NUMPY_DTYPES:
+            return torch.from_numpy(aligned_empty(shape, torch.empty(0, dtype=dtype).numpy().dtype))
+        return torch.empty(shape, dtype=dtype, device=self.device)
 
     # -- training-thread side -----------------------------------------------------------------------
     def _raise_if_failed(self) -> None:
@@ -778,6 +785,22 @@ def recording_waits(previous: Mapping | None, recorder: "Recorder", seconds: flo
 
 #: ``record.writer: auto`` uses a writer process for GPU runs recording at least this many bytes
 AUTO_PROCESS_BYTES = 64e6
+
+
+def write_io(choice: str, root, device: torch.device) -> str:
+    """How the store writes a run's chunk files (``record.io``).
+
+    ``auto`` is ``direct`` for CPU training on a local root on a disk: the kernel copies nothing into the page
+    cache, a copy that took CPU time the training shares (BENCHMARKS.md, "Recording overhead"). It is
+    ``buffered`` otherwise: a GPU run's bursts are absorbed by the page cache faster than a device takes them
+    and the cores are not the training's; on a filesystem in memory (tmpfs) a direct write is the same copy;
+    an object store has no page cache of ours.
+    """
+    if choice != "auto":
+        return choice
+    if device.type != "cpu" or not root.is_local:
+        return "buffered"
+    return "buffered" if filesystem_type(root.location) in MEMORY_FILESYSTEMS else "direct"
 
 
 def wants_writer_process(choice: str, root, device: torch.device, recorded_bytes: float | None,

@@ -21,7 +21,8 @@ from trajscope.producer.budget import check_budget, data_shape
 from trajscope.producer.config import RunConfig, load_config
 from trajscope.producer.data import build_dataset
 from trajscope.producer.model import State, TwoLayerReLU, initialize
-from trajscope.producer.recorder import Recorder, recording_waits, start_writer_process, wants_writer_process
+from trajscope.producer.recorder import (Recorder, recording_waits, start_writer_process, wants_writer_process,
+                                         write_io)
 from trajscope.producer.segments import record_segment
 from trajscope.producer import two_layer
 from trajscope.store import RunWriter, StoreRoot, resolve_run, validate_run_id
@@ -347,12 +348,14 @@ def _train(
             torch.set_flush_denormal(cfg.train.flush_denormal)
         model = TwoLayerReLU(torch.from_numpy(X).to(device), torch.from_numpy(y.astype(X.dtype)).to(device), cfg.loss)
         state = State(W=state.W.to(device=device, dtype=dtype), v=state.v.to(device=device, dtype=dtype))
+        io = write_io(cfg.record.io, writer.root, device)
         writer.set_write_options(durability=cfg.record.durability, threads=cfg.record.write_threads,
-                                 commit_seconds=cfg.record.commit_seconds)
-        # the step makes new tensors and never changes a recorded one: on the CPU they are kept, not copied
+                                 commit_seconds=cfg.record.commit_seconds, io=io)
+        # the step makes new tensors and never changes a recorded one: on the CPU, written through the page
+        # cache, they are kept, not copied (direct I/O takes aligned chunk buffers, so they are copied there)
         recorder = Recorder(writer, shapes, dtypes, device, start_index=start_index, columns=columns, preload=preload,
                             buffers=cfg.record.buffers, process=process,
-                            by_reference=device.type == "cpu" and process is None)
+                            by_reference=device.type == "cpu" and process is None and io == "buffered")
     except BaseException as exc:
         if device.type == "cpu":
             torch.set_flush_denormal(False)

@@ -24,13 +24,17 @@ is chained over them, so the file holds exactly the bytes of the stacked chunk a
 Sinks put the bytes of one key: :class:`LocalSink` writes a temporary file in the key's directory and
 renames it over the key (a reader sees the old or the new chunk, never a torn one); with durability
 ``fsync`` it fsyncs the temporary file before the rename and the directory (and any directory it had to
-create, up to the run's root) after it. :class:`FsspecSink` does one ``pipe_file`` (a single PUT on
+create, up to the run's root) after it. With ``io="direct"`` it writes a large chunk's bytes with direct I/O
+(``O_DIRECT``: from the buffer to the device, no copy into the page cache; see :class:`LocalSink`).
+:class:`FsspecSink` does one ``pipe_file`` (a single PUT on
 object stores, which is atomic and durable once acknowledged; ``fsync`` does not apply), of one ``bytes``
 object made by :func:`joined`, which copies the parts without holding the GIL.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import math
 import os
 import re
@@ -46,6 +50,14 @@ from trajscope.store.layout import TEMPORARY_PREFIX
 
 #: durability levels: ``process`` survives a killed process, ``fsync`` also a power loss or kernel crash
 DURABILITY_LEVELS = ("process", "fsync")
+#: how a local root's chunk files are written: through the page cache, or with direct I/O (:class:`LocalSink`)
+WRITE_IO_MODES = ("buffered", "direct")
+#: what a direct write must be aligned to: the buffer's address, the file offset and the length (4096 covers
+#: devices of 512- and 4096-byte logical blocks and the memory alignment Linux asks of them)
+DIRECT_ALIGNMENT = 4096
+#: a chunk's first part shorter than this is written through the page cache even with ``io="direct"``: the
+#: direct share of a small file is small, and a direct write waits for the device (a choice, not a measurement)
+DIRECT_MIN_BYTES = 1 << 18
 #: zarr-python 3's ``LocalStore`` (array metadata, the static arrays' chunks) writes ``<key stem>.<uuid hex>.partial``
 ZARR_TEMPORARY = re.compile(r".+\.[0-9a-f]{32}\.partial")
 
@@ -159,13 +171,35 @@ class ChunkEncoder:
 
 
 class LocalSink:
-    """Puts chunk files under a local run directory: temporary file + rename, fsynced on request."""
+    """Puts chunk files under a local run directory: temporary file + rename, fsynced on request.
 
-    def __init__(self, base: str, durability: str = "process") -> None:
+    Parameters
+    ----------
+    base
+        The run's directory.
+    durability
+        One of :data:`DURABILITY_LEVELS`.
+    io
+        ``buffered`` (default): ``writev`` through the page cache. ``direct``: a chunk whose first part is a
+        buffer aligned to :data:`DIRECT_ALIGNMENT` and at least :data:`DIRECT_MIN_BYTES` long (the recorder's
+        chunk buffers, :func:`aligned_empty`) has the aligned prefix of that part written with ``O_DIRECT`` —
+        the device reads it from the buffer, the kernel copies nothing into the page cache — and the rest
+        (under 4 kB of it, and the checksum) buffered, into the same file. The bytes are the same either way.
+        Anything else is written buffered; so is everything once the filesystem refuses direct I/O
+        (``EINVAL``: some filesystems do not take it).
+    """
+
+    def __init__(self, base: str, durability: str = "process", io: str = "buffered") -> None:
         if durability not in DURABILITY_LEVELS:
             raise ValueError(f"unknown durability {durability!r}: use one of {', '.join(DURABILITY_LEVELS)}")
+        if io not in WRITE_IO_MODES:
+            raise ValueError(f"unknown io {io!r}: use one of {', '.join(WRITE_IO_MODES)}")
         self.base = os.path.abspath(base)
         self.fsync = durability == "fsync"
+        #: direct I/O still tried (False once the filesystem refused it; never where the OS has no ``O_DIRECT``)
+        self.direct = io == "direct" and hasattr(os, "O_DIRECT")
+        #: chunk files written with direct I/O, and buffered (for tests and benchmarks)
+        self.direct_files = self.buffered_files = 0
         self._known_dirs: set[str] = set()
         self._lock = threading.Lock()
 
@@ -178,7 +212,14 @@ class LocalSink:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             try:
-                _write_all(fd, parts)
+                size = direct_bytes(parts) if self.direct else 0
+                if size and write_direct(fd, parts, size):
+                    self.direct_files += 1
+                else:
+                    if size:  # the filesystem refused it: buffered from now on
+                        self.direct = False
+                    _write_all(fd, parts)
+                    self.buffered_files += 1
                 if self.fsync:
                     os.fsync(fd)
             finally:
@@ -240,6 +281,81 @@ class FsspecSink:
 
     def durable_document(self, key: str) -> None:
         """Nothing to do: an object store acknowledges a PUT once it is stored."""
+
+
+def direct_bytes(parts: Sequence) -> int:
+    """How many bytes of ``parts`` a direct write takes: the largest aligned prefix of the first part when
+    that is a C-contiguous array starting on :data:`DIRECT_ALIGNMENT` and the prefix is at least
+    :data:`DIRECT_MIN_BYTES`; else 0."""
+    first = parts[0] if len(parts) else None
+    if not isinstance(first, np.ndarray) or not first.flags.c_contiguous or first.ctypes.data % DIRECT_ALIGNMENT:
+        return 0
+    size = first.nbytes // DIRECT_ALIGNMENT * DIRECT_ALIGNMENT
+    return size if size >= DIRECT_MIN_BYTES else 0
+
+
+def write_direct(fd: int, parts: Sequence, size: int) -> bool:
+    """Write ``parts`` into the new, empty file ``fd``: the first ``size`` bytes (:func:`direct_bytes`) with
+    ``O_DIRECT`` (the device reads them from the buffer; nothing is copied into the page cache), the rest
+    through the page cache, after them. Returns False, the file left empty, where the filesystem refuses
+    direct I/O (``EINVAL``); other errors (a full disk) are raised."""
+    first = memoryview(parts[0]).cast("B")
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    written = 0
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+        while written < size:
+            n = os.pwrite(fd, first[written:size], written)
+            if n <= 0:
+                raise OSError(errno.EIO, f"a direct write wrote {n} bytes")
+            written += n
+            if n % DIRECT_ALIGNMENT:  # a short write off the alignment: the rest goes through the page cache
+                break
+    except OSError as exc:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        if exc.errno != errno.EINVAL:
+            raise
+        os.ftruncate(fd, 0)
+        return False
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+    os.lseek(fd, written, os.SEEK_SET)
+    _write_all(fd, [first[written:], *parts[1:]])
+    return True
+
+
+#: filesystems whose files live in memory: direct I/O there is the same copy a buffered write makes
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs"})
+
+
+def filesystem_type(path: str) -> str | None:
+    """The type of the filesystem holding ``path`` (``ext4``, ``tmpfs``...), from ``/proc/self/mountinfo``
+    (the mount point that is the longest prefix of the resolved path); ``None`` where that is not readable."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            lines = mounts.read().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, found = -1, None
+    for line in lines:
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        point = fields[4].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best:
+            best, found = len(point), line.split(" - ", 1)[1].split()[0]
+    return found
+
+
+def aligned_empty(shape: Sequence[int], dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts at a multiple of :data:`DIRECT_ALIGNMENT`
+    (what a direct write of its bytes needs; ``np.empty`` aligns to 64 bytes at most)."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + DIRECT_ALIGNMENT, np.uint8)
+    offset = -raw.ctypes.data % DIRECT_ALIGNMENT
+    return raw[offset : offset + nbytes].view(dtype).reshape(tuple(shape))
 
 
 #: :func:`joined` makes a smaller object with ``b"".join`` (a short copy, not worth a ctypes call per part;

@@ -34,7 +34,8 @@ import numpy as np
 import zarr
 
 from trajscope.store import faults
-from trajscope.store.chunkio import DURABILITY_LEVELS, FsspecSink, LocalSink, remove_stale_temporaries
+from trajscope.store.chunkio import (DURABILITY_LEVELS, WRITE_IO_MODES, FsspecSink, LocalSink,
+                                     remove_stale_temporaries)
 from trajscope.store.errors import CorruptData, NotARun, RunLocked, UserError
 from trajscope.store.hotpath import BlockWrite, HotPath, block_threads, default_write_threads
 from trajscope.store.layout import (
@@ -273,14 +274,21 @@ class RunWriter:
     write_threads: int | None = None
     #: :meth:`commit_if_due` commits at most this often (the bound on a live reader's extra latency)
     commit_seconds: float = 0.5
+    #: how chunk files are written on a local root: ``buffered`` or ``direct`` (:class:`LocalSink`)
+    io: str = "buffered"
     _hotpath: HotPath | None = None
     _tree_durable: bool = False
 
     def set_write_options(self, *, durability: str | None = None, threads: int | None = None,
-                          commit_seconds: float | None = None) -> None:
-        """Choose the durability level, the write threads and the commit interval (before the first write)."""
-        if self._hotpath is not None and (durability is not None or threads is not None):
-            raise RuntimeError("set_write_options: durability and threads must be set before the first write")
+                          commit_seconds: float | None = None, io: str | None = None) -> None:
+        """Choose the durability level, the write threads, the commit interval and the I/O mode of a local
+        root (all but the commit interval before the first write)."""
+        if self._hotpath is not None and (durability is not None or threads is not None or io is not None):
+            raise RuntimeError("set_write_options: durability, threads and io must be set before the first write")
+        if io is not None:
+            if io not in WRITE_IO_MODES:
+                raise UserError(f"unknown io {io!r}: use one of {', '.join(WRITE_IO_MODES)}")
+            self.io = io
         if durability is not None:
             if durability not in DURABILITY_LEVELS:
                 raise UserError(f"unknown durability {durability!r}: use one of {', '.join(DURABILITY_LEVELS)}")
@@ -298,7 +306,7 @@ class RunWriter:
         with self._hot_guard:  # a recorder submits from one thread and commits from another
             if self._hotpath is None:
                 if self.root.is_local:
-                    sink = LocalSink(self.root.run_url(self.run_id), self.durability)
+                    sink = LocalSink(self.root.run_url(self.run_id), self.durability, self.io)
                 else:
                     sink = FsspecSink(self.root.fs, self.root._fs_path(self.run_id))
                 self._hotpath = HotPath(sink, self.arrays, self.chunk_steps, self.committed_steps,

@@ -56,8 +56,10 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from trajscope.store.chunkio import DIRECT_ALIGNMENT
+
 #: alignment of every variable's buffer inside the shared memory
-_ALIGN = 64
+_ALIGN = DIRECT_ALIGNMENT  # each variable's buffer starts on a page: a direct write takes it as it is
 
 #: the child's boot code: bare packages (no ``__init__`` runs), then the writer loop
 _BOOT = """
@@ -95,7 +97,7 @@ class SharedChunks:
     """``slots`` chunk buffers of every variable in one shared memory file.
 
     Slot ``s`` of variable ``v`` is the C-contiguous array of shape ``(chunk_steps, *shape_v)`` at byte
-    ``s · slot_bytes + offset_v`` (offsets aligned to 64 bytes).
+    ``s · slot_bytes + offset_v`` (offsets aligned to :data:`~trajscope.store.chunkio.DIRECT_ALIGNMENT`).
 
     Parameters
     ----------
@@ -198,7 +200,7 @@ class WriterProcess:
             "location": writer.root.location, "run_id": writer.run_id, "attrs": writer.attrs,
             # the threads this side sized the shared buffers for
             "options": {"durability": writer.durability, "threads": writer.write_pool_size,
-                        "commit_seconds": writer.commit_seconds},
+                        "commit_seconds": writer.commit_seconds, "io": writer.io},
             "lease": {k: stamp[k] for k in ("token", "host", "pid")},
             "shared": shared.spec, "columns": {n: np.asarray(c) for n, c in columns.items()},
         }

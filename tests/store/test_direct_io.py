@@ -1,0 +1,151 @@
+"""Direct I/O (``record.io: direct``): the same bytes as zarr writes, and the page cache really left out.
+
+Whether a file's pages sit in the page cache is asked of the kernel itself (``mincore`` on a read-only
+mapping, which faults nothing in): a buffered write leaves the written pages there, a direct one does not.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from trajscope.store import chunkio
+from trajscope.store.chunkio import (DIRECT_ALIGNMENT, DIRECT_MIN_BYTES, ChunkEncoder, LocalSink, aligned_empty,
+                                     filesystem_type)
+from trajscope.store.layout import codecs_for, fill_value_for
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="needs O_DIRECT (Linux)")
+
+
+def resident_pages(path: Path) -> tuple[int, int]:
+    """(pages of ``path`` in the page cache, pages of the file), asked of the kernel with ``mincore``."""
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    libc = ctypes.CDLL(None, use_errno=True)
+    vector = (ctypes.c_ubyte * pages)()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as mapped:
+        address = np.frombuffer(mapped, np.uint8).ctypes.data  # a read-only mapping: numpy tells its address
+        if libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vector) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+    return sum(b & 1 for b in vector), pages
+
+
+def on_a_disk(path: Path) -> bool:
+    return filesystem_type(str(path)) not in chunkio.MEMORY_FILESYSTEMS
+
+
+def _array(path: Path, dtype: str, chunk: tuple[int, ...]):
+    serializer, compressors = codecs_for("none")
+    group = zarr.open_group(zarr.storage.LocalStore(path), mode="w", zarr_format=3)
+    return group.create_array("a", shape=(3 * chunk[0], *chunk[1:]), chunks=chunk, dtype=dtype,
+                              serializer=serializer, compressors=compressors, filters=None,
+                              fill_value=fill_value_for(dtype))
+
+
+# (dtype, chunk shape): an exact number of pages; a remainder of a few bytes; a chunk too small for direct I/O
+CASES = [("float32", (4, 256, 64)), ("float64", (3, 301, 71)), ("int8", (6, 200, 260)), ("float32", (2, 10, 10))]
+
+
+@pytest.mark.parametrize("dtype,chunk", CASES)
+def test_direct_writes_are_zarrs_bytes_and_skip_the_page_cache(tmp_path, dtype, chunk):
+    rng = np.random.default_rng(7)
+    by_zarr = _array(tmp_path / "zarr.zarr", dtype, chunk)
+    ours = _array(tmp_path / "ours.zarr", dtype, chunk)
+    encoder = ChunkEncoder(ours)
+    sink = LocalSink(str(tmp_path / "ours.zarr"), io="direct")
+    data = rng.normal(size=(2 * chunk[0], *chunk[1:])) * 50
+    data = data.astype(dtype)
+    by_zarr[: 2 * chunk[0]] = data
+    for t in range(2):
+        block = aligned_empty(chunk, dtype)  # as the recorder's chunk buffers are
+        block[...] = data[t * chunk[0] : (t + 1) * chunk[0]]
+        assert block.ctypes.data % DIRECT_ALIGNMENT == 0
+        sink.put(encoder.key((t, 0, 0)), encoder.encode(block))
+    large = block.nbytes >= DIRECT_MIN_BYTES
+    assert (sink.direct_files, sink.buffered_files) == ((2, 0) if large else (0, 2))
+    if large and on_a_disk(tmp_path):  # (before anything reads the files back into the page cache)
+        # the kernel holds none of the directly written pages (the last one, written buffered, may be there);
+        # a buffered write of the same bytes leaves them all in the page cache
+        resident, pages = resident_pages(tmp_path / "ours.zarr" / encoder.key((1, 0, 0)))
+        assert resident <= 1, (resident, pages)
+        LocalSink(str(tmp_path / "ours.zarr")).put("copy", encoder.encode(block))
+        assert resident_pages(tmp_path / "ours.zarr" / "copy") == (pages, pages)
+    for t in range(2):
+        key = encoder.key((t, 0, 0))
+        assert (tmp_path / "ours.zarr" / key).read_bytes() == (tmp_path / "zarr.zarr" / key).read_bytes(), key
+    back = zarr.open_array(zarr.storage.LocalStore(tmp_path / "ours.zarr" / "a"), mode="r")
+    np.testing.assert_array_equal(back[: 2 * chunk[0]], data)
+
+
+def test_unaligned_memory_is_written_through_the_page_cache(tmp_path):
+    array = _array(tmp_path / "a.zarr", "float32", (4, 256, 64))
+    encoder, sink = ChunkEncoder(array), LocalSink(str(tmp_path / "a.zarr"), io="direct")
+    raw = np.empty(4 * 256 * 64 * 4 + DIRECT_ALIGNMENT + 4, np.uint8)
+    offset = (-raw.ctypes.data % DIRECT_ALIGNMENT) + 4  # 4 bytes off a page
+    block = raw[offset : offset + 4 * 256 * 64 * 4].view(np.float32).reshape(4, 256, 64)
+    block[...] = np.arange(block.size, dtype=np.float32).reshape(block.shape)
+    sink.put(encoder.key((0, 0, 0)), encoder.encode(block))
+    assert (sink.direct_files, sink.buffered_files) == (0, 1) and sink.direct  # still tried for the next chunk
+    np.testing.assert_array_equal(zarr.open_array(zarr.storage.LocalStore(tmp_path / "a.zarr" / "a"))[:4], block)
+
+
+def test_a_filesystem_refusing_direct_io_gets_buffered_writes(tmp_path, monkeypatch):
+    """Some filesystems refuse ``O_DIRECT`` (``EINVAL``); none here does, so the refusal is injected."""
+    real = chunkio.fcntl.fcntl
+
+    def refusing(fd, command, arg=0):
+        if command == chunkio.fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, command, arg)
+
+    monkeypatch.setattr(chunkio.fcntl, "fcntl", refusing)
+    array = _array(tmp_path / "a.zarr", "float32", (4, 256, 64))
+    encoder, sink = ChunkEncoder(array), LocalSink(str(tmp_path / "a.zarr"), io="direct")
+    data = np.random.default_rng(1).normal(size=(8, 256, 64)).astype(np.float32)
+    for t in range(2):
+        block = aligned_empty((4, 256, 64), np.float32)
+        block[...] = data[4 * t : 4 * t + 4]
+        sink.put(encoder.key((t, 0, 0)), encoder.encode(block))
+    assert not sink.direct and (sink.direct_files, sink.buffered_files) == (0, 2)
+    np.testing.assert_array_equal(zarr.open_array(zarr.storage.LocalStore(tmp_path / "a.zarr" / "a"))[:8], data)
+    assert not [p for p in (tmp_path / "a.zarr").rglob("*") if p.name.startswith(".tmp-")]
+
+
+def test_a_failed_direct_write_leaves_no_file(tmp_path, monkeypatch):
+    array = _array(tmp_path / "a.zarr", "float32", (4, 256, 64))
+    encoder, sink = ChunkEncoder(array), LocalSink(str(tmp_path / "a.zarr"), io="direct")
+
+    def full_disk(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(chunkio.os, "pwrite", full_disk)
+    block = aligned_empty((4, 256, 64), np.float32)
+    block[...] = 1.0
+    with pytest.raises(OSError, match="No space"):
+        sink.put(encoder.key((0, 0, 0)), encoder.encode(block))
+    assert not [p for p in (tmp_path / "a.zarr" / "a" / "c").rglob("*") if p.is_file()]
+
+
+def test_filesystem_type_is_the_one_findmnt_names(tmp_path):
+    if not Path("/usr/bin/findmnt").exists():
+        pytest.skip("needs findmnt (util-linux)")
+    for path in [tmp_path, Path("/dev/shm"), Path("/proc/self")]:
+        if not path.exists():
+            continue
+        expected = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(path)], capture_output=True,
+                                  text=True, check=True).stdout.split()[0]
+        assert filesystem_type(str(path)) == expected, path
+    assert filesystem_type(str(tmp_path / "not" / "made" / "yet")) == filesystem_type(str(tmp_path))
+
+
+def test_unknown_io_modes_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown io 'fast'"):
+        LocalSink(str(tmp_path), io="fast")

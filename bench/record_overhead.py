@@ -14,10 +14,13 @@ and the hand-written baselines' alike, and is not in these figures). Ratios are 
 ratio (CPU time of the process, all threads, and of its writer process) is the steadier figure on a machine shared with other work. "durability fsync"
 is trajscope with ``record.durability: fsync`` (chunks, directories and attributes fsynced); "writer thread" /
 "writer process" force ``record.writer`` (the default, "every step", is ``auto``: the thread on the CPU and for
-large states, a writer process for a GPU run of states under 1 MiB recording at least 64 MB).
+large states, a writer process for a GPU run of states under 1 MiB recording at least 64 MB). "buffered I/O"
+/ "direct I/O" force ``record.io`` (the default, ``auto``, writes a CPU run's chunks on a disk with direct I/O, the
+states copied into page-aligned chunk buffers, and a GPU run's buffered; buffered, the CPU recorder keeps the
+states by reference).
 
 ``--variants`` runs only some variants (besides the baseline, always run), so more repeats fit in the same
-time: ``every,thread,process,fsync,dropped,npsave,torchsave`` (default: all). The "95% CI" column is a
+time: ``every,buffered,direct,thread,process,fsync,dropped,npsave,torchsave`` (default: all). The "95% CI" column is a
 bootstrap interval of the median time ratio (10 000 resamples of the repeats, percentile method, seed 0):
 with a goal inside the run-to-run noise, it says whether the repeats support meeting it.
 
@@ -56,7 +59,8 @@ REFERENCE = {
     "train": {"lr": 0.05, "steps": 2000},
 }
 #: ``--variants`` key -> variant (the baseline always runs)
-VARIANT_KEYS = {"every": "trajscope, every step", "thread": "trajscope, writer thread",
+VARIANT_KEYS = {"every": "trajscope, every step", "buffered": "trajscope, buffered I/O",
+                "direct": "trajscope, direct I/O", "thread": "trajscope, writer thread",
                 "process": "trajscope, writer process", "fsync": "trajscope, durability fsync",
                 "dropped": "trajscope recorder, writes dropped", "npsave": "np.save every step",
                 "torchsave": "torch.save every step"}
@@ -126,16 +130,18 @@ class _DiscardingWriter:
         return False
 
 
-def recorder_only_loop(cfg, chunk_steps: int) -> float:
+def recorder_only_loop(cfg, chunk_steps: int, directory: Path) -> float:
     """The plain loop feeding a real :class:`Recorder` (buffers, writer thread) whose writes are dropped."""
-    from trajscope.producer.recorder import Recorder
+    from trajscope.producer.recorder import Recorder, write_io
+    from trajscope.store import StoreRoot
 
     h, dim, n = cfg.model.width, cfg.data.dim, cfg.data.n
     shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)}
     dtypes = {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32}
     device = resolve_device(cfg.train.device)
+    io = write_io(cfg.record.io, StoreRoot(directory), device)
     recorder = Recorder(_DiscardingWriter(chunk_steps), shapes, dtypes, device, buffers=cfg.record.buffers,
-                        by_reference=device.type == "cpu")  # as the producer records on the CPU
+                        by_reference=device.type == "cpu" and io == "buffered")  # as the producer records
     seconds = plain_loop(cfg, lambda step, W, v, loss, out: recorder.record(W=W, v=v, loss=loss, output=out))
     start = time.perf_counter()
     recorder.close()
@@ -168,6 +174,8 @@ def main() -> None:
                                   f"model.width={h}", f"data.n={n}", f"train.device={args.device}"])
     fsync_cfg = load_config(cfg, ["record.durability=fsync"])
     thread_cfg = load_config(cfg, ["record.writer=thread"])
+    buffered_cfg = load_config(cfg, ["record.io=buffered"])
+    direct_cfg = load_config(cfg, ["record.io=direct"])
     process_cfg = load_config(cfg, ["record.writer=process"])
     from trajscope.store.layout import chunk_plan
 
@@ -177,10 +185,12 @@ def main() -> None:
     variants = {
         "no recording (baseline)": lambda d: plain_loop(cfg),
         "trajscope, every step": lambda d: trajscope_run(cfg, d),
+        "trajscope, buffered I/O": lambda d: trajscope_run(buffered_cfg, d),
+        "trajscope, direct I/O": lambda d: trajscope_run(direct_cfg, d),
         "trajscope, writer thread": lambda d: trajscope_run(thread_cfg, d),
         "trajscope, writer process": lambda d: trajscope_run(process_cfg, d),
         "trajscope, durability fsync": lambda d: trajscope_run(fsync_cfg, d),
-        "trajscope recorder, writes dropped": lambda d: recorder_only_loop(cfg, chunk_steps),
+        "trajscope recorder, writes dropped": lambda d: recorder_only_loop(cfg, chunk_steps, d),
     }
     if not args.no_baselines:
         variants["np.save every step"] = lambda d: np_save_loop(cfg, d)

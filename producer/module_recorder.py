@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from trajscope.producer import module as adapter
-from trajscope.producer.recorder import Recorder, recording_waits
+from trajscope.producer.recorder import Recorder, recording_waits, write_io
 from trajscope.producer.segments import record_segment
 from trajscope.store import RunWriter, StoreRoot
+from trajscope.store.chunkio import WRITE_IO_MODES
 from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.errors import UserError
 from trajscope.store.layout import validate_run_id
@@ -75,6 +76,10 @@ class ModuleRecorder:
         buffers (bound on memory and on work queued for the writer; default: enough to keep every write
         thread of the store busy, plus the one being filled, at least 3,
         :func:`~trajscope.producer.recorder.default_buffers`).
+    io
+        How chunk files are written on a local root: ``buffered``, ``direct`` or ``auto`` (default: direct I/O
+        for a CPU module on a disk filesystem, :func:`~trajscope.producer.recorder.write_io`; the recorder copies
+        every state into page-aligned chunk buffers either way).
     """
 
     def __init__(
@@ -94,6 +99,7 @@ class ModuleRecorder:
         compressor: str = "none",
         chunk_mib: float | None = None,
         queue_chunks: int | None = None,
+        io: str = "auto",
     ):
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"ModuleRecorder records a torch.nn.Module, not {type(module).__name__}")
@@ -109,6 +115,9 @@ class ModuleRecorder:
         self.compressor = compressor
         self.chunk_mib = chunk_mib
         self.queue_chunks = queue_chunks
+        if io not in ("auto", *WRITE_IO_MODES):
+            raise UserError(f"io={io!r}: use one of auto, {', '.join(WRITE_IO_MODES)}")
+        self.io = io
         self.tracked = adapter.tracked(module, parameters, buffers, gradients)
         self.options = {"every": self.every, "parameters": None if parameters is None else list(parameters),
                         "buffers": buffers if isinstance(buffers, bool) else list(buffers), "gradients": gradients}
@@ -244,6 +253,7 @@ class ModuleRecorder:
         shapes["step"], dtypes["step"] = (), torch.int64
         self._buffer_dtypes = dtypes
         try:
+            self.writer.set_write_options(io=write_io(self.io, self.root, self.device))
             self.recorder = Recorder(self.writer, shapes, dtypes, self.device, start_index=start_index,
                                      preload=preload, buffers=self.queue_chunks)
         except BaseException:

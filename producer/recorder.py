@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from trajscope.store import RunWriter
-from trajscope.store.chunkio import MEMORY_FILESYSTEMS, StateRows, aligned_empty, filesystem_type
+from trajscope.store.chunkio import DIRECT_IO_FILESYSTEMS, StateRows, aligned_empty, filesystem_type
 from trajscope.store.locks import HEARTBEAT_SECONDS
 from trajscope.store.writer_process import SharedChunks, WriterProcess, WriterProcessError
 
@@ -790,17 +790,18 @@ AUTO_PROCESS_BYTES = 64e6
 def write_io(choice: str, root, device: torch.device) -> str:
     """How the store writes a run's chunk files (``record.io``).
 
-    ``auto`` is ``direct`` for CPU training on a local root on a disk: the kernel copies nothing into the page
-    cache, a copy that took CPU time the training shares (BENCHMARKS.md, "Recording overhead"). It is
-    ``buffered`` otherwise: a GPU run's bursts are absorbed by the page cache faster than a device takes them
-    and the cores are not the training's; on a filesystem in memory (tmpfs) a direct write is the same copy;
-    an object store has no page cache of ours.
+    ``auto`` is ``direct`` for CPU training on a local root on a disk filesystem
+    (:data:`~trajscope.store.chunkio.DIRECT_IO_FILESYSTEMS`): the kernel copies nothing into the page cache, a
+    copy that took CPU time the training shares (BENCHMARKS.md, "Recording overhead"). It is ``buffered``
+    otherwise: a GPU run's bursts are absorbed by the page cache faster than a disk takes them, and its cores
+    are not the training's; on tmpfs a direct write is the same copy, on a network filesystem each direct write
+    waits for the server; an object store has no page cache of ours.
     """
     if choice != "auto":
         return choice
     if device.type != "cpu" or not root.is_local:
         return "buffered"
-    return "buffered" if filesystem_type(root.location) in MEMORY_FILESYSTEMS else "direct"
+    return "direct" if filesystem_type(root.location) in DIRECT_IO_FILESYSTEMS else "buffered"
 
 
 def wants_writer_process(choice: str, root, device: torch.device, recorded_bytes: float | None,

@@ -323,8 +323,10 @@ def write_direct(fd: int, parts: Sequence, size: int) -> bool:
     return True
 
 
-#: filesystems whose files live in memory: direct I/O there is the same copy a buffered write makes
-MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs"})
+#: local disk filesystems whose direct I/O goes from the buffer to the device (``record.io: auto`` writes directly
+#: only there: on tmpfs a direct write is the same copy a buffered one makes, on NFS or FUSE each direct write
+#: waits for a server, and an overlay or an unknown filesystem is left to the page cache)
+DIRECT_IO_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
 
 
 def filesystem_type(path: str) -> str | None:

@@ -316,3 +316,34 @@ def test_a_module_run_resumed_on_another_device_warns_and_records_its_segments(t
         _train_run(tmp_path, "moved", 12, resume=True)
     segments = run_attr(trajscope.open_run(tmp_path / "moved.zarr").attrs, "resumed")
     assert [(s["state"], s["device"]) for s in segments] == [(5, "cpu"), (9, "cpu")]
+
+
+def test_a_cpu_module_on_a_disk_is_written_with_direct_io_and_equals_its_copies(tmp_path):
+    """``io`` (default ``auto``): direct I/O for a CPU module on a disk filesystem, the page cache left out (asked
+    of the kernel with ``mincore``), every state still equal to a synchronous copy; ``buffered`` and a bad value."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("_direct_helpers_module",
+                                                  Path(__file__).parent.parent / "store" / "test_direct_io.py")
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    for io in ("auto", "buffered"):
+        torch.manual_seed(0)
+        model = MLP(hidden=300)  # fc2.weight: 360 kB a state, a chunk of 2 states per 1 MiB
+        x, y = data()
+        copies = _record(model, x, y, tmp_path, io, 9, chunk_mib=1, io=io)
+        chunks = sorted((tmp_path / f"{io}.zarr" / "fc2.weight" / "c").rglob("*"))
+        files = [p for p in chunks if p.is_file()]
+        assert len(files) == 5  # 10 states in chunks of 2
+        if helpers.on_a_disk(tmp_path):
+            resident = [helpers.resident_pages(p) for p in files]
+            if io == "auto":
+                assert all(r <= 1 for r, _ in resident), resident  # at most the buffered tail's page
+            else:
+                assert all(r == n for r, n in resident), resident
+        ds = trajscope.open_run(tmp_path / f"{io}.zarr")
+        expected = np.stack([c["fc2.weight"].numpy() for c in copies])
+        np.testing.assert_array_equal(ds["fc2.weight"].values, expected)
+    with pytest.raises(UserError, match="io='fast'"):
+        trajscope.ModuleRecorder(MLP(), root=tmp_path, name="bad", io="fast")

@@ -17,6 +17,7 @@ import torch
 
 from trajscope import open_run
 from trajscope.producer import produce, resume
+from trajscope.producer import recorder as recorder_module
 from trajscope.producer.recorder import write_io
 from trajscope.store import StoreRoot, writer_process
 from trajscope.store.chunkio import DIRECT_MIN_BYTES
@@ -87,7 +88,7 @@ def test_cpu_runs_write_directly_by_default_and_record_the_same_bytes(tmp_path, 
                                atol=1e-4 * np.abs(expected).max())
 
 
-def test_auto_is_direct_only_for_cpu_training_on_a_disk(tmp_path):
+def test_auto_is_direct_only_for_cpu_training_on_a_disk(tmp_path, monkeypatch):
     cpu = torch.device("cpu")
     expected = "direct" if on_a_disk(tmp_path) else "buffered"
     assert write_io("auto", StoreRoot(tmp_path), cpu) == expected
@@ -96,6 +97,11 @@ def test_auto_is_direct_only_for_cpu_training_on_a_disk(tmp_path):
     if Path("/dev/shm").is_dir():
         assert write_io("auto", StoreRoot("/dev/shm/trajscope-test"), cpu) == "buffered"
     assert write_io("buffered", StoreRoot(tmp_path), cpu) == "buffered"
+    # a network or FUSE filesystem (none is mounted here: its name is what the mount table would say)
+    monkeypatch.setattr(recorder_module, "filesystem_type", lambda path: "nfs4")
+    assert write_io("auto", StoreRoot(tmp_path), cpu) == "buffered"
+    monkeypatch.setattr(recorder_module, "filesystem_type", lambda path: "xfs")
+    assert write_io("auto", StoreRoot(tmp_path), cpu) == "direct"
     assert write_io("direct", StoreRoot(tmp_path), torch.device("cuda")) == "direct"
 
 

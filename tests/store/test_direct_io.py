@@ -39,7 +39,8 @@ def resident_pages(path: Path) -> tuple[int, int]:
 
 
 def on_a_disk(path: Path) -> bool:
-    return filesystem_type(str(path)) not in chunkio.MEMORY_FILESYSTEMS
+    """Whether ``path`` is on a filesystem whose direct writes skip the page cache (not tmpfs)."""
+    return filesystem_type(str(path)) in chunkio.DIRECT_IO_FILESYSTEMS
 
 
 def _array(path: Path, dtype: str, chunk: tuple[int, ...]):

@@ -7,8 +7,10 @@ disk a local store root would use) four ways, ``--repeats`` times each, alternat
 one ``writev``; ``O_DIRECT`` of the same parts gathered through a page-aligned 1 MiB bounce buffer (the last
 unaligned bytes buffered). Prints MB/s and the CPU seconds (user + system) of each write pass.
 
-This is the scratch comparison behind BENCHMARKS.md, "Recording overhead", "Direct I/O": the store keeps
-buffered writes (direct I/O saved CPU time but no training time here, and was slower in the ceiling bench).
+This is the comparison behind BENCHMARKS.md, "Recording overhead", "Direct I/O" (tenth session: the bounce
+buffer was not adopted). Since the thirteenth session the store writes with direct I/O itself
+(``store/chunkio.py: LocalSink``, ``record.io``), from the recorder's page-aligned chunk buffers, without a
+bounce buffer; ``bench/record_overhead.py`` and ``bench/record_ceiling.py`` measure that path.
 
     python bench/direct_io.py [--files 80] [--repeats 3] [--dir PATH]
 """

@@ -133,6 +133,20 @@ class Root:
             shutil.rmtree(self.location, ignore_errors=True)
 
 
+def default_io(kind: str, local_dir: str) -> str:
+    """The default recorder's ``record.io`` on a root of ``kind`` (what ``auto`` picks for CPU training)."""
+    import torch
+
+    from trajscope.producer.recorder import write_io
+    from trajscope.store import StoreRoot
+
+    root = Root(kind, local_dir)
+    try:
+        return write_io("auto", StoreRoot(root.location), torch.device("cpu"))
+    finally:
+        root.close()
+
+
 def two_blocks(T: int) -> list[dict[str, np.ndarray]]:
     """The ``2 T`` distinct states every path moves, as two blocks of ``T``."""
     data = blocks(2 * T)
@@ -346,6 +360,7 @@ def main() -> None:
                 finally:
                     root.close()
     mbs = {key: states * STATE_BYTES / 1e6 / statistics.median(values) for key, values in seconds.items()}
+    ios = {kind: default_io(kind, args.dir) for kind in kinds}
     default = "recorder"  # record.writer's default: thread
     raw, raw_states = "raw parallel", "raw parallel, from the states"
 
@@ -362,8 +377,9 @@ def main() -> None:
 
     result = {
         "config": args.config, "states": states, "state_bytes": STATE_BYTES, "chunk_steps": T, "repeats": args.repeats,
-        "cpus": os.cpu_count(), "write_threads": {k: wt or default_write_threads(k != "memory") for k in kinds},
-        "buffers": {k: nb or default_buffers(wt or default_write_threads(k != "memory")) for k in kinds},  # W: 1 file a block
+        "cpus": os.cpu_count(), "write_threads": {k: wt or default_write_threads(k != "memory", ios[k]) for k in kinds},
+        "buffers": {k: nb or default_buffers(wt or default_write_threads(k != "memory", ios[k])) for k in kinds},  # W: 1 file a block
+        "io": ios,  # the default recorder's (record.io: auto on the CPU)
         "mb_per_s": {kind: {name: None if math.isnan(mbs[(kind, name)]) else round(mbs[(kind, name)], 1)
                             for name in methods} for kind in kinds},
         "over_raw": {kind: {n: None if math.isnan(r) else round(r, 3) for n, r in by.items()}
@@ -393,7 +409,7 @@ def main() -> None:
     else:
         print(table)
         print(f"\n{states} {args.config} states of {STATE_BYTES / 1e3:,.0f} kB, chunks of {T} states, median of {args.repeats}, "
-              f"store write threads {result['write_threads']}, recorder buffers {result['buffers']}; recorder (default writer: thread) on the local dir: "
+              f"store write threads {result['write_threads']}, recorder buffers {result['buffers']}, the recorder's io {ios}; recorder (default writer: thread) on the local dir: "
               f"{result['recorder_over_raw']} × raw parallel, {result['recorder_over_raw_from_states']} × raw "
               f"parallel from the states; single repeats of the recorder over raw parallel ranged "
               f"{result['recorder_ratio_range']}")

@@ -114,11 +114,11 @@ class _DiscardingWriter:
 
     block_threads = 1  # the configs' W: one chunk file a block, far larger than the others
 
-    def __init__(self, chunk_steps: int):
+    def __init__(self, chunk_steps: int, io: str):
         from trajscope.store.hotpath import default_write_threads
 
         self.chunk_steps = chunk_steps
-        self.write_pool_size = default_write_threads(True)  # the recorder keeps the buffers a local run would
+        self.write_pool_size = default_write_threads(True, io)  # the recorder keeps the buffers a local run would
 
     def write_block(self, start, values):
         return None  # done at once
@@ -140,7 +140,7 @@ def recorder_only_loop(cfg, chunk_steps: int, directory: Path) -> float:
     dtypes = {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32}
     device = resolve_device(cfg.train.device)
     io = write_io(cfg.record.io, StoreRoot(directory), device)
-    recorder = Recorder(_DiscardingWriter(chunk_steps), shapes, dtypes, device, buffers=cfg.record.buffers,
+    recorder = Recorder(_DiscardingWriter(chunk_steps, io), shapes, dtypes, device, buffers=cfg.record.buffers,
                         by_reference=device.type == "cpu" and io == "buffered")  # as the producer records
     seconds = plain_loop(cfg, lambda step, W, v, loss, out: recorder.record(W=W, v=v, loss=loss, output=out))
     start = time.perf_counter()

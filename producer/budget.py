@@ -29,7 +29,7 @@ from trajscope.producer.config import RunConfig
 from trajscope.producer.recorder import default_buffers
 from trajscope.store import StoreRoot
 from trajscope.store.errors import UserError
-from trajscope.store.hotpath import LOCAL_WRITE_THREADS_MAX, REMOTE_WRITE_THREADS
+from trajscope.store.hotpath import LOCAL_WRITE_THREADS_MAX, WAITING_WRITE_THREADS
 from trajscope.store.layout import chunk_steps_for
 
 #: fraction of the available memory / free disk a run may plan to use
@@ -89,7 +89,7 @@ def estimate(config: RunConfig, n: int, dim: int) -> Budget:
 def chunk_buffers(config: RunConfig) -> int:
     """``B`` of the estimate: ``record.buffers``, else the most the recorder would choose (its default for
     ``record.write_threads``, or for the most write threads any root gets by default)."""
-    threads = config.record.write_threads or max(LOCAL_WRITE_THREADS_MAX, REMOTE_WRITE_THREADS)
+    threads = config.record.write_threads or max(LOCAL_WRITE_THREADS_MAX, WAITING_WRITE_THREADS)
     return config.record.buffers or default_buffers(threads)
 
 

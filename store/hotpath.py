@@ -43,8 +43,9 @@ from trajscope.store.chunkio import ChunkEncoder, FsspecSink, LocalSink, StateRo
 
 #: most threads writing a local root (see :func:`default_write_threads`)
 LOCAL_WRITE_THREADS_MAX = 4
-#: threads writing an fsspec root (an object store, ``memory://``)
-REMOTE_WRITE_THREADS = 4
+#: threads writing an fsspec root (an object store, ``memory://``), or a local root with direct I/O: writes that
+#: wait on the network or the device, not on a core
+WAITING_WRITE_THREADS = 4
 
 
 def usable_cores() -> int:
@@ -56,18 +57,19 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_write_threads(local: bool) -> int:
+def default_write_threads(local: bool, io: str = "buffered") -> int:
     """Threads writing chunk files when the run asks for no number.
 
-    On a local root, one per core this process may run on, at most :data:`LOCAL_WRITE_THREADS_MAX`:
-    a write there is a copy into the page cache, bound by the CPU, and more threads than cores only take
-    turns with the training loop and with each other. On an fsspec root (an object store, ``memory://``)
-    :data:`REMOTE_WRITE_THREADS`: a request there waits on the network, not on a core. The measurements
-    behind both choices, which were small and noisy on 2 cores, are in BENCHMARKS.md, "Recording ceiling".
-    ``bench/record_ceiling.py --write-threads N`` measures other choices.
+    On a local root written through the page cache, one per core this process may run on, at most
+    :data:`LOCAL_WRITE_THREADS_MAX`: a write there is a copy into the page cache, bound by the CPU, and more
+    threads than cores only take turns with the training loop and with each other. On an fsspec root (an
+    object store, ``memory://``), and on a local root written with direct I/O (``io="direct"``),
+    :data:`WAITING_WRITE_THREADS`: a write there waits on the network or the device, not on a core. The
+    measurements behind these choices, which were small and noisy on 2 cores, are in BENCHMARKS.md,
+    "Recording ceiling". ``bench/record_ceiling.py --write-threads N`` measures other choices.
     """
-    if not local:
-        return REMOTE_WRITE_THREADS
+    if not local or io == "direct":
+        return WAITING_WRITE_THREADS
     return max(1, min(LOCAL_WRITE_THREADS_MAX, usable_cores()))
 
 

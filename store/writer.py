@@ -321,7 +321,7 @@ class RunWriter:
     @property
     def write_pool_size(self) -> int:
         """Threads writing chunk files: ``write_threads``, else :func:`default_write_threads` of the root."""
-        return self.write_threads or default_write_threads(self.root.is_local)
+        return self.write_threads or default_write_threads(self.root.is_local, self.io)
 
     @property
     def block_threads(self) -> int:

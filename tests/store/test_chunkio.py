@@ -445,12 +445,12 @@ def test_an_interrupt_while_a_block_is_launched_never_hangs_draining_nor_commits
     assert open_run("ctrl-c", StoreRoot(tmp_path)).sizes["step"] == T
 
 
-def test_write_threads_default_to_the_cores_on_a_local_root_and_to_four_elsewhere(tmp_path, monkeypatch):
+def test_write_threads_default_to_the_cores_on_a_local_root_and_to_four_elsewhere_or_with_direct_io(tmp_path, monkeypatch):
     from trajscope.store import hotpath
 
-    def pool_size(root, run_id, threads=None):
+    def pool_size(root, run_id, threads=None, io=None):
         writer = _writer(root, run_id=run_id)
-        writer.set_write_options(threads=threads)
+        writer.set_write_options(threads=threads, io=io)
         size = writer._hot()._pool._max_workers
         writer.finish("complete")
         return size
@@ -460,8 +460,12 @@ def test_write_threads_default_to_the_cores_on_a_local_root_and_to_four_elsewher
         assert hotpath.default_write_threads(local=True) == expected
         assert pool_size(StoreRoot(tmp_path), f"c{cores}") == expected
     assert pool_size(StoreRoot(tmp_path), "asked", threads=7) == 7  # an explicit number wins
+    # direct I/O waits on the device, not on a core (the affinity above still says 16 cores: ask for 1)
+    monkeypatch.setattr(hotpath.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert pool_size(StoreRoot(tmp_path), "direct", io="direct") == hotpath.WAITING_WRITE_THREADS
+    assert pool_size(StoreRoot(tmp_path), "buffered", io="buffered") == 1
     memory = StoreRoot("memory://write-threads")
-    assert pool_size(memory, "m") == hotpath.REMOTE_WRITE_THREADS == 4
+    assert pool_size(memory, "m") == hotpath.WAITING_WRITE_THREADS == 4
     memory.delete("m")
 
 

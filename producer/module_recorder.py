@@ -78,8 +78,8 @@ class ModuleRecorder:
         :func:`~trajscope.producer.recorder.default_buffers`).
     io
         How chunk files are written on a local root: ``buffered``, ``direct`` or ``auto`` (default: direct I/O
-        for a CPU module on a disk filesystem, :func:`~trajscope.producer.recorder.write_io`; the recorder copies
-        every state into page-aligned chunk buffers either way).
+        for an uncompressed CPU module on ext2/3/4 or xfs, :func:`~trajscope.producer.recorder.write_io`; the
+        recorder copies every state into page-aligned chunk buffers either way).
     """
 
     def __init__(
@@ -253,7 +253,7 @@ class ModuleRecorder:
         shapes["step"], dtypes["step"] = (), torch.int64
         self._buffer_dtypes = dtypes
         try:
-            self.writer.set_write_options(io=write_io(self.io, self.root, self.device))
+            self.writer.set_write_options(io=write_io(self.io, self.root, self.device, self.compressor))
             self.recorder = Recorder(self.writer, shapes, dtypes, self.device, start_index=start_index,
                                      preload=preload, buffers=self.queue_chunks)
         except BaseException:

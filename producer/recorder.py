@@ -787,19 +787,20 @@ def recording_waits(previous: Mapping | None, recorder: "Recorder", seconds: flo
 AUTO_PROCESS_BYTES = 64e6
 
 
-def write_io(choice: str, root, device: torch.device) -> str:
+def write_io(choice: str, root, device: torch.device, compressor: str = "none") -> str:
     """How the store writes a run's chunk files (``record.io``).
 
-    ``auto`` is ``direct`` for CPU training on a local root on a disk filesystem
+    ``auto`` is ``direct`` for uncompressed CPU training on a local root on a disk filesystem
     (:data:`~trajscope.store.chunkio.DIRECT_IO_FILESYSTEMS`): the kernel copies nothing into the page cache, a
     copy that took CPU time the training shares (BENCHMARKS.md, "Recording overhead"). It is ``buffered``
     otherwise: a GPU run's bursts are absorbed by the page cache faster than a disk takes them, and its cores
     are not the training's; on tmpfs a direct write is the same copy, on a network filesystem each direct write
-    waits for the server; an object store has no page cache of ours.
+    waits for the server; an object store has no page cache of ours; a compressed chunk is a new ``bytes``
+    object, never page-aligned (a direct write would never happen, while the recorder would copy every state).
     """
     if choice != "auto":
         return choice
-    if device.type != "cpu" or not root.is_local:
+    if device.type != "cpu" or not root.is_local or compressor != "none":
         return "buffered"
     return "direct" if filesystem_type(root.location) in DIRECT_IO_FILESYSTEMS else "buffered"
 

@@ -348,7 +348,7 @@ def _train(
             torch.set_flush_denormal(cfg.train.flush_denormal)
         model = TwoLayerReLU(torch.from_numpy(X).to(device), torch.from_numpy(y.astype(X.dtype)).to(device), cfg.loss)
         state = State(W=state.W.to(device=device, dtype=dtype), v=state.v.to(device=device, dtype=dtype))
-        io = write_io(cfg.record.io, writer.root, device)
+        io = write_io(cfg.record.io, writer.root, device, cfg.record.compressor)
         writer.set_write_options(durability=cfg.record.durability, threads=cfg.record.write_threads,
                                  commit_seconds=cfg.record.commit_seconds, io=io)
         # the step makes new tensors and never changes a recorded one: on the CPU, written through the page

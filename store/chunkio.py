@@ -34,7 +34,6 @@ object made by :func:`joined`, which copies the parts without holding the GIL.
 from __future__ import annotations
 
 import errno
-import fcntl
 import math
 import os
 import re
@@ -299,6 +298,8 @@ def write_direct(fd: int, parts: Sequence, size: int) -> bool:
     ``O_DIRECT`` (the device reads them from the buffer; nothing is copied into the page cache), the rest
     through the page cache, after them. Returns False, the file left empty, where the filesystem refuses
     direct I/O (``EINVAL``); other errors (a full disk) are raised."""
+    import fcntl  # (POSIX only: here, not at the top, so the store imports everywhere)
+
     first = memoryview(parts[0]).cast("B")
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     written = 0
@@ -325,8 +326,10 @@ def write_direct(fd: int, parts: Sequence, size: int) -> bool:
 
 #: local disk filesystems whose direct I/O goes from the buffer to the device (``record.io: auto`` writes directly
 #: only there: on tmpfs a direct write is the same copy a buffered one makes, on NFS or FUSE each direct write
-#: waits for a server, and an overlay or an unknown filesystem is left to the page cache)
-DIRECT_IO_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
+#: waits for a server; btrfs, since Linux 6.14, turns a direct write to a checksummed file (its default) into a
+#: buffered one, and f2fs does in several of its modes; an overlay or an unknown filesystem is left to the
+#: page cache)
+DIRECT_IO_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs"})
 
 
 def filesystem_type(path: str) -> str | None:
@@ -339,15 +342,19 @@ def filesystem_type(path: str) -> str | None:
         return None
     target = os.path.realpath(path)
     best, found = -1, None
-    for line in lines:
+    for line in lines:  # in mount order: of two mounts on one point, the later one hides the earlier
         fields = line.split()
         if " - " not in line or len(fields) < 5:
             continue
-        point = fields[4].replace("\\040", " ")
+        point = _MOUNT_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), fields[4])
         inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > best:
+        if inside and len(point) >= best:
             best, found = len(point), line.split(" - ", 1)[1].split()[0]
     return found
+
+
+#: how the kernel writes a space, tab, newline or backslash in a mount point (``\040``: octal)
+_MOUNT_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
 def aligned_empty(shape: Sequence[int], dtype) -> np.ndarray:

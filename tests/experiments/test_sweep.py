@@ -35,8 +35,8 @@ def test_expansion_is_deterministic_and_ids_follow_the_config(spec_factory):
 
 def test_a_changed_default_keeps_the_run_ids_made_before():
     """``record.write_threads`` defaulted to 4 and now to ``None`` (chosen per root), ``record.writer`` to
-    ``thread`` and now to ``auto``: a config that leaves them unset still hashes as it did, so a sweep rerun
-    after an upgrade finds its finished runs."""
+    ``thread`` and now to ``auto``, and ``record.io`` is new: a config that leaves them unset still hashes as it
+    did, so a sweep rerun after an upgrade finds its finished runs."""
     from trajscope.experiments.sweep import config_hash
     from trajscope.producer.config import RunConfig
 
@@ -46,6 +46,12 @@ def test_a_changed_default_keeps_the_run_ids_made_before():
     assert config_hash(default) == config_hash(former)
     assert config_hash(RunConfig.model_validate({"record": {"write_threads": 2}})) != config_hash(default)
     assert config_hash(RunConfig.model_validate({"record": {"writer": "process"}})) != config_hash(default)
+    # record.io came later and never changes a chunk's bytes: the ids made before it stay, whatever it says.
+    # 551a708f is what 9a10c29, before record.io existed, made of the default config (a new field that enters
+    # the hash changes it: c2aed1ff with record.io hashed)
+    assert config_hash(default) == "551a708f"
+    for io in ("auto", "buffered", "direct"):
+        assert config_hash(RunConfig.model_validate({"record": {"io": io}})) == config_hash(default)
 
 
 def _kill_midway(point, root: str, env: dict) -> None:

@@ -59,8 +59,6 @@ def test_cpu_runs_write_directly_by_default_and_record_the_same_bytes(tmp_path, 
         runs["process"] = {"io": "direct", "writer": "process"}
     for name, record in runs.items():
         produce(large_config(small_config, **record), root=tmp_path, name=name)
-    reference = open_run("buffered", tmp_path).load()
-    assert reference.attrs["chunk_steps"] == 4 and reference.W[0].nbytes * 4 >= DIRECT_MIN_BYTES
     chunks = {name: w_chunks(tmp_path / f"{name}.zarr") for name in runs}
     assert len(chunks["buffered"]) == 16  # 61 states in chunks of 4: 15 whole ones, then 1 state
     if on_a_disk(tmp_path):  # before anything reads the files back
@@ -69,6 +67,8 @@ def test_cpu_runs_write_directly_by_default_and_record_the_same_bytes(tmp_path, 
                 resident, _ = resident_pages(path)
                 assert resident <= 1, (name, path.name, resident)  # at most the buffered tail's page
         assert all(resident_pages(p)[0] == resident_pages(p)[1] for p in chunks["buffered"])
+    reference = open_run("buffered", tmp_path).load()
+    assert reference.attrs["chunk_steps"] == 4 and reference.W[0].nbytes * 4 >= DIRECT_MIN_BYTES
     for name in runs:
         ds = open_run(name, tmp_path).load()
         assert ds.attrs["status"] == "complete" and ds.attrs["committed_steps"] == 61
@@ -102,7 +102,10 @@ def test_auto_is_direct_only_for_cpu_training_on_a_disk(tmp_path, monkeypatch):
     assert write_io("auto", StoreRoot(tmp_path), cpu) == "buffered"
     monkeypatch.setattr(recorder_module, "filesystem_type", lambda path: "xfs")
     assert write_io("auto", StoreRoot(tmp_path), cpu) == "direct"
+    monkeypatch.setattr(recorder_module, "filesystem_type", lambda path: "btrfs")  # direct turned buffered there
+    assert write_io("auto", StoreRoot(tmp_path), cpu) == "buffered"
     assert write_io("direct", StoreRoot(tmp_path), torch.device("cuda")) == "direct"
+    assert write_io("auto", StoreRoot(tmp_path), cpu, "zstd") == "buffered"  # a compressed chunk is never aligned
 
 
 def test_a_bad_io_value_is_one_line(tmp_path, small_config):
@@ -113,7 +116,7 @@ def test_a_bad_io_value_is_one_line(tmp_path, small_config):
 
 
 def test_sigkill_during_direct_writes_leaves_a_run_that_resumes_bit_identically(tmp_path, small_config, python_env):
-    config = large_config(small_config, steps=3000)
+    config = large_config(small_config, steps=3000, io="direct")  # (direct even where auto would not be)
     produce(config, root=tmp_path / "ref", name="ref")
     reference = open_run("ref", tmp_path / "ref").load()
     proc = start_producer(tmp_path, config, "killed", python_env)

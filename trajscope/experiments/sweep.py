@@ -46,7 +46,8 @@ from trajscope.producer.config import RunConfig, load_config, read_yaml_mapping,
 from trajscope.store.errors import NotARun, RunLocked, UserError
 from trajscope.store.layout import is_foreign_group
 
-HASH_EXCLUDE = {("name",), ("train", "threads"), ("train", "device")}
+HASH_EXCLUDE = {("name",), ("train", "threads"), ("train", "device"),
+                ("record", "io")}  # (added after runs were made: how chunks reach the disk, never their bytes)
 
 #: fields whose default changed, hashed as their former default so that the ids of runs made before stay
 #: the same: ``record.write_threads`` was 4 until its default became ``None`` (one per core, at most 4);

@@ -29,6 +29,30 @@ def test_ls_json_has_final_loss_duration_tags_and_config_columns(run_cli, tiny_r
     assert rows["a"]["tags"] == ["base"] and rows["a"]["note"] == "the reference" and rows["b"]["tags"] == []
 
 
+def test_ls_shows_a_field_newer_than_a_run_as_blank(run_cli, tmp_path, small_config):
+    """A run made before ``record.io`` existed has no such field in its stored config: ``--columns record.io``
+    shows it blank (today's runs show theirs); a field no config has is still refused in one line."""
+    from trajscope.producer import produce
+
+    root = tmp_path / "runs"
+    produce(small_config(record={"io": "buffered"}), root=root, name="new")
+    produce(small_config(), root=root, name="old")
+    document = root / "old.zarr" / "zarr.json"
+    meta = json.loads(document.read_text())
+    config = meta["attributes"]["config"]
+    encoded = isinstance(config, str)
+    config = json.loads(config) if encoded else config
+    del config["record"]["io"]
+    meta["attributes"]["config"] = json.dumps(config) if encoded else config
+    document.write_text(json.dumps(meta))
+    proc = run_cli("ls", "--root", str(root), "--columns", "record.io", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["run"]: r for r in json.loads(proc.stdout)}
+    assert rows["old"]["record.io"] is None and rows["new"]["record.io"] == "buffered"
+    wrong = run_cli("ls", "--root", str(root), "--columns", "record.speed")
+    assert wrong.returncode != 0 and "no config field 'record.speed'" in wrong.stderr
+
+
 def test_ls_table_and_tag_filter(run_cli, tiny_root):
     table = run_cli("ls", "--root", str(tiny_root), "--columns", "train.lr", "--tag", "base")
     assert table.returncode == 0 and " a " in table.stdout and " b " not in table.stdout and "0.01" in table.stdout

@@ -37,6 +37,13 @@ def _seconds(attrs: dict[str, Any]) -> float | None:
         return None
 
 
+def current_fields() -> set[str]:
+    """The dotted fields of today's default run config (``record.io``...)."""
+    from trajscope.producer.config import RunConfig
+
+    return set(flatten(RunConfig().model_dump(mode="json")))
+
+
 def catalog_row(run_id: str, attrs: dict[str, Any], size_bytes: int, columns: list[str]) -> dict[str, Any]:
     """One run of ``trajscope ls``: status, progress, final loss, duration, tags, note, chosen config fields."""
     config = flatten(run_attr(attrs, "config") or {})
@@ -128,7 +135,8 @@ def register(app: typer.Typer) -> None:
                 continue
             if fields:
                 known = flatten(run_attr(attrs, "config") or {})
-                unknown = [f for f in fields if f not in known]
+                # a field of today's config that a run made before it lacks is a blank cell, not an error
+                unknown = [f for f in fields if f not in known and f not in current_fields()]
                 if unknown and known:
                     raise UserError(f"--columns: no config field {', '.join(map(repr, unknown))}; "
                                     f"`trajscope config` prints the fields (e.g. {', '.join(list(known)[:3])})")

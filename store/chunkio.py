@@ -212,13 +212,16 @@ class LocalSink:
         try:
             try:
                 size = direct_bytes(parts) if self.direct else 0
-                if size and write_direct(fd, parts, size):
-                    self.direct_files += 1
-                else:
+                direct = bool(size) and write_direct(fd, parts, size)
+                if not direct:
                     if size:  # the filesystem refused it: buffered from now on
                         self.direct = False
                     _write_all(fd, parts)
-                    self.buffered_files += 1
+                with self._lock:  # (the write threads count together)
+                    if direct:
+                        self.direct_files += 1
+                    else:
+                        self.buffered_files += 1
                 if self.fsync:
                     os.fsync(fd)
             finally:

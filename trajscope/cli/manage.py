@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -37,11 +38,12 @@ def _seconds(attrs: dict[str, Any]) -> float | None:
         return None
 
 
-def current_fields() -> set[str]:
-    """The dotted fields of today's default run config (``record.io``...)."""
+@functools.cache
+def current_fields() -> frozenset[str]:
+    """The dotted fields of today's default run config (``record.io``...; no torch is imported)."""
     from trajscope.producer.config import RunConfig
 
-    return set(flatten(RunConfig().model_dump(mode="json")))
+    return frozenset(flatten(RunConfig().model_dump(mode="json")))
 
 
 def catalog_row(run_id: str, attrs: dict[str, Any], size_bytes: int, columns: list[str]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,33 @@ def test_sigkill_during_direct_writes_leaves_a_run_that_resumes_bit_identically(
     result = resume("killed", root=tmp_path / "runs")
     assert result.status == "complete" and result.committed_steps == 3001
     assert_same_trajectory(open_run("killed", tmp_path / "runs").load(), reference)
+
+
+def test_a_live_reader_of_a_direct_written_run_sees_only_whole_committed_states(tmp_path, small_config, python_env):
+    """While a producer writes with direct I/O, readers opening the run again and again see ``committed_steps``
+    states, each equal to the uninterrupted run's (every chunk read whole: its crc32c is checked on decoding)."""
+    config = large_config(small_config, steps=3000, io="direct")
+    produce(config, root=tmp_path / "ref", name="ref")
+    reference = open_run("ref", tmp_path / "ref")
+    proc = start_producer(tmp_path, config, "live", python_env)
+    seen, deadline = set(), time.monotonic() + 120
+    try:
+        wait_for_commits(tmp_path, "live", 1, proc)
+        while time.monotonic() < deadline:
+            gone = proc.poll() is not None  # (before the look: a look after the producer ended is the last)
+            ds = open_run("live", tmp_path / "runs")
+            committed = ds.attrs["committed_steps"]
+            assert ds.sizes["step"] == committed
+            if committed and committed not in seen:
+                seen.add(committed)
+                tail = slice(max(0, committed - 9), committed)  # the newest states, across a chunk boundary
+                np.testing.assert_array_equal(ds.W[tail].values, reference.W[tail].values)
+                np.testing.assert_array_equal(ds.v[tail].values, reference.v[tail].values)
+            if gone:
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert len(seen) >= 3 and max(seen) == 3001, sorted(seen)

@@ -3,7 +3,7 @@
 For each root (a local directory, tmpfs ``/dev/shm`` if present, ``memory://``), in one run, the
 reference trajectory's states (h=100, D=784, n=1000: ``W``, ``v``, ``loss``, ``output``, ``step``,
 ``t``; 318 kB a state; ``--config wide``: h=2000, n=10000, 6.3 MB a state, the issue's 8× config;
-``--config mnist-like``: h=50, n=10000) are moved seven ways; each figure is MB of states per second
+``--config mnist-like``: h=50, n=10000) are moved nine ways; each figure is MB of states per second
 (1 MB = 1e6 bytes):
 
 - **raw parallel**: the chunk files of ``T`` states per variable (``T`` = the store's chunk length,
@@ -20,15 +20,16 @@ reference trajectory's states (h=100, D=784, n=1000: ``W``, ``v``, ``loss``, ``o
 - **store write path**: :meth:`RunWriter.write_block` per block, commits as the recorder makes them;
 - **recorder**: :class:`trajscope.producer.recorder.Recorder` fed one state per call (CPU tensors,
   no training), closed at the end (everything committed), with the store's write threads in this
-  process, the way the two-layer producer records on the CPU: by reference (the states are kept, not
+  process, the way the two-layer producer records on the CPU when it writes through the page cache
+  (``record.io: buffered``, and ``auto`` off ext2/3/4 and xfs): by reference (the states are kept, not
   copied, the ``record()`` call completing a chunk hands it to the write pool, and the chunk files are
   written from the states' memory). The states fed are ``2 T`` distinct tensors made before the clock
   starts, fed in turn (a training loop hands a new tensor every step; one constant tensor would stay in
   the cache);
 - **recorder, copying**: the same, each state copied into the chunk buffers, the ``record()`` call that
-  fills one handing it to the write pool (what ``ModuleRecorder`` does on the CPU, whose optimizer changes
-  parameters in place; the GPU path copies the same way, then its writer thread hands the chunk over after
-  the device-to-host copy);
+  fills one handing it to the write pool (what ``ModuleRecorder`` does on the CPU with buffered writes, whose
+  optimizer changes parameters in place; the GPU path copies the same way, then its writer thread hands the
+  chunk over after the device-to-host copy);
 - **recorder, direct I/O**: copying, each chunk written with ``O_DIRECT`` from the page-aligned chunk buffers
   (``record.io: direct``, local roots; ``auto`` picks it for CPU training on ext2/3/4 or xfs), with the 4 write
   threads direct writes get; compare it with **raw parallel, direct I/O**, the same chunk files written with
@@ -51,9 +52,11 @@ before each, untimed, so none pays for another's dirty pages); each ratio is the
 ratios against a raw path of the same root and repeat. ``--json`` prints one JSON object (with key
 ``recorder_over_raw`` = the recorder with its default writer (the thread) over raw parallel on the
 local-dir root; ``recorder_over_raw_from_states`` the same over raw parallel from the states;
-``recorder_process_over_raw`` with the writer process; ``over_raw`` and ``over_raw_from_states`` every
-path on every root; ``recorder_ratio_range`` the lowest and highest single-repeat ratio of the recorder over
-raw parallel, per root).
+``recorder_process_over_raw`` with the writer process; ``recorder_copying_over_raw`` the copying recorder;
+``store_over_raw`` the store write path; ``recorder_direct_over_raw_direct`` the direct-I/O recorder over raw
+parallel direct I/O; ``over_raw`` and ``over_raw_from_states`` every path on every root; ``recorder_ratio_range``
+the lowest and highest single-repeat ratio of the recorder over raw parallel, per root; ``write_threads`` and
+``buffers`` the buffered recorders', ``direct_write_threads`` and ``direct_buffers`` the direct-I/O recorder's).
 
     python bench/record_ceiling.py [--config reference|mnist-like|wide] [--quick] [--mb 512] [--repeats 3]
                                    [--write-threads N] [--buffers N] [--roots local,tmpfs,memory]
@@ -362,6 +365,8 @@ def main() -> None:
         "config": args.config, "states": states, "state_bytes": STATE_BYTES, "chunk_steps": T, "repeats": args.repeats,
         "cpus": os.cpu_count(), "write_threads": {k: wt or default_write_threads(k != "memory") for k in kinds},
         "buffers": {k: nb or default_buffers(wt or default_write_threads(k != "memory")) for k in kinds},  # W: 1 file a block
+        "direct_write_threads": wt or default_write_threads(True, "direct"),
+        "direct_buffers": nb or default_buffers(wt or default_write_threads(True, "direct")),
         "mb_per_s": {kind: {name: None if math.isnan(mbs[(kind, name)]) else round(mbs[(kind, name)], 1)
                             for name in methods} for kind in kinds},
         "over_raw": {kind: {n: None if math.isnan(r) else round(r, 3) for n, r in by.items()}
@@ -392,7 +397,8 @@ def main() -> None:
     else:
         print(table)
         print(f"\n{states} {args.config} states of {STATE_BYTES / 1e3:,.0f} kB, chunks of {T} states, median of {args.repeats}, "
-              f"store write threads {result['write_threads']}, recorder buffers {result['buffers']}; recorder (default writer: thread) on the local dir: "
+              f"store write threads {result['write_threads']}, recorder buffers {result['buffers']} (direct I/O: "
+              f"{result['direct_write_threads']} threads, {result['direct_buffers']} buffers); recorder (default writer: thread) on the local dir: "
               f"{result['recorder_over_raw']} × raw parallel, {result['recorder_over_raw_from_states']} × raw "
               f"parallel from the states; recorder, direct I/O: {result['recorder_direct_over_raw_direct']} × raw "
               f"parallel, direct I/O; single repeats of the recorder over raw parallel ranged "

@@ -139,7 +139,7 @@ def recorder_only_loop(cfg, chunk_steps: int, directory: Path) -> float:
     shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)}
     dtypes = {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32}
     device = resolve_device(cfg.train.device)
-    io = write_io(cfg.record.io, StoreRoot(directory), device)
+    io = write_io(cfg.record.io, StoreRoot(directory), device, cfg.record.compressor)
     recorder = Recorder(_DiscardingWriter(chunk_steps, io), shapes, dtypes, device, buffers=cfg.record.buffers,
                         by_reference=device.type == "cpu" and io == "buffered")  # as the producer records
     seconds = plain_loop(cfg, lambda step, W, v, loss, out: recorder.record(W=W, v=v, loss=loss, output=out))

@@ -140,7 +140,7 @@ def test_a_live_reader_of_a_direct_written_run_sees_only_whole_committed_states(
     produce(config, root=tmp_path / "ref", name="ref")
     reference = open_run("ref", tmp_path / "ref")
     proc = start_producer(tmp_path, config, "live", python_env)
-    seen, deadline = set(), time.monotonic() + 120
+    seen, read, deadline = set(), set(), time.monotonic() + 120  # read: the W chunks a look read back
     try:
         wait_for_commits(tmp_path, "live", 1, proc)
         while time.monotonic() < deadline:
@@ -151,13 +151,18 @@ def test_a_live_reader_of_a_direct_written_run_sees_only_whole_committed_states(
             if committed and committed not in seen:
                 seen.add(committed)
                 tail = slice(max(0, committed - 9), committed)  # the newest states, across a chunk boundary
+                read |= set(range(tail.start // 4, (committed - 1) // 4 + 1))
                 np.testing.assert_array_equal(ds.W[tail].values, reference.W[tail].values)
                 np.testing.assert_array_equal(ds.v[tail].values, reference.v[tail].values)
             if gone:
                 break
+            time.sleep(0.01)  # (the producer needs the cores more than this loop)
     finally:
         if proc.poll() is None:
             proc.kill()
         out, err = proc.communicate()
     assert proc.returncode == 0, err
     assert len(seen) >= 3 and max(seen) == 3001, sorted(seen)
+    if on_a_disk(tmp_path):  # and the chunks no look read back were written directly: none in the page cache
+        unread = [p for i, p in enumerate(w_chunks(tmp_path / "runs" / "live.zarr")[:-1]) if i not in read]
+        assert len(unread) > 100 and all(resident_pages(p)[0] <= 1 for p in unread)

@@ -29,9 +29,21 @@ def test_ls_json_has_final_loss_duration_tags_and_config_columns(run_cli, tiny_r
     assert rows["a"]["tags"] == ["base"] and rows["a"]["note"] == "the reference" and rows["b"]["tags"] == []
 
 
+def _npz(tmp_path):
+    """A small npz dataset (X, y = ±1) for a run of the npz data kind."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 6)).astype(np.float32)
+    path = tmp_path / "data.npz"
+    np.savez(path, X=X, y=np.sign(X[:, 0]).astype(np.int8) + (X[:, 0] == 0))
+    return path
+
+
 def test_ls_shows_a_field_newer_than_a_run_as_blank(run_cli, tmp_path, small_config):
     """A run made before ``record.io`` existed has no such field in its stored config: ``--columns record.io``
-    shows it blank (today's runs show theirs); a field no config has is still refused in one line."""
+    shows it empty (``-`` in the table, null in JSON; today's runs show theirs), as a field of another data
+    kind is for a run without it; a field no config has is still refused in one line."""
     from trajscope.producer import produce
 
     root = tmp_path / "runs"
@@ -49,6 +61,15 @@ def test_ls_shows_a_field_newer_than_a_run_as_blank(run_cli, tmp_path, small_con
     assert proc.returncode == 0, proc.stderr
     rows = {r["run"]: r for r in json.loads(proc.stdout)}
     assert rows["old"]["record.io"] is None and rows["new"]["record.io"] == "buffered"
+    table = run_cli("ls", "--root", str(root), "--columns", "record.io")
+    assert table.returncode == 0 and "buffered" in table.stdout, table.stderr
+    # a field only another data kind has (an npz run's data.path): empty for the synthetic runs
+    npz = small_config()
+    npz["data"] = {"kind": "npz", "path": str(_npz(tmp_path))}
+    produce(npz, root=root, name="npz")
+    rows = {r["run"]: r for r in json.loads(run_cli("ls", "--root", str(root), "--columns", "data.path",
+                                                    "--json").stdout)}
+    assert rows["new"]["data.path"] is None and rows["npz"]["data.path"].endswith("data.npz")
     wrong = run_cli("ls", "--root", str(root), "--columns", "record.speed")
     assert wrong.returncode != 0 and "no config field 'record.speed'" in wrong.stderr
 

@@ -127,7 +127,7 @@ def register(app: typer.Typer) -> None:
 
         store_root = StoreRoot(root)
         fields = [c.strip() for c in (columns or "").split(",") if c.strip()]
-        rows, leftovers = [], []
+        rows, leftovers, present = [], [], set()  # present: the config fields some run has
         for run_id in store_root.run_ids():
             try:
                 attrs = store_root.read_attrs(run_id)
@@ -136,15 +136,16 @@ def register(app: typer.Typer) -> None:
                     leftovers.append(run_id)
                 continue
             if fields:
-                known = flatten(run_attr(attrs, "config") or {})
-                # a field of today's config that a run made before it lacks is a blank cell, not an error
-                unknown = [f for f in fields if f not in known and f not in current_fields()]
-                if unknown and known:
-                    raise UserError(f"--columns: no config field {', '.join(map(repr, unknown))}; "
-                                    f"`trajscope config` prints the fields (e.g. {', '.join(list(known)[:3])})")
+                present |= set(flatten(run_attr(attrs, "config") or {}))
             if tag and not set(tag) <= set(run_attr(attrs, "tags") or []):
                 continue
             rows.append(catalog_row(run_id, attrs, store_root.size_bytes(run_id), fields))
+        # a field that some run, or today's config, has is an empty cell where a run lacks it (a run made before
+        # the field existed, a run of another data kind); one that none has is a misspelling
+        unknown = [f for f in fields if f not in present and f not in current_fields()]
+        if unknown and present:
+            raise UserError(f"--columns: no config field {', '.join(map(repr, unknown))}; "
+                            f"`trajscope config` prints the fields (e.g. {', '.join(sorted(present)[:3])})")
         if as_json:
             typer.echo(json.dumps(rows, indent=2, default=str))
             return

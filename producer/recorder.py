@@ -54,7 +54,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from trajscope.store import RunWriter
+from trajscope.store import RunWriter, StoreRoot
 from trajscope.store.chunkio import DIRECT_IO_FILESYSTEMS, StateRows, aligned_empty, filesystem_type
 from trajscope.store.locks import HEARTBEAT_SECONDS
 from trajscope.store.writer_process import SharedChunks, WriterProcess, WriterProcessError
@@ -787,7 +787,7 @@ def recording_waits(previous: Mapping | None, recorder: "Recorder", seconds: flo
 AUTO_PROCESS_BYTES = 64e6
 
 
-def write_io(choice: str, root, device: torch.device, compressor: str = "none") -> str:
+def write_io(choice: str, root: StoreRoot, device: torch.device, compressor: str = "none") -> str:
     """How the store writes a run's chunk files (``record.io``).
 
     ``auto`` is ``direct`` for uncompressed CPU training on a local root on a disk filesystem

@@ -197,7 +197,7 @@ class LocalSink:
         self.fsync = durability == "fsync"
         #: direct I/O still tried (False once the filesystem refused it; never where the OS has no ``O_DIRECT``)
         self.direct = io == "direct" and hasattr(os, "O_DIRECT")
-        #: chunk files written with direct I/O, and buffered (for tests and benchmarks)
+        #: chunk files written with direct I/O, and buffered (what the tests check beside the kernel's answer)
         self.direct_files = self.buffered_files = 0
         self._known_dirs: set[str] = set()
         self._lock = threading.Lock()

@@ -52,6 +52,7 @@ ALL_CHUNKS_STORED_KEY = ".all_chunks_stored"
 #: other folder named ``*.zarr`` (a Zarr v2 dataset, a user's files) is ever taken for one and removed
 DELETING_KEY = ".trajscope_deleting"
 
+
 def is_foreign_group(attrs: Mapping[str, Any]) -> bool:
     """Whether a Zarr group's root attributes are someone else's: not empty (an older trajscope began a run with
     a group of no attributes) and none of a run's (``run_id``, ``status``, ``time_variables``)."""

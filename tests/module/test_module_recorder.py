@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,12 @@ from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.errors import UserError
 
 from .models import MLP, SmallCNN, data, train
+
+_spec = importlib.util.spec_from_file_location("_direct_io_helpers", Path(__file__).parent.parent / "store" /
+                                               "test_direct_io.py")
+_direct = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_direct)
+resident_pages, on_a_disk = _direct.resident_pages, _direct.on_a_disk  # (the kernel's page-cache answer)
 
 
 def _record(model, x, y, root, name, steps, **kw):
@@ -321,13 +329,6 @@ def test_a_module_run_resumed_on_another_device_warns_and_records_its_segments(t
 def test_a_cpu_module_on_a_disk_is_written_with_direct_io_and_equals_its_copies(tmp_path):
     """``io`` (default ``auto``): direct I/O for a CPU module on a disk filesystem, the page cache left out (asked
     of the kernel with ``mincore``), every state still equal to a synchronous copy; ``buffered`` and a bad value."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("_direct_helpers_module",
-                                                  Path(__file__).parent.parent / "store" / "test_direct_io.py")
-    helpers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helpers)
     for io in ("auto", "buffered"):
         torch.manual_seed(0)
         model = MLP(hidden=300)  # fc2.weight: 360 kB a state, a chunk of 2 states per 1 MiB
@@ -336,8 +337,8 @@ def test_a_cpu_module_on_a_disk_is_written_with_direct_io_and_equals_its_copies(
         chunks = sorted((tmp_path / f"{io}.zarr" / "fc2.weight" / "c").rglob("*"))
         files = [p for p in chunks if p.is_file()]
         assert len(files) == 5  # 10 states in chunks of 2
-        if helpers.on_a_disk(tmp_path):
-            resident = [helpers.resident_pages(p) for p in files]
+        if on_a_disk(tmp_path):
+            resident = [resident_pages(p) for p in files]
             if io == "auto":
                 assert all(r <= 1 for r, _ in resident), resident  # at most the buffered tail's page
             else:

@@ -7,7 +7,12 @@ of the same config: it must open (or, killed while being created, be invisible o
 every committed state must still be there (committed never goes down), decode (crc32c) and equal the
 reference bit for bit. A run that completes is compared whole, then removed and started again.
 
-    python bench/crash_campaign.py [--kills 50] [--seed 0] [--write BENCHMARKS.md]
+``--io direct`` records larger states (``D = 784``: 75 kB of ``W``) in chunks of 0.5 MiB with
+``record.io: direct``, so every full ``W`` chunk is written with ``O_DIRECT`` (the root must be on a
+filesystem that takes it: ext2/3/4 or xfs; elsewhere the store falls back to buffered writes) and the kills
+land in direct writes too. The default config's chunks (20 kB) are all written through the page cache.
+
+    python bench/crash_campaign.py [--kills 50] [--seed 0] [--io direct] [--write BENCHMARKS.md]
 
 All counts but ``kills`` and ``completed runs`` should be zero.
 """
@@ -39,6 +44,32 @@ CONFIG = {
     "record": {"chunk_mib": 0.02},
 }
 VARIABLES = ("W", "v", "loss", "output", "step", "t")
+#: ``--io direct``: what changes in :data:`CONFIG`
+DIRECT_CONFIG = {"data": {"dim": 784}, "record": {"chunk_mib": 0.5, "io": "direct"}}
+
+
+def campaign_config(io: str) -> dict:
+    """The campaign's run config for ``--io``."""
+    config = {key: dict(value) if isinstance(value, dict) else value for key, value in CONFIG.items()}
+    if io == "direct":
+        for key, value in DIRECT_CONFIG.items():
+            config[key] = {**config.get(key, {}), **value}
+    return config
+
+
+def direct_chunks(config: dict) -> tuple[int, int]:
+    """How many of a run's ``W`` chunk files are large enough for a direct write, and how many it has (the
+    last, padded one is always written buffered)."""
+    from trajscope.store.chunkio import DIRECT_ALIGNMENT, DIRECT_MIN_BYTES
+    from trajscope.store.layout import chunk_plan
+
+    h, dim, n, steps = config["model"]["width"], config["data"]["dim"], config["data"]["n"], config["train"]["steps"]
+    plan = chunk_plan({"W": (h, dim), "v": (h,), "loss": (), "output": (n,)},
+                      {"W": "float32", "v": "float32", "loss": "float64", "output": "float32"},
+                      steps + 1, int(config["record"]["chunk_mib"] * 2**20))
+    chunks = -(-(steps + 1) // plan.chunk_steps)
+    large = plan.chunk_steps * h * dim * 4 // DIRECT_ALIGNMENT * DIRECT_ALIGNMENT >= DIRECT_MIN_BYTES
+    return (chunks - 1 if large and config["record"].get("io") == "direct" else 0), chunks
 
 
 class Child:
@@ -134,8 +165,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--io", default="auto", choices=["auto", "direct"],
+                        help="direct: larger states in 0.5 MiB chunks written with O_DIRECT (default: the 20 kB chunks, buffered)")
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()
+    run_config = campaign_config(args.io)
+    direct, chunks = direct_chunks(run_config)
+    print(f"W chunk files a run: {chunks}, written with direct I/O: {direct}", file=sys.stderr)
     from trajscope import open_run
     from trajscope.store import StoreRoot
     from trajscope.store.chunkio import stale_temporaries
@@ -144,7 +180,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="crash-campaign-"))
     config = work / "crash.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
+    config.write_text(yaml.safe_dump(run_config))
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "trajscope.cli", "trajscope.producer", "trajscope.store"])
     log = work / "stderr.txt"
@@ -209,8 +245,9 @@ def main() -> None:
     if args.write:
         import record_overhead as ro
 
-        section = (f"## Crash campaign\n\n`python bench/crash_campaign.py --kills {args.kills} --seed {args.seed}` — "
-                   f"random SIGKILLs over `trajscope produce` and `trajscope resume` of a {CONFIG['train']['steps']}-step "
+        io = "" if args.io == "auto" else f" --io {args.io}"
+        section = (f"## Crash campaign\n\n`python bench/crash_campaign.py --kills {args.kills} --seed {args.seed}{io}` — "
+                   f"random SIGKILLs over `trajscope produce` and `trajscope resume` of a {run_config['train']['steps']}-step "
                    f"run ({lifetime:.1f} s uninterrupted from taking the writer lock to the end; each kill drawn uniformly "
                    f"from the moment the process takes the lock to 1.1 × the phase's remaining share of that time, at least "
                    f"0.3), each kill followed by the checks of "

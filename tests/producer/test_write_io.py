@@ -55,7 +55,8 @@ def w_chunks(run: Path) -> list[Path]:
 
 
 def test_cpu_runs_write_directly_by_default_and_record_the_same_bytes(tmp_path, small_config):
-    runs = {"auto": {}, "buffered": {"io": "buffered"}, "direct": {"io": "direct"}}
+    runs = {"auto": {}, "buffered": {"io": "buffered"}, "direct": {"io": "direct"},
+            "fsync": {"io": "direct", "durability": "fsync"}}  # (the fsync covers the direct part and the tail)
     if writer_process.available():
         runs["process"] = {"io": "direct", "writer": "process"}
     for name, record in runs.items():
@@ -63,7 +64,7 @@ def test_cpu_runs_write_directly_by_default_and_record_the_same_bytes(tmp_path, 
     chunks = {name: w_chunks(tmp_path / f"{name}.zarr") for name in runs}
     assert len(chunks["buffered"]) == 16  # 61 states in chunks of 4: 15 whole ones, then 1 state
     if on_a_disk(tmp_path):  # before anything reads the files back
-        for name in ("auto", "direct", "process"):
+        for name in ("auto", "direct", "fsync", "process"):
             for path in chunks.get(name, [])[:-1]:  # (the last chunk, padded with the fill value, is a new array)
                 resident, _ = resident_pages(path)
                 assert resident <= 1, (name, path.name, resident)  # at most the buffered tail's page

@@ -8,9 +8,9 @@ every committed state must still be there (committed never goes down), decode (c
 reference bit for bit. A run that completes is compared whole, then removed and started again.
 
 ``--io direct`` records larger states (``D = 784``: 75 kB of ``W``) in chunks of 0.5 MiB with
-``record.io: direct``, so every full ``W`` chunk is written with ``O_DIRECT`` (the root must be on a
-filesystem that takes it: ext2/3/4 or xfs; elsewhere the store falls back to buffered writes) and the kills
-land in direct writes too. The default config's chunks (20 kB) are all written through the page cache.
+``record.io: direct``, so every full ``W`` chunk is written with ``O_DIRECT`` and the kills land in direct
+writes too (the campaign's runs live under ``$TMPDIR``: on ext2/3/4 or xfs a direct write goes from the
+buffer to the device; a filesystem that refuses ``O_DIRECT`` gets buffered writes). The default config's chunks (20 kB) are all written through the page cache.
 
     python bench/crash_campaign.py [--kills 50] [--seed 0] [--io direct] [--write BENCHMARKS.md]
 

@@ -12,7 +12,13 @@ reference bit for bit. A run that completes is compared whole, then removed and 
 writes too (the campaign's runs live under ``$TMPDIR``: on ext2/3/4 or xfs a direct write goes from the
 buffer to the device; a filesystem that refuses ``O_DIRECT`` gets buffered writes). The default config's chunks (20 kB) are all written through the page cache.
 
-    python bench/crash_campaign.py [--kills 50] [--seed 0] [--io direct] [--write BENCHMARKS.md]
+``--writer process`` (``record.writer``) puts the store's writing in a writer process beside each producer
+and resume, which a kill of the trainer must stop before it writes or commits anything more. A resume
+starts its writer process before it writes anything; ``--steps`` (default 2000) makes a run longer, so that
+fewer of the kills land in that start-up.
+
+    python bench/crash_campaign.py [--kills 50] [--seed 0] [--io direct] [--writer process] [--steps 2000]
+                                   [--write BENCHMARKS.md]
 
 All counts but ``kills`` and ``completed runs`` should be zero.
 """
@@ -48,12 +54,16 @@ VARIABLES = ("W", "v", "loss", "output", "step", "t")
 DIRECT_CONFIG = {"data": {"dim": 784}, "record": {"chunk_mib": 0.5, "io": "direct"}}
 
 
-def campaign_config(io: str) -> dict:
-    """The campaign's run config for ``--io``."""
+def campaign_config(io: str, writer: str = "auto", steps: int | None = None) -> dict:
+    """The campaign's run config for ``--io``, ``--writer`` and ``--steps``."""
     config = {key: dict(value) if isinstance(value, dict) else value for key, value in CONFIG.items()}
+    if steps is not None:
+        config["train"]["steps"] = steps
     if io == "direct":
         for key, value in DIRECT_CONFIG.items():
             config[key] = {**config.get(key, {}), **value}
+    if writer != "auto":
+        config["record"] = {**config["record"], "writer": writer}
     return config
 
 
@@ -167,9 +177,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--io", default="auto", choices=["auto", "direct"],
                         help="direct: larger states in 0.5 MiB chunks written with O_DIRECT (default: the 20 kB chunks, buffered)")
+    parser.add_argument("--writer", default="auto", choices=["auto", "thread", "process"],
+                        help="record.writer of the runs (auto: the writer thread here)")
+    parser.add_argument("--steps", type=int, default=CONFIG["train"]["steps"],
+                        help="steps of the run (longer: more of each resume is writing, less is its start-up)")
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()
-    run_config = campaign_config(args.io)
+    run_config = campaign_config(args.io, args.writer, args.steps)
     direct, chunks = direct_chunks(run_config)
     print(f"W chunk files a run: {chunks}, written with direct I/O: {direct}", file=sys.stderr)
     from trajscope import open_run
@@ -245,7 +259,7 @@ def main() -> None:
     if args.write:
         import record_overhead as ro
 
-        io = "" if args.io == "auto" else f" --io {args.io}"
+        io = ("" if args.io == "auto" else f" --io {args.io}") + ("" if args.writer == "auto" else f" --writer {args.writer}")
         section = (f"## Crash campaign\n\n`python bench/crash_campaign.py --kills {args.kills} --seed {args.seed}{io}` — "
                    f"random SIGKILLs over `trajscope produce` and `trajscope resume` of a {run_config['train']['steps']}-step "
                    f"run ({lifetime:.1f} s uninterrupted from taking the writer lock to the end; each kill drawn uniformly "

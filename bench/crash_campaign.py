@@ -10,7 +10,8 @@ reference bit for bit. A run that completes is compared whole, then removed and 
 ``--io direct`` records larger states (``D = 784``: 75 kB of ``W``) in chunks of 0.5 MiB with
 ``record.io: direct``, so every full ``W`` chunk is written with ``O_DIRECT`` and the kills land in direct
 writes too (the campaign's runs live under ``$TMPDIR``: on ext2/3/4 or xfs a direct write goes from the
-buffer to the device; a filesystem that refuses ``O_DIRECT`` gets buffered writes). The default config's chunks (20 kB) are all written through the page cache.
+buffer to the device; a filesystem that refuses ``O_DIRECT`` gets buffered writes). The default config's
+chunks (20 kB) are all written through the page cache.
 
 ``--writer process`` (``record.writer``) puts the store's writing in a writer process beside each producer
 and resume, which a kill of the trainer must stop before it writes or commits anything more. A resume
@@ -68,8 +69,8 @@ def campaign_config(io: str, writer: str = "auto", steps: int | None = None) -> 
 
 
 def direct_chunks(config: dict) -> tuple[int, int]:
-    """How many of a run's ``W`` chunk files are large enough for a direct write, and how many it has (the
-    last, padded one is always written buffered)."""
+    """How many of a run's ``W`` chunk files are written with direct I/O, and how many it has: the full
+    chunks, when large enough (a last, partial chunk is padded into a new array and written buffered)."""
     from trajscope.store.chunkio import DIRECT_ALIGNMENT, DIRECT_MIN_BYTES
     from trajscope.store.layout import chunk_plan
 
@@ -77,9 +78,9 @@ def direct_chunks(config: dict) -> tuple[int, int]:
     plan = chunk_plan({"W": (h, dim), "v": (h,), "loss": (), "output": (n,)},
                       {"W": "float32", "v": "float32", "loss": "float64", "output": "float32"},
                       steps + 1, int(config["record"]["chunk_mib"] * 2**20))
-    chunks = -(-(steps + 1) // plan.chunk_steps)
+    full, chunks = (steps + 1) // plan.chunk_steps, -(-(steps + 1) // plan.chunk_steps)
     large = plan.chunk_steps * h * dim * 4 // DIRECT_ALIGNMENT * DIRECT_ALIGNMENT >= DIRECT_MIN_BYTES
-    return (chunks - 1 if large and config["record"].get("io") == "direct" else 0), chunks
+    return (full if large and config["record"].get("io") == "direct" else 0), chunks
 
 
 class Child:

@@ -21,7 +21,8 @@ fewer of the kills land in that start-up.
     python bench/crash_campaign.py [--kills 50] [--seed 0] [--io direct] [--writer process] [--steps 2000]
                                    [--write BENCHMARKS.md]
 
-All counts but ``kills`` and ``completed runs`` should be zero.
+All counts but ``kills`` and ``completed runs`` should be zero. ``--write`` replaces the whole "Crash
+campaign" section of the file it is given (earlier campaigns' paragraphs included).
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ def main() -> None:
     args = parser.parse_args()
     run_config = campaign_config(args.io, args.writer, args.steps)
     direct, chunks = direct_chunks(run_config)
-    print(f"W chunk files a run: {chunks}, written with direct I/O: {direct}", file=sys.stderr)
+    print(f"W chunk files a run: {chunks}, eligible for direct I/O: {direct}", file=sys.stderr)
     from trajscope import open_run
     from trajscope.store import StoreRoot
     from trajscope.store.chunkio import stale_temporaries
@@ -261,6 +262,7 @@ def main() -> None:
         import record_overhead as ro
 
         io = ("" if args.io == "auto" else f" --io {args.io}") + ("" if args.writer == "auto" else f" --writer {args.writer}")
+        io += "" if args.steps == CONFIG["train"]["steps"] else f" --steps {args.steps}"
         section = (f"## Crash campaign\n\n`python bench/crash_campaign.py --kills {args.kills} --seed {args.seed}{io}` — "
                    f"random SIGKILLs over `trajscope produce` and `trajscope resume` of a {run_config['train']['steps']}-step "
                    f"run ({lifetime:.1f} s uninterrupted from taking the writer lock to the end; each kill drawn uniformly "

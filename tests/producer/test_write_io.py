@@ -56,7 +56,7 @@ def w_chunks(run: Path) -> list[Path]:
 
 def test_cpu_runs_write_directly_by_default_and_record_the_same_bytes(tmp_path, small_config):
     runs = {"auto": {}, "buffered": {"io": "buffered"}, "direct": {"io": "direct"},
-            "fsync": {"io": "direct", "durability": "fsync"}}  # (the fsync covers the direct part and the tail)
+            "fsync": {"io": "direct", "durability": "fsync"}}  # direct writes, then fsync: the same bytes
     if writer_process.available():
         runs["process"] = {"io": "direct", "writer": "process"}
     for name, record in runs.items():
@@ -71,6 +71,7 @@ def test_cpu_runs_write_directly_by_default_and_record_the_same_bytes(tmp_path, 
         assert all(resident_pages(p)[0] == resident_pages(p)[1] for p in chunks["buffered"])
     reference = open_run("buffered", tmp_path).load()
     assert reference.attrs["chunk_steps"] == 4 and reference.W[0].nbytes * 4 >= DIRECT_MIN_BYTES
+    assert open_run("fsync", tmp_path).attrs["durability"] == "fsync"
     for name in runs:
         ds = open_run(name, tmp_path).load()
         assert ds.attrs["status"] == "complete" and ds.attrs["committed_steps"] == 61

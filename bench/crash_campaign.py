@@ -14,9 +14,13 @@ buffer to the device; a filesystem that refuses ``O_DIRECT`` gets buffered write
 chunks (20 kB) are all written through the page cache.
 
 ``--writer process`` (``record.writer``) puts the store's writing in a writer process beside each producer
-and resume, which a kill of the trainer must stop before it writes or commits anything more. A resume
-starts its writer process before it writes anything; ``--steps`` (default 2000) makes a run longer, so that
-fewer of the kills land in that start-up.
+and resume, which a kill of the trainer must stop before it writes or commits anything more.
+
+A produce is killed within 1.1 × the reference run's time (from the lock to the end); a resume within 1.1 ×
+(its start-up + its remaining share of that time, at least 0.05). The start-up (opening the run, the
+dataset, a writer process) is measured once, before the kills, on a run killed half-way and resumed: the
+time from the resume's lock to its first new commit. Without it the kills crowded into the start-ups of the
+last resumes of each run. ``--steps`` (default 2000) sets the run's length.
 
     python bench/crash_campaign.py [--kills 50] [--seed 0] [--io direct] [--writer process] [--steps 2000]
                                    [--write BENCHMARKS.md]
@@ -140,6 +144,37 @@ def wait_for_lock(proc: Child, root: Path, timeout: float = 600.0) -> bool:
     return False
 
 
+def resume_startup(ctx, config: Path, work: Path, lifetime: float, log: Path) -> float | None:
+    """Seconds from a resume taking the lock to its first new commit, measured once: a run of ``config``
+    killed half-way, then resumed. ``None`` if that could not be measured (the kill came too late)."""
+    from trajscope.store import StoreRoot
+
+    root = work / "calibration"
+    store = StoreRoot(root)
+    proc = Child(ctx, ["produce", str(config), "--name", "r"], root, log)
+    wait_for_lock(proc, root)
+    time.sleep(lifetime / 2)
+    if not proc.kill():
+        shutil.rmtree(root, ignore_errors=True)
+        return None
+    before = store.read_attrs("r").get("committed_steps", 0)
+    proc = Child(ctx, ["resume", "r"], root, log)
+    wait_for_lock(proc, root)
+    started = time.perf_counter()
+    seconds = None
+    while proc.poll() is None:
+        try:
+            if store.read_attrs("r").get("committed_steps", 0) > before:
+                seconds = time.perf_counter() - started
+                break
+        except Exception:  # noqa: BLE001 - the attributes are replaced atomically; read again
+            pass
+        time.sleep(0.005)
+    proc.wait()
+    shutil.rmtree(root, ignore_errors=True)
+    return seconds
+
+
 def check(root: Path, ref, counts: dict, last_committed: int) -> tuple[str | None, int]:
     """Check the run after a kill; returns its status (None: not visible) and committed steps."""
     from trajscope import open_run
@@ -206,6 +241,11 @@ def main() -> None:
     assert proc.wait() == 0, proc.stderr()
     lifetime = time.perf_counter() - started  # from taking the lock (create) to the end of finish
     ref = open_run("ref", work / "ref").load()
+    # a resume's start-up (opening the run, the dataset, a writer process) before it writes: each resume's
+    # kill window is that plus its share of the run, so the kills do not crowd into the start-up
+    startup = resume_startup(ctx, config, work, lifetime, log)
+    startup = 0.3 * lifetime if startup is None else startup
+    print(f"run: {lifetime:.2f} s from the lock to the end; a resume's start-up: {startup:.2f} s", file=sys.stderr)
     root = work / "runs"
     counts = dict.fromkeys([
         "kills", "kills during produce", "kills during resume", "killed while creating (refused, replaceable)",
@@ -234,8 +274,11 @@ def main() -> None:
         # a kill lands after the lock is taken (the imports are of no interest), up to a little past the
         # expected end of this phase: create, write, commit, finish and resume are all hit
         wait_for_lock(proc, root)
-        remaining = 1.0 if phase == "produce" else max(1.0 - last_committed / ref.sizes["step"], 0.3)
-        time.sleep(rng.uniform(0.0, 1.1 * remaining * lifetime))  # at least 0.3: a resume's fixed costs
+        if phase == "produce":
+            window = lifetime
+        else:
+            window = startup + max(1.0 - last_committed / ref.sizes["step"], 0.05) * lifetime
+        time.sleep(rng.uniform(0.0, 1.1 * window))
         if proc.poll() is None and proc.kill():
             counts["kills"] += 1
             counts[f"kills during {phase}"] += 1
@@ -266,8 +309,9 @@ def main() -> None:
         section = (f"## Crash campaign\n\n`python bench/crash_campaign.py --kills {args.kills} --seed {args.seed}{io}` — "
                    f"random SIGKILLs over `trajscope produce` and `trajscope resume` of a {run_config['train']['steps']}-step "
                    f"run ({lifetime:.1f} s uninterrupted from taking the writer lock to the end; each kill drawn uniformly "
-                   f"from the moment the process takes the lock to 1.1 × the phase's remaining share of that time, at least "
-                   f"0.3), each kill followed by the checks of "
+                   f"from the moment the process takes the lock to 1.1 × that time for a produce, and for a resume 1.1 × "
+                   f"its start-up ({startup:.2f} s, measured once) plus its remaining share of that time, at least 0.05), "
+                   f"each kill followed by the checks of "
                    f"the script's docstring; measured {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs shared with "
                    f"other work.\n\n{table}\n")
         ro.replace_section(args.write, "## Crash campaign", section)

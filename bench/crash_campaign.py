@@ -77,14 +77,12 @@ def direct_chunks(config: dict) -> tuple[int, int]:
     """How many of a run's ``W`` chunk files are written with direct I/O, and how many it has: the full
     chunks, when large enough (a last, partial chunk is padded into a new array and written buffered)."""
     from trajscope.store.chunkio import DIRECT_ALIGNMENT, DIRECT_MIN_BYTES
-    from trajscope.store.layout import chunk_plan
+    from trajscope.store.layout import chunk_steps_for
 
-    h, dim, n, steps = config["model"]["width"], config["data"]["dim"], config["data"]["n"], config["train"]["steps"]
-    plan = chunk_plan({"W": (h, dim), "v": (h,), "loss": (), "output": (n,)},
-                      {"W": "float32", "v": "float32", "loss": "float64", "output": "float32"},
-                      steps + 1, int(config["record"]["chunk_mib"] * 2**20))
-    full, chunks = (steps + 1) // plan.chunk_steps, -(-(steps + 1) // plan.chunk_steps)
-    large = plan.chunk_steps * h * dim * 4 // DIRECT_ALIGNMENT * DIRECT_ALIGNMENT >= DIRECT_MIN_BYTES
+    w_bytes, states = config["model"]["width"] * config["data"]["dim"] * 4, config["train"]["steps"] + 1
+    span = chunk_steps_for(w_bytes, int(config["record"]["chunk_mib"] * 2**20))  # (W, float32, the largest)
+    full, chunks = states // span, -(-states // span)
+    large = span * w_bytes // DIRECT_ALIGNMENT * DIRECT_ALIGNMENT >= DIRECT_MIN_BYTES
     return (full if large and config["record"].get("io") == "direct" else 0), chunks
 
 
@@ -213,7 +211,8 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--io", default="auto", choices=["auto", "direct"],
-                        help="direct: larger states in 0.5 MiB chunks written with O_DIRECT (default: the 20 kB chunks, buffered)")
+                        help="direct: larger states in 0.5 MiB chunks written with O_DIRECT "
+                             "(default: the 20 kB chunks, buffered)")
     parser.add_argument("--writer", default="auto", choices=["auto", "thread", "process"],
                         help="record.writer of the runs (auto: the writer thread here)")
     parser.add_argument("--steps", type=int, default=CONFIG["train"]["steps"],

@@ -170,8 +170,8 @@ class RecordConfig(_Strict):
     (``O_DIRECT`` from page-aligned chunk buffers: the kernel copies nothing, the CPU recorder copies each state
     into those buffers instead of keeping it by reference; a filesystem that refuses it gets buffered writes),
     or ``auto``, the default: ``direct`` for uncompressed CPU training on ext2/3/4 or xfs, ``buffered`` for a
-    GPU run, with zstd, on tmpfs, btrfs, f2fs, network filesystems and object stores (``producer/recorder.py: write_io``; BENCHMARKS.md,
-    "Recording overhead" and "Recording ceiling").
+    GPU run, with zstd, on tmpfs, btrfs, f2fs, network filesystems and object stores
+    (``producer/recorder.py: write_io``; BENCHMARKS.md, "Recording overhead" and "Recording ceiling").
     """
 
     every: int = Field(1, ge=1)

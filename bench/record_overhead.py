@@ -22,7 +22,13 @@ states by reference).
 ``--variants`` runs only some variants (besides the baseline, always run), so more repeats fit in the same
 time: ``every,buffered,direct,thread,process,fsync,dropped,npsave,torchsave`` (default: all). The "95% CI" column is a
 bootstrap interval of the median time ratio (10 000 resamples of the repeats, percentile method, seed 0):
-with a goal inside the run-to-run noise, it says whether the repeats support meeting it.
+with a goal inside the run-to-run noise, it says whether the repeats support meeting it. The "per-step ratio"
+is the same ratio over the middle 80% of each run's steps (its time per step there, over the baseline's in the
+same repeat; a ``produce`` run's from its progress reports): it leaves out what a run pays once (creating and
+closing the run, the first touch of the chunk buffers, most of a writer process's start-up), so it is what
+recording costs a long run, and the whole-run ratio less this one is about the weight of that fixed cost in a run
+of ``--steps``. (On a GPU each progress report reads the loss: a host sync about four times a second, as the
+CLI's progress display does.)
 
     python bench/record_overhead.py [--config reference] [--device cpu] [--steps 2000] [--repeats 3]
                                     [--variants every,dropped,npsave] [--write BENCHMARKS.md]
@@ -31,12 +37,14 @@ with a goal inside the run-to-run noise, it says whether the repeats support mee
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,11 +74,32 @@ VARIANT_KEYS = {"every": "trajscope, every step", "buffered": "trajscope, buffer
                 "torchsave": "torch.save every step"}
 
 
-def plain_loop(cfg, save=None) -> float:
+@dataclass
+class Measured:
+    """One timed run: its ``seconds`` (whole run), ``per_step`` (seconds a step over the middle of the run, see
+    :func:`steady_window`) and, for a trajscope run, the shares of its time its loop waited (store, device)."""
+
+    seconds: float
+    per_step: float
+    waited: tuple[float, float] | None = None
+
+
+def steady_window(steps: int) -> tuple[int, int]:
+    """The steps whose times give a run's steady rate: from ``steps // 10`` to ``steps - steps // 10``.
+
+    The middle 80% of a run leaves out what a run pays once (creating the run, the chunk buffers' first
+    touch, the writer's start-up; the last chunks' writes and commit, closing), so the ratio of two runs' rates
+    over it is the per-step cost of recording alone; the whole-run ratio adds the fixed cost."""
+    return steps // 10, steps - steps // 10
+
+
+def plain_loop(cfg, save=None) -> Measured:
     """The producer's training math with no recorder; ``save(step, W, v, loss, out)`` if given.
 
     Timed from the dataset build on, like :func:`trajscope_run` (which also creates and closes the run).
     """
+    first, last = steady_window(cfg.train.steps)
+    marks = {}
     start = time.perf_counter()
     X, y, _ = build_dataset(cfg)
     torch.set_num_threads(cpu_threads(cfg))
@@ -81,6 +110,8 @@ def plain_loop(cfg, save=None) -> float:
     state = initialize(cfg.init, cfg.model.width, X.shape[1], train_v=True, seed=cfg.seed, dtype=torch.float32)
     state = type(state)(W=state.W.to(device), v=state.v.to(device))
     for step in range(cfg.train.steps + 1):
+        if step == first or step == last:
+            marks[step] = time.perf_counter()
         pre, out = model.forward(state)
         loss = model.loss_value(out)
         if save is not None:
@@ -89,10 +120,11 @@ def plain_loop(cfg, save=None) -> float:
             state = gradient_step(model, state, cfg, step, pre, out)
     float(loss)
     torch.set_flush_denormal(False)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return Measured(seconds, (marks[last] - marks[first]) / max(last - first, 1))
 
 
-def np_save_loop(cfg, directory: Path) -> float:
+def np_save_loop(cfg, directory: Path) -> Measured:
     def save(step, W, v, loss, out):
         np.save(directory / f"W_{step}.npy", W.cpu().numpy())
         np.save(directory / f"v_{step}.npy", v.cpu().numpy())
@@ -102,7 +134,7 @@ def np_save_loop(cfg, directory: Path) -> float:
     return plain_loop(cfg, save)
 
 
-def torch_save_loop(cfg, directory: Path) -> float:
+def torch_save_loop(cfg, directory: Path) -> Measured:
     def save(step, W, v, loss, out):
         torch.save({"W": W, "v": v, "loss": loss, "output": out}, directory / f"state_{step}.pt")
 
@@ -130,7 +162,7 @@ class _DiscardingWriter:
         return False
 
 
-def recorder_only_loop(cfg, chunk_steps: int, directory: Path) -> float:
+def recorder_only_loop(cfg, chunk_steps: int, directory: Path) -> Measured:
     """The plain loop feeding a real :class:`Recorder` (buffers, writer thread) whose writes are dropped."""
     from trajscope.producer.recorder import Recorder, write_io
     from trajscope.store import StoreRoot
@@ -142,19 +174,28 @@ def recorder_only_loop(cfg, chunk_steps: int, directory: Path) -> float:
     io = write_io(cfg.record.io, StoreRoot(directory), device, cfg.record.compressor)
     recorder = Recorder(_DiscardingWriter(chunk_steps, io), shapes, dtypes, device, buffers=cfg.record.buffers,
                         by_reference=device.type == "cpu" and io == "buffered")  # as the producer records
-    seconds = plain_loop(cfg, lambda step, W, v, loss, out: recorder.record(W=W, v=v, loss=loss, output=out))
+    measured = plain_loop(cfg, lambda step, W, v, loss, out: recorder.record(W=W, v=v, loss=loss, output=out))
     start = time.perf_counter()
     recorder.close()
-    return seconds + time.perf_counter() - start
+    measured.seconds += time.perf_counter() - start
+    return measured
 
 
-def trajscope_run(cfg, directory: Path) -> tuple[float, tuple[float, float]]:
-    """Seconds of a ``produce`` run, and the shares of them its loop waited for free chunk buffers: behind the
-    store (the chunk in host memory, still being written), and behind the device (a GPU loop ahead of it)."""
+def trajscope_run(cfg, directory: Path) -> Measured:
+    """A ``produce`` run: its seconds, its seconds a step over :func:`steady_window` (from the progress reports,
+    about four a second, the first and last inside the window), and the shares of its time its loop waited for
+    free chunk buffers: behind the store (the chunk in host memory, still being written), and behind the device
+    (a GPU loop ahead of it)."""
+    first, last = steady_window(cfg.train.steps)
+    reports: list[tuple[int, float]] = []
     start = time.perf_counter()
-    result = produce(cfg, root=directory, name="bench")
+    result = produce(cfg, root=directory, name="bench",
+                     progress=lambda report: reports.append((report["step"], time.perf_counter())))
     seconds = time.perf_counter() - start
-    return seconds, (result.store_wait_seconds / seconds, result.device_wait_seconds / seconds)
+    inside = [r for r in reports if first <= r[0] <= last]
+    per_step = ((inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]) if len(inside) >= 2
+                and inside[-1][0] > inside[0][0] else float("nan"))  # a run too short for two reports in it
+    return Measured(seconds, per_step, (result.store_wait_seconds / seconds, result.device_wait_seconds / seconds))
 
 
 def main() -> None:
@@ -203,6 +244,7 @@ def main() -> None:
         chosen = {VARIANT_KEYS[k] for k in keys} | {"no recording (baseline)"}
         variants = {name: run for name, run in variants.items() if name in chosen}
     times: dict[str, list[float]] = {name: [] for name in variants}
+    per_step: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     waits: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}  # trajscope's: shares waited
     names = list(variants)
@@ -214,10 +256,10 @@ def main() -> None:
                 cpu_start = cpu_seconds()
                 measured = run(Path(tmp))
                 cpu[name].append(cpu_seconds() - cpu_start)
-                if isinstance(measured, tuple):
-                    measured, waited = measured
-                    waits[name].append(waited)
-                times[name].append(measured)
+                if measured.waited is not None:
+                    waits[name].append(measured.waited)
+                times[name].append(measured.seconds)
+                per_step[name].append(measured.per_step)
     baseline = "no recording (baseline)"
     state_kb = (h * cfg.data.dim + h + n) * 4 / 1000
     rows = []
@@ -225,15 +267,19 @@ def main() -> None:
         # each repeat's time over the baseline's in the same repeat: a slow drift of the machine cancels
         ratios = [t / b for t, b in zip(values, times[baseline])]
         cpu_ratios = [c / b for c, b in zip(cpu[name], cpu[baseline])]
+        steady = [s / b for s, b in zip(per_step[name], per_step[baseline]) if math.isfinite(s)]
+        steady_ci = median_interval(steady) if steady else None
+        steady_text = f"{statistics.median(steady):.3f} ({steady_ci[0]:.3f}–{steady_ci[1]:.3f})" if steady else "—"
         waited = (f"{statistics.median(w[0] for w in waits[name]):.1%} / "
                   f"{statistics.median(w[1] for w in waits[name]):.1%}") if waits[name] else "—"
         rows.append((name, (args.steps + 1) / statistics.median(values), statistics.median(ratios), min(ratios),
-                     max(ratios), median_interval(ratios), statistics.median(cpu_ratios), waited))
+                     max(ratios), median_interval(ratios), steady_text, statistics.median(cpu_ratios), waited))
     header = (f"| variant | steps/s (median of {args.repeats}) | time ratio vs baseline | 95% CI | min ratio | "
-              "max ratio | CPU-time ratio vs baseline | loop waited: store / device |")
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {sps:,.0f} | {ratio:.3f} | {ci[0]:.3f}–{ci[1]:.3f} | {lo:.3f} | {hi:.3f} | {c:.3f} | {w} |"
-              for n, sps, ratio, lo, hi, ci, c, w in rows]
+              "max ratio | per-step ratio, middle 80% of steps (95% CI) | CPU-time ratio vs baseline | "
+              "loop waited: store / device |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {n} | {sps:,.0f} | {ratio:.3f} | {ci[0]:.3f}–{ci[1]:.3f} | {lo:.3f} | {hi:.3f} | {st} | {c:.3f} | {w} |"
+              for n, sps, ratio, lo, hi, ci, st, c, w in rows]
     table = "\n".join(lines)
     print(table)
     print(f"\none recorded state: {state_kb:.0f} kB (W, v, output, loss); {args.steps + 1} states a run")
@@ -258,7 +304,8 @@ def main() -> None:
             "Goal: trajscope's ratio ≤ 1.05 on the CPU. \"writes dropped\" runs the same recorder (chunk buffers, "
             "writer thread) but discards each chunk instead of writing it: the difference to the baseline is "
             "the cost of copying every state out of the training loop; the rest of trajscope's ratio is the "
-            "store (encoding, crc32c, file writes, commits) and creating/closing the run. \"loop waited: "
+            "store (encoding, crc32c, file writes, commits) and creating/closing the run. The per-step ratio is the "
+            "same ratio over the middle 80% of each run's steps, without what a run pays once. \"loop waited: "
             "store / device\" are the median shares of a run's time its loop waited for a free chunk buffer, after "
             "its chunk had reached host memory (the store behind) and before (a GPU loop ahead of its device).\n"
         )

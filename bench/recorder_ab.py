@@ -105,9 +105,9 @@ def main() -> None:
         from trajscope.producer import load_config
 
         cfg = load_config(ro.REFERENCE, [f"train.steps={args.steps}"])
-        runs = {"raw": lambda d: ro.plain_loop(cfg),
-                "this checkout": using(current, lambda d: ro.trajscope_run(cfg, d)[0]),
-                args.base: using(base, lambda d: ro.trajscope_run(cfg, d)[0])}
+        runs = {"raw": lambda d: ro.plain_loop(cfg).seconds,
+                "this checkout": using(current, lambda d: ro.trajscope_run(cfg, d).seconds),
+                args.base: using(base, lambda d: ro.trajscope_run(cfg, d).seconds)}
 
         def once(name):
             with tempfile.TemporaryDirectory(dir=os.environ.get("TRAJSCOPE_BENCH_DIR")) as tmp:

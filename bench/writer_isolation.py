@@ -181,7 +181,7 @@ def main() -> None:
     elif launch_bound:
         pace = 265e-6
     else:  # untimed: the loop's own step (the faster of two runs, whose time includes the dataset build), so
-        pace = min(ro.plain_loop(cfg) for _ in range(2)) / (steps + 1)  # the writer keeps a recorder's rate
+        pace = min(ro.plain_loop(cfg).seconds for _ in range(2)) / (steps + 1)  # the writer keeps a recorder's rate
     names = ["training alone (baseline)", "writer in a thread", "writer in a process",
              "writer process fed from a thread"]
     targets = {names[1]: write_chunks, names[2]: write_chunks, names[3]: feed_writer_process}
@@ -191,7 +191,7 @@ def main() -> None:
     for repeat in range(args.repeats):
         for name in names[repeat % len(names):] + names[: repeat % len(names)]:  # rotate the order
             if name == names[0]:
-                times[name].append(ro.plain_loop(cfg))
+                times[name].append(ro.plain_loop(cfg).seconds)
                 continue
             with tempfile.TemporaryDirectory(dir=args.dir) as directory:
                 blocks = spawn.Value("q", 0)
@@ -205,7 +205,7 @@ def main() -> None:
                 worker.start()
                 time.sleep(2.0)  # let the writer start (imports, run creation)
                 before = blocks.value
-                times[name].append(ro.plain_loop(cfg))
+                times[name].append(ro.plain_loop(cfg).seconds)
                 written[name].append((blocks.value - before) * CHUNK_STEPS * STATE_BYTES / times[name][-1] / 1e9)
                 stop.set()
                 worker.join()

@@ -84,12 +84,19 @@ class Measured:
     waited: tuple[float, float] | None = None
 
 
+#: runs shorter than this have no per-step figure (their middle 80% is a handful of steps)
+STEADY_MIN_STEPS = 10
+
+
 def steady_window(steps: int) -> tuple[int, int]:
-    """The steps whose times give a run's steady rate: from ``steps // 10`` to ``steps - steps // 10``.
+    """The steps whose times give a run's steady rate: from ``steps // 10`` to ``steps - steps // 10``
+    (``(-1, -1)``, no window, under :data:`STEADY_MIN_STEPS` steps).
 
     The middle 80% of a run leaves out what a run pays once (creating the run, the chunk buffers' first
     touch, the writer's start-up; the last chunks' writes and commit, closing), so the ratio of two runs' rates
     over it is the per-step cost of recording alone; the whole-run ratio adds the fixed cost."""
+    if steps < STEADY_MIN_STEPS:
+        return -1, -1
     return steps // 10, steps - steps // 10
 
 
@@ -111,6 +118,8 @@ def plain_loop(cfg, save=None) -> Measured:
     state = type(state)(W=state.W.to(device), v=state.v.to(device))
     for step in range(cfg.train.steps + 1):
         if step == first or step == last:
+            if device.type == "cuda":  # the device's pace, not the host's queueing (a produce run's report syncs)
+                torch.cuda.synchronize()
             marks[step] = time.perf_counter()
         pre, out = model.forward(state)
         loss = model.loss_value(out)
@@ -121,7 +130,7 @@ def plain_loop(cfg, save=None) -> Measured:
     float(loss)
     torch.set_flush_denormal(False)
     seconds = time.perf_counter() - start
-    return Measured(seconds, (marks[last] - marks[first]) / max(last - first, 1))
+    return Measured(seconds, (marks[last] - marks[first]) / (last - first) if last > first else float("nan"))
 
 
 def np_save_loop(cfg, directory: Path) -> Measured:
@@ -189,8 +198,11 @@ def trajscope_run(cfg, directory: Path) -> Measured:
     first, last = steady_window(cfg.train.steps)
     reports: list[tuple[int, float]] = []
     start = time.perf_counter()
-    result = produce(cfg, root=directory, name="bench",
-                     progress=lambda report: reports.append((report["step"], time.perf_counter())))
+    def note(report: dict) -> None:
+        if not report.get("done"):  # (the last report comes after the run's close)
+            reports.append((report["step"], time.perf_counter()))
+
+    result = produce(cfg, root=directory, name="bench", progress=note)
     seconds = time.perf_counter() - start
     inside = [r for r in reports if first <= r[0] <= last]
     per_step = ((inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]) if len(inside) >= 2
@@ -267,9 +279,13 @@ def main() -> None:
         # each repeat's time over the baseline's in the same repeat: a slow drift of the machine cancels
         ratios = [t / b for t, b in zip(values, times[baseline])]
         cpu_ratios = [c / b for c, b in zip(cpu[name], cpu[baseline])]
-        steady = [s / b for s, b in zip(per_step[name], per_step[baseline]) if math.isfinite(s)]
-        steady_ci = median_interval(steady) if steady else None
-        steady_text = f"{statistics.median(steady):.3f} ({steady_ci[0]:.3f}–{steady_ci[1]:.3f})" if steady else "—"
+        steady = [s / b for s, b in zip(per_step[name], per_step[baseline])
+                  if math.isfinite(s) and math.isfinite(b) and b > 0]
+        steady_text = "—"
+        if steady:
+            low, high = median_interval(steady)
+            counted = "" if len(steady) == args.repeats else f", {len(steady)} of {args.repeats} repeats"
+            steady_text = f"{statistics.median(steady):.3f} ({low:.3f}–{high:.3f}{counted})"
         waited = (f"{statistics.median(w[0] for w in waits[name]):.1%} / "
                   f"{statistics.median(w[1] for w in waits[name]):.1%}") if waits[name] else "—"
         rows.append((name, (args.steps + 1) / statistics.median(values), statistics.median(ratios), min(ratios),
@@ -278,8 +294,8 @@ def main() -> None:
               "max ratio | per-step ratio, middle 80% of steps (95% CI) | CPU-time ratio vs baseline | "
               "loop waited: store / device |")
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {sps:,.0f} | {ratio:.3f} | {ci[0]:.3f}–{ci[1]:.3f} | {lo:.3f} | {hi:.3f} | {st} | {c:.3f} | {w} |"
-              for n, sps, ratio, lo, hi, ci, st, c, w in rows]
+    lines += [f"| {n} | {sps:,.0f} | {ratio:.3f} | {ci[0]:.3f}–{ci[1]:.3f} | {lo:.3f} | {hi:.3f} | {st} | "
+              f"{c:.3f} | {w} |" for n, sps, ratio, lo, hi, ci, st, c, w in rows]
     table = "\n".join(lines)
     print(table)
     print(f"\none recorded state: {state_kb:.0f} kB (W, v, output, loss); {args.steps + 1} states a run")

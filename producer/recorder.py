@@ -815,9 +815,12 @@ def wants_writer_process(choice: str, root, device: torch.device, recorded_bytes
     :data:`~trajscope.store.layout.LARGE_STATE_BYTES` a state (``largest_state_bytes``; ``None`` when not
     yet known counts as large a run and as small a state); the thread otherwise.
 
-    - On the CPU the thread keeps the states by reference, where a process must copy each into its shared
-      memory: it read 1.037–1.080× the bare loop against 1.087–1.104× for the process (BENCHMARKS.md,
-      "Recording overhead").
+    - On the CPU the process costs at least as much as the thread. The thread's recorder copies each state
+      into its chunk buffers with direct I/O (with buffered I/O it keeps the state by reference, at a similar
+      cost to the loop); the process copies each into its shared memory and adds an interpreter's start-up
+      and more CPU time. Per step the two were not distinguishable on this project's 2-core host; whole runs
+      read 1.037–1.080× the bare loop for the thread against 1.087–1.104× for the process in the fifth
+      session, 1.101× against 1.104× in the fifteenth (BENCHMARKS.md, "Recording overhead").
     - A GPU loop of small states is launch-bound: it takes the interpreter lock back after every kernel
       launch, and the writer thread's Python per chunk competes for it. In ``bench/writer_isolation.py
       --loop launch-bound --pin`` (medians of 9 and 15 noisy repeats) the thread cost the loop 1.16×

@@ -197,11 +197,12 @@ def trajscope_run(cfg, directory: Path) -> Measured:
     (a GPU loop ahead of it)."""
     first, last = steady_window(cfg.train.steps)
     reports: list[tuple[int, float]] = []
-    start = time.perf_counter()
+
     def note(report: dict) -> None:
         if not report.get("done"):  # (the last report comes after the run's close)
             reports.append((report["step"], time.perf_counter()))
 
+    start = time.perf_counter()
     result = produce(cfg, root=directory, name="bench", progress=note)
     seconds = time.perf_counter() - start
     inside = [r for r in reports if first <= r[0] <= last]

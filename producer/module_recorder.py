@@ -34,7 +34,7 @@ from trajscope.producer.segments import record_segment
 from trajscope.store import RunWriter, StoreRoot
 from trajscope.store.chunkio import WRITE_IO_MODES
 from trajscope.store.dataset_attrs import run_attr
-from trajscope.store.errors import UserError
+from trajscope.store.errors import RunFailed, UserError
 from trajscope.store.layout import validate_run_id
 from trajscope.store.schema import MODULE, read_schema
 
@@ -337,22 +337,30 @@ class ModuleRecorder:
         self._closed = True
         if self.recorder is None:
             self._start()
-        interrupt = None
+        interrupt, writer_failed, asked = None, False, status
         try:
             committed = self.recorder.close()
         except KeyboardInterrupt as exc:  # while the last chunks were written: end the run, then stop
-            if not self.recorder.stopped:  # a second Ctrl-C while its writer still runs: `resume` ends the run
+            if not self.recorder.stopped:  # a second Ctrl-C while its writer still runs: the run is left
+                self.recorder.unlock_when_stopped()  # `running` (unlocked once the writer stops) for `resume`
                 raise
             committed, interrupt = self.recorder.committed, exc
             status, error = self.recorder.outcome_of_interrupted_close(status, error)
-        except Exception as exc:  # noqa: BLE001 - the writer failed: the run says so
+        except Exception as exc:  # noqa: BLE001 - the writer failed: the run says so, and so does close()
             committed, status, error = self.recorder.committed, "failed", error or f"writer: {exc}"
+            writer_failed = True
         last = int(self.writer.arrays["step"][committed - 1]) if committed else 0
         started = self._recording_started if self._recording_started is not None else time.perf_counter()
         waits = recording_waits(run_attr(self.writer.attrs, "recording_waits"), self.recorder,
                                 time.perf_counter() - started)
-        self.writer.finish(status, error, last_step=last, recording_waits=waits)  # (releases the lock)
+        try:
+            self.writer.finish(status, error, last_step=last, recording_waits=waits)  # (releases the lock)
+        except OSError as exc:  # e.g. a full disk took the final document too (the run stays `running`)
+            raise RunFailed(f"run {self.run_id!r} ended {status}{f' ({error})' if error else ''} but its status "
+                            f"could not be stored ({exc}); its {committed} committed states are kept") from None
         self.status = status
         if interrupt is not None:
             raise interrupt
+        if writer_failed and asked == "complete":  # (a loop that raised gets its own error from __exit__)
+            raise RunFailed(f"run {self.run_id!r} failed: {error} ({committed} states committed)")
         return self.location

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 import queue
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -238,41 +239,42 @@ class Recorder:
             self._numpy_dtypes = {n: torch.empty(0, dtype=dtypes[n]).numpy().dtype for n in shapes}
             self._expected = {n: (torch.Size(s), dtypes[n]) for n, s in self._shapes.items()}
             self._stacked = {n for n, s in self._shapes.items() if self.chunk * math.prod(s) < STACK_BELOW_VALUES}
-        if process is not None:
-            if any(dtypes[n] not in _NUMPY_DTYPES for n in shapes) or not writer.root.is_local:
-                process.kill()
-                raise ValueError("a writer process records tensors of numpy dtypes into a local root only")
-            self._shared = SharedChunks(shapes, {n: str(torch.empty(0, dtype=dtypes[n]).numpy().dtype)
-                                                 for n in shapes}, self.chunk, buffers)
-        self._slots = [self._make_slot(shapes, dtypes, i) for i in range(buffers)]
-        self._numpy_rows = bool(self._slots) and not by_reference and all(
-            isinstance(row, np.ndarray) for row in self._slots[0].rows[0].values())
-        self._free: queue.Queue[int] = queue.Queue()
-        for i in range(buffers):
-            self._free.put(i)
-        self._filled: queue.Queue[int | None] = queue.Queue()
-        self._current: int | None = None
-        self._error: BaseException | None = None
-        #: seconds the training loop waited for a free chunk buffer after that chunk had reached host memory
-        #: (the store was behind), and how many chunks it waited for
-        self.waited_seconds, self.waits = 0.0, 0
-        #: seconds it waited before that: for the device to compute and copy the chunk (a GPU run ahead)
-        self.device_waited_seconds = 0.0
-        #: seconds :meth:`close` took: the last chunks written and committed
-        self.closing_seconds = 0.0
-        if process is not None:
-            process.open(writer, self._shared, self.columns, on_free=self._free.put,
-                         on_commit=self._process_committed, on_error=self._process_failed)
-        try:
+        try:  # whatever fails below (a device out of memory for the buffers...) leaves no process or descriptor
+            if process is not None:
+                if any(dtypes[n] not in _NUMPY_DTYPES for n in shapes) or not writer.root.is_local:
+                    raise ValueError("a writer process records tensors of numpy dtypes into a local root only")
+                self._shared = SharedChunks(shapes, {n: str(torch.empty(0, dtype=dtypes[n]).numpy().dtype)
+                                                     for n in shapes}, self.chunk, buffers)
+            self._slots = [self._make_slot(shapes, dtypes, i) for i in range(buffers)]
+            self._numpy_rows = bool(self._slots) and not by_reference and all(
+                isinstance(row, np.ndarray) for row in self._slots[0].rows[0].values())
+            self._free: queue.Queue[int] = queue.Queue()
+            for i in range(buffers):
+                self._free.put(i)
+            self._filled: queue.Queue[int | None] = queue.Queue()
+            self._current: int | None = None
+            self._error: BaseException | None = None
+            #: seconds the training loop waited for a free chunk buffer after that chunk had reached host memory
+            #: (the store was behind), and how many chunks it waited for
+            self.waited_seconds, self.waits = 0.0, 0
+            #: seconds it waited before that: for the device to compute and copy the chunk (a GPU run ahead)
+            self.device_waited_seconds = 0.0
+            #: seconds :meth:`close` took: the last chunks written and committed
+            self.closing_seconds = 0.0
+            if process is not None:
+                process.open(writer, self._shared, self.columns, on_free=self._free.put,
+                             on_commit=self._process_committed, on_error=self._process_failed)
             if preload is not None and start_index % self.chunk:
                 self._preload(preload, start_index)
+            if process is None or self._process_staged:  # last: a recorder that failed to build leaves no thread
+                self._thread = threading.Thread(target=self._write_loop, name="trajscope-writer", daemon=True)
+                self._thread.start()
         except BaseException:
-            if process is not None:  # nothing was handed to it: nothing of it is the run's
+            if process is not None:  # nothing was handed to it, or nothing of it is the run's yet
                 process.kill()
+            if self._shared is not None:  # (its descriptor, unless the writer process took it already)
+                self._shared.release_fd()
             raise
-        if process is None or self._process_staged:  # last: a recorder that failed to build leaves no thread
-            self._thread = threading.Thread(target=self._write_loop, name="trajscope-writer", daemon=True)
-            self._thread.start()
 
     def _preload(self, preload: Mapping[str, np.ndarray], start_index: int) -> None:
         """Resuming inside a chunk: its committed rows (read back from the store) fill the chunk's start."""
@@ -512,8 +514,15 @@ class Recorder:
                     self._cut = slot.start
                 raise
             return  # the writer thread commits when due (a written block wakes it)
-        self.staging.start_copy(slot)
-        self._filled.put(index)
+        queued = False
+        try:
+            self.staging.start_copy(slot)
+            self._filled.put(index)
+            queued = True
+        except BaseException:  # a Ctrl-C (or a device error) before the chunk reached the writer thread: it is
+            if not queued and self._cut is None:  # never written, so nothing from it is committed, and the run
+                self._cut = slot.start  # ends `interrupted` over what is (not `failed` for a state it lacks)
+            raise
 
     def close(self) -> int:
         """Flush the partial chunk, wait for the writer thread, return ``committed_steps``.
@@ -617,6 +626,37 @@ class Recorder:
             return self._process.proc.poll() is not None
         thread = getattr(self, "_thread", None)
         return thread is None or not thread.is_alive()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Wait (at most ``timeout`` seconds) until :attr:`stopped`; returns :attr:`stopped`."""
+        if self._process is not None:
+            try:
+                self._process.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            thread = getattr(self, "_thread", None)
+            if thread is not None:
+                thread.join(timeout)
+        return self.stopped
+
+    def unlock_when_stopped(self) -> threading.Thread:
+        """After a second Ctrl-C during :meth:`close` left the writer running (:attr:`stopped` False): a daemon
+        thread that waits for it to stop, then stops the store's write threads and releases the run's lock.
+        The run stays ``running`` with everything the writer committed, for ``resume`` to end or continue, in
+        this process too (a notebook's kernel or a sweep's worker outlives the Ctrl-C; the lock, held until
+        the process exits, made ``resume`` there refuse the run)."""
+
+        def unlock() -> None:
+            try:
+                self.wait_stopped()
+                self.writer.close_writes()
+            finally:
+                self.writer.lock.release()
+
+        thread = threading.Thread(target=unlock, name="trajscope-unlock", daemon=True)
+        thread.start()
+        return thread
 
     def _stop_process(self) -> None:
         """Handing over the partial chunk failed (e.g. a GPU's copy raised after a device error): let the

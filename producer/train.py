@@ -27,7 +27,7 @@ from trajscope.producer.segments import record_segment
 from trajscope.producer import two_layer
 from trajscope.store import RunWriter, StoreRoot, resolve_run, validate_run_id
 from trajscope.store.dataset_attrs import run_attr
-from trajscope.store.errors import UserError
+from trajscope.store.errors import RunFailed, UserError
 from trajscope.store.hotpath import usable_cores
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -391,7 +391,8 @@ def _train(
     try:
         committed = recorder.close()
     except KeyboardInterrupt:  # while the last chunks were written: the run ends over what is committed
-        if not recorder.stopped:  # a second Ctrl-C while its writer still runs: `resume` ends the run later
+        if not recorder.stopped:  # a second Ctrl-C while its writer still runs: `resume` ends the run later,
+            recorder.unlock_when_stopped()  # in this process too once the writer has stopped
             raise
         committed = recorder.committed
         status, error = recorder.outcome_of_interrupted_close(status, error)
@@ -400,8 +401,13 @@ def _train(
         status, error = "failed", error or f"writer: {exc}"
     final_loss = None if loss is None else float(loss)
     waits = recording_waits(run_attr(writer.attrs, "recording_waits"), recorder, time.perf_counter() - started)
-    writer.finish(status, error, final_loss=final_loss, last_step=int(schedule[committed - 1]) if committed else 0,
-                  recording_waits=waits)
+    try:
+        writer.finish(status, error, final_loss=final_loss, last_step=int(schedule[committed - 1]) if committed else 0,
+                      recording_waits=waits)
+    except OSError as exc:  # e.g. a full disk took the final document too (finish released the lock)
+        raise RunFailed(f"run {writer.run_id!r} ended {status}{f' ({error})' if error else ''} but its status "
+                        f"could not be stored ({exc}); its {committed} committed states are kept: free the space, "
+                        f"then `trajscope resume {writer.run_id}` ends or continues it") from None
     result = RunResult(
         run_id=writer.run_id,
         location=writer.root.run_url(writer.run_id),
@@ -418,5 +424,6 @@ def _train(
         progress({"step": result.last_step, "steps": cfg.train.steps, "loss": final_loss, "committed": committed,
                   "elapsed": result.seconds, "done": True})
     if status == "failed":
-        raise RuntimeError(f"run {writer.run_id!r} failed: {error}")
+        raise RunFailed(f"run {writer.run_id!r} failed: {error} ({committed} states committed; once the cause is "
+                        f"fixed `trajscope resume {writer.run_id}` continues it)")
     return result

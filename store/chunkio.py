@@ -185,7 +185,7 @@ class LocalSink:
         the device reads it from the buffer, the kernel copies nothing into the page cache — and the rest
         (under 4 kB of it, and the checksum) buffered, into the same file. The bytes are the same either way.
         Anything else is written buffered; so is everything once the filesystem refuses direct I/O
-        (``EINVAL``: some filesystems do not take it).
+        (:data:`DIRECT_IO_REFUSED`: some filesystems do not take it).
     """
 
     def __init__(self, base: str, durability: str = "process", io: str = "buffered") -> None:
@@ -296,11 +296,16 @@ def direct_bytes(parts: Sequence) -> int:
     return size if size >= DIRECT_MIN_BYTES else 0
 
 
+#: what a filesystem that does not take direct I/O answers (``EINVAL``; some FUSE and virtual filesystems
+#: ``EOPNOTSUPP``, which is ``ENOTSUP`` on Linux)
+DIRECT_IO_REFUSED = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
+
+
 def write_direct(fd: int, parts: Sequence, size: int) -> bool:
     """Write ``parts`` into the new, empty file ``fd``: the first ``size`` bytes (:func:`direct_bytes`) with
     ``O_DIRECT`` (the device reads them from the buffer; nothing is copied into the page cache), the rest
     through the page cache, after them. Returns False, the file left empty, where the filesystem refuses
-    direct I/O (``EINVAL``); other errors (a full disk) are raised."""
+    direct I/O (:data:`DIRECT_IO_REFUSED`); other errors (a full disk) are raised."""
     import fcntl  # (POSIX only: here, not at the top, so the store imports everywhere)
 
     first = memoryview(parts[0]).cast("B")
@@ -317,7 +322,7 @@ def write_direct(fd: int, parts: Sequence, size: int) -> bool:
                 break
     except OSError as exc:
         fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-        if exc.errno != errno.EINVAL:
+        if exc.errno not in DIRECT_IO_REFUSED:
             raise
         os.ftruncate(fd, 0)
         return False
@@ -456,6 +461,8 @@ def _write_all(fd: int, parts: Sequence) -> None:
     first = 0  # views[first:] remain to be written
     while first < len(views):
         written = os.writev(fd, views[first : first + _IOV_MAX])
+        if written <= 0:  # no progress (never seen; a loop that retried would never end)
+            raise OSError(errno.EIO, f"a write wrote {written} bytes")
         while first < len(views) and written >= len(views[first]):
             written -= len(views[first])
             first += 1

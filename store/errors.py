@@ -24,6 +24,14 @@ class RunLocked(UserError):
     """Another writer holds the run."""
 
 
+class RunFailed(RuntimeError):
+    """A run ended ``failed`` (its writing failed, its training raised), or its end could not be stored.
+
+    The message is one line: what failed and what is committed; the CLI prints it without a traceback (exit
+    status 1). Everything committed stays readable, and ``resume`` continues the run once the cause is gone.
+    """
+
+
 class NotARun(UserError):
     """Something under a run's name that no trajscope run left (a Zarr v2 dataset, someone else's Zarr group, a
     user's files): never cleared or replaced. ``NotARun(location, why, instead)``: one line naming the way out."""

@@ -183,6 +183,9 @@ class WriterProcess:
                  list(store.__path__)[0], str(child.fileno())],
                 pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
             )
+        except BaseException:  # (e.g. no memory to fork): no descriptor is left open
+            parent.close()
+            raise
         finally:
             child.close()
         return cls(proc, parent)

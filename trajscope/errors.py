@@ -1,5 +1,5 @@
 """Errors shared across trajscope (defined in :mod:`trajscope.store.errors`)."""
 
-from trajscope.store.errors import RunLocked, RunNotFound, UserError
+from trajscope.store.errors import RunFailed, RunLocked, RunNotFound, UserError
 
-__all__ = ["RunLocked", "RunNotFound", "UserError"]
+__all__ = ["RunFailed", "RunLocked", "RunNotFound", "UserError"]

@@ -186,6 +186,43 @@ def test_an_interrupted_run_resumes_mid_chunk_to_the_uninterrupted_trajectory(tm
         np.testing.assert_array_equal(done[name].values, expected[name].values, err_msg=name)
 
 
+def test_writes_failing_at_close_are_raised_not_left_in_the_run_alone(tmp_path, monkeypatch):
+    """The loop ends normally but the last chunk files cannot be written (a full disk) while the recorder
+    closes: leaving the ``with`` block raises :class:`RunFailed` naming the cause (before, the run was marked
+    ``failed`` and nothing told the user). What is committed (here whatever the last commit covered: the
+    small variables' rows can no longer be flushed) equals a run's that had space."""
+    import errno
+
+    from trajscope.store.chunkio import LocalSink
+    from trajscope.store.errors import RunFailed
+
+    torch.manual_seed(0)
+    model = MLP()
+    x, y = data()
+    _record(model, x, y, tmp_path, "ref", 8, chunk_mib=0.002)  # 9 states: the last chunk partial
+    torch.manual_seed(0)
+    model = MLP()
+    put, closing = LocalSink.put, []
+
+    def full_once_closing(self, key, parts):
+        if closing:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        put(self, key, parts)
+
+    monkeypatch.setattr(LocalSink, "put", full_once_closing)
+    with pytest.raises(RunFailed, match="run 'm' failed: .*No space left on device"):
+        with trajscope.ModuleRecorder(model, root=tmp_path, name="m", chunk_mib=0.002) as rec:
+            rec.record()
+            train(model, x, y, 8, rec)
+            closing.append(True)
+    ds, ref = trajscope.open_run(tmp_path / "m.zarr"), trajscope.open_run(tmp_path / "ref.zarr")
+    committed = ds.attrs["committed_steps"]
+    assert ds.attrs["status"] == "failed" and "No space left" in ds.attrs["error"] and rec.status == "failed"
+    assert committed < 9 and committed % ds.attrs["chunk_steps"] == 0 and ds.sizes["step"] == committed
+    for name in ref.data_vars:
+        np.testing.assert_array_equal(ds[name].values, ref[name].values[:committed], err_msg=name)
+
+
 def test_resume_refuses_another_model(tmp_path):
     _train_run(tmp_path, "cut", 5, interrupt_at=2)
     with pytest.raises(UserError, match="shape"):

@@ -280,18 +280,24 @@ def test_a_full_disk_keeps_every_chunk_written_before_it(tmp_path, small_config,
 def test_a_second_ctrl_c_while_closing_leaves_the_run_to_resume(tmp_path, small_config, interrupt_writer_join):
     """Two Ctrl-Cs while the writer thread still commits: ``produce`` raises the interrupt at once and does
     not end the run under the running thread (whose commit would land after a shrink). The thread commits;
-    the run is left ``running``, everything committed, for ``resume``."""
+    the run is left ``running``, everything committed, and unlocked once the thread has stopped, so that
+    ``resume`` in the same process (a notebook's kernel outlives the Ctrl-C) ends it, equal to an
+    uninterrupted run."""
     import threading
 
     config = small_config(train={"steps": 80})
     log = interrupt_writer_join(interrupts=2)
     with pytest.raises(KeyboardInterrupt):
         produce(config, root=tmp_path, name="r")
-    for thread in [t for t in threading.enumerate() if t.name == "trajscope-writer"]:
-        thread.join(20)
+    for name in ("trajscope-writer", "trajscope-unlock"):
+        for thread in [t for t in threading.enumerate() if t.name == name]:
+            thread.join(20)
     assert log == ["interrupted", "interrupted", "committed"]
     ds = open_run("r", tmp_path)
     assert ds.attrs["status"] == "running" and ds.attrs["committed_steps"] == 81 and ds.sizes["step"] == 81
+    assert resume("r", root=tmp_path).status == "complete"  # not RunLocked by this very process
+    produce(config, root=tmp_path, name="whole")
+    assert_same_trajectory(open_run("r", tmp_path).load(), open_run("whole", tmp_path).load())
 
 
 def test_a_failure_before_recording_starts_ends_the_run_and_unlocks_it(tmp_path, small_config, monkeypatch):
@@ -315,6 +321,37 @@ def test_a_failure_before_recording_starts_ends_the_run_and_unlocks_it(tmp_path,
         resume("r", root=tmp_path)
     monkeypatch.undo()
     assert resume("r", root=tmp_path).status == "complete"
+    produce(config, root=tmp_path, name="whole")
+    assert_same_trajectory(open_run("r", tmp_path).load(), open_run("whole", tmp_path).load())
+
+
+def test_a_full_disk_at_the_final_status_is_one_error_and_leaves_the_run_to_resume(tmp_path, small_config,
+                                                                                      monkeypatch):
+    """Every chunk is written and committed, then the disk fills up before the final document: ``produce``
+    raises one :class:`RunFailed` line (not a bare OSError) saying the status could not be stored and what is
+    kept; the run stays ``running`` with everything committed, unlocked, and ``resume`` in the same process
+    ends it, equal to an uninterrupted run."""
+    import errno
+
+    from trajscope.store import writer as writer_module
+    from trajscope.store.errors import RunFailed
+
+    config = small_config(train={"steps": 40})
+    final = writer_module.write_final_document
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer_module, "write_final_document", disk_full)
+    with pytest.raises(RunFailed) as caught:
+        produce(config, root=tmp_path, name="r")
+    message = str(caught.value)
+    assert "\n" not in message and "ended complete" in message and "No space left" in message
+    assert "41 committed states are kept" in message and "trajscope resume r" in message
+    ds = open_run("r", tmp_path)
+    assert ds.attrs["status"] == "running" and ds.attrs["committed_steps"] == 41
+    monkeypatch.setattr(writer_module, "write_final_document", final)
+    assert resume("r", root=tmp_path).status == "complete"  # not RunLocked: the lock was released
     produce(config, root=tmp_path, name="whole")
     assert_same_trajectory(open_run("r", tmp_path).load(), open_run("whole", tmp_path).load())
 

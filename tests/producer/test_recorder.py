@@ -354,6 +354,40 @@ def test_copying_on_the_cpu_hands_blocks_over_from_the_training_thread_and_the_g
         np.testing.assert_array_equal(ds.v.values[:, 0], np.arange(states, dtype=np.float32))
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "O_DIRECT"), reason="needs O_DIRECT (Linux)")
+def test_direct_writes_from_reused_chunk_buffers_store_every_state_as_it_was_recorded(tmp_path, monkeypatch):
+    """Direct I/O (the CPU default on a disk) reads each chunk straight from the recorder's buffer while the loop
+    goes on: two buffers, slow writes, ``W`` (64 KiB a state, 256 KiB chunks: written directly) changed in
+    place after each record. A buffer refilled before the device had read it would store later values."""
+    from trajscope.store.chunkio import DIRECT_MIN_BYTES, LocalSink
+
+    put, sinks = LocalSink.put, []
+
+    def slow_put(self, key, parts):
+        sinks.append(self)
+        time.sleep(0.005)
+        put(self, key, parts)
+
+    monkeypatch.setattr(LocalSink, "put", slow_put)
+    h, dim, n, states = 64, 256, 5, 41
+    writer, shapes, dtypes = _small_run(tmp_path, "direct", states, h, dim, n)
+    writer.set_write_options(io="direct")
+    assert writer.chunk_steps == 5 and 5 * h * dim * 4 >= DIRECT_MIN_BYTES
+    steps = np.arange(states)
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=2, columns={"step": steps, "t": steps * 0.5})
+    W = torch.zeros(h, dim)
+    for k in range(states):
+        W.add_(1.0)
+        recorder.record(W=W, v=torch.full((h,), float(k)), loss=k / 10, output=torch.zeros(n))
+    assert recorder.close() == states
+    writer.finish("complete")
+    assert sinks and sinks[0].direct_files >= states // 5 - 1  # (the full chunks but the last went direct)
+    ds = open_run("direct", root=StoreRoot(tmp_path))
+    np.testing.assert_array_equal(ds.W.values[:, 0, 0], np.arange(1, states + 1, dtype=np.float32))
+    np.testing.assert_array_equal(ds.W.values, ds.W.values[:, :1, :1] * np.ones((states, h, dim), np.float32))
+    np.testing.assert_array_equal(ds.v.values[:, 0], np.arange(states, dtype=np.float32))
+
+
 @pytest.mark.parametrize("by_reference", [True, False])
 def test_recording_after_a_ctrl_c_in_a_hand_off_is_refused_and_close_commits_what_came_before(tmp_path, by_reference):
     """A Ctrl-C while the chunk at 5 is handed over (chunks of 5): a caller that goes on recording (a notebook's

@@ -312,6 +312,101 @@ def test_a_failed_copy_while_closing_keeps_what_the_writer_process_committed(tmp
     np.testing.assert_array_equal(ds.W.values, expected[:50])
 
 
+@pytest.mark.parametrize("process", [False, True], ids=["writer thread", "writer process"])
+def test_a_ctrl_c_while_a_chunk_goes_to_the_staging_ends_the_run_over_the_chunks_before(tmp_path, process):
+    """A Ctrl-C lands while the third chunk is being handed to the staging (on a GPU: its copy to pinned
+    memory being queued): that chunk never reaches the writer, so the recorder refuses to record on, and
+    closing it commits the two chunks before, as an interrupted run (with a writer process it used to
+    report the missing states as a failed run)."""
+    import torch
+
+    from trajscope.producer.recorder import Recorder
+    from trajscope.producer.two_layer import variables as two_layer_variables
+
+    class CutAtTheThirdChunk(_staging.DeferredStaging):
+        def start_copy(self, slot):
+            if slot.start == 10:
+                raise KeyboardInterrupt
+            super().start_copy(slot)
+
+    h, dim, n, states = 4, 3, 5, 23
+    root = StoreRoot(tmp_path)
+    writer = RunWriter.create(
+        root, "cut", variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
+        capacity=states, static={"X": np.ones((n, dim)), "y": np.array([1, -1, 1, -1, 1])},
+        attrs={"config": {}}, chunk_bytes=h * dim * 4 * 5)
+    recorder = Recorder(writer, {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)},
+                        {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32},
+                        torch.device("cpu"), buffers=2, staging=CutAtTheThirdChunk(),
+                        columns={"step": np.arange(states), "t": np.arange(states) * 0.5},
+                        process=writer_process.WriterProcess.start() if process else None)
+
+    def record(k):
+        recorder.record(W=torch.full((h, dim), float(k)), v=torch.zeros(h), loss=torch.tensor(0.0, dtype=torch.float64),
+                        output=torch.zeros(n))
+
+    with pytest.raises(KeyboardInterrupt):
+        for k in range(states):
+            record(k)
+    with pytest.raises(RuntimeError, match="a Ctrl-C interrupted handing states 10"):
+        record(15)
+    assert recorder.close() == 10
+    writer.finish("interrupted")
+    ds = open_run("cut", root)
+    assert ds.attrs["status"] == "interrupted" and ds.attrs["committed_steps"] == 10
+    np.testing.assert_array_equal(ds.W.values[:, 0, 0], np.arange(10, dtype=np.float32))
+
+
+def _open_descriptors() -> set[str]:
+    import os
+
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_recorder_that_cannot_be_built_leaves_no_writer_process_or_descriptor(tmp_path, monkeypatch):
+    """Building the chunk buffers fails (as a device out of memory would) after the shared memory exists:
+    the writer process is stopped and no descriptor of it, or of the shared memory, stays open."""
+    import torch
+
+    from trajscope.producer.recorder import Recorder
+    from trajscope.producer.two_layer import variables as two_layer_variables
+
+    writer = RunWriter.create(
+        StoreRoot(tmp_path), "r", variables=two_layer_variables(), sizes={"neuron": 4, "feature": 3, "sample": 5},
+        capacity=20, static={"X": np.ones((5, 3)), "y": np.array([1, -1, 1, -1, 1])}, attrs={"config": {}},
+        chunk_bytes=4 * 3 * 4 * 5)
+    before = _open_descriptors()
+    process = writer_process.WriterProcess.start()
+    assert _open_descriptors() > before
+
+    def out_of_memory(self, *args, **kwargs):
+        raise RuntimeError("out of memory for the chunk buffers (made up)")
+
+    monkeypatch.setattr(Recorder, "_make_slot", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        Recorder(writer, {"W": (4, 3), "v": (4,), "loss": (), "output": (5,)},
+                 {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32},
+                 torch.device("cpu"), buffers=2, process=process)
+    assert process.proc.poll() is not None
+    assert _open_descriptors() <= before
+    writer.finish("failed", "no buffers")
+
+
+def test_a_writer_process_that_cannot_start_leaves_no_descriptor(monkeypatch):
+    """``Popen`` fails (no memory to fork, say): the error is raised and both ends of the socket are closed."""
+    import errno
+
+    def no_fork(*args, **kwargs):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    before = _open_descriptors()
+    monkeypatch.setattr(writer_process.subprocess, "Popen", no_fork)
+    with pytest.raises(OSError, match="Cannot allocate memory") as caught:
+        writer_process.WriterProcess.start()
+    assert caught.tb is not None  # (its frames, and their locals, are still alive: nothing is closed by collection)
+    assert _open_descriptors() <= before
+
+
 def test_resuming_inside_a_chunk_through_a_staging_and_a_writer_process(tmp_path):
     """A run cut after 7 states (chunk 5: the second chunk half written) resumes with a writer process
     behind a staging: the committed rows of the cut chunk are preloaded into the device buffer, copied

@@ -101,13 +101,15 @@ def test_unaligned_memory_is_written_through_the_page_cache(tmp_path):
     np.testing.assert_array_equal(zarr.open_array(zarr.storage.LocalStore(tmp_path / "a.zarr" / "a"))[:4], block)
 
 
-def test_a_filesystem_refusing_direct_io_gets_buffered_writes(tmp_path, monkeypatch):
-    """Some filesystems refuse ``O_DIRECT`` (``EINVAL``); none here does, so the refusal is injected."""
+@pytest.mark.parametrize("answer", [errno.EINVAL, errno.EOPNOTSUPP], ids=["EINVAL", "EOPNOTSUPP"])
+def test_a_filesystem_refusing_direct_io_gets_buffered_writes(tmp_path, monkeypatch, answer):
+    """Some filesystems refuse ``O_DIRECT`` (``EINVAL``; some FUSE and virtual ones ``EOPNOTSUPP``); none
+    here does, so the refusal is injected."""
     real = fcntl.fcntl
 
     def refusing(fd, command, arg=0):
         if command == fcntl.F_SETFL and arg & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
+            raise OSError(answer, os.strerror(answer))
         return real(fd, command, arg)
 
     monkeypatch.setattr(fcntl, "fcntl", refusing)
@@ -121,6 +123,79 @@ def test_a_filesystem_refusing_direct_io_gets_buffered_writes(tmp_path, monkeypa
     assert not sink.direct and (sink.direct_files, sink.buffered_files) == (0, 2)
     np.testing.assert_array_equal(zarr.open_array(zarr.storage.LocalStore(tmp_path / "a.zarr" / "a"))[:8], data)
     assert not [p for p in (tmp_path / "a.zarr").rglob("*") if p.name.startswith(".tmp-")]
+
+
+def _chunks(tmp_path, count=2):
+    """A float32 array of 4-state chunks of 256 x 64 (64 KiB a state), its encoder, a direct sink, and
+    ``count`` chunks of data in page-aligned buffers."""
+    array = _array(tmp_path / "a.zarr", "float32", (4, 256, 64))
+    encoder, sink = ChunkEncoder(array), LocalSink(str(tmp_path / "a.zarr"), io="direct")
+    data = np.random.default_rng(2).normal(size=(4 * count, 256, 64)).astype(np.float32)
+    blocks = []
+    for t in range(count):
+        block = aligned_empty((4, 256, 64), np.float32)
+        block[...] = data[4 * t : 4 * t + 4]
+        blocks.append(block)
+    return array, encoder, sink, data, blocks
+
+
+def _assert_stored(tmp_path, array, encoder, data, blocks):
+    """zarr reads ``data`` back, and every chunk file holds exactly zarr's own encoding of its block."""
+    np.testing.assert_array_equal(zarr.open_array(zarr.storage.LocalStore(tmp_path / "a.zarr" / "a"))[:len(data)], data)
+    for t, block in enumerate(blocks):
+        expected = b"".join(bytes(memoryview(p).cast("B")) for p in encoder.encode(block))
+        assert (tmp_path / "a.zarr" / encoder.key((t, 0, 0))).read_bytes() == expected
+    assert not [p for p in (tmp_path / "a.zarr").rglob("*") if p.name.startswith(".tmp-")]
+
+
+def test_a_refusal_after_direct_bytes_were_written_rewrites_the_file_buffered(tmp_path, monkeypatch):
+    """The filesystem takes the first direct write of a chunk and refuses the next (``EINVAL``): the file
+    is emptied and written whole through the page cache, and so is every later chunk; the bytes are zarr's."""
+    array, encoder, sink, data, blocks = _chunks(tmp_path)
+    real, calls = os.pwrite, []
+
+    def second_refused(fd, view, offset):
+        calls.append(len(view))
+        if len(calls) == 2:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, view[: 128 * 1024] if len(calls) == 1 else view, offset)  # the first one short, aligned
+
+    monkeypatch.setattr(chunkio.os, "pwrite", second_refused)
+    for t, block in enumerate(blocks):
+        sink.put(encoder.key((t, 0, 0)), encoder.encode(block))
+    assert len(calls) == 2 and not sink.direct and (sink.direct_files, sink.buffered_files) == (0, 2)
+    _assert_stored(tmp_path, array, encoder, data, blocks)
+
+
+def test_a_short_direct_write_off_the_alignment_finishes_through_the_page_cache(tmp_path, monkeypatch):
+    """A direct write that stops off the alignment (a short count): the rest of the chunk, its checksum
+    included, goes through the page cache after it, into the same file; direct I/O stays on."""
+    array, encoder, sink, data, blocks = _chunks(tmp_path)
+    real = os.pwrite
+
+    def short_and_unaligned(fd, view, offset):  # (a direct write of an unaligned length would be refused)
+        if offset:
+            return real(fd, view, offset)
+        real(fd, view[: 4 * 4096], offset)
+        return 3 * 4096 + 100  # what a short write says: the bytes after it are written again
+
+    monkeypatch.setattr(chunkio.os, "pwrite", short_and_unaligned)
+    for t, block in enumerate(blocks):
+        sink.put(encoder.key((t, 0, 0)), encoder.encode(block))
+    assert sink.direct and (sink.direct_files, sink.buffered_files) == (2, 0)
+    _assert_stored(tmp_path, array, encoder, data, blocks)
+
+
+def test_a_write_that_makes_no_progress_fails_instead_of_looping(tmp_path, monkeypatch):
+    """``writev`` answering 0 bytes for data left to write (never seen; a retry would loop for ever) fails
+    the chunk with ``EIO``, leaving no file."""
+    array, encoder, sink, data, blocks = _chunks(tmp_path, count=1)
+    sink.direct = False
+    monkeypatch.setattr(chunkio.os, "writev", lambda fd, views: 0)
+    with pytest.raises(OSError, match="wrote 0 bytes"):
+        sink.put(encoder.key((0, 0, 0)), encoder.encode(blocks[0]))
+    assert not [p for p in (tmp_path / "a.zarr").rglob("*") if p.name.startswith(".tmp-")]
+    assert not (tmp_path / "a.zarr" / encoder.key((0, 0, 0))).exists()
 
 
 def test_a_failed_direct_write_leaves_no_file(tmp_path, monkeypatch):

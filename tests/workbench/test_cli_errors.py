@@ -63,3 +63,30 @@ def test_an_s3_root_without_s3fs_is_one_line():
 def test_step_help_is_not_turned_into_an_emoji():
     proc = cli("show", "--help", env=None)
     assert proc.returncode == 0 and "a:b:s" in proc.stdout and "\N{NEGATIVE SQUARED LATIN CAPITAL LETTER B}" not in proc.stdout
+
+
+def test_a_run_whose_writes_fail_is_one_line_and_exit_1(tmp_path, small_config):
+    """A run that fails (here its second chunk of ``W`` cannot be written, as on a full disk) ends the CLI with
+    one line naming the run, the cause and what is committed, exit code 1 (not a usage error, not a
+    traceback); the run is ``failed`` and ``resume`` completes it once the cause is gone."""
+    import os
+
+    import yaml
+
+    from trajscope import open_run
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(small_config(train={"steps": 60})))
+    root = tmp_path / "runs"
+    env = {**os.environ, "TRAJSCOPE_FAULT": "write.renaming:raise:1:W/c/1/"}
+    proc = cli("produce", str(config), "--root", str(root), "--name", "r", "-q", env=env)
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trajscope: error: run 'r' failed: "), proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    committed = open_run("r", root=root).attrs["committed_steps"]
+    assert "injected fault at write.renaming" in lines[0] and f"({committed} states committed" in lines[0]
+    assert "trajscope resume r" in lines[0] and open_run("r", root=root).attrs["status"] == "failed"
+    resumed = cli("resume", "r", "--root", str(root), "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert open_run("r", root=root).attrs["status"] == "complete"

@@ -4,8 +4,9 @@ Each module exposes ``register(app)`` that adds its commands. Every error a user
 :class:`trajscope.errors.UserError` raised by our code, or a usage error found by typer's parser (an
 unknown command or option, a missing argument, a bad value) — is printed as ONE line on stderr and
 ends the process with exit code 2; a run whose stored data is corrupt or lost
-(:class:`~trajscope.store.errors.CorruptData`) is one line too, with exit code 1; ``trajscope --help`` / ``-h``
-and ``--version`` exit 0.
+(:class:`~trajscope.store.errors.CorruptData`), or a run that failed
+(:class:`~trajscope.store.errors.RunFailed`: its writing failed, say on a full disk), is one line too, with
+exit code 1; ``trajscope --help`` / ``-h`` and ``--version`` exit 0.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from trajscope.errors import UserError
-from trajscope.store.errors import CorruptData
+from trajscope.store.errors import CorruptData, RunFailed
 
 app = typer.Typer(
     name="trajscope",
@@ -73,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         print(f"trajscope: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    except CorruptData as err:  # the command was fine, the stored run is not: one line too, and exit 1
-        print(f"trajscope: error: {err}", file=sys.stderr)
+    except (CorruptData, RunFailed) as err:  # the command was fine, the stored run (or its run) is not: one line
+        print(f"trajscope: error: {err}", file=sys.stderr)  # too, and exit 1
         raise SystemExit(1) from None
     except typer.Abort:
         raise SystemExit(130) from None

@@ -5,7 +5,8 @@
 #                                    # without zarr, pydantic... needs, for CPython 3.12, into .whl/
 #   bash bench/gpu_check.sh run      # there, from the repository root: installs what is missing from
 #                                    # .whl/, runs tests/gpu (the GPU path's correctness, on the GPU), then
-#                                    # record_overhead (reference, wide) and record_ceiling
+#                                    # record_overhead (reference, wide), step_anatomy (reference)
+#                                    # and record_ceiling
 #                                    # (the default chunk buffers, then --buffers 3, then the wide
 #                                    # config's states);
 #                                    # every table lands in $OUT (default ./gpu-check)
@@ -69,6 +70,9 @@ EOF
     tests/gpu -k "$device" 2>&1 | tee "$out/gpu_tests.txt" || status=1
   python3 bench/record_overhead.py --device "$device" --config reference --steps "${STEPS:-3000}" \
     --repeats "${REPEATS:-3}" 2>&1 | tee "$out/overhead_reference.md" || status=1
+  # where a recorded step's host time goes (record(), hand-offs, commits), against the bare loop's
+  python3 bench/step_anatomy.py --device "$device" --config reference --steps "${STEPS:-3000}" \
+    --repeats "${REPEATS:-3}" 2>&1 | tee "$out/anatomy_reference.md" || status=1
   python3 bench/record_overhead.py --device "$device" --config wide --steps "${WIDE_STEPS:-300}" \
     --repeats "${REPEATS:-3}" --no-baselines 2>&1 | tee "$out/overhead_wide.md" || status=1
   python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}" \

@@ -254,6 +254,10 @@ class WriterProcess:
             self.proc.kill()
         self.proc.wait()
         self._closing = True
+        if self._receiver is not None and self._receiver is not threading.current_thread():
+            # its recv() sees the end of the socket now: closing the socket under it could hand the descriptor's
+            # number to a file opened meanwhile, which its next recv() would read
+            self._closed.wait(5)
         for closer in (self._conn.close, self._sock.close):
             try:
                 closer()

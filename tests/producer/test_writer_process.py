@@ -234,6 +234,30 @@ def test_a_gpu_like_staging_hands_its_chunks_to_the_writer_process(tmp_path):
     assert_same_chunk_files(tmp_path / "process.zarr", tmp_path / "thread.zarr")
 
 
+def test_killing_the_writer_process_waits_for_its_receiver_before_closing_the_socket(tmp_path):
+    """``kill()`` returns only once the receiver thread has seen the end of the socket and stopped: a socket
+    closed under a receiver still running could hand its descriptor's number to a file opened meanwhile. The
+    receiver is made slow (its error callback takes 0.5 s) so that a ``kill()`` closing at once is caught."""
+    import time
+
+    root = StoreRoot(tmp_path)
+    recorder, writer, _, _ = _record_staged(root, "killed", 10, process=True, capacity=2000)
+    process = recorder._process
+    report = process._on_error
+
+    def slow_report(exc):
+        time.sleep(0.5)
+        report(exc)
+
+    process._on_error = slow_report
+    process.kill()
+    assert not process._receiver.is_alive()
+    assert process._conn.closed and process._sock.fileno() == -1
+    with pytest.raises(RuntimeError):
+        recorder.close()
+    writer.finish("failed", "killed", last_step=0)
+
+
 def test_a_dead_writer_process_behind_a_staging_stops_the_recorder(tmp_path):
     """The writer process dies mid-run: the next chunk's hand-off fails (the writer thread's send, or the
     receiver's end-of-file) and record() raises within a few chunks; nothing is committed past what the

@@ -10,15 +10,16 @@ goes first. For the ``produce`` run it splits the step:
   store), and **the rest of the step** (the training math, slower or not beside the recorder);
 - **off the CPU**: wall time minus the training thread's CPU time (waiting for the interpreter lock, a kernel
   lock, a free buffer);
-- **by what ran beside it**: the steps in which the training thread handed a chunk to the store
-  (``RunWriter.write_block``), those overlapping a commit (``RunWriter.commit``, on the writer thread), those
+- **by what ran beside it**: the steps in which a chunk was handed to the store (``RunWriter.write_block``: on
+  the CPU from the training thread, on a GPU from the writer thread), those overlapping a commit
+  (``RunWriter.commit``, on the writer thread), those
   overlapping a chunk file write (``LocalSink.put`` / ``FsspecSink.put``, on the write threads), and the
   others, each group's extra time over the bare loop's mean step, per step of the run: the groups add up
   to the run's extra time a step.
 
 Times are the host's: on a GPU a step's host time is its launches (and its waits for the device). With a
 writer process (``--set record.writer=process``) the store's events are in the other process and are not
-seen here. Instrumenting adds about a microsecond a step to both loops. The runs go to a temporary directory
+seen here (``record.writer: auto`` picks it for a GPU run of the reference config). Instrumenting adds about a microsecond a step to both loops. The runs go to a temporary directory
 (under ``$TRAJSCOPE_BENCH_DIR`` if set, as in ``record_overhead.py``).
 
     python bench/step_anatomy.py [--config reference] [--device cpu] [--steps 2000] [--repeats 3]
@@ -95,7 +96,12 @@ def instrument(timeline: Timeline) -> None:
 
 def step_table(bare: Timeline, recorded: Timeline, steps: int) -> dict[str, float]:
     """The figures of one repeat (µs a step, over the steady window)."""
+    for loop in (bare, recorded):
+        if len(loop.wall) != steps + 1:  # (record.every, train.stop_loss: not one stamp a step)
+            raise SystemExit(f"step_anatomy: a loop stamped {len(loop.wall)} of {steps + 1} steps: it times runs that "
+                             "record every step to the end (no record.every, no train.stop_loss)")
     first, last = steady_window(steps)
+    last -= 1  # (on a GPU the bare loop synchronizes before its step `last`: that interval is left out of both)
     wall_b = np.diff(np.array(bare.wall, dtype=np.int64))[first:last] / 1e3
     stamps = np.array(recorded.wall, dtype=np.int64)
     wall_r = np.diff(stamps)[first:last] / 1e3
@@ -176,7 +182,7 @@ def main() -> None:
     print("| steps during which... | share of the steps | their mean step, µs | their extra time over the bare "
           "loop's mean step, µs a step of the run |")
     print("|---|---:|---:|---:|")
-    for group, label in (("hand-off", "the training thread handed a chunk to the store"),
+    for group, label in (("hand-off", "a chunk was handed to the store (`write_block`)"),
                          ("commit", "a commit ran (and no hand-off)"),
                          ("chunk write", "a chunk file was written (and neither of the above)"),
                          ("other", "none of these ran")):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from trajscope.producer import module as adapter
-from trajscope.producer.recorder import Recorder, recording_waits, write_io
+from trajscope.producer.recorder import Recorder, recording_waits, unstored_end, write_io
 from trajscope.producer.segments import record_segment
 from trajscope.store import RunWriter, StoreRoot
 from trajscope.store.chunkio import WRITE_IO_MODES
@@ -331,7 +331,10 @@ class ModuleRecorder:
         return self.root.run_url(self.run_id)
 
     def close(self, status: str = "complete", error: str | None = None) -> str:
-        """Flush, commit everything recorded, end the run with ``status``; returns the run's location."""
+        """Flush, commit everything recorded, end the run with ``status``; returns the run's location.
+
+        Raises :class:`~trajscope.store.errors.RunFailed` when the last writes fail here although the loop ended
+        well (the run is ended ``failed``), or when the run's end cannot be stored (a full disk)."""
         if self._closed:
             return self.location
         self._closed = True
@@ -355,9 +358,8 @@ class ModuleRecorder:
                                 time.perf_counter() - started)
         try:
             self.writer.finish(status, error, last_step=last, recording_waits=waits)  # (releases the lock)
-        except OSError as exc:  # e.g. a full disk took the final document too (the run stays `running`)
-            raise RunFailed(f"run {self.run_id!r} ended {status}{f' ({error})' if error else ''} but its status "
-                            f"could not be stored ({exc}); its {committed} committed states are kept") from None
+        except OSError as exc:  # e.g. a full disk took the final document too (a loop's own error stays its context)
+            raise unstored_end(self.writer, status, error, committed, exc)
         self.status = status
         if interrupt is not None:
             raise interrupt

@@ -57,6 +57,7 @@ import torch
 
 from trajscope.store import RunWriter, StoreRoot
 from trajscope.store.chunkio import DIRECT_IO_FILESYSTEMS, StateRows, aligned_empty, filesystem_type
+from trajscope.store.errors import RunFailed
 from trajscope.store.locks import HEARTBEAT_SECONDS
 from trajscope.store.writer_process import SharedChunks, WriterProcess, WriterProcessError
 
@@ -272,8 +273,9 @@ class Recorder:
         except BaseException:
             if process is not None:  # nothing was handed to it, or nothing of it is the run's yet
                 process.kill()
-            if self._shared is not None:  # (its descriptor, unless the writer process took it already)
-                self._shared.release_fd()
+            if self._shared is not None:  # (its descriptor and mapping, whatever the writer process took)
+                self._slots = []
+                self._shared.close()
             raise
 
     def _preload(self, preload: Mapping[str, np.ndarray], start_index: int) -> None:
@@ -514,14 +516,12 @@ class Recorder:
                     self._cut = slot.start
                 raise
             return  # the writer thread commits when due (a written block wakes it)
-        queued = False
         try:
             self.staging.start_copy(slot)
             self._filled.put(index)
-            queued = True
-        except BaseException:  # a Ctrl-C (or a device error) before the chunk reached the writer thread: it is
-            if not queued and self._cut is None:  # never written, so nothing from it is committed, and the run
-                self._cut = slot.start  # ends `interrupted` over what is (not `failed` for a state it lacks)
+        except KeyboardInterrupt:  # a Ctrl-C before the chunk reached the writer thread (or just after): nothing
+            if self._cut is None:  # from it is committed, and the run ends `interrupted` over what is (not
+                self._cut = slot.start  # `failed` for the states it lacks)
             raise
 
     def close(self) -> int:
@@ -821,6 +821,22 @@ def recording_waits(previous: Mapping | None, recorder: "Recorder", seconds: flo
         before = float(before) if isinstance(before, (int, float)) and not isinstance(before, bool) else 0.0
         previous[name] = round(before + value, 6)
     return previous
+
+
+def unstored_end(writer: RunWriter, status: str, error: str | None, committed: int, exc: OSError) -> RunFailed:
+    """The one-line error for a run whose end could not be written (:meth:`RunWriter.finish` raised ``exc``, e.g.
+    a full disk): what is stored, and the command that finishes the run, read back from the store."""
+    location = writer.root.run_url(writer.run_id)
+    what = f"run {writer.run_id!r} ended {status}{f' ({error})' if error else ''}"
+    try:
+        stored = writer.root.read_attrs(writer.run_id).get("status")
+    except Exception:  # noqa: BLE001 - unreadable now: said as not stored
+        stored = None
+    if stored == status:  # the final document is written; cutting the arrays to the committed states failed
+        return RunFailed(f"{what}, but its arrays could not be cut to its {committed} committed states ({exc}); "
+                         f"readers cut them all the same, and `trajscope fsck --repair {location}` finishes the cut")
+    return RunFailed(f"{what}, but its status could not be stored ({exc}); its {committed} committed states are kept: "
+                     f"free the space, then `trajscope resume {location}` ends or continues it")
 
 
 #: ``record.writer: auto`` uses a writer process for GPU runs recording at least this many bytes

@@ -21,8 +21,8 @@ from trajscope.producer.budget import check_budget, data_shape
 from trajscope.producer.config import RunConfig, load_config
 from trajscope.producer.data import build_dataset
 from trajscope.producer.model import State, TwoLayerReLU, initialize
-from trajscope.producer.recorder import (Recorder, recording_waits, start_writer_process, wants_writer_process,
-                                         write_io)
+from trajscope.producer.recorder import (Recorder, recording_waits, start_writer_process, unstored_end,
+                                         wants_writer_process, write_io)
 from trajscope.producer.segments import record_segment
 from trajscope.producer import two_layer
 from trajscope.store import RunWriter, StoreRoot, resolve_run, validate_run_id
@@ -405,9 +405,7 @@ def _train(
         writer.finish(status, error, final_loss=final_loss, last_step=int(schedule[committed - 1]) if committed else 0,
                       recording_waits=waits)
     except OSError as exc:  # e.g. a full disk took the final document too (finish released the lock)
-        raise RunFailed(f"run {writer.run_id!r} ended {status}{f' ({error})' if error else ''} but its status "
-                        f"could not be stored ({exc}); its {committed} committed states are kept: free the space, "
-                        f"then `trajscope resume {writer.run_id}` ends or continues it") from None
+        raise unstored_end(writer, status, error, committed, exc) from None
     result = RunResult(
         run_id=writer.run_id,
         location=writer.root.run_url(writer.run_id),
@@ -425,5 +423,5 @@ def _train(
                   "elapsed": result.seconds, "done": True})
     if status == "failed":
         raise RunFailed(f"run {writer.run_id!r} failed: {error} ({committed} states committed; once the cause is "
-                        f"fixed `trajscope resume {writer.run_id}` continues it)")
+                        f"fixed `trajscope resume {writer.root.run_url(writer.run_id)}` continues it)")
     return result

@@ -144,6 +144,16 @@ class SharedChunks:
             os.close(self.fd)
             self.fd = None
 
+    def close(self) -> None:
+        """Release the descriptor and the mapping (its own duplicate descriptor too) once nothing else uses
+        them: the views are dropped here; a mapping still exported elsewhere is freed when that goes."""
+        self.release_fd()
+        self._views = []
+        try:
+            self._map.close()
+        except BufferError:  # a view still alive elsewhere (a slot's tensor): freed with it
+            pass
+
     def views(self, slot: int) -> dict[str, np.ndarray]:
         """The arrays of one slot, by variable (writable views of the shared memory)."""
         return self._views[slot]
@@ -165,6 +175,7 @@ class WriterProcess:
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
         self._closing = False
+        self._killed = False  # kill() stopped it: its end is no error to report
         self.final: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self._receiver: threading.Thread | None = None
@@ -250,6 +261,7 @@ class WriterProcess:
 
     def kill(self) -> None:
         """Stop the writer process at once (nothing more is written or committed)."""
+        self._killed = True
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
@@ -284,7 +296,7 @@ class WriterProcess:
                 try:
                     message = self._conn.recv()
                 except (EOFError, OSError):
-                    if not self._closing or self.final is None:
+                    if not self._killed and (not self._closing or self.final is None):
                         try:
                             self.proc.wait(timeout=5)
                         except subprocess.TimeoutExpired:

@@ -347,11 +347,45 @@ def test_a_full_disk_at_the_final_status_is_one_error_and_leaves_the_run_to_resu
         produce(config, root=tmp_path, name="r")
     message = str(caught.value)
     assert "\n" not in message and "ended complete" in message and "No space left" in message
-    assert "41 committed states are kept" in message and "trajscope resume r" in message
+    assert "41 committed states are kept" in message
+    assert f"trajscope resume {StoreRoot(tmp_path).run_url('r')}" in message
     ds = open_run("r", tmp_path)
     assert ds.attrs["status"] == "running" and ds.attrs["committed_steps"] == 41
     monkeypatch.setattr(writer_module, "write_final_document", final)
     assert resume("r", root=tmp_path).status == "complete"  # not RunLocked: the lock was released
+    produce(config, root=tmp_path, name="whole")
+    assert_same_trajectory(open_run("r", tmp_path).load(), open_run("whole", tmp_path).load())
+
+
+def test_a_full_disk_after_the_final_status_says_the_run_ended_and_how_to_finish_the_cut(tmp_path, small_config,
+                                                                                           monkeypatch):
+    """The final document is stored, then cutting the arrays to the committed states fails: the error says the
+    run ended (not that its status is lost) and names ``fsck --repair``, which finishes the cut."""
+    import errno
+
+    from trajscope.store import writer as writer_module
+    from trajscope.store.errors import RunFailed
+    from trajscope.store.fsck import fsck_run
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    config = small_config(train={"steps": 40, "stop_loss": 28.0})  # stops near step 17: arrays of 41 to cut
+    monkeypatch.setattr(writer_module, "shrink_arrays", disk_full)
+    with pytest.raises(RunFailed) as caught:
+        produce(config, root=tmp_path, name="r")
+    message = str(caught.value)
+    import zarr
+
+    ds = open_run("r", tmp_path)
+    committed = ds.attrs["committed_steps"]
+    assert ds.attrs["status"] == "complete" and ds.sizes["step"] == committed < 41  # readers cut it already
+    assert f"ended complete, but its arrays could not be cut to its {committed} committed states" in message
+    assert f"trajscope fsck --repair {StoreRoot(tmp_path).run_url('r')}" in message and "resume" not in message
+    assert zarr.open_array(str(tmp_path / "r.zarr" / "W"), mode="r").shape[0] == 41  # not cut on storage
+    monkeypatch.undo()
+    assert fsck_run(StoreRoot(tmp_path), "r", repair=True).status == "complete"
+    assert zarr.open_array(str(tmp_path / "r.zarr" / "W"), mode="r").shape[0] == committed
     produce(config, root=tmp_path, name="whole")
     assert_same_trajectory(open_run("r", tmp_path).load(), open_run("whole", tmp_path).load())
 

@@ -74,6 +74,7 @@ def test_a_run_whose_writes_fail_is_one_line_and_exit_1(tmp_path, small_config):
     import yaml
 
     from trajscope import open_run
+    from trajscope.store import StoreRoot
 
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(small_config(train={"steps": 60})))
@@ -86,7 +87,8 @@ def test_a_run_whose_writes_fail_is_one_line_and_exit_1(tmp_path, small_config):
     assert "Traceback" not in proc.stderr + proc.stdout
     committed = open_run("r", root=root).attrs["committed_steps"]
     assert "injected fault at write.renaming" in lines[0] and f"({committed} states committed" in lines[0]
-    assert "trajscope resume r" in lines[0] and open_run("r", root=root).attrs["status"] == "failed"
+    assert f"trajscope resume {StoreRoot(root).run_url('r')}" in lines[0]  # (the root is not the default one)
+    assert open_run("r", root=root).attrs["status"] == "failed"
     resumed = cli("resume", "r", "--root", str(root), "-q")
     assert resumed.returncode == 0, resumed.stderr
     assert open_run("r", root=root).attrs["status"] == "complete"

@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         print(f"trajscope: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (CorruptData, RunFailed) as err:  # the command was fine, the stored run (or its run) is not: one line
-        print(f"trajscope: error: {err}", file=sys.stderr)  # too, and exit 1
-        raise SystemExit(1) from None
+    except (CorruptData, RunFailed) as err:  # the command was fine, the stored run (or the run itself) is not:
+        print(f"trajscope: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line too (a device's error
+        raise SystemExit(1) from None  # may span several), exit 1
     except typer.Abort:
         raise SystemExit(130) from None
     except ImportError as err:

@@ -50,6 +50,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Mapping
@@ -159,6 +160,27 @@ class SharedChunks:
         return self._views[slot]
 
 
+#: the trainer's handles on its writer processes, whose sockets a child made by ``fork`` closes (see below)
+_LIVE: "weakref.WeakSet[WriterProcess]" = weakref.WeakSet()
+
+
+def _drop_writer_sockets_in_child() -> None:
+    """In a child made by ``fork`` without ``exec`` (a DataLoader's workers beside a ``ModuleRecorder``): close
+    its copies of the writer processes' sockets. The writer process stops at the end of its socket, which
+    every copy keeps open, so after a killed trainer it kept the run locked while such a child lived."""
+    for process in list(_LIVE):
+        for closer in (process._conn.close, process._sock.close):
+            try:
+                closer()
+            except OSError:
+                pass
+    _LIVE.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_writer_sockets_in_child)
+
+
 class WriterProcess:
     """The trainer's handle on a writer process (see the module docstring).
 
@@ -180,6 +202,7 @@ class WriterProcess:
         self.error: BaseException | None = None
         self._receiver: threading.Thread | None = None
         self._shared: SharedChunks | None = None
+        _LIVE.add(self)
 
     @classmethod
     def start(cls) -> "WriterProcess":
@@ -257,6 +280,7 @@ class WriterProcess:
             self.proc.wait()
         self._conn.close()
         self._sock.close()
+        _LIVE.discard(self)
         return -1 if self.final is None else int(self.final["committed"])
 
     def kill(self) -> None:
@@ -275,6 +299,7 @@ class WriterProcess:
                 closer()
             except OSError:
                 pass
+        _LIVE.discard(self)
 
     def _send(self, message) -> None:
         with self._send_lock:

@@ -258,6 +258,29 @@ def test_killing_the_writer_process_waits_for_its_receiver_before_closing_the_so
     writer.finish("failed", "killed", last_step=0)
 
 
+def test_a_child_made_by_fork_does_not_keep_the_writer_process_alive():
+    """A child forked by the trainer (a DataLoader's workers) closes its copies of the writer process's socket,
+    so the writer process still sees the end of it as soon as the trainer's side closes (a killed trainer), not
+    when the last such child exits: until then it kept the run locked."""
+    import os
+    import time
+
+    process = writer_process.WriterProcess.start()
+    child = os.fork()
+    if child == 0:  # the child: lives on for 10 s, doing nothing with the socket
+        time.sleep(10)
+        os._exit(0)
+    try:
+        process._conn.close()  # the trainer's side goes away (the writer process has not been given a run)
+        process._sock.close()
+        started = time.monotonic()
+        process.proc.wait(timeout=8)  # it would wait for the child's 10 s if the child held a copy
+        assert time.monotonic() - started < 5
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+
+
 def test_a_dead_writer_process_behind_a_staging_stops_the_recorder(tmp_path):
     """The writer process dies mid-run: the next chunk's hand-off fails (the writer thread's send, or the
     receiver's end-of-file) and record() raises within a few chunks; nothing is committed past what the

@@ -19,8 +19,9 @@ goes first. For the ``produce`` run it splits the step:
 
 Times are the host's: on a GPU a step's host time is its launches (and its waits for the device). With a
 writer process (``--set record.writer=process``) the store's events are in the other process and are not
-seen here (``record.writer: auto`` picks it for a GPU run of the reference config). Instrumenting adds about a microsecond a step to both loops. The runs go to a temporary directory
-(under ``$TRAJSCOPE_BENCH_DIR`` if set, as in ``record_overhead.py``).
+seen here (``record.writer: auto`` picks it for a GPU run of the reference config). Instrumenting adds about a
+microsecond a step to both loops. The runs go to a temporary directory (under ``$TRAJSCOPE_BENCH_DIR`` if set,
+as in ``record_overhead.py``).
 
     python bench/step_anatomy.py [--config reference] [--device cpu] [--steps 2000] [--repeats 3]
                                  [--set record.io=buffered ...]

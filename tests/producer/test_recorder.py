@@ -374,7 +374,8 @@ def test_direct_writes_from_reused_chunk_buffers_store_every_state_as_it_was_rec
     writer.set_write_options(io="direct")
     assert writer.chunk_steps == 5 and 5 * h * dim * 4 >= DIRECT_MIN_BYTES
     steps = np.arange(states)
-    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=2, columns={"step": steps, "t": steps * 0.5})
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=2,
+                        columns={"step": steps, "t": steps * 0.5})
     W = torch.zeros(h, dim)
     for k in range(states):
         W.add_(1.0)

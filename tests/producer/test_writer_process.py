@@ -267,15 +267,13 @@ def test_a_child_made_by_fork_does_not_keep_the_writer_process_alive():
 
     process = writer_process.WriterProcess.start()
     child = os.fork()
-    if child == 0:  # the child: lives on for 10 s, doing nothing with the socket
-        time.sleep(10)
+    if child == 0:  # the child: lives on for 60 s, doing nothing with the socket
+        time.sleep(60)
         os._exit(0)
     try:
         process._conn.close()  # the trainer's side goes away (the writer process has not been given a run)
         process._sock.close()
-        started = time.monotonic()
-        process.proc.wait(timeout=8)  # it would wait for the child's 10 s if the child held a copy
-        assert time.monotonic() - started < 5
+        process.proc.wait(timeout=30)  # it would wait for the child's 60 s if the child held a copy
     finally:
         os.kill(child, 9)
         os.waitpid(child, 0)

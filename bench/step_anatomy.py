@@ -19,9 +19,9 @@ goes first. For the ``produce`` run it splits the step:
 
 Times are the host's: on a GPU a step's host time is its launches (and its waits for the device). With a
 writer process (``--set record.writer=process``) the store's events are in the other process and are not
-seen here (``record.writer: auto`` picks it for a GPU run of the reference config). Instrumenting adds about a
-microsecond a step to both loops. The runs go to a temporary directory (under ``$TRAJSCOPE_BENCH_DIR`` if set,
-as in ``record_overhead.py``).
+seen here (``record.writer: auto`` picks it for a GPU run of the reference config). Both loops pay the same
+stamp a step (two clock reads); the recorded one also a wrapper around ``record()`` and the store's methods.
+The runs go to a temporary directory (under ``$TRAJSCOPE_BENCH_DIR`` if set, as in ``record_overhead.py``).
 
     python bench/step_anatomy.py [--config reference] [--device cpu] [--steps 2000] [--repeats 3]
                                  [--set record.io=buffered ...]
@@ -43,17 +43,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record_overhead import REFERENCE, plain_loop, steady_window, trajscope_run  # noqa: E402
 from record_ceiling import CONFIGS  # noqa: E402
 
-#: store events recorded, by label: (class path, method)
-EVENTS = {"hand-off": ("trajscope.store.writer:RunWriter", "write_block"),
-          "commit": ("trajscope.store.writer:RunWriter", "commit"),
-          "chunk write": ("trajscope.store.chunkio:LocalSink", "put"),
-          "chunk write ": ("trajscope.store.chunkio:FsspecSink", "put")}  # (the same group: an fsspec root)
+#: store events recorded: (group, class path, method); a step is counted in the first group that touches it
+EVENTS = [("hand-off", "trajscope.store.writer:RunWriter", "write_block"),
+          ("commit", "trajscope.store.writer:RunWriter", "commit"),
+          ("chunk write", "trajscope.store.chunkio:LocalSink", "put"),
+          ("chunk write", "trajscope.store.chunkio:FsspecSink", "put")]
+GROUPS = list(dict.fromkeys(group for group, _, _ in EVENTS))
 
 
 class Timeline:
     """Per-step stamps of the training thread (wall and thread CPU time, ns) and the store's events."""
 
     def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
         self.wall: list[int] = []
         self.cpu: list[int] = []
         self.record_ends: list[int] = []
@@ -80,12 +84,12 @@ def instrument(timeline: Timeline) -> None:
             timeline.record_ends.append(time.perf_counter_ns())
 
     Recorder.record = timed_record
-    for label, (path, method) in EVENTS.items():
+    for group, path, method in EVENTS:
         module, _, name = path.partition(":")
         cls = getattr(importlib.import_module(module), name)
         original = getattr(cls, method)
 
-        def timed(self, *args, _original=original, _group=label.strip(), **kwargs):
+        def timed(self, *args, _original=original, _group=group, **kwargs):
             start = time.perf_counter_ns()
             try:
                 return _original(self, *args, **kwargs)
@@ -112,16 +116,15 @@ def step_table(bare: Timeline, recorded: Timeline, steps: int) -> dict[str, floa
     out = {"bare": bare_mean, "recorded": float(wall_r.mean()), "record()": float(inside.mean()),
            "rest": float((wall_r - inside).mean()), "off-CPU": float((wall_r - cpu_r).mean()),
            "record() median": float(np.median(inside))}
-    # the steps each group touches (a step is in the first group that touches it, in this order)
-    groups = ["hand-off", "commit", "chunk write"]
-    touched = {g: np.zeros(len(stamps) - 1, bool) for g in groups}
+    # the steps each group touches (a step is in the first group that touches it, in the order of GROUPS)
+    touched = {g: np.zeros(len(stamps) - 1, bool) for g in GROUPS}
     for group, start, end in recorded.events:
         i0 = max(int(np.searchsorted(stamps, start, "right")) - 1, 0)
         i1 = min(int(np.searchsorted(stamps, end, "right")) - 1, len(stamps) - 2)
         if i1 >= i0:
             touched[group][i0 : i1 + 1] = True
     left = np.ones(last - first, bool)
-    for group in groups:
+    for group in GROUPS:
         mine = left & touched[group][first:last]
         out[f"{group}: steps"] = float(mine.mean())
         out[f"{group}: excess"] = float((wall_r[mine] - bare_mean).sum() / len(wall_r))
@@ -158,10 +161,10 @@ def main() -> None:
         for which in order:
             os.sync()  # (no run pays for an earlier one's write-back)
             if which == "bare":
-                bare.__init__()
+                bare.clear()
                 plain_loop(cfg, lambda *state: bare.stamp())
             else:
-                recorded.__init__()
+                recorded.clear()
                 with tempfile.TemporaryDirectory(dir=os.environ.get("TRAJSCOPE_BENCH_DIR")) as directory:
                     trajscope_run(recorded_cfg, Path(directory))
         rows.append(step_table(bare, recorded, args.steps))
@@ -189,7 +192,7 @@ def main() -> None:
                          ("other", "none of these ran")):
         print(f"| {label} | {med[f'{group}: steps']:.1%} | {med[f'{group}: mean step']:,.0f} | "
               f"{med[f'{group}: excess']:,.0f} |")
-    total = sum(med[f"{g}: excess"] for g in ("hand-off", "commit", "chunk write", "other"))
+    total = sum(med[f"{g}: excess"] for g in (*GROUPS, "other"))
     print(f"| all (the sum of the medians) | 100% | {med['recorded']:,.0f} | {total:,.0f} |")
     print()
     for i, r in enumerate(rows):

@@ -5,21 +5,25 @@
 #                                    # without zarr, pydantic... needs, for CPython 3.12, into .whl/
 #   bash bench/gpu_check.sh run      # there, from the repository root: installs what is missing from
 #                                    # .whl/, runs tests/gpu (the GPU path's correctness, on the GPU), then
-#                                    # record_overhead (reference, wide), step_anatomy (reference)
-#                                    # and record_ceiling
-#                                    # (the default chunk buffers, then --buffers 3, then the wide
-#                                    # config's states);
-#                                    # every table lands in $OUT (default ./gpu-check)
+#                                    # record_overhead (reference, wide), record_ceiling (reference
+#                                    # states, wide states), step_anatomy (reference), record_ceiling
+#                                    # with --buffers 3, most needed first, each under its own limit
+#                                    # within BUDGET; every table lands in $OUT (default ./gpu-check),
+#                                    # 8 files at most, stage times in machine.txt
 #
 # Environment: DEVICE (cuda; cpu rehearses the run on a machine without a GPU), TESTS_TIMEOUT (seconds for
 # tests/gpu, 150), TRAJSCOPE_TEST_GPU_STEPS (steps of its killed run on the GPU, 10000), STEPS (reference config,
-# 3000), WIDE_STEPS (wide config, 300), REPEATS (3), CEILING_MB (512), WIDE_CEILING_MB (1024),
+# 3000), WIDE_STEPS (wide config, 300), REPEATS (3), CEILING_MB (512), WIDE_CEILING_MB (512),
+# BUDGET (seconds for all stages, 540),
 # PYVER (3.12, for `wheels`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-# what a machine with torch, numpy, fsspec, xarray, pandas, rich, typer, yaml has and the benches lack
-MISSING="zarr numcodecs donfig crc32c google-crc32c pydantic pydantic-core annotated-types typing-inspection"
+# what a machine with torch, numpy, fsspec, xarray, pandas, rich, typer, yaml, toolz, cloudpickle, click has and
+# the benches lack (dask: open_run opens lazily; a rehearsal in an environment like the GPU machine's found it;
+# on CPython 3.12 dask takes importlib.metadata from the standard library)
+MISSING="zarr numcodecs donfig crc32c google-crc32c pydantic pydantic-core annotated-types typing-inspection
+  dask partd locket"
 
 case "${1:-}" in
 wheels)
@@ -62,31 +66,42 @@ EOF
     nproc; } > "$out/machine.txt"
   export TRAJSCOPE_BENCH_DIR=${TRAJSCOPE_BENCH_DIR:-$PWD}
   status=0
+  # each stage under its own limit and the run's deadline (BUDGET seconds from here), so one slow stage
+  # cannot take the others' time; its seconds land in machine.txt (a device run returns at most 8 files)
+  deadline=$(( $(date +%s) + ${BUDGET:-540} ))
+  stage() {  # stage FILE LIMIT COMMAND...: COMMAND's output into $out/FILE and on stdout
+    local file=$1 limit=$2 began left; shift 2
+    began=$(date +%s); left=$(( deadline - began )); [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -lt 15 ]; then echo "$file: skipped, ${left}s left of BUDGET" | tee -a "$out/machine.txt"; status=1; return; fi
+    # KILL: a produce run ends gracefully on SIGTERM and the bench would go on with a shortened run
+    timeout -s KILL "$limit" "$@" > "$out/$file" 2>&1
+    local rc=$?
+    [ "$rc" -eq 0 ] || { status=1; echo "(exit $rc after $(( $(date +%s) - began ))s, limit ${limit}s)" >> "$out/$file"; }
+    cat "$out/$file"
+    echo "$file: $(( $(date +%s) - began ))s (limit ${limit}s)" >> "$out/machine.txt"
+  }
   # first what must hold on the GPU itself: recorded states equal copies taken in the loop, SIGKILL + resume
   # is bit-identical, with the writer thread and the writer process (tests/gpu, its cases for $device; for
   # cuda a machine where torch sees no GPU fails here instead of skipping)
   require=0; [ "$device" = cuda ] && require=1
-  TRAJSCOPE_TEST_REQUIRE_CUDA=$require timeout "${TESTS_TIMEOUT:-150}" python3 -m pytest -q -rs -p no:cacheprovider \
-    tests/gpu -k "$device" 2>&1 | tee "$out/gpu_tests.txt" || status=1
-  python3 bench/record_overhead.py --device "$device" --config reference --steps "${STEPS:-3000}" \
-    --repeats "${REPEATS:-3}" 2>&1 | tee "$out/overhead_reference.md" || status=1
-  # where a recorded step's host time goes (record(), hand-offs, commits), against the bare loop's
-  python3 bench/step_anatomy.py --device "$device" --config reference --steps "${STEPS:-3000}" \
-    --repeats "${REPEATS:-3}" 2>&1 | tee "$out/anatomy_reference.md" || status=1
-  python3 bench/record_overhead.py --device "$device" --config wide --steps "${WIDE_STEPS:-300}" \
-    --repeats "${REPEATS:-3}" --no-baselines 2>&1 | tee "$out/overhead_wide.md" || status=1
-  python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}" \
-    > "$out/ceiling.md" 2>&1 || status=1
-  cat "$out/ceiling.md"
-  # the recorders with the former fixed 3 chunk buffers (2 chunks in flight) against the default above
-  python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}" --buffers 3 --roots local,memory \
-    > "$out/ceiling_buffers3.md" 2>&1 || status=1
-  cat "$out/ceiling_buffers3.md"
+  export TRAJSCOPE_TEST_REQUIRE_CUDA=$require
+  stage gpu_tests.txt "${TESTS_TIMEOUT:-150}" \
+    python3 -m pytest -q -rs -p no:cacheprovider tests/gpu -k "$device"
+  stage overhead_reference.md 130 python3 bench/record_overhead.py --device "$device" --config reference \
+    --steps "${STEPS:-3000}" --repeats "${REPEATS:-3}"
+  stage overhead_wide.md 80 python3 bench/record_overhead.py --device "$device" --config wide \
+    --steps "${WIDE_STEPS:-300}" --repeats "${REPEATS:-3}" --no-baselines
+  stage ceiling.md 70 python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}"
   # the wide config's 6.3 MB states (chunks of 4): the store path a GPU recorder's writer thread writes
   # through (record.writer auto keeps the thread for states of 1 MiB or more)
-  python3 bench/record_ceiling.py --config wide --mb "${WIDE_CEILING_MB:-1024}" --repeats "${REPEATS:-3}" \
-    > "$out/ceiling_wide.md" 2>&1 || status=1
-  cat "$out/ceiling_wide.md"
+  stage ceiling_wide.md 60 python3 bench/record_ceiling.py --config wide --mb "${WIDE_CEILING_MB:-512}" \
+    --repeats "${REPEATS:-3}"
+  # where a recorded step's host time goes (record(), hand-offs, commits), against the bare loop's
+  stage anatomy_reference.md 50 python3 bench/step_anatomy.py --device "$device" --config reference \
+    --steps "${STEPS:-3000}" --repeats "${REPEATS:-3}"
+  # the recorders with the former fixed 3 chunk buffers (2 chunks in flight) against the default above
+  stage ceiling_buffers3.md 40 python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}" \
+    --buffers 3 --roots local,memory
   exit $status
   ;;
 *)

@@ -13,8 +13,10 @@
 #
 # Environment: DEVICE (cuda; cpu rehearses the run on a machine without a GPU), TESTS_TIMEOUT (seconds for
 # tests/gpu, 150), TRAJSCOPE_TEST_GPU_STEPS (steps of its killed run on the GPU, 10000), STEPS (reference config,
-# 3000), WIDE_STEPS (wide config, 300), REPEATS (3), CEILING_MB (512), WIDE_CEILING_MB (512),
-# BUDGET (seconds for all stages, 540),
+# 3000), WIDE_STEPS (wide config, 300), REPEATS (3), CEILING_MB (512), WIDE_CEILING_MB (256; 512 took over 60 s on an H200),
+# BUDGET (seconds for all stages, 540), STAGES (the stages to run, by file name without its suffix, comma-
+# separated: gpu_tests,overhead_reference,...; all), VARIANTS (record_overhead's --variants for the reference
+# config; all),
 # PYVER (3.12, for `wheels`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -71,6 +73,7 @@ EOF
   deadline=$(( $(date +%s) + ${BUDGET:-540} ))
   stage() {  # stage FILE LIMIT COMMAND...: COMMAND's output into $out/FILE and on stdout
     local file=$1 limit=$2 began left; shift 2
+    case ",${STAGES:-all}," in *",${file%.*},"*|*,all,*) ;; *) return ;; esac
     began=$(date +%s); left=$(( deadline - began )); [ "$left" -lt "$limit" ] && limit=$left
     if [ "$limit" -lt 15 ]; then echo "$file: skipped, ${left}s left of BUDGET" | tee -a "$out/machine.txt"; status=1; return; fi
     # KILL: a produce run ends gracefully on SIGTERM and the bench would go on with a shortened run
@@ -88,13 +91,13 @@ EOF
   stage gpu_tests.txt "${TESTS_TIMEOUT:-150}" \
     python3 -m pytest -q -rs -p no:cacheprovider tests/gpu -k "$device"
   stage overhead_reference.md 130 python3 bench/record_overhead.py --device "$device" --config reference \
-    --steps "${STEPS:-3000}" --repeats "${REPEATS:-3}"
+    --steps "${STEPS:-3000}" --repeats "${REPEATS:-3}" ${VARIANTS:+--variants "$VARIANTS"}
   stage overhead_wide.md 80 python3 bench/record_overhead.py --device "$device" --config wide \
     --steps "${WIDE_STEPS:-300}" --repeats "${REPEATS:-3}" --no-baselines
   stage ceiling.md 70 python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}"
   # the wide config's 6.3 MB states (chunks of 4): the store path a GPU recorder's writer thread writes
   # through (record.writer auto keeps the thread for states of 1 MiB or more)
-  stage ceiling_wide.md 60 python3 bench/record_ceiling.py --config wide --mb "${WIDE_CEILING_MB:-512}" \
+  stage ceiling_wide.md 120 python3 bench/record_ceiling.py --config wide --mb "${WIDE_CEILING_MB:-256}" \
     --repeats "${REPEATS:-3}"
   # where a recorded step's host time goes (record(), hand-offs, commits), against the bare loop's
   stage anatomy_reference.md 50 python3 bench/step_anatomy.py --device "$device" --config reference \

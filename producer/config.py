@@ -160,12 +160,9 @@ class RecordConfig(_Strict):
     writing runs — ``thread`` (a thread of the training process), ``process`` (a long-lived writer
     process fed through shared memory, each chunk copied into it: the store's Python work stays off the
     training process's GIL; CPU or CUDA training on a local root only, else the thread is used), or
-    ``auto``, the default: the process for CUDA runs on a local root recording at least
-    ``AUTO_PROCESS_BYTES``, 64 MB, of states under 1 MiB each, the thread otherwise (on the CPU the
-    thread, which keeps the states by reference, measured faster than the process, BENCHMARKS.md
-    "Recording overhead"; on a GPU the process keeps the store's Python off the lock a launch-bound loop
-    takes back at every kernel launch, BENCHMARKS.md "Writer isolation (launch-bound loop)"; for a large
-    state a process would add a host copy at GB/s, and a small run does not repay an interpreter).
+    ``auto``, the default: the thread (on the CPU the thread, which keeps the states by reference, measured
+    faster than the process, BENCHMARKS.md "Recording overhead"; on an H200 the thread recorded the reference
+    config at 0.99× the bare loop's time against 1.82× for the process, BENCHMARKS.md "GPU table").
     ``io``: how chunk files are written on a local root — ``buffered`` (through the page cache), ``direct``
     (``O_DIRECT`` from page-aligned chunk buffers: the kernel copies nothing, the CPU recorder copies each state
     into those buffers instead of keeping it by reference; a filesystem that refuses it gets buffered writes),

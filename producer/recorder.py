@@ -45,6 +45,7 @@ a launch-bound training loop waits for at every kernel launch, runs in the other
 from __future__ import annotations
 
 import math
+import numbers
 import queue
 import subprocess
 import threading
@@ -390,9 +391,12 @@ class Recorder:
                         group[1].append(value)
                     elif isinstance(value, torch.Tensor) and value.numel() == 1 and value.device.type == "cpu":
                         # a number held in a CPU tensor (ModuleRecorder's extras) written into a device row: as
-                        # a number (a fill kernel), since a copy from pageable host memory waits for the device
-                        slot.device[name][position] = value.item()
-                    else:  # Python numbers, and tensors that need broadcasting (e.g. shape (1,) into ())
+                        # a fill kernel's argument; an assignment (``row[i] = x``) copies x from pageable host
+                        # memory, which waits for the device (found on an H200 by tests/gpu in sync debug mode)
+                        slot.device[name][position].fill_(value.item())
+                    elif isinstance(value, numbers.Number):
+                        slot.device[name][position].fill_(value)
+                    else:  # tensors that need broadcasting (e.g. shape (1,) into ())
                         slot.device[name][position] = value
                 for targets, sources in groups.values():  # one launch per pair of dtypes (torch's multi-tensor
                     torch._foreach_copy_(targets, sources)  # copy takes one dtype a launch), no host sync
@@ -839,10 +843,6 @@ def unstored_end(writer: RunWriter, status: str, error: str | None, committed: i
                      f"free the space, then `trajscope resume {location}` ends or continues it")
 
 
-#: ``record.writer: auto`` uses a writer process for GPU runs recording at least this many bytes
-AUTO_PROCESS_BYTES = 64e6
-
-
 def write_io(choice: str, root: StoreRoot, device: torch.device, compressor: str = "none") -> str:
     """How the store writes a run's chunk files (``record.io``).
 
@@ -861,15 +861,11 @@ def write_io(choice: str, root: StoreRoot, device: torch.device, compressor: str
     return "direct" if filesystem_type(root.location) in DIRECT_IO_FILESYSTEMS else "buffered"
 
 
-def wants_writer_process(choice: str, root, device: torch.device, recorded_bytes: float | None,
-                         largest_state_bytes: int | None = None) -> bool:
+def wants_writer_process(choice: str, root, device: torch.device) -> bool:
     """Whether ``record.writer`` (``choice``) asks for a writer process and it applies here.
 
-    ``process``: on a CPU or CUDA device and a local root (else the writer thread). ``auto`` (the
-    default): a process for a CUDA run on a local root recording at least :data:`AUTO_PROCESS_BYTES`
-    (``recorded_bytes``) whose largest variable is under
-    :data:`~trajscope.store.layout.LARGE_STATE_BYTES` a state (``largest_state_bytes``; ``None`` when not
-    yet known counts as large a run and as small a state); the thread otherwise.
+    ``process``: on a CPU or CUDA device and a local root (else the writer thread). ``auto`` (the default)
+    and ``thread``: the writer thread.
 
     - On the CPU the process costs at least as much as the thread. The thread's recorder copies each state
       into its chunk buffers with direct I/O (with buffered I/O it keeps the state by reference, at a similar
@@ -877,37 +873,24 @@ def wants_writer_process(choice: str, root, device: torch.device, recorded_bytes
       and more CPU time. Per step the two were not distinguishable on this project's 2-core host; whole runs
       read 1.037–1.080× the bare loop for the thread against 1.087–1.104× for the process in the fifth
       session, 1.101× against 1.104× in the fifteenth (BENCHMARKS.md, "Recording overhead").
-    - A GPU loop of small states is launch-bound: it takes the interpreter lock back after every kernel
-      launch, and the writer thread's Python per chunk competes for it. In ``bench/writer_isolation.py
-      --loop launch-bound --pin`` (medians of 9 and 15 noisy repeats) the thread cost the loop 1.16×
-      against 1.04–1.09× for a writer process fed as the recorder feeds it, both writing 0.6 GB/s; at the H200's
-      1.2 GB/s, 1.08× against 1.05×, the thread writing 0.59 GB/s and the process 0.72 on these 2 cores
-      (BENCHMARKS.md, "Writer isolation (launch-bound loop)").
-    - A large state keeps the thread: a process would add a host copy of every chunk to a write rate of
-      GB/s (the wide config needs 3.7 GB/s, about what one core copies), and the wide config's loop
-      (n = 10 000) is compute-bound, which leaves the lock free. Nothing measures that case yet: the thread,
-      until a GPU does.
-
+    - On an H200 (BENCHMARKS.md, "GPU table") the reference config (states of 318 kB) recorded with the
+      thread at 0.988× the bare loop's time against 1.822× with the process (3 repeats of 3000 steps; 95%
+      intervals 0.93–1.16 and 1.73–1.92; CPU time 1.10× against 1.85×), and the wide config (6.3 MB) at
+      0.917× against 1.009×. A CPU proxy of a launch-bound loop had favoured the process for small GPU states
+      (``bench/writer_isolation.py --loop launch-bound``); the GPU itself did not, so no case picks it.
     """
     from trajscope.store import writer_process
-    from trajscope.store.layout import LARGE_STATE_BYTES
 
-    if (choice == "thread" or device.type not in ("cpu", "cuda") or not root.is_local
-            or not writer_process.available()):
-        return False
-    return choice == "process" or (device.type == "cuda"
-                                   and (recorded_bytes is None or recorded_bytes >= AUTO_PROCESS_BYTES)
-                                   and (largest_state_bytes is None or largest_state_bytes < LARGE_STATE_BYTES))
+    return (choice == "process" and device.type in ("cpu", "cuda") and root.is_local
+            and writer_process.available())
 
 
-def start_writer_process(choice: str, root, device: torch.device, recorded_bytes: float | None,
-                         largest_state_bytes: int | None = None) -> WriterProcess | None:
+def start_writer_process(choice: str, root, device: torch.device) -> WriterProcess | None:
     """A started writer process if :func:`wants_writer_process` says so, else ``None`` (the writer thread).
 
-    Started as early as possible, so its start-up overlaps the caller's; a caller that did not know the
-    sizes yet asks :func:`wants_writer_process` again once it does.
+    Started as early as possible, so its start-up overlaps the caller's (the dataset build).
     """
-    if not wants_writer_process(choice, root, device, recorded_bytes, largest_state_bytes):
+    if not wants_writer_process(choice, root, device):
         return None
     return WriterProcess.start()
 

@@ -21,8 +21,7 @@ from trajscope.producer.budget import check_budget, data_shape
 from trajscope.producer.config import RunConfig, load_config
 from trajscope.producer.data import build_dataset
 from trajscope.producer.model import State, TwoLayerReLU, initialize
-from trajscope.producer.recorder import (Recorder, recording_waits, start_writer_process, unstored_end,
-                                         wants_writer_process, write_io)
+from trajscope.producer.recorder import Recorder, recording_waits, start_writer_process, unstored_end, write_io
 from trajscope.producer.segments import record_segment
 from trajscope.producer import two_layer
 from trajscope.store import RunWriter, StoreRoot, resolve_run, validate_run_id
@@ -144,8 +143,7 @@ def produce(
     if shape is not None:  # sizes known from the config: checked before the data are built
         check_budget(cfg, store_root, *shape)
     # started now, so its start-up overlaps the dataset build; owned by the recorder once it exists
-    process = start_writer_process(cfg.record.writer, store_root, device, _recorded_bytes(cfg, shape),
-                                   _largest_state_bytes(cfg, shape))
+    process = start_writer_process(cfg.record.writer, store_root, device)
     try:
         return _produce(cfg, store_root, device, name, labels, progress, process)
     except BaseException:
@@ -154,37 +152,11 @@ def produce(
         raise
 
 
-def _state_bytes(cfg: RunConfig, shape: tuple[int, int] | None) -> list[int] | None:
-    """Bytes one state of each array-valued recorded variable takes (``W``, ``v``, ``output``:
-    ``model.width × dim``, ``model.width`` and ``n`` values); ``None`` when the data's size is not known yet."""
-    if shape is None:
-        return None
-    n, dim = shape
-    item = np.dtype(cfg.train.dtype).itemsize
-    return [cfg.model.width * dim * item, cfg.model.width * item, n * item]
-
-
-def _recorded_bytes(cfg: RunConfig, shape: tuple[int, int] | None) -> float | None:
-    """Bytes of every recorded state of the run (``None`` when the data's size is not known yet)."""
-    sizes = _state_bytes(cfg, shape)
-    return None if sizes is None else float(len(recording_schedule(cfg))) * (sum(sizes) + 8)
-
-
-def _largest_state_bytes(cfg: RunConfig, shape: tuple[int, int] | None) -> int | None:
-    """Bytes of one state of the largest recorded variable (``None`` when the data's size is not known yet)."""
-    sizes = _state_bytes(cfg, shape)
-    return None if sizes is None else max(sizes)
-
-
 def _produce(cfg, store_root, device, name, labels, progress, process) -> RunResult:
     X, y, data_info = build_dataset(cfg)
     if cfg.train.batch_size is not None and cfg.train.batch_size > X.shape[0]:
         raise UserError(f"train.batch_size {cfg.train.batch_size} exceeds the {X.shape[0]} samples")
     check_budget(cfg, store_root, X.shape[0], X.shape[1])
-    if process is not None and not wants_writer_process(
-            cfg.record.writer, store_root, device, _recorded_bytes(cfg, X.shape), _largest_state_bytes(cfg, X.shape)):
-        process.kill()  # started before the data's size was known (npz data), and the sizes say thread
-        process = None
     run_id = name if name is not None else _default_run_id(cfg, store_root)
     dtype = cfg.train.dtype
     schedule = recording_schedule(cfg)
@@ -247,10 +219,7 @@ def resume(
         cfg = load_config(writer.attrs["config"])
         device = resolve_device(cfg.train.device)
         record_segment(writer, _device_label(device))
-        remaining = max(len(recording_schedule(cfg)) - writer.committed_steps, 0)
-        state_bytes = [a.nbytes // max(a.shape[0], 1) for a in writer.arrays.values()]
-        process = start_writer_process(cfg.record.writer, store_root, device, remaining * sum(state_bytes),
-                                       max(state_bytes, default=0))
+        process = start_writer_process(cfg.record.writer, store_root, device)
         X = writer.group["X"][...]
         y = writer.group["y"][...]
         schedule = recording_schedule(cfg)

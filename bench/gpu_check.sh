@@ -96,7 +96,7 @@ EOF
     --steps "${WIDE_STEPS:-300}" --repeats "${REPEATS:-3}" --no-baselines
   stage ceiling.md 70 python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}"
   # the wide config's 6.3 MB states (chunks of 4): the store path a GPU recorder's writer thread writes
-  # through (record.writer auto keeps the thread for states of 1 MiB or more)
+  # through (record.writer auto is the thread)
   stage ceiling_wide.md 120 python3 bench/record_ceiling.py --config wide --mb "${WIDE_CEILING_MB:-256}" \
     --repeats "${REPEATS:-3}"
   # where a recorded step's host time goes (record(), hand-offs, commits), against the bare loop's

@@ -13,8 +13,8 @@ during whichever run comes later; that write-back is a cost of every variant tha
 and the hand-written baselines' alike, and is not in these figures). Ratios are against the bare loop measured in the same run; the CPU-time
 ratio (CPU time of the process, all threads, and of its writer process) is the steadier figure on a machine shared with other work. "durability fsync"
 is trajscope with ``record.durability: fsync`` (chunks, directories and attributes fsynced); "writer thread" /
-"writer process" force ``record.writer`` (the default, "every step", is ``auto``: the thread on the CPU and for
-large states, a writer process for a GPU run of states under 1 MiB recording at least 64 MB). "buffered I/O"
+"writer process" force ``record.writer`` (the default, "every step", is ``auto``: the thread; before the
+seventeenth session a writer process for a GPU run of small states, BENCHMARKS.md "GPU table"). "buffered I/O"
 / "direct I/O" force ``record.io`` (the default, ``auto``, writes a CPU run's chunks on a disk with direct I/O, the
 states copied into page-aligned chunk buffers, and a GPU run's buffered; buffered, the CPU recorder keeps the
 states by reference).

@@ -19,7 +19,7 @@ goes first. For the ``produce`` run it splits the step:
 
 Times are the host's: on a GPU a step's host time is its launches (and its waits for the device). With a
 writer process (``--set record.writer=process``) the store's events are in the other process and are not
-seen here (``record.writer: auto`` picks it for a GPU run of the reference config). Both loops pay the same
+seen here. Both loops pay the same
 stamp a step (two clock reads); the recorded one also a wrapper around ``record()`` and the store's methods.
 The runs go to a temporary directory (under ``$TRAJSCOPE_BENCH_DIR`` if set, as in ``record_overhead.py``).
 

@@ -354,6 +354,31 @@ def test_copying_on_the_cpu_hands_blocks_over_from_the_training_thread_and_the_g
         np.testing.assert_array_equal(ds.v.values[:, 0], np.arange(states, dtype=np.float32))
 
 
+def test_numbers_go_into_the_gpus_rows_exactly(tmp_path):
+    """The GPU's rows (torch views of device buffers; here CPU stand-ins, since a CPU recorder copies into numpy
+    views) take a loss handed over as a Python number, as a number in a CPU tensor (``ModuleRecorder``'s
+    extras) or as a tensor of the row's shape, each stored exactly. (On the GPU the numbers go as a fill
+    kernel's argument: an assignment copied them from pageable memory, which waits for the device;
+    ``tests/gpu`` checks that in sync debug mode.)"""
+    h, dim, n, states = 4, 3, 5, 12
+    writer, shapes, dtypes = _small_run(tmp_path, "numbers", states, h, dim, n)
+    steps = np.arange(states)
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=DeferredStaging(0.0), buffers=2,
+                        columns={"step": steps, "t": steps * 0.5})
+    for slot in recorder._slots:  # the GPU's rows: torch views, not numpy
+        slot.rows = [{name: t[i] for name, t in slot.device.items()} for i in range(recorder.chunk)]
+    recorder._numpy_rows = False
+    losses = [k / 7 for k in range(states)]  # not exact in float32: a detour through it would show
+    for k, loss in enumerate(losses):
+        given = [loss, torch.tensor(loss, dtype=torch.float64), torch.tensor([loss], dtype=torch.float64)][k % 3]
+        recorder.record(W=torch.full((h, dim), float(k)), v=torch.zeros(h), loss=given, output=torch.zeros(n))
+    assert recorder.close() == states
+    writer.finish("complete")
+    ds = open_run("numbers", root=StoreRoot(tmp_path))
+    np.testing.assert_array_equal(ds.loss.values, np.array(losses))
+    np.testing.assert_array_equal(ds.W.values[:, 0, 0], np.arange(states, dtype=np.float32))
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "O_DIRECT"), reason="needs O_DIRECT (Linux)")
 def test_direct_writes_from_reused_chunk_buffers_store_every_state_as_it_was_recorded(tmp_path, monkeypatch):
     """Direct I/O (the CPU default on a disk) reads each chunk straight from the recorder's buffer while the loop

@@ -16,7 +16,7 @@
 # 3000), WIDE_STEPS (wide config, 300), REPEATS (3), CEILING_MB (512), WIDE_CEILING_MB (256; 512 took over 60 s on an H200),
 # BUDGET (seconds for all stages, 540), STAGES (the stages to run, by file name without its suffix, comma-
 # separated: gpu_tests,overhead_reference,...; all), VARIANTS (record_overhead's --variants for the reference
-# config; all),
+# config; all but "thread", which is what "every" (record.writer auto) runs),
 # PYVER (3.12, for `wheels`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -91,7 +91,7 @@ EOF
   stage gpu_tests.txt "${TESTS_TIMEOUT:-150}" \
     python3 -m pytest -q -rs -p no:cacheprovider tests/gpu -k "$device"
   stage overhead_reference.md 130 python3 bench/record_overhead.py --device "$device" --config reference \
-    --steps "${STEPS:-3000}" --repeats "${REPEATS:-3}" ${VARIANTS:+--variants "$VARIANTS"}
+    --steps "${STEPS:-3000}" --repeats "${REPEATS:-3}" --variants "${VARIANTS:-every,buffered,direct,process,fsync,dropped,npsave,torchsave}"
   stage overhead_wide.md 80 python3 bench/record_overhead.py --device "$device" --config wide \
     --steps "${WIDE_STEPS:-300}" --repeats "${REPEATS:-3}" --no-baselines
   stage ceiling.md 70 python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}"

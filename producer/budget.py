@@ -11,7 +11,7 @@ threads, the most any root gets by default):
 * one recorded state ``b = s (h D + h + n) + 24`` (``W``, ``v``, ``output``; ``loss``, ``step``, ``t``);
 * data ``8 (4 n D + 2 n²)`` (float64 copies while building, the ``n × n`` Gram of the separation);
 * training ``s (4 h D + 3 n h + n D)`` (weights, gradients, pre-activations, inputs on the device);
-* recorder ``B T b`` (the chunk buffers; ``2 B T b`` unless ``record.writer`` is ``thread``: an upper
+* recorder ``B T b`` (the chunk buffers; ``2 B T b`` with ``record.writer: process``: an upper
   bound, for a writer process on a GPU copies its chunks from pinned buffers into shared ones) and
   ``24 S`` (the schedule and its times);
 * disk ``S b + s n D + n`` (every state, uncompressed, and the static data).
@@ -77,7 +77,7 @@ def estimate(config: RunConfig, n: int, dim: int) -> Budget:
     chunk = chunk_steps_for(s * h * dim, int(config.record.chunk_mib * 2**20))
     items = {
         "recorder chunk buffers (model.width × data dim × record.buffers)":
-            chunk_buffers(config) * chunk * step_bytes * (1 if config.record.writer == "thread" else 2),
+            chunk_buffers(config) * chunk * step_bytes * (2 if config.record.writer == "process" else 1),
         "data (data.n × data.dim, and data.n² for the separation)": 8 * (4 * n * dim + 2 * n * n),
         "training (model.width × data.n × data.dim)": s * (4 * h * dim + 3 * n * h + n * dim),
         "recording schedule (train.steps / record.every)": 24 * states,

@@ -162,7 +162,8 @@ class RecordConfig(_Strict):
     training process's GIL; CPU or CUDA training on a local root only, else the thread is used), or
     ``auto``, the default: the thread (on the CPU the thread, which keeps the states by reference, measured
     faster than the process, BENCHMARKS.md "Recording overhead"; on an H200 the thread recorded the reference
-    config at 0.99× the bare loop's time against 1.82× for the process, BENCHMARKS.md "GPU table").
+    config at 0.99× and 1.39× the bare loop's time in two runs against 1.82× and 1.79× for the process,
+    BENCHMARKS.md "GPU table").
     ``io``: how chunk files are written on a local root — ``buffered`` (through the page cache), ``direct``
     (``O_DIRECT`` from page-aligned chunk buffers: the kernel copies nothing, the CPU recorder copies each state
     into those buffers instead of keeping it by reference; a filesystem that refuses it gets buffered writes),

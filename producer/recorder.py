@@ -38,8 +38,9 @@ does what the writer thread does (write, commit when due, free the buffer when w
 store's Python work runs under the training process's GIL. On the CPU the loop copies each state into the
 shared buffers. On a GPU the loop copies into device buffers as without a process, and the writer thread
 only waits for each chunk's copy to pinned memory, copies it into its shared buffer (numpy, without the
-GIL) and sends the message: the store's Python per chunk (the write pool's bookkeeping, the commits), which
-a launch-bound training loop waits for at every kernel launch, runs in the other process.
+GIL) and sends the message: the store's Python per chunk (the write pool's bookkeeping, the commits) runs
+in the other process. (That was to spare a launch-bound GPU loop the interpreter lock; on an H200 the thread
+measured faster, so the process is opt-in: :func:`wants_writer_process`.)
 """
 
 from __future__ import annotations
@@ -875,9 +876,11 @@ def wants_writer_process(choice: str, root, device: torch.device) -> bool:
       session, 1.101× against 1.104× in the fifteenth (BENCHMARKS.md, "Recording overhead").
     - On an H200 (BENCHMARKS.md, "GPU table") the reference config (states of 318 kB) recorded with the
       thread at 0.988× the bare loop's time against 1.822× with the process (3 repeats of 3000 steps; 95%
-      intervals 0.93–1.16 and 1.73–1.92; CPU time 1.10× against 1.85×), and the wide config (6.3 MB) at
-      0.917× against 1.009×. A CPU proxy of a launch-bound loop had favoured the process for small GPU states
-      (``bench/writer_isolation.py --loop launch-bound``); the GPU itself did not, so no case picks it.
+      intervals 0.93–1.16 and 1.73–1.92; CPU time 1.10× against 1.85×), and at 1.388× against 1.792× in a
+      second run (7 repeats). Per step the two were not distinguishable. On the wide config (6.3 MB) the
+      same thread configuration read 0.917× and 1.001× in one run, the process 1.009×: not separated. A CPU
+      proxy of a launch-bound loop had favoured the process for small GPU states (``bench/writer_isolation.py
+      --loop launch-bound``); the GPU itself did not, so no case picks it.
     """
     from trajscope.store import writer_process
 

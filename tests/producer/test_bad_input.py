@@ -63,6 +63,22 @@ def test_budget_against_independent_sizes(small_config, tmp_path):
         check_budget(cfg, root, 30, 6, memory=budget.memory_bytes, disk=2**30)
 
 
+def test_the_memory_budget_counts_shared_chunk_buffers_only_for_a_writer_process(small_config):
+    """A writer process (``record.writer: process``) may hold each chunk twice (pinned, then shared memory):
+    its chunk buffers count double. ``auto`` (the thread since the H200's measurements) and ``thread`` once."""
+    from trajscope.producer.budget import chunk_buffers
+    from trajscope.store.layout import chunk_steps_for
+
+    def memory(writer):
+        return estimate(load_config(small_config(record={"writer": writer, "buffers": 4})), 30, 6).memory_bytes
+
+    assert memory("auto") == memory("thread") < memory("process")
+    cfg = load_config(small_config(record={"buffers": 4}))
+    chunk = 4 * (8 * 6 + 8 + 30) + 24  # the default small config: width 8, n 30, dim 6
+    buffers = chunk_buffers(cfg) * chunk_steps_for(4 * 8 * 6, int(cfg.record.chunk_mib * 2**20)) * chunk
+    assert memory("process") - memory("thread") == buffers
+
+
 def test_a_half_created_run_is_replaced_by_produce_name(tmp_path, small_config):
     root = StoreRoot(tmp_path)
     root.write_attrs("r", {})  # what an older trajscope left when killed while creating

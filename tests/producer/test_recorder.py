@@ -354,12 +354,25 @@ def test_copying_on_the_cpu_hands_blocks_over_from_the_training_thread_and_the_g
         np.testing.assert_array_equal(ds.v.values[:, 0], np.arange(states, dtype=np.float32))
 
 
-def test_numbers_go_into_the_gpus_rows_exactly(tmp_path):
+def test_numbers_go_into_the_gpus_rows_exactly_as_a_fill_never_an_assignment(tmp_path):
     """The GPU's rows (torch views of device buffers; here CPU stand-ins, since a CPU recorder copies into numpy
-    views) take a loss handed over as a Python number, as a number in a CPU tensor (``ModuleRecorder``'s
-    extras) or as a tensor of the row's shape, each stored exactly. (On the GPU the numbers go as a fill
-    kernel's argument: an assignment copied them from pageable memory, which waits for the device;
-    ``tests/gpu`` checks that in sync debug mode.)"""
+    views) take a loss handed over as a Python number, as a number in a CPU tensor of shape (1,), or as a 0-d
+    tensor of the row's shape and device, each stored exactly. The numbers go in as ``fill_``'s argument, never
+    by an assignment (``row[i] = x``): on a GPU that copies x from pageable memory, which waits for the device
+    (an H200 found it: ``tests/gpu`` runs the loop in sync debug mode). A 0-d CPU tensor of the row's shape is
+    on the GPU a different device from the row's, and takes the CPU-tensor branch there; only ``tests/gpu``
+    reaches that."""
+    from torch.overrides import TorchFunctionMode
+
+    class Calls(TorchFunctionMode):  # the tensor methods record() calls on this thread
+        def __init__(self):
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.names.append(getattr(func, "__name__", repr(func)))
+            return func(*args, **(kwargs or {}))
+
     h, dim, n, states = 4, 3, 5, 12
     writer, shapes, dtypes = _small_run(tmp_path, "numbers", states, h, dim, n)
     steps = np.arange(states)
@@ -370,8 +383,12 @@ def test_numbers_go_into_the_gpus_rows_exactly(tmp_path):
     recorder._numpy_rows = False
     losses = [k / 7 for k in range(states)]  # not exact in float32: a detour through it would show
     for k, loss in enumerate(losses):
-        given = [loss, torch.tensor(loss, dtype=torch.float64), torch.tensor([loss], dtype=torch.float64)][k % 3]
-        recorder.record(W=torch.full((h, dim), float(k)), v=torch.zeros(h), loss=given, output=torch.zeros(n))
+        given = [loss, torch.tensor([loss], dtype=torch.float64), torch.tensor(loss, dtype=torch.float64)][k % 3]
+        state = {"W": torch.full((h, dim), float(k)), "v": torch.zeros(h), "output": torch.zeros(n)}
+        with Calls() as calls:
+            recorder.record(**state, loss=given)
+        assert "__setitem__" not in calls.names, (k, calls.names)
+        assert ("fill_" in calls.names) == (k % 3 != 2), (k, calls.names)
     assert recorder.close() == states
     writer.finish("complete")
     ds = open_run("numbers", root=StoreRoot(tmp_path))

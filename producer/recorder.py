@@ -395,8 +395,9 @@ class Recorder:
                         # a fill kernel's argument; an assignment (``row[i] = x``) copies x from pageable host
                         # memory, which waits for the device (found on an H200 by tests/gpu in sync debug mode)
                         slot.device[name][position].fill_(value.item())
-                    elif isinstance(value, numbers.Number):
-                        slot.device[name][position].fill_(value)
+                    elif isinstance(value, (numbers.Number, np.generic)) or (
+                            isinstance(value, np.ndarray) and value.ndim == 0):  # numbers of numpy too (np.bool_)
+                        slot.device[name][position].fill_(value.item() if hasattr(value, "item") else value)
                     else:  # tensors that need broadcasting (e.g. shape (1,) into ())
                         slot.device[name][position] = value
                 for targets, sources in groups.values():  # one launch per pair of dtypes (torch's multi-tensor

@@ -357,7 +357,7 @@ def test_copying_on_the_cpu_hands_blocks_over_from_the_training_thread_and_the_g
 def test_numbers_go_into_the_gpus_rows_exactly_as_a_fill_never_an_assignment(tmp_path):
     """The GPU's rows (torch views of device buffers; here CPU stand-ins, since a CPU recorder copies into numpy
     views) take a loss handed over as a Python number, as a number in a CPU tensor of shape (1,), or as a 0-d
-    tensor of the row's shape and device, each stored exactly. The numbers go in as ``fill_``'s argument, never
+    tensor of the row's shape and device, or as a numpy scalar or 0-d array, each stored exactly. The numbers go in as ``fill_``'s argument, never
     by an assignment (``row[i] = x``): on a GPU that copies x from pageable memory, which waits for the device
     (an H200 found it: ``tests/gpu`` runs the loop in sync debug mode). A 0-d CPU tensor of the row's shape is
     on the GPU a different device from the row's, and takes the CPU-tensor branch there; only ``tests/gpu``
@@ -373,7 +373,7 @@ def test_numbers_go_into_the_gpus_rows_exactly_as_a_fill_never_an_assignment(tmp
             self.names.append(getattr(func, "__name__", repr(func)))
             return func(*args, **(kwargs or {}))
 
-    h, dim, n, states = 4, 3, 5, 12
+    h, dim, n, states = 4, 3, 5, 15
     writer, shapes, dtypes = _small_run(tmp_path, "numbers", states, h, dim, n)
     steps = np.arange(states)
     recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=DeferredStaging(0.0), buffers=2,
@@ -383,12 +383,13 @@ def test_numbers_go_into_the_gpus_rows_exactly_as_a_fill_never_an_assignment(tmp
     recorder._numpy_rows = False
     losses = [k / 7 for k in range(states)]  # not exact in float32: a detour through it would show
     for k, loss in enumerate(losses):
-        given = [loss, torch.tensor([loss], dtype=torch.float64), torch.tensor(loss, dtype=torch.float64)][k % 3]
+        given = [loss, torch.tensor([loss], dtype=torch.float64), torch.tensor(loss, dtype=torch.float64),
+                 np.float64(loss), np.array(loss)][k % 5]
         state = {"W": torch.full((h, dim), float(k)), "v": torch.zeros(h), "output": torch.zeros(n)}
         with Calls() as calls:
             recorder.record(**state, loss=given)
         assert "__setitem__" not in calls.names, (k, calls.names)
-        assert ("fill_" in calls.names) == (k % 3 != 2), (k, calls.names)
+        assert ("fill_" in calls.names) == (k % 5 != 2), (k, calls.names)
     assert recorder.close() == states
     writer.finish("complete")
     ds = open_run("numbers", root=StoreRoot(tmp_path))

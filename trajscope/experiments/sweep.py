@@ -51,7 +51,7 @@ HASH_EXCLUDE = {("name",), ("train", "threads"), ("train", "device"),
 
 #: fields whose default changed, hashed as their former default so that the ids of runs made before stay
 #: the same: ``record.write_threads`` was 4 until its default became ``None`` (one per core, at most 4);
-#: ``record.writer`` was ``thread`` until its default became ``auto`` (a process on a GPU; same bytes)
+#: ``record.writer`` was ``thread`` until its default became ``auto`` (now the thread everywhere; same bytes)
 HASH_AS_FORMER_DEFAULT = {("record", "write_threads"): (None, 4), ("record", "writer"): ("auto", "thread")}
 
 

@@ -390,15 +390,12 @@ class Recorder:
                             group = groups[(value.dtype, row.dtype)] = ([], [])
                         group[0].append(row)
                         group[1].append(value)
-                    elif isinstance(value, torch.Tensor) and value.numel() == 1 and value.device.type == "cpu":
-                        # a number held in a CPU tensor (ModuleRecorder's extras) written into a device row: as
-                        # a fill kernel's argument; an assignment (``row[i] = x``) copies x from pageable host
+                    elif (number := _host_number(value)) is not None:
+                        # a number on the host (ModuleRecorder's extras are CPU tensors) into a device row: as a
+                        # fill kernel's argument; an assignment (``row[i] = x``) copies x from pageable host
                         # memory, which waits for the device (found on an H200 by tests/gpu in sync debug mode)
-                        slot.device[name][position].fill_(value.item())
-                    elif isinstance(value, (numbers.Number, np.generic)) or (
-                            isinstance(value, np.ndarray) and value.ndim == 0):  # numbers of numpy too (np.bool_)
-                        slot.device[name][position].fill_(value.item() if hasattr(value, "item") else value)
-                    else:  # tensors that need broadcasting (e.g. shape (1,) into ())
+                        slot.device[name][position].fill_(number)
+                    else:  # device tensors that need broadcasting (e.g. shape (1,) into ())
                         slot.device[name][position] = value
                 for targets, sources in groups.values():  # one launch per pair of dtypes (torch's multi-tensor
                     torch._foreach_copy_(targets, sources)  # copy takes one dtype a launch), no host sync
@@ -829,6 +826,16 @@ def recording_waits(previous: Mapping | None, recorder: "Recorder", seconds: flo
     return previous
 
 
+def _host_number(value) -> numbers.Number | None:
+    """``value`` as a Python number when it is one number on the host (a Python or numpy number, a one-element
+    numpy array or CPU tensor), else ``None``."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.item() if value.size == 1 else None
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.device.type == "cpu" and value.numel() == 1 else None
+    return value if isinstance(value, numbers.Number) else None
+
+
 def unstored_end(writer: RunWriter, status: str, error: str | None, committed: int, exc: OSError) -> RunFailed:
     """The one-line error for a run whose end could not be written (:meth:`RunWriter.finish` raised ``exc``, e.g.
     a full disk): what is stored, and the command that finishes the run, read back from the store."""
@@ -867,21 +874,10 @@ def wants_writer_process(choice: str, root, device: torch.device) -> bool:
     """Whether ``record.writer`` (``choice``) asks for a writer process and it applies here.
 
     ``process``: on a CPU or CUDA device and a local root (else the writer thread). ``auto`` (the default)
-    and ``thread``: the writer thread.
-
-    - On the CPU the process costs at least as much as the thread. The thread's recorder copies each state
-      into its chunk buffers with direct I/O (with buffered I/O it keeps the state by reference, at a similar
-      cost to the loop); the process copies each into its shared memory and adds an interpreter's start-up
-      and more CPU time. Per step the two were not distinguishable on this project's 2-core host; whole runs
-      read 1.037–1.080× the bare loop for the thread against 1.087–1.104× for the process in the fifth
-      session, 1.101× against 1.104× in the fifteenth (BENCHMARKS.md, "Recording overhead").
-    - On an H200 (BENCHMARKS.md, "GPU table") the reference config (states of 318 kB) recorded with the
-      thread at 0.988× the bare loop's time against 1.822× with the process (3 repeats of 3000 steps; 95%
-      intervals 0.93–1.16 and 1.73–1.92; CPU time 1.10× against 1.85×), and at 1.388× against 1.792× in a
-      second run (7 repeats). Per step the two were not distinguishable. On the wide config (6.3 MB) the
-      same thread configuration read 0.917× and 1.001× in one run, the process 1.009×: not separated. A CPU
-      proxy of a launch-bound loop had favoured the process for small GPU states (``bench/writer_isolation.py
-      --loop launch-bound``); the GPU itself did not, so no case picks it.
+    and ``thread``: the writer thread. On the CPU the process was never measurably faster than the thread; on
+    an H200 the thread recorded the reference config at 0.99× and 1.39× the bare loop's time (two runs) against
+    1.82× and 1.79× for the process, which the CPU proxy ``bench/writer_isolation.py --loop launch-bound`` had
+    favoured (BENCHMARKS.md, "Recording overhead" and "GPU table").
     """
     from trajscope.store import writer_process
 

@@ -169,11 +169,7 @@ def _drop_writer_sockets_in_child() -> None:
     its copies of the writer processes' sockets. The writer process stops at the end of its socket, which
     every copy keeps open, so after a killed trainer it kept the run locked while such a child lived."""
     for process in list(_LIVE):
-        for closer in (process._conn.close, process._sock.close):
-            try:
-                closer()
-            except OSError:
-                pass
+        process._close_sockets()
     _LIVE.clear()
 
 
@@ -294,12 +290,15 @@ class WriterProcess:
             # its recv() sees the end of the socket now: closing the socket under it could hand the descriptor's
             # number to a file opened meanwhile, which its next recv() would read
             self._closed.wait(5)
+        self._close_sockets()
+        _LIVE.discard(self)
+
+    def _close_sockets(self) -> None:
         for closer in (self._conn.close, self._sock.close):
             try:
                 closer()
             except OSError:
                 pass
-        _LIVE.discard(self)
 
     def _send(self, message) -> None:
         with self._send_lock:

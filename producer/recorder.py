@@ -1,9 +1,9 @@
 """The recording pipeline: chunk buffers → bounded hand-off → store's write pool (→ commits by a writer thread).
 
 The training loop calls :meth:`Recorder.record` once per recorded state. The state is copied into the
-current chunk buffer with one call: on a GPU one multi-tensor copy per dtype (``torch._foreach_copy_``, one
-kernel launch for all the variables of one dtype, e.g. two for float32 weights and a float64 loss; no host
-sync); on the CPU one numpy memcpy per variable (torch's
+current chunk buffer with one call: on a GPU one multi-tensor copy (``torch._foreach_copy_``, one kernel
+launch for the whole state: a float64 loss beside float32 weights goes in as two float32, see
+:func:`copy_carrier`; no host sync); on the CPU one numpy memcpy per variable (torch's
 intra-op threads would compete with the training step for the cores). On a GPU a full buffer is handed
 to the writer thread after an asynchronous copy into pinned host memory on a side stream; on the CPU,
 where the buffer is host memory already, the :meth:`Recorder.record` call that fills it hands it to the
@@ -76,6 +76,17 @@ _WAKE = -1
 #: ``torch.stack`` copies serially, without waking the intra-op threads
 STACK_BELOW_VALUES = 32768
 
+#: dtypes that can carry other variables' bytes in a GPU's one copy per state (:func:`copy_carrier`): torch's
+#: multi-tensor copy moves their bits unchanged. Not float16/bfloat16 (it computes in float32: a round trip that
+#: may change a NaN's payload) nor bool (it would make every nonzero byte a 1)
+COPY_CARRIERS = (torch.float32, torch.float64, torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
+
+#: how a variable goes into the carrier dtype's copy (:func:`copy_carrier`)
+_AS_IS, _VIEWED = "as is", "viewed"
+
+#: torch's switch of gradient recording, as ``torch.no_grad()`` calls it
+_set_grad_enabled = torch._C._set_grad_enabled
+
 #: fewest chunk buffers a recorder keeps (:func:`default_buffers`)
 MIN_BUFFERS = 3
 
@@ -96,6 +107,35 @@ def default_buffers(write_threads: int, block_threads: int = 1) -> int:
     threads busy gets no more buffers than it needs.
     """
     return max(MIN_BUFFERS, -(-int(write_threads) // max(int(block_threads), 1)) + 1)
+
+
+def copy_carrier(shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, torch.dtype]
+                 ) -> tuple[torch.dtype | None, dict[str, str]]:
+    """The dtype a GPU's :meth:`Recorder.record` copies a state in with one launch, and how each variable goes in.
+
+    ``torch._foreach_copy_`` copies a list of tensors of one dtype in one kernel launch. The carrier is the dtype
+    of the variable with the most bytes a state, if that copy moves its bits unchanged (:data:`COPY_CARRIERS`).
+    A variable of the carrier dtype goes in as it is (``"as is"``); one whose item size is a multiple of the
+    carrier's is viewed as the carrier on both sides of the copy (``"viewed"``: ``x.reshape(-1).view(carrier)``,
+    e.g. a float64 loss as two float32 beside float32 weights): the same bytes, so the same bits, and one
+    launch a state instead of one per dtype. A variable not in the returned mapping (narrower than the
+    carrier, e.g. float16 beside float32) is copied in a launch of its own dtype.
+
+    Returns ``(None, {})`` when the largest variable's dtype cannot carry (then every dtype has its launch).
+    """
+    if not shapes:
+        return None, {}
+    largest = max(shapes, key=lambda n: math.prod(shapes[n]) * dtypes[n].itemsize)
+    carrier = dtypes[largest]
+    if carrier not in COPY_CARRIERS:
+        return None, {}
+    carried = {}
+    for name in shapes:
+        if dtypes[name] is carrier:
+            carried[name] = _AS_IS
+        elif dtypes[name].itemsize % carrier.itemsize == 0:
+            carried[name] = _VIEWED
+    return carrier, carried
 
 
 @dataclass
@@ -248,6 +288,8 @@ class Recorder:
                     raise ValueError("a writer process records tensors of numpy dtypes into a local root only")
                 self._shared = SharedChunks(shapes, {n: str(torch.empty(0, dtype=dtypes[n]).numpy().dtype)
                                                      for n in shapes}, self.chunk, buffers)
+            self._carrier, self._carried = copy_carrier(shapes, dtypes)  # (the GPU's rows: one copy a state)
+            self._row_specs = {n: (torch.Size(shapes[n]), dtypes[n], self._carried.get(n)) for n in shapes}
             self._slots = [self._make_slot(shapes, dtypes, i) for i in range(buffers)]
             self._numpy_rows = bool(self._slots) and not by_reference and all(
                 isinstance(row, np.ndarray) for row in self._slots[0].rows[0].values())
@@ -305,9 +347,18 @@ class Recorder:
             arrays = {n: t.numpy() for n, t in device.items()}  # numpy views: plain memcpy, no OpenMP
             rows = [{n: a[i, ...] for n, a in arrays.items()} for i in range(self.chunk)]  # views, 0-d too
         else:
-            rows = [{n: t[i] for n, t in device.items()} for i in range(self.chunk)]
+            rows = [self._torch_row(device, i) for i in range(self.chunk)]
         shared = self._shared.views(index) if self._process_staged else None
         return _Slot(device=device, host=host, event=event, rows=rows, shared=shared)
+
+    def _torch_row(self, device: dict[str, torch.Tensor], position: int) -> dict[str, torch.Tensor]:
+        """A position's rows as :meth:`record` copies into them on a GPU: a carried variable's row viewed as the
+        carrier dtype (``row.reshape(-1).view(carrier)``, see :func:`copy_carrier`), any other as it is."""
+        rows = {}
+        for name, buffer in device.items():
+            row = buffer[position]
+            rows[name] = row.reshape(-1).view(self._carrier) if self._carried.get(name) is _VIEWED else row
+        return rows
 
     def _chunk_buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """One variable's chunk buffer; on the CPU page-aligned (:func:`~trajscope.store.chunkio.aligned_empty`),
@@ -380,28 +431,50 @@ class Recorder:
         if self._numpy_rows:
             self._copy_host(slot, position, rows, values)
         else:
-            with torch.no_grad():  # parameters are copied without their graph
-                groups: dict = {}
-                for name, value in values.items():
-                    row = rows[name]
-                    if isinstance(value, torch.Tensor) and value.shape == row.shape and value.device == row.device:
-                        group = groups.get((value.dtype, row.dtype))
-                        if group is None:
-                            group = groups[(value.dtype, row.dtype)] = ([], [])
-                        group[0].append(row)
-                        group[1].append(value)
-                    elif (number := _host_number(value)) is not None:
-                        # a number on the host (ModuleRecorder's extras are CPU tensors) into a device row: as a
-                        # fill kernel's argument; an assignment (``row[i] = x``) copies x from pageable host
-                        # memory, which waits for the device (found on an H200 by tests/gpu in sync debug mode)
-                        slot.device[name][position].fill_(number)
-                    else:  # device tensors that need broadcasting (e.g. shape (1,) into ())
-                        slot.device[name][position] = value
-                for targets, sources in groups.values():  # one launch per pair of dtypes (torch's multi-tensor
-                    torch._foreach_copy_(targets, sources)  # copy takes one dtype a launch), no host sync
+            self._copy_device(slot, position, rows, values)
         self.index += 1
         if position + 1 == self.chunk:
             self._hand_off(self.chunk)
+
+    def _copy_device(self, slot: _Slot, position: int, rows: dict[str, torch.Tensor], values: dict) -> None:
+        """A GPU's rows: one ``torch._foreach_copy_`` launch for the whole state, no host sync.
+
+        A contiguous tensor of its variable's shape, dtype and device goes into the carrier dtype's copy
+        (:func:`copy_carrier`; ``rows`` holds the carried variables' rows already viewed as the carrier).
+        Anything else is rarer and takes its own launch: a tensor of another dtype (cast) or not contiguous
+        in one copy per pair of dtypes, a number as a fill kernel's argument, a tensor that needs
+        broadcasting by assignment.
+        """
+        targets, sources, groups = [], [], None
+        carrier, device = self._carrier, slot.device
+        grad_enabled = torch.is_grad_enabled()  # parameters are copied without their graph: torch.no_grad(), by
+        _set_grad_enabled(False)                 # the call it makes (the context manager costs 1 µs more a state)
+        try:
+            for name, value in values.items():
+                shape, dtype, carried = self._row_specs[name]
+                buffer = device[name]
+                if isinstance(value, torch.Tensor) and value.shape == shape and value.device == buffer.device:
+                    if carried is not None and value.dtype is dtype and value.is_contiguous():
+                        targets.append(rows[name])
+                        sources.append(value if carried is _AS_IS else value.reshape(-1).view(carrier))
+                        continue
+                    groups = groups if groups is not None else {}
+                    group = groups.setdefault((value.dtype, dtype), ([], []))
+                    group[0].append(buffer[position])
+                    group[1].append(value)
+                elif (number := _host_number(value)) is not None:
+                    # a number on the host (ModuleRecorder's extras are CPU tensors) into a device row: as a
+                    # fill kernel's argument; an assignment (``row[i] = x``) copies x from pageable host
+                    # memory, which waits for the device (found on an H200 by tests/gpu in sync debug mode)
+                    buffer[position].fill_(number)
+                else:  # device tensors that need broadcasting (e.g. shape (1,) into ())
+                    buffer[position] = value
+            if targets:
+                torch._foreach_copy_(targets, sources)
+            for group_targets, group_sources in (groups or {}).values():  # (torch's multi-tensor copy takes
+                torch._foreach_copy_(group_targets, group_sources)        # one dtype a launch)
+        finally:
+            _set_grad_enabled(grad_enabled)
 
     def _keep(self, slot: _Slot, values: dict) -> dict:
         """By reference: the state to keep. A state of CPU tensors of the variables' own shapes and dtypes (what a

@@ -160,6 +160,86 @@ def test_one_call_copies_keep_every_value(monkeypatch, path):
     np.testing.assert_allclose(got["loss"], [e[2] for e in expected])
 
 
+class TensorCalls:
+    """The torch functions and tensor methods called on this thread (a ``TorchFunctionMode``)."""
+
+    def __enter__(self):
+        from torch.overrides import TorchFunctionMode
+
+        names = self.names = []
+
+        class Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                names.append(getattr(func, "__name__", repr(func)))
+                return func(*args, **(kwargs or {}))
+
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
+
+
+def _float64_bits(bits: int) -> torch.Tensor:
+    return torch.tensor(np.array([bits], dtype=np.uint64).view(np.float64)[0], dtype=torch.float64)
+
+
+def test_the_gpus_copy_carries_a_whole_state_in_one_launch_bit_for_bit(monkeypatch):
+    """The GPU's rows (torch views; here on the CPU, as in ``test_one_call_copies_keep_every_value``): a state of
+    float32 weights, a float64 loss and an int64 counter goes into its rows in one ``torch._foreach_copy_``
+    (one kernel launch on a GPU instead of one per dtype): the 8-byte values are viewed as two float32 on both
+    sides. Every bit arrives, a NaN's payload, -0.0 and the smallest subnormal too (a detour through a float32
+    value would change them). A tensor that does not fit the one copy (not contiguous, another dtype, a
+    number) still arrives exactly, in a launch of its own."""
+    from trajscope.producer import recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "_NUMPY_DTYPES", set())
+    writer = CollectingWriter(4)
+    shapes = {"W": (3, 2), "v": (3,), "loss": (), "count": ()}
+    dtypes = {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "count": torch.int64}
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=2)
+    assert not recorder._numpy_rows
+    losses = [_float64_bits(0x7FF0_0000_DEAD_BEEF), torch.tensor(-0.0, dtype=torch.float64), _float64_bits(1),
+              torch.tensor(1 / 3, dtype=torch.float64), torch.tensor(float("inf"), dtype=torch.float64),
+              torch.tensor(1 / 7, dtype=torch.float32), 0.1]
+    launches = []
+    for k, loss in enumerate(losses):
+        W = torch.arange(6, dtype=torch.float32).reshape(3, 2) * (k + 1)
+        if k == 3:
+            W = W.t().contiguous().t()  # the same values, not contiguous: its own copy
+        count = torch.tensor(2**62 + 2 * k + 1, dtype=torch.int64)
+        with TensorCalls() as calls:
+            recorder.record(W=W, v=torch.full((3,), float(k)), loss=loss, count=count)
+        launches.append(calls.names.count("_foreach_copy_") + calls.names.count("fill_"))
+        assert "__setitem__" not in calls.names and "copy_" not in calls.names, (k, calls.names)
+    assert launches == [1, 1, 1, 2, 1, 2, 2]  # the non-contiguous W, the float32 loss (a cast), the number
+    assert recorder.close() == len(losses)
+    got = {n: np.concatenate([writer.blocks[s][n] for s in sorted(writer.blocks)]) for n in shapes}
+    expected_loss = np.array([np.float64(x.item() if isinstance(x, torch.Tensor) else x) for x in losses])
+    expected_loss[0] = np.array([0x7FF0_0000_DEAD_BEEF], dtype=np.uint64).view(np.float64)[0]
+    np.testing.assert_array_equal(got["loss"].view(np.uint64), expected_loss.view(np.uint64))
+    np.testing.assert_array_equal(got["count"], [2**62 + 2 * k + 1 for k in range(len(losses))])
+    np.testing.assert_array_equal(got["W"], [np.arange(6, dtype=np.float32).reshape(3, 2) * (k + 1)
+                                             for k in range(len(losses))])
+    np.testing.assert_array_equal(got["v"], [np.full(3, float(k), np.float32) for k in range(len(losses))])
+
+
+def test_the_copy_carrier_is_the_largest_variables_dtype_when_its_copy_moves_bits_unchanged():
+    from trajscope.producer.recorder import copy_carrier
+
+    f32, f64, f16 = torch.float32, torch.float64, torch.float16
+    carrier, carried = copy_carrier({"W": (100, 784), "loss": (), "half": (3,), "flag": ()},
+                                    {"W": f32, "loss": f64, "half": f16, "flag": torch.bool})
+    assert carrier is f32 and carried == {"W": "as is", "loss": "viewed"}  # narrower ones: a launch of their own
+    assert copy_carrier({"W": (10,), "loss": ()}, {"W": f64, "loss": f64}) == (f64, {"W": "as is", "loss": "as is"})
+    # float16's copy computes in float32 (a NaN's payload may change): it carries nothing, every dtype its launch
+    assert copy_carrier({"W": (10,), "loss": ()}, {"W": f16, "loss": f64}) == (None, {})
+    assert copy_carrier({"W": (10,), "flag": (1,)}, {"W": torch.uint8, "flag": torch.bool})[1] == {
+        "W": "as is", "flag": "viewed"}
+    assert copy_carrier({}, {}) == (None, {})
+
+
 def _small_run(tmp_path, run_id, states, h=4, dim=3, n=5, attrs=None):
     writer = RunWriter.create(
         StoreRoot(tmp_path), run_id, variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
@@ -379,7 +459,7 @@ def test_numbers_go_into_the_gpus_rows_exactly_as_a_fill_never_an_assignment(tmp
     recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=DeferredStaging(0.0), buffers=2,
                         columns={"step": steps, "t": steps * 0.5})
     for slot in recorder._slots:  # the GPU's rows: torch views, not numpy
-        slot.rows = [{name: t[i] for name, t in slot.device.items()} for i in range(recorder.chunk)]
+        slot.rows = [recorder._torch_row(slot.device, i) for i in range(recorder.chunk)]
     recorder._numpy_rows = False
     losses = [k / 7 for k in range(states)]  # not exact in float32: a detour through it would show
     for k, loss in enumerate(losses):

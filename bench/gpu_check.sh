@@ -5,9 +5,10 @@
 #                                    # without zarr, pydantic... needs, for CPython 3.12, into .whl/
 #   bash bench/gpu_check.sh run      # there, from the repository root: installs what is missing from
 #                                    # .whl/, runs tests/gpu (the GPU path's correctness, on the GPU), then
-#                                    # record_overhead (reference, wide), record_ceiling (reference
-#                                    # states, wide states), step_anatomy (reference), record_ceiling
-#                                    # with --buffers 3, most needed first, each under its own limit
+#                                    # record_overhead (reference), recorder_ab (this recorder against
+#                                    # AB_BASE's, side by side), record_overhead (wide), record_ceiling
+#                                    # (reference states, wide states), step_anatomy (reference), most
+#                                    # needed first, each under its own limit
 #                                    # within BUDGET; every table lands in $OUT (default ./gpu-check),
 #                                    # 8 files at most, stage times in machine.txt
 #
@@ -17,7 +18,9 @@
 # BUDGET (seconds for all stages, 540), STAGES (the stages to run, by file name without its suffix, comma-
 # separated: gpu_tests,overhead_reference,...; all), VARIANTS (record_overhead's --variants for the reference
 # config; all but "thread", which is what "every" (record.writer auto) runs),
-# PYVER (3.12, for `wheels`).
+# PYVER (3.12, for `wheels`), AB_BASE (for `wheels`: the git revision whose producer/recorder.py the run's
+# recorder_ab stage compares with this checkout's, saved as .whl/recorder_base.py; b67b865, before one copy
+# launch a state), AB_REPEATS (7).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +41,8 @@ wheels)
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d .whl "$name==$version" \
       || { echo "gpu_check: no wheel of $name==$version for CPython ${PYVER:-3.12}" >&2; exit 2; }
   done
+  git show "${AB_BASE:-b67b865}:producer/recorder.py" > .whl/recorder_base.py \
+    || { echo "gpu_check: no producer/recorder.py at ${AB_BASE:-b67b865}" >&2; exit 2; }
   ls -l .whl
   ;;
 run)
@@ -92,6 +97,11 @@ EOF
     python3 -m pytest -q -rs -p no:cacheprovider tests/gpu -k "$device"
   stage overhead_reference.md 130 python3 bench/record_overhead.py --device "$device" --config reference \
     --steps "${STEPS:-3000}" --repeats "${REPEATS:-3}" --variants "${VARIANTS:-every,buffered,direct,process,fsync,dropped,npsave,torchsave}"
+  # this recorder against the base's (.whl/recorder_base.py), interleaved, each over the bare loop of its repeat
+  if [ -f .whl/recorder_base.py ]; then
+    stage ab_reference.md 100 python3 bench/recorder_ab.py --what overhead --device "$device" \
+      --base-file .whl/recorder_base.py --steps "${STEPS:-3000}" --repeats "${AB_REPEATS:-7}"
+  fi
   stage overhead_wide.md 80 python3 bench/record_overhead.py --device "$device" --config wide \
     --steps "${WIDE_STEPS:-300}" --repeats "${REPEATS:-3}" --no-baselines
   stage ceiling.md 70 python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}"
@@ -102,9 +112,6 @@ EOF
   # where a recorded step's host time goes (record(), hand-offs, commits), against the bare loop's
   stage anatomy_reference.md 50 python3 bench/step_anatomy.py --device "$device" --config reference \
     --steps "${STEPS:-3000}" --repeats "${REPEATS:-3}"
-  # the recorders with the former fixed 3 chunk buffers (2 chunks in flight) against the default above
-  stage ceiling_buffers3.md 40 python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}" \
-    --buffers 3 --roots local,memory
   exit $status
   ;;
 *)

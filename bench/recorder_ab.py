@@ -12,7 +12,12 @@ after run, interleaved with the raw baseline of the same repeat:
 Whole-bench runs an hour apart differ by more than one change to the recorder; side by side they do not.
 Prints the median and range of the per-repeat ratios.
 
-    python bench/recorder_ab.py [--what ceiling|overhead] [--base ac819d1] [--repeats 15] [--mb 1024] [--steps 2000]
+``--device cuda`` (overhead) trains and records on the GPU. ``--base-file F`` takes the base recorder from a
+file instead of git, for a machine with the working tree but no repository (``bash bench/gpu_check.sh wheels``
+saves the GPU A/B's base into ``.whl/recorder_base.py``).
+
+    python bench/recorder_ab.py [--what ceiling|overhead] [--base ac819d1 | --base-file F] [--repeats 15]
+                                [--mb 1024] [--steps 2000] [--device cpu]
 """
 
 from __future__ import annotations
@@ -30,10 +35,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def recorder_at(revision: str):
-    """``Recorder`` of ``producer/recorder.py`` as it was at ``revision``."""
-    source = subprocess.run(["git", "-C", str(HERE.parent), "show", f"{revision}:producer/recorder.py"],
-                            check=True, capture_output=True, text=True).stdout
+def recorder_at(revision: str, source_file: str | None = None):
+    """``Recorder`` of ``producer/recorder.py`` as it was at ``revision`` (or as ``source_file`` holds it)."""
+    if source_file is not None:
+        source = Path(source_file).read_text()
+    else:
+        source = subprocess.run(["git", "-C", str(HERE.parent), "show", f"{revision}:producer/recorder.py"],
+                                check=True, capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp(prefix="ts-ab-")) / "recorder_base.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("recorder_base", path)
@@ -62,6 +70,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--what", choices=["ceiling", "overhead"], default="ceiling")
     parser.add_argument("--base", default="ac819d1")
+    parser.add_argument("--base-file", default=None, help="the base recorder's source file (instead of git)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="overhead: where to train")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--mb", type=float, default=1024.0, help="ceiling: MB of states per run")
     parser.add_argument("--root", default="tmpfs", choices=["local", "tmpfs", "memory"], help="ceiling: the root")
@@ -71,7 +81,9 @@ def main() -> None:
     import trajscope.producer.recorder as recorder_module
     import trajscope.producer.train as train_module
 
-    current, base = recorder_module.Recorder, recorder_at(args.base)
+    current, base = recorder_module.Recorder, recorder_at(args.base, args.base_file)
+    if args.base_file is not None:
+        args.base = f"{args.base_file} (base)"
 
     def using(recorder, run):
         def swapped(*a):
@@ -104,7 +116,7 @@ def main() -> None:
         import record_overhead as ro
         from trajscope.producer import load_config
 
-        cfg = load_config(ro.REFERENCE, [f"train.steps={args.steps}"])
+        cfg = load_config(ro.REFERENCE, [f"train.steps={args.steps}", f"train.device={args.device}"])
         runs = {"raw": lambda d: ro.plain_loop(cfg).seconds,
                 "this checkout": using(current, lambda d: ro.trajscope_run(cfg, d).seconds),
                 args.base: using(base, lambda d: ro.trajscope_run(cfg, d).seconds)}
@@ -130,7 +142,8 @@ def main() -> None:
             ratios = [x / r for r, x in zip(seconds["raw"], seconds[name])]
         print(f"| {name} | {statistics.median(ratios):.3f} | {min(ratios):.3f} | {max(ratios):.3f} |")
     print(f"\n{args.what}, {args.repeats} interleaved repeats, each against the {baseline} of the same repeat"
-          + (f", root {args.root}, {args.mb:g} MB" if args.what == "ceiling" else f", {args.steps} steps"))
+          + (f", root {args.root}, {args.mb:g} MB" if args.what == "ceiling"
+             else f", {args.steps} steps on {args.device}"))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@
 #                                    # without zarr, pydantic... needs, for CPython 3.12, into .whl/
 #   bash bench/gpu_check.sh run      # there, from the repository root: installs what is missing from
 #                                    # .whl/, runs tests/gpu (the GPU path's correctness, on the GPU), then
-#                                    # record_overhead (reference), recorder_ab (this recorder against
-#                                    # AB_BASE's, side by side), record_overhead (wide), record_ceiling
+#                                    # record_call and recorder_ab (this recorder against AB_BASE's, side
+#                                    # by side), record_overhead (reference, wide), record_ceiling
 #                                    # (reference states, wide states), step_anatomy (reference), most
 #                                    # needed first, each under its own limit
 #                                    # within BUDGET; every table lands in $OUT (default ./gpu-check),
@@ -95,13 +95,14 @@ EOF
   export TRAJSCOPE_TEST_REQUIRE_CUDA=$require
   stage gpu_tests.txt "${TESTS_TIMEOUT:-150}" \
     python3 -m pytest -q -rs -p no:cacheprovider tests/gpu -k "$device"
+  # record() alone, one copy launch a state against one per dtype; then this recorder against the base's
+  # (.whl/recorder_base.py, if there), interleaved, each over the bare loop of its repeat
+  stage ab_reference.md 120 bash -c 'python3 bench/record_call.py --device "$1" --repeats "$3" || exit
+    [ -f .whl/recorder_base.py ] || { echo "no .whl/recorder_base.py: no recorder A/B"; exit 0; }
+    python3 bench/recorder_ab.py --what overhead --device "$1" --base-file .whl/recorder_base.py --steps "$2" \
+      --repeats "$3"' _ "$device" "${STEPS:-3000}" "${AB_REPEATS:-7}"
   stage overhead_reference.md 130 python3 bench/record_overhead.py --device "$device" --config reference \
     --steps "${STEPS:-3000}" --repeats "${REPEATS:-3}" --variants "${VARIANTS:-every,buffered,direct,process,fsync,dropped,npsave,torchsave}"
-  # this recorder against the base's (.whl/recorder_base.py), interleaved, each over the bare loop of its repeat
-  if [ -f .whl/recorder_base.py ]; then
-    stage ab_reference.md 100 python3 bench/recorder_ab.py --what overhead --device "$device" \
-      --base-file .whl/recorder_base.py --steps "${STEPS:-3000}" --repeats "${AB_REPEATS:-7}"
-  fi
   stage overhead_wide.md 80 python3 bench/record_overhead.py --device "$device" --config wide \
     --steps "${WIDE_STEPS:-300}" --repeats "${REPEATS:-3}" --no-baselines
   stage ceiling.md 70 python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}"

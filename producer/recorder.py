@@ -460,7 +460,7 @@ class Recorder:
                         continue
                     groups = groups if groups is not None else {}
                     group = groups.setdefault((value.dtype, dtype), ([], []))
-                    group[0].append(buffer[position])
+                    group[0].append(buffer[position] if carried is _VIEWED else rows[name])  # (the row itself)
                     group[1].append(value)
                 elif (number := _host_number(value)) is not None:
                     # a number on the host (ModuleRecorder's extras are CPU tensors) into a device row: as a

@@ -2,7 +2,8 @@
 
 ``producer/recorder.py`` of ``--base`` (default ``ac819d1``, the recorder whose writer thread took every
 chunk) is loaded from git as a module and swapped in for ``Recorder`` in turn with this checkout's, run
-after run, interleaved with the raw baseline of the same repeat:
+after run, interleaved with the raw baseline of the same repeat. ``--file store/hotpath.py`` swaps the
+store's write path (``HotPath``) instead:
 
 - ``--what ceiling``: the recorder of ``bench/record_ceiling.py`` (reference states, no training) on one
   root (``--root tmpfs``), each over the raw parallel write of the same repeat;
@@ -16,8 +17,9 @@ Prints the median and range of the per-repeat ratios.
 file instead of git, for a machine with the working tree but no repository (``bash bench/gpu_check.sh wheels``
 saves the GPU A/B's base into ``.whl/recorder_base.py``).
 
-    python bench/recorder_ab.py [--what ceiling|overhead] [--base ac819d1 | --base-file F] [--repeats 15]
-                                [--mb 1024] [--steps 2000] [--device cpu]
+    python bench/recorder_ab.py [--what ceiling|overhead] [--file producer/recorder.py|store/hotpath.py]
+                                [--base ac819d1 | --base-file F] [--repeats 15] [--mb 1024] [--steps 2000]
+                                [--device cpu]
 """
 
 from __future__ import annotations
@@ -35,20 +37,31 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-def recorder_at(revision: str, source_file: str | None = None):
-    """``Recorder`` of ``producer/recorder.py`` as it was at ``revision`` (or as ``source_file`` holds it)."""
+#: the files whose base version can be swapped in: the class each defines, and the modules that hold it by name
+SWAPPABLE = {"producer/recorder.py": ("Recorder", ("trajscope.producer.recorder", "trajscope.producer.train")),
+             "store/hotpath.py": ("HotPath", ("trajscope.store.hotpath", "trajscope.store.writer"))}
+
+
+def module_at(file: str, revision: str, source_file: str | None = None):
+    """The module ``file`` as it was at ``revision`` (or as ``source_file`` holds it)."""
     if source_file is not None:
         source = Path(source_file).read_text()
     else:
-        source = subprocess.run(["git", "-C", str(HERE.parent), "show", f"{revision}:producer/recorder.py"],
+        source = subprocess.run(["git", "-C", str(HERE.parent), "show", f"{revision}:{file}"],
                                 check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp(prefix="ts-ab-")) / "recorder_base.py"
+    name = Path(file).stem + "_base"
+    path = Path(tempfile.mkdtemp(prefix="ts-ab-")) / f"{name}.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("recorder_base", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["recorder_base"] = module  # dataclasses look their module up there
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    base = module.Recorder
+    return module
+
+
+def recorder_at(revision: str, source_file: str | None = None):
+    """``Recorder`` of ``producer/recorder.py`` as it was at ``revision`` (or as ``source_file`` holds it)."""
+    base = module_at("producer/recorder.py", revision, source_file).Recorder
 
     def recorder(writer, *args, buffers=None, **kwargs):
         """The base revision's recorder with this checkout's default buffers when none are given (before
@@ -69,8 +82,10 @@ def recorder_at(revision: str, source_file: str | None = None):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--what", choices=["ceiling", "overhead"], default="ceiling")
+    parser.add_argument("--file", default="producer/recorder.py", choices=sorted(SWAPPABLE),
+                        help="the file whose base version is swapped in")
     parser.add_argument("--base", default="ac819d1")
-    parser.add_argument("--base-file", default=None, help="the base recorder's source file (instead of git)")
+    parser.add_argument("--base-file", default=None, help="the base version's source file (instead of git)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="overhead: where to train")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--mb", type=float, default=1024.0, help="ceiling: MB of states per run")
@@ -78,20 +93,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000, help="overhead: steps per run")
     args = parser.parse_args()
 
-    import trajscope.producer.recorder as recorder_module
-    import trajscope.producer.train as train_module
-
-    current, base = recorder_module.Recorder, recorder_at(args.base, args.base_file)
+    class_name, holders = SWAPPABLE[args.file]
+    holders = [importlib.import_module(name) for name in holders]
+    current = getattr(holders[0], class_name)
+    if args.file == "producer/recorder.py":
+        base = recorder_at(args.base, args.base_file)
+    else:
+        base = getattr(module_at(args.file, args.base, args.base_file), class_name)
     if args.base_file is not None:
         args.base = f"{args.base_file} (base)"
 
-    def using(recorder, run):
+    def using(version, run):
         def swapped(*a):
-            recorder_module.Recorder = train_module.Recorder = recorder
+            for holder in holders:
+                setattr(holder, class_name, version)
             try:
                 return run(*a)
             finally:
-                recorder_module.Recorder = train_module.Recorder = current
+                for holder in holders:
+                    setattr(holder, class_name, current)
         return swapped
 
     if args.what == "ceiling":
@@ -141,7 +161,8 @@ def main() -> None:
         else:
             ratios = [x / r for r, x in zip(seconds["raw"], seconds[name])]
         print(f"| {name} | {statistics.median(ratios):.3f} | {min(ratios):.3f} | {max(ratios):.3f} |")
-    print(f"\n{args.what}, {args.repeats} interleaved repeats, each against the {baseline} of the same repeat"
+    print(f"\n{args.what}, {args.file} swapped, {args.repeats} interleaved repeats, each against the {baseline} "
+          "of the same repeat"
           + (f", root {args.root}, {args.mb:g} MB" if args.what == "ceiling"
              else f", {args.steps} steps on {args.device}"))
 

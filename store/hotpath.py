@@ -15,7 +15,9 @@ Two kinds of variables (the chunk policy of :func:`trajscope.store.layout.chunk_
   until then :meth:`HotPath.flush` (called by every commit, before the attributes) writes it whole (the
   rows so far, the rest at the fill value) — at most once per commit, not once per block, which is what a
   fast loop's small files cost before. Writes of one key are ordered by version (the rows they hold): a
-  write whose rows a newer version already holds is skipped, so the file never goes back in time.
+  write whose rows a newer version already holds is skipped, so the file never goes back in time. A
+  complete chunk is written from its buffer itself, and the buffer serves a later chunk once that write has
+  landed (:data:`SPARE_BUFFERS`): fresh buffers cost a page fault per page.
 
 Ordering: :class:`WrittenFrontier` tracks which blocks are written (their direct chunks and the
 buffered chunks they complete); ``written`` is the end of the longest run of written blocks from the last
@@ -93,6 +95,10 @@ def block_threads(arrays: Mapping, chunk_steps: int) -> int:
         total += file_bytes * files
         largest = max(largest, file_bytes)
     return max(1, total // largest) if largest else 1
+
+
+#: chunk buffers of a small (buffered) variable kept for reuse once their chunks are on storage
+SPARE_BUFFERS = 2
 
 
 class WriteFailed(RuntimeError):
@@ -242,6 +248,8 @@ class HotPath:
         self._base_committed = int(committed)
         self._buffers: dict[str, dict[int, np.ndarray]] = {name: {} for name in self.buffered}
         self._held: dict[str, dict[int, int]] = {name: {} for name in self.buffered}  # chunk -> rows held through
+        # buffers of chunks on storage, for the next chunks (fresh ones cost page faults, under the GIL or not)
+        self._spare: dict[str, list[np.ndarray]] = {name: [] for name in self.buffered}
         self._buffer_lock = threading.Lock()
         self._landed: dict[str, int] = {}  # key -> version (rows through) of its last write
         self._key_locks: dict[str, threading.Lock] = {}
@@ -344,8 +352,11 @@ class HotPath:
         buffer = self._buffers[name].get(index)
         if buffer is None:
             for old in [i for i in self._buffers[name] if i < index]:  # chunks behind: dropped once on storage
-                if self._landed_through(name, old) >= self._held[name][old]:
-                    del self._buffers[name][old], self._held[name][old]
+                if self._landed_through(name, old) >= self._held[name][old]:  # (no write reads them any more)
+                    spare = self._buffers[name].pop(old)
+                    del self._held[name][old]
+                    if len(self._spare[name]) < SPARE_BUFFERS:
+                        self._spare[name].append(spare)
             buffer = self._buffers[name][index] = self._new_buffer(name, index)
         offset = start - index * span
         buffer[offset : offset + len(rows)] = rows
@@ -361,10 +372,20 @@ class HotPath:
 
     def _buffered_jobs(self, name: str, index: int, stop: int) -> list[tuple]:
         """Write jobs of the variable's chunk ``index`` as it holds the rows below ``stop`` (the rest at
-        the fill value); the version of the writes is ``stop``."""
+        the fill value); the version of the writes is ``stop``.
+
+        A complete chunk (all its ``span`` rows below ``stop``) is written from its buffer itself: no row of
+        it is written again (a block never spans two chunks), and the buffer is reused only once a write of
+        this version has landed (``_buffer_rows``), when no write reads it any more (a second write of the same
+        version is skipped without reading it). A partial chunk is copied, since later rows go into its
+        buffer while the write reads it.
+        """
         encoder = self.encoders[name]
-        chunk = self._buffers[name][index].copy()
-        chunk[stop - index * encoder.chunk_shape[0]:] = encoder.fill_value
+        span = encoder.chunk_shape[0]
+        chunk = self._buffers[name][index]
+        if stop < (index + 1) * span:
+            chunk = chunk.copy()
+            chunk[stop - index * span:] = encoder.fill_value
         return [(encoder, encoder.key((index,) + coords), chunk[(slice(None),) + self._cells(encoder, coords)], stop)
                 for coords in self.grids[name]]
 
@@ -389,7 +410,11 @@ class HotPath:
     def _new_buffer(self, name: str, index: int) -> np.ndarray:
         encoder = self.encoders[name]
         span = encoder.chunk_shape[0]
-        buffer = np.full((span,) + self.shapes[name][1:], encoder.fill_value, dtype=encoder.dtype)
+        if self._spare[name]:
+            buffer = self._spare[name].pop()
+            buffer.fill(encoder.fill_value)
+        else:
+            buffer = np.full((span,) + self.shapes[name][1:], encoder.fill_value, dtype=encoder.dtype)
         lo, hi = index * span, min(self._base_committed, (index + 1) * span)
         if hi > lo:  # resuming inside this chunk: its committed rows are on storage
             buffer[: hi - lo] = self.arrays[name][lo:hi]

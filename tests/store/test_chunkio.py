@@ -242,6 +242,40 @@ def test_small_variables_are_written_once_per_commit_not_per_block(tmp_path):
     np.testing.assert_array_equal(ds.loss.values, np.concatenate([b["loss"] for b in blocks]))
 
 
+def test_a_small_variables_chunk_buffer_serves_a_later_chunk_only_once_its_write_landed(tmp_path):
+    """A complete chunk of a small variable is written from its buffer (no copy), and the buffer serves a later
+    chunk once that write has landed, never while a write may read it. Here the write that completes
+    ``output``'s first chunk is held back while blocks fill the next three chunks: the held chunk's buffer is
+    not reused, the others' are, and every row reads back (by plain zarr) as it was submitted."""
+    root = StoreRoot(tmp_path)
+    sizes = {"h": 80, "dim": 100, "n": 3000}  # output's chunk spans 10 blocks
+    writer = _writer(root, capacity=100, chunk_bytes=80 * 100 * 4 * 2, **sizes)
+    T, span = writer.chunk_steps, writer.arrays["output"].chunks[0]
+    assert (T, span) == (2, 20)
+    hot = writer._hot()
+    hot.sink = gated = GatedSink(hot.sink, held={"output/c/0/0"})
+    blocks = [_block(k * T, T, **sizes) for k in range(100 // T)]
+    completing_first = span // T - 1  # the block whose output write is held
+    buffers: dict[int, int] = {}  # output chunk -> id of the buffer its rows went into
+    handles = []
+    for k, block in enumerate(blocks):
+        if k == 4 * span // T:  # three chunks later: let the first chunk's write land
+            gated.gate.set()
+            handles[completing_first].wait(20)
+        handles.append(writer.write_block(k * T, block))
+        buffers.setdefault(k * T // span, id(hot._buffers["output"][k * T // span]))
+        if k != completing_first:
+            handles[-1].wait(20)
+    assert buffers[0] not in (buffers[1], buffers[2], buffers[3])  # in flight all along: never reused
+    assert buffers[2] == buffers[1] and buffers[3] == buffers[1]  # landed: reused, chunk after chunk
+    assert buffers[4] in (buffers[0], buffers[1])
+    writer.commit()
+    writer.finish("complete")
+    plain = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")
+    for name in ("output", "v", "loss", "W"):
+        np.testing.assert_array_equal(plain[name][:], np.concatenate([b[name] for b in blocks]), err_msg=name)
+
+
 def test_a_variable_of_no_values_is_committed_over(tmp_path):
     """A variable with a zero-size dimension (here ``output`` of a run of no samples) has no chunk files: a
     commit finds all of its rows on storage instead of failing, and the run reads back."""

@@ -41,8 +41,9 @@ wheels)
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d .whl "$name==$version" \
       || { echo "gpu_check: no wheel of $name==$version for CPython ${PYVER:-3.12}" >&2; exit 2; }
   done
-  git show "${AB_BASE:-b67b865}:producer/recorder.py" > .whl/recorder_base.py \
-    || { echo "gpu_check: no producer/recorder.py at ${AB_BASE:-b67b865}" >&2; exit 2; }
+  git show "${AB_BASE:-b67b865}:producer/recorder.py" > .whl/recorder_base.py.part \
+    && mv .whl/recorder_base.py.part .whl/recorder_base.py \
+    || { rm -f .whl/recorder_base.py.part; echo "gpu_check: no producer/recorder.py at ${AB_BASE:-b67b865}" >&2; exit 2; }
   ls -l .whl
   ;;
 run)
@@ -97,7 +98,7 @@ EOF
     python3 -m pytest -q -rs -p no:cacheprovider tests/gpu -k "$device"
   # record() alone, one copy launch a state against one per dtype; then this recorder against the base's
   # (.whl/recorder_base.py, if there), interleaved, each over the bare loop of its repeat
-  stage ab_reference.md 120 bash -c 'python3 bench/record_call.py --device "$1" --repeats "$3" || exit
+  stage ab_reference.md 100 bash -c 'python3 bench/record_call.py --device "$1" --repeats "$3" || exit
     [ -f .whl/recorder_base.py ] || { echo "no .whl/recorder_base.py: no recorder A/B"; exit 0; }
     python3 bench/recorder_ab.py --what overhead --device "$1" --base-file .whl/recorder_base.py --steps "$2" \
       --repeats "$3"' _ "$device" "${STEPS:-3000}" "${AB_REPEATS:-7}"

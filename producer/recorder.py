@@ -1,8 +1,9 @@
 """The recording pipeline: chunk buffers → bounded hand-off → store's write pool (→ commits by a writer thread).
 
 The training loop calls :meth:`Recorder.record` once per recorded state. The state is copied into the
-current chunk buffer with one call: on a GPU one multi-tensor copy (``torch._foreach_copy_``, one kernel
-launch for the whole state: a float64 loss beside float32 weights goes in as two float32, see
+current chunk buffer with one call: on a GPU one multi-tensor copy (``torch._foreach_copy_``, one call for
+the whole state, one kernel launch for a state of a few tensors: a float64 loss beside float32 weights goes
+in as two float32, see
 :func:`copy_carrier`; no host sync); on the CPU one numpy memcpy per variable (torch's
 intra-op threads would compete with the training step for the cores). On a GPU a full buffer is handed
 to the writer thread after an asynchronous copy into pinned host memory on a side stream; on the CPU,
@@ -113,7 +114,8 @@ def copy_carrier(shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, tor
                  ) -> tuple[torch.dtype | None, dict[str, str]]:
     """The dtype a GPU's :meth:`Recorder.record` copies a state in with one launch, and how each variable goes in.
 
-    ``torch._foreach_copy_`` copies a list of tensors of one dtype in one kernel launch. The carrier is the dtype
+    ``torch._foreach_copy_`` copies a list of tensors of one dtype in one call (one kernel launch for a few
+    tensors; torch splits very long lists or very many elements into several). The carrier is the dtype
     of the variable with the most bytes a state, if that copy moves its bits unchanged (:data:`COPY_CARRIERS`).
     A variable of the carrier dtype goes in as it is (``"as is"``); one whose item size is a multiple of the
     carrier's is viewed as the carrier on both sides of the copy (``"viewed"``: ``x.reshape(-1).view(carrier)``,
@@ -122,6 +124,8 @@ def copy_carrier(shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, tor
     carrier, e.g. float16 beside float32) is copied in a launch of its own dtype.
 
     Returns ``(None, {})`` when the largest variable's dtype cannot carry (then every dtype has its launch).
+    A CPU recorder takes torch rows too when a variable has a dtype numpy lacks (bfloat16): there nothing is
+    launched, and the carrier's two views cost about 1 µs a state (BENCHMARKS.md, "Record call").
     """
     if not shapes:
         return None, {}
@@ -437,24 +441,27 @@ class Recorder:
             self._hand_off(self.chunk)
 
     def _copy_device(self, slot: _Slot, position: int, rows: dict[str, torch.Tensor], values: dict) -> None:
-        """A GPU's rows: one ``torch._foreach_copy_`` launch for the whole state, no host sync.
+        """A GPU's rows: one ``torch._foreach_copy_`` call for the whole state, no host sync.
 
         A contiguous tensor of its variable's shape, dtype and device goes into the carrier dtype's copy
         (:func:`copy_carrier`; ``rows`` holds the carried variables' rows already viewed as the carrier).
-        Anything else is rarer and takes its own launch: a tensor of another dtype (cast) or not contiguous
-        in one copy per pair of dtypes, a number as a fill kernel's argument, a tensor that needs
-        broadcasting by assignment.
+        Anything else is rarer and takes a call of its own: a tensor of another dtype (cast), not contiguous,
+        or a lazy conjugate or negative view (which has no ``.view(dtype)``) in one copy per pair of dtypes, a
+        number as a fill kernel's argument, a tensor that needs broadcasting by assignment. (One call is one
+        kernel launch for a state of a few tensors; torch splits a call over very many tensors or elements
+        into several.)
         """
         targets, sources, groups = [], [], None
         carrier, device = self._carrier, slot.device
         grad_enabled = torch.is_grad_enabled()  # parameters are copied without their graph: torch.no_grad(), by
-        _set_grad_enabled(False)                 # the call it makes (the context manager costs 1 µs more a state)
-        try:
+        try:                                     # the call it makes (the context manager costs 1 µs more a state)
+            _set_grad_enabled(False)
             for name, value in values.items():
                 shape, dtype, carried = self._row_specs[name]
                 buffer = device[name]
                 if isinstance(value, torch.Tensor) and value.shape == shape and value.device == buffer.device:
-                    if carried is not None and value.dtype is dtype and value.is_contiguous():
+                    if (carried is not None and value.dtype is dtype and value.is_contiguous()
+                            and not value.is_conj() and not value.is_neg()):  # (lazy conj/neg views: no .view)
                         targets.append(rows[name])
                         sources.append(value if carried is _AS_IS else value.reshape(-1).view(carrier))
                         continue

@@ -83,6 +83,58 @@ def test_every_recorded_state_equals_a_copy_taken_in_the_loop(tmp_path, device_n
     np.testing.assert_array_equal(ds.step.values, steps)
 
 
+@pytest.mark.parametrize("device_name", DEVICES)
+def test_one_copy_a_state_moves_every_bit_through_the_devices_copy(tmp_path, device_name):
+    """On the GPU one ``torch._foreach_copy_`` call a state carries the float64 loss as two float32 halves
+    through the device's float32 copy kernel (``copy_carrier``): every bit arrives. The losses are bit
+    patterns a float detour would change (NaN payloads, signalling NaNs, -0.0, subnormals, infinities, random
+    bits), each a 0-d view at its own offset into one device tensor; ``W`` is random float32 bits (NaNs
+    among them). On the CPU (numpy rows, a memcpy) the same patterns check the test itself."""
+    from torch.overrides import TorchFunctionMode
+
+    class Calls(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.names.append(getattr(func, "__name__", repr(func)))
+            return func(*args, **(kwargs or {}))
+
+    device = torch.device(device_name)
+    h, dim, n, states = 16, 12, 10, 40
+    run = RunWriter.create(
+        StoreRoot(tmp_path), "bits", variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
+        capacity=states, static={"X": np.zeros((n, dim), np.float32), "y": np.ones(n, np.int8)}, attrs={},
+        chunk_bytes=h * dim * 4 * 7,
+    )
+    shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)}
+    dtypes = {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32}
+    steps = np.arange(states)
+    recorder = Recorder(run, shapes, dtypes, device, buffers=2, columns={"step": steps, "t": steps * 0.1})
+    rng = np.random.default_rng(7)
+    special = [0x7FF0_0000_DEAD_BEEF, 0x7FF8_0000_0000_0001, 0xFFF4_0000_0000_0000, 0x8000_0000_0000_0000, 1,
+               0x000F_FFFF_FFFF_FFFF, 0x7FF0_0000_0000_0000, 0xFFF0_0000_0000_0000]
+    loss_bits = np.concatenate([np.array(special, np.uint64),
+                                rng.integers(0, 2**64, states - len(special), dtype=np.uint64)])
+    losses = torch.from_numpy(loss_bits.view(np.int64)).to(device).view(torch.float64)
+    W_bits = rng.integers(0, 2**32, (states, h, dim), dtype=np.uint32)
+    Ws = torch.from_numpy(W_bits.view(np.int32)).to(device).view(torch.float32)
+    v, output = torch.zeros(h, device=device), torch.zeros(n, device=device)
+    copy_calls = []
+    for k in range(states):
+        with Calls() as calls:
+            recorder.record(W=Ws[k], v=v, loss=losses[k], output=output)
+        copy_calls.append(calls.names.count("_foreach_copy_"))
+    assert recorder.close() == states
+    run.finish("complete")
+    if device.type == "cuda":  # (on the CPU the rows are numpy's: no torch copy at all)
+        assert copy_calls == [1] * states
+    ds = open_run("bits", StoreRoot(tmp_path)).load()
+    np.testing.assert_array_equal(ds.loss.values.view(np.uint64), loss_bits)
+    np.testing.assert_array_equal(ds.W.values.view(np.uint32), W_bits)
+
+
 def _config(device: str, writer: str, name: str) -> dict:
     """Long enough to be killed mid-way: minibatch steps, 10 000 on a GPU (launch-bound), 6 000 on the CPU."""
     steps = int(os.environ.get("TRAJSCOPE_TEST_GPU_STEPS", 10000)) if device == "cuda" else 6000

@@ -225,6 +225,35 @@ def test_the_gpus_copy_carries_a_whole_state_in_one_launch_bit_for_bit(monkeypat
     np.testing.assert_array_equal(got["v"], [np.full(3, float(k), np.float32) for k in range(len(losses))])
 
 
+def test_lazy_conjugate_and_negative_views_go_in_a_copy_of_their_own_and_grad_mode_survives_an_error(monkeypatch):
+    """A conjugate or negative view (torch's lazy ``conj()``, ``.imag`` of one) has no ``.view(dtype)``: such a
+    value of a carried variable takes its dtype's own copy and is stored resolved. A ``record()`` that raises
+    leaves gradient recording as it found it."""
+    from trajscope.producer import recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "_NUMPY_DTYPES", set())
+    writer = CollectingWriter(2)
+    shapes = {"W": (8,), "z": (1,), "loss": ()}
+    dtypes = {"W": torch.float32, "z": torch.complex64, "loss": torch.float64}
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=2)
+    assert recorder._carried == {"W": "as is", "z": "viewed", "loss": "viewed"}
+    base = torch.tensor([1 - 2j], dtype=torch.complex128)
+    conj, neg = base.to(torch.complex64).conj(), base.conj().imag.reshape(())  # conj bit, neg bit
+    assert conj.is_conj() and neg.is_neg()
+    recorder.record(W=torch.arange(8.0), z=conj, loss=neg)
+    recorder.record(W=torch.arange(8.0) + 1, z=conj.resolve_conj(), loss=neg.resolve_neg())
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            with pytest.raises(RuntimeError):
+                recorder.record(W=torch.zeros(3), z=conj, loss=neg)  # W's shape cannot go into its row
+            assert torch.is_grad_enabled() is grad
+    assert recorder.close() == 2
+    got = {n: np.concatenate([writer.blocks[s][n] for s in sorted(writer.blocks)]) for n in shapes}
+    np.testing.assert_array_equal(got["z"][:, 0], [1 + 2j, 1 + 2j])
+    np.testing.assert_array_equal(got["loss"], [2.0, 2.0])
+    np.testing.assert_array_equal(got["W"], [np.arange(8.0), np.arange(8.0) + 1])
+
+
 def test_the_copy_carrier_is_the_largest_variables_dtype_when_its_copy_moves_bits_unchanged():
     from trajscope.producer.recorder import copy_carrier
 

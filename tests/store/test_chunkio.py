@@ -276,6 +276,42 @@ def test_a_small_variables_chunk_buffer_serves_a_later_chunk_only_once_its_write
         np.testing.assert_array_equal(plain[name][:], np.concatenate([b[name] for b in blocks]), err_msg=name)
 
 
+def test_a_commits_write_of_a_partial_small_chunk_is_a_copy_that_later_rows_do_not_change(tmp_path):
+    """A commit writes a small variable's partial chunk from a copy: the rows that arrive while that write is
+    under way go into the buffer, not into the write, whose checksum was taken over what it holds. Here the
+    commit's write of ``output``'s first chunk waits, encoded, while the next block adds rows to that chunk;
+    what the commit covers then reads back by plain zarr, checksum and all."""
+    root = StoreRoot(tmp_path)
+    sizes = {"h": 80, "dim": 100, "n": 3000}  # output's chunk spans 10 blocks
+    writer = _writer(root, capacity=60, chunk_bytes=80 * 100 * 4 * 2, **sizes)
+    T = writer.chunk_steps
+    hot = writer._hot()
+    blocks = [_block(k * T, T, **sizes) for k in range(4)]
+    for k in range(3):
+        writer.write_block(k * T, blocks[k]).wait(20)
+
+    class Arrived(GatedSink):  # says when a held write has arrived (encoded), then waits for the gate
+        def put(self, key, parts):
+            if key in self.held:
+                arrived.set()
+            super().put(key, parts)
+
+    arrived = threading.Event()
+    hot.sink = gated = Arrived(hot.sink, held={"output/c/0/0"})
+    committer = threading.Thread(target=writer.commit, args=(3 * T,))
+    committer.start()
+    assert arrived.wait(20)  # the commit's write of the partial chunk is encoded, not yet written
+    writer.write_block(3 * T, blocks[3]).wait(20)  # more rows of the same chunk arrive meanwhile
+    gated.gate.set()
+    committer.join(20)
+    assert root.read_attrs("r")["committed_steps"] == 3 * T
+    plain = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")  # the commit's write, as it landed
+    np.testing.assert_array_equal(plain["output"][: 3 * T], np.concatenate([b["output"] for b in blocks[:3]]))
+    writer.commit()
+    writer.finish("complete")
+    np.testing.assert_array_equal(open_run("r", root).output.values, np.concatenate([b["output"] for b in blocks]))
+
+
 def test_a_variable_of_no_values_is_committed_over(tmp_path):
     """A variable with a zero-size dimension (here ``output`` of a run of no samples) has no chunk files: a
     commit finds all of its rows on storage instead of failing, and the run reads back."""

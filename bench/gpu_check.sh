@@ -5,17 +5,18 @@
 #                                    # without zarr, pydantic... needs, for CPython 3.12, into .whl/
 #   bash bench/gpu_check.sh run      # there, from the repository root: installs what is missing from
 #                                    # .whl/, runs tests/gpu (the GPU path's correctness, on the GPU), then
-#                                    # record_call and recorder_ab (this recorder against AB_BASE's, side
-#                                    # by side), record_overhead (reference, wide), record_ceiling
+#                                    # side-by-side A/Bs (record_call; record.writer thread against loop;
+#                                    # recorder_ab, this recorder against AB_BASE's), record_overhead
+#                                    # (reference, wide), record_ceiling
 #                                    # (reference states, wide states), step_anatomy (reference), most
 #                                    # needed first, each under its own limit
 #                                    # within BUDGET; every table lands in $OUT (default ./gpu-check),
 #                                    # 8 files at most, stage times in machine.txt
 #
 # Environment: DEVICE (cuda; cpu rehearses the run on a machine without a GPU), TESTS_TIMEOUT (seconds for
-# tests/gpu, 150), TRAJSCOPE_TEST_GPU_STEPS (steps of its killed run on the GPU, 10000), STEPS (reference config,
+# tests/gpu, 200: its 9 CUDA cases), TRAJSCOPE_TEST_GPU_STEPS (steps of its killed run on the GPU, 10000), STEPS (reference config,
 # 3000), WIDE_STEPS (wide config, 300), REPEATS (3), CEILING_MB (512), WIDE_CEILING_MB (256; 512 took over 60 s on an H200),
-# BUDGET (seconds for all stages, 540), STAGES (the stages to run, by file name without its suffix, comma-
+# BUDGET (seconds for all stages, 570: a device call may run 600), STAGES (the stages to run, by file name without its suffix, comma-
 # separated: gpu_tests,overhead_reference,...; all), VARIANTS (record_overhead's --variants for the reference
 # config; all but "thread", which is what "every" (record.writer auto) runs),
 # PYVER (3.12, for `wheels`), AB_BASE (for `wheels`: the git revision whose producer/recorder.py the run's
@@ -76,7 +77,7 @@ EOF
   status=0
   # each stage under its own limit and the run's deadline (BUDGET seconds from here), so one slow stage
   # cannot take the others' time; its seconds land in machine.txt (a device run returns at most 8 files)
-  deadline=$(( $(date +%s) + ${BUDGET:-540} ))
+  deadline=$(( $(date +%s) + ${BUDGET:-570} ))
   stage() {  # stage FILE LIMIT COMMAND...: COMMAND's output into $out/FILE and on stdout
     local file=$1 limit=$2 began left; shift 2
     case ",${STAGES:-all}," in *",${file%.*},"*|*,all,*) ;; *) return ;; esac
@@ -94,11 +95,14 @@ EOF
   # cuda a machine where torch sees no GPU fails here instead of skipping)
   require=0; [ "$device" = cuda ] && require=1
   export TRAJSCOPE_TEST_REQUIRE_CUDA=$require
-  stage gpu_tests.txt "${TESTS_TIMEOUT:-150}" \
+  stage gpu_tests.txt "${TESTS_TIMEOUT:-200}" \
     python3 -m pytest -q -rs -p no:cacheprovider tests/gpu -k "$device"
-  # record() alone, one copy launch a state against one per dtype; then this recorder against the base's
-  # (.whl/recorder_base.py, if there), interleaved, each over the bare loop of its repeat
-  stage ab_reference.md 100 bash -c 'python3 bench/record_call.py --device "$1" --repeats "$3" || exit
+  # side by side, in interleaved repeats: record() alone, one copy launch a state against one per dtype; the
+  # writer thread handing chunks to the store against the loop doing it (record.writer: loop); this recorder
+  # against the base's (.whl/recorder_base.py, if there), each over the bare loop of its repeat
+  stage ab_reference.md 150 bash -c 'python3 bench/record_call.py --device "$1" --repeats "$3" || exit
+    python3 bench/record_overhead.py --device "$1" --config reference --steps "$2" --repeats "$3" \
+      --variants every,loop --no-baselines || exit
     [ -f .whl/recorder_base.py ] || { echo "no .whl/recorder_base.py: no recorder A/B"; exit 0; }
     python3 bench/recorder_ab.py --what overhead --device "$1" --base-file .whl/recorder_base.py --steps "$2" \
       --repeats "$3"' _ "$device" "${STEPS:-3000}" "${AB_REPEATS:-7}"

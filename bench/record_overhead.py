@@ -13,14 +13,15 @@ during whichever run comes later; that write-back is a cost of every variant tha
 and the hand-written baselines' alike, and is not in these figures). Ratios are against the bare loop measured in the same run; the CPU-time
 ratio (CPU time of the process, all threads, and of its writer process) is the steadier figure on a machine shared with other work. "durability fsync"
 is trajscope with ``record.durability: fsync`` (chunks, directories and attributes fsynced); "writer thread" /
-"writer process" force ``record.writer`` (the default, "every step", is ``auto``: the thread; before the
-seventeenth session a writer process for a GPU run of small states, BENCHMARKS.md "GPU table"). "buffered I/O"
+"writer process" / "loop hands chunks over" force ``record.writer`` (the default, "every step", is ``auto``: the
+thread; before the seventeenth session a writer process for a GPU run of small states, BENCHMARKS.md "GPU
+table"; ``loop``: on a GPU the training loop submits each copied chunk to the store, on the CPU the thread). "buffered I/O"
 / "direct I/O" force ``record.io`` (the default, ``auto``, writes a CPU run's chunks on a disk with direct I/O, the
 states copied into page-aligned chunk buffers, and a GPU run's buffered; buffered, the CPU recorder keeps the
 states by reference).
 
 ``--variants`` runs only some variants (besides the baseline, always run), so more repeats fit in the same
-time: ``every,buffered,direct,thread,process,fsync,dropped,npsave,torchsave`` (default: all). The "95% CI" column is a
+time: ``every,buffered,direct,thread,process,loop,fsync,dropped,npsave,torchsave`` (default: all). The "95% CI" column is a
 bootstrap interval of the median time ratio (10 000 resamples of the repeats, percentile method, seed 0):
 with a goal inside the run-to-run noise, it says whether the repeats support meeting it. The "per-step ratio"
 is the same ratio over the middle 80% of each run's steps (its time per step there, over the baseline's in the
@@ -69,7 +70,8 @@ REFERENCE = {
 #: ``--variants`` key -> variant (the baseline always runs)
 VARIANT_KEYS = {"every": "trajscope, every step", "buffered": "trajscope, buffered I/O",
                 "direct": "trajscope, direct I/O", "thread": "trajscope, writer thread",
-                "process": "trajscope, writer process", "fsync": "trajscope, durability fsync",
+                "process": "trajscope, writer process", "loop": "trajscope, loop hands chunks over",
+                "fsync": "trajscope, durability fsync",
                 "dropped": "trajscope recorder, writes dropped", "npsave": "np.save every step",
                 "torchsave": "torch.save every step"}
 
@@ -231,6 +233,7 @@ def main() -> None:
     buffered_cfg = load_config(cfg, ["record.io=buffered"])
     direct_cfg = load_config(cfg, ["record.io=direct"])
     process_cfg = load_config(cfg, ["record.writer=process"])
+    loop_cfg = load_config(cfg, ["record.writer=loop"])
     from trajscope.store.layout import chunk_plan
 
     chunk_steps = chunk_plan({"W": (h, cfg.data.dim), "v": (h,), "loss": (), "output": (n,)},
@@ -243,6 +246,7 @@ def main() -> None:
         "trajscope, direct I/O": lambda d: trajscope_run(direct_cfg, d),
         "trajscope, writer thread": lambda d: trajscope_run(thread_cfg, d),
         "trajscope, writer process": lambda d: trajscope_run(process_cfg, d),
+        "trajscope, loop hands chunks over": lambda d: trajscope_run(loop_cfg, d),
         "trajscope, durability fsync": lambda d: trajscope_run(fsync_cfg, d),
         "trajscope recorder, writes dropped": lambda d: recorder_only_loop(cfg, chunk_steps, d),
     }

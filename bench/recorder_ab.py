@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import os
 import statistics
 import subprocess
@@ -63,13 +64,17 @@ def recorder_at(revision: str, source_file: str | None = None):
     """``Recorder`` of ``producer/recorder.py`` as it was at ``revision`` (or as ``source_file`` holds it)."""
     base = module_at("producer/recorder.py", revision, source_file).Recorder
 
+    accepted = inspect.signature(base).parameters
+
     def recorder(writer, *args, buffers=None, **kwargs):
         """The base revision's recorder with this checkout's default buffers when none are given (before
-        fec39c2 the default was a fixed 3, and ``None`` was no value): both sides keep as many."""
+        fec39c2 the default was a fixed 3, and ``None`` was no value): both sides keep as many. An option the
+        base lacks is left out when it is off (``loop_submits=False``: what the base does anyway)."""
         from trajscope.producer.recorder import default_buffers
 
         if buffers is None:
             buffers = default_buffers(writer.write_pool_size, writer.block_threads)
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted or v}
         made = base(writer, *args, buffers=buffers, **kwargs)
         for name in ("waited_seconds", "device_waited_seconds", "closing_seconds"):  # read by a run's result;
             if not hasattr(made, name):  # a revision before them has none

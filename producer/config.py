@@ -159,7 +159,11 @@ class RecordConfig(_Strict):
     ``writer``: where the store's
     writing runs — ``thread`` (a thread of the training process), ``process`` (a long-lived writer
     process fed through shared memory, each chunk copied into it: the store's Python work stays off the
-    training process's GIL; CPU or CUDA training on a local root only, else the thread is used), or
+    training process's GIL; CPU or CUDA training on a local root only, else the thread is used), ``loop``
+    (the thread, but on a GPU the training loop hands each chunk to the store itself once its copy to the
+    host is done, as the CPU's loop always does, and the writer thread only commits: no hand-off of the
+    interpreter lock to the writer thread once a chunk; not measured on a GPU yet, BENCHMARKS.md "Record
+    call"; on the CPU the same as ``thread``), or
     ``auto``, the default: the thread (on the CPU the thread, which keeps the states by reference, measured
     faster than the process, BENCHMARKS.md "Recording overhead"; on an H200 the thread recorded the reference
     config at 0.99× and 1.39× the bare loop's time in two runs against 1.82× and 1.79× for the process,
@@ -181,7 +185,7 @@ class RecordConfig(_Strict):
     durability: Literal["process", "fsync"] = "process"
     commit_seconds: float = Field(0.5, ge=0.0, le=60.0)
     write_threads: int | None = Field(None, ge=1, le=64)
-    writer: Literal["auto", "thread", "process"] = "auto"
+    writer: Literal["auto", "thread", "loop", "process"] = "auto"
     io: Literal["auto", "buffered", "direct"] = "auto"
 
 

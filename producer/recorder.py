@@ -3,10 +3,11 @@
 The training loop calls :meth:`Recorder.record` once per recorded state. The state is copied into the
 current chunk buffer with one call: on a GPU one multi-tensor copy (``torch._foreach_copy_``, one call for
 the whole state, one kernel launch for a state of a few tensors: a float64 loss beside float32 weights goes
-in as two float32, see
-:func:`copy_carrier`; no host sync); on the CPU one numpy memcpy per variable (torch's
-intra-op threads would compete with the training step for the cores). On a GPU a full buffer is handed
-to the writer thread after an asynchronous copy into pinned host memory on a side stream; on the CPU,
+in as two float32, see :func:`copy_carrier`; no host sync); on the CPU one numpy memcpy per variable
+(torch's intra-op threads would compete with the training step for the cores). On a GPU a full buffer is handed
+to the writer thread after an asynchronous copy into pinned host memory on a side stream (with
+``loop_submits``, ``record.writer: loop``, the loop itself hands it to the store once that copy is done, at its
+next hand-off); on the CPU,
 where the buffer is host memory already, the :meth:`Recorder.record` call that fills it hands it to the
 store itself (the hop to the writer thread was Python under the interpreter lock the store's write threads
 need, see "By reference" below). The loop continues in the next free buffer. There are ``buffers`` of them
@@ -46,6 +47,7 @@ measured faster, so the process is opt-in: :func:`wants_writer_process`.)
 
 from __future__ import annotations
 
+import collections
 import math
 import numbers
 import queue
@@ -169,6 +171,10 @@ class HostStaging:
     def wait(self, slot: _Slot) -> None:
         """Block (writer thread) until the copy of ``slot`` is complete (no-op)."""
 
+    def ready(self, slot: _Slot) -> bool:
+        """Whether the copy of ``slot`` is complete, without waiting for it (here: always)."""
+        return True
+
 
 class CudaStaging(HostStaging):
     """GPU training: pinned host buffers filled by asynchronous copies on a side stream.
@@ -197,6 +203,9 @@ class CudaStaging(HostStaging):
 
     def wait(self, slot):
         slot.event.synchronize()
+
+    def ready(self, slot):
+        return slot.event.query()  # (cudaEventQuery: no host sync)
 
 
 class Recorder:
@@ -239,6 +248,15 @@ class Recorder:
         ``step()`` does: :class:`~trajscope.producer.module_recorder.ModuleRecorder` copies). CPU
         tensors of numpy dtypes, not with a writer process. Chunks are handed over as with
         :class:`HostStaging` (see ``staging``).
+    loop_submits
+        With a staging that copies (a GPU) and the writer thread: the training loop hands each chunk to the
+        store itself (``record.writer: loop``), as the CPU's loop does, instead of the writer thread. At each
+        hand-off it submits, in order, the chunks whose copy to the host is done (``staging.ready``, no host
+        sync: chunk k is done long before chunk k+1 is full), and when it waits for a free buffer it submits
+        them all, waiting for their copies. The writer thread then only commits, and submits a chunk the
+        loop has left staged for ``commit_seconds`` (a loop that paused recording) or at :meth:`close`, so a
+        live reader sees a written chunk within about two ``commit_seconds``. Without a copying staging
+        (the CPU, by reference) the loop hands its chunks over already; nothing changes there.
     """
 
     def __init__(
@@ -255,6 +273,7 @@ class Recorder:
         staging: HostStaging | None = None,
         process: WriterProcess | None = None,
         by_reference: bool = False,
+        loop_submits: bool = False,
     ):
         if by_reference and (device.type != "cpu" or process is not None
                              or any(dtypes[n] not in _NUMPY_DTYPES for n in shapes)):
@@ -280,6 +299,11 @@ class Recorder:
         self._direct = process is None and (by_reference or type(self.staging) is HostStaging)
         # a writer process behind a staging (a GPU): the writer thread moves each chunk into shared memory
         self._process_staged = process is not None and type(self.staging) is not HostStaging
+        # a staging that copies (a GPU), the writer thread: the loop submits its chunks once copied (loop_submits)
+        self._loop_submits = bool(loop_submits) and process is None and not self._direct
+        self._staged: collections.deque[tuple[int, float]] = collections.deque()  # (slot, perf_counter() staged)
+        self._submit_lock = threading.Lock()  # one submitter at a time, in order
+        self._overdue_seconds = float(getattr(writer, "commit_seconds", 0.5))
         if by_reference:
             self._shapes = {n: tuple(s) for n, s in shapes.items()}
             self._torch_dtypes = dict(dtypes)
@@ -402,6 +426,8 @@ class Recorder:
         is free: the part after its chunk reached host memory in :attr:`waited_seconds`, the rest in
         :attr:`device_waited_seconds`."""
         started = time.perf_counter()
+        if self._staged:  # (loop_submits) the staged chunks are the buffers to be freed: submit them now
+            self._submit_staged(wait=True, on_loop=True)
         while True:
             self._raise_if_failed()
             try:
@@ -588,24 +614,64 @@ class Recorder:
             if self._error is not None:
                 self._release(index)
                 self._raise_if_failed()
-            try:
-                self._submit(index)  # releases the slot itself if it raises
-            except Exception as exc:  # noqa: BLE001 - a Ctrl-C (KeyboardInterrupt) is not a failed write
-                if self._error is None:
-                    self._error = exc
-                self._raise_if_failed()
-            except BaseException:  # a Ctrl-C: this chunk may never be written, so nothing from it is committed
-                if self._cut is None:
-                    self._cut = slot.start
-                raise
+            self._submit_on_loop(index)
             return  # the writer thread commits when due (a written block wakes it)
         try:
             self.staging.start_copy(slot)
-            self._filled.put(index)
+            if self._loop_submits:
+                self._staged.append((index, time.perf_counter()))
+            else:
+                self._filled.put(index)
         except KeyboardInterrupt:  # a Ctrl-C before the chunk reached the writer thread (or just after): nothing
             if self._cut is None:  # from it is committed, and the run ends `interrupted` over what is (not
                 self._cut = slot.start  # `failed` for the states it lacks)
             raise
+        if self._loop_submits:  # the chunks before this one whose copies are done (this one's has just begun)
+            self._submit_staged(wait=False, on_loop=True)
+
+    def _submit_staged(self, wait: bool, on_loop: bool) -> None:
+        """``loop_submits``: hand the staged chunks to the store, in order: those whose copy to the host is done,
+        or (``wait``) all of them, waiting for their copies. Without ``wait`` it gives way to a submitter already
+        at work. On the loop (``on_loop``) a failure is raised, as the CPU's hand-off raises it; on the writer
+        thread it becomes the run's error. After an error the staged chunks are freed unwritten."""
+        if not self._submit_lock.acquire(blocking=wait):
+            return
+        try:
+            while self._staged:
+                index = self._staged[0][0]
+                if not wait and not self.staging.ready(self._slots[index]):
+                    break
+                self._staged.popleft()
+                if self._error is not None:  # nothing more is written; the buffer is free once its copy is done
+                    self._guard(lambda: self.staging.wait(self._slots[index]))
+                    self._release(index)
+                elif on_loop:
+                    self._submit_on_loop(index)
+                else:
+                    self._guard(lambda: self._submit(index))
+        finally:
+            self._submit_lock.release()
+
+    def _submit_on_loop(self, index: int) -> None:
+        """A chunk handed to the store from the training thread: a failed write raises here (the run's error); a
+        Ctrl-C here keeps this chunk and the later ones from being committed."""
+        try:
+            self._submit(index)  # releases the slot itself if it raises
+        except Exception as exc:  # noqa: BLE001 - a Ctrl-C (KeyboardInterrupt) is not a failed write
+            if self._error is None:
+                self._error = exc
+            self._raise_if_failed()
+        except BaseException:  # a Ctrl-C: this chunk may never be written, so nothing from it is committed
+            if self._cut is None:
+                self._cut = self._slots[index].start
+            raise
+
+    def _first_staged_at(self) -> float | None:
+        """When the first staged chunk was staged (``loop_submits``; the loop may take it meanwhile)."""
+        try:
+            return self._staged[0][1]
+        except IndexError:
+            return None
 
     def close(self) -> int:
         """Flush the partial chunk, wait for the writer thread, return ``committed_steps``.
@@ -764,11 +830,17 @@ class Recorder:
             committing = self._error is None and self._process is None  # (a writer process commits itself)
             if committing and self._behind_commit():
                 timeout = min(timeout, max(self._seconds_until_commit(), 0.005))  # commit when due
+            if self._loop_submits:  # look at what the loop staged (it stages without a word) when it is overdue
+                staged_at = self._first_staged_at()
+                due = self._overdue_seconds if staged_at is None else staged_at + self._overdue_seconds - time.perf_counter()
+                timeout = min(timeout, max(due, 0.005))
             try:
                 item = self._filled.get(timeout=timeout)
             except queue.Empty:
                 item = _WAKE
             if item is None:
+                if self._loop_submits:  # closing: what the loop staged is written (or, after an error, freed)
+                    self._submit_staged(wait=True, on_loop=False)
                 break
             if item != _WAKE:
                 if self._error is None:
@@ -779,6 +851,9 @@ class Recorder:
                     except BaseException:  # noqa: BLE001 - the first error stands; the buffer is freed anyway
                         pass
                     self._release(item)
+            staged_at = self._first_staged_at()
+            if staged_at is not None and time.perf_counter() - staged_at >= self._overdue_seconds:
+                self._submit_staged(wait=True, on_loop=False)  # a loop that paused recording: a live reader waits
             if self._error is None and self._process is None:  # (a writer process commits itself)
                 self._guard(self._commit_if_due)
         if self._process is None:  # closing: everything handed off written, then committed

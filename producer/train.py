@@ -324,7 +324,8 @@ def _train(
         # cache, they are kept, not copied (direct I/O takes aligned chunk buffers, so they are copied there)
         recorder = Recorder(writer, shapes, dtypes, device, start_index=start_index, columns=columns, preload=preload,
                             buffers=cfg.record.buffers, process=process,
-                            by_reference=device.type == "cpu" and process is None and io == "buffered")
+                            by_reference=device.type == "cpu" and process is None and io == "buffered",
+                            loop_submits=cfg.record.writer == "loop")
     except BaseException as exc:
         if device.type == "cpu":
             torch.set_flush_denormal(False)

@@ -6,7 +6,8 @@ elsewhere). ``bench/gpu_check.sh run`` runs the CUDA cases first on a lent GPU m
 benchmarks, with ``TRAJSCOPE_TEST_REQUIRE_CUDA=1``: there a missing CUDA device fails instead of skipping.
 
 - Every recorded state equals a copy of the same tensors taken in the loop (on the GPU a clone on the
-  device, in stream order), with the writer thread and with the writer process behind it. The loop changes
+  device, in stream order), with the writer thread, with the loop handing its chunks to the store
+  (``record.writer: loop``) and with the writer process behind it. The loop changes
   the recorded tensors in place right after each ``record()``, only two chunk buffers take turns, and on the
   GPU each step first keeps the device busy for a while, so the host runs ahead of it: the asynchronous
   copies to pinned memory and the reuse of the buffers are what could go wrong.
@@ -39,7 +40,7 @@ if os.environ.get("TRAJSCOPE_TEST_REQUIRE_CUDA") == "1" and not torch.cuda.is_av
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                 reason="needs a CUDA device"))]
-WRITERS = ["thread", pytest.param("process", marks=pytest.mark.skipif(
+WRITERS = ["thread", "loop", pytest.param("process", marks=pytest.mark.skipif(
     not writer_process.available(), reason="needs memfd_create and fd passing (Linux)"))]
 
 
@@ -58,7 +59,8 @@ def test_every_recorded_state_equals_a_copy_taken_in_the_loop(tmp_path, device_n
     dtypes = {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32}
     steps = np.arange(states)
     recorder = Recorder(run, shapes, dtypes, device, buffers=2, columns={"step": steps, "t": steps * 0.1},
-                        process=writer_process.WriterProcess.start() if writer == "process" else None)
+                        process=writer_process.WriterProcess.start() if writer == "process" else None,
+                        loop_submits=writer == "loop")
     generator = torch.Generator(device=device).manual_seed(0)
     W = torch.randn(h, dim, device=device, generator=generator)
     v = torch.randn(h, device=device, generator=generator)
@@ -188,13 +190,16 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, device_name, 
         np.testing.assert_array_equal(resumed[name].values, expected[name].values, err_msg=name)
 
 
+@pytest.mark.parametrize("loop_submits", [False, True])
 @pytest.mark.parametrize("device_name", DEVICES)
-def test_the_recording_loop_never_waits_for_the_device(tmp_path, device_name):
+def test_the_recording_loop_never_waits_for_the_device(tmp_path, device_name, loop_submits):
     """No host sync in a minibatch step nor in ``record()``: on the GPU the loop runs under
     ``torch.cuda.set_sync_debug_mode("error")``, where anything that waits for the device (a copy from
     pageable memory, ``.item()`` of a device tensor) raises. The states mix dtypes (float32 rows, a float64
     loss) and hand the loss over as a device tensor, as a number in a CPU tensor (what ``ModuleRecorder``
-    makes of a Python number) and as a Python number; the recorded values are checked after."""
+    makes of a Python number) and as a Python number; the recorded values are checked after. With
+    ``loop_submits`` (``record.writer: loop``) the loop also asks each chunk's copy whether it is done
+    (``Event.query``) and hands it to the store."""
     from trajscope.producer.model import TwoLayerReLU, initialize
     from trajscope.producer.train import gradient_step
 
@@ -214,7 +219,7 @@ def test_the_recording_loop_never_waits_for_the_device(tmp_path, device_name):
     steps = np.arange(states)
     recorder = Recorder(run, {"W": (width, dim), "v": (width,), "loss": (), "output": (n,)},
                         {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32},
-                        device, columns={"step": steps, "t": steps * 0.1})
+                        device, columns={"step": steps, "t": steps * 0.1}, loop_submits=loop_submits)
     losses, kept = [], []
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -40,8 +40,12 @@ class DeferredStaging(HostStaging):
     def wait(self, slot):
         assert slot.event.wait(10)
 
+    def ready(self, slot):
+        return slot.event.is_set()
 
-def test_async_staging_keeps_every_state_intact(tmp_path):
+
+@pytest.mark.parametrize("loop_submits", [False, True])
+def test_async_staging_keeps_every_state_intact(tmp_path, loop_submits):
     h, dim, n, states = 4, 3, 5, 53
     root = StoreRoot(tmp_path)
     writer = RunWriter.create(
@@ -54,7 +58,8 @@ def test_async_staging_keeps_every_state_intact(tmp_path):
     shapes = {"W": (h, dim), "v": (h,), "loss": (), "output": (n,), "step": (), "t": ()}
     dtypes = {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32,
               "step": torch.int64, "t": torch.float64}
-    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=2, staging=staging)
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=2, staging=staging,
+                        loop_submits=loop_submits)
     expected = []
     W = torch.zeros(h, dim)
     for k in range(states):
@@ -564,9 +569,10 @@ def test_recording_after_a_ctrl_c_in_a_hand_off_is_refused_and_close_commits_wha
     np.testing.assert_array_equal(ds.W.values[:, 0, 0], np.arange(5, dtype=np.float32))
 
 
-def _raising_at_the_second_block(tmp_path, run_id, exc, by_reference=True):
-    """A CPU recorder of 20 states (chunks of 5; by reference unless told) whose ``write_block`` raises ``exc``
-    for the block at 5; the writer, the recorder, the starts ``write_block`` was called with, and a state."""
+def _raising_at_the_second_block(tmp_path, run_id, exc, by_reference=True, loop_submits=False):
+    """A CPU recorder of 20 states (chunks of 5; by reference unless told; ``loop_submits``: copying, with a
+    GPU-like staging) whose ``write_block`` raises ``exc`` for the block at 5; the writer, the recorder, the
+    starts ``write_block`` was called with, and a state."""
     writer, shapes, dtypes = _small_run(tmp_path, run_id, 20)
     original, calls = writer.write_block, []
 
@@ -578,8 +584,12 @@ def _raising_at_the_second_block(tmp_path, run_id, exc, by_reference=True):
 
     writer.write_block = raising
     steps = np.arange(20)
-    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=by_reference,
-                        columns={"step": steps, "t": steps * 0.5})
+    if loop_submits:
+        recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=DeferredStaging(0.0), buffers=3,
+                            columns={"step": steps, "t": steps * 0.5}, loop_submits=True)
+    else:
+        recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=by_reference,
+                            columns={"step": steps, "t": steps * 0.5})
     return writer, recorder, calls, {"W": torch.ones(4, 3), "v": torch.zeros(4), "loss": 0.5, "output": torch.zeros(5)}
 
 
@@ -775,6 +785,122 @@ def test_the_recorder_counts_the_loops_wait_for_a_slow_store(tmp_path, monkeypat
     assert 3 <= waits <= 4 and 0.25 <= waited <= recording and closing >= 0.1
     waits, waited, recording, closing = counts[7]
     assert waits == 0 and waited == 0.0 and closing >= 0.3  # at least 4 of the 6 writes after the last record()
+
+
+def test_with_loop_submits_the_loop_hands_copied_chunks_to_the_store_in_order(tmp_path, monkeypatch):
+    """``record.writer: loop`` on a GPU-like staging (copies that finish later, on another thread): the training
+    thread hands each chunk whose copy is done to the store at its next hand-off, in order, and when it waits
+    for a free buffer; the writer thread only what is left at ``close``. Two buffers, slow chunk writes, ``W``
+    changed in place after each record: every state reads back as recorded."""
+    from trajscope.store.chunkio import LocalSink
+
+    put = LocalSink.put
+    monkeypatch.setattr(LocalSink, "put", lambda self, key, parts: (time.sleep(0.003), put(self, key, parts))[1])
+    h, dim, n, states = 4, 3, 5, 53
+    writer, shapes, dtypes = _small_run(tmp_path, "loop", states, h, dim, n)
+    calls, original = [], writer.write_block
+    writer.write_block = lambda start, block: (calls.append((start, threading.current_thread())),
+                                               original(start, block))[1]
+    steps = np.arange(states)
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=DeferredStaging(0.002), buffers=2,
+                        columns={"step": steps, "t": steps * 0.5}, loop_submits=True)
+    W = torch.zeros(h, dim)
+    for k in range(states):
+        W.add_(1.0)
+        recorder.record(W=W, v=torch.full((h,), float(k)), loss=k / 10, output=torch.zeros(n))
+    on_loop = [start for start, thread in calls if thread is threading.current_thread()]
+    assert recorder.close() == states
+    writer.finish("complete")
+    assert [start for start, _ in calls] == list(range(0, states, 5))  # every chunk once, in order
+    assert len(on_loop) >= len(calls) - 2  # the loop handed over all but what close found staged
+    assert all(thread.name == "trajscope-writer" for start, thread in calls if start not in on_loop)
+    ds = open_run("loop", root=StoreRoot(tmp_path))
+    np.testing.assert_array_equal(ds.W.values[:, 0, 0], np.arange(1, states + 1, dtype=np.float32))
+    np.testing.assert_array_equal(ds.v.values[:, 0], np.arange(states, dtype=np.float32))
+
+
+def test_record_writer_loop_reaches_the_recorder_and_records_what_the_thread_does(tmp_path, small_config, monkeypatch):
+    """``record.writer: loop`` asks the recorder for ``loop_submits`` (a GPU's loop hands its chunks over); on the
+    CPU, whose loop hands them over already, the run is the thread's, value for value."""
+    from trajscope.producer import produce
+    from trajscope.producer import train as train_module
+
+    asked, original = [], train_module.Recorder
+
+    class Asking(original):
+        def __init__(self, *args, **kwargs):
+            asked.append(kwargs.get("loop_submits"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "Recorder", Asking)
+    for writer in ("thread", "loop"):
+        produce(small_config(record={"writer": writer}), root=tmp_path, name=writer)
+    assert asked == [False, True]
+    by_loop, by_thread = open_run("loop", tmp_path).load(), open_run("thread", tmp_path).load()
+    assert by_loop.attrs["status"] == "complete" and by_loop.attrs["committed_steps"] == by_thread.attrs["committed_steps"]
+    for name in ("W", "v", "loss", "output"):
+        np.testing.assert_array_equal(by_loop[name].values, by_thread[name].values)
+
+
+def test_with_loop_submits_a_chunk_the_loop_leaves_staged_is_committed_by_the_writer_thread(tmp_path):
+    """A loop that stops recording after a chunk (evaluation, a long gap in the schedule) leaves it staged: the
+    writer thread hands it to the store after ``commit_seconds`` and commits it, so a live reader sees it
+    within about two ``commit_seconds`` (here 0.2 s), not at the loop's next chunk."""
+    writer, shapes, dtypes = _small_run(tmp_path, "paused", 20)
+    writer.set_write_options(commit_seconds=0.2)
+    steps = np.arange(20)
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=DeferredStaging(0.0), buffers=3,
+                        columns={"step": steps, "t": steps * 0.5}, loop_submits=True)
+    for k in range(5):  # one whole chunk, then nothing
+        recorder.record(W=torch.full((4, 3), float(k)), v=torch.zeros(4), loss=k / 10, output=torch.zeros(5))
+    started = time.perf_counter()
+    while StoreRoot(tmp_path).read_attrs("paused")["committed_steps"] < 5 and time.perf_counter() - started < 10:
+        time.sleep(0.02)
+    waited = time.perf_counter() - started
+    assert StoreRoot(tmp_path).read_attrs("paused")["committed_steps"] == 5 and waited < 2.0, waited
+    assert recorder.close() == 5
+    writer.finish("complete")
+    np.testing.assert_array_equal(open_run("paused", root=StoreRoot(tmp_path)).W.values[:, 0, 0], np.arange(5))
+
+
+@pytest.mark.parametrize("failure", [OSError("disk full (simulated)"), KeyboardInterrupt()])
+def test_with_loop_submits_a_failed_or_interrupted_hand_off_on_the_loop_commits_only_what_came_before(tmp_path,
+                                                                                                     failure):
+    """The loop hands the chunk at 5 to the store (chunks of 5) and ``write_block`` raises: a failed write is the
+    run's error, raised to the loop (and by every later record); a Ctrl-C is raised as it is and recording after
+    it is refused. Either way ``close`` commits states 0-4 and no later state, and returns."""
+    writer, recorder, calls, state = _raising_at_the_second_block(tmp_path, f"loop-{type(failure).__name__}",
+                                                                  failure, loop_submits=True)
+    raised = None
+    try:
+        for k in range(20):
+            recorder.record(**state)
+    except (RuntimeError, KeyboardInterrupt) as exc:
+        raised = exc
+    assert 5 in calls and calls == sorted(calls)
+    if isinstance(failure, KeyboardInterrupt):
+        assert isinstance(raised, KeyboardInterrupt) and recorder._error is None
+        with pytest.raises(RuntimeError, match="Ctrl-C interrupted handing states 5.. to the store"):
+            recorder.record(**state)
+    else:
+        assert isinstance(raised, RuntimeError) and "disk full" in str(raised)
+        with pytest.raises(RuntimeError, match="disk full"):
+            for _ in range(10):
+                recorder.record(**state)
+    closed = []
+    closing = threading.Thread(target=lambda: closed.append(_close_quietly(recorder)), daemon=True)
+    closing.start()
+    closing.join(20)
+    assert not closing.is_alive() and writer.committed_steps == 5
+    writer.finish("interrupted")
+    np.testing.assert_array_equal(open_run(f"loop-{type(failure).__name__}", root=StoreRoot(tmp_path)).sizes["step"], 5)
+
+
+def _close_quietly(recorder):
+    try:
+        return recorder.close()
+    except RuntimeError as exc:  # a failed run's close raises its error
+        return str(exc)
 
 
 def test_a_wait_for_the_device_is_not_counted_as_the_stores(tmp_path):

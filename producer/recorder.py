@@ -90,6 +90,10 @@ _AS_IS, _VIEWED = "as is", "viewed"
 #: torch's switch of gradient recording, as ``torch.no_grad()`` calls it
 _set_grad_enabled = torch._C._set_grad_enabled
 
+#: ``loop_submits``: the least time a chunk the loop left staged waits before the writer thread hands it over
+#: (else ``commit_seconds``: with 0 the writer thread would take every chunk, and wake every few ms)
+MIN_OVERDUE_SECONDS = 0.05
+
 #: fewest chunk buffers a recorder keeps (:func:`default_buffers`)
 MIN_BUFFERS = 3
 
@@ -155,7 +159,8 @@ class _Slot:
     refs: list[dict[str, torch.Tensor | np.ndarray] | None] | None = None  # by reference: each position's values
     exact: bool = True  # by reference: every value kept is a CPU tensor of its variable's shape and dtype
     shared: dict[str, np.ndarray] | None = None  # a writer process behind a staging (a GPU): the slot's shared buffers
-    copied_at: float = 0.0  # perf_counter() when its chunk reached host memory (on the CPU: its hand-off)
+    copied_at: float = 0.0  # perf_counter() when its chunk was seen in host memory (on the CPU: its hand-off;
+    #                         with loop_submits: when it was handed to the store, which may be a chunk later)
 
 
 class HostStaging:
@@ -302,8 +307,11 @@ class Recorder:
         # a staging that copies (a GPU), the writer thread: the loop submits its chunks once copied (loop_submits)
         self._loop_submits = bool(loop_submits) and process is None and not self._direct
         self._staged: collections.deque[tuple[int, float]] = collections.deque()  # (slot, perf_counter() staged)
-        self._submit_lock = threading.Lock()  # one submitter at a time, in order
-        self._overdue_seconds = float(getattr(writer, "commit_seconds", 0.5))
+        # one submitter at a time, in order; re-entrant: a Ctrl-C between taking it and the ``try`` that
+        # releases it leaves it taken by the loop, which can still take it again (the writer thread then
+        # gives way, and at close goes on without it)
+        self._submit_lock = threading.RLock()
+        self._overdue_seconds = max(float(getattr(writer, "commit_seconds", 0.5)), MIN_OVERDUE_SECONDS)
         if by_reference:
             self._shapes = {n: tuple(s) for n, s in shapes.items()}
             self._torch_dtypes = dict(dtypes)
@@ -427,7 +435,7 @@ class Recorder:
         :attr:`device_waited_seconds`."""
         started = time.perf_counter()
         if self._staged:  # (loop_submits) the staged chunks are the buffers to be freed: submit them now
-            self._submit_staged(wait=True, on_loop=True)
+            self._submit_staged(wait=True, on_loop=True, lock="wait")
         while True:
             self._raise_if_failed()
             try:
@@ -465,6 +473,8 @@ class Recorder:
         self.index += 1
         if position + 1 == self.chunk:
             self._hand_off(self.chunk)
+        elif self._staged:  # (loop_submits) a staged chunk whose copy is done goes to the store at once
+            self._submit_staged(wait=False, on_loop=True, lock="try")
 
     def _copy_device(self, slot: _Slot, position: int, rows: dict[str, torch.Tensor], values: dict) -> None:
         """A GPU's rows: one ``torch._foreach_copy_`` call for the whole state, no host sync.
@@ -627,30 +637,43 @@ class Recorder:
                 self._cut = slot.start  # `failed` for the states it lacks)
             raise
         if self._loop_submits:  # the chunks before this one whose copies are done (this one's has just begun)
-            self._submit_staged(wait=False, on_loop=True)
+            self._submit_staged(wait=False, on_loop=True, lock="try")
 
-    def _submit_staged(self, wait: bool, on_loop: bool) -> None:
+    def _submit_staged(self, *, wait: bool, on_loop: bool, lock: str) -> None:
         """``loop_submits``: hand the staged chunks to the store, in order: those whose copy to the host is done,
-        or (``wait``) all of them, waiting for their copies. Without ``wait`` it gives way to a submitter already
-        at work. On the loop (``on_loop``) a failure is raised, as the CPU's hand-off raises it; on the writer
-        thread it becomes the run's error. After an error the staged chunks are freed unwritten."""
-        if not self._submit_lock.acquire(blocking=wait):
+        or (``wait``) all of them, waiting for their copies.
+
+        ``lock``: ``"try"`` gives way to a submitter at work, ``"wait"`` waits for it, ``"close"`` (the writer
+        thread at close, while the loop waits in :meth:`close`) waits a second, then goes on without it. On
+        the loop (``on_loop``) a failure is raised, as the CPU's hand-off raises it, and a Ctrl-C cuts at the
+        first state not handed over; on the writer thread a failure becomes the run's error. After an error,
+        and from a cut on, staged chunks are freed unwritten (once their copies are done).
+        """
+        locked = self._submit_lock.acquire(timeout=1.0) if lock == "close" else \
+            self._submit_lock.acquire(blocking=lock == "wait")
+        if not locked and lock != "close":
             return
         try:
             while self._staged:
                 index = self._staged[0][0]
-                if not wait and not self.staging.ready(self._slots[index]):
+                slot = self._slots[index]
+                if not wait and not self.staging.ready(slot):
                     break
                 self._staged.popleft()
-                if self._error is not None:  # nothing more is written; the buffer is free once its copy is done
-                    self._guard(lambda: self.staging.wait(self._slots[index]))
-                    self._release(index)
+                if self._error is not None or (self._cut is not None and slot.start >= self._cut):
+                    self._guard(lambda: self.staging.wait(slot))  # nothing of it is written: its buffer is
+                    self._release(index)                           # free once its copy is done
                 elif on_loop:
                     self._submit_on_loop(index)
                 else:
                     self._guard(lambda: self._submit(index))
+        except BaseException as exc:  # a Ctrl-C on the loop, e.g. between taking a chunk and handing it over
+            if on_loop and not isinstance(exc, Exception) and self._cut is None:
+                self._cut = self._handed  # (handed over in order: the first state not handed over)
+            raise
         finally:
-            self._submit_lock.release()
+            if locked:
+                self._submit_lock.release()
 
     def _submit_on_loop(self, index: int) -> None:
         """A chunk handed to the store from the training thread: a failed write raises here (the run's error); a
@@ -840,7 +863,7 @@ class Recorder:
                 item = _WAKE
             if item is None:
                 if self._loop_submits:  # closing: what the loop staged is written (or, after an error, freed)
-                    self._submit_staged(wait=True, on_loop=False)
+                    self._submit_staged(wait=True, on_loop=False, lock="close")
                 break
             if item != _WAKE:
                 if self._error is None:
@@ -853,7 +876,7 @@ class Recorder:
                     self._release(item)
             staged_at = self._first_staged_at()
             if staged_at is not None and time.perf_counter() - staged_at >= self._overdue_seconds:
-                self._submit_staged(wait=True, on_loop=False)  # a loop that paused recording: a live reader waits
+                self._submit_staged(wait=True, on_loop=False, lock="try")  # a paused loop: a live reader waits
             if self._error is None and self._process is None:  # (a writer process commits itself)
                 self._guard(self._commit_if_due)
         if self._process is None:  # closing: everything handed off written, then committed
@@ -936,7 +959,8 @@ class Recorder:
 
     def _commit_if_due(self) -> None:
         commit_if_due = getattr(self.writer, "commit_if_due", None)
-        if commit_if_due is not None and commit_if_due():
+        # (after a Ctrl-C's cut, only close commits, up to the cut: nothing of a cut chunk nor after it)
+        if self._cut is None and commit_if_due is not None and commit_if_due():
             self.committed = self.writer.committed_steps
         elif self.writer.heartbeat_due():
             self.writer.commit(self.committed)

@@ -585,6 +585,7 @@ def _raising_at_the_second_block(tmp_path, run_id, exc, by_reference=True, loop_
     writer.write_block = raising
     steps = np.arange(20)
     if loop_submits:
+        writer.set_write_options(commit_seconds=60)
         recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=DeferredStaging(0.0), buffers=3,
                             columns={"step": steps, "t": steps * 0.5}, loop_submits=True)
     else:
@@ -848,8 +849,11 @@ def test_with_loop_submits_a_chunk_the_loop_leaves_staged_is_committed_by_the_wr
     within about two ``commit_seconds`` (here 0.2 s), not at the loop's next chunk."""
     writer, shapes, dtypes = _small_run(tmp_path, "paused", 20)
     writer.set_write_options(commit_seconds=0.2)
+    threads, original = [], writer.write_block
+    writer.write_block = lambda start, block: (threads.append(threading.current_thread().name),
+                                               original(start, block))[1]
     steps = np.arange(20)
-    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=DeferredStaging(0.0), buffers=3,
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=DeferredStaging(0.05), buffers=3,
                         columns={"step": steps, "t": steps * 0.5}, loop_submits=True)
     for k in range(5):  # one whole chunk, then nothing
         recorder.record(W=torch.full((4, 3), float(k)), v=torch.zeros(4), loss=k / 10, output=torch.zeros(5))
@@ -858,6 +862,7 @@ def test_with_loop_submits_a_chunk_the_loop_leaves_staged_is_committed_by_the_wr
         time.sleep(0.02)
     waited = time.perf_counter() - started
     assert StoreRoot(tmp_path).read_attrs("paused")["committed_steps"] == 5 and waited < 2.0, waited
+    assert threads == ["trajscope-writer"]  # (its copy was not done when the loop last looked)
     assert recorder.close() == 5
     writer.finish("complete")
     np.testing.assert_array_equal(open_run("paused", root=StoreRoot(tmp_path)).W.values[:, 0, 0], np.arange(5))
@@ -871,6 +876,7 @@ def test_with_loop_submits_a_failed_or_interrupted_hand_off_on_the_loop_commits_
     it is refused. Either way ``close`` commits states 0-4 and no later state, and returns."""
     writer, recorder, calls, state = _raising_at_the_second_block(tmp_path, f"loop-{type(failure).__name__}",
                                                                   failure, loop_submits=True)
+    assert recorder._overdue_seconds == 60  # (the writer thread never hands a chunk over here)
     raised = None
     try:
         for k in range(20):
@@ -894,6 +900,48 @@ def test_with_loop_submits_a_failed_or_interrupted_hand_off_on_the_loop_commits_
     assert not closing.is_alive() and writer.committed_steps == 5
     writer.finish("interrupted")
     np.testing.assert_array_equal(open_run(f"loop-{type(failure).__name__}", root=StoreRoot(tmp_path)).sizes["step"], 5)
+
+
+@pytest.mark.parametrize("when", ["before handing it over", "after write_block"])
+def test_with_loop_submits_a_ctrl_c_on_the_loop_cuts_there_and_nothing_from_the_cut_is_written_later(tmp_path, when):
+    """A Ctrl-C lands while the loop hands over the chunk at 5 (chunks of 5, copies taking 50 ms, so the chunk at
+    10 is staged too): just after taking it off the queue, or just after ``write_block`` returned. Either way the
+    run is cut at 5: the writer thread neither hands over the staged chunk at 10 nor commits past 5 while the
+    caller pauses (commits due every 0.2 s), and ``close`` commits states 0-4 and returns."""
+    run_id = "cut-" + when.split()[0]
+    writer, shapes, dtypes = _small_run(tmp_path, run_id, 20)
+    writer.set_write_options(commit_seconds=0.2)
+    calls, original = [], writer.write_block
+
+    def write_block(start, block):
+        calls.append(start)
+        handle = original(start, block)
+        if start == 5 and when == "after write_block":
+            raise KeyboardInterrupt
+        return handle
+
+    writer.write_block = write_block
+    steps = np.arange(20)
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=DeferredStaging(0.05), buffers=3,
+                        columns={"step": steps, "t": steps * 0.5}, loop_submits=True)
+    if when == "before handing it over":
+        submit = recorder._submit_on_loop
+        recorder._submit_on_loop = lambda index: (_ for _ in ()).throw(KeyboardInterrupt) \
+            if recorder._slots[index].start == 5 else submit(index)
+    with pytest.raises(KeyboardInterrupt):
+        for k in range(20):
+            recorder.record(W=torch.full((4, 3), float(k)), v=torch.zeros(4), loss=k / 10, output=torch.zeros(5))
+    assert recorder._cut == 5 and [recorder._slots[i].start for i, _ in recorder._staged] == [10]
+    time.sleep(1.0)  # the writer thread wakes several times: commits due, a staged chunk overdue
+    assert StoreRoot(tmp_path).read_attrs(run_id)["committed_steps"] <= 5
+    closed = []
+    closing = threading.Thread(target=lambda: closed.append(recorder.close()), daemon=True)
+    closing.start()
+    closing.join(20)
+    assert closed == [5] and writer.committed_steps == 5
+    assert 10 not in calls and not (tmp_path / f"{run_id}.zarr" / "W" / "c" / "2").exists()
+    writer.finish("interrupted")
+    np.testing.assert_array_equal(open_run(run_id, root=StoreRoot(tmp_path)).W.values[:, 0, 0], np.arange(5))
 
 
 def _close_quietly(recorder):

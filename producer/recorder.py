@@ -6,8 +6,8 @@ the whole state, one kernel launch for a state of a few tensors: a float64 loss 
 in as two float32, see :func:`copy_carrier`; no host sync); on the CPU one numpy memcpy per variable
 (torch's intra-op threads would compete with the training step for the cores). On a GPU a full buffer is handed
 to the writer thread after an asynchronous copy into pinned host memory on a side stream (with
-``loop_submits``, ``record.writer: loop``, the loop itself hands it to the store once that copy is done, at its
-next hand-off); on the CPU,
+``loop_submits``, ``record.writer: loop``, the loop itself hands it to the store at its first
+:meth:`Recorder.record` after that copy is done); on the CPU,
 where the buffer is host memory already, the :meth:`Recorder.record` call that fills it hands it to the
 store itself (the hop to the writer thread was Python under the interpreter lock the store's write threads
 need, see "By reference" below). The loop continues in the next free buffer. There are ``buffers`` of them
@@ -255,10 +255,10 @@ class Recorder:
         :class:`HostStaging` (see ``staging``).
     loop_submits
         With a staging that copies (a GPU) and the writer thread: the training loop hands each chunk to the
-        store itself (``record.writer: loop``), as the CPU's loop does, instead of the writer thread. At each
-        hand-off it submits, in order, the chunks whose copy to the host is done (``staging.ready``, no host
-        sync: chunk k is done long before chunk k+1 is full), and when it waits for a free buffer it submits
-        them all, waiting for their copies. The writer thread then only commits, and submits a chunk the
+        store itself (``record.writer: loop``), as the CPU's loop does, instead of the writer thread. While a
+        chunk is staged, each :meth:`record` asks whether its copy to the host is done (``staging.ready``, no
+        host sync; a copy takes a few steps) and submits, in order, the chunks whose copies are; when it
+        waits for a free buffer it submits them all, waiting for their copies. The writer thread then only commits, and submits a chunk the
         loop has left staged for ``commit_seconds`` (a loop that paused recording) or at :meth:`close`, so a
         live reader sees a written chunk within about two ``commit_seconds``. Without a copying staging
         (the CPU, by reference) the loop hands its chunks over already; nothing changes there.

@@ -34,6 +34,7 @@ from trajscope.producer.recorder import Recorder
 from trajscope.producer.two_layer import variables as two_layer_variables
 from trajscope.store import RunWriter, StoreRoot, open_run
 from trajscope.store import writer_process
+from tests.torch_calls import TorchCalls
 
 if os.environ.get("TRAJSCOPE_TEST_REQUIRE_CUDA") == "1" and not torch.cuda.is_available():
     raise RuntimeError("TRAJSCOPE_TEST_REQUIRE_CUDA=1 but torch sees no CUDA device")
@@ -92,17 +93,6 @@ def test_one_copy_a_state_moves_every_bit_through_the_devices_copy(tmp_path, dev
     patterns a float detour would change (NaN payloads, signalling NaNs, -0.0, subnormals, infinities, random
     bits), each a 0-d view at its own offset into one device tensor; ``W`` is random float32 bits (NaNs
     among them). On the CPU (numpy rows, a memcpy) the same patterns check the test itself."""
-    from torch.overrides import TorchFunctionMode
-
-    class Calls(TorchFunctionMode):
-        def __init__(self):
-            super().__init__()
-            self.names: list[str] = []
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.names.append(getattr(func, "__name__", repr(func)))
-            return func(*args, **(kwargs or {}))
-
     device = torch.device(device_name)
     h, dim, n, states = 16, 12, 10, 40
     run = RunWriter.create(
@@ -125,7 +115,7 @@ def test_one_copy_a_state_moves_every_bit_through_the_devices_copy(tmp_path, dev
     v, output = torch.zeros(h, device=device), torch.zeros(n, device=device)
     copy_calls = []
     for k in range(states):
-        with Calls() as calls:
+        with TorchCalls() as calls:
             recorder.record(W=Ws[k], v=v, loss=losses[k], output=output)
         copy_calls.append(calls.names.count("_foreach_copy_"))
     assert recorder.close() == states

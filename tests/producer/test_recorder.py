@@ -13,6 +13,7 @@ from trajscope.producer.recorder import STACK_BELOW_VALUES, HostStaging, Recorde
 from trajscope.store import RunWriter, StoreRoot, open_run
 from trajscope.producer.two_layer import variables as two_layer_variables
 from trajscope.store.chunkio import StateRows
+from tests.torch_calls import TorchCalls
 
 
 class DeferredStaging(HostStaging):
@@ -42,6 +43,44 @@ class DeferredStaging(HostStaging):
 
     def ready(self, slot):
         return slot.event.is_set()
+
+
+class GatedStaging(DeferredStaging):
+    """Like :class:`DeferredStaging`, but no copy finishes before someone waits for one (``wait``): a recorder
+    with ``loop_submits`` never finds a copy done in ``record()``, only when it runs out of buffers."""
+
+    def __init__(self):
+        super().__init__(0.0)
+        self.gate = threading.Event()
+
+    def start_copy(self, slot):
+        done = threading.Event()
+        slot.event = done
+
+        def copy_later():
+            self.gate.wait(20)
+            for name, tensor in slot.device.items():
+                slot.host[name].copy_(tensor)
+            self.copies += 1
+            done.set()
+
+        threading.Thread(target=copy_later, daemon=True).start()
+
+    def wait(self, slot):
+        self.gate.set()
+        super().wait(slot)
+
+
+class CopiedStaging(DeferredStaging):
+    """Like :class:`DeferredStaging`, but each copy is done by the time ``start_copy`` returns (a GPU whose copies
+    finish at once): a recorder with ``loop_submits`` hands a chunk over in the hand-off that stages it."""
+
+    def start_copy(self, slot):
+        for name, tensor in slot.device.items():
+            slot.host[name].copy_(tensor)
+        slot.event = threading.Event()
+        slot.event.set()
+        self.copies += 1
 
 
 @pytest.mark.parametrize("loop_submits", [False, True])
@@ -165,27 +204,6 @@ def test_one_call_copies_keep_every_value(monkeypatch, path):
     np.testing.assert_allclose(got["loss"], [e[2] for e in expected])
 
 
-class TensorCalls:
-    """The torch functions and tensor methods called on this thread (a ``TorchFunctionMode``)."""
-
-    def __enter__(self):
-        from torch.overrides import TorchFunctionMode
-
-        names = self.names = []
-
-        class Mode(TorchFunctionMode):
-            def __torch_function__(self, func, types, args=(), kwargs=None):
-                names.append(getattr(func, "__name__", repr(func)))
-                return func(*args, **(kwargs or {}))
-
-        self._mode = Mode()
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._mode.__exit__(*exc)
-
-
 def _float64_bits(bits: int) -> torch.Tensor:
     return torch.tensor(np.array([bits], dtype=np.uint64).view(np.float64)[0], dtype=torch.float64)
 
@@ -214,7 +232,7 @@ def test_the_gpus_copy_carries_a_whole_state_in_one_launch_bit_for_bit(monkeypat
         if k == 3:
             W = W.t().contiguous().t()  # the same values, not contiguous: its own copy
         count = torch.tensor(2**62 + 2 * k + 1, dtype=torch.int64)
-        with TensorCalls() as calls:
+        with TorchCalls() as calls:
             recorder.record(W=W, v=torch.full((3,), float(k)), loss=loss, count=count)
         launches.append(calls.names.count("_foreach_copy_") + calls.names.count("fill_"))
         assert "__setitem__" not in calls.names and "copy_" not in calls.names, (k, calls.names)
@@ -476,17 +494,6 @@ def test_numbers_go_into_the_gpus_rows_exactly_as_a_fill_never_an_assignment(tmp
     (an H200 found it: ``tests/gpu`` runs the loop in sync debug mode). A 0-d CPU tensor of the row's shape is
     on the GPU a different device from the row's, and takes the CPU-tensor branch there; only ``tests/gpu``
     reaches that."""
-    from torch.overrides import TorchFunctionMode
-
-    class Calls(TorchFunctionMode):  # the tensor methods record() calls on this thread
-        def __init__(self):
-            super().__init__()
-            self.names: list[str] = []
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.names.append(getattr(func, "__name__", repr(func)))
-            return func(*args, **(kwargs or {}))
-
     h, dim, n, states = 4, 3, 5, 15
     writer, shapes, dtypes = _small_run(tmp_path, "numbers", states, h, dim, n)
     steps = np.arange(states)
@@ -500,7 +507,7 @@ def test_numbers_go_into_the_gpus_rows_exactly_as_a_fill_never_an_assignment(tmp
         given = [loss, torch.tensor([loss], dtype=torch.float64), torch.tensor(loss, dtype=torch.float64),
                  np.float64(loss), np.array(loss)][k % 5]
         state = {"W": torch.full((h, dim), float(k)), "v": torch.zeros(h), "output": torch.zeros(n)}
-        with Calls() as calls:
+        with TorchCalls() as calls:
             recorder.record(**state, loss=given)
         assert "__setitem__" not in calls.names, (k, calls.names)
         assert ("fill_" in calls.names) == (k % 5 != 2), (k, calls.names)
@@ -586,7 +593,7 @@ def _raising_at_the_second_block(tmp_path, run_id, exc, by_reference=True, loop_
     steps = np.arange(20)
     if loop_submits:
         writer.set_write_options(commit_seconds=60)
-        recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=DeferredStaging(0.0), buffers=3,
+        recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=CopiedStaging(), buffers=3,
                             columns={"step": steps, "t": steps * 0.5}, loop_submits=True)
     else:
         recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), by_reference=by_reference,
@@ -809,10 +816,10 @@ def test_with_loop_submits_the_loop_hands_copied_chunks_to_the_store_in_order(tm
     for k in range(states):
         W.add_(1.0)
         recorder.record(W=W, v=torch.full((h,), float(k)), loss=k / 10, output=torch.zeros(n))
-    on_loop = [start for start, thread in calls if thread is threading.current_thread()]
     assert recorder.close() == states
     writer.finish("complete")
     assert [start for start, _ in calls] == list(range(0, states, 5))  # every chunk once, in order
+    on_loop = [start for start, thread in calls if thread is threading.current_thread()]
     assert len(on_loop) >= len(calls) - 2  # the loop handed over all but what close found staged
     assert all(thread.name == "trajscope-writer" for start, thread in calls if start not in on_loop)
     ds = open_run("loop", root=StoreRoot(tmp_path))
@@ -904,13 +911,13 @@ def test_with_loop_submits_a_failed_or_interrupted_hand_off_on_the_loop_commits_
 
 @pytest.mark.parametrize("when", ["before handing it over", "after write_block"])
 def test_with_loop_submits_a_ctrl_c_on_the_loop_cuts_there_and_nothing_from_the_cut_is_written_later(tmp_path, when):
-    """A Ctrl-C lands while the loop hands over the chunk at 5 (chunks of 5, copies taking 50 ms, so the chunk at
-    10 is staged too): just after taking it off the queue, or just after ``write_block`` returned. Either way the
+    """A Ctrl-C lands while the loop hands over the chunk at 5 (chunks of 5, three buffers, no copy done before the
+    loop runs out of buffers, so the chunk at 10 is staged too when it hands over what it staged): just after taking it off the queue, or just after ``write_block`` returned. Either way the
     run is cut at 5: the writer thread neither hands over the staged chunk at 10 nor commits past 5 while the
     caller pauses (commits due every 0.2 s), and ``close`` commits states 0-4 and returns."""
     run_id = "cut-" + when.split()[0]
     writer, shapes, dtypes = _small_run(tmp_path, run_id, 20)
-    writer.set_write_options(commit_seconds=0.2)
+    writer.set_write_options(commit_seconds=60)  # (no hand-over by the writer thread before the interrupt)
     calls, original = [], writer.write_block
 
     def write_block(start, block):
@@ -922,7 +929,7 @@ def test_with_loop_submits_a_ctrl_c_on_the_loop_cuts_there_and_nothing_from_the_
 
     writer.write_block = write_block
     steps = np.arange(20)
-    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=DeferredStaging(0.05), buffers=3,
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=GatedStaging(), buffers=3,
                         columns={"step": steps, "t": steps * 0.5}, loop_submits=True)
     if when == "before handing it over":
         submit = recorder._submit_on_loop
@@ -932,7 +939,8 @@ def test_with_loop_submits_a_ctrl_c_on_the_loop_cuts_there_and_nothing_from_the_
         for k in range(20):
             recorder.record(W=torch.full((4, 3), float(k)), v=torch.zeros(4), loss=k / 10, output=torch.zeros(5))
     assert recorder._cut == 5 and [recorder._slots[i].start for i, _ in recorder._staged] == [10]
-    time.sleep(1.0)  # the writer thread wakes several times: commits due, a staged chunk overdue
+    writer.commit_seconds = recorder._overdue_seconds = 0.2  # from now on: commits due, the staged chunk overdue
+    time.sleep(1.0)  # the writer thread wakes several times
     assert StoreRoot(tmp_path).read_attrs(run_id)["committed_steps"] <= 5
     closed = []
     closing = threading.Thread(target=lambda: closed.append(recorder.close()), daemon=True)

@@ -26,17 +26,18 @@ class DeferredStaging(HostStaging):
         return {n: torch.full_like(t, -7) for n, t in device.items()}, None
 
     def start_copy(self, slot):
-        done = threading.Event()
-        slot.event = done
+        slot.event = threading.Event()
+        threading.Thread(target=lambda: (self.before_copy(), self.copy(slot)), daemon=True).start()
 
-        def copy_later():
-            time.sleep(self.delay)
-            for name, tensor in slot.device.items():
-                slot.host[name].copy_(tensor)
-            self.copies += 1
-            done.set()
+    def before_copy(self):
+        """What the copying thread waits for before it copies (here: the delay)."""
+        time.sleep(self.delay)
 
-        threading.Thread(target=copy_later, daemon=True).start()
+    def copy(self, slot):
+        for name, tensor in slot.device.items():
+            slot.host[name].copy_(tensor)
+        self.copies += 1
+        slot.event.set()
 
     def wait(self, slot):
         assert slot.event.wait(10)
@@ -53,18 +54,8 @@ class GatedStaging(DeferredStaging):
         super().__init__(0.0)
         self.gate = threading.Event()
 
-    def start_copy(self, slot):
-        done = threading.Event()
-        slot.event = done
-
-        def copy_later():
-            self.gate.wait(20)
-            for name, tensor in slot.device.items():
-                slot.host[name].copy_(tensor)
-            self.copies += 1
-            done.set()
-
-        threading.Thread(target=copy_later, daemon=True).start()
+    def before_copy(self):
+        assert self.gate.wait(20)
 
     def wait(self, slot):
         self.gate.set()
@@ -76,11 +67,8 @@ class CopiedStaging(DeferredStaging):
     finish at once): a recorder with ``loop_submits`` hands a chunk over in the hand-off that stages it."""
 
     def start_copy(self, slot):
-        for name, tensor in slot.device.items():
-            slot.host[name].copy_(tensor)
         slot.event = threading.Event()
-        slot.event.set()
-        self.copies += 1
+        self.copy(slot)
 
 
 @pytest.mark.parametrize("loop_submits", [False, True])
@@ -292,6 +280,15 @@ def test_the_copy_carrier_is_the_largest_variables_dtype_when_its_copy_moves_bit
     assert copy_carrier({}, {}) == (None, {})
 
 
+def _record_changing_in_place(recorder, states, h, dim, n):
+    """Record ``states`` states whose ``W`` (all ``k + 1`` at state ``k``) is changed in place after each
+    record, as an optimizer does: a copy must keep each value; ``v`` is all ``k``."""
+    W = torch.zeros(h, dim)
+    for k in range(states):
+        W.add_(1.0)
+        recorder.record(W=W, v=torch.full((h,), float(k)), loss=k / 10, output=torch.zeros(n))
+
+
 def _small_run(tmp_path, run_id, states, h=4, dim=3, n=5, attrs=None):
     writer = RunWriter.create(
         StoreRoot(tmp_path), run_id, variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
@@ -472,10 +469,7 @@ def test_copying_on_the_cpu_hands_blocks_over_from_the_training_thread_and_the_g
         steps = np.arange(states)
         recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=staging, buffers=2,
                             columns={"step": steps, "t": steps * 0.5})
-        W = torch.zeros(h, dim)
-        for k in range(states):
-            W.add_(1.0)  # changed in place after each record, as an optimizer does: the copy keeps each value
-            recorder.record(W=W, v=torch.full((h,), float(k)), loss=k / 10, output=torch.zeros(n))
+        _record_changing_in_place(recorder, states, h, dim, n)
         assert recorder.close() == states
         writer.finish("complete")
         main = threading.current_thread()
@@ -540,10 +534,7 @@ def test_direct_writes_from_reused_chunk_buffers_store_every_state_as_it_was_rec
     steps = np.arange(states)
     recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), buffers=2,
                         columns={"step": steps, "t": steps * 0.5})
-    W = torch.zeros(h, dim)
-    for k in range(states):
-        W.add_(1.0)
-        recorder.record(W=W, v=torch.full((h,), float(k)), loss=k / 10, output=torch.zeros(n))
+    _record_changing_in_place(recorder, states, h, dim, n)
     assert recorder.close() == states
     writer.finish("complete")
     assert sinks and sinks[0].direct_files >= states // 5 - 1  # (the full chunks but the last went direct)
@@ -812,10 +803,7 @@ def test_with_loop_submits_the_loop_hands_copied_chunks_to_the_store_in_order(tm
     steps = np.arange(states)
     recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=DeferredStaging(0.002), buffers=2,
                         columns={"step": steps, "t": steps * 0.5}, loop_submits=True)
-    W = torch.zeros(h, dim)
-    for k in range(states):
-        W.add_(1.0)
-        recorder.record(W=W, v=torch.full((h,), float(k)), loss=k / 10, output=torch.zeros(n))
+    _record_changing_in_place(recorder, states, h, dim, n)
     assert recorder.close() == states
     writer.finish("complete")
     assert [start for start, _ in calls] == list(range(0, states, 5))  # every chunk once, in order

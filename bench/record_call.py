@@ -10,10 +10,11 @@ writer that discards the chunks, so only the call is measured. Two variants, int
 
 ``--device cuda`` measures the launches themselves. On the CPU, torch CPU tensors stand in for the device's
 (the CPU's ``_foreach_copy_`` copies tensor by tensor either way), so only the Python around the copy shows.
-Reports the median µs a call over the calls that hand no chunk over (the median over the repeats), and the
-ratio of the two.
+``--state tiny`` records the same four variables at 4 × 3, 4, 5 values: only the Python and the dispatch
+remain. Reports the median µs a call over the calls that hand no chunk over (the median over the repeats),
+and the ratio of the two.
 
-    python bench/record_call.py [--device cpu|cuda] [--calls 5000] [--repeats 7]
+    python bench/record_call.py [--device cpu|cuda] [--state reference|tiny] [--calls 5000] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import torch
 from trajscope.producer import recorder as recorder_module
 from trajscope.producer.recorder import Recorder
 
-H, DIM, N = 100, 784, 1000
-SHAPES = {"W": (H, DIM), "v": (H,), "loss": (), "output": (N,)}
+#: (h, D, n) of the states: the reference run's, and a tiny one
+SIZES = {"reference": (100, 784, 1000), "tiny": (4, 3, 5)}
+SHAPES: dict[str, tuple[int, ...]] = {}
 DTYPES = {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32}
 CHUNK = 26  # the reference run's chunk (8 MiB of W)
 
@@ -48,6 +50,13 @@ class DiscardingWriter:
 
     def heartbeat_due(self):
         return False
+
+
+def use_state(name: str) -> None:
+    """Set the recorded variables' shapes (module global ``SHAPES``) to a state's."""
+    h, dim, n = SIZES[name]
+    SHAPES.clear()
+    SHAPES.update({"W": (h, dim), "v": (h,), "loss": (), "output": (n,)})
 
 
 def per_call_us(device: torch.device, calls: int, one_launch: bool) -> float:
@@ -82,7 +91,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--state", default="reference", choices=sorted(SIZES))
     args = parser.parse_args()
+    use_state(args.state)
     device = torch.device(args.device)
     if device.type == "cpu":  # the GPU's torch rows, with CPU tensors standing in
         recorder_module._NUMPY_DTYPES = set()
@@ -101,7 +112,7 @@ def main() -> None:
         print(f"| {name} | {statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} | "
               f"{statistics.median(ratios):.3f} |")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (torch CPU tensors for the device's)"
-    print(f"\n`record()` of the reference state on {where}, torch {torch.__version__}: {args.calls} calls a run, "
+    print(f"\n`record()` of the {args.state} state on {where}, torch {torch.__version__}: {args.calls} calls a run, "
           f"{args.repeats} interleaved repeats, the calls that hand a chunk over left out")
 
 

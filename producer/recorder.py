@@ -496,11 +496,15 @@ class Recorder:
                 shape, dtype, carried = self._row_specs[name]
                 buffer = device[name]
                 if isinstance(value, torch.Tensor) and value.shape == shape and value.device == buffer.device:
-                    if (carried is not None and value.dtype is dtype and value.is_contiguous()
-                            and not value.is_conj() and not value.is_neg()):  # (lazy conj/neg views: no .view)
-                        targets.append(rows[name])
-                        sources.append(value if carried is _AS_IS else value.reshape(-1).view(carrier))
-                        continue
+                    if carried is not None and value.dtype is dtype and value.is_contiguous():
+                        if carried is _AS_IS:
+                            targets.append(rows[name])
+                            sources.append(value)
+                            continue
+                        if not value.is_conj() and not value.is_neg():  # (lazy conj/neg views have no .view)
+                            targets.append(rows[name])
+                            sources.append(value.reshape(-1).view(carrier))
+                            continue
                     groups = groups if groups is not None else {}
                     group = groups.setdefault((value.dtype, dtype), ([], []))
                     group[0].append(buffer[position] if carried is _VIEWED else rows[name])  # (the row itself)

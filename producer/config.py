@@ -161,9 +161,9 @@ class RecordConfig(_Strict):
     process fed through shared memory, each chunk copied into it: the store's Python work stays off the
     training process's GIL; CPU or CUDA training on a local root only, else the thread is used), ``loop``
     (the thread, but on a GPU the training loop hands each chunk to the store itself once its copy to the
-    host is done, as the CPU's loop always does, and the writer thread only commits: no hand-off of the
-    interpreter lock to the writer thread once a chunk; not measured on a GPU yet, BENCHMARKS.md "Record
-    call"; on the CPU the same as ``thread``), or
+    host is done, as the CPU's loop always does, and the writer thread only commits: meant to spare the loop
+    the writer thread's Python at each chunk; not measured on a GPU yet, BENCHMARKS.md "Record call"; on the
+    CPU the same as ``thread``), or
     ``auto``, the default: the thread (on the CPU the thread, which keeps the states by reference, measured
     faster than the process, BENCHMARKS.md "Recording overhead"; on an H200 the thread recorded the reference
     config at 0.99× and 1.39× the bare loop's time in two runs against 1.82× and 1.79× for the process,

@@ -867,7 +867,7 @@ class Recorder:
                 item = _WAKE
             if item is None:
                 if self._loop_submits:  # closing: what the loop staged is written (or, after an error, freed)
-                    self._submit_staged(wait=True, on_loop=False, lock="close")
+                    self._guard(lambda: self._submit_staged(wait=True, on_loop=False, lock="close"))
                 break
             if item != _WAKE:
                 if self._error is None:
@@ -880,7 +880,8 @@ class Recorder:
                     self._release(item)
             staged_at = self._first_staged_at()
             if staged_at is not None and time.perf_counter() - staged_at >= self._overdue_seconds:
-                self._submit_staged(wait=True, on_loop=False, lock="try")  # a paused loop: a live reader waits
+                # a paused loop: a live reader waits (the thread never dies of it: a failure is the run's error)
+                self._guard(lambda: self._submit_staged(wait=True, on_loop=False, lock="try"))
             if self._error is None and self._process is None:  # (a writer process commits itself)
                 self._guard(self._commit_if_due)
         if self._process is None:  # closing: everything handed off written, then committed

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,27 +31,14 @@ import torch
 from trajscope.producer import recorder as recorder_module
 from trajscope.producer.recorder import Recorder
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_overhead import DiscardingWriter  # noqa: E402
+
 #: (h, D, n) of the states: the reference run's, and a tiny one
 SIZES = {"reference": (100, 784, 1000), "tiny": (4, 3, 5)}
 SHAPES: dict[str, tuple[int, ...]] = {}
 DTYPES = {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32}
 CHUNK = 26  # the reference run's chunk (8 MiB of W)
-
-
-class DiscardingWriter:
-    """Takes every chunk and keeps nothing (the store is not measured here)."""
-
-    chunk_steps = CHUNK
-    committed_steps = 0
-
-    def write_block(self, start, values):
-        return None
-
-    def commit(self, committed_steps=None):
-        self.committed_steps = committed_steps
-
-    def heartbeat_due(self):
-        return False
 
 
 def use_state(name: str) -> None:
@@ -65,7 +54,7 @@ def per_call_us(device: torch.device, calls: int, one_launch: bool) -> float:
     if not one_launch:
         recorder_module.copy_carrier = lambda shapes, dtypes: (None, {})
     try:
-        recorder = Recorder(DiscardingWriter(), SHAPES, DTYPES, device, buffers=3)
+        recorder = Recorder(DiscardingWriter(CHUNK, "buffered"), SHAPES, DTYPES, device, buffers=3)
     finally:
         recorder_module.copy_carrier = carrier
     assert not recorder._numpy_rows, "the GPU's row path (torch rows) was not taken"

@@ -152,7 +152,7 @@ def torch_save_loop(cfg, directory: Path) -> Measured:
     return plain_loop(cfg, save)
 
 
-class _DiscardingWriter:
+class DiscardingWriter:
     """Stands in for the store: takes whole chunks and drops them (isolates the recorder's own cost)."""
 
     block_threads = 1  # the configs' W: one chunk file a block, far larger than the others
@@ -183,7 +183,7 @@ def recorder_only_loop(cfg, chunk_steps: int, directory: Path) -> Measured:
     dtypes = {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32}
     device = resolve_device(cfg.train.device)
     io = write_io(cfg.record.io, StoreRoot(directory), device, cfg.record.compressor)
-    recorder = Recorder(_DiscardingWriter(chunk_steps, io), shapes, dtypes, device, buffers=cfg.record.buffers,
+    recorder = Recorder(DiscardingWriter(chunk_steps, io), shapes, dtypes, device, buffers=cfg.record.buffers,
                         by_reference=device.type == "cpu" and io == "buffered")  # as the producer records
     measured = plain_loop(cfg, lambda step, W, v, loss, out: recorder.record(W=W, v=v, loss=loss, output=out))
     start = time.perf_counter()

@@ -258,9 +258,10 @@ class Recorder:
         store itself (``record.writer: loop``), as the CPU's loop does, instead of the writer thread. While a
         chunk is staged, each :meth:`record` asks whether its copy to the host is done (``staging.ready``, no
         host sync; a copy takes a few steps) and submits, in order, the chunks whose copies are; when it
-        waits for a free buffer it submits them all, waiting for their copies. The writer thread then only commits, and submits a chunk the
-        loop has left staged for ``commit_seconds`` (a loop that paused recording) or at :meth:`close`, so a
-        live reader sees a written chunk within about two ``commit_seconds``. Without a copying staging
+        waits for a free buffer it submits them all, waiting for their copies. The writer thread then only
+        commits, and submits a chunk the loop has left staged for ``commit_seconds`` (a loop that paused
+        recording) or at :meth:`close`, so a live reader sees a written chunk within about two
+        ``commit_seconds``. Without a copying staging
         (the CPU, by reference) the loop hands its chunks over already; nothing changes there.
     """
 
@@ -490,21 +491,17 @@ class Recorder:
         targets, sources, groups = [], [], None
         carrier, device = self._carrier, slot.device
         grad_enabled = torch.is_grad_enabled()  # parameters are copied without their graph: torch.no_grad(), by
-        try:                                     # the call it makes (the context manager costs 1 µs more a state)
+        try:                                     # the call it makes (without the context manager's own Python)
             _set_grad_enabled(False)
             for name, value in values.items():
                 shape, dtype, carried = self._row_specs[name]
                 buffer = device[name]
                 if isinstance(value, torch.Tensor) and value.shape == shape and value.device == buffer.device:
-                    if carried is not None and value.dtype is dtype and value.is_contiguous():
-                        if carried is _AS_IS:
-                            targets.append(rows[name])
-                            sources.append(value)
-                            continue
-                        if not value.is_conj() and not value.is_neg():  # (lazy conj/neg views have no .view)
-                            targets.append(rows[name])
-                            sources.append(value.reshape(-1).view(carrier))
-                            continue
+                    if (carried is not None and value.dtype is dtype and value.is_contiguous()
+                            and (carried is _AS_IS or not (value.is_conj() or value.is_neg()))):  # (lazy conj/neg
+                        targets.append(rows[name])                                          # views: no .view)
+                        sources.append(value if carried is _AS_IS else value.reshape(-1).view(carrier))
+                        continue
                     groups = groups if groups is not None else {}
                     group = groups.setdefault((value.dtype, dtype), ([], []))
                     group[0].append(buffer[position] if carried is _VIEWED else rows[name])  # (the row itself)
@@ -693,12 +690,14 @@ class Recorder:
                 self._cut = self._slots[index].start
             raise
 
-    def _first_staged_at(self) -> float | None:
-        """When the first staged chunk was staged (``loop_submits``; the loop may take it meanwhile)."""
+    def _seconds_until_overdue(self) -> float:
+        """``loop_submits``: seconds before the first staged chunk is overdue for the writer thread (the whole
+        overdue time when none is staged; the loop may take the first one meanwhile)."""
         try:
-            return self._staged[0][1]
+            staged_at = self._staged[0][1]
         except IndexError:
-            return None
+            return self._overdue_seconds
+        return staged_at + self._overdue_seconds - time.perf_counter()
 
     def close(self) -> int:
         """Flush the partial chunk, wait for the writer thread, return ``committed_steps``.
@@ -858,9 +857,7 @@ class Recorder:
             if committing and self._behind_commit():
                 timeout = min(timeout, max(self._seconds_until_commit(), 0.005))  # commit when due
             if self._loop_submits:  # look at what the loop staged (it stages without a word) when it is overdue
-                staged_at = self._first_staged_at()
-                due = self._overdue_seconds if staged_at is None else staged_at + self._overdue_seconds - time.perf_counter()
-                timeout = min(timeout, max(due, 0.005))
+                timeout = min(timeout, max(self._seconds_until_overdue(), 0.005))
             try:
                 item = self._filled.get(timeout=timeout)
             except queue.Empty:
@@ -878,8 +875,7 @@ class Recorder:
                     except BaseException:  # noqa: BLE001 - the first error stands; the buffer is freed anyway
                         pass
                     self._release(item)
-            staged_at = self._first_staged_at()
-            if staged_at is not None and time.perf_counter() - staged_at >= self._overdue_seconds:
+            if self._loop_submits and self._seconds_until_overdue() <= 0:
                 # a paused loop: a live reader waits (the thread never dies of it: a failure is the run's error)
                 self._guard(lambda: self._submit_staged(wait=True, on_loop=False, lock="try"))
             if self._error is None and self._process is None:  # (a writer process commits itself)

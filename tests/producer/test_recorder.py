@@ -483,9 +483,10 @@ def test_copying_on_the_cpu_hands_blocks_over_from_the_training_thread_and_the_g
 def test_numbers_go_into_the_gpus_rows_exactly_as_a_fill_never_an_assignment(tmp_path):
     """The GPU's rows (torch views of device buffers; here CPU stand-ins, since a CPU recorder copies into numpy
     views) take a loss handed over as a Python number, as a number in a CPU tensor of shape (1,), or as a 0-d
-    tensor of the row's shape and device, or as a numpy scalar or 0-d array, each stored exactly. The numbers go in as ``fill_``'s argument, never
-    by an assignment (``row[i] = x``): on a GPU that copies x from pageable memory, which waits for the device
-    (an H200 found it: ``tests/gpu`` runs the loop in sync debug mode). A 0-d CPU tensor of the row's shape is
+    tensor of the row's shape and device, or as a numpy scalar or 0-d array, each stored exactly. The numbers
+    go in as ``fill_``'s argument, never by an assignment (``row[i] = x``): on a GPU that copies x from
+    pageable memory, which waits for the device (an H200 found it: ``tests/gpu`` runs the loop in sync debug
+    mode). A 0-d CPU tensor of the row's shape is
     on the GPU a different device from the row's, and takes the CPU-tensor branch there; only ``tests/gpu``
     reaches that."""
     h, dim, n, states = 4, 3, 5, 15
@@ -833,7 +834,8 @@ def test_record_writer_loop_reaches_the_recorder_and_records_what_the_thread_doe
         produce(small_config(record={"writer": writer}), root=tmp_path, name=writer)
     assert asked == [False, True]
     by_loop, by_thread = open_run("loop", tmp_path).load(), open_run("thread", tmp_path).load()
-    assert by_loop.attrs["status"] == "complete" and by_loop.attrs["committed_steps"] == by_thread.attrs["committed_steps"]
+    assert by_loop.attrs["status"] == "complete"
+    assert by_loop.attrs["committed_steps"] == by_thread.attrs["committed_steps"]
     for name in ("W", "v", "loss", "output"):
         np.testing.assert_array_equal(by_loop[name].values, by_thread[name].values)
 
@@ -900,8 +902,8 @@ def test_with_loop_submits_a_failed_or_interrupted_hand_off_on_the_loop_commits_
 @pytest.mark.parametrize("when", ["before handing it over", "after write_block"])
 def test_with_loop_submits_a_ctrl_c_on_the_loop_cuts_there_and_nothing_from_the_cut_is_written_later(tmp_path, when):
     """A Ctrl-C lands while the loop hands over the chunk at 5 (chunks of 5, three buffers, no copy done before the
-    loop runs out of buffers, so the chunk at 10 is staged too when it hands over what it staged): just after taking it off the queue, or just after ``write_block`` returned. Either way the
-    run is cut at 5: the writer thread neither hands over the staged chunk at 10 nor commits past 5 while the
+    loop runs out of buffers, so the chunk at 10 is staged too when it hands over what it staged): just after
+    taking it off the queue, or just after ``write_block`` returned. Either way the run is cut at 5: the writer thread neither hands over the staged chunk at 10 nor commits past 5 while the
     caller pauses (commits due every 0.2 s), and ``close`` commits states 0-4 and returns."""
     run_id = "cut-" + when.split()[0]
     writer, shapes, dtypes = _small_run(tmp_path, run_id, 20)

@@ -8,7 +8,8 @@
 #                                    # side-by-side A/Bs (record_call; record.writer thread against loop;
 #                                    # recorder_ab, this recorder against AB_BASE's), record_overhead
 #                                    # (reference, wide), record_ceiling
-#                                    # (reference states, wide states), step_anatomy (reference), most
+#                                    # (reference states, with the recorder fed device
+#                                    # states too; wide states), step_anatomy (reference), most
 #                                    # needed first, each under its own limit
 #                                    # within BUDGET; every table lands in $OUT (default ./gpu-check),
 #                                    # 8 files at most, stage times in machine.txt
@@ -110,7 +111,9 @@ EOF
     --steps "${STEPS:-3000}" --repeats "${REPEATS:-3}" --variants "${VARIANTS:-every,buffered,direct,process,fsync,dropped,npsave,torchsave}"
   stage overhead_wide.md 80 python3 bench/record_overhead.py --device "$device" --config wide \
     --steps "${WIDE_STEPS:-300}" --repeats "${REPEATS:-3}" --no-baselines
-  stage ceiling.md 70 python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}"
+  # with the states on the device too (--device: a GPU run's path, thread and loop), beside the CPU rows
+  stage ceiling.md 90 python3 bench/record_ceiling.py --mb "${CEILING_MB:-512}" --repeats "${REPEATS:-3}" \
+    --device "$device"
   # the wide config's 6.3 MB states (chunks of 4): the store path a GPU recorder's writer thread writes
   # through (record.writer auto is the thread)
   stage ceiling_wide.md 120 python3 bench/record_ceiling.py --config wide --mb "${WIDE_CEILING_MB:-256}" \

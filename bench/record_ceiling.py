@@ -38,6 +38,12 @@ reference trajectory's states (h=100, D=784, n=1000: ``W``, ``v``, ``loss``, ``o
 - **recorder, writer process**: copying into shared-memory buffers, with ``record.writer: process``
   (local roots only): a second process writes and commits. The process is started before the
   clock starts (``produce`` starts it before building the dataset, so its start-up overlaps that).
+- **recorder, from the device** (``--device cuda``): the fed states are device tensors (made before the clock
+  starts), each state copied into pinned chunk buffers with one asynchronous copy launch, the writer thread
+  handing a chunk to the store once its copy is done: the path of a GPU run (the issue's "Recorder, constant
+  GPU tensor, no training" row), whose chunks reach the store contiguous, with no gather. **..., loop hands
+  over**: the same with ``record.writer: loop``. ``--device cpu`` runs both rows with CPU tensors (the
+  copying recorder; the loop hands over nothing on the CPU), to rehearse them on a machine without a GPU.
 
 Every path moves the same ``2 T`` distinct states (two blocks, taken in turn), made before the clock
 starts: the raw write, plain zarr and the store path write block ``i % 2`` as chunk ``i``, the recorders
@@ -53,13 +59,14 @@ ratios against a raw path of the same root and repeat. ``--json`` prints one JSO
 ``recorder_over_raw`` = the recorder with its default writer (the thread) over raw parallel on the
 local-dir root; ``recorder_over_raw_from_states`` the same over raw parallel from the states;
 ``recorder_process_over_raw`` with the writer process; ``recorder_copying_over_raw`` the copying recorder;
-``store_over_raw`` the store write path; ``recorder_direct_over_raw_direct`` the direct-I/O recorder over raw
+``store_over_raw`` the store write path; ``recorder_device_over_raw`` and ``recorder_device_loop_over_raw`` the
+``--device`` rows (``None`` without ``--device``); ``recorder_direct_over_raw_direct`` the direct-I/O recorder over raw
 parallel direct I/O; ``over_raw`` and ``over_raw_from_states`` every path on every root; ``recorder_ratio_range``
 the lowest and highest single-repeat ratio of the recorder over raw parallel, per root; ``write_threads`` and
 ``buffers`` the buffered recorders', ``direct_write_threads`` and ``direct_buffers`` the direct-I/O recorder's).
 
     python bench/record_ceiling.py [--config reference|mnist-like|wide] [--quick] [--mb 512] [--repeats 3]
-                                   [--write-threads N] [--buffers N] [--roots local,tmpfs,memory]
+                                   [--write-threads N] [--buffers N] [--roots local,tmpfs,memory] [--device cuda]
                                    [--json] [--write BENCHMARKS.md]
 """
 
@@ -84,6 +91,8 @@ import numpy as np
 CONFIGS = {"reference": (100, 1000), "mnist-like": (50, 10000), "wide": (2000, 10000)}
 D = 784
 DTYPES = {"W": "float32", "v": "float32", "loss": "float64", "output": "float32", "step": "int64", "t": "float64"}
+#: the rows ``--device`` adds: the recorder fed states on the device, with the writer thread / the loop handing over
+DEVICE_ROW, DEVICE_LOOP_ROW = "recorder, from the device", "recorder, from the device, loop hands over"
 
 
 def use_config(name: str) -> None:
@@ -254,8 +263,11 @@ def store_path(root: Root, states: int, T: int, write_threads: int | None = None
 
 
 def recorder(root: Root, states: int, T: int, process: bool = False, by_reference: bool = True,
-             write_threads: int | None = None, buffers: int | None = None, io: str = "buffered") -> float:
-    """The recorder fed ``states`` states, writing with ``io`` (``direct``: a local root only)."""
+             write_threads: int | None = None, buffers: int | None = None, io: str = "buffered",
+             device: str = "cpu", loop_submits: bool = False) -> float:
+    """The recorder fed ``states`` states, writing with ``io`` (``direct``: a local root only); ``device``:
+    where the fed states are (``cuda``: device tensors, copied to the pinned chunk buffers as a GPU run's are;
+    ``loop_submits``: ``record.writer: loop``)."""
     import torch
 
     from trajscope.producer.recorder import Recorder
@@ -269,12 +281,17 @@ def recorder(root: Root, states: int, T: int, process: bool = False, by_referenc
         time.sleep(1.0)  # untimed: the interpreter's start-up (produce overlaps it with the dataset build)
     shapes = {n: SHAPES[n] for n in ("W", "v", "loss", "output")}
     dtypes = {n: getattr(torch, DTYPES[n]) for n in shapes}
-    pool = [{n: torch.from_numpy(state[n]) for n in shapes} for state in state_pool(T)]
+    on = torch.device(device)
+    pool = [{n: torch.from_numpy(state[n]).to(on) for n in shapes} for state in state_pool(T)]
     columns = {"step": np.arange(states), "t": np.arange(states) * 0.01}
+    if on.type == "cuda":
+        torch.cuda.synchronize(on)
     start = time.perf_counter()
     options = {} if buffers is None else {"buffers": buffers}  # (a revision before fec39c2 takes no None)
-    rec = Recorder(writer, shapes, dtypes, torch.device("cpu"), columns=columns, process=handle,
-                   by_reference=by_reference and handle is None, **options)
+    if loop_submits:
+        options["loop_submits"] = True
+    rec = Recorder(writer, shapes, dtypes, on, columns=columns, process=handle,
+                   by_reference=by_reference and handle is None and on.type == "cpu", **options)
     for i in range(states):
         rec.record(**pool[i % len(pool)])
     rec.close()
@@ -297,6 +314,9 @@ def main() -> None:
                         help="the recorders' chunk buffers (default: their own choice, write threads + 1, at least 3)")
     parser.add_argument("--dir", default=os.environ.get("TRAJSCOPE_BENCH_DIR", "."), help="the local-dir root's parent")
     parser.add_argument("--roots", default="local,tmpfs,memory")
+    parser.add_argument("--device", default=None,
+                        help="add two rows: the recorder fed states on this device (cuda: a GPU run's path, device "
+                             "tensors into pinned chunk buffers), with the writer thread and with record.writer loop")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--write", type=Path, default=None, help="update this BENCHMARKS.md section")
     args = parser.parse_args()
@@ -324,7 +344,11 @@ def main() -> None:
                 "recorder, copying": lambda r: recorder(r, n, T, by_reference=False, write_threads=wt, buffers=nb),
                 "recorder, direct I/O": lambda r: recorder(r, n, T, by_reference=False, io="direct",
                                                            write_threads=wt, buffers=nb),
-                "recorder, writer process": lambda r: recorder(r, n, T, process=True, write_threads=wt, buffers=nb)}
+                "recorder, writer process": lambda r: recorder(r, n, T, process=True, write_threads=wt, buffers=nb),
+                **({} if args.device is None else {
+                    DEVICE_ROW: lambda r: recorder(r, n, T, write_threads=wt, buffers=nb, device=args.device),
+                    DEVICE_LOOP_ROW: lambda r: recorder(r, n, T, write_threads=wt, buffers=nb, device=args.device,
+                                                        loop_submits=True)})}
 
     methods = paths(states)
     seconds: dict[tuple[str, str], list[float]] = {}
@@ -382,6 +406,9 @@ def main() -> None:
         "recorder_process_over_raw": local(raw, "recorder, writer process"),
         "recorder_direct_over_raw_direct": local("raw parallel, direct I/O", "recorder, direct I/O"),
         "store_over_raw": local(raw, "store write path"),
+        "device": args.device,
+        "recorder_device_over_raw": local(raw, DEVICE_ROW) if args.device else None,
+        "recorder_device_loop_over_raw": local(raw, DEVICE_LOOP_ROW) if args.device else None,
     }
     roots = "/".join(kinds)
     lines = ["| path | " + " | ".join(f"MB/s {k}" for k in kinds) + f" | × raw ({roots}) | × raw from the states ({roots}) |",
@@ -402,14 +429,18 @@ def main() -> None:
               f"{result['recorder_over_raw']} × raw parallel, {result['recorder_over_raw_from_states']} × raw "
               f"parallel from the states; recorder, direct I/O: {result['recorder_direct_over_raw_direct']} × raw "
               f"parallel, direct I/O; single repeats of the recorder over raw parallel ranged "
-              f"{result['recorder_ratio_range']}")
+              f"{result['recorder_ratio_range']}" + (
+                  "" if not args.device else f"; recorder fed {args.device} states on the local dir: "
+                  f"{result['recorder_device_over_raw']} × raw parallel (the loop handing over: "
+                  f"{result['recorder_device_loop_over_raw']})"))
     if args.write:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from record_overhead import replace_section
 
         config = "" if args.config == "reference" else f" --config {args.config}"
         command = f"python bench/record_ceiling.py{config} --mb {args.mb:g} --repeats {args.repeats}" + (
-            f" --write-threads {wt}" if wt else "") + (f" --buffers {nb}" if nb else "")
+            f" --write-threads {wt}" if wt else "") + (f" --buffers {nb}" if nb else "") + (
+            f" --device {args.device}" if args.device else "")
         heading = "## Recording ceiling" + ("" if args.config == "reference" else f" ({args.config} states)")
         section = (
             f"{heading}\n\n`{command}` — the {args.config} states (h={H}, D={D}, n={N}, "

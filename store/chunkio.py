@@ -22,9 +22,10 @@ keeps states by reference): the rows are written one after the other with ``writ
 is chained over them, so the file holds exactly the bytes of the stacked chunk and nothing is copied.
 
 Sinks put the bytes of one key: :class:`LocalSink` writes a temporary file in the key's directory and
-renames it over the key (a reader sees the old or the new chunk, never a torn one); with durability
-``fsync`` it fsyncs the temporary file before the rename and the directory (and any directory it had to
-create, up to the run's root) after it. With ``io="direct"`` it writes a large chunk's bytes with direct I/O
+renames it over the key (a reader sees the old or the new chunk, never a torn one); the directory is
+walked from the run's without following a link (:mod:`trajscope.store.nolinks`); with durability
+``fsync`` it fsyncs the temporary file before the rename and the directory (and the parent of every
+directory not yet fsynced, up to the run's root) after it. With ``io="direct"`` it writes a large chunk's bytes with direct I/O
 (``O_DIRECT``: from the buffer to the device, no copy into the page cache; see :class:`LocalSink`).
 :class:`FsspecSink` does one ``pipe_file`` (a single PUT on
 object stores, which is atomic and durable once acknowledged; ``fsync`` does not apply), of one ``bytes``
@@ -33,6 +34,7 @@ object made by :func:`joined`, which copies the parts without holding the GIL.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -46,6 +48,7 @@ import numpy as np
 
 from trajscope.store import faults
 from trajscope.store.layout import TEMPORARY_PREFIX
+from trajscope.store.nolinks import create_new_file, open_real_dir
 
 #: durability levels: ``process`` survives a killed process, ``fsync`` also a power loss or kernel crash
 DURABILITY_LEVELS = ("process", "fsync")
@@ -199,16 +202,25 @@ class LocalSink:
         self.direct = io == "direct" and hasattr(os, "O_DIRECT")
         #: chunk files written with direct I/O, and buffered (what the tests check beside the kernel's answer)
         self.direct_files = self.buffered_files = 0
-        self._known_dirs: set[str] = set()
+        self._durable_dirs: set[str] = set()  # (durability fsync) folders whose entries are fsynced
         self._lock = threading.Lock()
 
     def put(self, key: str, parts: Sequence) -> None:
-        """Replace ``key`` atomically with the concatenation of ``parts``."""
-        path = os.path.join(self.base, key)
-        directory = os.path.dirname(path)
-        self._ensure_dir(directory)
-        tmp = os.path.join(directory, f"{TEMPORARY_PREFIX}{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        """Replace ``key`` atomically with the concatenation of ``parts``.
+
+        The key's folder is opened from the run's without following a link (:mod:`trajscope.store.nolinks`:
+        a link planted in the run is refused, never written through), and the temporary file is created and
+        renamed relative to it."""
+        *folders, name = key.split("/")
+        dir_fd = open_real_dir(self.base, folders, f"chunk {key!r}", durable=self._durable_dirs if self.fsync else None)
+        try:
+            self._put_in(dir_fd, key, name, parts)
+        finally:
+            os.close(dir_fd)
+
+    def _put_in(self, dir_fd: int, key: str, name: str, parts: Sequence) -> None:
+        tmp = f"{TEMPORARY_PREFIX}{os.getpid()}-{threading.get_ident()}-{name}"
+        fd = create_new_file(tmp, dir_fd, os.path.join(self.base, key))
         try:
             try:
                 size = direct_bytes(parts) if self.direct else 0
@@ -227,26 +239,13 @@ class LocalSink:
             finally:
                 os.close(fd)
             faults.checkpoint("write.renaming", key)
-            os.replace(tmp, path)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:  # e.g. a full disk: no partial file is left behind
-            _unlink_quietly(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
             raise
         if self.fsync:
-            fsync_dir(directory)
-
-    def _ensure_dir(self, directory: str) -> None:
-        if directory in self._known_dirs:
-            return
-        os.makedirs(directory, exist_ok=True)
-        if self.fsync:  # a new directory's entry lives in its parent: fsync the chain up to the run root
-            current = directory
-            while True:
-                fsync_dir(current)
-                if current == self.base or len(current) <= len(self.base):
-                    break
-                current = os.path.dirname(current)
-        with self._lock:
-            self._known_dirs.add(directory)
+            os.fsync(dir_fd)
 
     def durable_tree(self) -> None:
         """fsync every file and directory under the run (what ``create`` wrote: metadata, static arrays)."""

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -21,7 +22,8 @@ import time
 import uuid
 from typing import Any
 
-from trajscope.store.errors import RunLocked
+from trajscope.store.errors import PathOutsideRoot, RunLocked
+from trajscope.store.nolinks import CLOEXEC, NOFOLLOW, open_real_dir
 from trajscope.store.root import StoreRoot
 
 HEARTBEAT_SECONDS = 10.0
@@ -99,8 +101,7 @@ class WriterLock:
         import fcntl
 
         path = self.root.lock_path(self.run_id)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock_file(self.root.location, path)
         deadline = time.monotonic() + EXIT_GRACE_SECONDS
         while True:
             try:
@@ -262,3 +263,21 @@ def _holder_alive(holder: str) -> bool:
     except (OSError, ValueError):
         return True
     return True
+
+
+def _open_lock_file(root: str, path: str) -> int:
+    """A read-write descriptor of the lock file ``path`` (made if missing) in the root's lock folder, neither
+    of them followed if it is a link (:mod:`trajscope.store.nolinks`): a lock file planted as a link would
+    have the lock's holder line written over what it points at."""
+    folder, name = os.path.split(path)
+    os.makedirs(root, exist_ok=True)  # (the root itself is the user's: followed if a link)
+    dir_fd = open_real_dir(root, [os.path.basename(folder)], f"the lock folder of {root}")
+    try:
+        return os.open(name, os.O_RDWR | os.O_CREAT | NOFOLLOW | CLOEXEC, 0o644, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise PathOutsideRoot(f"the lock file {path} is a symbolic link; trajscope never writes through a "
+                                  "link: remove it") from None
+        raise
+    finally:
+        os.close(dir_fd)

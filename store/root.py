@@ -51,6 +51,9 @@ class StoreRoot:
         self.storage_options = dict(storage_options or {})
         if self.is_local:
             self.location = str(Path(location).expanduser().resolve())
+            if os.path.exists(self.location) and not os.path.isdir(self.location):
+                raise UserError(f"the store root {self.location} is a file, not a folder: give --root (or "
+                                f"${ROOT_ENV}) a folder; a missing one is made")
             self.fs = fsspec.filesystem("file")
         else:
             self.location = location.rstrip("/")

@@ -1,4 +1,4 @@
-"""Reads that never leave the store root (local roots).
+"""Reads that never leave the store root (local roots); for writes see :mod:`trajscope.store.nolinks`.
 
 Rule: a reader opens a file only when its resolved path lies under the store root's resolved path.
 :func:`open_inside` opens a path one component at a time from a descriptor of the root, each with
@@ -27,6 +27,7 @@ from zarr.core.buffer.core import default_buffer_prototype
 from zarr.storage import LocalStore
 
 from trajscope.store.errors import PathOutsideRoot
+from trajscope.store.nolinks import check_real_dirs
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -144,7 +145,9 @@ class RootedLocalStore(LocalStore):
 
     Every ``get`` resolves the key and opens it through :func:`open_inside`; listings skip entries that
     resolve outside. Writes are zarr's own (an atomic replace, which replaces a link rather than
-    writing through it).
+    writing through it), once no folder between the run's and the key is a link
+    (:func:`~trajscope.store.nolinks.check_real_dirs`: a link planted at ``W/`` would have an array's
+    metadata written wherever it points).
     """
 
     def __init__(self, root: Path | str, *, base: str, read_only: bool = False) -> None:
@@ -179,6 +182,11 @@ class RootedLocalStore(LocalStore):
     async def get_partial_values(self, prototype: BufferPrototype,
                                  key_ranges: Iterable[tuple[str, ByteRequest | None]]) -> list[Buffer | None]:
         return [await asyncio.to_thread(self._read, key, prototype, rng) for key, rng in key_ranges]
+
+    async def _set(self, key: str, value: Buffer, exclusive: bool = False) -> None:
+        run = str(self.root)
+        await asyncio.to_thread(check_real_dirs, run, os.path.join(run, key), f"key {key!r} of {self.root.name}")
+        await super()._set(key, value, exclusive=exclusive)
 
     async def exists(self, key: str) -> bool:
         path = os.path.join(self.root, key)

@@ -1,0 +1,109 @@
+"""Writes that never go through a symbolic link below a local run's folder (or the root's ``.locks`` folder).
+
+Rule: a writer creates and replaces files only in real folders. A folder below the run's own (``W/c/135``)
+or the lock folder is opened one component at a time from a descriptor of its base, each with
+``O_NOFOLLOW``, made where it is missing, and the file is then created in it relative to that descriptor,
+also with ``O_NOFOLLOW``. So a link planted in a run (by anyone who may write the root's folders) can lead
+a writer neither outside the store root nor into another run: the write is refused with
+:class:`~trajscope.store.errors.PathOutsideRoot` naming the link, and a link swapped in between the check and
+the write is refused the same way (nothing is resolved by path after the walk).
+
+Readers follow the rule of :mod:`trajscope.store.safe`: links that stay inside the root are read. The base
+itself (a run's folder, the root) is opened as it is: the code that resolves a run checks that it lies
+inside the root.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Sequence
+
+from trajscope.store.errors import PathOutsideRoot
+
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW | CLOEXEC
+#: a new file, never one already there, never through a link
+NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC
+
+
+def _refused(base: str, parts: Sequence[str], what: str) -> PathOutsideRoot:
+    where = os.path.join(base, *parts)
+    return PathOutsideRoot(f"{what}: {where} is a symbolic link (or not a folder); trajscope never writes through "
+                           "a link: remove it")
+
+
+def is_link_at(name: str, dir_fd: int) -> bool:
+    """Whether the entry ``name`` of the folder ``dir_fd`` is a symbolic link (not followed)."""
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def open_real_dir(base: str, parts: Sequence[str], what: str, *, durable: set | None = None) -> int:
+    """A descriptor of the folder ``base/parts...``, walked from ``base`` one component at a time without
+    following a link, each missing one made.
+
+    ``durable`` (durability ``fsync``): the folders known to survive a power loss (``base/...`` paths); the
+    parent of any other folder walked is fsynced (its entry lives there), whoever made it, and it is added.
+    Raises :class:`PathOutsideRoot` (``what`` names the write) when a component is a link or not a folder.
+    The caller closes the descriptor.
+    """
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | CLOEXEC)
+    try:
+        for i, part in enumerate(parts):
+            try:
+                new = os.open(part, DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                except FileExistsError:  # made meanwhile by another write thread (or planted: checked below)
+                    pass
+                try:
+                    new = os.open(part, DIR_FLAGS, dir_fd=fd)
+                except OSError as err:
+                    if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise _refused(base, parts[: i + 1], what) from None
+                    raise
+            except OSError as err:
+                if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise _refused(base, parts[: i + 1], what) from None
+                raise
+            if durable is not None:
+                path = "/".join(parts[: i + 1])
+                if path not in durable:
+                    os.fsync(fd)
+                    durable.add(path)
+            os.close(fd)
+            fd = new
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def create_new_file(name: str, dir_fd: int, where: str, mode: int = 0o644) -> int:
+    """A descriptor of the new file ``name`` in the folder ``dir_fd``, opened for writing with ``O_EXCL`` and
+    ``O_NOFOLLOW``: an entry of that name left behind (a killed writer's temporary file, whose pid came back)
+    is removed first, a link is removed and never followed."""
+    try:
+        return os.open(name, NEW_FILE_FLAGS, mode, dir_fd=dir_fd)
+    except FileExistsError:
+        os.unlink(name, dir_fd=dir_fd)  # unlink removes a link itself, never what it points at
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise PathOutsideRoot(f"{where} is a symbolic link; trajscope never writes through a link: remove it") from None
+        raise
+    return os.open(name, NEW_FILE_FLAGS, mode, dir_fd=dir_fd)
+
+
+def check_real_dirs(base: str, path: str, what: str) -> None:
+    """Raise :class:`PathOutsideRoot` when a folder between ``base`` and the file ``path`` is a symbolic link
+    (for writes made by path, as zarr's: rare metadata writes; chunk files go through :func:`open_real_dir`)."""
+    rel = os.path.relpath(os.path.dirname(path), base)
+    if rel == "." or rel.startswith(".."):
+        return
+    os.close(open_real_dir(base, rel.split(os.sep), what))

@@ -1,0 +1,153 @@
+"""Links planted inside a store root never lead a *writer* through them (the write side of issue 8, item 1).
+
+Anyone who may write the root's folders can plant a link where a writer is about to write: the lock file,
+the lock folder, a chunk folder of a run being resumed, an array's folder, a writer's temporary file. Each
+case plants one link to a victim outside the root and checks that trajscope's writer refuses it (one clear
+error naming the link) or removes the link, and that the victim is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from trajscope.store import RunWriter, StoreRoot
+from trajscope.store.chunkio import LocalSink
+from trajscope.store.errors import PathOutsideRoot, UserError
+from trajscope.store.hotpath import WriteFailed
+from trajscope.store.layout import TEMPORARY_PREFIX
+from trajscope.store.locks import WriterLock
+
+from tests.store.test_symlinks import write_run
+
+VICTIM = b"victim's own bytes\n"
+
+
+@pytest.fixture
+def victim(tmp_path):
+    """A file and a folder outside the root, which no write may touch."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.txt").write_bytes(VICTIM)
+    return outside
+
+
+def untouched(outside) -> bool:
+    return sorted(os.listdir(outside)) == ["victim.txt"] and (outside / "victim.txt").read_bytes() == VICTIM
+
+
+def test_a_lock_file_planted_as_a_link_is_refused_and_not_written_through(tmp_path, victim):
+    root = StoreRoot(tmp_path / "root")
+    write_run(root, "r")
+    os.unlink(root.lock_path("r"))  # (a released lock's file stays)
+    os.symlink(victim / "victim.txt", root.lock_path("r"))
+    with pytest.raises(PathOutsideRoot, match="lock file .* symbolic link"):
+        WriterLock(root, "r").acquire()
+    assert untouched(victim)
+    with pytest.raises(PathOutsideRoot):  # and so is every writer that takes the lock (here: resume's)
+        RunWriter.reopen(root, "r")
+    assert untouched(victim)
+
+
+def test_a_lock_folder_planted_as_a_link_is_refused(tmp_path, victim):
+    root = StoreRoot(tmp_path / "root")
+    write_run(root, "r")
+    os.rename(os.path.join(root.location, ".locks"), tmp_path / "old-locks")
+    os.symlink(victim, os.path.join(root.location, ".locks"))
+    with pytest.raises(PathOutsideRoot, match="lock folder"):
+        WriterLock(root, "r").acquire()
+    assert untouched(victim)
+
+
+def test_the_cli_says_so_in_one_line(tmp_path, victim):
+    root = StoreRoot(tmp_path / "root")
+    write_run(root, "r")
+    os.unlink(root.lock_path("r"))
+    os.symlink(victim / "victim.txt", root.lock_path("r"))
+    result = subprocess.run(["trajscope", "tag", "r", "newtag", "--root", root.location],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "symbolic link" in lines[0] and "Traceback" not in result.stderr
+    assert untouched(victim)
+
+
+@pytest.mark.parametrize("where", ["W/c/9", "W/c", "W"])
+def test_a_chunk_folder_planted_as_a_link_is_refused_when_written(tmp_path, victim, where):
+    """A chunk written under a linked folder (``W/c/9`` for chunk 9, or above it) raises and creates nothing
+    where the link points; the other chunks are written as usual."""
+    run = tmp_path / "run"
+    run.mkdir()
+    if "/" in where:
+        (run / os.path.dirname(where)).mkdir(parents=True)
+    os.symlink(victim, run / where)
+    sink = LocalSink(str(run))
+    with pytest.raises(PathOutsideRoot, match="symbolic link"):
+        sink.put("W/c/9/0/0", [np.arange(4.0)])
+    assert untouched(victim)
+    sink.put("v/c/9", [np.arange(4.0)])  # a real folder: written
+    assert (run / "v" / "c" / "9").read_bytes() == np.arange(4.0).tobytes()
+
+
+def test_a_temporary_file_name_planted_as_a_link_is_removed_not_followed(tmp_path, victim, monkeypatch):
+    """The writer's temporary file has a predictable name: a link planted under it is unlinked, never opened
+    (``O_EXCL | O_NOFOLLOW``), and the chunk lands where it belongs."""
+    import threading
+
+    run = tmp_path / "run"
+    (run / "v" / "c").mkdir(parents=True)
+    planted = run / "v" / "c" / f"{TEMPORARY_PREFIX}{os.getpid()}-{threading.get_ident()}-0"
+    os.symlink(victim / "victim.txt", planted)
+    LocalSink(str(run)).put("v/c/0", [np.arange(3.0)])
+    assert untouched(victim)
+    assert not os.path.lexists(planted)
+    assert (run / "v" / "c" / "0").read_bytes() == np.arange(3.0).tobytes()
+
+
+def test_resuming_a_run_whose_chunk_folder_links_out_fails_without_writing_out(tmp_path, victim):
+    """End to end: a run reopened after a link was planted at its next chunk's folder writes nothing where
+    the link points; the write's error reaches the commit."""
+    root = StoreRoot(tmp_path / "root")
+    write_run(root, "r", steps=16, chunk=4, live=True)  # (a run killed while running: resumable)
+    writer = RunWriter.reopen(root, "r")
+    try:
+        writer.grow(20)
+        os.symlink(victim, os.path.join(root.run_url("r"), "W", "c", "4"))
+        block = {"W": np.ones((4, 3, 4)), "v": np.ones((4, 3)), "loss": np.ones(4), "output": np.ones((4, 5)),
+                 "step": np.arange(16, 20), "t": np.arange(16, 20) * 0.1}
+        with pytest.raises(WriteFailed, match="W/c/4 is a symbolic link"):
+            writer.write_block(16, block)
+            writer.commit(20)
+        assert writer.committed_steps == 16
+    finally:
+        writer.lock.release()
+    assert untouched(victim)
+
+
+def test_an_array_folder_linked_to_another_runs_is_not_written_through(tmp_path):
+    """zarr writes an array's metadata by path (the resize of a reopened run): a run whose ``v`` folder is a
+    link to another run's (inside the root, so readers follow it) must not resize that other run's array."""
+    root = StoreRoot(tmp_path / "root")
+    write_run(root, "r", live=True)
+    write_run(root, "other")
+    run, other = root.run_url("r"), root.run_url("other")
+    os.rename(os.path.join(run, "v"), tmp_path / "v-moved")
+    os.symlink(os.path.join(other, "v"), os.path.join(run, "v"))
+    before = open(os.path.join(other, "v", "zarr.json"), "rb").read()
+    writer = RunWriter.reopen(root, "r")
+    try:
+        with pytest.raises(PathOutsideRoot, match="symbolic link"):
+            writer.grow(40)
+    finally:
+        writer.lock.release()
+    assert open(os.path.join(other, "v", "zarr.json"), "rb").read() == before
+
+
+def test_a_store_root_that_is_a_file_is_one_clear_error(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        StoreRoot(path)

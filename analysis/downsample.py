@@ -113,16 +113,63 @@ def _label(value: object, dim: str) -> str:
     return str(value.item() if isinstance(value, np.generic) else value)
 
 
-def columns(result: xr.DataArray | xr.Dataset, name: str) -> dict[str, np.ndarray]:
+#: an analysis result as :func:`columns` takes it: a DataArray, a Dataset, or (what :func:`first_columns`
+#: makes of a Dataset) its variables by name
+Result = xr.DataArray | xr.Dataset | dict[str, xr.DataArray]
+
+
+def _items(result: Result, name: str) -> list[tuple[str, xr.DataArray]]:
+    if isinstance(result, xr.DataArray):
+        return [(str(result.name or name), result)]
+    variables = result.data_vars if isinstance(result, xr.Dataset) else result
+    return [(str(k), v) for k, v in variables.items()]
+
+
+def _width(da: xr.DataArray) -> int:
+    """Columns of one variable: the product of its sizes but ``step``'s (0 without a ``step`` dim)."""
+    if "step" not in da.dims:
+        return 0
+    return int(np.prod([da.sizes[d] for d in da.dims if d != "step"], dtype=np.int64))
+
+
+def column_count(result: Result) -> int:
+    """How many columns :func:`columns` makes of ``result``, from its sizes alone (nothing is computed)."""
+    return sum(_width(da) for _, da in _items(result, ""))
+
+
+def first_columns(result: Result, first: int) -> xr.DataArray | dict[str, xr.DataArray]:
+    """``result`` cut, lazily, to what its first ``first`` columns (in :func:`columns`' order) need: the
+    variables before them, and of the variable they end in the first ``ceil(rest / w)`` entries along its
+    first non-step dim (``w``: the columns one entry holds). :func:`columns` of the cut result begins with
+    the same columns as of the whole. A Dataset's come back as a dict of its variables: one cut along a dim
+    another shares no longer fits in one Dataset."""
+    if isinstance(result, xr.DataArray):
+        return _cut(result, first)
+    keep, left = {}, first
+    for name, da in _items(result, ""):
+        if left <= 0:
+            break
+        width = _width(da)
+        if width:
+            keep[name] = _cut(da, left)
+            left -= width
+    return keep
+
+
+def _cut(da: xr.DataArray, count: int) -> xr.DataArray:
+    other = [d for d in da.transpose("step", ...).dims if d != "step"] if "step" in da.dims else []
+    if not other or _width(da) <= count:
+        return da
+    per_entry = int(np.prod([da.sizes[d] for d in other[1:]], dtype=np.int64))
+    return da.isel({other[0]: slice(0, -(-count // per_entry))})
+
+
+def columns(result: Result, name: str) -> dict[str, np.ndarray]:
     """The ``(step,)`` columns of an analysis result, each named after its variable and its other
     coordinates: ``loss``; ``cone_fractions[S+]``; ``mean[+1]`` for a Dataset variable ``mean`` with a
     ``label`` dim. Variables without a ``step`` dim are left out."""
-    if isinstance(result, xr.DataArray):
-        items = [(str(result.name or name), result)]
-    else:
-        items = [(str(k), v) for k, v in result.data_vars.items()]
     out: dict[str, np.ndarray] = {}
-    for vname, da in items:
+    for vname, da in _items(result, name):
         if "step" not in da.dims:
             continue
         da = da.transpose("step", ...)

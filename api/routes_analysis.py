@@ -33,8 +33,13 @@ def step_slice(text: str | None) -> slice | None:
     return sel.as_slice()
 
 
-def call(run: Run, fn: Callable, what: str, step: slice | None, kwargs: dict[str, Any]) -> Any:
-    """Run an analysis function on the run's dataset; its failures become 4xx, never 500."""
+def call(run: Run, fn: Callable, what: str, step: slice | None, kwargs: dict[str, Any], *,
+         narrow: Callable[[Any], Any] | None = None, max_bytes: int | None = None) -> Any:
+    """Run an analysis function on the run's dataset; its failures become 4xx, never 500.
+
+    Before the (lazy) result is computed, ``narrow`` may cut it to what the response needs, and a result
+    over ``max_bytes`` (as JSON, from its sizes alone) is refused with a 413: a request never makes the
+    server compute what it would not send."""
     ds = run.dataset()
     if step is not None:
         steps = ds["step"].values
@@ -51,9 +56,16 @@ def call(run: Run, fn: Callable, what: str, step: slice | None, kwargs: dict[str
         if step is not None and registry.accepts_step(fn):
             kwargs = {**kwargs, "step": step}
         result = fn(ds, **kwargs)
+        if narrow is not None:
+            result = narrow(result)
+        if max_bytes is not None and nbytes_of(result) > max_bytes:
+            raise HTTPException(413, f"{what} over the whole selection is over the cap of {max_bytes // 2**20} MiB: "
+                                     "narrow it with step=a:b:s (e.g. a stride ::10)")
         if isinstance(result, (xr.DataArray, xr.Dataset)):
             result = result.compute()
-    except UserError:
+        elif isinstance(result, dict):  # a Dataset's variables, cut by ``narrow``
+            result = {k: v.compute() for k, v in result.items()}
+    except (UserError, HTTPException):
         raise
     except Exception as err:  # noqa: BLE001 - an analysis that cannot run on this run is not a server crash
         if is_checksum_error(err):
@@ -87,11 +99,7 @@ async def quantity_result(
     key = run.cache_key("analysis", quantity, str(sl), tuple(sorted(kwargs.items())))
 
     def build() -> bytes:
-        result = call(run, fn, f"quantity {quantity!r}", sl, kwargs)
-        if nbytes_of(result) > state.max_response_bytes:
-            raise HTTPException(413, f"quantity {quantity!r} over the whole selection is over the cap of "
-                                     f"{state.max_response_bytes // 2**20} MiB: narrow it with step=a:b:s "
-                                     "(e.g. a stride ::10)")
+        result = call(run, fn, f"quantity {quantity!r}", sl, kwargs, max_bytes=state.max_response_bytes)
         return dumps({"run_id": run.run_id, "quantity": quantity, "committed_steps": run.committed,
                       "params": jsonable({"step": None if sl is None else [sl.start, sl.stop, sl.step], **kwargs}),
                       "result": jsonable(result)})

@@ -129,7 +129,7 @@ def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail:
     (only the first ``first`` columns when given; only the neurons ``neuron`` or the rows ``row`` of the
     parameter named by ``kwargs["parameter"]``). ``load(ds, index)`` (see :func:`loader`) lets a small
     step range of a ``pointwise`` quantity be computed in memory."""
-    from trajscope.analysis.downsample import columns
+    from trajscope.analysis.downsample import column_count, columns, first_columns
 
     fn = fn_source = source(run, quantity)
     ds = run.dataset()
@@ -153,22 +153,30 @@ def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail:
         fn = _with_rows(fn, dim, [index] if isinstance(index, int) else index)
     if load is not None and is_pointwise(fn_source, kwargs) and step is not None and step.step is None:
         fn = _in_memory(fn, load)
-    result = call(run, fn, f"series {quantity!r}", step, kwargs)
-    if not hasattr(result, "dims") or "step" not in result.coords:
-        raise HTTPException(422, f"{quantity!r} is not a per-step series (it has no step dim): "
-                                 f"use GET /api/runs/{run.run_id}/analysis/{quantity}")
+
+    def narrow(result):
+        """Checked and cut before anything is computed: the series kept, never more than the limit."""
+        if not hasattr(result, "dims") or "step" not in result.coords:
+            raise HTTPException(422, f"{quantity!r} is not a per-step series (it has no step dim): "
+                                     f"use GET /api/runs/{run.run_id}/analysis/{quantity}")
+        count = column_count(result)
+        if count == 0:
+            raise HTTPException(422, f"{quantity!r} has no per-step variable: use GET /api/runs/{run.run_id}/analysis/{quantity}")
+        if first is None and count > MAX_COLUMNS:
+            raise UserError(f"{quantity!r} has {count} series, over the limit of {MAX_COLUMNS}: keep the first "
+                            "few with first=16, or pick neurons with neuron=0,3,7 or neuron=0:8")
+        return result if first is None else first_columns(result, first)
+
+    result = call(run, fn, f"series {quantity!r}", step, kwargs, narrow=narrow)
     cols = columns(result, quantity)
     if first is not None:
         cols = dict(list(cols.items())[:first])
-    if not cols:
-        raise HTTPException(422, f"{quantity!r} has no per-step variable: use GET /api/runs/{run.run_id}/analysis/{quantity}")
-    if len(cols) > MAX_COLUMNS:
-        raise UserError(f"{quantity!r} has {len(cols)} series, over the limit of {MAX_COLUMNS}: keep the first "
-                        "few with first=16, or pick neurons with neuron=0,3,7 or neuron=0:8")
-    variables = {str(result.name or quantity): result} if not hasattr(result, "data_vars") else result.data_vars
+    variables = (result if isinstance(result, dict) else result.data_vars if hasattr(result, "data_vars")
+                 else {str(result.name or quantity): result})
     attrs = {str(k): jsonable({a: v.attrs[a] for a in ("long_name", "units", "kind", "status") if a in v.attrs})
              for k, v in variables.items()}
-    return np.asarray(result["step"].values), cols, attrs
+    steps = next(iter(result.values())) if isinstance(result, dict) else result
+    return np.asarray(steps["step"].values), cols, attrs
 
 
 def check_size(points: int, ncols: int) -> None:

@@ -88,4 +88,6 @@ def nbytes_of(obj: Any) -> int:
         return int(obj.size) * JSON_BYTES_PER_VALUE
     if isinstance(obj, xr.Dataset):
         return sum(int(v.size) for v in obj.variables.values()) * JSON_BYTES_PER_VALUE
+    if isinstance(obj, dict):
+        return sum(nbytes_of(v) for v in obj.values())
     return 0

@@ -180,3 +180,57 @@ def test_states_loaded_for_a_live_tail_hold_the_per_step_variables_only(local_ro
     assert {"X", "y"} <= set(states.data_vars) and isinstance(states["X"].data, da.Array)
     assert list(charged.values()) == [sum(ds[n].isel(step=index).nbytes for n in per_step)]
     np.testing.assert_array_equal(states["W"].values, ds["W"].values[index])
+
+
+def test_only_the_series_asked_for_are_computed(tmp_path, write_run, serve, monkeypatch):
+    """``first=2`` of ``W`` (h × D series) computes what two series need (one neuron's D), not every series of
+    ``W``; a request over the series limit is refused before anything is computed (found by a review:
+    ``/series/W?first=1`` built every column of ``W`` first, about 1.2 GB for a 360 MB ``W``)."""
+    import httpx
+
+    from trajscope.analysis import downsample
+
+    seen = []
+    whole = downsample.columns
+
+    def spy(result, name):
+        seen.append(downsample.column_count(result))
+        return whole(result, name)
+
+    monkeypatch.setattr(downsample, "columns", spy)
+    root = StoreRoot(tmp_path)
+    write_run(root, "wide", steps=8, h=40, chunk_steps=8)
+    W = open_run("wide", root)["W"].values
+    _, h, dim = W.shape
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        body = c.get("/api/runs/wide/series/W", params={"first": 2, "points": 1000}).json()
+        assert body["exact"] and len(body["series"]) == 2
+        np.testing.assert_allclose(np.array(list(body["series"].values())).T, W[:, 0, :2], rtol=1e-6)
+        assert seen == [dim] and h * dim > 64
+        seen.clear()
+        r = c.get("/api/runs/wide/series/W")
+        assert r.status_code == 400 and "first=" in r.json()["detail"] and not seen
+
+
+def test_first_columns_cut_lazily_and_keep_the_same_first_columns():
+    import dask.array as dsa
+    import xarray as xr
+
+    from trajscope.analysis.downsample import column_count, columns, first_columns
+
+    values = np.arange(5 * 4 * 3, dtype=float).reshape(5, 4, 3)
+    lazy = xr.DataArray(dsa.from_array(values, chunks=(2, 4, 3)), dims=("step", "neuron", "feature"),
+                        coords={"step": np.arange(5)}, name="W")
+    ds = xr.Dataset({"a": lazy.isel(neuron=0, feature=0, drop=True), "W": lazy, "b": lazy.isel(feature=0, drop=True)})
+    assert column_count(lazy) == 12 and column_count(ds) == 1 + 12 + 4
+    for result in (lazy, ds):
+        every = columns(result.compute(), "W")
+        for first in (1, 2, 3, 4, 7, 13, 17, 40):
+            cut = first_columns(result, first)
+            parts = cut.values() if isinstance(cut, dict) else [cut]
+            assert all(isinstance(v.data, dsa.Array) for v in parts)  # nothing computed yet
+            kept = columns({k: v.compute() for k, v in cut.items()} if isinstance(cut, dict) else cut.compute(), "W")
+            assert list(kept)[:first] == list(every)[:first]
+            for name in list(every)[:first]:
+                np.testing.assert_array_equal(kept[name], every[name])
+            assert column_count(cut) <= first + 2  # (the variable it ends in, cut along its first dim: 3 a neuron)

@@ -41,6 +41,25 @@ def select(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     return out
 
 
+def fraction(name: str, value: float) -> float:
+    """``value`` when it is a fraction strictly between 0 and 1 (a parameter such as ``drop``);
+    :class:`~trajscope.store.errors.UserError` naming ``name`` otherwise (NaN included)."""
+    if not 0.0 < value < 1.0:
+        from trajscope.store.errors import UserError
+
+        raise UserError(f"{name}={value!r}: a fraction strictly between 0 and 1")
+    return value
+
+
+def positive_count(name: str, value: int) -> int:
+    """``value`` when it is a whole number >= 1 (a parameter such as ``top``); :class:`UserError` otherwise."""
+    if value < 1:
+        from trajscope.store.errors import UserError
+
+        raise UserError(f"{name}={value!r}: a whole number of at least 1")
+    return value
+
+
 def cfg(ds: xr.Dataset, *path: str, default: Any = None) -> Any:
     """``config[path...]`` of the run (its decoded ``config`` attribute) or ``default`` when any level is missing."""
     node: Any = run_attr(ds, "config")

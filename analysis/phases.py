@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from trajscope.analysis._common import StepSel, select, time_coord
+from trajscope.analysis._common import StepSel, fraction, select, time_coord
 from trajscope.analysis.cones import in_target_or_dead
 from trajscope.analysis.registry import TWO_LAYER, quantity
 
@@ -101,7 +101,9 @@ def t1_from(aligned: xr.DataArray, sel: xr.Dataset) -> xr.Dataset:
 
 @quantity(requires=TWO_LAYER)
 def t2(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.Dataset:
-    """Empirical loss-decrease onset ``t2 = min{t_k : L(t_k) ≤ (1 - drop) L(t_0)}``: ``t2_step``, ``t2_time``."""
+    """Empirical loss-decrease onset ``t2 = min{t_k : L(t_k) ≤ (1 - drop) L(t_0)}``: ``t2_step``, ``t2_time``
+    (``0 < drop < 1``; every quantity with a ``drop`` reaches it here)."""
+    fraction("drop", drop)
     sel = select(ds, step)
     L = sel["loss"]
     hit = L <= (1.0 - drop) * L.isel(step=0)

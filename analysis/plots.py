@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from trajscope.analysis._common import StepSel, lr, run_name, select, time_coord
+from trajscope.analysis._common import StepSel, lr, positive_count, run_name, select, time_coord
 from trajscope.analysis.alignment import mean_neuron_alignment
 from trajscope.analysis.cones import CONES, aligned_fraction, cone_fractions
 from trajscope.analysis.direction_field import direction_field_error
@@ -129,7 +129,8 @@ def plot_loss(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None)
 
 @plot_kind("spectra", requires=TWO_LAYER)
 def plot_spectra(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None, top: int = 10) -> Figure:
-    """Singular values ``σ_k(W(t))`` over time (the ``top`` largest), log scale."""
+    """Singular values ``σ_k(W(t))`` over time (the ``top`` largest, ``top >= 1``), log scale."""
+    positive_count("top", top)
     step = thinned(ds, step)
     s = singular_values(ds, step).isel(sv=slice(0, top)).compute()
     x, xlabel = _x(ds, step)

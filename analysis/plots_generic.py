@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from trajscope.analysis._common import StepSel, run_name
+from trajscope.analysis._common import StepSel, positive_count, run_name
 from trajscope.analysis.generic import (
     TOTAL,
     distance_from_init,
@@ -68,7 +68,9 @@ def plot_param_updates(ds: xr.Dataset, step: StepSel = None, *, title: str | Non
 @plot_kind("param_spectrum", requires=MATRICES)
 def plot_param_spectrum(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None,
                         parameter: str = "", top: int = 10) -> Figure:
-    """The ``top`` singular values of one matrix parameter (``parameter``; default the first) over the steps."""
+    """The ``top`` singular values (``top >= 1``) of one matrix parameter (``parameter``; default the first) over
+    the steps."""
+    positive_count("top", top)
     name = parameters(ds, parameter, matrices=True)[0]
     sv = param_singular_values(ds, thinned(ds, step), parameter=name)[name]
     sv = sv.isel({f"{name}.sv": slice(0, top)}).compute()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 from typing import Any, Callable, Mapping
 
 from trajscope.store import UserError
@@ -106,6 +107,10 @@ def bind(fn: Callable, query: Mapping[str, str], what: str) -> dict[str, Any]:
                 if text.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(text)
                 kwargs[key] = text.lower() in ("true", "1")
+            elif isinstance(default, (int, float)):  # ASCII digits only (int("１") is 1), and finite
+                if not text.isascii() or not math.isfinite(value := type(default)(text)):
+                    raise ValueError(text)
+                kwargs[key] = value
             else:
                 kwargs[key] = type(default)(text)
         except ValueError:

@@ -67,7 +67,7 @@ def runs(
             continue  # a symlink out of the root: never read
         try:
             infos.append(describe_run(run_id, state.root, with_size=size))
-        except (KeyError, ValueError):  # half-created or unreadable: skipped, as the store's catalog does
+        except (KeyError, ValueError, UserError):  # half-created, unreadable or malformed: skipped, as the store's catalog does
             continue
     return {"root": public_root(state.root),
             "runs": [summary(i, size) for i in infos if status is None or i.status == status]}

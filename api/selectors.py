@@ -23,8 +23,8 @@ from trajscope.store import UserError
 
 MAX_LIST = 10_000
 _INT = r"\s*-?\d{1,18}\s*"
-_SLICE = re.compile(rf"^({_INT})?:({_INT})?(?::({_INT})?)?$")
-_LIST = re.compile(rf"^{_INT}(,{_INT})*$")
+_SLICE = re.compile(rf"^({_INT})?:({_INT})?(?::({_INT})?)?$", re.ASCII)  # (ASCII: \d and \s would take "１")
+_LIST = re.compile(rf"^{_INT}(,{_INT})*$", re.ASCII)
 
 
 class SelectorError(UserError):

@@ -41,6 +41,15 @@ class NotARun(UserError):
                          "nothing was changed")
 
 
+class MalformedRun(UserError):
+    """A run's group document that readers cannot use (not a JSON object, a trajscope attribute of the wrong
+    type: :mod:`trajscope.store.document`). ``MalformedRun(run_id, why)``: one line naming the field."""
+
+    def __init__(self, run_id: str, why: str) -> None:
+        super().__init__(f"run {run_id!r} cannot be read: {why} (a zarr.json trajscope did not write, or one edited "
+                         "by hand): restore it from a copy, or move the run away")
+
+
 class PathOutsideRoot(UserError):
     """A key of a run resolves (through a symbolic link) outside the store root; it is never opened."""
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import fsspec
 
-from trajscope.store.errors import NotARun, PathOutsideRoot, RunNotFound, UserError
+from trajscope.store.document import check_run_document
+from trajscope.store.errors import MalformedRun, NotARun, PathOutsideRoot, RunNotFound, UserError
 from trajscope.store.layout import (ALL_CHUNKS_STORED_KEY, DELETING_KEY, RUN_SUFFIX, TEMPORARY_PREFIX,
                                      validate_run_id)
 from trajscope.store.safe import is_inside, read_inside, tree_size
@@ -180,7 +181,11 @@ class StoreRoot:
             raw = self.read_bytes(run_id, "zarr.json")
         except KeyError:
             raise RunNotFound(f"no run {run_id!r} under {self.location}: `trajscope ls` lists the runs") from None
-        return json.loads(raw)
+        try:
+            document = json.loads(raw)
+        except ValueError:  # (UnicodeDecodeError is one)
+            raise MalformedRun(run_id, "its zarr.json is not JSON") from None
+        return check_run_document(run_id, document)
 
     def read_attrs(self, run_id: str) -> dict[str, Any]:
         """The run's root attributes."""

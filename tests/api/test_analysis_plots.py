@@ -172,3 +172,22 @@ def test_a_result_over_the_cap_is_refused_before_it_is_computed(client, monkeypa
     assert r.status_code == 413 and "step=" in r.json()["detail"]
     assert not computed
     assert client.get("/api/runs/done/analysis/step_series", params={"step": "1:30:5"}).status_code == 200 and computed
+
+
+@pytest.mark.parametrize("url,words", [
+    ("/api/runs/done/analysis/t2?drop=-1", "drop=-1.0: a fraction strictly between 0 and 1"),
+    ("/api/runs/done/analysis/t2?drop=1", "drop=1.0: a fraction"),
+    ("/api/runs/done/analysis/summary?drop=0", "drop=0.0: a fraction"),
+    ("/api/runs/done/analysis/t2?drop=nan", "drop='nan' is not a valid float"),
+    ("/api/runs/done/analysis/loss_envelope?drop=inf", "drop='inf' is not a valid float"),
+    ("/api/runs/done/plots/spectra.png?top=-5", "top=-5: a whole number of at least 1"),
+    ("/api/runs/done/plots/spectra.png?top=%EF%BC%93", "top='３' is not a valid int"),
+    ("/api/runs/done/analysis/t2?step=%EF%BC%91", "step"),
+])
+def test_out_of_range_and_non_finite_parameters_are_400(client, url, words):
+    """Found by a review: ``drop=-1`` gave a meaningless 200, ``drop=nan`` echoed ``null``, ``top=-5`` drew a
+    figure, a fullwidth digit was read as a step."""
+    r = client.get(url)
+    assert r.status_code == 400, (url, r.status_code, r.text)
+    assert words in r.json()["detail"], r.json()["detail"]
+    assert client.get("/api/runs/done/analysis/t2", params={"drop": "0.5"}).status_code == 200

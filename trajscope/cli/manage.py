@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from trajscope.errors import UserError
+from trajscope.store.errors import MalformedRun
 from trajscope.store.dataset_attrs import run_attr
 
 RootOption = Annotated[
@@ -127,10 +129,13 @@ def register(app: typer.Typer) -> None:
 
         store_root = StoreRoot(root)
         fields = [c.strip() for c in (columns or "").split(",") if c.strip()]
-        rows, leftovers, present = [], [], set()  # present: the config fields some run has
+        rows, leftovers, present, malformed = [], [], set(), []  # present: the config fields some run has
         for run_id in store_root.run_ids():
             try:
                 attrs = store_root.read_attrs(run_id)
+            except MalformedRun as err:  # skipped, and said below the table: one line each
+                malformed.append(str(err))
+                continue
             except (KeyError, ValueError):  # half-created or unreadable: skipped, as the catalog does
                 if not tag and store_root.has_leftovers(run_id):  # (it has no tags to match)
                     leftovers.append(run_id)
@@ -146,11 +151,17 @@ def register(app: typer.Typer) -> None:
         if unknown and present:
             raise UserError(f"--columns: no config field {', '.join(map(repr, unknown))}; "
                             f"`trajscope config` prints the fields (e.g. {', '.join(sorted(present)[:3])})")
+        for line in malformed:
+            typer.echo(f"skipped: {line}", err=True)
         if as_json:
             typer.echo(json.dumps(rows, indent=2, default=str))
             return
         console = _console()
         if not rows:
+            if store_root.is_local and not os.path.isdir(store_root.location):
+                console.print(f"no store root at {store_root.location} (nothing recorded there yet; --root or "
+                              f"$TRAJSCOPE_ROOT names another)")
+                return
             console.print(f"no runs in {store_root.location}" + (f" tagged {', '.join(tag)}" if tag else ""))
             _print_leftovers(console, leftovers, root)
             return

@@ -1,0 +1,92 @@
+"""A run whose group document readers cannot use (hand-edited or foreign ``zarr.json``) is refused with one
+clear error naming the field, skipped by listings, and never crashes a reader (found by a review: one such
+run made ``GET /api/runs`` a 500 for every run and ``trajscope ls`` print a traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from trajscope.store import StoreRoot, list_runs, open_run
+from trajscope.store.errors import MalformedRun
+
+from tests.store.test_symlinks import write_run
+
+#: (name, edit of the document, words of the error)
+EDITS = [
+    ("not-json", lambda doc: b"{not json", "is not JSON"),
+    ("a-list", lambda doc: [1, 2, 3], "a JSON list, not an object"),
+    ("attrs-list", lambda doc: {**doc, "attributes": [1, 2]}, "attributes are a JSON list"),
+    ("steps-text", lambda doc: _attrs(doc, committed_steps="5k"), "committed_steps is '5k'"),
+    ("steps-null", lambda doc: _attrs(doc, committed_steps=None), "committed_steps is None"),
+    ("steps-negative", lambda doc: _attrs(doc, committed_steps=-5), "committed_steps is -5"),
+    ("steps-fraction", lambda doc: _attrs(doc, committed_steps=1.5), "committed_steps is 1.5"),
+    ("steps-bool", lambda doc: _attrs(doc, committed_steps=True), "committed_steps is True"),
+    ("steps-over", lambda doc: _attrs(doc, committed_steps=10**9), "over its capacity"),
+    ("capacity-text", lambda doc: _attrs(doc, capacity="x"), "capacity is 'x'"),
+    ("config-text", lambda doc: _attrs(doc, config="notadict"), "config is 'notadict', not an object"),
+    ("tags-number", lambda doc: _attrs(doc, tags=5), "tags is 5, not a list"),
+    ("status-number", lambda doc: _attrs(doc, status=3), "status is 3, not text"),
+]
+
+
+def _attrs(doc, **changes):
+    return {**doc, "attributes": {**doc["attributes"], **changes}}
+
+
+def plant(root: StoreRoot, run_id: str, edit) -> None:
+    write_run(root, run_id)
+    path = os.path.join(root.run_url(run_id), "zarr.json")
+    with open(path) as handle:
+        new = edit(json.load(handle))
+    with open(path, "wb") as handle:
+        handle.write(new if isinstance(new, bytes) else json.dumps(new).encode())
+
+
+@pytest.mark.parametrize("name,edit,words", EDITS, ids=[e[0] for e in EDITS])
+def test_a_malformed_document_is_one_clear_error_and_left_out_of_listings(tmp_path, name, edit, words):
+    root = StoreRoot(tmp_path)
+    write_run(root, "good")
+    plant(root, name, edit)
+    with pytest.raises(MalformedRun, match=words):
+        root.read_attrs(name)
+    with pytest.raises(MalformedRun, match=words):
+        open_run(name, root)
+    assert [i.run_id for i in list_runs(root)] == ["good"]
+
+
+def test_a_copy_with_json_encoded_attributes_is_not_malformed(tmp_path):
+    """A run written by ``ds.to_zarr`` holds its nested attributes as JSON text, named in
+    ``trajscope_json_attrs``: readers take it."""
+    root = StoreRoot(tmp_path)
+    write_run(root, "r")
+    ds = open_run("r", root)
+    ds.to_zarr(os.path.join(root.location, "copy.zarr"), zarr_format=3, consolidated=False)
+    attrs = root.read_attrs("copy")
+    assert isinstance(attrs["config"], str) and "config" in attrs["trajscope_json_attrs"]
+
+
+def test_the_server_and_the_cli_skip_it_in_listings_and_refuse_it_alone(tmp_path):
+    import httpx
+
+    from tests.api.conftest import serving
+
+    root = StoreRoot(tmp_path)
+    write_run(root, "good")
+    plant(root, "bad", EDITS[3][1])
+    with serving(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
+        listing = client.get("/api/runs")
+        assert listing.status_code == 200 and [r["run_id"] for r in listing.json()["runs"]] == ["good"]
+        for url in ("/api/runs/bad", "/api/runs/bad/series/loss", "/api/runs/bad/analysis", "/zarr/bad/zarr.json"):
+            r = client.get(url)
+            assert r.status_code == 422 and "committed_steps is '5k'" in r.json()["detail"], (url, r.text)
+    result = subprocess.run(["trajscope", "ls", "--root", root.location], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "good" in result.stdout and "Traceback" not in result.stderr
+    why = "committed_steps is '5k', not a whole number >= 0"
+    assert result.stderr.strip().splitlines() == [f"skipped: {MalformedRun('bad', why)}"]
+    shown = subprocess.run(["trajscope", "show", "bad", "--root", root.location], capture_output=True, text=True,
+                           timeout=120)
+    assert shown.returncode == 2 and len(shown.stderr.strip().splitlines()) == 1 and "committed_steps" in shown.stderr

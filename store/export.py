@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -132,8 +133,11 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         ds = ds.chunk({"step": chunk or "auto"})  # uniform chunks, as Zarr needs
     drop_chunk_encoding(ds)
     if kind == "zarr":
-        # every chunk stored, an all-NaN one too, as the store's writer does (fsck then finds none missing)
-        ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True, write_empty_chunks=True)
+        # every chunk stored, an all-NaN one too, as the store's writer does (fsck then finds none missing);
+        # consolidated on purpose, as a finished run is (zarr warns that v3 has no such thing in its spec)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True, write_empty_chunks=True)
     elif kind == "netcdf":
         portable(ds).to_netcdf(path)
     else:

@@ -193,6 +193,7 @@ class RunWriter:
     @classmethod
     def reopen(cls, root: StoreRoot, run_id: str) -> "RunWriter":
         """Reopen an unfinished run (``running`` after a crash, ``interrupted`` or ``failed``) to resume it."""
+        root.read_group_metadata(run_id)  # RunNotFound before a lock file is made for a run that is not there
         lock = WriterLock(root, run_id).acquire()
         try:
             attrs = root.read_attrs(run_id)

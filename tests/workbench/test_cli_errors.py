@@ -92,3 +92,53 @@ def test_a_run_whose_writes_fail_is_one_line_and_exit_1(tmp_path, small_config):
     resumed = cli("resume", "r", "--root", str(root), "-q")
     assert resumed.returncode == 0, resumed.stderr
     assert open_run("r", root=root).attrs["status"] == "complete"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400", "-1", "0"])
+def test_a_response_cap_that_is_no_size_is_one_line(tmp_path, value):
+    """Found by a review: nan/inf were a traceback, -1 was taken (every slice then a 413)."""
+    one_line_error(cli("serve", "--root", str(tmp_path), "--max-response-mib", value), "--max-response-mib",
+                   "a size in MiB")
+
+
+def test_a_port_in_use_is_one_line_before_the_server_announces_itself(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = cli("serve", "--root", str(tmp_path), "--port", str(port), timeout=60)
+    one_line_error(proc, f"127.0.0.1:{port}", "in use", "--port")
+
+
+def test_a_root_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "f").write_text("x")
+    one_line_error(cli("ls", "--root", str(tmp_path / "f")), "is a file, not a folder")
+
+
+def test_ls_of_a_missing_root_says_so(tmp_path):
+    proc = cli("ls", "--root", str(tmp_path / "nowhere"))
+    assert proc.returncode == 0 and "no store root at" in proc.stdout and not proc.stderr
+
+
+def test_compare_checks_its_step_before_printing_anything(tiny_root):
+    proc = cli("compare", "a", "b", "--root", str(tiny_root), "--step", "abc")
+    one_line_error(proc, "--step 'abc'")
+    assert not proc.stdout
+
+
+def test_rm_without_an_answer_deletes_nothing_and_says_how(tiny_root):
+    proc = cli("rm", "a", "--root", str(tiny_root), input="")
+    assert proc.returncode == 1 and "nothing deleted: no answer" in proc.stderr and "--yes" in proc.stderr
+    assert (tiny_root / "a.zarr" / "zarr.json").exists()
+
+
+def test_resume_of_a_missing_run_leaves_no_lock_file(tmp_path):
+    one_line_error(cli("resume", "nope", "--root", str(tmp_path)), "no run 'nope'")
+    assert not (tmp_path / ".locks" / "nope.lock").exists()
+
+
+def test_export_prints_no_library_warning(tiny_root, tmp_path):
+    proc = cli("export", "a", "--root", str(tiny_root), "-o", str(tmp_path / "a.zarr"))
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr

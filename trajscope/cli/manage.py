@@ -219,7 +219,12 @@ def register(app: typer.Typer) -> None:
                                  f"{info.size_bytes / 2**20:.1f} MiB)")
         if not yes:
             listing = ", ".join(described)
-            if not typer.confirm(f"delete {listing}?", default=False):
+            try:
+                confirmed = typer.confirm(f"delete {listing}?", default=False)
+            except typer.Abort:  # no answer: stdin at its end (not a terminal), or Ctrl-C/Ctrl-D at the prompt
+                typer.echo("\nnothing deleted: no answer (pass --yes to delete without asking)", err=True)
+                raise typer.Exit(1) from None
+            if not confirmed:
                 typer.echo("nothing deleted")
                 raise typer.Exit(1)
         for run, identity in zip(runs, identities):
@@ -241,6 +246,7 @@ def register(app: typer.Typer) -> None:
 
         if len(runs) < 2:
             raise UserError("compare needs at least two runs: trajscope compare RUN_A RUN_B ...")
+        sel = parse_step(step)  # (checked before anything is printed)
         datasets = [open_run(run, root=root) for run in runs]
         names = [ds.attrs.get("run_id", run) for ds, run in zip(datasets, runs)]
         configs = [flatten(run_attr(ds, "config") or {}) for ds in datasets]
@@ -254,7 +260,6 @@ def register(app: typer.Typer) -> None:
         for key in differing:
             table.add_row(key, *(_fmt(c.get(key)) for c in configs))
         console.print(table if differing else "config: identical")
-        sel = parse_step(step)
         measured = []
         for ds, run in zip(datasets, runs):
             if ds.sizes.get("step", 0) == 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import socket
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -24,6 +26,27 @@ def read_token(path: Path | None) -> str | None:
     return token
 
 
+#: the range ``--max-response-mib`` takes (a cap under a few kB would refuse the dashboard's own requests; one
+#: over 64 GiB is no cap)
+MIN_RESPONSE_MIB, MAX_RESPONSE_MIB = 0.01, 65536.0
+
+
+def check_port_free(host: str, port: int) -> None:
+    """:class:`UserError` when ``host:port`` cannot be bound (in use, or no such interface), said before the
+    server announces itself; the server binds it again right after (another process may still take it)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise UserError(f"--host {host}: {err.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise UserError(f"cannot serve on {host}:{port}: {err.strerror}; choose another --port") from None
+
+
 def serve(
     root: Annotated[Optional[str], typer.Option("--root", help="store root: a directory or an fsspec URL "
                                                 "(s3://bucket/prefix); default $TRAJSCOPE_ROOT or ./runs")] = None,
@@ -43,8 +66,12 @@ def serve(
 
     if not 0 < port < 65536:
         raise UserError(f"--port {port} is not a TCP port (1-65535)")
+    if not (math.isfinite(max_response_mib) and MIN_RESPONSE_MIB <= max_response_mib <= MAX_RESPONSE_MIB):
+        raise UserError(f"--max-response-mib {max_response_mib}: a size in MiB from {MIN_RESPONSE_MIB} to "
+                        f"{MAX_RESPONSE_MIB} (default 32)")
     token = read_token(token_file)
     store_root = StoreRoot(root)
+    check_port_free(host, port)
     app = create_app(store_root, token=token, max_response_bytes=int(max_response_mib * 2**20))
     typer.echo(f"trajscope: serving {store_root.location} on http://{host}:{port} "
                f"({'deletes enabled by token' if token else 'read-only'})", err=True)

@@ -467,6 +467,8 @@ class Recorder:
                 self._hand_off(self.chunk)
             return
         rows = slot.rows[position]
+        if values.keys() != self._row_specs.keys():  # (a variable left out would keep a reused buffer's old row)
+            raise self._names_error(values)
         if self._numpy_rows:
             self._copy_host(slot, position, rows, values)
         else:
@@ -510,8 +512,12 @@ class Recorder:
                     # a number on the host (ModuleRecorder's extras are CPU tensors) into a device row: as a
                     # fill kernel's argument; an assignment (``row[i] = x``) copies x from pageable host
                     # memory, which waits for the device (found on an H200 by tests/gpu in sync debug mode)
+                    check_state_shape(name, tuple(getattr(value, "shape", ())), 1, shape, fills=True)
                     buffer[position].fill_(number)
-                else:  # device tensors that need broadcasting (e.g. shape (1,) into ())
+                else:  # a tensor of one value into a scalar row (shape (1,) into ()), or one on another device
+                    tensor = isinstance(value, torch.Tensor)
+                    check_state_shape(name, tuple(value.shape) if tensor else np.shape(value),
+                                      value.numel() if tensor else int(np.size(value)), shape, fills=True)
                     buffer[position] = value
             if targets:
                 torch._foreach_copy_(targets, sources)
@@ -536,13 +542,17 @@ class Recorder:
         slot.exact = False
         return self._references(values)
 
+    def _names_error(self, values: dict) -> ValueError:
+        names = self._row_specs.keys()
+        missing, extra = sorted(names - values.keys()), sorted(values.keys() - names)
+        return ValueError(f"a recorded state has the variables {sorted(names)}: missing {missing}, unknown {extra}")
+
     def _references(self, values: dict) -> dict:
         """By reference: the values themselves, checked here on the training thread (the names, and each
         tensor's device and shape: no sync); their numpy views are taken once per block.
         A Python number, or a tensor of another dtype, is converted now (a small copy)."""
         if values.keys() != self._shapes.keys():
-            missing, extra = sorted(self._shapes.keys() - values.keys()), sorted(values.keys() - self._shapes.keys())
-            raise ValueError(f"a recorded state has the variables {sorted(self._shapes)}: missing {missing}, unknown {extra}")
+            raise self._names_error(values)
         for name, value in values.items():
             shape = self._shapes[name]
             if isinstance(value, torch.Tensor):
@@ -555,8 +565,7 @@ class Recorder:
                 except (TypeError, ValueError) as exc:
                     raise ValueError(f"{name}: {value!r} is not a number of dtype {self._numpy_dtypes[name]}") from exc
                 size = value.size
-            if tuple(value.shape) != shape and not (size == 1 and math.prod(shape) == 1):
-                raise ValueError(f"{name}: a state of shape {tuple(value.shape)}, the variable's is {shape}")
+            check_state_shape(name, tuple(value.shape), size, shape)
             if isinstance(value, torch.Tensor) and value.dtype != self._torch_dtypes[name]:
                 value = value.detach().to(self._torch_dtypes[name])
             values[name] = value
@@ -600,17 +609,20 @@ class Recorder:
         threads would compete with the training step for the cores)."""
         for name, value in values.items():
             row = rows[name]
-            try:
-                if isinstance(value, torch.Tensor):
-                    source = value.detach().numpy()
-                    if source.shape != row.shape:
-                        raise ValueError("needs broadcasting")
-                    np.copyto(row, source, casting="unsafe")
-                else:
-                    row[...] = value
-            except (TypeError, ValueError, RuntimeError):  # e.g. shape (1,) into (), a GPU tensor
+            if isinstance(value, torch.Tensor):
+                if tuple(value.shape) == row.shape:
+                    try:
+                        np.copyto(row, value.detach().numpy(), casting="unsafe")
+                        continue
+                    except (TypeError, RuntimeError):  # a GPU tensor, a dtype numpy has not (bfloat16)
+                        pass
+                check_state_shape(name, tuple(value.shape), value.numel(), row.shape, fills=True)  # ((1,) into ())
                 with torch.no_grad():
                     slot.device[name][position] = value
+            else:
+                array = np.asarray(value)
+                check_state_shape(name, array.shape, array.size, row.shape, fills=True)
+                row[...] = array
 
     def _hand_off(self, count: int) -> None:
         slot = self._slots[self._current]
@@ -987,6 +999,16 @@ class Recorder:
         if target > self.committed:
             self.writer.commit(target)
             self.committed = target
+
+
+def check_state_shape(name: str, shape: tuple[int, ...], size: int, expected: tuple[int, ...],
+                      fills: bool = False) -> None:
+    """Raise ``ValueError`` unless a recorded value of ``shape`` (``size`` values) fits its variable's
+    per-state ``expected`` shape as it is, or is one value of a one-value variable (shape ``(1,)`` into
+    ``()``): never broadcast, never reshaped. ``fills`` (the copying paths): a 0-d value (a number) fills its
+    row, as ``ModuleRecorder`` fills a missing gradient's; a tensor or array of one value does not."""
+    if tuple(shape) != tuple(expected) and not (size == 1 and (math.prod(expected) == 1 or (fills and not shape))):
+        raise ValueError(f"{name}: a state of shape {tuple(shape)}, the variable's is {tuple(expected)}")
 
 
 def recording_waits(previous: Mapping | None, recorder: "Recorder", seconds: float) -> dict:

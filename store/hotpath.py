@@ -288,11 +288,11 @@ class HotPath:
 
     def _launch(self, block: BlockWrite, jobs: list[tuple]) -> BlockWrite:
         """Hand the block's write jobs ``(encoder, key, piece, version)`` to the pool; track the block."""
-        with self._outstanding_lock:
-            self._outstanding.add(block)
-        if not jobs:
-            self._complete(block)
-        try:
+        try:  # (from the block's registration on: a Ctrl-C is raised as any call here returns, that one included)
+            with self._outstanding_lock:
+                self._outstanding.add(block)
+            if not jobs:
+                self._complete(block)
             for encoder, key, piece, version in jobs:
                 self._pool.submit(self._write_piece, block, encoder, key, piece, version)
         except BaseException:

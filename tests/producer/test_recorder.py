@@ -255,7 +255,7 @@ def test_lazy_conjugate_and_negative_views_go_in_a_copy_of_their_own_and_grad_mo
     recorder.record(W=torch.arange(8.0) + 1, z=conj.resolve_conj(), loss=neg.resolve_neg())
     for grad in (True, False):
         with torch.set_grad_enabled(grad):
-            with pytest.raises(RuntimeError):
+            with pytest.raises(ValueError, match=r"W: a state of shape \(3,\)"):
                 recorder.record(W=torch.zeros(3), z=conj, loss=neg)  # W's shape cannot go into its row
             assert torch.is_grad_enabled() is grad
     assert recorder.close() == 2
@@ -511,6 +511,48 @@ def test_numbers_go_into_the_gpus_rows_exactly_as_a_fill_never_an_assignment(tmp
     ds = open_run("numbers", root=StoreRoot(tmp_path))
     np.testing.assert_array_equal(ds.loss.values, np.array(losses))
     np.testing.assert_array_equal(ds.W.values[:, 0, 0], np.arange(states, dtype=np.float32))
+
+
+@pytest.mark.parametrize("rows", ["numpy (the CPU's)", "torch (the GPU's)"])
+def test_copying_refuses_a_state_that_lacks_a_variable_or_has_another_shape(tmp_path, rows):
+    """The copy paths check what by reference checks (found by a review): a variable left out would keep the
+    row a reused chunk buffer held from an earlier chunk (state 12 stored with state 2's ``v``), and a value of
+    another size was broadcast into its row (``probs=[0.9]`` stored as ``[0.9, 0.9, 0.9]``). Both are refused
+    at once; a one-value tensor into a scalar row still goes in."""
+    h, dim, n, states = 4, 3, 5, 15
+    writer, shapes, dtypes = _small_run(tmp_path, "checked", states, h, dim, n)
+    steps = np.arange(states)
+    recorder = Recorder(writer, shapes, dtypes, torch.device("cpu"), staging=DeferredStaging(0.0), buffers=2,
+                        columns={"step": steps, "t": steps * 0.5})
+    if rows.startswith("torch"):
+        for slot in recorder._slots:
+            slot.rows = [recorder._torch_row(slot.device, i) for i in range(recorder.chunk)]
+        recorder._numpy_rows = False
+
+    def state(k, **changes):
+        return {"W": torch.full((h, dim), float(k)), "v": torch.full((h,), float(k)),
+                "loss": torch.tensor([k / 7], dtype=torch.float64), "output": torch.full((n,), float(k)), **changes}
+
+    for k in range(12):
+        recorder.record(**state(k))
+    with pytest.raises(ValueError, match=r"missing \['v'\], unknown \[\]"):
+        recorder.record(**{name: value for name, value in state(12).items() if name != "v"})
+    with pytest.raises(ValueError, match=r"unknown \['extra'\]"):
+        recorder.record(**state(12, extra=torch.zeros(1)))
+    for wrong, words in ((torch.full((1,), 12.0), r"v: a state of shape \(1,\), the variable's is \(4,\)"),
+                         (np.full(2, 12.0), r"v: a state of shape \(2,\)"),
+                         (torch.zeros(2, 2), r"v: a state of shape \(2, 2\)")):
+        with pytest.raises(ValueError, match=words):
+            recorder.record(**state(12, v=wrong))
+    assert recorder.index == 12  # nothing refused was recorded
+    recorder.record(**state(12, v=12.0))  # a number fills its row (ModuleRecorder's fill of a missing gradient)
+    for k in range(13, states):
+        recorder.record(**state(k))
+    assert recorder.close() == states
+    writer.finish("complete")
+    ds = open_run("checked", root=StoreRoot(tmp_path))
+    np.testing.assert_array_equal(ds.v.values, np.repeat(np.arange(states, dtype=np.float32)[:, None], h, 1))
+    np.testing.assert_array_equal(ds.loss.values, np.arange(states) / 7)
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "O_DIRECT"), reason="needs O_DIRECT (Linux)")

@@ -486,9 +486,25 @@ def test_memory_root_stores_chunks_above_the_gil_free_size_exactly(tmp_path):
     root.delete("big")
 
 
-def test_an_interrupt_while_a_block_is_launched_never_hangs_draining_nor_commits_the_block(tmp_path):
-    """Ctrl-C on the thread submitting a block (the recorder's training thread) while its jobs go to the pool:
-    the block may never finish, so it is never committed over and closing the writer does not wait for it."""
+class _InterruptedAfterAdd(set):
+    """``HotPath._outstanding`` whose next ``add`` raises KeyboardInterrupt once it has added: a SIGINT
+    CPython delivers as that call returns."""
+
+    armed = False
+
+    def add(self, item):
+        super().add(item)
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("moment", ["submitting its jobs", "just registered"])
+def test_an_interrupt_while_a_block_is_launched_never_hangs_draining_nor_commits_the_block(tmp_path, moment):
+    """Ctrl-C on the thread submitting a block (the recorder's training thread) while its jobs go to the pool,
+    or as the block has just been registered as outstanding (found by a review: that moment left it there,
+    and ``finish`` waited for it forever): the block may never finish, so it is never committed over and
+    closing the writer does not wait for it."""
     writer = _writer(StoreRoot(tmp_path), run_id="ctrl-c")
     T = writer.chunk_steps
     writer.write_block(0, _block(0, T)).wait()
@@ -501,7 +517,11 @@ def test_an_interrupt_while_a_block_is_launched_never_hangs_draining_nor_commits
             raise KeyboardInterrupt
         return submit(*args, **kwargs)
 
-    hot._pool.submit = interrupted
+    if moment == "just registered":
+        hot._outstanding = _InterruptedAfterAdd(hot._outstanding)
+        hot._outstanding.armed = True
+    else:
+        hot._pool.submit = interrupted
     with pytest.raises(KeyboardInterrupt):
         writer.write_block(T, _block(T, T))
     hot._pool.submit = submit

@@ -3,7 +3,7 @@
 ``producer/recorder.py`` of ``--base`` (default ``ac819d1``, the recorder whose writer thread took every
 chunk) is loaded from git as a module and swapped in for ``Recorder`` in turn with this checkout's, run
 after run, interleaved with the raw baseline of the same repeat. ``--file store/hotpath.py`` swaps the
-store's write path (``HotPath``) instead:
+store's write path (``HotPath``) instead, ``--file store/chunkio.py`` its local chunk files (``LocalSink``):
 
 - ``--what ceiling``: the recorder of ``bench/record_ceiling.py`` (reference states, no training) on one
   root (``--root tmpfs``), each over the raw parallel write of the same repeat;
@@ -17,7 +17,7 @@ Prints the median and range of the per-repeat ratios.
 file instead of git, for a machine with the working tree but no repository (``bash bench/gpu_check.sh wheels``
 saves the GPU A/B's base into ``.whl/recorder_base.py``).
 
-    python bench/recorder_ab.py [--what ceiling|overhead] [--file producer/recorder.py|store/hotpath.py]
+    python bench/recorder_ab.py [--what ceiling|overhead] [--file producer/recorder.py|store/hotpath.py|store/chunkio.py]
                                 [--base ac819d1 | --base-file F] [--repeats 15] [--mb 1024] [--steps 2000]
                                 [--device cpu]
 """
@@ -40,7 +40,8 @@ sys.path.insert(0, str(HERE))
 
 #: the files whose base version can be swapped in: the class each defines, and the modules that hold it by name
 SWAPPABLE = {"producer/recorder.py": ("Recorder", ("trajscope.producer.recorder", "trajscope.producer.train")),
-             "store/hotpath.py": ("HotPath", ("trajscope.store.hotpath", "trajscope.store.writer"))}
+             "store/hotpath.py": ("HotPath", ("trajscope.store.hotpath", "trajscope.store.writer")),
+             "store/chunkio.py": ("LocalSink", ("trajscope.store.chunkio", "trajscope.store.writer"))}
 
 
 def module_at(file: str, revision: str, source_file: str | None = None):

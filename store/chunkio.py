@@ -172,6 +172,10 @@ class ChunkEncoder:
         return np.ascontiguousarray(row, dtype=self.dtype).reshape(-1).view(np.uint8)
 
 
+#: the folder levels of a chunk key whose descriptor a :class:`LocalSink` keeps (``NAME/c``: an array's chunks)
+_KEPT_DEPTH = 2
+
+
 class LocalSink:
     """Puts chunk files under a local run directory: temporary file + rename, fsynced on request.
 
@@ -203,6 +207,7 @@ class LocalSink:
         #: chunk files written with direct I/O, and buffered (what the tests check beside the kernel's answer)
         self.direct_files = self.buffered_files = 0
         self._durable_dirs: set[str] = set()  # (durability fsync) folders whose entries are fsynced
+        self._kept: dict[tuple[str, ...], int] = {}  # descriptors of the arrays' chunk folders (``NAME/c``)
         self._lock = threading.Lock()
 
     def put(self, key: str, parts: Sequence) -> None:
@@ -212,11 +217,43 @@ class LocalSink:
         a link planted in the run is refused, never written through), and the temporary file is created and
         renamed relative to it."""
         *folders, name = key.split("/")
-        dir_fd = open_real_dir(self.base, folders, f"chunk {key!r}", durable=self._durable_dirs if self.fsync else None)
+        head, rest = folders[:_KEPT_DEPTH], folders[_KEPT_DEPTH:]
+        durable = self._durable_dirs if self.fsync else None
+        kept = self._kept_folder(tuple(head), key, durable)
+        dir_fd = open_real_dir(self.base, rest, f"chunk {key!r}", durable=durable, start=(kept, head)) if rest else kept
         try:
             self._put_in(dir_fd, key, name, parts)
         finally:
-            os.close(dir_fd)
+            if dir_fd != kept:
+                os.close(dir_fd)
+
+    def _kept_folder(self, head: tuple[str, ...], key: str, durable: set | None) -> int:
+        """The descriptor of ``base/head...`` (an array's ``NAME/c``), walked once and kept: each chunk's own
+        folders are walked from it, two system calls a level fewer (each a hand-over of the interpreter lock
+        on a write thread)."""
+        fd = self._kept.get(head)
+        if fd is None:
+            fd = open_real_dir(self.base, head, f"chunk {key!r}", durable=durable)
+            with self._lock:
+                if head in self._kept:  # walked by another write thread meanwhile
+                    os.close(fd)
+                    fd = self._kept[head]
+                else:
+                    self._kept[head] = fd
+        return fd
+
+    def close(self) -> None:
+        """Close the folders' descriptors kept by :meth:`put` (after the last write; a later put walks again).
+        A sink dropped without it (a writer stopped by an error) closes them when collected."""
+        with self._lock:
+            kept = list(self._kept.values())
+            self._kept.clear()
+        for fd in kept:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
     def _put_in(self, dir_fd: int, key: str, name: str, parts: Sequence) -> None:
         tmp = f"{TEMPORARY_PREFIX}{os.getpid()}-{threading.get_ident()}-{name}"

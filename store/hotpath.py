@@ -429,6 +429,9 @@ class HotPath:
             block._event.wait()
 
     def close(self) -> None:
-        """Drain and stop the pool's threads."""
+        """Drain, stop the pool's threads and close what the sink keeps open."""
         self.drain()
         self._pool.shutdown(wait=True)
+        close = getattr(self.sink, "close", None)  # (a LocalSink's kept folders)
+        if close is not None:
+            close()

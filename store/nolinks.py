@@ -43,18 +43,23 @@ def is_link_at(name: str, dir_fd: int) -> bool:
         return False
 
 
-def open_real_dir(base: str, parts: Sequence[str], what: str, *, durable: set | None = None) -> int:
+def open_real_dir(base: str, parts: Sequence[str], what: str, *, durable: set | None = None,
+                  start: tuple[int, Sequence[str]] | None = None) -> int:
     """A descriptor of the folder ``base/parts...``, walked from ``base`` one component at a time without
     following a link, each missing one made.
 
     ``durable`` (durability ``fsync``): the folders known to survive a power loss (``base/...`` paths); the
     parent of any other folder walked is fsynced (its entry lives there), whoever made it, and it is added.
-    Raises :class:`PathOutsideRoot` (``what`` names the write) when a component is a link or not a folder.
-    The caller closes the descriptor.
+    ``start = (fd, walked)``: begin at ``fd``, a descriptor of ``base/walked...`` walked so before (left open;
+    ``parts`` go on from there, at least one). Raises :class:`PathOutsideRoot` (``what`` names the write) when a
+    component is a link or not a folder. The caller closes the descriptor.
     """
-    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | CLOEXEC)
+    first, walked = start if start is not None else (None, ())
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | CLOEXEC) if first is None else first
+    parts = [*walked, *parts]
     try:
-        for i, part in enumerate(parts):
+        for i in range(len(walked), len(parts)):
+            part = parts[i]
             try:
                 new = os.open(part, DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
@@ -77,11 +82,13 @@ def open_real_dir(base: str, parts: Sequence[str], what: str, *, durable: set | 
                 if path not in durable:
                     os.fsync(fd)
                     durable.add(path)
-            os.close(fd)
+            if fd != first:
+                os.close(fd)
             fd = new
         return fd
     except BaseException:
-        os.close(fd)
+        if fd != first:
+            os.close(fd)
         raise
 
 

@@ -151,3 +151,23 @@ def test_a_store_root_that_is_a_file_is_one_clear_error(tmp_path):
     path.write_text("x")
     with pytest.raises(UserError, match="is a file, not a folder"):
         StoreRoot(path)
+
+
+def test_a_link_planted_after_the_chunk_folders_were_walked_is_not_followed(tmp_path, victim):
+    """The sink keeps a descriptor of ``W/c`` once walked: replacing ``W/c`` by a link afterwards changes nothing
+    (the chunks go on into the folder that was walked), and a link at a chunk's own folder is refused."""
+    run = tmp_path / "run"
+    run.mkdir()
+    sink = LocalSink(str(run))
+    sink.put("W/c/0/0/0", [np.arange(2.0)])
+    os.rename(run / "W" / "c", tmp_path / "walked")
+    os.symlink(victim, run / "W" / "c")
+    sink.put("W/c/1/0/0", [np.arange(2.0)])
+    assert untouched(victim) and (tmp_path / "walked" / "1" / "0" / "0").exists()
+    os.symlink(victim, tmp_path / "walked" / "2")
+    with pytest.raises(PathOutsideRoot, match="W/c/2 is a symbolic link"):
+        sink.put("W/c/2/0/0", [np.arange(2.0)])
+    sink.close()
+    with pytest.raises(PathOutsideRoot, match="W/c is a symbolic link"):  # walked again after close
+        sink.put("W/c/3/0/0", [np.arange(2.0)])
+    assert untouched(victim)

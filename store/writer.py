@@ -408,6 +408,23 @@ class RunWriter:
             self.commit(target)
         return self.committed_steps
 
+    def _release_when_written(self) -> None:
+        """Release the lock once the write threads have stopped (from a thread of its own): a lock released
+        while they still write would let a ``resume`` in this process (a notebook) take the run, and a late
+        write of the old one land over the new one's chunk. A process that exits loses both at once."""
+        hot = self._hotpath
+        if hot is None:
+            self.lock.release()
+            return
+
+        def release() -> None:
+            try:
+                hot.close()
+            finally:
+                self.lock.release()
+
+        threading.Thread(target=release, name="trajscope-unlock-when-written", daemon=True).start()
+
     def close_writes(self) -> None:
         """Wait for every chunk write in flight and stop the write threads (``finish`` calls it)."""
         with self._hot_guard:
@@ -435,6 +452,10 @@ class RunWriter:
             raise ValueError(f"cannot finish with status {status!r}")
         try:
             self.close_writes()
+        except BaseException:  # e.g. a second Ctrl-C while the last writes land: their threads go on writing
+            self._release_when_written()
+            raise
+        try:
             if self.lock.lost is not None:  # another writer holds the run now: nothing of this one is written
                 raise RunLocked(self.lock.lost)
             with self._attrs_guard:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -533,6 +534,45 @@ def test_an_interrupt_while_a_block_is_launched_never_hangs_draining_nor_commits
     assert not closing.is_alive()  # draining did not wait for the interrupted block
     writer.finish("interrupted")
     assert open_run("ctrl-c", StoreRoot(tmp_path)).sizes["step"] == T
+
+
+def test_a_finish_interrupted_while_writes_land_keeps_the_lock_until_they_have(tmp_path, monkeypatch):
+    """A second Ctrl-C while ``finish`` waits for the last writes (found by a review): their threads go on
+    writing, so the lock is released only once they stop, never while a ``resume`` in this process could take
+    the run and have a late write of the old one land over its chunk."""
+    from trajscope.store import hotpath
+    from trajscope.store.errors import RunLocked
+    from trajscope.store.locks import WriterLock
+
+    root = StoreRoot(tmp_path)
+    writer = _writer(root, run_id="late")
+    T = writer.chunk_steps
+    hot = writer._hot()
+    hot.sink = gated = GatedSink(hot.sink, held={"W/c/0/0/0"})
+    writer.write_block(0, _block(0, T))
+    drain, calls = hotpath.HotPath.drain, []
+
+    def interrupted_once(self):  # the Ctrl-C lands in finish's wait; the unlocking thread's wait is a real one
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        drain(self)
+
+    monkeypatch.setattr(hotpath.HotPath, "drain", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        writer.finish("interrupted")
+    with pytest.raises(RunLocked):  # the chunk is still being written: the run stays locked
+        WriterLock(root, "late").acquire()
+    gated.gate.set()
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            WriterLock(root, "late").acquire().release()
+            break
+        except RunLocked:
+            assert time.monotonic() < deadline, "the lock was never released"
+            time.sleep(0.02)
+    assert "W/c/0/0/0" in gated.put_keys and os.path.exists(os.path.join(root.run_url("late"), "W/c/0/0/0"))
 
 
 def test_write_threads_default_to_the_cores_on_a_local_root_and_to_four_elsewhere_or_with_direct_io(tmp_path, monkeypatch):

@@ -63,8 +63,10 @@ def call(run: Run, fn: Callable, what: str, step: slice | None, kwargs: dict[str
                                      "narrow it with step=a:b:s (e.g. a stride ::10)")
         if isinstance(result, (xr.DataArray, xr.Dataset)):
             result = result.compute()
-        elif isinstance(result, dict):  # a Dataset's variables, cut by ``narrow``
-            result = {k: v.compute() for k, v in result.items()}
+        elif isinstance(result, dict):  # a Dataset's variables, cut by ``narrow``: in one go, as the Dataset's
+            import dask                  # (what they share, a read of ``W``..., is computed once)
+
+            result = dict(zip(result, dask.compute(*result.values())))
     except (UserError, HTTPException):
         raise
     except Exception as err:  # noqa: BLE001 - an analysis that cannot run on this run is not a server crash

@@ -234,3 +234,14 @@ def test_first_columns_cut_lazily_and_keep_the_same_first_columns():
             for name in list(every)[:first]:
                 np.testing.assert_array_equal(kept[name], every[name])
             assert column_count(cut) <= first + 2  # (the variable it ends in, cut along its first dim: 3 a neuron)
+
+
+def test_the_first_series_of_a_dataset_are_those_of_the_whole(client):
+    """``first=N`` of a Dataset quantity cuts its variables apart (they may share a dim cut differently) and
+    computes them together: the same names and values as the first N of the whole."""
+    whole = client.get("/api/runs/done/series/step_series", params={"points": 1000}).json()
+    for first in (1, 3, 7):
+        part = client.get("/api/runs/done/series/step_series", params={"points": 1000, "first": first}).json()
+        assert list(part["series"]) == list(whole["series"])[:first]
+        for name, values in part["series"].items():
+            np.testing.assert_allclose(values, whole["series"][name], equal_nan=True)

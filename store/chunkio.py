@@ -257,7 +257,7 @@ class LocalSink:
 
     def _put_in(self, dir_fd: int, key: str, name: str, parts: Sequence) -> None:
         tmp = f"{TEMPORARY_PREFIX}{os.getpid()}-{threading.get_ident()}-{name}"
-        fd = create_new_file(tmp, dir_fd, os.path.join(self.base, key))
+        fd = create_new_file(tmp, dir_fd)
         try:
             try:
                 size = direct_bytes(parts) if self.direct else 0

@@ -5,8 +5,10 @@ or the lock folder is opened one component at a time from a descriptor of its ba
 ``O_NOFOLLOW``, made where it is missing, and the file is then created in it relative to that descriptor,
 also with ``O_NOFOLLOW``. So a link planted in a run (by anyone who may write the root's folders) can lead
 a writer neither outside the store root nor into another run: the write is refused with
-:class:`~trajscope.store.errors.PathOutsideRoot` naming the link, and a link swapped in between the check and
-the write is refused the same way (nothing is resolved by path after the walk).
+:class:`~trajscope.store.errors.PathOutsideRoot` naming the link. For chunk files and lock files a link
+swapped in between the check and the write is refused the same way (nothing is resolved by path after the
+walk); zarr's own metadata writes (an array resized) go by path after :func:`check_real_dirs`, so a link
+swapped in within that moment is not caught.
 
 Readers follow the rule of :mod:`trajscope.store.safe`: links that stay inside the root are read. The base
 itself (a run's folder, the root) is opened as it is: the code that resolves a run checks that it lies
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from typing import Sequence
 
 from trajscope.store.errors import PathOutsideRoot
@@ -33,14 +34,6 @@ def _refused(base: str, parts: Sequence[str], what: str) -> PathOutsideRoot:
     where = os.path.join(base, *parts)
     return PathOutsideRoot(f"{what}: {where} is a symbolic link (or not a folder); trajscope never writes through "
                            "a link: remove it")
-
-
-def is_link_at(name: str, dir_fd: int) -> bool:
-    """Whether the entry ``name`` of the folder ``dir_fd`` is a symbolic link (not followed)."""
-    try:
-        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    except OSError:
-        return False
 
 
 def open_real_dir(base: str, parts: Sequence[str], what: str, *, durable: set | None = None,
@@ -92,18 +85,15 @@ def open_real_dir(base: str, parts: Sequence[str], what: str, *, durable: set | 
         raise
 
 
-def create_new_file(name: str, dir_fd: int, where: str, mode: int = 0o644) -> int:
+def create_new_file(name: str, dir_fd: int, mode: int = 0o644) -> int:
     """A descriptor of the new file ``name`` in the folder ``dir_fd``, opened for writing with ``O_EXCL`` and
-    ``O_NOFOLLOW``: an entry of that name left behind (a killed writer's temporary file, whose pid came back)
-    is removed first, a link is removed and never followed."""
+    ``O_NOFOLLOW``: an entry of that name already there (a killed writer's temporary file whose pid came back,
+    or a link planted under that name: ``O_EXCL`` refuses both) is removed first, a link itself, never what
+    it points at."""
     try:
         return os.open(name, NEW_FILE_FLAGS, mode, dir_fd=dir_fd)
     except FileExistsError:
-        os.unlink(name, dir_fd=dir_fd)  # unlink removes a link itself, never what it points at
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise PathOutsideRoot(f"{where} is a symbolic link; trajscope never writes through a link: remove it") from None
-        raise
+        os.unlink(name, dir_fd=dir_fd)
     return os.open(name, NEW_FILE_FLAGS, mode, dir_fd=dir_fd)
 
 

@@ -108,7 +108,8 @@ def bind(fn: Callable, query: Mapping[str, str], what: str) -> dict[str, Any]:
                     raise ValueError(text)
                 kwargs[key] = text.lower() in ("true", "1")
             elif isinstance(default, (int, float)):  # ASCII digits only (int("１") is 1), and finite
-                if not text.isascii() or not math.isfinite(value := type(default)(text)):
+                value = type(default)(text) if text.isascii() else None
+                if value is None or (isinstance(value, float) and not math.isfinite(value)):
                     raise ValueError(text)
                 kwargs[key] = value
             else:

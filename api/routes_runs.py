@@ -13,6 +13,7 @@ from trajscope.api.models import ErrorBody, RunDetail, RunList, VariableInfo
 from trajscope.api.serialize import jsonable
 from trajscope.api.state import ApiState, public_root
 from trajscope.store import RunInfo, UserError, describe_run
+from trajscope.store.errors import MalformedRun
 from trajscope.store.run_attrs import delete_run as remove_run
 from trajscope.store.snapshot import inside_root
 from trajscope.store.layout import STATUSES
@@ -124,15 +125,19 @@ async def delete_run(
                                              "(a crashed producer); a run being written is never deleted")] = False,
 ) -> dict[str, Any]:
     check_token(state, authorization)  # before the run is looked up: no 404 tells a stranger what exists
-    run = await run_in_threadpool(load_run, state, run_id)
-    if run.status == "running" and not force:
+    try:
+        run = await run_in_threadpool(load_run, state, run_id)
+    except MalformedRun:  # its document unusable: deleted all the same (a live writer still holds the lock: 409)
+        run = None
+    if run is not None and run.status == "running" and not force:
         raise HTTPException(409, f"run {run.run_id!r} is running: stop it first, or pass force=true")
+    run_id = run.run_id if run is not None else run_id
     # under the run's writer lock, as `trajscope rm` deletes: a live writer (one that is creating or resuming the
     # run too) is a 409 RunLocked naming it, and no writer can start while the files go
     try:
-        await run_in_threadpool(remove_run, run.run_id, state.root)
+        await run_in_threadpool(remove_run, run_id, state.root)
     except PermissionError as err:  # e.g. the producer's user owns the lock file or the run, not the server's
-        raise HTTPException(403, f"run {run.run_id!r} cannot be deleted by this server's user ({err.strerror}: "
-                                 f"{err.filename}); delete it as its owner with `trajscope rm {run.run_id}`") from None
-    state.forget(run.run_id)
-    return {"deleted": run.run_id}
+        raise HTTPException(403, f"run {run_id!r} cannot be deleted by this server's user ({err.strerror}: "
+                                 f"{err.filename}); delete it as its owner with `trajscope rm {run_id}`") from None
+    state.forget(run_id)
+    return {"deleted": run_id}

@@ -47,7 +47,7 @@ class MalformedRun(UserError):
 
     def __init__(self, run_id: str, why: str) -> None:
         super().__init__(f"run {run_id!r} cannot be read: {why} (a zarr.json trajscope did not write, or one edited "
-                         "by hand): restore it from a copy, or move the run away")
+                         "by hand): restore it from a copy, or delete the run (`trajscope rm`)")
 
 
 class PathOutsideRoot(UserError):

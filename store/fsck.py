@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from trajscope.store.chunkio import remove_stale_temporaries, stale_temporaries
-from trajscope.store.errors import CorruptData, PathOutsideRoot, RunLocked, UserError
+from trajscope.store.errors import CorruptData, MalformedRun, PathOutsideRoot, RunLocked, UserError
 from trajscope.store.layout import COMMITTED, CREATING, STATUSES, STEP_DIM
 from trajscope.store.locks import WriterLock
 from trajscope.store.root import StoreRoot
@@ -165,8 +165,8 @@ def fsck_run(root: StoreRoot, run_id: str, *, repair: bool = False) -> FsckRepor
         group = root.read_group_metadata(run_id)
     except PathOutsideRoot:
         return report  # reported with the links
-    except ValueError as err:
-        report.problems.append(f"the root zarr.json is not valid JSON: {err}")
+    except MalformedRun as err:  # not JSON, or a trajscope attribute of the wrong type
+        report.problems.append(str(err))
         return report
     attrs = group.get("attributes") or {}
     status = report.status = str(attrs.get("status", "unknown"))

@@ -73,7 +73,11 @@ def open_real_dir(base: str, parts: Sequence[str], what: str, *, durable: set | 
             if durable is not None:
                 path = "/".join(parts[: i + 1])
                 if path not in durable:
-                    os.fsync(fd)
+                    try:
+                        os.fsync(fd)
+                    except BaseException:
+                        os.close(new)
+                        raise
                     durable.add(path)
             if fd != first:
                 os.close(fd)

@@ -175,8 +175,12 @@ class StoreRoot:
 
             fsync_dir(directory)
 
-    def read_group_metadata(self, run_id: str) -> dict[str, Any]:
-        """The run's group ``zarr.json`` (fresh, never cached); :class:`RunNotFound` when absent."""
+    def read_group_metadata(self, run_id: str, *, checked: bool = True) -> dict[str, Any]:
+        """The run's group ``zarr.json`` (fresh, never cached); :class:`RunNotFound` when absent.
+
+        ``checked`` (readers): :class:`~trajscope.store.errors.MalformedRun` when no reader can use it
+        (:mod:`trajscope.store.document`). Unchecked (what deletes a run: it must go whatever it holds), a
+        document that is not JSON, or not an object, reads as ``{}``."""
         try:
             raw = self.read_bytes(run_id, "zarr.json")
         except KeyError:
@@ -184,12 +188,17 @@ class StoreRoot:
         try:
             document = json.loads(raw)
         except ValueError:  # (UnicodeDecodeError is one)
+            if not checked:
+                return {}
             raise MalformedRun(run_id, "its zarr.json is not JSON") from None
+        if not checked:
+            return document if isinstance(document, dict) else {}
         return check_run_document(run_id, document)
 
-    def read_attrs(self, run_id: str) -> dict[str, Any]:
-        """The run's root attributes."""
-        return self.read_group_metadata(run_id).get("attributes", {})
+    def read_attrs(self, run_id: str, *, checked: bool = True) -> dict[str, Any]:
+        """The run's root attributes (``checked``: see :meth:`read_group_metadata`)."""
+        attrs = self.read_group_metadata(run_id, checked=checked).get("attributes", {})
+        return attrs if isinstance(attrs, dict) else {}
 
     def write_attrs(self, run_id: str, attrs: dict[str, Any], *, durable: bool = False) -> None:
         """Write the group ``zarr.json`` with these attributes in one atomic write (fsynced: ``durable``).

@@ -93,7 +93,7 @@ def run_identity(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | N
     store_root, run_id = resolve_run(run, root)
     if store_root.has_leftovers(run_id):
         return LEFTOVERS
-    return store_root.read_attrs(run_id).get(RUN_UID)
+    return store_root.read_attrs(run_id, checked=False).get(RUN_UID)  # (a malformed run can be deleted too)
 
 
 def delete_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | None = None, *,
@@ -107,7 +107,7 @@ def delete_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | Non
     """
     store_root, run_id = resolve_run(run, root)
     if not store_root.has_leftovers(run_id):
-        store_root.read_group_metadata(run_id)  # RunNotFound: nothing of that id
+        store_root.read_group_metadata(run_id, checked=False)  # RunNotFound: nothing of that id
     with WriterLock(store_root, run_id):
         if expect is not _UNCHECKED and run_identity(run_id, store_root) != expect:
             raise UserError(f"run {run_id!r} changed since it was listed (deleted or created again meanwhile): nothing "

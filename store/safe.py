@@ -183,10 +183,17 @@ class RootedLocalStore(LocalStore):
                                  key_ranges: Iterable[tuple[str, ByteRequest | None]]) -> list[Buffer | None]:
         return [await asyncio.to_thread(self._read, key, prototype, rng) for key, rng in key_ranges]
 
-    async def _set(self, key: str, value: Buffer, exclusive: bool = False) -> None:
+    def _check_folders(self, key: str) -> None:
         run = str(self.root)
-        await asyncio.to_thread(check_real_dirs, run, os.path.join(run, key), f"key {key!r} of {self.root.name}")
+        check_real_dirs(run, os.path.join(run, key), f"key {key!r} of {self.root.name}")
+
+    async def _set(self, key: str, value: Buffer, exclusive: bool = False) -> None:
+        await asyncio.to_thread(self._check_folders, key)
         await super()._set(key, value, exclusive=exclusive)
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        self._check_folders(key)
+        super().set_sync(key, value)
 
     async def exists(self, key: str) -> bool:
         path = os.path.join(self.root, key)

@@ -191,3 +191,10 @@ def test_out_of_range_and_non_finite_parameters_are_400(client, url, words):
     assert r.status_code == 400, (url, r.status_code, r.text)
     assert words in r.json()["detail"], r.json()["detail"]
     assert client.get("/api/runs/done/analysis/t2", params={"drop": "0.5"}).status_code == 200
+
+
+def test_a_huge_whole_number_parameter_is_taken_not_a_500(client):
+    """An int parameter past float's range (found by a review: ``math.isfinite`` of it raised OverflowError):
+    ``top`` of 10**400 keeps every singular value."""
+    r = client.get("/api/runs/done/plots/spectra.png", params={"top": "1" + "0" * 400})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"

@@ -90,3 +90,35 @@ def test_the_server_and_the_cli_skip_it_in_listings_and_refuse_it_alone(tmp_path
     shown = subprocess.run(["trajscope", "show", "bad", "--root", root.location], capture_output=True, text=True,
                            timeout=120)
     assert shown.returncode == 2 and len(shown.stderr.strip().splitlines()) == 1 and "committed_steps" in shown.stderr
+
+
+@pytest.mark.parametrize("name,edit,words", [EDITS[0], EDITS[3], EDITS[8], EDITS[12]], ids=["not-json", "steps-text",
+                                                                                         "steps-over", "status-number"])
+def test_fsck_reports_it_and_rm_deletes_it(tmp_path, name, edit, words):
+    """fsck names what is wrong (a problem, exit 1), never raises; ``rm`` and the server's ``DELETE`` remove
+    such a run as any other, since the user names it (found by a review: both refused it once it was
+    refused on read)."""
+    import httpx
+
+    from tests.api.conftest import serving
+    from trajscope.store.fsck import fsck_run
+    from trajscope.store.run_attrs import delete_run, run_identity
+
+    root = StoreRoot(tmp_path)
+    plant(root, name, edit)
+    report = fsck_run(root, name)
+    assert any(words in problem for problem in report.problems), report.problems
+    fsck = subprocess.run(["trajscope", "fsck", name, "--root", root.location], capture_output=True, text=True,
+                          timeout=120)
+    assert fsck.returncode == 1 and words in fsck.stdout + fsck.stderr and "Traceback" not in fsck.stderr
+    rm = subprocess.run(["trajscope", "rm", name, "--root", root.location], input="y\n", capture_output=True,
+                        text=True, timeout=120)
+    assert rm.returncode == 0 and "zarr.json cannot be read" in rm.stdout, (rm.stdout, rm.stderr)
+    assert not root.exists(name)
+    plant(root, name, edit)
+    with serving(root, token="s3cret-token") as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
+        r = client.delete(f"/api/runs/{name}", headers={"Authorization": "Bearer s3cret-token"})
+        assert r.status_code == 200 and r.json() == {"deleted": name}, r.text
+    assert not root.exists(name)
+    plant(root, name, edit)
+    assert delete_run(name, root, expect=run_identity(name, root)) == name

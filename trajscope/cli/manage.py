@@ -214,7 +214,12 @@ def register(app: typer.Typer) -> None:
                 store_root, run_id = resolve_run(run, root)
                 described.append(f"{run_id} (left by a stopped deletion, {store_root.size_bytes(run_id) / 2**20:.1f} MiB)")
             else:
-                info = describe_run(run, root)
+                try:
+                    info = describe_run(run, root)
+                except MalformedRun:  # deleted all the same: the user names it
+                    store_root, run_id = resolve_run(run, root)
+                    described.append(f"{run_id} (its zarr.json cannot be read, {store_root.size_bytes(run_id) / 2**20:.1f} MiB)")
+                    continue
                 described.append(f"{info.run_id} ({info.status}, {info.committed_steps} states, "
                                  f"{info.size_bytes / 2**20:.1f} MiB)")
         if not yes:

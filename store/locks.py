@@ -70,6 +70,11 @@ class WriterLock:
         #: why this writer lost the run (its lease taken over), or None: it then writes nothing more
         self.lost: str | None = None
 
+    @property
+    def held(self) -> bool:
+        """Whether this writer holds the lock now (taken, not yet released)."""
+        return self._fd is not None or self._held_lease
+
     def lease(self) -> dict[str, Any]:
         """The ``writer`` attribute stamped into the run at each commit (remote roots: also refreshes the
         lease object when its heartbeat is older than :data:`HEARTBEAT_SECONDS`)."""
@@ -228,13 +233,15 @@ class WriterLock:
             raise self._refused(holder, time.time() - float(holder.get("heartbeat", 0))) from None
 
     def release(self) -> None:
-        """Give the lock back (idempotent)."""
-        if self._fd is not None:
-            _HELD_FDS.discard(self._fd)
-            os.close(self._fd)
-            self._fd = None
-        if self._held_lease:
-            self._held_lease = False
+        """Give the lock back (idempotent, from any thread: an interrupted ``finish`` releases it from a thread
+        of its own, maybe while the owner calls again; a descriptor closed twice could close another file)."""
+        with _HELD_GUARD:
+            fd, self._fd = self._fd, None
+            lease, self._held_lease = self._held_lease, False
+        if fd is not None:
+            _HELD_FDS.discard(fd)
+            os.close(fd)
+        if lease:
             try:
                 path = self._lease_path()
                 if json.loads(self.root.fs.cat_file(path)).get("token") == self.token:

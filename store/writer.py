@@ -92,6 +92,8 @@ class RunWriter:
         self._attrs_guard = threading.Lock()
         self._hot_guard = threading.Lock()  # the hot path is made once, whichever thread asks first
         self._last_write = time.monotonic()
+        self._unlocker: threading.Thread | None = None  # releases the lock after an interrupted finish
+        self._unlock_guard = threading.Lock()
 
     # -- creation -----------------------------------------------------------------------------------
     @classmethod
@@ -421,9 +423,25 @@ class RunWriter:
             try:
                 hot.close()
             finally:
-                self.lock.release()
+                with self._unlock_guard:
+                    if self._unlocker is threading.current_thread():  # (not taken back by a finish since)
+                        self._unlocker = None
+                        self.lock.release()
 
-        threading.Thread(target=release, name="trajscope-unlock-when-written", daemon=True).start()
+        with self._unlock_guard:
+            self._unlocker = threading.Thread(target=release, name="trajscope-unlock-when-written", daemon=True)
+            self._unlocker.start()
+
+    def _take_back_the_lock(self) -> None:
+        """A ``finish`` called again after an interrupted one: its unlocking thread is told not to release,
+        and waited for (the last writes); a lock it released meanwhile is taken again (:class:`RunLocked`
+        when another writer has taken it), so the final document is never written unlocked."""
+        with self._unlock_guard:
+            pending, self._unlocker = self._unlocker, None
+        if pending is not None:
+            pending.join()
+        if not self.lock.held:
+            self.lock.acquire()
 
     def close_writes(self) -> None:
         """Wait for every chunk write in flight and stop the write threads (``finish`` calls it)."""
@@ -450,6 +468,7 @@ class RunWriter:
         """End the run: status and consolidated metadata in one write, then shrink the arrays, unlock."""
         if status not in STATUSES or status == "running":
             raise ValueError(f"cannot finish with status {status!r}")
+        self._take_back_the_lock()
         try:
             self.close_writes()
         except BaseException:  # e.g. a second Ctrl-C while the last writes land: their threads go on writing

@@ -575,6 +575,53 @@ def test_a_finish_interrupted_while_writes_land_keeps_the_lock_until_they_have(t
     assert "W/c/0/0/0" in gated.put_keys and os.path.exists(os.path.join(root.run_url("late"), "W/c/0/0/0"))
 
 
+def test_a_finish_called_again_after_an_interrupted_one_holds_the_lock_to_its_end(tmp_path, monkeypatch):
+    """The unlocking thread of an interrupted ``finish`` is told not to release once ``finish`` is called again:
+    that call waits for the last writes, writes the final document holding the lock, then releases it."""
+    from trajscope.store import hotpath
+    from trajscope.store.errors import RunLocked
+    from trajscope.store.locks import WriterLock
+
+    root = StoreRoot(tmp_path)
+    writer = _writer(root, run_id="again")
+    T = writer.chunk_steps
+    hot = writer._hot()
+    hot.sink = gated = GatedSink(hot.sink, held={"W/c/0/0/0"})
+    writer.write_block(0, _block(0, T))
+    drain, calls = hotpath.HotPath.drain, []
+
+    def interrupted_once(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        drain(self)
+
+    monkeypatch.setattr(hotpath.HotPath, "drain", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        writer.finish("interrupted")
+    from trajscope.store import writer as writer_module
+
+    final, held = writer_module.write_final_document, []
+
+    def spied(*args, **kwargs):  # the final document: is the lock held as it is written?
+        time.sleep(0.3)  # (time for an unlocking thread that would release now)
+        held.append(writer.lock.held)
+        return final(*args, **kwargs)
+
+    monkeypatch.setattr(writer_module, "write_final_document", spied)
+    again = threading.Thread(target=writer.finish, args=("interrupted",))
+    again.start()
+    time.sleep(0.2)
+    assert again.is_alive()  # waiting for the held chunk
+    with pytest.raises(RunLocked):
+        WriterLock(root, "again").acquire()
+    gated.gate.set()
+    again.join(20)
+    assert not again.is_alive()
+    assert root.read_attrs("again")["status"] == "interrupted" and held == [True]
+    WriterLock(root, "again").acquire().release()  # released at the end, once
+
+
 def test_write_threads_default_to_the_cores_on_a_local_root_and_to_four_elsewhere_or_with_direct_io(tmp_path, monkeypatch):
     from trajscope.store import hotpath
 

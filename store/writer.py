@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import threading
@@ -478,7 +479,10 @@ class RunWriter:
             if self.lock.lost is not None:  # another writer holds the run now: nothing of this one is written
                 raise RunLocked(self.lock.lost)
             with self._attrs_guard:
-                self.attrs.update(extra)
+                # a number JSON cannot hold (a diverged run's final loss: nan, inf) is stored as null: the run
+                # ends with its status, never with a traceback and the run left ``running``
+                self.attrs.update({k: None if isinstance(v, float) and not math.isfinite(v) else v
+                                   for k, v in extra.items()})
                 self.attrs.update(status=status, error=error, updated=_now(), finished=_now())
                 self.attrs.pop("writer", None)
                 write_final_document(self.root, self.run_id, self.attrs, durable=self._durable)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +104,54 @@ def test_cli_sweep_errors_are_one_line(tmp_path, python_env):
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("trajscope: error: ")
+
+
+def _children(pid: int) -> set[int]:
+    """The live processes whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid and stat[0] != "Z":
+                found.add(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_sweep_starts_no_more_runs_and_leaves_no_worker(tmp_path, python_env, sig):
+    """Found by a review: after Ctrl-C a sweep went on with every queued point, and after SIGTERM its workers
+    waited for work forever. The signal goes to the sweep's process alone (``timeout`` sends SIGTERM so): no
+    queued point starts, the running ones end ``interrupted`` (resumable), every worker exits."""
+    spec = tmp_path / "long.yaml"
+    spec.write_text("name: long\nbase: {data: {kind: synthetic, n: 16, dim: 5}, model: {width: 4}, "
+                    "train: {steps: 200000}, record: {chunk_mib: 0.002}}\ngrid: {data.n: [8, 16, 24, 32, 40, 48]}\n")
+    root = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-c", "from trajscope.cli import main; main()", "sweep", str(spec),
+                             "--root", str(root), "--workers", "2"], env=python_env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(root.glob("*.zarr"))) < 2:  # two runs under way
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(1.0)
+    workers = _children(proc.pid)
+    proc.send_signal(sig)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the sweep did not stop within 60 s")
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    time.sleep(1.0)
+    assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}") and
+                open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"], "a worker was left running"
+    runs = sorted(root.glob("*.zarr"))
+    assert 2 <= len(runs) < 6  # the queued points never started
+    from trajscope.store import StoreRoot
+
+    store = StoreRoot(root)
+    for run in runs:
+        assert store.read_attrs(run.name[:-5])["status"] in ("interrupted", "complete", "creating")

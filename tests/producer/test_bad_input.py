@@ -88,3 +88,19 @@ def test_a_half_created_run_is_replaced_by_produce_name(tmp_path, small_config):
         resume("r", root=tmp_path)
     result = produce(small_config(), root=tmp_path, name="r")
     assert result.status == "complete" and open_run("r", tmp_path).sizes["step"] == 41
+
+
+def test_a_run_whose_loss_diverges_ends_with_its_status_not_a_traceback(tmp_path, small_config):
+    """Found by a review: a final loss of nan/inf (JSON holds neither) made the final document raise, and the
+    run stayed ``running``. It is stored as null; the recorded losses keep what they were."""
+    import math
+
+    from trajscope.producer import produce
+    from trajscope.store import StoreRoot, open_run
+
+    result = produce(small_config(train={"lr": 1e6, "steps": 30}, init={"kind": "gaussian", "scale": 1.0}),
+                     root=tmp_path, name="diverged")
+    assert result.status == "complete" and not math.isfinite(result.final_loss)
+    attrs = StoreRoot(tmp_path).read_attrs("diverged")
+    assert attrs["status"] == "complete" and attrs["final_loss"] is None
+    assert not math.isfinite(float(open_run("diverged", tmp_path)["loss"].values[-1]))

@@ -27,6 +27,7 @@ produces (or resumes) the run and returns one table row: what it did plus the ru
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -34,6 +35,11 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -219,7 +225,7 @@ def _fmt_values(values: dict[str, Any]) -> str:
 
 
 def execute_point(config: dict[str, Any], run_id: str, root: str, storage_options: dict | None = None,
-                  summarize: bool = True, parent_pid: int | None = None) -> dict[str, Any]:
+                  summarize: bool = True, parent_pid: int | None = None, stop_file: str | None = None) -> dict[str, Any]:
     """Produce, resume or skip one run, then summarize it. Runs in a worker; returns a table row.
 
     ``action``: ``produced`` (new run), ``resumed`` (an unfinished run continued from its last
@@ -234,8 +240,8 @@ def execute_point(config: dict[str, Any], run_id: str, root: str, storage_option
     store_root = StoreRoot(root, storage_options)
     started = time.perf_counter()
     row: dict[str, Any] = {"run_id": run_id, "action": "", "status": "", "error": None}
-    if parent_pid is not None and os.getppid() != parent_pid:
-        return {**row, "action": "abandoned", "status": "not started", "seconds": 0.0}
+    if (parent_pid is not None and os.getppid() != parent_pid) or (stop_file is not None and os.path.exists(stop_file)):
+        return {**row, "action": "abandoned", "status": "not started", "seconds": 0.0}  # (the sweep was stopped)
     try:
         if store_root.exists(run_id):
             attrs = store_root.read_attrs(run_id)
@@ -320,22 +326,83 @@ def run_points(
         n_workers = max(1, min(workers or cores, len(points)))
         threads = max(1, cores // n_workers)
         ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
-            futures = {
-                pool.submit(execute_point, _with_threads(p.config, threads), p.run_id, location, storage_options,
-                            summarize, os.getpid()): p for p in points
-            }
-            for done, future in enumerate(cf.as_completed(futures), 1):
-                point = futures[future]
-                try:
-                    row = future.result()
-                except Exception as err:  # noqa: BLE001 - a worker died (killed, out of memory)
-                    row = {"run_id": point.run_id, "action": "failed", "status": "unknown",
-                           "error": f"worker: {type(err).__name__}: {err}"}
-                results[point.run_id] = row
-                if progress is not None:
-                    progress(row, done, len(points))
+        stop_dir = tempfile.mkdtemp(prefix="trajscope-sweep-")  # its "stop" file: no point starts once it exists
+        stop_file = os.path.join(stop_dir, "stop")
+        with contextlib.ExitStack() as stack:
+            stack.callback(shutil.rmtree, stop_dir, True)
+            pool = stack.enter_context(cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx,
+                                                              initializer=_end_with_parent))
+            stack.enter_context(_sigterm_as_interrupt())
+            try:
+                futures = {
+                    pool.submit(execute_point, _with_threads(p.config, threads), p.run_id, location, storage_options,
+                                summarize, os.getpid(), stop_file): p for p in points
+                }
+                for done, future in enumerate(cf.as_completed(futures), 1):
+                    point = futures[future]
+                    try:
+                        row = future.result()
+                    except Exception as err:  # noqa: BLE001 - a worker died (killed, out of memory)
+                        row = {"run_id": point.run_id, "action": "failed", "status": "unknown",
+                               "error": f"worker: {type(err).__name__}: {err}"}
+                    results[point.run_id] = row
+                    if progress is not None:
+                        progress(row, done, len(points))
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no queued point starts, the running ones end
+                Path(stop_file).touch()  # `interrupted` (resumable: the same command goes on), no worker stays
+                _stop_workers(pool)
+                raise
     return [{**{f"param.{k}": v for k, v in p.values.items()}, **results[p.run_id]} for p in points]
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM as a Ctrl-C in the sweep's own process (main thread only), so that it stops its workers too
+    instead of leaving them waiting for work forever."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _end_with_parent() -> None:
+    """A worker's start (Linux): SIGTERM it when the sweep's process dies (SIGKILL included), so that it ends
+    its run ``interrupted`` instead of waiting for work forever. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+#: how long a stopped sweep waits for its workers to end their runs ``interrupted`` before killing them
+STOP_SECONDS = 60.0
+
+
+def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """Cancel the points not started and SIGTERM the workers: a worker training a run ends it ``interrupted``
+    (its committed states kept, as on a Ctrl-C), an idle one exits, and a point already handed to a worker's
+    queue is not started (the stop file). Leaving the pool then waits for them."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # (shutdown forgets them)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with contextlib.suppress(OSError):
+            os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_SECONDS
+    for process in processes:  # waited for here: the pool's own exit no longer waits once shut down
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():  # stuck (no Python code running to take the signal): what it committed stays
+            process.kill()
+            process.join(5)
 
 
 def _run_on_cluster(points, location, storage_options, scheduler, summarize, progress) -> dict[str, dict]:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from trajscope.store.chunkio import remove_stale_temporaries, stale_temporaries
+from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.errors import CorruptData, MalformedRun, PathOutsideRoot, RunLocked, UserError
 from trajscope.store.layout import COMMITTED, CREATING, STATUSES, STEP_DIM
 from trajscope.store.locks import WriterLock
@@ -190,7 +191,7 @@ def fsck_run(root: StoreRoot, run_id: str, *, repair: bool = False) -> FsckRepor
     if not 0 <= committed <= capacity:
         report.problems.append(f"committed_steps {committed} is outside 0..capacity {capacity}")
     arrays = _read_arrays(root, run_id, report)
-    for name in attrs.get("time_variables", []):
+    for name in run_attr(attrs, "time_variables", []):  # (JSON text in a copy xarray wrote: `export`)
         if name not in arrays:
             report.problems.append(f"time-varying array {name} is missing")
     unfinished = _check_shapes(group, attrs, arrays, committed, status, alive, report)

@@ -15,8 +15,9 @@ import os
 import re
 from typing import Any, Callable, Iterable
 
-from trajscope.store.errors import UserError
-from trajscope.store.layout import RUN_UID
+from trajscope.store.dataset_attrs import JSON_ATTRS, run_attr
+from trajscope.store.errors import NotARun, UserError
+from trajscope.store.layout import RUN_UID, is_foreign_group
 from trajscope.store.locks import WriterLock
 from trajscope.store.root import StoreRoot, resolve_run
 
@@ -56,6 +57,9 @@ def edit_attrs(
     with WriterLock(store_root, run_id):
         document = store_root.read_group_metadata(run_id)  # fresh, under the lock
         attrs = document.setdefault("attributes", {})
+        if is_foreign_group(attrs):
+            raise NotARun(store_root.run_url(run_id), "a Zarr group without a run's attributes",
+                          "keep trajscope's labels for its runs")
         change(attrs)
         store_root.write_bytes(run_id, "zarr.json", json.dumps(document, indent=2, allow_nan=False).encode())
     return attrs
@@ -74,8 +78,12 @@ def tag_run(
     remove = list(remove)
 
     def change(attrs: dict[str, Any]) -> None:
-        tags = (set(attrs.get("tags") or []) | set(add)) - set(remove)
+        tags = (set(run_attr(attrs, "tags") or []) | set(add)) - set(remove)  # (JSON text in an export)
         attrs["tags"] = sorted(tags)
+        if JSON_ATTRS in attrs:  # ``tags`` is a list now, no longer JSON text
+            attrs[JSON_ATTRS] = " ".join(n for n in attrs[JSON_ATTRS].split() if n != "tags") or None
+            if attrs[JSON_ATTRS] is None:
+                del attrs[JSON_ATTRS]
         if note is not None:
             attrs["note"] = note or None
 
@@ -107,7 +115,10 @@ def delete_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | Non
     """
     store_root, run_id = resolve_run(run, root)
     if not store_root.has_leftovers(run_id):
-        store_root.read_group_metadata(run_id, checked=False)  # RunNotFound: nothing of that id
+        attrs = store_root.read_attrs(run_id, checked=False)  # RunNotFound: nothing of that id
+        if is_foreign_group(attrs):  # someone else's Zarr group: never deleted as a run
+            raise NotARun(store_root.run_url(run_id), "a Zarr group without a run's attributes",
+                          "delete it yourself if it should go")
     with WriterLock(store_root, run_id):
         if expect is not _UNCHECKED and run_identity(run_id, store_root) != expect:
             raise UserError(f"run {run_id!r} changed since it was listed (deleted or created again meanwhile): nothing "

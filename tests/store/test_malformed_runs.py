@@ -122,3 +122,45 @@ def test_fsck_reports_it_and_rm_deletes_it(tmp_path, name, edit, words):
     assert not root.exists(name)
     plant(root, name, edit)
     assert delete_run(name, root, expect=run_identity(name, root)) == name
+
+
+def test_someone_elses_zarr_group_is_neither_deleted_nor_tagged(tmp_path):
+    """Found by a review: ``rm`` deleted a foreign Zarr v3 group under the root (with its data) and ``tag``
+    rewrote its ``zarr.json``, though such a group is never taken for a run."""
+    import numpy as np
+    import zarr
+
+    from trajscope.store.errors import NotARun
+    from trajscope.store.run_attrs import delete_run, tag_run
+
+    root = StoreRoot(tmp_path)
+    group = zarr.open_group(os.path.join(root.location, "mine.zarr"), mode="w", zarr_format=3)
+    group.attrs["title"] = "my data"
+    group.create_array("x", shape=(3,), dtype="f8")[:] = np.arange(3.0)
+    before = open(os.path.join(root.location, "mine.zarr", "zarr.json"), "rb").read()
+    with pytest.raises(NotARun, match="not a trajscope run"):
+        delete_run("mine", root)
+    with pytest.raises(NotARun, match="not a trajscope run"):
+        tag_run("mine", root, add=["x"])
+    assert open(os.path.join(root.location, "mine.zarr", "zarr.json"), "rb").read() == before
+    np.testing.assert_array_equal(zarr.open_group(os.path.join(root.location, "mine.zarr"), mode="r")["x"][:],
+                                  np.arange(3.0))
+
+
+def test_an_exported_copy_is_tagged_and_checked_as_a_run(tmp_path):
+    """A copy written by ``export`` holds lists as JSON text (found by a review: ``tag`` stored ``['[', ']',
+    'foo']`` and fsck saw one missing array per character of ``time_variables``)."""
+    from trajscope.store.export import export
+    from trajscope.store.fsck import fsck_run
+    from trajscope.store.run_attrs import tag_run
+
+    root = StoreRoot(tmp_path / "runs")
+    write_run(root, "r")
+    (tmp_path / "ex").mkdir()
+    export(open_run("r", root), tmp_path / "ex" / "copy.zarr")
+    copy_root = StoreRoot(tmp_path / "ex")
+    assert fsck_run(copy_root, "copy").problems == []
+    tag_run("copy", copy_root, add=["foo"])
+    tag_run("copy", copy_root, add=["bar"])
+    assert sorted(open_run("copy", copy_root).traj.attrs["tags"]) == ["bar", "foo"]
+    assert fsck_run(copy_root, "copy").problems == []

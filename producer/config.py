@@ -181,7 +181,7 @@ class RecordConfig(_Strict):
     log_points: int = Field(1000, ge=2)
     chunk_mib: float = Field(8.0, gt=0.0)
     compressor: Literal["none", "zstd"] = "none"
-    buffers: int | None = Field(None, ge=2)
+    buffers: int | None = Field(None, ge=2, le=64)  # (each holds a chunk: 8 MiB by default)
     durability: Literal["process", "fsync"] = "process"
     commit_seconds: float = Field(0.5, ge=0.0, le=60.0)
     write_threads: int | None = Field(None, ge=1, le=64)
@@ -193,7 +193,7 @@ class RunConfig(_Strict):
     """A full run: data, model, initialization, loss, training and recording."""
 
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)  # (numpy's and torch's generators take no negative seed)
     data: DataConfig = Field(default_factory=SyntheticData)
     model: ModelConfig = Field(default_factory=ModelConfig)
     init: InitConfig = Field(default_factory=InitConfig)
@@ -268,6 +268,8 @@ def read_yaml_mapping(path: Path, what: str, *, example: str, shape: str) -> dic
         raise UserError(f"{what} {path} not found: pass a YAML file, e.g. {example}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not a text file (not UTF-8): pass a YAML file, e.g. {example}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

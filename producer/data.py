@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ def npz(cfg: NpzData) -> tuple[np.ndarray, np.ndarray]:
             if missing:
                 raise UserError(f"npz data file {path} lacks {', '.join(sorted(missing))}: it must hold arrays X and y")
             X, y = archive["X"], archive["y"]
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, TypeError, zipfile.BadZipFile) as exc:  # (a .npy file: np.load gives an array)
         raise UserError(f"npz data file {path} cannot be read ({exc}); save it with numpy.savez(path, X=X, y=y)") from None
     if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0] or X.shape[0] < 2:
         raise UserError(f"npz data {path}: X must be (n, D) and y (n,) with n >= 2; got X {X.shape}, y {y.shape}")

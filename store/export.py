@@ -124,8 +124,9 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
                         f"{', '.join(sorted(set(FORMATS)))}")
     if path.exists():
         raise UserError(f"{str(path)!r} exists: remove it or choose another output file")
-    if not path.parent.exists():
-        raise UserError(f"directory {str(path.parent)!r} does not exist: create it or choose another output file")
+    if not path.parent.is_dir():
+        raise UserError(f"directory {str(path.parent)!r} does not exist (or is not a folder): create it or choose "
+                        "another output file")
     ds = ds.copy(deep=False)
     if "step" in ds.dims:
         ds.attrs["committed_steps"] = int(ds.sizes["step"])

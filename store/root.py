@@ -46,6 +46,8 @@ class StoreRoot:
 
     def __init__(self, location: str | os.PathLike | None = None, storage_options: dict | None = None):
         location = os.fspath(location) if location is not None else os.environ.get(ROOT_ENV, DEFAULT_ROOT)
+        if not location.strip():
+            raise UserError("the store root is empty: give --root (or $TRAJSCOPE_ROOT) a folder or a URL")
         if location.startswith("file://"):
             location = location[len("file://") :]
         self.is_local = not _is_url(location)
@@ -60,6 +62,9 @@ class StoreRoot:
             self.location = location.rstrip("/")
             try:
                 self.fs, _ = fsspec.core.url_to_fs(self.location, **self.storage_options)
+            except ValueError as err:  # fsspec's "Protocol not known: foo"
+                raise UserError(f"cannot open the store root {self.location!r}: {err} (a folder, or an fsspec URL "
+                                "such as s3://bucket/prefix)") from None
             except ImportError as err:  # fsspec's "Install s3fs to access S3": a fix for the user, not a bug
                 raise UserError(f"cannot open the store root {self.location!r}: {err} "
                                 "(for s3:// roots: pip install 'trajscope[s3]')") from None

@@ -17,5 +17,8 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in FILE_FORMATS:
         raise UserError(f"cannot write {path.name!r}: the output file must end in .png, .svg or .pdf")
-    fig.savefig(path, format=fmt, dpi=120)
+    try:
+        fig.savefig(path, format=fmt, dpi=120)
+    except OSError as err:  # a folder that is a file, a missing folder, a path that is a folder...
+        raise UserError(f"cannot write {path}: {err.strerror}; choose another output file") from None
     return path

@@ -179,6 +179,11 @@ def reproduce(
     sweep_sources = sweeps if sweeps is not None else {k: configs_dir / "sweeps" / f for k, f in SWEEPS.items()}
     points, sweep_points = _points(exps, sweep_sources, quick)
     store_root = StoreRoot(root)
+    out_dir = Path(out)
+    try:  # before any run: a report folder that cannot be made is said now, not after an hour of training
+        (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot make the report folder there ({err.strerror}); choose another") from None
     rows = run_points(points, root=store_root.location, workers=workers, scheduler=scheduler, progress=progress)
     by_id = {row["run_id"]: row for row in rows}
     for exp, point in zip(exps, points):
@@ -187,8 +192,6 @@ def reproduce(
     for key, (spec, pts) in sweep_points.items():
         tables[key] = sweep_table([by_id[p.run_id] for p in pts])
         write_table(tables[key], store_root.location, table_name(spec.name, quick))
-    out_dir = Path(out)
-    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     extra = _extras(exps, store_root)
     figures = _figures(exps, tables, store_root, out_dir / "figures")
     claims = _claims({e.key: e for e in exps}, tables, extra)

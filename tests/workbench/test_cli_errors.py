@@ -142,3 +142,34 @@ def test_resume_of_a_missing_run_leaves_no_lock_file(tmp_path):
 def test_export_prints_no_library_warning(tiny_root, tmp_path):
     proc = cli("export", "a", "--root", str(tiny_root), "-o", str(tmp_path / "a.zarr"))
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["produce", "{bin}", "--root", "{tmp}/r"], ["not a text file"]),
+    (["produce", "{cfg}", "--root", "foo://bar"], ["Protocol not known: foo"]),
+    (["produce", "{cfg}", "--root", ""], ["the store root is empty"]),
+    (["produce", "{cfg}", "--root", "{tmp}/r", "--set", "seed=-1"], ["seed", "greater than or equal to 0"]),
+    (["produce", "{cfg}", "--root", "{tmp}/r", "--set", "record.buffers=100000"], ["record.buffers", "64"]),
+    (["produce", "{npy_cfg}", "--root", "{tmp}/r"], ["cannot be read", "numpy.savez"]),
+    (["sweep", "{seed_grid}", "--root", "{tmp}/r"], ["seeds: [0, 1, 2]"]),
+    (["plot", "a", "loss", "--root", "{tiny}", "-o", "{tmp}/afile/p.png"], ["Not a directory"]),
+    (["export", "a", "--root", "{tiny}", "-o", "{tmp}/afile/x.nc"], ["not a folder"]),
+])
+def test_more_mistakes_are_one_line_and_create_nothing(tmp_path, tiny_root, small_config, args, words):
+    """Found by a review: each of these was a traceback (or, for a grid over the seed, silently one run)."""
+    import numpy as np
+    import yaml
+
+    (tmp_path / "bin.yaml").write_bytes(bytes(range(256)))
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(small_config()))
+    np.save(tmp_path / "data.npy", np.ones((4, 3)))
+    npy = small_config()
+    npy["data"] = {"kind": "npz", "path": str(tmp_path / "data.npy")}  # (an .npy file where an .npz belongs)
+    (tmp_path / "npy.yaml").write_text(yaml.safe_dump(npy))
+    (tmp_path / "seed.yaml").write_text("name: sg\nbase: {data: {kind: synthetic, n: 16, dim: 5}, train: {steps: 5}}\n"
+                                        "grid: {seed: [1, 2, 3]}\n")
+    (tmp_path / "afile").write_text("x")
+    names = {"bin": tmp_path / "bin.yaml", "cfg": tmp_path / "cfg.yaml", "npy_cfg": tmp_path / "npy.yaml",
+             "seed_grid": tmp_path / "seed.yaml", "tmp": tmp_path, "tiny": tiny_root}
+    one_line_error(cli(*[a.format(**names) for a in args]), *words)
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").glob("*.zarr"))

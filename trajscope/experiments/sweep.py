@@ -189,6 +189,9 @@ def expand(spec: SweepSpec, folder: Path | None = None, *, quick: bool = False) 
         seeds = list(spec.quick.seeds) if spec.quick.seeds is not None else seeds
     if not seeds:
         raise UserError(f"sweep {spec.name}: seeds is empty; give at least one seed, e.g. seeds: [0]")
+    varied = set(grid) | {k for point in points or [] for k in point} | set(overrides)
+    if "seed" in varied:  # (each point's seed is set from `seeds`: a varied one would be overwritten)
+        raise UserError(f"sweep {spec.name}: the seed is varied with `seeds: [0, 1, 2]`, not in grid, points or set")
     base = _base_raw(spec, folder)
     for key, value in overrides.items():
         set_path(base, key, value, where=f"{spec.name} set")

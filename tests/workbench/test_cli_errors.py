@@ -154,6 +154,7 @@ def test_export_prints_no_library_warning(tiny_root, tmp_path):
     (["sweep", "{seed_grid}", "--root", "{tmp}/r"], ["seeds: [0, 1, 2]"]),
     (["plot", "a", "loss", "--root", "{tiny}", "-o", "{tmp}/afile/p.png"], ["Not a directory"]),
     (["export", "a", "--root", "{tiny}", "-o", "{tmp}/afile/x.nc"], ["not a folder"]),
+    (["reproduce", "--quick", "--root", "{tmp}/r", "--out", "{tmp}/afile"], ["--out", "cannot make the report folder"]),
 ])
 def test_more_mistakes_are_one_line_and_create_nothing(tmp_path, tiny_root, small_config, args, words):
     """Found by a review: each of these was a traceback (or, for a grid over the seed, silently one run)."""

@@ -536,23 +536,18 @@ def test_an_interrupt_while_a_block_is_launched_never_hangs_draining_nor_commits
     assert open_run("ctrl-c", StoreRoot(tmp_path)).sizes["step"] == T
 
 
-def test_a_finish_interrupted_while_writes_land_keeps_the_lock_until_they_have(tmp_path, monkeypatch):
-    """A second Ctrl-C while ``finish`` waits for the last writes (found by a review): their threads go on
-    writing, so the lock is released only once they stop, never while a ``resume`` in this process could take
-    the run and have a late write of the old one land over its chunk."""
+def _finish_interrupted_while_a_chunk_is_held(root, run_id, monkeypatch):
+    """A writer whose first ``W`` chunk waits at the gate, and whose ``finish`` a Ctrl-C interrupted in its
+    wait for the last writes (the unlocking thread's wait is a real one). Returns ``(writer, gated sink)``."""
     from trajscope.store import hotpath
-    from trajscope.store.errors import RunLocked
-    from trajscope.store.locks import WriterLock
 
-    root = StoreRoot(tmp_path)
-    writer = _writer(root, run_id="late")
-    T = writer.chunk_steps
+    writer = _writer(root, run_id=run_id)
     hot = writer._hot()
     hot.sink = gated = GatedSink(hot.sink, held={"W/c/0/0/0"})
-    writer.write_block(0, _block(0, T))
+    writer.write_block(0, _block(0, writer.chunk_steps))
     drain, calls = hotpath.HotPath.drain, []
 
-    def interrupted_once(self):  # the Ctrl-C lands in finish's wait; the unlocking thread's wait is a real one
+    def interrupted_once(self):
         calls.append(1)
         if len(calls) == 1:
             raise KeyboardInterrupt
@@ -561,6 +556,18 @@ def test_a_finish_interrupted_while_writes_land_keeps_the_lock_until_they_have(t
     monkeypatch.setattr(hotpath.HotPath, "drain", interrupted_once)
     with pytest.raises(KeyboardInterrupt):
         writer.finish("interrupted")
+    return writer, gated
+
+
+def test_a_finish_interrupted_while_writes_land_keeps_the_lock_until_they_have(tmp_path, monkeypatch):
+    """A second Ctrl-C while ``finish`` waits for the last writes (found by a review): their threads go on
+    writing, so the lock is released only once they stop, never while a ``resume`` in this process could take
+    the run and have a late write of the old one land over its chunk."""
+    from trajscope.store.errors import RunLocked
+    from trajscope.store.locks import WriterLock
+
+    root = StoreRoot(tmp_path)
+    _, gated = _finish_interrupted_while_a_chunk_is_held(root, "late", monkeypatch)
     with pytest.raises(RunLocked):  # the chunk is still being written: the run stays locked
         WriterLock(root, "late").acquire()
     gated.gate.set()
@@ -578,29 +585,12 @@ def test_a_finish_interrupted_while_writes_land_keeps_the_lock_until_they_have(t
 def test_a_finish_called_again_after_an_interrupted_one_holds_the_lock_to_its_end(tmp_path, monkeypatch):
     """The unlocking thread of an interrupted ``finish`` is told not to release once ``finish`` is called again:
     that call waits for the last writes, writes the final document holding the lock, then releases it."""
-    from trajscope.store import hotpath
+    from trajscope.store import writer as writer_module
     from trajscope.store.errors import RunLocked
     from trajscope.store.locks import WriterLock
 
     root = StoreRoot(tmp_path)
-    writer = _writer(root, run_id="again")
-    T = writer.chunk_steps
-    hot = writer._hot()
-    hot.sink = gated = GatedSink(hot.sink, held={"W/c/0/0/0"})
-    writer.write_block(0, _block(0, T))
-    drain, calls = hotpath.HotPath.drain, []
-
-    def interrupted_once(self):
-        calls.append(1)
-        if len(calls) == 1:
-            raise KeyboardInterrupt
-        drain(self)
-
-    monkeypatch.setattr(hotpath.HotPath, "drain", interrupted_once)
-    with pytest.raises(KeyboardInterrupt):
-        writer.finish("interrupted")
-    from trajscope.store import writer as writer_module
-
+    writer, gated = _finish_interrupted_while_a_chunk_is_held(root, "again", monkeypatch)
     final, held = writer_module.write_final_document, []
 
     def spied(*args, **kwargs):  # the final document: is the lock held as it is written?

@@ -98,7 +98,7 @@ def _default_run_id(config: RunConfig, root: StoreRoot) -> str:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
+def sigterm_as_interrupt():
     """Treat SIGINT (Ctrl-C) and SIGTERM as an interrupt while training (main thread only).
 
     SIGINT's handler is set explicitly: a process started in the background inherits SIGINT ignored.
@@ -332,7 +332,7 @@ def _train(
         _end_unstarted(writer, exc)
         raise
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             while stopped_loss is None:  # (a resumed run already at its stop point records nothing more)
                 pre, out = model.forward(state) if (batch is None or
                                                     (index < len(schedule) and schedule[index] == step)) else (None, None)

@@ -39,7 +39,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -328,6 +327,8 @@ def run_points(
         cores = usable_cores()
         n_workers = max(1, min(workers or cores, len(points)))
         threads = max(1, cores // n_workers)
+        from trajscope.producer.train import sigterm_as_interrupt  # (torch: imported where runs are made)
+
         ctx = multiprocessing.get_context("spawn")
         stop_dir = tempfile.mkdtemp(prefix="trajscope-sweep-")  # its "stop" file: no point starts once it exists
         stop_file = os.path.join(stop_dir, "stop")
@@ -335,7 +336,7 @@ def run_points(
             stack.callback(shutil.rmtree, stop_dir, True)
             pool = stack.enter_context(cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx,
                                                               initializer=_end_with_parent))
-            stack.enter_context(_sigterm_as_interrupt())
+            stack.enter_context(sigterm_as_interrupt())  # (stops the workers too)
             try:
                 futures = {
                     pool.submit(execute_point, _with_threads(p.config, threads), p.run_id, location, storage_options,
@@ -356,24 +357,6 @@ def run_points(
                 _stop_workers(pool)
                 raise
     return [{**{f"param.{k}": v for k, v in p.values.items()}, **results[p.run_id]} for p in points]
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM as a Ctrl-C in the sweep's own process (main thread only), so that it stops its workers too
-    instead of leaving them waiting for work forever."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _end_with_parent() -> None:

@@ -94,6 +94,7 @@ class RunWriter:
         self._hot_guard = threading.Lock()  # the hot path is made once, whichever thread asks first
         self._last_write = time.monotonic()
         self._unlocker: threading.Thread | None = None  # releases the lock after an interrupted finish
+        self._unlocked_after_interrupt = False  # (it has: a later finish takes the lock back)
         self._unlock_guard = threading.Lock()
 
     # -- creation -----------------------------------------------------------------------------------
@@ -427,6 +428,7 @@ class RunWriter:
                 with self._unlock_guard:
                     if self._unlocker is threading.current_thread():  # (not taken back by a finish since)
                         self._unlocker = None
+                        self._unlocked_after_interrupt = True
                         self.lock.release()
 
         with self._unlock_guard:
@@ -439,9 +441,10 @@ class RunWriter:
         when another writer has taken it), so the final document is never written unlocked."""
         with self._unlock_guard:
             pending, self._unlocker = self._unlocker, None
+            released, self._unlocked_after_interrupt = self._unlocked_after_interrupt, False
         if pending is not None:
             pending.join()
-        if not self.lock.held:
+        if (pending is not None or released) and not self.lock.held:
             self.lock.acquire()
 
     def close_writes(self) -> None:

@@ -612,6 +612,27 @@ def test_a_finish_called_again_after_an_interrupted_one_holds_the_lock_to_its_en
     WriterLock(root, "again").acquire().release()  # released at the end, once
 
 
+def test_a_finish_called_after_the_unlocking_thread_released_takes_the_lock_back(tmp_path, monkeypatch):
+    """The last writes landed and the unlocking thread released the lock before ``finish`` is called again: that
+    call takes the lock back before it writes the final document (and finds it taken if another writer has it)."""
+    from trajscope.store import writer as writer_module
+    from trajscope.store.locks import WriterLock
+
+    root = StoreRoot(tmp_path)
+    writer, gated = _finish_interrupted_while_a_chunk_is_held(root, "later", monkeypatch)
+    gated.gate.set()
+    deadline = time.monotonic() + 20
+    while writer.lock.held:  # the unlocking thread releases once the chunk is written
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    final, held = writer_module.write_final_document, []
+    monkeypatch.setattr(writer_module, "write_final_document",
+                        lambda *a, **k: held.append(writer.lock.held) or final(*a, **k))
+    writer.finish("interrupted")
+    assert held == [True] and root.read_attrs("later")["status"] == "interrupted"
+    WriterLock(root, "later").acquire().release()
+
+
 def test_write_threads_default_to_the_cores_on_a_local_root_and_to_four_elsewhere_or_with_direct_io(tmp_path, monkeypatch):
     from trajscope.store import hotpath
 

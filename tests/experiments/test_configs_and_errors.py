@@ -120,11 +120,12 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_a_stopped_sweep_starts_no_more_runs_and_leaves_no_worker(tmp_path, python_env, sig):
     """Found by a review: after Ctrl-C a sweep went on with every queued point, and after SIGTERM its workers
     waited for work forever. The signal goes to the sweep's process alone (``timeout`` sends SIGTERM so): no
-    queued point starts, the running ones end ``interrupted`` (resumable), every worker exits."""
+    queued point starts, the running ones end ``interrupted`` (resumable), every worker exits. Killed outright
+    (SIGKILL), the sweep takes its workers with it (Linux: they are SIGTERMed when their parent dies)."""
     spec = tmp_path / "long.yaml"
     spec.write_text("name: long\nbase: {data: {kind: synthetic, n: 16, dim: 5}, model: {width: 4}, "
                     "train: {steps: 200000}, record: {chunk_mib: 0.002}}\ngrid: {data.n: [8, 16, 24, 32, 40, 48]}\n")
@@ -145,13 +146,23 @@ def test_a_stopped_sweep_starts_no_more_runs_and_leaves_no_worker(tmp_path, pyth
         proc.kill()
         raise AssertionError("the sweep did not stop within 60 s")
     assert proc.returncode != 0 and "Traceback" not in err, err
-    time.sleep(1.0)
-    assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}") and
-                open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"], "a worker was left running"
+
+    def running(pid: int) -> bool:
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 30  # (a worker ends its run first: its last commit, the final document)
+    while any(running(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker was left running"
+        time.sleep(0.2)
     runs = sorted(root.glob("*.zarr"))
     assert 2 <= len(runs) < 6  # the queued points never started
     from trajscope.store import StoreRoot
 
     store = StoreRoot(root)
     for run in runs:
-        assert store.read_attrs(run.name[:-5])["status"] in ("interrupted", "complete", "creating")
+        # (a SIGKILL can leave a run `running`, a resumable state, when its worker's SIGTERM came before training)
+        assert store.read_attrs(run.name[:-5])["status"] in ("interrupted", "complete", "creating") + (
+            ("running",) if sig == signal.SIGKILL else ())

@@ -228,6 +228,17 @@ def _fmt_values(values: dict[str, Any]) -> str:
 
 def execute_point(config: dict[str, Any], run_id: str, root: str, storage_options: dict | None = None,
                   summarize: bool = True, parent_pid: int | None = None, stop_file: str | None = None) -> dict[str, Any]:
+    """:func:`_execute_point` in a worker; the worker exits after it when the sweep's process is gone (killed: its
+    SIGTERM ended the run, however the run took it), since nobody takes the row and it would wait for work forever."""
+    try:
+        return _execute_point(config, run_id, root, storage_options, summarize, parent_pid, stop_file)
+    finally:
+        if parent_pid is not None and os.getppid() != parent_pid:
+            os._exit(0)
+
+
+def _execute_point(config: dict[str, Any], run_id: str, root: str, storage_options: dict | None,
+                   summarize: bool, parent_pid: int | None, stop_file: str | None) -> dict[str, Any]:
     """Produce, resume or skip one run, then summarize it. Runs in a worker; returns a table row.
 
     ``action``: ``produced`` (new run), ``resumed`` (an unfinished run continued from its last

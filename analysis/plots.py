@@ -38,6 +38,12 @@ def thinned(ds: xr.Dataset, step: StepSel = None, max_points: int = MAX_POINTS) 
     return slice(step.start, step.stop, max(1, math.ceil(n / max_points)))
 
 
+def states_drawn(ds: xr.Dataset, step: StepSel = None) -> int:
+    """How many recorded states a time-series figure of ``step`` reads: those :func:`thinned` keeps (at most
+    :data:`MAX_POINTS` without an explicit stride; every ``s``-th state of the range with one)."""
+    return int(select(ds, thinned(ds, step)).sizes["step"])
+
+
 def _x(ds: xr.Dataset, step: slice) -> tuple[np.ndarray, str]:
     sel = select(ds, step)
     if lr(ds) is None and "t" not in ds.coords:

@@ -96,6 +96,21 @@ def figure(run: Run, state: ApiState, kind: str, fn: Callable, fmt: str, sl: sli
     return body, hit
 
 
+def check_states_drawn(run: Run, kind: str, text: str | None, sl: slice) -> None:
+    """A figure over HTTP draws at most :data:`~trajscope.analysis.plots.MAX_POINTS` states: an explicit
+    stride that keeps more is refused (413) before anything is read or computed, so one request cannot make
+    the server compute, say, the SVD of every state of a long run (a figure is at most a few hundred pixels
+    wide; without a stride it thins itself to that many states)."""
+    from trajscope.analysis.plots import MAX_POINTS, states_drawn
+
+    count = states_drawn(run.dataset(), sl)
+    if count > MAX_POINTS:
+        stride = -(-count * sl.step // MAX_POINTS)
+        raise HTTPException(413, f"figure {kind!r} with step={text} would draw {count} states, over the limit of "
+                                 f"{MAX_POINTS} a figure draws over HTTP: use a stride of at least {stride} "
+                                 f"(step=a:b:{stride}), or leave the stride out and the figure thins itself")
+
+
 def _close(result: Any) -> None:
     import matplotlib.pyplot as plt
 
@@ -164,6 +179,8 @@ async def plot(
     extra = {k: v for k, v in request.query_params.items() if k != "step"}
     kwargs = registry.bind(fn, extra, f"figure {kind!r}")
     sl = step_slice(step)
+    if sl is not None and sl.step is not None:  # without a stride the figure thins itself to MAX_POINTS states
+        await run_in_threadpool(check_states_drawn, run, kind, step, sl)
     cached = state.responses.get(_key(run, kind, fmt, sl, kwargs))  # a hit is answered on the event loop
     if cached is not None and cached[0] == 200:
         body, hit = cached[1], True

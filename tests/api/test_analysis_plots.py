@@ -198,3 +198,27 @@ def test_a_huge_whole_number_parameter_is_taken_not_a_500(client):
     ``top`` of 10**400 keeps every singular value."""
     r = client.get("/api/runs/done/plots/spectra.png", params={"top": "1" + "0" * 400})
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+
+
+def test_a_figure_over_the_state_limit_is_refused_before_it_is_drawn(client, monkeypatch):
+    """An explicit stride that keeps more states than a figure draws over HTTP is a 413 naming a stride that
+    fits, with nothing computed (found by a review: ``spectra.png?step=::1`` made the server compute the SVD
+    of every state of a run, however long)."""
+    import trajscope.analysis.plots as plots
+
+    monkeypatch.setattr(plots, "MAX_POINTS", 10)  # the run "done" has 40 states
+    computed = []
+    for cls in (xr.DataArray, xr.Dataset):
+        original = cls.compute
+        monkeypatch.setattr(cls, "compute", lambda self, *a, _original=original, **k: computed.append(1)
+                            or _original(self, *a, **k))
+    r = client.get("/api/runs/done/plots/spectra.png", params={"step": "::1"})
+    assert r.status_code == 413, r.text
+    assert "would draw 40 states, over the limit of 10" in r.json()["detail"]
+    assert "step=a:b:4" in r.json()["detail"] and not computed
+    assert client.get("/api/runs/done/plots/spectra.png", params={"step": "::3"}).status_code == 413
+    fits = client.get("/api/runs/done/plots/spectra.png", params={"step": "::4"})
+    assert fits.status_code == 200 and fits.content.startswith(b"\x89PNG") and computed
+    ranged = client.get("/api/runs/done/plots/loss.png", params={"step": "0:9:1"})  # a short range: 10 states
+    assert ranged.status_code == 200, ranged.text
+    assert client.get("/api/runs/done/plots/loss.png").status_code == 200  # no stride: the figure thins itself

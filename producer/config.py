@@ -8,17 +8,34 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from trajscope.store.errors import UserError
+
+
+def _takes_bool(annotation: Any) -> bool:
+    return annotation is bool or annotation is Any or any(_takes_bool(arg) for arg in get_args(annotation))
 
 
 class _Strict(BaseModel):
     # every float field must be finite: an infinite or NaN lr, scale or mu is refused before anything is created
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_yes_or_no_for_a_number(cls, raw: Any) -> Any:
+        """``steps: true`` (or YAML's ``yes``/``on``) is not the number 1: pydantic would take it as one."""
+        if isinstance(raw, dict):
+            for name, value in raw.items():
+                field = cls.model_fields.get(name) if isinstance(name, str) else None
+                if isinstance(value, bool) and field is not None and not _takes_bool(field.annotation):
+                    raise PydanticCustomError("yes_no_for_a_number", "{value} is a yes/no value, not what this "
+                                              "field takes (a number or a name)", {"field": name, "value": str(value).lower()})
+        return raw
 
 
 class SyntheticData(_Strict):
@@ -219,7 +236,9 @@ class RunConfig(_Strict):
 def _one_line(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and p in {"synthetic", "toy2d", "npz", "mnist", "two_point"}))
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "yes_no_for_a_number":
+        where = f"{where}.{first['ctx']['field']}" if where else first["ctx"]["field"]
     if first["type"] == "extra_forbidden":
         message = "unknown field (check the spelling; `trajscope config` prints every field)"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""

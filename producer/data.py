@@ -91,8 +91,11 @@ def npz(cfg: NpzData) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"npz data file {path} cannot be read ({exc}); save it with numpy.savez(path, X=X, y=y)") from None
     if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0] or X.shape[0] < 2:
         raise UserError(f"npz data {path}: X must be (n, D) and y (n,) with n >= 2; got X {X.shape}, y {y.shape}")
-    if not np.issubdtype(X.dtype, np.number) or not np.isfinite(X).all():
-        raise UserError(f"npz data {path}: X must be finite numbers (found NaN, inf or non-numeric values)")
+    for name, array in (("X", X), ("y", y)):  # (complex numbers would lose their imaginary part)
+        if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+            raise UserError(f"npz data {path}: {name} must hold real numbers (integers or floats), not {array.dtype}")
+    if not np.isfinite(X).all():
+        raise UserError(f"npz data {path}: X must be finite numbers (found NaN or inf)")
     labels = set(np.unique(y).tolist())
     if not labels <= {1, -1}:
         raise UserError(f"npz data {path}: labels must be +1 or -1, found {sorted(labels)[:5]}")

@@ -41,6 +41,22 @@ def test_absurd_sizes_are_refused_in_one_line_and_leave_nothing(override, field,
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("override, field", [
+    ("train.steps=true", "train.steps"), ("train.lr=yes", "train.lr"), ("record.every=on", "record.every"),
+    ("seed=false", "seed"), ("data.n=true", "data.n"), ("train.batch_size=true", "train.batch_size")])
+def test_a_yes_or_no_for_a_number_is_refused_not_read_as_one(override, field, tmp_path, small_config, monkeypatch,
+                                                           capsys):
+    """pydantic takes ``true`` for the number 1 (found by a review: ``train.steps=true`` trained one step)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(small_config()))
+    code, err = cli(monkeypatch, capsys, "produce", str(config), "--root", str(tmp_path / "runs"), "--name", "r",
+                    "--set", override, "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{field}: {'false' if override.endswith('false') else 'true'} is a yes/no value" in err, err
+    assert not (tmp_path / "runs").exists()
+    assert load_config(small_config(), ["train.train_v=no", "data.center=yes"]).train.train_v is False
+
+
 def test_empty_name_is_refused(tmp_path, small_config, monkeypatch, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(small_config()))

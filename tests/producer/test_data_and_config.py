@@ -68,6 +68,10 @@ def test_npz_data_roundtrip_and_validation(tmp_path):
         "shape": (dict(X=X, y=y[:7]), "X must be \\(n, D\\)"),
         "missing": (dict(X=X), "lacks y"),
         "oneclass": (dict(X=X, y=np.ones(10)), "both classes"),
+        "complex": (dict(X=X + 1j * X, y=y), "X must hold real numbers \\(integers or floats\\), not complex128"),
+        "complex labels": (dict(X=X, y=y + 0j), "y must hold real numbers"),
+        "text": (dict(X=X.astype(str), y=y), "X must hold real numbers"),
+        "booleans": (dict(X=X > 0, y=y), "X must hold real numbers"),
     }
     for name, (arrays, message) in cases.items():
         bad = tmp_path / f"{name}.npz"

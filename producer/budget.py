@@ -107,15 +107,30 @@ def available_memory() -> int:
 
 def free_disk(root: StoreRoot) -> int | None:
     """Free bytes on the file system of a local root (its nearest existing parent); ``None`` for URLs."""
+    path = _nearest_existing(root)
+    return None if path is None else shutil.disk_usage(path).free
+
+
+def _nearest_existing(root: StoreRoot) -> str | None:
+    """A local root, or its nearest parent that exists; ``None`` for URLs."""
     if not root.is_local:
         return None
     path = root.location
     while not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
+        if os.path.dirname(path) == path:
             return None
-        path = parent
-    return shutil.disk_usage(path).free
+        path = os.path.dirname(path)
+    return path
+
+
+def _pseudo_file_system(root: StoreRoot) -> str | None:
+    """The nearest existing parent of a local root when its file system has no blocks at all (``/proc``,
+    ``/sys``: nothing can be stored there, whatever it reports free)."""
+    path = _nearest_existing(root)
+    try:
+        return path if path is not None and os.statvfs(path).f_blocks == 0 else None
+    except OSError:
+        return None
 
 
 def _size(nbytes: float) -> str:
@@ -141,6 +156,10 @@ def check_budget(config: RunConfig, root: StoreRoot, n: int, dim: int, *,
         )
     disk = free_disk(root) if disk is None else disk
     if disk is not None and budget.disk_bytes > HEADROOM * disk:
+        pseudo = _pseudo_file_system(root) if disk == 0 else None
+        if pseudo is not None:
+            raise UserError(f"the store root {root.location} is under {pseudo}, whose file system holds no files "
+                            "(a pseudo file system such as /proc or /sys): choose another --root; nothing was created")
         raise UserError(
             f"this run would write about {_size(budget.disk_bytes)} ({budget.states} recorded states) but "
             f"{_size(disk)} is free under {root.location}: lower train.steps, model.width or data sizes, "

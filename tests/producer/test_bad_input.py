@@ -57,6 +57,16 @@ def test_a_yes_or_no_for_a_number_is_refused_not_read_as_one(override, field, tm
     assert load_config(small_config(), ["train.train_v=no", "data.center=yes"]).train.train_v is False
 
 
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self"), reason="no /proc here")
+def test_a_root_on_a_pseudo_file_system_is_named_as_such(tmp_path, small_config, monkeypatch, capsys):
+    """``--root /proc/x`` said "0.0 B is free", as if the disk were full."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(small_config()))
+    code, err = cli(monkeypatch, capsys, "produce", str(config), "--root", "/proc/trajscope-x", "--name", "r", "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "under /proc, whose file system holds no files" in err and "nothing was created" in err, err
+
+
 def test_empty_name_is_refused(tmp_path, small_config, monkeypatch, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(small_config()))

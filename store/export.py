@@ -127,6 +127,10 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     if not path.parent.is_dir():
         raise UserError(f"directory {str(path.parent)!r} does not exist (or is not a folder): create it or choose "
                         "another output file")
+    inside = _zarr_store_holding(path.parent)
+    if inside is not None:
+        raise UserError(f"{str(path)!r} is inside the Zarr store {str(inside)!r} (a run or an export): its files "
+                        "would be taken for part of it and deleted with it; write the export outside it")
     ds = ds.copy(deep=False)
     if "step" in ds.dims:
         ds.attrs["committed_steps"] = int(ds.sizes["step"])
@@ -148,6 +152,14 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         np.savez(path, __layout__=np.array(json.dumps({"attrs": flat.attrs, "variables": layout,
                                                        "coords": [str(c) for c in flat.coords]})), **arrays)
     return path
+
+
+def _zarr_store_holding(folder: Path) -> Path | None:
+    """The nearest folder of ``folder``'s own and its parents that is a Zarr v3 node (has a ``zarr.json``)."""
+    for candidate in (folder, *folder.resolve().parents):
+        if (candidate / "zarr.json").is_file():
+            return candidate
+    return None
 
 
 def read_export(path: str | os.PathLike) -> xr.Dataset:

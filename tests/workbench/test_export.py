@@ -93,6 +93,17 @@ def test_export_errors_are_one_line(run_cli, tiny_root, tmp_path, args, words):
     assert proc.returncode == 2 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("inside", ["x.nc", "W/x.npz", "W/c/extra.zarr"])
+def test_an_export_inside_a_run_is_refused_and_the_run_is_untouched(run_cli, tiny_root, inside):
+    """An export written into a run's folder would be deleted with it by ``rm`` and taken for part of it."""
+    run = tiny_root / "a.zarr"
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    proc = run_cli("export", "a", "--root", str(tiny_root), "-o", str(run / inside))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "is inside the Zarr store" in proc.stderr and "write the export outside it" in proc.stderr
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
 @pytest.mark.parametrize("suffix", ["pdf", "svg"])
 def test_plot_writes_pdf_and_svg(run_cli, tiny_root, tmp_path, suffix):
     out = tmp_path / f"loss.{suffix}"

@@ -7,8 +7,8 @@ also with ``O_NOFOLLOW``. So a link planted in a run (by anyone who may write th
 a writer neither outside the store root nor into another run: the write is refused with
 :class:`~trajscope.store.errors.PathOutsideRoot` naming the link. For chunk files and lock files a link
 swapped in between the check and the write is refused the same way (nothing is resolved by path after the
-walk); zarr's own metadata writes (an array resized) go by path after :func:`check_real_dirs`, so a link
-swapped in within that moment is not caught.
+walk), and so it is for zarr's own writes through a run's store (metadata, the static arrays' chunks:
+:class:`~trajscope.store.safe.RootedLocalStore`).
 
 Readers follow the rule of :mod:`trajscope.store.safe`: links that stay inside the root are read. The base
 itself (a run's folder, the root) is opened as it is: the code that resolves a run checks that it lies
@@ -99,12 +99,3 @@ def create_new_file(name: str, dir_fd: int, mode: int = 0o644) -> int:
     except FileExistsError:
         os.unlink(name, dir_fd=dir_fd)
     return os.open(name, NEW_FILE_FLAGS, mode, dir_fd=dir_fd)
-
-
-def check_real_dirs(base: str, path: str, what: str) -> None:
-    """Raise :class:`PathOutsideRoot` when a folder between ``base`` and the file ``path`` is a symbolic link
-    (for writes made by path, as zarr's: rare metadata writes; chunk files go through :func:`open_real_dir`)."""
-    rel = os.path.relpath(os.path.dirname(path), base)
-    if rel == "." or rel.startswith(".."):
-        return
-    os.close(open_real_dir(base, rel.split(os.sep), what))

@@ -14,11 +14,13 @@ checks, so ``xr.open_zarr`` through :func:`trajscope.open_run` cannot be led out
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import io
 import os
 import stat
-from pathlib import Path
+import uuid
+from pathlib import Path, PurePosixPath
 from typing import AsyncIterator, Iterable
 
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
@@ -27,7 +29,7 @@ from zarr.core.buffer.core import default_buffer_prototype
 from zarr.storage import LocalStore
 
 from trajscope.store.errors import PathOutsideRoot
-from trajscope.store.nolinks import check_real_dirs
+from trajscope.store.nolinks import create_new_file, open_real_dir
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -144,10 +146,10 @@ class RootedLocalStore(LocalStore):
     """zarr's ``LocalStore`` for one run, whose reads never leave the store root ``base``.
 
     Every ``get`` resolves the key and opens it through :func:`open_inside`; listings skip entries that
-    resolve outside. Writes are zarr's own (an atomic replace, which replaces a link rather than
-    writing through it), once no folder between the run's and the key is a link
-    (:func:`~trajscope.store.nolinks.check_real_dirs`: a link planted at ``W/`` would have an array's
-    metadata written wherever it points).
+    resolve outside. Writes are zarr's (a temporary file renamed over the key, which replaces a link
+    rather than writing through it), made relative to a descriptor of the key's folder walked without
+    following a link (:func:`~trajscope.store.nolinks.open_real_dir`: a link planted at ``W/``, even one
+    swapped in while the write runs, would have an array's metadata written wherever it points).
     """
 
     def __init__(self, root: Path | str, *, base: str, read_only: bool = False) -> None:
@@ -183,17 +185,42 @@ class RootedLocalStore(LocalStore):
                                  key_ranges: Iterable[tuple[str, ByteRequest | None]]) -> list[Buffer | None]:
         return [await asyncio.to_thread(self._read, key, prototype, rng) for key, rng in key_ranges]
 
-    def _check_folders(self, key: str) -> None:
-        run = str(self.root)
-        check_real_dirs(run, os.path.join(run, key), f"key {key!r} of {self.root.name}")
+    def _put(self, key: str, value: Buffer, exclusive: bool = False) -> None:
+        """zarr's ``_put`` (a temporary ``<stem>.<uuid hex>.partial`` file renamed over the key; with
+        ``exclusive``, linked to it, so an existing key raises ``FileExistsError``), made relative to a
+        descriptor of the key's folder, walked without following a link
+        (:func:`~trajscope.store.nolinks.open_real_dir`): nothing is resolved by path after the walk."""
+        self._check_writable()
+        if not isinstance(value, Buffer):
+            raise TypeError(f"RootedLocalStore.set(): value must be a Buffer, not {type(value).__name__}")
+        *folders, name = key.split("/")
+        dir_fd = open_real_dir(str(self.root), folders, f"key {key!r} of {self.root.name}")
+        try:
+            tmp = PurePosixPath(name).with_suffix(f".{uuid.uuid4().hex}.partial").name
+            fd = create_new_file(tmp, dir_fd)
+            try:
+                with os.fdopen(fd, "wb") as file:
+                    file.write(value.as_buffer_like())
+                if exclusive:
+                    os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+                    os.unlink(tmp, dir_fd=dir_fd)
+                else:
+                    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=dir_fd)
+                raise
+        finally:
+            os.close(dir_fd)
 
     async def _set(self, key: str, value: Buffer, exclusive: bool = False) -> None:
-        await asyncio.to_thread(self._check_folders, key)
-        await super()._set(key, value, exclusive=exclusive)
+        if not self._is_open:
+            await self._open()
+        await asyncio.to_thread(self._put, key, value, exclusive)
 
     def set_sync(self, key: str, value: Buffer) -> None:
-        self._check_folders(key)
-        super().set_sync(key, value)
+        self._ensure_open_sync()
+        self._put(key, value)
 
     async def exists(self, key: str) -> bool:
         path = os.path.join(self.root, key)

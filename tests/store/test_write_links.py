@@ -206,3 +206,48 @@ def test_zarrs_synchronous_writes_are_checked_as_its_asynchronous_ones(tmp_path,
     with pytest.raises(PathOutsideRoot, match="symbolic link"):
         store.set_sync("v/zarr.json", default_buffer_prototype().buffer.from_bytes(b"{}"))
     assert untouched(victim)
+
+
+def test_a_link_swapped_in_while_zarr_writes_metadata_is_not_followed(tmp_path, victim, monkeypatch):
+    """zarr's writes through a run's store go relative to a descriptor of the walked folder: a link swapped in
+    at ``v/`` between the walk and the write (they went by path after a check before) is not followed."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    from trajscope.store import safe
+
+    root = StoreRoot(tmp_path / "root")
+    write_run(root, "r", live=True)
+    run = root.run_url("r")
+    original = safe.create_new_file
+
+    def swap_then_create(name, dir_fd, *args):
+        if not os.path.islink(os.path.join(run, "v")):
+            os.rename(os.path.join(run, "v"), tmp_path / "v-walked")
+            os.symlink(victim, os.path.join(run, "v"))
+        return original(name, dir_fd, *args)
+
+    monkeypatch.setattr(safe, "create_new_file", swap_then_create)
+    store = root.zarr_store("r")
+    new = default_buffer_prototype().buffer.from_bytes(b'{"new": 1}')
+    store.set_sync("v/zarr.json", new)
+    assert untouched(victim)
+    assert (tmp_path / "v-walked" / "zarr.json").read_bytes() == b'{"new": 1}'
+    assert not [n for n in os.listdir(tmp_path / "v-walked") if n.endswith(".partial")]
+
+
+def test_zarrs_exclusive_write_through_a_runs_store_keeps_an_existing_key(tmp_path):
+    import asyncio
+
+    from zarr.core.buffer import default_buffer_prototype
+
+    root = StoreRoot(tmp_path / "root")
+    write_run(root, "r", live=True)
+    store = root.zarr_store("r")
+    before = open(os.path.join(root.run_url("r"), "v", "zarr.json"), "rb").read()
+    buffer = default_buffer_prototype().buffer.from_bytes
+    asyncio.run(store.set_if_not_exists("v/zarr.json", buffer(b"{}")))
+    asyncio.run(store.set_if_not_exists("v/new.json", buffer(b"[1]")))
+    folder = os.path.join(root.run_url("r"), "v")
+    assert open(os.path.join(folder, "zarr.json"), "rb").read() == before
+    assert open(os.path.join(folder, "new.json"), "rb").read() == b"[1]"
+    assert not [n for n in os.listdir(folder) if n.endswith(".partial")]

@@ -10,7 +10,8 @@ Every error body is ``{"detail": "<what was wrong and how to fix it>", ...}`` (:
 - 401/403 — a delete without the right token, or on a read-only server (checked before the run).
 - 422 — request validation by FastAPI: ``detail`` plus ``errors`` (:class:`ValidationErrorBody`); and a run
   whose group document no reader can use (``MalformedRun``: not a JSON object, ``committed_steps: "5k"``):
-  the run named is there but is no usable trajscope run. Listings skip such a run.
+  the run named is there but is no usable trajscope run. Listings skip such a run. Likewise someone else's
+  Zarr group under the root (``NotARun``), which listings show with status ``unknown``.
 - 503 — stored data fails its checksum (:class:`~trajscope.store.integrity.CorruptData`): the request
   is valid and the resource exists, but the server cannot serve it until the run is repaired or
   recorded again. It is a server-side condition (5xx), distinct from a bug (500), that an operator can
@@ -45,7 +46,7 @@ log = logging.getLogger("trajscope.api")
 #: statuses of UserError subclasses, by class name (a class absent from this version of the store
 #: simply never matches); any other UserError is a 400
 USER_ERROR_STATUS = {"RunNotFound": 404, "KeyNotServed": 404, "PathOutsideRoot": 404, "RunLocked": 409,
-                     "MalformedRun": 422}
+                     "MalformedRun": 422, "NotARun": 422}
 CORRUPT_STATUS = 503
 
 

@@ -36,9 +36,12 @@ class NotARun(UserError):
     """Something under a run's name that no trajscope run left (a Zarr v2 dataset, someone else's Zarr group, a
     user's files): never cleared or replaced. ``NotARun(location, why, instead)``: one line naming the way out."""
 
-    def __init__(self, location: str, why: str, instead: str = "choose another name") -> None:
-        super().__init__(f"{location} is in the way and is not a trajscope run ({why}): move it away or {instead}; "
-                         "nothing was changed")
+    def __init__(self, location: str, why: str, instead: str = "choose another name", *, reading: bool = False) -> None:
+        if reading:  # asked to open it as a run
+            super().__init__(f"{location} is not a trajscope run ({why}): open it with xarray (xr.open_zarr) or zarr")
+        else:
+            super().__init__(f"{location} is in the way and is not a trajscope run ({why}): move it away or "
+                             f"{instead}; nothing was changed")
 
 
 class MalformedRun(UserError):

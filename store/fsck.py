@@ -171,6 +171,10 @@ def fsck_run(root: StoreRoot, run_id: str, *, repair: bool = False) -> FsckRepor
         return report
     attrs = group.get("attributes") or {}
     status = report.status = str(attrs.get("status", "unknown"))
+    if root.is_foreign(run_id, attrs):  # someone else's Zarr group: nothing of a run to check, nothing repaired
+        report.problems.append(f"{root.run_url(run_id)} is not a trajscope run (a Zarr group without a run's "
+                               "attributes): left as it is")
+        return report
     report.committed = committed = int(attrs.get(COMMITTED, 0) or 0)
     alive = status in ("running", CREATING) and _writer_alive(root, run_id)
     if status == CREATING:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -53,10 +53,14 @@ ALL_CHUNKS_STORED_KEY = ".all_chunks_stored"
 DELETING_KEY = ".trajscope_deleting"
 
 
-def is_foreign_group(attrs: Mapping[str, Any]) -> bool:
-    """Whether a Zarr group's root attributes are someone else's: not empty (an older trajscope began a run with
-    a group of no attributes) and none of a run's (``run_id``, ``status``, ``time_variables``)."""
-    return bool(attrs) and not {"run_id", "status", "time_variables"} & attrs.keys()
+def is_foreign_group(attrs: Mapping[str, Any], has_members: Callable[[], bool] = lambda: True) -> bool:
+    """Whether a Zarr group is someone else's: its root attributes hold none of a run's (``run_id``,
+    ``status``, ``time_variables``). A group of no attributes is a run only while it holds nothing else
+    (``has_members()`` false: what an older trajscope left when killed as it began a run, nothing to lose);
+    one with arrays in it is someone's (``xr.Dataset(...).to_zarr`` of a dataset without attributes)."""
+    if not attrs:
+        return has_members()
+    return not {"run_id", "status", "time_variables"} & attrs.keys()
 
 
 #: default size of one ``W`` chunk, and the bounds on the time chunk length

@@ -13,7 +13,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import WrapperStore
 
 from trajscope.store.dataset_attrs import encode_attrs, run_attr
-from trajscope.store.errors import UserError
+from trajscope.store.errors import NotARun, UserError
 from trajscope.store.export import drop_chunk_encoding
 from trajscope.store.layout import COMMITTED, CREATING, STEP_DIM
 from trajscope.store.root import StoreRoot, resolve_run
@@ -49,8 +49,11 @@ class SnapshotStore(WrapperStore):
         return value
 
 
-def check_openable(run_id: str, attrs: dict[str, Any]) -> None:
-    """:class:`UserError` for a run whose creation never completed (nothing in it can be read yet)."""
+def check_openable(run_id: str, attrs: dict[str, Any], root: StoreRoot | None = None) -> None:
+    """:class:`UserError` for a run whose creation never completed (nothing in it can be read yet), and
+    :class:`NotARun` for someone else's Zarr group under the root (given ``root``)."""
+    if root is not None and root.is_foreign(run_id, attrs):
+        raise NotARun(root.run_url(run_id), "a Zarr group without a run's attributes", reading=True)
     if attrs.get("status") == CREATING:
         raise UserError(
             f"run {run_id!r} was never fully created (its producer stopped while creating it): start it again "
@@ -87,7 +90,7 @@ def open_run(
     store_root, run_id = resolve_run(run, root)
     snap: Snapshot = snapshot(store_root, run_id)
     attrs = snap.attrs
-    check_openable(run_id, attrs)
+    check_openable(run_id, attrs, store_root)
     committed = snap.committed
     store = SnapshotStore(store_root.zarr_store(run_id, read_only=True), json.dumps(snap.document()).encode(),
                           LostChunkCheck(store_root, run_id, snap.attrs, snap.arrays))

@@ -22,7 +22,7 @@ import fsspec
 from trajscope.store.document import check_run_document
 from trajscope.store.errors import MalformedRun, NotARun, PathOutsideRoot, RunNotFound, UserError
 from trajscope.store.layout import (ALL_CHUNKS_STORED_KEY, DELETING_KEY, RUN_SUFFIX, TEMPORARY_PREFIX,
-                                     validate_run_id)
+                                     is_foreign_group, validate_run_id)
 from trajscope.store.safe import is_inside, read_inside, tree_size
 
 DEFAULT_ROOT = "runs"
@@ -243,6 +243,24 @@ class StoreRoot:
         self.write_bytes(run_id, DELETING_KEY, b"")
         self.fs.rm(self._fs_path(run_id, "zarr.json"))
         self.remove_leftovers(run_id)
+
+    def has_members(self, run_id: str) -> bool:
+        """Whether the group under ``run_id`` holds anything besides its root document and trajscope's
+        markers (an array, a sub-group, a file)."""
+        own = {"zarr.json", DELETING_KEY, ALL_CHUNKS_STORED_KEY}
+        try:
+            if self.is_local:
+                entries = os.listdir(self._fs_path(run_id))
+            else:
+                entries = self.fs.ls(self._fs_path(run_id), detail=False, refresh=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return any(str(entry).rstrip("/").rsplit("/", 1)[-1] not in own for entry in entries)
+
+    def is_foreign(self, run_id: str, attrs: dict[str, Any]) -> bool:
+        """Whether the group under ``run_id``, of root attributes ``attrs``, is someone else's
+        (:func:`~trajscope.store.layout.is_foreign_group`)."""
+        return is_foreign_group(attrs, lambda: self.has_members(run_id))
 
     def has_leftovers(self, run_id: str) -> bool:
         """Whether what is under the run's name is what a deletion stopped half-way left of a run: no root

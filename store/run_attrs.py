@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 
 from trajscope.store.dataset_attrs import JSON_ATTRS, run_attr
 from trajscope.store.errors import NotARun, UserError
-from trajscope.store.layout import RUN_UID, is_foreign_group
+from trajscope.store.layout import RUN_UID
 from trajscope.store.locks import WriterLock
 from trajscope.store.root import StoreRoot, resolve_run
 
@@ -57,7 +57,7 @@ def edit_attrs(
     with WriterLock(store_root, run_id):
         document = store_root.read_group_metadata(run_id)  # fresh, under the lock
         attrs = document.setdefault("attributes", {})
-        if is_foreign_group(attrs):
+        if store_root.is_foreign(run_id, attrs):
             raise NotARun(store_root.run_url(run_id), "a Zarr group without a run's attributes",
                           "keep trajscope's labels for its runs")
         change(attrs)
@@ -115,8 +115,9 @@ def delete_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | Non
     """
     store_root, run_id = resolve_run(run, root)
     if not store_root.has_leftovers(run_id):
-        attrs = store_root.read_attrs(run_id, checked=False)  # RunNotFound: nothing of that id
-        if is_foreign_group(attrs):  # someone else's Zarr group: never deleted as a run
+        document = store_root.read_group_metadata(run_id, checked=False)  # RunNotFound: nothing of that id
+        attrs = document.get("attributes")  # (a document no reader can use, not JSON..., is a run's: deleted)
+        if isinstance(attrs, dict) and store_root.is_foreign(run_id, attrs):  # someone else's Zarr group: never deleted as a run
             raise NotARun(store_root.run_url(run_id), "a Zarr group without a run's attributes",
                           "delete it yourself if it should go")
     with WriterLock(store_root, run_id):

@@ -51,7 +51,6 @@ from trajscope.store.layout import (
     chunk_plan,
     codecs_for,
     fill_value_for,
-    is_foreign_group,
 )
 from trajscope.store.locks import HEARTBEAT_SECONDS, WriterLock
 from trajscope.store.root import StoreRoot
@@ -505,7 +504,7 @@ def _refuse_existing(root: StoreRoot, run_id: str) -> bool:
     except (KeyError, ValueError):
         attrs = {"status": "unreadable"}
     status = attrs.get("status")
-    if is_foreign_group(attrs):
+    if root.is_foreign(run_id, attrs):
         raise NotARun(root.run_url(run_id), "a Zarr group without a run's attributes")
     if status == CREATING or (status is None and "time_variables" not in attrs):
         return True  # half-created (or left so by an older trajscope: a group without attributes)

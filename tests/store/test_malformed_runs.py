@@ -147,6 +147,48 @@ def test_someone_elses_zarr_group_is_neither_deleted_nor_tagged(tmp_path):
                                   np.arange(3.0))
 
 
+@pytest.mark.parametrize("attrs", [{}, {"title": "my data"}])
+def test_someone_elses_dataset_is_kept_and_refused_everywhere(tmp_path, attrs, small_config):
+    """Found by a review: a dataset xarray wrote with no attributes (root attributes ``{}``, taken for a run an
+    older trajscope had begun) was deleted by ``rm``/``DELETE``, replaced by ``produce --name``, labelled by
+    ``tag``; reading it was a traceback or a 500. It is kept everywhere and refused in one line (HTTP 422)."""
+    import httpx
+    import numpy as np
+    import xarray as xr
+
+    from tests.api.conftest import serving
+    from trajscope.producer import produce
+    from trajscope.store.errors import NotARun
+    from trajscope.store.fsck import fsck_run
+    from trajscope.store.run_attrs import delete_run, tag_run
+
+    root = StoreRoot(tmp_path / "runs")
+    path = os.path.join(root.location, "climate.zarr")
+    xr.Dataset({"temperature": ("x", np.arange(3.0))}, attrs=attrs).to_zarr(path, zarr_format=3, consolidated=False)
+    files = {p: open(os.path.join(d, p), "rb").read() for d, _, names in os.walk(path) for p in names}
+
+    def unchanged() -> bool:
+        return {p: open(os.path.join(d, p), "rb").read() for d, _, names in os.walk(path) for p in names} == files
+
+    for attempt in (lambda: delete_run("climate", root), lambda: tag_run("climate", root, add=["x"]),
+                    lambda: produce(small_config(), root=root, name="climate"), lambda: open_run("climate", root)):
+        with pytest.raises(NotARun, match="not a trajscope run"):
+            attempt()
+        assert unchanged()
+    assert "not a trajscope run" in fsck_run(root, "climate", repair=True).problems[0] and unchanged()
+    with serving(root, token="s3cret-token") as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
+        for url in ("/api/runs/climate", "/api/runs/climate/vars/temperature", "/api/runs/climate/analysis",
+                    "/api/runs/climate/analysis/summary", "/api/runs/climate/plots", "/api/runs/climate/plots/loss.png",
+                    "/api/runs/climate/series", "/api/runs/climate/series/loss"):
+            r = client.get(url)
+            assert r.status_code == 422 and "not a trajscope run" in r.json()["detail"], (url, r.status_code, r.text)
+        r = client.delete("/api/runs/climate", headers={"Authorization": "Bearer s3cret-token"})
+        assert r.status_code == 422 and "not a trajscope run" in r.json()["detail"], r.text
+    assert unchanged()
+    root.write_attrs("begun", {})  # what an older trajscope left when killed as it began a run: nothing else in it
+    assert delete_run("begun", root) == "begun" and not root.exists("begun")
+
+
 def test_an_exported_copy_is_tagged_and_checked_as_a_run(tmp_path):
     """A copy written by ``export`` holds lists as JSON text (found by a review: ``tag`` stored ``['[', ']',
     'foo']`` and fsck saw one missing array per character of ``time_variables``)."""

@@ -49,7 +49,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trajscope.producer.config import RunConfig, load_config, read_yaml_mapping, set_dotted
 from trajscope.store.errors import NotARun, RunLocked, UserError
-from trajscope.store.layout import is_foreign_group
 
 HASH_EXCLUDE = {("name",), ("train", "threads"), ("train", "device"),
                 ("record", "io")}  # (added after runs were made: how chunks reach the disk, never their bytes)
@@ -260,7 +259,7 @@ def _execute_point(config: dict[str, Any], run_id: str, root: str, storage_optio
             attrs = store_root.read_attrs(run_id)
             if attrs.get("status") == "complete":
                 row["action"] = "skipped"
-            elif is_foreign_group(attrs):  # someone else's Zarr group: kept
+            elif store_root.is_foreign(run_id, attrs):  # someone else's Zarr group: kept
                 raise NotARun(store_root.run_url(run_id), "a Zarr group without a run's attributes",
                               "sweep into another root")
             elif "status" not in attrs or "config" not in attrs:

@@ -23,7 +23,7 @@ def select(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     ``a`` and ``b`` are values of the ``step`` coordinate (optimizer steps, both ends included, as in
     ``ds.sel(step=slice(a, b))``; they need not be recorded steps); ``s`` is a stride over the
     *recorded* states that remain (positional: every ``s``-th recorded state, starting at the first).
-    ``None`` keeps everything.
+    ``None`` keeps everything. A range that holds no recorded state is a :class:`UserError`.
     """
     if step is None:
         return ds
@@ -32,6 +32,12 @@ def select(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     out = ds
     if step.start is not None or step.stop is not None:
         out = out.sel(step=slice(step.start, step.stop))
+        if out.sizes.get("step", 0) == 0 and ds.sizes.get("step", 0) > 0:  # (what a quantity would fail on)
+            from trajscope.store.errors import UserError
+
+            steps = ds["step"].values
+            raise UserError(f"no recorded state in steps {'' if step.start is None else step.start}:"
+                            f"{'' if step.stop is None else step.stop}: the run has steps {steps[0]} to {steps[-1]}")
     if step.step is not None:
         if int(step.step) < 1:
             from trajscope.store.errors import UserError

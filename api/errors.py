@@ -17,6 +17,8 @@ Every error body is ``{"detail": "<what was wrong and how to fix it>", ...}`` (:
   recorded again. It is a server-side condition (5xx), distinct from a bug (500), that an operator can
   end (``trajscope fsck``); a 4xx would blame the client, and 409/422 say the *request* conflicts or is
   malformed. The body names the run, the variables and the chunks.
+- 502 — the object store behind the root refused a request or could not be reached (no credentials,
+  access denied, no endpoint): neither the client's fault nor a bug.
 - 500 — a bug, logged with its traceback.
 
 Why no error may break the connection: Starlette's outermost ``ServerErrorMiddleware`` answers an
@@ -39,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trajscope.store import UserError
+from trajscope.store.errors import object_store_error
 from trajscope.store.integrity import CorruptData, corrupt_data, is_checksum_error
 
 log = logging.getLogger("trajscope.api")
@@ -127,6 +130,9 @@ class CatchAll:
                 raise
             if is_checksum_error(exc):
                 response = corrupt_response(await locate_corruption(scope, exc))
+            elif (refused := object_store_error(exc)) is not None:  # the server's storage, not the request: 502
+                log.error("object store error on %s: %s", scope.get("path"), refused)
+                response = error(502, refused)
             else:
                 log.error("unhandled error on %s", scope.get("path"), exc_info=exc)
                 response = error(500, f"internal error ({type(exc).__name__}): please report it with the request")

@@ -356,8 +356,13 @@ class ModuleRecorder:
         started = self._recording_started if self._recording_started is not None else time.perf_counter()
         waits = recording_waits(run_attr(self.writer.attrs, "recording_waits"), self.recorder,
                                 time.perf_counter() - started)
+        ends: dict = {"last_step": last, "recording_waits": waits}
+        if committed:  # the run's length is what it recorded (its capacity was room to grow, not a planned length)
+            ends["capacity"] = committed
+            if "loss" in self.writer.arrays:
+                ends["final_loss"] = float(self.writer.arrays["loss"][committed - 1])
         try:
-            self.writer.finish(status, error, last_step=last, recording_waits=waits)  # (releases the lock)
+            self.writer.finish(status, error, **ends)  # (releases the lock)
         except OSError as exc:  # e.g. a full disk took the final document too (a loop's own error stays its context)
             raise unstored_end(self.writer, status, error, committed, exc)
         self.status = status

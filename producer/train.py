@@ -213,6 +213,11 @@ def resume(
     ``(seed, step)``, and the partial last chunk is rewritten whole.
     """
     store_root, run_id = resolve_run(run, root)
+    attrs = store_root.read_attrs(run_id)
+    if "config" not in attrs and "schema" in attrs:  # checked before the run is reopened: nothing is changed
+        raise UserError(f"run {run_id!r} was recorded from a script (ModuleRecorder), not by `trajscope produce`: "
+                        "it has no producer config to train from; resume it from that script with "
+                        "ModuleRecorder(..., resume=True); nothing was changed")
     writer = RunWriter.reopen(store_root, run_id)
     process, stopped_loss = None, None
     try:

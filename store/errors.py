@@ -103,3 +103,15 @@ class CorruptData(Exception):
     @property
     def variables(self) -> list[str]:
         return sorted({c.variable for c in self.chunks})
+
+
+def object_store_error(err: BaseException) -> str | None:
+    """One line for an object store's refusal (no credentials, access denied, no endpoint: botocore's errors,
+    which s3fs lets through), ``None`` for any other error."""
+    for exc in (err, err.__cause__, err.__context__):
+        if exc is not None and type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore"):
+            message = " ".join(str(exc).split())
+            return (f"the object store refused the request or could not be reached ({type(exc).__name__}: {message}): "
+                    "check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ~/.aws), "
+                    "AWS_ENDPOINT_URL and the bucket of the store root")
+    return None

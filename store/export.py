@@ -133,7 +133,7 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
                         "would be taken for part of it and deleted with it; write the export outside it")
     ds = ds.copy(deep=False)
     if "step" in ds.dims:
-        ds.attrs["committed_steps"] = int(ds.sizes["step"])
+        ds.attrs["committed_steps"] = ds.attrs["capacity"] = int(ds.sizes["step"])  # (a copy holds what it holds)
         chunk = int(ds.attrs.get("chunk_steps") or 0) or None
         ds = ds.chunk({"step": chunk or "auto"})  # uniform chunks, as Zarr needs
     drop_chunk_encoding(ds)

@@ -123,3 +123,15 @@ def test_summary_reads_each_chunk_of_W_once(tmp_path, monkeypatch):
     assert len(reads) == nchunks, (len(reads), nchunks)
     starts = sorted(r[0].start for r in reads)
     assert starts == sorted(set(starts))  # no chunk twice
+
+
+@pytest.mark.parametrize("quantity", ["summary", "t1", "t2", "stable_rank", "step_series"])
+def test_a_step_range_with_no_recorded_state_is_one_clear_error(small_run, quantity):
+    """Found by a review: ``ds.traj.summary(step=slice(9000, 9999))`` raised a bare IndexError, ``t1`` a
+    ValueError, and ``trajscope compare --step`` printed their tracebacks."""
+    from trajscope.store.errors import UserError
+
+    last = int(small_run["step"].values[-1])
+    with pytest.raises(UserError, match=f"no recorded state in steps {last + 1}:{last + 9}: the run has steps"):
+        getattr(small_run.traj, quantity)(step=slice(last + 1, last + 9))
+    getattr(small_run.traj, quantity)(step=slice(0, last))  # a range that holds states is taken

@@ -52,3 +52,29 @@ def test_t1_words_give_the_reading_and_the_condition():
     assert "cones need μ > 0" not in text
     assert _t1_words(undefined, {"cone_condition": "on these data S+ is empty"}).endswith("(on these data S+ is empty)")
     assert _t1_words({"t1_step": 31.0, "t1_status": "reached", "in_cone_fraction_max": 1.0}, {}) == "step 31"
+
+
+def test_alignment_claims_with_nothing_to_judge_are_not_applicable():
+    """Found by a review: a quick report whose runs never saw the loss fall read "t1 < t2 in — % of 0 runs with
+    both measured: fails". With no t2 there is nothing to judge: not applicable, saying why."""
+    from trajscope.claims import _claims
+
+    nan = float("nan")
+    fig5 = _exp(t2_step=nan, t1_step=40.0, t1_status="reached", in_cone_fraction_max=1.0, post_t2_slope=nan,
+                rate_verdict="not applicable", rate_reason="no t2", envelope_ratio_max=nan,
+                mean_alignment_pos_final=0.9, mean_alignment_neg_final=0.9, stable_rank_final=1.5)
+    fig5.config = SimpleNamespace(train=SimpleNamespace(train_v=True))
+    never_fell = pd.DataFrame([{"run_id": "a", "status": "complete", "t1_step": 30.0, "t2_step": nan, "t1_sum": nan,
+                                "t1_time": nan, "rate_verdict": "not applicable", "rate_reason": "no t2",
+                                "envelope_ratio_max": nan, "loss_final": 1.0, "loss_envelope_final": nan,
+                                "envelope_status": "ok", "post_t2_slope": nan}])
+    rows = {r["claim"]: r for r in _claims({"fig5": fig5}, {"alignment_time": never_fell},
+                                           {"fig5": {"align_onset_step": 20.0}})}
+    fig5_row = rows["Alignment before the loss falls (Fig. 5 setting)"]
+    assert fig5_row["verdict"] == "not applicable" and "never fell to 0.95·L(0)" in fig5_row["measured"]
+    synthetic = rows["Alignment before the loss falls (synthetic, μ > 0, every neuron)"]
+    assert synthetic["verdict"] == "not applicable" and "both t1 and t2 measured" in synthetic["measured"]
+    # one run with both measured, in order: holds; the loss falling first: fails
+    for t2, verdict in ((50.0, "holds"), (10.0, "fails")):
+        rows = {r["claim"]: r for r in _claims({}, {"alignment_time": never_fell.assign(t2_step=[t2])}, {})}
+        assert rows["Alignment before the loss falls (synthetic, μ > 0, every neuron)"]["verdict"] == verdict

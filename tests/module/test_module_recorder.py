@@ -242,14 +242,15 @@ def test_an_existing_run_is_refused_before_training(tmp_path):
 
 
 def _slow_weight_files(monkeypatch):
-    """Every chunk file of a weight takes 10 ms to write: a loop of the small models outruns the store."""
+    """Every chunk file of a weight takes 50 ms to write: a loop of the small models outruns the store (10 ms did
+    not always, on a loaded machine)."""
     from trajscope.store.chunkio import LocalSink
 
     put = LocalSink.put
 
     def slow_put(self, key, parts):
         if ".weight/" in key:
-            time.sleep(0.01)
+            time.sleep(0.05)
         put(self, key, parts)
 
     monkeypatch.setattr(LocalSink, "put", slow_put)

@@ -60,6 +60,57 @@ def test_an_s3_root_without_s3fs_is_one_line():
     one_line_error(proc, "s3fs", "pip install 'trajscope[s3]'")
 
 
+def _without_credentials(tmp_path) -> dict:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               AWS_EC2_METADATA_DISABLED="true", AWS_ENDPOINT_URL="http://127.0.0.1:9")  # nothing listens on 9
+    return env
+
+
+@pytest.mark.parametrize("command", [["ls"], ["produce", "configs/quickstart.yaml", "--quiet"]])
+def test_an_s3_root_without_credentials_is_one_line(command, tmp_path):
+    """Found by a review: botocore's NoCredentialsError came out as a 60-line traceback (it is raised when the
+    request is signed, before any connection)."""
+    from pathlib import Path
+
+    env = _without_credentials(tmp_path)
+    command = [str(Path(__file__).resolve().parents[2] / c) if c.endswith(".yaml") else c for c in command]
+    proc = cli(*command, "--root", "s3://bucket/runs", env=env, timeout=120)
+    one_line_error(proc, "NoCredentialsError", "AWS_ACCESS_KEY_ID")
+
+
+def test_a_server_whose_object_store_refuses_answers_502_saying_why(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "trajscope", "serve", "--root", "s3://bucket/runs", "--port",
+                               str(port)], env=_without_credentials(tmp_path), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/runs", timeout=30)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
+                time.sleep(0.2)
+        assert r.status_code == 502 and "NoCredentialsError" in r.json()["detail"], r.text
+        assert "AWS_ACCESS_KEY_ID" in r.json()["detail"]
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def test_step_help_is_not_turned_into_an_emoji():
     proc = cli("show", "--help", env=None)
     assert proc.returncode == 0 and "a:b:s" in proc.stdout and "\N{NEGATIVE SQUARED LATIN CAPITAL LETTER B}" not in proc.stdout

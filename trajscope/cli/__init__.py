@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from trajscope.errors import UserError
-from trajscope.store.errors import CorruptData, RunFailed
+from trajscope.store.errors import CorruptData, RunFailed, object_store_error
 
 app = typer.Typer(
     name="trajscope",
@@ -92,3 +92,10 @@ def main(argv: list[str] | None = None) -> None:
         raise
     except typer.Exit as err:
         raise SystemExit(err.exit_code) from None
+    except Exception as err:
+        line = object_store_error(err)
+        if line is None:
+            raise
+        print(f"trajscope: error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+

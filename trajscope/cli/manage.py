@@ -193,7 +193,7 @@ def register(app: typer.Typer) -> None:
         if not tags and not remove and note is None:
             raise UserError("nothing to change: give tags to add, --remove TAG and/or --note TEXT")
         attrs = tag_run(run, root, add=tags or [], remove=remove or [], note=note)
-        typer.echo(f"{attrs.get('run_id', run)}: tags {_fmt(attrs.get('tags'))}; note {attrs.get('note') or '-'}")
+        typer.echo(f"{run}: tags {_fmt(attrs.get('tags'))}; note {attrs.get('note') or '-'}")
 
     @app.command("rm")
     def remove_command(
@@ -245,8 +245,11 @@ def register(app: typer.Typer) -> None:
         """Runs side by side: the config fields that differ, then the measured quantities of each."""
         from rich.table import Table
 
+        from trajscope.analysis._common import select
+        from trajscope.analysis.registry import features
         from trajscope.analysis.summary import summary, summary_rows
         from trajscope.cli.analyze import parse_step
+        from trajscope.cli.show_generic import generic_measured
         from trajscope.store import open_run
 
         if len(runs) < 2:
@@ -255,6 +258,7 @@ def register(app: typer.Typer) -> None:
         datasets = [open_run(run, root=root) for run in runs]
         names = [ds.attrs.get("run_id", run) for ds, run in zip(datasets, runs)]
         configs = [flatten(run_attr(ds, "config") or {}) for ds in datasets]
+        scripted = [name for name, ds in zip(names, datasets) if run_attr(ds, "config") is None]
         keys = list(dict.fromkeys(k for c in configs for k in c))
         differing = [k for k in keys if all_fields or len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
         console = _console()
@@ -264,12 +268,20 @@ def register(app: typer.Typer) -> None:
             table.add_column(name, justify="right")
         for key in differing:
             table.add_row(key, *(_fmt(c.get(key)) for c in configs))
-        console.print(table if differing else "config: identical")
-        measured = []
-        for ds, run in zip(datasets, runs):
+        for ds, run in zip(datasets, runs):  # (checked before anything is printed)
             if ds.sizes.get("step", 0) == 0:
                 raise UserError(f"run {run!r} has no committed steps yet: wait for the producer to commit a chunk")
-            measured.append({r["quantity"]: (r["measured"], r["unit"]) for r in summary_rows(summary(ds, sel))})
+            select(ds, sel)  # a range with no recorded state of this run: one line
+        if scripted:
+            console.print(f"config: {', '.join(scripted)} recorded from a script (no producer config)")
+        if differing or len(scripted) < len(datasets):
+            console.print(table if differing else "config: identical")
+        measured = []
+        for ds in datasets:
+            if "two_layer" in features(ds):
+                measured.append({r["quantity"]: (r["measured"], r["unit"]) for r in summary_rows(summary(ds, sel))})
+            else:  # a run of another model (ModuleRecorder): what `show` prints for it
+                measured.append(generic_measured(ds, sel))
         table = Table(title="measured")
         table.add_column("quantity")
         for name in names:
@@ -281,7 +293,7 @@ def register(app: typer.Typer) -> None:
             table.add_row(label, *values, "")
         for quantity in dict.fromkeys(q for m in measured for q in m):
             values = [m.get(quantity, ("-", ""))[0] for m in measured]
-            if not any(v.strip() for v in values):  # a theory-only row (`trajscope show` has those)
+            if not any(v.strip() not in ("", "-") for v in values):  # a theory-only row (`trajscope show` has those)
                 continue
             unit = next((m[quantity][1] for m in measured if quantity in m), "")
             table.add_row(quantity, *values, unit)

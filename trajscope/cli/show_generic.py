@@ -35,3 +35,17 @@ def show_generic(ds: xr.Dataset, step: StepSel, run: str) -> bool:
         console.print(f"loss at the last state: {float(ds['loss'][-1]):.6g}")
     console.print("analyses for this run: " + ", ".join(sorted(applicable(ds))))
     return True
+
+
+def generic_measured(ds: xr.Dataset, step: StepSel) -> dict[str, tuple[str, str]]:
+    """``trajscope compare``'s measured rows for a run that is not a two-layer run: the loss at the last
+    selected state and, per parameter, its distance from its initial value and its relative change."""
+    rows: dict[str, tuple[str, str]] = {}
+    if "loss" in ds.data_vars:
+        loss = ds["loss"].sel(step=slice(step.start, step.stop)) if step is not None else ds["loss"]
+        rows["loss (last state)"] = (f"{float(loss[-1]):.6g}", "")
+    s = parameter_summary(ds, step).compute()
+    for i, name in enumerate(s["parameter"].values):
+        rows[f"‖{name} − {name}(0)‖"] = (f"{float(s['distance_from_init'][i]):.4g}", "")
+        rows[f"relative change of {name}"] = (f"{float(s['relative_change'][i]):.3g}", "")
+    return rows

@@ -225,3 +225,17 @@ def test_more_mistakes_are_one_line_and_create_nothing(tmp_path, tiny_root, smal
              "seed_grid": tmp_path / "seed.yaml", "tmp": tmp_path, "tiny": tiny_root}
     one_line_error(cli(*[a.format(**names) for a in args]), *words)
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").glob("*.zarr"))
+
+
+def test_an_unknown_ls_column_is_refused_where_no_run_has_a_config(tmp_path):
+    """Found by a review: a root of module runs (none has a producer config) took ``--columns foo.bar``."""
+    import torch
+
+    import trajscope
+
+    model = torch.nn.Linear(2, 1)
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="m") as rec:
+        rec.record()
+    one_line_error(cli("ls", "--root", str(tmp_path), "--columns", "foo.bar"), "no config field 'foo.bar'")
+    shown = cli("ls", "--root", str(tmp_path), "--columns", "train.lr")  # a field of today's config: a blank cell
+    assert shown.returncode == 0 and "train.lr" in shown.stdout, shown.stderr

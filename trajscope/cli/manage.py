@@ -148,9 +148,9 @@ def register(app: typer.Typer) -> None:
         # a field that some run, or today's config, has is an empty cell where a run lacks it (a run made before
         # the field existed, a run of another data kind); one that none has is a misspelling
         unknown = [f for f in fields if f not in present and f not in current_fields()]
-        if unknown and present:
-            raise UserError(f"--columns: no config field {', '.join(map(repr, unknown))}; "
-                            f"`trajscope config` prints the fields (e.g. {', '.join(sorted(present)[:3])})")
+        if unknown:  # (whether or not any run has a config: a root of module runs has none)
+            raise UserError(f"--columns: no config field {', '.join(map(repr, unknown))}; `trajscope config` prints "
+                            f"the fields (e.g. {', '.join(sorted(present or current_fields())[:3])})")
         for line in malformed:
             typer.echo(f"skipped: {line}", err=True)
         if as_json:

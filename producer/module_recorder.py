@@ -297,11 +297,17 @@ class ModuleRecorder:
         With ``load=True`` they are copied into the module (``torch.no_grad``), so training continues
         from exactly the stored state; :attr:`step` is the step the next ``record()`` records.
         Optimizer state is not part of the run: restore it yourself.
+
+        A resumed run with no committed state (its script killed before the first chunk was full: a chunk
+        holds up to 1024 states) returns ``{}`` and leaves the module as it is: :attr:`step` is 0, and the loop
+        records the run from the start, as if it were new.
         """
-        if self.writer is None or self.writer.committed_steps == 0:
-            raise UserError(f"run {self.run_id!r} has no committed state to load")
+        if self.writer is None:
+            raise UserError(f"run {self.run_id!r} has no committed state to load (nothing recorded yet)")
+        out: dict[str, torch.Tensor] = {}
+        if self.writer.committed_steps == 0:
+            return out
         k = self.writer.committed_steps - 1
-        out = {}
         for name, (role, tensor) in self.tracked.items():
             if role == "gradient":
                 continue

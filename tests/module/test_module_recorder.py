@@ -386,3 +386,31 @@ def test_a_cpu_module_on_a_disk_is_written_with_direct_io_and_equals_its_copies(
         np.testing.assert_array_equal(ds["fc2.weight"].values, expected)
     with pytest.raises(UserError, match="io='fast'"):
         trajscope.ModuleRecorder(MLP(), root=tmp_path, name="bad", io="fast")
+
+
+def test_a_run_killed_before_its_first_chunk_resumes_from_the_start(tmp_path):
+    """Found by a review: the README's resume snippet raised "no committed state to load" for a script killed
+    before its first chunk was full. Nothing was committed: ``last_state()`` now returns ``{}``, leaves the
+    model as it is, and the loop records the run from step 0."""
+    import subprocess
+    import sys
+
+    script = ("import os, torch, trajscope\n"
+              "model = torch.nn.Linear(3, 2)\n"
+              f"rec = trajscope.ModuleRecorder(model, root={str(tmp_path)!r}, name='early')\n"
+              "for _ in range(5): rec.record(loss=1.0)\n"
+              "os._exit(9)\n")
+    assert subprocess.run([sys.executable, "-c", script], timeout=300).returncode == 9
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    weights = []
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="early", resume=True) as rec:
+        assert rec.last_state() == {} and rec.step == 0
+        for step in range(rec.step, 6):
+            weights.append(model.weight.detach().clone())
+            rec.record(loss=float(step))
+            with torch.no_grad():
+                model.weight.add_(0.5)
+    ds = trajscope.open_run(tmp_path / "early.zarr")
+    assert ds.attrs["status"] == "complete" and ds["step"].values.tolist() == list(range(6))
+    np.testing.assert_array_equal(ds["weight"].values, torch.stack(weights).numpy())

@@ -22,6 +22,7 @@ from trajscope.analysis._kernels import _batches, _one_blas_thread, singular_val
 from trajscope.analysis.geometry import _onehot, class_counts, class_sums
 from trajscope.analysis.invariants import balance
 from trajscope.analysis.registry import TWO_LAYER, quantity
+from trajscope.store.errors import UserError
 
 SERIES: tuple[str, ...] = (
     "aligned_fraction", "all_aligned",
@@ -192,7 +193,7 @@ def step_series(ds: xr.Dataset, step: StepSel = None, *, detail: str = "all",
     before splitting them into variables, so that reductions over them take few tasks.
     """
     if detail not in ("all", "last", "none"):
-        raise ValueError("detail must be 'all', 'last' or 'none'")
+        raise UserError(f"detail={detail!r}: choose 'all', 'last' or 'none'")
     sel = select(ds, step)
     n = class_counts(ds)
     s = class_sums(ds)

@@ -138,13 +138,17 @@ def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail:
         if steps.size == 0:
             raise HTTPException(422, f"run {run.run_id!r} has no committed states yet: retry when it has")
         step = slice(int(steps[max(0, steps.size - tail)]), None, None)
+    variable = quantity in per_step_variables(ds)  # a stored variable (W, loss, fc1.weight...), not a quantity
     if neuron is not None:
         if "neuron" not in ds.dims:
             raise UserError(f"neuron={neuron}: run {run.run_id!r} has no neuron dimension")
+        if variable and "neuron" not in ds[quantity].dims:  # (it would be ignored)
+            raise UserError(f"neuron={neuron}: variable {quantity!r} has no neuron dimension "
+                            f"(its dims: {', '.join(map(str, ds[quantity].dims))})")
         index = selectors.positional("neuron", selectors.parse("neuron", neuron), ds.sizes["neuron"])
         fn = _with_rows(fn, "neuron", [index] if isinstance(index, int) else index)
     if row is not None:
-        name = kwargs.get("parameter")
+        name = kwargs.get("parameter") or (quantity if variable else None)  # a variable's own rows
         if not name or name not in ds.data_vars or ds[name].ndim < 3 or ds[name].dims[0] != "step":
             raise UserError(f"row={row} selects rows of a matrix parameter: name it with parameter=NAME "
                             f"(got {name!r})")

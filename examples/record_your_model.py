@@ -21,6 +21,7 @@ from torch import nn
 
 import trajscope
 from trajscope.store import StoreRoot
+from trajscope.store.run_attrs import delete_run
 
 
 class MLP(nn.Module):
@@ -83,9 +84,9 @@ def main() -> None:
     x, y = digits(args.samples, args.synthetic)
     models = {"mlp": MLP, "cnn": SmallCNN}
     for key in ("mlp", "cnn") if args.model == "both" else (args.model,):
-        name = f"{key}-mnist-{args.steps}"
+        name = f"{key}-{'synthetic' if args.synthetic else 'mnist'}-{args.steps}"
         if StoreRoot(args.root).exists(name):
-            StoreRoot(args.root).delete(name)  # the example overwrites its own run
+            delete_run(name, args.root)  # the example overwrites its own run (never someone else's data)
         location = train_and_record(models[key](), name, x, y, steps=args.steps, root=args.root)
         print(f"recorded {location}")
 

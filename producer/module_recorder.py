@@ -163,7 +163,7 @@ class ModuleRecorder:
             raise RuntimeError(f"run {self.run_id!r}: record() after close()")
         if self._recording_started is None:
             self._recording_started = time.perf_counter()
-        values = {name: adapter.as_tensor(v) for name, v in extra.items()}
+        values = {name: _extra_tensor(name, v) for name, v in extra.items()}
         if self.recorder is None:
             for name, value in values.items():
                 self._extras_seen.setdefault(name, value)
@@ -209,6 +209,10 @@ class ModuleRecorder:
         """Create the run (variables: tracked tensors + the extras seen so far) and replay pending states."""
         state0 = {n: (t.grad if role == "gradient" and t.grad is not None else t)
                   for n, (role, t) in self.tracked.items()}
+        unknown = sorted(set(self.dims) - set(self.tracked) - set(self._extras_seen))
+        if unknown:  # (a misspelt name would be silently left with default dims)
+            raise UserError(f"dims names {', '.join(map(repr, unknown))}, neither a recorded tensor of the model nor "
+                            f"an extra passed to record(): the names are {', '.join(list(self.tracked) + list(self._extras_seen))}")
         specs = adapter.variables({n: (r, state0[n]) for n, (r, _) in self.tracked.items()}, self._extras_seen,
                                   self.dims)
         sizes: dict[str, int] = {}
@@ -377,3 +381,14 @@ class ModuleRecorder:
         if writer_failed and asked == "complete":  # (a loop that raised gets its own error from __exit__)
             raise RunFailed(f"run {self.run_id!r} failed: {error} ({committed} states committed)")
         return self.location
+
+
+def _extra_tensor(name: str, value: Any) -> torch.Tensor:
+    """An extra passed to ``record(name=value)`` as a tensor; a value that is no number, array of numbers or
+    tensor is a :class:`UserError` naming it."""
+    try:
+        return adapter.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):  # (text, objects, ragged lists)
+        raise UserError(f"record({name}=...): {type(value).__name__} {str(value)[:40]!r} is not a number, an array "
+                        "of numbers or a tensor") from None
+

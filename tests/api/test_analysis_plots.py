@@ -222,3 +222,19 @@ def test_a_figure_over_the_state_limit_is_refused_before_it_is_drawn(client, mon
     ranged = client.get("/api/runs/done/plots/loss.png", params={"step": "0:9:1"})  # a short range: 10 states
     assert ranged.status_code == 200, ranged.text
     assert client.get("/api/runs/done/plots/loss.png").status_code == 200  # no stride: the figure thins itself
+
+
+def test_series_selectors_that_cannot_apply_are_400_and_a_variable_s_rows_are_its_own(client, expected):
+    """Found by a review: ``series/loss?neuron=3`` ignored ``neuron``, ``series/W?row=1`` asked for a
+    ``parameter`` the route then refused, and ``analysis/step_series?detail=bogus`` was a 422 "could not be
+    computed"."""
+    r = client.get("/api/runs/done/series/loss", params={"neuron": "3"})
+    assert r.status_code == 400 and "variable 'loss' has no neuron dimension" in r.json()["detail"], r.text
+    r = client.get("/api/runs/done/analysis/step_series", params={"detail": "bogus"})
+    assert r.status_code == 400 and "detail='bogus': choose 'all', 'last' or 'none'" in r.json()["detail"], r.text
+    r = client.get("/api/runs/done/series/W", params={"row": "1", "first": "2", "points": "1000"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert list(body["series"]) == ["W[1,0]", "W[1,1]"] and body["exact"]
+    np.testing.assert_array_equal(np.array(body["series"]["W[1,1]"], dtype=np.float64),
+                                  expected["done"]["W"].values[:, 1, 1].astype(np.float64))

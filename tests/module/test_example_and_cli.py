@@ -20,9 +20,9 @@ def test_example_records_both_models_and_plots(tmp_path):
                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
     for key in ("mlp", "cnn"):
-        ds = trajscope.open_run(tmp_path / f"{key}-mnist-6.zarr")
+        ds = trajscope.open_run(tmp_path / f"{key}-synthetic-6.zarr")
         assert ds.attrs["status"] == "complete" and ds.sizes["step"] == 7
-        assert (tmp_path / f"{key}-mnist-6-updates.png").stat().st_size > 1000
+        assert (tmp_path / f"{key}-synthetic-6-updates.png").stat().st_size > 1000
         assert np.isfinite(ds["loss"].values[1:]).all()
     assert "distance from init at the end" in out.stdout and "fc1.weight" in out.stdout
 

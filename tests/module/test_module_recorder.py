@@ -414,3 +414,19 @@ def test_a_run_killed_before_its_first_chunk_resumes_from_the_start(tmp_path):
     ds = trajscope.open_run(tmp_path / "early.zarr")
     assert ds.attrs["status"] == "complete" and ds["step"].values.tolist() == list(range(6))
     np.testing.assert_array_equal(ds["weight"].values, torch.stack(weights).numpy())
+
+
+def test_a_misspelt_dims_name_and_a_text_extra_are_one_clear_error(tmp_path):
+    """Found by a review: ``dims={"nope": ...}`` was silently ignored and ``record(s="hello")`` raised torch's
+    TypeError. Neither creates a run."""
+    from trajscope.store import StoreRoot
+    from trajscope.store.errors import UserError
+
+    rec = trajscope.ModuleRecorder(torch.nn.Linear(2, 1), root=tmp_path, name="text")
+    with pytest.raises(UserError, match=r"record\(s=...\): str 'hello' is not a number"):
+        rec.record(s="hello")
+    rec = trajscope.ModuleRecorder(torch.nn.Linear(2, 1), root=tmp_path, name="dims", dims={"wieght": ["a", "b"]})
+    rec.record()
+    with pytest.raises(UserError, match="dims names 'wieght', neither a recorded tensor.*weight, bias"):
+        rec.record()
+    assert not StoreRoot(tmp_path).run_ids()

@@ -34,7 +34,7 @@ from trajscope.producer.segments import record_segment
 from trajscope.store import RunWriter, StoreRoot
 from trajscope.store.chunkio import WRITE_IO_MODES
 from trajscope.store.dataset_attrs import run_attr
-from trajscope.store.errors import RunFailed, UserError
+from trajscope.store.errors import RunFailed, UserError, is_storage_error
 from trajscope.store.layout import validate_run_id
 from trajscope.store.schema import MODULE, read_schema
 
@@ -373,7 +373,9 @@ class ModuleRecorder:
                 ends["final_loss"] = float(self.writer.arrays["loss"][committed - 1])
         try:
             self.writer.finish(status, error, **ends)  # (releases the lock)
-        except OSError as exc:  # e.g. a full disk took the final document too (a loop's own error stays its context)
+        except Exception as exc:  # e.g. a full disk, or a lost object store, took the final document too (a loop's
+            if not is_storage_error(exc):  # own error stays its context)
+                raise
             raise unstored_end(self.writer, status, error, committed, exc)
         self.status = status
         if interrupt is not None:

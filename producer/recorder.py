@@ -1038,7 +1038,7 @@ def _host_number(value) -> numbers.Number | None:
     return value if isinstance(value, numbers.Number) else None
 
 
-def unstored_end(writer: RunWriter, status: str, error: str | None, committed: int, exc: OSError) -> RunFailed:
+def unstored_end(writer: RunWriter, status: str, error: str | None, committed: int, exc: Exception) -> RunFailed:
     """The one-line error for a run whose end could not be written (:meth:`RunWriter.finish` raised ``exc``, e.g.
     a full disk): what is stored, and the command that finishes the run, read back from the store."""
     location = writer.root.run_url(writer.run_id)
@@ -1051,7 +1051,8 @@ def unstored_end(writer: RunWriter, status: str, error: str | None, committed: i
         return RunFailed(f"{what}, but its arrays could not be cut to its {committed} committed states ({exc}); "
                          f"readers cut them all the same, and `trajscope fsck --repair {location}` finishes the cut")
     return RunFailed(f"{what}, but its status could not be stored ({exc}); its {committed} committed states are kept: "
-                     f"free the space, then `trajscope resume {location}` ends or continues it")
+                     f"once the cause is gone (a full disk, an object store out of reach), `trajscope resume "
+                     f"{location}` ends or continues it")
 
 
 def write_io(choice: str, root: StoreRoot, device: torch.device, compressor: str = "none") -> str:

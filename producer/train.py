@@ -26,7 +26,7 @@ from trajscope.producer.segments import record_segment
 from trajscope.producer import two_layer
 from trajscope.store import RunWriter, StoreRoot, resolve_run, validate_run_id
 from trajscope.store.dataset_attrs import run_attr
-from trajscope.store.errors import RunFailed, UserError
+from trajscope.store.errors import RunFailed, UserError, is_storage_error
 from trajscope.store.hotpath import usable_cores
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -379,7 +379,9 @@ def _train(
     try:
         writer.finish(status, error, final_loss=final_loss, last_step=int(schedule[committed - 1]) if committed else 0,
                       recording_waits=waits)
-    except OSError as exc:  # e.g. a full disk took the final document too (finish released the lock)
+    except Exception as exc:  # e.g. a full disk, or a lost object store, took the final document too (finish
+        if not is_storage_error(exc):  # released the lock)
+            raise
         raise unstored_end(writer, status, error, committed, exc) from None
     result = RunResult(
         run_id=writer.run_id,

@@ -115,3 +115,10 @@ def object_store_error(err: BaseException) -> str | None:
                     "check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ~/.aws), "
                     "AWS_ENDPOINT_URL and the bucket of the store root")
     return None
+
+
+def is_storage_error(err: BaseException) -> bool:
+    """Whether ``err`` is the storage's failing (an ``OSError``: a full disk, a lost file system; or an object
+    store's refusal, :func:`object_store_error`), not a bug."""
+    return isinstance(err, OSError) or object_store_error(err) is not None
+

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -117,6 +118,9 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     ``xr.open_zarr`` open. ``committed_steps`` is set to the number of exported states. Refuses to
     overwrite an existing file.
     """
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(path)):  # (a Path has made s3://b/x into s3:/b/x)
+        raise UserError(f"cannot export to {str(path)!r}: export writes a local file; copy it to the object store "
+                        "afterwards, or record the run there with --root")
     path = Path(path)
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
@@ -164,6 +168,9 @@ def _zarr_store_holding(folder: Path) -> Path | None:
 
 def read_export(path: str | os.PathLike) -> xr.Dataset:
     """Read a file written by :func:`export` back into the dataset that was exported."""
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(path)):  # (a Path has made s3://b/x into s3:/b/x)
+        raise UserError(f"cannot export to {str(path)!r}: export writes a local file; copy it to the object store "
+                        "afterwards, or record the run there with --root")
     path = Path(path)
     kind = FORMATS.get(path.suffix.lower())
     if kind == "zarr":

@@ -104,6 +104,8 @@ class StoreRoot:
     def run_ids(self) -> list[str]:
         """Ids of the runs under the root (entries named ``*.zarr`` with group metadata), sorted."""
         base = self.location if self.is_local else self.fs._strip_protocol(self.location)
+        if not self.is_local:  # fsspec caches listings (s3fs's never expire): a run made since would stay unseen
+            self.fs.invalidate_cache(base)
         try:
             entries = self.fs.ls(base, detail=False)
         except FileNotFoundError:
@@ -218,9 +220,11 @@ class StoreRoot:
         """Bytes the run occupies (local roots: regular files only, never through a link)."""
         if self.is_local:
             return tree_size(self.location, self._fs_path(run_id))
+        path = self._fs_path(run_id)
+        self.fs.invalidate_cache(path)  # (a stale listing named objects replaced since, and du raised for them)
         try:
-            return int(self.fs.du(self._fs_path(run_id), total=True))
-        except FileNotFoundError:
+            return int(self.fs.du(path, total=True))
+        except FileNotFoundError:  # deleted meanwhile
             return 0
 
     def delete(self, run_id: str) -> None:

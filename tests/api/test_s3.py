@@ -44,3 +44,27 @@ def test_s3_root_served_over_http(s3_root, serve):
         r = c.get("/zarr/done/W/c/0/0/0", headers={"Range": "bytes=0-7"})
         assert r.status_code == 206 and len(r.content) == 8
         assert c.get("/zarr/done/..%2F..%2Fother/zarr.json").status_code in (400, 404)
+
+
+def test_a_run_made_by_another_process_is_listed_and_sized_fresh(s3_env, write_run, serve):
+    """Found by a review: s3fs caches listings and never expires them, so a long-lived reader (the server, a
+    notebook) never listed a run made by another process, and a run's size read 0 once its objects changed.
+    The other process is played by boto3, which shares no cache with this one."""
+    import boto3
+
+    from trajscope.store import list_runs
+
+    root = StoreRoot("s3://trajscope/fresh-listing")
+    write_run(root, "first", steps=8, chunk_steps=8)
+    client = boto3.client("s3", endpoint_url=s3_env)
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        assert [r["run_id"] for r in c.get("/api/runs").json()["runs"]] == ["first"]
+        size = root.size_bytes("first")
+        assert size > 0 and [r.run_id for r in list_runs(root)] == ["first"]
+        for obj in client.list_objects_v2(Bucket="trajscope", Prefix="fresh-listing/first.zarr/")["Contents"]:
+            client.copy_object(Bucket="trajscope", Key=obj["Key"].replace("first.zarr", "second.zarr"),
+                               CopySource={"Bucket": "trajscope", "Key": obj["Key"]})
+        client.put_object(Bucket="trajscope", Key="fresh-listing/first.zarr/W/c/9/0/0", Body=b"12345")
+        assert [r.run_id for r in list_runs(root)] == ["first", "second"]
+        assert [r["run_id"] for r in c.get("/api/runs").json()["runs"]] == ["first", "second"]
+        assert root.size_bytes("first") == size + 5

@@ -112,3 +112,30 @@ def test_a_stalled_writer_whose_lease_was_taken_over_stops_instead_of_overwritin
     taker._lease_written = 0.0
     assert taker.lease()["token"] == taker.token  # B's own heartbeats still go through
     taker.release()
+
+
+def test_an_object_store_lost_as_the_run_ends_is_one_run_failed_line(s3_env, small_config, monkeypatch):
+    """Found by a review: botocore's EndpointConnectionError (not an OSError) at the final document came out of
+    ``produce`` raw, where a full disk gives the documented RunFailed naming what is kept and how to go on."""
+    import botocore.exceptions
+
+    from trajscope.producer import produce, resume
+    from trajscope.store import root as root_module
+    from trajscope.store.errors import RunFailed
+
+    write_bytes = root_module.StoreRoot.write_bytes
+
+    def endpoint_lost(self, run_id, key, data, **kwargs):
+        if key == "zarr.json" and b'"status": "complete"' in data:
+            raise botocore.exceptions.EndpointConnectionError(endpoint_url=s3_env)
+        return write_bytes(self, run_id, key, data, **kwargs)
+
+    monkeypatch.setattr(root_module.StoreRoot, "write_bytes", endpoint_lost)
+    url = "s3://trajscope/endpoint-lost"
+    with pytest.raises(RunFailed, match="its status could not be stored .*Could not connect") as failed:
+        produce(small_config(), root=url, name="f")
+    assert "\n" not in str(failed.value) and "trajscope resume s3://trajscope/endpoint-lost/f.zarr" in str(failed.value)
+    attrs = StoreRoot(url).read_attrs("f")
+    assert attrs["status"] == "running" and attrs["committed_steps"] == 41  # every state kept, for resume
+    monkeypatch.setattr(root_module.StoreRoot, "write_bytes", write_bytes)
+    assert resume("f", root=url).status == "complete" and open_run("f", url).sizes["step"] == 41

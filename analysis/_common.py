@@ -23,7 +23,8 @@ def select(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     ``a`` and ``b`` are values of the ``step`` coordinate (optimizer steps, both ends included, as in
     ``ds.sel(step=slice(a, b))``; they need not be recorded steps); ``s`` is a stride over the
     *recorded* states that remain (positional: every ``s``-th recorded state, starting at the first).
-    ``None`` keeps everything. A range that holds no recorded state is a :class:`UserError`.
+    ``None`` keeps everything. A range wholly outside the recorded steps is a :class:`UserError`; one that
+    falls between two recorded states (a sparse or log schedule) selects none.
     """
     if step is None:
         return ds
@@ -32,10 +33,12 @@ def select(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     out = ds
     if step.start is not None or step.stop is not None:
         out = out.sel(step=slice(step.start, step.stop))
-        if out.sizes.get("step", 0) == 0 and ds.sizes.get("step", 0) > 0:  # (what a quantity would fail on)
+        steps = ds["step"].values
+        if out.sizes.get("step", 0) == 0 and steps.size and (  # wholly outside the recorded steps (a quantity
+                (step.start is not None and step.start > steps[-1]) or (step.stop is not None and step.stop < steps[0])
+                or (step.start is not None and step.stop is not None and step.stop < step.start)):  # would fail on it)
             from trajscope.store.errors import UserError
 
-            steps = ds["step"].values
             raise UserError(f"no recorded state in steps {'' if step.start is None else step.start}:"
                             f"{'' if step.stop is None else step.stop}: the run has steps {steps[0]} to {steps[-1]}")
     if step.step is not None:

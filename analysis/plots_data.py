@@ -22,7 +22,7 @@ def _title(ds: xr.Dataset, what: str, title: str | None) -> str:
     return title or f"{run_name(ds)}: {what}"
 
 
-@plot_kind("gram", requires=TWO_LAYER)
+@plot_kind("gram", requires=TWO_LAYER, over_time=False)
 def plot_gram(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None) -> Figure:
     """Heatmap of ``cos(x_i, x_j)`` with samples sorted by label (``+1`` first); at most
     :data:`GRAM_MAX_SAMPLES` samples, taken evenly from the label-sorted order."""
@@ -45,7 +45,7 @@ def plot_gram(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None)
     return fig
 
 
-@plot_kind("mean_neurons", requires=TWO_LAYER)
+@plot_kind("mean_neurons", requires=TWO_LAYER, over_time=False)
 def plot_mean_neurons(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None) -> Figure:
     """Mean neurons ``w̄±`` at the last selected state beside the class centres ``x̄±``, as images
     (needs image data: ``D`` a perfect square)."""
@@ -90,7 +90,7 @@ def _cone_code(angle: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return code
 
 
-@plot_kind("plane", requires=TWO_LAYER)
+@plot_kind("plane", requires=TWO_LAYER, over_time=False)
 def plot_plane(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None) -> Figure:
     """2-D data: samples, neuron directions at the first and last selected states, cones shaded
     (``S+`` blue, ``S-`` red, ``S_dead`` grey)."""

@@ -84,9 +84,17 @@ def quantity(name: str | None = None, *, requires: tuple[str, ...] = TWO_LAYER,
     return decorate
 
 
-def plot_kind(name: str, *, requires: tuple[str, ...] = TWO_LAYER) -> Callable[[F], F]:
-    """Register a figure kind that applies to runs with ``requires``."""
-    return _register(PLOTS, "plot", name, requires)
+def plot_kind(name: str, *, requires: tuple[str, ...] = TWO_LAYER, over_time: bool = True) -> Callable[[F], F]:
+    """Register a figure kind that applies to runs with ``requires``. ``over_time``: it draws every selected
+    state (a time series, thinned when no stride is given); ``False``: a state or two of the selection (the
+    data, the last state), kept as ``fn.over_time``."""
+    register = _register(PLOTS, "plot", name, requires)
+
+    def decorate(fn: F) -> F:
+        fn.over_time = over_time  # type: ignore[attr-defined]
+        return register(fn)
+
+    return decorate
 
 
 def run_schema(ds: xr.Dataset) -> dict[str, Any]:

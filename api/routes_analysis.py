@@ -14,6 +14,7 @@ from trajscope.api.deps import Run, RunDep, State
 from trajscope.api.models import AnalysisResult, ErrorBody, Listing
 from trajscope.api.serialize import dumps, jsonable, nbytes_of
 from trajscope.store import UserError
+from trajscope.store.errors import object_store_error
 from trajscope.store.integrity import is_checksum_error
 
 log = logging.getLogger("trajscope.api")
@@ -70,8 +71,8 @@ def call(run: Run, fn: Callable, what: str, step: slice | None, kwargs: dict[str
     except (UserError, HTTPException):
         raise
     except Exception as err:  # noqa: BLE001 - an analysis that cannot run on this run is not a server crash
-        if is_checksum_error(err):
-            raise  # corrupt stored data: one mapping for every route (api.errors, 503)
+        if is_checksum_error(err) or object_store_error(err) is not None:
+            raise  # corrupt stored data, or the object store refusing: one mapping for every route (api.errors)
         log.exception("%s failed on run %s", what, run.run_id)
         raise HTTPException(422, f"{what} could not be computed for run {run.run_id!r}: "
                                  f"{type(err).__name__}: {err}") from None

@@ -22,6 +22,7 @@ from trajscope.api.models import ErrorBody, Listing
 from trajscope.api.routes_analysis import STEP_HELP, _lookup, call, step_slice
 from trajscope.api.state import ApiState
 from trajscope.store import UserError
+from trajscope.store.errors import object_store_error
 from trajscope.store.integrity import is_checksum_error
 from trajscope.store.layout import RUN_UID
 
@@ -83,8 +84,8 @@ def figure(run: Run, state: ApiState, kind: str, fn: Callable, fmt: str, sl: sli
         except UserError as err:
             return 400, str(err)
         except Exception as err:  # noqa: BLE001 - a figure that cannot be drawn is not a server crash
-            if is_checksum_error(err):
-                raise  # not cached: corrupt stored data is answered by api.errors (503)
+            if is_checksum_error(err) or object_store_error(err) is not None:
+                raise  # not cached: corrupt stored data (503) or the object store refusing (502): api.errors
             log.exception("figure %s failed to render for run %s", kind, run.run_id)
             return 422, f"figure {kind!r} could not be drawn for run {run.run_id!r}: {type(err).__name__}: {err}"
 
@@ -134,7 +135,7 @@ def probe(run: Run, kinds: dict[str, Callable]) -> dict[str, str]:
         except UserError as err:
             out[kind] = str(err)
         except Exception as err:  # noqa: BLE001 - one state may not be enough: the real request will tell
-            if is_checksum_error(err):
+            if is_checksum_error(err) or object_store_error(err) is not None:
                 raise
     return out
 
@@ -179,7 +180,8 @@ async def plot(
     extra = {k: v for k, v in request.query_params.items() if k != "step"}
     kwargs = registry.bind(fn, extra, f"figure {kind!r}")
     sl = step_slice(step)
-    if sl is not None and sl.step is not None:  # without a stride the figure thins itself to MAX_POINTS states
+    if sl is not None and sl.step is not None and getattr(fn, "over_time", True):  # (without a stride a figure
+        # thins itself to MAX_POINTS states; one that draws a state or two of the selection, the data... reads no more)
         await run_in_threadpool(check_states_drawn, run, kind, step, sl)
     cached = state.responses.get(_key(run, kind, fmt, sl, kwargs))  # a hit is answered on the event loop
     if cached is not None and cached[0] == 200:

@@ -153,6 +153,8 @@ def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail:
             raise UserError(f"row={row} selects rows of a matrix parameter: name it with parameter=NAME "
                             f"(got {name!r})")
         dim = ds[name].dims[1]
+        if dim == "neuron" and neuron is not None:  # both would select along one dim, the second of the first
+            raise UserError(f"neuron={neuron} and row={row} both select {name}'s neurons: give one of them")
         index = selectors.positional("row", selectors.parse("row", row), ds.sizes[dim])
         fn = _with_rows(fn, dim, [index] if isinstance(index, int) else index)
     if load is not None and is_pointwise(fn_source, kwargs) and step is not None and step.step is None:

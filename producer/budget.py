@@ -78,7 +78,9 @@ def estimate(config: RunConfig, n: int, dim: int) -> Budget:
     items = {
         "recorder chunk buffers (model.width × data dim × record.buffers)":
             chunk_buffers(config) * chunk * step_bytes * (2 if config.record.writer == "process" else 1),
-        "data (data.n × data.dim, and data.n² for the separation)": 8 * (4 * n * dim + 2 * n * n),
+        ("data (2 × data.per_class samples × 784 pixels, and their count squared for the separation)"
+         if config.data.kind == "mnist" else "data (data.n × data.dim, and data.n² for the separation)"):
+            8 * (4 * n * dim + 2 * n * n),
         "training (model.width × data.n × data.dim)": s * (4 * h * dim + 3 * n * h + n * dim),
         "recording schedule (train.steps / record.every)": 24 * states,
     }

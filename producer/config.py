@@ -92,17 +92,6 @@ class MnistData(_Strict):
     center: bool = True
     seed: int | None = None
 
-    @model_validator(mode="after")
-    def _per_class_fits_a_digit(self) -> "MnistData":
-        if self.per_class is not None and self.per_class > MNIST_MAX_DIGIT_IMAGES:  # (before any budget or load)
-            raise ValueError(f"per_class={self.per_class}: no MNIST digit has more than {MNIST_MAX_DIGIT_IMAGES} "
-                             "training images (the loader names each digit's count); leave it out for all of them")
-        return self
-
-
-#: the most images any digit has in MNIST's training set (digit 1)
-MNIST_MAX_DIGIT_IMAGES = 6742
-
 
 class TwoPointData(_Strict):
     """Two samples, ``x1`` (label +1) and ``x2`` (label -1), the paper's two-point separability study.

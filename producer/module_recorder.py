@@ -182,8 +182,19 @@ class ModuleRecorder:
                 else:
                     self._record(step, state)
         if self.recorder is None and step >= 1:  # the first two calls fixed the variables
+            self._check_dims()
             with torch.no_grad():
                 self._start()
+
+    def _check_dims(self) -> None:
+        """A ``dims`` name that is no recorded tensor nor extra is an error (a misspelt name would leave the
+        variable with default dims); checked by :meth:`record` only, so a script's own error raised before it
+        recorded twice is the one that comes out of ``close()``."""
+        unknown = sorted(set(self.dims) - set(self.tracked) - set(self._extras_seen))
+        if unknown:
+            raise UserError(f"dims names {', '.join(map(repr, unknown))}, neither a recorded tensor of the model nor "
+                            f"an extra passed to record(): the names are "
+                            f"{', '.join(list(self.tracked) + list(self._extras_seen))}")
 
     def _state(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         state = {}
@@ -209,10 +220,6 @@ class ModuleRecorder:
         """Create the run (variables: tracked tensors + the extras seen so far) and replay pending states."""
         state0 = {n: (t.grad if role == "gradient" and t.grad is not None else t)
                   for n, (role, t) in self.tracked.items()}
-        unknown = sorted(set(self.dims) - set(self.tracked) - set(self._extras_seen))
-        if unknown:  # (a misspelt name would be silently left with default dims)
-            raise UserError(f"dims names {', '.join(map(repr, unknown))}, neither a recorded tensor of the model nor "
-                            f"an extra passed to record(): the names are {', '.join(list(self.tracked) + list(self._extras_seen))}")
         specs = adapter.variables({n: (r, state0[n]) for n, (r, _) in self.tracked.items()}, self._extras_seen,
                                   self.dims)
         sizes: dict[str, int] = {}
@@ -369,7 +376,7 @@ class ModuleRecorder:
         ends: dict = {"last_step": last, "recording_waits": waits}
         if committed:  # the run's length is what it recorded (its capacity was room to grow, not a planned length)
             ends["capacity"] = committed
-            if "loss" in self.writer.arrays:
+            if "loss" in self.writer.arrays and self.writer.arrays["loss"].ndim == 1:  # (a number per state)
                 ends["final_loss"] = float(self.writer.arrays["loss"][committed - 1])
         try:
             self.writer.finish(status, error, **ends)  # (releases the lock)

@@ -168,9 +168,6 @@ def _zarr_store_holding(folder: Path) -> Path | None:
 
 def read_export(path: str | os.PathLike) -> xr.Dataset:
     """Read a file written by :func:`export` back into the dataset that was exported."""
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(path)):  # (a Path has made s3://b/x into s3:/b/x)
-        raise UserError(f"cannot export to {str(path)!r}: export writes a local file; copy it to the object store "
-                        "afterwards, or record the run there with --root")
     path = Path(path)
     kind = FORMATS.get(path.suffix.lower())
     if kind == "zarr":

@@ -248,9 +248,9 @@ class StoreRoot:
         self.fs.rm(self._fs_path(run_id, "zarr.json"))
         self.remove_leftovers(run_id)
 
-    def has_members(self, run_id: str) -> bool:
-        """Whether the group under ``run_id`` holds anything besides its root document and trajscope's
-        markers (an array, a sub-group, a file)."""
+    def members(self, run_id: str) -> set[str]:
+        """The names in the group under ``run_id`` besides its root document and trajscope's markers (arrays,
+        sub-groups, files)."""
         own = {"zarr.json", DELETING_KEY, ALL_CHUNKS_STORED_KEY}
         try:
             if self.is_local:
@@ -258,13 +258,13 @@ class StoreRoot:
             else:
                 entries = self.fs.ls(self._fs_path(run_id), detail=False, refresh=True)
         except (FileNotFoundError, NotADirectoryError):
-            return False
-        return any(str(entry).rstrip("/").rsplit("/", 1)[-1] not in own for entry in entries)
+            return set()
+        return {str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries} - own
 
     def is_foreign(self, run_id: str, attrs: dict[str, Any]) -> bool:
         """Whether the group under ``run_id``, of root attributes ``attrs``, is someone else's
         (:func:`~trajscope.store.layout.is_foreign_group`)."""
-        return is_foreign_group(attrs, lambda: self.has_members(run_id))
+        return is_foreign_group(attrs, lambda: self.members(run_id))
 
     def has_leftovers(self, run_id: str) -> bool:
         """Whether what is under the run's name is what a deletion stopped half-way left of a run: no root

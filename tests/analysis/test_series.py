@@ -78,7 +78,9 @@ def test_detail_levels_and_chunking(random_run):
         else:
             np.testing.assert_array_equal(last[name], full[name])
             np.testing.assert_array_equal(none[name], full[name])
-    with pytest.raises(ValueError, match="detail"):
+    from trajscope.store.errors import UserError
+
+    with pytest.raises(UserError, match="detail='some': choose 'all', 'last' or 'none'"):  # (a 400 over HTTP)
         step_series(random_run, detail="some")
 
 
@@ -135,3 +137,7 @@ def test_a_step_range_with_no_recorded_state_is_one_clear_error(small_run, quant
     with pytest.raises(UserError, match=f"no recorded state in steps {last + 1}:{last + 9}: the run has steps"):
         getattr(small_run.traj, quantity)(step=slice(last + 1, last + 9))
     getattr(small_run.traj, quantity)(step=slice(0, last))  # a range that holds states is taken
+    from trajscope.analysis._common import select
+
+    sparse = small_run.isel(step=slice(None, None, 10))  # a range between two recorded states selects none (the
+    assert select(sparse, slice(3, 7)).sizes["step"] == 0  # dashboard zoomed into such a gap: an empty chart)

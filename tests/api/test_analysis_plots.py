@@ -222,6 +222,8 @@ def test_a_figure_over_the_state_limit_is_refused_before_it_is_drawn(client, mon
     ranged = client.get("/api/runs/done/plots/loss.png", params={"step": "0:9:1"})  # a short range: 10 states
     assert ranged.status_code == 200, ranged.text
     assert client.get("/api/runs/done/plots/loss.png").status_code == 200  # no stride: the figure thins itself
+    gram = client.get("/api/runs/done/plots/gram.png", params={"step": "::1"})  # draws the data, not the states
+    assert gram.status_code == 200, gram.text
 
 
 def test_series_selectors_that_cannot_apply_are_400_and_a_variable_s_rows_are_its_own(client, expected):
@@ -232,9 +234,30 @@ def test_series_selectors_that_cannot_apply_are_400_and_a_variable_s_rows_are_it
     assert r.status_code == 400 and "variable 'loss' has no neuron dimension" in r.json()["detail"], r.text
     r = client.get("/api/runs/done/analysis/step_series", params={"detail": "bogus"})
     assert r.status_code == 400 and "detail='bogus': choose 'all', 'last' or 'none'" in r.json()["detail"], r.text
+    for both in ({"neuron": "0", "row": "1"}, {"neuron": "0:3", "row": "5"}, {"neuron": "3", "row": "3"}):
+        r = client.get("/api/runs/done/series/W", params=both)  # (a review found rows stacked on one dim)
+        assert r.status_code == 400 and "both select W's neurons: give one of them" in r.json()["detail"], r.text
     r = client.get("/api/runs/done/series/W", params={"row": "1", "first": "2", "points": "1000"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert list(body["series"]) == ["W[1,0]", "W[1,1]"] and body["exact"]
     np.testing.assert_array_equal(np.array(body["series"]["W[1,1]"], dtype=np.float64),
                                   expected["done"]["W"].values[:, 1, 1].astype(np.float64))
+
+
+def test_an_object_store_failing_during_a_computation_is_a_502_and_not_remembered(client, monkeypatch):
+    """Found by a review: an object store lost while an analysis or a figure read the run was a 422 "could not
+    be computed", and the figure's failure was cached (the kind then listed as unavailable for the run)."""
+    import botocore.exceptions
+
+    def lost(self, *args, **kwargs):
+        raise botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+    with monkeypatch.context() as patch:
+        for cls in (xr.DataArray, xr.Dataset):
+            patch.setattr(cls, "compute", lost)
+        for url in ("/api/runs/done/analysis/stable_rank?step=0:7", "/api/runs/done/plots/cones.png?step=0:7"):
+            r = client.get(url)
+            assert r.status_code == 502 and "EndpointConnectionError" in r.json()["detail"], (url, r.text)
+    assert client.get("/api/runs/done/analysis/stable_rank", params={"step": "0:7"}).status_code == 200
+    assert client.get("/api/runs/done/plots/cones.png", params={"step": "0:7"}).status_code == 200

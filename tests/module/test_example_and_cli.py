@@ -97,3 +97,24 @@ def test_resume_and_compare_of_module_runs(tmp_path):
     empty = cli("compare", "m1", "m2", "--step", "100:200")
     assert empty.returncode == 2 and "no recorded state in steps 100:200" in empty.stderr
     assert len(empty.stderr.strip().splitlines()) == 1 and not empty.stdout.strip()
+
+
+def test_a_module_run_whose_loss_is_a_vector_closes_shows_and_compares(tmp_path):
+    """Found by a review of the change that stores a module run's final loss: ``record(loss=<a vector>)`` made
+    ``close()`` raise (the run left ``running``, locked), and ``compare`` print a traceback."""
+    import torch
+
+    for name in ("va", "vb"):
+        with trajscope.ModuleRecorder(torch.nn.Linear(2, 1), root=tmp_path, name=name) as rec:
+            for _ in range(3):
+                rec.record(loss=torch.rand(4))
+        ds = trajscope.open_run(tmp_path / f"{name}.zarr")
+        assert ds.attrs["status"] == "complete" and ds["loss"].shape == (3, 4) and "final_loss" not in ds.attrs
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "trajscope", *args, "--root", str(tmp_path)],
+                              capture_output=True, text=True, timeout=300)
+
+    for args in (("show", "va"), ("compare", "va", "vb")):
+        out = cli(*args)
+        assert out.returncode == 0 and "weight" in out.stdout, (args, out.stderr)

@@ -430,3 +430,11 @@ def test_a_misspelt_dims_name_and_a_text_extra_are_one_clear_error(tmp_path):
     with pytest.raises(UserError, match="dims names 'wieght', neither a recorded tensor.*weight, bias"):
         rec.record()
     assert not StoreRoot(tmp_path).run_ids()
+
+
+def test_a_scripts_own_error_comes_out_whatever_its_dims(tmp_path):
+    """Found by a review: an error of the script before its second record() came out of close() as the dims
+    check's UserError, hiding the script's own."""
+    with pytest.raises(FileNotFoundError, match="the script's own"):
+        with trajscope.ModuleRecorder(torch.nn.Linear(2, 1), root=tmp_path, name="own", dims={"logits": ["k"]}):
+            raise FileNotFoundError("the script's own")

@@ -101,8 +101,6 @@ def test_every_field_has_a_default_and_overrides_apply(tmp_path):
         ({}, ["train.lr"], "use --set section.field=value"),
         ({"model": {"width": 5}}, ["model.width.x=1"], "'width' is not a section"),
         ({"data": {"n": 10}, "train": {"batch_size": 20}}, None, "batch_size 20 exceeds data.n 10"),
-        ({"data": {"kind": "mnist"}}, ["data.per_class=100000"],  # (it got the memory budget's message)
-         "data: per_class=100000: no MNIST digit has more than 6742 training images"),
     ],
 )
 def test_bad_configs_give_one_line_errors(raw, overrides, message):

@@ -271,7 +271,14 @@ def register(app: typer.Typer) -> None:
         for ds, run in zip(datasets, runs):  # (checked before anything is printed)
             if ds.sizes.get("step", 0) == 0:
                 raise UserError(f"run {run!r} has no committed steps yet: wait for the producer to commit a chunk")
-            select(ds, sel)  # a range with no recorded state of this run: one line
+            try:
+                empty = select(ds, sel).sizes["step"] == 0
+            except UserError as err:  # wholly outside its steps
+                raise UserError(f"run {run!r}: {err}") from None
+            if empty:  # between two of its recorded states
+                steps = ds["step"].values
+                raise UserError(f"run {run!r} has no recorded state in steps {step}: it has steps {steps[0]} to "
+                                f"{steps[-1]}")
         if scripted:
             console.print(f"config: {', '.join(scripted)} recorded from a script (no producer config)")
         if differing or len(scripted) < len(datasets):

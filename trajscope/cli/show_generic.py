@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import xarray as xr
 
-from trajscope.analysis._common import StepSel
+from trajscope.analysis._common import StepSel, select
 from trajscope.analysis.generic import parameter_summary
 from trajscope.analysis.registry import applicable, features, run_schema
 
@@ -31,7 +31,7 @@ def show_generic(ds: xr.Dataset, step: StepSel, run: str) -> bool:
                       f"{float(s['distance_from_init'][i]):.4g}", f"{float(s['relative_change'][i]):.3g}")
     console = Console()
     console.print(table)
-    if "loss" in ds.data_vars:
+    if "loss" in ds.data_vars and ds["loss"].dims == ("step",):  # (a number per state)
         console.print(f"loss at the last state: {float(ds['loss'][-1]):.6g}")
     console.print("analyses for this run: " + ", ".join(sorted(applicable(ds))))
     return True
@@ -41,8 +41,8 @@ def generic_measured(ds: xr.Dataset, step: StepSel) -> dict[str, tuple[str, str]
     """``trajscope compare``'s measured rows for a run that is not a two-layer run: the loss at the last
     selected state and, per parameter, its distance from its initial value and its relative change."""
     rows: dict[str, tuple[str, str]] = {}
-    if "loss" in ds.data_vars:
-        loss = ds["loss"].sel(step=slice(step.start, step.stop)) if step is not None else ds["loss"]
+    if "loss" in ds.data_vars and ds["loss"].dims == ("step",):  # (a number per state)
+        loss = select(ds, step)["loss"]
         rows["loss (last state)"] = (f"{float(loss[-1]):.6g}", "")
     s = parameter_summary(ds, step).compute()
     for i, name in enumerate(s["parameter"].values):

@@ -20,6 +20,15 @@ def cli(monkeypatch, capsys, *args) -> tuple[int, str]:
     return stop.value.code, capsys.readouterr().err
 
 
+def produce_cli(monkeypatch, capsys, tmp_path, config: dict, *args: str) -> tuple[int, str]:
+    """``trajscope produce`` of ``config`` (written to a file) with ``args``, into ``tmp_path/runs`` unless
+    ``args`` name a root."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    root = [] if "--root" in args else ["--root", str(tmp_path / "runs")]
+    return cli(monkeypatch, capsys, "produce", str(path), *root, "--name", "r", "--quiet", *args)
+
+
 @pytest.mark.parametrize("override", ["train.lr=.inf", "train.lr=.nan", "train.lr=0", "train.lr=-0.1",
                                       "init.scale=.inf", "init.scale=.nan", "data.mu=.nan", "train.stop_loss=.inf"])
 def test_non_finite_or_non_positive_values_are_refused_before_anything_exists(override, tmp_path, small_config):
@@ -33,10 +42,7 @@ def test_non_finite_or_non_positive_values_are_refused_before_anything_exists(ov
     ("data.dim=1000000000", "data.dim"), ("train.steps=1000000000000", "train.steps")])
 def test_absurd_sizes_are_refused_in_one_line_and_leave_nothing(override, field, tmp_path, small_config, monkeypatch,
                                                                  capsys):
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(small_config()))
-    code, err = cli(monkeypatch, capsys, "produce", str(config), "--root", str(tmp_path / "runs"), "--name", "r",
-                    "--set", override, "--quiet")
+    code, err = produce_cli(monkeypatch, capsys, tmp_path, small_config(), "--set", override)
     assert code == 2 and len(err.strip().splitlines()) == 1 and field in err and "nothing was created" in err, err
     assert not (tmp_path / "runs").exists()
 
@@ -47,10 +53,7 @@ def test_absurd_sizes_are_refused_in_one_line_and_leave_nothing(override, field,
 def test_a_yes_or_no_for_a_number_is_refused_not_read_as_one(override, field, tmp_path, small_config, monkeypatch,
                                                            capsys):
     """pydantic takes ``true`` for the number 1 (found by a review: ``train.steps=true`` trained one step)."""
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(small_config()))
-    code, err = cli(monkeypatch, capsys, "produce", str(config), "--root", str(tmp_path / "runs"), "--name", "r",
-                    "--set", override, "--quiet")
+    code, err = produce_cli(monkeypatch, capsys, tmp_path, small_config(), "--set", override)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"{field}: {'false' if override.endswith('false') else 'true'} is a yes/no value" in err, err
     assert not (tmp_path / "runs").exists()
@@ -60,9 +63,7 @@ def test_a_yes_or_no_for_a_number_is_refused_not_read_as_one(override, field, tm
 @pytest.mark.skipif(not __import__("os").path.isdir("/proc/self"), reason="no /proc here")
 def test_a_root_on_a_pseudo_file_system_is_named_as_such(tmp_path, small_config, monkeypatch, capsys):
     """``--root /proc/x`` said "0.0 B is free", as if the disk were full."""
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(small_config()))
-    code, err = cli(monkeypatch, capsys, "produce", str(config), "--root", "/proc/trajscope-x", "--name", "r", "--quiet")
+    code, err = produce_cli(monkeypatch, capsys, tmp_path, small_config(), "--root", "/proc/trajscope-x")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "under /proc, whose file system holds no files" in err and "nothing was created" in err, err
 

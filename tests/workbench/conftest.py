@@ -18,6 +18,30 @@ def cli(*args: str, prelude: str = "", input: str | None = None, env: dict | Non
                           env=env, timeout=timeout)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def first_answer(url: str, server: subprocess.Popen, timeout: float = 90):
+    """The first answer of ``GET url`` from a ``trajscope serve`` subprocess that is starting (it must not exit)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return httpx.get(url, timeout=30)
+        except httpx.TransportError:
+            assert server.poll() is None, server.stderr.read() if server.stderr else "serve exited"
+            assert time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.3)
+
+
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory, small_config):
     """A store root holding two small finished runs, ``a`` (lr 0.01) and ``b`` (lr 0.02, width 6)."""

@@ -82,28 +82,17 @@ def test_an_s3_root_without_credentials_is_one_line(command, tmp_path):
 
 
 def test_a_server_whose_object_store_refuses_answers_502_saying_why(tmp_path):
-    import socket
     import subprocess
     import sys
-    import time
 
-    import httpx
+    from .conftest import first_answer, free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "trajscope", "serve", "--root", "s3://bucket/runs", "--port",
                                str(port)], env=_without_credentials(tmp_path), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/api/runs", timeout=30)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
-                time.sleep(0.2)
+        r = first_answer(f"http://127.0.0.1:{port}/api/runs", server, timeout=60)
         assert r.status_code == 502 and "NoCredentialsError" in r.json()["detail"], r.text
         assert "AWS_ACCESS_KEY_ID" in r.json()["detail"]
     finally:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
 
 from trajscope import open_run
 
-from .conftest import BLOCK_TORCH, cli
+from .conftest import BLOCK_TORCH, cli, first_answer, free_port
 
 READ_WITHOUT_TORCH = BLOCK_TORCH + """
 import json, trajscope
@@ -52,22 +50,12 @@ def test_show_and_plot_without_torch(tiny_root, tmp_path):
 
 
 def test_serve_without_torch(tiny_root):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     code = BLOCK_TORCH + "from trajscope.cli import main; main()"
     proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--root", str(tiny_root), "--port", str(port)],
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stderr.read()
-                assert time.monotonic() < deadline, "serve did not start"
-                time.sleep(0.3)
+        health = first_answer(f"http://127.0.0.1:{port}/health", proc)
         assert health.status_code == 200 and health.json()["root"] in (str(tiny_root), tiny_root.name)
         runs = httpx.get(f"http://127.0.0.1:{port}/api/runs", timeout=30).json()
         assert {r["run_id"] for r in runs["runs"]} == {"a", "b"}

@@ -180,8 +180,8 @@ async def plot(
     extra = {k: v for k, v in request.query_params.items() if k != "step"}
     kwargs = registry.bind(fn, extra, f"figure {kind!r}")
     sl = step_slice(step)
-    if sl is not None and sl.step is not None and getattr(fn, "over_time", True):  # (without a stride a figure
-        # thins itself to MAX_POINTS states; one that draws a state or two of the selection, the data... reads no more)
+    # without a stride a figure thins itself; one not drawn over time reads a state or two whatever the stride
+    if sl is not None and sl.step is not None and getattr(fn, "over_time", True):
         await run_in_threadpool(check_states_drawn, run, kind, step, sl)
     cached = state.responses.get(_key(run, kind, fmt, sl, kwargs))  # a hit is answered on the event loop
     if cached is not None and cached[0] == 200:

@@ -33,8 +33,9 @@ class _Strict(BaseModel):
             for name, value in raw.items():
                 field = cls.model_fields.get(name) if isinstance(name, str) else None
                 if isinstance(value, bool) and field is not None and not _takes_bool(field.annotation):
-                    raise PydanticCustomError("yes_no_for_a_number", "{value} is a yes/no value, not what this "
-                                              "field takes (a number or a name)", {"field": name, "value": str(value).lower()})
+                    raise PydanticCustomError("yes_no_for_a_number",
+                                              "{value} is a yes/no value, not what this field takes (a number or a name)",
+                                              {"field": name, "value": str(value).lower()})
         return raw
 
 

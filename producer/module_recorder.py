@@ -400,4 +400,3 @@ def _extra_tensor(name: str, value: Any) -> torch.Tensor:
     except (TypeError, ValueError, RuntimeError):  # (text, objects, ragged lists)
         raise UserError(f"record({name}=...): {type(value).__name__} {str(value)[:40]!r} is not a number, an array "
                         "of numbers or a tensor") from None
-

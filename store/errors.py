@@ -121,4 +121,3 @@ def is_storage_error(err: BaseException) -> bool:
     """Whether ``err`` is the storage's failing (an ``OSError``: a full disk, a lost file system; or an object
     store's refusal, :func:`object_store_error`), not a bug."""
     return isinstance(err, OSError) or object_store_error(err) is not None
-

@@ -119,7 +119,7 @@ def delete_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | Non
         # (a document no reader can use, not JSON or not an object: {}, is a run's, deleted; a group document
         # without "attributes", which Zarr v3 allows, has none)
         attrs = document.get("attributes", {}) if document else None
-        if isinstance(attrs, dict) and store_root.is_foreign(run_id, attrs):  # someone else's Zarr group: never deleted as a run
+        if isinstance(attrs, dict) and store_root.is_foreign(run_id, attrs):  # someone else's: never deleted
             raise NotARun(store_root.run_url(run_id), "a Zarr group without a run's attributes",
                           "delete it yourself if it should go")
     with WriterLock(store_root, run_id):

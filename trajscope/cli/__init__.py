@@ -98,4 +98,3 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"trajscope: error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
-

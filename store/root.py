@@ -26,6 +26,8 @@ from trajscope.store.layout import (ALL_CHUNKS_STORED_KEY, DELETING_KEY, RUN_SUF
 from trajscope.store.safe import is_inside, read_inside, tree_size
 
 DEFAULT_ROOT = "runs"
+#: the URL schemes whose first path component is a bucket (or container)
+BUCKET_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 ROOT_ENV = "TRAJSCOPE_ROOT"
 
 
@@ -247,6 +249,17 @@ class StoreRoot:
         self.write_bytes(run_id, DELETING_KEY, b"")
         self.fs.rm(self._fs_path(run_id, "zarr.json"))
         self.remove_leftovers(run_id)
+
+    def missing_bucket(self) -> str | None:
+        """The bucket of an object-store root (``s3://``, ``gs://``...) when it does not exist, else ``None``
+        (a listing of a missing bucket and of an empty prefix look alike)."""
+        if self.is_local or self.location.split("://", 1)[0] not in BUCKET_PROTOCOLS:
+            return None
+        bucket = self.fs._strip_protocol(self.location).split("/", 1)[0]
+        if not bucket:
+            return None
+        self.fs.invalidate_cache(bucket)
+        return None if self.fs.exists(bucket) else bucket
 
     def members(self, run_id: str) -> set[str]:
         """The names in the group under ``run_id`` besides its root document and trajscope's markers (arrays,

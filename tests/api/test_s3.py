@@ -68,3 +68,15 @@ def test_a_run_made_by_another_process_is_listed_and_sized_fresh(s3_env, write_r
         assert [r.run_id for r in list_runs(root)] == ["first", "second"]
         assert [r["run_id"] for r in c.get("/api/runs").json()["runs"]] == ["first", "second"]
         assert root.size_bytes("first") == size + 5
+
+
+def test_ls_of_a_missing_bucket_says_so(s3_env):
+    """Found by a review: a mistyped bucket listed as "no runs", exit 0, like an empty prefix."""
+    from tests.workbench.conftest import cli
+
+    missing = cli("ls", "--root", "s3://no-such-bucket/runs", timeout=120)
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
+        "trajscope: error: no bucket 'no-such-bucket' at the object store of s3://no-such-bucket/runs: check its "
+        "name, or AWS_ENDPOINT_URL"], missing.stderr
+    empty = cli("ls", "--root", "s3://trajscope/nothing-here", timeout=120)
+    assert empty.returncode == 0 and "no runs in s3://trajscope/nothing-here" in empty.stdout, empty.stderr

@@ -158,6 +158,10 @@ def register(app: typer.Typer) -> None:
             return
         console = _console()
         if not rows:
+            bucket = store_root.missing_bucket()
+            if bucket is not None:
+                raise UserError(f"no bucket {bucket!r} at the object store of {store_root.location}: check its name, "
+                                "or AWS_ENDPOINT_URL")
             if store_root.is_local and not os.path.isdir(store_root.location):
                 console.print(f"no store root at {store_root.location} (nothing recorded there yet; --root or "
                               f"$TRAJSCOPE_ROOT names another)")

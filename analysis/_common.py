@@ -23,8 +23,8 @@ def select(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     ``a`` and ``b`` are values of the ``step`` coordinate (optimizer steps, both ends included, as in
     ``ds.sel(step=slice(a, b))``; they need not be recorded steps); ``s`` is a stride over the
     *recorded* states that remain (positional: every ``s``-th recorded state, starting at the first).
-    ``None`` keeps everything. A range wholly outside the recorded steps is a :class:`UserError`; one that
-    falls between two recorded states (a sparse or log schedule) selects none.
+    ``None`` keeps everything. A range that holds no recorded state (outside them, or between two of a sparse
+    or log schedule) is a :class:`UserError` saying which.
     """
     if step is None:
         return ds
@@ -34,13 +34,10 @@ def select(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     if step.start is not None or step.stop is not None:
         out = out.sel(step=slice(step.start, step.stop))
         steps = ds["step"].values
-        if out.sizes.get("step", 0) == 0 and steps.size and (  # wholly outside the recorded steps (a quantity
-                (step.start is not None and step.start > steps[-1]) or (step.stop is not None and step.stop < steps[0])
-                or (step.start is not None and step.stop is not None and step.stop < step.start)):  # would fail on it)
+        if out.sizes.get("step", 0) == 0 and steps.size:  # (what a quantity would fail on, or answer empty)
             from trajscope.store.errors import UserError
 
-            raise UserError(f"no recorded state in steps {'' if step.start is None else step.start}:"
-                            f"{'' if step.stop is None else step.stop}: the run has steps {steps[0]} to {steps[-1]}")
+            raise UserError(no_state_message(step, steps))
     if step.step is not None:
         if int(step.step) < 1:
             from trajscope.store.errors import UserError
@@ -48,6 +45,18 @@ def select(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
             raise UserError(f"step stride must be a positive integer, got {step.step}")
         out = out.isel(step=slice(None, None, int(step.step)))
     return out
+
+
+def no_state_message(step: slice, steps: np.ndarray) -> str:
+    """Why ``step=slice(a, b)`` selects no recorded state of steps ``steps`` (sorted, not empty): the range is
+    outside them, or falls between two of them (a sparse or log schedule)."""
+    a, b = step.start, step.stop
+    text = f"no recorded state in steps {'' if a is None else a}:{'' if b is None else b}"
+    if (a is not None and a > steps[-1]) or (b is not None and b < steps[0]) or (
+            a is not None and b is not None and b < a):
+        return f"{text}: the run has steps {steps[0]} to {steps[-1]}"
+    i = int(np.searchsorted(steps, a, "left"))  # (a is not None here: the range lies inside the recorded steps)
+    return f"{text}: it falls between the recorded steps {steps[i - 1]} and {steps[i]}; widen it"
 
 
 def fraction(name: str, value: float) -> float:

@@ -98,8 +98,8 @@ def _in_memory(fn: Callable, load: Callable) -> Callable:
         steps = ds["step"].values
         lo = 0 if step.start is None else int(np.searchsorted(steps, step.start, "left"))
         hi = steps.size if step.stop is None else int(np.searchsorted(steps, step.stop, "right"))
-        if hi - lo > MEMORY_STATES or (hi - lo) * state_bytes(ds) > MEMORY_BYTES:
-            return fn(ds, step=step, **kwargs)
+        if hi <= lo or hi - lo > MEMORY_STATES or (hi - lo) * state_bytes(ds) > MEMORY_BYTES:  # (none selected:
+            return fn(ds, step=step, **kwargs)  # the whole run's steps say why)
         index = np.r_[0, np.arange(max(lo, 1), hi)] if hi > 0 else np.arange(0)
         return fn(load(ds, index), step=step, **kwargs)
     return on_states

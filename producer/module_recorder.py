@@ -188,10 +188,12 @@ class ModuleRecorder:
 
     def _check_dims(self) -> None:
         """A ``dims`` name that is no recorded tensor nor extra is an error (a misspelt name would leave the
-        variable with default dims); checked by :meth:`record` only, so a script's own error raised before it
-        recorded twice is the one that comes out of ``close()``."""
+        variable with default dims), checked before the run is created: by :meth:`record`, and by a ``close()``
+        that ends the run ``complete`` (a script's own error, which ends it ``failed``, is the one that comes
+        out). Nothing is created, and the recorder is closed."""
         unknown = sorted(set(self.dims) - set(self.tracked) - set(self._extras_seen))
         if unknown:
+            self._closed = True
             raise UserError(f"dims names {', '.join(map(repr, unknown))}, neither a recorded tensor of the model nor "
                             f"an extra passed to record(): the names are "
                             f"{', '.join(list(self.tracked) + list(self._extras_seen))}")
@@ -354,6 +356,8 @@ class ModuleRecorder:
         well (the run is ended ``failed``), or when the run's end cannot be stored (a full disk)."""
         if self._closed:
             return self.location
+        if self.recorder is None and status == "complete":
+            self._check_dims()
         self._closed = True
         if self.recorder is None:
             self._start()
@@ -396,7 +400,10 @@ def _extra_tensor(name: str, value: Any) -> torch.Tensor:
     """An extra passed to ``record(name=value)`` as a tensor; a value that is no number, array of numbers or
     tensor is a :class:`UserError` naming it."""
     try:
-        return adapter.as_tensor(value)
+        tensor = adapter.as_tensor(value)
     except (TypeError, ValueError, RuntimeError):  # (text, objects, ragged lists)
-        raise UserError(f"record({name}=...): {type(value).__name__} {str(value)[:40]!r} is not a number, an array "
-                        "of numbers or a tensor") from None
+        tensor = None
+    if tensor is None or tensor.is_complex():  # (a complex number would lose its imaginary part)
+        raise UserError(f"record({name}=...): {type(value).__name__} {str(value)[:40]!r} is not a real number, an "
+                        "array of real numbers or a real tensor")
+    return tensor

@@ -53,18 +53,19 @@ ALL_CHUNKS_STORED_KEY = ".all_chunks_stored"
 DELETING_KEY = ".trajscope_deleting"
 
 
-#: what a two-layer run held before its creation marked itself ``creating`` first (commit 9b8c335): a group of
-#: no attributes holding only these (or nothing) is such a run, killed while it was created
+#: what a two-layer run held before its creation marked itself ``creating`` first (commit 9b8c335), ``W`` first
 EARLY_RUN_MEMBERS = frozenset({"W", "v", "loss", "output", "step", "t", "X", "y"})
+EARLY_RUN_W_DIMS = ["step", "neuron", "feature"]
 
 
-def is_foreign_group(attrs: Mapping[str, Any], members: Callable[[], set[str]] = lambda: {"?"}) -> bool:
+def is_foreign_group(attrs: Mapping[str, Any], early_run: Callable[[], bool] = lambda: False) -> bool:
     """Whether a Zarr group is someone else's: its root attributes hold none of a run's (``run_id``,
-    ``status``, ``time_variables``). A group of no attributes is a run only while it holds nothing but what an
-    early trajscope made as it began a run (:data:`EARLY_RUN_MEMBERS`, ``members()``: the names in the group);
-    one with anything else in it is someone's (``xr.Dataset(...).to_zarr`` of a dataset without attributes)."""
+    ``status``, ``time_variables``). A group of no attributes is a run only when ``early_run()`` says it holds
+    nothing, or nothing but what an early trajscope made as it began a run (:data:`EARLY_RUN_MEMBERS`, with its
+    ``W`` of dims :data:`EARLY_RUN_W_DIMS`); with anything else in it, it is someone's (``xr.Dataset(...)
+    .to_zarr`` of a dataset without attributes)."""
     if not attrs:
-        return bool(members() - EARLY_RUN_MEMBERS)
+        return not early_run()
     return not {"run_id", "status", "time_variables"} & attrs.keys()
 
 

@@ -21,8 +21,8 @@ import fsspec
 
 from trajscope.store.document import check_run_document
 from trajscope.store.errors import MalformedRun, NotARun, PathOutsideRoot, RunNotFound, UserError
-from trajscope.store.layout import (ALL_CHUNKS_STORED_KEY, DELETING_KEY, RUN_SUFFIX, TEMPORARY_PREFIX,
-                                     is_foreign_group, validate_run_id)
+from trajscope.store.layout import (ALL_CHUNKS_STORED_KEY, DELETING_KEY, EARLY_RUN_MEMBERS, EARLY_RUN_W_DIMS,
+                                     RUN_SUFFIX, TEMPORARY_PREFIX, is_foreign_group, validate_run_id)
 from trajscope.store.safe import is_inside, read_inside, tree_size
 
 DEFAULT_ROOT = "runs"
@@ -274,10 +274,24 @@ class StoreRoot:
             return set()
         return {str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries} - own
 
+    def holds_an_early_run(self, run_id: str) -> bool:
+        """Whether the group under ``run_id`` holds nothing, or only the arrays an early trajscope made as it
+        began a two-layer run, its ``W`` among them (:data:`~trajscope.store.layout.EARLY_RUN_MEMBERS`)."""
+        names = self.members(run_id)
+        if not names:
+            return True
+        if not names <= EARLY_RUN_MEMBERS or "W" not in names:
+            return False
+        try:
+            w = json.loads(self.read_bytes(run_id, "W/zarr.json"))
+        except (KeyError, ValueError, OSError):
+            return False
+        return isinstance(w, dict) and w.get("dimension_names") == EARLY_RUN_W_DIMS
+
     def is_foreign(self, run_id: str, attrs: dict[str, Any]) -> bool:
         """Whether the group under ``run_id``, of root attributes ``attrs``, is someone else's
         (:func:`~trajscope.store.layout.is_foreign_group`)."""
-        return is_foreign_group(attrs, lambda: self.members(run_id))
+        return is_foreign_group(attrs, lambda: self.holds_an_early_run(run_id))
 
     def has_leftovers(self, run_id: str) -> bool:
         """Whether what is under the run's name is what a deletion stopped half-way left of a run: no root

@@ -118,7 +118,7 @@ def delete_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | Non
         document = store_root.read_group_metadata(run_id, checked=False)  # RunNotFound: nothing of that id
         # (a document no reader can use, not JSON or not an object: {}, is a run's, deleted; a group document
         # without "attributes", which Zarr v3 allows, has none)
-        attrs = document.get("attributes", {}) if document else None
+        attrs = (document.get("attributes") or {}) if document else None  # (null: none either)
         if isinstance(attrs, dict) and store_root.is_foreign(run_id, attrs):  # someone else's: never deleted
             raise NotARun(store_root.run_url(run_id), "a Zarr group without a run's attributes",
                           "delete it yourself if it should go")

@@ -423,12 +423,17 @@ def test_a_misspelt_dims_name_and_a_text_extra_are_one_clear_error(tmp_path):
     from trajscope.store.errors import UserError
 
     rec = trajscope.ModuleRecorder(torch.nn.Linear(2, 1), root=tmp_path, name="text")
-    with pytest.raises(UserError, match=r"record\(s=...\): str 'hello' is not a number"):
+    with pytest.raises(UserError, match=r"record\(s=...\): str 'hello' is not a real number"):
         rec.record(s="hello")
-    rec = trajscope.ModuleRecorder(torch.nn.Linear(2, 1), root=tmp_path, name="dims", dims={"wieght": ["a", "b"]})
-    rec.record()
-    with pytest.raises(UserError, match="dims names 'wieght', neither a recorded tensor.*weight, bias"):
-        rec.record()
+    with pytest.raises(UserError, match=r"record\(z=...\): complex '\(1\+1j\)' is not a real number"):
+        rec.record(z=1 + 1j)  # (its imaginary part was dropped)
+    for calls in (2, 1, 0):  # refused by the second record(), or by close() (found by a review: with fewer than
+        # two calls the name was taken, and in the `with` form close() then created a failed run)
+        with pytest.raises(UserError, match="dims names 'wieght', neither a recorded tensor.*weight, bias"):
+            with trajscope.ModuleRecorder(torch.nn.Linear(2, 1), root=tmp_path, name="dims",
+                                          dims={"wieght": ["a", "b"]}) as rec:
+                for _ in range(calls):
+                    rec.record()
     assert not StoreRoot(tmp_path).run_ids()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -147,8 +148,9 @@ def test_someone_elses_zarr_group_is_neither_deleted_nor_tagged(tmp_path):
                                   np.arange(3.0))
 
 
-@pytest.mark.parametrize("attrs", [{}, {"title": "my data"}, None])  # None: a zarr.json without "attributes"
-def test_someone_elses_dataset_is_kept_and_refused_everywhere(tmp_path, attrs, small_config):
+@pytest.mark.parametrize("names", [("temperature",), ("X", "y"), ("loss", "step")])  # (the last two: names a run has)
+@pytest.mark.parametrize("attrs", [{}, {"title": "my data"}, None, "null"])  # None: no "attributes" key
+def test_someone_elses_dataset_is_kept_and_refused_everywhere(tmp_path, attrs, names, small_config):
     """Found by a review: a dataset xarray wrote with no attributes (root attributes ``{}``, taken for a run an
     older trajscope had begun) was deleted by ``rm``/``DELETE``, replaced by ``produce --name``, labelled by
     ``tag``; reading it was a traceback or a 500. It is kept everywhere and refused in one line (HTTP 422)."""
@@ -158,35 +160,40 @@ def test_someone_elses_dataset_is_kept_and_refused_everywhere(tmp_path, attrs, s
 
     from tests.api.conftest import serving
     from trajscope.producer import produce
-    from trajscope.store.errors import NotARun
+    from trajscope.store.errors import NotARun, UserError
     from trajscope.store.fsck import fsck_run
     from trajscope.store.run_attrs import delete_run, tag_run
 
     root = StoreRoot(tmp_path / "runs")
     path = os.path.join(root.location, "climate.zarr")
-    xr.Dataset({"temperature": ("x", np.arange(3.0))}, attrs=attrs or {}).to_zarr(path, zarr_format=3,
-                                                                                  consolidated=False)
-    if attrs is None:  # (Zarr v3 makes the key optional; found by a review: rm deleted such a group)
+    xr.Dataset({name: ("x", np.arange(3.0)) for name in names}, attrs=attrs if isinstance(attrs, dict) else {}).to_zarr(
+        path, zarr_format=3, consolidated=False)
+    if not isinstance(attrs, dict):  # (Zarr v3 makes the key optional; found by reviews: rm deleted such groups)
         document = json.load(open(os.path.join(path, "zarr.json")))
         document.pop("attributes")
+        if attrs == "null":
+            document["attributes"] = None
         open(os.path.join(path, "zarr.json"), "w").write(json.dumps(document))
     files = {p: open(os.path.join(d, p), "rb").read() for d, _, names in os.walk(path) for p in names}
 
     def unchanged() -> bool:
         return {p: open(os.path.join(d, p), "rb").read() for d, _, names in os.walk(path) for p in names} == files
 
+    # ("attributes": null is also a document readers refuse: MalformedRun, "cannot be read"; never deleted either)
+    refused, words = (NotARun, "not a trajscope run") if attrs != "null" else (UserError, "not a trajscope run|cannot "
+                                                                                         "be read|already exists")
     for attempt in (lambda: delete_run("climate", root), lambda: tag_run("climate", root, add=["x"]),
                     lambda: produce(small_config(), root=root, name="climate"), lambda: open_run("climate", root)):
-        with pytest.raises(NotARun, match="not a trajscope run"):
+        with pytest.raises(refused, match=words):
             attempt()
         assert unchanged()
-    assert "not a trajscope run" in fsck_run(root, "climate", repair=True).problems[0] and unchanged()
+    assert re.search(words, fsck_run(root, "climate", repair=True).problems[0]) and unchanged()
     with serving(root, token="s3cret-token") as srv, httpx.Client(base_url=srv.url, timeout=60) as client:
-        for url in ("/api/runs/climate", "/api/runs/climate/vars/temperature", "/api/runs/climate/analysis",
+        for url in ("/api/runs/climate", f"/api/runs/climate/vars/{names[0]}", "/api/runs/climate/analysis",
                     "/api/runs/climate/analysis/summary", "/api/runs/climate/plots", "/api/runs/climate/plots/loss.png",
                     "/api/runs/climate/series", "/api/runs/climate/series/loss"):
             r = client.get(url)
-            assert r.status_code == 422 and "not a trajscope run" in r.json()["detail"], (url, r.status_code, r.text)
+            assert r.status_code == 422 and re.search(words, r.json()["detail"]), (url, r.status_code, r.text)
         r = client.delete("/api/runs/climate", headers={"Authorization": "Bearer s3cret-token"})
         assert r.status_code == 422 and "not a trajscope run" in r.json()["detail"], r.text
     assert unchanged()

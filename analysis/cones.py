@@ -7,6 +7,7 @@ import xarray as xr
 
 from trajscope.analysis._common import StepSel, inputs, select, weights
 from trajscope.analysis._kernels import activation_counts_block
+from trajscope.analysis.alignment import neuron_stats
 from trajscope.analysis.geometry import _onehot, class_counts
 from trajscope.analysis.registry import TWO_LAYER, quantity
 
@@ -37,6 +38,12 @@ def activation_counts(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out.transpose("step", "neuron", "label")
 
 
+def finite_neurons(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
+    """Whether ``w_j(t)`` is finite (``||w_j||²`` is, in float64); dims ``(step, neuron)``. A neuron of a diverged
+    run (NaN or inf weights) is in no cone: ``<x_i, w_j> > 0`` and ``<x_i, w_j> ≤ 0`` are both false for NaN."""
+    return np.isfinite(neuron_stats(ds, step).sel(stat="sq_norm", drop=True))
+
+
 @quantity(requires=TWO_LAYER)
 def cone_membership(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Cone of each neuron per step, as a code into :data:`CONES`; dims ``(step, neuron)``, int8.
@@ -44,16 +51,17 @@ def cone_membership(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     - ``S+ = {z : <x_i, z> > 0 ⇔ y_i = +1 ∀i}`` (code 0)
     - ``S- = {z : <x_i, z> > 0 ⇔ y_i = -1 ∀i}`` (code 1)
     - ``S_dead = {z : <x_i, z> ≤ 0 ∀i}`` (code 2; takes precedence when a class is empty)
-    - anything else (code 3)
+    - anything else (code 3), a neuron whose weights are not finite included (:func:`finite_neurons`)
     """
     c = activation_counts(ds, step)
     n = class_counts(ds)
     pos, neg = c.sel(label=1, drop=True), c.sel(label=-1, drop=True)
     n_pos, n_neg = int(n.sel(label=1)), int(n.sel(label=-1))
     code = xr.where(
-        (pos == 0) & (neg == 0),
-        2,
-        xr.where((pos == n_pos) & (neg == 0), 0, xr.where((pos == 0) & (neg == n_neg), 1, 3)),
+        ~finite_neurons(ds, step),
+        3,
+        xr.where((pos == 0) & (neg == 0), 2,
+                 xr.where((pos == n_pos) & (neg == 0), 0, xr.where((pos == 0) & (neg == n_neg), 1, 3))),
     ).astype(np.int8)
     code.name = "cone"
     code.attrs.update(flag_values=[0, 1, 2, 3], flag_meanings="S+ S- dead other")
@@ -88,7 +96,8 @@ def cone_agreement(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     ``1[<x_i, w_j> > 0]`` matches ``S+``: positives active, negatives not), ``(c-_j + n+ - c+_j)/n`` for
     ``v_j < 0``, 0 for ``v_j = 0``, and ``d_j = 1 - (c+_j + c-_j)/n`` (samples inactive, as in ``S_dead``);
     ``c±_j`` are the :func:`activation_counts`. It is 1 exactly when :func:`in_target_or_dead` holds, and
-    says how far from it a neuron is when no neuron ever enters a cone.
+    says how far from it a neuron is when no neuron ever enters a cone. NaN for a neuron whose weights are not
+    finite.
     """
     c = activation_counts(ds, step)
     n = class_counts(ds)
@@ -97,7 +106,7 @@ def cone_agreement(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     n_all = n_pos + n_neg
     v = select(ds, step)["v"]
     target = xr.where(v > 0, (pos + (n_neg - neg)) / n_all, xr.where(v < 0, (neg + (n_pos - pos)) / n_all, 0.0))
-    out = np.maximum(target, (n_all - pos - neg) / n_all)
+    out = np.maximum(target, (n_all - pos - neg) / n_all).where(finite_neurons(ds, step))  # (NaN: no cone)
     out.name = "cone_agreement"
     return out
 

@@ -100,10 +100,11 @@ def fused_block(W: np.ndarray, v: np.ndarray, X: np.ndarray, onehot: np.ndarray,
         counts[b] = np.rint((P > 0).astype(np.float32) @ oh).astype(np.int32)
     # ||w_j||² in float64: equal to neuron_stats_block's (einsum casts in its buffer, no float64 copy of W)
     sq = np.einsum("khd,khd->kh", W, W, dtype=np.float64)
+    finite = np.isfinite(sq)  # a neuron of a diverged state is in no cone (as cones.finite_neurons)
     with np.errstate(divide="ignore", invalid="ignore"):
         pos, neg = counts[..., 0], counts[..., 1]
-        code = np.where((pos == 0) & (neg == 0), 2,
-                        np.where((pos == n_pos) & (neg == 0), 0, np.where((pos == 0) & (neg == n_neg), 1, 3)))
+        code = np.where(~finite, 3, np.where((pos == 0) & (neg == 0), 2, np.where(
+            (pos == n_pos) & (neg == 0), 0, np.where((pos == 0) & (neg == n_neg), 1, 3))))
         ok = (code == 2) | ((v > 0) & (code == 0)) | ((v < 0) & (code == 1))
         out[:, _IX["aligned_fraction"]] = ok.mean(axis=1)
         out[:, _IX["all_aligned"]] = ok.all(axis=1)
@@ -113,11 +114,12 @@ def fused_block(W: np.ndarray, v: np.ndarray, X: np.ndarray, onehot: np.ndarray,
         agree = np.maximum(np.where(v > 0, (pos + (n_neg - neg)) / n_all,
                                     np.where(v < 0, (neg + (n_pos - pos)) / n_all, 0.0)),
                            (n_all - pos - neg) / n_all)
+        agree = np.where(finite, agree, np.nan)
         out[:, _IX["cone_agreement_mean"]] = agree.mean(axis=1)
         out[:, _IX["cone_agreement_min"]] = agree.min(axis=1)
         out[:, _IX["count_pos"]] = (v > 0).sum(axis=1)
         out[:, _IX["count_neg"]] = (v < 0).sum(axis=1)
-        frob = np.nansum(sq, axis=1)
+        frob = np.sum(sq, axis=1)  # (NaN for a diverged state, as frobenius_norm_sq)
         out[:, _IX["frobenius_norm_sq"]] = frob
         drift = (v.astype(np.float64) ** 2 - sq) - b0
         out[:, _IX["max_balance_drift"]] = _nanreduce(np.nanmax, np.abs(drift))
@@ -154,8 +156,8 @@ def _detail(out: np.ndarray, W: np.ndarray, v: np.ndarray, sq: np.ndarray, frob:
         o[:, _IX[f"band_max_{lab}"]] = _nanreduce(np.nanmax, band)
     sv = singular_values_block(W)
     spec = sv[:, 0] ** 2
-    p = sv / np.nansum(sv, axis=1, keepdims=True)
-    ent = -np.nansum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
+    p = sv / np.sum(sv, axis=1, keepdims=True)  # (a diverged state's NaN kept, as effective_rank)
+    ent = -np.sum(np.where(p > 0, p * np.log(p), np.where(np.isnan(p), np.nan, 0.0)), axis=1)
     o[:, _IX["spectral_norm_sq"]] = spec
     o[:, _IX["stable_rank"]] = frob / spec
     o[:, _IX["effective_rank"]] = np.exp(ent)

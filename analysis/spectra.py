@@ -48,7 +48,7 @@ def spectral_norm_sq(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
 @quantity(requires=TWO_LAYER)
 def frobenius_norm_sq(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``||W(t)||_F² = Σ_jk W_jk(t)²``; dims ``(step,)``."""
-    out = neuron_stats(ds, step).sel(stat="sq_norm", drop=True).sum("neuron")
+    out = neuron_stats(ds, step).sel(stat="sq_norm", drop=True).sum("neuron", skipna=False)  # (NaN: diverged)
     out.name = "frobenius_norm_sq"
     return out
 
@@ -65,12 +65,12 @@ def stable_rank(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
 def effective_rank(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Effective rank of Roy & Vetterli (2007): ``exp(-Σ_k p_k log p_k)``, ``p_k = σ_k / Σ_l σ_l``.
 
-    Terms with ``p_k = 0`` contribute 0; dims ``(step,)``.
+    Terms with ``p_k = 0`` contribute 0; NaN for a state whose weights are not finite; dims ``(step,)``.
     """
     s = singular_values(ds, step)
-    p = s / s.sum("sv")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ent = -(xr.where(p > 0, p * np.log(p), 0.0)).sum("sv")
+    p = s / s.sum("sv", skipna=False)
+    with np.errstate(divide="ignore", invalid="ignore"):  # (a diverged state, NaN singular values: NaN)
+        ent = -(xr.where(p > 0, p * np.log(p), 0.0).where(p.notnull())).sum("sv", skipna=False)
     out = np.exp(ent)
     out.name = "effective_rank"
     return out

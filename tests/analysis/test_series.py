@@ -143,3 +143,34 @@ def test_a_step_range_with_no_recorded_state_is_one_clear_error(small_run, quant
     with pytest.raises(UserError, match="no recorded state in steps 3:7: it falls between the recorded steps 0 and "
                                         "10; widen it"):
         select(sparse, slice(3, 7))
+
+
+def test_a_diverged_state_is_in_no_cone_and_has_no_norms(small_run):
+    """Found by a review: NaN weights (a diverged run) counted as "dead", so every neuron was "aligned" and t1
+    was reached at the first NaN state; ``||W||_F²`` read 0 and the effective rank 1 there. A neuron whose
+    weights are not finite is in no cone (``<x, w> > 0`` and ``<x, w> ≤ 0`` are both false for NaN), and the
+    norms of such a state are NaN, in the per-quantity functions and the fused step series alike."""
+    from trajscope.analysis.cones import aligned_fraction, cone_fractions
+    from trajscope.analysis.spectra import effective_rank, frobenius_norm_sq
+
+    ds = small_run.isel(step=slice(0, 40)).load()
+    W = ds["W"].values.copy()
+    W[30:] = np.nan  # diverged from the 31st state on
+    W[20:30, 0] = np.inf  # one neuron first, then all
+    ds = ds.assign(W=(ds["W"].dims, W)).chunk({"step": 16})
+    steps = ds["step"].values
+    fractions = cone_fractions(ds).compute()
+    np.testing.assert_array_equal(fractions.values[30:], np.tile([0.0, 0.0, 0.0, 1.0], (10, 1)))
+    assert (fractions.sel(cone="other").values[20:30] >= 1 / ds.sizes["neuron"]).all()
+    assert (aligned_fraction(ds).values[30:] == 0).all()
+    frob = frobenius_norm_sq(ds).values  # (inf while one neuron is, NaN once all are)
+    assert (frob[20:30] == np.inf).all() and np.isnan(frob[30:]).all() and np.isfinite(frob[:20]).all()
+    assert np.isnan(effective_rank(ds).values[30:]).all() and np.isfinite(effective_rank(ds).values[:20]).all()
+    fused = step_series(ds).compute()
+    np.testing.assert_array_equal(fused["aligned_fraction"].values, aligned_fraction(ds).values)
+    np.testing.assert_array_equal(fused["frac_other"].values, fractions.sel(cone="other").values)
+    np.testing.assert_array_equal(fused["frobenius_norm_sq"].values, frobenius_norm_sq(ds).values)
+    np.testing.assert_array_equal(fused["effective_rank"].values[30:], effective_rank(ds).values[30:])
+    assert np.isnan(fused["cone_agreement_mean"].values[20:]).all()
+    t1_step = float(summary(ds)["t1_step"])
+    assert np.isnan(t1_step) or t1_step < steps[20], t1_step  # never reached by the diverged states

@@ -11,6 +11,7 @@ import numpy as np
 import xarray as xr
 
 from trajscope.store.dataset_attrs import run_attr
+from trajscope.store.errors import UserError
 
 StepSel = slice | None
 
@@ -35,13 +36,9 @@ def select(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
         out = out.sel(step=slice(step.start, step.stop))
         steps = ds["step"].values
         if out.sizes.get("step", 0) == 0 and steps.size:  # (what a quantity would fail on, or answer empty)
-            from trajscope.store.errors import UserError
-
             raise UserError(no_state_message(step, steps))
     if step.step is not None:
         if int(step.step) < 1:
-            from trajscope.store.errors import UserError
-
             raise UserError(f"step stride must be a positive integer, got {step.step}")
         out = out.isel(step=slice(None, None, int(step.step)))
     return out
@@ -63,8 +60,6 @@ def fraction(name: str, value: float) -> float:
     """``value`` when it is a fraction strictly between 0 and 1 (a parameter such as ``drop``);
     :class:`~trajscope.store.errors.UserError` naming ``name`` otherwise (NaN included)."""
     if not 0.0 < value < 1.0:
-        from trajscope.store.errors import UserError
-
         raise UserError(f"{name}={value!r}: a fraction strictly between 0 and 1")
     return value
 
@@ -72,8 +67,6 @@ def fraction(name: str, value: float) -> float:
 def positive_count(name: str, value: int) -> int:
     """``value`` when it is a whole number >= 1 (a parameter such as ``top``); :class:`UserError` otherwise."""
     if value < 1:
-        from trajscope.store.errors import UserError
-
         raise UserError(f"{name}={value!r}: a whole number of at least 1")
     return value
 

@@ -9,6 +9,7 @@ import xarray as xr
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from trajscope.analysis._common import select
 from trajscope.api import registry, selectors
 from trajscope.api.deps import Run, RunDep, State
 from trajscope.api.models import AnalysisResult, ErrorBody, Listing
@@ -43,14 +44,12 @@ def call(run: Run, fn: Callable, what: str, step: slice | None, kwargs: dict[str
     server compute what it would not send."""
     ds = run.dataset()
     if step is not None:
-        steps = ds["step"].values
-        if steps.size == 0:
+        if ds.sizes.get("step", 0) == 0:
             raise UserError(f"run {run.run_id!r} has no committed states yet")
-        lo, hi = step.start, step.stop
-        if (lo is not None and lo > steps[-1]) or (hi is not None and hi < steps[0]) or (
-                lo is not None and hi is not None and hi < lo):
-            raise UserError(f"step={lo if lo is not None else ''}:{hi if hi is not None else ''} selects no "
-                            f"recorded state: recorded steps run from {steps[0]} to {steps[-1]}")
+        try:
+            select(ds, slice(step.start, step.stop))  # a range with no recorded state: the analysis's own words
+        except UserError as err:
+            raise UserError(f"step: {err}") from None  # (naming the parameter)
     if ds.sizes.get("step", 0) == 0:
         raise HTTPException(422, f"run {run.run_id!r} has no committed states yet: retry when it has")
     try:

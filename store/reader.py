@@ -49,10 +49,10 @@ class SnapshotStore(WrapperStore):
         return value
 
 
-def check_openable(run_id: str, attrs: dict[str, Any], root: StoreRoot | None = None) -> None:
+def check_openable(root: StoreRoot, run_id: str, attrs: dict[str, Any]) -> None:
     """:class:`UserError` for a run whose creation never completed (nothing in it can be read yet), and
-    :class:`NotARun` for someone else's Zarr group under the root (given ``root``)."""
-    if root is not None and root.is_foreign(run_id, attrs):
+    :class:`NotARun` for someone else's Zarr group under the root."""
+    if root.is_foreign(run_id, attrs):
         raise NotARun(root.run_url(run_id), "a Zarr group without a run's attributes", reading=True)
     if attrs.get("status") == CREATING:
         raise UserError(
@@ -90,7 +90,7 @@ def open_run(
     store_root, run_id = resolve_run(run, root)
     snap: Snapshot = snapshot(store_root, run_id)
     attrs = snap.attrs
-    check_openable(run_id, attrs, store_root)
+    check_openable(store_root, run_id, attrs)
     committed = snap.committed
     store = SnapshotStore(store_root.zarr_store(run_id, read_only=True), json.dumps(snap.document()).encode(),
                           LostChunkCheck(store_root, run_id, snap.attrs, snap.arrays))

@@ -70,7 +70,7 @@ def test_analysis_results_are_cached(client):
     ("/api/runs/nope/analysis/summary", {}, 404, ["'nope'"]),
     ("/api/runs/done/analysis/t1", {"step": "x:y"}, 400, ["step='x:y'"]),
     ("/api/runs/done/analysis/t1", {"step": "1,2,3"}, 400, ["step=1,2,3", "not a list"]),
-    ("/api/runs/done/analysis/t1", {"step": "100:200"}, 400, ["step=100:200", "0 to 39"]),
+    ("/api/runs/done/analysis/t1", {"step": "100:200"}, 400, ["step: no recorded state in steps 100:200", "0 to 39"]),
     ("/api/runs/done/analysis/t1", {"steps": "1:2"}, 400, ["'steps'", "accepts step"]),
     ("/api/runs/done/analysis/summary", {"drop": "lots"}, 400, ["drop='lots'", "float"]),
     ("/api/runs/done/plots/nope.png", {}, 404, ["'nope'", "loss"]),

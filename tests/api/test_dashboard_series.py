@@ -69,7 +69,7 @@ def test_csv_and_npy_downloads_hold_the_same_table(client):
     ("/api/runs/done/series/mu", 422, "not a per-step series"),
     ("/api/runs/done/series/loss?points=0", 422, "points"),
     ("/api/runs/done/series/loss?scale=cubic", 422, "scale"),
-    ("/api/runs/done/series/loss?step=100:200", 400, "selects no recorded state"),
+    ("/api/runs/done/series/loss?step=100:200", 400, "step: no recorded state in steps 100:200"),
     ("/api/runs/done/series/neuron_angles?neuron=9", 400, "out of range"),
     ("/api/runs/done/series/loss?bogus=1", 400, "unknown parameter"),
     ("/api/runs/nope/series/loss", 404, "no run"),

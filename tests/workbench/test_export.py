@@ -136,6 +136,27 @@ def test_a_plain_copy_without_its_all_nan_chunks_still_opens_as_a_run(tiny_root,
     assert os.path.exists(tmp_path / "e.zarr" / "W" / "c" / "0" / "0" / "0")  # export keeps every chunk
 
 
+def test_the_marker_object_warns_only_where_the_readme_says(tiny_root):
+    """The README: zarr does not know ``.all_chunks_stored``, so what lists a run's members warns about it
+    (harmless); ``open_run``, the ``trajscope`` engine and a default ``xr.open_zarr`` do not."""
+    import warnings
+
+    import zarr
+
+    path = tiny_root / "a.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        open_run("a", tiny_root).load()
+        xr.open_dataset(path, engine="trajscope").load()
+        xr.open_zarr(path).load()
+    with pytest.warns(UserWarning, match="Object at .all_chunks_stored is not recognized"):
+        dict(zarr.open_group(path, mode="r", use_consolidated=False).members())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message="Object at .all_chunks_stored")  # the README's filter
+        xr.open_zarr(path, consolidated=False).load()
+
+
 def test_selecting_steps_of_a_run_with_no_state_yet_is_a_user_error(tmp_path):
     """A library caller's select() on a run with nothing committed: a UserError, not an IndexError."""
     from trajscope.producer.two_layer import variables as two_layer_variables

@@ -9,6 +9,7 @@ from trajscope.analysis._common import StepSel, select, weights
 from trajscope.analysis._kernels import singular_values_block
 from trajscope.analysis.alignment import neuron_stats
 from trajscope.analysis.registry import TWO_LAYER, quantity
+from trajscope.store.errors import UserError
 
 
 @quantity(requires=TWO_LAYER, pointwise=True)
@@ -19,7 +20,7 @@ def singular_values(ds: xr.Dataset, step: StepSel = None, *, method: str = "gram
     absolute accuracy about ``1e-8 σ_1``); ``method="svd"`` uses batched ``numpy.linalg.svd``.
     """
     if method not in ("gram", "svd"):
-        raise ValueError("method must be 'gram' or 'svd'")
+        raise UserError(f"method must be 'gram' or 'svd', not {method!r}")
     W = weights(select(ds, step))
     r = min(W.sizes["neuron"], W.sizes["feature"])
     out = xr.apply_ufunc(

@@ -2,7 +2,7 @@
 
 Rendered with matplotlib's Agg backend under one lock, and cached per (run, committed steps, kind,
 format, parameters): a finished run's figure is drawn once. With ``check=true`` the listing reports
-the kinds that do not apply to the run, found once per run on its first state (:func:`probe`) plus
+the kinds that do not apply to the run, found once per run on its first two states (:func:`probe`) plus
 any whose drawing already failed; it never draws the run's figures.
 """
 
@@ -60,8 +60,10 @@ def render(figure: Any, fmt: str) -> bytes:
 def _identity(run: Run) -> tuple:
     """A run as a whole, whatever it has committed: what a figure needs of it does not change as it grows.
     A run still being written is another identity than the same run finished, so a figure that could not be
-    drawn from its first few states is tried again once it has ended."""
-    return (run.run_id, run.attrs.get("created"), run.attrs.get(RUN_UID), run.status == "running")
+    drawn from its first few states is tried again once it has ended, and one of a single state is another
+    identity than the same run with two (a kind drawn from differences of states needs two)."""
+    return (run.run_id, run.attrs.get("created"), run.attrs.get(RUN_UID), run.status == "running",
+            min(run.committed, 2))
 
 
 def _key(run: Run, kind: str, fmt: str, sl: slice | None, kwargs: dict[str, Any]) -> tuple:
@@ -122,16 +124,18 @@ def _close(result: Any) -> None:
 
 def probe(run: Run, kinds: dict[str, Callable]) -> dict[str, str]:
     """Kinds this run cannot show, with the reason: each figure function is called on the run's
-    *first* recorded state only and nothing is rendered, so the cost does not grow with the run; a
-    :class:`UserError` (what a figure raises when the run lacks what it needs, e.g. 2-D data) marks
-    the kind unavailable, anything else is left to the real request."""
+    *first two* recorded states only (a kind drawn from differences of states needs two) and nothing is
+    rendered, so the cost does not grow with the run; a :class:`UserError` (what a figure raises when
+    the run lacks what it needs, e.g. 2-D data, or a second state) marks the kind unavailable, anything
+    else is left to the real request."""
     ds = run.dataset()
-    first = int(ds["step"].values[0])
+    steps = ds["step"].values
+    first = slice(int(steps[0]), int(steps[min(1, steps.size - 1)]))
     out: dict[str, str] = {}
     for kind, fn in kinds.items():
         try:
             with _RENDER:  # matplotlib's state is shared
-                _close(fn(ds, step=slice(first, first)))
+                _close(fn(ds, step=first))
         except UserError as err:
             out[kind] = str(err)
         except Exception as err:  # noqa: BLE001 - one state may not be enough: the real request will tell
@@ -145,7 +149,7 @@ def list_plots(
     run: RunDep,
     state: State,
     check: Annotated[bool, Query(description="list under 'unavailable' the kinds this run cannot show, with the "
-                                 "reason (checked once per run on its first state; never draws a figure)")] = False,
+                                 "reason (checked once per run on its first two states; never draws a figure)")] = False,
 ) -> dict[str, Any]:
     kinds = registry.plot_kinds(run.dataset())
     items = {k: f"/api/runs/{run.run_id}/plots/{k}.png" for k in sorted(kinds)}

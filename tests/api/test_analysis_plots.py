@@ -160,6 +160,32 @@ def test_a_figure_a_live_run_could_not_show_yet_is_tried_again_once_it_has_ended
         assert c.get("/api/runs/young/plots/loss.png").status_code == 200
 
 
+def test_a_kind_drawn_from_two_states_is_unavailable_on_one_and_listed_again_on_two(tmp_path, write_run, serve):
+    """``direction_field`` compares consecutive states. On a run of one state it was a 422 naming a
+    ValueError, ``check=true`` listed it as available (its probe read one state of every run), and the CLI
+    printed a traceback; now a 400 saying it needs two, listed unavailable until a second state commits."""
+    root = StoreRoot(tmp_path)
+    write_run(root, "one", steps=16, chunk_steps=8, finish=None, commit_to=1)
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        body = c.get("/api/runs/one/plots", params={"check": "true"}).json()
+        assert "needs two" in body["unavailable"]["direction_field"] and "loss" in body["items"]
+        for path in ("plots/direction_field.png", "analysis/direction_field_error"):
+            r = c.get(f"/api/runs/one/{path}")
+            assert r.status_code == 400 and "needs two" in r.json()["detail"] and "this run has 1" in r.json()["detail"]
+        r = c.get("/api/runs/one/analysis/singular_values", params={"method": "qr"})
+        assert r.status_code == 400 and "'gram' or 'svd', not 'qr'" in r.json()["detail"]
+        writer = RunWriter.reopen(root, "one")
+        try:
+            writer.commit(8)
+        finally:
+            writer.lock.release()
+        again = c.get("/api/runs/one/plots", params={"check": "true"}).json()
+        assert "direction_field" in again["items"] and "direction_field" not in again["unavailable"]
+        assert c.get("/api/runs/one/plots/direction_field.png").status_code == 200
+        r = c.get("/api/runs/one/analysis/direction_field_error", params={"step": "0:0"})
+        assert r.status_code == 400 and "the step range holds 1: widen" in r.json()["detail"]
+
+
 def test_a_result_over_the_cap_is_refused_before_it_is_computed(client, monkeypatch):
     """The 413 of an analysis over the response cap comes from the lazy result's sizes: nothing is computed
     (found by a review: ``direction_field_error`` of an 18 000-state run took 1.3 GB for 5.5 s, then a 413)."""

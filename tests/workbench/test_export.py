@@ -136,6 +136,15 @@ def test_a_plain_copy_without_its_all_nan_chunks_still_opens_as_a_run(tiny_root,
     assert os.path.exists(tmp_path / "e.zarr" / "W" / "c" / "0" / "0" / "0")  # export keeps every chunk
 
 
+def test_plot_of_a_kind_needing_two_states_on_one_is_one_line(run_cli, tiny_root, tmp_path):
+    """It was a ValueError traceback (found by a read-through)."""
+    proc = run_cli("plot", "a", "direction_field", "--step", "0:0", "-o", str(tmp_path / "d.png"), "--root",
+                   str(tiny_root))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "needs two; the step range holds 1: widen the step range" in proc.stderr
+    assert not (tmp_path / "d.png").exists()
+
+
 def test_the_marker_object_warns_only_where_the_readme_says(tiny_root):
     """The README: zarr does not know ``.all_chunks_stored``, so what lists a run's members warns about it
     (harmless); ``open_run``, the ``trajscope`` engine and a default ``xr.open_zarr`` do not."""

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from trajscope.store.errors import UserError
 from trajscope.store.layout import STEP_DIM, VariableSpec
 from trajscope.store.schema import MODULE, make_schema
 
@@ -70,22 +71,76 @@ def select(named: Iterable[tuple[str, torch.Tensor]], patterns: Sequence[str] | 
     return out
 
 
+def patterns_of(option: str, value: Any) -> list[str] | None:
+    """``parameters=`` / ``buffers=`` patterns as a list (``None``: all); a bare string, which would be
+    read as its characters, is a :class:`UserError`."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not all(isinstance(p, str) for p in value):
+        raise UserError(f"{option}={value!r}: give a list of fnmatch patterns, e.g. {option}=[{str(value)!r}]")
+    return list(value)
+
+
 def tracked(module: torch.nn.Module, parameters: Sequence[str] | None, buffers: bool | Sequence[str],
             gradients: bool) -> dict[str, tuple[str, torch.Tensor]]:
-    """Name → (role, tensor) of everything recorded from ``module`` (gradients are read at record time)."""
-    params = select(module.named_parameters(), parameters)
+    """Name → (role, tensor) of everything recorded from ``module`` (gradients are read at record time).
+
+    A pattern that matches nothing is a :class:`UserError` naming what there is; so is a tensor named like
+    a coordinate of the run (:data:`RESERVED`: a parameter or buffer ``step`` at the top of the module)."""
+    params = select(module.named_parameters(), patterns_of("parameters", parameters))
     if parameters is not None and not params:
         names = ", ".join(n for n, _ in module.named_parameters()) or "none"
-        raise ValueError(f"no parameter matches {list(parameters)}: the module's parameters are {names}")
+        raise UserError(f"no parameter matches {list(parameters)}: the module's parameters are {names}")
     out: dict[str, tuple[str, torch.Tensor]] = {n: ("parameter", p) for n, p in params.items()}
     if buffers:
-        patterns = None if buffers is True else list(buffers)
-        for n, b in select(module.named_buffers(), patterns).items():
+        patterns = None if buffers is True else patterns_of("buffers", buffers)
+        found = select(module.named_buffers(), patterns)
+        if patterns is not None and not found:
+            names = ", ".join(n for n, _ in module.named_buffers()) or "none"
+            raise UserError(f"no buffer matches {patterns}: the module's buffers are {names}")
+        for n, b in found.items():
             if b.dtype in _DTYPES:
                 out[n] = ("buffer", b)
+    for name, (role, _) in out.items():
+        if name in RESERVED:
+            option = "parameters" if role == "parameter" else "buffers"
+            raise UserError(f"the module's {role} {name!r} has the name of the run's {name!r} coordinate: rename it, "
+                            f"or leave it out with {option}=[...] patterns that do not match it")
     if gradients:
         for n, p in params.items():
             out[f"{n}.grad"] = ("gradient", p)
+    return out
+
+
+def holder(module: torch.nn.Module, name: str, role: str) -> tuple[dict, str]:
+    """The table that holds tracked tensor ``name`` and its key in it: the owning submodule's
+    ``_parameters`` (a gradient's parameter too) or ``_buffers``. A tensor assigned to the module after the
+    recorder was made (``load_state_dict(..., assign=True)``, a new ``nn.Parameter``, tied weights) replaces
+    the entry there, which is how the recorder sees it."""
+    base = name[: -len(".grad")] if role == "gradient" else name
+    path, _, key = base.rpartition(".")
+    owner = module.get_submodule(path) if path else module
+    return (owner._buffers if role == "buffer" else owner._parameters), key
+
+
+def check_dims_option(dims: Any) -> dict[str, tuple[str, ...]]:
+    """``dims={"extra": ("sample", "class")}`` checked: each value a sequence of distinct names, none of them
+    ``step`` (the run's time dim); a bare string (read as its characters) is a :class:`UserError`."""
+    if dims is None:
+        return {}
+    if not isinstance(dims, Mapping):
+        raise UserError(f"dims={dims!r}: give a dict of extra name → dim names, e.g. dims={{'logits': ('sample', 'class')}}")
+    out = {}
+    for name, names in dims.items():
+        if isinstance(names, str) or not all(isinstance(d, str) and d for d in names):
+            raise UserError(f"dims[{name!r}]={names!r}: give a tuple of dim names, e.g. ({str(names)!r},)")
+        names = tuple(names)
+        if STEP_DIM in names:
+            raise UserError(f"dims[{name!r}] names {STEP_DIM!r}, the run's time dim, which every variable has first: "
+                            f"name only the tensor's own axes")
+        if len(set(names)) != len(names):
+            raise UserError(f"dims[{name!r}]={names!r} names a dim twice: give each axis its own name")
+        out[name] = names
     return out
 
 
@@ -99,14 +154,18 @@ def variables(tracked_tensors: Mapping[str, tuple[str, torch.Tensor]], extras: M
         specs[name] = VariableSpec(name, (STEP_DIM, *axis_dims(base, tensor.ndim)), stored_dtype(tensor.dtype)[0], role)
     for name, value in extras.items():
         if name in specs or name in RESERVED:
-            raise ValueError(f"record({name}=...) clashes with a recorded variable: rename the extra")
+            raise UserError(f"record({name}=...) clashes with a recorded variable: rename the extra")
         if value.ndim == 0:
             specs[name] = VariableSpec(name, (STEP_DIM,), "float64", "scalar")
             continue
         dims = tuple(extra_dims.get(name) or axis_dims(name, value.ndim))
         if len(dims) != value.ndim:
-            raise ValueError(f"dims for {name!r} name {len(dims)} axes; the tensor has {value.ndim}")
+            raise UserError(f"dims for {name!r} name {len(dims)} axes; the tensor has {value.ndim}")
         specs[name] = VariableSpec(name, (STEP_DIM, *dims), stored_dtype(value.dtype)[0], "tensor")
+    dim_names = {d for spec in specs.values() for d in spec.dims[1:]}
+    clash = sorted(dim_names & set(specs))
+    if clash:  # xarray would read the variable as that dim's coordinate
+        raise UserError(f"{clash[0]!r} is both a variable and a dim of the run: rename the extra or the dim (dims=...)")
     return specs
 
 

@@ -32,10 +32,11 @@ from trajscope.producer import module as adapter
 from trajscope.producer.recorder import Recorder, recording_waits, unstored_end, write_io
 from trajscope.producer.segments import record_segment
 from trajscope.store import RunWriter, StoreRoot
+from trajscope.store.writer import is_half_created
 from trajscope.store.chunkio import WRITE_IO_MODES
 from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.errors import RunFailed, UserError, is_storage_error
-from trajscope.store.layout import validate_run_id
+from trajscope.store.layout import COMPRESSORS, validate_run_id
 from trajscope.store.schema import MODULE, read_schema
 
 #: first capacity, in time chunks, when the caller gives no ``expected_steps``
@@ -53,7 +54,8 @@ class ModuleRecorder:
         Store root (directory or fsspec URL; default ``$TRAJSCOPE_ROOT`` or ``./runs``) and run id
         (default ``<ClassName>-<time>``).
     every
-        Record one ``record()`` call in ``every`` (the first call, step 0, always). Default: every step.
+        Record one ``record()`` call in ``every`` (the first call, step 0, always). Default: every step, or
+        on ``resume`` the run's own (another one given there is refused: the run would mix strides).
     parameters
         ``fnmatch`` patterns of parameter names to record (e.g. ``["fc*.weight"]``); default all.
     buffers
@@ -88,7 +90,7 @@ class ModuleRecorder:
         root: str | os.PathLike | StoreRoot | None = None,
         name: str | None = None,
         *,
-        every: int = 1,
+        every: int | None = None,
         parameters: Sequence[str] | None = None,
         buffers: bool | Sequence[str] = False,
         gradients: bool = False,
@@ -103,13 +105,19 @@ class ModuleRecorder:
     ):
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"ModuleRecorder records a torch.nn.Module, not {type(module).__name__}")
-        if int(every) < 1:
-            raise UserError(f"every={every}: record every N-th call, N a positive integer")
+        _count("every", every, minimum=1, what="record every N-th call")
+        _count("expected_steps", expected_steps, minimum=0, what="a hint for the number of steps")
+        _count("queue_chunks", queue_chunks, minimum=2, what="the number of chunk buffers")
+        if chunk_mib is not None and (isinstance(chunk_mib, bool) or not isinstance(chunk_mib, (int, float))
+                                      or not 0 < chunk_mib <= 65536):
+            raise UserError(f"chunk_mib={chunk_mib!r}: give the size of a chunk in MiB, a number above 0 (default 8)")
+        if compressor not in COMPRESSORS:
+            raise UserError(f"compressor={compressor!r}: use one of {', '.join(COMPRESSORS)}")
         self.module = module
         self.root = root if isinstance(root, StoreRoot) else StoreRoot(root)
         self.run_id = validate_run_id(name or f"{type(module).__name__}-{time.strftime('%Y%m%d-%H%M%S')}")
-        self.every = int(every)
-        self.dims = dict(dims or {})
+        self.every = 1 if every is None else int(every)
+        self.dims = adapter.check_dims_option(dims)
         self.expected_steps = expected_steps
         self.user_attrs = dict(attrs or {})
         self.compressor = compressor
@@ -119,6 +127,9 @@ class ModuleRecorder:
             raise UserError(f"io={io!r}: use one of auto, {', '.join(WRITE_IO_MODES)}")
         self.io = io
         self.tracked = adapter.tracked(module, parameters, buffers, gradients)
+        #: where each tracked tensor lives in the module, and its dtype: a tensor assigned there later is followed
+        self._holders = {n: adapter.holder(module, n, role) for n, (role, _) in self.tracked.items()}
+        self._tracked_dtypes = {n: t.dtype for n, (_, t) in self.tracked.items()}
         self.options = {"every": self.every, "parameters": None if parameters is None else list(parameters),
                         "buffers": buffers if isinstance(buffers, bool) else list(buffers), "gradients": gradients}
         first = next(iter(self.tracked.values()), (None, torch.empty(0)))[1]
@@ -133,9 +144,18 @@ class ModuleRecorder:
         self._closed = False
         self._recording_started: float | None = None  # the first record() call
         self.status: str | None = None
-        if resume and self.root.exists(self.run_id):
-            self._reopen()
-        elif self.root.exists(self.run_id):
+        if resume and self._existing():
+            self._reopen(every)
+        else:
+            self._refuse_existing()
+
+    def _existing(self) -> bool:
+        """Whether the run exists as more than a half-created run (one its creator left ``creating``: creating
+        the run again replaces it)."""
+        return self.root.exists(self.run_id) and not is_half_created(self.root, self.run_id)
+
+    def _refuse_existing(self) -> None:
+        if self._existing():
             raise UserError(f"run {self.run_id!r} already exists under {self.root.location}: choose another name, "
                             "or continue it with ModuleRecorder(..., resume=True)")
 
@@ -198,7 +218,29 @@ class ModuleRecorder:
                             f"an extra passed to record(): the names are "
                             f"{', '.join(list(self.tracked) + list(self._extras_seen))}")
 
+    def _current(self) -> None:
+        """Follow a tracked tensor the module now holds in its place (``load_state_dict(..., assign=True)``, a
+        new ``nn.Parameter``, tied weights): recording the one found at construction would store stale values.
+        One that is gone, or has another shape or dtype (``model.double()``), is a :class:`UserError`: the run's
+        arrays are fixed."""
+        for name, (role, tensor) in self.tracked.items():
+            table, key = self._holders[name]
+            now = table.get(key)
+            if now is tensor and tensor.dtype == self._tracked_dtypes[name]:
+                continue
+            kind = "buffer" if role == "buffer" else "parameter"
+            base = name[: -len(".grad")] if role == "gradient" else name
+            if now is None:
+                raise UserError(f"{kind} {base!r} is no longer in the module: the run records it at every step; keep "
+                                f"it, or record without it (parameters=/buffers= patterns)")
+            if now.shape != tensor.shape or now.dtype != self._tracked_dtypes[name]:
+                raise UserError(f"{kind} {base!r} is now {now.dtype} of shape {tuple(now.shape)}; the run records "
+                                f"{self._tracked_dtypes[name]} of shape {tuple(tensor.shape)}: cast or replace tensors "
+                                "before creating the ModuleRecorder")
+            self.tracked[name] = (role, now)
+
     def _state(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self._current()
         state = {}
         for name, (role, tensor) in self.tracked.items():
             state[name] = tensor.grad if role == "gradient" else tensor
@@ -214,12 +256,20 @@ class ModuleRecorder:
             if name == "step":
                 continue
             value = state.get(name)
-            values[name] = adapter.fill_for(self._buffer_dtypes[name]) if value is None else value
+            if value is None:
+                values[name] = adapter.fill_for(self._buffer_dtypes[name])
+                continue
+            if value.dtype != self._buffer_dtypes[name] and spec.role in ("tensor", "scalar") and \
+                    torch.promote_types(value.dtype, self._buffer_dtypes[name]) != self._buffer_dtypes[name]:
+                raise UserError(f"record({name}=...): a {value.dtype} value; the run stores {spec.dtype}, fixed by the "
+                                f"first two record() calls: pass {name} as {spec.dtype} throughout")
+            values[name] = value
         self.recorder.record(**values)
 
     # -- creation / resumption ----------------------------------------------------------------------
     def _start(self) -> None:
         """Create the run (variables: tracked tensors + the extras seen so far) and replay pending states."""
+        self._refuse_existing()  # (another recorder, or script, made it since this one was created)
         state0 = {n: (t.grad if role == "gradient" and t.grad is not None else t)
                   for n, (role, t) in self.tracked.items()}
         specs = adapter.variables({n: (r, state0[n]) for n, (r, _) in self.tracked.items()}, self._extras_seen,
@@ -273,21 +323,37 @@ class ModuleRecorder:
             self.writer.lock.release()
             raise
 
-    def _reopen(self) -> None:
+    def _reopen(self, every: int | None) -> None:
         writer = RunWriter.reopen(self.root, self.run_id)
         try:
             schema = read_schema(writer.attrs)
             if schema.get("kind") != MODULE:
                 raise UserError(f"run {self.run_id!r} is a {schema.get('kind')} run, not a module run: "
                                 "resume it with `trajscope resume`")
+            options = writer.attrs.get("recording") or {}
+            stored_every = int(options.get("every", 1))
+            if every is not None and int(every) != stored_every:
+                raise UserError(f"every={every}: run {self.run_id!r} records every {stored_every}-th call; resume it "
+                                f"with every={stored_every} (or leave every out)")
+            self.every = self.options["every"] = stored_every
             stored = {n: v for n, v in schema["variables"].items()}
+            same = ("resume with the same model and the same recording options (the run's: "
+                    + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")")
             for name, (_, tensor) in self.tracked.items():
                 if name not in stored:
-                    raise UserError(f"run {self.run_id!r} has no variable {name!r}: resume with the same model "
-                                    "and the same recording options")
+                    raise UserError(f"run {self.run_id!r} has no variable {name!r}: {same}")
+            untracked = sorted(n for n, v in stored.items()
+                               if v.get("role") in ("parameter", "buffer", "gradient") and n not in self.tracked)
+            if untracked:
+                raise UserError(f"run {self.run_id!r} records {untracked[0]!r}, which this recorder does not: {same}")
+            for name, (_, tensor) in self.tracked.items():
                 shape = tuple(writer.arrays[name].shape[1:])
                 if shape != tuple(tensor.shape):
                     raise UserError(f"{name}: the run stores shape {shape}, the module has {tuple(tensor.shape)}")
+                dtype = adapter.stored_dtype(tensor.dtype)[0]
+                if dtype != stored[name].get("dtype", dtype):
+                    raise UserError(f"{name}: the run stores {stored[name]['dtype']}, the module has {tensor.dtype}: "
+                                    "cast the model as it was recorded")
             committed = writer.committed_steps
             record_segment(writer, str(self.device))
             chunk_start = (committed // writer.chunk_steps) * writer.chunk_steps
@@ -321,6 +387,7 @@ class ModuleRecorder:
         if self.writer.committed_steps == 0:
             return out
         k = self.writer.committed_steps - 1
+        self._current()
         for name, (role, tensor) in self.tracked.items():
             if role == "gradient":
                 continue
@@ -394,6 +461,15 @@ class ModuleRecorder:
         if writer_failed and asked == "complete":  # (a loop that raised gets its own error from __exit__)
             raise RunFailed(f"run {self.run_id!r} failed: {error} ({committed} states committed)")
         return self.location
+
+
+def _count(option: str, value: Any, *, minimum: int, what: str) -> None:
+    """An integer option (``None``: its default) of at least ``minimum``; anything else is a :class:`UserError`
+    (``every=2.5`` was taken as 2)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise UserError(f"{option}={value!r}: {what}, an integer of at least {minimum}")
 
 
 def _extra_tensor(name: str, value: Any) -> torch.Tensor:

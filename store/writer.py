@@ -121,6 +121,7 @@ class RunWriter:
             json.dumps(dict(attrs), allow_nan=False)
         except (TypeError, ValueError) as err:
             raise UserError(f"run {run_id!r}: its attributes cannot be stored as JSON ({err}); nothing was created") from None
+        serializer, compressors = codecs_for(compressor)  # (an unknown one is refused before anything is made)
         _refuse_existing(root, run_id)
         lock = WriterLock(root, run_id).acquire()
         try:
@@ -133,7 +134,6 @@ class RunWriter:
             root.write_attrs(run_id, {"format_version": FORMAT_VERSION, "run_id": run_id, RUN_UID: uid,
                                       "status": CREATING, "created": _now(), "updated": _now(), COMMITTED: 0,
                                       "writer": lock.lease()})
-            serializer, compressors = codecs_for(compressor)
             timed = [spec for spec in variables.values() if spec.time_varying]
             plan = chunk_plan({s.name: tuple(sizes[d] for d in s.dims[1:]) for s in timed},
                               {s.name: s.dtype for s in timed}, capacity,
@@ -493,6 +493,15 @@ class RunWriter:
             faults.checkpoint("finish.shrunk")
         finally:
             self.lock.release()
+
+
+def is_half_created(root: StoreRoot, run_id: str) -> bool:
+    """Whether ``run_id`` is a run its creator left ``creating`` (:meth:`RunWriter.create` replaces it, once that
+    creator's lock is free)."""
+    try:
+        return root.read_attrs(run_id).get("status") == CREATING
+    except (UserError, KeyError, ValueError, OSError):  # (not there, not a run, unreadable: not half-created)
+        return False
 
 
 def _refuse_existing(root: StoreRoot, run_id: str) -> bool:

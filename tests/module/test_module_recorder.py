@@ -296,7 +296,10 @@ def test_a_resumed_run_adds_its_waits_to_the_first_part(tmp_path, monkeypatch):
     first.close("interrupted")
     before = run_attr(trajscope.open_run(tmp_path / "twice.zarr").attrs, "recording_waits")
     assert first_wait > 0 and before["store_seconds"] == pytest.approx(first_wait, abs=1e-6)
-    with trajscope.ModuleRecorder(model, root=tmp_path, name="twice", chunk_mib=0.002, resume=True) as second:
+    # two chunk buffers: the loop waits for the slow store whatever else the machine runs (with the default
+    # five, a loop slowed by other jobs sometimes never waited in these 30 steps)
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="twice", chunk_mib=0.002, resume=True,
+                                  queue_chunks=2) as second:
         second.last_state()
         train(model, x, y, 60, second, start=second.step)
         second_wait = second.store_wait_seconds

@@ -1,0 +1,199 @@
+"""ModuleRecorder against what a user's script does to its model and its options (found by a review):
+tensors replaced after the recorder was made, names that clash in the dataset, options of the wrong type,
+resuming with other options, and the README's resume snippet after a kill before the first commit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import trajscope
+from trajscope.store import StoreRoot
+from trajscope.store.errors import UserError
+
+
+def _sgd(model, x, y, rec, steps, start=1):
+    """The README's loop: a step, then ``record(loss=...)``."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(start, steps + 1):
+        loss = ((model(x) - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rec.record(loss=loss)
+
+
+def test_a_tensor_assigned_after_the_recorder_was_made_is_recorded(tmp_path):
+    """``load_state_dict(assign=True)`` and tying weights replace the module's Parameter objects: the recorder
+    recorded the ones it found at construction (stale values, identical at every step)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    x, y = torch.randn(8, 3), torch.randn(8, 3)
+    copies = []
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="assigned") as rec:
+        model.load_state_dict({k: torch.full_like(v, 0.5) for k, v in model.state_dict().items()}, assign=True)
+        model[1].weight = model[0].weight  # tied after the recorder was made
+        rec.record()
+        copies.append(model[0].weight.detach().clone())
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            loss = ((model(x) - y) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            rec.record(loss=loss)
+            copies.append(model[0].weight.detach().clone())
+    ds = trajscope.open_run(tmp_path / "assigned.zarr")
+    expected = torch.stack(copies).numpy()
+    np.testing.assert_array_equal(ds["0.weight"].values, expected)
+    np.testing.assert_array_equal(ds["1.weight"].values, expected)  # the tied weight is the first one
+    assert not np.array_equal(expected[0], expected[-1])  # it trained
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda m: setattr(m, "weight", torch.nn.Parameter(torch.zeros(3, 2))), "is now torch.float32 of shape (3, 2)"),
+    (lambda m: m.double(), "is now torch.float64 of shape (2, 3)"),
+    (lambda m: delattr(m, "bias"), "'bias' is no longer in the module"),
+])
+def test_a_tensor_the_run_cannot_hold_any_more_is_refused(tmp_path, change, words):
+    model = torch.nn.Linear(3, 2)
+    rec = trajscope.ModuleRecorder(model, root=tmp_path, name="changed")
+    rec.record()
+    rec.record()
+    change(model)
+    with pytest.raises(UserError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        rec.record()
+    rec.close()
+    ds = trajscope.open_run(tmp_path / "changed.zarr")
+    assert ds.sizes["step"] == 2 and ds["weight"].dtype == np.float32
+
+
+class _WithStep(torch.nn.Module):
+    def __init__(self, as_buffer: bool):
+        super().__init__()
+        self.fc = torch.nn.Linear(2, 2)
+        if as_buffer:
+            self.register_buffer("step", torch.tensor(100))  # e.g. an EMA's counter
+        else:
+            self.step = torch.nn.Parameter(torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("make, kwargs, words", [
+    (lambda: _WithStep(False), {}, "parameter 'step' has the name of the run's 'step' coordinate"),
+    (lambda: _WithStep(True), {"buffers": True}, "buffer 'step' has the name"),
+    (lambda: torch.nn.Linear(2, 2), {"dims": {"v": ("step",)}}, "names 'step', the run's time dim"),
+    (lambda: torch.nn.Linear(2, 2), {"dims": {"v": ("a", "a")}}, "names a dim twice"),
+    (lambda: torch.nn.Linear(2, 2), {"dims": {"v": "sc"}}, r"dims\['v'\]='sc': give a tuple of dim names"),
+    (lambda: torch.nn.Linear(2, 2), {"every": 2.5}, "every=2.5: record every N-th call, an integer"),
+    (lambda: torch.nn.Linear(2, 2), {"every": "x"}, "every='x'"),
+    (lambda: torch.nn.Linear(2, 2), {"chunk_mib": -1}, "chunk_mib=-1"),
+    (lambda: torch.nn.Linear(2, 2), {"compressor": "gzip"}, "compressor='gzip': use one of none, zstd"),
+    (lambda: torch.nn.Linear(2, 2), {"parameters": "weight"}, r"parameters='weight': give a list .*\['weight'\]"),
+    (lambda: torch.nn.BatchNorm1d(2), {"buffers": ["bn.*"]}, "no buffer matches.*running_mean"),
+])
+def test_options_and_names_that_would_clash_are_refused_before_anything_is_made(tmp_path, make, kwargs, words):
+    """The float parameter ``step`` crashed close() and left a run of no data, ``running`` for ever; the int
+    buffer was dropped silently; ``dims`` naming ``step`` wrote a run nothing opens; ``compressor`` failed at
+    the second record() and left a run ``creating``; ``every=2.5`` was 2; ``"weight"`` was its letters."""
+    with pytest.raises(UserError, match=words):
+        trajscope.ModuleRecorder(make(), root=tmp_path, name="clash", **kwargs)
+    assert not StoreRoot(tmp_path).run_ids()
+
+
+def test_an_extra_named_like_a_dim_and_a_narrowing_extra_are_refused(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(UserError, match="'weight.dim0' is both a variable and a dim"):
+        with trajscope.ModuleRecorder(model, root=tmp_path, name="dimname") as rec:
+            rec.record()
+            rec.record(**{"weight.dim0": 1.0})
+    assert not StoreRoot(tmp_path).run_ids()
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="narrow") as rec:
+        rec.record(logits=torch.zeros(3, dtype=torch.float32))
+        rec.record(logits=torch.zeros(3, dtype=torch.float16))  # widening: fine
+        with pytest.raises(UserError, match=r"record\(logits=...\): a torch.float64 value; the run stores float32"):
+            rec.record(logits=torch.zeros(3, dtype=torch.float64))
+    assert trajscope.open_run(tmp_path / "narrow.zarr").sizes["step"] == 2
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_half_created_run_is_created_again_by_a_new_recorder(tmp_path, monkeypatch, resume):
+    """A run left ``creating`` (its creator failed or died while creating it) was refused as existing, and
+    ``resume=True`` told a module's user to run ``trajscope produce``: it is created again instead."""
+    def failing(*args, **kwargs):
+        raise OSError("disk gone while creating")
+
+    root = StoreRoot(tmp_path)
+    with monkeypatch.context() as patch:  # create() stores the run `creating` first, then fails
+        patch.setattr("trajscope.store.writer.chunk_plan", failing)
+        with pytest.raises(OSError, match="disk gone"):
+            with trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=root, name="half") as rec:
+                rec.record()
+                rec.record()
+    assert root.read_attrs("half")["status"] == "creating"
+    with trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=root, name="half", resume=resume) as rec:
+        assert rec.step == 0
+        rec.record()
+        rec.record()
+    assert root.read_attrs("half")["status"] == "complete"
+    assert trajscope.open_run(tmp_path / "half.zarr").sizes["step"] == 2
+
+
+def test_resume_keeps_the_runs_every_and_refuses_other_options(tmp_path):
+    """A run of ``every=3`` resumed without ``every`` went on with every call (a mixed stride)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    x, y = torch.randn(8, 3), torch.randn(8, 2)
+    rec = trajscope.ModuleRecorder(model, root=tmp_path, name="every3", every=3, gradients=True)
+    rec.record()
+    _sgd(model, x, y, rec, 10)
+    rec.close("interrupted")
+    with pytest.raises(UserError, match="every=2: run 'every3' records every 3-th call; resume it with every=3"):
+        trajscope.ModuleRecorder(model, root=tmp_path, name="every3", every=2, resume=True)
+    with pytest.raises(UserError, match="records 'bias.grad', which this recorder does not.*gradients=True\)"):
+        trajscope.ModuleRecorder(model, root=tmp_path, name="every3", resume=True)
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="every3", resume=True, gradients=True) as again:
+        again.last_state()
+        assert again.every == 3
+        _sgd(model, x, y, again, 20, start=again.step)
+    assert trajscope.open_run(tmp_path / "every3.zarr")["step"].values.tolist() == list(range(0, 21, 3))
+
+
+_KILLED = """
+import os, torch, trajscope
+torch.manual_seed(0)
+model = torch.nn.Linear(3, 2); x, y = torch.randn(8, 3), torch.randn(8, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+rec = trajscope.ModuleRecorder(model, root={root!r}, name="early")
+rec.record()
+for step in range(1, 6):
+    loss = ((model(x) - y) ** 2).mean(); opt.zero_grad(); loss.backward(); opt.step()
+    rec.record(loss=loss)
+os._exit(9)  # killed: nothing committed (a chunk holds far more states)
+"""
+
+
+def test_the_readmes_resume_snippet_after_a_kill_before_the_first_commit(tmp_path):
+    """The README's resume snippet, run as written, after a kill before the first commit: the same run as one
+    never killed (without its ``if rec.step == 0: rec.record()`` step k held the state after k + 1 steps)."""
+    assert subprocess.run([sys.executable, "-c", _KILLED.format(root=str(tmp_path))], timeout=300).returncode == 9
+    runs = {}
+    for name, resume in (("early", True), ("whole", False)):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        x, y = torch.randn(8, 3), torch.randn(8, 2)
+        with trajscope.ModuleRecorder(model, root=tmp_path, name=name, resume=resume) as rec:
+            if resume:  # the README's snippet
+                assert rec.last_state() == {}
+                if rec.step == 0:
+                    rec.record()
+            else:  # the README's first loop
+                rec.record()
+            _sgd(model, x, y, rec, 8, start=rec.step)
+        runs[name] = trajscope.open_run(tmp_path / f"{name}.zarr")
+    for var in ("weight", "bias", "loss", "step"):
+        np.testing.assert_array_equal(runs["early"][var].values, runs["whole"][var].values)
+    assert runs["early"].sizes["step"] == 9

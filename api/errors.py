@@ -48,7 +48,7 @@ log = logging.getLogger("trajscope.api")
 
 #: statuses of UserError subclasses, by class name (a class absent from this version of the store
 #: simply never matches); any other UserError is a 400
-USER_ERROR_STATUS = {"RunNotFound": 404, "KeyNotServed": 404, "PathOutsideRoot": 404, "RunLocked": 409,
+USER_ERROR_STATUS = {"RunNotFound": 404, "KeyNotServed": 404, "PathOutsideRoot": 404, "RunLocked": 409, "RunNotReady": 409,
                      "MalformedRun": 422, "NotARun": 422}
 CORRUPT_STATUS = 503
 

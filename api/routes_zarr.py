@@ -20,6 +20,7 @@ from fastapi import APIRouter, Header, HTTPException, Request, Response
 
 from trajscope.api.deps import State, load_run
 from trajscope.api.models import ErrorBody
+from trajscope.store.errors import RunNotReady
 from trajscope.store.layout import CREATING
 from trajscope.store.served import open_chunk_file
 from trajscope.store.snapshot import KeyNotServed, parse_key, read_key
@@ -74,8 +75,7 @@ def zarr_key(
 ) -> Response:
     run = load_run(state, run_id)
     if run.attrs.get("status") == CREATING:  # its arrays and static data may not exist yet: nothing is served
-        raise HTTPException(409, f"run {run_id!r} is being created, or its producer stopped while creating it: "
-                                 "nothing of it can be read yet; `trajscope produce CONFIG --name` replaces it")
+        raise RunNotReady(run_id)
     headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"}
     fd = None
     try:

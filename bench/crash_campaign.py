@@ -177,6 +177,7 @@ def check(root: Path, ref, counts: dict, last_committed: int) -> tuple[str | Non
     """Check the run after a kill; returns its status (None: not visible) and committed steps."""
     from trajscope import open_run
     from trajscope.store import StoreRoot, UserError
+    from trajscope.store.errors import RunNotReady
     from trajscope.store.chunkio import stale_temporaries
 
     store = StoreRoot(root)
@@ -186,7 +187,7 @@ def check(root: Path, ref, counts: dict, last_committed: int) -> tuple[str | Non
     try:
         ds = open_run("r", root)
     except UserError as err:
-        if "never fully created" in str(err):
+        if isinstance(err, RunNotReady):
             counts["killed while creating (refused, replaceable)"] += 1
             return "creating", 0
         counts["unopenable runs"] += 1

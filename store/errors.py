@@ -24,6 +24,16 @@ class RunLocked(UserError):
     """Another writer holds the run."""
 
 
+class RunNotReady(UserError):
+    """A run still ``creating``: nothing of it can be read yet (HTTP 409). Its producer may be creating it right
+    now, or may have died doing so (then creating the run again replaces it)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} is being created, or its producer stopped while creating it: nothing of it "
+                         "can be read yet; open it again in a moment (if its producer is gone, `trajscope produce "
+                         f"CONFIG --name {run_id}`, or a new ModuleRecorder of that name, replaces it)")
+
+
 class RunFailed(RuntimeError):
     """A run ended ``failed`` (its writing failed, its training raised), or its end could not be stored.
 

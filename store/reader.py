@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import WrapperStore
 
 from trajscope.store.dataset_attrs import encode_attrs, run_attr
-from trajscope.store.errors import NotARun, UserError
+from trajscope.store.errors import NotARun, RunNotReady, UserError
 from trajscope.store.export import drop_chunk_encoding
 from trajscope.store.layout import COMMITTED, CREATING, STEP_DIM
 from trajscope.store.root import StoreRoot, resolve_run
@@ -44,21 +45,22 @@ class SnapshotStore(WrapperStore):
         if key == METADATA_KEY and self._document is not None and byte_range is None:
             return (prototype or default_buffer_prototype()).buffer.from_bytes(self._document)
         value = await self._store.get(key, prototype or default_buffer_prototype(), byte_range)
-        if value is None and self._lost is not None:
-            self._lost(key)
+        if self._lost is not None:
+            if value is None:
+                self._lost(key)
+            elif key != METADATA_KEY and not key.endswith("/" + METADATA_KEY):  # a chunk: of this very run?
+                self._lost.found(time.monotonic())
         return value
 
 
 def check_openable(root: StoreRoot, run_id: str, attrs: dict[str, Any]) -> None:
-    """:class:`UserError` for a run whose creation never completed (nothing in it can be read yet), and
-    :class:`NotARun` for someone else's Zarr group under the root."""
+    """:class:`~trajscope.store.errors.RunNotReady` for a run whose creation has not completed (being created, or
+    its producer died creating it: nothing in it can be read yet), and :class:`NotARun` for someone else's Zarr
+    group under the root."""
     if root.is_foreign(run_id, attrs):
         raise NotARun(root.run_url(run_id), "a Zarr group without a run's attributes", reading=True)
     if attrs.get("status") == CREATING:
-        raise UserError(
-            f"run {run_id!r} was never fully created (its producer stopped while creating it): start it again "
-            f"with `trajscope produce CONFIG --name {run_id}`, which replaces it"
-        )
+        raise RunNotReady(run_id)
 
 
 def open_run(

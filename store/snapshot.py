@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,6 +257,26 @@ class LostChunkCheck:
         self.committed = int(attrs.get(COMMITTED, 0))
         self.uid = attrs.get(RUN_UID)
         self._marker: bool | None = None
+        self._same_since = -math.inf  # when the last check that found the same run began (time.monotonic)
+        self._checking = threading.Lock()
+
+    def found(self, read_done: float) -> None:
+        """A chunk was found, its read done at ``read_done`` (``time.monotonic()``): raise
+        :class:`~trajscope.store.errors.RunNotFound` if the run was deleted, or replaced by another run of the
+        same id, since ``attrs`` were read; its chunks would be the new run's data under the old run's
+        attributes (found by a review: a lazy ``open_run`` dataset kept across ``rm`` and ``produce --name``).
+
+        A check that *began* after the read was done covers it: a run's ``run_uid`` never comes back, so the
+        old run was still there when its chunk was read. So one check (a fresh read of the run's root
+        document) covers every read done before it began: reads done together share one."""
+        if self.uid is None or self._same_since > read_done:  # (a run from before run_uid: only deletions, above)
+            return
+        with self._checking:
+            if self._same_since > read_done:
+                return
+            began = time.monotonic()
+            self._same_run()
+            self._same_since = began
 
     def __call__(self, key: str) -> None:
         lost = missing_committed_chunk(self.committed, self.arrays, key)

@@ -13,6 +13,7 @@ import pytest
 import xarray as xr
 
 from trajscope.store import RunWriter, StoreRoot, open_run, run_attr
+from trajscope.store.errors import UserError
 
 
 def remote(url: str) -> xr.Dataset:
@@ -82,6 +83,13 @@ def test_a_run_being_created_is_refused_not_served_as_fill_values(tmp_path, writ
             assert r.status_code == 409 and "being created" in r.json()["detail"], (key, r.text)
         with pytest.raises(Exception):
             remote(f"{srv.url}/zarr/half").load()
+        # every route, and open_run, say the same (found by a review: a 400 "its producer stopped ... start it
+        # again", while a producer that holds the run was creating it)
+        for path in ("", "/vars/loss", "/series/loss", "/analysis/stable_rank", "/plots/loss.png"):
+            r = httpx.get(f"{srv.url}/api/runs/half{path}")
+            assert r.status_code == 409 and "is being created, or its producer stopped" in r.json()["detail"], (path, r.text)
+    with pytest.raises(UserError, match="is being created, or its producer stopped while creating it: .*open it again"):
+        open_run("half", tmp_path)
 
 
 def test_head_and_byte_ranges(client):

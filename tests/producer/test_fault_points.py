@@ -92,7 +92,7 @@ def check_stopped_run(root, name, point, ref):
         return
     if point == "create.arrays":
         assert [r.status for r in list_runs(store) if r.run_id == name] == ["creating"]
-        with pytest.raises(UserError, match="never fully created"):
+        with pytest.raises(UserError, match="is being created, or its producer stopped while creating it"):
             open_run(name, root)
         return
     attrs = assert_committed_prefix(root, name, ref)

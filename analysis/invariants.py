@@ -10,7 +10,7 @@ from trajscope.analysis.alignment import neuron_stats
 from trajscope.analysis.registry import TWO_LAYER, quantity
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, pointwise=True)
 def balance(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``δ_j(t) = v_j(t)² - ||w_j(t)||²`` (conserved by gradient flow); dims ``(step, neuron)``."""
     sq = neuron_stats(ds, step).sel(stat="sq_norm", drop=True)
@@ -19,16 +19,21 @@ def balance(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out
 
 
-@quantity(requires=TWO_LAYER)
+def initial_balance(ds: xr.Dataset) -> xr.DataArray:
+    """``δ_j(t_0)`` at the run's first recorded state ``t_0`` (whatever the step range); dims ``(neuron,)``."""
+    return balance(ds.isel(step=slice(0, 1))).isel(step=0, drop=True)
+
+
+@quantity(requires=TWO_LAYER, pointwise=True)
 def balance_drift(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
-    """``δ_j(t) - δ_j(t_0)`` with ``t_0`` the first selected state; dims ``(step, neuron)``."""
-    b = balance(ds, step)
-    out = b - b.isel(step=0, drop=True)
+    """``δ_j(t) - δ_j(t_0)`` with ``t_0`` the run's first recorded state, whatever the step range (the drift
+    since the start, so a range's values equal the whole run's at the same steps); dims ``(step, neuron)``."""
+    out = balance(ds, step) - initial_balance(ds)
     out.name = "balance_drift"
     return out
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, pointwise=True)
 def max_balance_drift(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``max_j |δ_j(t) - δ_j(t_0)|`` per step; dims ``(step,)``."""
     out = abs(balance_drift(ds, step)).max("neuron")

@@ -20,7 +20,7 @@ import xarray as xr
 from trajscope.analysis._common import StepSel, inputs, select, weights
 from trajscope.analysis._kernels import _batches, _one_blas_thread, singular_values_block
 from trajscope.analysis.geometry import _onehot, class_counts, class_sums
-from trajscope.analysis.invariants import balance
+from trajscope.analysis.invariants import initial_balance
 from trajscope.analysis.registry import TWO_LAYER, quantity
 from trajscope.store.errors import UserError
 
@@ -60,7 +60,7 @@ def fused_block(W: np.ndarray, v: np.ndarray, X: np.ndarray, onehot: np.ndarray,
     S, s_sq
         Class sums ``x±`` ``(2, D)`` (float64) and ``||x±||²`` ``(2,)``.
     b0
-        ``δ_j(t_0) = v_j(t_0)² - ||w_j(t_0)||²`` at the first selected state ``(h,)``.
+        ``δ_j(t_0) = v_j(t_0)² - ||w_j(t_0)||²`` at the run's first recorded state ``(h,)``.
     n_pos, n_neg
         Class sizes ``n±``.
     detail
@@ -200,7 +200,7 @@ def step_series(ds: xr.Dataset, step: StepSel = None, *, detail: str = "all",
     n = class_counts(ds)
     s = class_sums(ds)
     s_sq = (s**2).sum("feature")  # as in mean_neuron_alignment
-    b0 = balance(ds, step).isel(step=0, drop=True)  # δ(t0): shares the read of W's first chunk
+    b0 = initial_balance(ds)  # δ(t_0) at the run's first state, whatever the range (so the series is pointwise)
     W = weights(sel)
     v = sel["v"]
     if W.chunks is not None and v.chunks is not None:

@@ -260,6 +260,16 @@ class LostChunkCheck:
         self._same_since = -math.inf  # when the last check that found the same run began (time.monotonic)
         self._checking = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:  # (a dask graph sent to distributed workers pickles it)
+        state = dict(self.__dict__)
+        del state["_checking"]
+        state["_same_since"] = -math.inf  # (another machine's clock: checked afresh there)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._checking = threading.Lock()
+
     def found(self, read_done: float) -> None:
         """A chunk was found, its read done at ``read_done`` (``time.monotonic()``): raise
         :class:`~trajscope.store.errors.RunNotFound` if the run was deleted, or replaced by another run of the

@@ -138,6 +138,25 @@ def test_spectra_against_numpy_svd(run, method):
         assert er[k] == pytest.approx(math.exp(-sum(pk * math.log(pk) for pk in p)), rel=1e-5)
 
 
+def test_the_drift_over_a_step_range_is_the_drift_since_the_runs_first_state(run):
+    """``balance_drift`` (and the fused ``step_series``) over a range measured from the range's first state:
+    a live series fetched piece by piece (the dashboard's and the API's pattern) restarted at 0 with each
+    piece (found by a review). Now from the run's first state, as numpy computes here."""
+    from trajscope.analysis.series import step_series
+
+    W, v, X, y = _np(run)
+    delta = v.astype(np.float64) ** 2 - np.einsum("kjd,kjd->kj", W.astype(np.float64), W.astype(np.float64))
+    want = np.abs(delta - delta[0]).max(axis=1)
+    steps = run["step"].values
+    for lo in (1, steps.size // 2, steps.size - 1):
+        part = slice(int(steps[lo]), None)
+        np.testing.assert_allclose(invariants.max_balance_drift(run, part).values, want[lo:], rtol=1e-9, atol=1e-14)
+        np.testing.assert_allclose(step_series(run, part)["max_balance_drift"].values, want[lo:], rtol=1e-9,
+                                   atol=1e-14)
+        np.testing.assert_allclose(invariants.balance_drift(run, part).values, (delta - delta[0])[lo:], rtol=1e-9,
+                                   atol=1e-14)
+
+
 def test_invariants_against_loops(run):
     W, v, X, y = _np(run)
     b = invariants.balance(run).compute().values

@@ -118,6 +118,28 @@ def test_cone_margins_by_linear_programming():
     assert "S+ is empty" in separability.cone_condition_text(m)
 
 
+def test_centred_data_rounded_to_float32_have_no_dead_margin():
+    """Centred in float64, stored as float32 (as the producer stores X), the data no longer sum to 0 and the
+    LP found a tiny S_dead margin, which the report read as "S_dead holds directions that are not orthogonal to
+    every sample" (found by a review, on Fig. 5's centred MNIST). A margin within the rounding of the stored
+    data is 0; a real one (uncentred data, all in a half-space) still counts."""
+    rng = np.random.default_rng(3)
+    basis = np.linalg.qr(rng.normal(size=(30, 10)))[0]  # a 10-D subspace of 30 dims (not along the axes)
+    X = rng.normal(size=(2000, 10)) @ basis.T
+    X -= X.mean(axis=0)
+    y = np.where(rng.random(2000) < 0.5, 1, -1)
+    exact = separability.cone_margins(run(np.zeros((1, 1, 30)), [[1.0]], X, y))
+    assert abs(float(exact["dead_margin"])) < 1e-12 and not exact.attrs["nonempty_dead"]  # float64: none
+    ds = run(np.zeros((1, 1, 30)), [[1.0]], X, y).assign(X=(("sample", "feature"), X.astype(np.float32)))
+    stored = ds["X"].values.astype(np.float64)
+    assert np.abs(stored.sum(axis=0)).max() > 1e-8  # not centred once rounded
+    m = separability.cone_margins(ds)
+    assert 0 < float(m["dead_margin"]) < m.attrs["margin_tolerance"] and not m.attrs["nonempty_dead"]
+    assert "only directions orthogonal to every sample" in separability.cone_condition_text(m)
+    shifted = ds.assign(X=ds["X"] + np.float32(0.05))  # all samples leaning one way: a real dead direction
+    assert separability.cone_margins(shifted).attrs["nonempty_dead"]
+
+
 def test_centred_data_with_negative_mu_still_have_both_cones():
     """μ > 0 is sufficient for S± ≠ ∅, not necessary: centred synthetic data with μ < 0 keep both cones."""
     from trajscope.producer.config import load_config

@@ -127,10 +127,11 @@ def plot_plane(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None
         v = state["v"].values
         norms = np.linalg.norm(W, axis=1)
         U = np.where(norms[:, None] > 0, W / np.where(norms > 0, norms, 1)[:, None], 0) * (0.9 * r)
-        col = np.where(v > 0, "navy", "darkred")
-        ax.quiver(np.zeros(len(U)), np.zeros(len(U)), U[:, 0], U[:, 1], color=col, alpha=alpha,
-                  angles="xy", scale_units="xy", scale=1, width=0.004,
-                  label=f"w_j/||w_j|| at step {int(state['step'].values)} ({when})")
+        for group, color, sign in ((v > 0, "navy", "v_j > 0"), (~(v > 0), "darkred", "v_j ≤ 0")):
+            if group.any():  # (the arrows' colour is the sign of v_j: in the legend, found by a review)
+                ax.quiver(np.zeros(int(group.sum())), np.zeros(int(group.sum())), U[group, 0], U[group, 1],
+                          color=color, alpha=alpha, angles="xy", scale_units="xy", scale=1, width=0.004,
+                          label=f"w_j/||w_j||, {sign}, at step {int(state['step'].values)} ({when})")
     ax.set_xlim(-r, r)
     ax.set_ylim(-r, r)
     ax.set_aspect("equal")

@@ -91,6 +91,7 @@ def _measured(ds: xr.Dataset, step: StepSel, drop: float) -> xr.Dataset:
         max_balance_drift=series["max_balance_drift"].max("step"),
         sign_flips_total=sign_flips(light).sum("neuron"),
         loss_envelope_final=loss_envelope(light, drop=drop).isel(last, drop=True),
+        loss_at_t2=xr.where(light["step"] == out["t2_step"], light["loss"], np.nan).max("step"),
         envelope_ratio_max=envelope_ratio_max(light, drop=drop),
         aligned_fraction_max=series["aligned_fraction"].max("step"),
         in_cone_fraction_max=(1.0 - series["frac_other"]).max("step"),

@@ -30,7 +30,7 @@ SUMMARY_FIELDS = (
     "max_balance_drift", "sign_flips_total", "last_step",
     "epsilon", "zeta1", "zeta2", "t1_scale_time", "t1_scale_step", "t2_scale_time", "t2_scale_step",
     "envelope_alpha",
-    "envelope_ratio_max", "loss_envelope_final", "frac_S_pos_at_t1", "frac_S_neg_at_t1",
+    "envelope_ratio_max", "loss_envelope_final", "loss_at_t2", "frac_S_pos_at_t1", "frac_S_neg_at_t1",
     "aligned_fraction_max", "in_cone_fraction_max", "cone_agreement_best", "cone_agreement_best_step",
     "cone_agreement_min_at_best",
 )

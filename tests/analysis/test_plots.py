@@ -87,7 +87,14 @@ def test_plane_plot(real_root):
     labels = {p.get_label() for p in ax.patches}
     assert {"cone S+", "cone S-"} <= labels
     quivers = [c for c in ax.collections if c.__class__.__name__ == "Quiver"]
-    assert len(quivers) == 2 and quivers[1].N == ds.sizes["neuron"]
+    # first and last state, each split by the sign of v_j, which the legend names (the arrows' colours)
+    v = ds["v"].values
+    last = [q for q in quivers if "(last)" in q.get_label()]
+    assert sum(q.N for q in last) == ds.sizes["neuron"] and len(quivers) <= 4
+    for q in last:
+        assert q.N == int((v[-1] > 0).sum() if "v_j > 0" in q.get_label() else (v[-1] <= 0).sum())
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("v_j > 0" in t for t in legend) and any("v_j ≤ 0" in t for t in legend)
 
 
 def test_plot_errors_and_stride(real_run, real_root):

@@ -78,3 +78,23 @@ def test_alignment_claims_with_nothing_to_judge_are_not_applicable():
     for t2, verdict in ((50.0, "holds"), (10.0, "fails")):
         rows = {r["claim"]: r for r in _claims({}, {"alignment_time": never_fell.assign(t2_step=[t2])}, {})}
         assert rows["Alignment before the loss falls (synthetic, μ > 0, every neuron)"]["verdict"] == verdict
+
+
+def test_rate_claim_needs_an_envelope_that_falls():
+    """Found by a review: α is tiny for most data, so the envelope fell by under 5 % of L(t2) in 15 of the quick
+    report's 16 runs, where a loss frozen just under L(t2) would also "hold". A run tests the rate only where its
+    envelope falls by at least INFORMATIVE_FALL; with none, the claim is not applicable, saying why."""
+    from trajscope.claims import INFORMATIVE_FALL
+
+    def row(run_id, fall):
+        return {"run_id": run_id, "status": "complete", "rate_verdict": "holds", "envelope_ratio_max": 0.999,
+                "loss_at_t2": 2.0, "loss_envelope_final": 2.0 * (1 - fall), "loss_final": 2.0 * (1 - fall) * 0.999,
+                "envelope_status": "ok", "post_t2_slope": -0.01}
+
+    flat = pd.DataFrame([row("a", 0.0001), row("b", INFORMATIVE_FALL / 2)])
+    measured, verdict = _rate_claim({}, {"alignment_time": flat})
+    assert verdict == "not applicable" and "nothing tests the rate" in measured
+    assert "by less than 5% in 2 of 2 runs" in measured and "0.01–2.5 %" in measured
+    steep = pd.concat([flat, pd.DataFrame([row("c", 0.43)])])
+    measured, verdict = _rate_claim({}, {"alignment_time": steep})
+    assert verdict == "holds" and "in 2 of 3 runs" in measured and "–43 %" in measured

@@ -94,6 +94,24 @@ def _paper_lines(path: Path) -> list[str]:
     return lines
 
 
+def _same_t1_note(exps: list[Experiment]) -> list[str]:
+    """A note when experiments of one data kind but different μ reached the same ``t1`` (the two-point study:
+    same seed and width, so ``t1`` is set by the worst-placed initial neuron, not by μ; found by a review)."""
+    by_kind: dict[str, list[Experiment]] = {}
+    for e in exps:
+        if e.ok and e.row.get("t1_status", "reached") == "reached":
+            by_kind.setdefault(e.config.data.kind, []).append(e)
+    out = []
+    for kind, group in by_kind.items():
+        mus = {round(float(e.row["mu"]), 6) for e in group}
+        if len(group) >= 2 and len(mus) >= 2 and len({e.row["t1_step"] for e in group}) == 1:
+            out += [f"**Note.** The {kind} runs ({', '.join(e.key for e in group)}) reach t1 at the same step "
+                    f"({_fmt(group[0].row['t1_step'])}) for μ from {_fmt(min(mus))} to {_fmt(max(mus))}: with the same "
+                    "seed and width, t1 is set by the worst-placed initial neuron, not by μ, so they do not test "
+                    "how the alignment time grows as μ shrinks (the `alignment_time` sweep does).", ""]
+    return out
+
+
 def _load_experiments(experiments: dict[str, Any] | None, configs: Path, quick: bool) -> list[Experiment]:
     out = []
     for key, source in (experiments or {k: configs / "paper" / f for k, f in EXPERIMENTS.items()}).items():
@@ -297,6 +315,7 @@ def _markdown(exps, tables, claims, extra, figures, *, quick, seconds, rows, roo
                      f"{_fmt(r['stable_rank_final'])} | {_fmt(r['mean_alignment_pos_final'])} | "
                      f"{_fmt(r['mean_alignment_neg_final'])} | {_fmt(r['loss_final'])} | {paper} |")
     lines += ["", "Configs: " + ", ".join(f"{e.key} = `{e.source}`" for e in exps), ""]
+    lines += _same_t1_note(exps)
     mnist = sorted({(e.config.data.split, e.config.data.per_class, e.config.data.center) for e in exps
                     if e.config.data.kind == "mnist"}, key=str)
     if mnist:

@@ -98,3 +98,20 @@ def test_rate_claim_needs_an_envelope_that_falls():
     steep = pd.concat([flat, pd.DataFrame([row("c", 0.43)])])
     measured, verdict = _rate_claim({}, {"alignment_time": steep})
     assert verdict == "holds" and "in 2 of 3 runs" in measured and "–43 %" in measured
+
+
+def test_a_note_when_runs_of_different_mu_reach_t1_together():
+    """Found by a review: the three two-point runs reach t1 at the same step for μ from 0 to 0.1 (same seed and
+    width: the worst-placed initial neuron sets t1), beside the paper's "alignment time grows as μ shrinks"."""
+    from trajscope.reproduce import _same_t1_note
+
+    def exp(key, kind, mu, t1):
+        return SimpleNamespace(key=key, ok=True, config=SimpleNamespace(data=SimpleNamespace(kind=kind)),
+                               row={"mu": mu, "t1_step": t1, "t1_status": "reached"})
+
+    same = [exp("two_point_0p1", "two_point", 0.0998, 286.0), exp("two_point_0p001", "two_point", 0.001, 286.0),
+            exp("toy_r2", "toy2d", 0.3, 40.0)]
+    (note, _) = _same_t1_note(same)
+    assert "two_point runs (two_point_0p1, two_point_0p001) reach t1 at the same step (286)" in note
+    assert "do not test how the alignment time grows" in note and "toy_r2" not in note
+    assert _same_t1_note([same[0], exp("two_point_0p001", "two_point", 0.001, 300.0)]) == []

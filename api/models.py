@@ -44,6 +44,8 @@ class RunSummary(BaseModel):
     size_bytes: int | None
     config: dict[str, Any] = Field(description="the config flattened to dotted keys (scalar leaves)")
     error: str | None = None
+    writer_gone: bool = Field(False, description="status is running but no writer holds the run (its producer was "
+                                                 "killed): nothing more will come until `trajscope resume` continues it")
     links: dict[str, str]
 
 

@@ -49,6 +49,7 @@ def summary(info: RunInfo, size: bool) -> dict[str, Any]:
         "size_bytes": info.size_bytes if size else None,
         "config": flatten(info.config),
         "error": info.error,
+        "writer_gone": info.writer_gone,
         "links": {"self": base, "analysis": f"{base}/analysis", "plots": f"{base}/plots",
                   "zarr": f"/zarr/{info.run_id}", "dashboard": f"/#/run/{info.run_id}"},
     }

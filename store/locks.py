@@ -258,6 +258,36 @@ class WriterLock:
         self.release()
 
 
+def writer_gone(root: StoreRoot, run_id: str) -> bool:
+    """True when no writer can be holding ``run_id``: the local lock file names a process of this host that no
+    longer exists (or there is no lock file), or the object store's lease has had no heartbeat for
+    :data:`LEASE_SECONDS` (or there is none). Read only, nothing locked; False whenever unsure (another host's
+    process, an unreadable lock). For listings: a run still marked ``running`` whose producer was killed."""
+    if (root.location, run_id) in _HELD:
+        return False
+    try:
+        if root.is_local:
+            folder, name = os.path.split(root.lock_path(run_id))
+            dir_fd = open_real_dir(root.location, [os.path.basename(folder)], f"the lock folder of {root.location}")
+            try:
+                fd = os.open(name, os.O_RDONLY | NOFOLLOW | CLOEXEC, dir_fd=dir_fd)
+            finally:
+                os.close(dir_fd)
+            try:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            finally:
+                os.close(fd)
+            return bool(holder) and not _holder_alive(holder)
+        path = root.fs._strip_protocol(f"{root.location}/.locks/{run_id}.lease")
+        root.fs.invalidate_cache(path)
+        holder = json.loads(root.fs.cat_file(path))
+        return time.time() - float(holder.get("heartbeat", 0)) > LEASE_SECONDS
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError, TypeError, PathOutsideRoot):
+        return False
+
+
 def _holder_alive(holder: str) -> bool:
     """False only when the lock file names a process of this host that no longer exists."""
     parts = holder.split()

@@ -17,6 +17,7 @@ from trajscope.store.dataset_attrs import encode_attrs, run_attr
 from trajscope.store.errors import NotARun, RunNotReady, UserError
 from trajscope.store.export import drop_chunk_encoding
 from trajscope.store.layout import COMMITTED, CREATING, STEP_DIM
+from trajscope.store.locks import writer_gone
 from trajscope.store.root import StoreRoot, resolve_run
 from trajscope.store.snapshot import METADATA_KEY, LostChunkCheck, Snapshot, snapshot
 
@@ -117,6 +118,8 @@ class RunInfo:
     size_bytes: int
     config: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    #: a run marked ``running`` that no writer holds (its producer was killed): ``resume`` continues it
+    writer_gone: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (JSON-ready)."""
@@ -137,6 +140,7 @@ def describe_run(run: str, root: str | os.PathLike | StoreRoot | None = None, *,
         size_bytes=store_root.size_bytes(run_id) if with_size else 0,
         config=run_attr(attrs, "config", {}),
         error=attrs.get("error"),
+        writer_gone=attrs.get("status") == "running" and writer_gone(store_root, run_id),
     )
 
 

@@ -18,8 +18,9 @@ function api(path) {
 }
 
 function statusCell(run) {
-  const td = el("td", { class: `status-${run.status}` }, run.status);
+  const td = el("td", { class: `status-${run.status}` }, run.writer_gone ? `${run.status} (writer gone)` : run.status);
   if (run.error) td.title = run.error;
+  if (run.writer_gone) td.title = `its producer was killed: \`trajscope resume ${run.run_id}\` continues it`;
   return td;
 }
 
@@ -162,12 +163,18 @@ async function poll(p) {
     // them any more, one full listing gives its final status
     let run = (await api("/api/runs?size=false&status=running")).runs.find((r) => r.run_id === p.runId);
     if (!run) run = (await api("/api/runs?size=false")).runs.find((r) => r.run_id === p.runId);
+    if (run && run.writer_gone && p.live) {  // its producer was killed: nothing more will come
+      p.live = false;
+      const status = $("#status");
+      if (status) status.replaceChildren(statusCell(run));
+    }
     if (run && (run.committed_steps !== p.committed || run.status !== p.status)) {
       const detected = performance.now();
       const first = p.committed === 0;
       const finished = run.status !== p.status;
       p.committed = run.committed_steps;
       p.status = run.status;
+      p.live = isLive(run);
       setText("#committed", `${fmt(run.committed_steps)} / ${fmt(run.capacity)}`);
       const status = $("#status");
       if (status) status.replaceChildren(statusCell(run));
@@ -186,11 +193,11 @@ async function poll(p) {
         }
       }
     }
-    if (page === p) setText("#live", p.status === "running" ? "live: following the run" : "");
+    if (page === p) setText("#live", p.live ? "live: following the run" : "");
   } catch (err) {
     if (page === p) setText("#error", err.message);
   }
-  if (page === p && p.status === "running") schedule(() => poll(p), POLL_MS);
+  if (page === p && p.live) schedule(() => poll(p), POLL_MS);
 }
 
 function summaryTable(result) {
@@ -336,12 +343,13 @@ async function showRun(runId) {
     el("table", { id: "config" }, el("tbody", {}, ...Object.entries(run.config).map(([k, v]) =>
       el("tr", {}, el("th", {}, k), el("td", {}, fmt(v))))))));
   $("#view").replaceChildren(...parts.filter(Boolean));
-  $("#live").textContent = run.status === "running" ? "live: following the run" : "";
+  p.live = isLive(run);
+  $("#live").textContent = p.live ? "live: following the run" : "";
   if (run.committed_steps > 0) {
     await reload(p);
     loadMarkers(p);
   }
-  if (run.status === "running") schedule(() => poll(p), POLL_MS);
+  if (p.live) schedule(() => poll(p), POLL_MS);
 }
 
 // ---- router -------------------------------------------------------------------------------------

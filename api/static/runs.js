@@ -105,7 +105,7 @@ async function refreshRuns(first) {
     await finalLosses();
     renderRows();
   }
-  setText("#live", data.runs.some((r) => r.status === "running") ? "live: following running runs" : "");
+  setText("#live", data.runs.some((r) => isLive(r)) ? "live: following running runs" : "");
 }
 
 async function showRuns() {
@@ -229,7 +229,7 @@ async function showCompare(ids) {
     try {
       const running = (await api("/api/runs?size=false&status=running")).runs;
       let latest = running;
-      if (runs.some((r) => r.status === "running" && !running.some((x) => x.run_id === r.run_id))) {
+      if (runs.some((r) => isLive(r) && !running.some((x) => x.run_id === r.run_id))) {
         latest = (await api("/api/runs?size=false")).runs; // one of ours ended: its final status
       }
       const moved = [];
@@ -246,12 +246,12 @@ async function showCompare(ids) {
         redraw();
         window.trajscope.appends = (window.trajscope.appends || 0) + 1;
       }
-      setText("#live", runs.some((r) => r.status === "running") ? "live: following the running runs" : "");
+      setText("#live", runs.some((r) => isLive(r)) ? "live: following the running runs" : "");
     } catch (err) {
       if (page === p) setText("#error", err.message);
     }
-    if (page === p && runs.some((r) => r.status === "running")) schedule(follow, POLL_MS);
+    if (page === p && runs.some((r) => isLive(r))) schedule(follow, POLL_MS);
   };
-  setText("#live", runs.some((r) => r.status === "running") ? "live: following the running runs" : "");
-  if (runs.some((r) => r.status === "running")) schedule(follow, POLL_MS);
+  setText("#live", runs.some((r) => isLive(r)) ? "live: following the running runs" : "");
+  if (runs.some((r) => isLive(r))) schedule(follow, POLL_MS);
 }

@@ -62,10 +62,13 @@ function bytes(n) {
   return `${i ? n.toFixed(1) : n} ${u[i]}`;
 }
 
+// a run that may still grow: marked running and held by a writer (a killed producer's run is `writer_gone`)
+const isLive = (run) => run.status === "running" && !run.writer_gone;
+
 function seconds(run) {
   // wall-clock duration: created → updated (finished runs) or → now (running runs)
   const t0 = Date.parse(run.created || "");
-  const t1 = run.status === "running" ? Date.now() : Date.parse(run.updated || "");
+  const t1 = isLive(run) ? Date.now() : Date.parse(run.updated || "");
   return Number.isFinite(t0) && Number.isFinite(t1) && t1 >= t0 ? (t1 - t0) / 1000 : null;
 }
 

@@ -318,3 +318,48 @@ def test_a_lazy_dataset_kept_across_a_delete_and_a_new_run_of_its_id_raises(tmp_
         old["W"].values
     if replaced:
         np.testing.assert_array_equal(open_run("r", root)["W"].values, whole_w(100))
+
+
+def test_a_running_run_whose_writer_is_gone_is_told_apart(tmp_path, python_env, capsys):
+    """Found by a review: a run whose producer was killed showed ``running`` for ever in ``ls``, the API and the
+    dashboard (which polled it every second). Listings now say ``writer_gone`` where no writer can hold it:
+    the process the lock file names is dead, or an object store's lease is stale or absent."""
+    from trajscope.cli import main
+    from trajscope.store import describe_run
+    from trajscope.store.locks import LEASE_SECONDS, writer_gone
+
+    root = StoreRoot(tmp_path)
+    writer = new_writer(root)
+    assert not describe_run("r", root).writer_gone  # held by this process
+    writer.lock.release()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from trajscope.store import StoreRoot, WriterLock; "
+         f"WriterLock(StoreRoot({str(tmp_path)!r}), 'r').acquire(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env=python_env,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert not describe_run("r", root).writer_gone  # another live process holds it
+    finally:
+        holder.kill()
+        holder.wait()
+    assert root.read_attrs("r")["status"] == "running" and describe_run("r", root).writer_gone
+    capsys.readouterr()
+    main(["ls", "--root", str(tmp_path), "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["writer_gone"] is True
+    main_ls = subprocess.run([sys.executable, "-c", "from trajscope.cli import main; main()", "ls", "--root",
+                              str(tmp_path)], capture_output=True, text=True, env=python_env, timeout=120)
+    assert "writer gone" in main_ls.stdout and "trajscope resume r" in main_ls.stdout.replace("\n", "")
+    RunWriter.reopen(root, "r").finish("complete")
+    assert not describe_run("r", root).writer_gone  # only a running run
+    # an object store: the lease's heartbeat
+    remote = StoreRoot("memory://gone-writer")
+    other = new_writer(remote)
+    other.lock.release()
+    assert writer_gone(remote, "r")  # no lease at all
+    lease = remote.fs._strip_protocol("memory://gone-writer/.locks/r.lease")
+    for age, gone in ((0.0, False), (LEASE_SECONDS + 5, True)):
+        remote.fs.pipe_file(lease, json.dumps({"token": "t", "host": "h", "pid": 1,
+                                               "heartbeat": time.time() - age}).encode())
+        assert writer_gone(remote, "r") is gone

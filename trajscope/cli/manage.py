@@ -48,12 +48,15 @@ def current_fields() -> frozenset[str]:
     return frozenset(flatten(RunConfig().model_dump(mode="json")))
 
 
-def catalog_row(run_id: str, attrs: dict[str, Any], size_bytes: int, columns: list[str]) -> dict[str, Any]:
-    """One run of ``trajscope ls``: status, progress, final loss, duration, tags, note, chosen config fields."""
+def catalog_row(run_id: str, attrs: dict[str, Any], size_bytes: int, columns: list[str],
+                writer_gone: bool = False) -> dict[str, Any]:
+    """One run of ``trajscope ls``: status, progress, final loss, duration, tags, note, chosen config fields;
+    ``writer_gone`` for a run marked ``running`` that no writer holds (its producer was killed)."""
     config = flatten(run_attr(attrs, "config") or {})
     return {
         "run": run_id,
         "status": attrs.get("status", "unknown"),
+        "writer_gone": writer_gone,
         "committed_steps": int(attrs.get("committed_steps", 0)),
         "capacity": int(attrs.get("capacity", 0)),
         "final_loss": attrs.get("final_loss"),
@@ -126,6 +129,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from trajscope.store import StoreRoot
+        from trajscope.store.locks import writer_gone
 
         store_root = StoreRoot(root)
         fields = [c.strip() for c in (columns or "").split(",") if c.strip()]
@@ -144,7 +148,8 @@ def register(app: typer.Typer) -> None:
                 present |= set(flatten(run_attr(attrs, "config") or {}))
             if tag and not set(tag) <= set(run_attr(attrs, "tags") or []):
                 continue
-            rows.append(catalog_row(run_id, attrs, store_root.size_bytes(run_id), fields))
+            gone = attrs.get("status") == "running" and writer_gone(store_root, run_id)
+            rows.append(catalog_row(run_id, attrs, store_root.size_bytes(run_id), fields, gone))
         # a field that some run, or today's config, has is an empty cell where a run lacks it (a run made before
         # the field existed, a run of another data kind); one that none has is a misspelling
         unknown = [f for f in fields if f not in present and f not in current_fields()]
@@ -174,7 +179,8 @@ def register(app: typer.Typer) -> None:
         for column in ["run", "status", "states", "final loss", "duration", "size", "created", "tags", *fields]:
             table.add_column(column, justify="right" if column in right or column in fields else "left")
         for r in rows:
-            table.add_row(r["run"], r["status"], f"{r['committed_steps']}/{r['capacity']}", _fmt(r["final_loss"]),
+            status = f"{r['status']} (writer gone: `trajscope resume {r['run']}`)" if r["writer_gone"] else r["status"]
+            table.add_row(r["run"], status, f"{r['committed_steps']}/{r['capacity']}", _fmt(r["final_loss"]),
                           _duration(r["seconds"]), f"{r['size_bytes'] / 2**20:.1f} MiB", r["created"] or "-",
                           _fmt(r["tags"]), *(_fmt(r[f]) for f in fields))
         console.print(table)

@@ -169,8 +169,13 @@ def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail:
         if count == 0:
             raise HTTPException(422, f"{quantity!r} has no per-step variable: use GET /api/runs/{run.run_id}/analysis/{quantity}")
         if first is None and count > MAX_COLUMNS:
+            dims = set(getattr(result, "dims", ()))
+            pick = ("pick neurons with neuron=0,3,7 or neuron=0:8" if "neuron" in dims
+                    else f"pick rows of {quantity} with row=0:8" if variable and ds[quantity].ndim >= 3
+                    else "pick rows of a matrix parameter with parameter=NAME&row=0:8" if "parameter" in kwargs
+                    else "")
             raise UserError(f"{quantity!r} has {count} series, over the limit of {MAX_COLUMNS}: keep the first "
-                            "few with first=16, or pick neurons with neuron=0,3,7 or neuron=0:8")
+                            "few with first=16" + (f", or {pick}" if pick else ""))
         return result if first is None else first_columns(result, first)
 
     result = call(run, fn, f"series {quantity!r}", step, kwargs, narrow=narrow)

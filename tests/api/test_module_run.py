@@ -88,3 +88,23 @@ def test_generic_figures_are_listed_and_drawn(api):
         assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n", r.text[:200]
     r = api.get("/api/runs/mlp/plots/param_spectrum.svg", params={"parameter": "out.weight"})
     assert r.status_code == 200 and b"out.weight" in r.content
+
+
+def test_a_matrix_over_the_series_limit_names_the_way_that_works(tmp_path, serve):
+    """Found by a review: the 400 for a module matrix of more than 64 series said "pick neurons with neuron=...",
+    which a module run refuses (it has no neuron dim); its rows are picked with row=."""
+    root = StoreRoot(tmp_path)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 5), torch.nn.Linear(5, 2))
+    record_training(model, torch.randn(10, 20), torch.randint(0, 2, (10,)), 4, root=root, name="wide", lr=0.1)
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        r = c.get("/api/runs/wide/series/0.weight")  # 5 rows of 20: 100 series
+        assert r.status_code == 400 and "over the limit of 64" in r.json()["detail"]
+        assert "row=0:8" in r.json()["detail"] and "neuron=" not in r.json()["detail"]
+        rows = c.get("/api/runs/wide/series/0.weight", params={"row": "0:2", "points": 100})
+        assert rows.status_code == 200, rows.text
+        ds = trajscope.open_run("wide", root)
+        series = rows.json()["series"]
+        assert len(series) == 40  # rows 0 and 1, 20 values each
+        got = np.asarray(next(iter(series.values())), dtype=np.float32)
+        np.testing.assert_array_equal(got, ds["0.weight"].values[:, 0, 0])

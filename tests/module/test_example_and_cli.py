@@ -31,11 +31,14 @@ def test_show_and_plot_for_a_module_run(tmp_path):
     import torch
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
+    with torch.no_grad():
+        model[1].bias.zero_()  # a parameter that starts at 0 (as a LayerNorm bias does)
     with trajscope.ModuleRecorder(model, root=tmp_path, name="seq") as rec:
         for _ in range(3):
             rec.record(loss=1.0)
             with torch.no_grad():
                 model[0].weight.mul_(2.0)
+                model[1].bias.add_(1.0)
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "trajscope", *args, "--root", str(tmp_path)],
@@ -44,6 +47,8 @@ def test_show_and_plot_for_a_module_run(tmp_path):
     shown = cli("show", "seq")
     assert shown.returncode == 0, shown.stderr
     assert "0.weight" in shown.stdout and "module run" in shown.stdout and "distance_from_init" in shown.stdout
+    bias = [line for line in shown.stdout.splitlines() if "1.bias" in line]
+    assert bias and "θ(0) = 0" in bias[0] and "nan" not in bias[0]  # (it printed nan: found by a review)
     bad = cli("plot", "seq", "alignment", "-o", str(tmp_path / "a.png"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "two_layer" in bad.stderr
     good = cli("plot", "seq", "param_norms", "-o", str(tmp_path / "n.png"))

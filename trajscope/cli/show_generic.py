@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import xarray as xr
 
 from trajscope.analysis._common import StepSel, select
@@ -28,13 +29,20 @@ def show_generic(ds: xr.Dataset, step: StepSel, run: str) -> bool:
     for i, name in enumerate(s["parameter"].values):
         shape = "×".join(str(ds.sizes[d]) for d in ds[str(name)].dims[1:]) or "scalar"
         table.add_row(str(name), shape, f"{float(s['frobenius_norm'][i]):.4g}",
-                      f"{float(s['distance_from_init'][i]):.4g}", f"{float(s['relative_change'][i]):.3g}")
+                      f"{float(s['distance_from_init'][i]):.4g}", _relative(s, i))
     console = Console()
     console.print(table)
     if "loss" in ds.data_vars and ds["loss"].dims == ("step",):  # (a number per state)
         console.print(f"loss at the last state: {float(ds['loss'][-1]):.6g}")
     console.print("analyses for this run: " + ", ".join(sorted(applicable(ds))))
     return True
+
+
+def _relative(summary: xr.Dataset, i: int) -> str:
+    """A parameter's relative change ``‖θ − θ(0)‖ / ‖θ(0)‖``; one that started at 0 (a LayerNorm or BatchNorm
+    bias) has none: said so, not ``nan`` (found by a review)."""
+    value, distance = float(summary["relative_change"][i]), float(summary["distance_from_init"][i])
+    return "— (θ(0) = 0)" if np.isnan(value) and np.isfinite(distance) else f"{value:.3g}"
 
 
 def generic_measured(ds: xr.Dataset, step: StepSel) -> dict[str, tuple[str, str]]:
@@ -47,5 +55,5 @@ def generic_measured(ds: xr.Dataset, step: StepSel) -> dict[str, tuple[str, str]
     s = parameter_summary(ds, step).compute()
     for i, name in enumerate(s["parameter"].values):
         rows[f"‖{name} − {name}(0)‖"] = (f"{float(s['distance_from_init'][i]):.4g}", "")
-        rows[f"relative change of {name}"] = (f"{float(s['relative_change'][i]):.3g}", "")
+        rows[f"relative change of {name}"] = (_relative(s, i), "")
     return rows

@@ -234,14 +234,21 @@ class RunConfig(_Strict):
         return self
 
 
+_DATA_KINDS = {"synthetic", "toy2d", "npz", "mnist", "two_point"}
+
+
 def _one_line(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and p in {"synthetic", "toy2d", "npz", "mnist", "two_point"}))
+    where = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and p in _DATA_KINDS))
+    kind = next((p for p in first["loc"] if isinstance(p, str) and p in _DATA_KINDS), None)
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "yes_no_for_a_number":
         where = f"{where}.{first['ctx']['field']}" if where else first["ctx"]["field"]
     if first["type"] == "extra_forbidden":
         message = "unknown field (check the spelling; `trajscope config` prints every field)"
+        if kind is not None:  # e.g. --set data.kind=toy2d on a config of synthetic data (found by a review)
+            message = (f"not a field of data.kind {kind} (misspelt, or a field of another kind: changing "
+                       f"data.kind, leave out the old kind's fields; `trajscope config` prints every field)")
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return f"invalid config {source}: {where or 'config'}: {message}{more}"
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -126,7 +128,7 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     if kind is None:
         raise UserError(f"cannot export to {path.name!r}: the file name must end in "
                         f"{', '.join(sorted(set(FORMATS)))}")
-    if path.exists():
+    if os.path.lexists(path):  # (a link too, dangling or not: never written through)
         raise UserError(f"{str(path)!r} exists: remove it or choose another output file")
     if not path.parent.is_dir():
         raise UserError(f"directory {str(path.parent)!r} does not exist (or is not a folder): create it or choose "
@@ -141,6 +143,24 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         chunk = int(ds.attrs.get("chunk_steps") or 0) or None
         ds = ds.chunk({"step": chunk or "auto"})  # uniform chunks, as Zarr needs
     drop_chunk_encoding(ds)
+    # written under a hidden temporary name, renamed when whole: an export stopped half-way (Ctrl-C, a corrupt
+    # chunk, a full disk) left a file that opened as the complete run full of NaNs (found by a review)
+    partial = path.parent / f".{path.stem}.partial-{uuid.uuid4().hex[:8]}{path.suffix}"
+    try:
+        _write(ds, partial, kind)
+        if os.path.lexists(path):  # made meanwhile by someone else: theirs stays
+            raise UserError(f"{str(path)!r} was created while the export was written: nothing was replaced")
+        os.rename(partial, path)
+    except BaseException:
+        if partial.is_dir() and not partial.is_symlink():
+            shutil.rmtree(partial, ignore_errors=True)
+        elif os.path.lexists(partial):
+            partial.unlink()
+        raise
+    return path
+
+
+def _write(ds: xr.Dataset, path: Path, kind: str) -> None:
     if kind == "zarr":
         # every chunk stored, an all-NaN one too, as the store's writer does (fsck then finds none missing);
         # consolidated on purpose, as a finished run is (zarr warns that v3 has no such thing in its spec)
@@ -155,7 +175,6 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         layout = {str(name): {"dims": list(var.dims), "attrs": var.attrs} for name, var in flat.variables.items()}
         np.savez(path, __layout__=np.array(json.dumps({"attrs": flat.attrs, "variables": layout,
                                                        "coords": [str(c) for c in flat.coords]})), **arrays)
-    return path
 
 
 def _zarr_store_holding(folder: Path) -> Path | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import xarray as xr
 
 from trajscope import open_run
-from trajscope.store import StoreRoot
+from trajscope.store import StoreRoot, UserError
 from trajscope.store.export import export, read_export
 
 
@@ -178,3 +180,44 @@ def test_selecting_steps_of_a_run_with_no_state_yet_is_a_user_error(tmp_path):
     writer.lock.release()  # nothing committed: a live run of no states
     with pytest.raises(UserError, match="no recorded state yet"):
         select(open_run("empty", root), step=slice(0, 5))
+
+
+@pytest.mark.parametrize("suffix", ["nc", "zarr", "npz"])
+def test_an_export_stopped_half_way_leaves_nothing(tiny_root, tmp_path, monkeypatch, suffix):
+    """Found by a review: a Ctrl-C (or a corrupt chunk) during an export left a file that opened as the complete
+    run, all NaN, and a second export was refused because it existed. Now written under a temporary name and
+    renamed when whole: a stopped export leaves nothing, and one that ends is whole."""
+    import xarray
+
+    ds = open_run("a", tiny_root)
+    calls = []
+
+    def stop_half_way(self, *args, **kwargs):
+        target = args[0] if args else kwargs.get("store") or kwargs.get("path")
+        calls.append(str(target))
+        Path(target).mkdir() if str(target).endswith(".zarr") else Path(target).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xarray.Dataset, "to_netcdf", stop_half_way)
+    monkeypatch.setattr(xarray.Dataset, "to_zarr", stop_half_way)
+    monkeypatch.setattr(np, "savez", lambda target, **kw: stop_half_way(None, target))
+    out = tmp_path / f"copy.{suffix}"
+    with pytest.raises(KeyboardInterrupt):
+        export(ds, out)
+    assert calls and ".partial-" in calls[0] and not list(tmp_path.iterdir())  # nothing left, not even hidden
+    monkeypatch.undo()
+    export(ds, out)
+    back = read_export(out) if suffix != "zarr" else open_run(out)
+    np.testing.assert_array_equal(back["W"].values, ds["W"].values)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_an_export_never_writes_through_a_link(tiny_root, tmp_path):
+    """Found by a review: a dangling link named as the output was written through, into a run's folder."""
+    import os
+
+    target = tiny_root / "a.zarr" / "newfile.nc"
+    os.symlink(target, tmp_path / "dangling.nc")
+    with pytest.raises(UserError, match="exists"):
+        export(open_run("a", tiny_root), tmp_path / "dangling.nc")
+    assert not target.exists()

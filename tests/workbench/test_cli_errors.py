@@ -228,3 +228,44 @@ def test_an_unknown_ls_column_is_refused_where_no_run_has_a_config(tmp_path):
     one_line_error(cli("ls", "--root", str(tmp_path), "--columns", "foo.bar"), "no config field 'foo.bar'")
     shown = cli("ls", "--root", str(tmp_path), "--columns", "train.lr")  # a field of today's config: a blank cell
     assert shown.returncode == 0 and "train.lr" in shown.stdout, shown.stderr
+
+
+def test_a_corrupt_chunk_is_one_line_on_every_reading_command(tiny_root, tmp_path, run_cli):
+    """Found by a review: show, plot and export of a run with a corrupt chunk printed zarr's checksum ValueError
+    as a 126-line traceback (fsck found it). One line, exit 1, naming fsck; export leaves no file."""
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_root / "a.zarr", root / "cor.zarr")
+    chunk = sorted(p for p in (root / "cor.zarr" / "W" / "c").rglob("*") if p.is_file())[0]
+    data = bytearray(chunk.read_bytes())
+    data[10] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    for args in (("show", "cor"), ("plot", "cor", "loss", "-o", str(tmp_path / "x.png")),
+                 ("export", "cor", "-o", str(tmp_path / "cor.nc"))):
+        proc = run_cli(*args, "--root", str(root))
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, (args, proc.stderr[-500:])
+        assert "failed its checksum" in lines[0] and "trajscope fsck" in lines[0]
+    assert not (tmp_path / "cor.nc").exists() and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("code, words", [(30, "read-only"), (13, "permission denied"), (28, "no space left")])
+def test_a_file_system_that_refuses_writes_is_one_line(tmp_path, run_cli, small_config, monkeypatch, code, words):
+    """Found by a review: a read-only root printed an OSError traceback from produce, resume, tag and rm (the
+    writer lock's folder is the first thing written)."""
+    import os
+
+    import yaml
+
+    from trajscope.store import locks
+
+    def refuse(root, path):
+        raise OSError(code, os.strerror(code), os.path.dirname(path))
+
+    monkeypatch.setattr(locks, "_open_lock_file", refuse)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(small_config()))
+    line = one_line_error(run_cli("produce", str(config), "--root", str(tmp_path / "ro"), "-q"),
+                          words, ".locks", "choose another --root")
+    assert "Traceback" not in line

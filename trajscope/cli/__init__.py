@@ -11,6 +11,7 @@ exit code 1; ``trajscope --help`` / ``-h`` and ``--version`` exit 0.
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Annotated, Optional
 
@@ -93,8 +94,33 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as err:
         raise SystemExit(err.exit_code) from None
     except Exception as err:
-        line = object_store_error(err)
+        from trajscope.store.integrity import is_checksum_error
+
+        if is_checksum_error(err):  # zarr's own read found it (a chunk read outside the store's checks)
+            print("trajscope: error: a stored chunk of the run failed its checksum (its data is corrupt on storage): "
+                  "`trajscope fsck RUN` names the chunks and what to do", file=sys.stderr)
+            raise SystemExit(1) from None
+        line = object_store_error(err) or _os_error(err)
         if line is None:
             raise
         print(f"trajscope: error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+#: errors of the file system the user can fix: one line saying which path, not a traceback (found by a review:
+#: a read-only root or output folder printed OSError tracebacks from produce, resume, tag, rm and export)
+_OS_ERRORS = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+              errno.EPERM: "operation not permitted", errno.ENOSPC: "no space left on the device",
+              errno.EDQUOT: "disk quota exceeded"}
+
+
+def _os_error(err: BaseException) -> str | None:
+    """One line for an ``OSError`` of :data:`_OS_ERRORS` (also as the cause of another error), else ``None``."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, OSError) and err.errno in _OS_ERRORS:
+            where = f" at {err.filename}" if err.filename else ""
+            return (f"cannot write{where}: {_OS_ERRORS[err.errno]}: choose another --root or output file, or fix the "
+                    "folder's permissions or space")
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None

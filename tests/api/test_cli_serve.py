@@ -51,11 +51,14 @@ def test_serve_binds_loopback_by_default_and_enables_delete_with_a_token(tmp_pat
         proc.wait(20)
 
 
-@pytest.mark.parametrize("content, words", [("", "shorter than 8"), (None, "cannot read the token file")])
+@pytest.mark.parametrize("content, words", [("", "shorter than 8"), (None, "cannot read the token file"),
+                                            (b"\xff\xfe\x00binary", "is not text")])  # (a traceback: a review)
 def test_serve_refuses_a_bad_token_file(tmp_path, content, words):
     token = tmp_path / "token"
-    if content is not None:
+    if isinstance(content, bytes):
+        token.write_bytes(content)
+    elif content is not None:
         token.write_text(content)
     r = subprocess.run([*CLI, "--root", str(tmp_path), "--port", str(free_port()), "--token-file", str(token)],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and words in r.stderr
+    assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -130,6 +130,17 @@ def test_sweep_on_a_dask_localcluster(tmp_path, spec_factory):
     assert sorted(StoreRoot(root).run_ids()) == sorted(r["run_id"] for r in result.rows)
 
 
+def test_a_scheduler_that_is_no_address_is_one_user_error(tmp_path, spec_factory):
+    """Found by a review: ``--scheduler garbage`` raised distributed's ValueError, then a 20-s TimeoutError from
+    the failed Client's clean-up. It is refused before any Client exists; nothing is created."""
+    pytest.importorskip("distributed")
+    from trajscope.store import UserError
+
+    with pytest.raises(UserError, match="'garbage' is not a scheduler address .* give HOST:PORT"):
+        run_sweep(spec_factory(name="bad"), root=str(tmp_path / "runs"), scheduler="garbage")
+    assert not (tmp_path / "runs").exists() or not StoreRoot(str(tmp_path / "runs")).run_ids()
+
+
 def test_a_point_whose_name_holds_someone_elses_zarr_group_keeps_it(tmp_path):
     """A sweep restarts an empty husk of its own run, but a Zarr group that is no trajscope run under the
     point's id is reported as the point's error and left as it is (it used to be deleted as a husk)."""

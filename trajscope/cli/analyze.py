@@ -89,7 +89,9 @@ def register(app: typer.Typer) -> None:
     @app.command("plot")
     def plot_cmd(
         run: str = typer.Argument(..., help="Run id under --root, or a path/URL of a run."),
-        kind: str = typer.Argument(..., help="Figure: gram, alignment, loss, mean_neurons, plane, spectra, cones, direction_field."),
+        kind: str = typer.Argument(..., help="Figure: for two-layer runs gram, alignment, loss, mean_neurons, plane, "
+                                        "spectra, cones, direction_field; for any run param_norms, param_updates, "
+                                        "param_spectrum."),
         output: Path = typer.Option(..., "-o", "--output", help="Output file: .png, .svg or .pdf."),
         root: Optional[str] = typer.Option(None, "--root", help=ROOT_HELP),
         step: Optional[str] = typer.Option(None, "--step", help=STEP_HELP),

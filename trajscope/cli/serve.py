@@ -20,6 +20,8 @@ def read_token(path: Path | None) -> str | None:
         text = path.read_text().strip()
     except OSError as err:
         raise UserError(f"cannot read the token file {str(path)!r}: {err.strerror}") from None
+    except UnicodeDecodeError:  # (a binary file: found by a review)
+        raise UserError(f"the token file {str(path)!r} is not text: put the token on its first line") from None
     token = text.splitlines()[0].strip() if text else ""
     if len(token) < 8:
         raise UserError(f"the token in {str(path)!r} is empty or shorter than 8 characters")

@@ -404,8 +404,14 @@ def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
 def _run_on_cluster(points, location, storage_options, scheduler, summarize, progress) -> dict[str, dict]:
     try:
         from distributed import Client, as_completed
+        from distributed.comm import get_address_host_port
     except ImportError:
         raise UserError("--scheduler needs dask.distributed: pip install 'trajscope[distributed]'") from None
+    try:  # not an address (no port): refused before a Client exists (a failed one's clean-up timed out, a traceback)
+        get_address_host_port(scheduler)
+    except ValueError as err:
+        raise UserError(f"--scheduler {scheduler!r} is not a scheduler address ({err}): give HOST:PORT, e.g. "
+                        "tcp://127.0.0.1:8786") from None
     try:
         client = Client(scheduler, timeout="10s", set_as_default=False)
     except (OSError, TimeoutError) as err:

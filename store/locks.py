@@ -22,7 +22,8 @@ import time
 import uuid
 from typing import Any
 
-from trajscope.store.errors import PathOutsideRoot, RunLocked
+from trajscope.store.errors import PathOutsideRoot, RunLocked, UserError
+from trajscope.store.layout import RUN_SUFFIX, validate_run_id
 from trajscope.store.nolinks import CLOEXEC, NOFOLLOW, open_real_dir
 from trajscope.store.root import StoreRoot
 
@@ -60,7 +61,7 @@ class WriterLock:
 
     def __init__(self, root: StoreRoot, run_id: str):
         self.root = root
-        self.run_id = run_id
+        self.run_id = run_id = _locked_id(root, run_id)
         self.token = uuid.uuid4().hex
         self._fd: int | None = None
         self._key = (root.location, run_id)
@@ -256,6 +257,28 @@ class WriterLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _locked_id(root: StoreRoot, run_id: str) -> str:
+    """The run whose lock guards ``run_id``: itself, or, where a local run's folder is a link to another run's
+    folder in the root, that run (found by a review: a link ``alias.zarr -> real.zarr`` let ``resume alias`` write
+    ``real`` while its producer held ``real``'s lock, and ``tag alias`` be overwritten by that producer). A
+    link to anything else is a :class:`PathOutsideRoot`: nothing is written through it."""
+    if not root.is_local:
+        return run_id
+    path = os.path.join(root.location, run_id + RUN_SUFFIX)
+    if not os.path.islink(path):
+        return run_id
+    real = os.path.realpath(path)
+    folder, name = os.path.split(real)
+    if folder == os.path.realpath(root.location) and name.endswith(RUN_SUFFIX):
+        other = name[: -len(RUN_SUFFIX)]
+        try:
+            return validate_run_id(other)
+        except UserError:
+            pass
+    raise PathOutsideRoot(f"run {run_id!r} is a link to {real}, not a run of the root {root.location}: trajscope "
+                          "writes nothing through it; remove the link yourself if it is not wanted")
 
 
 def writer_gone(root: StoreRoot, run_id: str) -> bool:

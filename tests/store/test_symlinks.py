@@ -430,3 +430,32 @@ def test_what_a_stopped_deletion_left_is_removed_by_rm_and_a_subset_copy_opens(t
     write_run(root, "full")
     open_run("full", root)[["W", "loss"]].to_zarr(root.run_url("part"), zarr_format=3, consolidated=False)
     assert set(open_run("part", root).data_vars) == {"W", "loss"}
+
+
+def test_a_run_reached_through_a_link_is_locked_as_the_run_it_links_to(tmp_path):
+    """Found by a review: the writer lock was taken on the link's id, so ``resume alias`` opened a second writer of
+    ``real`` while its producer held ``real``'s lock, and ``tag alias`` was overwritten by that producer. The lock
+    of a link inside the root is its run's; a link to anything else is written through by nothing."""
+    from trajscope.store import RunLocked, WriterLock
+    from trajscope.store.run_attrs import tag_run
+
+    root = StoreRoot(tmp_path)
+    write_run(root, "real")
+    attrs = root.read_attrs("real")
+    root.write_attrs("real", {**attrs, "status": "interrupted"})
+    os.symlink("real.zarr", tmp_path / "alias.zarr")
+    held = WriterLock(root, "real").acquire()
+    try:
+        with pytest.raises(RunLocked, match="'real'"):
+            RunWriter.reopen(root, "alias")
+        with pytest.raises(RunLocked, match="'real'"):
+            tag_run("alias", root, add=["x"])
+    finally:
+        held.release()
+    tag_run("alias", root, add=["x"])  # free: the link's edit is the run's
+    assert root.read_attrs("real")["tags"] == ["x"]
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere.zarr"
+    shutil.copytree(tmp_path / "real.zarr", outside)
+    os.symlink(outside, tmp_path / "away.zarr")
+    with pytest.raises(PathOutsideRoot, match="writes nothing through it"):
+        WriterLock(root, "away")

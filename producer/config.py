@@ -258,9 +258,12 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise UserError(f"bad --set {item!r}: use --set section.field=value, e.g. --set train.lr=0.01")
     key, _, raw = item.partition("=")
-    path = [p for p in key.strip().split(".") if p]
-    if not path:
+    path = key.strip().split(".")
+    if not key.strip():
         raise UserError(f"bad --set {item!r}: the field name is empty")
+    if not all(path):  # (train..lr was taken as train.lr: found by a review)
+        raise UserError(f"bad --set {item!r}: an empty part in the field name {key.strip()!r}: use "
+                        "section.field=value, e.g. --set train.lr=0.01")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:

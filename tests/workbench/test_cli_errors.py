@@ -277,3 +277,33 @@ def test_plot_help_names_every_figure_kind(run_cli):
 
     text = " ".join(run_cli("plot", "--help").stdout.split())
     assert [k for k in PLOT_KINDS if k not in text] == []
+
+
+def test_small_cli_readings_a_review_found(tmp_path, run_cli, small_config, tiny_root):
+    """--set with an empty part, a negative --step, rm of one id twice, a diverged run's warning, the resume hint
+    of an interrupted run, and the hint for a run whose producer died before its first commit."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(small_config()))
+    root = tmp_path / "runs"
+    one_line_error(run_cli("produce", str(config), "--root", str(root), "--set", "train..lr=1"),
+                   "an empty part in the field name 'train..lr'")
+    one_line_error(run_cli("show", "a", "--root", str(tiny_root), "--step", "-5:"), "steps count from 0")
+    diverged = run_cli("produce", str(config), "--root", str(root), "--name", "div", "-q", "--set", "train.lr=1e6")
+    assert diverged.returncode == 0 and "the run diverged (try a smaller train.lr)" in diverged.stdout
+    shutil.copytree(root / "div.zarr", root / "twice.zarr")
+    gone = run_cli("rm", "twice", "twice", "--yes", "--root", str(root))
+    assert gone.returncode == 0 and not (root / "twice.zarr").exists(), gone.stderr
+    script = ("import os, torch, trajscope\n"
+              f"rec = trajscope.ModuleRecorder(torch.nn.Linear(3, 2), root={str(root)!r}, name='dead')\n"
+              "for _ in range(5): rec.record(loss=1.0)\n"
+              "os._exit(9)\n")
+    assert subprocess.run([sys.executable, "-c", script], timeout=300).returncode == 9
+    proc = run_cli("show", "dead", "--root", str(root))
+    assert proc.returncode == 2 and "its producer stopped before the first chunk was full" in proc.stderr
+    assert "ModuleRecorder(..., resume=True)" in proc.stderr and "wait for the producer" not in proc.stderr

@@ -26,12 +26,30 @@ def parse_step(text: str | None) -> slice | None:
         raise UserError(f"--step {text!r}: a, b and s must be integers, e.g. 0:5000:10") from None
     if values[2] is not None and values[2] < 1:
         raise UserError(f"--step {text!r}: the stride s must be a positive integer")
+    if any(v is not None and v < 0 for v in values[:2]):  # (-5: read as "from step -5", i.e. everything)
+        raise UserError(f"--step {text!r}: steps count from 0 (the initial state); a negative step is none, e.g. 0:5000")
     if values[0] is not None and values[1] is not None and values[0] > values[1]:
         raise UserError(f"--step {text!r}: the first step a must not exceed the last step b, e.g. "
                         f"{values[1]}:{values[0]}")
     if len(parts) == 1:  # a single step
         return slice(values[0], values[0])
     return slice(*values)
+
+
+def no_state_yet(run: str, ds) -> UserError:
+    """A run with no committed state: wait for its producer, or, where none is left, resume it (the hint was to
+    wait even for a run whose producer was killed: found by a review)."""
+    from trajscope.store import StoreRoot, run_attr
+    from trajscope.store.locks import writer_gone
+    from trajscope.store.schema import MODULE
+
+    if ds.attrs.get("status") == "running":
+        if not writer_gone(StoreRoot(ds.attrs["root"]), ds.attrs["run_id"]):
+            return UserError(f"run {run!r} has no committed steps yet: wait for the producer to commit a chunk")
+    module = (run_attr(ds.attrs, "schema") or {}).get("kind") == MODULE
+    again = "ModuleRecorder(..., resume=True) in your script" if module else f"`trajscope resume {run}`"
+    return UserError(f"run {run!r} has no committed steps: its producer stopped before the first chunk was full; "
+                     f"{again} records it from the start")
 
 
 def _open(run: str, root: str | None, step: slice | None = None):
@@ -41,7 +59,7 @@ def _open(run: str, root: str | None, step: slice | None = None):
 
     ds = open_run(run, root=root)
     if ds.sizes.get("step", 0) == 0:
-        raise UserError(f"run {run!r} has no committed steps yet: wait for the producer to commit a chunk")
+        raise no_state_yet(run, ds)
     select(ds, step)  # a UserError naming the run's steps when the range holds no recorded state
     return ds
 

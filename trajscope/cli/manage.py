@@ -105,13 +105,13 @@ def _print_leftovers(console, run_ids: list[str], root: str | None) -> None:
 
 
 def _open_selected(run: str, root: str | None, step: str | None, variables: list[str] | None = None):
-    from trajscope.cli.analyze import parse_step
+    from trajscope.cli.analyze import no_state_yet, parse_step
     from trajscope.store import open_run
     from trajscope.store.export import select
 
     ds = open_run(run, root=root)
     if ds.sizes.get("step", 0) == 0:
-        raise UserError(f"run {run!r} has no committed steps yet: wait for the producer to commit a chunk")
+        raise no_state_yet(run, ds)
     return select(ds, parse_step(step), variables)
 
 
@@ -217,6 +217,7 @@ def register(app: typer.Typer) -> None:
 
         # every run must exist (or be what a stopped deletion left) before anything is deleted; what each was
         # when shown is checked again under its lock (a run created again under that id meanwhile stays)
+        runs = list(dict.fromkeys(runs))  # (`rm c c` deleted c, then failed on the second: found by a review)
         identities = [run_identity(run, root) for run in runs]
         described = []
         for run, identity in zip(runs, identities):
@@ -258,7 +259,7 @@ def register(app: typer.Typer) -> None:
         from trajscope.analysis._common import select
         from trajscope.analysis.registry import features
         from trajscope.analysis.summary import summary, summary_rows
-        from trajscope.cli.analyze import parse_step
+        from trajscope.cli.analyze import no_state_yet, parse_step
         from trajscope.cli.show_generic import generic_measured
         from trajscope.store import open_run
 
@@ -280,7 +281,7 @@ def register(app: typer.Typer) -> None:
             table.add_row(key, *(_fmt(c.get(key)) for c in configs))
         for ds, run in zip(datasets, runs):  # (checked before anything is printed)
             if ds.sizes.get("step", 0) == 0:
-                raise UserError(f"run {run!r} has no committed steps yet: wait for the producer to commit a chunk")
+                raise no_state_yet(run, ds)
             try:
                 select(ds, sel)  # a range with no recorded state of this run: one line naming it
             except UserError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
@@ -27,8 +28,13 @@ def _report(console: Console, result) -> None:
     line = store_wait_line(result)
     if line:
         console.print(line, highlight=False)
+    if result.final_loss is not None and not math.isfinite(result.final_loss):  # (it ended `complete`: a review)
+        console.print(f"warning: the loss is {result.final_loss} at the last state: the run diverged (try a smaller "
+                      "train.lr)", highlight=False)
     console.print(f"stored at {result.location}")
     console.print(f'open it: python -c "import trajscope; print(trajscope.open_run(\'{result.location}\'))"')
+    if result.status in ("interrupted", "failed"):  # (no hint was printed: found by a review)
+        console.print(f"continue it: trajscope resume {result.run_id}", highlight=False)
 
 
 #: a run whose loop waited for the store (and for its last writes) at least this share of its time, and at

@@ -36,6 +36,17 @@ def new_writer(root, run_id="r", capacity=50, h=3, dim=4, n=5, chunk_bytes=3 * 4
     )
 
 
+def hold_lock_in_another_process(root_path, python_env) -> subprocess.Popen:
+    """A process holding run ``r``'s writer lock under ``root_path`` (returned once it holds it)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from trajscope.store import StoreRoot, WriterLock; "
+         f"WriterLock(StoreRoot({str(root_path)!r}), 'r').acquire(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env=python_env,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def block(start, count, h=3, dim=4, n=5):
     rng = np.random.default_rng(start)
     steps = np.arange(start, start + count)
@@ -137,13 +148,8 @@ def test_one_writer_per_run(tmp_path, python_env):
     writer.commit(0)
     writer.lock.release()
     # another process holds the lock: refused with a message naming it
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from trajscope.store import StoreRoot, WriterLock; "
-         f"WriterLock(StoreRoot({str(tmp_path)!r}), 'r').acquire(); print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True, env=python_env,
-    )
+    holder = hold_lock_in_another_process(tmp_path, python_env)
     try:
-        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLocked, match=r"being written by pid \d+"):
             RunWriter.reopen(root, "r")
     finally:
@@ -332,13 +338,8 @@ def test_a_running_run_whose_writer_is_gone_is_told_apart(tmp_path, python_env, 
     writer = new_writer(root)
     assert not describe_run("r", root).writer_gone  # held by this process
     writer.lock.release()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from trajscope.store import StoreRoot, WriterLock; "
-         f"WriterLock(StoreRoot({str(tmp_path)!r}), 'r').acquire(); print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True, env=python_env,
-    )
+    holder = hold_lock_in_another_process(tmp_path, python_env)
     try:
-        assert holder.stdout.readline().strip() == "held"
         assert not describe_run("r", root).writer_gone  # another live process holds it
     finally:
         holder.kill()

@@ -162,3 +162,20 @@ def test_compare_shows_config_differences_and_measurements(run_cli, tiny_root):
         final = float(open_run(name, tiny_root)["loss"][-1])
         assert f"{final:.4g}" in measured
     assert run_cli("compare", "a", "--root", str(tiny_root)).returncode == 2
+
+
+def test_ls_leaves_out_someone_elses_zarr_group_and_says_so(run_cli, tmp_path):
+    """Found by a review: a Zarr v3 dataset a user wrote with xarray under the root was listed as a run of status
+    `unknown`."""
+    import shutil
+
+    import xarray as xr
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    xr.Dataset({"X": (("a",), np.arange(3.0))}).to_zarr(root / "theirs.zarr", zarr_format=3)
+    proc = run_cli("ls", "--root", str(root), "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout) == []
+    assert "skipped: theirs:" in proc.stderr and "is not a trajscope run" in proc.stderr
+    assert (root / "theirs.zarr" / "X").is_dir()  # left as it is
+    shutil.rmtree(root / "theirs.zarr")

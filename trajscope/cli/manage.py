@@ -144,6 +144,10 @@ def register(app: typer.Typer) -> None:
                 if not tag and store_root.has_leftovers(run_id):  # (it has no tags to match)
                     leftovers.append(run_id)
                 continue
+            if store_root.is_foreign(run_id, attrs):  # someone else's Zarr group: no run (it read `unknown`)
+                malformed.append(f"{run_id}: {store_root.run_url(run_id)} is not a trajscope run (a Zarr group "
+                                 "without a run's attributes)")
+                continue
             if fields:
                 present |= set(flatten(run_attr(attrs, "config") or {}))
             if tag and not set(tag) <= set(run_attr(attrs, "tags") or []):

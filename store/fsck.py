@@ -279,6 +279,28 @@ def _repair_creating(root: StoreRoot, run_id: str, report: FsckReport) -> FsckRe
     return report
 
 
+def _last_state(root: StoreRoot, run_id: str, committed: int) -> dict[str, Any]:
+    """``last_step`` and ``final_loss`` (a number per state) of the last committed state, as a finished run has
+    them (``ls`` showed no final loss for a run fsck had marked interrupted: found by a review); ``{}`` when
+    they cannot be read."""
+    if committed <= 0:
+        return {}
+    import zarr
+
+    out: dict[str, Any] = {}
+    try:
+        group = zarr.open_group(root.zarr_store(run_id, read_only=True), mode="r", use_consolidated=False)
+        names = set(group.array_keys())
+        if "step" in names:
+            out["last_step"] = int(group["step"][committed - 1])
+        if "loss" in names and group["loss"].ndim == 1:
+            loss = float(group["loss"][committed - 1])
+            out["final_loss"] = loss if math.isfinite(loss) else None  # (as finish stores a diverged run's)
+    except Exception:  # noqa: BLE001 - a lost or corrupt chunk: fsck reports it; nothing more is set
+        return {}
+    return out
+
+
 def _repair_unfinished(root: StoreRoot, run_id: str, attrs: dict[str, Any], committed: int, status: str,
                        unfinished: list[str], report: FsckReport) -> None:
     from trajscope.store.writer import _now, shrink_arrays, write_final_document
@@ -291,7 +313,8 @@ def _repair_unfinished(root: StoreRoot, run_id: str, attrs: dict[str, Any], comm
     try:
         attrs = root.read_attrs(run_id)  # again, under the lock
         if attrs.get("status") == "running":
-            attrs.update(status="interrupted", error=None, updated=_now(), finished=_now())
+            attrs.update(status="interrupted", error=None, updated=_now(), finished=_now(),
+                         **_last_state(root, run_id, int(attrs.get(COMMITTED, 0))))
             attrs.pop("writer", None)
         try:
             write_final_document(root, run_id, attrs)

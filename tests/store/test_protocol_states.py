@@ -147,3 +147,17 @@ def test_fsck_reports_temporary_files_a_killed_writer_left_and_repair_removes_th
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not left.exists() and not zarrs.exists() and fsck_run(root, "r").ok
     assert_values(open_run("r", root).load(), values)
+
+
+def test_repair_of_a_killed_run_stores_its_last_step_and_final_loss(tmp_path):
+    """A run whose writer died, marked ``interrupted`` by ``fsck --repair``, showed no final loss in ``ls``
+    (found by a review): the repair stores the last committed state's step and loss, as a finish does."""
+    root = StoreRoot(tmp_path)
+    writer, values = written_run(root)
+    writer.lock.release()  # (as a killed writer's lock is: free, the run still `running`)
+    assert root.read_attrs("r")["status"] == "running" and "final_loss" not in root.read_attrs("r")
+    report = fsck_run(root, "r", repair=True)
+    attrs = root.read_attrs("r")
+    assert report.ok and attrs["status"] == "interrupted", report.problems
+    assert attrs["last_step"] == int(values["step"][-1]) and attrs["final_loss"] == float(values["loss"][-1])
+    assert_values(open_run("r", root).load(), values)

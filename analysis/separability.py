@@ -33,7 +33,9 @@ rounding of the stored data if larger (:func:`margin_tolerance`)."""
 
 
 def margin_tolerance(dtype: np.dtype, n: int, dim: int) -> float:
-    """The smallest LP margin told apart from 0: ``max(MARGIN_TOL, √(n·D) · eps(dtype))``, relative to ``X_max``.
+    """The smallest ``S_dead`` LP margin told apart from 0: ``max(MARGIN_TOL, √(n·D) · eps(dtype))``, relative to
+    ``X_max`` (the ``S±`` margins, a minimum over samples rather than a sum, move by about ``√D · eps``:
+    :func:`cone_margins` uses ``n = 1`` for them).
 
     The stored ``X`` is rounded to its dtype (float32 by default). Centred data lying in a subspace (MNIST's
     always-blank pixels) leave it by about ``eps`` once rounded, and the ``S_dead`` LP (``n`` terms, ``z`` in
@@ -93,11 +95,14 @@ def cone_margins(ds: xr.Dataset) -> xr.Dataset:
     margins = {"S_pos_margin": _max_margin(pos, neg), "S_neg_margin": _max_margin(neg, pos),
                "dead_margin": _dead_margin(Xs)}
     out = xr.Dataset({k: xr.DataArray(v) for k, v in margins.items()})
-    tol = margin_tolerance(stored.dtype, *X.shape)
-    out.attrs["margin_tolerance"] = tol
+    n, dim = X.shape
+    tols = {"dead_margin": margin_tolerance(stored.dtype, n, dim)}  # a sum over the n samples
+    tols["S_pos_margin"] = tols["S_neg_margin"] = margin_tolerance(stored.dtype, 1, dim)  # a minimum over them
+    out.attrs["margin_tolerance"] = tols["dead_margin"]
+    out.attrs["margin_tolerance_S"] = tols["S_pos_margin"]
     for key, name in (("S_pos_margin", "S_pos"), ("S_neg_margin", "S_neg"), ("dead_margin", "dead")):
         out[key].attrs.update(kind="data", units="1", long_name=f"LP margin of {name} (relative to X_max)")
-        out.attrs[f"nonempty_{name}"] = bool(margins[key] > tol)
+        out.attrs[f"nonempty_{name}"] = bool(margins[key] > tols[key])
     return out
 
 

@@ -112,15 +112,27 @@ def tracked(module: torch.nn.Module, parameters: Sequence[str] | None, buffers: 
     return out
 
 
-def holder(module: torch.nn.Module, name: str, role: str) -> tuple[dict, str]:
-    """The table that holds tracked tensor ``name`` and its key in it: the owning submodule's
+def holder(name: str, role: str) -> tuple[str, str, str]:
+    """Where tracked tensor ``name`` lives: ``(submodule path, table, key)``, the table being the submodule's
     ``_parameters`` (a gradient's parameter too) or ``_buffers``. A tensor assigned to the module after the
-    recorder was made (``load_state_dict(..., assign=True)``, a new ``nn.Parameter``, tied weights) replaces
-    the entry there, which is how the recorder sees it."""
+    recorder was made (``load_state_dict(..., assign=True)``, a new ``nn.Parameter``, tied weights, a whole
+    submodule replaced) is found there, which is how the recorder sees it."""
     base = name[: -len(".grad")] if role == "gradient" else name
     path, _, key = base.rpartition(".")
-    owner = module.get_submodule(path) if path else module
-    return (owner._buffers if role == "buffer" else owner._parameters), key
+    return path, ("_buffers" if role == "buffer" else "_parameters"), key
+
+
+def held(module: torch.nn.Module, where: tuple[str, str, str], owners: dict[str, Any]) -> torch.Tensor | None:
+    """The tensor ``module`` holds at ``where`` (:func:`holder`) now, ``None`` if none; ``owners`` caches the
+    submodules looked up in one pass."""
+    path, table, key = where
+    owner = owners.get(path)
+    if owner is None:
+        try:
+            owner = owners[path] = module.get_submodule(path) if path else module
+        except AttributeError:  # (the submodule itself is gone)
+            return None
+    return getattr(owner, table).get(key)
 
 
 def check_dims_option(dims: Any) -> dict[str, tuple[str, ...]]:

@@ -128,7 +128,7 @@ class ModuleRecorder:
         self.io = io
         self.tracked = adapter.tracked(module, parameters, buffers, gradients)
         #: where each tracked tensor lives in the module, and its dtype: a tensor assigned there later is followed
-        self._holders = {n: adapter.holder(module, n, role) for n, (role, _) in self.tracked.items()}
+        self._holders = {n: adapter.holder(n, role) for n, (role, _) in self.tracked.items()}
         self._tracked_dtypes = {n: t.dtype for n, (_, t) in self.tracked.items()}
         self.options = {"every": self.every, "parameters": None if parameters is None else list(parameters),
                         "buffers": buffers if isinstance(buffers, bool) else list(buffers), "gradients": gradients}
@@ -223,9 +223,9 @@ class ModuleRecorder:
         new ``nn.Parameter``, tied weights): recording the one found at construction would store stale values.
         One that is gone, or has another shape or dtype (``model.double()``), is a :class:`UserError`: the run's
         arrays are fixed."""
+        owners: dict[str, Any] = {}
         for name, (role, tensor) in self.tracked.items():
-            table, key = self._holders[name]
-            now = table.get(key)
+            now = adapter.held(self.module, self._holders[name], owners)
             if now is tensor and tensor.dtype == self._tracked_dtypes[name]:
                 continue
             kind = "buffer" if role == "buffer" else "parameter"
@@ -377,14 +377,14 @@ class ModuleRecorder:
         from exactly the stored state; :attr:`step` is the step the next ``record()`` records.
         Optimizer state is not part of the run: restore it yourself.
 
-        A resumed run with no committed state (its script killed before the first chunk was full: a chunk
-        holds up to 1024 states) returns ``{}`` and leaves the module as it is: :attr:`step` is 0, and the loop
-        records the run from the start, as if it were new.
+        A run with no committed state (its script killed before the first chunk was full: a chunk holds up to
+        1024 states; or, with ``resume=True``, a run that did not exist yet or was left half-created) returns
+        ``{}`` and leaves the module as it is: :attr:`step` is 0, and the loop records the run from the start,
+        as if it were new (found by a review: a new run raised here, and the ``with`` block's exit then
+        created an empty ``failed`` run).
         """
-        if self.writer is None:
-            raise UserError(f"run {self.run_id!r} has no committed state to load (nothing recorded yet)")
         out: dict[str, torch.Tensor] = {}
-        if self.writer.committed_steps == 0:
+        if self.writer is None or self.writer.committed_steps == 0:
             return out
         k = self.writer.committed_steps - 1
         self._current()

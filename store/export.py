@@ -173,8 +173,9 @@ def _write(ds: xr.Dataset, path: Path, kind: str) -> None:
         flat = portable(ds)
         arrays = {str(name): var.values for name, var in flat.variables.items()}
         layout = {str(name): {"dims": list(var.dims), "attrs": var.attrs} for name, var in flat.variables.items()}
-        np.savez(path, __layout__=np.array(json.dumps({"attrs": flat.attrs, "variables": layout,
-                                                       "coords": [str(c) for c in flat.coords]})), **arrays)
+        with open(path, "xb") as file:  # (a name np.savez would extend: `x.NPZ` became `x.NPZ.npz`)
+            np.savez(file, __layout__=np.array(json.dumps({"attrs": flat.attrs, "variables": layout,
+                                                           "coords": [str(c) for c in flat.coords]})), **arrays)
 
 
 def _zarr_store_holding(folder: Path) -> Path | None:

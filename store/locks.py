@@ -263,32 +263,32 @@ def _locked_id(root: StoreRoot, run_id: str) -> str:
     """The run whose lock guards ``run_id``: itself, or, where a local run's folder is a link to another run's
     folder in the root, that run (found by a review: a link ``alias.zarr -> real.zarr`` let ``resume alias`` write
     ``real`` while its producer held ``real``'s lock, and ``tag alias`` be overwritten by that producer). A
-    link to anything else is a :class:`PathOutsideRoot`: nothing is written through it."""
+    link to anything else keeps its own id (what the store's reads and writes allow through it is theirs to say).
+    """
     if not root.is_local:
         return run_id
     path = os.path.join(root.location, run_id + RUN_SUFFIX)
     if not os.path.islink(path):
         return run_id
-    real = os.path.realpath(path)
-    folder, name = os.path.split(real)
+    folder, name = os.path.split(os.path.realpath(path))
     if folder == os.path.realpath(root.location) and name.endswith(RUN_SUFFIX):
-        other = name[: -len(RUN_SUFFIX)]
         try:
-            return validate_run_id(other)
+            return validate_run_id(name[: -len(RUN_SUFFIX)])
         except UserError:
             pass
-    raise PathOutsideRoot(f"run {run_id!r} is a link to {real}, not a run of the root {root.location}: trajscope "
-                          "writes nothing through it; remove the link yourself if it is not wanted")
+    return run_id
 
 
 def writer_gone(root: StoreRoot, run_id: str) -> bool:
     """True when no writer can be holding ``run_id``: the local lock file names a process of this host that no
-    longer exists (or there is no lock file), or the object store's lease has had no heartbeat for
-    :data:`LEASE_SECONDS` (or there is none). Read only, nothing locked; False whenever unsure (another host's
-    process, an unreadable lock). For listings: a run still marked ``running`` whose producer was killed."""
-    if (root.location, run_id) in _HELD:
-        return False
+    longer exists, or the object store's lease has had no heartbeat for :data:`LEASE_SECONDS` (or there is
+    none: a writer removes it only when it lets the run go). Read only, nothing locked; False whenever unsure
+    (another host's process, no lock file where every writer leaves one, a run reached through a link to a
+    folder that is no run of the root). For listings: a run still marked ``running`` whose producer was killed."""
     try:
+        run_id = _locked_id(root, run_id)  # (a link to a run: that run's writer; found by a review)
+        if (root.location, run_id) in _HELD:
+            return False
         if root.is_local:
             folder, name = os.path.split(root.lock_path(run_id))
             dir_fd = open_real_dir(root.location, [os.path.basename(folder)], f"the lock folder of {root.location}")
@@ -306,7 +306,7 @@ def writer_gone(root: StoreRoot, run_id: str) -> bool:
         holder = json.loads(root.fs.cat_file(path))
         return time.time() - float(holder.get("heartbeat", 0)) > LEASE_SECONDS
     except FileNotFoundError:
-        return True
+        return not root.is_local
     except (OSError, ValueError, TypeError, PathOutsideRoot):
         return False
 

@@ -138,6 +138,12 @@ def test_centred_data_rounded_to_float32_have_no_dead_margin():
     assert "only directions orthogonal to every sample" in separability.cone_condition_text(m)
     shifted = ds.assign(X=ds["X"] + np.float32(0.05))  # all samples leaning one way: a real dead direction
     assert separability.cone_margins(shifted).attrs["nonempty_dead"]
+    # a small real S± margin stays non-empty (found by a review: the sum's tolerance had been applied to the
+    # S± margins, minima over the samples, and called a margin of 1e-5 "empty")
+    lean = np.where(y > 0, 1.0, -1.0) * 1e-5 * np.abs(X).max()  # ±1e-5 along e1: z = e1 separates them
+    thin = ds.assign(X=(("sample", "feature"), np.c_[lean, X[:, 1:]].astype(np.float32)))
+    m = separability.cone_margins(thin)
+    assert 0 < float(m["S_pos_margin"]) and m.attrs["nonempty_S_pos"] and m.attrs["nonempty_S_neg"], dict(m.attrs)
 
 
 def test_centred_data_with_negative_mu_still_have_both_cones():

@@ -31,13 +31,15 @@ def test_a_tensor_assigned_after_the_recorder_was_made_is_recorded(tmp_path):
     """``load_state_dict(assign=True)`` and tying weights replace the module's Parameter objects: the recorder
     recorded the ones it found at construction (stale values, identical at every step)."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
     x, y = torch.randn(8, 3), torch.randn(8, 3)
-    copies = []
+    copies, heads = [], []
     with trajscope.ModuleRecorder(model, root=tmp_path, name="assigned") as rec:
         model.load_state_dict({k: torch.full_like(v, 0.5) for k, v in model.state_dict().items()}, assign=True)
         model[1].weight = model[0].weight  # tied after the recorder was made
+        model[2] = torch.nn.Linear(3, 3)  # a whole submodule replaced (found by a review: it was recorded stale)
         rec.record()
+        heads.append(model[2].weight.detach().clone())
         copies.append(model[0].weight.detach().clone())
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         for _ in range(3):
@@ -47,7 +49,9 @@ def test_a_tensor_assigned_after_the_recorder_was_made_is_recorded(tmp_path):
             opt.step()
             rec.record(loss=loss)
             copies.append(model[0].weight.detach().clone())
+            heads.append(model[2].weight.detach().clone())
     ds = trajscope.open_run(tmp_path / "assigned.zarr")
+    np.testing.assert_array_equal(ds["2.weight"].values, torch.stack(heads).numpy())
     expected = torch.stack(copies).numpy()
     np.testing.assert_array_equal(ds["0.weight"].values, expected)
     np.testing.assert_array_equal(ds["1.weight"].values, expected)  # the tied weight is the first one
@@ -135,7 +139,7 @@ def test_a_half_created_run_is_created_again_by_a_new_recorder(tmp_path, monkeyp
                 rec.record()
     assert root.read_attrs("half")["status"] == "creating"
     with trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=root, name="half", resume=resume) as rec:
-        assert rec.step == 0
+        assert rec.last_state() == {} and rec.step == 0  # (the README's snippet: it raised here)
         rec.record()
         rec.record()
     assert root.read_attrs("half")["status"] == "complete"
@@ -181,7 +185,7 @@ def test_the_readmes_resume_snippet_after_a_kill_before_the_first_commit(tmp_pat
     never killed (without its ``if rec.step == 0: rec.record()`` step k held the state after k + 1 steps)."""
     assert subprocess.run([sys.executable, "-c", _KILLED.format(root=str(tmp_path))], timeout=300).returncode == 9
     runs = {}
-    for name, resume in (("early", True), ("whole", False)):
+    for name, resume in (("early", True), ("whole", False), ("new", True)):  # (new: resume=True, no run yet)
         torch.manual_seed(0)
         model = torch.nn.Linear(3, 2)
         x, y = torch.randn(8, 3), torch.randn(8, 2)
@@ -196,4 +200,5 @@ def test_the_readmes_resume_snippet_after_a_kill_before_the_first_commit(tmp_pat
         runs[name] = trajscope.open_run(tmp_path / f"{name}.zarr")
     for var in ("weight", "bias", "loss", "step"):
         np.testing.assert_array_equal(runs["early"][var].values, runs["whole"][var].values)
+        np.testing.assert_array_equal(runs["new"][var].values, runs["whole"][var].values)
     assert runs["early"].sizes["step"] == 9

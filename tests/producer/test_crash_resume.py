@@ -97,7 +97,8 @@ def test_sigint_ends_as_interrupted_with_everything_committed(tmp_path, small_co
     assert proc.returncode == 130, err
     ds = open_run("stopped", tmp_path / "runs")
     assert ds.attrs["status"] == "interrupted" and "interrupted" in out
-    assert "continue it: trajscope resume stopped" in out  # (no hint was printed: found by a review)
+    # (no hint was printed, then one without its --root: found by reviews)
+    assert f"continue it: trajscope resume stopped --root {tmp_path / 'runs'}" in out
     committed = ds.attrs["committed_steps"]
     assert ds.attrs["last_step"] == committed - 1
     np.testing.assert_array_equal(ds.W.values, reference.W.values[:committed])

@@ -182,7 +182,7 @@ def test_selecting_steps_of_a_run_with_no_state_yet_is_a_user_error(tmp_path):
         select(open_run("empty", root), step=slice(0, 5))
 
 
-@pytest.mark.parametrize("suffix", ["nc", "zarr", "npz"])
+@pytest.mark.parametrize("suffix", ["nc", "zarr", "npz", "NPZ"])
 def test_an_export_stopped_half_way_leaves_nothing(tiny_root, tmp_path, monkeypatch, suffix):
     """Found by a review: a Ctrl-C (or a corrupt chunk) during an export left a file that opened as the complete
     run, all NaN, and a second export was refused because it existed. Now written under a temporary name and
@@ -195,12 +195,15 @@ def test_an_export_stopped_half_way_leaves_nothing(tiny_root, tmp_path, monkeypa
     def stop_half_way(self, *args, **kwargs):
         target = args[0] if args else kwargs.get("store") or kwargs.get("path")
         calls.append(str(target))
-        Path(target).mkdir() if str(target).endswith(".zarr") else Path(target).write_bytes(b"partial")
+        if str(target).endswith(".zarr"):
+            Path(target).mkdir()
+        elif not Path(target).exists():
+            Path(target).write_bytes(b"partial")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(xarray.Dataset, "to_netcdf", stop_half_way)
     monkeypatch.setattr(xarray.Dataset, "to_zarr", stop_half_way)
-    monkeypatch.setattr(np, "savez", lambda target, **kw: stop_half_way(None, target))
+    monkeypatch.setattr(np, "savez", lambda file, **kw: file.write(b"partial") and stop_half_way(None, file.name))
     out = tmp_path / f"copy.{suffix}"
     with pytest.raises(KeyboardInterrupt):
         export(ds, out)

@@ -36,6 +36,17 @@ def parse_step(text: str | None) -> slice | None:
     return slice(*values)
 
 
+def resume_command(run_id: str, root_location: str) -> str:
+    """``trajscope resume RUN``, with ``--root`` unless the run is under the default root (a hint without it
+    named no run: found by a review)."""
+    import shlex
+
+    from trajscope.store import StoreRoot
+
+    default = StoreRoot(None).location
+    return f"trajscope resume {run_id}" + ("" if root_location == default else f" --root {shlex.quote(root_location)}")
+
+
 def no_state_yet(run: str, ds) -> UserError:
     """A run with no committed state: wait for its producer, or, where none is left, resume it (the hint was to
     wait even for a run whose producer was killed: found by a review)."""
@@ -47,7 +58,8 @@ def no_state_yet(run: str, ds) -> UserError:
         if not writer_gone(StoreRoot(ds.attrs["root"]), ds.attrs["run_id"]):
             return UserError(f"run {run!r} has no committed steps yet: wait for the producer to commit a chunk")
     module = (run_attr(ds.attrs, "schema") or {}).get("kind") == MODULE
-    again = "ModuleRecorder(..., resume=True) in your script" if module else f"`trajscope resume {run}`"
+    again = ("ModuleRecorder(..., resume=True) in your script" if module
+             else f"`{resume_command(ds.attrs['run_id'], ds.attrs['root'])}`")
     return UserError(f"run {run!r} has no committed steps: its producer stopped before the first chunk was full; "
                      f"{again} records it from the start")
 

@@ -128,6 +128,7 @@ def register(app: typer.Typer) -> None:
         """List the runs under the store root: status, states, final loss, duration, tags, config fields."""
         from rich.table import Table
 
+        from trajscope.cli.analyze import resume_command
         from trajscope.store import StoreRoot
         from trajscope.store.locks import writer_gone
 
@@ -183,7 +184,8 @@ def register(app: typer.Typer) -> None:
         for column in ["run", "status", "states", "final loss", "duration", "size", "created", "tags", *fields]:
             table.add_column(column, justify="right" if column in right or column in fields else "left")
         for r in rows:
-            status = f"{r['status']} (writer gone: `trajscope resume {r['run']}`)" if r["writer_gone"] else r["status"]
+            status = (f"{r['status']} (writer gone: `{resume_command(r['run'], store_root.location)}`)"
+                      if r["writer_gone"] else r["status"])
             table.add_row(r["run"], status, f"{r['committed_steps']}/{r['capacity']}", _fmt(r["final_loss"]),
                           _duration(r["seconds"]), f"{r['size_bytes'] / 2**20:.1f} MiB", r["created"] or "-",
                           _fmt(r["tags"]), *(_fmt(r[f]) for f in fields))

@@ -34,7 +34,10 @@ def _report(console: Console, result) -> None:
     console.print(f"stored at {result.location}")
     console.print(f'open it: python -c "import trajscope; print(trajscope.open_run(\'{result.location}\'))"')
     if result.status in ("interrupted", "failed"):  # (no hint was printed: found by a review)
-        console.print(f"continue it: trajscope resume {result.run_id}", highlight=False)
+        from trajscope.cli.analyze import resume_command
+
+        root = result.location.rsplit("/", 1)[0]
+        console.print(f"continue it: {resume_command(result.run_id, root)}", highlight=False)
 
 
 #: a run whose loop waited for the store (and for its last writes) at least this share of its time, and at

@@ -50,8 +50,13 @@ class SnapshotStore(WrapperStore):
             if value is None:
                 self._lost(key)
             elif key != METADATA_KEY and not key.endswith("/" + METADATA_KEY):  # a chunk: of this very run?
-                self._lost.found(time.monotonic())
+                await self._lost.found(time.monotonic(), self._root_document)
         return value
+
+    async def _root_document(self) -> bytes | None:
+        """The run's root document as stored now (not the snapshot's)."""
+        value = await self._store.get(METADATA_KEY, default_buffer_prototype())
+        return None if value is None else value.to_bytes()
 
 
 def check_openable(root: StoreRoot, run_id: str, attrs: dict[str, Any]) -> None:

@@ -16,15 +16,15 @@ without trajscope. Two things make a live run safe to read that way, and both li
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import math
 import os
 import re
-import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from trajscope.store.errors import CorruptChunk, CorruptData, PathOutsideRoot, RunNotFound, UserError
 from trajscope.store.layout import ALL_CHUNKS_STORED_KEY, COMMITTED, RUN_UID, STEP_DIM
@@ -258,35 +258,56 @@ class LostChunkCheck:
         self.uid = attrs.get(RUN_UID)
         self._marker: bool | None = None
         self._same_since = -math.inf  # when the last check that found the same run began (time.monotonic)
-        self._checking = threading.Lock()
+        self._pending: dict[Any, tuple[float, asyncio.Task]] = {}  # the check under way, per event loop
 
     def __getstate__(self) -> dict[str, Any]:  # (a dask graph sent to distributed workers pickles it)
         state = dict(self.__dict__)
-        del state["_checking"]
+        state["_pending"] = {}
         state["_same_since"] = -math.inf  # (another machine's clock: checked afresh there)
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._checking = threading.Lock()
-
-    def found(self, read_done: float) -> None:
+    async def found(self, read_done: float, read_document: Callable[[], Awaitable[bytes | None]]) -> None:
         """A chunk was found, its read done at ``read_done`` (``time.monotonic()``): raise
         :class:`~trajscope.store.errors.RunNotFound` if the run was deleted, or replaced by another run of the
         same id, since ``attrs`` were read; its chunks would be the new run's data under the old run's
         attributes (found by a review: a lazy ``open_run`` dataset kept across ``rm`` and ``produce --name``).
 
         A check that *began* after the read was done covers it: a run's ``run_uid`` never comes back, so the
-        old run was still there when its chunk was read. So one check (a fresh read of the run's root
-        document) covers every read done before it began: reads done together share one."""
-        if self.uid is None or self._same_since > read_done:  # (a run from before run_uid: only deletions, above)
+        old run was still there when its chunk was read. One check (``read_document``: a fresh read of the
+        run's root document, awaited, so other reads go on meanwhile) runs at a time; the reads done before it
+        began wait for it, those done after it began wait for the next one, so reads done together share one
+        check (a first version read the document synchronously, one read a chunk: found by a review). On a
+        local root the document is read in place (no await: a local read is cheaper than the hop to a thread
+        an awaited one takes)."""
+        if self.uid is None:  # (a run from before run_uid: only deletions are seen, by __call__)
             return
-        with self._checking:
-            if self._same_since > read_done:
-                return
-            began = time.monotonic()
-            self._same_run()
-            self._same_since = began
+        if self.root.is_local:  # a local read of the document (tens of µs) costs less than a hop to a thread
+            if self._same_since <= read_done:
+                began = time.monotonic()
+                self._same_run()
+                self._same_since = max(self._same_since, began)
+            return
+        loop = asyncio.get_running_loop()
+        while self._same_since <= read_done:
+            pending = self._pending.get(loop)
+            if pending is None:
+                began = time.monotonic()
+                pending = self._pending[loop] = (began, loop.create_task(self._check(read_document, began, loop)))
+            await asyncio.shield(pending[1])  # (its RunNotFound is every waiter's)
+
+    async def _check(self, read_document: Callable[[], Awaitable[bytes | None]], began: float, loop: Any) -> None:
+        try:
+            raw = await read_document()
+            try:
+                attrs = None if raw is None else (json.loads(raw).get("attributes") or {})
+            except (ValueError, AttributeError):
+                attrs = None
+            if attrs is None or attrs.get(RUN_UID) != self.uid:
+                raise RunNotFound(f"no run {self.run_id!r} under {self.root.location}: it was deleted (or replaced) "
+                                  "while it was read; open it again")
+            self._same_since = max(self._same_since, began)
+        finally:
+            self._pending.pop(loop, None)
 
     def __call__(self, key: str) -> None:
         lost = missing_committed_chunk(self.committed, self.arrays, key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -292,6 +293,25 @@ def write_whole(root, seed):
     writer.finish("complete")
 
 
+async def _gather(store, keys):
+    from zarr.core.buffer import default_buffer_prototype
+
+    return await asyncio.gather(*(store.get(key, default_buffer_prototype()) for key in keys))
+
+
+def _snapshot_store(ds):
+    """The SnapshotStore behind an ``open_run`` dataset (built again the way open_run builds it)."""
+    import json as _json
+
+    from trajscope.store.reader import SnapshotStore
+    from trajscope.store.snapshot import LostChunkCheck, snapshot
+
+    root, run_id = StoreRoot(ds.attrs["root"]), ds.attrs["run_id"]
+    snap = snapshot(root, run_id)
+    return SnapshotStore(root.zarr_store(run_id, read_only=True), _json.dumps(snap.document()).encode(),
+                         LostChunkCheck(root, run_id, snap.attrs, snap.arrays))
+
+
 def whole_w(seed):
     return np.concatenate([block(seed + start, 8)["W"] for start in range(0, 40, 8)]).astype(np.float32)
 
@@ -302,20 +322,31 @@ def test_a_lazy_dataset_kept_across_a_delete_and_a_new_run_of_its_id_raises(tmp_
     read the new run's chunks under the old run's attributes (found by a review: a notebook's ``ds`` kept
     across ``trajscope rm`` and ``produce --name``). Every chunk found is checked to be of the run opened:
     ``RunNotFound`` saying so."""
+    from trajscope.store.reader import SnapshotStore
     from trajscope.store.run_attrs import delete_run
-    from trajscope.store.snapshot import LostChunkCheck
 
     root = StoreRoot(tmp_path)
     write_whole(root, 0)
-    found, checks = [], []
-    original_found, original_same = LostChunkCheck.found, LostChunkCheck._same_run
-    LostChunkCheck.found = lambda self, done: found.append(1) or original_found(self, done)
-    LostChunkCheck._same_run = lambda self: checks.append(1) or original_same(self)
-    try:  # a run's own chunks read as they are, one check at most for each
+    checks = []
+    original = SnapshotStore._root_document
+
+    async def counted(self):
+        checks.append(1)
+        return await original(self)
+
+    SnapshotStore._root_document = counted
+    try:  # a run's own chunks read as they are; on an object store reads done together share one check
         np.testing.assert_array_equal(open_run("r", root)["W"].values, whole_w(0))
-        assert len(found) >= 5 and 1 <= len(checks) <= len(found)
+        remote = StoreRoot(f"memory://lazy-{replaced}")
+        write_whole(remote, 0)
+        ds = open_run("r", remote)
+        np.testing.assert_array_equal(ds["W"].values, whole_w(0))
+        checks.clear()
+        keys = [f"W/c/{i}/0/0" for i in range(5)] * 8  # 40 reads at once, as one zarr read of many chunks
+        values = asyncio.run(_gather(_snapshot_store(ds), keys))
+        assert all(v is not None for v in values) and 1 <= len(checks) <= 10, len(checks)  # (one a read: 40)
     finally:
-        LostChunkCheck.found, LostChunkCheck._same_run = original_found, original_same
+        SnapshotStore._root_document = original
     old = open_run("r", root)
     delete_run("r", root)
     if replaced:  # the same id, the same shapes, other numbers
@@ -324,6 +355,12 @@ def test_a_lazy_dataset_kept_across_a_delete_and_a_new_run_of_its_id_raises(tmp_
         old["W"].values
     if replaced:
         np.testing.assert_array_equal(open_run("r", root)["W"].values, whole_w(100))
+    old = open_run("r", remote)  # the same on an object store (the awaited check)
+    delete_run("r", remote)
+    if replaced:
+        write_whole(remote, 100)
+    with pytest.raises(RunNotFound, match="deleted \\(or replaced\\) while it was read; open it again"):
+        old["W"].values
 
 
 def test_a_running_run_whose_writer_is_gone_is_told_apart(tmp_path, python_env, capsys):

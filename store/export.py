@@ -148,9 +148,19 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     partial = path.parent / f".{path.stem}.partial-{uuid.uuid4().hex[:8]}{path.suffix}"
     try:
         _write(ds, partial, kind)
+        taken = UserError(f"{str(path)!r} was created while the export was written: nothing was replaced")
         if os.path.lexists(path):  # made meanwhile by someone else: theirs stays
-            raise UserError(f"{str(path)!r} was created while the export was written: nothing was replaced")
-        os.rename(partial, path)
+            raise taken
+        if partial.is_dir():
+            os.rename(partial, path)
+        else:  # a hard link never replaces a name made since the check above (a rename would)
+            try:
+                os.link(partial, path)
+            except FileExistsError:
+                raise taken from None
+            except OSError:  # a file system without hard links
+                os.rename(partial, path)
+            partial.unlink()
     except BaseException:
         if partial.is_dir() and not partial.is_symlink():
             shutil.rmtree(partial, ignore_errors=True)

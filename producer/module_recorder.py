@@ -220,7 +220,8 @@ class ModuleRecorder:
 
     def _current(self) -> None:
         """Follow a tracked tensor the module now holds in its place (``load_state_dict(..., assign=True)``, a
-        new ``nn.Parameter``, tied weights): recording the one found at construction would store stale values.
+        new ``nn.Parameter``, tied weights, a submodule replaced): recording the one found at construction would
+        store stale values.
         One that is gone, or has another shape or dtype (``model.double()``), is a :class:`UserError`: the run's
         arrays are fixed."""
         owners: dict[str, Any] = {}

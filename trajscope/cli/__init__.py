@@ -119,8 +119,8 @@ def _os_error(err: BaseException) -> str | None:
     seen = 0
     while err is not None and seen < 8:
         if isinstance(err, OSError) and err.errno in _OS_ERRORS:
-            where = f" at {err.filename}" if err.filename else ""
-            return (f"cannot write{where}: {_OS_ERRORS[err.errno]}: choose another --root or output file, or fix the "
-                    "folder's permissions or space")
+            where = f" at {err.filename}" if err.filename else ""  # (reading or writing: EACCES is either)
+            return (f"{_OS_ERRORS[err.errno]}{where}: choose another --root or output file, or fix the folder's "
+                    "permissions or space")
         err, seen = err.__cause__ or err.__context__, seen + 1
     return None

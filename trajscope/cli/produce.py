@@ -35,9 +35,10 @@ def _report(console: Console, result) -> None:
     console.print(f'open it: python -c "import trajscope; print(trajscope.open_run(\'{result.location}\'))"')
     if result.status in ("interrupted", "failed"):  # (no hint was printed: found by a review)
         from trajscope.cli.analyze import resume_command
+        from trajscope.store import resolve_run
 
-        root = result.location.rsplit("/", 1)[0]
-        console.print(f"continue it: {resume_command(result.run_id, root)}", highlight=False)
+        root, run_id = resolve_run(result.location)  # (the store knows how a run's location names its root)
+        console.print(f"continue it: {resume_command(run_id, root.location)}", highlight=False)
 
 
 #: a run whose loop waited for the store (and for its last writes) at least this share of its time, and at

@@ -194,7 +194,7 @@ def row_cosines_to_init(ds: xr.Dataset, step: StepSel = None, *, parameter: str 
     return xr.Dataset(out, attrs={"quantity": "row_cosines_to_init"})
 
 
-@quantity(requires=PARAMETERS)
+@quantity(requires=PARAMETERS, series=False)
 def parameter_summary(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """Per parameter at the last selected state: shape size, ``||θ_p||_F``, distance from init, and the
     relative change ``||θ_p − θ_p(0)|| / ||θ_p(0)||``; dims ``(parameter,)``."""

@@ -22,7 +22,7 @@ def _onehot(ds: xr.Dataset) -> xr.DataArray:
     return xr.DataArray(m, dims=("sample", "label"), coords={"label": LABELS})
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def class_counts(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Class sizes ``n±``.
 
@@ -33,7 +33,7 @@ def class_counts(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def class_sums(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Class sums ``x± = Σ_{i∈I±} x_i``; dims ``(label, feature)``."""
     X = inputs(ds).astype(np.float64)
@@ -42,7 +42,7 @@ def class_sums(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out.transpose("label", "feature")
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def class_centres(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Class centres ``x̄± = x± / n±``; dims ``(label, feature)``."""
     out = class_sums(ds) / class_counts(ds)
@@ -50,7 +50,7 @@ def class_centres(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def sample_norms(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Norms ``||x_i||``; dims ``(sample,)``."""
     X = inputs(ds).astype(np.float64)
@@ -82,7 +82,7 @@ def _signed_unit(ds: xr.Dataset) -> da.Array:
     return Zd.rechunk((2048, -1))
 
 
-@quantity("mu", requires=TWO_LAYER)
+@quantity("mu", requires=TWO_LAYER, series=False)
 def separation_mu(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Separation ``μ = min_{i,j} <y_i x_i, y_j x_j> / (||x_i|| ||x_j||)``.
 
@@ -95,7 +95,7 @@ def separation_mu(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def gram(ds: xr.Dataset, step: StepSel = None, *, normalized: bool = True) -> xr.DataArray:
     """Gram matrix of the data, rows and columns sorted by label (``+1`` first, stable order).
 
@@ -124,7 +124,7 @@ def cos_class_sums(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def data_geometry(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """All scalar data-geometry numbers: ``n``, ``n±``, ``D``, ``μ``, Assumption 1, ``X_min``, ``X_max``,
     ``cos(x+, x-)``."""

@@ -41,7 +41,7 @@ def max_balance_drift(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return out
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def sign_flips(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Number of changes of ``sign(v_j)`` between consecutive recorded states; dims ``(neuron,)``.
 

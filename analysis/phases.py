@@ -81,7 +81,7 @@ def _first_from(ok: xr.DataArray, sel: xr.Dataset) -> tuple[xr.DataArray, xr.Dat
     )
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def t1(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """Empirical alignment time ``t1`` (rule in the module docstring): ``t1_step``, ``t1_time``."""
     return t1_from(all_aligned(ds, step), select(ds, step))
@@ -99,7 +99,7 @@ def t1_from(aligned: xr.DataArray, sel: xr.Dataset) -> xr.Dataset:
     return out
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def t2(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.Dataset:
     """Empirical loss-decrease onset ``t2 = min{t_k : L(t_k) ≤ (1 - drop) L(t_0)}``: ``t2_step``, ``t2_time``
     (``0 < drop < 1``; every quantity with a ``drop`` reaches it here)."""
@@ -117,7 +117,7 @@ def t2(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.Dat
     return out
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def post_t2_slope(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.DataArray:
     """Log-log slope ``d log L / d log(t - t2)`` over the last decade of ``t - t2`` (least squares)."""
     sel = select(ds, step)
@@ -140,7 +140,7 @@ def post_t2_slope(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP
     return out
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def phases(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.Dataset:
     """``t1`` and ``t2`` (steps and gradient-flow time) and the post-``t2`` slope in one dataset."""
     out = xr.merge([t1(ds, step), t2(ds, step, drop=drop)])

@@ -63,8 +63,13 @@ def is_pointwise(fn: Callable, kwargs: dict[str, Any]) -> bool:
     return bool(flag(kwargs) if callable(flag) else flag)
 
 
+def is_series(fn: Callable) -> bool:
+    """Whether ``fn``'s result has a ``step`` dim, one value per selected state (see :func:`quantity`)."""
+    return bool(getattr(fn, "series", True))
+
+
 def quantity(name: str | None = None, *, requires: tuple[str, ...] = TWO_LAYER,
-             pointwise: bool | Callable[[dict[str, Any]], bool] = False) -> Callable[[F], F]:
+             pointwise: bool | Callable[[dict[str, Any]], bool] = False, series: bool = True) -> Callable[[F], F]:
     """Register an analysis quantity (default name: the function's) that applies to runs with ``requires``.
 
     ``pointwise=True`` declares that ``fn(ds, step=slice(a, b))`` reads only the selected states, the
@@ -73,12 +78,17 @@ def quantity(name: str | None = None, *, requires: tuple[str, ...] = TWO_LAYER,
     tails). A predicate on the call's keyword arguments says it for some calls only (e.g. a ``detail``
     option whose result depends on the dask chunking). It is kept as ``fn.pointwise``; read it with
     :func:`is_pointwise`.
+
+    ``series=False`` declares that the result has no ``step`` dim (a property of the data or of the whole
+    run: ``mu``, ``t1``, ``summary``…), so it is no per-step series (``/series`` does not offer it; read it
+    with :func:`is_series`). A test computes every registered quantity and checks the flag.
     """
     register = _register(QUANTITIES, "quantity", name, requires)
 
     def decorate(fn: F) -> F:
         fn = register(fn)
         fn.pointwise = pointwise  # type: ignore[attr-defined]
+        fn.series = series  # type: ignore[attr-defined]
         return fn
 
     return decorate

@@ -133,7 +133,7 @@ V_FIXED_DRIFT = ("not applicable: v_j² - ||w_j||² is conserved only when v tra
 V_FIXED_FLIPS = "not applicable: v is fixed (train.train_v = false), its signs cannot change"
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def summary(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.Dataset:
     """All headline numbers of a run as a dataset of 0-d variables (computed, one pass over ``W``).
 

@@ -100,7 +100,7 @@ def _worst(*statuses: str) -> str:
     return approx[0] if approx else OK
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def zeta1(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``ζ1 = min_i min(cos²(x_i, x+), cos²(x_i, x-))``, the minimum over **all** samples ``i`` (both
     classes) against **both** class sums.
@@ -119,7 +119,7 @@ def zeta1(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return _scalar(float((c**2).min().compute()), OK, "ζ1 = min_i cos²(x_i, x±) (all samples, both class sums)")
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def zeta2(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``ζ2 = 1 - max(0, m)²`` with ``m = max(max_{j∈V+} cos(w_j(0), x-), max_{j∈V-} cos(w_j(0), x+))``.
 
@@ -151,7 +151,7 @@ def zeta2(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return _scalar(1.0 - m**2, OK, "ζ2 = 1 - max(0, max cos(w_j(0), x_∓))²")
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def epsilon(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Initialization scale ``ε``: the config's ``init.scale`` for a balanced init, otherwise the rms
     neuron norm ``sqrt(mean_j ||w_j(0)||²)`` (equal to ``ε`` in expectation for balanced, ``α√D`` for
@@ -165,7 +165,7 @@ def epsilon(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     return _scalar(rms, "approximate: ε estimated as rms_j ||w_j(0)||", "initialization scale ε")
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def t1_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """Alignment time scale ``log n / (√μ X_min)`` (sum-loss time; ×n for a mean-loss run).
 
@@ -190,7 +190,7 @@ def t1_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     )
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def t2_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """Convergence onset scale ``(1/n) log(1/(√h ε))`` (sum-loss time; ×n, i.e. ``log(1/(√h ε))``, for
     a mean-loss run). Needs ``√h ε < 1``."""
@@ -213,7 +213,7 @@ def t2_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     )
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def envelope_alpha(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Rate constant of the ``O(1/t)`` envelope: ``α = (μ X_min)² / (32 X_max)``."""
     mu, st = _mu_status(ds)
@@ -366,7 +366,7 @@ def stable_rank_bound_from(ds: xr.Dataset, spectral_norm_sq: xr.DataArray) -> xr
     return out
 
 
-@quantity(requires=TWO_LAYER)
+@quantity(requires=TWO_LAYER, series=False)
 def theory(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """All theory scalars: ``ζ1``, ``ζ2``, ``ε``, ``t1`` scale (and the uncomputed bound), ``t2`` scale,
     ``α``, the stable-rank limit 2."""

@@ -2,8 +2,9 @@
 
 A *quantity* is a per-step variable of the run (``loss``) or a quantity of the analysis registry that
 applies to the run and whose result has a ``step`` dim (``step_series``, ``cone_fractions``,
-``singular_values``, ``row_angles``…); ``GET /api/runs/{run_id}/series`` lists them, read from the run
-and the registry (nothing here names a quantity). Its columns (other dims flattened, e.g.
+``singular_values``, ``row_angles``…; registered ``series=False`` when it has none: ``mu``, ``t1``…);
+``GET /api/runs/{run_id}/series`` lists them, read from the run and the registry (nothing here names a
+quantity). Its columns (other dims flattened, e.g.
 ``cone_fractions[S+]``) over the selected steps are reduced to at most ``2 · points`` rows by
 :func:`trajscope.analysis.downsample.minmax_downsample`, so a spike survives every zoom level.
 ``format=csv|npy`` returns the same table as a file (the dashboard's downloads).
@@ -26,7 +27,7 @@ from trajscope.api.deps import Run, RunDep, State
 from trajscope.api.models import ErrorBody
 from trajscope.api.routes_analysis import call, step_slice
 from trajscope.api.serialize import array_values, dumps, jsonable, npy_bytes
-from trajscope.analysis.registry import is_pointwise
+from trajscope.analysis.registry import is_pointwise, is_series
 from trajscope.store import UserError
 
 router = APIRouter(prefix="/api/runs/{run_id}/series", tags=["series"],
@@ -41,12 +42,17 @@ MEMORY_STATES = 8192
 MEMORY_BYTES = 64 * 2**20
 
 
-def _applicable(ds) -> dict[str, Callable]:
+def _quantities(ds) -> dict[str, Callable]:
     """The registry's quantities that apply to the run (all of them where the registry cannot tell)."""
     try:
         return registry.quantities(ds)
     except TypeError:  # a registry without per-run requirements
         return registry.quantities()
+
+
+def _applicable(ds) -> dict[str, Callable]:
+    """The applicable quantities that are per-step series (see :func:`trajscope.analysis.registry.is_series`)."""
+    return {name: fn for name, fn in _quantities(ds).items() if is_series(fn)}
 
 
 def _variable(name: str) -> Callable:
@@ -70,6 +76,9 @@ def source(run: Run, quantity: str) -> Callable:
     items = _applicable(ds)
     if quantity in items:
         return items[quantity]
+    if quantity in _quantities(ds):  # applies, but has no step dim: nothing computed to say so
+        raise HTTPException(422, f"{quantity!r} is not a per-step series (it has no step dim): "
+                                 f"use GET /api/runs/{run.run_id}/analysis/{quantity}")
     raise HTTPException(404, f"unknown series {quantity!r} for run {run.run_id!r}: available are the run's "
                              f"per-step variables ({', '.join(per_step)}) and the analysis quantities with a step "
                              f"dim that apply to it (GET /api/runs/{run.run_id}/series)")
@@ -258,8 +267,8 @@ async def series(
 
 @router.get("", summary="What the run offers as per-step series: its variables and the applicable quantities")
 def listing(run: RunDep) -> dict[str, Any]:
-    """``variables`` (per-step variables), ``quantities`` (the applicable analysis quantities; those with a
-    ``step`` dim are series) and ``matrices``: each matrix parameter's row dim, rows and row length (what
+    """``variables`` (per-step variables), ``quantities`` (the applicable analysis quantities with a ``step``
+    dim; the others are under ``/analysis``) and ``matrices``: each matrix parameter's row dim, rows and row length (what
     ``row_angles`` follows, rows picked with ``row=``)."""
     from trajscope.analysis.registry import parameter_names
 

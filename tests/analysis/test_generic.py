@@ -149,3 +149,21 @@ def test_a_non_finite_state_gets_nan_singular_values_not_an_error():
         assert np.isnan(sv[2]).all()
         for k in (0, 1, 3):
             np.testing.assert_allclose(sv[k], np.linalg.svd(mats[k], compute_uv=False), rtol=1e-10)
+
+
+def test_every_quantitys_series_flag_says_whether_its_result_has_a_step_dim(run, tmp_path, small_config):
+    """``series=False`` (no step dim: ``mu``, ``t1``…) is what the API's ``/series`` listing leaves out; each
+    applicable quantity is computed on a two-layer run and a module run and its result's dims checked."""
+    from trajscope.analysis.registry import is_series
+    from trajscope.producer import produce
+
+    produce(small_config(), root=tmp_path, name="tiny")
+    checked = {}
+    for ds in (trajscope.open_run("tiny", root=tmp_path), run[0]):
+        for name, fn in applicable(ds).items():
+            result = fn(ds)
+            has_step = "step" in getattr(result, "dims", ())
+            assert has_step == is_series(fn), f"{name}: result dims {tuple(getattr(result, 'dims', ()))}"
+            checked[name] = has_step
+    assert {"mu", "t1", "summary", "parameter_summary"} <= {n for n, s in checked.items() if not s}
+    assert {"step_series", "distance_from_init", "row_angles"} <= {n for n, s in checked.items() if s}

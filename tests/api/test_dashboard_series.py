@@ -106,12 +106,18 @@ def test_static_assets_are_served_from_the_package_only(client):
 
 def test_the_run_lists_its_series_from_the_registry(client, local_root):
     from trajscope.analysis import applicable
+    from trajscope.analysis.registry import is_series
 
     body = client.get("/api/runs/done/series").json()
     assert set(body["variables"]) == {"loss", "output", "W", "v"}
     assert {"step_series", "neuron_angles", "row_angles", "singular_values"} <= set(body["quantities"])
-    assert set(body["quantities"]) == set(applicable(open_run("done", local_root)))
+    items = applicable(open_run("done", local_root))
+    assert set(body["quantities"]) == {name for name, fn in items.items() if is_series(fn)}
     assert body["matrices"] == {"W": {"dim": "neuron", "rows": 6, "row_length": 4}}
+    for name in ("mu", "t1", "summary"):  # they apply, but have no step dim: not offered, and a 422 naming /analysis
+        assert name in items and name not in body["quantities"]
+        response = client.get(f"/api/runs/done/series/{name}")
+        assert response.status_code == 422 and f"/analysis/{name}" in response.json()["detail"], response.text
 
 
 @pytest.mark.parametrize("run_id", ["done", "live"])

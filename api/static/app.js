@@ -3,6 +3,7 @@
 "use strict";
 
 const POLL_MS = 1000;
+const GONE_POLL_MS = 5000;  // a running run whose writer is gone: polled slowly, for a `trajscope resume`
 const MARKER_MS = 10000;
 let page = null; // the run or compare page on screen
 let timer = null;
@@ -163,8 +164,8 @@ async function poll(p) {
     // them any more, one full listing gives its final status
     let run = (await api("/api/runs?size=false&status=running")).runs.find((r) => r.run_id === p.runId);
     if (!run) run = (await api("/api/runs?size=false")).runs.find((r) => r.run_id === p.runId);
-    if (run && run.writer_gone && p.live) {  // its producer was killed: nothing more will come
-      p.live = false;
+    if (run && isLive(run) !== p.live) {  // its producer was killed (nothing more until a resume) or resumed
+      p.live = isLive(run);
       const status = $("#status");
       if (status) status.replaceChildren(statusCell(run));
     }
@@ -197,7 +198,7 @@ async function poll(p) {
   } catch (err) {
     if (page === p) setText("#error", err.message);
   }
-  if (page === p && p.live) schedule(() => poll(p), POLL_MS);
+  if (page === p) followLater(p);
 }
 
 function summaryTable(result) {
@@ -349,7 +350,14 @@ async function showRun(runId) {
     await reload(p);
     loadMarkers(p);
   }
+  followLater(p);
+}
+
+// a live run is polled every second; one still `running` whose writer is gone every few seconds, so a
+// `trajscope resume` is followed without a reload; a finished one not at all
+function followLater(p) {
   if (p.live) schedule(() => poll(p), POLL_MS);
+  else if (p.status === "running") schedule(() => poll(p), GONE_POLL_MS);
 }
 
 // ---- router -------------------------------------------------------------------------------------

@@ -198,3 +198,36 @@ def test_failed_run_and_a_run_without_commits(tmp_path, server, page, write_run,
         assert page.evaluate("window.trajscope.charts.loss.u.data[0]") == list(range(1, 8))
         only_local(page, srv.url)
     assert page.errors == []
+
+
+def test_a_run_whose_writer_is_gone_stops_being_followed_and_is_followed_again_once_resumed(
+        tmp_path, write_run, serve, page):
+    """A running run whose producer was killed shows "writer gone" and is no longer polled every second; a
+    ``trajscope resume`` (here: its writer committing again) is noticed within a few seconds, no reload."""
+    import socket
+    import subprocess
+    import sys
+
+    root = StoreRoot(tmp_path / "runs")
+    write_run(root, "gone", steps=32, chunk_steps=8, finish=None, commit_to=8)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    Path(root.lock_path("gone")).write_text(f"pid {dead.pid} on {socket.gethostname()}\n")  # its producer: killed
+    with serve(root) as srv:
+        page.goto(f"{srv.url}/#/run/gone")
+        loaded(page)
+        page.evaluate("window.__sameDocument = true")
+        assert "writer gone" in page.inner_text("#status") and page.inner_text("#live") == ""
+        commit(root, "gone", 16)  # resumed: a live writer holds the run and commits
+        page.wait_for_function("window.trajscope.charts.loss.u.data[0].length === 15", timeout=30_000)
+        page.wait_for_function("document.querySelector('#live').textContent.includes('live')", timeout=30_000)
+        assert "writer gone" not in page.inner_text("#status")
+        commit(root, "gone", 32, finish="complete")
+        page.wait_for_function("document.querySelector('#status').textContent === 'complete'", timeout=30_000)
+        time.sleep(1.5)  # settled: a finished run is not polled
+        n = len(page.requests)
+        time.sleep(6)
+        assert len(page.requests) == n
+        assert page.evaluate("window.__sameDocument") is True
+        only_local(page, srv.url)
+    assert page.errors == []

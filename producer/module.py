@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from trajscope.store.errors import UserError
-from trajscope.store.layout import STEP_DIM, VariableSpec
+from trajscope.store.layout import STEP_DIM, VariableSpec, validate_variable_name
 from trajscope.store.schema import MODULE, make_schema
 
 KIND = MODULE
@@ -102,10 +102,13 @@ def tracked(module: torch.nn.Module, parameters: Sequence[str] | None, buffers: 
             if b.dtype in _DTYPES:
                 out[n] = ("buffer", b)
     for name, (role, _) in out.items():
+        option = "parameters" if role == "parameter" else "buffers"
         if name in RESERVED:
-            option = "parameters" if role == "parameter" else "buffers"
             raise UserError(f"the module's {role} {name!r} has the name of the run's {name!r} coordinate: rename it, "
                             f"or leave it out with {option}=[...] patterns that do not match it")
+        validate_variable_name(name, f"the module's {role} {name!r} is named by its submodules' names (an "
+                               f"nn.ModuleDict key with a space, say): rename them, or leave it out with "
+                               f"{option}=[...] patterns that do not match it")
     if gradients:
         for n, p in params.items():
             out[f"{n}.grad"] = ("gradient", p)
@@ -165,6 +168,7 @@ def variables(tracked_tensors: Mapping[str, tuple[str, torch.Tensor]], extras: M
         base = name[: -len(".grad")] if role == "gradient" else name
         specs[name] = VariableSpec(name, (STEP_DIM, *axis_dims(base, tensor.ndim)), stored_dtype(tensor.dtype)[0], role)
     for name, value in extras.items():
+        validate_variable_name(name, f"record({name}=...): rename the extra")
         if name in specs or name in RESERVED:
             raise UserError(f"record({name}=...) clashes with a recorded variable: rename the extra")
         if value.ndim == 0:

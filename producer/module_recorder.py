@@ -36,7 +36,7 @@ from trajscope.store.writer import is_half_created
 from trajscope.store.chunkio import WRITE_IO_MODES
 from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.errors import RunFailed, UserError, is_storage_error
-from trajscope.store.layout import COMPRESSORS, validate_run_id
+from trajscope.store.layout import COMPRESSORS, validate_run_id, validate_variable_name
 from trajscope.store.schema import MODULE, read_schema
 
 #: first capacity, in time chunks, when the caller gives no ``expected_steps``
@@ -280,7 +280,8 @@ class ModuleRecorder:
             tensor = state0.get(name, self._extras_seen.get(name))
             for dim, size in zip(spec.dims[1:], () if tensor is None else tensor.shape):
                 if sizes.setdefault(dim, int(size)) != int(size):
-                    raise ValueError(f"dim {dim!r} has size {sizes[dim]} and {int(size)}: give the extra its own dims")
+                    raise UserError(f"dim {dim!r} has size {sizes[dim]} and {int(size)}: give the extra its own dims "
+                                    f"(dims={{name: (...)}})")
         chunk_bytes = int(self.chunk_mib * 2**20) if self.chunk_mib else None
         from trajscope.store.layout import TARGET_CHUNK_BYTES, chunk_steps_for
 
@@ -476,6 +477,7 @@ def _count(option: str, value: Any, *, minimum: int, what: str) -> None:
 def _extra_tensor(name: str, value: Any) -> torch.Tensor:
     """An extra passed to ``record(name=value)`` as a tensor; a value that is no number, array of numbers or
     tensor is a :class:`UserError` naming it."""
+    validate_variable_name(name, f"record({name}=...): rename the extra")  # (before any run is made)
     try:
         tensor = adapter.as_tensor(value)
     except (TypeError, ValueError, RuntimeError):  # (text, objects, ragged lists)

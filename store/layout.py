@@ -107,6 +107,26 @@ class VariableSpec:
 COORDINATES = ("t",)
 
 
+#: a variable's (array's) name: parameter names keep their dots (``fc1.weight``); never ``.``/``..``, a path,
+#: a space, or a name zarr reserves (``__x``) or the run's own document (``zarr.json``)
+VARIABLE_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+
+
+def is_variable_name(name: str) -> bool:
+    """True when ``name`` can be a variable of a run (see :data:`VARIABLE_NAME`)."""
+    return (isinstance(name, str) and re.fullmatch(VARIABLE_NAME, name) is not None and not name.startswith("__")
+            and name != "zarr.json")
+
+
+def validate_variable_name(name: str, fix: str = "rename it") -> str:
+    """Return ``name`` if a run can store a variable of that name, else raise :class:`UserError` (``fix`` says
+    how, in the caller's words)."""
+    if not is_variable_name(name):
+        raise UserError(f"variable name {name!r} cannot be stored: use 1-128 characters from A-Z a-z 0-9 . _ -, "
+                        f"starting with a letter, digit or _ (not __, not zarr.json): {fix}")
+    return name
+
+
 def validate_run_id(run_id: str) -> str:
     """Return ``run_id`` if it is a legal run id, else raise :class:`UserError`."""
     if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id) or run_id.endswith(RUN_SUFFIX):

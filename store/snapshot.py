@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from trajscope.store.errors import CorruptChunk, CorruptData, PathOutsideRoot, RunNotFound, UserError
-from trajscope.store.layout import ALL_CHUNKS_STORED_KEY, COMMITTED, RUN_UID, STEP_DIM
+from trajscope.store.layout import ALL_CHUNKS_STORED_KEY, COMMITTED, RUN_UID, STEP_DIM, VARIABLE_NAME
 from trajscope.store.root import StoreRoot
 from trajscope.store.safe import is_inside, resolve_inside
 
 METADATA_KEY = "zarr.json"
-#: an array name: parameter names keep their dots (``fc1.weight``); never ``.``/``..`` or a path
-_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_NAME = VARIABLE_NAME
 _ARRAY_META = re.compile(rf"({_NAME})/zarr\.json")
 _CHUNK = re.compile(rf"({_NAME})/c((?:/[0-9]{{1,12}})+)")
 

@@ -51,6 +51,7 @@ from trajscope.store.layout import (
     chunk_plan,
     codecs_for,
     fill_value_for,
+    validate_variable_name,
 )
 from trajscope.store.locks import HEARTBEAT_SECONDS, WriterLock
 from trajscope.store.root import StoreRoot
@@ -117,6 +118,8 @@ class RunWriter:
         without a ``step`` dimension. Refuses to overwrite an existing run, except one left
         ``creating`` by a producer that died while creating it (that one is replaced).
         """
+        for name in (*variables, *static):  # (before anything is made: a run nothing could read back)
+            validate_variable_name(name, "nothing was created")
         try:
             json.dumps(dict(attrs), allow_nan=False)
         except (TypeError, ValueError) as err:

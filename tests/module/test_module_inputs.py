@@ -4,6 +4,7 @@ resuming with other options, and the README's resume snippet after a kill before
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -98,6 +99,10 @@ class _WithStep(torch.nn.Module):
     (lambda: torch.nn.Linear(2, 2), {"compressor": "gzip"}, "compressor='gzip': use one of none, zstd"),
     (lambda: torch.nn.Linear(2, 2), {"parameters": "weight"}, r"parameters='weight': give a list .*\['weight'\]"),
     (lambda: torch.nn.BatchNorm1d(2), {"buffers": ["bn.*"]}, "no buffer matches.*running_mean"),
+    # found by a review: these trained to the end, then close() failed and every route said "corrupt data"
+    (lambda: torch.nn.ModuleDict({"layer 1": torch.nn.Linear(2, 2)}), {},
+     r"variable name 'layer 1.weight' cannot be stored.*nn.ModuleDict key"),
+    (lambda: torch.nn.ModuleDict({"schichtü": torch.nn.Linear(2, 2)}), {}, "'schichtü.weight' cannot be stored"),
 ])
 def test_options_and_names_that_would_clash_are_refused_before_anything_is_made(tmp_path, make, kwargs, words):
     """The float parameter ``step`` crashed close() and left a run of no data, ``running`` for ever; the int
@@ -121,6 +126,20 @@ def test_an_extra_named_like_a_dim_and_a_narrowing_extra_are_refused(tmp_path):
         with pytest.raises(UserError, match=r"record\(logits=...\): a torch.float64 value; the run stores float32"):
             rec.record(logits=torch.zeros(3, dtype=torch.float64))
     assert trajscope.open_run(tmp_path / "narrow.zarr").sizes["step"] == 2
+
+
+@pytest.mark.parametrize("name", ["(all)", "a/b", "größe", "__x", "zarr.json"])
+def test_an_extra_the_store_cannot_name_is_refused_at_the_first_record(tmp_path, name):
+    """Found by a review: an extra named ``(all)`` or ``a/b`` was recorded to the end; then close() failed and
+    the run, ``running`` for ever, read as corrupt. Now the record() passing it is refused, and nothing made."""
+    rec = trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=tmp_path, name="named")
+    with pytest.raises(UserError, match=rf"variable name {re.escape(repr(name))} cannot be stored.*rename the extra"):
+        rec.record(**{name: 1.0})
+    assert not StoreRoot(tmp_path).run_ids()
+    rec.record(ok=1.0)  # (the call is refused, not the recorder)
+    rec.record(ok=2.0)
+    rec.close()
+    assert trajscope.open_run(tmp_path / "named.zarr")["ok"].values.tolist() == [1.0, 2.0]
 
 
 @pytest.mark.parametrize("resume", [False, True])
@@ -157,7 +176,7 @@ def test_resume_keeps_the_runs_every_and_refuses_other_options(tmp_path):
     rec.close("interrupted")
     with pytest.raises(UserError, match="every=2: run 'every3' records every 3-th call; resume it with every=3"):
         trajscope.ModuleRecorder(model, root=tmp_path, name="every3", every=2, resume=True)
-    with pytest.raises(UserError, match="records 'bias.grad', which this recorder does not.*gradients=True\)"):
+    with pytest.raises(UserError, match=r"records 'bias.grad', which this recorder does not.*gradients=True\)"):
         trajscope.ModuleRecorder(model, root=tmp_path, name="every3", resume=True)
     with trajscope.ModuleRecorder(model, root=tmp_path, name="every3", resume=True, gradients=True) as again:
         again.last_state()

@@ -401,3 +401,16 @@ def test_a_running_run_whose_writer_is_gone_is_told_apart(tmp_path, python_env, 
         remote.fs.pipe_file(lease, json.dumps({"token": "t", "host": "h", "pid": 1,
                                                "heartbeat": time.time() - age}).encode())
         assert writer_gone(remote, "r") is gone
+
+
+@pytest.mark.parametrize("name", ["a b", "x/y", "..", "zarr.json", "__meta", ""])
+def test_a_variable_name_no_reader_could_read_is_refused_before_anything_is_made(tmp_path, name):
+    """The snapshot that readers open lists arrays by :data:`~trajscope.store.layout.VARIABLE_NAME`; a run with
+    another name was written to the end and then read as corrupt (found by a review)."""
+    from trajscope.store.layout import VariableSpec
+
+    variables = {**two_layer_variables(), name: VariableSpec(name, ("step",), "float64", "scalar")}
+    with pytest.raises(UserError, match="cannot be stored: use 1-128 characters.*nothing was created"):
+        RunWriter.create(StoreRoot(tmp_path), "r", variables=variables, sizes={"neuron": 3, "feature": 4, "sample": 5},
+                         capacity=8, static={"X": np.zeros((5, 4)), "y": np.ones(5)}, attrs={})
+    assert not StoreRoot(tmp_path).run_ids() and not (tmp_path / "r.zarr").exists()

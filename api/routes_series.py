@@ -68,14 +68,16 @@ def per_step_variables(ds) -> list[str]:
 
 
 def source(run: Run, quantity: str) -> Callable:
-    """The function computing ``quantity`` on the run's dataset (404 naming what exists)."""
+    """The function computing ``quantity`` on the run's dataset (404 naming what exists). An applicable
+    quantity comes first: a variable named like it (a module run's extra ``distance_from_init``) is read with
+    ``/vars`` (``/analysis`` and the dashboard's charts mean the quantity by that name too)."""
     ds = run.dataset()
-    per_step = per_step_variables(ds)
-    if quantity in per_step:
-        return _variable(quantity)
     items = _applicable(ds)
     if quantity in items:
         return items[quantity]
+    per_step = per_step_variables(ds)
+    if quantity in per_step:
+        return _variable(quantity)
     if quantity in _quantities(ds):  # applies, but has no step dim: nothing computed to say so
         raise HTTPException(422, f"{quantity!r} is not a per-step series (it has no step dim): "
                                  f"use GET /api/runs/{run.run_id}/analysis/{quantity}")
@@ -147,7 +149,7 @@ def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail:
         if steps.size == 0:
             raise HTTPException(422, f"run {run.run_id!r} has no committed states yet: retry when it has")
         step = slice(int(steps[max(0, steps.size - tail)]), None, None)
-    variable = quantity in per_step_variables(ds)  # a stored variable (W, loss, fc1.weight...), not a quantity
+    variable = quantity not in _applicable(ds)  # a stored variable (W, loss, fc1.weight...), not a quantity
     if neuron is not None:
         if "neuron" not in ds.dims:
             raise UserError(f"neuron={neuron}: run {run.run_id!r} has no neuron dimension")
@@ -268,7 +270,8 @@ async def series(
 @router.get("", summary="What the run offers as per-step series: its variables and the applicable quantities")
 def listing(run: RunDep) -> dict[str, Any]:
     """``variables`` (per-step variables), ``quantities`` (the applicable analysis quantities with a ``step``
-    dim; the others are under ``/analysis``) and ``matrices``: each matrix parameter's row dim, rows and row length (what
+    dim; the others are under ``/analysis``), ``shadowed`` (variables named like one of those quantities: their
+    ``/vars`` URL) and ``matrices``: each matrix parameter's row dim, rows and row length (what
     ``row_angles`` follows, rows picked with ``row=``)."""
     from trajscope.analysis.registry import parameter_names
 
@@ -279,7 +282,11 @@ def listing(run: RunDep) -> dict[str, Any]:
         da = ds[name]
         if da.ndim >= 3 and da.dims[0] == "step":
             matrices[name] = {"dim": da.dims[1], "rows": int(da.shape[1]), "row_length": int(np.prod(da.shape[2:]))}
+    quantities = _applicable(ds)
+    variables = per_step_variables(ds)
     return {"run_id": run.run_id, "committed_steps": run.committed,
-            "variables": {name: f"{base}/{name}" for name in per_step_variables(ds)},
-            "quantities": {name: f"{base}/{name}" for name in sorted(_applicable(ds))},
-            "matrices": matrices}
+            "variables": {name: f"{base}/{name}" for name in variables if name not in quantities},
+            "quantities": {name: f"{base}/{name}" for name in sorted(quantities)},
+            "matrices": matrices,
+            # a variable named like a quantity: /series/NAME is the quantity, the variable is read with /vars
+            "shadowed": {name: f"/api/runs/{run.run_id}/vars/{name}" for name in variables if name in quantities}}

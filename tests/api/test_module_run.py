@@ -108,3 +108,32 @@ def test_a_matrix_over_the_series_limit_names_the_way_that_works(tmp_path, serve
         assert len(series) == 40  # rows 0 and 1, 20 values each
         got = np.asarray(next(iter(series.values())), dtype=np.float32)
         np.testing.assert_array_equal(got, ds["0.weight"].values[:, 0, 0])
+
+
+def test_an_extra_named_like_a_quantity_leaves_the_quantity_under_series(tmp_path, serve):
+    """Found by a review: an extra ``distance_from_init`` replaced the quantity under ``/series`` (one column,
+    the extra's values) while ``/analysis`` served the quantity by the same name, and the dashboard's chart
+    drew the extra. ``/series/NAME`` is the quantity; the listing names the variable's ``/vars`` URL."""
+    root = StoreRoot(tmp_path)
+    torch.manual_seed(4)
+    model, x = Net(), torch.randn(20, 5)
+    with trajscope.ModuleRecorder(model, root=root, name="shadow") as rec:
+        for k in range(6):
+            rec.record(distance_from_init=10.0 + k)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.01 * torch.randn_like(p))
+    ds = trajscope.open_run("shadow", root)
+    flat = np.concatenate([ds[n].values.astype(np.float64).reshape(6, -1)
+                           for n in ("fc1.weight", "fc1.bias", "out.weight", "out.bias")], axis=1)
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as api:
+        listing = api.get("/api/runs/shadow/series").json()
+        assert "distance_from_init" in listing["quantities"] and "distance_from_init" not in listing["variables"]
+        assert listing["shadowed"] == {"distance_from_init": "/api/runs/shadow/vars/distance_from_init"}
+        body = api.get("/api/runs/shadow/series/distance_from_init", params={"points": 100}).json()
+        np.testing.assert_allclose(body["series"]["(all)"], np.linalg.norm(flat - flat[0], axis=1), rtol=1e-12)
+        rows = api.get("/api/runs/shadow/series/distance_from_init", params={"parameter": "fc1.weight",
+                                                                            "row": "0:2"})
+        assert rows.status_code == 200, rows.text
+        extra = api.get(listing["shadowed"]["distance_from_init"]).json()
+        assert extra["values"] == [10.0 + k for k in range(6)]

@@ -16,6 +16,8 @@ first state loaded in memory: the same numbers without building a lazy graph ove
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Annotated, Any, Callable
 
 import numpy as np
@@ -243,11 +245,13 @@ async def series(
         out = minmax_downsample(steps, np.stack([cols[c] for c in names], axis=1), points, scale)
         if format == "npy":
             return npy_bytes(np.column_stack([out.x.astype(np.float64), out.values]))
-        if format == "csv":
-            rows = [",".join(["step", *names])]
-            rows += [",".join([str(int(x)), *("" if np.isnan(v) else repr(float(v)) for v in row)])
-                     for x, row in zip(out.x, out.values)]
-            return ("\n".join(rows) + "\n").encode()
+        if format == "csv":  # (a column name with a comma, fc2.weight[0,1], is quoted)
+            text = io.StringIO()
+            writer = csv.writer(text, lineterminator="\n")
+            writer.writerow(["step", *names])
+            writer.writerows([str(int(x)), *("" if np.isnan(v) else repr(float(v)) for v in row)]
+                             for x, row in zip(out.x, out.values))
+            return text.getvalue().encode()
         return dumps({
             "run_id": run.run_id, "quantity": quantity, "status": run.status, "committed_steps": run.committed,
             "selection": {"first": int(steps[0]) if steps.size else None,

@@ -137,3 +137,18 @@ def test_an_extra_named_like_a_quantity_leaves_the_quantity_under_series(tmp_pat
         assert rows.status_code == 200, rows.text
         extra = api.get(listing["shadowed"]["distance_from_init"]).json()
         assert extra["values"] == [10.0 + k for k in range(6)]
+
+
+def test_the_csv_of_a_matrix_variable_parses_to_its_columns(api):
+    """Found by a review: column names such as ``out.weight[0,1]`` were joined unquoted, so a CSV reader found
+    more header fields than values in each row."""
+    import csv
+    import io
+
+    params = {"points": 4, "first": 8}
+    js = api.get("/api/runs/mlp/series/out.weight", params=params).json()
+    rows = list(csv.reader(io.StringIO(api.get("/api/runs/mlp/series/out.weight",
+                                               params={**params, "format": "csv"}).text)))
+    assert rows[0] == ["step", *js["series"]] and "out.weight[0,1]" in rows[0]
+    assert {len(r) for r in rows} == {1 + len(js["series"])}
+    np.testing.assert_allclose(np.array(rows[1:], dtype=float)[:, 1:], np.array(list(js["series"].values())).T)

@@ -4,7 +4,8 @@ They apply to every run with recorded parameters (role ``parameter`` in the run'
 run's ``W`` and ``v``). Each returns a lazy ``xr.Dataset`` with one variable per parameter (its recorded
 name, dots included), computed chunk by chunk in float64, so memory stays bounded by a few time chunks.
 ``parameter`` (an ``fnmatch`` pattern, or several separated by commas; default all) restricts the
-parameters. :data:`TOTAL` names the whole parameter vector ``θ`` where a quantity has one.
+parameters. :data:`TOTAL` names the whole parameter vector ``θ`` where a quantity has one (:data:`SELECTED` the
+parameters ``parameter`` picked, when it leaves some out).
 
 Matrices: a parameter with two or more dims besides ``step`` is read as the matrix ``P`` of shape
 ``(d0, d1·d2·…)`` — rows are its first axis (the output units of ``nn.Linear``, the output channels of a
@@ -23,6 +24,8 @@ from trajscope.store.errors import UserError
 
 #: the variable that holds a quantity of the whole parameter vector ``θ = (θ_p)_p``
 TOTAL = "(all)"
+#: the same over the parameters a ``parameter`` pattern picked, when it leaves some out (not ``θ``)
+SELECTED = "(selected)"
 STEP = "step"
 
 
@@ -40,6 +43,11 @@ def parameters(ds: xr.Dataset, parameter: str = "", *, matrices: bool = False) -
                             f"{', '.join(names) or 'none'}")
         names = picked
     return names
+
+
+def total_name(ds: xr.Dataset, names: list[str]) -> str:
+    """:data:`TOTAL` when ``names`` are all of the run's parameters, else :data:`SELECTED`."""
+    return TOTAL if set(names) == set(parameter_names(ds)) else SELECTED
 
 
 def _own(da: xr.DataArray) -> list[str]:
@@ -64,7 +72,7 @@ def frobenius_norms(ds: xr.Dataset, step: StepSel = None, *, parameter: str = ""
     sq = {n: _sum_sq(sel[n]) for n in names}
     out = {n: np.sqrt(v) for n, v in sq.items()}
     if out:
-        out[TOTAL] = np.sqrt(sum(sq.values()))
+        out[total_name(ds, names)] = np.sqrt(sum(sq.values()))
     return xr.Dataset(out, attrs={"quantity": "frobenius_norms"})
 
 
@@ -156,7 +164,7 @@ def update_norms(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "") -
     sq = {n: (_f64(sel[n]).diff(STEP, label="upper") ** 2).sum(_own(sel[n])) for n in names}
     out = {n: np.sqrt(v) for n, v in sq.items()}
     if out:
-        out[TOTAL] = np.sqrt(sum(sq.values()))
+        out[total_name(ds, names)] = np.sqrt(sum(sq.values()))
     return xr.Dataset(out, attrs={"quantity": "update_norms"})
 
 
@@ -174,7 +182,7 @@ def distance_from_init(ds: xr.Dataset, step: StepSel = None, *, parameter: str =
     sq = {n: ((_f64(sel[n]) - _initial(ds, n)) ** 2).sum(_own(sel[n])) for n in names}
     out = {n: np.sqrt(v) for n, v in sq.items()}
     if out:
-        out[TOTAL] = np.sqrt(sum(sq.values()))
+        out[total_name(ds, names)] = np.sqrt(sum(sq.values()))
     return xr.Dataset(out, attrs={"quantity": "distance_from_init"})
 
 

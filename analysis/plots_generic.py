@@ -12,11 +12,13 @@ from matplotlib.figure import Figure
 
 from trajscope.analysis._common import StepSel, positive_count, run_name
 from trajscope.analysis.generic import (
+    SELECTED,
     TOTAL,
     distance_from_init,
     frobenius_norms,
     param_singular_values,
     parameters,
+    total_name,
     update_norms,
 )
 from trajscope.analysis.plots import thinned
@@ -29,7 +31,7 @@ def _lines(ax, result: xr.Dataset, names: list[str]) -> None:
     for n in names[:MAX_LINES]:
         da = result[n]
         ax.plot(da["step"].values, np.asarray(da.values, dtype=float), label=n,
-                color="black" if n == TOTAL else None, linewidth=2 if n == TOTAL else 1)
+                color="black" if n in (TOTAL, SELECTED) else None, linewidth=2 if n in (TOTAL, SELECTED) else 1)
     ax.set_xlabel("optimizer step")
     ax.set_yscale("log", nonpositive="mask")  # a zero (the initial distance) is left out
     ax.legend(fontsize="x-small", ncol=2)
@@ -42,7 +44,8 @@ def plot_param_norms(ds: xr.Dataset, step: StepSel = None, *, title: str | None 
     result = frobenius_norms(ds, thinned(ds, step), parameter=parameter).compute()
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.add_subplot()
-    _lines(ax, result, [TOTAL, *parameters(ds, parameter)])
+    picked = parameters(ds, parameter)
+    _lines(ax, result, [total_name(ds, picked), *picked])
     ax.set_ylabel("Frobenius norm")
     ax.set_title(title or f"{run_name(ds)}: parameter norms")
     return fig
@@ -54,7 +57,8 @@ def plot_param_updates(ds: xr.Dataset, step: StepSel = None, *, title: str | Non
     """Two panels: distance from initialization ``||θ_p(k) − θ_p(0)||`` and update size
     ``||θ_p(k_{i+1}) − θ_p(k_i)||`` between the plotted states."""
     sel = thinned(ds, step)
-    names = [TOTAL, *parameters(ds, parameter)]
+    picked = parameters(ds, parameter)
+    names = [total_name(ds, picked), *picked]
     fig = Figure(figsize=(7, 6.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
     _lines(top, distance_from_init(ds, sel, parameter=parameter).compute(), names)

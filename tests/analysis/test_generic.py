@@ -105,7 +105,16 @@ def test_updates_distance_and_row_cosines(run):
 def test_parameter_pattern_and_lazy_results(run):
     ds, _ = run
     out = generic.frobenius_norms(ds, parameter="fc.*, scale")
-    assert set(out.data_vars) == {"fc.weight", "fc.bias", "scale", "(all)"}
+    # the total over what was picked is not θ's (found by a review: it was labelled "(all)")
+    assert set(out.data_vars) == {"fc.weight", "fc.bias", "scale", "(selected)"}
+    picked = sum(generic.frobenius_norms(ds, parameter=n)[n].values ** 2 for n in ("fc.weight", "fc.bias", "scale"))
+    np.testing.assert_allclose(out["(selected)"].values, np.sqrt(picked), rtol=1e-12)
+    whole = generic.frobenius_norms(ds, parameter="*")
+    assert "(all)" in whole and "(selected)" not in whole
+    assert (whole["(all)"].values > out["(selected)"].values).all()
+    for kind in ("param_norms", "param_updates"):  # the figures draw the picked total
+        fig = ds.traj.plot(kind, parameter="fc.*")
+        assert "(selected)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert out["fc.weight"].chunks is not None  # lazy (dask) until computed
     with pytest.raises(UserError, match="matches none"):
         generic.frobenius_norms(ds, parameter="nope*")

@@ -74,7 +74,7 @@ def test_only_applicable_quantities_are_listed_and_served(api, module_root):
     result = r.json()["result"]
     w = ds["fc1.weight"].values.astype(np.float64)
     expected = np.linalg.norm((w - w[0]).reshape(len(w), -1), axis=1)[0:11:2]
-    assert set(result["variables"]) == {"fc1.weight", "fc1.bias", "(all)"}
+    assert set(result["variables"]) == {"fc1.weight", "fc1.bias", "(selected)"}  # fc1 only: not θ
     got = result["variables"]["fc1.weight"]["values"]
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 

@@ -143,6 +143,7 @@ def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail:
     parameter named by ``kwargs["parameter"]``). ``load(ds, index)`` (see :func:`loader`) lets a small
     step range of a ``pointwise`` quantity be computed in memory."""
     from trajscope.analysis.downsample import column_count, columns, first_columns
+    from trajscope.analysis.registry import parameter_names
 
     fn = fn_source = source(run, quantity)
     ds = run.dataset()
@@ -158,13 +159,24 @@ def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail:
         if variable and "neuron" not in ds[quantity].dims:  # (it would be ignored)
             raise UserError(f"neuron={neuron}: variable {quantity!r} has no neuron dimension "
                             f"(its dims: {', '.join(map(str, ds[quantity].dims))})")
+        if not variable and not any("neuron" in ds[n].dims for n in parameter_names(ds)):  # (an extra's dim)
+            raise UserError(f"neuron={neuron}: no parameter of run {run.run_id!r} has a neuron dimension, so it "
+                            f"would select nothing of {quantity!r}: pick rows of a matrix parameter with "
+                            f"parameter=NAME&row=0:8")
         index = selectors.positional("neuron", selectors.parse("neuron", neuron), ds.sizes["neuron"])
         fn = _with_rows(fn, "neuron", [index] if isinstance(index, int) else index)
     if row is not None:
         name = kwargs.get("parameter") or (quantity if variable else None)  # a variable's own rows
         if not name or name not in ds.data_vars or ds[name].ndim < 3 or ds[name].dims[0] != "step":
-            raise UserError(f"row={row} selects rows of a matrix parameter: name it with parameter=NAME "
-                            f"(got {name!r})")
+            matrices = [n for n in parameter_names(ds) if ds[n].ndim >= 3 and ds[n].dims[0] == "step"]
+            if not name:
+                why = "name it with parameter=NAME"
+            elif name not in ds.data_vars:
+                why = f"{name!r} is no variable of the run (give one name, not a pattern)"
+            else:
+                why = f"{name!r} is not a matrix (dims {', '.join(map(str, ds[name].dims))})"
+            raise UserError(f"row={row} selects rows of a matrix parameter: {why}; the run's matrix parameters "
+                            f"are {', '.join(matrices) or 'none'}")
         dim = ds[name].dims[1]
         if dim == "neuron" and neuron is not None:  # both would select along one dim, the second of the first
             raise UserError(f"neuron={neuron} and row={row} both select {name}'s neurons: give one of them")

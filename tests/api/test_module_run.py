@@ -152,3 +152,27 @@ def test_the_csv_of_a_matrix_variable_parses_to_its_columns(api):
     assert rows[0] == ["step", *js["series"]] and "out.weight[0,1]" in rows[0]
     assert {len(r) for r in rows} == {1 + len(js["series"])}
     np.testing.assert_allclose(np.array(rows[1:], dtype=float)[:, 1:], np.array(list(js["series"].values())).T)
+
+
+def test_row_and_neuron_selectors_that_would_select_nothing_say_why(tmp_path, serve):
+    """Found by a review: ``neuron=0`` on a module run whose ``neuron`` dim is an extra's was ignored (200 with
+    every parameter), and ``row=0`` on a bias said "name it with parameter=NAME" when it was named."""
+    root = StoreRoot(tmp_path)
+    model = Net()
+    with trajscope.ModuleRecorder(model, root=root, name="extra", dims={"per": ("neuron",)}) as rec:
+        for k in range(3):
+            rec.record(per=torch.arange(4.0) + k)
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as api:
+        base = "/api/runs/extra/series"
+        for url, words in [
+            (f"{base}/distance_from_init?neuron=0", "no parameter of run 'extra' has a neuron dimension"),
+            (f"{base}/row_angles?parameter=fc1.weight&neuron=0", "no parameter of run 'extra' has a neuron"),
+            (f"{base}/row_angles?parameter=fc1.bias&row=0", "'fc1.bias' is not a matrix (dims step, fc1.bias.dim0)"),
+            (f"{base}/row_angles?parameter=fc*.weight&row=0", "'fc*.weight' is no variable of the run"),
+            (f"{base}/row_angles?row=0", "name it with parameter=NAME; the run's matrix parameters are fc1.weight, "
+                                         "out.weight"),
+        ]:
+            r = api.get(url)
+            assert r.status_code == 400 and words in r.json()["detail"], (url, r.text)
+        per = api.get(f"{base}/per?neuron=1").json()  # the extra's own neuron dim still selects
+        assert per["series"] == {"per[1]": [1.0, 2.0, 3.0]}, per["series"]

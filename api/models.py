@@ -37,8 +37,10 @@ class RunSummary(BaseModel):
     run_id: str
     status: str = Field(description="running, complete, failed or interrupted")
     committed_steps: int = Field(description="recorded states a reader may trust")
-    capacity: int = Field(description="recorded states the run was created for")
-    progress: float | None = Field(description="committed_steps / capacity")
+    capacity: int = Field(description="recorded states the run has room for")
+    planned_states: int | None = Field(None, description="recorded states the run is meant to hold (its capacity), "
+                                                         "null while a run of unknown length records")
+    progress: float | None = Field(description="committed_steps / planned_states (null when that is unknown)")
     created: str | None
     updated: str | None
     size_bytes: int | None

@@ -298,7 +298,8 @@ class ModuleRecorder:
             "user": self.user_attrs,
         }
         self.writer = RunWriter.create(self.root, self.run_id, variables=specs, sizes=sizes, capacity=capacity,
-                                       static={}, attrs=attrs, compressor=self.compressor, chunk_bytes=chunk_bytes)
+                                       static={}, attrs=attrs, compressor=self.compressor, chunk_bytes=chunk_bytes,
+                                       length_known=bool(self.expected_steps))
         self._begin(specs, start_index=0, preload=None)
         pending, self._pending = self._pending, []
         for step, state in pending:

@@ -125,6 +125,8 @@ class RunInfo:
     error: str | None = None
     #: a run marked ``running`` that no writer holds (its producer was killed): ``resume`` continues it
     writer_gone: bool = False
+    #: the states the run is meant to hold (see :func:`planned_states`); None while unknown
+    planned_states: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (JSON-ready)."""
@@ -146,7 +148,16 @@ def describe_run(run: str, root: str | os.PathLike | StoreRoot | None = None, *,
         config=run_attr(attrs, "config", {}),
         error=attrs.get("error"),
         writer_gone=attrs.get("status") == "running" and writer_gone(store_root, run_id),
+        planned_states=planned_states(attrs),
     )
+
+
+def planned_states(attrs: dict[str, Any]) -> int | None:
+    """The states a run is meant to hold: its ``capacity``, except while a run created with
+    ``length_known=False`` runs (its capacity is room to grow; at its end it is the run's length): None."""
+    if attrs.get("status") == "running" and attrs.get("length_known") is False:
+        return None
+    return int(attrs.get("capacity", 0)) or None
 
 
 def list_runs(root: str | os.PathLike | StoreRoot | None = None, *, with_size: bool = True) -> list[RunInfo]:

@@ -111,8 +111,12 @@ class RunWriter:
         attrs: Mapping[str, Any],
         compressor: str = "none",
         chunk_bytes: int | None = None,
+        length_known: bool = True,
     ) -> "RunWriter":
         """Create a new run with room for ``capacity`` recorded states and write its static arrays.
+
+        ``length_known=False``: ``capacity`` is room to grow, not the run's planned length (a recorder that
+        does not know how long the run will be); listings then give no progress while it runs.
 
         ``sizes`` gives the length of every non-step dimension; ``static`` the values of the variables
         without a ``step`` dimension. Refuses to overwrite an existing run, except one left
@@ -183,6 +187,7 @@ class RunWriter:
                 "status": "running",
                 COMMITTED: 0,
                 "capacity": int(capacity),
+                "length_known": bool(length_known),
                 "chunk_steps": int(chunk_steps),
                 "compressor": compressor,
                 "time_variables": time_variables,

@@ -176,7 +176,7 @@ async function poll(p) {
       p.committed = run.committed_steps;
       p.status = run.status;
       p.live = isLive(run);
-      setText("#committed", `${fmt(run.committed_steps)} / ${fmt(run.capacity)}`);
+      setText("#committed", stepsText(run));
       const status = $("#status");
       if (status) status.replaceChildren(statusCell(run));
       if (first || finished || p.range) {
@@ -300,7 +300,7 @@ async function showRun(runId) {
     el("h2", {}, run.run_id),
     el("table", { id: "info" }, el("tbody", {},
       el("tr", {}, el("th", {}, "status"), el("td", { id: "status" }, statusCell(run)),
-        el("th", {}, "steps committed"), el("td", { class: "num", id: "committed" }, `${fmt(run.committed_steps)} / ${fmt(run.capacity)}`),
+        el("th", {}, "steps committed"), el("td", { class: "num", id: "committed" }, stepsText(run)),
         el("th", {}, "created"), el("td", {}, run.created ?? "–"), el("th", {}, "size"), el("td", {}, bytes(run.size_bytes))))),
     run.error ? el("p", { id: "run-error", class: "status-failed" }, run.error) : null,
     el("div", { class: "toolbar" },

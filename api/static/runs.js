@@ -38,7 +38,7 @@ function runRow(run) {
       onchange: (e) => { if (e.target.checked) list.selected.add(run.run_id); else list.selected.delete(run.run_id); compareButton(); } })),
     el("td", {}, el("a", { href: `#/run/${encodeURIComponent(run.run_id)}` }, run.run_id)),
     statusCell(run),
-    el("td", { class: "num steps" }, `${fmt(run.committed_steps)} / ${fmt(run.capacity)}`),
+    el("td", { class: "num steps" }, stepsText(run)),
     el("td", {}, el("progress", { max: "1", value: String(run.progress ?? 0) })),
     el("td", { class: "num final-loss" }, loss ? fmt(loss.value) : "–"),
     el("td", { class: "num" }, duration(seconds(run))),

@@ -62,6 +62,9 @@ function bytes(n) {
   return `${i ? n.toFixed(1) : n} ${u[i]}`;
 }
 
+// "committed / planned" states ("/ ?" while a run of unknown length records)
+const stepsText = (run) => `${fmt(run.committed_steps)} / ${run.planned_states == null ? "?" : fmt(run.planned_states)}`;
+
 // a run that may still grow: marked running and held by a writer (a killed producer's run is `writer_gone`)
 const isLive = (run) => run.status === "running" && !run.writer_gone;
 

@@ -61,3 +61,35 @@ def test_chunk_shape_splits_only_states_larger_than_the_target():
     assert chunk_shape_for((64, 32), 4, 1, target_bytes=2048) == (1, 16, 32)  # 16 rows of 128 B
     assert chunk_shape_for((4, 1024), 4, 1, target_bytes=2048) == (1, 1, 512)  # one row too big: split it
     assert chunk_shape_for((), 8, 5) == (5,)
+
+
+@pytest.mark.parametrize("expected_steps", [None, 30])
+def test_a_run_of_unknown_length_has_no_progress_while_it_records(tmp_path, expected_steps, capsys):
+    """Found by a review: a ModuleRecorder run without ``expected_steps`` listed ``committed / capacity`` as its
+    progress, and the capacity doubles as the run grows (0.91, 0.67, 0.95, 0.58 while one run recorded)."""
+    import json
+    import time
+
+    import torch
+
+    import trajscope
+    from trajscope.api.routes_runs import summary
+    from trajscope.cli import main
+    from trajscope.store import describe_run
+
+    model = torch.nn.Linear(3, 2)
+    rec = trajscope.ModuleRecorder(model, root=tmp_path, name="grow", expected_steps=expected_steps, chunk_mib=0.0001)
+    for _ in range(12):
+        rec.record()
+    deadline = time.monotonic() + 60
+    while (info := describe_run("grow", tmp_path)).committed_steps < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)  # (the chunks are written in the background)
+    assert info.status == "running" and info.committed_steps >= 4
+    assert info.planned_states == (None if expected_steps is None else info.capacity) and info.capacity >= 31
+    row = summary(info, size=False)
+    assert row["progress"] == (None if expected_steps is None else info.committed_steps / info.capacity)
+    main(["ls", "--root", str(tmp_path), "--json"])
+    assert json.loads(capsys.readouterr().out)[0]["planned_states"] == info.planned_states
+    rec.close()
+    done = describe_run("grow", tmp_path)
+    assert done.planned_states == 12 and summary(done, size=False)["progress"] == 1.0  # its length, once ended

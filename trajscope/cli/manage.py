@@ -14,6 +14,7 @@ import typer
 from trajscope.errors import UserError
 from trajscope.store.errors import MalformedRun
 from trajscope.store.dataset_attrs import run_attr
+from trajscope.store.reader import planned_states
 
 RootOption = Annotated[
     Optional[str], typer.Option("--root", help="Store root: a directory or fsspec URL (default $TRAJSCOPE_ROOT or ./runs).")
@@ -59,6 +60,7 @@ def catalog_row(run_id: str, attrs: dict[str, Any], size_bytes: int, columns: li
         "writer_gone": writer_gone,
         "committed_steps": int(attrs.get("committed_steps", 0)),
         "capacity": int(attrs.get("capacity", 0)),
+        "planned_states": planned_states(attrs),
         "final_loss": attrs.get("final_loss"),
         "seconds": _seconds(attrs),
         "size_bytes": size_bytes,
@@ -186,7 +188,7 @@ def register(app: typer.Typer) -> None:
         for r in rows:
             status = (f"{r['status']} (writer gone: `{resume_command(r['run'], store_root.location)}`)"
                       if r["writer_gone"] else r["status"])
-            table.add_row(r["run"], status, f"{r['committed_steps']}/{r['capacity']}", _fmt(r["final_loss"]),
+            table.add_row(r["run"], status, f"{r['committed_steps']}/{r['planned_states'] or '?'}", _fmt(r["final_loss"]),
                           _duration(r["seconds"]), f"{r['size_bytes'] / 2**20:.1f} MiB", r["created"] or "-",
                           _fmt(r["tags"]), *(_fmt(r[f]) for f in fields))
         console.print(table)

@@ -18,6 +18,15 @@ StepSel = slice | None
 UNKNOWN = "unknown"
 
 
+def need_two_states(what: str, ds: xr.Dataset, sel: xr.Dataset) -> None:
+    """A :class:`UserError` when the selection ``sel`` of ``ds`` holds fewer than two states (``what``
+    compares consecutive ones), saying whether to record more or to widen the step range."""
+    if sel.sizes["step"] < 2:
+        raise UserError(f"{what} and needs two; "
+                        + (f"this run has {ds.sizes['step']}: record more steps" if ds.sizes["step"] < 2
+                           else f"the step range holds {sel.sizes['step']}: widen the step range"))
+
+
 def select(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """Restrict ``ds`` to recorded states ``step=slice(a, b, s)``.
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from trajscope.analysis._common import StepSel, inputs, labels, loss_kind, loss_reduction, select, time_coord, weights
+from trajscope.analysis._common import (StepSel, inputs, labels, loss_kind, loss_reduction, need_two_states, select,
+                                        time_coord, weights)
 from trajscope.analysis._kernels import direction_field_block
 from trajscope.analysis.registry import TWO_LAYER, quantity
-from trajscope.store.errors import UserError
 
 
 def _coef(ds: xr.Dataset) -> float:
@@ -35,10 +35,7 @@ def direction_field_error(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """
     sel = select(ds, step)
     W = weights(sel)
-    if sel.sizes["step"] < 2:
-        raise UserError("direction_field_error compares consecutive recorded states and needs two; "
-                        + (f"this run has {ds.sizes['step']}: record more steps" if ds.sizes["step"] < 2
-                           else f"the step range holds {sel.sizes['step']}: widen the step range"))
+    need_two_states("direction_field_error compares consecutive recorded states", ds, sel)
     W0 = W.isel(step=slice(0, -1))
     steps0 = W0["step"].values
     W0 = W0.drop_vars([c for c in W0.coords if c != "step"])

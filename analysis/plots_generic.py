@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from trajscope.analysis._common import StepSel, positive_count, run_name
+from trajscope.analysis._common import StepSel, need_two_states, positive_count, run_name, select
 from trajscope.analysis.generic import (
     SELECTED,
     TOTAL,
@@ -57,6 +57,7 @@ def plot_param_updates(ds: xr.Dataset, step: StepSel = None, *, title: str | Non
     """Two panels: distance from initialization ``||θ_p(k) − θ_p(0)||`` and update size
     ``||θ_p(k_{i+1}) − θ_p(k_i)||`` between the plotted states."""
     sel = thinned(ds, step)
+    need_two_states("param_updates draws the updates between recorded states", ds, select(ds, sel))
     picked = parameters(ds, parameter)
     names = [total_name(ds, picked), *picked]
     fig = Figure(figsize=(7, 6.5), layout="constrained")

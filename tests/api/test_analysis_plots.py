@@ -287,3 +287,23 @@ def test_an_object_store_failing_during_a_computation_is_a_502_and_not_remembere
             assert r.status_code == 502 and "EndpointConnectionError" in r.json()["detail"], (url, r.text)
     assert client.get("/api/runs/done/analysis/stable_rank", params={"step": "0:7"}).status_code == 200
     assert client.get("/api/runs/done/plots/cones.png", params={"step": "0:7"}).status_code == 200
+
+
+def test_param_updates_of_one_state_says_it_needs_two(tmp_path, serve):
+    """Found by a review: ``param_updates`` of one state drew empty axes (200)."""
+    import torch
+
+    import trajscope
+
+    model = torch.nn.Linear(3, 2)
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="m") as rec:
+        for _ in range(4):
+            rec.record()
+            with torch.no_grad():
+                model.weight.add_(0.1)
+    with serve(StoreRoot(tmp_path)) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        for step, words in (("2", "the step range holds 1: widen"), ("0:0", "the step range holds 1: widen")):
+            r = c.get("/api/runs/m/plots/param_updates.png", params={"step": step})
+            assert r.status_code == 400 and "param_updates draws the updates" in r.json()["detail"], r.text
+            assert words in r.json()["detail"]
+        assert c.get("/api/runs/m/plots/param_updates.png", params={"step": "1:3"}).status_code == 200

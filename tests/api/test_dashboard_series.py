@@ -150,7 +150,7 @@ def test_rows_of_a_parameter_and_what_is_wrong(client, expected):
     W = expected["done"]["W"].values.astype(np.float64)
     cos0 = (W[30:, 5] * W[0, 5]).sum(-1) / np.linalg.norm(W[30:, 5], axis=-1) / np.linalg.norm(W[0, 5])
     np.testing.assert_allclose(body["series"]["to_init[5]"], np.degrees(np.arccos(np.clip(cos0, -1, 1))), atol=1e-6)
-    for params, words in (({"row": "0:2"}, "parameter=NAME"), ({"row": "0:2", "parameter": "loss"}, "parameter=NAME"),
+    for params, words in (({"row": "0:2"}, "parameter=NAME"), ({"row": "0:2", "parameter": "loss"}, "'loss' is not a matrix"),
                           ({"row": "9", "parameter": "W"}, "out of range"), ({"parameter": "v"}, "not a matrix parameter")):
         r = client.get("/api/runs/done/series/row_angles", params=params)
         assert r.status_code == 400 and words in r.json()["detail"], (params, r.text)

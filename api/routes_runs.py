@@ -16,7 +16,7 @@ from trajscope.store import RunInfo, UserError, describe_run
 from trajscope.store.errors import MalformedRun
 from trajscope.store.run_attrs import delete_run as remove_run
 from trajscope.store.snapshot import inside_root
-from trajscope.store.layout import STATUSES
+from trajscope.store.layout import RUN_UID, STATUSES
 
 REALM = "trajscope"
 router = APIRouter(prefix="/api/runs", tags=["runs"], responses={404: {"model": ErrorBody}, 400: {"model": ErrorBody}})
@@ -89,6 +89,8 @@ def run_detail(run: RunDep, state: State) -> dict[str, Any]:
             dtype=str(var.dtype), coordinate=name in ds.coords))
     body = summary(info, True)
     body["links"].update({f"var:{v.name}": f"/api/runs/{run.run_id}/vars/{v.name}" for v in variables})
+    if run.attrs.get(RUN_UID):  # the store of this run only: 410 once it is deleted or created again
+        body["links"]["zarr_pinned"] = f"/zarr/{run.run_id}@{run.attrs[RUN_UID]}"
     return {**body, "attrs": jsonable(run.attrs), "variables": variables}
 
 

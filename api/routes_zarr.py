@@ -8,25 +8,33 @@ checked, whatever is renamed or linked meanwhile. (Starlette's ``FileResponse``,
 in one piece and sent in one piece (bench/api_versions.py: faster than streaming an 8 MiB chunk). The root ``zarr.json`` is a
 snapshot consolidated on the fly and trimmed to ``committed_steps`` (see
 :mod:`trajscope.store.snapshot`), so a remote reader sees a consistent view of a live run.
+
+A run that is gone answers ``410`` for every key but its root ``zarr.json`` (a ``404`` would read as fill
+values in the client's zarr: NaN for a run deleted under an open dataset). ``/zarr/{run_id}@{run_uid}``
+serves the same keys while the run is the one created with that ``run_uid`` and ``410`` once it was deleted
+or replaced (created again under its id): nothing ties a plain ``/zarr/{run_id}`` request to the run the
+client opened.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Request, Response
 
-from trajscope.api.deps import State, load_run
+from trajscope.api.deps import Run, State, load_run
 from trajscope.api.models import ErrorBody
-from trajscope.store.errors import RunNotReady
-from trajscope.store.layout import CREATING
+from trajscope.store.errors import RunNotFound, RunNotReady
+from trajscope.store.layout import CREATING, RUN_UID
 from trajscope.store.served import open_chunk_file
-from trajscope.store.snapshot import KeyNotServed, parse_key, read_key
+from trajscope.store.snapshot import METADATA_KEY, KeyNotServed, parse_key, read_key
 
 router = APIRouter(prefix="/zarr", tags=["zarr"], responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody},
-                                                              409: {"model": ErrorBody}, 416: {"model": ErrorBody}})
+                                                              409: {"model": ErrorBody}, 410: {"model": ErrorBody},
+                                                              416: {"model": ErrorBody}})
+_UID = re.compile(r"[0-9a-f]{32}")
 _RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
 #: more digits than any object size has; longer numbers are refused before ``int()`` (which raises
 #: past 4300 digits and would be slow well before)
@@ -54,6 +62,47 @@ def byte_range(header: str, size: int) -> tuple[int, int]:
     return start, end
 
 
+def _gone(run_id: str) -> HTTPException:
+    return HTTPException(410, f"run {run_id!r} no longer exists (deleted while it was read): nothing of it is "
+                              f"served; open it again if it was recorded again")
+
+
+def _replaced(run_id: str, uid: str, now: Any) -> HTTPException:
+    return HTTPException(410, f"run {run_id!r} was deleted and created again since this reader opened it "
+                              f"(run_uid {uid}): open /zarr/{run_id}@{now} for the new one")
+
+
+def _served_run(state: State, name: str, key: str | None) -> Run:
+    """The run of ``/zarr/{name}`` (``RUN`` or ``RUN@RUN_UID``) whose ``key`` is asked for (None: the bare
+    URL): ``410`` where a client that opened it would otherwise read fill values or another run's chunks."""
+    run_id, pinned, uid = name.partition("@")
+    if pinned and not _UID.fullmatch(uid):
+        raise HTTPException(400, f"/zarr/{name}: after @ comes the run's run_uid, 32 hex digits "
+                                 f"(GET /api/runs/{run_id} gives its zarr link)")
+    try:
+        run = load_run(state, run_id)
+    except RunNotFound:
+        if pinned or key not in (None, METADATA_KEY):
+            raise _gone(run_id) from None
+        raise
+    if pinned and run.attrs.get(RUN_UID) != uid:
+        raise _replaced(run_id, uid, run.attrs.get(RUN_UID))
+    if run.attrs.get("status") == CREATING:  # its arrays and static data may not exist yet: nothing is served
+        raise RunNotReady(run_id)
+    return run
+
+
+def _still_served(state: State, run: Run) -> None:
+    """``410`` when the run whose chunk was just read was deleted, or replaced, meanwhile (the bytes read may
+    be the new run's); its attributes are read again, or on a local root their file's stamp compared."""
+    try:
+        attrs = state.cached_attrs(run.run_id) or state.read_attrs(run.run_id)
+    except RunNotFound:
+        raise _gone(run.run_id) from None
+    if attrs.get(RUN_UID) != run.attrs.get(RUN_UID):
+        raise _replaced(run.run_id, str(run.attrs.get(RUN_UID)), attrs.get(RUN_UID))
+
+
 def _media(key: str) -> str:
     return "application/json" if key.endswith("zarr.json") else "application/octet-stream"
 
@@ -73,9 +122,8 @@ def zarr_key(
     key: str,
     range: Annotated[str | None, Header(description="bytes=a-b (one range)")] = None,
 ) -> Response:
-    run = load_run(state, run_id)
-    if run.attrs.get("status") == CREATING:  # its arrays and static data may not exist yet: nothing is served
-        raise RunNotReady(run_id)
+    run = _served_run(state, run_id, key)
+    run_id = run.run_id
     headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"}
     fd = None
     try:
@@ -87,6 +135,7 @@ def zarr_key(
     except KeyNotServed as err:
         raise HTTPException(404, str(err)) from None
     except (KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        _still_served(state, run)  # (a 404 of a run deleted meanwhile would read as fill values)
         raise HTTPException(404, f"run {run_id!r} has no key {key!r} in its committed snapshot") from None
     if fd is not None:
         try:
@@ -95,6 +144,9 @@ def zarr_key(
             data = b"" if request.method == "HEAD" else os.pread(fd, end - start, start)
         finally:
             os.close(fd)
+    if info.kind == "chunk":  # read from the run that was checked, not from one created since under its id
+        _still_served(state, run)
+    if fd is not None:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         headers["Content-Length"] = str(end - start)
         if request.method == "HEAD":
@@ -117,6 +169,6 @@ def zarr_key(
 @router.get("/{run_id}", include_in_schema=False)
 def zarr_run(state: State, run_id: str) -> Response:
     """The bare run URL: point readers at the group metadata."""
-    load_run(state, run_id)
+    _served_run(state, run_id, None)
     raise HTTPException(404, f"open this URL with xr.open_zarr('.../zarr/{run_id}'); its keys are "
                              f"/zarr/{run_id}/zarr.json and below")

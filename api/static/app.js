@@ -326,7 +326,7 @@ async function showRun(runId) {
     parts.push(el("p", { class: "muted", id: "unavailable" }, `not shown (do not apply to this run): ${unavailable.map((s) => s.id).join(", ")}`));
   }
   parts.push(el("h3", {}, "open this run remotely"),
-    el("code", { class: "snippet", id: "snippet" }, `import xarray as xr\nds = xr.open_zarr("${origin}/zarr/${run.run_id}")  # trimmed to committed steps`));
+    el("code", { class: "snippet", id: "snippet" }, `import xarray as xr\nds = xr.open_zarr("${origin}${run.links.zarr_pinned || run.links.zarr}")  # trimmed to committed steps; an error, not another run's data, once this run is deleted or replaced`));
   const summaryBox = el("details", { id: "summary-box" }, el("summary", {}, "summary (computed on opening)"), el("div", { id: "summary-body" }));
   summaryBox.addEventListener("toggle", async () => {
     if (!summaryBox.open || !listing.items.summary || p.committed === 0) return;

@@ -92,6 +92,37 @@ def test_a_run_being_created_is_refused_not_served_as_fill_values(tmp_path, writ
         open_run("half", tmp_path)
 
 
+def test_a_remote_reader_of_a_deleted_or_replaced_run_gets_an_error_not_other_numbers(tmp_path, write_run, serve):
+    """Found by a review: an ``xr.open_zarr`` over HTTP held across ``rm`` read NaN (the chunks' 404s are fill
+    values to zarr) and across ``rm`` + a new run of the same id read the new run's chunks. A gone run's keys
+    are 410s; ``/zarr/RUN@RUN_UID`` (the dashboard's line, ``links.zarr_pinned``) is 410 once replaced."""
+    root = StoreRoot(tmp_path)
+    old = write_run(root, "same", steps=32, chunk_steps=8, seed=0)
+    with serve(root) as srv:
+        pinned = httpx.get(f"{srv.url}/api/runs/same").json()["links"]["zarr_pinned"]
+        uid = root.read_attrs("same")["run_uid"]
+        assert pinned == f"/zarr/same@{uid}"
+        plain, held = remote(f"{srv.url}/zarr/same"), remote(f"{srv.url}{pinned}")
+        np.testing.assert_array_equal(held["W"].isel(step=slice(0, 8)).values, old["W"][:8])
+        root.delete("same")
+        for ds in (plain, held):  # deleted: an error, never NaN
+            with pytest.raises(Exception, match="410"):
+                ds["W"].isel(step=slice(8, 16)).values
+        r = httpx.get(f"{srv.url}/zarr/same/W/c/1/0/0")
+        assert r.status_code == 410 and "no longer exists" in r.json()["detail"]
+        assert httpx.get(f"{srv.url}/zarr/same/zarr.json").status_code == 404  # (opening it: not found)
+        new = write_run(root, "same", steps=32, chunk_steps=8, seed=1)
+        with pytest.raises(Exception, match="410"):  # pinned to the old run: never the new one's numbers
+            held["W"].isel(step=slice(16, 24)).values
+        r = httpx.get(f"{srv.url}{pinned}/W/c/2/0/0")
+        assert r.status_code == 410 and "deleted and created again" in r.json()["detail"]
+        assert root.read_attrs("same")["run_uid"] in r.json()["detail"]  # it names the new run's URL
+        again = remote(f"{srv.url}{httpx.get(f'{srv.url}/api/runs/same').json()['links']['zarr_pinned']}")
+        np.testing.assert_array_equal(again["W"].values, new["W"])
+        r = httpx.get(f"{srv.url}/zarr/same@nothex/zarr.json")
+        assert r.status_code == 400 and "32 hex digits" in r.json()["detail"]
+
+
 def test_head_and_byte_ranges(client):
     full = client.get("/zarr/done/W/c/0/0/0")
     assert full.status_code == 200 and full.headers["accept-ranges"] == "bytes"

@@ -31,6 +31,7 @@ import numpy as np
 
 from trajscope.store.chunkio import remove_stale_temporaries, stale_temporaries
 from trajscope.store.dataset_attrs import run_attr
+from trajscope.store.schema import is_module_run
 from trajscope.store.errors import CorruptData, MalformedRun, PathOutsideRoot, RunLocked, UserError
 from trajscope.store.layout import COMMITTED, CREATING, STATUSES, STEP_DIM
 from trajscope.store.locks import WriterLock
@@ -252,7 +253,9 @@ def _check_shapes(group: dict[str, Any], attrs: dict[str, Any], arrays: dict[str
                 unfinished.append(f"{name} holds {shape[0]} states but the finished run committed {committed} "
                                   "(its finish stopped while shrinking)")
     if status == "running" and not alive:
-        unfinished.append("status is running but no writer holds the run (its producer died): `trajscope resume` "
+        again = ("ModuleRecorder(..., resume=True) in its script" if is_module_run(attrs)
+                 else "`trajscope resume`")
+        unfinished.append(f"status is running but no writer holds the run (its producer died): {again} "
                           "continues it, --repair marks it interrupted")
     if finished and status in STATUSES:
         consolidated = (group.get("consolidated_metadata") or {}).get("metadata")

@@ -56,6 +56,12 @@ def _legacy_role(name: str, dims: tuple[str, ...]) -> str:
     return "parameter"
 
 
+def is_module_run(attrs: Mapping[str, Any]) -> bool:
+    """True for a run recorded by ``ModuleRecorder`` (its script resumes it, not ``trajscope resume``)."""
+    schema = run_attr(attrs, SCHEMA_ATTR)
+    return isinstance(schema, Mapping) and schema.get("kind") == MODULE
+
+
 def read_schema(attrs: Mapping[str, Any], dims: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
     """The run's schema from its root ``attrs``; for a run without one, a ``two_layer`` schema derived
     from ``dims`` (variable name → dims, e.g. ``{n: v.dims for n, v in ds.variables.items()}``)."""

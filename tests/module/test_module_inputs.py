@@ -221,3 +221,19 @@ def test_the_readmes_resume_snippet_after_a_kill_before_the_first_commit(tmp_pat
         np.testing.assert_array_equal(runs["early"][var].values, runs["whole"][var].values)
         np.testing.assert_array_equal(runs["new"][var].values, runs["whole"][var].values)
     assert runs["early"].sizes["step"] == 9
+
+
+def test_a_killed_module_run_is_pointed_at_its_script_not_at_trajscope_resume(tmp_path):
+    """Found by a review: ``ls`` and ``fsck`` said "`trajscope resume RUN`" continues a killed ModuleRecorder
+    run, and ``trajscope resume`` refuses such a run (its script resumes it)."""
+    script = ("import os, torch, trajscope\n"
+              f"rec = trajscope.ModuleRecorder(torch.nn.Linear(3, 2), root={str(tmp_path)!r}, name='killed')\n"
+              "for _ in range(5): rec.record(loss=1.0)\n"
+              "os._exit(9)\n")
+    assert subprocess.run([sys.executable, "-c", script], timeout=300).returncode == 9
+    for command in (["ls"], ["fsck", "killed"]):
+        out = subprocess.run([sys.executable, "-m", "trajscope", *command, "--root", str(tmp_path)],
+                             capture_output=True, text=True, timeout=300)
+        text = " ".join(out.stdout.split())
+        assert "ModuleRecorder(..., resume=True) in its script" in text, (command, out.stdout, out.stderr)
+        assert "trajscope resume" not in text, (command, text)

@@ -47,19 +47,26 @@ def resume_command(run_id: str, root_location: str) -> str:
     return f"trajscope resume {run_id}" + ("" if root_location == default else f" --root {shlex.quote(root_location)}")
 
 
+def resume_hint(run_id: str, root_location: str, attrs: dict) -> str:
+    """How to continue a stopped run: :func:`resume_command`, or for a run recorded from a script
+    (``ModuleRecorder``, which ``trajscope resume`` refuses) that script with ``resume=True``."""
+    from trajscope.store.schema import is_module_run
+
+    if is_module_run(attrs):
+        return "ModuleRecorder(..., resume=True) in its script"
+    return f"`{resume_command(run_id, root_location)}`"
+
+
 def no_state_yet(run: str, ds) -> UserError:
     """A run with no committed state: wait for its producer, or, where none is left, resume it (the hint was to
     wait even for a run whose producer was killed: found by a review)."""
-    from trajscope.store import StoreRoot, run_attr
+    from trajscope.store import StoreRoot
     from trajscope.store.locks import writer_gone
-    from trajscope.store.schema import MODULE
 
     if ds.attrs.get("status") == "running":
         if not writer_gone(StoreRoot(ds.attrs["root"]), ds.attrs["run_id"]):
             return UserError(f"run {run!r} has no committed steps yet: wait for the producer to commit a chunk")
-    module = (run_attr(ds.attrs, "schema") or {}).get("kind") == MODULE
-    again = ("ModuleRecorder(..., resume=True) in your script" if module
-             else f"`{resume_command(ds.attrs['run_id'], ds.attrs['root'])}`")
+    again = resume_hint(ds.attrs["run_id"], ds.attrs["root"], ds.attrs)
     return UserError(f"run {run!r} has no committed steps: its producer stopped before the first chunk was full; "
                      f"{again} records it from the start")
 

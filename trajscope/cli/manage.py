@@ -130,13 +130,14 @@ def register(app: typer.Typer) -> None:
         """List the runs under the store root: status, states, final loss, duration, tags, config fields."""
         from rich.table import Table
 
-        from trajscope.cli.analyze import resume_command
+        from trajscope.cli.analyze import resume_hint
         from trajscope.store import StoreRoot
         from trajscope.store.locks import writer_gone
 
         store_root = StoreRoot(root)
         fields = [c.strip() for c in (columns or "").split(",") if c.strip()]
         rows, leftovers, present, malformed = [], [], set(), []  # present: the config fields some run has
+        hints: dict[str, str] = {}  # how to continue each run, should its writer be gone
         for run_id in store_root.run_ids():
             try:
                 attrs = store_root.read_attrs(run_id)
@@ -157,6 +158,7 @@ def register(app: typer.Typer) -> None:
                 continue
             gone = attrs.get("status") == "running" and writer_gone(store_root, run_id)
             rows.append(catalog_row(run_id, attrs, store_root.size_bytes(run_id), fields, gone))
+            hints[run_id] = resume_hint(run_id, store_root.location, attrs)
         # a field that some run, or today's config, has is an empty cell where a run lacks it (a run made before
         # the field existed, a run of another data kind); one that none has is a misspelling
         unknown = [f for f in fields if f not in present and f not in current_fields()]
@@ -186,7 +188,7 @@ def register(app: typer.Typer) -> None:
         for column in ["run", "status", "states", "final loss", "duration", "size", "created", "tags", *fields]:
             table.add_column(column, justify="right" if column in right or column in fields else "left")
         for r in rows:
-            status = (f"{r['status']} (writer gone: `{resume_command(r['run'], store_root.location)}`)"
+            status = (f"{r['status']} (writer gone: {hints[r['run']]})"
                       if r["writer_gone"] else r["status"])
             table.add_row(r["run"], status, f"{r['committed_steps']}/{r['planned_states'] or '?'}", _fmt(r["final_loss"]),
                           _duration(r["seconds"]), f"{r['size_bytes'] / 2**20:.1f} MiB", r["created"] or "-",

@@ -17,6 +17,7 @@ from trajscope.store.errors import MalformedRun
 from trajscope.store.run_attrs import delete_run as remove_run
 from trajscope.store.snapshot import inside_root
 from trajscope.store.layout import RUN_UID, STATUSES
+from trajscope.store.locks import writer_gone, writer_named
 
 REALM = "trajscope"
 router = APIRouter(prefix="/api/runs", tags=["runs"], responses={404: {"model": ErrorBody}, 400: {"model": ErrorBody}})
@@ -119,6 +120,20 @@ def check_token(state: ApiState, authorization: str | None) -> None:
                             headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_token"'})
 
 
+def refuse_running(state: ApiState, run_id: str) -> None:
+    """The 409 for a ``running`` run asked to be deleted without ``force``: it names the writer its lock names
+    (a review found only a force hint for a run whose producer was alive), or says that ``force=true`` deletes
+    it where that writer is gone. (A lock file keeps naming a writer that let the run go, so a live process
+    named is "stop it first", not a certainty.)"""
+    if writer_gone(state.root, run_id):
+        raise HTTPException(409, f"run {run_id!r} is marked running but its writer is gone (its producer was "
+                                 f"killed): pass force=true to delete it, or resume it first")
+    writer = writer_named(state.root, run_id)
+    raise HTTPException(409, f"run {run_id!r} is marked running" + (f" and its lock names {writer}, a live process"
+                             if writer else "") + ": stop its producer first; if none writes it any more, pass "
+                             "force=true (refused, naming the writer, while one holds the run)")
+
+
 @router.delete("/{run_id}", status_code=200, summary="Delete a run (only with the configured token)",
                responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 409: {"model": ErrorBody}})
 async def delete_run(
@@ -134,7 +149,7 @@ async def delete_run(
     except MalformedRun:  # its document unusable: deleted all the same (a live writer still holds the lock: 409)
         run = None
     if run is not None and run.status == "running" and not force:
-        raise HTTPException(409, f"run {run.run_id!r} is running: stop it first, or pass force=true")
+        await run_in_threadpool(refuse_running, state, run.run_id)
     run_id = run.run_id if run is not None else run_id
     # under the run's writer lock, as `trajscope rm` deletes: a live writer (one that is creating or resuming the
     # run too) is a 409 RunLocked naming it, and no writer can start while the files go

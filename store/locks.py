@@ -279,6 +279,25 @@ def _locked_id(root: StoreRoot, run_id: str) -> str:
     return run_id
 
 
+def _lock_record(root: StoreRoot, run_id: str) -> str | dict[str, Any]:
+    """What the run's lock says of its writer, read only: a local lock file's line (``pid N on HOST``; empty
+    when none was written) or an object store's lease (a dict). :class:`FileNotFoundError` when there is none."""
+    if root.is_local:
+        folder, name = os.path.split(root.lock_path(run_id))
+        dir_fd = open_real_dir(root.location, [os.path.basename(folder)], f"the lock folder of {root.location}")
+        try:
+            fd = os.open(name, os.O_RDONLY | NOFOLLOW | CLOEXEC, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        try:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
+    path = root.fs._strip_protocol(f"{root.location}/.locks/{run_id}.lease")
+    root.fs.invalidate_cache(path)
+    return dict(json.loads(root.fs.cat_file(path)))
+
+
 def writer_gone(root: StoreRoot, run_id: str) -> bool:
     """True when no writer can be holding ``run_id``: the local lock file names a process of this host that no
     longer exists, or the object store's lease has had no heartbeat for :data:`LEASE_SECONDS` (or there is
@@ -289,26 +308,27 @@ def writer_gone(root: StoreRoot, run_id: str) -> bool:
         run_id = _locked_id(root, run_id)  # (a link to a run: that run's writer; found by a review)
         if (root.location, run_id) in _HELD:
             return False
-        if root.is_local:
-            folder, name = os.path.split(root.lock_path(run_id))
-            dir_fd = open_real_dir(root.location, [os.path.basename(folder)], f"the lock folder of {root.location}")
-            try:
-                fd = os.open(name, os.O_RDONLY | NOFOLLOW | CLOEXEC, dir_fd=dir_fd)
-            finally:
-                os.close(dir_fd)
-            try:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-            finally:
-                os.close(fd)
-            return bool(holder) and not _holder_alive(holder)
-        path = root.fs._strip_protocol(f"{root.location}/.locks/{run_id}.lease")
-        root.fs.invalidate_cache(path)
-        holder = json.loads(root.fs.cat_file(path))
-        return time.time() - float(holder.get("heartbeat", 0)) > LEASE_SECONDS
+        record = _lock_record(root, run_id)
+        if isinstance(record, str):
+            return bool(record) and not _holder_alive(record)
+        return time.time() - float(record.get("heartbeat", 0)) > LEASE_SECONDS
     except FileNotFoundError:
         return not root.is_local
     except (OSError, ValueError, TypeError, PathOutsideRoot):
         return False
+
+
+def writer_named(root: StoreRoot, run_id: str) -> str:
+    """The writer the run's lock names (``pid N on HOST``, with the lease's last heartbeat on an object store),
+    read only; ``""`` when it names none or cannot be read. For messages."""
+    try:
+        record = _lock_record(root, _locked_id(root, run_id))
+    except (OSError, ValueError, TypeError, PathOutsideRoot):
+        return ""
+    if isinstance(record, str):
+        return record
+    age = time.time() - float(record.get("heartbeat", 0) or 0)
+    return f"pid {record.get('pid')} on {record.get('host')} (heartbeat {age:.0f} s ago)"
 
 
 def _holder_alive(holder: str) -> bool:

@@ -151,7 +151,8 @@ def test_delete_needs_the_token(tmp_path, write_run, serve):
         r = httpx.delete(f"{srv.url}/api/runs/victim", headers={"Authorization": "Bearer wrong-token"})
         assert r.status_code == 401 and root.exists("victim")
         r = httpx.delete(f"{srv.url}/api/runs/busy", headers={"Authorization": "Bearer right-token"})
-        assert r.status_code == 409 and "running" in r.json()["detail"] and root.exists("busy")
+        assert r.status_code == 409 and root.exists("busy")
+        assert f"its lock names pid {os.getpid()} on" in r.json()["detail"], r.text  # (this process wrote it)
         # force=true is for a crashed run: one whose writer is alive (here, a resume holding its lock) is never
         # deleted; once that writer is gone it is
         writer = RunWriter.reopen(root, "busy")
@@ -196,3 +197,21 @@ def test_a_delete_the_servers_user_may_not_do_is_a_403_naming_the_way(tmp_path, 
         r = httpx.delete(f"{srv.url}/api/runs/victim", headers={"Authorization": "Bearer right-token"})
     assert r.status_code == 403 and "trajscope rm victim" in r.json()["detail"] and "victim.lock" in r.json()["detail"]
     assert root.exists("victim")
+
+
+def test_deleting_a_running_run_whose_writer_is_gone_says_force_deletes_it(tmp_path, write_run, serve):
+    import socket
+    import subprocess
+    import sys
+
+    root = StoreRoot(tmp_path)
+    write_run(root, "crashed", steps=8, chunk_steps=8, finish=None)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(root.lock_path("crashed"), "w") as f:  # as its killed producer left it
+        f.write(f"pid {dead.pid} on {socket.gethostname()}\n")
+    with serve(root, token="t") as srv:
+        r = httpx.delete(f"{srv.url}/api/runs/crashed", headers={"Authorization": "Bearer t"})
+        assert r.status_code == 409 and "its writer is gone" in r.json()["detail"] and "force=true" in r.json()["detail"]
+        r = httpx.delete(f"{srv.url}/api/runs/crashed", params={"force": "true"}, headers={"Authorization": "Bearer t"})
+        assert r.status_code == 200 and not root.exists("crashed")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -53,6 +54,13 @@ class StoreRoot:
         if location.startswith("file://"):
             location = location[len("file://") :]
         self.is_local = not _is_url(location)
+        if self.is_local and re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/(?!/)", location):  # (a folder "s3:" made here)
+            protocol, _, rest = location.partition(":/")
+            raise UserError(f"the store root {location!r} looks like a URL with one slash: write "
+                            f"{protocol}://{rest.lstrip('/')} (or ./{location} for a local folder of that name)")
+        if not self.is_local and not location.partition("://")[2].strip("/"):
+            raise UserError(f"the store root {location!r} names no bucket or path: give e.g. "
+                            f"{location.partition('://')[0]}://BUCKET/prefix")
         self.storage_options = dict(storage_options or {})
         if self.is_local:
             self.location = str(Path(location).expanduser().resolve())

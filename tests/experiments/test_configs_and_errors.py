@@ -86,6 +86,12 @@ def test_two_point_rejects_bad_norms():
         ({"grid": {"data.n": [1]}}, "data.n"),
         ({"seeds": []}, "seeds is empty"),
         ({"base": "no-such-config.yaml"}, "not found"),
+        # found by a review: the grid's value silently replaced the point's, names made identical runs twice,
+        # a 10^6 grid took minutes and GBs before a word, and quick's unknown field listed the top level's
+        ({"points": [{"data.mu": 0.1}], "grid": {"data.mu": [0.2]}}, "data.mu is in both points and grid"),
+        ({"grid": {"name": ["x", "y"]}}, "`name` cannot be set or varied"),
+        ({"grid": {"data.mu": [0.1] * 101, "data.n": [8] * 100}}, "10100 runs, over the limit of 10000"),
+        ({"quick": {"grids": {}}}, "quick.grids: unknown field (known: set, grid, points, seeds)"),
     ],
 )
 def test_spec_mistakes_are_one_line_user_errors(spec_factory, change, message):
@@ -166,3 +172,12 @@ def test_a_stopped_sweep_starts_no_more_runs_and_leaves_no_worker(tmp_path, pyth
         # (a SIGKILL can leave a run `running`, a resumable state, when its worker's SIGTERM came before training)
         assert store.read_attrs(run.name[:-5])["status"] in ("interrupted", "complete", "creating") + (
             ("running",) if sig == signal.SIGKILL else ())
+
+
+def test_the_base_seed_is_the_sweeps_seed_unless_seeds_is_given(spec_factory, tiny_base):
+    """Found by a review: a ``seed`` in the base config was replaced by the default ``seeds: [0]``."""
+    spec = spec_factory(base={**tiny_base, "seed": 7})
+    del spec["seeds"]
+    assert {p.config.seed for p in expand(*load_sweep(spec))} == {7}
+    assert {p.config.seed for p in expand(*load_sweep({**spec, "seeds": [1, 2]}))} == {1, 2}
+    assert {p.config.seed for p in expand(*load_sweep(spec_factory()))} == {0}

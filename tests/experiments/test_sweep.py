@@ -153,3 +153,28 @@ def test_a_point_whose_name_holds_someone_elses_zarr_group_keeps_it(tmp_path):
     row = execute_point({"name": "p1"}, "p1", str(tmp_path), summarize=False)
     assert row["action"] == "failed" and "not a trajscope run" in row["error"]
     assert zarr.open_group(str(tmp_path / "p1.zarr"), mode="r").attrs["title"] == "not a run"
+
+
+def test_a_sweep_that_finds_runs_busy_leaves_the_table_to_the_other_writer(tmp_path, spec_factory, python_env):
+    """Found by a review: two sweeps of one spec at once, and the one that finished last (the one that found runs
+    held by the other) overwrote ``<name>.sweep.csv`` with rows of NaN for them."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "runs"
+    spec = spec_factory(grid={"data.mu": [0.3]})
+    point = expand(*load_sweep(spec))[0]
+    holder = subprocess.Popen(  # another writer holds the sweep's one run
+        [sys.executable, "-c", "import time; from trajscope.store import StoreRoot, WriterLock; "
+         f"WriterLock(StoreRoot({str(root)!r}), {point.run_id!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env=python_env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = run_sweep(spec, root=str(root), workers=1)
+        assert [r["action"] for r in result.rows] == ["busy"] and result.files == []
+        assert not (root / "tiny.sweep.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    again = run_sweep(spec, root=str(root), workers=1)
+    assert [r["action"] for r in again.rows] == ["produced"] and (root / "tiny.sweep.csv").exists()

@@ -48,8 +48,11 @@ def register(app: typer.Typer) -> None:
         result = run_sweep(spec, root=root, workers=workers, scheduler=scheduler, quick=quick,
                            progress=_printer(console))
         done = len(result.rows) - len(result.failed)
+        table = (f"table: {', '.join(result.files)}" if result.files else
+                 f"no table written: {len(result.busy)} runs are being written by another process (another sweep?); "
+                 f"run the same command once it ends")
         console.print(f"sweep {result.spec.name}: {done}/{len(result.rows)} runs complete in {result.seconds:.0f} s; "
-                      f"table: {', '.join(result.files)}", highlight=False)
+                      f"{table}", highlight=False)
         if result.failed:
             raise typer.Exit(1)
 

@@ -31,6 +31,7 @@ import contextlib
 import copy
 import hashlib
 import itertools
+import math
 import json
 import multiprocessing
 import os
@@ -97,7 +98,8 @@ class SweepPoint:
 def _one_line(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "spec"
-    message = "unknown field (known: name, base, set, grid, points, seeds, quick, description)" \
+    model = QuickSpec if first["loc"][:1] == ("quick",) else SweepSpec  # (found by a review: quick's fields)
+    message = f"unknown field (known: {', '.join(model.model_fields)})" \
         if first["type"] == "extra_forbidden" else first["msg"]
     return f"invalid sweep spec {source}: {where}: {message}"
 
@@ -177,6 +179,10 @@ def point_run_id(prefix: str, values: dict[str, Any], config: RunConfig) -> str:
     return f"{prefix}-{label}-{digest}" if label else f"{prefix}-{digest}"
 
 
+#: the most runs one sweep expands to
+MAX_POINTS = 10_000
+
+
 def expand(spec: SweepSpec, folder: Path | None = None, *, quick: bool = False) -> list[SweepPoint]:
     """All points of the sweep (validated), in a deterministic order: seeds × points × grid."""
     overrides, grid, points, seeds = dict(spec.set), dict(spec.grid), list(spec.points), list(spec.seeds)
@@ -185,12 +191,26 @@ def expand(spec: SweepSpec, folder: Path | None = None, *, quick: bool = False) 
         grid.update(spec.quick.grid)
         points = list(spec.quick.points) if spec.quick.points is not None else points
         seeds = list(spec.quick.seeds) if spec.quick.seeds is not None else seeds
+    base = _base_raw(spec, folder)
+    if "seeds" not in spec.model_fields_set and "seed" in base:  # (found by a review: the base's seed became 0)
+        seeds = [base["seed"]] if not (quick and spec.quick is not None and spec.quick.seeds is not None) else seeds
     if not seeds:
         raise UserError(f"sweep {spec.name}: seeds is empty; give at least one seed, e.g. seeds: [0]")
-    varied = set(grid) | {k for point in points or [] for k in point} | set(overrides)
+    in_points = {k for point in points or [] for k in point}
+    varied = set(grid) | in_points | set(overrides)
     if "seed" in varied:  # (each point's seed is set from `seeds`: a varied one would be overwritten)
         raise UserError(f"sweep {spec.name}: the seed is varied with `seeds: [0, 1, 2]`, not in grid, points or set")
-    base = _base_raw(spec, folder)
+    if "name" in varied:  # (each run is named from the sweep's name and its values: found by a review)
+        raise UserError(f"sweep {spec.name}: `name` cannot be set or varied: each run's name is made from the "
+                        f"sweep's name and the values that vary; remove it from grid, points and set")
+    both = sorted(set(grid) & in_points)
+    if both:  # (the grid's value replaced the point's: found by a review)
+        raise UserError(f"sweep {spec.name}: {both[0]} is in both points and grid: give it in one of them (a point's "
+                        f"value would be replaced by the grid's)")
+    count = len(seeds) * max(1, len(points)) * math.prod(len(v) for v in grid.values())
+    if count > MAX_POINTS:  # (found by a review: a 10^6 grid took minutes and GBs before saying anything)
+        raise UserError(f"sweep {spec.name}: {count} runs, over the limit of {MAX_POINTS}: split it into several "
+                        f"sweeps, or vary fewer values")
     for key, value in overrides.items():
         set_path(base, key, value, where=f"{spec.name} set")
     keys = list(grid)
@@ -468,13 +488,19 @@ def write_table(table, root: str | os.PathLike | None, stem: str, storage_option
 
 @dataclass
 class SweepResult:
-    """What :func:`run_sweep` did: one row per run and the files holding the table."""
+    """What :func:`run_sweep` did: one row per run and the files holding the table (none when another writer
+    held some of the runs: :attr:`busy`)."""
 
     spec: SweepSpec
     rows: list[dict[str, Any]]
     table: Any  # pandas.DataFrame
     files: list[str]
     seconds: float
+
+    @property
+    def busy(self) -> list[dict[str, Any]]:
+        """Rows of runs another live writer held (another sweep of the same spec, say)."""
+        return [r for r in self.rows if r.get("action") == "busy"]
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -504,5 +530,8 @@ def run_sweep(
     rows = run_points(points, root=root, storage_options=storage_options, workers=workers, scheduler=scheduler,
                       progress=progress)
     table = sweep_table(rows)
-    files = write_table(table, root, table_name(spec.name, quick), storage_options)
+    # a run another writer holds (another sweep of this spec) has no row yet: that sweep writes the table, not
+    # this one (found by a review: the sweep that finished last overwrote the table with `busy` rows of NaN)
+    busy = any(row.get("action") == "busy" for row in rows)
+    files = [] if busy else write_table(table, root, table_name(spec.name, quick), storage_options)
     return SweepResult(spec, rows, table, files, time.perf_counter() - started)

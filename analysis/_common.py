@@ -12,6 +12,7 @@ import xarray as xr
 
 from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.errors import UserError
+from trajscope.store.export import no_state_message  # noqa: F401  (re-exported: the analysis' callers)
 
 StepSel = slice | None
 
@@ -51,18 +52,6 @@ def select(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
             raise UserError(f"step stride must be a positive integer, got {step.step}")
         out = out.isel(step=slice(None, None, int(step.step)))
     return out
-
-
-def no_state_message(step: slice, steps: np.ndarray) -> str:
-    """Why ``step=slice(a, b)`` selects no recorded state of steps ``steps`` (sorted, not empty): the range is
-    outside them, or falls between two of them (a sparse or log schedule)."""
-    a, b = step.start, step.stop
-    text = f"no recorded state in steps {'' if a is None else a}:{'' if b is None else b}"
-    if (a is not None and a > steps[-1]) or (b is not None and b < steps[0]) or (
-            a is not None and b is not None and b < a):
-        return f"{text}: the run has steps {steps[0]} to {steps[-1]}"
-    i = int(np.searchsorted(steps, a, "left"))  # (a is not None here: the range lies inside the recorded steps)
-    return f"{text}: it falls between the recorded steps {steps[i - 1]} and {steps[i]}; widen it"
 
 
 def fraction(name: str, value: float) -> float:

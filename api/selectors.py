@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trajscope.store import UserError
+from trajscope.store.export import no_state_reason
 
 MAX_LIST = 10_000
 _INT = r"\s*-?\d{1,18}\s*"
@@ -105,20 +106,21 @@ def by_step(sel: Selector, steps: np.ndarray, name: str = "step") -> slice | np.
     if sel.kind == "slice":
         lo = 0 if sel.start is None else int(np.searchsorted(steps, sel.start, side="left"))
         hi = steps.size if sel.stop is None else int(np.searchsorted(steps, sel.stop, side="right"))
-        if hi <= lo:
-            raise SelectorError(
-                f"{name}={_show(sel)} selects no recorded state: recorded steps run from {first} to {last} "
-                "(a:b includes both ends)"
-            )
+        if hi <= lo:  # (said as every reader says it: outside the run, or between two recorded steps)
+            raise SelectorError(f"{name}={_show(sel)} selects no recorded state (a:b includes both ends): "
+                                + no_state_reason(slice(sel.start, sel.stop), steps))
         return slice(lo, hi, sel.stride)
     values = np.asarray(sel.values, dtype=np.int64)
     pos = np.searchsorted(steps, values)
     pos = np.clip(pos, 0, steps.size - 1)
     missing = values[steps[pos] != values]
     if missing.size:
+        value = int(missing[0])
+        i = int(np.searchsorted(steps, value))
+        near = ("" if i in (0, steps.size) else
+                f"; the recorded steps nearest to it are {int(steps[i - 1])} and {int(steps[i])}")
         raise SelectorError(
-            f"{name}={int(missing[0])} is not a recorded step: recorded steps run from {first} to {last}"
-            + ("" if steps.size < 2 else f" (every {int(steps[1] - steps[0])} at the start)")
+            f"{name}={value} is not a recorded step: recorded steps run from {first} to {last}" + near
         )
     return int(pos[0]) if sel.scalar else pos
 

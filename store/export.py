@@ -88,6 +88,24 @@ def restore(ds: xr.Dataset) -> xr.Dataset:
     return out
 
 
+def no_state_reason(step: slice, steps: np.ndarray) -> str:
+    """Why ``step=slice(a, b)`` selects no recorded state of steps ``steps`` (sorted, not empty): the range is
+    outside them, or falls between two of them (a sparse or log schedule). Every reader says it so (``ds.traj``,
+    the CLI, the API's selectors)."""
+    a, b = step.start, step.stop
+    if (a is not None and a > steps[-1]) or (b is not None and b < steps[0]) or (
+            a is not None and b is not None and b < a):
+        return f"the run has steps {steps[0]} to {steps[-1]}"
+    i = int(np.searchsorted(steps, a, "left"))  # (a is not None here: the range lies inside the recorded steps)
+    return f"it falls between the recorded steps {steps[i - 1]} and {steps[i]}; widen it"
+
+
+def no_state_message(step: slice, steps: np.ndarray) -> str:
+    """``no recorded state in steps a:b: `` and :func:`no_state_reason`."""
+    a, b = step.start, step.stop
+    return f"no recorded state in steps {'' if a is None else a}:{'' if b is None else b}: {no_state_reason(step, steps)}"
+
+
 def select(ds: xr.Dataset, step: slice | None = None, variables: Iterable[str] | None = None) -> xr.Dataset:
     """The variables ``variables`` (all when ``None``; coordinates always kept) of the states in ``step``.
 
@@ -107,8 +125,7 @@ def select(ds: xr.Dataset, step: slice | None = None, variables: Iterable[str] |
             raise UserError("the run has no recorded state yet: there is no step to select")
         out = out.sel(step=slice(step.start, step.stop)).isel(step=slice(None, None, step.step))
         if out.sizes["step"] == 0:
-            first, last = int(ds["step"][0]), int(ds["step"][-1])
-            raise UserError(f"no recorded state in steps {step.start}:{step.stop}: the run has steps {first} to {last}")
+            raise UserError(no_state_message(step, np.asarray(ds["step"].values)))
     return out
 
 

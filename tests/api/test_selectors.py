@@ -42,10 +42,14 @@ def test_positional_errors_name_the_parameter(name, text, size, words):
 
 def test_by_step_errors():
     steps = np.arange(0, 50, 5)
-    with pytest.raises(SelectorError, match="step=7 is not a recorded step.*0 to 45.*every 5"):
+    with pytest.raises(SelectorError, match="step=7 is not a recorded step.*0 to 45.*nearest to it are 5 and 10"):
         selectors.by_step(selectors.parse("step", "7"), steps)
-    with pytest.raises(SelectorError, match="selects no recorded state"):
+    with pytest.raises(SelectorError, match="selects no recorded state.*the run has steps 0 to 45"):
         selectors.by_step(selectors.parse("step", "46:49"), steps)
+    # found by a review: inside the run but between two recorded steps (a log schedule) read "steps run from 0 to
+    # 45", which the range is within; now as ds.traj and the CLI say it
+    with pytest.raises(SelectorError, match="selects no recorded state.*falls between the recorded steps 5 and 10"):
+        selectors.by_step(selectors.parse("step", "6:9"), steps)
     with pytest.raises(SelectorError, match="no committed states"):
         selectors.by_step(selectors.parse("step", "0"), np.arange(0))
 

@@ -182,6 +182,21 @@ def test_selecting_steps_of_a_run_with_no_state_yet_is_a_user_error(tmp_path):
         select(open_run("empty", root), step=slice(0, 5))
 
 
+def test_a_range_between_two_recorded_steps_is_told_apart_from_one_outside_the_run():
+    """Found by a review: ``show``, ``plot`` and ``export`` said "the run has steps 0 to 1500" of a range between
+    two states of a log schedule, inside those steps; ``ds.traj`` already said where it falls."""
+    import xarray as xr
+
+    from trajscope.store import UserError
+    from trajscope.store.export import select
+
+    ds = xr.Dataset({"loss": ("step", np.ones(5))}, coords={"step": [0, 1, 2, 959, 1113]})
+    with pytest.raises(UserError, match="steps 1000:1001: it falls between the recorded steps 959 and 1113; widen"):
+        select(ds, step=slice(1000, 1001))
+    with pytest.raises(UserError, match="steps 2000:: the run has steps 0 to 1113"):
+        select(ds, step=slice(2000, None))
+
+
 @pytest.mark.parametrize("suffix", ["nc", "zarr", "npz", "NPZ"])
 def test_an_export_stopped_half_way_leaves_nothing(tiny_root, tmp_path, monkeypatch, suffix):
     """Found by a review: a Ctrl-C (or a corrupt chunk) during an export left a file that opened as the complete

@@ -111,8 +111,9 @@ class Listing(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or `root unavailable` (with a 503) when the served root cannot be listed")
     version: str
     root: str = Field(description="name of the served root (its last path component; never its absolute path)")
     writable: bool
     analysis: bool
+    root_error: str | None = Field(None, description="why the served root cannot be listed (no bucket, no credentials)")

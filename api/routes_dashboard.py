@@ -57,7 +57,12 @@ def static(name: str) -> Response:
     return Response(_static(name), media_type=STATIC[name], headers={"Cache-Control": cache})
 
 
-@router.get("/health", response_model=Health, summary="Liveness: version, root, whether deletes are enabled")
-def health(state: State) -> Health:
-    return Health(status="ok", version=trajscope.__version__, root=public_root(state.root),
-                  writable=bool(state.token), analysis=bool(registry.quantities() or registry.plot_kinds()))
+@router.get("/health", response_model=Health, summary="Liveness: version, root, whether deletes are enabled",
+            responses={503: {"model": Health, "description": "the served root cannot be listed"}})
+def health(state: State, response: Response) -> Health:
+    problem = state.root_problem()  # (found by a review: a missing bucket, or no credentials, read "ok")
+    if problem is not None:
+        response.status_code = 503
+    return Health(status="ok" if problem is None else "root unavailable", version=trajscope.__version__,
+                  root=public_root(state.root), writable=bool(state.token),
+                  analysis=bool(registry.quantities() or registry.plot_kinds()), root_error=problem)

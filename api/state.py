@@ -24,6 +24,7 @@ import xarray as xr
 from cachetools import LRUCache, TLRUCache
 
 from trajscope.store import StoreRoot, open_run
+from trajscope.store.errors import object_store_error
 
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 2**20
 DEFAULT_CACHE_BYTES = 256 * 2**20
@@ -86,6 +87,10 @@ class _Attrs:
     stamp: tuple | None
 
 
+#: how long a check of the served root stands (``/health``)
+ROOT_CHECK_SECONDS = 5.0
+
+
 def public_root(root: StoreRoot) -> str:
     """What responses may say about the served root: its last path component (``runs``), and the
     scheme for a remote one (``s3://…/prefix``) — never the absolute path on the server."""
@@ -109,6 +114,8 @@ class ApiState:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _datasets: LRUCache = field(init=False)
     _attrs: TLRUCache = field(init=False)
+    #: (when, problem) of the last check of the root (:meth:`root_problem`)
+    _root_checked: tuple[float, str | None] | None = field(default=None, init=False)
     #: kinds of figure a run (``(run_id, created)``) cannot show, with the reason, as learnt by drawing
     figure_failures: LRUCache = field(init=False)
 
@@ -118,6 +125,25 @@ class ApiState:
         self._attrs = TLRUCache(maxsize=self.max_attrs, ttu=lambda _k, v, _now: v.read_at + self.attrs_ttl,
                                 timer=time.monotonic)
         self.figure_failures = LRUCache(maxsize=256)
+
+    def root_problem(self) -> str | None:
+        """Why the served root cannot be read (no bucket, no credentials, no permission), or ``None``: its listing
+        is tried at most every :data:`ROOT_CHECK_SECONDS` (``/health``, which a container's health check polls).
+        Never names the root's absolute path or bucket (see :func:`public_root`)."""
+        now = time.monotonic()
+        checked = self._root_checked
+        if checked is not None and now - checked[0] < ROOT_CHECK_SECONDS:
+            return checked[1]
+        problem = None
+        try:
+            self.root.run_ids()
+            if self.root.missing_bucket() is not None:
+                problem = "the served root's bucket does not exist: check its name, or AWS_ENDPOINT_URL"
+        except Exception as err:  # noqa: BLE001 - any failure to list the root is what the check reports
+            problem = object_store_error(err) or f"the served root cannot be listed: {type(err).__name__}" + (
+                f" ({err.strerror})" if isinstance(err, OSError) and err.strerror else "")
+        self._root_checked = (now, problem)
+        return problem
 
     def _stamp(self, run_id: str) -> tuple | None:
         """Identity of a local run's ``zarr.json`` (inode, mtime, size); ``None`` for remote roots.

@@ -32,7 +32,9 @@ def test_s3_root_served_over_http(s3_root, serve):
     with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
         runs = {r["run_id"]: r for r in c.get("/api/runs").json()["runs"]}
         assert set(runs) == {"done", "live"} and runs["live"]["committed_steps"] == 12
-        assert c.get("/health").json()["root"] == "s3://…/api-tests"
+        health = c.get("/health")
+        assert health.status_code == 200 and health.json()["root"] == "s3://…/api-tests"
+        assert health.json()["status"] == "ok" and health.json()["root_error"] is None
         body = c.get("/api/runs/done/vars/v", params={"step": "3:5", "neuron": "2"}).json()
         np.testing.assert_array_equal(np.asarray(body["values"], dtype=np.float32), data["done"]["v"][3:6, 2])
         assert c.get("/api/runs/done/plots/loss.png").content.startswith(b"\x89PNG")
@@ -80,3 +82,15 @@ def test_ls_of_a_missing_bucket_says_so(s3_env):
         "name, or AWS_ENDPOINT_URL"], missing.stderr
     empty = cli("ls", "--root", "s3://trajscope/nothing-here", timeout=120)
     assert empty.returncode == 0 and "no runs in s3://trajscope/nothing-here" in empty.stdout, empty.stderr
+
+
+def test_health_of_a_root_whose_bucket_is_missing_is_503(s3_env, serve):
+    """Found by a review: ``serve`` of a mistyped bucket answered ``/health`` 200 "ok" (the container's health
+    check passed) while ``ls`` said the bucket does not exist; an empty prefix of a real bucket is healthy."""
+    with serve(StoreRoot("s3://no-such-bucket/runs")) as srv:
+        r = httpx.get(f"{srv.url}/health", timeout=60)
+        assert r.status_code == 503 and r.json()["status"] == "root unavailable", r.text
+        assert "bucket does not exist" in r.json()["root_error"] and "no-such-bucket" not in r.text
+    with serve(StoreRoot("s3://trajscope/nothing-here")) as srv:
+        r = httpx.get(f"{srv.url}/health", timeout=60)
+        assert r.status_code == 200 and r.json()["status"] == "ok", r.text

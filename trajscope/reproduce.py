@@ -12,6 +12,7 @@ root with deterministic ids, so a second call reuses finished runs and resumes i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -198,11 +199,18 @@ def reproduce(
     points, sweep_points = _points(exps, sweep_sources, quick)
     store_root = StoreRoot(root)
     out_dir = Path(out)
+    made = [d for d in (out_dir, out_dir / "figures") if not d.exists()]
     try:  # before any run: a report folder that cannot be made is said now, not after an hour of training
         (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--out {out}: cannot make the report folder there ({err.strerror}); choose another") from None
-    rows = run_points(points, root=store_root.location, workers=workers, scheduler=scheduler, progress=progress)
+    try:
+        rows = run_points(points, root=store_root.location, workers=workers, scheduler=scheduler, progress=progress)
+    except UserError:  # (--workers 0, a bad --scheduler: found by a review to leave an empty report/ behind)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):  # only folders this call made, and only while empty
+                folder.rmdir()
+        raise
     by_id = {row["run_id"]: row for row in rows}
     for exp, point in zip(exps, points):
         exp.row = by_id.get(point.run_id)

@@ -152,6 +152,8 @@ def test_a_stopped_sweep_starts_no_more_runs_and_leaves_no_worker(tmp_path, pyth
         proc.kill()
         raise AssertionError("the sweep did not stop within 60 s")
     assert proc.returncode != 0 and "Traceback" not in err, err
+    if sig != signal.SIGKILL:  # (found by a review: it exited 130 saying nothing)
+        assert "interrupted: the runs that were training end `interrupted`; run the same command" in err, err
 
     def running(pid: int) -> bool:
         try:
@@ -181,3 +183,17 @@ def test_the_base_seed_is_the_sweeps_seed_unless_seeds_is_given(spec_factory, ti
     assert {p.config.seed for p in expand(*load_sweep(spec))} == {7}
     assert {p.config.seed for p in expand(*load_sweep({**spec, "seeds": [1, 2]}))} == {1, 2}
     assert {p.config.seed for p in expand(*load_sweep(spec_factory()))} == {0}
+
+
+def test_quick_without_a_quick_section_and_reproduce_with_no_workers_leave_nothing(tmp_path, spec_factory):
+    """Found by a review: ``sweep --quick`` of a spec without ``quick:`` ran the full sweep, and ``reproduce
+    --workers 0`` refused only after making an empty report folder."""
+    from trajscope.experiments.sweep import run_sweep
+    from trajscope.reproduce import reproduce
+
+    with pytest.raises(UserError, match="has no quick: section, so --quick would run the full sweep"):
+        run_sweep(spec_factory(), root=tmp_path / "runs", quick=True)
+    with pytest.raises(UserError, match="--workers 0"):
+        reproduce(tmp_path / "report", root=tmp_path / "runs", quick=True, workers=0,
+                  experiments={}, sweeps={"at": spec_factory()})
+    assert not (tmp_path / "report").exists() and not (tmp_path / "runs").exists()

@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     try:
         code = app(args, prog_name="trajscope", standalone_mode=False)  # returns the code of typer.Exit
+        if code == 130 and args[0] in ("sweep", "reproduce"):  # Ctrl-C, SIGTERM (found by a review: it said nothing)
+            print("trajscope: interrupted: the runs that were training end `interrupted`; run the same command to go "
+                  "on (finished runs are skipped, interrupted ones resumed)", file=sys.stderr)
         if isinstance(code, int) and code:
             raise SystemExit(code)
     except UserError as err:

@@ -526,6 +526,9 @@ def run_sweep(
         spec, folder = source, None
     else:
         spec, folder = load_sweep(source)
+    if quick and spec.quick is None:  # (found by a review: it ran the full sweep, named -quick)
+        raise UserError(f"sweep {spec.name} has no quick: section, so --quick would run the full sweep: drop --quick, "
+                        f"or add e.g. quick: {{grid: {{...}}, seeds: [0]}}")
     points = expand(spec, folder, quick=quick)
     rows = run_points(points, root=root, storage_options=storage_options, workers=workers, scheduler=scheduler,
                       progress=progress)

@@ -201,7 +201,10 @@ class StoreRoot:
         try:
             raw = self.read_bytes(run_id, "zarr.json")
         except KeyError:
-            raise RunNotFound(f"no run {run_id!r} under {self.location}: `trajscope ls` lists the runs") from None
+            bucket = self.missing_bucket()  # (found by a review: a mistyped bucket said "no run")
+            raise RunNotFound(f"no run {run_id!r} under {self.location}: " + (
+                f"there is no bucket {bucket!r} at its object store (check its name, or AWS_ENDPOINT_URL)"
+                if bucket is not None else "`trajscope ls` lists the runs")) from None
         try:
             document = json.loads(raw)
         except ValueError:  # (UnicodeDecodeError is one)

@@ -80,6 +80,8 @@ def test_ls_of_a_missing_bucket_says_so(s3_env):
     assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
         "trajscope: error: no bucket 'no-such-bucket' at the object store of s3://no-such-bucket/runs: check its "
         "name, or AWS_ENDPOINT_URL"], missing.stderr
+    show = cli("show", "r2", "--root", "s3://no-such-bucket/runs", timeout=120)  # (it said "no run 'r2'")
+    assert show.returncode == 2 and "there is no bucket 'no-such-bucket' at its object store" in show.stderr, show.stderr
     empty = cli("ls", "--root", "s3://trajscope/nothing-here", timeout=120)
     assert empty.returncode == 0 and "no runs in s3://trajscope/nothing-here" in empty.stdout, empty.stderr
 

@@ -300,7 +300,7 @@ def _execute_point(config: dict[str, Any], run_id: str, root: str, storage_optio
     try:
         row["status"] = store_root.read_attrs(run_id).get("status", "unknown")
     except Exception:  # noqa: BLE001
-        row["status"] = "missing"
+        row["status"] = "being created" if row["action"] == "busy" else "missing"  # (busy: another writer makes it)
     row["seconds"] = time.perf_counter() - started
     if summarize and row["status"] == "complete":
         from trajscope.analysis.sweep import summary_record

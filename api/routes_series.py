@@ -212,6 +212,11 @@ def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail:
     attrs = {str(k): jsonable({a: v.attrs[a] for a in ("long_name", "units", "kind", "status") if a in v.attrs})
              for k, v in variables.items()}
     steps = next(iter(result.values())) if isinstance(result, dict) else result
+    if neuron is not None or row is not None:  # θ's total over the kept rows only is no total of θ (a review)
+        from trajscope.analysis.generic import SELECTED, TOTAL
+
+        cols = {(SELECTED if k == TOTAL else k): v for k, v in cols.items()}
+        attrs = {(SELECTED if k == TOTAL else k): v for k, v in attrs.items()}
     return np.asarray(steps["step"].values), cols, attrs
 
 

@@ -63,13 +63,21 @@ def byte_range(header: str, size: int) -> tuple[int, int]:
 
 
 def _gone(run_id: str) -> HTTPException:
-    return HTTPException(410, f"run {run_id!r} no longer exists (deleted while it was read): nothing of it is "
-                              f"served; open it again if it was recorded again")
+    return HTTPException(410, f"no run {run_id!r}: a reader that opened it saw it deleted since (410, not 404, so "
+                              f"that its zarr does not read fill values); open it again if it was recorded again")
 
 
 def _replaced(run_id: str, uid: str, now: Any) -> HTTPException:
     return HTTPException(410, f"run {run_id!r} was deleted and created again since this reader opened it "
                               f"(run_uid {uid}): open /zarr/{run_id}@{now} for the new one")
+
+
+def _opened_key(key: str | None) -> bool:
+    """An array's metadata or chunk: a key a client asks for only after it opened the run."""
+    try:
+        return key is not None and parse_key(key).kind in ("array", "chunk")
+    except KeyNotServed:
+        return False
 
 
 def _served_run(state: State, name: str, key: str | None) -> Run:
@@ -82,9 +90,9 @@ def _served_run(state: State, name: str, key: str | None) -> Run:
     try:
         run = load_run(state, run_id)
     except RunNotFound:
-        if pinned or key not in (None, METADATA_KEY):
+        if pinned or _opened_key(key):
             raise _gone(run_id) from None
-        raise
+        raise  # (opening: the root zarr.json, and zarr's v2 probes .zattrs/.zgroup, stay 404s)
     if pinned and run.attrs.get(RUN_UID) != uid:
         raise _replaced(run_id, uid, run.attrs.get(RUN_UID))
     if run.attrs.get("status") == CREATING:  # its arrays and static data may not exist yet: nothing is served
@@ -94,9 +102,11 @@ def _served_run(state: State, name: str, key: str | None) -> Run:
 
 def _still_served(state: State, run: Run) -> None:
     """``410`` when the run whose chunk was just read was deleted, or replaced, meanwhile (the bytes read may
-    be the new run's); its attributes are read again, or on a local root their file's stamp compared."""
+    be the new run's): on a local root the stamp of its ``zarr.json`` is compared (a fresh read when it
+    changed), on an object store its attributes are read again (a cached entry has no stamp: found by a
+    review to let a remote root's check pass unread)."""
     try:
-        attrs = state.cached_attrs(run.run_id) or state.read_attrs(run.run_id)
+        attrs = (state.cached_attrs(run.run_id) if state.root.is_local else None) or state.read_attrs(run.run_id)
     except RunNotFound:
         raise _gone(run.run_id) from None
     if attrs.get(RUN_UID) != run.attrs.get(RUN_UID):

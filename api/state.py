@@ -136,8 +136,11 @@ class ApiState:
             return checked[1]
         problem = None
         try:
-            self.root.run_ids()
-            if self.root.missing_bucket() is not None:
+            if self.root.is_local and os.path.exists(self.root.location) and not os.path.isdir(self.root.location):
+                problem = "the served root is a file, not a folder"
+            # a listing that worked says enough; an empty one may be a missing bucket (asked only then: a
+            # bucket-level call a prefix-scoped policy refuses reads as "missing"; found by a review)
+            elif not self.root.run_ids() and self.root.missing_bucket() is not None:
                 problem = "the served root's bucket does not exist: check its name, or AWS_ENDPOINT_URL"
         except Exception as err:  # noqa: BLE001 - any failure to list the root is what the check reports
             problem = object_store_error(err) or f"the served root cannot be listed: {type(err).__name__}" + (

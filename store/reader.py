@@ -153,11 +153,13 @@ def describe_run(run: str, root: str | os.PathLike | StoreRoot | None = None, *,
 
 
 def planned_states(attrs: dict[str, Any]) -> int | None:
-    """The states a run is meant to hold: its ``capacity``, except while a run created with
-    ``length_known=False`` runs (its capacity is room to grow; at its end it is the run's length): None."""
-    if attrs.get("status") == "running" and attrs.get("length_known") is False:
-        return None
-    return int(attrs.get("capacity", 0)) or None
+    """The states a run is meant to hold: its ``capacity``; for a run created with ``length_known=False`` (its
+    capacity is room to grow) only once its end set the capacity to its length, else None."""
+    capacity = int(attrs.get("capacity", 0))
+    if attrs.get("length_known") is False:  # (its end sets the capacity to what it committed; fsck --repair of a
+        ended = attrs.get("status") != "running" and capacity == int(attrs.get("committed_steps", 0))  # killed
+        return capacity if ended else None  # one does not: found by a review)
+    return capacity or None
 
 
 def list_runs(root: str | os.PathLike | StoreRoot | None = None, *, with_size: bool = True) -> list[RunInfo]:

@@ -115,7 +115,8 @@ def _same_t1_note(exps: list[Experiment]) -> list[str]:
 
 def _load_experiments(experiments: dict[str, Any] | None, configs: Path, quick: bool) -> list[Experiment]:
     out = []
-    for key, source in (experiments or {k: configs / "paper" / f for k, f in EXPERIMENTS.items()}).items():
+    for key, source in (experiments if experiments is not None else
+                        {k: configs / "paper" / f for k, f in EXPERIMENTS.items()}).items():
         overrides = QUICK.get(key, []) if quick else []  # for the paper's files, not for configs given inline
         if isinstance(source, (dict, RunConfig)):
             config, paper, label = load_config(source), [], "(given)"
@@ -217,7 +218,8 @@ def reproduce(
     tables: dict[str, pd.DataFrame] = {}
     for key, (spec, pts) in sweep_points.items():
         tables[key] = sweep_table([by_id[p.run_id] for p in pts])
-        write_table(tables[key], store_root.location, table_name(spec.name, quick))
+        if not any(by_id[p.run_id].get("action") == "busy" for p in pts):  # (as run_sweep: the other writer's)
+            write_table(tables[key], store_root.location, table_name(spec.name, quick))
     extra = _extras(exps, store_root)
     figures = _figures(exps, tables, store_root, out_dir / "figures")
     claims = _claims({e.key: e for e in exps}, tables, extra)

@@ -104,6 +104,16 @@ def test_static_assets_are_served_from_the_package_only(client):
         assert client.get(bad).status_code == 404, bad
 
 
+def test_a_total_over_the_kept_neurons_is_not_called_the_whole_theta(client, expected):
+    """Found by a review: ``neuron=0`` kept only that neuron's rows of W and v, and their total read ``(all)``."""
+    body = client.get("/api/runs/done/series/distance_from_init", params={"neuron": "0"}).json()
+    assert "(all)" not in body["series"] and "(selected)" in body["series"]
+    W, v = (expected["done"][n].values.astype(np.float64) for n in ("W", "v"))
+    kept = np.sqrt(((W[:, 0] - W[0, 0]) ** 2).sum(1) + (v[:, 0] - v[0, 0]) ** 2)
+    np.testing.assert_allclose(body["series"]["(selected)"], kept, rtol=1e-9)
+    assert "(all)" in client.get("/api/runs/done/series/distance_from_init").json()["series"]
+
+
 def test_the_run_lists_its_series_from_the_registry(client, local_root):
     from trajscope.analysis import applicable
     from trajscope.analysis.registry import is_series

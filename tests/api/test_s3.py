@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import numpy as np
 import pytest
@@ -96,3 +98,25 @@ def test_health_of_a_root_whose_bucket_is_missing_is_503(s3_env, serve):
     with serve(StoreRoot("s3://trajscope/nothing-here")) as srv:
         r = httpx.get(f"{srv.url}/health", timeout=60)
         assert r.status_code == 200 and r.json()["status"] == "ok", r.text
+
+
+def test_health_asks_about_the_bucket_only_when_the_listing_is_empty(tmp_path, monkeypatch):
+    """Found by the review of /health: s3fs reads a refused bucket-level call (a prefix-scoped policy, a network
+    blip) as a missing bucket, which made a root that lists fine a 503; a local root that became a file was ok."""
+    from trajscope.api.state import ApiState
+
+    root = StoreRoot(f"memory://health-{os.getpid()}")
+    monkeypatch.setattr(StoreRoot, "missing_bucket", lambda self: "refused")  # what s3fs answers when refused
+    monkeypatch.setattr(StoreRoot, "run_ids", lambda self: ["r1"])
+    assert ApiState(root=root).root_problem() is None
+    monkeypatch.setattr(StoreRoot, "run_ids", lambda self: [])
+    assert "bucket does not exist" in ApiState(root=root).root_problem()
+    monkeypatch.undo()
+    local = tmp_path / "runs"
+    local.mkdir()
+    state = ApiState(root=StoreRoot(local))
+    assert state.root_problem() is None
+    local.rmdir()
+    local.write_text("x")
+    state._root_checked = None  # (past the 5 s the check stands)
+    assert "is a file, not a folder" in state.root_problem()

@@ -109,7 +109,7 @@ def test_a_remote_reader_of_a_deleted_or_replaced_run_gets_an_error_not_other_nu
             with pytest.raises(Exception, match="410"):
                 ds["W"].isel(step=slice(8, 16)).values
         r = httpx.get(f"{srv.url}/zarr/same/W/c/1/0/0")
-        assert r.status_code == 410 and "no longer exists" in r.json()["detail"]
+        assert r.status_code == 410 and "saw it deleted since" in r.json()["detail"]
         assert httpx.get(f"{srv.url}/zarr/same/zarr.json").status_code == 404  # (opening it: not found)
         new = write_run(root, "same", steps=32, chunk_steps=8, seed=1)
         with pytest.raises(Exception, match="410"):  # pinned to the old run: never the new one's numbers
@@ -210,3 +210,31 @@ def test_path_tricks_never_read_outside_the_root(secret_root, serve, path):
         assert detail  # says what was wrong
         runs = httpx.get(f"{srv.url}/api/runs").json()["runs"]
         assert [r["run_id"] for r in runs] == ["linked"]  # the symlinked-out run is not listed
+
+
+def test_a_run_that_never_existed_opens_as_not_found_and_the_check_reads_an_object_store_again(tmp_path, serve):
+    """Found by the review of the 410s: zarr's v2 probes (``.zattrs``) of a run that never existed read 410
+    "deleted", and on an object-store root the check after a chunk read took the attributes from the cache
+    it had just filled (never read again)."""
+    from fastapi import HTTPException
+
+    from trajscope.api.deps import load_run
+    from trajscope.api.routes_zarr import _still_served
+    from trajscope.api.state import ApiState
+
+    with serve(StoreRoot(tmp_path)) as srv:
+        for key, status in ((".zattrs", 404), (".zgroup", 404), ("zarr.json", 404), ("W/c/0/0/0", 410)):
+            assert httpx.get(f"{srv.url}/zarr/nope/{key}").status_code == status, key
+        with pytest.raises(Exception) as err:
+            xr.open_zarr(f"{srv.url}/zarr/nope")
+        assert "410" not in str(err.value)
+    remote_root = StoreRoot(f"memory://still-served-{os.getpid()}")
+    from tests.api.conftest import make_run  # noqa: E402  (the API tests' writer)
+
+    make_run(remote_root, "r", steps=8, chunk_steps=8)
+    state = ApiState(root=remote_root)
+    run = load_run(state, "r")  # (fills the attributes' cache)
+    remote_root.delete("r")
+    with pytest.raises(HTTPException) as gone:
+        _still_served(state, run)
+    assert gone.value.status_code == 410

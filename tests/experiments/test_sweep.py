@@ -173,6 +173,10 @@ def test_a_sweep_that_finds_runs_busy_leaves_the_table_to_the_other_writer(tmp_p
         result = run_sweep(spec, root=str(root), workers=1)
         assert [r["action"] for r in result.rows] == ["busy"] and result.files == []
         assert not (root / "tiny.sweep.csv").exists()
+        from trajscope.reproduce import reproduce  # (it writes the same table: found by the diff's review)
+
+        reproduce(tmp_path / "report", root=str(root), workers=1, experiments={}, sweeps={"alignment_time": spec})
+        assert not (root / "tiny.sweep.csv").exists()
     finally:
         holder.kill()
         holder.wait()

@@ -93,3 +93,15 @@ def test_a_run_of_unknown_length_has_no_progress_while_it_records(tmp_path, expe
     rec.close()
     done = describe_run("grow", tmp_path)
     assert done.planned_states == 12 and summary(done, size=False)["progress"] == 1.0  # its length, once ended
+
+
+def test_a_run_of_unknown_length_that_was_killed_and_repaired_has_no_plan():
+    """Found by a review: ``fsck --repair`` marks a killed run ``interrupted`` without shrinking its capacity,
+    which then read as its plan (``0/8192``)."""
+    from trajscope.store.reader import planned_states
+
+    unknown = {"length_known": False, "capacity": 8192, "committed_steps": 40}
+    assert planned_states({**unknown, "status": "running"}) is None
+    assert planned_states({**unknown, "status": "interrupted"}) is None
+    assert planned_states({**unknown, "status": "complete", "capacity": 40}) == 40
+    assert planned_states({"capacity": 100, "committed_steps": 40, "status": "interrupted"}) == 100

@@ -205,8 +205,9 @@ def expand(spec: SweepSpec, folder: Path | None = None, *, quick: bool = False) 
                         f"sweep's name and the values that vary; remove it from grid, points and set")
     both = sorted(set(grid) & in_points)
     if both:  # (the grid's value replaced the point's: found by a review)
-        raise UserError(f"sweep {spec.name}: {both[0]} is in both points and grid: give it in one of them (a point's "
-                        f"value would be replaced by the grid's)")
+        raise UserError(f"sweep {spec.name}: {both[0]} is in both points and grid"
+                        + (" (with --quick: quick's points, and the grid with quick's grid merged in)" if quick else "")
+                        + ": give it in one of them (a point's value would be replaced by the grid's)")
     count = len(seeds) * max(1, len(points)) * math.prod(len(v) for v in grid.values())
     if count > MAX_POINTS:  # (found by a review: a 10^6 grid took minutes and GBs before saying anything)
         raise UserError(f"sweep {spec.name}: {count} runs, over the limit of {MAX_POINTS}: split it into several "

@@ -9,8 +9,10 @@ in one piece and sent in one piece (bench/api_versions.py: faster than streaming
 snapshot consolidated on the fly and trimmed to ``committed_steps`` (see
 :mod:`trajscope.store.snapshot`), so a remote reader sees a consistent view of a live run.
 
-A run that is gone answers ``410`` for every key but its root ``zarr.json`` (a ``404`` would read as fill
-values in the client's zarr: NaN for a run deleted under an open dataset). ``/zarr/{run_id}@{run_uid}``
+A run that is gone answers ``410`` for its arrays' keys, chunks and metadata, which a client asks for only
+after it opened the run (a ``404`` would read as fill values in the client's zarr: NaN for a run deleted
+under an open dataset); its root ``zarr.json`` and zarr's v2 probes stay ``404`` (opening a run that does not
+exist says "not found"). ``/zarr/{run_id}@{run_uid}``
 serves the same keys while the run is the one created with that ``run_uid`` and ``410`` once it was deleted
 or replaced (created again under its id): nothing ties a plain ``/zarr/{run_id}`` request to the run the
 client opened.
@@ -29,7 +31,7 @@ from trajscope.api.models import ErrorBody
 from trajscope.store.errors import RunNotFound, RunNotReady
 from trajscope.store.layout import CREATING, RUN_UID
 from trajscope.store.served import open_chunk_file
-from trajscope.store.snapshot import METADATA_KEY, KeyNotServed, parse_key, read_key
+from trajscope.store.snapshot import KeyNotServed, parse_key, read_key
 
 router = APIRouter(prefix="/zarr", tags=["zarr"], responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody},
                                                               409: {"model": ErrorBody}, 410: {"model": ErrorBody},

@@ -201,7 +201,9 @@ class StoreRoot:
         try:
             raw = self.read_bytes(run_id, "zarr.json")
         except KeyError:
-            bucket = self.missing_bucket()  # (found by a review: a mistyped bucket said "no run")
+            # (found by a review: a mistyped bucket said "no run"; asked only of a root that lists nothing, as a
+            # bucket-level call a prefix-scoped policy refuses reads as a missing bucket)
+            bucket = None if self.is_local or self.run_ids() else self.missing_bucket()
             raise RunNotFound(f"no run {run_id!r} under {self.location}: " + (
                 f"there is no bucket {bucket!r} at its object store (check its name, or AWS_ENDPOINT_URL)"
                 if bucket is not None else "`trajscope ls` lists the runs")) from None

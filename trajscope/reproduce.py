@@ -26,6 +26,7 @@ import numpy as np
 from trajscope.producer.config import RunConfig, load_config
 from trajscope.experiments.sweep import (
     SweepPoint,
+    any_busy,
     expand,
     load_sweep,
     point_run_id,
@@ -218,7 +219,7 @@ def reproduce(
     tables: dict[str, pd.DataFrame] = {}
     for key, (spec, pts) in sweep_points.items():
         tables[key] = sweep_table([by_id[p.run_id] for p in pts])
-        if not any(by_id[p.run_id].get("action") == "busy" for p in pts):  # (as run_sweep: the other writer's)
+        if not any_busy([by_id[p.run_id] for p in pts]):  # (as run_sweep: the other writer's to write)
             write_table(tables[key], store_root.location, table_name(spec.name, quick))
     extra = _extras(exps, store_root)
     figures = _figures(exps, tables, store_root, out_dir / "figures")

@@ -181,6 +181,13 @@ def point_run_id(prefix: str, values: dict[str, Any], config: RunConfig) -> str:
 
 #: the most runs one sweep expands to
 MAX_POINTS = 10_000
+#: a row's ``action`` when another live writer held its run
+BUSY = "busy"
+
+
+def any_busy(rows: list[dict[str, Any]]) -> bool:
+    """Whether another writer held some run of ``rows``: its sweep table is that writer's to write."""
+    return any(row.get("action") == BUSY for row in rows)
 
 
 def expand(spec: SweepSpec, folder: Path | None = None, *, quick: bool = False) -> list[SweepPoint]:
@@ -192,8 +199,9 @@ def expand(spec: SweepSpec, folder: Path | None = None, *, quick: bool = False) 
         points = list(spec.quick.points) if spec.quick.points is not None else points
         seeds = list(spec.quick.seeds) if spec.quick.seeds is not None else seeds
     base = _base_raw(spec, folder)
-    if "seeds" not in spec.model_fields_set and "seed" in base:  # (found by a review: the base's seed became 0)
-        seeds = [base["seed"]] if not (quick and spec.quick is not None and spec.quick.seeds is not None) else seeds
+    quick_seeds = quick and spec.quick is not None and spec.quick.seeds is not None
+    if "seeds" not in spec.model_fields_set and "seed" in base and not quick_seeds:  # (found by a review: the
+        seeds = [base["seed"]]  # base's seed became the default 0)
     if not seeds:
         raise UserError(f"sweep {spec.name}: seeds is empty; give at least one seed, e.g. seeds: [0]")
     in_points = {k for point in points or [] for k in point}
@@ -295,13 +303,13 @@ def _execute_point(config: dict[str, Any], run_id: str, root: str, storage_optio
             produce(config, root=store_root, name=run_id)
             row["action"] = "produced"
     except RunLocked as err:
-        row.update(action="busy", error=str(err))
+        row.update(action=BUSY, error=str(err))
     except Exception as err:  # noqa: BLE001 - reported per point, the sweep goes on
         row.update(action=row["action"] or "failed", error=f"{type(err).__name__}: {err}")
     try:
         row["status"] = store_root.read_attrs(run_id).get("status", "unknown")
     except Exception:  # noqa: BLE001
-        row["status"] = "being created" if row["action"] == "busy" else "missing"  # (busy: another writer makes it)
+        row["status"] = "being created" if row["action"] == BUSY else "missing"  # (busy: another writer makes it)
     row["seconds"] = time.perf_counter() - started
     if summarize and row["status"] == "complete":
         from trajscope.analysis.sweep import summary_record
@@ -501,7 +509,7 @@ class SweepResult:
     @property
     def busy(self) -> list[dict[str, Any]]:
         """Rows of runs another live writer held (another sweep of the same spec, say)."""
-        return [r for r in self.rows if r.get("action") == "busy"]
+        return [r for r in self.rows if r.get("action") == BUSY]
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -536,6 +544,5 @@ def run_sweep(
     table = sweep_table(rows)
     # a run another writer holds (another sweep of this spec) has no row yet: that sweep writes the table, not
     # this one (found by a review: the sweep that finished last overwrote the table with `busy` rows of NaN)
-    busy = any(row.get("action") == "busy" for row in rows)
-    files = [] if busy else write_table(table, root, table_name(spec.name, quick), storage_options)
+    files = [] if any_busy(rows) else write_table(table, root, table_name(spec.name, quick), storage_options)
     return SweepResult(spec, rows, table, files, time.perf_counter() - started)

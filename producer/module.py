@@ -111,7 +111,8 @@ def tracked(module: torch.nn.Module, parameters: Sequence[str] | None, buffers: 
                                f"{option}=[...] patterns that do not match it")
     if gradients:
         for n, p in params.items():
-            out[f"{n}.grad"] = ("gradient", p)
+            out[validate_variable_name(f"{n}.grad", f"the gradient of {n!r} cannot be stored under that name: "
+                                                    "rename the parameter, or record with gradients=False")] = ("gradient", p)
     return out
 
 

@@ -103,6 +103,8 @@ class _WithStep(torch.nn.Module):
     (lambda: torch.nn.ModuleDict({"layer 1": torch.nn.Linear(2, 2)}), {},
      r"variable name 'layer 1.weight' cannot be stored.*nn.ModuleDict key"),
     (lambda: torch.nn.ModuleDict({"schichtü": torch.nn.Linear(2, 2)}), {}, "'schichtü.weight' cannot be stored"),
+    (lambda: torch.nn.ModuleDict({"x" * 120: torch.nn.Linear(2, 2)}), {"gradients": True},
+     "record with gradients=False"),  # (its name fits, its gradient's .grad does not)
 ])
 def test_options_and_names_that_would_clash_are_refused_before_anything_is_made(tmp_path, make, kwargs, words):
     """The float parameter ``step`` crashed close() and left a run of no data, ``running`` for ever; the int

@@ -62,6 +62,7 @@ def _variable(name: str) -> Callable:
 
     def fn(ds, step=None):
         return select(ds, step)[name]
+    fn.stored_variable = name  # type: ignore[attr-defined]  (what table() tells a variable from a quantity by)
     return fn
 
 
@@ -152,7 +153,7 @@ def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail:
         if steps.size == 0:
             raise HTTPException(422, f"run {run.run_id!r} has no committed states yet: retry when it has")
         step = slice(int(steps[max(0, steps.size - tail)]), None, None)
-    variable = quantity not in _applicable(ds)  # a stored variable (W, loss, fc1.weight...), not a quantity
+    variable = hasattr(fn_source, "stored_variable")  # a stored variable (W, loss, fc1.weight...), not a quantity
     if neuron is not None:
         if "neuron" not in ds.dims:
             raise UserError(f"neuron={neuron}: run {run.run_id!r} has no neuron dimension")

@@ -120,3 +120,24 @@ def test_health_asks_about_the_bucket_only_when_the_listing_is_empty(tmp_path, m
     local.write_text("x")
     state._root_checked = None  # (past the 5 s the check stands)
     assert "is a file, not a folder" in state.root_problem()
+
+
+def test_the_health_check_of_the_root_stands_for_its_seconds_then_asks_again(monkeypatch):
+    """``/health`` is what a container's health check polls: the root is listed at most every
+    ``ROOT_CHECK_SECONDS``, and a root that went missing is reported once that time has passed."""
+    from trajscope.api import state as state_module
+    from trajscope.api.state import ROOT_CHECK_SECONDS, ApiState
+
+    clock = [1000.0]
+    listings: list[int] = []
+    runs = [["r1"]]
+    monkeypatch.setattr(state_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(StoreRoot, "run_ids", lambda self: listings.append(1) or runs[0])
+    monkeypatch.setattr(StoreRoot, "missing_bucket", lambda self: "gone")
+    state = ApiState(root=StoreRoot(f"memory://health-ttl-{os.getpid()}"))
+    assert state.root_problem() is None and len(listings) == 1
+    runs[0] = []  # the bucket goes away
+    clock[0] += ROOT_CHECK_SECONDS - 0.5
+    assert state.root_problem() is None and len(listings) == 1  # the last check still stands
+    clock[0] += 1.0
+    assert "bucket does not exist" in state.root_problem() and len(listings) == 2

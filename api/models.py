@@ -48,6 +48,8 @@ class RunSummary(BaseModel):
     error: str | None = None
     writer_gone: bool = Field(False, description="status is running but no writer holds the run (its producer was "
                                                  "killed): nothing more will come until `trajscope resume` continues it")
+    tags: list[str] = Field(default_factory=list, description="the run's tags (`trajscope tag`), sorted")
+    note: str | None = Field(None, description="the run's note (`trajscope tag --note`)")
     links: dict[str, str]
 
 

@@ -52,6 +52,8 @@ def summary(info: RunInfo, size: bool) -> dict[str, Any]:
         "config": flatten(info.config),
         "error": info.error,
         "writer_gone": info.writer_gone,
+        "tags": info.tags,
+        "note": info.note,
         "links": {"self": base, "analysis": f"{base}/analysis", "plots": f"{base}/plots",
                   "zarr": f"/zarr/{info.run_id}", "dashboard": f"/#/run/{info.run_id}"},
     }

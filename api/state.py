@@ -136,8 +136,9 @@ class ApiState:
             return checked[1]
         problem = None
         try:
-            if self.root.is_local and os.path.exists(self.root.location) and not os.path.isdir(self.root.location):
-                problem = "the served root is a file, not a folder"
+            if self.root.is_local and not os.path.isdir(self.root.location):
+                problem = ("the served root is a file, not a folder" if os.path.exists(self.root.location)
+                           else "the served root does not exist (moved or deleted)")
             # a listing that worked says enough; an empty one may be a missing bucket (asked only then: a
             # bucket-level call a prefix-scoped policy refuses reads as "missing"; found by a review)
             elif not self.root.run_ids() and self.root.missing_bucket() is not None:

@@ -127,6 +127,9 @@ class RunInfo:
     writer_gone: bool = False
     #: the states the run is meant to hold (see :func:`planned_states`); None while unknown
     planned_states: int | None = None
+    #: the run's labels (``trajscope tag``): sorted tags and a note
+    tags: list[str] = field(default_factory=list)
+    note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (JSON-ready)."""
@@ -149,6 +152,8 @@ def describe_run(run: str, root: str | os.PathLike | StoreRoot | None = None, *,
         error=attrs.get("error"),
         writer_gone=attrs.get("status") == "running" and writer_gone(store_root, run_id),
         planned_states=planned_states(attrs),
+        tags=[str(t) for t in run_attr(attrs, "tags") or []],
+        note=attrs.get("note") or None,
     )
 
 

@@ -61,18 +61,28 @@ async function loadSources(p, keys, progressive) {
 
 function chartColumns(p, spec) {
   // the chart's columns, joined on steps across its sources
+  // `errors`: why a source is unavailable (shown under the chart); `pending`: a source not answered yet
   let cols = spec.cols;
+  const errors = [];
+  let pending = false;
   if (cols === "all") {
-    const entry = p.sources.get(keyOf(spec.source));
-    const names = entry.data ? Object.keys(entry.data.series).filter(spec.filter || (() => true)) : [];
+    const entry = spec.source ? p.sources.get(keyOf(spec.source)) : null;
+    if (entry && !entry.data) {  // its columns are those of its answer: none yet, or a refusal to show
+      if (entry.error) errors.push(entry.error);
+      else pending = true;
+    }
+    const names = entry && entry.data ? Object.keys(entry.data.series).filter(spec.filter || (() => true)) : [];
     cols = names.slice(0, spec.maxSeries || 64).map((n, i) => [spec.source, n, spec.label ? spec.label(n) : n,
       { color: COLORS[i % COLORS.length] }]);
   }
   const groups = new Map();
-  const errors = [];
   for (const [src, name, label, style] of cols) {
     const entry = p.sources.get(keyOf(src));
-    if (!entry || !entry.data) { if (entry && entry.error && !src.optional) errors.push(entry.error); continue; }
+    if (!entry || !entry.data) {
+      if (entry && entry.error && !src.optional) errors.push(entry.error);
+      else if (entry && !entry.error && !src.optional) pending = true;
+      continue;
+    }
     if (!(name in entry.data.series)) continue;
     const g = groups.get(entry) || { x: entry.data.x, ys: [], labels: [] };
     g.ys.push(entry.data.series[name]);
@@ -80,17 +90,18 @@ function chartColumns(p, spec) {
     groups.set(entry, g);
   }
   const parts = [...groups.values()];
-  if (!parts.length) return { x: [], cols: [], errors };
+  if (!parts.length) return { x: [], cols: [], errors, pending };
   const joined = joinSources(parts);
   const labels = parts.flatMap((g) => g.labels);
-  return { x: joined[0], cols: labels.map((l, i) => ({ ...l, values: joined[i + 1] })), errors };
+  return { x: joined[0], cols: labels.map((l, i) => ({ ...l, values: joined[i + 1] })), errors, pending };
 }
 
 function draw(p) {
   if (page !== p) return;
   for (const chart of p.charts) {
-    const { x, cols, errors } = chartColumns(p, chart.spec);
-    chart.note.textContent = errors.length ? `unavailable: ${[...new Set(errors)].join("; ")}` : "";
+    const { x, cols, errors, pending } = chartColumns(p, chart.spec);
+    chart.note.textContent = errors.length ? `unavailable: ${[...new Set(errors)].join("; ")}`
+      : pending && p.committed > 0 ? "loading…" : "";
     chart.setData(x, cols);
     if (x.length && !window.trajscope.firstChartAt) window.trajscope.firstChartAt = performance.now();
   }
@@ -164,6 +175,14 @@ async function poll(p) {
     // them any more, one full listing gives its final status
     let run = (await api("/api/runs?size=false&status=running")).runs.find((r) => r.run_id === p.runId);
     if (!run) run = (await api("/api/runs?size=false")).runs.find((r) => r.run_id === p.runId);
+    pollWorked();
+    if (!run) {  // deleted (`trajscope rm`) while on screen: said once, and no longer polled
+      setText("#live", "");
+      setText("#error", `run ${p.runId} is no longer under the served root (deleted?); what is drawn is what it held. `
+        + "Reload the page if it is made again.");
+      p.gone = true;
+      return;
+    }
     if (run && isLive(run) !== p.live) {  // its producer was killed (nothing more until a resume) or resumed
       p.live = isLive(run);
       const status = $("#status");
@@ -177,6 +196,7 @@ async function poll(p) {
       p.status = run.status;
       p.live = isLive(run);
       setText("#committed", stepsText(run));
+      if (p.committed > 0) { const waiting = $("#waiting"); if (waiting) waiting.remove(); }
       const status = $("#status");
       if (status) status.replaceChildren(statusCell(run));
       if (first || finished || p.range) {
@@ -196,7 +216,7 @@ async function poll(p) {
     }
     if (page === p) setText("#live", p.live ? "live: following the run" : "");
   } catch (err) {
-    if (page === p) setText("#error", err.message);
+    if (page === p) pollFailed(err);
   }
   if (page === p) followLater(p);
 }
@@ -303,6 +323,8 @@ async function showRun(runId) {
         el("th", {}, "steps committed"), el("td", { class: "num", id: "committed" }, stepsText(run)),
         el("th", {}, "created"), el("td", {}, run.created ?? "–"), el("th", {}, "size"), el("td", {}, bytes(run.size_bytes))))),
     run.error ? el("p", { id: "run-error", class: "status-failed" }, run.error) : null,
+    run.tags && run.tags.length ? el("p", { id: "run-tags" }, "tags ", ...run.tags.map((t) => el("span", { class: "tag" }, t))) : null,
+    run.note ? el("p", { id: "run-note", class: "muted" }, `note: ${run.note}`) : null,
     el("div", { class: "toolbar" },
       el("label", {}, "steps ", el("input", { id: "step-from", class: "steps", placeholder: "from" })),
       el("label", {}, "to ", el("input", { id: "step-to", class: "steps", placeholder: "to" })),
@@ -368,6 +390,7 @@ async function route() {
   const hash = location.hash || "#/";
   const run = hash.match(/^#\/run\/(.+)$/);
   const compare = hash.match(/^#\/compare\/(.+)$/);
+  $("#view").replaceChildren(el("p", { class: "muted", id: "loading" }, "loading…"));
   try {
     $("#error").textContent = "";
     if (run) await showRun(decodeURIComponent(run[1]));
@@ -375,6 +398,8 @@ async function route() {
     else await showRuns();
   } catch (err) {
     $("#error").textContent = err.message;
+    const loading = $("#loading");  // not "loading…" under an error: nothing is loading any more
+    if (loading) loading.remove();
   }
 }
 

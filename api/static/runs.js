@@ -6,11 +6,8 @@ const LIST_MS = 2000;
 const list = { filter: "", sort: "run_id", dir: 1, selected: new Set(), runs: [], finalLoss: new Map(), sizes: new Map(),
   variables: new Map() };
 
-function tagsOf(run) {
-  const t = run.tags ?? (run.config && (run.config.tags ?? run.config["run.tags"]));
-  if (t === undefined || t === null || t === "") return [];
-  return Array.isArray(t) ? t.map(String) : String(t).split(",").map((s) => s.trim()).filter(Boolean);
-}
+// the run's tags (`trajscope tag`), as GET /api/runs lists them
+const tagsOf = (run) => (Array.isArray(run.tags) ? run.tags.map(String) : []);
 
 const COLUMNS = [
   ["run_id", "run", (r) => r.run_id],
@@ -24,11 +21,14 @@ const COLUMNS = [
   ["size", "size", (r) => list.sizes.get(r.run_id) ?? -1],
 ];
 
+// Every word of the filter must match: `key=value` a config field's value or a tag exactly
+// (train.steps=300 is not train.steps=3000), any other word a part of the id, the status or a tag.
 function matches(run, text) {
-  if (!text) return true;
-  const hay = [run.run_id, run.status, ...tagsOf(run), ...Object.entries(run.config || {}).map(([k, v]) => `${k}=${v}`)]
-    .join(" ").toLowerCase();
-  return text.toLowerCase().split(/\s+/).every((w) => hay.includes(w));
+  if (!text.trim()) return true;
+  const tags = tagsOf(run).map((t) => t.toLowerCase());
+  const pairs = new Set([...tags, ...Object.entries(run.config || {}).map(([k, v]) => `${k}=${v}`.toLowerCase())]);
+  const hay = [run.run_id, run.status, ...tags].join(" ").toLowerCase();
+  return text.toLowerCase().split(/\s+/).filter(Boolean).every((w) => (w.includes("=") ? pairs.has(w) : hay.includes(w)));
 }
 
 function runRow(run) {
@@ -36,7 +36,7 @@ function runRow(run) {
   return el("tr", { "data-run": run.run_id },
     el("td", {}, el("input", { type: "checkbox", class: "pick", checked: list.selected.has(run.run_id),
       onchange: (e) => { if (e.target.checked) list.selected.add(run.run_id); else list.selected.delete(run.run_id); compareButton(); } })),
-    el("td", {}, el("a", { href: `#/run/${encodeURIComponent(run.run_id)}` }, run.run_id)),
+    el("td", {}, el("a", { href: `#/run/${encodeURIComponent(run.run_id)}`, title: run.note || null }, run.run_id)),
     statusCell(run),
     el("td", { class: "num steps" }, stepsText(run)),
     el("td", {}, el("progress", { max: "1", value: String(run.progress ?? 0) })),
@@ -93,17 +93,25 @@ async function finalLosses() {
   }));
 }
 
+// what a row shows that a listing can change (the writer's fate, labels): a change redraws the rows
+const rowKey = (r) => [r.run_id, r.status, r.committed_steps, r.writer_gone, r.tags, r.note];
+
 async function refreshRuns(first) {
-  const data = await api(`/api/runs?size=${first ? "true" : "false"}`);
+  // sizes (a walk of each run's files) are asked for at first, and again once a run appeared or ended
+  const data = await api(`/api/runs?size=${first || list.needSizes ? "true" : "false"}`);
   $("#root").textContent = data.root;
-  if (first) for (const r of data.runs) list.sizes.set(r.run_id, r.size_bytes);
-  const before = JSON.stringify(list.runs.map((r) => [r.run_id, r.status, r.committed_steps]));
+  if (first || list.needSizes) for (const r of data.runs) list.sizes.set(r.run_id, r.size_bytes);
+  const was = new Map(list.runs.map((r) => [r.run_id, r.status]));
+  list.needSizes = !first && data.runs.some((r) => was.get(r.run_id) !== r.status);
+  const before = JSON.stringify(list.runs.map(rowKey));
   list.runs = data.runs;
-  const changed = first || before !== JSON.stringify(list.runs.map((r) => [r.run_id, r.status, r.committed_steps]));
+  const changed = first || before !== JSON.stringify(list.runs.map(rowKey));
   if (changed) {
     renderRows();
     await finalLosses();
     renderRows();
+  } else if (list.runs.some((r) => isLive(r))) {
+    renderRows();  // the durations of running runs go on
   }
   setText("#live", data.runs.some((r) => isLive(r)) ? "live: following running runs" : "");
 }
@@ -133,8 +141,9 @@ async function showRuns() {
     if (page !== p) return;
     try {
       await refreshRuns(false);
+      pollWorked();
       $("#empty").textContent = list.runs.length ? "" : "no runs under this root yet";
-    } catch (err) { $("#error").textContent = err.message; }
+    } catch (err) { pollFailed(err); }
     if (page === p) schedule(tick, LIST_MS);
   };
   schedule(tick, LIST_MS);
@@ -176,7 +185,7 @@ async function showCompare(ids) {
     : spec.q in offered[i].variables || spec.q in offered[i].quantities);
   const charts = COMPARE_CHARTS.map((spec) => new Chart(spec, {}));
   $("#view").replaceChildren(el("div", {},
-    el("h2", {}, `comparing ${runs.length} runs`),
+    el("h2", {}, `comparing ${runs.length} run${runs.length === 1 ? "" : "s"}`),
     el("p", { class: "muted", id: "differing" }, keys.length ? `legend keyed by the config fields that differ: ${keys.join(", ")}` : "the runs' configs are identical"),
     missing.length ? el("p", { class: "status-failed" }, `not found: ${missing.join(", ")}`) : null,
     el("div", { class: "charts" }, ...charts.map((c) => c.card))));
@@ -246,9 +255,10 @@ async function showCompare(ids) {
         redraw();
         window.trajscope.appends = (window.trajscope.appends || 0) + 1;
       }
+      pollWorked();
       setText("#live", runs.some((r) => isLive(r)) ? "live: following the running runs" : "");
     } catch (err) {
-      if (page === p) setText("#error", err.message);
+      if (page === p) pollFailed(err);
     }
     if (page === p && runs.some((r) => isLive(r))) schedule(follow, POLL_MS);
   };

@@ -32,7 +32,12 @@ function axisNumber(v) {
 }
 
 async function getJSON(url) {
-  const r = await fetch(url, { cache: "no-store" });
+  let r;
+  try {
+    r = await fetch(url, { cache: "no-store" });
+  } catch (err) {  // no answer at all (the server stopped, the network went away): say so, not "Failed to fetch"
+    throw new Error(`cannot reach the server (${err.message}); retrying`);
+  }
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(body.detail || `${url}: HTTP ${r.status}`);
   return body;
@@ -89,13 +94,31 @@ function save(name, blob) {
   setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 0);
 }
 
+// one CSV field (RFC 4180): quoted when it holds a comma, a quote or a line break (labels such as
+// "cos(w̄+, x+)" or a legend's "train.steps=2,000"), its quotes doubled
+const csvField = (v) => (/[",\r\n]/.test(v) ? `"${v.replace(/"/g, '""')}"` : v);
+
 function tableCSV(names, columns) {
   // columns: arrays of equal length; null → empty cell
-  const rows = [names.join(",")];
+  const rows = [names.map((n) => csvField(String(n))).join(",")];
   for (let i = 0; i < columns[0].length; i++) {
     rows.push(columns.map((c) => (c[i] === null || c[i] === undefined ? "" : String(c[i]))).join(","));
   }
   return rows.join("\n") + "\n";
+}
+
+// What a poll's failure shows, and its clearing once a later poll gets through: `#error` is cleared only
+// when a poll put its message there (an error of the page itself stays).
+function pollFailed(err) {
+  window.trajscope.pollError = err.message;
+  setText("#error", err.message);
+  setText("#live", "");
+}
+
+function pollWorked() {
+  const node = document.querySelector("#error");
+  if (window.trajscope.pollError && node && node.textContent === window.trajscope.pollError) node.textContent = "";
+  window.trajscope.pollError = null;
 }
 
 function tableNPY(columns) {

@@ -120,6 +120,9 @@ def test_health_asks_about_the_bucket_only_when_the_listing_is_empty(tmp_path, m
     local.write_text("x")
     state._root_checked = None  # (past the 5 s the check stands)
     assert "is a file, not a folder" in state.root_problem()
+    local.unlink()  # moved or deleted while served
+    state._root_checked = None
+    assert "does not exist" in state.root_problem()
 
 
 def test_the_health_check_of_the_root_stands_for_its_seconds_then_asks_again(monkeypatch):

@@ -152,6 +152,18 @@ def test_a_port_in_use_is_one_line_before_the_server_announces_itself(tmp_path):
     one_line_error(proc, f"127.0.0.1:{port}", "in use", "--port")
 
 
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_serve_refuses_a_root_that_is_no_folder_before_it_listens(tmp_path, kind):
+    """Found by a review: ``serve --root`` with a typo started, and the dashboard said "no runs under this root
+    yet" (``/health`` ok), so the typo stayed invisible."""
+    root = tmp_path / "runz"
+    if kind == "file":
+        root.write_text("x")
+    words = [f"--root {root} does not exist", "mkdir"] if kind == "missing" else [f"{root} is a file, not a folder"]
+    one_line_error(cli("serve", "--root", str(root), "--port", "1", timeout=60), *words)
+    assert root.exists() == (kind == "file")  # (nothing made)
+
+
 def test_a_root_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "f").write_text("x")
     one_line_error(cli("ls", "--root", str(tmp_path / "f")), "is a file, not a folder")

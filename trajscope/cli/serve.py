@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import socket
 from pathlib import Path
 from typing import Annotated, Optional
@@ -73,6 +74,10 @@ def serve(
                         f"{MAX_RESPONSE_MIB} (default 32)")
     token = read_token(token_file)
     store_root = StoreRoot(root)
+    if store_root.is_local and not os.path.isdir(store_root.location):  # (a typo served "no runs yet": a review)
+        what = "is a file, not a folder" if os.path.exists(store_root.location) else "does not exist"
+        raise UserError(f"--root {store_root.location} {what}: give the folder the runs are recorded in "
+                        "(`trajscope produce --root DIR` makes it; `mkdir` it to serve a root with no runs yet)")
     check_port_free(host, port)
     app = create_app(store_root, token=token, max_response_bytes=int(max_response_mib * 2**20))
     typer.echo(f"trajscope: serving {store_root.location} on http://{host}:{port} "

@@ -30,7 +30,9 @@ only when the response had already started (a half-sent body can only be ended b
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -133,6 +135,10 @@ class CatchAll:
             elif (refused := object_store_error(exc)) is not None:  # the server's storage, not the request: 502
                 log.error("object store error on %s: %s", scope.get("path"), refused)
                 response = error(502, refused)
+            elif isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):  # (found by a review of the
+                log.error("permission denied on %s: %s", scope.get("path"), exc)  # images: a 500 "report it")
+                response = error(503, f"the server's user (uid {getattr(os, 'getuid', lambda: '?')()}) may not read the served root "
+                                      f"({exc.strerror}): give it read access to the root's folders and files")
             else:
                 log.error("unhandled error on %s", scope.get("path"), exc_info=exc)
                 response = error(500, f"internal error ({type(exc).__name__}): please report it with the request")

@@ -39,7 +39,7 @@ RUN python /tmp/deps/requirements.py /tmp/deps/pyproject.toml s3 distributed > /
  && rm -rf /tmp/deps
 COPY --from=wheel /wheels /tmp/wheels
 RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
-COPY docker/serve.sh docker/healthcheck.py /opt/trajscope/share/
+COPY docker/serve.sh docker/healthcheck.py docker/entry.py /opt/trajscope/share/
 USER trajscope
 WORKDIR /home/trajscope
 EXPOSE 8000

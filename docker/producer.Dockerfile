@@ -47,7 +47,10 @@ RUN python /tmp/deps/requirements.py /tmp/deps/pyproject.toml producer > /tmp/de
 COPY --from=wheel /wheels /tmp/wheels
 RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 COPY configs /opt/trajscope/share/configs
+COPY docker/entry.py /opt/trajscope/share/
 USER trajscope
 WORKDIR /opt/trajscope/share
-ENTRYPOINT ["trajscope", "produce"]
+# `trajscope produce` as PID 1, obeying SIGTERM from its first instruction (entry.py); other commands:
+# --entrypoint trajscope (e.g. `podman run --rm -v runs:/runs --entrypoint trajscope IMAGE resume RUN`)
+ENTRYPOINT ["python", "/opt/trajscope/share/entry.py", "produce"]
 CMD ["configs/quickstart.yaml"]

@@ -10,4 +10,4 @@ set -- --host 0.0.0.0 --port "${TRAJSCOPE_PORT:-8000}" "$@"
 if [ -n "${TRAJSCOPE_TOKEN_FILE:-}" ]; then
   set -- "$@" --token-file "$TRAJSCOPE_TOKEN_FILE"
 fi
-exec trajscope serve "$@"
+exec python /opt/trajscope/share/entry.py serve "$@"  # (trajscope as PID 1, SIGTERM obeyed at once: entry.py)

@@ -115,11 +115,25 @@ class CorruptData(Exception):
         return sorted({c.variable for c in self.chunks})
 
 
+_OBJECT_STORE_CLIENTS = ("botocore", "aiobotocore")
+
+
+def _raised_by_object_store_client(exc: BaseException) -> bool:
+    """Whether ``exc`` is botocore's (its class) or was raised inside it (its innermost frame): a builtin error
+    such as ``ValueError('Invalid endpoint: s3:5000')`` for a malformed ``AWS_ENDPOINT_URL``."""
+    if type(exc).__module__.split(".")[0] in _OBJECT_STORE_CLIENTS:
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] in _OBJECT_STORE_CLIENTS
+
+
 def object_store_error(err: BaseException) -> str | None:
-    """One line for an object store's refusal (no credentials, access denied, no endpoint: botocore's errors,
-    which s3fs lets through), ``None`` for any other error."""
+    """One line for an object store's refusal (no credentials, access denied, no endpoint, a malformed endpoint:
+    botocore's errors, which s3fs lets through), ``None`` for any other error."""
     for exc in (err, err.__cause__, err.__context__):
-        if exc is not None and type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore"):
+        if exc is not None and _raised_by_object_store_client(exc):
             message = " ".join(str(exc).split())
             return (f"the object store refused the request or could not be reached ({type(exc).__name__}: {message}): "
                     "check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ~/.aws), "

@@ -87,6 +87,23 @@ def test_producer_image_records_into_s3_and_api_image_serves_it(images, moto_ser
     assert short.attrs["status"] == "complete" and short.sizes["step"] == 21
     np.testing.assert_array_equal(short.W.values, here.W.values[:21])
 
+    # `podman stop` right after the start (found by a review: PID 1 ignored SIGTERM until training began, so
+    # the stop waited out its grace period, then SIGKILLed a run left `running`): it ends at once, and a run
+    # that was made is `interrupted`, not left `running`
+    for delay in (0.5, 2.5):
+        name = f"ts-producer-stop-{delay}-{os.getpid()}"
+        containers.append(name)
+        podman("run", "-d", "--name", name, "-v", f"{mounted}:/runs", images["producer"], "configs/quickstart.yaml",
+               "--name", f"stop{delay}", "--quiet", "--set", "train.steps=1000000", timeout=120)
+        time.sleep(delay)
+        started = time.monotonic()
+        podman("stop", "--time", "60", name, timeout=120)
+        stopped_in = time.monotonic() - started
+        code = podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
+        assert stopped_in < 30 and code in ("130", "143"), (delay, stopped_in, code, podman("logs", name).stderr[-2000:])
+        if StoreRoot(mounted).exists(f"stop{delay}"):
+            assert open_run(f"stop{delay}", StoreRoot(mounted)).attrs["status"] == "interrupted", delay
+
     # the API: no torch, non-root, token from a secret file, health check, the bucket over HTTP
     no_torch = podman("run", "--rm", "--entrypoint", "python", images["api"], "-c",
                       "import importlib.util as u; print(u.find_spec('torch') is None)")

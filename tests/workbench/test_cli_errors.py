@@ -100,6 +100,67 @@ def test_a_server_whose_object_store_refuses_answers_502_saying_why(tmp_path):
         server.wait(30)
 
 
+def test_a_malformed_endpoint_is_one_line_naming_it(tmp_path):
+    """Found by a review of the images: ``AWS_ENDPOINT_URL=s3:5000`` (no scheme) raised a builtin ValueError inside
+    aiobotocore, which came out as an 89-line traceback from ``produce`` and ``ls``, and a 500 from the API."""
+    env = {**_without_credentials(tmp_path), "AWS_ENDPOINT_URL": "s3:5000", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing"}
+    one_line_error(cli("ls", "--root", "s3://bucket/runs", env=env, timeout=120), "Invalid endpoint: s3:5000",
+                   "AWS_ENDPOINT_URL")
+
+
+def test_a_root_the_server_may_not_read_is_a_503_naming_its_user(tmp_path, monkeypatch):
+    """Found by a review of the images: a root the image's user (uid 10001) may not read made ``/api/runs`` a 500
+    "internal error … please report it". (Simulated: the tests run as root, whom permissions do not stop.)"""
+    import errno
+    import os
+
+    import httpx
+
+    from trajscope.api.app import create_app
+    from trajscope.store import StoreRoot
+
+    from tests.api.conftest import LiveServer
+
+    def refused(self):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(StoreRoot, "run_ids", refused)
+    server = LiveServer(create_app(StoreRoot(tmp_path))).start()
+    try:
+        r = httpx.get(f"{server.url}/api/runs", timeout=30)
+    finally:
+        server.stop()
+    assert r.status_code == 503, r.text
+    assert f"uid {os.getuid()}" in r.json()["detail"] and "read access" in r.json()["detail"]
+    assert str(tmp_path) not in r.text  # never the root's absolute path
+
+
+@pytest.mark.parametrize("when", ["data", "run made"])
+def test_sigterm_while_a_run_is_set_up_ends_the_command_and_leaves_no_run_running(tmp_path, small_config, when):
+    """Found by a review of the images: SIGTERM had no handler until training began, so a ``podman stop`` in the
+    first seconds (``trajscope`` is PID 1 there, which ignores unhandled signals) waited for the SIGKILL, which
+    left the run ``running``. Here the signal arrives while the data are built, or once the run exists."""
+    from trajscope.store import StoreRoot, open_run
+
+    target = "trajscope.producer.data.build_dataset" if when == "data" else "trajscope.producer.two_layer.init"
+    module, name = target.rsplit(".", 1)
+    prelude = (f"import importlib, os, signal; m = importlib.import_module({module!r}); f = m.{name}\n"
+               f"def g(*a, **k):\n    os.kill(os.getpid(), signal.SIGTERM); return f(*a, **k)\n"
+               f"m.{name} = g\nimport trajscope.producer.train as t; t.{name} = g\n")
+    import yaml
+
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(small_config()))
+    proc = cli("produce", str(config), "--root", str(tmp_path), "--name", "r", "-q", prelude=prelude)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    if when == "data":
+        assert not StoreRoot(tmp_path).exists("r")  # stopped before any run was made
+    else:
+        assert open_run("r", root=tmp_path).attrs["status"] == "interrupted"  # `resume` takes it up
+
+
 def test_step_help_is_not_turned_into_an_emoji():
     proc = cli("show", "--help", env=None)
     assert proc.returncode == 0 and "a:b:s" in proc.stdout and "\N{NEGATIVE SQUARED LATIN CAPITAL LETTER B}" not in proc.stdout

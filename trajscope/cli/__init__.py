@@ -12,8 +12,10 @@ exit code 1; ``trajscope --help`` / ``-h`` and ``--version`` exit 0.
 from __future__ import annotations
 
 import errno
+import signal
 import sys
-from typing import Annotated, Optional
+import threading
+from typing import Annotated, Callable, Optional
 
 import typer
 
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args:  # bare `trajscope`: the help, and the exit code of a usage error
         app(["--help"], prog_name="trajscope", standalone_mode=False)
         raise SystemExit(2)
+    restore = _sigterm_interrupts()
     try:
         code = app(args, prog_name="trajscope", standalone_mode=False)  # returns the code of typer.Exit
         if code == 130 and args[0] in ("sweep", "reproduce"):  # Ctrl-C, SIGTERM (found by a review: it said nothing)
@@ -108,6 +111,27 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"trajscope: error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        restore()
+
+
+def _sigterm_interrupts() -> Callable[[], None]:
+    """From the first line of a command on, SIGTERM interrupts it as Ctrl-C does; returns the undo.
+
+    Found by a review of the images: ``trajscope`` is PID 1 of a container, and the kernel drops a signal PID 1
+    has no handler for. Training installs its own (``sigterm_as_interrupt``) only once the run is set up, so a
+    ``podman stop`` in the first seconds (imports, dataset build, run creation) was ignored until the SIGKILL
+    after the grace period, which left the run ``running``. Now it ends the command at once: no run yet, or
+    the run ended ``interrupted`` by its setup's clean-up.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 #: errors of the file system the user can fix: one line saying which path, not a traceback (found by a review:

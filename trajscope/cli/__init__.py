@@ -12,6 +12,7 @@ exit code 1; ``trajscope --help`` / ``-h`` and ``--version`` exit 0.
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import sys
 import threading
@@ -147,6 +148,8 @@ def _os_error(err: BaseException) -> str | None:
     while err is not None and seen < 8:
         if isinstance(err, OSError) and err.errno in _OS_ERRORS:
             where = f" at {err.filename}" if err.filename else ""  # (reading or writing: EACCES is either)
+            if err.errno in (errno.EACCES, errno.EPERM) and hasattr(os, "getuid"):  # (an image's user is uid
+                where += f" (for uid {os.getuid()})"  # 10001, not the host's: found by a review)
             return (f"{_OS_ERRORS[err.errno]}{where}: choose another --root or output file, or fix the folder's "
                     "permissions or space")
         err, seen = err.__cause__ or err.__context__, seen + 1

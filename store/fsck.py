@@ -20,6 +20,7 @@ repaired; they are reported.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -293,11 +294,14 @@ def _last_state(root: StoreRoot, run_id: str, committed: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         group = zarr.open_group(root.zarr_store(run_id, read_only=True), mode="r", use_consolidated=False)
-        names = set(group.array_keys())
-        if "step" in names:
-            out["last_step"] = int(group["step"][committed - 1])
-        if "loss" in names and group["loss"].ndim == 1:
-            loss = float(group["loss"][committed - 1])
+        arrays = {}
+        for name in ("step", "loss"):  # opened by name, not listed: a listing warned of the store's own marker
+            with contextlib.suppress(KeyError):  # files (`.all_chunks_stored`: found by a review)
+                arrays[name] = group[name]
+        if "step" in arrays:
+            out["last_step"] = int(arrays["step"][committed - 1])
+        if "loss" in arrays and arrays["loss"].ndim == 1:
+            loss = float(arrays["loss"][committed - 1])
             out["final_loss"] = loss if math.isfinite(loss) else None  # (as finish stores a diverged run's)
     except Exception:  # noqa: BLE001 - a lost or corrupt chunk: fsck reports it; nothing more is set
         return {}

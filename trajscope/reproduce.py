@@ -208,7 +208,8 @@ def reproduce(
         raise UserError(f"--out {out}: cannot make the report folder there ({err.strerror}); choose another") from None
     try:
         rows = run_points(points, root=store_root.location, workers=workers, scheduler=scheduler, progress=progress)
-    except UserError:  # (--workers 0, a bad --scheduler: found by a review to leave an empty report/ behind)
+    except BaseException:  # (--workers 0, a bad --scheduler, no torch, Ctrl-C: found by reviews to leave an empty
+        # report/ behind)
         for folder in reversed(made):
             with contextlib.suppress(OSError):  # only folders this call made, and only while empty
                 folder.rmdir()

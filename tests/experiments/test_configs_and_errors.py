@@ -197,3 +197,21 @@ def test_quick_without_a_quick_section_and_reproduce_with_no_workers_leave_nothi
         reproduce(tmp_path / "report", root=tmp_path / "runs", quick=True, workers=0,
                   experiments={}, sweeps={"at": spec_factory()})
     assert not (tmp_path / "report").exists() and not (tmp_path / "runs").exists()
+
+
+
+def test_reproduce_stopped_by_a_missing_torch_leaves_no_report_folder(tmp_path, spec_factory, monkeypatch):
+    """Found by a review of the light install: ``reproduce`` without torch said so in one line, but left an empty
+    ``report/figures/`` behind (only a UserError removed the folders it had made). ``run_points`` fails here as
+    it does where ``import torch`` fails (the CLI turns that ImportError into its one line)."""
+    from trajscope.reproduce import reproduce
+
+    def without_torch(*args, **kwargs):
+        raise ImportError("No module named 'torch'", name="torch")
+
+    monkeypatch.setattr("trajscope.reproduce.run_points", without_torch)
+    (tmp_path / "kept").mkdir()  # a report folder that was there before is left alone
+    for out, left in [(tmp_path / "report", False), (tmp_path / "kept", True)]:
+        with pytest.raises(ImportError, match="torch"):
+            reproduce(out, root=tmp_path / "runs", quick=True, experiments={}, sweeps={"at": spec_factory()})
+        assert out.exists() == left and not (out / "figures").exists()

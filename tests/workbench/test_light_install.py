@@ -75,3 +75,18 @@ def test_produce_without_torch_says_which_extra_to_install(tmp_path, small_confi
     assert proc.stderr.strip().splitlines() == [
         "trajscope: error: recording needs torch, which is not installed: pip install 'trajscope[producer]' "
         "(reading, analysis and serving do not need it)"]
+
+
+def test_the_reader_install_brings_what_the_remote_route_needs():
+    """Found by a review: on a plain ``pip install -e .`` the README's remote route (``xr.open_zarr("http://…")``,
+    the notebook's last cell) failed with an ImportError: fsspec's HTTP file system needs aiohttp, which only
+    the s3 extra happened to bring. The core requirements (no extra) must name it."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    core = [Requirement(r) for r in metadata.requires("trajscope") or [] if "extra ==" not in r]
+    fsspec = [r for r in core if r.name == "fsspec"]
+    assert fsspec and "http" in fsspec[0].extras, [str(r) for r in core]
+    assert "aiohttp" in {r.name for r in map(Requirement, metadata.requires("fsspec") or [])
+                         if r.marker is None or r.marker.evaluate({"extra": "http"})}

@@ -99,6 +99,9 @@ def test_resume_and_compare_of_module_runs(tmp_path):
     distance = float(torch.linalg.norm(first * 2.0 ** 2 - first))  # the last recorded state is after 2 steps
     row = next(line for line in compared.stdout.splitlines() if "‖0.weight − 0.weight(0)‖" in line)
     assert f"{distance:.4g}" in row, (row, distance)
+    states = next(line for line in compared.stdout.splitlines() if "recorded states" in line)  # (a review: none)
+    assert [c.strip() for c in states.split("│")[2:4]] == [str(describe_run(m, tmp_path).committed_steps)
+                                                            for m in ("m1", "m2")], states
     empty = cli("compare", "m1", "m2", "--step", "100:200")
     assert empty.returncode == 2 and "no recorded state in steps 100:200" in empty.stderr
     assert len(empty.stderr.strip().splitlines()) == 1 and not empty.stdout.strip()

@@ -49,8 +49,10 @@ def generic_measured(ds: xr.Dataset, step: StepSel) -> dict[str, tuple[str, str]
     """``trajscope compare``'s measured rows for a run that is not a two-layer run: the loss at the last
     selected state and, per parameter, its distance from its initial value and its relative change."""
     rows: dict[str, tuple[str, str]] = {}
+    selected = select(ds, step)
+    rows["recorded states"] = (str(selected.sizes["step"]), "")  # (the two-layer summary's row of that name)
     if "loss" in ds.data_vars and ds["loss"].dims == ("step",):  # (a number per state)
-        loss = select(ds, step)["loss"]
+        loss = selected["loss"]
         rows["loss (last state)"] = (f"{float(loss[-1]):.6g}", "")
     s = parameter_summary(ds, step).compute()
     for i, name in enumerate(s["parameter"].values):

@@ -320,7 +320,9 @@ def _repair_unfinished(root: StoreRoot, run_id: str, attrs: dict[str, Any], comm
     try:
         attrs = root.read_attrs(run_id)  # again, under the lock
         if attrs.get("status") == "running":
-            attrs.update(status="interrupted", error=None, updated=_now(), finished=_now(),
+            # it ended at its last commit (the time its writer last wrote), not now: `ls` showed the time of the
+            # repair as its duration (found by a review)
+            attrs.update(status="interrupted", error=None, finished=attrs.get("updated") or _now(), updated=_now(),
                          **_last_state(root, run_id, int(attrs.get(COMMITTED, 0))))
             attrs.pop("writer", None)
         try:

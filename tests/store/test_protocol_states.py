@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -156,6 +157,8 @@ def test_repair_of_a_killed_run_stores_its_last_step_and_final_loss(tmp_path):
     writer, values = written_run(root)
     writer.lock.release()  # (as a killed writer's lock is: free, the run still `running`)
     assert root.read_attrs("r")["status"] == "running" and "final_loss" not in root.read_attrs("r")
+    last_commit = root.read_attrs("r")["updated"]
+    time.sleep(1.1)  # (the times have whole seconds)
     (tmp_path / "r.zarr" / ".all_chunks_stored").write_text("")  # the store's own marker (a finished run has it)
     import warnings
 
@@ -166,4 +169,5 @@ def test_repair_of_a_killed_run_stores_its_last_step_and_final_loss(tmp_path):
     attrs = root.read_attrs("r")
     assert report.ok and attrs["status"] == "interrupted", report.problems
     assert attrs["last_step"] == int(values["step"][-1]) and attrs["final_loss"] == float(values["loss"][-1])
+    assert attrs["finished"] == last_commit != attrs["updated"]  # it ended at its last commit, not at the repair
     assert_values(open_run("r", root).load(), values)

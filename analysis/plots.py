@@ -22,7 +22,7 @@ from trajscope.analysis.direction_field import direction_field_error
 from trajscope.analysis.phases import t1, t2
 from trajscope.analysis.spectra import singular_values, spectral_norm_sq, stable_rank
 from trajscope.analysis.theory import loss_envelope
-from trajscope.analysis.registry import TWO_LAYER, plot_kind
+from trajscope.analysis.registry import LOSS, TWO_LAYER, features, plot_kind
 from trajscope.store.errors import UserError
 
 MAX_POINTS = 2000
@@ -102,9 +102,12 @@ def plot_alignment(ds: xr.Dataset, step: StepSel = None, *, title: str | None = 
                    _title(ds, "neuron alignment with the class sums", title))
 
 
-@plot_kind("loss", requires=TWO_LAYER)
+@plot_kind("loss", requires=LOSS)
 def plot_loss(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None) -> Figure:
-    """Loss, ``||W||_2²`` (log scale) and stable rank (right axis) on one time axis, with the envelope."""
+    """Loss, ``||W||_2²`` (log scale) and stable rank (right axis) on one time axis, with the envelope; for a
+    run of another model (``ModuleRecorder``) its recorded loss alone (a number per state)."""
+    if "two_layer" not in features(ds):
+        return _plot_recorded_loss(ds, step, title=title)
     step = thinned(ds, step)
     sel = select(ds, step)
     x, xlabel = _x(ds, step)
@@ -130,6 +133,27 @@ def plot_loss(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None)
     h2 = ax2.get_legend_handles_labels()
     ax.legend(handles[0] + h2[0], handles[1] + h2[1], loc="center right", fontsize="small")
     ax.set_title(_title(ds, "loss, spectral norm and stable rank", title))
+    return fig
+
+
+def _plot_recorded_loss(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None) -> Figure:
+    """The recorded ``loss`` over time (log scale where it stays positive)."""
+    if ds["loss"].dims != ("step",):
+        raise UserError(f"this run's loss is not a number per state (dims {ds['loss'].dims}): the loss figure draws "
+                        "one; plot its parameters instead (param_norms, param_updates)")
+    step = thinned(ds, step)
+    loss = select(ds, step)["loss"].values.astype(float)
+    x, xlabel = _x(ds, step)
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(x, loss, color="black", label="loss")
+    finite = loss[np.isfinite(loss)]
+    if finite.size and finite.min() > 0:
+        ax.set_yscale("log")
+    ax.set_ylabel("loss")
+    _time_axis(ax, ds, xlabel)
+    ax.legend(loc="upper right", fontsize="small")
+    ax.set_title(_title(ds, "loss", title))
     return fig
 
 

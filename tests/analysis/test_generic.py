@@ -133,6 +133,20 @@ def test_applicability_and_the_accessor(run):
     assert len(fig.axes) == 2
 
 
+def test_the_loss_figure_of_a_module_run_draws_its_recorded_loss(run):
+    """Found by a review: a ``ModuleRecorder`` run that records its loss had no loss figure ("needs a run with
+    two_layer"); it now draws the recorded loss alone."""
+    ds, _ = run
+    assert "loss" in ds.traj.plot_kinds()
+    fig = ds.traj.plot("loss")
+    (line,) = [l for l in fig.axes[0].get_lines() if l.get_label() == "loss"]
+    np.testing.assert_array_equal(line.get_ydata(), ds["loss"].values.astype(float))
+    np.testing.assert_array_equal(line.get_xdata(), ds["step"].values.astype(float))
+    vector = ds.assign(loss=ds["loss"].expand_dims(part=2, axis=1))
+    with pytest.raises(UserError, match="not a number per state"):
+        vector.traj.plot("loss")
+
+
 def test_a_legacy_two_layer_dataset_gets_both_families(small_run):
     ds = small_run
     assert "schema" not in ds.attrs

@@ -20,13 +20,16 @@ def create_app(
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     attrs_ttl: float = DEFAULT_ATTRS_TTL,
+    max_computations: int = 0,
 ) -> FastAPI:
     """The trajscope HTTP API over the store ``root`` (a directory or fsspec URL).
 
     ``token`` enables ``DELETE /api/runs/{run_id}`` for requests that present it as a bearer token;
     without it the API is read-only. ``max_response_bytes`` caps slices and analysis results (413
     beyond); ``cache_bytes`` bounds the cache of slices, analyses and figures; ``attrs_ttl`` is the
-    longest a run's root attributes (its ``committed_steps``) are reused before they are read again.
+    longest a run's root attributes (its ``committed_steps``) are reused before they are read again;
+    ``max_computations`` the analyses, series, figures and slices computed at once (0: one per usable core, at
+    least 2; :mod:`trajscope.api.work`).
     """
     store_root = root if isinstance(root, StoreRoot) else StoreRoot(root)
     app = FastAPI(
@@ -36,7 +39,7 @@ def create_app(
         docs_url=None, redoc_url=None,  # /docs is served offline by trajscope.api.docs
     )
     app.state.trajscope = ApiState(store_root, token=token or None, max_response_bytes=max_response_bytes,
-                                   responses=ByteLRU(cache_bytes), attrs_ttl=attrs_ttl)
+                                   responses=ByteLRU(cache_bytes), attrs_ttl=attrs_ttl, max_computations=max_computations)
 
     errors.install(app)
     docs.install(app)

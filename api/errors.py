@@ -42,6 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from trajscope.api.state import public_root
 from trajscope.store import UserError
 from trajscope.store.errors import object_store_error
 from trajscope.store.integrity import CorruptData, corrupt_data, is_checksum_error
@@ -58,6 +59,20 @@ CORRUPT_STATUS = 503
 def error(status: int, detail: str, headers: dict | None = None, **extra: Any) -> JSONResponse:
     """The JSON error response every route uses."""
     return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
+
+
+def without_root_path(request: Request, message: str) -> str:
+    """``message`` with the served root's absolute path replaced by its public name (``runs/.locks/r.lock``):
+    a store error names the paths it refuses, and responses never say where the root lies (found by a review:
+    a lock file planted as a link answered a 404 naming the absolute path)."""
+    state = getattr(request.app.state, "trajscope", None)
+    if state is None or not state.root.is_local:
+        return message
+    public = public_root(state.root)
+    for path in {state.root.location.rstrip(os.sep), os.path.realpath(state.root.location)}:
+        if path and path != os.sep:
+            message = message.replace(path, public)
+    return message
 
 
 def user_error_status(exc: UserError) -> int:
@@ -150,7 +165,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(UserError)
     async def _user_error(request: Request, exc: UserError) -> JSONResponse:
-        return error(user_error_status(exc), str(exc))
+        return error(user_error_status(exc), without_root_path(request, str(exc)))
 
     @app.exception_handler(CorruptData)
     async def _corrupt(request: Request, exc: CorruptData) -> JSONResponse:

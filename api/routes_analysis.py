@@ -14,6 +14,7 @@ from trajscope.api import registry, selectors
 from trajscope.api.deps import Run, RunDep, State
 from trajscope.api.models import AnalysisResult, ErrorBody, Listing
 from trajscope.api.serialize import dumps, jsonable, nbytes_of
+from trajscope.api.work import compute
 from trajscope.store import UserError
 from trajscope.store.errors import object_store_error
 from trajscope.store.integrity import is_checksum_error
@@ -109,7 +110,7 @@ async def quantity_result(
     body = state.responses.get(key)  # a hit is answered on the event loop
     hit = body is not None
     if not hit:
-        body, hit = await run_in_threadpool(state.responses.get_or_build, key, build, len)
+        body, hit = await compute(request, state, state.responses.get_or_build, key, build, len)
     return Response(body, media_type="application/json", headers={"X-Trajscope-Cache": "hit" if hit else "miss"})
 
 

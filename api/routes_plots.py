@@ -21,6 +21,7 @@ from trajscope.api.deps import Run, RunDep, State
 from trajscope.api.models import ErrorBody, Listing
 from trajscope.api.routes_analysis import STEP_HELP, _lookup, call, step_slice
 from trajscope.api.state import ApiState
+from trajscope.api.work import compute
 from trajscope.store import UserError
 from trajscope.store.errors import object_store_error
 from trajscope.store.integrity import is_checksum_error
@@ -191,6 +192,6 @@ async def plot(
     if cached is not None and cached[0] == 200:
         body, hit = cached[1], True
     else:
-        body, hit = await run_in_threadpool(figure, run, state, kind, fn, fmt, sl, kwargs)
+        body, hit = await compute(request, state, figure, run, state, kind, fn, fmt, sl, kwargs)
     return Response(body, media_type=FORMATS[fmt],
                     headers={"X-Trajscope-Cache": "hit" if hit else "miss", "Cache-Control": "no-cache"})

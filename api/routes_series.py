@@ -22,13 +22,13 @@ from typing import Annotated, Any, Callable
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from trajscope.api import registry, selectors
 from trajscope.api.deps import Run, RunDep, State
 from trajscope.api.models import ErrorBody
 from trajscope.api.routes_analysis import call, step_slice
 from trajscope.api.serialize import array_values, dumps, jsonable, npy_bytes
+from trajscope.api.work import compute
 from trajscope.analysis.registry import is_pointwise, is_series
 from trajscope.store import UserError
 
@@ -282,7 +282,7 @@ async def series(
     body = state.responses.get(key)
     hit = body is not None
     if not hit:
-        body, hit = await run_in_threadpool(state.responses.get_or_build, key, build, len)
+        body, hit = await compute(request, state, state.responses.get_or_build, key, build, len)
     headers = {"X-Trajscope-Cache": "hit" if hit else "miss"}
     if format != "json":
         headers["Content-Disposition"] = f'attachment; filename="{run.run_id}-{quantity}.{format}"'

@@ -6,13 +6,13 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from trajscope.api import selectors
 from trajscope.api.deps import Run, RunDep, State
 from trajscope.api.models import ErrorBody, VarSlice
 from trajscope.api.state import ApiState
 from trajscope.api.serialize import JSON_BYTES_PER_VALUE, array_values, dumps, npy_bytes
+from trajscope.api.work import compute
 from trajscope.store import UserError
 
 router = APIRouter(prefix="/api/runs/{run_id}/vars", tags=["variables"])
@@ -60,7 +60,7 @@ async def var_slice(
     cached = state.responses.get(key)  # a hit is answered on the event loop, with the bytes of the miss
     if cached is not None:
         return Response(cached[0], media_type=media, headers={**cached[1], "X-Trajscope-Cache": "hit"})
-    body, headers = await run_in_threadpool(_build, run, state, name, raw, format, key)
+    body, headers = await compute(request, state, _build, run, state, name, raw, format, key)
     return Response(body, media_type=media, headers={**headers, "X-Trajscope-Cache": "miss"})
 
 

@@ -118,6 +118,11 @@ class ApiState:
     _root_checked: tuple[float, str | None] | None = field(default=None, init=False)
     #: kinds of figure a run (``(run_id, created)``) cannot show, with the reason, as learnt by drawing
     figure_failures: LRUCache = field(init=False)
+    #: heavy computations (analyses, series, figures, slices) running at once; 0: one per usable core, at
+    #: least 2 (:mod:`trajscope.api.work`)
+    max_computations: int = 0
+    #: the ``anyio`` limiters of :mod:`trajscope.api.work`, by name and event loop
+    limiters: dict = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self._datasets = LRUCache(maxsize=self.max_datasets)
@@ -126,15 +131,30 @@ class ApiState:
                                 timer=time.monotonic)
         self.figure_failures = LRUCache(maxsize=256)
 
+    def computations(self) -> int:
+        """How many heavy computations may run at once (:attr:`max_computations`, or one per usable core)."""
+        if self.max_computations > 0:
+            return self.max_computations
+        from trajscope.store.hotpath import usable_cores
+
+        return max(2, usable_cores())
+
+    def checked_root_problem(self) -> tuple[bool, str | None]:
+        """``(True, problem)`` while the last check of the root stands (:meth:`root_problem` without I/O), else
+        ``(False, None)``."""
+        checked = self._root_checked
+        if checked is not None and time.monotonic() - checked[0] < ROOT_CHECK_SECONDS:
+            return True, checked[1]
+        return False, None
+
     def root_problem(self) -> str | None:
         """Why the served root cannot be read (no bucket, no credentials, no permission), or ``None``: its listing
         is tried at most every :data:`ROOT_CHECK_SECONDS` (``/health``, which a container's health check polls).
         Never names the root's absolute path or bucket (see :func:`public_root`)."""
+        fresh, problem = self.checked_root_problem()
+        if fresh:
+            return problem
         now = time.monotonic()
-        checked = self._root_checked
-        if checked is not None and now - checked[0] < ROOT_CHECK_SECONDS:
-            return checked[1]
-        problem = None
         try:
             if self.root.is_local and not os.path.isdir(self.root.location):
                 problem = ("the served root is a file, not a folder" if os.path.exists(self.root.location)

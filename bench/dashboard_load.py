@@ -62,6 +62,8 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 UPDATES = 3
+#: the app's ``max_computations`` (0: its default, one per usable core, at least 2); ``--max-computations``
+MAX_COMPUTATIONS = 0
 RUNS = {
     "s6001": [],
     "s100k": ["--set", "train.steps=99999", "--set", "data.n=20", "--set", "data.dim=4", "--set", "model.width=4"],
@@ -72,7 +74,7 @@ class Server:
     """A uvicorn server in a thread on 127.0.0.1 (a new app each time: cold caches)."""
 
     def __init__(self, root: StoreRoot):
-        config = uvicorn.Config(create_app(root), host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        config = uvicorn.Config(create_app(root, max_computations=MAX_COMPUTATIONS), host="127.0.0.1", port=0, log_level="warning", lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -230,7 +232,11 @@ def main() -> None:
     ap.add_argument("--root", type=Path, help="store root for the bench runs (default: a temporary folder)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--screenshots", type=Path, help="also save run-page, live-run and comparison PNGs here")
+    ap.add_argument("--max-computations", type=int, default=0, help="the server's heavy computations at once "
+                    "(0: its default; 40 is what the default thread pool allowed before the work limiter)")
     args = ap.parse_args()
+    global MAX_COMPUTATIONS
+    MAX_COMPUTATIONS = args.max_computations
     load0 = os.getloadavg()
     tmp = None
     if args.root is None:

@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -286,7 +287,7 @@ def _lock_record(root: StoreRoot, run_id: str) -> str | dict[str, Any]:
         folder, name = os.path.split(root.lock_path(run_id))
         dir_fd = open_real_dir(root.location, [os.path.basename(folder)], f"the lock folder of {root.location}")
         try:
-            fd = os.open(name, os.O_RDONLY | NOFOLLOW | CLOEXEC, dir_fd=dir_fd)
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW | CLOEXEC, dir_fd=dir_fd)  # (a FIFO: no wait)
         finally:
             os.close(dir_fd)
         try:
@@ -352,8 +353,8 @@ def _open_lock_file(root: str, path: str) -> int:
     folder, name = os.path.split(path)
     os.makedirs(root, exist_ok=True)  # (the root itself is the user's: followed if a link)
     dir_fd = open_real_dir(root, [os.path.basename(folder)], f"the lock folder of {root}")
-    try:
-        return os.open(name, os.O_RDWR | os.O_CREAT | NOFOLLOW | CLOEXEC, 0o644, dir_fd=dir_fd)
+    try:  # (O_NONBLOCK: a FIFO planted there does not block the open)
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | NOFOLLOW | CLOEXEC, 0o644, dir_fd=dir_fd)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise PathOutsideRoot(f"the lock file {path} is a symbolic link; trajscope never writes through a "
@@ -361,3 +362,7 @@ def _open_lock_file(root: str, path: str) -> int:
         raise
     finally:
         os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device: its holder line cannot be written (found by
+        os.close(fd)  # a review: a DELETE answered 500)
+        raise UserError(f"the lock file {path} is not a regular file: remove it (trajscope makes it again)")
+    return fd

@@ -34,7 +34,9 @@ from trajscope.store.safe import is_inside, resolve_inside
 METADATA_KEY = "zarr.json"
 _NAME = VARIABLE_NAME
 _ARRAY_META = re.compile(rf"({_NAME})/zarr\.json")
-_CHUNK = re.compile(rf"({_NAME})/c((?:/[0-9]{{1,12}})+)")
+# chunk indices as zarr writes them: no leading zero (a review found W/c/00/0/0 read as chunk (0, 0, 0), whose
+# file at that other path is absent: a healthy run reported corrupt)
+_CHUNK = re.compile(rf"({_NAME})/c((?:/(?:0|[1-9][0-9]{{0,11}}))+)")
 
 
 class KeyNotServed(UserError):

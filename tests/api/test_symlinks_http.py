@@ -110,3 +110,35 @@ def test_a_range_reads_the_file_that_was_checked(tmp_path, write_run, serve, out
     assert r.status_code == 206 and r.headers["Content-Range"] == f"bytes 0-99/{len(original)}"
     assert r.content == original[:100]
     assert os.path.islink(chunk)  # the swap did happen
+
+
+@pytest.mark.parametrize("planted", ["fifo", "link"])
+def test_a_planted_lock_file_is_refused_in_words_without_the_roots_path(tmp_path, write_run, serve, planted):
+    """Found by a review: a FIFO as a run's lock file made DELETE a 500 (``ftruncate`` failed) and could hang a
+    listing that read it; a lock file planted as a link answered a 404 naming the root's absolute path."""
+    import time
+
+    from trajscope.store.locks import writer_gone
+
+    root = StoreRoot(tmp_path / "runs")
+    write_run(root, "r", steps=16, chunk_steps=8, finish=None, commit_to=8)  # `running`: its lock is read
+    lock = tmp_path / "runs" / ".locks" / "r.lock"
+    lock.parent.mkdir(exist_ok=True)
+    lock.unlink(missing_ok=True)
+    if planted == "fifo":
+        os.mkfifo(lock)
+    else:
+        (tmp_path / "elsewhere").write_text("pid 1 on nowhere\n")
+        lock.symlink_to(tmp_path / "elsewhere")
+    began = time.monotonic()
+    assert writer_gone(root, "r") is False and time.monotonic() - began < 5  # read without waiting on a FIFO
+    with serve(root, token="t0ken") as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        assert c.get("/api/runs").status_code == 200
+        r = c.delete("/api/runs/r", params={"force": "true"}, headers={"Authorization": "Bearer t0ken"})
+        assert 400 <= r.status_code < 500, r.text
+        detail = r.json()["detail"]
+        assert str(tmp_path) not in r.text and "runs/.locks/r.lock" in detail, detail
+        assert ("not a regular file" if planted == "fifo" else "symbolic link") in detail
+    assert root.exists("r") and (tmp_path / "elsewhere").exists() == (planted == "link")
+    if planted == "link":
+        assert (tmp_path / "elsewhere").read_text() == "pid 1 on nowhere\n"  # nothing written through the link

@@ -82,7 +82,9 @@ def serve(
     app = create_app(store_root, token=token, max_response_bytes=int(max_response_mib * 2**20))
     typer.echo(f"trajscope: serving {store_root.location} on http://{host}:{port} "
                f"({'deletes enabled by token' if token else 'read-only'})", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # SIGTERM/Ctrl-C: requests still computing get 5 s, then the server exits (a review found it waiting on an
+    # analysis of many minutes after two SIGTERMs)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
 
 def register(app: typer.Typer) -> None:

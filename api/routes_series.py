@@ -248,6 +248,8 @@ async def series(
                                                                           "then each series)")] = "json",
 ) -> Response:
     fn_kwargs = {k: v for k, v in request.query_params.items() if k not in OWN}
+    if tail is not None and step is not None:  # (found by a review: tail= silently won)
+        raise UserError("tail= and step= together: give one (tail=N: the last N recorded states; step=a:b: a range)")
     sl = step_slice(step)
     key = run.cache_key("series", quantity, str(sl), points, scale, neuron, row, tail, first, format,
                         tuple(sorted(fn_kwargs.items())))

@@ -32,6 +32,10 @@ DEFAULT_CACHE_BYTES = 256 * 2**20
 DEFAULT_ATTRS_TTL = 0.25
 
 
+#: what one cached entry costs besides its value (its key, the LRU's bookkeeping), as counted by ByteLRU
+ENTRY_BYTES = 1024
+
+
 class ByteLRU:
     """A thread-safe LRU of ``bytes``-like values bounded by their total size (``cachetools.LRUCache``
     with ``getsizeof``), and a single-flight :meth:`get_or_build`. Values over a quarter of the bound
@@ -40,6 +44,8 @@ class ByteLRU:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self._items: LRUCache = LRUCache(maxsize=max(int(max_bytes), 1), getsizeof=lambda item: item[1])
+        # each entry also costs its key and the cache's own bookkeeping, which a body of a few bytes does not
+        # show (found by a review: 20,000 one-value answers took ~1.2 KB each): counted as ENTRY_BYTES more
         self._lock = threading.Lock()
         self._building: dict[Hashable, threading.Lock] = {}
 
@@ -52,7 +58,7 @@ class ByteLRU:
         if size > self.max_bytes // 4:
             return
         with self._lock:
-            self._items[key] = (value, max(int(size), 1))
+            self._items[key] = (value, max(int(size), 0) + ENTRY_BYTES)
 
     def get_or_build(self, key: Hashable, build: Callable[[], Any], size: Callable[[Any], int]) -> tuple[Any, bool]:
         """The cached value, or ``build()`` once even when many requests ask at the same time.

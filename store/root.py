@@ -36,6 +36,11 @@ def _is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
 
 
+
+#: the largest root document (``zarr.json``) a run is read with: the consolidated metadata of a model of
+#: thousands of parameters is a few MiB; a larger file is not a run's (and is not read whole)
+MAX_DOCUMENT_BYTES = 64 * 2**20
+
 class StoreRoot:
     """A directory of runs, local (``./runs``) or remote (``s3://bucket/prefix``, ``memory://x``).
 
@@ -135,8 +140,9 @@ class StoreRoot:
         return sorted(ids)
 
     # -- whole documents ----------------------------------------------------------------------------
-    def read_bytes(self, run_id: str, key: str) -> bytes:
-        """The bytes of one key of a run's store (``zarr.json``, ``W/zarr.json``, ``W/c/0/0/0``...).
+    def read_bytes(self, run_id: str, key: str, *, limit: int | None = None) -> bytes:
+        """The bytes of one key of a run's store (``zarr.json``, ``W/zarr.json``, ``W/c/0/0/0``...); with
+        ``limit``, at most its first ``limit + 1`` bytes (so a caller can tell a key over the limit).
 
         :class:`KeyError` when absent; on a local root :class:`PathOutsideRoot` when the key resolves
         outside the root.
@@ -144,8 +150,11 @@ class StoreRoot:
         path = self._fs_path(run_id, key)
         try:
             if self.is_local:
-                return read_inside(self.location, path, f"key {key!r} of run {run_id!r}")
-            return self.fs.cat_file(path)
+                from zarr.abc.store import RangeByteRequest
+
+                window = None if limit is None else RangeByteRequest(0, limit + 1)
+                return read_inside(self.location, path, f"key {key!r} of run {run_id!r}", window)
+            return self.fs.cat_file(path, **({} if limit is None else {"start": 0, "end": limit + 1}))
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise KeyError(key) from None
 
@@ -199,7 +208,7 @@ class StoreRoot:
         (:mod:`trajscope.store.document`). Unchecked (what deletes a run: it must go whatever it holds), a
         document that is not JSON, or not an object, reads as ``{}``."""
         try:
-            raw = self.read_bytes(run_id, "zarr.json")
+            raw = self.read_bytes(run_id, "zarr.json", limit=MAX_DOCUMENT_BYTES)
         except KeyError:
             # (found by a review: a mistyped bucket said "no run"; asked only of a root that lists nothing, as a
             # bucket-level call a prefix-scoped policy refuses reads as a missing bucket)
@@ -207,6 +216,11 @@ class StoreRoot:
             raise RunNotFound(f"no run {run_id!r} under {self.location}: " + (
                 f"there is no bucket {bucket!r} at its object store (check its name, or AWS_ENDPOINT_URL)"
                 if bucket is not None else "`trajscope ls` lists the runs")) from None
+        if len(raw) > MAX_DOCUMENT_BYTES:  # (found by a review: a 2 GB file was read whole on every request)
+            if not checked:
+                return {}
+            raise MalformedRun(run_id, f"its zarr.json is over {MAX_DOCUMENT_BYTES // 2**20} MiB, more than any run "
+                                       "document holds")
         try:
             document = json.loads(raw)
         except ValueError:  # (UnicodeDecodeError is one)

@@ -44,6 +44,11 @@ def test_serve_binds_loopback_by_default_and_enables_delete_with_a_token(tmp_pat
         assert health["root"] == os.path.basename(root.location) and health["writable"] is True
         listening = {c.laddr for c in psutil.Process(proc.pid).net_connections() if c.status == psutil.CONN_LISTEN}
         assert listening == {("127.0.0.1", port)}
+        # a request addressed to another name (a page whose site rebound its name to 127.0.0.1: DNS rebinding)
+        # is refused; localhost is served (found by a review)
+        rebound = httpx.get(f"http://127.0.0.1:{port}/api/runs", headers={"Host": f"evil.example:{port}"})
+        assert rebound.status_code == 400 and "a" not in rebound.text.split()
+        assert httpx.get(f"http://localhost:{port}/api/runs").status_code == 200
         r = httpx.delete(f"http://127.0.0.1:{port}/api/runs/a", headers={"Authorization": "Bearer a-long-enough-token"})
         assert r.status_code == 200 and not root.exists("a")
     finally:

@@ -70,6 +70,22 @@ def test_corrupt_chunk_is_one_503_naming_variable_and_chunk_on_every_route(corru
         conn.close()
 
 
+def test_the_corrupt_chunks_are_located_once_per_run_version(corrupt_server, monkeypatch):
+    """Found by a review: every 503 of a corrupt run scanned all its committed chunks again (40 requests on a
+    1.6 GB run: 40 full scans). Counted here: requests with different parameters, one scan per variable set."""
+    from trajscope.api import errors
+
+    scans: list = []
+    real = errors.corrupt_data
+    monkeypatch.setattr(errors, "corrupt_data", lambda *a: scans.append(a[1:]) or real(*a))
+    errors._corruptions.clear()
+    with httpx.Client(base_url=corrupt_server.url, timeout=60) as c:
+        for i in range(4):
+            r = c.get("/api/runs/r/vars/W", params={"step": f"0:{8 + i}"})
+            assert r.status_code == 503 and r.json()["chunks"] == ["W/c/1/0/0"], r.text
+    assert scans == [("r", ["W"])]
+
+
 def test_corrupt_chunk_is_not_cached_as_a_figure_failure(corrupt_server):
     with httpx.Client(base_url=corrupt_server.url, timeout=60) as c:
         assert c.get("/api/runs/r/plots/alignment.png").status_code == 503

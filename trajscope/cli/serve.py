@@ -50,6 +50,11 @@ def check_port_free(host: str, port: int) -> None:
             raise UserError(f"cannot serve on {host}:{port}: {err.strerror}; choose another --port") from None
 
 
+#: interfaces that keep the server on this machine; it then answers only requests addressed to it by these names
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
 def serve(
     root: Annotated[Optional[str], typer.Option("--root", help="store root: a directory or an fsspec URL "
                                                 "(s3://bucket/prefix); default $TRAJSCOPE_ROOT or ./runs")] = None,
@@ -60,6 +65,8 @@ def serve(
                                                        "DELETE /api/runs/RUN with 'Authorization: Bearer "
                                                        "TOKEN'. Without it the API is read-only")] = None,
     max_response_mib: Annotated[float, typer.Option(help="size cap of one slice or analysis response")] = 32.0,
+    max_computations: Annotated[int, typer.Option(help="analyses, series, figures and slices computed at once; "
+                                                  "more wait their turn (0: one per usable core, at least 2)")] = 0,
 ) -> None:
     """Serve runs, slices, analyses, figures, a dashboard (/) and the raw Zarr store (/zarr/RUN)."""
     import uvicorn
@@ -79,7 +86,14 @@ def serve(
         raise UserError(f"--root {store_root.location} {what}: give the folder the runs are recorded in "
                         "(`trajscope produce --root DIR` makes it; `mkdir` it to serve a root with no runs yet)")
     check_port_free(host, port)
-    app = create_app(store_root, token=token, max_response_bytes=int(max_response_mib * 2**20))
+    if max_computations < 0:
+        raise UserError(f"--max-computations {max_computations}: give a positive number, or 0 for one per core")
+    app = create_app(store_root, token=token, max_response_bytes=int(max_response_mib * 2**20),
+                     max_computations=max_computations)
+    if host in LOOPBACK_HOSTS:  # a page of another site, its name rebound to 127.0.0.1 (DNS rebinding), could
+        from starlette.middleware.trustedhost import TrustedHostMiddleware  # read the runs otherwise: a request
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=sorted(LOOPBACK_NAMES))  # naming another host is a 400
     typer.echo(f"trajscope: serving {store_root.location} on http://{host}:{port} "
                f"({'deletes enabled by token' if token else 'read-only'})", err=True)
     # SIGTERM/Ctrl-C: requests still computing get 5 s, then the server exits (a review found it waiting on an

@@ -112,7 +112,8 @@ def bearer_token(authorization: str | None) -> str | None:
 def check_token(state: ApiState, authorization: str | None) -> None:
     """403 on a read-only server, 401 without the configured bearer token (compared in constant time)."""
     if not state.token:
-        raise HTTPException(403, "the API is read-only: start `trajscope serve --token-file F` to allow deletes")
+        raise HTTPException(403, "the API is read-only: start `trajscope serve --token-file F` to allow deletes "
+                                 "(the API image: set TRAJSCOPE_TOKEN_FILE to the file)")
     presented = bearer_token(authorization)
     if presented is None:
         raise HTTPException(401, "a bearer token is required: send the header 'Authorization: Bearer TOKEN'",

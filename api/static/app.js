@@ -199,6 +199,7 @@ async function poll(p) {
       if (p.committed > 0) { const waiting = $("#waiting"); if (waiting) waiting.remove(); }
       const status = $("#status");
       if (status) status.replaceChildren(statusCell(run));
+      if (finished) setText("#live", "");  // (not "following" through the final reload)
       if (first || finished || p.range) {
         if (!p.range || finished) await reload(p);
       } else {

@@ -30,6 +30,8 @@ only when the response had already started (a half-sent body can only be ended b
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -118,8 +120,10 @@ async def locate_corruption(scope: Scope, exc: BaseException) -> CorruptData:
         return CorruptData(run_id, [])
 
 
-#: seconds a located corruption is reused for the same run version (a chunk restored meanwhile: said then)
-CORRUPTION_TTL = 60.0
+#: seconds a located corruption is reused for the same run version: the requests of one burst (a page load,
+#: many clients) share one scan; a chunk corrupted or restored since is seen by the next scan (a finished run's
+#: version never changes: a longer reuse named an old chunk for a new failure, found by a review)
+CORRUPTION_TTL = 5.0
 _corruptions: TTLCache = TTLCache(maxsize=64, ttl=CORRUPTION_TTL)
 _locating: dict[tuple, threading.Lock] = {}
 _corruptions_guard = threading.Lock()
@@ -127,7 +131,8 @@ _corruptions_guard = threading.Lock()
 
 def _located(state: Any, run_id: str, names: list[str] | None) -> CorruptData:
     """:func:`corrupt_data` once per run version and variables, however many requests fail on it at once
-    (found by a review: every 503 of a corrupt 1.6 GB run scanned all its chunks again, 40 requests 40 scans)."""
+    (found by a review: every 503 of a corrupt 1.6 GB run scanned all its chunks again, 40 requests 40 scans);
+    reused for :data:`CORRUPTION_TTL` seconds."""
     attrs = state.root.read_attrs(run_id)
     key = (state.root.location, run_id, attrs.get(COMMITTED), attrs.get("updated"), attrs.get(RUN_UID),
            tuple(names or ()))
@@ -180,6 +185,12 @@ class CatchAll:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:  # what still runs when the server's graceful shutdown is over (uvicorn cancels
+            if not started:  # it): a 503 saying so, not a bare 500 and a logged traceback (found by a review)
+                with contextlib.suppress(Exception):
+                    await error(503, "the server is shutting down: retry in a moment",
+                                {"Retry-After": "5", "Connection": "close"})(scope, receive, send)
+            return
         except Exception as exc:  # noqa: BLE001 - the point of this middleware
             if started:
                 raise

@@ -21,7 +21,7 @@ from trajscope.api.deps import Run, RunDep, State
 from trajscope.api.models import ErrorBody, Listing
 from trajscope.api.routes_analysis import STEP_HELP, _lookup, call, step_slice
 from trajscope.api.state import ApiState
-from trajscope.api.work import compute
+from trajscope.api.work import compute, joined
 from trajscope.store import UserError
 from trajscope.store.errors import object_store_error
 from trajscope.store.integrity import is_checksum_error
@@ -188,7 +188,8 @@ async def plot(
     # without a stride a figure thins itself; one not drawn over time reads a state or two whatever the stride
     if sl is not None and sl.step is not None and getattr(fn, "over_time", True):
         await run_in_threadpool(check_states_drawn, run, kind, step, sl)
-    cached = state.responses.get(_key(run, kind, fmt, sl, kwargs))  # a hit is answered on the event loop
+    key = _key(run, kind, fmt, sl, kwargs)
+    cached = state.responses.get(key) or await joined(state, key)  # a hit is answered on the event loop
     if cached is not None and cached[0] == 200:
         body, hit = cached[1], True
     else:

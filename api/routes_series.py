@@ -28,7 +28,7 @@ from trajscope.api.deps import Run, RunDep, State
 from trajscope.api.models import ErrorBody
 from trajscope.api.routes_analysis import call, step_slice
 from trajscope.api.serialize import array_values, dumps, jsonable, npy_bytes
-from trajscope.api.work import compute
+from trajscope.api.work import compute, joined
 from trajscope.analysis.registry import is_pointwise, is_series
 from trajscope.store import UserError
 
@@ -281,7 +281,7 @@ async def series(
             "attrs": attrs,
         })
 
-    body = state.responses.get(key)
+    body = state.responses.get(key) or await joined(state, key)  # (another request's build: waited for on the loop)
     hit = body is not None
     if not hit:
         body, hit = await compute(request, state, state.responses.get_or_build, key, build, len)

@@ -82,6 +82,11 @@ class ByteLRU:
             self.put(key, value, size(value))
             return value, False
 
+    def building(self, key: Hashable) -> bool:
+        """Whether a :meth:`get_or_build` of ``key`` is under way (its waiters need no work slot of their own)."""
+        with self._lock:
+            return key in self._building
+
     def __len__(self) -> int:
         return len(self._items)
 

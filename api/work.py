@@ -45,6 +45,15 @@ async def compute(request: Request, state: ApiState, fn: Callable[..., T], *args
         return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=limiter(state, "work-threads", tokens))
 
 
+async def joined(state: ApiState, key: Any, poll: float = 0.02) -> Any | None:
+    """The cached value of ``key`` once another request's build of it ends, waited for on the event loop (no
+    work slot, no thread: found by a review, two identical requests otherwise held both slots, one of them
+    only waiting); ``None`` when nobody builds it, or its value is not kept."""
+    while state.responses.building(key):
+        await anyio.sleep(poll)
+    return state.responses.get(key)
+
+
 async def off_loop(state: ApiState, fn: Callable[..., T], *args: Any, tokens: int = 2) -> T:
     """``fn(*args)`` in a thread of a small pool of its own (``/health``'s check of the root): never waits
     behind the default pool's threads, which slow requests may all hold."""

@@ -203,6 +203,9 @@ async function poll(p) {
       if (first || finished || p.range) {
         if (!p.range || finished) await reload(p);
       } else {
+        // a source whose last request failed (a network blip) is asked again whole; the others get the new states
+        const failed = [...p.sources].filter(([, e]) => !e.data && e.error).map(([k]) => k);
+        if (failed.length) await loadSources(p, failed, false);
         await appendNew(p);
       }
       window.trajscope.lastUpdate = { committed: run.committed_steps, detected, drawn: performance.now() };

@@ -98,9 +98,10 @@ const rowKey = (r) => [r.run_id, r.status, r.committed_steps, r.writer_gone, r.t
 
 async function refreshRuns(first) {
   // sizes (a walk of each run's files) are asked for at first, and again once a run appeared or ended
-  const data = await api(`/api/runs?size=${first || list.needSizes ? "true" : "false"}`);
+  const sized = first || list.needSizes;
+  const data = await api(`/api/runs?size=${sized ? "true" : "false"}`);
   $("#root").textContent = data.root;
-  if (first || list.needSizes) for (const r of data.runs) list.sizes.set(r.run_id, r.size_bytes);
+  if (sized) for (const r of data.runs) list.sizes.set(r.run_id, r.size_bytes);
   const was = new Map(list.runs.map((r) => [r.run_id, r.status]));
   list.needSizes = !first && data.runs.some((r) => was.get(r.run_id) !== r.status);
   const before = JSON.stringify(list.runs.map(rowKey));
@@ -110,8 +111,8 @@ async function refreshRuns(first) {
     renderRows();
     await finalLosses();
     renderRows();
-  } else if (list.runs.some((r) => isLive(r))) {
-    renderRows();  // the durations of running runs go on
+  } else if (sized || list.runs.some((r) => isLive(r))) {
+    renderRows();  // new sizes (a run that ended: found by a review), or the durations of running runs go on
   }
   setText("#live", data.runs.some((r) => isLive(r)) ? "live: following running runs" : "");
 }

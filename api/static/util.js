@@ -36,7 +36,7 @@ async function getJSON(url) {
   try {
     r = await fetch(url, { cache: "no-store" });
   } catch (err) {  // no answer at all (the server stopped, the network went away): say so, not "Failed to fetch"
-    throw new Error(`cannot reach the server (${err.message}); retrying`);
+    throw new Error(`cannot reach the server (${err.message})`);
   }
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(body.detail || `${url}: HTTP ${r.status}`);
@@ -110,8 +110,8 @@ function tableCSV(names, columns) {
 // What a poll's failure shows, and its clearing once a later poll gets through: `#error` is cleared only
 // when a poll put its message there (an error of the page itself stays).
 function pollFailed(err) {
-  window.trajscope.pollError = err.message;
-  setText("#error", err.message);
+  window.trajscope.pollError = `${err.message}; retrying`;
+  setText("#error", window.trajscope.pollError);
   setText("#live", "");
 }
 

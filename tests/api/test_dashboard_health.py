@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from trajscope.store import StoreRoot
@@ -38,6 +39,7 @@ def test_the_run_list_shows_labels_follows_a_killed_producer_and_recovers_from_a
     write_run(root, "short", steps=16, chunk_steps=8)  # config train.steps=16
     write_run(root, "long", steps=160, chunk_steps=8)  # train.steps=160: holds "16" too
     write_run(root, "live", steps=32, chunk_steps=8, finish=None, commit_to=8)
+    write_run(root, "ends", steps=32, chunk_steps=8, finish=None, commit_to=8)
     tag_run("short", root, add=["baseline", "lr=0.1"], note="the first, try")
     with serve(root) as srv:
         page.goto(srv.url + "/")
@@ -56,6 +58,14 @@ def test_the_run_list_shows_labels_follows_a_killed_producer_and_recovers_from_a
         _kill_its_producer(root, "live")  # nothing else about the run changes
         page.wait_for_function(
             "document.querySelector('#runs tr[data-run=live]').textContent.includes('writer gone')", timeout=15_000)
+        # with no run live any more, a run that ends while the page is open shows its final size (found by a
+        # review: the size fetched after it ended was not drawn)
+        commit(root, "ends", 32, finish="complete")
+        page.wait_for_function(
+            "document.querySelector('#runs tr[data-run=ends]').textContent.includes('complete')", timeout=15_000)
+        size = next(r["size_bytes"] for r in httpx.get(f"{srv.url}/api/runs").json()["runs"] if r["run_id"] == "ends")
+        page.wait_for_function(f"document.querySelector('#runs tr[data-run=ends] td:last-child').textContent"
+                               f" === bytes({size})", timeout=15_000)
 
         page.evaluate("window.__sameDocument = true")
         page.route("**/api/runs*", lambda route: route.abort())  # the server is unreachable

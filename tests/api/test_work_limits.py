@@ -16,10 +16,13 @@ import pytest
 
 from trajscope.store import StoreRoot
 
+#: seconds an analysis takes here: far above what a request that does not wait for it takes, even on a busy CI
+SLOW = 2.5
+
 
 @pytest.fixture()
 def slow_analysis(monkeypatch):
-    """Every analysis computation takes 1.5 s more; ``started`` counts those that began."""
+    """Every analysis computation takes ``SLOW`` s more; ``started`` counts those that began."""
     from trajscope.api import routes_analysis
 
     started: list[float] = []
@@ -27,7 +30,7 @@ def slow_analysis(monkeypatch):
 
     def slow(*args, **kwargs):
         started.append(time.monotonic())
-        time.sleep(1.5)
+        time.sleep(SLOW)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(routes_analysis, "call", slow)
@@ -52,13 +55,38 @@ def test_slow_requests_queue_and_abandoned_ones_are_not_computed(tmp_path, write
         srv.app.state.trajscope.root_problem()  # (a check that stands: answered on the event loop)
         began = time.monotonic()
         health = httpx.get(f"{srv.url}/health", timeout=10)
-        assert health.status_code == 200 and time.monotonic() - began < 1.0
+        assert health.status_code == 200 and time.monotonic() - began < SLOW / 2
         srv.app.state.trajscope._root_checked = None  # a check due: made in a thread of its own, not behind the work
         began = time.monotonic()
-        assert httpx.get(f"{srv.url}/health", timeout=10).status_code == 200 and time.monotonic() - began < 1.0
+        assert httpx.get(f"{srv.url}/health", timeout=10).status_code == 200 and time.monotonic() - began < SLOW / 2
         listing = httpx.get(f"{srv.url}/api/runs", timeout=10)  # the default pool's threads are free
-        assert listing.status_code == 200 and time.monotonic() - began < 2.0
-        time.sleep(4)  # what was queued has had its turn by now
+        assert listing.status_code == 200 and time.monotonic() - began < SLOW
+        time.sleep(SLOW + 1.5)  # what was queued has had its turn by now
         assert 1 <= len(slow_analysis) <= 2, len(slow_analysis)  # not 8: the gone clients' turns were skipped
         kept = httpx.get(f"{srv.url}/api/runs/r/analysis/stable_rank", params={"step": "0:3"}, timeout=30)
         assert kept.status_code == 200 and len(kept.json()["result"]["values"]) == 4  # one that waits is answered
+
+
+def test_a_request_waiting_for_the_same_answer_holds_no_work_slot(tmp_path, write_run, serve, slow_analysis):
+    """Found by a review: a request asking what another one is computing waited inside a work slot, so two
+    identical requests (two tabs of one run page) held both slots and every other request queued."""
+    root = StoreRoot(tmp_path / "runs")
+    write_run(root, "r", steps=16, chunk_steps=8)
+    with serve(root, max_computations=2) as srv:
+        answers: list = []
+
+        def same() -> None:
+            answers.append(httpx.get(f"{srv.url}/api/runs/r/analysis/stable_rank", params={"step": "0:9"}, timeout=30))
+
+        pair = [threading.Thread(target=same) for _ in range(2)]
+        for t in pair:
+            t.start()
+        time.sleep(0.4)  # both asked; one computes (SLOW s), the other waits for its answer
+        began = time.monotonic()
+        other = httpx.get(f"{srv.url}/api/runs/r/vars/loss", params={"step": "0:3"}, timeout=30)
+        waited = time.monotonic() - began
+        for t in pair:
+            t.join()
+        assert other.status_code == 200 and waited < SLOW / 2, waited  # the second slot was free
+        assert [a.status_code for a in answers] == [200, 200] and len(slow_analysis) == 1
+        assert sorted(a.headers["X-Trajscope-Cache"] for a in answers) == ["hit", "miss"]

@@ -132,6 +132,8 @@ def _sigterm_interrupts() -> Callable[[], None]:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
+    if previous is None:  # a handler not set from Python: it cannot be put back from here
+        return lambda: None
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 

@@ -74,8 +74,16 @@ def encode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
 def decode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """The inverse of :func:`encode_attrs` (values that are not JSON text pass through unchanged)."""
     names = _encoded_names(attrs)
-    return {key: (json.loads(value) if key in names and isinstance(value, str) else value)
+    return {key: (_loads(value) if key in names and isinstance(value, str) else value)
             for key, value in attrs.items() if key != JSON_ATTRS}
+
+
+def _loads(text: str) -> Any:
+    """The JSON text's value; the text itself when it is not JSON (a hand-edited copy)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def run_attr(source: Any, key: str, default: Any = None) -> Any:

@@ -25,8 +25,9 @@ from typing import Any, Iterable
 import numpy as np
 import xarray as xr
 
-from trajscope.store.dataset_attrs import is_plain, json_default
+from trajscope.store.dataset_attrs import decode_attrs, encode_attrs, is_plain, json_default
 from trajscope.store.errors import UserError
+from trajscope.store.layout import RUN_SUFFIX, RUN_UID, validate_run_id
 
 MARKER = "trajscope_export"
 FORMATS = {".nc": "netcdf", ".nc4": "netcdf", ".netcdf": "netcdf", ".zarr": "zarr", ".npz": "npz"}
@@ -145,6 +146,9 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     if kind is None:
         raise UserError(f"cannot export to {path.name!r}: the file name must end in "
                         f"{', '.join(sorted(set(FORMATS)))}")
+    if kind == "zarr" and not _is_run_name(path):  # (a review: such a copy was written, then open_run refused it)
+        raise UserError(f"cannot export to {path.name!r}: a Zarr export is a run, named RUN{RUN_SUFFIX} with RUN of "
+                        "1-128 characters from A-Z a-z 0-9 . _ - starting with a letter or digit; choose such a name")
     if os.path.lexists(path):  # (a link too, dangling or not: never written through)
         raise UserError(f"{str(path)!r} exists: remove it or choose another output file")
     if not path.parent.is_dir():
@@ -155,10 +159,12 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         raise UserError(f"{str(path)!r} is inside the Zarr store {str(inside)!r} (a run or an export): its files "
                         "would be taken for part of it and deleted with it; write the export outside it")
     ds = ds.copy(deep=False)
+    ds.attrs = copy_attrs(ds)
     if "step" in ds.dims:
-        ds.attrs["committed_steps"] = ds.attrs["capacity"] = int(ds.sizes["step"])  # (a copy holds what it holds)
         chunk = int(ds.attrs.get("chunk_steps") or 0) or None
         ds = ds.chunk({"step": chunk or "auto"})  # uniform chunks, as Zarr needs
+    if kind == "zarr":  # a run: its attributes nested, as the store writes them (the writers read them so)
+        ds.attrs = decode_attrs(ds.attrs)
     drop_chunk_encoding(ds)
     # written under a hidden temporary name, renamed when whole: an export stopped half-way (Ctrl-C, a corrupt
     # chunk, a full disk) left a file that opened as the complete run full of NaNs (found by a review)
@@ -187,6 +193,45 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     return path
 
 
+def _is_run_name(path: Path) -> bool:
+    """Whether ``path``'s name is ``RUN.zarr`` for a valid run id (what ``open_run`` and ``ls`` take)."""
+    try:
+        return path.suffix == RUN_SUFFIX and validate_run_id(path.stem) == path.stem
+    except UserError:
+        return False
+
+
+def copy_attrs(ds: xr.Dataset) -> dict[str, Any]:
+    """The run attributes a copy of ``ds`` (a selection of states and variables) holds, true of the copy (found by
+    a review: a copy kept the whole run's): ``committed_steps`` and ``capacity`` its states; ``time_variables``
+    and ``schema``'s variables those it holds; ``last_step`` and ``final_loss`` its last state's; no ``writer``
+    lease; a run still ``running`` when copied is ``interrupted`` in the copy (no writer will ever add to it);
+    ``exported_from`` names the run copied (``resume`` refuses a copy: its chunks are laid out for reading)."""
+    attrs = decode_attrs(ds.attrs)
+    if attrs.get("run_id") and "exported_from" not in attrs:
+        attrs["exported_from"] = {"run_id": attrs["run_id"], "run_uid": attrs.get(RUN_UID)}
+    if "step" not in ds.dims:
+        return encode_attrs(attrs)
+    states = int(ds.sizes["step"])
+    attrs["committed_steps"] = attrs["capacity"] = states
+    attrs.pop("writer", None)
+    if attrs.get("status") == "running":
+        attrs["status"] = "interrupted"
+    if isinstance(attrs.get("time_variables"), list):
+        attrs["time_variables"] = [n for n in attrs["time_variables"] if n in ds.variables]
+    schema = attrs.get("schema")
+    if isinstance(schema, dict) and isinstance(schema.get("variables"), dict):
+        attrs["schema"] = {**schema, "variables": {n: v for n, v in schema["variables"].items() if n in ds.variables}}
+    if states and "step" in ds.coords:
+        attrs["last_step"] = int(ds["step"].values[-1])
+    if states and "loss" in ds.variables and ds["loss"].dims == ("step",):
+        loss = float(ds["loss"].values[-1])
+        attrs["final_loss"] = loss if np.isfinite(loss) else None
+    elif "final_loss" in attrs:
+        attrs["final_loss"] = None
+    return encode_attrs(attrs)
+
+
 def _write(ds: xr.Dataset, path: Path, kind: str) -> None:
     if kind == "zarr":
         # every chunk stored, an all-NaN one too, as the store's writer does (fsck then finds none missing);
@@ -195,7 +240,12 @@ def _write(ds: xr.Dataset, path: Path, kind: str) -> None:
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
             ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True, write_empty_chunks=True)
     elif kind == "netcdf":
-        portable(ds).to_netcdf(path)
+        import dask
+
+        # in this thread only: a Ctrl-C then stops every write before the partial file is removed (found by a
+        # review: dask's write threads went on and made the removed file again); HDF5 writes one at a time anyway
+        with dask.config.set(scheduler="synchronous"):
+            portable(ds).to_netcdf(path)
     else:
         flat = portable(ds)
         arrays = {str(name): var.values for name, var in flat.variables.items()}
@@ -217,8 +267,10 @@ def read_export(path: str | os.PathLike) -> xr.Dataset:
     """Read a file written by :func:`export` back into the dataset that was exported."""
     path = Path(path)
     kind = FORMATS.get(path.suffix.lower())
-    if kind == "zarr":
-        return xr.open_zarr(path, zarr_format=3)
+    if kind == "zarr":  # (stored nested, as a run's are: handed out as open_run hands them out)
+        ds = xr.open_zarr(path, zarr_format=3)
+        ds.attrs = encode_attrs(ds.attrs)
+        return ds
     if kind == "netcdf":
         with xr.open_dataset(path) as opened:
             return restore(opened.load())

@@ -20,6 +20,7 @@ from typing import Any
 
 import fsspec
 
+from trajscope.store.dataset_attrs import decode_attrs
 from trajscope.store.document import check_run_document
 from trajscope.store.errors import MalformedRun, NotARun, PathOutsideRoot, RunNotFound, UserError
 from trajscope.store.layout import (ALL_CHUNKS_STORED_KEY, DELETING_KEY, EARLY_RUN_MEMBERS, EARLY_RUN_W_DIMS,
@@ -234,7 +235,9 @@ class StoreRoot:
     def read_attrs(self, run_id: str, *, checked: bool = True) -> dict[str, Any]:
         """The run's root attributes (``checked``: see :meth:`read_group_metadata`)."""
         attrs = self.read_group_metadata(run_id, checked=checked).get("attributes", {})
-        return attrs if isinstance(attrs, dict) else {}
+        # nested again where a copy holds them as JSON text (a `ds.to_zarr` of an opened run, an export): the
+        # writers iterate `time_variables` (found by a review: resuming or repairing such a copy crashed)
+        return decode_attrs(attrs) if isinstance(attrs, dict) else {}
 
     def write_attrs(self, run_id: str, attrs: dict[str, Any], *, durable: bool = False) -> None:
         """Write the group ``zarr.json`` with these attributes in one atomic write (fsynced: ``durable``).

@@ -210,6 +210,10 @@ class RunWriter:
             attrs = root.read_attrs(run_id)
             if attrs.get("status") == "complete":
                 raise UserError(f"run {run_id!r} is complete; nothing to resume")
+            if attrs.get("exported_from"):  # (found by a review: resuming a copy failed it half-way)
+                source = attrs["exported_from"].get("run_id") if isinstance(attrs["exported_from"], dict) else None
+                raise UserError(f"run {run_id!r} is a copy written by `trajscope export`" + (
+                    f" of run {source!r}" if source else "") + "; a copy is not resumed: resume the run it copies")
             if attrs.get("status") == CREATING:
                 raise UserError(f"run {run_id!r} was never fully created (its producer stopped while creating it): "
                                 f"start it again with `trajscope produce CONFIG --name {run_id}`, which replaces it")

@@ -85,13 +85,17 @@ def test_a_huge_document_is_refused_without_reading_it_whole(tmp_path):
 
 def test_a_copy_with_json_encoded_attributes_is_not_malformed(tmp_path):
     """A run written by ``ds.to_zarr`` holds its nested attributes as JSON text, named in
-    ``trajscope_json_attrs``: readers take it."""
+    ``trajscope_json_attrs``: readers take it, and the store reads them nested again (found by a review: the
+    writers iterated the text of ``time_variables``, so resuming or repairing such a copy crashed)."""
     root = StoreRoot(tmp_path)
     write_run(root, "r")
     ds = open_run("r", root)
     ds.to_zarr(os.path.join(root.location, "copy.zarr"), zarr_format=3, consolidated=False)
+    stored = root.read_group_metadata("copy")["attributes"]
+    assert isinstance(stored["config"], str) and "config" in stored["trajscope_json_attrs"]
     attrs = root.read_attrs("copy")
-    assert isinstance(attrs["config"], str) and "config" in attrs["trajscope_json_attrs"]
+    assert attrs["config"] == root.read_attrs("r")["config"] and "trajscope_json_attrs" not in attrs
+    assert attrs["time_variables"] == root.read_attrs("r")["time_variables"]
 
 
 def test_the_server_and_the_cli_skip_it_in_listings_and_refuse_it_alone(tmp_path):

@@ -10,7 +10,7 @@ import xarray as xr
 
 from trajscope import open_run
 from trajscope.store import StoreRoot, UserError
-from trajscope.store.export import export, read_export
+from trajscope.store.export import copy_attrs, export, read_export
 
 
 
@@ -64,7 +64,9 @@ def test_export_round_trips_equal_the_original(tiny_root, tmp_path, suffix):
     path = export(ds, tmp_path / f"a{suffix}")
     back = read_export(path)
     expected = ds.copy()
+    expected.attrs = copy_attrs(ds)  # (the copy's own: its states, what it was exported from)
     xr.testing.assert_identical(back.load(), expected.load())
+    assert back.traj.attrs["exported_from"] == {"run_id": "a", "run_uid": ds.traj.attrs["run_uid"]}
     assert back["step"].dtype == np.int64 and back["y"].dtype == np.int8 and back.traj.config["seed"] == 3
 
 
@@ -239,3 +241,44 @@ def test_an_export_never_writes_through_a_link(tiny_root, tmp_path):
     with pytest.raises(UserError, match="exists"):
         export(open_run("a", tiny_root), tmp_path / "dangling.nc")
     assert not target.exists()
+
+
+def test_a_zarr_export_is_a_run_true_of_what_it_holds(run_cli, tmp_path, small_config):
+    """Found by a review of exports: a Zarr copy kept the whole run's ``time_variables``, ``last_step`` and
+    ``final_loss`` (fsck: "time-varying array v is missing" after ``--vars W,loss``; ``ls`` the source's final
+    loss), a copy of a killed run stayed ``running`` with its writer's lease and crashed ``resume`` and
+    ``fsck --repair`` (its attributes were JSON text), and a name that is no run id was written, then refused."""
+    from trajscope.producer import produce
+    from trajscope.store import StoreRoot, describe_run
+    from trajscope.store.fsck import fsck_run
+
+    root = StoreRoot(tmp_path / "runs")
+    produce(small_config(train={"steps": 40}), root=root, name="a")
+    # a killed run: still `running`, its lock free (the lease as a dead writer left it)
+    attrs = root.read_attrs("a")
+    root.write_attrs("a", {**attrs, "status": "running", "writer": {"token": "x", "host": "h", "pid": 1,
+                                                                       "heartbeat": 0}})
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run_cli("export", "a", "--root", str(root.location), "-o", str(out / "part.zarr"), "--step", "0:20:4",
+                   "--vars", "W,loss")
+    assert proc.returncode == 0, proc.stderr
+    copy = StoreRoot(out)
+    stored = copy.read_group_metadata("part")["attributes"]
+    assert isinstance(stored["time_variables"], list)  # nested, as the store writes a run's
+    assert set(stored["time_variables"]) == {"W", "loss", "step", "t"}
+    assert set(stored["schema"]["variables"]) <= {"W", "loss", "step", "t"} and "v" not in stored["schema"]["variables"]
+    assert stored["status"] == "interrupted" and "writer" not in stored
+    ds = open_run("a", root)
+    assert stored["last_step"] == 20 and stored["final_loss"] == float(ds["loss"].sel(step=20))
+    assert stored["exported_from"]["run_id"] == "a"
+    report = fsck_run(copy, "part")
+    assert report.ok, report.problems
+    assert describe_run("part", copy).committed_steps == 6
+    resumed = run_cli("resume", "part", "--root", str(out))
+    assert resumed.returncode == 2 and "a copy written by `trajscope export` of run 'a'" in resumed.stderr
+    assert copy.read_attrs("part")["status"] == "interrupted"  # untouched by the refusal
+    for name in ("UP.ZARR", "with space.zarr", "x.zarr.zarr"):
+        refused = run_cli("export", "a", "--root", str(root.location), "-o", str(out / name))
+        assert refused.returncode == 2 and "a Zarr export is a run, named RUN.zarr" in refused.stderr, name
+        assert not (out / name).exists()

@@ -77,6 +77,9 @@ def restore(ds: xr.Dataset) -> xr.Dataset:
         return ds
     out = ds.copy(deep=False)
     marker = json.loads(out.attrs.pop(MARKER))
+    # numbers as Python's, as the run's own attributes are (netCDF hands them back as numpy scalars, which
+    # json.dumps refuses: found by a review)
+    out.attrs = {k: v.item() if isinstance(v, np.generic) else v for k, v in out.attrs.items()}
     for name, keys in marker["attrs"].items():
         attrs = out.attrs if name == "" else out[name].attrs
         for key in keys:
@@ -138,8 +141,9 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     ``xr.open_zarr`` open. ``committed_steps`` is set to the number of exported states. Refuses to
     overwrite an existing file.
     """
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(path)):  # (a Path has made s3://b/x into s3:/b/x)
-        raise UserError(f"cannot export to {str(path)!r}: export writes a local file; copy it to the object store "
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(path)):  # (a Path has made s3://b/x into s3:/b/x: said as given)
+        url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)", r"\1://", str(path))
+        raise UserError(f"cannot export to {url!r}: export writes a local file; copy it to the object store "
                         "afterwards, or record the run there with --root")
     path = Path(path)
     kind = FORMATS.get(path.suffix.lower())

@@ -67,6 +67,7 @@ def test_export_round_trips_equal_the_original(tiny_root, tmp_path, suffix):
     expected.attrs = copy_attrs(ds)  # (the copy's own: its states, what it was exported from)
     xr.testing.assert_identical(back.load(), expected.load())
     assert back.traj.attrs["exported_from"] == {"run_id": "a", "run_uid": ds.traj.attrs["run_uid"]}
+    assert type(back.attrs["capacity"]) is int and type(back.attrs["final_loss"]) is float  # (not numpy's)
     assert back["step"].dtype == np.int64 and back["y"].dtype == np.int8 and back.traj.config["seed"] == 3
 
 
@@ -91,7 +92,8 @@ def test_export_command_with_steps_and_variables(run_cli, tiny_root, tmp_path, s
 @pytest.mark.parametrize("args, words", [
     (["-o", "x.csv"], ".nc"), (["-o", "x.nc", "--vars", "nope"], "no variable 'nope'"),
     (["-o", "x.nc", "--step", "500:600"], "no recorded state"),
-    (["-o", "s3://bucket/x.nc"], "export writes a local file"),  # (it said "directory 's3:/bucket' does not exist")
+    (["-o", "s3://bucket/x.nc"], "'s3://bucket/"),  # (it said "directory
+    # 's3:/bucket' does not exist", then quoted the URL as s3:/bucket/x.nc)
 ])
 def test_export_errors_are_one_line(run_cli, tiny_root, tmp_path, args, words):
     proc = run_cli("export", "a", "--root", str(tiny_root), *[a.replace("x.", str(tmp_path / "x.")) for a in args])

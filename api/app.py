@@ -39,7 +39,8 @@ def create_app(
         docs_url=None, redoc_url=None,  # /docs is served offline by trajscope.api.docs
     )
     app.state.trajscope = ApiState(store_root, token=token or None, max_response_bytes=max_response_bytes,
-                                   responses=ByteLRU(cache_bytes), attrs_ttl=attrs_ttl, max_computations=max_computations)
+                                   responses=ByteLRU(cache_bytes), attrs_ttl=attrs_ttl,
+                                   max_computations=max_computations)
 
     errors.install(app)
     docs.install(app)

@@ -201,8 +201,9 @@ class CatchAll:
                 response = error(502, refused)
             elif isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):  # (found by a review of the
                 log.error("permission denied on %s: %s", scope.get("path"), exc)  # images: a 500 "report it")
-                response = error(503, f"the server's user (uid {getattr(os, 'getuid', lambda: '?')()}) may not read the served root "
-                                      f"({exc.strerror}): give it read access to the root's folders and files")
+                uid = getattr(os, "getuid", lambda: "?")()
+                response = error(503, f"the server's user (uid {uid}) may not read the served root ({exc.strerror}): "
+                                      "give it read access to the root's folders and files")
             else:
                 log.error("unhandled error on %s", scope.get("path"), exc_info=exc)
                 response = error(500, f"internal error ({type(exc).__name__}): please report it with the request")

@@ -42,7 +42,8 @@ async def compute(request: Request, state: ApiState, fn: Callable[..., T], *args
         if await request.is_disconnected():
             raise HTTPException(CLIENT_CLOSED, "the client closed the connection before the computation started")
         # (its own thread limiter, as large as the work limiter: the default pool's threads stay free)
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=limiter(state, "work-threads", tokens))
+        threads = limiter(state, "work-threads", tokens)
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=threads)
 
 
 async def joined(state: ApiState, key: Any, poll: float = 0.02) -> Any | None:

@@ -37,10 +37,10 @@ def _is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
 
 
-
 #: the largest root document (``zarr.json``) a run is read with: the consolidated metadata of a model of
 #: thousands of parameters is a few MiB; a larger file is not a run's (and is not read whole)
 MAX_DOCUMENT_BYTES = 64 * 2**20
+
 
 class StoreRoot:
     """A directory of runs, local (``./runs``) or remote (``s3://bucket/prefix``, ``memory://x``).

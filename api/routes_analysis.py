@@ -14,7 +14,7 @@ from trajscope.api import registry, selectors
 from trajscope.api.deps import Run, RunDep, State
 from trajscope.api.models import AnalysisResult, ErrorBody, Listing
 from trajscope.api.serialize import dumps, jsonable, nbytes_of
-from trajscope.api.work import compute, joined
+from trajscope.api.work import once
 from trajscope.store import UserError
 from trajscope.store.errors import object_store_error
 from trajscope.store.integrity import is_checksum_error
@@ -107,10 +107,11 @@ async def quantity_result(
                       "params": jsonable({"step": None if sl is None else [sl.start, sl.stop, sl.step], **kwargs}),
                       "result": jsonable(result)})
 
-    body = state.responses.get(key) or await joined(state, key)  # a hit is answered on the event loop
+    body = state.responses.get(key)  # a hit is answered on the event loop
     hit = body is not None
     if not hit:
-        body, hit = await compute(request, state, state.responses.get_or_build, key, build, len)
+        cached, built = await once(request, state, key, state.responses.get_or_build, key, build, len)
+        body, hit = (cached, True) if built is None else built
     return Response(body, media_type="application/json", headers={"X-Trajscope-Cache": "hit" if hit else "miss"})
 
 

@@ -21,7 +21,7 @@ from trajscope.api.deps import Run, RunDep, State
 from trajscope.api.models import ErrorBody, Listing
 from trajscope.api.routes_analysis import STEP_HELP, _lookup, call, step_slice
 from trajscope.api.state import ApiState
-from trajscope.api.work import compute, joined
+from trajscope.api.work import compute, once
 from trajscope.store import UserError
 from trajscope.store.errors import object_store_error
 from trajscope.store.integrity import is_checksum_error
@@ -189,10 +189,16 @@ async def plot(
     if sl is not None and sl.step is not None and getattr(fn, "over_time", True):
         await run_in_threadpool(check_states_drawn, run, kind, step, sl)
     key = _key(run, kind, fmt, sl, kwargs)
-    cached = state.responses.get(key) or await joined(state, key)  # a hit is answered on the event loop
-    if cached is not None and cached[0] == 200:
-        body, hit = cached[1], True
+    cached = state.responses.get(key)  # a hit is answered on the event loop
+    if cached is None:  # (another request drawing the same: waited for on the event loop)
+        cached, built = await once(request, state, key, figure, run, state, kind, fn, fmt, sl, kwargs)
     else:
+        built = None
+    if built is not None:
+        body, hit = built
+    elif cached[0] == 200:
+        body, hit = cached[1], True
+    else:  # a figure this run cannot show, remembered: said as when it was drawn
         body, hit = await compute(request, state, figure, run, state, kind, fn, fmt, sl, kwargs)
     return Response(body, media_type=FORMATS[fmt],
                     headers={"X-Trajscope-Cache": "hit" if hit else "miss", "Cache-Control": "no-cache"})

@@ -28,7 +28,7 @@ from trajscope.api.deps import Run, RunDep, State
 from trajscope.api.models import ErrorBody
 from trajscope.api.routes_analysis import call, step_slice
 from trajscope.api.serialize import array_values, dumps, jsonable, npy_bytes
-from trajscope.api.work import compute, joined
+from trajscope.api.work import once
 from trajscope.analysis.registry import is_pointwise, is_series
 from trajscope.store import UserError
 
@@ -281,10 +281,11 @@ async def series(
             "attrs": attrs,
         })
 
-    body = state.responses.get(key) or await joined(state, key)  # (another request's build: waited for on the loop)
+    body = state.responses.get(key)
     hit = body is not None
-    if not hit:
-        body, hit = await compute(request, state, state.responses.get_or_build, key, build, len)
+    if not hit:  # (another request computing the same: waited for on the event loop)
+        cached, built = await once(request, state, key, state.responses.get_or_build, key, build, len)
+        body, hit = (cached, True) if built is None else built
     headers = {"X-Trajscope-Cache": "hit" if hit else "miss"}
     if format != "json":
         headers["Content-Disposition"] = f'attachment; filename="{run.run_id}-{quantity}.{format}"'

@@ -82,11 +82,6 @@ class ByteLRU:
             self.put(key, value, size(value))
             return value, False
 
-    def building(self, key: Hashable) -> bool:
-        """Whether a :meth:`get_or_build` of ``key`` is under way (its waiters need no work slot of their own)."""
-        with self._lock:
-            return key in self._building
-
     def __len__(self) -> int:
         return len(self._items)
 
@@ -134,6 +129,8 @@ class ApiState:
     max_computations: int = 0
     #: the ``anyio`` limiters of :mod:`trajscope.api.work`, by name and event loop
     limiters: dict = field(default_factory=dict, init=False)
+    #: answers being computed (:func:`trajscope.api.work.once`): ``(event loop, cache key) -> anyio.Event``
+    computing: dict = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self._datasets = LRUCache(maxsize=self.max_datasets)

@@ -46,13 +46,24 @@ async def compute(request: Request, state: ApiState, fn: Callable[..., T], *args
         return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=threads)
 
 
-async def joined(state: ApiState, key: Any, poll: float = 0.02) -> Any | None:
-    """The cached value of ``key`` once another request's build of it ends, waited for on the event loop (no
-    work slot, no thread: found by a review, two identical requests otherwise held both slots, one of them
-    only waiting); ``None`` when nobody builds it, or its value is not kept."""
-    while state.responses.building(key):
-        await anyio.sleep(poll)
-    return state.responses.get(key)
+async def once(request: Request, state: ApiState, key: Any, fn: Callable[..., T], *args: Any) -> tuple[Any, T | None]:
+    """``(cached, None)`` when another request was computing the answer ``key`` and it is now in the response
+    cache, else ``(None, compute(fn(*args)))``. The wait is on the event loop, holding no work slot and no
+    thread (found by a review: two identical requests held both slots, one of them only waiting, and every other
+    request queued). Who computes ``key`` is decided on the event loop, so no two requests can both think they
+    are first; a waiter whose answer was not kept (too large for the cache, or failed) computes it itself."""
+    slot = (id(asyncio.get_running_loop()), key)
+    while slot in state.computing:
+        await state.computing[slot].wait()
+        cached = state.responses.get(key)
+        if cached is not None:
+            return cached, None
+    done = state.computing[slot] = anyio.Event()
+    try:
+        return None, await compute(request, state, fn, *args)
+    finally:
+        del state.computing[slot]
+        done.set()
 
 
 async def off_loop(state: ApiState, fn: Callable[..., T], *args: Any, tokens: int = 2) -> T:

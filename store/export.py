@@ -244,12 +244,12 @@ def _write(ds: xr.Dataset, path: Path, kind: str) -> None:
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
             ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True, write_empty_chunks=True)
     elif kind == "netcdf":
-        import dask
-
-        # in this thread only: a Ctrl-C then stops every write before the partial file is removed (found by a
-        # review: dask's write threads went on and made the removed file again); HDF5 writes one at a time anyway
-        with dask.config.set(scheduler="synchronous"):
-            portable(ds).to_netcdf(path)
+        # the writes in this thread only: a Ctrl-C then stops every write before the partial file is removed
+        # (found by a review: dask's write threads went on and made the removed file again); HDF5 writes one at
+        # a time anyway
+        pending = portable(ds).to_netcdf(path, compute=False)
+        if pending is not None:
+            pending.compute(scheduler="synchronous")
     else:
         flat = portable(ds)
         arrays = {str(name): var.values for name, var in flat.variables.items()}

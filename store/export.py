@@ -227,9 +227,9 @@ def copy_attrs(ds: xr.Dataset) -> dict[str, Any]:
     if isinstance(schema, dict) and isinstance(schema.get("variables"), dict):
         attrs["schema"] = {**schema, "variables": {n: v for n, v in schema["variables"].items() if n in ds.variables}}
     if states and "step" in ds.coords:
-        attrs["last_step"] = int(ds["step"].values[-1])
+        attrs["last_step"] = int(ds["step"][-1])
     if states and "loss" in ds.variables and ds["loss"].dims == ("step",):
-        loss = float(ds["loss"].values[-1])
+        loss = float(ds["loss"][-1])  # (the last state alone is read)
         attrs["final_loss"] = loss if np.isfinite(loss) else None
     elif "final_loss" in attrs:
         attrs["final_loss"] = None

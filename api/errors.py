@@ -152,6 +152,27 @@ def _located(state: Any, run_id: str, names: list[str] | None) -> CorruptData:
                 _locating.pop(key, None)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the app's routes answer on ``request``'s path (sorted; ``HEAD`` where ``GET`` is).
+
+    Walks the routes by their path patterns, into FastAPI's included routers (``effective_candidates``)."""
+    path = request.scope.get("path", "")
+    methods: set[str] = set()
+
+    def walk(routes) -> None:
+        for route in routes:
+            nested = getattr(route, "effective_candidates", None)
+            if callable(nested):
+                walk(nested())
+                continue
+            pattern, allowed = getattr(route, "path_regex", None), getattr(route, "methods", None)
+            if pattern is not None and allowed and pattern.match(path):
+                methods.update(allowed)
+
+    walk(request.app.router.routes)
+    return sorted(methods)
+
+
 def validation_errors(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
     """One readable line and the list of ``{loc, msg, type}`` of a validation failure."""
     errors, parts = [], []
@@ -229,8 +250,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        headers = getattr(exc, "headers", None)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no endpoint {request.url.path!r}: see /docs for the API"
-        return error(exc.status_code, detail, getattr(exc, "headers", None))
+        elif exc.status_code == 405:  # Starlette's Allow names the first route of the path only (found by a
+            allowed = allowed_methods(request)  # review: GET /api/runs/R's, not the DELETE beside it)
+            if allowed:
+                headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+                detail = f"method {request.method} is not allowed on {request.url.path!r}: use {' or '.join(allowed)}"
+        return error(exc.status_code, detail, headers)
 
     app.add_middleware(CatchAll)

@@ -1,6 +1,10 @@
-"""Benchmark: what the same-run check of every chunk read costs a reader (``open_run`` on a local root).
+"""Benchmark: what a check of every chunk read costs a reader (``open_run`` on a local root).
 
-    python bench/read_check.py --root DIR [--repeats 9] [--memory]
+    python bench/read_check.py --root DIR [--repeats 9] [--memory] [--check same-run|checksum]
+
+``--check same-run`` (default) measures the check that the chunk read is the opened run's
+(:class:`~trajscope.store.snapshot.LostChunkCheck`); ``--check checksum`` the crc32c the reader verifies itself
+to name a corrupt chunk (``SnapshotStore._verify``: a second pass over the bytes, zarr's decoder makes the first).
 
 ``DIR`` holds the run ``bench`` that ``python bench/analysis_throughput.py --gb 0.5 --root DIR --keep``
 writes (written there first if absent). Each repeat opens the run afresh and reads every chunk of ``W`` (dask,
@@ -53,29 +57,37 @@ def main() -> None:
     parser.add_argument("--root", required=True)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--memory", action="store_true", help="read a copy in memory:// (the awaited check)")
+    parser.add_argument("--check", choices=("same-run", "checksum"), default="same-run",
+                        help="which check is replaced by a no-op in the 'no check' reads")
     args = parser.parse_args()
     if not (Path(args.root) / f"{RUN_ID}.zarr").exists():
         subprocess.run([sys.executable, str(Path(__file__).with_name("analysis_throughput.py")), "--gb", "0.5",
                         "--root", args.root, "--repeat", "1", "--keep"], check=True)
+    from trajscope.store.reader import SnapshotStore
     from trajscope.store.snapshot import LostChunkCheck
 
     root = to_memory(args.root) if args.memory else args.root
-    checked = LostChunkCheck.found
+    owner, attr = (LostChunkCheck, "found") if args.check == "same-run" else (SnapshotStore, "_verify")
+    checked = getattr(owner, attr)
 
-    async def unchecked(self, read_done, read_document):
+    async def unchecked_found(self, read_done, read_document):
         return None
 
+    def unchecked_verify(self, key, value):
+        return None
+
+    unchecked = unchecked_found if args.check == "same-run" else unchecked_verify
     times: dict[str, list[float]] = {"no check": [], "check": []}
     for repeat in range(args.repeats):
-        for name, found in (("no check", unchecked), ("check", checked)):
-            LostChunkCheck.found = found
+        for name, method in (("no check", unchecked), ("check", checked)):
+            setattr(owner, attr, method)
             times[name].append(read_once(root, RUN_ID))
         print(f"repeat {repeat + 1}: no check {times['no check'][-1]:.3f} s, check {times['check'][-1]:.3f} s")
-    LostChunkCheck.found = checked
+    setattr(owner, attr, checked)
     medians = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{'root':<10} {'no check s':>11} {'check s':>9} {'check / no check':>17}")
-    print(f"{'memory://' if args.memory else 'local':<10} {medians['no check']:>11.3f} {medians['check']:>9.3f} "
-          f"{medians['check'] / medians['no check']:>17.3f}")
+    print(f"{'root':<10} {'check':<9} {'no check s':>11} {'check s':>9} {'check / no check':>17}")
+    print(f"{'memory://' if args.memory else 'local':<10} {args.check:<9} {medians['no check']:>11.3f} "
+          f"{medians['check']:>9.3f} {medians['check'] / medians['no check']:>17.3f}")
 
 
 if __name__ == "__main__":

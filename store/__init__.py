@@ -4,7 +4,7 @@ Only this package knows paths, chunk shapes, codecs and the commit protocol.
 """
 
 from trajscope.store.dataset_attrs import decode_attrs, run_attr
-from trajscope.store.errors import RunLocked, RunNotFound, UserError
+from trajscope.store.errors import CorruptChunk, CorruptData, RunLocked, RunNotFound, UserError
 from trajscope.store.layout import COMMITTED, VariableSpec, validate_run_id
 from trajscope.store.locks import WriterLock
 from trajscope.store.reader import RunInfo, describe_run, list_runs, open_run
@@ -14,6 +14,8 @@ from trajscope.store.writer import RunWriter
 
 __all__ = [
     "COMMITTED",
+    "CorruptChunk",
+    "CorruptData",
     "RunInfo",
     "RunLocked",
     "RunNotFound",

@@ -36,7 +36,7 @@ def is_checksum_error(exc: BaseException | None) -> bool:
     return False
 
 
-def chunk_ok(stored: bytes) -> bool:
+def chunk_ok(stored: bytes | memoryview) -> bool:
     """Whether a stored chunk's last 4 bytes are ``le32(crc32c(rest))``."""
     if len(stored) < 4:
         return False

@@ -14,12 +14,13 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import WrapperStore
 
 from trajscope.store.dataset_attrs import encode_attrs, run_attr
-from trajscope.store.errors import NotARun, RunNotReady, UserError
+from trajscope.store.errors import CorruptChunk, CorruptData, NotARun, RunNotReady, UserError
 from trajscope.store.export import drop_chunk_encoding
 from trajscope.store.layout import COMMITTED, CREATING, STEP_DIM
 from trajscope.store.locks import writer_gone
 from trajscope.store.root import StoreRoot, resolve_run
-from trajscope.store.snapshot import METADATA_KEY, LostChunkCheck, Snapshot, snapshot
+from trajscope.store.integrity import chunk_ok
+from trajscope.store.snapshot import METADATA_KEY, LostChunkCheck, Snapshot, missing_committed_chunk, snapshot
 
 
 class SnapshotStore(WrapperStore):
@@ -31,16 +32,21 @@ class SnapshotStore(WrapperStore):
     Chunks are read from the wrapped store as they are; a committed chunk of a time-varying array that is
     not stored raises :class:`~trajscope.store.errors.CorruptData` (or ``RunNotFound``, the run deleted
     meanwhile) instead of reading as the fill value, zarr's rule for an absent chunk, where the run stores
-    every such chunk (:class:`~trajscope.store.snapshot.LostChunkCheck`).
+    every such chunk (:class:`~trajscope.store.snapshot.LostChunkCheck`). A whole chunk of an array in
+    ``checksummed`` (its codecs end with ``crc32c``) whose last 4 bytes are not ``le32(crc32c(rest))`` raises
+    :class:`~trajscope.store.errors.CorruptData` naming it, where zarr's decoder would raise a bare
+    ``ValueError`` that names no chunk (one more crc32c pass over the bytes read).
     """
 
-    def __init__(self, store, document: bytes | None = None, lost: LostChunkCheck | None = None):
+    def __init__(self, store, document: bytes | None = None, lost: LostChunkCheck | None = None,
+                 checksummed: dict[str, dict] | None = None):
         super().__init__(store)
         self._document = document
         self._lost = lost
+        self._checksummed = checksummed or {}
 
     def _with_store(self, store) -> "SnapshotStore":
-        return type(self)(store, self._document, self._lost)
+        return type(self)(store, self._document, self._lost, self._checksummed)
 
     async def get(self, key, prototype=None, byte_range=None):
         if key == METADATA_KEY and self._document is not None and byte_range is None:
@@ -51,12 +57,31 @@ class SnapshotStore(WrapperStore):
                 self._lost(key)
             elif key != METADATA_KEY and not key.endswith("/" + METADATA_KEY):  # a chunk: of this very run?
                 await self._lost.found(time.monotonic(), self._root_document)
+        if value is not None and byte_range is None and self._checksummed:
+            self._verify(key, value)
         return value
+
+    def _verify(self, key: str, value) -> None:
+        """:class:`CorruptData` naming ``key`` when it is a chunk of a checksummed array that fails its crc32c."""
+        name, _, rest = key.partition("/")
+        if name not in self._checksummed or not (rest == "c" or rest.startswith("c/")):
+            return
+        if chunk_ok(memoryview(value.as_numpy_array())):
+            return
+        run_id = self._lost.run_id if self._lost is not None else "?"
+        lost = missing_committed_chunk(self._lost.committed if self._lost is not None else 0, self._checksummed, key)
+        raise CorruptData(run_id, [CorruptChunk(name, key, lost.steps if lost is not None else None)])
 
     async def _root_document(self) -> bytes | None:
         """The run's root document as stored now (not the snapshot's)."""
         value = await self._store.get(METADATA_KEY, default_buffer_prototype())
         return None if value is None else value.to_bytes()
+
+
+def checksummed(arrays: dict[str, dict]) -> dict[str, dict]:
+    """The arrays among ``arrays`` (name → metadata) whose codec pipeline ends with ``crc32c``."""
+    return {name: meta for name, meta in arrays.items()
+            if ((meta.get("codecs") or [{}])[-1] or {}).get("name") == "crc32c"}
 
 
 def check_openable(root: StoreRoot, run_id: str, attrs: dict[str, Any]) -> None:
@@ -101,7 +126,7 @@ def open_run(
     check_openable(store_root, run_id, attrs)
     committed = snap.committed
     store = SnapshotStore(store_root.zarr_store(run_id, read_only=True), json.dumps(snap.document()).encode(),
-                          LostChunkCheck(store_root, run_id, snap.attrs, snap.arrays))
+                          LostChunkCheck(store_root, run_id, snap.attrs, snap.arrays), checksummed(snap.arrays))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr's note that consolidated v3 metadata is not in the spec
         ds = xr.open_zarr(store, consolidated=True, chunks={} if chunks is None else chunks, zarr_format=3)

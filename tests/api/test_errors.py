@@ -72,9 +72,15 @@ def test_corrupt_chunk_is_one_503_naming_variable_and_chunk_on_every_route(corru
 
 def test_the_corrupt_chunks_are_located_once_per_run_version(corrupt_server, monkeypatch):
     """Found by a review: every 503 of a corrupt run scanned all its committed chunks again (40 requests on a
-    1.6 GB run: 40 full scans). Counted here: requests with different parameters, one scan per variable set."""
-    from trajscope.api import errors
+    1.6 GB run: 40 full scans). Counted here: requests with different parameters, one scan per variable set.
 
+    The reader names the failing chunk itself now (``SnapshotStore._verify``), so a scan is the fallback for a
+    bare zarr checksum error only: the reader's check is switched off here to reach it (the next test counts
+    no scan at all with it on)."""
+    from trajscope.api import errors
+    from trajscope.store.reader import SnapshotStore
+
+    monkeypatch.setattr(SnapshotStore, "_verify", lambda self, key, value: None)
     scans: list = []
     real = errors.corrupt_data
     monkeypatch.setattr(errors, "corrupt_data", lambda *a: scans.append(a[1:]) or real(*a))
@@ -91,6 +97,19 @@ def test_the_corrupt_chunks_are_located_once_per_run_version(corrupt_server, mon
         errors._corruptions.expire(time.monotonic() + errors.CORRUPTION_TTL + 1)
         assert c.get("/api/runs/r/vars/W", params={"step": "0:15"}).status_code == 503
     assert scans == [("r", ["W"])] * 2
+
+
+def test_the_reader_names_the_corrupt_chunk_without_a_scan(corrupt_server, monkeypatch):
+    from trajscope.api import errors
+
+    scans: list = []
+    monkeypatch.setattr(errors, "corrupt_data", lambda *a: scans.append(a[1:]))
+    errors._corruptions.clear()
+    with httpx.Client(base_url=corrupt_server.url, timeout=60) as c:
+        r = c.get("/api/runs/r/vars/W", params={"step": "9:10"})
+        assert r.status_code == 503 and r.json()["chunks"] == ["W/c/1/0/0"], r.text
+        assert "states 8–15" in r.json()["detail"]
+    assert scans == []
 
 
 def test_corrupt_chunk_is_not_cached_as_a_figure_failure(corrupt_server):

@@ -25,6 +25,18 @@ def test_health_and_openapi(client, local_root):
     assert client.get("/docs").status_code == 200
 
 
+@pytest.mark.parametrize("method, path, allowed", [
+    ("PUT", "/api/runs/done", "DELETE, GET"),  # two routes on one path: Starlette's Allow named the first only
+    ("PATCH", "/api/runs/done", "DELETE, GET"),
+    ("POST", "/api/runs", "GET"),
+    ("POST", "/zarr/done/zarr.json", "GET, HEAD"),
+])
+def test_a_wrong_method_is_a_405_naming_every_allowed_one(client, method, path, allowed):
+    r = client.request(method, path)
+    assert r.status_code == 405 and r.headers["allow"] == allowed, (r.headers, r.text)
+    assert r.json()["detail"] == f"method {method} is not allowed on {path!r}: use {allowed.replace(', ', ' or ')}"
+
+
 def test_list_runs_status_progress_and_filter(client):
     runs = {r["run_id"]: r for r in client.get("/api/runs").json()["runs"]}
     assert set(runs) == {"done", "live", "bad"}

@@ -322,7 +322,8 @@ def test_a_corrupt_chunk_is_one_line_on_every_reading_command(tiny_root, tmp_pat
         proc = run_cli(*args, "--root", str(root))
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 1 and len(lines) == 1, (args, proc.stderr[-500:])
-        assert "failed its checksum" in lines[0] and "trajscope fsck" in lines[0]
+        assert "fails its crc32c checksum" in lines[0] and "trajscope fsck" in lines[0]
+        assert chunk.relative_to(root / "cor.zarr").as_posix() in lines[0]  # the chunk is named
     assert not (tmp_path / "cor.nc").exists() and not (tmp_path / "x.png").exists()
 
 

@@ -32,6 +32,8 @@ HEARTBEAT_SECONDS = 10.0
 LEASE_SECONDS = 60.0
 #: how long a local lock whose named holder is dead is waited for (its writer process is exiting)
 EXIT_GRACE_SECONDS = 5.0
+#: how a local lock file begins once its holder let it go (``released by pid N on HOST``)
+RELEASED = "released"
 
 _HELD: set[tuple[str, str]] = set()
 _HELD_GUARD = threading.Lock()
@@ -116,7 +118,8 @@ class WriterLock:
                 break
             except BlockingIOError:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                alive = _holder_alive(holder)
+                alive = not holder.startswith(RELEASED) and _holder_alive(holder)  # (released: its writer
+                # process, which shares the flock, is exiting)
                 if alive or time.monotonic() > deadline:
                     os.close(fd)
                     if alive:
@@ -242,6 +245,11 @@ class WriterLock:
             lease, self._held_lease = self._held_lease, False
         if fd is not None:
             _HELD_FDS.discard(fd)
+            try:  # the file says so: a pid it kept naming could be a live process's (a notebook that tagged the
+                os.ftruncate(fd, 0)  # run), which made a crashed run's listing say its writer is alive
+                os.pwrite(fd, f"{RELEASED} by pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+            except OSError:
+                pass  # (a full disk: the pid stays, as before)
             os.close(fd)
         if lease:
             try:
@@ -311,7 +319,7 @@ def writer_gone(root: StoreRoot, run_id: str) -> bool:
             return False
         record = _lock_record(root, run_id)
         if isinstance(record, str):
-            return bool(record) and not _holder_alive(record)
+            return record.startswith(RELEASED) or (bool(record) and not _holder_alive(record))
         return time.time() - float(record.get("heartbeat", 0)) > LEASE_SECONDS
     except FileNotFoundError:
         return not root.is_local
@@ -327,7 +335,7 @@ def writer_named(root: StoreRoot, run_id: str) -> str:
     except (OSError, ValueError, TypeError, PathOutsideRoot):
         return ""
     if isinstance(record, str):
-        return record
+        return "" if record.startswith(RELEASED) else record
     age = time.time() - float(record.get("heartbeat", 0) or 0)
     return f"pid {record.get('pid')} on {record.get('host')} (heartbeat {age:.0f} s ago)"
 

@@ -17,6 +17,7 @@ import uvicorn
 from trajscope.api.app import create_app
 from trajscope.store import RunWriter, StoreRoot
 from trajscope.producer.two_layer import variables as two_layer_variables
+from tests.api.dashboard_browser import names_a_live_writer
 
 
 def make_run(root: StoreRoot, run_id: str, *, steps: int = 40, h: int = 6, D: int = 4, n: int = 10,
@@ -60,6 +61,7 @@ def make_run(root: StoreRoot, run_id: str, *, steps: int = 40, h: int = 6, D: in
     else:  # a writer that stopped: its writes landed, its threads are gone, the lock is free
         writer.close_writes()
         writer.lock.release()
+        names_a_live_writer(root, run_id)  # yet the run reads as being written
     return {**data, "X": X, "y": y}
 
 

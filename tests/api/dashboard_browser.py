@@ -71,3 +71,14 @@ def commit(root, run_id: str, upto: int, finish: str | None = None) -> None:
     finally:
         if not finish:
             writer.lock.release()
+            names_a_live_writer(root, run_id)
+
+
+def names_a_live_writer(root, run_id: str) -> None:
+    """Make a released local lock name a live process (this one), as a live producer's lock does: the run reads
+    as being written, not as one whose writer is gone (a released lock's file says "released")."""
+    import socket
+
+    if root.is_local:
+        with open(root.lock_path(run_id), "w") as f:
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}")

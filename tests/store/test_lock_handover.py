@@ -79,3 +79,43 @@ def test_a_dead_holder_still_locked_after_the_grace_period_is_refused_saying_to_
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_released_lock_says_so_and_a_crashed_run_stays_writer_gone(tmp_path):
+    """Found while reviewing the lock: a released lock file kept naming its last holder. When that holder was a
+    live process (a notebook or server that tagged the run), a crashed run still marked ``running`` was listed
+    as having a live writer for as long as that process lived."""
+    import numpy as np
+
+    from trajscope.producer.two_layer import variables
+    from trajscope.store import RunWriter, locks, open_run
+    from trajscope.store.run_attrs import tag_run
+
+    root = StoreRoot(tmp_path)
+    writer = RunWriter.create(root, "crashed", variables=variables(), sizes={"neuron": 2, "feature": 3, "sample": 4},
+                              capacity=8, static={"X": np.zeros((4, 3)), "y": np.array([1, -1, 1, -1])},
+                              attrs={"config": {}})
+    writer.commit(0)
+    writer.lock.release()  # status running, no writer: as a killed producer leaves it
+    with open(root.lock_path("crashed"), "w") as f:
+        f.write(f"pid {dead_pid()} on {socket.gethostname()}")
+    assert locks.writer_gone(root, "crashed")
+    tag_run("crashed", root, add=["seen=yes"])  # this (live) process takes the lock and lets it go
+    assert open_run("crashed", root).attrs["status"] == "running"
+    with open(root.lock_path("crashed")) as f:
+        assert f.read() == f"released by pid {os.getpid()} on {socket.gethostname()}"
+    assert locks.writer_gone(root, "crashed") and locks.writer_named(root, "crashed") == ""
+
+
+def test_a_released_lock_still_held_by_a_writer_process_is_waited_for(tmp_path):
+    """The trainer released (its file says so) while its writer process, sharing the flock, still exits."""
+    root = StoreRoot(tmp_path)
+    holder = hold(root, "r", 0, 1.0)
+    with open(root.lock_path("r"), "r+") as f:
+        f.truncate(0)
+        f.write(f"released by pid {dead_pid()} on {socket.gethostname()}")
+    lock = WriterLock(root, "r").acquire()  # not refused as held by "released by …"
+    try:
+        assert holder.poll() is not None or holder.wait(5) == 0
+    finally:
+        lock.release()

@@ -164,6 +164,9 @@ class ModuleRecorder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self.recorder is None and exc_type is not None and issubclass(exc_type, UserError):
+            self._closed = True  # a record() refused before the run exists: nothing is created (found by a review:
+            return  # the exit made a `failed` run of it, and then refused the corrected script's name)
         if exc_type is None:
             self.close("complete")
         elif issubclass(exc_type, KeyboardInterrupt):

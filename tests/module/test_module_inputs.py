@@ -239,3 +239,19 @@ def test_a_killed_module_run_is_pointed_at_its_script_not_at_trajscope_resume(tm
         text = " ".join(out.stdout.split())
         assert "ModuleRecorder(..., resume=True) in its script" in text, (command, out.stdout, out.stderr)
         assert "trajscope resume" not in text, (command, text)
+
+
+@pytest.mark.parametrize("first", [False, True])
+def test_a_refused_extra_ending_the_with_block_creates_no_run(tmp_path, first):
+    """Found by a review: the refusal ended the ``with`` block, whose exit created the run only to mark it
+    ``failed``; the corrected script was then refused its name ("already exists")."""
+    with pytest.raises(UserError, match="cannot be stored"):
+        with trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=tmp_path, name="mlp") as rec:
+            if first:
+                rec.record()
+            rec.record(**{"(all)": 1.0})
+    assert not StoreRoot(tmp_path).run_ids() and not (tmp_path / "mlp.zarr").exists()
+    with trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=tmp_path, name="mlp") as rec:  # the name is free
+        rec.record(ok=1.0)
+        rec.record(ok=2.0)
+    assert trajscope.open_run(tmp_path / "mlp.zarr")["ok"].values.tolist() == [1.0, 2.0]

@@ -59,8 +59,8 @@ def _f64(da: xr.DataArray) -> xr.DataArray:
 
 
 def _sum_sq(da: xr.DataArray) -> xr.DataArray:
-    """``Σ_own-dims x²`` (dims ``(step,)``)."""
-    return (_f64(da) ** 2).sum(_own(da))
+    """``Σ_own-dims x²`` (dims ``(step,)``); NaN where a state holds a NaN (a diverged state's norm is not 0)."""
+    return (_f64(da) ** 2).sum(_own(da), skipna=False)
 
 
 @quantity(requires=PARAMETERS, pointwise=True)
@@ -151,7 +151,7 @@ def spectral_norms(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "")
 def param_stable_ranks(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "") -> xr.Dataset:
     """Stable rank ``||P(k)||_F² / ||P(k)||_2² = Σ_i σ_i² / σ_1²`` of every matrix parameter; dims ``(step,)``."""
     sv = param_singular_values(ds, step, parameter=parameter)
-    out = {n: (sv[n] ** 2).sum(f"{n}.sv") / sv[n].isel({f"{n}.sv": 0}, drop=True) ** 2 for n in sv.data_vars}
+    out = {n: (sv[n] ** 2).sum(f"{n}.sv", skipna=False) / sv[n].isel({f"{n}.sv": 0}, drop=True) ** 2 for n in sv.data_vars}
     return xr.Dataset(out, attrs={"quantity": "param_stable_ranks"})
 
 
@@ -161,7 +161,7 @@ def update_norms(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "") -
     parameter and for ``θ`` (``(all)``); labelled by the later state's step (dims ``(step,)``, one fewer)."""
     sel = select(ds, step)
     names = parameters(ds, parameter)
-    sq = {n: (_f64(sel[n]).diff(STEP, label="upper") ** 2).sum(_own(sel[n])) for n in names}
+    sq = {n: (_f64(sel[n]).diff(STEP, label="upper") ** 2).sum(_own(sel[n]), skipna=False) for n in names}
     out = {n: np.sqrt(v) for n, v in sq.items()}
     if out:
         out[total_name(ds, names)] = np.sqrt(sum(sq.values()))
@@ -179,7 +179,7 @@ def distance_from_init(ds: xr.Dataset, step: StepSel = None, *, parameter: str =
     ``θ(0)`` being the run's first recorded state; dims ``(step,)``."""
     sel = select(ds, step)
     names = parameters(ds, parameter)
-    sq = {n: ((_f64(sel[n]) - _initial(ds, n)) ** 2).sum(_own(sel[n])) for n in names}
+    sq = {n: ((_f64(sel[n]) - _initial(ds, n)) ** 2).sum(_own(sel[n]), skipna=False) for n in names}
     out = {n: np.sqrt(v) for n, v in sq.items()}
     if out:
         out[total_name(ds, names)] = np.sqrt(sum(sq.values()))
@@ -196,8 +196,8 @@ def row_cosines_to_init(ds: xr.Dataset, step: StepSel = None, *, parameter: str 
     for n in parameters(ds, parameter, matrices=True):
         cur, init = _f64(sel[n]), _initial(ds, n)
         rest = _own(cur)[1:]
-        dot = (cur * init).sum(rest)
-        norms = np.sqrt((cur ** 2).sum(rest)) * np.sqrt((init ** 2).sum(rest))
+        dot = (cur * init).sum(rest, skipna=False)
+        norms = np.sqrt((cur ** 2).sum(rest, skipna=False)) * np.sqrt((init ** 2).sum(rest, skipna=False))
         out[n] = dot / norms.where(norms > 0)
     return xr.Dataset(out, attrs={"quantity": "row_cosines_to_init"})
 
@@ -210,8 +210,8 @@ def parameter_summary(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     last = select(ds, step).isel({STEP: -1})
     size = [int(np.prod([ds.sizes[d] for d in _own(ds[n])])) for n in names]
     fro = [np.sqrt(_sum_sq(last[n])) for n in names]
-    dist = [np.sqrt(((_f64(last[n]) - _initial(ds, n)) ** 2).sum(_own(ds[n]))) for n in names]
-    init = [np.sqrt((_initial(ds, n) ** 2).sum()) for n in names]
+    dist = [np.sqrt(((_f64(last[n]) - _initial(ds, n)) ** 2).sum(_own(ds[n]), skipna=False)) for n in names]
+    init = [np.sqrt((_initial(ds, n) ** 2).sum(skipna=False)) for n in names]
     coords = {"parameter": names}
 
     def stack(items):

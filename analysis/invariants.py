@@ -35,8 +35,9 @@ def balance_drift(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
 
 @quantity(requires=TWO_LAYER, pointwise=True)
 def max_balance_drift(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
-    """``max_j |δ_j(t) - δ_j(t_0)|`` per step; dims ``(step,)``."""
-    out = abs(balance_drift(ds, step)).max("neuron")
+    """``max_j |δ_j(t) - δ_j(t_0)|`` per step; dims ``(step,)``. NaN at a state with a non-finite neuron (a
+    diverged state's drift is unknown, not the largest of its finite neurons')."""
+    out = abs(balance_drift(ds, step)).max("neuron", skipna=False)
     out.name = "max_balance_drift"
     return out
 
@@ -45,10 +46,11 @@ def max_balance_drift(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
 def sign_flips(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Number of changes of ``sign(v_j)`` between consecutive recorded states; dims ``(neuron,)``.
 
-    ``Σ_k 1[sign v_j(t_{k+1}) ≠ sign v_j(t_k)]`` over the selected states (a stride can hide flips).
+    ``Σ_k 1[sign v_j(t_{k+1}) ≠ sign v_j(t_k)]`` over the selected states (a stride can hide flips), counting
+    only pairs of finite states: a diverged (NaN) state is no flip (``NaN ≠ NaN`` counted every one).
     Zero for a balanced init under gradient flow.
     """
-    s = np.sign(select(ds, step)["v"])
-    out = (s.diff("step") != 0).sum("step")
+    change = np.sign(select(ds, step)["v"]).diff("step")
+    out = ((change != 0) & change.notnull()).sum("step")
     out.name = "sign_flips"
     return out

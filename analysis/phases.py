@@ -102,11 +102,13 @@ def t1_from(aligned: xr.DataArray, sel: xr.Dataset) -> xr.Dataset:
 @quantity(requires=TWO_LAYER, series=False)
 def t2(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.Dataset:
     """Empirical loss-decrease onset ``t2 = min{t_k : L(t_k) ≤ (1 - drop) L(t_0)}``: ``t2_step``, ``t2_time``
-    (``0 < drop < 1``; every quantity with a ``drop`` reaches it here)."""
+    (``0 < drop < 1``; every quantity with a ``drop`` reaches it here). NaN when ``L(t_0)`` is not finite (an
+    infinite initial loss cannot fall by a fraction: ``inf ≤ inf`` made it step 0)."""
     fraction("drop", drop)
     sel = select(ds, step)
     L = sel["loss"]
-    hit = L <= (1.0 - drop) * L.isel(step=0)
+    L0 = L.isel(step=0)
+    hit = (L <= (1.0 - drop) * L0) & np.isfinite(L0)
     steps = sel["step"].astype(np.float64)
     times = time_coord(sel).astype(np.float64)
     s = xr.where(hit, steps, np.nan).min("step").drop_vars(["step", "t"], errors="ignore")

@@ -63,6 +63,18 @@ def _title(ds: xr.Dataset, what: str, title: str | None) -> str:
     return title or f"{run_name(ds)}: {what}"
 
 
+def log_y(ax, *values) -> None:
+    """Log y scale where some value is finite and positive (the points at or below 0 are left out); otherwise a
+    linear one and a note on the axes. Matplotlib refuses to draw a log axis with no positive value (found by a
+    review: a run whose W is 0 throughout, or one that diverged at once, raised "Data cannot be log-scaled")."""
+    ok = any(np.any(np.isfinite(a) & (a > 0)) for a in (np.asarray(v, dtype=float) for v in values))
+    if ok:
+        ax.set_yscale("log", nonpositive="mask")
+    else:
+        ax.text(0.5, 0.5, "no finite positive value to draw on a log scale", transform=ax.transAxes,
+                ha="center", va="center", color="tab:gray")
+
+
 def _mark_phases(ax, ds: xr.Dataset, step: slice, *, with_t1: bool = True) -> None:
     use_step = lr(ds) is None and "t" not in ds.coords
     key = "step" if use_step else "time"
@@ -122,7 +134,7 @@ def plot_loss(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None)
     if status == "ok" or status.startswith("approximate"):
         ax.plot(x, env_v.values, color="tab:gray", linestyle="--", label="O(1/t) envelope from t2 (theory)")
     ax.plot(x, s2.values, color="tab:orange", label="||W||_2²")
-    ax.set_yscale("log")
+    log_y(ax, loss.values, s2.values)
     ax.set_ylabel("loss, ||W||_2²")
     _mark_phases(ax, ds, step, with_t1=False)
     ax2 = ax.twinx()
@@ -168,7 +180,7 @@ def plot_spectra(ds: xr.Dataset, step: StepSel = None, *, title: str | None = No
     ax = fig.add_subplot()
     for k in s["sv"].values:
         ax.plot(x, s.sel(sv=k).values, label=f"σ_{k}")
-    ax.set_yscale("log")
+    log_y(ax, s.values)
     ax.set_ylabel("singular value of W")
     _time_axis(ax, ds, xlabel)
     ax.legend(fontsize="x-small", ncol=2)
@@ -202,7 +214,7 @@ def plot_direction_field(ds: xr.Dataset, step: StepSel = None, *, title: str | N
     ax = fig.add_subplot()
     ax.plot(x, err.values, color="tab:blue", label="median_j ||measured - predicted|| / ||predicted||")
     _mark_phases(ax, ds, step)
-    ax.set_yscale("log")
+    log_y(ax, err.values)
     ax.set_ylabel("relative error")
     _time_axis(ax, ds, "gradient-flow time t = step·η" if t is not None else "optimizer step")
     ax.legend(fontsize="small")

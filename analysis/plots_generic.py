@@ -21,7 +21,7 @@ from trajscope.analysis.generic import (
     total_name,
     update_norms,
 )
-from trajscope.analysis.plots import thinned
+from trajscope.analysis.plots import log_y, thinned
 from trajscope.analysis.registry import MATRICES, PARAMETERS, plot_kind
 
 MAX_LINES = 12
@@ -33,7 +33,7 @@ def _lines(ax, result: xr.Dataset, names: list[str]) -> None:
         ax.plot(da["step"].values, np.asarray(da.values, dtype=float), label=n,
                 color="black" if n in (TOTAL, SELECTED) else None, linewidth=2 if n in (TOTAL, SELECTED) else 1)
     ax.set_xlabel("optimizer step")
-    ax.set_yscale("log", nonpositive="mask")  # a zero (the initial distance) is left out
+    log_y(ax, *(result[n].values for n in names[:MAX_LINES]))  # a zero (the initial distance) is left out
     ax.legend(fontsize="x-small", ncol=2)
 
 
@@ -85,7 +85,7 @@ def plot_param_spectrum(ds: xr.Dataset, step: StepSel = None, *, title: str | No
         ax.plot(sv["step"].values, sv.values[:, i], label=f"σ{i + 1}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(f"singular values of {name}")
-    ax.set_yscale("log")
+    log_y(ax, sv.values)
     ax.legend(fontsize="x-small", ncol=2)
     ax.set_title(title or f"{run_name(ds)}: spectrum of {name}")
     return fig

@@ -122,7 +122,7 @@ def fused_block(W: np.ndarray, v: np.ndarray, X: np.ndarray, onehot: np.ndarray,
         frob = np.sum(sq, axis=1)  # (NaN for a diverged state, as frobenius_norm_sq)
         out[:, _IX["frobenius_norm_sq"]] = frob
         drift = (v.astype(np.float64) ** 2 - sq) - b0
-        out[:, _IX["max_balance_drift"]] = _nanreduce(np.nanmax, np.abs(drift))
+        out[:, _IX["max_balance_drift"]] = np.max(np.abs(drift), axis=1)  # NaN with any NaN neuron (as the quantity)
         rows = {"all": slice(None), "last": slice(k - 1, k), "none": None}[detail]
         if rows is not None:
             _detail(out, W[rows], v[rows], sq[rows], frob[rows], S, s_sq, rows)

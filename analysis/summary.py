@@ -88,7 +88,7 @@ def _measured(ds: xr.Dataset, step: StepSel, drop: float) -> xr.Dataset:
         frobenius_norm_sq_final=final["frobenius_norm_sq"],
         stable_rank_final=final["stable_rank"],
         effective_rank_final=final["effective_rank"],
-        max_balance_drift=series["max_balance_drift"].max("step"),
+        max_balance_drift=series["max_balance_drift"].max("step", skipna=False),  # (a diverged run's: NaN)
         sign_flips_total=sign_flips(light).sum("neuron"),
         loss_envelope_final=loss_envelope(light, drop=drop).isel(last, drop=True),
         loss_at_t2=xr.where(light["step"] == out["t2_step"], light["loss"], np.nan).max("step"),

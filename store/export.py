@@ -172,9 +172,18 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     drop_chunk_encoding(ds)
     # written under a hidden temporary name, renamed when whole: an export stopped half-way (Ctrl-C, a corrupt
     # chunk, a full disk) left a file that opened as the complete run full of NaNs (found by a review)
-    partial = path.parent / f".{path.stem}.partial-{uuid.uuid4().hex[:8]}{path.suffix}"
+    if len(path.name.encode()) > NAME_MAX:
+        raise UserError(f"the output file name is {len(path.name.encode())} bytes long; file systems take at most "
+                        f"{NAME_MAX}: choose a shorter name")
+    partial = partial_path(path)
     try:
-        _write(ds, partial, kind)
+        try:
+            _write(ds, partial, kind)
+        except OSError as err:  # the output's own (h5py's names no file; ours names the hidden one): one line
+            if err.filename not in (None, str(partial)):  # naming the user's path (found by a review)
+                raise
+            why = os.strerror(err.errno) if err.errno else (err.strerror or str(err))
+            raise UserError(f"cannot write {path}: {why}; choose another output file") from None
         taken = UserError(f"{str(path)!r} was created while the export was written: nothing was replaced")
         if os.path.lexists(path):  # made meanwhile by someone else: theirs stays
             raise taken
@@ -195,6 +204,20 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
             partial.unlink()
         raise
     return path
+
+
+#: the longest file name most file systems take (bytes)
+NAME_MAX = 255
+
+
+def partial_path(path: Path) -> Path:
+    """The hidden name an export is written under, beside ``path``: ``.STEM.partial-XXXXXXXX.SUFFIX``, the stem
+    cut so that the name fits :data:`NAME_MAX` bytes (found by a review: a legal 240-character output name made
+    a temporary one too long to create)."""
+    tail = f".partial-{uuid.uuid4().hex[:8]}{path.suffix}"
+    room = NAME_MAX - 1 - len(tail.encode())
+    stem = path.stem.encode()[:max(room, 1)].decode(errors="ignore")
+    return path.parent / f".{stem}{tail}"
 
 
 def _is_run_name(path: Path) -> bool:

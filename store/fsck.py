@@ -33,13 +33,16 @@ import numpy as np
 from trajscope.store.chunkio import remove_stale_temporaries, stale_temporaries
 from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.schema import is_module_run
-from trajscope.store.errors import CorruptData, MalformedRun, PathOutsideRoot, RunLocked, UserError
+from trajscope.store.errors import CorruptChunk, CorruptData, MalformedRun, PathOutsideRoot, RunLocked, UserError
+from trajscope.store.integrity import find_corrupt_chunks, is_checksum_error
 from trajscope.store.layout import COMMITTED, CREATING, STATUSES, STEP_DIM
 from trajscope.store.locks import WriterLock
 from trajscope.store.root import StoreRoot
 from trajscope.store.safe import is_inside
 from trajscope.store.snapshot import METADATA_KEY, _array_names
 
+#: the most corrupt chunks of one array a report names
+MAX_NAMED = 20
 
 @dataclass
 class FsckReport:
@@ -136,7 +139,16 @@ def _verify_chunks(root: StoreRoot, run_id: str, arrays: dict[str, dict[str, Any
             try:
                 np.asarray(array[start:min(start + step, stop)])  # the codec pipeline verifies the crc32c
             except Exception as err:  # noqa: BLE001 - a checksum or decode error names the corruption
-                report.problems.append(f"chunk of {name} at index {start} does not decode: {type(err).__name__}: {err}")
+                if not is_checksum_error(err):
+                    report.problems.append(f"chunk of {name} at index {start} does not decode: {type(err).__name__}: "
+                                           f"{err}")
+                    continue
+                # named chunk by chunk, as every other command names them (found by a review: zarr's message
+                # named no chunk and printed the stored and computed checksums' raw bytes)
+                for chunk in find_corrupt_chunks(root, run_id, [name], limit=MAX_NAMED) or [CorruptChunk(name, "?")]:
+                    report.problems.append(f"chunk {chunk.describe()} of {name} fails its crc32c checksum (its "
+                                           "bytes changed on storage): restore the run from a copy, or record it again")
+                break  # (every corrupt chunk of the array is named above)
         report.chunks_verified += len(keys)
 
 

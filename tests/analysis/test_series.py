@@ -174,3 +174,51 @@ def test_a_diverged_state_is_in_no_cone_and_has_no_norms(small_run):
     assert np.isnan(fused["cone_agreement_mean"].values[20:]).all()
     t1_step = float(summary(ds)["t1_step"])
     assert np.isnan(t1_step) or t1_step < steps[20], t1_step  # never reached by the diverged states
+
+
+def test_a_diverged_run_reads_as_diverged_in_every_reduction(small_run, tmp_path):
+    """Found by a review of numerically hostile runs: a NaN state read as 0 in the generic norms (xarray's sums
+    skip NaN), so `show` said a diverged model never moved; every NaN state counted as a sign flip (NaN ≠ NaN);
+    the drift summary skipped the NaN states; and an infinite initial loss made t2 step 0 (inf ≤ inf). Checked
+    against numpy on the same arrays."""
+    from trajscope.analysis import generic
+    from trajscope.analysis.invariants import max_balance_drift, sign_flips
+    from trajscope.analysis.phases import t2
+    from trajscope.analysis.plots import PLOT_KINDS
+    from trajscope.figures import save_figure
+
+    ds = small_run.isel(step=slice(0, 40)).load()
+    W, v, loss = ds["W"].values.copy(), ds["v"].values.copy(), ds["loss"].values.copy()
+    W[30:], v[30:], loss[30:] = np.nan, np.nan, np.nan  # diverged from the 31st state on
+    W[25:30, 1] = np.nan  # one neuron first
+    ds = ds.assign(W=(ds["W"].dims, W), v=(ds["v"].dims, v), loss=(ds["loss"].dims, loss)).chunk({"step": 16})
+    W64 = W.astype(np.float64)
+    fro = generic.frobenius_norms(ds)["W"].values
+    np.testing.assert_allclose(fro, np.linalg.norm(W64.reshape(40, -1), axis=1), rtol=1e-12)  # NaN where numpy's is
+    assert np.isnan(fro[25:]).all() and np.isfinite(fro[:25]).all()
+    dist = generic.distance_from_init(ds)["W"].values
+    np.testing.assert_allclose(dist, np.linalg.norm((W64 - W64[0]).reshape(40, -1), axis=1), rtol=1e-12)
+    upd = generic.update_norms(ds)["W"].values
+    np.testing.assert_allclose(upd, np.linalg.norm(np.diff(W64, axis=0).reshape(39, -1), axis=1), rtol=1e-12)
+    assert np.isnan(generic.spectral_norms(ds)["v"].values[30:]).all()
+    assert np.isnan(generic.parameter_summary(ds)["frobenius_norm"].values).all()  # (its last state is NaN)
+    # sign flips: between finite states only, as numpy counts them
+    s = np.sign(v.astype(np.float64))
+    expected = ((np.diff(s, axis=0) != 0) & np.isfinite(np.diff(s, axis=0))).sum(0)
+    np.testing.assert_array_equal(sign_flips(ds).values, expected)
+    assert sign_flips(ds).values.sum() < 10 * ds.sizes["neuron"]  # not one a state per neuron
+    # the drift: NaN at a state with a NaN neuron, and NaN for the run
+    drift = np.abs((v.astype(np.float64) ** 2 - (W64 ** 2).sum(-1)) - (v[0].astype(np.float64) ** 2
+                                                                        - (W64[0] ** 2).sum(-1))).max(1)
+    np.testing.assert_allclose(max_balance_drift(ds).values, drift, rtol=1e-9)
+    assert np.isnan(max_balance_drift(ds).values[25:]).all()
+    np.testing.assert_allclose(step_series(ds)["max_balance_drift"].values, drift, rtol=1e-9)
+    assert np.isnan(float(summary(ds)["max_balance_drift"]))
+    # an infinite initial loss has no onset
+    loss[0] = np.inf
+    inf0 = ds.assign(loss=(ds["loss"].dims, loss))
+    assert np.isnan(float(t2(inf0)["t2_step"])) and np.isnan(float(summary(inf0)["t2_step"]))
+    # a run whose W is 0 throughout: figures on a log axis draw (linear, with a note), not raise
+    zero = ds.assign(W=(ds["W"].dims, np.zeros_like(W)), v=(ds["v"].dims, np.zeros_like(v)))
+    for kind in ("direction_field", "spectra", "loss"):
+        save_figure(PLOT_KINDS[kind](zero), tmp_path / f"{kind}.png")

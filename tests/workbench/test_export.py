@@ -100,6 +100,23 @@ def test_export_errors_are_one_line(run_cli, tiny_root, tmp_path, args, words):
     assert proc.returncode == 2 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".nc"])
+def test_an_output_the_file_system_refuses_is_one_line_naming_it(run_cli, tiny_root, tmp_path, suffix):
+    """Found by a review: a legal 240-character name made a hidden temporary name too long to create (a
+    traceback); /proc (no file can be made there) and too long a name were tracebacks too, and netCDF's refusals
+    (h5py's) named no path or the hidden one. Nothing is left behind."""
+    long = tmp_path / ("b" * (250 - len(suffix)) + suffix)  # legal: 250 bytes
+    proc = run_cli("export", "a", "--root", str(tiny_root), "--step", "0:3", "-o", str(long))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [long.name]
+    assert open_run(tiny_root / "a.zarr").sizes["step"] > 3  # (the run is untouched)
+    for out, words in ((tmp_path / ("c" * 260 + suffix), "is 26"), (Path("/proc") / f"x{suffix}", "cannot write /proc/x")):
+        proc = run_cli("export", "a", "--root", str(tiny_root), "--step", "0:3", "-o", str(out))
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and words in lines[0] and ".partial" not in lines[0], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [long.name]
+
+
 @pytest.mark.parametrize("inside", ["x.nc", "W/x.npz", "W/c/extra.zarr"])
 def test_an_export_inside_a_run_is_refused_and_the_run_is_untouched(run_cli, tiny_root, inside):
     """An export written into a run's folder would be deleted with it by ``rm`` and taken for part of it."""

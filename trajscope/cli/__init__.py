@@ -141,7 +141,7 @@ def _sigterm_interrupts() -> Callable[[], None]:
 #: a read-only root or output folder printed OSError tracebacks from produce, resume, tag, rm and export)
 _OS_ERRORS = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
               errno.EPERM: "operation not permitted", errno.ENOSPC: "no space left on the device",
-              errno.EDQUOT: "disk quota exceeded"}
+              errno.EDQUOT: "disk quota exceeded", errno.ENAMETOOLONG: "a file name is too long"}
 
 
 def _os_error(err: BaseException) -> str | None:

@@ -6,8 +6,8 @@
 
 MNIST comes from trajscope's own offline loader (``$TRAJSCOPE_MNIST_DIR`` with the IDX files, else the
 pinned, checksummed wheel it caches; see the README's "MNIST data"). Every parameter is recorded at every
-step; at the end three lines of analysis print the drift from initialization, the stable ranks and the
-last update sizes, and a figure of the drift and updates is saved next to the run.
+step; at the end the drift from initialization and the stable ranks of every parameter print (a line per
+parameter), and a figure of the update sizes is saved next to the run.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main() -> None:
         location = train_and_record(models[key](), name, x, y, steps=args.steps, root=args.root)
         print(f"recorded {location}")
 
-        # three lines of analysis, and a plot
+        # the drift and stable ranks at the end, and a plot of the update sizes
         ds = trajscope.open_run(location)
         print("distance from init at the end:", ds.traj.distance_from_init().isel(step=-1).compute().to_pandas())
         print("stable ranks at the end:", ds.traj.param_stable_ranks().isel(step=-1).compute().to_pandas())

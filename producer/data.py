@@ -81,6 +81,8 @@ def npz(cfg: NpzData) -> tuple[np.ndarray, np.ndarray]:
     path = Path(cfg.path).expanduser()
     if not path.is_file():
         raise UserError(f"npz data file {path} not found: set data.path to an .npz holding X (n, D) and y (n,)")
+    if not zipfile.is_zipfile(path):  # (np.load took a text file for a pickle and talked of allow_pickle)
+        raise UserError(f"npz data file {path} is not an .npz archive: save X and y with numpy.savez(path, X=X, y=y)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = {"X", "y"} - set(archive.files)

@@ -266,7 +266,9 @@ def test_export_prints_no_library_warning(tiny_root, tmp_path):
     (["ls", "--root", "s3:/tsb/runs"], ["looks like a URL with one slash: write s3://tsb/runs"]),
     (["produce", "{cfg}", "--root", "{tmp}/r", "--set", "seed=-1"], ["seed", "greater than or equal to 0"]),
     (["produce", "{cfg}", "--root", "{tmp}/r", "--set", "record.buffers=100000"], ["record.buffers", "64"]),
-    (["produce", "{npy_cfg}", "--root", "{tmp}/r"], ["cannot be read", "numpy.savez"]),
+    (["produce", "{npy_cfg}", "--root", "{tmp}/r"], ["is not an .npz archive", "numpy.savez"]),
+    (["produce", "{txt_cfg}", "--root", "{tmp}/r"], ["is not an .npz archive", "numpy.savez"]),  # (a text file:
+    # numpy took it for a pickle and spoke of allow_pickle)
     (["sweep", "{seed_grid}", "--root", "{tmp}/r"], ["seeds: [0, 1, 2]"]),
     (["plot", "a", "loss", "--root", "{tiny}", "-o", "{tmp}/afile/p.png"], ["Not a directory"]),
     (["export", "a", "--root", "{tiny}", "-o", "{tmp}/afile/x.nc"], ["not a folder"]),
@@ -283,10 +285,13 @@ def test_more_mistakes_are_one_line_and_create_nothing(tmp_path, tiny_root, smal
     npy = small_config()
     npy["data"] = {"kind": "npz", "path": str(tmp_path / "data.npy")}  # (an .npy file where an .npz belongs)
     (tmp_path / "npy.yaml").write_text(yaml.safe_dump(npy))
+    (tmp_path / "data.txt").write_text("1 2 3\n")
+    npy["data"]["path"] = str(tmp_path / "data.txt")
+    (tmp_path / "txt.yaml").write_text(yaml.safe_dump(npy))
     (tmp_path / "seed.yaml").write_text("name: sg\nbase: {data: {kind: synthetic, n: 16, dim: 5}, train: {steps: 5}}\n"
                                         "grid: {seed: [1, 2, 3]}\n")
     (tmp_path / "afile").write_text("x")
-    names = {"bin": tmp_path / "bin.yaml", "cfg": tmp_path / "cfg.yaml", "npy_cfg": tmp_path / "npy.yaml",
+    names = {"bin": tmp_path / "bin.yaml", "cfg": tmp_path / "cfg.yaml", "npy_cfg": tmp_path / "npy.yaml", "txt_cfg": tmp_path / "txt.yaml",
              "seed_grid": tmp_path / "seed.yaml", "tmp": tmp_path, "tiny": tiny_root}
     one_line_error(cli(*[a.format(**names) for a in args]), *words)
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").glob("*.zarr"))

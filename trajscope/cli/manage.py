@@ -204,7 +204,7 @@ def register(app: typer.Typer) -> None:
         note: Annotated[Optional[str], typer.Option("--note", help="Replace the run's note ('' clears it).")] = None,
         root: RootOption = None,
     ) -> None:
-        """Add tags (``trajscope tag RUN baseline lr-sweep``), remove some (``--remove``), set a note.
+        """Add tags (`trajscope tag RUN baseline lr-sweep`), remove some (--remove), set a note.
 
         Refused while the run is being written: the writer rewrites the run's attributes at every commit.
         """
@@ -326,7 +326,7 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_command(
         run: Annotated[str, typer.Argument(help="Run id under --root, or the path/URL of a run.")],
-        output: Annotated[Path, typer.Option("-o", "--output", help="Output file: .nc (netCDF), .zarr or .npz.")],
+        output: Annotated[Path, typer.Option("-o", "--output", help="Output file: .nc (netCDF; also .nc4, .netcdf), .zarr or .npz.")],
         root: RootOption = None,
         step: Annotated[Optional[str], typer.Option("--step", help=STEP_HELP)] = None,
         variables: Annotated[Optional[list[str]], typer.Option("--vars", help="Variables to export (repeatable or comma-separated; default all).")] = None,

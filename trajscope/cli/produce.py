@@ -20,7 +20,7 @@ RootOption = Annotated[
 
 def _report(console: Console, result) -> None:
     console.print(
-        f"run [bold]{result.run_id}[/bold]: {result.status}, {result.committed_steps} states recorded "
+        f"run [bold]{result.run_id}[/bold]: {result.status}, {result.committed_steps} state{'' if result.committed_steps == 1 else 's'} recorded "
         f"(last step {result.last_step}) in {result.seconds:.1f} s, final loss {result.final_loss:.4g}"
         if result.final_loss is not None
         else f"run {result.run_id}: {result.status}"

@@ -128,6 +128,24 @@ def data_warnings(ds: xr.Dataset) -> list[str]:
             f"μ = {float(achieved):.4g} (centring moves every sample); set data.center: false to keep the requested μ"]
 
 
+def divergence_warning(ds: xr.Dataset, step: StepSel = None) -> str | None:
+    """A warning when the recorded loss (a number per state) is not finite at the last selected state: the run
+    diverged; named from the first state of the non-finite stretch it ends with (found by a review: a diverged
+    run ended `complete` with no word of it in ``show`` or the dashboard). A NaN before a finite loss is no
+    divergence (a module run's loss missing from a call, its first state's before any step)."""
+    if "loss" not in ds.variables or ds["loss"].dims != ("step",):
+        return None
+    sel = select(ds, step)
+    loss = np.asarray(sel["loss"].values, dtype=np.float64)
+    finite = np.flatnonzero(np.isfinite(loss))
+    first = int(finite[-1]) + 1 if finite.size else 0  # the stretch of non-finite states the selection ends with
+    if first >= loss.size:
+        return None
+    return (f"the loss is {loss[first]} from step {int(sel['step'].values[first])} on ({loss.size - first} of "
+            f"{loss.size} states): the run diverged; the quantities of those states are NaN or inf (try a smaller "
+            "learning rate or initialization scale)")
+
+
 V_FIXED_DRIFT = ("not applicable: v_j² - ||w_j||² is conserved only when v trains; with v fixed it changes by "
                  "||w_j(t)||² - ||w_j(0)||²")
 V_FIXED_FLIPS = "not applicable: v is fixed (train.train_v = false), its signs cannot change"
@@ -169,7 +187,8 @@ def summary(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> x
     out["envelope_ratio_max"].attrs.update(verdict=verdict, reason=reason, rule=RATE_RULE)
     info = run_attr(ds, "data_info") or {}
     out.attrs.update(run_id=ds.attrs.get("run_id", "run"), t2_drop=drop,
-                     step_selection=str(step) if step is not None else "all", warnings=data_warnings(ds))
+                     step_selection=str(step) if step is not None else "all",
+                     warnings=[*data_warnings(ds), *filter(None, [divergence_warning(ds, step)])])
     if info.get("mu_requested") is not None:
         out.attrs["mu_requested"] = float(info["mu_requested"])
     return out

@@ -50,6 +50,8 @@ class RunSummary(BaseModel):
                                                  "killed): nothing more will come until `trajscope resume` continues it")
     tags: list[str] = Field(default_factory=list, description="the run's tags (`trajscope tag`), sorted")
     note: str | None = Field(None, description="the run's note (`trajscope tag --note`)")
+    not_finite: dict[str, str] = Field(default_factory=dict, description="end values that were not finite, as text "
+                                       "(`{\"final_loss\": \"nan\"}`: the run diverged); JSON holds them as null")
     links: dict[str, str]
 
 

@@ -54,6 +54,7 @@ def summary(info: RunInfo, size: bool) -> dict[str, Any]:
         "writer_gone": info.writer_gone,
         "tags": info.tags,
         "note": info.note,
+        "not_finite": info.not_finite,
         "links": {"self": base, "analysis": f"{base}/analysis", "plots": f"{base}/plots",
                   "zarr": f"/zarr/{info.run_id}", "dashboard": f"/#/run/{info.run_id}"},
     }

@@ -15,6 +15,7 @@ with plain ``xr.open_zarr``, where the values are still mappings.
 
 from __future__ import annotations
 
+import math
 import json
 from numbers import Number
 from typing import Any, Mapping
@@ -95,3 +96,23 @@ def run_attr(source: Any, key: str, default: Any = None) -> Any:
     if isinstance(value, str) and key in _encoded_names(attrs):
         return json.loads(value)
     return value
+
+
+#: root attribute naming the run's end values that were not finite, as text (``{"final_loss": "nan"}``): JSON
+#: holds them as null, which alone reads as "no loss recorded" (found by a review: a diverged run listed as none)
+NOT_FINITE = "not_finite"
+
+
+def finite_or_null(values: dict[str, Any], attrs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``values`` with every float that is not finite as ``None`` (JSON has no NaN), and the :data:`NOT_FINITE`
+    attribute naming them (``{"final_loss": "nan"}``), merged with that of ``attrs`` (the run's now) for the
+    keys ``values`` leaves alone; ``None`` when nothing is left in it (a resumed run's loss is finite again)."""
+    out: dict[str, Any] = {}
+    lost = {k: v for k, v in ((attrs or {}).get(NOT_FINITE) or {}).items() if k not in values}
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            out[key], lost[key] = None, str(value)
+        else:
+            out[key] = value
+    out[NOT_FINITE] = lost or None
+    return out

@@ -33,6 +33,7 @@ import numpy as np
 from trajscope.store.chunkio import remove_stale_temporaries, stale_temporaries
 from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.schema import is_module_run
+from trajscope.store.dataset_attrs import finite_or_null
 from trajscope.store.errors import CorruptChunk, CorruptData, MalformedRun, PathOutsideRoot, RunLocked, UserError
 from trajscope.store.integrity import find_corrupt_chunks, is_checksum_error
 from trajscope.store.layout import COMMITTED, CREATING, STATUSES, STEP_DIM
@@ -313,8 +314,7 @@ def _last_state(root: StoreRoot, run_id: str, committed: int) -> dict[str, Any]:
         if "step" in arrays:
             out["last_step"] = int(arrays["step"][committed - 1])
         if "loss" in arrays and arrays["loss"].ndim == 1:
-            loss = float(arrays["loss"][committed - 1])
-            out["final_loss"] = loss if math.isfinite(loss) else None  # (as finish stores a diverged run's)
+            out.update(finite_or_null({"final_loss": float(arrays["loss"][committed - 1])}))
     except Exception:  # noqa: BLE001 - a lost or corrupt chunk: fsck reports it; nothing more is set
         return {}
     return out

@@ -13,7 +13,7 @@ import xarray as xr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import WrapperStore
 
-from trajscope.store.dataset_attrs import encode_attrs, run_attr
+from trajscope.store.dataset_attrs import NOT_FINITE, encode_attrs, run_attr
 from trajscope.store.errors import CorruptChunk, CorruptData, NotARun, RunNotReady, UserError
 from trajscope.store.export import drop_chunk_encoding
 from trajscope.store.layout import COMMITTED, CREATING, STEP_DIM
@@ -155,6 +155,8 @@ class RunInfo:
     #: the run's labels (``trajscope tag``): sorted tags and a note
     tags: list[str] = field(default_factory=list)
     note: str | None = None
+    #: end values that were not finite, as text (``{"final_loss": "nan"}``: a diverged run); JSON stores them null
+    not_finite: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (JSON-ready)."""
@@ -179,6 +181,7 @@ def describe_run(run: str, root: str | os.PathLike | StoreRoot | None = None, *,
         planned_states=planned_states(attrs),
         tags=[str(t) for t in run_attr(attrs, "tags") or []],
         note=attrs.get("note") or None,
+        not_finite={str(k): str(v) for k, v in (run_attr(attrs, NOT_FINITE) or {}).items()},
     )
 
 

@@ -40,7 +40,8 @@ function runRow(run) {
     statusCell(run),
     el("td", { class: "num steps" }, stepsText(run)),
     el("td", {}, el("progress", { max: "1", value: String(run.progress ?? 0) })),
-    el("td", { class: "num final-loss" }, loss ? fmt(loss.value) : "–"),
+    el("td", { class: "num final-loss" }, (run.not_finite || {}).final_loss ? `${run.not_finite.final_loss} (diverged)`
+      : loss ? fmt(loss.value) : "–"),
     el("td", { class: "num" }, duration(seconds(run))),
     el("td", {}, run.created ?? "–"),
     el("td", {}, ...tagsOf(run).map((t) => el("span", { class: "tag" }, t))),

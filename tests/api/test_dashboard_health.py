@@ -6,6 +6,7 @@ Debian's Chromium driven by Playwright, as ``test_dashboard.py``; runs written b
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -41,9 +42,20 @@ def test_the_run_list_shows_labels_follows_a_killed_producer_and_recovers_from_a
     write_run(root, "live", steps=32, chunk_steps=8, finish=None, commit_to=8)
     write_run(root, "ends", steps=32, chunk_steps=8, finish=None, commit_to=8)
     tag_run("short", root, add=["baseline", "lr=0.1"], note="the first, try")
+    write_run(root, "blown", steps=8, chunk_steps=8)
+    document = Path(root.run_url("blown")) / "zarr.json"  # as finish stores a run whose last loss is NaN
+    meta = json.loads(document.read_text())
+    meta["attributes"].update(final_loss=None, not_finite={"final_loss": "nan"})
+    document.write_text(json.dumps(meta))
     with serve(root) as srv:
         page.goto(srv.url + "/")
         page.wait_for_selector("#runs tr[data-run=live]")
+        # a diverged run's final loss says so (its attributes hold null, and the text in not_finite)
+        page.wait_for_function("document.querySelector('#runs tr[data-run=blown] .final-loss').textContent"
+                               " === 'nan (diverged)'", timeout=15_000)
+        page.wait_for_function("document.querySelector('#runs tr[data-run=short] .final-loss').textContent !== '–'",
+                               timeout=15_000)
+        assert "diverged" not in page.inner_text("#runs tr[data-run=short] .final-loss")
         assert page.inner_text("#runs tr[data-run=short] .tag:first-child") == "baseline"
         assert page.get_attribute("#runs tr[data-run=short] a", "title") == "the first, try"
         for text, shown in [("baseline", ["short"]), ("lr=0.1", ["short"]), ("train.steps=16", ["short"]),

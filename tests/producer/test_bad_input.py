@@ -130,4 +130,8 @@ def test_a_run_whose_loss_diverges_ends_with_its_status_not_a_traceback(tmp_path
     assert result.status == "complete" and not math.isfinite(result.final_loss)
     attrs = StoreRoot(tmp_path).read_attrs("diverged")
     assert attrs["status"] == "complete" and attrs["final_loss"] is None
-    assert not math.isfinite(float(open_run("diverged", tmp_path)["loss"].values[-1]))
+    ds = open_run("diverged", tmp_path)
+    last = float(ds["loss"].values[-1])
+    assert not math.isfinite(last)
+    # ... and says so (found by a review: null alone read as "no loss recorded" in ls and the dashboard)
+    assert attrs["not_finite"] == {"final_loss": str(last)}

@@ -179,3 +179,32 @@ def test_ls_leaves_out_someone_elses_zarr_group_and_says_so(run_cli, tmp_path):
     assert "skipped: theirs:" in proc.stderr and "is not a trajscope run" in proc.stderr
     assert (root / "theirs.zarr" / "X").is_dir()  # left as it is
     shutil.rmtree(root / "theirs.zarr")
+
+
+def test_a_diverged_run_says_so_in_ls_show_and_the_api(tmp_path, small_config, run_cli):
+    import json
+
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from trajscope.api.app import create_app
+    from trajscope.producer import produce
+    from trajscope.store import StoreRoot, list_runs, open_run
+
+    produce(small_config(train={"lr": 1e6, "steps": 30}, init={"kind": "gaussian", "scale": 1.0}),
+            root=tmp_path, name="div")
+    produce(small_config(train={"steps": 10}), root=tmp_path, name="fine")
+    loss = open_run("div", tmp_path)["loss"].values.astype(float)
+    first = int(np.flatnonzero(np.isfinite(loss))[-1]) + 1  # where the non-finite stretch it ends with begins
+    text = str(loss[-1])
+    assert {r.run_id: r.not_finite for r in list_runs(tmp_path)} == {"div": {"final_loss": text}, "fine": {}}
+    listed = run_cli("ls", "--root", str(tmp_path), "--json")
+    rows = {r["run"]: r for r in json.loads(listed.stdout)}
+    assert rows["div"]["not_finite"] == {"final_loss": text} and rows["div"]["final_loss"] is None
+    assert f"{text} (diverged)" in run_cli("ls", "--root", str(tmp_path)).stdout
+    shown = run_cli("show", "div", "--root", str(tmp_path))
+    assert f"from step {int(open_run('div', tmp_path)['step'].values[first])} on" in " ".join(shown.stdout.split())
+    assert "diverged" not in run_cli("show", "fine", "--root", str(tmp_path)).stdout
+    with TestClient(create_app(StoreRoot(tmp_path))) as client:
+        runs = {r["run_id"]: r for r in client.get("/api/runs").json()["runs"]}
+    assert runs["div"]["not_finite"] == {"final_loss": text} and runs["fine"]["not_finite"] == {}

@@ -13,7 +13,7 @@ import typer
 
 from trajscope.errors import UserError
 from trajscope.store.errors import MalformedRun
-from trajscope.store.dataset_attrs import run_attr
+from trajscope.store.dataset_attrs import NOT_FINITE, run_attr
 from trajscope.store.reader import planned_states
 
 RootOption = Annotated[
@@ -62,6 +62,7 @@ def catalog_row(run_id: str, attrs: dict[str, Any], size_bytes: int, columns: li
         "capacity": int(attrs.get("capacity", 0)),
         "planned_states": planned_states(attrs),
         "final_loss": attrs.get("final_loss"),
+        "not_finite": dict(run_attr(attrs, NOT_FINITE) or {}),  # (a diverged run's final loss: "nan")
         "seconds": _seconds(attrs),
         "size_bytes": size_bytes,
         "created": attrs.get("created"),
@@ -190,7 +191,9 @@ def register(app: typer.Typer) -> None:
         for r in rows:
             status = (f"{r['status']} (writer gone: {hints[r['run']]})"
                       if r["writer_gone"] else r["status"])
-            table.add_row(r["run"], status, f"{r['committed_steps']}/{r['planned_states'] or '?'}", _fmt(r["final_loss"]),
+            loss = (f"{r['not_finite']['final_loss']} (diverged)" if "final_loss" in r["not_finite"]
+                    else _fmt(r["final_loss"]))
+            table.add_row(r["run"], status, f"{r['committed_steps']}/{r['planned_states'] or '?'}", loss,
                           _duration(r["seconds"]), f"{r['size_bytes'] / 2**20:.1f} MiB", r["created"] or "-",
                           _fmt(r["tags"]), *(_fmt(r[f]) for f in fields))
         console.print(table)

@@ -11,6 +11,7 @@ import xarray as xr
 from trajscope.analysis._common import StepSel, select
 from trajscope.analysis.generic import parameter_summary
 from trajscope.analysis.registry import applicable, features, run_schema
+from trajscope.analysis.summary import divergence_warning
 
 
 def show_generic(ds: xr.Dataset, step: StepSel, run: str) -> bool:
@@ -34,6 +35,9 @@ def show_generic(ds: xr.Dataset, step: StepSel, run: str) -> bool:
     console.print(table)
     if "loss" in ds.data_vars and ds["loss"].dims == ("step",):  # (a number per state)
         console.print(f"loss at the last state: {float(ds['loss'][-1]):.6g}")
+    diverged = divergence_warning(ds, step)
+    if diverged:
+        console.print(f"[yellow]warning:[/yellow] {diverged}", soft_wrap=True, highlight=False)
     console.print("analyses for this run: " + ", ".join(sorted(applicable(ds))))
     return True
 

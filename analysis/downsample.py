@@ -46,7 +46,8 @@ def bucket_index(x: np.ndarray, points: int, scale: str = "linear") -> np.ndarra
     return np.minimum(points - 1, np.floor(points * u / span)).astype(np.int64)
 
 
-def minmax_downsample(x: np.ndarray, values: np.ndarray, points: int, scale: str = "linear") -> Downsampled:
+def minmax_downsample(x: np.ndarray, values: np.ndarray, points: int, scale: str = "linear",
+                      buckets: np.ndarray | None = None) -> Downsampled:
     """At most two rows per bucket: per series the bucket's minimum and maximum, in time order.
 
     Parameters
@@ -59,6 +60,10 @@ def minmax_downsample(x: np.ndarray, values: np.ndarray, points: int, scale: str
         Number of buckets (the chart's width in pixels); ``n <= 2 * points`` returns the input.
     scale
         ``"linear"`` or ``"log"`` spacing of the buckets along ``x`` (see :func:`bucket_index`).
+    buckets
+        The bucket of each row, given: ``x`` is then one piece of a longer series whose buckets
+        :func:`bucket_index` computed over the whole (no bucket straddling two pieces, see :func:`pieces`), and
+        the rows are reduced whatever their number, so the pieces' results put end to end are the whole's.
 
     Returns
     -------
@@ -79,9 +84,11 @@ def minmax_downsample(x: np.ndarray, values: np.ndarray, points: int, scale: str
     n = x.shape[0]
     if vals.shape[0] != n:
         raise ValueError(f"values have {vals.shape[0]} rows for {n} steps")
-    if n <= 2 * points:
+    if buckets is None and n <= 2 * points:
         return Downsampled(x.copy(), vals[:, 0].copy() if flat else vals.copy(), True)
-    b = bucket_index(x, points, scale)
+    if n == 0:
+        return Downsampled(x.copy(), vals[:, 0].copy() if flat else vals.copy(), False)
+    b = bucket_index(x, points, scale) if buckets is None else np.asarray(buckets)
     starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])  # first index of each non-empty bucket
     ends = np.r_[starts[1:], n] - 1  # last index
     lo = np.fmin.reduceat(vals, starts, axis=0)  # NaN-ignoring min/max per bucket
@@ -105,6 +112,27 @@ def minmax_downsample(x: np.ndarray, values: np.ndarray, points: int, scale: str
     out_x[pos_a[two] + 1] = x[ends[two]]
     out_v[pos_a[two] + 1] = row_b[two]
     return Downsampled(out_x, out_v[:, 0] if flat else out_v, False)
+
+
+def pieces(buckets: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """``[(start, stop), …]`` covering ``range(len(buckets))`` in pieces of about ``size`` rows, each cut at a
+    bucket's first row (a bucket longer than ``size`` is one piece): what :func:`minmax_downsample` reduces
+    piece by piece, with ``buckets`` given, to the whole's result while holding one piece in memory."""
+    n = len(buckets)
+    starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]]) if n else np.zeros(0, dtype=np.int64)
+    out, begin = [], 0
+    while begin < n:
+        cut = int(np.searchsorted(starts, begin + max(size, 1)))
+        end = int(starts[cut]) if cut < starts.size else n
+        out.append((begin, end))
+        begin = end
+    return out
+
+
+def concat(parts: list[Downsampled]) -> Downsampled:
+    """Downsampled pieces put end to end (see :func:`pieces`)."""
+    return Downsampled(np.concatenate([p.x for p in parts]), np.concatenate([p.values for p in parts]),
+                       all(p.exact for p in parts))
 
 
 def _label(value: object, dim: str) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Iterator
 
 import xarray as xr
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -36,13 +37,42 @@ def step_slice(text: str | None) -> slice | None:
     return sel.as_slice()
 
 
+@contextlib.contextmanager
+def analysis_errors(run: Run, what: str) -> Iterator[None]:
+    """An analysis failing on this run becomes a 422 naming it, never a 500; user errors, HTTP errors, corrupt
+    stored data and an object store's refusals go on to their own mappings (api.errors)."""
+    try:
+        yield
+    except (UserError, HTTPException):
+        raise
+    except Exception as err:  # noqa: BLE001 - an analysis that cannot run on this run is not a server crash
+        if is_checksum_error(err) or object_store_error(err) is not None:
+            raise
+        log.exception("%s failed on run %s", what, run.run_id)
+        raise HTTPException(422, f"{what} could not be computed for run {run.run_id!r}: "
+                                 f"{type(err).__name__}: {err}") from None
+
+
+def compute(result: Any) -> Any:
+    """A lazy analysis result computed: a DataArray or Dataset, or (what ``narrow`` may make of a Dataset) a dict
+    of its variables, in one go, as the Dataset's (what they share, a read of ``W``..., is computed once)."""
+    if isinstance(result, (xr.DataArray, xr.Dataset)):
+        return result.compute()
+    if isinstance(result, dict):
+        import dask
+
+        return dict(zip(result, dask.compute(*result.values())))
+    return result
+
+
 def call(run: Run, fn: Callable, what: str, step: slice | None, kwargs: dict[str, Any], *,
-         narrow: Callable[[Any], Any] | None = None, max_bytes: int | None = None) -> Any:
+         narrow: Callable[[Any], Any] | None = None, max_bytes: int | None = None, lazy: bool = False) -> Any:
     """Run an analysis function on the run's dataset; its failures become 4xx, never 500.
 
     Before the (lazy) result is computed, ``narrow`` may cut it to what the response needs, and a result
     over ``max_bytes`` (as JSON, from its sizes alone) is refused with a 413: a request never makes the
-    server compute what it would not send."""
+    server compute what it would not send. ``lazy`` returns it uncomputed (the caller computes it piece by
+    piece, within :func:`analysis_errors`)."""
     ds = run.dataset()
     if step is not None:
         if ds.sizes.get("step", 0) == 0:
@@ -53,7 +83,7 @@ def call(run: Run, fn: Callable, what: str, step: slice | None, kwargs: dict[str
             raise UserError(f"step: {err}") from None  # (naming the parameter)
     if ds.sizes.get("step", 0) == 0:
         raise HTTPException(422, f"run {run.run_id!r} has no committed states yet: retry when it has")
-    try:
+    with analysis_errors(run, what):
         if step is not None and registry.accepts_step(fn):
             kwargs = {**kwargs, "step": step}
         result = fn(ds, **kwargs)
@@ -62,21 +92,7 @@ def call(run: Run, fn: Callable, what: str, step: slice | None, kwargs: dict[str
         if max_bytes is not None and nbytes_of(result) > max_bytes:
             raise HTTPException(413, f"{what} over the whole selection is over the cap of {max_bytes // 2**20} MiB: "
                                      "narrow it with step=a:b:s (e.g. a stride ::10)")
-        if isinstance(result, (xr.DataArray, xr.Dataset)):
-            result = result.compute()
-        elif isinstance(result, dict):  # a Dataset's variables, cut by ``narrow``: in one go, as the Dataset's
-            import dask                  # (what they share, a read of ``W``..., is computed once)
-
-            result = dict(zip(result, dask.compute(*result.values())))
-    except (UserError, HTTPException):
-        raise
-    except Exception as err:  # noqa: BLE001 - an analysis that cannot run on this run is not a server crash
-        if is_checksum_error(err) or object_store_error(err) is not None:
-            raise  # corrupt stored data, or the object store refusing: one mapping for every route (api.errors)
-        log.exception("%s failed on run %s", what, run.run_id)
-        raise HTTPException(422, f"{what} could not be computed for run {run.run_id!r}: "
-                                 f"{type(err).__name__}: {err}") from None
-    return result
+        return result if lazy else compute(result)
 
 
 @router.get("", response_model=Listing, summary="The analysis quantities available")

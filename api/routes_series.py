@@ -26,7 +26,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from trajscope.api import registry, selectors
 from trajscope.api.deps import Run, RunDep, State
 from trajscope.api.models import ErrorBody
-from trajscope.api.routes_analysis import call, step_slice
+from trajscope.api.routes_analysis import analysis_errors, call, compute, step_slice
 from trajscope.api.serialize import array_values, dumps, jsonable, npy_bytes
 from trajscope.api.work import once
 from trajscope.analysis.registry import is_pointwise, is_series
@@ -138,11 +138,12 @@ def loader(run: Run, state: Any) -> Callable:
 
 def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail: int | None,
           kwargs: dict[str, Any], first: int | None = None, row: str | None = None,
-          load: Callable | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, dict]]:
-    """``(steps, columns, attrs)`` of ``quantity`` over the selection, computed by the analysis
-    (only the first ``first`` columns when given; only the neurons ``neuron`` or the rows ``row`` of the
-    parameter named by ``kwargs["parameter"]``). ``load(ds, index)`` (see :func:`loader`) lets a small
-    step range of a ``pointwise`` quantity be computed in memory."""
+          load: Callable | None = None) -> tuple[Any, Callable]:
+    """``(result, finish)``: ``quantity`` over the selection as the analysis returns it, lazy (only the first
+    ``first`` columns when given; only the neurons ``neuron`` or the rows ``row`` of the parameter named by
+    ``kwargs["parameter"]``), and ``finish(computed)`` giving ``(steps, columns, attrs)`` of it, or of a piece
+    of it, once computed. ``load(ds, index)`` (see :func:`loader`) lets a small step range of a ``pointwise``
+    quantity be computed in memory."""
     from trajscope.analysis.downsample import column_count, columns, first_columns
     from trajscope.analysis.registry import parameter_names
 
@@ -204,21 +205,72 @@ def table(run: Run, quantity: str, step: slice | None, neuron: str | None, tail:
                             "few with first=16" + (f", or {pick}" if pick else ""))
         return result if first is None else first_columns(result, first)
 
-    result = call(run, fn, f"series {quantity!r}", step, kwargs, narrow=narrow)
-    cols = columns(result, quantity)
-    if first is not None:
-        cols = dict(list(cols.items())[:first])
-    variables = (result if isinstance(result, dict) else result.data_vars if hasattr(result, "data_vars")
-                 else {str(result.name or quantity): result})
-    attrs = {str(k): jsonable({a: v.attrs[a] for a in ("long_name", "units", "kind", "status") if a in v.attrs})
-             for k, v in variables.items()}
-    steps = next(iter(result.values())) if isinstance(result, dict) else result
-    if neuron is not None or row is not None:  # θ's total over the kept rows only is no total of θ (a review)
-        from trajscope.analysis.generic import SELECTED, TOTAL
+    result = call(run, fn, f"series {quantity!r}", step, kwargs, narrow=narrow, lazy=True)
+    rows_kept = neuron is not None or row is not None
 
-        cols = {(SELECTED if k == TOTAL else k): v for k, v in cols.items()}
-        attrs = {(SELECTED if k == TOTAL else k): v for k, v in attrs.items()}
-    return np.asarray(steps["step"].values), cols, attrs
+    def finish(computed: Any) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, dict]]:
+        """``(steps, columns, attrs)`` of the result (or of a piece of it) once computed."""
+        cols = columns(computed, quantity)
+        if first is not None:
+            cols = dict(list(cols.items())[:first])
+        variables = (computed if isinstance(computed, dict) else computed.data_vars
+                     if hasattr(computed, "data_vars") else {str(computed.name or quantity): computed})
+        attrs = {str(k): jsonable({a: v.attrs[a] for a in ("long_name", "units", "kind", "status") if a in v.attrs})
+                 for k, v in variables.items()}
+        steps = next(iter(computed.values())) if isinstance(computed, dict) else computed
+        if rows_kept:  # θ's total over the kept rows only is no total of θ (a review)
+            from trajscope.analysis.generic import SELECTED, TOTAL
+
+            cols = {(SELECTED if k == TOTAL else k): v for k, v in cols.items()}
+            attrs = {(SELECTED if k == TOTAL else k): v for k, v in attrs.items()}
+        return np.asarray(steps["step"].values), cols, attrs
+
+    return result, finish
+
+
+def state_steps(result: Any) -> np.ndarray:
+    """The ``step`` coordinate of a (lazy) series result: in memory, nothing is computed."""
+    one = next(iter(result.values())) if isinstance(result, dict) else result
+    return np.asarray(one["step"].values)
+
+
+def piece_of(result: Any, start: int, stop: int) -> Any:
+    """The states ``start:stop`` (positions) of a (lazy) series result."""
+    if isinstance(result, dict):
+        return {k: v.isel(step=slice(start, stop)) for k, v in result.items()}
+    return result.isel(step=slice(start, stop))
+
+
+#: states of a series computed at once when it is downsampled: a long run's series is computed and reduced piece
+#: by piece, so a request holds about this many states of its columns, not the whole run's (found by a review: 1 GB
+#: of server memory for the dashboard's step_series of a run of 10^6 states of 16 bytes)
+PIECE_STATES = 65_536
+
+
+def downsampled(run: Run, quantity: str, result: Any, finish: Callable, points: int, scale: str) -> tuple:
+    """``(names, Downsampled, steps, attrs)`` of a series: computed whole when it is short, else piece by piece
+    (:func:`~trajscope.analysis.downsample.pieces`, cut at bucket edges, so the result is the whole's)."""
+    from trajscope.analysis.downsample import bucket_index, concat, minmax_downsample, pieces
+
+    steps = state_steps(result)
+    what = f"series {quantity!r}"
+    if steps.size <= max(PIECE_STATES, 2 * points):
+        with analysis_errors(run, what):
+            steps, cols, attrs = finish(compute(result))
+        names = list(cols)
+        check_size(points, len(names))
+        return names, minmax_downsample(steps, np.stack([cols[c] for c in names], axis=1), points, scale), steps, attrs
+    buckets = bucket_index(steps, points, scale)
+    parts, names, attrs = [], None, {}
+    for start, stop in pieces(buckets, PIECE_STATES):
+        with analysis_errors(run, what):
+            piece_steps, cols, attrs = finish(compute(piece_of(result, start, stop)))
+        if names is None:
+            names = list(cols)
+            check_size(points, len(names))
+        parts.append(minmax_downsample(piece_steps, np.stack([cols[c] for c in names], axis=1), points, scale,
+                                       buckets=buckets[start:stop]))
+    return names, concat(parts), steps, attrs
 
 
 def check_size(points: int, ncols: int) -> None:
@@ -255,14 +307,10 @@ async def series(
                         tuple(sorted(fn_kwargs.items())))
 
     def build() -> bytes:
-        from trajscope.analysis.downsample import minmax_downsample
-
         fn = source(run, quantity)
         kwargs = registry.bind(fn, fn_kwargs, f"series {quantity!r}") if fn_kwargs else {}
-        steps, cols, attrs = table(run, quantity, sl, neuron, tail, kwargs, first, row, loader(run, state))
-        names = list(cols)
-        check_size(points, len(names))
-        out = minmax_downsample(steps, np.stack([cols[c] for c in names], axis=1), points, scale)
+        result, finish = table(run, quantity, sl, neuron, tail, kwargs, first, row, loader(run, state))
+        names, out, steps, attrs = downsampled(run, quantity, result, finish, points, scale)
         if format == "npy":
             return npy_bytes(np.column_stack([out.x.astype(np.float64), out.values]))
         if format == "csv":  # (a column name with a comma, fc2.weight[0,1], is quoted)

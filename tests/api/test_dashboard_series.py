@@ -261,3 +261,48 @@ def test_the_first_series_of_a_dataset_are_those_of_the_whole(client):
         assert list(part["series"]) == list(whole["series"])[:first]
         for name, values in part["series"].items():
             np.testing.assert_allclose(values, whole["series"][name], equal_nan=True)
+
+
+@pytest.mark.parametrize("scale", ["linear", "log"])
+def test_a_long_series_is_computed_piece_by_piece_to_the_wholes_answer(tmp_path, write_run, serve, monkeypatch, scale):
+    """Found by a review: the series of a long run was computed whole before it was downsampled (1 GB of server
+    memory for a run of 10^6 tiny states). It is computed in pieces cut at bucket edges: each piece's columns are
+    all that is held, and the rows equal the whole series downsampled at once (independently, here)."""
+    import httpx
+
+    from trajscope.analysis import downsample
+    from trajscope.analysis.series import step_series
+    from trajscope.api import routes_series
+
+    monkeypatch.setattr(routes_series, "PIECE_STATES", 37)
+    sizes: list[int] = []
+    whole = downsample.columns
+
+    def spy(result, name):
+        out = whole(result, name)
+        sizes.append(len(next(iter(out.values()))))
+        return out
+
+    monkeypatch.setattr(downsample, "columns", spy)
+    root = StoreRoot(tmp_path)
+    write_run(root, "long", steps=400, chunk_steps=16)
+    ds = open_run("long", root)
+    reference = step_series(ds).compute()
+    names = list(whole(reference, "step_series"))
+    expected = minmax_downsample(ds["step"].values, np.stack([whole(reference, "step_series")[n] for n in names], 1),
+                                 30, scale)
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        for quantity, reference_names in (("step_series", names), ("loss", ["loss"])):
+            sizes.clear()
+            body = c.get(f"/api/runs/long/series/{quantity}", params={"points": 30, "scale": scale}).json()
+            assert not body["exact"] and body["selection"]["states"] == 400
+            assert len(sizes) > 3 and max(sizes) < 400 and sum(sizes) == 400, sizes  # pieces, each computed once
+            if quantity == "loss":
+                ref = minmax_downsample(ds["step"].values, ds["loss"].values, 30, scale)
+                assert body["x"] == ref.x.tolist()
+                np.testing.assert_allclose(body["series"]["loss"], ref.values, rtol=1e-12)
+                continue
+            assert body["x"] == expected.x.tolist() and list(body["series"]) == names
+            for i, name in enumerate(names):
+                np.testing.assert_allclose(np.array(body["series"][name], dtype=float), expected.values[:, i],
+                                           rtol=1e-9, equal_nan=True)

@@ -73,6 +73,9 @@ class WriterLock:
         self._etag: str | None = None  # of the lease object this writer last wrote (remote roots)
         #: why this writer lost the run (its lease taken over), or None: it then writes nothing more
         self.lost: str | None = None
+        #: the ETag of the run's root document as the holder last wrote it (object stores; see
+        #: ``RunWriter._write_document``): its next write replaces exactly that object or is refused
+        self.document_etag: str | None = None
 
     @property
     def held(self) -> bool:
@@ -193,9 +196,14 @@ class WriterLock:
                 self._put_lease(stamp)  # refusing If-Match): rewritten as before, and its ETag taken anew
                 return
             self._held_lease = False
-            self.lost = (f"run {self.run_id!r}: this writer's lease was taken over by pid {holder.get('pid')} on "
-                         f"{holder.get('host')} after {LEASE_SECONDS:.0f} s without a heartbeat from this one (a "
-                         "paused process?); it stops writing, and the run is the new writer's")
+            if holder.get("token"):
+                self.lost = (f"run {self.run_id!r}: this writer's lease was taken over by pid {holder.get('pid')} on "
+                             f"{holder.get('host')} after {LEASE_SECONDS:.0f} s without a heartbeat from this one (a "
+                             "paused process?); it stops writing, and the run is the new writer's")
+            else:  # (found by a review: "taken over by pid None on None after 60 s" where nobody had)
+                self.lost = (f"run {self.run_id!r}: this writer's lease object is gone from the store (deleted, or "
+                             "released by a writer that took the run over and finished); it stops writing: check the "
+                             f"run with `trajscope fsck {self.run_id}`")
             raise RunLocked(self.lost) from None
 
     def _refused(self, holder: dict[str, Any], age: float) -> RunLocked:

@@ -67,6 +67,13 @@ class StoreRoot:
         if not self.is_local and not location.partition("://")[2].strip("/"):
             raise UserError(f"the store root {location!r} names no bucket or path: give e.g. "
                             f"{location.partition('://')[0]}://BUCKET/prefix")
+        if not self.is_local and "//" in location.partition("://")[2].rstrip("/"):
+            # found by a review: s3fs wrote the objects of s3://b//p under the key "/p", which its listing never
+            # shows: a whole run recorded that nothing could open, repair or delete
+            protocol, _, rest = location.partition("://")
+            tidy = "/".join(part for part in rest.split("/") if part)
+            raise UserError(f"the store root {location!r} has an empty path component (two slashes in a row): "
+                            f"write {protocol}://{tidy}")
         self.storage_options = dict(storage_options or {})
         if self.is_local:
             self.location = str(Path(location).expanduser().resolve())
@@ -167,8 +174,12 @@ class StoreRoot:
             self.fs.invalidate_cache(path)
         return self.fs.exists(path)
 
-    def write_bytes(self, run_id: str, key: str, data: bytes, *, durable: bool = False) -> None:
-        """Replace one key atomically: local files are written to a temporary file, then renamed.
+    def write_bytes(self, run_id: str, key: str, data: bytes, *, durable: bool = False,
+                    if_match: str | None = None) -> str | None:
+        """Replace one key atomically: local files are written to a temporary file, then renamed. Returns the
+        object's new ETag on an object store that gives one (else ``None``); ``if_match`` (object stores) writes
+        only over the object of that ETag (``If-Match``: the store refuses it, ``OSError``, when another writer
+        replaced the object since).
 
         The file gets the mode a plain ``open`` would give it (``0o666`` less the umask), so readers running
         as another user (a server's container) can read it. ``durable`` (durability ``fsync``, local roots):
@@ -177,8 +188,8 @@ class StoreRoot:
         """
         path = self._fs_path(run_id, key)
         if not self.is_local:
-            self.fs.pipe_file(path, data)
-            return
+            result = self.fs.pipe_file(path, data, **({"IfMatch": if_match} if if_match else {}))
+            return result.get("ETag") if isinstance(result, dict) else None
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMPORARY_PREFIX)
@@ -201,6 +212,7 @@ class StoreRoot:
             from trajscope.store.chunkio import fsync_dir
 
             fsync_dir(directory)
+        return None
 
     def read_group_metadata(self, run_id: str, *, checked: bool = True) -> dict[str, Any]:
         """The run's group ``zarr.json`` (fresh, never cached); :class:`RunNotFound` when absent.
@@ -239,14 +251,16 @@ class StoreRoot:
         # writers iterate `time_variables` (found by a review: resuming or repairing such a copy crashed)
         return decode_attrs(attrs) if isinstance(attrs, dict) else {}
 
-    def write_attrs(self, run_id: str, attrs: dict[str, Any], *, durable: bool = False) -> None:
-        """Write the group ``zarr.json`` with these attributes in one atomic write (fsynced: ``durable``).
+    def write_attrs(self, run_id: str, attrs: dict[str, Any], *, durable: bool = False,
+                    if_match: str | None = None) -> str | None:
+        """Write the group ``zarr.json`` with these attributes in one atomic write (fsynced: ``durable``;
+        ``if_match`` and the ETag returned: see :meth:`write_bytes`).
 
         Any consolidated metadata is dropped: it is written again when the run finishes.
         """
         document = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
-        self.write_bytes(run_id, "zarr.json", json.dumps(document, indent=2, allow_nan=False).encode(),
-                         durable=durable)
+        return self.write_bytes(run_id, "zarr.json", json.dumps(document, indent=2, allow_nan=False).encode(),
+                                durable=durable, if_match=if_match)
 
     def size_bytes(self, run_id: str) -> int:
         """Bytes the run occupies (local roots: regular files only, never through a link)."""

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from importlib import metadata as _metadata
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import zarr
@@ -194,7 +194,7 @@ class RunWriter:
                 "error": None,
                 "writer": lock.lease(),
             }
-            root.write_attrs(run_id, full_attrs)
+            lock.document_etag = root.write_attrs(run_id, full_attrs)
             faults.checkpoint("create.attrs")
         except BaseException:
             lock.release()
@@ -234,7 +234,8 @@ class RunWriter:
             attrs["updated"] = _now()
             # drops stale consolidated metadata first; a run recorded with durability fsync: this document, its
             # committed count included, is fsynced too
-            root.write_attrs(run_id, attrs, durable=root.is_local and attrs.get("durability") == "fsync")
+            lock.document_etag = root.write_attrs(run_id, attrs,
+                                                  durable=root.is_local and attrs.get("durability") == "fsync")
             faults.checkpoint("resume.reopened")
             writer = cls(root, run_id, lock, attrs)
             for array in writer.arrays.values():
@@ -247,6 +248,37 @@ class RunWriter:
         return writer
 
     # -- growth (runs of unknown length) ---------------------------------------------------------------
+    def _write_document(self, write: Callable[[str | None], str | None]) -> None:
+        """``write(etag)`` the root document over the one this writer wrote last (``If-Match`` its ETag, on an object
+        store that gives ETags), and keep the new ETag.
+
+        Found by a review: a writer cut off from S3 for longer than the lease was taken over by a ``resume``; one
+        of its commits, sent before the takeover and retried by the client, landed after the new writer had
+        finished, and turned the complete run back into ``running`` with fewer states. Sent with ``If-Match``,
+        such a write is refused by the store once another writer has replaced the document: this writer stops
+        (:class:`RunLocked`) and the run stays the new writer's."""
+        etag = self.lock.document_etag
+        try:
+            self.lock.document_etag = write(etag)
+        except (FileExistsError, OSError):
+            if etag is None or not self._document_replaced(etag):
+                raise
+            self.lock.lost = (f"run {self.run_id!r}: another writer replaced the run's document since this writer "
+                              "last wrote it (a resume took the run over after a stall of this one); this writer "
+                              "stops writing, and the run is the new writer's")
+            raise RunLocked(self.lock.lost) from None
+
+    def _document_replaced(self, etag: str) -> bool:
+        """Whether the root document is no longer the object of ``etag`` (asked of the store itself)."""
+        path = self.root.fs._strip_protocol(f"{self.root.run_url(self.run_id)}/zarr.json")
+        self.root.fs.invalidate_cache(path)
+        try:
+            return self.root.fs.info(path).get("ETag") != etag
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+
     def grow(self, capacity: int) -> None:
         """Make room for ``capacity`` recorded states (never shrinks; a no-op when there is room).
 
@@ -270,7 +302,8 @@ class RunWriter:
             self.attrs["capacity"] = capacity
             self.attrs["updated"] = _now()
             self.attrs["writer"] = lease
-            self.root.write_attrs(self.run_id, self.attrs, durable=self._durable)
+            self._write_document(lambda etag: self.root.write_attrs(self.run_id, self.attrs, durable=self._durable,
+                                                                    if_match=etag))
             self._last_write = time.monotonic()
 
     # -- reading back (resume) ----------------------------------------------------------------------
@@ -390,7 +423,8 @@ class RunWriter:
             self.attrs.update(extra)
             self.attrs["updated"] = _now()
             self.attrs["writer"] = lease
-            self.root.write_attrs(self.run_id, self.attrs, durable=self._durable)
+            self._write_document(lambda etag: self.root.write_attrs(self.run_id, self.attrs, durable=self._durable,
+                                                                    if_match=etag))
             self._last_write = time.monotonic()
         faults.checkpoint("commit.attrs")
 
@@ -498,7 +532,8 @@ class RunWriter:
                 self.attrs.update(finite_or_null(extra, self.attrs))
                 self.attrs.update(status=status, error=error, updated=_now(), finished=_now())
                 self.attrs.pop("writer", None)
-                write_final_document(self.root, self.run_id, self.attrs, durable=self._durable)
+                self._write_document(lambda etag: write_final_document(self.root, self.run_id, self.attrs,
+                                                                       durable=self._durable, if_match=etag))
             faults.checkpoint("finish.status")
             shrink_arrays(self.root, self.run_id, self.committed_steps, self.arrays)
             faults.checkpoint("finish.shrunk")
@@ -546,10 +581,13 @@ def final_document(root: StoreRoot, run_id: str, attrs: dict[str, Any]) -> dict[
     return Snapshot(dict(attrs), arrays).document()
 
 
-def write_final_document(root: StoreRoot, run_id: str, attrs: dict[str, Any], *, durable: bool = False) -> None:
-    """Write :func:`final_document` in one atomic replace of the root ``zarr.json`` (fsynced: ``durable``)."""
+def write_final_document(root: StoreRoot, run_id: str, attrs: dict[str, Any], *, durable: bool = False,
+                         if_match: str | None = None) -> str | None:
+    """Write :func:`final_document` in one atomic replace of the root ``zarr.json`` (fsynced: ``durable``;
+    ``if_match`` and the ETag returned: see :meth:`StoreRoot.write_bytes`)."""
     document = final_document(root, run_id, attrs)
-    root.write_bytes(run_id, "zarr.json", json.dumps(document, indent=2, allow_nan=False).encode(), durable=durable)
+    return root.write_bytes(run_id, "zarr.json", json.dumps(document, indent=2, allow_nan=False).encode(),
+                            durable=durable, if_match=if_match)
 
 
 def shrink_arrays(root: StoreRoot, run_id: str, committed: int, arrays: Mapping[str, Any] | None = None) -> None:

@@ -139,3 +139,36 @@ def test_an_object_store_lost_as_the_run_ends_is_one_run_failed_line(s3_env, sma
     assert attrs["status"] == "running" and attrs["committed_steps"] == 41  # every state kept, for resume
     monkeypatch.setattr(root_module.StoreRoot, "write_bytes", write_bytes)
     assert resume("f", root=url).status == "complete" and open_run("f", url).sizes["step"] == 41
+
+
+def test_a_document_write_landing_after_a_takeover_is_refused_by_the_store(s3_env, monkeypatch):
+    """Found by a review (a proxy that held a stalled writer's requests): a commit sent before a takeover landed
+    after the new writer had finished, and turned the complete run back into ``running`` with fewer states. The
+    lease check before the write cannot see a stall that begins after it; the write itself carries ``If-Match``
+    the ETag of the document this writer last wrote, and moto's S3 refuses it once another writer replaced it."""
+    import numpy as np
+
+    from trajscope.producer.two_layer import variables as two_layer_variables
+    from trajscope.store import RunWriter
+
+    root = StoreRoot("s3://trajscope/document-race")
+    writer = RunWriter.create(root, "r", variables=two_layer_variables(), sizes={"neuron": 2, "feature": 3,
+                              "sample": 4}, capacity=8, static={"X": np.zeros((4, 3)), "y": np.ones(4)},
+                              attrs={}, chunk_bytes=2 * 3 * 8 * 4)
+    block = {"W": np.ones((4, 2, 3)), "v": np.ones((4, 2)), "loss": np.ones(4), "output": np.ones((4, 4)),
+             "step": np.arange(4), "t": np.arange(4.0)}
+    writer.write_block(0, block)
+    writer.commit(4)
+    assert writer.lock.document_etag  # (the store gave an ETag: the next write is conditional)
+    # another writer's document lands (what a resume that took the run over, and finished it, wrote)
+    theirs = root.read_group_metadata("r")
+    theirs["attributes"].update(status="complete", committed_steps=4, writer=None)
+    root.write_bytes("r", "zarr.json", __import__("json").dumps(theirs).encode())
+    replaced = root.read_bytes("r", "zarr.json")
+    monkeypatch.setattr(writer.lock, "lease", lambda: {"token": writer.lock.token})  # the stall is after the check
+    with pytest.raises(RunLocked, match="another writer replaced the run's document"):
+        writer.commit(4)
+    assert root.read_bytes("r", "zarr.json") == replaced and root.read_attrs("r")["status"] == "complete"
+    with pytest.raises(RunLocked):  # and it stays stopped: not even its end is written
+        writer.finish("failed", "stalled")
+    assert root.read_bytes("r", "zarr.json") == replaced

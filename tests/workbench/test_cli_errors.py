@@ -264,6 +264,7 @@ def test_export_prints_no_library_warning(tiny_root, tmp_path):
     # found by a review: `s3://` was a traceback (a local folder "s3:" was used), `s3:/b/r` recorded into ./s3:/b/r
     (["produce", "{cfg}", "--root", "s3://"], ["names no bucket or path", "s3://BUCKET/prefix"]),
     (["ls", "--root", "s3:/tsb/runs"], ["looks like a URL with one slash: write s3://tsb/runs"]),
+    (["produce", "{cfg}", "--root", "memory://tsb//dbl/runs"], ["has an empty path component", "memory://tsb/dbl/runs"]),
     (["produce", "{cfg}", "--root", "{tmp}/r", "--set", "seed=-1"], ["seed", "greater than or equal to 0"]),
     (["produce", "{cfg}", "--root", "{tmp}/r", "--set", "record.buffers=100000"], ["record.buffers", "64"]),
     (["produce", "{npy_cfg}", "--root", "{tmp}/r"], ["is not an .npz archive", "numpy.savez"]),

@@ -307,7 +307,8 @@ async function showRun(runId) {
     // v is a vector: its spectral norm is its Frobenius norm): not computed twice
     if (COVERED[name] && specs.some((s) => s.id === COVERED[name])) continue;
     if (name in listing.items) specs.push({ id: name, title: GENERIC_TITLES[name] || name.replace(/_/g, " "), logx: true,
-      logy: true, needs: [], cols: "all", source: { q: name }, maxSeries: 32 });
+      logy: true, needs: [], cols: "all", source: { q: name, first: 32 }, maxSeries: 32 });  // (first: a model of
+      // over 64 tensors was refused its charts, the server's limit of series a request; found by a review)
   }
   const hasNeurons = param && "row_angles" in listing.items;
   if (hasNeurons) specs.push({ id: "neurons", title: "rows: angle over time (degrees)", logx: true, needs: [], cols: "all", source: null });

@@ -208,3 +208,30 @@ def test_comparing_module_runs_with_and_without_a_loss(module_server, module_roo
         assert np.isnan(got[len(want):]).all()
     only_local(page, module_server.url)
     assert page.errors == []
+
+
+def test_a_model_of_many_tensors_draws_its_first_series(tmp_path, serve, page):
+    """Found by a review: a model of more than 64 parameter tensors (ResNet-50 has 161) drew none of its
+    per-parameter charts: the page asked for every series and the server refuses over 64 a request. It asks for
+    the first 32, what the chart draws."""
+    model = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(40)])  # 80 tensors
+    root = StoreRoot(tmp_path)
+    with trajscope.ModuleRecorder(model, root=root, name="deep") as rec:
+        rec.record()
+        for _ in range(3):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(0.9)
+            rec.record()
+    ds = trajscope.open_run("deep", root)
+    with serve(root) as srv:
+        page.goto(f"{srv.url}/#/run/deep")
+        loaded(page)
+        data = page.evaluate(DATA)
+        for chart in ("frobenius_norms", "update_norms", "distance_from_init"):
+            assert len(data[chart]) == 1 + 32, chart
+        fro = _by_label(page, "frobenius_norms", data)
+        assert list(fro)[:2] == ["0.weight", "0.bias"]
+        np.testing.assert_allclose(fro["0.weight"], np.linalg.norm(ds["0.weight"].values.astype(np.float64)
+                                                                   .reshape(4, -1), axis=1)[1:], rtol=1e-9)
+        assert page.errors == []

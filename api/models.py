@@ -52,6 +52,9 @@ class RunSummary(BaseModel):
     note: str | None = Field(None, description="the run's note (`trajscope tag --note`)")
     not_finite: dict[str, str] = Field(default_factory=dict, description="end values that were not finite, as text "
                                        "(`{\"final_loss\": \"nan\"}`: the run diverged); JSON holds them as null")
+    final_loss: float | None = Field(None, description="the loss at the last committed state, stored when the run "
+                                                       "ended (null while it runs, for a run that records no loss, "
+                                                       "or when it was not finite: see not_finite)")
     links: dict[str, str]
 
 

@@ -55,6 +55,7 @@ def summary(info: RunInfo, size: bool) -> dict[str, Any]:
         "tags": info.tags,
         "note": info.note,
         "not_finite": info.not_finite,
+        "final_loss": info.final_loss,
         "links": {"self": base, "analysis": f"{base}/analysis", "plots": f"{base}/plots",
                   "zarr": f"/zarr/{info.run_id}", "dashboard": f"/#/run/{info.run_id}"},
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -157,6 +158,9 @@ class RunInfo:
     note: str | None = None
     #: end values that were not finite, as text (``{"final_loss": "nan"}``: a diverged run); JSON stores them null
     not_finite: dict[str, str] = field(default_factory=dict)
+    #: the loss at the last committed state, stored when the run ended (None while it runs, or when it records no
+    #: loss a state or the loss was not finite: see ``not_finite``)
+    final_loss: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (JSON-ready)."""
@@ -182,7 +186,15 @@ def describe_run(run: str, root: str | os.PathLike | StoreRoot | None = None, *,
         tags=[str(t) for t in run_attr(attrs, "tags") or []],
         note=attrs.get("note") or None,
         not_finite={str(k): str(v) for k, v in (run_attr(attrs, NOT_FINITE) or {}).items()},
+        final_loss=_number(attrs.get("final_loss")),
     )
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def planned_states(attrs: dict[str, Any]) -> int | None:

@@ -208,3 +208,5 @@ def test_a_diverged_run_says_so_in_ls_show_and_the_api(tmp_path, small_config, r
     with TestClient(create_app(StoreRoot(tmp_path))) as client:
         runs = {r["run_id"]: r for r in client.get("/api/runs").json()["runs"]}
     assert runs["div"]["not_finite"] == {"final_loss": text} and runs["fine"]["not_finite"] == {}
+    assert runs["div"]["final_loss"] is None  # the listing carries an ended run's final loss (the dashboard's)
+    assert runs["fine"]["final_loss"] == pytest.approx(float(open_run("fine", tmp_path)["loss"].values[-1]), rel=1e-12)

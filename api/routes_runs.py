@@ -74,7 +74,7 @@ def runs(
         if not inside_root(state.root, run_id):
             continue  # a symlink out of the root: never read
         try:
-            infos.append(describe_run(run_id, state.root, with_size=size))
+            infos.append(describe_run(run_id, state.root, with_size=size, attrs=state.listed_attrs(run_id)))
         except (KeyError, ValueError, UserError):  # half-created, unreadable or malformed: skipped, as the store's catalog does
             continue
     return {"root": public_root(state.root),

@@ -167,10 +167,13 @@ class RunInfo:
         return asdict(self)
 
 
-def describe_run(run: str, root: str | os.PathLike | StoreRoot | None = None, *, with_size: bool = True) -> RunInfo:
-    """Status, progress and config of one run, from its root attributes alone (cheap)."""
+def describe_run(run: str, root: str | os.PathLike | StoreRoot | None = None, *, with_size: bool = True,
+                 attrs: dict[str, Any] | None = None) -> RunInfo:
+    """Status, progress and config of one run, from its root attributes alone (cheap); ``attrs``: those
+    attributes, read by the caller (a listing's cache), else read here."""
     store_root, run_id = resolve_run(run, root)
-    attrs = store_root.read_attrs(run_id)
+    if attrs is None:
+        attrs = store_root.read_attrs(run_id)
     return RunInfo(
         run_id=run_id,
         status=str(attrs.get("status", "unknown")),

@@ -227,3 +227,27 @@ def test_deleting_a_running_run_whose_writer_is_gone_says_force_deletes_it(tmp_p
         assert r.status_code == 409 and "its writer is gone" in r.json()["detail"] and "force=true" in r.json()["detail"]
         r = httpx.delete(f"{srv.url}/api/runs/crashed", params={"force": "true"}, headers={"Authorization": "Bearer t"})
         assert r.status_code == 200 and not root.exists("crashed")
+
+
+def test_a_listing_parses_a_run_document_again_only_when_it_changed(tmp_path, write_run, serve, monkeypatch):
+    """Found by a review: every poll of /api/runs (the dashboard's, each second with status=running) parsed every
+    run's whole document; on a local root an unchanged one is now a stat (a trajscope write is a new inode)."""
+    root = StoreRoot(tmp_path)
+    for name in ("a", "b", "c"):
+        write_run(root, name, steps=8, chunk_steps=8)
+    write_run(root, "live", steps=16, chunk_steps=8, finish=None, commit_to=8)
+    parsed: list[str] = []
+    real = StoreRoot.read_attrs
+    monkeypatch.setattr(StoreRoot, "read_attrs", lambda self, run_id, **kw: parsed.append(run_id) or real(self, run_id, **kw))
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        first = c.get("/api/runs", params={"size": "false"}).json()["runs"]
+        assert sorted(r["run_id"] for r in first) == ["a", "b", "c", "live"] and sorted(parsed) == ["a", "b", "c", "live"]
+        parsed.clear()
+        assert [r["run_id"] for r in c.get("/api/runs", params={"status": "running"}).json()["runs"]] == ["live"]
+        assert parsed == []  # nothing changed: nothing parsed
+        from tests.api.dashboard_browser import commit
+
+        commit(root, "live", 16)
+        parsed.clear()  # (the commit's own reads)
+        again = {r["run_id"]: r for r in c.get("/api/runs", params={"size": "false"}).json()["runs"]}
+        assert parsed == ["live"] and again["live"]["committed_steps"] == 16  # the changed one, read afresh

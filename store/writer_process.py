@@ -347,8 +347,9 @@ class _BorrowedLock:
     """The trainer's lock, seen from the writer process: the same ``flock`` (a duplicate of its file
     descriptor, kept open until exit) and the trainer's identity in every ``writer`` stamp."""
 
-    #: (local roots only: a flock is never taken over)
+    #: (local roots only: a flock is never taken over, and documents are written without ETags)
     lost = None
+    document_etag = None
 
     def __init__(self, lease: Mapping[str, Any], fd: int | None) -> None:
         self._lease = dict(lease)

@@ -423,3 +423,33 @@ def test_a_variable_name_no_reader_could_read_is_refused_before_anything_is_made
         RunWriter.create(StoreRoot(tmp_path), "r", variables=variables, sizes={"neuron": 3, "feature": 4, "sample": 5},
                          capacity=8, static={"X": np.zeros((5, 4)), "y": np.ones(5)}, attrs={})
     assert not StoreRoot(tmp_path).run_ids() and not (tmp_path / "r.zarr").exists()
+
+
+def test_an_object_stores_dropped_connections_leave_no_tracebacks(capsys):
+    """Found by a review: an S3 outage printed dozens of ten-line "Task exception was never retrieved" aiohttp
+    tracebacks (from fsspec's I/O loop) before the one-line error. Those are dropped; other errors are not."""
+    import asyncio
+    import logging
+
+    aiohttp = pytest.importorskip("aiohttp")
+    from trajscope.store.root import _connection_noise
+
+    root = StoreRoot("s3://bucket/prefix")  # (nothing is asked of the store)
+    assert root.fs.loop.get_exception_handler() is _connection_noise
+    loop = asyncio.new_event_loop()
+    try:
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logging.getLogger("asyncio").addHandler(handler)
+        try:
+            for exc in (aiohttp.ClientConnectionResetError("Cannot write to closing transport"),
+                        ConnectionResetError(104, "reset")):
+                _connection_noise(loop, {"message": "Task exception was never retrieved", "exception": exc})
+            assert records == []
+            _connection_noise(loop, {"message": "Task exception was never retrieved", "exception": KeyError("x")})
+            assert len(records) == 1 and "never retrieved" in records[0].getMessage()
+        finally:
+            logging.getLogger("asyncio").removeHandler(handler)
+    finally:
+        loop.close()

@@ -24,6 +24,7 @@ from trajscope.analysis.theory import (
     two_layer_status,
 )
 from trajscope.analysis.registry import TWO_LAYER, quantity
+from trajscope._format import fmt
 from trajscope.store.dataset_attrs import run_attr
 
 
@@ -224,21 +225,6 @@ DATA_ROWS: list[tuple[str, str]] = [
     ("n (n+ / n-)", "counts"), ("D", "D"), ("h", "h"), ("μ (Assumption 1: μ > 0)", "mu"),
     ("X_min", "X_min"), ("X_max", "X_max"), ("cos(x+, x-)", "cos_xpos_xneg"), ("recorded states", "states"),
 ]
-
-
-def fmt(value: Any, digits: int = 4) -> str:
-    """Format a number for tables: ``digits`` significant digits, integers plain, NaN as ``"—"``."""
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if math.isnan(x):
-        return "—"
-    if x.is_integer() and abs(x) < 1e15:
-        return str(int(x))
-    return f"{x:.{digits}g}"
 
 
 def _status(s: xr.Dataset, name: str) -> str:

@@ -24,8 +24,8 @@ HOLDS, FAILS, NA = "holds", "fails", "not applicable"
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
-    """Report numbers: :func:`trajscope.analysis.summary.fmt` with 3 digits, fit noise below 1e-12 as 0."""
-    from trajscope.analysis.summary import fmt
+    """Report numbers: :func:`trajscope._format.fmt` with 3 digits, fit noise below 1e-12 as 0."""
+    from trajscope._format import fmt
 
     try:
         if abs(float(x)) < 1e-12:

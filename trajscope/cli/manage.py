@@ -73,7 +73,7 @@ def catalog_row(run_id: str, attrs: dict[str, Any], size_bytes: int, columns: li
 
 
 def _fmt(value: Any) -> str:
-    from trajscope.analysis.summary import fmt
+    from trajscope._format import fmt
 
     if value is None:
         return "-"

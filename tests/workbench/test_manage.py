@@ -162,6 +162,14 @@ def test_compare_shows_config_differences_and_measurements(run_cli, tiny_root):
         final = float(open_run(name, tiny_root)["loss"][-1])
         assert f"{final:.4g}" in measured
     assert run_cli("compare", "a", "--root", str(tiny_root)).returncode == 2
+    rows = json.loads(run_cli("compare", "a", "b", "--root", str(tiny_root), "--json").stdout)
+    assert [r["run"] for r in rows] == ["a", "b"] and rows[0]["status"] == "complete"
+    assert rows[0]["config"]["train.lr"] == 0.01 and rows[1]["config"]["train.lr"] == 0.02
+    assert "data.n" not in rows[0]["config"]  # (the fields that differ, as the table)
+    for row in rows:
+        final = float(open_run(row["run"], tiny_root)["loss"][-1])
+        losses = [m["value"] for q, m in row["measured"].items() if "final" in q.lower() and "loss" in q.lower()]
+        assert f"{final:.4g}" in losses, row["measured"]
 
 
 def test_ls_leaves_out_someone_elses_zarr_group_and_says_so(run_cli, tmp_path):

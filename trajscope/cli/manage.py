@@ -265,6 +265,8 @@ def register(app: typer.Typer) -> None:
         root: RootOption = None,
         step: Annotated[Optional[str], typer.Option("--step", help=STEP_HELP)] = None,
         all_fields: Annotated[bool, typer.Option("--all", help="Show every config field, not only those that differ.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one object per run (run, status, seconds, config "
+                                                             "fields shown, measured) instead of the tables.")] = False,
     ) -> None:
         """Runs side by side: the config fields that differ, then the measured quantities of each."""
         from rich.table import Table
@@ -299,9 +301,9 @@ def register(app: typer.Typer) -> None:
                 select(ds, sel)  # a range with no recorded state of this run: one line naming it
             except UserError as err:
                 raise UserError(f"run {run!r}: {err}") from None
-        if scripted:
+        if scripted and not as_json:
             console.print(f"config: {', '.join(scripted)} recorded from a script (no producer config)")
-        if differing or len(scripted) < len(datasets):
+        if (differing or len(scripted) < len(datasets)) and not as_json:
             console.print(table if differing else "config: identical")
         measured = []
         for ds in datasets:
@@ -309,6 +311,13 @@ def register(app: typer.Typer) -> None:
                 measured.append({r["quantity"]: (r["measured"], r["unit"]) for r in summary_rows(summary(ds, sel))})
             else:  # a run of another model (ModuleRecorder): what `show` prints for it
                 measured.append(generic_measured(ds, sel))
+        if as_json:  # (found by a review: 50 runs made a table of 50 columns cut to "abla…"; no way to read it)
+            rows = [{"run": name, "status": ds.attrs.get("status"), "seconds": _seconds(ds.attrs),
+                     "config": {k: c.get(k) for k in differing},
+                     "measured": {q: {"value": v, "unit": u} for q, (v, u) in m.items() if v.strip() not in ("", "-")}}
+                    for name, ds, c, m in zip(names, datasets, configs, measured)]
+            print(json.dumps(rows, indent=2, default=str))
+            return
         table = Table(title="measured")
         table.add_column("quantity")
         for name in names:

@@ -234,6 +234,17 @@ def state_steps(result: Any) -> np.ndarray:
     return np.asarray(one["step"].values)
 
 
+def step_chunk(result: Any) -> int:
+    """The longest dask chunk along ``step`` of a (lazy) series result's variables (0 when none is chunked)."""
+    longest = 0
+    for da in (result.values() if isinstance(result, dict) else
+               result.data_vars.values() if hasattr(result, "data_vars") else [result]):
+        chunks = getattr(da, "chunksizes", {}) or {}
+        if "step" in chunks:
+            longest = max(longest, max(chunks["step"], default=0))
+    return int(longest)
+
+
 def piece_of(result: Any, start: int, stop: int) -> Any:
     """The states ``start:stop`` (positions) of a (lazy) series result."""
     if isinstance(result, dict):
@@ -262,7 +273,9 @@ def downsampled(run: Run, quantity: str, result: Any, finish: Callable, points: 
         return names, minmax_downsample(steps, np.stack([cols[c] for c in names], axis=1), points, scale), steps, attrs
     buckets = bucket_index(steps, points, scale)
     parts, names, attrs = [], None, {}
-    for start, stop in pieces(buckets, PIECE_STATES):
+    # pieces of whole time chunks at least: a kernel computes a chunk's states at once (step_series), so a piece
+    # inside a chunk would compute that chunk again for every piece of it
+    for start, stop in pieces(buckets, max(PIECE_STATES, step_chunk(result))):
         with analysis_errors(run, what):
             piece_steps, cols, attrs = finish(compute(piece_of(result, start, stop)))
         if names is None:

@@ -30,53 +30,96 @@ class SnapshotStore(WrapperStore):
     The snapshot carries every array's metadata with ``step`` cut to ``committed_steps`` (consolidated
     inline), so zarr and xarray see one consistent length even while arrays differ on disk: a live run
     (arrays at capacity), a finish killed half-way through shrinking, or a resume killed while regrowing.
-    Chunks are read from the wrapped store as they are; a committed chunk of a time-varying array that is
-    not stored raises :class:`~trajscope.store.errors.CorruptData` (or ``RunNotFound``, the run deleted
-    meanwhile) instead of reading as the fill value, zarr's rule for an absent chunk, where the run stores
-    every such chunk (:class:`~trajscope.store.snapshot.LostChunkCheck`). A whole chunk of an array in
-    ``checksummed`` (its codecs end with ``crc32c``) whose last 4 bytes are not ``le32(crc32c(rest))`` raises
-    :class:`~trajscope.store.errors.CorruptData` naming it, where zarr's decoder would raise a bare
-    ``ValueError`` that names no chunk (one more crc32c pass over the bytes read).
+    A committed chunk of a time-varying array that is not stored raises
+    :class:`~trajscope.store.errors.CorruptData` (or ``RunNotFound``, the run deleted meanwhile) instead of
+    reading as the fill value, zarr's rule for an absent chunk, where the run stores every such chunk
+    (:class:`~trajscope.store.snapshot.LostChunkCheck`).
+
+    The crc32c of the arrays in ``checked`` (name → their stored metadata; codecs ending with ``crc32c``) is
+    verified here, not by zarr: their metadata is served without the ``crc32c`` codec, and each chunk read is
+    checked (``stored = payload ‖ le32(crc32c(payload))``) and served as its payload. A chunk that fails raises
+    :class:`~trajscope.store.errors.CorruptData` naming it and the states it holds, where zarr's decoder raised a
+    bare ``ValueError`` naming none; and the bytes are checksummed once, by the ``crc32c`` package (which
+    releases the GIL), not twice.
     """
 
     def __init__(self, store, document: bytes | None = None, lost: LostChunkCheck | None = None,
-                 checksummed: dict[str, dict] | None = None):
+                 checked: dict[str, dict] | None = None):
         super().__init__(store)
         self._document = document
         self._lost = lost
-        self._checksummed = checksummed or {}
+        self._checked = checked or {}
+        self._served = {f"{name}/{METADATA_KEY}": json.dumps(served_metadata(meta)).encode()
+                        for name, meta in self._checked.items()}
 
     def _with_store(self, store) -> "SnapshotStore":
-        return type(self)(store, self._document, self._lost, self._checksummed)
+        return type(self)(store, self._document, self._lost, self._checked)
 
     async def get(self, key, prototype=None, byte_range=None):
+        prototype = prototype or default_buffer_prototype()
         if key == METADATA_KEY and self._document is not None and byte_range is None:
-            return (prototype or default_buffer_prototype()).buffer.from_bytes(self._document)
-        value = await self._store.get(key, prototype or default_buffer_prototype(), byte_range)
+            return prototype.buffer.from_bytes(self._document)
+        if key in self._served and byte_range is None:  # (as the consolidated metadata serves it)
+            return prototype.buffer.from_bytes(self._served[key])
+        checked = self._checked_chunk(key)
+        value = await self._store.get(key, prototype, None if checked else byte_range)
         if self._lost is not None:
             if value is None:
                 self._lost(key)
             elif key != METADATA_KEY and not key.endswith("/" + METADATA_KEY):  # a chunk: of this very run?
                 await self._lost.found(time.monotonic(), self._root_document)
-        if value is not None and byte_range is None and self._checksummed:
-            self._verify(key, value)
-        return value
+        if value is None or not checked:
+            return value
+        payload = self._verified(key, value)
+        return payload if byte_range is None else _byte_range(payload, byte_range)
 
-    def _verify(self, key: str, value) -> None:
-        """:class:`CorruptData` naming ``key`` when it is a chunk of a checksummed array that fails its crc32c."""
+    def _checked_chunk(self, key: str) -> bool:
         name, _, rest = key.partition("/")
-        if name not in self._checksummed or not (rest == "c" or rest.startswith("c/")):
-            return
+        return name in self._checked and (rest == "c" or rest.startswith("c/"))
+
+    def _verified(self, key: str, value):
+        """The chunk's payload (its last 4 bytes, the checksum, cut off); :class:`CorruptData` naming ``key`` when
+        they are not ``le32(crc32c(payload))``."""
         if chunk_ok(memoryview(value.as_numpy_array())):
-            return
+            return value[: len(value) - 4]
+        name = key.partition("/")[0]
         run_id = self._lost.run_id if self._lost is not None else "?"
-        lost = missing_committed_chunk(self._lost.committed if self._lost is not None else 0, self._checksummed, key)
+        lost = missing_committed_chunk(self._lost.committed if self._lost is not None else 0, self._checked, key)
         raise CorruptData(run_id, [CorruptChunk(name, key, lost.steps if lost is not None else None)])
 
     async def _root_document(self) -> bytes | None:
         """The run's root document as stored now (not the snapshot's)."""
         value = await self._store.get(METADATA_KEY, default_buffer_prototype())
         return None if value is None else value.to_bytes()
+
+
+def _byte_range(buffer, request):
+    """The part of ``buffer`` a zarr byte request asks for."""
+    from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+
+    n = len(buffer)
+    if isinstance(request, RangeByteRequest):
+        return buffer[request.start: min(request.end, n)]
+    if isinstance(request, OffsetByteRequest):
+        return buffer[request.offset:]
+    if isinstance(request, SuffixByteRequest):
+        return buffer[max(n - request.suffix, 0):]
+    raise TypeError(f"unknown byte request {request!r}")
+
+
+def served_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """An array's metadata as :class:`SnapshotStore` serves it: without its last codec, ``crc32c`` (checked
+    by the store itself)."""
+    return {**meta, "codecs": list(meta.get("codecs") or [])[:-1]}
+
+
+def stored_compressors(meta: dict[str, Any]) -> tuple:
+    """The bytes-to-bytes codecs (zarr objects) of an array's stored metadata: what ``encoding["compressors"]``
+    says of a variable zarr itself decodes (``crc32c`` included), so a ``to_zarr`` copy is checksummed too."""
+    from zarr.abc.codec import BytesBytesCodec
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+
+    return tuple(c for c in ArrayV3Metadata.from_dict(dict(meta)).codecs if isinstance(c, BytesBytesCodec))
 
 
 def checksummed(arrays: dict[str, dict]) -> dict[str, dict]:
@@ -126,11 +169,18 @@ def open_run(
     attrs = snap.attrs
     check_openable(store_root, run_id, attrs)
     committed = snap.committed
-    store = SnapshotStore(store_root.zarr_store(run_id, read_only=True), json.dumps(snap.document()).encode(),
-                          LostChunkCheck(store_root, run_id, snap.attrs, snap.arrays), checksummed(snap.arrays))
+    checked = checksummed(snap.arrays)
+    document = snap.document()
+    document["consolidated_metadata"]["metadata"] = {name: served_metadata(meta) if name in checked else meta
+                                                     for name, meta in snap.arrays.items()}
+    store = SnapshotStore(store_root.zarr_store(run_id, read_only=True), json.dumps(document).encode(),
+                          LostChunkCheck(store_root, run_id, snap.attrs, snap.arrays), checked)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr's note that consolidated v3 metadata is not in the spec
         ds = xr.open_zarr(store, consolidated=True, chunks={} if chunks is None else chunks, zarr_format=3)
+    for name, meta in checked.items():  # what is stored, not what is served (a to_zarr copy keeps its crc32c)
+        if name in ds.variables and "compressors" in ds.variables[name].encoding:
+            ds.variables[name].encoding["compressors"] = stored_compressors(meta)
     ds = drop_chunk_encoding(ds.isel({STEP_DIM: slice(0, committed)}))  # so ds.sel(...).to_zarr(...) works
     ds.attrs = encode_attrs({**attrs, "run_id": run_id, "root": store_root.location})
     return ds

@@ -74,13 +74,14 @@ def test_the_corrupt_chunks_are_located_once_per_run_version(corrupt_server, mon
     """Found by a review: every 503 of a corrupt run scanned all its committed chunks again (40 requests on a
     1.6 GB run: 40 full scans). Counted here: requests with different parameters, one scan per variable set.
 
-    The reader names the failing chunk itself now (``SnapshotStore._verify``), so a scan is the fallback for a
-    bare zarr checksum error only: the reader's check is switched off here to reach it (the next test counts
-    no scan at all with it on)."""
+    The reader checks the checksums and names the failing chunk itself now (``SnapshotStore``), so a scan is the
+    fallback for a bare zarr checksum error only: zarr checks here (the reader checks none) to reach it (the next
+    test counts no scan at all with the reader checking)."""
     from trajscope.api import errors
-    from trajscope.store.reader import SnapshotStore
+    from trajscope.store import reader
 
-    monkeypatch.setattr(SnapshotStore, "_verify", lambda self, key, value: None)
+    monkeypatch.setattr(reader, "checksummed", lambda arrays: {})
+    corrupt_server.app.state.trajscope._datasets.clear()  # (opened again, zarr checking)
     scans: list = []
     real = errors.corrupt_data
     monkeypatch.setattr(errors, "corrupt_data", lambda *a: scans.append(a[1:]) or real(*a))
@@ -102,6 +103,7 @@ def test_the_corrupt_chunks_are_located_once_per_run_version(corrupt_server, mon
 def test_the_reader_names_the_corrupt_chunk_without_a_scan(corrupt_server, monkeypatch):
     from trajscope.api import errors
 
+    corrupt_server.app.state.trajscope._datasets.clear()  # (opened again, the reader checking)
     scans: list = []
     monkeypatch.setattr(errors, "corrupt_data", lambda *a: scans.append(a[1:]))
     errors._corruptions.clear()

@@ -11,7 +11,11 @@ those that apply to one run; ``ds.traj`` exposes them as methods.
 
 from __future__ import annotations
 
-from trajscope.analysis import (  # noqa: F401  (importing a module registers its quantities)
+from trajscope.analysis import _dask_keys
+
+_dask_keys.install()  # (before any graph is built: dask's fused task names could collide, see the module)
+
+from trajscope.analysis import (  # noqa: E402,F401  (importing a module registers its quantities)
     alignment,
     cones,
     direction_field,
@@ -25,8 +29,8 @@ from trajscope.analysis import (  # noqa: F401  (importing a module registers it
     summary as _summary,
     theory,
 )
-from trajscope.analysis._common import select
-from trajscope.analysis.registry import QUANTITIES, applicable, features, parameter_names, requirements
+from trajscope.analysis._common import select  # noqa: E402
+from trajscope.analysis.registry import QUANTITIES, applicable, features, parameter_names, requirements  # noqa: E402
 
 summary = _summary.summary
 

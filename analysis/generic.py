@@ -30,10 +30,12 @@ STEP = "step"
 
 
 def parameters(ds: xr.Dataset, parameter: str = "", *, matrices: bool = False) -> list[str]:
-    """Recorded parameters matching ``parameter`` (comma-separated ``fnmatch`` patterns; ``""``: all)."""
+    """Recorded parameters matching ``parameter`` (comma-separated ``fnmatch`` patterns; ``""``: all);
+    ``matrices``: those with at least 2 dims besides ``step``, none of them empty (a ``(0, 3)`` parameter has no
+    singular value: found by a review, it made the spectra of the whole run raise)."""
     names = parameter_names(ds)
     if matrices:
-        names = [n for n in names if ds[n].ndim >= 3]
+        names = [n for n in names if ds[n].ndim >= 3 and all(ds.sizes[d] > 0 for d in ds[n].dims[1:])]
     if parameter:
         patterns = [p.strip() for p in parameter.split(",") if p.strip()]
         picked = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
@@ -142,8 +144,9 @@ def spectral_norms(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "")
     out = {}
     for n in parameters(ds, parameter):
         da = sel[n]
-        out[n] = (matrix_singular_values(da).isel({f"{n}.sv": 0}, drop=True) if len(_own(da)) >= 2
-                  else np.sqrt(_sum_sq(da)))
+        out[n] = (matrix_singular_values(da).isel({f"{n}.sv": 0}, drop=True)
+                  if len(_own(da)) >= 2 and all(da.sizes[d] > 0 for d in _own(da))
+                  else np.sqrt(_sum_sq(da)))  # (a vector's, or an empty matrix's: 0)
     return xr.Dataset(out, attrs={"quantity": "spectral_norms"})
 
 

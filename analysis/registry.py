@@ -127,8 +127,8 @@ def features(ds: xr.Dataset) -> set[str]:
     params = parameter_names(ds)
     if params:
         out.add("parameters")
-    if any(ds[n].ndim >= 3 for n in params):  # step + at least two own dims
-        out.add("matrices")
+    if any(ds[n].ndim >= 3 and all(ds.sizes[d] > 0 for d in ds[n].dims[1:]) for n in params):  # step + at
+        out.add("matrices")  # least two own dims, none empty (as generic.parameters(matrices=True))
     if "loss" in ds.data_vars:
         out.add("loss")
     return out

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -98,9 +99,24 @@ def tracked(module: torch.nn.Module, parameters: Sequence[str] | None, buffers: 
         if patterns is not None and not found:
             names = ", ".join(n for n, _ in module.named_buffers()) or "none"
             raise UserError(f"no buffer matches {patterns}: the module's buffers are {names}")
-        for n, b in found.items():
-            if b.dtype in _DTYPES:
-                out[n] = ("buffer", b)
+        # a buffer of a dtype the store cannot hold (float8, complex): refused where patterns name it, said where
+        # buffers=True takes every buffer (found by a review: dropped without a word, even when named)
+        unstorable = {n: b.dtype for n, b in found.items() if b.dtype not in _DTYPES}
+        listed = ", ".join(f"{n!r} ({d})" for n, d in unstorable.items())
+        if patterns is not None and unstorable:
+            raise UserError(f"buffer(s) {listed} matched by buffers={patterns} cannot be recorded: use a real "
+                            "floating, integer or bool dtype, or leave them out with patterns that do not match them")
+        if unstorable:
+            warnings.warn(f"buffer(s) {listed} cannot be recorded (not a real floating, integer or bool dtype): "
+                          "left out", stacklevel=3)
+        out.update({n: ("buffer", b) for n, b in found.items() if n not in unstorable})
+    for name, (role, tensor) in out.items():
+        # refused when the recorder is made (found by a review: a complex parameter raised a bare TypeError at the
+        # second record(), and again from the `with` block's exit)
+        if role == "parameter" and tensor.dtype not in _DTYPES:
+            raise UserError(f"the module's parameter {name!r} is {tensor.dtype}, which cannot be recorded: use a real "
+                            "floating, integer or bool dtype, or leave it out with parameters=[...] patterns that do "
+                            "not match it")
     for name, (role, _) in out.items():
         option = "parameters" if role == "parameter" else "buffers"
         if name in RESERVED:

@@ -489,4 +489,15 @@ def _extra_tensor(name: str, value: Any) -> torch.Tensor:
     if tensor is None or tensor.is_complex():  # (a complex number would lose its imaginary part)
         raise UserError(f"record({name}=...): {type(value).__name__} {str(value)[:40]!r} is not a real number, an "
                         "array of real numbers or a real tensor")
-    return tensor
+    # a scalar is stored as float64, exact for integers up to 2**53 only (found by a review: 2**60 + 1 and
+    # 2**60 + 3 were both stored as 2**60); checked where it costs no device sync: Python and CPU integers
+    exact = 2**53
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and abs(int(value)) > exact:
+        big = int(value)
+    elif (isinstance(value, torch.Tensor) and value.ndim == 0 and value.device.type == "cpu"
+          and not value.dtype.is_floating_point and value.dtype != torch.bool and abs(int(value)) > exact):
+        big = int(value)
+    else:
+        return tensor
+    raise UserError(f"record({name}=...): the integer {big} is beyond 2**53, past which the float64 a scalar is stored "
+                    f"as is not exact: pass it as a one-element array ([{big}], stored in its own integer dtype)")

@@ -255,3 +255,56 @@ def test_a_refused_extra_ending_the_with_block_creates_no_run(tmp_path, first):
         rec.record(ok=1.0)
         rec.record(ok=2.0)
     assert trajscope.open_run(tmp_path / "mlp.zarr")["ok"].values.tolist() == [1.0, 2.0]
+
+
+def test_a_zero_size_parameter_leaves_the_spectra_of_the_others(tmp_path):
+    """Found by a review: a ``(0, 3)`` parameter made spectral_norms, param_singular_values and
+    param_stable_ranks raise ZeroDivisionError (dask's gufunc) for the whole run. It has no singular value: the
+    matrix quantities leave it out, and its spectral norm is that of an empty vector, 0."""
+    model = torch.nn.Linear(3, 2)
+    model.empty = torch.nn.Parameter(torch.zeros(0, 3))
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="odd") as rec:
+        rec.record()
+        with torch.no_grad():
+            model.weight.mul_(2)
+        rec.record()
+    ds = trajscope.open_run(tmp_path / "odd.zarr")
+    W = ds["weight"].values.astype(np.float64)
+    norms = ds.traj.spectral_norms().compute()
+    np.testing.assert_allclose(norms["weight"].values, np.linalg.norm(W, 2, axis=(1, 2)), rtol=1e-9)
+    assert norms["empty"].values.tolist() == [0.0, 0.0]
+    assert set(ds.traj.param_singular_values().data_vars) == {"weight"}
+    assert set(ds.traj.param_stable_ranks().compute().data_vars) == {"weight"}
+    only_empty = ds[["empty"]].assign_attrs(ds.attrs)
+    assert "param_stable_ranks" not in trajscope.analysis.applicable(only_empty)
+
+
+def test_buffers_and_parameters_the_store_cannot_hold_are_said(tmp_path):
+    """Found by a review: a float8 or complex buffer was dropped without a word, even when named by buffers=[...];
+    a complex parameter raised a bare TypeError at the second record(). Named: refused when the recorder is made;
+    buffers=True: left out with a warning."""
+    model = torch.nn.Linear(2, 2)
+    model.register_buffer("phase", torch.zeros(2, dtype=torch.complex64))
+    with pytest.raises(UserError, match=r"buffer\(s\) 'phase' \(torch.complex64\) matched by buffers=\['ph\*'\]"):
+        trajscope.ModuleRecorder(model, root=tmp_path, name="b", buffers=["ph*"])
+    with pytest.warns(UserWarning, match="'phase' .* left out"):
+        rec = trajscope.ModuleRecorder(model, root=tmp_path, name="b", buffers=True)
+    rec.close()
+    odd = torch.nn.Linear(2, 2)
+    odd.z = torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64))
+    with pytest.raises(UserError, match="parameter 'z' is torch.complex64, which cannot be recorded"):
+        trajscope.ModuleRecorder(odd, root=tmp_path, name="c")
+    assert not (tmp_path / "c.zarr").exists()
+
+
+@pytest.mark.parametrize("value", [2**60 + 1, torch.tensor(2**60 + 1)])
+def test_an_integer_scalar_past_two_to_the_53_is_refused_not_rounded(tmp_path, value):
+    """Found by a review: 2**60 + 1 and 2**60 + 3 were both stored as 2**60 (a scalar is stored as float64)."""
+    with pytest.raises(UserError, match=r"beyond 2\*\*53.*one-element array"):
+        with trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=tmp_path, name="big") as rec:
+            rec.record(seen=value)
+    assert not (tmp_path / "big.zarr").exists()
+    with trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=tmp_path, name="big") as rec:  # as an array: exact
+        rec.record(seen=np.array([2**60 + 1]))
+        rec.record(seen=np.array([2**60 + 3]))
+    assert trajscope.open_run(tmp_path / "big.zarr")["seen"].values.ravel().tolist() == [2**60 + 1, 2**60 + 3]

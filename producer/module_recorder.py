@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from trajscope.producer import module as adapter
-from trajscope.producer.recorder import Recorder, recording_waits, unstored_end, write_io
+from trajscope.producer.recorder import Recorder, check_state_shape, recording_waits, unstored_end, write_io
 from trajscope.producer.segments import record_segment
 from trajscope.store import RunWriter, StoreRoot
 from trajscope.store.writer import is_half_created
@@ -267,6 +267,13 @@ class ModuleRecorder:
                     torch.promote_types(value.dtype, self._buffer_dtypes[name]) != self._buffer_dtypes[name]:
                 raise UserError(f"record({name}=...): a {value.dtype} value; the run stores {spec.dtype}, fixed by the "
                                 f"first two record() calls: pass {name} as {spec.dtype} throughout")
+            if spec.role in ("tensor", "scalar"):  # an extra of another shape (found by a review: a bare ValueError)
+                try:
+                    check_state_shape(name, tuple(value.shape), value.numel(), self._state_shapes[name], fills=True)
+                except ValueError:
+                    raise UserError(f"record({name}=...): a value of shape {tuple(value.shape)}; the run stores "
+                                    f"{name} as shape {self._state_shapes[name]}, fixed by the first two record() "
+                                    f"calls: pass {name} in that shape throughout") from None
             values[name] = value
         self.recorder.record(**values)
 
@@ -321,6 +328,7 @@ class ModuleRecorder:
             dtypes[name] = torch.from_numpy(np.zeros(0, dtype=spec.dtype)).dtype
         shapes["step"], dtypes["step"] = (), torch.int64
         self._buffer_dtypes = dtypes
+        self._state_shapes = shapes
         try:
             self.writer.set_write_options(io=write_io(self.io, self.root, self.device, self.compressor))
             self.recorder = Recorder(self.writer, shapes, dtypes, self.device, start_index=start_index,

@@ -308,3 +308,15 @@ def test_an_integer_scalar_past_two_to_the_53_is_refused_not_rounded(tmp_path, v
         rec.record(seen=np.array([2**60 + 1]))
         rec.record(seen=np.array([2**60 + 3]))
     assert trajscope.open_run(tmp_path / "big.zarr")["seen"].values.ravel().tolist() == [2**60 + 1, 2**60 + 3]
+
+
+def test_an_extra_of_another_shape_later_is_one_user_error(tmp_path):
+    """Found by a review: a later extra of another shape raised a bare ValueError from the recorder."""
+    with trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=tmp_path, name="s") as rec:
+        rec.record(logits=torch.zeros(3))
+        rec.record(logits=torch.zeros(3))
+        with pytest.raises(UserError, match=r"record\(logits=...\): a value of shape \(4,\); the run stores logits as "
+                                            r"shape \(3,\)"):
+            rec.record(logits=torch.zeros(4))
+        rec.record(logits=torch.ones(3))
+    assert trajscope.open_run(tmp_path / "s.zarr")["logits"].values[:, 0].tolist() == [0.0, 0.0, 1.0]

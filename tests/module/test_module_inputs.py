@@ -320,3 +320,20 @@ def test_an_extra_of_another_shape_later_is_one_user_error(tmp_path):
             rec.record(logits=torch.zeros(4))
         rec.record(logits=torch.ones(3))
     assert trajscope.open_run(tmp_path / "s.zarr")["logits"].values[:, 0].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_plot_draws_the_parameter_asked_for(tmp_path):
+    """Found by a review: ``trajscope plot RUN param_spectrum`` had no --parameter: only the first matrix parameter
+    could be drawn from the CLI. The figure's title names the one asked for."""
+    from trajscope.cli import main
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="two") as rec:
+        rec.record()
+        rec.record()
+    out = tmp_path / "spec.svg"
+    main(["plot", "two", "param_spectrum", "--parameter", "1.weight", "-o", str(out), "--root", str(tmp_path)])
+    assert "spectrum of 1.weight" in out.read_text()
+    with pytest.raises(SystemExit) as done:
+        main(["plot", "two", "param_norms", "--parameter", "nope*", "-o", str(out), "--root", str(tmp_path)])
+    assert done.value.code == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Optional
 
@@ -132,6 +133,9 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Option(..., "-o", "--output", help="Output file: .png, .svg or .pdf."),
         root: Optional[str] = typer.Option(None, "--root", help=ROOT_HELP),
         step: Optional[str] = typer.Option(None, "--step", help=STEP_HELP),
+        parameter: Optional[str] = typer.Option(None, "--parameter", help="param_norms, param_updates, "
+                                                "param_spectrum: the parameters drawn (fnmatch patterns, comma-"
+                                                "separated; param_spectrum draws the first match)."),
     ) -> None:
         """Draw one of the paper's figures for a run into a PNG, SVG or PDF file."""
         from trajscope.analysis.plots import PLOT_KINDS, plot
@@ -149,5 +153,10 @@ def register(app: typer.Typer) -> None:
         from trajscope.analysis.registry import check_applies
 
         check_applies("plot", kind, ds)
-        save(plot(ds, kind, sel), output)
+        options = {}
+        if parameter is not None:  # (found by a review: from the CLI only the first matrix could be plotted)
+            if "parameter" not in inspect.signature(PLOT_KINDS[kind]).parameters:
+                raise UserError(f"--parameter applies to param_norms, param_updates and param_spectrum, not {kind!r}")
+            options["parameter"] = parameter
+        save(plot(ds, kind, sel, **options), output)
         typer.echo(f"wrote {output}")

@@ -111,6 +111,9 @@ def tracked(module: torch.nn.Module, parameters: Sequence[str] | None, buffers: 
                           "left out", stacklevel=3)
         out.update({n: ("buffer", b) for n, b in found.items() if n not in unstorable})
     for name, (role, tensor) in out.items():
+        if tensor.device.type == "meta":  # (found by a review: refused only at close(), after a run was made)
+            raise UserError(f"the module's {role} {name!r} is on the meta device (no values): materialize the model "
+                            "first (model.to_empty(device=...) and initialize it)")
         # refused when the recorder is made (found by a review: a complex parameter raised a bare TypeError at the
         # second record(), and again from the `with` block's exit)
         if role == "parameter" and tensor.dtype not in _DTYPES:
@@ -122,8 +125,9 @@ def tracked(module: torch.nn.Module, parameters: Sequence[str] | None, buffers: 
         if name in RESERVED:
             raise UserError(f"the module's {role} {name!r} has the name of the run's {name!r} coordinate: rename it, "
                             f"or leave it out with {option}=[...] patterns that do not match it")
-        validate_variable_name(name, f"the module's {role} {name!r} is named by its submodules' names (an "
-                               f"nn.ModuleDict key with a space, say): rename them, or leave it out with "
+        why = ("is longer than 128 characters (its submodules' names, deeply nested)" if len(name) > 128
+               else "is named by its submodules' names (an nn.ModuleDict key with a space, say)")
+        validate_variable_name(name, f"the module's {role} {name!r} {why}: rename them, or leave it out with "
                                f"{option}=[...] patterns that do not match it")
     if gradients:
         for n, p in params.items():

@@ -337,3 +337,18 @@ def test_plot_draws_the_parameter_asked_for(tmp_path):
     with pytest.raises(SystemExit) as done:
         main(["plot", "two", "param_norms", "--parameter", "nope*", "-o", str(out), "--root", str(tmp_path)])
     assert done.value.code == 2
+
+
+def test_a_meta_device_model_and_a_too_long_name_are_refused_when_the_recorder_is_made(tmp_path):
+    """Found by a review: a model on the meta device made a run and failed at close(); a name over 128 characters
+    was refused with a hint about spaces in ModuleDict keys."""
+    with torch.device("meta"):
+        meta = torch.nn.Linear(2, 2)
+    with pytest.raises(UserError, match="'weight' is on the meta device"):
+        trajscope.ModuleRecorder(meta, root=tmp_path, name="m")
+    deep = torch.nn.Linear(2, 2)
+    for _ in range(12):
+        deep = torch.nn.Sequential(torch.nn.ModuleDict({"a_rather_long_block_name": deep}))
+    with pytest.raises(UserError, match="is longer than 128 characters"):
+        trajscope.ModuleRecorder(deep, root=tmp_path, name="d")
+    assert not list(tmp_path.glob("*.zarr"))

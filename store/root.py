@@ -42,6 +42,13 @@ def _is_url(location: str) -> bool:
 MAX_DOCUMENT_BYTES = 64 * 2**20
 
 
+def attrs_document(attrs: dict[str, Any]) -> bytes:
+    """A run's group ``zarr.json`` holding ``attrs`` (no consolidated metadata), as :meth:`StoreRoot.write_attrs`
+    writes it."""
+    document = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
+    return json.dumps(document, indent=2, allow_nan=False).encode()
+
+
 def _connection_noise(loop: Any, context: dict[str, Any]) -> None:
     """An event loop's exception handler that drops what an HTTP client's tasks leave when an object store drops
     their connections ("Task exception was never retrieved": aiohttp's ``ClientConnectionError``, ``OSError``);
@@ -277,9 +284,7 @@ class StoreRoot:
 
         Any consolidated metadata is dropped: it is written again when the run finishes.
         """
-        document = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
-        return self.write_bytes(run_id, "zarr.json", json.dumps(document, indent=2, allow_nan=False).encode(),
-                                durable=durable, if_match=if_match)
+        return self.write_bytes(run_id, "zarr.json", attrs_document(attrs), durable=durable, if_match=if_match)
 
     def size_bytes(self, run_id: str) -> int:
         """Bytes the run occupies (local roots: regular files only, never through a link)."""

@@ -21,6 +21,7 @@ Every step leaves a run that opens (each is a named fault point of :mod:`trajsco
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 import platform
@@ -54,7 +55,7 @@ from trajscope.store.layout import (
     validate_variable_name,
 )
 from trajscope.store.locks import HEARTBEAT_SECONDS, WriterLock
-from trajscope.store.root import StoreRoot
+from trajscope.store.root import StoreRoot, attrs_document
 from trajscope.store.snapshot import lost_last_chunks
 
 
@@ -248,36 +249,49 @@ class RunWriter:
         return writer
 
     # -- growth (runs of unknown length) ---------------------------------------------------------------
-    def _write_document(self, write: Callable[[str | None], str | None]) -> None:
-        """``write(etag)`` the root document over the one this writer wrote last (``If-Match`` its ETag, on an object
-        store that gives ETags), and keep the new ETag.
+    def _write_document(self, data: bytes) -> None:
+        """Write ``data`` as the run's root document over the one this writer wrote last (``If-Match`` its ETag, on
+        an object store that gives ETags), and keep the new ETag.
 
         Found by a review: a writer cut off from S3 for longer than the lease was taken over by a ``resume``; one
         of its commits, sent before the takeover and retried by the client, landed after the new writer had
         finished, and turned the complete run back into ``running`` with fewer states. Sent with ``If-Match``,
         such a write is refused by the store once another writer has replaced the document: this writer stops
-        (:class:`RunLocked`) and the run stays the new writer's."""
+        (:class:`RunLocked`) and the run stays the new writer's. A refusal of this writer's own write retried
+        (its first attempt landed, its answer was lost) finds its own bytes stored: that is success (found by the
+        review of this fix). A store that refuses ``If-Match`` itself (the document unchanged) is written without
+        it from then on, as the lease is."""
         etag = self.lock.document_etag
         try:
-            self.lock.document_etag = write(etag)
-        except (FileExistsError, OSError):
-            if etag is None or not self._document_replaced(etag):
+            self.lock.document_etag = self.root.write_bytes(self.run_id, "zarr.json", data, durable=self._durable,
+                                                            if_match=etag)
+            return
+        except (FileExistsError, OSError) as refused:
+            if etag is None:
                 raise
-            self.lock.lost = (f"run {self.run_id!r}: another writer replaced the run's document since this writer "
-                              "last wrote it (a resume took the run over after a stall of this one); this writer "
-                              "stops writing, and the run is the new writer's")
-            raise RunLocked(self.lock.lost) from None
+            stored, now = self._stored_document()
+            if stored == data:  # this very write, landed by an earlier attempt
+                self.lock.document_etag = now
+                return
+            if now != etag:  # replaced by another writer
+                self.lock.lost = (f"run {self.run_id!r}: another writer replaced the run's document since this "
+                                  "writer last wrote it (a resume took the run over after a stall of this one); this "
+                                  "writer stops writing, and the run is the new writer's")
+                raise RunLocked(self.lock.lost) from None
+            if getattr(refused, "errno", None) == errno.ENOSYS:  # the store does not implement If-Match
+                self.root.write_bytes(self.run_id, "zarr.json", data, durable=self._durable)
+                self.lock.document_etag = None  # (unconditional from then on)
+                return
+            raise  # unchanged, another failure (the store unreachable...): the write's own error stands
 
-    def _document_replaced(self, etag: str) -> bool:
-        """Whether the root document is no longer the object of ``etag`` (asked of the store itself)."""
+    def _stored_document(self) -> tuple[bytes | None, str | None]:
+        """The root document as stored now and its ETag (asked of the store itself; ``None`` when gone)."""
         path = self.root.fs._strip_protocol(f"{self.root.run_url(self.run_id)}/zarr.json")
         self.root.fs.invalidate_cache(path)
         try:
-            return self.root.fs.info(path).get("ETag") != etag
+            return self.root.fs.cat_file(path), self.root.fs.info(path).get("ETag")
         except FileNotFoundError:
-            return True
-        except OSError:
-            return False
+            return None, None
 
     def grow(self, capacity: int) -> None:
         """Make room for ``capacity`` recorded states (never shrinks; a no-op when there is room).
@@ -302,8 +316,7 @@ class RunWriter:
             self.attrs["capacity"] = capacity
             self.attrs["updated"] = _now()
             self.attrs["writer"] = lease
-            self._write_document(lambda etag: self.root.write_attrs(self.run_id, self.attrs, durable=self._durable,
-                                                                    if_match=etag))
+            self._write_document(attrs_document(self.attrs))
             self._last_write = time.monotonic()
 
     # -- reading back (resume) ----------------------------------------------------------------------
@@ -423,8 +436,7 @@ class RunWriter:
             self.attrs.update(extra)
             self.attrs["updated"] = _now()
             self.attrs["writer"] = lease
-            self._write_document(lambda etag: self.root.write_attrs(self.run_id, self.attrs, durable=self._durable,
-                                                                    if_match=etag))
+            self._write_document(attrs_document(self.attrs))
             self._last_write = time.monotonic()
         faults.checkpoint("commit.attrs")
 
@@ -532,8 +544,7 @@ class RunWriter:
                 self.attrs.update(finite_or_null(extra, self.attrs))
                 self.attrs.update(status=status, error=error, updated=_now(), finished=_now())
                 self.attrs.pop("writer", None)
-                self._write_document(lambda etag: write_final_document(self.root, self.run_id, self.attrs,
-                                                                       durable=self._durable, if_match=etag))
+                self._write_document(final_document_bytes(self.root, self.run_id, self.attrs))
             faults.checkpoint("finish.status")
             shrink_arrays(self.root, self.run_id, self.committed_steps, self.arrays)
             faults.checkpoint("finish.shrunk")
@@ -581,13 +592,14 @@ def final_document(root: StoreRoot, run_id: str, attrs: dict[str, Any]) -> dict[
     return Snapshot(dict(attrs), arrays).document()
 
 
-def write_final_document(root: StoreRoot, run_id: str, attrs: dict[str, Any], *, durable: bool = False,
-                         if_match: str | None = None) -> str | None:
-    """Write :func:`final_document` in one atomic replace of the root ``zarr.json`` (fsynced: ``durable``;
-    ``if_match`` and the ETag returned: see :meth:`StoreRoot.write_bytes`)."""
-    document = final_document(root, run_id, attrs)
-    return root.write_bytes(run_id, "zarr.json", json.dumps(document, indent=2, allow_nan=False).encode(),
-                            durable=durable, if_match=if_match)
+def final_document_bytes(root: StoreRoot, run_id: str, attrs: dict[str, Any]) -> bytes:
+    """:func:`final_document` as the bytes of the root ``zarr.json``."""
+    return json.dumps(final_document(root, run_id, attrs), indent=2, allow_nan=False).encode()
+
+
+def write_final_document(root: StoreRoot, run_id: str, attrs: dict[str, Any], *, durable: bool = False) -> None:
+    """Write :func:`final_document` in one atomic replace of the root ``zarr.json`` (fsynced: ``durable``)."""
+    root.write_bytes(run_id, "zarr.json", final_document_bytes(root, run_id, attrs), durable=durable)
 
 
 def shrink_arrays(root: StoreRoot, run_id: str, committed: int, arrays: Mapping[str, Any] | None = None) -> None:

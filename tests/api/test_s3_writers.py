@@ -172,3 +172,53 @@ def test_a_document_write_landing_after_a_takeover_is_refused_by_the_store(s3_en
     with pytest.raises(RunLocked):  # and it stays stopped: not even its end is written
         writer.finish("failed", "stalled")
     assert root.read_bytes("r", "zarr.json") == replaced
+
+
+def _s3_writer(root, run_id="r"):
+    import numpy as np
+
+    from trajscope.producer.two_layer import variables as two_layer_variables
+    from trajscope.store import RunWriter
+
+    writer = RunWriter.create(root, run_id, variables=two_layer_variables(), sizes={"neuron": 2, "feature": 3,
+                              "sample": 4}, capacity=8, static={"X": np.zeros((4, 3)), "y": np.ones(4)},
+                              attrs={}, chunk_bytes=2 * 3 * 8 * 4)
+    block = {"W": np.ones((4, 2, 3)), "v": np.ones((4, 2)), "loss": np.ones(4), "output": np.ones((4, 4)),
+             "step": np.arange(4), "t": np.arange(4.0)}
+    writer.write_block(0, block)
+    return writer, block
+
+
+@pytest.mark.parametrize("refusal", ["retried", "not implemented"])
+def test_a_writers_own_document_write_refused_on_a_retry_or_a_store_without_conditions_goes_on(s3_env, monkeypatch,
+                                                                                               refusal):
+    """Found by the review of the If-Match fix: a PUT whose first attempt landed, its answer lost, was retried with
+    the old If-Match and refused (412): the writer took its own write for a takeover, stopped, and left the run
+    ``running``. Its own bytes stored are success. A store that does not implement If-Match (NotImplemented) is
+    written without it."""
+    import errno
+
+    root = StoreRoot(f"s3://trajscope/own-write-{refusal.replace(' ', '-')}")
+    writer, block = _s3_writer(root)
+    writer.commit(4)
+    real = StoreRoot.write_bytes
+    calls = []
+
+    def flaky(self, run_id, key, data, *, durable=False, if_match=None):
+        calls.append(if_match)
+        if key == "zarr.json" and if_match and len(calls) == 1:
+            if refusal == "retried":
+                real(self, run_id, key, data, durable=durable, if_match=if_match)  # landed...
+                raise OSError(errno.EINVAL, "PreconditionFailed")  # ...and the retry was refused
+            raise OSError(errno.ENOSYS, "NotImplemented")
+        return real(self, run_id, key, data, durable=durable, if_match=if_match)
+
+    monkeypatch.setattr(StoreRoot, "write_bytes", flaky)
+    writer.commit(4, note_of_commit="second")  # a commit: the document written again, with If-Match
+    assert root.read_attrs("r")["note_of_commit"] == "second"
+    writer.finish("complete")
+    attrs = root.read_attrs("r")
+    assert attrs["status"] == "complete" and attrs["committed_steps"] == 4
+    assert writer.lock.lost is None
+    if refusal == "not implemented":
+        assert calls[-1] is None  # (unconditional from then on)

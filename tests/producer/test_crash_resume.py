@@ -339,12 +339,12 @@ def test_a_full_disk_at_the_final_status_is_one_error_and_leaves_the_run_to_resu
     from trajscope.store.errors import RunFailed
 
     config = small_config(train={"steps": 40})
-    final = writer_module.write_final_document
+    final = writer_module.final_document_bytes  # (made, then written, as the run ends)
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(writer_module, "write_final_document", disk_full)
+    monkeypatch.setattr(writer_module, "final_document_bytes", disk_full)
     with pytest.raises(RunFailed) as caught:
         produce(config, root=tmp_path, name="r")
     message = str(caught.value)
@@ -353,7 +353,7 @@ def test_a_full_disk_at_the_final_status_is_one_error_and_leaves_the_run_to_resu
     assert f"trajscope resume {StoreRoot(tmp_path).run_url('r')}" in message
     ds = open_run("r", tmp_path)
     assert ds.attrs["status"] == "running" and ds.attrs["committed_steps"] == 41
-    monkeypatch.setattr(writer_module, "write_final_document", final)
+    monkeypatch.setattr(writer_module, "final_document_bytes", final)
     assert resume("r", root=tmp_path).status == "complete"  # not RunLocked: the lock was released
     produce(config, root=tmp_path, name="whole")
     assert_same_trajectory(open_run("r", tmp_path).load(), open_run("whole", tmp_path).load())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -591,14 +592,14 @@ def test_a_finish_called_again_after_an_interrupted_one_holds_the_lock_to_its_en
 
     root = StoreRoot(tmp_path)
     writer, gated = _finish_interrupted_while_a_chunk_is_held(root, "again", monkeypatch)
-    final, held = writer_module.write_final_document, []
+    final, held = writer_module.final_document_bytes, []
 
-    def spied(*args, **kwargs):  # the final document: is the lock held as it is written?
+    def spied(*args, **kwargs):  # the final document: is the lock held as it is made and written?
         time.sleep(0.3)  # (time for an unlocking thread that would release now)
         held.append(writer.lock.held)
         return final(*args, **kwargs)
 
-    monkeypatch.setattr(writer_module, "write_final_document", spied)
+    monkeypatch.setattr(writer_module, "final_document_bytes", spied)
     again = threading.Thread(target=writer.finish, args=("interrupted",))
     again.start()
     time.sleep(0.2)
@@ -625,8 +626,8 @@ def test_a_finish_called_after_the_unlocking_thread_released_takes_the_lock_back
     while writer.lock.held:  # the unlocking thread releases once the chunk is written
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    final, held = writer_module.write_final_document, []
-    monkeypatch.setattr(writer_module, "write_final_document",
+    final, held = writer_module.final_document_bytes, []
+    monkeypatch.setattr(writer_module, "final_document_bytes",
                         lambda *a, **k: held.append(writer.lock.held) or final(*a, **k))
     writer.finish("interrupted")
     assert held == [True] and root.read_attrs("later")["status"] == "interrupted"
@@ -669,14 +670,15 @@ def test_fsync_durability_fsyncs_chunks_and_directories_before_the_commit_then_t
         log.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
         real_fsync(fd)
 
-    real_write_attrs = StoreRoot.write_attrs
+    real_write_bytes = StoreRoot.write_bytes
 
-    def logging_write_attrs(self, run_id, attrs, **kwargs):
-        log.append(("attrs", str(attrs["committed_steps"])))
-        real_write_attrs(self, run_id, attrs, **kwargs)
+    def logging_write_bytes(self, run_id, key, data, **kwargs):  # (the root document: the commit)
+        if key == "zarr.json":
+            log.append(("attrs", str(json.loads(data)["attributes"]["committed_steps"])))
+        return real_write_bytes(self, run_id, key, data, **kwargs)
 
     monkeypatch.setattr(os, "fsync", logging_fsync)
-    monkeypatch.setattr(StoreRoot, "write_attrs", logging_write_attrs)
+    monkeypatch.setattr(StoreRoot, "write_bytes", logging_write_bytes)
     writer.write_block(0, _block(0, T))
     writer.write_block(T, _block(T, T))
     writer.commit(2 * T)

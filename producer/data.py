@@ -89,6 +89,8 @@ def npz(cfg: NpzData) -> tuple[np.ndarray, np.ndarray]:
             if missing:
                 raise UserError(f"npz data file {path} lacks {', '.join(sorted(missing))}: it must hold arrays X and y")
             X, y = archive["X"], archive["y"]
+        if not (isinstance(X, np.ndarray) and isinstance(y, np.ndarray)):  # (a member that is no .npy: its bytes)
+            raise ValueError("X and y are not both arrays")
     except (ValueError, OSError, TypeError, zipfile.BadZipFile) as exc:  # (a .npy file: np.load gives an array)
         raise UserError(f"npz data file {path} cannot be read ({exc}); save it with numpy.savez(path, X=X, y=y)") from None
     if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0] or X.shape[0] < 2:

@@ -81,8 +81,15 @@ def test_npz_data_roundtrip_and_validation(tmp_path):
     with pytest.raises(UserError, match="not found"):
         build_dataset(load_config({"data": {"kind": "npz", "path": str(tmp_path / "nope.npz")}}))
     (tmp_path / "junk.npz").write_bytes(b"not an npz")
-    with pytest.raises(UserError, match="cannot be read"):
+    with pytest.raises(UserError, match="is not an .npz archive"):
         build_dataset(load_config({"data": {"kind": "npz", "path": str(tmp_path / "junk.npz")}}))
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "odd.npz", "w") as archive:  # a zip, but not of arrays numpy can read
+        archive.writestr("X.npy", b"not an array")
+        archive.writestr("y.npy", b"nor this")
+    with pytest.raises(UserError, match="cannot be read"):
+        build_dataset(load_config({"data": {"kind": "npz", "path": str(tmp_path / "odd.npz")}}))
 
 
 def test_every_field_has_a_default_and_overrides_apply(tmp_path):

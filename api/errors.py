@@ -153,7 +153,7 @@ def _located(state: Any, run_id: str, names: list[str] | None) -> CorruptData:
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """The methods the app's routes answer on ``request``'s path (sorted; ``HEAD`` where ``GET`` is).
+    """The methods the app's routes declare for ``request``'s path (sorted).
 
     Walks the routes by their path patterns, into FastAPI's included routers (``effective_candidates``)."""
     path = request.scope.get("path", "")

@@ -103,16 +103,17 @@ def run_attr(source: Any, key: str, default: Any = None) -> Any:
 NOT_FINITE = "not_finite"
 
 
-def finite_or_null(values: dict[str, Any], attrs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``values`` with every float that is not finite as ``None`` (JSON has no NaN), and the :data:`NOT_FINITE`
-    attribute naming them (``{"final_loss": "nan"}``), merged with that of ``attrs`` (the run's now) for the
-    keys ``values`` leaves alone; ``None`` when nothing is left in it (a resumed run's loss is finite again)."""
-    out: dict[str, Any] = {}
-    lost = {k: v for k, v in ((attrs or {}).get(NOT_FINITE) or {}).items() if k not in values}
+def set_finite_or_null(attrs: dict[str, Any], values: dict[str, Any]) -> None:
+    """Update ``attrs`` with ``values``, every float that is not finite as ``None`` (JSON has no NaN), and keep
+    the :data:`NOT_FINITE` attribute naming such values as text (``{"final_loss": "nan"}``): set for those, cleared
+    of the keys ``values`` gives finite (a resumed run's loss finite again), removed when nothing is left."""
+    lost = {k: v for k, v in (attrs.get(NOT_FINITE) or {}).items() if k not in values}
     for key, value in values.items():
         if isinstance(value, float) and not math.isfinite(value):
-            out[key], lost[key] = None, str(value)
+            attrs[key], lost[key] = None, str(value)
         else:
-            out[key] = value
-    out[NOT_FINITE] = lost or None
-    return out
+            attrs[key] = value
+    if lost:
+        attrs[NOT_FINITE] = lost
+    else:
+        attrs.pop(NOT_FINITE, None)

@@ -25,7 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 import xarray as xr
 
-from trajscope.store.dataset_attrs import decode_attrs, encode_attrs, finite_or_null, is_plain, json_default
+from trajscope.store.dataset_attrs import decode_attrs, encode_attrs, is_plain, json_default, set_finite_or_null
 from trajscope.store.errors import UserError
 from trajscope.store.layout import RUN_SUFFIX, RUN_UID, validate_run_id
 
@@ -252,9 +252,9 @@ def copy_attrs(ds: xr.Dataset) -> dict[str, Any]:
     if states and "step" in ds.coords:
         attrs["last_step"] = int(ds["step"][-1])
     if states and "loss" in ds.variables and ds["loss"].dims == ("step",):
-        attrs.update(finite_or_null({"final_loss": float(ds["loss"][-1])}, attrs))  # (the last state alone is read)
+        set_finite_or_null(attrs, {"final_loss": float(ds["loss"][-1])})  # (the last state alone is read)
     elif "final_loss" in attrs:
-        attrs.update(finite_or_null({"final_loss": None}, attrs))
+        set_finite_or_null(attrs, {"final_loss": None})
     return encode_attrs(attrs)
 
 

@@ -31,9 +31,8 @@ from typing import Any
 import numpy as np
 
 from trajscope.store.chunkio import remove_stale_temporaries, stale_temporaries
-from trajscope.store.dataset_attrs import run_attr
+from trajscope.store.dataset_attrs import run_attr, set_finite_or_null
 from trajscope.store.schema import is_module_run
-from trajscope.store.dataset_attrs import finite_or_null
 from trajscope.store.errors import CorruptChunk, CorruptData, MalformedRun, PathOutsideRoot, RunLocked, UserError
 from trajscope.store.integrity import find_corrupt_chunks, is_checksum_error
 from trajscope.store.layout import COMMITTED, CREATING, STATUSES, STEP_DIM
@@ -44,6 +43,7 @@ from trajscope.store.snapshot import METADATA_KEY, _array_names
 
 #: the most corrupt chunks of one array a report names
 MAX_NAMED = 20
+
 
 @dataclass
 class FsckReport:
@@ -314,7 +314,7 @@ def _last_state(root: StoreRoot, run_id: str, committed: int) -> dict[str, Any]:
         if "step" in arrays:
             out["last_step"] = int(arrays["step"][committed - 1])
         if "loss" in arrays and arrays["loss"].ndim == 1:
-            out.update(finite_or_null({"final_loss": float(arrays["loss"][committed - 1])}))
+            out["final_loss"] = float(arrays["loss"][committed - 1])  # (stored by set_finite_or_null)
     except Exception:  # noqa: BLE001 - a lost or corrupt chunk: fsck reports it; nothing more is set
         return {}
     return out
@@ -334,8 +334,8 @@ def _repair_unfinished(root: StoreRoot, run_id: str, attrs: dict[str, Any], comm
         if attrs.get("status") == "running":
             # it ended at its last commit (the time its writer last wrote), not now: `ls` showed the time of the
             # repair as its duration (found by a review)
-            attrs.update(status="interrupted", error=None, finished=attrs.get("updated") or _now(), updated=_now(),
-                         **_last_state(root, run_id, int(attrs.get(COMMITTED, 0))))
+            attrs.update(status="interrupted", error=None, finished=attrs.get("updated") or _now(), updated=_now())
+            set_finite_or_null(attrs, _last_state(root, run_id, int(attrs.get(COMMITTED, 0))))
             attrs.pop("writer", None)
         try:
             write_final_document(root, run_id, attrs)

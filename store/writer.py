@@ -37,7 +37,7 @@ import zarr
 from trajscope.store import faults
 from trajscope.store.chunkio import (DURABILITY_LEVELS, WRITE_IO_MODES, FsspecSink, LocalSink,
                                      remove_stale_temporaries)
-from trajscope.store.dataset_attrs import finite_or_null
+from trajscope.store.dataset_attrs import set_finite_or_null
 from trajscope.store.errors import CorruptData, NotARun, RunLocked, UserError
 from trajscope.store.hotpath import BlockWrite, HotPath, block_threads, default_write_threads
 from trajscope.store.layout import (
@@ -541,7 +541,7 @@ class RunWriter:
             with self._attrs_guard:
                 # a number JSON cannot hold (a diverged run's final loss: nan, inf) is stored as null: the run
                 # ends with its status, never with a traceback and the run left ``running``
-                self.attrs.update(finite_or_null(extra, self.attrs))
+                set_finite_or_null(self.attrs, extra)
                 self.attrs.update(status=status, error=error, updated=_now(), finished=_now())
                 self.attrs.pop("writer", None)
                 self._write_document(final_document_bytes(self.root, self.run_id, self.attrs))

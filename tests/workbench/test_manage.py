@@ -206,6 +206,7 @@ def test_a_diverged_run_says_so_in_ls_show_and_the_api(tmp_path, small_config, r
     first = int(np.flatnonzero(np.isfinite(loss))[-1]) + 1  # where the non-finite stretch it ends with begins
     text = str(loss[-1])
     assert {r.run_id: r.not_finite for r in list_runs(tmp_path)} == {"div": {"final_loss": text}, "fine": {}}
+    assert "not_finite" not in StoreRoot(tmp_path).read_attrs("fine")  # (only where a value was not finite)
     listed = run_cli("ls", "--root", str(tmp_path), "--json")
     rows = {r["run"]: r for r in json.loads(listed.stdout)}
     assert rows["div"]["not_finite"] == {"final_loss": text} and rows["div"]["final_loss"] is None

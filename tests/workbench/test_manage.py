@@ -219,3 +219,16 @@ def test_a_diverged_run_says_so_in_ls_show_and_the_api(tmp_path, small_config, r
     assert runs["div"]["not_finite"] == {"final_loss": text} and runs["fine"]["not_finite"] == {}
     assert runs["div"]["final_loss"] is None  # the listing carries an ended run's final loss (the dashboard's)
     assert runs["fine"]["final_loss"] == pytest.approx(float(open_run("fine", tmp_path)["loss"].values[-1]), rel=1e-12)
+
+
+def test_ls_filters_by_status_and_skips_sizes_when_asked(run_cli, tiny_root, tmp_path):
+    """Found by a review of a root of 974 runs: ls had no status filter and always walked every run for its size."""
+    rows = json.loads(run_cli("ls", "--root", str(tiny_root), "--json", "--status", "complete").stdout)
+    assert sorted(r["run"] for r in rows) == ["a", "b"] and all(r["size_bytes"] > 0 for r in rows)
+    assert json.loads(run_cli("ls", "--root", str(tiny_root), "--json", "--status", "running").stdout) == []
+    rows = json.loads(run_cli("ls", "--root", str(tiny_root), "--json", "--no-sizes").stdout)
+    assert [r["size_bytes"] for r in rows] == [None, None]
+    table = run_cli("ls", "--root", str(tiny_root), "--no-sizes")
+    assert table.returncode == 0 and "MiB" not in table.stdout
+    bad = run_cli("ls", "--root", str(tiny_root), "--status", "sleeping")
+    assert bad.returncode == 2 and "not a run status" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

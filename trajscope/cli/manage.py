@@ -13,6 +13,7 @@ import typer
 
 from trajscope.errors import UserError
 from trajscope.store.errors import MalformedRun
+from trajscope.store.layout import STATUSES
 from trajscope.store.dataset_attrs import NOT_FINITE, run_attr
 from trajscope.store.reader import planned_states
 
@@ -49,7 +50,7 @@ def current_fields() -> frozenset[str]:
     return frozenset(flatten(RunConfig().model_dump(mode="json")))
 
 
-def catalog_row(run_id: str, attrs: dict[str, Any], size_bytes: int, columns: list[str],
+def catalog_row(run_id: str, attrs: dict[str, Any], size_bytes: int | None, columns: list[str],
                 writer_gone: bool = False) -> dict[str, Any]:
     """One run of ``trajscope ls``: status, progress, final loss, duration, tags, note, chosen config fields;
     ``writer_gone`` for a run marked ``running`` that no writer holds (its producer was killed)."""
@@ -127,6 +128,10 @@ def register(app: typer.Typer) -> None:
         columns: Annotated[Optional[str], typer.Option("--columns", help="Config fields to show, comma-separated dotted names, e.g. train.lr,data.n,model.width.")] = None,
         tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Only runs with this tag (repeatable: all must match).")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+        status: Annotated[Optional[str], typer.Option("--status", help="Only runs with this status (running, "
+                                                                       "complete, failed, interrupted).")] = None,
+        sizes: Annotated[bool, typer.Option("--sizes/--no-sizes", help="Measure each run's size on storage (a walk "
+                                                                       "of its files: slow on big roots).")] = True,
     ) -> None:
         """List the runs under the store root: status, states, final loss, duration, tags, config fields."""
         from rich.table import Table
@@ -136,6 +141,8 @@ def register(app: typer.Typer) -> None:
         from trajscope.store.locks import writer_gone
 
         store_root = StoreRoot(root)
+        if status is not None and status not in STATUSES:
+            raise UserError(f"--status {status!r} is not a run status: use one of {', '.join(STATUSES)}")
         fields = [c.strip() for c in (columns or "").split(",") if c.strip()]
         rows, leftovers, present, malformed = [], [], set(), []  # present: the config fields some run has
         hints: dict[str, str] = {}  # how to continue each run, should its writer be gone
@@ -157,8 +164,10 @@ def register(app: typer.Typer) -> None:
                 present |= set(flatten(run_attr(attrs, "config") or {}))
             if tag and not set(tag) <= set(run_attr(attrs, "tags") or []):
                 continue
+            if status is not None and attrs.get("status") != status:
+                continue
             gone = attrs.get("status") == "running" and writer_gone(store_root, run_id)
-            rows.append(catalog_row(run_id, attrs, store_root.size_bytes(run_id), fields, gone))
+            rows.append(catalog_row(run_id, attrs, store_root.size_bytes(run_id) if sizes else None, fields, gone))
             hints[run_id] = resume_hint(run_id, store_root.location, attrs)
         # a field that some run, or today's config, has is an empty cell where a run lacks it (a run made before
         # the field existed, a run of another data kind); one that none has is a misspelling
@@ -194,7 +203,8 @@ def register(app: typer.Typer) -> None:
             loss = (f"{r['not_finite']['final_loss']} (diverged)" if "final_loss" in r["not_finite"]
                     else _fmt(r["final_loss"]))
             table.add_row(r["run"], status, f"{r['committed_steps']}/{r['planned_states'] or '?'}", loss,
-                          _duration(r["seconds"]), f"{r['size_bytes'] / 2**20:.1f} MiB", r["created"] or "-",
+                          _duration(r["seconds"]),
+                          "-" if r["size_bytes"] is None else f"{r['size_bytes'] / 2**20:.1f} MiB", r["created"] or "-",
                           _fmt(r["tags"]), *(_fmt(r[f]) for f in fields))
         console.print(table)
         _print_leftovers(console, leftovers, root)

@@ -264,25 +264,20 @@ def downsampled(run: Run, quantity: str, result: Any, finish: Callable, points: 
     from trajscope.analysis.downsample import bucket_index, concat, minmax_downsample, pieces
 
     steps = state_steps(result)
-    what = f"series {quantity!r}"
-    if steps.size <= max(PIECE_STATES, 2 * points):
-        with analysis_errors(run, what):
-            steps, cols, attrs = finish(compute(result))
-        names = list(cols)
-        check_size(points, len(names))
-        return names, minmax_downsample(steps, np.stack([cols[c] for c in names], axis=1), points, scale), steps, attrs
-    buckets = bucket_index(steps, points, scale)
-    parts, names, attrs = [], None, {}
+    whole = steps.size <= max(PIECE_STATES, 2 * points)
+    buckets = None if whole else bucket_index(steps, points, scale)
     # pieces of whole time chunks at least: a kernel computes a chunk's states at once (step_series), so a piece
     # inside a chunk would compute that chunk again for every piece of it
-    for start, stop in pieces(buckets, max(PIECE_STATES, step_chunk(result))):
-        with analysis_errors(run, what):
-            piece_steps, cols, attrs = finish(compute(piece_of(result, start, stop)))
+    spans = [(0, steps.size)] if whole else pieces(buckets, max(PIECE_STATES, step_chunk(result)))
+    parts, names, attrs = [], None, {}
+    for start, stop in spans:
+        with analysis_errors(run, f"series {quantity!r}"):
+            piece_steps, cols, attrs = finish(compute(result if whole else piece_of(result, start, stop)))
         if names is None:
             names = list(cols)
             check_size(points, len(names))
         parts.append(minmax_downsample(piece_steps, np.stack([cols[c] for c in names], axis=1), points, scale,
-                                       buckets=buckets[start:stop]))
+                                       buckets=None if whole else buckets[start:stop]))
     return names, concat(parts), steps, attrs
 
 

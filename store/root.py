@@ -277,14 +277,13 @@ class StoreRoot:
         # writers iterate `time_variables` (found by a review: resuming or repairing such a copy crashed)
         return decode_attrs(attrs) if isinstance(attrs, dict) else {}
 
-    def write_attrs(self, run_id: str, attrs: dict[str, Any], *, durable: bool = False,
-                    if_match: str | None = None) -> str | None:
-        """Write the group ``zarr.json`` with these attributes in one atomic write (fsynced: ``durable``;
-        ``if_match`` and the ETag returned: see :meth:`write_bytes`).
+    def write_attrs(self, run_id: str, attrs: dict[str, Any], *, durable: bool = False) -> str | None:
+        """Write the group ``zarr.json`` with these attributes in one atomic write (fsynced: ``durable``); the
+        ETag returned: see :meth:`write_bytes`.
 
         Any consolidated metadata is dropped: it is written again when the run finishes.
         """
-        return self.write_bytes(run_id, "zarr.json", attrs_document(attrs), durable=durable, if_match=if_match)
+        return self.write_bytes(run_id, "zarr.json", attrs_document(attrs), durable=durable)
 
     def size_bytes(self, run_id: str) -> int:
         """Bytes the run occupies (local roots: regular files only, never through a link)."""

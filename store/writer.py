@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from importlib import metadata as _metadata
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import zarr

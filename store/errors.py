@@ -135,6 +135,9 @@ def object_store_error(err: BaseException) -> str | None:
     for exc in (err, err.__cause__, err.__context__):
         if exc is not None and _raised_by_object_store_client(exc):
             message = " ".join(str(exc).split())
+            if "Timeout" in type(exc).__name__:  # botocore's ReadTimeoutError, ConnectTimeoutError: no answer
+                return (f"the object store did not answer ({type(exc).__name__}: {message}), however often it was "
+                        "asked: check AWS_ENDPOINT_URL and that its server is up and reachable from here")
             return (f"the object store refused the request or could not be reached ({type(exc).__name__}: {message}): "
                     "check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ~/.aws), "
                     "AWS_ENDPOINT_URL and the bucket of the store root")

@@ -67,6 +67,38 @@ def quiet_connection_noise(loop: Any) -> None:
         loop.set_exception_handler(_connection_noise)
 
 
+#: how an ``s3://`` root's requests are retried. s3fs tries a request 5 times (its class attribute ``retries``,
+#: which no storage option sets), and botocore, in its default "legacy" mode, 5 times within each: an endpoint
+#: that accepted connections and never answered held ``trajscope ls`` for 6 min 56 s with nothing printed
+#: (s3fs reads with a 15 s timeout: 25 attempts). A root's file systems get :data:`S3_ATTEMPTS` attempts of
+#: s3fs (:func:`bound_attempts`; they also retry a response body cut mid-read, which botocore cannot) around
+#: :data:`S3_BOTOCORE_RETRIES`: botocore's "standard" mode, the AWS SDKs' default (3 attempts, exponential
+#: backoff with jitter, throttling and 5xx answers retried), unless ``storage_options["config_kwargs"]`` or
+#: ``AWS_MAX_ATTEMPTS``/``AWS_RETRY_MODE`` say otherwise. Such an endpoint now fails in about 90 s.
+S3_ATTEMPTS = 2
+S3_BOTOCORE_RETRIES = {"mode": "standard", "total_max_attempts": 3}
+
+
+def bound_attempts(fs: Any) -> Any:
+    """``fs`` with s3fs's attempts per request set to :data:`S3_ATTEMPTS` when it is an s3fs file system."""
+    if type(fs).__module__.split(".")[0] == "s3fs":
+        fs.retries = S3_ATTEMPTS
+    return fs
+
+
+def bounded_retries(protocol: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """``storage_options`` with botocore's retries (:data:`S3_BOTOCORE_RETRIES`) filled in for an S3 URL where
+    neither they nor the environment set them; unchanged for any other protocol."""
+    if protocol not in ("s3", "s3a"):
+        return storage_options
+    options = dict(storage_options)
+    if not {"AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"} & set(os.environ):
+        config = dict(options.get("config_kwargs") or {})
+        config.setdefault("retries", dict(S3_BOTOCORE_RETRIES))
+        options["config_kwargs"] = config
+    return options
+
+
 class StoreRoot:
     """A directory of runs, local (``./runs``) or remote (``s3://bucket/prefix``, ``memory://x``).
 
@@ -99,7 +131,8 @@ class StoreRoot:
             tidy = "/".join(part for part in rest.split("/") if part)
             raise UserError(f"the store root {location!r} has an empty path component (two slashes in a row): "
                             f"write {protocol}://{tidy}")
-        self.storage_options = dict(storage_options or {})
+        self.storage_options = bounded_retries(location.partition("://")[0] if not self.is_local else "",
+                                               dict(storage_options or {}))
         if self.is_local:
             self.location = str(Path(location).expanduser().resolve())
             if os.path.exists(self.location) and not os.path.isdir(self.location):
@@ -117,6 +150,7 @@ class StoreRoot:
                 raise UserError(f"cannot open the store root {self.location!r}: {err} "
                                 "(for s3:// roots: pip install 'trajscope[s3]')") from None
             quiet_connection_noise(getattr(self.fs, "loop", None))
+            bound_attempts(self.fs)
 
     def __repr__(self) -> str:
         return f"StoreRoot({self.location!r})"
@@ -139,9 +173,11 @@ class StoreRoot:
             from trajscope.store.safe import RootedLocalStore
 
             return RootedLocalStore(self.run_url(run_id), base=self.location, read_only=read_only)
-        return FsspecStore.from_url(
+        store = FsspecStore.from_url(
             self.run_url(run_id), storage_options=self.storage_options or None, read_only=read_only
         )
+        bound_attempts(store.fs)
+        return store
 
     def exists(self, run_id: str) -> bool:
         """True when the run's group metadata exists (asked of the store, not of a listing fsspec cached)."""

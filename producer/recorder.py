@@ -97,6 +97,12 @@ MIN_OVERDUE_SECONDS = 0.05
 #: fewest chunk buffers a recorder keeps (:func:`default_buffers`)
 MIN_BUFFERS = 3
 
+#: a chunk buffer keeps a view of each variable's row at each position (what :meth:`Recorder.record` copies
+#: into, made once) while ``chunk · variables`` is at most this; beyond it each state's views are made as it is
+#: recorded (found by a review: a module of 1000 tiny tensors held 1024 · 1000 views per buffer, about 0.5 MB
+#: a tensor, 978 MB in all)
+MAX_KEPT_ROW_VIEWS = 16384
+
 
 def default_buffers(write_threads: int, block_threads: int = 1) -> int:
     """Chunk buffers when none are asked for: enough blocks in flight for every write thread, plus the one
@@ -155,7 +161,9 @@ class _Slot:
     event: object | None = None
     start: int = 0
     count: int = 0
-    rows: list[dict[str, torch.Tensor]] | None = None  # per position: a view of each variable's row
+    rows: list[dict[str, torch.Tensor]] | None = None  # per position: a view of each variable's row (or None,
+    #                                                     see MAX_KEPT_ROW_VIEWS: made by Recorder._rows_at)
+    arrays: dict[str, np.ndarray] | None = None  # the CPU's buffers as numpy arrays (their rows copied by memcpy)
     refs: list[dict[str, torch.Tensor | np.ndarray] | None] | None = None  # by reference: each position's values
     exact: bool = True  # by reference: every value kept is a CPU tensor of its variable's shape and dtype
     shared: dict[str, np.ndarray] | None = None  # a writer process behind a staging (a GPU): the slot's shared buffers
@@ -328,8 +336,7 @@ class Recorder:
             self._carrier, self._carried = copy_carrier(shapes, dtypes)  # (the GPU's rows: one copy a state)
             self._row_specs = {n: (torch.Size(shapes[n]), dtypes[n], self._carried.get(n)) for n in shapes}
             self._slots = [self._make_slot(shapes, dtypes, i) for i in range(buffers)]
-            self._numpy_rows = bool(self._slots) and not by_reference and all(
-                isinstance(row, np.ndarray) for row in self._slots[0].rows[0].values())
+            self._numpy_rows = bool(self._slots) and self._slots[0].arrays is not None
             self._free: queue.Queue[int] = queue.Queue()
             for i in range(buffers):
                 self._free.put(i)
@@ -380,13 +387,21 @@ class Recorder:
         else:
             device = {n: self._chunk_buffer((self.chunk, *s), dtypes[n]) for n, s in shapes.items()}
         host, event = self.staging.host_buffers(device)
+        arrays = None
         if self.device.type == "cpu" and all(t.dtype in _NUMPY_DTYPES for t in device.values()):
             arrays = {n: t.numpy() for n, t in device.items()}  # numpy views: plain memcpy, no OpenMP
-            rows = [{n: a[i, ...] for n, a in arrays.items()} for i in range(self.chunk)]  # views, 0-d too
-        else:
-            rows = [self._torch_row(device, i) for i in range(self.chunk)]
         shared = self._shared.views(index) if self._process_staged else None
-        return _Slot(device=device, host=host, event=event, rows=rows, shared=shared)
+        slot = _Slot(device=device, host=host, event=event, arrays=arrays, shared=shared)
+        if self.chunk * len(device) <= MAX_KEPT_ROW_VIEWS:
+            slot.rows = [self._rows_at(slot, i) for i in range(self.chunk)]
+        return slot
+
+    def _rows_at(self, slot: _Slot, position: int) -> dict[str, torch.Tensor | np.ndarray]:
+        """The views :meth:`record` copies a state into at ``position`` of ``slot``: numpy rows on the CPU (0-d
+        too), else :meth:`_torch_row`."""
+        if slot.arrays is not None:
+            return {n: a[position, ...] for n, a in slot.arrays.items()}
+        return self._torch_row(slot.device, position)
 
     def _torch_row(self, device: dict[str, torch.Tensor], position: int) -> dict[str, torch.Tensor]:
         """A position's rows as :meth:`record` copies into them on a GPU: a carried variable's row viewed as the
@@ -466,7 +481,7 @@ class Recorder:
             if position + 1 == self.chunk:
                 self._hand_off(self.chunk)
             return
-        rows = slot.rows[position]
+        rows = slot.rows[position] if slot.rows is not None else self._rows_at(slot, position)
         if values.keys() != self._row_specs.keys():  # (a variable left out would keep a reused buffer's old row)
             raise self._names_error(values)
         if self._numpy_rows:

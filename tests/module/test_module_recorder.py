@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from torch import nn
 
 import trajscope
 from trajscope.store import StoreRoot, read_schema
@@ -57,6 +58,31 @@ def test_every_step_equals_a_synchronous_copy(tmp_path, make, shape):
     assert {n for n, v in schema["variables"].items() if v["role"] == "parameter"} == \
         {n for n, _ in model.named_parameters()}
     assert schema["variables"]["loss"]["role"] == "scalar"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # numpy rows; torch rows (no numpy bfloat16)
+def test_a_module_of_many_tensors_keeps_no_row_views_and_equals_its_copies(tmp_path, monkeypatch, dtype):
+    """Beyond ``MAX_KEPT_ROW_VIEWS`` views a buffer (chunk steps x variables) keeps none: each state's are made
+    as it is recorded (a review's module of 1000 tiny tensors held 978 MB of them), and every step still equals a
+    synchronous copy."""
+    from trajscope.producer import recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "MAX_KEPT_ROW_VIEWS", 64)
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(3, 3) for _ in range(12)]).to(dtype)
+    x, y = data(shape=(3,))
+    x = x.to(dtype)
+    copies = [{n: p.detach().clone() for n, p in model.named_parameters()}]
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="m", chunk_mib=0.0002) as rec:
+        rec.record()
+        train(model, x, y, 9, rec, copies=copies)
+        assert all(slot.rows is None for slot in rec.recorder._slots)
+        assert rec.recorder.chunk * len(copies[0]) > 64
+    ds = trajscope.open_run(tmp_path / "m.zarr")
+    assert ds.attrs["committed_steps"] == 10 and ds.attrs["chunk_steps"] < 10  # several chunks, buffers reused
+    for name in copies[0]:
+        expected = np.stack([c[name].float().numpy() for c in copies])
+        np.testing.assert_array_equal(ds[name].values.astype(np.float32), expected)
 
 
 def test_plain_xr_open_zarr_reads_a_module_run(tmp_path):

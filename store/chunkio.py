@@ -303,16 +303,75 @@ class LocalSink:
         fsync_dir(os.path.dirname(path))
 
 
-class FsspecSink:
-    """Puts chunk objects through an fsspec filesystem (one ``pipe_file`` per key)."""
+#: how many times a fenced chunk write (:class:`FsspecSink`) is tried against objects replaced under it
+FENCED_WRITE_ATTEMPTS = 5
+#: the object-store error codes of a refused conditional write (``412``; ``409``: another conditional write of
+#: the key was in progress)
+_CONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412", "409"})
 
-    def __init__(self, fs, base: str) -> None:
+
+def refused_by_condition(exc: BaseException) -> bool:
+    """Whether ``exc`` is an object store's refusal of a conditional write (``If-None-Match: *`` finding the
+    object, which s3fs raises as ``FileExistsError``; ``If-Match`` finding another object), not a failure."""
+    if isinstance(exc, FileExistsError):
+        return True
+    response = getattr(exc.__cause__, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", "")) in _CONDITION_CODES
+
+
+class FsspecSink:
+    """Puts chunk objects through an fsspec filesystem (one ``pipe_file`` per key).
+
+    ``fenced_by`` (object stores with ETags, where a writer holds a lease, not a lock): a callable that raises
+    when this writer no longer holds the run (:meth:`~trajscope.store.locks.WriterLock.confirm`). Every PUT
+    then names the object it replaces: ``If-Match`` the ETag of this writer's last write of the key, or
+    ``If-None-Match: *`` for a key it has not written. A PUT of a writer that was taken over after a stall
+    (sent before the takeover, retried by the client, landing late) so finds the new writer's object and is
+    refused instead of replacing it. A refusal makes the writer read the key's ETag, confirm it still holds
+    the run, and write again over exactly that object: what a resumed run rewrites (a partial chunk an earlier
+    writer left), and this writer's own PUT retried after its first attempt landed. A store answering
+    ``NotImplemented`` to conditions is written without them from then on.
+    """
+
+    def __init__(self, fs, base: str, *, fenced_by=None) -> None:
         self.fs = fs
         self.base = base.rstrip("/")
+        self.fenced_by = fenced_by
+        self._etags: dict[str, str] = {}  # key -> ETag of this writer's last write of it (fenced)
 
     def put(self, key: str, parts: Sequence) -> None:
-        """Write ``key`` in one request."""
-        self.fs.pipe_file(f"{self.base}/{key}", joined(parts))
+        """Write ``key`` in one request (fenced: one conditional request, more only when it is refused)."""
+        path, data = f"{self.base}/{key}", joined(parts)
+        if self.fenced_by is None:
+            self.fs.pipe_file(path, data)
+            return
+        expected = self._etags.get(key)
+        for _ in range(FENCED_WRITE_ATTEMPTS):
+            try:
+                result = self.fs.pipe_file(path, data, **({"IfMatch": expected} if expected else {"mode": "create"}))
+            except OSError as exc:
+                if exc.errno == errno.ENOSYS:  # the store takes no conditions: unfenced from now on
+                    self.fenced_by = None
+                    self.fs.pipe_file(path, data)
+                    return
+                if not refused_by_condition(exc):
+                    raise
+                expected = self._stored_etag(path)  # first the object there now,
+                self.fenced_by()  # then this writer still holds the run: the next write replaces that object
+                continue
+            etag = result.get("ETag") if isinstance(result, dict) else None
+            self._etags[key] = etag if etag is not None else self._stored_etag(path)
+            return
+        raise OSError(errno.EAGAIN, f"chunk {key} was replaced under this writer {FENCED_WRITE_ATTEMPTS} times "
+                                    "while it wrote it (another writer of the run?)")
+
+    def _stored_etag(self, path: str) -> str | None:
+        """The ETag of the object at ``path`` now (``None`` when there is none), asked of the store."""
+        self.fs.invalidate_cache(path)
+        try:
+            return self.fs.info(path).get("ETag")
+        except FileNotFoundError:
+            return None
 
     def durable_tree(self) -> None:
         """Nothing to do: an object store acknowledges a PUT once it is stored."""

@@ -92,6 +92,20 @@ class WriterLock:
             self._refresh_lease(stamp)
         return stamp
 
+    @property
+    def has_etags(self) -> bool:
+        """Whether this writer holds an object store's lease whose object has an ETag (conditional writes)."""
+        return self._held_lease and self._etag is not None
+
+    def confirm(self) -> None:
+        """Raise :class:`RunLocked` unless this writer holds the run now: on an object store the lease is
+        refreshed at once, on the condition that it is still the object this writer wrote (local roots: the
+        flock holds as long as its descriptor)."""
+        if self.lost is not None:
+            raise RunLocked(self.lost)
+        if self._held_lease:
+            self._refresh_lease(self._stamp())
+
     def acquire(self) -> "WriterLock":
         """Take the lock or raise :class:`RunLocked` naming the holder."""
         with _HELD_GUARD:

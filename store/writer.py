@@ -370,7 +370,8 @@ class RunWriter:
                 if self.root.is_local:
                     sink = LocalSink(self.root.run_url(self.run_id), self.durability, self.io)
                 else:
-                    sink = FsspecSink(self.root.fs, self.root._fs_path(self.run_id))
+                    fenced = self.lock.confirm if self.lock.has_etags else None  # (see FsspecSink)
+                    sink = FsspecSink(self.root.fs, self.root._fs_path(self.run_id), fenced_by=fenced)
                 self._hotpath = HotPath(sink, self.arrays, self.chunk_steps, self.committed_steps,
                                         self.write_pool_size)
             return self._hotpath

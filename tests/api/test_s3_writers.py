@@ -222,3 +222,98 @@ def test_a_writers_own_document_write_refused_on_a_retry_or_a_store_without_cond
     assert writer.lock.lost is None
     if refusal == "not implemented":
         assert calls[-1] is None  # (unconditional from then on)
+
+
+def test_a_chunk_write_landing_after_a_takeover_is_refused_by_the_store(s3_env, monkeypatch):
+    """A stalled writer's chunk PUT, sent before a takeover and delivered after the new writer wrote that chunk,
+    must not replace it (left open by the document fix: chunk writes carried no condition). Every chunk PUT of a
+    writer on S3 names the object it replaces (``If-None-Match: *`` or ``If-Match``); the request is replayed
+    here as the store would receive it late, and moto's S3 refuses it. The stalled writer's next chunk write is
+    refused too, and stops it (its lease check, done just before, saw nothing yet)."""
+    import time
+
+    import numpy as np
+
+    from trajscope.store import RunWriter, locks
+    from trajscope.store.hotpath import WriteFailed
+
+    from trajscope.producer.two_layer import variables as two_layer_variables
+
+    root = StoreRoot("s3://trajscope/chunk-race")
+    stalled = RunWriter.create(root, "r", variables=two_layer_variables(), sizes={"neuron": 2, "feature": 3,
+                               "sample": 4}, capacity=16, static={"X": np.zeros((4, 3)), "y": np.ones(4)},
+                               attrs={"config": {}}, chunk_bytes=2 * 3 * 8 * 4)
+    assert stalled.chunk_steps == 8
+    block = {"W": np.ones((8, 2, 3)), "v": np.ones((8, 2)), "loss": np.ones(8), "output": np.ones((8, 4)),
+             "step": np.arange(8), "t": np.arange(8.0)}
+    stalled.write_block(0, block)
+    stalled.commit(8)
+    fs = root.fs
+    real_pipe, sent = fs.pipe_file, []
+
+    def capture(path, data, **conditions):
+        if "/W/c/" in path:
+            sent.append((path, data, conditions))
+        return real_pipe(path, data, **conditions)
+
+    monkeypatch.setattr(fs, "pipe_file", capture)
+    stalled.write_block(8, {n: v * 3 for n, v in block.items()}).wait()  # chunk 1: written, never committed
+    monkeypatch.setattr(fs, "pipe_file", real_pipe)
+    (late_path, late_data, late_conditions), = sent
+    assert late_conditions == {"mode": "create"}  # (a key this writer had not written)
+
+    locks._HELD.discard(stalled.lock._key)  # (the new writer runs in this process too)
+    monkeypatch.setattr(locks, "LEASE_SECONDS", 0.0)  # the stalled writer's heartbeat is too old
+    resumed = RunWriter.reopen(root, "r")
+    monkeypatch.setattr(locks, "LEASE_SECONDS", 60.0)
+    assert resumed.committed_steps == 8
+    resumed.write_block(8, {n: v * 2 for n, v in block.items()}).wait()  # over the stalled writer's chunk 1
+    resumed.commit(16)
+    theirs = root.read_bytes("r", "W/c/1/0/0")
+
+    with pytest.raises(OSError):  # the stalled writer's request, landing late: refused by the store
+        fs.pipe_file(late_path, late_data, **late_conditions)
+    assert root.read_bytes("r", "W/c/1/0/0") == theirs
+    stalled.lock._lease_written = time.time()  # its lease looked fresh when it last checked
+    with pytest.raises(WriteFailed, match="taken over by pid"):
+        stalled.write_block(8, {n: v * 5 for n, v in block.items()}).wait()
+    assert root.read_bytes("r", "W/c/1/0/0") == theirs
+    resumed.finish("complete")
+    np.testing.assert_array_equal(open_run("r", root)["W"].values[8:], block["W"] * 2)
+
+
+@pytest.mark.parametrize("refusal", ["retried", "not implemented"])
+def test_a_writers_own_chunk_write_refused_on_a_retry_or_a_store_without_conditions_goes_on(s3_env, monkeypatch,
+                                                                                            refusal):
+    """A chunk PUT whose first attempt landed (its answer lost) and whose retry was refused finds the writer still
+    holding the run: it writes again over exactly what is there, and the run records on. A store that answers
+    NotImplemented to conditions is written without them."""
+    import errno
+
+    import numpy as np
+
+    root = StoreRoot(f"s3://trajscope/own-chunk-{refusal.replace(' ', '-')}")
+    writer, block = _s3_writer(root)
+    writer.commit(4)
+    fs, calls = root.fs, []
+    real_pipe = fs.pipe_file
+
+    def flaky(path, data, **conditions):
+        if "/W/c/" not in path:
+            return real_pipe(path, data, **conditions)
+        calls.append(conditions)
+        if len(calls) == 1:
+            if refusal == "retried":
+                real_pipe(path, data, **conditions)  # landed...
+                raise FileExistsError("PreconditionFailed")  # ...and the client's retry was refused
+            raise OSError(errno.ENOSYS, "NotImplemented")
+        return real_pipe(path, data, **conditions)
+
+    monkeypatch.setattr(fs, "pipe_file", flaky)
+    writer.write_block(0, {n: np.concatenate([v, v * 2]) for n, v in block.items()}).wait()  # rewrites chunk 0
+    writer.commit(8)
+    writer.finish("complete")
+    assert writer.lock.lost is None and root.read_attrs("r")["status"] == "complete"
+    np.testing.assert_array_equal(open_run("r", root)["W"].values[4:], block["W"] * 2)
+    assert calls[0] == {"IfMatch": calls[0]["IfMatch"]}  # (chunk 0 was this writer's: If-Match its ETag)
+    assert calls[-1] == {} if refusal == "not implemented" else calls[-1]["IfMatch"] != calls[0]["IfMatch"]

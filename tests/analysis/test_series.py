@@ -84,6 +84,25 @@ def test_detail_levels_and_chunking(random_run):
         step_series(random_run, detail="some")
 
 
+@pytest.mark.parametrize("run", ["small_run", "random_run", "real_run"])
+def test_a_summary_read_into_memory_equals_the_lazy_one(run, request, monkeypatch):
+    """A small run's summary is computed in memory (``IN_MEMORY_BYTES``); the lazy path a large run takes gives the
+    same numbers and attributes, for every variable."""
+    import importlib
+
+    summary_module = importlib.import_module("trajscope.analysis.summary")
+
+    ds = request.getfixturevalue(run)
+    assert ds["W"].chunks is not None and ds.nbytes <= summary_module.IN_MEMORY_BYTES
+    in_memory = summary(ds)
+    monkeypatch.setattr(summary_module, "IN_MEMORY_BYTES", 0)
+    lazy = summary(ds)
+    assert set(lazy.data_vars) == set(in_memory.data_vars) and lazy.attrs == in_memory.attrs
+    for name in lazy.data_vars:
+        np.testing.assert_allclose(lazy[name].values, in_memory[name].values, rtol=1e-12, atol=0, err_msg=name)
+        assert lazy[name].attrs == in_memory[name].attrs, name
+
+
 def test_summary_final_values_are_the_series_at_the_last_state(random_run):
     s = summary(random_run)
     full = step_series(random_run).isel(step=-1).compute()

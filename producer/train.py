@@ -287,6 +287,15 @@ def gradient_step(model: TwoLayerReLU, state: State, cfg: RunConfig, step: int,
     return State(W=state.W - lr * grad_W, v=state.v - lr * grad_v if cfg.train.train_v else state.v)
 
 
+def _last_committed_loss(writer: RunWriter, committed: int) -> float | None:
+    """The loss of the run's last committed state (``None`` where it cannot be read: a lost chunk, which ``fsck``
+    reports)."""
+    try:
+        return float(writer.read_states(committed - 1, committed)["loss"][0])
+    except Exception:  # noqa: BLE001 - the run ends as before, without a final loss
+        return None
+
+
 def _train(
     cfg: RunConfig,
     writer: RunWriter,
@@ -374,7 +383,9 @@ def _train(
     except Exception as exc:  # noqa: BLE001
         committed = recorder.committed
         status, error = "failed", error or f"writer: {exc}"
-    final_loss = None if loss is None else float(loss)
+    if loss is None and 0 < committed <= start_index:  # this segment recorded nothing: a run resumed at its last
+        loss = _last_committed_loss(writer, committed)  # state ends with that state's loss, as fsck --repair reads
+    final_loss = None if loss is None else float(loss)  # it (found by a review: it ended with none, `not_finite` lost)
     waits = recording_waits(run_attr(writer.attrs, "recording_waits"), recorder, time.perf_counter() - started)
     try:
         writer.finish(status, error, final_loss=final_loss, last_step=int(schedule[committed - 1]) if committed else 0,

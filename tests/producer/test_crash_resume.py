@@ -514,3 +514,33 @@ def test_resume_refuses_a_run_whose_last_chunk_is_lost(tmp_path, small_config, m
     cli = subprocess.run([sys.executable, "-m", "trajscope", "resume", "lost", "--root", str(tmp_path), "--quiet"],
                          capture_output=True, text=True)
     assert cli.returncode == 1 and cli.stderr.count("\n") == 1 and "is missing" in cli.stderr, cli.stderr
+
+
+@pytest.mark.parametrize("lr", [0.01, 1e30])  # a run that converges; one whose loss is not finite
+def test_a_run_resumed_at_its_last_state_keeps_its_final_loss(tmp_path, small_config, monkeypatch, lr):
+    """Found by a review: a run whose every state was committed, its producer stopped before the final status,
+    was resumed without training (nothing left to record) and ended ``complete`` with ``final_loss`` null: a
+    diverged run lost its ``not_finite`` and stopped reading as diverged, a converged one lost its loss. It ends
+    with the loss of its last committed state, as an uninterrupted run does."""
+    import errno
+
+    from trajscope.store import writer as writer_module
+    from trajscope.store.errors import RunFailed
+
+    config = small_config(train={"lr": lr, "steps": 40})
+    produce(config, root=tmp_path, name="whole")
+    final = writer_module.final_document_bytes
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer_module, "final_document_bytes", disk_full)
+    with pytest.raises(RunFailed):
+        produce(config, root=tmp_path, name="r")
+    monkeypatch.setattr(writer_module, "final_document_bytes", final)
+    result = resume("r", root=tmp_path)
+    whole, resumed = (StoreRoot(tmp_path).read_attrs(name) for name in ("whole", "r"))
+    assert resumed["status"] == "complete" and resumed["committed_steps"] == whole["committed_steps"]
+    assert resumed["final_loss"] == whole["final_loss"] and resumed.get("not_finite") == whole.get("not_finite")
+    assert (whole["final_loss"] is None) == (lr > 1)  # (the diverged run's is stored as not_finite)
+    assert result.final_loss == pytest.approx(float(open_run("whole", tmp_path).loss.values[-1]), nan_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import secrets
 from typing import Annotated, Any
 
@@ -75,8 +76,8 @@ def runs(
             continue  # a symlink out of the root: never read
         try:
             infos.append(describe_run(run_id, state.root, with_size=size, attrs=state.listed_attrs(run_id)))
-        except (KeyError, ValueError, UserError):  # half-created, unreadable or malformed: skipped, as the store's catalog does
-            continue
+        except (KeyError, ValueError, UserError, PermissionError):  # half-created, unreadable, malformed or another
+            continue  # user's (found by a review: one such run made the whole listing a 503): skipped, as ls does
     return {"root": public_root(state.root),
             "runs": [summary(i, size) for i in infos if status is None or i.status == status]}
 
@@ -163,5 +164,10 @@ async def delete_run(
     except PermissionError as err:  # e.g. the producer's user owns the lock file or the run, not the server's
         raise HTTPException(403, f"run {run_id!r} cannot be deleted by this server's user ({err.strerror}: "
                                  f"{err.filename}); delete it as its owner with `trajscope rm {run_id}`") from None
+    except OSError as err:
+        if err.errno != errno.EROFS:  # (found by a review: a root mounted read-only was a 500 and a traceback)
+            raise
+        raise HTTPException(403, f"run {run_id!r} cannot be deleted: the served root is on a read-only file system "
+                                 f"({err.filename}); delete it where the root is mounted writable") from None
     state.forget(run_id)
     return {"deleted": run_id}

@@ -267,13 +267,21 @@ def planned_states(attrs: dict[str, Any]) -> int | None:
     return capacity or None
 
 
+def unreadable_run(root: StoreRoot, run_id: str, err: OSError) -> str:
+    """What a listing says of a run this process may not read (another user's, mode 700): one line."""
+    uid = getattr(os, "getuid", lambda: "?")()
+    return (f"run {run_id!r} cannot be read by this user (uid {uid}): {err.strerror or err}; its owner can give read "
+            f"access to {root.run_url(run_id)}")
+
+
 def list_runs(root: str | os.PathLike | StoreRoot | None = None, *, with_size: bool = True) -> list[RunInfo]:
-    """Every run under ``root``, sorted by id. Runs whose metadata cannot be read are skipped."""
+    """Every run under ``root``, sorted by id. Runs whose metadata cannot be read (malformed, half-created, another
+    user's) are skipped."""
     store_root = root if isinstance(root, StoreRoot) else StoreRoot(root)
     infos = []
     for run_id in store_root.run_ids():
         try:
             infos.append(describe_run(run_id, store_root, with_size=with_size))
-        except (KeyError, ValueError, UserError):  # unreadable, or refused (a link out of the root)
+        except (KeyError, ValueError, UserError, PermissionError):  # unreadable, or refused (a link out of the root)
             continue
     return infos

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 
 import httpx
@@ -251,3 +252,64 @@ def test_a_listing_parses_a_run_document_again_only_when_it_changed(tmp_path, wr
         parsed.clear()  # (the commit's own reads)
         again = {r["run_id"]: r for r in c.get("/api/runs", params={"size": "false"}).json()["runs"]}
         assert parsed == ["live"] and again["live"]["committed_steps"] == 16  # the changed one, read afresh
+
+
+def test_a_delete_on_a_read_only_root_is_a_403_saying_so(tmp_path, write_run, serve, monkeypatch):
+    """Found by a review: on a root mounted read-only (EROFS, where a chmod'ed root is EACCES) a delete was a 500
+    and a traceback in the server's log."""
+    import errno
+
+    from trajscope.api import routes_runs
+
+    def read_only(run_id, root):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".locks" / "victim.lock"))
+
+    monkeypatch.setattr(routes_runs, "remove_run", read_only)
+    root = StoreRoot(tmp_path)
+    write_run(root, "victim", steps=8, chunk_steps=8)
+    with serve(root, token="right-token") as srv:
+        r = httpx.delete(f"{srv.url}/api/runs/victim", headers={"Authorization": "Bearer right-token"})
+    assert r.status_code == 403 and "read-only file system" in r.json()["detail"], r.text
+    assert root.exists("victim")
+
+
+def test_another_users_run_is_left_out_of_listings_not_failing_them(tmp_path, write_run, serve, monkeypatch,
+                                                                   python_env):
+    """Found by a review: in a shared root, one run folder of mode 700 owned by another user made `trajscope ls` an
+    error and `GET /api/runs` a 503 saying the whole root was unreadable. It is skipped: `ls` says so in one line,
+    the API leaves it out, the other runs are listed. (Tests run as root, which reads everything: the refusal is
+    the one the file system gives another user, raised where the run's document is read.)"""
+    import errno
+    import subprocess
+    import sys
+
+    from trajscope.store import list_runs
+
+    root = StoreRoot(tmp_path)
+    write_run(root, "mine", steps=8, chunk_steps=8)
+    write_run(root, "theirs", steps=8, chunk_steps=8)
+    real = StoreRoot.read_group_metadata
+
+    def denied(self, run_id, **kwargs):
+        if run_id == "theirs":
+            raise PermissionError(errno.EACCES, "Permission denied", os.path.join(self.run_url(run_id), "zarr.json"))
+        return real(self, run_id, **kwargs)
+
+    monkeypatch.setattr(StoreRoot, "read_group_metadata", denied)
+    assert [i.run_id for i in list_runs(root)] == ["mine"]
+    with serve(root) as srv:
+        r = httpx.get(f"{srv.url}/api/runs")
+    assert r.status_code == 200 and [run["run_id"] for run in r.json()["runs"]] == ["mine"]
+    script = ("import errno, sys; from trajscope.store import StoreRoot; real = StoreRoot.read_group_metadata\n"
+              "def denied(self, run_id, **kw):\n"
+              "    if run_id == 'theirs': raise PermissionError(errno.EACCES, 'Permission denied', 'x')\n"
+              "    return real(self, run_id, **kw)\n"
+              "StoreRoot.read_group_metadata = denied\n"
+              "from trajscope.cli import main; sys.argv = ['trajscope', 'ls', '--root', sys.argv[1], '--json']; main()")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=python_env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert [row["run"] for row in json.loads(result.stdout)] == ["mine"]
+    assert result.stderr.strip().splitlines() == [
+        f"skipped: run 'theirs' cannot be read by this user (uid {os.getuid()}): Permission denied; its owner can "
+        f"give read access to {root.run_url('theirs')}"]

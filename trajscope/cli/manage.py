@@ -15,7 +15,7 @@ from trajscope.errors import UserError
 from trajscope.store.errors import MalformedRun
 from trajscope.store.layout import STATUSES
 from trajscope.store.dataset_attrs import NOT_FINITE, run_attr
-from trajscope.store.reader import planned_states
+from trajscope.store.reader import planned_states, unreadable_run
 
 RootOption = Annotated[
     Optional[str], typer.Option("--root", help="Store root: a directory or fsspec URL (default $TRAJSCOPE_ROOT or ./runs).")
@@ -151,6 +151,9 @@ def register(app: typer.Typer) -> None:
                 attrs = store_root.read_attrs(run_id)
             except MalformedRun as err:  # skipped, and said below the table: one line each
                 malformed.append(str(err))
+                continue
+            except PermissionError as err:  # another user's run (found by a review: one such run failed the listing)
+                malformed.append(unreadable_run(store_root, run_id, err))
                 continue
             except (KeyError, ValueError):  # half-created or unreadable: skipped, as the catalog does
                 if not tag and store_root.has_leftovers(run_id):  # (it has no tags to match)

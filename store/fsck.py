@@ -36,7 +36,7 @@ from trajscope.store.schema import is_module_run
 from trajscope.store.errors import CorruptChunk, CorruptData, MalformedRun, PathOutsideRoot, RunLocked, UserError
 from trajscope.store.integrity import find_corrupt_chunks, is_checksum_error
 from trajscope.store.layout import COMMITTED, CREATING, STATUSES, STEP_DIM
-from trajscope.store.locks import WriterLock
+from trajscope.store.locks import WriterLock, writer_holds
 from trajscope.store.root import StoreRoot
 from trajscope.store.safe import is_inside
 from trajscope.store.snapshot import METADATA_KEY, _array_names
@@ -191,7 +191,7 @@ def fsck_run(root: StoreRoot, run_id: str, *, repair: bool = False) -> FsckRepor
                                "attributes): left as it is")
         return report
     report.committed = committed = int(attrs.get(COMMITTED, 0) or 0)
-    alive = status in ("running", CREATING) and _writer_alive(root, run_id)
+    alive = status in ("running", CREATING) and (_writer_alive(root, run_id) if repair else writer_holds(root, run_id))
     if status == CREATING:
         if alive:
             report.problems.append("the run is being created right now; check again when its producer has started")

@@ -349,6 +349,38 @@ def writer_gone(root: StoreRoot, run_id: str) -> bool:
         return False
 
 
+def writer_holds(root: StoreRoot, run_id: str) -> bool:
+    """Whether a writer holds ``run_id`` now, asked without writing anything (a check of a root this user may only
+    read: found by a review, ``fsck`` took the writer lock to ask, which a read-only root or another user's lock
+    file refused, and rewrote the lock file's holder line). Local roots: a shared ``flock`` tried on the lock file,
+    which a writer's exclusive one refuses; object stores: a lease with a heartbeat within :data:`LEASE_SECONDS`."""
+    run_id = _locked_id(root, run_id)
+    if (root.location, run_id) in _HELD:
+        return True
+    if not root.is_local:
+        return not writer_gone(root, run_id)
+    import fcntl
+
+    folder, name = os.path.split(root.lock_path(run_id))
+    try:
+        dir_fd = open_real_dir(root.location, [os.path.basename(folder)], f"the lock folder of {root.location}")
+    except FileNotFoundError:  # no lock folder: no writer ever took a lock here
+        return False
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW | CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(dir_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # (which lets go of the shared flock)
+    return False
+
+
 def writer_named(root: StoreRoot, run_id: str) -> str:
     """The writer the run's lock names (``pid N on HOST``, with the lease's last heartbeat on an object store),
     read only; ``""`` when it names none or cannot be read. For messages."""
@@ -384,7 +416,7 @@ def _open_lock_file(root: str, path: str) -> int:
     os.makedirs(root, exist_ok=True)  # (the root itself is the user's: followed if a link)
     dir_fd = open_real_dir(root, [os.path.basename(folder)], f"the lock folder of {root}")
     try:  # (O_NONBLOCK: a FIFO planted there does not block the open)
-        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | NOFOLLOW | CLOEXEC, 0o644, dir_fd=dir_fd)
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | NOFOLLOW | CLOEXEC, 0o666, dir_fd=dir_fd)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise PathOutsideRoot(f"the lock file {path} is a symbolic link; trajscope never writes through a "

@@ -89,7 +89,7 @@ def open_real_dir(base: str, parts: Sequence[str], what: str, *, durable: set | 
         raise
 
 
-def create_new_file(name: str, dir_fd: int, mode: int = 0o644) -> int:
+def create_new_file(name: str, dir_fd: int, mode: int = 0o666) -> int:
     """A descriptor of the new file ``name`` in the folder ``dir_fd``, opened for writing with ``O_EXCL`` and
     ``O_NOFOLLOW``: an entry of that name already there (a killed writer's temporary file whose pid came back,
     or a link planted under that name: ``O_EXCL`` refuses both) is removed first, a link itself, never what

@@ -119,3 +119,37 @@ def test_a_released_lock_still_held_by_a_writer_process_is_waited_for(tmp_path):
         assert holder.poll() is not None or holder.wait(5) == 0
     finally:
         lock.release()
+
+
+def test_fsck_without_repair_asks_the_lock_without_writing_it(tmp_path, monkeypatch):
+    """Found by a review: `fsck RUN` of a run marked running took the writer lock to ask whether a writer was alive,
+    so on a read-only root, or with another user's lock file, it failed ("permission denied at r.lock"), and
+    elsewhere it rewrote the lock file's holder line. Without --repair it only probes the flock now: a crashed run
+    is checked (its lock file unchanged, even where it may not be opened for writing), a live writer's is told."""
+    import errno
+
+    from trajscope.store import locks
+    from trajscope.store.fsck import fsck_run
+
+    from tests.store.test_symlinks import write_run
+
+    root = StoreRoot(tmp_path)
+    write_run(root, "r", live=True)  # committed, still `running`, its writer gone
+    with open(root.lock_path("r"), "w") as handle:
+        handle.write(f"pid {dead_pid()} on {socket.gethostname()}")
+    before = open(root.lock_path("r")).read()
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", root.lock_path("r"))
+
+    monkeypatch.setattr(locks, "_open_lock_file", read_only)  # (what another user's lock file answers to a write)
+    report = fsck_run(root, "r")
+    assert report.status == "running" and report.committed == 16 and report.chunks_verified > 0
+    assert any("no writer holds the run" in p for p in report.problems), report.problems
+    assert open(root.lock_path("r")).read() == before
+    holder = hold(root, "r", os.getpid(), 30)
+    try:
+        assert not any("no writer holds the run" in p for p in fsck_run(root, "r").problems)  # (a live writer's)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -74,10 +74,12 @@ def test_layout_chunks_codecs_and_attributes(tmp_path):
     writer.finish("complete")
 
 
-@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_files_get_the_mode_a_plain_open_gives_them(tmp_path, umask, mode):
-    """The root document, array metadata and chunk files are readable by other users unless the umask says
-    otherwise (a server in a container may run as another user than the producer)."""
+    """The root document, array metadata, chunk files and the lock file are readable by other users unless the
+    umask says otherwise (a server in a container may run as another user than the producer), and writable by
+    the group where the umask lets it (found by a review: in a root shared by a group, umask 002, chunk files and
+    the lock file were 0o644 whatever the umask, so no one else of the group could resume a crashed run)."""
     old = os.umask(umask)
     try:
         writer = new_writer(StoreRoot(tmp_path))
@@ -87,7 +89,8 @@ def test_files_get_the_mode_a_plain_open_gives_them(tmp_path, umask, mode):
     finally:
         os.umask(old)
     run = tmp_path / "r.zarr"
-    for path in (run / "zarr.json", run / "W" / "zarr.json", run / "W" / "c" / "0" / "0" / "0"):
+    for path in (run / "zarr.json", run / "W" / "zarr.json", run / "W" / "c" / "0" / "0" / "0",
+                 tmp_path / ".locks" / "r.lock"):
         assert stat.S_IMODE(path.stat().st_mode) == mode, path
 
 

@@ -29,7 +29,7 @@ from fastapi import APIRouter, Header, HTTPException, Request, Response
 from trajscope.api.deps import Run, State, load_run
 from trajscope.api.models import ErrorBody
 from trajscope.store.errors import RunNotFound, RunNotReady
-from trajscope.store.layout import CREATING, RUN_UID
+from trajscope.store.layout import RUN_UID, never_fully_created
 from trajscope.store.served import open_chunk_file
 from trajscope.store.snapshot import KeyNotServed, parse_key, read_key
 
@@ -97,7 +97,7 @@ def _served_run(state: State, name: str, key: str | None) -> Run:
         raise  # (opening: the root zarr.json, and zarr's v2 probes .zattrs/.zgroup, stay 404s)
     if pinned and run.attrs.get(RUN_UID) != uid:
         raise _replaced(run_id, uid, run.attrs.get(RUN_UID))
-    if run.attrs.get("status") == CREATING:  # its arrays and static data may not exist yet: nothing is served
+    if never_fully_created(run.attrs):  # its arrays and static data may not exist yet: nothing is served
         raise RunNotReady(run_id)
     return run
 

@@ -35,7 +35,7 @@ from trajscope.store.dataset_attrs import run_attr, set_finite_or_null
 from trajscope.store.schema import is_module_run
 from trajscope.store.errors import CorruptChunk, CorruptData, MalformedRun, PathOutsideRoot, RunLocked, UserError
 from trajscope.store.integrity import find_corrupt_chunks, is_checksum_error
-from trajscope.store.layout import COMMITTED, CREATING, STATUSES, STEP_DIM
+from trajscope.store.layout import COMMITTED, STATUSES, STEP_DIM, never_fully_created
 from trajscope.store.locks import WriterLock, writer_holds
 from trajscope.store.root import StoreRoot
 from trajscope.store.safe import is_inside
@@ -191,8 +191,10 @@ def fsck_run(root: StoreRoot, run_id: str, *, repair: bool = False) -> FsckRepor
                                "attributes): left as it is")
         return report
     report.committed = committed = int(attrs.get(COMMITTED, 0) or 0)
-    alive = status in ("running", CREATING) and (_writer_alive(root, run_id) if repair else writer_holds(root, run_id))
-    if status == CREATING:
+    creating = never_fully_created(attrs)  # (also one an older trajscope left without a status: found by a review,
+    # whose repair shrank every array as if its finish had stopped)
+    alive = (status == "running" or creating) and (_writer_alive(root, run_id) if repair else writer_holds(root, run_id))
+    if creating:
         if alive:
             report.problems.append("the run is being created right now; check again when its producer has started")
         elif repair:

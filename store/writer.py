@@ -52,6 +52,7 @@ from trajscope.store.layout import (
     chunk_plan,
     codecs_for,
     fill_value_for,
+    never_fully_created,
     validate_variable_name,
 )
 from trajscope.store.locks import HEARTBEAT_SECONDS, WriterLock
@@ -215,7 +216,7 @@ class RunWriter:
                 source = attrs["exported_from"].get("run_id") if isinstance(attrs["exported_from"], dict) else None
                 raise UserError(f"run {run_id!r} is a copy written by `trajscope export`" + (
                     f" of run {source!r}" if source else "") + "; a copy is not resumed: resume the run it copies")
-            if attrs.get("status") == CREATING:
+            if never_fully_created(attrs):  # (found by a review: one an older trajscope left "lacks the attributes")
                 raise UserError(f"run {run_id!r} was never fully created (its producer stopped while creating it): "
                                 f"start it again with `trajscope produce CONFIG --name {run_id}`, which replaces it")
             # a run with a schema describes itself; one written before the schema needs its producer config
@@ -557,7 +558,7 @@ def is_half_created(root: StoreRoot, run_id: str) -> bool:
     """Whether ``run_id`` is a run its creator left ``creating`` (:meth:`RunWriter.create` replaces it, once that
     creator's lock is free)."""
     try:
-        return root.read_attrs(run_id).get("status") == CREATING
+        return never_fully_created(root.read_attrs(run_id))
     except (UserError, KeyError, ValueError, OSError):  # (not there, not a run, unreadable: not half-created)
         return False
 
@@ -573,7 +574,7 @@ def _refuse_existing(root: StoreRoot, run_id: str) -> bool:
     status = attrs.get("status")
     if root.is_foreign(run_id, attrs):
         raise NotARun(root.run_url(run_id), "a Zarr group without a run's attributes")
-    if status == CREATING or (status is None and "time_variables" not in attrs):
+    if never_fully_created(attrs):
         return True  # half-created (or left so by an older trajscope: a group without attributes)
     if status == "running":  # a live writer is named ("being written by ..."); a dead one is resumable
         WriterLock(root, run_id).acquire().release()

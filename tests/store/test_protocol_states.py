@@ -173,3 +173,29 @@ def test_repair_of_a_killed_run_stores_its_last_step_and_final_loss(tmp_path):
     assert attrs["last_step"] == int(values["step"][-1]) and attrs["final_loss"] == float(values["loss"][-1])
     assert attrs["finished"] == last_commit != attrs["updated"]  # it ended at its last commit, not at the repair
     assert_values(open_run("r", root).load(), values)
+
+
+def test_a_run_an_older_trajscope_left_half_created_is_told_as_such(tmp_path, python_env):
+    """Found by a review of runs recorded before the ``creating`` status: one killed inside ``create`` is a group
+    with no attributes and arrays already made. `show` told to resume it, `resume` said it lacked attributes, and
+    `fsck --repair` shrank every array as if its finish had stopped. It reads as never fully created now: readers
+    refuse it (RunNotReady), resume says what replaces it, fsck says so and --repair removes it."""
+    from trajscope.store.errors import RunNotReady, UserError
+
+    from tests.store.test_symlinks import write_run
+
+    root = StoreRoot(tmp_path)
+    write_run(root, "halfmade", live=True)
+    path = tmp_path / "halfmade.zarr" / "zarr.json"
+    path.write_text(json.dumps({"attributes": {}, "zarr_format": 3, "node_type": "group"}))  # as f2cbd3d left it
+    with pytest.raises(RunNotReady):
+        open_run("halfmade", root)
+    with pytest.raises(UserError, match="never fully created .*trajscope produce CONFIG --name halfmade"):
+        RunWriter.reopen(root, "halfmade")
+    shown = subprocess.run(["trajscope", "show", "halfmade", "--root", str(tmp_path)], env=python_env,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 2 and "resume" not in shown.stderr and "--name halfmade" in shown.stderr, shown.stderr
+    report = fsck_run(root, "halfmade")
+    assert report.problems == ["the run was never fully created (its producer died while creating it): --repair "
+                               "removes it, or `trajscope produce CONFIG --name` replaces it"]
+    assert fsck_run(root, "halfmade", repair=True).status == "removed" and not root.exists("halfmade")

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from trajscope._signals import interrupting_signals
 from trajscope.producer.budget import check_budget, data_shape
 from trajscope.producer.config import RunConfig, load_config
 from trajscope.producer.data import build_dataset
@@ -99,7 +100,7 @@ def _default_run_id(config: RunConfig, root: StoreRoot) -> str:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt():
-    """Treat SIGINT (Ctrl-C) and SIGTERM as an interrupt while training (main thread only).
+    """Treat :func:`interrupting_signals` as an interrupt while training (main thread only).
 
     SIGINT's handler is set explicitly: a process started in the background inherits SIGINT ignored.
     """
@@ -110,7 +111,7 @@ def sigterm_as_interrupt():
     def handler(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in interrupting_signals()}
     try:
         yield
     finally:

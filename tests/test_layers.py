@@ -13,6 +13,8 @@ trajscope/experiments  trajscope.experiments, producer, analysis, store
 
 ``trajscope._format`` (numbers as tables print them; numpy only, imports nothing of ours) is a leaf every
 layer but the store may use: the CLI's listings format with it without importing the analysis.
+``trajscope._signals`` (which signals interrupt a command; the standard library only) is a leaf the producer and
+the CLI share: the CLI sets them from its first line without importing torch.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 OURS = ("trajscope.store", "trajscope.producer", "trajscope.analysis", "trajscope.api", "trajscope.cli",
         "trajscope.experiments", "trajscope.reproduce", "trajscope.figures", "trajscope.errors", "trajscope._format",
-        "trajscope")
+        "trajscope._signals", "trajscope")
 
 RULES = {
     "store": ({"trajscope.store"}, {"torch", "dask", "distributed"}),
-    "producer": ({"trajscope.producer", "trajscope.store"}, set()),
+    "producer": ({"trajscope.producer", "trajscope.store", "trajscope._signals"}, set()),
     "analysis": ({"trajscope.analysis", "trajscope.store", "trajscope._format"}, {"torch"}),
     "api": ({"trajscope.api", "trajscope.store", "trajscope.analysis"}, {"torch"}),
     "trajscope/experiments": ({"trajscope.experiments", "trajscope.producer", "trajscope.analysis",

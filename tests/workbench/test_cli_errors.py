@@ -136,17 +136,23 @@ def test_a_root_the_server_may_not_read_is_a_503_naming_its_user(tmp_path, monke
     assert str(tmp_path) not in r.text  # never the root's absolute path
 
 
-@pytest.mark.parametrize("when", ["data", "run made"])
-def test_sigterm_while_a_run_is_set_up_ends_the_command_and_leaves_no_run_running(tmp_path, small_config, when):
+@pytest.mark.parametrize("when, signame", [("data", "SIGTERM"), ("run made", "SIGTERM"), ("run made", "SIGHUP"),
+                                           ("training", "SIGHUP")])
+def test_sigterm_while_a_run_is_set_up_ends_the_command_and_leaves_no_run_running(tmp_path, small_config, when,
+                                                                                  signame):
     """Found by a review of the images: SIGTERM had no handler until training began, so a ``podman stop`` in the
     first seconds (``trajscope`` is PID 1 there, which ignores unhandled signals) waited for the SIGKILL, which
-    left the run ``running``. Here the signal arrives while the data are built, or once the run exists."""
+    left the run ``running``. Here the signal arrives while the data are built, once the run exists, or during
+    training. SIGHUP (a closed terminal or ssh session; found by another review: it killed the producer and left
+    the run ``running``) is taken the same way."""
     from trajscope.store import StoreRoot, open_run
 
-    target = "trajscope.producer.data.build_dataset" if when == "data" else "trajscope.producer.two_layer.init"
+    target = {"data": "trajscope.producer.data.build_dataset", "run made": "trajscope.producer.two_layer.init",
+              "training": "trajscope.producer.train.gradient_step"}[when]
     module, name = target.rsplit(".", 1)
+    once = "    g.sent = getattr(g, 'sent', 0) + 1\n    if g.sent == 3: " if when == "training" else "    "
     prelude = (f"import importlib, os, signal; m = importlib.import_module({module!r}); f = m.{name}\n"
-               f"def g(*a, **k):\n    os.kill(os.getpid(), signal.SIGTERM); return f(*a, **k)\n"
+               f"def g(*a, **k):\n{once}os.kill(os.getpid(), signal.{signame})\n    return f(*a, **k)\n"
                f"m.{name} = g\nimport trajscope.producer.train as t; t.{name} = g\n")
     import yaml
 
@@ -159,6 +165,25 @@ def test_sigterm_while_a_run_is_set_up_ends_the_command_and_leaves_no_run_runnin
         assert not StoreRoot(tmp_path).exists("r")  # stopped before any run was made
     else:
         assert open_run("r", root=tmp_path).attrs["status"] == "interrupted"  # `resume` takes it up
+
+
+def test_a_hangup_ignored_by_nohup_leaves_the_run_going(tmp_path, small_config):
+    """Under ``nohup`` (SIGHUP ignored when the command starts) a hangup during training changes nothing: the run
+    completes."""
+    import yaml
+
+    from trajscope.store import open_run
+
+    prelude = ("import os, signal; signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+               "import trajscope.producer.train as t; f = t.gradient_step\n"
+               "def g(*a, **k):\n    g.sent = getattr(g, 'sent', 0) + 1\n"
+               "    if g.sent == 3: os.kill(os.getpid(), signal.SIGHUP)\n    return f(*a, **k)\n"
+               "t.gradient_step = g\n")
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(small_config()))
+    proc = cli("produce", str(config), "--root", str(tmp_path), "--name", "r", "-q", prelude=prelude)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert open_run("r", root=tmp_path).attrs["status"] == "complete"
 
 
 def test_step_help_is_not_turned_into_an_emoji():

@@ -20,6 +20,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
+from trajscope._signals import interrupting_signals
 from trajscope.errors import UserError
 from trajscope.store.errors import CorruptData, RunFailed, object_store_error
 
@@ -131,10 +132,10 @@ def _sigterm_interrupts() -> Callable[[], None]:
     def interrupt(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    if previous is None:  # a handler not set from Python: it cannot be put back from here
-        return lambda: None
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    # (SIGINT keeps Python's own handler, which raises KeyboardInterrupt too; SIGHUP: see interrupting_signals)
+    previous = {sig: signal.signal(sig, interrupt) for sig in interrupting_signals() if sig != signal.SIGINT}
+    kept = {sig: old for sig, old in previous.items() if old is not None}  # (one not set from Python: cannot be
+    return lambda: [signal.signal(sig, old) for sig, old in kept.items()]  # put back from here)
 
 
 #: errors of the file system the user can fix: one line saying which path, not a traceback (found by a review:

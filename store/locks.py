@@ -421,7 +421,8 @@ def _open_lock_file(root: str, path: str) -> int:
         if err.errno == errno.ELOOP:
             raise PathOutsideRoot(f"the lock file {path} is a symbolic link; trajscope never writes through a "
                                   "link: remove it") from None
-        raise
+        # the whole path (opened relative to its folder, the error named the file alone: found by a review)
+        raise type(err)(err.errno, err.strerror, path) from None
     finally:
         os.close(dir_fd)
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device: its holder line cannot be written (found by

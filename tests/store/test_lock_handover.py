@@ -153,3 +153,24 @@ def test_fsck_without_repair_asks_the_lock_without_writing_it(tmp_path, monkeypa
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_lock_file_this_user_may_not_open_is_named_whole(tmp_path, monkeypatch):
+    """Found by a review: another user's lock file gave "permission denied at r.lock" (opened relative to its
+    folder, the error named the file alone); the message names the whole path now."""
+    import errno
+
+    from trajscope.store import locks
+
+    root = StoreRoot(tmp_path)
+    real_open = os.open
+
+    def denied(name, flags, mode=0o777, *, dir_fd=None):
+        if name == "r.lock":
+            raise PermissionError(errno.EACCES, "Permission denied", name)
+        return real_open(name, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(locks.os, "open", denied)
+    with pytest.raises(PermissionError) as refused:
+        WriterLock(root, "r").acquire()
+    assert refused.value.filename == root.lock_path("r")

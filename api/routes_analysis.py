@@ -48,6 +48,11 @@ def analysis_errors(run: Run, what: str) -> Iterator[None]:
     except Exception as err:  # noqa: BLE001 - an analysis that cannot run on this run is not a server crash
         if is_checksum_error(err) or object_store_error(err) is not None:
             raise
+        if isinstance(err, RuntimeError) and ("after shutdown" in str(err) or "interpreter shutdown" in str(err)):
+            # the server is stopping (SIGTERM) and its thread pools take no more work: one line, not a traceback
+            # per running computation (found by a review)
+            log.warning("%s on run %s stopped: the server is shutting down", what, run.run_id)
+            raise HTTPException(503, "the server is shutting down: retry in a moment") from None
         log.exception("%s failed on run %s", what, run.run_id)
         raise HTTPException(422, f"{what} could not be computed for run {run.run_id!r}: "
                                  f"{type(err).__name__}: {err}") from None

@@ -289,6 +289,24 @@ def test_an_object_store_failing_during_a_computation_is_a_502_and_not_remembere
     assert client.get("/api/runs/done/plots/cones.png", params={"step": "0:7"}).status_code == 200
 
 
+def test_a_computation_stopped_by_the_servers_shutdown_is_a_503_and_one_log_line(client, monkeypatch, caplog):
+    """Found by a review: SIGTERM while analyses ran logged a full traceback for each (dask's pool, shut down with
+    the interpreter, refused their next tasks: "cannot schedule new futures after shutdown")."""
+    import logging
+
+    def pool_shut(self, *args, **kwargs):
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING, logger="trajscope.api"):
+        for cls in (xr.DataArray, xr.Dataset):
+            patch.setattr(cls, "compute", pool_shut)
+        r = client.get("/api/runs/done/analysis/stable_rank", params={"step": "0:6"})
+    assert r.status_code == 503 and "shutting down" in r.json()["detail"], r.text
+    records = [rec for rec in caplog.records if rec.name == "trajscope.api"]
+    assert [rec.getMessage() for rec in records] == ["quantity 'stable_rank' on run done stopped: the server is shutting down"]
+    assert all(rec.exc_info is None for rec in records)
+
+
 def test_param_updates_of_one_state_says_it_needs_two(tmp_path, serve):
     """Found by a review: ``param_updates`` of one state drew empty axes (200)."""
     import torch

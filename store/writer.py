@@ -210,6 +210,8 @@ class RunWriter:
         lock = WriterLock(root, run_id).acquire()
         try:
             attrs = root.read_attrs(run_id)
+            if root.is_foreign(run_id, attrs):  # someone else's Zarr group: never written by a resume
+                raise NotARun(root.run_url(run_id), "a Zarr group without a run's attributes", reading=True)
             if attrs.get("status") == "complete":
                 raise UserError(f"run {run_id!r} is complete; nothing to resume")
             if attrs.get("exported_from"):  # (found by a review: resuming a copy failed it half-way)

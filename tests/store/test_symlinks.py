@@ -417,6 +417,8 @@ def test_what_a_stopped_deletion_left_is_removed_by_rm_and_a_subset_copy_opens(t
     theirs.create_array("x", shape=(3,), dtype="int8")
     with pytest.raises(UserError, match="not a trajscope run"):
         write_run(root, "v3")
+    with pytest.raises(UserError, match="not a trajscope run"):  # (not "never fully created: produce replaces it")
+        RunWriter.reopen(root, "v3")
     assert zarr.open_group(str(tmp_path / "v3.zarr"), mode="r").attrs["title"] == "not a run"
     memory = StoreRoot(f"memory://leftovers-{os.getpid()}")  # an object store: a prefix without its root document
     write_run(memory, "m")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -95,6 +96,18 @@ def _user_warnings_to(console: Console):
         yield
 
 
+@contextlib.contextmanager
+def _said_if_interrupted_in_setup() -> Iterator[None]:
+    """A Ctrl-C, SIGTERM or SIGHUP before training began (training ends its run ``interrupted`` and reports it):
+    one line saying so, exit 130 (found by a review: the command ended with nothing printed)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("trajscope: interrupted before training began: nothing was trained (a run already made is left "
+              "`interrupted`; `trajscope resume RUN` continues it)", file=sys.stderr)
+        raise typer.Exit(130) from None
+
+
 def register(app: typer.Typer) -> None:
     """Add ``produce``, ``config`` and ``resume``."""
 
@@ -115,7 +128,7 @@ def register(app: typer.Typer) -> None:
 
         resolved = load_config(config, set_)  # config errors surface before any display starts
         extra = labels(tag, note)
-        with _user_warnings_to(Console(stderr=True)):
+        with _user_warnings_to(Console(stderr=True)), _said_if_interrupted_in_setup():
             if quiet:
                 result = run_produce(resolved, root=root, name=name, labels=extra)
             else:
@@ -146,7 +159,7 @@ def register(app: typer.Typer) -> None:
         """Continue a killed or interrupted run from its last committed state."""
         from trajscope.producer import resume as run_resume
 
-        with _user_warnings_to(Console(stderr=True)):
+        with _user_warnings_to(Console(stderr=True)), _said_if_interrupted_in_setup():
             if quiet:
                 result = run_resume(run, root=root)
             else:

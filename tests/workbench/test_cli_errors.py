@@ -163,10 +163,10 @@ def test_sigterm_while_a_run_is_set_up_ends_the_command_and_leaves_no_run_runnin
     assert "Traceback" not in proc.stderr
     if when == "data":
         assert not StoreRoot(tmp_path).exists("r")  # stopped before any run was made
-    if when != "training":  # (training reports the run it ended `interrupted` itself)
-        assert proc.stderr.strip().splitlines()[-1].startswith("trajscope: interrupted before training began")
     else:
         assert open_run("r", root=tmp_path).attrs["status"] == "interrupted"  # `resume` takes it up
+    if when != "training":  # (training reports the run it ended `interrupted` itself)
+        assert proc.stderr.strip().splitlines()[-1].startswith("trajscope: interrupted before training began")
 
 
 def test_a_hangup_ignored_by_nohup_leaves_the_run_going(tmp_path, small_config):

@@ -193,22 +193,30 @@ def test_delete_needs_the_token(tmp_path, write_run, serve):
         assert r.status_code == 404 and root.has_leftovers("husk")
 
 
-def test_a_delete_the_servers_user_may_not_do_is_a_403_naming_the_way(tmp_path, write_run, serve, monkeypatch):
-    """The run's writer lock (or its files) belongs to another user than the server's: a 403 saying so and
-    naming `trajscope rm`, not a 500; the run stays."""
+@pytest.mark.parametrize("refusal, words", [
+    ("EACCES", "trajscope rm victim"),  # the producer's user owns the lock file or the run, not the server's
+    ("EROFS", "read-only file system"),  # a root mounted read-only (found by a review: a 500 and a traceback)
+])
+def test_a_delete_the_servers_user_may_not_do_is_a_403_naming_the_way(tmp_path, write_run, serve, monkeypatch,
+                                                                      refusal, words):
+    """The run's writer lock (or its files) belongs to another user than the server's, or the root is mounted
+    read-only: a 403 saying so (and naming `trajscope rm` for the first), not a 500; the run stays."""
     import errno
 
     from trajscope.api import routes_runs
 
-    def not_yours(run_id, root):
-        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".locks" / "victim.lock"))
+    def refused(run_id, root):
+        code = getattr(errno, refusal)
+        raise (PermissionError if code == errno.EACCES else OSError)(code, os.strerror(code),
+                                                                     str(tmp_path / ".locks" / "victim.lock"))
 
-    monkeypatch.setattr(routes_runs, "remove_run", not_yours)
+    monkeypatch.setattr(routes_runs, "remove_run", refused)
     root = StoreRoot(tmp_path)
     write_run(root, "victim", steps=8, chunk_steps=8)
     with serve(root, token="right-token") as srv:
         r = httpx.delete(f"{srv.url}/api/runs/victim", headers={"Authorization": "Bearer right-token"})
-    assert r.status_code == 403 and "trajscope rm victim" in r.json()["detail"] and "victim.lock" in r.json()["detail"]
+    detail = r.json()["detail"]
+    assert r.status_code == 403 and words in detail.lower() and "victim.lock" in detail, r.text
     assert root.exists("victim")
 
 
@@ -252,25 +260,6 @@ def test_a_listing_parses_a_run_document_again_only_when_it_changed(tmp_path, wr
         parsed.clear()  # (the commit's own reads)
         again = {r["run_id"]: r for r in c.get("/api/runs", params={"size": "false"}).json()["runs"]}
         assert parsed == ["live"] and again["live"]["committed_steps"] == 16  # the changed one, read afresh
-
-
-def test_a_delete_on_a_read_only_root_is_a_403_saying_so(tmp_path, write_run, serve, monkeypatch):
-    """Found by a review: on a root mounted read-only (EROFS, where a chmod'ed root is EACCES) a delete was a 500
-    and a traceback in the server's log."""
-    import errno
-
-    from trajscope.api import routes_runs
-
-    def read_only(run_id, root):
-        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".locks" / "victim.lock"))
-
-    monkeypatch.setattr(routes_runs, "remove_run", read_only)
-    root = StoreRoot(tmp_path)
-    write_run(root, "victim", steps=8, chunk_steps=8)
-    with serve(root, token="right-token") as srv:
-        r = httpx.delete(f"{srv.url}/api/runs/victim", headers={"Authorization": "Bearer right-token"})
-    assert r.status_code == 403 and "read-only file system" in r.json()["detail"], r.text
-    assert root.exists("victim")
 
 
 def test_another_users_run_is_left_out_of_listings_not_failing_them(tmp_path, write_run, serve, monkeypatch,

@@ -67,3 +67,32 @@ def test_serve_refuses_a_bad_token_file(tmp_path, content, words):
     r = subprocess.run([*CLI, "--root", str(tmp_path), "--port", str(free_port()), "--token-file", str(token)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("flag", [[], ["--access-log"]])
+def test_serve_logs_each_request_only_with_access_log(tmp_path, write_run, flag):
+    """Found by a review (30 minutes, ~28,000 requests, one line in the log): a lab running the server had no
+    record of what it answered. ``--access-log`` logs every request with its status on stdout (uvicorn's access
+    log); without it, nothing is logged of a request that succeeds or is refused."""
+    root = StoreRoot(tmp_path / "runs")
+    write_run(root, "a", steps=8, chunk_steps=8)
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "--root", root.location, "--port", str(port), *flag], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/api/runs/nothing-here", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.2)
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)  # (the first request's line is written by now)
+        time.sleep(0.5)
+    finally:
+        proc.terminate()
+        log, errors = proc.communicate(timeout=20)
+    logged = [line for line in log.splitlines() if "GET /api/runs/nothing-here" in line]
+    assert "nothing-here" not in errors, errors
+    assert (logged and "404" in logged[0]) if flag else not logged, log

@@ -62,3 +62,22 @@ def test_an_80_column_terminal_shows_whole_times_and_an_eta():
     assert len(text) <= 80 and "…" not in text
     assert re.search(r"\d+:\d\d:\d\d ETA (\d+:\d\d:\d\d|-:--:--)$", text.rstrip()), text
     assert "12345/150000" in text and "committed 12001" in text
+
+
+def test_steps_per_second_is_the_recent_rate():
+    """Found by a review: steps/s was the average since the start, so a run slowing down late showed its old rate
+    (4701 steps/s where its last 10 s ran 1307). It is the rate over about the last RATE_WINDOW_SECONDS."""
+    out = io.StringIO()
+    display = ProgressDisplay(Console(file=out, force_terminal=False), interval=0)
+    step = 0
+    for i in range(401):  # 100 s at 1000 steps/s, then 25 s at 100 steps/s, a callback every 0.25 s
+        step += 250
+        display({"step": step, "steps": 10**6, "loss": 1.0, "committed": 0, "elapsed": (i + 1) * 0.25})
+    for i in range(100):
+        step += 25
+        display({"step": step, "steps": 10**6, "loss": 1.0, "committed": 0, "elapsed": 100.25 + (i + 1) * 0.25})
+    rates = [int(LINE.match(line).group(3)) for line in out.getvalue().splitlines()]
+    assert rates[400] == 1000 and rates[-1] == 100  # the window is wholly in the slow part 25 s on
+    from trajscope.cli.progress import RATE_WINDOW_SECONDS
+
+    assert RATE_WINDOW_SECONDS <= 25

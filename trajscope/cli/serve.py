@@ -67,6 +67,8 @@ def serve(
     max_response_mib: Annotated[float, typer.Option(help="size cap of one slice or analysis response")] = 32.0,
     max_computations: Annotated[int, typer.Option(help="analyses, series, figures and slices computed at once; "
                                                   "more wait their turn (0: one per usable core, at least 2)")] = 0,
+    access_log: Annotated[bool, typer.Option("--access-log", help="log every request (client, method, path, "
+                                             "status) on stdout, apart from the warnings and errors on stderr")] = False,
 ) -> None:
     """Serve runs, slices, analyses, figures, a dashboard (/) and the raw Zarr store (/zarr/RUN)."""
     import uvicorn
@@ -98,7 +100,8 @@ def serve(
                f"({'deletes enabled by token' if token else 'read-only'})", err=True)
     # SIGTERM/Ctrl-C: requests still computing get 5 s, then the server exits (a review found it waiting on an
     # analysis of many minutes after two SIGTERMs)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log,
+                timeout_graceful_shutdown=5)
 
 
 def register(app: typer.Typer) -> None:

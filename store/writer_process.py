@@ -65,8 +65,9 @@ _ALIGN = DIRECT_ALIGNMENT  # each variable's buffer starts on a page: a direct w
 #: the child's boot code: bare packages (no ``__init__`` runs), then the writer loop
 _BOOT = """
 import signal, sys, types
-for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C reaches the whole process group: the trainer decides
-    signal.signal(sig, signal.SIG_IGN)
+for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # Ctrl-C (a hangup) reaches the whole process group: the trainer
+    if hasattr(signal, name):  # decides (found by a review: a SIGHUP killed this process, the run ended failed)
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
 for name, path in (("trajscope", sys.argv[1]), ("trajscope.store", sys.argv[2])):
     module = types.ModuleType(name)
     module.__path__ = [path]

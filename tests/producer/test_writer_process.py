@@ -132,8 +132,10 @@ def test_a_kill_fault_in_the_writer_process_stops_the_producer(point, tmp_path, 
     assert_same_trajectory(open_run("r", tmp_path / "runs").load(), reference_process)
 
 
+# Ctrl-C; a closed terminal's SIGHUP (found by a review: it killed the writer process, the run ended failed)
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGHUP"])
 def test_ctrl_c_to_the_process_group_interrupts_with_everything_committed(tmp_path, small_config, python_env,
-                                                                           reference_process):
+                                                                           reference_process, signame):
     import os
     import subprocess
 
@@ -145,7 +147,7 @@ def test_ctrl_c_to_the_process_group_interrupts_with_everything_committed(tmp_pa
                              "--quiet"], env=python_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # its own process group, as a terminal's job
     wait_for_commits(tmp_path, "c", 1000, proc)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the trainer and its writer process both get it
+    os.killpg(proc.pid, getattr(signal, signame))  # what Ctrl-C does: the trainer and its writer process get it
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     ds = open_run("c", tmp_path / "runs")

@@ -37,6 +37,11 @@ def step_slice(text: str | None) -> slice | None:
     return sel.as_slice()
 
 
+#: what ``concurrent.futures`` raises when a pool takes no more work (shut down, or the interpreter exiting)
+POOL_SHUT_DOWN = frozenset({"cannot schedule new futures after shutdown",
+                            "cannot schedule new futures after interpreter shutdown"})
+
+
 @contextlib.contextmanager
 def analysis_errors(run: Run, what: str) -> Iterator[None]:
     """An analysis failing on this run becomes a 422 naming it, never a 500; user errors, HTTP errors, corrupt
@@ -48,7 +53,7 @@ def analysis_errors(run: Run, what: str) -> Iterator[None]:
     except Exception as err:  # noqa: BLE001 - an analysis that cannot run on this run is not a server crash
         if is_checksum_error(err) or object_store_error(err) is not None:
             raise
-        if isinstance(err, RuntimeError) and ("after shutdown" in str(err) or "interpreter shutdown" in str(err)):
+        if isinstance(err, RuntimeError) and str(err) in POOL_SHUT_DOWN:
             # the server is stopping (SIGTERM) and its thread pools take no more work: one line, not a traceback
             # per running computation (found by a review)
             log.warning("%s on run %s stopped: the server is shutting down", what, run.run_id)

@@ -326,11 +326,13 @@ class FsspecSink:
     when this writer no longer holds the run (:meth:`~trajscope.store.locks.WriterLock.confirm`). Every PUT
     then names the object it replaces: ``If-Match`` the ETag of this writer's last write of the key, or
     ``If-None-Match: *`` for a key it has not written. A PUT of a writer that was taken over after a stall
-    (sent before the takeover, retried by the client, landing late) so finds the new writer's object and is
-    refused instead of replacing it. A refusal makes the writer read the key's ETag, confirm it still holds
-    the run, and write again over exactly that object: what a resumed run rewrites (a partial chunk an earlier
-    writer left), and this writer's own PUT retried after its first attempt landed. A store answering
-    ``NotImplemented`` to conditions is written without them from then on.
+    (sent before the takeover, retried by the client, landing late) that arrives after the new writer wrote
+    that key finds the new writer's object and is refused; one that arrives before is replaced when the new
+    writer writes the key (its own first write of it is refused, and goes over the object found). A refusal
+    makes the writer read the key's ETag, confirm it still holds the run, and write again over exactly that
+    object: what a resumed run rewrites (a partial chunk an earlier writer left), and this writer's own PUT
+    retried after its first attempt landed. A store answering ``NotImplemented`` to conditions is written
+    without them from then on. (One ETag is kept per key written, ~100 bytes each.)
     """
 
     def __init__(self, fs, base: str, *, fenced_by=None) -> None:

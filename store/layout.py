@@ -45,6 +45,8 @@ def never_fully_created(attrs: Mapping[str, Any]) -> bool:
     trajscope before that status left a run killed while creating it, no status and no ``time_variables``."""
     status = attrs.get("status")
     return status == CREATING or (status is None and "time_variables" not in attrs)
+
+
 #: root attribute: a random id given at creation, so a run deleted and created again under the same id (within
 #: the one-second resolution of ``created``) is told apart by readers that cache by run
 RUN_UID = "run_uid"

@@ -86,13 +86,17 @@ def test_an_endpoint_that_drops_every_connection_is_one_line(endpoint, python_en
 
 
 @pytest.mark.parametrize("endpoint", ["hold"], indirect=True)
-@pytest.mark.parametrize("where", ["storage_options", "environment"])
-def test_retries_set_by_the_user_are_kept(endpoint, where, monkeypatch):
+@pytest.mark.parametrize("where", ["storage_options", "environment", "profile"])
+def test_retries_set_by_the_user_are_kept(endpoint, where, monkeypatch, tmp_path):
     options = {"endpoint_url": endpoint.url, "config_kwargs": {"read_timeout": 1}}
     if where == "storage_options":
         options["config_kwargs"]["retries"] = {"mode": "standard", "total_max_attempts": 1}
-    else:
+    elif where == "environment":
         monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    else:  # the AWS config file's profile (found by a review: it was overridden)
+        (tmp_path / "config").write_text("[default]\nretry_mode = standard\nmax_attempts = 1\n")
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
     root = StoreRoot("s3://bucket/runs", options)
     with pytest.raises(Exception):
         root.run_ids()

@@ -356,8 +356,8 @@ class FsspecSink:
                     self.fenced_by = None
                     self.fs.pipe_file(path, data)
                     return
-                if not refused_by_condition(exc):
-                    raise
+                if not (refused_by_condition(exc) or expected and isinstance(exc, FileNotFoundError)):
+                    raise  # (AWS answers If-Match on a key gone since with 404 NoSuchKey: a refusal too)
                 expected = self._stored_etag(path)  # first the object there now,
                 self.fenced_by()  # then this writer still holds the run: the next write replaces that object
                 continue

@@ -317,3 +317,29 @@ def test_a_writers_own_chunk_write_refused_on_a_retry_or_a_store_without_conditi
     np.testing.assert_array_equal(open_run("r", root)["W"].values[4:], block["W"] * 2)
     assert calls[0] == {"IfMatch": calls[0]["IfMatch"]}  # (chunk 0 was this writer's: If-Match its ETag)
     assert calls[-1] == {} if refusal == "not implemented" else calls[-1]["IfMatch"] != calls[0]["IfMatch"]
+
+
+def test_a_chunk_key_gone_under_a_writer_is_written_again_once_the_lease_is_confirmed(s3_env, monkeypatch):
+    """AWS answers a PUT with If-Match on a key that is gone with 404 NoSuchKey (found by the review of the fence:
+    the writer failed with a bare FileNotFoundError): a refusal like any other, so the writer confirms its lease
+    and creates the key again."""
+    import numpy as np
+
+    root = StoreRoot("s3://trajscope/chunk-gone")
+    writer, block = _s3_writer(root)
+    writer.commit(4)
+    fs, real_pipe, calls = root.fs, root.fs.pipe_file, []
+
+    def gone_once(path, data, **conditions):
+        if "/W/c/" in path and conditions.get("IfMatch") and not calls:
+            calls.append(conditions)
+            fs.rm(path)  # the key removed under the writer...
+            raise FileNotFoundError(path)  # ...and its If-Match PUT answered as AWS does
+        return real_pipe(path, data, **conditions)
+
+    monkeypatch.setattr(fs, "pipe_file", gone_once)
+    writer.write_block(0, {n: np.concatenate([v, v * 2]) for n, v in block.items()}).wait()
+    writer.commit(8)
+    writer.finish("complete")
+    assert calls and writer.lock.lost is None
+    np.testing.assert_array_equal(open_run("r", root)["W"].values[4:], block["W"] * 2)

@@ -18,7 +18,7 @@ from trajscope.store.errors import MalformedRun
 from trajscope.store.run_attrs import delete_run as remove_run
 from trajscope.store.snapshot import inside_root
 from trajscope.store.layout import RUN_UID, STATUSES
-from trajscope.store.locks import writer_gone, writer_named
+from trajscope.store.locks import writer_gone, writer_holds, writer_named
 
 REALM = "trajscope"
 router = APIRouter(prefix="/api/runs", tags=["runs"], responses={404: {"model": ErrorBody}, 400: {"model": ErrorBody}})
@@ -162,6 +162,10 @@ async def delete_run(
     try:
         await run_in_threadpool(remove_run, run_id, state.root)
     except PermissionError as err:  # e.g. the producer's user owns the lock file or the run, not the server's
+        if await run_in_threadpool(writer_holds, state.root, run_id):  # a live writer first, as for the owner's rm
+            writer = writer_named(state.root, run_id)  # (found by a review: force=true on one was this 403)
+            raise HTTPException(409, f"run {run_id!r} is being written" + (f" by {writer}" if writer else "") +
+                                     "; wait for it to finish or stop it first") from None
         raise HTTPException(403, f"run {run_id!r} cannot be deleted by this server's user ({err.strerror}: "
                                  f"{err.filename}); delete it as its owner with `trajscope rm {run_id}`") from None
     except OSError as err:

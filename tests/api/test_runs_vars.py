@@ -220,6 +220,33 @@ def test_a_delete_the_servers_user_may_not_do_is_a_403_naming_the_way(tmp_path, 
     assert root.exists("victim")
 
 
+def test_a_forced_delete_of_another_users_live_run_is_a_409_naming_its_writer(tmp_path, write_run, serve,
+                                                                             monkeypatch):
+    """Found by a review: `force=true` on a run another user's producer was writing was a 403 ("delete it as its
+    owner"), where the README promises a 409 naming the writer (the owner's `rm` is refused too while it writes)."""
+    import errno
+
+    from trajscope.api import routes_runs
+
+    from tests.store.test_lock_handover import hold
+
+    def not_yours(run_id, root):
+        raise PermissionError(errno.EACCES, "Permission denied", root.lock_path(run_id))
+
+    monkeypatch.setattr(routes_runs, "remove_run", not_yours)
+    root = StoreRoot(tmp_path)
+    write_run(root, "live", steps=8, chunk_steps=8, finish=None)
+    holder = hold(root, "live", os.getpid(), 60)  # its producer, alive, holding the lock
+    try:
+        with serve(root, token="t") as srv:
+            r = httpx.delete(f"{srv.url}/api/runs/live", params={"force": "true"}, headers={"Authorization": "Bearer t"})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.status_code == 409 and f"pid {os.getpid()}" in r.json()["detail"], r.text
+    assert root.exists("live")
+
+
 def test_deleting_a_running_run_whose_writer_is_gone_says_force_deletes_it(tmp_path, write_run, serve):
     import socket
     import subprocess

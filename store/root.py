@@ -76,7 +76,7 @@ def quiet_connection_noise(loop: Any) -> None:
 #: throttling and 5xx answers retried), with 5 attempts, unless ``storage_options["config_kwargs"]``, the
 #: environment (``AWS_MAX_ATTEMPTS``, ``AWS_RETRY_MODE``) or the AWS config file's profile set retries. Such an
 #: endpoint fails after 10 reads (2 min 50 s for ``ls``), and a PUT answered ``503 SlowDown`` every time gives up after
-#: 16–23 s (3 s with 3 botocore attempts: found by a review; 38 s before).
+#: about 17 s (42.6 s before; a few seconds with 3 botocore attempts: found by a review): ``bench/s3_retries.py``.
 S3_ATTEMPTS = 2
 S3_BOTOCORE_RETRIES = {"mode": "standard", "total_max_attempts": 5}
 

@@ -109,7 +109,7 @@ def test_the_memory_budget_counts_shared_chunk_buffers_only_for_a_writer_process
 def test_a_half_created_run_is_replaced_by_produce_name(tmp_path, small_config):
     root = StoreRoot(tmp_path)
     root.write_attrs("r", {})  # what an older trajscope left when killed while creating
-    with pytest.raises(UserError, match="lacks the attributes"):
+    with pytest.raises(UserError, match="never fully created .*trajscope produce CONFIG --name r"):
         from trajscope.producer import resume
 
         resume("r", root=tmp_path)

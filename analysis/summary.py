@@ -29,9 +29,9 @@ from trajscope.store.dataset_attrs import run_attr
 
 
 #: a run of at most this many bytes (``ds.nbytes``) is read into memory before its summary: dask's graphs for the
-#: summary's ~30 reductions cost ~0.7 s of Python whatever the run's size (a 101-state run: 0.67 s lazily,
-#: 0.14 s read first, the same numbers), which ``compare`` paid for every run. Above it the summary stays lazy,
-#: its memory a few chunks (a run of 10^6 tiny states, 64 MB, took 548 MB read first)
+#: summary's ~30 reductions cost about half a second of Python whatever the run's size, which ``compare`` paid for
+#: every run (``bench/summary_speed.py``: 0.495 s a 101-state run lazily, 0.100 s read first, the same numbers).
+#: Above it the summary stays lazy, its memory a few chunks, where reading a run first costs several times its size
 IN_MEMORY_BYTES = 16 * 2**20
 
 _LIGHT_BYTES = 4 * 2**20

@@ -310,16 +310,22 @@ def _locked_id(root: StoreRoot, run_id: str) -> str:
     return run_id
 
 
+def _open_lock_read_only(root: StoreRoot, run_id: str) -> int:
+    """A read-only descriptor of a local run's lock file, neither it nor its folder followed if a link (the lock
+    folder is not made where missing: a read makes nothing); :class:`FileNotFoundError` when there is none."""
+    folder, name = os.path.split(root.lock_path(run_id))
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW | CLOEXEC)
+    try:
+        return os.open(name, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW | CLOEXEC, dir_fd=dir_fd)  # (a FIFO: no wait)
+    finally:
+        os.close(dir_fd)
+
+
 def _lock_record(root: StoreRoot, run_id: str) -> str | dict[str, Any]:
     """What the run's lock says of its writer, read only: a local lock file's line (``pid N on HOST``; empty
     when none was written) or an object store's lease (a dict). :class:`FileNotFoundError` when there is none."""
     if root.is_local:
-        folder, name = os.path.split(root.lock_path(run_id))
-        dir_fd = open_real_dir(root.location, [os.path.basename(folder)], f"the lock folder of {root.location}")
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW | CLOEXEC, dir_fd=dir_fd)  # (a FIFO: no wait)
-        finally:
-            os.close(dir_fd)
+        fd = _open_lock_read_only(root, run_id)
         try:
             return os.pread(fd, 200, 0).decode(errors="replace").strip()
         finally:
@@ -361,17 +367,14 @@ def writer_holds(root: StoreRoot, run_id: str) -> bool:
         return not writer_gone(root, run_id)
     import fcntl
 
-    folder, name = os.path.split(root.lock_path(run_id))
     try:
-        dir_fd = open_real_dir(root.location, [os.path.basename(folder)], f"the lock folder of {root.location}")
-    except FileNotFoundError:  # no lock folder: no writer ever took a lock here
+        fd = _open_lock_read_only(root, run_id)
+    except FileNotFoundError:  # no lock file (or folder): no writer ever took this run's lock here
         return False
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW | CLOEXEC, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return False
-    finally:
-        os.close(dir_fd)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR):  # a link planted as the lock or its folder: cannot tell
+            return True
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -174,3 +174,19 @@ def test_a_lock_file_this_user_may_not_open_is_named_whole(tmp_path, monkeypatch
     with pytest.raises(PermissionError) as refused:
         WriterLock(root, "r").acquire()
     assert refused.value.filename == root.lock_path("r")
+
+
+def test_asking_about_a_runs_writer_makes_no_lock_folder(tmp_path):
+    """The read-only probes (``writer_holds``, ``writer_gone``: fsck, listings) make nothing: a root copied without
+    its ``.locks`` folder keeps none (found by the read-through: they made it, which a read-only root refuses)."""
+    from trajscope.store.locks import writer_gone, writer_holds
+
+    from tests.store.test_symlinks import write_run
+
+    root = StoreRoot(tmp_path)
+    write_run(root, "r", live=True)
+    import shutil
+
+    shutil.rmtree(tmp_path / ".locks")
+    assert writer_holds(root, "r") is False and writer_gone(root, "r") is False
+    assert not (tmp_path / ".locks").exists()

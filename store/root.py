@@ -69,14 +69,14 @@ def quiet_connection_noise(loop: Any) -> None:
 
 #: how an ``s3://`` root's requests are retried. s3fs tries a request 5 times (its class attribute ``retries``,
 #: which no storage option sets), and botocore, in its default "legacy" mode, 5 times within each: an endpoint
-#: that accepted connections and never answered held ``trajscope ls`` for 6 min 56 s with nothing printed
-#: (s3fs reads with a 15 s timeout: 25 attempts). A root's file systems get :data:`S3_ATTEMPTS` attempts of
+#: that accepted connections and never answered held a listing for 411 s with nothing printed (s3fs reads with a
+#: 15 s timeout: 25 attempts). A root's file systems get :data:`S3_ATTEMPTS` attempts of
 #: s3fs (:func:`bound_attempts`; they also retry a response body cut mid-read, which botocore cannot) around
 #: :data:`S3_BOTOCORE_RETRIES`: botocore's "standard" mode, the AWS SDKs' (exponential backoff with jitter,
 #: throttling and 5xx answers retried), with 5 attempts, unless ``storage_options["config_kwargs"]``, the
 #: environment (``AWS_MAX_ATTEMPTS``, ``AWS_RETRY_MODE``) or the AWS config file's profile set retries. Such an
-#: endpoint fails after 10 reads (2 min 50 s for ``ls``), and a PUT answered ``503 SlowDown`` every time gives up after
-#: about 17 s (42.6 s before; a few seconds with 3 botocore attempts: found by a review): ``bench/s3_retries.py``.
+#: endpoint fails after 10 reads (166 s), and a PUT answered ``503 SlowDown`` every time gives up after 17–21 s
+#: (34–43 s before; a few seconds with 3 botocore attempts: found by a review): ``bench/s3_retries.py``.
 S3_ATTEMPTS = 2
 S3_BOTOCORE_RETRIES = {"mode": "standard", "total_max_attempts": 5}
 

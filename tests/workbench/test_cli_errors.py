@@ -360,10 +360,14 @@ def test_a_corrupt_chunk_is_one_line_on_every_reading_command(tiny_root, tmp_pat
     assert not (tmp_path / "cor.nc").exists() and not (tmp_path / "x.png").exists()
 
 
-@pytest.mark.parametrize("code, words", [(30, "read-only"), (13, "permission denied"), (28, "no space left")])
-def test_a_file_system_that_refuses_writes_is_one_line(tmp_path, run_cli, small_config, monkeypatch, code, words):
+@pytest.mark.parametrize("code, words, advice", [(30, "read-only", "use a writable --root"),
+                                                 (13, "permission denied", "give this user access"),
+                                                 (28, "no space left", "free space there")])
+def test_a_file_system_that_refuses_writes_is_one_line(tmp_path, run_cli, small_config, monkeypatch, code, words,
+                                                       advice):
     """Found by a review: a read-only root printed an OSError traceback from produce, resume, tag and rm (the
-    writer lock's folder is the first thing written)."""
+    writer lock's folder is the first thing written). The advice fits the error (it read "choose another --root
+    or output file, or fix the folder's permissions or space" for all of them, odd for a command that reads)."""
     import os
 
     import yaml
@@ -377,7 +381,7 @@ def test_a_file_system_that_refuses_writes_is_one_line(tmp_path, run_cli, small_
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(small_config()))
     line = one_line_error(run_cli("produce", str(config), "--root", str(tmp_path / "ro"), "-q"),
-                          words, ".locks", "choose another --root")
+                          words, ".locks", advice)
     assert "Traceback" not in line
 
 

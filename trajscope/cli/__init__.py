@@ -138,11 +138,18 @@ def _sigterm_interrupts() -> Callable[[], None]:
     return lambda: [signal.signal(sig, old) for sig, old in kept.items()]  # put back from here)
 
 
-#: errors of the file system the user can fix: one line saying which path, not a traceback (found by a review:
-#: a read-only root or output folder printed OSError tracebacks from produce, resume, tag, rm and export)
-_OS_ERRORS = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-              errno.EPERM: "operation not permitted", errno.ENOSPC: "no space left on the device",
-              errno.EDQUOT: "disk quota exceeded", errno.ENAMETOOLONG: "a file name is too long"}
+#: errors of the file system the user can fix: one line saying which path and what to do, not a traceback (found
+#: by a review: a read-only root or output folder printed OSError tracebacks from produce, resume, tag, rm and
+#: export). The advice fits the error and any command: a read (``show``, ``fsck``) meets EACCES too, where
+#: "choose another --root" alone was odd advice.
+_OS_ERRORS = {
+    errno.EROFS: ("the file system is read-only", "this command writes there: use a writable --root or output path"),
+    errno.EACCES: ("permission denied", "give this user access to it, or use another --root or output path"),
+    errno.EPERM: ("operation not permitted", "give this user access to it, or use another --root or output path"),
+    errno.ENOSPC: ("no space left on the device", "free space there, or use another --root or output path"),
+    errno.EDQUOT: ("disk quota exceeded", "free space within the quota, or use another --root or output path"),
+    errno.ENAMETOOLONG: ("a file name is too long", "use a shorter run name, --root or output path"),
+}
 
 
 def _os_error(err: BaseException) -> str | None:
@@ -150,10 +157,10 @@ def _os_error(err: BaseException) -> str | None:
     seen = 0
     while err is not None and seen < 8:
         if isinstance(err, OSError) and err.errno in _OS_ERRORS:
+            what, advice = _OS_ERRORS[err.errno]
             where = f" at {err.filename}" if err.filename else ""  # (reading or writing: EACCES is either)
             if err.errno in (errno.EACCES, errno.EPERM) and hasattr(os, "getuid"):  # (an image's user is uid
                 where += f" (for uid {os.getuid()})"  # 10001, not the host's: found by a review)
-            return (f"{_OS_ERRORS[err.errno]}{where}: choose another --root or output file, or fix the folder's "
-                    "permissions or space")
+            return f"{what}{where}: {advice}"
         err, seen = err.__cause__ or err.__context__, seen + 1
     return None

@@ -59,6 +59,10 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_drop_held_locks_in_child)
 
 
+#: how many times a lease refresh is tried while the object it finds is still this writer's own
+LEASE_WRITE_ATTEMPTS = 3
+
+
 class WriterLock:
     """Exclusive right to write one run; use as a context manager or call :meth:`release`."""
 
@@ -71,6 +75,7 @@ class WriterLock:
         self._lease_written = 0.0
         self._held_lease = False
         self._etag: str | None = None  # of the lease object this writer last wrote (remote roots)
+        self._refresh_guard = threading.Lock()
         #: why this writer lost the run (its lease taken over), or None: it then writes nothing more
         self.lost: str | None = None
         #: the ETag of the run's root document as the holder last wrote it (object stores; see
@@ -193,32 +198,57 @@ class WriterLock:
         """Refresh the lease only if it is still the object this writer wrote (``If-Match`` its ETag): a writer
         that stalled past :data:`LEASE_SECONDS` (a paused process, a network partition) and was taken over
         by a ``resume`` elsewhere is told so and stops, instead of overwriting the new writer's lease and
-        attributes. Without ETags (``memory://``) the lease is rewritten as it is."""
-        if self._etag is None:
-            self._put_lease(stamp)
-            return
-        try:
-            self._put_lease(stamp, IfMatch=self._etag)
-        except (FileExistsError, OSError) as refused:
-            try:
-                holder = json.loads(self.root.fs.cat_file(self._lease_path()))
-            except FileNotFoundError:
-                holder = {}  # removed: a writer that took over has released it since
-            except (OSError, ValueError):
-                raise refused from None  # the store unreachable: the refresh's own error stands
-            if holder.get("token") == self.token:  # still ours (a retried PUT that had landed, or a store
-                self._put_lease(stamp)  # refusing If-Match): rewritten as before, and its ETag taken anew
+        attributes. Without ETags (``memory://``) the lease is rewritten as it is.
+
+        A refusal that finds this writer's own token stored (its PUT retried after the first attempt landed) is
+        written again over exactly the object read (``If-Match`` its ETag): a writer that takes the run over
+        between that read and this write makes it refused, not overwritten (found by a review: the rewrite was
+        unconditional). Only a store that refuses ``If-Match`` on the very object it just named, or answers
+        ``NotImplemented``, is written without conditions."""
+        with self._refresh_guard:  # (the write threads' fenced chunk writes confirm the lease too: one at a time,
+            if self._etag is None:  # each naming the ETag the last one left)
+                self._put_lease(stamp)
                 return
-            self._held_lease = False
-            if holder.get("token"):
-                self.lost = (f"run {self.run_id!r}: this writer's lease was taken over by pid {holder.get('pid')} on "
-                             f"{holder.get('host')} after {LEASE_SECONDS:.0f} s without a heartbeat from this one (a "
-                             "paused process?); it stops writing, and the run is the new writer's")
-            else:  # (found by a review: "taken over by pid None on None after 60 s" where nobody had)
-                self.lost = (f"run {self.run_id!r}: this writer's lease object is gone from the store (deleted, or "
-                             "released by a writer that took the run over and finished); it stops writing: check the "
-                             f"run with `trajscope fsck {self.run_id}`")
-            raise RunLocked(self.lost) from None
+            expected, conditional = self._etag, True
+            for _ in range(LEASE_WRITE_ATTEMPTS):
+                try:
+                    self._put_lease(stamp, **({"IfMatch": expected} if conditional else {}))
+                    return
+                except (FileExistsError, OSError) as refused:
+                    last = refused
+                    holder, etag = self._lease_now(refused)
+                    if holder.get("token") != self.token:
+                        break  # another writer's lease, or none
+                    # still ours: a retried PUT that had landed (written again over the object read), or a store
+                    # that refuses If-Match on the very object it names (without conditions from then on)
+                    conditional = conditional and etag is not None and etag != expected and \
+                        getattr(refused, "errno", None) != errno.ENOSYS
+                    expected = etag
+            else:
+                raise last from None  # refused again and again over this writer's own lease: the error stands
+        self._held_lease = False
+        if holder.get("token"):
+            self.lost = (f"run {self.run_id!r}: this writer's lease was taken over by pid {holder.get('pid')} on "
+                         f"{holder.get('host')} after {LEASE_SECONDS:.0f} s without a heartbeat from this one (a "
+                         "paused process?); it stops writing, and the run is the new writer's")
+        else:  # (found by a review: "taken over by pid None on None after 60 s" where nobody had)
+            self.lost = (f"run {self.run_id!r}: this writer's lease object is gone from the store (deleted, or "
+                         "released by a writer that took the run over and finished); it stops writing: check the "
+                         f"run with `trajscope fsck {self.run_id}`")
+        raise RunLocked(self.lost) from None
+
+    def _lease_now(self, refused: BaseException) -> tuple[dict[str, Any], str | None]:
+        """The lease object as stored now and its ETag (read in that order: an object replaced after the ETag was
+        read shows its new holder); ``({}, None)`` when gone. A store that cannot be read: ``refused`` stands."""
+        path = self._lease_path()
+        self.root.fs.invalidate_cache(path)
+        try:
+            etag = self.root.fs.info(path).get("ETag")
+            return json.loads(self.root.fs.cat_file(path)), etag
+        except FileNotFoundError:
+            return {}, None  # removed: a writer that took over has released it since
+        except (OSError, ValueError):
+            raise refused from None  # the store unreachable: the refresh's own error stands
 
     def _refused(self, holder: dict[str, Any], age: float) -> RunLocked:
         return RunLocked(

@@ -114,6 +114,49 @@ def test_a_stalled_writer_whose_lease_was_taken_over_stops_instead_of_overwritin
     taker.release()
 
 
+def test_a_lease_refresh_that_finds_its_own_token_does_not_overwrite_a_takeover_since(s3_env, monkeypatch):
+    """Found by a review: a refresh refused because its retried PUT had landed reads the lease, finds its own token,
+    and wrote it again unconditionally. A ``resume`` that took the run over between that read and that write had
+    its lease overwritten: two writers each believed they held the run. The rewrite now names the object it read
+    (``If-Match``), so the takeover stands and the stalled writer stops."""
+    import errno
+    import json
+
+    from trajscope.store import locks
+
+    root = StoreRoot("s3://trajscope/lease-own-token")
+    stalled = WriterLock(root, "r").acquire()
+    locks._HELD.discard(stalled._key)  # (the taker runs in this process too)
+    real_pipe, real_cat = root.fs.pipe_file, root.fs.cat_file
+    lease_path = stalled._lease_path()
+    taken = []
+
+    def landed_then_refused(path, data, **conditions):  # the first attempt landed, its retry is refused
+        result = real_pipe(path, data, **conditions)
+        if path == lease_path and conditions.get("IfMatch") and not taken:
+            raise OSError(errno.EINVAL, "PreconditionFailed")
+        return result
+
+    def read_then_taken_over(path, *args, **kwargs):
+        content = real_cat(path, *args, **kwargs)
+        if path == lease_path and not taken:  # the stalled writer has read its own token: now the takeover
+            taken.append(True)
+            monkeypatch.setattr(locks, "LEASE_SECONDS", 0.0)
+            taken.append(WriterLock(root, "r").acquire())
+            monkeypatch.setattr(locks, "LEASE_SECONDS", 60.0)
+        return content
+
+    monkeypatch.setattr(root.fs, "pipe_file", landed_then_refused)
+    monkeypatch.setattr(root.fs, "cat_file", read_then_taken_over)
+    with pytest.raises(RunLocked, match="taken over by pid"):
+        stalled.confirm()
+    taker = taken[1]
+    assert json.loads(real_cat(lease_path))["token"] == taker.token  # the taker's lease stands
+    taker._lease_written = 0.0
+    assert taker.lease()["token"] == taker.token  # and its heartbeats go on
+    taker.release()
+
+
 def test_an_object_store_lost_as_the_run_ends_is_one_run_failed_line(s3_env, small_config, monkeypatch):
     """Found by a review: botocore's EndpointConnectionError (not an OSError) at the final document came out of
     ``produce`` raw, where a full disk gives the documented RunFailed naming what is kept and how to go on."""

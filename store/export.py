@@ -27,7 +27,7 @@ import xarray as xr
 
 from trajscope.store.dataset_attrs import decode_attrs, encode_attrs, is_plain, json_default, set_finite_or_null
 from trajscope.store.errors import UserError
-from trajscope.store.layout import RUN_SUFFIX, RUN_UID, validate_run_id
+from trajscope.store.layout import ALL_CHUNKS_STORED_BODY, ALL_CHUNKS_STORED_KEY, RUN_SUFFIX, RUN_UID, validate_run_id
 
 MARKER = "trajscope_export"
 FORMATS = {".nc": "netcdf", ".nc4": "netcdf", ".netcdf": "netcdf", ".zarr": "zarr", ".npz": "npz"}
@@ -167,8 +167,8 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     if "step" in ds.dims:
         chunk = int(ds.attrs.get("chunk_steps") or 0) or None
         ds = ds.chunk({"step": chunk or "auto"})  # uniform chunks, as Zarr needs
-    if kind == "zarr":  # a run: its attributes nested, as the store writes them (the writers read them so)
-        ds.attrs = decode_attrs(ds.attrs)
+    if kind == "zarr":  # a run: its attributes nested, as the store writes them (the writers read them so), and
+        ds.attrs = own_run_attrs(decode_attrs(ds.attrs), path.stem, ds)  # its own (found by a review)
     drop_chunk_encoding(ds)
     # written under a hidden temporary name, renamed when whole: an export stopped half-way (Ctrl-C, a corrupt
     # chunk, a full disk) left a file that opened as the complete run full of NaNs (found by a review)
@@ -237,6 +237,7 @@ def copy_attrs(ds: xr.Dataset) -> dict[str, Any]:
     attrs = decode_attrs(ds.attrs)
     if attrs.get("run_id") and "exported_from" not in attrs:
         attrs["exported_from"] = {"run_id": attrs["run_id"], "run_uid": attrs.get(RUN_UID)}
+    attrs.pop("root", None)  # where the source was read from (open_run's): not the copy's, and no path of this
     if "step" not in ds.dims:
         return encode_attrs(attrs)
     states = int(ds.sizes["step"])
@@ -258,13 +259,25 @@ def copy_attrs(ds: xr.Dataset) -> dict[str, Any]:
     return encode_attrs(attrs)
 
 
+def own_run_attrs(attrs: dict[str, Any], run_id: str, ds: xr.Dataset) -> dict[str, Any]:
+    """What makes a Zarr export a run of its own (found by a review: it kept the source's): ``run_id`` its name,
+    a ``run_uid`` of its own (a cache never takes it for the source, nor the source for it) and ``chunk_steps``
+    its own chunks' length along ``step`` (``exported_from`` names the source)."""
+    attrs = {**attrs, "run_id": run_id, RUN_UID: uuid.uuid4().hex}
+    if ds.chunks and "step" in ds.chunks and ds.chunks["step"]:
+        attrs["chunk_steps"] = int(ds.chunks["step"][0])
+    return attrs
+
+
 def _write(ds: xr.Dataset, path: Path, kind: str) -> None:
     if kind == "zarr":
-        # every chunk stored, an all-NaN one too, as the store's writer does (fsck then finds none missing);
-        # consolidated on purpose, as a finished run is (zarr warns that v3 has no such thing in its spec)
+        # every chunk stored, an all-NaN one too, as the store's writer does, and so marked: a chunk lost later
+        # reads as a loss (CorruptData), not as NaN (found by a review: the marker was missing); consolidated on
+        # purpose, as a finished run is (zarr warns that v3 has no such thing in its spec)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
             ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True, write_empty_chunks=True)
+        (path / ALL_CHUNKS_STORED_KEY).write_bytes(ALL_CHUNKS_STORED_BODY)
     elif kind == "netcdf":
         # the writes in this thread only: a Ctrl-C then stops every write before the partial file is removed
         # (found by a review: dask's write threads went on and made the removed file again); HDF5 writes one at

@@ -56,6 +56,8 @@ RUN_UID = "run_uid"
 #: run through xarray (``ds.to_zarr``, which stores no file for an all-NaN chunk) copies the attributes but
 #: not this, while a copy of the files (``cp -r``, ``aws s3 sync``) keeps it, and is complete.
 ALL_CHUNKS_STORED_KEY = ".all_chunks_stored"
+#: its content
+ALL_CHUNKS_STORED_BODY = b'{"all_chunks_stored": true}\n'
 #: key of an empty object a deletion writes into a run before removing its root document, and removes last:
 #: a folder a deletion stopped half-way left is recognised by it (or by :data:`ALL_CHUNKS_STORED_KEY`), so no
 #: other folder named ``*.zarr`` (a Zarr v2 dataset, a user's files) is ever taken for one and removed

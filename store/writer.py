@@ -41,6 +41,7 @@ from trajscope.store.dataset_attrs import set_finite_or_null
 from trajscope.store.errors import CorruptData, NotARun, RunLocked, UserError
 from trajscope.store.hotpath import BlockWrite, HotPath, block_threads, default_write_threads
 from trajscope.store.layout import (
+    ALL_CHUNKS_STORED_BODY,
     ALL_CHUNKS_STORED_KEY,
     COMMITTED,
     COORDINATES,
@@ -176,7 +177,7 @@ class RunWriter:
                 )
                 if not spec.time_varying:
                     array[...] = np.asarray(static[spec.name], dtype=spec.dtype)
-            root.write_bytes(run_id, ALL_CHUNKS_STORED_KEY, b'{"all_chunks_stored": true}\n')
+            root.write_bytes(run_id, ALL_CHUNKS_STORED_KEY, ALL_CHUNKS_STORED_BODY)
             faults.checkpoint("create.arrays")
             full_attrs = {
                 "format_version": FORMAT_VERSION,

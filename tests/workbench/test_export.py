@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 import xarray as xr
 
 from trajscope import open_run
-from trajscope.store import StoreRoot, UserError
+from trajscope.store import CorruptData, StoreRoot, UserError
 from trajscope.store.export import copy_attrs, export, read_export
 
 
@@ -65,6 +67,9 @@ def test_export_round_trips_equal_the_original(tiny_root, tmp_path, suffix):
     back = read_export(path)
     expected = ds.copy()
     expected.attrs = copy_attrs(ds)  # (the copy's own: its states, what it was exported from)
+    if suffix == ".zarr":  # a run of its own: its name, uid and chunks
+        expected.attrs.update({k: back.attrs[k] for k in ("run_uid", "chunk_steps")})
+    assert back.attrs["run_uid"] != ds.attrs["run_uid"] or suffix != ".zarr"
     xr.testing.assert_identical(back.load(), expected.load())
     assert back.traj.attrs["exported_from"] == {"run_id": "a", "run_uid": ds.traj.attrs["run_uid"]}
     assert type(back.attrs["capacity"]) is int and type(back.attrs["final_loss"]) is float  # (not numpy's)
@@ -291,6 +296,10 @@ def test_a_zarr_export_is_a_run_true_of_what_it_holds(run_cli, tmp_path, small_c
     ds = open_run("a", root)
     assert stored["last_step"] == 20 and stored["final_loss"] == float(ds["loss"].sel(step=20))
     assert stored["exported_from"]["run_id"] == "a"
+    # its own name, uid and chunk length, and no path of the source's (found by a review of the store contract)
+    assert stored["run_id"] == "part" and stored["run_uid"] != ds.attrs["run_uid"] and "root" not in stored
+    w_meta = json.loads((out / "part.zarr" / "W" / "zarr.json").read_text())
+    assert stored["chunk_steps"] == w_meta["chunk_grid"]["configuration"]["chunk_shape"][0]
     report = fsck_run(copy, "part")
     assert report.ok, report.problems
     assert describe_run("part", copy).committed_steps == 6
@@ -301,3 +310,7 @@ def test_a_zarr_export_is_a_run_true_of_what_it_holds(run_cli, tmp_path, small_c
         refused = run_cli("export", "a", "--root", str(root.location), "-o", str(out / name))
         assert refused.returncode == 2 and "a Zarr export is a run, named RUN.zarr" in refused.stderr, name
         assert not (out / name).exists()
+    # every chunk stored and so marked: one lost later is a loss, not NaN (found by a review: no marker)
+    (out / "part.zarr" / "W" / "c" / "0" / "0" / "0").unlink()
+    with pytest.raises(CorruptData, match="W/c/0/0/0"):
+        open_run("part", copy)["W"].values

@@ -35,7 +35,7 @@ from trajscope.store.dataset_attrs import run_attr, set_finite_or_null
 from trajscope.store.schema import is_module_run
 from trajscope.store.errors import CorruptChunk, CorruptData, MalformedRun, PathOutsideRoot, RunLocked, UserError
 from trajscope.store.integrity import find_corrupt_chunks, is_checksum_error
-from trajscope.store.layout import COMMITTED, STATUSES, STEP_DIM, never_fully_created
+from trajscope.store.layout import COMMITTED, STATUSES, STEP_DIM, check_format, never_fully_created
 from trajscope.store.locks import WriterLock, writer_holds
 from trajscope.store.root import StoreRoot
 from trajscope.store.safe import is_inside
@@ -189,6 +189,11 @@ def fsck_run(root: StoreRoot, run_id: str, *, repair: bool = False) -> FsckRepor
     if root.is_foreign(run_id, attrs):  # someone else's Zarr group: nothing of a run to check, nothing repaired
         report.problems.append(f"{root.run_url(run_id)} is not a trajscope run (a Zarr group without a run's "
                                "attributes): left as it is")
+        return report
+    try:
+        check_format(run_id, attrs)
+    except UserError as newer:  # a later trajscope's run: neither checked nor repaired by this one
+        report.problems.append(f"{newer}; left as it is")
         return report
     report.committed = committed = int(attrs.get(COMMITTED, 0) or 0)
     creating = never_fully_created(attrs)  # (also one an older trajscope left without a status: found by a review,

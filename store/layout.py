@@ -40,6 +40,16 @@ STATUSES = ("running", "complete", "failed", "interrupted")
 CREATING = "creating"
 
 
+def check_format(run_id: str, attrs: Mapping[str, Any]) -> None:
+    """Raise :class:`UserError` for a run stored in a format newer than :data:`FORMAT_VERSION` (a later trajscope
+    wrote it): read or written by this one, it could be misread or damaged. Runs without the attribute are of
+    format 1 (found by a review of the store contract: nothing said what a reader does with another version)."""
+    version = attrs.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UserError(f"run {run_id!r} is stored in format {version!r}, which this trajscope (format "
+                        f"{FORMAT_VERSION}) does not know: upgrade trajscope to read or resume it")
+
+
 def never_fully_created(attrs: Mapping[str, Any]) -> bool:
     """Whether ``attrs`` are those of a run whose creation never completed: ``status: creating``, or, as a
     trajscope before that status left a run killed while creating it, no status and no ``time_variables``."""

@@ -17,7 +17,7 @@ from zarr.storage import WrapperStore
 from trajscope.store.dataset_attrs import NOT_FINITE, encode_attrs, run_attr
 from trajscope.store.errors import CorruptChunk, CorruptData, NotARun, RunNotReady, UserError
 from trajscope.store.export import drop_chunk_encoding
-from trajscope.store.layout import COMMITTED, STEP_DIM, never_fully_created
+from trajscope.store.layout import COMMITTED, STEP_DIM, check_format, never_fully_created
 from trajscope.store.locks import writer_gone
 from trajscope.store.root import StoreRoot, resolve_run
 from trajscope.store.integrity import chunk_ok
@@ -141,6 +141,7 @@ def check_openable(root: StoreRoot, run_id: str, attrs: dict[str, Any]) -> None:
     group under the root."""
     if root.is_foreign(run_id, attrs):
         raise NotARun(root.run_url(run_id), "a Zarr group without a run's attributes", reading=True)
+    check_format(run_id, attrs)
     if never_fully_created(attrs):  # (one an older trajscope left, without a status: found by a review)
         raise RunNotReady(run_id)
 

@@ -50,6 +50,7 @@ from trajscope.store.layout import (
     RUN_UID,
     STATUSES,
     VariableSpec,
+    check_format,
     chunk_plan,
     codecs_for,
     fill_value_for,
@@ -182,6 +183,8 @@ class RunWriter:
             full_attrs = {
                 "format_version": FORMAT_VERSION,
                 "run_id": run_id,
+                # the default level, unless given; set_write_options stores another (found by a review: a module
+                "durability": cls.durability,  # run, which sets none, had no such attribute)
                 **dict(attrs),
                 RUN_UID: uid,
                 "versions": library_versions(),
@@ -213,6 +216,7 @@ class RunWriter:
             attrs = root.read_attrs(run_id)
             if root.is_foreign(run_id, attrs):  # someone else's Zarr group: never written by a resume
                 raise NotARun(root.run_url(run_id), "a Zarr group without a run's attributes", reading=True)
+            check_format(run_id, attrs)  # (a later trajscope's run: never written by this one)
             if attrs.get("status") == "complete":
                 raise UserError(f"run {run_id!r} is complete; nothing to resume")
             if attrs.get("exported_from"):  # (found by a review: resuming a copy failed it half-way)

@@ -45,6 +45,7 @@ def test_every_step_equals_a_synchronous_copy(tmp_path, make, shape):
     ds = trajscope.open_run(tmp_path / "m.zarr")
     assert ds.attrs["status"] == "complete" and ds.attrs["committed_steps"] == steps + 1
     assert ds.attrs["chunk_steps"] < steps + 1  # really several chunks
+    assert ds.attrs["durability"] == "process"  # the level it was written with (found by a review: none stored)
     np.testing.assert_array_equal(ds["step"].values, np.arange(steps + 1))
     for name, param in model.named_parameters():
         stored = ds[name].values

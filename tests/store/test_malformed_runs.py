@@ -246,3 +246,33 @@ def test_an_exported_copy_is_tagged_and_checked_as_a_run(tmp_path):
     tag_run("copy", copy_root, add=["bar"])
     assert sorted(open_run("copy", copy_root).traj.attrs["tags"]) == ["bar", "foo"]
     assert fsck_run(copy_root, "copy").problems == []
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_a_run_of_a_newer_store_format_is_refused_not_misread_or_written(tmp_path, live):
+    """Found by a review of the store contract: nothing said, or checked, what this trajscope does with a run whose
+    ``format_version`` is one it does not know (a later trajscope's). It is refused by name: open_run, resume and
+    fsck --repair leave it as it is."""
+    from trajscope.store import RunWriter
+    from trajscope.store.errors import UserError
+    from trajscope.store.fsck import fsck_run
+
+    root = StoreRoot(tmp_path)
+    write_run(root, "later", live=live)
+    path = os.path.join(root.run_url("later"), "zarr.json")
+    with open(path) as handle:
+        doc = json.load(handle)
+    doc["attributes"]["format_version"] = 2
+    with open(path, "w") as handle:
+        json.dump(doc, handle)
+    before = sorted((p, os.path.getsize(os.path.join(d, p))) for d, _, files in os.walk(root.run_url("later"))
+                    for p in files)
+    with pytest.raises(UserError, match=r"format 2, which this trajscope \(format 1\) does not know: upgrade"):
+        open_run("later", root)
+    with pytest.raises(UserError, match="format 2"):
+        RunWriter.reopen(root, "later")
+    report = fsck_run(root, "later", repair=True)
+    assert not report.ok and any("format 2" in p for p in report.problems), report.problems
+    after = sorted((p, os.path.getsize(os.path.join(d, p))) for d, _, files in os.walk(root.run_url("later"))
+                   for p in files)
+    assert after == before and json.load(open(path))["attributes"]["status"] == doc["attributes"]["status"]

@@ -185,7 +185,8 @@ def chunk_plan(step_shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], 
     - the largest variable, and any with ``T · B_v >= SMALL_CHUNK_BYTES``, has chunks ``(T, *shape)``; if
       one state is above
       ``MAX_CHUNK_FILE_BYTES`` its second dimension is split into ``max(1, MAX_CHUNK_FILE_BYTES // (T · row))``
-      rows per chunk (``row`` = bytes of one index of that dimension);
+      rows per chunk (``row`` = bytes of one index of that dimension; reached only with ``target_bytes`` above
+      ``MAX_CHUNK_FILE_BYTES``: below it such a state has ``T = 1`` and is split to the target, next rule);
     - when ``T = 1`` and one state is above ``target_bytes``, :func:`chunk_shape_for` splits it;
     - a smaller variable has chunks ``(k T, *shape)`` with
       ``k = clip(SMALL_CHUNK_BYTES // (T · B_v), 1, MAX_SMALL_CHUNK_STEPS // T)``, and ``k T`` at most

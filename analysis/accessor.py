@@ -16,14 +16,16 @@ import xarray as xr
 
 from trajscope.analysis import QUANTITIES, select
 from trajscope.analysis.registry import applicable, check_applies
-from trajscope.store.dataset_attrs import decode_attrs, run_attr
+from trajscope.store.dataset_attrs import committed_part, decode_attrs, run_attr
+from trajscope.store.errors import UserError
 
 
 class TrajAccessor:
     """Analysis of a run (see :mod:`trajscope.analysis`)."""
 
     def __init__(self, ds: xr.Dataset):
-        self._ds = ds
+        # only the committed states: a live or killed run opened with plain xr.open_zarr reaches past them
+        self._ds = committed_part(ds)
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -69,6 +71,10 @@ def _method(name: str, fn):
     @functools.wraps(fn)
     def method(self: TrajAccessor, step: slice | None = None, **kwargs: Any):
         check_applies("quantity", name, self._ds)
+        if self._ds.sizes.get("step", 1) == 0:  # (found by a review: IndexError, "zero-size array" from numpy)
+            live = self._ds.attrs.get("status") == "running"
+            raise UserError(f"quantity {name!r} needs at least one recorded state; this dataset has none"
+                            + (" yet (the run's first chunk is not committed): retry when it is" if live else ""))
         return fn(self._ds, step, **kwargs)
 
     method.__name__ = name

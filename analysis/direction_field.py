@@ -41,6 +41,9 @@ def direction_field_error(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     W0 = W0.drop_vars([c for c in W0.coords if c != "step"])
     W1 = W.isel(step=slice(1, None))
     W1 = W1.drop_vars([c for c in W1.coords if c != "step"]).assign_coords(step=steps0)
+    if W0.chunks is not None:  # the next states in the same blocks as the states they follow (found by a review:
+        W1 = W1.chunk({"step": W0.chunks[W0.get_axis_num("step")]})  # the blocks, one state apart, were unified
+        # into twice as many, half of them one state long, and memory grew with the run)
     tt = time_coord(sel).astype(np.float64).values
     dt = xr.DataArray(np.diff(tt), dims="step", coords={"step": steps0})
     v0 = sel["v"].isel(step=slice(0, -1))

@@ -147,14 +147,27 @@ def applicable(ds: xr.Dataset, what: str = "quantity") -> dict[str, Callable[...
     return {name: fn for name, fn in table.items() if applies(what, name, ds, have)}
 
 
+def _lacking(token: str, ds: xr.Dataset) -> str:
+    """What a dataset without the requirement ``token`` lacks, in words."""
+    if token == "two_layer":
+        missing = [n for n in ("W", "v", "X", "y") if n not in ds.variables]
+        if run_schema(ds).get("kind") == _KIND_TWO_LAYER and missing:  # (a subset of a two-layer run: found by a
+            return f"the two-layer network's W, v, X and y (this dataset lacks {', '.join(missing)})"  # review)
+        return "the two-layer network's W, v, X and y (a run of the paper's network)"
+    return {"parameters": "recorded parameters", "loss": "a recorded loss",
+            "matrices": "a recorded parameter with two or more dims besides step"}.get(token, token)
+
+
 def check_applies(what: str, name: str, ds: xr.Dataset) -> None:
-    """:class:`UserError` naming what ``name`` needs and what applies instead, when it does not apply."""
+    """:class:`UserError` naming what ``name`` needs that ``ds`` lacks and what applies instead, when it does not
+    apply (found by a review: "needs a run with two_layer; this run (two_layer) offers ..." for a subset of a
+    two-layer run, naming nothing missing)."""
     if applies(what, name, ds):
         return
-    needs = ", ".join(REQUIRES.get((what, name), ()))
+    have = features(ds)
+    needs = "; ".join(_lacking(t, ds) for t in REQUIRES.get((what, name), ()) if t not in have)
     others = ", ".join(sorted(applicable(ds, what))) or "none"
-    raise UserError(f"{what} {name!r} needs a run with {needs}; this run ({run_schema(ds).get('kind')}) "
-                    f"offers: {others}")
+    raise UserError(f"{what} {name!r} needs {needs}; this dataset offers: {others}")
 
 
 def requirements(what: str = "quantity") -> Mapping[str, tuple[str, ...]]:

@@ -14,7 +14,7 @@ from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.errors import UserError
 from trajscope.store.export import no_state_message  # noqa: F401  (re-exported: the analysis' callers)
 
-StepSel = slice | None
+StepSel = slice | int | None
 
 UNKNOWN = "unknown"
 
@@ -34,13 +34,16 @@ def select(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     ``a`` and ``b`` are values of the ``step`` coordinate (optimizer steps, both ends included, as in
     ``ds.sel(step=slice(a, b))``; they need not be recorded steps); ``s`` is a stride over the
     *recorded* states that remain (positional: every ``s``-th recorded state, starting at the first).
-    ``None`` keeps everything. A range that holds no recorded state (outside them, or between two of a sparse
+    An int ``k`` is the one step ``k`` (``slice(k, k)``). ``None`` keeps everything. A range that holds no
+    recorded state (outside them, or between two of a sparse
     or log schedule) is a :class:`UserError` saying which.
     """
     if step is None:
         return ds
+    if isinstance(step, (int, np.integer)) and not isinstance(step, bool):  # one step, as the CLI's --step k and
+        step = slice(int(step), int(step))  # the API's step=k take it (found by a review)
     if not isinstance(step, slice):
-        raise TypeError(f"step must be a slice or None, not {type(step).__name__}")
+        raise TypeError(f"step must be a slice, an int (one step) or None, not {type(step).__name__}")
     out = ds
     if step.start is not None or step.stop is not None:
         out = out.sel(step=slice(step.start, step.stop))

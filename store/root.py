@@ -500,6 +500,12 @@ def resolve_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | No
         parent, _, name = trimmed.rpartition("/")
         store_root = StoreRoot(parent or ".", getattr(root, "storage_options", None))
         return store_root, validate_run_id(name[: -len(RUN_SUFFIX)])
+    if "/" in trimmed or os.sep in trimmed:  # a path or URL, not of a run's folder (found by a review: "invalid
+        if trimmed.startswith(("http://", "https://")) and "/zarr/" in trimmed:  # run id" for both)
+            raise UserError(f"{trimmed!r} is a run served by `trajscope serve`: open it with "
+                            f"xr.open_zarr({trimmed!r}); open_run takes a run id, or the path or URL of a run's "
+                            "folder, RUN.zarr")
+        raise UserError(f"{trimmed!r} is not a run: give a run id, or the path or URL of a run's folder, RUN.zarr")
     store_root = root if isinstance(root, StoreRoot) else StoreRoot(root)
     return store_root, validate_run_id(trimmed)
 

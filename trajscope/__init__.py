@@ -6,7 +6,7 @@ Public face::
     with trajscope.ModuleRecorder(model, root="runs", name="mlp") as rec:   # any torch.nn.Module
         ...
     ds = trajscope.open_run("runs/mlp.zarr")   # lazy xr.Dataset, trimmed to committed steps
-    ds.traj.norms()                            # the analysis accessor
+    ds.traj.frobenius_norms()                  # the analysis accessor
 
 Importing ``trajscope`` (or ``trajscope.store``) loads neither the analysis nor dask nor torch: the
 ``ds.traj`` accessor is registered here as a thin factory that imports the analysis on first use.

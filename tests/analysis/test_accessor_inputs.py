@@ -99,3 +99,20 @@ def test_direction_field_error_keeps_the_runs_blocks(tmp_path):
     assert len(chunks) > 2  # (several blocks)
     err = ds.traj.direction_field_error()["error"]
     assert err.chunks[0][:-1] == chunks[:-1] and sum(err.chunks[0]) == 39, (err.chunks[0], chunks)
+
+
+def test_open_run_of_a_path_or_url_that_is_no_run_says_what_to_give(tmp_path):
+    """Found by a review: the server's own URL, and a folder that is not a run, were an "invalid run id"."""
+    with pytest.raises(UserError, match=r"is a run served by `trajscope serve`: open it with xr.open_zarr\("):
+        open_run("http://127.0.0.1:8000/zarr/quickstart")
+    with pytest.raises(UserError, match="is not a run: give a run id, or the path or URL of a run's folder"):
+        open_run(str(tmp_path))
+
+
+def test_one_step_as_an_int_as_the_cli_and_the_api_take_it(tmp_path):
+    root = StoreRoot(tmp_path)
+    _killed_run(root)
+    ds = open_run("killed", root)
+    one = ds.traj.frobenius_norms(step=5).compute()
+    assert one.sizes["step"] == 1 and int(one["step"][0]) == 5
+    assert float(one["W"][0]) == pytest.approx(float(np.sqrt((ds["W"].sel(step=5).values.astype(float) ** 2).sum())))

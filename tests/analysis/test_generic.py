@@ -126,7 +126,7 @@ def test_applicability_and_the_accessor(run):
     names = set(applicable(ds))
     assert "distance_from_init" in names and "stable_rank" not in names and "t1" not in names
     assert ds.traj.distance_from_init()["(all)"].sizes["step"] == ds.sizes["step"]
-    with pytest.raises(UserError, match="two_layer"):
+    with pytest.raises(UserError, match="needs the two-layer network.s W, v, X and y"):
         ds.traj.stable_rank()
     assert "param_norms" in ds.traj.plot_kinds() and "alignment" not in ds.traj.plot_kinds()
     fig = ds.traj.plot("param_updates")

@@ -18,6 +18,7 @@ from typing import Any, Callable, TypeVar
 import anyio
 from fastapi import HTTPException, Request
 
+from trajscope.api.heap import trim_when_idle
 from trajscope.api.state import ApiState
 
 T = TypeVar("T")
@@ -38,12 +39,16 @@ def limiter(state: ApiState, name: str, tokens: int) -> anyio.CapacityLimiter:
 async def compute(request: Request, state: ApiState, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in a worker thread once the work limiter lets it start; 499 when the client has gone."""
     tokens = state.computations()
-    async with limiter(state, "work", tokens):
-        if await request.is_disconnected():
-            raise HTTPException(CLIENT_CLOSED, "the client closed the connection before the computation started")
-        # (its own thread limiter, as large as the work limiter: the default pool's threads stay free)
-        threads = limiter(state, "work-threads", tokens)
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=threads)
+    work = limiter(state, "work", tokens)
+    try:
+        async with work:
+            if await request.is_disconnected():
+                raise HTTPException(CLIENT_CLOSED, "the client closed the connection before the computation started")
+            # (its own thread limiter, as large as the work limiter: the default pool's threads stay free)
+            threads = limiter(state, "work-threads", tokens)
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=threads)
+    finally:  # the last computation done: the heap its temporaries freed goes back to the system
+        trim_when_idle(work.borrowed_tokens)
 
 
 async def once(request: Request, state: ApiState, key: Any, fn: Callable[..., T], *args: Any) -> tuple[Any, T | None]:

@@ -151,6 +151,7 @@ def open_run(
     root: str | os.PathLike | StoreRoot | None = None,
     *,
     chunks: dict | str | None = None,
+    storage_options: dict | None = None,
 ) -> xr.Dataset:
     """Open a run as a lazy :class:`xarray.Dataset`, trimmed to its committed steps.
 
@@ -162,6 +163,9 @@ def open_run(
         Store root (local directory or fsspec URL); default ``$TRAJSCOPE_ROOT`` or ``./runs``.
     chunks
         Dask chunks; default: the stored chunks (one time chunk per dask block).
+    storage_options
+        fsspec options of a remote root (``{"endpoint_url": ...}``), as ``xr.open_zarr`` takes them; for a
+        ``root`` given as a string or a run's URL (a :class:`StoreRoot` carries its own).
 
     The root attributes are read first and fresh, then each array's metadata (from the consolidated
     metadata when the run has it), and every time-varying variable is cut to ``committed_steps``
@@ -172,7 +176,7 @@ def open_run(
     :mod:`trajscope.store.dataset_attrs`), so ``ds.to_netcdf()`` and ``ds.to_zarr()`` take the dataset as
     it is; read them decoded with ``ds.traj.attrs``, ``ds.traj.config`` or :func:`run_attr`.
     """
-    store_root, run_id = resolve_run(run, root)
+    store_root, run_id = resolve_run(run, root, storage_options)
     snap: Snapshot = snapshot(store_root, run_id)
     attrs = snap.attrs
     check_openable(store_root, run_id, attrs)

@@ -493,12 +493,15 @@ def _remove_entry(path: str) -> None:
             os.unlink(path)
 
 
-def resolve_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | None = None) -> tuple[StoreRoot, str]:
-    """Turn ``run`` (a run id under ``root``, or a path/URL ending in ``.zarr``) into ``(root, run_id)``."""
+def resolve_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | None = None,
+                storage_options: dict | None = None) -> tuple[StoreRoot, str]:
+    """Turn ``run`` (a run id under ``root``, or a path/URL ending in ``.zarr``) into ``(root, run_id)``;
+    ``storage_options`` for a root made here (a :class:`StoreRoot` given carries its own)."""
     trimmed = os.fspath(run).rstrip("/")
     if trimmed.endswith(RUN_SUFFIX):
         parent, _, name = trimmed.rpartition("/")
-        store_root = StoreRoot(parent or ".", getattr(root, "storage_options", None))
+        options = storage_options if storage_options is not None else getattr(root, "storage_options", None)
+        store_root = StoreRoot(parent or ".", options)
         return store_root, validate_run_id(name[: -len(RUN_SUFFIX)])
     if "/" in trimmed or os.sep in trimmed:  # a path or URL, not of a run's folder (found by a review: "invalid
         if trimmed.startswith(("http://", "https://")) and "/zarr/" in trimmed:  # run id" for both)
@@ -506,7 +509,7 @@ def resolve_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | No
                             f"xr.open_zarr({trimmed!r}); open_run takes a run id, or the path or URL of a run's "
                             "folder, RUN.zarr")
         raise UserError(f"{trimmed!r} is not a run: give a run id, or the path or URL of a run's folder, RUN.zarr")
-    store_root = root if isinstance(root, StoreRoot) else StoreRoot(root)
+    store_root = root if isinstance(root, StoreRoot) else StoreRoot(root, storage_options)
     return store_root, validate_run_id(trimmed)
 
 

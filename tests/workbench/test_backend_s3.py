@@ -54,6 +54,10 @@ def test_engine_trajscope_passes_storage_options(moto_endpoint, small_config):
     local = open_run("remote", root)
     assert "output" not in ds and ds.sizes["step"] == 41 and ds.attrs["status"] == "complete"
     np.testing.assert_array_equal(ds["W"].values, local["W"].values)
+    # open_run takes them too, as xr.open_zarr does (found by a review: a TypeError)
+    for by_url in (open_run("s3://runs/exp/remote.zarr", storage_options=options),
+                   open_run("remote", "s3://runs/exp", storage_options=options)):
+        np.testing.assert_array_equal(by_url["W"].values, local["W"].values)
     with pytest.raises(Exception):  # without them the bucket is not reachable: the options really were used
         xr.open_dataset("s3://runs/exp/remote.zarr", engine="trajscope",
                         storage_options={"key": "testing", "secret": "testing", "endpoint_url": "http://127.0.0.1:9",

@@ -123,8 +123,12 @@ def committed_part(ds: Any) -> Any:
     """``ds`` (an ``xr.Dataset`` of a run) cut to its ``committed_steps`` along ``step`` where it holds more: a
     live or killed run opened with plain ``xr.open_zarr``, whose arrays reach past the committed states into
     uncommitted numbers and fill values (found by a review: ``ds.traj.summary()`` on one answered plausible
-    wrong numbers, a last step of 0). A dataset of ``open_run``, or of a finished run, is returned as it is."""
+    wrong numbers, a last step of 0). Only a ``running`` run's: a finished run's arrays are already cut to its
+    count, and a dataset of ``open_run``, a selection of one, or several runs concatenated (the first run's
+    attributes) are returned as they are."""
     committed = ds.attrs.get("committed_steps")
     if isinstance(committed, bool) or not isinstance(committed, (int, np.integer)) or "step" not in ds.dims:
+        return ds
+    if ds.attrs.get("status") != "running":
         return ds
     return ds.isel(step=slice(0, int(committed))) if ds.sizes["step"] > committed >= 0 else ds

@@ -43,6 +43,9 @@ def test_the_accessor_of_a_plain_open_zarr_of_a_killed_run_reads_only_its_commit
     assert got.sizes["step"] == 12 and np.array_equal(got["step"], np.arange(12))
     xr.testing.assert_allclose(got.drop_attrs(), expected.drop_attrs())
     assert float(plain.traj.stable_rank().isel(step=-1)) == pytest.approx(float(ours.traj.stable_rank().isel(step=-1)))
+    # a finished run's arrays are already cut: a dataset with more states (runs concatenated) is left whole
+    both = xr.concat([ours, ours.assign_coords(step=ours["step"] + 12)], "step").assign_attrs(status="complete")
+    assert both.traj.frobenius_norms().sizes["step"] == 24
 
 
 def test_a_quantity_of_a_dataset_with_no_state_is_one_line(tmp_path):

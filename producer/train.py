@@ -98,25 +98,42 @@ def _default_run_id(config: RunConfig, root: StoreRoot) -> str:
     return run_id
 
 
+#: a process that ends its run on the first interrupting signal and ignores the next ones (a sweep's worker: a Ctrl-C
+#: reaches it from the terminal and then its sweep's SIGTERM, which, taken for a second Ctrl-C, left the run
+#: ``running``: found by a review; the sweep kills a worker that has not ended its run within its STOP_SECONDS)
+INTERRUPT_ONCE = False
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     """Treat :func:`interrupting_signals` as an interrupt while training (main thread only).
 
-    SIGINT's handler is set explicitly: a process started in the background inherits SIGINT ignored.
+    SIGINT's handler is set explicitly: a process started in the background inherits SIGINT ignored. With
+    :data:`INTERRUPT_ONCE` the first signal interrupts and every later one is ignored, to the end of the process.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    signals = interrupting_signals()
+    fired = []
+
+    def ignored(signum, frame):  # noqa: ARG001  (a Python handler, not SIG_IGN: one already pending when it is set
+        pass  # would raise "Signal 15 ignored due to race condition")
 
     def handler(signum, frame):  # noqa: ARG001
+        if INTERRUPT_ONCE:
+            fired.append(signum)
+            for sig in signals:
+                signal.signal(sig, ignored)
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, handler) for sig in interrupting_signals()}
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        if not fired:  # (once fired with INTERRUPT_ONCE: the next signals stay ignored while the run ends)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
 
 ProgressCallback = Callable[[dict[str, Any]], None]

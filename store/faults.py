@@ -4,7 +4,8 @@ The writer calls :func:`checkpoint` at each named step of create, write, commit,
 Normally it does nothing. With ``TRAJSCOPE_FAULT=POINT[:ACTION[:N[:PREFIX]]]`` in the environment the
 writer stops at the ``N``-th time (default 1) it reaches ``POINT``, and every time after:
 ``kill`` (default) sends itself SIGKILL, as a crash or power cut would; ``raise`` raises
-:class:`InjectedFault`, as an exception inside the writer would. With ``PREFIX`` only visits whose detail
+:class:`InjectedFault`, as an exception inside the writer would; ``sleep`` waits :data:`SLEEP_SECONDS` and goes
+on, as a slow storage would. With ``PREFIX`` only visits whose detail
 (at ``write.renaming``, the chunk's key) starts with it count: ``write.renaming:raise:1:W/c/3/`` fails the
 4th chunk file of ``W`` alone, as a disk that fills up there would. The crash tests visit every point of
 :data:`POINTS`; a random-time kill would miss short windows.
@@ -14,8 +15,11 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 ENV = "TRAJSCOPE_FAULT"
+#: what the ``sleep`` action waits at each visit
+SLEEP_SECONDS = 0.5
 
 #: every named point, in protocol order (tests iterate over this tuple)
 POINTS: tuple[str, ...] = (
@@ -60,6 +64,9 @@ def checkpoint(name: str, detail: str = "") -> None:
         return
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] < int(nth or 1):
+        return
+    if action == "sleep":  # a slow storage: each visit waits (a window for signals to land in)
+        time.sleep(SLEEP_SECONDS)
         return
     if action in ("", "kill"):
         for pid in _also_kill:

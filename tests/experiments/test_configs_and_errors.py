@@ -126,26 +126,34 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
-def test_a_stopped_sweep_starts_no_more_runs_and_leaves_no_worker(tmp_path, python_env, sig):
+@pytest.mark.parametrize("sig, group", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGKILL, False),
+                                        (signal.SIGINT, True)], ids=["int", "term", "kill", "int-to-the-group"])
+def test_a_stopped_sweep_starts_no_more_runs_and_leaves_no_worker(tmp_path, python_env, sig, group):
     """Found by a review: after Ctrl-C a sweep went on with every queued point, and after SIGTERM its workers
     waited for work forever. The signal goes to the sweep's process alone (``timeout`` sends SIGTERM so): no
     queued point starts, the running ones end ``interrupted`` (resumable), every worker exits. Killed outright
-    (SIGKILL), the sweep takes its workers with it (Linux: they are SIGTERMed when their parent dies)."""
+    (SIGKILL), the sweep takes its workers with it (Linux: they are SIGTERMed when their parent dies).
+    ``int-to-the-group`` is a terminal's Ctrl-C, which reaches the workers too (found by a later review: the
+    sweep's own SIGTERM then came as a second Ctrl-C and left a run ``running``)."""
     spec = tmp_path / "long.yaml"
     spec.write_text("name: long\nbase: {data: {kind: synthetic, n: 16, dim: 5}, model: {width: 4}, "
                     "train: {steps: 200000}, record: {chunk_mib: 0.002}}\ngrid: {data.n: [8, 16, 24, 32, 40, 48]}\n")
     root = tmp_path / "runs"
+    # (a terminal's Ctrl-C: each chunk write slow, so that the sweep's SIGTERM lands while the workers end their runs)
+    env = {**python_env, "TRAJSCOPE_FAULT": "write.chunk:sleep:1"} if group else python_env
     proc = subprocess.Popen([sys.executable, "-c", "from trajscope.cli import main; main()", "sweep", str(spec),
-                             "--root", str(root), "--workers", "2"], env=python_env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--root", str(root), "--workers", "2"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group)
     deadline = time.monotonic() + 120
     while len(list(root.glob("*.zarr"))) < 2:  # two runs under way
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.2)
     time.sleep(1.0)
     workers = _children(proc.pid)
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     try:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:

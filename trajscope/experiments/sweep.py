@@ -275,8 +275,12 @@ def _execute_point(config: dict[str, Any], run_id: str, root: str, storage_optio
     """
     import dask
 
+    from trajscope.producer import train
     from trajscope.producer.train import produce, resume
     from trajscope.store import StoreRoot, WriterLock, open_run
+
+    if parent_pid is not None:  # a worker of a local sweep: a Ctrl-C from the terminal, then the sweep's SIGTERM,
+        train.INTERRUPT_ONCE = True  # end the run once (see INTERRUPT_ONCE)
 
     store_root = StoreRoot(root, storage_options)
     started = time.perf_counter()

@@ -41,9 +41,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = {"glibc (before)": {"TRAJSCOPE_SERVER_HEAP": "glibc"}, "trim": {"TRAJSCOPE_SERVER_HEAP": "trim"},
-            "bound 4 MiB + trim (now)": {"TRAJSCOPE_SERVER_HEAP": "bound"},
-            "bound 128 KiB + trim": {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}}
+#: id -> (label, environment of the server)
+VARIANTS = {"glibc": ("glibc (before)", {"TRAJSCOPE_SERVER_HEAP": "glibc"}),
+            "trim": ("trim", {"TRAJSCOPE_SERVER_HEAP": "trim"}),
+            "bound": ("bound 4 MiB + trim (now)", {"TRAJSCOPE_SERVER_HEAP": "bound"}),
+            "bound128k": ("bound 128 KiB + trim", {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)})}
 RUNS = {"q": [], "wide": ["--set", "model.width=300", "--set", "train.steps=3000"]}
 QUANTITIES = ["stable_rank", "effective_rank", "update_norms", "distance_from_init", "cone_fractions",
               "aligned_fraction", "neuron_norms", "balance_drift", "spectral_norms"]
@@ -162,8 +164,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="60 requests, one repeat, 8 s idle")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--variants", type=lambda text: [v.strip() for v in text.split(",")], default=None,
-                        help="a comma-separated subset of: " + ", ".join(v.split(" (")[0] for v in VARIANTS))
+                        help="a comma-separated subset of: " + ", ".join(VARIANTS))
     args = parser.parse_args()
+    if args.variants and set(args.variants) - set(VARIANTS):
+        parser.error(f"--variants: unknown {sorted(set(args.variants) - set(VARIANTS))}; choose from {list(VARIANTS)}")
     if args.quick:
         args.requests, args.repeats, args.idle = 60, 1, 8.0
     with tempfile.TemporaryDirectory(prefix="server-memory-") as tmp:
@@ -175,12 +179,11 @@ def main() -> None:
         widths = {"q": 100, "wide": 300}
         paths = requests_for(args.requests, steps, widths)
         results: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS
-                                                      if not args.variants or name.split(" (")[0] in args.variants}
+                                                      if not args.variants or name in args.variants}
         for repeat in range(args.repeats):
-            order = list(VARIANTS) if repeat % 2 == 0 else list(reversed(VARIANTS))
-            order = [name for name in order if not args.variants or name.split(" (")[0] in args.variants]
+            order = list(results) if repeat % 2 == 0 else list(reversed(results))
             for name in order:
-                results[name].append(measure(root, VARIANTS[name], paths, args.clients, args.idle))
+                results[name].append(measure(root, VARIANTS[name][1], paths, args.clients, args.idle))
     table = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for name, runs in results.items()}
     if args.json:
         print(json.dumps({"requests": args.requests, "clients": args.clients, "repeats": args.repeats,
@@ -190,7 +193,7 @@ def main() -> None:
     print("| heap | start MiB | peak MiB (VmHWM) | after load MiB | idle MiB | load s | p50 s | p90 s | 200s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, row in table.items():
-        print(f"| {name} | {row['start']:.0f} | {row['peak']:.0f} ({row['hwm']:.0f}) | {row['after']:.0f} | "
+        print(f"| {VARIANTS[name][0]} | {row['start']:.0f} | {row['peak']:.0f} ({row['hwm']:.0f}) | {row['after']:.0f} | "
               f"{row['idle']:.0f} | {row['wall']:.1f} | {row['p50']:.3f} | {row['p90']:.3f} | {row['ok']:.0%} |")
 
 

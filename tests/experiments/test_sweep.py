@@ -182,3 +182,38 @@ def test_a_sweep_that_finds_runs_busy_leaves_the_table_to_the_other_writer(tmp_p
         holder.wait()
     again = run_sweep(spec, root=str(root), workers=1)
     assert [r["action"] for r in again.rows] == ["produced"] and (root / "tiny.sweep.csv").exists()
+
+
+def test_runs_found_busy_are_taken_again_at_the_end_so_the_last_sweep_writes_the_table(tmp_path, spec_factory,
+                                                                                     python_env):
+    """Found by a review: two sweeps of one spec started together each found runs the other was writing, and
+    neither wrote the table (both exited 1, counting the other's runs as failed). Runs found busy are taken again
+    once the sweep's own are done: finished (or free) by then, the table is written."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "runs"
+    spec = spec_factory(grid={"data.mu": [0.3, 0.2]})
+    first = expand(*load_sweep(spec))[0]
+    go = tmp_path / "go"
+    holder = subprocess.Popen(  # another writer holds the first run until the sweep has found it busy
+        [sys.executable, "-c", "import os, time; from trajscope.store import StoreRoot, WriterLock; "
+         f"lock = WriterLock(StoreRoot({str(root)!r}), {first.run_id!r}).acquire(); print('held', flush=True)\n"
+         f"while not os.path.exists({str(go)!r}): time.sleep(0.02)\nlock.release()"],
+        stdout=subprocess.PIPE, text=True, env=python_env)
+    seen = []
+
+    def progress(row, done, total):
+        seen.append(row["action"])
+        if row["run_id"] == first.run_id:
+            go.touch()
+
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = run_sweep(spec, root=str(root), workers=1, progress=progress)
+    finally:
+        go.touch()
+        holder.wait(30)
+    assert seen[0] == "busy"  # (really found busy first)
+    assert sorted(r["action"] for r in result.rows) == ["produced", "produced"] and not result.busy
+    assert result.files and (root / "tiny.sweep.csv").exists() and not result.failed

@@ -47,10 +47,10 @@ def register(app: typer.Typer) -> None:
         console = Console(soft_wrap=True)
         result = run_sweep(spec, root=root, workers=workers, scheduler=scheduler, quick=quick,
                            progress=_printer(console))
-        done = len(result.rows) - len(result.failed)
+        done = len(result.rows) - len(result.failed) - len(result.busy)
         table = (f"table: {', '.join(result.files)}" if result.files else
-                 f"no table written: {len(result.busy)} runs are being written by another process (another sweep?); "
-                 f"run the same command once it ends")
+                 f"no table written: {len(result.busy)} runs are being written by another process (another sweep?), "
+                 "which writes it when it ends (or run the same command then)")
         console.print(f"sweep {result.spec.name}: {done}/{len(result.rows)} runs complete in {result.seconds:.0f} s; "
                       f"{table}", highlight=False)
         if result.failed:

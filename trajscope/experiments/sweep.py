@@ -517,8 +517,8 @@ class SweepResult:
 
     @property
     def failed(self) -> list[dict[str, Any]]:
-        """Rows whose run did not finish."""
-        return [r for r in self.rows if r.get("status") != "complete"]
+        """Rows whose run did not finish (not counting those another writer holds: :attr:`busy`)."""
+        return [r for r in self.rows if r.get("status") != "complete" and r.get("action") != BUSY]
 
 
 def run_sweep(
@@ -545,6 +545,12 @@ def run_sweep(
     points = expand(spec, folder, quick=quick)
     rows = run_points(points, root=root, storage_options=storage_options, workers=workers, scheduler=scheduler,
                       progress=progress)
+    if any_busy(rows):  # held by another writer when this sweep came to them: finished by now (two sweeps of one
+        busy = [p for p, row in zip(points, rows) if row.get("action") == BUSY]  # spec started together, found
+        again = run_points(busy, root=root, storage_options=storage_options, workers=workers,  # each other busy,
+                           scheduler=scheduler)  # and neither wrote the table: found by a review), they are taken
+        by_id = {row["run_id"]: row for row in again}  # as they are now: the last sweep to end writes the table
+        rows = [by_id.get(row["run_id"], row) if row.get("action") == BUSY else row for row in rows]
     table = sweep_table(rows)
     # a run another writer holds (another sweep of this spec) has no row yet: that sweep writes the table, not
     # this one (found by a review: the sweep that finished last overwrote the table with `busy` rows of NaN)

@@ -127,14 +127,16 @@ def _children(pid: int) -> set[int]:
 
 
 @pytest.mark.parametrize("sig, group", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGKILL, False),
-                                        (signal.SIGINT, True)], ids=["int", "term", "kill", "int-to-the-group"])
+                                        (signal.SIGINT, True), (signal.SIGHUP, True)],
+                         ids=["int", "term", "kill", "int-to-the-group", "hup-to-the-group"])
 def test_a_stopped_sweep_starts_no_more_runs_and_leaves_no_worker(tmp_path, python_env, sig, group):
     """Found by a review: after Ctrl-C a sweep went on with every queued point, and after SIGTERM its workers
     waited for work forever. The signal goes to the sweep's process alone (``timeout`` sends SIGTERM so): no
     queued point starts, the running ones end ``interrupted`` (resumable), every worker exits. Killed outright
     (SIGKILL), the sweep takes its workers with it (Linux: they are SIGTERMed when their parent dies).
     ``int-to-the-group`` is a terminal's Ctrl-C, which reaches the workers too (found by a later review: the
-    sweep's own SIGTERM then came as a second Ctrl-C and left a run ``running``)."""
+    sweep's own SIGTERM then came as a second Ctrl-C and left a run ``running``); ``hup-to-the-group`` a closed
+    terminal (it killed multiprocessing's resource tracker, whose tracebacks the sweep printed)."""
     spec = tmp_path / "long.yaml"
     spec.write_text("name: long\nbase: {data: {kind: synthetic, n: 16, dim: 5}, model: {width: 4}, "
                     "train: {steps: 200000}, record: {chunk_mib: 0.002}}\ngrid: {data.n: [8, 16, 24, 32, 40, 48]}\n")

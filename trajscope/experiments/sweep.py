@@ -373,6 +373,7 @@ def run_points(
         from trajscope.producer.train import sigterm_as_interrupt  # (torch: imported where runs are made)
 
         ctx = multiprocessing.get_context("spawn")
+        _start_resource_tracker_without_hangups()
         stop_dir = tempfile.mkdtemp(prefix="trajscope-sweep-")  # its "stop" file: no point starts once it exists
         stop_file = os.path.join(stop_dir, "stop")
         with contextlib.ExitStack() as stack:
@@ -400,6 +401,22 @@ def run_points(
                 _stop_workers(pool)
                 raise
     return [{**{f"param.{k}": v for k, v in p.values.items()}, **results[p.run_id]} for p in points]
+
+
+def _start_resource_tracker_without_hangups() -> None:
+    """Start multiprocessing's resource tracker with SIGHUP blocked (it ignores only SIGINT and SIGTERM): a closed
+    terminal's SIGHUP to the whole group killed it, and the sweep printed its tracebacks ("process died
+    unexpectedly, relaunching", ``KeyError: '/mp-...'``; found by a review). Elsewhere than POSIX, a no-op."""
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is None or not hasattr(signal, "pthread_sigmask"):
+        return
+    from multiprocessing import resource_tracker
+
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {hangup})  # (a blocked signal stays blocked across exec)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _end_with_parent() -> None:

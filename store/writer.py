@@ -239,6 +239,8 @@ class RunWriter:
                 remove_stale_temporaries(root.run_url(run_id))
             attrs["status"] = "running"
             attrs["error"] = None
+            for ended in ("final_loss", "last_step", "not_finite", "finished"):  # of the end this resume undoes (found
+                attrs.pop(ended, None)  # by a review: `ls` showed a run being resumed with its old final loss)
             attrs["writer"] = lock.lease()
             attrs["updated"] = _now()
             # drops stale consolidated metadata first; a run recorded with durability fsync: this document, its

@@ -490,3 +490,28 @@ def test_a_copy_with_other_chunk_keys_is_read_as_plain_zarr_reads_it(tmp_path):
     for name in ("W", "v", "loss", "output"):
         np.testing.assert_array_equal(dotted_run[name].values, original[name].values)
         np.testing.assert_array_equal(xr.open_zarr(copy)[name].values, original[name].values)
+
+
+def test_a_resumed_run_holds_no_end_of_the_segment_before_until_it_ends_again(tmp_path):
+    """Found by a review: a run being resumed (or killed while resumed) listed the final loss of its earlier end."""
+    import numpy as np
+
+    from trajscope.producer.two_layer import variables as two_layer_variables
+    from trajscope.store import RunWriter
+
+    root = StoreRoot(tmp_path)
+    writer = RunWriter.create(root, "r", variables=two_layer_variables(), sizes={"neuron": 2, "feature": 3, "sample": 4},
+                              capacity=8, static={"X": np.zeros((4, 3)), "y": np.ones(4)}, attrs={"config": {}},
+                              chunk_bytes=2 * 3 * 4 * 4)
+    block = {"W": np.ones((4, 2, 3)), "v": np.ones((4, 2)), "loss": np.ones(4), "output": np.ones((4, 4)),
+             "step": np.arange(4), "t": np.arange(4.0)}
+    writer.write_block(0, block)
+    writer.commit(4)
+    writer.finish("interrupted", final_loss=float("nan"), last_step=3)
+    ended = root.read_attrs("r")
+    assert {"finished", "last_step", "not_finite"} <= set(ended) and ended["final_loss"] is None
+    again = RunWriter.reopen(root, "r")
+    resumed = root.read_attrs("r")
+    assert resumed["status"] == "running" and not {"final_loss", "last_step", "not_finite", "finished"} & set(resumed)
+    again.finish("complete", final_loss=0.5, last_step=3)
+    assert root.read_attrs("r")["final_loss"] == 0.5 and "finished" in root.read_attrs("r")

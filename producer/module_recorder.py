@@ -74,7 +74,8 @@ class ModuleRecorder:
     attrs
         JSON-ready metadata stored with the run under ``attrs["user"]``.
     compressor, chunk_mib, queue_chunks
-        Codec (``none``/``zstd``), target size of a chunk of the largest variable, and number of chunk
+        Codec (``none``/``zstd``), target size of a chunk of the largest variable (on ``resume`` both are the
+        run's own, its chunks being laid out already: those given are not used), and number of chunk
         buffers (bound on memory and on work queued for the writer; default: enough to keep every write
         thread of the store busy, plus the one being filled, at least 3,
         :func:`~trajscope.producer.recorder.default_buffers`).

@@ -119,3 +119,11 @@ def test_one_step_as_an_int_as_the_cli_and_the_api_take_it(tmp_path):
     one = ds.traj.frobenius_norms(step=5).compute()
     assert one.sizes["step"] == 1 and int(one["step"][0]) == 5
     assert float(one["W"][0]) == pytest.approx(float(np.sqrt((ds["W"].sel(step=5).values.astype(float) ** 2).sum())))
+
+
+def test_a_dataset_without_the_step_dim_is_one_line(tmp_path):
+    root = StoreRoot(tmp_path)
+    _killed_run(root)
+    one = open_run("killed", root).isel(step=5)
+    with pytest.raises(UserError, match=r"reads states along the dim 'step'.*isel\(step=\[k\]\)"):
+        one.traj.stable_rank()

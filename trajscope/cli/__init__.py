@@ -132,8 +132,11 @@ def _sigterm_interrupts() -> Callable[[], None]:
     def interrupt(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
-    # (SIGINT keeps Python's own handler, which raises KeyboardInterrupt too; SIGHUP: see interrupting_signals)
-    previous = {sig: signal.signal(sig, interrupt) for sig in interrupting_signals() if sig != signal.SIGINT}
+    # (SIGINT keeps Python's own handler, which raises KeyboardInterrupt too, unless it was inherited ignored: a
+    # command started with `&` by a script, which training interrupts on SIGINT all the same; found by a review:
+    # a SIGINT before training was dropped, one during training ended the run; SIGHUP: see interrupting_signals)
+    previous = {sig: signal.signal(sig, interrupt) for sig in interrupting_signals()
+                if sig != signal.SIGINT or signal.getsignal(signal.SIGINT) == signal.SIG_IGN}
     kept = {sig: old for sig, old in previous.items() if old is not None}  # (one not set from Python: cannot be
     return lambda: [signal.signal(sig, old) for sig, old in kept.items()]  # put back from here)
 

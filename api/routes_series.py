@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from typing import Annotated, Any, Callable
 
 import numpy as np
@@ -38,6 +39,8 @@ router = APIRouter(prefix="/api/runs/{run_id}/series", tags=["series"],
 FORMATS = {"json": "application/json", "csv": "text/csv; charset=utf-8", "npy": "application/x-npy"}
 MAX_POINTS = 20_000
 MAX_COLUMNS = 64
+#: response header of ``format=npy``: the names of its columns, a JSON list (``["step", "W", ...]``)
+COLUMNS_HEADER = "X-Trajscope-Columns"
 MAX_VALUES = 2**20  # 2 · points · columns: bounds a response at roughly 20 MiB of JSON
 OWN = {"step", "points", "scale", "neuron", "row", "tail", "first", "format", "v"}
 MEMORY_STATES = 8192
@@ -319,8 +322,9 @@ async def series(
         kwargs = registry.bind(fn, fn_kwargs, f"series {quantity!r}") if fn_kwargs else {}
         result, finish = table(run, quantity, sl, neuron, tail, kwargs, first, row, loader(run, state))
         names, out, steps, attrs = downsampled(run, quantity, result, finish, points, scale)
-        if format == "npy":
-            return npy_bytes(np.column_stack([out.x.astype(np.float64), out.values]))
+        if format == "npy":  # (its column names kept before it, for the header: a \0 ends the JSON text)
+            return (json.dumps(["step", *names]).encode() + b"\0"
+                    + npy_bytes(np.column_stack([out.x.astype(np.float64), out.values])))
         if format == "csv":  # (a column name with a comma, fc2.weight[0,1], is quoted)
             text = io.StringIO()
             writer = csv.writer(text, lineterminator="\n")
@@ -343,6 +347,9 @@ async def series(
         cached, built = await once(request, state, key, state.responses.get_or_build, key, build, len)
         body, hit = (cached, True) if built is None else built
     headers = {"X-Trajscope-Cache": "hit" if hit else "miss"}
+    if format == "npy":  # an .npy has no column names: they come as a JSON list in a header (found by a review)
+        columns, _, body = bytes(body).partition(b"\0")
+        headers[COLUMNS_HEADER] = columns.decode()
     if format != "json":
         headers["Content-Disposition"] = f'attachment; filename="{run.run_id}-{quantity}.{format}"'
     return Response(body, media_type=FORMATS[format], headers=headers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -57,8 +58,12 @@ def test_csv_and_npy_downloads_hold_the_same_table(client):
     assert csv.headers["content-type"].startswith("text/csv") and "attachment" in csv.headers["content-disposition"]
     lines = csv.text.strip().splitlines()
     assert lines[0].split(",") == ["step", *js["series"]]
-    npy = np.load(io.BytesIO(client.get("/api/runs/done/series/cone_fractions",
-                                        params={"points": 5, "format": "npy"}).content))
+    for cache in ("miss", "hit"):  # (the names come with a cached answer too)
+        answer = client.get("/api/runs/done/series/cone_fractions", params={"points": 5, "format": "npy"})
+        assert answer.headers["x-trajscope-cache"] == cache
+        # its column names in a header, as the CSV's first line (found by a review: an .npy holds none)
+        assert json.loads(answer.headers["x-trajscope-columns"]) == lines[0].split(",")
+    npy = np.load(io.BytesIO(answer.content))
     assert npy.shape == (len(js["x"]), 1 + len(js["series"])) == (len(lines) - 1, len(lines[0].split(",")))
     np.testing.assert_array_equal(npy[:, 0], js["x"])
     np.testing.assert_allclose(npy[:, 1:], np.array(list(js["series"].values())).T)

@@ -23,6 +23,7 @@ import time
 import uuid
 from typing import Any
 
+from trajscope.store.chunkio import refused_by_condition
 from trajscope.store.errors import PathOutsideRoot, RunLocked, UserError
 from trajscope.store.layout import RUN_SUFFIX, validate_run_id
 from trajscope.store.nolinks import CLOEXEC, NOFOLLOW, open_real_dir
@@ -219,10 +220,13 @@ class WriterLock:
                     holder, etag = self._lease_now(refused)
                     if holder.get("token") != self.token:
                         break  # another writer's lease, or none
-                    # still ours: a retried PUT that had landed (written again over the object read), or a store
-                    # that refuses If-Match on the very object it names (without conditions from then on)
-                    conditional = conditional and etag is not None and etag != expected and \
-                        getattr(refused, "errno", None) != errno.ENOSYS
+                    # still ours: a retried PUT that had landed (written again over the object read), a store that
+                    # refuses If-Match on the very object it names or answers NotImplemented (without conditions
+                    # from then on), or a failure that never reached the store (a timeout: the same condition again;
+                    # found by a review: it too went without conditions, over a takeover made meanwhile)
+                    takes_none = getattr(refused, "errno", None) == errno.ENOSYS or (
+                        refused_by_condition(refused) and etag is not None and etag == expected)
+                    conditional = conditional and etag is not None and not takes_none
                     expected = etag
             else:
                 raise last from None  # refused again and again over this writer's own lease: the error stands
@@ -277,7 +281,13 @@ class WriterLock:
                 raise self._refused(holder, age)
         try:
             if info is not None and info.get("ETag"):  # a dead writer's lease: replace exactly that object
-                self._write_lease(IfMatch=info["ETag"])
+                try:
+                    self._write_lease(IfMatch=info["ETag"])
+                except OSError as refused:  # a store that takes no If-Match (NotImplemented): as without ETags
+                    if refused.errno != errno.ENOSYS:  # (found by a review: "being written by pid ..., heartbeat
+                        raise  # 75 s ago; retry after 60 s", for ever)
+                    self.root.fs.rm(path)
+                    self._write_lease(mode="create")
             else:  # gone meanwhile, or a file system without ETags (memory://): remove, then create atomically
                 if info is not None:
                     self.root.fs.rm(path)

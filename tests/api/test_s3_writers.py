@@ -59,6 +59,36 @@ def test_a_dead_writers_lease_is_taken_over_once(s3_env, monkeypatch):
     WriterLock(root, "r").acquire().release()
 
 
+def test_a_dead_writers_lease_is_taken_over_on_a_store_without_if_match(s3_env, monkeypatch):
+    """Found by a review: on a store answering NotImplemented to If-Match, a dead writer's lease could never be taken
+    over ("being written by pid ..., retry after 60 s", for ever). It is removed and created anew, as where there are
+    no ETags."""
+    import errno
+
+    from trajscope.store import locks
+
+    root = StoreRoot("s3://trajscope/lease-no-if-match")
+    dead = WriterLock(root, "r").acquire()
+    locks._HELD.discard(dead._key)  # its process died: the lease object stays behind
+    real_pipe = root.fs.pipe_file
+
+    def no_if_match(path, data, **conditions):
+        if conditions.get("IfMatch"):
+            raise OSError(errno.ENOSYS, "NotImplemented")
+        return real_pipe(path, data, **conditions)
+
+    monkeypatch.setattr(root.fs, "pipe_file", no_if_match)
+    monkeypatch.setattr(locks, "LEASE_SECONDS", 0.0)  # its heartbeat is too old
+    taker = WriterLock(root, "r").acquire()
+    monkeypatch.setattr(locks, "LEASE_SECONDS", 60.0)
+    assert taker.lease()["token"] == taker.token
+    with pytest.raises(RunLocked, match="being written by"):  # and it holds the run now
+        locks._HELD.discard(taker._key)
+        WriterLock(root, "r").acquire()
+    taker._held_lease = True
+    taker.release()
+
+
 def test_two_producers_started_together_on_s3(s3_env, tmp_path, small_config, python_env):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(small_config(train={"steps": 400})))
@@ -154,6 +184,48 @@ def test_a_lease_refresh_that_finds_its_own_token_does_not_overwrite_a_takeover_
     assert json.loads(real_cat(lease_path))["token"] == taker.token  # the taker's lease stands
     taker._lease_written = 0.0
     assert taker.lease()["token"] == taker.token  # and its heartbeats go on
+    taker.release()
+
+
+def test_a_lease_refresh_that_failed_before_reaching_the_store_keeps_its_condition(s3_env, monkeypatch):
+    """Found by the review of the fix above: a refresh whose PUT failed without reaching the store (a timeout) read
+    the lease back unchanged and then wrote without If-Match, over a takeover made between that read and the
+    write. Only a refusal of the condition itself (412 on the object named, or NotImplemented) drops it."""
+    import errno
+    import json
+
+    from trajscope.store import locks
+
+    root = StoreRoot("s3://trajscope/lease-timeout")
+    stalled = WriterLock(root, "r").acquire()
+    locks._HELD.discard(stalled._key)
+    real_pipe, real_cat = root.fs.pipe_file, root.fs.cat_file
+    lease_path = stalled._lease_path()
+    state = {"failed": False, "taker": None}
+
+    def timed_out(path, data, **conditions):  # the first conditional PUT never reaches the store
+        if path == lease_path and conditions.get("IfMatch") and not state["failed"]:
+            state["failed"] = True
+            raise OSError(errno.ETIMEDOUT, "Read timeout on endpoint")
+        return real_pipe(path, data, **conditions)
+
+    def read_then_taken_over(path, *args, **kwargs):
+        content = real_cat(path, *args, **kwargs)
+        if path == lease_path and state["failed"] and state["taker"] is None:
+            monkeypatch.setattr(locks, "LEASE_SECONDS", 0.0)
+            state["taker"] = "taking"
+            state["taker"] = WriterLock(root, "r").acquire()
+            monkeypatch.setattr(locks, "LEASE_SECONDS", 60.0)
+        return content
+
+    monkeypatch.setattr(root.fs, "pipe_file", timed_out)
+    monkeypatch.setattr(root.fs, "cat_file", read_then_taken_over)
+    with pytest.raises(RunLocked, match="taken over by pid"):
+        stalled.confirm()
+    taker = state["taker"]
+    assert json.loads(real_cat(lease_path))["token"] == taker.token
+    taker._lease_written = 0.0
+    assert taker.lease()["token"] == taker.token
     taker.release()
 
 

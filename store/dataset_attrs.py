@@ -125,7 +125,8 @@ def committed_part(ds: Any) -> Any:
     uncommitted numbers and fill values (found by a review: ``ds.traj.summary()`` on one answered plausible
     wrong numbers, a last step of 0). Only a ``running`` run's: a finished run's arrays are already cut to its
     count, and a dataset of ``open_run``, a selection of one, or several runs concatenated (the first run's
-    attributes) are returned as they are."""
+    attributes) are returned as they are. A selection made from the untrimmed dataset first cannot be told from
+    its committed states (its positions are not the run's): the README says to cut first."""
     committed = ds.attrs.get("committed_steps")
     if isinstance(committed, bool) or not isinstance(committed, (int, np.integer)) or "step" not in ds.dims:
         return ds

@@ -26,6 +26,7 @@ import functools
 import os
 import threading
 import time
+from typing import Callable
 
 #: blocks of at least this many bytes are mapped for themselves (glibc starts at 128 KiB and raises it to up to
 #: 32 MiB; ``bench/server_memory.py``: 128 KiB, 1 MiB and 4 MiB kept the same memory, 4 MiB at the least cost)
@@ -43,6 +44,7 @@ _last_trim = -TRIM_SECONDS
 _trim_guard = threading.Lock()
 _trim_wanted = threading.Event()
 _trimmer: threading.Thread | None = None
+_still_idle: Callable[[], bool] = lambda: True
 
 
 @functools.cache
@@ -83,14 +85,15 @@ def give_back_freed() -> None:
         _glibc().malloc_trim(0)
 
 
-def trim_when_idle(busy: int) -> None:
+def trim_when_idle(busy: int, still_idle: Callable[[], bool] = lambda: True) -> None:
     """Called as a computation ends, ``busy`` the computations still running: when none is, the heap is trimmed by
     a thread of its own (the response is not held for it), at most every :data:`TRIM_SECONDS`; a request for a
     trim within that time is carried out when it has passed, so the last computation's memory is always given
-    back."""
-    global _trimmer
+    back, unless ``still_idle()`` then says computations have started again (their end asks anew)."""
+    global _trimmer, _still_idle
     if busy or not _enabled():
         return
+    _still_idle = still_idle
     with _trim_guard:
         if _trimmer is None or not _trimmer.is_alive():
             _trimmer = threading.Thread(target=_trim_on_request, name="trajscope-heap-trim", daemon=True)
@@ -106,5 +109,6 @@ def _trim_on_request() -> None:
         if wait > 0:
             time.sleep(wait)
         _trim_wanted.clear()
-        give_back_freed()
-        _last_trim = time.monotonic()
+        if _still_idle():  # (a burst begun meanwhile: trimmed when it ends, not during it)
+            give_back_freed()
+            _last_trim = time.monotonic()

@@ -48,7 +48,7 @@ async def compute(request: Request, state: ApiState, fn: Callable[..., T], *args
             threads = limiter(state, "work-threads", tokens)
             return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=threads)
     finally:  # the last computation done: the heap its temporaries freed goes back to the system
-        trim_when_idle(work.borrowed_tokens)
+        trim_when_idle(work.borrowed_tokens, lambda: work.borrowed_tokens == 0)
 
 
 async def once(request: Request, state: ApiState, key: Any, fn: Callable[..., T], *args: Any) -> tuple[Any, T | None]:

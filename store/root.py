@@ -501,7 +501,10 @@ def resolve_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | No
     if trimmed.endswith(RUN_SUFFIX):
         parent, _, name = trimmed.rpartition("/")
         options = storage_options if storage_options is not None else getattr(root, "storage_options", None)
-        store_root = StoreRoot(parent or ".", options)
+        if not parent and root is not None:  # a bare "RUN.zarr" with a root: under that root (found by a review:
+            store_root = root if isinstance(root, StoreRoot) else StoreRoot(root, options)  # the root was ignored)
+        else:
+            store_root = StoreRoot(parent or ".", options)
         return store_root, validate_run_id(name[: -len(RUN_SUFFIX)])
     if "/" in trimmed or os.sep in trimmed:  # a path or URL, not of a run's folder (found by a review: "invalid
         if trimmed.startswith(("http://", "https://")) and "/zarr/" in trimmed:  # run id" for both)

@@ -105,7 +105,10 @@ def test_direction_field_error_keeps_the_runs_blocks(tmp_path):
 
 
 def test_open_run_of_a_path_or_url_that_is_no_run_says_what_to_give(tmp_path):
-    """Found by a review: the server's own URL, and a folder that is not a run, were an "invalid run id"."""
+    """Found by a review: the server's own URL, and a folder that is not a run, were an "invalid run id"; and a
+    bare ``RUN.zarr`` ignored the root given with it."""
+    _killed_run(StoreRoot(tmp_path / "runs"))
+    assert open_run("killed.zarr", tmp_path / "runs").sizes["step"] == 12
     with pytest.raises(UserError, match=r"is a run served by `trajscope serve`: open it with xr.open_zarr\("):
         open_run("http://127.0.0.1:8000/zarr/quickstart")
     with pytest.raises(UserError, match="is not a run: give a run id, or the path or URL of a run's folder"):

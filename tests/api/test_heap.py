@@ -85,3 +85,24 @@ def test_a_trim_runs_when_the_last_computation_ends_at_most_every_few_seconds(mo
     heap.trim_when_idle(busy=0)  # (and asked twice meanwhile: once)
     time.sleep(1.5)
     assert len(trims) == 2 and trims[1] - trims[0] >= 0.5 - 0.01 and trims[1] >= asked
+
+
+def test_a_deferred_trim_waits_for_a_burst_begun_meanwhile(monkeypatch):
+    """Found by a review: a deferred trim ran during a new burst of computations; it now waits for their end."""
+    import time
+
+    trims, busy = [], [False]
+    monkeypatch.setattr(heap, "give_back_freed", lambda: trims.append(time.monotonic()))
+    monkeypatch.setattr(heap, "TRIM_SECONDS", 0.3)
+    monkeypatch.delenv(heap.HEAP_ENV, raising=False)
+    monkeypatch.setattr(heap, "_last_trim", time.monotonic())  # (just trimmed: the next one is deferred)
+    heap.trim_when_idle(busy=0, still_idle=lambda: not busy[0])
+    busy[0] = True  # a burst begins before the deferred trim is due
+    time.sleep(0.8)
+    assert trims == []
+    busy[0] = False
+    heap.trim_when_idle(busy=0, still_idle=lambda: not busy[0])  # its end asks again
+    deadline = time.monotonic() + 5
+    while not trims and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(trims) == 1

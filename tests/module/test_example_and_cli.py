@@ -50,7 +50,7 @@ def test_show_and_plot_for_a_module_run(tmp_path):
     bias = [line for line in shown.stdout.splitlines() if "1.bias" in line]
     assert bias and "θ(0) = 0" in bias[0] and "nan" not in bias[0]  # (it printed nan: found by a review)
     bad = cli("plot", "seq", "alignment", "-o", str(tmp_path / "a.png"))
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "two_layer" in bad.stderr
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "needs the two-layer network" in bad.stderr
     good = cli("plot", "seq", "param_norms", "-o", str(tmp_path / "n.png"))
     assert good.returncode == 0 and (tmp_path / "n.png").stat().st_size > 1000
 

@@ -144,47 +144,59 @@ def test_a_stalled_writer_whose_lease_was_taken_over_stops_instead_of_overwritin
     taker.release()
 
 
+def _refresh_meets_a_takeover_after_its_read(bucket: str, monkeypatch, first_put) -> None:
+    """A writer's lease refresh whose first conditional PUT fails as ``first_put(real_pipe, path, data, conditions)``
+    says; a takeover happens right after the writer reads the lease back. The refresh must stop the writer
+    (RunLocked) and leave the taker's lease standing."""
+    import json
+
+    from trajscope.store import locks
+
+    root = StoreRoot(f"s3://trajscope/{bucket}")
+    stalled = WriterLock(root, "r").acquire()
+    locks._HELD.discard(stalled._key)  # (the taker runs in this process too)
+    real_pipe, real_cat = root.fs.pipe_file, root.fs.cat_file
+    lease_path = stalled._lease_path()
+    state = {"failed": False, "taker": None}
+
+    def failing(path, data, **conditions):
+        if path == lease_path and conditions.get("IfMatch") and not state["failed"]:
+            state["failed"] = True
+            return first_put(real_pipe, path, data, conditions)
+        return real_pipe(path, data, **conditions)
+
+    def read_then_taken_over(path, *args, **kwargs):
+        content = real_cat(path, *args, **kwargs)
+        if path == lease_path and state["failed"] and state["taker"] is None:  # the writer has read: now the taker
+            state["taker"] = "taking"
+            monkeypatch.setattr(locks, "LEASE_SECONDS", 0.0)
+            state["taker"] = WriterLock(root, "r").acquire()
+            monkeypatch.setattr(locks, "LEASE_SECONDS", 60.0)
+        return content
+
+    monkeypatch.setattr(root.fs, "pipe_file", failing)
+    monkeypatch.setattr(root.fs, "cat_file", read_then_taken_over)
+    with pytest.raises(RunLocked, match="taken over by pid"):
+        stalled.confirm()
+    taker = state["taker"]
+    assert json.loads(real_cat(lease_path))["token"] == taker.token  # the taker's lease stands
+    taker._lease_written = 0.0
+    assert taker.lease()["token"] == taker.token  # and its heartbeats go on
+    taker.release()
+
+
 def test_a_lease_refresh_that_finds_its_own_token_does_not_overwrite_a_takeover_since(s3_env, monkeypatch):
     """Found by a review: a refresh refused because its retried PUT had landed reads the lease, finds its own token,
     and wrote it again unconditionally. A ``resume`` that took the run over between that read and that write had
     its lease overwritten: two writers each believed they held the run. The rewrite now names the object it read
     (``If-Match``), so the takeover stands and the stalled writer stops."""
     import errno
-    import json
 
-    from trajscope.store import locks
+    def landed_then_refused(real_pipe, path, data, conditions):  # the first attempt landed, its retry refused
+        real_pipe(path, data, **conditions)
+        raise OSError(errno.EINVAL, "PreconditionFailed")
 
-    root = StoreRoot("s3://trajscope/lease-own-token")
-    stalled = WriterLock(root, "r").acquire()
-    locks._HELD.discard(stalled._key)  # (the taker runs in this process too)
-    real_pipe, real_cat = root.fs.pipe_file, root.fs.cat_file
-    lease_path = stalled._lease_path()
-    taken = []
-
-    def landed_then_refused(path, data, **conditions):  # the first attempt landed, its retry is refused
-        result = real_pipe(path, data, **conditions)
-        if path == lease_path and conditions.get("IfMatch") and not taken:
-            raise OSError(errno.EINVAL, "PreconditionFailed")
-        return result
-
-    def read_then_taken_over(path, *args, **kwargs):
-        content = real_cat(path, *args, **kwargs)
-        if path == lease_path and not taken:  # the stalled writer has read its own token: now the takeover
-            taken.append(True)
-            monkeypatch.setattr(locks, "LEASE_SECONDS", 0.0)
-            taken.append(WriterLock(root, "r").acquire())
-            monkeypatch.setattr(locks, "LEASE_SECONDS", 60.0)
-        return content
-
-    monkeypatch.setattr(root.fs, "pipe_file", landed_then_refused)
-    monkeypatch.setattr(root.fs, "cat_file", read_then_taken_over)
-    with pytest.raises(RunLocked, match="taken over by pid"):
-        stalled.confirm()
-    taker = taken[1]
-    assert json.loads(real_cat(lease_path))["token"] == taker.token  # the taker's lease stands
-    taker._lease_written = 0.0
-    assert taker.lease()["token"] == taker.token  # and its heartbeats go on
-    taker.release()
+    _refresh_meets_a_takeover_after_its_read("lease-own-token", monkeypatch, landed_then_refused)
 
 
 def test_a_lease_refresh_that_failed_before_reaching_the_store_keeps_its_condition(s3_env, monkeypatch):
@@ -192,41 +204,11 @@ def test_a_lease_refresh_that_failed_before_reaching_the_store_keeps_its_conditi
     the lease back unchanged and then wrote without If-Match, over a takeover made between that read and the
     write. Only a refusal of the condition itself (412 on the object named, or NotImplemented) drops it."""
     import errno
-    import json
 
-    from trajscope.store import locks
+    def timed_out(real_pipe, path, data, conditions):  # never reaches the store
+        raise OSError(errno.ETIMEDOUT, "Read timeout on endpoint")
 
-    root = StoreRoot("s3://trajscope/lease-timeout")
-    stalled = WriterLock(root, "r").acquire()
-    locks._HELD.discard(stalled._key)
-    real_pipe, real_cat = root.fs.pipe_file, root.fs.cat_file
-    lease_path = stalled._lease_path()
-    state = {"failed": False, "taker": None}
-
-    def timed_out(path, data, **conditions):  # the first conditional PUT never reaches the store
-        if path == lease_path and conditions.get("IfMatch") and not state["failed"]:
-            state["failed"] = True
-            raise OSError(errno.ETIMEDOUT, "Read timeout on endpoint")
-        return real_pipe(path, data, **conditions)
-
-    def read_then_taken_over(path, *args, **kwargs):
-        content = real_cat(path, *args, **kwargs)
-        if path == lease_path and state["failed"] and state["taker"] is None:
-            monkeypatch.setattr(locks, "LEASE_SECONDS", 0.0)
-            state["taker"] = "taking"
-            state["taker"] = WriterLock(root, "r").acquire()
-            monkeypatch.setattr(locks, "LEASE_SECONDS", 60.0)
-        return content
-
-    monkeypatch.setattr(root.fs, "pipe_file", timed_out)
-    monkeypatch.setattr(root.fs, "cat_file", read_then_taken_over)
-    with pytest.raises(RunLocked, match="taken over by pid"):
-        stalled.confirm()
-    taker = state["taker"]
-    assert json.loads(real_cat(lease_path))["token"] == taker.token
-    taker._lease_written = 0.0
-    assert taker.lease()["token"] == taker.token
-    taker.release()
+    _refresh_meets_a_takeover_after_its_read("lease-timeout", monkeypatch, timed_out)
 
 
 def test_an_object_store_lost_as_the_run_ends_is_one_run_failed_line(s3_env, small_config, monkeypatch):

@@ -75,11 +75,12 @@ def _method(name: str, fn):
             live = self._ds.attrs.get("status") == "running"
             raise UserError(f"quantity {name!r} needs at least one recorded state; this dataset has none"
                             + (" yet (the run's first chunk is not committed): retry when it is" if live else ""))
-        if "step" in self._ds.dims:
-            return fn(self._ds, step, **kwargs)
-        try:  # (found by a review: ds.isel(step=5).traj... ended in xarray's "Dimensions {'step'} do not exist")
+        try:
             return fn(self._ds, step, **kwargs)
         except (ValueError, KeyError, IndexError) as err:
+            if "step" in self._ds.dims:
+                raise
+            # (found by a review: ds.isel(step=5).traj... ended in xarray's "Dimensions {'step'} do not exist")
             raise UserError(f"quantity {name!r} reads states along the dim 'step', which this dataset does not have "
                             "(one state taken with isel(step=k)? keep the dim: isel(step=[k]), or pass step=k)") from err
 

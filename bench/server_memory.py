@@ -1,6 +1,6 @@
 """Server memory under load: resident memory of ``trajscope serve`` with its heap bound and trimmed (``api/heap.py``)
 against glibc's own behaviour (``TRAJSCOPE_SERVER_HEAP=glibc``), in one run; also trimmed only (``trim``), and glibc's threshold fixed at
-128 KiB instead of 4 MiB (``MALLOC_MMAP_THRESHOLD_``, which the server then leaves to glibc).
+128 KiB or 1 MiB instead of 4 MiB (``MALLOC_MMAP_THRESHOLD_``, which the server then leaves to glibc).
 
 Usage::
 
@@ -45,7 +45,8 @@ REPO = Path(__file__).resolve().parent.parent
 VARIANTS = {"glibc": ("glibc (before)", {"TRAJSCOPE_SERVER_HEAP": "glibc"}),
             "trim": ("trim", {"TRAJSCOPE_SERVER_HEAP": "trim"}),
             "bound": ("bound 4 MiB + trim (now)", {"TRAJSCOPE_SERVER_HEAP": "bound"}),
-            "bound128k": ("bound 128 KiB + trim", {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)})}
+            "bound128k": ("bound 128 KiB + trim", {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}),
+            "bound1m": ("bound 1 MiB + trim", {"MALLOC_MMAP_THRESHOLD_": str(2**20)})}
 RUNS = {"q": [], "wide": ["--set", "model.width=300", "--set", "train.steps=3000"]}
 QUANTITIES = ["stable_rank", "effective_rank", "update_norms", "distance_from_init", "cone_fractions",
               "aligned_fraction", "neuron_norms", "balance_drift", "spectral_norms"]

@@ -6,16 +6,22 @@ event loop, holding no thread. So a burst of slow requests queues behind that li
 thread of the server, and ``/health``, the run listings and the raw store keep answering (found by a review:
 40 slow requests made ``/health`` answer after 32 s, past the image's 5 s health check). A request whose
 client has gone by the time its turn comes is not computed at all (the same review: abandoned requests kept
-the server busy for half a minute); one already computing runs to its end, as a thread cannot be stopped.
+the server busy for half a minute). One whose client goes while it computes is stopped at its next dask task: the
+event loop checks the connection every :data:`WATCH_SECONDS`, and a dask callback (:class:`StopWhenAsked`,
+registered once for the process) raises :class:`ComputationStopped` in the computing thread before it hands out
+another task. What is already running in the pool finishes (a thread cannot be stopped), so a computation stops
+within one task of each of its worker threads; work done outside dask (a figure's drawing) runs to its end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from typing import Any, Callable, TypeVar
 
 import anyio
+from dask.callbacks import Callback
 from fastapi import HTTPException, Request
 
 from trajscope.api.heap import trim_when_idle
@@ -23,8 +29,53 @@ from trajscope.api.state import ApiState
 
 T = TypeVar("T")
 
-#: the status of a request whose client closed the connection before its turn came (nginx's convention)
+#: the status of a request whose client closed the connection (nginx's convention); nobody reads it
 CLIENT_CLOSED = 499
+
+#: seconds between two checks of a computing request's connection
+WATCH_SECONDS = 0.25
+
+
+class ComputationStopped(BaseException):
+    """Raised in a computing thread when its request's client has gone. A ``BaseException``, as
+    :class:`asyncio.CancelledError` is: the analyses' and figures' ``except Exception`` (a failure becomes a
+    4xx, and a figure's failure is cached) must not take it for a failure of the computation."""
+
+
+_asked = threading.local()  # .stop: the threading.Event of the request this thread computes for, if any
+
+
+class StopWhenAsked(Callback):
+    """A dask callback, active for every computation of the process: before a task is handed out, it raises
+    :class:`ComputationStopped` if the thread that runs the computation (dask's local schedulers call it there)
+    computes for a request that was told to stop. Other computations (no event on their thread) pay one
+    attribute lookup a task."""
+
+    def _pretask(self, key: Any, dsk: Any, state: Any) -> None:
+        stop = getattr(_asked, "stop", None)
+        if stop is not None and stop.is_set():
+            raise ComputationStopped
+
+
+_STOP_WHEN_ASKED = StopWhenAsked()
+_STOP_WHEN_ASKED.register()
+
+
+def _stoppable(stop: threading.Event, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on this thread with ``stop`` as the thread's stop event (cleared after: pool threads are
+    reused)."""
+    _asked.stop = stop
+    try:
+        return fn(*args)
+    finally:
+        _asked.stop = None
+
+
+async def _stop_when_gone(request: Request, stop: threading.Event) -> None:
+    """Set ``stop`` once the client of ``request`` has closed the connection."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(WATCH_SECONDS)
+    stop.set()
 
 
 def limiter(state: ApiState, name: str, tokens: int) -> anyio.CapacityLimiter:
@@ -37,7 +88,8 @@ def limiter(state: ApiState, name: str, tokens: int) -> anyio.CapacityLimiter:
 
 
 async def compute(request: Request, state: ApiState, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` in a worker thread once the work limiter lets it start; 499 when the client has gone."""
+    """``fn(*args)`` in a worker thread once the work limiter lets it start; 499 when the client has gone before
+    it started or while it computed (its dask tasks stop being handed out)."""
     tokens = state.computations()
     work = limiter(state, "work", tokens)
     try:
@@ -46,7 +98,15 @@ async def compute(request: Request, state: ApiState, fn: Callable[..., T], *args
                 raise HTTPException(CLIENT_CLOSED, "the client closed the connection before the computation started")
             # (its own thread limiter, as large as the work limiter: the default pool's threads stay free)
             threads = limiter(state, "work-threads", tokens)
-            return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=threads)
+            stop = threading.Event()
+            watch = asyncio.ensure_future(_stop_when_gone(request, stop))
+            try:
+                return await anyio.to_thread.run_sync(functools.partial(_stoppable, stop, fn, *args), limiter=threads)
+            except ComputationStopped:
+                raise HTTPException(CLIENT_CLOSED, "the client closed the connection: the computation was "
+                                                   "stopped") from None
+            finally:
+                watch.cancel()
     finally:  # the last computation done: the heap its temporaries freed goes back to the system
         trim_when_idle(work.borrowed_tokens, lambda: work.borrowed_tokens == 0)
 

@@ -108,3 +108,57 @@ def test_a_request_still_computing_when_shutdown_ends_gets_a_503(tmp_path, write
     client.join(30)
     r = answer["r"]
     assert r.status_code == 503 and "shutting down" in r.json()["detail"], r.text
+
+
+def test_a_computation_whose_client_goes_stops_and_frees_its_slot(tmp_path, write_run, serve, monkeypatch):
+    """Found by a review: a computation whose client had gone ran to its end, holding its work slot, so a few
+    abandoned heavy requests (a client's timeout, a closed tab) kept every other analysis waiting. Here the
+    analysis is a real dask computation of ``TASKS`` slow tasks (counted); its client gives up after 0.5 s."""
+    import dask.array as da
+
+    from trajscope.api import routes_analysis
+
+    tasks, pause = 60, 0.2  # 60 tasks of 0.2 s: 6 s on one worker thread, 3 s on two
+    ran: list[float] = []
+
+    def slow_block(block):
+        ran.append(time.monotonic())
+        time.sleep(pause)
+        return block
+
+    real = routes_analysis.call
+
+    def slow(*args, **kwargs):
+        da.ones((tasks, 4), chunks=(1, 4)).map_blocks(slow_block, dtype=float).sum().compute()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(routes_analysis, "call", slow)
+    root = StoreRoot(tmp_path / "runs")
+    write_run(root, "r", steps=16, chunk_steps=8)
+    with serve(root, max_computations=1) as srv:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.get(f"{srv.url}/api/runs/r/analysis/stable_rank", timeout=0.5)
+        gone = time.monotonic()
+        other = httpx.get(f"{srv.url}/api/runs/r/vars/loss", params={"step": "0:3"}, timeout=30)  # the one slot
+        waited = time.monotonic() - gone
+        assert other.status_code == 200, other.text
+        time.sleep(1.0)
+        stopped_at = len(ran)
+        time.sleep(4 * pause)
+        assert len(ran) == stopped_at, "tasks are still handed out after the client went"
+        assert stopped_at < tasks / 2, stopped_at  # about (0.5 s + one check) / pause a worker thread, not 60
+        assert waited < tasks * pause / 4, waited  # the slot came free well before the computation's end
+        # a request that was waiting for the stopped computation's answer computes it itself
+        waiter: dict = {}
+
+        def same() -> None:
+            waiter["r"] = httpx.get(f"{srv.url}/api/runs/r/analysis/stable_rank", timeout=60)
+
+        second = threading.Timer(0.3, same)  # asks while the first computes, and waits for its answer
+        second.start()
+        began = len(ran)
+        with pytest.raises(httpx.TimeoutException):
+            httpx.get(f"{srv.url}/api/runs/r/analysis/stable_rank", timeout=1.0)
+        second.join(60)
+        assert len(ran) - began >= tasks  # the second computed it all (the first was stopped)
+        assert waiter["r"].status_code == 200 and waiter["r"].json()["quantity"] == "stable_rank", waiter["r"].text

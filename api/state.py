@@ -76,10 +76,10 @@ class ByteLRU:
                 return value, True
             try:
                 value = build()
+                self.put(key, value, size(value))  # (before the gate goes: a request in between finds the value)
             finally:
                 with self._lock:
                     self._building.pop(key, None)
-            self.put(key, value, size(value))
             return value, False
 
     def __len__(self) -> int:

@@ -133,3 +133,32 @@ def test_a_run_deleted_and_created_again_within_a_second_is_not_served_from_the_
         r = c.get(url)
         assert r.headers["x-trajscope-cache"] == "miss" and r.json()["values"] == second["W"][0].tolist()
         assert c.get("/api/runs/again/vars/W?step=7").json()["values"] == second["W"][7].tolist()
+
+
+def test_a_request_arriving_while_the_answer_is_stored_does_not_build_it_again(monkeypatch):
+    """Found by a review: ``get_or_build`` let the builder's gate go before it stored the value, so a request
+    arriving in between found neither and built the answer a second time."""
+    import threading
+
+    from trajscope.api.state import ByteLRU
+
+    cache = ByteLRU(2**20)
+    real_put = cache.put
+
+    def slow_put(key, value, size):  # widens the moment between the build and the value being there
+        time.sleep(0.3)
+        real_put(key, value, size)
+
+    monkeypatch.setattr(cache, "put", slow_put)
+    builds: list[int] = []
+
+    def build() -> bytes:
+        builds.append(1)
+        return b"answer"
+
+    first = threading.Thread(target=cache.get_or_build, args=("k", build, len))
+    first.start()
+    time.sleep(0.1)  # the first has built and is storing
+    assert cache.get_or_build("k", build, len) == (b"answer", True)
+    first.join()
+    assert len(builds) == 1

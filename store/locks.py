@@ -377,7 +377,7 @@ def _lock_record(root: StoreRoot, run_id: str) -> str | dict[str, Any]:
 
 def writer_gone(root: StoreRoot, run_id: str) -> bool:
     """True when no writer can be holding ``run_id``: the local lock file names a process of this host that no
-    longer exists, or the object store's lease has had no heartbeat for :data:`LEASE_SECONDS` (or there is
+    longer exists or holds no ``flock`` on it (a zombie, a reused pid), or the object store's lease has had no heartbeat for :data:`LEASE_SECONDS` (or there is
     none: a writer removes it only when it lets the run go). Read only, nothing locked; False whenever unsure
     (another host's process, no lock file where every writer leaves one, a run reached through a link to a
     folder that is no run of the root). For listings: a run still marked ``running`` whose producer was killed."""
@@ -387,7 +387,11 @@ def writer_gone(root: StoreRoot, run_id: str) -> bool:
             return False
         record = _lock_record(root, run_id)
         if isinstance(record, str):
-            return record.startswith(RELEASED) or (bool(record) and not _holder_alive(record))
+            if record.startswith(RELEASED) or (bool(record) and not _holder_alive(record)):
+                return True
+            # a process of this host that still answers but holds no flock is no writer: killed and not yet
+            # reaped by its parent (a zombie), or its pid taken by another process (found by a review)
+            return _of_this_host(record) and not writer_holds(root, run_id)
         return time.time() - float(record.get("heartbeat", 0)) > LEASE_SECONDS
     except FileNotFoundError:
         return not root.is_local
@@ -437,10 +441,16 @@ def writer_named(root: StoreRoot, run_id: str) -> str:
     return f"pid {record.get('pid')} on {record.get('host')} (heartbeat {age:.0f} s ago)"
 
 
+def _of_this_host(holder: str) -> bool:
+    """Whether the holder line ``pid N on HOST`` names a process of this host."""
+    parts = holder.split()
+    return len(parts) == 4 and parts[0] == "pid" and parts[2] == "on" and parts[3] == socket.gethostname()
+
+
 def _holder_alive(holder: str) -> bool:
     """False only when the lock file names a process of this host that no longer exists."""
     parts = holder.split()
-    if len(parts) != 4 or parts[0] != "pid" or parts[2] != "on" or parts[3] != socket.gethostname():
+    if not _of_this_host(holder):
         return True
     try:
         os.kill(int(parts[1]), 0)

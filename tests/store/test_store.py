@@ -392,6 +392,14 @@ def test_a_running_run_whose_writer_is_gone_is_told_apart(tmp_path, python_env, 
         assert not describe_run("r", root).writer_gone  # another live process holds it
     finally:
         holder.kill()
+    try:  # killed, not yet reaped: its pid still answers (a zombie), its flock is gone (found by a review)
+        for _ in range(500):
+            with open(f"/proc/{holder.pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.01)
+        assert describe_run("r", root).writer_gone
+    finally:
         holder.wait()
     assert root.read_attrs("r")["status"] == "running" and describe_run("r", root).writer_gone
     capsys.readouterr()

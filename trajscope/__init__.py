@@ -15,25 +15,36 @@ Importing ``trajscope`` (or ``trajscope.store``) loads neither the analysis nor 
 from __future__ import annotations
 
 from importlib import metadata as _metadata
+from importlib.util import find_spec as _find_spec
 
 try:
     __version__ = _metadata.version("trajscope")
 except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "open_run", "list_runs", "ModuleRecorder", "Recorder", "produce", "load_config"]
+_READING = ("open_run", "list_runs")
+_RECORDING = ("ModuleRecorder", "Recorder", "produce", "load_config")  # need torch (the `producer` extra)
+# (a reader's install has no torch: `from trajscope import *` takes what works there; found by a review)
+__all__ = ["__version__", *_READING, *(_RECORDING if _find_spec("torch") is not None else ())]
 
 
 def __getattr__(name: str):
     """Import the heavy parts lazily so ``import trajscope.store`` stays cheap and cycle-free."""
-    if name in ("open_run", "list_runs"):
+    if name in _READING:
         from trajscope import store
 
         return getattr(store, name)
-    if name in ("ModuleRecorder", "Recorder", "produce", "load_config"):
-        from trajscope import producer
+    if name in _RECORDING:
+        try:
+            from trajscope import producer
 
-        return getattr(producer, name)
+            return getattr(producer, name)
+        except ImportError as err:
+            if err.name != "torch":
+                raise
+            raise ImportError(f"trajscope.{name} records with torch, which is not installed: "
+                              "pip install 'trajscope[producer]' (reading, analysis and serving do not need it)",
+                              name="torch") from None
     raise AttributeError(f"module 'trajscope' has no attribute {name!r}")
 
 

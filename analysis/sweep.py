@@ -25,7 +25,7 @@ SUMMARY_FIELDS = (
     "t1_step", "t1_time", "t2_step", "t2_time", "post_t2_slope",
     "loss_initial", "loss_final", "aligned_fraction_final",
     "mean_alignment_pos_final", "mean_alignment_neg_final",
-    "stable_rank_final", "effective_rank_final", "spectral_norm_sq_final",
+    "stable_rank_final", "stable_rank_bound_final", "effective_rank_final", "spectral_norm_sq_final",
     "frac_S_pos_final", "frac_S_neg_final", "frac_dead_final", "frac_other_final",
     "max_balance_drift", "sign_flips_total", "last_step",
     "epsilon", "zeta1", "zeta2", "t1_scale_time", "t1_scale_step", "t2_scale_time", "t2_scale_step",

@@ -14,6 +14,10 @@ Runs that train ``W`` only (``train.train_v = false``, ``v_j = ±1`` fixed) are 
 their network is not a small initialization (``v`` is of order 1) and ``v_j² - ||w_j||²`` is not
 conserved, so every theory quantity that involves the initialization or the dynamics is "not applicable"
 there (:func:`two_layer_status`); only the data geometry (``μ``, ``X_min``, ``X_max``, ``ζ1``) remains.
+Every theorem assumes ``μ > 0`` (Assumption 1): where the data break it, every theory value but ``ε`` is
+"assumption fails" (``ζ1``'s cap around ``x+`` inside ``S+`` does not exist when ``x+ ∉ S+``). Minibatch SGD
+(``train.batch_size``) is outside the theorems' gradient flow, which full-batch GD stands for: the time scales,
+``α`` and the stable-rank bound are "not applicable" there (:func:`gradient_flow_status`).
 """
 
 from __future__ import annotations
@@ -81,6 +85,15 @@ def two_layer_status(ds: xr.Dataset) -> str:
     return TWO_LAYER_NA if cfg(ds, "train", "train_v") is False else OK
 
 
+GRADIENT_FLOW_NA = "not applicable: minibatch SGD (batch {batch}); the theorems are for gradient flow (full-batch GD)"
+
+
+def gradient_flow_status(ds: xr.Dataset) -> str:
+    """``ok``, or "not applicable" for a minibatch SGD run (``train.batch_size`` set)."""
+    batch = cfg(ds, "train", "batch_size")
+    return GRADIENT_FLOW_NA.format(batch=batch) if batch else OK
+
+
 def _init_note(ds: xr.Dataset) -> str:
     kind = cfg(ds, "init", "kind")
     notes = []
@@ -113,6 +126,9 @@ def zeta1(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     (``min_{i∈I±} cos²(x_i, x±)``) ignores the other class's hyperplanes, which bound the same cone, and
     can exceed the true cap (tested on a case where the two differ).
     """
+    _, status = _mu_status(ds)
+    if status != OK:  # x± is not in S±: there is no cap
+        return _scalar(np.nan, status, "ζ1")
     s = class_sums(ds)
     X = inputs(ds).astype(np.float64)
     c = xr.dot(X, s, dim="feature") / (sample_norms(ds) * np.sqrt((s**2).sum("feature")))
@@ -131,10 +147,12 @@ def zeta2(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     down by it (under ``μ > 0`` the direction ``-x-`` even lies in ``S+``, the target cone, already at
     ``t = 0``). Hence the clip ``max(0, m)``: the design notes' ``1 - m²`` differs only when every
     cross-cosine is negative, and there it would shrink ``ζ2`` towards 0 (``m → -1``) for the
-    best-placed initializations, which the bound does not need. Not applicable to ``W``-only runs.
+    best-placed initializations, which the bound does not need. Not applicable to ``W``-only runs; "assumption
+    fails" when ``μ ≤ 0``.
     """
-    if two_layer_status(ds) != OK:
-        return _scalar(np.nan, two_layer_status(ds), "ζ2")
+    status = _worst(two_layer_status(ds), _mu_status(ds)[1])
+    if status != OK:
+        return _scalar(np.nan, status, "ζ2")
     W0 = first_weights(ds)
     v0 = ds["v"].isel(step=0).compute()
     s = class_sums(ds).compute()
@@ -175,7 +193,7 @@ def t1_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     mu, st_mu = _mu_status(ds)
     fac, st_f = _time_factor(ds)
     n = ds.sizes["sample"]
-    status = _worst(two_layer_status(ds), st_mu, st_f, _init_note(ds))
+    status = _worst(two_layer_status(ds), st_mu, gradient_flow_status(ds), st_f, _init_note(ds))
     value = fac * math.log(n) / (math.sqrt(mu) * float(x_min(ds))) if status in (OK,) or status.startswith("approximate") else np.nan
     eta = lr(ds)
     return xr.Dataset(
@@ -193,14 +211,14 @@ def t1_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
 @quantity(requires=TWO_LAYER, series=False)
 def t2_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """Convergence onset scale ``(1/n) log(1/(√h ε))`` (sum-loss time; ×n, i.e. ``log(1/(√h ε))``, for
-    a mean-loss run). Needs ``√h ε < 1``."""
+    a mean-loss run). Needs ``√h ε < 1`` and ``μ > 0``."""
     fac, st_f = _time_factor(ds)
     eps = epsilon(ds)
     h = ds.sizes["neuron"]
     n = ds.sizes["sample"]
     arg = math.sqrt(h) * float(eps) if np.isfinite(float(eps)) else np.nan
     st_small = OK if arg < 1 else f"assumption fails: √h ε = {arg:.3g} ≥ 1 (init not small)"
-    status = _worst(eps.attrs["status"], st_f, st_small, _init_note(ds))
+    status = _worst(eps.attrs["status"], _mu_status(ds)[1], gradient_flow_status(ds), st_f, st_small, _init_note(ds))
     ok = status == OK or status.startswith("approximate")
     value = fac * math.log(1.0 / arg) / n if ok else np.nan
     eta = lr(ds)
@@ -217,7 +235,7 @@ def t2_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
 def envelope_alpha(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Rate constant of the ``O(1/t)`` envelope: ``α = (μ X_min)² / (32 X_max)``."""
     mu, st = _mu_status(ds)
-    status = _worst(two_layer_status(ds), st, _init_note(ds))
+    status = _worst(two_layer_status(ds), st, gradient_flow_status(ds), _init_note(ds))
     ok = status == OK or status.startswith("approximate")
     value = (mu * float(x_min(ds))) ** 2 / (32.0 * float(x_max(ds))) if ok else np.nan
     return _scalar(value, status, "α = (μ X_min)²/(32 X_max)")
@@ -353,12 +371,13 @@ def stable_rank_bound_from(ds: xr.Dataset, spectral_norm_sq: xr.DataArray) -> xr
     """:func:`stable_rank_bound` from given values of ``||W(t)||_2²`` (e.g. only the final one):
     ``2 + c / ||W(t)||_2²`` with ``c = 4√h ε W_max² = 4√h max_j ||w_j(0)||² / ε``."""
     eps = epsilon(ds)
-    status = _worst(eps.attrs["status"], _init_note(ds))
+    status = _worst(eps.attrs["status"], _mu_status(ds)[1], gradient_flow_status(ds), _init_note(ds))
     W0 = first_weights(ds)
     wmax0_sq = float((W0**2).sum("feature").max())  # max_j ||w_j(0)||² = ε² W_max²
     h = ds.sizes["neuron"]
     e = float(eps)
-    coef = 4.0 * math.sqrt(h) * wmax0_sq / e if e > 0 else np.nan
+    usable = status == OK or status.startswith("approximate")
+    coef = 4.0 * math.sqrt(h) * wmax0_sq / e if usable and e > 0 else np.nan  # (NaN where the theorem does not apply)
     out = 2.0 + coef / spectral_norm_sq
     out.name = "stable_rank_bound"
     out.attrs.update(kind="theory", status=status, long_name="stable-rank bound 2 + 4√h ε W_max²/||W||_2²",
@@ -373,5 +392,6 @@ def theory(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     out = xr.Dataset({"zeta1": zeta1(ds), "zeta2": zeta2(ds), "epsilon": epsilon(ds),
                       "envelope_alpha": envelope_alpha(ds)})
     out = out.merge(t1_scale(ds)).merge(t2_scale(ds))
-    out["stable_rank_limit"] = _scalar(2.0, _worst(two_layer_status(ds), _init_note(ds)), "stable-rank limit (t → ∞)")
+    out["stable_rank_limit"] = _scalar(2.0, _worst(two_layer_status(ds), _mu_status(ds)[1], gradient_flow_status(ds),
+                                                   _init_note(ds)), "stable-rank limit (t → ∞)")
     return out

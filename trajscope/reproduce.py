@@ -195,7 +195,7 @@ def reproduce(
     started = time.perf_counter()
     configs_dir = Path(configs) if configs is not None else CONFIGS
     if (experiments is None or sweeps is None) and not configs_dir.is_dir():
-        raise UserError(f"configs folder {configs_dir} not found: run from the repository or pass --configs DIR")
+        raise UserError(f"configs folder {configs_dir} not found: pass --configs DIR, a folder holding paper/ and sweeps/")
     exps = _load_experiments(experiments, configs_dir, quick)
     sweep_sources = sweeps if sweeps is not None else {k: configs_dir / "sweeps" / f for k, f in SWEEPS.items()}
     points, sweep_points = _points(exps, sweep_sources, quick)

@@ -176,8 +176,18 @@ def test_theory_mean_convention_and_failed_assumptions():
     # μ ≤ 0: the scales that need μ say so instead of a number
     bad = _theory_run().assign(X=(("sample", "feature"), np.array([[1.0, 0], [0, 1.0], [-1, 0], [0, 1.0]])))
     th = theory.theory(bad)
-    for k in ("t1_scale_time", "envelope_alpha"):
-        assert math.isnan(float(th[k])) and th[k].attrs["status"].startswith("assumption fails")
+    for k in ("t1_scale_time", "envelope_alpha", "t2_scale_time", "zeta1", "zeta2", "stable_rank_limit"):
+        assert math.isnan(float(th[k])) and th[k].attrs["status"].startswith("assumption fails"), k
+    assert np.isfinite(float(th["epsilon"]))  # the init scale is not a claim about the data
+    bound = theory.stable_rank_bound(bad)
+    assert bound.attrs["status"].startswith("assumption fails") and np.isnan(bound.values).all()
+    # minibatch SGD: outside the theorems' gradient flow (the data geometry stays)
+    sgd = _theory_run()
+    sgd.attrs["config"] = {**sgd.attrs["config"], "train": {"lr": 0.5, "batch_size": 2}}
+    th = theory.theory(sgd)
+    for k in ("t1_scale_time", "t2_scale_time", "envelope_alpha", "stable_rank_limit"):
+        assert math.isnan(float(th[k])) and th[k].attrs["status"].startswith("not applicable: minibatch SGD"), k
+    assert np.isfinite(float(th["zeta1"])) and np.isfinite(float(th["zeta2"]))
     assert theory.loss_envelope(bad).attrs["status"].startswith("not applicable: μ > 0")
     # missing config: "unknown", not a crash
     bare = _theory_run()

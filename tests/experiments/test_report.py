@@ -14,7 +14,7 @@ CLAIMS = (
     "t1 scales as log n",
     "t2 grows linearly with log(1/ε)",
     "O(1/t)",
-    "Final stable rank ≤ 2",
+    "Final stable rank within the theorem's bound",
     "Final mean-neuron alignment on 0 vs 1",
     "Two phases when both layers train",
 )

@@ -48,6 +48,30 @@ def test_config_command_prints_every_field(python_env):
     assert load_config(printed).model_dump(mode="json") == printed
 
 
+def test_the_readmes_config_paths_and_bare_names_work_from_any_folder(tmp_path, python_env):
+    """Found by a review of the wheel: outside a checkout, ``trajscope produce configs/quickstart.yaml`` (the
+    README's command) said the file was not found, though the configs are installed with the package."""
+    def cli(*args, check=True):
+        proc = subprocess.run(["trajscope", *args], capture_output=True, text=True, env=python_env, timeout=300,
+                              cwd=tmp_path)
+        assert (proc.returncode == 0) == check, proc.stderr
+        return proc
+
+    for name in ("configs/quickstart.yaml", "quickstart", "paper/toy_r2"):
+        proc = cli("config", name)
+        assert "using the packaged" in proc.stderr and yaml.safe_load(proc.stdout)["name"] == Path(name).stem
+    ran = cli("produce", "quickstart", "--root", "runs", "--name", "q", "-q", "--set", "train.steps=3")
+    assert "quickstart.yaml" in ran.stderr and open_run("q", tmp_path / "runs").sizes["step"] == 4
+    missing = cli("produce", "nosuch", "--root", "runs", check=False)
+    assert missing.returncode == 2 and "config file nosuch not found" in missing.stderr
+    from trajscope.resources import configs_dir, packaged_config
+
+    assert packaged_config(Path("epsilon"), "sweeps") == configs_dir() / "sweeps" / "epsilon.yaml"  # `sweep epsilon`
+    (tmp_path / "quickstart.yaml").write_text("name: mine\n")  # a file here wins over the packaged one
+    proc = cli("config", "quickstart.yaml")
+    assert yaml.safe_load(proc.stdout)["name"] == "mine" and "packaged" not in proc.stderr
+
+
 def test_quickstart_config_is_valid_and_in_the_theorems_setting():
     cfg = load_config(REPO / "configs" / "quickstart.yaml")
     assert cfg.data.kind == "synthetic" and cfg.data.mu > 0

@@ -45,7 +45,9 @@ def register(app: typer.Typer) -> None:
         from trajscope.experiments.sweep import run_sweep
 
         console = Console(soft_wrap=True)
-        result = run_sweep(spec, root=root, workers=workers, scheduler=scheduler, quick=quick,
+        from trajscope.cli.produce import config_path
+
+        result = run_sweep(config_path(spec, "sweeps"), root=root, workers=workers, scheduler=scheduler, quick=quick,
                            progress=_printer(console))
         done = len(result.rows) - len(result.failed) - len(result.busy)
         table = (f"table: {', '.join(result.files)}" if result.files else
@@ -63,7 +65,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", help="Report folder (REPORT.md and figures/).")] = Path("report"),
         workers: WorkersOption = None,
         scheduler: SchedulerOption = None,
-        configs: Annotated[Optional[Path], typer.Option("--configs", help="Folder with paper/ and sweeps/ (default: the repository's configs/).")] = None,
+        configs: Annotated[Optional[Path], typer.Option("--configs", help="Folder with paper/ and sweeps/ (default: the configs installed with trajscope, the repository's configs/).")] = None,
     ) -> None:
         """Run (or reuse) the paper's experiments and sweeps and write a claim-by-claim report."""
         from rich.console import Console

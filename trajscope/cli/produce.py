@@ -108,6 +108,19 @@ def _said_if_interrupted_in_setup() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+def config_path(path: Path, folder: str = "") -> Path:
+    """``path``, or the packaged config it names when it is not here (:func:`trajscope.resources.packaged_config`),
+    saying so on stderr."""
+    from trajscope.resources import packaged_config
+
+    found = packaged_config(path, folder)
+    if found != path:
+        print(f"trajscope: no {path} here: using the packaged {found}", file=sys.stderr)
+    return found
+
+
+
+
 def register(app: typer.Typer) -> None:
     """Add ``produce``, ``config`` and ``resume``."""
 
@@ -126,7 +139,7 @@ def register(app: typer.Typer) -> None:
         from trajscope.producer import produce as run_produce
         from trajscope.store.run_attrs import labels
 
-        resolved = load_config(config, set_)  # config errors surface before any display starts
+        resolved = load_config(config_path(config), set_)  # config errors surface before any display starts
         extra = labels(tag, note)
         with _user_warnings_to(Console(stderr=True)), _said_if_interrupted_in_setup():
             if quiet:
@@ -148,7 +161,8 @@ def register(app: typer.Typer) -> None:
 
         from trajscope.producer import load_config
 
-        print(yaml.safe_dump(load_config(config, set_).model_dump(mode="json"), sort_keys=False), end="")
+        print(yaml.safe_dump(load_config(config and config_path(config), set_).model_dump(mode="json"),
+                             sort_keys=False), end="")
 
     @app.command()
     def resume(

@@ -97,8 +97,9 @@ def no_state_reason(step: slice, steps: np.ndarray) -> str:
     outside them, or falls between two of them (a sparse or log schedule). Every reader says it so (``ds.traj``,
     the CLI, the API's selectors)."""
     a, b = step.start, step.stop
-    if (a is not None and a > steps[-1]) or (b is not None and b < steps[0]) or (
-            a is not None and b is not None and b < a):
+    if a is not None and b is not None and b < a:  # (a review: "the run has steps 0 to 100" for 50:20 said nothing)
+        return f"the first step must not exceed the last (a:b includes both ends), e.g. {b}:{a}"
+    if (a is not None and a > steps[-1]) or (b is not None and b < steps[0]):
         return f"the run has steps {steps[0]} to {steps[-1]}"
     i = int(np.searchsorted(steps, a, "left"))  # (a is not None here: the range lies inside the recorded steps)
     return f"it falls between the recorded steps {steps[i - 1]} and {steps[i]}; widen it"
@@ -108,6 +109,18 @@ def no_state_message(step: slice, steps: np.ndarray) -> str:
     """``no recorded state in steps a:b: `` and :func:`no_state_reason`."""
     a, b = step.start, step.stop
     return f"no recorded state in steps {'' if a is None else a}:{'' if b is None else b}: {no_state_reason(step, steps)}"
+
+
+def _check_step_slice(step: slice) -> None:
+    """A :class:`UserError` unless ``step`` is ``slice(a, b, s)`` of integers (or ``None``) with ``s`` ≥ 1 (a Python
+    caller's ``slice(0, 100, -1)`` would have read the states backwards, ``slice("0", 5)`` failed inside xarray)."""
+    if not isinstance(step, slice) or not all(
+            part is None or isinstance(part, (int, np.integer)) and not isinstance(part, bool)
+            for part in (step.start, step.stop, step.step)):
+        raise UserError(f"step={step!r}: give slice(a, b, s) of integers (optimizer steps a to b, every s-th "
+                        "recorded state), e.g. slice(0, 5000, 10)")
+    if step.step is not None and step.step < 1:
+        raise UserError(f"step={step!r}: the stride s must be a positive integer")
 
 
 def select(ds: xr.Dataset, step: slice | None = None, variables: Iterable[str] | None = None) -> xr.Dataset:
@@ -125,6 +138,7 @@ def select(ds: xr.Dataset, step: slice | None = None, variables: Iterable[str] |
                             f"choose from {', '.join(map(str, ds.data_vars))}")
         out = out[names]
     if step is not None and "step" in out.dims:
+        _check_step_slice(step)
         if ds.sizes["step"] == 0:
             raise UserError("the run has no recorded state yet: there is no step to select")
         out = out.sel(step=slice(step.start, step.stop)).isel(step=slice(None, None, step.step))

@@ -50,6 +50,8 @@ def test_by_step_errors():
     # 45", which the range is within; now as ds.traj and the CLI say it
     with pytest.raises(SelectorError, match="selects no recorded state.*falls between the recorded steps 5 and 10"):
         selectors.by_step(selectors.parse("step", "6:9"), steps)
+    with pytest.raises(SelectorError, match="step=20:10 selects no recorded state.*must not exceed the last.*10:20"):
+        selectors.by_step(selectors.parse("step", "20:10"), steps)
     with pytest.raises(SelectorError, match="no committed states"):
         selectors.by_step(selectors.parse("step", "0"), np.arange(0))
 

@@ -223,6 +223,25 @@ def test_a_range_between_two_recorded_steps_is_told_apart_from_one_outside_the_r
         select(ds, step=slice(2000, None))
 
 
+def test_a_reversed_range_or_a_slice_of_other_things_is_said_so():
+    """Found by a review: ``step=50:20`` was answered "the run has steps 0 to 100" (50 and 20 both lie in it); a
+    Python caller's negative stride read the states backwards and ``slice("0", 5)`` failed inside xarray."""
+    import xarray as xr
+
+    from trajscope.store import UserError
+    from trajscope.store.export import select
+
+    ds = xr.Dataset({"loss": ("step", np.ones(5))}, coords={"step": [0, 25, 50, 75, 100]})
+    with pytest.raises(UserError, match="steps 50:20: the first step must not exceed the last .*e.g. 20:50"):
+        select(ds, step=slice(50, 20))
+    with pytest.raises(UserError, match="stride s must be a positive integer"):
+        select(ds, step=slice(0, 100, -1))
+    for odd in (slice("0", 50), slice(0, 50.5), slice(True, 50)):
+        with pytest.raises(UserError, match="give slice\\(a, b, s\\) of integers"):
+            select(ds, step=odd)
+    assert list(select(ds, step=slice(np.int64(25), 75, 2))["step"].values) == [25, 75]
+
+
 @pytest.mark.parametrize("suffix", ["nc", "zarr", "npz", "NPZ"])
 def test_an_export_stopped_half_way_leaves_nothing(tiny_root, tmp_path, monkeypatch, suffix):
     """Found by a review: a Ctrl-C (or a corrupt chunk) during an export left a file that opened as the complete

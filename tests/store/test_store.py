@@ -393,9 +393,10 @@ def test_a_running_run_whose_writer_is_gone_is_told_apart(tmp_path, python_env, 
     finally:
         holder.kill()
     try:  # killed, not yet reaped: its pid still answers (a zombie), its flock is gone (found by a review)
-        for _ in range(500):
+        for _ in range(500):  # (its main thread a zombie and its other threads gone: they held its files)
             with open(f"/proc/{holder.pid}/stat") as stat:
-                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z" and os.listdir(f"/proc/{holder.pid}/task") == [
+                        str(holder.pid)]:
                     break
             time.sleep(0.01)
         assert describe_run("r", root).writer_gone

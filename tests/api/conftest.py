@@ -17,7 +17,7 @@ import uvicorn
 from trajscope.api.app import create_app
 from trajscope.store import RunWriter, StoreRoot
 from trajscope.producer.two_layer import variables as two_layer_variables
-from tests.api.dashboard_browser import names_a_live_writer
+from tests.api.dashboard_browser import names_a_live_writer, stops_naming_a_live_writer
 
 
 def make_run(root: StoreRoot, run_id: str, *, steps: int = 40, h: int = 6, D: int = 4, n: int = 10,
@@ -99,6 +99,21 @@ def serving(root, token: str | None = None, **kwargs) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def live_writers_yield(monkeypatch):
+    """The stand-in live writer of :func:`names_a_live_writer` (this process holding a run's flock) lets go when a
+    writer of this process takes the run, as a stopped producer's lock would have been free."""
+    from trajscope.store.locks import WriterLock
+
+    take = WriterLock.acquire
+
+    def acquire(self):
+        stops_naming_a_live_writer(self.root, self.run_id)
+        return take(self)
+
+    monkeypatch.setattr(WriterLock, "acquire", acquire)
 
 
 @pytest.fixture(scope="session")

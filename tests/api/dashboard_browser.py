@@ -63,6 +63,7 @@ def commit(root, run_id: str, upto: int, finish: str | None = None) -> None:
     """Raise a live run's ``committed_steps`` to ``upto`` as its writer would (and finish it if asked)."""
     from trajscope.store import RunWriter
 
+    stops_naming_a_live_writer(root, run_id)
     writer = RunWriter.reopen(root, run_id)
     try:
         writer.commit(upto)
@@ -74,11 +75,29 @@ def commit(root, run_id: str, upto: int, finish: str | None = None) -> None:
             names_a_live_writer(root, run_id)
 
 
+#: lock file -> a descriptor of it holding its flock, as a live producer's writer lock does
+_HELD_AS_LIVE: dict[str, int] = {}
+
+
 def names_a_live_writer(root, run_id: str) -> None:
-    """Make a released local lock name a live process (this one), as a live producer's lock does: the run reads
-    as being written, not as one whose writer is gone (a released lock's file says "released")."""
+    """Make a released local lock name a live process (this one) and hold its ``flock``, as a live producer's lock
+    does: the run reads as being written, not as one whose writer is gone (a released lock's file says
+    "released"; a named process that holds no flock is no writer). :func:`commit` lets it go to write."""
+    import fcntl
     import socket
 
     if root.is_local:
-        with open(root.lock_path(run_id), "w") as f:
+        path = root.lock_path(run_id)
+        with open(path, "w") as f:
             f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        fd = os.open(path, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _HELD_AS_LIVE[path] = fd
+
+
+def stops_naming_a_live_writer(root, run_id: str) -> None:
+    """Let go of the flock :func:`names_a_live_writer` holds (a writer of this process may then take the run)."""
+    if root.is_local:
+        fd = _HELD_AS_LIVE.pop(root.lock_path(run_id), None)
+        if fd is not None:
+            os.close(fd)

@@ -228,6 +228,7 @@ def test_a_forced_delete_of_another_users_live_run_is_a_409_naming_its_writer(tm
 
     from trajscope.api import routes_runs
 
+    from tests.api.dashboard_browser import stops_naming_a_live_writer
     from tests.store.test_lock_handover import hold
 
     def not_yours(run_id, root):
@@ -236,6 +237,7 @@ def test_a_forced_delete_of_another_users_live_run_is_a_409_naming_its_writer(tm
     monkeypatch.setattr(routes_runs, "remove_run", not_yours)
     root = StoreRoot(tmp_path)
     write_run(root, "live", steps=8, chunk_steps=8, finish=None)
+    stops_naming_a_live_writer(root, "live")  # (this process's stand-in flock: the holder below takes its place)
     holder = hold(root, "live", os.getpid(), 60)  # its producer, alive, holding the lock
     try:
         with serve(root, token="t") as srv:

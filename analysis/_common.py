@@ -12,11 +12,9 @@ import xarray as xr
 
 from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.errors import UserError
-from trajscope.store.export import no_state_message  # noqa: F401  (re-exported: the analysis' callers)
+from trajscope.store.export import check_step_slice, no_state_message
 
 StepSel = slice | int | None
-
-UNKNOWN = "unknown"
 
 
 def need_two_states(what: str, ds: xr.Dataset, sel: xr.Dataset) -> None:
@@ -42,8 +40,7 @@ def select(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
         return ds
     if isinstance(step, (int, np.integer)) and not isinstance(step, bool):  # one step, as the CLI's --step k and
         step = slice(int(step), int(step))  # the API's step=k take it (found by a review)
-    if not isinstance(step, slice):
-        raise TypeError(f"step must be a slice, an int (one step) or None, not {type(step).__name__}")
+    check_step_slice(step)
     out = ds
     if step.start is not None or step.stop is not None:
         out = out.sel(step=slice(step.start, step.stop))
@@ -51,8 +48,6 @@ def select(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
         if out.sizes.get("step", 0) == 0 and steps.size:  # (what a quantity would fail on, or answer empty)
             raise UserError(no_state_message(step, steps))
     if step.step is not None:
-        if int(step.step) < 1:
-            raise UserError(f"step stride must be a positive integer, got {step.step}")
         out = out.isel(step=slice(None, None, int(step.step)))
     return out
 

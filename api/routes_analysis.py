@@ -10,7 +10,7 @@ import xarray as xr
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from trajscope.analysis._common import select
+from trajscope.analysis import select
 from trajscope.api import registry, selectors
 from trajscope.api.deps import Run, RunDep, State
 from trajscope.api.models import AnalysisResult, ErrorBody, Listing

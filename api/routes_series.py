@@ -61,7 +61,7 @@ def _applicable(ds) -> dict[str, Callable]:
 
 
 def _variable(name: str) -> Callable:
-    from trajscope.analysis._common import select
+    from trajscope.analysis import select
 
     def fn(ds, step=None):
         return select(ds, step)[name]

@@ -111,7 +111,7 @@ def no_state_message(step: slice, steps: np.ndarray) -> str:
     return f"no recorded state in steps {'' if a is None else a}:{'' if b is None else b}: {no_state_reason(step, steps)}"
 
 
-def _check_step_slice(step: slice) -> None:
+def check_step_slice(step: slice) -> None:
     """A :class:`UserError` unless ``step`` is ``slice(a, b, s)`` of integers (or ``None``) with ``s`` ≥ 1 (a Python
     caller's ``slice(0, 100, -1)`` would have read the states backwards, ``slice("0", 5)`` failed inside xarray)."""
     if not isinstance(step, slice) or not all(
@@ -138,7 +138,7 @@ def select(ds: xr.Dataset, step: slice | None = None, variables: Iterable[str] |
                             f"choose from {', '.join(map(str, ds.data_vars))}")
         out = out[names]
     if step is not None and "step" in out.dims:
-        _check_step_slice(step)
+        check_step_slice(step)
         if ds.sizes["step"] == 0:
             raise UserError("the run has no recorded state yet: there is no step to select")
         out = out.sel(step=slice(step.start, step.stop)).isel(step=slice(None, None, step.step))

@@ -284,7 +284,7 @@ def register(app: typer.Typer) -> None:
         """Runs side by side: the config fields that differ, then the measured quantities of each."""
         from rich.table import Table
 
-        from trajscope.analysis._common import select
+        from trajscope.analysis import select
         from trajscope.analysis.registry import features
         from trajscope.analysis.summary import summary, summary_rows
         from trajscope.cli.analyze import no_state_yet, parse_step

@@ -8,13 +8,13 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from trajscope.analysis._common import StepSel, select
+from trajscope.analysis import select
 from trajscope.analysis.generic import parameter_summary
 from trajscope.analysis.registry import applicable, features, run_schema
 from trajscope.analysis.summary import divergence_warning
 
 
-def show_generic(ds: xr.Dataset, step: StepSel, run: str) -> bool:
+def show_generic(ds: xr.Dataset, step: slice | None, run: str) -> bool:
     """Print the per-parameter table and the applicable quantities when ``ds`` is not a two-layer run;
     return False (printing nothing) for a two-layer run."""
     if "two_layer" in features(ds):
@@ -49,7 +49,7 @@ def _relative(summary: xr.Dataset, i: int) -> str:
     return "— (θ(0) = 0)" if np.isnan(value) and np.isfinite(distance) else f"{value:.3g}"
 
 
-def generic_measured(ds: xr.Dataset, step: StepSel) -> dict[str, tuple[str, str]]:
+def generic_measured(ds: xr.Dataset, step: slice | None) -> dict[str, tuple[str, str]]:
     """``trajscope compare``'s measured rows for a run that is not a two-layer run: the loss at the last
     selected state and, per parameter, its distance from its initial value and its relative change."""
     rows: dict[str, tuple[str, str]] = {}

@@ -31,7 +31,7 @@ from trajscope.api.models import ErrorBody
 from trajscope.store.errors import RunNotFound, RunNotReady
 from trajscope.store.layout import RUN_UID, never_fully_created
 from trajscope.store.served import open_chunk_file
-from trajscope.store.snapshot import KeyNotServed, parse_key, read_key
+from trajscope.store.snapshot import METADATA_KEY, KeyNotServed, parse_key, read_key
 
 router = APIRouter(prefix="/zarr", tags=["zarr"], responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody},
                                                               409: {"model": ErrorBody}, 410: {"model": ErrorBody},
@@ -116,7 +116,7 @@ def _still_served(state: State, run: Run) -> None:
 
 
 def _media(key: str) -> str:
-    return "application/json" if key.endswith("zarr.json") else "application/octet-stream"
+    return "application/json" if key.rsplit("/", 1)[-1] == METADATA_KEY else "application/octet-stream"
 
 
 _BYTES = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},

@@ -184,10 +184,7 @@ class ApiState:
         """Identity of a local run's ``zarr.json`` (inode, mtime, size); ``None`` for remote roots.
 
         :class:`FileNotFoundError` when it is gone."""
-        if not self.root.is_local:
-            return None
-        st = os.stat(os.path.join(self.root.run_url(run_id), "zarr.json"))
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        return self.root.document_stamp(run_id)
 
     def cached_attrs(self, run_id: str) -> dict[str, Any] | None:
         """The run's root attributes if read less than :attr:`attrs_ttl` seconds ago and (local roots)

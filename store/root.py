@@ -24,7 +24,7 @@ from trajscope.store.dataset_attrs import decode_attrs
 from trajscope.store.document import check_run_document
 from trajscope.store.errors import MalformedRun, NotARun, PathOutsideRoot, RunNotFound, UserError
 from trajscope.store.layout import (ALL_CHUNKS_STORED_KEY, DELETING_KEY, EARLY_RUN_MEMBERS, EARLY_RUN_W_DIMS,
-                                     RUN_SUFFIX, TEMPORARY_PREFIX, is_foreign_group, validate_run_id)
+                                     LOCK_DIR, RUN_SUFFIX, TEMPORARY_PREFIX, is_foreign_group, validate_run_id)
 from trajscope.store.safe import is_inside, read_inside, tree_size
 
 DEFAULT_ROOT = "runs"
@@ -202,6 +202,14 @@ class StoreRoot:
         if not self.is_local:
             self.fs.invalidate_cache(path)
         return self.fs.exists(path)
+
+    def document_stamp(self, run_id: str) -> tuple[int, int, int] | None:
+        """Identity of a local run's document ``zarr.json`` (inode, mtime in ns, size), which every commit replaces;
+        ``None`` on an object store. :class:`FileNotFoundError` when it is gone."""
+        if not self.is_local:
+            return None
+        st = os.stat(self._fs_path(run_id, "zarr.json"))
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def run_ids(self) -> list[str]:
         """Ids of the runs under the root (entries named ``*.zarr`` with group metadata), sorted."""
@@ -480,7 +488,7 @@ class StoreRoot:
     def lock_path(self, run_id: str) -> str:
         """Local lock file of a run's writer (local roots only)."""
         validate_run_id(run_id)
-        return os.path.join(self.location, ".locks", f"{run_id}.lock")
+        return os.path.join(self.location, LOCK_DIR, f"{run_id}.lock")
 
 
 def _remove_entry(path: str) -> None:

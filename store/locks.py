@@ -25,7 +25,7 @@ from typing import Any
 
 from trajscope.store.chunkio import refused_by_condition
 from trajscope.store.errors import PathOutsideRoot, RunLocked, UserError
-from trajscope.store.layout import RUN_SUFFIX, validate_run_id
+from trajscope.store.layout import LOCK_DIR, RUN_SUFFIX, validate_run_id
 from trajscope.store.nolinks import CLOEXEC, NOFOLLOW, open_real_dir
 from trajscope.store.root import StoreRoot
 
@@ -163,7 +163,7 @@ class WriterLock:
         _HELD_FDS.add(fd)
 
     def _lease_path(self) -> str:
-        return self.root.fs._strip_protocol(f"{self.root.location}/.locks/{self.run_id}.lease")
+        return _lease_path(self.root, self.run_id)
 
     def check(self) -> None:
         """Raise :class:`RunLocked` if this writer has lost the run. On an object store whose lease this writer
@@ -370,9 +370,14 @@ def _lock_record(root: StoreRoot, run_id: str) -> str | dict[str, Any]:
             return os.pread(fd, 200, 0).decode(errors="replace").strip()
         finally:
             os.close(fd)
-    path = root.fs._strip_protocol(f"{root.location}/.locks/{run_id}.lease")
+    path = _lease_path(root, run_id)
     root.fs.invalidate_cache(path)
     return dict(json.loads(root.fs.cat_file(path)))
+
+
+def _lease_path(root: StoreRoot, run_id: str) -> str:
+    """The object-store lease of ``run_id``: ``<root>/.locks/<run_id>.lease``, as the root's file system names it."""
+    return root.fs._strip_protocol(f"{root.location}/{LOCK_DIR}/{run_id}.lease")
 
 
 def writer_gone(root: StoreRoot, run_id: str) -> bool:

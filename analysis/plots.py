@@ -26,7 +26,6 @@ from trajscope.analysis.registry import LOSS, TWO_LAYER, features, plot_kind
 from trajscope.store.errors import UserError
 
 MAX_POINTS = 2000
-PLOT_FORMATS = ("png", "svg")
 
 
 def thinned(ds: xr.Dataset, step: StepSel = None, max_points: int = MAX_POINTS) -> slice:

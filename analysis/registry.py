@@ -26,7 +26,7 @@ import xarray as xr
 
 from trajscope.store.errors import UserError
 from trajscope.store.schema import TWO_LAYER as _KIND_TWO_LAYER
-from trajscope.store.schema import read_schema
+from trajscope.store.schema import names_with_role, read_schema
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -114,8 +114,7 @@ def run_schema(ds: xr.Dataset) -> dict[str, Any]:
 
 def parameter_names(ds: xr.Dataset) -> list[str]:
     """Variables of ``ds`` with role ``parameter``, in schema order."""
-    variables = run_schema(ds).get("variables", {})
-    return [n for n, v in variables.items() if v.get("role") == "parameter" and n in ds.data_vars]
+    return [n for n in names_with_role(run_schema(ds), "parameter") if n in ds.data_vars]
 
 
 def features(ds: xr.Dataset) -> set[str]:

@@ -89,15 +89,6 @@ class VarSlice(BaseModel):
     values: Any
 
 
-class DataArrayBody(BaseModel):
-    name: str | None
-    dims: list[str]
-    shape: list[int]
-    coords: dict[str, Any]
-    attrs: dict[str, Any]
-    values: Any
-
-
 class AnalysisResult(BaseModel):
     run_id: str
     quantity: str

@@ -22,7 +22,6 @@ from trajscope.store.locks import WriterLock
 from trajscope.store.root import StoreRoot, resolve_run
 
 TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=+-]{0,63}")
-USER_ATTRS = ("tags", "note")
 
 
 def validate_tag(tag: str) -> str:

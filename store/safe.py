@@ -259,9 +259,3 @@ class RootedLocalStore(LocalStore):
         for name in entries:
             if self._inside(base / name):
                 yield name
-
-
-def local_store(run_dir: str, base: str, *, read_only: bool) -> RootedLocalStore:
-    """The zarr store of a local run directory whose reads stay under ``base``."""
-    return RootedLocalStore(run_dir, base=base, read_only=read_only)
-

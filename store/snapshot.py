@@ -386,11 +386,6 @@ def read_key(root: StoreRoot, run_id: str, key: str, info: KeyInfo | None = None
         raise
 
 
-def key_size(root: StoreRoot, run_id: str, key: str) -> int:
-    """Size in bytes of ``key`` as served (HEAD)."""
-    return len(read_key(root, run_id, key))
-
-
 def inside_root(root: StoreRoot, run_id: str) -> bool:
     """False when a local run's directory resolves (through symlinks) outside the store root."""
     return not root.is_local or is_inside(root.location, root.run_url(run_id))

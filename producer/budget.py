@@ -20,7 +20,6 @@ threads, the most any root gets by default):
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,34 +106,6 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def free_disk(root: StoreRoot) -> int | None:
-    """Free bytes on the file system of a local root (its nearest existing parent); ``None`` for URLs."""
-    path = _nearest_existing(root)
-    return None if path is None else shutil.disk_usage(path).free
-
-
-def _nearest_existing(root: StoreRoot) -> str | None:
-    """A local root, or its nearest parent that exists; ``None`` for URLs."""
-    if not root.is_local:
-        return None
-    path = root.location
-    while not os.path.exists(path):
-        if os.path.dirname(path) == path:
-            return None
-        path = os.path.dirname(path)
-    return path
-
-
-def _pseudo_file_system(root: StoreRoot) -> str | None:
-    """The nearest existing parent of a local root when its file system has no blocks at all (``/proc``,
-    ``/sys``: nothing can be stored there, whatever it reports free)."""
-    path = _nearest_existing(root)
-    try:
-        return path if path is not None and os.statvfs(path).f_blocks == 0 else None
-    except OSError:
-        return None
-
-
 def _size(nbytes: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if nbytes < 1024 or unit == "PiB":
@@ -156,9 +127,9 @@ def check_budget(config: RunConfig, root: StoreRoot, n: int, dim: int, *,
             f"this run needs about {_size(budget.memory_bytes)} of memory, mostly {budget.largest}, but "
             f"{_size(memory)} is available: lower those sizes (or record.chunk_mib); nothing was created"
         )
-    disk = free_disk(root) if disk is None else disk
+    disk = root.free_bytes() if disk is None else disk
     if disk is not None and budget.disk_bytes > HEADROOM * disk:
-        pseudo = _pseudo_file_system(root) if disk == 0 else None
+        pseudo = root.pseudo_file_system() if disk == 0 else None
         if pseudo is not None:
             raise UserError(f"the store root {root.location} is under {pseudo}, whose file system holds no files "
                             "(a pseudo file system such as /proc or /sys): choose another --root; nothing was created")

@@ -485,6 +485,31 @@ class StoreRoot:
             self.fs.rm(path, recursive=True)
 
     # -- locks --------------------------------------------------------------------------------------
+    def free_bytes(self) -> int | None:
+        """Free bytes on the file system of a local root (of its nearest existing parent, before the root is made);
+        ``None`` for an object store."""
+        path = self._nearest_existing()
+        return None if path is None else shutil.disk_usage(path).free
+
+    def pseudo_file_system(self) -> str | None:
+        """The nearest existing parent of a local root when its file system has no blocks at all (``/proc``,
+        ``/sys``: nothing can be stored there, whatever it reports free); ``None`` otherwise."""
+        path = self._nearest_existing()
+        try:
+            return path if path is not None and os.statvfs(path).f_blocks == 0 else None
+        except OSError:
+            return None
+
+    def _nearest_existing(self) -> str | None:
+        if not self.is_local:
+            return None
+        path = self.location
+        while not os.path.exists(path):
+            if os.path.dirname(path) == path:
+                return None
+            path = os.path.dirname(path)
+        return path
+
     def lock_path(self, run_id: str) -> str:
         """Local lock file of a run's writer (local roots only)."""
         validate_run_id(run_id)

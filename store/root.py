@@ -28,6 +28,8 @@ from trajscope.store.layout import (ALL_CHUNKS_STORED_KEY, DELETING_KEY, EARLY_R
 from trajscope.store.safe import is_inside, read_inside, tree_size
 
 DEFAULT_ROOT = "runs"
+#: a file :meth:`StoreRoot.write_file` writes beside the runs (a sweep's table): one plain file name
+FILE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}"
 #: the URL schemes whose first path component is a bucket (or container)
 BUCKET_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 ROOT_ENV = "TRAJSCOPE_ROOT"
@@ -277,29 +279,24 @@ class StoreRoot:
         if not self.is_local:
             result = self.fs.pipe_file(path, data, **({"IfMatch": if_match} if if_match else {}))
             return result.get("ETag") if isinstance(result, dict) else None
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMPORARY_PREFIX)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                try:
-                    os.fchmod(handle.fileno(), 0o666 & ~_umask())  # mkstemp makes it 0o600
-                except OSError:  # a file system without modes (vfat...): its own stand
-                    pass
-                handle.write(data)
-                if durable:
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        if durable:
-            from trajscope.store.chunkio import fsync_dir
-
-            fsync_dir(directory)
+        _replace_file(path, data, durable=durable)
         return None
+
+    def write_file(self, name: str, data: bytes) -> str:
+        """Write ``name``, a plain file beside the runs (a sweep's table), replacing it atomically as
+        :meth:`write_bytes` does; returns its path or URL. ``name`` is one file name of :data:`FILE_NAME` that
+        is no run's (not ``*.zarr``), else :class:`UserError`."""
+        if not re.fullmatch(FILE_NAME, name) or name.endswith(RUN_SUFFIX):
+            raise UserError(f"cannot write {name!r} beside the runs: give a plain file name of A-Z a-z 0-9 . _ -, "
+                            f"starting with a letter or digit, not ending in {RUN_SUFFIX}")
+        if not self.is_local:
+            url = f"{self.location}/{name}"
+            self.fs.pipe_file(self.fs._strip_protocol(url), data)
+            return url
+        os.makedirs(self.location, exist_ok=True)
+        path = os.path.join(self.location, name)
+        _replace_file(path, data, durable=False)
+        return path
 
     def read_group_metadata(self, run_id: str, *, checked: bool = True) -> dict[str, Any]:
         """The run's group ``zarr.json`` (fresh, never cached); :class:`RunNotFound` when absent.
@@ -514,6 +511,34 @@ class StoreRoot:
         """Local lock file of a run's writer (local roots only)."""
         validate_run_id(run_id)
         return os.path.join(self.location, LOCK_DIR, f"{run_id}.lock")
+
+
+def _replace_file(path: str, data: bytes, *, durable: bool) -> None:
+    """Write a local file atomically: a temporary file in its folder (made if missing), renamed over it. The file
+    gets the mode a plain ``open`` would give it; ``durable``: the temporary file is fsynced before the rename and
+    the folder after it."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMPORARY_PREFIX)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            try:
+                os.fchmod(handle.fileno(), 0o666 & ~_umask())  # mkstemp makes it 0o600
+            except OSError:  # a file system without modes (vfat...): its own stand
+                pass
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    if durable:
+        from trajscope.store.chunkio import fsync_dir
+
+        fsync_dir(directory)
 
 
 def _remove_entry(path: str) -> None:

@@ -251,3 +251,37 @@ def test_zarrs_exclusive_write_through_a_runs_store_keeps_an_existing_key(tmp_pa
     assert open(os.path.join(folder, "zarr.json"), "rb").read() == before
     assert open(os.path.join(folder, "new.json"), "rb").read() == b"[1]"
     assert not [n for n in os.listdir(folder) if n.endswith(".partial")]
+
+
+def test_a_file_beside_the_runs_replaces_a_planted_link_and_is_written_whole(tmp_path, victim, monkeypatch):
+    """Found by a style review: a sweep's table was written by the sweep itself through the root's file system,
+    in place (a sweep stopped while writing left half a table; a link planted under the table's name was written
+    through). ``StoreRoot.write_file`` writes it as the store writes a key: a temporary file renamed over it."""
+    root = StoreRoot(tmp_path / "root")
+    os.makedirs(root.location)
+    os.symlink(victim / "victim.txt", os.path.join(root.location, "s.sweep.csv"))
+    path = root.write_file("s.sweep.csv", b"a,b\n1,2\n")
+    assert untouched(victim) and not os.path.islink(path) and open(path, "rb").read() == b"a,b\n1,2\n"
+
+    def cut_off(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        root.write_file("s.sweep.csv", b"a,b\n3,")
+    monkeypatch.undo()
+    assert open(path, "rb").read() == b"a,b\n1,2\n"  # the old table, whole, and no temporary file left
+    assert sorted(os.listdir(root.location)) == ["s.sweep.csv"]
+    for name in ("../x.csv", "a/b.csv", ".hidden", "r.zarr", ""):
+        with pytest.raises(UserError, match="beside the runs"):
+            root.write_file(name, b"x")
+    assert untouched(victim) and sorted(os.listdir(root.location)) == ["s.sweep.csv"]
+    pandas = pytest.importorskip("pandas")
+    from trajscope.experiments.sweep import write_table
+
+    os.symlink(victim / "victim.txt", os.path.join(root.location, "t.sweep.csv"))
+    written = write_table(pandas.DataFrame({"n": [16, 64]}), root.location, "t.sweep")
+    assert untouched(victim) and open(written[0]).read() == "n\n16\n64\n"
+    remote = StoreRoot("memory://side-files")
+    url = remote.write_file("s.sweep.csv", b"x")
+    assert url == "memory://side-files/s.sweep.csv" and remote.fs.cat_file(remote.fs._strip_protocol(url)) == b"x"

@@ -495,24 +495,21 @@ def table_name(spec_name: str, quick: bool) -> str:
 
 
 def write_table(table, root: str | os.PathLike | None, stem: str, storage_options: dict | None = None) -> list[str]:
-    """Write the sweep table next to the runs as CSV (and Parquet when pyarrow is installed)."""
+    """Write the sweep table next to the runs as CSV (and Parquet when pyarrow is installed), each file replaced
+    whole (a sweep stopped while writing leaves the old table or the new one, never half of one)."""
+    import io
+
     from trajscope.store import StoreRoot
 
     store_root = StoreRoot(root, storage_options)
-    base = f"{store_root.location}/{stem}"
-    if store_root.is_local:
-        os.makedirs(store_root.location, exist_ok=True)
-    written = []
-    with store_root.fs.open(base + ".csv", "w") as handle:
-        table.to_csv(handle, index=False)
-    written.append(base + ".csv")
+    written = [store_root.write_file(f"{stem}.csv", table.to_csv(index=False).encode())]
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         return written
-    with store_root.fs.open(base + ".parquet", "wb") as handle:
-        table.to_parquet(handle, index=False)
-    written.append(base + ".parquet")
+    parquet = io.BytesIO()
+    table.to_parquet(parquet, index=False)
+    written.append(store_root.write_file(f"{stem}.parquet", parquet.getvalue()))
     return written
 
 

@@ -10,6 +10,7 @@ import trajscope
 from trajscope.api import docs, errors, routes_analysis, routes_dashboard, routes_plots, routes_runs, routes_vars, routes_zarr
 from trajscope.api import routes_series
 from trajscope.api.state import DEFAULT_ATTRS_TTL, DEFAULT_CACHE_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ApiState, ByteLRU
+from trajscope.api.work import install_scheduler
 from trajscope.store import StoreRoot
 
 
@@ -42,6 +43,7 @@ def create_app(
                                    responses=ByteLRU(cache_bytes), attrs_ttl=attrs_ttl,
                                    max_computations=max_computations)
 
+    install_scheduler()  # (dask's scheduler for this process: a request's computation stops when its client goes)
     errors.install(app)
     docs.install(app)
     for module in (routes_runs, routes_vars, routes_analysis, routes_plots, routes_zarr, routes_dashboard):

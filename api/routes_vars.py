@@ -12,7 +12,7 @@ from trajscope.api.deps import Run, RunDep, State
 from trajscope.api.models import ErrorBody, VarSlice
 from trajscope.api.state import ApiState
 from trajscope.api.serialize import JSON_BYTES_PER_VALUE, array_values, dumps, npy_bytes
-from trajscope.api.work import compute
+from trajscope.api.work import compute, synchronous_get
 from trajscope.store import UserError
 
 router = APIRouter(prefix="/api/runs/{run_id}/vars", tags=["variables"])
@@ -96,7 +96,7 @@ def _build(run: Run, state: ApiState, name: str, raw: dict[str, str | None], for
             + ("" if format == "npy" else ", or use format=npy")
             + f", or read the run lazily with xr.open_zarr('/zarr/{run.run_id}')"))
     picked = var.isel(index)
-    values = np.asarray(picked.compute(scheduler="synchronous").values)
+    values = np.asarray(picked.compute(scheduler=synchronous_get).values)
     headers = {"X-Trajscope-Dims": ",".join(map(str, picked.dims)),
                "X-Trajscope-Shape": ",".join(map(str, values.shape)),
                "X-Trajscope-Committed-Steps": str(run.committed)}

@@ -7,10 +7,16 @@ thread of the server, and ``/health``, the run listings and the raw store keep a
 40 slow requests made ``/health`` answer after 32 s, past the image's 5 s health check). A request whose
 client has gone by the time its turn comes is not computed at all (the same review: abandoned requests kept
 the server busy for half a minute). One whose client goes while it computes is stopped at its next dask task: the
-event loop checks the connection every :data:`WATCH_SECONDS`, and a dask callback (:class:`StopWhenAsked`,
-registered once for the process) raises :class:`ComputationStopped` in the computing thread before it hands out
-another task. What is already running in the pool finishes (a thread cannot be stopped), so a computation stops
-within one task of each of its worker threads; work done outside dask (a figure's drawing) runs to its end.
+event loop checks the connection every :data:`WATCH_SECONDS`, and a dask callback (:class:`StopWhenAsked`) raises
+:class:`ComputationStopped` in the computing thread before it hands out another task. What is already running in
+the pool finishes (a thread cannot be stopped), so a computation stops within one task of each of its worker
+threads; work done outside dask (a figure's drawing) runs to its end.
+
+The callback is handed to each computation of a request's thread by the dask scheduler the server installs
+(:func:`install_scheduler`: dask's threaded scheduler, given the callback explicitly), not registered in dask's
+global ``Callback.active``: dask's local schedulers swap that set out for an empty one while they compute and put
+back what they took when they end, so a computation that began while another ran had no callback, and one that
+ended last could leave the set empty for good (found by a review: the stop then never came).
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ import threading
 from typing import Any, Callable, TypeVar
 
 import anyio
-from dask.callbacks import Callback
+import dask
+import dask.local
+import dask.threaded
+from dask.callbacks import Callback, normalize_callback
 from fastapi import HTTPException, Request
 
 from trajscope.api.heap import trim_when_idle
@@ -46,19 +55,45 @@ _asked = threading.local()  # .stop: the threading.Event of the request this thr
 
 
 class StopWhenAsked(Callback):
-    """A dask callback, active for every computation of the process: before a task is handed out, it raises
-    :class:`ComputationStopped` if the thread that runs the computation (dask's local schedulers call it there)
-    computes for a request that was told to stop. Other computations (no event on their thread) pay one
-    attribute lookup a task."""
+    """A dask callback: before a task is handed out, it raises :class:`ComputationStopped` once ``stop`` is set
+    (dask's local schedulers call it in the thread that runs the computation)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        super().__init__()
+        self.stop = stop
 
     def _pretask(self, key: Any, dsk: Any, state: Any) -> None:
-        stop = getattr(_asked, "stop", None)
-        if stop is not None and stop.is_set():
+        if self.stop.is_set():
             raise ComputationStopped
 
 
-_STOP_WHEN_ASKED = StopWhenAsked()
-_STOP_WHEN_ASKED.register()
+def _stoppable_scheduler(get: Callable[..., Any]) -> Callable[..., Any]:
+    """The dask scheduler ``get`` handing a computation of a request's thread (:func:`_stoppable`) its
+    :class:`StopWhenAsked`; any other computation runs as ``get`` runs it."""
+
+    def scheduler(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        stop = getattr(_asked, "stop", None)
+        if stop is not None and kwargs.get("callbacks") is None:
+            # (explicit, as the 5-tuple dask's local schedulers take: they leave their global set alone then)
+            kwargs["callbacks"] = (normalize_callback(StopWhenAsked(stop)),)
+        return get(dsk, keys, **kwargs)
+
+    return scheduler
+
+
+#: dask's threaded and synchronous schedulers, stopped when a request's client goes
+threaded_get = _stoppable_scheduler(dask.threaded.get)
+synchronous_get = _stoppable_scheduler(dask.local.get_sync)
+
+
+def install_scheduler() -> bool:
+    """Make :data:`threaded_get` dask's scheduler for this process (the server's), unless one is configured
+    already (``dask.config`` ``scheduler``: a user's choice, or a cluster's client); True when it is in place."""
+    current = dask.config.get("scheduler", None)
+    if current is None:
+        dask.config.set(scheduler=threaded_get)
+        return True
+    return current is threaded_get
 
 
 def _stoppable(stop: threading.Event, fn: Callable[..., T], *args: Any) -> T:

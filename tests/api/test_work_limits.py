@@ -12,6 +12,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from trajscope.store import StoreRoot
@@ -114,6 +115,7 @@ def test_a_computation_whose_client_goes_stops_and_frees_its_slot(tmp_path, writ
     """Found by a review: a computation whose client had gone ran to its end, holding its work slot, so a few
     abandoned heavy requests (a client's timeout, a closed tab) kept every other analysis waiting. Here the
     analysis is a real dask computation of ``TASKS`` slow tasks (counted); its client gives up after 0.5 s."""
+    import dask
     import dask.array as da
 
     from trajscope.api import routes_analysis
@@ -135,7 +137,9 @@ def test_a_computation_whose_client_goes_stops_and_frees_its_slot(tmp_path, writ
     monkeypatch.setattr(routes_analysis, "call", slow)
     root = StoreRoot(tmp_path / "runs")
     write_run(root, "r", steps=16, chunk_steps=8)
-    with serve(root, max_computations=1) as srv:
+    # (two worker threads, as on this 2-core machine: with dask's default of a thread per core and more, a 16-core
+    # host finished the 60 tasks before the client's timeout below; found by a review)
+    with dask.config.set(num_workers=2), serve(root, max_computations=1) as srv:
         with pytest.raises(httpx.TimeoutException):
             httpx.get(f"{srv.url}/api/runs/r/analysis/stable_rank", timeout=0.5)
         gone = time.monotonic()
@@ -162,3 +166,45 @@ def test_a_computation_whose_client_goes_stops_and_frees_its_slot(tmp_path, writ
         second.join(60)
         assert len(ran) - began >= tasks  # the second computed it all (the first was stopped)
         assert waiter["r"].status_code == 200 and waiter["r"].json()["quantity"] == "stable_rank", waiter["r"].text
+
+
+def test_a_computation_stops_whatever_else_computes_meanwhile():
+    """Found by a review: the stop was a callback registered in dask's global ``Callback.active``, which dask's
+    local schedulers swap for an empty set while they compute (and put back when they end): a request's
+    computation that began while another ran (another request's, or a slice's) had no stop, and the last to end
+    could leave the set empty for good. The server's scheduler now hands each request's computation its stop."""
+    import dask.array as da
+
+    from trajscope.api import work
+
+    assert work.install_scheduler()  # (what create_app does)
+
+    def slow(block):
+        time.sleep(0.02)
+        return block
+
+    def graph(n, func=slow):
+        return da.ones((n, 2), chunks=(1, 2)).map_blocks(func, meta=np.empty((0, 0))).sum()  # (meta: not called)
+
+    others = [threading.Thread(target=lambda k=k: (time.sleep(0.05 * k), graph(30).compute())) for k in range(3)]
+    for thread in others:
+        thread.start()
+    time.sleep(0.1)
+    ran: list[int] = []
+
+    def counted(block):
+        ran.append(1)
+        return slow(block)
+
+    gone = threading.Event()
+    gone.set()  # its client has gone: no task of it is handed out
+    with pytest.raises(work.ComputationStopped):
+        work._stoppable(gone, lambda: graph(40, counted).compute())
+    for thread in others:
+        thread.join()
+    assert ran == []
+    for scheduler in (None, work.synchronous_get):  # after the others ended, and the slices' scheduler too
+        with pytest.raises(work.ComputationStopped):
+            work._stoppable(gone, lambda: graph(10, counted).compute(scheduler=scheduler))
+    assert ran == []
+    assert float(work._stoppable(threading.Event(), lambda: graph(4).compute())) == 8.0  # not stopped: computed

@@ -64,6 +64,11 @@ if hasattr(os, "register_at_fork"):
 LEASE_WRITE_ATTEMPTS = 3
 
 
+#: a local run's flock refused this many times in a row (10 ms apart) while its lock file names a live process is
+#: held by a writer (once could be a reader's shared probe, :func:`writer_holds`)
+LIVE_REFUSALS = 5
+
+
 class WriterLock:
     """Exclusive right to write one run; use as a context manager or call :meth:`release`."""
 
@@ -135,6 +140,7 @@ class WriterLock:
         path = self.root.lock_path(self.run_id)
         fd = _open_lock_file(self.root.location, path)
         deadline = time.monotonic() + EXIT_GRACE_SECONDS
+        refusals = 0
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -143,6 +149,10 @@ class WriterLock:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
                 alive = not holder.startswith(RELEASED) and _holder_alive(holder)  # (released: its writer
                 # process, which shares the flock, is exiting)
+                refusals += 1
+                if alive and refusals < LIVE_REFUSALS:  # (a reader's shared probe, writer_holds, lasts
+                    time.sleep(0.01)  # microseconds: refused again and again, it is a writer; found by a review)
+                    continue
                 if alive or time.monotonic() > deadline:
                     os.close(fd)
                     if alive:

@@ -190,3 +190,29 @@ def test_asking_about_a_runs_writer_makes_no_lock_folder(tmp_path):
     shutil.rmtree(tmp_path / ".locks")
     assert writer_holds(root, "r") is False and writer_gone(root, "r") is False
     assert not (tmp_path / ".locks").exists()
+
+
+def test_a_readers_probe_of_the_lock_does_not_refuse_a_writer(tmp_path):
+    """Found by a review: a listing asks whether a run's named holder (alive, but holding no flock: a zombie, a
+    reused pid) still writes it by a shared ``flock`` of a few microseconds (``writer_holds``); a ``resume`` that
+    tried the lock in that moment was refused at once, "being written by pid N". It is tried again first."""
+    import fcntl
+    import threading
+    import time
+
+    root = StoreRoot(tmp_path)
+    WriterLock(root, "r").acquire().release()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # a live process, no writer
+    try:
+        with open(root.lock_path("r"), "w") as f:
+            f.write(f"pid {alive.pid} on {socket.gethostname()}")
+        probe = os.open(root.lock_path("r"), os.O_RDONLY)
+        fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a reader's probe, let go 20 ms later
+        threading.Timer(0.02, os.close, (probe,)).start()
+        began = time.monotonic()
+        lock = WriterLock(root, "r").acquire()
+        lock.release()
+        assert time.monotonic() - began < 1.0
+    finally:
+        alive.kill()
+        alive.wait()

@@ -131,7 +131,7 @@ def test_a_computation_whose_client_goes_stops_and_frees_its_slot(tmp_path, writ
     real = routes_analysis.call
 
     def slow(*args, **kwargs):
-        da.ones((tasks, 4), chunks=(1, 4)).map_blocks(slow_block, dtype=float).sum().compute()
+        da.ones((tasks, 4), chunks=(1, 4)).map_blocks(slow_block, meta=np.empty((0, 0))).sum().compute()
         return real(*args, **kwargs)
 
     monkeypatch.setattr(routes_analysis, "call", slow)
@@ -164,7 +164,9 @@ def test_a_computation_whose_client_goes_stops_and_frees_its_slot(tmp_path, writ
         with pytest.raises(httpx.TimeoutException):
             httpx.get(f"{srv.url}/api/runs/r/analysis/stable_rank", timeout=1.0)
         second.join(60)
-        assert len(ran) - began >= tasks  # the second computed it all (the first was stopped)
+        # the waiter computed it all after the first was stopped part-way (exactly `tasks` would be the first run
+        # to its end, its answer cached and handed to the waiter: found by a review to pass as well)
+        assert tasks < len(ran) - began < 2 * tasks, len(ran) - began
         assert waiter["r"].status_code == 200 and waiter["r"].json()["quantity"] == "stable_rank", waiter["r"].text
 
 

@@ -76,14 +76,21 @@ def _t1_words(row: dict[str, Any], extra: dict[str, Any]) -> str:
     return text
 
 
-def _rate_claim(exps: dict[str, Any], tables) -> tuple[str, str]:
-    """O(1/t): (measured, verdict) from every finished run's envelope verdict (see RATE_RULE)."""
+def _finished_runs(exps: dict[str, Any], tables, column: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, row)`` of every finished paper-config run and of every complete run of the alignment_time and
+    epsilon sweeps whose table has ``column`` (named ``sweep:run_id``)."""
     runs: list[tuple[str, dict[str, Any]]] = [(k, e.row) for k, e in exps.items() if e.ok]
     for key in ("alignment_time", "epsilon"):
         table = tables.get(key)
-        if table is not None and "rate_verdict" in table.columns:
+        if table is not None and column in table.columns:
             runs += [(f"{key}:{r.get('run_id', i)}", r) for i, r in enumerate(table.to_dict("records"))
                      if r.get("status") == "complete"]
+    return runs
+
+
+def _rate_claim(exps: dict[str, Any], tables) -> tuple[str, str]:
+    """O(1/t): (measured, verdict) from every finished run's envelope verdict (see RATE_RULE)."""
+    runs = _finished_runs(exps, tables, "rate_verdict")
     by = {v: [(k, r) for k, r in runs if r.get("rate_verdict") == v] for v in (HOLDS, FAILS, NA, "undecided")}
     judged = by[HOLDS] + by[FAILS]
     falls = {k: 1.0 - r["loss_envelope_final"] / r["loss_at_t2"] for k, r in judged
@@ -140,12 +147,7 @@ STABLE_RANK_RULE = ("holds iff the final stable rank ≤ 2 + 4√h ε W_max²/||
 
 def _stable_rank_claim(exps: dict[str, Any], tables, f5: dict[str, Any] | None) -> tuple[str, str]:
     """The stable-rank bound: (measured, verdict) by :data:`STABLE_RANK_RULE`."""
-    runs: list[tuple[str, dict[str, Any]]] = [(k, e.row) for k, e in exps.items() if e.ok]
-    for key in ("alignment_time", "epsilon"):
-        table = tables.get(key)
-        if table is not None and "stable_rank_bound_final" in table.columns:
-            runs += [(f"{key}:{r.get('run_id', i)}", r) for i, r in enumerate(table.to_dict("records"))
-                     if r.get("status") == "complete"]
+    runs = _finished_runs(exps, tables, "stable_rank_bound_final")
 
     def number(row: dict[str, Any], name: str) -> float:
         try:

@@ -67,27 +67,32 @@ class StopWhenAsked(Callback):
             raise ComputationStopped
 
 
-def _stoppable_scheduler(get: Callable[..., Any]) -> Callable[..., Any]:
-    """The dask scheduler ``get`` handing a computation of a request's thread (:func:`_stoppable`) its
-    :class:`StopWhenAsked`; any other computation runs as ``get`` runs it."""
-
-    def scheduler(dsk: Any, keys: Any, **kwargs: Any) -> Any:
-        stop = getattr(_asked, "stop", None)
-        if stop is not None and kwargs.get("callbacks") is None:
-            # (explicit, as the 5-tuple dask's local schedulers take: they leave their global set alone then)
-            kwargs["callbacks"] = (normalize_callback(StopWhenAsked(stop)),)
-        return get(dsk, keys, **kwargs)
-
-    return scheduler
+def _with_stop(get: Callable[..., Any], dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    """``get(dsk, keys, **kwargs)``, handed :class:`StopWhenAsked` when this thread computes for a request
+    (:func:`_stoppable`), beside the callbacks the computation would have had (the ones given, else dask's
+    registered ones: explicit callbacks make dask leave its global set alone, so they are passed on here)."""
+    stop = getattr(_asked, "stop", None)
+    if stop is not None:
+        given = kwargs.get("callbacks")
+        others = Callback.active if given is None else given
+        kwargs["callbacks"] = (normalize_callback(StopWhenAsked(stop)), *map(normalize_callback, others))
+    return get(dsk, keys, **kwargs)
 
 
-#: dask's threaded and synchronous schedulers, stopped when a request's client goes
-threaded_get = _stoppable_scheduler(dask.threaded.get)
-synchronous_get = _stoppable_scheduler(dask.local.get_sync)
+# (module-level functions, not closures: dask.distributed copies the config, this scheduler with it, into the
+# worker processes it starts, by pickling; found by a review: a LocalCluster of processes failed to start)
+def threaded_get(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    """dask's threaded scheduler, a request's computation stopped when its client goes."""
+    return _with_stop(dask.threaded.get, dsk, keys, **kwargs)
+
+
+def synchronous_get(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    """dask's synchronous scheduler, a request's computation stopped when its client goes."""
+    return _with_stop(dask.local.get_sync, dsk, keys, **kwargs)
 
 
 def install_scheduler() -> bool:
-    """Make :data:`threaded_get` dask's scheduler for this process (the server's), unless one is configured
+    """Make :func:`threaded_get` dask's scheduler for this process (the server's), unless one is configured
     already (``dask.config`` ``scheduler``: a user's choice, or a cluster's client); True when it is in place."""
     current = dask.config.get("scheduler", None)
     if current is None:

@@ -210,3 +210,23 @@ def test_a_computation_stops_whatever_else_computes_meanwhile():
             work._stoppable(gone, lambda: graph(10, counted).compute(scheduler=scheduler))
     assert ran == []
     assert float(work._stoppable(threading.Event(), lambda: graph(4).compute())) == 8.0  # not stopped: computed
+
+
+def test_the_servers_scheduler_keeps_other_callbacks_and_travels_to_worker_processes():
+    """Found by a review: the scheduler was a closure, which dask.distributed could not copy with the config into
+    the worker processes it starts (a LocalCluster of processes failed to start once a server had been created
+    in the process); and a request's computation dropped the callbacks others had registered (a profiler)."""
+    import pickle
+
+    import dask
+    import dask.array as da
+    from dask.callbacks import Callback
+
+    from trajscope.api import work
+
+    assert work.install_scheduler()
+    assert pickle.loads(pickle.dumps(dask.config.get("scheduler"))) is work.threaded_get
+    seen: list[object] = []
+    with Callback(pretask=lambda key, dsk, state: seen.append(key)):
+        work._stoppable(threading.Event(), lambda: da.ones(8, chunks=1).sum().compute())
+    assert len(seen) >= 8

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -295,7 +296,10 @@ class StoreRoot:
             return url
         os.makedirs(self.location, exist_ok=True)
         path = os.path.join(self.location, name)
-        _replace_file(path, data, durable=False)
+        if os.path.isdir(path) and not os.path.islink(path):  # (found by a review: a raw IsADirectoryError)
+            raise UserError(f"cannot write {path}: a folder of that name is in the way; move it")
+        _remove_stale_temporaries(self.location, f"{TEMPORARY_PREFIX}{name}-")
+        _replace_file(path, data, durable=False, prefix=f"{TEMPORARY_PREFIX}{name}-")
         return path
 
     def read_group_metadata(self, run_id: str, *, checked: bool = True) -> dict[str, Any]:
@@ -513,13 +517,13 @@ class StoreRoot:
         return os.path.join(self.location, LOCK_DIR, f"{run_id}.lock")
 
 
-def _replace_file(path: str, data: bytes, *, durable: bool) -> None:
-    """Write a local file atomically: a temporary file in its folder (made if missing), renamed over it. The file
-    gets the mode a plain ``open`` would give it; ``durable``: the temporary file is fsynced before the rename and
-    the folder after it."""
+def _replace_file(path: str, data: bytes, *, durable: bool, prefix: str = TEMPORARY_PREFIX) -> None:
+    """Write a local file atomically: a temporary file (named ``prefix...``) in its folder (made if missing),
+    renamed over it. The file gets the mode a plain ``open`` would give it; ``durable``: the temporary file is
+    fsynced before the rename and the folder after it."""
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMPORARY_PREFIX)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix)
     try:
         with os.fdopen(fd, "wb") as handle:
             try:
@@ -539,6 +543,23 @@ def _replace_file(path: str, data: bytes, *, durable: bool) -> None:
         from trajscope.store.chunkio import fsync_dir
 
         fsync_dir(directory)
+
+
+#: a temporary file of :meth:`StoreRoot.write_file` this old was left by a writer that was killed
+STALE_TEMPORARY_SECONDS = 3600.0
+
+
+def _remove_stale_temporaries(folder: str, prefix: str) -> None:
+    """Remove the files ``prefix*`` of ``folder`` older than :data:`STALE_TEMPORARY_SECONDS`: what a writer of
+    the same file killed while writing left (found by a review: nothing removed them). A writer of it now, whose
+    temporary file is seconds old, is left alone."""
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMPORARY_SECONDS:
+                        os.unlink(entry.path)
 
 
 def _remove_entry(path: str) -> None:

@@ -276,6 +276,17 @@ def test_a_file_beside_the_runs_replaces_a_planted_link_and_is_written_whole(tmp
         with pytest.raises(UserError, match="beside the runs"):
             root.write_file(name, b"x")
     assert untouched(victim) and sorted(os.listdir(root.location)) == ["s.sweep.csv"]
+    stale, fresh = (os.path.join(root.location, f"{TEMPORARY_PREFIX}s.sweep.csv-{k}") for k in ("old", "new"))
+    for leftover in (stale, fresh):  # a writer killed an hour ago; one writing now
+        open(leftover, "wb").close()
+    os.utime(stale, (os.path.getmtime(stale) - 7200,) * 2)
+    root.write_file("s.sweep.csv", b"a,b\n1,2\n")
+    assert not os.path.exists(stale) and os.path.exists(fresh)  # (found by a review: nothing removed them)
+    os.unlink(fresh)
+    os.mkdir(os.path.join(root.location, "d.csv"))
+    with pytest.raises(UserError, match="a folder of that name is in the way"):
+        root.write_file("d.csv", b"x")
+    os.rmdir(os.path.join(root.location, "d.csv"))
     pandas = pytest.importorskip("pandas")
     from trajscope.experiments.sweep import write_table
 

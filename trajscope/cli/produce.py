@@ -119,8 +119,6 @@ def config_path(path: Path, folder: str = "") -> Path:
     return found
 
 
-
-
 def register(app: typer.Typer) -> None:
     """Add ``produce``, ``config`` and ``resume``."""
 

@@ -4,7 +4,7 @@ Times :meth:`Recorder.record` on the row path a GPU takes (torch rows, ``torch._
 reference state (``W`` 100 × 784 and ``v``, ``output`` float32, a float64 ``loss``), with no training and a
 writer that discards the chunks, so only the call is measured. Two variants, interleaved in every repeat:
 
-- **one launch a state** (the default, :func:`~trajscope.producer.recorder.copy_carrier`): the float64 loss
+- **one launch a state** (the default, :func:`~trajscope.producer.staging.copy_carrier`): the float64 loss
   goes into the float32 copy as two float32;
 - **one launch per dtype** (the carrier switched off, as before commit 7ad6c09): a second launch for the loss.
 

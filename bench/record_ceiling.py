@@ -326,7 +326,7 @@ def main() -> None:
     states = max(int(args.mb * 1e6 // STATE_BYTES), 1)
     T = chunk_steps()
     kinds = [k for k in args.roots.split(",") if k != "tmpfs" or os.path.isdir("/dev/shm")]
-    from trajscope.producer.recorder import default_buffers
+    from trajscope.producer.staging import default_buffers
     from trajscope.store.hotpath import default_write_threads
 
     wt, nb = args.write_threads, args.buffers

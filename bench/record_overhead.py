@@ -175,7 +175,8 @@ class DiscardingWriter:
 
 def recorder_only_loop(cfg, chunk_steps: int, directory: Path) -> Measured:
     """The plain loop feeding a real :class:`Recorder` (buffers, writer thread) whose writes are dropped."""
-    from trajscope.producer.recorder import Recorder, write_io
+    from trajscope.producer.recorder import Recorder
+    from trajscope.producer.write_path import write_io
     from trajscope.store import StoreRoot
 
     h, dim, n = cfg.model.width, cfg.data.dim, cfg.data.n

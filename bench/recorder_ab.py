@@ -71,7 +71,7 @@ def recorder_at(revision: str, source_file: str | None = None):
         """The base revision's recorder with this checkout's default buffers when none are given (before
         fec39c2 the default was a fixed 3, and ``None`` was no value): both sides keep as many. An option the
         base lacks is left out when it is off (``loop_submits=False``: what the base does anyway)."""
-        from trajscope.producer.recorder import default_buffers
+        from trajscope.producer.staging import default_buffers
 
         if buffers is None:
             buffers = default_buffers(writer.write_pool_size, writer.block_threads)

@@ -5,7 +5,7 @@ naming the largest item and the field to lower, before the data are built or the
 
 Estimates (bytes; ``s`` = itemsize of ``train.dtype``, ``h`` width, ``n`` samples, ``D`` features,
 ``S`` recorded states, ``T`` time chunk length, ``B`` = ``record.buffers``, by default the most the
-recorder chooses: :func:`~trajscope.producer.recorder.default_buffers` of ``record.write_threads`` or of 4
+recorder chooses: :func:`~trajscope.producer.staging.default_buffers` of ``record.write_threads`` or of 4
 threads, the most any root gets by default):
 
 * one recorded state ``b = s (h D + h + n) + 24`` (``W``, ``v``, ``output``; ``loss``, ``step``, ``t``);
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trajscope.producer.config import RunConfig
-from trajscope.producer.recorder import default_buffers
+from trajscope.producer.staging import default_buffers
 from trajscope.store import StoreRoot
 from trajscope.store.errors import UserError
 from trajscope.store.hotpath import LOCAL_WRITE_THREADS_MAX, WAITING_WRITE_THREADS

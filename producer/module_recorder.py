@@ -29,7 +29,9 @@ import numpy as np
 import torch
 
 from trajscope.producer import module as adapter
-from trajscope.producer.recorder import Recorder, check_state_shape, recording_waits, unstored_end, write_io
+from trajscope.producer.outcomes import recording_waits, unstored_end
+from trajscope.producer.recorder import Recorder, check_state_shape
+from trajscope.producer.write_path import write_io
 from trajscope.producer.segments import record_segment
 from trajscope.store import RunWriter, StoreRoot
 from trajscope.store.writer import is_half_created
@@ -78,10 +80,10 @@ class ModuleRecorder:
         run's own, its chunks being laid out already: those given are not used), and number of chunk
         buffers (bound on memory and on work queued for the writer; default: enough to keep every write
         thread of the store busy, plus the one being filled, at least 3,
-        :func:`~trajscope.producer.recorder.default_buffers`).
+        :func:`~trajscope.producer.staging.default_buffers`).
     io
         How chunk files are written on a local root: ``buffered``, ``direct`` or ``auto`` (default: direct I/O
-        for an uncompressed CPU module on ext2/3/4 or xfs, :func:`~trajscope.producer.recorder.write_io`; the
+        for an uncompressed CPU module on ext2/3/4 or xfs, :func:`~trajscope.producer.write_path.write_io`; the
         recorder copies every state into page-aligned chunk buffers either way).
     """
 

@@ -42,7 +42,7 @@ shared buffers. On a GPU the loop copies into device buffers as without a proces
 only waits for each chunk's copy to pinned memory, copies it into its shared buffer (numpy, without the
 GIL) and sends the message: the store's Python per chunk (the write pool's bookkeeping, the commits) runs
 in the other process. (That was to spare a launch-bound GPU loop the interpreter lock; on an H200 the thread
-measured faster, so the process is opt-in: :func:`wants_writer_process`.)
+measured faster, so the process is opt-in: :func:`~trajscope.producer.write_path.wants_writer_process`.)
 """
 
 from __future__ import annotations
@@ -54,15 +54,14 @@ import queue
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 import torch
 
-from trajscope.store import RunWriter, StoreRoot
-from trajscope.store.chunkio import DIRECT_IO_FILESYSTEMS, StateRows, aligned_empty, filesystem_type
-from trajscope.store.errors import RunFailed
+from trajscope.producer.staging import AS_IS, VIEWED, CudaStaging, HostStaging, Slot, copy_carrier, default_buffers
+from trajscope.store import RunWriter
+from trajscope.store.chunkio import StateRows, aligned_empty
 from trajscope.store.locks import HEARTBEAT_SECONDS
 from trajscope.store.writer_process import SharedChunks, WriterProcess, WriterProcessError
 
@@ -79,14 +78,6 @@ _WAKE = -1
 #: ``torch.stack`` copies serially, without waking the intra-op threads
 STACK_BELOW_VALUES = 32768
 
-#: dtypes that can carry other variables' bytes in a GPU's one copy per state (:func:`copy_carrier`): torch's
-#: multi-tensor copy moves their bits unchanged. Not float16/bfloat16 (it computes in float32: a round trip that
-#: may change a NaN's payload) nor bool (it would make every nonzero byte a 1)
-COPY_CARRIERS = (torch.float32, torch.float64, torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
-
-#: how a variable goes into the carrier dtype's copy (:func:`copy_carrier`)
-_AS_IS, _VIEWED = "as is", "viewed"
-
 #: torch's switch of gradient recording, as ``torch.no_grad()`` calls it
 _set_grad_enabled = torch._C._set_grad_enabled
 
@@ -94,131 +85,11 @@ _set_grad_enabled = torch._C._set_grad_enabled
 #: (else ``commit_seconds``: with 0 the writer thread would take every chunk, and wake every few ms)
 MIN_OVERDUE_SECONDS = 0.05
 
-#: fewest chunk buffers a recorder keeps (:func:`default_buffers`)
-MIN_BUFFERS = 3
-
 #: a chunk buffer keeps a view of each variable's row at each position (what :meth:`Recorder.record` copies
 #: into, made once) while ``chunk · variables`` is at most this; beyond it each state's views are made as it is
 #: recorded (found by a review: a module of 1000 tiny tensors held 1024 · 1000 views per buffer, about 0.5 MB a
 #: tensor; ``bench/module_memory.py``: 577 MiB with the views kept, 100 MiB without)
 MAX_KEPT_ROW_VIEWS = 16384
-
-
-def default_buffers(write_threads: int, block_threads: int = 1) -> int:
-    """Chunk buffers when none are asked for: enough blocks in flight for every write thread, plus the one
-    being filled, ``max(MIN_BUFFERS, ceil(write_threads / block_threads) + 1)``.
-
-    One buffer is being filled while the others' chunks are copied or written, so at most ``buffers - 1``
-    blocks are in flight, each keeping ``block_threads`` write threads busy
-    (:func:`~trajscope.store.hotpath.block_threads`: 1 for the reference run's one ``W`` file a block;
-    more when a large state is split into several files, or for a module's parameters whose files together
-    are at least twice its largest).
-    With fewer busy threads in flight than write threads, threads sit idle while the loop waits for a
-    free buffer: 3 buffers left 2 of the 4 threads of an fsspec root, or of a local root on 4 cores or
-    more, idle, when a block is one file. By reference a buffer is the states of a chunk, kept alive;
-    otherwise a chunk of host (on a GPU, pinned) and device memory, which is why a block that keeps several
-    threads busy gets no more buffers than it needs.
-    """
-    return max(MIN_BUFFERS, -(-int(write_threads) // max(int(block_threads), 1)) + 1)
-
-
-def copy_carrier(shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, torch.dtype]
-                 ) -> tuple[torch.dtype | None, dict[str, str]]:
-    """The dtype a GPU's :meth:`Recorder.record` copies a state in with one launch, and how each variable goes in.
-
-    ``torch._foreach_copy_`` copies a list of tensors of one dtype in one call (one kernel launch for a few
-    tensors; torch splits very long lists or very many elements into several). The carrier is the dtype
-    of the variable with the most bytes a state, if that copy moves its bits unchanged (:data:`COPY_CARRIERS`).
-    A variable of the carrier dtype goes in as it is (``"as is"``); one whose item size is a multiple of the
-    carrier's is viewed as the carrier on both sides of the copy (``"viewed"``: ``x.reshape(-1).view(carrier)``,
-    e.g. a float64 loss as two float32 beside float32 weights): the same bytes, so the same bits, and one
-    launch a state instead of one per dtype. A variable not in the returned mapping (narrower than the
-    carrier, e.g. float16 beside float32) is copied in a launch of its own dtype.
-
-    Returns ``(None, {})`` when the largest variable's dtype cannot carry (then every dtype has its launch).
-    A CPU recorder takes torch rows too when a variable has a dtype numpy lacks (bfloat16): there nothing is
-    launched, and the carrier's two views cost about 1 µs a state (BENCHMARKS.md, "Record call").
-    """
-    if not shapes:
-        return None, {}
-    largest = max(shapes, key=lambda n: math.prod(shapes[n]) * dtypes[n].itemsize)
-    carrier = dtypes[largest]
-    if carrier not in COPY_CARRIERS:
-        return None, {}
-    carried = {}
-    for name in shapes:
-        if dtypes[name] is carrier:
-            carried[name] = _AS_IS
-        elif dtypes[name].itemsize % carrier.itemsize == 0:
-            carried[name] = _VIEWED
-    return carrier, carried
-
-
-@dataclass
-class _Slot:
-    device: dict[str, torch.Tensor]
-    host: dict[str, torch.Tensor]
-    event: object | None = None
-    start: int = 0
-    count: int = 0
-    rows: list[dict[str, torch.Tensor]] | None = None  # per position: a view of each variable's row (or None,
-    #                                                     see MAX_KEPT_ROW_VIEWS: made by Recorder._rows_at)
-    arrays: dict[str, np.ndarray] | None = None  # the CPU's buffers as numpy arrays (their rows copied by memcpy)
-    refs: list[dict[str, torch.Tensor | np.ndarray] | None] | None = None  # by reference: each position's values
-    exact: bool = True  # by reference: every value kept is a CPU tensor of its variable's shape and dtype
-    shared: dict[str, np.ndarray] | None = None  # a writer process behind a staging (a GPU): the slot's shared buffers
-    copied_at: float = 0.0  # perf_counter() when its chunk was seen in host memory (on the CPU: its hand-off;
-    #                         with loop_submits: when it was handed to the store, which may be a chunk later)
-
-
-class HostStaging:
-    """CPU training: the chunk buffer is host memory already; nothing to copy or wait for."""
-
-    def host_buffers(self, device: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], object | None]:
-        """Host buffers the writer reads (here: the buffers themselves) and a completion handle."""
-        return device, None
-
-    def start_copy(self, slot: _Slot) -> None:
-        """Begin moving a full buffer to the host (no-op)."""
-
-    def wait(self, slot: _Slot) -> None:
-        """Block (writer thread) until the copy of ``slot`` is complete (no-op)."""
-
-    def ready(self, slot: _Slot) -> bool:
-        """Whether the copy of ``slot`` is complete, without waiting for it (here: always)."""
-        return True
-
-
-class CudaStaging(HostStaging):
-    """GPU training: pinned host buffers filled by asynchronous copies on a side stream.
-
-    The copy stream first waits for the compute stream (the buffer's last writes), copies with
-    ``non_blocking=True`` and records an event; the writer thread waits on that event, so the training
-    loop never synchronizes with the host.
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.stream = torch.cuda.Stream(device)
-
-    def host_buffers(self, device):
-        host = {n: torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for n, t in device.items()}
-        # blocking: the writer thread's wait sleeps instead of spinning a core (CUDA's default for an event
-        # synchronize) while the loop runs ahead by up to ``buffers`` chunks
-        return host, torch.cuda.Event(blocking=True)
-
-    def start_copy(self, slot):
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
-            for name, tensor in slot.device.items():
-                slot.host[name].copy_(tensor, non_blocking=True)
-            slot.event.record(self.stream)
-
-    def wait(self, slot):
-        slot.event.synchronize()
-
-    def ready(self, slot):
-        return slot.event.query()  # (cudaEventQuery: no host sync)
 
 
 class Recorder:
@@ -379,9 +250,9 @@ class Recorder:
                 continue
             slot.device[name][: len(rows)].copy_(torch.from_numpy(np.asarray(rows)))
 
-    def _make_slot(self, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, torch.dtype], index: int) -> _Slot:
+    def _make_slot(self, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, torch.dtype], index: int) -> Slot:
         if self._by_reference:  # no buffers: each position holds the recorded values themselves
-            return _Slot(device={}, host={}, refs=[None] * self.chunk)
+            return Slot(device={}, host={}, refs=[None] * self.chunk)
         if self._shared is not None and not self._process_staged:  # the writer process reads these pages
             device = {n: torch.from_numpy(a) for n, a in self._shared.views(index).items()}
         else:
@@ -391,12 +262,12 @@ class Recorder:
         if self.device.type == "cpu" and all(t.dtype in _NUMPY_DTYPES for t in device.values()):
             arrays = {n: t.numpy() for n, t in device.items()}  # numpy views: plain memcpy, no OpenMP
         shared = self._shared.views(index) if self._process_staged else None
-        slot = _Slot(device=device, host=host, event=event, arrays=arrays, shared=shared)
+        slot = Slot(device=device, host=host, event=event, arrays=arrays, shared=shared)
         if self.chunk * len(device) <= MAX_KEPT_ROW_VIEWS:
             slot.rows = [self._rows_at(slot, i) for i in range(self.chunk)]
         return slot
 
-    def _rows_at(self, slot: _Slot, position: int) -> dict[str, torch.Tensor | np.ndarray]:
+    def _rows_at(self, slot: Slot, position: int) -> dict[str, torch.Tensor | np.ndarray]:
         """The views :meth:`record` copies a state into at ``position`` of ``slot``: numpy rows on the CPU (0-d
         too), else :meth:`_torch_row`."""
         if slot.arrays is not None:
@@ -409,7 +280,7 @@ class Recorder:
         rows = {}
         for name, buffer in device.items():
             row = buffer[position]
-            rows[name] = row.reshape(-1).view(self._carrier) if self._carried.get(name) is _VIEWED else row
+            rows[name] = row.reshape(-1).view(self._carrier) if self._carried.get(name) is VIEWED else row
         return rows
 
     def _chunk_buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -494,7 +365,7 @@ class Recorder:
         elif self._staged:  # (loop_submits) a staged chunk whose copy is done goes to the store at once
             self._submit_staged(wait=False, on_loop=True, lock="try")
 
-    def _copy_device(self, slot: _Slot, position: int, rows: dict[str, torch.Tensor], values: dict) -> None:
+    def _copy_device(self, slot: Slot, position: int, rows: dict[str, torch.Tensor], values: dict) -> None:
         """A GPU's rows: one ``torch._foreach_copy_`` call for the whole state, no host sync.
 
         A contiguous tensor of its variable's shape, dtype and device goes into the carrier dtype's copy
@@ -515,13 +386,13 @@ class Recorder:
                 buffer = device[name]
                 if isinstance(value, torch.Tensor) and value.shape == shape and value.device == buffer.device:
                     if (carried is not None and value.dtype is dtype and value.is_contiguous()
-                            and (carried is _AS_IS or not (value.is_conj() or value.is_neg()))):  # (lazy conj/neg
+                            and (carried is AS_IS or not (value.is_conj() or value.is_neg()))):  # (lazy conj/neg
                         targets.append(rows[name])                                          # views: no .view)
-                        sources.append(value if carried is _AS_IS else value.reshape(-1).view(carrier))
+                        sources.append(value if carried is AS_IS else value.reshape(-1).view(carrier))
                         continue
                     groups = groups if groups is not None else {}
                     group = groups.setdefault((value.dtype, dtype), ([], []))
-                    group[0].append(buffer[position] if carried is _VIEWED else rows[name])  # (the row itself)
+                    group[0].append(buffer[position] if carried is VIEWED else rows[name])  # (the row itself)
                     group[1].append(value)
                 elif (number := _host_number(value)) is not None:
                     # a number on the host (ModuleRecorder's extras are CPU tensors) into a device row: as a
@@ -541,7 +412,7 @@ class Recorder:
         finally:
             _set_grad_enabled(grad_enabled)
 
-    def _keep(self, slot: _Slot, values: dict) -> dict:
+    def _keep(self, slot: Slot, values: dict) -> dict:
         """By reference: the state to keep. A state of CPU tensors of the variables' own shapes and dtypes (what a
         training loop hands over) passes one quick check per value: in the ceiling bench (no training) each
         microsecond per state held the interpreter lock the write threads need. Anything else takes
@@ -594,7 +465,7 @@ class Recorder:
         shape = self._shapes[name]
         return value if value.shape == shape else value.reshape(shape)
 
-    def _block_values(self, slot: _Slot) -> dict[str, np.ndarray | StateRows]:
+    def _block_values(self, slot: Slot) -> dict[str, np.ndarray | StateRows]:
         """By reference (at the hand-off): each variable's rows of the slot's block, as the store takes them.
 
         A large variable (a chunk of :data:`STACK_BELOW_VALUES` values or more) is :class:`StateRows`: the
@@ -619,7 +490,7 @@ class Recorder:
         return values
 
     @staticmethod
-    def _copy_host(slot: _Slot, position: int, rows: dict[str, np.ndarray], values) -> None:
+    def _copy_host(slot: Slot, position: int, rows: dict[str, np.ndarray], values) -> None:
         """CPU: copy each value into its row with numpy (a single-threaded memcpy: torch's intra-op
         threads would compete with the training step for the cores)."""
         for name, value in values.items():
@@ -953,7 +824,7 @@ class Recorder:
         else:  # the buffer is reused only once its chunk files are written
             handle.add_done_callback(lambda h, i=index: self._block_written(i, h))
 
-    def _submit_to_process(self, index: int, slot: _Slot) -> None:
+    def _submit_to_process(self, index: int, slot: Slot) -> None:
         """A writer process behind a staging: once the chunk is in host memory, copy its rows into the slot's
         shared buffers (``np.copyto`` releases the GIL for a large copy) and hand the slot to the process;
         the process frees it when its chunk files are written."""
@@ -1026,23 +897,6 @@ def check_state_shape(name: str, shape: tuple[int, ...], size: int, expected: tu
         raise ValueError(f"{name}: a state of shape {tuple(shape)}, the variable's is {tuple(expected)}")
 
 
-def recording_waits(previous: Mapping | None, recorder: "Recorder", seconds: float) -> dict:
-    """The run attribute ``recording_waits``: the seconds a run's loop waited for the store
-    (``store_seconds``, :attr:`Recorder.waited_seconds`), for its last writes (``close_seconds``), for its
-    device (``device_seconds``), and the seconds it recorded (``seconds``, up to the run's final write),
-    added to ``previous`` (what the segments of the run before this one, e.g. before a ``resume``, left
-    there). A segment killed before it finished left nothing, so the sums cover the segments that finished.
-    A previous value that is not a number counts as 0; keys this version does not know are kept."""
-    previous = dict(previous) if isinstance(previous, Mapping) else {}
-    segment = {"store_seconds": recorder.waited_seconds, "close_seconds": recorder.closing_seconds,
-               "device_seconds": recorder.device_waited_seconds, "seconds": seconds}
-    for name, value in segment.items():
-        before = previous.get(name)
-        before = float(before) if isinstance(before, (int, float)) and not isinstance(before, bool) else 0.0
-        previous[name] = round(before + value, 6)
-    return previous
-
-
 def _host_number(value) -> numbers.Number | None:
     """``value`` as a Python number when it is one number on the host (a Python or numpy number, a one-element
     numpy array or CPU tensor), else ``None``."""
@@ -1051,64 +905,3 @@ def _host_number(value) -> numbers.Number | None:
     if isinstance(value, torch.Tensor):
         return value.item() if value.device.type == "cpu" and value.numel() == 1 else None
     return value if isinstance(value, numbers.Number) else None
-
-
-def unstored_end(writer: RunWriter, status: str, error: str | None, committed: int, exc: Exception) -> RunFailed:
-    """The one-line error for a run whose end could not be written (:meth:`RunWriter.finish` raised ``exc``, e.g.
-    a full disk): what is stored, and the command that finishes the run, read back from the store."""
-    location = writer.root.run_url(writer.run_id)
-    what = f"run {writer.run_id!r} ended {status}{f' ({error})' if error else ''}"
-    try:
-        stored = writer.root.read_attrs(writer.run_id).get("status")
-    except Exception:  # noqa: BLE001 - unreadable now: said as not stored
-        stored = None
-    if stored == status:  # the final document is written; cutting the arrays to the committed states failed
-        return RunFailed(f"{what}, but its arrays could not be cut to its {committed} committed states ({exc}); "
-                         f"readers cut them all the same, and `trajscope fsck --repair {location}` finishes the cut")
-    return RunFailed(f"{what}, but its status could not be stored ({exc}); its {committed} committed states are kept: "
-                     f"once the cause is gone (a full disk, an object store out of reach), `trajscope resume "
-                     f"{location}` ends or continues it")
-
-
-def write_io(choice: str, root: StoreRoot, device: torch.device, compressor: str = "none") -> str:
-    """How the store writes a run's chunk files (``record.io``).
-
-    ``auto`` is ``direct`` for uncompressed CPU training on a local root on a disk filesystem
-    (:data:`~trajscope.store.chunkio.DIRECT_IO_FILESYSTEMS`): the kernel copies nothing into the page cache, a
-    copy that took CPU time the training shares (BENCHMARKS.md, "Recording overhead"). It is ``buffered``
-    otherwise: a GPU run's bursts are absorbed by the page cache faster than a disk takes them, and its cores
-    are not the training's; on tmpfs a direct write is the same copy, on a network filesystem each direct write
-    waits for the server; an object store has no page cache of ours; a compressed chunk is a new ``bytes``
-    object, never page-aligned (a direct write would never happen, while the recorder would copy every state).
-    """
-    if choice != "auto":
-        return choice
-    if device.type != "cpu" or not root.is_local or compressor != "none":
-        return "buffered"
-    return "direct" if filesystem_type(root.location) in DIRECT_IO_FILESYSTEMS else "buffered"
-
-
-def wants_writer_process(choice: str, root, device: torch.device) -> bool:
-    """Whether ``record.writer`` (``choice``) asks for a writer process and it applies here.
-
-    ``process``: on a CPU or CUDA device and a local root (else the writer thread). ``auto`` (the default)
-    and ``thread``: the writer thread. On the CPU the process was never measurably faster than the thread; on
-    an H200 the thread recorded the reference config at 0.99× and 1.39× the bare loop's time (two runs) against
-    1.82× and 1.79× for the process, which the CPU proxy ``bench/writer_isolation.py --loop launch-bound`` had
-    favoured (BENCHMARKS.md, "Recording overhead" and "GPU table").
-    """
-    from trajscope.store import writer_process
-
-    return (choice == "process" and device.type in ("cpu", "cuda") and root.is_local
-            and writer_process.available())
-
-
-def start_writer_process(choice: str, root, device: torch.device) -> WriterProcess | None:
-    """A started writer process if :func:`wants_writer_process` says so, else ``None`` (the writer thread).
-
-    Started as early as possible, so its start-up overlaps the caller's (the dataset build).
-    """
-    if not wants_writer_process(choice, root, device):
-        return None
-    return WriterProcess.start()
-

@@ -22,7 +22,9 @@ from trajscope.producer.budget import check_budget, data_shape
 from trajscope.producer.config import RunConfig, load_config
 from trajscope.producer.data import build_dataset
 from trajscope.producer.model import State, TwoLayerReLU, initialize
-from trajscope.producer.recorder import Recorder, recording_waits, start_writer_process, unstored_end, write_io
+from trajscope.producer.outcomes import recording_waits, unstored_end
+from trajscope.producer.recorder import Recorder
+from trajscope.producer.write_path import start_writer_process, write_io
 from trajscope.producer.segments import record_segment
 from trajscope.producer import two_layer
 from trajscope.store import RunWriter, StoreRoot, resolve_run, validate_run_id

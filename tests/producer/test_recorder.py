@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from trajscope.producer.recorder import STACK_BELOW_VALUES, HostStaging, Recorder
+from trajscope.producer.recorder import STACK_BELOW_VALUES, Recorder
+from trajscope.producer.staging import HostStaging
 from trajscope.store import RunWriter, StoreRoot, open_run
 from trajscope.producer.two_layer import variables as two_layer_variables
 from trajscope.store.chunkio import StateRows
@@ -266,7 +267,7 @@ def test_lazy_conjugate_and_negative_views_go_in_a_copy_of_their_own_and_grad_mo
 
 
 def test_the_copy_carrier_is_the_largest_variables_dtype_when_its_copy_moves_bits_unchanged():
-    from trajscope.producer.recorder import copy_carrier
+    from trajscope.producer.staging import copy_carrier
 
     f32, f64, f16 = torch.float32, torch.float64, torch.float16
     carrier, carried = copy_carrier({"W": (100, 784), "loss": (), "half": (3,), "flag": ()},
@@ -723,7 +724,7 @@ def test_default_buffers_follow_the_threads_a_block_keeps_busy(tmp_path):
     gets one buffer per thread plus the one being filled."""
     import zarr
 
-    from trajscope.producer.recorder import MIN_BUFFERS, default_buffers
+    from trajscope.producer.staging import MIN_BUFFERS, default_buffers
     from trajscope.store.hotpath import block_threads
 
     assert [default_buffers(t) for t in (1, 2, 3, 4, 8)] == [3, 3, 4, 5, 9]
@@ -1013,7 +1014,7 @@ def test_a_wait_for_the_device_is_not_counted_as_the_stores(tmp_path):
 def test_recording_waits_add_to_what_a_run_holds_and_keep_what_they_do_not_know():
     from types import SimpleNamespace
 
-    from trajscope.producer.recorder import recording_waits
+    from trajscope.producer.outcomes import recording_waits
 
     segment = SimpleNamespace(waited_seconds=1.5, closing_seconds=0.25, device_waited_seconds=0.0)
     assert recording_waits(None, segment, 10.0) == {"store_seconds": 1.5, "close_seconds": 0.25,

@@ -18,8 +18,8 @@ import torch
 
 from trajscope import open_run
 from trajscope.producer import produce, resume
-from trajscope.producer import recorder as recorder_module
-from trajscope.producer.recorder import write_io
+from trajscope.producer import write_path as write_path_module
+from trajscope.producer.write_path import write_io
 from trajscope.store import StoreRoot, writer_process
 from trajscope.store.chunkio import DIRECT_MIN_BYTES
 
@@ -101,11 +101,11 @@ def test_auto_is_direct_only_for_cpu_training_on_a_disk(tmp_path, monkeypatch):
         assert write_io("auto", StoreRoot("/dev/shm/trajscope-test"), cpu) == "buffered"
     assert write_io("buffered", StoreRoot(tmp_path), cpu) == "buffered"
     # a network or FUSE filesystem (none is mounted here: its name is what the mount table would say)
-    monkeypatch.setattr(recorder_module, "filesystem_type", lambda path: "nfs4")
+    monkeypatch.setattr(write_path_module, "filesystem_type", lambda path: "nfs4")
     assert write_io("auto", StoreRoot(tmp_path), cpu) == "buffered"
-    monkeypatch.setattr(recorder_module, "filesystem_type", lambda path: "xfs")
+    monkeypatch.setattr(write_path_module, "filesystem_type", lambda path: "xfs")
     assert write_io("auto", StoreRoot(tmp_path), cpu) == "direct"
-    monkeypatch.setattr(recorder_module, "filesystem_type", lambda path: "btrfs")  # direct turned buffered there
+    monkeypatch.setattr(write_path_module, "filesystem_type", lambda path: "btrfs")  # direct turned buffered there
     assert write_io("auto", StoreRoot(tmp_path), cpu) == "buffered"
     assert write_io("direct", StoreRoot(tmp_path), torch.device("cuda")) == "direct"
     assert write_io("auto", StoreRoot(tmp_path), cpu, "zstd") == "buffered"  # a compressed chunk is never aligned

@@ -311,7 +311,7 @@ def test_the_writer_process_is_only_started_when_asked_for_on_a_local_root(tmp_p
     import torch
 
     from trajscope.producer.config import RecordConfig
-    from trajscope.producer.recorder import start_writer_process
+    from trajscope.producer.write_path import start_writer_process
 
     assert RecordConfig().writer == "auto"
     local, remote = StoreRoot(tmp_path), StoreRoot("memory://writer-rule")

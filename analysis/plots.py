@@ -1,14 +1,14 @@
 """The paper's figures from a stored run (matplotlib, no pyplot: thread-safe, any backend-free use).
 
 Every plot function has the signature ``fn(ds, step=None, *, title=None) -> matplotlib.figure.Figure``.
-Without an explicit stride, time series are thinned to at most :data:`MAX_POINTS` recorded states, so
+Without an explicit stride, time series are thinned to at most
+:data:`~trajscope.analysis.figure_parts.MAX_POINTS` recorded states, so
 a plot of a 10⁶-step run does not read every step. The x axis is gradient-flow time ``t = step · η``
 (the run's loss convention) with optimizer steps on a secondary axis on top.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -19,28 +19,12 @@ from trajscope.analysis._common import StepSel, lr, positive_count, run_name, se
 from trajscope.analysis.alignment import mean_neuron_alignment
 from trajscope.analysis.cones import CONES, aligned_fraction, cone_fractions
 from trajscope.analysis.direction_field import direction_field_error
+from trajscope.analysis.figure_parts import log_y, thinned
 from trajscope.analysis.phases import t1, t2
 from trajscope.analysis.spectra import singular_values, spectral_norm_sq, stable_rank
 from trajscope.analysis.theory import loss_envelope
 from trajscope.analysis.registry import LOSS, TWO_LAYER, features, plot_kind
 from trajscope.store.errors import UserError
-
-MAX_POINTS = 2000
-
-
-def thinned(ds: xr.Dataset, step: StepSel = None, max_points: int = MAX_POINTS) -> slice:
-    """``step`` with a stride added (when it has none) so that at most ``max_points`` states remain."""
-    step = step if step is not None else slice(None)
-    if step.step is not None:
-        return step
-    n = select(ds, step).sizes["step"]
-    return slice(step.start, step.stop, max(1, math.ceil(n / max_points)))
-
-
-def states_drawn(ds: xr.Dataset, step: StepSel = None) -> int:
-    """How many recorded states a time-series figure of ``step`` reads: those :func:`thinned` keeps (at most
-    :data:`MAX_POINTS` without an explicit stride; every ``s``-th state of the range with one)."""
-    return int(select(ds, thinned(ds, step)).sizes["step"])
 
 
 def _x(ds: xr.Dataset, step: slice) -> tuple[np.ndarray, str]:
@@ -60,18 +44,6 @@ def _time_axis(ax, ds: xr.Dataset, label: str) -> None:
 
 def _title(ds: xr.Dataset, what: str, title: str | None) -> str:
     return title or f"{run_name(ds)}: {what}"
-
-
-def log_y(ax, *values) -> None:
-    """Log y scale where some value is finite and positive (the points at or below 0 are left out); otherwise a
-    linear one and a note on the axes. Matplotlib refuses to draw a log axis with no positive value (found by a
-    review: a run whose W is 0 throughout, or one that diverged at once, raised "Data cannot be log-scaled")."""
-    ok = any(np.any(np.isfinite(a) & (a > 0)) for a in (np.asarray(v, dtype=float) for v in values))
-    if ok:
-        ax.set_yscale("log", nonpositive="mask")
-    else:
-        ax.text(0.5, 0.5, "no finite positive value to draw on a log scale", transform=ax.transAxes,
-                ha="center", va="center", color="tab:gray")
 
 
 def _mark_phases(ax, ds: xr.Dataset, step: slice, *, with_t1: bool = True) -> None:

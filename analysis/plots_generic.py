@@ -1,7 +1,7 @@
 """Figures of any recorded model: parameter norms, update sizes and drift, and a parameter's spectrum.
 
 They apply to every run with parameters (see :mod:`trajscope.analysis.generic`); the x axis is the
-optimizer step. Time series are thinned like the paper's figures (:func:`~trajscope.analysis.plots.thinned`).
+optimizer step. Time series are thinned like the paper's figures (:func:`~trajscope.analysis.figure_parts.thinned`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from trajscope.analysis.generic import (
     total_name,
     update_norms,
 )
-from trajscope.analysis.plots import log_y, thinned
+from trajscope.analysis.figure_parts import log_y, thinned
 from trajscope.analysis.registry import MATRICES, PARAMETERS, plot_kind
 
 MAX_LINES = 12

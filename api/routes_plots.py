@@ -101,11 +101,11 @@ def figure(run: Run, state: ApiState, kind: str, fn: Callable, fmt: str, sl: sli
 
 
 def check_states_drawn(run: Run, kind: str, text: str | None, sl: slice) -> None:
-    """A figure over HTTP draws at most :data:`~trajscope.analysis.plots.MAX_POINTS` states: an explicit
+    """A figure over HTTP draws at most :data:`~trajscope.analysis.figure_parts.MAX_POINTS` states: an explicit
     stride that keeps more is refused (413) before anything is read or computed, so one request cannot make
     the server compute, say, the SVD of every state of a long run (a figure is at most a few hundred pixels
     wide; without a stride it thins itself to that many states)."""
-    from trajscope.analysis.plots import MAX_POINTS, states_drawn
+    from trajscope.analysis.figure_parts import MAX_POINTS, states_drawn
 
     count = states_drawn(run.dataset(), sl)
     if count > MAX_POINTS:

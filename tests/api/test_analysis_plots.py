@@ -230,9 +230,9 @@ def test_a_figure_over_the_state_limit_is_refused_before_it_is_drawn(client, mon
     """An explicit stride that keeps more states than a figure draws over HTTP is a 413 naming a stride that
     fits, with nothing computed (found by a review: ``spectra.png?step=::1`` made the server compute the SVD
     of every state of a run, however long)."""
-    import trajscope.analysis.plots as plots
+    import trajscope.analysis.figure_parts as figure_parts
 
-    monkeypatch.setattr(plots, "MAX_POINTS", 10)  # the run "done" has 40 states
+    monkeypatch.setattr(figure_parts, "MAX_POINTS", 10)  # the run "done" has 40 states
     computed = []
     for cls in (xr.DataArray, xr.Dataset):
         original = cls.compute

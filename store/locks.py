@@ -392,8 +392,8 @@ def _lease_path(root: StoreRoot, run_id: str) -> str:
 
 def writer_gone(root: StoreRoot, run_id: str) -> bool:
     """True when no writer can be holding ``run_id``: the local lock file names a process of this host that no
-    longer exists or holds no ``flock`` on it (a zombie, a reused pid), or the object store's lease has had no heartbeat for :data:`LEASE_SECONDS` (or there is
-    none: a writer removes it only when it lets the run go). Read only, nothing locked; False whenever unsure
+    longer exists or holds no ``flock`` on it (a zombie, a reused pid), or the object store's lease has had no
+    heartbeat for :data:`LEASE_SECONDS` (or there is none: a writer removes it only when it lets the run go). Read only, nothing locked; False whenever unsure
     (another host's process, no lock file where every writer leaves one, a run reached through a link to a
     folder that is no run of the root). For listings: a run still marked ``running`` whose producer was killed."""
     try:

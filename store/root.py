@@ -485,7 +485,7 @@ class StoreRoot:
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
-    # -- locks --------------------------------------------------------------------------------------
+    # -- space --------------------------------------------------------------------------------------
     def free_bytes(self) -> int | None:
         """Free bytes on the file system of a local root (of its nearest existing parent, before the root is made);
         ``None`` for an object store."""
@@ -511,6 +511,7 @@ class StoreRoot:
             path = os.path.dirname(path)
         return path
 
+    # -- locks --------------------------------------------------------------------------------------
     def lock_path(self, run_id: str) -> str:
         """Local lock file of a run's writer (local roots only)."""
         validate_run_id(run_id)

@@ -215,7 +215,7 @@ def _claims(exps: dict[str, Any], tables, extra) -> list[dict[str, str]]:
         judged = at[at["t2_step"].notna()]
         before = int((judged["t1_step"] < judged["t2_step"]).sum())  # (a NaN t1 compares False)
         never = int(judged["t1_step"].isna().sum())
-        later = int(((judged["t1_step"] >= judged["t2_step"])).sum())
+        later = int((judged["t1_step"] >= judged["t2_step"]).sum())
         beyond = int((at["t2_step"].isna() & at["t1_step"].notna()).sum())
         neither = int((at["t2_step"].isna() & at["t1_step"].isna()).sum())
         words = [f"t1 < t2 in {before} of {len(judged)} runs whose loss fell"]

@@ -146,21 +146,27 @@ def probe(run: Run, kinds: dict[str, Callable]) -> dict[str, str]:
 
 
 @router.get("", response_model=Listing, summary="The figure kinds available")
-def list_plots(
+async def list_plots(
     run: RunDep,
     state: State,
+    request: Request,
     check: Annotated[bool, Query(description="list under 'unavailable' the kinds this run cannot show, with the "
                                  "reason (checked once per run on its first two states; never draws a figure)")] = False,
 ) -> dict[str, Any]:
-    kinds = registry.plot_kinds(run.dataset())
+    kinds = registry.plot_kinds(await run_in_threadpool(run.dataset))
     items = {k: f"/api/runs/{run.run_id}/plots/{k}.png" for k in sorted(kinds)}
     unavailable: dict[str, str] = {}
     if check:  # issue 8 item 8: this drew every figure of the whole run, again after every commit
         if run.committed == 0:
             unavailable = {k: "no committed states yet" for k in items}
-        else:
-            probed, _ = state.responses.get_or_build(("plots-probe", *_identity(run), tuple(sorted(kinds))),
-                                                     lambda: probe(run, kinds), lambda v: 64 * (len(v) + 1))
+        else:  # a computation like any other: under the work limiter, stopped when its client goes
+            key = ("plots-probe", *_identity(run), tuple(sorted(kinds)))
+            probed = state.responses.get(key)
+            if probed is None:
+                probed, built = await once(request, state, key, state.responses.get_or_build, key,
+                                           lambda: probe(run, kinds), lambda v: 64 * (len(v) + 1))
+                if built is not None:
+                    probed = built[0]
             unavailable = {**probed, **(state.figure_failures.get(_identity(run)) or {})}
             unavailable = {k: reason for k, reason in unavailable.items() if k in items}
         items = {k: u for k, u in items.items() if k not in unavailable}

@@ -93,6 +93,38 @@ def test_a_request_waiting_for_the_same_answer_holds_no_work_slot(tmp_path, writ
         assert sorted(a.headers["X-Trajscope-Cache"] for a in answers) == ["hit", "miss"]
 
 
+def test_the_plot_listings_check_is_a_computation_under_the_limiter(tmp_path, write_run, serve, slow_analysis,
+                                                                     monkeypatch):
+    """Found by a review: ``/plots?check=true`` probed the figures in the default thread pool, beside the work
+    limiter, and went on for a client that had gone. Now it waits for a work slot like any computation and is
+    not computed for a gone client; the listing without the check answers at once."""
+    from trajscope.api import routes_plots
+
+    probed: list[float] = []
+    real = routes_plots.probe
+    monkeypatch.setattr(routes_plots, "probe", lambda *a: probed.append(time.monotonic()) or real(*a))
+    root = StoreRoot(tmp_path / "runs")
+    write_run(root, "r", steps=16, chunk_steps=8)
+    with serve(root, max_computations=1) as srv:
+        busy = threading.Thread(target=httpx.get, args=(f"{srv.url}/api/runs/r/analysis/stable_rank",),
+                                kwargs={"timeout": 30})
+        busy.start()
+        time.sleep(0.5)  # the one work slot is taken for SLOW s
+        began = time.monotonic()
+        plain = httpx.get(f"{srv.url}/api/runs/r/plots", timeout=10)
+        assert plain.status_code == 200 and time.monotonic() - began < SLOW / 2
+        with pytest.raises(httpx.TimeoutException):  # waits for the slot; its client gives up meanwhile
+            httpx.get(f"{srv.url}/api/runs/r/plots", params={"check": "true"}, timeout=0.5)
+        busy.join()
+        time.sleep(0.5)
+        assert probed == []  # its turn came after its client had gone: not computed
+        checked = httpx.get(f"{srv.url}/api/runs/r/plots", params={"check": "true"}, timeout=30)
+        assert checked.status_code == 200 and len(probed) == 1, checked.text
+        assert set(checked.json()["items"]) | set(checked.json()["unavailable"]) == set(plain.json()["items"])
+        again = httpx.get(f"{srv.url}/api/runs/r/plots", params={"check": "true"}, timeout=30)
+        assert again.json() == checked.json() and len(probed) == 1  # cached per run version
+
+
 def test_a_request_still_computing_when_shutdown_ends_gets_a_503(tmp_path, write_run, serve, slow_analysis):
     """Found by a review: requests past the graceful shutdown's grace got uvicorn's bare 500 and a logged
     traceback each. (The test server's grace is 1 s; the analysis takes ``SLOW`` s.)"""

@@ -10,7 +10,7 @@ import trajscope
 from trajscope.api import docs, errors, routes_analysis, routes_dashboard, routes_plots, routes_runs, routes_vars, routes_zarr
 from trajscope.api import routes_series
 from trajscope.api.state import DEFAULT_ATTRS_TTL, DEFAULT_CACHE_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ApiState, ByteLRU
-from trajscope.api.work import install_scheduler
+from trajscope.api.work import install_scheduler, stop_if_asked
 from trajscope.store import StoreRoot
 
 
@@ -40,7 +40,7 @@ def create_app(
         docs_url=None, redoc_url=None,  # /docs is served offline by trajscope.api.docs
     )
     app.state.trajscope = ApiState(store_root, token=token or None, max_response_bytes=max_response_bytes,
-                                   responses=ByteLRU(cache_bytes), attrs_ttl=attrs_ttl,
+                                   responses=ByteLRU(cache_bytes, interrupt=stop_if_asked), attrs_ttl=attrs_ttl,
                                    max_computations=max_computations)
 
     install_scheduler()  # (dask's scheduler for this process: a request's computation stops when its client goes)

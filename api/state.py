@@ -32,6 +32,9 @@ DEFAULT_CACHE_BYTES = 256 * 2**20
 DEFAULT_ATTRS_TTL = 0.25
 
 
+#: seconds between two calls of a :class:`ByteLRU`'s ``interrupt`` while a request waits for another's build
+GATE_POLL_SECONDS = 0.25
+
 #: what one cached entry costs besides its value (its key, the LRU's bookkeeping), as counted by ByteLRU
 ENTRY_BYTES = 1024
 
@@ -39,10 +42,21 @@ ENTRY_BYTES = 1024
 class ByteLRU:
     """A thread-safe LRU of ``bytes``-like values bounded by their total size (``cachetools.LRUCache``
     with ``getsizeof``), and a single-flight :meth:`get_or_build`. Values over a quarter of the bound
-    are not kept (one huge answer must not flush the cache)."""
+    are not kept (one huge answer must not flush the cache).
 
-    def __init__(self, max_bytes: int):
+    Parameters
+    ----------
+    max_bytes
+        The bound on the values' total size (each entry counted :data:`ENTRY_BYTES` more).
+    interrupt
+        Called every :data:`GATE_POLL_SECONDS` while a thread waits for another's build of the same key; what
+        it raises ends the wait (the server's: :func:`trajscope.api.work.stop_if_asked`, so a request whose
+        client has gone stops waiting and frees its work slot).
+    """
+
+    def __init__(self, max_bytes: int, interrupt: Callable[[], None] | None = None):
         self.max_bytes = max_bytes
+        self.interrupt = interrupt
         self._items: LRUCache = LRUCache(maxsize=max(int(max_bytes), 1), getsizeof=lambda item: item[1])
         # each entry also costs its key and the cache's own bookkeeping, which a body of a few bytes does not
         # show (found by a review: 20,000 one-value answers took ~1.2 KB each): counted as ENTRY_BYTES more
@@ -70,7 +84,10 @@ class ByteLRU:
             return value, True
         with self._lock:
             gate = self._building.setdefault(key, threading.Lock())
-        with gate:
+        while not gate.acquire(timeout=GATE_POLL_SECONDS):
+            if self.interrupt is not None:
+                self.interrupt()
+        try:
             value = self.get(key)
             if value is not None:
                 return value, True
@@ -81,6 +98,8 @@ class ByteLRU:
                 with self._lock:
                     self._building.pop(key, None)
             return value, False
+        finally:
+            gate.release()
 
     def __len__(self) -> int:
         return len(self._items)

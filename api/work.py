@@ -67,6 +67,14 @@ class StopWhenAsked(Callback):
             raise ComputationStopped
 
 
+def stop_if_asked() -> None:
+    """Raise :class:`ComputationStopped` when this thread computes for a request whose client has gone (the
+    response cache calls it while a request waits for another's build of the same answer)."""
+    stop = getattr(_asked, "stop", None)
+    if stop is not None and stop.is_set():
+        raise ComputationStopped
+
+
 def _with_stop(get: Callable[..., Any], dsk: Any, keys: Any, **kwargs: Any) -> Any:
     """``get(dsk, keys, **kwargs)``, handed :class:`StopWhenAsked` when this thread computes for a request
     (:func:`_stoppable`), beside the callbacks the computation would have had (the ones given, else dask's

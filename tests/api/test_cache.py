@@ -162,3 +162,34 @@ def test_a_request_arriving_while_the_answer_is_stored_does_not_build_it_again(m
     assert cache.get_or_build("k", build, len) == (b"answer", True)
     first.join()
     assert len(builds) == 1
+
+
+def test_a_request_waiting_for_anothers_build_stops_when_its_client_goes():
+    """Found by a review: a request waiting on the cache's gate for another's build of the same answer (the
+    states a live update's requests share) held its work slot until that build ended, whatever its client did.
+    The server's cache now asks, while it waits, whether its request was stopped."""
+    import threading
+
+    from trajscope.api.state import ByteLRU
+    from trajscope.api.work import ComputationStopped, _stoppable, stop_if_asked
+
+    cache = ByteLRU(2**20, interrupt=stop_if_asked)
+    building = threading.Event()
+
+    def slow_build() -> bytes:
+        building.set()
+        time.sleep(3.0)
+        return b"answer"
+
+    first = threading.Thread(target=cache.get_or_build, args=("k", slow_build, len))
+    first.start()
+    assert building.wait(5)
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()  # its client goes 0.3 s into the wait
+    began = time.monotonic()
+    with pytest.raises(ComputationStopped):
+        _stoppable(stop, cache.get_or_build, "k", lambda: b"built twice", len)
+    assert time.monotonic() - began < 1.5  # not the 3 s of the other's build
+    first.join()
+    assert cache.get_or_build("k", lambda: b"built twice", len) == (b"answer", True)
+    assert cache.get_or_build("other", lambda: b"x", len) == (b"x", False)  # no gate left held

@@ -7,11 +7,15 @@ draw more states than that before it draws anything.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
 from trajscope.analysis._common import StepSel, select
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 #: states a time-series figure draws at most without an explicit stride
 MAX_POINTS = 2000
@@ -32,7 +36,7 @@ def states_drawn(ds: xr.Dataset, step: StepSel = None) -> int:
     return int(select(ds, thinned(ds, step)).sizes["step"])
 
 
-def log_y(ax, *values) -> None:
+def log_y(ax: Axes, *values: Any) -> None:
     """Log y scale where some value is finite and positive (the points at or below 0 are left out); otherwise a
     linear one and a note on the axes. Matplotlib refuses to draw a log axis with no positive value (found by a
     review: a run whose W is 0 throughout, or one that diverged at once, raised "Data cannot be log-scaled")."""

@@ -19,6 +19,8 @@ coordinate, ``t = step · η``) in the run's loss convention.
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import numpy as np
 import xarray as xr
 
@@ -40,7 +42,7 @@ def t1_state(t1_step: float, in_cone_fraction_max: float) -> str:
     return UNDEFINED if in_cone_fraction_max == 0 else NOT_REACHED
 
 
-def t1_text(m) -> str:
+def t1_text(m: Mapping[str, Any]) -> str:
     """``t1`` in words from a summary (dataset or sweep row): the step, or why there is none, with the
     closest state's figures. Reads ``t1_step``, ``in_cone_fraction_max``, ``aligned_fraction_max``,
     ``cone_agreement_best``, ``cone_agreement_best_step``, ``cone_agreement_min_at_best``."""

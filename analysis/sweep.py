@@ -10,7 +10,7 @@ columns convert them to the theorems' sum-loss time (``τ = t / n`` for a mean-l
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -167,7 +167,7 @@ def plot_t1_vs_scale(table: pd.DataFrame, *, t1: str = "t1_sum", title: str | No
     return fig
 
 
-def plot_against_log_inv_eps(table: pd.DataFrame, *, columns=("t1_time", "t2_time"),
+def plot_against_log_inv_eps(table: pd.DataFrame, *, columns: Sequence[str] = ("t1_time", "t2_time"),
                              title: str | None = None) -> Figure:
     """``t1`` and ``t2`` (the run's time) against ``log(1/ε)``; theory: ``t2`` grows linearly in it."""
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")

@@ -22,6 +22,7 @@ import json
 from typing import Annotated, Any, Callable
 
 import numpy as np
+import xarray as xr
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from trajscope.api import registry, selectors
@@ -69,7 +70,8 @@ def _variable(name: str) -> Callable:
     return fn
 
 
-def per_step_variables(ds) -> list[str]:
+def per_step_variables(ds: xr.Dataset) -> list[str]:
+    """The names of the variables recorded per state (those with a ``step`` dimension), sorted."""
     return sorted(str(k) for k, v in ds.data_vars.items() if "step" in v.dims)
 
 
@@ -102,7 +104,7 @@ def _with_rows(fn: Callable, dim: str, index: Any) -> Callable:
     return sub
 
 
-def state_bytes(ds) -> int:
+def state_bytes(ds: xr.Dataset) -> int:
     """Bytes of one recorded state (every variable with a ``step`` dim)."""
     return sum(v.dtype.itemsize * (v.size // max(1, v.sizes["step"])) for v in ds.data_vars.values()
                if "step" in v.dims)

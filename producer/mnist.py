@@ -38,6 +38,7 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -201,12 +202,12 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in an MNIST pickle") from None
 
 
-def restricted_load(file):
+def restricted_load(file: BinaryIO) -> Any:
     """Unpickle from a binary file (Python 2 pickles included) admitting only numpy arrays, tuples and lists."""
     return _NumpyOnlyUnpickler(file, encoding="latin1").load()
 
 
-def restricted_loads(data: bytes):
+def restricted_loads(data: bytes) -> Any:
     """``restricted_load`` from bytes."""
     return restricted_load(io.BytesIO(data))
 

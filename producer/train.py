@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -107,7 +107,7 @@ INTERRUPT_ONCE = False
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt():
+def sigterm_as_interrupt() -> Iterator[None]:
     """Treat :func:`interrupting_signals` as an interrupt while training (main thread only).
 
     SIGINT's handler is set explicitly: a process started in the background inherits SIGINT ignored. With
@@ -276,7 +276,7 @@ def resume(
         raise
 
 
-def reached_stop_loss(config: RunConfig, loss) -> bool:
+def reached_stop_loss(config: RunConfig, loss: float | torch.Tensor) -> bool:
     """Whether a recorded state's loss ends the run: ``loss <= train.stop_loss`` (never without one)."""
     return config.train.stop_loss is not None and float(loss) <= config.train.stop_loss
 

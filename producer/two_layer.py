@@ -64,7 +64,7 @@ def init(cfg: "RunConfig", dim: int, dtype: "torch.dtype") -> "State":
     return initialize(cfg.init, cfg.model.width, dim, train_v=cfg.train.train_v, seed=cfg.seed, dtype=dtype)
 
 
-def step(model: "TwoLayerReLU", state: "State", cfg: "RunConfig", k: int, pre, out) -> "State":
+def step(model: "TwoLayerReLU", state: "State", cfg: "RunConfig", k: int, pre: torch.Tensor, out: torch.Tensor) -> "State":
     """One optimizer step from step ``k`` (see :func:`trajscope.producer.train.gradient_step`)."""
     from trajscope.producer.train import gradient_step
 

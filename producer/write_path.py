@@ -30,7 +30,7 @@ def write_io(choice: str, root: StoreRoot, device: torch.device, compressor: str
     return "direct" if filesystem_type(root.location) in DIRECT_IO_FILESYSTEMS else "buffered"
 
 
-def wants_writer_process(choice: str, root, device: torch.device) -> bool:
+def wants_writer_process(choice: str, root: StoreRoot, device: torch.device) -> bool:
     """Whether ``record.writer`` (``choice``) asks for a writer process and it applies here.
 
     ``process``: on a CPU or CUDA device and a local root (else the writer thread). ``auto`` (the default)
@@ -45,7 +45,7 @@ def wants_writer_process(choice: str, root, device: torch.device) -> bool:
             and writer_process.available())
 
 
-def start_writer_process(choice: str, root, device: torch.device) -> WriterProcess | None:
+def start_writer_process(choice: str, root: StoreRoot, device: torch.device) -> WriterProcess | None:
     """A started writer process if :func:`wants_writer_process` says so, else ``None`` (the writer thread).
 
     Started as early as possible, so its start-up overlaps the caller's (the dataset build).

@@ -45,6 +45,7 @@ from typing import Sequence
 
 import crc32c
 import numpy as np
+import numpy.typing as npt
 
 from trajscope.store import faults
 from trajscope.store.layout import TEMPORARY_PREFIX
@@ -462,7 +463,7 @@ def filesystem_type(path: str) -> str | None:
 _MOUNT_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
-def aligned_empty(shape: Sequence[int], dtype) -> np.ndarray:
+def aligned_empty(shape: Sequence[int], dtype: npt.DTypeLike) -> np.ndarray:
     """An uninitialised C-contiguous array whose data starts at a multiple of :data:`DIRECT_ALIGNMENT`
     (what a direct write of its bytes needs; ``np.empty`` aligns to 64 bytes at most)."""
     dtype = np.dtype(dtype)

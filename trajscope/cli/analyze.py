@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from trajscope.errors import UserError
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 STEP_HELP = "Recorded states to use, a:b:s (a, b: optimizer steps, both included; s: stride over recorded states)."
 ROOT_HELP = "Store root (directory or fsspec URL); default $TRAJSCOPE_ROOT or ./runs."
@@ -58,7 +61,7 @@ def resume_hint(run_id: str, root_location: str, attrs: dict) -> str:
     return f"`{resume_command(run_id, root_location)}`"
 
 
-def no_state_yet(run: str, ds) -> UserError:
+def no_state_yet(run: str, ds: xr.Dataset) -> UserError:
     """A run with no committed state: wait for its producer, or, where none is left, resume it (the hint was to
     wait even for a run whose producer was killed: found by a review)."""
     from trajscope.store import StoreRoot

@@ -7,12 +7,15 @@ import math
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
 
 from trajscope.cli.progress import progress_display
+
+if TYPE_CHECKING:
+    from trajscope.producer.train import RunResult
 
 RootOption = Annotated[
     Optional[str], typer.Option("--root", help="Store root: a directory or fsspec URL (default $TRAJSCOPE_ROOT or ./runs).")
@@ -48,7 +51,7 @@ STORE_BOUND_SHARE = 0.05
 STORE_BOUND_SECONDS = 0.5
 
 
-def store_wait_line(result) -> str | None:
+def store_wait_line(result: RunResult) -> str | None:
     """One line on how long the training loop waited for the store, or ``None`` for a run that recorded
     nothing.
 

@@ -44,12 +44,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trajscope.producer.config import RunConfig, load_config, read_yaml_mapping, set_dotted
 from trajscope.store.errors import NotARun, RunLocked, UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 HASH_EXCLUDE = {("name",), ("train", "threads"), ("train", "device"),
                 ("record", "io")}  # (added after runs were made: how chunks reach the disk, never their bytes)
@@ -494,7 +497,8 @@ def table_name(spec_name: str, quick: bool) -> str:
     return f"{spec_name}{'-quick' if quick else ''}.sweep"
 
 
-def write_table(table, root: str | os.PathLike | None, stem: str, storage_options: dict | None = None) -> list[str]:
+def write_table(table: pd.DataFrame, root: str | os.PathLike | None, stem: str,
+                storage_options: dict | None = None) -> list[str]:
     """Write the sweep table next to the runs as CSV (and Parquet when pyarrow is installed), each file replaced
     whole (a sweep stopped while writing leaves the old table or the new one, never half of one)."""
     import io

@@ -244,7 +244,9 @@ def step_chunk(result: Any) -> int:
     longest = 0
     for da in (result.values() if isinstance(result, dict) else
                result.data_vars.values() if hasattr(result, "data_vars") else [result]):
-        chunks = getattr(da, "chunksizes", {}) or {}
+        # (the variable's own chunks: ``DataArray.chunksizes`` also takes its coordinates', and raises when the ``t``
+        # coordinate is chunked otherwise than the data, as in a run past 65,536 states; found by a review: a 500)
+        chunks = getattr(getattr(da, "variable", None), "chunksizes", {}) or {}
         if "step" in chunks:
             longest = max(longest, max(chunks["step"], default=0))
     return int(longest)

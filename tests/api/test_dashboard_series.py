@@ -313,3 +313,28 @@ def test_a_long_series_is_computed_piece_by_piece_to_the_wholes_answer(tmp_path,
             for i, name in enumerate(names):
                 np.testing.assert_allclose(np.array(body["series"][name], dtype=float), expected.values[:, i],
                                            rtol=1e-9, equal_nan=True)
+
+
+def test_a_long_runs_series_of_a_variable_chunked_unlike_its_time_coordinate(tmp_path, write_run, serve, monkeypatch):
+    """Found by a review: the series of ``W`` (and of every quantity keeping its chunks) of a run longer than
+    ``PIECE_STATES`` answered 500: the longest chunk along ``step`` was read from ``DataArray.chunksizes``, which
+    also takes the coordinates' chunks and raises where ``t`` is chunked otherwise than the data (the small
+    variables' chunks are a multiple of ``W``'s)."""
+    import httpx
+
+    from trajscope.api import routes_series
+
+    monkeypatch.setattr(routes_series, "PIECE_STATES", 37)  # (a run of 400 states is "long")
+    root = StoreRoot(tmp_path)
+    write_run(root, "long", steps=400, chunk_steps=16)
+    ds = open_run("long", root)
+    assert ds["W"].chunks[0][0] != ds["t"].chunks[0][0]  # the case: else the test proves nothing
+    with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        for quantity in ("W", "neuron_norms"):
+            r = c.get(f"/api/runs/long/series/{quantity}", params={"points": 30, "first": 2})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["selection"]["states"] == 400 and len(body["series"]) == 2
+        r = c.get("/api/runs/long/series/W", params={"points": 1000, "first": 1})
+        name = next(iter(r.json()["series"]))
+        assert r.json()["exact"] and np.allclose(r.json()["series"][name], ds["W"].values.reshape(400, -1)[:, 0])

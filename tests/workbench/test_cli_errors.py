@@ -259,6 +259,25 @@ def test_a_root_that_is_a_file_is_one_line(tmp_path):
     one_line_error(cli("ls", "--root", str(tmp_path / "f")), "is a file, not a folder")
 
 
+def test_a_root_inside_a_run_is_refused_and_the_outer_run_keeps_its_neighbours(tmp_path, tiny_root):
+    """Found by a review: ``--root RUN.zarr`` (or a folder under it) was accepted, so runs recorded there lay inside
+    the outer run, and ``rm`` of the outer run deleted them unmentioned."""
+    from pathlib import Path
+
+    config = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
+    run_id = sorted(p.name for p in tiny_root.iterdir() if p.name.endswith(".zarr"))[0]
+    inside = tiny_root / run_id
+    before = sorted(str(p.relative_to(inside)) for p in inside.rglob("*"))
+    for root in (inside, inside / "W", inside / "new" / "deeper"):
+        for words in (("ls",), ("produce", config, "--set", "train.steps=2", "--name", "nested")):
+            one_line_error(cli(*words, "--root", str(root)), f"lies inside the run {inside}",
+                           f"the folder that holds the run, {tiny_root}")
+    assert sorted(str(p.relative_to(inside)) for p in inside.rglob("*")) == before  # nothing made in it
+    from trajscope.store import StoreRoot
+
+    assert StoreRoot(tiny_root).location == str(tiny_root.resolve())  # the root holding it stays a root
+
+
 def test_ls_of_a_missing_root_says_so(tmp_path):
     proc = cli("ls", "--root", str(tmp_path / "nowhere"))
     assert proc.returncode == 0 and "no store root at" in proc.stdout and not proc.stderr

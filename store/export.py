@@ -28,6 +28,7 @@ import xarray as xr
 from trajscope.store.dataset_attrs import decode_attrs, encode_attrs, is_plain, json_default, set_finite_or_null
 from trajscope.store.errors import UserError
 from trajscope.store.layout import ALL_CHUNKS_STORED_BODY, ALL_CHUNKS_STORED_KEY, RUN_SUFFIX, RUN_UID, validate_run_id
+from trajscope.store.safe import zarr_store_holding
 
 MARKER = "trajscope_export"
 FORMATS = {".nc": "netcdf", ".nc4": "netcdf", ".netcdf": "netcdf", ".zarr": "zarr", ".npz": "npz"}
@@ -172,7 +173,7 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     if not path.parent.is_dir():
         raise UserError(f"directory {str(path.parent)!r} does not exist (or is not a folder): create it or choose "
                         "another output file")
-    inside = _zarr_store_holding(path.parent)
+    inside = zarr_store_holding(path.parent)
     if inside is not None:
         raise UserError(f"{str(path)!r} is inside the Zarr store {str(inside)!r} (a run or an export): its files "
                         "would be taken for part of it and deleted with it; write the export outside it")
@@ -306,14 +307,6 @@ def _write(ds: xr.Dataset, path: Path, kind: str) -> None:
         with open(path, "xb") as file:  # (a name np.savez would extend: `x.NPZ` became `x.NPZ.npz`)
             np.savez(file, __layout__=np.array(json.dumps({"attrs": flat.attrs, "variables": layout,
                                                            "coords": [str(c) for c in flat.coords]})), **arrays)
-
-
-def _zarr_store_holding(folder: Path) -> Path | None:
-    """The nearest folder of ``folder``'s own and its parents that is a Zarr v3 node (has a ``zarr.json``)."""
-    for candidate in (folder, *folder.resolve().parents):
-        if (candidate / "zarr.json").is_file():
-            return candidate
-    return None
 
 
 def read_export(path: str | os.PathLike) -> xr.Dataset:

@@ -26,7 +26,7 @@ from trajscope.store.document import check_run_document
 from trajscope.store.errors import MalformedRun, NotARun, PathOutsideRoot, RunNotFound, UserError
 from trajscope.store.layout import (ALL_CHUNKS_STORED_KEY, DELETING_KEY, EARLY_RUN_MEMBERS, EARLY_RUN_W_DIMS,
                                      LOCK_DIR, RUN_SUFFIX, TEMPORARY_PREFIX, is_foreign_group, validate_run_id)
-from trajscope.store.safe import is_inside, read_inside, tree_size
+from trajscope.store.safe import is_inside, read_inside, tree_size, zarr_store_holding
 
 DEFAULT_ROOT = "runs"
 #: a file :meth:`StoreRoot.write_file` writes beside the runs (a sweep's table): one plain file name
@@ -119,16 +119,6 @@ def bounded_retries(protocol: str, storage_options: dict[str, Any]) -> dict[str,
     return options
 
 
-def _run_around(location: str) -> str | None:
-    """The outermost run folder (``*.zarr`` holding a ``zarr.json``) that is the local folder ``location`` or holds
-    it, or ``None``."""
-    found = None
-    for folder in (Path(location), *Path(location).parents):
-        if folder.name.endswith(RUN_SUFFIX) and os.path.isfile(folder / "zarr.json"):
-            found = str(folder)
-    return found
-
-
 class StoreRoot:
     """A directory of runs, local (``./runs``) or remote (``s3://bucket/prefix``, ``memory://x``).
 
@@ -168,11 +158,11 @@ class StoreRoot:
             if os.path.exists(self.location) and not os.path.isdir(self.location):
                 raise UserError(f"the store root {self.location} is a file, not a folder: give --root (or "
                                 f"${ROOT_ENV}) a folder; a missing one is made")
-            inside = _run_around(self.location)
+            inside = zarr_store_holding(self.location)
             if inside is not None:  # found by a review: runs recorded there went with the outer run's `rm`
-                raise UserError(f"the store root {self.location} lies inside the run {inside}: a run's folder holds "
-                                f"its arrays, not other runs; give --root (or ${ROOT_ENV}) the folder that holds "
-                                f"the run, {os.path.dirname(inside)}, or another folder")
+                raise UserError(f"the store root {self.location} lies inside the Zarr store {inside} (a run, or an "
+                                f"export): its folder holds its arrays, not other runs; give --root (or ${ROOT_ENV}) "
+                                f"the folder that holds it, {inside.parent}, or another folder")
             self.fs = fsspec.filesystem("file")
         else:
             self.location = location.rstrip("/")

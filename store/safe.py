@@ -35,6 +35,18 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0) | getat
 _FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
+def zarr_store_holding(folder: str | os.PathLike) -> Path | None:
+    """The outermost of the local folder ``folder`` and its parents that is a Zarr v3 node (holds a ``zarr.json``:
+    a run, an array of one, an export), or ``None``. What is written there is taken for part of that store, and
+    deleted with it."""
+    found = None
+    folder = Path(folder).resolve()
+    for candidate in (folder, *folder.parents):
+        if (candidate / "zarr.json").is_file():
+            found = candidate
+    return found
+
+
 def is_inside(base: str, path: str) -> bool:
     """True when the resolved ``path`` is ``base`` or lies under it (``base`` already resolved)."""
     real = os.path.realpath(path)

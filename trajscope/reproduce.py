@@ -228,9 +228,11 @@ def reproduce(
     seconds = time.perf_counter() - started
     text = _markdown(exps, tables, claims, extra, figures, quick=quick, seconds=seconds, rows=rows,
                      root=store_root.location)
-    (out_dir / "REPORT.md").write_text(text)
+    from trajscope.figures import write_replacing
+
+    write_replacing(out_dir / "REPORT.md", text.encode())  # (a link of the name replaced, never written through)
     for key, table in tables.items():
-        table.to_csv(out_dir / f"{key}.csv", index=False)
+        write_replacing(out_dir / f"{key}.csv", table.to_csv(index=False).encode())
     return out_dir / "REPORT.md"
 
 

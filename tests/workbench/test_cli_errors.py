@@ -270,8 +270,8 @@ def test_a_root_inside_a_run_is_refused_and_the_outer_run_keeps_its_neighbours(t
     before = sorted(str(p.relative_to(inside)) for p in inside.rglob("*"))
     for root in (inside, inside / "W", inside / "new" / "deeper"):
         for words in (("ls",), ("produce", config, "--set", "train.steps=2", "--name", "nested")):
-            one_line_error(cli(*words, "--root", str(root)), f"lies inside the run {inside}",
-                           f"the folder that holds the run, {tiny_root}")
+            one_line_error(cli(*words, "--root", str(root)), f"lies inside the Zarr store {inside}",
+                           f"the folder that holds it, {tiny_root}")
     assert sorted(str(p.relative_to(inside)) for p in inside.rglob("*")) == before  # nothing made in it
     from trajscope.store import StoreRoot
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-
+import os
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +140,24 @@ def test_plot_writes_pdf_and_svg(run_cli, tiny_root, tmp_path, suffix):
     assert proc.returncode == 0, proc.stderr
     head = out.read_bytes()[:200]
     assert head.startswith(b"%PDF") if suffix == "pdf" else b"<svg" in out.read_bytes()[:2000]
+
+
+def test_plot_replaces_a_link_instead_of_writing_through_it_and_refuses_a_run_folder(run_cli, tiny_root, tmp_path):
+    """Found by a review: ``plot -o out.png`` where ``out.png`` was a link to a run's ``zarr.json`` overwrote the
+    run's document (fsck: "not JSON"). The figure now replaces the link; a path inside a run is refused."""
+    document = tiny_root / "a.zarr" / "zarr.json"
+    before = document.read_bytes()
+    link = tmp_path / "link.png"
+    os.symlink(document, link)
+    proc = run_cli("plot", "a", "loss", "-o", str(link), "--root", str(tiny_root))
+    assert proc.returncode == 0, proc.stderr
+    assert document.read_bytes() == before and not link.is_symlink()
+    assert link.read_bytes().startswith(b"\x89PNG") and sorted(p.name for p in tmp_path.iterdir()) == ["link.png"]
+    run = tiny_root / "a.zarr"
+    listed = sorted(p.relative_to(run) for p in run.rglob("*"))
+    proc = run_cli("plot", "a", "loss", "-o", str(run / "W" / "loss.png"), "--root", str(tiny_root))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "is inside the Zarr store" in proc.stderr and sorted(p.relative_to(run) for p in run.rglob("*")) == listed
 
 
 def test_a_plain_copy_without_its_all_nan_chunks_still_opens_as_a_run(tiny_root, tmp_path):

@@ -21,6 +21,10 @@ def _takes_bool(annotation: Any) -> bool:
     return annotation is bool or annotation is Any or any(_takes_bool(arg) for arg in get_args(annotation))
 
 
+#: a data seed: ``None`` (the run's ``seed``) or what numpy's and torch's generators take (no negative seed)
+DataSeed = Annotated[int | None, Field(None, ge=0, lt=2**63)]
+
+
 class _Strict(BaseModel):
     # every float field must be finite: an infinite or NaN lr, scale or mu is refused before anything is created
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -54,7 +58,7 @@ class SyntheticData(_Strict):
     positive_fraction: float = Field(0.5, gt=0.0, lt=1.0)
     norm_spread: float = Field(0.5, ge=0.0, lt=2.0)
     center: bool = False
-    seed: int | None = None
+    seed: DataSeed = None
 
 
 class Toy2DData(_Strict):
@@ -66,7 +70,15 @@ class Toy2DData(_Strict):
     negative_degrees: tuple[float, float] = (200.0, 250.0)
     norm_spread: float = Field(0.5, ge=0.0, lt=2.0)
     center: bool = False
-    seed: int | None = None
+    seed: DataSeed = None
+
+    @model_validator(mode="after")
+    def _ranges_low_to_high(self) -> "Toy2DData":
+        for name in ("positive_degrees", "negative_degrees"):
+            low, high = getattr(self, name)
+            if low > high:  # (found by a review: numpy's "high - low < 0" traceback)
+                raise ValueError(f"{name} is a range [low, high] in degrees, low first: write [{high:g}, {low:g}]")
+        return self
 
 
 class NpzData(_Strict):
@@ -91,7 +103,7 @@ class MnistData(_Strict):
     path: str | None = None
     split: Literal["train", "train50k", "test"] = "train"
     center: bool = True
-    seed: int | None = None
+    seed: DataSeed = None
 
 
 class TwoPointData(_Strict):

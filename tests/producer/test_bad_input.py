@@ -37,6 +37,22 @@ def test_non_finite_or_non_positive_values_are_refused_before_anything_exists(ov
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("data, words", [
+    ({"seed": -1}, "data.seed: Input should be greater than or equal to 0"),
+    ({"kind": "toy2d", "n": 6, "positive_degrees": [90, 30]},
+     "positive_degrees is a range [low, high] in degrees, low first: write [30, 90]"),
+    ({"kind": "toy2d", "n": 6, "negative_degrees": [250, 200]}, "negative_degrees"),
+    ({"kind": "mnist", "seed": -3}, "data.seed")])
+def test_data_seeds_and_angle_ranges_numpy_refuses_are_refused_first(data, words, tmp_path, small_config,
+                                                                      monkeypatch, capsys):
+    """Found by a review: a negative data seed and a toy2d angle range high-to-low were numpy tracebacks."""
+    config = small_config()
+    config["data"] = {**config["data"], **data} if "kind" not in data else data
+    code, err = produce_cli(monkeypatch, capsys, tmp_path, config)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("override, field", [
     ("model.width=1000000000", "model.width"), ("data.n=1000000000", "data.n"),
     ("data.dim=1000000000", "data.dim"), ("train.steps=1000000000000", "train.steps")])

@@ -293,8 +293,9 @@ def _check_shapes(group: dict[str, Any], attrs: dict[str, Any], arrays: dict[str
 
 def _repair_creating(root: StoreRoot, run_id: str, report: FsckReport) -> FsckReport:
     try:
-        with WriterLock(root, run_id):
+        with WriterLock(root, run_id) as lock:
             root.delete(run_id)
+            lock.remove_file()
     except RunLocked as err:
         report.problems.append(f"not repaired: {err}")
         return report

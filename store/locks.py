@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -144,7 +145,13 @@ class WriterLock:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                if _names(path, fd):
+                    break
+                # a deleted run's lock file, removed by its deleter (remove_file) after this opened it: the lock
+                # is now the file of that name, made again (a lock on the removed one excludes nobody)
+                os.close(fd)
+                fd = _open_lock_file(self.root.location, path)
+                continue
             except BlockingIOError:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
                 alive = not holder.startswith(RELEASED) and _holder_alive(holder)  # (released: its writer
@@ -308,6 +315,15 @@ class WriterLock:
             except (FileNotFoundError, ValueError):
                 holder = {}
             raise self._refused(holder, time.time() - float(holder.get("heartbeat", 0))) from None
+
+    def remove_file(self) -> None:
+        """Remove the lock file of a local run this lock holds, as the run's deletion ends (found by a review:
+        ``rm`` left ``.locks/RUN.lock`` behind). Safe while others wait for it: one that opened the removed file
+        takes the lock and finds its name gone, and locks the file made again (:meth:`_acquire_flock`). Still
+        held until :meth:`release`."""
+        if self._fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.root.lock_path(self.run_id))
 
     def release(self) -> None:
         """Give the lock back (idempotent, from any thread: an interrupted ``finish`` releases it from a thread
@@ -474,6 +490,16 @@ def _holder_alive(holder: str) -> bool:
     except (OSError, ValueError):
         return True
     return True
+
+
+def _names(path: str, fd: int) -> bool:
+    """Whether ``path`` (not followed if a link) is the file open as ``fd``."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _open_lock_file(root: str, path: str) -> int:

@@ -121,9 +121,10 @@ def delete_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | Non
         if isinstance(attrs, dict) and store_root.is_foreign(run_id, attrs):  # someone else's: never deleted
             raise NotARun(store_root.run_url(run_id), "a Zarr group without a run's attributes",
                           "delete it yourself if it should go")
-    with WriterLock(store_root, run_id):
+    with WriterLock(store_root, run_id) as lock:
         if expect is not _UNCHECKED and run_identity(run_id, store_root) != expect:
             raise UserError(f"run {run_id!r} changed since it was listed (deleted or created again meanwhile): nothing "
                             "deleted; list it again (trajscope ls) and repeat the command if it should go")
         store_root.delete(run_id)
+        lock.remove_file()
     return run_id

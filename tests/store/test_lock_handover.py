@@ -216,3 +216,49 @@ def test_a_readers_probe_of_the_lock_does_not_refuse_a_writer(tmp_path):
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_rm_removes_the_lock_file_and_a_writer_that_opened_it_first_locks_the_new_one(tmp_path, monkeypatch):
+    """Found by a review: ``rm`` left ``.locks/RUN.lock`` behind. It is removed as the deletion ends, which is
+    safe only if a writer that opened the old file before its removal does not hold a lock on a file no other
+    writer can see: it finds the name gone after taking the flock and locks the file made again."""
+    import numpy as np
+
+    import trajscope.store.locks as locks
+    from trajscope.producer.two_layer import variables
+    from trajscope.store import RunWriter
+    from trajscope.store.run_attrs import delete_run
+
+    root = StoreRoot(tmp_path / "runs")
+    writer = RunWriter.create(root, "r", variables=variables(), sizes={"neuron": 2, "feature": 3, "sample": 4},
+                              capacity=8, static={"X": np.zeros((4, 3)), "y": np.array([1, -1, 1, -1])},
+                              attrs={"config": {}})
+    writer.commit(0)
+    writer.finish("complete")
+    path = root.lock_path("r")
+    assert os.path.exists(path)  # (its writer made it)
+    delete_run("r", root)
+    assert not os.path.exists(path) and not root.exists("r")
+    # a writer that opened the lock file just before a deleter removed it
+    real = locks._open_lock_file
+    first: list[int] = []
+
+    def opened_before_the_removal(base, name):
+        fd = real(base, name)
+        if not first:
+            first.append(fd)
+            os.unlink(name)  # the deleter's remove_file, between this open and the flock
+        return fd
+
+    monkeypatch.setattr(locks, "_open_lock_file", opened_before_the_removal)
+    lock = WriterLock(root, "r").acquire()
+    try:
+        held, named = os.fstat(lock._fd), os.stat(path)
+        assert (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)  # the file others will open
+        monkeypatch.setattr(locks, "_open_lock_file", real)
+        probe = subprocess.run([sys.executable, "-c", "import sys; from trajscope.store import StoreRoot, WriterLock; "
+                                "WriterLock(StoreRoot(sys.argv[1]), 'r').acquire()", root.location],
+                               capture_output=True, text=True, timeout=60)
+        assert probe.returncode != 0 and "RunLocked" in probe.stderr, probe.stderr  # another writer is excluded
+    finally:
+        lock.release()

@@ -74,8 +74,8 @@ def _build(run: Run, state: ApiState, name: str, raw: dict[str, str | None], for
     var = ds[name]
     for dim, text in raw.items():
         if text is not None and dim not in var.dims:
-            raise UserError(f"{dim}= does not apply: {name} has dimensions ({', '.join(map(str, var.dims))}); "
-                            "select along any of them by name")
+            raise UserError(f"{dim}={text[:40]} does not apply: {name} has dimensions "
+                            f"({', '.join(map(str, var.dims))}); select along any of them by name")
     index = {}
     for dim in var.dims:
         sel = selectors.parse(dim, raw.get(dim))

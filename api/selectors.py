@@ -68,8 +68,11 @@ def parse(name: str, text: str | None) -> Selector:
         if len(values) > MAX_LIST:
             raise SelectorError(f"{name}={text[:40]}...: at most {MAX_LIST} values in a list; use a range a:b:s")
         return Selector("list", values=values, scalar=len(values) == 1 and "," not in text)
+    shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+    if re.fullmatch(r"[\d\s:,-]+", text, re.ASCII) and re.search(r"\d{19}", text):
+        raise SelectorError(f"{name}={shown}: an integer of a selector has at most 18 digits")
     raise SelectorError(
-        f"{name}={text!r} is not a selector: use an integer (3), a list (1,4,9) or a range a:b:s "
+        f"{name}={shown} is not a selector: use an integer (3), a list (1,4,9) or a range a:b:s "
         "(0:100, :50, 10:, ::10)"
     )
 
@@ -107,7 +110,7 @@ def by_step(sel: Selector, steps: np.ndarray, name: str = "step") -> slice | np.
         lo = 0 if sel.start is None else int(np.searchsorted(steps, sel.start, side="left"))
         hi = steps.size if sel.stop is None else int(np.searchsorted(steps, sel.stop, side="right"))
         if hi <= lo:  # (said as every reader says it: outside the run, or between two recorded steps)
-            raise SelectorError(f"{name}={_show(sel)} selects no recorded state (a:b includes both ends): "
+            raise SelectorError(f"{name}={_show(sel)} selects no recorded state: "
                                 + no_state_reason(slice(sel.start, sel.stop), steps))
         return slice(lo, hi, sel.stride)
     values = np.asarray(sel.values, dtype=np.int64)

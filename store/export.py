@@ -98,10 +98,10 @@ def no_state_reason(step: slice, steps: np.ndarray) -> str:
     outside them, or falls between two of them (a sparse or log schedule). Every reader says it so (``ds.traj``,
     the CLI, the API's selectors)."""
     a, b = step.start, step.stop
-    if a is not None and b is not None and b < a:  # (a review: "the run has steps 0 to 100" for 50:20 said nothing)
-        return f"the first step must not exceed the last (a:b includes both ends), e.g. {b}:{a}"
+    if a is not None and b is not None and b < a and b >= 0:  # (a review: "the run has steps 0 to 100" for 50:20
+        return f"the first step must not exceed the last (a:b includes both ends), e.g. {b}:{a}"  # said nothing)
     if (a is not None and a > steps[-1]) or (b is not None and b < steps[0]):
-        return f"the run has steps {steps[0]} to {steps[-1]}"
+        return f"the run has steps {steps[0]} to {steps[-1]} (a:b names steps, both ends included)"
     i = int(np.searchsorted(steps, a, "left"))  # (a is not None here: the range lies inside the recorded steps)
     return f"it falls between the recorded steps {steps[i - 1]} and {steps[i]}; widen it"
 

@@ -32,7 +32,7 @@ def test_by_step_value(text, want):
 @pytest.mark.parametrize("name, text, size, words", [
     ("neuron", "1:2:-1", 5, "stride"), ("neuron", "a", 5, "not a selector"), ("neuron", "5", 5, "0 to 4"),
     ("neuron", "-6", 5, "out of range"), ("neuron", "3:3", 5, "selects nothing"), ("neuron", "1.0", 5, "not a"),
-    ("neuron", "1;2", 5, "not a"), ("neuron", "9" * 30, 5, "not a"),
+    ("neuron", "1;2", 5, "not a"), ("neuron", "9" * 30, 5, "at most 18 digits"),
 ])
 def test_positional_errors_name_the_parameter(name, text, size, words):
     with pytest.raises(SelectorError) as err:
@@ -54,6 +54,24 @@ def test_by_step_errors():
         selectors.by_step(selectors.parse("step", "20:10"), steps)
     with pytest.raises(SelectorError, match="no committed states"):
         selectors.by_step(selectors.parse("step", "0"), np.arange(0))
+
+
+def test_selector_messages_say_it_once_and_do_not_echo_a_long_input():
+    """Found by a review: "(a:b includes both ends)" twice in one message, ``0:-1`` answered "e.g. -1:0" (no
+    recorded step), a 20-digit integer called "not a selector", and the whole of a long input echoed back."""
+    steps = np.arange(0, 50, 5)
+    with pytest.raises(SelectorError) as err:
+        selectors.by_step(selectors.parse("step", "20:10"), steps)
+    assert str(err.value).count("both ends") == 1
+    with pytest.raises(SelectorError, match=r"step=0:-1 selects no recorded state: the run has steps 0 to 45") as err:
+        selectors.by_step(selectors.parse("step", "0:-1"), steps)
+    assert "-1:0" not in str(err.value)
+    for text in ("9" * 20, "0:" + "1" * 25, "1,2," + "3" * 19):
+        with pytest.raises(SelectorError, match="at most 18 digits"):
+            selectors.parse("step", text)
+    with pytest.raises(SelectorError, match=r"is not a selector") as err:
+        selectors.parse("step", "x" * 10_000)
+    assert len(str(err.value)) < 200 and "10000 characters" in str(err.value)
 
 
 ODD = ["/api/runs/%00", "/api/runs/done/vars/%2e%2e", "/api/runs/done/vars/W?step=" + "9" * 40,

@@ -27,7 +27,8 @@ TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=+-]{0,63}")
 def validate_tag(tag: str) -> str:
     """A tag is 1–64 characters: letters, digits and ``. _ : = + -``, starting with a letter or digit."""
     if not isinstance(tag, str) or not TAG_PATTERN.fullmatch(tag):
-        raise UserError(f"invalid tag {tag!r}: use 1-64 letters, digits or . _ : = + - (e.g. baseline, lr=0.01)")
+        shown = repr(tag) if not isinstance(tag, str) or len(tag) <= 80 else f"{tag[:80]!r}... ({len(tag)} characters)"
+        raise UserError(f"invalid tag {shown}: use 1-64 letters, digits or . _ : = + - (e.g. baseline, lr=0.01)")
     return tag
 
 
@@ -75,6 +76,9 @@ def tag_run(
     """Add and remove tags and/or replace the note of a run (``note=""`` clears it). Returns the attributes."""
     add = [validate_tag(t) for t in add]
     remove = list(remove)
+    both = sorted(set(add) & set(remove))
+    if both:  # (found by a review: `tag RUN good --remove good` ended without the tag, saying nothing)
+        raise UserError(f"tag {both[0]!r} is both added and removed: give it once, to add or with --remove")
 
     def change(attrs: dict[str, Any]) -> None:
         tags = (set(run_attr(attrs, "tags") or []) | set(add)) - set(remove)  # (JSON text in an export)

@@ -93,6 +93,13 @@ def test_tag_adds_removes_and_notes_and_keeps_the_run_readable(run_cli, tmp_path
     np.testing.assert_array_equal(after["W"].values, before["W"].values)  # finished run: consolidated metadata kept
     assert "consolidated_metadata" in json.loads((make_run.root / "t.zarr" / "zarr.json").read_text())
     assert run_cli("tag", "t", "bad tag!", "--root", root).returncode == 2
+    # found by a review: a tag both added and removed ended without it, saying nothing; a long bad tag was echoed
+    # whole (100 KB on one line)
+    proc = run_cli("tag", "t", "lr-sweep", "--remove", "lr-sweep", "--root", root)
+    assert proc.returncode == 2 and "both added and removed" in proc.stderr, proc.stderr
+    proc = run_cli("tag", "t", "x" * 100_000, "--root", root)
+    assert proc.returncode == 2 and len(proc.stderr) < 400 and "100000 characters" in proc.stderr, proc.stderr[:300]
+    assert open_run("t", root).traj.attrs["tags"] == ["lr-sweep"]
 
 
 def test_edits_and_deletes_are_refused_while_a_writer_holds_the_run(run_cli, make_run):

@@ -304,12 +304,35 @@ def set_dotted(raw: dict[str, Any], path: list[str], value: Any, *, label: str) 
     node[path[-1]] = value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (found by a review: ``train: {lr: 0.1, lr:
+    0.2}`` ran with the last value, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # (``<<: *anchor``: merged by the base constructor)
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base constructor says so
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: Path, what: str, *, example: str, shape: str) -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping; one-line :class:`UserError` otherwise (empty file: ``{}``)."""
+    """Read a YAML file that must hold a mapping; one-line :class:`UserError` otherwise (empty file: ``{}``; a key
+    given twice in a mapping is an error)."""
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder: pass a YAML file, e.g. {example}")
     if not path.is_file():
         raise UserError(f"{what} {path} not found: pass a YAML file, e.g. {example}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except UnicodeDecodeError:
         raise UserError(f"{what} {path} is not a text file (not UTF-8): pass a YAML file, e.g. {example}") from None
     except yaml.YAMLError as exc:

@@ -151,3 +151,19 @@ def test_a_run_whose_loss_diverges_ends_with_its_status_not_a_traceback(tmp_path
     assert not math.isfinite(last)
     # ... and says so (found by a review: null alone read as "no loss recorded" in ls and the dashboard)
     assert attrs["not_finite"] == {"final_loss": str(last)}
+
+
+def test_a_key_given_twice_and_a_folder_for_a_config_are_one_line_each(tmp_path, monkeypatch, capsys):
+    """Found by a review: ``train: {lr: 0.1, lr: 0.2}`` ran with the last value, silently, and a folder given as
+    the config was "not found"."""
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  steps: 3\n  lr: 0.1\n  lr: 0.2\n")
+    code, err = cli(monkeypatch, capsys, "config", str(twice))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "line 4: the key 'lr' is given twice" in err, err
+    merged = tmp_path / "merged.yaml"  # a YAML merge key is no key given twice
+    merged.write_text("train:\n  <<: {lr: 0.2}\n  steps: 3\n")
+    assert load_config(merged).train.lr == 0.2 and load_config(merged).train.steps == 3
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    code, err = cli(monkeypatch, capsys, "config", str(folder))
+    assert code == 2 and f"config file {folder} is a folder: pass a YAML file" in err, err

@@ -70,8 +70,10 @@ def _gone(run_id: str) -> HTTPException:
 
 
 def _replaced(run_id: str, uid: str, now: Any) -> HTTPException:
-    return HTTPException(410, f"run {run_id!r} was deleted and created again since this reader opened it "
-                              f"(run_uid {uid}): open /zarr/{run_id}@{now} for the new one")
+    # (not "was deleted and created again" alone: a mistyped run_uid gets this answer too; found by a review)
+    return HTTPException(410, f"run {run_id!r} has run_uid {now}, not {uid}: the run this link names was deleted "
+                              f"(and one of that name created since), or the link is mistyped; open "
+                              f"/zarr/{run_id}@{now} for the run there now")
 
 
 def _opened_key(key: str | None) -> bool:
@@ -86,6 +88,7 @@ def _served_run(state: State, name: str, key: str | None) -> Run:
     """The run of ``/zarr/{name}`` (``RUN`` or ``RUN@RUN_UID``) whose ``key`` is asked for (None: the bare
     URL): ``410`` where a client that opened it would otherwise read fill values or another run's chunks."""
     run_id, pinned, uid = name.partition("@")
+    uid = uid.lower()  # (hex digits in either case; the store writes them in lower case)
     if pinned and not _UID.fullmatch(uid):
         raise HTTPException(400, f"/zarr/{name}: after @ comes the run's run_uid, 32 hex digits "
                                  f"(GET /api/runs/{run_id} gives its zarr link)")

@@ -115,8 +115,10 @@ def test_a_remote_reader_of_a_deleted_or_replaced_run_gets_an_error_not_other_nu
         with pytest.raises(Exception, match="410"):  # pinned to the old run: never the new one's numbers
             held["W"].isel(step=slice(16, 24)).values
         r = httpx.get(f"{srv.url}{pinned}/W/c/2/0/0")
-        assert r.status_code == 410 and "deleted and created again" in r.json()["detail"]
+        assert r.status_code == 410 and "the run this link names was deleted" in r.json()["detail"]
         assert root.read_attrs("same")["run_uid"] in r.json()["detail"]  # it names the new run's URL
+        now = root.read_attrs("same")["run_uid"]  # (found by a review: hex in capitals was "not 32 hex digits")
+        assert httpx.get(f"{srv.url}/zarr/same@{now.upper()}/zarr.json").status_code == 200
         again = remote(f"{srv.url}{httpx.get(f'{srv.url}/api/runs/same').json()['links']['zarr_pinned']}")
         np.testing.assert_array_equal(again["W"].values, new["W"])
         r = httpx.get(f"{srv.url}/zarr/same@nothex/zarr.json")

@@ -82,7 +82,7 @@ def test_two_point_rejects_bad_norms():
         ({"grid": {"data.nn": [1, 2]}}, "data.nn"),
         ({"grid": {"data.mu": []}}, "grid.data.mu is empty"),
         ({"grids": {}}, "unknown field"),
-        ({"name": "bad name!"}, "name"),
+        ({"name": "bad name!"}, "name: 'bad name!' cannot name a sweep: use 1-64 characters from A-Z a-z 0-9 . _ -"),
         ({"grid": {"data.n": [1]}}, "data.n"),
         ({"seeds": []}, "seeds is empty"),
         ({"base": "no-such-config.yaml"}, "not found"),

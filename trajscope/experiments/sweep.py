@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trajscope.producer.config import RunConfig, load_config, read_yaml_mapping, set_dotted
 from trajscope.store.errors import NotARun, RunLocked, UserError
@@ -79,7 +79,7 @@ class QuickSpec(_Strict):
 class SweepSpec(_Strict):
     """A sweep: a base run config, overrides, a grid and/or list of points, and seeds."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    name: str
     base: str | dict[str, Any] = Field(default_factory=dict)
     set: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
@@ -87,6 +87,15 @@ class SweepSpec(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0])
     quick: QuickSpec | None = None
     description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _a_name_for_runs(cls, name: str) -> str:
+        # (a message, not the pattern: found by a review, "String should match pattern '^[A-Za-z0-9]…'")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+            raise ValueError(f"{name[:70]!r} cannot name a sweep: use 1-64 characters from A-Z a-z 0-9 . _ -, "
+                             "starting with a letter or digit (it begins the names of the sweep's runs)")
+        return name
 
 
 @dataclass
@@ -103,7 +112,7 @@ def _one_line(err: ValidationError, source: str) -> str:
     where = ".".join(str(p) for p in first["loc"]) or "spec"
     model = QuickSpec if first["loc"][:1] == ("quick",) else SweepSpec  # (found by a review: quick's fields)
     message = f"unknown field (known: {', '.join(model.model_fields)})" \
-        if first["type"] == "extra_forbidden" else first["msg"]
+        if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
     return f"invalid sweep spec {source}: {where}: {message}"
 
 

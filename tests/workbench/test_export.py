@@ -97,6 +97,7 @@ def test_export_command_with_steps_and_variables(run_cli, tiny_root, tmp_path, s
 @pytest.mark.parametrize("args, words", [
     (["-o", "x.csv"], ".nc"), (["-o", "x.nc", "--vars", "nope"], "no variable 'nope'"),
     (["-o", "x.nc", "--step", "500:600"], "no recorded state"),
+    (["-o", "x.nc", "--vars", ""], "--vars names no variable"), (["-o", "x.nc", "--vars", " , "], "names no variable"),
     (["-o", "s3://bucket/x.nc"], "'s3://bucket/"),  # (it said "directory
     # 's3:/bucket' does not exist", then quoted the URL as s3:/bucket/x.nc)
 ])

@@ -360,6 +360,8 @@ def register(app: typer.Typer) -> None:
         from trajscope.store.export import export
 
         names = [v.strip() for item in (variables or []) for v in item.split(",") if v.strip()]
+        if variables is not None and not names:  # (found by a review: `--vars ''` exported every variable)
+            raise UserError("--vars names no variable: give some (--vars W,loss), or leave it out to export all")
         ds = _open_selected(run, root, step, names)
         export(ds, output)
         typer.echo(f"wrote {output} ({ds.sizes.get('step', 0)} states, {', '.join(map(str, ds.data_vars))})")

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 import trajscope
 from trajscope.api import docs, errors, routes_analysis, routes_dashboard, routes_plots, routes_runs, routes_vars, routes_zarr
 from trajscope.api import routes_series
+from trajscope.api.guards import OneValueEach
 from trajscope.api.state import DEFAULT_ATTRS_TTL, DEFAULT_CACHE_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ApiState, ByteLRU
 from trajscope.api.work import install_scheduler, stop_if_asked
 from trajscope.store import StoreRoot
@@ -45,6 +46,7 @@ def create_app(
 
     install_scheduler()  # (dask's scheduler for this process: a request's computation stops when its client goes)
     errors.install(app)
+    app.add_middleware(OneValueEach)
     docs.install(app)
     for module in (routes_runs, routes_vars, routes_analysis, routes_plots, routes_zarr, routes_dashboard):
         app.include_router(module.router)

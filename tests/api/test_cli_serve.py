@@ -47,7 +47,9 @@ def test_serve_binds_loopback_by_default_and_enables_delete_with_a_token(tmp_pat
         # a request addressed to another name (a page whose site rebound its name to 127.0.0.1: DNS rebinding)
         # is refused; localhost is served (found by a review)
         rebound = httpx.get(f"http://127.0.0.1:{port}/api/runs", headers={"Host": f"evil.example:{port}"})
-        assert rebound.status_code == 400 and "a" not in rebound.text.split()
+        assert rebound.status_code == 400 and set(rebound.json()) == {"detail"}  # (no run listed)
+        assert "names the host 'evil.example'" in rebound.json()["detail"]  # JSON, as every error (a review)
+        assert httpx.get(f"http://127.0.0.1:{port}/health", headers={"Host": f"[::1]:{port}"}).status_code == 200
         assert httpx.get(f"http://localhost:{port}/api/runs").status_code == 200
         r = httpx.delete(f"http://127.0.0.1:{port}/api/runs/a", headers={"Authorization": "Bearer a-long-enough-token"})
         assert r.status_code == 200 and not root.exists("a")

@@ -102,6 +102,20 @@ def test_hostile_query_values(hostile, query):
         _check(conn, root, "GET", query.format(v=value))
 
 
+def test_a_query_parameter_given_twice_is_a_400_naming_it(hostile):
+    """Found by a review: ``?step=0:300&step=0:10`` and ``?status=complete&status=running`` took the last value,
+    silently (the listing came back empty)."""
+    conn, root = hostile
+    for path, name in (("/api/runs?status=complete&status=running", "status"),
+                       ("/api/runs/done/vars/W?step=0:3&neuron=0&step=0:1", "step"),
+                       ("/zarr/done/zarr.json?a=1&a=", "a")):
+        _check(conn, root, "GET", path)
+        status, body = _send(conn, "GET", path)
+        assert status == 400 and f"query parameter {name!r} is given more than once" in json.loads(body)["detail"]
+    status, body = _send(conn, "GET", "/api/runs?status=complete")
+    assert status == 200 and [r["run_id"] for r in json.loads(body)["runs"]] == ["done"]
+
+
 def test_hostile_headers(hostile):
     conn, root = hostile
     for header in HEADERS:

@@ -96,9 +96,9 @@ def serve(
     app = create_app(store_root, token=token, max_response_bytes=int(max_response_mib * 2**20),
                      max_computations=max_computations)
     if host in LOOPBACK_HOSTS:  # a page of another site, its name rebound to 127.0.0.1 (DNS rebinding), could
-        from starlette.middleware.trustedhost import TrustedHostMiddleware  # read the runs otherwise: a request
+        from trajscope.api.guards import LoopbackHostOnly  # read the runs otherwise: a request naming another
 
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=sorted(LOOPBACK_NAMES))  # naming another host is a 400
+        app.add_middleware(LoopbackHostOnly, names=LOOPBACK_NAMES)  # host is a 400
     typer.echo(f"trajscope: serving {store_root.location} on http://{host}:{port} "
                f"({'deletes enabled by token' if token else 'read-only'})", err=True)
     # SIGTERM/Ctrl-C: requests still computing get 5 s, then the server exits (a review found it waiting on an

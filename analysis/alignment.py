@@ -8,13 +8,20 @@ import xarray as xr
 from trajscope.analysis._common import StepSel, select, weights
 from trajscope.analysis._kernels import class_mean_block, neuron_stats_block
 from trajscope.analysis.geometry import class_sums
-from trajscope.analysis.registry import TWO_LAYER, quantity
+from trajscope.analysis.registry import QUANTITY_PARAMETERS, TWO_LAYER, doc_entries, quantity
 
 
+@doc_entries(*QUANTITY_PARAMETERS)
 def neuron_stats(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Per neuron and step: ``||w_j||²``, ``<w_j, x+>``, ``<w_j, x->`` (one pass over ``W``, float64).
 
     Dims ``(step, neuron, stat)`` with ``stat = ["sq_norm", "dot_pos", "dot_neg"]``.
+
+    Returns
+    -------
+    xr.DataArray
+        float64, dims ``(step, neuron, stat)`` with ``stat`` coordinate ``["sq_norm", "dot_pos", "dot_neg"]``, named
+        ``neuron_stats``; lazy when ``W`` is.
     """
     W = weights(select(ds, step))
     out = xr.apply_ufunc(
@@ -31,7 +38,13 @@ def neuron_stats(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
 
 @quantity(requires=TWO_LAYER)
 def neuron_norms(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
-    """``||w_j(t)||``; dims ``(step, neuron)``."""
+    """``||w_j(t)||``; dims ``(step, neuron)``.
+
+    Returns
+    -------
+    xr.DataArray
+        float64, dims ``(step, neuron)``, named ``neuron_norms``.
+    """
     out = np.sqrt(neuron_stats(ds, step).sel(stat="sq_norm", drop=True))
     out.name = "neuron_norms"
     return out
@@ -42,6 +55,12 @@ def cos_to_class_sums(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``cos(w_j(t), x±) = <w_j, x±> / (||w_j|| ||x±||)``; dims ``(step, neuron, label)``.
 
     NaN where ``w_j = 0``.
+
+    Returns
+    -------
+    xr.DataArray
+        float64, dims ``(step, neuron, label)`` with ``label`` coordinate ``[1, -1]`` (``x+``, ``x-``), named
+        ``cos_to_class_sums``.
     """
     st = neuron_stats(ds, step)
     s = class_sums(ds)
@@ -59,6 +78,11 @@ def target_alignment(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``cos(w_j(t), x_{sign v_j(t)})``: alignment with the class sum the neuron's sign targets.
 
     ``x_{+1} = x+``, ``x_{-1} = x-``; NaN where ``v_j = 0``. Dims ``(step, neuron)``.
+
+    Returns
+    -------
+    xr.DataArray
+        float64, dims ``(step, neuron)``, named ``target_alignment``.
     """
     sel = select(ds, step)
     c = cos_to_class_sums(ds, step)
@@ -80,6 +104,12 @@ def mean_neuron_alignment(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     - ``count``: ``|V±(t)|``
 
     NaN where ``V±`` is empty.
+
+    Returns
+    -------
+    xr.Dataset
+        Variables ``mean``, ``min``, ``max`` (float64) and ``count`` (integer), each with dims ``(step, label)`` and
+        ``label`` coordinate ``[1, -1]`` (``V+``, ``V-``).
     """
     sel = select(ds, step)
     v = sel["v"]

@@ -32,6 +32,17 @@ def direction_field_error(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     ``median_error`` is the median over neurons with a defined error. NaN for dead neurons
     (``p_j = 0``). Meaningful in the early phase (``t < t2``); with a stride the finite difference is
     coarser.
+
+    Returns
+    -------
+    xr.Dataset
+        ``error``: float64, dims ``(step, neuron)``, one state fewer than selected (labelled by the earlier state of
+        each pair); ``median_error``: float64, dims ``(step,)``.
+
+    Raises
+    ------
+    UserError
+        When the selection holds fewer than two recorded states.
     """
     sel = select(ds, step)
     W = weights(sel)

@@ -33,6 +33,25 @@ def bucket_index(x: np.ndarray, points: int, scale: str = "linear") -> np.ndarra
 
     With ``u(x) = x`` (``scale="linear"``) or ``u(x) = log(1 + x - x_0)`` (``"log"``), bucket
     ``b_i = min(points - 1, floor(points · (u(x_i) - u(x_0)) / (u(x_{n-1}) - u(x_0))))``.
+
+    Parameters
+    ----------
+    x
+        Sorted step values ``(n,)``.
+    points
+        Number of buckets (``>= 1``).
+    scale
+        ``"linear"`` (default) or ``"log"``.
+
+    Returns
+    -------
+    np.ndarray
+        int64 ``(n,)``, buckets in ``[0, points - 1]`` (all 0 when ``x`` spans nothing).
+
+    Raises
+    ------
+    ValueError
+        When ``scale`` is not one of :data:`SCALES`.
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, not {scale!r}")
@@ -117,7 +136,20 @@ def minmax_downsample(x: np.ndarray, values: np.ndarray, points: int, scale: str
 def pieces(buckets: np.ndarray, size: int) -> list[tuple[int, int]]:
     """``[(start, stop), …]`` covering ``range(len(buckets))`` in pieces of about ``size`` rows, each cut at a
     bucket's first row (a bucket longer than ``size`` is one piece): what :func:`minmax_downsample` reduces
-    piece by piece, with ``buckets`` given, to the whole's result while holding one piece in memory."""
+    piece by piece, with ``buckets`` given, to the whole's result while holding one piece in memory.
+
+    Parameters
+    ----------
+    buckets
+        The bucket of each row, non-decreasing (:func:`bucket_index`).
+    size
+        Target rows per piece (values below 1 read as 1).
+
+    Returns
+    -------
+    list of tuple of int
+        Half-open row ranges ``(start, stop)`` in order, covering every row (empty for no rows).
+    """
     n = len(buckets)
     starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]]) if n else np.zeros(0, dtype=np.int64)
     out, begin = [], 0
@@ -130,7 +162,18 @@ def pieces(buckets: np.ndarray, size: int) -> list[tuple[int, int]]:
 
 
 def concat(parts: list[Downsampled]) -> Downsampled:
-    """Downsampled pieces put end to end (see :func:`pieces`)."""
+    """Downsampled pieces put end to end (see :func:`pieces`).
+
+    Parameters
+    ----------
+    parts
+        The pieces' :func:`minmax_downsample` results, in order.
+
+    Returns
+    -------
+    Downsampled
+        Their ``x`` and ``values`` concatenated; ``exact`` when every part is.
+    """
     return Downsampled(np.concatenate([p.x for p in parts]), np.concatenate([p.values for p in parts]),
                        all(p.exact for p in parts))
 
@@ -161,7 +204,18 @@ def _width(da: xr.DataArray) -> int:
 
 
 def column_count(result: Result) -> int:
-    """How many columns :func:`columns` makes of ``result``, from its sizes alone (nothing is computed)."""
+    """How many columns :func:`columns` makes of ``result``, from its sizes alone (nothing is computed).
+
+    Parameters
+    ----------
+    result
+        A DataArray, a Dataset, or a dict of its variables.
+
+    Returns
+    -------
+    int
+        The number of columns (0 for a result without a ``step`` dim).
+    """
     return sum(_width(da) for _, da in _items(result, ""))
 
 
@@ -170,7 +224,20 @@ def first_columns(result: Result, first: int) -> xr.DataArray | dict[str, xr.Dat
     variables before them, and of the variable they end in the first ``ceil(rest / w)`` entries along its
     first non-step dim (``w``: the columns one entry holds). :func:`columns` of the cut result begins with
     the same columns as of the whole. A Dataset's come back as a dict of its variables: one cut along a dim
-    another shares no longer fits in one Dataset."""
+    another shares no longer fits in one Dataset.
+
+    Parameters
+    ----------
+    result
+        A DataArray, a Dataset, or a dict of its variables.
+    first
+        How many leading columns the cut must keep.
+
+    Returns
+    -------
+    xr.DataArray or dict of str to xr.DataArray
+        A DataArray for a DataArray, else the kept variables by name.
+    """
     if isinstance(result, xr.DataArray):
         return _cut(result, first)
     keep, left = {}, first
@@ -195,7 +262,20 @@ def _cut(da: xr.DataArray, count: int) -> xr.DataArray:
 def columns(result: Result, name: str) -> dict[str, np.ndarray]:
     """The ``(step,)`` columns of an analysis result, each named after its variable and its other
     coordinates: ``loss``; ``cone_fractions[S+]``; ``mean[+1]`` for a Dataset variable ``mean`` with a
-    ``label`` dim. Variables without a ``step`` dim are left out."""
+    ``label`` dim. Variables without a ``step`` dim are left out.
+
+    Parameters
+    ----------
+    result
+        A DataArray, a Dataset, or a dict of its variables.
+    name
+        The column name of an unnamed DataArray.
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        float64 arrays of shape ``(step,)`` by column name, in the variables' order.
+    """
     out: dict[str, np.ndarray] = {}
     for vname, da in _items(result, name):
         if "step" not in da.dims:

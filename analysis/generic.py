@@ -20,7 +20,7 @@ import xarray as xr
 
 from trajscope.analysis._common import StepSel, select
 from trajscope.analysis._kernels import _one_blas_thread
-from trajscope.analysis.registry import MATRICES, PARAMETERS, parameter_names, quantity
+from trajscope.analysis.registry import MATRICES, PARAMETERS, doc_entries, parameter_names, quantity
 from trajscope.store.errors import UserError
 
 #: the variable that holds a quantity of the whole parameter vector ``θ = (θ_p)_p``
@@ -28,12 +28,38 @@ TOTAL = "(all)"
 #: the same over the parameters a ``parameter`` pattern picked, when it leaves some out (not ``θ``)
 SELECTED = "(selected)"
 STEP = "step"
+_PATTERN = ("``fnmatch`` pattern, or several separated by commas, restricting the {} (``\"\"``, the default: all); "
+            "one that matches none of them raises :class:`~trajscope.store.errors.UserError`.")
+#: the docstring entries of ``parameter``, for the quantities of every parameter and those of the matrix ones
+PARAMETER_ENTRY = ("parameter", _PATTERN.format("parameters"))
+MATRIX_PARAMETER_ENTRY = ("parameter", _PATTERN.format("matrix parameters"))
 
 
 def parameters(ds: xr.Dataset, parameter: str = "", *, matrices: bool = False) -> list[str]:
     """Recorded parameters matching ``parameter`` (comma-separated ``fnmatch`` patterns; ``""``: all);
     ``matrices``: those with at least 2 dims besides ``step``, none of them empty (a ``(0, 3)`` parameter has no
-    singular value: found by a review, it made the spectra of the whole run raise)."""
+    singular value: found by a review, it made the spectra of the whole run raise).
+
+    Parameters
+    ----------
+    ds
+        A run's dataset (its schema and the dims of its parameters are read).
+    parameter
+        ``fnmatch`` pattern, or several separated by commas (``""``, the default: every parameter).
+    matrices
+        Keep only the matrix parameters (at least two non-empty dims besides ``step``).
+
+    Returns
+    -------
+    list of str
+        Names of the matching parameters in schema order (empty for a run without parameters when ``parameter`` is
+        ``""``).
+
+    Raises
+    ------
+    UserError
+        When ``parameter`` matches none of the run's (matrix) parameters.
+    """
     names = parameter_names(ds)
     if matrices:
         names = [n for n in names if ds[n].ndim >= 3 and all(ds.sizes[d] > 0 for d in ds[n].dims[1:])]
@@ -67,9 +93,17 @@ def _sum_sq(da: xr.DataArray) -> xr.DataArray:
 
 
 @quantity(requires=PARAMETERS, pointwise=True)
+@doc_entries(PARAMETER_ENTRY)
 def frobenius_norms(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "") -> xr.Dataset:
     """Frobenius norm of every parameter, ``||θ_p(k)||_F = sqrt(Σ_i θ_p,i(k)²)``, and of all of them
-    (``(all)``: ``||θ(k)|| = sqrt(Σ_p ||θ_p(k)||_F²)``); dims ``(step,)``."""
+    (``(all)``: ``||θ(k)|| = sqrt(Σ_p ||θ_p(k)||_F²)``); dims ``(step,)``.
+
+    Returns
+    -------
+    xr.Dataset
+        One float64 variable of dims ``(step,)`` per picked parameter (its recorded name), and one for ``θ`` named
+        :data:`TOTAL` (:data:`SELECTED` when ``parameter`` leaves some out); attr ``quantity``.
+    """
     sel = select(ds, step)
     names = parameters(ds, parameter)
     sq = {n: _sum_sq(sel[n]) for n in names}
@@ -103,7 +137,27 @@ def _gram_sv(a: np.ndarray) -> np.ndarray:
 
 
 def matrix_singular_values(da: xr.DataArray, method: str = "svd") -> xr.DataArray:
-    """Singular values of one parameter read as a matrix ``(d0, d1·d2·…)``; dims ``(step, NAME.sv)``."""
+    """Singular values of one parameter read as a matrix ``(d0, d1·d2·…)``; dims ``(step, NAME.sv)``.
+
+    Parameters
+    ----------
+    da
+        One parameter, dims ``(step, d0, d1, …)`` with at least two dims besides ``step``; its name forms the output
+        dims.
+    method
+        ``"svd"`` (default: numpy's LAPACK SVD); any other value uses the Gram matrix (``sqrt(λ(P Pᵀ))``).
+
+    Returns
+    -------
+    xr.DataArray
+        float64, descending along ``NAME.sv``; dims ``(step, NAME.sv)`` with ``NAME.sv`` coordinate ``1 … r``; NaN for a
+        state with a non-finite entry.
+
+    Raises
+    ------
+    UserError
+        When ``da`` has fewer than two dims besides ``step``.
+    """
     own = _own(da)
     if len(own) < 2:
         raise UserError(f"{da.name} has {len(own)} dims besides step: singular values need a matrix")
@@ -126,11 +180,29 @@ def matrix_singular_values(da: xr.DataArray, method: str = "svd") -> xr.DataArra
 
 
 @quantity(requires=MATRICES, pointwise=True)
+@doc_entries(MATRIX_PARAMETER_ENTRY)
 def param_singular_values(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "",
                           method: str = "svd") -> xr.Dataset:
     """Singular values ``σ_1(k) ≥ … ≥ σ_r(k)`` of every matrix parameter ``P(k)``, ``r = min(d0, d1·…)``;
     dims ``(step, NAME.sv)``. ``method="svd"`` (numpy's LAPACK SVD) or ``"gram"`` (``sqrt(λ(P Pᵀ))``,
-    faster, absolute accuracy about ``1e-8 σ_1``)."""
+    faster, absolute accuracy about ``1e-8 σ_1``).
+
+    Parameters
+    ----------
+    method
+        How to compute them: ``"svd"`` (default) or ``"gram"``.
+
+    Returns
+    -------
+    xr.Dataset
+        One float64 variable per picked matrix parameter, dims ``(step, NAME.sv)`` (see
+        :func:`matrix_singular_values`); attr ``quantity``.
+
+    Raises
+    ------
+    UserError
+        When ``method`` is neither ``"svd"`` nor ``"gram"``.
+    """
     if method not in ("svd", "gram"):
         raise UserError(f"method={method!r}: use svd or gram")
     sel = select(ds, step)
@@ -140,8 +212,15 @@ def param_singular_values(ds: xr.Dataset, step: StepSel = None, *, parameter: st
 
 
 @quantity(requires=PARAMETERS, pointwise=True)
+@doc_entries(PARAMETER_ENTRY)
 def spectral_norms(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "") -> xr.Dataset:
-    """Spectral norm ``||P(k)||_2 = σ_1(k)`` of every parameter (a vector's: its Euclidean norm); dims ``(step,)``."""
+    """Spectral norm ``||P(k)||_2 = σ_1(k)`` of every parameter (a vector's: its Euclidean norm); dims ``(step,)``.
+
+    Returns
+    -------
+    xr.Dataset
+        One float64 variable of dims ``(step,)`` per picked parameter (no total); attr ``quantity``.
+    """
     sel = select(ds, step)
     out = {}
     for n in parameters(ds, parameter):
@@ -153,17 +232,33 @@ def spectral_norms(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "")
 
 
 @quantity(requires=MATRICES, pointwise=True)
+@doc_entries(MATRIX_PARAMETER_ENTRY)
 def param_stable_ranks(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "") -> xr.Dataset:
-    """Stable rank ``||P(k)||_F² / ||P(k)||_2² = Σ_i σ_i² / σ_1²`` of every matrix parameter; dims ``(step,)``."""
+    """Stable rank ``||P(k)||_F² / ||P(k)||_2² = Σ_i σ_i² / σ_1²`` of every matrix parameter; dims ``(step,)``.
+
+    Returns
+    -------
+    xr.Dataset
+        One float64 variable of dims ``(step,)`` per picked matrix parameter (singular values by ``"svd"``); attr
+        ``quantity``.
+    """
     sv = param_singular_values(ds, step, parameter=parameter)
     out = {n: (sv[n] ** 2).sum(f"{n}.sv", skipna=False) / sv[n].isel({f"{n}.sv": 0}, drop=True) ** 2 for n in sv.data_vars}
     return xr.Dataset(out, attrs={"quantity": "param_stable_ranks"})
 
 
 @quantity(requires=PARAMETERS, pointwise=True)
+@doc_entries(PARAMETER_ENTRY)
 def update_norms(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "") -> xr.Dataset:
     """Size of each update, ``||θ_p(k_{i+1}) − θ_p(k_i)||_F`` between consecutive selected states, per
-    parameter and for ``θ`` (``(all)``); labelled by the later state's step (dims ``(step,)``, one fewer)."""
+    parameter and for ``θ`` (``(all)``); labelled by the later state's step (dims ``(step,)``, one fewer).
+
+    Returns
+    -------
+    xr.Dataset
+        One float64 variable of dims ``(step,)`` per picked parameter and one for ``θ`` (:data:`TOTAL`, or
+        :data:`SELECTED`), one state fewer than selected; attr ``quantity``.
+    """
     sel = select(ds, step)
     names = parameters(ds, parameter)
     sq = {n: (_f64(sel[n]).diff(STEP, label="upper") ** 2).sum(_own(sel[n]), skipna=False) for n in names}
@@ -179,9 +274,17 @@ def _initial(ds: xr.Dataset, name: str) -> xr.DataArray:
 
 
 @quantity(requires=PARAMETERS, pointwise=True)
+@doc_entries(PARAMETER_ENTRY)
 def distance_from_init(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "") -> xr.Dataset:
     """Distance from initialization ``||θ_p(k) − θ_p(0)||_F`` per parameter and for ``θ`` (``(all)``),
-    ``θ(0)`` being the run's first recorded state; dims ``(step,)``."""
+    ``θ(0)`` being the run's first recorded state; dims ``(step,)``.
+
+    Returns
+    -------
+    xr.Dataset
+        One float64 variable of dims ``(step,)`` per picked parameter and one for ``θ`` (:data:`TOTAL`, or
+        :data:`SELECTED`); attr ``quantity``.
+    """
     sel = select(ds, step)
     names = parameters(ds, parameter)
     sq = {n: ((_f64(sel[n]) - _initial(ds, n)) ** 2).sum(_own(sel[n]), skipna=False) for n in names}
@@ -192,10 +295,18 @@ def distance_from_init(ds: xr.Dataset, step: StepSel = None, *, parameter: str =
 
 
 @quantity(requires=MATRICES, pointwise=True)
+@doc_entries(MATRIX_PARAMETER_ENTRY)
 def row_cosines_to_init(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "") -> xr.Dataset:
     """Cosine of each row (neuron) with its initial direction,
     ``cos(p_j(k), p_j(0)) = <p_j(k), p_j(0)> / (||p_j(k)|| ||p_j(0)||)`` for every matrix parameter
-    (row ``j`` along its first axis, the others flattened); NaN where a norm is 0; dims ``(step, NAME.dim0)``."""
+    (row ``j`` along its first axis, the others flattened); NaN where a norm is 0; dims ``(step, NAME.dim0)``.
+
+    Returns
+    -------
+    xr.Dataset
+        One float64 variable per picked matrix parameter, dims ``(step, ROW)`` with ``ROW`` its first dim besides
+        ``step``; attr ``quantity``.
+    """
     sel = select(ds, step)
     out = {}
     for n in parameters(ds, parameter, matrices=True):
@@ -210,7 +321,19 @@ def row_cosines_to_init(ds: xr.Dataset, step: StepSel = None, *, parameter: str 
 @quantity(requires=PARAMETERS, series=False)
 def parameter_summary(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """Per parameter at the last selected state: shape size, ``||θ_p||_F``, distance from init, and the
-    relative change ``||θ_p − θ_p(0)|| / ||θ_p(0)||``; dims ``(parameter,)``."""
+    relative change ``||θ_p − θ_p(0)|| / ||θ_p(0)||``; dims ``(parameter,)``.
+
+    Parameters
+    ----------
+    step
+        Step selection (see :func:`~trajscope.analysis._common.select`); its last state is summarized.
+
+    Returns
+    -------
+    xr.Dataset
+        Dims ``(parameter,)`` with the parameter names as coordinate: ``size`` (int64, entries per state),
+        ``frobenius_norm``, ``distance_from_init`` and ``relative_change`` (float64; NaN where ``θ_p(0) = 0``).
+    """
     names = parameters(ds)
     last = select(ds, step).isel({STEP: -1})
     size = [int(np.prod([ds.sizes[d] for d in _own(ds[n])])) for n in names]

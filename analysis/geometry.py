@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from trajscope.analysis._common import StepSel, inputs, labels
-from trajscope.analysis.registry import TWO_LAYER, quantity
+from trajscope.analysis.registry import TWO_LAYER, ignores_step, quantity
 
 LABELS = np.array([1, -1], dtype=np.int8)
 
@@ -23,10 +23,16 @@ def _onehot(ds: xr.Dataset) -> xr.DataArray:
 
 
 @quantity(requires=TWO_LAYER, series=False)
+@ignores_step
 def class_counts(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Class sizes ``n±``.
 
     ``n+ = |I+| = #{i : y_i = +1}``, ``n- = |I-| = #{i : y_i = -1}``; dims ``(label,)``.
+
+    Returns
+    -------
+    xr.DataArray
+        int64, dims ``(label,)`` with ``label`` coordinate ``[1, -1]``, named ``class_counts``.
     """
     out = _onehot(ds).sum("sample").astype(np.int64)
     out.name = "class_counts"
@@ -34,8 +40,16 @@ def class_counts(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
 
 
 @quantity(requires=TWO_LAYER, series=False)
+@ignores_step
 def class_sums(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
-    """Class sums ``x± = Σ_{i∈I±} x_i``; dims ``(label, feature)``."""
+    """Class sums ``x± = Σ_{i∈I±} x_i``; dims ``(label, feature)``.
+
+    Returns
+    -------
+    xr.DataArray
+        float64, dims ``(label, feature)`` with ``label`` coordinate ``[1, -1]``, named ``class_sums``; lazy when ``X``
+        is.
+    """
     X = inputs(ds).astype(np.float64)
     out = xr.dot(_onehot(ds), X, dim="sample")
     out.name = "class_sums"
@@ -43,31 +57,59 @@ def class_sums(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
 
 
 @quantity(requires=TWO_LAYER, series=False)
+@ignores_step
 def class_centres(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
-    """Class centres ``x̄± = x± / n±``; dims ``(label, feature)``."""
+    """Class centres ``x̄± = x± / n±``; dims ``(label, feature)``.
+
+    Returns
+    -------
+    xr.DataArray
+        float64, dims ``(label, feature)`` with ``label`` coordinate ``[1, -1]``, named ``class_centres``.
+    """
     out = class_sums(ds) / class_counts(ds)
     out.name = "class_centres"
     return out
 
 
 @quantity(requires=TWO_LAYER, series=False)
+@ignores_step
 def sample_norms(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
-    """Norms ``||x_i||``; dims ``(sample,)``."""
+    """Norms ``||x_i||``; dims ``(sample,)``.
+
+    Returns
+    -------
+    xr.DataArray
+        float64, dims ``(sample,)``, named ``sample_norms``.
+    """
     X = inputs(ds).astype(np.float64)
     out = np.sqrt((X**2).sum("feature"))
     out.name = "sample_norms"
     return out
 
 
+@ignores_step
 def x_max(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
-    """``X_max = max_i ||x_i||``."""
+    """``X_max = max_i ||x_i||``.
+
+    Returns
+    -------
+    xr.DataArray
+        0-d float64, named ``X_max``.
+    """
     out = sample_norms(ds).max("sample")
     out.name = "X_max"
     return out
 
 
+@ignores_step
 def x_min(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
-    """``X_min = min_i ||x_i||``."""
+    """``X_min = min_i ||x_i||``.
+
+    Returns
+    -------
+    xr.DataArray
+        0-d float64, named ``X_min``.
+    """
     out = sample_norms(ds).min("sample")
     out.name = "X_min"
     return out
@@ -83,11 +125,17 @@ def _signed_unit(ds: xr.Dataset) -> da.Array:
 
 
 @quantity("mu", requires=TWO_LAYER, series=False)
+@ignores_step
 def separation_mu(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Separation ``μ = min_{i,j} <y_i x_i, y_j x_j> / (||x_i|| ||x_j||)``.
 
     The data are well separated (Assumption 1) iff ``μ > 0``. Computed blockwise over pairs, so the
     ``n × n`` matrix is never held whole.
+
+    Returns
+    -------
+    xr.DataArray
+        0-d float64 (lazy: a dask array), named ``mu``, with attr ``long_name``.
     """
     Zd = _signed_unit(ds)
     out = xr.DataArray((Zd @ Zd.T).min(), name="mu")
@@ -96,11 +144,23 @@ def separation_mu(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
 
 
 @quantity(requires=TWO_LAYER, series=False)
+@ignores_step
 def gram(ds: xr.Dataset, step: StepSel = None, *, normalized: bool = True) -> xr.DataArray:
     """Gram matrix of the data, rows and columns sorted by label (``+1`` first, stable order).
 
     ``G_ij = <x_i, x_j> / (||x_i|| ||x_j||)`` (``normalized=True``) or ``<x_i, x_j>``; dims
     ``(sample, sample_2)``; the ``sample`` coordinates keep the original indices, ``y`` rides along.
+
+    Parameters
+    ----------
+    normalized
+        ``True`` (default): cosines ``G_ij``; ``False``: plain inner products ``<x_i, x_j>``.
+
+    Returns
+    -------
+    xr.DataArray
+        float64, dims ``(sample, sample_2)``, rows and columns in label order; coordinates ``sample`` and
+        ``sample_2`` (the original sample indices) and ``y``, ``y_2`` (their labels); named ``gram``.
     """
     y = labels(ds)
     order = np.argsort(-y, kind="stable")
@@ -114,8 +174,15 @@ def gram(ds: xr.Dataset, step: StepSel = None, *, normalized: bool = True) -> xr
     return G
 
 
+@ignores_step
 def cos_class_sums(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
-    """``cos(x+, x-) = <x+, x-> / (||x+|| ||x-||)`` (about −1 for MNIST 0 vs 1)."""
+    """``cos(x+, x-) = <x+, x-> / (||x+|| ||x-||)`` (about −1 for MNIST 0 vs 1).
+
+    Returns
+    -------
+    xr.DataArray
+        0-d float64, named ``cos_xpos_xneg``.
+    """
     s = class_sums(ds)
     p, m = s.sel(label=1), s.sel(label=-1)
     out = (p * m).sum("feature") / np.sqrt((p**2).sum("feature") * (m**2).sum("feature"))
@@ -125,9 +192,17 @@ def cos_class_sums(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
 
 
 @quantity(requires=TWO_LAYER, series=False)
+@ignores_step
 def data_geometry(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """All scalar data-geometry numbers: ``n``, ``n±``, ``D``, ``μ``, Assumption 1, ``X_min``, ``X_max``,
-    ``cos(x+, x-)``."""
+    ``cos(x+, x-)``.
+
+    Returns
+    -------
+    xr.Dataset
+        0-d variables ``n``, ``n_pos``, ``n_neg``, ``D``, ``mu``, ``assumption1`` (bool, ``μ > 0``), ``X_min``,
+        ``X_max`` and ``cos_xpos_xneg``.
+    """
     counts = class_counts(ds)
     mu = separation_mu(ds)
     return xr.Dataset(
@@ -149,7 +224,18 @@ _MU_CACHE: dict[str, float] = {}
 
 
 def mu_value(ds: xr.Dataset) -> float:
-    """``μ`` as a float (computed once per distinct ``X``/``y``; the theory needs it eagerly)."""
+    """``μ`` as a float (computed once per distinct ``X``/``y``; the theory needs it eagerly).
+
+    Parameters
+    ----------
+    ds
+        A run's dataset (only ``X`` and ``y`` are read).
+
+    Returns
+    -------
+    float
+        ``μ`` (computed on the first call for these ``X`` and ``y``, then cached).
+    """
     from dask.base import tokenize
 
     key = tokenize(ds["X"].data, ds["y"].data)

@@ -26,6 +26,22 @@ def angles_block(W: np.ndarray, v: np.ndarray, W0: np.ndarray, S: np.ndarray) ->
     ``w_j = 0``); ``to_init = arccos(<w_j, w_j(t0)> / (||w_j|| ||w_j(t0)||))``; ``polar =
     atan2(w_j2, w_j1)`` for ``D = 2`` (NaN otherwise, and for ``w_j = 0``). Cosines are clipped to
     ``[-1, 1]`` before ``arccos``.
+
+    Parameters
+    ----------
+    W
+        Weights ``w_j`` of ``k`` states, ``(k, h, D)``.
+    v
+        Output weights ``v_j`` of the same states, ``(k, h)``.
+    W0
+        Weights at the run's first recorded state ``t0``, ``(h, D)``.
+    S
+        Class sums ``[x+, x-]``, ``(2, D)``.
+
+    Returns
+    -------
+    np.ndarray
+        float64 ``(k, h, 3)``: ``to_target``, ``to_init`` and ``polar`` in degrees along the last axis.
     """
     W = W.astype(np.float64, copy=False)
     W0 = W0.astype(np.float64, copy=False)
@@ -60,6 +76,12 @@ def neuron_angles(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
       the plane.
 
     Select neurons first (``ds.isel(neuron=[...])``) to follow a few of them cheaply.
+
+    Returns
+    -------
+    xr.Dataset
+        float64 variables ``to_target``, ``to_init`` and (``D = 2`` only) ``polar`` in degrees, dims ``(step, neuron)``,
+        each with attrs ``long_name`` and ``units``.
     """
     sel = select(ds, step)
     W = weights(sel)
@@ -89,6 +111,18 @@ def row_angles_block(P: np.ndarray, P0: np.ndarray) -> np.ndarray:
 
     ``to_init = arccos(<p_j, p_j(t0)> / (||p_j|| ||p_j(t0)||))`` (cosine clipped to ``[-1, 1]``; NaN when
     a norm is 0); ``polar = atan2(p_j2, p_j1)`` when ``c = 2`` (NaN otherwise, and for ``p_j = 0``).
+
+    Parameters
+    ----------
+    P
+        Rows ``p_j`` of ``k`` states, ``(k, r, c)``.
+    P0
+        The rows at the run's first recorded state, ``(r, c)``.
+
+    Returns
+    -------
+    np.ndarray
+        float64 ``(k, r, 2)``: ``to_init`` and ``polar`` in degrees along the last axis.
     """
     P = P.astype(np.float64, copy=False)
     P0 = P0.astype(np.float64, copy=False)
@@ -105,7 +139,25 @@ def row_angles_block(P: np.ndarray, P0: np.ndarray) -> np.ndarray:
 
 
 def matrix_parameter(ds: xr.Dataset, parameter: str = "") -> str:
-    """The matrix parameter named ``parameter`` (exactly), or the run's first one for ``""``."""
+    """The matrix parameter named ``parameter`` (exactly), or the run's first one for ``""``.
+
+    Parameters
+    ----------
+    ds
+        A run's dataset (its recorded matrix parameters are listed).
+    parameter
+        A parameter name (exact, no pattern); ``""`` (default) for the run's first matrix parameter.
+
+    Returns
+    -------
+    str
+        The name of a recorded parameter with two or more dims besides ``step``.
+
+    Raises
+    ------
+    UserError
+        When the run records no matrix parameter, or ``parameter`` is not one of them.
+    """
     names = [n for n in parameter_names(ds) if ds[n].ndim >= 3]
     if not names:
         raise UserError("this run records no matrix parameter (one with two or more dims besides step)")
@@ -129,6 +181,22 @@ def row_angles(ds: xr.Dataset, step: StepSel = None, *, parameter: str = "") -> 
 
     ``parameter``: the parameter's name (default: the run's first matrix parameter). Select rows first
     (``ds.isel({ROW: [...]})``) to follow a few of them cheaply.
+
+    Parameters
+    ----------
+    parameter
+        Name of a matrix parameter (exact); ``""`` (default) for the run's first one.
+
+    Returns
+    -------
+    xr.Dataset
+        float64 variables ``to_init`` and (rows of two entries only) ``polar`` in degrees, dims ``(step, ROW)``, attr
+        ``parameter``; for a two-layer run's ``W``, :func:`neuron_angles`' dataset (``to_target`` added).
+
+    Raises
+    ------
+    UserError
+        When the run records no matrix parameter, or ``parameter`` is not one of them.
     """
     name = matrix_parameter(ds, parameter)
     if name == "W" and "two_layer" in features(ds):

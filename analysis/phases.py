@@ -26,9 +26,13 @@ import xarray as xr
 
 from trajscope.analysis._common import StepSel, fraction, select, time_coord
 from trajscope.analysis.cones import in_target_or_dead
-from trajscope.analysis.registry import TWO_LAYER, quantity
+from trajscope.analysis.registry import TWO_LAYER, doc_entries, quantity
 
 T2_DROP = 0.05
+#: the docstring entry of ``drop`` (:func:`t2`'s, which every quantity with a ``drop`` passes it to)
+DROP_ENTRY = ("drop", "Fraction ``0 < drop < 1`` by which the loss must fall from its first selected value for ``t2`` "
+                      "(default :data:`~trajscope.analysis.phases.T2_DROP`, 0.05); another value raises "
+                      ":class:`~trajscope.store.errors.UserError`.")
 
 REACHED, NOT_REACHED, UNDEFINED = "reached", "not reached", "undefined"
 
@@ -36,7 +40,20 @@ REACHED, NOT_REACHED, UNDEFINED = "reached", "not reached", "undefined"
 def t1_state(t1_step: float, in_cone_fraction_max: float) -> str:
     """``"reached"`` (``t1`` is a step), ``"undefined"`` (no neuron was ever in ``S+``, ``S-`` or
     ``S_dead``: ``max_t (1 - frac_other(t)) = 0``) or ``"not reached"`` (some neuron was in a cone, but the
-    last recorded state is not aligned)."""
+    last recorded state is not aligned).
+
+    Parameters
+    ----------
+    t1_step
+        The empirical ``t1`` step (NaN when there is none).
+    in_cone_fraction_max
+        ``max_t (1 - frac_other(t))``: the largest fraction of neurons in ``S+``, ``S-`` or ``S_dead`` at one state.
+
+    Returns
+    -------
+    str
+        :data:`REACHED`, :data:`UNDEFINED` or :data:`NOT_REACHED`.
+    """
     if np.isfinite(t1_step):
         return REACHED
     return UNDEFINED if in_cone_fraction_max == 0 else NOT_REACHED
@@ -45,7 +62,19 @@ def t1_state(t1_step: float, in_cone_fraction_max: float) -> str:
 def t1_text(m: Mapping[str, Any]) -> str:
     """``t1`` in words from a summary (dataset or sweep row): the step, or why there is none, with the
     closest state's figures. Reads ``t1_step``, ``in_cone_fraction_max``, ``aligned_fraction_max``,
-    ``cone_agreement_best``, ``cone_agreement_best_step``, ``cone_agreement_min_at_best``."""
+    ``cone_agreement_best``, ``cone_agreement_best_step``, ``cone_agreement_min_at_best``.
+
+    Parameters
+    ----------
+    m
+        A :func:`~trajscope.analysis.summary.summary` dataset or a sweep row; a missing or non-numeric entry reads as
+        NaN.
+
+    Returns
+    -------
+    str
+        ``"step N"``, or ``"not reached (…)"`` / ``"undefined (…)"`` followed by the closest state's figures.
+    """
     def get(key: str) -> float:
         try:
             return float(m[key])
@@ -66,7 +95,13 @@ def t1_text(m: Mapping[str, Any]) -> str:
 
 @quantity(requires=TWO_LAYER)
 def all_aligned(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
-    """``1[∀j: w_j(t) ∈ S_{sign v_j(t)} ∪ S_dead]`` per step; dims ``(step,)``."""
+    """``1[∀j: w_j(t) ∈ S_{sign v_j(t)} ∪ S_dead]`` per step; dims ``(step,)``.
+
+    Returns
+    -------
+    xr.DataArray
+        bool, dims ``(step,)``, named ``all_aligned``.
+    """
     out = in_target_or_dead(ds, step).all("neuron")
     out.name = "all_aligned"
     return out
@@ -85,7 +120,14 @@ def _first_from(ok: xr.DataArray, sel: xr.Dataset) -> tuple[xr.DataArray, xr.Dat
 
 @quantity(requires=TWO_LAYER, series=False)
 def t1(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
-    """Empirical alignment time ``t1`` (rule in the module docstring): ``t1_step``, ``t1_time``."""
+    """Empirical alignment time ``t1`` (rule in the module docstring): ``t1_step``, ``t1_time``.
+
+    Returns
+    -------
+    xr.Dataset
+        0-d float64 variables ``t1_step`` (optimizer steps) and ``t1_time`` (gradient-flow time), NaN when not reached;
+        attrs ``long_name`` and ``units``.
+    """
     return t1_from(all_aligned(ds, step), select(ds, step))
 
 
@@ -93,6 +135,18 @@ def t1_from(aligned: xr.DataArray, sel: xr.Dataset) -> xr.Dataset:
     """``t1`` from an :func:`all_aligned` series over the selected states ``sel`` (a reduction).
 
     ``t1 = min{t_k : t_k > max{t_l : not all_aligned(t_l)}}``; NaN when the last state is not aligned.
+
+    Parameters
+    ----------
+    aligned
+        bool per selected state, dims ``(step,)`` (an :func:`all_aligned` series).
+    sel
+        The selected states of the run (their ``step`` coordinate, and ``t`` or the learning rate for the times).
+
+    Returns
+    -------
+    xr.Dataset
+        0-d float64 variables ``t1_step`` and ``t1_time`` as :func:`t1` returns them.
     """
     s, t = _first_from(aligned, sel)
     out = xr.Dataset({"t1_step": s, "t1_time": t})
@@ -102,10 +156,18 @@ def t1_from(aligned: xr.DataArray, sel: xr.Dataset) -> xr.Dataset:
 
 
 @quantity(requires=TWO_LAYER, series=False)
+@doc_entries(DROP_ENTRY)
 def t2(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.Dataset:
     """Empirical loss-decrease onset ``t2 = min{t_k : L(t_k) ≤ (1 - drop) L(t_0)}``: ``t2_step``, ``t2_time``
     (``0 < drop < 1``; every quantity with a ``drop`` reaches it here). NaN when ``L(t_0)`` is not finite (an
-    infinite initial loss cannot fall by a fraction: ``inf ≤ inf`` made it step 0)."""
+    infinite initial loss cannot fall by a fraction: ``inf ≤ inf`` made it step 0).
+
+    Returns
+    -------
+    xr.Dataset
+        0-d float64 variables ``t2_step`` (optimizer steps) and ``t2_time`` (gradient-flow time), NaN when never
+        reached; attrs ``long_name`` and ``units``.
+    """
     fraction("drop", drop)
     sel = select(ds, step)
     L = sel["loss"]
@@ -122,8 +184,16 @@ def t2(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.Dat
 
 
 @quantity(requires=TWO_LAYER, series=False)
+@doc_entries(DROP_ENTRY)
 def post_t2_slope(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.DataArray:
-    """Log-log slope ``d log L / d log(t - t2)`` over the last decade of ``t - t2`` (least squares)."""
+    """Log-log slope ``d log L / d log(t - t2)`` over the last decade of ``t - t2`` (least squares).
+
+    Returns
+    -------
+    xr.DataArray
+        0-d float64, named ``post_t2_slope`` (NaN with fewer than 3 states in the last decade, or without ``t2``);
+        attrs ``long_name`` and ``units``.
+    """
     sel = select(ds, step)
     t2_time = t2(ds, step, drop=drop)["t2_time"]
     times = time_coord(sel).astype(np.float64)
@@ -145,8 +215,15 @@ def post_t2_slope(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP
 
 
 @quantity(requires=TWO_LAYER, series=False)
+@doc_entries(DROP_ENTRY)
 def phases(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.Dataset:
-    """``t1`` and ``t2`` (steps and gradient-flow time) and the post-``t2`` slope in one dataset."""
+    """``t1`` and ``t2`` (steps and gradient-flow time) and the post-``t2`` slope in one dataset.
+
+    Returns
+    -------
+    xr.Dataset
+        0-d variables ``t1_step``, ``t1_time``, ``t2_step``, ``t2_time`` and ``post_t2_slope``.
+    """
     out = xr.merge([t1(ds, step), t2(ds, step, drop=drop)])
     out["post_t2_slope"] = post_t2_slope(ds, step, drop=drop)
     return out

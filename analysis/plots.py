@@ -88,7 +88,13 @@ def plot_alignment(ds: xr.Dataset, step: StepSel = None, *, title: str | None = 
 @plot_kind("loss", requires=LOSS)
 def plot_loss(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None) -> Figure:
     """Loss, ``||W||_2²`` (log scale) and stable rank (right axis) on one time axis, with the envelope; for a
-    run of another model (``ModuleRecorder``) its recorded loss alone (a number per state)."""
+    run of another model (``ModuleRecorder``) its recorded loss alone (a number per state).
+
+    Raises
+    ------
+    UserError
+        When a run of another model records a loss that is not a number per state.
+    """
     if "two_layer" not in features(ds):
         return _plot_recorded_loss(ds, step, title=title)
     step = thinned(ds, step)
@@ -142,7 +148,18 @@ def _plot_recorded_loss(ds: xr.Dataset, step: StepSel = None, *, title: str | No
 
 @plot_kind("spectra", requires=TWO_LAYER)
 def plot_spectra(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None, top: int = 10) -> Figure:
-    """Singular values ``σ_k(W(t))`` over time (the ``top`` largest, ``top >= 1``), log scale."""
+    """Singular values ``σ_k(W(t))`` over time (the ``top`` largest, ``top >= 1``), log scale.
+
+    Parameters
+    ----------
+    top
+        How many of the largest singular values to draw (default 10).
+
+    Raises
+    ------
+    UserError
+        When ``top < 1``.
+    """
     positive_count("top", top)
     step = thinned(ds, step)
     s = singular_values(ds, step).isel(sv=slice(0, top)).compute()
@@ -176,7 +193,13 @@ def plot_cones(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None
 
 @plot_kind("direction_field", requires=TWO_LAYER)
 def plot_direction_field(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None) -> Figure:
-    """Median relative error of the early-phase direction field ``sign(v_j) P_w x_a(w)`` over time."""
+    """Median relative error of the early-phase direction field ``sign(v_j) P_w x_a(w)`` over time.
+
+    Raises
+    ------
+    UserError
+        When fewer than two states are drawn.
+    """
     step = thinned(ds, step)
     err = direction_field_error(ds, step)["median_error"].compute()
     t = time_coord(select(ds, step)).values[:-1] if lr(ds) is not None or "t" in ds.coords else None
@@ -204,7 +227,29 @@ Stable names (CLI and API)."""
 
 
 def plot(ds: xr.Dataset, kind: str, step: StepSel = None, **kwargs) -> Figure:
-    """Draw the figure ``kind``; an unknown kind is a :class:`UserError` listing the known ones."""
+    """Draw the figure ``kind``; an unknown kind is a :class:`UserError` listing the known ones.
+
+    Parameters
+    ----------
+    ds
+        A run's dataset, passed to the figure.
+    kind
+        A key of :data:`PLOT_KINDS`.
+    step
+        The step selection, passed to the figure.
+    kwargs
+        The figure's options (``title``, and e.g. ``top``, ``parameter``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (no pyplot).
+
+    Raises
+    ------
+    UserError
+        When ``kind`` is unknown (and whatever the figure raises).
+    """
     if kind not in PLOT_KINDS:
         raise UserError(f"unknown plot kind {kind!r}: choose one of {', '.join(PLOT_KINDS)}")
     return PLOT_KINDS[kind](ds, step, **kwargs)

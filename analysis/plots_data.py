@@ -12,7 +12,7 @@ from matplotlib.patches import Wedge
 
 from trajscope.analysis._common import StepSel, labels, run_name, select
 from trajscope.analysis.geometry import class_centres, gram
-from trajscope.analysis.registry import TWO_LAYER, plot_kind
+from trajscope.analysis.registry import TWO_LAYER, ignores_step, plot_kind
 from trajscope.store.errors import UserError
 
 GRAM_MAX_SAMPLES = 400
@@ -23,6 +23,7 @@ def _title(ds: xr.Dataset, what: str, title: str | None) -> str:
 
 
 @plot_kind("gram", requires=TWO_LAYER, over_time=False)
+@ignores_step
 def plot_gram(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None) -> Figure:
     """Heatmap of ``cos(x_i, x_j)`` with samples sorted by label (``+1`` first); at most
     :data:`GRAM_MAX_SAMPLES` samples, taken evenly from the label-sorted order."""
@@ -48,7 +49,18 @@ def plot_gram(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None)
 @plot_kind("mean_neurons", requires=TWO_LAYER, over_time=False)
 def plot_mean_neurons(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None) -> Figure:
     """Mean neurons ``w̄±`` at the last selected state beside the class centres ``x̄±``, as images
-    (needs image data: ``D`` a perfect square)."""
+    (needs image data: ``D`` a perfect square).
+
+    Parameters
+    ----------
+    step
+        Step selection (see :func:`~trajscope.analysis._common.select`); its last state is drawn.
+
+    Raises
+    ------
+    UserError
+        When ``D`` is not a perfect square of at least 4.
+    """
     D = ds.sizes["feature"]
     side = math.isqrt(D)
     if side * side != D or D < 4:
@@ -93,7 +105,18 @@ def _cone_code(angle: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
 @plot_kind("plane", requires=TWO_LAYER, over_time=False)
 def plot_plane(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None) -> Figure:
     """2-D data: samples, neuron directions at the first and last selected states, cones shaded
-    (``S+`` blue, ``S-`` red, ``S_dead`` grey)."""
+    (``S+`` blue, ``S-`` red, ``S_dead`` grey).
+
+    Parameters
+    ----------
+    step
+        Step selection (see :func:`~trajscope.analysis._common.select`); its first and last states are drawn.
+
+    Raises
+    ------
+    UserError
+        When the data are not 2-D.
+    """
     if ds.sizes["feature"] != 2:
         raise UserError(f"plot 'plane' needs 2-D data; this run has D={ds.sizes['feature']}: "
                         "use 'alignment' or 'cones' instead")

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from trajscope.analysis._common import StepSel, need_two_states, positive_count, run_name, select
 from trajscope.analysis.generic import (
+    PARAMETER_ENTRY,
     SELECTED,
     TOTAL,
     distance_from_init,
@@ -22,7 +23,7 @@ from trajscope.analysis.generic import (
     update_norms,
 )
 from trajscope.analysis.figure_parts import log_y, thinned
-from trajscope.analysis.registry import MATRICES, PARAMETERS, plot_kind
+from trajscope.analysis.registry import MATRICES, PARAMETERS, doc_entries, plot_kind
 
 MAX_LINES = 12
 
@@ -38,6 +39,7 @@ def _lines(ax, result: xr.Dataset, names: list[str]) -> None:
 
 
 @plot_kind("param_norms", requires=PARAMETERS)
+@doc_entries(PARAMETER_ENTRY)
 def plot_param_norms(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None,
                      parameter: str = "") -> Figure:
     """``||θ_p(k)||_F`` of every parameter (at most :data:`MAX_LINES`) and of ``θ`` over the steps."""
@@ -52,10 +54,17 @@ def plot_param_norms(ds: xr.Dataset, step: StepSel = None, *, title: str | None 
 
 
 @plot_kind("param_updates", requires=PARAMETERS)
+@doc_entries(PARAMETER_ENTRY)
 def plot_param_updates(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None,
                        parameter: str = "") -> Figure:
     """Two panels: distance from initialization ``||θ_p(k) − θ_p(0)||`` and update size
-    ``||θ_p(k_{i+1}) − θ_p(k_i)||`` between the plotted states."""
+    ``||θ_p(k_{i+1}) − θ_p(k_i)||`` between the plotted states.
+
+    Raises
+    ------
+    UserError
+        When fewer than two states are drawn.
+    """
     sel = thinned(ds, step)
     need_two_states("param_updates draws the updates between recorded states", ds, select(ds, sel))
     picked = parameters(ds, parameter)
@@ -74,7 +83,21 @@ def plot_param_updates(ds: xr.Dataset, step: StepSel = None, *, title: str | Non
 def plot_param_spectrum(ds: xr.Dataset, step: StepSel = None, *, title: str | None = None,
                         parameter: str = "", top: int = 10) -> Figure:
     """The ``top`` singular values (``top >= 1``) of one matrix parameter (``parameter``; default the first) over
-    the steps."""
+    the steps.
+
+    Parameters
+    ----------
+    parameter
+        ``fnmatch`` pattern(s) over the matrix parameters; the first match is drawn (``""``, the default: the first
+        matrix parameter).
+    top
+        How many of the largest singular values to draw (default 10).
+
+    Raises
+    ------
+    UserError
+        When ``top < 1``, or ``parameter`` matches no matrix parameter.
+    """
     positive_count("top", top)
     name = parameters(ds, parameter, matrices=True)[0]
     sv = param_singular_values(ds, thinned(ds, step), parameter=name)[name]

@@ -42,7 +42,22 @@ def margin_tolerance(dtype: np.dtype, n: int, dim: int) -> float:
     ``[-1, 1]^D``) finds a margin of order ``√n · eps`` to ``√(n·D) · eps`` where the exact data have none
     (found by a review: 1.9e-8 on Fig. 5's centred MNIST, 2e-16 once re-centred in float64; 1.8e-6 for
     n = 2000 points of a 10-D subspace of 30 dims, ``test_centred_data_rounded_to_float32_have_no_dead_margin``),
-    which must not read as a direction that is not orthogonal to the data."""
+    which must not read as a direction that is not orthogonal to the data.
+
+    Parameters
+    ----------
+    dtype
+        The stored ``X``'s dtype (a non-float dtype adds no rounding).
+    n
+        Number of terms the margin sums: ``n`` samples for ``S_dead``, 1 for ``S±``.
+    dim
+        The data's dimension ``D``.
+
+    Returns
+    -------
+    float
+        The tolerance, relative to ``X_max``.
+    """
     eps = float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else 0.0
     return max(MARGIN_TOL, math.sqrt(max(n, 1) * max(dim, 1)) * eps)
 
@@ -85,6 +100,19 @@ def cone_margins(ds: xr.Dataset) -> xr.Dataset:
 
     Attrs ``nonempty_S_pos``, ``nonempty_S_neg``, ``nonempty_dead`` (bools, margin > :func:`margin_tolerance`
     of the stored ``X``) and ``margin_tolerance``. The margins are capped at 1 (the LP's bound on ``s``).
+
+    Parameters
+    ----------
+    ds
+        A run's dataset, as opened by ``trajscope.open_run`` (or ``xr.open_zarr`` of a run); only ``X`` and ``y`` are
+        read (loaded).
+
+    Returns
+    -------
+    xr.Dataset
+        0-d float64 variables ``S_pos_margin``, ``S_neg_margin`` and ``dead_margin`` (attrs ``kind``, ``units``,
+        ``long_name``); dataset attrs ``nonempty_S_pos``, ``nonempty_S_neg``, ``nonempty_dead``, ``margin_tolerance``
+        (``S_dead``'s) and ``margin_tolerance_S`` (``S±``'s).
     """
     stored = ds["X"]
     X = np.asarray(stored.values, dtype=np.float64)
@@ -107,7 +135,18 @@ def cone_margins(ds: xr.Dataset) -> xr.Dataset:
 
 
 def cone_condition_text(margins: xr.Dataset) -> str:
-    """One sentence: which cones the data allow, from :func:`cone_margins`."""
+    """One sentence: which cones the data allow, from :func:`cone_margins`.
+
+    Parameters
+    ----------
+    margins
+        A :func:`cone_margins` dataset.
+
+    Returns
+    -------
+    str
+        The sentence.
+    """
     def yes(name: str) -> str:
         return "non-empty" if margins.attrs[f"nonempty_{name}"] else "empty"
 

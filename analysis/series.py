@@ -68,6 +68,12 @@ def fused_block(W: np.ndarray, v: np.ndarray, X: np.ndarray, onehot: np.ndarray,
         (:data:`DETAIL`) only at the chunk's last step, NaN elsewhere; ``"none"``: NaN everywhere (the
         cone, norm and drift series stay complete either way).
 
+    Returns
+    -------
+    np.ndarray
+        float64 ``(k, len(SERIES))``: per state, the series in :data:`SERIES` order (NaN where ``detail`` skips
+        them).
+
     Notes
     -----
     With activation counts ``c±_j = Σ_{i∈I±} 1[<x_i, w_j> > 0]``, cone codes (``S+``, ``S-``,
@@ -193,6 +199,24 @@ def step_series(ds: xr.Dataset, step: StepSel = None, *, detail: str = "all",
     ``detail="none"`` nowhere: the cost per chunk is then about one ``X Wᵀ`` and one norm pass.
     ``chunk_steps``: rechunk the (small) series along ``step`` to that many states per dask chunk
     before splitting them into variables, so that reductions over them take few tasks.
+
+    Parameters
+    ----------
+    detail
+        ``"all"`` (default), ``"last"`` or ``"none"``: where the :data:`DETAIL` series are computed (see above).
+    chunk_steps
+        States per dask chunk of the series (``None``, the default: as ``W``'s chunks; no effect on in-memory data).
+
+    Returns
+    -------
+    xr.Dataset
+        One variable of dims ``(step,)`` per name in :data:`SERIES`: float64, but ``all_aligned`` bool and
+        ``count_pos``, ``count_neg`` int64; attr ``detail``.
+
+    Raises
+    ------
+    UserError
+        When ``detail`` is not ``"all"``, ``"last"`` or ``"none"``.
     """
     if detail not in ("all", "last", "none"):
         raise UserError(f"detail={detail!r}: choose 'all', 'last' or 'none'")

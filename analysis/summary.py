@@ -11,7 +11,7 @@ import xarray as xr
 from trajscope.analysis._common import StepSel, cfg, select
 from trajscope.analysis.geometry import data_geometry
 from trajscope.analysis.invariants import sign_flips
-from trajscope.analysis.phases import T2_DROP, post_t2_slope, t1_from, t1_state, t1_text, t2
+from trajscope.analysis.phases import DROP_ENTRY, T2_DROP, post_t2_slope, t1_from, t1_state, t1_text, t2
 from trajscope.analysis.series import SERIES, step_series
 from trajscope.analysis.theory import (
     OK,
@@ -23,7 +23,7 @@ from trajscope.analysis.theory import (
     theory,
     two_layer_status,
 )
-from trajscope.analysis.registry import TWO_LAYER, quantity
+from trajscope.analysis.registry import QUANTITY_PARAMETERS, TWO_LAYER, doc_entries, quantity
 from trajscope._format import fmt
 from trajscope.store.dataset_attrs import run_attr
 
@@ -118,6 +118,16 @@ def data_warnings(ds: xr.Dataset) -> list[str]:
     The producer stores them in ``data_info["warnings"]``; for runs recorded before that, the one rule
     is re-derived here: centring (``data.center``) moved the separation ``μ`` away from the value the
     config asked for (``data.mu`` of synthetic data, ``sin(angle)`` of two-point data) by more than 1 %.
+
+    Parameters
+    ----------
+    ds
+        A run's dataset (its ``data_info`` and ``config`` attributes are read).
+
+    Returns
+    -------
+    list of str
+        The warnings, empty when there are none.
     """
     info = run_attr(ds, "data_info") or {}
     if "warnings" in info:
@@ -135,11 +145,18 @@ def data_warnings(ds: xr.Dataset) -> list[str]:
             f"μ = {float(achieved):.4g} (centring moves every sample); set data.center: false to keep the requested μ"]
 
 
+@doc_entries(*QUANTITY_PARAMETERS)
 def divergence_warning(ds: xr.Dataset, step: StepSel = None) -> str | None:
     """A warning when the recorded loss (a number per state) is not finite at the last selected state: the run
     diverged; named from the first state of the non-finite stretch it ends with (found by a review: a diverged
     run ended `complete` with no word of it in ``show`` or the dashboard). A NaN before a finite loss is no
-    divergence (a module run's loss missing from a call, its first state's before any step)."""
+    divergence (a module run's loss missing from a call, its first state's before any step).
+
+    Returns
+    -------
+    str or None
+        The warning; ``None`` when the run records no per-state loss or the selection ends on a finite loss.
+    """
     if "loss" not in ds.variables or ds["loss"].dims != ("step",):
         return None
     sel = select(ds, step)
@@ -159,6 +176,7 @@ V_FIXED_FLIPS = "not applicable: v is fixed (train.train_v = false), its signs c
 
 
 @quantity(requires=TWO_LAYER, series=False)
+@doc_entries(DROP_ENTRY)
 def summary(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.Dataset:
     """All headline numbers of a run as a dataset of 0-d variables (computed, one pass over ``W``).
 
@@ -172,6 +190,13 @@ def summary(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> x
     that trains ``W`` only, ``max_balance_drift`` and ``sign_flips_total`` are NaN with a "not applicable"
     status, as are the theory quantities of the small initialization. A run of at most :data:`IN_MEMORY_BYTES`
     is read into memory first (the same numbers, without dask's overhead).
+
+    Returns
+    -------
+    xr.Dataset
+        Computed 0-d variables: the data geometry (with ``h`` and ``n_states``), the measurements and the theory
+        (:func:`~trajscope.analysis.theory.theory`); attrs ``run_id``, ``t2_drop``, ``step_selection``, ``warnings``
+        and, when the config asked for a ``μ``, ``mu_requested``.
     """
     if ds.nbytes <= IN_MEMORY_BYTES and any(v.chunks is not None for v in ds.variables.values()):
         ds = ds.compute()
@@ -280,6 +305,17 @@ def summary_rows(s: xr.Dataset) -> list[dict[str, str]]:
     Only what applies is shown: a quantity whose value is "not applicable" (W-only runs: the theory of
     the small initialization, the balancedness drift, the sign flips) is left out of its row and listed
     at the end under "not shown", with the reason.
+
+    Parameters
+    ----------
+    s
+        A :func:`summary` dataset.
+
+    Returns
+    -------
+    list of dict
+        Rows with str values under ``quantity``, ``measured``, ``theory``, ``unit`` and ``note``: the data rows, then
+        the measured/theory rows, then one ``"not shown: …"`` row per reason.
     """
     rows: list[dict[str, str]] = []
     hidden: dict[str, list[str]] = {}

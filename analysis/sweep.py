@@ -50,6 +50,20 @@ def summary_record(ds: xr.Dataset, s: xr.Dataset | None = None) -> dict[str, Any
     """One flat row of a run: config fields, the summary's headline numbers, time conversions.
 
     ``ds``: the run (``open_run``), ``s``: its summary (computed here when omitted).
+
+    Parameters
+    ----------
+    ds
+        A run's dataset, as ``open_run`` opens it.
+    s
+        The run's :func:`~trajscope.analysis.summary.summary` (``None``, the default: computed here).
+
+    Returns
+    -------
+    dict
+        Config fields (``lr``, ``reduction``, ``loss_kind``, ``init_kind``, ``init_scale``, ``train_v``,
+        ``batch_size``, ``data_kind``, ``seed``), every :data:`SUMMARY_FIELDS` entry as a float (NaN when absent), the
+        :data:`SUMMARY_TEXTS` columns, ``data_warnings``, the ``*_sum`` times and ``log_n_over_sqrt_mu_xmin``.
     """
     if s is None:
         from trajscope.analysis.summary import summary
@@ -84,7 +98,19 @@ def summary_record(ds: xr.Dataset, s: xr.Dataset | None = None) -> dict[str, Any
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The sweep table: one row per run (swept ``param.*`` columns first, then the measurements)."""
+    """The sweep table: one row per run (swept ``param.*`` columns first, then the measurements).
+
+    Parameters
+    ----------
+    rows
+        One record per run (:func:`summary_record`'s, with ``run_id``, ``param.*``, ``action``, ``status`` where
+        given).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per run, with every summary column (NaN where missing).
+    """
     table = pd.DataFrame(rows)
     for name in (*SUMMARY_FIELDS, "t1_sum", "t2_sum", "t1_scale_sum", "t2_scale_sum", "log_n_over_sqrt_mu_xmin"):
         if name not in table.columns:
@@ -102,6 +128,21 @@ def fit_power_law(table: pd.DataFrame, y: str, xs: dict[str, pd.Series | str]) -
 
     ``xs`` maps a name to a column of ``table`` or to a series aligned with it. Rows with a
     non-finite or non-positive value are dropped. Returns ``{exponents, stderr, intercept, r2, n}``.
+
+    Parameters
+    ----------
+    table
+        The rows to fit.
+    y
+        Column of ``table`` holding the response.
+    xs
+        Regressor name → column name of ``table``, or a series aligned with it.
+
+    Returns
+    -------
+    dict
+        ``exponents`` and ``stderr`` (name → float), ``intercept``, ``r2`` and ``n`` (rows used); NaN values when
+        fewer than ``len(xs) + 2`` rows remain.
     """
     X = pd.DataFrame({k: (table[v] if isinstance(v, str) else v) for k, v in xs.items()}, index=table.index)
     Y = table[y].astype(float)
@@ -132,13 +173,42 @@ def fit_power_law(table: pd.DataFrame, y: str, xs: dict[str, pd.Series | str]) -
 
 
 def fit_t1_scaling(table: pd.DataFrame, t1: str = "t1_sum") -> dict[str, Any]:
-    """Fit ``t1 ∝ (log n)^a (1/√μ)^b`` over a sweep (the paper's bound: ``t1 = O(log n / √μ)``, ``a = b = 1``)."""
+    """Fit ``t1 ∝ (log n)^a (1/√μ)^b`` over a sweep (the paper's bound: ``t1 = O(log n / √μ)``, ``a = b = 1``).
+
+    Parameters
+    ----------
+    table
+        A sweep table with columns ``n``, ``mu`` and ``t1``.
+    t1
+        Column of the measured ``t1`` (default ``t1_sum``, sum-loss time).
+
+    Returns
+    -------
+    dict
+        :func:`fit_power_law`'s result, exponents named ``"log n"`` and ``"1/√μ"`` (rows with ``μ ≤ 0`` dropped).
+    """
     return fit_power_law(table, t1, {"log n": np.log(table["n"].astype(float)),
                                      "1/√μ": 1.0 / np.sqrt(table["mu"].astype(float).where(table["mu"] > 0))})
 
 
 def fit_linear(table: pd.DataFrame, y: str, x: pd.Series | str) -> dict[str, Any]:
-    """Least squares ``y = c + s x``: ``{slope, stderr, intercept, r2, n}`` over finite rows."""
+    """Least squares ``y = c + s x``: ``{slope, stderr, intercept, r2, n}`` over finite rows.
+
+    Parameters
+    ----------
+    table
+        The rows to fit.
+    y
+        Column of ``table`` holding the response.
+    x
+        Column name of ``table``, or a series aligned with it.
+
+    Returns
+    -------
+    dict
+        ``slope``, ``stderr``, ``intercept``, ``r2`` and ``n`` (finite rows); NaN values with fewer than 3 finite rows
+        or a constant ``x``.
+    """
     xv = (table[x] if isinstance(x, str) else x).astype(float)
     yv = table[y].astype(float)
     ok = np.isfinite(xv) & np.isfinite(yv)
@@ -152,7 +222,22 @@ def fit_linear(table: pd.DataFrame, y: str, x: pd.Series | str) -> dict[str, Any
 
 
 def plot_t1_vs_scale(table: pd.DataFrame, *, t1: str = "t1_sum", title: str | None = None) -> Figure:
-    """Measured ``t1`` (sum-loss time) against the theory scale ``log n / (√μ X_min)``, log–log, by ``μ``."""
+    """Measured ``t1`` (sum-loss time) against the theory scale ``log n / (√μ X_min)``, log–log, by ``μ``.
+
+    Parameters
+    ----------
+    table
+        A sweep table with columns ``mu``, ``log_n_over_sqrt_mu_xmin`` and ``t1``.
+    t1
+        Column of the measured ``t1`` (default ``t1_sum``).
+    title
+        The figure's title (default: a fixed description).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One scatter series per ``μ`` (rounded to 4 decimals); rows with a non-finite ``t1`` or scale left out.
+    """
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
     data = table[np.isfinite(table[t1].astype(float)) & np.isfinite(table["log_n_over_sqrt_mu_xmin"].astype(float))]
@@ -169,7 +254,22 @@ def plot_t1_vs_scale(table: pd.DataFrame, *, t1: str = "t1_sum", title: str | No
 
 def plot_against_log_inv_eps(table: pd.DataFrame, *, columns: Sequence[str] = ("t1_time", "t2_time"),
                              title: str | None = None) -> Figure:
-    """``t1`` and ``t2`` (the run's time) against ``log(1/ε)``; theory: ``t2`` grows linearly in it."""
+    """``t1`` and ``t2`` (the run's time) against ``log(1/ε)``; theory: ``t2`` grows linearly in it.
+
+    Parameters
+    ----------
+    table
+        A sweep table with column ``epsilon`` and the ``columns``.
+    columns
+        The time columns drawn (default ``t1_time`` and ``t2_time``).
+    title
+        The figure's title (default: a fixed description).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One scatter series per column.
+    """
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
     x = np.log(1.0 / table["epsilon"].astype(float))

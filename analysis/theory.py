@@ -29,9 +29,17 @@ import xarray as xr
 
 from trajscope.analysis._common import StepSel, cfg, loss_kind, loss_reduction, lr, select, time_coord
 from trajscope.analysis.geometry import class_sums, inputs, mu_value, sample_norms, x_max, x_min
-from trajscope.analysis.phases import T2_DROP, t2
+from trajscope.analysis.phases import DROP_ENTRY, T2_DROP, t2
 from trajscope.analysis.spectra import spectral_norm_sq
-from trajscope.analysis.registry import TWO_LAYER, quantity
+from trajscope.analysis.registry import (
+    DS_ENTRY,
+    QUANTITY_PARAMETERS,
+    STEP_IGNORED_ENTRY,
+    TWO_LAYER,
+    doc_entries,
+    ignores_step,
+    quantity,
+)
 
 OK = "ok"
 
@@ -43,11 +51,28 @@ def _scalar(value: float, status: str, long_name: str, units: str = "1") -> xr.D
     return out
 
 
+#: :func:`doc_entries` of a theory scalar (:func:`_scalar`) that ignores ``step``
+_theory_scalar = doc_entries(DS_ENTRY, STEP_IGNORED_ENTRY, returns=(
+    "xr.DataArray", "0-d float, NaN unless ``status`` is ``ok`` or ``approximate: …``; attrs ``kind=\"theory\"``, "
+                    "``status``, ``long_name`` and ``units``."))
+
+
 _W0_CACHE: dict[str, xr.DataArray] = {}
 
 
 def first_weights(ds: xr.Dataset) -> xr.DataArray:
-    """``W(0)`` (the first recorded state, float64, loaded): read once per distinct lazy ``W``."""
+    """``W(0)`` (the first recorded state, float64, loaded): read once per distinct lazy ``W``.
+
+    Parameters
+    ----------
+    ds
+        A run's dataset (its ``W`` is read).
+
+    Returns
+    -------
+    xr.DataArray
+        float64, in memory, dims ``(neuron, feature)`` (the first state's ``step`` as a scalar coordinate).
+    """
     W = ds["W"]
     if W.chunks is None:
         return W.isel(step=0).astype(np.float64)
@@ -114,6 +139,7 @@ def _worst(*statuses: str) -> str:
 
 
 @quantity(requires=TWO_LAYER, series=False)
+@_theory_scalar
 def zeta1(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``ζ1 = min_i min(cos²(x_i, x+), cos²(x_i, x-))``, the minimum over **all** samples ``i`` (both
     classes) against **both** class sums.
@@ -136,6 +162,7 @@ def zeta1(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
 
 
 @quantity(requires=TWO_LAYER, series=False)
+@_theory_scalar
 def zeta2(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``ζ2 = 1 - max(0, m)²`` with ``m = max(max_{j∈V+} cos(w_j(0), x-), max_{j∈V-} cos(w_j(0), x+))``.
 
@@ -170,6 +197,7 @@ def zeta2(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
 
 
 @quantity(requires=TWO_LAYER, series=False)
+@_theory_scalar
 def epsilon(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Initialization scale ``ε``: the config's ``init.scale`` for a balanced init, otherwise the rms
     neuron norm ``sqrt(mean_j ||w_j(0)||²)`` (equal to ``ε`` in expectation for balanced, ``α√D`` for
@@ -184,11 +212,18 @@ def epsilon(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
 
 
 @quantity(requires=TWO_LAYER, series=False)
+@ignores_step
 def t1_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """Alignment time scale ``log n / (√μ X_min)`` (sum-loss time; ×n for a mean-loss run).
 
     Also ``t1_bound``: ``16 log n / (min{ζ, ξ} √μ X_min)`` is *not computed*: the cone margin ``ξ`` of
     the paper is not derived here.
+
+    Returns
+    -------
+    xr.Dataset
+        0-d theory scalars (attrs as :func:`zeta1`'s) ``t1_scale_time`` (the run's gradient-flow time),
+        ``t1_scale_step`` (optimizer steps) and ``t1_bound_time`` (always NaN, status ``not computed: …``).
     """
     mu, st_mu = _mu_status(ds)
     fac, st_f = _time_factor(ds)
@@ -209,9 +244,17 @@ def t1_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
 
 
 @quantity(requires=TWO_LAYER, series=False)
+@ignores_step
 def t2_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """Convergence onset scale ``(1/n) log(1/(√h ε))`` (sum-loss time; ×n, i.e. ``log(1/(√h ε))``, for
-    a mean-loss run). Needs ``√h ε < 1`` and ``μ > 0``."""
+    a mean-loss run). Needs ``√h ε < 1`` and ``μ > 0``.
+
+    Returns
+    -------
+    xr.Dataset
+        0-d theory scalars (attrs as :func:`zeta1`'s) ``t2_scale_time`` (the run's gradient-flow time) and
+        ``t2_scale_step`` (optimizer steps).
+    """
     fac, st_f = _time_factor(ds)
     eps = epsilon(ds)
     h = ds.sizes["neuron"]
@@ -232,6 +275,7 @@ def t2_scale(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
 
 
 @quantity(requires=TWO_LAYER, series=False)
+@_theory_scalar
 def envelope_alpha(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """Rate constant of the ``O(1/t)`` envelope: ``α = (μ X_min)² / (32 X_max)``."""
     mu, st = _mu_status(ds)
@@ -255,6 +299,17 @@ def envelope_assumptions(ds: xr.Dataset) -> list[tuple[str, str]]:
     are checked on the trajectory by the summary (``S+`` and ``S-`` each hold a neuron at ``t1``) or
     are not checkable (``ε`` small enough). The loss convention does not matter: with ``L_sum = n L_mean``
     and ``τ = t/n`` the envelope reads the same in the run's own ``L`` and ``t``.
+
+    Parameters
+    ----------
+    ds
+        A run's dataset (its config and data are read).
+
+    Returns
+    -------
+    list of tuple of str
+        Five ``(hypothesis, state)`` pairs: ``μ > 0``, both layers train, full-batch GD, balanced initialization,
+        exponential loss.
     """
     mu = mu_value(ds)
     train_v = cfg(ds, "train", "train_v")
@@ -275,7 +330,18 @@ def envelope_assumptions(ds: xr.Dataset) -> list[tuple[str, str]]:
 
 def envelope_status(ds: xr.Dataset) -> str:
     """``"not applicable: …"`` (a hypothesis of :func:`envelope_assumptions` fails), else
-    ``"approximate: …"`` listing the approximations, else ``"unknown: …"``."""
+    ``"approximate: …"`` listing the approximations, else ``"unknown: …"``.
+
+    Parameters
+    ----------
+    ds
+        As for :func:`envelope_assumptions`.
+
+    Returns
+    -------
+    str
+        ``"ok"`` when every hypothesis holds, else the status described above.
+    """
     states = envelope_assumptions(ds)
     fails = [f"{name}: {st[len('fails: '):]}" for name, st in states if st.startswith("fails")]
     if fails:
@@ -288,6 +354,7 @@ def envelope_status(ds: xr.Dataset) -> str:
 
 
 @quantity(requires=TWO_LAYER)
+@doc_entries(DROP_ENTRY)
 def loss_envelope(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.DataArray:
     """The ``O(1/t)`` envelope ``L(t2) / (L(t2) α (t - t2) + 1)`` for ``t ≥ t2`` (NaN before), from the
     empirical ``t2``; dims ``(step,)``. ``α = (μ X_min)² / (32 X_max)``.
@@ -295,6 +362,12 @@ def loss_envelope(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP
     The same expression holds for a mean-loss run in its own ``L`` and ``t`` (``L_sum = n L_mean`` and
     ``τ = t/n`` cancel). Attrs carry the ``status`` (:func:`envelope_status`); NaN everywhere when the
     theorem does not apply.
+
+    Returns
+    -------
+    xr.DataArray
+        float64, dims ``(step,)``, named ``loss_envelope``; attrs ``kind="theory"``, ``status``, ``long_name``,
+        ``units``.
     """
     sel = select(ds, step)
     alpha = envelope_alpha(ds)
@@ -311,6 +384,7 @@ def loss_envelope(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP
     return out
 
 
+@doc_entries(*QUANTITY_PARAMETERS, DROP_ENTRY)
 def envelope_ratio_max(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.DataArray:
     """``max_{t_k > t2} L(t_k) / envelope(t_k)``: the O(1/t) theorem holds on the run iff this is ``≤ 1``
     (up to :data:`ENVELOPE_RTOL`). NaN when the theorem does not apply, ``t2`` is not reached or no state
@@ -318,6 +392,11 @@ def envelope_ratio_max(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2
 
     ``t2`` itself is left out (there the envelope equals ``L(t2)``, the ratio 1 by construction); the
     value says how far below the envelope the loss stays. Attrs: ``status`` of the envelope.
+
+    Returns
+    -------
+    xr.DataArray
+        0-d float64, named ``envelope_ratio_max``; attrs ``kind="measured"``, ``status``, ``long_name``, ``units``.
     """
     sel = select(ds, step)
     env = loss_envelope(ds, step, drop=drop)
@@ -344,6 +423,22 @@ def rate_verdict(status: str, ratio: float, t1_step: float, t2_step: float, frac
 
     ``status``: :func:`envelope_status`; ``ratio``: :func:`envelope_ratio_max`; ``frac_pos_t1``,
     ``frac_neg_t1``: fractions of neurons in ``S+``, ``S-`` at the measured ``t1``.
+
+    Parameters
+    ----------
+    status
+        The envelope's status (:func:`envelope_status`).
+    ratio
+        :func:`envelope_ratio_max` of the run.
+    t1_step, t2_step
+        The empirical ``t1`` and ``t2`` in optimizer steps (NaN when not reached).
+    frac_pos_t1, frac_neg_t1
+        Fractions of neurons in ``S+`` and ``S-`` at the measured ``t1``.
+
+    Returns
+    -------
+    tuple of str
+        ``(verdict, reason)``, the verdict one of ``"holds"``, ``"fails"``, ``"not applicable"``, ``"undecided"``.
     """
     if not (status == OK or status.startswith("approximate")):
         return "not applicable", status.removeprefix("not applicable: ")
@@ -363,13 +458,34 @@ def rate_verdict(status: str, ratio: float, t1_step: float, t2_step: float, frac
 @quantity(requires=TWO_LAYER)
 def stable_rank_bound(ds: xr.Dataset, step: StepSel = None) -> xr.DataArray:
     """``||W||_F²/||W||_2² ≤ 2 + 4√h ε W_max² / ||W(t)||_2²`` with ``W_max = max_j ||w_j(0)|| / ε``
-    (the row-norm maximum of ``W0``); tends to 2 as ``||W||_2`` grows. Dims ``(step,)``."""
+    (the row-norm maximum of ``W0``); tends to 2 as ``||W||_2`` grows. Dims ``(step,)``.
+
+    Returns
+    -------
+    xr.DataArray
+        float64, dims ``(step,)``, named ``stable_rank_bound`` (NaN where the theorem does not apply); attrs
+        ``kind="theory"``, ``status``, ``long_name``, ``units``.
+    """
     return stable_rank_bound_from(ds, spectral_norm_sq(ds, step))
 
 
 def stable_rank_bound_from(ds: xr.Dataset, spectral_norm_sq: xr.DataArray) -> xr.DataArray:
     """:func:`stable_rank_bound` from given values of ``||W(t)||_2²`` (e.g. only the final one):
-    ``2 + c / ||W(t)||_2²`` with ``c = 4√h ε W_max² = 4√h max_j ||w_j(0)||² / ε``."""
+    ``2 + c / ||W(t)||_2²`` with ``c = 4√h ε W_max² = 4√h max_j ||w_j(0)||² / ε``.
+
+    Parameters
+    ----------
+    ds
+        A run's dataset (its config, data and first recorded ``W`` are read).
+    spectral_norm_sq
+        Values of ``||W(t)||_2²``, any dims (e.g. a 0-d final value, or a ``(step,)`` series).
+
+    Returns
+    -------
+    xr.DataArray
+        float64 with the dims of ``spectral_norm_sq``, named ``stable_rank_bound`` (NaN where the theorem does not
+        apply); attrs ``kind="theory"``, ``status``, ``long_name``, ``units``.
+    """
     eps = epsilon(ds)
     status = _worst(eps.attrs["status"], _mu_status(ds)[1], gradient_flow_status(ds), _init_note(ds))
     W0 = first_weights(ds)
@@ -386,9 +502,17 @@ def stable_rank_bound_from(ds: xr.Dataset, spectral_norm_sq: xr.DataArray) -> xr
 
 
 @quantity(requires=TWO_LAYER, series=False)
+@ignores_step
 def theory(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     """All theory scalars: ``ζ1``, ``ζ2``, ``ε``, ``t1`` scale (and the uncomputed bound), ``t2`` scale,
-    ``α``, the stable-rank limit 2."""
+    ``α``, the stable-rank limit 2.
+
+    Returns
+    -------
+    xr.Dataset
+        0-d theory scalars ``zeta1``, ``zeta2``, ``epsilon``, ``envelope_alpha``, ``t1_scale_time``, ``t1_scale_step``,
+        ``t1_bound_time``, ``t2_scale_time``, ``t2_scale_step`` and ``stable_rank_limit`` (attrs as :func:`zeta1`'s).
+    """
     out = xr.Dataset({"zeta1": zeta1(ds), "zeta2": zeta2(ds), "epsilon": epsilon(ds),
                       "envelope_alpha": envelope_alpha(ds)})
     out = out.merge(t1_scale(ds)).merge(t2_scale(ds))

@@ -106,3 +106,14 @@ def test_plot_errors_and_stride(real_run, real_root):
         save(plot(real_run, "spectra"), "x.gif")
     fig = plot(real_run, "loss", step=slice(100, 300, 10))
     assert len(_line(fig, "loss L(t)").get_ydata()) == 21
+
+
+def test_a_figure_over_time_of_one_step_draws_that_state(real_run):
+    """Found by a review: ``ds.traj.plot("loss", step=5)`` (an int, as every quantity takes it) was an
+    AttributeError inside the thinning."""
+    k = int(real_run["step"].values[3])
+    fig = real_run.traj.plot("loss", step=k)
+    line = _line(fig, "loss L(t)")
+    np.testing.assert_array_equal(line.get_ydata(), real_run["loss"].sel(step=[k]).values)
+    with pytest.raises(UserError, match="no recorded state"):
+        real_run.traj.plot("loss", step=k + 10**9)

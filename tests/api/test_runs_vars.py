@@ -148,6 +148,11 @@ def test_oversized_selection_is_413_with_how_to_narrow(client):
     assert r.status_code == 413
     detail = r.json()["detail"]
     assert "960 values" in detail and "step=a:b:s" in detail and "format=npy" in detail and "open_zarr" in detail
+    url = detail.split("xr.open_zarr('")[1].split("'")[0]  # a URL a client can open (a review: a bare path)
+    assert url == f"{client.base_url}/zarr/done".replace("//zarr", "/zarr")
+    import xarray as xr
+
+    assert xr.open_zarr(url, zarr_format=3)["W"].shape[1:] == (6, 4)
     assert client.get("/api/runs/done/vars/W", params={"step": "::4"}).status_code == 200
 
 

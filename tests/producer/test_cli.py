@@ -38,6 +38,10 @@ def test_produce_then_ls(tmp_path, small_config, python_env):
     assert "cli-run" in listing and "complete" in listing and "26/26" in listing
     again = run_cli("produce", str(config), "--root", str(root), "--name", "cli-run", env=python_env, check=False)
     assert again.returncode == 2 and "already exists" in again.stderr
+    assert "open it: python -c" in out
+    # found by a review: a memory:// run's "open it" line named a run no other process can open
+    memory = run_cli("produce", str(config), "--root", "memory://cli/runs", "--name", "m", env=python_env).stdout
+    assert "open it" not in memory and "lives in this process only" in memory
 
 
 def test_config_command_prints_every_field(python_env):

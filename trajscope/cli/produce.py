@@ -36,7 +36,10 @@ def _report(console: Console, result) -> None:
         console.print(f"warning: the loss is {result.final_loss} at the last state: the run diverged (try a smaller "
                       "train.lr)", highlight=False)
     console.print(f"stored at {result.location}")
-    console.print(f'open it: python -c "import trajscope; print(trajscope.open_run(\'{result.location}\'))"')
+    if str(result.location).startswith("memory://"):  # (found by a review: a hint no other process can follow)
+        console.print("a memory:// root lives in this process only: the run is gone when it exits", highlight=False)
+    else:
+        console.print(f'open it: python -c "import trajscope; print(trajscope.open_run(\'{result.location}\'))"')
     if result.status in ("interrupted", "failed"):  # (no hint was printed: found by a review)
         from trajscope.cli.analyze import resume_command
         from trajscope.store import resolve_run

@@ -15,10 +15,14 @@ from trajscope.analysis._blas import single_threaded
 _TEMP_ELEMENTS = 4_000_000  # size of the largest temporary (elements) a kernel allocates
 
 
-def _one_blas_thread(fn):
+def _kernel(fn):
+    """A kernel runs with one BLAS thread (dask's threads are the parallelism: found by a review, a multi-threaded
+    OpenBLAS under them was 10-90x slower) and without numpy's floating-point warnings: a diverged state's inf and
+    NaN give NaN results, which the analyses report as such (found by a review: "invalid value encountered in
+    matmul" on stderr of the CLI and in the server's log)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with single_threaded():
+        with single_threaded(), np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             return fn(*args, **kwargs)
 
     return wrapper
@@ -30,7 +34,7 @@ def _batches(k: int, per_step: int):
         yield slice(s, min(k, s + per))
 
 
-@_one_blas_thread
+@_kernel
 def activation_counts_block(W: np.ndarray, X: np.ndarray, onehot: np.ndarray) -> np.ndarray:
     """``(k, h, D), (n, D), (n, 2) -> (k, h, 2)``: ``Σ_{i∈I±} 1[<x_i, w_j> > 0]`` per step and neuron."""
     k, h, _ = W.shape
@@ -44,7 +48,7 @@ def activation_counts_block(W: np.ndarray, X: np.ndarray, onehot: np.ndarray) ->
     return out
 
 
-@_one_blas_thread
+@_kernel
 def singular_values_block(W: np.ndarray, method: str = "gram") -> np.ndarray:
     """``(k, h, D) -> (k, min(h, D))`` singular values of each ``W(t)``, descending.
 
@@ -71,7 +75,7 @@ def singular_values_block(W: np.ndarray, method: str = "gram") -> np.ndarray:
     return out
 
 
-@_one_blas_thread
+@_kernel
 def direction_field_block(
     W0: np.ndarray, W1: np.ndarray, v0: np.ndarray, dt: np.ndarray, X: np.ndarray, y: np.ndarray,
     coef: float,
@@ -104,7 +108,7 @@ def direction_field_block(
     return out
 
 
-@_one_blas_thread
+@_kernel
 def neuron_stats_block(W: np.ndarray, S: np.ndarray) -> np.ndarray:
     """``(k, h, D), (2, D) -> (k, h, 3)``: ``[||w_j||², <w_j, x+>, <w_j, x->]`` in float64, one pass."""
     k, h, _ = W.shape
@@ -117,7 +121,7 @@ def neuron_stats_block(W: np.ndarray, S: np.ndarray) -> np.ndarray:
     return out
 
 
-@_one_blas_thread
+@_kernel
 def class_mean_block(W: np.ndarray, v: np.ndarray) -> np.ndarray:
     """``(k, h, D), (k, h) -> (k, 2, D)``: mean neurons ``w̄± = mean_{j: ±v_j > 0} w_j`` (NaN if none)."""
     k, h, D = W.shape

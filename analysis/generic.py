@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from trajscope.analysis._common import StepSel, select
-from trajscope.analysis._kernels import _one_blas_thread
+from trajscope.analysis._kernels import _kernel
 from trajscope.analysis.registry import MATRICES, PARAMETERS, doc_entries, parameter_names, quantity
 from trajscope.store.errors import UserError
 
@@ -113,7 +113,7 @@ def frobenius_norms(ds: xr.Dataset, step: StepSel = None, *, parameter: str = ""
     return xr.Dataset(out, attrs={"quantity": "frobenius_norms"})
 
 
-@_one_blas_thread  # (found by a review: a multi-threaded OpenBLAS under dask's threads made it 10-90x slower)
+@_kernel  # (found by a review: a multi-threaded OpenBLAS under dask's threads made it 10-90x slower)
 def _singular_values_block(block: np.ndarray, method: str = "svd") -> np.ndarray:
     """Singular values (descending) of each matrix ``block[..., :, :]`` (trailing axes flattened).
 

@@ -9,7 +9,7 @@ import numpy as np
 import xarray as xr
 
 from trajscope.analysis._common import StepSel, select, weights
-from trajscope.analysis._kernels import _one_blas_thread
+from trajscope.analysis._kernels import _kernel
 from trajscope.analysis.geometry import class_sums
 from trajscope.analysis.registry import MATRICES, TWO_LAYER, features, parameter_names, quantity
 from trajscope.store.errors import UserError
@@ -17,7 +17,7 @@ from trajscope.store.errors import UserError
 ANGLES = ("to_target", "to_init", "polar")
 
 
-@_one_blas_thread
+@_kernel
 def angles_block(W: np.ndarray, v: np.ndarray, W0: np.ndarray, S: np.ndarray) -> np.ndarray:
     """``(k, h, D), (k, h), (h, D), (2, D) -> (k, h, 3)``: the :data:`ANGLES` in degrees.
 
@@ -105,7 +105,7 @@ def neuron_angles(ds: xr.Dataset, step: StepSel = None) -> xr.Dataset:
     return out.transpose("step", "neuron")
 
 
-@_one_blas_thread
+@_kernel
 def row_angles_block(P: np.ndarray, P0: np.ndarray) -> np.ndarray:
     """``(k, r, c), (r, c) -> (k, r, 2)``: per state and row ``p_j``, ``to_init`` and ``polar`` in degrees.
 

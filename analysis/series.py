@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from trajscope.analysis._common import StepSel, inputs, select, weights
-from trajscope.analysis._kernels import _batches, _one_blas_thread, singular_values_block
+from trajscope.analysis._kernels import _batches, _kernel, singular_values_block
 from trajscope.analysis.geometry import _onehot, class_counts, class_sums
 from trajscope.analysis.invariants import initial_balance
 from trajscope.analysis.registry import TWO_LAYER, quantity
@@ -46,7 +46,7 @@ DETAIL: tuple[str, ...] = (
 """The series that ``detail="last"`` computes only at the last step of each chunk, ``"none"`` nowhere."""
 
 
-@_one_blas_thread
+@_kernel
 def fused_block(W: np.ndarray, v: np.ndarray, X: np.ndarray, onehot: np.ndarray, S: np.ndarray,
                 s_sq: np.ndarray, b0: np.ndarray, n_pos: int, n_neg: int, detail: str = "all") -> np.ndarray:
     """All per-step series of one time chunk: ``(k, h, D), (k, h) -> (k, len(SERIES))`` float64.

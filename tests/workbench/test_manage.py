@@ -221,6 +221,10 @@ def test_a_diverged_run_says_so_in_ls_show_and_the_api(tmp_path, small_config, r
     shown = run_cli("show", "div", "--root", str(tmp_path))
     assert f"from step {int(open_run('div', tmp_path)['step'].values[first])} on" in " ".join(shown.stdout.split())
     assert "diverged" not in run_cli("show", "fine", "--root", str(tmp_path)).stdout
+    from .conftest import cli  # (a process of its own: numpy's warnings as the command's process has them)
+
+    apart = cli("show", "div", "--root", str(tmp_path))  # (found by a review: "RuntimeWarning: invalid
+    assert apart.returncode == 0 and "encountered" not in apart.stderr, apart.stderr  # value encountered in matmul")
     with TestClient(create_app(StoreRoot(tmp_path))) as client:
         runs = {r["run_id"]: r for r in client.get("/api/runs").json()["runs"]}
     assert runs["div"]["not_finite"] == {"final_loss": text} and runs["fine"]["not_finite"] == {}

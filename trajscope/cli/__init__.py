@@ -66,6 +66,20 @@ def _usage_line(err: Exception) -> str:
     return f"{message} (`{path} --help` shows the usage)"
 
 
+#: numpy's warnings on arithmetic with inf and NaN (what a diverged run's states hold)
+NON_FINITE_WARNINGS = r"(invalid value|overflow|divide by zero) encountered in|All-NaN (slice|axis) encountered"
+
+
+def quiet_non_finite_arithmetic() -> None:
+    """Silence numpy's warnings on arithmetic with a diverged run's inf and NaN in this process (the CLI's, the
+    server's): the analyses give NaN for such states and the commands say the run diverged, in one line, where
+    these printed "RuntimeWarning: invalid value encountered in matmul" and the source line, from the analyses'
+    dask threads, where ``np.errstate`` set by the caller does not reach (found by a review)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", NON_FINITE_WARNINGS, RuntimeWarning)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``trajscope`` script: user errors become one line on stderr, exit 2."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -73,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         app(["--help"], prog_name="trajscope", standalone_mode=False)
         raise SystemExit(2)
     restore = _sigterm_interrupts()
+    quiet_non_finite_arithmetic()
     try:
         code = app(args, prog_name="trajscope", standalone_mode=False)  # returns the code of typer.Exit
         if code == 130 and args[0] in ("sweep", "reproduce"):  # Ctrl-C, SIGTERM (found by a review: it said nothing)

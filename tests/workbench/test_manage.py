@@ -177,6 +177,11 @@ def test_compare_shows_config_differences_and_measurements(run_cli, tiny_root):
         final = float(open_run(row["run"], tiny_root)["loss"][-1])
         losses = [m["value"] for q, m in row["measured"].items() if "final" in q.lower() and "loss" in q.lower()]
         assert f"{final:.4g}" in losses, row["measured"]
+        # the numbers themselves, unrounded (found by a review: a script got "0.007" and "400 (200 / 200)")
+        ds = open_run(row["run"], tiny_root)
+        assert row["values"]["loss_final"] == float(ds["loss"][-1]) and row["values"]["n"] == ds.sizes["sample"]
+        assert row["values"]["last_step"] == float(ds["step"][-1])
+        assert all(v is None or isinstance(v, (int, float, bool)) for v in row["values"].values())
 
 
 def test_ls_leaves_out_someone_elses_zarr_group_and_says_so(run_cli, tmp_path):

@@ -73,6 +73,28 @@ def catalog_row(run_id: str, attrs: dict[str, Any], size_bytes: int | None, colu
     }
 
 
+def _plain_numbers(summarized: Any) -> dict[str, Any]:
+    """The variables of a computed summary dataset as JSON values: a number (``null`` for NaN or inf), a bool, or
+    ``{label: number}`` along a variable's one dimension (a module run's ``parameter``). ``compare --json``'s
+    ``values``: what its ``measured`` rows show as text, unrounded (found by a review: a script got "0.007")."""
+    import math
+
+    import numpy as np
+
+    def plain(value: Any) -> Any:
+        value = value.item() if hasattr(value, "item") else value
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    out: dict[str, Any] = {}
+    for name, var in summarized.compute().data_vars.items():
+        if var.ndim == 0:
+            out[str(name)] = plain(var.values)
+        elif var.ndim == 1:
+            labels = summarized[var.dims[0]].values if var.dims[0] in summarized.coords else np.arange(var.size)
+            out[str(name)] = {str(label): plain(value) for label, value in zip(labels, var.values)}
+    return out
+
+
 def _fmt(value: Any) -> str:
     from trajscope._format import fmt
 
@@ -285,6 +307,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from trajscope.analysis import select
+        from trajscope.analysis.generic import parameter_summary
         from trajscope.analysis.registry import features
         from trajscope.analysis.summary import summary, summary_rows
         from trajscope.cli.analyze import no_state_yet, parse_step
@@ -318,17 +341,21 @@ def register(app: typer.Typer) -> None:
             console.print(f"config: {', '.join(scripted)} recorded from a script (no producer config)")
         if (differing or len(scripted) < len(datasets)) and not as_json:
             console.print(table if differing else "config: identical")
-        measured = []
+        measured, numbers = [], []
         for ds in datasets:
             if "two_layer" in features(ds):
-                measured.append({r["quantity"]: (r["measured"], r["unit"]) for r in summary_rows(summary(ds, sel))})
+                summarized = summary(ds, sel)
+                measured.append({r["quantity"]: (r["measured"], r["unit"]) for r in summary_rows(summarized)})
             else:  # a run of another model (ModuleRecorder): what `show` prints for it
                 measured.append(generic_measured(ds, sel))
+                summarized = parameter_summary(ds, sel)
+            numbers.append(_plain_numbers(summarized) if as_json else {})
         if as_json:  # (found by a review: 50 runs made a table of 50 columns cut to "abla…"; no way to read it)
             rows = [{"run": name, "status": ds.attrs.get("status"), "seconds": _seconds(ds.attrs),
                      "config": {k: c.get(k) for k in differing},
-                     "measured": {q: {"value": v, "unit": u} for q, (v, u) in m.items() if v.strip() not in ("", "-")}}
-                    for name, ds, c, m in zip(names, datasets, configs, measured)]
+                     "measured": {q: {"value": v, "unit": u} for q, (v, u) in m.items() if v.strip() not in ("", "-")},
+                     "values": values}
+                    for name, ds, c, m, values in zip(names, datasets, configs, measured, numbers)]
             print(json.dumps(rows, indent=2, default=str))
             return
         table = Table(title="measured")

@@ -58,9 +58,9 @@ class LoopbackHostOnly:
         if scope["type"] == "http":
             host = host_name(Headers(scope=scope).get("host", "")).lower()
             if host not in self.names:
-                shown = host if len(host) <= 80 else f"{host[:80]}..."
-                await error(400, f"the request names the host {shown!r}: this server listens on a loopback address "
-                                 f"and answers requests addressed to {', '.join(sorted(self.names))} only")(
-                    scope, receive, send)
+                shown = f"names the host {host[:80]!r}" if host else "names no host (no Host header)"
+                accepted = ", ".join(sorted(n for n in self.names if ":" not in n or n.startswith("[")))
+                await error(400, f"the request {shown}: this server listens on a loopback address and answers "
+                                 f"requests addressed to {accepted} only")(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -95,8 +95,9 @@ class ByteLRU:
                 value = build()
                 self.put(key, value, size(value))  # (before the gate goes: a request in between finds the value)
             finally:
-                with self._lock:
-                    self._building.pop(key, None)
+                with self._lock:  # (this gate only: a waiter that built after a failed build must not take away
+                    if self._building.get(key) is gate:  # the gate of a newer builder; found by a review)
+                        del self._building[key]
             return value, False
         finally:
             gate.release()

@@ -277,7 +277,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise UserError(f"bad --set {item!r}: an empty part in the field name {key.strip()!r}: use "
                         "section.field=value, e.g. --set train.lr=0.01")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return path, value
@@ -306,22 +306,32 @@ def set_dotted(raw: dict[str, Any], path: list[str], value: Any, *, label: str) 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (found by a review: ``train: {lr: 0.1, lr:
-    0.2}`` ran with the last value, silently)."""
+    0.2}`` ran with the last value, silently). A key a merge (``<<: *anchor``) brings in is no second one: each
+    mapping's own keys are checked once, before PyYAML merges into it (which it does in place, a merge source
+    perhaps before its own turn: found by a review)."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # (``<<: *anchor``: merged by the base constructor)
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue  # (a merge; a key that is a list or mapping: the base constructor refuses it)
+                key = self.construct_scalar(key_node), key_node.tag
                 if key in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                    raise yaml.constructor.ConstructorError(None, None, f"the key {key[0]!r} is given twice",
                                                             key_node.start_mark)
                 seen.add(key)
-            except TypeError:  # an unhashable key: the base constructor says so
-                pass
-        return super().construct_mapping(node, deep=deep)
+        super().flatten_mapping(node)
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` as YAML (the safe loader; a key given twice in one mapping is a :class:`yaml.YAMLError`)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def read_yaml_mapping(path: Path, what: str, *, example: str, shape: str) -> dict[str, Any]:
@@ -332,7 +342,7 @@ def read_yaml_mapping(path: Path, what: str, *, example: str, shape: str) -> dic
     if not path.is_file():
         raise UserError(f"{what} {path} not found: pass a YAML file, e.g. {example}")
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        raw = load_yaml(path.read_text()) or {}
     except UnicodeDecodeError:
         raise UserError(f"{what} {path} is not a text file (not UTF-8): pass a YAML file, e.g. {example}") from None
     except yaml.YAMLError as exc:

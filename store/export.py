@@ -175,7 +175,7 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
                         "another output file")
     inside = zarr_store_holding(path.parent)
     if inside is not None:
-        raise UserError(f"{str(path)!r} is inside the Zarr store {str(inside)!r} (a run or an export): its files "
+        raise UserError(f"{str(path)!r} is inside the Zarr store {str(inside)!r} (a run, an export...): its files "
                         "would be taken for part of it and deleted with it; write the export outside it")
     ds = ds.copy(deep=False)
     ds.attrs = copy_attrs(ds)

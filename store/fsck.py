@@ -295,7 +295,8 @@ def _repair_creating(root: StoreRoot, run_id: str, report: FsckReport) -> FsckRe
     try:
         with WriterLock(root, run_id) as lock:
             root.delete(run_id)
-            lock.remove_file()
+            if lock.run_id == run_id:  # (a link's lock is the run it names, which stays)
+                lock.remove_file()
     except RunLocked as err:
         report.problems.append(f"not repaired: {err}")
         return report

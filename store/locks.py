@@ -145,7 +145,12 @@ class WriterLock:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if _names(path, fd):
+                try:
+                    named = _names(path, fd)
+                except BaseException:  # (its flock is not kept by a descriptor nobody holds)
+                    os.close(fd)
+                    raise
+                if named:
                     break
                 # a deleted run's lock file, removed by its deleter (remove_file) after this opened it: the lock
                 # is now the file of that name, made again (a lock on the removed one excludes nobody)
@@ -322,7 +327,7 @@ class WriterLock:
         takes the lock and finds its name gone, and locks the file made again (:meth:`_acquire_flock`). Still
         held until :meth:`release`."""
         if self._fd is not None:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # (the run is gone already: a lock file left is no error)
                 os.unlink(self.root.lock_path(self.run_id))
 
     def release(self) -> None:

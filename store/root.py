@@ -119,6 +119,16 @@ def bounded_retries(protocol: str, storage_options: dict[str, Any]) -> dict[str,
     return options
 
 
+def default_location() -> str:
+    """Where ``StoreRoot(None)`` lies: ``$TRAJSCOPE_ROOT``, else ``./runs`` (a local one resolved), without the
+    checks a root is made with (a hint naming the default root must not fail where that root could not be used:
+    found by a review, ``ls --root GOOD`` failed from inside a Zarr store)."""
+    location = os.environ.get(ROOT_ENV, DEFAULT_ROOT)
+    if location.startswith("file://"):
+        location = location[len("file://"):]
+    return location.rstrip("/") if _is_url(location) else str(Path(location).expanduser().resolve())
+
+
 class StoreRoot:
     """A directory of runs, local (``./runs``) or remote (``s3://bucket/prefix``, ``memory://x``).
 
@@ -160,8 +170,8 @@ class StoreRoot:
                                 f"${ROOT_ENV}) a folder; a missing one is made")
             inside = zarr_store_holding(self.location)
             if inside is not None:  # found by a review: runs recorded there went with the outer run's `rm`
-                raise UserError(f"the store root {self.location} lies inside the Zarr store {inside} (a run, or an "
-                                f"export): its folder holds its arrays, not other runs; give --root (or ${ROOT_ENV}) "
+                raise UserError(f"the store root {self.location} lies inside the Zarr store {inside} (a run, an "
+                                f"export...): its folder holds its own arrays, not runs; give --root (or ${ROOT_ENV}) "
                                 f"the folder that holds it, {inside.parent}, or another folder")
             self.fs = fsspec.filesystem("file")
         else:

@@ -130,5 +130,6 @@ def delete_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | Non
             raise UserError(f"run {run_id!r} changed since it was listed (deleted or created again meanwhile): nothing "
                             "deleted; list it again (trajscope ls) and repeat the command if it should go")
         store_root.delete(run_id)
-        lock.remove_file()
+        if lock.run_id == run_id:  # (a link's lock is the run it names, which stays: found by a review)
+            lock.remove_file()
     return run_id

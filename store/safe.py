@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import errno
 import io
+import json
 import os
 import stat
 import uuid
@@ -36,15 +37,29 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getat
 
 
 def zarr_store_holding(folder: str | os.PathLike) -> Path | None:
-    """The outermost of the local folder ``folder`` and its parents that is a Zarr v3 node (holds a ``zarr.json``:
-    a run, an array of one, an export), or ``None``. What is written there is taken for part of that store, and
-    deleted with it."""
+    """The outermost of the local folder ``folder`` and its parents that is a Zarr v3 node, or ``None``: a folder
+    ``*.zarr`` holding a ``zarr.json`` (a run, an export, whatever that file holds), or any folder whose
+    ``zarr.json`` is a Zarr v3 group or array document (an array of a run; a stray ``zarr.json`` of other content
+    makes no store: found by a review). What is written there is taken for part of that store, and deleted with
+    it."""
     found = None
     folder = Path(folder).resolve()
     for candidate in (folder, *folder.parents):
-        if (candidate / "zarr.json").is_file():
+        document = candidate / "zarr.json"
+        if document.is_file() and (candidate.name.endswith(".zarr") or _is_zarr_node(document)):
             found = candidate
     return found
+
+
+def _is_zarr_node(document: Path) -> bool:
+    """Whether the file ``document`` is a Zarr v3 node's metadata (read whole, up to 64 MiB)."""
+    try:
+        with open(document, "rb") as handle:
+            metadata = json.loads(handle.read(64 * 2**20))
+    except (OSError, ValueError):
+        return False
+    return isinstance(metadata, dict) and metadata.get("zarr_format") == 3 and \
+        metadata.get("node_type") in ("group", "array")
 
 
 def is_inside(base: str, path: str) -> bool:

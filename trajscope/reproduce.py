@@ -37,6 +37,7 @@ from trajscope.experiments.sweep import (
 from trajscope.claims import ALIGN_LEVEL, _claims, _fmt
 from trajscope.resources import configs_dir
 from trajscope.store.errors import UserError
+from trajscope.store.safe import zarr_store_holding
 
 CONFIGS = configs_dir()  # the repository's configs/, shipped as package data
 
@@ -201,6 +202,10 @@ def reproduce(
     points, sweep_points = _points(exps, sweep_sources, quick)
     store_root = StoreRoot(root)
     out_dir = Path(out)
+    inside = zarr_store_holding(out_dir)  # (a folder not made yet: its parents)
+    if inside is not None:  # (found by a review: the figures were refused one by one after all the training)
+        raise UserError(f"--out {out}: it is inside the Zarr store {inside} (a run, an export...): the report would be "
+                        "taken for part of it and deleted with it; choose a folder outside it")
     made = [d for d in (out_dir, out_dir / "figures") if not d.exists()]
     try:  # before any run: a report folder that cannot be made is said now, not after an hour of training
         (out_dir / "figures").mkdir(parents=True, exist_ok=True)
@@ -273,9 +278,10 @@ def _figures(exps, tables, store_root, folder: Path) -> list[tuple[str, str]]:
         for kind in wanted.get(exp.key, ["loss"]):
             name = f"{exp.key}_{kind}.png"
             try:
-                save(PLOT_KINDS[kind](ds), folder / name)
-            except UserError:  # e.g. "plane" on data that are not 2-D
+                fig = PLOT_KINDS[kind](ds)
+            except UserError:  # e.g. "plane" on data that are not 2-D (a refusal to write is not caught)
                 continue
+            save(fig, folder / name)
             made.append((f"{exp.key}: {kind}", name))
     if "alignment_time" in tables and tables["alignment_time"]["t1_sum"].notna().any():
         save(plot_t1_vs_scale(tables["alignment_time"]), folder / "sweep_t1_vs_scale.png")

@@ -98,3 +98,37 @@ def test_serve_logs_each_request_only_with_access_log(tmp_path, write_run, flag)
     logged = [line for line in log.splitlines() if "GET /api/runs/nothing-here" in line]
     assert "nothing-here" not in errors, errors
     assert (logged and "404" in logged[0]) if flag else not logged, log
+
+
+def test_the_loopback_guard_names_what_the_request_lacks():
+    """A request without a Host header (HTTP/1.0) is told so, not "names the host ''" (a review); the hosts it
+    lists are ones a Host header can name; ``[::1]:PORT`` is served."""
+    import asyncio
+    import json
+
+    from trajscope.api.guards import LoopbackHostOnly
+    from trajscope.cli.serve import LOOPBACK_NAMES
+
+    async def app(scope, receive, send):  # what the guard lets through
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"served"})
+
+    def ask(headers):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        async def receive():
+            return {"type": "http.request", "body": b""}
+
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": headers, "query_string": b""}
+        asyncio.run(LoopbackHostOnly(app, LOOPBACK_NAMES)(scope, receive, send))
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    status, body = ask([])
+    assert status == 400 and "names no host (no Host header)" in json.loads(body)["detail"]
+    assert "::1," not in json.loads(body)["detail"] and "[::1]" in json.loads(body)["detail"]
+    assert ask([(b"host", b"[::1]:8000")]) == (200, b"served")
+    assert ask([(b"host", b"LocalHost:80")]) == (200, b"served")
+    assert ask([(b"host", b"evil.example")])[0] == 400

@@ -207,6 +207,12 @@ def test_quick_without_a_quick_section_and_reproduce_with_no_workers_leave_nothi
         reproduce(tmp_path / "report", root=tmp_path / "runs", quick=True, workers=0,
                   experiments={}, sweeps={"at": spec_factory()})
     assert not (tmp_path / "report").exists() and not (tmp_path / "runs").exists()
+    run = tmp_path / "elsewhere" / "a.zarr"  # found by a review: a report folder inside a run had its figures
+    run.mkdir(parents=True)  # refused one by one, after all the training, and its REPORT.md written there
+    (run / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    with pytest.raises(UserError, match="inside the Zarr store"):
+        reproduce(run / "report", root=tmp_path / "runs", quick=True, experiments={}, sweeps={"at": spec_factory()})
+    assert sorted(p.name for p in run.iterdir()) == ["zarr.json"] and not (tmp_path / "runs").exists()
 
 
 

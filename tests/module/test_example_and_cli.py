@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import trajscope
 
@@ -102,6 +104,9 @@ def test_resume_and_compare_of_module_runs(tmp_path):
     states = next(line for line in compared.stdout.splitlines() if "recorded states" in line)  # (a review: none)
     assert [c.strip() for c in states.split("│")[2:4]] == [str(describe_run(m, tmp_path).committed_steps)
                                                             for m in ("m1", "m2")], states
+    rows = json.loads(cli("compare", "m1", "m2", "--json").stdout)  # the numbers, unrounded (a review)
+    assert rows[0]["values"]["distance_from_init"]["0.weight"] == pytest.approx(distance, rel=1e-6)
+    assert rows[0]["values"]["loss_last"] == 2.0
     empty = cli("compare", "m1", "m2", "--step", "100:200")
     assert empty.returncode == 2 and "no recorded state in steps 100:200" in empty.stderr
     assert len(empty.stderr.strip().splitlines()) == 1 and not empty.stdout.strip()

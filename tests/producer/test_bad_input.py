@@ -163,6 +163,12 @@ def test_a_key_given_twice_and_a_folder_for_a_config_are_one_line_each(tmp_path,
     merged = tmp_path / "merged.yaml"  # a YAML merge key is no key given twice
     merged.write_text("train:\n  <<: {lr: 0.2}\n  steps: 3\n")
     assert load_config(merged).train.lr == 0.2 and load_config(merged).train.steps == 3
+    from trajscope.producer.config import load_yaml
+
+    # a merge source merged before its own turn holds the keys merged into it (PyYAML merges in place): no key
+    # given twice (found by a review)
+    nested = "base: &b {lr: 0.1}\na:\n  deep:\n    x: &x {<<: *b, lr: 0.2}\nc: {<<: *x, m: 1}\n"
+    assert load_yaml(nested) == yaml.safe_load(nested) and load_yaml(nested)["c"] == {"lr": 0.2, "m": 1}
     folder = tmp_path / "configs"
     folder.mkdir()
     code, err = cli(monkeypatch, capsys, "config", str(folder))

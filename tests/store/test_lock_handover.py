@@ -237,6 +237,9 @@ def test_rm_removes_the_lock_file_and_a_writer_that_opened_it_first_locks_the_ne
     writer.finish("complete")
     path = root.lock_path("r")
     assert os.path.exists(path)  # (its writer made it)
+    os.symlink("r.zarr", os.path.join(root.location, "alias.zarr"))  # a link to the run, deleted as a link:
+    delete_run("alias", root)  # the run it names stays, and its lock file (found by a review)
+    assert root.exists("r") and os.path.exists(path)
     delete_run("r", root)
     assert not os.path.exists(path) and not root.exists("r")
     # a writer that opened the lock file just before a deleter removed it

@@ -276,6 +276,14 @@ def test_a_root_inside_a_run_is_refused_and_the_outer_run_keeps_its_neighbours(t
     from trajscope.store import StoreRoot
 
     assert StoreRoot(tiny_root).location == str(tiny_root.resolve())  # the root holding it stays a root
+    # a command's hints name the default root without making it (found by a review: `ls --root GOOD` run from
+    # inside a run's folder failed, its resume hint having made the default root ./runs there)
+    listed = cli("ls", "--root", str(tiny_root), prelude=f"import os; os.chdir({str(inside / 'W')!r}); ")
+    assert listed.returncode == 0 and run_id.removesuffix(".zarr") in listed.stdout, listed.stderr
+    stray = tmp_path / "home"  # a zarr.json that is no Zarr document makes no store (a review)
+    (stray / "runs").mkdir(parents=True)
+    (stray / "zarr.json").write_text("notes, not Zarr")
+    assert StoreRoot(stray / "runs").location == str((stray / "runs").resolve())
 
 
 def test_ls_of_a_missing_root_says_so(tmp_path):

@@ -154,6 +154,11 @@ def test_plot_replaces_a_link_instead_of_writing_through_it_and_refuses_a_run_fo
     assert proc.returncode == 0, proc.stderr
     assert document.read_bytes() == before and not link.is_symlink()
     assert link.read_bytes().startswith(b"\x89PNG") and sorted(p.name for p in tmp_path.iterdir()) == ["link.png"]
+    private = tmp_path / "private.png"  # a file replaced keeps its permission bits (a review: 0600 became 0644)
+    private.write_bytes(b"old")
+    private.chmod(0o600)
+    assert run_cli("plot", "a", "loss", "-o", str(private), "--root", str(tiny_root)).returncode == 0
+    assert private.read_bytes().startswith(b"\x89PNG") and (private.stat().st_mode & 0o777) == 0o600
     run = tiny_root / "a.zarr"
     listed = sorted(p.relative_to(run) for p in run.rglob("*"))
     proc = run_cli("plot", "a", "loss", "-o", str(run / "W" / "loss.png"), "--root", str(tiny_root))

@@ -230,6 +230,10 @@ def test_a_diverged_run_says_so_in_ls_show_and_the_api(tmp_path, small_config, r
 
     apart = cli("show", "div", "--root", str(tmp_path))  # (found by a review: "RuntimeWarning: invalid
     assert apart.returncode == 0 and "encountered" not in apart.stderr, apart.stderr  # value encountered in matmul")
+    import warnings
+
+    filters = list(warnings.filters)  # a caller of main() in its own process keeps its filters (a review)
+    assert run_cli("show", "div", "--root", str(tmp_path)).returncode == 0 and warnings.filters == filters
     with TestClient(create_app(StoreRoot(tmp_path))) as client:
         runs = {r["run_id"]: r for r in client.get("/api/runs").json()["runs"]}
     assert runs["div"]["not_finite"] == {"final_loss": text} and runs["fine"]["not_finite"] == {}

@@ -11,12 +11,14 @@ exit code 1; ``trajscope --help`` / ``-h`` and ``--version`` exit 0.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import sys
 import threading
-from typing import Annotated, Callable, Optional
+import warnings
+from typing import Annotated, Callable, Iterator, Optional
 
 import typer
 
@@ -66,18 +68,20 @@ def _usage_line(err: Exception) -> str:
     return f"{message} (`{path} --help` shows the usage)"
 
 
-#: numpy's warnings on arithmetic with inf and NaN (what a diverged run's states hold)
-NON_FINITE_WARNINGS = r"(invalid value|overflow|divide by zero) encountered in|All-NaN (slice|axis) encountered"
+#: numpy's warnings on arithmetic with inf and NaN (what a diverged run's states hold); not an overflow "in cast"
+#: (a value too large for the dtype it is stored as)
+NON_FINITE_WARNINGS = r"(invalid value|overflow|divide by zero) encountered in (?!cast)|All-NaN (slice|axis) encountered"
 
 
-def quiet_non_finite_arithmetic() -> None:
-    """Silence numpy's warnings on arithmetic with a diverged run's inf and NaN in this process (the CLI's, the
-    server's): the analyses give NaN for such states and the commands say the run diverged, in one line, where
-    these printed "RuntimeWarning: invalid value encountered in matmul" and the source line, from the analyses'
-    dask threads, where ``np.errstate`` set by the caller does not reach (found by a review)."""
-    import warnings
-
-    warnings.filterwarnings("ignore", NON_FINITE_WARNINGS, RuntimeWarning)
+@contextlib.contextmanager
+def quiet_non_finite_arithmetic() -> Iterator[None]:
+    """Within it, numpy's warnings on arithmetic with a diverged run's inf and NaN are not shown (the process's
+    warning filters, put back after): the analyses give NaN for such states and the commands say the run diverged,
+    in one line, where these printed "RuntimeWarning: invalid value encountered in matmul" and the source line,
+    from the analyses' dask threads, which ``np.errstate`` set by the caller does not reach (found by a review)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", NON_FINITE_WARNINGS, RuntimeWarning)
+        yield
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,9 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         app(["--help"], prog_name="trajscope", standalone_mode=False)
         raise SystemExit(2)
     restore = _sigterm_interrupts()
-    quiet_non_finite_arithmetic()
     try:
-        code = app(args, prog_name="trajscope", standalone_mode=False)  # returns the code of typer.Exit
+        with quiet_non_finite_arithmetic():
+            code = app(args, prog_name="trajscope", standalone_mode=False)  # returns the code of typer.Exit
         if code == 130 and args[0] in ("sweep", "reproduce"):  # Ctrl-C, SIGTERM (found by a review: it said nothing)
             print("trajscope: interrupted: the runs that were training end `interrupted`; run the same command to go "
                   "on (finished runs are skipped, interrupted ones resumed)", file=sys.stderr)

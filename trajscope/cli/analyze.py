@@ -45,9 +45,9 @@ def resume_command(run_id: str, root_location: str) -> str:
     named no run: found by a review)."""
     import shlex
 
-    from trajscope.store import StoreRoot
+    from trajscope.store.root import default_location
 
-    default = StoreRoot(None).location
+    default = default_location()
     return f"trajscope resume {run_id}" + ("" if root_location == default else f" --root {shlex.quote(root_location)}")
 
 

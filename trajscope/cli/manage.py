@@ -347,8 +347,10 @@ def register(app: typer.Typer) -> None:
                 summarized = summary(ds, sel)
                 measured.append({r["quantity"]: (r["measured"], r["unit"]) for r in summary_rows(summarized)})
             else:  # a run of another model (ModuleRecorder): what `show` prints for it
-                measured.append(generic_measured(ds, sel))
-                summarized = parameter_summary(ds, sel)
+                summarized = parameter_summary(ds, sel).compute()
+                measured.append(generic_measured(ds, sel, summarized))
+                if "loss" in ds.data_vars and ds["loss"].dims == ("step",):  # (as its measured rows: a review)
+                    summarized = summarized.assign(loss_last=select(ds, sel)["loss"][-1].drop_vars("step"))
             numbers.append(_plain_numbers(summarized) if as_json else {})
         if as_json:  # (found by a review: 50 runs made a table of 50 columns cut to "abla…"; no way to read it)
             rows = [{"run": name, "status": ds.attrs.get("status"), "seconds": _seconds(ds.attrs),

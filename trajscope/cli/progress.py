@@ -84,7 +84,7 @@ class ProgressDisplay:
         self._recent.append((info["step"], info["elapsed"]))
         while len(self._recent) > 2 and info["elapsed"] - self._recent[1][1] >= RATE_WINDOW_SECONDS:
             self._recent.popleft()  # (the oldest kept is the last at least a window old)
-        (first_step, first_seconds), seconds = self._recent[0], info["elapsed"] - self._recent[0][1]
+        (first_step, _), seconds = self._recent[0], info["elapsed"] - self._recent[0][1]
         loss = "-" if info["loss"] is None else f"{info['loss']:.4g}"
         self.progress.update(self.task, completed=info["step"],
                              rate=(info["step"] - first_step) / seconds if seconds > 0 else 0.0,

@@ -49,16 +49,18 @@ def _relative(summary: xr.Dataset, i: int) -> str:
     return "— (θ(0) = 0)" if np.isnan(value) and np.isfinite(distance) else f"{value:.3g}"
 
 
-def generic_measured(ds: xr.Dataset, step: slice | None) -> dict[str, tuple[str, str]]:
+def generic_measured(ds: xr.Dataset, step: slice | None, summarized: xr.Dataset | None = None
+                     ) -> dict[str, tuple[str, str]]:
     """``trajscope compare``'s measured rows for a run that is not a two-layer run: the loss at the last
-    selected state and, per parameter, its distance from its initial value and its relative change."""
+    selected state and, per parameter, its distance from its initial value and its relative change
+    (``summarized``: its ``parameter_summary`` of ``step``, computed, when the caller has it)."""
     rows: dict[str, tuple[str, str]] = {}
     selected = select(ds, step)
     rows["recorded states"] = (str(selected.sizes["step"]), "")  # (the two-layer summary's row of that name)
     if "loss" in ds.data_vars and ds["loss"].dims == ("step",):  # (a number per state)
         loss = selected["loss"]
         rows["loss (last state)"] = (f"{float(loss[-1]):.6g}", "")
-    s = parameter_summary(ds, step).compute()
+    s = summarized if summarized is not None else parameter_summary(ds, step).compute()
     for i, name in enumerate(s["parameter"].values):
         rows[f"‖{name} − {name}(0)‖"] = (f"{float(s['distance_from_init'][i]):.4g}", "")
         rows[f"relative change of {name}"] = (_relative(s, i), "")

@@ -18,6 +18,10 @@ reference trajectory's states (h=100, D=784, n=1000: ``W``, ``v``, ``loss``, ``o
   gives for the memory a recorder that copies nothing must write from;
 - **plain zarr**: a zarr-python v3 array per variable with the store's codecs, one chunk per call;
 - **store write path**: :meth:`RunWriter.write_block` per block, commits as the recorder makes them;
+- **store write path, from the states**: the same, each block's ``W`` given as the per-state arrays the recorders
+  are fed (:class:`~trajscope.store.chunkio.StateRows`, what the by-reference recorder hands the store), every
+  block submitted at once: what separates the recorder from it is the recorder's own work (its ``record()`` calls,
+  the hand-offs, the chunk buffers it waits for), what separates it from raw parallel from the states the store's;
 - **recorder**: :class:`trajscope.producer.recorder.Recorder` fed one state per call (CPU tensors,
   no training), closed at the end (everything committed), with the store's write threads in this
   process, the way the two-layer producer records on the CPU when it writes through the page cache
@@ -59,7 +63,8 @@ ratios against a raw path of the same root and repeat. ``--json`` prints one JSO
 ``recorder_over_raw`` = the recorder with its default writer (the thread) over raw parallel on the
 local-dir root; ``recorder_over_raw_from_states`` the same over raw parallel from the states;
 ``recorder_process_over_raw`` with the writer process; ``recorder_copying_over_raw`` the copying recorder;
-``store_over_raw`` the store write path; ``recorder_device_over_raw`` and ``recorder_device_loop_over_raw`` the
+``store_over_raw`` the store write path; ``store_from_states_over_raw_from_states`` the store write path fed the
+states over raw parallel from the states; ``recorder_device_over_raw`` and ``recorder_device_loop_over_raw`` the
 ``--device`` rows (``None`` without ``--device``); ``recorder_direct_over_raw_direct`` the direct-I/O recorder over raw
 parallel direct I/O; ``over_raw`` and ``over_raw_from_states`` every path on every root; ``recorder_ratio_range``
 the lowest and highest single-repeat ratio of the recorder over raw parallel, per root; ``write_threads`` and
@@ -262,6 +267,26 @@ def store_path(root: Root, states: int, T: int, write_threads: int | None = None
     return seconds
 
 
+def store_path_from_states(root: Root, states: int, T: int, write_threads: int | None = None) -> float:
+    """The store write path fed what the by-reference recorder hands it, without the recorder: each block's ``W``
+    as :class:`~trajscope.store.chunkio.StateRows` of the per-state arrays of :func:`state_pool`, the small
+    variables stacked, every block submitted at once (no chunk buffers to wait for)."""
+    from trajscope.store.chunkio import StateRows
+
+    writer = _writer(root, states, write_threads)
+    pool = state_pool(T)
+    start = time.perf_counter()
+    for lo in range(0, states, T):
+        rows = [pool[i % (2 * T)] for i in range(lo, min(lo + T, states))]
+        values = {name: np.stack([row[name] for row in rows]) for name in SHAPES if name != "W"}
+        writer.write_block(lo, {**values, "W": StateRows([row["W"] for row in rows])})
+        writer.commit_if_due()
+    writer.commit(states)
+    seconds = time.perf_counter() - start
+    writer.finish("complete")
+    return seconds
+
+
 def recorder(root: Root, states: int, T: int, process: bool = False, by_reference: bool = True,
              write_threads: int | None = None, buffers: int | None = None, io: str = "buffered",
              device: str = "cpu", loop_submits: bool = False) -> float:
@@ -340,6 +365,7 @@ def main() -> None:
                 "raw parallel, direct I/O": lambda r: raw_parallel(r, n, T, args.threads, direct=True),
                 "plain zarr": lambda r: plain_zarr(r, n, T),
                 "store write path": lambda r: store_path(r, n, T, wt),
+                "store write path, from the states": lambda r: store_path_from_states(r, n, T, wt),
                 "recorder": lambda r: recorder(r, n, T, write_threads=wt, buffers=nb),
                 "recorder, copying": lambda r: recorder(r, n, T, by_reference=False, write_threads=wt, buffers=nb),
                 "recorder, direct I/O": lambda r: recorder(r, n, T, by_reference=False, io="direct",
@@ -406,6 +432,7 @@ def main() -> None:
         "recorder_process_over_raw": local(raw, "recorder, writer process"),
         "recorder_direct_over_raw_direct": local("raw parallel, direct I/O", "recorder, direct I/O"),
         "store_over_raw": local(raw, "store write path"),
+        "store_from_states_over_raw_from_states": local(raw_states, "store write path, from the states"),
         "device": args.device,
         "recorder_device_over_raw": local(raw, DEVICE_ROW) if args.device else None,
         "recorder_device_loop_over_raw": local(raw, DEVICE_LOOP_ROW) if args.device else None,

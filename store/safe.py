@@ -46,7 +46,11 @@ def zarr_store_holding(folder: str | os.PathLike) -> Path | None:
     folder = Path(folder).resolve()
     for candidate in (folder, *folder.parents):
         document = candidate / "zarr.json"
-        if document.is_file() and (candidate.name.endswith(".zarr") or _is_zarr_node(document)):
+        try:
+            present = document.is_file()
+        except OSError:  # (a folder this user may not search: no store seen there)
+            present = False
+        if present and (candidate.name.endswith(".zarr") or _is_zarr_node(document)):
             found = candidate
     return found
 

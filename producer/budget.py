@@ -106,7 +106,7 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _size(nbytes: float) -> str:
+def size_text(nbytes: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if nbytes < 1024 or unit == "PiB":
             return f"{nbytes:.1f} {unit}"
@@ -124,8 +124,8 @@ def check_budget(config: RunConfig, root: StoreRoot, n: int, dim: int, *,
     memory = available_memory() if memory is None else memory
     if budget.memory_bytes > HEADROOM * memory:
         raise UserError(
-            f"this run needs about {_size(budget.memory_bytes)} of memory, mostly {budget.largest}, but "
-            f"{_size(memory)} is available: lower those sizes (or record.chunk_mib); nothing was created"
+            f"this run needs about {size_text(budget.memory_bytes)} of memory, mostly {budget.largest}, but "
+            f"{size_text(memory)} is available: lower those sizes (or record.chunk_mib); nothing was created"
         )
     disk = root.free_bytes() if disk is None else disk
     if disk is not None and budget.disk_bytes > HEADROOM * disk:
@@ -134,8 +134,8 @@ def check_budget(config: RunConfig, root: StoreRoot, n: int, dim: int, *,
             raise UserError(f"the store root {root.location} is under {pseudo}, whose file system holds no files "
                             "(a pseudo file system such as /proc or /sys): choose another --root; nothing was created")
         raise UserError(
-            f"this run would write about {_size(budget.disk_bytes)} ({budget.states} recorded states) but "
-            f"{_size(disk)} is free under {root.location}: lower train.steps, model.width or data sizes, "
+            f"this run would write about {size_text(budget.disk_bytes)} ({budget.states} recorded states) but "
+            f"{size_text(disk)} is free under {root.location}: lower train.steps, model.width or data sizes, "
             f"or record every k-th step (record.every=k); nothing was created"
         )
     return budget

@@ -22,6 +22,7 @@ Optimizer state is **not** recorded: to resume exactly, restore it yourself (or 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any, Mapping, Sequence
 
@@ -133,6 +134,7 @@ class ModuleRecorder:
         #: where each tracked tensor lives in the module, and its dtype: a tensor assigned there later is followed
         self._holders = {n: adapter.holder(n, role) for n, (role, _) in self.tracked.items()}
         self._tracked_dtypes = {n: t.dtype for n, (_, t) in self.tracked.items()}
+        self._tracked_shapes = {n: tuple(t.shape) for n, (_, t) in self.tracked.items()}
         self.options = {"every": self.every, "parameters": None if parameters is None else list(parameters),
                         "buffers": buffers if isinstance(buffers, bool) else list(buffers), "gradients": gradients}
         first = next(iter(self.tracked.values()), (None, torch.empty(0)))[1]
@@ -145,6 +147,7 @@ class ModuleRecorder:
         self._pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         self._extras_seen: dict[str, torch.Tensor] = {}
         self._closed = False
+        self._recording = threading.Lock()  # held by a record() call: another thread's at the same time is refused
         self._recording_started: float | None = None  # the first record() call
         self.status: str | None = None
         if resume and self._existing():
@@ -185,6 +188,16 @@ class ModuleRecorder:
         every N-th call is stored. Copies go to a buffer on the model's device (no host sync); on the CPU the
         call that fills a buffer also hands it to the store's write pool, which writes it in the background.
         """
+        # (found by a review: two threads' calls interleaved their states, some rows never written)
+        if not self._recording.acquire(blocking=False):
+            raise UserError(f"run {self.run_id!r}: record() called from two threads at once; a run records one "
+                            "sequence of states: call it from one thread (the training loop's)")
+        try:
+            self._record_call(extra)
+        finally:
+            self._recording.release()
+
+    def _record_call(self, extra: dict[str, Any]) -> None:
         if self._closed:
             raise RuntimeError(f"run {self.run_id!r}: record() after close()")
         if self._recording_started is None:
@@ -209,8 +222,12 @@ class ModuleRecorder:
                     self._record(step, state)
         if self.recorder is None and step >= 1:  # the first two calls fixed the variables
             self._check_dims()
-            with torch.no_grad():
-                self._start()
+            try:
+                with torch.no_grad():
+                    self._start()
+            except BaseException:  # (close() must not create it again: found by a review)
+                self._closed = True
+                raise
 
     def _check_dims(self) -> None:
         """A ``dims`` name that is no recorded tensor nor extra is an error (a misspelt name would leave the
@@ -233,17 +250,18 @@ class ModuleRecorder:
         owners: dict[str, Any] = {}
         for name, (role, tensor) in self.tracked.items():
             now = adapter.held(self.module, self._holders[name], owners)
-            if now is tensor and tensor.dtype == self._tracked_dtypes[name]:
+            if now is tensor and tensor.dtype == self._tracked_dtypes[name] and \
+                    tuple(tensor.shape) == self._tracked_shapes[name]:  # (``p.data = ...`` of another shape: a review)
                 continue
             kind = "buffer" if role == "buffer" else "parameter"
             base = name[: -len(".grad")] if role == "gradient" else name
             if now is None:
                 raise UserError(f"{kind} {base!r} is no longer in the module: the run records it at every step; keep "
                                 f"it, or record without it (parameters=/buffers= patterns)")
-            if now.shape != tensor.shape or now.dtype != self._tracked_dtypes[name]:
+            if tuple(now.shape) != self._tracked_shapes[name] or now.dtype != self._tracked_dtypes[name]:
                 raise UserError(f"{kind} {base!r} is now {now.dtype} of shape {tuple(now.shape)}; the run records "
-                                f"{self._tracked_dtypes[name]} of shape {tuple(tensor.shape)}: cast or replace tensors "
-                                "before creating the ModuleRecorder")
+                                f"{self._tracked_dtypes[name]} of shape {self._tracked_shapes[name]}: cast or replace "
+                                "tensors before creating the ModuleRecorder")
             self.tracked[name] = (role, now)
 
     def _state(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -255,9 +273,18 @@ class ModuleRecorder:
         return {n: t.detach() for n, t in state.items() if t is not None}
 
     def _record(self, step: int, state: Mapping[str, torch.Tensor]) -> None:
+        self._hand(self._values(step, state))
+
+    def _hand(self, values: dict[str, Any]) -> None:
+        """Give the recorder one state's checked values (growing the run first where it is full)."""
         index = self.recorder.index
         if index >= self.writer.capacity:
             self.writer.grow(max(2 * self.writer.capacity, index + self.writer.chunk_steps))
+        self.recorder.record(**values)
+
+    def _values(self, step: int, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """What the recorder is given for ``state``: a missing variable's fill, each extra checked against the run's
+        dtype and shape (a :class:`UserError` naming it)."""
         values: dict[str, Any] = {"step": step}
         for name, spec in self.specs.items():
             if name == "step":
@@ -270,15 +297,24 @@ class ModuleRecorder:
                     torch.promote_types(value.dtype, self._buffer_dtypes[name]) != self._buffer_dtypes[name]:
                 raise UserError(f"record({name}=...): a {value.dtype} value; the run stores {spec.dtype}, fixed by the "
                                 f"first two record() calls: pass {name} as {spec.dtype} throughout")
+            if (spec.role == "scalar" and self._buffer_dtypes[name].is_floating_point and value.device.type == "cpu"
+                    and value.numel() == 1 and not value.dtype.is_floating_point and value.dtype != torch.bool
+                    and abs(int(value.reshape(()))) > 2**53):  # (found by a review: an integer array's 2**60 + 1
+                raise UserError(  # went into a float64 scalar, rounded)
+                    f"record({name}=...): the integer {int(value.reshape(()))} is beyond 2**53, past which the float64 "
+                    f"the run stores {name} as is not exact: pass {name} as a one-element integer array from its first "
+                    "record() call on (stored in its own integer dtype)")
             if spec.role in ("tensor", "scalar"):  # an extra of another shape (found by a review: a bare ValueError)
                 try:
-                    check_state_shape(name, tuple(value.shape), value.numel(), self._state_shapes[name], fills=True)
+                    # (not ``fills``: a number given for a vector extra is no vector; found by a review, it was
+                    # stored repeated; only a missing value is filled, above)
+                    check_state_shape(name, tuple(value.shape), value.numel(), self._state_shapes[name])
                 except ValueError:
                     raise UserError(f"record({name}=...): a value of shape {tuple(value.shape)}; the run stores "
                                     f"{name} as shape {self._state_shapes[name]}, fixed by the first two record() "
                                     f"calls: pass {name} in that shape throughout") from None
             values[name] = value
-        self.recorder.record(**values)
+        return values
 
     # -- creation / resumption ----------------------------------------------------------------------
     def _start(self) -> None:
@@ -310,28 +346,63 @@ class ModuleRecorder:
             "device": str(self.device),
             "user": self.user_attrs,
         }
+        self._check_memory(chunk * sum(int(np.prod([sizes[d] for d in spec.dims[1:]], dtype=np.int64))
+                                       * np.dtype(spec.dtype).itemsize for spec in specs.values()))
+        # the held states checked before the run exists (found by a review: a value refused here after the run
+        # was created left a `failed` run under the name, which the corrected script then could not take)
+        self._layout(specs, {name: tuple(sizes[d] for d in spec.dims[1:]) for name, spec in specs.items()})
+        checked = [self._values(step, state) for step, state in self._pending]
         self.writer = RunWriter.create(self.root, self.run_id, variables=specs, sizes=sizes, capacity=capacity,
                                        static={}, attrs=attrs, compressor=self.compressor, chunk_bytes=chunk_bytes,
                                        length_known=bool(self.expected_steps))
-        self._begin(specs, start_index=0, preload=None)
-        pending, self._pending = self._pending, []
-        for step, state in pending:
-            self._record(step, state)
+        try:
+            self._begin(specs, start_index=0, preload=None)
+        except BaseException:  # (the buffers could not be made: a run of no state is not left under the name)
+            self._remove_new_run()
+            raise
+        self._pending = []
+        for values in checked:
+            self._hand(values)
+
+    def _check_memory(self, chunk_bytes: int) -> None:
+        """Refuse, before the run exists, chunk buffers that do not fit in the memory available (found by a review:
+        numpy's MemoryError after the run was created, which left it ``running`` with no state)."""
+        from trajscope.producer.budget import HEADROOM, available_memory, size_text
+        from trajscope.producer.staging import default_buffers
+        from trajscope.store.hotpath import default_write_threads
+
+        buffers = self.queue_chunks or default_buffers(default_write_threads(self.root.is_local))
+        available = available_memory()
+        if buffers * chunk_bytes > HEADROOM * available:
+            raise UserError(f"run {self.run_id!r}: the recorder's {buffers} chunk buffers need about "
+                            f"{size_text(buffers * chunk_bytes)} of host memory, {size_text(available)} is available: "
+                            "lower chunk_mib (a chunk holds at least one state) or queue_chunks (at least 2); nothing "
+                            "was created")
+
+    def _remove_new_run(self) -> None:
+        """Delete the run this recorder has just created (no state recorded in it), under its lock."""
+        lock, self.writer = self.writer.lock, None
+        try:
+            if not lock.held:
+                lock.acquire()
+            self.root.delete(self.run_id)
+            lock.remove_file()
+        except Exception:  # noqa: BLE001 - best effort: the run is then left as it is, its error raised
+            pass
+        finally:
+            lock.release()
+
+    def _layout(self, specs: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """The run's variables, and each one's per-state shape and recording dtype."""
+        self.specs = dict(specs)
+        self._state_shapes = {name: tuple(shapes[name]) for name in self.specs if name != "step"}
+        self._buffer_dtypes = {name: torch.from_numpy(np.zeros(0, dtype=spec.dtype)).dtype
+                               for name, spec in self.specs.items() if name != "step"}
+        self._state_shapes["step"], self._buffer_dtypes["step"] = (), torch.int64
 
     def _begin(self, specs, *, start_index: int, preload) -> None:
-        self.specs = dict(specs)
-        shapes, dtypes = {}, {}
-        sizes = {}
-        for name, array in self.writer.arrays.items():
-            sizes[name] = tuple(array.shape[1:])
-        for name, spec in self.specs.items():
-            if name == "step":
-                continue
-            shapes[name] = sizes[name]
-            dtypes[name] = torch.from_numpy(np.zeros(0, dtype=spec.dtype)).dtype
-        shapes["step"], dtypes["step"] = (), torch.int64
-        self._buffer_dtypes = dtypes
-        self._state_shapes = shapes
+        self._layout(specs, {name: tuple(array.shape[1:]) for name, array in self.writer.arrays.items()})
+        shapes, dtypes = self._state_shapes, self._buffer_dtypes
         try:
             self.writer.set_write_options(io=write_io(self.io, self.root, self.device, self.compressor))
             self.recorder = Recorder(self.writer, shapes, dtypes, self.device, start_index=start_index,
@@ -341,22 +412,24 @@ class ModuleRecorder:
             raise
 
     def _reopen(self, every: int | None) -> None:
-        writer = RunWriter.reopen(self.root, self.run_id)
-        try:
-            schema = read_schema(writer.attrs)
+        found: dict[str, Any] = {}
+
+        def check(attrs: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
+            """This recorder fits the run: refused before the run is touched (found by a review: a resume refused
+            here after the run was reopened had marked a finished run ``running`` and erased its end)."""
+            schema = read_schema(attrs)
             if schema.get("kind") != MODULE:
                 raise UserError(f"run {self.run_id!r} is a {schema.get('kind')} run, not a module run: "
                                 "resume it with `trajscope resume`")
-            options = writer.attrs.get("recording") or {}
+            options = attrs.get("recording") or {}
             stored_every = int(options.get("every", 1))
             if every is not None and int(every) != stored_every:
                 raise UserError(f"every={every}: run {self.run_id!r} records every {stored_every}-th call; resume it "
                                 f"with every={stored_every} (or leave every out)")
-            self.every = self.options["every"] = stored_every
             stored = {n: v for n, v in schema["variables"].items()}
             same = ("resume with the same model and the same recording options (the run's: "
                     + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")")
-            for name, (_, tensor) in self.tracked.items():
+            for name in self.tracked:
                 if name not in stored:
                     raise UserError(f"run {self.run_id!r} has no variable {name!r}: {same}")
             untracked = sorted(n for n, v in stored.items()
@@ -364,13 +437,19 @@ class ModuleRecorder:
             if untracked:
                 raise UserError(f"run {self.run_id!r} records {untracked[0]!r}, which this recorder does not: {same}")
             for name, (_, tensor) in self.tracked.items():
-                shape = tuple(writer.arrays[name].shape[1:])
+                shape = shapes[name][1:]
                 if shape != tuple(tensor.shape):
                     raise UserError(f"{name}: the run stores shape {shape}, the module has {tuple(tensor.shape)}")
                 dtype = adapter.stored_dtype(tensor.dtype)[0]
                 if dtype != stored[name].get("dtype", dtype):
                     raise UserError(f"{name}: the run stores {stored[name]['dtype']}, the module has {tensor.dtype}: "
                                     "cast the model as it was recorded")
+            found.update(every=stored_every, stored=stored)
+
+        writer = RunWriter.reopen(self.root, self.run_id, check=check)
+        try:
+            self.every = self.options["every"] = found["every"]
+            stored = found["stored"]
             committed = writer.committed_steps
             record_segment(writer, str(self.device))
             chunk_start = (committed // writer.chunk_steps) * writer.chunk_steps
@@ -500,6 +579,11 @@ def _extra_tensor(name: str, value: Any) -> torch.Tensor:
     if tensor is None or tensor.is_complex():  # (a complex number would lose its imaginary part)
         raise UserError(f"record({name}=...): {type(value).__name__} {str(value)[:40]!r} is not a real number, an "
                         "array of real numbers or a real tensor")
+    try:
+        adapter.stored_dtype(tensor.dtype)
+    except TypeError:  # (found by a review: a bare TypeError, raised twice, for uint16/32/64)
+        raise UserError(f"record({name}=...): a {tensor.dtype} value, which a run cannot store: pass it as a real "
+                        "floating, signed integer, uint8 or bool value") from None
     # a scalar is stored as float64, exact for integers up to 2**53 only (found by a review: 2**60 + 1 and
     # 2**60 + 3 were both stored as 2**60); checked where it costs no device sync: Python and CPU integers
     exact = 2**53

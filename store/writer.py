@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from importlib import metadata as _metadata
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import zarr
@@ -207,8 +207,13 @@ class RunWriter:
         return cls(root, run_id, lock, full_attrs)
 
     @classmethod
-    def reopen(cls, root: StoreRoot, run_id: str) -> "RunWriter":
-        """Reopen an unfinished run (``running`` after a crash, ``interrupted`` or ``failed``) to resume it."""
+    def reopen(cls, root: StoreRoot, run_id: str,
+               check: Callable[[dict[str, Any], dict[str, tuple[int, ...]]], None] | None = None) -> "RunWriter":
+        """Reopen an unfinished run (``running`` after a crash, ``interrupted`` or ``failed``) to resume it.
+
+        ``check(attrs, shapes)``, given the run's attributes and its time-varying arrays' shapes, may refuse the
+        resume by raising: it is called under the lock, before anything of the run is changed (found by a review:
+        a resume its caller refused after this had marked the run ``running`` had erased the run's end)."""
         root.read_group_metadata(run_id)  # RunNotFound before a lock file is made for a run that is not there
         lock = WriterLock(root, run_id).acquire()
         try:
@@ -234,6 +239,9 @@ class RunWriter:
             lost = lost_last_chunks(root, run_id, int(attrs.get(COMMITTED, 0)), list(attrs["time_variables"]))
             if lost:  # read back as fill values, then stored whole, they would become the run's data
                 raise CorruptData(run_id, lost)
+            if check is not None:
+                check(attrs, {name: tuple(json.loads(root.read_bytes(run_id, f"{name}/zarr.json"))["shape"])
+                              for name in attrs["time_variables"]})
             if root.is_local:  # what a writer killed in mid-write left (nothing else writes under the lock)
                 remove_stale_temporaries(root.run_url(run_id))
             attrs["status"] = "running"

@@ -155,6 +155,38 @@ def test_a_point_whose_name_holds_someone_elses_zarr_group_keeps_it(tmp_path):
     assert zarr.open_group(str(tmp_path / "p1.zarr"), mode="r").attrs["title"] == "not a run"
 
 
+def test_a_point_whose_id_holds_another_run_keeps_it_and_says_so(tmp_path, tiny_base):
+    """Found by a review: a crashed ModuleRecorder run under a point's id (no producer config) was deleted as a husk
+    and produced anew, and a run ``produce --name`` had made there with other settings was taken as the point's
+    (skipped into the table with its numbers, or resumed)."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    import trajscope
+    from trajscope.experiments.sweep import execute_point
+    from trajscope.producer import produce
+
+    rec = trajscope.ModuleRecorder(torch.nn.Linear(3, 2), root=tmp_path, name="p1")
+    for _ in range(40):
+        rec.record()
+    rec.recorder.close()  # (committed, its writer gone: as a killed script leaves it, `running`)
+    rec.writer.lock.release()
+    before = trajscope.open_run(tmp_path / "p1.zarr")["weight"].values
+    row = execute_point(copy.deepcopy(tiny_base), "p1", str(tmp_path), summarize=False)
+    assert row["action"] == "failed" and "not made by `trajscope produce`" in row["error"], row
+    np.testing.assert_array_equal(trajscope.open_run(tmp_path / "p1.zarr")["weight"].values, before)
+    other = copy.deepcopy(tiny_base)
+    other["data"]["n"] = 24
+    produce(other, root=tmp_path, name="p2")
+    for status in ("complete", "interrupted"):
+        row = execute_point(copy.deepcopy(tiny_base), "p2", str(tmp_path), summarize=False)
+        assert row["action"] == "failed" and "with another config than this sweep's point" in row["error"], row
+        StoreRoot(tmp_path).write_attrs("p2", {**StoreRoot(tmp_path).read_attrs("p2"), "status": "interrupted"})
+    assert trajscope.open_run(tmp_path / "p2.zarr").sizes["sample"] == 24  # (not resumed as the point)
+
+
 def test_a_sweep_that_finds_runs_busy_leaves_the_table_to_the_other_writer(tmp_path, spec_factory, python_env):
     """Found by a review: two sweeps of one spec at once, and the one that finished last (the one that found runs
     held by the other) overwrote ``<name>.sweep.csv`` with rows of NaN for them."""

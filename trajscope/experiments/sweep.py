@@ -49,7 +49,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trajscope.producer.config import RunConfig, load_config, read_yaml_mapping, set_dotted
+from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.errors import NotARun, RunLocked, UserError
+from trajscope.store.layout import never_fully_created
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -302,19 +304,21 @@ def _execute_point(config: dict[str, Any], run_id: str, root: str, storage_optio
     try:
         if store_root.exists(run_id):
             attrs = store_root.read_attrs(run_id)
-            if attrs.get("status") == "complete":
-                row["action"] = "skipped"
-            elif store_root.is_foreign(run_id, attrs):  # someone else's Zarr group: kept
+            if store_root.is_foreign(run_id, attrs):  # someone else's Zarr group: kept
                 raise NotARun(store_root.run_url(run_id), "a Zarr group without a run's attributes",
                               "sweep into another root")
-            elif "status" not in attrs or "config" not in attrs:
-                with WriterLock(store_root, run_id):  # refuses when a creator is still alive
-                    store_root.delete(run_id)
+            if never_fully_created(attrs):  # (only such a husk: found by a review, a crashed ModuleRecorder run
+                with WriterLock(store_root, run_id):  # of the same id, with no producer config, was deleted)
+                    store_root.delete(run_id)  # (the lock refuses when a creator is still alive)
                 produce(config, root=store_root, name=run_id)
                 row["action"] = "restarted"
             else:
-                resume(run_id, root=store_root)
-                row["action"] = "resumed"
+                _check_same_config(store_root, run_id, attrs, config)
+                if attrs.get("status") == "complete":
+                    row["action"] = "skipped"
+                else:
+                    resume(run_id, root=store_root)
+                    row["action"] = "resumed"
         else:
             produce(config, root=store_root, name=run_id)
             row["action"] = "produced"
@@ -336,6 +340,23 @@ def _execute_point(config: dict[str, Any], run_id: str, root: str, storage_optio
             except Exception as err:  # noqa: BLE001
                 row["error"] = f"summary: {type(err).__name__}: {err}"
     return row
+
+
+def _check_same_config(store_root: Any, run_id: str, attrs: dict[str, Any], config: dict[str, Any]) -> None:
+    """A run found under a point's id is that point's: made by ``produce`` from a config of the same hash, else a
+    :class:`UserError` (found by a review: a run another ``produce --name`` had made there with other settings was
+    skipped into the table, or resumed, as the point's)."""
+    stored = run_attr(attrs, "config")
+    if stored is None:
+        raise UserError(f"run {run_id!r} exists under {store_root.location} and was not made by `trajscope produce` "
+                        "(a ModuleRecorder run?): it is no run of this sweep; sweep into another root, or remove it")
+    try:
+        same = config_hash(load_config(stored)) == config_hash(load_config(config))
+    except UserError:
+        same = False
+    if not same:
+        raise UserError(f"run {run_id!r} exists under {store_root.location} with another config than this sweep's "
+                        "point: it is no run of this sweep; sweep into another root, or remove it")
 
 
 def _with_threads(config: RunConfig, threads: int) -> dict[str, Any]:

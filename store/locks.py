@@ -520,6 +520,9 @@ def _open_lock_file(root: str, path: str) -> int:
         if err.errno == errno.ELOOP:
             raise PathOutsideRoot(f"the lock file {path} is a symbolic link; trajscope never writes through a "
                                   "link: remove it") from None
+        if err.errno == errno.EISDIR:  # (found by a review: a traceback)
+            raise UserError(f"the lock file {path} is a folder, not a regular file: remove it (trajscope makes the "
+                            "file again)") from None
         # the whole path (opened relative to its folder, the error named the file alone: found by a review)
         raise type(err)(err.errno, err.strerror, path) from None
     finally:

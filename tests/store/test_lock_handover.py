@@ -265,3 +265,13 @@ def test_rm_removes_the_lock_file_and_a_writer_that_opened_it_first_locks_the_ne
         assert probe.returncode != 0 and "RunLocked" in probe.stderr, probe.stderr  # another writer is excluded
     finally:
         lock.release()
+
+
+def test_a_lock_file_that_is_a_folder_is_one_user_error(tmp_path):
+    """Found by a review: ``fsck --repair``, ``resume``, ``rm`` and ``tag`` printed IsADirectoryError's traceback."""
+    from trajscope.store import UserError
+
+    root = StoreRoot(tmp_path)
+    os.makedirs(root.lock_path("r"))
+    with pytest.raises(UserError, match=r"the lock file .*r\.lock is a folder, not a regular file: remove it"):
+        WriterLock(root, "r").acquire()

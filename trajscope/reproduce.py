@@ -25,6 +25,7 @@ import numpy as np
 
 from trajscope.producer.config import RunConfig, load_config
 from trajscope.experiments.sweep import (
+    BUSY,
     SweepPoint,
     any_busy,
     expand,
@@ -219,14 +220,26 @@ def reproduce(
             with contextlib.suppress(OSError):  # only folders this call made, and only while empty
                 folder.rmdir()
         raise
+    if any_busy(rows):  # held by another writer (another sweep or reproduce): taken again once, as run_sweep does
+        busy = [p for p, row in zip(points, rows) if row.get("action") == BUSY]
+        again = {row["run_id"]: row for row in run_points(busy, root=store_root.location, workers=workers,
+                                                            scheduler=scheduler)}
+        rows = [again.get(row["run_id"], row) if row.get("action") == BUSY else row for row in rows]
+    if any_busy(rows):  # (found by a review: the report was written without them, its claims over fewer runs)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        held = [row["run_id"] for row in rows if row.get("action") == BUSY]
+        raise UserError(f"{len(held)} run(s) are being written by another process ({', '.join(held[:3])}"
+                        f"{', ...' if len(held) > 3 else ''}): the report is not written; run the same command again "
+                        "once they are done")
     by_id = {row["run_id"]: row for row in rows}
     for exp, point in zip(exps, points):
         exp.row = by_id.get(point.run_id)
     tables: dict[str, pd.DataFrame] = {}
     for key, (spec, pts) in sweep_points.items():
         tables[key] = sweep_table([by_id[p.run_id] for p in pts])
-        if not any_busy([by_id[p.run_id] for p in pts]):  # (as run_sweep: the other writer's to write)
-            write_table(tables[key], store_root.location, table_name(spec.name, quick))
+        write_table(tables[key], store_root.location, table_name(spec.name, quick))
     extra = _extras(exps, store_root)
     figures = _figures(exps, tables, store_root, out_dir / "figures")
     claims = _claims({e.key: e for e in exps}, tables, extra)

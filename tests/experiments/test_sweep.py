@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from trajscope.experiments.sweep import expand, load_sweep, run_sweep
-from trajscope.store import StoreRoot, describe_run
+from trajscope.store import StoreRoot, UserError, describe_run
 
 KILL_STEPS = 20_000
 
@@ -207,8 +207,11 @@ def test_a_sweep_that_finds_runs_busy_leaves_the_table_to_the_other_writer(tmp_p
         assert not (root / "tiny.sweep.csv").exists()
         from trajscope.reproduce import reproduce  # (it writes the same table: found by the diff's review)
 
-        reproduce(tmp_path / "report", root=str(root), workers=1, experiments={}, sweeps={"alignment_time": spec})
-        assert not (root / "tiny.sweep.csv").exists()
+        with pytest.raises(UserError, match="1 run\\(s\\) are being written by another process .*: the report is not "
+                                            "written"):  # (found by a review: written without them, its claims over
+            reproduce(tmp_path / "report", root=str(root), workers=1, experiments={},  # fewer runs)
+                      sweeps={"alignment_time": spec})
+        assert not (root / "tiny.sweep.csv").exists() and not (tmp_path / "report").exists()
     finally:
         holder.kill()
         holder.wait()

@@ -91,6 +91,13 @@ def checksum(parts: Sequence) -> bytes:
     return int(value).to_bytes(4, "little")
 
 
+def chunk_ok(stored: bytes | memoryview) -> bool:
+    """Whether a stored chunk's last 4 bytes are ``le32(crc32c(rest))``."""
+    if len(stored) < 4:
+        return False
+    return checksum([memoryview(stored)[:-4]]) == bytes(stored[-4:])
+
+
 class ChunkEncoder:
     """Encodes chunks of one zarr v3 array exactly as its codec pipeline would.
 

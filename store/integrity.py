@@ -16,7 +16,7 @@ import json
 import math
 from typing import Iterable
 
-from trajscope.store.chunkio import checksum
+from trajscope.store.chunkio import chunk_ok
 from trajscope.store.errors import CorruptChunk, CorruptData
 from trajscope.store.root import StoreRoot
 from trajscope.store.snapshot import all_chunks_stored, missing_committed_chunk, snapshot
@@ -34,13 +34,6 @@ def is_checksum_error(exc: BaseException | None) -> bool:
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return False
-
-
-def chunk_ok(stored: bytes | memoryview) -> bool:
-    """Whether a stored chunk's last 4 bytes are ``le32(crc32c(rest))``."""
-    if len(stored) < 4:
-        return False
-    return checksum([memoryview(stored)[:-4]]) == bytes(stored[-4:])
 
 
 def _chunk_grid(meta: dict) -> tuple[list[int], list[int]]:

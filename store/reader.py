@@ -20,7 +20,7 @@ from trajscope.store.export import drop_chunk_encoding
 from trajscope.store.layout import COMMITTED, STEP_DIM, check_format, never_fully_created
 from trajscope.store.locks import writer_gone
 from trajscope.store.root import StoreRoot, resolve_run
-from trajscope.store.integrity import chunk_ok
+from trajscope.store.chunkio import chunk_ok
 from trajscope.store.snapshot import METADATA_KEY, LostChunkCheck, Snapshot, missing_committed_chunk, snapshot
 
 

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from trajscope.store.chunkio import chunk_ok
 from trajscope.store.errors import CorruptChunk, CorruptData, PathOutsideRoot, RunNotFound, UserError
 from trajscope.store.layout import ALL_CHUNKS_STORED_KEY, COMMITTED, RUN_UID, STEP_DIM, VARIABLE_NAME
 from trajscope.store.root import StoreRoot
@@ -333,8 +334,10 @@ class LostChunkCheck:
 
 def lost_last_chunks(root: StoreRoot, run_id: str, committed: int, names: list[str]) -> list[CorruptChunk]:
     """The chunks holding the last committed state (index ``committed - 1``) of the arrays ``names`` that are not
-    stored, in a run that stores every committed chunk: what ``resume`` reads back to go on (the last state,
-    the partial chunk it rewrites whole) and would otherwise take as fill values, then store as data."""
+    stored, in a run that stores every committed chunk, or fail their checksum: what ``resume`` reads back to go
+    on (the last state, the partial chunk it rewrites whole) and would otherwise take as fill values, then store as
+    data, or fail on after it had marked the run ``running`` (found by a review: the run's end was erased, and the
+    error named neither run nor chunk)."""
     if committed <= 0 or not all_chunks_stored(root, run_id):
         return []
     lost = []
@@ -350,9 +353,11 @@ def lost_last_chunks(root: StoreRoot, run_id: str, committed: int, names: list[s
         first = (committed - 1) // chunk[0]
         for rest in itertools.product(*(range(-(-n // c)) for n, c in zip(shape[1:], chunk[1:]))):
             key = f"{name}/c{separator}" + separator.join(str(i) for i in (first, *rest))
+            steps = (first * chunk[0], min((first + 1) * chunk[0], committed) - 1)
             if not root.has_key(run_id, key):
-                lost.append(CorruptChunk(name, key, (first * chunk[0], min((first + 1) * chunk[0], committed) - 1),
-                                         missing=True))
+                lost.append(CorruptChunk(name, key, steps, missing=True))
+            elif not chunk_ok(root.read_bytes(run_id, key)):
+                lost.append(CorruptChunk(name, key, steps))
     return lost
 
 

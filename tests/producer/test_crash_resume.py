@@ -516,6 +516,27 @@ def test_resume_refuses_a_run_whose_last_chunk_is_lost(tmp_path, small_config, m
     assert cli.returncode == 1 and cli.stderr.count("\n") == 1 and "is missing" in cli.stderr, cli.stderr
 
 
+def test_resume_refuses_a_run_whose_last_chunk_fails_its_checksum_and_keeps_its_end(tmp_path, small_config,
+                                                                                      monkeypatch):
+    """Found by a review: a truncated last chunk was found only after the resume had marked the run ``running``
+    (its ``interrupted``, final loss and last step erased), with a message naming neither run nor chunk."""
+    ctrl_c_at_update(monkeypatch, 30)
+    assert produce(small_config(train={"steps": 80}), root=tmp_path, name="torn").status == "interrupted"
+    monkeypatch.undo()
+    root = StoreRoot(tmp_path)
+    before = root.read_attrs("torn")
+    last = (before["committed_steps"] - 1) // before["chunk_steps"]
+    chunk = tmp_path / "torn.zarr" / "W" / "c" / str(last) / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    cli = subprocess.run([sys.executable, "-m", "trajscope", "resume", "torn", "--root", str(tmp_path), "--quiet"],
+                         capture_output=True, text=True)
+    assert cli.returncode == 1 and cli.stderr.count("\n") == 1, cli.stderr
+    assert "'torn'" in cli.stderr and f"W/c/{last}/0/0" in cli.stderr, cli.stderr
+    after = root.read_attrs("torn")
+    assert {k: after.get(k) for k in ("status", "committed_steps", "last_step", "final_loss")} == \
+        {k: before.get(k) for k in ("status", "committed_steps", "last_step", "final_loss")}
+
+
 @pytest.mark.parametrize("lr", [0.01, 1e30])  # a run that converges; one whose loss is not finite
 def test_a_run_resumed_at_its_last_state_keeps_its_final_loss(tmp_path, small_config, monkeypatch, lr):
     """Found by a review: a run whose every state was committed, its producer stopped before the final status,

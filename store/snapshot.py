@@ -260,12 +260,14 @@ class LostChunkCheck:
         self.uid = attrs.get(RUN_UID)
         self._marker: bool | None = None
         self._same_since = -math.inf  # when the last check that found the same run began (time.monotonic)
+        self._stamp: tuple[int, int, int] | None = None  # of the local document the last check read (_same_run)
         self._pending: dict[Any, tuple[float, asyncio.Task]] = {}  # the check under way, per event loop
 
     def __getstate__(self) -> dict[str, Any]:  # (a dask graph sent to distributed workers pickles it)
         state = dict(self.__dict__)
         state["_pending"] = {}
         state["_same_since"] = -math.inf  # (another machine's clock: checked afresh there)
+        state["_stamp"] = None
         return state
 
     async def found(self, read_done: float, read_document: Callable[[], Awaitable[bytes | None]]) -> None:
@@ -323,6 +325,16 @@ class LostChunkCheck:
             raise CorruptData(self.run_id, [lost])
 
     def _same_run(self) -> None:
+        """The run's document, read now, is still of this run; on a local root a document whose stamp (inode,
+        mtime, size) is that of the one this check last found of this run is not read again: every write replaces
+        it with a new file (found by a review: reading a run of 500 parameters read and parsed its large document
+        once per chunk, 10 s for one quantity)."""
+        try:
+            stamp = self.root.document_stamp(self.run_id)  # (before the read: a document replaced after it is new)
+        except OSError:
+            stamp = None  # (gone: the read says so)
+        if stamp is not None and stamp == self._stamp:
+            return
         try:
             current = self.root.read_attrs(self.run_id)
         except (KeyError, ValueError):  # (RunNotFound is a KeyError)
@@ -330,6 +342,7 @@ class LostChunkCheck:
         if current is None or (self.uid is not None and current.get(RUN_UID) != self.uid):
             raise RunNotFound(f"no run {self.run_id!r} under {self.root.location}: it was deleted (or replaced) "
                               "while it was read; open it again")
+        self._stamp = stamp
 
 
 def lost_last_chunks(root: StoreRoot, run_id: str, committed: int, names: list[str]) -> list[CorruptChunk]:

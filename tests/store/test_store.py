@@ -359,6 +359,21 @@ def test_a_lazy_dataset_kept_across_a_delete_and_a_new_run_of_its_id_raises(tmp_
         assert all(v is not None for v in values) and 1 <= len(checks) <= 10, len(checks)  # (one a read: 40)
     finally:
         SnapshotStore._root_document = original
+    reads = []  # on a local root the document is read again only when its stamp changed (found by a review: it was
+    original_read = StoreRoot.read_attrs  # read and parsed once a chunk, 10 s for one quantity of a run of 500
+    # parameters)
+
+    def counted_read(self, run_id, *args, **kwargs):
+        reads.append(run_id)
+        return original_read(self, run_id, *args, **kwargs)
+
+    ds = open_run("r", root)
+    StoreRoot.read_attrs = counted_read
+    try:
+        np.testing.assert_array_equal(ds["W"].values, whole_w(0))
+    finally:
+        StoreRoot.read_attrs = original_read
+    assert len(reads) <= 1, reads  # (5 chunks read)
     old = open_run("r", root)
     delete_run("r", root)
     if replaced:  # the same id, the same shapes, other numbers

@@ -21,6 +21,7 @@ Optimizer state is **not** recorded: to resume exactly, restore it yourself (or 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -119,11 +120,17 @@ class ModuleRecorder:
             raise UserError(f"compressor={compressor!r}: use one of {', '.join(COMPRESSORS)}")
         self.module = module
         self.root = root if isinstance(root, StoreRoot) else StoreRoot(root)
+        if name is not None and not str(name).strip():  # (found by a review: "" took the default name silently)
+            raise UserError("name='': give the run a name, or leave name out for <ModelClass>-<date>-<time>")
         self.run_id = validate_run_id(name or f"{type(module).__name__}-{time.strftime('%Y%m%d-%H%M%S')}")
         self.every = 1 if every is None else int(every)
         self.dims = adapter.check_dims_option(dims)
         self.expected_steps = expected_steps
         self.user_attrs = dict(attrs or {})
+        try:  # (found by a review: refused only by the second record(), once training had begun)
+            json.dumps(self.user_attrs, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"attrs: {err}; give values JSON can store (numbers, text, lists, dicts; no NaN)") from None
         self.compressor = compressor
         self.chunk_mib = chunk_mib
         self.queue_chunks = queue_chunks
@@ -170,9 +177,11 @@ class ModuleRecorder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.recorder is None and exc_type is not None and issubclass(exc_type, UserError):
-            self._closed = True  # a record() refused before the run exists: nothing is created (found by a review:
-            return  # the exit made a `failed` run of it, and then refused the corrected script's name)
+        if self.recorder is None and exc_type is not None and (issubclass(exc_type, UserError) or not self._pending):
+            self._closed = True  # a record() refused before the run exists, or an error before any record(): nothing
+            return  # is created (found by reviews: the exit made an empty `failed` run, refusing the script's name)
+        if exc_type is not None and issubclass(exc_type, SystemExit) and exc.code in (None, 0):
+            exc_type = None  # (sys.exit(0) in the block: the script ended well; found by a review)
         if exc_type is None:
             self.close("complete")
         elif issubclass(exc_type, KeyboardInterrupt):

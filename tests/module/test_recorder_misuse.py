@@ -104,3 +104,41 @@ def test_chunk_buffers_beyond_the_memory_are_refused_before_the_run_exists(tmp_p
             for _ in range(3):
                 rec.record()
     assert not (tmp_path / "big.zarr").exists()
+
+
+def test_an_error_before_any_record_leaves_no_run_and_sys_exit_0_ends_it_complete(tmp_path):
+    """Found by a review: an exception before the first ``record()`` left an empty ``failed`` run that refused the
+    script's name afterwards; ``sys.exit(0)`` in the block ended the run ``failed`` ("SystemExit: 0")."""
+    with pytest.raises(ValueError):
+        with trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=tmp_path, name="early"):
+            raise ValueError("data not found")
+    assert not (tmp_path / "early.zarr").exists()
+    with pytest.raises(SystemExit):
+        with trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=tmp_path, name="done") as rec:
+            for _ in range(3):
+                rec.record()
+            sys.exit(0)
+    assert trajscope.open_run(tmp_path / "done.zarr").attrs["status"] == "complete"
+
+
+@pytest.mark.parametrize("kwargs, words", [({"name": ""}, "name='': give the run a name"),
+                                           ({"name": "a", "attrs": {"x": object()}}, "attrs: "),
+                                           ({"name": "a", "attrs": {"x": float("nan")}}, "attrs: ")])
+def test_a_bad_name_or_attrs_is_refused_when_the_recorder_is_made(tmp_path, kwargs, words):
+    with pytest.raises(UserError, match=words):
+        trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=tmp_path, **kwargs)
+    assert not any(p.name.endswith(".zarr") for p in tmp_path.iterdir())
+
+
+def test_a_complete_run_of_no_state_is_not_told_to_resume(tmp_path, capsys, monkeypatch):
+    """Found by a review: `show` of a run whose script never called record() said to resume it, which is refused
+    for a complete run."""
+    from trajscope.cli import main
+
+    with trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=tmp_path, name="none"):
+        pass
+    monkeypatch.setattr(sys, "argv", ["trajscope", "show", "none", "--root", str(tmp_path)])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "is complete with no recorded state" in err and "resume" not in err, err

@@ -70,6 +70,9 @@ def no_state_yet(run: str, ds: xr.Dataset) -> UserError:
     if ds.attrs.get("status") == "running":
         if not writer_gone(StoreRoot(ds.attrs["root"]), ds.attrs["run_id"]):
             return UserError(f"run {run!r} has no committed steps yet: wait for the producer to commit a chunk")
+    if ds.attrs.get("status") == "complete":  # (found by a review: it was told to resume a complete run)
+        return UserError(f"run {run!r} is complete with no recorded state (its script never called record()): "
+                         "there is nothing to show; record again under another name")
     again = resume_hint(ds.attrs["run_id"], ds.attrs["root"], ds.attrs)
     return UserError(f"run {run!r} has no committed steps: its producer stopped before the first chunk was full; "
                      f"{again} records it from the start")

@@ -491,6 +491,17 @@ def test_a_resume_on_another_device_warns_and_records_each_segment(tmp_path, sma
     assert "another device" in cli.stderr
 
 
+def interrupted_in_a_chunk(tmp_path, small_config, monkeypatch, name: str) -> tuple[StoreRoot, dict, int]:
+    """A run ended ``interrupted`` by a Ctrl-C inside a chunk: its root, its attributes and the index of the
+    chunk that holds its last committed state."""
+    ctrl_c_at_update(monkeypatch, 30)
+    assert produce(small_config(train={"steps": 80}), root=tmp_path, name=name).status == "interrupted"
+    monkeypatch.undo()
+    root = StoreRoot(tmp_path)
+    attrs = root.read_attrs(name)
+    return root, attrs, (attrs["committed_steps"] - 1) // attrs["chunk_steps"]
+
+
 def test_resume_refuses_a_run_whose_last_chunk_is_lost(tmp_path, small_config, monkeypatch):
     """resume reads back the chunk holding the last committed state (the state to go on from, the partial chunk
     it rewrites whole). Lost (removed by hand, lost by the file system), it read as fill values, and the
@@ -499,12 +510,7 @@ def test_resume_refuses_a_run_whose_last_chunk_is_lost(tmp_path, small_config, m
 
     from trajscope.store.errors import CorruptData
 
-    ctrl_c_at_update(monkeypatch, 30)
-    assert produce(small_config(train={"steps": 80}), root=tmp_path, name="lost").status == "interrupted"
-    monkeypatch.undo()
-    root = StoreRoot(tmp_path)
-    before = root.read_attrs("lost")
-    last = (before["committed_steps"] - 1) // before["chunk_steps"]
+    root, before, last = interrupted_in_a_chunk(tmp_path, small_config, monkeypatch, "lost")
     shutil.rmtree(tmp_path / "lost.zarr" / "W" / "c" / str(last))
     with pytest.raises(CorruptData, match=rf"W/c/{last}/0/0 .* is missing"):
         resume("lost", root=tmp_path)
@@ -520,12 +526,7 @@ def test_resume_refuses_a_run_whose_last_chunk_fails_its_checksum_and_keeps_its_
                                                                                       monkeypatch):
     """Found by a review: a truncated last chunk was found only after the resume had marked the run ``running``
     (its ``interrupted``, final loss and last step erased), with a message naming neither run nor chunk."""
-    ctrl_c_at_update(monkeypatch, 30)
-    assert produce(small_config(train={"steps": 80}), root=tmp_path, name="torn").status == "interrupted"
-    monkeypatch.undo()
-    root = StoreRoot(tmp_path)
-    before = root.read_attrs("torn")
-    last = (before["committed_steps"] - 1) // before["chunk_steps"]
+    root, before, last = interrupted_in_a_chunk(tmp_path, small_config, monkeypatch, "torn")
     chunk = tmp_path / "torn.zarr" / "W" / "c" / str(last) / "0" / "0"
     chunk.write_bytes(chunk.read_bytes()[:100])
     cli = subprocess.run([sys.executable, "-m", "trajscope", "resume", "torn", "--root", str(tmp_path), "--quiet"],

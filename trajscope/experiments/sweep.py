@@ -352,8 +352,10 @@ def _check_same_config(store_root: Any, run_id: str, attrs: dict[str, Any], conf
                         "(a ModuleRecorder run?): it is no run of this sweep; sweep into another root, or remove it")
     try:
         same = config_hash(load_config(stored)) == config_hash(load_config(config))
-    except UserError:
-        same = False
+    except UserError as err:
+        raise UserError(f"run {run_id!r} exists under {store_root.location}, its stored config unreadable by this "
+                        f"version ({err}): it cannot be told to be this sweep's point; sweep into another root, or "
+                        "remove it") from None
     if not same:
         raise UserError(f"run {run_id!r} exists under {store_root.location} with another config than this sweep's "
                         "point: it is no run of this sweep; sweep into another root, or remove it")

@@ -298,21 +298,28 @@ class StoreRoot:
         _replace_file(path, data, durable=durable)
         return None
 
+    def check_file_name(self, name: str) -> None:
+        """A :class:`UserError` unless :meth:`write_file` can write ``name``: one file name of :data:`FILE_NAME`
+        that is no run's (not ``*.zarr``), with no folder of that name in the way on a local root. A sweep asks
+        before it trains (found by a review: a folder in the table's way was said after all the training)."""
+        if not re.fullmatch(FILE_NAME, name) or name.endswith(RUN_SUFFIX):
+            raise UserError(f"cannot write {name!r} beside the runs: give a plain file name of A-Z a-z 0-9 . _ -, "
+                            f"starting with a letter or digit, not ending in {RUN_SUFFIX}")
+        path = os.path.join(self.location, name)
+        if self.is_local and os.path.isdir(path) and not os.path.islink(path):  # (a review: IsADirectoryError)
+            raise UserError(f"cannot write {path}: a folder of that name is in the way; move it")
+
     def write_file(self, name: str, data: bytes) -> str:
         """Write ``name``, a plain file beside the runs (a sweep's table), replacing it atomically as
         :meth:`write_bytes` does; returns its path or URL. ``name`` is one file name of :data:`FILE_NAME` that
         is no run's (not ``*.zarr``), else :class:`UserError`."""
-        if not re.fullmatch(FILE_NAME, name) or name.endswith(RUN_SUFFIX):
-            raise UserError(f"cannot write {name!r} beside the runs: give a plain file name of A-Z a-z 0-9 . _ -, "
-                            f"starting with a letter or digit, not ending in {RUN_SUFFIX}")
+        self.check_file_name(name)
         if not self.is_local:
             url = f"{self.location}/{name}"
             self.fs.pipe_file(self.fs._strip_protocol(url), data)
             return url
         os.makedirs(self.location, exist_ok=True)
         path = os.path.join(self.location, name)
-        if os.path.isdir(path) and not os.path.islink(path):  # (found by a review: a raw IsADirectoryError)
-            raise UserError(f"cannot write {path}: a folder of that name is in the way; move it")
         _remove_stale_temporaries(self.location, f"{TEMPORARY_PREFIX}{name}-")
         _replace_file(path, data, durable=False, prefix=f"{TEMPORARY_PREFIX}{name}-")
         return path

@@ -28,6 +28,7 @@ from trajscope.experiments.sweep import (
     BUSY,
     SweepPoint,
     any_busy,
+    check_table_files,
     expand,
     load_sweep,
     point_run_id,
@@ -202,6 +203,8 @@ def reproduce(
     sweep_sources = sweeps if sweeps is not None else {k: configs_dir / "sweeps" / f for k, f in SWEEPS.items()}
     points, sweep_points = _points(exps, sweep_sources, quick)
     store_root = StoreRoot(root)
+    for spec, _ in sweep_points.values():  # (before any training: a folder in a table's way)
+        check_table_files(store_root.location, table_name(spec.name, quick))
     out_dir = Path(out)
     inside = zarr_store_holding(out_dir)  # (a folder not made yet: its parents)
     if inside is not None:  # (found by a review: the figures were refused one by one after all the training)

@@ -216,6 +216,20 @@ def test_quick_without_a_quick_section_and_reproduce_with_no_workers_leave_nothi
 
 
 
+def test_a_folder_in_the_tables_way_is_said_before_any_training(tmp_path, spec_factory):
+    """Found by a review: the one-line error came after all the runs had trained."""
+    from trajscope.experiments.sweep import run_sweep
+    from trajscope.reproduce import reproduce
+
+    root = tmp_path / "runs"
+    (root / "tiny.sweep.csv").mkdir(parents=True)
+    with pytest.raises(UserError, match="tiny.sweep.csv: a folder of that name is in the way"):
+        run_sweep(spec_factory(), root=root, workers=1)
+    with pytest.raises(UserError, match="tiny.sweep.csv: a folder of that name is in the way"):
+        reproduce(tmp_path / "report", root=root, workers=1, experiments={}, sweeps={"alignment_time": spec_factory()})
+    assert sorted(p.name for p in root.iterdir()) == ["tiny.sweep.csv"] and not (tmp_path / "report").exists()
+
+
 def test_reproduce_stopped_by_a_missing_torch_leaves_no_report_folder(tmp_path, spec_factory, monkeypatch):
     """Found by a review of the light install: ``reproduce`` without torch said so in one line, but left an empty
     ``report/figures/`` behind (only a UserError removed the folders it had made). ``run_points`` fails here as

@@ -529,6 +529,20 @@ def table_name(spec_name: str, quick: bool) -> str:
     return f"{spec_name}{'-quick' if quick else ''}.sweep"
 
 
+#: the files a sweep's table is written as (``.parquet`` where pyarrow is installed)
+TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+def check_table_files(root: str | os.PathLike | None, stem: str, storage_options: dict | None = None) -> None:
+    """Before any training: a :class:`UserError` when the table's files could not be written (a folder in the
+    way), rather than after all of it."""
+    from trajscope.store import StoreRoot
+
+    store_root = StoreRoot(root, storage_options)
+    for suffix in TABLE_SUFFIXES:
+        store_root.check_file_name(f"{stem}{suffix}")
+
+
 def write_table(table: pd.DataFrame, root: str | os.PathLike | None, stem: str,
                 storage_options: dict | None = None) -> list[str]:
     """Write the sweep table next to the runs as CSV (and Parquet when pyarrow is installed), each file replaced
@@ -593,6 +607,7 @@ def run_sweep(
         raise UserError(f"sweep {spec.name} has no quick: section, so --quick would run the full sweep: drop --quick, "
                         f"or add e.g. quick: {{grid: {{...}}, seeds: [0]}}")
     points = expand(spec, folder, quick=quick)
+    check_table_files(root, table_name(spec.name, quick), storage_options)
     rows = run_points(points, root=root, storage_options=storage_options, workers=workers, scheduler=scheduler,
                       progress=progress)
     if any_busy(rows):  # held by another writer when this sweep came to them: finished by now (two sweeps of one

@@ -252,3 +252,74 @@ def test_runs_found_busy_are_taken_again_at_the_end_so_the_last_sweep_writes_the
     assert seen[0] == "busy"  # (really found busy first)
     assert sorted(r["action"] for r in result.rows) == ["produced", "produced"] and not result.busy
     assert result.files and (root / "tiny.sweep.csv").exists() and not result.failed
+
+
+def _sweep_workers() -> list[int]:
+    """This process's live worker processes of a local sweep (spawned: ``spawn_main`` in their command line)."""
+    children = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            children += [int(pid) for pid in f.read().split()]
+    workers = []
+    for pid in children:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    workers.append(pid)
+        except OSError:
+            continue
+    return workers
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the sweep's workers in /proc")
+def test_a_killed_worker_loses_no_row_its_points_run_again(tmp_path, spec_factory):
+    """Found by a review: SIGKILL of one worker (as the kernel's out-of-memory killer does) broke the process pool,
+    and every row came back ``failed``, status ``unknown``, the table all NaN, finished runs included. The points the
+    broken pool had not finished now run again in a fresh one: the killed run is resumed to the end."""
+    import threading
+
+    root = str(tmp_path / "runs")
+    spec = spec_factory(points=[{"train.steps": 300}, {"train.steps": KILL_STEPS}], grid={"data.mu": [0.3]})
+    points = expand(*load_sweep(spec))
+    long_id = [p.run_id for p in points if p.config.train.steps == KILL_STEPS][0]
+    killed = []
+
+    def kill_the_long_points_worker():  # (one worker: it runs the short point, then the long one)
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            store_root = StoreRoot(root)
+            if store_root.exists(long_id) and store_root.read_attrs(long_id).get("committed_steps", 0) > 0:
+                for pid in _sweep_workers():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(store_root.read_attrs(long_id))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_the_long_points_worker, daemon=True)
+    watcher.start()
+    seen = []
+    result = run_sweep(spec, root=root, workers=1, progress=lambda row, done, total: seen.append((done, total)))
+    watcher.join(5)
+    assert killed and killed[0]["status"] == "running", "the worker was not killed while it trained the long point"
+    assert seen == [(1, 2), (2, 2)]  # (each point reported once)
+    rows = {r["run_id"]: r for r in result.rows}
+    assert rows[long_id]["action"] == "resumed" and rows[long_id]["status"] == "complete", rows[long_id]
+    assert {r["status"] for r in result.rows} == {"complete"} and not result.failed
+    resumed = StoreRoot(root).read_attrs(long_id)
+    assert resumed["created"] == killed[0]["created"] and resumed["committed_steps"] == KILL_STEPS + 1
+    table = pd.read_csv(os.path.join(root, "tiny.sweep.csv"))
+    assert table["t2_step"].notna().all() and set(table["status"]) == {"complete"}
+
+
+def test_a_point_whose_worker_dies_each_time_fails_alone_with_its_runs_status(tmp_path, spec_factory, monkeypatch):
+    """A worker that dies every time (here: SIGKILL at each run's third chunk written, injected): after a fresh pool
+    that finished nothing, each point runs in a worker of its own, and its row says the worker died, with the run's
+    status as stored (not ``unknown``); the sweep ends. Run again without the fault, the runs are resumed."""
+    root = str(tmp_path / "runs")
+    spec = spec_factory(grid={"data.mu": [0.2, 0.4]})
+    monkeypatch.setenv("TRAJSCOPE_FAULT", "write.chunk:kill:3")
+    result = run_sweep(spec, root=root, workers=2)
+    assert [r["action"] for r in result.rows] == ["failed", "failed"], result.rows
+    assert all("worker process died" in r["error"] and r["status"] == "running" for r in result.rows), result.rows
+    monkeypatch.delenv("TRAJSCOPE_FAULT")
+    again = run_sweep(spec, root=root, workers=2)
+    assert [r["action"] for r in again.rows] == ["resumed", "resumed"] and not again.failed

@@ -326,10 +326,9 @@ def _execute_point(config: dict[str, Any], run_id: str, root: str, storage_optio
         row.update(action=BUSY, error=str(err))
     except Exception as err:  # noqa: BLE001 - reported per point, the sweep goes on
         row.update(action=row["action"] or "failed", error=f"{type(err).__name__}: {err}")
-    try:
-        row["status"] = store_root.read_attrs(run_id).get("status", "unknown")
-    except Exception:  # noqa: BLE001
-        row["status"] = "being created" if row["action"] == BUSY else "missing"  # (busy: another writer makes it)
+    row["status"] = stored_status(store_root, run_id)
+    if row["action"] == BUSY and row["status"] in ("missing", "unreadable"):
+        row["status"] = "being created"  # (another writer makes it)
     row["seconds"] = time.perf_counter() - started
     if summarize and row["status"] == "complete":
         from trajscope.analysis.sweep import summary_record
@@ -396,46 +395,112 @@ def run_points(
         return []
     if workers is not None and workers < 1:
         raise UserError(f"--workers {workers}: give a positive number of worker processes")
-    results: dict[str, dict[str, Any]] = {}
     if scheduler:
         results = _run_on_cluster(points, location, storage_options, scheduler, summarize, progress)
     else:
-        from trajscope.store.hotpath import usable_cores
-
-        cores = usable_cores()
-        n_workers = max(1, min(workers or cores, len(points)))
-        threads = max(1, cores // n_workers)
-        from trajscope.producer.train import sigterm_as_interrupt  # (torch: imported where runs are made)
-
-        ctx = multiprocessing.get_context("spawn")
-        _start_resource_tracker_without_hangups()
-        stop_dir = tempfile.mkdtemp(prefix="trajscope-sweep-")  # its "stop" file: no point starts once it exists
-        stop_file = os.path.join(stop_dir, "stop")
-        with contextlib.ExitStack() as stack:
-            stack.callback(shutil.rmtree, stop_dir, True)
-            pool = stack.enter_context(cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx,
-                                                              initializer=_end_with_parent))
-            stack.enter_context(sigterm_as_interrupt())  # (stops the workers too)
-            try:
-                futures = {
-                    pool.submit(execute_point, _with_threads(p.config, threads), p.run_id, location, storage_options,
-                                summarize, os.getpid(), stop_file): p for p in points
-                }
-                for done, future in enumerate(cf.as_completed(futures), 1):
-                    point = futures[future]
-                    try:
-                        row = future.result()
-                    except Exception as err:  # noqa: BLE001 - a worker died (killed, out of memory)
-                        row = {"run_id": point.run_id, "action": "failed", "status": "unknown",
-                               "error": f"worker: {type(err).__name__}: {err}"}
-                    results[point.run_id] = row
-                    if progress is not None:
-                        progress(row, done, len(points))
-            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no queued point starts, the running ones end
-                Path(stop_file).touch()  # `interrupted` (resumable: the same command goes on), no worker stays
-                _stop_workers(pool)
-                raise
+        results = _run_on_local_pools(points, store_root, storage_options, workers, summarize, progress)
     return [{**{f"param.{k}": v for k, v in p.values.items()}, **results[p.run_id]} for p in points]
+
+
+def _run_on_local_pools(points: list[SweepPoint], store_root: Any, storage_options: dict | None, workers: int | None,
+                        summarize: bool, progress: Progress | None) -> dict[str, dict[str, Any]]:
+    """Run the points on worker processes; a worker that dies (killed, out of memory) loses no point's row.
+
+    A dead worker breaks its whole pool: every point it had not finished, on any worker, is lost to it (the other
+    workers are stopped, their runs ending ``interrupted``). Those points run again in a fresh pool, as long as the
+    last pool finished at least one point; after a pool that finished none, each remaining point runs in a worker of
+    its own (``workers`` at a time), so that a point whose worker dies every time fails alone, with its row saying
+    so. (Found by a review: one killed worker made every row ``failed``, status ``unknown``, and a table of NaN,
+    although the finished runs were complete.)
+    """
+    from trajscope.producer.train import sigterm_as_interrupt  # (torch: imported where runs are made)
+    from trajscope.store.hotpath import usable_cores
+
+    cores = usable_cores()
+    n_workers = max(1, min(workers or cores, len(points)))
+    threads = max(1, cores // n_workers)
+    ctx = multiprocessing.get_context("spawn")
+    _start_resource_tracker_without_hangups()
+    results: dict[str, dict[str, Any]] = {}
+
+    def finished(point: SweepPoint, row: dict[str, Any]) -> None:
+        results[point.run_id] = row
+        if progress is not None:
+            progress(row, len(results), len(points))
+
+    stop_dir = tempfile.mkdtemp(prefix="trajscope-sweep-")  # its "stop" file: no point starts once it exists
+    stop_file = os.path.join(stop_dir, "stop")
+    pending, alone = list(points), False
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, stop_dir, True)
+        stack.enter_context(sigterm_as_interrupt())  # (stops the workers too)
+        while pending:
+            before = len(results)
+            pending = _pool_round(pending, ctx, n_workers, alone, finished, store_root, stop_file,
+                                  lambda p: (execute_point, _with_threads(p.config, threads), p.run_id,
+                                             store_root.location, storage_options, summarize, os.getpid(), stop_file))
+            alone = len(results) == before
+    return results
+
+
+def _pool_round(points: list[SweepPoint], ctx: Any, n_workers: int, alone: bool,
+                finished: Callable[[SweepPoint, dict[str, Any]], None], store_root: Any, stop_file: str,
+                task: Callable[[SweepPoint], tuple]) -> list[SweepPoint]:
+    """Run ``points`` on one pool of ``n_workers`` processes (``alone``: one pool of one process per point, at most
+    ``n_workers`` at once); hand each row to ``finished``; return the points lost to a broken pool."""
+    queue, running, lost = list(points), {}, []
+    try:
+        while queue or running:
+            if alone:
+                while queue and len(running) < n_workers:
+                    pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_end_with_parent)
+                    point = queue.pop(0)
+                    running[pool.submit(*task(point))] = (pool, point)
+            elif queue:
+                pool = cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_end_with_parent)
+                running.update({pool.submit(*task(point)): (pool, point) for point in queue})
+                queue = []
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                pool, point = running.pop(future)
+                try:
+                    finished(point, future.result())
+                except cf.process.BrokenProcessPool:
+                    if not alone:
+                        lost.append(point)
+                        continue
+                    finished(point, _failed_row(store_root, point.run_id, "its worker process died (killed, or out of "
+                                                "memory?) each time it ran this point; what the run committed is kept: "
+                                                "run the sweep again to resume it"))
+                except Exception as err:  # noqa: BLE001 - the task could not run (e.g. not picklable)
+                    finished(point, _failed_row(store_root, point.run_id, f"worker: {type(err).__name__}: {err}"))
+                if not any(p is pool for p, _ in running.values()):
+                    pool.shutdown()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no queued point starts, the running ones end
+        Path(stop_file).touch()  # `interrupted` (resumable: the same command goes on), no worker stays
+        for pool in {id(p): p for p, _ in running.values()}.values():
+            _stop_workers(pool)
+        raise
+    finally:
+        for pool in {id(p): p for p, _ in running.values()}.values():  # (an error: the pools still left end)
+            pool.shutdown(cancel_futures=True)
+    return lost
+
+
+def _failed_row(store_root: Any, run_id: str, error: str) -> dict[str, Any]:
+    """The row of a point whose worker or task never returned one: its run's status as the store has it."""
+    return {"run_id": run_id, "action": "failed", "status": stored_status(store_root, run_id), "error": error}
+
+
+def stored_status(store_root: Any, run_id: str) -> str:
+    """A run's ``status`` attribute; ``missing`` where no run is, ``unreadable`` where its document cannot be read."""
+    try:
+        return store_root.read_attrs(run_id).get("status", "unknown")
+    except Exception:  # noqa: BLE001
+        try:
+            return "unreadable" if store_root.exists(run_id) else "missing"
+        except Exception:  # noqa: BLE001
+            return "unreadable"
 
 
 def _start_resource_tracker_without_hangups() -> None:
@@ -487,6 +552,8 @@ def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
 
 
 def _run_on_cluster(points, location, storage_options, scheduler, summarize, progress) -> dict[str, dict]:
+    from trajscope.store import StoreRoot
+
     try:
         from distributed import Client, as_completed
         from distributed.comm import get_address_host_port
@@ -514,8 +581,8 @@ def _run_on_cluster(points, location, storage_options, scheduler, summarize, pro
             try:
                 row = future.result()
             except Exception as err:  # noqa: BLE001
-                row = {"run_id": point.run_id, "action": "failed", "status": "unknown",
-                       "error": f"task: {type(err).__name__}: {err}"}
+                row = _failed_row(StoreRoot(location, storage_options), point.run_id,
+                                  f"task: {type(err).__name__}: {err}")
             results[point.run_id] = row
             if progress is not None:
                 progress(row, done, len(points))

@@ -155,6 +155,19 @@ def test_a_point_whose_name_holds_someone_elses_zarr_group_keeps_it(tmp_path):
     assert zarr.open_group(str(tmp_path / "p1.zarr"), mode="r").attrs["title"] == "not a run"
 
 
+def test_a_point_whose_run_cannot_be_read_is_unreadable_not_missing(tmp_path, tiny_base):
+    """Found by a review: the row of a point whose run's document is damaged said status ``missing``."""
+    import copy
+
+    from trajscope.experiments.sweep import execute_point
+
+    (tmp_path / "p1.zarr").mkdir()
+    (tmp_path / "p1.zarr" / "zarr.json").write_text("{not json")
+    row = execute_point(copy.deepcopy(tiny_base), "p1", str(tmp_path), summarize=False)
+    assert row["action"] == "failed" and row["status"] == "unreadable", row
+    assert (tmp_path / "p1.zarr" / "zarr.json").read_text() == "{not json"  # (left as it is)
+
+
 def test_a_point_whose_id_holds_another_run_keeps_it_and_says_so(tmp_path, tiny_base):
     """Found by a review: a crashed ModuleRecorder run under a point's id (no producer config) was deleted as a husk
     and produced anew, and a run ``produce --name`` had made there with other settings was taken as the point's

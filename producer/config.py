@@ -278,6 +278,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
                         "section.field=value, e.g. --set train.lr=0.01")
     try:
         value = load_yaml(raw) if raw.strip() else None
+    except DuplicateKey as err:  # (a mapping value with a key twice was taken as a string, refused as one)
+        raise UserError(f"bad --set {item!r}: in its value, {err.problem}") from None
     except yaml.YAMLError:
         value = raw
     return path, value
@@ -304,6 +306,10 @@ def set_dotted(raw: dict[str, Any], path: list[str], value: Any, *, label: str) 
     node[path[-1]] = value
 
 
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping."""
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (found by a review: ``train: {lr: 0.1, lr:
     0.2}`` ran with the last value, silently). A key a merge (``<<: *anchor``) brings in is no second one: each
@@ -323,8 +329,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     continue  # (a merge; a key that is a list or mapping: the base constructor refuses it)
                 key = self.construct_scalar(key_node), key_node.tag
                 if key in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"the key {key[0]!r} is given twice",
-                                                            key_node.start_mark)
+                    raise DuplicateKey(None, None, f"the key {key[0]!r} is given twice", key_node.start_mark)
                 seen.add(key)
         super().flatten_mapping(node)
 

@@ -255,7 +255,7 @@ def test_a_forked_child_does_not_keep_the_run_locked(tmp_path, python_env):
     try:
         lock.release()
         take = ("from trajscope.store import StoreRoot, WriterLock; import sys; "
-                f"WriterLock(StoreRoot(sys.argv[1]), 'x').acquire().release(); print('taken')")
+                "WriterLock(StoreRoot(sys.argv[1]), 'x').acquire().release(); print('taken')")
         proc = subprocess.run([sys.executable, "-c", take, str(tmp_path)], env=python_env, capture_output=True,
                               text=True, timeout=60)
         assert proc.returncode == 0 and "taken" in proc.stdout, proc.stderr[-2000:]

@@ -20,6 +20,7 @@ client opened.
 
 from __future__ import annotations
 
+import html
 import os
 import re
 from typing import Annotated, Any
@@ -31,7 +32,7 @@ from trajscope.api.models import ErrorBody
 from trajscope.store.errors import RunNotFound, RunNotReady
 from trajscope.store.layout import RUN_UID, never_fully_created
 from trajscope.store.served import open_chunk_file
-from trajscope.store.snapshot import METADATA_KEY, KeyNotServed, parse_key, read_key
+from trajscope.store.snapshot import METADATA_KEY, KeyNotServed, member_names, parse_key, read_key
 
 router = APIRouter(prefix="/zarr", tags=["zarr"], responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody},
                                                               409: {"model": ErrorBody}, 410: {"model": ErrorBody},
@@ -128,7 +129,9 @@ _BYTES = {"application/octet-stream": {"schema": {"type": "string", "format": "b
 
 @router.head("/{run_id}/{key:path}", include_in_schema=False)
 @router.get("/{run_id}/{key:path}", summary="A key of the run's Zarr store (GET and HEAD, byte ranges)",
-            responses={200: {"description": "the key's bytes (metadata keys are JSON)", "content": _BYTES},
+            responses={200: {"description": "the key's bytes (metadata keys are JSON; the empty key, the group's "
+                                            "listing, is HTML)",
+                             "content": {**_BYTES, "text/html": {"schema": {"type": "string"}}}},
                        206: {"description": "the requested byte range", "content": _BYTES}})
 def zarr_key(
     state: State,
@@ -139,6 +142,8 @@ def zarr_key(
 ) -> Response:
     run = _served_run(state, run_id, key)
     run_id = run.run_id
+    if key == "":  # the group's listing (zarr over fsspec's HTTP, consolidated=False: a reader lists members)
+        return _listing(state, run, request.method)
     headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"}
     fd = None
     try:
@@ -178,6 +183,16 @@ def zarr_key(
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=_media(key))
     return Response(data, status_code=status, headers=headers, media_type=_media(key))
+
+
+def _listing(state: State, run: Run, method: str) -> Response:
+    """``/zarr/RUN/``: the run's arrays as links, the one listing fsspec's HTTP file system reads (found by a
+    review: ``xr.open_zarr(url, consolidated=False)`` found no member and gave an empty dataset, no error)."""
+    names = member_names(state.root, run.run_id)
+    links = "".join(f'<li><a href="{html.escape(name)}">{html.escape(name)}</a></li>' for name in names)
+    page = f"<!doctype html><title>{html.escape(run.run_id)}</title><ul>{links}</ul>\n".encode()
+    headers = {"Cache-Control": "no-cache", "Content-Length": str(len(page))}
+    return Response(b"" if method == "HEAD" else page, headers=headers, media_type="text/html")
 
 
 @router.head("/{run_id}", include_in_schema=False)

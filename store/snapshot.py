@@ -131,6 +131,12 @@ def snapshot(root: StoreRoot, run_id: str) -> Snapshot:
         raise RunNotFound(f"no run {run_id!r} under {root.location}: it was deleted while it was read") from None
 
 
+def member_names(root: StoreRoot, run_id: str) -> list[str]:
+    """The names of the run's arrays, as the snapshot's consolidated metadata lists them: what a reader that lists
+    the group (``consolidated=False``) finds as its members."""
+    return sorted(snapshot(root, run_id).arrays)
+
+
 def array_metadata(root: StoreRoot, run_id: str, committed: int,
                    group: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Every array's metadata, ``step`` cut to ``committed``: from the group's consolidated metadata when

@@ -39,6 +39,23 @@ def test_open_zarr_over_http_of_a_live_run_is_trimmed(server, local_root, expect
     np.testing.assert_array_equal(ds["W"].values, expected["live"]["W"].values)
 
 
+@pytest.mark.parametrize("run_id", ["done", "live"])
+def test_open_zarr_over_http_without_consolidated_metadata_lists_the_arrays(server, local_root, run_id):
+    """Found by a review: ``consolidated=False`` over HTTP found no member (zarr lists the group: ``GET
+    /zarr/RUN/`` was a 404) and gave an empty dataset with no error. The listing names the snapshot's arrays."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no member zarr cannot read, e.g. the run's .all_chunks_stored)
+        ds = xr.open_zarr(f"{server.url}/zarr/{run_id}", zarr_format=3, consolidated=False)
+    local = open_run(run_id, local_root)
+    assert set(ds.data_vars) == set(local.data_vars) and ds.sizes == local.sizes
+    xr.testing.assert_identical(ds.drop_attrs().load(), local.drop_attrs().load())
+    page = httpx.get(f"{server.url}/zarr/{run_id}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<a href="W">W</a>' in page.text and "zarr.json" not in page.text
+
+
 def test_snapshot_metadata_and_chunks_past_the_commit(client, local_root):
     meta = client.get("/zarr/live/zarr.json").json()
     arrays = meta["consolidated_metadata"]["metadata"]

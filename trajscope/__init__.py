@@ -22,8 +22,9 @@ try:
 except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-_READING = ("open_run", "list_runs")
-_RECORDING = ("ModuleRecorder", "Recorder", "produce", "load_config")  # need torch (the `producer` extra)
+_READING = {"open_run": "trajscope.store", "list_runs": "trajscope.store",
+            "load_config": "trajscope.producer.config"}  # (a config is read without torch: found by a review)
+_RECORDING = ("ModuleRecorder", "Recorder", "produce")  # need torch (the `producer` extra)
 # (a reader's install has no torch: `from trajscope import *` takes what works there; found by a review)
 __all__ = ["__version__", *_READING, *(_RECORDING if _find_spec("torch") is not None else ())]
 
@@ -31,9 +32,9 @@ __all__ = ["__version__", *_READING, *(_RECORDING if _find_spec("torch") is not 
 def __getattr__(name: str):
     """Import the heavy parts lazily so ``import trajscope.store`` stays cheap and cycle-free."""
     if name in _READING:
-        from trajscope import store
+        from importlib import import_module
 
-        return getattr(store, name)
+        return getattr(import_module(_READING[name]), name)
     if name in _RECORDING:
         try:
             from trajscope import producer

@@ -70,11 +70,14 @@ def test_produce_without_torch_says_which_extra_to_install(tmp_path, small_confi
 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(small_config()))
+    one_line = ["trajscope: error: recording needs torch, which is not installed: pip install 'trajscope[producer]' "
+                "(reading, analysis and serving do not need it)"]
     proc = cli("produce", str(config), "--root", str(tmp_path / "runs"), prelude=BLOCK_TORCH)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [
-        "trajscope: error: recording needs torch, which is not installed: pip install 'trajscope[producer]' "
-        "(reading, analysis and serving do not need it)"]
+    assert proc.stderr.strip().splitlines() == one_line
+    # a packaged sweep spec: that line alone (found by a review: where the spec was found came first)
+    proc = cli("sweep", "epsilon", "--root", str(tmp_path / "runs"), prelude=BLOCK_TORCH)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == one_line, proc.stderr
 
 
 def test_the_reader_install_brings_what_the_remote_route_needs():

@@ -81,7 +81,12 @@ def tag_run(
         raise UserError(f"tag {both[0]!r} is both added and removed: give it once, to add or with --remove")
 
     def change(attrs: dict[str, Any]) -> None:
-        tags = (set(run_attr(attrs, "tags") or []) | set(add)) - set(remove)  # (JSON text in an export)
+        present = set(run_attr(attrs, "tags") or [])  # (JSON text in an export)
+        absent = sorted(set(remove) - present)
+        if absent:  # (a mistyped tag was "removed" silently: found by a review)
+            raise UserError(f"the run has no tag {absent[0]!r} to remove (its tags: "
+                            f"{', '.join(sorted(present)) or 'none'}): nothing changed")
+        tags = (present | set(add)) - set(remove)
         attrs["tags"] = sorted(tags)
         if JSON_ATTRS in attrs:  # ``tags`` is a list now, no longer JSON text
             attrs[JSON_ATTRS] = " ".join(n for n in attrs[JSON_ATTRS].split() if n != "tags") or None

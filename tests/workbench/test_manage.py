@@ -99,6 +99,9 @@ def test_tag_adds_removes_and_notes_and_keeps_the_run_readable(run_cli, tmp_path
     assert proc.returncode == 2 and "both added and removed" in proc.stderr, proc.stderr
     proc = run_cli("tag", "t", "x" * 100_000, "--root", root)
     assert proc.returncode == 2 and len(proc.stderr) < 400 and "100000 characters" in proc.stderr, proc.stderr[:300]
+    # a tag the run does not have (a typo) was "removed" silently; nothing else of the command is done either
+    proc = run_cli("tag", "t", "more", "--remove", "lr-sweeps", "--root", root)
+    assert proc.returncode == 2 and "has no tag 'lr-sweeps' to remove (its tags: lr-sweep)" in proc.stderr, proc.stderr
     assert open_run("t", root).traj.attrs["tags"] == ["lr-sweep"]
 
 

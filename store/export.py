@@ -19,6 +19,7 @@ import re
 import shutil
 import uuid
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -138,6 +139,10 @@ def select(ds: xr.Dataset, step: slice | None = None, variables: Iterable[str] |
             raise UserError(f"no variable {', '.join(map(repr, unknown))} in the run: "
                             f"choose from {', '.join(map(str, ds.data_vars))}")
         out = out[names]
+        if "step" in ds.dims and "step" not in out.dims:  # (found by a review: such a copy kept the run's
+            over = [str(v) for v in ds.data_vars if "step" in ds[v].dims]  # committed_steps, and no run opened it)
+            raise UserError(f"the variables {', '.join(names)} hold no state of the trajectory (no step): add one "
+                            f"of {', '.join(over[:6])}{'...' if len(over) > 6 else ''}")
     if step is not None and "step" in out.dims:
         check_step_slice(step)
         if ds.sizes["step"] == 0:
@@ -195,8 +200,8 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         try:
             _write(ds, partial, kind)
         except OSError as err:  # the output's own (h5py's names no file; ours names the hidden one): one line
-            if err.filename not in (None, str(partial)):  # naming the user's path (found by a review)
-                raise
+            if err.filename is not None and not _is_within(err.filename, partial):  # naming the user's path
+                raise  # (found by a review; zarr names the hidden copy by its absolute path, or a file in it)
             why = os.strerror(err.errno) if err.errno else (err.strerror or str(err))
             raise UserError(f"cannot write {path}: {why}; choose another output file") from None
         taken = UserError(f"{str(path)!r} was created while the export was written: nothing was replaced")
@@ -219,6 +224,12 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
             partial.unlink()
         raise
     return path
+
+
+def _is_within(filename: str | os.PathLike, path: Path) -> bool:
+    """Whether ``filename`` is ``path`` or lies in it (either given relative or absolute)."""
+    target, here = Path(os.path.abspath(filename)), Path(os.path.abspath(path))
+    return target == here or here in target.parents
 
 
 #: the longest file name most file systems take (bytes)
@@ -291,7 +302,11 @@ def _write(ds: xr.Dataset, path: Path, kind: str) -> None:
         # purpose, as a finished run is (zarr warns that v3 has no such thing in its spec)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-            ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True, write_empty_chunks=True)
+            pending = ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True, write_empty_chunks=True,
+                                 compute=False)
+            # the writes in this thread only, as netCDF's below: after a failed write (a full disk) no write
+            # thread goes on beside the removal of the partial copy (found by a review: it was left behind)
+            pending.compute(scheduler="synchronous")
         (path / ALL_CHUNKS_STORED_KEY).write_bytes(ALL_CHUNKS_STORED_BODY)
     elif kind == "netcdf":
         # the writes in this thread only: a Ctrl-C then stops every write before the partial file is removed
@@ -304,9 +319,15 @@ def _write(ds: xr.Dataset, path: Path, kind: str) -> None:
         flat = portable(ds)
         arrays = {str(name): var.values for name, var in flat.variables.items()}
         layout = {str(name): {"dims": list(var.dims), "attrs": var.attrs} for name, var in flat.variables.items()}
-        with open(path, "xb") as file:  # (a name np.savez would extend: `x.NPZ` became `x.NPZ.npz`)
-            np.savez(file, __layout__=np.array(json.dumps({"attrs": flat.attrs, "variables": layout,
-                                                           "coords": [str(c) for c in flat.coords]})), **arrays)
+        arrays["__layout__"] = np.array(json.dumps({"attrs": flat.attrs, "variables": layout,
+                                                    "coords": [str(c) for c in flat.coords]}))
+        # the archive np.savez writes (NAME.npy members, read back by np.load), written here: np.savez takes a
+        # variable named `file` or `allow_pickle` for its own argument (found by a review: one was dropped
+        # silently, the other a TypeError); `xb`: a name np.savez would extend (`x.NPZ` became `x.NPZ.npz`)
+        with open(path, "xb") as file, zipfile.ZipFile(file, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, values in arrays.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(values), allow_pickle=False)
 
 
 def read_export(path: str | os.PathLike) -> xr.Dataset:

@@ -98,6 +98,8 @@ def test_export_command_with_steps_and_variables(run_cli, tiny_root, tmp_path, s
     (["-o", "x.csv"], ".nc"), (["-o", "x.nc", "--vars", "nope"], "no variable 'nope'"),
     (["-o", "x.nc", "--step", "500:600"], "no recorded state"),
     (["-o", "x.nc", "--vars", ""], "--vars names no variable"), (["-o", "x.nc", "--vars", " , "], "names no variable"),
+    (["-o", "x.nc", "--vars", "X,y"], "hold no state of the trajectory (no step): add one of W"),  # (the copy
+    # kept the run's committed_steps, and a Zarr one opened as no run: found by a review)
     (["-o", "s3://bucket/x.nc"], "'s3://bucket/"),  # (it said "directory
     # 's3:/bucket' does not exist", then quoted the URL as s3:/bucket/x.nc)
 ])
@@ -287,7 +289,11 @@ def test_an_export_stopped_half_way_leaves_nothing(tiny_root, tmp_path, monkeypa
 
     monkeypatch.setattr(xarray.Dataset, "to_netcdf", stop_half_way)
     monkeypatch.setattr(xarray.Dataset, "to_zarr", stop_half_way)
-    monkeypatch.setattr(np, "savez", lambda file, **kw: file.write(b"partial") and stop_half_way(None, file.name))
+    def stop_in_the_archive(member, *args, **kwargs):  # (an .npz's arrays are written one by one into it)
+        member.write(b"partial")
+        stop_half_way(None, next(tmp_path.glob(".copy.partial-*")))
+
+    monkeypatch.setattr(np.lib.format, "write_array", stop_in_the_archive)
     out = tmp_path / f"copy.{suffix}"
     with pytest.raises(KeyboardInterrupt):
         export(ds, out)
@@ -357,3 +363,54 @@ def test_a_zarr_export_is_a_run_true_of_what_it_holds(run_cli, tmp_path, small_c
     (out / "part.zarr" / "W" / "c" / "0" / "0" / "0").unlink()
     with pytest.raises(CorruptData, match="W/c/0/0/0"):
         open_run("part", copy)["W"].values
+
+
+def test_an_npz_keeps_variables_named_like_np_savez_arguments(tiny_root, tmp_path):
+    """Found by a review: ``np.savez(file, ..., **arrays)`` took a variable named ``file`` for its own argument (a
+    TypeError) and one named ``allow_pickle`` likewise (dropped, silently). The archive is written without it."""
+    ds = open_run("a", tiny_root).rename({"v": "file", "loss": "allow_pickle"})
+    out = export(ds, tmp_path / "odd.npz")
+    back = read_export(out)
+    np.testing.assert_array_equal(back["file"].values, ds["file"].values)
+    np.testing.assert_array_equal(back["allow_pickle"].values, ds["allow_pickle"].values)
+    with np.load(out, allow_pickle=False) as plain:  # (plain numpy reads it as it reads np.savez's archives)
+        np.testing.assert_array_equal(plain["W"], ds["W"].values)
+
+
+def test_a_zarr_export_failing_half_way_leaves_nothing_behind(tiny_root, tmp_path, monkeypatch):
+    """Found by a review: on a full disk a Zarr export said so, but dask's other write threads went on writing
+    beside the removal of the hidden copy, which was then sometimes left behind (with a chunk in it)."""
+    import asyncio
+    import errno
+    import threading
+    import time
+
+    import zarr.storage
+
+    original, calls, lock = zarr.storage.LocalStore.set, [], threading.Lock()
+
+    async def full_after_a_few(self, key, value):
+        if "/c/" in key:
+            with lock:
+                calls.append(key)
+                n = len(calls)
+            if n == 12:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            await asyncio.sleep(0.2)  # (slow writes: another still under way when the first one fails)
+        return await original(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", full_after_a_few)
+    ds = open_run("a", tiny_root).chunk({"step": 2})  # (many chunks)
+    ds.attrs["chunk_steps"] = 2
+    with pytest.raises(UserError, match="No space left on device"):
+        export(ds, tmp_path / "copy.zarr")
+    time.sleep(0.5)  # (a write thread that went on would have made its files again by now)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_place_named_relative_is_said_with_the_users_path(run_cli, tiny_root, monkeypatch):
+    """Found by a review: a Zarr export to a relative path the file system refuses named the hidden copy."""
+    monkeypatch.chdir("/")
+    proc = run_cli("export", "a", "--root", str(tiny_root), "--step", "0:3", "-o", "proc/x.zarr")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "cannot write proc/x.zarr" in lines[0], proc.stderr

@@ -20,6 +20,7 @@ import shutil
 import uuid
 import warnings
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -304,9 +305,11 @@ def _write(ds: xr.Dataset, path: Path, kind: str) -> None:
             warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
             pending = ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=True, write_empty_chunks=True,
                                  compute=False)
-            # the writes in this thread only, as netCDF's below: after a failed write (a full disk) no write
-            # thread goes on beside the removal of the partial copy (found by a review: it was left behind)
-            pending.compute(scheduler="synchronous")
+            # on threads of its own, waited for: after a failed write (a full disk) or a Ctrl-C, no write goes on
+            # beside the removal of the partial copy (found by a review: dask's shared threads went on, and it was
+            # sometimes left behind); dask hands a pool at most one task a thread at a time
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="export") as pool:
+                pending.compute(scheduler="threads", pool=pool)
         (path / ALL_CHUNKS_STORED_KEY).write_bytes(ALL_CHUNKS_STORED_BODY)
     elif kind == "netcdf":
         # the writes in this thread only: a Ctrl-C then stops every write before the partial file is removed

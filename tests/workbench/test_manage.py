@@ -187,6 +187,14 @@ def test_compare_shows_config_differences_and_measurements(run_cli, tiny_root):
         assert all(v is None or isinstance(v, (int, float, bool)) for v in row["values"].values())
 
 
+def test_compare_tells_apart_two_runs_of_one_id(run_cli, tiny_root, tmp_path):
+    """Found by a review: a run and its Zarr export (whose run_id is its file's stem) were two columns named `a`."""
+    copy = tmp_path / "a.zarr"
+    assert run_cli("export", "a", "--root", str(tiny_root), "-o", str(copy)).returncode == 0
+    rows = json.loads(run_cli("compare", str(copy), "a", "--root", str(tiny_root), "--json").stdout)
+    assert [r["run"] for r in rows] == [str(copy), "a"]
+
+
 def test_ls_leaves_out_someone_elses_zarr_group_and_says_so(run_cli, tmp_path):
     """Found by a review: a Zarr v3 dataset a user wrote with xarray under the root was listed as a run of status
     `unknown`."""

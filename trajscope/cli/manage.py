@@ -319,6 +319,8 @@ def register(app: typer.Typer) -> None:
         sel = parse_step(step)  # (checked before anything is printed)
         datasets = [open_run(run, root=root) for run in runs]
         names = [ds.attrs.get("run_id", run) for ds, run in zip(datasets, runs)]
+        names = [str(run) if names.count(name) > 1 else name for name, run in zip(names, runs)]  # (two runs of one
+        # id, e.g. a run and its Zarr export, in columns told apart by what was given: found by a review)
         configs = [flatten(run_attr(ds, "config") or {}) for ds in datasets]
         scripted = [name for name, ds in zip(names, datasets) if run_attr(ds, "config") is None]
         keys = list(dict.fromkeys(k for c in configs for k in c))

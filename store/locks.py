@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import socket
@@ -198,7 +199,8 @@ class WriterLock:
 
     def _stamp(self) -> dict[str, Any]:
         """This writer's identity and the time: the lease object's content and the ``writer`` attribute."""
-        return {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+        return {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "processes": process_space(),
+                "heartbeat": time.time()}
 
     def _write_lease(self, **conditions: Any) -> None:
         self._put_lease(self._stamp(), **conditions)
@@ -299,8 +301,8 @@ class WriterLock:
             holder, info = None, None
         if holder is not None:
             age = time.time() - float(holder.get("heartbeat", 0))
-            if age < LEASE_SECONDS:
-                raise self._refused(holder, age)
+            if age < LEASE_SECONDS and not _died_here(holder):  # (a writer of this host seen dead: taken over at
+                raise self._refused(holder, age)  # once, as a local root's lock is; found by a review)
         try:
             if info is not None and info.get("ETag"):  # a dead writer's lease: replace exactly that object
                 try:
@@ -428,7 +430,7 @@ def writer_gone(root: StoreRoot, run_id: str) -> bool:
             # a process of this host that still answers but holds no flock is no writer: killed and not yet
             # reaped by its parent (a zombie), or its pid taken by another process (found by a review)
             return _of_this_host(record) and not writer_holds(root, run_id)
-        return time.time() - float(record.get("heartbeat", 0)) > LEASE_SECONDS
+        return time.time() - float(record.get("heartbeat", 0)) > LEASE_SECONDS or _died_here(record)
     except FileNotFoundError:
         return not root.is_local
     except (OSError, ValueError, TypeError, PathOutsideRoot):
@@ -475,6 +477,30 @@ def writer_named(root: StoreRoot, run_id: str) -> str:
         return "" if record.startswith(RELEASED) else record
     age = time.time() - float(record.get("heartbeat", 0) or 0)
     return f"pid {record.get('pid')} on {record.get('host')} (heartbeat {age:.0f} s ago)"
+
+
+@functools.lru_cache(maxsize=1)
+def process_space() -> str:
+    """Where a pid names one process: this boot of this machine (its ``boot_id``) and this process's pid
+    namespace, ``BOOT_ID/NAMESPACE_INODE``; ``""`` where the system does not tell (not Linux). A host name alone
+    does not say it: two machines, or two containers of one, may have the same name and other processes."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as file:
+            boot = file.read().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}" if boot else ""
+    except OSError:
+        return ""
+
+
+def _died_here(lease: dict[str, Any]) -> bool:
+    """Whether an object-store lease was written by a process of this machine's boot and pid namespace (and host
+    name) that no longer exists: its writer is dead, whatever its last heartbeat (a killed producer's run was
+    refused for a minute, where a local root's lock frees at once). A lease without that record (written
+    before it was kept), or of another process space, is waited out as before."""
+    space = lease.get("processes")
+    if not space or space != process_space() or lease.get("host") != socket.gethostname():
+        return False
+    return not _holder_alive(f"pid {lease.get('pid')} on {lease.get('host')}")
 
 
 def _of_this_host(holder: str) -> bool:

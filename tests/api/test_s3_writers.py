@@ -440,3 +440,39 @@ def test_a_chunk_key_gone_under_a_writer_is_written_again_once_the_lease_is_conf
     writer.finish("complete")
     assert calls and writer.lock.lost is None
     np.testing.assert_array_equal(open_run("r", root)["W"].values[4:], block["W"] * 2)
+
+
+def test_a_lease_of_a_writer_of_this_machine_seen_dead_is_taken_over_at_once(s3_env, python_env):
+    """Found by a review: a producer killed on this host left its run refused for a minute on S3 (the lease's
+    heartbeat was fresh), where a local root's lock frees at once. A lease records the writer's process space
+    (boot and pid namespace); one of this space whose pid is gone is taken over at once. One of another space,
+    or without the record, is waited out as before."""
+    import json
+    import sys
+    import time
+
+    from trajscope.store import locks
+
+    root = StoreRoot("s3://trajscope/lease-dead-here")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from trajscope.store import StoreRoot, WriterLock; "
+         "WriterLock(StoreRoot('s3://trajscope/lease-dead-here'), 'r').acquire(); print('held', flush=True); "
+         "time.sleep(120)"], stdout=subprocess.PIPE, text=True, env=python_env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert not locks.writer_gone(root, "r")
+        with pytest.raises(RunLocked, match="being written by pid"):
+            WriterLock(root, "r").acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert locks.writer_gone(root, "r")  # (ls says so at once)
+    lease = json.loads(root.fs.cat_file(locks._lease_path(root, "r")))
+    assert lease["pid"] == holder.pid and time.time() - lease["heartbeat"] < locks.LEASE_SECONDS
+    taker = WriterLock(root, "r").acquire()  # at once, not after LEASE_SECONDS
+    taker.release()
+    for other in ({"processes": "another-boot/4026531836"}, {"processes": None}):  # (another machine or
+        root.fs.pipe_file(locks._lease_path(root, "r"), json.dumps({**lease, **other, "heartbeat": time.time()}).encode())
+        assert not locks.writer_gone(root, "r")  # container of the same name; a lease written before the record)
+        with pytest.raises(RunLocked, match="being written by pid"):
+            WriterLock(root, "r").acquire()

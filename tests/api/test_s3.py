@@ -86,6 +86,14 @@ def test_ls_of_a_missing_bucket_says_so(s3_env):
     assert show.returncode == 2 and "there is no bucket 'no-such-bucket' at its object store" in show.stderr, show.stderr
     empty = cli("ls", "--root", "s3://trajscope/nothing-here", timeout=120)
     assert empty.returncode == 0 and "no runs in s3://trajscope/nothing-here" in empty.stdout, empty.stderr
+    # recording there (found by a review: "refused ... check the credentials"; a sweep trained every point first)
+    made = cli("produce", "quickstart", "--set", "train.steps=20", "--root", "s3://no-such-bucket/runs", "-q",
+               timeout=120)
+    assert made.returncode == 2 and "the store root's bucket does not exist" in made.stderr, made.stderr
+    swept = cli("sweep", "epsilon", "--quick", "--root", "s3://no-such-bucket/runs", timeout=120)
+    assert swept.returncode == 2 and swept.stderr.strip().splitlines()[-1] == (
+        "trajscope: error: no bucket 'no-such-bucket' at the object store of s3://no-such-bucket/runs: create it, or "
+        "check its name and AWS_ENDPOINT_URL") and "failed" not in swept.stdout, (swept.stdout, swept.stderr)
 
 
 def test_health_of_a_root_whose_bucket_is_missing_is_503(s3_env, serve):

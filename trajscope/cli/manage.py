@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from trajscope.cli.analyze import STEP_HELP
 from trajscope.errors import UserError
 from trajscope.store.errors import MalformedRun
 from trajscope.store.layout import STATUSES
@@ -21,7 +22,6 @@ RootOption = Annotated[
     Optional[str], typer.Option("--root", help="Store root: a directory or fsspec URL (default $TRAJSCOPE_ROOT or ./runs).")
 ]
 RunsArgument = Annotated[list[str], typer.Argument(help="Run ids under --root, or paths/URLs of runs.")]
-STEP_HELP = "Recorded states to use, a:b:s (a, b: optimizer steps, both included; s: stride over recorded states)."
 
 
 def flatten(mapping: Any, prefix: str = "") -> dict[str, Any]:

@@ -59,7 +59,7 @@ def generic_measured(ds: xr.Dataset, step: slice | None, summarized: xr.Dataset 
     rows["recorded states"] = (str(selected.sizes["step"]), "")  # (the two-layer summary's row of that name)
     if "loss" in ds.data_vars and ds["loss"].dims == ("step",):  # (a number per state)
         loss = selected["loss"]
-        rows["loss (last state)"] = (f"{float(loss[-1]):.6g}", "")
+        rows["loss (last state)"] = (f"{float(loss[-1]):.4g}", "")  # (4 digits, as every other row: a review)
     s = summarized if summarized is not None else parameter_summary(ds, step).compute()
     for i, name in enumerate(s["parameter"].values):
         rows[f"‖{name} − {name}(0)‖"] = (f"{float(s['distance_from_init'][i]):.4g}", "")

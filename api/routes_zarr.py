@@ -142,7 +142,8 @@ def zarr_key(
 ) -> Response:
     run = _served_run(state, run_id, key)
     run_id = run.run_id
-    if key == "":  # the group's listing (zarr over fsspec's HTTP, consolidated=False: a reader lists members)
+    if key.strip("/") == "":  # the group's listing (zarr over fsspec's HTTP, consolidated=False: a reader lists
+        # members; a URL given with a trailing slash asks for RUN//: found by a review)
         return _listing(state, run, request.method)
     headers = {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"}
     fd = None

@@ -327,9 +327,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
                     continue  # (a merge; a key that is a list or mapping: the base constructor refuses it)
-                key = self.construct_scalar(key_node), key_node.tag
-                if key in seen:
-                    raise DuplicateKey(None, None, f"the key {key[0]!r} is given twice", key_node.start_mark)
+                key = self.construct_object(key_node)  # (the value: `1` and `1.0`, `null` and `~` are one key;
+                if key in seen:                       # found by a review)
+                    raise DuplicateKey(None, None, f"the key {key_node.value!r} is given twice", key_node.start_mark)
                 seen.add(key)
         super().flatten_mapping(node)
 

@@ -134,7 +134,7 @@ def snapshot(root: StoreRoot, run_id: str) -> Snapshot:
 def member_names(root: StoreRoot, run_id: str) -> list[str]:
     """The names of the run's arrays, as the snapshot's consolidated metadata lists them: what a reader that lists
     the group (``consolidated=False``) finds as its members."""
-    return sorted(snapshot(root, run_id).arrays)
+    return sorted(name for name in snapshot(root, run_id).arrays if re.fullmatch(_NAME, name))  # (the keys served)
 
 
 def array_metadata(root: StoreRoot, run_id: str, committed: int,

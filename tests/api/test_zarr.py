@@ -48,9 +48,11 @@ def test_open_zarr_over_http_without_consolidated_metadata_lists_the_arrays(serv
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # (no member zarr cannot read, e.g. the run's .all_chunks_stored)
         ds = xr.open_zarr(f"{server.url}/zarr/{run_id}", zarr_format=3, consolidated=False)
+        slash = xr.open_zarr(f"{server.url}/zarr/{run_id}/", zarr_format=3, consolidated=False)  # (it asks for RUN//)
     local = open_run(run_id, local_root)
     assert set(ds.data_vars) == set(local.data_vars) and ds.sizes == local.sizes
     xr.testing.assert_identical(ds.drop_attrs().load(), local.drop_attrs().load())
+    xr.testing.assert_identical(slash.drop_attrs().load(), local.drop_attrs().load())
     page = httpx.get(f"{server.url}/zarr/{run_id}/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<a href="W">W</a>' in page.text and "zarr.json" not in page.text

@@ -336,3 +336,67 @@ def test_a_point_whose_worker_dies_each_time_fails_alone_with_its_runs_status(tm
     monkeypatch.delenv("TRAJSCOPE_FAULT")
     again = run_sweep(spec, root=root, workers=2)
     assert [r["action"] for r in again.rows] == ["resumed", "resumed"] and not again.failed
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the sweep's workers in /proc")
+def test_an_idle_worker_killed_beside_a_training_one_lets_the_sweep_end(tmp_path, python_env):
+    """Found by a review: SIGKILL of an idle worker left the queue lock it held taken, and the other worker, once it
+    had ended its run ``interrupted`` on the broken pool's SIGTERM, waited for it for ever: the sweep printed its
+    summary and never exited, and the worker outlived it. A broken pool's survivors are now ended (killed once no
+    run of theirs is being written) before its points run again."""
+    import yaml
+
+    from tests.experiments.conftest import TINY_BASE
+
+    spec = tmp_path / "idle.yaml"
+    spec.write_text(yaml.safe_dump({"name": "idle", "base": TINY_BASE, "grid": {"data.mu": [0.3]}, "seeds": [0],
+                                    "points": [{"train.steps": 300}, {"train.steps": 3 * KILL_STEPS}]}))
+    root = tmp_path / "runs"
+    short, long = sorted(expand(*load_sweep(spec)), key=lambda p: p.config.train.steps)
+    proc = subprocess.Popen([sys.executable, "-c", "from trajscope.cli import main; main()", "sweep", str(spec),
+                             "--root", str(root), "--workers", "2"], env=python_env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store_root, printed = StoreRoot(root), []
+    try:
+        while short.run_id not in "".join(printed):  # the short point's row is in: its worker waits for work
+            printed.append(proc.stdout.readline())
+            assert printed[-1] or proc.poll() is None, (printed, proc.communicate())
+        time.sleep(1.0)
+        assert store_root.read_attrs(long.run_id).get("status") == "running"
+        lock = os.path.realpath(root / ".locks" / f"{long.run_id}.lock")
+        workers = [pid for pid in _children_of(proc.pid) if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()]
+        training = [pid for pid in workers if lock in _open_files(pid)]
+        idle = [pid for pid in workers if pid not in training]
+        assert len(training) == 1 and len(idle) == 1, (workers, training)
+        os.kill(idle[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the sweep did not end within 120 s of its idle worker's death") from None
+    assert proc.returncode == 0 and "2/2 runs complete" in out, (printed, out, err)
+    assert store_root.read_attrs(long.run_id)["status"] == "complete"
+    time.sleep(0.5)
+    assert not os.path.exists(f"/proc/{training[0]}") or open(f"/proc/{training[0]}/stat").read().split()[2] == "Z"
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _open_files(pid: int) -> set[str]:
+    paths = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            paths.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return paths

@@ -169,6 +169,9 @@ def test_a_key_given_twice_and_a_folder_for_a_config_are_one_line_each(tmp_path,
     # given twice (found by a review)
     nested = "base: &b {lr: 0.1}\na:\n  deep:\n    x: &x {<<: *b, lr: 0.2}\nc: {<<: *x, m: 1}\n"
     assert load_yaml(nested) == yaml.safe_load(nested) and load_yaml(nested)["c"] == {"lr": 0.2, "m": 1}
+    for same in ("{1: x, 1.0: y}", "{null: 1, ~: 2}"):  # one key written two ways (found by a review)
+        with pytest.raises(yaml.YAMLError, match="is given twice"):
+            load_yaml(same)
     code, err = cli(monkeypatch, capsys, "config", "--set", "train={lr: 1, lr: 2}")  # (in a --set value: was taken
     assert code == 2 and "in its value, the key 'lr' is given twice" in err, err  # as a string, refused as one)
     folder = tmp_path / "configs"

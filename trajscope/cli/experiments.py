@@ -46,8 +46,9 @@ def register(app: typer.Typer) -> None:
 
         console = Console(soft_wrap=True)
         from trajscope.cli.produce import config_path
-        from trajscope.producer import train  # noqa: F401 - torch, which records, before anything is said (found
-                                               # by a review: a torchless install said where the spec was first)
+        if scheduler is None:  # (on a cluster only its workers train)
+            from trajscope.producer import train  # noqa: F401 - torch, which records, before anything is said
+            # (found by a review: a torchless install said where the spec was found first)
         result = run_sweep(config_path(spec, "sweeps"), root=root, workers=workers, scheduler=scheduler, quick=quick,
                            progress=_printer(console))
         done = len(result.rows) - len(result.failed) - len(result.busy)

@@ -428,63 +428,120 @@ def _run_on_local_pools(points: list[SweepPoint], store_root: Any, storage_optio
         if progress is not None:
             progress(row, len(results), len(points))
 
-    stop_dir = tempfile.mkdtemp(prefix="trajscope-sweep-")  # its "stop" file: no point starts once it exists
-    stop_file = os.path.join(stop_dir, "stop")
+    stop_dir = tempfile.mkdtemp(prefix="trajscope-sweep-")  # its pools' "stop" files: no point starts once one exists
     pending, alone = list(points), False
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, stop_dir, True)
         stack.enter_context(sigterm_as_interrupt())  # (stops the workers too)
         while pending:
             before = len(results)
-            pending = _pool_round(pending, ctx, n_workers, alone, finished, store_root, stop_file,
-                                  lambda p: (execute_point, _with_threads(p.config, threads), p.run_id,
-                                             store_root.location, storage_options, summarize, os.getpid(), stop_file))
+            pending = _pool_round(pending, ctx, n_workers, alone, finished, store_root, stop_dir,
+                                  lambda p, stop_file: (execute_point, _with_threads(p.config, threads), p.run_id,
+                                                        store_root.location, storage_options, summarize, os.getpid(),
+                                                        stop_file))
             alone = len(results) == before
     return results
 
 
+@dataclass
+class _Workers:
+    """One process pool of a sweep and what ends it: its processes (a broken pool forgets them) and the stop file
+    its tasks check before they start a point."""
+
+    executor: cf.ProcessPoolExecutor
+    stop_file: str
+    processes: list = field(default_factory=list)
+    broken: bool = False
+
+
 def _pool_round(points: list[SweepPoint], ctx: Any, n_workers: int, alone: bool,
-                finished: Callable[[SweepPoint, dict[str, Any]], None], store_root: Any, stop_file: str,
-                task: Callable[[SweepPoint], tuple]) -> list[SweepPoint]:
+                finished: Callable[[SweepPoint, dict[str, Any]], None], store_root: Any, stop_dir: str,
+                task: Callable[[SweepPoint, str], tuple]) -> list[SweepPoint]:
     """Run ``points`` on one pool of ``n_workers`` processes (``alone``: one pool of one process per point, at most
-    ``n_workers`` at once); hand each row to ``finished``; return the points lost to a broken pool."""
-    queue, running, lost = list(points), {}, []
+    ``n_workers`` at once); hand each row to ``finished``; return the points lost to a broken pool, in order.
+
+    A pool is ended before the round goes on: a broken one's survivors (each ended its run ``interrupted`` on the
+    pool's SIGTERM) start no queued point (its stop file) and are killed once no lost point's run is being written
+    (found by a review: one went on training queued points beside the next round, or, blocked on the queue lock
+    of the worker that died, never ended, nor let the sweep's process exit)."""
+    queue, running, lost, live = list(points), {}, [], []
+
+    def start(size: int, items: list[SweepPoint]) -> None:
+        workers = _Workers(cf.ProcessPoolExecutor(max_workers=size, mp_context=ctx, initializer=_end_with_parent),
+                           os.path.join(stop_dir, f"stop-{uuid.uuid4().hex}"))
+        live.append(workers)
+        for point in items:
+            running[workers.executor.submit(*task(point, workers.stop_file))] = (workers, point)
+        workers.processes = list((getattr(workers.executor, "_processes", None) or {}).values())
+
     try:
         while queue or running:
             if alone:
                 while queue and len(running) < n_workers:
-                    pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_end_with_parent)
-                    point = queue.pop(0)
-                    running[pool.submit(*task(point))] = (pool, point)
+                    start(1, [queue.pop(0)])
             elif queue:
-                pool = cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_end_with_parent)
-                running.update({pool.submit(*task(point)): (pool, point) for point in queue})
+                start(n_workers, queue)
                 queue = []
             done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for future in done:
-                pool, point = running.pop(future)
+            for future in sorted(done, key=lambda f: points.index(running[f][1])):
+                workers, point = running.pop(future)
                 try:
                     finished(point, future.result())
                 except cf.process.BrokenProcessPool:
-                    if not alone:
+                    workers.broken = True
+                    Path(workers.stop_file).touch()
+                    if alone:
+                        finished(point, _died_row(store_root, point.run_id))
+                    else:
                         lost.append(point)
-                        continue
-                    finished(point, _failed_row(store_root, point.run_id, "its worker process died (killed, or out of "
-                                                "memory?) each time it ran this point; what the run committed is kept: "
-                                                "run the sweep again to resume it"))
                 except Exception as err:  # noqa: BLE001 - the task could not run (e.g. not picklable)
                     finished(point, _failed_row(store_root, point.run_id, f"worker: {type(err).__name__}: {err}"))
-                if not any(p is pool for p, _ in running.values()):
-                    pool.shutdown()
+                if not any(w is workers for w, _ in running.values()):
+                    _end_pool(workers, store_root, [p.run_id for p in lost])
+                    live.remove(workers)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no queued point starts, the running ones end
-        Path(stop_file).touch()  # `interrupted` (resumable: the same command goes on), no worker stays
-        for pool in {id(p): p for p, _ in running.values()}.values():
-            _stop_workers(pool)
+        _stop_workers(live)  # `interrupted` (resumable: the same command goes on), no worker stays
+        live.clear()
         raise
     finally:
-        for pool in {id(p): p for p, _ in running.values()}.values():  # (an error: the pools still left end)
-            pool.shutdown(cancel_futures=True)
-    return lost
+        for workers in live:  # (an error: the pools still left end)
+            _end_pool(workers, store_root, [p.run_id for p in points])
+    return sorted(lost, key=points.index)
+
+
+def _end_pool(workers: _Workers, store_root: Any, run_ids: list[str]) -> None:
+    """Shut a pool down. A broken one: its survivors are waited for while a run of ``run_ids`` is being written
+    (at most :data:`STOP_SECONDS`), then killed; a whole one's workers exit once their points are done."""
+    if workers.broken:
+        from trajscope.store.locks import writer_holds
+
+        def writing() -> bool:
+            for run_id in run_ids:
+                with contextlib.suppress(Exception):
+                    if writer_holds(store_root, run_id):
+                        return True
+            return False
+
+        Path(workers.stop_file).touch()
+        deadline = time.monotonic() + STOP_SECONDS
+        while any(p.is_alive() for p in workers.processes) and time.monotonic() < deadline and writing():
+            time.sleep(0.05)
+        for process in workers.processes:
+            if process.is_alive():  # idle, or blocked for ever on the dead worker's queue lock
+                process.kill()
+        for process in workers.processes:
+            process.join(5)
+    workers.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _died_row(store_root: Any, run_id: str) -> dict[str, Any]:
+    """The row of a point whose worker process died each time it was given it (``alone``)."""
+    row = _failed_row(store_root, run_id, "its worker process died (killed, or out of memory?) each time it ran this "
+                                          "point; what the run committed is kept: run the sweep again to resume it")
+    if row["status"] == "missing":  # (found by a review: "what the run committed is kept" of no run)
+        row["error"] = ("its worker process died before it began this point, each time (see the messages above): "
+                        "no run was made")
+    return row
 
 
 def _failed_row(store_root: Any, run_id: str, error: str) -> dict[str, Any]:
@@ -534,15 +591,19 @@ def _end_with_parent() -> None:
 STOP_SECONDS = 60.0
 
 
-def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
-    """Cancel the points not started and SIGTERM the workers: a worker training a run ends it ``interrupted``
-    (its committed states kept, as on a Ctrl-C), an idle one exits, and a point already handed to a worker's
-    queue is not started (the stop file). Leaving the pool then waits for them."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # (shutdown forgets them)
-    pool.shutdown(wait=False, cancel_futures=True)
+def _stop_workers(pools: list[_Workers]) -> None:
+    """Cancel the points not started and SIGTERM the workers of every pool at once: a worker training a run ends it
+    ``interrupted`` (its committed states kept, as on a Ctrl-C), an idle one exits, and a point already handed to a
+    worker's queue is not started (the stop file). They are waited for together, at most :data:`STOP_SECONDS`
+    (found by a review: one pool after the other, a sweep's pools of one worker each took that long each)."""
+    processes = [process for workers in pools for process in workers.processes]
+    for workers in pools:
+        Path(workers.stop_file).touch()
+        workers.executor.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         with contextlib.suppress(OSError):
-            os.kill(process.pid, signal.SIGTERM)
+            if process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_SECONDS
     for process in processes:  # waited for here: the pool's own exit no longer waits once shut down
         process.join(max(0.0, deadline - time.monotonic()))

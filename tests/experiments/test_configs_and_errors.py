@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.experiments.conftest import child_processes
 from trajscope.producer import load_config, produce
 from trajscope.producer.data import build_dataset
 from trajscope.experiments.sweep import expand, load_sweep
@@ -112,20 +113,6 @@ def test_cli_sweep_errors_are_one_line(tmp_path, python_env):
         assert len(lines) == 1 and lines[0].startswith("trajscope: error: ")
 
 
-def _children(pid: int) -> set[int]:
-    """The live processes whose parent is ``pid`` (from /proc)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == pid and stat[0] != "Z":
-                found.add(int(entry))
-    return found
-
-
 @pytest.mark.parametrize("sig, group", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGKILL, False),
                                         (signal.SIGINT, True), (signal.SIGHUP, True)],
                          ids=["int", "term", "kill", "int-to-the-group", "hup-to-the-group"])
@@ -151,7 +138,7 @@ def test_a_stopped_sweep_starts_no_more_runs_and_leaves_no_worker(tmp_path, pyth
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.2)
     time.sleep(1.0)
-    workers = _children(proc.pid)
+    workers = child_processes(proc.pid)
     if group:
         os.killpg(proc.pid, sig)
     else:

@@ -346,7 +346,7 @@ def test_an_idle_worker_killed_beside_a_training_one_lets_the_sweep_end(tmp_path
     run of theirs is being written) before its points run again."""
     import yaml
 
-    from tests.experiments.conftest import TINY_BASE
+    from tests.experiments.conftest import TINY_BASE, child_processes
 
     spec = tmp_path / "idle.yaml"
     spec.write_text(yaml.safe_dump({"name": "idle", "base": TINY_BASE, "grid": {"data.mu": [0.3]}, "seeds": [0],
@@ -364,7 +364,7 @@ def test_an_idle_worker_killed_beside_a_training_one_lets_the_sweep_end(tmp_path
         time.sleep(1.0)
         assert store_root.read_attrs(long.run_id).get("status") == "running"
         lock = os.path.realpath(root / ".locks" / f"{long.run_id}.lock")
-        workers = [pid for pid in _children_of(proc.pid) if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()]
+        workers = [pid for pid in child_processes(proc.pid) if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()]
         training = [pid for pid in workers if lock in _open_files(pid)]
         idle = [pid for pid in workers if pid not in training]
         assert len(training) == 1 and len(idle) == 1, (workers, training)
@@ -377,19 +377,6 @@ def test_an_idle_worker_killed_beside_a_training_one_lets_the_sweep_end(tmp_path
     assert store_root.read_attrs(long.run_id)["status"] == "complete"
     time.sleep(0.5)
     assert not os.path.exists(f"/proc/{training[0]}") or open(f"/proc/{training[0]}/stat").read().split()[2] == "Z"
-
-
-def _children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == pid:
-                found.append(int(entry))
-    return found
 
 
 def _open_files(pid: int) -> set[str]:

@@ -452,6 +452,7 @@ class _Workers:
     stop_file: str
     processes: list = field(default_factory=list)
     broken: bool = False
+    unfinished: int = 0  # its points without a row yet
 
 
 def _pool_round(points: list[SweepPoint], ctx: Any, n_workers: int, alone: bool,
@@ -465,6 +466,7 @@ def _pool_round(points: list[SweepPoint], ctx: Any, n_workers: int, alone: bool,
     (found by a review: one went on training queued points beside the next round, or, blocked on the queue lock
     of the worker that died, never ended, nor let the sweep's process exit)."""
     queue, running, lost, live = list(points), {}, [], []
+    order = {point.run_id: i for i, point in enumerate(points)}  # (rows and lost points in the spec's order)
 
     def start(size: int, items: list[SweepPoint]) -> None:
         workers = _Workers(cf.ProcessPoolExecutor(max_workers=size, mp_context=ctx, initializer=_end_with_parent),
@@ -472,6 +474,7 @@ def _pool_round(points: list[SweepPoint], ctx: Any, n_workers: int, alone: bool,
         live.append(workers)
         for point in items:
             running[workers.executor.submit(*task(point, workers.stop_file))] = (workers, point)
+            workers.unfinished += 1
         workers.processes = list((getattr(workers.executor, "_processes", None) or {}).values())
 
     try:
@@ -483,8 +486,9 @@ def _pool_round(points: list[SweepPoint], ctx: Any, n_workers: int, alone: bool,
                 start(n_workers, queue)
                 queue = []
             done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for future in sorted(done, key=lambda f: points.index(running[f][1])):
+            for future in sorted(done, key=lambda f: order[running[f][1].run_id]):
                 workers, point = running.pop(future)
+                workers.unfinished -= 1
                 try:
                     finished(point, future.result())
                 except cf.process.BrokenProcessPool:
@@ -496,7 +500,7 @@ def _pool_round(points: list[SweepPoint], ctx: Any, n_workers: int, alone: bool,
                         lost.append(point)
                 except Exception as err:  # noqa: BLE001 - the task could not run (e.g. not picklable)
                     finished(point, _failed_row(store_root, point.run_id, f"worker: {type(err).__name__}: {err}"))
-                if not any(w is workers for w, _ in running.values()):
+                if not workers.unfinished:
                     _end_pool(workers, store_root, [p.run_id for p in lost])
                     live.remove(workers)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no queued point starts, the running ones end
@@ -506,7 +510,7 @@ def _pool_round(points: list[SweepPoint], ctx: Any, n_workers: int, alone: bool,
     finally:
         for workers in live:  # (an error: the pools still left end)
             _end_pool(workers, store_root, [p.run_id for p in points])
-    return sorted(lost, key=points.index)
+    return sorted(lost, key=lambda point: order[point.run_id])
 
 
 def _end_pool(workers: _Workers, store_root: Any, run_ids: list[str]) -> None:
@@ -536,11 +540,11 @@ def _end_pool(workers: _Workers, store_root: Any, run_ids: list[str]) -> None:
 
 def _died_row(store_root: Any, run_id: str) -> dict[str, Any]:
     """The row of a point whose worker process died each time it was given it (``alone``)."""
-    row = _failed_row(store_root, run_id, "its worker process died (killed, or out of memory?) each time it ran this "
-                                          "point; what the run committed is kept: run the sweep again to resume it")
+    row = _failed_row(store_root, run_id, "its worker process died (killed, or out of memory?), in a pool of its "
+                                          "own too; what the run committed is kept: run the sweep again to resume it")
     if row["status"] == "missing":  # (found by a review: "what the run committed is kept" of no run)
-        row["error"] = ("its worker process died before it began this point, each time (see the messages above): "
-                        "no run was made")
+        row["error"] = ("its worker process died before it began this point, in a pool of its own too (see the "
+                        "messages above): no run was made")
     return row
 
 

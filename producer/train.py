@@ -104,6 +104,9 @@ def _default_run_id(config: RunConfig, root: StoreRoot) -> str:
 #: reaches it from the terminal and then its sweep's SIGTERM, which, taken for a second Ctrl-C, left the run
 #: ``running``: found by a review; the sweep kills a worker that has not ended its run within its STOP_SECONDS)
 INTERRUPT_ONCE = False
+#: the sweep process of a sweep's worker: a later signal is ignored only while that process lives (found by a
+#: review: a worker whose sweep had died, blocked on a pool's queue lock, ignored the death-of-parent SIGTERM for ever)
+PARENT_PID: int | None = None
 
 
 @contextlib.contextmanager
@@ -120,7 +123,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
     fired = []
 
     def ignored(signum, frame):  # noqa: ARG001  (a Python handler, not SIG_IGN: one already pending when it is set
-        pass  # would raise "Signal 15 ignored due to race condition")
+        if PARENT_PID is not None and os.getppid() != PARENT_PID:  # would raise "Signal 15 ignored due to race
+            os._exit(1)  # condition"); an orphaned worker ends (what its run committed is kept, resumable)
 
     def handler(signum, frame):  # noqa: ARG001
         if INTERRUPT_ONCE:

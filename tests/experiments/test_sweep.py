@@ -387,3 +387,24 @@ def _open_files(pid: int) -> set[str]:
         except OSError:
             continue
     return paths
+
+
+def test_an_error_of_the_progress_callback_stops_the_sweep_once(tmp_path, spec_factory):
+    """Found by a review: a progress callback's error (printing to a closed pipe) was taken for the worker's: the
+    row was reported twice, and the pool went on training its points before the error came out. Now it is raised
+    once, and the point already under way ends ``interrupted`` (resumable), not trained to the end."""
+    root = str(tmp_path / "runs")
+    spec = spec_factory(points=[{"train.steps": 300}, {"train.steps": 3 * KILL_STEPS}], grid={"data.mu": [0.3]})
+    long_id = [p.run_id for p in expand(*load_sweep(spec)) if p.config.train.steps == 3 * KILL_STEPS][0]
+    calls = []
+
+    def closed_pipe(row, done, total):
+        calls.append(row["run_id"])
+        time.sleep(1.0)  # (the queued long point has begun on the one worker)
+        raise BrokenPipeError("progress printed to a closed pipe")
+
+    started = time.monotonic()
+    with pytest.raises(BrokenPipeError):
+        run_sweep(spec, root=root, workers=1, progress=closed_pipe)
+    assert len(calls) == 1 and time.monotonic() - started < 60
+    assert StoreRoot(root).read_attrs(long_id)["status"] in ("interrupted", "running")

@@ -295,11 +295,13 @@ def _execute_point(config: dict[str, Any], run_id: str, root: str, storage_optio
 
     if parent_pid is not None:  # a worker of a local sweep: a Ctrl-C from the terminal, then the sweep's SIGTERM,
         train.INTERRUPT_ONCE = True  # end the run once (see INTERRUPT_ONCE)
+        train.PARENT_PID = parent_pid
 
     store_root = StoreRoot(root, storage_options)
     started = time.perf_counter()
     row: dict[str, Any] = {"run_id": run_id, "action": "", "status": "", "error": None}
-    if (parent_pid is not None and os.getppid() != parent_pid) or (stop_file is not None and os.path.exists(stop_file)):
+    stopped = stop_file is not None and (os.path.exists(stop_file) or not os.path.isdir(os.path.dirname(stop_file)))
+    if (parent_pid is not None and os.getppid() != parent_pid) or stopped:  # (its folder gone: the sweep has ended)
         return {**row, "action": "abandoned", "status": "not started", "seconds": 0.0}  # (the sweep was stopped)
     try:
         if store_root.exists(run_id):
@@ -474,8 +476,8 @@ def _pool_round(points: list[SweepPoint], ctx: Any, n_workers: int, alone: bool,
         live.append(workers)
         for point in items:
             running[workers.executor.submit(*task(point, workers.stop_file))] = (workers, point)
-            workers.unfinished += 1
-        workers.processes = list((getattr(workers.executor, "_processes", None) or {}).values())
+            workers.unfinished += 1  # (and its processes known at once: a Ctrl-C may come at the next submit)
+            workers.processes = list((getattr(workers.executor, "_processes", None) or {}).values())
 
     try:
         while queue or running:
@@ -490,26 +492,25 @@ def _pool_round(points: list[SweepPoint], ctx: Any, n_workers: int, alone: bool,
                 workers, point = running.pop(future)
                 workers.unfinished -= 1
                 try:
-                    finished(point, future.result())
+                    row = future.result()
                 except cf.process.BrokenProcessPool:
                     workers.broken = True
                     Path(workers.stop_file).touch()
-                    if alone:
-                        finished(point, _died_row(store_root, point.run_id))
-                    else:
+                    if not alone:
                         lost.append(point)
+                        row = None
+                    else:
+                        row = _died_row(store_root, point.run_id)
                 except Exception as err:  # noqa: BLE001 - the task could not run (e.g. not picklable)
-                    finished(point, _failed_row(store_root, point.run_id, f"worker: {type(err).__name__}: {err}"))
+                    row = _failed_row(store_root, point.run_id, f"worker: {type(err).__name__}: {err}")
+                if row is not None:
+                    finished(point, row)  # (outside the try: a progress callback's error is no worker's)
                 if not workers.unfinished:
                     _end_pool(workers, store_root, [p.run_id for p in lost])
                     live.remove(workers)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no queued point starts, the running ones end
-        _stop_workers(live)  # `interrupted` (resumable: the same command goes on), no worker stays
-        live.clear()
+    except BaseException:  # Ctrl-C, SIGTERM, an error (a progress callback's): no queued point starts, the
+        _stop_workers(live)  # running ones end `interrupted` (resumable: the same command goes on), no worker stays
         raise
-    finally:
-        for workers in live:  # (an error: the pools still left end)
-            _end_pool(workers, store_root, [p.run_id for p in points])
     return sorted(lost, key=lambda point: order[point.run_id])
 
 
@@ -542,9 +543,9 @@ def _died_row(store_root: Any, run_id: str) -> dict[str, Any]:
     """The row of a point whose worker process died each time it was given it (``alone``)."""
     row = _failed_row(store_root, run_id, "its worker process died (killed, or out of memory?), in a pool of its "
                                           "own too; what the run committed is kept: run the sweep again to resume it")
-    if row["status"] == "missing":  # (found by a review: "what the run committed is kept" of no run)
-        row["error"] = ("its worker process died before it began this point, in a pool of its own too (see the "
-                        "messages above): no run was made")
+    if row["status"] in ("missing", "creating"):  # (found by a review: "what the run committed is kept" of no run)
+        row["error"] = ("its worker process died (killed, or out of memory?) before its run of this point was made, "
+                        "in a pool of its own too: run the sweep again to start it")
     return row
 
 
@@ -606,8 +607,7 @@ def _stop_workers(pools: list[_Workers]) -> None:
         workers.executor.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         with contextlib.suppress(OSError):
-            if process.pid is not None:
-                os.kill(process.pid, signal.SIGTERM)
+            process.terminate()  # (not os.kill of its pid: one already reaped may name another process by now)
     deadline = time.monotonic() + STOP_SECONDS
     for process in processes:  # waited for here: the pool's own exit no longer waits once shut down
         process.join(max(0.0, deadline - time.monotonic()))

@@ -328,14 +328,14 @@ def test_a_point_whose_worker_dies_each_time_fails_alone_with_its_runs_status(tm
     that finished nothing, each point runs in a worker of its own, and its row says the worker died, with the run's
     status as stored (not ``unknown``); the sweep ends. Run again without the fault, the runs are resumed."""
     root = str(tmp_path / "runs")
-    spec = spec_factory(grid={"data.mu": [0.2, 0.4]})
+    spec = spec_factory(grid={"data.mu": [0.2, 0.3, 0.4]})  # (3 points, 2 workers: pools again after 2 alone)
     monkeypatch.setenv("TRAJSCOPE_FAULT", "write.chunk:kill:3")
     result = run_sweep(spec, root=root, workers=2)
-    assert [r["action"] for r in result.rows] == ["failed", "failed"], result.rows
+    assert [r["action"] for r in result.rows] == ["failed"] * 3, result.rows
     assert all("worker process died" in r["error"] and r["status"] == "running" for r in result.rows), result.rows
     monkeypatch.delenv("TRAJSCOPE_FAULT")
     again = run_sweep(spec, root=root, workers=2)
-    assert [r["action"] for r in again.rows] == ["resumed", "resumed"] and not again.failed
+    assert [r["action"] for r in again.rows] == ["resumed"] * 3 and not again.failed
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the sweep's workers in /proc")

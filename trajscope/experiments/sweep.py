@@ -410,9 +410,9 @@ def _run_on_local_pools(points: list[SweepPoint], store_root: Any, storage_optio
 
     A dead worker breaks its whole pool: every point it had not finished, on any worker, is lost to it (the other
     workers are stopped, their runs ending ``interrupted``). Those points run again in a fresh pool, as long as the
-    last pool finished at least one point; after a pool that finished none, each remaining point runs in a worker of
-    its own (``workers`` at a time), so that a point whose worker dies every time fails alone, with its row saying
-    so. (Found by a review: one killed worker made every row ``failed``, status ``unknown``, and a table of NaN,
+    last pool finished at least one point; after a pool that finished none, the next ``workers`` points run in a
+    worker each, so that a point whose worker dies every time fails alone, with its row saying so, and the rest
+    go on in pools again (a review: every remaining point in a process of its own cost a start-up each). (Found by a review: one killed worker made every row ``failed``, status ``unknown``, and a table of NaN,
     although the finished runs were complete.)
     """
     from trajscope.producer.train import sigterm_as_interrupt  # (torch: imported where runs are made)
@@ -437,10 +437,11 @@ def _run_on_local_pools(points: list[SweepPoint], store_root: Any, storage_optio
         stack.enter_context(sigterm_as_interrupt())  # (stops the workers too)
         while pending:
             before = len(results)
-            pending = _pool_round(pending, ctx, n_workers, alone, finished, store_root, stop_dir,
+            batch, rest = (pending[:n_workers], pending[n_workers:]) if alone else (pending, [])
+            pending = _pool_round(batch, ctx, n_workers, alone, finished, store_root, stop_dir,
                                   lambda p, stop_file: (execute_point, _with_threads(p.config, threads), p.run_id,
                                                         store_root.location, storage_options, summarize, os.getpid(),
-                                                        stop_file))
+                                                        stop_file)) + rest
             alone = len(results) == before
     return results
 

@@ -357,7 +357,9 @@ def envelope_status(ds: xr.Dataset) -> str:
 @doc_entries(DROP_ENTRY)
 def loss_envelope(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP) -> xr.DataArray:
     """The ``O(1/t)`` envelope ``L(t2) / (L(t2) α (t - t2) + 1)`` for ``t ≥ t2`` (NaN before), from the
-    empirical ``t2``; dims ``(step,)``. ``α = (μ X_min)² / (32 X_max)``.
+    run's empirical ``t2``; dims ``(step,)``. ``α = (μ X_min)² / (32 X_max)``. ``step`` selects where it is
+    evaluated, not the states ``t2`` is found in (found by a review: a zoomed chart's window found a ``t2`` of
+    its own, and the envelope moved with the zoom).
 
     The same expression holds for a mean-loss run in its own ``L`` and ``t`` (``L_sum = n L_mean`` and
     ``τ = t/n`` cancel). Attrs carry the ``status`` (:func:`envelope_status`); NaN everywhere when the
@@ -373,10 +375,9 @@ def loss_envelope(ds: xr.Dataset, step: StepSel = None, *, drop: float = T2_DROP
     alpha = envelope_alpha(ds)
     status = _worst(envelope_status(ds), alpha.attrs["status"])
     a = float(alpha) if status == OK or status.startswith("approximate") else np.nan
-    ph = t2(ds, step, drop=drop)
+    ph = t2(ds, None, drop=drop)  # (the run's: whatever states are selected)
     times = time_coord(sel).astype(np.float64)
-    L = sel["loss"].astype(np.float64)
-    L2 = xr.where(sel["step"] == ph["t2_step"], L, np.nan).max("step")
+    L2 = xr.where(ds["step"] == ph["t2_step"], ds["loss"].astype(np.float64), np.nan).max("step")
     env = L2 / (L2 * a * (times - ph["t2_time"]) + 1.0)
     out = xr.where(times >= ph["t2_time"], env, np.nan)
     out.name = "loss_envelope"

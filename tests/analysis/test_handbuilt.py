@@ -162,6 +162,9 @@ def test_theory_worked_example():
     assert np.isnan(env[:3]).all()
     assert env[3] == pytest.approx(3.0)
     assert env[5] == pytest.approx(3 / (3 * 0.36 / 64 * 1.0 + 1), rel=1e-9)
+    # a window of states is where the envelope is evaluated, not where t2 is found (found by a review: a zoomed
+    # dashboard chart's envelope came from the window's own t2)
+    np.testing.assert_array_equal(theory.loss_envelope(ds, slice(4, 5)).compute().values, env[4:6])
     srb = theory.stable_rank_bound(ds).compute().values
     s2 = np.linalg.norm(ds["W"].values[0], 2) ** 2
     assert srb[0] == pytest.approx(2 + 16 * EPS / s2, rel=1e-6)

@@ -21,7 +21,11 @@ function api(path) {
 function statusCell(run) {
   const td = el("td", { class: `status-${run.status}` }, run.writer_gone ? `${run.status} (writer gone)` : run.status);
   if (run.error) td.title = run.error;
-  if (run.writer_gone) td.title = `its producer was killed: \`trajscope resume ${run.run_id}\` continues it`;
+  if (run.writer_gone) {  // (a run recorded from a script has no producer config: its script resumes it; a review)
+    td.title = Object.keys(run.config || {}).length
+      ? `its producer was killed: \`trajscope resume ${run.run_id}\` continues it`
+      : "its script was killed: run it again with ModuleRecorder(..., resume=True) to continue it";
+  }
   return td;
 }
 

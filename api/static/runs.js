@@ -27,8 +27,15 @@ function matches(run, text) {
   if (!text.trim()) return true;
   const tags = tagsOf(run).map((t) => t.toLowerCase());
   const pairs = new Set([...tags, ...Object.entries(run.config || {}).map(([k, v]) => `${k}=${v}`.toLowerCase())]);
-  const hay = [run.run_id, run.status, ...tags].join(" ").toLowerCase();
-  return text.toLowerCase().split(/\s+/).filter(Boolean).every((w) => (w.includes("=") ? pairs.has(w) : hay.includes(w)));
+  // a value written another way (train.lr=5e-4 for 0.0005) matches as a number (found by a review)
+  const numeric = (w) => {
+    const [k, v] = [w.slice(0, w.indexOf("=")), w.slice(w.indexOf("=") + 1)];
+    const have = Object.entries(run.config || {}).find(([key]) => key.toLowerCase() === k);
+    return have !== undefined && v.trim() !== "" && typeof have[1] === "number" && Number(v) === have[1];
+  };
+  const hay = [run.run_id, run.status, run.writer_gone ? "writer gone" : "", ...tags].join(" ").toLowerCase();
+  return text.toLowerCase().split(/\s+/).filter(Boolean).every((w) => (w.includes("=") ? pairs.has(w) || numeric(w)
+    : hay.includes(w)));
 }
 
 function runRow(run) {
@@ -177,9 +184,11 @@ const COMPARE_CHARTS = [
 ];
 
 function differing(runs) {
-  // config fields whose values are not the same in all runs (run ids alone when none differ)
-  const keys = new Set(runs.flatMap((r) => Object.keys(r.config || {})));
-  return [...keys].filter((k) => new Set(runs.map((r) => JSON.stringify((r.config || {})[k]))).size > 1).sort();
+  // config fields whose values are not the same in all the runs that have a config (run ids alone when none
+  // differ); a run recorded from a script has none, and made every field "differ" (found by a review)
+  const configured = runs.filter((r) => Object.keys(r.config || {}).length);
+  const keys = new Set(configured.flatMap((r) => Object.keys(r.config)));
+  return [...keys].filter((k) => new Set(configured.map((r) => JSON.stringify(r.config[k]))).size > 1).sort();
 }
 
 async function showCompare(ids) {
@@ -192,7 +201,8 @@ async function showCompare(ids) {
   const missing = ids.filter((id) => !runs.some((r) => r.run_id === id));
   const keys = differing(runs);
   const shownKeys = keys.filter((k) => k !== "name").slice(0, 3);
-  const legend = (r) => shownKeys.length ? `${r.run_id} (${shownKeys.map((k) => `${k}=${fmt(r.config[k])}`).join(", ")})` : r.run_id;
+  const legend = (r) => shownKeys.length && Object.keys(r.config || {}).length
+    ? `${r.run_id} (${shownKeys.map((k) => `${k}=${fmt(r.config[k])}`).join(", ")})` : r.run_id;
   const listings = await Promise.all(runs.map((r) => api(`/api/runs/${encodeURIComponent(r.run_id)}/analysis`)));
   const offered = await Promise.all(runs.map((r) => api(`/api/runs/${encodeURIComponent(r.run_id)}/series`)));
   // a chart applies to a run when the run records its variable (a module run may have no loss) or the
@@ -202,7 +212,9 @@ async function showCompare(ids) {
   const charts = COMPARE_CHARTS.map((spec) => new Chart(spec, {}));
   $("#view").replaceChildren(el("div", {},
     el("h2", {}, `comparing ${runs.length} run${runs.length === 1 ? "" : "s"}`),
-    el("p", { class: "muted", id: "differing" }, keys.length ? `legend keyed by the config fields that differ: ${keys.join(", ")}` : "the runs' configs are identical"),
+    el("p", { class: "muted", id: "differing" }, keys.length ? `legend keyed by the config fields that differ: ${keys.join(", ")}`
+      : runs.filter((r) => Object.keys(r.config || {}).length).length > 1 ? "the runs' configs are identical"
+        : "legend keyed by run id (runs recorded from a script have no config to compare)"),
     missing.length ? el("p", { class: "status-failed" }, `not found: ${missing.join(", ")}`) : null,
     el("div", { class: "charts" }, ...charts.map((c) => c.card))));
   // per run and series quantity: its data ({x, series}) or {error}; a running run's grow in place

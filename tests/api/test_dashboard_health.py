@@ -59,7 +59,8 @@ def test_the_run_list_shows_labels_follows_a_killed_producer_and_recovers_from_a
         assert page.inner_text("#runs tr[data-run=short] .tag:first-child") == "baseline"
         assert page.get_attribute("#runs tr[data-run=short] a", "title") == "the first, try"
         for text, shown in [("baseline", ["short"]), ("lr=0.1", ["short"]), ("train.steps=16", ["short"]),
-                            ("train.steps=160", ["long"]), ("train.steps=1", []), ("lon", ["long"])]:
+                            ("train.steps=160", ["long"]), ("train.steps=1", []), ("lon", ["long"]),
+                            ("train.steps=1.6e1", ["short"])]:  # (a number written another way: found by a review)
             page.fill("#filter", text)
             assert page.eval_on_selector_all("#runs tbody tr", ROWS) == shown, text
         page.fill("#filter", "")
@@ -70,6 +71,10 @@ def test_the_run_list_shows_labels_follows_a_killed_producer_and_recovers_from_a
         _kill_its_producer(root, "live")  # nothing else about the run changes
         page.wait_for_function(
             "document.querySelector('#runs tr[data-run=live]').textContent.includes('writer gone')", timeout=15_000)
+        assert "trajscope resume live" in page.get_attribute("#runs tr[data-run=live] td.status-running", "title")
+        page.fill("#filter", "writer gone")  # (what the row shows is found: a review)
+        assert page.eval_on_selector_all("#runs tbody tr", ROWS) == ["live"]
+        page.fill("#filter", "")
         # with no run live any more, a run that ends while the page is open shows its final size (found by a
         # review: the size fetched after it ended was not drawn)
         commit(root, "ends", 32, finish="complete")

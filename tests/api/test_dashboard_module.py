@@ -199,6 +199,8 @@ def test_comparing_module_runs_with_and_without_a_loss(module_server, module_roo
     assert "noloss: not recorded" in page.inner_text("#chart-cmp-loss .note")
     assert data["cmp-alignment"] is None and data["cmp-rank"] is None  # two-layer quantities: nothing to draw
     assert page.evaluate(LABELS, "cmp-distance") == ["noloss", "mlp"]
+    # runs recorded from a script have no config: not "identical configs" (found by a review)
+    assert "runs recorded from a script have no config" in page.inner_text("#differing")
     x = data["cmp-distance"][0]
     assert x == list(range(1, STEPS + 1))
     for i, run_id in enumerate(("noloss", "mlp")):

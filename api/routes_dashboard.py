@@ -16,7 +16,9 @@ from trajscope.api.work import off_loop
 router = APIRouter(tags=["dashboard"])
 
 MEDIA = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-         ".css": "text/css; charset=utf-8", ".png": "image/png", "LICENSE": "text/plain; charset=utf-8"}
+         ".css": "text/css; charset=utf-8", ".png": "image/png", "LICENSE": "text/plain; charset=utf-8",
+         "NOTICE": "text/plain; charset=utf-8", ".LICENSE.txt": "text/plain; charset=utf-8"}  # (the licences' notices
+# ship with their assets and are served with them: found by a review, Swagger UI's NOTICE was a 404)
 
 
 def _files() -> dict[str, str]:

@@ -230,11 +230,17 @@ async function poll(p) {
 }
 
 function summaryTable(result) {
+  // a number each, or one per entry of a 1-D quantity (a module run's per-parameter summary: `distance[fc1.weight]`)
   const vars = (result && result.variables) || {};
-  const rows = Object.entries(vars).filter(([, v]) => v.shape.length === 0).map(([name, v]) => el("tr", {},
-    el("td", {}, name), el("td", { class: "num" }, fmt(v.values)),
+  const entries = Object.entries(vars).flatMap(([name, v]) => {
+    if (v.shape.length === 0) return [[name, v.values, v]];
+    const labels = v.shape.length === 1 ? (v.coords[v.dims[0]] || []) : [];
+    return labels.length === v.shape[0] ? labels.map((lab, i) => [`${name}[${lab}]`, v.values[i], v]) : [];
+  });
+  const rows = entries.map(([name, value, v]) => el("tr", {},
+    el("td", {}, name), el("td", { class: "num" }, fmt(value)),
     el("td", { class: `kind-${v.attrs.kind || ""}` }, v.attrs.kind || ""),
-    el("td", { class: "muted" }, v.attrs.status || v.attrs.units || "")));
+    el("td", { class: "muted" }, v.attrs.status || (v.attrs.units === "1" ? "" : v.attrs.units) || "")));
   return el("table", { id: "summary" },
     el("thead", {}, el("tr", {}, ...["quantity", "value", "kind", "note"].map((h) => el("th", {}, h)))),
     el("tbody", {}, ...rows));
@@ -358,14 +364,16 @@ async function showRun(runId) {
   }
   parts.push(el("h3", {}, "open this run remotely"),
     el("code", { class: "snippet", id: "snippet" }, `import xarray as xr\nds = xr.open_zarr("${origin}${run.links.zarr_pinned || run.links.zarr}")  # trimmed to committed steps; an error, not another run's data, once this run is deleted or replaced`));
+  // a run of another model has no two-layer summary: its per-parameter one (found by a review: the box stayed empty)
+  const summaryUrl = listing.items.summary || listing.items.parameter_summary;
   const summaryBox = el("details", { id: "summary-box" }, el("summary", {}, "summary (computed on opening)"), el("div", { id: "summary-body" }));
   summaryBox.addEventListener("toggle", async () => {
-    if (!summaryBox.open || !listing.items.summary || p.committed === 0) return;
+    if (!summaryBox.open || !summaryUrl || p.committed === 0) return;
     if (summaryBox.dataset.loaded === `${p.status}-${p.committed}`) return;
     summaryBox.dataset.loaded = `${p.status}-${p.committed}`;
     $("#summary-body").replaceChildren(el("p", { class: "muted" }, "computing…"));
     try {
-      const s = await api(`${listing.items.summary}?v=${p.status}-${p.committed}`);
+      const s = await api(`${summaryUrl}?v=${p.status}-${p.committed}`);
       $("#summary-body").replaceChildren(summaryTable(s.result));
     } catch (err) {
       $("#summary-body").replaceChildren(el("p", { class: "muted" }, `summary unavailable: ${err.message}`));

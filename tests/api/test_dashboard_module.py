@@ -117,6 +117,13 @@ def test_module_run_page_draws_per_parameter_norms_and_update_norms(module_serve
     spec = _by_label(page, "spectral_norms", data)
     np.testing.assert_allclose(spec["fc2.weight"], np.linalg.norm(ds["fc2.weight"].values.astype(np.float64), ord=2,
                                                                   axis=(1, 2))[1:], rtol=1e-9)
+    # the summary box shows the per-parameter summary (found by a review: it stayed empty for such a run)
+    page.click("#summary-box > summary")
+    page.wait_for_selector("#summary tbody tr", timeout=60_000)
+    cells = page.eval_on_selector_all("#summary tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
+    shown = {row[0]: row[1] for row in cells}
+    final = float(np.linalg.norm(flat["fc1.weight"][-1] - flat["fc1.weight"][0]))
+    assert float(shown["distance_from_init[fc1.weight]"]) == pytest.approx(final, rel=1e-3), shown
 
     # the neuron view follows rows of the first matrix parameter, then of any other one picked
     assert page.input_value("#row-param") == "fc1.weight"

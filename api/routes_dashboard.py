@@ -17,8 +17,8 @@ router = APIRouter(tags=["dashboard"])
 
 MEDIA = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
          ".css": "text/css; charset=utf-8", ".png": "image/png", "LICENSE": "text/plain; charset=utf-8",
-         "NOTICE": "text/plain; charset=utf-8", ".LICENSE.txt": "text/plain; charset=utf-8"}  # (the licences' notices
-# ship with their assets and are served with them: found by a review, Swagger UI's NOTICE was a 404)
+         # the licences' notices are served with their assets (found by a review: Swagger UI's NOTICE was a 404)
+         "NOTICE": "text/plain; charset=utf-8", ".LICENSE.txt": "text/plain; charset=utf-8"}
 
 
 def _files() -> dict[str, str]:

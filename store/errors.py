@@ -135,9 +135,10 @@ def object_store_error(err: BaseException) -> str | None:
     for exc in (err, err.__cause__, err.__context__):
         if exc is not None and _raised_by_object_store_client(exc):
             message = " ".join(str(exc).split())
-            if "NoSuchBucket" in message or type(exc).__name__ == "NoSuchBucket":  # (found by a review: said as
-                return (f"the store root's bucket does not exist at the object store ({message}): create it, or "  # a
-                        "check the bucket's name and AWS_ENDPOINT_URL")  # refusal, to check the credentials)
+            # a missing bucket is no refusal to check the credentials for (found by a review)
+            if "NoSuchBucket" in message or type(exc).__name__ == "NoSuchBucket":
+                return (f"the store root's bucket does not exist at the object store ({message}): create it, or "
+                        "check the bucket's name and AWS_ENDPOINT_URL")
             if "Timeout" in type(exc).__name__:  # botocore's ReadTimeoutError, ConnectTimeoutError: no answer
                 return (f"the object store did not answer ({type(exc).__name__}: {message}), however often it was "
                         "asked: check AWS_ENDPOINT_URL and that its server is up and reachable from here")

@@ -30,7 +30,7 @@ import xarray as xr
 from trajscope.store.dataset_attrs import decode_attrs, encode_attrs, is_plain, json_default, set_finite_or_null
 from trajscope.store.errors import UserError
 from trajscope.store.layout import ALL_CHUNKS_STORED_BODY, ALL_CHUNKS_STORED_KEY, RUN_SUFFIX, RUN_UID, validate_run_id
-from trajscope.store.safe import zarr_store_holding
+from trajscope.store.safe import is_inside, zarr_store_holding
 
 MARKER = "trajscope_export"
 FORMATS = {".nc": "netcdf", ".nc4": "netcdf", ".netcdf": "netcdf", ".zarr": "zarr", ".npz": "npz"}
@@ -201,8 +201,8 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         try:
             _write(ds, partial, kind)
         except OSError as err:  # the output's own (h5py's names no file; ours names the hidden one): one line
-            if err.filename is not None and not _is_within(err.filename, partial):  # naming the user's path
-                raise  # (found by a review; zarr names the hidden copy by its absolute path, or a file in it)
+            if err.filename is not None and not is_inside(os.path.realpath(partial), err.filename):  # naming the
+                raise  # user's path (found by a review: zarr names the hidden copy by its absolute path, or a file in it)
             why = os.strerror(err.errno) if err.errno else (err.strerror or str(err))
             raise UserError(f"cannot write {path}: {why}; choose another output file") from None
         taken = UserError(f"{str(path)!r} was created while the export was written: nothing was replaced")
@@ -225,12 +225,6 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
             partial.unlink()
         raise
     return path
-
-
-def _is_within(filename: str | os.PathLike, path: Path) -> bool:
-    """Whether ``filename`` is ``path`` or lies in it (either given relative or absolute)."""
-    target, here = Path(os.path.abspath(filename)), Path(os.path.abspath(path))
-    return target == here or here in target.parents
 
 
 #: the longest file name most file systems take (bytes)

@@ -308,10 +308,12 @@ class StoreRoot:
         path = os.path.join(self.location, name)
         if self.is_local and os.path.isdir(path) and not os.path.islink(path):  # (a review: IsADirectoryError)
             raise UserError(f"cannot write {path}: a folder of that name is in the way; move it")
-        bucket = None if self.is_local or self.run_ids() else self.missing_bucket()  # (a review: a sweep trained
-        if bucket is not None:  # every point into a bucket that did not exist; asked only of a root that lists
+        # a missing bucket, before a sweep trains every point into it (found by a review); asked only of a root
+        # that lists nothing, as read_group_metadata does
+        bucket = None if self.is_local or self.run_ids() else self.missing_bucket()
+        if bucket is not None:
             raise UserError(f"no bucket {bucket!r} at the object store of {self.location}: create it, or check "
-                            "its name and AWS_ENDPOINT_URL")  # nothing, see read_group_metadata)
+                            "its name and AWS_ENDPOINT_URL")
 
     def write_file(self, name: str, data: bytes) -> str:
         """Write ``name``, a plain file beside the runs (a sweep's table), replacing it atomically as

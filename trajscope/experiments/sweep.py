@@ -412,8 +412,8 @@ def _run_on_local_pools(points: list[SweepPoint], store_root: Any, storage_optio
     workers are stopped, their runs ending ``interrupted``). Those points run again in a fresh pool, as long as the
     last pool finished at least one point; after a pool that finished none, the next ``workers`` points run in a
     worker each, so that a point whose worker dies every time fails alone, with its row saying so, and the rest
-    go on in pools again (a review: every remaining point in a process of its own cost a start-up each). (Found by a review: one killed worker made every row ``failed``, status ``unknown``, and a table of NaN,
-    although the finished runs were complete.)
+    go on in pools again. (Found by a review: one killed worker made every row ``failed``, status ``unknown``, and
+    a table of NaN, although the finished runs were complete.)
     """
     from trajscope.producer.train import sigterm_as_interrupt  # (torch: imported where runs are made)
     from trajscope.store.hotpath import usable_cores
@@ -528,8 +528,7 @@ def _end_pool(workers: _Workers, store_root: Any, run_ids: list[str]) -> None:
                         return True
             return False
 
-        Path(workers.stop_file).touch()
-        deadline = time.monotonic() + STOP_SECONDS
+        deadline = time.monotonic() + STOP_SECONDS  # (its stop file was made when it broke)
         while any(p.is_alive() for p in workers.processes) and time.monotonic() < deadline and writing():
             time.sleep(0.05)
         for process in workers.processes:
@@ -541,7 +540,7 @@ def _end_pool(workers: _Workers, store_root: Any, run_ids: list[str]) -> None:
 
 
 def _died_row(store_root: Any, run_id: str) -> dict[str, Any]:
-    """The row of a point whose worker process died each time it was given it (``alone``)."""
+    """The row of a point whose worker process died in a pool of its own too (``alone``)."""
     row = _failed_row(store_root, run_id, "its worker process died (killed, or out of memory?), in a pool of its "
                                           "own too; what the run committed is kept: run the sweep again to resume it")
     if row["status"] in ("missing", "creating"):  # (found by a review: "what the run committed is kept" of no run)

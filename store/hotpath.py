@@ -8,7 +8,10 @@ thread pool; :meth:`HotPath.submit` returns at once with a :class:`BlockWrite` h
 Two kinds of variables (the chunk policy of :func:`trajscope.store.layout.chunk_plan`):
 
 - *direct* variables (``W``, and any variable whose chunk of ``chunk_steps`` states is large) have
-  chunks of ``chunk_steps`` states: each block writes its chunk files once, concurrently.
+  chunks of ``chunk_steps`` states: each block writes its chunk files once, concurrently. A block of fewer
+  states (a slow loop's chunk handed over early so that readers see it, or the last one) writes the chunk
+  whole (the rest at the fill value), and the blocks that later carry more of its rows write it again; such
+  writes carry their version, as the buffered variables' do (below).
 - *buffered* variables (the small per-step ones: ``v``, ``loss``, ``output``, ``step``, ``t``...) have
   chunks of a multiple of ``chunk_steps`` states: their rows are kept in memory, so a finished run holds a
   few of their files instead of one per block. A chunk is written once by the block that completes it;
@@ -255,6 +258,7 @@ class HotPath:
         self._key_locks: dict[str, threading.Lock] = {}
         self._pool = ThreadPoolExecutor(max(1, int(threads)), thread_name_prefix="trajscope-chunk")
         self.submitted = int(committed)  # end of the furthest block submitted (or the opening commit)
+        self._rewritten: set[int] = set()  # starts of blocks submitted partial: their chunk is written again
         self._outstanding: set[BlockWrite] = set()
         self._outstanding_lock = threading.Lock()
 
@@ -269,6 +273,13 @@ class HotPath:
         self.frontier.raise_if_failed()
         stop = start + count
         self.submitted = max(self.submitted, stop)
+        # a chunk written more than once (a partial block handed over early, then again as it grows): its writes
+        # carry their version (the rows they hold), so a slower older write never lands over a newer one
+        version = stop if count < self.chunk_steps or start in self._rewritten else None
+        if count < self.chunk_steps:
+            self._rewritten.add(start)
+        else:
+            self._rewritten.discard(start)
         jobs = []
         for name in self.direct:
             encoder, data = self.encoders[name], values[name]
@@ -278,7 +289,7 @@ class HotPath:
                 data = np.asarray(data)  # chunked along a state dimension too: cut from the stacked block
             for coords in self.grids[name]:
                 piece = data if whole else data[(slice(None),) + self._cells(encoder, coords)]
-                jobs.append((encoder, encoder.key((t,) + coords), piece, None))
+                jobs.append((encoder, encoder.key((t,) + coords), piece, version))
         with self._buffer_lock:
             for name in self.buffered:
                 index, complete = self._buffer_rows(name, start, np.asarray(values[name]), stop)

@@ -753,3 +753,48 @@ def test_resume_writes_its_status_as_durably_as_the_run_was_recorded(tmp_path, m
         assert run_dir in fsynced
     else:
         assert fsynced == []
+
+
+def test_a_chunk_handed_over_early_is_never_overwritten_by_its_older_partial_write(tmp_path):
+    """A slow loop's chunk goes to the store before it is full (``Recorder.flush_seconds``), then again whole:
+    the first, partial write of its ``W`` file is held back until the whole one has landed, and must not replace
+    it (the file would go back in time: the committed rows past the partial ones would read as fill values)."""
+    root = StoreRoot(tmp_path)
+    writer = _writer(root)
+    T = writer.chunk_steps
+    assert T >= 4
+    hot = writer._hot()
+    gate, original, puts = threading.Event(), hot._write_piece, []
+    key = "W/c/0/0/0"
+
+    def first_write_held(block, encoder, chunk_key, piece, version):
+        if chunk_key == key and not puts:
+            puts.append(len(piece))
+            assert gate.wait(20)
+        original(block, encoder, chunk_key, piece, version)
+
+    hot._write_piece = first_write_held
+    put, stored = hot.sink.put, []
+    hot.sink.put = lambda k, parts: (stored.append(k), put(k, parts))[1]
+    block = _block(0, T)
+    partial = writer.write_block(0, {name: rows[:2] for name, rows in block.items()})
+    whole = writer.write_block(0, block)
+    whole.wait(20)
+    assert puts == [2] and not partial.done() and writer.written_steps == T  # nothing waits on the old write
+    writer.commit(T)
+    gate.set()
+    partial.wait(20)
+    assert stored.count(key) == 1  # the older write was skipped, not stored over the newer one
+    ds = open_run("r", root)
+    for name in ("W", "v", "loss", "output"):
+        np.testing.assert_array_equal(ds[name].values, block[name], err_msg=name)
+    # a partial write that lands first is simply replaced by the later, longer one
+    later = _block(T, T)
+    writer.write_block(T, {name: rows[:3] for name, rows in later.items()}).wait(20)
+    writer.commit(T + 3)
+    np.testing.assert_array_equal(open_run("r", root).W.values[T:], later["W"][:3])
+    writer.write_block(T, later).wait(20)
+    writer.commit(2 * T)
+    writer.finish("complete")
+    plain = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")
+    np.testing.assert_array_equal(plain["W"][: 2 * T], np.concatenate([block["W"], later["W"]]))

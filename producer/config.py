@@ -180,7 +180,10 @@ class RecordConfig(_Strict):
     files and their directories are fsynced before the commit that covers them and the attributes after
     it, so committed states also survive a power loss or kernel crash (local roots). ``commit_seconds``:
     written states are committed at most this often, so a live reader sees a written chunk within this
-    time. ``buffers``: chunks in flight between the training loop and the store (chunk buffers; on the
+    time. ``flush_seconds``: a chunk not yet full is handed to the store as it is once its oldest state not yet
+    handed over is this old (at the next recorded step; 0: full chunks only), so a slow run's states reach live
+    readers, and survive a kill, within about ``flush_seconds + commit_seconds`` (``producer/recorder.py``).
+    ``buffers``: chunks in flight between the training loop and the store (chunk buffers; on the
     CPU with the writer thread, the states of that many chunks kept by reference): the bound on memory,
     and the loop waits when all are full (default: enough to keep every write thread busy, plus the one
     being filled, at least 3; ``producer/recorder.py: default_buffers``). ``write_threads``:
@@ -214,6 +217,7 @@ class RecordConfig(_Strict):
     buffers: int | None = Field(None, ge=2, le=64)  # (each holds a chunk: 8 MiB by default)
     durability: Literal["process", "fsync"] = "process"
     commit_seconds: float = Field(0.5, ge=0.0, le=60.0)
+    flush_seconds: float = Field(2.0, ge=0.0, le=86400.0)
     write_threads: int | None = Field(None, ge=1, le=64)
     writer: Literal["auto", "thread", "loop", "process"] = "auto"
     io: Literal["auto", "buffered", "direct"] = "auto"

@@ -32,7 +32,7 @@ import torch
 
 from trajscope.producer import module as adapter
 from trajscope.producer.outcomes import recording_waits, unstored_end
-from trajscope.producer.recorder import Recorder, check_state_shape
+from trajscope.producer.recorder import FLUSH_SECONDS, Recorder, check_state_shape
 from trajscope.producer.write_path import write_io
 from trajscope.producer.segments import record_segment
 from trajscope.store import RunWriter, StoreRoot
@@ -83,6 +83,11 @@ class ModuleRecorder:
         buffers (bound on memory and on work queued for the writer; default: enough to keep every write
         thread of the store busy, plus the one being filled, at least 3,
         :func:`~trajscope.producer.staging.default_buffers`).
+    flush_seconds
+        A chunk not yet full is handed to the store by the first ``record()`` at least this many seconds after its
+        oldest state not yet handed over (default 2; 0: full chunks only): a slow loop's states reach live readers
+        and survive a kill within about ``flush_seconds`` + 0.5 s, not only once a chunk (up to 1024 states) is
+        full. :meth:`flush` hands them over at once. See :class:`~trajscope.producer.recorder.Recorder`.
     io
         How chunk files are written on a local root: ``buffered``, ``direct`` or ``auto`` (default: direct I/O
         for an uncompressed CPU module on ext2/3/4 or xfs, :func:`~trajscope.producer.write_path.write_io`; the
@@ -107,6 +112,7 @@ class ModuleRecorder:
         chunk_mib: float | None = None,
         queue_chunks: int | None = None,
         io: str = "auto",
+        flush_seconds: float = FLUSH_SECONDS,
     ):
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"ModuleRecorder records a torch.nn.Module, not {type(module).__name__}")
@@ -116,6 +122,11 @@ class ModuleRecorder:
         if chunk_mib is not None and (isinstance(chunk_mib, bool) or not isinstance(chunk_mib, (int, float))
                                       or not 0 < chunk_mib <= 65536):
             raise UserError(f"chunk_mib={chunk_mib!r}: give the size of a chunk in MiB, a number above 0 (default 8)")
+        if isinstance(flush_seconds, bool) or not isinstance(flush_seconds, (int, float)) \
+                or not 0 <= flush_seconds <= 86400:
+            raise UserError(f"flush_seconds={flush_seconds!r}: give seconds from 0 to 86400 (default "
+                            f"{FLUSH_SECONDS:g}; 0: states go to the store in full chunks only)")
+        self.flush_seconds = float(flush_seconds)
         if compressor not in COMPRESSORS:
             raise UserError(f"compressor={compressor!r}: use one of {', '.join(COMPRESSORS)}")
         self.module = module
@@ -415,7 +426,7 @@ class ModuleRecorder:
         try:
             self.writer.set_write_options(io=write_io(self.io, self.root, self.device, self.compressor))
             self.recorder = Recorder(self.writer, shapes, dtypes, self.device, start_index=start_index,
-                                     preload=preload, buffers=self.queue_chunks)
+                                     preload=preload, buffers=self.queue_chunks, flush_seconds=self.flush_seconds)
         except BaseException:
             self.writer.lock.release()
             raise
@@ -501,6 +512,21 @@ class ModuleRecorder:
                 with torch.no_grad():
                     tensor.copy_(out[name].reshape(tensor.shape))
         return out
+
+    def flush(self) -> None:
+        """Hand the states recorded so far to the store now, without waiting for ``flush_seconds`` (e.g. before a
+        long evaluation in the loop); they are committed, and seen by live readers, within about 0.5 s. The first
+        state is held until the second ``record()``, which fixes the run's variables."""
+        if self._closed:
+            raise RuntimeError(f"run {self.run_id!r}: flush() after close()")
+        if not self._recording.acquire(blocking=False):
+            raise UserError(f"run {self.run_id!r}: flush() called while record() runs in another thread; call both "
+                            "from the training loop's thread")
+        try:
+            if self.recorder is not None:
+                self.recorder.flush()
+        finally:
+            self._recording.release()
 
     # -- the end --------------------------------------------------------------------------------------
     @property

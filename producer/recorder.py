@@ -91,6 +91,12 @@ MIN_OVERDUE_SECONDS = 0.05
 #: tensor; ``bench/module_memory.py``: 577 MiB with the views kept, 100 MiB without)
 MAX_KEPT_ROW_VIEWS = 16384
 
+#: default ``flush_seconds``: a chunk not full this long after its oldest state not yet handed to the store is
+#: handed over as it is (a slow loop's states reach readers, and survive a kill, without waiting for a full chunk)
+FLUSH_SECONDS = 2.0
+
+_monotonic = time.monotonic
+
 
 class Recorder:
     """Records states into whole time chunks of a run.
@@ -142,6 +148,18 @@ class Recorder:
         recording) or at :meth:`close`, so a live reader sees a written chunk within about two
         ``commit_seconds``. Without a copying staging
         (the CPU, by reference) the loop hands its chunks over already; nothing changes there.
+    flush_seconds
+        A chunk not yet full is handed to the store as it is by the first :meth:`record` call at least this many
+        seconds after the oldest state in it not yet handed over (0: only full chunks, and the last one at
+        :meth:`close`). Recording goes on in another buffer that starts with the chunk's rows, and the chunk is
+        written again, whole, as it grows (:class:`~trajscope.store.hotpath.HotPath` orders the writes by the
+        rows they hold). So a state recorded at time t is handed over by the first :meth:`record` at or after
+        ``t + flush_seconds``, then written and committed within about ``commit_seconds``: the bound on what a
+        live reader waits for, and on what a kill loses, even for a loop that fills a chunk in minutes. The cost
+        is bounded too: at most one rewrite of one chunk (8 MiB by default) per ``flush_seconds``, and a copy of
+        the chunk's rows on the training thread; a loop that fills its chunks faster never pays it. A chunk is
+        not handed over early while every other buffer is still in flight (the store is behind: the next
+        :meth:`record` tries again). :meth:`flush` does it at once, e.g. before a long pause in recording.
     """
 
     def __init__(
@@ -159,6 +177,7 @@ class Recorder:
         process: WriterProcess | None = None,
         by_reference: bool = False,
         loop_submits: bool = False,
+        flush_seconds: float = FLUSH_SECONDS,
     ):
         if by_reference and (device.type != "cpu" or process is not None
                              or any(dtypes[n] not in _NUMPY_DTYPES for n in shapes)):
@@ -175,6 +194,12 @@ class Recorder:
         self.index = start_index
         self._handed = start_index  # recorded indices handed to the writer (writing or written)
         self._cut: int | None = None  # first index a Ctrl-C kept from the store (nothing from it is committed)
+        if not (isinstance(flush_seconds, (int, float)) and 0 <= flush_seconds < math.inf):
+            raise ValueError(f"flush_seconds={flush_seconds!r}: give seconds, 0 or more (0: only full chunks)")
+        self.flush_seconds = float(flush_seconds)
+        self._flush_due = math.inf  # (monotonic) when the current chunk is handed over as it is
+        #: chunks handed to the store before they were full (``flush_seconds``, :meth:`flush`)
+        self.early_hand_overs = 0
         self.columns = dict(columns or {})
         self._process = process
         self._shared = None
@@ -313,7 +338,9 @@ class Recorder:
         slot = self._slots[slot_index]
         slot.start = (self.index // self.chunk) * self.chunk
         slot.exact = True
+        slot.count = 0  # (rows of it handed over: none yet)
         self._current = slot_index
+        self._flush_due = _monotonic() + self.flush_seconds if self.flush_seconds else math.inf
         return slot_index
 
     def _wait_for_free(self) -> int:
@@ -351,6 +378,8 @@ class Recorder:
             self.index += 1
             if position + 1 == self.chunk:
                 self._hand_off(self.chunk)
+            elif _monotonic() >= self._flush_due:
+                self._hand_over_early(wait=False)
             return
         rows = slot.rows[position] if slot.rows is not None else self._rows_at(slot, position)
         if values.keys() != self._row_specs.keys():  # (a variable left out would keep a reused buffer's old row)
@@ -362,8 +391,64 @@ class Recorder:
         self.index += 1
         if position + 1 == self.chunk:
             self._hand_off(self.chunk)
-        elif self._staged:  # (loop_submits) a staged chunk whose copy is done goes to the store at once
+            return
+        if _monotonic() >= self._flush_due:
+            self._hand_over_early(wait=False)
+        if self._staged:  # (loop_submits) a staged chunk whose copy is done goes to the store at once
             self._submit_staged(wait=False, on_loop=True, lock="try")
+
+    def flush(self) -> bool:
+        """Hand the states recorded so far in the chunk being filled to the store now, as ``flush_seconds`` does
+        by itself (waiting for a free buffer if need be); they are committed within about ``commit_seconds``.
+        False when there was nothing to hand over (no state since the last hand-over, or after a Ctrl-C's cut)."""
+        return self._hand_over_early(wait=True)
+
+    def _hand_over_early(self, *, wait: bool) -> bool:
+        """The chunk being filled, not full, goes to the store as it is; recording goes on in another buffer,
+        which first receives the chunk's rows (copied before the first buffer is handed over: the store frees it
+        once written). Without ``wait``, nothing happens while no other buffer is free (tried again later)."""
+        index = self._current
+        if index is None or self._cut is not None:
+            return False
+        old = self._slots[index]
+        count = self.index - old.start
+        if count <= 0 or count >= self.chunk or old.count == count:  # (count: this chunk's last hand-over)
+            return False
+        self._raise_if_failed()
+        try:
+            new_index = self._free.get_nowait()
+        except queue.Empty:
+            if not wait:
+                return False
+            new_index = self._wait_for_free()
+        new = self._slots[new_index]
+        try:
+            new.start, new.exact = old.start, old.exact
+            self._copy_rows(old, new, count)
+        except BaseException:
+            self._release(new_index)
+            raise
+        # the new buffer holds every row now: recording goes on there however the hand-over ends (a failure is
+        # the run's error; a Ctrl-C cuts at this chunk, see _hand_off)
+        self._current = new_index
+        new.count = count
+        self._flush_due = _monotonic() + self.flush_seconds if self.flush_seconds else math.inf
+        self.early_hand_overs += 1
+        self._hand_off(count, index)
+        return True
+
+    def _copy_rows(self, source: Slot, target: Slot, count: int) -> None:
+        """The first ``count`` rows of ``source`` into ``target``: the kept references, a memcpy per variable on the
+        host, or one multi-tensor copy on the device (on the loop's stream: before ``source``'s copy to the host)."""
+        if self._by_reference:
+            target.refs[:count] = source.refs[:count]
+        elif source.arrays is not None:
+            for name, array in source.arrays.items():
+                np.copyto(target.arrays[name][:count], array[:count])
+        else:
+            with torch.no_grad():
+                torch._foreach_copy_([t[:count] for t in target.device.values()],
+                                     [source.device[n][:count] for n in target.device])
 
     def _copy_device(self, slot: Slot, position: int, rows: dict[str, torch.Tensor], values: dict) -> None:
         """A GPU's rows: one ``torch._foreach_copy_`` call for the whole state, no host sync.
@@ -510,15 +595,17 @@ class Recorder:
                 check_state_shape(name, array.shape, array.size, row.shape, fills=True)
                 row[...] = array
 
-    def _hand_off(self, count: int) -> None:
-        slot = self._slots[self._current]
+    def _hand_off(self, count: int, index: int | None = None) -> None:
+        """Hand the chunk buffer ``index`` (default: the one being filled, which is then done) holding ``count``
+        states to the store."""
+        if index is None:
+            index, self._current = self._current, None
+        slot = self._slots[index]
         slot.count = count
         if self._process is not None and not self._process_staged:
             slot.copied_at = time.perf_counter()  # the rows are in shared host memory already
-            self._process.submit(self._current, slot.start, count)
-            self._current = None
+            self._process.submit(index, slot.start, count)
             return
-        index, self._current = self._current, None
         if self._direct:  # nothing to wait for: the block goes to the store's write pool from here
             if self._error is not None:
                 self._release(index)
@@ -617,7 +704,7 @@ class Recorder:
             if self._current is not None:
                 slot = self._slots[self._current]
                 count = self.index - slot.start
-                if count > 0 and self._cut is None:
+                if count > 0 and self._cut is None and slot.count != count:  # (count: handed over early already)
                     self._hand_off(count)
                 else:
                     self._free.put(self._current)

@@ -363,7 +363,7 @@ def _train(
         recorder = Recorder(writer, shapes, dtypes, device, start_index=start_index, columns=columns, preload=preload,
                             buffers=cfg.record.buffers, process=process,
                             by_reference=device.type == "cpu" and process is None and io == "buffered",
-                            loop_submits=cfg.record.writer == "loop")
+                            loop_submits=cfg.record.writer == "loop", flush_seconds=cfg.record.flush_seconds)
     except BaseException as exc:
         if device.type == "cpu":
             torch.set_flush_denormal(False)

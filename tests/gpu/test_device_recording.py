@@ -11,6 +11,7 @@ benchmarks, with ``TRAJSCOPE_TEST_REQUIRE_CUDA=1``: there a missing CUDA device 
   the recorded tensors in place right after each ``record()``, only two chunk buffers take turns, and on the
   GPU each step first keeps the device busy for a while, so the host runs ahead of it: the asynchronous
   copies to pinned memory and the reuse of the buffers are what could go wrong.
+- The same with the chunk being filled handed over early every third state (``Recorder.flush``).
 - SIGKILL of a recording ``trajscope produce``, then ``resume``: the run equals an uninterrupted one bit
   for bit, with either writer.
 """
@@ -45,9 +46,13 @@ WRITERS = ["thread", "loop", pytest.param("process", marks=pytest.mark.skipif(
     not writer_process.available(), reason="needs memfd_create and fd passing (Linux)"))]
 
 
+@pytest.mark.parametrize("early", [False, True], ids=["full-chunks", "early-hand-overs"])
 @pytest.mark.parametrize("writer", WRITERS)
 @pytest.mark.parametrize("device_name", DEVICES)
-def test_every_recorded_state_equals_a_copy_taken_in_the_loop(tmp_path, device_name, writer):
+def test_every_recorded_state_equals_a_copy_taken_in_the_loop(tmp_path, device_name, writer, early):
+    """``early``: every third state the chunk being filled is handed over before it is full (``flush()``, what
+    ``flush_seconds`` does in a slow loop): its rows are copied on the device into the other buffer, which goes on,
+    while the first one's copy to the host and its write run; each chunk file is written several times."""
     device = torch.device(device_name)
     h, dim, n, states = 64, 48, 40, 300
     run = RunWriter.create(
@@ -74,9 +79,12 @@ def test_every_recorded_state_equals_a_copy_taken_in_the_loop(tmp_path, device_n
         loss = torch.exp(-output).mean().double()
         recorder.record(W=W, v=v, loss=loss, output=output)
         copies.append([t.clone() for t in (W, v, loss, output)])
+        if early and len(copies) % 3 == 0:
+            recorder.flush()
         W.mul_(0.999).add_(torch.randn(h, dim, device=device, generator=generator), alpha=1e-3)  # in place, at once
         v.add_(1.0)
     assert recorder.close() == states
+    assert (recorder.early_hand_overs > 50) == early
     run.finish("complete")
     ds = open_run(writer, StoreRoot(tmp_path)).load()
     assert ds.attrs["committed_steps"] == states and ds.attrs["status"] == "complete"

@@ -2,6 +2,8 @@
 
 Records an MLP with ModuleRecorder; after step HOLD it prints ``HOLD <committed>`` and sleeps (to be
 SIGKILLed). With ``resume`` it continues the run from its last committed state to STEPS.
+With ``KILLABLE_SLOW=1`` in the environment it is a slow loop instead (a sleep after each step) with the
+default chunks (1024 states: none fills) and ``flush_seconds=0.2``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ def main(root: str, name: str, steps: int, hold: int, resume: bool) -> None:
     torch.manual_seed(0)
     model = MLP()
     x, y = data()
-    with trajscope.ModuleRecorder(model, root=root, name=name, resume=resume, chunk_mib=0.004) as rec:
+    slow = os.environ.get("KILLABLE_SLOW") == "1"
+    options = {"flush_seconds": 0.2} if slow else {"chunk_mib": 0.004}
+    with trajscope.ModuleRecorder(model, root=root, name=name, resume=resume, **options) as rec:
+        if slow:
+            record = rec.record
+            rec.record = lambda **extra: (record(**extra), time.sleep(0.05))[0]
         if resume:
             rec.last_state()  # the model restarts from the last committed state
             start = rec.step
@@ -32,7 +39,8 @@ def main(root: str, name: str, steps: int, hold: int, resume: bool) -> None:
             start = 1
         train(model, x, y, steps, rec, start=start, stop_after=hold if hold > 0 else None)
         if hold > 0:
-            while rec.committed_steps < hold // 2:
+            deadline = time.monotonic() + 30  # (a recorder that never commits: the test fails, not hangs)
+            while rec.committed_steps < hold // 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
             print("HOLD", rec.committed_steps, flush=True)
             time.sleep(600)

@@ -1,0 +1,127 @@
+"""A slow loop's chunk goes to the store before it is full (``Recorder.flush_seconds``, ``Recorder.flush``): a
+live reader sees its states without waiting for the chunk to fill, on every path a chunk takes to the store, and
+the run ends with every state as recorded (the chunk written again as it grows)."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trajscope.producer import recorder as recorder_module
+from trajscope.producer.recorder import Recorder
+from trajscope.producer.two_layer import variables as two_layer_variables
+from trajscope.store import RunWriter, StoreRoot, open_run
+from trajscope.store import writer_process
+
+_spec = importlib.util.spec_from_file_location("_recorder_tests", Path(__file__).with_name("test_recorder.py"))
+_recorder_tests = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_recorder_tests)
+
+H, DIM, N, CHUNK, STATES = 4, 3, 5, 5, 13
+MODES = ["by_reference", "copying", "staged", "staged_loop_submits", "process", "staged_process"]
+
+
+def _committed(root: StoreRoot, run_id: str, at_least: int) -> int:
+    """The run's ``committed_steps`` once it reaches ``at_least`` (what a live reader sees; 10 s at most)."""
+    deadline = time.monotonic() + 10
+    while (committed := root.read_attrs(run_id)["committed_steps"]) < at_least and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return committed
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_chunk_not_yet_full_reaches_a_live_reader_after_flush_seconds(tmp_path, monkeypatch, mode):
+    clock = [0.0]
+    monkeypatch.setattr(recorder_module, "_monotonic", lambda: clock[0])  # the recorder's clock, moved by hand
+    root = StoreRoot(tmp_path)
+    writer = RunWriter.create(
+        root, mode, variables=two_layer_variables(), sizes={"neuron": H, "feature": DIM, "sample": N},
+        capacity=STATES, static={"X": np.ones((N, DIM)), "y": np.array([1, -1, 1, -1, 1])}, attrs={"config": {}},
+        chunk_bytes=H * DIM * 4 * CHUNK,
+    )
+    assert writer.chunk_steps == CHUNK
+    writer.set_write_options(commit_seconds=0.0)  # (commit what is written at once: the test waits on the reader)
+    staged = mode.startswith("staged")
+    steps = np.arange(STATES)
+    recorder = Recorder(writer, {"W": (H, DIM), "v": (H,), "loss": (), "output": (N,)},
+                        {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32},
+                        torch.device("cpu"), buffers=2, columns={"step": steps * 2, "t": steps * 0.5},
+                        staging=_recorder_tests.DeferredStaging() if staged else None,
+                        by_reference=mode == "by_reference", loop_submits=mode == "staged_loop_submits",
+                        process=writer_process.WriterProcess.start() if mode.endswith("process") else None,
+                        flush_seconds=1.0)
+    W, expected = torch.zeros(H, DIM), []
+
+    def record(k: int) -> None:
+        nonlocal W
+        if mode == "by_reference":
+            W = W + (k + 1)  # a new tensor each step, never changed afterwards
+        else:
+            W.add_(k + 1)  # changed in place after it is recorded, as an optimizer does: the recorder copies
+        recorder.record(W=W, v=torch.full((H,), float(k)), loss=k / 10, output=torch.full((N,), float(-k)))
+        expected.append(W.numpy().copy())
+
+    try:
+        for k in range(3):  # a fast start: nothing is handed over before the chunk is full
+            record(k)
+        assert recorder.early_hand_overs == 0 and root.read_attrs(mode)["committed_steps"] == 0
+        clock[0] = 1.5  # the chunk's oldest state is older than flush_seconds: the next record() hands it over
+        record(3)
+        assert recorder.early_hand_overs == 1
+        assert _committed(root, mode, 4) == 4
+        live = open_run(mode, root)
+        np.testing.assert_array_equal(live.W.values, np.stack(expected))
+        np.testing.assert_array_equal(live.step.values, steps[:4] * 2)
+        record(4)  # the chunk is full: handed over whole (its file written again)
+        assert _committed(root, mode, 5) == 5  # (written: its buffer is free for the next early hand-over)
+        for k in range(5, 8):
+            record(k)
+        assert recorder.early_hand_overs == 1  # the clock starts again with each chunk
+        clock[0] = 2.6
+        record(8)
+        assert recorder.early_hand_overs == 2 and _committed(root, mode, 9) == 9
+        for k in range(9, 12):
+            record(k)
+        assert recorder.flush() and recorder.early_hand_overs == 3  # a pause ahead: hand the states over now
+        assert not recorder.flush()  # nothing new since
+        assert _committed(root, mode, 12) == 12
+        np.testing.assert_array_equal(open_run(mode, root).W.values, np.stack(expected))
+        record(12)
+        assert recorder.close() == STATES
+    finally:
+        if recorder.committed < STATES:
+            recorder.close()
+    writer.finish("complete")
+    ds = open_run(mode, root)
+    assert ds.attrs["status"] == "complete"
+    np.testing.assert_array_equal(ds.W.values, np.stack(expected))
+    np.testing.assert_array_equal(ds.v.values[:, 0], steps.astype(np.float32))
+    np.testing.assert_allclose(ds.loss.values, steps / 10)
+    np.testing.assert_array_equal(ds.output.values[:, 0], -steps.astype(np.float32))
+    np.testing.assert_array_equal(ds.step.values, steps * 2)
+
+
+def test_flush_seconds_zero_hands_over_full_chunks_only(tmp_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(recorder_module, "_monotonic", lambda: clock[0])
+    writer = RunWriter.create(
+        StoreRoot(tmp_path), "r", variables=two_layer_variables(), sizes={"neuron": H, "feature": DIM, "sample": N},
+        capacity=STATES, static={"X": np.ones((N, DIM)), "y": np.array([1, -1, 1, -1, 1])}, attrs={"config": {}},
+        chunk_bytes=H * DIM * 4 * CHUNK,
+    )
+    recorder = Recorder(writer, {"W": (H, DIM), "v": (H,), "loss": (), "output": (N,)},
+                        {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32},
+                        torch.device("cpu"), buffers=2, columns={"step": np.arange(STATES), "t": np.zeros(STATES)},
+                        flush_seconds=0)
+    for k in range(7):
+        clock[0] += 100
+        recorder.record(W=torch.full((H, DIM), float(k)), v=torch.zeros(H), loss=0.0, output=torch.zeros(N))
+    assert recorder.early_hand_overs == 0
+    assert recorder.close() == 7 and recorder.early_hand_overs == 0
+    with pytest.raises(ValueError, match="flush_seconds"):
+        Recorder(writer, {"W": (H, DIM)}, {"W": torch.float32}, torch.device("cpu"), flush_seconds=-1)

@@ -177,6 +177,11 @@ def fsck_run(root: StoreRoot, run_id: str, *, repair: bool = False) -> FsckRepor
     report.problems.extend(_links_leaving(root, run_id))
     if root.is_local and not is_inside(root.location, root.run_url(run_id)):
         return report  # nothing of it is read
+    if root.has_leftovers(run_id):  # (it said "no run", though `ls` lists them and `rm` removes them)
+        report.status = "deleting"
+        report.problems.append("left by a stopped deletion (no root document): no run to check or repair; "
+                               f"`trajscope rm {run_id}` (with the same --root) removes what is left")
+        return report
     try:
         group = root.read_group_metadata(run_id)
     except PathOutsideRoot:

@@ -154,6 +154,10 @@ def test_ls_names_what_a_stopped_deletion_left_and_rm_removes_it(run_cli, make_r
     assert f"trajscope rm gone --root {make_run.root}`" in listed.stdout  # the root it was listed under
     assert "stopped deletion" not in run_cli("ls", "--tag", "x", "--root", str(make_run.root)).stdout
     assert [row["run"] for row in json.loads(run_cli("ls", "--json", "--root", str(make_run.root)).stdout)] == ["kept"]
+    for repair in ([], ["--repair"]):  # fsck says what it is (it said "no run"), and leaves it as it is
+        checked = run_cli("fsck", "gone", "--root", str(make_run.root), *repair)
+        assert checked.returncode == 1 and "left by a stopped deletion" in checked.stdout
+        assert "`trajscope rm gone`" in checked.stdout and root.has_leftovers("gone")
     no = run_cli("rm", "gone", "--root", str(make_run.root), input="n\n")
     assert no.returncode == 1 and "left by a stopped deletion" in no.stdout and root.has_leftovers("gone")
     yes = run_cli("rm", "gone", "--root", str(make_run.root), input="y\n")

@@ -86,6 +86,55 @@ def test_a_module_of_many_tensors_keeps_no_row_views_and_equals_its_copies(tmp_p
         np.testing.assert_array_equal(ds[name].values.astype(np.float32), expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # numpy rows; torch rows (no numpy bfloat16)
+def test_flush_hands_a_chunk_not_yet_full_to_live_readers(tmp_path, dtype):
+    """``rec.flush()`` (and ``flush_seconds``, of which it is the immediate form) hands the states recorded so far
+    to the store although their chunk (up to 1024 states here) is far from full: a reader sees them within about
+    ``commit_seconds``, each equal to a synchronous copy, and the finished run holds every state."""
+    torch.manual_seed(0)
+    model = MLP().to(dtype)
+    x, y = data()
+    x = x.to(dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    copies = [{n: p.detach().float().clone() for n, p in model.named_parameters()}]
+    seen = []
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="m", flush_seconds=0) as rec:
+        rec.flush()  # nothing recorded yet: nothing to do
+        rec.record()
+        for step in range(1, 8):
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            rec.record(loss=loss)
+            copies.append({n: p.detach().float().clone() for n, p in model.named_parameters()})
+            if step % 3 == 0:
+                rec.flush()
+                deadline = time.monotonic() + 10
+                while rec.committed_steps < step + 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                live = trajscope.open_run(tmp_path / "m.zarr")
+                seen.append(live.attrs["committed_steps"])
+                for name in copies[0]:
+                    np.testing.assert_array_equal(live[name].values.astype(np.float32),
+                                                  np.stack([c[name].numpy() for c in copies]), err_msg=name)
+        assert rec.recorder.chunk > 8 and rec.recorder.early_hand_overs == 2
+    assert seen == [4, 7]
+    with pytest.raises(RuntimeError, match="after close"):
+        rec.flush()
+    ds = trajscope.open_run(tmp_path / "m.zarr")
+    assert ds.attrs["committed_steps"] == 8 and ds.attrs["status"] == "complete"
+    for name in copies[0]:
+        np.testing.assert_array_equal(ds[name].values.astype(np.float32), np.stack([c[name].numpy() for c in copies]))
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "2", True])
+def test_flush_seconds_must_be_seconds(tmp_path, bad):
+    with pytest.raises(UserError, match="flush_seconds"):
+        trajscope.ModuleRecorder(MLP(), root=tmp_path, name="m", flush_seconds=bad)
+    assert not (tmp_path / "m.zarr").exists()
+
+
 def test_plain_xr_open_zarr_reads_a_module_run(tmp_path):
     torch.manual_seed(1)
     model = MLP()

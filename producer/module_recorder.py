@@ -562,6 +562,8 @@ class ModuleRecorder:
         interrupt, writer_failed, asked = None, False, status
         try:
             committed = self.recorder.close()
+            if self.recorder.cut is not None and status == "complete":  # a Ctrl-C that record() raised was caught
+                status = "interrupted"  # (and the loop ended well): the states from the cut on are not stored
         except KeyboardInterrupt as exc:  # while the last chunks were written: end the run, then stop
             if not self.recorder.stopped:  # a second Ctrl-C while its writer still runs: the run is left
                 self.recorder.unlock_when_stopped()  # `running` (unlocked once the writer stops) for `resume`

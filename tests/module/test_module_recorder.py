@@ -128,6 +128,45 @@ def test_flush_hands_a_chunk_not_yet_full_to_live_readers(tmp_path, dtype):
         np.testing.assert_array_equal(ds[name].values.astype(np.float32), np.stack([c[name].numpy() for c in copies]))
 
 
+def test_a_ctrl_c_caught_around_record_ends_the_run_interrupted_with_what_was_handed_over(tmp_path, monkeypatch):
+    """A notebook's loop: ``record()`` raised a Ctrl-C while handing states to the store, the user caught it and the
+    block ended well. The run is ``interrupted`` (it was ended ``complete`` with states missing: a review), and
+    keeps what an earlier ``flush()`` of the same chunk handed over."""
+    from trajscope.store.writer import RunWriter
+
+    original, calls = RunWriter.write_block, []
+
+    def interrupted_second_time(self, start, values):
+        calls.append(start)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, start, values)
+
+    monkeypatch.setattr(RunWriter, "write_block", interrupted_second_time)
+    torch.manual_seed(0)
+    model = MLP()
+    copies = []
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="m", flush_seconds=0) as rec:
+        for step in range(6):
+            with torch.no_grad():
+                model.fc1.weight.add_(1.0)
+            copies.append(model.fc1.weight.detach().clone())
+            try:
+                rec.record()
+            except KeyboardInterrupt:
+                break
+            if step == 3:
+                rec.flush()  # the first hand-over: states 0-3
+            elif step == 4:
+                with pytest.raises(KeyboardInterrupt):
+                    rec.flush()  # the second: interrupted
+                break
+    assert calls == [0, 0] and rec.status == "interrupted"
+    ds = trajscope.open_run(tmp_path / "m.zarr")
+    assert ds.attrs["status"] == "interrupted" and ds.attrs["committed_steps"] == 4
+    np.testing.assert_array_equal(ds["fc1.weight"].values, torch.stack(copies[:4]).numpy())
+
+
 @pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "2", True])
 def test_flush_seconds_must_be_seconds(tmp_path, bad):
     with pytest.raises(UserError, match="flush_seconds"):

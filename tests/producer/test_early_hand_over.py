@@ -125,3 +125,48 @@ def test_flush_seconds_zero_hands_over_full_chunks_only(tmp_path, monkeypatch):
     assert recorder.close() == 7 and recorder.early_hand_overs == 0
     with pytest.raises(ValueError, match="flush_seconds"):
         Recorder(writer, {"W": (H, DIM)}, {"W": torch.float32}, torch.device("cpu"), flush_seconds=-1)
+
+
+@pytest.mark.parametrize("mode", ["by_reference", "copying"])
+def test_a_ctrl_c_handing_a_chunk_over_keeps_what_its_early_hand_over_gave_the_store(tmp_path, monkeypatch, mode):
+    """A Ctrl-C while the rest of a chunk goes to the store cuts there, not at the chunk's start: the rows an early
+    hand-over of the chunk gave the store before are in every file of it, and ``close`` commits them (found by a
+    review: they were lost). Nothing is committed before ``close`` here (``commit_seconds`` 60)."""
+    clock = [0.0]
+    monkeypatch.setattr(recorder_module, "_monotonic", lambda: clock[0])
+    root = StoreRoot(tmp_path)
+    writer = RunWriter.create(
+        root, "r", variables=two_layer_variables(), sizes={"neuron": H, "feature": DIM, "sample": N},
+        capacity=STATES, static={"X": np.ones((N, DIM)), "y": np.array([1, -1, 1, -1, 1])}, attrs={"config": {}},
+        chunk_bytes=H * DIM * 4 * CHUNK,
+    )
+    writer.set_write_options(commit_seconds=60.0)
+    original, calls = writer.write_block, []
+
+    def interrupted_second_time(start, values):
+        calls.append(start)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(start, values)
+
+    writer.write_block = interrupted_second_time
+    recorder = Recorder(writer, {"W": (H, DIM), "v": (H,), "loss": (), "output": (N,)},
+                        {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32},
+                        torch.device("cpu"), buffers=2, columns={"step": np.arange(STATES), "t": np.zeros(STATES)},
+                        by_reference=mode == "by_reference", flush_seconds=1.0)
+    Ws = [torch.full((H, DIM), float(k)) for k in range(CHUNK)]
+    for k in range(3):
+        recorder.record(W=Ws[k], v=torch.zeros(H), loss=0.0, output=torch.zeros(N))
+    clock[0] = 5.0
+    recorder.record(W=Ws[3], v=torch.zeros(H), loss=0.0, output=torch.zeros(N))  # handed over early: 4 rows
+    assert recorder.early_hand_overs == 1 and calls == [0]
+    with pytest.raises(KeyboardInterrupt):
+        recorder.record(W=Ws[4], v=torch.zeros(H), loss=0.0, output=torch.zeros(N))  # the full chunk: interrupted
+    assert recorder.cut == 4
+    with pytest.raises(RuntimeError, match="Ctrl-C"):
+        recorder.record(W=Ws[0], v=torch.zeros(H), loss=0.0, output=torch.zeros(N))
+    assert recorder.close() == 4
+    writer.finish("interrupted")
+    ds = open_run("r", root)
+    assert ds.attrs["committed_steps"] == 4
+    np.testing.assert_array_equal(ds.W.values, torch.stack(Ws[:4]).numpy())

@@ -127,7 +127,7 @@ def main() -> None:
     if args.json:
         print(json.dumps({"rows": rows, "steps": steps, "step_seconds": args.step_seconds, "width": args.width}))
         return
-    print(f"| flush_seconds | early hand-overs | median wait (s) | max wait (s) | MiB written | × written | loop (s) | × loop |")
+    print("| flush_seconds | early hand-overs | median wait (s) | max wait (s) | MiB written | × written | loop (s) | × loop |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['flush_seconds']:g} | {r['early_hand_overs']} | {r['median_wait_s']:.2f} | {r['max_wait_s']:.2f} | "

@@ -52,6 +52,8 @@ def test_a_changed_default_keeps_the_run_ids_made_before():
     assert config_hash(default) == "551a708f"
     for io in ("auto", "buffered", "direct"):
         assert config_hash(RunConfig.model_validate({"record": {"io": io}})) == config_hash(default)
+    for flush in (0, 0.5, 2):  # record.flush_seconds came later still: when chunks go to the store, not what they hold
+        assert config_hash(RunConfig.model_validate({"record": {"flush_seconds": flush}})) == config_hash(default)
 
 
 def _kill_midway(point, root: str, env: dict) -> None:

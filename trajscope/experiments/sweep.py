@@ -57,7 +57,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 HASH_EXCLUDE = {("name",), ("train", "threads"), ("train", "device"),
-                ("record", "io")}  # (added after runs were made: how chunks reach the disk, never their bytes)
+                # (added after runs were made: how and when chunks reach the store, never the states' bytes)
+                ("record", "io"), ("record", "flush_seconds")}
 
 #: fields whose default changed, hashed as their former default so that the ids of runs made before stay
 #: the same: ``record.write_threads`` was 4 until its default became ``None`` (one per core, at most 4);

@@ -428,7 +428,7 @@ class Recorder:
             new_index = self._wait_for_free()
         new = self._slots[new_index]
         try:
-            new.start, new.exact = old.start, old.exact
+            new.start, new.exact, new.count = old.start, old.exact, 0  # (its count was its last chunk's: a review)
             self._copy_rows(old, new, count)
         except BaseException:
             self._release(new_index)
@@ -611,24 +611,27 @@ class Recorder:
             slot.copied_at = time.perf_counter()  # the rows are in shared host memory already
             self._process.submit(index, slot.start, count)
             return
-        if self._direct:  # nothing to wait for: the block goes to the store's write pool from here
-            if self._error is not None:
-                self._release(index)
-                self._raise_if_failed()
-            self._submit_on_loop(index)
-            return  # the writer thread commits when due (a written block wakes it)
         try:
+            if self._direct:  # nothing to wait for: the block goes to the store's write pool from here
+                if self._error is not None:
+                    self._release(index)
+                    self._raise_if_failed()
+                self._submit_on_loop(index)
+                return  # the writer thread commits when due (a written block wakes it)
             self.staging.start_copy(slot)
             if self._loop_submits:
                 self._staged.append((index, time.perf_counter()))
             else:
                 self._filled.put(index)
-        except KeyboardInterrupt:  # a Ctrl-C before the chunk reached the writer thread (or just after): nothing
-            if self._cut is None:  # from it is committed, and the run ends `interrupted` over what is (not
-                self._cut = self._cut_in(slot)  # `failed` for the states it lacks)
+            if self._loop_submits:  # the chunks before this one whose copies are done (this one's has just begun)
+                self._submit_staged(wait=False, on_loop=True, lock="try")
+        except BaseException as exc:  # a Ctrl-C anywhere from the moment the chunk stopped being the one filled
+            # (a review found one landing before the submit's own handler left a chunk neither written nor kept,
+            # and the commit at close waiting for it for ever): nothing from the cut is committed, and the run
+            # ends `interrupted` over what is (not `failed` for the states it lacks)
+            if not isinstance(exc, Exception) and self._cut is None:
+                self._cut = self._cut_in(slot)
             raise
-        if self._loop_submits:  # the chunks before this one whose copies are done (this one's has just begun)
-            self._submit_staged(wait=False, on_loop=True, lock="try")
 
     def _submit_staged(self, *, wait: bool, on_loop: bool, lock: str) -> None:
         """``loop_submits``: hand the staged chunks to the store, in order: those whose copy to the host is done,

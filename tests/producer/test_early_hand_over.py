@@ -5,6 +5,7 @@ the run ends with every state as recorded (the chunk written again as it grows).
 from __future__ import annotations
 
 import importlib.util
+import threading
 import time
 from pathlib import Path
 
@@ -170,3 +171,89 @@ def test_a_ctrl_c_handing_a_chunk_over_keeps_what_its_early_hand_over_gave_the_s
     ds = open_run("r", root)
     assert ds.attrs["committed_steps"] == 4
     np.testing.assert_array_equal(ds.W.values, torch.stack(Ws[:4]).numpy())
+
+
+def _recorder(tmp_path, mode, *, buffers=3, flush_seconds=1000.0):
+    writer = RunWriter.create(
+        StoreRoot(tmp_path), "r", variables=two_layer_variables(), sizes={"neuron": H, "feature": DIM, "sample": N},
+        capacity=STATES, static={"X": np.ones((N, DIM)), "y": np.array([1, -1, 1, -1, 1])}, attrs={"config": {}},
+        chunk_bytes=H * DIM * 4 * CHUNK,
+    )
+    recorder = Recorder(writer, {"W": (H, DIM), "v": (H,), "loss": (), "output": (N,)},
+                        {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32},
+                        torch.device("cpu"), buffers=buffers, columns={"step": np.arange(STATES), "t": np.zeros(STATES)},
+                        by_reference=mode == "by_reference", flush_seconds=flush_seconds)
+    return writer, recorder
+
+
+@pytest.mark.parametrize("mode", ["by_reference", "copying"])
+def test_a_ctrl_c_inside_an_early_hand_over_leaves_the_rows_to_close(tmp_path, monkeypatch, mode):
+    """A Ctrl-C that lands in an early hand-over after recording moved to the new buffer, before the old one
+    reached the store, is caught by the loop: ``close`` hands the new buffer's rows over. That buffer's count
+    was its last chunk's (3 here, as many rows as now), so ``close`` took the rows for handed over already and
+    lost them (a review)."""
+    raise_next = [False]
+
+    def clock():
+        if raise_next[0]:
+            raise_next[0] = False
+            raise KeyboardInterrupt
+        return 0.0
+
+    monkeypatch.setattr(recorder_module, "_monotonic", clock)
+    writer, recorder = _recorder(tmp_path, mode)
+    Ws = [torch.full((H, DIM), float(k)) for k in range(8)]
+
+    def record(k):
+        recorder.record(W=Ws[k], v=torch.zeros(H), loss=0.0, output=torch.zeros(N))
+
+    for k in range(3):
+        record(k)
+    assert recorder.flush()  # chunk 0's 3 rows go from buffer 0 (its count now 3); recording goes on in buffer 1
+    for k in range(3, 8):  # chunk 0 full (buffer 1); chunk 1 begins in buffer 2
+        record(k)
+    deadline = time.monotonic() + 10
+    while recorder._free.qsize() < 1 and time.monotonic() < deadline:  # buffer 0 written, free again
+        time.sleep(0.01)
+    raise_next[0] = True
+    with pytest.raises(KeyboardInterrupt):
+        recorder.flush()  # moves to buffer 0, then the Ctrl-C: chunk 1's 3 rows never reach the store from buffer 2
+    assert recorder.cut is None
+    assert recorder.close() == 8
+    writer.finish("complete")
+    np.testing.assert_array_equal(open_run("r", StoreRoot(tmp_path)).W.values, torch.stack(Ws).numpy())
+
+
+@pytest.mark.parametrize("mode", ["by_reference", "copying"])
+def test_a_ctrl_c_before_a_full_chunk_reaches_the_store_cuts_there_and_close_returns(tmp_path, mode):
+    """A Ctrl-C after the full chunk stopped being the one filled and before its submit is under way set no cut:
+    a loop that caught it recorded on, and the commit at ``close`` waited for ever for the chunk never written
+    (a review). It cuts at the chunk now: recording on is refused, and ``close`` commits what came before."""
+    writer, recorder = _recorder(tmp_path, mode)
+    original = recorder._submit_on_loop
+    calls = []
+
+    def interrupted_before_the_submit(index):
+        calls.append(index)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(index)
+
+    recorder._submit_on_loop = interrupted_before_the_submit
+    Ws = [torch.full((H, DIM), float(k)) for k in range(CHUNK * 2)]
+    for k in range(CHUNK):
+        recorder.record(W=Ws[k], v=torch.zeros(H), loss=0.0, output=torch.zeros(N))
+    for k in range(CHUNK, 2 * CHUNK - 1):
+        recorder.record(W=Ws[k], v=torch.zeros(H), loss=0.0, output=torch.zeros(N))
+    with pytest.raises(KeyboardInterrupt):
+        recorder.record(W=Ws[-1], v=torch.zeros(H), loss=0.0, output=torch.zeros(N))
+    assert recorder.cut == CHUNK
+    with pytest.raises(RuntimeError, match="Ctrl-C"):
+        recorder.record(W=Ws[0], v=torch.zeros(H), loss=0.0, output=torch.zeros(N))
+    closed = []
+    closer = threading.Thread(target=lambda: closed.append(recorder.close()), daemon=True)
+    closer.start()
+    closer.join(20)
+    assert closed == [CHUNK]
+    writer.finish("interrupted")
+    np.testing.assert_array_equal(open_run("r", StoreRoot(tmp_path)).W.values, torch.stack(Ws[:CHUNK]).numpy())

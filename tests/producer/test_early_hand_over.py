@@ -107,9 +107,7 @@ def test_a_chunk_not_yet_full_reaches_a_live_reader_after_flush_seconds(tmp_path
     np.testing.assert_array_equal(ds.step.values, steps * 2)
 
 
-def test_flush_seconds_zero_hands_over_full_chunks_only(tmp_path, monkeypatch):
-    clock = [0.0]
-    monkeypatch.setattr(recorder_module, "_monotonic", lambda: clock[0])
+def _recorder(tmp_path, mode, *, buffers=3, flush_seconds=1000.0):
     writer = RunWriter.create(
         StoreRoot(tmp_path), "r", variables=two_layer_variables(), sizes={"neuron": H, "feature": DIM, "sample": N},
         capacity=STATES, static={"X": np.ones((N, DIM)), "y": np.array([1, -1, 1, -1, 1])}, attrs={"config": {}},
@@ -117,8 +115,15 @@ def test_flush_seconds_zero_hands_over_full_chunks_only(tmp_path, monkeypatch):
     )
     recorder = Recorder(writer, {"W": (H, DIM), "v": (H,), "loss": (), "output": (N,)},
                         {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32},
-                        torch.device("cpu"), buffers=2, columns={"step": np.arange(STATES), "t": np.zeros(STATES)},
-                        flush_seconds=0)
+                        torch.device("cpu"), buffers=buffers, columns={"step": np.arange(STATES), "t": np.zeros(STATES)},
+                        by_reference=mode == "by_reference", flush_seconds=flush_seconds)
+    return writer, recorder
+
+
+def test_flush_seconds_zero_hands_over_full_chunks_only(tmp_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(recorder_module, "_monotonic", lambda: clock[0])
+    writer, recorder = _recorder(tmp_path, "copying", buffers=2, flush_seconds=0)
     for k in range(7):
         clock[0] += 100
         recorder.record(W=torch.full((H, DIM), float(k)), v=torch.zeros(H), loss=0.0, output=torch.zeros(N))
@@ -136,11 +141,7 @@ def test_a_ctrl_c_handing_a_chunk_over_keeps_what_its_early_hand_over_gave_the_s
     clock = [0.0]
     monkeypatch.setattr(recorder_module, "_monotonic", lambda: clock[0])
     root = StoreRoot(tmp_path)
-    writer = RunWriter.create(
-        root, "r", variables=two_layer_variables(), sizes={"neuron": H, "feature": DIM, "sample": N},
-        capacity=STATES, static={"X": np.ones((N, DIM)), "y": np.array([1, -1, 1, -1, 1])}, attrs={"config": {}},
-        chunk_bytes=H * DIM * 4 * CHUNK,
-    )
+    writer, recorder = _recorder(tmp_path, mode, buffers=2, flush_seconds=1.0)
     writer.set_write_options(commit_seconds=60.0)
     original, calls = writer.write_block, []
 
@@ -151,10 +152,6 @@ def test_a_ctrl_c_handing_a_chunk_over_keeps_what_its_early_hand_over_gave_the_s
         return original(start, values)
 
     writer.write_block = interrupted_second_time
-    recorder = Recorder(writer, {"W": (H, DIM), "v": (H,), "loss": (), "output": (N,)},
-                        {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32},
-                        torch.device("cpu"), buffers=2, columns={"step": np.arange(STATES), "t": np.zeros(STATES)},
-                        by_reference=mode == "by_reference", flush_seconds=1.0)
     Ws = [torch.full((H, DIM), float(k)) for k in range(CHUNK)]
     for k in range(3):
         recorder.record(W=Ws[k], v=torch.zeros(H), loss=0.0, output=torch.zeros(N))
@@ -171,19 +168,6 @@ def test_a_ctrl_c_handing_a_chunk_over_keeps_what_its_early_hand_over_gave_the_s
     ds = open_run("r", root)
     assert ds.attrs["committed_steps"] == 4
     np.testing.assert_array_equal(ds.W.values, torch.stack(Ws[:4]).numpy())
-
-
-def _recorder(tmp_path, mode, *, buffers=3, flush_seconds=1000.0):
-    writer = RunWriter.create(
-        StoreRoot(tmp_path), "r", variables=two_layer_variables(), sizes={"neuron": H, "feature": DIM, "sample": N},
-        capacity=STATES, static={"X": np.ones((N, DIM)), "y": np.array([1, -1, 1, -1, 1])}, attrs={"config": {}},
-        chunk_bytes=H * DIM * 4 * CHUNK,
-    )
-    recorder = Recorder(writer, {"W": (H, DIM), "v": (H,), "loss": (), "output": (N,)},
-                        {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32},
-                        torch.device("cpu"), buffers=buffers, columns={"step": np.arange(STATES), "t": np.zeros(STATES)},
-                        by_reference=mode == "by_reference", flush_seconds=flush_seconds)
-    return writer, recorder
 
 
 @pytest.mark.parametrize("mode", ["by_reference", "copying"])

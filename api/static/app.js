@@ -53,6 +53,7 @@ async function loadSources(p, keys, progressive) {
     const entry = p.sources.get(key);
     try {
       const body = await fetchSeries(p.runId, entry.src, { step: rangeParam(p.range), points: p.points, scale });
+      answered(p, body);
       entry.data = { x: body.x, series: body.series };
       entry.error = null;
     } catch (err) {
@@ -61,6 +62,20 @@ async function loadSources(p, keys, progressive) {
     }
     if (progressive) draw(p);
   }));
+}
+
+function answered(p, body) {
+  // what a series answer tells the page: the steps the run's states span (widened by each answer), and the states
+  // committed in the version it was computed on, which can be newer than the last poll's: the "steps committed"
+  // label then says what the charts show (found by a review: they ran a state ahead of it)
+  if (body.x.length) {
+    const first = body.x[0], last = body.x[body.x.length - 1];
+    p.extent = p.extent ? [Math.min(p.extent[0], first), Math.max(p.extent[1], last)] : [first, last];
+  }
+  if (body.committed_steps > p.committed) {
+    p.committed = body.committed_steps;
+    setText("#committed", stepsText({ committed_steps: p.committed, planned_states: p.planned }));
+  }
 }
 
 function chartColumns(p, spec) {
@@ -127,6 +142,13 @@ async function reload(p) {
 }
 
 function zoom(p, range) {
+  // a range with no recorded state in it is refused here, once, and the charts stay as they are (found by a
+  // review: each chart showed the server's refusal)
+  if (range && p.extent && (range[0] > p.extent[1] || range[1] < p.extent[0])) {
+    setText("#range-note", `no recorded state in steps ${fmt(range[0])}–${fmt(range[1])}: this run's states are at `
+      + `steps ${fmt(p.extent[0])}–${fmt(p.extent[1])}${p.live ? " so far" : ""}; the charts are unchanged`);
+    return;
+  }
   p.range = range;
   $("#step-from").value = range ? range[0] : "";
   $("#step-to").value = range ? range[1] : "";
@@ -163,6 +185,7 @@ async function appendNew(p) {
       // update norms) has its first new value; rows up to `last` are dropped
       body = await fetchSeries(p.runId, entry.src, { step: last === null ? null : `${last}:`, points: p.points, scale });
     } catch (err) { return; }
+    answered(p, body);
     appendRows(entry.data, body, last);
     // too many rows appended: downsample again here (min–max per pixel bucket), not on the server
     if (entry.data.x.length > 4 * p.points) entry.data = minmaxDownsample(entry.data, p.points, scale);
@@ -192,14 +215,16 @@ async function poll(p) {
       const status = $("#status");
       if (status) status.replaceChildren(statusCell(run));
     }
-    if (run && (run.committed_steps !== p.committed || run.status !== p.status)) {
+    // (a listing behind what the last series answer showed is not a change: the label never goes back)
+    if (run && (run.committed_steps > p.committed || run.status !== p.status)) {
       const detected = performance.now();
       const first = p.committed === 0;
       const finished = run.status !== p.status;
-      p.committed = run.committed_steps;
+      p.committed = Math.max(p.committed, run.committed_steps);
+      p.planned = run.planned_states;
       p.status = run.status;
       p.live = isLive(run);
-      setText("#committed", stepsText(run));
+      setText("#committed", stepsText({ committed_steps: p.committed, planned_states: p.planned }));
       if (p.committed > 0) { const waiting = $("#waiting"); if (waiting) waiting.remove(); }
       const status = $("#status");
       if (status) status.replaceChildren(statusCell(run));
@@ -216,6 +241,7 @@ async function poll(p) {
       if (finished || performance.now() - (p.markersAt || 0) > MARKER_MS) {
         p.markersAt = performance.now();
         loadMarkers(p);
+        refreshSize(p);  // (found by a review: a live run's size stayed what it was when the page opened)
         if (!p.range && !finished) {
           const whole = [...p.sources].filter(([, e]) => e.src.whole).map(([k]) => k);
           loadSources(p, whole, false).then(() => draw(p));
@@ -227,6 +253,14 @@ async function poll(p) {
     if (page === p) pollFailed(err);
   }
   if (page === p) followLater(p);
+}
+
+async function refreshSize(p) {
+  // the run's size on storage, as its detail gives it (not in the cheap listing the poll reads)
+  try {
+    const run = await api(`/api/runs/${encodeURIComponent(p.runId)}`);
+    if (page === p) setText("#size", bytes(run.size_bytes));
+  } catch (err) { /* said by the poll if the server is gone; the next refresh tries again */ }
 }
 
 function summaryTable(result) {
@@ -304,7 +338,8 @@ async function showRun(runId) {
   const vars = new Set(Object.keys(offered.variables));
   const matrices = offered.matrices || {};
   const param = "W" in matrices ? "W" : Object.keys(matrices)[0];
-  const p = { runId, name: runId, listing, committed: run.committed_steps, status: run.status, range: null,
+  const p = { runId, name: runId, listing, committed: run.committed_steps, planned: run.planned_states, status: run.status,
+    range: null, extent: null,
     logx: true, points: 600, sources: new Map(), charts: [], markers: [], matrices, param, neurons: "", angleMode: "" };
   if (param) { p.neurons = defaultRows(p); p.angleMode = angleModes(p)[0][0]; }
   page = p;
@@ -316,12 +351,15 @@ async function showRun(runId) {
     // on a two-layer run the W chart already shows what a generic one would (‖W‖₂, the stable rank of W;
     // v is a vector: its spectral norm is its Frobenius norm): not computed twice
     if (COVERED[name] && specs.some((s) => s.id === COVERED[name])) continue;
-    if (name in listing.items) specs.push({ id: name, title: GENERIC_TITLES[name] || name.replace(/_/g, " "), logx: true,
-      logy: true, needs: [], cols: "all", source: { q: name, first: 32 }, maxSeries: 32 });  // (first: a model of
+    if (name in listing.items) specs.push({ id: name, title: GENERIC_TITLES[name] || name.replace(/_/g, " "),
+      ylabel: GENERIC_YLABELS[name], logx: true, logy: true, needs: [], cols: "all", source: { q: name, first: 32 }, maxSeries: 32 });  // (first: a model of
       // over 64 tensors was refused its charts, the server's limit of series a request; found by a review)
   }
   const hasNeurons = param && "row_angles" in listing.items;
-  if (hasNeurons) specs.push({ id: "neurons", title: "rows: angle over time (degrees)", logx: true, needs: [], cols: "all", source: null });
+  if (hasNeurons) {
+    specs.push({ id: "neurons", title: "rows: angle over time (degrees)", ylabel: "degrees", logx: true, needs: [], cols: "all",
+      source: null });
+  }
   const onZoom = (range) => zoom(p, range);
   p.charts = specs.map((spec) => new Chart(spec, { onZoom, markers: () => p.markers }));
   for (const spec of specs) {
@@ -336,7 +374,7 @@ async function showRun(runId) {
     el("table", { id: "info" }, el("tbody", {},
       el("tr", {}, el("th", {}, "status"), el("td", { id: "status" }, statusCell(run)),
         el("th", {}, "steps committed"), el("td", { class: "num", id: "committed" }, stepsText(run)),
-        el("th", {}, "created"), el("td", {}, run.created ?? "–"), el("th", {}, "size"), el("td", {}, bytes(run.size_bytes))))),
+        el("th", {}, "created"), el("td", {}, run.created ?? "–"), el("th", {}, "size"), el("td", { class: "num", id: "size" }, bytes(run.size_bytes))))),
     run.error ? el("p", { id: "run-error", class: "status-failed" }, run.error) : null,
     run.tags && run.tags.length ? el("p", { id: "run-tags" }, "tags ", ...run.tags.map((t) => el("span", { class: "tag" }, t))) : null,
     run.note ? el("p", { id: "run-note", class: "muted" }, `note: ${run.note}`) : null,

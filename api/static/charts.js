@@ -12,11 +12,12 @@ window.trajscope = { charts: {}, requests: [] };
 // (plus its query parameters); `needs`: analysis quantities that must apply to the run (data-driven).
 const STEP_SERIES = { q: "step_series" };
 const RUN_CHARTS = [
-  { id: "loss", title: "loss", logx: true, logy: true, needs: [], vars: ["loss"],
+  { id: "loss", title: "loss", ylabel: "loss", logx: true, logy: true, needs: [], vars: ["loss"],
     cols: [[{ q: "loss" }, "loss", "loss L(t)", { color: COLORS[0], width: 1.5 }],
       [{ q: "loss_envelope", whole: true, optional: "loss_envelope" }, "loss_envelope", "O(1/t) envelope from t2 (theory)",
         { color: "#66c", dash: [6, 4] }]] },
-  { id: "alignment", title: "alignment cos(w̄±, x±) with the min–max band over V±", logx: true, needs: ["mean_neuron_alignment"],
+  { id: "alignment", title: "alignment cos(w̄±, x±) with the min–max band over V±", ylabel: "cosine", logx: true,
+    needs: ["mean_neuron_alignment"],
     cols: [[STEP_SERIES, "mean_alignment_pos", "cos(w̄+, x+)", { color: COLORS[0], width: 1.5 }],
       [STEP_SERIES, "mean_alignment_neg", "cos(w̄−, x−)", { color: COLORS[1], width: 1.5 }],
       [STEP_SERIES, "band_min_pos", "min over V+", { color: COLORS[0] + "66", width: 0.5 }],
@@ -24,17 +25,17 @@ const RUN_CHARTS = [
       [STEP_SERIES, "band_min_neg", "min over V−", { color: COLORS[1] + "66", width: 0.5 }],
       [STEP_SERIES, "band_max_neg", "max over V−", { color: COLORS[1] + "66", width: 0.5 }]],
     bands: [[4, 3, COLORS[0] + "22"], [6, 5, COLORS[1] + "22"]] },
-  { id: "cones", title: "cone membership fractions", logx: true, needs: ["cone_fractions"],
+  { id: "cones", title: "cone membership fractions", ylabel: "fraction of neurons", logx: true, needs: ["cone_fractions"],
     cols: [[STEP_SERIES, "frac_S_pos", "in S+", { color: COLORS[0] }], [STEP_SERIES, "frac_S_neg", "in S−", { color: COLORS[1] }],
       [STEP_SERIES, "frac_dead", "in S_dead", { color: COLORS[7] }], [STEP_SERIES, "frac_other", "other", { color: COLORS[3] }],
       [STEP_SERIES, "aligned_fraction", "aligned (target cone or dead)", { color: COLORS[2], dash: [4, 3] }]] },
-  { id: "rank", title: "stable rank ‖W‖F²/‖W‖₂² and effective rank", logx: true, needs: ["stable_rank"],
+  { id: "rank", title: "stable rank ‖W‖F²/‖W‖₂² and effective rank", ylabel: "rank", logx: true, needs: ["stable_rank"],
     cols: [[STEP_SERIES, "stable_rank", "stable rank", { color: COLORS[4], width: 1.5 }],
       [STEP_SERIES, "effective_rank", "effective rank", { color: COLORS[5] }]] },
-  { id: "norms", title: "‖W‖₂² and ‖W‖F²", logx: true, logy: true, needs: ["spectral_norm_sq"],
+  { id: "norms", title: "‖W‖₂² and ‖W‖F²", ylabel: "squared norm", logx: true, logy: true, needs: ["spectral_norm_sq"],
     cols: [[STEP_SERIES, "spectral_norm_sq", "‖W‖₂²", { color: COLORS[3], width: 1.5 }],
       [STEP_SERIES, "frobenius_norm_sq", "‖W‖F²", { color: COLORS[8] }]] },
-  { id: "singular", title: "singular values of W", logx: true, logy: true, needs: ["singular_values"],
+  { id: "singular", title: "singular values of W", ylabel: "singular value", logx: true, logy: true, needs: ["singular_values"],
     cols: "all", source: { q: "singular_values", first: 16 }, maxSeries: 16,
     label: (name) => name.replace(/^.*\[(\d+)\]$/, "σ$1") },
 ];
@@ -43,6 +44,14 @@ const RUN_CHARTS = [
 const GENERIC_CHARTS = ["frobenius_norms", "spectral_norms", "update_norms", "distance_from_init", "param_stable_ranks"];
 // generic charts a two-layer chart already covers (generic chart -> the two-layer chart's id)
 const COVERED = { spectral_norms: "norms", param_stable_ranks: "rank" };
+// the y axis of each (its unit or what it measures)
+const GENERIC_YLABELS = {
+  frobenius_norms: "‖θp‖F",
+  spectral_norms: "‖P‖₂",
+  update_norms: "‖θp(k) − θp(k−1)‖F",
+  distance_from_init: "‖θp(k) − θp(0)‖F",
+  param_stable_ranks: "stable rank",
+};
 const GENERIC_TITLES = {
   frobenius_norms: "Frobenius norm ‖θp‖F per parameter",
   spectral_norms: "spectral norm ‖P‖₂ per parameter",
@@ -112,9 +121,10 @@ class Chart {
         y: { distr: this.logy ? 3 : 1 } },
       axes: [{ label: this.logx ? "optimizer step (log; step 0 omitted)" : "optimizer step",
         values: (u, splits) => splits.map(axisNumber) },
-      { size: 64, values: (u, splits) => splits.map(axisNumber) }],
-      series: [{ label: "step" }, ...this.cols.map((c, i) => ({
-        label: c.label, stroke: (c.style && c.style.color) || COLORS[i % COLORS.length],
+      { label: spec.ylabel || "", size: 64, values: (u, splits) => splits.map(axisNumber) }],
+      // the legend's numbers as the rest of the page writes them (fmt: 4 significant digits)
+      series: [{ label: "step", value: legendNumber }, ...this.cols.map((c, i) => ({
+        label: c.label, value: legendNumber, stroke: (c.style && c.style.color) || COLORS[i % COLORS.length],
         width: (c.style && c.style.width) || 1, dash: c.style && c.style.dash, spanGaps: true, points: { show: false } }))],
       bands: (spec.bands || []).map(([a, b, fill]) => ({ series: [a, b], fill })),
       cursor: { drag: { x: true, y: false, setScale: false } },

@@ -175,12 +175,13 @@ async function showRuns() {
 // ---- comparison ---------------------------------------------------------------------------------
 
 const COMPARE_CHARTS = [
-  { id: "cmp-loss", title: "loss", logx: true, logy: true, q: "loss", col: "loss" },
-  { id: "cmp-alignment", title: "alignment cos(w̄+, x+) (solid) and cos(w̄−, x−) (dashed)", logx: true, q: "step_series",
-    col: ["mean_alignment_pos", "mean_alignment_neg"], needs: "mean_neuron_alignment" },
-  { id: "cmp-rank", title: "stable rank", logx: true, q: "step_series", col: "stable_rank", needs: "stable_rank" },
-  { id: "cmp-distance", title: "distance from initialization ‖θ(k) − θ(0)‖ (all parameters)", logx: true, logy: true,
-    q: "distance_from_init", col: "(all)", needs: "distance_from_init" },
+  { id: "cmp-loss", title: "loss", ylabel: "loss", logx: true, logy: true, q: "loss", col: "loss" },
+  { id: "cmp-alignment", title: "alignment cos(w̄+, x+) (solid) and cos(w̄−, x−) (dashed)", ylabel: "cosine", logx: true,
+    q: "step_series", col: ["mean_alignment_pos", "mean_alignment_neg"], needs: "mean_neuron_alignment" },
+  { id: "cmp-rank", title: "stable rank", ylabel: "stable rank", logx: true, q: "step_series", col: "stable_rank",
+    needs: "stable_rank" },
+  { id: "cmp-distance", title: "distance from initialization ‖θ(k) − θ(0)‖ (all parameters)", ylabel: "‖θ(k) − θ(0)‖",
+    logx: true, logy: true, q: "distance_from_init", col: "(all)", needs: "distance_from_init" },
 ];
 
 function differing(runs) {

@@ -31,6 +31,9 @@ function axisNumber(v) {
   return Number.isInteger(v) ? v.toLocaleString("en") : String(+v.toPrecision(3));
 }
 
+// a chart legend's value (uPlot's series.value): as fmt writes it, "–" where a series has none
+const legendNumber = (u, v) => fmt(v);
+
 async function getJSON(url) {
   let r;
   try {
@@ -49,11 +52,15 @@ function qs(params) {
   return parts.length ? `?${parts.join("&")}` : "";
 }
 
+// A value as every table, legend and note of the dashboard writes it: an integer with thousands separators,
+// another number to 4 significant digits without trailing zeros (0.5, 0.01234, 1.5e-5, 2.346e+6)
 function fmt(v) {
   if (v === null || v === undefined) return "–";
   if (typeof v === "number") {
     if (Number.isInteger(v)) return v.toLocaleString("en");
-    return Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-3 && v !== 0) ? v.toExponential(3) : v.toPrecision(4);
+    if (!Number.isFinite(v)) return String(v);
+    const r = +v.toPrecision(4);
+    return Math.abs(r) >= 1e4 || (Math.abs(r) < 1e-3 && r !== 0) ? r.toExponential() : String(r);
   }
   if (Array.isArray(v)) return v.map(fmt).join(", ");
   return String(v);

@@ -18,7 +18,8 @@ import pytest
 from trajscope.store import StoreRoot
 
 from tests.api.dashboard_browser import (  # noqa: F401  (fixtures)
-    CHROMIUM, DATA, LABELS, artifacts, browser, commit, loaded, only_local, page,
+    CHROMIUM, DATA, LABELS, artifacts, browser, commit, loaded, names_a_live_writer, only_local, page,
+    stops_naming_a_live_writer,
 )
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
@@ -62,10 +63,19 @@ def test_run_page_draws_each_chart_from_the_api(server, page, expected, tmp_path
     np.testing.assert_allclose(data["rank"][1], (W**2).sum((1, 2)) / sv[:, 0] ** 2, rtol=1e-6)
     np.testing.assert_allclose(np.array(data["singular"][1:]).T, sv, rtol=1e-5)
     assert page.evaluate(LABELS, "loss") == ["loss L(t)", "O(1/t) envelope from t2 (theory)"]
-    # hover shows values in the legend
+    # every chart's y axis says what it measures
+    ylabels = page.evaluate("Object.fromEntries(Object.entries(window.trajscope.charts).map(([k, c]) => [k, c.u.axes[1].label]))")
+    assert ylabels == {"loss": "loss", "alignment": "cosine", "cones": "fraction of neurons", "rank": "rank",
+                       "norms": "squared norm", "singular": "singular value", "neurons": "degrees",
+                       "update_norms": "‖θp(k) − θp(k−1)‖F", "distance_from_init": "‖θp(k) − θp(0)‖F",
+                       "frobenius_norms": "‖θp‖F"}, ylabels
+    # hover shows values in the legend, written as the page's tables write numbers (4 significant digits)
     box = page.locator("#chart-loss .u-over").bounding_box()
     page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
-    assert page.locator("#chart-loss .u-legend .u-value").nth(1).inner_text() not in ("", "--")
+    shown = page.locator("#chart-loss .u-legend .u-value").nth(1).inner_text()
+    idx = page.evaluate("window.trajscope.charts.loss.u.legend.idx")
+    value = data["loss"][1][idx]
+    assert float(shown) == float(f"{value:.4g}") and shown == repr(float(f"{value:.4g}")).replace("e-0", "e-"), shown
     # log/linear toggle: linear time draws step 0 too
     page.uncheck("#chart-loss .toggle-logx")
     assert page.evaluate("window.trajscope.charts.loss.u.data[0].length") == len(steps)
@@ -113,6 +123,17 @@ def test_zoom_and_step_range_request_a_narrower_range(server, page):
     page.dblclick("#chart-loss .u-over")
     loaded(page, 4)
     assert len(page.evaluate("window.trajscope.charts.loss.u.data[0]")) == 39
+    # a range past the run's end is refused once, above the charts, which stay as they are (each chart showed the
+    # server's refusal); nothing is asked of the server
+    page.requests.clear()
+    page.fill("#step-from", "100")
+    page.fill("#step-to", "200")
+    page.click("#apply-range")
+    note = page.inner_text("#range-note")
+    assert "no recorded state in steps 100–200" in note and "steps 0–39" in note, note
+    assert page.evaluate("[...document.querySelectorAll('.chart .note')].map(n => n.textContent).filter(Boolean)") == []
+    assert len(page.evaluate("window.trajscope.charts.loss.u.data[0]")) == 39
+    assert page.evaluate("window.trajscope.loads") == 4 and not [u for u in page.requests if "/series/" in u]
     assert page.errors == []
 
 
@@ -155,6 +176,63 @@ def test_a_run_produced_while_the_page_is_open_appears_and_grows(tmp_path, write
         assert page.errors == []
 
 
+def test_a_live_run_pages_size_and_committed_label_follow_what_it_shows(tmp_path, write_run, serve, page):
+    """The size cell follows the run's files (it was read once, when the page opened), and the "steps committed"
+    label is never behind the charts: a series answer computed on a newer version than the poll's listing shows
+    more states (found by a review: the charts ran a state ahead of the label)."""
+    from trajscope.store import RunWriter
+
+    root = StoreRoot(tmp_path / "runs")
+    arrays = write_run(root, "grow", steps=32, h=40, D=50, chunk_steps=8, finish=None, commit_to=8)
+    for chunk in (1, 2, 3):  # W's states past the committed ones not written yet, as with a producer
+        os.unlink(os.path.join(root.run_url("grow"), f"W/c/{chunk}/0/0"))
+    # the running runs' listing a poll reads says 8 states fewer than there are (a listing behind the version the
+    # series answers are computed on)
+    lagging = [True]
+
+    def behind(route):
+        if not lagging[0]:
+            return route.continue_()
+        body = route.fetch().json()
+        for run in body["runs"]:
+            run["committed_steps"] = max(8, run["committed_steps"] - 8)
+        route.fulfill(json=body)
+
+    with serve(root) as srv:
+        page.goto(f"{srv.url}/#/run/grow")
+        loaded(page)
+        before = page.inner_text("#size")
+        assert before == page.evaluate("n => bytes(n)", root.size_bytes("grow"))
+        page.route("**/api/runs?size=false&status=running", behind)
+        stops_naming_a_live_writer(root, "grow")
+        writer = RunWriter.reopen(root, "grow")
+        try:
+            for start in (8, 16):
+                writer.write_block(start, {k: arrays[k][start:start + 8] for k in ("W", "v", "loss", "output", "step", "t")})
+            writer.commit(24)
+        finally:
+            writer.lock.release()
+            names_a_live_writer(root, "grow")
+        # the poll sees 16 states; the appended answers hold 24: the label says what the charts draw
+        page.wait_for_function("window.trajscope.charts.loss.u.data[0].length === 23", timeout=30_000)
+        page.wait_for_function("document.querySelector('#committed').textContent.startsWith('24 /')", timeout=10_000)
+        time.sleep(2.5)  # later polls (16 states) do not take the label back
+        assert page.inner_text("#committed").startswith("24 /")
+        lagging[0] = False
+        stops_naming_a_live_writer(root, "grow")
+        writer = RunWriter.reopen(root, "grow")
+        writer.write_block(24, {k: arrays[k][24:32] for k in ("W", "v", "loss", "output", "step", "t")})
+        writer.commit(32)
+        writer.finish("complete")
+        page.wait_for_function("document.querySelector('#status').textContent === 'complete'", timeout=30_000)
+        final = page.evaluate("n => bytes(n)", root.size_bytes("grow"))
+        assert final != before
+        page.wait_for_function(f"document.querySelector('#size').textContent === {final!r}", timeout=10_000)
+        assert page.inner_text("#committed").startswith("32 /")
+        only_local(page, srv.url)
+        assert page.errors == []
+
+
 def test_comparing_two_runs_overlays_both(server, page, expected, tmp_path):
     page.goto(server.url + "/")
     page.wait_for_selector("#runs tbody tr")
@@ -173,6 +251,8 @@ def test_comparing_two_runs_overlays_both(server, page, expected, tmp_path):
     np.testing.assert_allclose(live[:19], expected["live"]["loss"].values[1:20])
     assert np.isnan(live[19:]).all()
     assert len(data["cmp-alignment"]) == 5 and len(data["cmp-rank"]) == 3
+    ylabels = page.evaluate("Object.values(window.trajscope.charts).filter(c => c.u).map(c => c.u.axes[1].label)")
+    assert ylabels == ["loss", "cosine", "stable rank", "‖θ(k) − θ(0)‖"], ylabels
     assert "seed" in page.inner_text("#differing")
     page.screenshot(path=str(artifacts(tmp_path) / "comparison.png"), full_page=True)
     only_local(page, server.url)

@@ -410,3 +410,64 @@ def test_an_error_of_the_progress_callback_stops_the_sweep_once(tmp_path, spec_f
         run_sweep(spec, root=root, workers=1, progress=closed_pipe)
     assert len(calls) == 1 and time.monotonic() - started < 60
     assert StoreRoot(root).read_attrs(long_id)["status"] in ("interrupted", "running")
+
+
+def test_a_run_deleted_during_the_sweep_is_not_counted_complete(tmp_path, spec_factory):
+    """Found by a review: a run deleted (``trajscope rm``) after its point finished, while the sweep went on, counted
+    as complete in the summary and kept its numbers in the table. The rows of complete runs are checked against the
+    store at the end."""
+    root = str(tmp_path / "runs")
+    deleted = []
+
+    def delete_the_first(row, done, total):  # (one worker: the second point trains after this)
+        if done == 1:
+            StoreRoot(root).delete(row["run_id"])
+            deleted.append(row["run_id"])
+
+    result = run_sweep(spec_factory(), root=root, workers=1, progress=delete_the_first)
+    rows = {r["run_id"]: r for r in result.rows}
+    gone = rows[deleted[0]]
+    assert gone["status"] == "missing" and "deleted after this sweep made it" in gone["error"], gone
+    assert "t2_step" not in gone and gone["action"] == "produced"
+    assert [r["run_id"] for r in result.failed] == deleted
+    other = [r for r in result.rows if r["run_id"] != deleted[0]][0]
+    assert other["status"] == "complete" and other["t2_step"] == other["t2_step"]  # (its numbers kept)
+    table = pd.read_csv(os.path.join(root, "tiny.sweep.csv")).set_index("run_id")
+    assert table.loc[deleted[0], "status"] == "missing" and pd.isna(table.loc[deleted[0], "t2_step"])
+    assert table.loc[other["run_id"], "status"] == "complete" and pd.notna(table.loc[other["run_id"], "t2_step"])
+
+
+def test_a_stop_during_a_broken_pools_wait_waits_no_longer_than_that_wait(tmp_path, monkeypatch):
+    """Found by a review: a Ctrl-C while a broken pool's survivors were waited for (up to ``STOP_SECONDS``) stopped
+    the sweep, whose stop then waited ``STOP_SECONDS`` more for the same stuck processes before killing them."""
+    import _thread
+    import concurrent.futures as cf
+    import multiprocessing
+    import threading
+
+    from trajscope.experiments import sweep
+    from trajscope.store import locks
+
+    monkeypatch.setattr(sweep, "STOP_SECONDS", 3.0)
+    monkeypatch.setattr(locks, "writer_holds", lambda store_root, run_id: True)  # (a lost run still written)
+    stuck = multiprocessing.get_context("fork").Process(target=_deaf_to_sigterm, daemon=True)
+    stuck.start()
+    workers = sweep._Workers(cf.ThreadPoolExecutor(1), str(tmp_path / "stop"), processes=[stuck], broken=True)
+    threading.Timer(1.5, _thread.interrupt_main).start()  # the Ctrl-C, half-way through the pool's wait
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sweep._end_pool(workers, StoreRoot(tmp_path / "runs"), ["lost"])
+        interrupted = time.monotonic() - started
+        sweep._stop_workers([workers])  # (what _pool_round does with its live pools on any exception)
+        ended = time.monotonic() - started
+    finally:
+        if stuck.is_alive():
+            stuck.kill()
+    assert 1.0 < interrupted < 2.9 and not stuck.is_alive()
+    assert ended < 3.0 + 1.0, f"the stop waited {ended - interrupted:.1f} s more after the Ctrl-C at {interrupted:.1f} s"
+
+
+def _deaf_to_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(60)

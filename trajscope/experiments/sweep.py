@@ -457,6 +457,7 @@ class _Workers:
     processes: list = field(default_factory=list)
     broken: bool = False
     unfinished: int = 0  # its points without a row yet
+    deadline: float | None = None  # (broken) when its survivors are killed, whoever waits for them
 
 
 def _pool_round(points: list[SweepPoint], ctx: Any, n_workers: int, alone: bool,
@@ -529,7 +530,9 @@ def _end_pool(workers: _Workers, store_root: Any, run_ids: list[str]) -> None:
                         return True
             return False
 
-        deadline = time.monotonic() + STOP_SECONDS  # (its stop file was made when it broke)
+        # (its stop file was made when it broke); the deadline is the pool's: a Ctrl-C during this wait stops the
+        # sweep, whose stop waits for these processes until then, not STOP_SECONDS more (found by a review)
+        workers.deadline = deadline = time.monotonic() + STOP_SECONDS
         while any(p.is_alive() for p in workers.processes) and time.monotonic() < deadline and writing():
             time.sleep(0.05)
         for process in workers.processes:
@@ -553,6 +556,29 @@ def _died_row(store_root: Any, run_id: str) -> dict[str, Any]:
 def _failed_row(store_root: Any, run_id: str, error: str) -> dict[str, Any]:
     """The row of a point whose worker or task never returned one: its run's status as the store has it."""
     return {"run_id": run_id, "action": "failed", "status": stored_status(store_root, run_id), "error": error}
+
+
+def still_stored(rows: list[dict[str, Any]], root: str | os.PathLike | None, storage_options: dict | None
+                 ) -> list[dict[str, Any]]:
+    """The rows of complete runs checked against the store once every point is done: a run deleted (or replaced)
+    since its point finished is said so, its row without the values of a run that is no longer there (found by a
+    review: a run deleted during the sweep counted complete, and its numbers went into the table)."""
+    from trajscope.store import StoreRoot
+
+    store_root = StoreRoot(root, storage_options)
+    complete = [i for i, row in enumerate(rows) if row.get("status") == "complete"]
+    if not complete:
+        return rows
+    with cf.ThreadPoolExecutor(max_workers=min(16, len(complete))) as pool:  # (a request each on object stores)
+        now = list(pool.map(lambda i: stored_status(store_root, rows[i]["run_id"]), complete))
+    rows = list(rows)
+    for i, status in zip(complete, now):
+        if status != "complete":
+            kept = {k: v for k, v in rows[i].items() if k.startswith("param.") or k in ("run_id", "action", "seconds")}
+            why = "deleted" if status == "missing" else f"replaced (it is {status} now)"
+            rows[i] = {**kept, "status": status,
+                       "error": f"its run was {why} after this sweep made it: run the sweep again to make it anew"}
+    return rows
 
 
 def stored_status(store_root: Any, run_id: str) -> str:
@@ -601,17 +627,19 @@ def _stop_workers(pools: list[_Workers]) -> None:
     """Cancel the points not started and SIGTERM the workers of every pool at once: a worker training a run ends it
     ``interrupted`` (its committed states kept, as on a Ctrl-C), an idle one exits, and a point already handed to a
     worker's queue is not started (the stop file). They are waited for together, at most :data:`STOP_SECONDS`
-    (found by a review: one pool after the other, a sweep's pools of one worker each took that long each)."""
-    processes = [process for workers in pools for process in workers.processes]
+    (found by a review: one pool after the other, a sweep's pools of one worker each took that long each); a broken
+    pool's survivors, already waited for when the stop came, until its own deadline."""
+    deadline = time.monotonic() + STOP_SECONDS
+    processes = [(process, min(deadline, workers.deadline or deadline)) for workers in pools
+                 for process in workers.processes]
     for workers in pools:
         Path(workers.stop_file).touch()
         workers.executor.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
+    for process, _ in processes:
         with contextlib.suppress(OSError):
             process.terminate()  # (not os.kill of its pid: one already reaped may name another process by now)
-    deadline = time.monotonic() + STOP_SECONDS
-    for process in processes:  # waited for here: the pool's own exit no longer waits once shut down
-        process.join(max(0.0, deadline - time.monotonic()))
+    for process, until in processes:  # waited for here: the pool's own exit no longer waits once shut down
+        process.join(max(0.0, until - time.monotonic()))
         if process.is_alive():  # stuck (no Python code running to take the signal): what it committed stays
             process.kill()
             process.join(5)
@@ -749,6 +777,7 @@ def run_sweep(
                            scheduler=scheduler)  # and neither wrote the table: found by a review), they are taken
         by_id = {row["run_id"]: row for row in again}  # as they are now: the last sweep to end writes the table
         rows = [by_id.get(row["run_id"], row) if row.get("action") == BUSY else row for row in rows]
+    rows = still_stored(rows, root, storage_options)
     table = sweep_table(rows)
     # a run another writer holds (another sweep of this spec) has no row yet: that sweep writes the table, not
     # this one (found by a review: the sweep that finished last overwrote the table with `busy` rows of NaN)

@@ -248,7 +248,7 @@ def _check_temporaries(root: StoreRoot, run_id: str, repair: bool, report: FsckR
         report.problems.append(problem)
         return
     try:
-        with WriterLock(root, run_id):
+        with WriterLock(root, run_id, purpose="repairing"):
             remove_stale_temporaries(run_dir)
     except RunLocked as err:
         report.problems.append(f"{problem} (not repaired: {err})")
@@ -298,7 +298,7 @@ def _check_shapes(group: dict[str, Any], attrs: dict[str, Any], arrays: dict[str
 
 def _repair_creating(root: StoreRoot, run_id: str, report: FsckReport) -> FsckReport:
     try:
-        with WriterLock(root, run_id) as lock:
+        with WriterLock(root, run_id, purpose="repairing") as lock:
             root.delete(run_id)
             if lock.run_id == run_id:  # (a link's lock is the run it names, which stays)
                 lock.remove_file()
@@ -339,7 +339,7 @@ def _repair_unfinished(root: StoreRoot, run_id: str, attrs: dict[str, Any], comm
     from trajscope.store.writer import _now, shrink_arrays, write_final_document
 
     try:
-        lock = WriterLock(root, run_id).acquire()
+        lock = WriterLock(root, run_id, purpose="repairing").acquire()
     except RunLocked as err:
         report.problems.append(f"not repaired: {err}")
         return

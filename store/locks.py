@@ -71,10 +71,22 @@ LEASE_WRITE_ATTEMPTS = 3
 LIVE_REFUSALS = 5
 
 
-class WriterLock:
-    """Exclusive right to write one run; use as a context manager or call :meth:`release`."""
+#: what a writer lock is taken for, and how a refusal says it (an object store's lease records it: a deletion
+#: killed on another host held the run for a minute under "being written"; found by a review)
+PURPOSES = {"writing": "being written", "deleting": "being deleted", "editing": "having its attributes edited",
+            "repairing": "being repaired by fsck"}
 
-    def __init__(self, root: StoreRoot, run_id: str):
+
+class WriterLock:
+    """Exclusive right to write one run; use as a context manager or call :meth:`release`.
+
+    ``purpose``: one of :data:`PURPOSES`, what the lock is taken for; an object store's lease records it, and a
+    writer refused by it is told (``run 'r' is being deleted by pid N on HOST ...``)."""
+
+    def __init__(self, root: StoreRoot, run_id: str, purpose: str = "writing"):
+        if purpose not in PURPOSES:
+            raise ValueError(f"unknown lock purpose {purpose!r}: use one of {', '.join(PURPOSES)}")
+        self.purpose = purpose
         self.root = root
         self.run_id = run_id = _locked_id(root, run_id)
         self.token = uuid.uuid4().hex
@@ -200,7 +212,7 @@ class WriterLock:
     def _stamp(self) -> dict[str, Any]:
         """This writer's identity and the time: the lease object's content and the ``writer`` attribute."""
         return {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "processes": process_space(),
-                "heartbeat": time.time()}
+                "purpose": self.purpose, "heartbeat": time.time()}
 
     def _write_lease(self, **conditions: Any) -> None:
         self._put_lease(self._stamp(), **conditions)
@@ -279,10 +291,13 @@ class WriterLock:
             raise refused from None  # the store unreachable: the refresh's own error stands
 
     def _refused(self, holder: dict[str, Any], age: float) -> RunLocked:
+        purpose = holder.get("purpose") if holder.get("purpose") in PURPOSES else "writing"  # (older leases: none)
+        stopped = {"deleting": "; if that deletion was stopped (its process killed), retry after "
+                               f"{LEASE_SECONDS:.0f} s without a heartbeat: `trajscope rm {self.run_id}` then finishes it"}
         return RunLocked(
-            f"run {self.run_id!r} is being written by pid {holder.get('pid')} on {holder.get('host')} "
-            f"(heartbeat {age:.0f} s ago); wait for it to finish, or retry after {LEASE_SECONDS:.0f} s without "
-            "a heartbeat"
+            f"run {self.run_id!r} is {PURPOSES[purpose]} by pid {holder.get('pid')} on {holder.get('host')} "
+            f"(heartbeat {age:.0f} s ago)" + stopped.get(purpose, "; wait for it to finish, or retry after "
+                                                                  f"{LEASE_SECONDS:.0f} s without a heartbeat")
         )
 
     def _check_lease(self) -> None:

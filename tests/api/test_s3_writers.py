@@ -59,6 +59,40 @@ def test_a_dead_writers_lease_is_taken_over_once(s3_env, monkeypatch):
     WriterLock(root, "r").acquire().release()
 
 
+def test_a_lease_says_what_its_holder_does_a_killed_deletion_too(s3_env, monkeypatch, write_run, python_env):
+    """Found by a review: a `trajscope rm` killed on another host left its lease, and for a minute every writer was
+    told the run was "being written". The lease records what it was taken for, and the refusal says it. Here the
+    deletion runs in a child that calls itself another host and is killed (SIGKILL) once it holds the lease."""
+    import sys
+
+    from trajscope.store import locks
+    from trajscope.store.run_attrs import delete_run
+
+    url = "s3://trajscope/lease-purpose"
+    root = StoreRoot(url)
+    write_run(root, "r", steps=16, chunk_steps=8)
+    killed = subprocess.run(
+        [sys.executable, "-c", "import os, signal, socket; socket.gethostname = lambda: 'another-host'; "
+         "from trajscope.store import StoreRoot; from trajscope.store.run_attrs import delete_run; "
+         "StoreRoot.delete = lambda self, run_id: os.kill(os.getpid(), signal.SIGKILL); "
+         f"delete_run('r', StoreRoot({url!r}))"], env=python_env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    with pytest.raises(RunLocked, match=r"is being deleted by pid \d+ on another-host .*retry after 60 s without a "
+                                        r"heartbeat: `trajscope rm r` then finishes it"):
+        delete_run("r", root)
+    with pytest.raises(RunLocked, match="is being deleted by pid"):  # (a writer is told the same)
+        WriterLock(root, "r").acquire()
+    monkeypatch.setattr(locks, "LEASE_SECONDS", 0.0)  # the deletion's heartbeat is now too old: taken over, finished
+    assert delete_run("r", root) == "r" and not root.exists("r")
+    monkeypatch.setattr(locks, "LEASE_SECONDS", 60.0)
+    editing = WriterLock(root, "e", purpose="editing").acquire()
+    locks._HELD.discard(editing._key)  # (as if killed; of this process, so not seen dead)
+    with pytest.raises(RunLocked, match="is having its attributes edited by pid"):
+        WriterLock(root, "e").acquire()
+    with pytest.raises(ValueError, match="unknown lock purpose 'erasing'"):
+        WriterLock(root, "r", purpose="erasing")
+
+
 def test_a_dead_writers_lease_is_taken_over_on_a_store_without_if_match(s3_env, monkeypatch):
     """Found by a review: on a store answering NotImplemented to If-Match, a dead writer's lease could never be taken
     over ("being written by pid ..., retry after 60 s", for ever). It is removed and created anew, as where there are

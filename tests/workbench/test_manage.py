@@ -267,3 +267,31 @@ def test_ls_filters_by_status_and_skips_sizes_when_asked(run_cli, tiny_root, tmp
     assert table.returncode == 0 and "MiB" not in table.stdout
     bad = run_cli("ls", "--root", str(tiny_root), "--status", "sleeping")
     assert bad.returncode == 2 and "not a run status" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_ls_shows_the_latest_committed_loss_of_a_killed_run(run_cli, tmp_path, small_config, python_env):
+    """Found by a review: ``ls`` showed no loss for a killed producer's run, where the dashboard's list showed its last
+    committed one. A running run (live or killed) has no final loss; ``ls`` shows its latest, so marked, and
+    ``--json`` carries it as ``latest_loss``. The producer here is really killed (SIGKILL at its second commit)."""
+    import yaml
+
+    from trajscope.store import faults
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(small_config(train={"lr": 0.01, "steps": 400},
+                                                   record={"commit_seconds": 0.0})))
+    root = tmp_path / "runs"
+    killed = subprocess.run([sys.executable, "-c", "from trajscope.cli import main; main()", "produce", str(config),
+                             "--root", str(root), "--name", "k", "--quiet"],
+                            env={**python_env, faults.ENV: "commit.attrs:kill:2"}, capture_output=True, text=True,
+                            timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    ds = open_run("k", root)
+    assert ds.attrs["status"] == "running" and ds.sizes["step"] > 0
+    proc = run_cli("ls", "--root", str(root), "--json")
+    row = json.loads(proc.stdout)[0]
+    assert row["writer_gone"] and row["final_loss"] is None
+    assert row["latest_loss"] == pytest.approx(float(ds["loss"].values[-1]), rel=1e-12)
+    proc = run_cli("ls", "--root", str(root))
+    assert proc.returncode == 0 and f"{float(ds['loss'].values[-1]):.4g}"[:5] in proc.stdout and "(latest)" in proc.stdout, \
+        proc.stdout

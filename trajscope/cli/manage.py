@@ -73,6 +73,21 @@ def catalog_row(run_id: str, attrs: dict[str, Any], size_bytes: int | None, colu
     }
 
 
+def latest_loss(store_root: Any, run_id: str) -> float | None:
+    """The loss of a run's last committed state, read from the store: what ``ls`` shows of a run that has no
+    ``final_loss`` yet (running, or killed: found by a review, the dashboard's list showed its last loss where ``ls``
+    showed none). ``None`` for a run that records no loss, has no committed state or cannot be read."""
+    from trajscope.store import open_run
+
+    try:
+        loss = open_run(run_id, store_root).get("loss")
+        if loss is None or loss.dims != ("step",) or loss.sizes["step"] == 0:
+            return None
+        return float(loss[-1])
+    except Exception:  # noqa: BLE001 - a listing never fails on one run; `show` or `fsck` says what is wrong
+        return None
+
+
 def _plain_numbers(summarized: Any) -> dict[str, Any]:
     """The variables of a computed summary dataset as JSON values: a number (``null`` for NaN or inf), a bool, or
     ``{label: number}`` along a variable's one dimension (a module run's ``parameter``). ``compare --json``'s
@@ -192,7 +207,10 @@ def register(app: typer.Typer) -> None:
             if status is not None and attrs.get("status") != status:
                 continue
             gone = attrs.get("status") == "running" and writer_gone(store_root, run_id)
-            rows.append(catalog_row(run_id, attrs, store_root.size_bytes(run_id) if sizes else None, fields, gone))
+            row = catalog_row(run_id, attrs, store_root.size_bytes(run_id) if sizes else None, fields, gone)
+            if row["status"] == "running" and row["committed_steps"]:  # (not final: its last committed state's)
+                row["latest_loss"] = latest_loss(store_root, run_id)
+            rows.append(row)
             hints[run_id] = resume_hint(run_id, store_root.location, attrs)
         # a field that some run, or today's config, has is an empty cell where a run lacks it (a run made before
         # the field existed, a run of another data kind); one that none has is a misspelling
@@ -226,6 +244,7 @@ def register(app: typer.Typer) -> None:
             status = (f"{r['status']} (writer gone: {hints[r['run']]})"
                       if r["writer_gone"] else r["status"])
             loss = (f"{r['not_finite']['final_loss']} (diverged)" if "final_loss" in r["not_finite"]
+                    else f"{_fmt(r['latest_loss'])} (latest)" if r.get("latest_loss") is not None
                     else _fmt(r["final_loss"]))
             table.add_row(r["run"], status, f"{r['committed_steps']}/{r['planned_states'] or '?'}", loss,
                           _duration(r["seconds"]),

@@ -514,9 +514,11 @@ class ModuleRecorder:
         return out
 
     def flush(self) -> None:
-        """Hand the states recorded so far to the store now, without waiting for ``flush_seconds`` (e.g. before a
-        long evaluation in the loop); they are committed, and seen by live readers, within about 0.5 s. The first
-        state is held until the second ``record()``, which fixes the run's variables."""
+        """Hand the states recorded so far to the store now, without waiting for ``flush_seconds``; they are
+        committed, and seen by live readers, within about 0.5 s. A model on the CPU needs it only to go faster: when
+        the loop pauses (a long evaluation), the recorder's writer thread hands its chunk over once due. On a GPU a
+        pause holds the chunk until the next ``record()`` or this. The first state is held until the second
+        ``record()``, which fixes the run's variables."""
         if self._closed:
             raise RuntimeError(f"run {self.run_id!r}: flush() after close()")
         if not self._recording.acquire(blocking=False):

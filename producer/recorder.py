@@ -165,7 +165,12 @@ class Recorder:
         second). A loop that
         fills its chunks within ``flush_seconds`` never pays it. A chunk is
         not handed over early while every other buffer is still in flight (the store is behind: the next
-        :meth:`record` tries again). :meth:`flush` does it at once, e.g. before a long pause in recording.
+        :meth:`record` tries again). :meth:`flush` does it at once. On the CPU (the chunk goes to the store from
+        the loop's thread: by reference, or copied into host buffers, without a writer process) a loop that
+        pauses recording (an evaluation, a checkpoint) needs no :meth:`flush`: the writer thread hands the chunk
+        over itself once it is due, so the bound holds whatever the loop does. On a GPU (a copy on the loop's
+        stream) and with a writer process, a pause holds the chunk until the next :meth:`record` or
+        :meth:`flush`.
     """
 
     def __init__(
@@ -204,6 +209,11 @@ class Recorder:
             raise ValueError(f"flush_seconds={flush_seconds!r}: give seconds, 0 or more (0: only full chunks)")
         self.flush_seconds = float(flush_seconds)
         self._flush_due = math.inf  # (monotonic) when the current chunk is handed over as it is
+        # record(), flush() and close() hold it; the writer thread hands a paused loop's chunk over under it
+        # (never waiting for it: a loop at work hands its chunks over itself)
+        self._record_lock = threading.Lock()
+        self._closing = False
+        self._writer_wakes_at = math.inf  # (monotonic) when the writer thread's wait ends at the latest
         #: chunks handed to the store before they were full (``flush_seconds``, :meth:`flush`)
         self.early_hand_overs = 0
         self.columns = dict(columns or {})
@@ -347,6 +357,8 @@ class Recorder:
         slot.count = 0  # (rows of it handed over: none yet)
         self._current = slot_index
         self._flush_due = _monotonic() + self.flush_seconds if self.flush_seconds else math.inf
+        if self._direct and self._flush_due < self._writer_wakes_at:  # (its wait would end after the chunk is due)
+            self._filled.put(_WAKE)
         return slot_index
 
     def _wait_for_free(self) -> int:
@@ -372,6 +384,10 @@ class Recorder:
 
     def record(self, **values: torch.Tensor | float | int) -> None:
         """Copy one state (every time-varying variable) into the current chunk buffer."""
+        with self._record_lock:
+            self._record(values)
+
+    def _record(self, values: dict) -> None:
         if self._cut is not None:
             raise RuntimeError(f"a Ctrl-C interrupted handing states {self._cut}.. to the store: close this recorder "
                                f"(the states before {self._cut} are kept) and resume the run to go on")
@@ -407,7 +423,27 @@ class Recorder:
         """Hand the states recorded so far in the chunk being filled to the store now, as ``flush_seconds`` does
         by itself (waiting for a free buffer if need be); they are committed within about ``commit_seconds``.
         False when there was nothing to hand over (no state since the last hand-over, or after a Ctrl-C's cut)."""
-        return self._hand_over_early(wait=True)
+        with self._record_lock:
+            return self._hand_over_early(wait=True)
+
+    def _hand_over_if_due(self) -> None:
+        """The writer thread (on the CPU paths, ``_direct``): the chunk being filled goes to the store once due, as
+        the next :meth:`record` would hand it over, so a loop that pauses recording leaves nothing unflushed. The
+        loop's own calls come first: while one holds the lock, nothing is done here."""
+        if self._closing or _monotonic() < self._flush_due or not self._record_lock.acquire(blocking=False):
+            return
+        try:
+            if not self._closing and _monotonic() >= self._flush_due:
+                self._hand_over_early(wait=False)
+        finally:
+            self._record_lock.release()
+
+    def _seconds_until_flush_due(self) -> float | None:
+        """The writer thread (``_direct``): seconds until the chunk being filled is due for an early hand-over;
+        ``None`` when none is due later (no chunk, ``flush_seconds`` 0, or due already: a buffer then freed, or the
+        loop's next call, wakes the writer thread or hands it over)."""
+        left = self._flush_due - _monotonic()
+        return left if 0 < left < math.inf else None
 
     def _hand_over_early(self, *, wait: bool) -> bool:
         """The chunk being filled, not full, goes to the store as it is; recording goes on in another buffer,
@@ -715,15 +751,17 @@ class Recorder:
             self.closing_seconds = time.perf_counter() - started
 
     def _close(self) -> int:
+        self._closing = True  # (the writer thread hands nothing over from now on)
         try:
-            if self._current is not None:
-                slot = self._slots[self._current]
-                count = self.index - slot.start
-                if count > 0 and self._cut is None and slot.count != count:  # (count: handed over early already)
-                    self._hand_off(count)
-                else:
-                    self._free.put(self._current)
-                    self._current = None
+            with self._record_lock:  # (a hand-over the writer thread began is finished first)
+                if self._current is not None:
+                    slot = self._slots[self._current]
+                    count = self.index - slot.start
+                    if count > 0 and self._cut is None and slot.count != count:  # (count: handed over early already)
+                        self._hand_off(count)
+                    else:
+                        self._free.put(self._current)
+                        self._current = None
         except BaseException:
             try:
                 if self._process is None or self._process_staged:
@@ -867,6 +905,10 @@ class Recorder:
                 timeout = min(timeout, max(self._seconds_until_commit(), 0.005))  # commit when due
             if self._loop_submits:  # look at what the loop staged (it stages without a word) when it is overdue
                 timeout = min(timeout, max(self._seconds_until_overdue(), 0.005))
+            flush_in = self._seconds_until_flush_due() if self._direct else None
+            if flush_in is not None:  # a paused loop's chunk: handed over when due (_hand_over_if_due)
+                timeout = min(timeout, flush_in + 0.001)
+            self._writer_wakes_at = _monotonic() + timeout
             try:
                 item = self._filled.get(timeout=timeout)
             except queue.Empty:
@@ -887,6 +929,8 @@ class Recorder:
             if self._loop_submits and self._seconds_until_overdue() <= 0:
                 # a paused loop: a live reader waits (the thread never dies of it: a failure is the run's error)
                 self._guard(lambda: self._submit_staged(wait=True, on_loop=False, lock="try"))
+            if self._direct and self._error is None:  # (a paused loop's chunk, when due; a failure is the run's)
+                self._guard(self._hand_over_if_due)
             if self._error is None and self._process is None:  # (a writer process commits itself)
                 self._guard(self._commit_if_due)
         if self._process is None:  # closing: everything handed off written, then committed

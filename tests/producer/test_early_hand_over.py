@@ -27,6 +27,14 @@ H, DIM, N, CHUNK, STATES = 4, 3, 5, 5, 13
 MODES = ["by_reference", "copying", "staged", "staged_loop_submits", "process", "staged_process"]
 
 
+def _loop_clock(monkeypatch, clock) -> None:
+    """The recorder's clock, moved by hand, for a test of the loop's own hand-overs (its record() and flush()): the
+    writer thread's hand-over of a paused loop's chunk is left out, or it could take a chunk the test moved the clock
+    past before the loop's next call does (``test_a_paused_loops_chunk_is_handed_over_by_the_writer_thread``)."""
+    monkeypatch.setattr(recorder_module, "_monotonic", clock)
+    monkeypatch.setattr(Recorder, "_hand_over_if_due", lambda self: None)
+
+
 def _committed(root: StoreRoot, run_id: str, at_least: int) -> int:
     """The run's ``committed_steps`` once it reaches ``at_least`` (what a live reader sees; 10 s at most)."""
     deadline = time.monotonic() + 10
@@ -38,7 +46,7 @@ def _committed(root: StoreRoot, run_id: str, at_least: int) -> int:
 @pytest.mark.parametrize("mode", MODES)
 def test_a_chunk_not_yet_full_reaches_a_live_reader_after_flush_seconds(tmp_path, monkeypatch, mode):
     clock = [0.0]
-    monkeypatch.setattr(recorder_module, "_monotonic", lambda: clock[0])  # the recorder's clock, moved by hand
+    _loop_clock(monkeypatch, lambda: clock[0])  # the recorder's clock, moved by hand
     root = StoreRoot(tmp_path)
     writer = RunWriter.create(
         root, mode, variables=two_layer_variables(), sizes={"neuron": H, "feature": DIM, "sample": N},
@@ -120,6 +128,45 @@ def _recorder(tmp_path, mode, *, buffers=3, flush_seconds=1000.0):
     return writer, recorder
 
 
+@pytest.mark.parametrize("mode", ["by_reference", "copying"])
+def test_a_paused_loops_chunk_is_handed_over_by_the_writer_thread(tmp_path, monkeypatch, mode):
+    """A loop that stops recording (an evaluation, a checkpoint) with a chunk not full: on the CPU the writer thread
+    hands it over once due, without a record() or flush() from the loop (left open by the thirty-second session: the
+    states waited for the loop's next call, and a kill meanwhile lost them). The loop goes on afterwards in the new
+    buffer, and the run holds every state as recorded."""
+    clock = [0.0]
+    monkeypatch.setattr(recorder_module, "_monotonic", lambda: clock[0])
+    writer, recorder = _recorder(tmp_path, mode, flush_seconds=1.0)
+    writer.set_write_options(commit_seconds=0.0)
+    expected = []
+
+    def record(k: int) -> None:
+        W = torch.full((H, DIM), float(k + 1))  # (a new tensor each state: by reference keeps it)
+        recorder.record(W=W, v=torch.full((H,), float(k)), loss=k / 10, output=torch.full((N,), float(-k)))
+        expected.append(W.numpy().copy())
+
+    try:
+        for k in range(3):
+            record(k)
+        time.sleep(0.3)
+        assert recorder.early_hand_overs == 0 and writer.root.read_attrs("r")["committed_steps"] == 0
+        clock[0] = 1.5  # due, and the loop is paused: the writer thread's wait ends, and it hands the chunk over
+        assert _committed(writer.root, "r", 3) == 3 and recorder.early_hand_overs == 1
+        np.testing.assert_array_equal(open_run("r", writer.root).W.values, np.stack(expected))
+        time.sleep(0.3)
+        assert recorder.early_hand_overs == 1  # (once: nothing new since)
+        for k in range(3, STATES):  # the loop goes on where it was, in the buffer that took the chunk's rows
+            record(k)
+        assert recorder.close() == STATES
+    finally:
+        if recorder.committed < STATES:
+            recorder.close()
+    writer.finish("complete")
+    ds = open_run("r", writer.root)
+    np.testing.assert_array_equal(ds.W.values, np.stack(expected))
+    np.testing.assert_array_equal(ds.v.values[:, 0], np.arange(STATES, dtype=np.float32))
+
+
 def test_flush_seconds_zero_hands_over_full_chunks_only(tmp_path, monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(recorder_module, "_monotonic", lambda: clock[0])
@@ -139,7 +186,7 @@ def test_a_ctrl_c_handing_a_chunk_over_keeps_what_its_early_hand_over_gave_the_s
     hand-over of the chunk gave the store before are in every file of it, and ``close`` commits them (found by a
     review: they were lost). Nothing is committed before ``close`` here (``commit_seconds`` 60)."""
     clock = [0.0]
-    monkeypatch.setattr(recorder_module, "_monotonic", lambda: clock[0])
+    _loop_clock(monkeypatch, lambda: clock[0])
     root = StoreRoot(tmp_path)
     writer, recorder = _recorder(tmp_path, mode, buffers=2, flush_seconds=1.0)
     writer.set_write_options(commit_seconds=60.0)
@@ -184,7 +231,7 @@ def test_a_ctrl_c_inside_an_early_hand_over_leaves_the_rows_to_close(tmp_path, m
             raise KeyboardInterrupt
         return 0.0
 
-    monkeypatch.setattr(recorder_module, "_monotonic", clock)
+    _loop_clock(monkeypatch, clock)
     writer, recorder = _recorder(tmp_path, mode)
     Ws = [torch.full((H, DIM), float(k)) for k in range(8)]
 

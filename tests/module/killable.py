@@ -39,8 +39,10 @@ def main(root: str, name: str, steps: int, hold: int, resume: bool) -> None:
             start = 1
         train(model, x, y, steps, rec, start=start, stop_after=hold if hold > 0 else None)
         if hold > 0:
+            # slow: the loop pauses here (as for an evaluation) with its last states not handed over; the writer
+            # thread hands them over once due, so every state recorded before the pause is committed
             deadline = time.monotonic() + 30  # (a recorder that never commits: the test fails, not hangs)
-            while rec.committed_steps < hold // 2 and time.monotonic() < deadline:
+            while rec.committed_steps < (hold + 1 if slow else hold // 2) and time.monotonic() < deadline:
                 time.sleep(0.01)
             print("HOLD", rec.committed_steps, flush=True)
             time.sleep(600)

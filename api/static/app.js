@@ -53,7 +53,7 @@ async function loadSources(p, keys, progressive) {
     const entry = p.sources.get(key);
     try {
       const body = await fetchSeries(p.runId, entry.src, { step: rangeParam(p.range), points: p.points, scale });
-      answered(p, body);
+      entry.committed = body.committed_steps;  // (the version it was computed on: see showCommitted)
       entry.data = { x: body.x, series: body.series };
       entry.error = null;
     } catch (err) {
@@ -64,18 +64,17 @@ async function loadSources(p, keys, progressive) {
   }));
 }
 
-function answered(p, body) {
-  // what a series answer tells the page: the steps the run's states span (widened by each answer), and the states
-  // committed in the version it was computed on, which can be newer than the last poll's: the "steps committed"
-  // label then says what the charts show (found by a review: they ran a state ahead of it)
-  if (body.x.length) {
-    const first = body.x[0], last = body.x[body.x.length - 1];
-    p.extent = p.extent ? [Math.min(p.extent[0], first), Math.max(p.extent[1], last)] : [first, last];
-  }
-  if (body.committed_steps > p.committed) {
-    p.committed = body.committed_steps;
-    setText("#committed", stepsText({ committed_steps: p.committed, planned_states: p.planned }));
-  }
+// The sources drawn over the run's states as they grow (not the whole-run ones, refreshed with the markers)
+const tailSources = (p) => [...p.sources.values()].filter((e) => e.data && !e.src.whole);
+
+function showCommitted(p) {
+  // the "steps committed" label: the states every chart shows (each source's answer says the committed states of
+  // the version it was computed on), never more, never going back; zoomed, or before any chart has data, the
+  // run's own count (found by reviews: the charts ran ahead of the label, then behind it)
+  const answered = tailSources(p).map((e) => e.committed).filter((c) => c !== undefined);
+  const shown = p.range || !answered.length ? p.committed : Math.min(...answered);
+  p.labelled = Math.max(p.labelled || 0, shown);
+  setText("#committed", stepsText({ committed_steps: p.labelled, planned_states: p.planned }));
 }
 
 function chartColumns(p, spec) {
@@ -124,8 +123,9 @@ function draw(p) {
     chart.setData(x, cols);
     if (x.length && !window.trajscope.firstChartAt) window.trajscope.firstChartAt = performance.now();
   }
-  const shown = p.range ? `steps ${p.range[0]}–${p.range[1]}` : "all steps";
+  const shown = p.range ? `steps ${fmt(p.range[0])}–${fmt(p.range[1])}` : "all steps";
   setText("#range-note", `${shown}, min–max per pixel bucket (${p.points} buckets)`);
+  showCommitted(p);
 }
 
 async function reload(p) {
@@ -141,14 +141,24 @@ async function reload(p) {
   window.trajscope.loads = (window.trajscope.loads || 0) + 1;
 }
 
-function zoom(p, range) {
-  // a range with no recorded state in it is refused here, once, and the charts stay as they are (found by a
-  // review: each chart showed the server's refusal)
-  if (range && p.extent && (range[0] > p.extent[1] || range[1] < p.extent[0])) {
-    setText("#range-note", `no recorded state in steps ${fmt(range[0])}–${fmt(range[1])}: this run's states are at `
-      + `steps ${fmt(p.extent[0])}–${fmt(p.extent[1])}${p.live ? " so far" : ""}; the charts are unchanged`);
-    return;
+async function zoom(p, range) {
+  // a typed range is first asked of one source (the loss where the run records one): one the server refuses (no
+  // recorded state in it, past the run's end or between its recorded steps, or no state committed yet) is said
+  // once, above the charts, which stay as they are (found by reviews: each chart showed the refusal, blank)
+  const probe = range && ([...p.sources.values()].find((e) => e.src.q === "loss") || [...p.sources.values()][0]);
+  if (probe) {
+    try {
+      await fetchSeries(p.runId, probe.src, { step: rangeParam(range), points: p.points, scale: p.logx ? "log" : "linear" });
+    } catch (err) {
+      if (page !== p) return;
+      setText("#range-note", `steps ${fmt(range[0])}–${fmt(range[1])} not shown: ${err.message}; the charts are unchanged`);
+      $("#step-from").value = p.range ? p.range[0] : "";  // (the boxes show the range the charts show)
+      $("#step-to").value = p.range ? p.range[1] : "";
+      window.trajscope.refusedRanges = (window.trajscope.refusedRanges || 0) + 1;
+      return;
+    }
   }
+  if (page !== p) return;
   p.range = range;
   $("#step-from").value = range ? range[0] : "";
   $("#step-to").value = range ? range[1] : "";
@@ -175,7 +185,7 @@ async function appendNew(p) {
   const scale = p.logx ? "log" : "linear";
   // sources computed over the whole run (the envelope: its t2 needs the start) are refreshed with the
   // t1/t2 markers, not on every commit
-  const tails = [...p.sources.values()].filter((e) => e.data && !e.src.whole);
+  const tails = tailSources(p);
   // one request first: it opens the run's new version on the server, which the others then reuse
   for (const batch of [tails.slice(0, 1), tails.slice(1)]) await Promise.all(batch.map(async (entry) => {
     const last = entry.data.x.length ? entry.data.x[entry.data.x.length - 1] : null;
@@ -185,7 +195,7 @@ async function appendNew(p) {
       // update norms) has its first new value; rows up to `last` are dropped
       body = await fetchSeries(p.runId, entry.src, { step: last === null ? null : `${last}:`, points: p.points, scale });
     } catch (err) { return; }
-    answered(p, body);
+    entry.committed = body.committed_steps;
     appendRows(entry.data, body, last);
     // too many rows appended: downsample again here (min–max per pixel bucket), not on the server
     if (entry.data.x.length > 4 * p.points) entry.data = minmaxDownsample(entry.data, p.points, scale);
@@ -215,7 +225,9 @@ async function poll(p) {
       const status = $("#status");
       if (status) status.replaceChildren(statusCell(run));
     }
-    // (a listing behind what the last series answer showed is not a change: the label never goes back)
+    // a source behind the run's count (its answer computed on an older version than another's, or than the
+    // poll's) is appended to at the next poll, the count unchanged (found by a review: it stayed behind for good)
+    const behind = !p.range && !p.gone && tailSources(p).some((e) => e.committed < run.committed_steps);
     if (run && (run.committed_steps > p.committed || run.status !== p.status)) {
       const detected = performance.now();
       const first = p.committed === 0;
@@ -224,7 +236,7 @@ async function poll(p) {
       p.planned = run.planned_states;
       p.status = run.status;
       p.live = isLive(run);
-      setText("#committed", stepsText({ committed_steps: p.committed, planned_states: p.planned }));
+      showCommitted(p);  // (zoomed or nothing drawn yet: the count; else once the charts show the new states)
       if (p.committed > 0) { const waiting = $("#waiting"); if (waiting) waiting.remove(); }
       const status = $("#status");
       if (status) status.replaceChildren(statusCell(run));
@@ -247,6 +259,8 @@ async function poll(p) {
           loadSources(p, whole, false).then(() => draw(p));
         }
       }
+    } else if (behind) {
+      await appendNew(p);
     }
     if (page === p) setText("#live", p.live ? "live: following the run" : "");
   } catch (err) {
@@ -339,7 +353,7 @@ async function showRun(runId) {
   const matrices = offered.matrices || {};
   const param = "W" in matrices ? "W" : Object.keys(matrices)[0];
   const p = { runId, name: runId, listing, committed: run.committed_steps, planned: run.planned_states, status: run.status,
-    range: null, extent: null,
+    range: null, labelled: run.committed_steps,
     logx: true, points: 600, sources: new Map(), charts: [], markers: [], matrices, param, neurons: "", angleMode: "" };
   if (param) { p.neurons = defaultRows(p); p.angleMode = angleModes(p)[0][0]; }
   page = p;

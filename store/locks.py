@@ -29,7 +29,7 @@ from trajscope.store.chunkio import refused_by_condition
 from trajscope.store.errors import PathOutsideRoot, RunLocked, UserError
 from trajscope.store.layout import LOCK_DIR, RUN_SUFFIX, validate_run_id
 from trajscope.store.nolinks import CLOEXEC, NOFOLLOW, open_real_dir
-from trajscope.store.root import StoreRoot
+from trajscope.store.root import StoreRoot, default_location
 
 HEARTBEAT_SECONDS = 10.0
 LEASE_SECONDS = 60.0
@@ -130,6 +130,33 @@ class WriterLock:
             raise RunLocked(self.lost)
         if self._held_lease:
             self._refresh_lease(self._stamp())
+
+    @contextlib.contextmanager
+    def kept_alive(self):
+        """Refresh an object store's lease from a thread of its own while the block runs: a long operation that
+        writes no commit (a deletion of many objects) keeps the run, where after :data:`LEASE_SECONDS` without a
+        heartbeat another writer could take it over and write beside it (found by a review: ``rm`` of a large run
+        on S3). Nothing to do on a local root (the ``flock`` holds as long as its descriptor)."""
+        if not self._held_lease:
+            yield self
+            return
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_SECONDS / 2):
+                try:
+                    self.lease()  # (refreshed once older than HEARTBEAT_SECONDS)
+                except Exception:  # noqa: BLE001 - lost (self.lost says why) or the store did not answer: the
+                    if self.lost is not None:  # next beat tries again, as a writer's next commit would
+                        return
+
+        thread = threading.Thread(target=beat, name=f"trajscope-lease-{self.run_id}", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
 
     def acquire(self) -> "WriterLock":
         """Take the lock or raise :class:`RunLocked` naming the holder."""
@@ -291,9 +318,12 @@ class WriterLock:
             raise refused from None  # the store unreachable: the refresh's own error stands
 
     def _refused(self, holder: dict[str, Any], age: float) -> RunLocked:
-        purpose = holder.get("purpose") if holder.get("purpose") in PURPOSES else "writing"  # (older leases: none)
+        purpose = holder.get("purpose")  # (older leases have none; a later version's may be anything)
+        purpose = purpose if isinstance(purpose, str) and purpose in PURPOSES else "writing"
+        where = "" if self.root.location == default_location() else f" --root {self.root.location}"
         stopped = {"deleting": "; if that deletion was stopped (its process killed), retry after "
-                               f"{LEASE_SECONDS:.0f} s without a heartbeat: `trajscope rm {self.run_id}` then finishes it"}
+                               f"{LEASE_SECONDS:.0f} s without a heartbeat: `trajscope rm {self.run_id}{where}` then "
+                               "finishes it"}
         return RunLocked(
             f"run {self.run_id!r} is {PURPOSES[purpose]} by pid {holder.get('pid')} on {holder.get('host')} "
             f"(heartbeat {age:.0f} s ago)" + stopped.get(purpose, "; wait for it to finish, or retry after "

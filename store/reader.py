@@ -279,6 +279,29 @@ def unreadable_run(root: StoreRoot, run_id: str, err: OSError) -> str:
             f"access to {root.run_url(run_id)}")
 
 
+def last_committed_value(root: StoreRoot, run_id: str, name: str, committed: int) -> float | None:
+    """The value of the per-step variable ``name`` at the run's last committed state (index ``committed - 1``), read
+    from that array's metadata and the one chunk holding it (its checksum checked by zarr's codec): what a listing
+    shows of a running run (``ls``'s latest loss) for three requests where opening the run takes a few dozen
+    (found by a review: about 28 on an object store). ``None`` when the run has no such one-dimensional variable
+    or no committed state, when that chunk is not stored, or when it cannot be read (``open_run`` says why)."""
+    import zarr
+
+    if committed <= 0:
+        return None
+    try:
+        array = zarr.open_array(root.zarr_store(run_id, read_only=True), path=name, mode="r", zarr_format=3)
+        if array.ndim != 1 or array.shape[0] < committed:
+            return None
+        index = committed - 1
+        key = f"{name}/{array.metadata.encode_chunk_key((index // array.chunks[0],))}"
+        if not root.has_key(run_id, key):  # (absent: zarr would read the fill value, NaN, for a lost chunk)
+            return None
+        return float(array[index])
+    except Exception:  # noqa: BLE001 - a listing never fails on one run
+        return None
+
+
 def list_runs(root: str | os.PathLike | StoreRoot | None = None, *, with_size: bool = True) -> list[RunInfo]:
     """Every run under ``root``, sorted by id. Runs whose metadata cannot be read (malformed, half-created, another
     user's) are skipped."""

@@ -33,6 +33,7 @@ from trajscope.experiments.sweep import (
     load_sweep,
     point_run_id,
     run_points,
+    still_stored,
     table_name,
     write_table,
 )
@@ -236,6 +237,7 @@ def reproduce(
         raise UserError(f"{len(held)} run(s) are being written by another process ({', '.join(held[:3])}"
                         f"{', ...' if len(held) > 3 else ''}): the report is not written; run the same command again "
                         "once they are done")
+    rows, _ = still_stored(rows, store_root)  # (a run deleted meanwhile gives no numbers to the report)
     by_id = {row["run_id"]: row for row in rows}
     for exp, point in zip(exps, points):
         exp.row = by_id.get(point.run_id)

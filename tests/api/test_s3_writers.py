@@ -78,7 +78,8 @@ def test_a_lease_says_what_its_holder_does_a_killed_deletion_too(s3_env, monkeyp
          f"delete_run('r', StoreRoot({url!r}))"], env=python_env, capture_output=True, text=True, timeout=120)
     assert killed.returncode == -9, killed.stderr
     with pytest.raises(RunLocked, match=r"is being deleted by pid \d+ on another-host .*retry after 60 s without a "
-                                        r"heartbeat: `trajscope rm r` then finishes it"):
+                                        r"heartbeat: `trajscope rm r --root s3://trajscope/lease-purpose` "
+                                        r"then finishes it"):
         delete_run("r", root)
     with pytest.raises(RunLocked, match="is being deleted by pid"):  # (a writer is told the same)
         WriterLock(root, "r").acquire()
@@ -91,6 +92,44 @@ def test_a_lease_says_what_its_holder_does_a_killed_deletion_too(s3_env, monkeyp
         WriterLock(root, "e").acquire()
     with pytest.raises(ValueError, match="unknown lock purpose 'erasing'"):
         WriterLock(root, "r", purpose="erasing")
+    for odd in (["deleting"], {"x": 1}, 3, "erasing"):  # (a later version's lease: said as being written, no crash)
+        assert "is being written by pid 1 on h" in str(WriterLock(root, "r")._refused({"purpose": odd, "pid": 1,
+                                                                                      "host": "h"}, 3.0))
+
+
+def test_a_long_deletion_keeps_its_lease(s3_env, monkeypatch, write_run):
+    """Found by a review: ``rm`` wrote its lease once and deleted for as long as it took; a deletion of a large run
+    lasting over a minute let another writer take the run over beside it. The deleting process refreshes its lease
+    meanwhile (here: a deletion of 2.5 s, leases of 1 s)."""
+    import threading
+    import time
+
+    from trajscope.store import locks
+    from trajscope.store.run_attrs import delete_run
+
+    monkeypatch.setattr(locks, "HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setattr(locks, "LEASE_SECONDS", 1.0)
+    root = StoreRoot("s3://trajscope/lease-long-delete")
+    write_run(root, "r", steps=16, chunk_steps=8)
+    slow, original = threading.Event(), StoreRoot.remove_leftovers
+
+    def slow_removal(self, run_id):
+        slow.set()
+        time.sleep(2.5)
+        return original(self, run_id)
+
+    monkeypatch.setattr(StoreRoot, "remove_leftovers", slow_removal)
+    deleting = threading.Thread(target=delete_run, args=("r", StoreRoot("s3://trajscope/lease-long-delete")))
+    deleting.start()
+    try:
+        assert slow.wait(30)
+        time.sleep(1.6)  # past a lease written once, at the start
+        locks._HELD.discard((root.location, "r"))  # (asked as another process would: the lease object decides)
+        with pytest.raises(RunLocked, match="is being deleted by pid"):
+            WriterLock(root, "r").acquire()
+    finally:
+        deleting.join(30)
+    assert not root.exists("r")
 
 
 def test_a_dead_writers_lease_is_taken_over_on_a_store_without_if_match(s3_env, monkeypatch):

@@ -412,29 +412,72 @@ def test_an_error_of_the_progress_callback_stops_the_sweep_once(tmp_path, spec_f
     assert StoreRoot(root).read_attrs(long_id)["status"] in ("interrupted", "running")
 
 
-def test_a_run_deleted_during_the_sweep_is_not_counted_complete(tmp_path, spec_factory):
+def test_a_run_deleted_or_replaced_during_the_sweep_is_not_counted_complete(tmp_path, spec_factory, tiny_base,
+                                                                          capsys, monkeypatch):
     """Found by a review: a run deleted (``trajscope rm``) after its point finished, while the sweep went on, counted
     as complete in the summary and kept its numbers in the table. The rows of complete runs are checked against the
-    store at the end."""
-    root = str(tmp_path / "runs")
-    deleted = []
+    store at the end: a run deleted is ``missing``, one made again under its id (another ``run_uid``) ``replaced``,
+    both without the numbers; the command names them."""
+    from trajscope.cli import main
+    from trajscope.experiments import sweep as sweep_module
+    from trajscope.experiments.sweep import still_stored
+    from trajscope.producer import produce
 
-    def delete_the_first(row, done, total):  # (one worker: the second point trains after this)
+    root = str(tmp_path / "runs")
+    spec = spec_factory(grid={"data.mu": [0.2, 0.3, 0.4]})
+    changed = {}
+
+    def delete_one_replace_another(row, done, total):  # (one worker: the later points train after this)
         if done == 1:
             StoreRoot(root).delete(row["run_id"])
-            deleted.append(row["run_id"])
+            changed["deleted"] = row["run_id"]
+        elif done == 2:
+            StoreRoot(root).delete(row["run_id"])
+            produce({**tiny_base, "train": {"lr": 0.1, "steps": 50}}, root=root, name=row["run_id"])
+            changed["replaced"] = row["run_id"]
 
-    result = run_sweep(spec_factory(), root=root, workers=1, progress=delete_the_first)
+    result = run_sweep(spec, root=root, workers=1, progress=delete_one_replace_another)
     rows = {r["run_id"]: r for r in result.rows}
-    gone = rows[deleted[0]]
-    assert gone["status"] == "missing" and "deleted after this sweep made it" in gone["error"], gone
-    assert "t2_step" not in gone and gone["action"] == "produced"
-    assert [r["run_id"] for r in result.failed] == deleted
-    other = [r for r in result.rows if r["run_id"] != deleted[0]][0]
-    assert other["status"] == "complete" and other["t2_step"] == other["t2_step"]  # (its numbers kept)
+    gone, other = rows[changed["deleted"]], rows[changed["replaced"]]
+    assert gone["status"] == "missing" and "deleted after its point finished" in gone["error"], gone
+    assert other["status"] == "replaced" and "another run of this id is there now (complete)" in other["error"], other
+    assert "t2_step" not in gone and "t2_step" not in other and gone["action"] == "produced"
+    assert sorted(r["run_id"] for r in result.failed) == sorted(changed.values()) == sorted(result.changed)
+    kept = [r for r in result.rows if r["run_id"] not in changed.values()][0]
+    assert kept["status"] == "complete" and kept["t2_step"] == kept["t2_step"]  # (its numbers kept)
     table = pd.read_csv(os.path.join(root, "tiny.sweep.csv")).set_index("run_id")
-    assert table.loc[deleted[0], "status"] == "missing" and pd.isna(table.loc[deleted[0], "t2_step"])
-    assert table.loc[other["run_id"], "status"] == "complete" and pd.notna(table.loc[other["run_id"], "t2_step"])
+    assert table.loc[gone["run_id"], "status"] == "missing" and pd.isna(table.loc[gone["run_id"], "t2_step"])
+    assert table.loc[other["run_id"], "status"] == "replaced" and pd.isna(table.loc[other["run_id"], "t2_step"])
+    assert table.loc[kept["run_id"], "status"] == "complete" and pd.notna(table.loc[kept["run_id"], "t2_step"])
+    assert table.loc[kept["run_id"], "run_uid"] == StoreRoot(root).read_attrs(kept["run_id"])["run_uid"]
+    # a run not readable now (a store that did not answer) keeps its row: nothing says it changed
+    StoreRoot(root).delete(kept["run_id"])
+    (tmp_path / "runs" / f"{kept['run_id']}.zarr").mkdir()
+    (tmp_path / "runs" / f"{kept['run_id']}.zarr" / "zarr.json").write_text("{not json")
+    assert still_stored([kept], StoreRoot(root)) == ([kept], [])
+    # the command names such a run and counts it out (exit 1): here deleted just before the check
+    other_root = str(tmp_path / "other")
+
+    def deleted_first(rows, store_root):
+        StoreRoot(other_root).delete(rows[0]["run_id"])
+        return still_stored(rows, store_root)
+
+    monkeypatch.setattr(sweep_module, "still_stored", deleted_first)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", str(_spec_file(tmp_path, spec)), "--root", other_root, "--workers", "1"])
+    out = capsys.readouterr().out
+    first = expand(*load_sweep(spec))[0].run_id
+    assert exit_.value.code == 1 and f"{first}: missing: its run was deleted after its point finished" in out, out
+    assert "sweep tiny: 2/3 runs complete" in out, out
+
+
+def _spec_file(tmp_path, spec):
+    import yaml
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
 
 
 def test_a_stop_during_a_broken_pools_wait_waits_no_longer_than_that_wait(tmp_path, monkeypatch):

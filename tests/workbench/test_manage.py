@@ -295,3 +295,28 @@ def test_ls_shows_the_latest_committed_loss_of_a_killed_run(run_cli, tmp_path, s
     proc = run_cli("ls", "--root", str(root))
     assert proc.returncode == 0 and f"{float(ds['loss'].values[-1]):.4g}"[:5] in proc.stdout and "(latest)" in proc.stdout, \
         proc.stdout
+    # a running run whose last committed loss is NaN: null in the JSON (which has no NaN: found by a review, the row
+    # printed a bare NaN), named in not_finite, as a diverged run's final loss is
+    _running_run(root, "n", [0.5, 0.25, float("nan")])
+    proc = run_cli("ls", "--root", str(root), "--json")
+    rows = {r["run"]: r for r in json.loads(proc.stdout, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))}
+    assert rows["n"]["latest_loss"] is None and rows["n"]["not_finite"] == {"latest_loss": "nan"}, rows["n"]
+    assert rows["k"]["latest_loss"] == pytest.approx(float(ds["loss"].values[-1]), rel=1e-12)
+    assert "nan (latest, diverged)" in run_cli("ls", "--root", str(root)).stdout
+
+
+def _running_run(root, name: str, losses: list[float]) -> None:
+    """A two-layer run left ``running`` with ``losses`` committed (as a killed writer leaves one)."""
+    from trajscope.producer.two_layer import variables
+    from trajscope.store import RunWriter
+
+    h, d, n, steps = 2, 3, 4, len(losses)
+    writer = RunWriter.create(StoreRoot(root), name, variables=variables(), sizes={"neuron": h, "feature": d, "sample": n},
+                              capacity=8, static={"X": np.ones((n, d), np.float32), "y": np.array([1, -1, 1, -1], np.int8)},
+                              attrs={"config": {}})
+    writer.write_block(0, {"W": np.zeros((steps, h, d), np.float32), "v": np.zeros((steps, h), np.float32),
+                           "loss": np.array(losses), "output": np.zeros((steps, n), np.float32),
+                           "step": np.arange(steps), "t": np.arange(steps) * 0.1})
+    writer.commit(steps)
+    writer.close_writes()
+    writer.lock.release()

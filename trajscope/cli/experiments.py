@@ -51,6 +51,9 @@ def register(app: typer.Typer) -> None:
             # (found by a review: a torchless install said where the spec was found first)
         result = run_sweep(config_path(spec, "sweeps"), root=root, workers=workers, scheduler=scheduler, quick=quick,
                            progress=_printer(console))
+        for row in result.rows:  # (found by a review: the progress line had said complete, and nothing named it)
+            if row["run_id"] in result.changed:
+                console.print(f"{row['run_id']}: {row['status']}: {row['error']}", highlight=False)
         done = len(result.rows) - len(result.failed) - len(result.busy)
         table = (f"table: {', '.join(result.files)}" if result.files else
                  f"no table written: {len(result.busy)} runs are being written by another process (another sweep?), "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -73,19 +74,27 @@ def catalog_row(run_id: str, attrs: dict[str, Any], size_bytes: int | None, colu
     }
 
 
-def latest_loss(store_root: Any, run_id: str) -> float | None:
-    """The loss of a run's last committed state, read from the store: what ``ls`` shows of a run that has no
-    ``final_loss`` yet (running, or killed: found by a review, the dashboard's list showed its last loss where ``ls``
-    showed none). ``None`` for a run that records no loss, has no committed state or cannot be read."""
-    from trajscope.store import open_run
+def add_latest_losses(store_root: Any, rows: list[dict[str, Any]]) -> None:
+    """``latest_loss`` of each row: for a run still ``running`` (live, or killed: found by a review, the dashboard's
+    list showed its last loss where ``ls`` showed none), the loss of its last committed state, read from the store
+    (:func:`~trajscope.store.reader.last_committed_value`, a few requests a run, made in parallel); ``None`` for the
+    others, and where it is not finite, named as text in ``not_finite`` as ``final_loss`` is (JSON has no NaN)."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    try:
-        loss = open_run(run_id, store_root).get("loss")
-        if loss is None or loss.dims != ("step",) or loss.sizes["step"] == 0:
-            return None
-        return float(loss[-1])
-    except Exception:  # noqa: BLE001 - a listing never fails on one run; `show` or `fsck` says what is wrong
-        return None
+    from trajscope.store.reader import last_committed_value
+
+    running = [r for r in rows if r["status"] == "running" and r["committed_steps"]]
+    for row in rows:
+        row["latest_loss"] = None
+    if not running:
+        return
+    with ThreadPoolExecutor(max_workers=min(16, len(running))) as pool:
+        values = pool.map(lambda r: last_committed_value(store_root, r["run"], "loss", r["committed_steps"]), running)
+        for row, value in zip(running, values):
+            if value is not None and not math.isfinite(value):
+                row["not_finite"]["latest_loss"] = str(value)
+            else:
+                row["latest_loss"] = value
 
 
 def _plain_numbers(summarized: Any) -> dict[str, Any]:
@@ -207,13 +216,11 @@ def register(app: typer.Typer) -> None:
             if status is not None and attrs.get("status") != status:
                 continue
             gone = attrs.get("status") == "running" and writer_gone(store_root, run_id)
-            row = catalog_row(run_id, attrs, store_root.size_bytes(run_id) if sizes else None, fields, gone)
-            if row["status"] == "running" and row["committed_steps"]:  # (not final: its last committed state's)
-                row["latest_loss"] = latest_loss(store_root, run_id)
-            rows.append(row)
+            rows.append(catalog_row(run_id, attrs, store_root.size_bytes(run_id) if sizes else None, fields, gone))
             hints[run_id] = resume_hint(run_id, store_root.location, attrs)
         # a field that some run, or today's config, has is an empty cell where a run lacks it (a run made before
         # the field existed, a run of another data kind); one that none has is a misspelling
+        add_latest_losses(store_root, rows)
         unknown = [f for f in fields if f not in present and f not in current_fields()]
         if unknown:  # (whether or not any run has a config: a root of module runs has none)
             raise UserError(f"--columns: no config field {', '.join(map(repr, unknown))}; `trajscope config` prints "
@@ -244,7 +251,8 @@ def register(app: typer.Typer) -> None:
             status = (f"{r['status']} (writer gone: {hints[r['run']]})"
                       if r["writer_gone"] else r["status"])
             loss = (f"{r['not_finite']['final_loss']} (diverged)" if "final_loss" in r["not_finite"]
-                    else f"{_fmt(r['latest_loss'])} (latest)" if r.get("latest_loss") is not None
+                    else f"{r['not_finite']['latest_loss']} (latest, diverged)" if "latest_loss" in r["not_finite"]
+                    else f"{_fmt(r['latest_loss'])} (latest)" if r["latest_loss"] is not None
                     else _fmt(r["final_loss"]))
             table.add_row(r["run"], status, f"{r['committed_steps']}/{r['planned_states'] or '?'}", loss,
                           _duration(r["seconds"]),

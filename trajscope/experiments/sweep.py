@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trajscope.producer.config import RunConfig, load_config, read_yaml_mapping, set_dotted
 from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.errors import NotARun, RunLocked, UserError
-from trajscope.store.layout import never_fully_created
+from trajscope.store.layout import RUN_UID, never_fully_created
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -310,9 +310,11 @@ def _execute_point(config: dict[str, Any], run_id: str, root: str, storage_optio
             if store_root.is_foreign(run_id, attrs):  # someone else's Zarr group: kept
                 raise NotARun(store_root.run_url(run_id), "a Zarr group without a run's attributes",
                               "sweep into another root")
-            if never_fully_created(attrs):  # (only such a husk: found by a review, a crashed ModuleRecorder run
-                with WriterLock(store_root, run_id):  # of the same id, with no producer config, was deleted)
-                    store_root.delete(run_id)  # (the lock refuses when a creator is still alive)
+            # only such a husk (found by a review: a crashed ModuleRecorder run of the same id, with no producer
+            # config, was deleted); the lock refuses when a creator is still alive
+            if never_fully_created(attrs):
+                with WriterLock(store_root, run_id, purpose="deleting"):
+                    store_root.delete(run_id)
                 produce(config, root=store_root, name=run_id)
                 row["action"] = "restarted"
             else:
@@ -329,7 +331,7 @@ def _execute_point(config: dict[str, Any], run_id: str, root: str, storage_optio
         row.update(action=BUSY, error=str(err))
     except Exception as err:  # noqa: BLE001 - reported per point, the sweep goes on
         row.update(action=row["action"] or "failed", error=f"{type(err).__name__}: {err}")
-    row["status"] = stored_status(store_root, run_id)
+    row["status"], row[RUN_UID] = stored_identity(store_root, run_id)  # (which run the row's numbers are of)
     if row["action"] == BUSY and row["status"] in ("missing", "unreadable"):
         row["status"] = "being created"  # (another writer makes it)
     row["seconds"] = time.perf_counter() - started
@@ -558,27 +560,40 @@ def _failed_row(store_root: Any, run_id: str, error: str) -> dict[str, Any]:
     return {"run_id": run_id, "action": "failed", "status": stored_status(store_root, run_id), "error": error}
 
 
-def still_stored(rows: list[dict[str, Any]], root: str | os.PathLike | None, storage_options: dict | None
-                 ) -> list[dict[str, Any]]:
-    """The rows of complete runs checked against the store once every point is done: a run deleted (or replaced)
-    since its point finished is said so, its row without the values of a run that is no longer there (found by a
-    review: a run deleted during the sweep counted complete, and its numbers went into the table)."""
-    from trajscope.store import StoreRoot
-
-    store_root = StoreRoot(root, storage_options)
+def still_stored(rows: list[dict[str, Any]], store_root: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows of complete runs checked against the store once every point is done; returns the rows and the ids of
+    those whose run changed meanwhile. A run deleted since its point finished is ``missing``, one replaced by another
+    run of its id (another ``run_uid``) ``replaced``; either row loses the numbers of a run no longer
+    there (found by a review: a run deleted during the sweep counted complete, its numbers in the table). A run
+    whose document cannot be read now (a store that did not answer) keeps its row: nothing says it changed."""
     complete = [i for i, row in enumerate(rows) if row.get("status") == "complete"]
     if not complete:
-        return rows
+        return rows, []
     with cf.ThreadPoolExecutor(max_workers=min(16, len(complete))) as pool:  # (a request each on object stores)
-        now = list(pool.map(lambda i: stored_status(store_root, rows[i]["run_id"]), complete))
-    rows = list(rows)
-    for i, status in zip(complete, now):
-        if status != "complete":
-            kept = {k: v for k, v in rows[i].items() if k.startswith("param.") or k in ("run_id", "action", "seconds")}
-            why = "deleted" if status == "missing" else f"replaced (it is {status} now)"
-            rows[i] = {**kept, "status": status,
-                       "error": f"its run was {why} after this sweep made it: run the sweep again to make it anew"}
-    return rows
+        now = list(pool.map(lambda i: stored_identity(store_root, rows[i]["run_id"]), complete))
+    rows, changed = list(rows), []
+    for i, (status, uid) in zip(complete, now):
+        row = rows[i]
+        replaced = row.get(RUN_UID) is not None and uid is not None and uid != row[RUN_UID]
+        if status == "unreadable" or (status == "complete" and not replaced):
+            continue
+        kept = {k: v for k, v in row.items() if k.startswith("param.") or k in ("run_id", "action", "seconds")}
+        why = ("its run was deleted after its point finished: run the sweep again to make it anew" if status == "missing"
+               else f"another run of this id is there now ({status}), made after its point finished: its numbers are "
+                    f"not this point's; `trajscope show {row['run_id']}` says what it is" if replaced
+               else f"its run is {status} now, after its point finished")
+        rows[i] = {**kept, "status": "replaced" if replaced else status, RUN_UID: uid, "error": why}
+        changed.append(row["run_id"])
+    return rows, changed
+
+
+def stored_identity(store_root: Any, run_id: str) -> tuple[str, str | None]:
+    """A run's ``status`` and ``run_uid`` attributes (``missing``/``unreadable`` and None as :func:`stored_status`)."""
+    try:
+        attrs = store_root.read_attrs(run_id)
+        return attrs.get("status", "unknown"), attrs.get(RUN_UID)
+    except Exception:  # noqa: BLE001
+        return stored_status(store_root, run_id), None
 
 
 def stored_status(store_root: Any, run_id: str) -> str:
@@ -734,6 +749,8 @@ class SweepResult:
     table: Any  # pandas.DataFrame
     files: list[str]
     seconds: float
+    #: runs deleted or replaced after their point finished (:func:`still_stored`): their rows say so
+    changed: list[str] = field(default_factory=list)
 
     @property
     def busy(self) -> list[dict[str, Any]]:
@@ -777,9 +794,11 @@ def run_sweep(
                            scheduler=scheduler)  # and neither wrote the table: found by a review), they are taken
         by_id = {row["run_id"]: row for row in again}  # as they are now: the last sweep to end writes the table
         rows = [by_id.get(row["run_id"], row) if row.get("action") == BUSY else row for row in rows]
-    rows = still_stored(rows, root, storage_options)
+    from trajscope.store import StoreRoot
+
+    rows, changed = still_stored(rows, StoreRoot(root, storage_options))
     table = sweep_table(rows)
     # a run another writer holds (another sweep of this spec) has no row yet: that sweep writes the table, not
     # this one (found by a review: the sweep that finished last overwrote the table with `busy` rows of NaN)
     files = [] if any_busy(rows) else write_table(table, root, table_name(spec.name, quick), storage_options)
-    return SweepResult(spec, rows, table, files, time.perf_counter() - started)
+    return SweepResult(spec, rows, table, files, time.perf_counter() - started, changed)

@@ -13,10 +13,13 @@ dataset's own (uniform) dask chunks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
+import threading
 import uuid
 import warnings
 import zipfile
@@ -183,48 +186,81 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     if inside is not None:
         raise UserError(f"{str(path)!r} is inside the Zarr store {str(inside)!r} (a run, an export...): its files "
                         "would be taken for part of it and deleted with it; write the export outside it")
-    ds = ds.copy(deep=False)
-    ds.attrs = copy_attrs(ds)
-    if "step" in ds.dims:
-        chunk = int(ds.attrs.get("chunk_steps") or 0) or None
-        ds = ds.chunk({"step": chunk or "auto"})  # uniform chunks, as Zarr needs
-    if kind == "zarr":  # a run: its attributes nested, as the store writes them (the writers read them so), and
-        ds.attrs = own_run_attrs(decode_attrs(ds.attrs), path.stem, ds)  # its own (found by a review)
-    drop_chunk_encoding(ds)
-    # written under a hidden temporary name, renamed when whole: an export stopped half-way (Ctrl-C, a corrupt
-    # chunk, a full disk) left a file that opened as the complete run full of NaNs (found by a review)
-    if len(path.name.encode()) > NAME_MAX:
-        raise UserError(f"the output file name is {len(path.name.encode())} bytes long; file systems take at most "
-                        f"{NAME_MAX}: choose a shorter name")
-    partial = partial_path(path)
-    try:
+    with _ctrl_c_kept() as interrupted:  # (from the first read of the run's data on: copy_attrs reads the loss)
+        ds = ds.copy(deep=False)
+        ds.attrs = copy_attrs(ds)
+        if "step" in ds.dims:
+            chunk = int(ds.attrs.get("chunk_steps") or 0) or None
+            ds = ds.chunk({"step": chunk or "auto"})  # uniform chunks, as Zarr needs
+        if kind == "zarr":  # a run: its attributes nested, as the store writes them (the writers read them so), and
+            ds.attrs = own_run_attrs(decode_attrs(ds.attrs), path.stem, ds)  # its own (found by a review)
+        drop_chunk_encoding(ds)
+        # written under a hidden temporary name, renamed when whole: an export stopped half-way (Ctrl-C, a corrupt
+        # chunk, a full disk) left a file that opened as the complete run full of NaNs (found by a review)
+        if len(path.name.encode()) > NAME_MAX:
+            raise UserError(f"the output file name is {len(path.name.encode())} bytes long; file systems take at most "
+                            f"{NAME_MAX}: choose a shorter name")
+        partial = partial_path(path)
         try:
-            _write(ds, partial, kind)
-        except OSError as err:  # the output's own (h5py's names no file; ours names the hidden one): one line
-            if err.filename is not None and not is_inside(os.path.realpath(partial), err.filename):  # naming the
-                raise  # user's path (found by a review: zarr names the hidden copy by its absolute path, or a file in it)
-            why = os.strerror(err.errno) if err.errno else (err.strerror or str(err))
-            raise UserError(f"cannot write {path}: {why}; choose another output file") from None
-        taken = UserError(f"{str(path)!r} was created while the export was written: nothing was replaced")
-        if os.path.lexists(path):  # made meanwhile by someone else: theirs stays
-            raise taken
-        if partial.is_dir():
-            os.rename(partial, path)
-        else:  # a hard link never replaces a name made since the check above (a rename would)
             try:
-                os.link(partial, path)
-            except FileExistsError:
-                raise taken from None
-            except OSError:  # a file system without hard links
+                _write(ds, partial, kind)
+                if interrupted:  # a Ctrl-C Python swallowed (_ctrl_c_kept): the export stops all the same
+                    raise KeyboardInterrupt
+            except OSError as err:  # the output's own (h5py's names no file; ours names the hidden one): one line
+                if err.filename is not None and not is_inside(os.path.realpath(partial), err.filename):  # naming the
+                    raise  # user's path (found by a review: zarr names the hidden copy by its absolute path, or a file in it)
+                why = os.strerror(err.errno) if err.errno else (err.strerror or str(err))
+                raise UserError(f"cannot write {path}: {why}; choose another output file") from None
+            taken = UserError(f"{str(path)!r} was created while the export was written: nothing was replaced")
+            if os.path.lexists(path):  # made meanwhile by someone else: theirs stays
+                raise taken
+            if partial.is_dir():
                 os.rename(partial, path)
-            partial.unlink()
-    except BaseException:
-        if partial.is_dir() and not partial.is_symlink():
-            shutil.rmtree(partial, ignore_errors=True)
-        elif os.path.lexists(partial):
-            partial.unlink()
-        raise
+            else:  # a hard link never replaces a name made since the check above (a rename would)
+                try:
+                    os.link(partial, path)
+                except FileExistsError:
+                    raise taken from None
+                except OSError:  # a file system without hard links
+                    os.rename(partial, path)
+                partial.unlink()
+        except BaseException:
+            if partial.is_dir() and not partial.is_symlink():
+                shutil.rmtree(partial, ignore_errors=True)
+            elif os.path.lexists(partial):
+                partial.unlink()
+            raise
     return path
+
+
+@contextlib.contextmanager
+def _ctrl_c_kept():
+    """Yield a list that a Ctrl-C during the block makes non-empty, and stop the block's dask tasks at the next one
+    once it is. A Ctrl-C raises ``KeyboardInterrupt`` where Python happens to be, and where that is a weakref
+    callback or a ``__del__`` (h5py closing its objects), Python prints "Exception ignored" and goes on (found by
+    a review: a netCDF export went on to its end and exited 0). Only in the main thread, over Python's own
+    handler (a handler of the caller's is left as it is)."""
+    interrupted: list[bool] = []
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield interrupted
+        return
+    from dask.callbacks import Callback
+
+    def on_sigint(signum, frame):
+        interrupted.append(True)
+        raise KeyboardInterrupt
+
+    def stop_if_interrupted(key, dsk, state):  # noqa: ARG001 - dask's pretask signature
+        if interrupted:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with Callback(pretask=stop_if_interrupted):
+            yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 #: the longest file name most file systems take (bytes)

@@ -305,6 +305,50 @@ def test_an_export_stopped_half_way_leaves_nothing(tiny_root, tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
 
 
+@pytest.mark.parametrize("suffix", ["nc", "zarr", "npz"])
+def test_a_ctrl_c_python_swallows_still_stops_the_export(tiny_root, tmp_path, suffix):
+    """Found by a review: a Ctrl-C that lands in a weakref callback (h5py closing its objects during a netCDF export)
+    is printed as "Exception ignored" and swallowed: the export went on to its end and exited 0. The export notes
+    every Ctrl-C and stops at its next task (or at its end) all the same, leaving nothing. Here the Ctrl-C is made to
+    land in such a callback at the export's second task (or, for .npz, which has none, while it is written)."""
+    import signal
+    import weakref
+
+    from dask.callbacks import Callback
+
+    ds = open_run("a", tiny_root)
+    fired = []
+
+    def ctrl_c_in_a_weakref_callback():
+        class Closed:
+            pass
+
+        held = Closed()
+        ref = weakref.ref(held, lambda _: signal.getsignal(signal.SIGINT)(signal.SIGINT, None))  # noqa: F841
+        fired.append(True)
+        del held  # (the callback runs now; its KeyboardInterrupt is printed and dropped)
+
+    def at_the_second_task(key, dsk, state):  # noqa: ARG001
+        if len(fired) == 0 and len(state["finished"]) >= 1:
+            ctrl_c_in_a_weakref_callback()
+
+    out = tmp_path / f"copy.{suffix}"
+    original = np.lib.format.write_array
+    if suffix == "npz":
+        def write_array(member, *args, **kwargs):
+            if not fired:
+                ctrl_c_in_a_weakref_callback()
+            return original(member, *args, **kwargs)
+        np.lib.format.write_array = write_array
+    try:
+        with Callback(pretask=at_the_second_task), pytest.raises(KeyboardInterrupt):
+            export(ds, out)
+    finally:
+        np.lib.format.write_array = original
+    assert fired and not list(tmp_path.iterdir())  # (swallowed where it landed; nothing left, not even hidden)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_an_export_never_writes_through_a_link(tiny_root, tmp_path):
     """Found by a review: a dangling link named as the output was written through, into a run's folder."""
     import os

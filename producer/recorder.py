@@ -208,7 +208,9 @@ class Recorder:
         if not (isinstance(flush_seconds, (int, float)) and 0 <= flush_seconds < math.inf):
             raise ValueError(f"flush_seconds={flush_seconds!r}: give seconds, 0 or more (0: only full chunks)")
         self.flush_seconds = float(flush_seconds)
-        self._flush_due = math.inf  # (monotonic) when the current chunk is handed over as it is
+        # (monotonic) when the current chunk is handed over as it is: flush_seconds after its oldest state not handed
+        # over yet (set by the record() that adds it: _arm_flush), infinite while there is none
+        self._flush_due = math.inf
         # record(), flush() and close() hold it; the writer thread hands a paused loop's chunk over under it
         # (never waiting for it: a loop at work hands its chunks over itself)
         self._record_lock = threading.Lock()
@@ -356,10 +358,15 @@ class Recorder:
         slot.exact = True
         slot.count = 0  # (rows of it handed over: none yet)
         self._current = slot_index
-        self._flush_due = _monotonic() + self.flush_seconds if self.flush_seconds else math.inf
-        if self._direct and self._flush_due < self._writer_wakes_at:  # (its wait would end after the chunk is due)
-            self._filled.put(_WAKE)
+        self._flush_due = math.inf  # (a resumed run's preloaded rows are the store's already: not due)
         return slot_index
+
+    def _arm_flush(self) -> None:
+        """The oldest state not yet handed over has just been recorded: its chunk is due ``flush_seconds`` from now
+        (the writer thread woken if its wait would end later)."""
+        self._flush_due = _monotonic() + self.flush_seconds
+        if self._direct and self._flush_due < self._writer_wakes_at:
+            self._filled.put(_WAKE)
 
     def _wait_for_free(self) -> int:
         """Back-pressure: wait for a free buffer, noticing a dead writer. The wait is counted once a buffer
@@ -400,6 +407,9 @@ class Recorder:
             self.index += 1
             if position + 1 == self.chunk:
                 self._hand_off(self.chunk)
+            elif self._flush_due == math.inf:
+                if self.flush_seconds:
+                    self._arm_flush()
             elif _monotonic() >= self._flush_due:
                 self._hand_over_early(wait=False)
             return
@@ -414,7 +424,10 @@ class Recorder:
         if position + 1 == self.chunk:
             self._hand_off(self.chunk)
             return
-        if _monotonic() >= self._flush_due:
+        if self._flush_due == math.inf:
+            if self.flush_seconds:
+                self._arm_flush()
+        elif _monotonic() >= self._flush_due:
             self._hand_over_early(wait=False)
         if self._staged:  # (loop_submits) a staged chunk whose copy is done goes to the store at once
             self._submit_staged(wait=False, on_loop=True, lock="try")
@@ -439,11 +452,18 @@ class Recorder:
             self._record_lock.release()
 
     def _seconds_until_flush_due(self) -> float | None:
-        """The writer thread (``_direct``): seconds until the chunk being filled is due for an early hand-over;
-        ``None`` when none is due later (no chunk, ``flush_seconds`` 0, or due already: a buffer then freed, or the
-        loop's next call, wakes the writer thread or hands it over)."""
+        """The writer thread (``_direct``): seconds until the chunk being filled is due for an early hand-over, 0 when
+        it is due now and a buffer is free to take it (the writer thread may have been busy, a commit, when it fell
+        due; or the loop held the lock: a review found the hand-over then waited for the next 5 s wake); ``None``
+        when nothing is due (no state to hand over, ``flush_seconds`` 0), or when it is due and no buffer is free
+        (the one freed next wakes the writer thread)."""
         left = self._flush_due - _monotonic()
-        return left if 0 < left < math.inf else None
+        if left == math.inf:
+            return None
+        if left > 0:
+            return left
+        pending = self._current is not None and self._cut is None and self._error is None and not self._closing
+        return 0.0 if pending and not self._free.empty() else None
 
     def _hand_over_early(self, *, wait: bool) -> bool:
         """The chunk being filled, not full, goes to the store as it is; recording goes on in another buffer,
@@ -471,9 +491,9 @@ class Recorder:
             self._release(new_index)
             raise
         # the new buffer holds every row now: recording goes on there however the hand-over ends (a failure is
-        # the run's error; a Ctrl-C cuts at this chunk, see _hand_off)
+        # the run's error; a Ctrl-C cuts at this chunk, see _hand_off); its next state is the oldest not handed over
         self._current = new_index
-        self._flush_due = _monotonic() + self.flush_seconds if self.flush_seconds else math.inf
+        self._flush_due = math.inf
         self._hand_off(count, index)
         new.count = count  # (only now: a Ctrl-C before leaves the rows to close(), which hands them over)
         self.early_hand_overs += 1
@@ -642,6 +662,7 @@ class Recorder:
         states to the store."""
         if index is None:
             index, self._current = self._current, None
+            self._flush_due = math.inf  # (nothing left to hand over early until the next chunk's first state)
         slot = self._slots[index]
         slot.count = count
         if self._process is not None and not self._process_staged:

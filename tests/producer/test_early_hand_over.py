@@ -167,6 +167,42 @@ def test_a_paused_loops_chunk_is_handed_over_by_the_writer_thread(tmp_path, monk
     np.testing.assert_array_equal(ds.v.values[:, 0], np.arange(STATES, dtype=np.float32))
 
 
+@pytest.mark.parametrize("mode", ["by_reference", "copying"])
+def test_a_paused_loops_chunk_is_handed_over_on_time_and_once(tmp_path, mode):
+    """Found by a review, on the real clock: a chunk that fell due while the writer thread was busy (a slow commit,
+    as on an object store) was missed until its next wake, 5 s later; and the loop's first record() after a pause
+    handed the chunk over again at once (its due time had passed during the pause), for one new state."""
+    writer, recorder = _recorder(tmp_path, mode, buffers=3, flush_seconds=0.1)
+    writer.set_write_options(commit_seconds=0.0)
+    commit = writer.commit
+
+    def slow_commit(*args, **kwargs):
+        time.sleep(0.3)
+        return commit(*args, **kwargs)
+
+    writer.commit = slow_commit
+
+    def record(k: int) -> None:
+        recorder.record(W=torch.full((H, DIM), float(k)), v=torch.zeros(H), loss=0.0, output=torch.zeros(N))
+
+    try:
+        for k in range(CHUNK):  # a full chunk: written and committed (slowly) while the next one begins
+            record(k)
+        time.sleep(0.05)
+        record(CHUNK)
+        started = time.monotonic()  # the loop pauses: the state is due 0.1 s on, while a commit keeps the thread
+        assert _committed(writer.root, "r", CHUNK + 1) == CHUNK + 1
+        assert time.monotonic() - started < 2.5 and recorder.early_hand_overs == 1
+        time.sleep(0.5)  # (a pause past another flush_seconds: nothing new, nothing handed over)
+        record(CHUNK + 1)  # the first state after it is due 0.1 s from now, not at once
+        assert recorder.early_hand_overs == 1
+        assert _committed(writer.root, "r", CHUNK + 2) == CHUNK + 2 and recorder.early_hand_overs == 2
+        assert recorder.close() == CHUNK + 2
+    finally:
+        if recorder.committed < CHUNK + 2:
+            recorder.close()
+
+
 def test_flush_seconds_zero_hands_over_full_chunks_only(tmp_path, monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(recorder_module, "_monotonic", lambda: clock[0])
@@ -224,14 +260,16 @@ def test_a_ctrl_c_inside_an_early_hand_over_leaves_the_rows_to_close(tmp_path, m
     was its last chunk's (3 here, as many rows as now), so ``close`` took the rows for handed over already and
     lost them (a review)."""
     raise_next = [False]
+    hand_off = Recorder._hand_off
 
-    def clock():
+    def interrupted_hand_off(self, *args):  # (the Ctrl-C lands as the hand-over of the old buffer begins)
         if raise_next[0]:
             raise_next[0] = False
             raise KeyboardInterrupt
-        return 0.0
+        return hand_off(self, *args)
 
-    _loop_clock(monkeypatch, clock)
+    _loop_clock(monkeypatch, lambda: 0.0)
+    monkeypatch.setattr(Recorder, "_hand_off", interrupted_hand_off)
     writer, recorder = _recorder(tmp_path, mode)
     Ws = [torch.full((H, DIM), float(k)) for k in range(8)]
 

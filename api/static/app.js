@@ -119,7 +119,8 @@ function draw(p) {
   for (const chart of p.charts) {
     const { x, cols, errors, pending } = chartColumns(p, chart.spec);
     chart.note.textContent = errors.length ? `unavailable: ${[...new Set(errors)].join("; ")}`
-      : pending && p.committed > 0 ? "loading…" : "";
+      : pending && p.committed > 0 ? "loading…"
+      : p.range && !x.length ? "no value in this range (e.g. an update norm needs two states in it)" : "";
     chart.setData(x, cols);
     if (x.length && !window.trajscope.firstChartAt) window.trajscope.firstChartAt = performance.now();
   }
@@ -132,8 +133,13 @@ async function reload(p) {
   // the loss first (cheap): the first chart is not kept waiting behind the heavier analyses
   const keys = [...p.sources.keys()];
   const cheap = keys.filter((k) => p.sources.get(k).src.q === "loss");
-  await loadSources(p, cheap, true);
-  await loadSources(p, keys.filter((k) => !cheap.includes(k)), true);
+  p.reloading = (p.reloading || 0) + 1;  // (no catch-up append meanwhile: see poll)
+  try {
+    await loadSources(p, cheap, true);
+    await loadSources(p, keys.filter((k) => !cheap.includes(k)), true);
+  } finally {
+    p.reloading -= 1;
+  }
   if (page !== p) return;
   draw(p);
   p.loadedAt = performance.now();
@@ -144,21 +150,24 @@ async function reload(p) {
 async function zoom(p, range) {
   // a typed range is first asked of one source (the loss where the run records one): one the server refuses (no
   // recorded state in it, past the run's end or between its recorded steps, or no state committed yet) is said
-  // once, above the charts, which stay as they are (found by reviews: each chart showed the refusal, blank)
+  // once, beside the range note (which each redraw rewrites), and the charts stay as they are (found by reviews:
+  // each chart showed the refusal, blank); the last zoom asked wins (a double-click during a drag's probe)
+  const asked = p.zooms = (p.zooms || 0) + 1;
+  setText("#range-refused", "");
   const probe = range && ([...p.sources.values()].find((e) => e.src.q === "loss") || [...p.sources.values()][0]);
   if (probe) {
     try {
       await fetchSeries(p.runId, probe.src, { step: rangeParam(range), points: p.points, scale: p.logx ? "log" : "linear" });
     } catch (err) {
-      if (page !== p) return;
-      setText("#range-note", `steps ${fmt(range[0])}–${fmt(range[1])} not shown: ${err.message}; the charts are unchanged`);
+      if (page !== p || asked !== p.zooms) return;
+      setText("#range-refused", `range not shown: ${err.message}; the charts are unchanged`);
       $("#step-from").value = p.range ? p.range[0] : "";  // (the boxes show the range the charts show)
       $("#step-to").value = p.range ? p.range[1] : "";
       window.trajscope.refusedRanges = (window.trajscope.refusedRanges || 0) + 1;
       return;
     }
   }
-  if (page !== p) return;
+  if (page !== p || asked !== p.zooms) return;
   p.range = range;
   $("#step-from").value = range ? range[0] : "";
   $("#step-to").value = range ? range[1] : "";
@@ -180,21 +189,25 @@ async function loadMarkers(p) {
   }
 }
 
-// Live: append the states committed since the last poll to every source, in place.
-async function appendNew(p) {
+// Live: append the states committed since the last poll to every source (or to `only`), in place.
+async function appendNew(p, only = null) {
   const scale = p.logx ? "log" : "linear";
   // sources computed over the whole run (the envelope: its t2 needs the start) are refreshed with the
   // t1/t2 markers, not on every commit
-  const tails = tailSources(p);
+  const tails = only || tailSources(p);
   // one request first: it opens the run's new version on the server, which the others then reuse
   for (const batch of [tails.slice(0, 1), tails.slice(1)]) await Promise.all(batch.map(async (entry) => {
-    const last = entry.data.x.length ? entry.data.x[entry.data.x.length - 1] : null;
+    const data = entry.data;
+    const last = data.x.length ? data.x[data.x.length - 1] : null;
     let body;
     try {
       // from the last drawn state on: one state of overlap, so a quantity of consecutive states (the
       // update norms) has its first new value; rows up to `last` are dropped
       body = await fetchSeries(p.runId, entry.src, { step: last === null ? null : `${last}:`, points: p.points, scale });
     } catch (err) { return; }
+    // a reload replaced the source's data meanwhile (a zoom, or "all steps"): this tail is not of it (found by a
+    // review: the whole run was appended after itself, out of order)
+    if (entry.data !== data || p.range) return;
     entry.committed = body.committed_steps;
     appendRows(entry.data, body, last);
     // too many rows appended: downsample again here (min–max per pixel bucket), not on the server
@@ -227,7 +240,11 @@ async function poll(p) {
     }
     // a source behind the run's count (its answer computed on an older version than another's, or than the
     // poll's) is appended to at the next poll, the count unchanged (found by a review: it stayed behind for good)
-    const behind = !p.range && !p.gone && tailSources(p).some((e) => e.committed < run.committed_steps);
+    // (whole-run sources too, once the count stops changing: a killed producer's run kept its old envelope)
+    const idle = !p.range && !p.gone && !p.reloading;
+    const behind = idle ? tailSources(p).filter((e) => e.committed < run.committed_steps) : [];
+    const wholeBehind = !idle ? [] : [...p.sources].filter(([, e]) => e.src.whole && e.data
+      && e.committed < run.committed_steps).map(([k]) => k);
     if (run && (run.committed_steps > p.committed || run.status !== p.status)) {
       const detected = performance.now();
       const first = p.committed === 0;
@@ -259,8 +276,14 @@ async function poll(p) {
           loadSources(p, whole, false).then(() => draw(p));
         }
       }
-    } else if (behind) {
-      await appendNew(p);
+    } else if (behind.length || wholeBehind.length) {
+      if (behind.length) await appendNew(p, behind);
+      if (wholeBehind.length && performance.now() - (p.markersAt || 0) > MARKER_MS) {
+        p.markersAt = performance.now();
+        loadMarkers(p);
+        await loadSources(p, wholeBehind, false);
+        draw(p);
+      }
     }
     if (page === p) setText("#live", p.live ? "live: following the run" : "");
   } catch (err) {
@@ -401,6 +424,7 @@ async function showRun(runId) {
       } }, "show range"),
       el("button", { id: "reset-range", onclick: () => zoom(p, null) }, "all steps"),
       el("span", { class: "muted", id: "range-note" }),
+      el("span", { class: "status-failed", id: "range-refused" }),
       el("span", { class: "muted" }, "drag on a chart to zoom, double-click to show all"),
       el("span", { id: "phases", class: "muted" })));
   const parts = [head];

@@ -52,16 +52,17 @@ function qs(params) {
   return parts.length ? `?${parts.join("&")}` : "";
 }
 
-// A value as every table, legend and note of the dashboard writes it, as the axes do: with thousands separators,
-// an integer whole, another number to 4 significant digits without trailing zeros (0.5, 0.01235, 1,235, 12,350);
-// below 0.001 or from 10^15 on in powers of ten (1.5e-5, 1e+21)
+// A value as every table, legend and note of the dashboard writes it (the axes' ticks are shorter: axisNumber):
+// with thousands separators, an integer whole, another number to 4 significant digits without trailing zeros (0.5,
+// 0.01235, 1,235, 12,350); below 0.001 or from 10^15 on (once rounded so) in powers of ten (1.5e-5, 1e+21)
 function fmt(v) {
   if (v === null || v === undefined) return "–";
   if (typeof v === "number") {
     if (!Number.isFinite(v)) return String(v);
-    const a = Math.abs(v);
-    if (a >= 1e15 || (a < 1e-3 && v !== 0)) return (+v.toPrecision(4)).toExponential();
-    return v.toLocaleString("en", Number.isInteger(v) ? {} : { maximumSignificantDigits: 4 });
+    const r = Number.isInteger(v) ? v : +v.toPrecision(4);
+    const a = Math.abs(r);
+    if (a >= 1e15 || (a < 1e-3 && r !== 0)) return r.toExponential();
+    return r.toLocaleString("en", Number.isInteger(r) ? {} : { maximumSignificantDigits: 4 });
   }
   if (Array.isArray(v)) return v.map(fmt).join(", ");
   return String(v);

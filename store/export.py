@@ -204,7 +204,7 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         try:
             try:
                 _write(ds, partial, kind)
-                if interrupted:  # a Ctrl-C Python swallowed (_ctrl_c_kept): the export stops all the same
+                if interrupted:  # a Ctrl-C Python swallowed (_ctrl_c_kept): the export ends interrupted all the same
                     raise KeyboardInterrupt
             except OSError as err:  # the output's own (h5py's names no file; ours names the hidden one): one line
                 if err.filename is not None and not is_inside(os.path.realpath(partial), err.filename):  # naming the
@@ -235,30 +235,24 @@ def export(ds: xr.Dataset, path: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def _ctrl_c_kept():
-    """Yield a list that a Ctrl-C during the block makes non-empty, and stop the block's dask tasks at the next one
-    once it is. A Ctrl-C raises ``KeyboardInterrupt`` where Python happens to be, and where that is a weakref
-    callback or a ``__del__`` (h5py closing its objects), Python prints "Exception ignored" and goes on (found by
-    a review: a netCDF export went on to its end and exited 0). Only in the main thread, over Python's own
-    handler (a handler of the caller's is left as it is)."""
+    """Yield a list that a Ctrl-C during the block makes non-empty; the export checks it once written. A Ctrl-C
+    raises ``KeyboardInterrupt`` where Python happens to be, and where that is a weakref callback or a ``__del__``
+    (h5py closing its objects), Python prints "Exception ignored" and goes on (found by a review: a netCDF export
+    went on to its end and exited 0): such an export is still ended as interrupted, leaving nothing, once written.
+    Only in the main thread, over Python's own handler (a handler of the caller's is left as it is)."""
     interrupted: list[bool] = []
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield interrupted
         return
-    from dask.callbacks import Callback
 
-    def on_sigint(signum, frame):
+    def on_sigint(signum, frame):  # noqa: ARG001
         interrupted.append(True)
         raise KeyboardInterrupt
 
-    def stop_if_interrupted(key, dsk, state):  # noqa: ARG001 - dask's pretask signature
-        if interrupted:
-            raise KeyboardInterrupt
-
     signal.signal(signal.SIGINT, on_sigint)
     try:
-        with Callback(pretask=stop_if_interrupted):
-            yield interrupted
+        yield interrupted
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 

@@ -309,8 +309,8 @@ def test_an_export_stopped_half_way_leaves_nothing(tiny_root, tmp_path, monkeypa
 def test_a_ctrl_c_python_swallows_still_stops_the_export(tiny_root, tmp_path, suffix):
     """Found by a review: a Ctrl-C that lands in a weakref callback (h5py closing its objects during a netCDF export)
     is printed as "Exception ignored" and swallowed: the export went on to its end and exited 0. The export notes
-    every Ctrl-C and stops at its next task (or at its end) all the same, leaving nothing. Here the Ctrl-C is made to
-    land in such a callback at the export's second task (or, for .npz, which has none, while it is written)."""
+    every Ctrl-C and, once written, ends interrupted all the same, leaving nothing. Here the Ctrl-C is made to land
+    in such a callback at the export's second dask task (or, for .npz, while an array is written)."""
     import signal
     import weakref
 

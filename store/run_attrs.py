@@ -130,11 +130,12 @@ def delete_run(run: str | os.PathLike, root: str | os.PathLike | StoreRoot | Non
         if isinstance(attrs, dict) and store_root.is_foreign(run_id, attrs):  # someone else's: never deleted
             raise NotARun(store_root.run_url(run_id), "a Zarr group without a run's attributes",
                           "delete it yourself if it should go")
-    with WriterLock(store_root, run_id, purpose="deleting") as lock, lock.kept_alive():  # (a deletion may be long)
-        if expect is not _UNCHECKED and run_identity(run_id, store_root) != expect:
-            raise UserError(f"run {run_id!r} changed since it was listed (deleted or created again meanwhile): nothing "
-                            "deleted; list it again (trajscope ls) and repeat the command if it should go")
-        store_root.delete(run_id)
+    with WriterLock(store_root, run_id, purpose="deleting") as lock:
+        with lock.kept_alive():  # (a deletion may be long; its lease is no longer refreshed once removed below)
+            if expect is not _UNCHECKED and run_identity(run_id, store_root) != expect:
+                raise UserError(f"run {run_id!r} changed since it was listed (deleted or created again meanwhile): "
+                                "nothing deleted; list it again (trajscope ls) and repeat the command if it should go")
+            store_root.delete(run_id)
         if lock.run_id == run_id:  # (a link's lock is the run it names, which stays: found by a review)
             lock.remove_file()
     return run_id

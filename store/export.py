@@ -239,22 +239,26 @@ def _ctrl_c_kept():
     raises ``KeyboardInterrupt`` where Python happens to be, and where that is a weakref callback or a ``__del__``
     (h5py closing its objects), Python prints "Exception ignored" and goes on (found by a review: a netCDF export
     went on to its end and exited 0): such an export is still ended as interrupted, leaving nothing, once written.
-    Only in the main thread, over Python's own handler (a handler of the caller's is left as it is)."""
+    The SIGINT handler in place is kept and wrapped (main thread only): what it raises ``KeyboardInterrupt`` for is
+    noted; one that ignores the signal still does."""
     interrupted: list[bool] = []
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield interrupted
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield interrupted  # (SIG_IGN: Ctrl-C ignored; SIG_DFL: it kills the process; None: not set from Python)
         return
 
-    def on_sigint(signum, frame):  # noqa: ARG001
-        interrupted.append(True)
-        raise KeyboardInterrupt
+    def on_sigint(signum, frame):
+        try:
+            previous(signum, frame)
+        except KeyboardInterrupt:
+            interrupted.append(True)
+            raise
 
     signal.signal(signal.SIGINT, on_sigint)
     try:
         yield interrupted
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, previous)
 
 
 #: the longest file name most file systems take (bytes)

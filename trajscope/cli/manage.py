@@ -220,13 +220,13 @@ def register(app: typer.Typer) -> None:
             hints[run_id] = resume_hint(run_id, store_root.location, attrs)
         # a field that some run, or today's config, has is an empty cell where a run lacks it (a run made before
         # the field existed, a run of another data kind); one that none has is a misspelling
-        add_latest_losses(store_root, rows)
         unknown = [f for f in fields if f not in present and f not in current_fields()]
         if unknown:  # (whether or not any run has a config: a root of module runs has none)
             raise UserError(f"--columns: no config field {', '.join(map(repr, unknown))}; `trajscope config` prints "
                             f"the fields (e.g. {', '.join(sorted(present or current_fields())[:3])})")
         for line in malformed:
             typer.echo(f"skipped: {line}", err=True)
+        add_latest_losses(store_root, rows)
         if as_json:
             typer.echo(json.dumps(rows, indent=2, default=str))
             return

@@ -588,23 +588,21 @@ def still_stored(rows: list[dict[str, Any]], store_root: Any) -> tuple[list[dict
 
 
 def stored_identity(store_root: Any, run_id: str) -> tuple[str, str | None]:
-    """A run's ``status`` and ``run_uid`` attributes (``missing``/``unreadable`` and None as :func:`stored_status`)."""
+    """A run's ``status`` and ``run_uid`` attributes; ``missing`` where no run is, ``unreadable`` where its document
+    cannot be read (and no ``run_uid`` then)."""
     try:
         attrs = store_root.read_attrs(run_id)
         return attrs.get("status", "unknown"), attrs.get(RUN_UID)
     except Exception:  # noqa: BLE001
-        return stored_status(store_root, run_id), None
+        try:
+            return ("unreadable" if store_root.exists(run_id) else "missing"), None
+        except Exception:  # noqa: BLE001
+            return "unreadable", None
 
 
 def stored_status(store_root: Any, run_id: str) -> str:
-    """A run's ``status`` attribute; ``missing`` where no run is, ``unreadable`` where its document cannot be read."""
-    try:
-        return store_root.read_attrs(run_id).get("status", "unknown")
-    except Exception:  # noqa: BLE001
-        try:
-            return "unreadable" if store_root.exists(run_id) else "missing"
-        except Exception:  # noqa: BLE001
-            return "unreadable"
+    """A run's ``status`` attribute (:func:`stored_identity`)."""
+    return stored_identity(store_root, run_id)[0]
 
 
 def _start_resource_tracker_without_hangups() -> None:

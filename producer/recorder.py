@@ -921,7 +921,9 @@ class Recorder:
         hand-offs, freeing their buffers, until :meth:`close`: a loop never waits on a dead thread."""
         while True:
             timeout = HEARTBEAT_SECONDS / 2
-            committing = self._error is None and self._process is None  # (a writer process commits itself)
+            # (a writer process commits itself; after a Ctrl-C's cut only close() commits: its wait is not cut short
+            # for a commit that never comes, found by a review: it woke every 5 ms until close)
+            committing = self._error is None and self._process is None and self._cut is None
             if committing and self._behind_commit():
                 timeout = min(timeout, max(self._seconds_until_commit(), 0.005))  # commit when due
             if self._loop_submits:  # look at what the loop staged (it stages without a word) when it is overdue

@@ -254,11 +254,19 @@ def _ctrl_c_kept():
             interrupted.append(True)
             raise
 
-    signal.signal(signal.SIGINT, on_sigint)
     try:
+        signal.signal(signal.SIGINT, on_sigint)
         yield interrupted
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    finally:  # (a second Ctrl-C landing in the restore, which runs pending handlers first: restored all the same)
+        stopped = None
+        while True:
+            try:
+                signal.signal(signal.SIGINT, previous)
+                break
+            except KeyboardInterrupt as exc:
+                stopped = exc
+        if stopped is not None:
+            raise stopped
 
 
 #: the longest file name most file systems take (bytes)

@@ -291,8 +291,8 @@ def last_committed_value(root: StoreRoot, run_id: str, name: str, committed: int
         return None
     try:
         array = zarr.open_array(root.zarr_store(run_id, read_only=True), path=name, mode="r", zarr_format=3)
-        if array.ndim != 1 or array.shape[0] < committed:
-            return None
+        if array.ndim != 1 or array.metadata.dimension_names != (STEP_DIM,) or array.shape[0] < committed:
+            return None  # (a per-step variable only)
         index = committed - 1
         key = f"{name}/{array.metadata.encode_chunk_key((index // array.chunks[0],))}"
         if not root.has_key(run_id, key):  # (absent: zarr would read the fill value, NaN, for a lost chunk)

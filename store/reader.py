@@ -282,8 +282,8 @@ def unreadable_run(root: StoreRoot, run_id: str, err: OSError) -> str:
 def last_committed_value(root: StoreRoot, run_id: str, name: str, committed: int) -> float | None:
     """The value of the per-step variable ``name`` at the run's last committed state (index ``committed - 1``), read
     from that array's metadata and the one chunk holding it (its checksum checked by zarr's codec): what a listing
-    shows of a running run (``ls``'s latest loss) for three requests where opening the run takes a few dozen
-    (found by a review: about 28 on an object store). ``None`` when the run has no such one-dimensional variable
+    shows of a running run (``ls``'s latest loss) for a few requests, where opening the run reads every array's
+    metadata and the step index too (found by a review, on an object store). ``None`` when the run has no such one-dimensional variable
     or no committed state, when that chunk is not stored, or when it cannot be read (``open_run`` says why)."""
     import zarr
 

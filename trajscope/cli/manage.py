@@ -77,7 +77,7 @@ def catalog_row(run_id: str, attrs: dict[str, Any], size_bytes: int | None, colu
 def add_latest_losses(store_root: Any, rows: list[dict[str, Any]]) -> None:
     """``latest_loss`` of each row: for a run still ``running`` (live, or killed: found by a review, the dashboard's
     list showed its last loss where ``ls`` showed none), the loss of its last committed state, read from the store
-    (:func:`~trajscope.store.reader.last_committed_value`, a few requests a run, made in parallel); ``None`` for the
+    (:func:`~trajscope.store.reader.last_committed_value`, a few requests a run, the runs in parallel); ``None`` for the
     others, and where it is not finite, named as text in ``not_finite`` as ``final_loss`` is (JSON has no NaN)."""
     from concurrent.futures import ThreadPoolExecutor
 

@@ -94,3 +94,39 @@ def test_report_reuses_runs_and_marks_missing_claims(tiny_report):
     assert "1 skipped" in text
     fig5_meta = [n for n in created if n.startswith("paper-fig5-quick")][0]
     assert (tmp / "runs" / fig5_meta / "zarr.json").stat().st_mtime == created[fig5_meta]
+
+
+def test_a_run_deleted_while_reproduce_runs_gives_the_report_no_numbers(tiny_report, tmp_path, monkeypatch):
+    """A run deleted after its point finished (``trajscope rm`` from another shell while reproduce trains the rest)
+    must not reach the report: its experiment row says ``missing`` with the reason, and its claims turn "not
+    applicable" instead of failing to open the run (``still_stored`` in :func:`reproduce`)."""
+    import shutil
+
+    from trajscope import reproduce as reproduce_module
+    from trajscope.store import StoreRoot
+
+    _, tmp, experiments, _ = tiny_report
+    root = tmp_path / "runs"
+    shutil.copytree(tmp / "runs", root)  # (the module's runs stay as the other tests expect them)
+    real_run_points = reproduce_module.run_points
+    deleted = []
+
+    def then_deleted(points, **kwargs):
+        rows = real_run_points(points, **kwargs)
+        fig5 = next(row["run_id"] for row in rows if row["run_id"].startswith("paper-fig5-quick"))
+        StoreRoot(str(root)).delete(fig5)
+        deleted.append(fig5)
+        return rows
+
+    monkeypatch.setattr(reproduce_module, "run_points", then_deleted)
+    path = reproduce(tmp_path / "report", root=root, quick=True, workers=1,
+                     experiments={"fig5": experiments["fig5"], "w_only": experiments["w_only"]}, sweeps={})
+    text = path.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| fig5 |"))
+    assert deleted[0] in row and "| missing its run was deleted after its point finished" in row, row
+    claims = {claim[0]: claim for claim in _claim_rows(text)}
+    fig5_claim = claims["Alignment before the loss falls (Fig. 5 setting)"]
+    assert fig5_claim[4] == "not applicable", fig5_claim
+    w_only = next(line for line in text.splitlines() if line.startswith("| w_only |"))
+    assert "| complete |" in w_only, w_only  # (the run still there keeps its numbers)
+    assert not (tmp_path / "report" / "figures" / "fig5_loss.png").exists()

@@ -38,7 +38,8 @@ With a writer *process* (``process=``, a local root; :mod:`trajscope.store.write
 buffers live in shared memory, a full buffer is handed off with one small message, and the writer process
 does what the writer thread does (write, commit when due, free the buffer when written), so none of the
 store's Python work runs under the training process's GIL. On the CPU the loop copies each state into the
-shared buffers. On a GPU the loop copies into device buffers as without a process, and the writer thread
+shared buffers (and, with ``flush_seconds``, a writer thread only hands a paused loop's chunk over once due, as
+without a process). On a GPU the loop copies into device buffers as without a process, and the writer thread
 only waits for each chunk's copy to pinned memory, copies it into its shared buffer (numpy, without the
 GIL) and sends the message: the store's Python per chunk (the write pool's bookkeeping, the commits) runs
 in the other process. (That was to spare a launch-bound GPU loop the interpreter lock; on an H200 the thread
@@ -215,6 +216,7 @@ class Recorder:
         # (never waiting for it: a loop at work hands its chunks over itself)
         self._record_lock = threading.Lock()
         self._closing = False
+        self._thread: threading.Thread | None = None  # the writer thread (started last: see below)
         self._writer_wakes_at = math.inf  # (monotonic) when the writer thread's wait ends at the latest
         #: chunks handed to the store before they were full (``flush_seconds``, :meth:`flush`)
         self.early_hand_overs = 0
@@ -227,6 +229,10 @@ class Recorder:
         self._direct = process is None and (by_reference or type(self.staging) is HostStaging)
         # a writer process behind a staging (a GPU): the writer thread moves each chunk into shared memory
         self._process_staged = process is not None and type(self.staging) is not HostStaging
+        # the CPU's paths (the store's write pool, or a writer process fed from shared memory): the writer thread
+        # hands a paused loop's chunk over once due (_hand_over_if_due); on a GPU a pause holds it (its copy is
+        # the loop's stream's work)
+        self._hands_over_paused = self._direct or (process is not None and not self._process_staged)
         # a staging that copies (a GPU), the writer thread: the loop submits its chunks once copied (loop_submits)
         self._loop_submits = bool(loop_submits) and process is None and not self._direct
         self._staged: collections.deque[tuple[int, float]] = collections.deque()  # (slot, perf_counter() staged)
@@ -265,11 +271,13 @@ class Recorder:
             #: seconds :meth:`close` took: the last chunks written and committed
             self.closing_seconds = 0.0
             if process is not None:
-                process.open(writer, self._shared, self.columns, on_free=self._free.put,
+                process.open(writer, self._shared, self.columns, on_free=self._process_freed,
                              on_commit=self._process_committed, on_error=self._process_failed)
             if preload is not None and start_index % self.chunk:
                 self._preload(preload, start_index)
-            if process is None or self._process_staged:  # last: a recorder that failed to build leaves no thread
+            # last: a recorder that failed to build leaves no thread. With a writer process fed from shared memory,
+            # only to hand a paused loop's chunk over (the process writes and commits)
+            if process is None or self._process_staged or self.flush_seconds:
                 self._thread = threading.Thread(target=self._write_loop, name="trajscope-writer", daemon=True)
                 self._thread.start()
         except BaseException:
@@ -365,7 +373,7 @@ class Recorder:
         """The oldest state not yet handed over has just been recorded: its chunk is due ``flush_seconds`` from now
         (the writer thread woken if its wait would end later)."""
         self._flush_due = _monotonic() + self.flush_seconds
-        if self._direct and self._flush_due < self._writer_wakes_at:
+        if self._hands_over_paused and self._flush_due < self._writer_wakes_at:
             self._filled.put(_WAKE)
 
     def _wait_for_free(self) -> int:
@@ -440,7 +448,7 @@ class Recorder:
             return self._hand_over_early(wait=True)
 
     def _hand_over_if_due(self) -> None:
-        """The writer thread (on the CPU paths, ``_direct``): the chunk being filled goes to the store once due, as
+        """The writer thread (on the CPU's paths, ``_hands_over_paused``): the chunk being filled goes to the store once due, as
         the next :meth:`record` would hand it over, so a loop that pauses recording leaves nothing unflushed. The
         loop's own calls come first: while one holds the lock, nothing is done here."""
         if self._closing or _monotonic() < self._flush_due or not self._record_lock.acquire(blocking=False):
@@ -452,7 +460,7 @@ class Recorder:
             self._record_lock.release()
 
     def _seconds_until_flush_due(self) -> float | None:
-        """The writer thread (``_direct``): seconds until the chunk being filled is due for an early hand-over, 0 when
+        """The writer thread (``_hands_over_paused``): seconds until the chunk being filled is due for an early hand-over, 0 when
         it is due now and a buffer is free to take it (the writer thread may have been busy, a commit, when it fell
         due; or the loop held the lock: a review found the hand-over then waited for the next 5 s wake); ``None``
         when nothing is due (no state to hand over, ``flush_seconds`` 0), or when it is due and no buffer is free
@@ -785,7 +793,7 @@ class Recorder:
                         self._current = None
         except BaseException:
             try:
-                if self._process is None or self._process_staged:
+                if self._thread is not None:
                     self._filled.put(None)
                     self._join_writer_thread()
             finally:
@@ -794,8 +802,8 @@ class Recorder:
             raise
         if self._process is not None:
             interrupt = None
-            if self._process_staged:  # every chunk handed to the writer thread reaches the process first
-                self._filled.put(None)
+            if self._thread is not None:  # (staged: every chunk handed to the writer thread reaches the process
+                self._filled.put(None)     # first; else the thread only hands paused chunks over, none from now on)
                 try:
                     self._join_writer_thread()
                 except KeyboardInterrupt as exc:
@@ -928,7 +936,7 @@ class Recorder:
                 timeout = min(timeout, max(self._seconds_until_commit(), 0.005))  # commit when due
             if self._loop_submits:  # look at what the loop staged (it stages without a word) when it is overdue
                 timeout = min(timeout, max(self._seconds_until_overdue(), 0.005))
-            flush_in = self._seconds_until_flush_due() if self._direct else None
+            flush_in = self._seconds_until_flush_due() if self._hands_over_paused else None
             if flush_in is not None:  # a paused loop's chunk: handed over when due (_hand_over_if_due)
                 timeout = min(timeout, flush_in + 0.001)
             self._writer_wakes_at = _monotonic() + timeout
@@ -952,7 +960,8 @@ class Recorder:
             if self._loop_submits and self._seconds_until_overdue() <= 0:
                 # a paused loop: a live reader waits (the thread never dies of it: a failure is the run's error)
                 self._guard(lambda: self._submit_staged(wait=True, on_loop=False, lock="try"))
-            if self._direct and self._error is None:  # (a paused loop's chunk, when due; a failure is the run's)
+            if self._hands_over_paused and self._error is None:  # (a paused loop's chunk, when due; a failure is
+                # the run's)
                 self._guard(self._hand_over_if_due)
             if self._error is None and self._process is None:  # (a writer process commits itself)
                 self._guard(self._commit_if_due)
@@ -1016,6 +1025,13 @@ class Recorder:
             self._release(index)
             raise
         self._handed = max(self._handed, slot.start + slot.count)
+
+    def _process_freed(self, index: int) -> None:
+        """A writer process wrote the chunk of slot ``index`` (on its receiver thread): the slot is free again, and a
+        paused loop's chunk that fell due while no buffer was free is handed over now (the writer thread woken)."""
+        self._free.put(index)
+        if self._thread is not None and self._flush_due != math.inf:
+            self._filled.put(_WAKE)
 
     def _block_written(self, index: int, handle) -> None:
         if handle.exception is not None and self._error is None:

@@ -124,11 +124,12 @@ def _recorder(tmp_path, mode, *, buffers=3, flush_seconds=1000.0):
     recorder = Recorder(writer, {"W": (H, DIM), "v": (H,), "loss": (), "output": (N,)},
                         {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32},
                         torch.device("cpu"), buffers=buffers, columns={"step": np.arange(STATES), "t": np.zeros(STATES)},
-                        by_reference=mode == "by_reference", flush_seconds=flush_seconds)
+                        by_reference=mode == "by_reference", flush_seconds=flush_seconds,
+                        process=writer_process.WriterProcess.start() if mode == "process" else None)
     return writer, recorder
 
 
-@pytest.mark.parametrize("mode", ["by_reference", "copying"])
+@pytest.mark.parametrize("mode", ["by_reference", "copying", "process"])
 def test_a_paused_loops_chunk_is_handed_over_by_the_writer_thread(tmp_path, monkeypatch, mode):
     """A loop that stops recording (an evaluation, a checkpoint) with a chunk not full: on the CPU the writer thread
     hands it over once due, without a record() or flush() from the loop (left open by the thirty-second session: the
@@ -167,7 +168,7 @@ def test_a_paused_loops_chunk_is_handed_over_by_the_writer_thread(tmp_path, monk
     np.testing.assert_array_equal(ds.v.values[:, 0], np.arange(STATES, dtype=np.float32))
 
 
-@pytest.mark.parametrize("mode", ["by_reference", "copying"])
+@pytest.mark.parametrize("mode", ["by_reference", "copying", "process"])
 def test_a_paused_loops_chunk_is_handed_over_on_time_and_once(tmp_path, mode):
     """Found by a review, on the real clock: a chunk that fell due while the writer thread was busy (a slow commit,
     as on an object store) was missed until its next wake, 5 s later; and the loop's first record() after a pause

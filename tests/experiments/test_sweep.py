@@ -472,6 +472,25 @@ def test_a_run_deleted_or_replaced_during_the_sweep_is_not_counted_complete(tmp_
     assert "sweep tiny: 2/3 runs complete" in out, out
 
 
+def test_a_failed_rows_run_made_again_meanwhile_is_told_replaced(tmp_path, tiny_base):
+    """A point whose worker died after its run completed has a row without numbers, its run's status as stored
+    (``complete``). It carries the run's ``run_uid`` too: a run made again under its id before the sweep's end is
+    ``replaced``, not counted complete (it had none, and such a run passed as the point's)."""
+    from trajscope.experiments.sweep import _failed_row, still_stored
+    from trajscope.producer import produce
+
+    root = str(tmp_path / "runs")
+    run_id = produce({**tiny_base, "train": {"lr": 0.1, "steps": 20}}, root=root, name="p").run_id
+    row = _failed_row(StoreRoot(root), run_id, "its worker process died")
+    assert row["status"] == "complete" and row["run_uid"] == StoreRoot(root).read_attrs(run_id)["run_uid"]
+    assert still_stored([row], StoreRoot(root)) == ([row], [])
+    StoreRoot(root).delete(run_id)
+    produce({**tiny_base, "train": {"lr": 0.1, "steps": 30}}, root=root, name=run_id)
+    (checked,), changed = still_stored([row], StoreRoot(root))
+    assert changed == [run_id] and checked["status"] == "replaced", checked
+    assert checked["run_uid"] == StoreRoot(root).read_attrs(run_id)["run_uid"] != row["run_uid"]
+
+
 def _spec_file(tmp_path, spec):
     import yaml
 

@@ -556,8 +556,10 @@ def _died_row(store_root: Any, run_id: str) -> dict[str, Any]:
 
 
 def _failed_row(store_root: Any, run_id: str, error: str) -> dict[str, Any]:
-    """The row of a point whose worker or task never returned one: its run's status as the store has it."""
-    return {"run_id": run_id, "action": "failed", "status": stored_status(store_root, run_id), "error": error}
+    """The row of a point whose worker or task never returned one: its run's status as the store has it, and its
+    ``run_uid`` (so that :func:`still_stored` tells a run made again under its id meanwhile)."""
+    status, uid = stored_identity(store_root, run_id)
+    return {"run_id": run_id, "action": "failed", "status": status, RUN_UID: uid, "error": error}
 
 
 def still_stored(rows: list[dict[str, Any]], store_root: Any) -> tuple[list[dict[str, Any]], list[str]]:
@@ -598,11 +600,6 @@ def stored_identity(store_root: Any, run_id: str) -> tuple[str, str | None]:
             return ("unreadable" if store_root.exists(run_id) else "missing"), None
         except Exception:  # noqa: BLE001
             return "unreadable", None
-
-
-def stored_status(store_root: Any, run_id: str) -> str:
-    """A run's ``status`` attribute (:func:`stored_identity`)."""
-    return stored_identity(store_root, run_id)[0]
 
 
 def _start_resource_tracker_without_hangups() -> None:

@@ -22,9 +22,12 @@ Optimizer state is **not** recorded: to resume exactly, restore it yourself (or 
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
+import warnings
+import weakref
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -155,6 +158,8 @@ class ModuleRecorder:
         self._tracked_shapes = {n: tuple(t.shape) for n, (_, t) in self.tracked.items()}
         self.options = {"every": self.every, "parameters": None if parameters is None else list(parameters),
                         "buffers": buffers if isinstance(buffers, bool) else list(buffers), "gradients": gradients}
+        self._selection = (parameters, buffers, gradients)
+        self._watch_registrations()
         first = next(iter(self.tracked.values()), (None, torch.empty(0)))[1]
         self.device = first.device
         #: the step number the next ``record()`` call records (the calls made so far)
@@ -190,6 +195,7 @@ class ModuleRecorder:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.recorder is None and exc_type is not None and (issubclass(exc_type, UserError) or not self._pending):
             self._closed = True  # a record() refused before the run exists, or an error before any record(): nothing
+            self._unwatch()
             return  # is created (found by reviews: the exit made an empty `failed` run, refusing the script's name)
         if exc_type is not None and issubclass(exc_type, SystemExit) and exc.code in (None, 0):
             exc_type = None  # (sys.exit(0) in the block: the script ended well; found by a review)
@@ -245,8 +251,12 @@ class ModuleRecorder:
             try:
                 with torch.no_grad():
                     self._start()
-            except BaseException:  # (close() must not create it again: found by a review)
-                self._closed = True
+            except BaseException:
+                # a run not created (or removed again): close() must not create it (found by a review). One created
+                # whose held states failed to reach the recorder (a Ctrl-C, a copy that raised) is ended by close(),
+                # `interrupted` or `failed` (found by a review: it was left `running`, as if its writer was killed)
+                if self.recorder is None:
+                    self._closed = True
                 raise
 
     def _check_dims(self) -> None:
@@ -284,13 +294,57 @@ class ModuleRecorder:
                                 "tensors before creating the ModuleRecorder")
             self.tracked[name] = (role, now)
 
+    def _watch_registrations(self) -> None:
+        """Note when the module registers a parameter, buffer or submodule (torch's global registration hooks; no
+        cost per step): the next recorded state then looks for tensors new since the recorder was made
+        (:meth:`_refuse_added`). The hooks hold the recorder weakly and go with it, or at :meth:`close`."""
+        from torch.nn.modules import module as nn_module
+
+        self._tree = {id(m) for m in self.module.modules()}  # (the module and its submodules, refreshed at a check)
+        self._registered = False
+        me = weakref.ref(self)
+
+        def registered(owner, name, value) -> None:  # noqa: ARG001 - torch's hook signature
+            recorder = me()
+            if recorder is not None and id(owner) in recorder._tree:
+                recorder._registered = True
+
+        handles = [nn_module.register_module_parameter_registration_hook(registered),
+                   nn_module.register_module_buffer_registration_hook(registered),
+                   nn_module.register_module_module_registration_hook(registered)]
+        self._unwatch = weakref.finalize(self, _remove_hooks, handles)
+
+    def _refuse_added(self) -> None:
+        """A tensor the recorder would record had it been there when it was made (a parameter or buffer the
+        selection matches, added since or untied from the tensor it shared) is a :class:`UserError`: the run's
+        arrays are fixed, and it would be left out without a word (found by a review: the run ended `complete`
+        without it)."""
+        self._registered = False
+        self._tree = {id(m) for m in self.module.modules()}
+        with warnings.catch_warnings():  # (a buffer left out is said when the recorder is made, not again)
+            warnings.simplefilter("ignore")
+            now = adapter.tracked(self.module, *self._selection)
+        known = {id(tensor) for _, tensor in self.tracked.values()}
+        for name, (role, tensor) in now.items():
+            if name not in self.tracked and id(tensor) not in known:
+                option = "buffers" if role == "buffer" else "parameters"
+                raise UserError(f"{role} {name!r} is new in the module by step {self.step - 1} (added since the recorder was "
+                                "made, or untied from a tensor it shared): the run records the tensors the module had "
+                                f"then, and would leave it out; make it before the ModuleRecorder, or leave it out "
+                                f"with {option}=[...] patterns that do not match it")
+
     def _state(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self._current()
+        if self._registered:
+            self._refuse_added()
         state = {}
         for name, (role, tensor) in self.tracked.items():
             state[name] = tensor.grad if role == "gradient" else tensor
         state.update(values)
-        return {n: t.detach() for n, t in state.items() if t is not None}
+        # a sparse tensor (an nn.Embedding(sparse=True)'s gradient) is stored dense: its rows not touched are 0 (found
+        # by a review: its copy raised torch's "copy_() between dense and sparse Tensors", uncaught)
+        return {n: (t if t.layout is torch.strided else t.to_dense()).detach() for n, t in state.items()
+                if t is not None}
 
     def _record(self, step: int, state: Mapping[str, torch.Tensor]) -> None:
         self._hand(self._values(step, state))
@@ -317,13 +371,15 @@ class ModuleRecorder:
                     torch.promote_types(value.dtype, self._buffer_dtypes[name]) != self._buffer_dtypes[name]:
                 raise UserError(f"record({name}=...): a {value.dtype} value; the run stores {spec.dtype}, fixed by the "
                                 f"first two record() calls: pass {name} as {spec.dtype} throughout")
-            if (spec.role == "scalar" and self._buffer_dtypes[name].is_floating_point and value.device.type == "cpu"
-                    and value.numel() == 1 and not value.dtype.is_floating_point and value.dtype != torch.bool
-                    and abs(int(value.reshape(()))) > 2**53):  # (found by a review: an integer array's 2**60 + 1
-                raise UserError(  # went into a float64 scalar, rounded)
-                    f"record({name}=...): the integer {int(value.reshape(()))} is beyond 2**53, past which the float64 "
-                    f"the run stores {name} as is not exact: pass {name} as a one-element integer array from its first "
-                    "record() call on (stored in its own integer dtype)")
+            if spec.role in ("tensor", "scalar") and (inexact := _inexact_integer(value, self._buffer_dtypes[name])):
+                # (found by reviews: an integer array's 2**60 + 1 went into a float64 scalar, an int64 tensor's
+                # 2**24 + 1 into a float32 extra, rounded)
+                big, bits = inexact
+                hint = (f"pass {name} as a one-element integer array from its first record() call on (stored in its "
+                        "own integer dtype)" if spec.role == "scalar" else
+                        f"pass {name} in an integer dtype from its first record() call on (stored as such)")
+                raise UserError(f"record({name}=...): the integer {big} is beyond 2**{bits}, past which the "
+                                f"{spec.dtype} the run stores {name} as is not exact: {hint}")
             if spec.role in ("tensor", "scalar"):  # an extra of another shape (found by a review: a bare ValueError)
                 try:
                     # (not ``fills``: a number given for a vector extra is no vector; found by a review, it was
@@ -556,6 +612,7 @@ class ModuleRecorder:
         well (the run is ended ``failed``), or when the run's end cannot be stored (a full disk)."""
         if self._closed:
             return self.location
+        self._unwatch()
         if self.recorder is None and status == "complete":
             self._check_dims()
         self._closed = True
@@ -598,6 +655,11 @@ class ModuleRecorder:
         return self.location
 
 
+def _remove_hooks(handles) -> None:
+    for handle in handles:
+        handle.remove()
+
+
 def _count(option: str, value: Any, *, minimum: int, what: str) -> None:
     """An integer option (``None``: its default) of at least ``minimum``; anything else is a :class:`UserError`
     (``every=2.5`` was taken as 2)."""
@@ -605,6 +667,22 @@ def _count(option: str, value: Any, *, minimum: int, what: str) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise UserError(f"{option}={value!r}: {what}, an integer of at least {minimum}")
+
+
+def _inexact_integer(value: torch.Tensor, dtype: torch.dtype) -> tuple[int, int] | None:
+    """An integer tensor going into a floating ``dtype`` of ``p`` significand bits (24 for float32, 53 for float64):
+    ``(v, p)`` for a value ``v`` with ``|v| > 2**p``, which the float does not hold exactly; ``None`` when every value
+    is exact. An integer dtype of at most ``p`` bits is exact by its dtype; a wider one is checked value by value on
+    the CPU only (on a device that would wait for it)."""
+    if value.dtype.is_floating_point or value.dtype is torch.bool or value.dtype.is_complex \
+            or not dtype.is_floating_point:
+        return None
+    bits = round(-math.log2(torch.finfo(dtype).eps)) + 1  # (the significand: 24 for float32)
+    info = torch.iinfo(value.dtype)
+    if max(abs(info.min), info.max) <= 2**bits or value.device.type != "cpu" or value.numel() == 0:
+        return None
+    outside = value[(value > 2**bits) | (value < -(2**bits))]
+    return (int(outside.reshape(-1)[0]), bits) if outside.numel() else None
 
 
 def _extra_tensor(name: str, value: Any) -> torch.Tensor:

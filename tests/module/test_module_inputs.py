@@ -352,3 +352,135 @@ def test_a_meta_device_model_and_a_too_long_name_are_refused_when_the_recorder_i
     with pytest.raises(UserError, match="is longer than 128 characters"):
         trajscope.ModuleRecorder(deep, root=tmp_path, name="d")
     assert not list(tmp_path.glob("*.zarr"))
+
+
+class _Tied(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(5, 3)
+        self.out = torch.nn.Linear(3, 5, bias=False)
+        self.out.weight = self.emb.weight  # tied when the recorder is made: recorded once, as emb.weight
+
+
+def _add_parameter(model):
+    model.temperature = torch.nn.Parameter(torch.ones(()))
+
+
+def _untie(model):
+    model.out.weight = torch.nn.Parameter(model.emb.weight.detach().clone())
+
+
+def _add_submodule(model):
+    model.head = torch.nn.Linear(5, 1)
+
+
+@pytest.mark.parametrize("change, name", [(_add_parameter, "temperature"), (_untie, "out.weight"),
+                                          (_add_submodule, "head.weight")])
+def test_a_tensor_new_in_the_module_mid_run_is_refused_not_left_out(tmp_path, change, name):
+    """Found by a review: a parameter added after the recorder was made (or a weight untied from the one it shared) was
+    never recorded, without a word, and the run ended ``complete``. The run's arrays are fixed: it is refused at the
+    first record() that would leave it out, as a tensor gone is; the states before are kept, the run ends failed."""
+    model = _Tied()
+    expected = []
+    with pytest.raises(UserError, match=rf"parameter '{re.escape(name)}' is new in the module by step 3 .*make it "
+                                        r"before the ModuleRecorder"):
+        with trajscope.ModuleRecorder(model, root=tmp_path, name="grown") as rec:
+            for step in range(5):
+                if step == 3:
+                    change(model)
+                with torch.no_grad():
+                    model.emb.weight.add_(1.0)
+                rec.record()
+                expected.append(model.emb.weight.detach().clone())
+    attrs = StoreRoot(tmp_path).read_attrs("grown")
+    assert attrs["status"] == "failed" and "is new in the module" in attrs["error"], attrs
+    ds = trajscope.open_run(tmp_path / "grown.zarr")
+    assert ds.sizes["step"] == 3 and name not in ds
+    np.testing.assert_array_equal(ds["emb.weight"].values, torch.stack(expected).numpy())
+    from torch.nn.modules import module as nn_module
+    assert not nn_module._global_parameter_registration_hooks  # (the recorder's hooks went with its close)
+
+
+def test_tensors_registered_that_the_run_does_not_miss_are_not_refused(tmp_path):
+    """No refusal where nothing is left out: weights tied after the recorder was made (recorded under both names, as
+    before), a parameter the ``parameters=`` patterns do not match, a buffer reassigned each step, and modules built
+    elsewhere."""
+    model = _Tied()
+    model.out.weight = torch.nn.Parameter(torch.zeros(5, 3))  # untied before the recorder: recorded on its own
+    model.register_buffer("seen", torch.zeros(()))
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="fine", parameters=["emb.*", "out.*"],
+                                  buffers=True) as rec:
+        for step in range(4):
+            if step == 1:
+                model.out.weight = model.emb.weight  # tied now
+                model.extra = torch.nn.Parameter(torch.ones(2))  # not matched by parameters=
+            model.seen = torch.tensor(float(step))  # a buffer set anew
+            torch.nn.Linear(2, 2)  # another module, built elsewhere
+            rec.record()
+    ds = trajscope.open_run(tmp_path / "fine.zarr")
+    assert ds.attrs["status"] == "complete" and "extra" not in ds
+    np.testing.assert_array_equal(ds["out.weight"].values[1:], ds["emb.weight"].values[1:])
+    assert ds["seen"].values.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_sparse_gradient_is_recorded_dense(tmp_path):
+    """Found by a review: ``nn.Embedding(sparse=True)`` with ``gradients=True`` raised torch's "copy_() between dense
+    and sparse Tensors" from the recorder. Its gradient is stored dense (rows not looked up are 0), equal to the
+    dense gradient computed apart."""
+    torch.manual_seed(0)
+    model = torch.nn.Embedding(6, 2, sparse=True)
+    dense = torch.nn.Embedding(6, 2)
+    dense.weight.data.copy_(model.weight.data)
+    ids = torch.tensor([[0, 2], [2, 5]])
+    grads = []
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="sparse", gradients=True) as rec:
+        rec.record()
+        for step in range(3):
+            for m in (model, dense):
+                m.zero_grad()
+                (m(ids) ** 2).sum().backward()
+            grads.append(dense.weight.grad.detach().clone())
+            with torch.no_grad():
+                model.weight.add_(-0.1 * model.weight.grad.to_dense())
+                dense.weight.add_(-0.1 * dense.weight.grad)
+            rec.record()
+    ds = trajscope.open_run(tmp_path / "sparse.zarr")
+    np.testing.assert_array_equal(ds["weight.grad"].values[1:], torch.stack(grads).numpy())
+    assert (ds["weight.grad"].values[1:, [1, 3, 4]] == 0).all()
+
+
+def test_a_ctrl_c_while_the_held_states_reach_a_new_run_ends_it_interrupted(tmp_path, monkeypatch):
+    """Found by a review: an exception in the second record(), after the run was created (the held first state going
+    to the recorder), left the run ``running`` with no error, told "writer gone" by ls, as if killed. It is ended:
+    ``interrupted`` after a Ctrl-C."""
+    from trajscope.producer.recorder import Recorder
+
+    record = Recorder.record
+    calls = []
+
+    def interrupted_once(self, **values):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return record(self, **values)
+
+    monkeypatch.setattr(Recorder, "record", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        with trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=tmp_path, name="cut") as rec:
+            rec.record()
+            rec.record()
+    attrs = StoreRoot(tmp_path).read_attrs("cut")
+    assert attrs["status"] == "interrupted" and attrs["committed_steps"] == 0, attrs
+
+
+def test_an_integer_extra_a_float_variable_cannot_hold_exactly_is_refused(tmp_path):
+    """Found by a review: an int64 tensor went into a float32 extra (fixed by the first calls), rounded: 2**24 + 1
+    stored as 2**24. Integers the float holds exactly (any int8/int16, small int64 values) pass."""
+    with trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=tmp_path, name="counts") as rec:
+        rec.record(counts=torch.zeros(2, dtype=torch.float32))
+        rec.record(counts=torch.tensor([3, -7], dtype=torch.int16))
+        rec.record(counts=torch.tensor([2**24, 5]))
+        with pytest.raises(UserError, match=r"record\(counts=...\): the integer 16777217 is beyond 2\*\*24, past "
+                                            r"which the float32 .*integer dtype"):
+            rec.record(counts=torch.tensor([2**24 + 1, 1]))
+    assert trajscope.open_run(tmp_path / "counts.zarr")["counts"].values.tolist() == [[0, 0], [3, -7], [2**24, 5]]

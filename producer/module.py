@@ -111,6 +111,10 @@ def tracked(module: torch.nn.Module, parameters: Sequence[str] | None, buffers: 
                           "left out", stacklevel=3)
         out.update({n: ("buffer", b) for n, b in found.items() if n not in unstorable})
     for name, (role, tensor) in out.items():
+        # a lazy module before its first forward (found by a review: torch's own error came out of the constructor)
+        if isinstance(tensor, torch.nn.parameter.UninitializedTensorMixin):
+            raise UserError(f"the module's {role} {name!r} is not initialized yet (a lazy module, nn.LazyLinear, "
+                            "before its first forward pass): run one forward pass first, then make the ModuleRecorder")
         if tensor.device.type == "meta":  # (found by a review: refused only at close(), after a run was made)
             raise UserError(f"the module's {role} {name!r} is on the meta device (no values): materialize the model "
                             "first (model.to_empty(device=...) and initialize it)")

@@ -484,3 +484,14 @@ def test_an_integer_extra_a_float_variable_cannot_hold_exactly_is_refused(tmp_pa
                                             r"which the float32 .*integer dtype"):
             rec.record(counts=torch.tensor([2**24 + 1, 1]))
     assert trajscope.open_run(tmp_path / "counts.zarr")["counts"].values.tolist() == [[0, 0], [3, -7], [2**24, 5]]
+
+
+def test_a_lazy_module_before_its_first_forward_is_refused_clearly(tmp_path):
+    """Found by a review: torch's "Can't access the shape of an uninitialized parameter" came out of the constructor."""
+    model = torch.nn.Sequential(torch.nn.LazyLinear(2))
+    with pytest.raises(UserError, match=r"parameter '0.weight' is not initialized yet .*run one forward pass first"):
+        trajscope.ModuleRecorder(model, root=tmp_path, name="lazy")
+    model(torch.zeros(1, 3))
+    with trajscope.ModuleRecorder(model, root=tmp_path, name="lazy") as rec:
+        rec.record()
+    assert trajscope.open_run(tmp_path / "lazy.zarr")["0.weight"].shape == (1, 2, 3)

@@ -12,7 +12,8 @@ snapshot consolidated on the fly and trimmed to ``committed_steps`` (see
 A run that is gone answers ``410`` for its arrays' keys, chunks and metadata, which a client asks for only
 after it opened the run (a ``404`` would read as fill values in the client's zarr: NaN for a run deleted
 under an open dataset); its root ``zarr.json`` and zarr's v2 probes stay ``404`` (opening a run that does not
-exist says "not found"). ``/zarr/{run_id}@{run_uid}``
+exist says "not found"); a chunk the run has but behind a link out of the root is ``503``, for the same
+reason. ``/zarr/{run_id}@{run_uid}``
 serves the same keys while the run is the one created with that ``run_uid`` and ``410`` once it was deleted
 or replaced (created again under its id): nothing ties a plain ``/zarr/{run_id}`` request to the run the
 client opened.
@@ -29,7 +30,7 @@ from fastapi import APIRouter, Header, HTTPException, Request, Response
 
 from trajscope.api.deps import Run, State, load_run
 from trajscope.api.models import ErrorBody
-from trajscope.store.errors import RunNotFound, RunNotReady
+from trajscope.store.errors import PathOutsideRoot, RunNotFound, RunNotReady
 from trajscope.store.layout import RUN_UID, never_fully_created
 from trajscope.store.served import open_chunk_file
 from trajscope.store.snapshot import METADATA_KEY, KeyNotServed, member_names, parse_key, read_key
@@ -155,6 +156,11 @@ def zarr_key(
             data = read_key(state.root, run.run_id, key, info)
     except KeyNotServed as err:
         raise HTTPException(404, str(err)) from None
+    except PathOutsideRoot as err:
+        if info.kind == "chunk":  # (found by a review: its 404 was read by zarr as fill values, NaN without a word)
+            raise HTTPException(503, f"{err}: the run has this chunk, and it is not served (503, not 404, so that a "
+                                     "zarr reader does not read fill values in its place)") from None
+        raise
     except (KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
         _still_served(state, run)  # (a 404 of a run deleted meanwhile would read as fill values)
         raise HTTPException(404, f"run {run_id!r} has no key {key!r} in its committed snapshot") from None

@@ -1,6 +1,7 @@
 """``/zarr/{run_id}/{key}``: the run's store, read-only, for ``xr.open_zarr("http://host/zarr/RUN")``.
 
-GET and HEAD, single byte ranges (``Range: bytes=a-b``, ``a-``, ``-n``). A range of a chunk of a local
+GET and HEAD, single byte ranges (``Range: bytes=a-b``, ``a-``, ``-n``; a ``Range`` of another unit, or with
+``If-Range``, is ignored: :func:`honoured_range`). A range of a chunk of a local
 root is read with ``os.pread`` (only the range) from the descriptor
 :func:`trajscope.store.served.open_chunk_file` opened after the store's checks: the file read is the file
 checked, whatever is renamed or linked meanwhile. (Starlette's ``FileResponse``, used before, reopens a
@@ -39,10 +40,21 @@ router = APIRouter(prefix="/zarr", tags=["zarr"], responses={400: {"model": Erro
                                                               409: {"model": ErrorBody}, 410: {"model": ErrorBody},
                                                               416: {"model": ErrorBody}})
 _UID = re.compile(r"[0-9a-f]{32}")
-_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$", re.IGNORECASE)
 #: more digits than any object size has; longer numbers are refused before ``int()`` (which raises
 #: past 4300 digits and would be slow well before)
 MAX_RANGE_DIGITS = 19
+
+
+def honoured_range(header: str | None, if_range: str | None) -> str | None:
+    """The ``Range`` header this server acts on, ``None`` for the whole key (RFC 9110 §14.2, §13.1.5, found by a
+    review): one of another unit than ``bytes`` (case-insensitive), or of none, is ignored; so is any sent with
+    ``If-Range``, whose validator never matches here (no ``ETag`` or ``Last-Modified`` is sent: a live run's last
+    chunk is rewritten, and a client resuming a download must not join two versions of it)."""
+    if header is None or if_range is not None:
+        return None
+    unit, equals, _ = header.partition("=")
+    return header if equals and unit.strip().lower() == "bytes" else None
 
 
 def byte_range(header: str, size: int) -> tuple[int, int]:
@@ -140,7 +152,10 @@ def zarr_key(
     run_id: str,
     key: str,
     range: Annotated[str | None, Header(description="bytes=a-b (one range)")] = None,
+    if_range: Annotated[str | None, Header(description="ignored with its Range: no validator of this server "
+                                                       "matches")] = None,
 ) -> Response:
+    range = honoured_range(range, if_range)
     run = _served_run(state, run_id, key)
     run_id = run.run_id
     if key.strip("/") == "":  # the group's listing (zarr over fsspec's HTTP, consolidated=False: a reader lists

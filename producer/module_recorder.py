@@ -328,10 +328,10 @@ class ModuleRecorder:
         for name, (role, tensor) in now.items():
             if name not in self.tracked and id(tensor) not in known:
                 option = "buffers" if role == "buffer" else "parameters"
-                raise UserError(f"{role} {name!r} is new in the module by step {self.step - 1} (added since the recorder was "
-                                "made, or untied from a tensor it shared): the run records the tensors the module had "
-                                f"then, and would leave it out; make it before the ModuleRecorder, or leave it out "
-                                f"with {option}=[...] patterns that do not match it")
+                raise UserError(f"{role} {name!r} is new in the module by step {self.step - 1} (added since the "
+                                "recorder was made, or untied from a tensor it shared): the run records the tensors "
+                                "the module had then, and would leave it out; make it before the ModuleRecorder, or "
+                                f"leave it out with {option}=[...] patterns that do not match it")
 
     def _state(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self._current()

@@ -448,9 +448,9 @@ class Recorder:
             return self._hand_over_early(wait=True)
 
     def _hand_over_if_due(self) -> None:
-        """The writer thread (on the CPU's paths, ``_hands_over_paused``): the chunk being filled goes to the store once due, as
-        the next :meth:`record` would hand it over, so a loop that pauses recording leaves nothing unflushed. The
-        loop's own calls come first: while one holds the lock, nothing is done here."""
+        """The writer thread (on the CPU's paths, ``_hands_over_paused``): the chunk being filled goes to the store
+        once due, as the next :meth:`record` would hand it over, so a loop that pauses recording leaves nothing
+        unflushed. The loop's own calls come first: while one holds the lock, nothing is done here."""
         if self._closing or _monotonic() < self._flush_due or not self._record_lock.acquire(blocking=False):
             return
         try:
@@ -460,10 +460,10 @@ class Recorder:
             self._record_lock.release()
 
     def _seconds_until_flush_due(self) -> float | None:
-        """The writer thread (``_hands_over_paused``): seconds until the chunk being filled is due for an early hand-over, 0 when
-        it is due now and a buffer is free to take it (the writer thread may have been busy, a commit, when it fell
-        due; or the loop held the lock: a review found the hand-over then waited for the next 5 s wake); ``None``
-        when nothing is due (no state to hand over, ``flush_seconds`` 0), or when it is due and no buffer is free
+        """The writer thread (``_hands_over_paused``): seconds until the chunk being filled is due for an early
+        hand-over, 0 when it is due now and a buffer is free to take it (the writer thread may have been busy, a
+        commit, when it fell due; or the loop held the lock: a review found the hand-over then waited for the next
+        5 s wake); ``None`` when nothing is due (no state to hand over, ``flush_seconds`` 0), or when it is due and no buffer is free
         (the one freed next wakes the writer thread)."""
         left = self._flush_due - _monotonic()
         if left == math.inf:

@@ -191,13 +191,16 @@ def test_a_point_whose_id_holds_another_run_keeps_it_and_says_so(tmp_path, tiny_
     before = trajscope.open_run(tmp_path / "p1.zarr")["weight"].values
     row = execute_point(copy.deepcopy(tiny_base), "p1", str(tmp_path), summarize=False)
     assert row["action"] == "failed" and "not made by `trajscope produce`" in row["error"], row
+    assert row["status"] == "another run", row
     np.testing.assert_array_equal(trajscope.open_run(tmp_path / "p1.zarr")["weight"].values, before)
     other = copy.deepcopy(tiny_base)
     other["data"]["n"] = 24
     produce(other, root=tmp_path, name="p2")
     for status in ("complete", "interrupted"):
-        row = execute_point(copy.deepcopy(tiny_base), "p2", str(tmp_path), summarize=False)
+        row = execute_point(copy.deepcopy(tiny_base), "p2", str(tmp_path), summarize=status == "complete")
         assert row["action"] == "failed" and "with another config than this sweep's point" in row["error"], row
+        # (found by a review: the other run's `complete` was the row's status, its numbers the point's)
+        assert row["status"] == "another run" and "t2_step" not in row, row
         StoreRoot(tmp_path).write_attrs("p2", {**StoreRoot(tmp_path).read_attrs("p2"), "status": "interrupted"})
     assert trajscope.open_run(tmp_path / "p2.zarr").sizes["sample"] == 24  # (not resumed as the point)
 

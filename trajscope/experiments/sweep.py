@@ -329,9 +329,13 @@ def _execute_point(config: dict[str, Any], run_id: str, root: str, storage_optio
             row["action"] = "produced"
     except RunLocked as err:
         row.update(action=BUSY, error=str(err))
+    except NotThisPoint as err:  # (found by a review: the other run's status, `complete`, and its numbers were the
+        # point's in the table, and the sweep exited 0)
+        row.update(action="failed", status=NOT_THIS_POINT, error=f"{type(err).__name__}: {err}")
     except Exception as err:  # noqa: BLE001 - reported per point, the sweep goes on
         row.update(action=row["action"] or "failed", error=f"{type(err).__name__}: {err}")
-    row["status"], row[RUN_UID] = stored_identity(store_root, run_id)  # (which run the row's numbers are of)
+    if row["status"] != NOT_THIS_POINT:
+        row["status"], row[RUN_UID] = stored_identity(store_root, run_id)  # (which run the row's numbers are of)
     if row["action"] == BUSY and row["status"] in ("missing", "unreadable"):
         row["status"] = "being created"  # (another writer makes it)
     row["seconds"] = time.perf_counter() - started
@@ -346,22 +350,30 @@ def _execute_point(config: dict[str, Any], run_id: str, root: str, storage_optio
     return row
 
 
+#: a point's row status when the run under its id is another's (:class:`NotThisPoint`): no numbers, not complete
+NOT_THIS_POINT = "another run"
+
+
+class NotThisPoint(UserError):
+    """The run under a point's id was not made from the point's config."""
+
+
 def _check_same_config(store_root: Any, run_id: str, attrs: dict[str, Any], config: dict[str, Any]) -> None:
-    """A run found under a point's id is that point's: made by ``produce`` from a config of the same hash, else a
-    :class:`UserError` (found by a review: a run another ``produce --name`` had made there with other settings was
-    skipped into the table, or resumed, as the point's)."""
+    """A run found under a point's id is that point's: made by ``produce`` from a config of the same hash, else
+    :class:`NotThisPoint` (found by a review: a run another ``produce --name`` had made there with other settings
+    was skipped into the table, or resumed, as the point's)."""
     stored = run_attr(attrs, "config")
     if stored is None:
-        raise UserError(f"run {run_id!r} exists under {store_root.location} and was not made by `trajscope produce` "
+        raise NotThisPoint(f"run {run_id!r} exists under {store_root.location} and was not made by `trajscope produce` "
                         "(a ModuleRecorder run?): it is no run of this sweep; sweep into another root, or remove it")
     try:
         same = config_hash(load_config(stored)) == config_hash(load_config(config))
     except UserError as err:
-        raise UserError(f"run {run_id!r} exists under {store_root.location}, its stored config unreadable by this "
+        raise NotThisPoint(f"run {run_id!r} exists under {store_root.location}, its stored config unreadable by this "
                         f"version ({err}): it cannot be told to be this sweep's point; sweep into another root, or "
                         "remove it") from None
     if not same:
-        raise UserError(f"run {run_id!r} exists under {store_root.location} with another config than this sweep's "
+        raise NotThisPoint(f"run {run_id!r} exists under {store_root.location} with another config than this sweep's "
                         "point: it is no run of this sweep; sweep into another root, or remove it")
 
 

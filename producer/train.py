@@ -193,17 +193,23 @@ def _produce(cfg, store_root, device, name, labels, progress, process) -> RunRes
         "the time of the 'sum' loss",
         **(labels or {}),
     }
-    writer = RunWriter.create(
-        store_root,
-        run_id,
-        variables=two_layer.variables(dtype),
-        sizes={"neuron": cfg.model.width, "feature": X.shape[1], "sample": X.shape[0]},
-        capacity=len(schedule),
-        static={"X": X.astype(dtype), "y": y},
-        attrs=attrs,
-        compressor=cfg.record.compressor,
-        chunk_bytes=int(cfg.record.chunk_mib * 2**20),
-    )
+    try:
+        writer = RunWriter.create(
+            store_root,
+            run_id,
+            variables=two_layer.variables(dtype),
+            sizes={"neuron": cfg.model.width, "feature": X.shape[1], "sample": X.shape[0]},
+            capacity=len(schedule),
+            static={"X": X.astype(dtype), "y": y},
+            attrs=attrs,
+            compressor=cfg.record.compressor,
+            chunk_bytes=int(cfg.record.chunk_mib * 2**20),
+        )
+    except KeyboardInterrupt as exc:
+        exc.add_note(f"interrupted while run {run_id!r} was being created: nothing was trained, and the run may be "
+                     f"left half-made (`creating` in `trajscope ls`); `trajscope produce CONFIG --name {run_id}` "
+                     "makes it anew")
+        raise
     try:
         state = two_layer.init(cfg, X.shape[1], TORCH_DTYPES[dtype])
     except BaseException as exc:
@@ -398,9 +404,11 @@ def _train(
             torch.set_flush_denormal(False)  # the flag is per thread: leave the caller's numerics alone
     try:
         committed = recorder.close()
-    except KeyboardInterrupt:  # while the last chunks were written: the run ends over what is committed
+    except KeyboardInterrupt as exc:  # while the last chunks were written: the run ends over what is committed
         if not recorder.stopped:  # a second Ctrl-C while its writer still runs: `resume` ends the run later,
             recorder.unlock_when_stopped()  # in this process too once the writer has stopped
+            exc.add_note(f"interrupted again while the last states were written: run {writer.run_id!r} is left "
+                         f"`running` with the states committed; `trajscope resume {writer.run_id}` continues it")
             raise
         committed = recorder.committed
         status, error = recorder.outcome_of_interrupted_close(status, error)
@@ -414,6 +422,11 @@ def _train(
     try:
         writer.finish(status, error, final_loss=final_loss, last_step=int(schedule[committed - 1]) if committed else 0,
                       recording_waits=waits)
+    except KeyboardInterrupt as exc:  # (found by a review: the CLI said "nothing was trained")
+        exc.add_note(f"interrupted while the end of run {writer.run_id!r} was stored ({committed} states committed): "
+                     f"it may be left part-ended; `trajscope fsck {writer.run_id}` says what is left and `--repair` "
+                     "ends it")
+        raise
     except Exception as exc:  # e.g. a full disk, or a lost object store, took the final document too (finish
         if not is_storage_error(exc):  # released the lock)
             raise

@@ -171,6 +171,39 @@ def test_sigterm_while_a_run_is_set_up_ends_the_command_and_leaves_no_run_runnin
         assert proc.stderr.strip().splitlines()[-1].startswith("trajscope: interrupted before training began")
 
 
+@pytest.mark.parametrize("point, words", [
+    ("create.arrays", "interrupted while run 'r' was being created: nothing was trained, and the run may be left "
+                      "half-made (`creating` in `trajscope ls`); `trajscope produce CONFIG --name r` makes it anew"),
+    ("finish.status", "interrupted while the end of run 'r' was stored (41 states committed): it may be left "
+                      "part-ended; `trajscope fsck r` says what is left and `--repair` ends it"),
+])
+def test_a_ctrl_c_while_the_run_is_created_or_ended_says_what_it_left(tmp_path, small_config, point, words):
+    """Found by a review: a Ctrl-C while the run was being created (left `creating`, which `resume` refuses), or a
+    second one while it was ended, printed "interrupted before training began: nothing was trained ... `trajscope
+    resume RUN` continues it", with two "coroutine ... was never awaited" warnings after it."""
+    prelude = ("import os, signal, trajscope.store.faults as faults; f = faults.checkpoint\n"
+               f"def g(name, detail=''):\n    if name == {point!r}: os.kill(os.getpid(), signal.SIGINT)\n"
+               "    return f(name, detail)\nfaults.checkpoint = g\n")
+    import yaml
+
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(small_config()))
+    proc = cli("produce", str(config), "--root", str(tmp_path), "--name", "r", "-q", prelude=prelude)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stderr.strip().splitlines()[-1] == f"trajscope: {words}", proc.stderr
+    assert "Traceback" not in proc.stderr and "never awaited" not in proc.stderr, proc.stderr
+    from trajscope.store import StoreRoot, open_run
+
+    if point == "create.arrays":
+        assert StoreRoot(tmp_path).read_attrs("r")["status"] == "creating"
+        again = cli("produce", str(config), "--root", str(tmp_path), "--name", "r", "-q")  # as the line says
+    else:  # as the line says: fsck --repair ends it, over every state
+        again = cli("fsck", "r", "--root", str(tmp_path), "--repair")
+    assert again.returncode == 0, again.stderr[-2000:]
+    ds = open_run("r", root=tmp_path)
+    assert ds.attrs["status"] in ("complete", "interrupted") and ds.sizes["step"] == 41, ds.attrs
+
+
 def test_a_hangup_ignored_by_nohup_leaves_the_run_going(tmp_path, small_config):
     """Under ``nohup`` (SIGHUP ignored when the command starts) a hangup during training changes nothing: the run
     completes."""

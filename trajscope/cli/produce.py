@@ -103,14 +103,21 @@ def _user_warnings_to(console: Console):
 
 
 @contextlib.contextmanager
-def _said_if_interrupted_in_setup() -> Iterator[None]:
-    """A Ctrl-C, SIGTERM or SIGHUP before training began (training ends its run ``interrupted`` and reports it):
-    one line saying so, exit 130 (found by a review: the command ended with nothing printed)."""
+def _said_if_interrupted() -> Iterator[None]:
+    """A Ctrl-C, SIGTERM or SIGHUP that training did not end its run for (training ends it ``interrupted`` and
+    reports it): one line saying what the run was left as, exit 130 (found by a review: the command ended with
+    nothing printed). Before training began that is the line below; while the run was created, or after a second
+    Ctrl-C while it was ended, the producer's note on the interrupt says it (found by a review: "nothing was
+    trained" was said of those too, and "resume" of a run resume refuses)."""
     try:
         yield
-    except KeyboardInterrupt:
-        print("trajscope: interrupted before training began: nothing was trained (a run already made is left "
-              "`interrupted`; `trajscope resume RUN` continues it)", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        notes = getattr(exc, "__notes__", None)
+        line = notes[-1] if notes else ("interrupted before training began: nothing was trained (a run already made "
+                                        "is left `interrupted`; `trajscope resume RUN` continues it)")
+        print(f"trajscope: {line}", file=sys.stderr)
+        # (zarr's writes cut short leave coroutines never awaited: their warnings at exit say nothing to a user)
+        warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
         raise typer.Exit(130) from None
 
 
@@ -145,7 +152,7 @@ def register(app: typer.Typer) -> None:
 
         resolved = load_config(config_path(config), set_)  # config errors surface before any display starts
         extra = labels(tag, note)
-        with _user_warnings_to(Console(stderr=True)), _said_if_interrupted_in_setup():
+        with _said_if_interrupted(), _user_warnings_to(Console(stderr=True)):  # (its filter outlives the other)
             if quiet:
                 result = run_produce(resolved, root=root, name=name, labels=extra)
             else:
@@ -177,7 +184,7 @@ def register(app: typer.Typer) -> None:
         """Continue a killed or interrupted run from its last committed state."""
         from trajscope.producer import resume as run_resume
 
-        with _user_warnings_to(Console(stderr=True)), _said_if_interrupted_in_setup():
+        with _said_if_interrupted(), _user_warnings_to(Console(stderr=True)):  # (its filter outlives the other)
             if quiet:
                 result = run_resume(run, root=root)
             else:

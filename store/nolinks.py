@@ -50,6 +50,7 @@ def open_real_dir(base: str, parts: Sequence[str], what: str, *, durable: set | 
     first, walked = start if start is not None else (None, ())
     fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | CLOEXEC) if first is None else first
     parts = [*walked, *parts]
+    i = len(walked)
     try:
         for i in range(len(walked), len(parts)):
             part = parts[i]
@@ -83,6 +84,13 @@ def open_real_dir(base: str, parts: Sequence[str], what: str, *, durable: set | 
                 os.close(fd)
             fd = new
         return fd
+    except OSError as err:
+        if fd != first:
+            os.close(fd)
+        if i < len(parts) and err.filename == parts[i]:  # (made or opened relative to its folder, the error named
+            # the component alone: a review found "read-only at .locks")
+            raise type(err)(err.errno, err.strerror, os.path.join(base, *parts[: i + 1])) from None
+        raise
     except BaseException:
         if fd != first:
             os.close(fd)

@@ -296,3 +296,25 @@ def test_a_file_beside_the_runs_replaces_a_planted_link_and_is_written_whole(tmp
     remote = StoreRoot("memory://side-files")
     url = remote.write_file("s.sweep.csv", b"x")
     assert url == "memory://side-files/s.sweep.csv" and remote.fs.cat_file(remote.fs._strip_protocol(url)) == b"x"
+
+
+def test_a_folder_that_cannot_be_made_is_named_by_its_whole_path(tmp_path, monkeypatch):
+    """Found by a review: on a read-only root, `trajscope tag`/`rm`/`produce` said "the file system is read-only at
+    .locks" (the folder is made relative to its parent's descriptor, and the error named the component alone)."""
+    import errno
+
+    from trajscope.store.nolinks import open_real_dir
+
+    def read_only(path, mode=0o777, *, dir_fd=None):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    with pytest.raises(OSError) as raised:
+        open_real_dir(str(tmp_path), [".locks", "inner"], "the lock folder")
+    assert raised.value.filename == str(tmp_path / ".locks")
+    monkeypatch.undo()
+    os.makedirs(tmp_path / "W" / "c" / "0")
+    monkeypatch.setattr(os, "mkdir", read_only)
+    with pytest.raises(OSError) as raised:  # (a component met twice: the one that failed)
+        open_real_dir(str(tmp_path), ["W", "c", "0", "0"], "a chunk")
+    assert raised.value.errno == errno.EROFS and raised.value.filename == str(tmp_path / "W" / "c" / "0" / "0")

@@ -7,14 +7,16 @@ invalid values are rejected with one line naming the field.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from trajscope.store.errors import UserError
+from trajscope.store.layout import validate_run_id
 
 
 def _takes_bool(annotation: Any) -> bool:
@@ -172,6 +174,17 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1)
     flush_denormal: bool = True
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        """``auto``, ``cpu`` or ``cuda[:N]`` (whether a CUDA device is there is checked when a run starts: a config
+        for another machine is valid here). Found by a review: ``trajscope config`` passed ``tpu``, which
+        ``produce`` refused."""
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", device):
+            raise PydanticCustomError("unknown_device", "unknown device '{device}': use auto, cpu or cuda[:N]",
+                                      {"device": device})
+        return device
+
 
 class RecordConfig(_Strict):
     """What to record: every step by default; ``every`` > 1 or a log-spaced ``schedule`` as options.
@@ -227,7 +240,20 @@ class RunConfig(_Strict):
     """A full run: data, model, initialization, loss, training and recording."""
 
     name: str = "run"
-    seed: int = Field(0, ge=0, lt=2**63)  # (numpy's and torch's generators take no negative seed)
+    seed: int = Field(0, ge=0, lt=2**63)
+
+    @field_validator("name")
+    @classmethod
+    def _names_a_run(cls, name: str) -> str:
+        """A name that begins a run id (``NAME-YYYYmmdd-HHMMSS``, :func:`~trajscope.store.layout.validate_run_id`).
+        Found by a review: ``trajscope config`` passed ``a b``, which ``produce`` refused."""
+        try:
+            validate_run_id(f"{name}-20261202-000000")
+        except UserError:
+            raise PydanticCustomError("bad_name", "'{name}' cannot begin a run id (NAME-<date>-<time>): use up to 112 "
+                                      "characters from A-Z a-z 0-9 . _ -, starting with a letter or digit",
+                                      {"name": name}) from None
+        return name  # (numpy's and torch's generators take no negative seed)
     data: DataConfig = Field(default_factory=SyntheticData)
     model: ModelConfig = Field(default_factory=ModelConfig)
     init: InitConfig = Field(default_factory=InitConfig)

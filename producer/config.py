@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from trajscope.store.errors import UserError
-from trajscope.store.layout import validate_run_id
 
 
 def _takes_bool(annotation: Any) -> bool:
@@ -240,20 +239,7 @@ class RunConfig(_Strict):
     """A full run: data, model, initialization, loss, training and recording."""
 
     name: str = "run"
-    seed: int = Field(0, ge=0, lt=2**63)
-
-    @field_validator("name")
-    @classmethod
-    def _names_a_run(cls, name: str) -> str:
-        """A name that begins a run id (``NAME-YYYYmmdd-HHMMSS``, :func:`~trajscope.store.layout.validate_run_id`).
-        Found by a review: ``trajscope config`` passed ``a b``, which ``produce`` refused."""
-        try:
-            validate_run_id(f"{name}-20261202-000000")
-        except UserError:
-            raise PydanticCustomError("bad_name", "'{name}' cannot begin a run id (NAME-<date>-<time>): use up to 112 "
-                                      "characters from A-Z a-z 0-9 . _ -, starting with a letter or digit",
-                                      {"name": name}) from None
-        return name  # (numpy's and torch's generators take no negative seed)
+    seed: int = Field(0, ge=0, lt=2**63)  # (numpy's and torch's generators take no negative seed)
     data: DataConfig = Field(default_factory=SyntheticData)
     model: ModelConfig = Field(default_factory=ModelConfig)
     init: InitConfig = Field(default_factory=InitConfig)

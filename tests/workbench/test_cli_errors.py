@@ -204,6 +204,20 @@ def test_a_ctrl_c_while_the_run_is_created_or_ended_says_what_it_left(tmp_path, 
     assert ds.attrs["status"] in ("complete", "interrupted") and ds.sizes["step"] == 41, ds.attrs
 
 
+def test_a_ctrl_c_in_a_reading_command_is_one_line(tmp_path, small_config):
+    """Found by a review: a Ctrl-C during `show` or `export` (click's Abort) ended the command with exit 130 and nothing
+    printed."""
+    from trajscope.producer import produce
+
+    produce(small_config(), root=tmp_path, name="r")
+    prelude = ("import os, signal\nfrom trajscope.store import StoreRoot\nf = StoreRoot.read_attrs\n"
+               "def g(*a, **k):\n    os.kill(os.getpid(), signal.SIGINT)\n    return f(*a, **k)\n"
+               "StoreRoot.read_attrs = g\n")
+    proc = cli("show", "r", "--root", str(tmp_path), prelude=prelude)
+    assert proc.returncode == 130 and proc.stderr.strip().splitlines()[-1] == "trajscope: interrupted", proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_a_hangup_ignored_by_nohup_leaves_the_run_going(tmp_path, small_config):
     """Under ``nohup`` (SIGHUP ignored when the command starts) a hangup during training changes nothing: the run
     completes."""

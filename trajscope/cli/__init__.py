@@ -55,6 +55,7 @@ def _root(
 
 
 from trajscope.cli import analyze, experiments, fsck, manage, produce, serve  # noqa: E402
+from trajscope.cli.progress import quiet_what_a_cut_leaves  # noqa: E402
 
 for _module in (produce, analyze, manage, serve, experiments, fsck):
     _module.register(app)
@@ -94,9 +95,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with quiet_non_finite_arithmetic():
             code = app(args, prog_name="trajscope", standalone_mode=False)  # returns the code of typer.Exit
+        if code == 130:
+            quiet_what_a_cut_leaves()
         if code == 130 and args[0] in ("sweep", "reproduce"):  # Ctrl-C, SIGTERM (found by a review: it said nothing)
             print("trajscope: interrupted: the runs that were training end `interrupted`; run the same command to go "
                   "on (finished runs are skipped, interrupted ones resumed)", file=sys.stderr)
+        elif code == 130 and args[0] not in ("produce", "resume"):  # (they say what became of the run themselves)
+            print("trajscope: interrupted", file=sys.stderr)  # (found by a review: `show`, `export` ended silently;
+            # typer returns a Ctrl-C as the code 130)
         if isinstance(code, int) and code:
             raise SystemExit(code)
     except UserError as err:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 import typer
 from rich.console import Console
 
-from trajscope.cli.progress import progress_display
+from trajscope.cli.progress import progress_display, quiet_what_a_cut_leaves
 
 if TYPE_CHECKING:
     from trajscope.producer.train import RunResult
@@ -116,8 +116,7 @@ def _said_if_interrupted() -> Iterator[None]:
         line = notes[-1] if notes else ("interrupted before training began: nothing was trained (a run already made "
                                         "is left `interrupted`; `trajscope resume RUN` continues it)")
         print(f"trajscope: {line}", file=sys.stderr)
-        # (zarr's writes cut short leave coroutines never awaited: their warnings at exit say nothing to a user)
-        warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+        quiet_what_a_cut_leaves()
         raise typer.Exit(130) from None
 
 
@@ -146,13 +145,13 @@ def register(app: typer.Typer) -> None:
         note: Annotated[Optional[str], typer.Option("--note", help="A free-text note stored with the run.")] = None,
     ) -> None:
         """Train the configured network and record every step of its trajectory."""
-        from trajscope.producer import load_config
-        from trajscope.producer import produce as run_produce
-        from trajscope.store.run_attrs import labels
-
-        resolved = load_config(config_path(config), set_)  # config errors surface before any display starts
-        extra = labels(tag, note)
         with _said_if_interrupted(), _user_warnings_to(Console(stderr=True)):  # (its filter outlives the other)
+            from trajscope.producer import load_config  # (inside: a Ctrl-C while these load is said too, found by a
+            from trajscope.producer import produce as run_produce  # review: it ended with nothing printed)
+            from trajscope.store.run_attrs import labels
+
+            resolved = load_config(config_path(config), set_)  # config errors surface before any display starts
+            extra = labels(tag, note)
             if quiet:
                 result = run_produce(resolved, root=root, name=name, labels=extra)
             else:
@@ -182,9 +181,9 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     ) -> None:
         """Continue a killed or interrupted run from its last committed state."""
-        from trajscope.producer import resume as run_resume
-
         with _said_if_interrupted(), _user_warnings_to(Console(stderr=True)):  # (its filter outlives the other)
+            from trajscope.producer import resume as run_resume
+
             if quiet:
                 result = run_resume(run, root=root)
             else:

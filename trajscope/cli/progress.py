@@ -16,6 +16,7 @@ import collections
 import os
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -104,3 +105,13 @@ def progress_display(file: Any = None, *, interval: float | None = None) -> Iter
     console = Console(file=file or sys.stderr, stderr=file is None)
     with ProgressDisplay(console, interval=interval) as display:
         yield display
+
+
+def quiet_what_a_cut_leaves() -> None:
+    """After a Ctrl-C: zarr's reads or writes cut short leave asyncio tasks pending and coroutines never awaited,
+    whose messages at exit ("Task was destroyed but it is pending!") say nothing to a user of the command's one
+    line (found by reviews)."""
+    import logging
+
+    warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)

@@ -42,6 +42,8 @@ def test_bare_command_prints_the_help_and_exits_2():
     (["produce"], ["Missing argument", "config", "trajscope produce --help"]),
     (["ls", "--colums", "x"], ["No such option", "--colums"]),
     (["serve", "--port", "http"], ["Invalid value for '--port'", "valid integer"]),
+    # (found by a review: an option missing its value pointed at `trajscope --help`)
+    (["show", "r", "--step"], ["Option '--step' requires an argument", "`trajscope show --help`"]),
 ])
 def test_usage_errors_are_one_line(args, words):
     one_line_error(cli(*args), *words)

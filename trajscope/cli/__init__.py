@@ -61,11 +61,16 @@ for _module in (produce, analyze, manage, serve, experiments, fsck):
     _module.register(app)
 
 
-def _usage_line(err: Exception) -> str:
-    """One line for a usage error of typer's parser: what is wrong, and where the help is."""
+def _usage_line(err: Exception, args: list[str]) -> str:
+    """One line for a usage error of typer's parser: what is wrong, and where the help is (the command's help when
+    the parser gave no context but the command is known: an option missing its value, found by a review)."""
     message = " ".join(err.format_message().split())  # type: ignore[attr-defined]
     ctx = getattr(err, "ctx", None)
-    path = ctx.command_path if ctx is not None else "trajscope"
+    if ctx is not None:
+        path = ctx.command_path
+    else:
+        names = {c.name or c.callback.__name__ for c in app.registered_commands}
+        path = f"trajscope {args[0]}" if args and args[0] in names else "trajscope"
     return f"{message} (`{path} --help` shows the usage)"
 
 
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     except typer.TyperException as err:  # typer's vendored click: usage errors, bad parameters, no such file
         if hasattr(err, "format_message"):
-            print(f"trajscope: error: {_usage_line(err)}", file=sys.stderr)
+            print(f"trajscope: error: {_usage_line(err, args)}", file=sys.stderr)
             raise SystemExit(2) from None
         raise
     except typer.Exit as err:

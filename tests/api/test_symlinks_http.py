@@ -74,8 +74,9 @@ def test_no_route_serves_outside_data(key, tmp_path, write_run, serve, outside_r
     with serve(root) as srv, httpx.Client(base_url=srv.url, timeout=120) as c:
         for path in paths:
             r = c.get(path)
-            if path.startswith("/zarr/r/") and "/c/" in path and r.status_code == 503:  # a chunk behind the link:
-                assert "is not served (503, not 404" in r.json()["detail"], r.text  # never a 404 (fill values)
+            if path.startswith("/zarr/r/") and path != "/zarr/r/zarr.json" and r.status_code == 503:  # a chunk or
+                assert "is not served (503, not 404" in r.json()["detail"], r.text  # an array's metadata behind the
+                # link: never a 404 (fill values, or no array)
             else:
                 assert r.status_code < 500, (path, r.status_code, r.text[:300])
             for marker in BAD:
@@ -166,3 +167,18 @@ def test_a_remote_reader_of_a_chunk_behind_a_link_gets_an_error_not_fill_values(
         assert np.isfinite(ds["v"].values).all()  # the arrays not behind the link read as before
         with pytest.raises(Exception, match="503"):
             ds["W"].isel(step=slice(0, 8)).values
+
+
+def test_an_arrays_metadata_behind_a_link_is_an_error_not_a_missing_variable(tmp_path, write_run, serve, outside_run):
+    """Found by a review: an array's ``zarr.json`` behind a link out of the root answered 404, so a reader listing the
+    run (``consolidated=False``) got a dataset without that variable, without a word. It answers 503."""
+    import xarray as xr
+
+    root = StoreRoot(tmp_path / "root")
+    write_run(root, "r", steps=24, chunk_steps=8, seed=1)
+    target = os.path.join(root.run_url("r"), "W", "zarr.json")
+    os.unlink(target)
+    os.symlink(os.path.join(outside_run, "W", "zarr.json"), target)
+    with serve(root) as srv:
+        with pytest.raises(Exception, match="503"):
+            xr.open_zarr(f"{srv.url}/zarr/r", zarr_format=3, consolidated=False)

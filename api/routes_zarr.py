@@ -181,6 +181,12 @@ def zarr_key(
         raise
     except (KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
         _still_served(state, run)  # (a 404 of a run deleted meanwhile would read as fill values)
+        if info.kind == "array" and info.array in member_names(state.root, run.run_id):  # (found by a review: a
+            # FIFO or a lost file there dropped the variable from a listing reader's dataset without a word)
+            raise HTTPException(503, f"run {run_id!r} has the array {info.array!r} (its metadata lists it), and its "
+                                     f"{key!r} cannot be read (missing, or not a regular file): not served (503, not "
+                                     f"404, so that a zarr reader does not take the array for absent); `trajscope "
+                                     f"fsck {run_id}` says more") from None
         raise HTTPException(404, f"run {run_id!r} has no key {key!r} in its committed snapshot") from None
     if fd is not None:
         try:

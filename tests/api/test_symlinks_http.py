@@ -169,16 +169,22 @@ def test_a_remote_reader_of_a_chunk_behind_a_link_gets_an_error_not_fill_values(
             ds["W"].isel(step=slice(0, 8)).values
 
 
-def test_an_arrays_metadata_behind_a_link_is_an_error_not_a_missing_variable(tmp_path, write_run, serve, outside_run):
-    """Found by a review: an array's ``zarr.json`` behind a link out of the root answered 404, so a reader listing the
-    run (``consolidated=False``) got a dataset without that variable, without a word. It answers 503."""
+@pytest.mark.parametrize("planted", ["link", "fifo", "gone"])
+def test_an_arrays_metadata_behind_a_link_is_an_error_not_a_missing_variable(tmp_path, write_run, serve, outside_run,
+                                                                             planted):
+    """Found by a review: an array's ``zarr.json`` behind a link out of the root, or a FIFO there, answered 404, so a
+    reader listing the run (``consolidated=False``) got a dataset without that variable, without a word. Such a file
+    of an array the run has, or one lost, answers 503."""
     import xarray as xr
 
     root = StoreRoot(tmp_path / "root")
     write_run(root, "r", steps=24, chunk_steps=8, seed=1)
     target = os.path.join(root.run_url("r"), "W", "zarr.json")
     os.unlink(target)
-    os.symlink(os.path.join(outside_run, "W", "zarr.json"), target)
+    if planted == "link":
+        os.symlink(os.path.join(outside_run, "W", "zarr.json"), target)
+    elif planted == "fifo":
+        os.mkfifo(target)
     with serve(root) as srv:
         with pytest.raises(Exception, match="503"):
             xr.open_zarr(f"{srv.url}/zarr/r", zarr_format=3, consolidated=False)

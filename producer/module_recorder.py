@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import threading
 import time
 import warnings
@@ -170,6 +171,9 @@ class ModuleRecorder:
         self._pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         self._extras_seen: dict[str, torch.Tensor] = {}
         self._closed = False
+        #: what stopped the held first states on their way into a run just created (a Ctrl-C, a copy that raised):
+        #: the run lacks them, so it never ends ``complete`` and takes no more states
+        self._lost_start: BaseException | None = None
         self._recording = threading.Lock()  # held by a record() call: another thread's at the same time is refused
         self._recording_started: float | None = None  # the first record() call
         self.status: str | None = None
@@ -226,6 +230,7 @@ class ModuleRecorder:
     def _record_call(self, extra: dict[str, Any]) -> None:
         if self._closed:
             raise RuntimeError(f"run {self.run_id!r}: record() after close()")
+        self._refuse_after_lost_start()
         if self._recording_started is None:
             self._recording_started = time.perf_counter()
         values = {name: _extra_tensor(name, v) for name, v in extra.items()}
@@ -257,7 +262,16 @@ class ModuleRecorder:
                 # `interrupted` or `failed` (found by a review: it was left `running`, as if its writer was killed)
                 if self.recorder is None:
                     self._closed = True
+                    self._unwatch()
+                else:  # (found by a review: a caller that caught it recorded on, the held states silently lost,
+                    self._lost_start = sys.exc_info()[1]  # and the run ended `complete`)
                 raise
+
+    def _refuse_after_lost_start(self) -> None:
+        if self._lost_start is not None:
+            raise RuntimeError(f"run {self.run_id!r}: its first states did not reach the store "
+                               f"({type(self._lost_start).__name__}: {self._lost_start}): it takes no more; close() "
+                               "ends it (or leave the `with` block), and a new run starts again")
 
     def _check_dims(self) -> None:
         """A ``dims`` name that is no recorded tensor nor extra is an error (a misspelt name would leave the
@@ -267,6 +281,7 @@ class ModuleRecorder:
         unknown = sorted(set(self.dims) - set(self.tracked) - set(self._extras_seen))
         if unknown:
             self._closed = True
+            self._unwatch()
             raise UserError(f"dims names {', '.join(map(repr, unknown))}, neither a recorded tensor of the model nor "
                             f"an extra passed to record(): the names are "
                             f"{', '.join(list(self.tracked) + list(self._extras_seen))}")
@@ -319,7 +334,6 @@ class ModuleRecorder:
         selection matches, added since or untied from the tensor it shared) is a :class:`UserError`: the run's
         arrays are fixed, and it would be left out without a word (found by a review: the run ended `complete`
         without it)."""
-        self._registered = False
         self._tree = {id(m) for m in self.module.modules()}
         with warnings.catch_warnings():  # (a buffer left out is said when the recorder is made, not again)
             warnings.simplefilter("ignore")
@@ -332,6 +346,7 @@ class ModuleRecorder:
                                 "recorder was made, or untied from a tensor it shared): the run records the tensors "
                                 "the module had then, and would leave it out; make it before the ModuleRecorder, or "
                                 f"leave it out with {option}=[...] patterns that do not match it")
+        self._registered = False  # (only now: a refusal caught stands at every later record(), found by a review)
 
     def _state(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self._current()
@@ -577,6 +592,7 @@ class ModuleRecorder:
         ``record()``, which fixes the run's variables."""
         if self._closed:
             raise RuntimeError(f"run {self.run_id!r}: flush() after close()")
+        self._refuse_after_lost_start()
         if not self._recording.acquire(blocking=False):
             raise UserError(f"run {self.run_id!r}: flush() called while record() runs in another thread; call both "
                             "from the training loop's thread")
@@ -610,14 +626,25 @@ class ModuleRecorder:
 
         Raises :class:`~trajscope.store.errors.RunFailed` when the last writes fail here although the loop ended
         well (the run is ended ``failed``), or when the run's end cannot be stored (a full disk)."""
+        self._unwatch()
         if self._closed:
             return self.location
-        self._unwatch()
         if self.recorder is None and status == "complete":
             self._check_dims()
         self._closed = True
+        raised_here = None
         if self.recorder is None:
-            self._start()
+            try:
+                self._start()
+            except BaseException as exc:  # (found by a review: a Ctrl-C here left a run just created `running`)
+                if self.recorder is None:
+                    raise
+                self._lost_start = raised_here = exc  # the run exists: ended below, then this raised
+        lost = self._lost_start
+        if lost is not None and status == "complete":  # the held states are not in the run
+            status = "interrupted" if isinstance(lost, KeyboardInterrupt) else "failed"
+            error = None if status == "interrupted" else f"the first states did not reach the store: " \
+                                                         f"{type(lost).__name__}: {lost}"
         interrupt, writer_failed, asked = None, False, status
         try:
             committed = self.recorder.close()
@@ -648,6 +675,8 @@ class ModuleRecorder:
                 raise
             raise unstored_end(self.writer, status, error, committed, exc)
         self.status = status
+        if raised_here is not None:
+            raise raised_here
         if interrupt is not None:
             raise interrupt
         if writer_failed and asked == "complete":  # (a loop that raised gets its own error from __exit__)

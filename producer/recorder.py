@@ -166,12 +166,11 @@ class Recorder:
         second). A loop that
         fills its chunks within ``flush_seconds`` never pays it. A chunk is
         not handed over early while every other buffer is still in flight (the store is behind: the next
-        :meth:`record` tries again). :meth:`flush` does it at once. On the CPU (the chunk goes to the store from
-        the loop's thread: by reference, or copied into host buffers, without a writer process) a loop that
-        pauses recording (an evaluation, a checkpoint) needs no :meth:`flush`: the writer thread hands the chunk
-        over itself once it is due, so the bound holds whatever the loop does. On a GPU (a copy on the loop's
-        stream) and with a writer process, a pause holds the chunk until the next :meth:`record` or
-        :meth:`flush`.
+        :meth:`record` tries again). :meth:`flush` does it at once. On the CPU (by reference, or copied into host
+        buffers, with or without a writer process) a loop that pauses recording (an evaluation, a checkpoint)
+        needs no :meth:`flush`: the writer thread hands the chunk over itself once it is due, so the bound holds
+        whatever the loop does. On a GPU (a copy on the loop's stream) a pause holds the chunk until the next
+        :meth:`record` or :meth:`flush`.
     """
 
     def __init__(

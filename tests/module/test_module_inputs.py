@@ -380,6 +380,9 @@ def test_a_tensor_new_in_the_module_mid_run_is_refused_not_left_out(tmp_path, ch
     """Found by a review: a parameter added after the recorder was made (or a weight untied from the one it shared) was
     never recorded, without a word, and the run ended ``complete``. The run's arrays are fixed: it is refused at the
     first record() that would leave it out, as a tensor gone is; the states before are kept, the run ends failed."""
+    from torch.nn.modules import module as nn_module
+
+    before = len(nn_module._global_parameter_registration_hooks)  # (another test's recorder may hold its own)
     model = _Tied()
     expected = []
     with pytest.raises(UserError, match=rf"parameter '{re.escape(name)}' is new in the module by step 3 .*make it "
@@ -394,11 +397,34 @@ def test_a_tensor_new_in_the_module_mid_run_is_refused_not_left_out(tmp_path, ch
                 expected.append(model.emb.weight.detach().clone())
     attrs = StoreRoot(tmp_path).read_attrs("grown")
     assert attrs["status"] == "failed" and "is new in the module" in attrs["error"], attrs
+    # caught, the loop going on (found by a review: refused once, then left out without a word): refused each time
+    again = _Tied()
+    rec = trajscope.ModuleRecorder(again, root=tmp_path, name="again")
+    rec.record()
+    change(again)
+    for _ in range(2):
+        with pytest.raises(UserError, match="is new in the module"):
+            rec.record()
+    rec.close()
     ds = trajscope.open_run(tmp_path / "grown.zarr")
     assert ds.sizes["step"] == 3 and name not in ds
     np.testing.assert_array_equal(ds["emb.weight"].values, torch.stack(expected).numpy())
+    assert len(nn_module._global_parameter_registration_hooks) == before  # (the recorder's went with its close)
+
+
+def test_a_recorder_closed_after_a_refusal_leaves_no_hook(tmp_path):
+    """Found by a review: the registration hooks stayed after a ``dims`` error and ``close()`` (until collected)."""
     from torch.nn.modules import module as nn_module
-    assert not nn_module._global_parameter_registration_hooks  # (the recorder's hooks went with its close)
+
+    hooks = nn_module._global_parameter_registration_hooks, nn_module._global_module_registration_hooks
+    before = [len(h) for h in hooks]  # (another test's recorder not collected yet may hold its own)
+    rec = trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=tmp_path, name="d", dims={"nothing": ("a",)})
+    assert [len(h) for h in hooks] == [n + 1 for n in before]
+    rec.record()
+    with pytest.raises(UserError, match="dims names 'nothing'"):
+        rec.record()
+    rec.close()
+    assert [len(h) for h in hooks] == before
 
 
 def test_tensors_registered_that_the_run_does_not_miss_are_not_refused(tmp_path):
@@ -471,6 +497,27 @@ def test_a_ctrl_c_while_the_held_states_reach_a_new_run_ends_it_interrupted(tmp_
             rec.record()
     attrs = StoreRoot(tmp_path).read_attrs("cut")
     assert attrs["status"] == "interrupted" and attrs["committed_steps"] == 0, attrs
+    # caught (a notebook's Ctrl-C), the loop going on: found by a review, the held states were silently lost and the
+    # run ended `complete`. The recorder takes no more states, and the run ends `interrupted` all the same
+    calls.clear()
+    rec = trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=tmp_path, name="caught")
+    rec.record()
+    with pytest.raises(KeyboardInterrupt):
+        rec.record()
+    with pytest.raises(RuntimeError, match="its first states did not reach the store .*takes no more"):
+        rec.record()
+    with pytest.raises(RuntimeError, match="its first states did not reach the store"):
+        rec.flush()
+    rec.close()
+    assert StoreRoot(tmp_path).read_attrs("caught")["status"] == "interrupted"
+    # the same in close(), which creates the run of a single record() (found by the same review: left `running`)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        with trajscope.ModuleRecorder(torch.nn.Linear(2, 2), root=tmp_path, name="one") as rec:
+            rec.record()
+    attrs = StoreRoot(tmp_path).read_attrs("one")
+    assert attrs["status"] == "interrupted" and attrs["committed_steps"] == 0, attrs
+    assert rec.recorder.stopped
 
 
 def test_an_integer_extra_a_float_variable_cannot_hold_exactly_is_refused(tmp_path):

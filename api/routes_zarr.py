@@ -175,9 +175,8 @@ def zarr_key(
         # (found by a review: a chunk's 404 was read by zarr as fill values, NaN without a word; an array's metadata,
         # listed by /zarr/RUN/, as an array absent, the variable dropped without a word)
         if info.kind in ("chunk", "array"):
-            raise HTTPException(503, f"{err}: the run has this {'chunk' if info.kind == 'chunk' else 'array'}, and it "
-                                     "is not served (503, not 404, so that a zarr reader does not read fill values "
-                                     "or no array in its place)") from None
+            raise HTTPException(503, f"{err}: it is not served (503, not 404, so that a zarr reader does not read "
+                                     "fill values, or no array, where the run may have data)") from None
         raise
     except (KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
         _still_served(state, run)  # (a 404 of a run deleted meanwhile would read as fill values)

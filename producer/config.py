@@ -176,10 +176,10 @@ class TrainConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _known_device(cls, device: str) -> str:
-        """``auto``, ``cpu`` or ``cuda[:N]`` (whether a CUDA device is there is checked when a run starts: a config
+        """``auto``, ``cpu[:N]`` or ``cuda[:N]`` (whether a CUDA device is there is checked when a run starts: a config
         for another machine is valid here). Found by a review: ``trajscope config`` passed ``tpu``, which
         ``produce`` refused."""
-        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", device):
+        if not re.fullmatch(r"auto|(cpu|cuda)(:(0|[1-9][0-9]{0,8}))?", device):  # (torch refuses cuda:01: a review)
             raise PydanticCustomError("unknown_device", "unknown device '{device}': use auto, cpu or cuda[:N]",
                                       {"device": device})
         return device

@@ -216,6 +216,9 @@ class Recorder:
         self._record_lock = threading.Lock()
         self._closing = False
         self._thread: threading.Thread | None = None  # the writer thread (started last: see below)
+        # set as the writer thread ends: what tells it has (found by a review: a Thread.join() cut by a Ctrl-C marks
+        # the thread stopped while it runs on in CPython 3.11, and the run was ended while it still committed)
+        self._writer_done = threading.Event()
         self._writer_wakes_at = math.inf  # (monotonic) when the writer thread's wait ends at the latest
         #: chunks handed to the store before they were full (``flush_seconds``, :meth:`flush`)
         self.early_hand_overs = 0
@@ -843,9 +846,9 @@ class Recorder:
         commits behind its back; a second Ctrl-C is raised at once (then :attr:`stopped` is False while the
         thread still runs, and the caller must not end the run: ``resume`` does, later)."""
         try:
-            self._thread.join()
+            self._writer_done.wait()  # (not Thread.join(): see _writer_done)
         except KeyboardInterrupt:
-            self._thread.join()
+            self._writer_done.wait()
             raise
 
     def _close_process(self) -> int:
@@ -874,8 +877,7 @@ class Recorder:
         writer thread never commits), or else its writer thread has ended. A run is ended only then."""
         if self._process is not None:
             return self._process.proc.poll() is not None
-        thread = getattr(self, "_thread", None)
-        return thread is None or not thread.is_alive()
+        return self._thread is None or self._writer_done.is_set()
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         """Wait (at most ``timeout`` seconds) until :attr:`stopped`; returns :attr:`stopped`."""
@@ -884,10 +886,8 @@ class Recorder:
                 self._process.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
-        else:
-            thread = getattr(self, "_thread", None)
-            if thread is not None:
-                thread.join(timeout)
+        elif self._thread is not None:
+            self._writer_done.wait(timeout)
         return self.stopped
 
     def unlock_when_stopped(self) -> threading.Thread:
@@ -926,6 +926,12 @@ class Recorder:
         """The writer thread: hands staged chunks to the store, commits when due. Whatever raises here is the
         run's error (the training thread raises it at its next hand-off or wait), and the thread keeps taking
         hand-offs, freeing their buffers, until :meth:`close`: a loop never waits on a dead thread."""
+        try:
+            self._write_until_closed()
+        finally:
+            self._writer_done.set()
+
+    def _write_until_closed(self) -> None:
         while True:
             timeout = HEARTBEAT_SECONDS / 2
             # (a writer process commits itself; after a Ctrl-C's cut only close() commits: its wait is not cut short

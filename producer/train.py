@@ -31,6 +31,7 @@ from trajscope.store import RunWriter, StoreRoot, resolve_run, validate_run_id
 from trajscope.store.dataset_attrs import run_attr
 from trajscope.store.errors import RunFailed, UserError, is_storage_error
 from trajscope.store.hotpath import usable_cores
+from trajscope.store.root import command_for
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -206,9 +207,7 @@ def _produce(cfg, store_root, device, name, labels, progress, process) -> RunRes
             chunk_bytes=int(cfg.record.chunk_mib * 2**20),
         )
     except KeyboardInterrupt as exc:
-        exc.add_note(f"interrupted while run {run_id!r} was being created: nothing was trained, and the run may be "
-                     f"left half-made (`creating` in `trajscope ls`); `trajscope produce CONFIG --name {run_id}` "
-                     "makes it anew")
+        exc.add_note(_creation_cut_short(store_root, run_id))
         raise
     try:
         state = two_layer.init(cfg, X.shape[1], TORCH_DTYPES[dtype])
@@ -217,6 +216,21 @@ def _produce(cfg, store_root, device, name, labels, progress, process) -> RunRes
         raise
     return _train(cfg, writer, state, X.astype(dtype), y, schedule, device, start_index=0, progress=progress,
                   process=process)
+
+
+def _creation_cut_short(store_root: StoreRoot, run_id: str) -> str:
+    """The CLI's line for a Ctrl-C while ``RunWriter.create`` made the run: what it left (found by a review: a run
+    whose creation had ended, ``running`` with no state, was told half-made, and the command given refused it)."""
+    try:
+        status = store_root.read_attrs(run_id).get("status")
+    except Exception:  # noqa: BLE001 - none yet, or unreadable: the half-made case
+        status = None
+    if status == "running":
+        return (f"interrupted as run {run_id!r} was created: nothing was trained; "
+                f"`{command_for('resume', run_id, store_root.location)}` trains it")
+    return (f"interrupted while run {run_id!r} was being created: nothing was trained, and the run may be left "
+            f"half-made (`creating` in `trajscope ls`); "
+            f"`{command_for('produce CONFIG --name', run_id, store_root.location)}` makes it anew")
 
 
 def _end_unstarted(writer: RunWriter, exc: BaseException) -> None:
@@ -408,7 +422,8 @@ def _train(
         if not recorder.stopped:  # a second Ctrl-C while its writer still runs: `resume` ends the run later,
             recorder.unlock_when_stopped()  # in this process too once the writer has stopped
             exc.add_note(f"interrupted again while the last states were written: run {writer.run_id!r} is left "
-                         f"`running` with the states committed; `trajscope resume {writer.run_id}` continues it")
+                         f"`running` with the states committed; "
+                         f"`{command_for('resume', writer.run_id, writer.root.location)}` continues it")
             raise
         committed = recorder.committed
         status, error = recorder.outcome_of_interrupted_close(status, error)
@@ -424,8 +439,8 @@ def _train(
                       recording_waits=waits)
     except KeyboardInterrupt as exc:  # (found by a review: the CLI said "nothing was trained")
         exc.add_note(f"interrupted while the end of run {writer.run_id!r} was stored ({committed} states committed): "
-                     f"it may be left part-ended; `trajscope fsck {writer.run_id}` says what is left and `--repair` "
-                     "ends it")
+                     f"it may be left part-ended; `{command_for('fsck', writer.run_id, writer.root.location)}` says "
+                     "what is left and `--repair` ends it")
         raise
     except Exception as exc:  # e.g. a full disk, or a lost object store, took the final document too (finish
         if not is_storage_error(exc):  # released the lock)

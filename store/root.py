@@ -129,6 +129,15 @@ def default_location() -> str:
     return location.rstrip("/") if _is_url(location) else str(Path(location).expanduser().resolve())
 
 
+def command_for(verb: str, run_id: str, root_location: str) -> str:
+    """``trajscope VERB RUN``, with ``--root`` unless the run is under the default root (a hint without it names no
+    run from elsewhere: found by reviews)."""
+    import shlex
+
+    root = "" if root_location == default_location() else f" --root {shlex.quote(root_location)}"
+    return f"trajscope {verb} {run_id}{root}"
+
+
 class StoreRoot:
     """A directory of runs, local (``./runs``) or remote (``s3://bucket/prefix``, ``memory://x``).
 

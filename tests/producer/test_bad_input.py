@@ -182,6 +182,7 @@ def test_a_key_given_twice_and_a_folder_for_a_config_are_one_line_each(tmp_path,
 
 @pytest.mark.parametrize("override, words", [
     ("train.device=tpu", "train.device: unknown device 'tpu': use auto, cpu or cuda[:N]"),
+    ("train.device=cuda:01", "train.device: unknown device 'cuda:01'"),  # (torch refuses it: a review)
 ])
 def test_trajscope_config_refuses_what_produce_refuses(override, words, tmp_path, small_config, monkeypatch, capsys):
     """Found by a review: ``trajscope config`` (which validates every field) printed a config with ``train.device=tpu``,
@@ -195,4 +196,5 @@ def test_trajscope_config_refuses_what_produce_refuses(override, words, tmp_path
         code, err = cli(monkeypatch, capsys, *args)
         assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, (command, err)
     assert not (tmp_path / "runs").exists()
-    assert load_config(small_config(), ["train.device=cuda:1"]).train.device == "cuda:1"
+    for device in ("cuda:1", "cpu:0"):  # (cpu:0 ran before: a stored run's config with it still loads)
+        assert load_config(small_config(), [f"train.device={device}"]).train.device == device

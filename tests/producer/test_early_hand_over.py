@@ -5,6 +5,7 @@ the run ends with every state as recorded (the chunk written again as it grows).
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
 import time
 from pathlib import Path
@@ -327,3 +328,34 @@ def test_a_ctrl_c_before_a_full_chunk_reaches_the_store_cuts_there_and_close_ret
     assert closed == [CHUNK]
     writer.finish("interrupted")
     np.testing.assert_array_equal(open_run("r", StoreRoot(tmp_path)).W.values, torch.stack(Ws[:CHUNK]).numpy())
+
+
+def test_a_ctrl_c_while_close_waits_for_the_writer_thread_returns_only_once_it_has_stopped(tmp_path):
+    """Found by a review: a ``Thread.join()`` cut by a Ctrl-C marks the thread stopped in CPython 3.11 while it runs
+    on, so ``close()`` raised at once with ``stopped`` True and ``committed`` stale: the run was ended over 0 states
+    while the thread still committed (``last_step 0`` beside ``committed_steps 86``). The Ctrl-C is raised once the
+    thread has committed everything and ended."""
+    import signal
+
+    writer, recorder = _recorder(tmp_path, "copying")
+    commit = writer.commit
+
+    def slow_commit(*args, **kwargs):
+        time.sleep(1.0)
+        return commit(*args, **kwargs)
+
+    writer.commit = slow_commit
+    for k in range(7):
+        recorder.record(W=torch.full((H, DIM), float(k)), v=torch.zeros(H), loss=0.0, output=torch.zeros(N))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            recorder.close()  # (its final commit takes a second: the Ctrl-C lands in the wait for the thread)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert recorder.stopped and recorder.committed == 7 == writer.root.read_attrs("r")["committed_steps"]
+    recorder._thread.join(5)  # (its last lines after it said so)
+    assert not recorder._thread.is_alive()

@@ -175,9 +175,13 @@ def test_sigterm_while_a_run_is_set_up_ends_the_command_and_leaves_no_run_runnin
 
 @pytest.mark.parametrize("point, words", [
     ("create.arrays", "interrupted while run 'r' was being created: nothing was trained, and the run may be left "
-                      "half-made (`creating` in `trajscope ls`); `trajscope produce CONFIG --name r` makes it anew"),
+                      "half-made (`creating` in `trajscope ls`); `trajscope produce CONFIG --name r --root ROOT` makes "
+                      "it anew"),
+    # (found by a review: a Ctrl-C once the run's creation had ended was told half-made, and produce refused it)
+    ("create.attrs", "interrupted as run 'r' was created: nothing was trained; `trajscope resume r --root ROOT` "
+                     "trains it"),
     ("finish.status", "interrupted while the end of run 'r' was stored (41 states committed): it may be left "
-                      "part-ended; `trajscope fsck r` says what is left and `--repair` ends it"),
+                      "part-ended; `trajscope fsck r --root ROOT` says what is left and `--repair` ends it"),
 ])
 def test_a_ctrl_c_while_the_run_is_created_or_ended_says_what_it_left(tmp_path, small_config, point, words):
     """Found by a review: a Ctrl-C while the run was being created (left `creating`, which `resume` refuses), or a
@@ -192,18 +196,37 @@ def test_a_ctrl_c_while_the_run_is_created_or_ended_says_what_it_left(tmp_path, 
     config.write_text(yaml.safe_dump(small_config()))
     proc = cli("produce", str(config), "--root", str(tmp_path), "--name", "r", "-q", prelude=prelude)
     assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
-    assert proc.stderr.strip().splitlines()[-1] == f"trajscope: {words}", proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"trajscope: {words.replace('ROOT', str(tmp_path))}", proc.stderr
     assert "Traceback" not in proc.stderr and "never awaited" not in proc.stderr, proc.stderr
     from trajscope.store import StoreRoot, open_run
 
     if point == "create.arrays":
         assert StoreRoot(tmp_path).read_attrs("r")["status"] == "creating"
         again = cli("produce", str(config), "--root", str(tmp_path), "--name", "r", "-q")  # as the line says
+    elif point == "create.attrs":
+        assert StoreRoot(tmp_path).read_attrs("r")["status"] == "running"
+        again = cli("resume", "r", "--root", str(tmp_path), "-q")
     else:  # as the line says: fsck --repair ends it, over every state
         again = cli("fsck", "r", "--root", str(tmp_path), "--repair")
     assert again.returncode == 0, again.stderr[-2000:]
     ds = open_run("r", root=tmp_path)
     assert ds.attrs["status"] in ("complete", "interrupted") and ds.sizes["step"] == 41, ds.attrs
+
+
+def test_a_ctrl_c_while_produce_reports_says_how_the_run_ended(tmp_path, small_config):
+    """Found by a review: a second Ctrl-C just after the run ended, while its report was printed, ended the command
+    with exit 130 and nothing printed."""
+    import yaml
+
+    prelude = ("import os, signal, trajscope.cli.produce as p; f = p._report\n"
+               "def g(*a, **k):\n    os.kill(os.getpid(), signal.SIGINT)\n    return f(*a, **k)\np._report = g\n")
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(small_config()))
+    proc = cli("produce", str(config), "--root", str(tmp_path), "--name", "r", "-q", prelude=prelude)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stderr.strip().splitlines()[-1] == (f"trajscope: interrupted while reporting: run r ended `complete` "
+                                                    f"with 41 states; `trajscope show r --root {tmp_path}` says the "
+                                                    "rest"), proc.stderr
 
 
 def test_a_ctrl_c_in_a_reading_command_is_one_line(tmp_path, small_config):

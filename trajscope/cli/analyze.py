@@ -43,12 +43,9 @@ def parse_step(text: str | None) -> slice | None:
 def resume_command(run_id: str, root_location: str) -> str:
     """``trajscope resume RUN``, with ``--root`` unless the run is under the default root (a hint without it
     named no run: found by a review)."""
-    import shlex
+    from trajscope.store.root import command_for
 
-    from trajscope.store.root import default_location
-
-    default = default_location()
-    return f"trajscope resume {run_id}" + ("" if root_location == default else f" --root {shlex.quote(root_location)}")
+    return command_for("resume", run_id, root_location)
 
 
 def resume_hint(run_id: str, root_location: str, attrs: dict) -> str:

@@ -120,6 +120,23 @@ def _said_if_interrupted() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+def _report_uncut(result: "RunResult") -> None:
+    """:func:`_report`; a Ctrl-C meanwhile (the run has ended) is one line saying how, exit 130 (found by a review:
+    a second Ctrl-C there ended the command with nothing printed)."""
+    try:
+        _report(Console(soft_wrap=True), result)
+    except KeyboardInterrupt:
+        from trajscope.store import resolve_run
+        from trajscope.store.root import command_for
+
+        quiet_what_a_cut_leaves()
+        root, run_id = resolve_run(result.location)
+        print(f"trajscope: interrupted while reporting: run {run_id} ended `{result.status}` with "
+              f"{result.committed_steps} states; `{command_for('show', run_id, root.location)}` says the rest",
+              file=sys.stderr)
+        raise typer.Exit(130) from None
+
+
 def config_path(path: Path, folder: str = "") -> Path:
     """``path``, or the packaged config it names when it is not here (:func:`trajscope.resources.packaged_config`),
     saying so on stderr."""
@@ -157,7 +174,7 @@ def register(app: typer.Typer) -> None:
             else:
                 with progress_display() as display:
                     result = run_produce(resolved, root=root, name=name, progress=display, labels=extra)
-        _report(Console(soft_wrap=True), result)
+        _report_uncut(result)
         if result.status != "complete":
             raise typer.Exit(130 if result.status == "interrupted" else 1)
 
@@ -189,6 +206,6 @@ def register(app: typer.Typer) -> None:
             else:
                 with progress_display() as display:
                     result = run_resume(run, root=root, progress=display)
-        _report(Console(soft_wrap=True), result)
+        _report_uncut(result)
         if result.status != "complete":
             raise typer.Exit(130 if result.status == "interrupted" else 1)

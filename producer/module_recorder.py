@@ -310,9 +310,10 @@ class ModuleRecorder:
             self.tracked[name] = (role, now)
 
     def _watch_registrations(self) -> None:
-        """Note when the module registers a parameter, buffer or submodule (torch's global registration hooks; no
-        cost per step): the next recorded state then looks for tensors new since the recorder was made
-        (:meth:`_refuse_added`). The hooks hold the recorder weakly and go with it, or at :meth:`close`."""
+        """Note when the module registers a parameter, buffer or submodule (torch's global registration hooks): the
+        next recorded state then looks for tensors new since the recorder was made (:meth:`_refuse_added`), a walk
+        of the module; a step with no registration costs one flag's test. The hooks hold the recorder weakly and go
+        with it, or at :meth:`close`."""
         from torch.nn.modules import module as nn_module
 
         self._tree = {id(m) for m in self.module.modules()}  # (the module and its submodules, refreshed at a check)

@@ -846,10 +846,14 @@ class Recorder:
         commits behind its back; a second Ctrl-C is raised at once (then :attr:`stopped` is False while the
         thread still runs, and the caller must not end the run: ``resume`` does, later)."""
         try:
-            self._writer_done.wait()  # (not Thread.join(): see _writer_done)
+            self._wait_for_writer()
         except KeyboardInterrupt:
-            self._writer_done.wait()
+            self._wait_for_writer()
             raise
+
+    def _wait_for_writer(self) -> None:
+        """Wait until the writer thread has ended: on its event, not ``Thread.join()`` (see ``_writer_done``)."""
+        self._writer_done.wait()
 
     def _close_process(self) -> int:
         """The writer process's final commit and exit (its ``committed_steps``, -1 if it never said). A Ctrl-C

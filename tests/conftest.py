@@ -72,27 +72,26 @@ def interrupt_writer_join(monkeypatch):
     ``KeyboardInterrupt`` while that thread still commits (its final commit is delayed 0.3 s): a user's
     Ctrl-C during ``close``, without a real signal (``interrupts=2``: the second wait too, a second Ctrl-C).
     Returns the log that ``"interrupted"`` and ``"committed"`` fill."""
-    import threading
     import time
 
     from trajscope.producer.recorder import Recorder
 
     def arm(commit_delay: float = 0.3, interrupts: int = 1) -> list[str]:
         log: list[str] = []
-        join, commit_all = threading.Thread.join, Recorder._commit_all
+        wait, commit_all = Recorder._wait_for_writer, Recorder._commit_all
 
-        def interrupted_join(self, timeout=None):
-            if self.name == "trajscope-writer" and log.count("interrupted") < interrupts:
+        def interrupted_wait(self):
+            if log.count("interrupted") < interrupts:
                 log.append("interrupted")
                 raise KeyboardInterrupt
-            return join(self, timeout)
+            return wait(self)
 
         def slow_commit_all(self):
             time.sleep(commit_delay)
             commit_all(self)
             log.append("committed")
 
-        monkeypatch.setattr(threading.Thread, "join", interrupted_join)
+        monkeypatch.setattr(Recorder, "_wait_for_writer", interrupted_wait)
         monkeypatch.setattr(Recorder, "_commit_all", slow_commit_all)
         return log
 

@@ -670,16 +670,20 @@ class Recorder:
     def _hand_off(self, count: int, index: int | None = None) -> None:
         """Hand the chunk buffer ``index`` (default: the one being filled, which is then done) holding ``count``
         states to the store."""
-        if index is None:
-            index, self._current = self._current, None
-            self._flush_due = math.inf  # (nothing left to hand over early until the next chunk's first state)
+        done = index is None
+        if done:
+            index = self._current
         slot = self._slots[index]
-        slot.count = count
-        if self._process is not None and not self._process_staged:
-            slot.copied_at = time.perf_counter()  # the rows are in shared host memory already
-            self._process.submit(index, slot.start, count)
-            return
-        try:
+        try:  # (from here on a Ctrl-C cuts: the chunk may be neither the one filled nor handed over)
+            if done:
+                self._current = None
+                self._flush_due = math.inf  # (nothing left to hand over early until the next chunk's first state)
+            slot.count = count
+            if self._process is not None and not self._process_staged:
+                slot.copied_at = time.perf_counter()  # the rows are in shared host memory already
+                self._process.submit(index, slot.start, count)
+                self._handed = max(self._handed, slot.start + count)
+                return
             if self._direct:  # nothing to wait for: the block goes to the store's write pool from here
                 if self._error is not None:
                     self._release(index)

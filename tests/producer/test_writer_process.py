@@ -397,6 +397,57 @@ def test_a_ctrl_c_while_a_chunk_goes_to_the_staging_ends_the_run_over_the_chunks
     np.testing.assert_array_equal(ds.W.values[:, 0, 0], np.arange(10, dtype=np.float32))
 
 
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_ctrl_c_while_a_full_chunk_goes_to_the_writer_process_cuts_there(tmp_path, when):
+    """A Ctrl-C lands while the loop hands the full chunk at 10 to the writer process (buffers in shared memory,
+    the CPU), ``before`` or ``after`` the message reaches it. The chunk had stopped being the one filled, so
+    ``close`` no longer hands it over: the recorder refuses to record on, and closing it ends the run over what
+    the process committed, 10 or 15 states, as an interrupted run. (The CI's Ctrl-C to a trainer's process group
+    once landed there: the run ended failed, "the writer process committed 1206 of the 1224 states recorded".)"""
+    import torch
+
+    from trajscope.producer.recorder import Recorder
+    from trajscope.producer.two_layer import variables as two_layer_variables
+
+    h, dim, n, states = 4, 3, 5, 23
+    root = StoreRoot(tmp_path)
+    writer = RunWriter.create(
+        root, "cut", variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
+        capacity=states, static={"X": np.ones((n, dim)), "y": np.array([1, -1, 1, -1, 1])},
+        attrs={"config": {}}, chunk_bytes=h * dim * 4 * 5)
+    process = writer_process.WriterProcess.start()
+    submit = process.submit
+
+    def submit_cut_at_10(slot, start, count):
+        if start == 10 and when == "after":
+            submit(slot, start, count)
+        if start == 10:
+            raise KeyboardInterrupt
+        submit(slot, start, count)
+
+    process.submit = submit_cut_at_10
+    recorder = Recorder(writer, {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)},
+                        {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32},
+                        torch.device("cpu"), buffers=2, columns={"step": np.arange(states), "t": np.arange(states) * 0.5},
+                        process=process)
+
+    def record(k):
+        recorder.record(W=torch.full((h, dim), float(k)), v=torch.zeros(h), loss=torch.tensor(0.0, dtype=torch.float64),
+                        output=torch.zeros(n))
+
+    with pytest.raises(KeyboardInterrupt):
+        for k in range(states):
+            record(k)
+    with pytest.raises(RuntimeError, match="a Ctrl-C interrupted handing states 10"):
+        record(15)
+    kept = 10 if when == "before" else 15
+    assert recorder.close() == kept
+    writer.finish("interrupted")
+    ds = open_run("cut", root)
+    assert ds.attrs["status"] == "interrupted" and ds.attrs["committed_steps"] == kept
+    np.testing.assert_array_equal(ds.W.values[:, 0, 0], np.arange(kept, dtype=np.float32))
+
+
 def _open_descriptors() -> set[str]:
     import os
 

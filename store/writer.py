@@ -96,7 +96,9 @@ class RunWriter:
         self._attrs_guard = threading.Lock()
         self._hot_guard = threading.Lock()  # the hot path is made once, whichever thread asks first
         self._last_write = time.monotonic()
-        self._unlocker: threading.Thread | None = None  # releases the lock after an interrupted finish
+        # releases the lock after an interrupted finish, and tells when it has ended (an Event: a Thread.join() cut
+        # by a Ctrl-C marks the thread stopped while it runs on in CPython 3.11)
+        self._unlocker: tuple[threading.Thread, threading.Event] | None = None
         self._unlocked_after_interrupt = False  # (it has: a later finish takes the lock back)
         self._unlock_guard = threading.Lock()
 
@@ -496,19 +498,25 @@ class RunWriter:
             self.lock.release()
             return
 
+        done = threading.Event()
+
         def release() -> None:
             try:
                 hot.close()
             finally:
                 with self._unlock_guard:
-                    if self._unlocker is threading.current_thread():  # (not taken back by a finish since)
-                        self._unlocker = None
-                        self._unlocked_after_interrupt = True
-                        self.lock.release()
+                    try:
+                        if self._unlocker is not None and self._unlocker[1] is done:  # (not taken back since)
+                            self._unlocker = None
+                            self._unlocked_after_interrupt = True
+                            self.lock.release()
+                    finally:
+                        done.set()  # (under the guard: a finish that sees it unset knows it has not looked yet)
 
         with self._unlock_guard:
-            self._unlocker = threading.Thread(target=release, name="trajscope-unlock-when-written", daemon=True)
-            self._unlocker.start()
+            thread = threading.Thread(target=release, name="trajscope-unlock-when-written", daemon=True)
+            self._unlocker = (thread, done)
+            thread.start()
 
     def _take_back_the_lock(self) -> None:
         """A ``finish`` called again after an interrupted one: its unlocking thread is told not to release,
@@ -518,9 +526,22 @@ class RunWriter:
             pending, self._unlocker = self._unlocker, None
             released, self._unlocked_after_interrupt = self._unlocked_after_interrupt, False
         if pending is not None:
-            pending.join()
+            try:
+                self._wait_for_unlocker(pending[1])
+            except BaseException:  # a Ctrl-C meanwhile: the lock is released once the writes land, as after the
+                with self._unlock_guard:  # first interrupted finish (it was held until the process exited)
+                    if not pending[1].is_set():
+                        self._unlocker = pending  # (it releases the lock when it ends)
+                    elif self.lock.held:  # it ended without releasing (this finish had told it not to)
+                        self._unlocked_after_interrupt = True
+                        self.lock.release()
+                raise
         if (pending is not None or released) and not self.lock.held:
             self.lock.acquire()
+
+    def _wait_for_unlocker(self, done: threading.Event) -> None:
+        """Wait until an interrupted finish's unlocking thread has ended (its last writes landed)."""
+        done.wait()
 
     def close_writes(self) -> None:
         """Wait for every chunk write in flight and stop the write threads (``finish`` calls it)."""

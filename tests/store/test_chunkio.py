@@ -613,6 +613,40 @@ def test_a_finish_called_again_after_an_interrupted_one_holds_the_lock_to_its_en
     WriterLock(root, "again").acquire().release()  # released at the end, once
 
 
+@pytest.mark.parametrize("landed", [False, True], ids=["writes in flight", "writes landed"])
+def test_a_ctrl_c_while_a_finish_called_again_waits_leaves_the_lock_to_be_released(tmp_path, monkeypatch, landed):
+    """``finish`` is called again after an interrupted one, and a Ctrl-C cuts its wait for the last writes too,
+    while they are still in flight or once they have landed: the lock is released once they land, as after the
+    first interrupted finish (it was held until the process exited: a ``resume`` in a notebook's kernel found the
+    run locked), and a third ``finish`` ends the run holding it."""
+    from trajscope.store import writer as writer_module
+    from trajscope.store.locks import WriterLock
+
+    root = StoreRoot(tmp_path)
+    writer, gated = _finish_interrupted_while_a_chunk_is_held(root, "thrice", monkeypatch)
+    wait = writer_module.RunWriter._wait_for_unlocker
+
+    def cut(self, done):
+        if landed:
+            gated.gate.set()
+            wait(self, done)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer_module.RunWriter, "_wait_for_unlocker", cut)
+    with pytest.raises(KeyboardInterrupt):
+        writer.finish("interrupted")
+    monkeypatch.setattr(writer_module.RunWriter, "_wait_for_unlocker", wait)
+    gated.gate.set()
+    deadline = time.monotonic() + 20
+    while writer.lock.held:
+        assert time.monotonic() < deadline, "the lock was never released"
+        time.sleep(0.02)
+    WriterLock(root, "thrice").acquire().release()
+    writer.finish("interrupted")
+    assert root.read_attrs("thrice")["status"] == "interrupted"
+    WriterLock(root, "thrice").acquire().release()
+
+
 def test_a_finish_called_after_the_unlocking_thread_released_takes_the_lock_back(tmp_path, monkeypatch):
     """The last writes landed and the unlocking thread released the lock before ``finish`` is called again: that
     call takes the lock back before it writes the final document (and finds it taken if another writer has it)."""

@@ -96,3 +96,13 @@ def interrupt_writer_join(monkeypatch):
         return log
 
     return arm
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How the tests' ``trajscope`` commands ran (``tests/cli_fork.py``): forked from the warm interpreter, or fresh,
+    and why (a command that should have been forked and was not shows up here, and in the suite's time)."""
+    from tests import cli_fork
+
+    if cli_fork.counts:
+        terminalreporter.write_line("trajscope commands: " + ", ".join(
+            f"{count} {how}" for how, count in cli_fork.counts.most_common()))

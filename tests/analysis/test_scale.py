@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from trajscope.analysis.summary import summary, summary_rows
+from tests import cli_fork
 
 HERE = Path(__file__).parent
 
@@ -83,8 +84,7 @@ def test_summary_on_real_run_matches_direct_numpy(real_run):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-c", "from trajscope.cli import main; main()", *args],
-                          capture_output=True, text=True, timeout=120, cwd=cwd)
+    return cli_fork.run(args, timeout=120, cwd=cwd)
 
 
 def test_cli_show_and_plot(real_root, real_run, tmp_path):

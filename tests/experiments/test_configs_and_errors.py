@@ -19,6 +19,7 @@ from trajscope.producer.data import build_dataset
 from trajscope.experiments.sweep import expand, load_sweep
 from trajscope.store import open_run
 from trajscope.store.errors import UserError
+from tests import cli_fork
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER = sorted((REPO / "configs" / "paper").glob("*.yaml"))
@@ -106,8 +107,7 @@ def test_cli_sweep_errors_are_one_line(tmp_path, python_env):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ngrid: [1, 2\n")
     for args in (["sweep", str(bad)], ["sweep", str(tmp_path / "missing.yaml")]):
-        proc = subprocess.run([sys.executable, "-c", "from trajscope.cli import main; main()", *args], capture_output=True, text=True,
-                              env=python_env, cwd=tmp_path)
+        proc = cli_fork.run(args, env=python_env, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("trajscope: error: ")

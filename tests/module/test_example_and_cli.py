@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import trajscope
+from tests import cli_fork
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,8 +44,7 @@ def test_show_and_plot_for_a_module_run(tmp_path):
                 model[1].bias.add_(1.0)
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "trajscope", *args, "--root", str(tmp_path)],
-                              capture_output=True, text=True, timeout=300)
+        return cli_fork.run([*args, "--root", str(tmp_path)])
 
     shown = cli("show", "seq")
     assert shown.returncode == 0, shown.stderr
@@ -79,8 +79,7 @@ def test_resume_and_compare_of_module_runs(tmp_path):
             pass
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "trajscope", *args, "--root", str(tmp_path)],
-                              capture_output=True, text=True, timeout=300)
+        return cli_fork.run([*args, "--root", str(tmp_path)])
 
     from trajscope.store import StoreRoot, describe_run
 
@@ -125,8 +124,7 @@ def test_a_module_run_whose_loss_is_a_vector_closes_shows_and_compares(tmp_path)
         assert ds.attrs["status"] == "complete" and ds["loss"].shape == (3, 4) and "final_loss" not in ds.attrs
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "trajscope", *args, "--root", str(tmp_path)],
-                              capture_output=True, text=True, timeout=300)
+        return cli_fork.run([*args, "--root", str(tmp_path)])
 
     for args in (("show", "va"), ("compare", "va", "vb")):
         out = cli(*args)

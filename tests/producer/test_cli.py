@@ -12,12 +12,13 @@ import yaml
 from trajscope import open_run
 from trajscope.producer import load_config
 from trajscope.store.dataset_attrs import run_attr
+from tests import cli_fork
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args, env, check=True):
-    proc = subprocess.run(["trajscope", *args], capture_output=True, text=True, env=env, timeout=300)
+    proc = cli_fork.run(args, env=env, timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
 
 from trajscope.producer.config import RunConfig, load_config
 from trajscope.producer.data import build_dataset, separation
 from trajscope.store.errors import UserError
+from tests import cli_fork
 
 
 def brute_force_mu(X, y):
@@ -129,8 +128,7 @@ def test_cli_prints_one_line_errors(tmp_path, python_env):
         ([str(tmp_path / "missing.yaml")], "not found"),
         ([str(bad), "--set", "train.lr=0.1", "--name", "../x"], "invalid run id"),
     ]:
-        proc = subprocess.run(["trajscope", "produce", *args, "--root", str(tmp_path / "r")],
-                              capture_output=True, text=True, env=python_env, timeout=120)
+        proc = cli_fork.run(["produce", *args, "--root", str(tmp_path / "r")], env=python_env, timeout=120)
         assert proc.returncode == 2, proc.stderr
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("trajscope: error:") and message in lines[0], proc.stderr

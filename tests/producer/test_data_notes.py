@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import struct
-import subprocess
 import warnings
 
 import numpy as np
@@ -18,6 +17,7 @@ from trajscope.producer.config import load_config
 from trajscope.producer.data import DataWarning, build_dataset, separation
 from trajscope.producer.mnist import load_mnist_pair, load_mnist_raw
 from trajscope.store.errors import UserError
+from tests import cli_fork
 
 CENTRED = {"n": 20, "dim": 5, "mu": 0.07, "positive_fraction": 0.6, "center": True}
 
@@ -55,13 +55,11 @@ def test_cli_produce_and_show_print_the_warning(tmp_path, python_env):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     root = str(tmp_path / "runs")
-    proc = subprocess.run(["trajscope", "produce", str(path), "--root", root, "--name", "centred", "-q"],
-                          capture_output=True, text=True, env=python_env, timeout=300)
+    proc = cli_fork.run(["produce", str(path), "--root", root, "--name", "centred", "-q"], env=python_env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "data.center changed μ" in line]
     assert len(lines) == 1 and lines[0].startswith("warning:") and "μ = 0.07" in lines[0], proc.stderr
-    show = subprocess.run(["trajscope", "show", "centred", "--root", root], capture_output=True, text=True,
-                          env={**python_env, "COLUMNS": "300"}, timeout=300)
+    show = cli_fork.run(["show", "centred", "--root", root], env={**python_env, "COLUMNS": "300"}, timeout=300)
     assert show.returncode == 0, show.stderr
     assert "warning: data.center changed μ" in show.stdout and "μ = 0.07" in show.stdout
     assert "config asked for 0.07" in show.stdout

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 
 import pytest
 
@@ -15,6 +14,7 @@ from trajscope.store import StoreRoot, list_runs, open_run
 from trajscope.store.errors import MalformedRun
 
 from tests.store.test_symlinks import write_run
+from tests import cli_fork
 
 #: (name, edit of the document, words of the error)
 EDITS = [
@@ -109,12 +109,11 @@ def test_the_server_and_the_cli_skip_it_in_listings_and_refuse_it_alone(tmp_path
         for url in ("/api/runs/bad", "/api/runs/bad/series/loss", "/api/runs/bad/analysis", "/zarr/bad/zarr.json"):
             r = client.get(url)
             assert r.status_code == 422 and "committed_steps is '5k'" in r.json()["detail"], (url, r.text)
-    result = subprocess.run(["trajscope", "ls", "--root", root.location], capture_output=True, text=True, timeout=120)
+    result = cli_fork.run(["ls", "--root", root.location], timeout=120)
     assert result.returncode == 0 and "good" in result.stdout and "Traceback" not in result.stderr
     why = "committed_steps is '5k', not a whole number >= 0"
     assert result.stderr.strip().splitlines() == [f"skipped: {MalformedRun('bad', why)}"]
-    shown = subprocess.run(["trajscope", "show", "bad", "--root", root.location], capture_output=True, text=True,
-                           timeout=120)
+    shown = cli_fork.run(["show", "bad", "--root", root.location], timeout=120)
     assert shown.returncode == 2 and len(shown.stderr.strip().splitlines()) == 1 and "committed_steps" in shown.stderr
 
 
@@ -134,11 +133,9 @@ def test_fsck_reports_it_and_rm_deletes_it(tmp_path, name, edit, words):
     plant(root, name, edit)
     report = fsck_run(root, name)
     assert any(words in problem for problem in report.problems), report.problems
-    fsck = subprocess.run(["trajscope", "fsck", name, "--root", root.location], capture_output=True, text=True,
-                          timeout=120)
+    fsck = cli_fork.run(["fsck", name, "--root", root.location], timeout=120)
     assert fsck.returncode == 1 and words in fsck.stdout + fsck.stderr and "Traceback" not in fsck.stderr
-    rm = subprocess.run(["trajscope", "rm", name, "--root", root.location], input="y\n", capture_output=True,
-                        text=True, timeout=120)
+    rm = cli_fork.run(["rm", name, "--root", root.location], input="y\n", timeout=120)
     assert rm.returncode == 0 and "zarr.json cannot be read" in rm.stdout, (rm.stdout, rm.stderr)
     assert not root.exists(name)
     plant(root, name, edit)

@@ -7,7 +7,6 @@ the named fault points of the writer are visited in tests/producer/test_fault_po
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import numpy as np
@@ -17,6 +16,7 @@ import xarray as xr
 from trajscope.producer.two_layer import variables as two_layer_variables
 from trajscope.store import RunWriter, StoreRoot, open_run
 from trajscope.store.fsck import fsck_run
+from tests import cli_fork
 
 H, D, N, CAPACITY, CHUNK = 3, 4, 5, 40, 4
 
@@ -111,8 +111,7 @@ def test_fsck_finds_a_corrupt_and_a_missing_chunk(tmp_path, python_env):
     root = StoreRoot(tmp_path)
     writer, values = written_run(root)
     writer.finish("complete")
-    assert subprocess.run(["trajscope", "fsck", "r", "--root", str(tmp_path)], env=python_env,
-                          capture_output=True, text=True).returncode == 0
+    assert cli_fork.run(["fsck", "r", "--root", str(tmp_path)], env=python_env).returncode == 0
     chunk = tmp_path / "r.zarr" / "W" / "c" / "2" / "0" / "0"
     data = bytearray(chunk.read_bytes())
     data[5] ^= 0xFF
@@ -120,8 +119,7 @@ def test_fsck_finds_a_corrupt_and_a_missing_chunk(tmp_path, python_env):
     loss_chunk = json.loads((tmp_path / "r.zarr" / "loss" / "zarr.json").read_text())["chunk_grid"]["configuration"]
     loss_key = f"loss/c/{8 // loss_chunk['chunk_shape'][0]}"  # small variables have longer chunks than W
     (tmp_path / "r.zarr" / loss_key).unlink()
-    proc = subprocess.run(["trajscope", "fsck", "r", "--root", str(tmp_path), "--repair"], env=python_env,
-                          capture_output=True, text=True)
+    proc = cli_fork.run(["fsck", "r", "--root", str(tmp_path), "--repair"], env=python_env)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("run 'r': 2 problems")
@@ -145,8 +143,7 @@ def test_fsck_reports_temporary_files_a_killed_writer_left_and_repair_removes_th
     zarrs.write_bytes(b"{")
     report = fsck_run(root, "r")
     assert [p for p in report.problems if "2 temporary file(s)" in p and "W/c/5/0/.tmp-4242-1-0" in p]
-    proc = subprocess.run(["trajscope", "fsck", "r", "--root", str(tmp_path), "--repair"], env=python_env,
-                          capture_output=True, text=True)
+    proc = cli_fork.run(["fsck", "r", "--root", str(tmp_path), "--repair"], env=python_env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not left.exists() and not zarrs.exists() and fsck_run(root, "r").ok
     assert_values(open_run("r", root).load(), values)
@@ -192,8 +189,7 @@ def test_a_run_an_older_trajscope_left_half_created_is_told_as_such(tmp_path, py
         open_run("halfmade", root)
     with pytest.raises(UserError, match="never fully created .*trajscope produce CONFIG --name halfmade"):
         RunWriter.reopen(root, "halfmade")
-    shown = subprocess.run(["trajscope", "show", "halfmade", "--root", str(tmp_path)], env=python_env,
-                           capture_output=True, text=True, timeout=120)
+    shown = cli_fork.run(["show", "halfmade", "--root", str(tmp_path)], env=python_env, timeout=120)
     assert shown.returncode == 2 and "resume" not in shown.stderr and "--name halfmade" in shown.stderr, shown.stderr
     report = fsck_run(root, "halfmade")
     assert report.problems == ["the run was never fully created (its producer died while creating it): --repair "

@@ -9,7 +9,6 @@ error naming the link) or removes the link, and that the victim is left exactly 
 from __future__ import annotations
 
 import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from trajscope.store.layout import TEMPORARY_PREFIX
 from trajscope.store.locks import WriterLock
 
 from tests.store.test_symlinks import write_run
+from tests import cli_fork
 
 VICTIM = b"victim's own bytes\n"
 
@@ -67,8 +67,7 @@ def test_the_cli_says_so_in_one_line(tmp_path, victim):
     write_run(root, "r")
     os.unlink(root.lock_path("r"))
     os.symlink(victim / "victim.txt", root.lock_path("r"))
-    result = subprocess.run(["trajscope", "tag", "r", "newtag", "--root", root.location],
-                            capture_output=True, text=True, timeout=120)
+    result = cli_fork.run(["tag", "r", "newtag", "--root", root.location], timeout=120)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "symbolic link" in lines[0] and "Traceback" not in result.stderr

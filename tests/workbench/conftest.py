@@ -7,15 +7,18 @@ import sys
 
 import pytest
 
+from tests import cli_fork
+
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None; "  # `import torch` now raises ImportError
 
 
 def cli(*args: str, prelude: str = "", input: str | None = None, env: dict | None = None,
         timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``trajscope ARGS`` (``prelude`` is Python run first, e.g. to block an import)."""
-    code = prelude + "from trajscope.cli import main; main()"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, input=input,
-                          env=env, timeout=timeout)
+    """Run ``trajscope ARGS`` in a process of its own: forked from a warm interpreter (:mod:`tests.cli_fork`), or,
+    given a ``prelude`` (Python run first, e.g. to block an import) or an ``env``, a fresh one."""
+    if prelude or env is not None:
+        return cli_fork.fresh(args, prelude=prelude, input=input, env=env, timeout=timeout)
+    return cli_fork.run(args, input=input, timeout=timeout)
 
 
 def free_port() -> int:

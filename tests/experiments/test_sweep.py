@@ -14,7 +14,7 @@ import pytest
 from trajscope.experiments.sweep import expand, load_sweep, run_sweep
 from trajscope.store import StoreRoot, UserError, describe_run
 
-KILL_STEPS = 20_000
+KILL_STEPS = 8_000  # (a few seconds of training: each test kills the run at its first commit, within a second)
 
 
 def test_expansion_is_deterministic_and_ids_follow_the_config(spec_factory):

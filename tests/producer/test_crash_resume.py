@@ -15,6 +15,7 @@ import yaml
 from trajscope import open_run
 from trajscope.producer import produce, resume
 from trajscope.store import RunLocked, RunWriter, StoreRoot
+from tests import cli_fork
 
 VARIABLES = ("W", "v", "loss", "output", "step", "t")
 
@@ -517,8 +518,7 @@ def test_resume_refuses_a_run_whose_last_chunk_is_lost(tmp_path, small_config, m
     after = root.read_attrs("lost")
     assert after["status"] == "interrupted" and after["committed_steps"] == before["committed_steps"]
     assert not (tmp_path / "lost.zarr" / "W" / "c" / str(last)).exists()  # nothing rewritten over the loss
-    cli = subprocess.run([sys.executable, "-m", "trajscope", "resume", "lost", "--root", str(tmp_path), "--quiet"],
-                         capture_output=True, text=True)
+    cli = cli_fork.run(["resume", "lost", "--root", str(tmp_path), "--quiet"])
     assert cli.returncode == 1 and cli.stderr.count("\n") == 1 and "is missing" in cli.stderr, cli.stderr
 
 
@@ -529,8 +529,7 @@ def test_resume_refuses_a_run_whose_last_chunk_fails_its_checksum_and_keeps_its_
     root, before, last = interrupted_in_a_chunk(tmp_path, small_config, monkeypatch, "torn")
     chunk = tmp_path / "torn.zarr" / "W" / "c" / str(last) / "0" / "0"
     chunk.write_bytes(chunk.read_bytes()[:100])
-    cli = subprocess.run([sys.executable, "-m", "trajscope", "resume", "torn", "--root", str(tmp_path), "--quiet"],
-                         capture_output=True, text=True)
+    cli = cli_fork.run(["resume", "torn", "--root", str(tmp_path), "--quiet"])
     assert cli.returncode == 1 and cli.stderr.count("\n") == 1, cli.stderr
     assert "'torn'" in cli.stderr and f"W/c/{last}/0/0" in cli.stderr, cli.stderr
     after = root.read_attrs("torn")

@@ -10,7 +10,6 @@ bit-identically. The run stops early (``stop_loss``) so that finishing really sh
 from __future__ import annotations
 
 import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from trajscope.store import StoreRoot, UserError, list_runs
 from trajscope.store import faults
 from trajscope.store.chunkio import stale_temporaries
 from trajscope.store.fsck import fsck_run
+from tests import cli_fork
 
 VARIABLES = ("W", "v", "loss", "output", "step", "t")
 #: which hit of a point to stop at: the 3rd chunk write, the 2nd commit (each commit raises ``committed_steps``
@@ -108,8 +108,7 @@ def check_stopped_run(root, name, point, ref):
 
 def run_cli(args, env, point, tmp_path):
     env = {**env, faults.ENV: f"{point}:kill:{NTH.get(point, 1)}"}
-    proc = subprocess.run(["trajscope", *args, "--root", str(tmp_path), "--quiet"], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = cli_fork.run([*args, "--root", str(tmp_path), "--quiet"], env=env, timeout=300)
     assert proc.returncode == -9, (proc.returncode, proc.stderr[-2000:])
 
 

@@ -15,6 +15,7 @@ import pytest
 import xarray as xr
 
 from trajscope.producer.two_layer import variables as two_layer_variables
+from tests import cli_fork
 from trajscope.store import (
     CorruptData,
     RunLocked,
@@ -422,8 +423,7 @@ def test_a_running_run_whose_writer_is_gone_is_told_apart(tmp_path, python_env, 
     main(["ls", "--root", str(tmp_path), "--json"])
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["writer_gone"] is True
-    main_ls = subprocess.run([sys.executable, "-c", "from trajscope.cli import main; main()", "ls", "--root",
-                              str(tmp_path)], capture_output=True, text=True, env=python_env, timeout=120)
+    main_ls = cli_fork.run(["ls", "--root", str(tmp_path)], env=python_env, timeout=120)
     assert "writer gone" in main_ls.stdout and "trajscope resume r" in main_ls.stdout.replace("\n", "")
     RunWriter.reopen(root, "r").finish("complete")
     assert not describe_run("r", root).writer_gone  # only a running run

@@ -56,16 +56,19 @@ def test_config_command_prints_every_field(python_env):
 def test_the_readmes_config_paths_and_bare_names_work_from_any_folder(tmp_path, python_env):
     """Found by a review of the wheel: outside a checkout, ``trajscope produce configs/quickstart.yaml`` (the
     README's command) said the file was not found, though the configs are installed with the package."""
-    def cli(*args, check=True):
-        proc = subprocess.run(["trajscope", *args], capture_output=True, text=True, env=python_env, timeout=300,
-                              cwd=tmp_path)
+    def cli(*args, check=True, script=False):  # (``script``: the installed console script, not a forked process)
+        if script:
+            proc = subprocess.run(["trajscope", *args], capture_output=True, text=True, env=python_env, timeout=300,
+                                  cwd=tmp_path)
+        else:
+            proc = cli_fork.run(args, env=python_env, timeout=300, cwd=tmp_path)
         assert (proc.returncode == 0) == check, proc.stderr
         return proc
 
     for name in ("configs/quickstart.yaml", "quickstart", "paper/toy_r2"):
         proc = cli("config", name)
         assert "using the packaged" in proc.stderr and yaml.safe_load(proc.stdout)["name"] == Path(name).stem
-    ran = cli("produce", "quickstart", "--root", "runs", "--name", "q", "-q", "--set", "train.steps=3")
+    ran = cli("produce", "quickstart", "--root", "runs", "--name", "q", "-q", "--set", "train.steps=3", script=True)
     assert "quickstart.yaml" in ran.stderr and open_run("q", tmp_path / "runs").sizes["step"] == 4
     missing = cli("produce", "nosuch", "--root", "runs", check=False)
     assert missing.returncode == 2 and "config file nosuch not found" in missing.stderr

@@ -15,10 +15,11 @@ BLOCK_TORCH = "import sys; sys.modules['torch'] = None; "  # `import torch` now 
 def cli(*args: str, prelude: str = "", input: str | None = None, env: dict | None = None,
         timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``trajscope ARGS`` in a process of its own: forked from a warm interpreter (:mod:`tests.cli_fork`), or,
-    given a ``prelude`` (Python run first, e.g. to block an import) or an ``env``, a fresh one."""
-    if prelude or env is not None:
+    given a ``prelude`` (Python run first, e.g. to block an import) or an ``env`` that changes a variable read at
+    start-up, a fresh one."""
+    if prelude:
         return cli_fork.fresh(args, prelude=prelude, input=input, env=env, timeout=timeout)
-    return cli_fork.run(args, input=input, timeout=timeout)
+    return cli_fork.run(args, input=input, env=env, timeout=timeout)
 
 
 def free_port() -> int:

@@ -352,22 +352,14 @@ def test_a_failed_copy_while_closing_keeps_what_the_writer_process_committed(tmp
     np.testing.assert_array_equal(ds.W.values, expected[:50])
 
 
-@pytest.mark.parametrize("process", [False, True], ids=["writer thread", "writer process"])
-def test_a_ctrl_c_while_a_chunk_goes_to_the_staging_ends_the_run_over_the_chunks_before(tmp_path, process):
-    """A Ctrl-C lands while the third chunk is being handed to the staging (on a GPU: its copy to pinned
-    memory being queued): that chunk never reaches the writer, so the recorder refuses to record on, and
-    closing it commits the two chunks before, as an interrupted run (with a writer process it used to
-    report the missing states as a failed run)."""
+def _cut_short(tmp_path, process, staging=None):
+    """A run of 23 states of a 4-neuron network in chunks of 5, its recorder (two buffers), and ``record(k)``, which
+    records the state whose every ``W`` entry is ``k``, until the Ctrl-C that the test makes land at the third
+    chunk's hand-over; after it, another state is refused. Returns ``(root, writer, recorder)``."""
     import torch
 
     from trajscope.producer.recorder import Recorder
     from trajscope.producer.two_layer import variables as two_layer_variables
-
-    class CutAtTheThirdChunk(_staging.DeferredStaging):
-        def start_copy(self, slot):
-            if slot.start == 10:
-                raise KeyboardInterrupt
-            super().start_copy(slot)
 
     h, dim, n, states = 4, 3, 5, 23
     root = StoreRoot(tmp_path)
@@ -377,9 +369,8 @@ def test_a_ctrl_c_while_a_chunk_goes_to_the_staging_ends_the_run_over_the_chunks
         attrs={"config": {}}, chunk_bytes=h * dim * 4 * 5)
     recorder = Recorder(writer, {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)},
                         {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32},
-                        torch.device("cpu"), buffers=2, staging=CutAtTheThirdChunk(),
-                        columns={"step": np.arange(states), "t": np.arange(states) * 0.5},
-                        process=writer_process.WriterProcess.start() if process else None)
+                        torch.device("cpu"), buffers=2, columns={"step": np.arange(states), "t": np.arange(states) * 0.5},
+                        staging=staging, process=process)
 
     def record(k):
         recorder.record(W=torch.full((h, dim), float(k)), v=torch.zeros(h), loss=torch.tensor(0.0, dtype=torch.float64),
@@ -390,11 +381,32 @@ def test_a_ctrl_c_while_a_chunk_goes_to_the_staging_ends_the_run_over_the_chunks
             record(k)
     with pytest.raises(RuntimeError, match="a Ctrl-C interrupted handing states 10"):
         record(15)
-    assert recorder.close() == 10
+    return root, writer, recorder
+
+
+def _assert_interrupted_over(root, writer, recorder, kept):
+    assert recorder.close() == kept
     writer.finish("interrupted")
     ds = open_run("cut", root)
-    assert ds.attrs["status"] == "interrupted" and ds.attrs["committed_steps"] == 10
-    np.testing.assert_array_equal(ds.W.values[:, 0, 0], np.arange(10, dtype=np.float32))
+    assert ds.attrs["status"] == "interrupted" and ds.attrs["committed_steps"] == kept
+    np.testing.assert_array_equal(ds.W.values[:, 0, 0], np.arange(kept, dtype=np.float32))
+
+
+@pytest.mark.parametrize("process", [False, True], ids=["writer thread", "writer process"])
+def test_a_ctrl_c_while_a_chunk_goes_to_the_staging_ends_the_run_over_the_chunks_before(tmp_path, process):
+    """A Ctrl-C lands while the third chunk is being handed to the staging (on a GPU: its copy to pinned
+    memory being queued): that chunk never reaches the writer, so the recorder refuses to record on, and
+    closing it commits the two chunks before, as an interrupted run (with a writer process it used to
+    report the missing states as a failed run)."""
+
+    class CutAtTheThirdChunk(_staging.DeferredStaging):
+        def start_copy(self, slot):
+            if slot.start == 10:
+                raise KeyboardInterrupt
+            super().start_copy(slot)
+
+    process = writer_process.WriterProcess.start() if process else None
+    _assert_interrupted_over(*_cut_short(tmp_path, process, CutAtTheThirdChunk()), kept=10)
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
@@ -404,17 +416,6 @@ def test_a_ctrl_c_while_a_full_chunk_goes_to_the_writer_process_cuts_there(tmp_p
     ``close`` no longer hands it over: the recorder refuses to record on, and closing it ends the run over what
     the process committed, 10 or 15 states, as an interrupted run. (The CI's Ctrl-C to a trainer's process group
     once landed there: the run ended failed, "the writer process committed 1206 of the 1224 states recorded".)"""
-    import torch
-
-    from trajscope.producer.recorder import Recorder
-    from trajscope.producer.two_layer import variables as two_layer_variables
-
-    h, dim, n, states = 4, 3, 5, 23
-    root = StoreRoot(tmp_path)
-    writer = RunWriter.create(
-        root, "cut", variables=two_layer_variables(), sizes={"neuron": h, "feature": dim, "sample": n},
-        capacity=states, static={"X": np.ones((n, dim)), "y": np.array([1, -1, 1, -1, 1])},
-        attrs={"config": {}}, chunk_bytes=h * dim * 4 * 5)
     process = writer_process.WriterProcess.start()
     submit = process.submit
 
@@ -426,26 +427,7 @@ def test_a_ctrl_c_while_a_full_chunk_goes_to_the_writer_process_cuts_there(tmp_p
         submit(slot, start, count)
 
     process.submit = submit_cut_at_10
-    recorder = Recorder(writer, {"W": (h, dim), "v": (h,), "loss": (), "output": (n,)},
-                        {"W": torch.float32, "v": torch.float32, "loss": torch.float64, "output": torch.float32},
-                        torch.device("cpu"), buffers=2, columns={"step": np.arange(states), "t": np.arange(states) * 0.5},
-                        process=process)
-
-    def record(k):
-        recorder.record(W=torch.full((h, dim), float(k)), v=torch.zeros(h), loss=torch.tensor(0.0, dtype=torch.float64),
-                        output=torch.zeros(n))
-
-    with pytest.raises(KeyboardInterrupt):
-        for k in range(states):
-            record(k)
-    with pytest.raises(RuntimeError, match="a Ctrl-C interrupted handing states 10"):
-        record(15)
-    kept = 10 if when == "before" else 15
-    assert recorder.close() == kept
-    writer.finish("interrupted")
-    ds = open_run("cut", root)
-    assert ds.attrs["status"] == "interrupted" and ds.attrs["committed_steps"] == kept
-    np.testing.assert_array_equal(ds.W.values[:, 0, 0], np.arange(kept, dtype=np.float32))
+    _assert_interrupted_over(*_cut_short(tmp_path, process), kept=10 if when == "before" else 15)
 
 
 def _open_descriptors() -> set[str]:

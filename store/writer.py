@@ -96,9 +96,9 @@ class RunWriter:
         self._attrs_guard = threading.Lock()
         self._hot_guard = threading.Lock()  # the hot path is made once, whichever thread asks first
         self._last_write = time.monotonic()
-        # releases the lock after an interrupted finish, and tells when it has ended (an Event: a Thread.join() cut
-        # by a Ctrl-C marks the thread stopped while it runs on in CPython 3.11)
-        self._unlocker: tuple[threading.Thread, threading.Event] | None = None
+        # set when the thread that releases the lock after an interrupted finish has ended (an Event, not the thread:
+        # a Thread.join() cut by a Ctrl-C marks the thread stopped while it runs on in CPython 3.11)
+        self._unlocker: threading.Event | None = None
         self._unlocked_after_interrupt = False  # (it has: a later finish takes the lock back)
         self._unlock_guard = threading.Lock()
 
@@ -506,7 +506,7 @@ class RunWriter:
             finally:
                 with self._unlock_guard:
                     try:
-                        if self._unlocker is not None and self._unlocker[1] is done:  # (not taken back since)
+                        if self._unlocker is done:  # (not taken back by a finish since)
                             self._unlocker = None
                             self._unlocked_after_interrupt = True
                             self.lock.release()
@@ -514,9 +514,8 @@ class RunWriter:
                         done.set()  # (under the guard: a finish that sees it unset knows it has not looked yet)
 
         with self._unlock_guard:
-            thread = threading.Thread(target=release, name="trajscope-unlock-when-written", daemon=True)
-            self._unlocker = (thread, done)
-            thread.start()
+            self._unlocker = done
+            threading.Thread(target=release, name="trajscope-unlock-when-written", daemon=True).start()
 
     def _take_back_the_lock(self) -> None:
         """A ``finish`` called again after an interrupted one: its unlocking thread is told not to release,
@@ -527,10 +526,10 @@ class RunWriter:
             released, self._unlocked_after_interrupt = self._unlocked_after_interrupt, False
         if pending is not None:
             try:
-                self._wait_for_unlocker(pending[1])
+                self._wait_for_unlocker(pending)
             except BaseException:  # a Ctrl-C meanwhile: the lock is released once the writes land, as after the
                 with self._unlock_guard:  # first interrupted finish (it was held until the process exited)
-                    if not pending[1].is_set():
+                    if not pending.is_set():
                         self._unlocker = pending  # (it releases the lock when it ends)
                     elif self.lock.held:  # it ended without releasing (this finish had told it not to)
                         self._unlocked_after_interrupt = True

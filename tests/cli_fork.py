@@ -1,7 +1,8 @@
 """``trajscope ARGS`` in a process of its own, forked from a warm interpreter: the tests' command-line runs.
 
-A fresh ``python -c "from trajscope.cli import main; main()"`` spends 2-5 s (on the CI's 2 cores) importing
-trajscope, typer, xarray, s3fs and torch before the command starts, and the suite runs a few hundred commands.
+A fresh ``python -c "from trajscope.cli import main; main()"`` spends seconds (on the CI's 2 cores) importing
+trajscope, typer, xarray, s3fs and torch before the command starts, and as many tearing them down after; the suite
+runs a few hundred commands.
 :func:`run` asks a *zygote* instead, an interpreter started once per test session that imported those modules and
 then only forks, for a child per command. The child is a real process: its own pid and exit code, its stdin, stdout
 and stderr (files here), the caller's ``os.environ`` and working directory at the call, its own warning registry,
@@ -12,7 +13,7 @@ as an interpreter does short of tearing down its modules (:func:`execute`).
 What it does not repeat is the import. A test of what happens *as the modules load* (a module blocked before the
 import, an environment variable a library reads as it loads) runs a fresh interpreter: :func:`run` does when the
 variables read at an interpreter's or a library's start (``PYTHON*``, ``OMP_*``, ``MALLOC_*``...) differ from the
-zygote's, and the callers do for a ``prelude`` or an ``env`` of their own (``tests/workbench/conftest.py: cli``).
+zygote's, and :func:`fresh` does for a ``prelude`` (``tests/workbench/conftest.py: cli``).
 The zygote forks only while it runs no Python thread besides its main one (a fork of a threaded process can inherit
 a held lock; the native threads that numpy's BLAS, torch and pyarrow's allocator start as they load mend themselves
 at a fork, as torch's data loaders rely on), one command at a time; otherwise, or if it is gone, :func:`run` falls
@@ -110,7 +111,7 @@ def become(request: dict) -> None:
 def execute() -> None:
     """In the child: run :data:`COMMAND` as ``python -c`` does, and exit as it does, up to the interpreter's teardown,
     which is skipped (``os._exit`` once the threads are joined, the ``atexit`` functions run and the streams flushed):
-    the zygote's modules took 2 s to tear down, longer than most commands run."""
+    tearing down the zygote's modules takes longer than most commands run."""
     code = 0
     try:
         exec(compile(COMMAND, "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
@@ -238,8 +239,12 @@ def _run_forked(zygote: _Zygote, args, input, env, timeout, cwd) -> subprocess.C
                 file.write((input or "") if name == "stdin" else "")
         if input is None:
             paths["stdin"] = os.devnull
-        zygote.conn.sendall(json.dumps({"args": list(args), "cwd": cwd, "env": env, **paths}).encode() + b"\n")
-        forked = zygote.answer(timeout=60)
+        try:
+            zygote.conn.sendall(json.dumps({"args": list(args), "cwd": cwd, "env": env, **paths}).encode() + b"\n")
+            forked = zygote.answer(timeout=60)
+        except (OSError, EOFError):  # the zygote died or stopped answering: no more forks this session
+            zygote.ready = False
+            return fresh(args, input=input, env=env, timeout=timeout, cwd=cwd, why="the zygote died")
         pid = forked["pid"]
         if not pid:  # it cannot fork now
             return fresh(args, input=input, env=env, timeout=timeout, cwd=cwd, why=f"zygote: {forked['why']}")

@@ -51,8 +51,16 @@ _LAUNCH = ("import importlib.util, sys\n"
            "fork.execute()\n")
 
 
+#: start-up variables that dask's ``Nanny`` writes into the tests' own ``os.environ`` as it spawns its workers (its
+#: ``distributed.nanny.pre-spawn-environ``: thread counts of 1, a glibc trim threshold, a hash seed), left set for the
+#: rest of the session: a command forked after them runs as one run before any dask test would (found by the CI, where
+#: they sent 110 of 139 commands to fresh interpreters); PYTHONUNBUFFERED is the child's streams' (see :func:`become`)
+NOT_STARTUP = frozenset({"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_",
+                         "PYTHONHASHSEED", "PYTHONUNBUFFERED"})
+
+
 def _startup_env(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k.startswith(STARTUP_ENV) and k != "PYTHONUNBUFFERED"}
+    return {k: v for k, v in env.items() if k.startswith(STARTUP_ENV) and k not in NOT_STARTUP}
 
 
 # -- the zygote's side ------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ as an interpreter does short of tearing down its modules (:func:`execute`).
 
 What it does not repeat is the import. A test of what happens *as the modules load* (a module blocked before the
 import, an environment variable a library reads as it loads) runs a fresh interpreter: :func:`run` does when the
-variables read at an interpreter's or a library's start (``PYTHON*``, ``OMP_*``, ``MALLOC_*``...) differ from the
-zygote's, and :func:`fresh` does for a ``prelude`` (``tests/workbench/conftest.py: cli``).
+variables read at an interpreter's or a library's start (``PYTHON*``, ``OMP_*``, ``MALLOC_*``..., less
+:data:`NOT_STARTUP`) differ from the zygote's, and :func:`fresh` does for a ``prelude`` (``tests/workbench/conftest.py: cli``).
 The zygote forks only while it runs no Python thread besides its main one (a fork of a threaded process can inherit
 a held lock; the native threads that numpy's BLAS, torch and pyarrow's allocator start as they load mend themselves
 at a fork, as torch's data loaders rely on), one command at a time; otherwise, or if it is gone, :func:`run` falls

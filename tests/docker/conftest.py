@@ -1,4 +1,5 @@
-"""Fixtures of the container tests: podman (or a clear skip), the images built once per session, a
+"""Fixtures of the container tests: podman (or a clear skip), the images built once per session (in the
+background while the other tests run; the container tests run last), a
 moto S3 server on 127.0.0.1, free ports, containers that are always removed, and compose projects of
 docker/compose.yaml that run in an environment of their own and are always taken down.
 
@@ -15,6 +16,7 @@ pip path here; without the pin pip would pick a multi-GB CUDA build).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import importlib.metadata
 import os
 import re
@@ -25,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -40,11 +43,15 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "containers: builds and runs the docker/ images with podman (minutes)")
 
 
+_RUNNING: set[subprocess.Popen] = set()  # bounded calls in progress, killed if the session ends first
+
+
 def bounded(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
     """Run ``cmd`` with stdin closed, in a process group of its own; past ``timeout`` seconds the whole
     group is killed (podman-compose's ``podman wait`` children too) and the return code is 124."""
     with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, start_new_session=True, **kwargs) as proc:
+        _RUNNING.add(proc)
         try:
             out, err = proc.communicate(timeout=timeout)
             code = proc.returncode
@@ -52,12 +59,16 @@ def bounded(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedPro
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
             code, err = 124, f"{err}\n[killed: still running after {timeout:.0f} s]"
+        finally:
+            _RUNNING.discard(proc)
     return subprocess.CompletedProcess(cmd, code, out, err)
 
 
-def podman(*args: str, check: bool = True, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-    """Run ``podman ARGS`` (bounded, see :func:`bounded`); a failure raises with podman's own message."""
-    result = bounded(["podman", *args], timeout, **kwargs)
+def podman(*args: str, check: bool = True, timeout: float = 600, nice: int = 0,
+           **kwargs) -> subprocess.CompletedProcess:
+    """Run ``podman ARGS`` (bounded, see :func:`bounded`; at a lower CPU priority if ``nice``); a failure
+    raises with podman's own message."""
+    result = bounded([*(["nice", "-n", str(nice)] if nice else []), "podman", *args], timeout, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"podman {shlex.join(args)[:300]} failed ({result.returncode}):\n"
                              f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
@@ -87,9 +98,10 @@ def _why_not() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def images() -> dict[str, str]:
-    """Build the api, producer and moto images once; returns their tags (as compose.yaml names them)."""
+def build_images() -> tuple[dict[str, str], str]:
+    """Build the api, producer and moto images, one after the other; returns their tags (as compose.yaml
+    names them) and a report of the builds' times and sizes. Skips (raises pytest's Skipped) where the
+    images cannot be built here."""
     reason = _why_not()
     if reason:
         pytest.skip(reason)
@@ -97,8 +109,8 @@ def images() -> dict[str, str]:
     flags = shlex.split(os.environ.get("TS_BUILD_FLAGS", ""))
     torch_pin = f"torch=={importlib.metadata.version('torch').split('+')[0]}"
     tags, report = {}, []
-
-    def build(name: str) -> None:
+    # api and producer share their first layers: the second reuses them
+    for name in IMAGES:
         tag = f"localhost/trajscope-{name}"
         args = ["build", "--format", "docker", *flags, "-f", f"docker/{name}.Dockerfile", "-t", tag]
         if base:
@@ -106,20 +118,65 @@ def images() -> dict[str, str]:
         if name == "producer":
             args += ["--build-arg", f"TORCH={torch_pin}"]
         start = time.monotonic()
-        podman(*args, ".", cwd=REPO, timeout=1800)
+        podman(*args, ".", cwd=REPO, timeout=1800, nice=BUILD_NICENESS)
         size = int(podman("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
         report.append(f"  {tag:30s} built in {time.monotonic() - start:6.1f} s, {size / 1e6:7.0f} MB")
         tags[name] = tag
+    return tags, "container images (built while the other tests ran):\n" + "\n".join(report)
 
-    # the moto image shares no layer with the others: it is built beside them (its pip install overlaps theirs);
-    # api and producer share their first layers, so they are built one after the other (the second reuses them)
-    with concurrent.futures.ThreadPoolExecutor(1) as beside:
-        moto = beside.submit(build, "moto")
-        for name in IMAGES:
-            if name != "moto":
-                build(name)
-        moto.result()
-    print("container images:\n" + "\n".join(report))
+
+# The images take minutes to build (mostly pip installing into them). They are built in the background from
+# the moment the session knows a test will need them, at a low CPU priority, so that the build takes the CPU
+# the other tests leave idle (they wait on servers and subprocesses) instead of minutes of its own; the tests
+# that need them run last (pytest_collection_modifyitems).
+BUILD_NICENESS = 10
+_build: concurrent.futures.Future | None = None
+
+
+def _build_in_background() -> concurrent.futures.Future:
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(build_images())
+        except BaseException as err:  # Skipped too: the fixture re-raises it in the test
+            future.set_exception(err)
+
+    # a daemon thread: a session that ends early does not wait for it (pytest_sessionfinish kills its podman)
+    threading.Thread(target=run, name="build-images", daemon=True).start()
+    return future
+
+
+def _needs_images(item) -> bool:
+    return "images" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(items):
+    """The tests of the images run last, so that their build has the whole session to overlap."""
+    items[:] = [item for item in items if not _needs_images(item)] + [item for item in items if _needs_images(item)]
+
+
+def pytest_collection_finish(session):
+    global _build
+    if _build is None and any(_needs_images(item) for item in session.items):
+        _build = _build_in_background()
+
+
+def pytest_sessionfinish(session):
+    if _build is not None and not _build.done():
+        for proc in list(_RUNNING):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, str]:
+    """The api, producer and moto images' tags, once built (see :func:`build_images`)."""
+    global _build
+    if _build is None:  # a session whose collection did not see this fixture coming
+        _build = _build_in_background()
+    tags, report = _build.result()
+    print(report)
     return tags
 
 

@@ -158,7 +158,7 @@ def pytest_collection_modifyitems(items):
 
 def pytest_collection_finish(session):
     global _build
-    if _build is None and any(_needs_images(item) for item in session.items):
+    if _build is None and not session.config.option.collectonly and any(map(_needs_images, session.items)):
         _build = _build_in_background()
 
 
